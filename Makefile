@@ -1,0 +1,51 @@
+# Two commands matter: `make run` (a working demo on 127.0.0.1:8000) and `make test` (the suite).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gateway
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: run test lint install install-dev services-check browser worker beat bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+
+# `make run` uses the embedded defaults (SQLite, in-memory layers, eager Celery, simulated provider),
+# so it must not inherit the test databases' URLs.
+run: install
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py migrate --noinput
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py seed_demo
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py runserver 127.0.0.1:8000
+
+services-check: install-dev
+	@$(BIN)/python scripts/check_services.py
+
+# Debian's chromium for the portal's browser tests (no browser download works here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: install-dev services-check browser
+	$(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
+	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+worker: install
+	$(BIN)/celery -A gateway_project worker -l info
+
+beat: install
+	$(BIN)/celery -A gateway_project beat -l info
+
+clean:
+	rm -rf $(VENV) db.sqlite3 staticfiles

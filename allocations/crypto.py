@@ -1,0 +1,23 @@
+"""Fernet encryption of provider credentials."""
+
+import base64
+import hashlib
+
+from cryptography.fernet import Fernet
+from django.conf import settings
+
+
+def _fernet() -> Fernet:
+    key = settings.GATEWAY_ENCRYPTION_KEY
+    if not key:
+        # DEBUG only (settings refuse DEBUG=False without a key): derive a stable key.
+        key = base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
+    return Fernet(key)
+
+
+def encrypt(plaintext: str) -> str:
+    return _fernet().encrypt(plaintext.encode()).decode()
+
+
+def decrypt(token: str) -> str:
+    return _fernet().decrypt(token.encode()).decode()

@@ -1,0 +1,266 @@
+"""Who may use what: members, providers, the model catalog, allocations, keys and the audit trail."""
+
+import hashlib
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser, UserManager
+from django.db import models
+
+
+class MemberManager(UserManager):
+    def get_by_natural_key(self, username):
+        return self.get(**{self.model.USERNAME_FIELD: (username or "").casefold()})
+
+
+class Member(AbstractUser):
+    """A person (or service) of the organisation. Usernames are case-folded on save."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+
+    objects = MemberManager()
+
+    def save(self, *args, **kwargs):
+        self.username = (self.username or "").casefold()
+        self.email = (self.email or "").casefold()
+        super().save(*args, **kwargs)
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible"
+    AZURE = "azure", "Azure OpenAI"
+    SIMULATED = "simulated", "Simulated (built-in, no network)"
+
+
+class Provider(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        DISABLED = "disabled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=ProviderKind.choices)
+    base_url = models.URLField(max_length=500, blank=True)
+    api_version = models.CharField(max_length=40, blank=True)
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    key_fingerprint = models.CharField(max_length=12, blank=True, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def is_active(self):
+        return self.status == self.Status.ACTIVE
+
+    @staticmethod
+    def fingerprint(plaintext: str) -> str:
+        return hashlib.sha256(plaintext.encode()).hexdigest()[:12]
+
+
+class ModelKind(models.TextChoices):
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    IMAGE = "image"
+    TTS = "tts"
+    STT = "stt"
+    OCR = "ocr"
+    RERANK = "rerank"
+    MODERATION = "moderation"
+    REALTIME = "realtime"
+
+
+class CatalogModel(models.Model):
+    """A model as clients call it (`slug`), mapped to one provider's upstream name or deployment."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.CharField(max_length=200, unique=True)
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
+    upstream_name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=ModelKind.choices)
+    display_name = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "model"
+
+    def __str__(self):
+        return self.slug
+
+    @property
+    def bare_name(self) -> str:
+        return self.slug.rsplit("/", 1)[-1]
+
+
+class AllocationQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status=Allocation.Status.ACTIVE)
+
+    def owned_by(self, member):
+        return self.filter(member=member)
+
+
+class Allocation(models.Model):
+    """A member's grant of one model with optional monthly token quota and USD cost cap."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        PAUSED = "paused"
+        QUARANTINED = "quarantined"
+        REVOKED = "revoked"
+
+    class PausedBy(models.TextChoices):
+        ADMIN = "admin"
+        MEMBER = "member"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="allocations")
+    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="allocations")
+    display_name = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    quota_tokens_per_month = models.BigIntegerField(null=True, blank=True)
+    quota_cost_usd_per_month = models.DecimalField(max_digits=20, decimal_places=9, null=True, blank=True)
+    is_service_allocation = models.BooleanField(default=False)
+    quota_locked = models.BooleanField(default=False)
+    paused_by = models.CharField(max_length=8, choices=PausedBy.choices, blank=True)
+    status_reason = models.CharField(max_length=500, blank=True)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = AllocationQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["member", "status"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(quota_tokens_per_month__isnull=True) | models.Q(quota_tokens_per_month__gte=0),
+                name="allocation_token_quota_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(quota_cost_usd_per_month__isnull=True)
+                | models.Q(quota_cost_usd_per_month__gte=0),
+                name="allocation_cost_cap_non_negative",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.display_name or self.model.slug} ({self.member.username})"
+
+    @property
+    def is_active(self):
+        return self.status == self.Status.ACTIVE
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def live(self):
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiKey(models.Model):
+    """A member's bearer key. Only its SHA-256 is stored; `prefix` is what lists show."""
+
+    PLAINTEXT_PREFIX = "sk-gw-"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    allocations = models.ManyToManyField(Allocation, through="ApiKeyScope", related_name="api_keys")
+    is_default = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self):
+        return self.revoked_at is not None
+
+    @staticmethod
+    def hash(plaintext: str) -> str:
+        return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+class ApiKeyScope(models.Model):
+    """One allocation in a key's scope. `model` is denormalised so the database enforces one per model."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="scopes")
+    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="key_scopes")
+    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "model"], name="apikey_one_allocation_per_model"),
+            models.UniqueConstraint(fields=["api_key", "allocation"], name="apikey_allocation_once"),
+        ]
+
+
+class AdminToken(models.Model):
+    """Bearer token for the admin API, made by `manage.py create_admin_token`. Stored hashed."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="admin_tokens")
+    prefix = models.CharField(max_length=12)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AuditEvent.Immutable("audit events are append-only")
+
+    def delete(self):
+        raise AuditEvent.Immutable("audit events are append-only")
+
+
+class AuditEvent(models.Model):
+    """Append-only record of a change. The database refuses UPDATE and DELETE (see migration)."""
+
+    class Immutable(Exception):
+        pass
+
+    id = models.BigAutoField(primary_key=True)
+    # PROTECT: members are disabled, never deleted, once they have acted.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150, default="system")
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=64)
+    target_id = models.CharField(max_length=64)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["target_type", "target_id", "created_at"])]
+
+    def __str__(self):
+        return f"{self.action} {self.target_type}:{self.target_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise self.Immutable("audit events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise self.Immutable("audit events are append-only")

@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("api/admin/", include("allocations.api_urls")),
+    path("api/me/", include("portal.api_urls")),
+    path("portal/", include("portal.urls")),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("v1/", include("proxy.urls")),
+    path("", include("portal.root_urls")),
+]

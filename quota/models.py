@@ -1,0 +1,167 @@
+"""How much: price versions, call records, per-period usage counters and in-flight reservations."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from allocations.models import Allocation, ApiKey, CatalogModel
+
+MONEY = {"max_digits": 24, "decimal_places": 9}
+
+
+class PriceUnit(models.TextChoices):
+    IMAGE = "image"
+    PAGE = "page"
+    SECOND = "second"
+    MINUTE = "minute"
+    CHARACTER = "character"
+    QUERY = "query"
+    REQUEST = "request"
+
+
+class PriceVersionQuerySet(models.QuerySet):
+    def in_force(self, *, model, at):
+        return self.filter(model=model, effective_from__lte=at).order_by("-effective_from", "-id").first()
+
+
+class PriceVersion(models.Model):
+    """Append-only. Token prices are per 1M tokens; a unit price is per `unit`."""
+
+    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="prices")
+    effective_from = models.DateTimeField()
+    input_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
+    cached_input_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
+    output_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
+    audio_input_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
+    audio_output_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
+    unit = models.CharField(max_length=16, choices=PriceUnit.choices, blank=True)
+    price_per_unit = models.DecimalField(null=True, blank=True, **MONEY)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PriceVersionQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["model", "-effective_from"])]
+
+    def __str__(self):
+        return f"{self.model.slug} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_unit_price(self) -> bool:
+        return bool(self.unit)
+
+
+class Outcome(models.TextChoices):
+    SUCCESS = "success"
+    CLIENT_CANCELLED = "client_cancelled"
+    UPSTREAM_ERROR = "upstream_error"
+    GATEWAY_ERROR = "gateway_error"
+    REJECTED_UNAUTHENTICATED = "rejected_unauthenticated"
+    REJECTED_BAD_REQUEST = "rejected_bad_request"
+    REJECTED_MODEL_MISMATCH = "rejected_model_mismatch"
+    REJECTED_REVOKED = "rejected_revoked"
+    REJECTED_PAUSED = "rejected_paused"
+    REJECTED_QUARANTINED = "rejected_quarantined"
+    REJECTED_QUOTA_EXCEEDED = "rejected_quota_exceeded"
+    REJECTED_COST_QUOTA_EXCEEDED = "rejected_cost_quota_exceeded"
+    REJECTED_QUOTA_BUSY = "rejected_quota_busy"
+    REJECTED_MODEL_KIND = "rejected_model_kind"
+
+
+class CloseReason(models.TextChoices):
+    NORMAL = "normal"
+    CLIENT_ABORT = "client_abort"
+    REVOKED = "revoked"
+    COST_EXCEEDED = "cost_exceeded"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    UPSTREAM_CLOSED = "upstream_closed"
+    UPSTREAM_ERROR = "upstream_error"
+    SHUTDOWN = "shutdown"
+
+
+class CallRecordQuerySet(models.QuerySet):
+    def in_period(self, start, end):
+        return self.filter(started_at__gte=start, started_at__lt=end)
+
+
+class CallRecord(models.Model):
+    """One row per proxied call or realtime session, rejects included."""
+
+    id = models.BigAutoField(primary_key=True)
+    request_id = models.CharField(max_length=64, db_index=True)
+    allocation = models.ForeignKey(
+        Allocation, null=True, blank=True, on_delete=models.PROTECT, related_name="call_records"
+    )
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    model = models.ForeignKey(CatalogModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    endpoint = models.CharField(max_length=64)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=40, choices=Outcome.choices)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    audio_input_tokens = models.BigIntegerField(default=0)
+    audio_output_tokens = models.BigIntegerField(default=0)
+    quantity = models.DecimalField(max_digits=24, decimal_places=6, null=True, blank=True)
+    unit = models.CharField(max_length=16, blank=True)
+    cost_usd = models.DecimalField(null=True, blank=True, **MONEY)
+    priced = models.BooleanField(default=False)
+    price_version = models.ForeignKey(PriceVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    estimated = models.BooleanField(default=False)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=1000, blank=True)
+    is_stream = models.BooleanField(default=False)
+    close_reason = models.CharField(max_length=20, choices=CloseReason.choices, blank=True)
+
+    objects = CallRecordQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["allocation", "started_at"]),
+            models.Index(fields=["member", "started_at"]),
+            models.Index(fields=["started_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id} {self.endpoint} {self.outcome}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class UsageCounter(models.Model):
+    """Used and reserved totals of one allocation in one billing period: the O(1) quota check."""
+
+    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="usage_counters")
+    period_start = models.DateField()
+    tokens_used = models.BigIntegerField(default=0)
+    cost_used = models.DecimalField(default=0, **MONEY)
+    tokens_reserved = models.BigIntegerField(default=0)
+    cost_reserved = models.DecimalField(default=0, **MONEY)
+    calls = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["allocation", "period_start"], name="usage_counter_once_per_period"),
+        ]
+
+
+class Reservation(models.Model):
+    """Headroom held by a call in flight; deleted when the call settles, swept when it was abandoned."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    counter = models.ForeignKey(UsageCounter, on_delete=models.CASCADE, related_name="reservations")
+    request_id = models.CharField(max_length=64)
+    tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(default=0, **MONEY)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)

@@ -1,0 +1,42 @@
+"""Reads of the quota side for views, APIs and admin."""
+
+import datetime as dt
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+
+from .models import PriceVersion, UsageCounter
+from .periods import period_start_date
+from .pricing import ZERO
+
+
+def usage_this_month(allocation_ids, *, now: dt.datetime | None = None) -> dict:
+    """{allocation_id: (tokens_used, cost_used)} from the counters: O(allocations), not O(records)."""
+    period = period_start_date(now or timezone.now())
+    rows = UsageCounter.objects.filter(allocation_id__in=list(allocation_ids), period_start=period).values_list(
+        "allocation_id", "tokens_used", "cost_used"
+    )
+    found = {a: (t, c) for a, t, c in rows}
+    return {a: found.get(a, (0, ZERO)) for a in allocation_ids}
+
+
+def near_cap(*, tokens_used: int, token_cap, cost_used: Decimal, cost_cap) -> bool:
+    ratio = settings.GATEWAY_NEAR_CAP_RATIO
+    if token_cap is not None and (token_cap == 0 or Decimal(tokens_used) >= ratio * token_cap):
+        return True
+    return cost_cap is not None and (cost_cap == 0 or cost_used >= ratio * cost_cap)
+
+
+def price_current(model_id, *, now: dt.datetime | None = None) -> PriceVersion | None:
+    return PriceVersion.objects.in_force(model=model_id, at=now or timezone.now())
+
+
+def price_describe(price: PriceVersion | None) -> dict | None:
+    """The JSON shape of a price for the APIs; None means unpriced."""
+    if price is None:
+        return None
+    if price.unit:
+        return {"unit": price.unit, "price_per_unit": str(price.price_per_unit)}
+    fields = ("input_per_1m", "cached_input_per_1m", "output_per_1m", "audio_input_per_1m", "audio_output_per_1m")
+    return {"unit": "1m_tokens", **{f: None if getattr(price, f) is None else str(getattr(price, f)) for f in fields}}

@@ -1,0 +1,54 @@
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quota.models import PriceVersion
+from quota.pricing import Usage, cost_for
+
+
+def token_price(**rates):
+    return PriceVersion(**{k: Decimal(v) for k, v in rates.items()})
+
+
+def unit_price(unit, amount):
+    return PriceVersion(unit=unit, price_per_unit=Decimal(amount))
+
+
+def test_it_bills_cached_tokens_at_the_cached_price_and_never_twice():
+    price = token_price(input_per_1m="2", cached_input_per_1m="0.5", output_per_1m="8")
+    usage = Usage(input_tokens=1000, cached_tokens=400, output_tokens=100, reasoning_tokens=60)
+    # 600 * 2 + 400 * 0.5 + 100 * 8 = 1200 + 200 + 800 per 1M
+    assert cost_for(price, usage) == Decimal("0.002200000")
+
+
+def test_it_bills_transcription_seconds_pro_rata_on_a_per_minute_price():
+    assert cost_for(unit_price("minute", "0.006"), Usage(quantity=Decimal(90), unit="second")) == Decimal("0.009")
+
+
+def test_it_returns_unpriced_when_the_unit_does_not_fit_the_meter():
+    assert cost_for(unit_price("minute", "0.006"), Usage(input_tokens=10, output_tokens=5)) is None
+    assert cost_for(token_price(input_per_1m="1"), Usage(quantity=Decimal(3), unit="page")) is None
+    assert cost_for(None, Usage(input_tokens=10)) is None
+
+
+def test_it_rounds_half_up_to_a_nano_dollar():
+    price = token_price(input_per_1m="0.0015", output_per_1m="0")
+    assert cost_for(price, Usage(input_tokens=1)) == Decimal("0.000000002")  # 1.5e-9 -> 2e-9
+
+
+@given(
+    inp=st.integers(0, 10**9),
+    cached_share=st.integers(0, 100),
+    out=st.integers(0, 10**9),
+    rate_in=st.decimals("0", "1000", places=4),
+    rate_cached=st.decimals("0", "1000", places=4),
+    rate_out=st.decimals("0", "1000", places=4),
+)
+def test_cost_is_exact_decimal_and_splits_cached_from_input(inp, cached_share, out, rate_in, rate_cached, rate_out):
+    cached = inp * cached_share // 100
+    price = token_price(input_per_1m=rate_in, cached_input_per_1m=rate_cached, output_per_1m=rate_out)
+    cost = cost_for(price, Usage(input_tokens=inp, cached_tokens=cached, output_tokens=out))
+    expected = ((inp - cached) * rate_in + cached * rate_cached + out * rate_out) / Decimal(10**6)
+    assert abs(cost - expected) <= Decimal("0.0000000005")
+    assert cost.as_tuple().exponent == -9

@@ -1,0 +1,133 @@
+import datetime as dt
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from quota.exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
+from quota.models import CallRecord, Reservation, UsageCounter
+from quota.pricing import Usage
+from quota.services import call_admit, call_settle, reservations_sweep, usage_reconcile
+from tests.factories import AllocationFactory, PriceVersionFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def admit(allocation, *, tokens=10, cost="0.01", now=None, ttl_s=None):
+    return call_admit(
+        allocation_id=allocation.pk,
+        token_cap=allocation.quota_tokens_per_month,
+        cost_cap=allocation.quota_cost_usd_per_month,
+        est_tokens=tokens,
+        est_cost=None if cost is None else Decimal(cost),
+        request_id="req",
+        now=now or timezone.now(),
+        ttl_s=ttl_s,
+    )
+
+
+def settle(allocation, admission, usage, price):
+    return call_settle(
+        admission=admission,
+        record={"request_id": "req", "allocation": allocation, "endpoint": "chat.completions",
+                "started_at": timezone.now(), "outcome": "success", "status_code": 200},
+        usage=usage,
+        price=price,
+    )
+
+
+def test_it_rejects_with_quota_busy_when_reservations_hold_the_headroom():
+    allocation = AllocationFactory(quota_cost_usd_per_month=Decimal("0.02"))
+    admit(allocation, cost="0.015")
+    admit(allocation, cost="0.015")  # 0.015 < 0.02: admitted, overshoot bounded by one call
+    with pytest.raises(QuotaBusy):
+        admit(allocation, cost="0.015")
+
+
+def test_it_rejects_when_the_cost_cap_is_used_up_and_says_how_much():
+    allocation = AllocationFactory(quota_cost_usd_per_month=Decimal("1"))
+    price = PriceVersionFactory(model=allocation.model, input_per_1m=Decimal("1000000"))
+    settle(allocation, admit(allocation), Usage(input_tokens=1), price)
+    with pytest.raises(CostQuotaExceeded, match=r"\$1 / \$1"):
+        admit(allocation)
+
+
+def test_it_checks_the_token_quota_before_the_cost_cap():
+    allocation = AllocationFactory(quota_tokens_per_month=5, quota_cost_usd_per_month=Decimal("0"))
+    price = PriceVersionFactory(model=allocation.model)
+    UsageCounter.objects.create(allocation=allocation, period_start=timezone.now().date().replace(day=1),
+                                tokens_used=5)
+    with pytest.raises(QuotaExceeded):
+        admit(allocation)
+    assert price
+
+
+def test_a_zero_cost_cap_blocks_even_unpriced_calls_but_a_positive_one_does_not():
+    blocked = AllocationFactory(quota_cost_usd_per_month=Decimal("0"))
+    with pytest.raises(CostQuotaExceeded):
+        admit(blocked, cost=None)
+    open_cap = AllocationFactory(quota_cost_usd_per_month=Decimal("0.000000001"))
+    for _ in range(3):
+        admit(open_cap, cost=None)
+
+
+def test_settle_moves_usage_into_counters_and_releases_the_reservation_once():
+    allocation = AllocationFactory(quota_cost_usd_per_month=Decimal("5"))
+    price = PriceVersionFactory(model=allocation.model)
+    admission = admit(allocation, tokens=100, cost="0.5")
+    record = settle(allocation, admission, Usage(input_tokens=1000, output_tokens=500), price)
+    counter = UsageCounter.objects.get(allocation=allocation)
+    assert record.cost_usd == Decimal("0.002") and record.priced
+    assert (counter.tokens_used, counter.cost_used) == (1500, Decimal("0.002"))
+    assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
+    assert not Reservation.objects.exists()
+    assert reservations_sweep(now=timezone.now() + dt.timedelta(days=1)) == 0
+
+
+def test_the_sweeper_releases_abandoned_reservations():
+    allocation = AllocationFactory(quota_cost_usd_per_month=Decimal("5"))
+    admit(allocation, tokens=100, cost="0.5", ttl_s=1)
+    assert reservations_sweep(now=timezone.now() + dt.timedelta(seconds=5)) == 1
+    counter = UsageCounter.objects.get(allocation=allocation)
+    assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
+
+
+def test_reconcile_reports_and_fixes_drift():
+    allocation = AllocationFactory()
+    price = PriceVersionFactory(model=allocation.model)
+    settle(allocation, admit(allocation), Usage(input_tokens=10), price)
+    UsageCounter.objects.filter(allocation=allocation).update(tokens_used=999)
+    drifts = usage_reconcile()
+    assert [(d.counter_tokens, d.record_tokens) for d in drifts] == [(999, 10)]
+    usage_reconcile(fix=True)
+    assert usage_reconcile() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_admissions_never_exceed_headroom_by_more_than_one_call():
+    allocation = AllocationFactory(quota_cost_usd_per_month=Decimal("0.03"))
+    results = []
+    barrier = threading.Barrier(30)
+
+    def worker():
+        barrier.wait()
+        try:
+            admit(allocation, cost="0.01")
+            results.append("ok")
+        except QuotaBusy:
+            results.append("busy")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("ok") == 3
+    assert results.count("busy") == 27
+    counter = UsageCounter.objects.get(allocation=allocation)
+    assert counter.cost_reserved == Decimal("0.03")
+    assert CallRecord.objects.count() == 0
