@@ -142,8 +142,7 @@ class Allocation(models.Model):
                 name="allocation_token_quota_non_negative",
             ),
             models.CheckConstraint(
-                condition=models.Q(quota_cost_usd_per_month__isnull=True)
-                | models.Q(quota_cost_usd_per_month__gte=0),
+                condition=models.Q(quota_cost_usd_per_month__isnull=True) | models.Q(quota_cost_usd_per_month__gte=0),
                 name="allocation_cost_cap_non_negative",
             ),
         ]

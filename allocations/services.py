@@ -94,8 +94,13 @@ def provider_create(*, name: str, kind: str, base_url: str = "", api_key: str = 
             actor=actor,
             action="provider_created",
             target=provider,
-            after={"name": name, "kind": kind, "base_url": base_url, "api_version": api_version,
-                   "fingerprint": provider.key_fingerprint},
+            after={
+                "name": name,
+                "kind": kind,
+                "base_url": base_url,
+                "api_version": api_version,
+                "fingerprint": provider.key_fingerprint,
+            },
         )
     return provider
 
@@ -106,8 +111,13 @@ def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Prov
     provider.key_fingerprint = Provider.fingerprint(api_key)
     with transaction.atomic():
         provider.save(update_fields=["api_key_encrypted", "key_fingerprint", "updated_at"])
-        audit_record(actor=actor, action="provider_key_rotated", target=provider, before=before,
-                     after={"fingerprint": provider.key_fingerprint})
+        audit_record(
+            actor=actor,
+            action="provider_key_rotated",
+            target=provider,
+            before=before,
+            after={"fingerprint": provider.key_fingerprint},
+        )
     bump_auth_generation()
     return provider
 
@@ -117,8 +127,9 @@ def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provi
     provider.status = status
     with transaction.atomic():
         provider.save(update_fields=["status", "updated_at"])
-        audit_record(actor=actor, action="provider_status_updated", target=provider, before=before,
-                     after={"status": status})
+        audit_record(
+            actor=actor, action="provider_status_updated", target=provider, before=before, after={"status": status}
+        )
     bump_auth_generation()
     return provider
 
@@ -132,8 +143,12 @@ def model_create(*, slug: str, provider: Provider, upstream_name: str, kind: str
         model = CatalogModel.objects.create(
             slug=slug, provider=provider, upstream_name=upstream_name, kind=kind, display_name=display_name
         )
-        audit_record(actor=actor, action="model_created", target=model,
-                     after={"slug": slug, "provider": provider.name, "upstream_name": upstream_name, "kind": kind})
+        audit_record(
+            actor=actor,
+            action="model_created",
+            target=model,
+            after={"slug": slug, "provider": provider.name, "upstream_name": upstream_name, "kind": kind},
+        )
     return model
 
 
@@ -178,13 +193,22 @@ def api_key_create(*, member, name: str, allocations, actor=None, is_default: bo
     plaintext = _new_plaintext_key()
     with transaction.atomic():
         key = ApiKey.objects.create(
-            member=member, name=name[:100], prefix=plaintext[:12], key_hash=ApiKey.hash(plaintext), is_default=is_default
+            member=member,
+            name=name[:100],
+            prefix=plaintext[:12],
+            key_hash=ApiKey.hash(plaintext),
+            is_default=is_default,
         )
         ApiKeyScope.objects.bulk_create(
             [ApiKeyScope(api_key=key, allocation=a, model_id=a.model_id) for a in allocations]
         )
-        audit_record(actor=actor, action="key_created", target=key, now=now,
-                     after={"name": key.name, "prefix": key.prefix, "allocations": [str(a.pk) for a in allocations]})
+        audit_record(
+            actor=actor,
+            action="key_created",
+            target=key,
+            now=now,
+            after={"name": key.name, "prefix": key.prefix, "allocations": [str(a.pk) for a in allocations]},
+        )
     return key, plaintext
 
 
@@ -197,7 +221,9 @@ def api_key_rotate(*, key: ApiKey, actor=None, now=None):
     key.prefix, key.key_hash, key.rotated_at = plaintext[:12], ApiKey.hash(plaintext), now
     with transaction.atomic():
         key.save(update_fields=["prefix", "key_hash", "rotated_at"])
-        audit_record(actor=actor, action="key_rotated", target=key, before=before, after={"prefix": key.prefix}, now=now)
+        audit_record(
+            actor=actor, action="key_rotated", target=key, before=before, after={"prefix": key.prefix}, now=now
+        )
     bump_auth_generation()
     return key, plaintext
 
@@ -209,8 +235,9 @@ def api_key_revoke(*, key: ApiKey, actor=None, now=None) -> ApiKey:
     key.revoked_at = now
     with transaction.atomic():
         key.save(update_fields=["revoked_at"])
-        audit_record(actor=actor, action="key_revoked", target=key, before={"revoked": False},
-                     after={"revoked": True}, now=now)
+        audit_record(
+            actor=actor, action="key_revoked", target=key, before={"revoked": False}, after={"revoked": True}, now=now
+        )
     bump_auth_generation()
     return key
 
@@ -246,7 +273,9 @@ def validate_token_quota(value):
     try:
         number = int(str(value))
     except ValueError:
-        raise BadRequest("invalid token quota", fields={"quota_tokens_per_month": ["Enter a whole number ≥ 0."]}) from None
+        raise BadRequest(
+            "invalid token quota", fields={"quota_tokens_per_month": ["Enter a whole number ≥ 0."]}
+        ) from None
     if number < 0 or number > 2**63 - 1:
         raise BadRequest("invalid token quota", fields={"quota_tokens_per_month": ["Enter a whole number ≥ 0."]})
     return number
@@ -292,8 +321,12 @@ def allocation_create(
             quota_cost_usd_per_month=cost,
             is_service_allocation=is_service_allocation,
         )
-        audit_record(actor=actor, action="allocation_created", target=allocation,
-                     after={"member": member.username, "model": model.slug, **allocation_snapshot(allocation)})
+        audit_record(
+            actor=actor,
+            action="allocation_created",
+            target=allocation,
+            after={"member": member.username, "model": model.slug, **allocation_snapshot(allocation)},
+        )
         key, plaintext = api_key_create(
             member=member, name=f"default ({model.slug})", allocations=[allocation], actor=actor, is_default=True
         )
@@ -350,11 +383,23 @@ def allocation_update(*, allocation: Allocation, changes: dict, actor=None, sour
         after = allocation_snapshot(locked)
         generic = [f for f in changed if f not in FIELD_ACTIONS]
         for field in [f for f in changed if f in FIELD_ACTIONS]:
-            audit_record(actor=actor, action=FIELD_ACTIONS[field], target=locked, source_ip=source_ip,
-                         before={field: before[field]}, after={field: after[field]})
+            audit_record(
+                actor=actor,
+                action=FIELD_ACTIONS[field],
+                target=locked,
+                source_ip=source_ip,
+                before={field: before[field]},
+                after={field: after[field]},
+            )
         if generic:
-            audit_record(actor=actor, action="allocation_updated", target=locked, source_ip=source_ip,
-                         before={f: before[f] for f in generic}, after={f: after[f] for f in generic})
+            audit_record(
+                actor=actor,
+                action="allocation_updated",
+                target=locked,
+                source_ip=source_ip,
+                before={f: before[f] for f in generic},
+                after={f: after[f] for f in generic},
+            )
     bump_auth_generation()
     for field, value in changed.items():
         setattr(allocation, field, value)
@@ -378,8 +423,15 @@ def _transition(*, allocation, action, allowed_from, to_status, actor, paused_by
 
 
 def allocation_pause(*, allocation: Allocation, by: str = "admin", actor=None, reason: str = "") -> Allocation:
-    return _transition(allocation=allocation, action="allocation_paused", allowed_from={Status.ACTIVE},
-                       to_status=Status.PAUSED, actor=actor, paused_by=by, reason=reason)
+    return _transition(
+        allocation=allocation,
+        action="allocation_paused",
+        allowed_from={Status.ACTIVE},
+        to_status=Status.PAUSED,
+        actor=actor,
+        paused_by=by,
+        reason=reason,
+    )
 
 
 def allocation_resume(*, allocation: Allocation, by: str = "admin", actor=None) -> Allocation:
@@ -387,37 +439,60 @@ def allocation_resume(*, allocation: Allocation, by: str = "admin", actor=None) 
         if by == Allocation.PausedBy.MEMBER and locked.paused_by == Allocation.PausedBy.ADMIN:
             raise Forbidden("this allocation was paused by an admin; only an admin can resume it")
 
-    return _transition(allocation=allocation, action="allocation_resumed", allowed_from={Status.PAUSED},
-                       to_status=Status.ACTIVE, actor=actor, check=check)
+    return _transition(
+        allocation=allocation,
+        action="allocation_resumed",
+        allowed_from={Status.PAUSED},
+        to_status=Status.ACTIVE,
+        actor=actor,
+        check=check,
+    )
 
 
 def allocation_revoke(*, allocation: Allocation, actor=None, reason: str = "") -> Allocation:
-    return _transition(allocation=allocation, action="allocation_revoked",
-                       allowed_from={Status.ACTIVE, Status.PAUSED, Status.QUARANTINED},
-                       to_status=Status.REVOKED, actor=actor, reason=reason)
+    return _transition(
+        allocation=allocation,
+        action="allocation_revoked",
+        allowed_from={Status.ACTIVE, Status.PAUSED, Status.QUARANTINED},
+        to_status=Status.REVOKED,
+        actor=actor,
+        reason=reason,
+    )
 
 
 def allocation_quarantine(*, allocation: Allocation, reason: str, actor=None) -> Allocation:
-    return _transition(allocation=allocation, action="allocation_quarantined", allowed_from={Status.ACTIVE},
-                       to_status=Status.QUARANTINED, actor=actor, reason=reason)
+    return _transition(
+        allocation=allocation,
+        action="allocation_quarantined",
+        allowed_from={Status.ACTIVE},
+        to_status=Status.QUARANTINED,
+        actor=actor,
+        reason=reason,
+    )
 
 
 def allocation_unquarantine(*, allocation: Allocation, actor=None) -> Allocation:
-    return _transition(allocation=allocation, action="allocation_unquarantined", allowed_from={Status.QUARANTINED},
-                       to_status=Status.ACTIVE, actor=actor)
+    return _transition(
+        allocation=allocation,
+        action="allocation_unquarantined",
+        allowed_from={Status.QUARANTINED},
+        to_status=Status.ACTIVE,
+        actor=actor,
+    )
 
 
 def allocation_rotate_default_key(*, allocation: Allocation, actor=None):
     """Rotates the allocation's default key (minting one if it was revoked). Returns (key, plaintext)."""
-    key = (
-        ApiKey.objects.live()
-        .filter(is_default=True, scopes__allocation=allocation)
-        .first()
-    )
+    key = ApiKey.objects.live().filter(is_default=True, scopes__allocation=allocation).first()
     if key is None:
         try:
-            return api_key_create(member=allocation.member, name=f"default ({allocation.model.slug})",
-                                  allocations=[allocation], actor=actor, is_default=True)
+            return api_key_create(
+                member=allocation.member,
+                name=f"default ({allocation.model.slug})",
+                allocations=[allocation],
+                actor=actor,
+                is_default=True,
+            )
         except IntegrityError as exc:  # pragma: no cover - defensive
             raise InvalidTransition(str(exc)) from exc
     return api_key_rotate(key=key, actor=actor)

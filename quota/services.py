@@ -84,8 +84,12 @@ def call_admit(
             raise QuotaBusy("the allocation's remaining quota is held by calls in flight; retry shortly")
         ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
         reservation = Reservation.objects.create(
-            counter_id=counter.pk, request_id=request_id, tokens=est_tokens, cost=est_cost,
-            created_at=now, expires_at=now + dt.timedelta(seconds=ttl),
+            counter_id=counter.pk,
+            request_id=request_id,
+            tokens=est_tokens,
+            cost=est_cost,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=ttl),
         )
     return Admission(reservation_id=reservation.pk, counter_id=counter.pk, tokens=est_tokens, cost=est_cost)
 
@@ -191,26 +195,34 @@ def price_version_add(*, model, effective_from=None, unit: str = "", price_per_u
     """Appends a price version. Either token rates per 1M or a unit price, never both."""
     unknown = set(rates) - set(PRICE_FIELDS)
     if unknown:
-        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}",
-                         fields={n: ["Unknown field."] for n in sorted(unknown)})
+        raise BadRequest(
+            f"unknown fields: {', '.join(sorted(unknown))}", fields={n: ["Unknown field."] for n in sorted(unknown)}
+        )
     clean = {name: _price_decimal(name, rates.get(name)) for name in PRICE_FIELDS}
     per_unit = _price_decimal("price_per_unit", price_per_unit)
     unit = unit or ""
     if unit and unit not in PriceUnit.values:
         raise BadRequest("unknown unit", fields={"unit": [f"One of: {', '.join(PriceUnit.values)}."]})
     if unit and (per_unit is None or any(v is not None for v in clean.values())):
-        raise BadRequest("a unit price needs price_per_unit and no token rates",
-                         fields={"price_per_unit": ["Required with unit; token rates must be empty."]})
+        raise BadRequest(
+            "a unit price needs price_per_unit and no token rates",
+            fields={"price_per_unit": ["Required with unit; token rates must be empty."]},
+        )
     if not unit and (per_unit is not None or all(v is None for v in clean.values())):
-        raise BadRequest("give token rates per 1M, or a unit with price_per_unit",
-                         fields={"unit": ["Required with price_per_unit."]})
+        raise BadRequest(
+            "give token rates per 1M, or a unit with price_per_unit", fields={"unit": ["Required with price_per_unit."]}
+        )
     with transaction.atomic():
         version = PriceVersion.objects.create(
             model=model, effective_from=effective_from or timezone.now(), unit=unit, price_per_unit=per_unit, **clean
         )
-        after = {"model": model.slug, "effective_from": version.effective_from.isoformat(), "unit": unit,
-                 "price_per_unit": None if per_unit is None else str(per_unit),
-                 **{k: None if v is None else str(v) for k, v in clean.items()}}
+        after = {
+            "model": model.slug,
+            "effective_from": version.effective_from.isoformat(),
+            "unit": unit,
+            "price_per_unit": None if per_unit is None else str(per_unit),
+            **{k: None if v is None else str(v) for k, v in clean.items()},
+        }
         audit_record(actor=actor, action="price_version_added", target=version, after=after)
     bump_auth_generation()
     return version
@@ -271,8 +283,13 @@ def usage_reconcile(*, now: dt.datetime | None = None, fix: bool = False, actor=
             with transaction.atomic():
                 counter = _counter_for(allocation_id=d.allocation_id, period_start=period)
                 UsageCounter.objects.filter(pk=counter.pk).update(tokens_used=d.record_tokens, cost_used=d.record_cost)
-                audit_record(actor=actor, action="usage_reconciled", target=counter, target_type="allocation",
-                             target_id=str(d.allocation_id),
-                             before={"tokens": d.counter_tokens, "cost": str(d.counter_cost)},
-                             after={"tokens": d.record_tokens, "cost": str(d.record_cost)})
+                audit_record(
+                    actor=actor,
+                    action="usage_reconciled",
+                    target=counter,
+                    target_type="allocation",
+                    target_id=str(d.allocation_id),
+                    before={"tokens": d.counter_tokens, "cost": str(d.counter_cost)},
+                    after={"tokens": d.record_tokens, "cost": str(d.record_cost)},
+                )
     return drifts

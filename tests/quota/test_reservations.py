@@ -31,8 +31,14 @@ def admit(allocation, *, tokens=10, cost="0.01", now=None, ttl_s=None):
 def settle(allocation, admission, usage, price):
     return call_settle(
         admission=admission,
-        record={"request_id": "req", "allocation": allocation, "endpoint": "chat.completions",
-                "started_at": timezone.now(), "outcome": "success", "status_code": 200},
+        record={
+            "request_id": "req",
+            "allocation": allocation,
+            "endpoint": "chat.completions",
+            "started_at": timezone.now(),
+            "outcome": "success",
+            "status_code": 200,
+        },
         usage=usage,
         price=price,
     )
@@ -57,8 +63,7 @@ def test_it_rejects_when_the_cost_cap_is_used_up_and_says_how_much():
 def test_it_checks_the_token_quota_before_the_cost_cap():
     allocation = AllocationFactory(quota_tokens_per_month=5, quota_cost_usd_per_month=Decimal("0"))
     price = PriceVersionFactory(model=allocation.model)
-    UsageCounter.objects.create(allocation=allocation, period_start=timezone.now().date().replace(day=1),
-                                tokens_used=5)
+    UsageCounter.objects.create(allocation=allocation, period_start=timezone.now().date().replace(day=1), tokens_used=5)
     with pytest.raises(QuotaExceeded):
         admit(allocation)
     assert price

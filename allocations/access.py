@@ -1,0 +1,139 @@
+"""Who may call what: the read side of every proxied call and realtime session (SPEC 3 steps 3-5).
+
+`key_scope` turns a bearer key into an immutable snapshot of its owner, its scope and each scoped
+allocation's model and provider. Snapshots are cached per process and keyed by the auth generation
+(allocations.cache), so any admin change is seen by every process on its next call, and the
+request path pays one cache read instead of several queries.
+"""
+
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.utils import timezone
+
+from . import crypto
+from .cache import auth_generation
+from .exceptions import AllocationPaused, AllocationQuarantined, AllocationRevoked, ModelMismatch, Unauthorized
+from .models import Allocation, ApiKey, ApiKeyScope
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    id: str
+    kind: str
+    base_url: str
+    api_version: str
+    api_key: str
+    is_active: bool
+
+    def __repr__(self):  # never print the credential
+        return f"ProviderInfo(id={self.id!r}, kind={self.kind!r})"
+
+
+@dataclass(frozen=True)
+class ScopedAllocation:
+    allocation_id: str
+    status: str
+    token_cap: int | None
+    cost_cap: Decimal | None
+    model_id: str
+    model_slug: str
+    model_kind: str
+    model_active: bool
+    upstream_name: str
+    provider: ProviderInfo
+
+
+@dataclass(frozen=True)
+class KeyScope:
+    key_id: str
+    member_id: str
+    allocations: tuple[ScopedAllocation, ...]
+
+    def resolve(self, model_name: str) -> ScopedAllocation:
+        """By slug, or by bare name when exactly one model in scope has it; else ModelMismatch."""
+        usable = [a for a in self.allocations if a.model_active]
+        for a in usable:
+            if a.model_slug == model_name:
+                return a
+        bare = [a for a in usable if a.model_slug.rsplit("/", 1)[-1] == model_name]
+        if len(bare) == 1:
+            return bare[0]
+        allowed = ", ".join(sorted(a.model_slug for a in usable)) or "none"
+        raise ModelMismatch(f"this key may not call model '{model_name}'; it may call: {allowed}")
+
+
+STATUS_ERRORS = {
+    Allocation.Status.REVOKED: AllocationRevoked("this allocation has been revoked"),
+    Allocation.Status.QUARANTINED: AllocationQuarantined("this allocation is quarantined; ask an admin"),
+    Allocation.Status.PAUSED: AllocationPaused("this allocation is paused"),
+}
+
+
+def allocation_check_status(entry: ScopedAllocation) -> None:
+    error = STATUS_ERRORS.get(entry.status)
+    if error is not None:
+        raise type(error)(error.message)
+
+
+_local = threading.local()
+_CACHE_MAX = 10_000
+
+
+def _snapshot(key_hash: str) -> KeyScope | None:
+    key = ApiKey.objects.select_related("member").filter(key_hash=key_hash).first()
+    if key is None or key.is_revoked or not key.member.is_active:
+        return None
+    scopes = ApiKeyScope.objects.filter(api_key=key).select_related("allocation", "model", "model__provider")
+    entries = []
+    for s in scopes:
+        a, m, p = s.allocation, s.model, s.model.provider
+        entries.append(
+            ScopedAllocation(
+                allocation_id=str(a.pk),
+                status=a.status,
+                token_cap=a.quota_tokens_per_month,
+                cost_cap=a.quota_cost_usd_per_month,
+                model_id=str(m.pk),
+                model_slug=m.slug,
+                model_kind=m.kind,
+                model_active=m.is_active,
+                upstream_name=m.upstream_name,
+                provider=ProviderInfo(
+                    id=str(p.pk),
+                    kind=p.kind,
+                    base_url=p.base_url,
+                    api_version=p.api_version,
+                    api_key=crypto.decrypt(p.api_key_encrypted) if p.api_key_encrypted else "",
+                    is_active=p.is_active,
+                ),
+            )
+        )
+    return KeyScope(key_id=str(key.pk), member_id=str(key.member_id), allocations=tuple(entries))
+
+
+def key_scope(plaintext: str) -> KeyScope:
+    """Raises Unauthorized for an unknown or revoked key or a disabled member."""
+    if not plaintext.startswith(ApiKey.PLAINTEXT_PREFIX):
+        raise Unauthorized("invalid API key")
+    generation = auth_generation()
+    cache = getattr(_local, "cache", None)
+    if cache is None or _local.generation != generation or len(cache) > _CACHE_MAX:
+        cache = _local.cache = {}
+        _local.generation = generation
+    key_hash = ApiKey.hash(plaintext)
+    if key_hash not in cache:
+        cache[key_hash] = _snapshot(key_hash)
+    scope = cache[key_hash]
+    if scope is None:
+        raise Unauthorized("invalid API key")
+    return scope
+
+
+def key_touch(*, key_id: str, now=None, every_s: int = 60) -> None:
+    """Throttled last_used_at: at most one write per key per `every_s`."""
+    now = now or timezone.now()
+    ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=now - timezone.timedelta(seconds=every_s)).update(
+        last_used_at=now
+    )

@@ -1,0 +1,44 @@
+import pytest
+
+from allocations.access import allocation_check_status, key_scope
+from allocations.exceptions import AllocationPaused, ModelMismatch, Unauthorized
+from allocations.services import allocation_pause, api_key_revoke, member_set_active
+from tests.factories import AllocationFactory, CatalogModelFactory, make_key
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_resolves_slug_and_unambiguous_bare_name(member):
+    a = AllocationFactory(member=member, model=CatalogModelFactory(slug="openai/gpt-4o-mini"))
+    _, plaintext = make_key(member=member, allocations=[a])
+    scope = key_scope(plaintext)
+    assert scope.resolve("openai/gpt-4o-mini").allocation_id == str(a.pk)
+    assert scope.resolve("gpt-4o-mini").allocation_id == str(a.pk)
+    with pytest.raises(ModelMismatch, match="openai/gpt-4o-mini"):
+        scope.resolve("gpt-5")
+
+
+def test_a_bare_name_shared_by_two_models_in_scope_is_a_mismatch(member):
+    a = AllocationFactory(member=member, model=CatalogModelFactory(slug="openai/gpt-4o"))
+    b = AllocationFactory(member=member, model=CatalogModelFactory(slug="azure/gpt-4o"))
+    _, plaintext = make_key(member=member, allocations=[a, b])
+    with pytest.raises(ModelMismatch):
+        key_scope(plaintext).resolve("gpt-4o")
+
+
+def test_revocations_are_seen_on_the_next_call(api_key, allocation, member):
+    assert key_scope(api_key.plaintext)
+    allocation_pause(allocation=allocation)
+    with pytest.raises(AllocationPaused):
+        allocation_check_status(key_scope(api_key.plaintext).allocations[0])
+    member_set_active(member=member, is_active=False)
+    with pytest.raises(Unauthorized):
+        key_scope(api_key.plaintext)
+    member_set_active(member=member, is_active=True)
+    api_key_revoke(key=api_key)
+    with pytest.raises(Unauthorized):
+        key_scope(api_key.plaintext)
+
+
+def test_the_snapshot_never_prints_the_provider_key(api_key):
+    assert "api_key" not in repr(key_scope(api_key.plaintext).allocations[0].provider)
