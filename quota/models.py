@@ -165,3 +165,5 @@ class Reservation(models.Model):
     cost = models.DecimalField(default=0, **MONEY)
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
+    # What the sweeper needs to write the call record of a session whose worker died (realtime).
+    context = models.JSONField(default=dict, blank=True)
