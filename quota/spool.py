@@ -1,0 +1,170 @@
+"""Settlement that survives a database hiccup.
+
+If the transaction that writes a call record fails (PostgreSQL restarting, a failover, a full
+connection pool), the settlement is pushed onto a Redis list instead of being lost; a periodic
+task replays it once the database is back. Without Redis (the laptop defaults) the fallback is a
+local JSON-lines file. Replay is idempotent: a payload whose record already exists is dropped.
+"""
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError
+
+from .models import CallRecord, PriceVersion
+from .pricing import Usage
+from .services import Admission, call_settle
+
+logger = logging.getLogger(__name__)
+SPOOL_KEY = "gw:settle-spool"
+PROCESSING_KEY = "gw:settle-spool:processing"
+
+
+def _plain(value):
+    if hasattr(value, "pk"):
+        return str(value.pk)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    return value
+
+
+def settle_payload(*, admission, record, usage, price) -> dict:
+    fields = {}
+    for name, value in record.items():
+        key = f"{name}_id" if hasattr(value, "pk") else name
+        fields[key] = _plain(value)
+    return {
+        "spool_id": str(uuid.uuid4()),
+        "admission": None
+        if admission is None
+        else [str(admission.reservation_id), admission.counter_id, admission.tokens, str(admission.cost)],
+        "record": fields,
+        "usage": {k: _plain(v) for k, v in usage.__dict__.items()},
+        "price_id": None if price is None else price.pk,
+    }
+
+
+def _from_payload(payload: dict) -> dict:
+    adm = payload["admission"]
+    admission = None if adm is None else Admission(uuid.UUID(adm[0]), adm[1], adm[2], Decimal(adm[3]))
+    record = dict(payload["record"])
+    for name in ("started_at", "finished_at"):
+        if record.get(name):
+            record[name] = dt.datetime.fromisoformat(record[name])
+    usage = dict(payload["usage"])
+    if usage.get("quantity") is not None:
+        usage["quantity"] = Decimal(usage["quantity"])
+    price = PriceVersion.objects.filter(pk=payload["price_id"]).first() if payload["price_id"] else None
+    return {"admission": admission, "record": record, "usage": Usage(**usage), "price": price}
+
+
+def _redis():
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2) if settings.REDIS_URL else None
+
+
+def _file() -> Path:
+    path = Path(getattr(settings, "GATEWAY_SPOOL_FILE", settings.BASE_DIR / "var" / "settle-spool.jsonl"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def spool_push(payload: dict) -> None:
+    line = json.dumps(payload)
+    client = _redis()
+    if client is not None:
+        try:
+            client.rpush(SPOOL_KEY, line)
+            return
+        except redis.RedisError:
+            logger.exception("settlement spool: Redis unavailable, writing to the local file")
+    with _file().open("a") as fh:
+        fh.write(line + "\n")
+
+
+def call_settle_durable(*, admission: Admission | None, record: dict, usage: Usage, price, now=None):
+    """call_settle, or — when the database fails — a spooled settlement. Returns the record or None."""
+    try:
+        return call_settle(admission=admission, record=record, usage=usage, price=price, now=now)
+    except DatabaseError:
+        logger.exception("settlement failed; spooling request %s for replay", record.get("request_id"))
+        spool_push(settle_payload(admission=admission, record=record, usage=usage, price=price))
+        return None
+
+
+def _replay_one(payload: dict) -> None:
+    rec = payload["record"]
+    started = dt.datetime.fromisoformat(rec["started_at"])
+    if CallRecord.objects.filter(request_id=rec["request_id"], started_at=started).exists():
+        return  # already settled by an earlier replay that died before acknowledging
+    call_settle(**_from_payload(payload))
+
+
+def spool_replay(*, limit: int = 1000) -> int:
+    """Replays spooled settlements; stops at the first database error (still down)."""
+    replayed = 0
+    client = _redis()
+    if client is not None:
+        lock = client.lock("gw:settle-spool:lock", timeout=300, blocking=False)
+        if not lock.acquire():
+            return 0  # another replayer is at work
+        try:
+            # Whatever sits in PROCESSING belongs to a replayer that died: put it back first.
+            while client.lmove(PROCESSING_KEY, SPOOL_KEY, "RIGHT", "LEFT") is not None:
+                pass
+            replayed += _replay_redis(client, limit)
+        finally:
+            lock.release()
+    return replayed + _replay_file()
+
+
+def _replay_redis(client, limit: int) -> int:
+    replayed = 0
+    for _ in range(limit):
+        raw = client.lmove(SPOOL_KEY, PROCESSING_KEY, "LEFT", "RIGHT")
+        if raw is None:
+            break
+        try:
+            _replay_one(json.loads(raw))
+        except DatabaseError:
+            client.lmove(PROCESSING_KEY, SPOOL_KEY, "RIGHT", "LEFT")
+            return replayed
+        client.lrem(PROCESSING_KEY, 1, raw)
+        replayed += 1
+    return replayed
+
+
+def _replay_file() -> int:
+    path = _file()
+    if not path.exists() or not path.stat().st_size:
+        return 0
+    pending = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    done = 0
+    for payload in pending:
+        try:
+            _replay_one(payload)
+        except DatabaseError:
+            break
+        done += 1
+    path.write_text("".join(json.dumps(p) + "\n" for p in pending[done:]))
+    return done
+
+
+def spool_depth() -> int:
+    client = _redis()
+    depth = 0
+    if client is not None:
+        with contextlib.suppress(redis.RedisError):
+            depth += client.llen(SPOOL_KEY) + client.llen(PROCESSING_KEY)
+    path = _file()
+    if path.exists():
+        depth += sum(1 for line in path.read_text().splitlines() if line.strip())
+    return depth
