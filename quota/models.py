@@ -167,3 +167,7 @@ class Reservation(models.Model):
     expires_at = models.DateTimeField(db_index=True)
     # What the sweeper needs to write the call record of a session whose worker died (realtime).
     context = models.JSONField(default=dict, blank=True)
+
+
+# The pool and anomaly models live in their own module (owned by the pool work); registered here.
+from .pool_models import AnomalyConfig, PoolConfig, RebalanceEntry, RebalanceLog  # noqa: E402, F401

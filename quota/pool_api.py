@@ -1,0 +1,95 @@
+"""Admin API for the adaptive pool: GET/PATCH /api/admin/pool, GET /api/admin/pool/preview,
+POST /api/admin/pool/rebalance. Staff only (anonymous → 401, non-staff → 403)."""
+
+from django.utils import timezone
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from allocations.exceptions import BadRequest
+
+from .pool import (
+    RebalanceRefused,
+    log_describe,
+    pool_config_update,
+    pool_overview,
+    pool_plan,
+    pool_rebalance,
+    pool_state,
+)
+from .pool_models import RebalanceLog
+
+
+class IsStaff(BasePermission):
+    def has_permission(self, request, view):
+        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+def _client_ip(request):
+    return request.META.get("REMOTE_ADDR")
+
+
+class PoolView(APIView):
+    permission_classes = [IsStaff]
+
+    def get(self, request):
+        return Response(pool_overview())
+
+    def patch(self, request):
+        if not isinstance(request.data, dict):
+            raise BadRequest("expected a JSON object")
+        pool_config_update(changes=dict(request.data), actor=request.user, source_ip=_client_ip(request))
+        return Response(pool_overview())
+
+
+def _plan_body(state, shares) -> dict:
+    members = {a.pk: a for a in state.members}
+    return {
+        "allocations": [
+            {
+                "id": str(s.allocation_id),
+                "member": members[s.allocation_id].member.username,
+                "model": members[s.allocation_id].model.slug,
+                "usage": s.usage,
+                "quota_before": members[s.allocation_id].quota_tokens_per_month,
+                "quota_after": s.quota,
+                "reason": s.reason,
+            }
+            for s in shares
+        ]
+    }
+
+
+class PoolPreviewView(APIView):
+    permission_classes = [IsStaff]
+
+    def get(self, request):
+        state = pool_state(now=timezone.now())
+        try:
+            shares = pool_plan(state)
+        except RebalanceRefused as exc:
+            return Response({**pool_overview(), "refused": exc.message, "allocations": []})
+        return Response({**pool_overview(), "refused": None, **_plan_body(state, shares)})
+
+
+class PoolRebalanceView(APIView):
+    permission_classes = [IsStaff]
+
+    def post(self, request):
+        result = pool_rebalance(trigger=RebalanceLog.Trigger.API, actor=request.user)
+        if result.refused:
+            raise RebalanceRefused(result.refused)
+        entries = result.log.entries.select_related("allocation").order_by("allocation_id")
+        body = log_describe(result.log)
+        body["allocations"] = [
+            {
+                "id": str(e.allocation_id),
+                "usage": e.usage,
+                "quota_before": e.quota_before,
+                "quota_after": e.quota_after,
+                "reason": e.reason,
+                "applied": e.applied,
+            }
+            for e in entries
+        ]
+        return Response(body)

@@ -1,0 +1,80 @@
+"""Thin Celery wrappers around the quota services. Every task is idempotent: running it twice
+changes nothing the second time (the schedule is in settings.CELERY_BEAT_SCHEDULE)."""
+
+import datetime as dt
+import logging
+
+from celery import shared_task
+from django.db.models import Max
+from django.utils import timezone
+
+from allocations.audit import audit_record
+from allocations.models import AuditEvent
+
+from . import services
+from .anomaly import anomalies_detect
+from .periods import period_start_date
+from .pool import pool_rebalance_scheduled
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="quota.pool_rebalance_tick", ignore_result=True)
+def pool_rebalance_tick() -> str:
+    """Beat sends this every minute; it rebalances in the first hour of a period, once per period."""
+    result = pool_rebalance_scheduled()
+    if result is None:
+        return "outside window"
+    if result.duplicate:
+        return "already done this period"
+    return f"refused: {result.refused}" if result.refused else f"applied log {result.log.pk}"
+
+
+@shared_task(name="quota.anomalies_detect", ignore_result=True)
+def anomalies_detect_task() -> int:
+    detections = anomalies_detect()
+    for d in detections:
+        log.warning("anomaly: allocation %s quarantined=%s (%s)", d.allocation_id, d.quarantined, d.figures)
+    return sum(d.quarantined for d in detections)
+
+
+@shared_task(name="quota.reservations_sweep", ignore_result=True)
+def reservations_sweep_task() -> int:
+    return services.reservations_sweep()
+
+
+@shared_task(name="quota.usage_reconcile_nightly", ignore_result=True)
+def usage_reconcile_nightly() -> int:
+    """Reports drift between counters and call records as audit events; does not fix it (see
+    docs/POOL.md: a rewrite could race with calls settling, so a human runs `reconcile_usage --fix`)."""
+    now = timezone.now()
+    reported = 0
+    # Yesterday's period too, so the last day of a month is checked after midnight.
+    for at in sorted({now, now - dt.timedelta(days=1)}, key=period_start_date):
+        for drift in services.usage_reconcile(now=at, fix=False):
+            reported += _report_drift(drift)
+    return reported
+
+
+def _report_drift(drift) -> int:
+    after = {
+        "period_start": drift.period_start.isoformat(),
+        "counter_tokens": drift.counter_tokens,
+        "record_tokens": drift.record_tokens,
+        "counter_cost": str(drift.counter_cost),
+        "record_cost": str(drift.record_cost),
+    }
+    target_id = str(drift.allocation_id)
+    last = AuditEvent.objects.filter(action="usage_drift_detected", target_type="allocation", target_id=target_id)
+    last_id = last.aggregate(m=Max("id"))["m"]
+    if last_id is not None and AuditEvent.objects.get(pk=last_id).after == after:
+        return 0  # same drift already reported: the task is idempotent
+    audit_record(
+        actor=None,
+        action="usage_drift_detected",
+        target=None,
+        target_type="allocation",
+        target_id=target_id,
+        after=after,
+    )
+    return 1
