@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -73,6 +74,7 @@ TEMPLATES = [
                 "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.context_processors.portal",
             ],
         },
     },
@@ -87,6 +89,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="")
+_xdist_worker = env("PYTEST_XDIST_WORKER", default="")
+if REDIS_URL and _xdist_worker.startswith("gw"):
+    # Parallel test workers share one Redis server; cache.clear() is FLUSHDB, so each worker
+    # gets its own database number (base + worker index).
+    _base, _, _db = REDIS_URL.rpartition("/")
+    if _db.isdigit():
+        REDIS_URL = f"{_base}/{(int(_db) + int(_xdist_worker[2:])) % 16}"
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
@@ -99,6 +108,14 @@ else:
     CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
+# Periodic jobs (quota/tasks.py, docs/POOL.md). The pool tick runs every minute and acts only in the
+# first hour of a billing period (GATEWAY_BILLING_TIMEZONE), once per period.
+CELERY_BEAT_SCHEDULE = {
+    "pool-rebalance-tick": {"task": "quota.pool_rebalance_tick", "schedule": 60.0},
+    "anomalies-detect": {"task": "quota.anomalies_detect", "schedule": 300.0},
+    "reservations-sweep": {"task": "quota.reservations_sweep", "schedule": 60.0},
+    "usage-reconcile-nightly": {"task": "quota.usage_reconcile_nightly", "schedule": crontab(hour=3, minute=17)},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -107,6 +124,7 @@ AUTH_PASSWORD_VALIDATORS = [
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("zh-hant", "繁體中文")]
 LOCALE_PATHS = [BASE_DIR / "locale"]
+FORMAT_MODULE_PATH = ["portal.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -135,6 +153,12 @@ GATEWAY_UPSTREAM_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_TIMEOUT_S", default=600
 GATEWAY_TRUSTED_PROXY_COUNT = env.int("GATEWAY_TRUSTED_PROXY_COUNT", default=0)
 # Output tokens assumed for a reservation when the request names no max_tokens.
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
+# Pages assumed for an OCR reservation when the request does not list `pages` (docs/ENDPOINTS.md).
+GATEWAY_OCR_ESTIMATE_PAGES = env.int("GATEWAY_OCR_ESTIMATE_PAGES", default=10)
+# Threads (each with one persistent DB connection) that run the /v1 accounting steps, per process.
+GATEWAY_ACCOUNTING_THREADS = env.int("GATEWAY_ACCOUNTING_THREADS", default=4)
+# Largest realtime frame relayed either way (a bigger one closes the socket with 1009).
+GATEWAY_REALTIME_MAX_FRAME_BYTES = env.int("GATEWAY_REALTIME_MAX_FRAME_MB", default=16) * 1024 * 1024
 
 LOGGING = {
     "version": 1,

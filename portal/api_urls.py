@@ -1,1 +1,15 @@
-urlpatterns: list = []
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("allocations", api.AllocationList.as_view(), name="me-allocations"),
+    path("allocations/<str:allocation_id>", api.AllocationDetail.as_view(), name="me-allocation"),
+    path("allocations/<str:allocation_id>/pause", api.AllocationPause.as_view(), name="me-allocation-pause"),
+    path("allocations/<str:allocation_id>/resume", api.AllocationResume.as_view(), name="me-allocation-resume"),
+    path("usage", api.Usage.as_view(), name="me-usage"),
+    path("calls", api.Calls.as_view(), name="me-calls"),
+    path("keys", api.KeyList.as_view(), name="me-keys"),
+    path("keys/<str:key_id>", api.KeyDetail.as_view(), name="me-key"),
+    path("keys/<str:key_id>/rotate", api.KeyRotate.as_view(), name="me-key-rotate"),
+]

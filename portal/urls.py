@@ -1,1 +1,17 @@
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+app_name = "portal"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("keys/", views.keys, name="keys"),
+    path("keys/<str:key_id>/rename/", views.key_rename, name="key_rename"),
+    path("keys/<str:key_id>/rotate/", views.key_rotate, name="key_rotate"),
+    path("keys/<str:key_id>/revoke/", views.key_revoke, name="key_revoke"),
+    path("allocations/<str:allocation_id>/pause/", views.allocation_pause, name="allocation_pause"),
+    path("allocations/<str:allocation_id>/resume/", views.allocation_resume, name="allocation_resume"),
+    path("usage/", views.usage, name="usage"),
+    path("how-to-call/", views.how_to_call, name="how_to_call"),
+]

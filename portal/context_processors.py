@@ -1,0 +1,5 @@
+from django.conf import settings
+
+
+def portal(request):
+    return {"billing_tz": settings.GATEWAY_BILLING_TIMEZONE}

@@ -1,0 +1,48 @@
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from allocations.models import Allocation
+
+
+class AllocationChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj):
+        if obj.display_name and obj.display_name != obj.model.slug:
+            return f"{obj.display_name} ({obj.model.slug})"
+        return obj.model.slug
+
+
+class KeyCreateForm(forms.Form):
+    name = forms.CharField(label=_("Key name"), max_length=100, help_text=_("For example: laptop, CI, notebook."))
+    allocations = AllocationChoiceField(
+        label=_("Allocations this key may use"),
+        queryset=Allocation.objects.none(),
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("At most one allocation per model."),
+        error_messages={"required": _("Choose at least one allocation.")},
+    )
+
+    def __init__(self, *args, member, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Only the member's own, non-revoked allocations: another member's id is simply "invalid".
+        self.fields["allocations"].queryset = (
+            Allocation.objects.owned_by(member)
+            .exclude(status=Allocation.Status.REVOKED)
+            .select_related("model")
+            .order_by("created_at", "id")
+        )
+
+    def clean_name(self):
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise forms.ValidationError(_("This field is required."))
+        return name
+
+
+class KeyRenameForm(forms.Form):
+    name = forms.CharField(label=_("New name"), max_length=100)
+
+    def clean_name(self):
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise forms.ValidationError(_("This field is required."))
+        return name

@@ -1,0 +1,105 @@
+"""Display helpers: USD with enough decimals for small spends, localised; prices; percentages."""
+
+from decimal import ROUND_HALF_UP, Decimal
+
+from django import template
+from django.utils.formats import number_format
+from django.utils.translation import gettext as _
+
+register = template.Library()
+
+SMALLEST = Decimal("0.000001")
+
+
+def _places(amount: Decimal) -> int:
+    magnitude = abs(amount)
+    if magnitude >= 1 or magnitude == 0:
+        return 2
+    return 4 if magnitude >= Decimal("0.01") else 6
+
+
+@register.filter
+def usd(value) -> str:
+    """$1,234.50, $0.0523, $0.000123, or "unpriced" for None (never $0 for an unpriced amount)."""
+    if value is None or value == "":
+        return _("unpriced")
+    amount = Decimal(str(value))
+    if 0 < amount < SMALLEST:
+        return "< $" + number_format(SMALLEST, decimal_pos=6, use_l10n=True)
+    places = _places(amount)
+    rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    shown = max(2, min(places, -rounded.normalize().as_tuple().exponent))
+    return "$" + number_format(rounded, decimal_pos=shown, use_l10n=True, force_grouping=True)
+
+
+@register.filter
+def tokens(value) -> str:
+    return number_format(int(value or 0), use_l10n=True, force_grouping=True)
+
+
+@register.filter
+def quantity(value) -> str:
+    if value is None:
+        return ""
+    amount = Decimal(str(value)).normalize()
+    places = max(0, -amount.as_tuple().exponent)
+    return number_format(amount, decimal_pos=places, use_l10n=True, force_grouping=True)
+
+
+@register.simple_tag
+def price_parts(price) -> list[str]:
+    """The price in force as short localised phrases; an empty list means unpriced."""
+    if price is None:
+        return []
+    if price.unit:
+        labels = {
+            "image": _("%(amount)s per image"),
+            "page": _("%(amount)s per page"),
+            "second": _("%(amount)s per second"),
+            "minute": _("%(amount)s per minute"),
+            "character": _("%(amount)s per character"),
+            "query": _("%(amount)s per query"),
+            "request": _("%(amount)s per request"),
+        }
+        label = labels.get(price.unit, _("%(amount)s per unit"))
+        return [label % {"amount": usd(price.price_per_unit)}]
+    rates = [
+        (price.input_per_1m, _("input %(amount)s / 1M tokens")),
+        (price.cached_input_per_1m, _("cached input %(amount)s / 1M tokens")),
+        (price.output_per_1m, _("output %(amount)s / 1M tokens")),
+        (price.audio_input_per_1m, _("audio input %(amount)s / 1M tokens")),
+        (price.audio_output_per_1m, _("audio output %(amount)s / 1M tokens")),
+    ]
+    return [label % {"amount": usd(rate)} for rate, label in rates if rate is not None]
+
+
+@register.simple_tag
+def outcome_label(outcome: str) -> str:
+    labels = {
+        "success": _("success"),
+        "client_cancelled": _("client cancelled"),
+        "upstream_error": _("upstream error"),
+        "gateway_error": _("gateway error"),
+        "rejected_unauthenticated": _("rejected: unauthenticated"),
+        "rejected_bad_request": _("rejected: bad request"),
+        "rejected_model_mismatch": _("rejected: model not in key scope"),
+        "rejected_revoked": _("rejected: revoked"),
+        "rejected_paused": _("rejected: paused"),
+        "rejected_quarantined": _("rejected: quarantined"),
+        "rejected_quota_exceeded": _("rejected: token quota reached"),
+        "rejected_cost_quota_exceeded": _("rejected: cost cap reached"),
+        "rejected_quota_busy": _("rejected: quota busy"),
+        "rejected_model_kind": _("rejected: wrong endpoint for model"),
+    }
+    return labels.get(outcome, outcome)
+
+
+@register.simple_tag
+def status_label(status: str) -> str:
+    labels = {
+        "active": _("Active"),
+        "paused": _("Paused"),
+        "quarantined": _("Quarantined"),
+        "revoked": _("Revoked"),
+    }
+    return labels.get(status, status)

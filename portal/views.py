@@ -1,0 +1,204 @@
+"""Portal pages. Each view parses input, calls one selector or service, and renders."""
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.translation import get_language
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from allocations import services
+from allocations.exceptions import GatewayError
+from allocations.models import Allocation
+
+from . import selectors
+from .auth import RateLimitedAuthenticationForm
+from .forms import KeyCreateForm, KeyRenameForm
+
+CALLS_PER_PAGE = 50
+
+
+class LoginView(auth_views.LoginView):
+    form_class = RateLimitedAuthenticationForm
+    redirect_authenticated_user = True
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.rate_limited:
+            response.status_code = 429
+        return response
+
+
+@login_required
+def dashboard(request):
+    cards = selectors.allocation_cards(member=request.user)
+    revoked = [c for c in cards if c.allocation.status == Allocation.Status.REVOKED]
+    context = {
+        "cards": [c for c in cards if c.allocation.status != Allocation.Status.REVOKED],
+        "revoked_cards": revoked,
+        "near_cap_percent": int(settings.GATEWAY_NEAR_CAP_RATIO * 100),
+    }
+    return render(request, "portal/dashboard.html", context)
+
+
+def _keys_page(request, *, form=None, plaintext=None, new_key=None, status=200):
+    context = {
+        "keys": selectors.keys_of(member=request.user),
+        "form": form or KeyCreateForm(member=request.user),
+        "plaintext": plaintext,
+        "new_key": new_key,
+    }
+    response = render(request, "portal/keys.html", context, status=status)
+    if plaintext:
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+@never_cache
+@login_required
+def keys(request):
+    if request.method != "POST":
+        return _keys_page(request)
+    form = KeyCreateForm(request.POST, member=request.user)
+    if not form.is_valid():
+        return _keys_page(request, form=form, status=400)
+    try:
+        key, plaintext = services.api_key_create(
+            member=request.user,
+            name=form.cleaned_data["name"],
+            allocations=form.cleaned_data["allocations"],
+            actor=request.user,
+        )
+    except GatewayError as exc:
+        form.add_error("allocations", _scope_message(exc))
+        return _keys_page(request, form=form, status=400)
+    return _keys_page(request, plaintext=plaintext, new_key=key, status=201)
+
+
+def _scope_message(exc: GatewayError) -> str:
+    if exc.code == "scope_conflict":
+        return _("A key may hold at most one allocation per model.")
+    if exc.code == "bad_request":
+        return _("A revoked allocation cannot be added to a key.")
+    return _("That allocation cannot be added to a key.")
+
+
+@require_POST
+@login_required
+def key_rename(request, key_id):
+    key = selectors.key_owned(member=request.user, key_id=key_id)
+    form = KeyRenameForm(request.POST)
+    if form.is_valid():
+        services.api_key_rename(key=key, name=form.cleaned_data["name"], actor=request.user)
+        messages.success(request, _("Key renamed to “%(name)s”.") % {"name": key.name})
+    else:
+        messages.error(request, _("Enter a name of at most 100 characters."))
+    return redirect("portal:keys")
+
+
+@never_cache
+@require_POST
+@login_required
+def key_rotate(request, key_id):
+    key = selectors.key_owned(member=request.user, key_id=key_id)
+    key, plaintext = services.api_key_rotate(key=key, actor=request.user)
+    return _keys_page(request, plaintext=plaintext, new_key=key)
+
+
+@require_POST
+@login_required
+def key_revoke(request, key_id):
+    key = selectors.key_owned(member=request.user, key_id=key_id)
+    services.api_key_revoke(key=key, actor=request.user)
+    messages.success(request, _("Key “%(name)s” revoked. It stops working at once.") % {"name": key.name})
+    return redirect("portal:keys")
+
+
+@require_POST
+@login_required
+def allocation_pause(request, allocation_id):
+    allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
+    try:
+        services.allocation_pause(allocation=allocation, by=Allocation.PausedBy.MEMBER, actor=request.user)
+        messages.success(request, _("%(name)s is paused. Calls are refused until you resume it.") % _name(allocation))
+    except GatewayError:
+        messages.error(request, _("Only an active allocation can be paused."))
+    return redirect("portal:dashboard")
+
+
+@require_POST
+@login_required
+def allocation_resume(request, allocation_id):
+    allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
+    try:
+        services.allocation_resume(allocation=allocation, by=Allocation.PausedBy.MEMBER, actor=request.user)
+        messages.success(request, _("%(name)s is active again.") % _name(allocation))
+    except GatewayError as exc:
+        if exc.code == "forbidden":
+            messages.error(request, _("An admin paused this allocation; only an admin can resume it."))
+        else:
+            messages.error(request, _("Only a paused allocation can be resumed."))
+    return redirect("portal:dashboard")
+
+
+def _name(allocation) -> dict:
+    return {"name": allocation.display_name or allocation.model.slug}
+
+
+@login_required
+def usage(request):
+    now = timezone.now()
+    period = selectors.period_of_month(request.GET.get("period"), now)
+    allocation = None
+    if request.GET.get("allocation"):
+        allocation = selectors.allocation_owned(member=request.user, allocation_id=request.GET["allocation"])
+    try:
+        calls, next_cursor = selectors.calls_page(
+            member=request.user,
+            allocation=allocation,
+            period=period,
+            cursor=request.GET.get("cursor") or None,
+            limit=CALLS_PER_PAGE,
+        )
+    except GatewayError:
+        return redirect(f"{request.path}?period={period.first_day:%Y-%m}")
+    by_model = selectors.usage_grouped(member=request.user, period=period, group_by="model", allocation=allocation)
+    context = {
+        "period": period,
+        "months": selectors.recent_months(now),
+        "selected_month": period.first_day,
+        "series": selectors.usage_daily_series(member=request.user, period=period, allocation=allocation),
+        "chart_labels": {"dataset": _("Spend (USD)"), "locale": get_language()},
+        "by_model": by_model,
+        "calls": calls,
+        "next_cursor": next_cursor,
+        "cursor": request.GET.get("cursor") or "",
+        "allocation": allocation,
+        "allocations": Allocation.objects.owned_by(request.user).select_related("model").order_by("created_at"),
+    }
+    return render(request, "portal/usage.html", context)
+
+
+@login_required
+def how_to_call(request):
+    allocations = list(
+        Allocation.objects.owned_by(request.user)
+        .exclude(status=Allocation.Status.REVOKED)
+        .select_related("model")
+        .order_by("created_at", "id")
+    )
+    chat = next((a for a in allocations if a.model.kind == "chat"), allocations[0] if allocations else None)
+    realtime = next((a for a in allocations if a.model.kind == "realtime"), None)
+    context = {
+        "base_url": request.build_absolute_uri("/v1"),
+        "ws_url": request.build_absolute_uri("/v1/realtime").replace("http", "ws", 1),
+        "allocations": allocations,
+        "model": chat.model.slug if chat else "openai/gpt-4o-mini",
+        "realtime_model": realtime.model.slug if realtime else "openai/gpt-4o-realtime-preview",
+        "has_realtime": realtime is not None,
+    }
+    return render(request, "portal/how_to_call.html", context)
