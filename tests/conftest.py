@@ -41,3 +41,9 @@ def api_key(allocation):
     key, plaintext = make_key(member=allocation.member, allocations=[allocation])
     key.plaintext = plaintext
     return key
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hasher(settings):
+    """PBKDF2 costs up to a second per user on a busy 2-core CI box; hashing strength is not under test."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
