@@ -40,14 +40,23 @@ def allocation_snapshot(allocation: Allocation) -> dict:
 # --- members -------------------------------------------------------------------------------
 
 
-def member_create(*, username: str, email: str = "", password: str | None = None, is_staff: bool = False, actor=None):
+def member_create(
+    *,
+    username: str,
+    email: str = "",
+    password: str | None = None,
+    is_staff: bool = False,
+    is_superuser: bool = False,
+    actor=None,
+):
     username = (username or "").strip().casefold()
     if not username:
         raise BadRequest("username is required", fields={"username": ["This field is required."]})
     if Member.objects.filter(username=username).exists():
         raise BadRequest("username is taken", fields={"username": ["A member with that username already exists."]})
     with transaction.atomic():
-        member = Member(username=username, email=email or "", is_staff=is_staff)
+        member = Member(username=username, email=email or "", is_staff=is_staff or is_superuser)
+        member.is_superuser = is_superuser
         if password:
             member.set_password(password)
         else:
@@ -57,8 +66,34 @@ def member_create(*, username: str, email: str = "", password: str | None = None
             actor=actor,
             action="member_created",
             target=member,
-            after={"username": member.username, "email": member.email, "is_staff": member.is_staff},
+            after={
+                "username": member.username,
+                "email": member.email,
+                "is_staff": member.is_staff,
+                "is_superuser": member.is_superuser,
+            },
         )
+    return member
+
+
+def member_set_password(*, member: Member, password: str, actor=None) -> Member:
+    """The audit event records that the password changed, never the password."""
+    with transaction.atomic():
+        member.set_password(password)
+        member.save(update_fields=["password"])
+        audit_record(actor=actor, action="member_password_set", target=member, after={"password": "changed"})
+    return member
+
+
+def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, actor=None) -> Member:
+    before = {"is_staff": member.is_staff, "is_superuser": member.is_superuser}
+    after = {"is_staff": is_staff or is_superuser, "is_superuser": is_superuser}
+    if before == after:
+        return member
+    with transaction.atomic():
+        member.is_staff, member.is_superuser = after["is_staff"], after["is_superuser"]
+        member.save(update_fields=["is_staff", "is_superuser"])
+        audit_record(actor=actor, action="member_roles_updated", target=member, before=before, after=after)
     return member
 
 
@@ -118,6 +153,29 @@ def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Prov
             before=before,
             after={"fingerprint": provider.key_fingerprint},
         )
+    bump_auth_generation()
+    return provider
+
+
+PROVIDER_UPDATABLE = ("name", "base_url", "api_version")
+
+
+def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provider:
+    unknown = set(changes) - set(PROVIDER_UPDATABLE)
+    if unknown:
+        raise BadRequest(
+            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
+            fields={n: ["Unknown or read-only field."] for n in sorted(unknown)},
+        )
+    changed = {f: v for f, v in changes.items() if getattr(provider, f) != v}
+    if not changed:
+        return provider
+    before = {f: getattr(provider, f) for f in changed}
+    for field, value in changed.items():
+        setattr(provider, field, value)
+    with transaction.atomic():
+        provider.save(update_fields=[*changed, "updated_at"])
+        audit_record(actor=actor, action="provider_updated", target=provider, before=before, after=changed)
     bump_auth_generation()
     return provider
 
@@ -262,6 +320,23 @@ def admin_token_create(*, user) -> str:
     return plaintext
 
 
+def admin_token_revoke(*, token: AdminToken, actor=None, now=None) -> AdminToken:
+    if token.revoked_at is not None:
+        return token
+    token.revoked_at = now or timezone.now()
+    with transaction.atomic():
+        token.save(update_fields=["revoked_at"])
+        audit_record(
+            actor=actor,
+            action="admin_token_revoked",
+            target=token,
+            before={"revoked": False},
+            after={"revoked": True},
+            now=token.revoked_at,
+        )
+    return token
+
+
 # --- allocations ---------------------------------------------------------------------------------
 
 
@@ -281,7 +356,7 @@ def validate_token_quota(value):
     return number
 
 
-COST_CAP_MAX = Decimal("999999999999999")  # 15 integer digits fit the DecimalField
+COST_CAP_MAX = Decimal("99999999999")  # numeric(20, 9) holds 11 integer digits
 
 
 def validate_cost_cap(value):
@@ -410,7 +485,8 @@ def _transition(*, allocation, action, allowed_from, to_status, actor, paused_by
     with transaction.atomic():
         locked = Allocation.objects.select_for_update().get(pk=allocation.pk)
         if locked.status not in allowed_from:
-            raise InvalidTransition(f"cannot {action.split('_')[-1]} an allocation that is {locked.status}")
+            verb = action.split("_")[-1].removesuffix("d")  # allocation_paused -> pause
+            raise InvalidTransition(f"cannot {verb} an allocation that is {locked.status}")
         if check:
             check(locked)
         before = allocation_snapshot(locked)

@@ -1,0 +1,373 @@
+"""Django admin for what needs usage figures or prices: allocations, price versions, call records.
+
+Writes go through allocations.services / quota.services (audited); usage comes from the counters
+through quota.selectors, one query per page.
+"""
+
+from decimal import Decimal
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import DecimalField, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from django.utils.html import format_html
+
+from allocations import services
+from allocations.admin import ReadOnlyListMixin, client_ip, form_errors_from, simulated_badge
+from allocations.exceptions import BadRequest, GatewayError
+from allocations.models import Allocation, ProviderKind
+
+from . import selectors
+from .models import CallRecord, PriceVersion, UsageCounter
+from .periods import period_start_date
+from .services import price_version_add, price_version_clean
+
+
+def _money(value) -> str:
+    return f"${value.quantize(Decimal('0.01')):,}" if value is not None else "—"
+
+
+# --- allocations -----------------------------------------------------------------------------------
+
+
+class AllocationForm(forms.ModelForm):
+    # CharFields so that every bad input reaches the service's own validation and message.
+    quota_tokens_per_month = forms.CharField(required=False, help_text="Whole tokens ≥ 0; blank = unlimited.")
+    quota_cost_usd_per_month = forms.CharField(
+        required=False, label="Cost cap (USD / month)", help_text="USD ≥ 0; blank = no cap; 0 blocks at once."
+    )
+
+    class Meta:
+        model = Allocation
+        fields = (
+            "member",
+            "model",
+            "display_name",
+            "quota_tokens_per_month",
+            "quota_cost_usd_per_month",
+            "is_service_allocation",
+            "quota_locked",
+            "note",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cap = self.initial.get("quota_cost_usd_per_month")
+        if isinstance(cap, Decimal):
+            self.initial["quota_cost_usd_per_month"] = f"{cap.normalize():f}"
+
+    def clean_quota_tokens_per_month(self):
+        try:
+            return services.validate_token_quota(self.cleaned_data.get("quota_tokens_per_month", "").strip())
+        except BadRequest as exc:
+            raise forms.ValidationError(exc.fields["quota_tokens_per_month"]) from None
+
+    def clean_quota_cost_usd_per_month(self):
+        try:
+            return services.validate_cost_cap(self.cleaned_data.get("quota_cost_usd_per_month", "").strip())
+        except BadRequest as exc:
+            raise forms.ValidationError(exc.fields["quota_cost_usd_per_month"]) from None
+
+
+class UsageChangeList(ChangeList):
+    """Attaches this month's usage to the page's allocations: one counter query per page."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        usage = selectors.usage_this_month([a.pk for a in self.result_list])
+        for allocation in self.result_list:
+            allocation.usage_tokens, allocation.usage_cost = usage[allocation.pk]
+
+
+def _usage(obj):
+    if not hasattr(obj, "usage_tokens"):
+        obj.usage_tokens, obj.usage_cost = selectors.usage_this_month([obj.pk])[obj.pk]
+    return obj.usage_tokens, obj.usage_cost
+
+
+def _percent(used, cap) -> str:
+    if cap is None:
+        return ""
+    if cap == 0:
+        return " (cap 0: blocked)"
+    return f" ({Decimal(used) * 100 / Decimal(cap):.0f}%)"
+
+
+class UsageFilter(admin.SimpleListFilter):
+    """Near or over a cap this month, from the counters (one query with subqueries)."""
+
+    title = "this month's usage"
+    parameter_name = "usage"
+
+    def lookups(self, request, model_admin):
+        return [("near", f"near a cap (≥ {settings.GATEWAY_NEAR_CAP_RATIO:.0%})"), ("over", "at or over a cap")]
+
+    def queryset(self, request, queryset):
+        if self.value() not in ("near", "over"):
+            return queryset
+        ratio = settings.GATEWAY_NEAR_CAP_RATIO if self.value() == "near" else Decimal(1)
+        counters = UsageCounter.objects.filter(
+            allocation=OuterRef("pk"), period_start=period_start_date(timezone.now())
+        )
+        money = DecimalField(max_digits=40, decimal_places=9)
+        queryset = queryset.annotate(
+            used_tokens=Coalesce(Subquery(counters.values("tokens_used")[:1]), Value(0)),
+            used_cost=Coalesce(Subquery(counters.values("cost_used")[:1]), Value(Decimal(0)), output_field=money),
+        )
+        token_hit = Q(quota_tokens_per_month__isnull=False) & Q(
+            used_tokens__gte=ExpressionWrapper(F("quota_tokens_per_month") * Value(ratio), output_field=money)
+        )
+        cost_hit = Q(quota_cost_usd_per_month__isnull=False) & Q(
+            used_cost__gte=ExpressionWrapper(F("quota_cost_usd_per_month") * Value(ratio), output_field=money)
+        )
+        return queryset.filter(token_hit | cost_hit)
+
+
+@admin.register(Allocation)
+class AllocationAdmin(admin.ModelAdmin):
+    form = AllocationForm
+    list_display = ("display_name", "member", "model_label", "status_label", "tokens", "spend", "near_cap_flag")
+    list_filter = (
+        UsageFilter,
+        "status",
+        "model__kind",
+        "is_service_allocation",
+        "quota_locked",
+        "model__provider__kind",
+        "model",
+    )
+    search_fields = ("display_name", "member__username", "member__email", "model__slug", "=id")
+    list_select_related = ("member", "model", "model__provider")
+    readonly_fields = ("status", "paused_by", "status_reason", "usage_summary", "created_at", "updated_at")
+    actions = ("pause", "resume", "revoke", "unquarantine", "rotate_default_key")
+
+    def get_changelist(self, request, **kwargs):
+        return UsageChangeList
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("member", "model", *self.readonly_fields) if obj else ()
+
+    def get_fields(self, request, obj=None):
+        fields = list(AllocationForm.Meta.fields)
+        if obj is None:
+            fields.remove("quota_locked")
+            fields.remove("note")
+            return fields
+        return [*fields, "status", "paused_by", "status_reason", "usage_summary", "created_at", "updated_at"]
+
+    @admin.display(description="model", ordering="model__slug")
+    def model_label(self, obj):
+        badge = simulated_badge(obj.model.provider.kind) if obj.model.provider.kind == ProviderKind.SIMULATED else ""
+        return format_html("{} {}", obj.model.slug, badge)
+
+    @admin.display(description="status", ordering="status")
+    def status_label(self, obj):
+        suffix = f" by {obj.paused_by}" if obj.status == Allocation.Status.PAUSED and obj.paused_by else ""
+        return f"{obj.status}{suffix}"
+
+    @admin.display(description="tokens used / quota")
+    def tokens(self, obj):
+        used, _ = _usage(obj)
+        cap = obj.quota_tokens_per_month
+        return f"{used:,} / {'unlimited' if cap is None else f'{cap:,}'}{_percent(used, cap)}"
+
+    @admin.display(description="spend / cap this month")
+    def spend(self, obj):
+        tokens, cost = _usage(obj)
+        cap = obj.quota_cost_usd_per_month
+        text = f"{_money(cost)} / {'no cap' if cap is None else _money(cap)}{_percent(cost, cap)}"
+        if self._near(obj, tokens, cost):
+            return format_html('<strong style="color:#b94a00">{} ⚠</strong>', text)
+        return text
+
+    @admin.display(description="near cap", boolean=True)
+    def near_cap_flag(self, obj):
+        tokens, cost = _usage(obj)
+        return self._near(obj, tokens, cost)
+
+    @staticmethod
+    def _near(obj, tokens, cost) -> bool:
+        return selectors.near_cap(
+            tokens_used=tokens,
+            token_cap=obj.quota_tokens_per_month,
+            cost_used=cost,
+            cost_cap=obj.quota_cost_usd_per_month,
+        )
+
+    @admin.display(description="this month")
+    def usage_summary(self, obj):
+        return f"tokens {self.tokens(obj)}; spend {self.spend(obj)}"
+
+    # --- writes: only through the services ---
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        if change:
+            fresh = Allocation.objects.get(pk=obj.pk)
+            changes = {f: data[f] for f in form.changed_data if f in services.UPDATABLE_FIELDS}
+            services.allocation_update(
+                allocation=fresh, changes=changes, actor=request.user, source_ip=client_ip(request)
+            )
+            return
+        allocation, key, plaintext = services.allocation_create(
+            member=data["member"],
+            model=data["model"],
+            display_name=data.get("display_name", ""),
+            quota_tokens_per_month=data.get("quota_tokens_per_month"),
+            quota_cost_usd_per_month=data.get("quota_cost_usd_per_month"),
+            is_service_allocation=data.get("is_service_allocation", False),
+            actor=request.user,
+        )
+        obj.pk, obj._state.adding = allocation.pk, False
+        self.message_user(
+            request, f"Default API key for {allocation} (shown once, copy it now): {plaintext}", messages.WARNING
+        )
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoke instead: call records point at allocations
+
+    def _each(self, request, queryset, verb, call):
+        done = 0
+        for allocation in queryset.select_related("member", "model"):
+            try:
+                call(allocation)
+                done += 1
+            except GatewayError as exc:
+                self.message_user(request, f"{allocation}: {exc.message}", messages.ERROR)
+        if done:
+            self.message_user(request, f"{done} allocation(s) {verb}.", messages.SUCCESS)
+
+    @admin.action(description="Pause selected allocations")
+    def pause(self, request, queryset):
+        self._each(request, queryset, "paused", lambda a: services.allocation_pause(allocation=a, actor=request.user))
+
+    @admin.action(description="Resume selected allocations")
+    def resume(self, request, queryset):
+        self._each(request, queryset, "resumed", lambda a: services.allocation_resume(allocation=a, actor=request.user))
+
+    @admin.action(description="Revoke selected allocations (final)")
+    def revoke(self, request, queryset):
+        self._each(request, queryset, "revoked", lambda a: services.allocation_revoke(allocation=a, actor=request.user))
+
+    @admin.action(description="Unquarantine selected allocations")
+    def unquarantine(self, request, queryset):
+        self._each(
+            request,
+            queryset,
+            "unquarantined",
+            lambda a: services.allocation_unquarantine(allocation=a, actor=request.user),
+        )
+
+    @admin.action(description="Rotate default key of selected allocations")
+    def rotate_default_key(self, request, queryset):
+        def rotate(allocation):
+            _, plaintext = services.allocation_rotate_default_key(allocation=allocation, actor=request.user)
+            self.message_user(request, f"New default key for {allocation} (shown once): {plaintext}", messages.WARNING)
+
+        self._each(request, queryset, "given a new default key", rotate)
+
+
+# --- prices ---------------------------------------------------------------------------------------------
+
+
+class PriceVersionForm(forms.ModelForm):
+    class Meta:
+        model = PriceVersion
+        fields = (
+            "model",
+            "effective_from",
+            "input_per_1m",
+            "cached_input_per_1m",
+            "output_per_1m",
+            "audio_input_per_1m",
+            "audio_output_per_1m",
+            "unit",
+            "price_per_unit",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "effective_from" in self.fields:  # absent on the read-only view of an existing version
+            self.fields["effective_from"].required = False
+            self.fields["effective_from"].help_text = "Blank: now. Versions are append-only."
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("effective_from") and "effective_from" not in self.errors:
+            data["effective_from"] = timezone.now()
+        rates = {f: data.get(f) for f in self.Meta.fields[2:7]}
+        try:
+            price_version_clean(unit=data.get("unit") or "", price_per_unit=data.get("price_per_unit"), **rates)
+        except BadRequest as exc:
+            form_errors_from(exc, self)
+        return data
+
+
+@admin.register(PriceVersion)
+class PriceVersionAdmin(admin.ModelAdmin):
+    form = PriceVersionForm
+    list_display = ("model", "effective_from", "input_per_1m", "cached_input_per_1m", "output_per_1m", "unit_price")
+    list_filter = ("unit", "model")
+    search_fields = ("model__slug",)
+    list_select_related = ("model",)
+    ordering = ("-effective_from", "-id")
+
+    @admin.display(description="unit price")
+    def unit_price(self, obj):
+        return f"{obj.price_per_unit} / {obj.unit}" if obj.unit else ""
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        version = price_version_add(
+            model=data["model"],
+            effective_from=data.get("effective_from"),
+            unit=data.get("unit") or "",
+            price_per_unit=data.get("price_per_unit"),
+            actor=request.user,
+            **{f: data.get(f) for f in PriceVersionForm.Meta.fields[2:7]},
+        )
+        obj.pk, obj._state.adding = version.pk, False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # append-only: add a new version instead
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# --- call records ---------------------------------------------------------------------------------------
+
+
+@admin.register(CallRecord)
+class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
+    list_display = (
+        "started_at",
+        "request_id",
+        "member",
+        "model",
+        "endpoint",
+        "outcome",
+        "status_code",
+        "input_tokens",
+        "output_tokens",
+        "cost",
+        "close_reason",
+    )
+    list_filter = ("outcome", "endpoint", "priced", "is_stream")
+    search_fields = ("=request_id",)
+    list_select_related = ("member", "model")
+    ordering = ("-started_at", "-id")
+
+    @admin.display(description="cost (USD)")
+    def cost(self, obj):
+        return "unpriced" if obj.cost_usd is None else f"{obj.cost_usd.normalize():f}"
+
+    def get_actions(self, request):
+        return {}
+
+
+from . import admin_pool  # noqa: E402, F401  (pool and anomaly admin, quota/admin_pool.py)
+from .admin_unpriced import UnpricedFilter  # noqa: E402, F401  (installs the unpriced / unit-mismatch filter)

@@ -1,0 +1,39 @@
+"""`manage.py reconcile_usage [--fix]`: this period's usage counters against the call records."""
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from allocations.models import Allocation
+from quota.periods import period_start_date
+from quota.services import usage_reconcile
+
+
+class Command(BaseCommand):
+    help = "Compare this month's usage counters with the sum of the call records; --fix rewrites the counters."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--fix", action="store_true", help="rewrite drifted counters from the records (audited)")
+
+    def handle(self, *args, fix=False, **options):
+        now = timezone.now()
+        self.stdout.write(f"Summing call records of the period starting {period_start_date(now):%Y-%m-%d} …")
+        drifts = usage_reconcile(now=now, fix=fix)
+        labels = {
+            a.pk: f"{a.member.username} / {a.model.slug}"
+            for a in Allocation.objects.filter(pk__in=[d.allocation_id for d in drifts]).select_related(
+                "member", "model"
+            )
+        }
+        for number, d in enumerate(sorted(drifts, key=lambda d: str(d.allocation_id)), start=1):
+            self.stdout.write(
+                f"[{number}/{len(drifts)}] allocation {d.allocation_id} ({labels.get(d.allocation_id, '?')}): "
+                f"tokens counter {d.counter_tokens} vs records {d.record_tokens} "
+                f"(drift {d.counter_tokens - d.record_tokens:+d}); "
+                f"cost counter {d.counter_cost} vs records {d.record_cost} (drift {d.counter_cost - d.record_cost:+})"
+            )
+        if not drifts:
+            self.stdout.write("No drift: every counter matches its call records.")
+        elif fix:
+            self.stdout.write(f"Fixed {len(drifts)} counter(s) from the call records (audited as usage_reconciled).")
+        else:
+            self.stdout.write(f"{len(drifts)} counter(s) drifted; run with --fix to rewrite them from the records.")
