@@ -114,6 +114,7 @@ CELERY_BEAT_SCHEDULE = {
     "pool-rebalance-tick": {"task": "quota.pool_rebalance_tick", "schedule": 60.0},
     "anomalies-detect": {"task": "quota.anomalies_detect", "schedule": 300.0},
     "reservations-sweep": {"task": "quota.reservations_sweep", "schedule": 60.0},
+    "settlements-replay": {"task": "quota.settlements_replay", "schedule": 30.0},
     "usage-reconcile-nightly": {"task": "quota.usage_reconcile_nightly", "schedule": crontab(hour=3, minute=17)},
 }
 

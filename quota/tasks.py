@@ -15,6 +15,7 @@ from . import services
 from .anomaly import anomalies_detect
 from .periods import period_start_date
 from .pool import pool_rebalance_scheduled
+from .spool import spool_replay
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +79,9 @@ def _report_drift(drift) -> int:
         after=after,
     )
     return 1
+
+
+@shared_task(name="quota.settlements_replay", ignore_result=True)
+def settlements_replay() -> int:
+    """Replays settlements spooled while the database was unreachable (quota/spool.py)."""
+    return spool_replay()

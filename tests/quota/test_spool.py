@@ -106,3 +106,25 @@ def test_replay_while_the_database_is_still_down_keeps_the_settlement(empty_spoo
     assert spool_depth() == 1
     assert spool_replay() == 1
     assert CallRecord.objects.get().input_tokens == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_replay_task_settles_what_the_outage_spooled(empty_spool):
+    from quota.tasks import settlements_replay
+
+    allocation = AllocationFactory()
+    record = {
+        "request_id": "r3",
+        "allocation": allocation,
+        "endpoint": "embeddings",
+        "started_at": timezone.now(),
+        "outcome": "success",
+    }
+    saved = _database_down()
+    try:
+        call_settle_durable(admission=None, record=record, usage=Usage(input_tokens=7), price=None)
+    finally:
+        _database_up(saved)
+    assert settlements_replay.delay().get() == 1
+    assert settlements_replay.delay().get() == 0
+    assert UsageCounter.objects.get(allocation=allocation).tokens_used == 7

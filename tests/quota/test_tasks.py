@@ -56,6 +56,7 @@ def test_the_beat_schedule_names_registered_tasks():
         "quota.anomalies_detect",
         "quota.reservations_sweep",
         "quota.usage_reconcile_nightly",
+        "quota.settlements_replay",
     }
     assert all(entry["task"] in app.tasks for entry in schedule.values())
     assert schedule["anomalies-detect"]["schedule"] == 300.0
