@@ -17,6 +17,7 @@ UNIT_CONVERSIONS = {
     ("request", "request"): Decimal(1),
     ("second", "second"): Decimal(1),
     ("second", "minute"): Decimal(1) / Decimal(60),
+    ("minute", "minute"): Decimal(1),
 }
 
 

@@ -1,1 +1,5 @@
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from .consumers import RealtimeConsumer
+
+websocket_urlpatterns = [path("v1/realtime", RealtimeConsumer.as_asgi())]

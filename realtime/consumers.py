@@ -1,0 +1,399 @@
+"""`/v1/realtime`: the WebSocket relay (SPEC 6).
+
+One consumer per client socket. The dispatch loop relays client frames upstream (in order, each
+awaited, so a slow upstream pushes back on the client); a reader task relays upstream frames to
+the client; a watch task closes the session within a second when the key, member, allocation or
+a cap says so. Every close path goes through `_finish`, which runs once and writes the session's
+single call record before the client sees the close frame.
+"""
+
+import asyncio
+import json
+import logging
+import uuid
+import weakref
+from urllib.parse import parse_qs
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+
+from allocations.cache import auth_generation
+from allocations.exceptions import BadRequest, GatewayError, Unauthorized
+from quota.pricing import Usage
+
+from . import services
+from .meter import SessionMeter
+from .upstream import UpstreamClosed, UpstreamConnectError, upstream_connect
+
+logger = logging.getLogger(__name__)
+
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+KEY_PARAMS = {"api_key", "api-key", "key", "token", "access_token", "authorization", "openai-insecure-api-key"}
+BILLABLE = {"response.create", "input_audio_buffer.commit"}
+UPSTREAM_MARKERS = ('"response.', '"conversation.item.input_audio_transcription.completed"')
+TICK_S = 0.25  # auth-generation poll; caps and renewals every CHECK_EVERY ticks
+CHECK_EVERY = 2
+FULL_CHECK_S = 5.0  # key/member/allocation re-read even when no generation bump was seen
+ABORT_WAIT_S = 3.0  # how long a client abort waits for the cancelled response's usage
+RENEW_S = services.LEASE_S / 3
+
+# Open sessions of this process, finished first when the server shuts down (daphne_hooks).
+LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+async def shutdown_sessions() -> None:
+    await asyncio.gather(*(c._finish("shutdown", "gateway_error", 1001, cut=True) for c in list(LIVE)))
+
+
+# Watch reason code → (close_reason, outcome) of the call record.
+WATCH_CLOSES = {
+    "unauthorized": ("revoked", "rejected_unauthenticated"),
+    "allocation_revoked": ("revoked", "rejected_revoked"),
+    "allocation_paused": ("revoked", "rejected_paused"),
+    "allocation_quarantined": ("revoked", "rejected_quarantined"),
+    "cost_quota_exceeded": ("cost_exceeded", "rejected_cost_quota_exceeded"),
+    "quota_exceeded": ("quota_exceeded", "rejected_quota_exceeded"),
+}
+
+
+def _model_in_session_update(event: dict) -> str:
+    """The model a first `session.update` names: the session model, else its transcription model."""
+    session = event.get("session") if isinstance(event.get("session"), dict) else {}
+    if isinstance(session.get("model"), str):
+        return session["model"]
+    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
+    audio_in = audio.get("input") if isinstance(audio.get("input"), dict) else {}
+    for tr in (audio_in.get("transcription"), session.get("input_audio_transcription")):
+        if isinstance(tr, dict) and isinstance(tr.get("model"), str):
+            return tr["model"]
+    return ""
+
+
+def _rewrite_model(event: dict, name: str, upstream: str) -> bool:
+    """Replaces the client's model name by the upstream one wherever a session.update names it."""
+    session = event.get("session")
+    if not isinstance(session, dict):
+        return False
+    changed = False
+    holders = [session, session.get("input_audio_transcription")]
+    audio = session.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
+        holders.append(audio["input"].get("transcription"))
+    for holder in holders:
+        if isinstance(holder, dict) and holder.get("model") == name:
+            holder["model"] = upstream
+            changed = True
+    return changed
+
+
+class RealtimeConsumer(AsyncWebsocketConsumer):
+    channel_layer_alias = "realtime-unused"  # no channel-layer round trip per socket (see docs)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request_id = uuid.uuid4().hex
+        self.meter = SessionMeter()
+        self.session: services.Session | None = None
+        self.link = None
+        self.plaintext = self.model_name = self.intent = ""
+        self.extra_headers: dict = {}
+        self.tasks: list[asyncio.Task] = []
+        self.finishing: asyncio.Future | None = None
+        self.client_gone = False
+        self.response_done = asyncio.Event()
+        self.billed_version = 0
+        self.renewed_at = 0.0
+        self.capped = True  # until the watch has read the allocation
+        self.generation_lost = False
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # Cancelled from outside (a server shutdown that bypassed daphne_hooks, a test harness):
+            # bill and close, then end normally, so that a gather waiting on every application is
+            # not cut short by the first one that re-raised.
+            await self._finish("shutdown", "gateway_error", 1001, cut=True)
+        except Exception:
+            # A bug or a database failure inside a handler: the session still gets its one record
+            # (or, if the database is what failed, its reservation stays for the sweeper).
+            logger.exception("realtime session %s: internal error", self.request_id)
+            await self._finish("shutdown", "gateway_error", 1011, error_code="gateway_error", cut=True)
+
+    # --- handshake -------------------------------------------------------------------------
+
+    async def connect(self):
+        params = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope.get("headers", [])}
+        offered = self.scope.get("subprotocols") or []
+        await self.accept(subprotocol="realtime" if "realtime" in offered else None)
+        if any(k.lower() in KEY_PARAMS for k in params) or any(
+            v.startswith("sk-") for vs in params.values() for v in vs
+        ):
+            return await self._reject(Unauthorized("API keys are not accepted in the query string"))
+        auth = headers.get("authorization", "")
+        self.plaintext = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        for proto in offered:
+            if proto.startswith(KEY_SUBPROTOCOL) and not self.plaintext:
+                self.plaintext = proto[len(KEY_SUBPROTOCOL) :]
+        if not self.plaintext:
+            return await self._reject(Unauthorized("missing bearer key"))
+        self.intent = (params.get("intent") or [""])[0]
+        if "openai-beta" in headers:
+            self.extra_headers["OpenAI-Beta"] = headers["openai-beta"]
+        self.model_name = (params.get("model") or [""])[0]
+        if self.model_name:
+            await self._open(with_model=True)
+
+    async def _open(self, *, with_model: bool) -> bool:
+        now = timezone.now()
+        try:
+            self.session = await database_sync_to_async(services.session_open)(
+                plaintext=self.plaintext, model=self.model_name, request_id=self.request_id, now=now
+            )
+        except GatewayError as error:
+            await self._reject(error)
+            return False
+        try:
+            self.link = await upstream_connect(
+                self.session.entry,
+                intent=self.intent,
+                with_model=with_model,
+                extra_headers=self.extra_headers,
+                max_size=settings.GATEWAY_REALTIME_MAX_FRAME_BYTES,
+                open_timeout_s=min(settings.GATEWAY_UPSTREAM_TIMEOUT_S, 30.0),
+            )
+        except UpstreamConnectError as error:
+            code = 1013 if error.retry else 1011
+            await self._finish("upstream_error", "upstream_error", code, error_code="upstream_error", bill=False)
+            return False
+        self.tasks = [asyncio.ensure_future(self._read_upstream()), asyncio.ensure_future(self._watch())]
+        LIVE.add(self)
+        return True
+
+    async def _reject(self, error: GatewayError) -> None:
+        hint = await database_sync_to_async(services.session_scope_hint)(
+            plaintext=self.plaintext, model=self.model_name
+        )
+        await database_sync_to_async(services.session_reject)(
+            error=error, request_id=self.request_id, now=timezone.now(), scope_hint=hint
+        )
+        self.finishing = asyncio.get_running_loop().create_future()
+        self.finishing.set_result(None)
+        code = services.REJECT_CLOSE_CODES.get(error.code, 1008)
+        await self.close(code=code, reason=error.code)
+
+    # --- client → upstream -----------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.finishing is not None:
+            return
+        data = text_data if text_data is not None else bytes_data
+        if len(data) > settings.GATEWAY_REALTIME_MAX_FRAME_BYTES:
+            if self.session is None:
+                return await self._reject(services.FrameTooLarge("frame too large"))
+            return await self._finish("client_abort", "client_cancelled", 1009, error_code="request_too_large")
+        event = None
+        if text_data is not None:
+            try:
+                event = json.loads(text_data)
+            except ValueError:
+                event = None
+        event = event if isinstance(event, dict) else None
+        if self.session is None and not await self._open_from(event):
+            return
+        if event is not None:
+            data = await self._client_event(event, data)
+            if data is None:
+                return
+        await self._send_upstream(data)
+
+    async def _open_from(self, event: dict | None) -> bool:
+        """No `?model=`: the first event must be a session.update naming it (the transcription form)."""
+        self.model_name = (
+            _model_in_session_update(event) if event and event.get("type", "").endswith("session.update") else ""
+        )
+        if not self.model_name:
+            await self._reject(BadRequest("name the model in ?model= or in the first session.update"))
+            return False
+        return await self._open(with_model=self.intent != "transcription")
+
+    async def _client_event(self, event: dict, data):
+        """Meters a client event; returns the frame to forward (rewritten model name) or None to drop it."""
+        kind = event.get("type")
+        if kind in ("session.update", "transcription_session.update") and _rewrite_model(
+            event, self.model_name, self.session.entry.upstream_name
+        ):
+            data = json.dumps(event)
+        self.meter.client_event(event)
+        if kind in BILLABLE and self.capped:
+            # Billable work never starts while a cap is reached: check now, not at the next tick.
+            # (An allocation without caps skips it; a cap set later bumps the generation, which the
+            # watch notices within a tick and re-reads.)
+            reason = await self._check(full=False)
+            if reason:
+                await self._close_for(reason)
+                return None
+        return data
+
+    async def _send_upstream(self, data) -> None:
+        try:
+            await self.link.send(data)
+        except UpstreamClosed as closed:
+            await self._upstream_closed(closed)
+
+    # --- upstream → client -----------------------------------------------------------------
+
+    async def _read_upstream(self) -> None:
+        try:
+            while True:
+                data = await self.link.recv()
+                if isinstance(data, str) and any(m in data for m in UPSTREAM_MARKERS):
+                    self._meter_upstream(data)
+                if self.client_gone:
+                    continue
+                if isinstance(data, str):
+                    await self.send(text_data=data)
+                else:
+                    await self.send(bytes_data=data)
+        except UpstreamClosed as closed:
+            await self._upstream_closed(closed)
+        except Exception:
+            logger.exception("realtime session %s: relay failed", self.request_id)
+            await self._finish("upstream_error", "gateway_error", 1011, error_code="gateway_error", cut=True)
+
+    def _meter_upstream(self, data: str) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if isinstance(event, dict):
+            self.meter.upstream_event(event)
+            if event.get("type") == "response.done":
+                self.response_done.set()
+
+    async def _upstream_closed(self, closed: UpstreamClosed) -> None:
+        clean = closed.code in (1000, 1001)
+        if closed.code == 1009:
+            code = 1009
+        else:
+            code = closed.code if closed.code not in (1005, 1006, 1015) else 1011
+        await self._finish(
+            "upstream_closed" if clean else "upstream_error",
+            "success" if clean else "upstream_error",
+            code,
+            reason=closed.reason if clean else "upstream_error",
+            error_code="" if clean else "upstream_error",
+            cut=True,
+        )
+
+    # --- watch -----------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        generation, last_full, tick = await self._generation(), loop.time(), 0
+        while True:
+            await asyncio.sleep(TICK_S)
+            tick += 1
+            current = await self._generation()
+            # A generation that cannot be read (Redis away) is covered by the periodic full check.
+            full = (current is not None and current != generation) or loop.time() - last_full >= FULL_CHECK_S
+            if not full and tick % CHECK_EVERY and self.meter.version == self.billed_version:
+                continue
+            generation = current if current is not None else generation
+            last_full = loop.time() if full else last_full
+            try:
+                reason = await self._check(full=full)
+            except Exception:  # a database hiccup must not end the watch: the next tick retries
+                logger.exception("realtime session %s: watch check failed", self.request_id)
+                continue
+            if reason:
+                return await self._close_for(reason)
+
+    async def _generation(self) -> int | None:
+        # A cache read, not a database step: kept off channels' single database thread.
+        try:
+            generation = await sync_to_async(auth_generation, thread_sensitive=False)()
+        except Exception:
+            if not self.generation_lost:  # say it once, not four times a second
+                logger.warning("realtime session %s: auth generation unreadable", self.request_id)
+            self.generation_lost = True
+            return None
+        self.generation_lost = False
+        return generation
+
+    async def _check(self, *, full: bool) -> str | None:
+        """One watch step: grow/renew the reservation, then ask whether the session must end."""
+        now_mono = asyncio.get_running_loop().time()
+        usage = None
+        if self.meter.version != self.billed_version or now_mono - self.renewed_at >= RENEW_S:
+            self.billed_version, self.renewed_at = self.meter.version, now_mono
+            usage = self.meter.usage(self.session.price)
+        state = await database_sync_to_async(services.session_watch)(
+            session=self.session, usage=usage, full=full, now=timezone.now()
+        )
+        self.capped = state.capped
+        return state.reason
+
+    async def _close_for(self, reason: str) -> None:
+        close_reason, outcome = WATCH_CLOSES[reason]
+        await self._finish(close_reason, outcome, 1008, reason=reason, error_code=reason, cut=True)
+
+    # --- client went away ------------------------------------------------------------------
+
+    async def disconnect(self, code):
+        self.client_gone = True
+        if self.session is None or self.finishing is not None:
+            return await self._wait_finished()
+        in_progress = self.meter.response_in_progress
+        if in_progress:
+            # Cancel upstream and wait briefly for the final response.done so its usage is billed.
+            self.response_done.clear()
+            try:
+                await self.link.send(json.dumps({"type": "response.cancel"}))
+                await asyncio.wait_for(self.response_done.wait(), ABORT_WAIT_S)
+            except (UpstreamClosed, TimeoutError):
+                pass
+        aborted = in_progress or code not in (1000, 1001)
+        await self._finish("client_abort" if aborted else "normal", "client_cancelled" if aborted else "success", code)
+
+    async def _wait_finished(self) -> None:
+        if self.finishing is not None:
+            await asyncio.shield(self.finishing)
+
+    # --- the one way out -------------------------------------------------------------------
+
+    async def _finish(self, close_reason: str, outcome: str, code: int, **kwargs) -> None:
+        if self.session is None:
+            return
+        if self.finishing is None:
+            self.finishing = asyncio.ensure_future(self._do_finish(close_reason, outcome, code, **kwargs))
+        await asyncio.shield(self.finishing)
+
+    async def _do_finish(self, close_reason, outcome, code, *, reason="", error_code="", cut=False, bill=True) -> None:
+        LIVE.discard(self)
+        for task in self.tasks:
+            task.cancel()
+        if self.link is not None:
+            try:
+                await asyncio.wait_for(self.link.close(), 2.0)
+            except Exception:  # noqa: BLE001 - the upstream is going away either way
+                logger.debug("upstream close failed for %s", self.request_id)
+        usage = self.meter.usage(self.session.price, cut=cut) if bill else Usage()
+        try:
+            await database_sync_to_async(services.session_settle)(
+                session=self.session,
+                usage=usage,
+                outcome=outcome,
+                close_reason=close_reason,
+                close_code=code,
+                error_code=error_code,
+            )
+        except Exception:
+            # The reservation (with its context) stays; the sweeper bills the session later.
+            logger.exception("realtime session %s: settlement failed; left to the sweeper", self.request_id)
+        if not self.client_gone:
+            await self.close(code=code, reason=reason or close_reason)

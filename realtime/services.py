@@ -1,0 +1,216 @@
+"""The accounting steps of a realtime session, each one short synchronous transaction.
+
+The consumer calls them through `database_sync_to_async`; none is ever called while holding a lock
+across network I/O. A session holds one reservation for its whole life: admitted like an HTTP call
+(SPEC 5) with nothing reserved, grown to the session's accrued usage as it goes, so that every
+open session and HTTP call of an allocation together is held to the caps. The reservation's
+`context` carries what the sweeper needs to bill the session if its worker dies.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from allocations.access import ScopedAllocation, allocation_check_status, key_scope
+from allocations.exceptions import BadRequest, GatewayError
+from allocations.models import Allocation, ApiKey
+from quota.models import CallRecord, PriceVersion, Reservation, UsageCounter
+from quota.pricing import Usage, cost_for
+from quota.services import Admission, call_admit, call_record_reject, call_settle, price_in_force, reservation_adjust
+
+ENDPOINT = "realtime"
+LEASE_S = 90  # a live session renews its reservation well before this; the sweeper takes it after
+
+REJECT_OUTCOMES = {
+    "unauthorized": "rejected_unauthenticated",
+    "bad_request": "rejected_bad_request",
+    "model_mismatch": "rejected_model_mismatch",
+    "allocation_revoked": "rejected_revoked",
+    "allocation_paused": "rejected_paused",
+    "allocation_quarantined": "rejected_quarantined",
+    "quota_exceeded": "rejected_quota_exceeded",
+    "cost_quota_exceeded": "rejected_cost_quota_exceeded",
+    "quota_busy": "rejected_quota_busy",
+    "model_kind_mismatch": "rejected_model_kind",
+    "request_too_large": "rejected_bad_request",
+}
+REJECT_CLOSE_CODES = {"model_kind_mismatch": 1003, "request_too_large": 1009}
+
+
+class ModelKindMismatch(BadRequest):
+    code = "model_kind_mismatch"
+
+
+class FrameTooLarge(BadRequest):
+    code = "request_too_large"
+
+
+class ProviderUnavailable(GatewayError):
+    code, status = "provider_unavailable", 503
+
+
+@dataclass
+class Session:
+    """What an admitted session needs for the rest of its life (plain data, no ORM objects)."""
+
+    request_id: str
+    started_at: dt.datetime
+    key_id: str
+    member_id: str
+    entry: ScopedAllocation
+    admission: Admission
+    price: PriceVersion | None
+
+    def record(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "allocation_id": self.entry.allocation_id,
+            "api_key_id": self.key_id,
+            "member_id": self.member_id,
+            "model_id": self.entry.model_id,
+            "endpoint": ENDPOINT,
+            "started_at": self.started_at,
+            "is_stream": True,
+        }
+
+    def context(self, usage: Usage) -> dict:
+        record = {**self.record(), "started_at": self.started_at.isoformat()}
+        plain = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in usage.__dict__.items()}
+        return {"record": record, "usage": plain, "price_id": self.price.pk if self.price else None}
+
+
+def session_open(*, plaintext: str, model: str, request_id: str, now: dt.datetime) -> Session:
+    """Preflight (SPEC 3 steps 3-10) and admission. Raises a GatewayError subclass on any reject."""
+    scope = key_scope(plaintext)
+    entry = scope.resolve(model)
+    allocation_check_status(entry)
+    if entry.model_kind != "realtime":
+        raise ModelKindMismatch(f"model '{entry.model_slug}' is not a realtime model")
+    if not entry.provider.is_active:
+        raise ProviderUnavailable("the model's provider is unavailable")
+    price = price_in_force(model_id=entry.model_id, at=now)
+    session = Session(request_id, now, scope.key_id, scope.member_id, entry, None, price)  # type: ignore[arg-type]
+    session.admission = call_admit(
+        allocation_id=entry.allocation_id,
+        token_cap=entry.token_cap,
+        cost_cap=entry.cost_cap,
+        est_tokens=0,
+        est_cost=None if price is None else Decimal(0),
+        request_id=request_id,
+        now=now,
+        ttl_s=LEASE_S,
+        context=session.context(Usage()),
+    )
+    return session
+
+
+def session_reject(*, error: GatewayError, request_id: str, now: dt.datetime, scope_hint: dict | None = None) -> None:
+    """The call record of a handshake the preflight refused (no session, no usage)."""
+    call_record_reject(
+        record={
+            "request_id": request_id,
+            "endpoint": ENDPOINT,
+            "started_at": now,
+            "status_code": REJECT_CLOSE_CODES.get(error.code, 1008),
+            "outcome": REJECT_OUTCOMES.get(error.code, "gateway_error"),
+            "error_code": error.code,
+            "error_message": error.message[:1000],
+            "is_stream": True,
+            **(scope_hint or {}),
+        },
+        now=now,
+    )
+
+
+def session_scope_hint(*, plaintext: str, model: str) -> dict:
+    """Who a rejected handshake belonged to, as far as it can be told (for the reject's record)."""
+    try:
+        scope = key_scope(plaintext)
+    except GatewayError:
+        return {}
+    hint = {"api_key_id": scope.key_id, "member_id": scope.member_id}
+    try:
+        entry = scope.resolve(model)
+    except GatewayError:
+        return hint
+    return {**hint, "allocation_id": entry.allocation_id, "model_id": entry.model_id}
+
+
+@dataclass(frozen=True)
+class WatchState:
+    reason: str | None  # the close reason code when the session must end, else None
+    admission: Admission
+    capped: bool = True  # the allocation has a token quota or a cost cap (as last read)
+
+
+COUNTER_FIELDS = ("tokens_used", "tokens_reserved", "cost_used", "cost_reserved", "allocation_id")
+
+
+def _cap_reason(*, counter: UsageCounter | None, allocation: Allocation, priced: bool) -> str | None:
+    if counter is None:
+        return "cost_quota_exceeded" if allocation.quota_cost_usd_per_month == 0 else None
+    token_cap, cost_cap = allocation.quota_tokens_per_month, allocation.quota_cost_usd_per_month
+    if token_cap is not None and counter.tokens_used + counter.tokens_reserved >= token_cap:
+        return "quota_exceeded"
+    if cost_cap is not None and (priced or cost_cap == 0) and counter.cost_used + counter.cost_reserved >= cost_cap:
+        return "cost_quota_exceeded"
+    return None
+
+
+def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.datetime) -> WatchState:
+    """Grows the reservation to `usage` (when given), renews its lease, and tells whether the
+    session must close: caps always, key/member/allocation status when `full`."""
+    admission = session.admission
+    if usage is not None:
+        cost = cost_for(session.price, usage) or Decimal(0)
+        admission = reservation_adjust(
+            admission=admission,
+            tokens=usage.total_tokens,
+            cost=cost,
+            context=session.context(usage),
+            expires_at=now + dt.timedelta(seconds=LEASE_S),
+        )
+        session.admission = admission
+    counter = (
+        UsageCounter.objects.select_related("allocation")
+        .only(
+            *COUNTER_FIELDS,
+            "allocation__status",
+            "allocation__quota_tokens_per_month",
+            "allocation__quota_cost_usd_per_month",
+        )
+        .filter(pk=admission.counter_id)
+        .first()
+    )
+    allocation = counter.allocation if counter else Allocation.objects.get(pk=session.entry.allocation_id)
+    capped = allocation.quota_tokens_per_month is not None or allocation.quota_cost_usd_per_month is not None
+    if full:
+        key = ApiKey.objects.select_related("member").only("revoked_at", "member__is_active").get(pk=session.key_id)
+        if key.is_revoked or not key.member.is_active:
+            return WatchState("unauthorized", admission, capped)
+    if allocation.status != Allocation.Status.ACTIVE:
+        return WatchState(f"allocation_{allocation.status}", admission, capped)
+    reason = _cap_reason(counter=counter, allocation=allocation, priced=session.price is not None)
+    return WatchState(reason, admission, capped)
+
+
+def session_settle(
+    *, session: Session, usage: Usage, outcome: str, close_reason: str, close_code: int, error_code: str = ""
+) -> CallRecord | None:
+    """The session's single call record. Returns None when the sweeper already billed it."""
+    now = timezone.now()
+    record = {
+        **session.record(),
+        "status_code": close_code,
+        "outcome": outcome,
+        "close_reason": close_reason,
+        "error_code": error_code,
+    }
+    with transaction.atomic():
+        held = list(Reservation.objects.select_for_update().filter(pk=session.admission.reservation_id).values("pk"))
+        if not held and CallRecord.objects.filter(request_id=session.request_id, endpoint=ENDPOINT).exists():
+            return None
+        return call_settle(admission=session.admission, record=record, usage=usage, price=session.price, now=now)

@@ -1,0 +1,125 @@
+"""The upstream side of a realtime session: one WebSocket to OpenAI or Azure (the `websockets`
+library), or the in-process simulated provider, behind the same three-method link.
+
+The provider key travels only in the upstream handshake headers; no error raised here names the
+provider's key, base URL or deployment.
+"""
+
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from allocations.access import ScopedAllocation
+
+RETRY_STATUSES = {408, 425, 429, 502, 503, 504}
+# Azure api-version values that mean the GA `/openai/v1/realtime` route rather than the preview one.
+AZURE_GA_VERSIONS = {"", "v1", "ga", "latest"}
+
+
+class UpstreamClosed(Exception):
+    def __init__(self, code: int, reason: str = ""):
+        super().__init__(f"upstream closed ({code})")
+        self.code, self.reason = code, reason
+
+
+class UpstreamConnectError(Exception):
+    """`retry` is true when the upstream said to come back later (HTTP 429/503 …): close 1013."""
+
+    def __init__(self, message: str, *, retry: bool = False):
+        super().__init__(message)
+        self.message, self.retry = message, retry
+
+
+class WebsocketsLink:
+    def __init__(self, connection: ClientConnection):
+        self.connection = connection
+
+    async def send(self, data: str | bytes) -> None:
+        try:
+            await self.connection.send(data)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def recv(self) -> str | bytes:
+        try:
+            return await self.connection.recv()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def close(self, code: int = 1000) -> None:
+        await self.connection.close(code)
+
+
+def _closed(exc: ConnectionClosed) -> UpstreamClosed:
+    if exc.sent is not None and exc.sent.code == 1009:  # the upstream sent a frame over the bound
+        return UpstreamClosed(1009, "")
+    if exc.rcvd is None:
+        return UpstreamClosed(1006, "")
+    return UpstreamClosed(exc.rcvd.code, exc.rcvd.reason)
+
+
+def _ws_base(base_url: str) -> tuple[str, str]:
+    parts = urlsplit(base_url.rstrip("/"))
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    return scheme, urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+
+
+def upstream_target(entry: ScopedAllocation, *, intent: str = "", with_model: bool = True) -> tuple[str, dict]:
+    """(URL, headers) of the upstream handshake for an OpenAI or Azure provider."""
+    provider = entry.provider
+    _, base = _ws_base(provider.base_url)
+    if provider.kind == "azure":
+        for suffix in ("/openai/v1", "/openai"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+        if provider.api_version.lower() in AZURE_GA_VERSIONS:
+            url, query = f"{base}/openai/v1/realtime", {"model": entry.upstream_name}
+        else:
+            url, query = (
+                f"{base}/openai/realtime",
+                {"api-version": provider.api_version, "deployment": entry.upstream_name},
+            )
+        headers = {"api-key": provider.api_key}
+    else:
+        url, query = f"{base}/realtime", ({"model": entry.upstream_name} if with_model else {})
+        headers = {"Authorization": f"Bearer {provider.api_key}"}
+    if intent:
+        query["intent"] = intent
+    return f"{url}?{urlencode(query)}", headers
+
+
+async def upstream_connect(
+    entry: ScopedAllocation,
+    *,
+    intent: str = "",
+    with_model: bool = True,
+    extra_headers: dict,
+    max_size: int,
+    open_timeout_s: float,
+):
+    """Opens the upstream link. Raises UpstreamConnectError (message safe to record)."""
+    if entry.provider.kind == "simulated":
+        from .simulated import SimulatedLink
+
+        return SimulatedLink(model=entry.upstream_name, intent=intent)
+    url, headers = upstream_target(entry, intent=intent, with_model=with_model)
+    try:
+        connection = await websockets.connect(
+            url,
+            additional_headers={**extra_headers, **headers},
+            max_size=max_size,
+            open_timeout=open_timeout_s,
+            compression=None,
+            proxy=None,
+            user_agent_header="ai-gateway-realtime",
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        raise UpstreamConnectError(
+            f"upstream refused the session (HTTP {status})", retry=status in RETRY_STATUSES
+        ) from None
+    except (OSError, TimeoutError, WebSocketException):
+        raise UpstreamConnectError("upstream unreachable") from None
+    return WebsocketsLink(connection)
