@@ -113,11 +113,13 @@ def _snapshot(key_hash: str) -> KeyScope | None:
     return KeyScope(key_id=str(key.pk), member_id=str(key.member_id), allocations=tuple(entries))
 
 
-def key_scope(plaintext: str) -> KeyScope:
-    """Raises Unauthorized for an unknown or revoked key or a disabled member."""
+def key_scope(plaintext: str, *, generation: int | None = None) -> KeyScope:
+    """Raises Unauthorized for an unknown or revoked key or a disabled member. A caller that already
+    read the auth generation for this call passes it, saving a cache round-trip."""
     if not plaintext.startswith(ApiKey.PLAINTEXT_PREFIX):
         raise Unauthorized("invalid API key")
-    generation = auth_generation()
+    if generation is None:
+        generation = auth_generation()
     cache = getattr(_local, "cache", None)
     if cache is None or _local.generation != generation or len(cache) > _CACHE_MAX:
         cache = _local.cache = {}

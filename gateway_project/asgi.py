@@ -9,11 +9,23 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from proxy.handler import ProxyHandler  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+
+# /v1 is served by a handler without the (sync) middleware stack: see proxy/handler.py.
+proxy_asgi_app = ProxyHandler()
+
+
+async def http_app(scope, receive, send):
+    if scope["path"].startswith("/v1/"):
+        return await proxy_asgi_app(scope, receive, send)
+    return await django_asgi_app(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
+        "lifespan": proxy_asgi_app,
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

@@ -3,8 +3,10 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("portal.auth_urls")),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("api/admin/", include("allocations.api_urls")),
+    path("api/admin/", include("quota.pool_api_urls")),  # /api/admin/pool*
+    path("api/admin/", include("quota.admin_api_urls")),
     path("api/me/", include("portal.api_urls")),
     path("portal/", include("portal.urls")),
     path("i18n/", include("django.conf.urls.i18n")),

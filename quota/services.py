@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q, Sum, Value
+from django.db import connection, transaction
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from allocations.audit import audit_record
@@ -39,6 +39,65 @@ def _counter_for(*, allocation_id, period_start) -> UsageCounter:
     return UsageCounter.objects.get(allocation_id=allocation_id, period_start=period_start)
 
 
+# (allocation id, period start) -> counter id. Counters are never deleted while their allocation
+# lives; a stale id (e.g. a test database flushed) just misses the fast path and is looked up again.
+_counter_ids: dict = {}
+_COUNTER_TABLE = UsageCounter._meta.db_table
+
+
+def _reserve(counter_id, *, token_cap, cost_cap, priced: bool, tokens: int, cost: Decimal) -> bool:
+    """Adds to the reservations only while used + reserved < cap, in one conditional UPDATE.
+    Plain SQL: this and _counter_add run on every proxied call, and building them through the ORM
+    costs several times the database round trip."""
+    sql = f"UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"  # noqa: S608 (constant table name)
+    sql += " WHERE id = %s"
+    params: list = [tokens, cost, counter_id]
+    if token_cap is not None:
+        sql += " AND tokens_used < %s - tokens_reserved"
+        params.append(token_cap)
+    if cost_cap is not None and (priced or cost_cap == 0):
+        sql += " AND cost_used < %s - cost_reserved"
+        params.append(cost_cap)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount > 0
+
+
+def _counter_add(counter_id, *, tokens: int, cost: Decimal, calls: int, release: "Admission | None") -> None:
+    """Moves usage into a counter and, in the same UPDATE, takes a released reservation out."""
+    sql = f"UPDATE {_COUNTER_TABLE} SET tokens_used = tokens_used + %s, cost_used = cost_used + %s, calls = calls + %s"  # noqa: S608
+    params: list = [tokens, cost, calls]
+    if release is not None:
+        sql += ", tokens_reserved = tokens_reserved - %s, cost_reserved = cost_reserved - %s"
+        params += [release.tokens, release.cost]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " WHERE id = %s", [*params, counter_id])
+
+
+def _insert(obj) -> None:
+    """INSERT of one new row without the ORM's per-call query compilation (the two rows every
+    proxied call writes). Same values as Model.save(force_insert=True): each field's pre_save and
+    database preparation; the auto primary key comes back with RETURNING."""
+    meta = obj._meta
+    auto = meta.auto_field
+    fields = [f for f in meta.concrete_fields if f is not auto]
+    quote = connection.ops.quote_name
+    params = [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for f in fields]
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    returning = auto is not None and connection.features.can_return_columns_from_insert
+    if returning:
+        sql += f" RETURNING {quote(auto.column)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if auto is not None:
+            setattr(obj, auto.attname, cursor.fetchone()[0] if returning else cursor.lastrowid)
+    obj._state.adding = False
+    obj._state.db = connection.alias
+
+
 def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> Exception | None:
     if token_cap is not None and counter.tokens_used >= token_cap:
         return QuotaExceeded(f"monthly token quota reached: {counter.tokens_used} / {token_cap} tokens")
@@ -59,6 +118,7 @@ def call_admit(
     request_id: str,
     now: dt.datetime,
     ttl_s: float | None = None,
+    context: dict | None = None,
 ) -> Admission:
     """Checks both caps and holds a reservation, in one transaction.
 
@@ -67,43 +127,58 @@ def call_admit(
     """
     priced = est_cost is not None
     est_cost = est_cost or ZERO
+    period = period_start_date(now)
     with transaction.atomic():
-        counter = _counter_for(allocation_id=allocation_id, period_start=period_start_date(now))
-        error = _cap_error(counter=counter, token_cap=token_cap, cost_cap=cost_cap, priced=priced)
-        if error:
-            raise error
-        guard = Q(pk=counter.pk)
-        if token_cap is not None:
-            guard &= Q(tokens_used__lt=Value(token_cap) - F("tokens_reserved"))
-        if cost_cap is not None and (priced or cost_cap == 0):
-            guard &= Q(cost_used__lt=Value(cost_cap) - F("cost_reserved"))
-        admitted = UsageCounter.objects.filter(guard).update(
-            tokens_reserved=F("tokens_reserved") + est_tokens, cost_reserved=F("cost_reserved") + est_cost
+        # Fast path: one guarded UPDATE on the (cached) counter id. Only when it matches nothing is
+        # the counter read, to tell "cap reached" (403) from "headroom held in flight" (429).
+        counter_id = _counter_ids.get((str(allocation_id), period))
+        admitted = counter_id is not None and _reserve(
+            counter_id, token_cap=token_cap, cost_cap=cost_cap, priced=priced, tokens=est_tokens, cost=est_cost
         )
         if not admitted:
-            raise QuotaBusy("the allocation's remaining quota is held by calls in flight; retry shortly")
+            counter = _counter_for(allocation_id=allocation_id, period_start=period)
+            _counter_ids[(str(allocation_id), period)] = counter_id = counter.pk
+            error = _cap_error(counter=counter, token_cap=token_cap, cost_cap=cost_cap, priced=priced)
+            if error:
+                raise error
+            if not _reserve(
+                counter_id, token_cap=token_cap, cost_cap=cost_cap, priced=priced, tokens=est_tokens, cost=est_cost
+            ):
+                raise QuotaBusy("the allocation's remaining quota is held by calls in flight; retry shortly")
         ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
-        reservation = Reservation.objects.create(
-            counter_id=counter.pk,
+        reservation = Reservation(
+            counter_id=counter_id,
             request_id=request_id,
             tokens=est_tokens,
             cost=est_cost,
             created_at=now,
             expires_at=now + dt.timedelta(seconds=ttl),
+            context=context or {},
         )
-    return Admission(reservation_id=reservation.pk, counter_id=counter.pk, tokens=est_tokens, cost=est_cost)
+        _insert(reservation)
+    return Admission(reservation_id=reservation.pk, counter_id=counter_id, tokens=est_tokens, cost=est_cost)
 
 
-def reservation_adjust(*, admission: Admission, tokens: int, cost: Decimal) -> Admission:
-    """Moves a live reservation to new totals (realtime sessions grow theirs as usage accrues)."""
+def reservation_adjust(
+    *, admission: Admission, tokens: int, cost: Decimal, context: dict | None = None, expires_at=None
+) -> Admission:
+    """Moves a live reservation to new totals (realtime sessions grow theirs as usage accrues).
+
+    `context` replaces what the sweeper would bill if the holder died; `expires_at` extends the lease."""
+    extra = {k: v for k, v in (("context", context), ("expires_at", expires_at)) if v is not None}
     with transaction.atomic():
-        moved = Reservation.objects.filter(pk=admission.reservation_id).update(tokens=tokens, cost=cost)
+        moved = Reservation.objects.filter(pk=admission.reservation_id).update(tokens=tokens, cost=cost, **extra)
         if moved:
             UsageCounter.objects.filter(pk=admission.counter_id).update(
                 tokens_reserved=F("tokens_reserved") + (tokens - admission.tokens),
                 cost_reserved=F("cost_reserved") + (cost - admission.cost),
             )
     return Admission(admission.reservation_id, admission.counter_id, tokens, cost)
+
+
+def reservation_release(*, admission: Admission | None) -> None:
+    """Releases a reservation without settling a call (a call refused after admission)."""
+    _release(admission)
 
 
 def _release(admission: Admission | None) -> None:
@@ -120,6 +195,25 @@ def _release(admission: Admission | None) -> None:
 
 def price_in_force(*, model_id, at: dt.datetime) -> PriceVersion | None:
     return PriceVersion.objects.in_force(model=model_id, at=at)
+
+
+_price_cache: dict = {}
+_PRICE_CACHE_MAX = 10_000
+
+
+def price_in_force_cached(*, model_id, at: dt.datetime, generation: int) -> PriceVersion | None:
+    """price_in_force from a per-process cache keyed by the auth generation, which every price
+    change bumps (price_version_add). Versions are append-only, so the newest 50 cover `at`≈now."""
+    entry = _price_cache.get(model_id)
+    if entry is None or entry[0] != generation:
+        if len(_price_cache) > _PRICE_CACHE_MAX:
+            _price_cache.clear()
+        versions = list(PriceVersion.objects.filter(model=model_id).order_by("-effective_from", "-id")[:50])
+        entry = _price_cache[model_id] = (generation, versions)
+    for version in entry[1]:
+        if version.effective_from <= at:
+            return version
+    return None
 
 
 def call_settle(
@@ -152,19 +246,24 @@ def call_settle(
     )
     carries_usage = usage.has_tokens or cost
     with transaction.atomic():
-        row.save(force_insert=True)
-        _release(admission)
+        _insert(row)
+        # Deleting the reservation row is what makes its release happen exactly once.
+        released = admission is not None and Reservation.objects.filter(pk=admission.reservation_id).delete()[0]
         if row.allocation_id and (carries_usage or admission is not None):
             counter_id = (
                 admission.counter_id
                 if admission is not None
                 else _counter_for(allocation_id=row.allocation_id, period_start=period_start_date(row.started_at)).pk
             )
-            UsageCounter.objects.filter(pk=counter_id).update(
-                tokens_used=F("tokens_used") + usage.total_tokens,
-                cost_used=F("cost_used") + (cost or ZERO),
-                calls=F("calls") + 1,
+            _counter_add(
+                counter_id,
+                tokens=usage.total_tokens,
+                cost=cost or ZERO,
+                calls=1,
+                release=admission if released else None,  # release and usage in one UPDATE of the row
             )
+        elif released:
+            _counter_add(admission.counter_id, tokens=0, cost=ZERO, calls=0, release=admission)
     return row
 
 
@@ -191,8 +290,8 @@ def _price_decimal(name: str, value) -> Decimal | None:
     return amount
 
 
-def price_version_add(*, model, effective_from=None, unit: str = "", price_per_unit=None, actor=None, **rates):
-    """Appends a price version. Either token rates per 1M or a unit price, never both."""
+def price_version_clean(*, unit: str = "", price_per_unit=None, **rates) -> tuple[str, Decimal | None, dict]:
+    """Validates a price row without writing: returns (unit, price_per_unit, token rates) or raises BadRequest."""
     unknown = set(rates) - set(PRICE_FIELDS)
     if unknown:
         raise BadRequest(
@@ -212,6 +311,12 @@ def price_version_add(*, model, effective_from=None, unit: str = "", price_per_u
         raise BadRequest(
             "give token rates per 1M, or a unit with price_per_unit", fields={"unit": ["Required with price_per_unit."]}
         )
+    return unit, per_unit, clean
+
+
+def price_version_add(*, model, effective_from=None, unit: str = "", price_per_unit=None, actor=None, **rates):
+    """Appends a price version. Either token rates per 1M or a unit price, never both."""
+    unit, per_unit, clean = price_version_clean(unit=unit, price_per_unit=price_per_unit, **rates)
     with transaction.atomic():
         version = PriceVersion.objects.create(
             model=model, effective_from=effective_from or timezone.now(), unit=unit, price_per_unit=per_unit, **clean
@@ -241,9 +346,26 @@ def reservations_sweep(*, now: dt.datetime | None = None) -> int:
             if row is None:
                 continue
             admission = Admission(row.pk, row.counter_id, row.tokens, row.cost)
-            _release(admission)
+            if row.context.get("record"):
+                # A realtime session whose worker died: bill what it had accrued, exactly once
+                # (the row lock excludes the session's own settlement, which checks the row too).
+                _settle_from_context(admission=admission, context=row.context, now=now)
+            else:
+                _release(admission)
             released += 1
     return released
+
+
+def _settle_from_context(*, admission: Admission, context: dict, now: dt.datetime) -> CallRecord:
+    record = dict(context["record"])
+    record["started_at"] = dt.datetime.fromisoformat(record["started_at"])
+    record.update(outcome="gateway_error", close_reason="shutdown", error_code="worker_lost")
+    usage = dict(context.get("usage") or {})
+    if usage.get("quantity") is not None:
+        usage["quantity"] = Decimal(usage["quantity"])
+    price_id = context.get("price_id")
+    price = PriceVersion.objects.filter(pk=price_id).first() if price_id else None
+    return call_settle(admission=admission, record=record, usage=Usage(**usage), price=price, now=now)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Runs the gateway benchmark: fake upstreams (0 ms and 50 ms), one daphne gateway process on
+PostgreSQL + Redis with caps, reservations and call records on, and thin_proxy.py (aiohttp) as the
+reference; drives ../shared/bench/compare.py against both and writes JSON lines to bench/results/.
+
+  bench/run.py [--duration 5] [--rounds 2] [--levels 1,16,64] [--only gateway|thin] [--cases ...]
+
+Needs wrk (apt-get install wrk) and a venv with the harness' dependencies (BENCH_PY, default
+/tmp/venv-bench/bin/python: httptools uvloop orjson fastapi uvicorn[standard] aiohttp httpx).
+"""
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HARNESS = Path(os.environ.get("BENCH_HARNESS", ROOT.parent / "shared" / "bench"))
+BENCH_PY = os.environ.get("BENCH_PY", "/tmp/venv-bench/bin/python")
+GW_PY = str(ROOT / ".venv" / "bin" / "python")
+CASES = {  # name: (upstream latency ms, stream)
+    "0ms": (0, False),
+    "0ms-stream": (0, True),
+    "50ms": (50, False),
+    "50ms-stream": (50, True),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def ensure_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--levels", default="1,16,64")
+    ap.add_argument("--only", choices=["gateway", "thin"], default=None)
+    ap.add_argument("--cases", default=",".join(CASES))
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the cleanup below
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gw_bench"),
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3"),
+        "DEBUG": "False",
+        "SECRET_KEY": "bench-" + secrets.token_hex(16),
+        "GATEWAY_ENCRYPTION_KEY": os.environ.get(
+            "GATEWAY_ENCRYPTION_KEY", "m1mcCTj8YbQ2vFq0q3v5U8m4fJx3l0zYQ6sQ3rJ2m2E="
+        ),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOG_LEVEL": "WARNING",
+    }
+    ensure_database(env["DATABASE_URL"])
+    procs = []
+    try:
+        ports = {0: free_port(), 50: free_port()}
+        for latency, port in ports.items():
+            procs.append(
+                subprocess.Popen(
+                    [BENCH_PY, str(HARNESS / "fake_upstream.py"), "--port", str(port), "--latency-ms", str(latency)],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+        subprocess.run([GW_PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+        upstream = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
+        key = (
+            subprocess.run(
+                [GW_PY, "bench/seed.py", upstream[0], upstream[50]],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        gw_port, thin_ports = free_port(), {0: free_port(), 50: free_port()}
+        # -v 0: no access log line per request (thin_proxy runs with --no-access-log too).
+        gateway = subprocess.Popen(
+            [
+                GW_PY,
+                "-m",
+                "daphne",
+                "-v",
+                "0",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(gw_port),
+                "gateway_project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(gateway)
+        thin = {}
+        for latency, port in thin_ports.items():
+            thin_env = {**os.environ, "UPSTREAM": upstream[latency], "GATEWAY_KEY": "sk-thin", "CLIENT": "aiohttp"}
+            thin[latency] = subprocess.Popen(
+                [
+                    str(Path(BENCH_PY).parent / "uvicorn"),
+                    "thin_proxy:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                ],
+                cwd=HARNESS,
+                env=thin_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(thin[latency])
+        for port in (*ports.values(), gw_port, *thin_ports.values()):
+            wait_port(port)
+        out_dir = ROOT / "bench" / "results"
+        out_dir.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for case in args.cases.split(","):
+            latency, stream = CASES[case]
+            targets = []
+            if args.only in (None, "gateway"):
+                targets.append(
+                    ("gateway", f"http://127.0.0.1:{gw_port}", key, f"bench{latency}/gpt-4o-mini", gateway.pid)
+                )
+            if args.only in (None, "thin"):
+                targets.append(
+                    (
+                        "thin_proxy_aiohttp",
+                        f"http://127.0.0.1:{thin_ports[latency]}",
+                        "sk-thin",
+                        "gpt-4o-mini",
+                        thin[latency].pid,
+                    )
+                )
+            for name, url, gw_key, model, pid in targets:
+                cmd = [
+                    BENCH_PY,
+                    str(HARNESS / "compare.py"),
+                    "--direct",
+                    upstream[latency],
+                    "--gateway",
+                    url,
+                    "--gateway-key",
+                    gw_key,
+                    "--model",
+                    model,
+                    "--direct-model",
+                    "gpt-4o-mini",
+                    "-c",
+                    args.levels,
+                    "-d",
+                    str(args.duration),
+                    "--rounds",
+                    str(args.rounds),
+                    "--warmup",
+                    "2",
+                    "--gateway-pid",
+                    str(pid),
+                    "--name",
+                    name,
+                ]
+                if stream:
+                    cmd.append("--stream")
+                print(f"== {name} {case}", flush=True)
+                result = subprocess.run(cmd, capture_output=True, text=True)
+                sys.stderr.write(result.stderr)
+                with open(out_dir / f"{stamp}.jsonl", "a") as fh:
+                    for line in result.stdout.splitlines():
+                        if line.startswith("{"):
+                            row = {"target": name, "case": case, **json.loads(line)}
+                            fh.write(json.dumps(row) + "\n")
+                            print(json.dumps(row), flush=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Seeds the benchmark world: a member with two priced, capped allocations (caps and reservations
+on, never reached) whose models point at the fake upstreams, and one key scoped to both.
+Prints the key. Usage: DATABASE_URL=... seed.py UPSTREAM0_URL UPSTREAM50_URL"""
+
+import os
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
+
+import django  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+django.setup()
+
+from allocations.models import ApiKey, CatalogModel, Member, Provider  # noqa: E402
+from allocations.services import (  # noqa: E402
+    allocation_create,
+    api_key_create,
+    member_create,
+    model_create,
+    provider_create,
+)
+from quota.services import price_version_add  # noqa: E402
+
+
+def main(upstream0: str, upstream50: str) -> None:
+    member = Member.objects.filter(username="bench").first() or member_create(username="bench")
+    allocations = []
+    for name, url in (("bench0", upstream0), ("bench50", upstream50)):
+        Provider.objects.filter(name=name).update(base_url=url + "/v1")
+        provider = Provider.objects.filter(name=name).first() or provider_create(
+            name=name, kind="openai", base_url=url + "/v1", api_key="sk-upstream-bench"
+        )
+        model = CatalogModel.objects.filter(slug=f"{name}/gpt-4o-mini").first()
+        if model is None:
+            slug = f"{name}/gpt-4o-mini"
+            model = model_create(slug=slug, provider=provider, upstream_name="gpt-4o-mini", kind="chat")
+            price_version_add(model=model, input_per_1m="0.15", cached_input_per_1m="0.075", output_per_1m="0.60")
+        allocation = model.allocations.filter(member=member).first()
+        if allocation is None:
+            allocation, _, _ = allocation_create(
+                member=member, model=model, quota_tokens_per_month=10**15, quota_cost_usd_per_month=Decimal("1e9")
+            )
+        allocations.append(allocation)
+    ApiKey.objects.filter(member=member, name="bench").update(revoked_at=timezone.now())
+    _, plaintext = api_key_create(member=member, name="bench", allocations=allocations)
+    print(plaintext)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,256 @@
+"""The two accounting steps of a proxied call. Each is ONE synchronous function run once off the
+event loop: `call_open` (authenticate, resolve, check, admit: SPEC 3 steps 1-10) and `call_close`
+(the call record, the counters and the reservation release, in one transaction).
+
+They run on a small dedicated thread pool whose threads keep their database connection between
+calls: opening a PostgreSQL connection per step would cost more CPU than the whole relay, and a
+connection is only ever held for the few milliseconds of one step, never across the upstream call.
+The pool size bounds the connections per process (GATEWAY_ACCOUNTING_THREADS).
+"""
+
+import contextvars
+import datetime as dt
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import Error as DatabaseError
+from django.db import connection, transaction
+
+from allocations.access import KeyScope, ScopedAllocation, allocation_check_status, key_scope, key_touch
+from allocations.cache import auth_generation
+from allocations.exceptions import (
+    AllocationPaused,
+    AllocationQuarantined,
+    AllocationRevoked,
+    GatewayError,
+    ModelMismatch,
+    Unauthorized,
+)
+from quota.exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
+from quota.models import Outcome
+from quota.pricing import Usage, cost_for
+from quota.services import (
+    Admission,
+    call_admit,
+    call_record_reject,
+    price_in_force_cached,
+    reservation_release,
+)
+from quota.spool import call_settle_durable
+
+from .exceptions import ModelKindMismatch, ProviderUnavailable
+from .registry import Endpoint
+
+BEARER = re.compile(r"Bearer ([A-Za-z0-9_\-]{6,200})")
+
+REJECT_OUTCOMES = {
+    Unauthorized: Outcome.REJECTED_UNAUTHENTICATED,
+    ModelMismatch: Outcome.REJECTED_MODEL_MISMATCH,
+    AllocationRevoked: Outcome.REJECTED_REVOKED,
+    AllocationPaused: Outcome.REJECTED_PAUSED,
+    AllocationQuarantined: Outcome.REJECTED_QUARANTINED,
+    QuotaExceeded: Outcome.REJECTED_QUOTA_EXCEEDED,
+    CostQuotaExceeded: Outcome.REJECTED_COST_QUOTA_EXCEEDED,
+    QuotaBusy: Outcome.REJECTED_QUOTA_BUSY,
+    ModelKindMismatch: Outcome.REJECTED_MODEL_KIND,
+    ProviderUnavailable: Outcome.UPSTREAM_ERROR,  # the contract has no reject outcome for it
+}
+
+
+@dataclass
+class Call:
+    """One proxied call's state, filled in as it goes through the steps."""
+
+    request_id: str
+    endpoint: Endpoint
+    started_at: dt.datetime
+    authorization: str  # the raw header
+    body: dict | None = None
+    body_error: GatewayError | None = None
+    stream: bool = False
+    scope: KeyScope | None = None
+    entry: ScopedAllocation | None = None
+    price: object = None
+    admission: Admission | None = None
+    prompt_tokens: int = 0
+    client_gone: bool = False
+    settled: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def record(self, **fields) -> dict:
+        entry = self.entry
+        return {
+            "request_id": self.request_id,
+            "endpoint": self.endpoint.name,
+            "started_at": self.started_at,
+            "is_stream": self.stream,
+            "api_key_id": self.scope.key_id if self.scope else None,
+            "member_id": self.scope.member_id if self.scope else None,
+            "allocation_id": entry.allocation_id if entry else None,
+            "model_id": entry.model_id if entry else None,
+            **fields,
+        }
+
+
+# --- the thread pool ----------------------------------------------------------------------------
+
+_pool = ThreadPoolExecutor(max_workers=settings.GATEWAY_ACCOUNTING_THREADS, thread_name_prefix="gw-accounting")
+
+
+_thread = threading.local()
+
+
+def _guarded(fn):
+    def run(**kwargs):
+        # Each pool thread runs its steps in one context of its own: Django's cache handler keeps
+        # its clients in context-local storage, so the request's context would open a new Redis
+        # connection per call (the database handler is thread-local and keeps its connection anyway).
+        context = getattr(_thread, "context", None)
+        if context is None:
+            context = _thread.context = contextvars.Context()
+        try:
+            return context.run(fn, **kwargs)
+        except DatabaseError:
+            # A broken connection must not poison this thread: the next step reconnects.
+            connection.close()
+            raise
+
+    return run
+
+
+async def run(fn, **kwargs):
+    return await sync_to_async(_guarded(fn), thread_sensitive=False, executor=_pool)(**kwargs)
+
+
+def pool_close_connections() -> None:
+    """Closes every pool thread's connection (tests, before the test database is dropped)."""
+    workers = _pool._max_workers
+    barrier = threading.Barrier(workers)
+
+    def close():
+        connection.close()
+        barrier.wait(timeout=10)
+
+    for future in [_pool.submit(close) for _ in range(workers)]:
+        future.result()
+
+
+# --- step 1: open -------------------------------------------------------------------------------
+
+
+def _reject(call: Call, error: GatewayError) -> None:
+    outcome = REJECT_OUTCOMES.get(type(error), Outcome.REJECTED_BAD_REQUEST)
+    call_record_reject(
+        record=call.record(
+            outcome=outcome, status_code=error.status, error_code=error.code, error_message=error.message[:1000]
+        )
+    )
+
+
+def _attribute(call: Call, generation: int) -> None:
+    """Best effort: who made a malformed request, for its record."""
+    match = BEARER.fullmatch(call.authorization)
+    try:
+        call.scope = key_scope(match.group(1), generation=generation) if match else None
+        model = (call.body or {}).get("model")
+        if call.scope and isinstance(model, str):
+            call.entry = call.scope.resolve(model)
+    except GatewayError:
+        pass
+
+
+def _admit(call: Call, generation: int) -> None:
+    entry = call.entry
+    call.price = price_in_force_cached(model_id=entry.model_id, at=call.started_at, generation=generation)
+    estimate = call.endpoint.estimate(call.body)
+    call.prompt_tokens = estimate.input_tokens
+    call.admission = call_admit(
+        allocation_id=entry.allocation_id,
+        token_cap=entry.token_cap,
+        cost_cap=entry.cost_cap,
+        est_tokens=estimate.total_tokens,
+        est_cost=cost_for(call.price, estimate),
+        request_id=call.request_id,
+        now=call.started_at,
+    )
+
+
+_touched: dict[str, float] = {}
+
+
+def _touch(key_id: str, now: dt.datetime) -> None:
+    # key_touch is throttled in the database; this saves its no-op UPDATE on every call.
+    if time.monotonic() - _touched.get(key_id, -1e9) > 60:
+        _touched[key_id] = time.monotonic()
+        key_touch(key_id=key_id, now=now)
+
+
+def call_open(*, call: Call) -> Call:
+    """The whole preflight in the contract's order. A refusal writes its record and raises."""
+    generation = auth_generation()
+    try:
+        match = BEARER.fullmatch(call.authorization)
+        if match is None:
+            raise Unauthorized("missing or malformed bearer key: send 'Authorization: Bearer <key>'")
+        if call.body_error is not None:
+            _attribute(call, generation)
+            raise call.body_error
+        call.scope = key_scope(match.group(1), generation=generation)
+        call.entry = call.scope.resolve(call.body["model"])
+        allocation_check_status(call.entry)
+        _admit(call, generation)
+    except GatewayError as error:
+        _reject(call, error)
+        raise
+    late = _late_error(call)
+    if late is not None:
+        with transaction.atomic():
+            reservation_release(admission=call.admission)
+            _reject(call, late)
+        call.admission = None
+        raise late
+    _touch(call.scope.key_id, call.started_at)
+    return call
+
+
+def _late_error(call: Call) -> GatewayError | None:
+    """Steps 9 and 10 come after admission in the contract's order."""
+    entry = call.entry
+    if entry.model_kind not in call.endpoint.kinds:
+        return ModelKindMismatch(
+            f"model '{entry.model_slug}' is a {entry.model_kind} model; /v1/{call.endpoint.path} needs "
+            + " or ".join(sorted(call.endpoint.kinds))
+        )
+    if not entry.provider.is_active:
+        return ProviderUnavailable(f"the provider of model '{entry.model_slug}' is unavailable")
+    return None
+
+
+# --- step 2: close ------------------------------------------------------------------------------
+
+
+def call_close(
+    *, call: Call, outcome: str, status_code: int, usage: Usage, error_code: str = "", error_message: str = ""
+) -> None:
+    """The call record, the counters and the reservation release: one transaction (quota.services),
+    spooled for replay if the database fails at that moment (quota.spool), so no billed call is lost."""
+    call_settle_durable(
+        admission=call.admission,
+        record=call.record(
+            outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message[:1000]
+        ),
+        usage=usage,
+        price=call.price,
+    )
+
+
+def models_for(*, authorization: str) -> KeyScope:
+    match = BEARER.fullmatch(authorization)
+    if match is None:
+        raise Unauthorized("missing or malformed bearer key: send 'Authorization: Bearer <key>'")
+    return key_scope(match.group(1))

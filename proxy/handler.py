@@ -1,0 +1,113 @@
+"""The ASGI handler for /v1: Django's URL resolver and async views, without middleware.
+
+The project's MIDDLEWARE are sync Django middleware; behind them an async view would be adapted
+(a thread hop per middleware, "Asynchronous handler adapted for middleware" in the django.request
+debug log). /v1 needs none of them (no sessions, CSRF, locale or messages: keys are bearer tokens),
+so gateway_project.asgi routes /v1 here. It also skips the per-request request_started /
+request_finished signals and thread-sensitive context (each costs a thread hop to close database
+connections the event loop never opens: the accounting steps use their own pool, proxy.accounting),
+and reads the body with the GATEWAY_MAX_BODY_MB limit instead of Django's 2.5 MB form limit.
+"""
+
+import asyncio
+import contextlib
+import io
+import logging
+import sys
+
+from django.conf import settings
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpResponse
+from django.urls import set_script_prefix
+
+from . import multipart, upstream
+from .views import request_id_for
+
+logger = logging.getLogger("django.request")
+
+
+class ProxyHandler(ASGIHandler):
+    def load_middleware(self, is_async=False):
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await lifespan(scope, receive, send)
+        if scope["type"] != "http":
+            raise ValueError(f"/v1 serves HTTP only, not {scope['type']}")
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope, receive, send):
+        limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
+        try:
+            if multipart.spools(scope["path"]):  # issue 4: uploads go to a spool, not to memory
+                (upload, too_large), body = await multipart.spool_body(receive, scope, limit), b""
+            else:
+                body, too_large = await read_body(receive, scope, limit)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        try:
+            request = self.request_class(scope, io.BytesIO(body))
+        except UnicodeDecodeError:
+            logger.warning("Bad Request (UnicodeDecodeError)", exc_info=sys.exc_info())
+            return await self.send_response(HttpResponse(status=400), send)
+        request._body = body  # already read, with our limit (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is for forms)
+        request.gateway_body_too_large = too_large
+        request.gateway_upload = upload  # closed by proxy.media_views once the upstream has it
+
+        async def process(request):
+            response = await self.get_response_async(request)
+            if not response.has_header("X-Request-Id"):
+                response["X-Request-Id"] = request_id_for(request)
+            with contextlib.suppress(asyncio.CancelledError):  # client disconnected while we were sending
+                await self.send_response(response, send)
+
+        # As Django does: a client that disconnects cancels the view (or the stream being relayed).
+        tasks = [asyncio.ensure_future(self.listen_for_disconnect(receive)), asyncio.ensure_future(process(request))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                with contextlib.suppress(RequestAborted):
+                    task.result()
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RequestAborted):
+                    await task
+
+
+async def read_body(receive, scope, limit: int) -> tuple[bytes, bool]:
+    """The whole body, or (b"", True) past `limit` (the rest is drained so the client gets its 413)."""
+    declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"0")
+    too_large = declared.isdigit() and int(declared) > limit
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            too_large, parts = True, []
+        elif not too_large and chunk:
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return (b"" if too_large else b"".join(parts)), too_large
+
+
+async def lifespan(scope, receive, send):
+    """ASGI lifespan (uvicorn, hypercorn): close the shared upstream session on shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await upstream.session_close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

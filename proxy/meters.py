@@ -1,0 +1,194 @@
+"""Meters: what the upstream answered -> quota.pricing.Usage, and the reservation estimates.
+
+Pure functions over parsed JSON (or bytes); one per wire shape, named in proxy.registry.
+Token fields follow OpenAI: cached ⊂ input, reasoning ⊂ output.
+"""
+
+import json
+import math
+
+from django.conf import settings
+
+from quota.pricing import Usage
+
+CHARS_PER_TOKEN = 4
+_decoder = json.JSONDecoder()
+
+
+def _int(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def tokens_for_text(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
+
+
+# --- usage objects -> Usage ----------------------------------------------------------------------
+
+
+def chat_usage(usage: dict) -> Usage:
+    """Chat completions and embeddings: prompt_tokens / completion_tokens (+ details)."""
+    prompt = usage.get("prompt_tokens_details") or {}
+    completion = usage.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=_int(usage.get("prompt_tokens")),
+        output_tokens=_int(usage.get("completion_tokens")),
+        cached_tokens=_int(prompt.get("cached_tokens")),
+        audio_input_tokens=_int(prompt.get("audio_tokens")),
+        reasoning_tokens=_int(completion.get("reasoning_tokens")),
+        audio_output_tokens=_int(completion.get("audio_tokens")),
+    )
+
+
+def responses_usage(usage: dict) -> Usage:
+    """Responses API: input_tokens / output_tokens with cached and reasoning details."""
+    inp = usage.get("input_tokens_details") or {}
+    out = usage.get("output_tokens_details") or {}
+    return Usage(
+        input_tokens=_int(usage.get("input_tokens")),
+        output_tokens=_int(usage.get("output_tokens")),
+        cached_tokens=_int(inp.get("cached_tokens")),
+        reasoning_tokens=_int(out.get("reasoning_tokens")),
+    )
+
+
+def embeddings_usage(usage: dict) -> Usage:
+    return Usage(input_tokens=_int(usage.get("prompt_tokens")) or _int(usage.get("total_tokens")))
+
+
+# --- finding the usage object in a JSON body without parsing all of it ----------------------------
+
+
+def find_usage(body: bytes) -> dict | None:
+    """The top-level `usage` object of a JSON response. Embeddings bodies are mostly float arrays,
+    so the last `"usage"` key is decoded alone; anything odd falls back to a full parse."""
+    at = body.rfind(b'"usage"')
+    if at >= 0:
+        try:
+            text = body[at + 7 :].decode()
+            start = text.index(":") + 1
+            start += len(text[start : start + 64]) - len(text[start : start + 64].lstrip())
+            value, _ = _decoder.raw_decode(text, start)
+        except (ValueError, UnicodeDecodeError):
+            value = None
+        if isinstance(value, dict):
+            return value
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def has_usage_object(data: bytes) -> bool:
+    """True when an SSE data payload carries `"usage": {...}` (not `"usage": null`)."""
+    at = data.find(b'"usage"')
+    while at >= 0:
+        rest = data[at + 7 :].lstrip()
+        if rest.startswith(b":") and rest[1:].lstrip().startswith(b"{"):
+            return True
+        at = data.find(b'"usage"', at + 7)
+    return False
+
+
+# --- reservation estimates -----------------------------------------------------------------------
+
+
+def prompt_estimate(body: dict, *fields: str) -> int:
+    """~4 characters per token of the request's prompt-bearing fields (JSON-encoded length)."""
+    chars = 0
+    for name in fields:
+        value = body.get(name)
+        if isinstance(value, str):
+            chars += len(value)
+        elif value is not None:
+            chars += len(json.dumps(value, ensure_ascii=False))
+    return tokens_for_text(chars)
+
+
+def output_limit(body: dict, *fields: str) -> int:
+    for name in fields:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
+
+
+def estimate_chat(body: dict) -> Usage:
+    return Usage(
+        input_tokens=prompt_estimate(body, "messages", "tools"),
+        output_tokens=output_limit(body, "max_completion_tokens", "max_tokens"),
+    )
+
+
+def estimate_responses(body: dict) -> Usage:
+    return Usage(
+        input_tokens=prompt_estimate(body, "instructions", "input", "tools"),
+        output_tokens=output_limit(body, "max_output_tokens"),
+    )
+
+
+def estimate_embeddings(body: dict) -> Usage:
+    return Usage(input_tokens=prompt_estimate(body, "input"))
+
+
+# --- streams: usage from the final event, else an estimate from the relayed deltas ----------------
+
+
+class StreamMeter:
+    """Collects what a stream reports. Subclasses know their event shapes."""
+
+    usage_of = staticmethod(chat_usage)
+
+    def __init__(self, prompt_tokens: int):
+        self.prompt_tokens = prompt_tokens
+        self.usage: Usage | None = None
+        self.malformed = False
+        self._deltas: list[bytes] = []
+        self._delta_chars = 0
+        self._pending = 0
+
+    def keep_delta(self, data: bytes) -> None:
+        # Parsed only if the stream ends without usage (rare), so the common path stays cheap.
+        self._deltas.append(data)
+        self._pending += len(data)
+        if self._pending > 1 << 20:
+            self._fold()
+
+    def _fold(self) -> None:
+        for data in self._deltas:
+            try:
+                self._delta_chars += self.delta_chars(json.loads(data))
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+                self.malformed = True
+        self._deltas, self._pending = [], 0
+
+    def delta_chars(self, event: dict) -> int:  # pragma: no cover - overridden
+        return 0
+
+    def result(self) -> Usage:
+        if self.usage is not None:
+            return self.usage
+        self._fold()
+        return Usage(input_tokens=self.prompt_tokens, output_tokens=tokens_for_text(self._delta_chars), estimated=True)
+
+
+class ChatStreamMeter(StreamMeter):
+    def delta_chars(self, event: dict) -> int:
+        chars = 0
+        for choice in event.get("choices") or ():
+            delta = choice.get("delta") or {}
+            chars += len(delta.get("content") or "") + len(delta.get("refusal") or "")
+            for call in delta.get("tool_calls") or ():
+                chars += len((call.get("function") or {}).get("arguments") or "")
+        return chars
+
+
+class ResponsesStreamMeter(StreamMeter):
+    usage_of = staticmethod(responses_usage)
+    FINAL_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
+
+    def delta_chars(self, event: dict) -> int:
+        delta = event.get("delta")
+        return len(delta) if isinstance(delta, str) else 0

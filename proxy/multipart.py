@@ -1,0 +1,252 @@
+"""Multipart uploads (images/edits, audio/transcriptions) without holding the upload in memory.
+
+proxy.handler spools a multipart body to a SpooledTemporaryFile (the first MB in memory, the rest
+in an unlinked temporary file) while it arrives, enforcing GATEWAY_MAX_BODY_MB. The form is then
+scanned in fixed-size windows for its parts: text fields (`model`, `n`, `prompt`, ...) are read,
+file parts are only located (offsets). The upstream body is re-emitted from the spool with the same
+boundary, only the `model` field rewritten to the upstream name, with an exact Content-Length.
+
+Why spool first rather than pipe the client's bytes straight through: the preflight needs `model`
+(which a client may send after the file), the reservation needs the upload's duration or size
+before the upstream is called, and a body over the limit is refused with 413 before any upstream
+work is paid for. Memory stays bounded (SPOOL_MEMORY + a few CHUNKs per upload); the cost is the
+disk write and the upload's latency (a proxy with request buffering, as nginx does by default).
+
+Audio duration (transcription reservations and the meter's last resort): a WAV/RF64 header is read
+exactly (data bytes / byte rate); any other format is estimated from its size at
+ASSUMED_BYTES_PER_SECOND (128 kbit/s, a common mp3/m4a rate) and flagged as estimated.
+"""
+
+import re
+import struct
+import tempfile
+from dataclasses import dataclass
+
+from django.core.exceptions import RequestAborted
+
+from allocations.exceptions import BadRequest, GatewayError
+
+from .registry import BODY_MULTIPART, ENDPOINTS
+
+SPOOL_MEMORY = 1 << 20
+CHUNK = 1 << 18
+MAX_FIELD = 1 << 20  # a text field past this is refused (prompts are far smaller)
+MAX_HEADERS = 16 << 10
+WAV_HEAD = 64 << 10
+ASSUMED_BYTES_PER_SECOND = 16_000  # 128 kbit/s
+BOUNDARY = re.compile(rb'boundary="?([^";,\s]{1,200})"?', re.IGNORECASE)
+NAME = re.compile(rb'[; ]name="([^"]*)"', re.IGNORECASE)
+FILENAME = re.compile(rb'[; ]filename="([^"]*)"', re.IGNORECASE)
+CONTENT_TYPE = re.compile(rb"^content-type:\s*([^\r\n]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def spools(path: str) -> bool:
+    """Whether proxy.handler spools this path's body (the multipart endpoints of the registry)."""
+    return path.startswith("/v1/") and any(
+        e.body == BODY_MULTIPART and path.rstrip("/") == "/v1/" + e.path for e in ENDPOINTS.values()
+    )
+
+
+async def spool_body(receive, scope, limit: int):
+    """(spool at offset 0, False), or (None, True) past `limit` (the rest is drained for the 413)."""
+    declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"0")
+    too_large = declared.isdigit() and int(declared) > limit
+    spool = None if too_large else tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if spool is not None:
+                spool.close()
+            raise RequestAborted()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit and spool is not None:
+            spool.close()
+            spool, too_large = None, True
+        elif spool is not None and chunk:
+            spool.write(chunk)
+        if not message.get("more_body", False):
+            break
+    if spool is not None:
+        spool.seek(0)
+    return spool, too_large
+
+
+@dataclass
+class Part:
+    headers: bytes  # the raw header block of the part
+    name: str
+    filename: str | None  # None: a text field
+    content_type: str
+    start: int  # content offsets in the spool
+    end: int
+    value: bytes | None = None  # text fields only
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Form:
+    boundary: bytes
+    parts: list[Part]
+    spool: object
+
+    def fields(self) -> dict:
+        return {p.name: p.value.decode("utf-8", "replace") for p in self.parts if p.filename is None}
+
+    def file(self, name: str) -> Part | None:
+        return next((p for p in self.parts if p.filename is not None and p.name in (name, name + "[]")), None)
+
+    def encode(self, replace: dict[str, str]) -> tuple[object, int]:
+        """(async iterator of the upstream body, its length): the parts re-emitted from the spool."""
+        segments: list = []
+        for part in self.parts:
+            segments.append(b"--" + self.boundary + b"\r\n" + part.headers + b"\r\n\r\n")
+            if part.filename is None and part.name in replace:
+                segments.append(replace[part.name].encode())
+            else:
+                segments.append(part.value if part.value is not None else (part.start, part.end))
+            segments.append(b"\r\n")
+        segments.append(b"--" + self.boundary + b"--\r\n")
+        length = sum(len(s) if isinstance(s, bytes) else s[1] - s[0] for s in segments)
+        return self._emit(segments), length
+
+    async def _emit(self, segments):
+        for segment in segments:
+            if isinstance(segment, bytes):
+                yield segment
+                continue
+            position, end = segment
+            while position < end:
+                # Page-cache reads of CHUNK bytes: short enough to do on the event loop.
+                self.spool.seek(position)
+                data = self.spool.read(min(CHUNK, end - position))
+                if not data:
+                    raise OSError("the spooled upload ended early")
+                position += len(data)
+                yield data
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+def _find(spool, needle: bytes, start: int, size: int) -> int:
+    """Offset of `needle` at or after `start`, scanning windows that overlap by len(needle) - 1."""
+    position = start
+    while position < size:
+        spool.seek(position)
+        window = spool.read(CHUNK + len(needle) - 1)
+        at = window.find(needle)
+        if at >= 0:
+            return position + at
+        if len(window) < len(needle):
+            return -1
+        position += CHUNK
+    return -1
+
+
+def _part(headers: bytes, start: int, end: int) -> Part:
+    name = NAME.search(b" " + headers)
+    if name is None:
+        raise ValueError("a multipart part without a name")
+    filename = FILENAME.search(b" " + headers)
+    content_type = CONTENT_TYPE.search(headers)
+    return Part(
+        headers=headers,
+        name=name.group(1).decode("utf-8", "replace"),
+        filename=None if filename is None else filename.group(1).decode("utf-8", "replace"),
+        content_type=content_type.group(1).decode("latin1").strip() if content_type else "",
+        start=start,
+        end=end,
+    )
+
+
+def parse_form(spool, content_type: str) -> Form:
+    """Locates the parts of a spooled multipart body; raises ValueError when it is malformed."""
+    match = BOUNDARY.search(content_type.encode("latin1", "replace"))
+    if not content_type.lower().startswith("multipart/form-data") or match is None:
+        raise ValueError("the request must be multipart/form-data with a boundary")
+    boundary = match.group(1)
+    delimiter = b"--" + boundary
+    size = spool.seek(0, 2)
+    position = _find(spool, delimiter, 0, size)
+    if position < 0:
+        raise ValueError("the multipart body has no boundary")
+    position += len(delimiter)
+    parts = []
+    while True:
+        spool.seek(position)
+        after = spool.read(2)
+        if after == b"--":
+            return Form(boundary=boundary, parts=parts, spool=spool)
+        if after != b"\r\n":
+            raise ValueError("a malformed multipart boundary line")
+        head = spool.read(MAX_HEADERS)
+        end_of_headers = 0 if head.startswith(b"\r\n") else head.find(b"\r\n\r\n")
+        if end_of_headers < 0:
+            raise ValueError("multipart part headers too long or unterminated")
+        start = position + 2 + end_of_headers + (2 if end_of_headers == 0 else 4)
+        end = _find(spool, b"\r\n" + delimiter, start, size)
+        if end < 0:
+            raise ValueError("the multipart body ends inside a part")
+        part = _part(head[:end_of_headers], start, end)
+        if part.filename is None:
+            if part.size > MAX_FIELD:
+                raise ValueError(f"the form field '{part.name}' is too large")
+            spool.seek(start)
+            part.value = spool.read(part.size)
+        parts.append(part)
+        position = end + 2 + len(delimiter)
+
+
+def wav_seconds(head: bytes, size: int) -> float | None:
+    """Duration of a WAV (or RF64) file from its header: data bytes / byte rate; None if not WAV."""
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        return None
+    position, byte_rate = 12, 0
+    while position + 8 <= len(head):
+        chunk_id = head[position : position + 4]
+        (chunk_size,) = struct.unpack("<I", head[position + 4 : position + 8])
+        if chunk_id == b"fmt " and position + 24 <= len(head):
+            byte_rate = struct.unpack("<HHIIHH", head[position + 8 : position + 24])[3]
+        elif chunk_id == b"data":
+            available = size - (position + 8)
+            data = available if chunk_size in (0, 0xFFFFFFFF) else min(chunk_size, available)
+            return data / byte_rate if byte_rate > 0 else None
+        position += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
+def upload_meta(form: Form, part: Part) -> dict:
+    """What the meters and the simulated provider know of an upload (never its bytes)."""
+    form.spool.seek(part.start)
+    seconds = wav_seconds(form.spool.read(min(WAV_HEAD, part.size)), part.size)
+    measured = seconds is not None
+    if seconds is None:
+        seconds = part.size / ASSUMED_BYTES_PER_SECOND
+    return {
+        "filename": part.filename,
+        "content_type": part.content_type,
+        "size": part.size,
+        "duration_s": round(seconds, 6),
+        "duration_measured": measured,
+    }
+
+
+def request_of(form: Form, required: tuple[str, ...], files: tuple[str, ...]) -> tuple[dict, GatewayError | None]:
+    """The form's text fields plus `upload` (the first file's meta) and the preflight's verdict."""
+    body = form.fields()
+    missing = [n for n in required if n not in files and not body.get(n)]
+    missing += [n for n in files if form.file(n) is None]
+    upload = next((form.file(n) for n in files if form.file(n) is not None), None)
+    if upload is not None:
+        body["upload"] = upload_meta(form, upload)
+    if missing:
+        return body, BadRequest(
+            f"missing required field(s): {', '.join(missing)}",
+            fields={n: ["This file is required." if n in files else "This field is required."] for n in missing},
+        )
+    return body, None

@@ -1,0 +1,142 @@
+"""The /v1 endpoints as data. Adding an endpoint (images, audio, moderation, rerank, OCR: issue 4)
+means adding one entry here, a meter in proxy.meters and, for the simulated provider, a handler
+in proxy.simulated; the view, preflight, accounting and upstream adapters are shared.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from allocations.models import ModelKind
+from quota.pricing import Usage
+
+from . import media_meters, meters
+
+# How the request body is read and forwarded.
+BODY_JSON = "json"
+BODY_MULTIPART = "multipart"  # issue 4: parse the form for `model`, forward the parts
+# How the answer is relayed.
+RESPONSE_JSON = "json"
+RESPONSE_BINARY = "binary"  # issue 4: audio/speech
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # CallRecord.endpoint, e.g. "chat.completions"
+    path: str  # below /v1/ on the gateway and below the provider's base URL upstream
+    required: tuple[str, ...]  # fields a request must carry (step 2 of the preflight)
+    kinds: frozenset[str]  # model kinds it serves (step 9)
+    meter: Callable[[dict], Usage]  # the upstream's `usage` object -> Usage
+    estimate: Callable[[dict], Usage]  # request -> reserved tokens (priced with the price in force)
+    body: str = BODY_JSON
+    response: str = RESPONSE_JSON
+    stream_meter: type[meters.StreamMeter] | None = None  # None: `stream: true` is refused
+    force_stream_usage: bool = False  # chat: stream_options.include_usage forced on upstream
+    # issue 4 (proxy.media_views): (request, raw answer) -> Usage, for answers whose meter is not
+    # a `usage` object (images, audio, moderation, rerank, OCR); `files`: required multipart files.
+    response_meter: Callable[[dict, bytes], Usage] | None = None
+    files: tuple[str, ...] = ()
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    e.name: e
+    for e in (
+        Endpoint(
+            name="chat.completions",
+            path="chat/completions",
+            required=("model", "messages"),
+            # issue 4: image models with chat output (gemini-2.5-flash-image, OpenRouter's image
+            # models) are called on chat too; one allocation, one cost cap for both endpoints.
+            kinds=frozenset({ModelKind.CHAT, ModelKind.IMAGE}),
+            meter=meters.chat_usage,
+            estimate=meters.estimate_chat,
+            stream_meter=meters.ChatStreamMeter,
+            force_stream_usage=True,
+        ),
+        Endpoint(
+            name="responses",
+            path="responses",
+            required=("model", "input"),
+            kinds=frozenset({ModelKind.CHAT}),
+            meter=meters.responses_usage,
+            estimate=meters.estimate_responses,
+            stream_meter=meters.ResponsesStreamMeter,
+        ),
+        Endpoint(
+            name="embeddings",
+            path="embeddings",
+            required=("model", "input"),
+            kinds=frozenset({ModelKind.EMBEDDING}),
+            meter=meters.embeddings_usage,
+            estimate=meters.estimate_embeddings,
+        ),
+        # issue 4: the non-token endpoints (docs/ENDPOINTS.md), served by proxy.media_views.
+        Endpoint(
+            name="images.generations",
+            path="images/generations",
+            required=("model", "prompt"),
+            kinds=frozenset({ModelKind.IMAGE}),
+            meter=meters.chat_usage,
+            estimate=media_meters.estimate_images,
+            response_meter=media_meters.images_usage,
+        ),
+        Endpoint(
+            name="images.edits",
+            path="images/edits",
+            required=("model", "prompt"),
+            kinds=frozenset({ModelKind.IMAGE}),
+            meter=meters.chat_usage,
+            estimate=media_meters.estimate_images,
+            body=BODY_MULTIPART,
+            response_meter=media_meters.images_usage,
+            files=("image",),
+        ),
+        Endpoint(
+            name="audio.speech",
+            path="audio/speech",
+            required=("model", "input"),
+            kinds=frozenset({ModelKind.TTS}),
+            meter=meters.chat_usage,
+            estimate=media_meters.estimate_speech,
+            response=RESPONSE_BINARY,
+            response_meter=media_meters.speech_usage,
+        ),
+        Endpoint(
+            name="audio.transcriptions",
+            path="audio/transcriptions",
+            required=("model",),
+            kinds=frozenset({ModelKind.STT}),
+            meter=meters.chat_usage,
+            estimate=media_meters.estimate_transcription,
+            body=BODY_MULTIPART,
+            response_meter=media_meters.transcription_usage,
+            files=("file",),
+        ),
+        Endpoint(
+            name="moderations",
+            path="moderations",
+            required=("model", "input"),
+            kinds=frozenset({ModelKind.MODERATION}),
+            meter=meters.chat_usage,
+            estimate=media_meters.estimate_moderation,
+            response_meter=media_meters.moderation_usage,
+        ),
+        Endpoint(
+            name="rerank",
+            path="rerank",
+            required=("model", "query", "documents"),
+            kinds=frozenset({ModelKind.RERANK}),
+            meter=meters.chat_usage,
+            estimate=media_meters.estimate_rerank,
+            response_meter=media_meters.rerank_usage,
+        ),
+        Endpoint(
+            name="ocr",
+            path="ocr",
+            required=("model", "document"),
+            kinds=frozenset({ModelKind.OCR}),
+            meter=meters.chat_usage,
+            estimate=media_meters.estimate_ocr,
+            response_meter=media_meters.ocr_usage,
+        ),
+    )
+}

@@ -1,0 +1,146 @@
+"""Upstream adapters and the one shared aiohttp session per process.
+
+aiohttp's ClientSession, not httpx: on this 2-core machine an httpx.AsyncClient pass-through fell
+from 615 to 104 requests/s between 1 and 64 concurrent requests while aiohttp held ~2,000 (issue 3,
+shared/bench/ANCHORS.md). The session is created lazily on the serving loop and closed on the ASGI
+lifespan shutdown (proxy.handler).
+
+URL rules:
+- openai (any OpenAI-compatible server): `{base_url}/{path}`, `Authorization: Bearer <key>`;
+  base_url includes the version prefix, e.g. `https://api.openai.com/v1`.
+- azure: api_version empty or "v1" -> the v1 API `{base_url}/openai/v1/{path}` (model = the
+  deployment name in the body); any other api_version ->
+  `{base_url}/openai/deployments/{deployment}/{path}?api-version={api_version}`; header `api-key`.
+- simulated: in-process (proxy.simulated), no network.
+"""
+
+import asyncio
+import json
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from django.conf import settings
+
+from allocations.access import ScopedAllocation
+from allocations.models import ProviderKind
+
+from . import simulated
+from .exceptions import UpstreamError, UpstreamTimeout
+from .registry import Endpoint
+
+_state: dict = {}
+
+
+def session() -> aiohttp.ClientSession:
+    loop = asyncio.get_running_loop()
+    current = _state.get("session")
+    if current is None or current.closed or _state.get("loop") is not loop:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        current = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        _state.update(session=current, loop=loop)
+    return current
+
+
+async def session_close() -> None:
+    current = _state.pop("session", None)
+    _state.pop("loop", None)
+    if current is not None and not current.closed:
+        await current.close()
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    headers: dict
+    secrets: tuple[str, ...]
+
+
+def target_for(entry: ScopedAllocation, endpoint: Endpoint) -> Target:
+    provider = entry.provider
+    base = provider.base_url.rstrip("/")
+    secrets = tuple(s for s in (provider.api_key, base, urlsplit(base).netloc) if s)
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+    if provider.kind == ProviderKind.AZURE:
+        if provider.api_version in ("", "v1"):
+            url = f"{base}/openai/v1/{endpoint.path}"
+        else:
+            deployment = quote(entry.upstream_name, safe="")
+            url = f"{base}/openai/deployments/{deployment}/{endpoint.path}?api-version={quote(provider.api_version)}"
+        secrets += (entry.upstream_name,)
+        if provider.api_key:
+            headers["api-key"] = provider.api_key
+    else:
+        url = f"{base}/{endpoint.path}"
+        if provider.api_key:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
+    return Target(url=url, headers=headers, secrets=secrets)
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+class Reply:
+    """An upstream answer, read whole or chunk by chunk as it arrives."""
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self.response = response
+        self.status = response.status
+        self.content_type = response.headers.get("Content-Type", "application/json")
+
+    @property
+    def is_event_stream(self) -> bool:
+        return self.content_type.startswith("text/event-stream")
+
+    async def read(self) -> bytes:
+        return await self.response.read()
+
+    def chunks(self):
+        return self.response.content.iter_any()
+
+    def close(self) -> None:
+        # close(), not release(): an unfinished body must cut the upstream call (client went away).
+        self.response.close()
+
+
+async def send(
+    *, entry: ScopedAllocation, endpoint: Endpoint, body: dict, payload, request_id: str, headers: dict | None = None
+):
+    """Opens the upstream call; returns once the status and headers are in. `payload` is bytes or an
+    async iterator (a multipart upload, proxy.multipart); `headers` override (its Content-Type/-Length)."""
+    if entry.provider.kind == ProviderKind.SIMULATED:
+        return simulated.reply(endpoint.name, body)
+    target = target_for(entry, endpoint)
+    limit = settings.GATEWAY_UPSTREAM_TIMEOUT_S
+    timeout = aiohttp.ClientTimeout(total=None, connect=limit, sock_read=limit)
+    headers = {**target.headers, "X-Request-Id": request_id, **(headers or {})}
+    try:
+        response = await session().post(target.url, data=payload, headers=headers, timeout=timeout)
+    except TimeoutError:
+        raise UpstreamTimeout(f"the upstream did not answer within {limit:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            f"the upstream could not be reached ({redact(type(exc).__name__, target.secrets)})"
+        ) from None
+    reply = Reply(response)
+    reply.secrets = target.secrets
+    return reply
+
+
+def upstream_error_detail(body: bytes, secrets: tuple[str, ...]) -> tuple[str, str]:
+    """(code, message) of an upstream error body, redacted."""
+    text = body[:4000].decode("utf-8", "replace")
+    code, message = "", text
+    try:
+        error = json.loads(text).get("error")
+        if isinstance(error, dict):
+            code, message = str(error.get("code") or error.get("type") or ""), str(error.get("message") or "")
+        elif isinstance(error, str):
+            message = error
+    except (ValueError, AttributeError):
+        pass
+    return redact(code, secrets)[:64], redact(message, secrets)[:500]

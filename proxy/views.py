@@ -1,0 +1,346 @@
+"""/v1 views: plain async Django views (no DRF: see docs/PERFORMANCE.md for why), served by
+proxy.handler without middleware. Each call: one accounting step to open (preflight + admission),
+the upstream call with no transaction or connection held, one accounting step to close."""
+
+import asyncio
+import json
+import re
+import uuid
+
+from django.http import HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+
+from allocations.api_errors import error_body
+from allocations.exceptions import BadRequest, GatewayError, NotFound
+from allocations.models import Allocation
+from quota.exceptions import QuotaBusy
+from quota.models import Outcome
+from quota.pricing import Usage
+
+from . import accounting, meters, relay, upstream
+from .exceptions import RequestTooLarge, UpstreamError
+from .registry import ENDPOINTS, Endpoint
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_background: set = set()  # strong references: a settle must finish even when its request is gone
+
+
+def request_id_for(request) -> str:
+    rid = getattr(request, "gateway_request_id", None)
+    if rid is None:
+        sent = request.headers.get("X-Request-Id", "")
+        rid = request.gateway_request_id = sent if REQUEST_ID.fullmatch(sent) else str(uuid.uuid4())
+    return rid
+
+
+def error_response(error: GatewayError, request_id: str) -> HttpResponse:
+    body = error_body(
+        code=error.code, message=error.message, type_=error.type, request_id=request_id, fields=error.fields
+    )
+    response = HttpResponse(json.dumps(body), status=error.status, content_type="application/json")
+    response["X-Request-Id"] = request_id
+    if isinstance(error, QuotaBusy):
+        response["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError | None]:
+    if getattr(request, "gateway_body_too_large", False):
+        return None, RequestTooLarge("the request body is larger than the gateway's limit")
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        return None, BadRequest("the request body is not valid JSON")
+    if not isinstance(body, dict):
+        return None, BadRequest("the request body must be a JSON object")
+    missing = [name for name in endpoint.required if body.get(name) is None]
+    if missing:
+        return body, BadRequest(
+            f"missing required field(s): {', '.join(missing)}", fields={n: ["This field is required."] for n in missing}
+        )
+    if not isinstance(body["model"], str):
+        return body, BadRequest("model must be a string", fields={"model": ["Must be a string."]})
+    stream = body.get("stream", False)
+    if stream not in (True, False, None) or (stream and endpoint.stream_meter is None):
+        return body, BadRequest("stream is not supported here" if stream else "stream must be a boolean")
+    return body, None
+
+
+def upstream_payload(call: accounting.Call) -> bytes:
+    body = {**call.body, "model": call.entry.upstream_name}
+    if call.stream and call.endpoint.force_stream_usage:
+        options = call.body.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        call.extra["strip_usage"] = options.get("include_usage") is not True
+        body["stream_options"] = {**options, "include_usage": True}
+    call.extra["upstream_body"] = body
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usage, code: str = "", message: str = ""):
+    """Exactly once per call, and to the end even if the request task is cancelled meanwhile."""
+    if call.settled:
+        return
+    call.settled = True
+    task = asyncio.ensure_future(
+        accounting.run(
+            accounting.call_close,
+            call=call,
+            outcome=outcome,
+            status_code=status,
+            usage=usage,
+            error_code=code,
+            error_message=message,
+        )
+    )
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    await asyncio.shield(task)
+
+
+# --- views ---------------------------------------------------------------------------------------
+
+
+async def relay_call(request, endpoint: str):
+    endpoint = ENDPOINTS[endpoint]
+    rid = request_id_for(request)
+    if request.method != "POST":
+        return error_response(BadRequest(f"use POST for /v1/{endpoint.path}"), rid)
+    body, body_error = parse_body(request, endpoint)
+    call = accounting.Call(
+        request_id=rid,
+        endpoint=endpoint,
+        started_at=timezone.now(),
+        authorization=request.headers.get("Authorization", ""),
+        body=body,
+        body_error=body_error,
+        stream=bool(body and body.get("stream") is True and body_error is None),
+    )
+    try:
+        await accounting.run(accounting.call_open, call=call)
+    except GatewayError as error:
+        return error_response(error, rid)
+    payload = upstream_payload(call)
+    if call.stream:
+        return await _stream(call, payload)
+    task = asyncio.ensure_future(_complete(call, payload))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # The client went away: the upstream call still completes and is billed (SPEC 4).
+        call.client_gone = True
+        raise
+
+
+async def _open_upstream(call: accounting.Call, payload: bytes):
+    """(reply, None) or (None, the error response after settling)."""
+    try:
+        reply = await upstream.send(
+            entry=call.entry,
+            endpoint=call.endpoint,
+            body=call.extra["upstream_body"],
+            payload=payload,
+            request_id=call.request_id,
+            headers=call.extra.get("upstream_headers"),  # issue 4: multipart uploads
+        )
+    except GatewayError as error:
+        await settle(
+            call,
+            outcome=Outcome.UPSTREAM_ERROR,
+            status=error.status,
+            usage=Usage(),
+            code=error.code,
+            message=error.message,
+        )
+        return None, error_response(error, call.request_id)
+    if reply.status < 400:
+        return reply, None
+    try:
+        raw = await reply.read()
+    except Exception:  # noqa: BLE001 - a broken error body is still an upstream error
+        raw = b""
+    finally:
+        reply.close()
+    code, message = upstream.upstream_error_detail(raw, reply.secrets)
+    if reply.status >= 500:
+        error = UpstreamError(f"the upstream failed with status {reply.status}: {message}")
+        await settle(
+            call, outcome=Outcome.UPSTREAM_ERROR, status=502, usage=Usage(), code=error.code, message=error.message
+        )
+        return None, error_response(error, call.request_id)
+    # Upstream 4xx: relayed with its status and (redacted) error body.
+    await settle(
+        call,
+        outcome=Outcome.UPSTREAM_ERROR,
+        status=reply.status,
+        usage=Usage(),
+        code=code or "upstream_error",
+        message=message,
+    )
+    body = upstream.redact(raw.decode("utf-8", "replace"), reply.secrets).encode() if reply.secrets else raw
+    return None, _response(body, reply.status, reply.content_type, call.request_id)
+
+
+def _response(body: bytes, status: int, content_type: str, request_id: str) -> HttpResponse:
+    response = HttpResponse(body, status=status, content_type=content_type)
+    response["Content-Length"] = str(len(body))
+    response["X-Request-Id"] = request_id
+    return response
+
+
+async def _complete(call: accounting.Call, payload: bytes) -> HttpResponse:
+    try:
+        reply, failed = await _open_upstream(call, payload)
+        if failed is not None:
+            return failed
+        try:
+            body = await reply.read()
+        finally:
+            reply.close()
+        return await _finish_json(call, reply, body)
+    except (TimeoutError, Exception) as exc:
+        error = _transport_error(exc)
+        await settle(
+            call, outcome=error[0], status=error[1].status, usage=Usage(), code=error[1].code, message=error[1].message
+        )
+        return error_response(error[1], call.request_id)
+
+
+def _transport_error(exc: BaseException) -> tuple[str, GatewayError]:
+    from .exceptions import UpstreamTimeout
+
+    if isinstance(exc, TimeoutError):
+        return Outcome.UPSTREAM_ERROR, UpstreamTimeout("the upstream stopped answering")
+    if isinstance(exc, GatewayError):
+        return Outcome.UPSTREAM_ERROR, exc
+    if type(exc).__module__.startswith("aiohttp"):
+        return Outcome.UPSTREAM_ERROR, UpstreamError(f"the upstream connection failed ({type(exc).__name__})")
+    return Outcome.GATEWAY_ERROR, GatewayError("the gateway failed to complete the call")
+
+
+async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpResponse:
+    usage_obj = meters.find_usage(body)
+    outcome = Outcome.CLIENT_CANCELLED if call.client_gone else Outcome.SUCCESS
+    if usage_obj is not None:
+        await settle(call, outcome=outcome, status=reply.status, usage=call.endpoint.meter(usage_obj))
+        return _response(body, reply.status, reply.content_type, call.request_id)
+    try:
+        json.loads(body)
+    except ValueError:
+        error = UpstreamError("the upstream answered with a body that is not JSON")
+        usage = Usage(input_tokens=call.prompt_tokens, estimated=True)
+        await settle(
+            call, outcome=Outcome.UPSTREAM_ERROR, status=502, usage=usage, code=error.code, message=error.message
+        )
+        return error_response(error, call.request_id)
+    # Valid answer without usage (some OpenAI-compatible servers): billed on an estimate.
+    usage = Usage(input_tokens=call.prompt_tokens, output_tokens=meters.tokens_for_text(len(body)), estimated=True)
+    await settle(call, outcome=outcome, status=reply.status, usage=usage)
+    return _response(body, reply.status, reply.content_type, call.request_id)
+
+
+async def _stream(call: accounting.Call, payload: bytes):
+    try:
+        reply, failed = await _open_upstream(call, payload)
+    except asyncio.CancelledError:
+        await settle(call, outcome=Outcome.CLIENT_CANCELLED, status=499, usage=Usage())
+        raise
+    except Exception as exc:  # noqa: BLE001
+        outcome, error = _transport_error(exc)
+        await settle(call, outcome=outcome, status=error.status, usage=Usage(), code=error.code, message=error.message)
+        return error_response(error, call.request_id)
+    if failed is not None:
+        return failed
+    if not reply.is_event_stream:  # the upstream ignored `stream`: relay its JSON answer
+        try:
+            body = await reply.read()
+        finally:
+            reply.close()
+        return await _finish_json(call, reply, body)
+    response = StreamingHttpResponse(_events(call, reply), status=reply.status, content_type=reply.content_type)
+    for name, value in SSE_HEADERS.items():
+        response[name] = value
+    response["X-Request-Id"] = call.request_id
+    return response
+
+
+async def _events(call: accounting.Call, reply):
+    meter = call.endpoint.stream_meter(call.prompt_tokens)
+    responses = call.endpoint.name == "responses"
+    handler = (
+        relay.ResponsesRelay(meter)
+        if responses
+        else relay.ChatRelay(meter, strip_usage=call.extra.get("strip_usage", False))
+    )
+    splitter = relay.EventSplitter()
+    outcome, code, message = Outcome.SUCCESS, "", ""
+    try:
+        async for chunk in reply.chunks():
+            out = [e + b"\n\n" for e in map(handler.event, splitter.feed(chunk)) if e is not None]
+            if out:
+                yield b"".join(out)
+        rest = splitter.rest()
+        if rest and (tail := handler.event(rest)) is not None:
+            yield tail + b"\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        outcome = Outcome.CLIENT_CANCELLED
+        raise
+    except Exception as exc:  # noqa: BLE001 - any upstream failure mid-stream ends the stream
+        _, error = _transport_error(exc)
+        outcome, code, message = Outcome.UPSTREAM_ERROR, error.code, f"the upstream failed mid-stream: {error.message}"
+        body = error_body(code=error.code, message=message, type_=error.type, request_id=call.request_id)
+        yield relay.error_event(responses=responses, body=body)
+    finally:
+        reply.close()
+        usage = meter.result()
+        if outcome == Outcome.SUCCESS and meter.usage is None:
+            outcome, code = Outcome.UPSTREAM_ERROR, "upstream_error"
+            message = (
+                "malformed event stream from the upstream" if meter.malformed else "the stream ended without usage"
+            )
+        elif outcome == Outcome.SUCCESS and getattr(handler, "failed", False):
+            outcome, code, message = Outcome.UPSTREAM_ERROR, "upstream_error", "the upstream reported response.failed"
+        status = 499 if outcome == Outcome.CLIENT_CANCELLED else 200
+        await settle(call, outcome=outcome, status=status, usage=usage, code=code, message=message)
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+def _model_object(entry) -> dict:
+    return {"id": entry.model_slug, "object": "model", "created": 0, "owned_by": "organization"}
+
+
+async def _active_models(request):
+    rid = request_id_for(request)
+    try:
+        scope = await accounting.run(accounting.models_for, authorization=request.headers.get("Authorization", ""))
+    except GatewayError as error:
+        return rid, None, error_response(error, rid)
+    active = [a for a in scope.allocations if a.model_active and a.status == Allocation.Status.ACTIVE]
+    return rid, active, None
+
+
+async def models_list(request):
+    rid, active, failed = await _active_models(request)
+    if failed is not None:
+        return failed
+    body = json.dumps({"object": "list", "data": [_model_object(a) for a in active]}).encode()
+    return _response(body, 200, "application/json", rid)
+
+
+async def models_retrieve(request, model_id: str):
+    rid, active, failed = await _active_models(request)
+    if failed is not None:
+        return failed
+    for entry in active:
+        if model_id in (entry.model_slug, entry.model_slug.rsplit("/", 1)[-1]):
+            return _response(json.dumps(_model_object(entry)).encode(), 200, "application/json", rid)
+    return error_response(NotFound(f"model '{model_id}' is not available to this key"), rid)
+
+
+async def not_found(request, rest: str = ""):
+    return error_response(NotFound(f"no such endpoint: {request.path}"), request_id_for(request))

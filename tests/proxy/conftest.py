@@ -1,0 +1,113 @@
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+
+from allocations.models import ModelKind, ProviderKind
+from allocations.services import allocation_create, model_create, provider_create
+from quota.models import CallRecord, UsageCounter
+from tests.factories import MemberFactory, PriceVersionFactory
+
+from .asgi_server import start_asgi_server
+from .fake_upstream import UPSTREAM_KEY, start_fake_upstream
+
+
+@pytest.fixture(scope="session")
+def fake_upstream():
+    fake, stop = start_fake_upstream()
+    yield fake
+    stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(django_db_setup, django_db_blocker):
+    """The real ASGI application on a loopback port, in this process (so on the test database)."""
+    from gateway_project.asgi import application
+    from proxy import accounting, upstream
+
+    url, stop = start_asgi_server(application)
+    yield url
+    stop(before=upstream.session_close)
+    with django_db_blocker.unblock():
+        accounting.pool_close_connections()
+
+
+@pytest.fixture
+def gateway(gateway_url, transactional_db, fake_upstream):
+    fake_upstream.requests.clear()
+    return gateway_url
+
+
+class World:
+    """Arranges providers, models and allocations through the real services."""
+
+    def __init__(self, gateway_url, upstream_url):
+        self.gateway_url = gateway_url
+        self.upstream_url = upstream_url
+        self.member = MemberFactory(username="caller")
+        self._n = 0
+
+    def provider(self, kind=ProviderKind.OPENAI, api_version="", base_url=None):
+        self._n += 1
+        if base_url is None:
+            base_url = self.upstream_url + ("/v1" if kind == ProviderKind.OPENAI else "")
+        return provider_create(
+            name=f"p{self._n}", kind=kind, base_url=base_url, api_key=UPSTREAM_KEY, api_version=api_version
+        )
+
+    def allocation(
+        self,
+        upstream_name="gpt-4o-mini",
+        *,
+        slug=None,
+        kind=ModelKind.CHAT,
+        provider=None,
+        priced=True,
+        tokens=None,
+        cost=None,
+        member=None,
+    ):
+        self._n += 1
+        model = model_create(
+            slug=slug or f"up{self._n}/{upstream_name}",
+            provider=provider or self.provider(),
+            upstream_name=upstream_name,
+            kind=kind,
+        )
+        if priced:
+            PriceVersionFactory(
+                model=model,
+                input_per_1m=Decimal("1.00"),
+                cached_input_per_1m=Decimal("0.50"),
+                output_per_1m=Decimal("2.00"),
+            )
+        allocation, key, plaintext = allocation_create(
+            member=member or self.member, model=model, quota_tokens_per_month=tokens, quota_cost_usd_per_month=cost
+        )
+        allocation.plaintext = plaintext
+        allocation.key = key
+        return allocation
+
+    def client(self, key, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.gateway_url + "/v1", api_key=key, max_retries=0, **kwargs)
+
+
+@pytest.fixture
+def world(gateway, fake_upstream):
+    return World(gateway, fake_upstream.url)
+
+
+def record_of(request_id: str, timeout: float = 10.0) -> CallRecord:
+    """The call's record. Streams settle right after their last chunk, so wait a bounded moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = CallRecord.objects.filter(request_id=request_id).first()
+        if row is not None or time.monotonic() > deadline:
+            assert row is not None, f"no call record for {request_id}"
+            return row
+        time.sleep(0.02)
+
+
+def counter_of(allocation) -> UsageCounter | None:
+    return UsageCounter.objects.filter(allocation=allocation).first()

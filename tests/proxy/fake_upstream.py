@@ -1,0 +1,239 @@
+"""A real local fake upstream for the proxy tests: an aiohttp server on a loopback port speaking the
+OpenAI and Azure OpenAI wire formats (JSON and SSE), with fault modes chosen by model name:
+
+- fake-error-NNN: status NNN with an OpenAI error body that quotes the key it was sent
+- fake-drop-N: a stream of N content chunks, then the TCP connection is cut (no usage, no [DONE])
+- fake-garbage: one valid chunk, then `data: {not json`, then `data: [DONE]`
+- fake-hang: never answers
+- fake-slow: answers after 0.6 s; fake-sleep-MS: after MS milliseconds; fake-trickle: a stream with 0.3 s between chunks
+- fake-nousage: a stream that never reports usage
+"""
+
+import asyncio
+import json
+import threading
+
+from aiohttp import web
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+CHAT_USAGE = {
+    "prompt_tokens": 11,
+    "completion_tokens": 7,
+    "total_tokens": 18,
+    "prompt_tokens_details": {"cached_tokens": 3},
+    "completion_tokens_details": {"reasoning_tokens": 0},
+}
+WORDS = ["Hello", " from", " the", " fake"]
+
+
+def _sse(obj) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+
+
+class FakeUpstream:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.url = ""
+
+    @property
+    def last(self) -> dict:
+        return self.requests[-1]
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    async def openai(self, request: web.Request):
+        if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":
+            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
+        return await self.serve(request, request.match_info["path"], None)
+
+    async def azure_deployment(self, request: web.Request):
+        if request.headers.get("api-key") != UPSTREAM_KEY or not request.query.get("api-version"):
+            return web.json_response({"error": {"code": "401", "message": "Access denied"}}, status=401)
+        return await self.serve(request, request.match_info["path"], request.match_info["deployment"])
+
+    async def azure_v1(self, request: web.Request):
+        if request.headers.get("api-key") != UPSTREAM_KEY:
+            return web.json_response({"error": {"code": "401", "message": "Access denied"}}, status=401)
+        return await self.serve(request, request.match_info["path"], None)
+
+    async def serve(self, request: web.Request, path: str, deployment: str | None):
+        body = await request.json()
+        self.requests.append(
+            {"path": request.path, "query": dict(request.query), "headers": dict(request.headers), "body": body}
+        )
+        model = deployment or body.get("model", "")
+        if model.startswith("fake-error-"):
+            status = int(model.rsplit("-", 1)[1])
+            message = f"Incorrect API key provided: {UPSTREAM_KEY} at {self.url}"
+            return web.json_response(
+                {
+                    "error": {
+                        "message": message,
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                        "param": None,
+                    }
+                },
+                status=status,
+            )
+        if model == "fake-hang":
+            await asyncio.sleep(3600)
+        if model == "fake-slow":
+            await asyncio.sleep(0.6)
+        if model.startswith("fake-sleep-"):
+            await asyncio.sleep(int(model.rsplit("-", 1)[1]) / 1000)
+        if path == "embeddings":
+            return web.json_response(
+                {
+                    "object": "list",
+                    "model": model,
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                    "usage": {"prompt_tokens": 5, "total_tokens": 5},
+                }
+            )
+        if path == "responses":
+            return await self.responses(request, body, model)
+        if body.get("stream"):
+            return await self.chat_stream(request, body, model)
+        if model == "fake-garbage":
+            return web.Response(body=b"{not json", content_type="application/json")
+        message = {"role": "assistant", "content": "".join(WORDS), "refusal": None}
+        return web.json_response(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                "usage": CHAT_USAGE,
+            }
+        )
+
+    async def chat_stream(self, request, body, model):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        include = (body.get("stream_options") or {}).get("include_usage") and model != "fake-nousage"
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
+        if include:
+            base["usage"] = None
+
+        def chunk(delta, finish=None):
+            return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+        await response.write(chunk({"role": "assistant", "content": ""}))
+        words = WORDS
+        if model.startswith("fake-drop-"):
+            words = (WORDS * 10)[: int(model.rsplit("-", 1)[1])]
+        for word in words:
+            if model == "fake-trickle":
+                await asyncio.sleep(0.3)
+            await response.write(chunk({"content": word}))
+        if model.startswith("fake-drop-"):
+            request.transport.close()  # FIN without the terminating chunk
+            return response
+        if model == "fake-garbage":
+            await response.write(b"data: {not json\n\n")
+            await response.write(_sse(b"[DONE]"))
+            return response
+        await response.write(chunk({}, "stop"))
+        if include:
+            await response.write(_sse({**base, "choices": [], "usage": CHAT_USAGE}))
+        await response.write(_sse(b"[DONE]"))
+        return response
+
+    async def responses(self, request, body, model):
+        usage = {
+            "input_tokens": 13,
+            "input_tokens_details": {"cached_tokens": 4 if body.get("prompt_cache_key") else 0},
+            "output_tokens": 9,
+            "output_tokens_details": {"reasoning_tokens": 2 if body.get("reasoning") else 0},
+            "total_tokens": 22,
+        }
+        item = {
+            "id": "msg_1",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "".join(WORDS), "annotations": []}],
+        }
+        resp = {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "status": "completed",
+            "model": model,
+            "output": [item],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return web.json_response(resp)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events = [
+            {"type": "response.created", "response": {**resp, "status": "in_progress", "usage": None, "output": []}}
+        ]
+        events += [
+            {
+                "type": "response.output_text.delta",
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": w,
+            }
+            for w in WORDS
+        ]
+        if model.startswith("fake-drop-"):
+            events = events[: 1 + int(model.rsplit("-", 1)[1])]
+        else:
+            events.append({"type": "response.completed", "response": resp})
+        for n, event in enumerate(events):
+            event["sequence_number"] = n
+            await response.write(f"event: {event['type']}\n".encode() + _sse(event))
+        if model.startswith("fake-drop-"):
+            request.transport.close()
+        return response
+
+
+def start_fake_upstream() -> tuple[FakeUpstream, callable]:
+    """Serves on 127.0.0.1:<free port> from a background thread; returns (fake, stop)."""
+    fake = FakeUpstream()
+    app = web.Application()
+    app.router.add_post("/v1/{path:.*}", fake.openai)
+    app.router.add_post("/openai/deployments/{deployment}/{path:.*}", fake.azure_deployment)
+    app.router.add_post("/openai/v1/{path:.*}", fake.azure_v1)
+    return fake, serve_in_thread(app, lambda url: setattr(fake, "url", url), handler_cancellation=True)
+
+
+def serve_in_thread(app: web.Application, on_url, **runner_kwargs):
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    state = {}
+
+    async def start():
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **runner_kwargs)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        state["runner"] = runner
+        on_url(f"http://127.0.0.1:{port}")
+        ready.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
+    thread.start()
+    ready.wait(10)
+
+    def stop(before=None):
+        async def shutdown():
+            if before is not None:
+                await before()
+            await state["runner"].cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+    return stop

@@ -1,0 +1,163 @@
+"""The hot path's shape: no middleware on /v1, a pinned number of queries per proxied call, and the
+meters' shortcuts agreeing with a full parse."""
+
+import json
+import logging
+from decimal import Decimal
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.test import override_settings
+from django.utils import timezone
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway_project.asgi import application  # before any log capture: django.setup() reconfigures logging
+from proxy import accounting, meters
+from proxy.handler import ProxyHandler
+from proxy.registry import ENDPOINTS
+from quota.models import CallRecord, UsageCounter
+from quota.pricing import Usage
+from tests.factories import AllocationFactory, PriceVersionFactory, make_key
+
+
+async def _get(application, path):
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"x-request-id", b"req-mw")],
+        "scheme": "http",
+        "server": ("testserver", 80),
+    }
+    communicator = ApplicationCommunicator(application, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(5)
+    body = await communicator.receive_output(5)
+    await communicator.wait(5)
+    return start["status"], dict(start["headers"]), body.get("body", b"")
+
+
+def sync_only_middleware(get_response):
+    def middleware(request):
+        return get_response(request)
+
+    return middleware
+
+
+class Collector(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def adapted(self) -> list[str]:
+        return [m for m in self.messages if "adapted for middleware" in m]
+
+
+@pytest.fixture
+def django_request_log():
+    logger = logging.getLogger("django.request")
+    collector, level = Collector(), logger.level
+    logger.addHandler(collector)
+    logger.setLevel(logging.DEBUG)
+    yield collector
+    logger.removeHandler(collector)
+    logger.setLevel(level)
+
+
+@pytest.mark.django_db
+async def test_v1_is_served_without_the_sync_middleware_stack(django_request_log):
+    middleware = [*settings.MIDDLEWARE, f"{__name__}.sync_only_middleware"]
+    with override_settings(DEBUG=True, MIDDLEWARE=middleware):  # Django logs adaptations only in DEBUG
+        ASGIHandler()  # a sync-only middleware in the list gets the async path adapted (the probe works)
+        assert django_request_log.adapted()
+        django_request_log.messages.clear()
+        handler = ProxyHandler()
+        assert not django_request_log.adapted()
+        assert handler._view_middleware == [] and handler._exception_middleware == []
+        status, headers, body = await _get(application, "/v1/models")
+    assert status == 401 and json.loads(body)["error"]["request_id"] == "req-mw"
+    assert headers[b"X-Request-Id"] == b"req-mw"
+    # Middleware leaves marks: SecurityMiddleware and XFrameOptionsMiddleware headers are absent on /v1...
+    assert b"X-Frame-Options" not in headers and b"X-Content-Type-Options" not in headers
+    assert not django_request_log.adapted()
+    # ...and present on the rest of the site, which keeps the full stack.
+    _, site_headers, _ = await _get(application, "/accounts/login/")
+    assert b"X-Frame-Options" in site_headers
+
+
+@pytest.mark.django_db(transaction=True)  # top-level transactions, as in production: no SAVEPOINTs
+def test_one_proxied_call_costs_a_pinned_number_of_queries(django_assert_max_num_queries):
+    allocation = AllocationFactory(quota_cost_usd_per_month=Decimal("5"), quota_tokens_per_month=10**6)
+    PriceVersionFactory(model=allocation.model)
+    _, plaintext = make_key(member=allocation.member, allocations=[allocation])
+    body = {"model": allocation.model.slug, "messages": [{"role": "user", "content": "hi"}]}
+
+    def one_call(rid):
+        call = accounting.Call(
+            request_id=rid,
+            endpoint=ENDPOINTS["chat.completions"],
+            started_at=timezone.now(),
+            authorization=f"Bearer {plaintext}",
+            body=body,
+        )
+        accounting.call_open(call=call)
+        accounting.call_close(call=call, outcome="success", status_code=200, usage=Usage(input_tokens=3))
+
+    one_call("warm")  # fills the per-process key scope and price caches
+    # BEGIN; guarded UPDATE of the counter; INSERT reservation; COMMIT. No key, scope, price or counter read.
+    with django_assert_max_num_queries(4):
+        call = accounting.Call(
+            request_id="open",
+            endpoint=ENDPOINTS["chat.completions"],
+            started_at=timezone.now(),
+            authorization=f"Bearer {plaintext}",
+            body=body,
+        )
+        accounting.call_open(call=call)
+    # BEGIN; INSERT record; DELETE reservation; one counter UPDATE (usage in, reservation out); COMMIT.
+    with django_assert_max_num_queries(5):
+        accounting.call_close(call=call, outcome="success", status_code=200, usage=Usage(input_tokens=3))
+    assert CallRecord.objects.count() == 2 and UsageCounter.objects.get().tokens_used == 6
+
+
+usage_objects = st.fixed_dictionaries(
+    {"prompt_tokens": st.integers(0, 10**9), "completion_tokens": st.integers(0, 10**9)},
+    optional={"prompt_tokens_details": st.fixed_dictionaries({"cached_tokens": st.integers(0, 10**6)})},
+)
+
+
+@given(
+    usage=usage_objects,
+    vector=st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=50),
+    text=st.text(max_size=50),
+)
+def test_the_usage_shortcut_agrees_with_a_full_parse(usage, vector, text):
+    body = json.dumps({"object": "list", "data": [{"embedding": vector, "note": text}], "usage": usage}).encode()
+    assert meters.find_usage(body) == json.loads(body)["usage"]
+    assert meters.chat_usage(meters.find_usage(body)).input_tokens == usage["prompt_tokens"]
+
+
+@given(text=st.text(max_size=40))
+def test_usage_inside_a_string_is_not_mistaken_for_the_usage_object(text):
+    body = json.dumps({"choices": [{"message": {"content": '"usage": {"x": 1} ' + text}}], "usage": {"a": 1}})
+    assert meters.find_usage(body.encode()) == {"a": 1}
+    assert not meters.has_usage_object(json.dumps({"delta": '"usage": {"x": 1}', "usage": None}).encode())
+    assert meters.has_usage_object(b'{"choices":[],"usage": {"prompt_tokens":1}}')
+
+
+def test_the_reservation_estimate_is_the_prompt_plus_the_output_limit(settings):
+    settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = 100
+    body = {"messages": [{"role": "user", "content": "x" * 400}]}
+    estimate = meters.estimate_chat(body)
+    assert estimate.output_tokens == 100 and 100 < estimate.input_tokens < 120
+    assert meters.estimate_chat({**body, "max_tokens": 7}).output_tokens == 7
+    estimate = meters.estimate_responses({"input": "abcd", "max_output_tokens": 9})
+    assert estimate == Usage(input_tokens=1, output_tokens=9)

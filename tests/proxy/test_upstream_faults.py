@@ -1,0 +1,155 @@
+"""Upstream failures and clients that go away: the right status for the client, and always exactly
+one call record, with the counters right and the reservation released."""
+
+import socket
+import time
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+from django.test import override_settings
+
+from quota.models import CallRecord, Reservation
+
+from .conftest import counter_of, record_of
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+RID = {"X-Request-Id": "req-fault"}
+
+
+def released(allocation):
+    counter = counter_of(allocation)
+    return not Reservation.objects.exists() and counter.tokens_reserved == 0 and counter.cost_reserved == 0
+
+
+def test_an_upstream_4xx_is_relayed_with_its_status_and_body(world):
+    allocation = world.allocation(upstream_name="fake-error-429", cost=Decimal("1"))
+    with pytest.raises(openai.RateLimitError) as caught:
+        world.client(allocation.plaintext).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, extra_headers=RID
+        )
+    assert caught.value.body["code"] == "invalid_api_key"  # the upstream's own error body
+    record = record_of("req-fault")
+    assert (record.outcome, record.status_code, record.error_code) == ("upstream_error", 429, "invalid_api_key")
+    assert record.total_tokens == 0 and released(allocation)
+
+
+def test_an_upstream_5xx_is_a_502_upstream_error(world):
+    allocation = world.allocation(upstream_name="fake-error-500")
+    with pytest.raises(openai.APIStatusError) as caught:
+        world.client(allocation.plaintext).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, extra_headers=RID
+        )
+    assert caught.value.status_code == 502 and caught.value.code == "upstream_error"
+    assert "500" in caught.value.message and "[redacted]" in caught.value.message
+    record = record_of("req-fault")
+    assert (record.outcome, record.status_code) == ("upstream_error", 502) and released(allocation)
+
+
+@override_settings(GATEWAY_UPSTREAM_TIMEOUT_S=0.5)
+def test_an_upstream_that_hangs_is_a_504(world):
+    allocation = world.allocation(upstream_name="fake-hang")
+    with pytest.raises(openai.APIStatusError) as caught:
+        world.client(allocation.plaintext).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, extra_headers=RID
+        )
+    assert caught.value.status_code == 504 and caught.value.code == "upstream_timeout"
+    assert record_of("req-fault").outcome == "upstream_error" and released(allocation)
+
+
+def test_an_unreachable_upstream_is_a_502(world):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    allocation = world.allocation(provider=world.provider(base_url=f"http://127.0.0.1:{port}/v1"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        world.client(allocation.plaintext).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, extra_headers=RID
+        )
+    assert caught.value.status_code == 502 and str(port) not in caught.value.message
+    assert record_of("req-fault").outcome == "upstream_error" and released(allocation)
+
+
+def test_a_non_json_answer_is_a_502_billed_on_the_prompt_estimate(world):
+    allocation = world.allocation(upstream_name="fake-garbage")
+    with pytest.raises(openai.APIStatusError) as caught:
+        world.client(allocation.plaintext).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, extra_headers=RID
+        )
+    assert caught.value.status_code == 502
+    record = record_of("req-fault")
+    assert (record.outcome, record.estimated, record.output_tokens) == ("upstream_error", True, 0)
+    assert record.input_tokens > 0 and counter_of(allocation).tokens_used == record.input_tokens
+
+
+def test_a_malformed_stream_is_relayed_and_recorded_as_an_upstream_error_on_an_estimate(world):
+    allocation = world.allocation(upstream_name="fake-garbage")
+    stream = world.client(allocation.plaintext).chat.completions.create(
+        model=allocation.model.slug, messages=MESSAGES, stream=True, extra_headers=RID
+    )
+    with pytest.raises(ValueError):  # the SDK cannot parse the broken event either
+        list(stream)
+    record = record_of("req-fault")
+    assert (record.outcome, record.estimated, record.is_stream) == ("upstream_error", True, True)
+    assert "malformed" in record.error_message
+    assert record.output_tokens == 5  # "Hello from the fake" relayed before the garbage: 19 chars
+    assert counter_of(allocation).tokens_used == record.total_tokens and released(allocation)
+
+
+def test_an_upstream_that_drops_mid_stream_ends_the_stream_with_an_error_billed_on_the_deltas(world):
+    allocation = world.allocation(upstream_name="fake-drop-3", cost=Decimal("1"))
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in world.client(allocation.plaintext).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, stream=True, extra_headers=RID
+        ):
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "Hello from the" and "mid-stream" in caught.value.message
+    record = record_of("req-fault")
+    assert (record.outcome, record.estimated, record.status_code) == ("upstream_error", True, 200)
+    assert record.output_tokens == 4  # 14 relayed characters / 4, rounded up
+    assert record.cost_usd > 0 and counter_of(allocation).cost_used == record.cost_usd and released(allocation)
+
+
+def test_a_stream_that_ends_without_usage_is_billed_on_an_estimate(world):
+    allocation = world.allocation(upstream_name="fake-nousage")
+    chunks = list(
+        world.client(allocation.plaintext).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, stream=True, extra_headers=RID
+        )
+    )
+    assert chunks
+    record = record_of("req-fault")
+    assert (record.outcome, record.estimated, record.output_tokens) == ("upstream_error", True, 5)
+    assert "without usage" in record.error_message and released(allocation)
+
+
+def test_a_client_closing_mid_stream_cancels_upstream_and_is_billed_for_what_was_relayed(world):
+    allocation = world.allocation(upstream_name="fake-trickle", cost=Decimal("1"))
+    body = {"model": allocation.model.slug, "messages": MESSAGES, "stream": True}
+    headers = {"Authorization": f"Bearer {allocation.plaintext}", **RID}
+    with httpx.stream(
+        "POST", f"{world.gateway_url}/v1/chat/completions", json=body, headers=headers, timeout=10
+    ) as response:
+        seen = b""
+        for piece in response.iter_bytes():
+            seen += piece
+            if seen.count(b"data: ") >= 2:
+                break  # leaving the block closes the connection mid-stream
+    record = record_of("req-fault")
+    assert (record.outcome, record.status_code, record.estimated) == ("client_cancelled", 499, True)
+    assert record.output_tokens <= 4 and counter_of(allocation).tokens_used == record.total_tokens
+    assert released(allocation) and CallRecord.objects.count() == 1
+
+
+def test_a_non_streaming_call_whose_client_leaves_is_completed_upstream_and_billed(world):
+    allocation = world.allocation(upstream_name="fake-slow", cost=Decimal("1"))
+    client = world.client(allocation.plaintext, timeout=0.2)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=allocation.model.slug, messages=MESSAGES, extra_headers=RID)
+    record = record_of("req-fault")
+    assert (record.outcome, record.input_tokens, record.output_tokens) == ("client_cancelled", 11, 7)
+    assert not record.estimated and counter_of(allocation).tokens_used == 18
+    time.sleep(0.1)
+    assert released(allocation) and CallRecord.objects.count() == 1
