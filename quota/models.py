@@ -7,7 +7,10 @@ from django.db import models
 
 from allocations.models import Allocation, ApiKey, CatalogModel
 
-MONEY = {"max_digits": 24, "decimal_places": 9}
+
+def money_field(**kwargs) -> models.DecimalField:
+    """The one column shape for USD amounts and prices: 15 integer digits, 1e-9 resolution."""
+    return models.DecimalField(max_digits=24, decimal_places=9, **kwargs)
 
 
 class PriceUnit(models.TextChoices):
@@ -30,13 +33,13 @@ class PriceVersion(models.Model):
 
     model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="prices")
     effective_from = models.DateTimeField()
-    input_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
-    cached_input_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
-    output_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
-    audio_input_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
-    audio_output_per_1m = models.DecimalField(null=True, blank=True, **MONEY)
+    input_per_1m = money_field(null=True, blank=True)
+    cached_input_per_1m = money_field(null=True, blank=True)
+    output_per_1m = money_field(null=True, blank=True)
+    audio_input_per_1m = money_field(null=True, blank=True)
+    audio_output_per_1m = money_field(null=True, blank=True)
     unit = models.CharField(max_length=16, choices=PriceUnit.choices, blank=True)
-    price_per_unit = models.DecimalField(null=True, blank=True, **MONEY)
+    price_per_unit = money_field(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = PriceVersionQuerySet.as_manager()
@@ -111,7 +114,7 @@ class CallRecord(models.Model):
     audio_output_tokens = models.BigIntegerField(default=0)
     quantity = models.DecimalField(max_digits=24, decimal_places=6, null=True, blank=True)
     unit = models.CharField(max_length=16, blank=True)
-    cost_usd = models.DecimalField(null=True, blank=True, **MONEY)
+    cost_usd = money_field(null=True, blank=True)
     priced = models.BooleanField(default=False)
     price_version = models.ForeignKey(PriceVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     estimated = models.BooleanField(default=False)
@@ -143,9 +146,9 @@ class UsageCounter(models.Model):
     allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="usage_counters")
     period_start = models.DateField()
     tokens_used = models.BigIntegerField(default=0)
-    cost_used = models.DecimalField(default=0, **MONEY)
+    cost_used = money_field(default=0)
     tokens_reserved = models.BigIntegerField(default=0)
-    cost_reserved = models.DecimalField(default=0, **MONEY)
+    cost_reserved = money_field(default=0)
     calls = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -162,7 +165,7 @@ class Reservation(models.Model):
     counter = models.ForeignKey(UsageCounter, on_delete=models.CASCADE, related_name="reservations")
     request_id = models.CharField(max_length=64)
     tokens = models.BigIntegerField(default=0)
-    cost = models.DecimalField(default=0, **MONEY)
+    cost = money_field(default=0)
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
     # What the sweeper needs to write the call record of a session whose worker died (realtime).
