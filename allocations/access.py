@@ -8,13 +8,21 @@ request path pays one cache read instead of several queries.
 
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from django.utils import timezone
 
 from . import crypto
 from .cache import auth_generation
-from .exceptions import AllocationPaused, AllocationQuarantined, AllocationRevoked, ModelMismatch, Unauthorized
+from .exceptions import (
+    AllocationPaused,
+    AllocationQuarantined,
+    AllocationRevoked,
+    GatewayError,
+    ModelMismatch,
+    Unauthorized,
+)
 from .models import Allocation, ApiKey, ApiKeyScope
 
 
@@ -64,7 +72,7 @@ class KeyScope:
         raise ModelMismatch(f"this key may not call model '{model_name}'; it may call: {allowed}")
 
 
-STATUS_ERRORS = {
+STATUS_ERRORS: dict[str, GatewayError] = {
     Allocation.Status.REVOKED: AllocationRevoked("this allocation has been revoked"),
     Allocation.Status.QUARANTINED: AllocationQuarantined("this allocation is quarantined; ask an admin"),
     Allocation.Status.PAUSED: AllocationPaused("this allocation is paused"),
@@ -136,6 +144,4 @@ def key_scope(plaintext: str, *, generation: int | None = None) -> KeyScope:
 def key_touch(*, key_id: str, now=None, every_s: int = 60) -> None:
     """Throttled last_used_at: at most one write per key per `every_s`."""
     now = now or timezone.now()
-    ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=now - timezone.timedelta(seconds=every_s)).update(
-        last_used_at=now
-    )
+    ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=now - timedelta(seconds=every_s)).update(last_used_at=now)

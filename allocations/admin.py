@@ -4,6 +4,8 @@ Every save, action and delete goes through allocations.services, so each change 
 allocations themselves (which show usage) are administered from quota/admin.py.
 """
 
+from typing import ClassVar
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
@@ -48,7 +50,7 @@ class BoundedCountPaginator(Paginator):
 class ReadOnlyListMixin:
     """Lists of append-only records: no add, change or delete for anyone, superusers included."""
 
-    paginator = BoundedCountPaginator
+    paginator: ClassVar[type[Paginator]] = BoundedCountPaginator
     show_full_result_count = False
     list_per_page = 50
 

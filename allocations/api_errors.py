@@ -28,7 +28,13 @@ def request_id_of(request) -> str:
 
 
 def error_body(*, code: str, message: str, type_: str, request_id: str, fields: dict | None = None) -> dict:
-    error = {"code": code, "message": message, "type": type_, "param": None, "request_id": request_id}
+    error: dict[str, object] = {
+        "code": code,
+        "message": message,
+        "type": type_,
+        "param": None,
+        "request_id": request_id,
+    }
     if fields:
         error["fields"] = fields
     return {"error": error}

@@ -2,13 +2,15 @@
 
 import hashlib
 import uuid
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
+from django.db.models import TextChoices
 
 
-class MemberManager(UserManager):
+class MemberManager(UserManager["Member"]):
     def get_by_natural_key(self, username):
         return self.get(**{self.model.USERNAME_FIELD: (username or "").casefold()})
 
@@ -18,7 +20,7 @@ class Member(AbstractUser):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
 
-    objects = MemberManager()
+    objects: ClassVar[MemberManager] = MemberManager()
 
     def save(self, *args, **kwargs):
         self.username = (self.username or "").casefold()
@@ -33,7 +35,7 @@ class ProviderKind(models.TextChoices):
 
 
 class Provider(models.Model):
-    class Status(models.TextChoices):
+    class Status(TextChoices):  # not models.TextChoices: CatalogModel's related_name="models" shadows it here
         ACTIVE = "active"
         DISABLED = "disabled"
 

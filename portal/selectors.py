@@ -71,7 +71,7 @@ class AllocationCard:
     tokens_used: int
     cost_used: Decimal
     key_prefixes: list[str]
-    price: object  # PriceVersion | None
+    price: PriceVersion | None
     near_cap: bool
     token_ratio: Decimal | None = None
     cost_ratio: Decimal | None = None
@@ -388,7 +388,7 @@ def call_json(record: CallRecord) -> dict:
         "id": record.pk,
         "request_id": record.request_id,
         "allocation": str(record.allocation_id) if record.allocation_id else None,
-        "model": record.model.slug if record.model_id else None,
+        "model": record.model.slug if record.model is not None else None,
         "endpoint": record.endpoint,
         "started_at": record.started_at.isoformat(),
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,

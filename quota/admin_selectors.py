@@ -251,7 +251,7 @@ def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list
     )
     out = []
     for row in rows:
-        item = {name: None if row[src] is None else str(row[src]) for name, src in keys.items()}
+        item: dict[str, object] = {name: None if row[src] is None else str(row[src]) for name, src in keys.items()}
         tokens_in, tokens_out = row["sum_input"] or 0, row["sum_output"] or 0
         item.update(
             calls=row["n_calls"],

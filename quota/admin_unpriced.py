@@ -55,14 +55,15 @@ def metered(obj: CallRecord) -> str:
     return f"{obj.quantity.normalize():f} {obj.unit}" if obj.quantity is not None and obj.unit else "-"
 
 
-def install(model_admin: admin.ModelAdmin) -> None:
-    if UnpricedFilter not in model_admin.list_filter:
-        model_admin.list_filter = (*model_admin.list_filter, UnpricedFilter)
-    if metered not in model_admin.list_display:
-        display = list(model_admin.list_display)
+def install(admin_class: type[admin.ModelAdmin]) -> None:
+    """Adds the filter and the column to a ModelAdmin class (list options are class-level)."""
+    if UnpricedFilter not in admin_class.list_filter:
+        admin_class.list_filter = (*admin_class.list_filter, UnpricedFilter)
+    if metered not in admin_class.list_display:
+        display = list(admin_class.list_display)
         display.insert(display.index("cost") if "cost" in display else len(display), metered)
-        model_admin.list_display = tuple(display)
+        admin_class.list_display = tuple(display)
 
 
 if admin.site.is_registered(CallRecord):
-    install(admin.site._registry[CallRecord])
+    install(type(admin.site._registry[CallRecord]))

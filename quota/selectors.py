@@ -1,6 +1,8 @@
 """Reads of the quota side for views, APIs and admin."""
 
 import datetime as dt
+import uuid
+from collections.abc import Collection
 from decimal import Decimal
 
 from django.conf import settings
@@ -11,7 +13,9 @@ from .periods import period_start_date
 from .pricing import ZERO
 
 
-def usage_this_month(allocation_ids, *, now: dt.datetime | None = None) -> dict:
+def usage_this_month(
+    allocation_ids: Collection[uuid.UUID], *, now: dt.datetime | None = None
+) -> dict[uuid.UUID, tuple[int, Decimal]]:
     """{allocation_id: (tokens_used, cost_used)} from the counters: O(allocations), not O(records)."""
     period = period_start_date(now or timezone.now())
     rows = UsageCounter.objects.filter(allocation_id__in=list(allocation_ids), period_start=period).values_list(

@@ -28,7 +28,9 @@ def pool_rebalance_tick() -> str:
         return "outside window"
     if result.duplicate:
         return "already done this period"
-    return f"refused: {result.refused}" if result.refused else f"applied log {result.log.pk}"
+    if result.refused:
+        return f"refused: {result.refused}"
+    return f"applied log {result.log.pk if result.log is not None else '-'}"
 
 
 @shared_task(name="quota.anomalies_detect", ignore_result=True)

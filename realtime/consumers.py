@@ -25,8 +25,8 @@ from allocations.exceptions import BadRequest, GatewayError, Unauthorized
 from quota.pricing import Usage
 
 from . import services
-from .meter import SessionMeter
-from .upstream import UpstreamClosed, UpstreamConnectError, upstream_connect
+from .meter import SessionMeter, dict_at
+from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ WATCH_CLOSES = {
 
 def _model_in_session_update(event: dict) -> str:
     """The model a first `session.update` names: the session model, else its transcription model."""
-    session = event.get("session") if isinstance(event.get("session"), dict) else {}
+    session = dict_at(event, "session")
     if isinstance(session.get("model"), str):
         return session["model"]
-    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
-    audio_in = audio.get("input") if isinstance(audio.get("input"), dict) else {}
+    audio = dict_at(session, "audio")
+    audio_in = dict_at(audio, "input")
     for tr in (audio_in.get("transcription"), session.get("input_audio_transcription")):
         if isinstance(tr, dict) and isinstance(tr.get("model"), str):
             return tr["model"]
@@ -92,12 +92,12 @@ def _rewrite_model(event: dict, name: str, upstream: str) -> bool:
 class RealtimeConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = "realtime-unused"  # no channel-layer round trip per socket (see docs)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.request_id = uuid.uuid4().hex
         self.meter = SessionMeter()
         self.session: services.Session | None = None
-        self.link = None
+        self.link: UpstreamLink | None = None
         self.plaintext = self.model_name = self.intent = ""
         self.extra_headers: dict = {}
         self.tasks: list[asyncio.Task] = []
@@ -108,6 +108,20 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.renewed_at = 0.0
         self.capped = True  # until the watch has read the allocation
         self.generation_lost = False
+
+    @property
+    def opened(self) -> services.Session:
+        """The open session; only read after `_open` succeeded (the event loop and the finish run after it)."""
+        if self.session is None:
+            raise RuntimeError(f"realtime session {self.request_id} is not open")
+        return self.session
+
+    @property
+    def upstream(self) -> UpstreamLink:
+        """The upstream link; only read once `_open` connected it (relay tasks start after)."""
+        if self.link is None:
+            raise RuntimeError(f"realtime session {self.request_id} has no upstream link")
+        return self.link
 
     async def __call__(self, scope, receive, send):
         try:
@@ -225,7 +239,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """Meters a client event; returns the frame to forward (rewritten model name) or None to drop it."""
         kind = event.get("type")
         if kind in ("session.update", "transcription_session.update") and _rewrite_model(
-            event, self.model_name, self.session.entry.upstream_name
+            event, self.model_name, self.opened.entry.upstream_name
         ):
             data = json.dumps(event)
         self.meter.client_event(event)
@@ -241,7 +255,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _send_upstream(self, data) -> None:
         try:
-            await self.link.send(data)
+            await self.upstream.send(data)
         except UpstreamClosed as closed:
             await self._upstream_closed(closed)
 
@@ -249,8 +263,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _read_upstream(self) -> None:
         try:
+            link = self.upstream
             while True:
-                data = await self.link.recv()
+                data = await link.recv()
                 if isinstance(data, str) and any(m in data for m in UPSTREAM_MARKERS):
                     self._meter_upstream(data)
                 if self.client_gone:
@@ -327,13 +342,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _check(self, *, full: bool) -> str | None:
         """One watch step: grow/renew the reservation, then ask whether the session must end."""
+        session = self.opened
         now_mono = asyncio.get_running_loop().time()
         usage = None
         if self.meter.version != self.billed_version or now_mono - self.renewed_at >= RENEW_S:
             self.billed_version, self.renewed_at = self.meter.version, now_mono
-            usage = self.meter.usage(self.session.price)
+            usage = self.meter.usage(session.price)
         state = await database_sync_to_async(services.session_watch)(
-            session=self.session, usage=usage, full=full, now=timezone.now()
+            session=session, usage=usage, full=full, now=timezone.now()
         )
         self.capped = state.capped
         return state.reason
@@ -353,7 +369,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             # Cancel upstream and wait briefly for the final response.done so its usage is billed.
             self.response_done.clear()
             try:
-                await self.link.send(json.dumps({"type": "response.cancel"}))
+                await self.upstream.send(json.dumps({"type": "response.cancel"}))
                 await asyncio.wait_for(self.response_done.wait(), ABORT_WAIT_S)
             except (UpstreamClosed, TimeoutError):
                 pass
@@ -382,10 +398,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 await asyncio.wait_for(self.link.close(), 2.0)
             except Exception:  # noqa: BLE001 - the upstream is going away either way
                 logger.debug("upstream close failed for %s", self.request_id)
-        usage = self.meter.usage(self.session.price, cut=cut) if bill else Usage()
+        session = self.opened  # _finish returns early when no session was opened
+        usage = self.meter.usage(session.price, cut=cut) if bill else Usage()
         try:
             await database_sync_to_async(services.session_settle)(
-                session=self.session,
+                session=session,
                 usage=usage,
                 outcome=outcome,
                 close_reason=close_reason,

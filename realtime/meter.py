@@ -24,6 +24,12 @@ TEXT_DELTAS = ("response.text.delta", "response.output_text.delta", "response.au
 CHARS_PER_TOKEN = 4
 
 
+def dict_at(event: dict, key: str) -> dict:
+    """event[key] when it is a JSON object, else an empty dict (clients send anything)."""
+    value = event.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def b64_decoded_len(data: str) -> int:
     """Decoded size of base64 text without decoding it; malformed input counts as 0."""
     n = len(data)
@@ -48,7 +54,9 @@ def audio_format(session: dict, current: tuple[int, int, int]) -> tuple[int, int
     )
     if isinstance(fmt, dict) and fmt.get("type") in GA_FORMATS:
         rate, width, channels = GA_FORMATS[fmt["type"]]
-        rate = fmt.get("rate") if isinstance(fmt.get("rate"), int) and fmt.get("rate") > 0 else rate
+        given = fmt.get("rate")
+        if isinstance(given, int) and given > 0:
+            rate = given
         return (rate, width, channels)
     return current
 

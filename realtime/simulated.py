@@ -12,7 +12,7 @@ token usage on each commit. Usage: ~4 characters per text token, 10 audio tokens
 import asyncio
 import json
 
-from .meter import b64_decoded_len
+from .meter import b64_decoded_len, dict_at
 from .upstream import UpstreamClosed
 
 REPLY = "This is the simulated realtime provider."
@@ -80,7 +80,7 @@ class SimulatedLink:
         }
 
     def _on_session_update(self, event: dict) -> None:
-        session = event.get("session") if isinstance(event.get("session"), dict) else {}
+        session = dict_at(event, "session")
         tr = session.get("input_audio_transcription")
         audio = session.get("audio")
         if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
@@ -123,7 +123,7 @@ class SimulatedLink:
             )
 
     def _on_conversation_item_create(self, event: dict) -> None:
-        item = event.get("item") if isinstance(event.get("item"), dict) else {}
+        item = dict_at(event, "item")
         for part in item.get("content") or []:
             if isinstance(part, dict):
                 self.text_in += _tokens(str(part.get("text") or ""))

@@ -5,6 +5,7 @@ The provider key travels only in the upstream handshake headers; no error raised
 provider's key, base URL or deployment.
 """
 
+from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
@@ -30,6 +31,16 @@ class UpstreamConnectError(Exception):
     def __init__(self, message: str, *, retry: bool = False):
         super().__init__(message)
         self.message, self.retry = message, retry
+
+
+class UpstreamLink(Protocol):
+    """The three-method link a session relays through (WebsocketsLink or the simulated provider)."""
+
+    async def send(self, data: str | bytes) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def close(self, code: int = 1000) -> None: ...
 
 
 class WebsocketsLink:
@@ -98,7 +109,7 @@ async def upstream_connect(
     extra_headers: dict,
     max_size: int,
     open_timeout_s: float,
-):
+) -> UpstreamLink:
     """Opens the upstream link. Raises UpstreamConnectError (message safe to record)."""
     if entry.provider.kind == "simulated":
         from .simulated import SimulatedLink

@@ -18,6 +18,14 @@ def _places(amount: Decimal) -> int:
     return 4 if magnitude >= Decimal("0.01") else 6
 
 
+def _exponent(amount: Decimal) -> int:
+    """The decimal exponent of a finite amount (NaN and infinities have a letter instead)."""
+    exponent = amount.as_tuple().exponent
+    if not isinstance(exponent, int):
+        raise ValueError(f"not a finite amount: {amount}")
+    return exponent
+
+
 @register.filter
 def usd(value) -> str:
     """$1,234.50, $0.0523, $0.000123, or "unpriced" for None (never $0 for an unpriced amount)."""
@@ -28,7 +36,7 @@ def usd(value) -> str:
         return "< $" + number_format(SMALLEST, decimal_pos=6, use_l10n=True)
     places = _places(amount)
     rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    shown = max(2, min(places, -rounded.normalize().as_tuple().exponent))
+    shown = max(2, min(places, -_exponent(rounded.normalize())))
     return "$" + number_format(rounded, decimal_pos=shown, use_l10n=True, force_grouping=True)
 
 
@@ -42,7 +50,7 @@ def quantity(value) -> str:
     if value is None:
         return ""
     amount = Decimal(str(value)).normalize()
-    places = max(0, -amount.as_tuple().exponent)
+    places = max(0, -_exponent(amount))
     return number_format(amount, decimal_pos=places, use_l10n=True, force_grouping=True)
 
 

@@ -22,7 +22,11 @@ class _DecimalLoader(yaml.SafeLoader):
     """YAML floats become Decimals from their text, never binary floats."""
 
 
-_DecimalLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: Decimal(loader.construct_scalar(node)))
+def _decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal:
+    return Decimal(loader.construct_scalar(node))
+
+
+_DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal)
 
 
 def read_rows(path: Path) -> list:
