@@ -8,15 +8,16 @@ connection is only ever held for the few milliseconds of one step, never across 
 The pool size bounds the connections per process (GATEWAY_ACCOUNTING_THREADS).
 """
 
+import asyncio
 import contextvars
 import datetime as dt
+import functools
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import Error as DatabaseError
 from django.db import connection, transaction
@@ -124,7 +125,10 @@ def _guarded(fn):
 
 
 async def run(fn, **kwargs):
-    return await sync_to_async(_guarded(fn), thread_sensitive=False, executor=_pool)(**kwargs)
+    # Straight to the pool: asgiref's sync_to_async would also copy and restore the request's
+    # context around the call, which these steps never read (they run in the thread's own context).
+    # A cancelled caller stops waiting; a step already running finishes in its thread, as before.
+    return await asyncio.get_running_loop().run_in_executor(_pool, functools.partial(_guarded(fn), **kwargs))
 
 
 def pool_close_connections() -> None:

@@ -56,7 +56,21 @@ class Target:
     secrets: tuple[str, ...]
 
 
+_targets: dict = {}
+
+
 def target_for(entry: ScopedAllocation, endpoint: Endpoint) -> Target:
+    """Built once per (provider, upstream model name, path): a pure function of the three."""
+    key = (entry.provider, entry.upstream_name, endpoint.path)
+    target = _targets.get(key)
+    if target is None:
+        if len(_targets) > 10_000:
+            _targets.clear()
+        target = _targets[key] = _target_for(entry, endpoint)
+    return target
+
+
+def _target_for(entry: ScopedAllocation, endpoint: Endpoint) -> Target:
     provider = entry.provider
     base = provider.base_url.rstrip("/")
     secrets = tuple(s for s in (provider.api_key, base, urlsplit(base).netloc) if s)

@@ -6,11 +6,12 @@ number of processes sharing PostgreSQL; nothing here is ever called while an ups
 """
 
 import datetime as dt
+from contextlib import nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -43,23 +44,56 @@ def _counter_for(*, allocation_id, period_start) -> UsageCounter:
 # lives; a stale id (e.g. a test database flushed) just misses the fast path and is looked up again.
 _counter_ids: dict = {}
 _COUNTER_TABLE = UsageCounter._meta.db_table
+_RESERVATION_TABLE = Reservation._meta.db_table
+_CALL_TABLE = CallRecord._meta.db_table
 
 
-def _reserve(counter_id, *, token_cap, cost_cap, priced: bool, tokens: int, cost: Decimal) -> bool:
-    """Adds to the reservations only while used + reserved < cap, in one conditional UPDATE.
-    Plain SQL: this and _counter_add run on every proxied call, and building them through the ORM
-    costs several times the database round trip."""
-    sql = f"UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"  # noqa: S608 (constant table name)
-    sql += " WHERE id = %s"
-    params: list = [tokens, cost, counter_id]
+def _guard(*, token_cap, cost_cap, priced: bool) -> tuple[str, list]:
+    """The admission condition (used + reserved < cap for each cap that applies) as SQL."""
+    sql, params = "", []
     if token_cap is not None:
         sql += " AND tokens_used < %s - tokens_reserved"
         params.append(token_cap)
     if cost_cap is not None and (priced or cost_cap == 0):
         sql += " AND cost_used < %s - cost_reserved"
         params.append(cost_cap)
+    return sql, params
+
+
+def _reserve(counter_id, *, allocation_id, token_cap, cost_cap, priced: bool, tokens: int, cost: Decimal) -> bool:
+    """Adds to the reservations only while used + reserved < cap, in one conditional UPDATE.
+    Plain SQL: this and _counter_add run on every proxied call, and building them through the ORM
+    costs several times the database round trip. The allocation is checked too, so a stale cached
+    counter id can never reserve against another allocation's counter."""
+    guard, guard_params = _guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
+    sql = (
+        f"UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"  # noqa: S608 (constant table name)
+        f" WHERE id = %s AND allocation_id = %s{guard}"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, [tokens, cost, counter_id, allocation_id, *guard_params])
+        return cursor.rowcount > 0
+
+
+def _reserve_and_insert(reservation, *, allocation_id, token_cap, cost_cap, priced: bool) -> bool:
+    """PostgreSQL: the guarded UPDATE of _reserve and the INSERT of the reservation row in ONE
+    statement (a data-modifying CTE): the row is inserted only if the UPDATE matched, and a single
+    statement is atomic on its own, so no BEGIN/COMMIT round trips are needed around it."""
+    guard, guard_params = _guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
+    columns, values, params = _insert_parts(reservation)
+    counter_column = Reservation._meta.get_field("counter").column
+    index = columns.index(connection.ops.quote_name(counter_column))
+    del params[index]
+    values = [*values[:index], "c.id", *values[index + 1 :]]
+    sql = (
+        f"WITH c AS (UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s,"  # noqa: S608
+        f" cost_reserved = cost_reserved + %s WHERE id = %s AND allocation_id = %s{guard} RETURNING id)"
+        f" INSERT INTO {_RESERVATION_TABLE} ({', '.join(columns)}) SELECT {', '.join(values)} FROM c"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql, [reservation.tokens, reservation.cost, reservation.counter_id, allocation_id, *guard_params, *params]
+        )
         return cursor.rowcount > 0
 
 
@@ -74,28 +108,74 @@ def _counter_add(counter_id, *, tokens: int, cost: Decimal, calls: int, release:
         cursor.execute(sql + " WHERE id = %s", [*params, counter_id])
 
 
+_insert_plans: dict = {}
+
+
+def _insert_parts(obj) -> tuple[tuple[str, ...], tuple[str, ...], list]:
+    """(quoted columns, placeholders, parameters) of an INSERT of `obj`: each field's pre_save and
+    database preparation, as Model.save(force_insert=True) does. The auto primary key is left out.
+    The field list and quoted names are built once per model; the fields get the real connection,
+    not the `connection` proxy (a context-local lookup on every attribute access they make)."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    meta = obj._meta
+    plan = _insert_plans.get((meta.label, conn.vendor))
+    if plan is None:
+        fields = tuple(f for f in meta.concrete_fields if f is not meta.auto_field)
+        columns = tuple(conn.ops.quote_name(f.column) for f in fields)
+        plan = _insert_plans[(meta.label, conn.vendor)] = (fields, columns, ("%s",) * len(fields))
+    fields, columns, values = plan
+    return columns, values, [f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields]
+
+
 def _insert(obj) -> None:
     """INSERT of one new row without the ORM's per-call query compilation (the two rows every
-    proxied call writes). Same values as Model.save(force_insert=True): each field's pre_save and
-    database preparation; the auto primary key comes back with RETURNING."""
+    proxied call writes). Same values as Model.save(force_insert=True); the auto primary key comes
+    back with RETURNING."""
     meta = obj._meta
     auto = meta.auto_field
-    fields = [f for f in meta.concrete_fields if f is not auto]
-    quote = connection.ops.quote_name
-    params = [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for f in fields]
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
-        f"VALUES ({', '.join(['%s'] * len(fields))})"
-    )
+    columns, values, params = _insert_parts(obj)
+    sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(values)})"  # noqa: S608
     returning = auto is not None and connection.features.can_return_columns_from_insert
     if returning:
-        sql += f" RETURNING {quote(auto.column)}"
+        sql += f" RETURNING {connection.ops.quote_name(auto.column)}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if auto is not None:
             setattr(obj, auto.attname, cursor.fetchone()[0] if returning else cursor.lastrowid)
     obj._state.adding = False
     obj._state.db = connection.alias
+
+
+def _settle_one_statement(row, admission: "Admission", *, tokens: int, cost: Decimal) -> None:
+    """PostgreSQL: call_settle's three writes in ONE statement (data-modifying CTEs): DELETE the
+    reservation (what makes its release happen exactly once), move the usage into the counter and
+    take the reservation out of it only if that DELETE took the row, INSERT the call record."""
+    columns, values, params = _insert_parts(row)
+    sql = (
+        f"WITH r AS (DELETE FROM {_RESERVATION_TABLE} WHERE id = %s RETURNING 1),"  # noqa: S608
+        f" u AS (UPDATE {_COUNTER_TABLE} SET tokens_used = tokens_used + %s, cost_used = cost_used + %s,"
+        " calls = calls + 1,"
+        " tokens_reserved = tokens_reserved - CASE WHEN EXISTS (SELECT 1 FROM r) THEN %s ELSE 0 END,"
+        " cost_reserved = cost_reserved - CASE WHEN EXISTS (SELECT 1 FROM r) THEN %s ELSE 0 END"
+        " WHERE id = %s)"
+        f" INSERT INTO {_CALL_TABLE} ({', '.join(columns)}) VALUES ({', '.join(values)}) RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [
+                admission.reservation_id,
+                tokens,
+                cost,
+                admission.tokens,
+                admission.cost,
+                admission.counter_id,
+                *params,
+            ],
+        )
+        row.pk = cursor.fetchone()[0]
+    row._state.adding = False
+    row._state.db = connection.alias
 
 
 def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> Exception | None:
@@ -128,33 +208,42 @@ def call_admit(
     priced = est_cost is not None
     est_cost = est_cost or ZERO
     period = period_start_date(now)
+    ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
+    key = (str(allocation_id), period)
+    reservation = Reservation(
+        counter_id=_counter_ids.get(key),
+        request_id=request_id,
+        tokens=est_tokens,
+        cost=est_cost,
+        created_at=now,
+        expires_at=now + dt.timedelta(seconds=ttl),
+        context=context or {},
+    )
+    caps = {"allocation_id": allocation_id, "token_cap": token_cap, "cost_cap": cost_cap, "priced": priced}
+    if reservation.counter_id is not None and connection.vendor == "postgresql":
+        # Fast path, one round trip: guarded UPDATE of the cached counter + INSERT of the reservation.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():  # savepoint only when nested
+            if _reserve_and_insert(reservation, **caps):
+                return Admission(reservation.pk, reservation.counter_id, est_tokens, est_cost)
     with transaction.atomic():
-        # Fast path: one guarded UPDATE on the (cached) counter id. Only when it matches nothing is
-        # the counter read, to tell "cap reached" (403) from "headroom held in flight" (429).
-        counter_id = _counter_ids.get((str(allocation_id), period))
-        admitted = counter_id is not None and _reserve(
-            counter_id, token_cap=token_cap, cost_cap=cost_cap, priced=priced, tokens=est_tokens, cost=est_cost
+        # Other databases: one guarded UPDATE on the (cached) counter id first. Only when it (or the
+        # one-statement path above) matches nothing is the counter read, to tell "cap reached" (403)
+        # from "headroom held in flight" (429).
+        counter_id = reservation.counter_id
+        admitted = (
+            counter_id is not None
+            and connection.vendor != "postgresql"  # there it was tried above
+            and _reserve(counter_id, tokens=est_tokens, cost=est_cost, **caps)
         )
         if not admitted:
             counter = _counter_for(allocation_id=allocation_id, period_start=period)
-            _counter_ids[(str(allocation_id), period)] = counter_id = counter.pk
+            _counter_ids[key] = counter_id = counter.pk
             error = _cap_error(counter=counter, token_cap=token_cap, cost_cap=cost_cap, priced=priced)
             if error:
                 raise error
-            if not _reserve(
-                counter_id, token_cap=token_cap, cost_cap=cost_cap, priced=priced, tokens=est_tokens, cost=est_cost
-            ):
+            if not _reserve(counter_id, tokens=est_tokens, cost=est_cost, **caps):
                 raise QuotaBusy("the allocation's remaining quota is held by calls in flight; retry shortly")
-        ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
-        reservation = Reservation(
-            counter_id=counter_id,
-            request_id=request_id,
-            tokens=est_tokens,
-            cost=est_cost,
-            created_at=now,
-            expires_at=now + dt.timedelta(seconds=ttl),
-            context=context or {},
-        )
+        reservation.counter_id = counter_id
         _insert(reservation)
     return Admission(reservation_id=reservation.pk, counter_id=counter_id, tokens=est_tokens, cost=est_cost)
 
@@ -245,6 +334,10 @@ def call_settle(
         price_version=price if cost is not None else None,
     )
     carries_usage = usage.has_tokens or cost
+    if admission is not None and row.allocation_id and connection.vendor == "postgresql":
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():  # savepoint only when nested
+            _settle_one_statement(row, admission, tokens=usage.total_tokens, cost=cost or ZERO)
+        return row
     with transaction.atomic():
         _insert(row)
         # Deleting the reservation row is what makes its release happen exactly once.

@@ -136,3 +136,17 @@ def test_concurrent_admissions_never_exceed_headroom_by_more_than_one_call():
     counter = UsageCounter.objects.get(allocation=allocation)
     assert counter.cost_reserved == Decimal("0.03")
     assert CallRecord.objects.count() == 0
+
+
+def test_a_stale_cached_counter_id_never_reserves_against_another_allocations_counter():
+    from quota import services
+    from quota.periods import period_start_date
+
+    mine, other = AllocationFactory(quota_tokens_per_month=1000), AllocationFactory(quota_tokens_per_month=1000)
+    theirs = admit(other, tokens=5)  # caches other's counter id
+    services._counter_ids[(str(mine.pk), period_start_date(timezone.now()))] = theirs.counter_id  # a stale id
+    admission = admit(mine, tokens=7)
+    assert admission.counter_id != theirs.counter_id
+    assert UsageCounter.objects.get(allocation=other).tokens_reserved == 5
+    assert UsageCounter.objects.get(allocation=mine).tokens_reserved == 7
+    assert Reservation.objects.get(pk=admission.reservation_id).counter.allocation_id == mine.pk
