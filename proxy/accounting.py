@@ -28,6 +28,7 @@ from allocations.exceptions import (
     AllocationPaused,
     AllocationQuarantined,
     AllocationRevoked,
+    BadRequest,
     GatewayError,
     ModelMismatch,
     Unauthorized,
@@ -168,10 +169,9 @@ def _attribute(call: Call, generation: int) -> None:
         pass
 
 
-def _admit(call: Call, generation: int) -> None:
-    entry = call.entry
+def _admit(call: Call, entry: ScopedAllocation, body: dict, generation: int) -> None:
     call.price = price_in_force_cached(model_id=entry.model_id, at=call.started_at, generation=generation)
-    estimate = call.endpoint.estimate(call.body)
+    estimate = call.endpoint.estimate(body)
     call.prompt_tokens = estimate.input_tokens
     call.admission = call_admit(
         allocation_id=entry.allocation_id,
@@ -204,14 +204,17 @@ def call_open(*, call: Call) -> Call:
         if call.body_error is not None:
             _attribute(call, generation)
             raise call.body_error
+        body = call.body
+        if body is None:  # parse_body pairs a missing body with a body_error
+            raise BadRequest("the request body must be a JSON object")
         call.scope = key_scope(match.group(1), generation=generation)
-        call.entry = call.scope.resolve(call.body["model"])
-        allocation_check_status(call.entry)
-        _admit(call, generation)
+        call.entry = entry = call.scope.resolve(body["model"])
+        allocation_check_status(entry)
+        _admit(call, entry, body, generation)
     except GatewayError as error:
         _reject(call, error)
         raise
-    late = _late_error(call)
+    late = _late_error(call, entry)
     if late is not None:
         with transaction.atomic():
             reservation_release(admission=call.admission)
@@ -222,9 +225,8 @@ def call_open(*, call: Call) -> Call:
     return call
 
 
-def _late_error(call: Call) -> GatewayError | None:
+def _late_error(call: Call, entry: ScopedAllocation) -> GatewayError | None:
     """Steps 9 and 10 come after admission in the contract's order."""
-    entry = call.entry
     if entry.model_kind not in call.endpoint.kinds:
         return ModelKindMismatch(
             f"model '{entry.model_slug}' is a {entry.model_kind} model; /v1/{call.endpoint.path} needs "

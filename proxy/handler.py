@@ -124,7 +124,8 @@ async def read_body(receive, scope, limit: int) -> tuple[bytes, bool]:
     """The whole body, or (b"", True) past `limit` (the rest is drained so the client gets its 413)."""
     declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"0")
     too_large = declared.isdigit() and int(declared) > limit
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

@@ -21,7 +21,7 @@ from .meters import _int, chat_usage, prompt_estimate
 
 # gpt-image-1 output tokens per 1024x1024 image by quality (OpenAI's published table); the
 # reservation for a token-priced image model assumes this many per image.
-IMAGE_OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+IMAGE_OUTPUT_TOKENS: dict[str | None, int] = {"low": 272, "medium": 1056, "high": 4160}
 # Token-priced transcription (gpt-4o-transcribe): ~1,000 audio tokens a minute in, text out.
 AUDIO_TOKENS_PER_SECOND = 17
 TEXT_TOKENS_PER_SECOND = 4
@@ -88,7 +88,9 @@ def transcription_usage(request: dict, raw: bytes) -> Usage:
     duration usage), the response's `duration` (verbose_json), else measured from the upload."""
     payload = _json(raw)
     payload = payload if isinstance(payload, dict) else {}
-    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
     if usage.get("type") == "tokens" or (_int(usage.get("input_tokens")) and usage.get("type") != "duration"):
         details = usage.get("input_token_details") or usage.get("input_tokens_details") or {}
         return Usage(
@@ -126,7 +128,9 @@ def rerank_usage(request: dict, raw: bytes) -> Usage:
     payload = _json(raw)
     if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
         raise ValueError("a rerank answer without `results`")
-    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
     tokens = _int(usage.get("prompt_tokens")) or _int(usage.get("total_tokens"))
     return Usage(input_tokens=tokens, quantity=Decimal(1), unit="query")
 
@@ -136,7 +140,9 @@ def ocr_usage(request: dict, raw: bytes) -> Usage:
     payload = _json(raw)
     if not isinstance(payload, dict):
         raise ValueError("an OCR answer that is not a JSON object")
-    info = payload.get("usage_info") if isinstance(payload.get("usage_info"), dict) else {}
+    info = payload.get("usage_info")
+    if not isinstance(info, dict):
+        info = {}
     processed = info.get("pages_processed")
     if isinstance(processed, int) and not isinstance(processed, bool) and processed >= 0:
         return Usage(quantity=Decimal(processed), unit="page")

@@ -8,6 +8,7 @@ chunk by chunk as it arrives) differ. Which endpoint does what is data: proxy.re
 import asyncio
 import dataclasses
 import tempfile
+from collections.abc import Callable
 
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -26,7 +27,7 @@ from .exceptions import RequestTooLarge, UpstreamError
 from .registry import BODY_MULTIPART, ENDPOINTS, RESPONSE_BINARY, Endpoint
 
 # Field shapes the meters rely on (everything else is the upstream's business and passes through).
-SHAPES = {
+SHAPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "prompt": (str, "a string"),
     "input": ((str, list), "a string or a list"),
     "query": (str, "a string"),
@@ -68,8 +69,11 @@ async def read_form(request, endpoint: Endpoint):
 def upstream_payload(call: accounting.Call, form: multipart.Form | None):
     if form is None:
         return views.upstream_payload(call)
-    call.extra["upstream_body"] = {**call.body, "model": call.entry.upstream_name}
-    payload, length = form.encode({"model": call.entry.upstream_name})
+    body, entry = call.body, call.entry
+    if body is None or entry is None:
+        raise RuntimeError("upstream_payload before call_open")  # call_open sets both or raises
+    call.extra["upstream_body"] = {**body, "model": entry.upstream_name}
+    payload, length = form.encode({"model": entry.upstream_name})
     call.extra["upstream_headers"] = {
         "Content-Type": f"multipart/form-data; boundary={form.boundary.decode('latin1')}",
         "Content-Length": str(length),
@@ -78,22 +82,23 @@ def upstream_payload(call: accounting.Call, form: multipart.Form | None):
 
 
 async def relay_media(request, endpoint: str):
-    endpoint = ENDPOINTS[endpoint]
+    spec = ENDPOINTS[endpoint]
     rid = views.request_id_for(request)
     if request.method != "POST":
         if getattr(request, "gateway_upload", None) is not None:
             request.gateway_upload.close()
-        return views.error_response(BadRequest(f"use POST for /v1/{endpoint.path}"), rid)
+        return views.error_response(BadRequest(f"use POST for /v1/{spec.path}"), rid)
     form = None
     try:
-        if endpoint.body == BODY_MULTIPART:
-            body, body_error, form = await read_form(request, endpoint)
+        if spec.body == BODY_MULTIPART:
+            body, body_error, form = await read_form(request, spec)
         else:
-            body, body_error = views.parse_body(request, endpoint)
-            body_error = body_error or check_fields(endpoint, body)
+            body, body_error = views.parse_body(request, spec)
+            if body_error is None and body is not None:
+                body_error = check_fields(spec, body)
         call = accounting.Call(
             request_id=rid,
-            endpoint=endpoint,
+            endpoint=spec,
             started_at=timezone.now(),
             authorization=request.headers.get("Authorization", ""),
             body=body,
@@ -140,13 +145,21 @@ async def _complete(call: accounting.Call, payload, form: multipart.Form | None)
             form.close()
 
 
+def _metering(call: accounting.Call) -> tuple[Callable[[dict, bytes], Usage], dict]:
+    meter, body = call.endpoint.response_meter, call.body
+    if meter is None or body is None:  # the registry gives media endpoints a meter; call_open a body
+        raise RuntimeError(f"{call.endpoint.name}: no response meter or request body to meter")
+    return meter, body
+
+
 async def _finish(call: accounting.Call, reply, raw: bytes):
+    meter, body = _metering(call)
     try:
-        usage = call.endpoint.response_meter(call.body, raw)
+        usage = meter(body, raw)
     except ValueError as exc:
         # The upstream may well have charged: bill the reservation's estimate, flagged as such.
         error = UpstreamError(f"the upstream answered with a body the gateway cannot meter ({exc})")
-        usage = dataclasses.replace(call.endpoint.estimate(call.body), estimated=True)
+        usage = dataclasses.replace(call.endpoint.estimate(body), estimated=True)
         await views.settle(
             call, outcome=Outcome.UPSTREAM_ERROR, status=502, usage=usage, code=error.code, message=error.message
         )
@@ -164,7 +177,8 @@ def _binary(call: accounting.Call, reply) -> StreamingHttpResponse:
 
 async def _chunks(call: accounting.Call, reply):
     """Audio relayed as it arrives; billed by the request (characters) however the relay ends."""
-    usage = call.endpoint.response_meter(call.body, b"")
+    meter, body = _metering(call)
+    usage = meter(body, b"")
     outcome, status, code, message = Outcome.SUCCESS, reply.status, "", ""
     try:
         async for chunk in reply.chunks():

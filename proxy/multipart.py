@@ -21,6 +21,7 @@ import re
 import struct
 import tempfile
 from dataclasses import dataclass
+from typing import IO
 
 from django.core.exceptions import RequestAborted
 
@@ -92,10 +93,11 @@ class Part:
 class Form:
     boundary: bytes
     parts: list[Part]
-    spool: object
+    spool: IO[bytes]
 
     def fields(self) -> dict:
-        return {p.name: p.value.decode("utf-8", "replace") for p in self.parts if p.filename is None}
+        # parse_form reads the value of every text field (filename None)
+        return {p.name: p.value.decode("utf-8", "replace") for p in self.parts if p.value is not None}
 
     def file(self, name: str) -> Part | None:
         return next((p for p in self.parts if p.filename is not None and p.name in (name, name + "[]")), None)
@@ -176,7 +178,7 @@ def parse_form(spool, content_type: str) -> Form:
     if position < 0:
         raise ValueError("the multipart body has no boundary")
     position += len(delimiter)
-    parts = []
+    parts: list[Part] = []
     while True:
         spool.seek(position)
         after = spool.read(2)

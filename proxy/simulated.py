@@ -143,7 +143,7 @@ def responses(body: dict) -> SimReply:
     if not body.get("stream"):
         return _json(response)
     opening = {**response, "status": "in_progress", "output": [], "usage": None}
-    events = [
+    events: list[dict] = [
         {"type": "response.created", "response": opening},
         {"type": "response.in_progress", "response": opening},
         {
@@ -190,14 +190,17 @@ def responses(body: dict) -> SimReply:
 def embeddings(body: dict) -> SimReply:
     inputs = body.get("input")
     inputs = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
-    dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) and body["dimensions"] > 0 else 8
+    dims = body.get("dimensions")
+    if not isinstance(dims, int) or dims <= 0:
+        dims = 8
     data = []
     for index, text in enumerate(inputs):
         seed = sum(ord(c) for c in str(text)) % 97
         vector = [round(((seed + i * 7) % 19) / 19 - 0.5, 6) for i in range(dims)]
+        embedding: list[float] | str = vector
         if body.get("encoding_format") == "base64":  # what the official SDKs ask for by default
-            vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
-        data.append({"object": "embedding", "index": index, "embedding": vector})
+            embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
     tokens = sum(_tokens(t) for t in inputs)
     return _json(
         {

@@ -117,7 +117,9 @@ def _tone() -> bytes:
 
 @handles("audio.speech")
 def speech(body: dict) -> SimReply:
-    text = body.get("input") if isinstance(body.get("input"), str) else ""
+    text = body.get("input")
+    if not isinstance(text, str):
+        text = ""
     samples = max(1, math.ceil(len(text) / CHARS_PER_SECOND * SAMPLE_RATE))
     pcm = (_tone() * math.ceil(samples / SAMPLE_RATE))[: samples * 2]
     if body.get("response_format") == "pcm":
@@ -176,13 +178,15 @@ def _relevance(query: str, document: str) -> float:
 @handles("rerank")
 def rerank(body: dict) -> SimReply:
     query = str(body.get("query") or "")
-    documents = body.get("documents") if isinstance(body.get("documents"), list) else []
+    documents = body.get("documents")
+    if not isinstance(documents, list):
+        documents = []
     texts = [d.get("text", "") if isinstance(d, dict) else str(d) for d in documents]
     ranked = sorted(range(len(texts)), key=lambda i: (-_relevance(query, texts[i]), i))
     top_n = body.get("top_n") if isinstance(body.get("top_n"), int) and body["top_n"] > 0 else len(ranked)
     results = []
     for index in ranked[:top_n]:
-        result = {"index": index, "relevance_score": _relevance(query, texts[index])}
+        result: dict[str, object] = {"index": index, "relevance_score": _relevance(query, texts[index])}
         if body.get("return_documents"):
             result["document"] = {"text": texts[index]}
         results.append(result)
@@ -200,7 +204,9 @@ def rerank(body: dict) -> SimReply:
 def ocr(body: dict) -> SimReply:
     asked = body.get("pages")
     indexes = [p for p in asked if isinstance(p, int)] if isinstance(asked, list) else [0, 1]
-    document = body.get("document") if isinstance(body.get("document"), dict) else {}
+    document = body.get("document")
+    if not isinstance(document, dict):
+        document = {}
     source = document.get("document_url") or document.get("image_url") or "the document"
     source = source if isinstance(source, str) and len(source) < 200 else "the document"
     pages = [

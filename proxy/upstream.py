@@ -101,6 +101,8 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
 class Reply:
     """An upstream answer, read whole or chunk by chunk as it arrives."""
 
+    secrets: tuple[str, ...] = ()  # set by send(): strings to redact from its error body
+
     def __init__(self, response: aiohttp.ClientResponse):
         self.response = response
         self.status = response.status

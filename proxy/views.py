@@ -68,9 +68,12 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
 
 
 def upstream_payload(call: accounting.Call) -> bytes:
-    body = {**call.body, "model": call.entry.upstream_name}
+    request, entry = call.body, call.entry
+    if request is None or entry is None:
+        raise RuntimeError("upstream_payload before call_open")  # call_open sets both or raises
+    body = {**request, "model": entry.upstream_name}
     if call.stream and call.endpoint.force_stream_usage:
-        options = call.body.get("stream_options")
+        options = request.get("stream_options")
         options = options if isinstance(options, dict) else {}
         call.extra["strip_usage"] = options.get("include_usage") is not True
         body["stream_options"] = {**options, "include_usage": True}
@@ -103,14 +106,14 @@ async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usa
 
 
 async def relay_call(request, endpoint: str):
-    endpoint = ENDPOINTS[endpoint]
+    spec = ENDPOINTS[endpoint]
     rid = request_id_for(request)
     if request.method != "POST":
-        return error_response(BadRequest(f"use POST for /v1/{endpoint.path}"), rid)
-    body, body_error = parse_body(request, endpoint)
+        return error_response(BadRequest(f"use POST for /v1/{spec.path}"), rid)
+    body, body_error = parse_body(request, spec)
     call = accounting.Call(
         request_id=rid,
-        endpoint=endpoint,
+        endpoint=spec,
         started_at=timezone.now(),
         authorization=request.META.get("HTTP_AUTHORIZATION", ""),
         body=body,
@@ -137,9 +140,12 @@ async def relay_call(request, endpoint: str):
 
 async def _open_upstream(call: accounting.Call, payload: bytes):
     """(reply, None) or (None, the error response after settling)."""
+    entry = call.entry
+    if entry is None:
+        raise RuntimeError("upstream call before call_open")  # call_open sets it or raises
     try:
         reply = await upstream.send(
-            entry=call.entry,
+            entry=entry,
             endpoint=call.endpoint,
             body=call.extra["upstream_body"],
             payload=payload,
@@ -166,11 +172,11 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
         reply.close()
     code, message = upstream.upstream_error_detail(raw, reply.secrets)
     if reply.status >= 500:
-        error = UpstreamError(f"the upstream failed with status {reply.status}: {message}")
+        failure = UpstreamError(f"the upstream failed with status {reply.status}: {message}")
         await settle(
-            call, outcome=Outcome.UPSTREAM_ERROR, status=502, usage=Usage(), code=error.code, message=error.message
+            call, outcome=Outcome.UPSTREAM_ERROR, status=502, usage=Usage(), code=failure.code, message=failure.message
         )
-        return None, error_response(error, call.request_id)
+        return None, error_response(failure, call.request_id)
     # Upstream 4xx: relayed with its status and (redacted) error body.
     await settle(
         call,
@@ -268,7 +274,10 @@ async def _stream(call: accounting.Call, payload: bytes):
 
 
 async def _events(call: accounting.Call, reply):
-    meter = call.endpoint.stream_meter(call.prompt_tokens)
+    stream_meter = call.endpoint.stream_meter
+    if stream_meter is None:
+        raise RuntimeError("stream on an endpoint without a stream meter")  # parse_body refuses it
+    meter = stream_meter(call.prompt_tokens)
     responses = call.endpoint.name == "responses"
     handler = (
         relay.ResponsesRelay(meter)

@@ -6,6 +6,7 @@ number of processes sharing PostgreSQL; nothing here is ever called while an ups
 """
 
 import datetime as dt
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,6 +19,7 @@ from django.utils import timezone
 from allocations.audit import audit_record
 from allocations.cache import bump_auth_generation
 from allocations.exceptions import BadRequest
+from allocations.models import Allocation
 
 from .exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from .models import CallRecord, PriceUnit, PriceVersion, Reservation, UsageCounter
@@ -27,7 +29,7 @@ from .pricing import ZERO, Usage, cost_for
 
 @dataclass(frozen=True)
 class Admission:
-    reservation_id: object
+    reservation_id: uuid.UUID
     counter_id: int
     tokens: int
     cost: Decimal
@@ -42,7 +44,7 @@ def _counter_for(*, allocation_id, period_start) -> UsageCounter:
 
 # (allocation id, period start) -> counter id. Counters are never deleted while their allocation
 # lives; a stale id (e.g. a test database flushed) just misses the fast path and is looked up again.
-_counter_ids: dict = {}
+_counter_ids: dict[tuple[str, dt.date], int] = {}
 _COUNTER_TABLE = UsageCounter._meta.db_table
 _RESERVATION_TABLE = Reservation._meta.db_table
 _CALL_TABLE = CallRecord._meta.db_table
@@ -70,8 +72,10 @@ def _reserve(counter_id, *, allocation_id, token_cap, cost_cap, priced: bool, to
         f"UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"  # noqa: S608 (constant table name)
         f" WHERE id = %s AND allocation_id = %s{guard}"
     )
+    # Raw SQL gets no field conversion: SQLite stores UUIDs as 32 hex digits without dashes.
+    allocation_db = Allocation._meta.pk.get_db_prep_value(uuid.UUID(str(allocation_id)), connection)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [tokens, cost, counter_id, allocation_id, *guard_params])
+        cursor.execute(sql, [tokens, cost, counter_id, allocation_db, *guard_params])
         return cursor.rowcount > 0
 
 
@@ -84,7 +88,7 @@ def _reserve_and_insert(reservation, *, allocation_id, token_cap, cost_cap, pric
     counter_column = Reservation._meta.get_field("counter").column
     index = columns.index(connection.ops.quote_name(counter_column))
     del params[index]
-    values = [*values[:index], "c.id", *values[index + 1 :]]
+    values = (*values[:index], "c.id", *values[index + 1 :])
     sql = (
         f"WITH c AS (UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s,"  # noqa: S608
         f" cost_reserved = cost_reserved + %s WHERE id = %s AND allocation_id = %s{guard} RETURNING id)"
@@ -210,8 +214,8 @@ def call_admit(
     period = period_start_date(now)
     ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
     key = (str(allocation_id), period)
+    cached_counter_id = _counter_ids.get(key)
     reservation = Reservation(
-        counter_id=_counter_ids.get(key),
         request_id=request_id,
         tokens=est_tokens,
         cost=est_cost,
@@ -219,8 +223,10 @@ def call_admit(
         expires_at=now + dt.timedelta(seconds=ttl),
         context=context or {},
     )
+    if cached_counter_id is not None:
+        reservation.counter_id = cached_counter_id
     caps = {"allocation_id": allocation_id, "token_cap": token_cap, "cost_cap": cost_cap, "priced": priced}
-    if reservation.counter_id is not None and connection.vendor == "postgresql":
+    if cached_counter_id is not None and connection.vendor == "postgresql":
         # Fast path, one round trip: guarded UPDATE of the cached counter + INSERT of the reservation.
         with transaction.atomic() if connection.in_atomic_block else nullcontext():  # savepoint only when nested
             if _reserve_and_insert(reservation, **caps):
@@ -229,13 +235,12 @@ def call_admit(
         # Other databases: one guarded UPDATE on the (cached) counter id first. Only when it (or the
         # one-statement path above) matches nothing is the counter read, to tell "cap reached" (403)
         # from "headroom held in flight" (429).
-        counter_id = reservation.counter_id
-        admitted = (
-            counter_id is not None
-            and connection.vendor != "postgresql"  # there it was tried above
-            and _reserve(counter_id, tokens=est_tokens, cost=est_cost, **caps)
-        )
-        if not admitted:
+        counter_id = cached_counter_id
+        if (
+            counter_id is None
+            or connection.vendor == "postgresql"  # there it was tried above
+            or not _reserve(counter_id, tokens=est_tokens, cost=est_cost, **caps)
+        ):
             counter = _counter_for(allocation_id=allocation_id, period_start=period)
             _counter_ids[key] = counter_id = counter.pk
             error = _cap_error(counter=counter, token_cap=token_cap, cost_cap=cost_cap, priced=priced)
@@ -355,7 +360,7 @@ def call_settle(
                 calls=1,
                 release=admission if released else None,  # release and usage in one UPDATE of the row
             )
-        elif released:
+        elif released and admission is not None:
             _counter_add(admission.counter_id, tokens=0, cost=ZERO, calls=0, release=admission)
     return row
 

@@ -8,7 +8,6 @@ open session and HTTP call of an allocation together is held to the caps. The re
 """
 
 import datetime as dt
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -198,14 +197,6 @@ def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.
     return WatchState(reason, admission, capped)
 
 
-def _reservation_pk(admission: Admission) -> uuid.UUID | str:
-    """Admission.reservation_id is typed `object` in quota.services; it is the reservation's UUID."""
-    pk = admission.reservation_id
-    if not isinstance(pk, uuid.UUID | str):
-        raise TypeError(f"reservation id is not a UUID: {pk!r}")
-    return pk
-
-
 def session_settle(
     *, session: Session, usage: Usage, outcome: str, close_reason: str, close_code: int, error_code: str = ""
 ) -> CallRecord | None:
@@ -219,7 +210,7 @@ def session_settle(
         "error_code": error_code,
     }
     with transaction.atomic():
-        held = list(Reservation.objects.select_for_update().filter(pk=_reservation_pk(session.admission)).values("pk"))
+        held = list(Reservation.objects.select_for_update().filter(pk=session.admission.reservation_id).values("pk"))
         if not held and CallRecord.objects.filter(request_id=session.request_id, endpoint=ENDPOINT).exists():
             return None
         return call_settle(admission=session.admission, record=record, usage=usage, price=session.price, now=now)
