@@ -454,16 +454,26 @@ def reservations_sweep(*, now: dt.datetime | None = None) -> int:
     return released
 
 
-def _settle_from_context(*, admission: Admission, context: dict, now: dt.datetime) -> CallRecord:
-    record = dict(context["record"])
-    record["started_at"] = dt.datetime.fromisoformat(record["started_at"])
-    record.update(outcome="gateway_error", close_reason="shutdown", error_code="worker_lost")
-    usage = dict(context.get("usage") or {})
-    if usage.get("quantity") is not None:
-        usage["quantity"] = Decimal(usage["quantity"])
-    price_id = context.get("price_id")
+def settlement_from_json(*, record: dict, usage: dict | None, price_id) -> tuple[dict, Usage, PriceVersion | None]:
+    """The call_settle arguments back from their JSON form (a spooled settlement, a reservation's
+    context): aware datetimes, Decimal quantity, the price version by id."""
+    record = dict(record)
+    for name in ("started_at", "finished_at"):
+        if record.get(name):
+            record[name] = dt.datetime.fromisoformat(record[name])
+    fields = dict(usage or {})
+    if fields.get("quantity") is not None:
+        fields["quantity"] = Decimal(fields["quantity"])
     price = PriceVersion.objects.filter(pk=price_id).first() if price_id else None
-    return call_settle(admission=admission, record=record, usage=Usage(**usage), price=price, now=now)
+    return record, Usage(**fields), price
+
+
+def _settle_from_context(*, admission: Admission, context: dict, now: dt.datetime) -> CallRecord:
+    record, usage, price = settlement_from_json(
+        record=context["record"], usage=context.get("usage"), price_id=context.get("price_id")
+    )
+    record.update(outcome="gateway_error", close_reason="shutdown", error_code="worker_lost")
+    return call_settle(admission=admission, record=record, usage=usage, price=price, now=now)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError
 
-from .models import CallRecord, PriceVersion
+from .models import CallRecord
 from .pricing import Usage
-from .services import Admission, call_settle
+from .services import Admission, call_settle, settlement_from_json
 
 logger = logging.getLogger(__name__)
 SPOOL_KEY = "gw:settle-spool"
@@ -56,15 +56,10 @@ def settle_payload(*, admission, record, usage, price) -> dict:
 def _from_payload(payload: dict) -> dict:
     adm = payload["admission"]
     admission = None if adm is None else Admission(uuid.UUID(adm[0]), adm[1], adm[2], Decimal(adm[3]))
-    record = dict(payload["record"])
-    for name in ("started_at", "finished_at"):
-        if record.get(name):
-            record[name] = dt.datetime.fromisoformat(record[name])
-    usage = dict(payload["usage"])
-    if usage.get("quantity") is not None:
-        usage["quantity"] = Decimal(usage["quantity"])
-    price = PriceVersion.objects.filter(pk=payload["price_id"]).first() if payload["price_id"] else None
-    return {"admission": admission, "record": record, "usage": Usage(**usage), "price": price}
+    record, usage, price = settlement_from_json(
+        record=payload["record"], usage=payload["usage"], price_id=payload["price_id"]
+    )
+    return {"admission": admission, "record": record, "usage": usage, "price": price}
 
 
 def _redis():
