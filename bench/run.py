@@ -111,7 +111,7 @@ def main() -> None:
             [
                 GW_PY,
                 "-m",
-                "daphne",
+                "gateway_project.serve",
                 "-v",
                 "0",
                 "-b",

@@ -48,7 +48,7 @@ def two_gateway_processes(gateway):
                 [
                     sys.executable,
                     "-m",
-                    "daphne",
+                    "gateway_project.serve",
                     "-b",
                     "127.0.0.1",
                     "-p",

@@ -137,7 +137,7 @@ def start_daphne(db_name: str) -> Daphne:
             [
                 sys.executable,
                 "-m",
-                "daphne",
+                "gateway_project.serve",
                 "-e",
                 "tcp:port=0:interface=127.0.0.1",
                 "gateway_project.asgi:application",
