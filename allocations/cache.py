@@ -3,6 +3,11 @@
 Every service that changes something a proxied call reads bumps one generation number in the
 shared cache; request-path caches key their entries by it, so a revocation is seen by every
 process on its next call. Realtime sessions poll it to notice changes within their watch tick.
+
+The bump happens once the change has committed (`transaction.on_commit`), never before: a call
+that read the new number while the change was still uncommitted would load the old state, keep
+it under the new number, and nothing would invalidate it again (the Django admin saves inside a
+transaction of its own, so "after the service's atomic block" is not enough).
 """
 
 import threading

@@ -111,7 +111,7 @@ def member_set_active(*, member: Member, is_active: bool, actor=None) -> Member:
             before=before,
             after={"is_active": is_active},
         )
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return member
 
 
@@ -153,7 +153,7 @@ def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Prov
             before=before,
             after={"fingerprint": provider.key_fingerprint},
         )
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return provider
 
 
@@ -176,7 +176,7 @@ def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provide
     with transaction.atomic():
         provider.save(update_fields=[*changed, "updated_at"])
         audit_record(actor=actor, action="provider_updated", target=provider, before=before, after=changed)
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return provider
 
 
@@ -188,7 +188,7 @@ def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provi
         audit_record(
             actor=actor, action="provider_status_updated", target=provider, before=before, after={"status": status}
         )
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return provider
 
 
@@ -216,7 +216,7 @@ def model_set_active(*, model: CatalogModel, is_active: bool, actor=None) -> Cat
     with transaction.atomic():
         model.save(update_fields=["is_active", "updated_at"])
         audit_record(actor=actor, action="model_updated", target=model, before=before, after={"is_active": is_active})
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return model
 
 
@@ -282,7 +282,7 @@ def api_key_rotate(*, key: ApiKey, actor=None, now=None):
         audit_record(
             actor=actor, action="key_rotated", target=key, before=before, after={"prefix": key.prefix}, now=now
         )
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return key, plaintext
 
 
@@ -296,7 +296,7 @@ def api_key_revoke(*, key: ApiKey, actor=None, now=None) -> ApiKey:
         audit_record(
             actor=actor, action="key_revoked", target=key, before={"revoked": False}, after={"revoked": True}, now=now
         )
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return key
 
 
@@ -475,7 +475,7 @@ def allocation_update(*, allocation: Allocation, changes: dict, actor=None, sour
                 before={f: before[f] for f in generic},
                 after={f: after[f] for f in generic},
             )
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     for field, value in changed.items():
         setattr(allocation, field, value)
     return allocation
@@ -493,7 +493,7 @@ def _transition(*, allocation, action, allowed_from, to_status, actor, paused_by
         locked.status, locked.paused_by, locked.status_reason = to_status, paused_by, reason
         locked.save(update_fields=["status", "paused_by", "status_reason", "updated_at"])
         audit_record(actor=actor, action=action, target=locked, before=before, after=allocation_snapshot(locked))
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     allocation.status, allocation.paused_by, allocation.status_reason = to_status, paused_by, reason
     return allocation
 

@@ -427,7 +427,7 @@ def price_version_add(*, model, effective_from=None, unit: str = "", price_per_u
             **{k: None if v is None else str(v) for k, v in clean.items()},
         }
         audit_record(actor=actor, action="price_version_added", target=version, after=after)
-    bump_auth_generation()
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return version
 
 

@@ -1,6 +1,8 @@
 import pytest
+from django.db import transaction
 
 from allocations.access import allocation_check_status, key_scope
+from allocations.cache import auth_generation
 from allocations.exceptions import AllocationPaused, ModelMismatch, Unauthorized
 from allocations.services import allocation_pause, api_key_revoke, member_set_active
 from tests.factories import AllocationFactory, CatalogModelFactory, make_key
@@ -26,6 +28,7 @@ def test_a_bare_name_shared_by_two_models_in_scope_is_a_mismatch(member):
         key_scope(plaintext).resolve("gpt-4o")
 
 
+@pytest.mark.django_db(transaction=True)  # the auth generation moves on commit
 def test_revocations_are_seen_on_the_next_call(api_key, allocation, member):
     assert key_scope(api_key.plaintext)
     allocation_pause(allocation=allocation)
@@ -36,6 +39,19 @@ def test_revocations_are_seen_on_the_next_call(api_key, allocation, member):
         key_scope(api_key.plaintext)
     member_set_active(member=member, is_active=True)
     api_key_revoke(key=api_key)
+    with pytest.raises(Unauthorized):
+        key_scope(api_key.plaintext)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_is_not_cached_as_current_before_it_commits(api_key):
+    """A call that lands while a revocation is saved but uncommitted (the admin saves inside its own
+    transaction) must not keep the old state under the new generation: the bump waits for commit."""
+    before = auth_generation()
+    with transaction.atomic():
+        api_key_revoke(key=api_key)
+        assert auth_generation() == before  # another thread would still load the committed, valid key
+    assert auth_generation() != before
     with pytest.raises(Unauthorized):
         key_scope(api_key.plaintext)
 

@@ -235,6 +235,7 @@ def test_a_key_is_shown_once_stored_hashed_and_listed_by_prefix(allocation, memb
     assert plaintext not in str(event.after) and event.after["prefix"] == key.prefix
 
 
+@pytest.mark.django_db(transaction=True)  # the auth generation moves on commit
 def test_rotate_invalidates_the_old_key_and_keeps_name_and_scope(allocation, member):
     key, old = services.api_key_create(member=member, name="ci", allocations=[allocation])
     key_scope(old)

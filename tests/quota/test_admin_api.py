@@ -146,6 +146,7 @@ def test_members_create_list_and_disable(api, staff):
     assert "erin" in [m["username"] for m in api.get("members").json()["results"]]
 
 
+@pytest.mark.django_db(transaction=True)  # the auth generation moves on commit
 def test_a_disabled_members_keys_stop_at_once(api, member, allocation):
     _, plaintext = make_key(member=member, allocations=[allocation])
     key_scope(plaintext)
