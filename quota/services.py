@@ -14,7 +14,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
-from django.db.models import F, Sum
+from psycopg.types.json import Jsonb
+from django.db.models import F, Model, Sum
 from django.utils import timezone
 
 from allocations.audit import audit_record
@@ -100,25 +101,107 @@ def _reserve(counter_id, *, allocation_id, token_cap, cost_cap, priced: bool, to
         return cursor.rowcount > 0
 
 
-def _reserve_and_insert(reservation, *, allocation_id, token_cap, cost_cap, priced: bool) -> bool:
-    """PostgreSQL: the guarded UPDATE of _reserve and the INSERT of the reservation row in ONE
-    statement (a data-modifying CTE): the row is inserted only if the UPDATE matched, and a single
-    statement is atomic on its own, so no BEGIN/COMMIT round trips are needed around it."""
+# --- the two statements of every proxied call on PostgreSQL -------------------------------------
+# Built here once and run either by the accounting threads (below) or from the event loop
+# (quota.aio). Column lists are explicit and the values plain Python: psycopg adapts them and
+# PostgreSQL types each parameter from its target column, so no Model instance or field
+# preparation is needed per call.
+
+_ADMIT_SQL = (
+    f"WITH c AS (UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s,"  # noqa: S608 (constant names)
+    " cost_reserved = cost_reserved + %s WHERE id = %s AND allocation_id = %s{guard} RETURNING id)"
+    f" INSERT INTO {_RESERVATION_TABLE} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context)"
+    " SELECT %s, c.id, %s, %s, %s, %s, %s, %s FROM c"
+)
+_CALL_FIELDS = tuple(f for f in CallRecord._meta.concrete_fields if f is not CallRecord._meta.auto_field)
+_SETTLE_SQL = (
+    f"WITH r AS (DELETE FROM {_RESERVATION_TABLE} WHERE id = %s RETURNING 1),"  # noqa: S608 (constant names)
+    f" u AS (UPDATE {_COUNTER_TABLE} SET tokens_used = tokens_used + %s, cost_used = cost_used + %s,"
+    " calls = calls + 1,"
+    " tokens_reserved = tokens_reserved - CASE WHEN EXISTS (SELECT 1 FROM r) THEN %s ELSE 0 END,"
+    " cost_reserved = cost_reserved - CASE WHEN EXISTS (SELECT 1 FROM r) THEN %s ELSE 0 END"
+    " WHERE id = %s)"
+    f" INSERT INTO {_CALL_TABLE} ({', '.join(f.column for f in _CALL_FIELDS)})"
+    f" VALUES ({', '.join(['%s'] * len(_CALL_FIELDS))}) RETURNING id"
+)
+
+
+def admit_statement(
+    *, allocation_id, counter_id: int, token_cap, cost_cap, priced: bool, reservation: dict
+) -> tuple[str, list]:
+    """The admission in ONE statement (data-modifying CTE): the guarded UPDATE of the counter
+    (used + reserved < cap for each cap that applies; the allocation is checked too, so a stale
+    cached counter id never reserves against another allocation's counter), then the INSERT of the
+    reservation row only if that UPDATE matched. One statement is atomic on its own: no BEGIN/COMMIT
+    round trips. `reservation` holds id, request_id, tokens, cost, created_at, expires_at, context."""
     guard, guard_params = _guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
-    columns, values, params = _insert_parts(reservation)
-    counter_column = Reservation._meta.get_field("counter").column
-    index = columns.index(connection.ops.quote_name(counter_column))
-    del params[index]
-    values = (*values[:index], "c.id", *values[index + 1 :])
-    sql = (
-        f"WITH c AS (UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s,"  # noqa: S608
-        f" cost_reserved = cost_reserved + %s WHERE id = %s AND allocation_id = %s{guard} RETURNING id)"
-        f" INSERT INTO {_RESERVATION_TABLE} ({', '.join(columns)}) SELECT {', '.join(values)} FROM c"
-    )
+    r = reservation
+    return _ADMIT_SQL.format(guard=guard), [
+        r["tokens"],
+        r["cost"],
+        counter_id,
+        allocation_id,
+        *guard_params,
+        r["id"],
+        r["request_id"],
+        r["tokens"],
+        r["cost"],
+        r["created_at"],
+        r["expires_at"],
+        Jsonb(r["context"]),
+    ]
+
+
+def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tuple[dict, Decimal | None]:
+    """The call record's field values (by field name) and its cost."""
+    cost = cost_for(price, usage)
+    values = {
+        **record,
+        "finished_at": record.get("finished_at") or now,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "audio_input_tokens": usage.audio_input_tokens,
+        "audio_output_tokens": usage.audio_output_tokens,
+        "quantity": usage.quantity,
+        "unit": usage.unit,
+        "estimated": usage.estimated,
+        "cost_usd": cost,
+        "priced": cost is not None,
+        "price_version": price if cost is not None else None,
+    }
+    return values, cost
+
+
+def _column_value(field, values: dict):
+    value = values[field.attname] if field.attname in values else values.get(field.name, _MISSING)
+    if value is _MISSING:
+        return field.get_default()
+    return value.pk if isinstance(value, Model) else value
+
+
+_MISSING = object()
+
+
+def settle_statement(*, values: dict, admission: "Admission", tokens: int, cost: Decimal) -> tuple[str, list]:
+    """call_settle's three writes in ONE statement (data-modifying CTEs): DELETE the reservation
+    (what makes its release happen exactly once), move the usage into the counter and take the
+    reservation out of it only if that DELETE took the row, INSERT the call record (RETURNING id)."""
+    return _SETTLE_SQL, [
+        admission.reservation_id,
+        tokens,
+        cost,
+        admission.tokens,
+        admission.cost,
+        admission.counter_id,
+        *(_column_value(f, values) for f in _CALL_FIELDS),
+    ]
+
+
+def _reserve_and_insert(**statement) -> bool:
     with _prepared_cursor() as cursor:
-        cursor.execute(
-            sql, [reservation.tokens, reservation.cost, reservation.counter_id, allocation_id, *guard_params, *params]
-        )
+        cursor.execute(*admit_statement(**statement))
         return cursor.rowcount > 0
 
 
@@ -171,36 +254,10 @@ def _insert(obj) -> None:
     obj._state.db = connection.alias
 
 
-def _settle_one_statement(row, admission: "Admission", *, tokens: int, cost: Decimal) -> None:
-    """PostgreSQL: call_settle's three writes in ONE statement (data-modifying CTEs): DELETE the
-    reservation (what makes its release happen exactly once), move the usage into the counter and
-    take the reservation out of it only if that DELETE took the row, INSERT the call record."""
-    columns, values, params = _insert_parts(row)
-    sql = (
-        f"WITH r AS (DELETE FROM {_RESERVATION_TABLE} WHERE id = %s RETURNING 1),"  # noqa: S608
-        f" u AS (UPDATE {_COUNTER_TABLE} SET tokens_used = tokens_used + %s, cost_used = cost_used + %s,"
-        " calls = calls + 1,"
-        " tokens_reserved = tokens_reserved - CASE WHEN EXISTS (SELECT 1 FROM r) THEN %s ELSE 0 END,"
-        " cost_reserved = cost_reserved - CASE WHEN EXISTS (SELECT 1 FROM r) THEN %s ELSE 0 END"
-        " WHERE id = %s)"
-        f" INSERT INTO {_CALL_TABLE} ({', '.join(columns)}) VALUES ({', '.join(values)}) RETURNING id"
-    )
+def _settle_one_statement(values: dict, admission: "Admission", *, tokens: int, cost: Decimal) -> int:
     with _prepared_cursor() as cursor:
-        cursor.execute(
-            sql,
-            [
-                admission.reservation_id,
-                tokens,
-                cost,
-                admission.tokens,
-                admission.cost,
-                admission.counter_id,
-                *params,
-            ],
-        )
-        row.pk = cursor.fetchone()[0]
-    row._state.adding = False
-    row._state.db = connection.alias
+        cursor.execute(*settle_statement(values=values, admission=admission, tokens=tokens, cost=cost))
+        return cursor.fetchone()[0]
 
 
 def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> Exception | None:
@@ -211,6 +268,18 @@ def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> E
             f"monthly cost cap reached: ${counter.cost_used.normalize():f} / ${cost_cap.normalize():f}"
         )
     return None
+
+
+def _as_row(reservation: Reservation) -> dict:
+    return {
+        "id": reservation.pk,
+        "request_id": reservation.request_id,
+        "tokens": reservation.tokens,
+        "cost": reservation.cost,
+        "created_at": reservation.created_at,
+        "expires_at": reservation.expires_at,
+        "context": reservation.context,
+    }
 
 
 def call_admit(
@@ -250,8 +319,8 @@ def call_admit(
     if cached_counter_id is not None and connection.vendor == "postgresql":
         # Fast path, one round trip: guarded UPDATE of the cached counter + INSERT of the reservation.
         with transaction.atomic() if connection.in_atomic_block else nullcontext():  # savepoint only when nested
-            if _reserve_and_insert(reservation, **caps):
-                return Admission(reservation.pk, reservation.counter_id, est_tokens, est_cost)
+            if _reserve_and_insert(counter_id=cached_counter_id, reservation=_as_row(reservation), **caps):
+                return Admission(reservation.pk, cached_counter_id, est_tokens, est_cost)
     with transaction.atomic():
         # Other databases: one guarded UPDATE on the (cached) counter id first. Only when it (or the
         # one-statement path above) matches nothing is the counter read, to tell "cap reached" (403)
@@ -341,28 +410,13 @@ def call_settle(
 ) -> CallRecord:
     """Writes the call record, moves the usage into the counters and releases the reservation,
     all in one transaction. `record` holds the CallRecord's identifying fields."""
-    now = now or timezone.now()
-    cost = cost_for(price, usage)
-    row = CallRecord(
-        **record,
-        finished_at=record.get("finished_at") or now,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cached_tokens=usage.cached_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        audio_input_tokens=usage.audio_input_tokens,
-        audio_output_tokens=usage.audio_output_tokens,
-        quantity=usage.quantity,
-        unit=usage.unit,
-        estimated=usage.estimated,
-        cost_usd=cost,
-        priced=cost is not None,
-        price_version=price if cost is not None else None,
-    )
+    values, cost = settle_values(record=record, usage=usage, price=price, now=now or timezone.now())
+    row = CallRecord(**values)
     carries_usage = usage.has_tokens or cost
     if admission is not None and row.allocation_id and connection.vendor == "postgresql":
         with transaction.atomic() if connection.in_atomic_block else nullcontext():  # savepoint only when nested
-            _settle_one_statement(row, admission, tokens=usage.total_tokens, cost=cost or ZERO)
+            row.pk = _settle_one_statement(values, admission, tokens=usage.total_tokens, cost=cost or ZERO)
+        row._state.adding, row._state.db = False, connection.alias
         return row
     with transaction.atomic():
         _insert(row)
