@@ -6,7 +6,6 @@ allocation's model and provider. Snapshots are cached per process and keyed by t
 request path pays one cache read instead of several queries.
 """
 
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -85,7 +84,10 @@ def allocation_check_status(entry: ScopedAllocation) -> None:
         raise type(error)(error.message)
 
 
-_local = threading.local()
+# (auth generation, {key hash: KeyScope or None}), shared by the threads and the event loop of a
+# process. A snapshot is stored only under the generation read before it was loaded, so a change
+# committed meanwhile is caught by the next bump (allocations.cache).
+_snapshots: tuple[int | None, dict] = (None, {})
 _CACHE_MAX = 10_000
 
 
@@ -128,10 +130,11 @@ def key_scope(plaintext: str, *, generation: int | None = None) -> KeyScope:
         raise Unauthorized("invalid API key")
     if generation is None:
         generation = auth_generation()
-    cache = getattr(_local, "cache", None)
-    if cache is None or _local.generation != generation or len(cache) > _CACHE_MAX:
-        cache = _local.cache = {}
-        _local.generation = generation
+    global _snapshots
+    held, cache = _snapshots
+    if held != generation or len(cache) > _CACHE_MAX:
+        cache = {}
+        _snapshots = (generation, cache)  # one assignment: readers see the old pair or the new one
     key_hash = ApiKey.hash(plaintext)
     if key_hash not in cache:
         cache[key_hash] = _snapshot(key_hash)
@@ -139,6 +142,16 @@ def key_scope(plaintext: str, *, generation: int | None = None) -> KeyScope:
     if scope is None:
         raise Unauthorized("invalid API key")
     return scope
+
+
+def key_scope_cached(plaintext: str, *, generation: int) -> KeyScope | None:
+    """The cached snapshot of a key under `generation`, or None (not cached, unknown or refused):
+    no database access, for the event loop's fast path (proxy.accounting); a None sends the call
+    through key_scope on an accounting thread."""
+    held, cache = _snapshots
+    if held != generation:
+        return None
+    return cache.get(ApiKey.hash(plaintext))
 
 
 def key_touch(*, key_id: str, now=None, every_s: int = 60) -> None:

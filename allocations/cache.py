@@ -10,12 +10,15 @@ it under the new number, and nothing would invalidate it again (the Django admin
 transaction of its own, so "after the service's atomic block" is not enough).
 """
 
+import asyncio
 import threading
 import time
+import weakref
 from typing import SupportsInt
 
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
+from redis import asyncio as aioredis
 
 GENERATION_KEY = "gw:auth-generation"
 
@@ -48,6 +51,67 @@ def auth_generation() -> int:
     if isinstance(value, str | bytes | SupportsInt):
         return int(value)
     raise TypeError(f"the auth generation is not a number: {value!r}")
+
+
+class _SharedReads:
+    """GETs of the generation for one event loop, one at a time: the calls that arrive while a GET
+    is out wait together for the next one, which starts after they arrived (so none of them can
+    miss a bump made before it arrived). Under load that is one Redis round trip for many calls,
+    on one connection, instead of a GET and a pooled connection per call."""
+
+    def __init__(self, url: str, key: str, loads):
+        self.key, self.loads = key, loads
+        self.client = aioredis.Redis.from_url(url)
+        self.running: asyncio.Task | None = None
+        self.waiting: asyncio.Future | None = None
+
+    async def read(self):
+        future = self.waiting
+        if future is None:
+            future = self.waiting = asyncio.get_running_loop().create_future()
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if all left
+            if self.running is None:
+                self._start()
+        return await asyncio.shield(future)  # a caller cancelled leaves the GET to the others
+
+    def _start(self) -> None:
+        future, self.waiting = self.waiting, None
+        if future is not None:
+            self.running = asyncio.ensure_future(self._get(future))
+
+    async def _get(self, future: asyncio.Future) -> None:
+        try:
+            raw = await self.client.get(self.key)
+            future.set_result(None if raw is None else self.loads(raw))
+        except Exception as error:  # noqa: BLE001 - handed to every waiter
+            future.set_exception(error)
+        finally:
+            self.running = None
+            if self.waiting is not None:
+                self._start()
+
+
+_shared_reads: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedReads]" = weakref.WeakKeyDictionary()
+
+
+async def auth_generation_async() -> int | None:
+    """auth_generation from the event loop (proxy.accounting's fast path), or None when it is not
+    set yet (the thread path sets it). On Redis through _SharedReads; other cache backends are
+    in-process and read directly."""
+    # caches["default"] builds a new backend object in every request's context: the reader is
+    # kept per event loop (the cache settings do not change while a process runs).
+    loop = asyncio.get_running_loop()
+    reads = _shared_reads.get(loop)
+    if reads is None:
+        backend = caches["default"]
+        if not isinstance(backend, RedisCache):
+            value = backend.get(GENERATION_KEY)
+            return value if type(value) is int else None
+        url, key = backend._cache._servers[0], backend.make_and_validate_key(GENERATION_KEY)  # type: ignore[attr-defined]
+        loads = backend._cache._serializer.loads  # type: ignore[attr-defined]
+        reads = _shared_reads[loop] = _SharedReads(url, key, loads)
+    value = await reads.read()
+    return value if type(value) is int else None
 
 
 def bump_auth_generation() -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import datetime as dt
 import functools
+import logging
 import re
 import threading
 import time
@@ -21,9 +22,17 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import Error as DatabaseError
 from django.db import connection, transaction
+from django.utils import timezone
 
-from allocations.access import KeyScope, ScopedAllocation, allocation_check_status, key_scope, key_touch
-from allocations.cache import auth_generation
+from allocations.access import (
+    KeyScope,
+    ScopedAllocation,
+    allocation_check_status,
+    key_scope,
+    key_scope_cached,
+    key_touch,
+)
+from allocations.cache import auth_generation, auth_generation_async
 from allocations.exceptions import (
     AllocationPaused,
     AllocationQuarantined,
@@ -33,6 +42,7 @@ from allocations.exceptions import (
     ModelMismatch,
     Unauthorized,
 )
+from quota import aio
 from quota.exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from quota.models import Outcome
 from quota.pricing import Usage, cost_for
@@ -40,14 +50,17 @@ from quota.services import (
     Admission,
     call_admit,
     call_record_reject,
+    counter_id_cached,
+    price_cached,
     price_in_force_cached,
     reservation_release,
 )
-from quota.spool import call_settle_durable
+from quota.spool import call_settle_durable, call_settle_once
 
 from .exceptions import ModelKindMismatch, ProviderUnavailable
 from .registry import Endpoint
 
+logger = logging.getLogger(__name__)
 BEARER = re.compile(r"Bearer ([A-Za-z0-9_\-]{6,200})")
 
 REJECT_OUTCOMES = {
@@ -187,9 +200,13 @@ def _admit(call: Call, entry: ScopedAllocation, body: dict, generation: int) -> 
 _touched: dict[str, float] = {}
 
 
+def _touch_due(key_id: str) -> bool:
+    return time.monotonic() - _touched.get(key_id, -1e9) > 60
+
+
 def _touch(key_id: str, now: dt.datetime) -> None:
     # key_touch is throttled in the database; this saves its no-op UPDATE on every call.
-    if time.monotonic() - _touched.get(key_id, -1e9) > 60:
+    if _touch_due(key_id):
         _touched[key_id] = time.monotonic()
         key_touch(key_id=key_id, now=now)
 
@@ -237,6 +254,64 @@ def _late_error(call: Call, entry: ScopedAllocation) -> GatewayError | None:
     return None
 
 
+# --- step 1 from the event loop ------------------------------------------------------------------
+
+
+async def open_call(call: Call) -> Call:
+    """Step 1: on the event loop when everything the call needs is cached and it is admitted there;
+    otherwise (first call of a key, a refusal, a cap reached, SQLite, any error) on a thread,
+    which re-runs the whole preflight and writes what a refusal writes."""
+    try:
+        if await _open_on_loop(call):
+            return call
+    except Exception:  # noqa: BLE001 - e.g. a database connection lost: the thread path decides
+        logger.warning(
+            "admission on the event loop failed for %s; taking the thread path", call.request_id, exc_info=True
+        )
+    return await run(call_open, call=call)
+
+
+async def _open_on_loop(call: Call) -> bool:
+    """call_open's preflight from caches only; True once admitted (the reservation is held)."""
+    match = BEARER.fullmatch(call.authorization)
+    body = call.body
+    if match is None or call.body_error is not None or body is None or not aio.enabled():
+        return False
+    generation = await auth_generation_async()
+    if generation is None:
+        return False
+    scope = key_scope_cached(match.group(1), generation=generation)
+    if scope is None or _touch_due(scope.key_id):
+        return False
+    try:
+        entry = scope.resolve(body["model"])
+        allocation_check_status(entry)
+    except GatewayError:
+        return False
+    if _late_error(call, entry) is not None:
+        return False
+    found, price = price_cached(model_id=entry.model_id, at=call.started_at, generation=generation)
+    counter_id = counter_id_cached(allocation_id=entry.allocation_id, now=call.started_at)
+    if not found or counter_id is None:
+        return False
+    estimate = call.endpoint.estimate(body)
+    admission = await aio.admit(
+        allocation_id=entry.allocation_id,
+        counter_id=counter_id,
+        token_cap=entry.token_cap,
+        cost_cap=entry.cost_cap,
+        est_tokens=estimate.total_tokens,
+        est_cost=cost_for(price, estimate),
+        request_id=call.request_id,
+        now=call.started_at,
+    )
+    if admission is None:
+        return False  # cap reached or headroom in flight: the thread path tells which and records it
+    call.scope, call.entry, call.price, call.admission = scope, entry, price, admission
+    call.prompt_tokens = estimate.input_tokens
+    return True
+
+
 # --- step 2: close ------------------------------------------------------------------------------
 
 
@@ -252,6 +327,37 @@ def call_close(
         ),
         usage=usage,
         price=call.price,
+    )
+
+
+async def close_call(
+    call: Call, *, outcome: str, status_code: int, usage: Usage, error_code: str = "", error_message: str = ""
+) -> None:
+    """Step 2: the settlement statement on the event loop when the call holds a reservation;
+    otherwise, or if that fails, call_close's durable path on a thread. After a failure the thread
+    first looks for the record (the statement may have committed before the error reached us), so
+    a call is never recorded twice."""
+    fields = {"outcome": outcome, "status_code": status_code, "error_code": error_code}
+    fields["error_message"] = error_message[:1000]
+    if call.admission is not None and call.entry is not None and aio.enabled():
+        record = call.record(**fields)
+        try:
+            await aio.settle(admission=call.admission, record=record, usage=usage, price=call.price, now=timezone.now())
+            return
+        except Exception:  # noqa: BLE001 - settled on a thread below, or spooled
+            logger.warning(
+                "settlement on the event loop failed for %s; taking the thread path", call.request_id, exc_info=True
+            )
+        await run(call_settle_once, admission=call.admission, record=record, usage=usage, price=call.price)
+        return
+    await run(
+        call_close,
+        call=call,
+        outcome=outcome,
+        status_code=status_code,
+        usage=usage,
+        error_code=error_code,
+        error_message=error_message,
     )
 
 

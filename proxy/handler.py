@@ -22,6 +22,8 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpResponse
 from django.urls import set_script_prefix
 
+from quota import aio
+
 from . import multipart, upstream
 from .views import request_id_for
 
@@ -141,6 +143,13 @@ async def read_body(receive, scope, limit: int) -> tuple[bytes, bool]:
     return (b"" if too_large else b"".join(parts)), too_large
 
 
+async def loop_resources_close() -> None:
+    """What a process's event loop holds for /v1: the upstream session and the accounting
+    connections (quota.aio). daphne has no lifespan; process exit closes them there."""
+    await upstream.session_close()
+    await aio.pool_close()
+
+
 async def lifespan(scope, receive, send):
     """ASGI lifespan (uvicorn, hypercorn): close the shared upstream session on shutdown."""
     while True:
@@ -148,6 +157,6 @@ async def lifespan(scope, receive, send):
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await upstream.session_close()
+            await loop_resources_close()
             await send({"type": "lifespan.shutdown.complete"})
             return

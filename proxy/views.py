@@ -87,14 +87,8 @@ async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usa
         return
     call.settled = True
     task = asyncio.ensure_future(
-        accounting.run(
-            accounting.call_close,
-            call=call,
-            outcome=outcome,
-            status_code=status,
-            usage=usage,
-            error_code=code,
-            error_message=message,
+        accounting.close_call(
+            call, outcome=outcome, status_code=status, usage=usage, error_code=code, error_message=message
         )
     )
     _background.add(task)
@@ -121,7 +115,7 @@ async def relay_call(request, endpoint: str):
         stream=bool(body and body.get("stream") is True and body_error is None),
     )
     try:
-        await accounting.run(accounting.call_open, call=call)
+        await accounting.open_call(call)
     except GatewayError as error:
         return error_response(error, rid)
     payload = upstream_payload(call)

@@ -14,9 +14,9 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
-from psycopg.types.json import Jsonb
 from django.db.models import F, Model, Sum
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from allocations.audit import audit_record
 from allocations.cache import bump_auth_generation
@@ -121,7 +121,7 @@ _SETTLE_SQL = (
     " tokens_reserved = tokens_reserved - CASE WHEN EXISTS (SELECT 1 FROM r) THEN %s ELSE 0 END,"
     " cost_reserved = cost_reserved - CASE WHEN EXISTS (SELECT 1 FROM r) THEN %s ELSE 0 END"
     " WHERE id = %s)"
-    f" INSERT INTO {_CALL_TABLE} ({', '.join(f.column for f in _CALL_FIELDS)})"
+    f" INSERT INTO {_CALL_TABLE} ({', '.join(str(f.column) for f in _CALL_FIELDS)})"
     f" VALUES ({', '.join(['%s'] * len(_CALL_FIELDS))}) RETURNING id"
 )
 
@@ -394,10 +394,20 @@ def price_in_force_cached(*, model_id, at: dt.datetime, generation: int) -> Pric
             _price_cache.clear()
         versions = list(PriceVersion.objects.filter(model=model_id).order_by("-effective_from", "-id")[:50])
         entry = _price_cache[model_id] = (generation, versions)
-    for version in entry[1]:
-        if version.effective_from <= at:
-            return version
-    return None
+    return next((v for v in entry[1] if v.effective_from <= at), None)
+
+
+def price_cached(*, model_id, at: dt.datetime, generation: int) -> tuple[bool, PriceVersion | None]:
+    """(found, price) from price_in_force_cached's cache only, without a query (the event loop)."""
+    entry = _price_cache.get(model_id)
+    if entry is None or entry[0] != generation:
+        return False, None
+    return True, next((v for v in entry[1] if v.effective_from <= at), None)
+
+
+def counter_id_cached(*, allocation_id, now: dt.datetime) -> int | None:
+    """The counter id call_admit last used for this allocation and period, if any (no query)."""
+    return _counter_ids.get((str(allocation_id), period_start_date(now)))
 
 
 def call_settle(

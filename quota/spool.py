@@ -95,6 +95,19 @@ def call_settle_durable(*, admission: Admission | None, record: dict, usage: Usa
         return None
 
 
+def call_settle_once(*, admission: Admission | None, record: dict, usage: Usage, price, now=None):
+    """call_settle_durable after a settlement attempt whose outcome is unknown (its connection
+    failed, perhaps after the commit): nothing if that attempt's record exists. If the database
+    cannot tell, the settlement is written or spooled as usual (a spooled duplicate is dropped by
+    the replay; only a database that fails the check and then takes the write could double it)."""
+    try:
+        if CallRecord.objects.filter(request_id=record["request_id"], started_at=record["started_at"]).exists():
+            return None
+    except DatabaseError:
+        logger.warning("cannot check whether %s was recorded; settling durably", record["request_id"])
+    return call_settle_durable(admission=admission, record=record, usage=usage, price=price, now=now)
+
+
 def _replay_one(payload: dict) -> None:
     rec = payload["record"]
     started = dt.datetime.fromisoformat(rec["started_at"])

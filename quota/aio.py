@@ -1,0 +1,153 @@
+"""Admission and settlement from the event loop, on PostgreSQL (the hot path of a proxied call).
+
+The accounting threads (proxy.accounting) run every step with Django's connection; handing a step
+to a thread and back costs about as much CPU as the statement itself, and the threads fight the
+event loop for the GIL. When everything a call needs is already cached (key scope, price, counter
+id), its two statements run here instead: the same SQL (quota.services.admit_statement /
+settle_statement) on a few psycopg async connections owned by the event loop, prepared once per
+connection.
+
+Nothing here refuses a call or spools a settlement: admit returns None when the guarded UPDATE
+did not match, and any error propagates; the caller then takes the thread path, which tells 403
+from 429, writes the refusal record, or settles durably (quota.spool).
+"""
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import uuid
+import weakref
+from decimal import Decimal
+
+import psycopg
+from django.conf import settings
+from django.db import connections
+
+from .pricing import Usage
+from .services import Admission, admit_statement, settle_statement, settle_values
+
+_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def enabled() -> bool:
+    """PostgreSQL (read once: `connections[...]` builds a new wrapper in every request's context)."""
+    return connections["default"].vendor == "postgresql"
+
+
+class Pool:
+    """At most `size` connections of one event loop; a call waits for a free one. A connection that
+    failed is dropped and replaced on demand. No transaction is ever left open on one: each
+    statement runs in autocommit and is atomic on its own."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.idle: list[psycopg.AsyncConnection] = []
+        self.opened = 0
+        self.freed = asyncio.Condition()
+
+    @staticmethod
+    def _conninfo() -> dict:
+        params = connections["default"].get_connection_params()
+        for name in ("cursor_factory", "context", "prepare_threshold", "server_side_binding"):
+            params.pop(name, None)
+        return params
+
+    @contextlib.asynccontextmanager
+    async def connection(self):
+        async with self.freed:
+            while not self.idle and self.opened >= self.size:
+                await self.freed.wait()
+            conn = self.idle.pop() if self.idle else None
+            if conn is None:
+                self.opened += 1
+        try:
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(**self._conninfo(), autocommit=True)
+            yield conn
+        except BaseException:
+            if conn is not None and not conn.closed:
+                await conn.close()
+            conn = None
+            raise
+        finally:
+            async with self.freed:
+                if conn is None or conn.closed:
+                    self.opened -= 1
+                else:
+                    self.idle.append(conn)
+                self.freed.notify()
+
+    async def close(self) -> None:
+        async with self.freed:
+            idle, self.idle = self.idle, []
+            self.opened -= len(idle)
+        for conn in idle:
+            await conn.close()
+
+
+def pool() -> Pool:
+    loop = asyncio.get_running_loop()
+    found = _pools.get(loop)
+    if found is None:
+        found = _pools[loop] = Pool(settings.GATEWAY_ACCOUNTING_THREADS)
+    return found
+
+
+async def pool_close() -> None:
+    """Closes this event loop's idle connections (shutdown, tests before the database is dropped)."""
+    found = _pools.pop(asyncio.get_running_loop(), None)
+    if found is not None:
+        await found.close()
+
+
+async def admit(
+    *,
+    allocation_id: str,
+    counter_id: int,
+    token_cap: int | None,
+    cost_cap: Decimal | None,
+    est_tokens: int,
+    est_cost: Decimal | None,
+    request_id: str,
+    now: dt.datetime,
+) -> Admission | None:
+    """quota.services.call_admit's one-statement path with a known counter id; None when not admitted."""
+    cost = est_cost if est_cost is not None else Decimal(0)
+    reservation_id = uuid.uuid4()
+    reservation = {
+        "id": reservation_id,
+        "request_id": request_id,
+        "tokens": est_tokens,
+        "cost": cost,
+        "created_at": now,
+        "expires_at": now + dt.timedelta(seconds=settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60),
+        "context": {},
+    }
+    sql, params = admit_statement(
+        allocation_id=allocation_id,
+        counter_id=counter_id,
+        token_cap=token_cap,
+        cost_cap=cost_cap,
+        priced=est_cost is not None,
+        reservation=reservation,
+    )
+    async with pool().connection() as conn, conn.cursor() as cursor:
+        await cursor.execute(sql, params, prepare=True)
+        admitted = cursor.rowcount > 0
+    return Admission(reservation_id, counter_id, est_tokens, cost) if admitted else None
+
+
+async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int:
+    """quota.services.call_settle's one-statement path; returns the call record's id."""
+    values, cost = settle_values(record=record, usage=usage, price=price, now=now)
+    sql, params = settle_statement(
+        values=values, admission=admission, tokens=usage.total_tokens, cost=cost or Decimal(0)
+    )
+    async with pool().connection() as conn, conn.cursor() as cursor:
+        await cursor.execute(sql, params, prepare=True)
+        row = await cursor.fetchone()
+    if row is None:
+        raise RuntimeError("the settlement statement returned no id")
+    return row[0]

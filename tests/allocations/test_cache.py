@@ -1,0 +1,69 @@
+"""The auth generation read from the event loop: shared GETs that never hide an earlier bump."""
+
+import asyncio
+
+import pytest
+from django.conf import settings
+
+from allocations import cache
+from allocations.cache import auth_generation, auth_generation_async, bump_auth_generation
+
+pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="the shared reads are Redis GETs")
+
+
+@pytest.fixture
+def gets(monkeypatch):
+    """Every GET the event loop's reader sends: (value at the time it was sent)."""
+    sent: list = []
+    delay = {"s": 0.0}
+
+    async def run():
+        auth_generation()  # make sure the key exists
+        await auth_generation_async()  # creates this loop's reader
+        reads = cache._shared_reads[asyncio.get_running_loop()]
+        original = reads.client.get
+
+        async def get(key):
+            raw = await original(key)  # the value when the GET reached Redis...
+            sent.append(raw)
+            await asyncio.sleep(delay["s"])  # ...answered late
+            return raw
+
+        monkeypatch.setattr(reads.client, "get", get)
+
+    sent.clear()
+    return sent, delay, run
+
+
+async def test_concurrent_reads_share_a_few_gets(gets):
+    sent, delay, install = gets
+    await install()
+    delay["s"] = 0.01
+    values = await asyncio.gather(*(auth_generation_async() for _ in range(50)))
+    assert len(set(values)) == 1 and values[0] == auth_generation()
+    assert 1 <= len(sent) <= 2  # one GET out, the rest wait for the next one
+
+
+async def test_a_read_that_starts_after_a_bump_sees_it_even_while_an_older_get_is_out(gets):
+    sent, delay, install = gets
+    await install()
+    delay["s"] = 0.05
+    before = auth_generation()
+    early = asyncio.ensure_future(auth_generation_async())
+    while not sent:  # the first GET has read the old value and is still out
+        await asyncio.sleep(0.001)
+    bump_auth_generation()
+    late = await auth_generation_async()
+    assert await early == before
+    assert late == auth_generation() != before
+
+
+async def test_a_cancelled_reader_does_not_cancel_the_others(gets):
+    sent, delay, install = gets
+    await install()
+    delay["s"] = 0.02
+    first = asyncio.ensure_future(auth_generation_async())
+    second = asyncio.ensure_future(auth_generation_async())
+    await asyncio.sleep(0.005)
+    first.cancel()
+    assert await second == auth_generation()
