@@ -45,6 +45,7 @@ class Pool:
         self.size = size
         self.idle: list[psycopg.AsyncConnection] = []
         self.opened = 0
+        self.closing = False
         self.freed = asyncio.Condition()
 
     @staticmethod
@@ -72,19 +73,27 @@ class Pool:
             conn = None
             raise
         finally:
+            if conn is not None and self.closing:
+                await conn.close()
             async with self.freed:
                 if conn is None or conn.closed:
                     self.opened -= 1
                 else:
                     self.idle.append(conn)
-                self.freed.notify()
+                self.freed.notify_all()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Closes every connection: the idle ones now, those in use when their statement is done
+        (waiting up to `timeout` for them, e.g. a settlement finishing at shutdown)."""
+        self.closing = True
         async with self.freed:
             idle, self.idle = self.idle, []
             self.opened -= len(idle)
         for conn in idle:
             await conn.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self.freed:
+                await self.freed.wait_for(lambda: self.opened == 0)
 
 
 def pool() -> Pool:

@@ -36,3 +36,20 @@ async def test_a_connection_that_failed_is_dropped_and_replaced():
     async with pool.connection() as conn:  # the slot is free again: a new connection
         assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
     await pool.close()
+
+
+async def test_closing_waits_for_a_connection_in_use_then_closes_it():
+    pool = aio.Pool(1)
+    entered = asyncio.Event()
+
+    async def settling():
+        async with pool.connection() as conn:
+            entered.set()
+            await conn.execute("SELECT pg_sleep(0.05)")
+        return conn
+
+    task = asyncio.ensure_future(settling())
+    await entered.wait()
+    await pool.close()
+    assert task.done() and task.result().closed
+    assert (pool.opened, pool.idle) == (0, [])
