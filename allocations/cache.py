@@ -92,6 +92,7 @@ class _SharedReads:
 
 
 _shared_reads: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedReads]" = weakref.WeakKeyDictionary()
+_last_reads: tuple = (None, None)  # (event loop, its reader): the usual lookup, without the weak mapping
 
 
 async def auth_generation_async() -> int | None:
@@ -100,8 +101,9 @@ async def auth_generation_async() -> int | None:
     in-process and read directly."""
     # caches["default"] builds a new backend object in every request's context: the reader is
     # kept per event loop (the cache settings do not change while a process runs).
+    global _last_reads
     loop = asyncio.get_running_loop()
-    reads = _shared_reads.get(loop)
+    reads = _last_reads[1] if _last_reads[0] is loop else _shared_reads.get(loop)
     if reads is None:
         backend = caches["default"]
         if not isinstance(backend, RedisCache):
@@ -110,6 +112,7 @@ async def auth_generation_async() -> int | None:
         url, key = backend._cache._servers[0], backend.make_and_validate_key(GENERATION_KEY)  # type: ignore[attr-defined]
         loads = backend._cache._serializer.loads  # type: ignore[attr-defined]
         reads = _shared_reads[loop] = _SharedReads(url, key, loads)
+    _last_reads = (loop, reads)
     value = await reads.read()
     return value if type(value) is int else None
 

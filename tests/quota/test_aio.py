@@ -53,3 +53,27 @@ async def test_closing_waits_for_a_connection_in_use_then_closes_it():
     await pool.close()
     assert task.done() and task.result().closed
     assert (pool.opened, pool.idle) == (0, [])
+
+
+async def test_a_caller_cancelled_while_waiting_does_not_lose_the_next_turn():
+    pool = aio.Pool(1)
+    release = asyncio.Event()
+
+    async def holder():
+        async with pool.connection():
+            await release.wait()
+
+    async def user():
+        async with pool.connection() as conn:
+            return (await (await conn.execute("SELECT 2")).fetchone())[0]
+
+    held = asyncio.ensure_future(holder())
+    await asyncio.sleep(0.05)  # the one connection is taken
+    leaving, staying = asyncio.ensure_future(user()), asyncio.ensure_future(user())
+    await asyncio.sleep(0.01)
+    leaving.cancel()
+    release.set()
+    assert await asyncio.wait_for(staying, 5) == 2
+    await held
+    assert leaving.cancelled() and (pool.opened, len(pool.idle)) == (1, 1)
+    await pool.close()
