@@ -1,4 +1,5 @@
-"""The auth generation read from the event loop: shared GETs that never hide an earlier bump."""
+"""The auth generation read from the event loop: shared GETs that never hide an earlier bump, on
+a minimal Redis connection that reconnects after a failure."""
 
 import asyncio
 
@@ -19,17 +20,16 @@ def gets(monkeypatch):
 
     async def run():
         auth_generation()  # make sure the key exists
-        await auth_generation_async()  # creates this loop's reader
-        reads = cache._shared_reads[asyncio.get_running_loop()]
-        original = reads.client.get
+        original = cache._RespConnection.command
 
-        async def get(key):
-            raw = await original(key)  # the value when the GET reached Redis...
-            sent.append(raw)
-            await asyncio.sleep(delay["s"])  # ...answered late
+        async def command(self, *parts):
+            raw = await original(self, *parts)  # the value when the GET reached Redis...
+            if parts[0] == b"GET":
+                sent.append(raw)
+                await asyncio.sleep(delay["s"])  # ...answered late
             return raw
 
-        monkeypatch.setattr(reads.client, "get", get)
+        monkeypatch.setattr(cache._RespConnection, "command", command)
 
     sent.clear()
     return sent, delay, run
@@ -67,3 +67,12 @@ async def test_a_cancelled_reader_does_not_cancel_the_others(gets):
     await asyncio.sleep(0.005)
     first.cancel()
     assert await second == auth_generation()
+
+
+async def test_the_reader_selects_the_database_and_reconnects_after_a_broken_connection():
+    expected = auth_generation()  # REDIS_URL names a database other than 0 under xdist, often
+    assert await auth_generation_async() == expected
+    reads = cache._shared_reads[asyncio.get_running_loop()]
+    reads.conn.transport.abort()  # the server went away
+    await asyncio.sleep(0.01)
+    assert await auth_generation_async() == expected
