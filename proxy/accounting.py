@@ -1,11 +1,14 @@
-"""The two accounting steps of a proxied call. Each is ONE synchronous function run once off the
-event loop: `call_open` (authenticate, resolve, check, admit: SPEC 3 steps 1-10) and `call_close`
-(the call record, the counters and the reservation release, in one transaction).
+"""The two accounting steps of a proxied call: `open_call` (authenticate, resolve, check, admit:
+SPEC 3 steps 1-10) and `close_call` (the call record, the counters and the reservation release,
+in one statement).
 
-They run on a small dedicated thread pool whose threads keep their database connection between
-calls: opening a PostgreSQL connection per step would cost more CPU than the whole relay, and a
-connection is only ever held for the few milliseconds of one step, never across the upstream call.
-The pool size bounds the connections per process (GATEWAY_ACCOUNTING_THREADS).
+A warm call (its key scope, price and counter id cached under the current auth generation) takes
+both steps on the event loop: checks from the caches, then the statement on quota.aio's async
+connections. Everything else runs the synchronous `call_open` / `call_close` on a small dedicated
+thread pool whose threads keep their database connection between calls: the first call of a key,
+every refusal (the one place refusal records are written), a cap reached, SQLite, and any failure
+of the loop path. No connection is held across the upstream call. GATEWAY_ACCOUNTING_THREADS
+bounds both the threads and the loop's connections per process.
 """
 
 import asyncio

@@ -38,6 +38,7 @@ def enabled() -> bool:
 
 
 CLOSE_WAIT_S = 5.0
+CONNECT_TIMEOUT_S = 5
 
 
 class Pool:
@@ -59,6 +60,7 @@ class Pool:
         params = connections["default"].get_connection_params()
         for name in ("cursor_factory", "context", "prepare_threshold", "server_side_binding"):
             params.pop(name, None)
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)  # a database that is down: fail over to the thread path
         return params
 
     def _wake_one(self) -> None:
