@@ -22,10 +22,11 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpResponse
 from django.urls import set_script_prefix
 
+from allocations.exceptions import GatewayError
 from quota import aio
 
 from . import multipart, upstream
-from .views import request_id_for
+from .views import error_response, request_id_for
 
 logger = logging.getLogger("django.request")
 _resolved: dict = {}  # (ROOT_URLCONF, path) -> ResolverMatch, see ProxyHandler.resolve_request
@@ -109,7 +110,18 @@ class ProxyHandler(ASGIHandler):
         request.gateway_upload = upload  # closed by proxy.media_views once the upstream has it
 
         async def process(request):
-            response = await self.get_response_async(request)
+            # The view straight from the (remembered) URL match: Django's get_response_async adds
+            # urlconf setup, ATOMIC_REQUESTS wrapping, response checks and, for every 4xx, a log
+            # line through a thread hop; /v1 needs none of it (its call records are the log). An
+            # exception is answered in the contract's envelope, not Django's HTML 500 page.
+            try:
+                match = self.resolve_request(request)
+                response = await match.func(request, *match.args, **match.kwargs)
+            except Exception:
+                logger.exception("Internal Server Error: %s", request.path)
+                response = error_response(
+                    GatewayError("the gateway failed to handle the request"), request_id_for(request)
+                )
             if not response.has_header("X-Request-Id"):
                 response["X-Request-Id"] = request_id_for(request)
             with contextlib.suppress(asyncio.CancelledError):  # client disconnected while we were sending

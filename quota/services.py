@@ -111,7 +111,7 @@ _ADMIT_SQL = (
     f"WITH c AS (UPDATE {_COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s,"  # noqa: S608 (constant names)
     " cost_reserved = cost_reserved + %s WHERE id = %s AND allocation_id = %s{guard} RETURNING id)"
     f" INSERT INTO {_RESERVATION_TABLE} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context)"
-    " SELECT %s, c.id, %s, %s, %s, %s, %s, %s FROM c"
+    " SELECT %s, c.id, %s, %s, %s, %s, %s, {context} FROM c"
 )
 _CALL_FIELDS = tuple(f for f in CallRecord._meta.concrete_fields if f is not CallRecord._meta.auto_field)
 _SETTLE_SQL = (
@@ -136,7 +136,9 @@ def admit_statement(
     round trips. `reservation` holds id, request_id, tokens, cost, created_at, expires_at, context."""
     guard, guard_params = _guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
     r = reservation
-    return _ADMIT_SQL.format(guard=guard), [
+    # An empty context (every HTTP call) is a literal: one parameter fewer to adapt per call.
+    context, context_params = ("'{}'", []) if not r["context"] else ("%s", [Jsonb(r["context"])])
+    return _ADMIT_SQL.format(guard=guard, context=context), [
         r["tokens"],
         r["cost"],
         counter_id,
@@ -148,7 +150,7 @@ def admit_statement(
         r["cost"],
         r["created_at"],
         r["expires_at"],
-        Jsonb(r["context"]),
+        *context_params,
     ]
 
 

@@ -165,3 +165,16 @@ def test_the_reservation_estimate_is_the_prompt_plus_the_output_limit(settings):
     assert meters.estimate_chat({**body, "max_tokens": 7}).output_tokens == 7
     estimate = meters.estimate_responses({"input": "abcd", "max_output_tokens": 9})
     assert estimate == Usage(input_tokens=1, output_tokens=9)
+
+
+@pytest.mark.django_db
+async def test_an_unexpected_error_in_a_v1_view_is_answered_in_the_envelope(monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(accounting, "models_for", broken)
+    status, headers, body = await _get(application, "/v1/models")
+    error = json.loads(body)["error"]
+    assert status == 500 and headers[b"Content-Type"] == b"application/json"
+    assert (error["code"], error["request_id"]) == ("gateway_error", "req-mw")
+    assert "a bug" not in body.decode()
