@@ -17,7 +17,6 @@ import collections
 import contextlib
 import datetime as dt
 import functools
-import uuid
 import weakref
 from decimal import Decimal
 
@@ -26,7 +25,7 @@ from django.conf import settings
 from django.db import connections
 
 from .pricing import Usage
-from .services import Admission, admit_statement, settle_statement, settle_values
+from .services import Admission, admit_statement, reservation_row, settle_statement, settle_values
 
 _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
 
@@ -159,16 +158,7 @@ async def admit(
 ) -> Admission | None:
     """quota.services.call_admit's one-statement path with a known counter id; None when not admitted."""
     cost = est_cost if est_cost is not None else Decimal(0)
-    reservation_id = uuid.uuid4()
-    reservation = {
-        "id": reservation_id,
-        "request_id": request_id,
-        "tokens": est_tokens,
-        "cost": cost,
-        "created_at": now,
-        "expires_at": now + dt.timedelta(seconds=settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60),
-        "context": {},
-    }
+    reservation = reservation_row(request_id=request_id, tokens=est_tokens, cost=cost, now=now)
     sql, params = admit_statement(
         allocation_id=allocation_id,
         counter_id=counter_id,
@@ -180,7 +170,7 @@ async def admit(
     async with pool().connection() as conn, conn.cursor() as cursor:
         await cursor.execute(sql, params, prepare=True)
         admitted = cursor.rowcount > 0
-    return Admission(reservation_id, counter_id, est_tokens, cost) if admitted else None
+    return Admission(reservation["id"], counter_id, est_tokens, cost) if admitted else None
 
 
 async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int:

@@ -272,15 +272,17 @@ def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> E
     return None
 
 
-def _as_row(reservation: Reservation) -> dict:
+def reservation_row(*, request_id: str, tokens: int, cost: Decimal, now: dt.datetime, ttl_s=None, context=None) -> dict:
+    """A new reservation's values: it expires after the upstream timeout (+ 60 s) unless told."""
+    ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
     return {
-        "id": reservation.pk,
-        "request_id": reservation.request_id,
-        "tokens": reservation.tokens,
-        "cost": reservation.cost,
-        "created_at": reservation.created_at,
-        "expires_at": reservation.expires_at,
-        "context": reservation.context,
+        "id": uuid.uuid4(),
+        "request_id": request_id,
+        "tokens": tokens,
+        "cost": cost,
+        "created_at": now,
+        "expires_at": now + dt.timedelta(seconds=ttl),
+        "context": context or {},
     }
 
 
@@ -304,25 +306,17 @@ def call_admit(
     priced = est_cost is not None
     est_cost = est_cost or ZERO
     period = period_start_date(now)
-    ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
     key = (str(allocation_id), period)
     cached_counter_id = _counter_ids.get(key)
-    reservation = Reservation(
-        request_id=request_id,
-        tokens=est_tokens,
-        cost=est_cost,
-        created_at=now,
-        expires_at=now + dt.timedelta(seconds=ttl),
-        context=context or {},
+    row = reservation_row(
+        request_id=request_id, tokens=est_tokens, cost=est_cost, now=now, ttl_s=ttl_s, context=context
     )
-    if cached_counter_id is not None:
-        reservation.counter_id = cached_counter_id
     caps = {"allocation_id": allocation_id, "token_cap": token_cap, "cost_cap": cost_cap, "priced": priced}
     if cached_counter_id is not None and connection.vendor == "postgresql":
         # Fast path, one round trip: guarded UPDATE of the cached counter + INSERT of the reservation.
         with transaction.atomic() if connection.in_atomic_block else nullcontext():  # savepoint only when nested
-            if _reserve_and_insert(counter_id=cached_counter_id, reservation=_as_row(reservation), **caps):
-                return Admission(reservation.pk, cached_counter_id, est_tokens, est_cost)
+            if _reserve_and_insert(counter_id=cached_counter_id, reservation=row, **caps):
+                return Admission(row["id"], cached_counter_id, est_tokens, est_cost)
     with transaction.atomic():
         # Other databases: one guarded UPDATE on the (cached) counter id first. Only when it (or the
         # one-statement path above) matches nothing is the counter read, to tell "cap reached" (403)
@@ -340,9 +334,8 @@ def call_admit(
                 raise error
             if not _reserve(counter_id, tokens=est_tokens, cost=est_cost, **caps):
                 raise QuotaBusy("the allocation's remaining quota is held by calls in flight; retry shortly")
-        reservation.counter_id = counter_id
-        _insert(reservation)
-    return Admission(reservation_id=reservation.pk, counter_id=counter_id, tokens=est_tokens, cost=est_cost)
+        _insert(Reservation(**row, counter_id=counter_id))
+    return Admission(reservation_id=row["id"], counter_id=counter_id, tokens=est_tokens, cost=est_cost)
 
 
 def reservation_adjust(
