@@ -1,7 +1,19 @@
 import pytest
+from asgiref.sync import SyncToAsync
 from django.core.cache import cache
+from django.db import connections
 
 from tests.factories import AllocationFactory, MemberFactory, PriceVersionFactory, make_key
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_asgiref_thread_connections(django_db_setup, django_db_blocker):
+    """Consumers run in this process (tests/realtime) do their database work in asgiref's one
+    thread for thread-sensitive calls when no sync code is outside them; that thread's connection
+    can outlive the tests and keep the test database from being dropped at the end."""
+    yield
+    with django_db_blocker.unblock():
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(10)
 
 
 @pytest.fixture(autouse=True)
