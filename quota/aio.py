@@ -137,7 +137,8 @@ def pool() -> Pool:
 
 
 async def pool_close() -> None:
-    """Closes this event loop's idle connections (shutdown, tests before the database is dropped)."""
+    """Closes this event loop's connections, waiting briefly for those in use (shutdown, and tests
+    before the database is dropped)."""
     global _last
     found = _pools.pop(asyncio.get_running_loop(), None)
     _last = (None, None)
