@@ -38,6 +38,12 @@ def staff(db):
 
 
 @pytest.fixture
+def admin_client(client, staff):
+    client.force_login(staff)
+    return client
+
+
+@pytest.fixture
 def allocation(member):
     return AllocationFactory(member=member)
 

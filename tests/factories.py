@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import factory
 
-from allocations.models import Allocation, CatalogModel, Member, ModelKind, Provider, ProviderKind
+from allocations.models import Allocation, AuditEvent, CatalogModel, Member, ModelKind, Provider, ProviderKind
 from allocations.services import api_key_create
 from quota.models import PriceVersion
 
@@ -63,3 +63,8 @@ class PriceVersionFactory(factory.django.DjangoModelFactory):
 def make_key(*, member, allocations, name="test key"):
     """Returns (ApiKey, plaintext) through the real service."""
     return api_key_create(member=member, name=name, allocations=allocations)
+
+
+def audit_actions() -> list[str]:
+    """The audit events' actions, oldest first."""
+    return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))

@@ -7,19 +7,9 @@ from django.urls import reverse
 from allocations.access import key_scope
 from allocations.exceptions import Unauthorized
 from allocations.models import AdminToken, ApiKey, AuditEvent, CatalogModel, Member, Provider
-from tests.factories import CatalogModelFactory, ProviderFactory, make_key
+from tests.factories import CatalogModelFactory, ProviderFactory, audit_actions, make_key
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(client, staff):
-    client.force_login(staff)
-    return client
-
-
-def actions() -> list[str]:
-    return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
 
 
 def test_adding_a_member_in_admin_goes_through_the_service(admin_client):
@@ -30,14 +20,14 @@ def test_adding_a_member_in_admin_goes_through_the_service(admin_client):
     assert response.status_code == 302, response.content
     dora = Member.objects.get(username="dora")
     assert dora.check_password("long-pass-123")
-    assert actions() == ["member_created"]
+    assert audit_actions() == ["member_created"]
     assert AuditEvent.objects.get().actor_label == "admin"
 
 
 def test_a_duplicate_username_is_a_form_error(admin_client, member):
     response = admin_client.post(reverse("admin:allocations_member_add"), {"username": "ALICE", "email": ""})
     assert response.status_code == 200 and b"already exists" in response.content
-    assert actions() == []
+    assert audit_actions() == []
 
 
 def test_disabling_a_member_in_admin_is_audited_and_stops_their_keys(admin_client, member, allocation):
@@ -70,7 +60,7 @@ def test_a_provider_key_is_write_only_and_its_fingerprint_is_shown(admin_client)
     assert response.status_code == 302, response.content
     provider = Provider.objects.get(name="openai")
     assert provider.key_fingerprint == ApiKey.hash("sk-upstream-1")[:12]
-    assert actions() == ["provider_created"]
+    assert audit_actions() == ["provider_created"]
     page = admin_client.get(reverse("admin:allocations_provider_change", args=[provider.pk]))
     assert provider.key_fingerprint.encode() in page.content
     assert b"sk-upstream-1" not in page.content and provider.api_key_encrypted.encode() not in page.content
@@ -84,7 +74,7 @@ def test_a_non_simulated_provider_needs_a_base_url(admin_client):
         {"name": "oa", "kind": "openai", "base_url": "", "api_key": "k", "status": "active"},
     )
     assert response.status_code == 200 and b"Required for an OpenAI-compatible" in response.content
-    assert not Provider.objects.exists() and actions() == []
+    assert not Provider.objects.exists() and audit_actions() == []
 
 
 def test_entering_a_new_provider_key_rotates_it_through_the_service(admin_client):
@@ -92,11 +82,11 @@ def test_entering_a_new_provider_key_rotates_it_through_the_service(admin_client
     url = reverse("admin:allocations_provider_change", args=[provider.pk])
     form = {"name": provider.name, "base_url": "https://api.test/v1", "api_version": "", "status": "active"}
     assert admin_client.post(url, {**form, "api_key": ""}).status_code == 302
-    assert actions() == []  # nothing changed, nothing audited
+    assert audit_actions() == []  # nothing changed, nothing audited
     assert admin_client.post(url, {**form, "api_key": "sk-new", "base_url": "https://b.test/v1"}).status_code == 302
     provider.refresh_from_db()
     assert provider.key_fingerprint == ApiKey.hash("sk-new")[:12] and provider.base_url == "https://b.test/v1"
-    assert actions() == ["provider_updated", "provider_key_rotated"]
+    assert audit_actions() == ["provider_updated", "provider_key_rotated"]
 
 
 def test_the_simulated_provider_is_labelled_in_provider_and_model_lists(admin_client):
@@ -124,7 +114,7 @@ def test_adding_and_deactivating_a_model_in_admin_is_audited(admin_client):
     response = admin_client.post(reverse("admin:allocations_catalogmodel_change", args=[model.pk]), {"is_active": ""})
     assert response.status_code == 302
     assert not CatalogModel.objects.get(pk=model.pk).is_active
-    assert actions() == ["model_created", "model_updated"]
+    assert audit_actions() == ["model_created", "model_updated"]
 
 
 def test_the_revoke_action_revokes_keys_through_the_service(admin_client, member, allocation):
@@ -136,7 +126,7 @@ def test_the_revoke_action_revokes_keys_through_the_service(admin_client, member
     )
     assert response.status_code == 302
     assert ApiKey.objects.get(pk=key.pk).is_revoked
-    assert actions()[-1] == "key_revoked"
+    assert audit_actions()[-1] == "key_revoked"
     with pytest.raises(Unauthorized):
         key_scope(plaintext)
 

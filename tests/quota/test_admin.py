@@ -16,19 +16,9 @@ from allocations.exceptions import Unauthorized
 from allocations.models import Allocation, ApiKey, AuditEvent, Member
 from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
-from tests.factories import AllocationFactory, CatalogModelFactory, ProviderFactory
+from tests.factories import AllocationFactory, CatalogModelFactory, ProviderFactory, audit_actions
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
-
-
-@pytest.fixture
-def admin_client(client, staff):
-    client.force_login(staff)
-    return client
-
-
-def actions() -> list[str]:
-    return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
 
 
 def use(allocation, *, tokens=0, cost="0"):
@@ -115,7 +105,7 @@ def test_a_bad_cost_cap_is_a_field_error_and_nothing_is_saved(admin_client, allo
     assert "quota_cost_usd_per_month" in errors
     allocation.refresh_from_db()
     assert allocation.quota_cost_usd_per_month is None and allocation.note == ""
-    assert actions() == []
+    assert audit_actions() == []
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1e400", str(10**20), "1.5"])
@@ -150,7 +140,7 @@ def test_a_blank_cap_means_no_cap(admin_client, allocation, blank):
     assert response.status_code == 302
     allocation.refresh_from_db()
     assert allocation.quota_cost_usd_per_month is None and allocation.quota_tokens_per_month is None
-    assert sorted(actions()) == ["allocation_cost_quota_updated", "allocation_token_quota_updated"]
+    assert sorted(audit_actions()) == ["allocation_cost_quota_updated", "allocation_token_quota_updated"]
 
 
 def test_saving_an_unchanged_form_audits_nothing(admin_client, allocation):
@@ -160,7 +150,7 @@ def test_saving_an_unchanged_form_audits_nothing(admin_client, allocation):
     form_page = admin_client.get(url)
     assert form_page.context["adminform"].form.initial["quota_cost_usd_per_month"] == "3"
     assert admin_client.post(url, change_form(allocation, quota_cost_usd_per_month="3")).status_code == 302
-    assert actions() == []
+    assert audit_actions() == []
 
 
 def test_allocations_cannot_be_deleted_in_admin(admin_client, allocation):
@@ -190,7 +180,7 @@ def test_adding_an_allocation_creates_it_through_the_service_and_shows_the_key_o
     plaintext = shown[0].rsplit(" ", 1)[-1]
     assert key_scope(plaintext).allocations[0].allocation_id == str(allocation.pk)
     assert ApiKey.objects.get(is_default=True, member=member).key_hash == ApiKey.hash(plaintext)
-    assert actions() == ["allocation_created", "key_created"]
+    assert audit_actions() == ["allocation_created", "key_created"]
 
 
 def test_a_bad_cap_on_the_add_form_creates_nothing(admin_client, member):
@@ -199,7 +189,7 @@ def test_a_bad_cap_on_the_add_form_creates_nothing(admin_client, member):
         {"member": member.pk, "model": CatalogModelFactory().pk, "quota_cost_usd_per_month": "-1"},
     )
     assert response.status_code == 200
-    assert not Allocation.objects.exists() and actions() == []
+    assert not Allocation.objects.exists() and audit_actions() == []
 
 
 # --- actions -------------------------------------------------------------------------------------------
@@ -221,7 +211,7 @@ def test_pause_resume_revoke_actions_call_the_services(admin_client, allocation)
     assert Allocation.objects.get(pk=allocation.pk).status == "active"
     act(admin_client, "revoke", allocation)
     assert Allocation.objects.get(pk=allocation.pk).status == "revoked"
-    assert actions() == ["allocation_paused", "allocation_resumed", "allocation_revoked"]
+    assert audit_actions() == ["allocation_paused", "allocation_resumed", "allocation_revoked"]
 
 
 def test_an_invalid_transition_is_reported_and_the_others_still_happen(admin_client, member):
@@ -237,7 +227,7 @@ def test_unquarantine_action(admin_client, member):
     allocation = AllocationFactory(member=member, status="quarantined")
     act(admin_client, "unquarantine", allocation)
     assert Allocation.objects.get(pk=allocation.pk).status == "active"
-    assert actions() == ["allocation_unquarantined"]
+    assert audit_actions() == ["allocation_unquarantined"]
 
 
 def test_rotate_default_key_action_shows_the_new_key_once_and_kills_the_old(admin_client, member):
@@ -249,7 +239,7 @@ def test_rotate_default_key_action_shows_the_new_key_once_and_kills_the_old(admi
     with pytest.raises(Unauthorized):
         key_scope(old)
     assert key_scope(new)
-    assert actions()[-1] == "key_rotated"
+    assert audit_actions()[-1] == "key_rotated"
 
 
 # --- prices and call records ----------------------------------------------------------------------------
@@ -271,7 +261,7 @@ def test_prices_are_add_only_and_added_through_the_service(admin_client, staff):
     assert response.status_code == 302, response.context and response.context["adminform"].form.errors
     version = PriceVersion.objects.get()
     assert version.input_per_1m == Decimal("0.15")
-    assert actions() == ["price_version_added"]
+    assert audit_actions() == ["price_version_added"]
     change = admin_client.post(reverse("admin:quota_priceversion_change", args=[version.pk]), {"input_per_1m": "9"})
     assert change.status_code == 403
     assert admin_client.get(reverse("admin:quota_priceversion_delete", args=[version.pk])).status_code == 403
@@ -287,7 +277,7 @@ def test_a_bad_price_is_a_form_error_and_adds_nothing(admin_client, fields):
     response = admin_client.post(reverse("admin:quota_priceversion_add"), data)
     assert response.status_code == 200
     assert response.context["adminform"].form.errors
-    assert not PriceVersion.objects.exists() and actions() == []
+    assert not PriceVersion.objects.exists() and audit_actions() == []
 
 
 def test_call_records_are_read_only_and_listed_without_a_full_count(admin_client, allocation):

@@ -34,12 +34,6 @@ def quotas(allocations):
     return [Allocation.objects.get(pk=a.pk).quota_tokens_per_month for a in allocations]
 
 
-@pytest.fixture
-def admin_client(client, staff):
-    client.force_login(staff)
-    return client
-
-
 def test_anonymous_gets_401_and_a_member_gets_403_in_the_error_envelope(client, member):
     response = client.get("/api/admin/pool")
     assert response.status_code == 401
