@@ -30,7 +30,9 @@ def _sse(obj) -> bytes:
     return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
 
 
-class FakeUpstream:
+class RecordingUpstream:
+    """What the fake upstreams share: the requests they received, their URL, the bearer check."""
+
     def __init__(self):
         self.requests: list[dict] = []
         self.url = ""
@@ -39,11 +41,20 @@ class FakeUpstream:
     def last(self) -> dict:
         return self.requests[-1]
 
+    @staticmethod
+    def bad_bearer(request: web.Request) -> web.Response | None:
+        """The provider's 401 unless the request carries the upstream key as a bearer token."""
+        if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":
+            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
+        return None
+
+
+class FakeUpstream(RecordingUpstream):
     # --- routing ---------------------------------------------------------------------------------
 
     async def openai(self, request: web.Request):
-        if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":
-            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
+        if (refused := self.bad_bearer(request)) is not None:
+            return refused
         return await self.serve(request, request.match_info["path"], None)
 
     async def azure_deployment(self, request: web.Request):

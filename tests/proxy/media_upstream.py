@@ -17,7 +17,7 @@ import struct
 
 from aiohttp import web
 
-from .fake_upstream import UPSTREAM_KEY, serve_in_thread
+from .fake_upstream import UPSTREAM_KEY, RecordingUpstream, serve_in_thread
 
 PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 IMAGE_USAGE = {"input_tokens": 50, "output_tokens": 1000, "total_tokens": 1050,
@@ -33,18 +33,10 @@ def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
     return header + pcm
 
 
-class MediaUpstream:
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.url = ""
-
-    @property
-    def last(self) -> dict:
-        return self.requests[-1]
-
+class MediaUpstream(RecordingUpstream):
     async def route(self, request: web.Request):
-        if request.headers.get("Authorization") != f"Bearer {UPSTREAM_KEY}":
-            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
+        if (refused := self.bad_bearer(request)) is not None:
+            return refused
         path = request.match_info["path"]
         if request.content_type == "multipart/form-data":
             body, files = await self.read_form(request)
