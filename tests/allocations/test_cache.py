@@ -76,3 +76,61 @@ async def test_the_reader_selects_the_database_and_reconnects_after_a_broken_con
     reads.conn.transport.abort()  # the server went away
     await asyncio.sleep(0.01)
     assert await auth_generation_async() == expected
+
+
+class _Transport:
+    """Collects what the protocol writes; the tests play the server's side by hand."""
+
+    def __init__(self):
+        self.written = b""
+        self.closed = False
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        self.closed = True
+
+
+def _connection():
+    conn = cache._RespConnection()
+    conn.connection_made(_Transport())
+    return conn
+
+
+async def test_a_value_split_across_packets_is_read_whole_and_nil_is_none():
+    conn = _connection()
+    reply = asyncio.ensure_future(conn.command(b"GET", b"k"))
+    await asyncio.sleep(0)
+    assert conn.transport.written == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    conn.data_received(b"$5\r\n12")
+    await asyncio.sleep(0)
+    assert not reply.done()  # the rest of the value is still on its way
+    conn.data_received(b"345\r\n")
+    assert await reply == b"12345"
+    nil = asyncio.ensure_future(conn.command(b"GET", b"k"))
+    await asyncio.sleep(0)
+    conn.data_received(b"$-1\r\n")
+    assert await nil is None
+
+
+async def test_an_error_reply_a_lost_connection_and_silence_raise():
+    conn = _connection()
+    refused = asyncio.ensure_future(conn.command(b"SELECT", b"99"))
+    await asyncio.sleep(0)
+    conn.data_received(b"-ERR DB index is out of range\r\n")
+    with pytest.raises(cache.ResponseError, match="out of range"):
+        await refused
+    lost = asyncio.ensure_future(conn.command(b"GET", b"k"))
+    await asyncio.sleep(0)
+    conn.connection_lost(None)
+    with pytest.raises(ConnectionError):
+        await lost
+    with pytest.raises(ConnectionError):
+        await conn.command(b"GET", b"k")  # closed: no write into the void
+
+
+async def test_a_redis_that_does_not_answer_times_out(monkeypatch):
+    monkeypatch.setattr(cache, "REDIS_TIMEOUT_S", 0.05)
+    with pytest.raises(TimeoutError):
+        await _connection().command(b"GET", b"k")
