@@ -260,10 +260,38 @@ def _late_error(call: Call, entry: ScopedAllocation) -> GatewayError | None:
 # --- step 1 from the event loop ------------------------------------------------------------------
 
 
+_abandoned: set = set()  # strong references to the settlements of calls whose client left during step 1
+
+
 async def open_call(call: Call) -> Call:
     """Step 1: on the event loop when everything the call needs is cached and it is admitted there;
     otherwise (first call of a key, a refusal, a cap reached, SQLite, any error) on a thread,
-    which re-runs the whole preflight and writes what a refusal writes."""
+    which re-runs the whole preflight and writes what a refusal writes.
+
+    If the client goes away meanwhile (its request task is cancelled), the step still runs to its
+    end: cut short, an admission could commit unseen (on a thread it does) and leave a call with a
+    reservation and no record. A call admitted that way is recorded as client_cancelled (499, no
+    usage: nothing went upstream), which releases its reservation at once."""
+    opening = asyncio.ensure_future(_open(call))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(functools.partial(_close_abandoned, call))
+        raise
+
+
+def _close_abandoned(call: Call, opening: asyncio.Future) -> None:
+    if opening.cancelled() or opening.exception() is not None or call.settled:
+        return  # not admitted; a refusal was recorded where it was decided
+    call.settled = True
+    closing = asyncio.ensure_future(
+        close_call(call, outcome=Outcome.CLIENT_CANCELLED, status_code=499, usage=Usage())
+    )
+    _abandoned.add(closing)
+    closing.add_done_callback(_abandoned.discard)
+
+
+async def _open(call: Call) -> Call:
     try:
         if await _open_on_loop(call):
             return call

@@ -2,6 +2,8 @@
 a warm call takes no thread step and runs exactly two statements; a refusal, a revocation or a
 failing connection is handled by the thread path with the same records and counters."""
 
+import asyncio
+import time
 from decimal import Decimal
 
 import openai
@@ -144,3 +146,56 @@ def test_a_settlement_whose_connection_fails_is_recorded_exactly_once(world, mon
     record = _assert_settled_once(allocation, "set-2")
     assert (record.outcome, record.cost_usd) == ("success", Decimal("0.0000235"))
     assert counter_of(allocation).calls == 2
+
+
+def _wait_for_record(rid: str, timeout: float = 10.0) -> CallRecord:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = CallRecord.objects.filter(request_id=rid).first()
+        if record is not None:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"no call record for {rid}")
+
+
+@pytest.mark.parametrize("path", ["event-loop", "thread"])
+def test_a_client_leaving_during_admission_leaves_a_record_and_no_reservation(world, fake_upstream, monkeypatch, path):
+    """The client gives up while its call is being admitted: the admission still completes, and the
+    call is recorded as client_cancelled with its reservation released (it never went upstream)."""
+    allocation = world.allocation(cost=Decimal("5"))
+    _call(world, allocation, "gone-1")  # warm: the next call is admitted on the event loop
+    if path == "event-loop":
+        original = aio.admit
+
+        async def slow_admit(**kwargs):
+            await asyncio.sleep(0.6)  # the client's 0.2 s timeout runs out meanwhile
+            return await original(**kwargs)
+
+        monkeypatch.setattr(aio, "admit", slow_admit)
+    else:
+        original_open = accounting.call_open
+
+        def slow_open(*, call):
+            time.sleep(0.6)
+            return original_open(call=call)
+
+        async def never_on_loop(call):
+            return False
+
+        monkeypatch.setattr(accounting, "_open_on_loop", never_on_loop)
+        monkeypatch.setattr(accounting, "call_open", slow_open)
+    with pytest.raises(openai.APITimeoutError):
+        world.client(allocation.plaintext, timeout=0.2).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, extra_headers={"X-Request-Id": "gone-2"}
+        )
+    record = _wait_for_record("gone-2")
+    assert (record.outcome, record.status_code, record.input_tokens, record.cost_usd) == (
+        "client_cancelled",
+        499,
+        0,
+        Decimal(0),
+    )
+    assert len(fake_upstream.requests) == 1  # only gone-1 went upstream
+    counter = counter_of(allocation)
+    assert (counter.calls, counter.tokens_reserved, counter.cost_reserved) == (2, 0, 0)
+    assert not Reservation.objects.exists()
