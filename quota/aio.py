@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connections
 
 from .pricing import Usage
-from .services import Admission, admit_statement, reservation_row, settle_statement, settle_values
+from .services import Admission, Settlement, admit_statement, reservation_row, settle_statement, settle_values
 
 _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
 
@@ -53,6 +53,7 @@ class Pool:
         self.closing = False
         self.drained = asyncio.Event()  # set once closing and the last connection is closed
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.settlements = _Settlements(self)
 
     @staticmethod
     def _conninfo() -> dict:
@@ -175,14 +176,65 @@ async def admit(
 
 
 async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int:
-    """quota.services.call_settle's one-statement path; returns the call record's id."""
+    """quota.services.call_settle's one-statement path; returns the call record's id. Settlements
+    that meet here while the connections are busy are written together (_Settlements)."""
     values, cost = settle_values(record=record, usage=usage, price=price, now=now)
-    sql, params = settle_statement(
-        values=values, admission=admission, tokens=usage.total_tokens, cost=cost or Decimal(0)
-    )
-    async with pool().connection() as conn, conn.cursor() as cursor:
-        await cursor.execute(sql, params, prepare=True)
-        row = await cursor.fetchone()
-    if row is None:
-        raise RuntimeError("the settlement statement returned no id")
-    return row[0]
+    settlement = Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
+    return await pool().settlements.add(settlement)
+
+
+class _Settlements:
+    """Group commit for settlements. A settlement starts a writer when fewer than the pool's size
+    are at work; a writer takes every settlement waiting at that moment (up to MAX_BATCH) into one
+    statement, then the next ones, until none wait. So an idle process writes each at once, and a
+    busy one (calls finishing together) writes several per statement and per commit: less client
+    CPU per call than one statement each, and fewer transactions for PostgreSQL. The records still
+    exist before any caller's response is sent: each caller waits for its own statement. A failed
+    statement fails every settlement in it (none is written: it is one statement); their callers
+    then settle on the thread path, which checks first for the record."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, pool: "Pool"):
+        self.pool = pool
+        self.waiting: list[tuple[Settlement, asyncio.Future]] = []
+        self.writers: set[asyncio.Task] = set()  # a reference to each until it ends
+        self.at_work = 0  # writers that have not yet seen `waiting` empty
+
+    def add(self, settlement: Settlement) -> asyncio.Future:
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append((settlement, done))
+        if self.at_work < self.pool.size:
+            self.at_work += 1
+            writer = asyncio.ensure_future(self._write())
+            self.writers.add(writer)
+            writer.add_done_callback(self.writers.discard)
+        return done
+
+    async def _write(self) -> None:
+        try:
+            await self._write_waiting()
+        finally:
+            # Counted down in the same step that found `waiting` empty (a done-callback would run a
+            # step later, and a settlement added in between would find no writer and wait forever).
+            self.at_work -= 1
+
+    async def _write_waiting(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
+            try:
+                async with self.pool.connection() as conn, conn.cursor() as cursor:
+                    await cursor.execute(*settle_statement([s for s, _ in batch]), prepare=True)
+                    ids = [row[0] for row in await cursor.fetchall()]
+                if len(ids) != len(batch):
+                    raise RuntimeError(f"the settlement statement returned {len(ids)} ids for {len(batch)} calls")
+            except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("settlement cancelled"))
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for (_, done), record_id in zip(batch, ids, strict=True):
+                    if not done.done():
+                        done.set_result(record_id)

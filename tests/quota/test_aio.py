@@ -1,11 +1,19 @@
-"""The event loop's accounting connections (quota.aio.Pool)."""
+"""The event loop's accounting connections (quota.aio.Pool) and its group commit of settlements."""
 
 import asyncio
+import uuid
+from decimal import Decimal
 
 import psycopg
 import pytest
+from asgiref.sync import sync_to_async
 
 from quota import aio
+from quota.models import CallRecord, Reservation, UsageCounter
+from quota.pricing import Usage
+from tests.factories import AllocationFactory, PriceVersionFactory
+
+from .conftest import admit, settlement
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -76,4 +84,70 @@ async def test_a_caller_cancelled_while_waiting_does_not_lose_the_next_turn():
     assert await asyncio.wait_for(staying, 5) == 2
     await held
     assert leaving.cancelled() and (pool.opened, len(pool.idle)) == (1, 1)
+    await pool.close()
+
+
+def _admitted(calls: int):
+    allocation = AllocationFactory()
+    price = PriceVersionFactory(model=allocation.model, input_per_1m=Decimal("1"), output_per_1m=Decimal("1"))
+    return allocation, price, [admit(allocation, tokens=50, cost="0.5") for _ in range(calls)]
+
+
+@pytest.fixture
+def loop_statements(monkeypatch):
+    statements: list[str] = []
+    original = psycopg.AsyncCursor.execute
+
+    async def counting(self, query, params=None, **kwargs):
+        statements.append(str(query))
+        return await original(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
+    return statements
+
+
+async def test_settlements_that_meet_are_written_in_one_statement_each_with_its_own_record(loop_statements):
+    allocation, price, admissions = await sync_to_async(_admitted)(4)
+    pool = aio.Pool(1)
+    usages = [Usage(input_tokens=10 * (i + 1)) for i in range(4)]
+    made = await sync_to_async(
+        lambda: [
+            settlement(allocation, a, f"g-{i}", u, price)
+            for i, (a, u) in enumerate(zip(admissions, usages, strict=True))
+        ]
+    )()
+    ids = await asyncio.gather(*(pool.settlements.add(s) for s in made))  # added in one step: one writer takes all
+    assert len(loop_statements) == 1
+    rows = await sync_to_async(lambda: {r.pk: (r.request_id, r.input_tokens) for r in CallRecord.objects.all()})()
+    assert [rows[pk] for pk in ids] == [("g-0", 10), ("g-1", 20), ("g-2", 30), ("g-3", 40)]
+    counter = await UsageCounter.objects.aget(pk=admissions[0].counter_id)
+    assert (counter.calls, counter.tokens_used, counter.tokens_reserved, counter.cost_reserved) == (4, 100, 0, 0)
+    await pool.close()
+
+
+async def test_a_failing_statement_fails_every_settlement_in_it_and_writes_none():
+    allocation, price, admissions = await sync_to_async(_admitted)(2)
+    pool = aio.Pool(1)
+    good = await sync_to_async(settlement)(allocation, admissions[0], "ok", Usage(input_tokens=1), price)
+    bad = await sync_to_async(settlement)(allocation, admissions[1], "bad", Usage(input_tokens=1), price)
+    bad.values["model"] = uuid.uuid4()  # no such model: the foreign key fails the whole statement
+    results = await asyncio.gather(pool.settlements.add(good), pool.settlements.add(bad), return_exceptions=True)
+    assert all(isinstance(r, psycopg.errors.ForeignKeyViolation) for r in results)
+    assert not await CallRecord.objects.aexists()
+    assert await Reservation.objects.acount() == 2  # still held: the callers settle on the thread path
+    await pool.close()
+
+
+async def test_a_settlement_added_as_the_last_writer_stops_still_gets_written():
+    """The writer count drops in the step that finds nothing waiting: a settlement added by the
+    caller its last result wakes (a step before a done-callback would run) starts a new writer."""
+    allocation, price, admissions = await sync_to_async(_admitted)(2)
+    pool = aio.Pool(1)
+    first, second = [
+        await sync_to_async(settlement)(allocation, a, f"w-{i}", Usage(input_tokens=1), price)
+        for i, a in enumerate(admissions)
+    ]
+    await pool.settlements.add(first)
+    await asyncio.wait_for(pool.settlements.add(second), 5)
+    assert await CallRecord.objects.acount() == 2
     await pool.close()

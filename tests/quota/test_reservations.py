@@ -4,28 +4,23 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from quota.exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.pricing import Usage
-from quota.services import call_admit, call_settle, reservations_sweep, usage_reconcile
+from quota.services import (
+    call_settle,
+    reservations_sweep,
+    settle_statement,
+    usage_reconcile,
+)
 from tests.factories import AllocationFactory, PriceVersionFactory
 
+from .conftest import admit, settlement
+
 pytestmark = pytest.mark.django_db
-
-
-def admit(allocation, *, tokens=10, cost="0.01", now=None, ttl_s=None):
-    return call_admit(
-        allocation_id=allocation.pk,
-        token_cap=allocation.quota_tokens_per_month,
-        cost_cap=allocation.quota_cost_usd_per_month,
-        est_tokens=tokens,
-        est_cost=None if cost is None else Decimal(cost),
-        request_id="req",
-        now=now or timezone.now(),
-        ttl_s=ttl_s,
-    )
 
 
 def settle(allocation, admission, usage, price):
@@ -150,3 +145,38 @@ def test_a_stale_cached_counter_id_never_reserves_against_another_allocations_co
     assert UsageCounter.objects.get(allocation=other).tokens_reserved == 5
     assert UsageCounter.objects.get(allocation=mine).tokens_reserved == 7
     assert Reservation.objects.get(pk=admission.reservation_id).counter.allocation_id == mine.pk
+
+
+def test_one_statement_settles_several_calls_and_releases_only_the_reservations_it_deletes():
+    """The settlement statement takes any number of calls (quota.aio writes them together): one
+    counter update per counter, one record each, and a reservation the sweeper already released is
+    not taken out of the counter a second time."""
+    first, second = AllocationFactory(), AllocationFactory()
+    price = PriceVersionFactory(model=first.model, input_per_1m=Decimal("3"), output_per_1m=Decimal("7"))
+    admissions = [admit(first, tokens=100, cost="0.5"), admit(first, tokens=40, cost="0.25"), admit(second, cost=None)]
+    Reservation.objects.filter(pk=admissions[1].reservation_id).delete()  # as the sweeper does...
+    UsageCounter.objects.filter(pk=admissions[1].counter_id).update(  # ...with the counter in the same step
+        tokens_reserved=F("tokens_reserved") - 40, cost_reserved=F("cost_reserved") - Decimal("0.25")
+    )
+    settlements = [
+        settlement(first, admissions[0], "batch-1", Usage(input_tokens=10, output_tokens=5), price),
+        settlement(first, admissions[1], "batch-2", Usage(input_tokens=1_000_000), price),
+        settlement(second, admissions[2], "batch-3", Usage(input_tokens=7, estimated=True), None),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(*settle_statement(settlements))
+        ids = [row[0] for row in cursor.fetchall()]
+    records = [CallRecord.objects.get(pk=pk) for pk in ids]
+    assert [r.request_id for r in records] == ["batch-1", "batch-2", "batch-3"]
+    assert [(r.cost_usd, r.priced, r.estimated) for r in records] == [
+        (Decimal("0.000065"), True, False),
+        (Decimal("3"), True, False),
+        (None, False, True),
+    ]
+    counter = UsageCounter.objects.get(pk=admissions[0].counter_id)
+    assert (counter.tokens_used, counter.cost_used, counter.calls) == (1_000_015, Decimal("3.000065"), 2)
+    assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
+    other = UsageCounter.objects.get(pk=admissions[2].counter_id)
+    assert (other.tokens_used, other.cost_used, other.calls, other.tokens_reserved) == (7, 0, 1, 0)
+    assert not Reservation.objects.exists()
+    assert usage_reconcile(fix=False) == []

@@ -1,0 +1,38 @@
+"""Helpers of the quota tests: an admission and a settlement through the real services."""
+
+from decimal import Decimal
+
+from django.utils import timezone
+
+from quota.pricing import Usage
+from quota.services import Settlement, call_admit, settle_values
+
+
+def admit(allocation, *, tokens=10, cost="0.01", now=None, ttl_s=None):
+    return call_admit(
+        allocation_id=allocation.pk,
+        token_cap=allocation.quota_tokens_per_month,
+        cost_cap=allocation.quota_cost_usd_per_month,
+        est_tokens=tokens,
+        est_cost=None if cost is None else Decimal(cost),
+        request_id="req",
+        now=now or timezone.now(),
+        ttl_s=ttl_s,
+    )
+
+
+def settlement(allocation, admission, rid: str, usage: Usage, price) -> Settlement:
+    values, cost = settle_values(
+        record={
+            "request_id": rid,
+            "allocation": allocation,
+            "endpoint": "chat.completions",
+            "started_at": timezone.now(),
+            "outcome": "success",
+            "status_code": 200,
+        },
+        usage=usage,
+        price=price,
+        now=timezone.now(),
+    )
+    return Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
