@@ -284,9 +284,7 @@ def _close_abandoned(call: Call, opening: asyncio.Future) -> None:
     if opening.cancelled() or opening.exception() is not None or call.settled:
         return  # not admitted; a refusal was recorded where it was decided
     call.settled = True
-    closing = asyncio.ensure_future(
-        close_call(call, outcome=Outcome.CLIENT_CANCELLED, status_code=499, usage=Usage())
-    )
+    closing = asyncio.ensure_future(close_call(call, outcome=Outcome.CLIENT_CANCELLED, status_code=499, usage=Usage()))
     _abandoned.add(closing)
     closing.add_done_callback(_abandoned.discard)
 
