@@ -1,3 +1,4 @@
+import psycopg
 import pytest
 from asgiref.sync import SyncToAsync
 from django.core.cache import cache
@@ -65,3 +66,17 @@ def api_key(allocation):
 def fast_password_hasher(settings):
     """PBKDF2 costs up to a second per user on a busy 2-core CI box; hashing strength is not under test."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def loop_statements(monkeypatch):
+    """The SQL statements run on the event loop's connections."""
+    statements: list[str] = []
+    original = psycopg.AsyncCursor.execute
+
+    async def counting(self, query, params=None, **kwargs):
+        statements.append(str(query))
+        return await original(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
+    return statements

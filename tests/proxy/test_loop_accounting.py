@@ -40,20 +40,6 @@ def thread_steps(monkeypatch):
     return steps
 
 
-@pytest.fixture
-def loop_statements(monkeypatch):
-    """The SQL statements run on the event loop's connections."""
-    statements: list[str] = []
-    original = psycopg.AsyncCursor.execute
-
-    async def counting(self, query, params=None, **kwargs):
-        statements.append(str(query))
-        return await original(self, query, params, **kwargs)
-
-    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
-    return statements
-
-
 def _assert_settled_once(allocation, rid: str):
     record = record_of(rid)
     assert CallRecord.objects.filter(request_id=rid).count() == 1

@@ -21,16 +21,21 @@ def admit(allocation, *, tokens=10, cost="0.01", now=None, ttl_s=None):
     )
 
 
+def record_of_call(allocation, rid: str = "req") -> dict:
+    """A successful chat call's identifying record fields, as the proxy passes them to settle."""
+    return {
+        "request_id": rid,
+        "allocation": allocation,
+        "endpoint": "chat.completions",
+        "started_at": timezone.now(),
+        "outcome": "success",
+        "status_code": 200,
+    }
+
+
 def settlement(allocation, admission, rid: str, usage: Usage, price) -> Settlement:
     values, cost = settle_values(
-        record={
-            "request_id": rid,
-            "allocation": allocation,
-            "endpoint": "chat.completions",
-            "started_at": timezone.now(),
-            "outcome": "success",
-            "status_code": 200,
-        },
+        record=record_of_call(allocation, rid),
         usage=usage,
         price=price,
         now=timezone.now(),

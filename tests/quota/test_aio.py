@@ -93,19 +93,6 @@ def _admitted(calls: int):
     return allocation, price, [admit(allocation, tokens=50, cost="0.5") for _ in range(calls)]
 
 
-@pytest.fixture
-def loop_statements(monkeypatch):
-    statements: list[str] = []
-    original = psycopg.AsyncCursor.execute
-
-    async def counting(self, query, params=None, **kwargs):
-        statements.append(str(query))
-        return await original(self, query, params, **kwargs)
-
-    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
-    return statements
-
-
 async def test_settlements_that_meet_are_written_in_one_statement_each_with_its_own_record(loop_statements):
     allocation, price, admissions = await sync_to_async(_admitted)(4)
     pool = aio.Pool(1)

@@ -18,7 +18,7 @@ from quota.services import (
 )
 from tests.factories import AllocationFactory, PriceVersionFactory
 
-from .conftest import admit, settlement
+from .conftest import admit, record_of_call, settlement
 
 pytestmark = pytest.mark.django_db
 
@@ -26,14 +26,7 @@ pytestmark = pytest.mark.django_db
 def settle(allocation, admission, usage, price):
     return call_settle(
         admission=admission,
-        record={
-            "request_id": "req",
-            "allocation": allocation,
-            "endpoint": "chat.completions",
-            "started_at": timezone.now(),
-            "outcome": "success",
-            "status_code": 200,
-        },
+        record=record_of_call(allocation),
         usage=usage,
         price=price,
     )
