@@ -100,7 +100,8 @@ class Call:
     settled: bool = False
     extra: dict = field(default_factory=dict)
 
-    def record(self, **fields) -> dict:
+    def record(self, *, outcome: str, status_code: int, error_code: str = "", error_message: str = "") -> dict:
+        """The call record's identifying fields and outcome (the message cut to the column's 1,000)."""
         entry = self.entry
         return {
             "request_id": self.request_id,
@@ -111,7 +112,10 @@ class Call:
             "member_id": self.scope.member_id if self.scope else None,
             "allocation_id": entry.allocation_id if entry else None,
             "model_id": entry.model_id if entry else None,
-            **fields,
+            "outcome": outcome,
+            "status_code": status_code,
+            "error_code": error_code,
+            "error_message": error_message[:1000],
         }
 
 
@@ -168,7 +172,7 @@ def _reject(call: Call, error: GatewayError) -> None:
     outcome = REJECT_OUTCOMES.get(type(error), Outcome.REJECTED_BAD_REQUEST)
     call_record_reject(
         record=call.record(
-            outcome=outcome, status_code=error.status, error_code=error.code, error_message=error.message[:1000]
+            outcome=outcome, status_code=error.status, error_code=error.code, error_message=error.message
         )
     )
 
@@ -260,9 +264,6 @@ def _late_error(call: Call, entry: ScopedAllocation) -> GatewayError | None:
 # --- step 1 from the event loop ------------------------------------------------------------------
 
 
-_abandoned: set = set()  # strong references to the settlements of calls whose client left during step 1
-
-
 async def open_call(call: Call) -> Call:
     """Step 1: on the event loop when everything the call needs is cached and it is admitted there;
     otherwise (first call of a key, a refusal, a cap reached, SQLite, any error) on a thread,
@@ -281,12 +282,9 @@ async def open_call(call: Call) -> Call:
 
 
 def _close_abandoned(call: Call, opening: asyncio.Future) -> None:
-    if opening.cancelled() or opening.exception() is not None or call.settled:
+    if opening.cancelled() or opening.exception() is not None:
         return  # not admitted; a refusal was recorded where it was decided
-    call.settled = True
-    closing = asyncio.ensure_future(close_call(call, outcome=Outcome.CLIENT_CANCELLED, status_code=499, usage=Usage()))
-    _abandoned.add(closing)
-    closing.add_done_callback(_abandoned.discard)
+    close_once(call, outcome=Outcome.CLIENT_CANCELLED, status_code=499, usage=Usage())
 
 
 async def _open(call: Call) -> Call:
@@ -352,11 +350,26 @@ def call_close(
     call_settle_durable(
         admission=call.admission,
         record=call.record(
-            outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message[:1000]
+            outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message
         ),
         usage=usage,
         price=call.price,
     )
+
+
+_closing: set = set()  # strong references: a settlement runs to its end even when its request is gone
+
+
+def close_once(call: Call, **close) -> asyncio.Future | None:
+    """close_call exactly once per call, in a task of its own so that it finishes even if the
+    request task is cancelled meanwhile; None when the call was already closed."""
+    if call.settled:
+        return None
+    call.settled = True
+    task = asyncio.ensure_future(close_call(call, **close))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    return task
 
 
 async def close_call(
@@ -366,10 +379,10 @@ async def close_call(
     otherwise, or if that fails, call_close's durable path on a thread. After a failure the thread
     first looks for the record (the statement may have committed before the error reached us), so
     a call is never recorded twice."""
-    fields = {"outcome": outcome, "status_code": status_code, "error_code": error_code}
-    fields["error_message"] = error_message[:1000]
     if call.admission is not None and call.entry is not None and aio.enabled():
-        record = call.record(**fields)
+        record = call.record(
+            outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message
+        )
         try:
             await aio.settle(admission=call.admission, record=record, usage=usage, price=call.price, now=timezone.now())
             return

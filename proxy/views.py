@@ -23,7 +23,7 @@ from .registry import ENDPOINTS, Endpoint
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_background: set = set()  # strong references: a settle must finish even when its request is gone
+_background: set = set()  # strong references: an upstream call finishes even when its request is gone
 
 
 def request_id_for(request) -> str:
@@ -83,17 +83,11 @@ def upstream_payload(call: accounting.Call) -> bytes:
 
 async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usage, code: str = "", message: str = ""):
     """Exactly once per call, and to the end even if the request task is cancelled meanwhile."""
-    if call.settled:
-        return
-    call.settled = True
-    task = asyncio.ensure_future(
-        accounting.close_call(
-            call, outcome=outcome, status_code=status, usage=usage, error_code=code, error_message=message
-        )
+    task = accounting.close_once(
+        call, outcome=outcome, status_code=status, usage=usage, error_code=code, error_message=message
     )
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    await asyncio.shield(task)
+    if task is not None:
+        await asyncio.shield(task)
 
 
 # --- views ---------------------------------------------------------------------------------------

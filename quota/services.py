@@ -424,7 +424,11 @@ def price_in_force_cached(*, model_id, at: dt.datetime, generation: int) -> Pric
             _price_cache.clear()
         versions = list(PriceVersion.objects.filter(model=model_id).order_by("-effective_from", "-id")[:50])
         entry = _price_cache[model_id] = (generation, versions)
-    return next((v for v in entry[1] if v.effective_from <= at), None)
+    return _in_force(entry[1], at)
+
+
+def _in_force(versions: list[PriceVersion], at: dt.datetime) -> PriceVersion | None:
+    return next((v for v in versions if v.effective_from <= at), None)  # newest first
 
 
 def price_cached(*, model_id, at: dt.datetime, generation: int) -> tuple[bool, PriceVersion | None]:
@@ -432,7 +436,7 @@ def price_cached(*, model_id, at: dt.datetime, generation: int) -> tuple[bool, P
     entry = _price_cache.get(model_id)
     if entry is None or entry[0] != generation:
         return False, None
-    return True, next((v for v in entry[1] if v.effective_from <= at), None)
+    return True, _in_force(entry[1], at)
 
 
 def counter_id_cached(*, allocation_id, now: dt.datetime) -> int | None:

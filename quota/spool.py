@@ -95,13 +95,18 @@ def call_settle_durable(*, admission: Admission | None, record: dict, usage: Usa
         return None
 
 
+def _recorded(request_id: str, started_at: dt.datetime) -> bool:
+    """Whether a settlement of this call (its request id and start) already wrote its record."""
+    return CallRecord.objects.filter(request_id=request_id, started_at=started_at).exists()
+
+
 def call_settle_once(*, admission: Admission | None, record: dict, usage: Usage, price, now=None):
     """call_settle_durable after a settlement attempt whose outcome is unknown (its connection
     failed, perhaps after the commit): nothing if that attempt's record exists. If the database
     cannot tell, the settlement is written or spooled as usual (a spooled duplicate is dropped by
     the replay; only a database that fails the check and then takes the write could double it)."""
     try:
-        if CallRecord.objects.filter(request_id=record["request_id"], started_at=record["started_at"]).exists():
+        if _recorded(record["request_id"], record["started_at"]):
             return None
     except DatabaseError:
         logger.warning("cannot check whether %s was recorded; settling durably", record["request_id"])
@@ -111,7 +116,7 @@ def call_settle_once(*, admission: Admission | None, record: dict, usage: Usage,
 def _replay_one(payload: dict) -> None:
     rec = payload["record"]
     started = dt.datetime.fromisoformat(rec["started_at"])
-    if CallRecord.objects.filter(request_id=rec["request_id"], started_at=started).exists():
+    if _recorded(rec["request_id"], started):
         return  # already settled by an earlier replay that died before acknowledging
     call_settle(**_from_payload(payload))
 
