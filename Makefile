@@ -40,7 +40,7 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy allocations portal realtime gateway_project quota proxy
+	$(BIN)/mypy allocations portal realtime gateway_project quota proxy notifications
 
 worker: install
 	$(BIN)/celery -A gateway_project worker -l info

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "quota",
     "proxy",
     "realtime",
+    "notifications",
     "portal",
 ]
 
@@ -115,6 +116,7 @@ CELERY_BEAT_SCHEDULE = {
     "anomalies-detect": {"task": "quota.anomalies_detect", "schedule": 300.0},
     "reservations-sweep": {"task": "quota.reservations_sweep", "schedule": 60.0},
     "settlements-replay": {"task": "quota.settlements_replay", "schedule": 30.0},
+    "alerts-scan": {"task": "notifications.alerts_scan", "schedule": 60.0},
     "usage-reconcile-nightly": {"task": "quota.usage_reconcile_nightly", "schedule": crontab(hour=3, minute=17)},
 }
 
@@ -160,6 +162,27 @@ GATEWAY_OCR_ESTIMATE_PAGES = env.int("GATEWAY_OCR_ESTIMATE_PAGES", default=10)
 GATEWAY_ACCOUNTING_THREADS = env.int("GATEWAY_ACCOUNTING_THREADS", default=4)
 # Largest realtime frame relayed either way (a bigger one closes the socket with 1009).
 GATEWAY_REALTIME_MAX_FRAME_BYTES = env.int("GATEWAY_REALTIME_MAX_FRAME_MB", default=16) * 1024 * 1024
+
+# Mail (spend alerts, admin alerts): EMAIL_URL such as smtp://user:pass@host:587 or
+# smtp+tls://…; without it mails are printed to the console (`make run`).
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = _email.get("EMAIL_PORT", 25)
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="gateway@localhost")
+# Where links in mails point (the portal as members reach it).
+GATEWAY_PUBLIC_URL = env("GATEWAY_PUBLIC_URL", default="http://127.0.0.1:8000")
+# Admin alerts (quarantine, provider 401/403, upstream error bursts) go to these addresses.
+GATEWAY_ALERT_EMAILS = env.list("GATEWAY_ALERT_EMAILS", default=[])
+# Server errors of one provider within 5 minutes that make an alert; one mail per kind and provider
+# per window of this many minutes.
+GATEWAY_ALERT_UPSTREAM_ERRORS = env.int("GATEWAY_ALERT_UPSTREAM_ERRORS", default=10)
+GATEWAY_ALERT_WINDOW_MIN = env.int("GATEWAY_ALERT_WINDOW_MIN", default=60)
 
 LOGGING = {
     "version": 1,

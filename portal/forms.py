@@ -46,3 +46,10 @@ class KeyRenameForm(forms.Form):
         if not name:
             raise forms.ValidationError(_("This field is required."))
         return name
+
+
+class AlertPreferenceForm(forms.Form):
+    near_cap = forms.BooleanField(label=_("Mail me when an allocation nears its cap"), required=False, initial=True)
+    cap_reached = forms.BooleanField(
+        label=_("Mail me when an allocation reaches its cap"), required=False, initial=True
+    )

@@ -13,5 +13,6 @@ urlpatterns = [
     path("allocations/<str:allocation_id>/pause/", views.allocation_pause, name="allocation_pause"),
     path("allocations/<str:allocation_id>/resume/", views.allocation_resume, name="allocation_resume"),
     path("usage/", views.usage, name="usage"),
+    path("alerts/", views.alerts, name="alerts"),
     path("how-to-call/", views.how_to_call, name="how_to_call"),
 ]

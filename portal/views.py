@@ -14,10 +14,11 @@ from django.views.decorators.http import require_POST
 from allocations import services
 from allocations.exceptions import GatewayError
 from allocations.models import Allocation
+from notifications import services as notifications
 
 from . import selectors
 from .auth import RateLimitedAuthenticationForm
-from .forms import KeyCreateForm, KeyRenameForm
+from .forms import AlertPreferenceForm, KeyCreateForm, KeyRenameForm
 
 CALLS_PER_PAGE = 50
 
@@ -25,6 +26,11 @@ CALLS_PER_PAGE = 50
 class LoginView(auth_views.LoginView):
     form_class = RateLimitedAuthenticationForm
     redirect_authenticated_user = True
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        notifications.alert_language_remember(member=form.get_user(), language=get_language())
+        return response
 
     def form_invalid(self, form):
         response = super().form_invalid(form)
@@ -202,3 +208,19 @@ def how_to_call(request):
         "has_realtime": realtime is not None,
     }
     return render(request, "portal/how_to_call.html", context)
+
+
+@login_required
+def alerts(request):
+    """The member's spend alert choices; mails are written in the language this page was saved in."""
+    preference = notifications.alert_preference_of(member=request.user)
+    form = AlertPreferenceForm(
+        request.POST or None, initial={"near_cap": preference.near_cap, "cap_reached": preference.cap_reached}
+    )
+    if request.method == "POST" and form.is_valid():
+        notifications.alert_preference_update(member=request.user, language=get_language(), **form.cleaned_data)
+        messages.success(request, _("Alert settings saved."))
+        return redirect("portal:alerts")
+    return render(
+        request, "portal/alerts.html", {"form": form, "near_cap_percent": int(settings.GATEWAY_NEAR_CAP_RATIO * 100)}
+    )

@@ -1,0 +1,53 @@
+"""Mails the gateway sends: spend alerts to members, operational alerts to admins."""
+
+from django.conf import settings
+from django.db import models
+
+
+class Kind(models.TextChoices):
+    NEAR_CAP = "near_cap", "Near a cap"
+    CAP_REACHED = "cap_reached", "Cap reached"
+    QUARANTINED = "quarantined", "Allocation quarantined"
+    PROVIDER_AUTH = "provider_auth", "Provider refused the gateway's key"
+    UPSTREAM_ERRORS = "upstream_errors", "Upstream errors above the threshold"
+
+
+MEMBER_KINDS = (Kind.NEAR_CAP, Kind.CAP_REACHED)
+
+
+class Notification(models.Model):
+    """One mail, claimed by inserting its row: the unique (kind, scope) makes it exactly once
+    whatever number of processes run the scan. `scope` names what the mail is about and for
+    which period or window (allocation × billing period, provider × 5-minute window …)."""
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    scope = models.CharField(max_length=120)
+    member = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
+    recipients = models.JSONField(default=list)
+    subject = models.CharField(max_length=200)
+    body = models.TextField()
+    # What the mail said, for the audit event and for admins reading the notification list.
+    figures = models.JSONField(default=dict)
+    target_type = models.CharField(max_length=40)
+    target_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "scope"], name="notification_once_per_scope")]
+
+    def __str__(self):
+        return f"{self.kind} {self.scope}"
+
+
+class AlertPreference(models.Model):
+    """A member's choice of spend alerts and the language they are written in."""
+
+    member = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alert_preference")
+    near_cap = models.BooleanField(default=True)
+    cap_reached = models.BooleanField(default=True)
+    language = models.CharField(max_length=10, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def wants(self, kind: str) -> bool:
+        return bool(getattr(self, kind, True))

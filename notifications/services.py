@@ -1,0 +1,303 @@
+"""Spend alerts for members and operational alerts for admins.
+
+A periodic scan (Celery beat, every minute) reads the usage counters and the recent call records,
+so nothing is added to the request path. Each mail is claimed by inserting its Notification row
+(unique per kind and scope) before it is sent after commit: exactly once across any number of
+processes running the scan at the same time.
+"""
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Count, Q
+from django.template.loader import render_to_string
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
+from allocations.audit import audit_record
+from allocations.models import Allocation, AuditEvent, Member
+from quota.models import CallRecord, Outcome, UsageCounter
+from quota.periods import period_bounds, period_start_date
+
+from .models import MEMBER_KINDS, AlertPreference, Kind, Notification
+
+log = logging.getLogger(__name__)
+
+# Upstream failures are looked for in this trailing window; each provider gets at most one mail of a
+# kind per GATEWAY_ALERT_WINDOW_MIN.
+ERROR_LOOKBACK = dt.timedelta(minutes=5)
+# A claimed mail not sent after this long (its task was lost) is sent again by the next scan.
+RESEND_AFTER = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class CapLevel:
+    kind: Kind
+    metric: str  # "cost" or "tokens"
+    used: Decimal | int
+    cap: Decimal | int
+
+    @property
+    def percent(self) -> int:
+        return int(Decimal(self.used) * 100 / Decimal(self.cap))
+
+
+def cap_level(*, counter: UsageCounter, allocation: Allocation) -> CapLevel | None:
+    """The highest alert level either cap has reached; a cap of 0 blocks by design and is not alerted."""
+    ratio = settings.GATEWAY_NEAR_CAP_RATIO
+    found: list[CapLevel] = []
+    for metric, used, cap in (
+        ("cost", counter.cost_used, allocation.quota_cost_usd_per_month),
+        ("tokens", counter.tokens_used, allocation.quota_tokens_per_month),
+    ):
+        if not cap:
+            continue
+        if used >= cap:
+            found.append(CapLevel(Kind.CAP_REACHED, metric, used, cap))
+        elif Decimal(used) >= ratio * cap:
+            found.append(CapLevel(Kind.NEAR_CAP, metric, used, cap))
+    if not found:
+        return None
+    return max(found, key=lambda level: (level.kind == Kind.CAP_REACHED, Decimal(level.used) / Decimal(level.cap)))
+
+
+def _claim(*, kind: str, scope: str, defaults: dict) -> Notification | None:
+    """Insert the notification's row; only the process whose insert wins gets it back."""
+    with transaction.atomic():
+        notification, created = Notification.objects.get_or_create(kind=kind, scope=scope, defaults=defaults)
+        if not created:
+            return None
+        transaction.on_commit(lambda: _enqueue(notification.pk))
+    return notification
+
+
+def _enqueue(notification_id: int) -> None:
+    from .tasks import notification_send_task
+
+    notification_send_task.delay(notification_id)
+
+
+def _money(value: Decimal | int) -> str:
+    return "$" + format(Decimal(value).quantize(Decimal("0.0001")).normalize(), "f")
+
+
+def _preference(member: Member) -> AlertPreference | None:
+    try:
+        return member.alert_preference  # type: ignore[attr-defined]
+    except AlertPreference.DoesNotExist:
+        return None
+
+
+def _member_mail(*, member: Member, allocation: Allocation, level: CapLevel, now: dt.datetime) -> tuple[str, str]:
+    period_end = period_bounds(now)[1]
+    preference = _preference(member)
+    language = (preference.language if preference else "") or settings.LANGUAGE_CODE
+    with translation.override(language):
+        fmt = _money if level.metric == "cost" else (lambda v: f"{int(v):,}")
+        context = {
+            "member": member,
+            "model": allocation.model.slug,
+            "allocation": allocation.display_name or allocation.model.slug,
+            "reached": level.kind == Kind.CAP_REACHED,
+            "metric": _("spend") if level.metric == "cost" else _("tokens"),
+            "used": fmt(level.used),
+            "cap": fmt(level.cap),
+            "percent": level.percent,
+            "reset": period_end.date().isoformat(),
+            "portal_url": settings.GATEWAY_PUBLIC_URL.rstrip("/") + "/portal/",
+        }
+        if level.kind == Kind.CAP_REACHED:
+            subject = _("Cap reached: %(model)s") % context
+        else:
+            subject = _("%(percent)s%% of your cap used: %(model)s") % context
+        body = render_to_string("notifications/member_alert.txt", context)
+    return subject, body
+
+
+def member_alerts_scan(*, now: dt.datetime) -> list[Notification]:
+    """Claim the near-cap and cap-reached mails of this period that are due and not yet claimed."""
+    period = period_start_date(now)
+    done = set(
+        Notification.objects.filter(kind__in=MEMBER_KINDS, scope__endswith=f":{period.isoformat()}").values_list(
+            "kind", "scope"
+        )
+    )
+    counters = (
+        UsageCounter.objects.filter(period_start=period)
+        .exclude(allocation__status=Allocation.Status.REVOKED)
+        .filter(
+            Q(allocation__quota_cost_usd_per_month__gt=0) | Q(allocation__quota_tokens_per_month__gt=0),
+            allocation__member__is_active=True,
+        )
+        .exclude(allocation__member__email="")
+        .select_related("allocation__member__alert_preference", "allocation__model")
+    )
+    claimed = []
+    for counter in counters.iterator():
+        allocation = counter.allocation
+        level = cap_level(counter=counter, allocation=allocation)
+        if level is None:
+            continue
+        scope = f"{allocation.pk}:{period.isoformat()}"
+        member = allocation.member
+        preference = _preference(member)
+        if (level.kind, scope) in done or (preference is not None and not preference.wants(level.kind)):
+            continue
+        subject, body = _member_mail(member=member, allocation=allocation, level=level, now=now)
+        notification = _claim(
+            kind=level.kind,
+            scope=scope,
+            defaults={
+                "member": member,
+                "recipients": [member.email],
+                "subject": subject,
+                "body": body,
+                "figures": {"metric": level.metric, "used": str(level.used), "cap": str(level.cap)},
+                "target_type": "allocation",
+                "target_id": str(allocation.pk),
+                "created_at": now,
+            },
+        )
+        if notification is not None:
+            claimed.append(notification)
+    return claimed
+
+
+def _admin_claim(*, kind: Kind, scope: str, subject: str, body: str, figures: dict, target: tuple[str, str], now):
+    return _claim(
+        kind=kind,
+        scope=scope,
+        defaults={
+            "recipients": list(settings.GATEWAY_ALERT_EMAILS),
+            "subject": subject,
+            "body": body,
+            "figures": figures,
+            "target_type": target[0],
+            "target_id": target[1],
+            "created_at": now,
+        },
+    )
+
+
+def _window_start(now: dt.datetime) -> str:
+    window = settings.GATEWAY_ALERT_WINDOW_MIN * 60
+    return dt.datetime.fromtimestamp(now.timestamp() // window * window, tz=dt.UTC).isoformat()
+
+
+def admin_alerts_scan(*, now: dt.datetime) -> list[Notification]:
+    """Quarantines, providers refusing the gateway's key (401/403), and bursts of upstream failures."""
+    if not settings.GATEWAY_ALERT_EMAILS:
+        return []
+    claimed: list[Notification | None] = []
+    quarantines = AuditEvent.objects.filter(
+        action="allocation_quarantined", created_at__gte=now - dt.timedelta(hours=1)
+    ).order_by("created_at")
+    for event in quarantines:
+        claimed.append(
+            _admin_claim(
+                kind=Kind.QUARANTINED,
+                scope=f"{event.target_id}:{event.pk}",
+                subject=f"Allocation quarantined: {event.target_id}",
+                body=render_to_string("notifications/admin_quarantined.txt", {"event": event}),
+                figures={"after": event.after},
+                target=("allocation", event.target_id),
+                now=now,
+            )
+        )
+    window = _window_start(now)
+    failures = (
+        CallRecord.objects.filter(started_at__gte=now - ERROR_LOOKBACK, outcome=Outcome.UPSTREAM_ERROR)
+        .values("model__provider_id", "model__provider__name")
+        .annotate(
+            auth=Count("id", filter=Q(status_code__in=(401, 403))),
+            server=Count("id", filter=Q(status_code__gte=500)),
+        )
+    )
+    for row in failures:
+        provider_id, name = str(row["model__provider_id"]), row["model__provider__name"]
+        context = {"provider": name, "minutes": int(ERROR_LOOKBACK.total_seconds() // 60), "now": now}
+        if row["auth"]:
+            claimed.append(
+                _admin_claim(
+                    kind=Kind.PROVIDER_AUTH,
+                    scope=f"{provider_id}:{window}",
+                    subject=f"Provider {name} refused the gateway's key",
+                    body=render_to_string("notifications/admin_provider_auth.txt", {**context, "count": row["auth"]}),
+                    figures={"refusals": row["auth"]},
+                    target=("provider", provider_id),
+                    now=now,
+                )
+            )
+        if row["server"] >= settings.GATEWAY_ALERT_UPSTREAM_ERRORS:
+            claimed.append(
+                _admin_claim(
+                    kind=Kind.UPSTREAM_ERRORS,
+                    scope=f"{provider_id}:{window}",
+                    subject=f"Upstream errors from {name}: {row['server']} in {context['minutes']} minutes",
+                    body=render_to_string(
+                        "notifications/admin_upstream_errors.txt", {**context, "count": row["server"]}
+                    ),
+                    figures={"errors": row["server"], "threshold": settings.GATEWAY_ALERT_UPSTREAM_ERRORS},
+                    target=("provider", provider_id),
+                    now=now,
+                )
+            )
+    return [n for n in claimed if n is not None]
+
+
+def alerts_scan(*, now: dt.datetime | None = None) -> list[Notification]:
+    now = now or timezone.now()
+    stale = Notification.objects.filter(sent_at__isnull=True, created_at__lt=now - RESEND_AFTER)
+    for notification_id in stale.values_list("pk", flat=True):
+        _enqueue(notification_id)
+    return member_alerts_scan(now=now) + admin_alerts_scan(now=now)
+
+
+def notification_send(*, notification_id: int, now: dt.datetime | None = None) -> bool:
+    """Send one claimed mail and audit it. The mail goes out before the row is marked, outside any
+    transaction: a crash in between sends it once more rather than never."""
+    notification = Notification.objects.filter(pk=notification_id, sent_at__isnull=True).first()
+    if notification is None:
+        return False
+    send_mail(notification.subject, notification.body, settings.DEFAULT_FROM_EMAIL, notification.recipients)
+    now = now or timezone.now()
+    with transaction.atomic():
+        marked = Notification.objects.filter(pk=notification_id, sent_at__isnull=True).update(sent_at=now)
+        if marked:
+            audit_record(
+                actor=None,
+                action="notification_sent",
+                target=notification,
+                target_type=notification.target_type,
+                target_id=notification.target_id,
+                after={
+                    "kind": notification.kind,
+                    "scope": notification.scope,
+                    "recipients": notification.recipients,
+                    **notification.figures,
+                },
+                now=now,
+            )
+    return bool(marked)
+
+
+def alert_preference_of(*, member: Member) -> AlertPreference:
+    """The member's choices; everything on for a member who never changed them."""
+    return AlertPreference.objects.filter(member=member).first() or AlertPreference(member=member)
+
+
+def alert_preference_update(*, member: Member, near_cap: bool, cap_reached: bool, language: str) -> AlertPreference:
+    preference = AlertPreference.objects.update_or_create(
+        member=member, defaults={"near_cap": near_cap, "cap_reached": cap_reached, "language": language}
+    )[0]
+    return preference
+
+
+def alert_language_remember(*, member: Member, language: str) -> None:
+    """Mails are written in the language the member last used the portal in."""
+    AlertPreference.objects.update_or_create(member=member, defaults={"language": language})
