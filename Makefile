@@ -32,7 +32,13 @@ services-check: install-dev
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: install-dev services-check browser
+# A real OpenID Connect provider (node-oidc-provider, from the npm registry) for the SSO tests.
+OIDC_PROVIDER := tests/sso/oidc_provider
+$(OIDC_PROVIDER)/node_modules: $(OIDC_PROVIDER)/package-lock.json
+	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install-dev services-check browser $(OIDC_PROVIDER)/node_modules
 	$(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
 

@@ -54,6 +54,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "portal.middleware.SessionLifetimeMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -119,6 +120,23 @@ CELERY_BEAT_SCHEDULE = {
     "alerts-scan": {"task": "notifications.alerts_scan", "schedule": 60.0},
     "usage-reconcile-nightly": {"task": "quota.usage_reconcile_nightly", "schedule": crontab(hour=3, minute=17)},
 }
+
+# Sign-in (SPEC section 7): single sign-on through any OpenID Connect provider when an issuer is
+# set; password sign-in for everyone (`all`), staff only (`staff`) or nobody (`off`).
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", "portal.sso.GatewayOIDCBackend"]
+GATEWAY_OIDC_ISSUER = env("GATEWAY_OIDC_ISSUER", default="")
+GATEWAY_OIDC_CLIENT_ID = env("GATEWAY_OIDC_CLIENT_ID", default="")
+GATEWAY_OIDC_CLIENT_SECRET = env("GATEWAY_OIDC_CLIENT_SECRET", default="")
+GATEWAY_OIDC_ALLOWED_DOMAINS = env.list("GATEWAY_OIDC_ALLOWED_DOMAINS", default=[])
+GATEWAY_OIDC_LABEL = env("GATEWAY_OIDC_LABEL", default="Sign in with your organisation")
+GATEWAY_OIDC_STAFF_GROUPS = env.list("GATEWAY_OIDC_STAFF_GROUPS", default=[])
+GATEWAY_PASSWORD_LOGIN = env("GATEWAY_PASSWORD_LOGIN", default="all")
+if GATEWAY_PASSWORD_LOGIN not in ("all", "staff", "off"):
+    raise ImproperlyConfigured("GATEWAY_PASSWORD_LOGIN must be all, staff or off")
+# Portal and admin sessions end after this long without a request, and this long after sign-in.
+SESSION_COOKIE_AGE = int(env.float("GATEWAY_SESSION_IDLE_H", default=2) * 3600)
+SESSION_SAVE_EVERY_REQUEST = True
+GATEWAY_SESSION_MAX_AGE_H = env.float("GATEWAY_SESSION_MAX_AGE_H", default=24)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -3,3 +3,8 @@ from django.apps import AppConfig
 
 class PortalConfig(AppConfig):
     name = "portal"
+
+    def ready(self):
+        from . import sign_in_audit
+
+        sign_in_audit.connect()

@@ -72,6 +72,7 @@ class RateLimitedAuthenticationForm(AuthenticationForm):
         # One message for unknown user, wrong password and disabled member alike.
         "invalid_login": _("Enter a correct username and password."),
         "rate_limited": _("Too many failed sign-in attempts. Wait a few minutes and try again."),
+        "password_off": _("Password sign-in is switched off here: use single sign-on."),
     }
 
     rate_limited = False
@@ -89,3 +90,14 @@ class RateLimitedAuthenticationForm(AuthenticationForm):
             raise
         login_succeeded(username=username)
         return cleaned
+
+    def confirm_login_allowed(self, user):
+        super().confirm_login_allowed(user)
+        if not password_login_allowed(user):
+            raise ValidationError(self.error_messages["password_off"], code="password_off")
+
+
+def password_login_allowed(user) -> bool:
+    """GATEWAY_PASSWORD_LOGIN: `all`, `staff` (members sign in with single sign-on) or `off`."""
+    mode = settings.GATEWAY_PASSWORD_LOGIN
+    return mode == "all" or (mode == "staff" and user.is_staff)

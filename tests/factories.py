@@ -65,6 +65,9 @@ def make_key(*, member, allocations, name="test key"):
     return api_key_create(member=member, name=name, allocations=allocations)
 
 
+SIGN_IN_ACTIONS = ("login_succeeded", "login_failed", "logged_out")
+
+
 def audit_actions() -> list[str]:
-    """The audit events' actions, oldest first."""
-    return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
+    """The governance audit events' actions, oldest first (the sign-ins a test makes left out)."""
+    return list(AuditEvent.objects.exclude(action__in=SIGN_IN_ACTIONS).order_by("id").values_list("action", flat=True))

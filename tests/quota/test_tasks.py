@@ -57,7 +57,9 @@ def test_the_beat_schedule_names_registered_tasks():
         "quota.reservations_sweep",
         "quota.usage_reconcile_nightly",
         "quota.settlements_replay",
+        "notifications.alerts_scan",
     }
+    app.loader.import_default_modules()  # what a worker does at start: every app's tasks module
     assert all(entry["task"] in app.tasks for entry in schedule.values())
     assert schedule["anomalies-detect"]["schedule"] == 300.0
     assert schedule["pool-rebalance-tick"]["schedule"] == 60.0

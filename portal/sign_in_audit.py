@@ -1,0 +1,76 @@
+"""Audit of every sign-in, failed sign-in and sign-out, whatever the path (portal, Django admin,
+single sign-on). These hang on django.contrib.auth's own signals because the sign-in code is
+Django's: its login views and forms are used as they are."""
+
+import ipaddress
+
+from django.contrib.auth import signals
+from django.utils import timezone
+
+from allocations.audit import audit_record
+
+from .auth import client_ip
+
+SIGNED_IN_AT = "signed_in_at"
+SIGNED_IN_UID = "portal.sign_in_audit.in"
+
+
+def _address(request) -> str | None:
+    if request is None:
+        return None
+    address = client_ip(request)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return address
+
+
+def _method(user) -> str:
+    return "sso" if getattr(user, "backend", "").endswith("GatewayOIDCBackend") else "password"
+
+
+def _signed_in(sender, request, user, **kwargs):
+    now = timezone.now()
+    if request is not None:
+        request.session[SIGNED_IN_AT] = now.timestamp()
+    audit_record(
+        actor=user,
+        action="login_succeeded",
+        target=user,
+        after={"method": _method(user)},
+        source_ip=_address(request),
+        now=now,
+    )
+
+
+def _sign_in_failed(sender, credentials, request=None, **kwargs):
+    username = (credentials.get("username") or "").strip().casefold()
+    if not username:  # single sign-on failures are audited with their reason by the backend
+        return
+    audit_record(
+        actor=None,
+        action="login_failed",
+        target=None,
+        target_type="member",
+        target_id=username[:64],
+        after={"method": "password"},
+        source_ip=_address(request),
+    )
+
+
+def _signed_out(sender, request, user, **kwargs):
+    if user is None:
+        return
+    audit_record(
+        actor=user,
+        action="logged_out",
+        target=user,
+        source_ip=_address(request),
+    )
+
+
+def connect() -> None:
+    signals.user_logged_in.connect(_signed_in, dispatch_uid=SIGNED_IN_UID)
+    signals.user_login_failed.connect(_sign_in_failed, dispatch_uid="portal.sign_in_audit.failed")
+    signals.user_logged_out.connect(_signed_out, dispatch_uid="portal.sign_in_audit.out")

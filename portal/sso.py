@@ -1,0 +1,211 @@
+"""Single sign-on through any OpenID Connect provider, on mozilla-django-oidc.
+
+Everything comes from the `GATEWAY_OIDC_*` settings; the provider's endpoints are read from its
+discovery document (`<issuer>/.well-known/openid-configuration`) when a sign-in needs them and
+kept for an hour, so no request of a signed-in member waits on the identity provider.
+
+Who gets in: a verified email (the `email_verified` claim true) in one of the allowed domains.
+An existing member is matched by that email only; a new one is created with the case-folded email
+as username and email. A disabled member is refused here too.
+"""
+
+import logging
+import threading
+import time
+from types import SimpleNamespace
+from typing import NoReturn
+
+import requests
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import SuspiciousOperation
+from django.http import Http404
+from django.shortcuts import render
+from django.utils.translation import gettext as _
+from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+from mozilla_django_oidc.utils import import_from_settings
+from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
+
+from allocations.audit import audit_record
+from allocations.exceptions import GatewayError
+from allocations.models import Member
+from allocations.services import member_create, member_set_roles
+
+from .auth import client_ip
+
+log = logging.getLogger(__name__)
+
+# Audit events of members created or promoted on first sign-in name "sso" as their actor.
+SSO_ACTOR = SimpleNamespace(username="sso", pk=None)
+REFUSED_KEY = "sso_refused"
+DISCOVERY_TTL_S = 3600
+
+_ENDPOINTS = {
+    "OIDC_OP_AUTHORIZATION_ENDPOINT": "authorization_endpoint",
+    "OIDC_OP_TOKEN_ENDPOINT": "token_endpoint",
+    "OIDC_OP_USER_ENDPOINT": "userinfo_endpoint",
+    "OIDC_OP_JWKS_ENDPOINT": "jwks_uri",
+}
+_discovery: dict = {}
+_discovery_lock = threading.Lock()
+
+
+def sso_enabled() -> bool:
+    return bool(settings.GATEWAY_OIDC_ISSUER)
+
+
+def discovery() -> dict:
+    """The provider's discovery document, fetched at most once an hour per process."""
+    issuer = settings.GATEWAY_OIDC_ISSUER.rstrip("/")
+    with _discovery_lock:
+        cached = _discovery.get(issuer)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        response = requests.get(f"{issuer}/.well-known/openid-configuration", timeout=10)
+        response.raise_for_status()
+        document = response.json()
+        _discovery[issuer] = (time.monotonic() + DISCOVERY_TTL_S, document)
+        return document
+
+
+def oidc_setting(attr: str, *default):
+    """mozilla-django-oidc's settings, answered from the gateway's own."""
+    if attr in _ENDPOINTS:
+        return discovery()[_ENDPOINTS[attr]]
+    scopes = "openid email profile" + (" groups" if settings.GATEWAY_OIDC_STAFF_GROUPS else "")
+    derived = {
+        "OIDC_RP_CLIENT_ID": settings.GATEWAY_OIDC_CLIENT_ID,
+        "OIDC_RP_CLIENT_SECRET": settings.GATEWAY_OIDC_CLIENT_SECRET,
+        "OIDC_RP_SIGN_ALGO": "RS256",
+        "OIDC_RP_IDP_SIGN_KEY": None,
+        "OIDC_RP_SCOPES": scopes,
+        "OIDC_USE_PKCE": True,
+        "OIDC_TIMEOUT": 10,
+        "LOGIN_REDIRECT_URL": "/portal/",
+        "LOGIN_REDIRECT_URL_FAILURE": "/accounts/sso/refused/",
+    }
+    if attr in derived:
+        return derived[attr]
+    return import_from_settings(attr, *default)
+
+
+def _endpoint(attr: str):
+    return property(lambda self: oidc_setting(attr))
+
+
+def _email_domain(email: str) -> str:
+    return email.rpartition("@")[2]
+
+
+class GatewayOIDCBackend(OIDCAuthenticationBackend):
+    """Signs members in from the provider's verified claims; every refusal says why and is audited."""
+
+    get_settings = staticmethod(oidc_setting)
+    OIDC_OP_TOKEN_ENDPOINT = _endpoint("OIDC_OP_TOKEN_ENDPOINT")
+    OIDC_OP_USER_ENDPOINT = _endpoint("OIDC_OP_USER_ENDPOINT")
+    OIDC_OP_JWKS_ENDPOINT = _endpoint("OIDC_OP_JWKS_ENDPOINT")
+    OIDC_RP_CLIENT_ID = _endpoint("OIDC_RP_CLIENT_ID")
+    OIDC_RP_CLIENT_SECRET = _endpoint("OIDC_RP_CLIENT_SECRET")
+    OIDC_RP_SIGN_ALGO = _endpoint("OIDC_RP_SIGN_ALGO")
+    OIDC_RP_IDP_SIGN_KEY = _endpoint("OIDC_RP_IDP_SIGN_KEY")
+
+    def __init__(self, *args, **kwargs):
+        # Django builds a backend for every request of a signed-in member (get_user): the
+        # provider's endpoints are looked up only when a sign-in uses them (the properties above).
+        self.UserModel = get_user_model()
+
+    def authenticate(self, request, **kwargs):
+        if not sso_enabled() or request is None or "code" not in request.GET:
+            return None
+        return super().authenticate(request, **kwargs)
+
+    def get_user(self, user_id):
+        user = super().get_user(user_id)
+        return user if user is not None and user.is_active else None
+
+    def refuse(self, reason: str, *, email: str = "") -> NoReturn:
+        self.request.session[REFUSED_KEY] = reason
+        audit_record(
+            actor=None,
+            action="login_failed",
+            target=None,
+            target_type="member",
+            target_id=(email or "unknown")[:64],
+            after={"method": "sso", "reason": reason},
+            source_ip=client_ip(self.request),
+        )
+        raise SuspiciousOperation(reason)
+
+    def verify_claims(self, claims):
+        email = (claims.get("email") or "").strip().casefold()
+        if not email:
+            self.refuse(_("Your identity provider did not share an email address."))
+        if claims.get("email_verified") not in (True, "true", "True"):
+            self.refuse(
+                _("Your email address %(email)s is not verified by your identity provider.") % {"email": email},
+                email=email,
+            )
+        allowed = [d.casefold().lstrip("@") for d in settings.GATEWAY_OIDC_ALLOWED_DOMAINS]
+        if allowed and _email_domain(email) not in allowed:
+            self.refuse(
+                _("Accounts of %(domain)s cannot sign in here. Use your organisation's account.")
+                % {"domain": _email_domain(email)},
+                email=email,
+            )
+        return True
+
+    def filter_users_by_claims(self, claims):
+        return Member.objects.filter(email=claims["email"].strip().casefold())
+
+    def create_user(self, claims):
+        email = claims["email"].strip().casefold()
+        try:
+            member = member_create(username=email, email=email, actor=SSO_ACTOR)
+        except GatewayError:
+            self.refuse(
+                _("A member named %(email)s already exists with another email address: ask an admin.")
+                % {"email": email},
+                email=email,
+            )
+        return self.update_user(member, claims)
+
+    def update_user(self, user, claims):
+        if not user.is_active:
+            self.refuse(_("Your account is disabled. Ask an admin."), email=user.email)
+        staff_groups = set(settings.GATEWAY_OIDC_STAFF_GROUPS)
+        groups = claims.get("groups") or []
+        if staff_groups and not user.is_staff and staff_groups.intersection(groups):
+            user = member_set_roles(member=user, is_staff=True, is_superuser=user.is_superuser, actor=SSO_ACTOR)
+        return user
+
+
+class _SSOOnly:
+    get_settings = staticmethod(oidc_setting)
+
+    def dispatch(self, request, *args, **kwargs):
+        if not sso_enabled():
+            raise Http404("single sign-on is not configured")
+        return super().dispatch(request, *args, **kwargs)
+
+
+class SSOLoginView(_SSOOnly, OIDCAuthenticationRequestView):
+    def __init__(self, *args, **kwargs):
+        # The base class reads the endpoints in __init__; here they are read when a sign-in starts.
+        super(OIDCAuthenticationRequestView, self).__init__(*args, **kwargs)
+
+    @property
+    def OIDC_OP_AUTH_ENDPOINT(self):  # noqa: N802 (the base class's attribute name)
+        return oidc_setting("OIDC_OP_AUTHORIZATION_ENDPOINT")
+
+    @property
+    def OIDC_RP_CLIENT_ID(self):  # noqa: N802
+        return oidc_setting("OIDC_RP_CLIENT_ID")
+
+
+class SSOCallbackView(_SSOOnly, OIDCAuthenticationCallbackView):
+    pass
+
+
+def sso_refused(request):
+    reason = request.session.pop(REFUSED_KEY, "") or _("Single sign-on did not complete. Try again.")
+    return render(request, "registration/sso_refused.html", {"reason": reason}, status=403)

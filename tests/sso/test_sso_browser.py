@@ -1,0 +1,93 @@
+"""Single sign-on in a real Chromium through a real OpenID Connect provider on loopback."""
+
+import os
+import re
+
+import pytest
+
+from allocations.models import AuditEvent, Member
+from tests.factories import MemberFactory
+from tests.portal.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed"),
+    pytest.mark.xdist_group("portal-browser"),
+]
+
+
+@pytest.fixture
+def browser_page(transactional_db, oidc_provider, monkeypatch):
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(locale="en-US").new_page()
+        page.set_default_timeout(15_000)
+        yield page
+        browser.close()
+
+
+def _sign_in_through_the_provider(page, base_url, login, *, start="/accounts/login/"):
+    page.goto(base_url + start)
+    page.get_by_role("link", name="Sign in with Example").click()
+    page.wait_for_url(re.compile(r".*/interaction/.*"))
+    page.locator('input[name="login"]').fill(login)
+    page.locator('input[name="password"]').fill("anything")
+    page.locator('button[type="submit"]').click()
+    consent = page.locator('button[type="submit"]', has_text=re.compile("Continue", re.I))
+    if consent.count():
+        consent.click()
+
+
+def test_a_member_of_an_allowed_domain_signs_in_and_is_created(browser_page, live_server):
+    _sign_in_through_the_provider(browser_page, live_server.url, "Mei.Lin@Example.org")
+    browser_page.wait_for_url(re.compile(r".*/portal/$"))
+
+    member = Member.objects.get(username="mei.lin@example.org")
+    assert member.email == "mei.lin@example.org" and not member.is_staff
+    created = AuditEvent.objects.get(action="member_created", target_id=str(member.pk))
+    assert created.actor_label == "sso"
+    signed_in = AuditEvent.objects.get(action="login_succeeded", target_id=str(member.pk))
+    assert signed_in.after == {"method": "sso"} and signed_in.source_ip == "127.0.0.1"
+
+
+def test_a_foreign_domain_is_refused_with_a_clear_page(browser_page, live_server):
+    _sign_in_through_the_provider(browser_page, live_server.url, "eve@elsewhere.com")
+    browser_page.wait_for_url(re.compile(r".*/accounts/sso/refused/$"))
+
+    assert "Accounts of elsewhere.com cannot sign in here" in browser_page.locator("[role=alert]").inner_text()
+    assert not Member.objects.filter(email="eve@elsewhere.com").exists()
+    failed = AuditEvent.objects.get(action="login_failed")
+    assert failed.after["method"] == "sso" and failed.target_id == "eve@elsewhere.com"
+    browser_page.goto(live_server.url + "/portal/")
+    assert "/accounts/login/" in browser_page.url
+
+
+def test_an_existing_member_is_matched_by_verified_email_only(browser_page, live_server):
+    existing = MemberFactory(username="kai", email="kai@example.org")
+    _sign_in_through_the_provider(browser_page, live_server.url, "unverified:kai@example.org")
+    browser_page.wait_for_url(re.compile(r".*/accounts/sso/refused/$"))
+    assert "not verified" in browser_page.locator("[role=alert]").inner_text()
+
+    browser_page.context.clear_cookies()  # sign out of the provider too, to sign in as another account
+    _sign_in_through_the_provider(browser_page, live_server.url, "kai@example.org")
+    browser_page.wait_for_url(re.compile(r".*/portal/$"))
+    assert Member.objects.filter(email="kai@example.org").count() == 1
+    assert AuditEvent.objects.filter(action="login_succeeded", target_id=str(existing.pk)).exists()
+
+
+def test_a_disabled_member_cannot_get_in_through_sso(browser_page, live_server):
+    MemberFactory(username="gone", email="gone@example.org", is_active=False)
+    _sign_in_through_the_provider(browser_page, live_server.url, "gone@example.org")
+    browser_page.wait_for_url(re.compile(r".*/accounts/sso/refused/$"))
+    assert "disabled" in browser_page.locator("[role=alert]").inner_text()
+
+
+def test_the_staff_group_claim_makes_a_member_staff_from_the_admin_login(browser_page, live_server):
+    _sign_in_through_the_provider(browser_page, live_server.url, "staff:boss@example.org", start="/admin/login/")
+    browser_page.wait_for_url(re.compile(r".*/admin/$"))
+    boss = Member.objects.get(email="boss@example.org")
+    assert boss.is_staff
+    promoted = AuditEvent.objects.get(action="member_roles_updated", target_id=str(boss.pk))
+    assert promoted.actor_label == "sso" and promoted.after["is_staff"] is True
