@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Shows the quota check's cost does not grow with the call records (SPEC 5: O(1) counters).
 
-Times call_admit + its release (the whole admission step of a proxied call) for one allocation,
+Times ledger.admit + its release (the whole admission step of a proxied call) for one allocation,
 first with no call records of it, then after inserting 1,000,000 of them with generate_series
 (after a CHECKPOINT and VACUUM ANALYZE), then again after deleting them.
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_bench bench/quota_flat.py [--rows 1000000]
@@ -27,15 +27,15 @@ from django.utils import timezone  # noqa: E402
 
 from allocations.models import Member  # noqa: E402
 from allocations.services import allocation_create, member_create, model_create, provider_create  # noqa: E402
+from quota import ledger  # noqa: E402
 from quota.models import CallRecord  # noqa: E402
-from quota.services import call_admit, reservation_release  # noqa: E402
 
 
 def timed(allocation, n: int) -> dict:
     samples = []
     for i in range(n):
         start = time.perf_counter()
-        admission = call_admit(
+        admission = ledger.admit(
             allocation_id=allocation.pk,
             token_cap=10**15,
             cost_cap=Decimal("1e9"),
@@ -44,7 +44,7 @@ def timed(allocation, n: int) -> dict:
             request_id=f"flat-{i}",
             now=timezone.now(),
         )
-        reservation_release(admission=admission)
+        ledger.release(admission=admission)
         samples.append((time.perf_counter() - start) * 1e6)
     samples.sort()
     return {"median_us": round(statistics.median(samples)), "p99_us": round(samples[int(n * 0.99) - 1])}

@@ -3,29 +3,22 @@ SPEC 3 steps 1-10) and `close_call` (the call record, the counters and the reser
 in one statement).
 
 A warm call (its key scope, price and counter id cached under the current auth generation) takes
-both steps on the event loop: checks from the caches, then the statement on quota.aio's async
-connections. Everything else runs the synchronous `call_open` / `call_close` on a small dedicated
-thread pool whose threads keep their database connection between calls: the first call of a key,
-every refusal (the one place refusal records are written), a cap reached, SQLite, and any failure
-of the loop path. No connection is held across the upstream call. GATEWAY_ACCOUNTING_THREADS
-bounds both the threads and the loop's connections per process.
+both steps on the event loop: checks from the caches, then the ledger's statement on the loop
+(quota.ledger). Everything else runs the synchronous `call_open` on the ledger's accounting
+threads: the first call of a key, every refusal (the one place refusal records are written), a
+cap reached, SQLite, and any failure of the loop path. No connection is held across the upstream
+call.
 """
 
 import asyncio
-import contextvars
 import datetime as dt
 import functools
 import logging
 import re
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from django.conf import settings
-from django.db import Error as DatabaseError
-from django.db import connection, transaction
-from django.utils import timezone
+from django.db import transaction
 
 from allocations.access import (
     KeyScope,
@@ -35,6 +28,7 @@ from allocations.access import (
     key_scope_cached,
     key_touch,
 )
+from allocations.bounded import BoundedCache
 from allocations.cache import auth_generation, auth_generation_async
 from allocations.exceptions import (
     AllocationPaused,
@@ -45,20 +39,12 @@ from allocations.exceptions import (
     ModelMismatch,
     Unauthorized,
 )
-from quota import aio
+from quota import ledger
 from quota.exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
+from quota.ledger import Admission, threads
 from quota.models import Outcome
 from quota.pricing import Usage, cost_for
-from quota.services import (
-    Admission,
-    call_admit,
-    call_record_reject,
-    counter_id_cached,
-    price_cached,
-    price_in_force_cached,
-    reservation_release,
-)
-from quota.spool import call_settle_durable, call_settle_once
+from quota.services import price_cached, price_in_force_cached
 
 from .exceptions import ModelKindMismatch, ProviderUnavailable
 from .registry import Endpoint
@@ -119,58 +105,12 @@ class Call:
         }
 
 
-# --- the thread pool ----------------------------------------------------------------------------
-
-_pool = ThreadPoolExecutor(max_workers=settings.GATEWAY_ACCOUNTING_THREADS, thread_name_prefix="gw-accounting")
-
-
-_thread = threading.local()
-
-
-def _guarded(fn):
-    def run(**kwargs):
-        # Each pool thread runs its steps in one context of its own: Django's cache handler keeps
-        # its clients in context-local storage, so the request's context would open a new Redis
-        # connection per call (the database handler is thread-local and keeps its connection anyway).
-        context = getattr(_thread, "context", None)
-        if context is None:
-            context = _thread.context = contextvars.Context()
-        try:
-            return context.run(fn, **kwargs)
-        except DatabaseError:
-            # A broken connection must not poison this thread: the next step reconnects.
-            connection.close()
-            raise
-
-    return run
-
-
-async def run(fn, **kwargs):
-    # Straight to the pool: asgiref's sync_to_async would also copy and restore the request's
-    # context around the call, which these steps never read (they run in the thread's own context).
-    # A cancelled caller stops waiting; a step already running finishes in its thread, as before.
-    return await asyncio.get_running_loop().run_in_executor(_pool, functools.partial(_guarded(fn), **kwargs))
-
-
-def pool_close_connections() -> None:
-    """Closes every pool thread's connection (tests, before the test database is dropped)."""
-    workers = _pool._max_workers
-    barrier = threading.Barrier(workers)
-
-    def close():
-        connection.close()
-        barrier.wait(timeout=10)
-
-    for future in [_pool.submit(close) for _ in range(workers)]:
-        future.result()
-
-
 # --- step 1: open -------------------------------------------------------------------------------
 
 
 def _reject(call: Call, error: GatewayError) -> None:
     outcome = REJECT_OUTCOMES.get(type(error), Outcome.REJECTED_BAD_REQUEST)
-    call_record_reject(
+    ledger.record_reject(
         record=call.record(
             outcome=outcome, status_code=error.status, error_code=error.code, error_message=error.message
         )
@@ -193,7 +133,7 @@ def _admit(call: Call, entry: ScopedAllocation, body: dict, generation: int) -> 
     call.price = price_in_force_cached(model_id=entry.model_id, at=call.started_at, generation=generation)
     estimate = call.endpoint.estimate(body)
     call.prompt_tokens = estimate.input_tokens
-    call.admission = call_admit(
+    call.admission = ledger.admit(
         allocation_id=entry.allocation_id,
         token_cap=entry.token_cap,
         cost_cap=entry.cost_cap,
@@ -204,7 +144,7 @@ def _admit(call: Call, entry: ScopedAllocation, body: dict, generation: int) -> 
     )
 
 
-_touched: dict[str, float] = {}
+_touched: BoundedCache = BoundedCache(100_000)  # key id -> when this process last touched it (monotonic)
 
 
 def _touch_due(key_id: str) -> bool:
@@ -241,7 +181,7 @@ def call_open(*, call: Call) -> Call:
     late = _late_error(call, entry)
     if late is not None:
         with transaction.atomic():
-            reservation_release(admission=call.admission)
+            ledger.release(admission=call.admission)
             _reject(call, late)
         call.admission = None
         raise late
@@ -291,18 +231,18 @@ async def _open(call: Call) -> Call:
     try:
         if await _open_on_loop(call):
             return call
-    except Exception:  # noqa: BLE001 - e.g. a database connection lost: the thread path decides
+    except Exception:  # noqa: BLE001 (e.g. Redis or the database unreachable: the thread path decides)
         logger.warning(
             "admission on the event loop failed for %s; taking the thread path", call.request_id, exc_info=True
         )
-    return await run(call_open, call=call)
+    return await threads.run(call_open, call=call)
 
 
 async def _open_on_loop(call: Call) -> bool:
     """call_open's preflight from caches only; True once admitted (the reservation is held)."""
     match = BEARER.fullmatch(call.authorization)
     body = call.body
-    if match is None or call.body_error is not None or body is None or not aio.enabled():
+    if match is None or call.body_error is not None or body is None or not ledger.on_loop():
         return False
     generation = await auth_generation_async()
     if generation is None:
@@ -318,13 +258,11 @@ async def _open_on_loop(call: Call) -> bool:
     if _late_error(call, entry) is not None:
         return False
     found, price = price_cached(model_id=entry.model_id, at=call.started_at, generation=generation)
-    counter_id = counter_id_cached(allocation_id=entry.allocation_id, now=call.started_at)
-    if not found or counter_id is None:
+    if not found:
         return False
     estimate = call.endpoint.estimate(body)
-    admission = await aio.admit(
+    admission = await ledger.admit_async(
         allocation_id=entry.allocation_id,
-        counter_id=counter_id,
         token_cap=entry.token_cap,
         cost_cap=entry.cost_cap,
         est_tokens=estimate.total_tokens,
@@ -333,28 +271,13 @@ async def _open_on_loop(call: Call) -> bool:
         now=call.started_at,
     )
     if admission is None:
-        return False  # cap reached or headroom in flight: the thread path tells which and records it
+        return False  # not admitted here (cap reached, headroom in flight, no counter yet): the thread path decides
     call.scope, call.entry, call.price, call.admission = scope, entry, price, admission
     call.prompt_tokens = estimate.input_tokens
     return True
 
 
-# --- step 2: close ------------------------------------------------------------------------------
-
-
-def call_close(
-    *, call: Call, outcome: str, status_code: int, usage: Usage, error_code: str = "", error_message: str = ""
-) -> None:
-    """The call record, the counters and the reservation release: one transaction (quota.services),
-    spooled for replay if the database fails at that moment (quota.spool), so no billed call is lost."""
-    call_settle_durable(
-        admission=call.admission,
-        record=call.record(
-            outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message
-        ),
-        usage=usage,
-        price=call.price,
-    )
+# --- step 2: close ---------------------------------------------------------------------------
 
 
 _closing: set = set()  # strong references: a settlement runs to its end even when its request is gone
@@ -375,32 +298,10 @@ def close_once(call: Call, **close) -> asyncio.Future | None:
 async def close_call(
     call: Call, *, outcome: str, status_code: int, usage: Usage, error_code: str = "", error_message: str = ""
 ) -> None:
-    """Step 2: the settlement statement on the event loop when the call holds a reservation;
-    otherwise, or if that fails, call_close's durable path on a thread. After a failure the thread
-    first looks for the record (the statement may have committed before the error reached us), so
-    a call is never recorded twice."""
-    if call.admission is not None and call.entry is not None and aio.enabled():
-        record = call.record(
-            outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message
-        )
-        try:
-            await aio.settle(admission=call.admission, record=record, usage=usage, price=call.price, now=timezone.now())
-            return
-        except Exception:  # noqa: BLE001 - settled on a thread below, or spooled
-            logger.warning(
-                "settlement on the event loop failed for %s; taking the thread path", call.request_id, exc_info=True
-            )
-        await run(call_settle_once, admission=call.admission, record=record, usage=usage, price=call.price)
-        return
-    await run(
-        call_close,
-        call=call,
-        outcome=outcome,
-        status_code=status_code,
-        usage=usage,
-        error_code=error_code,
-        error_message=error_message,
-    )
+    """Step 2: the ledger's settlement (on the event loop when it can, else on a thread; spooled if
+    the database fails), so no billed call is lost and none is recorded twice."""
+    record = call.record(outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message)
+    await ledger.settle_async(admission=call.admission, record=record, usage=usage, price=call.price)
 
 
 def models_for(*, authorization: str) -> KeyScope:

@@ -23,7 +23,7 @@ from django.http import HttpResponse
 from django.urls import set_script_prefix
 
 from allocations.exceptions import GatewayError
-from quota import aio
+from quota.ledger import loop as ledger_loop
 
 from . import multipart, upstream
 from .views import error_response, request_id_for
@@ -173,9 +173,9 @@ async def read_body(receive, scope, limit: int) -> tuple[bytes, bool]:
 
 async def loop_resources_close() -> None:
     """What a process's event loop holds for /v1: the upstream session and the accounting
-    connections (quota.aio). daphne has no lifespan; process exit closes them there."""
+    connections (quota.ledger.loop). daphne has no lifespan; process exit closes them there."""
     await upstream.session_close()
-    await aio.pool_close()
+    await ledger_loop.pool_close()
 
 
 async def lifespan(scope, receive, send):

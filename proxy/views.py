@@ -14,6 +14,7 @@ from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
 from allocations.models import Allocation
 from quota.exceptions import QuotaBusy
+from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
@@ -314,7 +315,7 @@ def _model_object(entry) -> dict:
 async def _active_models(request):
     rid = request_id_for(request)
     try:
-        scope = await accounting.run(accounting.models_for, authorization=request.headers.get("Authorization", ""))
+        scope = await threads.run(accounting.models_for, authorization=request.headers.get("Authorization", ""))
     except GatewayError as error:
         return rid, None, error_response(error, rid)
     active = [a for a in scope.allocations if a.model_active and a.status == Allocation.Status.ACTIVE]

@@ -11,11 +11,10 @@ from django.utils import timezone
 from allocations.audit import audit_record
 from allocations.models import AuditEvent
 
-from . import services
+from . import ledger, services
 from .anomaly import anomalies_detect
 from .periods import period_start_date
 from .pool import pool_rebalance_scheduled
-from .spool import spool_replay
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def anomalies_detect_task() -> int:
 
 @shared_task(name="quota.reservations_sweep", ignore_result=True)
 def reservations_sweep_task() -> int:
-    return services.reservations_sweep()
+    return ledger.reservations_sweep()
 
 
 @shared_task(name="quota.usage_reconcile_nightly", ignore_result=True)
@@ -85,5 +84,5 @@ def _report_drift(drift) -> int:
 
 @shared_task(name="quota.settlements_replay", ignore_result=True)
 def settlements_replay() -> int:
-    """Replays settlements spooled while the database was unreachable (quota/spool.py)."""
-    return spool_replay()
+    """Replays settlements spooled while the database was unreachable (quota/ledger/spool.py)."""
+    return ledger.spool_replay()

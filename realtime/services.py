@@ -17,9 +17,11 @@ from django.utils import timezone
 from allocations.access import ScopedAllocation, allocation_check_status, key_scope
 from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ApiKey
+from quota import ledger
+from quota.ledger import Admission
 from quota.models import CallRecord, PriceVersion, Reservation, UsageCounter
 from quota.pricing import Usage, cost_for
-from quota.services import Admission, call_admit, call_record_reject, call_settle, price_in_force, reservation_adjust
+from quota.services import price_in_force
 
 ENDPOINT = "realtime"
 LEASE_S = 90  # a live session renews its reservation well before this; the sweeper takes it after
@@ -93,7 +95,7 @@ def session_open(*, plaintext: str, model: str, request_id: str, now: dt.datetim
         raise ProviderUnavailable("the model's provider is unavailable")
     price = price_in_force(model_id=entry.model_id, at=now)
     session = Session(request_id, now, scope.key_id, scope.member_id, entry, None, price)  # type: ignore[arg-type]
-    session.admission = call_admit(
+    session.admission = ledger.admit(
         allocation_id=entry.allocation_id,
         token_cap=entry.token_cap,
         cost_cap=entry.cost_cap,
@@ -109,7 +111,7 @@ def session_open(*, plaintext: str, model: str, request_id: str, now: dt.datetim
 
 def session_reject(*, error: GatewayError, request_id: str, now: dt.datetime, scope_hint: dict | None = None) -> None:
     """The call record of a handshake the preflight refused (no session, no usage)."""
-    call_record_reject(
+    ledger.record_reject(
         record={
             "request_id": request_id,
             "endpoint": ENDPOINT,
@@ -166,7 +168,7 @@ def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.
     admission = session.admission
     if usage is not None:
         cost = cost_for(session.price, usage) or Decimal(0)
-        admission = reservation_adjust(
+        admission = ledger.adjust(
             admission=admission,
             tokens=usage.total_tokens,
             cost=cost,
@@ -213,4 +215,4 @@ def session_settle(
         held = list(Reservation.objects.select_for_update().filter(pk=session.admission.reservation_id).values("pk"))
         if not held and CallRecord.objects.filter(request_id=session.request_id, endpoint=ENDPOINT).exists():
             return None
-        return call_settle(admission=session.admission, record=record, usage=usage, price=session.price, now=now)
+        return ledger.settle(admission=session.admission, record=record, usage=usage, price=session.price, now=now)

@@ -6,9 +6,10 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from quota import ledger
 from quota.models import CallRecord
 from quota.pricing import Usage
-from quota.services import call_settle, price_in_force
+from quota.services import price_in_force
 from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, PriceVersionFactory
 
 PASSWORD = "pw-for-tests-1"
@@ -31,7 +32,7 @@ def settle_call(allocation, *, cost_usd=None, input_tokens=0, output_tokens=0, w
         "outcome": outcome,
     }
     usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, **extra)
-    return call_settle(admission=None, record=record, usage=usage, price=price, now=when)
+    return ledger.settle(admission=None, record=record, usage=usage, price=price, now=when)
 
 
 def reject_call(allocation, *, when=None, outcome="rejected_paused"):

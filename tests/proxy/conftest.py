@@ -24,14 +24,14 @@ def fake_upstream():
 def gateway_url(django_db_setup, django_db_blocker):
     """The real ASGI application on a loopback port, in this process (so on the test database)."""
     from gateway_project.asgi import application
-    from proxy import accounting
     from proxy.handler import loop_resources_close
+    from quota.ledger import threads
 
     url, stop = start_asgi_server(application)
     yield url
     stop(before=loop_resources_close)
     with django_db_blocker.unblock():
-        accounting.pool_close_connections()
+        threads.pool_close_connections()
 
 
 @pytest.fixture

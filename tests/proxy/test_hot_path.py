@@ -19,6 +19,7 @@ from gateway_project.asgi import application  # before any log capture: django.s
 from proxy import accounting, meters
 from proxy.handler import ProxyHandler
 from proxy.registry import ENDPOINTS
+from quota import ledger
 from quota.models import CallRecord, UsageCounter
 from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory, make_key
@@ -94,6 +95,16 @@ async def test_v1_is_served_without_the_sync_middleware_stack(django_request_log
     assert b"X-Frame-Options" in site_headers
 
 
+def _settle(call):
+    """The thread path's settlement of a successful call (what ledger.settle_async does off the loop)."""
+    ledger.call_settle_durable(
+        admission=call.admission,
+        record=call.record(outcome="success", status_code=200),
+        usage=Usage(input_tokens=3),
+        price=call.price,
+    )
+
+
 @pytest.mark.django_db(transaction=True)  # top-level transactions, as in production: no SAVEPOINTs
 def test_one_proxied_call_costs_a_pinned_number_of_queries(django_assert_max_num_queries):
     allocation = AllocationFactory(quota_cost_usd_per_month=Decimal("5"), quota_tokens_per_month=10**6)
@@ -110,7 +121,7 @@ def test_one_proxied_call_costs_a_pinned_number_of_queries(django_assert_max_num
             body=body,
         )
         accounting.call_open(call=call)
-        accounting.call_close(call=call, outcome="success", status_code=200, usage=Usage(input_tokens=3))
+        _settle(call)
 
     one_call("warm")  # fills the per-process key scope and price caches
     # PostgreSQL: one statement (guarded UPDATE of the counter + INSERT reservation in a CTE), no
@@ -128,7 +139,7 @@ def test_one_proxied_call_costs_a_pinned_number_of_queries(django_assert_max_num
     # PostgreSQL: one statement (DELETE reservation, counter UPDATE with usage in and reservation out,
     # INSERT record); elsewhere BEGIN, INSERT, DELETE, UPDATE, COMMIT.
     with django_assert_max_num_queries(1 if one_statement else 5):
-        accounting.call_close(call=call, outcome="success", status_code=200, usage=Usage(input_tokens=3))
+        _settle(call)
     assert CallRecord.objects.count() == 2 and UsageCounter.objects.get().tokens_used == 6
 
 

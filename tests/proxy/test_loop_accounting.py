@@ -1,4 +1,4 @@
-"""Admission and settlement on the event loop (quota.aio), and every way back to the thread path:
+"""Admission and settlement on the event loop (quota.ledger), and every way back to the thread path:
 a warm call takes no thread step and runs exactly two statements; a refusal, a revocation or a
 failing connection is handled by the thread path with the same records and counters."""
 
@@ -12,7 +12,8 @@ import pytest
 
 from allocations.services import allocation_pause, api_key_revoke
 from proxy import accounting
-from quota import aio
+from quota.ledger import loop as aio
+from quota.ledger import threads
 from quota.models import CallRecord, Reservation
 
 from .conftest import counter_of, record_of
@@ -28,15 +29,15 @@ def _call(world, allocation, rid: str):
 
 @pytest.fixture
 def thread_steps(monkeypatch):
-    """The names of the accounting steps that ran on a thread (proxy.accounting.run)."""
+    """The names of the accounting steps that ran on a thread (quota.ledger.threads.run)."""
     steps: list[str] = []
-    original = accounting.run
+    original = threads.run
 
     async def counting(fn, **kwargs):
         steps.append(fn.__name__)
         return await original(fn, **kwargs)
 
-    monkeypatch.setattr(accounting, "run", counting)
+    monkeypatch.setattr(threads, "run", counting)
     return steps
 
 

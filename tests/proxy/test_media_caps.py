@@ -13,9 +13,9 @@ from django.utils import timezone
 
 from allocations.models import ModelKind
 from proxy import media_meters
+from quota import ledger
 from quota.models import CallRecord, Reservation
 from quota.pricing import cost_for
-from quota.services import call_admit
 from tests.factories import MemberFactory, PriceVersionFactory
 
 from .conftest import counter_of, record_of
@@ -128,7 +128,7 @@ def test_a_reservation_held_by_an_image_call_in_flight_makes_the_next_call_wait(
     """used + reserved ≥ cap → 429 quota_busy: the estimate is what holds the headroom."""
     allocation = media.allocation("dall-e-3", ModelKind.IMAGE, unit="image", per_unit="0.04", cost=Decimal("0.10"))
     estimate = cost_for(unit_price("image", "0.04"), media_meters.estimate_images({"prompt": "x", "n": 3}))
-    call_admit(allocation_id=allocation.pk, token_cap=None, cost_cap=Decimal("0.10"), est_tokens=0,
+    ledger.admit(allocation_id=allocation.pk, token_cap=None, cost_cap=Decimal("0.10"), est_tokens=0,
                est_cost=estimate, request_id="in-flight", now=timezone.now())  # fmt: skip
     with pytest.raises(openai.RateLimitError) as caught:
         media.client(allocation).images.generate(model=allocation.model.slug, prompt="a cat")

@@ -19,9 +19,9 @@ from allocations.services import (
     member_set_active,
     provider_set_status,
 )
+from quota import ledger
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.periods import period_start_date
-from quota.services import call_admit
 
 from .conftest import counter_of, record_of
 
@@ -168,7 +168,7 @@ def test_a_reached_token_quota_trips_first(world):
 
 def test_headroom_held_by_calls_in_flight_answers_quota_busy_with_retry_after(world):
     allocation = world.allocation(tokens=5000)
-    held = call_admit(
+    held = ledger.admit(
         allocation_id=allocation.pk,
         token_cap=5000,
         cost_cap=None,

@@ -4,12 +4,13 @@ from decimal import Decimal
 
 from django.utils import timezone
 
+from quota import ledger
+from quota.ledger import Settlement, settle_values
 from quota.pricing import Usage
-from quota.services import Settlement, call_admit, settle_values
 
 
 def admit(allocation, *, tokens=10, cost="0.01", now=None, ttl_s=None):
-    return call_admit(
+    return ledger.admit(
         allocation_id=allocation.pk,
         token_cap=allocation.quota_tokens_per_month,
         cost_cap=allocation.quota_cost_usd_per_month,

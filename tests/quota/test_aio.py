@@ -1,4 +1,4 @@
-"""The event loop's accounting connections (quota.aio.Pool) and its group commit of settlements."""
+"""The event loop's accounting connections (quota.ledger.loop.Pool) and its group commit of settlements."""
 
 import asyncio
 import uuid
@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from asgiref.sync import sync_to_async
 
-from quota import aio
+from quota.ledger import loop as aio
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory

@@ -13,17 +13,18 @@ from django.utils import timezone
 from allocations.models import Allocation
 from quota.models import CallRecord, UsageCounter
 from quota.pricing import Usage
-from quota.services import call_admit, call_settle, price_in_force
+from quota import ledger
+from quota.services import price_in_force
 
 allocation = Allocation.objects.get(model__slug="sim/gpt-4o-mini", member__username="demo")
 now = timezone.now()
 for n in range(2):  # the second admission takes the cached-counter fast path
-    admission = call_admit(
+    admission = ledger.admit(
         allocation_id=str(allocation.pk), token_cap=allocation.quota_tokens_per_month,
         cost_cap=allocation.quota_cost_usd_per_month, est_tokens=100, est_cost=Decimal("0.001"),
         request_id=f"smoke-{n}", now=now,
     )
-    call_settle(
+    ledger.settle(
         admission=admission,
         record={"request_id": f"smoke-{n}", "allocation": allocation, "endpoint": "chat.completions",
                 "started_at": now, "outcome": "success", "status_code": 200},

@@ -7,15 +7,12 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
+from quota import ledger
 from quota.exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
+from quota.ledger import reservations_sweep, settle_statement
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.pricing import Usage
-from quota.services import (
-    call_settle,
-    reservations_sweep,
-    settle_statement,
-    usage_reconcile,
-)
+from quota.services import usage_reconcile
 from tests.factories import AllocationFactory, PriceVersionFactory
 
 from .conftest import admit, record_of_call, settlement
@@ -24,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 
 def settle(allocation, admission, usage, price):
-    return call_settle(
+    return ledger.settle(
         admission=admission,
         record=record_of_call(allocation),
         usage=usage,
@@ -127,12 +124,12 @@ def test_concurrent_admissions_never_exceed_headroom_by_more_than_one_call():
 
 
 def test_a_stale_cached_counter_id_never_reserves_against_another_allocations_counter():
-    from quota import services
+    from quota.ledger import sync
     from quota.periods import period_start_date
 
     mine, other = AllocationFactory(quota_tokens_per_month=1000), AllocationFactory(quota_tokens_per_month=1000)
     theirs = admit(other, tokens=5)  # caches other's counter id
-    services._counter_ids[(str(mine.pk), period_start_date(timezone.now()))] = theirs.counter_id  # a stale id
+    sync._counter_ids[(str(mine.pk), period_start_date(timezone.now()))] = theirs.counter_id  # a stale id
     admission = admit(mine, tokens=7)
     assert admission.counter_id != theirs.counter_id
     assert UsageCounter.objects.get(allocation=other).tokens_reserved == 5
@@ -141,7 +138,7 @@ def test_a_stale_cached_counter_id_never_reserves_against_another_allocations_co
 
 
 def test_one_statement_settles_several_calls_and_releases_only_the_reservations_it_deletes():
-    """The settlement statement takes any number of calls (quota.aio writes them together): one
+    """The settlement statement takes any number of calls (the event loop writes them together): one
     counter update per counter, one record each, and a reservation the sweeper already released is
     not taken out of the counter a second time."""
     first, second = AllocationFactory(), AllocationFactory()

@@ -6,10 +6,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from quota import ledger
+from quota.ledger.spool import SPOOL_KEY, _redis, call_settle_durable, spool_depth, spool_replay
 from quota.models import CallRecord, UsageCounter
 from quota.pricing import Usage
-from quota.services import call_admit
-from quota.spool import SPOOL_KEY, _redis, call_settle_durable, spool_depth, spool_replay
 from tests.factories import AllocationFactory, PriceVersionFactory
 
 
@@ -45,7 +45,7 @@ def test_a_settlement_during_a_database_outage_is_replayed_exactly_once(settings
     allocation = AllocationFactory(quota_cost_usd_per_month=Decimal("10"))
     price = PriceVersionFactory(model=allocation.model)
     now = timezone.now()
-    admission = call_admit(
+    admission = ledger.admit(
         allocation_id=allocation.pk,
         token_cap=None,
         cost_cap=Decimal("10"),

@@ -17,8 +17,8 @@ from websockets.exceptions import ConnectionClosed
 
 from allocations.models import ModelKind
 from allocations.services import allocation_revoke
+from quota.ledger import reservations_sweep
 from quota.models import CallRecord, Reservation, UsageCounter
-from quota.services import reservations_sweep
 from realtime.services import LEASE_S
 
 from .conftest import TOKEN_PRICE, TURN_COST, realtime_world, session_records, stop_daphne

@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from quota.ledger import reservations_sweep
 from quota.models import CallRecord, PriceVersion, Reservation, UsageCounter
 from quota.pricing import Usage
-from quota.services import reservations_sweep
 from realtime import services
 from realtime.meter import SessionMeter, b64_decoded_len
 

@@ -18,9 +18,11 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError
 
-from .models import CallRecord
-from .pricing import Usage
-from .services import Admission, call_settle, settlement_from_json
+from ..models import CallRecord
+from ..pricing import Usage
+from .statements import Admission
+from .sweep import settlement_from_json
+from .sync import settle
 
 logger = logging.getLogger(__name__)
 SPOOL_KEY = "gw:settle-spool"
@@ -86,9 +88,9 @@ def spool_push(payload: dict) -> None:
 
 
 def call_settle_durable(*, admission: Admission | None, record: dict, usage: Usage, price, now=None):
-    """call_settle, or — when the database fails — a spooled settlement. Returns the record or None."""
+    """settle, or — when the database fails — a spooled settlement. Returns the record or None."""
     try:
-        return call_settle(admission=admission, record=record, usage=usage, price=price, now=now)
+        return settle(admission=admission, record=record, usage=usage, price=price, now=now)
     except DatabaseError:
         logger.exception("settlement failed; spooling request %s for replay", record.get("request_id"))
         spool_push(settle_payload(admission=admission, record=record, usage=usage, price=price))
@@ -118,7 +120,7 @@ def _replay_one(payload: dict) -> None:
     started = dt.datetime.fromisoformat(rec["started_at"])
     if _recorded(rec["request_id"], started):
         return  # already settled by an earlier replay that died before acknowledging
-    call_settle(**_from_payload(payload))
+    settle(**_from_payload(payload))
 
 
 def spool_replay(*, limit: int = 1000) -> int:

@@ -1,15 +1,14 @@
-"""Admission and settlement from the event loop, on PostgreSQL (the hot path of a proxied call).
+"""Admission and settlement from the event loop, on PostgreSQL (the hot path of a call).
 
-The accounting threads (proxy.accounting) run every step with Django's connection; handing a step
+The accounting threads (ledger.threads) run every step with Django's connection; handing a step
 to a thread and back costs about as much CPU as the statement itself, and the threads fight the
 event loop for the GIL. When everything a call needs is already cached (key scope, price, counter
-id), its two statements run here instead: the same SQL (quota.services.admit_statement /
-settle_statement) on a few psycopg async connections owned by the event loop, prepared once per
-connection.
+id), its two statements run here instead: the same SQL (ledger.statements) on a few psycopg async
+connections owned by the event loop, prepared once per connection.
 
 Nothing here refuses a call or spools a settlement: admit returns None when the guarded UPDATE
 did not match, and any error propagates; the caller then takes the thread path, which tells 403
-from 429, writes the refusal record, or settles durably (quota.spool).
+from 429, writes the refusal record, or settles durably (ledger.spool).
 """
 
 import asyncio
@@ -24,8 +23,8 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
-from .pricing import Usage
-from .services import Admission, Settlement, admit_statement, reservation_row, settle_statement, settle_values
+from ..pricing import Usage
+from .statements import Admission, Settlement, admit_statement, reservation_row, settle_statement, settle_values
 
 _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
 
@@ -158,7 +157,7 @@ async def admit(
     request_id: str,
     now: dt.datetime,
 ) -> Admission | None:
-    """quota.services.call_admit's one-statement path with a known counter id; None when not admitted."""
+    """ledger.admit's one-statement path with a known counter id; None when not admitted."""
     cost = est_cost if est_cost is not None else Decimal(0)
     reservation = reservation_row(request_id=request_id, tokens=est_tokens, cost=cost, now=now)
     sql, params = admit_statement(
@@ -176,7 +175,7 @@ async def admit(
 
 
 async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int:
-    """quota.services.call_settle's one-statement path; returns the call record's id. Settlements
+    """ledger.settle's one-statement path; returns the call record's id. Settlements
     that meet here while the connections are busy are written together (_Settlements)."""
     values, cost = settle_values(record=record, usage=usage, price=price, now=now)
     settlement = Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
@@ -228,7 +227,7 @@ class _Settlements:
                     ids = [row[0] for row in await cursor.fetchall()]
                 if len(ids) != len(batch):
                     raise RuntimeError(f"the settlement statement returned {len(ids)} ids for {len(batch)} calls")
-            except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
+            except BaseException as exc:  # noqa: BLE001 (handed to every caller of the batch)
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("settlement cancelled"))

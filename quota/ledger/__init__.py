@@ -1,0 +1,107 @@
+"""The ledger: how a call is admitted (a reservation against the caps) and settled (its record,
+the counters, the release), for every path: HTTP, realtime, the sweeper and the spool.
+
+Its face:
+- `admit(...)` / `settle(...)`: synchronous, on Django's connection, any database (ledger.sync;
+  one prepared statement each on PostgreSQL, ledger.portable's writes elsewhere).
+- `admit_async(...)` / `settle_async(...)`: from the event loop. A warm admission runs its
+  statement on the loop's own connections (ledger.loop) or returns None, and the caller's thread
+  path (ledger.threads.run) decides; a settlement runs on the loop, grouped with the others
+  waiting (group commit), or on a thread, and is spooled (ledger.spool) if the database fails.
+- `adjust`, `release`, `record_reject`, `reservations_sweep`, the spool's replay.
+
+The SQL of each statement is written once, in ledger.statements.
+"""
+
+import datetime as dt
+import logging
+from decimal import Decimal
+
+from django.utils import timezone
+
+from ..pricing import Usage
+from . import loop, threads
+from .spool import call_settle_durable, call_settle_once, spool_depth, spool_replay
+from .statements import Admission, Settlement, reservation_row, settle_statement, settle_values
+from .sweep import reservations_sweep, settlement_from_json
+from .sync import adjust, admit, counter_id_cached, record_reject, release, settle
+
+__all__ = [
+    "Admission",
+    "Settlement",
+    "adjust",
+    "admit",
+    "admit_async",
+    "call_settle_durable",
+    "call_settle_once",
+    "counter_id_cached",
+    "record_reject",
+    "release",
+    "reservation_row",
+    "reservations_sweep",
+    "settle",
+    "settle_async",
+    "settle_statement",
+    "settle_values",
+    "settlement_from_json",
+    "spool_depth",
+    "spool_replay",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def on_loop() -> bool:
+    """Whether the loop path exists here (PostgreSQL)."""
+    return loop.enabled()
+
+
+async def admit_async(
+    *,
+    allocation_id: str,
+    token_cap: int | None,
+    cost_cap: Decimal | None,
+    est_tokens: int,
+    est_cost: Decimal | None,
+    request_id: str,
+    now: dt.datetime,
+) -> Admission | None:
+    """The admission on the event loop when this allocation's counter is known: the reservation,
+    or None when it was not made there (no known counter, SQLite, or a cap's guard did not match:
+    the synchronous `admit` on a thread tells 403 from 429). Database errors propagate."""
+    if not loop.enabled():
+        return None
+    counter_id = counter_id_cached(allocation_id=allocation_id, now=now)
+    if counter_id is None:
+        return None
+    return await loop.admit(
+        allocation_id=allocation_id,
+        counter_id=counter_id,
+        token_cap=token_cap,
+        cost_cap=cost_cap,
+        est_tokens=est_tokens,
+        est_cost=est_cost,
+        request_id=request_id,
+        now=now,
+    )
+
+
+async def settle_async(*, admission: Admission | None, record: dict, usage: Usage, price) -> None:
+    """The settlement from the event loop: the statement on the loop when the call holds a
+    reservation (grouped with the settlements waiting, one commit for all); otherwise, or if that
+    fails, `settle` on a thread, spooled if the database fails there too. After a failure the
+    thread first looks for the record (the statement may have committed before the error reached
+    us), so a call is never recorded twice."""
+    if admission is not None and record.get("allocation_id") and loop.enabled():
+        try:
+            await loop.settle(admission=admission, record=record, usage=usage, price=price, now=timezone.now())
+            return
+        except Exception:  # noqa: BLE001 (settled on a thread below, or spooled)
+            logger.warning(
+                "settlement on the event loop failed for %s; taking the thread path",
+                record.get("request_id"),
+                exc_info=True,
+            )
+        await threads.run(call_settle_once, admission=admission, record=record, usage=usage, price=price)
+        return
+    await threads.run(call_settle_durable, admission=admission, record=record, usage=usage, price=price)

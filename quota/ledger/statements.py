@@ -1,0 +1,189 @@
+"""The ledger's two statements, each written once: the admission (a guarded counter UPDATE and the
+reservation INSERT) and the settlement (reservation DELETE, counter UPDATE, call record INSERT).
+
+Every PostgreSQL caller runs this SQL: the accounting threads through a prepared Django cursor
+(ledger.sync) and the event loop through its own async connections (ledger.loop). Column lists are
+explicit and the values plain Python: psycopg adapts them and PostgreSQL types each parameter from
+its target column, so no Model instance or field preparation is needed per call.
+"""
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Model
+from psycopg.types.json import Jsonb
+
+from ..models import CallRecord, Reservation, UsageCounter
+from ..pricing import Usage, cost_for
+
+COUNTER_TABLE = UsageCounter._meta.db_table
+RESERVATION_TABLE = Reservation._meta.db_table
+CALL_TABLE = CallRecord._meta.db_table
+
+
+@dataclass(frozen=True)
+class Admission:
+    reservation_id: uuid.UUID
+    counter_id: int
+    tokens: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One call's settlement: its record's field values (settle_values), what it used and its
+    admission's reservation."""
+
+    values: dict
+    admission: Admission
+    tokens: int
+    cost: Decimal
+
+
+def guard(*, token_cap, cost_cap, priced: bool) -> tuple[str, list]:
+    """The admission condition (used + reserved < cap for each cap that applies) as SQL."""
+    sql, params = "", []
+    if token_cap is not None:
+        sql += " AND tokens_used < %s - tokens_reserved"
+        params.append(token_cap)
+    if cost_cap is not None and (priced or cost_cap == 0):
+        sql += " AND cost_used < %s - cost_reserved"
+        params.append(cost_cap)
+    return sql, params
+
+
+def reservation_row(*, request_id: str, tokens: int, cost: Decimal, now: dt.datetime, ttl_s=None, context=None) -> dict:
+    """A new reservation's values: it expires after the upstream timeout (+ 60 s) unless told."""
+    ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
+    return {
+        "id": uuid.uuid4(),
+        "request_id": request_id,
+        "tokens": tokens,
+        "cost": cost,
+        "created_at": now,
+        "expires_at": now + dt.timedelta(seconds=ttl),
+        "context": context or {},
+    }
+
+
+_ADMIT_SQL = (
+    f"WITH c AS (UPDATE {COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s,"  # noqa: S608 (constant names)
+    " cost_reserved = cost_reserved + %s WHERE id = %s AND allocation_id = %s{guard} RETURNING id)"
+    f" INSERT INTO {RESERVATION_TABLE} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context)"
+    " SELECT %s, c.id, %s, %s, %s, %s, %s, {context} FROM c"
+)
+CALL_FIELDS = tuple(f for f in CallRecord._meta.concrete_fields if f is not CallRecord._meta.auto_field)
+_CALL_COLUMNS = ", ".join(str(f.column) for f in CALL_FIELDS)
+_SETTLE_SQL = (
+    "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(reservation uuid, counter bigint,"  # noqa: S608 (constant names)
+    " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric) LIMIT {calls}),"
+    f" r AS (DELETE FROM {RESERVATION_TABLE} WHERE id IN (SELECT reservation FROM s) RETURNING id),"
+    " t AS (SELECT s.counter, sum(s.tokens) AS tokens, sum(s.cost) AS cost, count(*) AS calls,"
+    " sum(CASE WHEN r.id IS NULL THEN 0 ELSE s.held_tokens END) AS held_tokens,"
+    " sum(CASE WHEN r.id IS NULL THEN 0 ELSE s.held_cost END) AS held_cost"
+    " FROM s LEFT JOIN r ON r.id = s.reservation GROUP BY s.counter),"
+    f" u AS (UPDATE {COUNTER_TABLE} c SET tokens_used = c.tokens_used + t.tokens, cost_used = c.cost_used + t.cost,"
+    " calls = c.calls + t.calls, tokens_reserved = c.tokens_reserved - t.held_tokens,"
+    " cost_reserved = c.cost_reserved - t.held_cost FROM t WHERE c.id = t.counter)"
+    f" INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS})"
+    f" SELECT {_CALL_COLUMNS} FROM jsonb_populate_recordset(NULL::{CALL_TABLE}, %s::jsonb) RETURNING id"
+)
+
+
+def admit_statement(
+    *, allocation_id, counter_id: int, token_cap, cost_cap, priced: bool, reservation: dict
+) -> tuple[str, list]:
+    """The admission in ONE statement (data-modifying CTE): the guarded UPDATE of the counter
+    (used + reserved < cap for each cap that applies; the allocation is checked too, so a stale
+    cached counter id never reserves against another allocation's counter), then the INSERT of the
+    reservation row only if that UPDATE matched. One statement is atomic on its own: no BEGIN/COMMIT
+    round trips. `reservation` holds id, request_id, tokens, cost, created_at, expires_at, context."""
+    condition, condition_params = guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
+    r = reservation
+    # An empty context (every HTTP call) is a literal: one parameter fewer to adapt per call.
+    context, context_params = ("'{}'", []) if not r["context"] else ("%s", [Jsonb(r["context"])])
+    return _ADMIT_SQL.format(guard=condition, context=context), [
+        r["tokens"],
+        r["cost"],
+        counter_id,
+        allocation_id,
+        *condition_params,
+        r["id"],
+        r["request_id"],
+        r["tokens"],
+        r["cost"],
+        r["created_at"],
+        r["expires_at"],
+        *context_params,
+    ]
+
+
+def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tuple[dict, Decimal | None]:
+    """The call record's field values (by field name) and its cost."""
+    cost = cost_for(price, usage)
+    values = {
+        **record,
+        "finished_at": record.get("finished_at") or now,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "audio_input_tokens": usage.audio_input_tokens,
+        "audio_output_tokens": usage.audio_output_tokens,
+        "quantity": usage.quantity,
+        "unit": usage.unit,
+        "estimated": usage.estimated,
+        "cost_usd": cost,
+        "priced": cost is not None,
+        "price_version": price if cost is not None else None,
+    }
+    return values, cost
+
+
+_MISSING = object()
+
+
+def _column_value(field, values: dict):
+    value = values[field.attname] if field.attname in values else values.get(field.name, _MISSING)
+    if value is _MISSING:
+        return field.get_default()
+    return value.pk if isinstance(value, Model) else value
+
+
+def _json_value(value):
+    if isinstance(value, (Decimal, uuid.UUID)):
+        return str(value)  # a JSON string: PostgreSQL reads it as the column's type, digits intact
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} has no JSON form here")
+
+
+_encode = json.JSONEncoder(default=_json_value, separators=(",", ":")).encode
+
+
+def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
+    """The settlement's three writes for any number of calls in ONE statement (data-modifying
+    CTEs): DELETE the reservations (what makes each release happen exactly once), move the usage
+    into the counters and take out of them only the reservations that DELETE took, INSERT the call
+    records (RETURNING their ids, in order). Two parameters whatever the number of calls or
+    fields: the settlements and the records as JSON arrays, which PostgreSQL expands itself
+    (psycopg adapting ~30 parameters per call in Python cost more than the statement's round trip)."""
+    moves = [
+        {
+            "reservation": s.admission.reservation_id,
+            "counter": s.admission.counter_id,
+            "tokens": s.tokens,
+            "cost": s.cost,
+            "held_tokens": s.admission.tokens,
+            "held_cost": s.admission.cost,
+        }
+        for s in settlements
+    ]
+    records = [{f.column: _column_value(f, s.values) for f in CALL_FIELDS} for s in settlements]
+    # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a
+    # JSON function counts as 100 rows, and the reservations and counters would be scanned whole.
+    return _SETTLE_SQL.format(calls=len(moves)), [_encode(moves), _encode(records)]
