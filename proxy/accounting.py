@@ -3,11 +3,11 @@ SPEC 3 steps 1-10) and `close_call` (the call record, the counters and the reser
 in one statement).
 
 A warm call (its key scope, price and counter id cached under the current auth generation) takes
-both steps on the event loop: checks from the caches, then the ledger's statement on the loop
-(quota.ledger). Everything else runs the synchronous `call_open` on the ledger's accounting
-threads: the first call of a key, every refusal (the one place refusal records are written), a
-cap reached, SQLite, and any failure of the loop path. No connection is held across the upstream
-call.
+both steps on the event loop: the preflight from the caches (quota.preflight), then the ledger's
+statements on the loop (quota.ledger). Everything else runs the synchronous `call_open` on the
+ledger's accounting threads: the first call of a key, every refusal (the one place a call's
+refusal record is written), a cap reached, SQLite, and any failure of the loop path. No
+connection is held across the upstream call.
 """
 
 import asyncio
@@ -15,55 +15,21 @@ import datetime as dt
 import functools
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 
-from django.db import transaction
-
-from allocations.access import (
-    KeyScope,
-    ScopedAllocation,
-    allocation_check_status,
-    key_scope,
-    key_scope_cached,
-    key_touch,
-)
-from allocations.bounded import BoundedCache
-from allocations.cache import auth_generation, auth_generation_async
-from allocations.exceptions import (
-    AllocationPaused,
-    AllocationQuarantined,
-    AllocationRevoked,
-    BadRequest,
-    GatewayError,
-    ModelMismatch,
-    Unauthorized,
-)
+from allocations.access import KeyScope, ScopedAllocation, key_scope
+from allocations.cache import auth_generation
+from allocations.exceptions import BadRequest, GatewayError, Unauthorized
 from quota import ledger
-from quota.exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from quota.ledger import Admission, threads
 from quota.models import Outcome
+from quota.preflight import Estimate, preflight, preflight_cached, reject_outcome, touch
 from quota.pricing import Usage, cost_for
-from quota.services import price_cached, price_in_force_cached
 
-from .exceptions import ModelKindMismatch, ProviderUnavailable
 from .registry import Endpoint
 
 logger = logging.getLogger(__name__)
 BEARER = re.compile(r"Bearer ([A-Za-z0-9_\-]{6,200})")
-
-REJECT_OUTCOMES = {
-    Unauthorized: Outcome.REJECTED_UNAUTHENTICATED,
-    ModelMismatch: Outcome.REJECTED_MODEL_MISMATCH,
-    AllocationRevoked: Outcome.REJECTED_REVOKED,
-    AllocationPaused: Outcome.REJECTED_PAUSED,
-    AllocationQuarantined: Outcome.REJECTED_QUARANTINED,
-    QuotaExceeded: Outcome.REJECTED_QUOTA_EXCEEDED,
-    CostQuotaExceeded: Outcome.REJECTED_COST_QUOTA_EXCEEDED,
-    QuotaBusy: Outcome.REJECTED_QUOTA_BUSY,
-    ModelKindMismatch: Outcome.REJECTED_MODEL_KIND,
-    ProviderUnavailable: Outcome.UPSTREAM_ERROR,  # the contract has no reject outcome for it
-}
 
 
 @dataclass
@@ -109,10 +75,9 @@ class Call:
 
 
 def _reject(call: Call, error: GatewayError) -> None:
-    outcome = REJECT_OUTCOMES.get(type(error), Outcome.REJECTED_BAD_REQUEST)
     ledger.record_reject(
         record=call.record(
-            outcome=outcome, status_code=error.status, error_code=error.code, error_message=error.message
+            outcome=reject_outcome(error), status_code=error.status, error_code=error.code, error_message=error.message
         )
     )
 
@@ -129,37 +94,15 @@ def _attribute(call: Call, generation: int) -> None:
         pass
 
 
-def _admit(call: Call, entry: ScopedAllocation, body: dict, generation: int) -> None:
-    call.price = price_in_force_cached(model_id=entry.model_id, at=call.started_at, generation=generation)
+def _estimate(call: Call, body: dict) -> Estimate:
     estimate = call.endpoint.estimate(body)
     call.prompt_tokens = estimate.input_tokens
-    call.admission = ledger.admit(
-        allocation_id=entry.allocation_id,
-        token_cap=entry.token_cap,
-        cost_cap=entry.cost_cap,
-        est_tokens=estimate.total_tokens,
-        est_cost=cost_for(call.price, estimate),
-        request_id=call.request_id,
-        now=call.started_at,
-    )
-
-
-_touched: BoundedCache = BoundedCache(100_000)  # key id -> when this process last touched it (monotonic)
-
-
-def _touch_due(key_id: str) -> bool:
-    return time.monotonic() - _touched.get(key_id, -1e9) > 60
-
-
-def _touch(key_id: str, now: dt.datetime) -> None:
-    # key_touch is throttled in the database; this saves its no-op UPDATE on every call.
-    if _touch_due(key_id):
-        _touched[key_id] = time.monotonic()
-        key_touch(key_id=key_id, now=now)
+    return lambda price: (estimate.total_tokens, cost_for(price, estimate))
 
 
 def call_open(*, call: Call) -> Call:
-    """The whole preflight in the contract's order. A refusal writes its record and raises."""
+    """Steps 1-2 (bearer, body), then the shared preflight (quota.preflight). A refusal writes its
+    record and raises."""
     generation = auth_generation()
     try:
         match = BEARER.fullmatch(call.authorization)
@@ -171,34 +114,23 @@ def call_open(*, call: Call) -> Call:
         body = call.body
         if body is None:  # parse_body pairs a missing body with a body_error
             raise BadRequest("the request body must be a JSON object")
-        call.scope = key_scope(match.group(1), generation=generation)
-        call.entry = entry = call.scope.resolve(body["model"])
-        allocation_check_status(entry)
-        _admit(call, entry, body, generation)
+        preflight(
+            call,
+            plaintext=match.group(1),
+            model=body["model"],
+            kinds=call.endpoint.kinds,
+            surface=f"/v1/{call.endpoint.path}",
+            request_id=call.request_id,
+            now=call.started_at,
+            estimate=_estimate(call, body),
+            generation=generation,
+        )
     except GatewayError as error:
         _reject(call, error)
         raise
-    late = _late_error(call, entry)
-    if late is not None:
-        with transaction.atomic():
-            ledger.release(admission=call.admission)
-            _reject(call, late)
-        call.admission = None
-        raise late
-    _touch(call.scope.key_id, call.started_at)
+    assert call.scope is not None  # resolved by an admitted preflight
+    touch(call.scope.key_id, call.started_at)
     return call
-
-
-def _late_error(call: Call, entry: ScopedAllocation) -> GatewayError | None:
-    """Steps 9 and 10 come after admission in the contract's order."""
-    if entry.model_kind not in call.endpoint.kinds:
-        return ModelKindMismatch(
-            f"model '{entry.model_slug}' is a {entry.model_kind} model; /v1/{call.endpoint.path} needs "
-            + " or ".join(sorted(call.endpoint.kinds))
-        )
-    if not entry.provider.is_active:
-        return ProviderUnavailable(f"the provider of model '{entry.model_slug}' is unavailable")
-    return None
 
 
 # --- step 1 from the event loop ------------------------------------------------------------------
@@ -239,42 +171,20 @@ async def _open(call: Call) -> Call:
 
 
 async def _open_on_loop(call: Call) -> bool:
-    """call_open's preflight from caches only; True once admitted (the reservation is held)."""
+    """call_open from the caches only (quota.preflight_cached); True once admitted."""
     match = BEARER.fullmatch(call.authorization)
     body = call.body
-    if match is None or call.body_error is not None or body is None or not ledger.on_loop():
+    if match is None or call.body_error is not None or body is None:
         return False
-    generation = await auth_generation_async()
-    if generation is None:
-        return False
-    scope = key_scope_cached(match.group(1), generation=generation)
-    if scope is None or _touch_due(scope.key_id):
-        return False
-    try:
-        entry = scope.resolve(body["model"])
-        allocation_check_status(entry)
-    except GatewayError:
-        return False
-    if _late_error(call, entry) is not None:
-        return False
-    found, price = price_cached(model_id=entry.model_id, at=call.started_at, generation=generation)
-    if not found:
-        return False
-    estimate = call.endpoint.estimate(body)
-    admission = await ledger.admit_async(
-        allocation_id=entry.allocation_id,
-        token_cap=entry.token_cap,
-        cost_cap=entry.cost_cap,
-        est_tokens=estimate.total_tokens,
-        est_cost=cost_for(price, estimate),
+    return await preflight_cached(
+        call,
+        plaintext=match.group(1),
+        model=body["model"],
+        kinds=call.endpoint.kinds,
         request_id=call.request_id,
         now=call.started_at,
+        estimate=_estimate(call, body),
     )
-    if admission is None:
-        return False  # not admitted here (cap reached, headroom in flight, no counter yet): the thread path decides
-    call.scope, call.entry, call.price, call.admission = scope, entry, price, admission
-    call.prompt_tokens = estimate.input_tokens
-    return True
 
 
 # --- step 2: close ---------------------------------------------------------------------------

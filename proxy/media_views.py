@@ -14,6 +14,7 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 
 from allocations.exceptions import BadRequest, GatewayError
+from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.models import Outcome
 from quota.pricing import Usage
 
@@ -23,7 +24,6 @@ from . import (
     simulated_media,  # noqa: F401 - registers the simulated provider's media answers
     views,
 )
-from .exceptions import RequestTooLarge, UpstreamError
 from .registry import BODY_MULTIPART, ENDPOINTS, RESPONSE_BINARY, Endpoint
 
 # Field shapes the meters rely on (everything else is the upstream's business and passes through).

@@ -24,9 +24,9 @@ from django.conf import settings
 
 from allocations.access import ScopedAllocation
 from allocations.models import ProviderKind
+from quota.exceptions import UpstreamError, UpstreamTimeout
 
 from . import simulated
-from .exceptions import UpstreamError, UpstreamTimeout
 from .registry import Endpoint
 
 _state: dict = {}

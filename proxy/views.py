@@ -13,13 +13,12 @@ from django.utils import timezone
 from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
 from allocations.models import Allocation
-from quota.exceptions import QuotaBusy
+from quota.exceptions import QuotaBusy, RequestTooLarge, UpstreamError, UpstreamTimeout
 from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
 from . import accounting, meters, relay, upstream
-from .exceptions import RequestTooLarge, UpstreamError
 from .registry import ENDPOINTS, Endpoint
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
@@ -205,8 +204,6 @@ async def _complete(call: accounting.Call, payload: bytes) -> HttpResponse:
 
 
 def _transport_error(exc: BaseException) -> tuple[str, GatewayError]:
-    from .exceptions import UpstreamTimeout
-
     if isinstance(exc, TimeoutError):
         return Outcome.UPSTREAM_ERROR, UpstreamTimeout("the upstream stopped answering")
     if isinstance(exc, GatewayError):

@@ -1,3 +1,8 @@
+"""The call path's errors beyond allocations' (caps, admission, the model's kind, the provider, the
+request's size). Each carries the contract's code, HTTP status and OpenAI type (SPEC 3); each relay
+maps them to its wire form in one place (proxy.views: the HTTP envelope; realtime.consumers: the
+close code), and quota.preflight maps every refusal to its record's outcome."""
+
 from allocations.exceptions import GatewayError
 
 
@@ -12,3 +17,23 @@ class CostQuotaExceeded(GatewayError):
 class QuotaBusy(GatewayError):
     code, status, type = "quota_busy", 429, "rate_limit_error"
     retry_after = 2
+
+
+class RequestTooLarge(GatewayError):
+    code, status, type = "request_too_large", 413, "invalid_request_error"
+
+
+class ModelKindMismatch(GatewayError):
+    code, status, type = "model_kind_mismatch", 400, "invalid_request_error"
+
+
+class ProviderUnavailable(GatewayError):
+    code, status, type = "provider_unavailable", 503, "api_error"
+
+
+class UpstreamError(GatewayError):
+    code, status, type = "upstream_error", 502, "api_error"
+
+
+class UpstreamTimeout(GatewayError):
+    code, status, type = "upstream_timeout", 504, "api_error"

@@ -22,9 +22,13 @@ from django.utils import timezone
 
 from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
+from quota.exceptions import RequestTooLarge, UpstreamError
+from quota.models import CloseReason, Outcome
+from quota.preflight import reject_outcome
 from quota.pricing import Usage
 
 from . import services
+from .close import CloseCode, close_code_for, watch_close_reason
 from .meter import SessionMeter, dict_at
 from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect
 
@@ -45,18 +49,9 @@ LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
 async def shutdown_sessions() -> None:
-    await asyncio.gather(*(c._finish("shutdown", "gateway_error", 1001, cut=True) for c in list(LIVE)))
-
-
-# Watch reason code → (close_reason, outcome) of the call record.
-WATCH_CLOSES = {
-    "unauthorized": ("revoked", "rejected_unauthenticated"),
-    "allocation_revoked": ("revoked", "rejected_revoked"),
-    "allocation_paused": ("revoked", "rejected_paused"),
-    "allocation_quarantined": ("revoked", "rejected_quarantined"),
-    "cost_quota_exceeded": ("cost_exceeded", "rejected_cost_quota_exceeded"),
-    "quota_exceeded": ("quota_exceeded", "rejected_quota_exceeded"),
-}
+    await asyncio.gather(
+        *(c._finish(CloseReason.SHUTDOWN, Outcome.GATEWAY_ERROR, CloseCode.GOING_AWAY, cut=True) for c in list(LIVE))
+    )
 
 
 def _model_in_session_update(event: dict) -> str:
@@ -130,12 +125,18 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             # Cancelled from outside (a server shutdown that bypassed daphne_hooks, a test harness):
             # bill and close, then end normally, so that a gather waiting on every application is
             # not cut short by the first one that re-raised.
-            await self._finish("shutdown", "gateway_error", 1001, cut=True)
+            await self._finish(CloseReason.SHUTDOWN, Outcome.GATEWAY_ERROR, CloseCode.GOING_AWAY, cut=True)
         except Exception:
             # A bug or a database failure inside a handler: the session still gets its one record
             # (or, if the database is what failed, its reservation stays for the sweeper).
             logger.exception("realtime session %s: internal error", self.request_id)
-            await self._finish("shutdown", "gateway_error", 1011, error_code="gateway_error", cut=True)
+            await self._finish(
+                CloseReason.SHUTDOWN,
+                Outcome.GATEWAY_ERROR,
+                CloseCode.INTERNAL_ERROR,
+                error_code=GatewayError.code,
+                cut=True,
+            )
 
     # --- handshake -------------------------------------------------------------------------
 
@@ -181,8 +182,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 open_timeout_s=min(settings.GATEWAY_UPSTREAM_TIMEOUT_S, 30.0),
             )
         except UpstreamConnectError as error:
-            code = 1013 if error.retry else 1011
-            await self._finish("upstream_error", "upstream_error", code, error_code="upstream_error", bill=False)
+            code = CloseCode.TRY_AGAIN_LATER if error.retry else CloseCode.INTERNAL_ERROR
+            await self._finish(
+                CloseReason.UPSTREAM_ERROR, Outcome.UPSTREAM_ERROR, code, error_code=UpstreamError.code, bill=False
+            )
             return False
         self.tasks = [asyncio.ensure_future(self._read_upstream()), asyncio.ensure_future(self._watch())]
         LIVE.add(self)
@@ -197,8 +200,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         )
         self.finishing = asyncio.get_running_loop().create_future()
         self.finishing.set_result(None)
-        code = services.REJECT_CLOSE_CODES.get(error.code, 1008)
-        await self.close(code=code, reason=error.code)
+        await self.close(code=close_code_for(error), reason=error.code)
 
     # --- client → upstream -----------------------------------------------------------------
 
@@ -208,8 +210,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         data = text_data if text_data is not None else bytes_data
         if len(data) > settings.GATEWAY_REALTIME_MAX_FRAME_BYTES:
             if self.session is None:
-                return await self._reject(services.FrameTooLarge("frame too large"))
-            return await self._finish("client_abort", "client_cancelled", 1009, error_code="request_too_large")
+                return await self._reject(RequestTooLarge("frame too large"))
+            return await self._finish(
+                CloseReason.CLIENT_ABORT, Outcome.CLIENT_CANCELLED, CloseCode.TOO_BIG, error_code=RequestTooLarge.code
+            )
         event = None
         if text_data is not None:
             try:
@@ -278,7 +282,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._upstream_closed(closed)
         except Exception:
             logger.exception("realtime session %s: relay failed", self.request_id)
-            await self._finish("upstream_error", "gateway_error", 1011, error_code="gateway_error", cut=True)
+            await self._finish(
+                CloseReason.UPSTREAM_ERROR,
+                Outcome.GATEWAY_ERROR,
+                CloseCode.INTERNAL_ERROR,
+                error_code=GatewayError.code,
+                cut=True,
+            )
 
     def _meter_upstream(self, data: str) -> None:
         try:
@@ -291,17 +301,16 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 self.response_done.set()
 
     async def _upstream_closed(self, closed: UpstreamClosed) -> None:
-        clean = closed.code in (1000, 1001)
-        if closed.code == 1009:
-            code = 1009
-        else:
-            code = closed.code if closed.code not in (1005, 1006, 1015) else 1011
+        clean = closed.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+        # Codes that must not be sent in a close frame become 1011.
+        unsendable = (CloseCode.NO_STATUS, CloseCode.ABNORMAL, CloseCode.TLS_FAILED)
+        code = closed.code if closed.code not in unsendable else CloseCode.INTERNAL_ERROR
         await self._finish(
-            "upstream_closed" if clean else "upstream_error",
-            "success" if clean else "upstream_error",
+            CloseReason.UPSTREAM_CLOSED if clean else CloseReason.UPSTREAM_ERROR,
+            Outcome.SUCCESS if clean else Outcome.UPSTREAM_ERROR,
             code,
-            reason=closed.reason if clean else "upstream_error",
-            error_code="" if clean else "upstream_error",
+            reason=closed.reason if clean else UpstreamError.code,
+            error_code="" if clean else UpstreamError.code,
             cut=True,
         )
 
@@ -340,7 +349,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.generation_lost = False
         return generation
 
-    async def _check(self, *, full: bool) -> str | None:
+    async def _check(self, *, full: bool) -> GatewayError | None:
         """One watch step: grow/renew the reservation, then ask whether the session must end."""
         session = self.opened
         now_mono = asyncio.get_running_loop().time()
@@ -354,9 +363,15 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.capped = state.capped
         return state.reason
 
-    async def _close_for(self, reason: str) -> None:
-        close_reason, outcome = WATCH_CLOSES[reason]
-        await self._finish(close_reason, outcome, 1008, reason=reason, error_code=reason, cut=True)
+    async def _close_for(self, error: GatewayError) -> None:
+        await self._finish(
+            watch_close_reason(error),
+            reject_outcome(error),
+            CloseCode.POLICY,
+            reason=error.code,
+            error_code=error.code,
+            cut=True,
+        )
 
     # --- client went away ------------------------------------------------------------------
 
@@ -373,8 +388,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 await asyncio.wait_for(self.response_done.wait(), ABORT_WAIT_S)
             except (UpstreamClosed, TimeoutError):
                 pass
-        aborted = in_progress or code not in (1000, 1001)
-        await self._finish("client_abort" if aborted else "normal", "client_cancelled" if aborted else "success", code)
+        aborted = in_progress or code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+        await self._finish(
+            CloseReason.CLIENT_ABORT if aborted else CloseReason.NORMAL,
+            Outcome.CLIENT_CANCELLED if aborted else Outcome.SUCCESS,
+            code,
+        )
 
     async def _wait_finished(self) -> None:
         if self.finishing is not None:
@@ -382,7 +401,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     # --- the one way out -------------------------------------------------------------------
 
-    async def _finish(self, close_reason: str, outcome: str, code: int, **kwargs) -> None:
+    async def _finish(self, close_reason: CloseReason, outcome: Outcome, code: int, **kwargs) -> None:
         if self.session is None:
             return
         if self.finishing is None:
@@ -396,7 +415,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if self.link is not None:
             try:
                 await asyncio.wait_for(self.link.close(), 2.0)
-            except Exception:  # noqa: BLE001 - the upstream is going away either way
+            except Exception:  # noqa: BLE001 (the upstream is going away either way)
                 logger.debug("upstream close failed for %s", self.request_id)
         session = self.opened  # _finish returns early when no session was opened
         usage = self.meter.usage(session.price, cut=cut) if bill else Usage()

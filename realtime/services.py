@@ -14,44 +14,21 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from allocations.access import ScopedAllocation, allocation_check_status, key_scope
-from allocations.exceptions import BadRequest, GatewayError
+from allocations.access import STATUS_ERRORS, KeyScope, ScopedAllocation, key_scope
+from allocations.exceptions import GatewayError, Unauthorized
 from allocations.models import Allocation, ApiKey
 from quota import ledger
+from quota.exceptions import CostQuotaExceeded, QuotaExceeded
 from quota.ledger import Admission
-from quota.models import CallRecord, PriceVersion, Reservation, UsageCounter
+from quota.models import CallRecord, CloseReason, Outcome, PriceVersion, Reservation, UsageCounter
+from quota.preflight import preflight, reject_outcome
 from quota.pricing import Usage, cost_for
-from quota.services import price_in_force
+
+from .close import close_code_for
 
 ENDPOINT = "realtime"
+KINDS = frozenset({"realtime"})
 LEASE_S = 90  # a live session renews its reservation well before this; the sweeper takes it after
-
-REJECT_OUTCOMES = {
-    "unauthorized": "rejected_unauthenticated",
-    "bad_request": "rejected_bad_request",
-    "model_mismatch": "rejected_model_mismatch",
-    "allocation_revoked": "rejected_revoked",
-    "allocation_paused": "rejected_paused",
-    "allocation_quarantined": "rejected_quarantined",
-    "quota_exceeded": "rejected_quota_exceeded",
-    "cost_quota_exceeded": "rejected_cost_quota_exceeded",
-    "quota_busy": "rejected_quota_busy",
-    "model_kind_mismatch": "rejected_model_kind",
-    "request_too_large": "rejected_bad_request",
-}
-REJECT_CLOSE_CODES = {"model_kind_mismatch": 1003, "request_too_large": 1009}
-
-
-class ModelKindMismatch(BadRequest):
-    code = "model_kind_mismatch"
-
-
-class FrameTooLarge(BadRequest):
-    code = "request_too_large"
-
-
-class ProviderUnavailable(GatewayError):
-    code, status = "provider_unavailable", 503
 
 
 @dataclass
@@ -84,29 +61,44 @@ class Session:
         return {"record": record, "usage": plain, "price_id": self.price.pk if self.price else None}
 
 
+@dataclass
+class _Opening:
+    """The preflight's holder while a session opens."""
+
+    scope: KeyScope | None = None
+    entry: ScopedAllocation | None = None
+    price: PriceVersion | None = None
+    admission: Admission | None = None
+
+
+def _nothing_reserved(price) -> tuple[int, Decimal | None]:
+    """A session starts holding nothing; its reservation grows with the usage (session_watch)."""
+    return 0, None if price is None else Decimal(0)
+
+
 def session_open(*, plaintext: str, model: str, request_id: str, now: dt.datetime) -> Session:
-    """Preflight (SPEC 3 steps 3-10) and admission. Raises a GatewayError subclass on any reject."""
-    scope = key_scope(plaintext)
-    entry = scope.resolve(model)
-    allocation_check_status(entry)
-    if entry.model_kind != "realtime":
-        raise ModelKindMismatch(f"model '{entry.model_slug}' is not a realtime model")
-    if not entry.provider.is_active:
-        raise ProviderUnavailable("the model's provider is unavailable")
-    price = price_in_force(model_id=entry.model_id, at=now)
-    session = Session(request_id, now, scope.key_id, scope.member_id, entry, None, price)  # type: ignore[arg-type]
-    session.admission = ledger.admit(
-        allocation_id=entry.allocation_id,
-        token_cap=entry.token_cap,
-        cost_cap=entry.cost_cap,
-        est_tokens=0,
-        est_cost=None if price is None else Decimal(0),
+    """The shared preflight (SPEC 3 steps 3-10) and admission. Raises a GatewayError on any reject."""
+    opening = _Opening()
+
+    def context(held) -> dict:
+        unadmitted = Session(request_id, now, held.scope.key_id, held.scope.member_id, held.entry, None, held.price)  # type: ignore[arg-type]
+        return unadmitted.context(Usage())
+
+    preflight(
+        opening,
+        plaintext=plaintext,
+        model=model,
+        kinds=KINDS,
+        surface="/v1/realtime",
         request_id=request_id,
         now=now,
+        estimate=_nothing_reserved,
         ttl_s=LEASE_S,
-        context=session.context(Usage()),
+        context=context,
     )
-    return session
+    assert opening.scope and opening.entry and opening.admission  # filled by an admitted preflight
+    scope = opening.scope
+    return Session(request_id, now, scope.key_id, scope.member_id, opening.entry, opening.admission, opening.price)
 
 
 def session_reject(*, error: GatewayError, request_id: str, now: dt.datetime, scope_hint: dict | None = None) -> None:
@@ -116,8 +108,8 @@ def session_reject(*, error: GatewayError, request_id: str, now: dt.datetime, sc
             "request_id": request_id,
             "endpoint": ENDPOINT,
             "started_at": now,
-            "status_code": REJECT_CLOSE_CODES.get(error.code, 1008),
-            "outcome": REJECT_OUTCOMES.get(error.code, "gateway_error"),
+            "status_code": close_code_for(error),
+            "outcome": reject_outcome(error),
             "error_code": error.code,
             "error_message": error.message[:1000],
             "is_stream": True,
@@ -143,7 +135,7 @@ def session_scope_hint(*, plaintext: str, model: str) -> dict:
 
 @dataclass(frozen=True)
 class WatchState:
-    reason: str | None  # the close reason code when the session must end, else None
+    reason: GatewayError | None  # why the session must end, else None
     admission: Admission
     capped: bool = True  # the allocation has a token quota or a cost cap (as last read)
 
@@ -151,14 +143,14 @@ class WatchState:
 COUNTER_FIELDS = ("tokens_used", "tokens_reserved", "cost_used", "cost_reserved", "allocation_id")
 
 
-def _cap_reason(*, counter: UsageCounter | None, allocation: Allocation, priced: bool) -> str | None:
+def _cap_reason(*, counter: UsageCounter | None, allocation: Allocation, priced: bool) -> GatewayError | None:
     if counter is None:
-        return "cost_quota_exceeded" if allocation.quota_cost_usd_per_month == 0 else None
+        return CostQuotaExceeded() if allocation.quota_cost_usd_per_month == 0 else None
     token_cap, cost_cap = allocation.quota_tokens_per_month, allocation.quota_cost_usd_per_month
     if token_cap is not None and counter.tokens_used + counter.tokens_reserved >= token_cap:
-        return "quota_exceeded"
+        return QuotaExceeded()
     if cost_cap is not None and (priced or cost_cap == 0) and counter.cost_used + counter.cost_reserved >= cost_cap:
-        return "cost_quota_exceeded"
+        return CostQuotaExceeded()
     return None
 
 
@@ -192,15 +184,22 @@ def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.
     if full:
         key = ApiKey.objects.select_related("member").only("revoked_at", "member__is_active").get(pk=session.key_id)
         if key.is_revoked or not key.member.is_active:
-            return WatchState("unauthorized", admission, capped)
-    if allocation.status != Allocation.Status.ACTIVE:
-        return WatchState(f"allocation_{allocation.status}", admission, capped)
+            return WatchState(Unauthorized(), admission, capped)
+    status_error = STATUS_ERRORS.get(allocation.status)
+    if status_error is not None:
+        return WatchState(status_error, admission, capped)
     reason = _cap_reason(counter=counter, allocation=allocation, priced=session.price is not None)
     return WatchState(reason, admission, capped)
 
 
 def session_settle(
-    *, session: Session, usage: Usage, outcome: str, close_reason: str, close_code: int, error_code: str = ""
+    *,
+    session: Session,
+    usage: Usage,
+    outcome: Outcome,
+    close_reason: CloseReason,
+    close_code: int,
+    error_code: str = "",
 ) -> CallRecord | None:
     """The session's single call record. Returns None when the sweeper already billed it."""
     now = timezone.now()

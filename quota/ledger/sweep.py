@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import CallRecord, PriceVersion, Reservation
+from ..models import CallRecord, CloseReason, Outcome, PriceVersion, Reservation
 from ..pricing import Usage
 from .statements import Admission
 from .sync import release, settle
@@ -31,7 +31,7 @@ def _settle_from_context(*, admission: Admission, context: dict, now: dt.datetim
     record, usage, price = settlement_from_json(
         record=context["record"], usage=context.get("usage"), price_id=context.get("price_id")
     )
-    record.update(outcome="gateway_error", close_reason="shutdown", error_code="worker_lost")
+    record.update(outcome=Outcome.GATEWAY_ERROR, close_reason=CloseReason.SHUTDOWN, error_code="worker_lost")
     return settle(admission=admission, record=record, usage=usage, price=price, now=now)
 
 

@@ -1,0 +1,199 @@
+"""The one preflight of a call, for both relays (`/v1` and realtime): SPEC 3 steps 3-10, in the
+contract's order, ending in the ledger's admission; and the one map from a refusal to its call
+record's outcome.
+
+Steps 1-2 (the bearer's form, the body) are the relay's own, as is writing a refusal's record (each
+relay's record names what it knows). The preflight fills its holder as it goes, so a refusal's
+record names the key and allocation as far as they were resolved.
+
+Two forms: `preflight` (synchronous, any database, on an accounting thread or a database thread)
+decides everything and raises the refusal; `preflight_cached` (the event loop) runs the same
+checks from the per-process caches only and admits on the loop, or returns False when it cannot
+decide without a query (the caller then runs `preflight` on a thread).
+"""
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, Protocol
+
+from allocations.access import (
+    KeyScope,
+    ScopedAllocation,
+    allocation_check_status,
+    key_scope,
+    key_scope_cached,
+    key_touch,
+)
+from allocations.bounded import BoundedCache
+from allocations.cache import auth_generation, auth_generation_async
+from allocations.exceptions import (
+    AllocationPaused,
+    AllocationQuarantined,
+    AllocationRevoked,
+    GatewayError,
+    ModelMismatch,
+    Unauthorized,
+)
+
+from . import ledger
+from .exceptions import (
+    CostQuotaExceeded,
+    ModelKindMismatch,
+    ProviderUnavailable,
+    QuotaBusy,
+    QuotaExceeded,
+    RequestTooLarge,
+)
+from .ledger import Admission
+from .models import Outcome
+from .services import price_cached, price_in_force_cached
+
+REJECT_OUTCOMES: dict[type[GatewayError], Outcome] = {
+    Unauthorized: Outcome.REJECTED_UNAUTHENTICATED,
+    ModelMismatch: Outcome.REJECTED_MODEL_MISMATCH,
+    AllocationRevoked: Outcome.REJECTED_REVOKED,
+    AllocationPaused: Outcome.REJECTED_PAUSED,
+    AllocationQuarantined: Outcome.REJECTED_QUARANTINED,
+    QuotaExceeded: Outcome.REJECTED_QUOTA_EXCEEDED,
+    CostQuotaExceeded: Outcome.REJECTED_COST_QUOTA_EXCEEDED,
+    QuotaBusy: Outcome.REJECTED_QUOTA_BUSY,
+    ModelKindMismatch: Outcome.REJECTED_MODEL_KIND,
+    RequestTooLarge: Outcome.REJECTED_BAD_REQUEST,
+    ProviderUnavailable: Outcome.UPSTREAM_ERROR,  # the contract has no reject outcome for it
+}
+
+
+def reject_outcome(error: GatewayError) -> Outcome:
+    """The outcome a refused call is recorded with (any other refusal is a bad request)."""
+    return REJECT_OUTCOMES.get(type(error), Outcome.REJECTED_BAD_REQUEST)
+
+
+class Holder(Protocol):
+    """What the preflight fills in: a relay's call or session state."""
+
+    scope: KeyScope | None
+    entry: ScopedAllocation | None
+    price: Any
+    admission: Admission | None
+
+
+# (reserved tokens, reserved cost) of a call, given the price in force (None: unpriced).
+Estimate = Callable[[Any], tuple[int, Decimal | None]]
+
+
+def late_refusal(entry: ScopedAllocation, *, kinds: frozenset[str], surface: str) -> GatewayError | None:
+    """Steps 9 and 10, which come after admission in the contract's order."""
+    if entry.model_kind not in kinds:
+        return ModelKindMismatch(
+            f"model '{entry.model_slug}' is a {entry.model_kind} model; {surface} needs " + " or ".join(sorted(kinds))
+        )
+    if not entry.provider.is_active:
+        return ProviderUnavailable(f"the provider of model '{entry.model_slug}' is unavailable")
+    return None
+
+
+def preflight(
+    into: Holder,
+    *,
+    plaintext: str,
+    model: str,
+    kinds: frozenset[str],
+    surface: str,
+    request_id: str,
+    now: dt.datetime,
+    estimate: Estimate,
+    generation: int | None = None,
+    ttl_s: float | None = None,
+    context: Callable[[Holder], dict] | None = None,
+) -> None:
+    """Steps 3-10: key, model, allocation status, (rate limits), caps and admission, the model's
+    kind, the provider. Raises the refusal (a GatewayError); one after admission releases the
+    reservation first. `context` builds what the sweeper needs to bill a session whose process died."""
+    if generation is None:
+        generation = auth_generation()
+    into.scope = key_scope(plaintext, generation=generation)
+    into.entry = entry = into.scope.resolve(model)
+    allocation_check_status(entry)
+    # Rate limits (SPEC 3 step 5) belong here: after the status, before anything is reserved.
+    into.price = price_in_force_cached(model_id=entry.model_id, at=now, generation=generation)
+    tokens, cost = estimate(into.price)
+    into.admission = ledger.admit(
+        allocation_id=entry.allocation_id,
+        token_cap=entry.token_cap,
+        cost_cap=entry.cost_cap,
+        est_tokens=tokens,
+        est_cost=cost,
+        request_id=request_id,
+        now=now,
+        ttl_s=ttl_s,
+        context=context(into) if context is not None else None,
+    )
+    late = late_refusal(entry, kinds=kinds, surface=surface)
+    if late is not None:
+        ledger.release(admission=into.admission)
+        into.admission = None
+        raise late
+
+
+async def preflight_cached(
+    into: Holder,
+    *,
+    plaintext: str,
+    model: str,
+    kinds: frozenset[str],
+    request_id: str,
+    now: dt.datetime,
+    estimate: Estimate,
+) -> bool:
+    """`preflight` from the caches only, admitted on the event loop; True once admitted (`into` is
+    filled and the reservation held), False when it cannot decide here: nothing cached, a key due
+    for its last-used touch, any refusal, a cap's guard not matched. Errors propagate."""
+    if not ledger.on_loop():
+        return False
+    generation = await auth_generation_async()
+    if generation is None:
+        return False
+    scope = key_scope_cached(plaintext, generation=generation)
+    if scope is None or touch_due(scope.key_id):
+        return False
+    try:
+        entry = scope.resolve(model)
+        allocation_check_status(entry)
+    except GatewayError:
+        return False
+    if late_refusal(entry, kinds=kinds, surface="") is not None:
+        return False
+    found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
+    if not found:
+        return False
+    tokens, cost = estimate(price)
+    admission = await ledger.admit_async(
+        allocation_id=entry.allocation_id,
+        token_cap=entry.token_cap,
+        cost_cap=entry.cost_cap,
+        est_tokens=tokens,
+        est_cost=cost,
+        request_id=request_id,
+        now=now,
+    )
+    if admission is None:
+        return False
+    into.scope, into.entry, into.price, into.admission = scope, entry, price, admission
+    return True
+
+
+_touched: BoundedCache = BoundedCache(100_000)  # key id -> when this process last touched it (monotonic)
+
+
+def touch_due(key_id: str) -> bool:
+    return time.monotonic() - _touched.get(key_id, -1e9) > 60
+
+
+def touch(key_id: str, now: dt.datetime) -> None:
+    """The key's last use. key_touch is throttled in the database; this saves its no-op UPDATE on
+    every call (and keeps the event loop's path free of it: a key due for a touch takes a thread)."""
+    if touch_due(key_id):
+        _touched[key_id] = time.monotonic()
+        key_touch(key_id=key_id, now=now)
