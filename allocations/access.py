@@ -13,6 +13,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from . import crypto
+from .bounded import BoundedCache
 from .cache import auth_generation
 from .exceptions import (
     AllocationPaused,
@@ -132,13 +133,14 @@ def key_scope(plaintext: str, *, generation: int | None = None) -> KeyScope:
         generation = auth_generation()
     global _snapshots
     held, cache = _snapshots
-    if held != generation or len(cache) > _CACHE_MAX:
-        cache = {}
+    if held != generation:
+        cache = BoundedCache(_CACHE_MAX)
         _snapshots = (generation, cache)  # one assignment: readers see the old pair or the new one
     key_hash = ApiKey.hash(plaintext)
-    if key_hash not in cache:
-        cache[key_hash] = _snapshot(key_hash)
-    scope = cache[key_hash]
+    try:
+        scope = cache[key_hash]
+    except KeyError:
+        scope = cache[key_hash] = _snapshot(key_hash)
     if scope is None:
         raise Unauthorized("invalid API key")
     return scope
@@ -146,7 +148,7 @@ def key_scope(plaintext: str, *, generation: int | None = None) -> KeyScope:
 
 def key_scope_cached(plaintext: str, *, generation: int) -> KeyScope | None:
     """The cached snapshot of a key under `generation`, or None (not cached, unknown or refused):
-    no database access, for the event loop's fast path (proxy.accounting); a None sends the call
+    no database access, for the event loop's fast path (quota.preflight); a None sends the call
     through key_scope on an accounting thread."""
     held, cache = _snapshots
     if held != generation:

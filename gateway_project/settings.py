@@ -90,14 +90,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env("REDIS_URL", default="")
-_xdist_worker = env("PYTEST_XDIST_WORKER", default="")
-if REDIS_URL and _xdist_worker.startswith("gw"):
-    # Parallel test workers share one Redis server; cache.clear() is FLUSHDB, so each worker
-    # gets its own database number (base + worker index).
-    _base, _, _db = REDIS_URL.rpartition("/")
-    if _db.isdigit():
-        REDIS_URL = f"{_base}/{(int(_db) + int(_xdist_worker[2:])) % 16}"
+REDIS_URL = env("REDIS_URL", default="")  # parallel tests: one database per worker (tests/xdist_redis.py)
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}

@@ -163,7 +163,7 @@ async def _open(call: Call) -> Call:
     try:
         if await _open_on_loop(call):
             return call
-    except Exception:  # noqa: BLE001 (e.g. Redis or the database unreachable: the thread path decides)
+    except Exception:  # noqa: BLE001 - e.g. Redis or the database unreachable: the thread path decides
         logger.warning(
             "admission on the event loop failed for %s; taking the thread path", call.request_id, exc_info=True
         )

@@ -1,4 +1,4 @@
-"""Meters and reservation estimates of the non-token endpoints (SPEC 3 and 4, issue 4).
+"""Meters and reservation estimates of the non-token endpoints (SPEC 3 and 4).
 
 A response meter takes (request, raw response body) -> Usage; `request` is the parsed JSON body
 or, for multipart, the form's text fields plus `upload` (proxy.multipart.Upload.meta()).

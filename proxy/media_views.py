@@ -1,4 +1,4 @@
-"""/v1 endpoints whose answer is not metered by a `usage` object (issue 4): images, speech,
+"""/v1 endpoints whose answer is not metered by a `usage` object: images, speech,
 transcription, moderation, rerank, OCR. They share proxy.views' preflight, accounting steps,
 upstream adapters and error handling; only the request body (JSON, or a spooled multipart form:
 proxy.multipart) and the answer (metered whole by the endpoint's response meter, or audio relayed

@@ -1,4 +1,4 @@
-"""The /v1 endpoints as data. Adding an endpoint (images, audio, moderation, rerank, OCR: issue 4)
+"""The /v1 endpoints as data. Adding an endpoint (images, audio, moderation, rerank, OCR)
 means adding one entry here, a meter in proxy.meters and, for the simulated provider, a handler
 in proxy.simulated; the view, preflight, accounting and upstream adapters are shared.
 """
@@ -13,10 +13,10 @@ from . import media_meters, meters
 
 # How the request body is read and forwarded.
 BODY_JSON = "json"
-BODY_MULTIPART = "multipart"  # issue 4: parse the form for `model`, forward the parts
+BODY_MULTIPART = "multipart"  # parse the form for `model`, forward the parts
 # How the answer is relayed.
 RESPONSE_JSON = "json"
-RESPONSE_BINARY = "binary"  # issue 4: audio/speech
+RESPONSE_BINARY = "binary"  # audio/speech
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Endpoint:
     response: str = RESPONSE_JSON
     stream_meter: type[meters.StreamMeter] | None = None  # None: `stream: true` is refused
     force_stream_usage: bool = False  # chat: stream_options.include_usage forced on upstream
-    # issue 4 (proxy.media_views): (request, raw answer) -> Usage, for answers whose meter is not
+    # proxy.media_views: (request, raw answer) -> Usage, for answers whose meter is not
     # a `usage` object (images, audio, moderation, rerank, OCR); `files`: required multipart files.
     response_meter: Callable[[dict, bytes], Usage] | None = None
     files: tuple[str, ...] = ()
@@ -44,7 +44,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             name="chat.completions",
             path="chat/completions",
             required=("model", "messages"),
-            # issue 4: image models with chat output (gemini-2.5-flash-image, OpenRouter's image
+            # Image models with chat output (gemini-2.5-flash-image, OpenRouter's image
             # models) are called on chat too; one allocation, one cost cap for both endpoints.
             kinds=frozenset({ModelKind.CHAT, ModelKind.IMAGE}),
             meter=meters.chat_usage,
@@ -69,7 +69,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             meter=meters.embeddings_usage,
             estimate=meters.estimate_embeddings,
         ),
-        # issue 4: the non-token endpoints (docs/ENDPOINTS.md), served by proxy.media_views.
+        # The non-token endpoints (docs/ENDPOINTS.md), served by proxy.media_views.
         Endpoint(
             name="images.generations",
             path="images/generations",

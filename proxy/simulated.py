@@ -2,7 +2,8 @@
 
 No network, no key. It answers in the OpenAI wire format with realistic bodies and `usage`, JSON or
 SSE, so the demo (`make run`) and tests work on a laptop. Each endpoint is one handler registered
-with @handles(endpoint name); issue 4 adds images, audio, moderation, rerank and OCR the same way.
+with @handles(endpoint name): chat, responses, embeddings here, the media endpoints in
+proxy.simulated_media.
 """
 
 import asyncio

@@ -1,8 +1,8 @@
 """Upstream adapters and the one shared aiohttp session per process.
 
 aiohttp's ClientSession, not httpx: on this 2-core machine an httpx.AsyncClient pass-through fell
-from 615 to 104 requests/s between 1 and 64 concurrent requests while aiohttp held ~2,000 (issue 3,
-shared/bench/ANCHORS.md). The session is created lazily on the serving loop and closed on the ASGI
+from 615 to 104 requests/s between 1 and 64 concurrent requests while aiohttp held ~2,000
+(shared/bench/ANCHORS.md). The session is created lazily on the serving loop and closed on the ASGI
 lifespan shutdown (proxy.handler).
 
 URL rules:
@@ -23,6 +23,7 @@ import aiohttp
 from django.conf import settings
 
 from allocations.access import ScopedAllocation
+from allocations.bounded import BoundedCache
 from allocations.models import ProviderKind
 from quota.exceptions import UpstreamError, UpstreamTimeout
 
@@ -56,7 +57,7 @@ class Target:
     secrets: tuple[str, ...]
 
 
-_targets: dict = {}
+_targets: BoundedCache = BoundedCache(10_000)
 
 
 def target_for(entry: ScopedAllocation, endpoint: Endpoint) -> Target:
@@ -64,8 +65,6 @@ def target_for(entry: ScopedAllocation, endpoint: Endpoint) -> Target:
     key = (entry.provider, entry.upstream_name, endpoint.path)
     target = _targets.get(key)
     if target is None:
-        if len(_targets) > 10_000:
-            _targets.clear()
         target = _targets[key] = _target_for(entry, endpoint)
     return target
 

@@ -138,7 +138,7 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
             body=call.extra["upstream_body"],
             payload=payload,
             request_id=call.request_id,
-            headers=call.extra.get("upstream_headers"),  # issue 4: multipart uploads
+            headers=call.extra.get("upstream_headers"),  # multipart uploads
         )
     except GatewayError as error:
         await settle(
@@ -195,7 +195,7 @@ async def _complete(call: accounting.Call, payload: bytes) -> HttpResponse:
         finally:
             reply.close()
         return await _finish_json(call, reply, body)
-    except (TimeoutError, Exception) as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure settles the call once, answered in the envelope
         error = _transport_error(exc)
         await settle(
             call, outcome=error[0], status=error[1].status, usage=Usage(), code=error[1].code, message=error[1].message
@@ -240,7 +240,7 @@ async def _stream(call: accounting.Call, payload: bytes):
     except asyncio.CancelledError:
         await settle(call, outcome=Outcome.CLIENT_CANCELLED, status=499, usage=Usage())
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - every failure to reach upstream settles the call once
         outcome, error = _transport_error(exc)
         await settle(call, outcome=outcome, status=error.status, usage=Usage(), code=error.code, message=error.message)
         return error_response(error, call.request_id)

@@ -172,5 +172,5 @@ class Reservation(models.Model):
     context = models.JSONField(default=dict, blank=True)
 
 
-# The pool and anomaly models live in their own module (owned by the pool work); registered here.
+# The pool and anomaly models live in their own module; imported here so Django registers them.
 from .pool_models import AnomalyConfig, PoolConfig, RebalanceEntry, RebalanceLog  # noqa: E402, F401

@@ -341,7 +341,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # A cache read, not a database step: kept off channels' single database thread.
         try:
             generation = await sync_to_async(auth_generation, thread_sensitive=False)()
-        except Exception:
+        except Exception:  # noqa: BLE001 - Redis away: the watch's periodic full check covers it
             if not self.generation_lost:  # say it once, not four times a second
                 logger.warning("realtime session %s: auth generation unreadable", self.request_id)
             self.generation_lost = True
@@ -415,7 +415,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if self.link is not None:
             try:
                 await asyncio.wait_for(self.link.close(), 2.0)
-            except Exception:  # noqa: BLE001 (the upstream is going away either way)
+            except Exception:  # noqa: BLE001 - the upstream is going away either way
                 logger.debug("upstream close failed for %s", self.request_id)
         session = self.opened  # _finish returns early when no session was opened
         usage = self.meter.usage(session.price, cut=cut) if bill else Usage()

@@ -21,7 +21,7 @@ except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
     )
 try:
     redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
-except Exception as exc:  # noqa: BLE001
+except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
     problems.append(
         f"Redis is not reachable at {redis_url} ({exc.__class__.__name__}).\n"
         "  Start it, e.g.: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''\n"

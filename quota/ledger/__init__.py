@@ -96,7 +96,7 @@ async def settle_async(*, admission: Admission | None, record: dict, usage: Usag
         try:
             await loop.settle(admission=admission, record=record, usage=usage, price=price, now=timezone.now())
             return
-        except Exception:  # noqa: BLE001 (settled on a thread below, or spooled)
+        except Exception:  # noqa: BLE001 - settled on a thread below, or spooled
             logger.warning(
                 "settlement on the event loop failed for %s; taking the thread path",
                 record.get("request_id"),

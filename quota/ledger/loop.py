@@ -227,7 +227,7 @@ class _Settlements:
                     ids = [row[0] for row in await cursor.fetchall()]
                 if len(ids) != len(batch):
                     raise RuntimeError(f"the settlement statement returned {len(ids)} ids for {len(batch)} calls")
-            except BaseException as exc:  # noqa: BLE001 (handed to every caller of the batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("settlement cancelled"))

@@ -1,4 +1,4 @@
-"""Fixtures of the media endpoint tests (issue 4), imported by tests/proxy/test_media_*.py."""
+"""Fixtures of the media endpoint tests, imported by tests/proxy/test_media_*.py."""
 
 from decimal import Decimal
 

@@ -1,4 +1,4 @@
-"""A real local fake upstream for the media endpoints (issue 4): an aiohttp server on a loopback
+"""A real local fake upstream for the media endpoints: an aiohttp server on a loopback
 port answering images, speech, transcriptions, moderations, rerank and OCR in the providers' wire
 shapes. It reads multipart uploads as a stream (it never holds a file: it counts its bytes and keeps
 its first 64 bytes) so the large-upload test measures the gateway, not the fake. Fault modes by
