@@ -94,6 +94,19 @@ def late_refusal(entry: ScopedAllocation, *, kinds: frozenset[str], surface: str
     return None
 
 
+def _admission(entry: ScopedAllocation, estimate: tuple[int, Decimal | None], *, request_id: str, now) -> dict:
+    """The ledger's admission arguments for this allocation and estimate (reserved tokens, cost)."""
+    return {
+        "allocation_id": entry.allocation_id,
+        "token_cap": entry.token_cap,
+        "cost_cap": entry.cost_cap,
+        "est_tokens": estimate[0],
+        "est_cost": estimate[1],
+        "request_id": request_id,
+        "now": now,
+    }
+
+
 def preflight(
     into: Holder,
     *,
@@ -118,15 +131,8 @@ def preflight(
     allocation_check_status(entry)
     # Rate limits (SPEC 3 step 5) belong here: after the status, before anything is reserved.
     into.price = price_in_force_cached(model_id=entry.model_id, at=now, generation=generation)
-    tokens, cost = estimate(into.price)
     into.admission = ledger.admit(
-        allocation_id=entry.allocation_id,
-        token_cap=entry.token_cap,
-        cost_cap=entry.cost_cap,
-        est_tokens=tokens,
-        est_cost=cost,
-        request_id=request_id,
-        now=now,
+        **_admission(entry, estimate(into.price), request_id=request_id, now=now),
         ttl_s=ttl_s,
         context=context(into) if context is not None else None,
     )
@@ -168,16 +174,7 @@ async def preflight_cached(
     found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
     if not found:
         return False
-    tokens, cost = estimate(price)
-    admission = await ledger.admit_async(
-        allocation_id=entry.allocation_id,
-        token_cap=entry.token_cap,
-        cost_cap=entry.cost_cap,
-        est_tokens=tokens,
-        est_cost=cost,
-        request_id=request_id,
-        now=now,
-    )
+    admission = await ledger.admit_async(**_admission(entry, estimate(price), request_id=request_id, now=now))
     if admission is None:
         return False
     into.scope, into.entry, into.price, into.admission = scope, entry, price, admission
