@@ -29,7 +29,8 @@ from quota.pricing import Usage
 
 from . import services
 from .close import CloseCode, close_code_for, watch_close_reason
-from .meter import SessionMeter, dict_at
+from .events import model_in_session_update, rewrite_model
+from .meter import SessionMeter
 from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect
 
 logger = logging.getLogger(__name__)
@@ -52,36 +53,6 @@ async def shutdown_sessions() -> None:
     await asyncio.gather(
         *(c._finish(CloseReason.SHUTDOWN, Outcome.GATEWAY_ERROR, CloseCode.GOING_AWAY, cut=True) for c in list(LIVE))
     )
-
-
-def _model_in_session_update(event: dict) -> str:
-    """The model a first `session.update` names: the session model, else its transcription model."""
-    session = dict_at(event, "session")
-    if isinstance(session.get("model"), str):
-        return session["model"]
-    audio = dict_at(session, "audio")
-    audio_in = dict_at(audio, "input")
-    for tr in (audio_in.get("transcription"), session.get("input_audio_transcription")):
-        if isinstance(tr, dict) and isinstance(tr.get("model"), str):
-            return tr["model"]
-    return ""
-
-
-def _rewrite_model(event: dict, name: str, upstream: str) -> bool:
-    """Replaces the client's model name by the upstream one wherever a session.update names it."""
-    session = event.get("session")
-    if not isinstance(session, dict):
-        return False
-    changed = False
-    holders = [session, session.get("input_audio_transcription")]
-    audio = session.get("audio")
-    if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
-        holders.append(audio["input"].get("transcription"))
-    for holder in holders:
-        if isinstance(holder, dict) and holder.get("model") == name:
-            holder["model"] = upstream
-            changed = True
-    return changed
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
@@ -232,7 +203,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _open_from(self, event: dict | None) -> bool:
         """No `?model=`: the first event must be a session.update naming it (the transcription form)."""
         self.model_name = (
-            _model_in_session_update(event) if event and event.get("type", "").endswith("session.update") else ""
+            model_in_session_update(event) if event and event.get("type", "").endswith("session.update") else ""
         )
         if not self.model_name:
             await self._reject(BadRequest("name the model in ?model= or in the first session.update"))
@@ -242,7 +213,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _client_event(self, event: dict, data):
         """Meters a client event; returns the frame to forward (rewritten model name) or None to drop it."""
         kind = event.get("type")
-        if kind in ("session.update", "transcription_session.update") and _rewrite_model(
+        if kind in ("session.update", "transcription_session.update") and rewrite_model(
             event, self.model_name, self.opened.entry.upstream_name
         ):
             data = json.dumps(event)
