@@ -12,6 +12,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from proxy.handler import ProxyHandler  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
+from . import server_patches  # noqa: E402
+
+# Under daphne (serve, daphne's CLI, runserver): check the server stack's versions, then patch it.
+server_patches.apply()
+
 # /v1 is served by a handler without the (sync) middleware stack: see proxy/handler.py.
 proxy_asgi_app = ProxyHandler()
 

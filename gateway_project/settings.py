@@ -171,6 +171,8 @@ GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS",
 GATEWAY_OCR_ESTIMATE_PAGES = env.int("GATEWAY_OCR_ESTIMATE_PAGES", default=10)
 # Threads (each with one persistent DB connection) that run the /v1 accounting steps, per process.
 GATEWAY_ACCOUNTING_THREADS = env.int("GATEWAY_ACCOUNTING_THREADS", default=4)
+# On SIGTERM, how long in-flight calls may run to their end before they are cancelled (docs/DECISIONS.md).
+GATEWAY_SHUTDOWN_GRACE_S = env.float("GATEWAY_SHUTDOWN_GRACE_S", default=30.0)
 # Largest realtime frame relayed either way (a bigger one closes the socket with 1009).
 GATEWAY_REALTIME_MAX_FRAME_BYTES = env.int("GATEWAY_REALTIME_MAX_FRAME_MB", default=16) * 1024 * 1024
 

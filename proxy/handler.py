@@ -7,6 +7,8 @@ so gateway_project.asgi routes /v1 here. It also skips the per-request request_s
 request_finished signals and thread-sensitive context (each costs a thread hop to close database
 connections the event loop never opens: the accounting steps use their own pool, proxy.accounting),
 and reads the body with the GATEWAY_MAX_BODY_MB limit instead of Django's 2.5 MB form limit.
+It relies on private methods of Django's handler: gateway_project.server_patches lists them with
+the Django versions this was verified on, and checks them when the server starts.
 """
 
 import asyncio
@@ -25,39 +27,11 @@ from django.urls import set_script_prefix
 from allocations.exceptions import GatewayError
 from quota.ledger import loop as ledger_loop
 
-from . import multipart, upstream
+from . import accounting, multipart, upstream, views
 from .views import error_response, request_id_for
 
 logger = logging.getLogger("django.request")
 _resolved: dict = {}  # (ROOT_URLCONF, path) -> ResolverMatch, see ProxyHandler.resolve_request
-
-
-def daphne_skip_unread_work() -> None:
-    """Two pieces of per-request work Twisted does for daphne that nothing reads.
-
-    Under daphne, Twisted parses the Content-Type of every POST with the email package (and a
-    multipart or form body whole) into `request.args`, which daphne never reads: it hands the app
-    the raw body. That parse was ~4 % of the gateway's CPU per call, and a whole second parse of
-    every upload. Turned off for daphne's requests; done only when daphne is already loaded (its
-    server imports it before the app), so nothing here ever installs a Twisted reactor."""
-    module = sys.modules.get("daphne.http_protocol")
-    if module is None or getattr(module.WebRequest, "_gateway_trimmed", False):
-        return
-    original = module.WebRequest.__init__
-
-    def __init__(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self._parsePOSTFormSubmission = False
-
-    module.WebRequest.__init__ = __init__
-    module.WebRequest._gateway_trimmed = True
-    # Twisted also formats a combined-log line for every request and writes it to its global log,
-    # which daphne sends nowhere at verbosity <= 1 (and to the `daphne.server` logger above): ~2 %
-    # of the CPU per call. daphne's own access log (`--access-log`) is unaffected.
-    module.HTTPFactory.log = lambda self, request: None
-
-
-daphne_skip_unread_work()
 
 
 class ProxyHandler(ASGIHandler):
@@ -169,6 +143,13 @@ async def read_body(receive, scope, limit: int) -> tuple[bytes, bool]:
         if not message.get("more_body", False):
             break
     return (b"" if too_large else b"".join(parts)), too_large
+
+
+def settlements_pending() -> list[asyncio.Future]:
+    """What this process still owes the ledger besides its requests: upstream calls completing for
+    a client that went away (they are billed all the same) and settlements being written. A server
+    that shuts down waits for these (gateway_project.server_patches)."""
+    return [*views._background, *accounting._closing]
 
 
 async def loop_resources_close() -> None:

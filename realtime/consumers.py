@@ -45,7 +45,7 @@ FULL_CHECK_S = 5.0  # key/member/allocation re-read even when no generation bump
 ABORT_WAIT_S = 3.0  # how long a client abort waits for the cancelled response's usage
 RENEW_S = services.LEASE_S / 3
 
-# Open sessions of this process, finished first when the server shuts down (daphne_hooks).
+# Open sessions of this process, finished first when the server shuts down (gateway_project.server_patches).
 LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -93,7 +93,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
-            # Cancelled from outside (a server shutdown that bypassed daphne_hooks, a test harness):
+            # Cancelled from outside (a server shutdown past its grace, a test harness):
             # bill and close, then end normally, so that a gather waiting on every application is
             # not cut short by the first one that re-raised.
             await self._finish(CloseReason.SHUTDOWN, Outcome.GATEWAY_ERROR, CloseCode.GOING_AWAY, cut=True)

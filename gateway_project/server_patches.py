@@ -1,0 +1,347 @@
+"""Every change this project makes to the code of its server stack, in one place.
+
+daphne (on Twisted, with autobahn for WebSockets) is the server; `proxy.handler.ProxyHandler`
+replaces Django's ASGI handler for /v1. Each of these leans on internals that a new release may
+change without notice, so each patch below names the versions it was verified on, and `check()`
+compares them with the installed ones when the server starts:
+
+- an installed version that no patch was verified on is an error naming the patch; the server
+  refuses to start (`UnverifiedServer`) unless `GATEWAY_ALLOW_UNVERIFIED_SERVER=1`, which turns it
+  into a logged error. Refusing is the default because two of the patches decide whether a call
+  is billed (the drain, the close codes), and a deploy that stops at once is cheaper than spend
+  that silently goes missing;
+- a patched attribute that no longer exists always refuses to start: the patch cannot apply.
+
+To upgrade daphne, Twisted, autobahn or Django: run `tests/serving/` against the new version
+(it drives a real daphne process), then add the version to the patches' `verified`.
+"""
+
+import asyncio
+import importlib
+import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+ALLOW_ENV = "GATEWAY_ALLOW_UNVERIFIED_SERVER"
+DAPHNE = ("4.2.3",)
+TWISTED = ("26.10.0",)
+AUTOBAHN = ("26.10.2",)
+DJANGO = ("5.2.19",)
+
+
+class UnverifiedServer(RuntimeError):
+    """The installed server stack is not the one the patches were verified on."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    verified: dict[str, tuple[str, ...]]  # distribution -> versions the patch was tested on
+    targets: tuple[str, ...]  # "module:Class.attribute" the patch replaces or relies on
+    apply: Callable[[], None] | None  # None: the code lives where it is used (see `why`)
+    why: str
+
+
+def _websocket_close_codes() -> None:
+    from daphne.ws_protocol import WebSocketProtocol
+
+    original = WebSocketProtocol.handle_reply
+
+    def handle_reply(self, message):
+        if message.get("type") == "websocket.close" and self.state not in (self.STATE_CONNECTING, self.STATE_CLOSED):
+            code = message.get("code") or 1000
+            reason = message.get("reason") or ""
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123] if reason else None)
+            return None
+        return original(self, message)
+
+    WebSocketProtocol.handle_reply = handle_reply
+
+
+def _form_parse_off() -> None:
+    from daphne.http_protocol import WebRequest
+
+    original = WebRequest.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self._parsePOSTFormSubmission = False
+
+    WebRequest.__init__ = __init__
+
+
+def _request_log_off() -> None:
+    from daphne.http_protocol import HTTPFactory
+
+    HTTPFactory.log = lambda self, request: None
+
+
+def _drain_on_shutdown() -> None:
+    from daphne.server import Server
+
+    Server.kill_all_applications = _drain_then_kill
+
+
+PATCHES = (
+    Patch(
+        name="websocket_close_codes",
+        verified={"daphne": DAPHNE, "autobahn": AUTOBAHN},
+        targets=(
+            "daphne.ws_protocol:WebSocketProtocol.handle_reply",
+            "daphne.ws_protocol:WebSocketProtocol.sendCloseFrame",
+        ),
+        apply=_websocket_close_codes,
+        why="daphne drops the ASGI close `reason` and hands the code to autobahn's sendClose, which "
+        "accepts only 1000 and 3000-4999: a 1008 close raised inside daphne and the client got no "
+        "close frame. The close goes through autobahn's lower-level sendCloseFrame (any valid code, "
+        "the reason up to 123 bytes).",
+    ),
+    Patch(
+        name="drain_on_shutdown",
+        verified={"daphne": DAPHNE, "twisted": TWISTED},
+        targets=(
+            "daphne.server:Server.kill_all_applications",
+            "daphne.server:Server.run>connections",
+            "daphne.http_protocol:WebRequest.__init__>protocol_connected",
+            "twisted.web.http:HTTPChannel.persistent",
+            "twisted.web.http:HTTPChannel.__init__>requests",
+            "twisted.web.http:Request.startedWriting",
+            "twisted.web.http:_GenericHTTPChannelProtocol.factory.fget>_channel",
+        ),
+        apply=_drain_on_shutdown,
+        why="on SIGTERM/SIGINT daphne cancels every application at once ('Killed N pending "
+        "application instances'): in-flight calls lost their settlement. Its shutdown trigger is "
+        "replaced by a drain (see _drain) that runs before Twisted closes any connection.",
+    ),
+    Patch(
+        name="twisted_form_parse_off",
+        verified={"daphne": DAPHNE, "twisted": TWISTED},
+        targets=(
+            "daphne.http_protocol:WebRequest.__init__",
+            "twisted.web.http:Request.__init__>_parsePOSTFormSubmission",
+        ),
+        apply=_form_parse_off,
+        why="Twisted parses the Content-Type of every POST with the email package (and a form or "
+        "multipart body whole) into request.args, which daphne never reads: ~4 % of the CPU per "
+        "call and a second parse of every upload.",
+    ),
+    Patch(
+        name="twisted_request_log_off",
+        verified={"daphne": DAPHNE, "twisted": TWISTED},
+        targets=("daphne.http_protocol:HTTPFactory.log",),
+        apply=_request_log_off,
+        why="Twisted formats a combined-log line per request for its global log, which daphne sends "
+        "nowhere at verbosity <= 1: ~2 % of the CPU per call. daphne's --access-log is unaffected.",
+    ),
+    Patch(
+        name="proxy_asgi_handler",
+        verified={"django": DJANGO},
+        targets=(
+            "django.core.handlers.asgi:ASGIHandler.listen_for_disconnect",
+            "django.core.handlers.asgi:ASGIHandler.send_response",
+            "django.core.handlers.asgi:ASGIHandler.resolve_request",
+            "django.core.handlers.base:BaseHandler._get_response_async",
+        ),
+        apply=None,
+        why="proxy.handler.ProxyHandler serves /v1 with Django's URL resolver and async views but "
+        "without the sync middleware chain, per-request signals or Django's body limit; it "
+        "subclasses ASGIHandler and relies on the private methods listed.",
+    ),
+)
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _missing(target: str) -> bool:
+    """ "module:Class.attribute", or "module:Class.method>name" for an instance attribute that
+    the method must still set or read."""
+    module_name, _, path = target.partition(":")
+    path, _, used = path.partition(">")
+    obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return True
+        obj = getattr(obj, part)
+    code = getattr(obj, "__code__", None)
+    return bool(used) and (code is None or used not in code.co_names)
+
+
+def version_problems() -> list[str]:
+    """One line per patch whose verified versions do not include the installed one."""
+    problems = []
+    for patch in PATCHES:
+        for distribution, versions in patch.verified.items():
+            installed = _installed(distribution)
+            if installed is not None and installed not in versions:
+                problems.append(
+                    f"server patch '{patch.name}' was verified on {distribution} {', '.join(versions)}; "
+                    f"installed: {installed}"
+                )
+    return problems
+
+
+def target_problems() -> list[str]:
+    """One line per patched attribute that no longer exists (imports daphne: servers only)."""
+    return [
+        f"server patch '{patch.name}': {target} no longer exists"
+        for patch in PATCHES
+        for target in patch.targets
+        if _missing(target)
+    ]
+
+
+def check(*, targets: bool = True) -> None:
+    """Logs every problem; raises UnverifiedServer unless only versions differ and the operator allowed it."""
+    versions = version_problems()
+    missing = target_problems() if targets else []
+    for line in versions + missing:
+        logger.error("%s", line)
+    allowed = os.environ.get(ALLOW_ENV, "").lower() in ("1", "true", "yes")
+    if missing or (versions and not allowed):
+        hint = "" if missing else f" (set {ALLOW_ENV}=1 to start anyway after testing it)"
+        raise UnverifiedServer("; ".join(versions + missing) + hint)
+
+
+_applied = False
+
+
+def apply() -> None:
+    """Checks, then applies every patch once. Does nothing in a process without daphne's server
+    (importing it would install a Twisted reactor)."""
+    global _applied
+    if _applied or "daphne.server" not in sys.modules:
+        return
+    check()
+    for patch in PATCHES:
+        if patch.apply is not None:
+            patch.apply()
+    _applied = True
+
+
+# --- the drain (daphne's shutdown trigger) ---------------------------------------------------------
+#
+# Twisted runs "before shutdown" triggers while the reactor still serves, and waits for the
+# Deferred they return before it closes any connection. daphne's trigger cancels every application
+# at once; this one drains first:
+#
+# 1. stop accepting: this process closes its listening sockets (its siblings on a shared socket
+#    keep accepting); idle keep-alive connections are closed, busy ones close after their response
+#    (`Connection: close`), so no new call starts here;
+# 2. open realtime sessions are billed, recorded and closed with 1001 (`shutdown`) at once;
+# 3. HTTP calls in flight (and the upstream calls and settlements they started) run to their end,
+#    until GATEWAY_SHUTDOWN_GRACE_S minus a short tail;
+# 4. what still runs then is cancelled as daphne would, and the tail lets the settlements that
+#    cancellation starts finish; a call that does not settle even then keeps its reservation,
+#    which the reservation sweeper records as `worker_lost`.
+
+POLL_S = 0.1
+
+
+def _drain_then_kill(server):
+    from twisted.internet import defer
+
+    return defer.Deferred.fromFuture(asyncio.ensure_future(_drain(server)))
+
+
+async def _drain(server) -> None:
+    from django.conf import settings
+
+    from proxy.handler import settlements_pending
+    from realtime.consumers import shutdown_sessions
+
+    loop = asyncio.get_running_loop()
+    grace = max(0.0, float(settings.GATEWAY_SHUTDOWN_GRACE_S))
+    tail = min(1.0, grace / 10)
+    started = loop.time()
+    _stop_accepting()
+    sessions = asyncio.ensure_future(shutdown_sessions())
+    logger.info(
+        "shutdown: draining %d HTTP call(s) and closing realtime sessions (grace %.0f s)",
+        len(_http_calls(server)),
+        grace,
+    )
+    drained = await _until_idle(server, [sessions], settlements_pending, started + grace - tail)
+    if not drained:
+        cancelled = _cancel_all(server)
+        logger.warning(
+            "shutdown: grace of %.0f s ran out; cancelled %d application(s); calls that do not settle "
+            "now are recorded by the reservation sweeper (worker_lost)",
+            grace,
+            cancelled,
+        )
+        await _until_idle(server, [sessions], settlements_pending, loop.time() + tail)
+    logger.info("shutdown: drained in %.1f s", loop.time() - started)
+    _cancel_all(server)  # WebSocket applications whose session already closed
+
+
+def _stop_accepting() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.interfaces import IListeningPort
+    from twisted.web.http import HTTPChannel
+
+    for reader in list(reactor.getReaders()):  # type: ignore[misc]
+        if IListeningPort.providedBy(reader):
+            reader.stopListening()
+            continue
+        protocol = getattr(reader, "protocol", None)
+        channel = getattr(protocol, "_channel", protocol)
+        if isinstance(channel, HTTPChannel) and not channel.requests:
+            channel.loseConnection()  # idle keep-alive: the client opens its next call elsewhere
+
+
+def _http_calls(server) -> list[tuple[object, asyncio.Future | None]]:
+    """daphne's HTTP requests of this process that are not done, with their application (None
+    while the body still arrives). Each one's connection now closes after its response."""
+    from daphne.http_protocol import WebRequest
+
+    calls = []
+    for protocol, details in list(server.connections.items()):
+        instance = details.get("application_instance")
+        if not isinstance(protocol, WebRequest) or (instance.done() if instance else "disconnected" in details):
+            continue
+        channel = getattr(protocol, "channel", None)
+        if channel is not None:
+            channel.persistent = False
+            if not protocol.startedWriting:
+                protocol.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        calls.append((protocol, instance))
+    return calls
+
+
+async def _until_idle(server, extra: list, pending: Callable[[], list], deadline: float) -> bool:
+    """Waits until no HTTP call, no pending settlement and none of `extra` is left; False at the deadline."""
+    loop = asyncio.get_running_loop()
+    while True:
+        calls = _http_calls(server)
+        waiting = [f for f in extra if not f.done()] + list(pending())
+        if not calls and not waiting:
+            return True
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        futures = [instance for _, instance in calls if instance is not None] + waiting
+        if futures:
+            await asyncio.wait(futures, timeout=min(POLL_S, left))
+        else:
+            await asyncio.sleep(min(POLL_S, left))
+
+
+def _cancel_all(server) -> int:
+    """daphne's own shutdown step, minus its KeyError on a connection that has no application yet."""
+    cancelled = 0
+    for details in list(server.connections.values()):
+        instance = details.get("application_instance")
+        if instance is not None and not instance.done():
+            instance.cancel()
+            cancelled += 1
+    return cancelled
