@@ -48,7 +48,7 @@ def two_gateway_processes(gateway):
                 [
                     sys.executable,
                     "-m",
-                    "gateway_project.serve",
+                    "gateway_project.worker",
                     "-b",
                     "127.0.0.1",
                     "-p",

@@ -137,7 +137,7 @@ def start_daphne(db_name: str) -> Daphne:
             [
                 sys.executable,
                 "-m",
-                "gateway_project.serve",
+                "gateway_project.worker",
                 "-e",
                 "tcp:port=0:interface=127.0.0.1",
                 "gateway_project.asgi:application",

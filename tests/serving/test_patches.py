@@ -1,0 +1,94 @@
+"""The server patches' start-up check; what the patches do is exercised under real daphne
+processes by test_serve.py (drain) and tests/realtime/test_daphne.py (close codes)."""
+
+import logging
+
+import pytest
+
+from gateway_project import serve, server_patches
+
+
+def test_the_installed_server_stack_is_the_verified_one():
+    assert server_patches.version_problems() == []
+    assert server_patches.target_problems() == []
+
+
+def test_every_patch_names_its_versions_and_targets():
+    for patch in server_patches.PATCHES:
+        assert patch.verified and patch.targets and patch.why
+        assert set(patch.verified) <= {"daphne", "twisted", "autobahn", "django"}
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "daphne.server:Server.no_such_method",
+        "daphne.server:Server.run>no_such_attribute",
+        "twisted.web.http:HTTPChannel.__init__>no_such_attribute",
+    ],
+)
+def test_a_patched_attribute_that_disappeared_is_found(target):
+    assert server_patches._missing(target)
+    assert not server_patches._missing("daphne.server:Server.run>connections")
+
+
+def test_an_unverified_version_refuses_to_start_and_names_the_patch(monkeypatch, caplog):
+    monkeypatch.setattr(server_patches, "_installed", lambda d: "99.0" if d == "twisted" else None)
+    monkeypatch.delenv(server_patches.ALLOW_ENV, raising=False)
+    with caplog.at_level(logging.ERROR), pytest.raises(server_patches.UnverifiedServer) as raised:
+        server_patches.check()
+    assert "drain_on_shutdown" in str(raised.value) and "installed: 99.0" in str(raised.value)
+    assert "server patch 'twisted_form_parse_off' was verified on twisted 26.10.0" in caplog.text
+
+
+def test_the_operator_may_start_an_unverified_version_with_a_logged_error(monkeypatch, caplog):
+    monkeypatch.setattr(server_patches, "_installed", lambda d: "9.9.9" if d == "daphne" else None)
+    monkeypatch.setenv(server_patches.ALLOW_ENV, "1")
+    with caplog.at_level(logging.ERROR):
+        server_patches.check()
+    assert "server patch 'websocket_close_codes' was verified on daphne 4.2.3; installed: 9.9.9" in caplog.text
+
+
+def test_a_missing_attribute_refuses_to_start_even_when_allowed(monkeypatch):
+    monkeypatch.setenv(server_patches.ALLOW_ENV, "1")
+    monkeypatch.setattr(
+        server_patches,
+        "PATCHES",
+        (server_patches.Patch("gone", {"daphne": ("4.2.3",)}, ("daphne.server:Server.gone",), None, "test"),),
+    )
+    with pytest.raises(server_patches.UnverifiedServer, match="daphne.server:Server.gone no longer exists"):
+        server_patches.check()
+
+
+def test_serve_refuses_before_starting_any_worker(monkeypatch, caplog):
+    monkeypatch.setattr(server_patches, "_installed", lambda d: "1.0" if d == "autobahn" else None)
+    monkeypatch.delenv(server_patches.ALLOW_ENV, raising=False)
+    monkeypatch.setattr(serve, "Supervisor", None)  # never reached
+    with caplog.at_level(logging.ERROR):
+        assert serve.main(["--workers", "1", "-p", "0"]) == 2
+    assert "refusing to start: server patch 'websocket_close_codes'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "daphne_args"),
+    [
+        ([], ["gateway_project.asgi:application"]),
+        (["-v", "0", "--proxy-headers", "other.asgi:app"], ["-v", "0", "--proxy-headers", "other.asgi:app"]),
+        (
+            ["--workers=3", "--access-log", "access.log"],
+            ["--access-log", "access.log", "gateway_project.asgi:application"],
+        ),
+    ],
+)
+def test_serve_passes_daphne_options_through(argv, daphne_args):
+    args, passthrough = serve.parse(argv)
+    assert passthrough == daphne_args
+    assert args.workers == (3 if "--workers=3" in argv else serve.cores())
+
+
+@pytest.mark.parametrize(
+    "argv", [["-e", "tcp:port=1"], ["--fd", "3"], ["-u", "gw.sock"], ["-b", "::1"], ["--workers", "0"]]
+)
+def test_serve_refuses_what_it_cannot_share(argv):
+    with pytest.raises(SystemExit):
+        serve.parse(argv)

@@ -1,0 +1,102 @@
+"""`serve --workers N`: N daphne workers on one socket, a dead worker replaced, SIGTERM drains."""
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from quota.models import CallRecord, Reservation
+
+from .conftest import chat
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_two_workers_serve_and_a_killed_worker_is_replaced(serve_factory, arrange):
+    server = serve_factory(2)
+    world = arrange(server)
+    allocation = world.allocation()
+    workers = server.workers()
+    assert len(workers) == 2
+    assert [chat(server.url, allocation.plaintext, allocation.model.slug).status_code for _ in range(4)] == [200] * 4
+
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    # Calls keep being answered (by the survivor) while the supervisor starts a replacement.
+    statuses = [chat(server.url, allocation.plaintext, allocation.model.slug).status_code for _ in range(3)]
+    server.wait_listening(3)
+    replaced = server.workers()
+    assert len(replaced) == 2 and victim not in replaced
+    statuses += [chat(server.url, allocation.plaintext, allocation.model.slug).status_code for _ in range(3)]
+    assert statuses == [200] * 6
+    assert CallRecord.objects.filter(allocation=allocation, outcome="success").count() == 10
+    assert "exited (status -9)" in server.log
+
+
+def test_sigterm_under_load_answers_or_records_every_admitted_call_and_exits_within_the_grace(
+    serve_factory, arrange, fake
+):
+    grace = 6
+    server = serve_factory(2, GATEWAY_SHUTDOWN_GRACE_S=str(grace))
+    world = arrange(server)
+    slow = world.allocation("fake-sleep-2000")
+    trickle = world.allocation("fake-trickle")
+    calls = [(slow, False)] * 5 + [(trickle, True)] * 2
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(chat, server.url, a.plaintext, a.model.slug, stream=s) for a, s in calls]
+        deadline = time.monotonic() + 20
+        while len(fake.requests) < len(calls):
+            assert time.monotonic() < deadline, f"the upstream saw {len(fake.requests)} calls:\n{server.log}"
+            time.sleep(0.01)
+        stopped = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        answers = [f.result() for f in futures]
+        code = server.process.wait(grace + 5)
+        took = time.monotonic() - stopped
+    assert code == 0
+    assert took < grace, server.log
+    assert [a.status_code for a in answers] == [200] * len(calls)
+    assert all("[DONE]" in a.text for a in answers[5:])
+    records = CallRecord.objects.filter(allocation__in=[slow, trickle])
+    assert records.count() == len(fake.requests) == len(calls)
+    assert set(records.values_list("outcome", flat=True)) == {"success"}
+    assert not Reservation.objects.exists()
+    assert "Killed" not in server.log and "drained in" in server.log
+
+
+def test_calls_that_outlive_the_grace_leave_their_reservation_for_the_sweeper(serve_factory, arrange, fake):
+    grace = 1
+    server = serve_factory(1, GATEWAY_SHUTDOWN_GRACE_S=str(grace))
+    world = arrange(server)
+    hang = world.allocation("fake-sleep-30000")
+    errors: list[BaseException] = []
+
+    def call():
+        try:
+            chat(server.url, hang.plaintext, hang.model.slug, timeout=20)
+        except BaseException as exc:  # noqa: BLE001 - the connection is cut: that is the point
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while len(fake.requests) < 3:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.01)
+    stopped = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(grace + 10)
+    took = time.monotonic() - stopped
+    for thread in threads:
+        thread.join(20)
+    assert took < grace + 3, server.log
+    assert len(errors) == 3
+    # Nothing vanished: each call the upstream saw has its record or its reservation.
+    recorded = CallRecord.objects.filter(allocation=hang).count()
+    reserved = Reservation.objects.filter(counter__allocation=hang).count()
+    assert recorded + reserved == len(fake.requests) == 3
+    assert "grace of 1 s ran out" in server.log
