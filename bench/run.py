@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Runs the gateway benchmark: fake upstreams (0 ms and 50 ms), one daphne gateway process on
-PostgreSQL + Redis with caps, reservations and call records on, and thin_proxy.py (aiohttp) as the
-reference; drives ../shared/bench/compare.py against both and writes JSON lines to bench/results/.
+"""Runs the gateway benchmark: fake upstreams (0 ms and 50 ms), the gateway
+(`gateway_project.serve --workers N`, one daphne worker by default) on PostgreSQL + Redis with caps,
+reservations and call records on, and thin_proxy.py (aiohttp) as the reference; drives
+../shared/bench/compare.py against each and writes JSON lines to bench/results/.
 
   bench/run.py [--duration 5] [--rounds 2] [--levels 1,16,64] [--only gateway|thin] [--cases ...]
+               [--workers 1,2]   (one gateway per worker count, same run: target gateway-wN)
 
 Needs wrk (apt-get install wrk) and a venv with the harness' dependencies (BENCH_PY, default
 /tmp/venv-bench/bin/python: httptools uvloop orjson fastapi uvicorn[standard] aiohttp httpx).
@@ -48,6 +50,23 @@ def wait_port(port: int, timeout: float = 180) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+def wait_http(port: int, timeout: float = 180) -> None:
+    """Until a worker answers (serve's supervisor binds the port before its workers are up)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)  # noqa: S310 - loopback
+            return
+        except urllib.error.HTTPError:
+            return  # 401: served
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"no worker answers on {port}")
+
+
 def ensure_database(url: str) -> None:
     import psycopg
 
@@ -65,6 +84,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,16,64")
     ap.add_argument("--only", choices=["gateway", "thin"], default=None)
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--workers", default="1", help="comma-separated worker counts, one gateway each")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the cleanup below
 
@@ -105,27 +125,22 @@ def main() -> None:
             .stdout.strip()
             .splitlines()[-1]
         )
-        gw_port, thin_ports = free_port(), {0: free_port(), 50: free_port()}
-        # -v 0: no access log line per request (thin_proxy runs with --no-access-log too).
-        gateway = subprocess.Popen(
-            [
-                GW_PY,
-                "-m",
-                "gateway_project.serve",
-                "-v",
-                "0",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(gw_port),
-                "gateway_project.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(gateway)
+        counts = [int(n) for n in args.workers.split(",")]
+        gateways, thin_ports = {}, {0: free_port(), 50: free_port()}
+        for count in counts:
+            gw_port = free_port()
+            # -v 0: no access log line per request (thin_proxy runs with --no-access-log too).
+            gateway = subprocess.Popen(
+                [GW_PY, "-m", "gateway_project.serve", "--workers", str(count), "-v", "0"]
+                + ["-b", "127.0.0.1", "-p", str(gw_port), "gateway_project.asgi:application"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(gateway)
+            name = "gateway" if len(counts) == 1 else f"gateway-w{count}"
+            gateways[name] = (gw_port, gateway)
         thin = {}
         for latency, port in thin_ports.items():
             thin_env = {**os.environ, "UPSTREAM": upstream[latency], "GATEWAY_KEY": "sk-thin", "CLIENT": "aiohttp"}
@@ -149,8 +164,10 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )
             procs.append(thin[latency])
-        for port in (*ports.values(), gw_port, *thin_ports.values()):
+        for port in (*ports.values(), *(p for p, _ in gateways.values()), *thin_ports.values()):
             wait_port(port)
+        for port, _ in gateways.values():
+            wait_http(port)
         out_dir = ROOT / "bench" / "results"
         out_dir.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -158,9 +175,9 @@ def main() -> None:
             latency, stream = CASES[case]
             targets = []
             if args.only in (None, "gateway"):
-                targets.append(
-                    ("gateway", f"http://127.0.0.1:{gw_port}", key, f"bench{latency}/gpt-4o-mini", gateway.pid)
-                )
+                for name, (gw_port, gateway) in gateways.items():
+                    model = f"bench{latency}/gpt-4o-mini"
+                    targets.append((name, f"http://127.0.0.1:{gw_port}", key, model, gateway.pid))
             if args.only in (None, "thin"):
                 targets.append(
                     (

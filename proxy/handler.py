@@ -67,7 +67,7 @@ class ProxyHandler(ASGIHandler):
     async def handle(self, scope, receive, send):
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
         try:
-            if multipart.spools(scope["path"]):  # issue 4: uploads go to a spool, not to memory
+            if multipart.spools(scope["path"]):  # uploads go to a spool, not to memory
                 (upload, too_large), body = await multipart.spool_body(receive, scope, limit), b""
             else:
                 body, too_large = await read_body(receive, scope, limit)
