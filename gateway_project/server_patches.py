@@ -17,8 +17,10 @@ To upgrade daphne, Twisted, autobahn or Django: run `tests/serving/` against the
 """
 
 import asyncio
+import functools
 import importlib
 import importlib.metadata
+import inspect
 import logging
 import os
 import sys
@@ -52,6 +54,7 @@ def _websocket_close_codes() -> None:
 
     original = WebSocketProtocol.handle_reply
 
+    @functools.wraps(original)
     def handle_reply(self, message):
         if message.get("type") == "websocket.close" and self.state not in (self.STATE_CONNECTING, self.STATE_CLOSED):
             code = message.get("code") or 1000
@@ -68,6 +71,7 @@ def _form_parse_off() -> None:
 
     original = WebRequest.__init__
 
+    @functools.wraps(original)
     def __init__(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self._parsePOSTFormSubmission = False
@@ -172,7 +176,7 @@ def _missing(target: str) -> bool:
         if not hasattr(obj, part):
             return True
         obj = getattr(obj, part)
-    code = getattr(obj, "__code__", None)
+    code = getattr(inspect.unwrap(obj) if callable(obj) else obj, "__code__", None)  # the original, once patched
     return bool(used) and (code is None or used not in code.co_names)
 
 
