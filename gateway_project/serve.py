@@ -158,6 +158,7 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.wait()
             mark_dead(worker.process.pid, self.env)
+        logger.info("all workers exited")
 
 
 def mark_dead(pid: int, env: dict) -> None:

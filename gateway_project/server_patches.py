@@ -260,7 +260,7 @@ def _drain_then_kill(server):
 async def _drain(server) -> None:
     from django.conf import settings
 
-    from proxy.handler import settlements_pending
+    from proxy.handler import loop_resources_close, settlements_pending
     from realtime.consumers import shutdown_sessions
 
     loop = asyncio.get_running_loop()
@@ -276,16 +276,19 @@ async def _drain(server) -> None:
     )
     drained = await _until_idle(server, [sessions], settlements_pending, started + grace - tail)
     if not drained:
-        cancelled = _cancel_all(server)
         logger.warning(
-            "shutdown: grace of %.0f s ran out; cancelled %d application(s); calls that do not settle "
+            "shutdown: grace of %.0f s ran out; cancelling %d application(s); calls that do not settle "
             "now are recorded by the reservation sweeper (worker_lost)",
             grace,
-            cancelled,
+            len(_cancel_all(server)),
         )
         await _until_idle(server, [sessions], settlements_pending, loop.time() + tail)
     logger.info("shutdown: drained in %.1f s", loop.time() - started)
-    _cancel_all(server)  # WebSocket applications whose session already closed
+    cancelled = _cancel_all(server)  # WebSocket applications whose session already closed
+    if cancelled:
+        await asyncio.wait(cancelled, timeout=max(tail, POLL_S))
+    if drained:  # else an upstream call still running would fail on a closed session and be billed as such
+        await loop_resources_close()
 
 
 def _stop_accepting() -> None:
@@ -340,12 +343,12 @@ async def _until_idle(server, extra: list, pending: Callable[[], list], deadline
             await asyncio.sleep(min(POLL_S, left))
 
 
-def _cancel_all(server) -> int:
+def _cancel_all(server) -> list[asyncio.Future]:
     """daphne's own shutdown step, minus its KeyError on a connection that has no application yet."""
-    cancelled = 0
+    cancelled = []
     for details in list(server.connections.values()):
         instance = details.get("application_instance")
         if instance is not None and not instance.done():
             instance.cancel()
-            cancelled += 1
+            cancelled.append(instance)
     return cancelled
