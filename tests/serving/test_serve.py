@@ -5,6 +5,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,12 @@ def test_two_workers_serve_and_a_killed_worker_is_replaced(serve_factory, arrang
     assert [chat(server.url, allocation.plaintext, allocation.model.slug).status_code for _ in range(4)] == [200] * 4
 
     victim = min(workers)
+    # Every worker shares the metrics directory the supervisor made; a dead worker's live gauges go.
+    metrics = Path(environ_of(victim)["PROMETHEUS_MULTIPROC_DIR"])
+    assert metrics.is_dir() and metrics.name.startswith("gateway-metrics-")
+    assert {environ_of(pid)["PROMETHEUS_MULTIPROC_DIR"] for pid in workers} == {str(metrics)}
+    live_gauge = metrics / f"gauge_livesum_{victim}.db"
+    live_gauge.write_bytes(b"")
     os.kill(victim, signal.SIGKILL)
     # Calls keep being answered (by the survivor) while the supervisor starts a replacement.
     statuses = [chat(server.url, allocation.plaintext, allocation.model.slug).status_code for _ in range(3)]
@@ -34,6 +41,15 @@ def test_two_workers_serve_and_a_killed_worker_is_replaced(serve_factory, arrang
     assert statuses == [200] * 6
     assert CallRecord.objects.filter(allocation=allocation, outcome="success").count() == 10
     assert "exited (status -9)" in server.log
+    assert not live_gauge.exists()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    assert not metrics.exists()  # made for this run, removed with it
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
 
 
 def test_sigterm_under_load_answers_or_records_every_admitted_call_and_exits_within_the_grace(
