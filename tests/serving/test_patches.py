@@ -92,3 +92,17 @@ def test_serve_passes_daphne_options_through(argv, daphne_args):
 def test_serve_refuses_what_it_cannot_share(argv):
     with pytest.raises(SystemExit):
         serve.parse(argv)
+
+
+def test_the_asgi_application_applies_every_patch_to_the_loaded_server():
+    from daphne.http_protocol import HTTPFactory, WebRequest
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+
+    import gateway_project.asgi  # noqa: F401 - applies the patches on import
+
+    assert Server.kill_all_applications is server_patches._drain_then_kill
+    assert hasattr(WebRequest.__init__, "__wrapped__") and hasattr(WebSocketProtocol.handle_reply, "__wrapped__")
+    assert HTTPFactory.log(None, None) is None  # Twisted's own would format a line from the request
+    server_patches.apply()  # once only: a second call wraps nothing twice
+    assert not hasattr(WebRequest.__init__.__wrapped__, "__wrapped__")
