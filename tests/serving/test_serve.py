@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from quota.models import CallRecord, Reservation
@@ -71,6 +72,13 @@ def test_sigterm_under_load_answers_or_records_every_admitted_call_and_exits_wit
             time.sleep(0.01)
         stopped = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
+        while server.log.count("shutdown: draining") < 2:
+            assert time.monotonic() < stopped + grace, server.log
+            time.sleep(0.01)
+        # Both workers stopped accepting (and the supervisor closed its copy): a new call is refused
+        # at once, while the calls in flight go on.
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/v1/models", timeout=5)
         answers = [f.result() for f in futures]
         code = server.process.wait(grace + 5)
         took = time.monotonic() - stopped
