@@ -91,23 +91,27 @@ def call_settle_durable(*, admission: Admission | None, record: dict, usage: Usa
     """settle; if the database fails, once more on a new connection (the one that failed may have
     been terminated, or the database restarted), then a spooled settlement. Returns the record or
     None. Repeating is safe: a settlement with a reservation writes only while it holds it, and one
-    without is looked for first."""
+    without is looked for first. Inside the caller's transaction there is no second try."""
+    arguments = {"admission": admission, "record": record, "usage": usage, "price": price, "now": now}
     try:
-        return settle(admission=admission, record=record, usage=usage, price=price, now=now)
+        return settle(**arguments)
     except DatabaseError:
-        if connection.in_atomic_block:  # the caller's transaction is lost with its connection
-            raise
+        if connection.in_atomic_block:
+            return _spooled(**arguments)
         logger.warning("settlement of %s failed; retrying on a new connection", record.get("request_id"))
         connection.close()
     try:
         if admission is None and _recorded(record["request_id"], record["started_at"]):
             return None
-        return settle(admission=admission, record=record, usage=usage, price=price, now=now)
+        return settle(**arguments)
     except DatabaseError:
-        logger.exception("settlement failed; spooling request %s for replay", record.get("request_id"))
         connection.close()
-        spool_push(settle_payload(admission=admission, record=record, usage=usage, price=price))
-        return None
+        return _spooled(**arguments)
+
+
+def _spooled(*, admission, record, usage, price, now) -> None:
+    logger.exception("settlement failed; spooling request %s for replay", record.get("request_id"))
+    spool_push(settle_payload(admission=admission, record=record, usage=usage, price=price))
 
 
 def _recorded(request_id: str, started_at: dt.datetime) -> bool:
