@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gateway
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test lint install install-dev services-check browser worker beat bench clean
+.PHONY: run test lint install install-dev services-check browser worker beat bench chaos clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,13 @@ $(OIDC_PROVIDER)/node_modules: $(OIDC_PROVIDER)/package-lock.json
 test: install-dev services-check browser $(OIDC_PROVIDER)/node_modules
 	$(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
+
+# The fault suite's long run (docs/RELIABILITY.md): >= 10,000 calls, 10 s outages; a few minutes of
+# both cores. Its figures go to bench/results/chaos-<time>.json. `make test` runs one short cycle.
+chaos: install-dev
+	CELERY_TASK_ALWAYS_EAGER=1 CHAOS_CALLS=$${CHAOS_CALLS:-10000} CHAOS_CONCURRENCY=$${CHAOS_CONCURRENCY:-16} \
+	CHAOS_OUTAGE_S=$${CHAOS_OUTAGE_S:-10} CHAOS_REPORT=bench/results/chaos-$$(date +%Y%m%d-%H%M%S).json \
+	$(BIN)/pytest -q -s tests/chaos/test_faults.py
 
 lint: install-dev
 	$(BIN)/ruff check .

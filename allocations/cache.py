@@ -11,6 +11,7 @@ transaction of its own, so "after the service's atomic block" is not enough).
 """
 
 import asyncio
+import logging
 import ssl as ssl_module
 import threading
 import time
@@ -20,9 +21,18 @@ from typing import SupportsInt
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 from redis.connection import parse_url
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 GENERATION_KEY = "gw:auth-generation"
+logger = logging.getLogger(__name__)
+_unavailable_logged = [0.0]
+
+
+def _log_unavailable() -> None:
+    now = time.monotonic()
+    if now - _unavailable_logged[0] > 10:  # once per outage, not once per call
+        _unavailable_logged[0] = now
+        logger.warning("the shared cache (Redis) is unavailable: reading keys and prices from the database")
 
 
 _local = threading.local()
@@ -44,10 +54,18 @@ def _read() -> object:
 
 
 def auth_generation() -> int:
-    value = _read()
-    if value is None:
-        cache.add(GENERATION_KEY, _fresh_generation(), timeout=None)
-        value = cache.get(GENERATION_KEY) or _fresh_generation()
+    try:
+        value = _read()
+        if value is None:
+            cache.add(GENERATION_KEY, _fresh_generation(), timeout=None)
+            value = cache.get(GENERATION_KEY) or _fresh_generation()
+    except RedisError:
+        # Without the shared cache no process can tell whether its snapshots are current. A number
+        # no process holds makes this call read the database, so calls go on (a little slower)
+        # and a revocation still takes effect at once.
+        _local.redis = None
+        _log_unavailable()
+        return _fresh_generation()
     if type(value) is int:
         return value
     if isinstance(value, str | bytes | SupportsInt):

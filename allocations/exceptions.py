@@ -59,3 +59,11 @@ class ScopeForbidden(Forbidden):
 
 class ScopeConflict(Conflict):
     code = "scope_conflict"
+
+
+class GatewayUnavailable(GatewayError):
+    """The gateway's own store (PostgreSQL) cannot be reached, even after a retry on a fresh
+    connection: the call was not admitted (nothing went upstream) and may be retried."""
+
+    code, status, type = "gateway_unavailable", 503, "api_error"
+    retry_after = 2

@@ -11,18 +11,23 @@ connection is held across the upstream call.
 """
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import logging
 import re
+import uuid
 from dataclasses import dataclass, field
+
+from django.db import Error as DatabaseError
+from django.db import connection
 
 from allocations.access import KeyScope, ScopedAllocation, key_scope
 from allocations.cache import auth_generation
-from allocations.exceptions import BadRequest, GatewayError, Unauthorized
+from allocations.exceptions import BadRequest, GatewayError, GatewayUnavailable, Unauthorized
 from quota import ledger
 from quota.ledger import Admission, threads
-from quota.models import Outcome
+from quota.models import CallRecord, Outcome
 from quota.preflight import Estimate, preflight, preflight_cached, reject_outcome, touch
 from quota.pricing import Usage, cost_for
 
@@ -51,9 +56,14 @@ class Call:
     client_gone: bool = False
     settled: bool = False
     extra: dict = field(default_factory=dict)
+    estimate: Usage = field(default_factory=Usage)  # what the admission reserves
+    # The admission's reservation id, chosen before the first attempt: when an attempt fails without
+    # telling whether it committed (`in_doubt`), the next one looks for it before admitting again.
+    reservation_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    in_doubt: bool = False
 
-    def record(self, *, outcome: str, status_code: int, error_code: str = "", error_message: str = "") -> dict:
-        """The call record's identifying fields and outcome (the message cut to the column's 1,000)."""
+    def identity(self) -> dict:
+        """The call record's identifying fields, as far as the preflight resolved them."""
         entry = self.entry
         return {
             "request_id": self.request_id,
@@ -64,6 +74,18 @@ class Call:
             "member_id": self.scope.member_id if self.scope else None,
             "allocation_id": entry.allocation_id if entry else None,
             "model_id": entry.model_id if entry else None,
+        }
+
+    def lost_context(self) -> dict:
+        """What the reservation's sweeper bills if this process dies holding the call: the
+        admission's estimate (the counted input and the reserved output)."""
+        usage = dataclasses.replace(self.estimate, estimated=True)
+        return ledger.lost_context(record=self.identity(), usage=usage, price=self.price)
+
+    def record(self, *, outcome: str, status_code: int, error_code: str = "", error_message: str = "") -> dict:
+        """The call record's identifying fields and outcome (the message cut to the column's 1,000)."""
+        return {
+            **self.identity(),
             "outcome": outcome,
             "status_code": status_code,
             "error_code": error_code,
@@ -75,6 +97,8 @@ class Call:
 
 
 def _reject(call: Call, error: GatewayError) -> None:
+    if call.in_doubt and CallRecord.objects.filter(request_id=call.request_id, started_at=call.started_at).exists():
+        return  # the attempt that failed had recorded the refusal
     ledger.record_reject(
         record=call.record(
             outcome=reject_outcome(error), status_code=error.status, error_code=error.code, error_message=error.message
@@ -95,7 +119,7 @@ def _attribute(call: Call, generation: int) -> None:
 
 
 def _estimate(call: Call, body: dict) -> Estimate:
-    estimate = call.endpoint.estimate(body)
+    call.estimate = estimate = call.endpoint.estimate(body)
     call.prompt_tokens = estimate.input_tokens
     return lambda price: (estimate.total_tokens, cost_for(price, estimate))
 
@@ -124,6 +148,9 @@ def call_open(*, call: Call) -> Call:
             now=call.started_at,
             estimate=_estimate(call, body),
             generation=generation,
+            context=lambda _held: call.lost_context(),
+            reservation_id=call.reservation_id,
+            in_doubt=call.in_doubt,
         )
     except GatewayError as error:
         _reject(call, error)
@@ -164,10 +191,25 @@ async def _open(call: Call) -> Call:
         if await _open_on_loop(call):
             return call
     except Exception:  # noqa: BLE001 - e.g. Redis or the database unreachable: the thread path decides
+        call.in_doubt = True  # the statement may have committed before its connection failed
         logger.warning(
             "admission on the event loop failed for %s; taking the thread path", call.request_id, exc_info=True
         )
-    return await threads.run(call_open, call=call)
+    try:
+        return await threads.run(call_open, call=call)
+    except DatabaseError:
+        call.in_doubt = True
+        logger.warning("preflight of %s lost its database connection; retrying once", call.request_id, exc_info=True)
+    try:
+        return await threads.run(call_open_again, call=call)
+    except DatabaseError as error:
+        raise GatewayUnavailable("the gateway's database is unavailable; retry shortly") from error
+
+
+def call_open_again(*, call: Call) -> Call:
+    """call_open on a new connection: after one was terminated or lost, this thread's may be dead too."""
+    connection.close()
+    return call_open(call=call)
 
 
 async def _open_on_loop(call: Call) -> bool:
@@ -184,6 +226,8 @@ async def _open_on_loop(call: Call) -> bool:
         request_id=call.request_id,
         now=call.started_at,
         estimate=_estimate(call, body),
+        context=lambda _held: call.lost_context(),
+        reservation_id=call.reservation_id,
     )
 
 

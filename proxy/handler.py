@@ -21,10 +21,11 @@ from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.db import Error as DatabaseError
 from django.http import HttpResponse
 from django.urls import set_script_prefix
 
-from allocations.exceptions import GatewayError
+from allocations.exceptions import GatewayError, GatewayUnavailable
 from quota.ledger import loop as ledger_loop
 
 from . import accounting, multipart, upstream, views
@@ -91,6 +92,12 @@ class ProxyHandler(ASGIHandler):
             try:
                 match = self.resolve_request(request)
                 response = await match.func(request, *match.args, **match.kwargs)
+            except DatabaseError:
+                # The store went away under a step that has no retry of its own: the client may retry.
+                logger.exception("Database unavailable: %s", request.path)
+                response = error_response(
+                    GatewayUnavailable("the gateway's database is unavailable; retry shortly"), request_id_for(request)
+                )
             except Exception:
                 logger.exception("Internal Server Error: %s", request.path)
                 response = error_response(

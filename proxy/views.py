@@ -13,7 +13,7 @@ from django.utils import timezone
 from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
 from allocations.models import Allocation
-from quota.exceptions import QuotaBusy, RequestTooLarge, UpstreamError, UpstreamTimeout
+from quota.exceptions import RequestTooLarge, UpstreamError, UpstreamTimeout
 from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
@@ -40,8 +40,9 @@ def error_response(error: GatewayError, request_id: str) -> HttpResponse:
     )
     response = HttpResponse(json.dumps(body), status=error.status, content_type="application/json")
     response["X-Request-Id"] = request_id
-    if isinstance(error, QuotaBusy):
-        response["Retry-After"] = str(error.retry_after)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
     return response
 
 

@@ -14,6 +14,7 @@ decide without a query (the caller then runs `preflight` on a thread).
 
 import datetime as dt
 import time
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Protocol
@@ -120,10 +121,14 @@ def preflight(
     generation: int | None = None,
     ttl_s: float | None = None,
     context: Callable[[Holder], dict] | None = None,
+    reservation_id: uuid.UUID | None = None,
+    in_doubt: bool = False,
 ) -> None:
     """Steps 3-10: key, model, allocation status, (rate limits), caps and admission, the model's
     kind, the provider. Raises the refusal (a GatewayError); one after admission releases the
-    reservation first. `context` builds what the sweeper needs to bill a session whose process died."""
+    reservation first. `context` builds what the sweeper needs to bill the call if its process
+    dies. `in_doubt`: an earlier attempt under `reservation_id` failed without telling whether its
+    admission committed; if it did, that admission is the call's (it is never made twice)."""
     if generation is None:
         generation = auth_generation()
     into.scope = key_scope(plaintext, generation=generation)
@@ -131,10 +136,12 @@ def preflight(
     allocation_check_status(entry)
     # Rate limits (SPEC 3 step 5) belong here: after the status, before anything is reserved.
     into.price = price_in_force_cached(model_id=entry.model_id, at=now, generation=generation)
-    into.admission = ledger.admit(
+    committed = ledger.reservation_admission(reservation_id=reservation_id) if in_doubt and reservation_id else None
+    into.admission = committed or ledger.admit(
         **_admission(entry, estimate(into.price), request_id=request_id, now=now),
         ttl_s=ttl_s,
         context=context(into) if context is not None else None,
+        reservation_id=reservation_id,
     )
     late = late_refusal(entry, kinds=kinds, surface=surface)
     if late is not None:
@@ -152,10 +159,13 @@ async def preflight_cached(
     request_id: str,
     now: dt.datetime,
     estimate: Estimate,
+    context: Callable[[Holder], dict] | None = None,
+    reservation_id: uuid.UUID | None = None,
 ) -> bool:
     """`preflight` from the caches only, admitted on the event loop; True once admitted (`into` is
     filled and the reservation held), False when it cannot decide here: nothing cached, a key due
-    for its last-used touch, any refusal, a cap's guard not matched. Errors propagate."""
+    for its last-used touch, any refusal, a cap's guard not matched (`into` may then be filled in
+    part: `preflight` fills it again). Errors propagate."""
     if not ledger.on_loop():
         return False
     generation = await auth_generation_async()
@@ -174,11 +184,13 @@ async def preflight_cached(
     found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
     if not found:
         return False
-    admission = await ledger.admit_async(**_admission(entry, estimate(price), request_id=request_id, now=now))
-    if admission is None:
-        return False
-    into.scope, into.entry, into.price, into.admission = scope, entry, price, admission
-    return True
+    into.scope, into.entry, into.price = scope, entry, price
+    into.admission = await ledger.admit_async(
+        **_admission(entry, estimate(price), request_id=request_id, now=now),
+        context=context(into) if context is not None else None,
+        reservation_id=reservation_id,
+    )
+    return into.admission is not None
 
 
 _touched: BoundedCache = BoundedCache(100_000)  # key id -> when this process last touched it (monotonic)

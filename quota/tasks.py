@@ -42,6 +42,9 @@ def anomalies_detect_task() -> int:
 
 @shared_task(name="quota.reservations_sweep", ignore_result=True)
 def reservations_sweep_task() -> int:
+    # Spooled settlements first: a call that settled while the database was away is billed from
+    # its usage, not swept as lost at its estimate.
+    ledger.spool_replay()
     return ledger.reservations_sweep()
 
 

@@ -56,9 +56,7 @@ class Session:
         }
 
     def context(self, usage: Usage) -> dict:
-        record = {**self.record(), "started_at": self.started_at.isoformat()}
-        plain = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in usage.__dict__.items()}
-        return {"record": record, "usage": plain, "price_id": self.price.pk if self.price else None}
+        return ledger.lost_context(record=self.record(), usage=usage, price=self.price)
 
 
 @dataclass

@@ -8,7 +8,8 @@ Its face:
   statement on the loop's own connections (ledger.loop) or returns None, and the caller's thread
   path (ledger.threads.run) decides; a settlement runs on the loop, grouped with the others
   waiting (group commit), or on a thread, and is spooled (ledger.spool) if the database fails.
-- `adjust`, `release`, `record_reject`, `reservations_sweep`, the spool's replay.
+- `adjust`, `release`, `record_reject`, `reservations_sweep` and `reservations_settle_lost`
+  (a call whose process died becomes a `worker_lost` record), the spool's replay.
 
 The SQL of each statement is written once, in ledger.statements.
 """
@@ -23,8 +24,8 @@ from ..pricing import Usage
 from . import loop, threads
 from .spool import call_settle_durable, call_settle_once, spool_depth, spool_replay
 from .statements import Admission, Settlement, reservation_row, settle_statement, settle_values
-from .sweep import reservations_sweep, settlement_from_json
-from .sync import adjust, admit, counter_id_cached, record_reject, release, settle
+from .sweep import lost_context, reservations_settle_lost, reservations_sweep, settlement_from_json
+from .sync import adjust, admit, counter_id_cached, record_reject, release, reservation_admission, settle
 
 __all__ = [
     "Admission",
@@ -35,9 +36,12 @@ __all__ = [
     "call_settle_durable",
     "call_settle_once",
     "counter_id_cached",
+    "lost_context",
     "record_reject",
     "release",
+    "reservation_admission",
     "reservation_row",
+    "reservations_settle_lost",
     "reservations_sweep",
     "settle",
     "settle_async",
@@ -65,6 +69,8 @@ async def admit_async(
     est_cost: Decimal | None,
     request_id: str,
     now: dt.datetime,
+    context: dict | None = None,
+    reservation_id=None,
 ) -> Admission | None:
     """The admission on the event loop when this allocation's counter is known: the reservation,
     or None when it was not made there (no known counter, SQLite, or a cap's guard did not match:
@@ -83,6 +89,8 @@ async def admit_async(
         est_cost=est_cost,
         request_id=request_id,
         now=now,
+        context=context,
+        reservation_id=reservation_id,
     )
 
 

@@ -156,10 +156,14 @@ async def admit(
     est_cost: Decimal | None,
     request_id: str,
     now: dt.datetime,
+    context: dict | None = None,
+    reservation_id=None,
 ) -> Admission | None:
     """ledger.admit's one-statement path with a known counter id; None when not admitted."""
     cost = est_cost if est_cost is not None else Decimal(0)
-    reservation = reservation_row(request_id=request_id, tokens=est_tokens, cost=cost, now=now)
+    reservation = reservation_row(
+        request_id=request_id, tokens=est_tokens, cost=cost, now=now, context=context, reservation_id=reservation_id
+    )
     sql, params = admit_statement(
         allocation_id=allocation_id,
         counter_id=counter_id,
@@ -174,9 +178,10 @@ async def admit(
     return Admission(reservation["id"], counter_id, est_tokens, cost) if admitted else None
 
 
-async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int:
-    """ledger.settle's one-statement path; returns the call record's id. Settlements
-    that meet here while the connections are busy are written together (_Settlements)."""
+async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int | None:
+    """ledger.settle's one-statement path; returns the call record's id, or None when the
+    reservation was settled before (by the sweeper). Settlements that meet here while the
+    connections are busy are written together (_Settlements)."""
     values, cost = settle_values(record=record, usage=usage, price=price, now=now)
     settlement = Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
     return await pool().settlements.add(settlement)
@@ -224,9 +229,7 @@ class _Settlements:
             try:
                 async with self.pool.connection() as conn, conn.cursor() as cursor:
                     await cursor.execute(*settle_statement([s for s, _ in batch]), prepare=True)
-                    ids = [row[0] for row in await cursor.fetchall()]
-                if len(ids) != len(batch):
-                    raise RuntimeError(f"the settlement statement returned {len(ids)} ids for {len(batch)} calls")
+                    ids = dict(await cursor.fetchall())  # n -> record id; absent: settled before
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:
                     if not done.done():
@@ -234,6 +237,6 @@ class _Settlements:
                 if not isinstance(exc, Exception):
                     raise
             else:
-                for (_, done), record_id in zip(batch, ids, strict=True):
+                for n, (_, done) in enumerate(batch, 1):
                     if not done.done():
-                        done.set_result(record_id)
+                        done.set_result(ids.get(n))

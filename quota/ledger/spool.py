@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 
 from ..models import CallRecord
 from ..pricing import Usage
@@ -88,13 +88,30 @@ def spool_push(payload: dict) -> None:
 
 
 def call_settle_durable(*, admission: Admission | None, record: dict, usage: Usage, price, now=None):
-    """settle, or — when the database fails — a spooled settlement. Returns the record or None."""
+    """settle; if the database fails, once more on a new connection (the one that failed may have
+    been terminated, or the database restarted), then a spooled settlement. Returns the record or
+    None. Repeating is safe: a settlement with a reservation writes only while it holds it, and one
+    without is looked for first. Inside the caller's transaction there is no second try."""
+    arguments = {"admission": admission, "record": record, "usage": usage, "price": price, "now": now}
     try:
-        return settle(admission=admission, record=record, usage=usage, price=price, now=now)
+        return settle(**arguments)
     except DatabaseError:
-        logger.exception("settlement failed; spooling request %s for replay", record.get("request_id"))
-        spool_push(settle_payload(admission=admission, record=record, usage=usage, price=price))
-        return None
+        if connection.in_atomic_block:
+            return _spooled(**arguments)
+        logger.warning("settlement of %s failed; retrying on a new connection", record.get("request_id"))
+        connection.close()
+    try:
+        if admission is None and _recorded(record["request_id"], record["started_at"]):
+            return None
+        return settle(**arguments)
+    except DatabaseError:
+        connection.close()
+        return _spooled(**arguments)
+
+
+def _spooled(*, admission, record, usage, price, now) -> None:
+    logger.exception("settlement failed; spooling request %s for replay", record.get("request_id"))
+    spool_push(settle_payload(admission=admission, record=record, usage=usage, price=price))
 
 
 def _recorded(request_id: str, started_at: dt.datetime) -> bool:

@@ -56,11 +56,13 @@ def guard(*, token_cap, cost_cap, priced: bool) -> tuple[str, list]:
     return sql, params
 
 
-def reservation_row(*, request_id: str, tokens: int, cost: Decimal, now: dt.datetime, ttl_s=None, context=None) -> dict:
+def reservation_row(
+    *, request_id: str, tokens: int, cost: Decimal, now: dt.datetime, ttl_s=None, context=None, reservation_id=None
+) -> dict:
     """A new reservation's values: it expires after the upstream timeout (+ 60 s) unless told."""
     ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
     return {
-        "id": uuid.uuid4(),
+        "id": reservation_id or uuid.uuid4(),
         "request_id": request_id,
         "tokens": tokens,
         "cost": cost,
@@ -79,18 +81,22 @@ _ADMIT_SQL = (
 CALL_FIELDS = tuple(f for f in CallRecord._meta.concrete_fields if f is not CallRecord._meta.auto_field)
 _CALL_COLUMNS = ", ".join(str(f.column) for f in CALL_FIELDS)
 _SETTLE_SQL = (
-    "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(reservation uuid, counter bigint,"  # noqa: S608 (constant names)
+    "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(n bigint, reservation uuid, counter bigint,"  # noqa: S608 (constant names)
     " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric) LIMIT {calls}),"
     f" r AS (DELETE FROM {RESERVATION_TABLE} WHERE id IN (SELECT reservation FROM s) RETURNING id),"
-    " t AS (SELECT s.counter, sum(s.tokens) AS tokens, sum(s.cost) AS cost, count(*) AS calls,"
-    " sum(CASE WHEN r.id IS NULL THEN 0 ELSE s.held_tokens END) AS held_tokens,"
-    " sum(CASE WHEN r.id IS NULL THEN 0 ELSE s.held_cost END) AS held_cost"
-    " FROM s LEFT JOIN r ON r.id = s.reservation GROUP BY s.counter),"
+    " k AS (SELECT s.* FROM s JOIN r ON r.id = s.reservation),"
+    " t AS (SELECT counter, sum(tokens) AS tokens, sum(cost) AS cost, count(*) AS calls,"
+    " sum(held_tokens) AS held_tokens, sum(held_cost) AS held_cost FROM k GROUP BY counter),"
     f" u AS (UPDATE {COUNTER_TABLE} c SET tokens_used = c.tokens_used + t.tokens, cost_used = c.cost_used + t.cost,"
     " calls = c.calls + t.calls, tokens_reserved = c.tokens_reserved - t.held_tokens,"
-    " cost_reserved = c.cost_reserved - t.held_cost FROM t WHERE c.id = t.counter)"
-    f" INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS})"
-    f" SELECT {_CALL_COLUMNS} FROM jsonb_populate_recordset(NULL::{CALL_TABLE}, %s::jsonb) RETURNING id"
+    " cost_reserved = c.cost_reserved - t.held_cost FROM t WHERE c.id = t.counter),"
+    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"
+    " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc_, n_)"
+    f" CROSS JOIN LATERAL jsonb_populate_record(NULL::{CALL_TABLE}, e.doc_) AS p"
+    " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id)"
+    # The records' ids come from their sequence in the order the rows were inserted (by n).
+    " SELECT k.n, i.id FROM (SELECT n, row_number() OVER (ORDER BY n) AS o FROM k) k"
+    " JOIN (SELECT id, row_number() OVER (ORDER BY id) AS o FROM i) i USING (o)"
 )
 
 
@@ -104,7 +110,7 @@ def admit_statement(
     round trips. `reservation` holds id, request_id, tokens, cost, created_at, expires_at, context."""
     condition, condition_params = guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
     r = reservation
-    # An empty context (every HTTP call) is a literal: one parameter fewer to adapt per call.
+    # An empty context (a reservation nothing bills if its holder dies) is a literal.
     context, context_params = ("'{}'", []) if not r["context"] else ("%s", [Jsonb(r["context"])])
     return _ADMIT_SQL.format(guard=condition, context=context), [
         r["tokens"],
@@ -167,13 +173,17 @@ _encode = json.JSONEncoder(default=_json_value, separators=(",", ":")).encode
 
 def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     """The settlement's three writes for any number of calls in ONE statement (data-modifying
-    CTEs): DELETE the reservations (what makes each release happen exactly once), move the usage
-    into the counters and take out of them only the reservations that DELETE took, INSERT the call
-    records (RETURNING their ids, in order). Two parameters whatever the number of calls or
-    fields: the settlements and the records as JSON arrays, which PostgreSQL expands itself
-    (psycopg adapting ~30 parameters per call in Python cost more than the statement's round trip)."""
+    CTEs): DELETE the reservations (what makes each settlement happen exactly once), then, for the
+    calls whose reservation that DELETE took, move the usage into the counters (and the
+    reservation out of them) and INSERT the call records. A call whose reservation is already gone
+    was settled before (the sweeper billed it as `worker_lost`, or this settlement already
+    committed): it writes nothing. Returns rows (n, record id), n = the settlement's 1-based
+    position. Two parameters whatever the number of calls or fields: the settlements and the
+    records as JSON arrays, which PostgreSQL expands itself (psycopg adapting ~30 parameters per
+    call in Python cost more than the statement's round trip)."""
     moves = [
         {
+            "n": n,
             "reservation": s.admission.reservation_id,
             "counter": s.admission.counter_id,
             "tokens": s.tokens,
@@ -181,7 +191,7 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
             "held_tokens": s.admission.tokens,
             "held_cost": s.admission.cost,
         }
-        for s in settlements
+        for n, s in enumerate(settlements, 1)
     ]
     records = [{f.column: _column_value(f, s.values) for f in CALL_FIELDS} for s in settlements]
     # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a

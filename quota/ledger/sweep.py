@@ -1,5 +1,5 @@
-"""Reservations whose call never settled (its process died), and the settlement's JSON form shared
-by the sweeper (a realtime session's reservation context) and the spool."""
+"""Reservations whose call never settled (its process died), settled as lost calls from what their
+context stored at admission; and the settlement's JSON form shared by the contexts and the spool."""
 
 import datetime as dt
 from decimal import Decimal
@@ -27,29 +27,54 @@ def settlement_from_json(*, record: dict, usage: dict | None, price_id) -> tuple
     return record, Usage(**fields), price
 
 
-def _settle_from_context(*, admission: Admission, context: dict, now: dt.datetime) -> CallRecord:
+def lost_context(*, record: dict, usage: Usage, price) -> dict:
+    """A reservation's context: what `reservations_settle_lost` bills if its holder dies (the
+    record's identifying fields, the usage so far or estimated, the price), as JSON."""
+    plain = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in record.items()}
+    fields = {k: str(v) if isinstance(v, Decimal) else v for k, v in usage.__dict__.items()}
+    return {"record": plain, "usage": fields, "price_id": price.pk if price is not None else None}
+
+
+def _settle_from_context(*, admission: Admission, context: dict, now: dt.datetime) -> CallRecord | None:
     record, usage, price = settlement_from_json(
         record=context["record"], usage=context.get("usage"), price_id=context.get("price_id")
     )
-    record.update(outcome=Outcome.GATEWAY_ERROR, close_reason=CloseReason.SHUTDOWN, error_code="worker_lost")
+    record.update(
+        outcome=Outcome.GATEWAY_ERROR,
+        error_code="worker_lost",
+        error_message="the gateway process serving this call stopped before the call was settled",
+    )
+    if record.get("endpoint") == "realtime":
+        record["close_reason"] = CloseReason.SHUTDOWN
     return settle(admission=admission, record=record, usage=usage, price=price, now=now)
 
 
 def reservations_sweep(*, now: dt.datetime | None = None) -> int:
-    """Releases reservations whose call never settled (its worker died). Safe to run concurrently."""
+    """Settles the reservations whose lease ran out (their process died) as lost calls. Safe to run
+    concurrently, and beside the calls' own late settlements."""
     now = now or timezone.now()
-    released = 0
-    for reservation in Reservation.objects.filter(expires_at__lt=now).only("pk")[:1000]:
+    expired = Reservation.objects.filter(expires_at__lt=now).values_list("pk", flat=True)[:1000]
+    return reservations_settle_lost(reservation_ids=list(expired), now=now)
+
+
+def reservations_settle_lost(*, reservation_ids, now: dt.datetime | None = None) -> int:
+    """Settles these reservations as calls whose process was lost: each becomes its call's record
+    (`gateway_error`, error code `worker_lost`, billed at what its context says: the admission's
+    estimate for a proxied call, the usage accrued so far for a realtime session), exactly once.
+    The row lock orders this against the call's own settlement, which writes nothing once its
+    reservation is gone. Reservations held by a settlement at this moment are skipped (it is
+    settling them); one without a context is only released."""
+    now = now or timezone.now()
+    settled = 0
+    for reservation_id in reservation_ids:
         with transaction.atomic():
-            row = Reservation.objects.select_for_update(skip_locked=True).filter(pk=reservation.pk).first()
+            row = Reservation.objects.select_for_update(skip_locked=True).filter(pk=reservation_id).first()
             if row is None:
                 continue
             admission = Admission(row.pk, row.counter_id, row.tokens, row.cost)
             if row.context.get("record"):
-                # A realtime session whose worker died: bill what it had accrued, exactly once
-                # (the row lock excludes the session's own settlement, which checks the row too).
                 _settle_from_context(admission=admission, context=row.context, now=now)
             else:
                 release(admission=admission)
-            released += 1
-    return released
+            settled += 1
+    return settled

@@ -8,6 +8,7 @@ same writes go through ledger.portable.
 """
 
 import datetime as dt
+import uuid
 from contextlib import nullcontext
 from decimal import Decimal
 
@@ -94,19 +95,27 @@ def admit(
     now: dt.datetime,
     ttl_s: float | None = None,
     context: dict | None = None,
+    reservation_id: uuid.UUID | None = None,
 ) -> Admission:
     """Checks both caps and holds a reservation, in one transaction.
 
     Admitted only while used + reserved < cap (SPEC 5). `est_cost=None` means the model is unpriced:
     such calls are held only by a cap of exactly 0. Only when the guarded write on the cached
     counter matches nothing is the counter read, to tell "cap reached" (403) from "headroom held
-    in flight" (429)."""
+    in flight" (429). A caller that may retry names the reservation (`reservation_id`), so that
+    `reservation_admission` can tell whether an attempt committed."""
     priced = est_cost is not None
     est_cost = est_cost or ZERO
     key = (str(allocation_id), period_start_date(now))
     cached_counter_id = _counter_ids.get(key)
     row = reservation_row(
-        request_id=request_id, tokens=est_tokens, cost=est_cost, now=now, ttl_s=ttl_s, context=context
+        request_id=request_id,
+        tokens=est_tokens,
+        cost=est_cost,
+        now=now,
+        ttl_s=ttl_s,
+        context=context,
+        reservation_id=reservation_id,
     )
     caps = {"allocation_id": allocation_id, "token_cap": token_cap, "cost_cap": cost_cap, "priced": priced}
     if cached_counter_id is not None:
@@ -124,6 +133,13 @@ def admit(
         if not _hold(counter.pk, row, caps):
             raise QuotaBusy("the allocation's remaining quota is held by calls in flight; retry shortly")
     return Admission(reservation_id=row["id"], counter_id=counter.pk, tokens=est_tokens, cost=est_cost)
+
+
+def reservation_admission(*, reservation_id: uuid.UUID) -> Admission | None:
+    """The admission an earlier attempt made under this reservation id, if it committed (an attempt
+    whose connection failed cannot tell; its retry asks here before admitting again)."""
+    row = Reservation.objects.filter(pk=reservation_id).values("counter_id", "tokens", "cost").first()
+    return None if row is None else Admission(reservation_id, row["counter_id"], row["tokens"], row["cost"])
 
 
 def counter_id_cached(*, allocation_id, now: dt.datetime) -> int | None:
@@ -164,20 +180,28 @@ def settle(
     usage: Usage,
     price: PriceVersion | None,
     now: dt.datetime | None = None,
-) -> CallRecord:
+) -> CallRecord | None:
     """Writes the call record, moves the usage into the counters and releases the reservation,
-    all in one transaction. `record` holds the CallRecord's identifying fields."""
+    all in one transaction. `record` holds the CallRecord's identifying fields. A call admitted
+    with a reservation settles only while that reservation exists: None (nothing written) when it
+    was settled already, e.g. by the sweeper after its process was thought lost."""
     values, cost = settle_values(record=record, usage=usage, price=price, now=now or timezone.now())
     row = CallRecord(**values)
     if admission is not None and row.allocation_id and _one_statement():
         with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
             cursor.execute(*settle_statement([Settlement(values, admission, usage.total_tokens, cost or ZERO)]))
-            row.pk = cursor.fetchone()[0]
+            written = cursor.fetchone()
+        if written is None:
+            return None
+        row.pk = written[1]
         row._state.adding, row._state.db = False, connection.alias
         return row
     with transaction.atomic():
-        portable.insert(row)
+        # Deleting the reservation row is what makes its settlement happen exactly once.
         released = admission is not None and portable.reservation_delete(admission)
+        if admission is not None and not released:
+            return None
+        portable.insert(row)
         if row.allocation_id and (usage.has_tokens or cost or admission is not None):
             counter_id = (
                 admission.counter_id

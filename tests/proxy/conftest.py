@@ -6,7 +6,7 @@ import pytest
 
 from allocations.models import ModelKind, ProviderKind
 from allocations.services import allocation_create, model_create, provider_create
-from quota.models import CallRecord, UsageCounter
+from quota.models import CallRecord, Reservation, UsageCounter
 from tests.factories import MemberFactory, PriceVersionFactory
 
 from .asgi_server import start_asgi_server
@@ -112,3 +112,41 @@ def record_of(request_id: str, timeout: float = 10.0) -> CallRecord:
 
 def counter_of(allocation) -> UsageCounter | None:
     return UsageCounter.objects.filter(allocation=allocation).first()
+
+
+CHAT_MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def chat_call(world, allocation, rid: str):
+    return world.client(allocation.plaintext).chat.completions.create(
+        model=allocation.model.slug, messages=CHAT_MESSAGES, extra_headers={"X-Request-Id": rid}
+    )
+
+
+@pytest.fixture
+def thread_steps(monkeypatch):
+    """The names of the accounting steps that ran on a thread (quota.ledger.threads.run)."""
+    from quota.ledger import threads
+
+    steps: list[str] = []
+    original = threads.run
+
+    async def counting(fn, **kwargs):
+        steps.append(fn.__name__)
+        return await original(fn, **kwargs)
+
+    monkeypatch.setattr(threads, "run", counting)
+    return steps
+
+
+def assert_settled_once(allocation, rid: str) -> CallRecord:
+    """The call's one record, and the allocation's counters equal to its successful records."""
+    record = record_of(rid)
+    assert CallRecord.objects.filter(request_id=rid).count() == 1
+    counter = counter_of(allocation)
+    records = CallRecord.objects.filter(allocation=allocation, outcome="success")
+    assert counter.tokens_used == sum(r.input_tokens + r.output_tokens for r in records)
+    assert counter.cost_used == sum(r.cost_usd for r in records)
+    assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
+    assert not Reservation.objects.exists()
+    return record

@@ -13,58 +13,23 @@ import pytest
 from allocations.services import allocation_pause, api_key_revoke
 from proxy import accounting
 from quota.ledger import loop as aio
-from quota.ledger import threads
 from quota.models import CallRecord, Reservation
 
-from .conftest import counter_of, record_of
-
-MESSAGES = [{"role": "user", "content": "Say hello"}]
-
-
-def _call(world, allocation, rid: str):
-    return world.client(allocation.plaintext).chat.completions.create(
-        model=allocation.model.slug, messages=MESSAGES, extra_headers={"X-Request-Id": rid}
-    )
-
-
-@pytest.fixture
-def thread_steps(monkeypatch):
-    """The names of the accounting steps that ran on a thread (quota.ledger.threads.run)."""
-    steps: list[str] = []
-    original = threads.run
-
-    async def counting(fn, **kwargs):
-        steps.append(fn.__name__)
-        return await original(fn, **kwargs)
-
-    monkeypatch.setattr(threads, "run", counting)
-    return steps
-
-
-def _assert_settled_once(allocation, rid: str):
-    record = record_of(rid)
-    assert CallRecord.objects.filter(request_id=rid).count() == 1
-    counter = counter_of(allocation)
-    records = CallRecord.objects.filter(allocation=allocation, outcome="success")
-    assert counter.tokens_used == sum(r.input_tokens + r.output_tokens for r in records)
-    assert counter.cost_used == sum(r.cost_usd for r in records)
-    assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
-    assert not Reservation.objects.exists()
-    return record
+from .conftest import CHAT_MESSAGES, assert_settled_once, chat_call, counter_of, record_of
 
 
 def test_a_warm_call_is_admitted_and_settled_on_the_event_loop_in_two_statements(world, thread_steps, loop_statements):
     allocation = world.allocation(cost=Decimal("5"))
-    _call(world, allocation, "warm-1")  # the first call of a key fills the caches on a thread
+    chat_call(world, allocation, "warm-1")  # the first call of a key fills the caches on a thread
     assert thread_steps == ["call_open"]
     thread_steps.clear()
     loop_statements.clear()
-    _call(world, allocation, "warm-2")
+    chat_call(world, allocation, "warm-2")
     assert thread_steps == []
     assert len(loop_statements) == 2
     assert loop_statements[0].startswith("WITH c AS (UPDATE quota_usagecounter")
     assert "INSERT INTO quota_callrecord" in loop_statements[1]
-    record = _assert_settled_once(allocation, "warm-2")
+    record = assert_settled_once(allocation, "warm-2")
     assert (record.outcome, record.cost_usd, record.api_key_id) == ("success", Decimal("0.0000235"), allocation.key.pk)
     assert counter_of(allocation).calls == 2
 
@@ -73,10 +38,10 @@ def test_a_cap_reached_on_the_loop_is_refused_by_the_thread_path_with_its_record
     # The first call costs $0.0000235: the cap is then reached without any change that bumps the
     # auth generation, so the second call's loop admission is what finds it.
     allocation = world.allocation(cost=Decimal("0.00001"))
-    _call(world, allocation, "cap-1")
+    chat_call(world, allocation, "cap-1")
     thread_steps.clear()
     with pytest.raises(openai.PermissionDeniedError) as refused:
-        _call(world, allocation, "cap-2")
+        chat_call(world, allocation, "cap-2")
     assert refused.value.body["code"] == "cost_quota_exceeded"
     assert thread_steps == ["call_open"]
     record = record_of("cap-2")
@@ -85,10 +50,10 @@ def test_a_cap_reached_on_the_loop_is_refused_by_the_thread_path_with_its_record
 
 
 @pytest.mark.parametrize("change", ["revoke", "pause"])
-def test_a_change_after_warm_calls_is_seen_on_the_next_call(world, change):
+def test_a_change_after_warm_calls_is_seen_on_the_nextchat_call(world, change):
     allocation = world.allocation(cost=Decimal("5"))
-    _call(world, allocation, "chg-1")
-    _call(world, allocation, "chg-2")  # served from the caches on the loop
+    chat_call(world, allocation, "chg-1")
+    chat_call(world, allocation, "chg-2")  # served from the caches on the loop
     if change == "revoke":
         api_key_revoke(key=allocation.key)
         expected, outcome = openai.AuthenticationError, "rejected_unauthenticated"
@@ -96,29 +61,29 @@ def test_a_change_after_warm_calls_is_seen_on_the_next_call(world, change):
         allocation_pause(allocation=allocation)
         expected, outcome = openai.PermissionDeniedError, "rejected_paused"
     with pytest.raises(expected):
-        _call(world, allocation, "chg-3")
+        chat_call(world, allocation, "chg-3")
     assert record_of("chg-3").outcome == outcome
 
 
 def test_an_admission_failing_on_the_loop_is_made_on_a_thread(world, monkeypatch, thread_steps):
     allocation = world.allocation(cost=Decimal("5"))
-    _call(world, allocation, "adm-1")
+    chat_call(world, allocation, "adm-1")
 
     async def broken(**kwargs):
         raise psycopg.OperationalError("connection lost")
 
     monkeypatch.setattr(aio, "admit", broken)
     thread_steps.clear()
-    _call(world, allocation, "adm-2")
+    chat_call(world, allocation, "adm-2")
     assert thread_steps == ["call_open"]  # settled on the loop: the admission came from the thread
     assert record_of("adm-2").outcome == "success"
-    _assert_settled_once(allocation, "adm-2")
+    assert_settled_once(allocation, "adm-2")
 
 
 @pytest.mark.parametrize("committed", [True, False], ids=["after-commit", "before-statement"])
 def test_a_settlement_whose_connection_fails_is_recorded_exactly_once(world, monkeypatch, thread_steps, committed):
     allocation = world.allocation(cost=Decimal("5"))
-    _call(world, allocation, "set-1")
+    chat_call(world, allocation, "set-1")
     original = aio.settle
 
     async def failing(**kwargs):
@@ -128,9 +93,9 @@ def test_a_settlement_whose_connection_fails_is_recorded_exactly_once(world, mon
 
     monkeypatch.setattr(aio, "settle", failing)
     thread_steps.clear()
-    _call(world, allocation, "set-2")
+    chat_call(world, allocation, "set-2")
     assert thread_steps == ["call_settle_once"]
-    record = _assert_settled_once(allocation, "set-2")
+    record = assert_settled_once(allocation, "set-2")
     assert (record.outcome, record.cost_usd) == ("success", Decimal("0.0000235"))
     assert counter_of(allocation).calls == 2
 
@@ -150,7 +115,7 @@ def test_a_client_leaving_during_admission_leaves_a_record_and_no_reservation(wo
     """The client gives up while its call is being admitted: the admission still completes, and the
     call is recorded as client_cancelled with its reservation released (it never went upstream)."""
     allocation = world.allocation(cost=Decimal("5"))
-    _call(world, allocation, "gone-1")  # warm: the next call is admitted on the event loop
+    chat_call(world, allocation, "gone-1")  # warm: the next call is admitted on the event loop
     if path == "event-loop":
         original = aio.admit
 
@@ -173,7 +138,7 @@ def test_a_client_leaving_during_admission_leaves_a_record_and_no_reservation(wo
         monkeypatch.setattr(accounting, "call_open", slow_open)
     with pytest.raises(openai.APITimeoutError):
         world.client(allocation.plaintext, timeout=0.2).chat.completions.create(
-            model=allocation.model.slug, messages=MESSAGES, extra_headers={"X-Request-Id": "gone-2"}
+            model=allocation.model.slug, messages=CHAT_MESSAGES, extra_headers={"X-Request-Id": "gone-2"}
         )
     record = _wait_for_record("gone-2")
     assert (record.outcome, record.status_code, record.input_tokens, record.cost_usd) == (

@@ -137,10 +137,10 @@ def test_a_stale_cached_counter_id_never_reserves_against_another_allocations_co
     assert Reservation.objects.get(pk=admission.reservation_id).counter.allocation_id == mine.pk
 
 
-def test_one_statement_settles_several_calls_and_releases_only_the_reservations_it_deletes():
+def test_one_statement_settles_several_calls_and_skips_those_whose_reservation_is_gone():
     """The settlement statement takes any number of calls (the event loop writes them together): one
-    counter update per counter, one record each, and a reservation the sweeper already released is
-    not taken out of the counter a second time."""
+    counter update per counter, one record each; a call whose reservation was already settled (by
+    the sweeper, as a lost call) writes nothing, so it is never recorded or counted twice."""
     first, second = AllocationFactory(), AllocationFactory()
     price = PriceVersionFactory(model=first.model, input_per_1m=Decimal("3"), output_per_1m=Decimal("7"))
     admissions = [admit(first, tokens=100, cost="0.5"), admit(first, tokens=40, cost="0.25"), admit(second, cost=None)]
@@ -155,16 +155,17 @@ def test_one_statement_settles_several_calls_and_releases_only_the_reservations_
     ]
     with connection.cursor() as cursor:
         cursor.execute(*settle_statement(settlements))
-        ids = [row[0] for row in cursor.fetchall()]
-    records = [CallRecord.objects.get(pk=pk) for pk in ids]
-    assert [r.request_id for r in records] == ["batch-1", "batch-2", "batch-3"]
+        written = dict(cursor.fetchall())
+    assert sorted(written) == [1, 3]
+    records = [CallRecord.objects.get(pk=written[n]) for n in (1, 3)]
+    assert [r.request_id for r in records] == ["batch-1", "batch-3"]
     assert [(r.cost_usd, r.priced, r.estimated) for r in records] == [
         (Decimal("0.000065"), True, False),
-        (Decimal("3"), True, False),
         (None, False, True),
     ]
+    assert not CallRecord.objects.filter(request_id="batch-2").exists()
     counter = UsageCounter.objects.get(pk=admissions[0].counter_id)
-    assert (counter.tokens_used, counter.cost_used, counter.calls) == (1_000_015, Decimal("3.000065"), 2)
+    assert (counter.tokens_used, counter.cost_used, counter.calls) == (15, Decimal("0.000065"), 1)
     assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
     other = UsageCounter.objects.get(pk=admissions[2].counter_id)
     assert (other.tokens_used, other.cost_used, other.calls, other.tokens_reserved) == (7, 0, 1, 0)

@@ -2,6 +2,7 @@
 
 from decimal import Decimal
 
+import psycopg
 import pytest
 from django.db import connection
 from django.utils import timezone
@@ -128,3 +129,32 @@ def test_the_replay_task_settles_what_the_outage_spooled(empty_spool):
     assert settlements_replay.delay().get() == 1
     assert settlements_replay.delay().get() == 0
     assert UsageCounter.objects.get(allocation=allocation).tokens_used == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_settlement_whose_connection_was_terminated_is_written_on_a_new_one_not_spooled(empty_spool):
+    allocation = AllocationFactory()
+    admission = ledger.admit(
+        allocation_id=allocation.pk,
+        token_cap=None,
+        cost_cap=None,
+        est_tokens=50,
+        est_cost=None,
+        request_id="r4",
+        now=timezone.now(),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    db = connection.settings_dict
+    dsn = f"host={db['HOST'] or '127.0.0.1'} port={db['PORT'] or 5432} user={db['USER']} dbname=postgres"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    record = {"request_id": "r4", "allocation": allocation, "endpoint": "embeddings", "started_at": timezone.now()}
+    written = call_settle_durable(
+        admission=admission, record={**record, "outcome": "success"}, usage=Usage(input_tokens=9), price=None
+    )
+    assert written is not None and written.pk
+    assert spool_depth() == 0
+    counter = UsageCounter.objects.get(allocation=allocation)
+    assert (counter.tokens_used, counter.tokens_reserved, counter.calls) == (9, 0, 1)

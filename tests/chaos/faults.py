@@ -1,0 +1,81 @@
+"""The faults the suite injects, in a cycle, while the load runs. Each step names what it did and
+when (seconds since the load started), for the report."""
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+
+from .processes import Service
+
+
+@dataclass
+class Faults:
+    gateways: list[Service]
+    redis: Service
+    pg_forwarder: Service
+    admin_dsn: str  # a direct connection (not through the forwarder) to terminate backends
+    db_name: str
+    spare_pid: int  # the test process's own backend: not terminated
+    outage_s: float
+    log: list[tuple[float, str]] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
+
+    def note(self, what: str) -> None:
+        self.log.append((round(time.monotonic() - self.t0, 1), what))
+
+    async def cycle(self, pause: float = 2.0) -> None:
+        """Every fault once, with `pause` seconds of plain load between them."""
+        steps = (
+            self.kill_and_restart,
+            self.terminate_backends,
+            self.database_refuses,
+            self.redis_down,
+            self.sigterm_and_restart,
+            self.terminate_backends,
+        )
+        for step in steps:
+            await asyncio.sleep(pause)
+            await step()
+
+    async def kill_and_restart(self, which: int = 0) -> None:
+        await self._stop_and_restart(self.gateways[which], signal.SIGKILL)
+
+    async def sigterm_and_restart(self, which: int = 1) -> None:
+        await self._stop_and_restart(self.gateways[which], signal.SIGTERM)
+
+    async def _stop_and_restart(self, gateway: Service, sig: int) -> None:
+        self.note(f"{signal.Signals(sig).name} gateway :{gateway.port}")
+        code = await asyncio.to_thread(gateway.stop, sig)
+        self.note(f"gateway :{gateway.port} exited ({code}); restarting")
+        await asyncio.to_thread(gateway.start)
+        self.note(f"gateway :{gateway.port} serving again")
+
+    async def terminate_backends(self) -> None:
+        terminated = await asyncio.to_thread(self._terminate)
+        self.note(f"pg_terminate_backend: {terminated} gateway connections")
+
+    def _terminate(self) -> int:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid() AND pid <> %s",
+                [self.db_name, self.spare_pid],
+            ).fetchall()
+        return len(rows)
+
+    async def database_refuses(self) -> None:
+        self.pg_forwarder.send(signal.SIGUSR1)
+        self.note(f"PostgreSQL refusing connections for {self.outage_s:g} s (open ones cut)")
+        await asyncio.sleep(self.outage_s)
+        self.pg_forwarder.send(signal.SIGUSR2)
+        self.note("PostgreSQL accepting again")
+
+    async def redis_down(self) -> None:
+        await asyncio.to_thread(self.redis.stop, signal.SIGKILL)
+        self.note(f"Redis stopped for {self.outage_s:g} s")
+        await asyncio.sleep(self.outage_s)
+        await asyncio.to_thread(self.redis.start)
+        self.note("Redis started again")
