@@ -46,15 +46,23 @@ class Service:
 
     def start(self) -> "Service":
         with self.log.open("a") as sink:
-            self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=sink, stderr=subprocess.STDOUT)
+            # A session of its own: SIGKILL takes the whole process group (a supervisor and its
+            # workers, as when a host or container is lost), and nothing is left behind.
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_listening(self.port, self.process, self.log)
         self.starts += 1
         return self
 
     def send(self, sig: int) -> None:
+        """SIGKILL to the process group; any other signal to the process (a supervisor forwards it)."""
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
+                if sig == signal.SIGKILL:
+                    os.killpg(self.process.pid, sig)
+                else:
+                    self.process.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
         if self.process is None:
@@ -63,7 +71,7 @@ class Service:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.send(signal.SIGKILL)
             return self.process.wait(10)
 
     @property
@@ -115,5 +123,6 @@ def database_url_via(port: int, db_name: str) -> str:
 
 def stop_all(services) -> None:
     for service in services:
-        if service.alive:
-            service.stop(signal.SIGKILL, timeout=10)
+        if service.process is not None:
+            service.send(signal.SIGKILL)  # the group too: a supervisor's workers outlive nothing
+            service.process.wait(10)
