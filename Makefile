@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gateway
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test lint install install-dev services-check browser worker beat bench chaos clean
+.PHONY: run test lint install install-dev services-check browser worker beat bench chaos clean image-smoke
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,12 +18,14 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 
 # `make run` uses the embedded defaults (SQLite, in-memory layers, eager Celery, simulated provider),
-# so it must not inherit the test databases' URLs.
+# so it must not inherit the test databases' URLs. DEBUG defaults to False (production): the demo
+# turns it on. The test suite does the same in pytest.ini.
+DEMO_ENV := env -u DATABASE_URL -u REDIS_URL DEBUG=true
 run: install
-	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py migrate --noinput
-	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
-	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py seed_demo
-	env -u DATABASE_URL -u REDIS_URL $(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
+	$(DEMO_ENV) $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
+	$(DEMO_ENV) $(BIN)/python manage.py seed_demo
+	$(DEMO_ENV) $(BIN)/python manage.py runserver 127.0.0.1:8000
 
 services-check: install-dev
 	@$(BIN)/python scripts/check_services.py
@@ -53,13 +55,17 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy allocations portal realtime gateway_project quota proxy notifications
+	$(BIN)/mypy allocations portal realtime gateway_project quota proxy notifications ops
 
 worker: install
-	$(BIN)/celery -A gateway_project worker -l info
+	DEBUG=$${DEBUG:-true} $(BIN)/celery -A gateway_project worker -l info
 
 beat: install
-	$(BIN)/celery -A gateway_project beat -l info
+	DEBUG=$${DEBUG:-true} $(BIN)/celery -A gateway_project beat -l info
+
+# The container image, run once against this machine's PostgreSQL and Redis (docs/OPERATIONS.md).
+image-smoke:
+	bash scripts/image_smoke.sh
 
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles

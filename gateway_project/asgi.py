@@ -9,6 +9,8 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from ops.asgi import PATHS as OPS_PATHS  # noqa: E402
+from ops.asgi import app as ops_app  # noqa: E402
 from proxy.handler import ProxyHandler  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
@@ -22,8 +24,11 @@ proxy_asgi_app = ProxyHandler()
 
 
 async def http_app(scope, receive, send):
-    if scope["path"].startswith("/v1/"):
+    path = scope["path"]
+    if path.startswith("/v1/"):
         return await proxy_asgi_app(scope, receive, send)
+    if path in OPS_PATHS:  # health and metrics: no middleware, no call record (ops.asgi)
+        return await ops_app(scope, receive, send)
     return await django_asgi_app(scope, receive, send)
 
 

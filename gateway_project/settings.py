@@ -4,25 +4,41 @@ With no environment at all the project runs on a laptop: SQLite, in-memory chann
 local-memory cache, eager Celery and the built-in simulated provider.
 """
 
+import binascii
 from decimal import Decimal
 from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
-DEBUG = env.bool("DEBUG", default=True)
+# --- Secrets and DEBUG (docs/OPERATIONS.md) ---------------------------------------------------------
+# DEBUG is off unless asked for: `make run` and the test suite (pytest.ini) turn it on, so a
+# forgotten variable in production never means a public SECRET_KEY or a derived encryption key.
+DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env("SECRET_KEY", default="")
 GATEWAY_ENCRYPTION_KEY = env("GATEWAY_ENCRYPTION_KEY", default="")
 
 if not DEBUG:
     missing = [n for n, v in (("SECRET_KEY", SECRET_KEY), ("GATEWAY_ENCRYPTION_KEY", GATEWAY_ENCRYPTION_KEY)) if not v]
     if missing:
-        raise ImproperlyConfigured(f"DEBUG=False needs {', '.join(missing)} in the environment")
+        raise ImproperlyConfigured(
+            f"DEBUG=False (the default) needs {', '.join(missing)} in the environment; "
+            "set DEBUG=true for a laptop (docs/OPERATIONS.md lists the production environment)"
+        )
+if GATEWAY_ENCRYPTION_KEY:
+    try:
+        Fernet(GATEWAY_ENCRYPTION_KEY)
+    except (ValueError, binascii.Error, TypeError):
+        raise ImproperlyConfigured(
+            "GATEWAY_ENCRYPTION_KEY is not a Fernet key (32 url-safe base64-encoded bytes); make one with "
+            '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`'
+        ) from None
 if not SECRET_KEY:
     SECRET_KEY = "insecure-dev-only-key-do-not-use-in-production"  # noqa: S105 (DEBUG only)
 
@@ -45,10 +61,12 @@ INSTALLED_APPS = [
     "realtime",
     "notifications",
     "portal",
+    "ops",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -143,9 +161,36 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# --- Static files: served by the app itself (WhiteNoise), hashed and compressed by collectstatic ---
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
+# Hashed names need the manifest that `collectstatic` writes: a deploy step (docs/OPERATIONS.md) and
+# an image build step. DEBUG (make run, tests) serves the source files unhashed, no collectstatic.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+WHITENOISE_MAX_AGE = 31536000 if not DEBUG else 0  # hashed names never change content: cache a year
+
+# --- Behind a TLS-terminating proxy (SPEC section 1, docs/OPERATIONS.md) ----------------------------
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+GATEWAY_BEHIND_TLS_PROXY = env.bool("GATEWAY_BEHIND_TLS_PROXY", default=False)
+if GATEWAY_BEHIND_TLS_PROXY:
+    # Only safe when the proxy always sets (or strips) X-Forwarded-Proto itself.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=GATEWAY_BEHIND_TLS_PROXY)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=GATEWAY_BEHIND_TLS_PROXY)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if GATEWAY_BEHIND_TLS_PROXY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=GATEWAY_BEHIND_TLS_PROXY)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Health and metrics never pass through this redirect: gateway_project.asgi routes them past Django.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SILENCED_SYSTEM_CHECKS = env.list("SILENCED_SYSTEM_CHECKS", default=[])
 
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 10000
 
@@ -197,9 +242,22 @@ GATEWAY_ALERT_EMAILS = env.list("GATEWAY_ALERT_EMAILS", default=[])
 GATEWAY_ALERT_UPSTREAM_ERRORS = env.int("GATEWAY_ALERT_UPSTREAM_ERRORS", default=10)
 GATEWAY_ALERT_WINDOW_MIN = env.int("GATEWAY_ALERT_WINDOW_MIN", default=60)
 
+# --- Operations: logs and metrics (docs/OPERATIONS.md) ---------------------------------------------
+# One line per /v1 call and realtime session on the `gateway.calls` logger; `json` for a log
+# shipper, `text` for a terminal.
+GATEWAY_LOG_FORMAT = env("GATEWAY_LOG_FORMAT", default="text")
+if GATEWAY_LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured("GATEWAY_LOG_FORMAT must be json or text")
+# /metrics answers 404 while unset; with it, the bearer token Prometheus sends.
+GATEWAY_METRICS_TOKEN = env("GATEWAY_METRICS_TOKEN", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {"()": "ops.logs.JsonFormatter"},
+        "text": {"()": "ops.logs.TextFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": GATEWAY_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
 }

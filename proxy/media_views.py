@@ -105,7 +105,7 @@ async def relay_media(request, endpoint: str):
             body_error=body_error,
         )
         try:
-            await accounting.open_call(call)
+            await views.open_call(call)
         except GatewayError as error:
             return views.error_response(error, rid)
         task = asyncio.ensure_future(_complete(call, upstream_payload(call, form), form))

@@ -18,7 +18,7 @@ from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
-from . import accounting, meters, relay, upstream
+from . import accounting, meters, observed, relay, upstream
 from .registry import ENDPOINTS, Endpoint
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
@@ -88,7 +88,18 @@ async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usa
         call, outcome=outcome, status_code=status, usage=usage, error_code=code, error_message=message
     )
     if task is not None:
+        observed.settled(call, outcome=outcome, status=status, usage=usage, code=code)
         await asyncio.shield(task)
+
+
+async def open_call(call: accounting.Call) -> None:
+    """The opening accounting step, reported (a refusal raises its GatewayError as before)."""
+    try:
+        await accounting.open_call(call)
+    except GatewayError as error:
+        observed.refused(call, error)
+        raise
+    observed.admitted(call)
 
 
 # --- views ---------------------------------------------------------------------------------------
@@ -110,7 +121,7 @@ async def relay_call(request, endpoint: str):
         stream=bool(body and body.get("stream") is True and body_error is None),
     )
     try:
-        await accounting.open_call(call)
+        await open_call(call)
     except GatewayError as error:
         return error_response(error, rid)
     payload = upstream_payload(call)
@@ -132,6 +143,7 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
     entry = call.entry
     if entry is None:
         raise RuntimeError("upstream call before call_open")  # call_open sets it or raises
+    observed.upstream_sent(call)
     try:
         reply = await upstream.send(
             entry=entry,

@@ -27,7 +27,7 @@ from quota.models import CloseReason, Outcome
 from quota.preflight import reject_outcome
 from quota.pricing import Usage
 
-from . import services
+from . import observed, services
 from .close import CloseCode, close_code_for, watch_close_reason
 from .events import model_in_session_update, rewrite_model
 from .meter import SessionMeter
@@ -160,6 +160,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             return False
         self.tasks = [asyncio.ensure_future(self._read_upstream()), asyncio.ensure_future(self._watch())]
         LIVE.add(self)
+        observed.opened()
         return True
 
     async def _reject(self, error: GatewayError) -> None:
@@ -169,6 +170,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(services.session_reject)(
             error=error, request_id=self.request_id, now=timezone.now(), scope_hint=hint
         )
+        observed.refused(request_id=self.request_id, error=error)
         self.finishing = asyncio.get_running_loop().create_future()
         self.finishing.set_result(None)
         await self.close(code=close_code_for(error), reason=error.code)
@@ -380,6 +382,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await asyncio.shield(self.finishing)
 
     async def _do_finish(self, close_reason, outcome, code, *, reason="", error_code="", cut=False, bill=True) -> None:
+        live = self in LIVE
         LIVE.discard(self)
         for task in self.tasks:
             task.cancel()
@@ -402,5 +405,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         except Exception:
             # The reservation (with its context) stays; the sweeper bills the session later.
             logger.exception("realtime session %s: settlement failed; left to the sweeper", self.request_id)
+        observed.finished(
+            session, usage=usage, outcome=outcome, reason=close_reason, code=code, error=error_code, live=live
+        )
         if not self.client_gone:
             await self.close(code=code, reason=reason or close_reason)

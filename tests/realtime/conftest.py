@@ -125,9 +125,10 @@ class Daphne:
         return f"ws://127.0.0.1:{self.port}/v1/realtime"
 
 
-def start_daphne(db_name: str) -> Daphne:
-    """daphne on a free port (port 0; the bound port is read from its log, kept in a file)."""
-    env = dict(os.environ)
+def start_daphne(db_name: str, env: dict | None = None) -> Daphne:
+    """daphne on a free port (port 0; the bound port is read from its log, kept in a file), with
+    this process's environment or `env`."""
+    env = dict(os.environ if env is None else env)
     env["DATABASE_URL"] = re.sub(r"/[^/]*$", f"/{db_name}", env.get("DATABASE_URL", ""))
     env.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
     env["PYTHONUNBUFFERED"] = "1"

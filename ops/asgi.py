@@ -1,0 +1,76 @@
+"""GET /healthz, /readyz and /metrics: a small ASGI app routed before Django (gateway_project.asgi).
+
+No middleware (no host check, no HTTPS redirect: a load balancer probes by IP over plain HTTP), no
+call record, no metric of their own. /healthz does no I/O. /readyz runs the dependency checks in
+threads, each within READY_TIMEOUT_S. /metrics needs `Authorization: Bearer $GATEWAY_METRICS_TOKEN`
+and is 404 while that is unset.
+"""
+
+import asyncio
+import hmac
+import json
+import uuid
+
+from django.conf import settings
+
+from allocations.api_errors import error_body
+
+from . import health, metrics
+
+PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+READY_TIMEOUT_S = 5.0
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+async def _send(send, status: int, body: bytes, content_type: bytes = b"application/json", head=False) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    headers.append((b"cache-control", b"no-store"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def _error(code: str, message: str, type_: str) -> bytes:
+    return json.dumps(error_body(code=code, message=message, type_=type_, request_id=str(uuid.uuid4()))).encode()
+
+
+async def _check(name: str) -> str | None:
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(health.CHECKS[name]), READY_TIMEOUT_S)
+    except TimeoutError:
+        return f"timed out after {READY_TIMEOUT_S:g}s"
+
+
+async def _ready() -> tuple[int, bytes]:
+    results = dict(zip(health.CHECKS, await asyncio.gather(*map(_check, health.CHECKS)), strict=True))
+    failed = [name for name, problem in results.items() if problem]
+    body = {
+        "status": "unavailable" if failed else "ok",
+        "checks": {name: problem or "ok" for name, problem in results.items()},
+    }
+    if failed:
+        body["failed"] = failed
+    return (503 if failed else 200), json.dumps(body).encode()
+
+
+def _authorized(scope) -> bool:
+    sent = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+    expected = b"Bearer " + settings.GATEWAY_METRICS_TOKEN.encode()
+    return hmac.compare_digest(sent, expected)
+
+
+async def app(scope, receive, send) -> None:
+    path, method = scope["path"], scope["method"]
+    head = method == "HEAD"
+    if method not in ("GET", "HEAD"):
+        return await _send(send, 405, _error("method_not_allowed", "use GET", "invalid_request_error"))
+    if path == "/healthz":
+        return await _send(send, 200, b'{"status":"ok"}', head=head)
+    if path == "/readyz":
+        status, body = await _ready()
+        return await _send(send, status, body, head=head)
+    if not settings.GATEWAY_METRICS_TOKEN:
+        return await _send(send, 404, _error("not_found", "metrics are disabled", "invalid_request_error"))
+    if not _authorized(scope):
+        body = _error("unauthorized", "send 'Authorization: Bearer <metrics token>'", "authentication_error")
+        return await _send(send, 401, body)
+    return await _send(send, 200, await asyncio.to_thread(metrics.scrape), PROMETHEUS_TEXT, head=head)

@@ -1,0 +1,133 @@
+"""What the relays report about each call: metrics (ops.metrics) and one log line on the
+`gateway.calls` logger. Plain values in, nothing read back: the relays call it once per event and
+it never raises into them.
+
+The line carries ids, the model slug, the outcome, tokens, cost and timings; never a key, a
+prompt, an upstream body or a provider secret (none is passed in). Metrics are counted only while
+GATEWAY_METRICS_TOKEN is set (no one could read them otherwise); the line is written while the
+logger is enabled for INFO.
+"""
+
+import logging
+from decimal import Decimal
+
+from django.conf import settings
+
+from quota.pricing import Usage
+
+from . import metrics
+
+logger = logging.getLogger("gateway.calls")
+_INFO = logging.INFO
+
+
+def _counting() -> bool:
+    return bool(settings.GATEWAY_METRICS_TOKEN)
+
+
+def call_admitted() -> None:
+    if _counting():
+        metrics.IN_FLIGHT.inc()
+
+
+def call_refused(*, request_id: str, endpoint: str, allocation_id, model: str, outcome: str, status: int, code: str):
+    """A call refused before going upstream (its record is written by the accounting step)."""
+    try:
+        if _counting():
+            metrics.REQUESTS.labels(endpoint, outcome, str(status)).inc()
+            metrics.REFUSALS.labels(code).inc()
+        if logger.isEnabledFor(_INFO):
+            fields = {
+                "request_id": request_id,
+                "endpoint": endpoint,
+                "allocation_id": str(allocation_id) if allocation_id else None,
+                "model": model or None,
+                "outcome": outcome,
+                "status": status,
+                "error_code": code,
+            }
+            logger.info("call", extra={"gateway_fields": fields})
+    except Exception:  # noqa: BLE001 - reporting must never break a call
+        logger.exception("call report failed for %s", request_id)
+
+
+def call_finished(
+    *,
+    request_id: str,
+    endpoint: str,
+    allocation_id,
+    model: str,
+    provider: str,
+    outcome: str,
+    status: int,
+    usage: Usage,
+    cost: Decimal | None,
+    elapsed_s: float,
+    upstream_s: float | None,
+    code: str = "",
+    stream: bool = False,
+    admitted: bool = True,
+    close_reason: str = "",
+) -> None:
+    """An admitted call (or realtime session) settled: its outcome, usage and timings."""
+    try:
+        if _counting():
+            _count(endpoint, model, provider, outcome, status, usage, cost, elapsed_s, upstream_s, admitted)
+        if logger.isEnabledFor(_INFO):
+            fields = {
+                "request_id": request_id,
+                "endpoint": endpoint,
+                "allocation_id": str(allocation_id) if allocation_id else None,
+                "model": model,
+                "outcome": outcome,
+                "status": status,
+                "stream": stream,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "quantity": str(usage.quantity) if usage.quantity is not None else None,
+                "unit": usage.unit or None,
+                "cost_usd": str(cost) if cost is not None else None,
+                **_timings(elapsed_s, upstream_s),
+                "error_code": code or None,
+                "close_reason": close_reason or None,
+            }
+            logger.info("call", extra={"gateway_fields": fields})
+    except Exception:  # noqa: BLE001 - reporting must never break a call
+        logger.exception("call report failed for %s", request_id)
+
+
+def _timings(elapsed_s: float, upstream_s: float | None) -> dict:
+    if upstream_s is None:  # never sent upstream, or a realtime session (relayed both ways throughout)
+        return {"duration_ms": round(elapsed_s * 1000, 1)}
+    return {
+        "gateway_ms": round(max(elapsed_s - upstream_s, 0.0) * 1000, 1),
+        "upstream_ms": round(upstream_s * 1000, 1),
+    }
+
+
+def _count(endpoint, model, provider, outcome, status, usage, cost, elapsed_s, upstream_s, admitted) -> None:
+    metrics.REQUESTS.labels(endpoint, outcome, str(status)).inc()
+    if admitted:
+        metrics.IN_FLIGHT.dec()
+    if upstream_s is not None:
+        metrics.UPSTREAM.labels(endpoint).observe(upstream_s)
+        metrics.OVERHEAD.labels(endpoint).observe(max(elapsed_s - upstream_s, 0.0))
+    if outcome == "upstream_error":
+        metrics.UPSTREAM_ERRORS.labels(provider, endpoint).inc()
+    if usage.input_tokens:
+        metrics.TOKENS.labels(model, "input").inc(usage.input_tokens)
+    if usage.output_tokens:
+        metrics.TOKENS.labels(model, "output").inc(usage.output_tokens)
+    if cost:
+        metrics.SPEND.labels(model).inc(float(cost))
+
+
+def session_opened() -> None:
+    if _counting():
+        metrics.SESSIONS_OPEN.inc()
+
+
+def session_closed() -> None:
+    if _counting():
+        metrics.SESSIONS_OPEN.dec()

@@ -1,0 +1,50 @@
+"""The realtime side of ops.observe: a session's open, its refusal and its settlement, reported."""
+
+from django.utils import timezone
+
+from allocations.exceptions import GatewayError
+from ops import observe
+from quota.pricing import Usage, cost_for
+
+from . import services
+
+
+def opened() -> None:
+    observe.session_opened()
+
+
+def refused(*, request_id: str, error: GatewayError) -> None:
+    observe.call_refused(
+        request_id=request_id,
+        endpoint=services.ENDPOINT,
+        allocation_id=None,
+        model="",
+        outcome=services.REJECT_OUTCOMES.get(error.code, "gateway_error"),
+        status=services.REJECT_CLOSE_CODES.get(error.code, 1008),
+        code=error.code,
+    )
+
+
+def finished(
+    session: services.Session, *, usage: Usage, outcome: str, reason: str, code: int, error: str, live: bool
+) -> None:
+    """`live`: the session had been relaying (counted open) when it finished."""
+    if live:
+        observe.session_closed()
+    observe.call_finished(
+        request_id=session.request_id,
+        endpoint=services.ENDPOINT,
+        allocation_id=session.entry.allocation_id,
+        model=session.entry.model_slug,
+        provider=session.entry.provider.id,
+        outcome=outcome,
+        status=code,
+        usage=usage,
+        cost=cost_for(session.price, usage),
+        elapsed_s=(timezone.now() - session.started_at).total_seconds(),
+        upstream_s=None,
+        code=error,
+        stream=True,
+        admitted=False,
+        close_reason=reason,
+    )
