@@ -5,6 +5,7 @@ local-memory cache, eager Celery and the built-in simulated provider.
 """
 
 import binascii
+import warnings
 from decimal import Decimal
 from pathlib import Path
 
@@ -176,6 +177,10 @@ STORAGES = {
     },
 }
 WHITENOISE_MAX_AGE = 31536000 if not DEBUG else 0  # hashed names never change content: cache a year
+if DEBUG:
+    # Without collectstatic (make run, tests) WhiteNoise finds the source files; its warning that
+    # STATIC_ROOT does not exist says nothing there.
+    warnings.filterwarnings("ignore", message="No directory at")
 
 # --- Behind a TLS-terminating proxy (SPEC section 1, docs/OPERATIONS.md) ----------------------------
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

@@ -5,11 +5,14 @@ named by its dependency and the exception's class only: a driver's message may c
 or a user, which an unauthenticated endpoint must not print.
 """
 
+import logging
+
 import redis
 from django.conf import settings
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
+logger = logging.getLogger(__name__)
 _migrated = False  # once every migration is applied it stays so for this process's code
 _redis: redis.Redis | None = None
 
@@ -25,6 +28,7 @@ def database_check() -> str | None:
                 return "migrations not applied"
             _migrated = True
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        logger.warning("readiness: database check failed", exc_info=True)  # the detail, for the operator only
         return f"unreachable ({type(exc).__name__})"
     finally:
         connection.close()
@@ -40,6 +44,7 @@ def redis_check() -> str | None:
             _redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
         _redis.ping()
     except Exception as exc:  # noqa: BLE001
+        logger.warning("readiness: redis check failed", exc_info=True)
         return f"unreachable ({type(exc).__name__})"
     return None
 

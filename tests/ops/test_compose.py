@@ -1,0 +1,55 @@
+"""compose.yaml as `docker compose` reads it: parsed here, and checked by Debian's `docker-compose
+config` where that is installed (the images it names cannot be pulled on this machine)."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+GATEWAY_SERVICES = ("migrate", "web", "worker", "beat")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def test_compose_runs_the_stores_a_one_shot_migrate_then_web_worker_and_beat_from_the_env_file(compose):
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", *GATEWAY_SERVICES}
+    assert services["postgres"]["image"].startswith("postgres:") and services["redis"]["image"].startswith("redis:")
+    for name in GATEWAY_SERVICES:
+        service = services[name]
+        assert service["env_file"] == ".env" and "build" in service, name
+        assert set(service["environment"]) == {"DATABASE_URL", "REDIS_URL"}
+    assert services["migrate"]["command"] == ["python3", "manage.py", "migrate", "--noinput"]
+    assert services["migrate"]["restart"] == "no"
+    for name in ("web", "worker", "beat"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert "command" not in services["web"]  # the image's: serve --workers
+
+
+def test_every_setting_compose_interpolates_is_listed_in_the_env_example():
+    listed = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line}
+    text = (ROOT / "compose.yaml").read_text()
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
+    assert required and required <= listed
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
+def test_docker_compose_accepts_the_file_with_the_env_example(tmp_path):
+    shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")  # what an operator does first
+    result = subprocess.run(
+        ["docker-compose", "-f", "compose.yaml", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["services"]["web"]["environment"]["GATEWAY_LOG_FORMAT"] == "json"
+    assert resolved["services"]["web"]["environment"]["DATABASE_URL"].startswith(
+        "postgres://gateway:change-me@postgres"
+    )
