@@ -253,6 +253,8 @@ GATEWAY_ALERT_WINDOW_MIN = env.int("GATEWAY_ALERT_WINDOW_MIN", default=60)
 GATEWAY_LOG_FORMAT = env("GATEWAY_LOG_FORMAT", default="text")
 if GATEWAY_LOG_FORMAT not in ("json", "text"):
     raise ImproperlyConfigured("GATEWAY_LOG_FORMAT must be json or text")
+# The per-call line is written whatever LOG_LEVEL is, unless GATEWAY_CALL_LOG=false.
+GATEWAY_CALL_LOG = env.bool("GATEWAY_CALL_LOG", default=True)
 # /metrics answers 404 while unset; with it, the bearer token Prometheus sends.
 GATEWAY_METRICS_TOKEN = env("GATEWAY_METRICS_TOKEN", default="")
 
@@ -265,4 +267,5 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": GATEWAY_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"gateway.calls": {"level": "INFO" if GATEWAY_CALL_LOG else "WARNING"}},
 }

@@ -10,7 +10,8 @@
 # Environment: BASE, IMAGE (tag, default ai-gateway:smoke), PG_URL (server, default
 # postgres://postgres@127.0.0.1:5432), REDIS_URL (default redis://127.0.0.1:6379/9), CA_BUNDLE
 # (pip's CA bundle, passed as a build secret; default the system's), PYTHON (with the openai SDK:
-# default .venv/bin/python), SKIP_BUILD=1 to reuse IMAGE.
+# default .venv/bin/python), SKIP_BUILD=1 to reuse IMAGE, DOCKER (the client: BuildKit builds need
+# buildx with a recent client; Debian's docker.io client, /usr/bin/docker, has BuildKit built in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/9}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 PYTHON=${PYTHON:-.venv/bin/python}
+DOCKER=${DOCKER:-docker}
+docker() { command "$DOCKER" "$@"; }
 DB="gw_image_smoke_$(date +%s)_$$"
 NAME="gw-smoke-$$"
 PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
