@@ -6,12 +6,22 @@ prometheus_client keeps each process's values in files there and a scrape adds t
 What lives in the shared stores (reservations in PostgreSQL, the settlement spool in Redis) is read
 when scraped, so it is right across processes and hosts and costs the hot path nothing.
 
+The relays do not touch prometheus_client per call: `add` and `observe` accumulate in this
+process (a dict update under a lock) and `flush` hands the sums over once per FLUSH_S from the
+event loop (and before a scrape, and at exit). Under multiprocess mode every prometheus_client
+update is a locked write to a memory-mapped file: per call, that was most of the cost of metrics
+on the hot path (docs/PERFORMANCE.md). Counts may lag by FLUSH_S; nothing is dropped.
+
 Label values are bounded sets only: endpoint, outcome, status code, error code, model slug and
 provider id (both from the admin's catalog). Never a member, a key prefix or an allocation id.
 """
 
+import asyncio
+import atexit
+import bisect
 import logging
 import os
+import threading
 
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -43,6 +53,68 @@ SPEND = Counter("gateway_spend_usd", "USD billed to allocations (priced calls), 
 TOKENS = Counter("gateway_tokens", "Tokens metered, by model and direction (input|output)", ["model", "direction"])
 IN_FLIGHT = Gauge("gateway_calls_in_flight", "Admitted /v1 calls not yet settled", multiprocess_mode="livesum")
 SESSIONS_OPEN = Gauge("gateway_realtime_sessions_open", "Realtime sessions relaying", multiprocess_mode="livesum")
+
+
+FLUSH_S = 1.0
+_lock = threading.Lock()
+_added: dict[tuple, float] = {}  # (counter or gauge, label values) -> amount
+_observed: dict[tuple, list] = {}  # (histogram, label values) -> [sum, count in bucket 0, 1, …]
+_flush_due = False
+
+
+def add(metric, labels: tuple = (), amount: float = 1.0) -> None:
+    """metric.labels(*labels).inc(amount), batched (a gauge may take a negative amount)."""
+    key = (metric, labels)
+    with _lock:
+        _added[key] = _added.get(key, 0.0) + amount
+    _schedule()
+
+
+def observe(histogram, labels: tuple, value: float) -> None:
+    """histogram.labels(*labels).observe(value), batched."""
+    key = (histogram, labels)
+    with _lock:
+        entry = _observed.get(key)
+        if entry is None:
+            entry = _observed[key] = [0.0] + [0] * len(histogram._upper_bounds)
+        entry[0] += value
+        entry[1 + bisect.bisect_left(histogram._upper_bounds, value)] += 1  # the first bound >= value
+    _schedule()
+
+
+def _schedule() -> None:
+    global _flush_due
+    if _flush_due:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on an event loop (a thread, a task worker): no batching
+        flush()
+        return
+    _flush_due = True
+    loop.call_later(FLUSH_S, flush)
+
+
+def flush() -> None:
+    global _flush_due
+    with _lock:
+        added, observed = dict(_added), dict(_observed)
+        _added.clear()
+        _observed.clear()
+        _flush_due = False
+    for (metric, labels), amount in added.items():
+        (metric.labels(*labels) if labels else metric).inc(amount)
+    for (histogram, labels), (total, *counts) in observed.items():
+        # What Histogram.observe does, n observations at a time: its sum and its (non-cumulative)
+        # bucket values, the layout prometheus_client keeps in both modes.
+        child = histogram.labels(*labels)
+        child._sum.inc(total)
+        for bucket, count in zip(child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+atexit.register(flush)
 
 
 class StoreCollector(Collector):
@@ -79,6 +151,7 @@ _stores.register(StoreCollector())
 
 def scrape() -> bytes:
     """The whole exposition (sync: reads files and the database)."""
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -27,15 +27,15 @@ def _counting() -> bool:
 
 def call_admitted() -> None:
     if _counting():
-        metrics.IN_FLIGHT.inc()
+        metrics.add(metrics.IN_FLIGHT)
 
 
 def call_refused(*, request_id: str, endpoint: str, allocation_id, model: str, outcome: str, status: int, code: str):
     """A call refused before going upstream (its record is written by the accounting step)."""
     try:
         if _counting():
-            metrics.REQUESTS.labels(endpoint, outcome, str(status)).inc()
-            metrics.REFUSALS.labels(code).inc()
+            metrics.add(metrics.REQUESTS, (endpoint, outcome, str(status)))
+            metrics.add(metrics.REFUSALS, (code,))
         if logger.isEnabledFor(_INFO):
             fields = {
                 "request_id": request_id,
@@ -46,9 +46,14 @@ def call_refused(*, request_id: str, endpoint: str, allocation_id, model: str, o
                 "status": status,
                 "error_code": code,
             }
-            logger.info("call", extra={"gateway_fields": fields})
+            _line(fields)
     except Exception:  # noqa: BLE001 - reporting must never break a call
         logger.exception("call report failed for %s", request_id)
+
+
+def _line(fields: dict) -> None:
+    # logger.info without its stack walk for the caller's file and line, which nobody reads here.
+    logger.handle(logger.makeRecord(logger.name, _INFO, "", 0, "call", (), None, extra={"gateway_fields": fields}))
 
 
 def call_finished(
@@ -92,7 +97,7 @@ def call_finished(
                 "error_code": code or None,
                 "close_reason": close_reason or None,
             }
-            logger.info("call", extra={"gateway_fields": fields})
+            _line(fields)
     except Exception:  # noqa: BLE001 - reporting must never break a call
         logger.exception("call report failed for %s", request_id)
 
@@ -107,27 +112,27 @@ def _timings(elapsed_s: float, upstream_s: float | None) -> dict:
 
 
 def _count(endpoint, model, provider, outcome, status, usage, cost, elapsed_s, upstream_s, admitted) -> None:
-    metrics.REQUESTS.labels(endpoint, outcome, str(status)).inc()
+    metrics.add(metrics.REQUESTS, (endpoint, outcome, str(status)))
     if admitted:
-        metrics.IN_FLIGHT.dec()
+        metrics.add(metrics.IN_FLIGHT, (), -1.0)
     if upstream_s is not None:
-        metrics.UPSTREAM.labels(endpoint).observe(upstream_s)
-        metrics.OVERHEAD.labels(endpoint).observe(max(elapsed_s - upstream_s, 0.0))
+        metrics.observe(metrics.UPSTREAM, (endpoint,), upstream_s)
+        metrics.observe(metrics.OVERHEAD, (endpoint,), max(elapsed_s - upstream_s, 0.0))
     if outcome == "upstream_error":
-        metrics.UPSTREAM_ERRORS.labels(provider, endpoint).inc()
+        metrics.add(metrics.UPSTREAM_ERRORS, (provider, endpoint))
     if usage.input_tokens:
-        metrics.TOKENS.labels(model, "input").inc(usage.input_tokens)
+        metrics.add(metrics.TOKENS, (model, "input"), usage.input_tokens)
     if usage.output_tokens:
-        metrics.TOKENS.labels(model, "output").inc(usage.output_tokens)
+        metrics.add(metrics.TOKENS, (model, "output"), usage.output_tokens)
     if cost:
-        metrics.SPEND.labels(model).inc(float(cost))
+        metrics.add(metrics.SPEND, (model,), float(cost))
 
 
 def session_opened() -> None:
     if _counting():
-        metrics.SESSIONS_OPEN.inc()
+        metrics.add(metrics.SESSIONS_OPEN)
 
 
 def session_closed() -> None:
     if _counting():
-        metrics.SESSIONS_OPEN.dec()
+        metrics.add(metrics.SESSIONS_OPEN, (), -1.0)
