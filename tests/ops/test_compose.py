@@ -53,3 +53,17 @@ def test_docker_compose_accepts_the_file_with_the_env_example(tmp_path):
     assert resolved["services"]["web"]["environment"]["DATABASE_URL"].startswith(
         "postgres://gateway:change-me@postgres"
     )
+
+
+def test_the_example_alert_rules_parse_and_use_only_metrics_the_gateway_exports():
+    from ops import metrics
+
+    rules = yaml.safe_load((ROOT / "docs" / "prometheus-alerts.yml").read_text())["groups"][0]["rules"]
+    names = {r["alert"] for r in rules}
+    assert {"GatewayCapRefusalsSpike", "GatewayUpstreamErrors", "GatewaySettlementsSpooled"} <= names
+    assert "GatewayReservationsStuck" in names
+    exported = {m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
+    exported |= {"gateway_reservations_open", "gateway_reservations_expired", "gateway_settlements_spooled"}
+    for rule in rules:
+        for used in re.findall(r"\b(gateway_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", rule["expr"]):
+            assert used in exported, (rule["alert"], used)
