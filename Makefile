@@ -41,7 +41,7 @@ $(OIDC_PROVIDER)/node_modules: $(OIDC_PROVIDER)/package-lock.json
 	touch $@
 
 test: install-dev services-check browser $(OIDC_PROVIDER)/node_modules
-	$(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
+	DEBUG=true $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
 
 # The fault suite's long run (docs/RELIABILITY.md): >= 10,000 calls, 10 s outages; a few minutes of

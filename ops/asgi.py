@@ -43,7 +43,7 @@ async def _check(name: str) -> str | None:
 async def _ready() -> tuple[int, bytes]:
     results = dict(zip(health.CHECKS, await asyncio.gather(*map(_check, health.CHECKS)), strict=True))
     failed = [name for name, problem in results.items() if problem]
-    body = {
+    body: dict[str, object] = {
         "status": "unavailable" if failed else "ok",
         "checks": {name: problem or "ok" for name, problem in results.items()},
     }
