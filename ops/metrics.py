@@ -62,24 +62,31 @@ _observed: dict[tuple, list] = {}  # (histogram, label values) -> [sum, count in
 _flush_due = False
 
 
-def add(metric, labels: tuple = (), amount: float = 1.0) -> None:
-    """metric.labels(*labels).inc(amount), batched (a gauge may take a negative amount)."""
-    key = (metric, labels)
+def record(added=(), observed=()) -> None:
+    """Batched updates, under one lock: `added` holds (counter or gauge, label values, amount) (a
+    gauge may take a negative amount), `observed` (histogram, label values, value)."""
     with _lock:
-        _added[key] = _added.get(key, 0.0) + amount
+        for metric, labels, amount in added:
+            key = (metric, labels)
+            _added[key] = _added.get(key, 0.0) + amount
+        for histogram, labels, value in observed:
+            key = (histogram, labels)
+            entry = _observed.get(key)
+            if entry is None:
+                entry = _observed[key] = [0.0] + [0] * len(histogram._upper_bounds)
+            entry[0] += value
+            entry[1 + bisect.bisect_left(histogram._upper_bounds, value)] += 1  # the first bound >= value
     _schedule()
+
+
+def add(metric, labels: tuple = (), amount: float = 1.0) -> None:
+    """metric.labels(*labels).inc(amount), batched."""
+    record(added=((metric, labels, amount),))
 
 
 def observe(histogram, labels: tuple, value: float) -> None:
     """histogram.labels(*labels).observe(value), batched."""
-    key = (histogram, labels)
-    with _lock:
-        entry = _observed.get(key)
-        if entry is None:
-            entry = _observed[key] = [0.0] + [0] * len(histogram._upper_bounds)
-        entry[0] += value
-        entry[1 + bisect.bisect_left(histogram._upper_bounds, value)] += 1  # the first bound >= value
-    _schedule()
+    record(observed=((histogram, labels, value),))
 
 
 def _schedule() -> None:
