@@ -128,8 +128,9 @@ class StoreCollector(Collector):
     """Gauges read from PostgreSQL and the spool at scrape time (sync: the caller runs it in a thread)."""
 
     def collect(self):
-        from quota.models import Reservation
         from quota.spool import spool_depth
+
+        from quota.models import Reservation
 
         now = timezone.now()
         try:

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 
@@ -129,8 +130,8 @@ def _timings(elapsed_s: float, upstream_s: float | None) -> dict:
 
 
 def _count(endpoint, model, provider, outcome, status, usage, cost, elapsed_s, upstream_s, admitted) -> None:
-    added = [(metrics.REQUESTS, (endpoint, outcome, str(status)), 1.0)]
-    observed = []
+    added: list[tuple[Any, tuple, float]] = [(metrics.REQUESTS, (endpoint, outcome, str(status)), 1.0)]
+    observed: list[tuple[Any, tuple, float]] = []
     if admitted:
         added.append((metrics.IN_FLIGHT, (), -1.0))
     if upstream_s is not None:

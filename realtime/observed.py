@@ -4,9 +4,11 @@ from django.utils import timezone
 
 from allocations.exceptions import GatewayError
 from ops import observe
+from quota.preflight import reject_outcome
 from quota.pricing import Usage, cost_for
 
 from . import services
+from .close import close_code_for
 
 
 def opened() -> None:
@@ -19,8 +21,8 @@ def refused(*, request_id: str, error: GatewayError) -> None:
         endpoint=services.ENDPOINT,
         allocation_id=None,
         model="",
-        outcome=services.REJECT_OUTCOMES.get(error.code, "gateway_error"),
-        status=services.REJECT_CLOSE_CODES.get(error.code, 1008),
+        outcome=reject_outcome(error),
+        status=int(close_code_for(error)),
         code=error.code,
     )
 
