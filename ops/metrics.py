@@ -128,8 +128,7 @@ class StoreCollector(Collector):
     """Gauges read from PostgreSQL and the spool at scrape time (sync: the caller runs it in a thread)."""
 
     def collect(self):
-        from quota.spool import spool_depth
-
+        from quota import ledger
         from quota.models import Reservation
 
         now = timezone.now()
@@ -146,7 +145,7 @@ class StoreCollector(Collector):
                 expired,
             )
         try:
-            depth = spool_depth()
+            depth = ledger.spool_depth()
         except Exception:  # noqa: BLE001
             logger.warning("metrics: spool unreadable", exc_info=True)
         else:
