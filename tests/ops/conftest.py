@@ -37,7 +37,7 @@ def documented_env() -> dict:
 def production_env(**overrides) -> dict:
     """This process's environment (PATH, …) without the suite's DEBUG, plus the documented one."""
     env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "PYTEST_XDIST_WORKER")}
-    env.update(documented_env())
+    env.update(documented_env(), DJANGO_SETTINGS_MODULE="gateway_project.settings")
     env.update(overrides)
     return env
 
