@@ -245,10 +245,12 @@ def apply() -> None:
 # 3. HTTP calls in flight (and the upstream calls and settlements they started) run to their end,
 #    until GATEWAY_SHUTDOWN_GRACE_S minus a short tail;
 # 4. what still runs then is cancelled as daphne would, and the tail lets the settlements that
-#    cancellation starts finish; a call that does not settle even then keeps its reservation,
-#    which the reservation sweeper records as `worker_lost`.
+#    cancellation starts finish; a call that does not settle even then is recorded as
+#    `worker_lost` at its admission's estimate (proxy.accounting.settle_held_as_lost), or by the
+#    reservation sweeper if the database cannot be reached.
 
 POLL_S = 0.1
+LOST_SETTLE_S = 5.0  # the supervisor allows 10 s past the grace
 
 
 def _drain_then_kill(server):
@@ -278,17 +280,29 @@ async def _drain(server) -> None:
     if not drained:
         logger.warning(
             "shutdown: grace of %.0f s ran out; cancelling %d application(s); calls that do not settle "
-            "now are recorded by the reservation sweeper (worker_lost)",
+            "now are recorded as worker_lost",
             grace,
             len(_cancel_all(server)),
         )
         await _until_idle(server, [sessions], settlements_pending, loop.time() + tail)
+        await _settle_held_as_lost()
     logger.info("shutdown: drained in %.1f s", loop.time() - started)
     cancelled = _cancel_all(server)  # WebSocket applications whose session already closed
     if cancelled:
         await asyncio.wait(cancelled, timeout=max(tail, POLL_S))
     if drained:  # else an upstream call still running would fail on a closed session and be billed as such
         await loop_resources_close()
+
+
+async def _settle_held_as_lost() -> None:
+    from proxy.accounting import settle_held_as_lost
+
+    try:
+        settled = await asyncio.wait_for(settle_held_as_lost(), timeout=LOST_SETTLE_S)
+    except Exception:  # noqa: BLE001 - e.g. the database unreachable: the reservation sweeper does it later
+        logger.exception("shutdown: could not settle the calls left as worker_lost; the sweeper will")
+    else:
+        logger.warning("shutdown: %d call(s) still running recorded as worker_lost", settled)
 
 
 def _stop_accepting() -> None:

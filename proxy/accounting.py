@@ -174,10 +174,13 @@ async def open_call(call: Call) -> Call:
     usage: nothing went upstream), which releases its reservation at once."""
     opening = asyncio.ensure_future(_open(call))
     try:
-        return await asyncio.shield(opening)
+        await asyncio.shield(opening)
     except asyncio.CancelledError:
         opening.add_done_callback(functools.partial(_close_abandoned, call))
         raise
+    if call.admission is not None and not call.settled:
+        _held.add(call.reservation_id)
+    return call
 
 
 def _close_abandoned(call: Call, opening: asyncio.Future) -> None:
@@ -235,6 +238,9 @@ async def _open_on_loop(call: Call) -> bool:
 
 
 _closing: set = set()  # strong references: a settlement runs to its end even when its request is gone
+# Reservations of this process's admitted calls whose settlement has not ended: one entry per call
+# in flight (a settlement's end removes it, whatever its outcome).
+_held: set[uuid.UUID] = set()
 
 
 def close_once(call: Call, **close) -> asyncio.Future | None:
@@ -246,7 +252,18 @@ def close_once(call: Call, **close) -> asyncio.Future | None:
     task = asyncio.ensure_future(close_call(call, **close))
     _closing.add(task)
     task.add_done_callback(_closing.discard)
+    task.add_done_callback(lambda _: _held.discard(call.reservation_id))
     return task
+
+
+async def settle_held_as_lost() -> int:
+    """At the end of a shutdown grace: this process's calls that are still unsettled become their
+    `worker_lost` records now (billed at the admission's estimate) instead of when the sweeper
+    finds their reservation expired. A settlement still writing holds its row and is skipped; one
+    that ends later writes nothing (quota.ledger.reservations_settle_lost)."""
+    if not _held:
+        return 0
+    return await threads.run(ledger.reservations_settle_lost, reservation_ids=list(_held))
 
 
 async def close_call(

@@ -93,7 +93,7 @@ def test_sigterm_under_load_answers_or_records_every_admitted_call_and_exits_wit
     assert "Killed" not in server.log and "drained in" in server.log
 
 
-def test_calls_that_outlive_the_grace_leave_their_reservation_for_the_sweeper(serve_factory, arrange, fake):
+def test_calls_that_outlive_the_grace_are_recorded_as_worker_lost_before_the_worker_exits(serve_factory, arrange, fake):
     grace = 1
     server = serve_factory(1, GATEWAY_SHUTDOWN_GRACE_S=str(grace))
     world = arrange(server)
@@ -120,8 +120,14 @@ def test_calls_that_outlive_the_grace_leave_their_reservation_for_the_sweeper(se
     # The drain gave up at the grace and the worker exited by itself (not killed by the supervisor).
     assert code == 0 and "outlived the grace" not in server.log and "all workers exited" in server.log
     assert len(errors) == 3
-    # Nothing vanished: each call the upstream saw has its record or its reservation.
-    recorded = CallRecord.objects.filter(allocation=hang).count()
-    reserved = Reservation.objects.filter(counter__allocation=hang).count()
-    assert recorded + reserved == len(fake.requests) == 3
-    assert "grace of 1 s ran out" in server.log
+    # Each call the upstream saw has its one record, billed at its admission's estimate; no
+    # reservation is left for the sweeper.
+    records = CallRecord.objects.filter(allocation=hang)
+    assert len(fake.requests) == 3
+    assert (
+        sorted(records.values_list("outcome", "error_code", "estimated"))
+        == [("gateway_error", "worker_lost", True)] * 3
+    )
+    assert all(r.cost_usd and r.cost_usd > 0 for r in records)
+    assert not Reservation.objects.filter(counter__allocation=hang).exists()
+    assert "grace of 1 s ran out" in server.log and "3 call(s) still running recorded as worker_lost" in server.log
