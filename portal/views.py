@@ -16,7 +16,7 @@ from allocations.exceptions import GatewayError
 from allocations.models import Allocation
 from notifications import services as notifications
 
-from . import selectors
+from . import cards, selectors
 from .auth import RateLimitedAuthenticationForm
 from .forms import AlertPreferenceForm, KeyCreateForm, KeyRenameForm
 
@@ -41,10 +41,10 @@ class LoginView(auth_views.LoginView):
 
 @login_required
 def dashboard(request):
-    cards = selectors.allocation_cards(member=request.user)
-    revoked = [c for c in cards if c.allocation.status == Allocation.Status.REVOKED]
+    found = cards.allocation_cards(member=request.user)
+    revoked = [c for c in found if c.allocation.status == Allocation.Status.REVOKED]
     context = {
-        "cards": [c for c in cards if c.allocation.status != Allocation.Status.REVOKED],
+        "cards": [c for c in found if c.allocation.status != Allocation.Status.REVOKED],
         "revoked_cards": revoked,
         "near_cap_percent": int(settings.GATEWAY_NEAR_CAP_RATIO * 100),
     }
