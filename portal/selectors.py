@@ -217,15 +217,32 @@ def usage_grouped(*, member, period: Period, group_by: str, allocation=None) -> 
 
 
 def usage_daily_series(*, member, period: Period, allocation=None) -> list[dict]:
-    """Every day of the period, zero-filled, for the chart."""
+    """Every day of the period, zero-filled, with the running total, for the chart."""
     rows = usage_grouped(member=member, period=period, group_by="day", allocation=allocation)
     by_day = {r["day"]: r for r in rows}
-    series, day = [], period.first_day
+    series, day, total = [], period.first_day, ZERO
     while day <= period.last_day:
         row = by_day.get(day.isoformat())
-        series.append({"day": day.isoformat(), "cost_usd": row["cost_usd"] if row else money_str(ZERO)})
+        cost = Decimal(row["cost_usd"]) if row else ZERO
+        total += cost
+        series.append({"day": day.isoformat(), "cost_usd": money_str(cost), "cumulative_usd": money_str(total)})
         day += dt.timedelta(days=1)
     return series
+
+
+def cost_cap_of(*, member, allocation=None) -> Decimal | None:
+    """The cost cap the usage chart draws: the allocation's, or the sum over the member's live
+    allocations when every one of them has a cap (None when any is uncapped)."""
+    if allocation is not None:
+        return allocation.quota_cost_usd_per_month
+    caps = list(
+        Allocation.objects.owned_by(member)
+        .exclude(status=Allocation.Status.REVOKED)
+        .values_list("quota_cost_usd_per_month", flat=True)
+    )
+    if not caps or any(c is None for c in caps):
+        return None
+    return sum(caps, ZERO)
 
 
 # --- calls (keyset pagination) -------------------------------------------------------------------
