@@ -1,7 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from quota import admin_overview
+
 urlpatterns = [
+    path("admin/", include(admin_overview.urls())),  # the spend overview, before the admin's own pages
     path("admin/", admin.site.urls),
     path("accounts/", include("portal.auth_urls")),
     path("accounts/", include("django.contrib.auth.urls")),
