@@ -1,40 +1,20 @@
-"""The portal in a real Chromium (Debian's package) driven by Playwright, against a live server.
+"""The portal in a real Chromium against a live server (tests/browser.py has the browser).
 
-No browser is ever downloaded: Playwright launches /usr/bin/chromium. Every request outside the
-live server is recorded and must not happen, so the pages work offline (no CDN).
-Set PORTAL_SCREENSHOTS_DIR to keep the dashboard screenshots (docs/screenshots in the repo).
+Set PORTAL_SCREENSHOTS_DIR to keep the screenshots (docs/screenshots in the repo).
 """
 
-import os
 import re
 from decimal import Decimal
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 from django.utils import timezone
 
 from quota.periods import period_bounds
+from tests.browser import needs_chromium, screenshot
 from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, make_key
 from tests.portal.conftest import PASSWORD, dollar_price, settle_call
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = [
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason="Debian's chromium is not installed at /usr/bin/chromium (`make browser` installs it)",
-    ),
-    pytest.mark.xdist_group("portal-browser"),
-]
+pytestmark = [needs_chromium, pytest.mark.xdist_group("portal-browser")]
 
 
 @pytest.fixture
@@ -71,48 +51,12 @@ def capped(world):
     return allocation
 
 
-@pytest.fixture
-def page(live_server, monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the ORM work of the fixtures is done.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    from playwright.sync_api import sync_playwright
-
-    allowed = urlparse(live_server.url).netloc
-    foreign: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
-
-        def guard(route):
-            if urlparse(route.request.url).netloc == allowed or route.request.url.startswith("data:"):
-                route.continue_()
-            else:
-                foreign.append(route.request.url)
-                route.abort()
-
-        context.route("**/*", guard)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        page.base_url = live_server.url
-        yield page
-        context.close()
-        browser.close()
-    assert foreign == [], f"pages fetched outside the server: {foreign}"
-
-
 def _log_in(page):
     page.goto(page.base_url + "/accounts/login/")
     page.get_by_label("Username").fill("MEI")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(re.compile(r".*/portal/$"))
-
-
-def _screenshot(page, name):
-    target = os.environ.get("PORTAL_SCREENSHOTS_DIR")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(target) / name), full_page=True)
 
 
 def test_a_member_logs_in_and_sees_spend_against_the_cap_with_a_warning(world, page):
@@ -128,7 +72,7 @@ def test_a_member_logs_in_and_sees_spend_against_the_cap_with_a_warning(world, p
     assert "Near the cap:" in warning.inner_text()
     assert card.locator("progress").first.get_attribute("value") == "85"
     assert "openai/gpt-4o-mini" in card.inner_text()
-    _screenshot(page, "dashboard-en.png")
+    screenshot(page, "dashboard-en.png")
 
 
 def test_the_skip_link_is_the_first_stop_for_the_keyboard(world, page):
@@ -163,7 +107,7 @@ def test_switching_to_zh_hant_shows_ben_yue_hua_fei(world, page):
     assert page.locator("html").get_attribute("lang") == "zh-hant"
     assert page.get_by_role("heading", name="本月花費").first.is_visible()
     assert "接近上限" in page.locator(".near-cap-warning").first.inner_text()
-    _screenshot(page, "dashboard-zh-hant.png")
+    screenshot(page, "dashboard-zh-hant.png")
     page.get_by_label("語言").select_option("en")
     page.get_by_role("button", name="切換").click()
     page.wait_for_selector("text=This month's spend")
@@ -181,7 +125,7 @@ def test_the_usage_page_draws_the_daily_spend_chart(world, page):
     assert box["width"] > 100 and box["height"] > 100
     assert page.get_by_role("heading", name="Spend by model").is_visible()
     assert "$8.50" in page.locator(".calls-table").inner_text()
-    _screenshot(page, "usage-en.png")
+    screenshot(page, "usage-en.png")
 
 
 PORTAL_PAGES = ["/portal/", "/portal/keys/", "/portal/usage/", "/portal/how-to-call/", "/accounts/password_change/"]
@@ -272,7 +216,7 @@ def test_a_capped_allocation_says_so_and_a_near_one_forecasts_the_day(world, cap
     forecast = near_card.locator(".forecast").inner_text()
     assert "$" in forecast and (words["forecast"] in forecast or words["resets"] in forecast)
     if width == 390:
-        _screenshot(page, f"phone-dashboard-{language}.png")
+        screenshot(page, f"phone-dashboard-{language}.png")
 
 
 def test_the_usage_page_draws_spend_so_far_against_the_cap_and_spend_by_model(world, capped, page):

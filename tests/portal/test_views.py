@@ -281,3 +281,8 @@ def test_the_forecast_reaches_the_cap_at_this_months_daily_rate(ratio, reaches):
     forecast = cap_forecast(ratio=Decimal(ratio), cost_used=Decimal("5"), start=start, end=end, now=now)
     assert forecast.reaches_on == reaches
     assert forecast.daily_cost == Decimal("0.5")
+
+
+def test_favicon_ico_leads_to_the_icon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("favicon.svg")
