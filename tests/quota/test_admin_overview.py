@@ -69,7 +69,7 @@ def test_the_overview_shows_money_at_the_portals_precision_and_links(admin_clien
     html = _page(admin_client).content.decode()
     assert "$10.80" in html and "$3.00" in html
     assert "?pricing=unpriced_period" in html
-    assert "/admin/allocations/member/" in html and "/admin/allocations/allocation/" in html
+    assert "/admin/members/" in html and "/admin/allocations/allocation/" in html
     assert "vendor/chartjs/chart.umd.min.js" in html and "cdn" not in html.lower()
 
 
