@@ -114,6 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("-n", type=int, default=7)
+    ap.add_argument("--keep", action="store_true", help="keep the call records (to EXPLAIN the queries)")
     args = ap.parse_args()
     settings.ALLOWED_HOSTS = ["*"]
     stamp = timezone.now().strftime("%H%M%S")
@@ -137,7 +138,8 @@ def main() -> None:
     print({"selectors": timed(lambda: overview_context(now=timezone.now(), by="model"), args.n)}, flush=True)
     # The members, allocations and audit events stay (audit events are append-only): use a scratch
     # database. The call records go, so that a second run measures the same number of them.
-    CallRecord.objects.filter(request_id__startswith=PREFIX)._raw_delete(CallRecord.objects.db)
+    if not args.keep:
+        CallRecord.objects.filter(request_id__startswith=PREFIX)._raw_delete(CallRecord.objects.db)
 
 
 if __name__ == "__main__":

@@ -73,4 +73,8 @@ def test_the_overview_figures_equal_the_call_records_and_raise_cap_audits(spend,
         {"quota_cost_usd_per_month": "7.500000000"},
     )
     assert event.actor.username == "boss"
+    page.get_by_role("link", name="mei").first.click()
+    page.wait_for_selector("#member-allocations")
+    assert "$8.26 / $10.00 (83 %)" in page.locator("#member-allocations").inner_text()
+    screenshot(page, "admin-member.png")
     assert timezone.now() - event.created_at < dt.timedelta(minutes=1)
