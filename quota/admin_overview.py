@@ -93,7 +93,7 @@ def _providers(figures: overview.MonthFigures) -> list[dict]:
 def overview_context(*, now, by: str) -> dict:
     start, end = period_bounds(now)
     period_start = period_start_date(now)
-    figures = overview.month_figures(start=start, end=end, by=by)
+    figures = overview.month_figures(start=start, end=end, now=now, by=by)
     names, rows = _daily_rows(figures)
     last_month, last_until = overview.last_month_same_point(now=now)
     caps, uncapped = overview.caps_total()

@@ -1,8 +1,8 @@
 """Reads for the staff spend overview: a handful of bounded aggregate queries per page.
 
-The month's call records are read once, grouped by (day, model, outcome) in PostgreSQL, so the
-page costs one range scan of this month's records on the `started_at` index plus one of last
-month's elapsed part; everything else comes from the usage counters (one row per allocation and
+The month's call records are read grouped by (day, model, outcome) in PostgreSQL; the whole days
+before today are cached for a few minutes, so most page views scan only today's records (on the
+`started_at` index). Everything else comes from the usage counters (one row per allocation and
 month). Python only folds the grouped rows (days × models × outcomes) into the figures.
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import TruncDate
 
@@ -22,6 +23,7 @@ from .periods import billing_tz, period_bounds, previous_period_start
 from .pricing import ZERO
 
 CARRIED_USAGE = Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0)
+CLOSED_DAYS_TTL_S = 600
 MAX_SERIES = 8  # stacked series in the daily chart; the rest are summed as "other"
 OTHER = "other"
 
@@ -52,9 +54,8 @@ def _model_names(model_ids) -> dict:
     return {pk: (slug, provider) for pk, slug, provider in rows}
 
 
-def month_figures(*, start: dt.datetime, end: dt.datetime, by: str = "model") -> MonthFigures:
-    """One grouped scan of [start, end): spend per day stacked by model or provider, and counts."""
-    rows = list(
+def _grouped(start: dt.datetime, end: dt.datetime) -> list[dict]:
+    return list(
         CallRecord.objects.in_period(start, end)
         .annotate(day=TruncDate("started_at", tzinfo=billing_tz()))
         .values("day", "model_id", "outcome")
@@ -65,6 +66,28 @@ def month_figures(*, start: dt.datetime, end: dt.datetime, by: str = "model") ->
         )
         .order_by()
     )
+
+
+def today_start(now: dt.datetime) -> dt.datetime:
+    return dt.datetime.combine(now.astimezone(billing_tz()).date(), dt.time.min, tzinfo=billing_tz())
+
+
+def grouped_rows(*, start: dt.datetime, end: dt.datetime, split: dt.datetime) -> list[dict]:
+    """The records of [start, end) grouped by (day, model, outcome). Those before `split` (whole
+    days before today) are cached for CLOSED_DAYS_TTL_S, so a call settled late shows within that
+    time; the rest is always read live. While the cache holds, a page scans one day's records."""
+    split = min(max(start, split), end)
+    key = f"overview:grouped:{start.isoformat()}:{split.isoformat()}"
+    closed = cache.get(key) if split > start else []
+    if closed is None:
+        closed = _grouped(start, split)
+        cache.set(key, closed, CLOSED_DAYS_TTL_S)
+    return closed + (_grouped(split, end) if end > split else [])
+
+
+def month_figures(*, start: dt.datetime, end: dt.datetime, now: dt.datetime, by: str = "model") -> MonthFigures:
+    """This month folded: spend per day stacked by model or provider, refusals, provider errors."""
+    rows = grouped_rows(start=start, end=end, split=today_start(now))
     names = _model_names({r["model_id"] for r in rows})
     figures = MonthFigures(days=_days(start, end))
     spend: dict[str, dict[dt.date, Decimal]] = defaultdict(lambda: defaultdict(lambda: ZERO))
@@ -102,18 +125,14 @@ def _top_series(spend: dict) -> dict[str, dict[dt.date, Decimal]]:
     return top
 
 
-def spend_between(*, start: dt.datetime, end: dt.datetime) -> Decimal:
-    """Priced spend of the call records started in [start, end)."""
-    found = CallRecord.objects.in_period(start, end).filter(priced=True).aggregate(total=Sum("cost_usd"))
-    return found["total"] or ZERO
-
-
 def last_month_same_point(*, now: dt.datetime) -> tuple[Decimal, dt.datetime]:
-    """Last month's spend from its first day up to the same elapsed time as now in this month."""
+    """Last month's priced spend from its first day up to the same elapsed time as now in this
+    month (its whole days from the cache, as this month's)."""
     start, _ = period_bounds(now)
     previous = previous_period_start(now)
     until = min(previous + (now - start), start)
-    return spend_between(start=previous, end=until), until
+    rows = grouped_rows(start=previous, end=until, split=previous + (today_start(now) - start))
+    return sum((r["cost"] or ZERO for r in rows), ZERO), until
 
 
 def caps_total() -> tuple[Decimal, int]:

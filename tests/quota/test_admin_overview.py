@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 import time_machine
+from django.core.cache import cache
 from django.db.models import Sum
 
 from allocations.models import AuditEvent
@@ -113,3 +114,13 @@ def test_the_overview_is_for_staff_only(client, month):
 def test_the_admin_index_links_the_overview_first(admin_client):
     html = admin_client.get("/admin/").content.decode()
     assert html.index('href="/admin/overview/"') < html.index("/admin/allocations/")
+
+
+def test_todays_calls_show_at_once_while_whole_days_come_from_the_cache(admin_client, month):
+    near, _, _ = month
+    before = _page(admin_client).context["figures"].total
+    settle_call(near, cost_usd="1", when=NOW - dt.timedelta(minutes=5))  # today: read live
+    settle_call(near, cost_usd="2", when=NOW - dt.timedelta(days=2))  # a late settlement of a closed day
+    assert _page(admin_client).context["figures"].total == before + 1
+    cache.clear()  # what CLOSED_DAYS_TTL_S does after ten minutes
+    assert _page(admin_client).context["figures"].total == before + 3
