@@ -53,11 +53,12 @@ def _daily_rows(figures: overview.MonthFigures) -> tuple[list[str], list[dict]]:
     return names, rows
 
 
-def _chart(names: list[str], rows: list[dict]) -> dict:
+def _chart(names: list[str], rows: list[dict], today) -> dict:
+    """Chart.js data; the running total stops today (null draws no line over the days to come)."""
     return {
         "days": [r["day"].isoformat() for r in rows],
         "series": [{"name": n, "values": [str(r["amounts"][i]) for r in rows]} for i, n in enumerate(names)],
-        "cumulative": [str(r["cumulative"]) for r in rows],
+        "cumulative": [str(r["cumulative"]) if r["day"] <= today else None for r in rows],
     }
 
 
@@ -103,7 +104,7 @@ def overview_context(*, now, by: str) -> dict:
         "figures": figures,
         "series_names": names,
         "daily_rows": rows,
-        "chart": _chart(names, rows),
+        "chart": _chart(names, rows, overview.today_start(now).date()),
         "caps_total": caps,
         "uncapped": uncapped,
         "cap_share": None if not caps else int(figures.total * 100 / caps),

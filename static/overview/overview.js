@@ -12,7 +12,7 @@
       return { type: "bar", label: s.name, data: s.values.map(Number), backgroundColor: colours[i % colours.length],
         stack: "spend", yAxisID: "y", order: 2 };
     });
-    datasets.push({ type: "line", label: "spend so far", data: data.cumulative.map(Number), borderColor: "#111827",
+    datasets.push({ type: "line", label: "spend so far", data: data.cumulative.map(function (v) { return v === null ? null : Number(v); }), borderColor: "#111827",
       backgroundColor: "#111827", pointRadius: 0, borderWidth: 2, yAxisID: "total", order: 1 });
     window.overviewDailyChart = new window.Chart(daily, {
       data: { labels: data.days.map(function (d) { return d.slice(5); }), datasets: datasets },
