@@ -7,7 +7,7 @@ import pytest
 
 from allocations.models import AuditEvent, Member
 from tests.factories import MemberFactory
-from tests.portal.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed"),
