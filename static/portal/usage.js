@@ -53,7 +53,7 @@
     window.portalByModelChart = new window.Chart(byModel, {
       type: "bar",
       data: {
-        labels: rows.map(function (r) { return r.model || "—"; }),
+        labels: rows.map(function (r) { var m = r.model || "—"; return m.length > 26 ? "…" + m.slice(-25) : m; }),
         datasets: [{ label: labels.by_model, data: rows.map(function (r) { return Number(r.cost_usd); }), backgroundColor: "#1d4ed8" }],
       },
       options: {
