@@ -4,17 +4,22 @@ Every save, action and delete goes through allocations.services, so each change 
 allocations themselves (which show usage) are administered from quota/admin.py.
 """
 
+import uuid
 from typing import ClassVar
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from . import services
 from .exceptions import GatewayError
-from .models import AdminToken, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
+from .models import AdminToken, Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
 admin.site.site_header = "AI gateway administration"
 admin.site.site_title = "AI gateway admin"
@@ -22,6 +27,23 @@ admin.site.site_title = "AI gateway admin"
 
 def client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
+
+
+def confirmed_or_page(model_admin, request, queryset, *, action: str, what: str):
+    """A final action asks first: None once the admin confirmed, else the confirmation page
+    (which posts the same action and selection back with confirmed=yes)."""
+    if request.POST.get("confirmed") == "yes":
+        return None
+    objects = list(queryset)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Revoke {len(objects)} {what}? This is final.",
+        "objects": objects,
+        "action": action,
+        "opts": model_admin.model._meta,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/confirm_revoke.html", context)
 
 
 def form_errors_from(exc: GatewayError, form, default_field: str | None = None) -> None:
@@ -255,6 +277,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request, queryset):
+        page = confirmed_or_page(self, request, queryset, action="revoke_keys", what="API key(s)")
+        if page is not None:
+            return page
         for key in queryset:
             services.api_key_revoke(key=key, actor=request.user)
         self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
@@ -312,9 +337,78 @@ class AdminTokenAdmin(admin.ModelAdmin):
 # --- audit -------------------------------------------------------------------------------------------
 
 
+ACTION_LABELS = {
+    "allocation_created": "allocation created",
+    "allocation_updated": "allocation edited",
+    "allocation_cost_quota_updated": "cost cap changed",
+    "allocation_token_quota_updated": "token quota changed",
+    "allocation_paused": "allocation paused",
+    "allocation_resumed": "allocation resumed",
+    "allocation_revoked": "allocation revoked (final)",
+    "allocation_quarantined": "allocation quarantined",
+    "allocation_unquarantined": "allocation released from quarantine",
+    "allocation_anomaly_detected": "unusual traffic detected",
+    "key_created": "API key created",
+    "key_renamed": "API key renamed",
+    "key_rotated": "API key rotated",
+    "key_revoked": "API key revoked",
+    "member_created": "member created",
+    "member_enabled": "member enabled or disabled",
+    "member_password_set": "password set",
+    "member_roles_updated": "roles changed",
+    "login_succeeded": "signed in",
+    "login_failed": "sign-in failed",
+    "logged_out": "signed out",
+    "provider_created": "provider created",
+    "provider_updated": "provider edited",
+    "provider_key_rotated": "provider key rotated",
+    "provider_status_updated": "provider status changed",
+    "model_created": "model created",
+    "model_updated": "model edited",
+    "price_version_added": "price version added",
+    "admin_token_created": "admin token created",
+    "admin_token_revoked": "admin token revoked",
+    "usage_reconciled": "usage counters reconciled",
+    "usage_drift_detected": "usage drift detected",
+}
+TARGET_MODELS = {
+    "member": Member,
+    "allocation": Allocation,
+    "apikey": ApiKey,
+    "provider": Provider,
+    "catalogmodel": CatalogModel,
+}  # every one keyed by a UUID
+
+
+class AuditChangeList(ChangeList):
+    """Loads the page's targets in one query per target type, for their names and links."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        wanted: dict[str, set] = {}
+        for event in self.result_list:
+            wanted.setdefault(event.target_type, set()).add(event.target_id)
+        found = {}
+        for target_type, ids in wanted.items():
+            model = TARGET_MODELS.get(target_type)
+            if model is not None:
+                valid = [i for i in ids if _is_uuid(i)]
+                found.update({(target_type, str(pk)): obj for pk, obj in model.objects.in_bulk(valid).items()})
+        for event in self.result_list:
+            event.target_obj = found.get((event.target_type, event.target_id))
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyListMixin, admin.ModelAdmin):
-    list_display = ("created_at", "action", "actor_label", "target_type", "target_id", "source_ip")
+    list_display = ("created_at", "action_label", "actor_label", "target", "source_ip")
     list_filter = ("action", "target_type")
     search_fields = ("=target_id", "=action", "=actor_label")
     ordering = ("-created_at", "-id")
@@ -330,6 +424,21 @@ class AuditEventAdmin(ReadOnlyListMixin, admin.ModelAdmin):
         "request_id",
     )
     readonly_fields = fields
+
+    def get_changelist(self, request, **kwargs):
+        return AuditChangeList
+
+    @admin.display(description="action", ordering="action")
+    def action_label(self, obj):
+        return ACTION_LABELS.get(obj.action, obj.action.replace("_", " "))
+
+    @admin.display(description="target")
+    def target(self, obj):
+        found = getattr(obj, "target_obj", None)
+        if found is None:
+            return f"{obj.target_type} {obj.target_id}"
+        url = reverse(f"admin:{found._meta.app_label}_{found._meta.model_name}_change", args=[found.pk])
+        return format_html('{} <a href="{}">{}</a>', found._meta.verbose_name, url, str(found))
 
     def get_actions(self, request):
         return {}  # not even "delete selected"

@@ -20,7 +20,8 @@ Status = Allocation.Status
 
 
 def _money(value) -> str | None:
-    return None if value is None else str(value)
+    """Fixed point at the stored precision ("0.000000000", never "0E-9") for audit snapshots."""
+    return None if value is None else f"{Decimal(value).quantize(Decimal('1e-9')):f}"
 
 
 def allocation_snapshot(allocation: Allocation) -> dict:
@@ -371,7 +372,12 @@ def validate_cost_cap(value):
         raise BadRequest("invalid cost cap", fields=message) from None
     if not amount.is_finite() or amount < 0 or amount > COST_CAP_MAX:
         raise BadRequest("invalid cost cap", fields=message)
-    return amount.quantize(Decimal("1e-9"))
+    stored = amount.quantize(Decimal("1e-9"))
+    if amount > 0 and stored == 0:
+        # A positive cap that would be stored as 0 blocks every call: say so instead.
+        too_small = ["This rounds to $0 at the stored precision (9 decimal places); enter 0 to block, or more."]
+        raise BadRequest("cost cap rounds to zero", fields={"quota_cost_usd_per_month": too_small})
+    return stored
 
 
 def allocation_create(

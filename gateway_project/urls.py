@@ -1,7 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from quota import admin_members, admin_overview
+
 urlpatterns = [
+    # Staff pages beside the admin's own: the spend overview and the member pages.
+    path("admin/", include(admin_overview.urls() + admin_members.urls())),
     path("admin/", admin.site.urls),
     path("accounts/", include("portal.auth_urls")),
     path("accounts/", include("django.contrib.auth.urls")),

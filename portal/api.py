@@ -16,7 +16,7 @@ from allocations import services
 from allocations.exceptions import BadRequest, ScopeForbidden
 from allocations.models import Allocation
 
-from . import selectors
+from . import cards, selectors
 
 MAX_CALLS_LIMIT = 200
 
@@ -43,13 +43,13 @@ def _name(data) -> str:
 
 
 def _card(member, allocation) -> dict:
-    return selectors.allocation_card_json(selectors.allocation_cards(member=member, allocations=[allocation])[0])
+    return cards.allocation_card_json(cards.allocation_cards(member=member, allocations=[allocation])[0])
 
 
 class AllocationList(MemberAPIView):
     def get(self, request):
-        cards = selectors.allocation_cards(member=request.user)
-        return Response({"results": [selectors.allocation_card_json(c) for c in cards]})
+        found = cards.allocation_cards(member=request.user)
+        return Response({"results": [cards.allocation_card_json(c) for c in found]})
 
 
 class AllocationDetail(MemberAPIView):

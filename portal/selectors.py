@@ -5,19 +5,18 @@ import binascii
 import datetime as dt
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.http import Http404
 from django.utils import timezone
 
 from allocations.exceptions import BadRequest
-from allocations.models import Allocation, ApiKey, ApiKeyScope, CatalogModel
-from quota.models import CallRecord, PriceVersion
+from allocations.models import Allocation, ApiKey
+from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
-from quota.selectors import near_cap, price_describe, usage_this_month
 
 NANO = Decimal("1e-9")
 ZERO = Decimal(0)
@@ -60,127 +59,6 @@ def key_owned(*, member, key_id) -> ApiKey:
     if key is None:
         raise Http404
     return key
-
-
-# --- allocations ---------------------------------------------------------------------------------
-
-
-@dataclass
-class AllocationCard:
-    allocation: Allocation
-    tokens_used: int
-    cost_used: Decimal
-    key_prefixes: list[str]
-    price: PriceVersion | None
-    near_cap: bool
-    token_ratio: Decimal | None = None
-    cost_ratio: Decimal | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def token_percent(self) -> int | None:
-        return None if self.token_ratio is None else min(100, int(self.token_ratio * 100))
-
-    @property
-    def cost_percent(self) -> int | None:
-        return None if self.cost_ratio is None else min(100, int(self.cost_ratio * 100))
-
-    @property
-    def token_near(self) -> bool:
-        cap = self.allocation.quota_tokens_per_month
-        return cap is not None and near_cap(tokens_used=self.tokens_used, token_cap=cap, cost_used=ZERO, cost_cap=None)
-
-    @property
-    def cost_near(self) -> bool:
-        cap = self.allocation.quota_cost_usd_per_month
-        return cap is not None and near_cap(tokens_used=0, token_cap=None, cost_used=self.cost_used, cost_cap=cap)
-
-    @property
-    def cap_reached(self) -> bool:
-        return any(r is not None and r >= 1 for r in (self.token_ratio, self.cost_ratio))
-
-
-def _ratio(used, cap) -> Decimal | None:
-    if cap is None:
-        return None
-    if cap == 0:
-        return Decimal(1)
-    return Decimal(used) / Decimal(cap)
-
-
-def _key_prefixes(allocation_ids) -> dict:
-    prefixes: dict = {a: [] for a in allocation_ids}
-    rows = (
-        ApiKeyScope.objects.filter(allocation_id__in=allocation_ids, api_key__revoked_at__isnull=True)
-        .order_by("api_key__created_at")
-        .values_list("allocation_id", "api_key__prefix")
-    )
-    for allocation_id, prefix in rows:
-        prefixes[allocation_id].append(prefix)
-    return prefixes
-
-
-def _prices_in_force(model_ids, *, now: dt.datetime) -> dict:
-    """{model_id: PriceVersion} in two queries, by the same rule as PriceVersion.objects.in_force."""
-    if not model_ids:
-        return {}
-    latest = (
-        PriceVersion.objects.filter(model=OuterRef("pk"), effective_from__lte=now)
-        .order_by("-effective_from", "-id")
-        .values("id")[:1]
-    )
-    ids = (
-        CatalogModel.objects.filter(pk__in=model_ids)
-        .annotate(price_id=Subquery(latest))
-        .values_list("price_id", flat=True)
-    )
-    return {p.model_id: p for p in PriceVersion.objects.filter(pk__in=[i for i in ids if i is not None])}
-
-
-def allocation_cards(*, member, now: dt.datetime | None = None, allocations=None) -> list[AllocationCard]:
-    """One card per allocation: usage from the counters, live key prefixes, the price in force."""
-    now = now or timezone.now()
-    if allocations is None:
-        allocations = list(Allocation.objects.owned_by(member).select_related("model").order_by("created_at", "id"))
-    ids = [a.pk for a in allocations]
-    usage = usage_this_month(ids, now=now)
-    prefixes = _key_prefixes(ids)
-    prices = _prices_in_force({a.model_id for a in allocations}, now=now)
-    cards = []
-    for a in allocations:
-        tokens, cost = usage[a.pk]
-        token_cap, cost_cap = a.quota_tokens_per_month, a.quota_cost_usd_per_month
-        cards.append(
-            AllocationCard(
-                allocation=a,
-                tokens_used=tokens,
-                cost_used=cost,
-                key_prefixes=prefixes[a.pk],
-                price=prices.get(a.model_id),
-                near_cap=near_cap(tokens_used=tokens, token_cap=token_cap, cost_used=cost, cost_cap=cost_cap),
-                token_ratio=_ratio(tokens, token_cap),
-                cost_ratio=_ratio(cost, cost_cap),
-            )
-        )
-    return cards
-
-
-def allocation_card_json(card: AllocationCard) -> dict:
-    """The exact shape of SPEC section 7."""
-    a = card.allocation
-    return {
-        "id": str(a.pk),
-        "model": a.model.slug,
-        "display_name": a.display_name,
-        "status": a.status,
-        "quota_tokens_per_month": a.quota_tokens_per_month,
-        "tokens_used_this_month": card.tokens_used,
-        "quota_cost_usd_per_month": money_str(a.quota_cost_usd_per_month),
-        "cost_used_this_month": money_str(card.cost_used),
-        "near_cap": card.near_cap,
-        "key_prefixes": card.key_prefixes,
-        "price": price_describe(card.price),
-    }
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -339,15 +217,32 @@ def usage_grouped(*, member, period: Period, group_by: str, allocation=None) -> 
 
 
 def usage_daily_series(*, member, period: Period, allocation=None) -> list[dict]:
-    """Every day of the period, zero-filled, for the chart."""
+    """Every day of the period, zero-filled, with the running total, for the chart."""
     rows = usage_grouped(member=member, period=period, group_by="day", allocation=allocation)
     by_day = {r["day"]: r for r in rows}
-    series, day = [], period.first_day
+    series, day, total = [], period.first_day, ZERO
     while day <= period.last_day:
         row = by_day.get(day.isoformat())
-        series.append({"day": day.isoformat(), "cost_usd": row["cost_usd"] if row else money_str(ZERO)})
+        cost = Decimal(row["cost_usd"]) if row else ZERO
+        total += cost
+        series.append({"day": day.isoformat(), "cost_usd": money_str(cost), "cumulative_usd": money_str(total)})
         day += dt.timedelta(days=1)
     return series
+
+
+def cost_cap_of(*, member, allocation=None) -> Decimal | None:
+    """The cost cap the usage chart draws: the allocation's, or the sum over the member's live
+    allocations when every one of them has a cap (None when any is uncapped)."""
+    if allocation is not None:
+        return allocation.quota_cost_usd_per_month
+    caps = list(
+        Allocation.objects.owned_by(member)
+        .exclude(status=Allocation.Status.REVOKED)
+        .values_list("quota_cost_usd_per_month", flat=True)
+    )
+    if not caps or any(c is None for c in caps):
+        return None
+    return sum(caps, ZERO)
 
 
 # --- calls (keyset pagination) -------------------------------------------------------------------

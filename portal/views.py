@@ -16,7 +16,7 @@ from allocations.exceptions import GatewayError
 from allocations.models import Allocation
 from notifications import services as notifications
 
-from . import selectors
+from . import cards, selectors
 from .auth import RateLimitedAuthenticationForm
 from .forms import AlertPreferenceForm, KeyCreateForm, KeyRenameForm
 
@@ -41,10 +41,10 @@ class LoginView(auth_views.LoginView):
 
 @login_required
 def dashboard(request):
-    cards = selectors.allocation_cards(member=request.user)
-    revoked = [c for c in cards if c.allocation.status == Allocation.Status.REVOKED]
+    found = cards.allocation_cards(member=request.user)
+    revoked = [c for c in found if c.allocation.status == Allocation.Status.REVOKED]
     context = {
-        "cards": [c for c in cards if c.allocation.status != Allocation.Status.REVOKED],
+        "cards": [c for c in found if c.allocation.status != Allocation.Status.REVOKED],
         "revoked_cards": revoked,
         "near_cap_percent": int(settings.GATEWAY_NEAR_CAP_RATIO * 100),
     }
@@ -178,7 +178,14 @@ def usage(request):
         "months": selectors.recent_months(now),
         "selected_month": period.first_day,
         "series": selectors.usage_daily_series(member=request.user, period=period, allocation=allocation),
-        "chart_labels": {"dataset": _("Spend (USD)"), "locale": get_language()},
+        "cost_cap": selectors.cost_cap_of(member=request.user, allocation=allocation),
+        "chart_labels": {
+            "daily": _("Spend per day (USD)"),
+            "cumulative": _("Spend so far (USD)"),
+            "cap": _("Cost cap (USD)"),
+            "by_model": _("Spend by model (USD)"),
+            "locale": get_language(),
+        },
         "by_model": by_model,
         "calls": calls,
         "next_cursor": next_cursor,
@@ -197,15 +204,17 @@ def how_to_call(request):
         .select_related("model")
         .order_by("created_at", "id")
     )
-    chat = next((a for a in allocations if a.model.kind == "chat"), allocations[0] if allocations else None)
-    realtime = next((a for a in allocations if a.model.kind == "realtime"), None)
+    kinds: dict[str, str] = {}
+    for a in allocations:
+        kinds.setdefault(a.model.kind, a.model.slug)
     context = {
         "base_url": request.build_absolute_uri("/v1"),
         "ws_url": request.build_absolute_uri("/v1/realtime").replace("http", "ws", 1),
         "allocations": allocations,
-        "model": chat.model.slug if chat else "openai/gpt-4o-mini",
-        "realtime_model": realtime.model.slug if realtime else "openai/gpt-4o-realtime-preview",
-        "has_realtime": realtime is not None,
+        "kinds": kinds,
+        "model": kinds.get("chat") or (allocations[0].model.slug if allocations else "openai/gpt-4o-mini"),
+        "realtime_model": kinds.get("realtime", "openai/gpt-4o-realtime-preview"),
+        "has_realtime": "realtime" in kinds,
     }
     return render(request, "portal/how_to_call.html", context)
 

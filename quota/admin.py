@@ -16,18 +16,27 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from allocations import services
-from allocations.admin import ReadOnlyListMixin, client_ip, form_errors_from, simulated_badge
+from allocations.admin import ReadOnlyListMixin, client_ip, confirmed_or_page, form_errors_from, simulated_badge
 from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ProviderKind
 
-from . import selectors
+from . import display, selectors
+from .admin_filters import (
+    AllocationFilter,
+    MemberFilter,
+    ModelFilter,
+    StartedBeforeFilter,
+    StartedFromFilter,
+    titled,
+)
 from .models import CallRecord, PriceVersion, UsageCounter
 from .periods import period_start_date
 from .services import price_version_add, price_version_clean
 
 
 def _money(value) -> str:
-    return f"${value.quantize(Decimal('0.01')):,}" if value is not None else "—"
+    """The portal's precision: never $0.00 for a non-zero amount."""
+    return display.usd(value) if value is not None else "—"
 
 
 # --- allocations -----------------------------------------------------------------------------------
@@ -55,9 +64,14 @@ class AllocationForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # The initial values as the text fields show them, so that an untouched field is not
+        # "changed" (500 vs "500") in the change message.
         cap = self.initial.get("quota_cost_usd_per_month")
         if isinstance(cap, Decimal):
             self.initial["quota_cost_usd_per_month"] = f"{cap.normalize():f}"
+        tokens = self.initial.get("quota_tokens_per_month")
+        if isinstance(tokens, int):
+            self.initial["quota_tokens_per_month"] = str(tokens)
 
     def clean_quota_tokens_per_month(self):
         try:
@@ -133,10 +147,10 @@ class AllocationAdmin(admin.ModelAdmin):
     list_filter = (
         UsageFilter,
         "status",
-        "model__kind",
+        ("model__kind", titled("model kind")),
         "is_service_allocation",
         "quota_locked",
-        "model__provider__kind",
+        ("model__provider__kind", titled("provider kind")),
         "model",
     )
     search_fields = ("display_name", "member__username", "member__email", "model__slug", "=id")
@@ -250,7 +264,11 @@ class AllocationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected allocations (final)")
     def revoke(self, request, queryset):
+        page = confirmed_or_page(self, request, queryset, action="revoke", what="allocation(s)")
+        if page is not None:
+            return page
         self._each(request, queryset, "revoked", lambda a: services.allocation_revoke(allocation=a, actor=request.user))
+        return None
 
     @admin.action(description="Unquarantine selected allocations")
     def unquarantine(self, request, queryset):
@@ -346,6 +364,7 @@ class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
     list_display = (
         "started_at",
         "request_id",
+        "key_prefix",
         "member",
         "model",
         "endpoint",
@@ -356,14 +375,31 @@ class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
         "cost",
         "close_reason",
     )
-    list_filter = ("outcome", "endpoint", "priced", "is_stream")
-    search_fields = ("=request_id",)
-    list_select_related = ("member", "model")
+    list_filter = (
+        MemberFilter,
+        AllocationFilter,
+        ModelFilter,
+        StartedFromFilter,
+        StartedBeforeFilter,
+        "outcome",
+        "endpoint",
+        "priced",
+        "is_stream",
+    )
+    search_fields = ("=request_id", "=member__username", "^model__slug")
+    list_select_related = ("member", "model", "api_key")
     ordering = ("-started_at", "-id")
 
-    @admin.display(description="cost (USD)")
+    @admin.display(description="key")
+    def key_prefix(self, obj):
+        return f"{obj.api_key.prefix}…" if obj.api_key else "—"
+
+    @admin.display(description="cost")
     def cost(self, obj):
-        return "unpriced" if obj.cost_usd is None else f"{obj.cost_usd.normalize():f}"
+        if obj.priced:
+            return _money(obj.cost_usd)
+        carried = obj.input_tokens or obj.output_tokens or obj.quantity
+        return "unpriced" if carried else "—"
 
     def get_actions(self, request):
         return {}

@@ -37,3 +37,9 @@ class UpstreamError(GatewayError):
 
 class UpstreamTimeout(GatewayError):
     code, status, type = "upstream_timeout", 504, "api_error"
+
+
+def cap_error_named(error: QuotaExceeded | CostQuotaExceeded, *, model: str, resets_at) -> GatewayError:
+    """The same refusal, its message naming the model and when the monthly cap starts again."""
+    when = f"{resets_at:%Y-%m-%d} ({resets_at.tzinfo})"
+    return type(error)(f"{error.message} for model '{model}'; the cap resets on {when}")

@@ -46,9 +46,11 @@ from .exceptions import (
     QuotaBusy,
     QuotaExceeded,
     RequestTooLarge,
+    cap_error_named,
 )
 from .ledger import Admission
 from .models import Outcome
+from .periods import period_bounds
 from .services import price_cached, price_in_force_cached
 
 REJECT_OUTCOMES: dict[type[GatewayError], Outcome] = {
@@ -137,12 +139,15 @@ def preflight(
     # Rate limits (SPEC 3 step 5) belong here: after the status, before anything is reserved.
     into.price = price_in_force_cached(model_id=entry.model_id, at=now, generation=generation)
     committed = ledger.reservation_admission(reservation_id=reservation_id) if in_doubt and reservation_id else None
-    into.admission = committed or ledger.admit(
-        **_admission(entry, estimate(into.price), request_id=request_id, now=now),
-        ttl_s=ttl_s,
-        context=context(into) if context is not None else None,
-        reservation_id=reservation_id,
-    )
+    try:
+        into.admission = committed or ledger.admit(
+            **_admission(entry, estimate(into.price), request_id=request_id, now=now),
+            ttl_s=ttl_s,
+            context=context(into) if context is not None else None,
+            reservation_id=reservation_id,
+        )
+    except (QuotaExceeded, CostQuotaExceeded) as error:
+        raise cap_error_named(error, model=entry.model_slug, resets_at=period_bounds(now)[1]) from None
     late = late_refusal(entry, kinds=kinds, surface=surface)
     if late is not None:
         ledger.release(admission=into.admission)

@@ -9,6 +9,8 @@ from portal import sign_in_audit
 from portal.sign_in_audit import SIGNED_IN_UID
 from tests.factories import AllocationFactory, MemberFactory, PriceVersionFactory, make_key
 
+pytest_plugins = ["tests.browser"]  # the `page` fixture: a real Chromium on the live server
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _close_asgiref_thread_connections(django_db_setup, django_db_blocker):

@@ -1,43 +1,20 @@
 """Display helpers: USD with enough decimals for small spends, localised; prices; percentages."""
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django import template
 from django.utils.formats import number_format
 from django.utils.translation import gettext as _
 
+from quota import display
+
 register = template.Library()
-
-SMALLEST = Decimal("0.000001")
-
-
-def _places(amount: Decimal) -> int:
-    magnitude = abs(amount)
-    if magnitude >= 1 or magnitude == 0:
-        return 2
-    return 4 if magnitude >= Decimal("0.01") else 6
-
-
-def _exponent(amount: Decimal) -> int:
-    """The decimal exponent of a finite amount (NaN and infinities have a letter instead)."""
-    exponent = amount.as_tuple().exponent
-    if not isinstance(exponent, int):
-        raise ValueError(f"not a finite amount: {amount}")
-    return exponent
 
 
 @register.filter
 def usd(value) -> str:
-    """$1,234.50, $0.0523, $0.000123, or "unpriced" for None (never $0 for an unpriced amount)."""
-    if value is None or value == "":
-        return _("unpriced")
-    amount = Decimal(str(value))
-    if 0 < amount < SMALLEST:
-        return "< $" + number_format(SMALLEST, decimal_pos=6, use_l10n=True)
-    places = _places(amount)
-    rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    shown = max(2, min(places, -_exponent(rounded.normalize())))
-    return "$" + number_format(rounded, decimal_pos=shown, use_l10n=True, force_grouping=True)
+    """$1,234.50, $0.0523, $0.000123, or "unpriced" for None (quota.display.usd)."""
+    return display.usd(value)
 
 
 @register.filter
@@ -50,7 +27,7 @@ def quantity(value) -> str:
     if value is None:
         return ""
     amount = Decimal(str(value)).normalize()
-    places = max(0, -_exponent(amount))
+    places = max(0, -display.exponent(amount))
     return number_format(amount, decimal_pos=places, use_l10n=True, force_grouping=True)
 
 

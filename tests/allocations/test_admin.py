@@ -121,9 +121,11 @@ def test_the_revoke_action_revokes_keys_through_the_service(admin_client, member
     key, plaintext = make_key(member=member, allocations=[allocation])
     listing = admin_client.get(reverse("admin:allocations_apikey_changelist"))
     assert key.prefix.encode() in listing.content and plaintext.encode() not in listing.content
-    response = admin_client.post(
-        reverse("admin:allocations_apikey_changelist"), {"action": "revoke_keys", "_selected_action": [key.pk]}
-    )
+    selected = {"action": "revoke_keys", "_selected_action": [key.pk]}
+    asked = admin_client.post(reverse("admin:allocations_apikey_changelist"), selected)
+    assert asked.status_code == 200 and "This is final." in asked.content.decode()
+    assert not ApiKey.objects.get(pk=key.pk).is_revoked
+    response = admin_client.post(reverse("admin:allocations_apikey_changelist"), {**selected, "confirmed": "yes"})
     assert response.status_code == 302
     assert ApiKey.objects.get(pk=key.pk).is_revoked
     assert audit_actions()[-1] == "key_revoked"

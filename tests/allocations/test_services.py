@@ -129,6 +129,16 @@ def test_cap_updates_write_one_event_per_cap_with_before_and_after(allocation, s
     assert AuditEvent.objects.count() == 2
 
 
+def test_a_cap_of_zero_is_audited_as_a_decimal_string_never_in_exponent_form(allocation, staff):
+    services.allocation_update(allocation=allocation, changes={"quota_cost_usd_per_month": "0"}, actor=staff)
+    assert only_event(action="allocation_cost_quota_updated").after == {"quota_cost_usd_per_month": "0.000000000"}
+
+
+def test_the_smallest_stored_cap_is_accepted(allocation):
+    services.allocation_update(allocation=allocation, changes={"quota_cost_usd_per_month": "0.000000001"})
+    assert Allocation.objects.get(pk=allocation.pk).quota_cost_usd_per_month == Decimal("0.000000001")
+
+
 def test_an_update_that_changes_nothing_writes_no_event(allocation):
     services.allocation_update(allocation=allocation, changes={"quota_cost_usd_per_month": None, "note": ""})
     assert not AuditEvent.objects.exists()
@@ -298,7 +308,7 @@ def test_a_key_needs_at_least_one_allocation_and_no_revoked_one(member, allocati
 
 # --- cap validation in the service ---------------------------------------------------------------------
 
-BAD_CAPS = [-1, "-1", "abc", "1e400", 10**20, "NaN", "Infinity", True, "1e12"]
+BAD_CAPS = [-1, "-1", "abc", "1e400", 10**20, "NaN", "Infinity", True, "1e12", "0.0000000001", "0.0000000005"]
 
 
 @pytest.mark.parametrize("value", BAD_CAPS)

@@ -1,38 +1,20 @@
-"""The portal in a real Chromium (Debian's package) driven by Playwright, against a live server.
+"""The portal in a real Chromium against a live server (tests/browser.py has the browser).
 
-No browser is ever downloaded: Playwright launches /usr/bin/chromium. Every request outside the
-live server is recorded and must not happen, so the pages work offline (no CDN).
-Set PORTAL_SCREENSHOTS_DIR to keep the dashboard screenshots (docs/screenshots in the repo).
+Set PORTAL_SCREENSHOTS_DIR to keep the screenshots (docs/screenshots in the repo).
 """
 
-import os
 import re
 from decimal import Decimal
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
+from django.utils import timezone
 
+from quota.periods import period_bounds
+from tests.browser import needs_chromium, screenshot
 from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, make_key
 from tests.portal.conftest import PASSWORD, dollar_price, settle_call
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = [
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason="Debian's chromium is not installed at /usr/bin/chromium (`make browser` installs it)",
-    ),
-    pytest.mark.xdist_group("portal-browser"),
-]
+pytestmark = [needs_chromium, pytest.mark.xdist_group("portal-browser")]
 
 
 @pytest.fixture
@@ -56,32 +38,17 @@ def world(transactional_db):
 
 
 @pytest.fixture
-def page(live_server, monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the ORM work of the fixtures is done.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    from playwright.sync_api import sync_playwright
-
-    allowed = urlparse(live_server.url).netloc
-    foreign: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
-
-        def guard(route):
-            if urlparse(route.request.url).netloc == allowed or route.request.url.startswith("data:"):
-                route.continue_()
-            else:
-                foreign.append(route.request.url)
-                route.abort()
-
-        context.route("**/*", guard)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        page.base_url = live_server.url
-        yield page
-        context.close()
-        browser.close()
-    assert foreign == [], f"pages fetched outside the server: {foreign}"
+def capped(world):
+    """A third allocation whose cap was overrun by calls in flight: $2.30 of $2 (115 %)."""
+    member, _ = world
+    model = CatalogModelFactory(slug="openai/gpt-4.1-with-a-rather-long-model-name", display_name="GPT-4.1")
+    dollar_price(model)
+    allocation = AllocationFactory(
+        member=member, model=model, display_name="GPT-4.1", quota_cost_usd_per_month=Decimal("2")
+    )
+    settle_call(allocation, cost_usd="2.3")
+    make_key(member=member, allocations=[allocation], name="a key with a long name for the phone layout")
+    return allocation
 
 
 def _log_in(page):
@@ -90,13 +57,6 @@ def _log_in(page):
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(re.compile(r".*/portal/$"))
-
-
-def _screenshot(page, name):
-    target = os.environ.get("PORTAL_SCREENSHOTS_DIR")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(target) / name), full_page=True)
 
 
 def test_a_member_logs_in_and_sees_spend_against_the_cap_with_a_warning(world, page):
@@ -112,7 +72,7 @@ def test_a_member_logs_in_and_sees_spend_against_the_cap_with_a_warning(world, p
     assert "Near the cap:" in warning.inner_text()
     assert card.locator("progress").first.get_attribute("value") == "85"
     assert "openai/gpt-4o-mini" in card.inner_text()
-    _screenshot(page, "dashboard-en.png")
+    screenshot(page, "dashboard-en.png")
 
 
 def test_the_skip_link_is_the_first_stop_for_the_keyboard(world, page):
@@ -147,7 +107,7 @@ def test_switching_to_zh_hant_shows_ben_yue_hua_fei(world, page):
     assert page.locator("html").get_attribute("lang") == "zh-hant"
     assert page.get_by_role("heading", name="本月花費").first.is_visible()
     assert "接近上限" in page.locator(".near-cap-warning").first.inner_text()
-    _screenshot(page, "dashboard-zh-hant.png")
+    screenshot(page, "dashboard-zh-hant.png")
     page.get_by_label("語言").select_option("en")
     page.get_by_role("button", name="切換").click()
     page.wait_for_selector("text=This month's spend")
@@ -165,4 +125,114 @@ def test_the_usage_page_draws_the_daily_spend_chart(world, page):
     assert box["width"] > 100 and box["height"] > 100
     assert page.get_by_role("heading", name="Spend by model").is_visible()
     assert "$8.50" in page.locator(".calls-table").inner_text()
-    _screenshot(page, "usage-en.png")
+    screenshot(page, "usage-en.png")
+
+
+PORTAL_PAGES = ["/portal/", "/portal/keys/", "/portal/usage/", "/portal/how-to-call/", "/accounts/password_change/"]
+SIDEWAYS = """() => {
+  const width = document.documentElement.clientWidth, found = [];
+  const hidden = (el) => {  // clipped away for screen readers only (visually-hidden, a stacked table's head)
+    for (let at = el; at; at = at.parentElement) {
+      if (getComputedStyle(at).clip.startsWith("rect") || at.classList.contains("skip-link")) { return true; }
+    }
+    return false;
+  };
+  if (document.documentElement.scrollWidth > width) { found.push("page " + document.documentElement.scrollWidth); }
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.tagName === "OPTION" || hidden(el)) { continue; }
+    const style = getComputedStyle(el), box = el.getBoundingClientRect();
+    const name = el.tagName + "." + el.className + " " + (el.textContent || "").trim().slice(0, 30);
+    const scrolls = ["auto", "scroll"].includes(style.overflowX) && el.scrollWidth > el.clientWidth + 1;
+    if (scrolls) { found.push("scrolls: " + name); }
+    if (box.width > 0 && box.right > width + 1) { found.push("past the edge " + Math.round(box.right) + ": " + name); }
+  }
+  return found.slice(0, 8);
+}"""
+
+
+def _log_in_with(page, *, width, language):
+    page.set_viewport_size({"width": width, "height": 844 if width < 500 else 900})
+    _log_in(page)
+    page.context.add_cookies([{"name": "django_language", "value": language, "url": page.base_url}])
+    page.reload()
+
+
+@pytest.mark.parametrize("language", ["en", "zh-hant"])
+@pytest.mark.parametrize("width", [1280, 390, 360])
+def test_no_portal_page_scrolls_sideways(world, capped, page, width, language):
+    _log_in_with(page, width=width, language=language)
+    for path in PORTAL_PAGES:
+        page.goto(page.base_url + path)
+        assert page.locator("html").get_attribute("lang") == language
+        assert page.evaluate(SIDEWAYS) == [], f"{path} at {width} px in {language}"
+    page.goto(page.base_url + "/portal/usage/")
+    page.locator("details.chart-table summary").click()  # the opened table too
+    assert page.evaluate(SIDEWAYS) == []
+
+
+@pytest.mark.parametrize("language", ["en", "zh-hant"])
+def test_on_a_phone_the_header_is_short_and_dates_stay_on_a_line_or_two(world, capped, page, language):
+    _log_in_with(page, width=390, language=language)
+    header = page.locator(".site-header").bounding_box()
+    assert header["height"] < 844 / 3
+    page.goto(page.base_url + "/portal/keys/")
+    rows = page.locator("table.keys-table tr[data-key]")
+    assert rows.count() == 2
+    row = rows.first.bounding_box()
+    assert row["width"] <= 390  # a stacked row, not a 951 px wide table
+    for cell in page.locator("td.when").all():
+        line = float(cell.evaluate("el => parseFloat(getComputedStyle(el).lineHeight)"))
+        assert cell.bounding_box()["height"] <= 2.5 * line, cell.inner_text()
+    revoke = page.get_by_role("button", name="Revoke" if language == "en" else "撤銷").first.bounding_box()
+    assert revoke["x"] + revoke["width"] <= 390
+
+
+CAP_WORDS = {
+    "en": {"badge": "Cap reached", "over": "over the cap", "resets": "resets on", "forecast": "you reach the cap on"},
+    "zh-hant": {"badge": "已達上限", "over": "超出上限", "resets": "重設", "forecast": "達到上限"},
+}
+
+
+@pytest.mark.parametrize("language", ["en", "zh-hant"])
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_capped_allocation_says_so_and_a_near_one_forecasts_the_day(world, capped, page, width, language):
+    _, near = world
+    words = CAP_WORDS[language]
+    _log_in_with(page, width=width, language=language)
+    card = page.locator(f'article[data-allocation="{capped.pk}"]')
+    badge = card.locator(".badge")
+    assert badge.inner_text() == words["badge"]
+    assert "badge-cap-reached" in badge.get_attribute("class")
+    assert card.locator(".meter-percent").first.inner_text().replace(" ", "") == "(115%)"
+    assert card.locator("progress").first.get_attribute("value") == "100"
+    over = card.locator(".cap-over").inner_text()
+    assert "$0.30" in over and words["over"] in over
+    warning = card.locator(".near-cap-warning").inner_text()
+    resets_on = period_bounds(timezone.now())[1].date()
+    assert words["resets"] in warning and str(resets_on.day) in warning
+    near_card = page.locator(f'article[data-allocation="{near.pk}"]')
+    assert near_card.locator(".badge").inner_text() != words["badge"]
+    assert "$1.50" in near_card.locator(".cap-left").inner_text()
+    forecast = near_card.locator(".forecast").inner_text()
+    assert "$" in forecast and (words["forecast"] in forecast or words["resets"] in forecast)
+    if width == 390:
+        screenshot(page, f"phone-dashboard-{language}.png")
+
+
+def test_the_usage_page_draws_spend_so_far_against_the_cap_and_spend_by_model(world, capped, page):
+    _, near = world
+    _log_in(page)
+    page.goto(page.base_url + f"/portal/usage/?allocation={near.pk}")
+    page.wait_for_selector('#daily-spend-chart[data-chart-ready="true"]')
+    datasets = page.evaluate("window.portalDailyChart.data.datasets.map(d => [d.type, d.data])")
+    (_, daily), (_, cumulative), (_, cap) = datasets
+    assert sum(daily) == pytest.approx(8.5)
+    assert cumulative[-1] == pytest.approx(8.5) and cumulative == sorted(cumulative)
+    assert set(cap) == {10}
+    page.goto(page.base_url + "/portal/usage/")
+    page.wait_for_selector('#by-model-chart[data-chart-ready="true"]')
+    models = page.evaluate("window.portalByModelChart.data.labels")  # long slugs keep their end
+    models = [capped.model.slug if m == "…" + capped.model.slug[-25:] else m for m in models]
+    spend = page.evaluate("window.portalByModelChart.data.datasets[0].data")
+    assert dict(zip(models, spend, strict=True))[capped.model.slug] == pytest.approx(2.3)
+    assert page.evaluate("window.portalDailyChart.data.datasets.length") == 2  # one model uncapped: no cap line

@@ -7,6 +7,7 @@ from django.utils import translation
 
 from allocations.models import Allocation, ApiKey
 from allocations.services import allocation_pause
+from portal.cards import cap_forecast
 from portal.templatetags.portal_tags import usd
 from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, make_key
 from tests.portal.conftest import settle_call
@@ -190,11 +191,12 @@ def test_the_usage_page_shows_chart_data_spend_by_model_and_calls(alice_client, 
     settle_call(unpriced, input_tokens=42, when=dt.datetime(2026, 3, 4, 9, tzinfo=dt.UTC))
     html = alice_client.get("/portal/usage/?period=2026-03").content.decode()
     assert 'id="daily-spend-chart"' in html
-    assert '"day": "2026-03-03", "cost_usd": "0.250000000"' in html
+    assert '"day": "2026-03-03", "cost_usd": "0.250000000", "cumulative_usd": "0.250000000"' in html
+    assert '"day": "2026-03-31", "cost_usd": "0.000000000", "cumulative_usd": "0.250000000"' in html
     assert html.count('"day": "2026-03-') == 31
     assert "vendor/chartjs/chart.umd.min.js" in html
     assert "sim/free" in html and "openai/gpt-4o-mini" in html
-    calls = html[html.index('class="calls-table"') :]
+    calls = html[html.index('class="calls-table') :]
     assert "$0.25" in calls and "unpriced" in calls and "42 in / 0 out" in calls
 
 
@@ -205,7 +207,7 @@ def test_the_usage_page_paginates_calls_by_cursor(alice_client, alice_alloc):
     html = alice_client.get("/portal/usage/?period=2026-03").content.decode()
     link = re.search(r'href="([^"]*cursor=[^"]+)" rel="next"', html).group(1).replace("&amp;", "&")
     second = alice_client.get("/portal/usage/" + link).content.decode()
-    assert second.count("<tr>\n        <td>") == 2
+    assert second.count('<td data-label="Time"') == 2
     assert 'rel="next"' not in second
     # A tampered cursor falls back to the first page instead of failing.
     assert alice_client.get("/portal/usage/?period=2026-03&cursor=garbage").status_code == 302
@@ -242,3 +244,45 @@ def test_numbers_are_grouped_in_both_languages(alice_client, alice):
     for language in ("en", "zh-Hant"):
         card = _card(alice_client.get("/portal/", HTTP_ACCEPT_LANGUAGE=language).content.decode(), allocation)
         assert "1,200,000" in card and "5,000,000" in card, language
+
+
+def test_how_to_call_has_a_snippet_for_every_kind_the_member_holds(alice_client, alice, alice_alloc):
+    for slug, kind in [
+        ("openai/text-embedding-3-small", "embedding"),
+        ("openai/gpt-image-1", "image"),
+        ("openai/tts-1", "tts"),
+        ("openai/whisper-1", "stt"),
+    ]:
+        AllocationFactory(member=alice, model=CatalogModelFactory(slug=slug, kind=kind))
+    html = alice_client.get("/portal/how-to-call/").content.decode()
+    assert 'model="openai/text-embedding-3-small"' in html and "client.embeddings.create" in html
+    assert 'model="openai/gpt-image-1"' in html and "client.images.generate" in html
+    assert 'model="openai/tts-1"' in html and "client.audio.speech" in html
+    assert 'model="openai/whisper-1"' in html and "client.audio.transcriptions.create" in html
+    assert "/rerank" not in html and "/ocr" not in html  # kinds the member does not hold
+
+
+def test_the_card_of_an_overrun_cap_says_cap_reached_over_by_and_the_true_percentage(alice_client, alice_alloc):
+    settle_call(alice_alloc, cost_usd="11.5")  # $11.50 of $10
+    card = _card(alice_client.get("/portal/").content.decode(), alice_alloc)
+    assert "badge-cap-reached" in card and "badge-active" not in card
+    assert "(115 %)" in card and 'value="100"' in card
+    assert "$1.50 over the cap" in card
+    assert "resets on" in card
+
+
+@pytest.mark.parametrize(
+    ("ratio", "reaches"),
+    [("0.5", dt.date(2026, 11, 21)), ("0.2", None), ("1", None)],
+)
+def test_the_forecast_reaches_the_cap_at_this_months_daily_rate(ratio, reaches):
+    start, end = dt.datetime(2026, 11, 1, tzinfo=dt.UTC), dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    now = dt.datetime(2026, 11, 11, tzinfo=dt.UTC)  # 10 days in: half used means full on day 21
+    forecast = cap_forecast(ratio=Decimal(ratio), cost_used=Decimal("5"), start=start, end=end, now=now)
+    assert forecast.reaches_on == reaches
+    assert forecast.daily_cost == Decimal("0.5")
+
+
+def test_favicon_ico_leads_to_the_icon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("favicon.svg")

@@ -21,7 +21,7 @@ from allocations.services import (
 )
 from quota import ledger
 from quota.models import CallRecord, Reservation, UsageCounter
-from quota.periods import period_start_date
+from quota.periods import period_bounds, period_start_date
 
 from .conftest import counter_of, record_of
 
@@ -150,12 +150,14 @@ def test_a_cost_cap_of_zero_blocks_at_once(world):
     assert_refused(response, 403, "cost_quota_exceeded", "rejected_cost_quota_exceeded", allocation=allocation)
 
 
-def test_a_reached_cost_cap_says_used_and_cap(world):
+def test_a_reached_cost_cap_says_used_and_cap_the_model_and_the_reset_day(world):
     allocation = world.allocation(cost=Decimal("2"))
     _used(allocation, cost_used=Decimal("2.5"), tokens_used=100)
     response = post(world, {"model": allocation.model.slug, **CHAT}, key=allocation.plaintext)
     error = assert_refused(response, 403, "cost_quota_exceeded", "rejected_cost_quota_exceeded", allocation=allocation)
     assert "$2.5 / $2" in error["message"]
+    assert f"model '{allocation.model.slug}'" in error["message"]
+    assert f"resets on {period_bounds(timezone.now())[1]:%Y-%m-%d}" in error["message"]
     assert counter_of(allocation).tokens_used == 100  # untouched
 
 

@@ -198,7 +198,7 @@ def test_a_bad_cap_on_the_add_form_creates_nothing(admin_client, member):
 def act(admin_client, action, *allocations):
     return admin_client.post(
         reverse("admin:allocations_allocation_changelist"),
-        {"action": action, "_selected_action": [a.pk for a in allocations]},
+        {"action": action, "_selected_action": [a.pk for a in allocations], "confirmed": "yes"},  # revoke asks
         follow=True,
     )
 

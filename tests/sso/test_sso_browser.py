@@ -6,8 +6,8 @@ import re
 import pytest
 
 from allocations.models import AuditEvent, Member
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.factories import MemberFactory
-from tests.portal.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed"),

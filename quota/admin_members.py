@@ -1,0 +1,128 @@
+"""Staff pages for one member: their allocations with this month's spend, live keys and recent
+calls on one page, a password reset, and a member created together with a first allocation.
+
+Every write goes through allocations.services (audited), as in the change forms.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils import timezone
+
+from allocations import services
+from allocations.admin import form_errors_from
+from allocations.exceptions import GatewayError
+from allocations.models import Allocation, ApiKey, CatalogModel, Member
+
+from . import selectors
+from .models import CallRecord
+from .periods import period_bounds
+
+RECENT_CALLS = 25
+
+
+class PasswordResetForm(forms.Form):
+    password = forms.CharField(widget=forms.PasswordInput, strip=False, label="New password")
+    again = forms.CharField(widget=forms.PasswordInput, strip=False, label="New password again")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password") and data.get("password") != data.get("again"):
+            self.add_error("again", "The two passwords differ.")
+        elif data.get("password"):
+            try:
+                validate_password(data["password"])
+            except ValidationError as error:
+                self.add_error("password", error)
+        return data
+
+
+class MemberWithAllocationForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    email = forms.EmailField(required=False)
+    password = forms.CharField(
+        widget=forms.PasswordInput, strip=False, required=False, help_text="Blank: no password sign-in."
+    )
+    model = forms.ModelChoiceField(queryset=CatalogModel.objects.filter(is_active=True).order_by("slug"))
+    quota_cost_usd_per_month = forms.CharField(
+        required=False, label="Cost cap (USD / month)", help_text="USD ≥ 0; blank = no cap; 0 blocks at once."
+    )
+    quota_tokens_per_month = forms.CharField(required=False, help_text="Whole tokens ≥ 0; blank = unlimited.")
+
+    def clean_password(self):
+        if self.cleaned_data.get("password"):
+            validate_password(self.cleaned_data["password"])
+        return self.cleaned_data.get("password")
+
+
+def _allocation_rows(member, now) -> list[dict]:
+    allocations = list(Allocation.objects.filter(member=member).select_related("model").order_by("created_at"))
+    usage = selectors.usage_this_month([a.pk for a in allocations], now=now)
+    return [{"allocation": a, "tokens": usage[a.pk][0], "cost": usage[a.pk][1]} for a in allocations]
+
+
+def member_page_view(request, member_id):
+    member = get_object_or_404(Member, pk=member_id)
+    form = PasswordResetForm(request.POST or None)
+    may_reset = request.user.is_superuser or not member.is_superuser  # staff cannot take over a superuser
+    if request.method == "POST" and not may_reset:
+        messages.error(request, "Only a superuser may reset a superuser's password.")
+    elif request.method == "POST" and form.is_valid():
+        services.member_set_password(member=member, password=form.cleaned_data["password"], actor=request.user)
+        messages.success(request, f"Password of {member.username} reset.")
+        return redirect("admin_member_page", member_id=member.pk)
+    now = timezone.now()
+    context = {
+        **admin.site.each_context(request),
+        "title": f"Member {member.username}",
+        "member": member,
+        "allocation_rows": _allocation_rows(member, now),
+        "keys": ApiKey.objects.live().filter(member=member).prefetch_related("scopes__allocation__model"),
+        "calls": CallRecord.objects.filter(member=member)
+        .select_related("model", "allocation")
+        .order_by("-started_at", "-id")[:RECENT_CALLS],
+        "resets_on": period_bounds(now)[1].date(),
+        "form": form,
+        "may_reset": may_reset,
+    }
+    return TemplateResponse(request, "admin/member_page.html", context)
+
+
+def member_create_view(request):
+    form = MemberWithAllocationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            with transaction.atomic():  # both or neither
+                member = services.member_create(
+                    username=data["username"],
+                    email=data["email"],
+                    password=data["password"] or None,
+                    actor=request.user,
+                )
+                _, _, plaintext = services.allocation_create(
+                    member=member,
+                    model=data["model"],
+                    quota_cost_usd_per_month=data["quota_cost_usd_per_month"].strip(),
+                    quota_tokens_per_month=data["quota_tokens_per_month"].strip(),
+                    actor=request.user,
+                )
+        except GatewayError as exc:
+            form_errors_from(exc, form)
+        else:
+            messages.warning(request, f"Default API key of {member.username} (shown once, copy it now): {plaintext}")
+            return redirect("admin_member_page", member_id=member.pk)
+    context = {**admin.site.each_context(request), "title": "Add a member with a first allocation", "form": form}
+    return TemplateResponse(request, "admin/member_create.html", context)
+
+
+def urls() -> list:
+    return [
+        path("members/new/", admin.site.admin_view(member_create_view), name="admin_member_create"),
+        path("members/<uuid:member_id>/", admin.site.admin_view(member_page_view), name="admin_member_page"),
+    ]

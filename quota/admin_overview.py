@@ -1,0 +1,161 @@
+"""The staff spend overview (/admin/overview/) and its one-step "raise cap".
+
+Reads come from quota.overview (bounded aggregates); the cap change goes through
+allocations.services.allocation_update, the same service and audit events as the change form.
+"""
+
+import math
+from decimal import Decimal
+
+from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from allocations import services
+from allocations.admin import client_ip
+from allocations.exceptions import GatewayError
+from allocations.models import Allocation
+
+from . import overview
+from .models import Outcome
+from .periods import period_bounds, period_start_date
+from .pricing import ZERO
+
+REFUSAL_LABELS: dict[str, str] = {
+    Outcome.REJECTED_COST_QUOTA_EXCEEDED: "cost cap reached",
+    Outcome.REJECTED_QUOTA_EXCEEDED: "token quota reached",
+    Outcome.REJECTED_QUOTA_BUSY: "quota busy (held by calls in flight)",
+    Outcome.REJECTED_PAUSED: "allocation paused",
+    Outcome.REJECTED_QUARANTINED: "allocation quarantined",
+    Outcome.REJECTED_REVOKED: "allocation revoked",
+    Outcome.REJECTED_UNAUTHENTICATED: "bad or missing key",
+    Outcome.REJECTED_MODEL_MISMATCH: "model not in the key's scope",
+    Outcome.REJECTED_BAD_REQUEST: "bad request",
+    Outcome.REJECTED_MODEL_KIND: "wrong endpoint for the model",
+}
+
+
+def suggested_cap(cap: Decimal, used: Decimal) -> Decimal:
+    """Half again the larger of cap and spend, rounded up to whole dollars."""
+    return Decimal(max(1, math.ceil(max(cap, used) * Decimal("1.5"))))
+
+
+def _daily_rows(figures: overview.MonthFigures) -> tuple[list[str], list[dict]]:
+    names = list(figures.spend_by_day)
+    rows, running = [], ZERO
+    for day in figures.days:
+        amounts = [figures.spend_by_day[name].get(day, ZERO) for name in names]
+        running += sum(amounts, ZERO)
+        rows.append({"day": day, "amounts": amounts, "total": sum(amounts, ZERO), "cumulative": running})
+    return names, rows
+
+
+def _chart(names: list[str], rows: list[dict], today) -> dict:
+    """Chart.js data; the running total stops today (null draws no line over the days to come)."""
+    return {
+        "days": [r["day"].isoformat() for r in rows],
+        "series": [{"name": n, "values": [str(r["amounts"][i]) for r in rows]} for i, n in enumerate(names)],
+        "cumulative": [str(r["cumulative"]) if r["day"] <= today else None for r in rows],
+    }
+
+
+def _near_rows(period_start, resets_on) -> list[dict]:
+    rows = []
+    for counter in overview.near_cap_counters(period_start=period_start):
+        a = counter.allocation
+        cap = a.quota_cost_usd_per_month
+        rows.append(
+            {
+                "allocation": a,
+                "counter": counter,
+                "cost_percent": None if not cap else int(counter.cost_used * 100 / cap),
+                "token_percent": None
+                if not a.quota_tokens_per_month
+                else int(counter.tokens_used * 100 / a.quota_tokens_per_month),
+                "over": cap is not None and counter.cost_used >= cap,
+                "resets_on": resets_on,
+                "suggested": None if cap is None else suggested_cap(cap, counter.cost_used),
+            }
+        )
+    return rows
+
+
+def _providers(figures: overview.MonthFigures) -> list[dict]:
+    return [
+        {"name": name, "calls": calls, "errors": figures.provider_errors.get(name, 0),
+         "rate": Decimal(figures.provider_errors.get(name, 0) * 100) / calls}
+        for name, calls in sorted(figures.provider_calls.items())
+    ]  # fmt: skip
+
+
+def overview_context(*, now, by: str) -> dict:
+    start, end = period_bounds(now)
+    period_start = period_start_date(now)
+    figures = overview.month_figures(start=start, end=end, now=now, by=by)
+    names, rows = _daily_rows(figures)
+    last_month, last_until = overview.last_month_same_point(now=now)
+    caps, uncapped = overview.caps_total()
+    return {
+        "now": now,
+        "by": by,
+        "figures": figures,
+        "series_names": names,
+        "daily_rows": rows,
+        "chart": _chart(names, rows, overview.today_start(now).date()),
+        "caps_total": caps,
+        "uncapped": uncapped,
+        "cap_share": None if not caps else int(figures.total * 100 / caps),
+        "last_month": last_month,
+        "last_until": last_until,
+        "change": None if not last_month else int((figures.total - last_month) * 100 / last_month),
+        "top_members": overview.top_members(period_start=period_start),
+        "top_allocations": overview.top_allocations(period_start=period_start),
+        "near_rows": _near_rows(period_start, end.date()),
+        "refusals": [
+            {"outcome": o, "label": REFUSAL_LABELS.get(o, o), "calls": n} for o, n in figures.refusals.items()
+        ],
+        "providers": _providers(figures),
+        "unpriced_url": reverse("admin:quota_callrecord_changelist") + "?pricing=unpriced_period",
+    }
+
+
+def overview_view(request):
+    by = "provider" if request.GET.get("by") == "provider" else "model"
+    context = {
+        **admin.site.each_context(request),
+        "title": "Spend overview",
+        **overview_context(now=timezone.now(), by=by),
+    }
+    return TemplateResponse(request, "admin/overview.html", context)
+
+
+@require_POST
+def raise_cap_view(request, allocation_id):
+    allocation = get_object_or_404(Allocation.objects.select_related("model", "member"), pk=allocation_id)
+    before = allocation.quota_cost_usd_per_month
+    try:
+        cap = services.validate_cost_cap(request.POST.get("quota_cost_usd_per_month", "").strip())
+        if cap is None or (before is not None and cap <= before):
+            raise GatewayError(f"enter a cap above the current ${before.normalize():f}" if before else "enter a cap")
+        services.allocation_update(
+            allocation=allocation,
+            changes={"quota_cost_usd_per_month": cap},
+            actor=request.user,
+            source_ip=client_ip(request),
+        )
+    except GatewayError as exc:
+        messages.error(request, f"{allocation}: {exc.message}")
+    else:
+        messages.success(request, f"Cost cap of {allocation} raised to ${cap.normalize():f}.")
+    return redirect("admin_overview")
+
+
+def urls() -> list:
+    """The overview's URL patterns, mounted under /admin/ before the admin site's own."""
+    return [
+        path("overview/", admin.site.admin_view(overview_view), name="admin_overview"),
+        path("overview/raise-cap/<uuid:allocation_id>/", admin.site.admin_view(raise_cap_view), name="admin_raise_cap"),
+    ]

@@ -1,0 +1,126 @@
+"""The staff spend overview: its figures are the call records', and "raise cap" is audited."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.core.cache import cache
+from django.db.models import Sum
+
+from allocations.models import AuditEvent
+from quota.models import CallRecord
+from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory
+from tests.portal.conftest import dollar_price, reject_call, settle_call
+
+NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def month(db):
+    """Two members, three allocations, calls this month and last month, refusals and an error."""
+    with time_machine.travel(NOW, tick=False):
+        mei, ken = MemberFactory(username="mei"), MemberFactory(username="ken")
+        mini = CatalogModelFactory(slug="openai/gpt-4o-mini")
+        big = CatalogModelFactory(slug="openai/gpt-4.1")
+        free = CatalogModelFactory(slug="sim/free")
+        dollar_price(mini), dollar_price(big)
+        near = AllocationFactory(member=mei, model=mini, quota_cost_usd_per_month=Decimal("10"))
+        over = AllocationFactory(member=ken, model=big, quota_cost_usd_per_month=Decimal("2"))
+        unpriced = AllocationFactory(member=ken, model=free, quota_cost_usd_per_month=None)
+        settle_call(near, cost_usd="3.000001", when=NOW - dt.timedelta(days=5))
+        settle_call(near, cost_usd="5.5", when=NOW - dt.timedelta(days=1))
+        settle_call(over, cost_usd="2.3", when=NOW - dt.timedelta(hours=2))
+        settle_call(over, cost_usd="0", outcome="upstream_error", when=NOW - dt.timedelta(hours=1))
+        settle_call(unpriced, input_tokens=500, when=NOW - dt.timedelta(hours=3))
+        settle_call(near, cost_usd="4", when=NOW - dt.timedelta(days=30))  # last month, day 21 → not counted
+        settle_call(near, cost_usd="1.25", when=NOW - dt.timedelta(days=31, hours=1))  # last month, day 20
+        reject_call(over, outcome="rejected_cost_quota_exceeded", when=NOW - dt.timedelta(minutes=30))
+        reject_call(over, outcome="rejected_cost_quota_exceeded", when=NOW - dt.timedelta(minutes=20))
+        reject_call(near, outcome="rejected_paused", when=NOW - dt.timedelta(minutes=10))
+    return near, over, unpriced
+
+
+def _page(admin_client, query=""):
+    with time_machine.travel(NOW, tick=False):
+        response = admin_client.get("/admin/overview/" + query)
+    assert response.status_code == 200
+    return response
+
+
+def test_the_overview_figures_are_the_call_records(admin_client, month):
+    near, over, _ = month
+    context = _page(admin_client).context
+    records = CallRecord.objects.filter(started_at__gte=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), priced=True)
+    assert context["figures"].total == records.aggregate(t=Sum("cost_usd"))["t"] == Decimal("10.800001")
+    assert context["last_month"] == Decimal("1.25")
+    assert context["caps_total"] == Decimal("12") and context["uncapped"] == 1
+    assert context["daily_rows"][-1]["cumulative"] == Decimal("10.800001")
+    assert {r["outcome"]: r["calls"] for r in context["refusals"]} == {
+        "rejected_cost_quota_exceeded": 2,
+        "rejected_paused": 1,
+    }
+    assert context["figures"].unpriced_calls == 1
+    near_ids = [r["allocation"].pk for r in context["near_rows"]]
+    assert near_ids == [near.pk, over.pk]  # 85 % and 115 %, fullest spend first
+    assert [m["allocation__member__username"] for m in context["top_members"]] == ["mei", "ken"]
+
+
+def test_the_overview_shows_money_at_the_portals_precision_and_links(admin_client, month):
+    html = _page(admin_client).content.decode()
+    assert "$10.80" in html and "$3.00" in html
+    assert "?pricing=unpriced_period" in html
+    assert "/admin/members/" in html and "/admin/allocations/allocation/" in html
+    assert "vendor/chartjs/chart.umd.min.js" in html and "cdn" not in html.lower()
+
+
+def test_the_overview_stacks_by_provider_on_request(admin_client, month):
+    context = _page(admin_client, "?by=provider").context
+    assert context["by"] == "provider"
+    assert sum(sum(v.values()) for v in context["figures"].spend_by_day.values()) == Decimal("10.800001")
+
+
+def test_raise_cap_goes_through_the_service_and_writes_its_audit_event(admin_client, month):
+    _, over, _ = month
+    response = admin_client.post(f"/admin/overview/raise-cap/{over.pk}/", {"quota_cost_usd_per_month": "5"})
+    assert response.status_code == 302
+    over.refresh_from_db()
+    assert over.quota_cost_usd_per_month == Decimal("5")
+    event = AuditEvent.objects.get(action="allocation_cost_quota_updated", target_id=str(over.pk))
+    assert event.before == {"quota_cost_usd_per_month": "2.000000000"}
+    assert event.after == {"quota_cost_usd_per_month": "5.000000000"}
+
+
+@pytest.mark.parametrize("value", ["1", "2", "abc", "-3", ""])
+def test_raise_cap_refuses_a_cap_that_does_not_raise_it(admin_client, month, value):
+    _, over, _ = month
+    admin_client.post(f"/admin/overview/raise-cap/{over.pk}/", {"quota_cost_usd_per_month": value})
+    over.refresh_from_db()
+    assert over.quota_cost_usd_per_month == Decimal("2")
+    assert not AuditEvent.objects.filter(action="allocation_cost_quota_updated").exists()
+
+
+def test_the_overview_is_for_staff_only(client, month):
+    member = MemberFactory(username="plain")
+    client.force_login(member)
+    assert client.get("/admin/overview/").status_code == 302
+    assert (
+        client.post(f"/admin/overview/raise-cap/{month[1].pk}/", {"quota_cost_usd_per_month": "9"}).status_code == 302
+    )
+    month[1].refresh_from_db()
+    assert month[1].quota_cost_usd_per_month == Decimal("2")
+
+
+def test_the_admin_index_links_the_overview_first(admin_client):
+    html = admin_client.get("/admin/").content.decode()
+    assert html.index('href="/admin/overview/"') < html.index("/admin/allocations/")
+
+
+def test_todays_calls_show_at_once_while_whole_days_come_from_the_cache(admin_client, month):
+    near, _, _ = month
+    before = _page(admin_client).context["figures"].total
+    settle_call(near, cost_usd="1", when=NOW - dt.timedelta(minutes=5))  # today: read live
+    settle_call(near, cost_usd="2", when=NOW - dt.timedelta(days=2))  # a late settlement of a closed day
+    assert _page(admin_client).context["figures"].total == before + 1
+    cache.clear()  # what CLOSED_DAYS_TTL_S does after ten minutes
+    assert _page(admin_client).context["figures"].total == before + 3
