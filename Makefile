@@ -30,9 +30,11 @@ run: install
 services-check: install-dev
 	@$(BIN)/python scripts/check_services.py
 
-# Debian's chromium for the portal's browser tests (no browser download works here).
+# Debian's chromium and a CJK font (the zh-Hant pages are measured at phone widths) for the
+# browser tests; no browser download works here.
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@(command -v chromium >/dev/null 2>&1 && dpkg -s fonts-noto-cjk >/dev/null 2>&1) || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null)
 
 # A real OpenID Connect provider (node-oidc-provider, from the npm registry) for the SSO tests.
 OIDC_PROVIDER := tests/sso/oidc_provider
