@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "notifications",
     "portal",
     "ops",
+    "backoffice",
 ]
 
 MIDDLEWARE = [

@@ -5,8 +5,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("portal.auth_urls")),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("api/admin/", include("quota.pool_api_urls")),  # /api/admin/pool*
-    path("api/admin/", include("quota.admin_api_urls")),
+    path("api/admin/", include("backoffice.api.urls")),
     path("api/me/", include("portal.api_urls")),
     path("portal/", include("portal.urls")),
     path("i18n/", include("django.conf.urls.i18n")),

@@ -15,10 +15,9 @@ from rest_framework.views import APIView
 from allocations import services
 from allocations.exceptions import BadRequest, ScopeForbidden
 from allocations.models import Allocation
+from allocations.pages import parse_limit
 
 from . import selectors
-
-MAX_CALLS_LIMIT = 200
 
 
 class MemberAPIView(APIView):
@@ -96,18 +95,6 @@ class Usage(MemberAPIView):
         )
 
 
-def _limit(value) -> int:
-    if value in (None, ""):
-        return 50
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_CALLS_LIMIT:
-        raise BadRequest("limit is out of range", fields={"limit": [f"A whole number from 1 to {MAX_CALLS_LIMIT}."]})
-    return limit
-
-
 class Calls(MemberAPIView):
     def get(self, request):
         params = request.query_params
@@ -120,7 +107,7 @@ class Calls(MemberAPIView):
             allocation=allocation,
             period=period,
             cursor=params.get("cursor"),
-            limit=_limit(params.get("limit")),
+            limit=parse_limit(params.get("limit")),
         )
         return Response({"results": [selectors.call_json(r) for r in records], "next": next_cursor})
 

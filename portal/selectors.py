@@ -1,9 +1,6 @@
 """Reads for the member portal and the member API. Every query is scoped to one member."""
 
-import base64
-import binascii
 import datetime as dt
-import json
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -15,18 +12,13 @@ from django.utils import timezone
 
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation, ApiKey, ApiKeyScope, CatalogModel
+from allocations.pages import keyset_page
 from quota.models import CallRecord, PriceVersion
 from quota.periods import billing_tz, period_bounds
+from quota.pricing import ZERO, money_str
 from quota.selectors import near_cap, price_describe, usage_this_month
 
-NANO = Decimal("1e-9")
-ZERO = Decimal(0)
 MAX_USAGE_DAYS = 366
-
-
-def money_str(value: Decimal | None) -> str | None:
-    """The API's decimal string: fixed point, 9 places (the stored precision)."""
-    return None if value is None else f"{Decimal(value).quantize(NANO):f}"
 
 
 def parse_uuid(value, *, field_name: str) -> uuid.UUID:
@@ -353,34 +345,12 @@ def usage_daily_series(*, member, period: Period, allocation=None) -> list[dict]
 # --- calls (keyset pagination) -------------------------------------------------------------------
 
 
-def cursor_encode(record: CallRecord) -> str:
-    raw = json.dumps([record.started_at.isoformat(), record.pk]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def cursor_decode(cursor: str) -> tuple[dt.datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        started, pk = json.loads(raw)
-        when = dt.datetime.fromisoformat(started)
-        if when.tzinfo is None or not isinstance(pk, int) or isinstance(pk, bool):
-            raise ValueError
-        return when, pk
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("invalid cursor", fields={"cursor": ["Invalid cursor."]}) from None
-
-
 def calls_page(*, member, allocation=None, period: Period | None = None, cursor: str | None = None, limit: int = 50):
     """Newest first by (started_at, id). Returns (records, next_cursor or None); never counts."""
     qs = _member_calls(member, allocation).select_related("model")
     if period is not None:
         qs = qs.filter(started_at__gte=period.start, started_at__lt=period.end)
-    if cursor:
-        when, pk = cursor_decode(cursor)
-        qs = qs.filter(Q(started_at__lt=when) | Q(started_at=when, id__lt=pk))
-    rows = list(qs.order_by("-started_at", "-id")[: limit + 1])
-    next_cursor = cursor_encode(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return keyset_page(qs, time_field="started_at", cursor=cursor, limit=limit)
 
 
 def call_json(record: CallRecord) -> dict:

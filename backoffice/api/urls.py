@@ -1,10 +1,14 @@
-"""/api/admin/… (SPEC section 8). `pool…` paths are routed by quota.pool_api_urls."""
+"""/api/admin/… (SPEC section 8): members, providers, models, prices, allocations, usage, audit, pool."""
 
 from django.urls import path
 
-from . import admin_api as api
+from . import pool
+from . import views as api
 
 urlpatterns = [
+    path("pool", pool.PoolView.as_view(), name="admin-pool"),
+    path("pool/preview", pool.PoolPreviewView.as_view(), name="admin-pool-preview"),
+    path("pool/rebalance", pool.PoolRebalanceView.as_view(), name="admin-pool-rebalance"),
     path("members", api.MemberList.as_view(), name="admin-api-members"),
     path("members/<str:member_id>", api.MemberDetail.as_view(), name="admin-api-member"),
     path("providers", api.ProviderList.as_view(), name="admin-api-providers"),

@@ -16,14 +16,16 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from allocations import services
-from allocations.admin import ReadOnlyListMixin, client_ip, form_errors_from, simulated_badge
 from allocations.exceptions import BadRequest, GatewayError
+from allocations.http import client_ip
 from allocations.models import Allocation, ProviderKind
+from quota import selectors
+from quota.models import CallRecord, PriceVersion, UsageCounter
+from quota.periods import period_start_date
+from quota.services import price_version_add, price_version_clean
 
-from . import selectors
-from .models import CallRecord, PriceVersion, UsageCounter
-from .periods import period_start_date
-from .services import price_version_add, price_version_clean
+from .base import ReadOnlyListMixin, form_errors_from, simulated_badge
+from .unpriced import UnpricedFilter, metered
 
 
 def _money(value) -> str:
@@ -353,10 +355,11 @@ class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
         "status_code",
         "input_tokens",
         "output_tokens",
+        metered,
         "cost",
         "close_reason",
     )
-    list_filter = ("outcome", "endpoint", "priced", "is_stream")
+    list_filter = ("outcome", "endpoint", "priced", "is_stream", UnpricedFilter)
     search_fields = ("=request_id",)
     list_select_related = ("member", "model")
     ordering = ("-started_at", "-id")
@@ -367,7 +370,3 @@ class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
 
     def get_actions(self, request):
         return {}
-
-
-from . import admin_pool  # noqa: E402, F401  (pool and anomaly admin, quota/admin_pool.py)
-from .admin_unpriced import UnpricedFilter  # noqa: E402, F401  (installs the unpriced / unit-mismatch filter)

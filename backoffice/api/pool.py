@@ -2,13 +2,12 @@
 POST /api/admin/pool/rebalance. Staff only (anonymous → 401, non-staff → 403)."""
 
 from django.utils import timezone
-from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from allocations.exceptions import BadRequest
-
-from .pool import (
+from allocations.http import client_ip
+from quota.pool import (
     RebalanceRefused,
     log_describe,
     pool_config_update,
@@ -17,16 +16,9 @@ from .pool import (
     pool_rebalance,
     pool_state,
 )
-from .pool_models import RebalanceLog
+from quota.pool_models import RebalanceLog
 
-
-class IsStaff(BasePermission):
-    def has_permission(self, request, view):
-        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
-
-
-def _client_ip(request):
-    return request.META.get("REMOTE_ADDR")
+from .base import IsStaff
 
 
 class PoolView(APIView):
@@ -38,7 +30,7 @@ class PoolView(APIView):
     def patch(self, request):
         if not isinstance(request.data, dict):
             raise BadRequest("expected a JSON object")
-        pool_config_update(changes=dict(request.data), actor=request.user, source_ip=_client_ip(request))
+        pool_config_update(changes=dict(request.data), actor=request.user, source_ip=client_ip(request))
         return Response(pool_overview())
 
 

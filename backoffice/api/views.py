@@ -15,31 +15,18 @@ from django.core.validators import URLValidator, validate_email
 from django.http import Http404
 from django.utils import timezone
 from rest_framework import status
-from rest_framework.parsers import JSONParser
-from rest_framework.permissions import BasePermission
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from allocations import services
 from allocations.exceptions import BadRequest
+from allocations.http import client_ip
 from allocations.models import Allocation, AuditEvent, CatalogModel, Member, ModelKind, Provider, ProviderKind
+from quota.models import PriceVersion
+from quota.price_rows import model_by_slug, price_row_add
 
-from . import admin_selectors as sel
-from .models import PriceVersion
-from .price_rows import model_by_slug, price_row_add
-
-
-class IsStaff(BasePermission):
-    def has_permission(self, request, view):
-        user = request.user
-        return bool(user and user.is_authenticated and user.is_active and user.is_staff)
-
-
-class AdminAPIView(APIView):
-    permission_classes = [IsStaff]
-    renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
+from . import selectors as sel
+from .base import AdminAPIView, list_response
 
 
 def _body(request, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
@@ -73,14 +60,6 @@ def _bool(data: dict, name: str, default: bool = False) -> bool:
     return value
 
 
-def _list(request, queryset, to_json, *, time_field: str = "created_at") -> Response:
-    params = request.query_params
-    rows, next_cursor = sel.page(
-        queryset, time_field=time_field, cursor=params.get("cursor"), limit=sel.parse_limit(params.get("limit"))
-    )
-    return Response({"results": to_json(rows), "next": next_cursor})
-
-
 def _member_by(ref) -> Member:
     if not isinstance(ref, str) or not ref.strip():
         raise BadRequest("member must be a username or an id", fields={"member": ["A username or an id."]})
@@ -101,7 +80,7 @@ _model_by = model_by_slug
 
 class MemberList(AdminAPIView):
     def get(self, request):
-        return _list(
+        return list_response(
             request, Member.objects.all(), lambda rows: [sel.member_json(m) for m in rows], time_field="date_joined"
         )
 
@@ -164,7 +143,7 @@ def _provider_input(data: dict) -> dict:
 
 class ProviderList(AdminAPIView):
     def get(self, request):
-        return _list(request, Provider.objects.all(), lambda rows: [sel.provider_json(p) for p in rows])
+        return list_response(request, Provider.objects.all(), lambda rows: [sel.provider_json(p) for p in rows])
 
     def post(self, request):
         data = _body(request, {"name", "kind", "base_url", "api_key", "api_version"}, required=("name", "kind"))
@@ -175,7 +154,7 @@ class ProviderList(AdminAPIView):
 class ModelList(AdminAPIView):
     def get(self, request):
         queryset = CatalogModel.objects.select_related("provider")
-        return _list(request, queryset, lambda rows: [sel.model_json(m) for m in rows])
+        return list_response(request, queryset, lambda rows: [sel.model_json(m) for m in rows])
 
     def post(self, request):
         data = _body(
@@ -214,7 +193,7 @@ class PriceList(AdminAPIView):
         queryset = PriceVersion.objects.select_related("model")
         if request.query_params.get("model"):
             queryset = queryset.filter(model__slug=request.query_params["model"])
-        return _list(request, queryset, lambda rows: [sel.price_json(p) for p in rows])
+        return list_response(request, queryset, lambda rows: [sel.price_json(p) for p in rows])
 
     def post(self, request):
         version = price_row_add(request.data, actor=request.user)
@@ -236,7 +215,7 @@ class AllocationList(AdminAPIView):
             queryset = queryset.filter(model__slug=params["model"])
         if params.get("status"):
             queryset = queryset.filter(status=params["status"])
-        return _list(request, queryset, sel.allocations_json)
+        return list_response(request, queryset, sel.allocations_json)
 
     def post(self, request):
         data = _body(
@@ -276,7 +255,7 @@ class AllocationDetail(AdminAPIView):
             allocation=allocation,
             changes=dict(request.data),
             actor=request.user,
-            source_ip=request.META.get("REMOTE_ADDR"),
+            source_ip=client_ip(request),
         )
         return Response(sel.allocation_json(allocation))
 
@@ -350,4 +329,4 @@ class AuditList(AdminAPIView):
         for name in ("action", "target_type", "target_id"):
             if request.query_params.get(name):
                 queryset = queryset.filter(**{name: request.query_params[name]})
-        return _list(request, queryset, lambda rows: [sel.audit_json(e) for e in rows])
+        return list_response(request, queryset, lambda rows: [sel.audit_json(e) for e in rows])

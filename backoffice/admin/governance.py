@@ -1,68 +1,17 @@
-"""Django admin for the governance objects that need no usage figures.
+"""Django admin for the governance objects that need no usage figures: members, providers, models,
+keys, admin tokens and the audit trail.
 
 Every save, action and delete goes through allocations.services, so each change is audited;
-allocations themselves (which show usage) are administered from quota/admin.py.
+allocations themselves (which show usage) are administered from backoffice/admin/usage.py.
 """
-
-from typing import ClassVar
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.paginator import Paginator
-from django.utils.functional import cached_property
-from django.utils.html import format_html
 
-from . import services
-from .exceptions import GatewayError
-from .models import AdminToken, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
+from allocations import services
+from allocations.models import AdminToken, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
-admin.site.site_header = "AI gateway administration"
-admin.site.site_title = "AI gateway admin"
-
-
-def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
-def form_errors_from(exc: GatewayError, form, default_field: str | None = None) -> None:
-    """Copies a service's field errors onto a Django form (nothing has been written)."""
-    for field, errors in (exc.fields or {default_field: [exc.message]}).items():
-        for error in errors:
-            form.add_error(field if field in form.fields else None, error)
-
-
-def simulated_badge(kind: str) -> str:
-    if kind == ProviderKind.SIMULATED:
-        return format_html('<span style="background:#ffe08a;padding:1px 6px;border-radius:3px">{}</span>', kind)
-    return ""
-
-
-class BoundedCountPaginator(Paginator):
-    """Counts at most LIMIT rows (`COUNT(*)` over a `LIMIT` subquery), never the whole table."""
-
-    LIMIT = 10_000
-
-    @cached_property
-    def count(self):
-        return self.object_list[: self.LIMIT + 1].count()
-
-
-class ReadOnlyListMixin:
-    """Lists of append-only records: no add, change or delete for anyone, superusers included."""
-
-    paginator: ClassVar[type[Paginator]] = BoundedCountPaginator
-    show_full_result_count = False
-    list_per_page = 50
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
+from .base import ReadOnlyListMixin, simulated_badge
 
 # --- members ----------------------------------------------------------------------------------------
 

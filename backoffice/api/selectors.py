@@ -1,9 +1,7 @@
 """Reads for the admin API: JSON shapes, keyset pages and usage reports."""
 
-import base64
 import datetime as dt
 import uuid
-from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q, Sum
@@ -11,17 +9,10 @@ from django.http import Http404
 
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider
-
-from . import selectors
-from .models import CallRecord, PriceVersion
-from .periods import billing_tz, period_bounds
-from .pricing import NANO, ZERO
-
-MAX_LIMIT = 200
-
-
-def money(value) -> str | None:
-    return None if value is None else f"{Decimal(value).quantize(NANO):f}"
+from quota import selectors
+from quota.models import CallRecord, PriceVersion
+from quota.periods import billing_tz, period_bounds
+from quota.pricing import ZERO, money_str
 
 
 def iso(value) -> str | None:
@@ -33,50 +24,6 @@ def get_or_404(queryset, pk):
         return queryset.get(pk=uuid.UUID(str(pk)))
     except (ValueError, ValidationError, queryset.model.DoesNotExist):
         raise Http404 from None
-
-
-# --- keyset pages (newest first, no COUNT) -------------------------------------------------------------
-
-
-def _cursor_encode(when: dt.datetime, pk) -> str:
-    return base64.urlsafe_b64encode(f"{when.isoformat()}|{pk}".encode()).decode().rstrip("=")
-
-
-def _cursor_decode(cursor: str) -> tuple[dt.datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when, pk = raw.split("|", 1)
-        return dt.datetime.fromisoformat(when), pk
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("invalid cursor", fields={"cursor": ["Invalid cursor."]}) from None
-
-
-def parse_limit(value, default: int = 50) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        limit = int(value)
-    except ValueError:
-        raise BadRequest("invalid limit", fields={"limit": [f"A whole number from 1 to {MAX_LIMIT}."]}) from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise BadRequest("invalid limit", fields={"limit": [f"A whole number from 1 to {MAX_LIMIT}."]})
-    return limit
-
-
-def page(queryset, *, time_field: str, cursor: str | None, limit: int):
-    """Returns (rows, next_cursor). Ordered by (time_field, pk) descending."""
-    queryset = queryset.order_by(f"-{time_field}", "-pk")
-    if cursor:
-        when, pk = _cursor_decode(cursor)
-        try:
-            queryset = queryset.filter(Q(**{f"{time_field}__lt": when}) | Q(**{time_field: when, "pk__lt": pk}))
-        except (ValueError, TypeError, ValidationError):
-            raise BadRequest("invalid cursor", fields={"cursor": ["Invalid cursor."]}) from None
-    rows = list(queryset[: limit + 1])
-    if len(rows) <= limit:
-        return rows, None
-    last = rows[limit - 1]
-    return rows[:limit], _cursor_encode(getattr(last, time_field), last.pk)
 
 
 # --- JSON shapes ---------------------------------------------------------------------------------------
@@ -128,9 +75,9 @@ def price_json(price: PriceVersion) -> dict:
         "id": str(price.pk),
         "model": price.model.slug,
         "effective_from": iso(price.effective_from),
-        **{f: money(getattr(price, f)) for f in rates},
+        **{f: money_str(getattr(price, f)) for f in rates},
         "unit": price.unit or None,
-        "price_per_unit": money(price.price_per_unit),
+        "price_per_unit": money_str(price.price_per_unit),
         "created_at": iso(price.created_at),
     }
 
@@ -159,8 +106,8 @@ def _allocation_json(a: Allocation, tokens_used: int, cost_used, key_prefixes) -
         "status_reason": a.status_reason,
         "quota_tokens_per_month": a.quota_tokens_per_month,
         "tokens_used_this_month": tokens_used,
-        "quota_cost_usd_per_month": money(a.quota_cost_usd_per_month),
-        "cost_used_this_month": money(cost_used),
+        "quota_cost_usd_per_month": money_str(a.quota_cost_usd_per_month),
+        "cost_used_this_month": money_str(cost_used),
         "near_cap": selectors.near_cap(
             tokens_used=tokens_used,
             token_cap=a.quota_tokens_per_month,
@@ -259,7 +206,7 @@ def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list
             input_tokens=tokens_in,
             output_tokens=tokens_out,
             total_tokens=tokens_in + tokens_out,
-            cost_usd=money(row["sum_cost"] or ZERO),
+            cost_usd=money_str(row["sum_cost"] or ZERO),
         )
         out.append(item)
     return out
