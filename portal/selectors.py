@@ -13,9 +13,10 @@ from django.utils import timezone
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation, ApiKey, ApiKeyScope, CatalogModel
 from allocations.pages import keyset_page
+from allocations.serializers import money_str
 from quota.models import CallRecord, PriceVersion
 from quota.periods import billing_tz, period_bounds
-from quota.pricing import ZERO, money_str
+from quota.pricing import ZERO
 from quota.selectors import near_cap, price_describe, usage_this_month
 
 MAX_USAGE_DAYS = 366

@@ -8,8 +8,7 @@ from django.contrib.auth import signals
 from django.utils import timezone
 
 from allocations.audit import audit_record
-
-from .auth import client_ip
+from allocations.http import client_ip
 
 SIGNED_IN_AT = "signed_in_at"
 SIGNED_IN_UID = "portal.sign_in_audit.in"

@@ -7,12 +7,6 @@ ONE_MILLION = Decimal(1_000_000)
 NANO = Decimal("1e-9")
 ZERO = Decimal(0)
 
-
-def money_str(value) -> str | None:
-    """Money in every JSON API: a fixed-point decimal string with the stored 9 places, None stays None."""
-    return None if value is None else f"{Decimal(value).quantize(NANO):f}"
-
-
 # Meter units that a unit price may be expressed in, with the factor that converts one metered
 # unit into the price's unit (a per-minute price bills metered seconds pro rata).
 UNIT_CONVERSIONS = {

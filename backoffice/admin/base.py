@@ -3,15 +3,72 @@
 from typing import ClassVar
 
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from allocations.exceptions import GatewayError
+from allocations.login_limits import RateLimitedAuthenticationForm
 from allocations.models import ProviderKind
 
 admin.site.site_header = "AI gateway administration"
 admin.site.site_title = "AI gateway admin"
+
+
+class AdminLoginForm(RateLimitedAuthenticationForm, AdminAuthenticationForm):
+    """Django admin's sign-in behind the portal's failed-sign-in limits (the same counters)."""
+
+
+admin.site.login_form = AdminLoginForm
+
+
+def is_governing_staff(request) -> bool:
+    """Staff = admin (SPEC section 2): every active staff member governs, superuser or not."""
+    user = request.user
+    return bool(user.is_authenticated and user.is_active and user.is_staff)
+
+
+class StaffAdmin(admin.ModelAdmin):
+    """Where governance permissions are decided, once: every active staff member may view, add and
+    change what the subclass allows; nothing is deleted (records are revoked or disabled instead).
+    Subclasses narrow these (read-only lists, append-only prices), never widen them. Actions
+    declare the permission they need (`permissions=["change"]` or `["revoke"]`)."""
+
+    def has_module_permission(self, request):
+        return is_governing_staff(request)
+
+    def has_view_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+    def has_add_permission(self, request):
+        return is_governing_staff(request)
+
+    def has_change_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_revoke_permission(self, request):
+        return is_governing_staff(request)
+
+
+class StaffReadOnlyInline(admin.TabularInline):
+    can_delete = False
+    extra = 0
+
+    def has_view_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 def form_errors_from(exc: GatewayError, form, default_field: str | None = None) -> None:

@@ -1,5 +1,5 @@
 """Django admin for the governance objects that need no usage figures: members, providers, models,
-keys, admin tokens and the audit trail.
+keys and the audit trail (members and admin tokens: backoffice/admin/members.py).
 
 Every save, action and delete goes through allocations.services, so each change is audited;
 allocations themselves (which show usage) are administered from backoffice/admin/usage.py.
@@ -9,70 +9,9 @@ from django import forms
 from django.contrib import admin, messages
 
 from allocations import services
-from allocations.models import AdminToken, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
+from allocations.models import ApiKey, AuditEvent, CatalogModel, Provider, ProviderKind
 
-from .base import ReadOnlyListMixin, simulated_badge
-
-# --- members ----------------------------------------------------------------------------------------
-
-
-class MemberAddForm(forms.ModelForm):
-    password = forms.CharField(
-        widget=forms.PasswordInput, required=False, help_text="Blank: the member cannot log in with a password."
-    )
-
-    class Meta:
-        model = Member
-        fields = ("username", "email", "is_staff", "is_superuser")
-
-    def clean_username(self):
-        username = (self.cleaned_data.get("username") or "").strip().casefold()
-        if Member.objects.filter(username=username).exists():
-            raise forms.ValidationError("A member with that username already exists.")
-        return username
-
-
-@admin.register(Member)
-class MemberAdmin(admin.ModelAdmin):
-    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "date_joined")
-    list_filter = ("is_active", "is_staff", "is_superuser")
-    search_fields = ("username", "email")
-    ordering = ("username",)
-    fields = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "date_joined")
-    readonly_fields = ("username", "email", "is_staff", "is_superuser", "last_login", "date_joined")
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = MemberAddForm
-        return super().get_form(request, obj, change=change, **kwargs)
-
-    def get_fields(self, request, obj=None):
-        return ("username", "email", "password", "is_staff", "is_superuser") if obj is None else self.fields
-
-    def get_readonly_fields(self, request, obj=None):
-        return () if obj is None else self.readonly_fields
-
-    def save_model(self, request, obj, form, change):
-        if change:
-            fresh = Member.objects.get(pk=obj.pk)
-            services.member_set_active(member=fresh, is_active=form.cleaned_data["is_active"], actor=request.user)
-            return
-        created = services.member_create(
-            username=form.cleaned_data["username"],
-            email=form.cleaned_data.get("email", ""),
-            password=form.cleaned_data.get("password") or None,
-            is_staff=form.cleaned_data.get("is_staff", False),
-            is_superuser=form.cleaned_data.get("is_superuser", False),
-            actor=request.user,
-        )
-        obj.pk, obj._state.adding = created.pk, False
-
-    def save_related(self, request, form, formsets, change):
-        """Groups and permissions are not edited here; nothing else to save."""
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # members are disabled, never deleted: the audit trail points at them
-
+from .base import ReadOnlyListMixin, StaffAdmin, simulated_badge
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -99,7 +38,7 @@ class ProviderForm(forms.ModelForm):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(StaffAdmin):
     form = ProviderForm
     list_display = ("name", "kind_label", "base_url", "api_version", "status", "key_fingerprint")
     list_filter = ("kind", "status")
@@ -148,7 +87,7 @@ class CatalogModelForm(forms.ModelForm):
 
 
 @admin.register(CatalogModel)
-class CatalogModelAdmin(admin.ModelAdmin):
+class CatalogModelAdmin(StaffAdmin):
     form = CatalogModelForm
     list_display = ("slug", "kind", "provider", "provider_label", "upstream_name", "display_name", "is_active")
     list_filter = ("kind", "is_active", "provider")
@@ -189,7 +128,7 @@ class CatalogModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(StaffAdmin):
     list_display = ("prefix", "name", "member", "is_default", "created_at", "rotated_at", "revoked_at", "last_used_at")
     list_filter = ("is_default", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("prefix", "name", "member__username")
@@ -202,7 +141,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def scope(self, obj):
         return ", ".join(s.allocation.model.slug for s in obj.scopes.select_related("allocation__model"))
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["revoke"])
     def revoke_keys(self, request, queryset):
         for key in queryset:
             services.api_key_revoke(key=key, actor=request.user)
@@ -218,51 +157,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return False
 
 
-class AdminTokenForm(forms.ModelForm):
-    class Meta:
-        model = AdminToken
-        fields = ("user",)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["user"].queryset = Member.objects.filter(is_staff=True, is_active=True)
-
-
-@admin.register(AdminToken)
-class AdminTokenAdmin(admin.ModelAdmin):
-    form = AdminTokenForm
-    list_display = ("prefix", "user", "created_at", "revoked_at")
-    list_select_related = ("user",)
-    readonly_fields = ("prefix", "user", "created_at", "revoked_at")
-    actions = ("revoke_tokens",)
-
-    def get_readonly_fields(self, request, obj=None):
-        return self.readonly_fields if obj else ()
-
-    def save_model(self, request, obj, form, change):
-        plaintext = services.admin_token_create(user=form.cleaned_data["user"])
-        token = AdminToken.objects.get(token_hash=ApiKey.hash(plaintext))
-        obj.pk, obj._state.adding = token.pk, False
-        self.message_user(request, f"Admin token (shown once, copy it now): {plaintext}", messages.WARNING)
-
-    @admin.action(description="Revoke selected admin tokens")
-    def revoke_tokens(self, request, queryset):
-        for token in queryset:
-            services.admin_token_revoke(token=token, actor=request.user)
-        self.message_user(request, f"{queryset.count()} token(s) revoked.", messages.SUCCESS)
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 # --- audit -------------------------------------------------------------------------------------------
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyListMixin, admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyListMixin, StaffAdmin):
     list_display = ("created_at", "action", "actor_label", "target_type", "target_id", "source_ip")
     list_filter = ("action", "target_type")
     search_fields = ("=target_id", "=action", "=actor_label")

@@ -24,7 +24,7 @@ from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
 from quota.services import price_version_add, price_version_clean
 
-from .base import ReadOnlyListMixin, form_errors_from, simulated_badge
+from .base import ReadOnlyListMixin, StaffAdmin, form_errors_from, simulated_badge
 from .unpriced import UnpricedFilter, metered
 
 
@@ -129,7 +129,7 @@ class UsageFilter(admin.SimpleListFilter):
 
 
 @admin.register(Allocation)
-class AllocationAdmin(admin.ModelAdmin):
+class AllocationAdmin(StaffAdmin):
     form = AllocationForm
     list_display = ("display_name", "member", "model_label", "status_label", "tokens", "spend", "near_cap_flag")
     list_filter = (
@@ -242,19 +242,19 @@ class AllocationAdmin(admin.ModelAdmin):
         if done:
             self.message_user(request, f"{done} allocation(s) {verb}.", messages.SUCCESS)
 
-    @admin.action(description="Pause selected allocations")
+    @admin.action(description="Pause selected allocations", permissions=["change"])
     def pause(self, request, queryset):
         self._each(request, queryset, "paused", lambda a: services.allocation_pause(allocation=a, actor=request.user))
 
-    @admin.action(description="Resume selected allocations")
+    @admin.action(description="Resume selected allocations", permissions=["change"])
     def resume(self, request, queryset):
         self._each(request, queryset, "resumed", lambda a: services.allocation_resume(allocation=a, actor=request.user))
 
-    @admin.action(description="Revoke selected allocations (final)")
+    @admin.action(description="Revoke selected allocations (final)", permissions=["change"])
     def revoke(self, request, queryset):
         self._each(request, queryset, "revoked", lambda a: services.allocation_revoke(allocation=a, actor=request.user))
 
-    @admin.action(description="Unquarantine selected allocations")
+    @admin.action(description="Unquarantine selected allocations", permissions=["change"])
     def unquarantine(self, request, queryset):
         self._each(
             request,
@@ -263,7 +263,7 @@ class AllocationAdmin(admin.ModelAdmin):
             lambda a: services.allocation_unquarantine(allocation=a, actor=request.user),
         )
 
-    @admin.action(description="Rotate default key of selected allocations")
+    @admin.action(description="Rotate default key of selected allocations", permissions=["change"])
     def rotate_default_key(self, request, queryset):
         def rotate(allocation):
             _, plaintext = services.allocation_rotate_default_key(allocation=allocation, actor=request.user)
@@ -309,7 +309,7 @@ class PriceVersionForm(forms.ModelForm):
 
 
 @admin.register(PriceVersion)
-class PriceVersionAdmin(admin.ModelAdmin):
+class PriceVersionAdmin(StaffAdmin):
     form = PriceVersionForm
     list_display = ("model", "effective_from", "input_per_1m", "cached_input_per_1m", "output_per_1m", "unit_price")
     list_filter = ("unit", "model")
@@ -344,7 +344,7 @@ class PriceVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(CallRecord)
-class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
+class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     list_display = (
         "started_at",
         "request_id",

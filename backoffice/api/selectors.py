@@ -9,10 +9,11 @@ from django.http import Http404
 
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider
+from allocations.serializers import money_str
 from quota import selectors
 from quota.models import CallRecord, PriceVersion
 from quota.periods import billing_tz, period_bounds
-from quota.pricing import ZERO, money_str
+from quota.pricing import ZERO
 
 
 def iso(value) -> str | None:

@@ -1,4 +1,5 @@
-"""Portal login: Django's auth form behind a failed-login limit per username and per client IP.
+"""Sign-in (the portal's and Django admin's): Django's auth forms behind one failed-login limit per
+username and per client IP, the same counters for both login pages.
 
 Failures are counted in the shared Django cache (Redis in production and tests), so the limit
 holds across processes. While either counter is at its limit the form refuses before checking
@@ -13,7 +14,7 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from allocations.http import client_ip
+from .http import client_ip
 
 MAX_FAILURES_PER_USERNAME = 5
 MAX_FAILURES_PER_IP = 20

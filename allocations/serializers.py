@@ -1,0 +1,91 @@
+"""What the JSON APIs' serializers share (HackSoft style: an input serializer parses a request body,
+an output serializer shapes a response; domain rules stay in the services).
+
+JSON has types, and the contract relies on them: a name is a string, a flag is `true`/`false`.
+DRF's stock fields coerce (`7` → `"7"`, `"yes"` → `True`), so the APIs use the strict fields here.
+"""
+
+from collections.abc import Mapping
+from decimal import Decimal
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+NANO = Decimal("1e-9")
+
+
+def money_str(value) -> str | None:
+    """Money in every JSON API: a fixed-point decimal string with the stored 9 places; None stays None."""
+    return None if value is None else f"{Decimal(value).quantize(NANO):f}"
+
+
+class InputSerializer(serializers.Serializer):
+    """A request body: a JSON object with only the fields the endpoint takes (else 400 naming them)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, Mapping):
+            raise serializers.ValidationError({"non_field_errors": ["The body must be a JSON object."]})
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictEmailField(serializers.EmailField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data).casefold()
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+@extend_schema_field({"oneOf": [{"type": "string", "format": "decimal"}, {"type": "number"}], "nullable": True})
+class DecimalInputField(serializers.Field):
+    """An amount as a decimal string or a JSON number; the service that takes it checks its range."""
+
+    default_error_messages = {"invalid": "A decimal string or a number."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, str | int | float):
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value):
+        return money_str(value)
+
+
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}], "nullable": True})
+class WholeNumberInputField(DecimalInputField):
+    default_error_messages = {"invalid": "A whole number."}
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field({"type": "string", "format": "decimal", "nullable": True})
+class MoneyField(serializers.Field):
+    """Read-only money: a decimal string with 9 places, or null."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("read_only", True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value):
+        return money_str(value)
