@@ -23,10 +23,7 @@ class AdminTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("malformed Authorization header")
         now = timezone.now()
         row = (
-            AdminToken.objects.usable(now)
-            .select_related("user")
-            .filter(token_hash=ApiKey.hash(token.strip()))
-            .first()
+            AdminToken.objects.usable(now).select_related("user").filter(token_hash=ApiKey.hash(token.strip())).first()
         )
         if row is None or not row.user.is_active:
             raise exceptions.AuthenticationFailed("invalid, expired or revoked token")

@@ -121,9 +121,7 @@ def member_update(*, member: Member, changes: dict, actor=None) -> Member:
 def _audit_member_changes(member: Member, before: dict, after: dict, actor) -> None:
     if "is_active" in after:
         action = "member_enabled" if after["is_active"] else "member_disabled"
-        audit_record(
-            actor=actor, action=action, target=member, before={"is_active": before["is_active"]}, after=after
-        )
+        audit_record(actor=actor, action=action, target=member, before={"is_active": before["is_active"]}, after=after)
     roles = [f for f in ("is_staff", "is_superuser") if f in after]
     if roles:
         audit_record(

@@ -19,8 +19,17 @@ def money_str(value) -> str | None:
     return None if value is None else f"{Decimal(value).quantize(NANO):f}"
 
 
-class InputSerializer(serializers.Serializer):
-    """A request body: a JSON object with only the fields the endpoint takes (else 400 naming them)."""
+class StrictInputSerializer(serializers.Serializer):
+    """A request body: a JSON object with only the fields the endpoint takes (else 400 naming them).
+
+    A view's nested `InputSerializer` is named after its view in the OpenAPI schema
+    (`MemberList.InputSerializer` → `MemberListInput`), so the nested classes never collide."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        owner, _, name = cls.__qualname__.rpartition(".")
+        if owner and "Meta" not in cls.__dict__:
+            cls.Meta = type("Meta", (), {"ref_name": owner.replace(".", "") + name.removesuffix("Serializer")})
 
     def to_internal_value(self, data):
         if not isinstance(data, Mapping):
@@ -89,3 +98,12 @@ class MoneyField(serializers.Field):
 
     def to_representation(self, value):
         return money_str(value)
+
+
+class FromFieldMixin:
+    """`from` is a Python keyword: a field declared as `from_` is read and rendered as `from`."""
+
+    def get_fields(self):
+        fields = super().get_fields()  # type: ignore[misc]
+        fields["from"] = fields.pop("from_")
+        return fields

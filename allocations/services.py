@@ -7,6 +7,8 @@ so no path skips the audit trail or the request-path cache invalidation.
 import secrets
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -23,7 +25,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     member_set_roles,
     member_update,
 )
-from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, Provider
+from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, ModelKind, Provider, ProviderKind
 
 Status = Allocation.Status
 
@@ -49,7 +51,24 @@ def allocation_snapshot(allocation: Allocation) -> dict:
 # --- providers and models --------------------------------------------------------------------
 
 
+def provider_clean(*, name: str, kind: str, base_url: str) -> None:
+    """A provider's rules, for every path that creates one: a unique name, an http(s) base URL
+    unless the provider is the built-in simulated one."""
+    if not name:
+        raise BadRequest("name is required", fields={"name": ["This field is required."]})
+    if kind not in ProviderKind.values:
+        raise BadRequest("invalid kind", fields={"kind": [f"One of: {', '.join(ProviderKind.values)}."]})
+    if kind != ProviderKind.SIMULATED:
+        try:
+            URLValidator(schemes=["http", "https"])(base_url)
+        except ValidationError:
+            raise BadRequest("invalid base_url", fields={"base_url": ["An http(s) URL."]}) from None
+    if Provider.objects.filter(name=name).exists():
+        raise BadRequest("name is taken", fields={"name": ["A provider with that name already exists."]})
+
+
 def provider_create(*, name: str, kind: str, base_url: str = "", api_key: str = "", api_version: str = "", actor=None):
+    provider_clean(name=name, kind=kind, base_url=base_url)
     provider = Provider(name=name, kind=kind, base_url=base_url, api_version=api_version)
     if api_key:
         provider.api_key_encrypted = crypto.encrypt(api_key)
@@ -128,6 +147,12 @@ def provider_api_key(provider: Provider) -> str:
 
 
 def model_create(*, slug: str, provider: Provider, upstream_name: str, kind: str, display_name: str = "", actor=None):
+    if not slug:
+        raise BadRequest("slug is required", fields={"slug": ["This field is required."]})
+    if kind not in ModelKind.values:
+        raise BadRequest("invalid kind", fields={"kind": [f"One of: {', '.join(ModelKind.values)}."]})
+    if CatalogModel.objects.filter(slug=slug).exists():
+        raise BadRequest("slug is taken", fields={"slug": ["A model with that slug already exists."]})
     with transaction.atomic():
         model = CatalogModel.objects.create(
             slug=slug, provider=provider, upstream_name=upstream_name, kind=kind, display_name=display_name

@@ -17,7 +17,7 @@ from allocations.serializers import money_str
 from quota.models import CallRecord, PriceVersion
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import ZERO
-from quota.selectors import near_cap, price_describe, usage_this_month
+from quota.selectors import near_cap, usage_this_month
 
 MAX_USAGE_DAYS = 366
 
@@ -158,24 +158,6 @@ def allocation_cards(*, member, now: dt.datetime | None = None, allocations=None
     return cards
 
 
-def allocation_card_json(card: AllocationCard) -> dict:
-    """The exact shape of SPEC section 7."""
-    a = card.allocation
-    return {
-        "id": str(a.pk),
-        "model": a.model.slug,
-        "display_name": a.display_name,
-        "status": a.status,
-        "quota_tokens_per_month": a.quota_tokens_per_month,
-        "tokens_used_this_month": card.tokens_used,
-        "quota_cost_usd_per_month": money_str(a.quota_cost_usd_per_month),
-        "cost_used_this_month": money_str(card.cost_used),
-        "near_cap": card.near_cap,
-        "key_prefixes": card.key_prefixes,
-        "price": price_describe(card.price),
-    }
-
-
 # --- keys ------------------------------------------------------------------------------------------
 
 
@@ -186,20 +168,6 @@ def keys_of(*, member) -> list[ApiKey]:
         .prefetch_related("scopes__allocation__model")
         .order_by("-created_at", "id")
     )
-
-
-def key_json(key: ApiKey) -> dict:
-    scopes = list(key.scopes.all())
-    return {
-        "id": str(key.pk),
-        "name": key.name,
-        "prefix": key.prefix,
-        "allocations": [str(s.allocation_id) for s in scopes],
-        "is_default": key.is_default,
-        "created_at": key.created_at.isoformat() if key.created_at else None,
-        "rotated_at": key.rotated_at.isoformat() if key.rotated_at else None,
-        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
-    }
 
 
 # --- usage -----------------------------------------------------------------------------------------
@@ -352,29 +320,3 @@ def calls_page(*, member, allocation=None, period: Period | None = None, cursor:
     if period is not None:
         qs = qs.filter(started_at__gte=period.start, started_at__lt=period.end)
     return keyset_page(qs, time_field="started_at", cursor=cursor, limit=limit)
-
-
-def call_json(record: CallRecord) -> dict:
-    return {
-        "id": record.pk,
-        "request_id": record.request_id,
-        "allocation": str(record.allocation_id) if record.allocation_id else None,
-        "model": record.model.slug if record.model is not None else None,
-        "endpoint": record.endpoint,
-        "started_at": record.started_at.isoformat(),
-        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-        "status_code": record.status_code,
-        "outcome": record.outcome,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cached_tokens": record.cached_tokens,
-        "reasoning_tokens": record.reasoning_tokens,
-        "quantity": None if record.quantity is None else f"{record.quantity.normalize():f}",
-        "unit": record.unit,
-        "cost_usd": money_str(record.cost_usd) if record.priced else None,
-        "priced": record.priced,
-        "estimated": record.estimated,
-        "is_stream": record.is_stream,
-        "close_reason": record.close_reason,
-        "error_code": record.error_code,
-    }

@@ -2,6 +2,8 @@
 POST /api/admin/pool/rebalance. Staff only (anonymous → 401, non-staff → 403)."""
 
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -24,9 +26,15 @@ from .base import IsStaff
 class PoolView(APIView):
     permission_classes = [IsStaff]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         return Response(pool_overview())
 
+    @extend_schema(
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses=OpenApiTypes.OBJECT,
+        description="Any of `total_tokens_per_month`, `floor_per_allocation`.",
+    )
     def patch(self, request):
         if not isinstance(request.data, dict):
             raise BadRequest("expected a JSON object")
@@ -55,6 +63,7 @@ def _plan_body(state, shares) -> dict:
 class PoolPreviewView(APIView):
     permission_classes = [IsStaff]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         state = pool_state(now=timezone.now())
         try:
@@ -67,6 +76,7 @@ class PoolPreviewView(APIView):
 class PoolRebalanceView(APIView):
     permission_classes = [IsStaff]
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         result = pool_rebalance(trigger=RebalanceLog.Trigger.API, actor=request.user)
         if result.refused:

@@ -1,4 +1,4 @@
-"""Reads for the admin API: JSON shapes, keyset pages and usage reports."""
+"""Reads for the admin API: lookups that 404, allocations with their usage, and usage reports."""
 
 import datetime as dt
 import uuid
@@ -8,16 +8,12 @@ from django.db.models import Count, Q, Sum
 from django.http import Http404
 
 from allocations.exceptions import BadRequest
-from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider
+from allocations.models import Allocation, ApiKey
 from allocations.serializers import money_str
 from quota import selectors
-from quota.models import CallRecord, PriceVersion
+from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import ZERO
-
-
-def iso(value) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 def get_or_404(queryset, pk):
@@ -27,64 +23,12 @@ def get_or_404(queryset, pk):
         raise Http404 from None
 
 
-# --- JSON shapes ---------------------------------------------------------------------------------------
+# --- allocations with this month's usage ----------------------------------------------------------------
 
 
-def member_json(member: Member) -> dict:
-    return {
-        "id": str(member.pk),
-        "username": member.username,
-        "email": member.email,
-        "is_active": member.is_active,
-        "is_staff": member.is_staff,
-        "date_joined": iso(member.date_joined),
-    }
-
-
-def provider_json(provider: Provider) -> dict:
-    return {
-        "id": str(provider.pk),
-        "name": provider.name,
-        "kind": provider.kind,
-        "kind_label": provider.get_kind_display(),
-        "base_url": provider.base_url,
-        "api_version": provider.api_version,
-        "status": provider.status,
-        "fingerprint": provider.key_fingerprint,
-        "created_at": iso(provider.created_at),
-    }
-
-
-def model_json(model: CatalogModel) -> dict:
-    return {
-        "id": str(model.pk),
-        "slug": model.slug,
-        "provider": model.provider.name,
-        "provider_id": str(model.provider_id),
-        "provider_kind": model.provider.kind,
-        "upstream_name": model.upstream_name,
-        "kind": model.kind,
-        "display_name": model.display_name,
-        "is_active": model.is_active,
-        "created_at": iso(model.created_at),
-    }
-
-
-def price_json(price: PriceVersion) -> dict:
-    rates = ("input_per_1m", "cached_input_per_1m", "output_per_1m", "audio_input_per_1m", "audio_output_per_1m")
-    return {
-        "id": str(price.pk),
-        "model": price.model.slug,
-        "effective_from": iso(price.effective_from),
-        **{f: money_str(getattr(price, f)) for f in rates},
-        "unit": price.unit or None,
-        "price_per_unit": money_str(price.price_per_unit),
-        "created_at": iso(price.created_at),
-    }
-
-
-def allocations_json(allocations, *, now=None) -> list[dict]:
-    """Usage for the whole list in one counter query, key prefixes in one more."""
+def allocations_with_usage(allocations, *, now=None) -> list[Allocation]:
+    """Attaches this month's usage, the near-cap flag and live key prefixes to each allocation:
+    one counter query for the whole list and one more for the prefixes."""
     allocations = list(allocations)
     usage = selectors.usage_this_month([a.pk for a in allocations], now=now)
     prefixes: dict = {}
@@ -92,56 +36,16 @@ def allocations_json(allocations, *, now=None) -> list[dict]:
         ApiKey.objects.live().filter(scopes__allocation__in=allocations).values_list("scopes__allocation", "prefix")
     ):
         prefixes.setdefault(allocation_id, []).append(prefix)
-    return [_allocation_json(a, *usage[a.pk], sorted(prefixes.get(a.pk, []))) for a in allocations]
-
-
-def _allocation_json(a: Allocation, tokens_used: int, cost_used, key_prefixes) -> dict:
-    return {
-        "id": str(a.pk),
-        "member": str(a.member_id),
-        "member_username": a.member.username,
-        "model": a.model.slug,
-        "display_name": a.display_name,
-        "status": a.status,
-        "paused_by": a.paused_by or None,
-        "status_reason": a.status_reason,
-        "quota_tokens_per_month": a.quota_tokens_per_month,
-        "tokens_used_this_month": tokens_used,
-        "quota_cost_usd_per_month": money_str(a.quota_cost_usd_per_month),
-        "cost_used_this_month": money_str(cost_used),
-        "near_cap": selectors.near_cap(
-            tokens_used=tokens_used,
+    for a in allocations:
+        a.tokens_used_this_month, a.cost_used_this_month = usage[a.pk]
+        a.near_cap = selectors.near_cap(
+            tokens_used=a.tokens_used_this_month,
             token_cap=a.quota_tokens_per_month,
-            cost_used=cost_used,
+            cost_used=a.cost_used_this_month,
             cost_cap=a.quota_cost_usd_per_month,
-        ),
-        "is_service_allocation": a.is_service_allocation,
-        "quota_locked": a.quota_locked,
-        "note": a.note,
-        "key_prefixes": key_prefixes,
-        "created_at": iso(a.created_at),
-        "updated_at": iso(a.updated_at),
-    }
-
-
-def allocation_json(allocation: Allocation) -> dict:
-    return allocations_json([allocation])[0]
-
-
-def audit_json(event: AuditEvent) -> dict:
-    return {
-        "id": str(event.pk),
-        "action": event.action,
-        "actor": event.actor_label,
-        "actor_id": None if event.actor_id is None else str(event.actor_id),
-        "target_type": event.target_type,
-        "target_id": event.target_id,
-        "before": event.before,
-        "after": event.after,
-        "source_ip": event.source_ip,
-        "request_id": event.request_id,
-        "created_at": iso(event.created_at),
-    }
+        )
+        a.key_prefixes = sorted(prefixes.get(a.pk, []))
+    return allocations
 
 
 # --- usage report ---------------------------------------------------------------------------------------

@@ -1,26 +1,27 @@
-"""/api/admin/… (SPEC section 8): members, providers, models, prices, allocations, usage, audit, pool."""
+"""/api/admin/… (SPEC section 8): members, tokens, providers, models, prices, allocations, usage, audit, pool."""
 
 from django.urls import path
 
-from . import pool
-from . import views as api
+from . import allocations, catalog, members, pool, reports
 
 urlpatterns = [
     path("pool", pool.PoolView.as_view(), name="admin-pool"),
     path("pool/preview", pool.PoolPreviewView.as_view(), name="admin-pool-preview"),
     path("pool/rebalance", pool.PoolRebalanceView.as_view(), name="admin-pool-rebalance"),
-    path("members", api.MemberList.as_view(), name="admin-api-members"),
-    path("members/<str:member_id>", api.MemberDetail.as_view(), name="admin-api-member"),
-    path("providers", api.ProviderList.as_view(), name="admin-api-providers"),
-    path("models", api.ModelList.as_view(), name="admin-api-models"),
-    path("prices", api.PriceList.as_view(), name="admin-api-prices"),
-    path("allocations", api.AllocationList.as_view(), name="admin-api-allocations"),
-    path("allocations/<str:allocation_id>", api.AllocationDetail.as_view(), name="admin-api-allocation"),
+    path("members", members.MemberList.as_view(), name="admin-api-members"),
+    path("members/<str:member_id>", members.MemberDetail.as_view(), name="admin-api-member"),
+    path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
+    path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
+    path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
+    path("models", catalog.ModelList.as_view(), name="admin-api-models"),
+    path("prices", catalog.PriceList.as_view(), name="admin-api-prices"),
+    path("allocations", allocations.AllocationList.as_view(), name="admin-api-allocations"),
+    path("allocations/<str:allocation_id>", allocations.AllocationDetail.as_view(), name="admin-api-allocation"),
     path(
         "allocations/<str:allocation_id>/<str:action>",
-        api.AllocationAction.as_view(),
+        allocations.AllocationAction.as_view(),
         name="admin-api-allocation-action",
     ),
-    path("usage", api.UsageReport.as_view(), name="admin-api-usage"),
-    path("audit", api.AuditList.as_view(), name="admin-api-audit"),
+    path("usage", reports.UsageReport.as_view(), name="admin-api-usage"),
+    path("audit", reports.AuditList.as_view(), name="admin-api-audit"),
 ]
