@@ -74,6 +74,14 @@ def _is_admin(*, is_active: bool, is_staff: bool) -> bool:
     return is_active and is_staff
 
 
+def _admins():
+    return Member.objects.filter(is_active=True, is_staff=True)
+
+
+def _lock_admins() -> list:
+    return list(_admins().select_for_update().order_by("pk").values_list("pk", flat=True))
+
+
 def last_admin_check(*, member: Member, is_active: bool, is_staff: bool, lock: bool = False) -> None:
     """Raises LastAdmin when the change would leave no active admin. With lock=True (inside a
     transaction) every active admin's row is locked first, so concurrent demotions serialise."""
@@ -81,8 +89,7 @@ def last_admin_check(*, member: Member, is_active: bool, is_staff: bool, lock: b
         is_active=is_active, is_staff=is_staff
     ):
         return
-    admins = Member.objects.filter(is_active=True, is_staff=True)
-    admin_ids = list((admins.select_for_update() if lock else admins).values_list("pk", flat=True))
+    admin_ids = _lock_admins() if lock else list(_admins().values_list("pk", flat=True))
     if not [pk for pk in admin_ids if pk != member.pk]:
         raise LastAdmin("the last active admin cannot be disabled or demoted; make another admin first")
 
@@ -95,6 +102,8 @@ def member_update(*, member: Member, changes: dict, actor=None) -> Member:
     if "email" in changes:
         changes = {**changes, "email": (changes["email"] or "").strip().casefold()}
     with transaction.atomic():
+        if {"is_active", "is_staff"} & set(changes):
+            _lock_admins()  # before the member's own row: every demotion takes the locks in one order
         locked = Member.objects.select_for_update().get(pk=member.pk)
         changed = {f: v for f, v in changes.items() if getattr(locked, f) != v}
         if not changed:
