@@ -28,6 +28,8 @@ class StrictInputSerializer(serializers.Serializer):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         owner, _, name = cls.__qualname__.rpartition(".")
+        if not cls.__dict__.get("__doc__"):
+            cls.__doc__ = ""  # the schema would otherwise repeat this docstring for every body
         if owner and "Meta" not in cls.__dict__:
             cls.Meta = type("Meta", (), {"ref_name": owner.replace(".", "") + name.removesuffix("Serializer")})
 

@@ -55,7 +55,7 @@ class ModelOutput(serializers.Serializer):
 
 
 class PriceOutput(serializers.Serializer):
-    id = serializers.UUIDField()
+    id = serializers.CharField()
     model = serializers.CharField(source="model.slug")
     effective_from = serializers.DateTimeField()
     input_per_1m = MoneyField(allow_null=True)
