@@ -11,6 +11,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
 
+from .serializers import UnderscoreNamesMixin
+
 ERROR_STATUSES = {
     "400": "Invalid input: `fields` names each bad field.",
     "401": "No or bad credentials.",
@@ -20,13 +22,15 @@ ERROR_STATUSES = {
 }
 
 
-class ErrorDetail(serializers.Serializer):
+class ErrorDetail(UnderscoreNamesMixin, serializers.Serializer):
+    """`fields` (validation errors only) maps each bad field to its messages."""
+
     code = serializers.CharField()
     message = serializers.CharField()
     type = serializers.CharField()
     param = serializers.CharField(allow_null=True)
     request_id = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+    fields_ = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
 
 
 class ErrorEnvelope(serializers.Serializer):

@@ -102,10 +102,9 @@ class MoneyField(serializers.Field):
         return money_str(value)
 
 
-class FromFieldMixin:
-    """`from` is a Python keyword: a field declared as `from_` is read and rendered as `from`."""
+class UnderscoreNamesMixin:
+    """A field whose name is a Python keyword or a serializer attribute (`from`, `fields`) is declared
+    with a trailing underscore (`from_`) and read and rendered without it."""
 
     def get_fields(self):
-        fields = super().get_fields()  # type: ignore[misc]
-        fields["from"] = fields.pop("from_")
-        return fields
+        return {name.removesuffix("_"): field for name, field in super().get_fields().items()}  # type: ignore[misc]

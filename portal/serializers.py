@@ -5,7 +5,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from allocations.serializers import FromFieldMixin, MoneyField
+from allocations.serializers import MoneyField, UnderscoreNamesMixin
 from quota.selectors import price_describe
 
 
@@ -93,7 +93,9 @@ class UsageRowOutput(serializers.Serializer):
     unpriced_calls = serializers.IntegerField()
 
 
-class UsageOutput(FromFieldMixin, serializers.Serializer):
+class UsageOutput(UnderscoreNamesMixin, serializers.Serializer):
+    """The member's usage in a period of days, grouped by day, model or allocation."""
+
     from_ = serializers.DateField()
     to = serializers.DateField()
     group_by = serializers.CharField()

@@ -11,7 +11,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from allocations.models import AuditEvent
-from allocations.serializers import FromFieldMixin, MoneyField
+from allocations.serializers import MoneyField, UnderscoreNamesMixin
 
 from . import selectors as sel
 from .base import PAGE_PARAMETERS, AdminAPIView, list_response
@@ -56,7 +56,9 @@ class UsageRow(serializers.Serializer):
     cost_usd = MoneyField()
 
 
-class UsageReportOutput(FromFieldMixin, serializers.Serializer):
+class UsageReportOutput(UnderscoreNamesMixin, serializers.Serializer):
+    """Usage in [from, to), grouped by member, allocation or model."""
+
     group_by = serializers.ChoiceField(choices=list(sel.GROUPS))
     from_ = serializers.DateTimeField()
     to = serializers.DateTimeField()
