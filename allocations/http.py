@@ -22,9 +22,17 @@ def request_id_of(request) -> str:
     return rid
 
 
+def _address(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
 def client_ip(request) -> str | None:
-    """The client address: with N trusted proxies, the N-th `X-Forwarded-For` hop from the right."""
-    remote = request.META.get("REMOTE_ADDR", "") or None
+    """The client address: with N trusted proxies, the N-th `X-Forwarded-For` hop from the right.
+    None when there is no valid address (audit events store an address or nothing)."""
+    remote = _address(request.META.get("REMOTE_ADDR", "") or "")
     trusted = settings.GATEWAY_TRUSTED_PROXY_COUNT
     if trusted <= 0:
         return remote
@@ -32,8 +40,5 @@ def client_ip(request) -> str | None:
     if not hops:
         return remote
     # Each trusted proxy appended the address it saw; anything further left is client-supplied.
-    hop = hops[-trusted] if len(hops) >= trusted else hops[0]
-    try:
-        return str(ipaddress.ip_address(hop))
-    except ValueError:  # a forged or garbled hop is not an address to store or count by
-        return remote
+    # A forged or garbled hop is not an address to store or count by: the peer's stands instead.
+    return _address(hops[-trusted] if len(hops) >= trusted else hops[0]) or remote

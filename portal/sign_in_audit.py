@@ -2,8 +2,6 @@
 single sign-on). These hang on django.contrib.auth's own signals because the sign-in code is
 Django's: its login views and forms are used as they are."""
 
-import ipaddress
-
 from django.contrib.auth import signals
 from django.utils import timezone
 
@@ -15,14 +13,7 @@ SIGNED_IN_UID = "portal.sign_in_audit.in"
 
 
 def _address(request) -> str | None:
-    if request is None:
-        return None
-    address = client_ip(request)
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    return address
+    return None if request is None else client_ip(request)
 
 
 def _method(user) -> str:
