@@ -17,7 +17,7 @@ from allocations import services
 from allocations.exceptions import ScopeForbidden
 from allocations.models import Allocation
 from allocations.pages import parse_limit
-from allocations.serializers import StrictCharField, StrictInputSerializer
+from allocations.serializers import StrictCharField, StrictInputSerializer, parse_input
 
 from . import selectors
 from .serializers import AllocationCardOutput, CallOutput, KeyOutput, KeyWithPlaintextOutput, UsageOutput
@@ -28,12 +28,6 @@ ALLOCATION_PARAMETER = OpenApiParameter("allocation", str, description="One of t
 class MemberAPIView(APIView):
     authentication_classes = [SessionAuthentication]
     permission_classes = [IsAuthenticated]
-
-
-def _parse(serializer_class, request) -> dict:
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
 
 
 def _card(member, allocation) -> dict:
@@ -156,7 +150,7 @@ class KeyList(MemberAPIView):
 
     @extend_schema(request=InputSerializer, responses={201: KeyWithPlaintextOutput})
     def post(self, request):
-        data = _parse(self.InputSerializer, request)
+        data = parse_input(self.InputSerializer, request)
         allocations = _owned_allocations(request.user, data["allocations"])
         try:
             key, plaintext = services.api_key_create(
@@ -178,7 +172,7 @@ class KeyDetail(MemberAPIView):
     @extend_schema(request=InputSerializer, responses=KeyOutput)
     def patch(self, request, key_id):
         key = selectors.key_owned(member=request.user, key_id=key_id)
-        data = _parse(self.InputSerializer, request)
+        data = parse_input(self.InputSerializer, request)
         key = services.api_key_rename(key=key, name=data["name"], actor=request.user)
         return Response(KeyOutput(key).data)
 

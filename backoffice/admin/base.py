@@ -54,12 +54,8 @@ class StaffAdmin(admin.ModelAdmin):
         return is_governing_staff(request)
 
 
-class StaffReadOnlyInline(admin.TabularInline):
-    can_delete = False
-    extra = 0
-
-    def has_view_permission(self, request, obj=None):
-        return is_governing_staff(request)
+class NoWritesMixin:
+    """Append-only records: no add, change or delete for anyone, superusers included."""
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -69,6 +65,14 @@ class StaffReadOnlyInline(admin.TabularInline):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class StaffReadOnlyInline(NoWritesMixin, admin.TabularInline):
+    can_delete = False
+    extra = 0
+
+    def has_view_permission(self, request, obj=None):
+        return is_governing_staff(request)
 
 
 def form_errors_from(exc: GatewayError, form, default_field: str | None = None) -> None:
@@ -94,18 +98,9 @@ class BoundedCountPaginator(Paginator):
         return self.object_list[: self.LIMIT + 1].count()
 
 
-class ReadOnlyListMixin:
-    """Lists of append-only records: no add, change or delete for anyone, superusers included."""
+class ReadOnlyListMixin(NoWritesMixin):
+    """Long lists of append-only records, paged without a full count."""
 
     paginator: ClassVar[type[Paginator]] = BoundedCountPaginator
     show_full_result_count = False
     list_per_page = 50
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

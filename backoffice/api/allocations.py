@@ -13,11 +13,12 @@ from allocations.serializers import (
     StrictCharField,
     StrictInputSerializer,
     WholeNumberInputField,
+    parse_input,
 )
 from quota.price_rows import model_by_slug
 
 from . import selectors as sel
-from .base import PAGE_PARAMETERS, AdminAPIView, list_response, member_by, parse_input
+from .base import PAGE_PARAMETERS, AdminAPIView, list_response, member_by
 from .serializers import AllocationCreatedOutput, AllocationOutput, page_of
 
 ALLOCATIONS = Allocation.objects.select_related("member", "model")

@@ -35,13 +35,6 @@ class AdminAPIView(APIView):
     parser_classes = [JSONParser]
 
 
-def parse_input(serializer_class, request) -> dict:
-    """Validates a request body with an input serializer; errors become the envelope's `fields`."""
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
-
-
 def list_response(request, queryset, output, *, time_field: str = "created_at", prepare=None) -> Response:
     """A keyset page (newest first, never counted) rendered by the `output` serializer."""
     params = request.query_params

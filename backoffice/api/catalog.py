@@ -7,11 +7,11 @@ from rest_framework.response import Response
 
 from allocations import services
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
-from allocations.serializers import DecimalInputField, StrictCharField, StrictInputSerializer
+from allocations.serializers import DecimalInputField, StrictCharField, StrictInputSerializer, parse_input
 from quota.models import PriceVersion
 from quota.price_rows import price_row_add
 
-from .base import PAGE_PARAMETERS, AdminAPIView, list_response, parse_input, provider_by
+from .base import PAGE_PARAMETERS, AdminAPIView, list_response, provider_by
 from .serializers import ModelOutput, PriceOutput, ProviderOutput, page_of
 
 

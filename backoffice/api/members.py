@@ -7,10 +7,16 @@ from rest_framework.response import Response
 from allocations import services
 from allocations.members import MEMBER_UPDATABLE
 from allocations.models import AdminToken, Member
-from allocations.serializers import StrictBooleanField, StrictCharField, StrictEmailField, StrictInputSerializer
+from allocations.serializers import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictEmailField,
+    StrictInputSerializer,
+    parse_input,
+)
 
 from . import selectors as sel
-from .base import PAGE_PARAMETERS, AdminAPIView, list_response, parse_input
+from .base import PAGE_PARAMETERS, AdminAPIView, list_response
 from .serializers import AdminTokenOutput, MemberOutput, page_of
 
 
