@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.views import APIView
 
 NANO = Decimal("1e-9")
 
@@ -40,6 +41,17 @@ class StrictInputSerializer(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class QueryCheckedAPIView(APIView):
+    """An API view whose query parameters are checked before any view code runs: PostgreSQL text
+    cannot hold a NUL character, so a filter carrying one would fail in the database (500)."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        bad = sorted({name for name, values in request.query_params.lists() for v in [name, *values] if "\x00" in v})
+        if bad:
+            raise serializers.ValidationError({name or "query": ["Must not contain a NUL character."] for name in bad})
 
 
 def parse_input(serializer_class, request) -> dict:

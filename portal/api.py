@@ -11,13 +11,12 @@ from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from allocations import services
 from allocations.exceptions import ScopeForbidden
 from allocations.models import Allocation
 from allocations.pages import parse_limit
-from allocations.serializers import StrictCharField, StrictInputSerializer, parse_input
+from allocations.serializers import QueryCheckedAPIView, StrictCharField, StrictInputSerializer, parse_input
 
 from . import selectors
 from .serializers import AllocationCardOutput, CallOutput, KeyOutput, KeyWithPlaintextOutput, UsageOutput
@@ -25,7 +24,7 @@ from .serializers import AllocationCardOutput, CallOutput, KeyOutput, KeyWithPla
 ALLOCATION_PARAMETER = OpenApiParameter("allocation", str, description="One of the member's allocation ids.")
 
 
-class MemberAPIView(APIView):
+class MemberAPIView(QueryCheckedAPIView):
     authentication_classes = [SessionAuthentication]
     permission_classes = [IsAuthenticated]
 

@@ -9,11 +9,11 @@ from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from allocations.exceptions import BadRequest
 from allocations.models import Member, Provider
 from allocations.pages import keyset_page, parse_limit
+from allocations.serializers import QueryCheckedAPIView
 
 PAGE_PARAMETERS = [
     OpenApiParameter("cursor", str, description="The `next` of the previous page."),
@@ -29,7 +29,7 @@ class IsStaff(BasePermission):
         return bool(user and user.is_authenticated and user.is_active and user.is_staff)
 
 
-class AdminAPIView(APIView):
+class AdminAPIView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
     renderer_classes = [JSONRenderer]
     parser_classes = [JSONParser]

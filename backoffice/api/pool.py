@@ -5,10 +5,10 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from allocations.exceptions import BadRequest
 from allocations.http import client_ip
+from allocations.serializers import QueryCheckedAPIView
 from quota.pool import (
     RebalanceRefused,
     log_describe,
@@ -23,7 +23,7 @@ from quota.pool_models import RebalanceLog
 from .base import IsStaff
 
 
-class PoolView(APIView):
+class PoolView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
@@ -60,7 +60,7 @@ def _plan_body(state, shares) -> dict:
     }
 
 
-class PoolPreviewView(APIView):
+class PoolPreviewView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
@@ -73,7 +73,7 @@ class PoolPreviewView(APIView):
         return Response({**pool_overview(), "refused": None, **_plan_body(state, shares)})
 
 
-class PoolRebalanceView(APIView):
+class PoolRebalanceView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT)

@@ -60,3 +60,20 @@ def test_limits_outside_1_to_200_are_a_field_error(value):
 
 def test_a_blank_limit_is_the_default():
     assert parse_limit("") == 50 and parse_limit("200") == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["allocations?member=a%00b", "allocations?model=%00", "audit?target_id=x%00", "prices?model=%00", "members?x%00=1"],
+)
+def test_a_nul_in_a_query_parameter_is_a_400_not_a_database_error(api, path):
+    name, _, _ = path.partition("?")
+    response = api.get(path)
+    assert response.status_code == 400, (name, response.content)
+    assert response.json()["error"]["fields"]
+
+
+def test_the_member_api_refuses_a_nul_in_its_query_too(client, member):
+    client.force_login(member)
+    response = client.get("/api/me/calls?allocation=%00")
+    assert response.status_code == 400 and "allocation" in response.json()["error"]["fields"]
