@@ -68,7 +68,13 @@ def test_member_api_and_portal_events_carry_address_and_request_id(behind_one_pr
     assert (event.actor_label, event.source_ip, event.request_id) == ("alice", "203.0.113.5", "page-req-1")
 
 
-def test_commands_write_as_system_without_an_address(db):
+def test_commands_write_as_system_with_one_request_id_per_run(db):
     call_command("create_admin_token", "--user", "ops", stdout=io.StringIO())
-    for event in AuditEvent.objects.all():
+    events = list(AuditEvent.objects.all())
+    assert {e.action for e in events} == {"member_created", "admin_token_created"}
+    for event in events:
         assert event.actor is None and event.actor_label == "system" and event.source_ip is None
+    assert len({e.request_id for e in events}) == 1
+    assert events[0].request_id.startswith("cmd-create_admin_token-")
+    call_command("create_admin_token", "--user", "ops", stdout=io.StringIO())
+    assert AuditEvent.objects.values("request_id").distinct().count() == 2

@@ -4,14 +4,15 @@ Creates the staff user when missing. The token is stored hashed and printed once
 last line, so scripts can take it with `| tail -n 1`.
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from allocations import services
 from allocations.exceptions import GatewayError
+from allocations.management.base import AuditedCommand
 from allocations.models import Member
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create an admin API token (creating the staff user if missing); prints the token on the last line."
 
     def add_arguments(self, parser):

@@ -3,14 +3,15 @@
 import contextlib
 import uuid
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db.models import Q
 
 from allocations import services
+from allocations.management.base import AuditedCommand
 from allocations.models import AdminToken
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Revoke an admin API token by its 12-character prefix or its id."
 
     def add_arguments(self, parser):
