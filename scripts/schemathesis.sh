@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 PORT=${PORT:-$((20000 + RANDOM % 20000))}
-export DJANGO_SETTINGS_MODULE=gateway_project.settings CELERY_TASK_ALWAYS_EAGER=1
+export DJANGO_SETTINGS_MODULE=gateway_project.settings CELERY_TASK_ALWAYS_EAGER=1 DEBUG=${DEBUG:-true}
 "$BIN/python" manage.py migrate --noinput >/dev/null
 "$BIN/python" manage.py seed_demo >/dev/null
 TOKEN=$("$BIN/python" manage.py create_admin_token --user schemathesis --expires-days 1 | tail -n 1)
