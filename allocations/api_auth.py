@@ -1,8 +1,14 @@
-"""DRF authentication by admin bearer token (made by `manage.py create_admin_token`)."""
+"""DRF authentication by admin bearer token (made by `manage.py create_admin_token` or in admin)."""
 
+import datetime as dt
+
+from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from .models import AdminToken, ApiKey
+
+# A token's last use is written at most this often, so a busy script costs no write per call.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
 class AdminTokenAuthentication(authentication.BaseAuthentication):
@@ -15,13 +21,14 @@ class AdminTokenAuthentication(authentication.BaseAuthentication):
         scheme, _, token = header.partition(" ")
         if scheme != self.keyword or not token.strip():
             raise exceptions.AuthenticationFailed("malformed Authorization header")
+        now = timezone.now()
         row = (
-            AdminToken.objects.select_related("user")
-            .filter(token_hash=ApiKey.hash(token.strip()), revoked_at__isnull=True)
-            .first()
+            AdminToken.objects.usable(now).select_related("user").filter(token_hash=ApiKey.hash(token.strip())).first()
         )
         if row is None or not row.user.is_active:
-            raise exceptions.AuthenticationFailed("invalid token")
+            raise exceptions.AuthenticationFailed("invalid, expired or revoked token")
+        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+            AdminToken.objects.filter(pk=row.pk).update(last_used_at=now)
         return row.user, row
 
     def authenticate_header(self, request):

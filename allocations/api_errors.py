@@ -7,6 +7,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from .exceptions import GatewayError
+from .http import request_id_of
 
 DRF_CODES = {
     status.HTTP_400_BAD_REQUEST: ("bad_request", "invalid_request_error"),
@@ -17,14 +18,6 @@ DRF_CODES = {
     status.HTTP_415_UNSUPPORTED_MEDIA_TYPE: ("bad_request", "invalid_request_error"),
     status.HTTP_429_TOO_MANY_REQUESTS: ("rate_limited", "rate_limit_error"),
 }
-
-
-def request_id_of(request) -> str:
-    rid = getattr(request, "gateway_request_id", None)
-    if not rid:
-        rid = request.headers.get("X-Request-Id") or str(uuid.uuid4())
-        request.gateway_request_id = rid
-    return rid
 
 
 def error_body(*, code: str, message: str, type_: str, request_id: str, fields: dict | None = None) -> dict:

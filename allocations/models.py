@@ -210,15 +210,27 @@ class ApiKeyScope(models.Model):
         ]
 
 
+class AdminTokenQuerySet(models.QuerySet):
+    def usable(self, now):
+        return self.filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now), revoked_at__isnull=True)
+
+
 class AdminToken(models.Model):
-    """Bearer token for the admin API, made by `manage.py create_admin_token`. Stored hashed."""
+    """Bearer token for the admin API, made by `manage.py create_admin_token` or in admin. Stored hashed."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="admin_tokens")
     prefix = models.CharField(max_length=12)
     token_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AdminTokenQuerySet.as_manager()
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
 
 
 class AuditEventQuerySet(models.QuerySet):

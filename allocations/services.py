@@ -7,6 +7,8 @@ so no path skips the audit trail or the request-path cache invalidation.
 import secrets
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -14,7 +16,16 @@ from . import crypto
 from .audit import audit_record
 from .cache import bump_auth_generation
 from .exceptions import BadRequest, Forbidden, InvalidTransition, ScopeConflict, ScopeForbidden
-from .models import AdminToken, Allocation, ApiKey, ApiKeyScope, CatalogModel, Member, Provider
+from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
+    admin_token_create,
+    admin_token_revoke,
+    member_create,
+    member_set_active,
+    member_set_password,
+    member_set_roles,
+    member_update,
+)
+from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, ModelKind, Provider, ProviderKind
 
 Status = Allocation.Status
 
@@ -38,88 +49,27 @@ def allocation_snapshot(allocation: Allocation) -> dict:
     }
 
 
-# --- members -------------------------------------------------------------------------------
-
-
-def member_create(
-    *,
-    username: str,
-    email: str = "",
-    password: str | None = None,
-    is_staff: bool = False,
-    is_superuser: bool = False,
-    actor=None,
-):
-    username = (username or "").strip().casefold()
-    if not username:
-        raise BadRequest("username is required", fields={"username": ["This field is required."]})
-    if Member.objects.filter(username=username).exists():
-        raise BadRequest("username is taken", fields={"username": ["A member with that username already exists."]})
-    with transaction.atomic():
-        member = Member(username=username, email=email or "", is_staff=is_staff or is_superuser)
-        member.is_superuser = is_superuser
-        if password:
-            member.set_password(password)
-        else:
-            member.set_unusable_password()
-        member.save()
-        audit_record(
-            actor=actor,
-            action="member_created",
-            target=member,
-            after={
-                "username": member.username,
-                "email": member.email,
-                "is_staff": member.is_staff,
-                "is_superuser": member.is_superuser,
-            },
-        )
-    return member
-
-
-def member_set_password(*, member: Member, password: str, actor=None) -> Member:
-    """The audit event records that the password changed, never the password."""
-    with transaction.atomic():
-        member.set_password(password)
-        member.save(update_fields=["password"])
-        audit_record(actor=actor, action="member_password_set", target=member, after={"password": "changed"})
-    return member
-
-
-def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, actor=None) -> Member:
-    before = {"is_staff": member.is_staff, "is_superuser": member.is_superuser}
-    after = {"is_staff": is_staff or is_superuser, "is_superuser": is_superuser}
-    if before == after:
-        return member
-    with transaction.atomic():
-        member.is_staff, member.is_superuser = after["is_staff"], after["is_superuser"]
-        member.save(update_fields=["is_staff", "is_superuser"])
-        audit_record(actor=actor, action="member_roles_updated", target=member, before=before, after=after)
-    return member
-
-
-def member_set_active(*, member: Member, is_active: bool, actor=None) -> Member:
-    if member.is_active == is_active:
-        return member
-    with transaction.atomic():
-        before = {"is_active": member.is_active}
-        member.is_active = is_active
-        member.save(update_fields=["is_active"])
-        audit_record(
-            actor=actor,
-            action="member_enabled" if is_active else "member_disabled",
-            target=member,
-            before=before,
-            after={"is_active": is_active},
-        )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return member
-
-
 # --- providers and models --------------------------------------------------------------------
 
 
+def provider_clean(*, name: str, kind: str, base_url: str) -> None:
+    """A provider's rules, for every path that creates one: a unique name, an http(s) base URL
+    unless the provider is the built-in simulated one."""
+    if not name:
+        raise BadRequest("name is required", fields={"name": ["This field is required."]})
+    if kind not in ProviderKind.values:
+        raise BadRequest("invalid kind", fields={"kind": [f"One of: {', '.join(ProviderKind.values)}."]})
+    if kind != ProviderKind.SIMULATED:
+        try:
+            URLValidator(schemes=["http", "https"])(base_url)
+        except ValidationError:
+            raise BadRequest("invalid base_url", fields={"base_url": ["An http(s) URL."]}) from None
+    if Provider.objects.filter(name=name).exists():
+        raise BadRequest("name is taken", fields={"name": ["A provider with that name already exists."]})
+
+
 def provider_create(*, name: str, kind: str, base_url: str = "", api_key: str = "", api_version: str = "", actor=None):
+    provider_clean(name=name, kind=kind, base_url=base_url)
     provider = Provider(name=name, kind=kind, base_url=base_url, api_version=api_version)
     if api_key:
         provider.api_key_encrypted = crypto.encrypt(api_key)
@@ -198,6 +148,12 @@ def provider_api_key(provider: Provider) -> str:
 
 
 def model_create(*, slug: str, provider: Provider, upstream_name: str, kind: str, display_name: str = "", actor=None):
+    if not slug:
+        raise BadRequest("slug is required", fields={"slug": ["This field is required."]})
+    if kind not in ModelKind.values:
+        raise BadRequest("invalid kind", fields={"kind": [f"One of: {', '.join(ModelKind.values)}."]})
+    if CatalogModel.objects.filter(slug=slug).exists():
+        raise BadRequest("slug is taken", fields={"slug": ["A model with that slug already exists."]})
     with transaction.atomic():
         model = CatalogModel.objects.create(
             slug=slug, provider=provider, upstream_name=upstream_name, kind=kind, display_name=display_name
@@ -311,31 +267,6 @@ def api_key_rename(*, key: ApiKey, name: str, actor=None) -> ApiKey:
         key.save(update_fields=["name"])
         audit_record(actor=actor, action="key_renamed", target=key, before=before, after={"name": key.name})
     return key
-
-
-def admin_token_create(*, user) -> str:
-    plaintext = "gwadm-" + secrets.token_urlsafe(32)
-    with transaction.atomic():
-        token = AdminToken.objects.create(user=user, prefix=plaintext[:12], token_hash=ApiKey.hash(plaintext))
-        audit_record(actor=user, action="admin_token_created", target=token, after={"prefix": token.prefix})
-    return plaintext
-
-
-def admin_token_revoke(*, token: AdminToken, actor=None, now=None) -> AdminToken:
-    if token.revoked_at is not None:
-        return token
-    token.revoked_at = now or timezone.now()
-    with transaction.atomic():
-        token.save(update_fields=["revoked_at"])
-        audit_record(
-            actor=actor,
-            action="admin_token_revoked",
-            target=token,
-            before={"revoked": False},
-            after={"revoked": True},
-            now=token.revoked_at,
-        )
-    return token
 
 
 # --- allocations ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from django.utils import timezone  # noqa: E402
 
 from allocations.models import Allocation, Member  # noqa: E402
 from allocations.services import allocation_create, member_create, model_create, provider_create  # noqa: E402
-from quota.admin_overview import overview_context  # noqa: E402
+from backoffice.admin.overview import overview_context  # noqa: E402
 from quota.models import CallRecord, UsageCounter  # noqa: E402
 from quota.periods import period_bounds, previous_period_start  # noqa: E402
 

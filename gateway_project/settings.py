@@ -55,6 +55,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "allocations",
     "quota",
@@ -63,6 +65,7 @@ INSTALLED_APPS = [
     "notifications",
     "portal",
     "ops",
+    "backoffice",
 ]
 
 MIDDLEWARE = [
@@ -73,6 +76,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "allocations.audit.audit_context_middleware",
     "portal.middleware.SessionLifetimeMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -209,7 +213,23 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "EXCEPTION_HANDLER": "allocations.api_errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "allocations.api_schema.GatewayAutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AI gateway admin and member API",
+    "DESCRIPTION": "`/api/admin/` (staff: session with CSRF or an admin bearer token) and `/api/me/` (a member's "
+    "session with CSRF). Errors use the gateway's envelope `{error: {code, message, type, param, request_id, "
+    "fields?}}`. The OpenAI-compatible `/v1` surface is not described here.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["backoffice.api.base.IsStaff"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/",
+}
+# One-time secrets (new keys and tokens) shown in admin messages stay server-side, never in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 # Gateway knobs (SPEC section 1).
 GATEWAY_BILLING_TIMEZONE = env("GATEWAY_BILLING_TIMEZONE", default="UTC")

@@ -6,59 +6,53 @@ for every endpoint and verb.
 
 from django.http import Http404
 from django.utils import timezone
-from rest_framework import status
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from allocations import services
-from allocations.exceptions import BadRequest, ScopeForbidden
+from allocations.exceptions import ScopeForbidden
 from allocations.models import Allocation
+from allocations.pages import parse_limit
+from allocations.serializers import QueryCheckedAPIView, StrictCharField, StrictInputSerializer, parse_input
 
 from . import cards, selectors
+from .serializers import AllocationCardOutput, CallOutput, KeyOutput, KeyWithPlaintextOutput, UsageOutput
 
-MAX_CALLS_LIMIT = 200
+ALLOCATION_PARAMETER = OpenApiParameter("allocation", str, description="One of the member's allocation ids.")
 
 
-class MemberAPIView(APIView):
+class MemberAPIView(QueryCheckedAPIView):
     authentication_classes = [SessionAuthentication]
     permission_classes = [IsAuthenticated]
 
 
-def _only_fields(data, allowed: set[str]) -> dict:
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise BadRequest(f"unknown fields: {', '.join(unknown)}", fields={name: ["Unknown field."] for name in unknown})
-    return data
-
-
-def _name(data) -> str:
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 100:
-        raise BadRequest("name must be a string of 1 to 100 characters", fields={"name": ["1 to 100 characters."]})
-    return name
-
-
 def _card(member, allocation) -> dict:
-    return cards.allocation_card_json(cards.allocation_cards(member=member, allocations=[allocation])[0])
+    return AllocationCardOutput(cards.allocation_cards(member=member, allocations=[allocation])[0]).data
+
+
+def _results(items) -> type[serializers.Serializer]:
+    return type(f"{items.__name__}List", (serializers.Serializer,), {"results": items(many=True)})
 
 
 class AllocationList(MemberAPIView):
+    @extend_schema(responses=_results(AllocationCardOutput))
     def get(self, request):
         found = cards.allocation_cards(member=request.user)
-        return Response({"results": [cards.allocation_card_json(c) for c in found]})
+        return Response({"results": AllocationCardOutput(found, many=True).data})
 
 
 class AllocationDetail(MemberAPIView):
+    @extend_schema(responses=AllocationCardOutput)
     def get(self, request, allocation_id):
         allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
         return Response(_card(request.user, allocation))
 
 
 class AllocationPause(MemberAPIView):
+    @extend_schema(request=None, responses=AllocationCardOutput)
     def post(self, request, allocation_id):
         allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
         services.allocation_pause(allocation=allocation, by=Allocation.PausedBy.MEMBER, actor=request.user)
@@ -66,6 +60,7 @@ class AllocationPause(MemberAPIView):
 
 
 class AllocationResume(MemberAPIView):
+    @extend_schema(request=None, responses=AllocationCardOutput)
     def post(self, request, allocation_id):
         allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
         services.allocation_resume(allocation=allocation, by=Allocation.PausedBy.MEMBER, actor=request.user)
@@ -80,6 +75,15 @@ def _allocation_filter(member, value):
 
 
 class Usage(MemberAPIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from", str, description="YYYY-MM-DD; default: the first day of this month."),
+            OpenApiParameter("to", str, description="YYYY-MM-DD, inclusive; default: today."),
+            OpenApiParameter("group_by", str, enum=["day", "model", "allocation"]),
+            ALLOCATION_PARAMETER,
+        ],
+        responses=UsageOutput,
+    )
     def get(self, request):
         params = request.query_params
         period = selectors.period_parse(from_=params.get("from"), to=params.get("to"))
@@ -96,19 +100,17 @@ class Usage(MemberAPIView):
         )
 
 
-def _limit(value) -> int:
-    if value in (None, ""):
-        return 50
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_CALLS_LIMIT:
-        raise BadRequest("limit is out of range", fields={"limit": [f"A whole number from 1 to {MAX_CALLS_LIMIT}."]})
-    return limit
-
-
 class Calls(MemberAPIView):
+    @extend_schema(
+        parameters=[
+            ALLOCATION_PARAMETER,
+            OpenApiParameter("from", str, description="YYYY-MM-DD"),
+            OpenApiParameter("to", str, description="YYYY-MM-DD, inclusive"),
+            OpenApiParameter("cursor", str, description="The `next` of the previous page."),
+            OpenApiParameter("limit", int, description="1 to 200, default 50."),
+        ],
+        responses=type("CallPage", (_results(CallOutput),), {"next": serializers.CharField(allow_null=True)}),
+    )
     def get(self, request):
         params = request.query_params
         allocation = _allocation_filter(request.user, params.get("allocation"))
@@ -120,14 +122,12 @@ class Calls(MemberAPIView):
             allocation=allocation,
             period=period,
             cursor=params.get("cursor"),
-            limit=_limit(params.get("limit")),
+            limit=parse_limit(params.get("limit")),
         )
-        return Response({"results": [selectors.call_json(r) for r in records], "next": next_cursor})
+        return Response({"results": CallOutput(records, many=True).data, "next": next_cursor})
 
 
 def _owned_allocations(member, ids) -> list[Allocation]:
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise BadRequest("allocations must be a non-empty list of ids", fields={"allocations": ["A list of ids."]})
     unique = list(dict.fromkeys(ids))
     for i in unique:
         selectors.parse_uuid(i, field_name="allocations")
@@ -135,33 +135,47 @@ def _owned_allocations(member, ids) -> list[Allocation]:
     return [selectors.allocation_owned(member=member, allocation_id=i) for i in unique]
 
 
-class KeyList(MemberAPIView):
-    def get(self, request):
-        return Response({"results": [selectors.key_json(k) for k in selectors.keys_of(member=request.user)]})
+class KeyName(StrictInputSerializer):
+    name = StrictCharField(max_length=100)
 
+
+class KeyList(MemberAPIView):
+    class InputSerializer(KeyName):
+        allocations = serializers.ListField(child=StrictCharField(), allow_empty=False, help_text="Allocation ids.")
+
+    @extend_schema(responses=_results(KeyOutput))
+    def get(self, request):
+        return Response({"results": KeyOutput(selectors.keys_of(member=request.user), many=True).data})
+
+    @extend_schema(request=InputSerializer, responses={201: KeyWithPlaintextOutput})
     def post(self, request):
-        data = _only_fields(request.data, {"name", "allocations"})
-        name = _name(data)
-        allocations = _owned_allocations(request.user, data.get("allocations"))
+        data = parse_input(self.InputSerializer, request)
+        allocations = _owned_allocations(request.user, data["allocations"])
         try:
             key, plaintext = services.api_key_create(
-                member=request.user, name=name, allocations=allocations, actor=request.user
+                member=request.user, name=data["name"], allocations=allocations, actor=request.user
             )
         except ScopeForbidden:  # pragma: no cover - _owned_allocations already 404s
             raise Http404 from None
-        return Response({**selectors.key_json(key), "key": plaintext}, status=status.HTTP_201_CREATED)
+        return Response({**KeyOutput(key).data, "key": plaintext}, status=status.HTTP_201_CREATED)
 
 
 class KeyDetail(MemberAPIView):
-    def get(self, request, key_id):
-        return Response(selectors.key_json(selectors.key_owned(member=request.user, key_id=key_id)))
+    class InputSerializer(KeyName):
+        pass
 
+    @extend_schema(responses=KeyOutput)
+    def get(self, request, key_id):
+        return Response(KeyOutput(selectors.key_owned(member=request.user, key_id=key_id)).data)
+
+    @extend_schema(request=InputSerializer, responses=KeyOutput)
     def patch(self, request, key_id):
         key = selectors.key_owned(member=request.user, key_id=key_id)
-        data = _only_fields(request.data, {"name"})
-        key = services.api_key_rename(key=key, name=_name(data), actor=request.user)
-        return Response(selectors.key_json(key))
+        data = parse_input(self.InputSerializer, request)
+        key = services.api_key_rename(key=key, name=data["name"], actor=request.user)
+        return Response(KeyOutput(key).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request, key_id):
         key = selectors.key_owned(member=request.user, key_id=key_id)
         services.api_key_revoke(key=key, actor=request.user, now=timezone.now())
@@ -169,7 +183,8 @@ class KeyDetail(MemberAPIView):
 
 
 class KeyRotate(MemberAPIView):
+    @extend_schema(request=None, responses=KeyWithPlaintextOutput)
     def post(self, request, key_id):
         key = selectors.key_owned(member=request.user, key_id=key_id)
         key, plaintext = services.api_key_rotate(key=key, actor=request.user)
-        return Response({**selectors.key_json(key), "key": plaintext})
+        return Response({**KeyOutput(key).data, "key": plaintext})

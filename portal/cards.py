@@ -11,11 +11,8 @@ from django.utils import timezone
 from allocations.models import Allocation, ApiKeyScope, CatalogModel
 from quota.models import PriceVersion
 from quota.periods import billing_tz, period_bounds
-from quota.selectors import near_cap, price_describe, usage_this_month
-
-from .selectors import money_str
-
-ZERO = Decimal(0)
+from quota.pricing import ZERO
+from quota.selectors import near_cap, usage_this_month
 
 
 @dataclass
@@ -176,21 +173,3 @@ def allocation_cards(*, member, now: dt.datetime | None = None, allocations=None
             )
         )
     return cards
-
-
-def allocation_card_json(card: AllocationCard) -> dict:
-    """The exact shape of SPEC section 7."""
-    a = card.allocation
-    return {
-        "id": str(a.pk),
-        "model": a.model.slug,
-        "display_name": a.display_name,
-        "status": a.status,
-        "quota_tokens_per_month": a.quota_tokens_per_month,
-        "tokens_used_this_month": card.tokens_used,
-        "quota_cost_usd_per_month": money_str(a.quota_cost_usd_per_month),
-        "cost_used_this_month": money_str(card.cost_used),
-        "near_cap": card.near_cap,
-        "key_prefixes": card.key_prefixes,
-        "price": price_describe(card.price),
-    }

@@ -1,9 +1,6 @@
 """Reads for the member portal and the member API. Every query is scoped to one member."""
 
-import base64
-import binascii
 import datetime as dt
-import json
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -15,17 +12,13 @@ from django.utils import timezone
 
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation, ApiKey
+from allocations.pages import keyset_page
+from allocations.serializers import money_str
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
+from quota.pricing import ZERO
 
-NANO = Decimal("1e-9")
-ZERO = Decimal(0)
 MAX_USAGE_DAYS = 366
-
-
-def money_str(value: Decimal | None) -> str | None:
-    """The API's decimal string: fixed point, 9 places (the stored precision)."""
-    return None if value is None else f"{Decimal(value).quantize(NANO):f}"
 
 
 def parse_uuid(value, *, field_name: str) -> uuid.UUID:
@@ -71,20 +64,6 @@ def keys_of(*, member) -> list[ApiKey]:
         .prefetch_related("scopes__allocation__model")
         .order_by("-created_at", "id")
     )
-
-
-def key_json(key: ApiKey) -> dict:
-    scopes = list(key.scopes.all())
-    return {
-        "id": str(key.pk),
-        "name": key.name,
-        "prefix": key.prefix,
-        "allocations": [str(s.allocation_id) for s in scopes],
-        "is_default": key.is_default,
-        "created_at": key.created_at.isoformat() if key.created_at else None,
-        "rotated_at": key.rotated_at.isoformat() if key.rotated_at else None,
-        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
-    }
 
 
 # --- usage -----------------------------------------------------------------------------------------
@@ -248,57 +227,9 @@ def cost_cap_of(*, member, allocation=None) -> Decimal | None:
 # --- calls (keyset pagination) -------------------------------------------------------------------
 
 
-def cursor_encode(record: CallRecord) -> str:
-    raw = json.dumps([record.started_at.isoformat(), record.pk]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def cursor_decode(cursor: str) -> tuple[dt.datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        started, pk = json.loads(raw)
-        when = dt.datetime.fromisoformat(started)
-        if when.tzinfo is None or not isinstance(pk, int) or isinstance(pk, bool):
-            raise ValueError
-        return when, pk
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("invalid cursor", fields={"cursor": ["Invalid cursor."]}) from None
-
-
 def calls_page(*, member, allocation=None, period: Period | None = None, cursor: str | None = None, limit: int = 50):
     """Newest first by (started_at, id). Returns (records, next_cursor or None); never counts."""
     qs = _member_calls(member, allocation).select_related("model")
     if period is not None:
         qs = qs.filter(started_at__gte=period.start, started_at__lt=period.end)
-    if cursor:
-        when, pk = cursor_decode(cursor)
-        qs = qs.filter(Q(started_at__lt=when) | Q(started_at=when, id__lt=pk))
-    rows = list(qs.order_by("-started_at", "-id")[: limit + 1])
-    next_cursor = cursor_encode(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
-
-
-def call_json(record: CallRecord) -> dict:
-    return {
-        "id": record.pk,
-        "request_id": record.request_id,
-        "allocation": str(record.allocation_id) if record.allocation_id else None,
-        "model": record.model.slug if record.model is not None else None,
-        "endpoint": record.endpoint,
-        "started_at": record.started_at.isoformat(),
-        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-        "status_code": record.status_code,
-        "outcome": record.outcome,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cached_tokens": record.cached_tokens,
-        "reasoning_tokens": record.reasoning_tokens,
-        "quantity": None if record.quantity is None else f"{record.quantity.normalize():f}",
-        "unit": record.unit,
-        "cost_usd": money_str(record.cost_usd) if record.priced else None,
-        "priced": record.priced,
-        "estimated": record.estimated,
-        "is_stream": record.is_stream,
-        "close_reason": record.close_reason,
-        "error_code": record.error_code,
-    }
+    return keyset_page(qs, time_field="started_at", cursor=cursor, limit=limit)

@@ -2,28 +2,18 @@
 single sign-on). These hang on django.contrib.auth's own signals because the sign-in code is
 Django's: its login views and forms are used as they are."""
 
-import ipaddress
-
 from django.contrib.auth import signals
 from django.utils import timezone
 
 from allocations.audit import audit_record
-
-from .auth import client_ip
+from allocations.http import client_ip
 
 SIGNED_IN_AT = "signed_in_at"
 SIGNED_IN_UID = "portal.sign_in_audit.in"
 
 
 def _address(request) -> str | None:
-    if request is None:
-        return None
-    address = client_ip(request)
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    return address
+    return None if request is None else client_ip(request)
 
 
 def _method(user) -> str:

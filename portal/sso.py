@@ -28,10 +28,9 @@ from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthen
 
 from allocations.audit import audit_record
 from allocations.exceptions import GatewayError
+from allocations.http import client_ip
 from allocations.models import Member
 from allocations.services import member_create, member_set_roles
-
-from .auth import client_ip
 
 log = logging.getLogger(__name__)
 

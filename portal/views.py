@@ -13,11 +13,11 @@ from django.views.decorators.http import require_POST
 
 from allocations import services
 from allocations.exceptions import GatewayError
+from allocations.login_limits import RateLimitedAuthenticationForm
 from allocations.models import Allocation
 from notifications import services as notifications
 
 from . import cards, selectors
-from .auth import RateLimitedAuthenticationForm
 from .forms import AlertPreferenceForm, KeyCreateForm, KeyRenameForm
 
 CALLS_PER_PAGE = 50

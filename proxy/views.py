@@ -4,14 +4,13 @@ the upstream call with no transaction or connection held, one accounting step to
 
 import asyncio
 import json
-import re
-import uuid
 
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
 from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
+from allocations.http import request_id_of as request_id_for
 from allocations.models import Allocation
 from quota.exceptions import RequestTooLarge, UpstreamError, UpstreamTimeout
 from quota.ledger import threads
@@ -21,17 +20,8 @@ from quota.pricing import Usage
 from . import accounting, meters, observed, relay, upstream
 from .registry import ENDPOINTS, Endpoint
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _background: set = set()  # strong references: an upstream call finishes even when its request is gone
-
-
-def request_id_for(request) -> str:
-    rid = getattr(request, "gateway_request_id", None)
-    if rid is None:
-        sent = request.META.get("HTTP_X_REQUEST_ID", "")  # = request.headers["X-Request-Id"], without building them all
-        rid = request.gateway_request_id = sent if REQUEST_ID.fullmatch(sent) else str(uuid.uuid4())
-    return rid
 
 
 def error_response(error: GatewayError, request_id: str) -> HttpResponse:

@@ -1,9 +1,8 @@
-from django.core.management.base import BaseCommand
-
+from allocations.management.base import AuditedCommand
 from notifications.services import alerts_scan
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Claim and send the spend and operational alerts that are due (Celery beat runs this every minute)."
 
     def handle(self, *args, **options):

@@ -1,13 +1,13 @@
 """manage.py detect_anomalies: runs the anomaly-quarantine rule once (beat runs it every 5 minutes)."""
 
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from allocations.management.base import AuditedCommand
 from quota.anomaly import anomalies_detect, anomaly_reason
 from quota.pool_models import AnomalyConfig
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Quarantine active non-service allocations whose last hour of calls breaks the anomaly rule."
 
     def handle(self, *args, **options):

@@ -10,10 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import yaml
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
 from allocations.exceptions import BadRequest
+from allocations.management.base import AuditedCommand
 from quota.price_rows import price_row_parse
 from quota.services import price_version_add
 
@@ -51,7 +52,7 @@ def _describe(exc: BadRequest) -> str:
     return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.fields.items())
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Append price versions from a YAML or JSON file (a list of admin-API price rows); all or nothing."
 
     def add_arguments(self, parser):

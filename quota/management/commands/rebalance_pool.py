@@ -1,13 +1,14 @@
 """manage.py rebalance_pool [--dry-run]: plans (and applies) the adaptive token pool, printing a table."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
+from allocations.management.base import AuditedCommand
 from quota.pool import RebalanceRefused, pool_plan, pool_rebalance, pool_state
 from quota.pool_models import RebalanceLog
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Rebalance the adaptive token pool from last period's usage (--dry-run prints the plan only)."
 
     def add_arguments(self, parser):

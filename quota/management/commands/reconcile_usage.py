@@ -1,14 +1,14 @@
 """`manage.py reconcile_usage [--fix]`: this period's usage counters against the call records."""
 
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from allocations.management.base import AuditedCommand
 from allocations.models import Allocation
 from quota.periods import period_start_date
 from quota.services import usage_reconcile
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Compare this month's usage counters with the sum of the call records; --fix rewrites the counters."
 
     def add_arguments(self, parser):

@@ -8,10 +8,10 @@ one that works) and says so.
 import datetime as dt
 import secrets
 
-from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from allocations import services
+from allocations.management.base import AuditedCommand
 from allocations.models import Allocation, ApiKey, CatalogModel, Member, ModelKind, Provider, ProviderKind
 from quota.models import PriceVersion
 from quota.services import price_version_add
@@ -67,7 +67,7 @@ MODELS = [
 ]
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = (
         "Seed (idempotently) a demo: admin login, member 'demo', the simulated provider, models, prices, allocations."
     )

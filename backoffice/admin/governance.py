@@ -1,151 +1,22 @@
-"""Django admin for the governance objects that need no usage figures.
+"""Django admin for the governance objects that need no usage figures: members, providers, models,
+keys and the audit trail (members and admin tokens: backoffice/admin/members.py).
 
 Every save, action and delete goes through allocations.services, so each change is audited;
-allocations themselves (which show usage) are administered from quota/admin.py.
+allocations themselves (which show usage) are administered from backoffice/admin/usage.py.
 """
 
 import uuid
-from typing import ClassVar
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
-from django.core.paginator import Paginator
-from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from . import services
-from .exceptions import GatewayError
-from .models import AdminToken, Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
+from allocations import services
+from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
-admin.site.site_header = "AI gateway administration"
-admin.site.site_title = "AI gateway admin"
-
-
-def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
-def confirmed_or_page(model_admin, request, queryset, *, action: str, what: str):
-    """A final action asks first: None once the admin confirmed, else the confirmation page
-    (which posts the same action and selection back with confirmed=yes)."""
-    if request.POST.get("confirmed") == "yes":
-        return None
-    objects = list(queryset)
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "title": f"Revoke {len(objects)} {what}? This is final.",
-        "objects": objects,
-        "action": action,
-        "opts": model_admin.model._meta,
-        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-    }
-    return TemplateResponse(request, "admin/confirm_revoke.html", context)
-
-
-def form_errors_from(exc: GatewayError, form, default_field: str | None = None) -> None:
-    """Copies a service's field errors onto a Django form (nothing has been written)."""
-    for field, errors in (exc.fields or {default_field: [exc.message]}).items():
-        for error in errors:
-            form.add_error(field if field in form.fields else None, error)
-
-
-def simulated_badge(kind: str) -> str:
-    if kind == ProviderKind.SIMULATED:
-        return format_html('<span style="background:#ffe08a;padding:1px 6px;border-radius:3px">{}</span>', kind)
-    return ""
-
-
-class BoundedCountPaginator(Paginator):
-    """Counts at most LIMIT rows (`COUNT(*)` over a `LIMIT` subquery), never the whole table."""
-
-    LIMIT = 10_000
-
-    @cached_property
-    def count(self):
-        return self.object_list[: self.LIMIT + 1].count()
-
-
-class ReadOnlyListMixin:
-    """Lists of append-only records: no add, change or delete for anyone, superusers included."""
-
-    paginator: ClassVar[type[Paginator]] = BoundedCountPaginator
-    show_full_result_count = False
-    list_per_page = 50
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-# --- members ----------------------------------------------------------------------------------------
-
-
-class MemberAddForm(forms.ModelForm):
-    password = forms.CharField(
-        widget=forms.PasswordInput, required=False, help_text="Blank: the member cannot log in with a password."
-    )
-
-    class Meta:
-        model = Member
-        fields = ("username", "email", "is_staff", "is_superuser")
-
-    def clean_username(self):
-        username = (self.cleaned_data.get("username") or "").strip().casefold()
-        if Member.objects.filter(username=username).exists():
-            raise forms.ValidationError("A member with that username already exists.")
-        return username
-
-
-@admin.register(Member)
-class MemberAdmin(admin.ModelAdmin):
-    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "date_joined")
-    list_filter = ("is_active", "is_staff", "is_superuser")
-    search_fields = ("username", "email")
-    ordering = ("username",)
-    fields = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "date_joined")
-    readonly_fields = ("username", "email", "is_staff", "is_superuser", "last_login", "date_joined")
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = MemberAddForm
-        return super().get_form(request, obj, change=change, **kwargs)
-
-    def get_fields(self, request, obj=None):
-        return ("username", "email", "password", "is_staff", "is_superuser") if obj is None else self.fields
-
-    def get_readonly_fields(self, request, obj=None):
-        return () if obj is None else self.readonly_fields
-
-    def save_model(self, request, obj, form, change):
-        if change:
-            fresh = Member.objects.get(pk=obj.pk)
-            services.member_set_active(member=fresh, is_active=form.cleaned_data["is_active"], actor=request.user)
-            return
-        created = services.member_create(
-            username=form.cleaned_data["username"],
-            email=form.cleaned_data.get("email", ""),
-            password=form.cleaned_data.get("password") or None,
-            is_staff=form.cleaned_data.get("is_staff", False),
-            is_superuser=form.cleaned_data.get("is_superuser", False),
-            actor=request.user,
-        )
-        obj.pk, obj._state.adding = created.pk, False
-
-    def save_related(self, request, form, formsets, change):
-        """Groups and permissions are not edited here; nothing else to save."""
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # members are disabled, never deleted: the audit trail points at them
-
+from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, simulated_badge
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -172,7 +43,7 @@ class ProviderForm(forms.ModelForm):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(StaffAdmin):
     form = ProviderForm
     list_display = ("name", "kind_label", "base_url", "api_version", "status", "key_fingerprint")
     list_filter = ("kind", "status")
@@ -221,7 +92,7 @@ class CatalogModelForm(forms.ModelForm):
 
 
 @admin.register(CatalogModel)
-class CatalogModelAdmin(admin.ModelAdmin):
+class CatalogModelAdmin(StaffAdmin):
     form = CatalogModelForm
     list_display = ("slug", "kind", "provider", "provider_label", "upstream_name", "display_name", "is_active")
     list_filter = ("kind", "is_active", "provider")
@@ -262,7 +133,7 @@ class CatalogModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(StaffAdmin):
     list_display = ("prefix", "name", "member", "is_default", "created_at", "rotated_at", "revoked_at", "last_used_at")
     list_filter = ("is_default", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("prefix", "name", "member__username")
@@ -275,7 +146,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def scope(self, obj):
         return ", ".join(s.allocation.model.slug for s in obj.scopes.select_related("allocation__model"))
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["revoke"])
     def revoke_keys(self, request, queryset):
         page = confirmed_or_page(self, request, queryset, action="revoke_keys", what="API key(s)")
         if page is not None:
@@ -289,46 +160,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False  # read-only; the revoke action goes through the service
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class AdminTokenForm(forms.ModelForm):
-    class Meta:
-        model = AdminToken
-        fields = ("user",)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["user"].queryset = Member.objects.filter(is_staff=True, is_active=True)
-
-
-@admin.register(AdminToken)
-class AdminTokenAdmin(admin.ModelAdmin):
-    form = AdminTokenForm
-    list_display = ("prefix", "user", "created_at", "revoked_at")
-    list_select_related = ("user",)
-    readonly_fields = ("prefix", "user", "created_at", "revoked_at")
-    actions = ("revoke_tokens",)
-
-    def get_readonly_fields(self, request, obj=None):
-        return self.readonly_fields if obj else ()
-
-    def save_model(self, request, obj, form, change):
-        plaintext = services.admin_token_create(user=form.cleaned_data["user"])
-        token = AdminToken.objects.get(token_hash=ApiKey.hash(plaintext))
-        obj.pk, obj._state.adding = token.pk, False
-        self.message_user(request, f"Admin token (shown once, copy it now): {plaintext}", messages.WARNING)
-
-    @admin.action(description="Revoke selected admin tokens")
-    def revoke_tokens(self, request, queryset):
-        for token in queryset:
-            services.admin_token_revoke(token=token, actor=request.user)
-        self.message_user(request, f"{queryset.count()} token(s) revoked.", messages.SUCCESS)
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -407,7 +238,7 @@ def _is_uuid(value: str) -> bool:
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyListMixin, admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyListMixin, StaffAdmin):
     list_display = ("created_at", "action_label", "actor_label", "target", "source_ip")
     list_filter = ("action", "target_type")
     search_fields = ("=target_id", "=action", "=actor_label")

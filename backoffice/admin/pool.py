@@ -8,12 +8,15 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from .anomaly import anomaly_config_update
-from .pool import RebalanceRefused, pool_config_update, pool_overview, pool_plan, pool_rebalance, pool_state
-from .pool_models import AnomalyConfig, PoolConfig, RebalanceEntry, RebalanceLog
+from allocations.http import client_ip
+from quota.anomaly import anomaly_config_update
+from quota.pool import RebalanceRefused, pool_config_update, pool_overview, pool_plan, pool_rebalance, pool_state
+from quota.pool_models import AnomalyConfig, PoolConfig, RebalanceEntry, RebalanceLog
+
+from .base import StaffAdmin, StaffReadOnlyInline
 
 
-class SingletonAdmin(admin.ModelAdmin):
+class SingletonAdmin(StaffAdmin):
     def has_add_permission(self, request):
         return False
 
@@ -34,13 +37,13 @@ class PoolConfigAdmin(SingletonAdmin):
 
     def save_model(self, request, obj, form, change):
         changes = {name: form.cleaned_data[name] for name in form.changed_data}
-        pool_config_update(changes=changes, actor=request.user, source_ip=request.META.get("REMOTE_ADDR"))
+        pool_config_update(changes=changes, actor=request.user, source_ip=client_ip(request))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {**(extra_context or {}), "pool": pool_overview()}
         return super().change_view(request, object_id, form_url, extra_context)
 
-    @admin.action(description="Rebalance the pool now (shows a preview first)")
+    @admin.action(description="Rebalance the pool now (shows a preview first)", permissions=["change"])
     def rebalance_with_preview(self, request, queryset):
         return redirect("admin:quota_pool_rebalance")
 
@@ -82,22 +85,14 @@ class PoolConfigAdmin(SingletonAdmin):
         return redirect(reverse("admin:quota_rebalancelog_change", args=[result.log.pk]))
 
 
-class RebalanceEntryInline(admin.TabularInline):
+class RebalanceEntryInline(StaffReadOnlyInline):
     model = RebalanceEntry
     fields = ("allocation", "usage", "quota_before", "quota_after", "reason", "applied")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(RebalanceLog)
-class RebalanceLogAdmin(admin.ModelAdmin):
+class RebalanceLogAdmin(StaffAdmin):
     list_display = ("created_at", "trigger", "outcome", "total_tokens", "reserved_tokens", "pool_size", "skipped")
     list_filter = ("outcome", "trigger")
     readonly_fields = [f.name for f in RebalanceLog._meta.fields]
@@ -121,4 +116,4 @@ class AnomalyConfigAdmin(SingletonAdmin):
 
     def save_model(self, request, obj, form, change):
         changes = {name: form.cleaned_data[name] for name in form.changed_data}
-        anomaly_config_update(changes=changes, actor=request.user, source_ip=request.META.get("REMOTE_ADDR"))
+        anomaly_config_update(changes=changes, actor=request.user, source_ip=client_ip(request))

@@ -1,18 +1,17 @@
-"""Unpriced and unit-mismatched calls for admins (issue 4): a filter and a column on the call list.
+"""Unpriced and unit-mismatched calls for admins: a filter and a column on the call list.
 
 A call is *unpriced* when it carried usage (tokens or a metered quantity) and has no cost: no price
 was in force, or the price's unit does not fit what the endpoint metered (say a per-minute price and
 a transcription that reported tokens). A *unit mismatch* is the second case: a price was in force at
-the call's start, yet the call is unpriced. Neither is ever shown as $0 (SPEC 4). Imported by
-quota/admin.py; kept apart so the call-record admin stays one file.
+the call's start, yet the call is unpriced. Neither is ever shown as $0 (SPEC 4).
 """
 
 from django.contrib import admin
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from .models import CallRecord, PriceVersion
-from .periods import period_bounds
+from quota.models import CallRecord, PriceVersion
+from quota.periods import period_bounds
 
 CARRIED_USAGE = Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0)
 
@@ -53,17 +52,3 @@ class UnpricedFilter(admin.SimpleListFilter):
 @admin.display(description="metered")
 def metered(obj: CallRecord) -> str:
     return f"{obj.quantity.normalize():f} {obj.unit}" if obj.quantity is not None and obj.unit else "-"
-
-
-def install(admin_class: type[admin.ModelAdmin]) -> None:
-    """Adds the filter and the column to a ModelAdmin class (list options are class-level)."""
-    if UnpricedFilter not in admin_class.list_filter:
-        admin_class.list_filter = (*admin_class.list_filter, UnpricedFilter)
-    if metered not in admin_class.list_display:
-        display = list(admin_class.list_display)
-        display.insert(display.index("cost") if "cost" in display else len(display), metered)
-        admin_class.list_display = tuple(display)
-
-
-if admin.site.is_registered(CallRecord):
-    install(type(admin.site._registry[CallRecord]))

@@ -1,4 +1,5 @@
-"""Portal login: Django's auth form behind a failed-login limit per username and per client IP.
+"""Sign-in (the portal's and Django admin's): Django's auth forms behind one failed-login limit per
+username and per client IP, the same counters for both login pages.
 
 Failures are counted in the shared Django cache (Redis in production and tests), so the limit
 holds across processes. While either counter is at its limit the form refuses before checking
@@ -13,22 +14,11 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
+from .http import client_ip
+
 MAX_FAILURES_PER_USERNAME = 5
 MAX_FAILURES_PER_IP = 20
 WINDOW_S = 15 * 60
-
-
-def client_ip(request) -> str:
-    """The client address: with N trusted proxies, the N-th `X-Forwarded-For` hop from the right."""
-    remote = request.META.get("REMOTE_ADDR", "") or "unknown"
-    trusted = settings.GATEWAY_TRUSTED_PROXY_COUNT
-    if trusted <= 0:
-        return remote
-    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
-    if not hops:
-        return remote
-    # Each trusted proxy appended the address it saw; anything further left is client-supplied.
-    return hops[-trusted] if len(hops) >= trusted else hops[0]
 
 
 def _limits() -> tuple[int, int, int]:
@@ -79,7 +69,7 @@ class RateLimitedAuthenticationForm(AuthenticationForm):
 
     def clean(self):
         username = self.cleaned_data.get("username") or ""
-        ip = client_ip(self.request) if self.request is not None else "unknown"
+        ip = (client_ip(self.request) if self.request is not None else None) or "unknown"
         if login_locked(username=username, ip=ip):
             self.rate_limited = True
             raise ValidationError(self.error_messages["rate_limited"], code="rate_limited")

@@ -15,14 +15,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from allocations import services
-from allocations.admin import client_ip
 from allocations.exceptions import GatewayError
+from allocations.http import client_ip
 from allocations.models import Allocation
-
-from . import overview
-from .models import Outcome
-from .periods import period_bounds, period_start_date
-from .pricing import ZERO
+from quota import overview
+from quota.models import Outcome
+from quota.periods import period_bounds, period_start_date
+from quota.pricing import ZERO
 
 REFUSAL_LABELS: dict[str, str] = {
     Outcome.REJECTED_COST_QUOTA_EXCEEDED: "cost cap reached",

@@ -15,13 +15,13 @@ from django.urls import path
 from django.utils import timezone
 
 from allocations import services
-from allocations.admin import form_errors_from
 from allocations.exceptions import GatewayError
 from allocations.models import Allocation, ApiKey, CatalogModel, Member
+from quota import selectors
+from quota.models import CallRecord
+from quota.periods import period_bounds
 
-from . import selectors
-from .models import CallRecord
-from .periods import period_bounds
+from .base import form_errors_from
 
 RECENT_CALLS = 25
 

@@ -16,12 +16,16 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from allocations import services
-from allocations.admin import ReadOnlyListMixin, client_ip, confirmed_or_page, form_errors_from, simulated_badge
 from allocations.exceptions import BadRequest, GatewayError
+from allocations.http import client_ip
 from allocations.models import Allocation, ProviderKind
+from quota import display, selectors
+from quota.models import CallRecord, PriceVersion, UsageCounter
+from quota.periods import period_start_date
+from quota.services import price_version_add, price_version_clean
 
-from . import display, selectors
-from .admin_filters import (
+from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
+from .filters import (
     AllocationFilter,
     MemberFilter,
     ModelFilter,
@@ -29,9 +33,7 @@ from .admin_filters import (
     StartedFromFilter,
     titled,
 )
-from .models import CallRecord, PriceVersion, UsageCounter
-from .periods import period_start_date
-from .services import price_version_add, price_version_clean
+from .unpriced import UnpricedFilter, metered
 
 
 def _money(value) -> str:
@@ -141,7 +143,7 @@ class UsageFilter(admin.SimpleListFilter):
 
 
 @admin.register(Allocation)
-class AllocationAdmin(admin.ModelAdmin):
+class AllocationAdmin(StaffAdmin):
     form = AllocationForm
     list_display = ("display_name", "member", "model_label", "status_label", "tokens", "spend", "near_cap_flag")
     list_filter = (
@@ -254,15 +256,15 @@ class AllocationAdmin(admin.ModelAdmin):
         if done:
             self.message_user(request, f"{done} allocation(s) {verb}.", messages.SUCCESS)
 
-    @admin.action(description="Pause selected allocations")
+    @admin.action(description="Pause selected allocations", permissions=["change"])
     def pause(self, request, queryset):
         self._each(request, queryset, "paused", lambda a: services.allocation_pause(allocation=a, actor=request.user))
 
-    @admin.action(description="Resume selected allocations")
+    @admin.action(description="Resume selected allocations", permissions=["change"])
     def resume(self, request, queryset):
         self._each(request, queryset, "resumed", lambda a: services.allocation_resume(allocation=a, actor=request.user))
 
-    @admin.action(description="Revoke selected allocations (final)")
+    @admin.action(description="Revoke selected allocations (final)", permissions=["change"])
     def revoke(self, request, queryset):
         page = confirmed_or_page(self, request, queryset, action="revoke", what="allocation(s)")
         if page is not None:
@@ -270,7 +272,7 @@ class AllocationAdmin(admin.ModelAdmin):
         self._each(request, queryset, "revoked", lambda a: services.allocation_revoke(allocation=a, actor=request.user))
         return None
 
-    @admin.action(description="Unquarantine selected allocations")
+    @admin.action(description="Unquarantine selected allocations", permissions=["change"])
     def unquarantine(self, request, queryset):
         self._each(
             request,
@@ -279,7 +281,7 @@ class AllocationAdmin(admin.ModelAdmin):
             lambda a: services.allocation_unquarantine(allocation=a, actor=request.user),
         )
 
-    @admin.action(description="Rotate default key of selected allocations")
+    @admin.action(description="Rotate default key of selected allocations", permissions=["change"])
     def rotate_default_key(self, request, queryset):
         def rotate(allocation):
             _, plaintext = services.allocation_rotate_default_key(allocation=allocation, actor=request.user)
@@ -325,7 +327,7 @@ class PriceVersionForm(forms.ModelForm):
 
 
 @admin.register(PriceVersion)
-class PriceVersionAdmin(admin.ModelAdmin):
+class PriceVersionAdmin(StaffAdmin):
     form = PriceVersionForm
     list_display = ("model", "effective_from", "input_per_1m", "cached_input_per_1m", "output_per_1m", "unit_price")
     list_filter = ("unit", "model")
@@ -360,7 +362,7 @@ class PriceVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(CallRecord)
-class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
+class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     list_display = (
         "started_at",
         "request_id",
@@ -372,6 +374,7 @@ class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
         "status_code",
         "input_tokens",
         "output_tokens",
+        metered,
         "cost",
         "close_reason",
     )
@@ -385,6 +388,7 @@ class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
         "endpoint",
         "priced",
         "is_stream",
+        UnpricedFilter,
     )
     search_fields = ("=request_id", "=member__username", "^model__slug")
     list_select_related = ("member", "model", "api_key")
@@ -403,7 +407,3 @@ class CallRecordAdmin(ReadOnlyListMixin, admin.ModelAdmin):
 
     def get_actions(self, request):
         return {}
-
-
-from . import admin_pool  # noqa: E402, F401  (pool and anomaly admin, quota/admin_pool.py)
-from .admin_unpriced import UnpricedFilter  # noqa: E402, F401  (installs the unpriced / unit-mismatch filter)

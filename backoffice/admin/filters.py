@@ -7,7 +7,7 @@ import uuid
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 
-from .periods import billing_tz
+from quota.periods import billing_tz
 
 
 def titled(title: str):

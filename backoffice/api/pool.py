@@ -2,13 +2,14 @@
 POST /api/admin/pool/rebalance. Staff only (anonymous → 401, non-staff → 403)."""
 
 from django.utils import timezone
-from rest_framework.permissions import BasePermission
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from allocations.exceptions import BadRequest
-
-from .pool import (
+from allocations.http import client_ip
+from allocations.serializers import QueryCheckedAPIView
+from quota.pool import (
     RebalanceRefused,
     log_describe,
     pool_config_update,
@@ -17,28 +18,27 @@ from .pool import (
     pool_rebalance,
     pool_state,
 )
-from .pool_models import RebalanceLog
+from quota.pool_models import RebalanceLog
+
+from .base import IsStaff
 
 
-class IsStaff(BasePermission):
-    def has_permission(self, request, view):
-        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
-
-
-def _client_ip(request):
-    return request.META.get("REMOTE_ADDR")
-
-
-class PoolView(APIView):
+class PoolView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         return Response(pool_overview())
 
+    @extend_schema(
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses=OpenApiTypes.OBJECT,
+        description="Any of `total_tokens_per_month`, `floor_per_allocation`.",
+    )
     def patch(self, request):
         if not isinstance(request.data, dict):
             raise BadRequest("expected a JSON object")
-        pool_config_update(changes=dict(request.data), actor=request.user, source_ip=_client_ip(request))
+        pool_config_update(changes=dict(request.data), actor=request.user, source_ip=client_ip(request))
         return Response(pool_overview())
 
 
@@ -60,9 +60,10 @@ def _plan_body(state, shares) -> dict:
     }
 
 
-class PoolPreviewView(APIView):
+class PoolPreviewView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         state = pool_state(now=timezone.now())
         try:
@@ -72,9 +73,10 @@ class PoolPreviewView(APIView):
         return Response({**pool_overview(), "refused": None, **_plan_body(state, shares)})
 
 
-class PoolRebalanceView(APIView):
+class PoolRebalanceView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         result = pool_rebalance(trigger=RebalanceLog.Trigger.API, actor=request.user)
         if result.refused:

@@ -1,0 +1,125 @@
+"""What every staff page shares: the site's titles, list helpers and service-error display."""
+
+from typing import ClassVar
+
+from django.contrib import admin
+from django.contrib.admin import helpers
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.paginator import Paginator
+from django.template.response import TemplateResponse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from allocations.exceptions import GatewayError
+from allocations.login_limits import RateLimitedAuthenticationForm
+from allocations.models import ProviderKind
+
+admin.site.site_header = "AI gateway administration"
+admin.site.site_title = "AI gateway admin"
+
+
+class AdminLoginForm(RateLimitedAuthenticationForm, AdminAuthenticationForm):
+    """Django admin's sign-in behind the portal's failed-sign-in limits (the same counters)."""
+
+
+admin.site.login_form = AdminLoginForm
+
+
+def is_governing_staff(request) -> bool:
+    """Staff = admin (SPEC section 2): every active staff member governs, superuser or not."""
+    user = request.user
+    return bool(user.is_authenticated and user.is_active and user.is_staff)
+
+
+class StaffAdmin(admin.ModelAdmin):
+    """Where governance permissions are decided, once: every active staff member may view, add and
+    change what the subclass allows; nothing is deleted (records are revoked or disabled instead).
+    Subclasses narrow these (read-only lists, append-only prices), never widen them. Actions
+    declare the permission they need (`permissions=["change"]` or `["revoke"]`)."""
+
+    def has_module_permission(self, request):
+        return is_governing_staff(request)
+
+    def has_view_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+    def has_add_permission(self, request):
+        return is_governing_staff(request)
+
+    def has_change_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_revoke_permission(self, request):
+        return is_governing_staff(request)
+
+
+class NoWritesMixin:
+    """Append-only records: no add, change or delete for anyone, superusers included."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class StaffReadOnlyInline(NoWritesMixin, admin.TabularInline):
+    can_delete = False
+    extra = 0
+
+    def has_view_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+
+def form_errors_from(exc: GatewayError, form, default_field: str | None = None) -> None:
+    """Copies a service's field errors onto a Django form (nothing has been written)."""
+    for field, errors in (exc.fields or {default_field: [exc.message]}).items():
+        for error in errors:
+            form.add_error(field if field in form.fields else None, error)
+
+
+def confirmed_or_page(model_admin, request, queryset, *, action: str, what: str):
+    """A final action asks first: None once the admin confirmed, else the confirmation page
+    (which posts the same action and selection back with confirmed=yes)."""
+    if request.POST.get("confirmed") == "yes":
+        return None
+    objects = list(queryset)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Revoke {len(objects)} {what}? This is final.",
+        "objects": objects,
+        "action": action,
+        "opts": model_admin.model._meta,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/confirm_revoke.html", context)
+
+
+def simulated_badge(kind: str) -> str:
+    if kind == ProviderKind.SIMULATED:
+        return format_html('<span style="background:#ffe08a;padding:1px 6px;border-radius:3px">{}</span>', kind)
+    return ""
+
+
+class BoundedCountPaginator(Paginator):
+    """Counts at most LIMIT rows (`COUNT(*)` over a `LIMIT` subquery), never the whole table."""
+
+    LIMIT = 10_000
+
+    @cached_property
+    def count(self):
+        return self.object_list[: self.LIMIT + 1].count()
+
+
+class ReadOnlyListMixin(NoWritesMixin):
+    """Long lists of append-only records, paged without a full count."""
+
+    paginator: ClassVar[type[Paginator]] = BoundedCountPaginator
+    show_full_result_count = False
+    list_per_page = 50

@@ -1,0 +1,190 @@
+"""Django admin for members and admin tokens.
+
+Every active staff member governs members (disable, enable, staff flag, email, password); only a
+superuser makes or unmakes a superuser or mints an admin token for someone else. The last active
+admin can be neither disabled nor demoted: the form says so before anything is written, and the
+service checks again with the admins' rows locked. Every change goes through allocations.services.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+
+from allocations import services
+from allocations.exceptions import GatewayError
+from allocations.members import MEMBER_UPDATABLE, last_admin_check
+from allocations.models import AdminToken, ApiKey, Member
+
+from .base import StaffAdmin, form_errors_from
+
+
+class MemberAddForm(forms.ModelForm):
+    password = forms.CharField(
+        widget=forms.PasswordInput, required=False, help_text="Blank: the member cannot log in with a password."
+    )
+
+    class Meta:
+        model = Member
+        fields = ("username", "email", "is_staff", "is_superuser")
+
+    def clean_username(self):
+        username = (self.cleaned_data.get("username") or "").strip().casefold()
+        if Member.objects.filter(username=username).exists():
+            raise forms.ValidationError("A member with that username already exists.")
+        return username
+
+
+class MemberChangeForm(forms.ModelForm):
+    new_password = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        strip=False,
+        help_text="Write-only. Blank keeps the current password. The audit trail records the change, never the hash.",
+    )
+
+    class Meta:
+        model = Member
+        fields = ("email", "is_active", "is_staff", "is_superuser")
+
+    def clean(self):
+        data = super().clean()
+        try:
+            last_admin_check(
+                member=self.instance,
+                is_active=data.get("is_active", self.instance.is_active),
+                is_staff=data.get("is_staff", self.instance.is_staff),
+            )
+        except GatewayError as exc:
+            form_errors_from(exc, self, default_field="is_active")
+        return data
+
+
+@admin.register(Member)
+class MemberAdmin(StaffAdmin):
+    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "date_joined")
+    list_filter = ("is_active", "is_staff", "is_superuser")
+    search_fields = ("username", "email")
+    ordering = ("username",)
+    fields = (
+        "username",
+        "email",
+        "is_active",
+        "is_staff",
+        "is_superuser",
+        "new_password",
+        "last_login",
+        "date_joined",
+    )
+    readonly_fields = ("username", "last_login", "date_joined")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        kwargs["form"] = MemberChangeForm if obj is not None else MemberAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            add = ("username", "email", "password", "is_staff", "is_superuser")
+            return add if request.user.is_superuser else add[:-1]
+        return self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return self.readonly_fields if request.user.is_superuser else (*self.readonly_fields, "is_superuser")
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        if not change:
+            created = services.member_create(
+                username=data["username"],
+                email=data.get("email", ""),
+                password=data.get("password") or None,
+                is_staff=data.get("is_staff", False),
+                is_superuser=data.get("is_superuser", False) and request.user.is_superuser,
+                actor=request.user,
+            )
+            obj.pk, obj._state.adding = created.pk, False
+            return
+        try:
+            self._save_changes(request, Member.objects.get(pk=obj.pk), form)
+        except GatewayError as exc:  # a concurrent change won the race the form's check could not see
+            self.message_user(request, exc.message, messages.ERROR)
+
+    @staticmethod
+    def _save_changes(request, member: Member, form) -> None:
+        data, changed = form.cleaned_data, form.changed_data
+        if "is_superuser" in changed and request.user.is_superuser:
+            member = services.member_set_roles(
+                member=member,
+                is_staff=data["is_staff"] or data["is_superuser"],
+                is_superuser=data["is_superuser"],
+                actor=request.user,
+            )
+        updates = {f: data[f] for f in changed if f in MEMBER_UPDATABLE}
+        if updates:
+            member = services.member_update(member=member, changes=updates, actor=request.user)
+        if data.get("new_password"):
+            services.member_set_password(member=member, password=data["new_password"], actor=request.user)
+
+    def save_related(self, request, form, formsets, change):
+        """Groups and permissions are not edited here: staff = admin."""
+
+
+class AdminTokenForm(forms.ModelForm):
+    expires_days = forms.IntegerField(
+        required=False, min_value=1, max_value=3650, help_text="Optional: the token stops working after this many days."
+    )
+
+    class Meta:
+        model = AdminToken
+        fields = ("user",)
+
+    def __init__(self, *args, request=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        staff = Member.objects.filter(is_staff=True, is_active=True)
+        if request is not None and not request.user.is_superuser:
+            staff = staff.filter(pk=request.user.pk)  # only a superuser mints for someone else
+            self.fields["user"].initial = request.user.pk
+        self.fields["user"].queryset = staff
+
+
+@admin.register(AdminToken)
+class AdminTokenAdmin(StaffAdmin):
+    form = AdminTokenForm
+    list_display = ("prefix", "user", "created_at", "expires_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    list_select_related = ("user",)
+    readonly_fields = ("prefix", "user", "created_at", "expires_at", "last_used_at", "revoked_at")
+    actions = ("revoke_tokens",)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+
+        class RequestForm(form):  # type: ignore[valid-type,misc]
+            def __init__(self, *args, **inner):
+                super().__init__(*args, request=request, **inner)
+
+        return RequestForm
+
+    def get_fields(self, request, obj=None):
+        return ("user", "expires_days") if obj is None else self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else ()
+
+    def save_model(self, request, obj, form, change):
+        plaintext = services.admin_token_create(
+            user=form.cleaned_data["user"], actor=request.user, expires_days=form.cleaned_data.get("expires_days")
+        )
+        token = AdminToken.objects.get(token_hash=ApiKey.hash(plaintext))
+        obj.pk, obj._state.adding = token.pk, False
+        # Messages live in the session (settings.MESSAGE_STORAGE), never in a cookie.
+        self.message_user(request, f"Admin token (shown once, copy it now): {plaintext}", messages.WARNING)
+
+    @admin.action(description="Revoke selected admin tokens", permissions=["revoke"])
+    def revoke_tokens(self, request, queryset):
+        for token in queryset:
+            services.admin_token_revoke(token=token, actor=request.user)
+        self.message_user(request, f"{queryset.count()} token(s) revoked.", messages.SUCCESS)
+
+    def has_change_permission(self, request, obj=None):
+        return False

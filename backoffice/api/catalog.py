@@ -1,0 +1,84 @@
+"""Admin API: providers, catalog models and price versions. The rules for each (unique names and
+slugs, URLs, price shapes) live in the services; the input serializers check the JSON types."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from allocations import services
+from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
+from allocations.serializers import DecimalInputField, StrictCharField, StrictInputSerializer, parse_input
+from quota.models import PriceVersion
+from quota.price_rows import price_row_add
+
+from .base import PAGE_PARAMETERS, AdminAPIView, list_response, provider_by
+from .serializers import ModelOutput, PriceOutput, ProviderOutput, page_of
+
+
+class ProviderList(AdminAPIView):
+    class InputSerializer(StrictInputSerializer):
+        name = StrictCharField(max_length=100)
+        kind = serializers.ChoiceField(choices=ProviderKind.choices)
+        base_url = StrictCharField(required=False, allow_blank=True, max_length=500, default="")
+        api_key = StrictCharField(
+            required=False, allow_blank=True, max_length=1000, default="", help_text="Write-only; stored encrypted."
+        )
+        api_version = StrictCharField(required=False, allow_blank=True, max_length=40, default="")
+
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ProviderOutput, "ProviderPage"))
+    def get(self, request):
+        return list_response(request, Provider.objects.all(), ProviderOutput)
+
+    @extend_schema(request=InputSerializer, responses={201: ProviderOutput})
+    def post(self, request):
+        provider = services.provider_create(**parse_input(self.InputSerializer, request), actor=request.user)
+        return Response(ProviderOutput(provider).data, status=status.HTTP_201_CREATED)
+
+
+class ModelList(AdminAPIView):
+    class InputSerializer(StrictInputSerializer):
+        slug = StrictCharField(max_length=200)
+        provider = StrictCharField(max_length=100, help_text="The provider's name or id.")
+        upstream_name = StrictCharField(max_length=200)
+        kind = serializers.ChoiceField(choices=ModelKind.choices)
+        display_name = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
+
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ModelOutput, "ModelPage"))
+    def get(self, request):
+        return list_response(request, CatalogModel.objects.select_related("provider"), ModelOutput)
+
+    @extend_schema(request=InputSerializer, responses={201: ModelOutput})
+    def post(self, request):
+        data = parse_input(self.InputSerializer, request)
+        model = services.model_create(**{**data, "provider": provider_by(data["provider"])}, actor=request.user)
+        return Response(ModelOutput(model).data, status=status.HTTP_201_CREATED)
+
+
+class PriceList(AdminAPIView):
+    class InputSerializer(StrictInputSerializer):
+        model = StrictCharField(max_length=200, help_text="The model's slug.")
+        effective_from = StrictCharField(
+            required=False, allow_null=True, allow_blank=True, help_text="ISO 8601; default now. Naive = UTC."
+        )
+        input_per_1m = DecimalInputField(required=False, allow_null=True)
+        cached_input_per_1m = DecimalInputField(required=False, allow_null=True)
+        output_per_1m = DecimalInputField(required=False, allow_null=True)
+        audio_input_per_1m = DecimalInputField(required=False, allow_null=True)
+        audio_output_per_1m = DecimalInputField(required=False, allow_null=True)
+        unit = StrictCharField(required=False, allow_null=True, allow_blank=True)
+        price_per_unit = DecimalInputField(required=False, allow_null=True)
+
+    @extend_schema(
+        parameters=[*PAGE_PARAMETERS, OpenApiParameter("model", str, description="A model's slug.")],
+        responses=page_of(PriceOutput, "PricePage"),
+    )
+    def get(self, request):
+        queryset = PriceVersion.objects.select_related("model")
+        if request.query_params.get("model"):
+            queryset = queryset.filter(model__slug=request.query_params["model"])
+        return list_response(request, queryset, PriceOutput)
+
+    @extend_schema(request=InputSerializer, responses={201: PriceOutput})
+    def post(self, request):
+        version = price_row_add(parse_input(self.InputSerializer, request), actor=request.user)
+        return Response(PriceOutput(version).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,121 @@
+"""Reads for the admin API: lookups that 404, allocations with their usage, and usage reports."""
+
+import datetime as dt
+import uuid
+
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q, Sum
+from django.http import Http404
+
+from allocations.exceptions import BadRequest
+from allocations.models import Allocation, ApiKey
+from allocations.serializers import money_str
+from quota import selectors
+from quota.models import CallRecord
+from quota.periods import billing_tz, period_bounds
+from quota.pricing import ZERO
+
+
+def get_or_404(queryset, pk):
+    try:
+        return queryset.get(pk=uuid.UUID(str(pk)))
+    except (ValueError, ValidationError, queryset.model.DoesNotExist):
+        raise Http404 from None
+
+
+# --- allocations with this month's usage ----------------------------------------------------------------
+
+
+def allocations_with_usage(allocations, *, now=None) -> list[Allocation]:
+    """Attaches this month's usage, the near-cap flag and live key prefixes to each allocation:
+    one counter query for the whole list and one more for the prefixes."""
+    allocations = list(allocations)
+    usage = selectors.usage_this_month([a.pk for a in allocations], now=now)
+    prefixes: dict = {}
+    for allocation_id, prefix in (
+        ApiKey.objects.live().filter(scopes__allocation__in=allocations).values_list("scopes__allocation", "prefix")
+    ):
+        prefixes.setdefault(allocation_id, []).append(prefix)
+    for a in allocations:
+        a.tokens_used_this_month, a.cost_used_this_month = usage[a.pk]
+        a.near_cap = selectors.near_cap(
+            tokens_used=a.tokens_used_this_month,
+            token_cap=a.quota_tokens_per_month,
+            cost_used=a.cost_used_this_month,
+            cost_cap=a.quota_cost_usd_per_month,
+        )
+        a.key_prefixes = sorted(prefixes.get(a.pk, []))
+    return allocations
+
+
+# --- usage report ---------------------------------------------------------------------------------------
+
+GROUPS = {
+    "member": {"member_id": "member_id", "member": "member__username"},
+    "allocation": {"allocation_id": "allocation_id", "member": "member__username", "model": "model__slug"},
+    "model": {"model_id": "model_id", "model": "model__slug"},
+}
+USAGE_COLUMNS = ("calls", "unpriced_calls", "input_tokens", "output_tokens", "total_tokens", "cost_usd")
+
+
+def _parse_bound(name: str, value: str | None, *, end: bool):
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            # A date means the whole day in the billing timezone: `to` includes it.
+            return dt.datetime.combine(day + dt.timedelta(days=1 if end else 0), dt.time.min, tzinfo=billing_tz())
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"invalid {name}", fields={name: ["A date (YYYY-MM-DD) or an ISO 8601 datetime."]}) from None
+    return when if when.tzinfo else when.replace(tzinfo=billing_tz())
+
+
+def usage_range(*, start: str | None, end: str | None, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """Defaults to the current billing month; a date `to` is inclusive, a datetime `to` exclusive."""
+    month_start, month_end = period_bounds(now)
+    lo = _parse_bound("from", start, end=False) or month_start
+    hi = _parse_bound("to", end, end=True) or month_end
+    if hi <= lo:
+        raise BadRequest("`to` must be after `from`", fields={"to": ["Must be after from."]})
+    return lo, hi
+
+
+def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
+    if group_by not in GROUPS:
+        raise BadRequest("invalid group_by", fields={"group_by": [f"One of: {', '.join(GROUPS)}."]})
+    keys = GROUPS[group_by]
+    rows = (
+        CallRecord.objects.in_period(start, end)
+        .exclude(**{f"{next(iter(keys.values()))}__isnull": True})
+        .values(*keys.values())
+        .annotate(
+            n_calls=Count("id"),
+            n_unpriced=Count(
+                "id", filter=Q(priced=False) & (Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0))
+            ),
+            sum_input=Sum("input_tokens"),
+            sum_output=Sum("output_tokens"),
+            sum_cost=Sum("cost_usd"),
+        )
+        .order_by(*keys.values())
+    )
+    out = []
+    for row in rows:
+        item: dict[str, object] = {name: None if row[src] is None else str(row[src]) for name, src in keys.items()}
+        tokens_in, tokens_out = row["sum_input"] or 0, row["sum_output"] or 0
+        item.update(
+            calls=row["n_calls"],
+            unpriced_calls=row["n_unpriced"],
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            total_tokens=tokens_in + tokens_out,
+            cost_usd=money_str(row["sum_cost"] or ZERO),
+        )
+        out.append(item)
+    return out
+
+
+def usage_columns(group_by: str) -> list[str]:
+    return [*GROUPS.get(group_by, {}), *USAGE_COLUMNS]

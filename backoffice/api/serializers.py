@@ -1,0 +1,129 @@
+"""Output serializers of the admin API: the JSON shape of each object, written once for lists,
+details and the OpenAPI schema. Input serializers sit in the view that takes them (HackSoft style)."""
+
+from rest_framework import serializers
+
+from allocations.serializers import MoneyField
+
+RATES = ("input_per_1m", "cached_input_per_1m", "output_per_1m", "audio_input_per_1m", "audio_output_per_1m")
+
+
+class MemberOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    username = serializers.CharField()
+    email = serializers.CharField()
+    is_active = serializers.BooleanField()
+    is_staff = serializers.BooleanField()
+    is_superuser = serializers.BooleanField()
+    date_joined = serializers.DateTimeField()
+
+
+class AdminTokenOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    prefix = serializers.CharField()
+    user = serializers.CharField(source="user.username")
+    user_id = serializers.UUIDField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+
+class ProviderOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    kind_label = serializers.CharField(source="get_kind_display")
+    base_url = serializers.CharField()
+    api_version = serializers.CharField()
+    status = serializers.CharField()
+    fingerprint = serializers.CharField(source="key_fingerprint", help_text="First 12 hex of SHA-256 of the key.")
+    created_at = serializers.DateTimeField()
+
+
+class ModelOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    slug = serializers.CharField()
+    provider = serializers.CharField(source="provider.name")
+    provider_id = serializers.UUIDField()
+    provider_kind = serializers.CharField(source="provider.kind")
+    upstream_name = serializers.CharField()
+    kind = serializers.CharField()
+    display_name = serializers.CharField()
+    is_active = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+
+
+class PriceOutput(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField(source="model.slug")
+    effective_from = serializers.DateTimeField()
+    input_per_1m = MoneyField(allow_null=True)
+    cached_input_per_1m = MoneyField(allow_null=True)
+    output_per_1m = MoneyField(allow_null=True)
+    audio_input_per_1m = MoneyField(allow_null=True)
+    audio_output_per_1m = MoneyField(allow_null=True)
+    unit = serializers.SerializerMethodField()
+    price_per_unit = MoneyField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+    def get_unit(self, price) -> str | None:
+        return price.unit or None
+
+
+class AllocationOutput(serializers.Serializer):
+    """An allocation with this month's usage, attached by selectors.allocations_with_usage."""
+
+    id = serializers.UUIDField()
+    member = serializers.UUIDField(source="member_id")
+    member_username = serializers.CharField(source="member.username")
+    model = serializers.CharField(source="model.slug")
+    display_name = serializers.CharField()
+    status = serializers.CharField()
+    paused_by = serializers.SerializerMethodField()
+    status_reason = serializers.CharField()
+    quota_tokens_per_month = serializers.IntegerField(allow_null=True)
+    tokens_used_this_month = serializers.IntegerField()
+    quota_cost_usd_per_month = MoneyField(allow_null=True)
+    cost_used_this_month = MoneyField()
+    near_cap = serializers.BooleanField()
+    is_service_allocation = serializers.BooleanField()
+    quota_locked = serializers.BooleanField()
+    note = serializers.CharField()
+    key_prefixes = serializers.ListField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_paused_by(self, allocation) -> str | None:
+        return allocation.paused_by or None
+
+
+class AllocationCreatedOutput(AllocationOutput):
+    key = serializers.CharField(help_text="The default key's plaintext, shown once.")
+    key_id = serializers.UUIDField()
+
+
+class AuditOutput(serializers.Serializer):
+    id = serializers.CharField(source="pk")
+    action = serializers.CharField()
+    actor = serializers.CharField(source="actor_label")
+    actor_id = serializers.UUIDField(allow_null=True)
+    target_type = serializers.CharField()
+    target_id = serializers.CharField()
+    before = serializers.JSONField(allow_null=True)
+    after = serializers.JSONField(allow_null=True)
+    source_ip = serializers.IPAddressField(allow_null=True)
+    request_id = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+def page_of(item: type[serializers.Serializer], name: str) -> type[serializers.Serializer]:
+    """The keyset page around a list: `{results: [...], next: cursor | null}`."""
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "results": item(many=True),
+            "next": serializers.CharField(allow_null=True, help_text="Cursor of the next page; null on the last."),
+        },
+    )

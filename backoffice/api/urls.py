@@ -1,0 +1,27 @@
+"""/api/admin/… (SPEC section 8): members, tokens, providers, models, prices, allocations, usage, audit, pool."""
+
+from django.urls import path
+
+from . import allocations, catalog, members, pool, reports
+
+urlpatterns = [
+    path("pool", pool.PoolView.as_view(), name="admin-pool"),
+    path("pool/preview", pool.PoolPreviewView.as_view(), name="admin-pool-preview"),
+    path("pool/rebalance", pool.PoolRebalanceView.as_view(), name="admin-pool-rebalance"),
+    path("members", members.MemberList.as_view(), name="admin-api-members"),
+    path("members/<str:member_id>", members.MemberDetail.as_view(), name="admin-api-member"),
+    path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
+    path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
+    path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
+    path("models", catalog.ModelList.as_view(), name="admin-api-models"),
+    path("prices", catalog.PriceList.as_view(), name="admin-api-prices"),
+    path("allocations", allocations.AllocationList.as_view(), name="admin-api-allocations"),
+    path("allocations/<str:allocation_id>", allocations.AllocationDetail.as_view(), name="admin-api-allocation"),
+    path(
+        "allocations/<str:allocation_id>/<str:action>",
+        allocations.AllocationAction.as_view(),
+        name="admin-api-allocation-action",
+    ),
+    path("usage", reports.UsageReport.as_view(), name="admin-api-usage"),
+    path("audit", reports.AuditList.as_view(), name="admin-api-audit"),
+]
