@@ -189,3 +189,31 @@ async def test_an_unexpected_error_in_a_v1_view_is_answered_in_the_envelope(monk
     assert status == 500 and headers[b"Content-Type"] == b"application/json"
     assert (error["code"], error["request_id"]) == ("gateway_error", "req-mw")
     assert "a bug" not in body.decode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "r1", "usage": {"input_tokens": 900}, "metadata": {"usage": {"input_tokens": 1}}},
+        {"usage": {"prompt_tokens": 900}, "choices": [{"message": {"tool_calls": [{"usage": {"prompt_tokens": 1}}]}}]},
+        {"usage": {"prompt_tokens": 900}, "echo": [{"usage": {"prompt_tokens": 1}}], "x": {"usage": {}}},
+        {"usage": {"prompt_tokens": 900}, 'x"usage': {"prompt_tokens": 1}},
+    ],
+)
+def test_only_the_top_level_usage_object_is_billed_never_one_planted_in_echoed_content(body):
+    raw = json.dumps(body).encode()
+    assert meters.find_usage(raw) == body["usage"]
+    assert meters.find_usage(json.dumps(body, indent=2).encode()) == body["usage"]
+
+
+@given(
+    usage=usage_objects,
+    planted=usage_objects,
+    tail=st.dictionaries(
+        st.text(max_size=8), st.recursive(st.none() | st.integers(), st.lists, max_leaves=5), max_size=3
+    ),
+)
+def test_a_usage_object_nested_after_the_top_level_one_is_never_taken_for_it(usage, planted, tail):
+    body = json.dumps({"usage": usage, **{k: v for k, v in tail.items() if k != "usage"}, "z": {"usage": planted}})
+    assert meters.find_usage(body.encode()) == usage
+    assert meters.find_usage(json.dumps({"metadata": {"usage": planted}}).encode()) is None
