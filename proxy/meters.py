@@ -181,7 +181,7 @@ class StreamMeter:
         for data in self._deltas:
             try:
                 self._delta_chars += self.delta_chars(json.loads(data))
-            except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError):
                 self.malformed = True
         self._deltas, self._pending = [], 0
 

@@ -51,7 +51,7 @@ class ChatRelay:
         try:
             obj = json.loads(data)
             self.meter.usage = self.meter.usage_of(obj["usage"])
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             self.meter.malformed = True
             return event
         if not self.strip_usage:
@@ -79,7 +79,7 @@ class ResponsesRelay:
                 self.meter.usage = self.meter.usage_of(obj["response"]["usage"])
                 self.done = True
                 self.failed = obj.get("type") == "response.failed"
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 self.meter.malformed = True
         elif b"output_text.delta" in data or not event.startswith(b"event:"):
             self.meter.keep_delta(data)

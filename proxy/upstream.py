@@ -156,6 +156,6 @@ def upstream_error_detail(body: bytes, secrets: tuple[str, ...]) -> tuple[str, s
             code, message = str(error.get("code") or error.get("type") or ""), str(error.get("message") or "")
         elif isinstance(error, str):
             message = error
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
     return redact(code, secrets)[:64], redact(message, secrets)[:500]

@@ -21,6 +21,7 @@ from quota.pricing import Usage
 from . import accounting, meters, observed, relay, upstream
 from .registry import ENDPOINTS, Endpoint
 
+MAX_JSON_DEPTH = 128  # far past any real request (JSON schemas nest a few dozen levels)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _background: set = set()  # strong references: an upstream call finishes even when its request is gone
@@ -51,8 +52,13 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
         return None, RequestTooLarge("the request body is larger than the gateway's limit")
     try:
         body = json.loads(request.body)
+        too_deep = not json_depth_fits(request.body, body)
     except (ValueError, UnicodeDecodeError):
         return None, BadRequest("the request body is not valid JSON")
+    except RecursionError:
+        too_deep = True
+    if too_deep:
+        return None, BadRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(body, dict):
         return None, BadRequest("the request body must be a JSON object")
     missing = [name for name in endpoint.required if body.get(name) is None]
@@ -66,6 +72,22 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
     if stream not in (True, False, None) or (stream and endpoint.stream_meter is None):
         return body, BadRequest("stream is not supported here" if stream else "stream must be a boolean")
     return body, None
+
+
+def json_depth_fits(raw: bytes, value) -> bool:
+    """Whether parsed JSON nests at most MAX_JSON_DEPTH deep, so that encoding it again (and any
+    walk over it) stays far from the interpreter's recursion limit. Walked only when the body has
+    enough brackets to be that deep, which a typical request does not."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return True
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
 
 
 def upstream_payload(call: accounting.Call) -> bytes:
@@ -234,7 +256,7 @@ async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpRespons
         return _response(body, reply.status, reply.content_type, call.request_id)
     try:
         json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         error = UpstreamError("the upstream answered with a body that is not JSON")
         usage = Usage(input_tokens=call.prompt_tokens, estimated=True)
         await settle(
