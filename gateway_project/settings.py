@@ -271,3 +271,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"gateway.calls": {"level": "INFO" if GATEWAY_CALL_LOG else "WARNING"}},
 }
+# Third-party clients that print request headers at DEBUG (the websockets handshake carries the
+# provider key, aiohttp/httpx/openai log request options): WARNING whatever LOG_LEVEL says.
+HEADER_LOGGING_LIBRARIES = ("websockets", "aiohttp", "httpx", "httpcore", "urllib3", "openai", "hpack", "h2")
+LOGGING.setdefault("loggers", {}).update({name: {"level": "WARNING"} for name in HEADER_LOGGING_LIBRARIES})

@@ -185,7 +185,7 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
             message=error.message,
         )
         return None, error_response(error, call.request_id)
-    if reply.status < 400:
+    if reply.status < 300:
         return reply, None
     try:
         raw = await reply.read()
@@ -194,7 +194,7 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
     finally:
         reply.close()
     code, message = upstream.upstream_error_detail(raw, reply.secrets)
-    if reply.status >= 500:
+    if reply.status >= 500 or reply.status < 400:  # a 3xx: redirects are not followed
         failure = UpstreamError(f"the upstream failed with status {reply.status}: {message}")
         await settle(
             call, outcome=Outcome.UPSTREAM_ERROR, status=502, usage=Usage(), code=failure.code, message=failure.message
