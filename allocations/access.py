@@ -156,6 +156,13 @@ def key_scope_cached(plaintext: str, *, generation: int) -> KeyScope | None:
     return cache.get(ApiKey.hash(plaintext))
 
 
+def key_scope_held(plaintext: str) -> bool:
+    """Whether this process holds a snapshot of the key (it was valid at the last auth generation
+    the process saw). No shared-cache read and no database: the door check of every call; the
+    preflight that follows still checks the key against the current generation."""
+    return _snapshots[1].get(ApiKey.hash(plaintext)) is not None
+
+
 def key_touch(*, key_id: str, now=None, every_s: int = 60) -> None:
     """Throttled last_used_at: at most one write per key per `every_s`."""
     now = now or timezone.now()

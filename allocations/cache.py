@@ -213,6 +213,61 @@ async def auth_generation_async() -> int | None:
     return value if type(value) is int else None
 
 
+class _SharedCounters:
+    """Counter commands for one event loop on one connection, one command out at a time (the
+    failed-auth counts: only refused requests use them, so a lock costs nothing that matters)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.conn: _RespConnection | None = None
+        self.lock = asyncio.Lock()
+
+    async def command(self, *parts: bytes):
+        async with self.lock:
+            try:
+                if self.conn is None or self.conn.transport is None:
+                    self.conn = await _RespConnection.open(self.url)
+                return await self.conn.command(*parts)
+            except BaseException:
+                if self.conn is not None:
+                    self.conn.close()
+                    self.conn = None  # a half-read reply must not answer the next command
+                raise
+
+
+_shared_counters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedCounters]" = weakref.WeakKeyDictionary()
+
+
+def _counters(backend: RedisCache) -> _SharedCounters:
+    loop = asyncio.get_running_loop()
+    counters = _shared_counters.get(loop)
+    if counters is None:
+        counters = _shared_counters[loop] = _SharedCounters(backend._cache._servers[0])  # type: ignore[attr-defined]
+    return counters
+
+
+async def counter_incr(key: str, *, ttl_s: int) -> int:
+    """Increments a counter in the shared cache from the event loop; it expires `ttl_s` after its
+    first increment. Readable with cache.get(key) as well."""
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        backend.add(key, 0, timeout=ttl_s)
+        return backend.incr(key)
+    counters, raw_key = _counters(backend), backend.make_and_validate_key(key).encode()
+    value = int(await counters.command(b"INCR", raw_key))
+    if value == 1:
+        await counters.command(b"EXPIRE", raw_key, str(ttl_s).encode())
+    return value
+
+
+async def counter_read(key: str) -> int:
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        return int(backend.get(key) or 0)
+    raw = await _counters(backend).command(b"GET", backend.make_and_validate_key(key).encode())
+    return int(raw) if raw is not None else 0
+
+
 def bump_auth_generation() -> None:
     try:
         cache.incr(GENERATION_KEY)

@@ -13,22 +13,17 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
+from allocations.auth_failures import client_address
+
 MAX_FAILURES_PER_USERNAME = 5
 MAX_FAILURES_PER_IP = 20
 WINDOW_S = 15 * 60
 
 
 def client_ip(request) -> str:
-    """The client address: with N trusted proxies, the N-th `X-Forwarded-For` hop from the right."""
-    remote = request.META.get("REMOTE_ADDR", "") or "unknown"
-    trusted = settings.GATEWAY_TRUSTED_PROXY_COUNT
-    if trusted <= 0:
-        return remote
-    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
-    if not hops:
-        return remote
-    # Each trusted proxy appended the address it saw; anything further left is client-supplied.
-    return hops[-trusted] if len(hops) >= trusted else hops[0]
+    return client_address(
+        remote=request.META.get("REMOTE_ADDR", ""), forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR", "")
+    )
 
 
 def _limits() -> tuple[int, int, int]:

@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import sys
+import uuid
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -28,8 +29,8 @@ from django.urls import set_script_prefix
 from allocations.exceptions import GatewayError, GatewayUnavailable
 from quota.ledger import loop as ledger_loop
 
-from . import accounting, multipart, upstream, views
-from .views import error_response, request_id_for
+from . import accounting, gate, multipart, upstream, views
+from .views import REQUEST_ID, error_response, request_id_for
 
 logger = logging.getLogger("django.request")
 _resolved: dict = {}  # (ROOT_URLCONF, path) -> ResolverMatch, see ProxyHandler.resolve_request
@@ -66,6 +67,11 @@ class ProxyHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
+        refused = await gate.refusal(scope)
+        if refused is not None:  # the body is never read: a refused caller costs no parse or spool
+            sent = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"").decode("latin1")
+            rid = sent if REQUEST_ID.fullmatch(sent) else str(uuid.uuid4())
+            return await self.send_response(error_response(refused, rid), send)
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
         try:
             if multipart.spools(scope["path"]):  # uploads go to a spool, not to memory

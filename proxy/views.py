@@ -41,7 +41,7 @@ def error_response(error: GatewayError, request_id: str) -> HttpResponse:
     )
     response = HttpResponse(json.dumps(body), status=error.status, content_type="application/json")
     response["X-Request-Id"] = request_id
-    retry_after = getattr(error, "retry_after", None)
+    retry_after = getattr(error, "retry_after", None)  # QuotaBusy, TooManyAuthFailures
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
     return response

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway_project.asgi import application  # before any log capture: django.setup() reconfigures logging
-from proxy import accounting, meters
+from proxy import accounting, gate, meters
 from proxy.handler import ProxyHandler
 from proxy.registry import ENDPOINTS
 from quota import ledger
@@ -25,14 +25,14 @@ from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory, make_key
 
 
-async def _get(application, path):
+async def _get(application, path, headers=()):
     scope = {
         "type": "http",
         "method": "GET",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "headers": [(b"x-request-id", b"req-mw")],
+        "headers": [(b"x-request-id", b"req-mw"), *headers],
         "scheme": "http",
         "server": ("testserver", 80),
     }
@@ -184,7 +184,8 @@ async def test_an_unexpected_error_in_a_v1_view_is_answered_in_the_envelope(monk
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(accounting, "models_for", broken)
-    status, headers, body = await _get(application, "/v1/models")
+    monkeypatch.setattr(gate, "key_scope_held", lambda plaintext: True)  # past the door: into the view
+    status, headers, body = await _get(application, "/v1/models", [(b"authorization", b"Bearer sk-gw-" + b"k" * 43)])
     error = json.loads(body)["error"]
     assert status == 500 and headers[b"Content-Type"] == b"application/json"
     assert (error["code"], error["request_id"]) == ("gateway_error", "req-mw")

@@ -21,7 +21,7 @@ from .conftest import CHAT_MESSAGES, assert_settled_once, chat_call, counter_of,
 def test_a_warm_call_is_admitted_and_settled_on_the_event_loop_in_two_statements(world, thread_steps, loop_statements):
     allocation = world.allocation(cost=Decimal("5"))
     chat_call(world, allocation, "warm-1")  # the first call of a key fills the caches on a thread
-    assert thread_steps == ["call_open"]
+    assert thread_steps == ["key_scope", "call_open"]  # the door's lookup (proxy.gate), then the preflight
     thread_steps.clear()
     loop_statements.clear()
     chat_call(world, allocation, "warm-2")

@@ -1,0 +1,48 @@
+"""The door of /v1, before the body is read: a request whose bearer is missing, malformed, unknown
+or revoked is refused with 401 without reading, parsing or spooling its body and without a call
+record (allocations.auth_failures counts it per client address, and refuses an address past its
+limit with 429).
+
+A key this process already holds a snapshot of passes with no I/O at all (the preflight checks it
+again under the current auth generation); any other key is looked up once on an accounting thread,
+which also warms the snapshot the preflight reads.
+"""
+
+from allocations.access import key_scope, key_scope_held
+from allocations.auth_failures import auth_blocked, auth_failed, client_address
+from allocations.exceptions import GatewayError, Unauthorized
+from quota.ledger import threads
+
+from . import accounting
+
+MALFORMED = "missing or malformed bearer key: send 'Authorization: Bearer <key>'"
+
+
+def _header(scope, name: bytes) -> str:
+    return next((v for k, v in scope.get("headers", ()) if k == name), b"").decode("latin1")
+
+
+def address_of(scope) -> str:
+    client = scope.get("client") or ("", 0)
+    return client_address(remote=client[0] or "", forwarded_for=_header(scope, b"x-forwarded-for"))
+
+
+async def refusal(scope) -> GatewayError | None:
+    """None when the request may go on to the view; else the error to answer with."""
+    match = accounting.BEARER.fullmatch(_header(scope, b"authorization"))
+    if match is not None and key_scope_held(match.group(1)):
+        return None
+    address = address_of(scope)
+    failure: GatewayError = Unauthorized(MALFORMED)
+    if match is not None:
+        blocked = await auth_blocked(address)
+        if blocked is not None:
+            return blocked
+        try:
+            await threads.run(key_scope, plaintext=match.group(1))
+            return None
+        except Unauthorized as error:
+            failure = error
+        except GatewayError as error:  # the store is down: 503, not a failed authentication
+            return error
+    return await auth_failed(address) or failure
