@@ -214,8 +214,9 @@ async def auth_generation_async() -> int | None:
 
 
 class _SharedCounters:
-    """Counter commands for one event loop on one connection, one command out at a time (the
-    failed-auth counts: only refused requests use them, so a lock costs nothing that matters)."""
+    """Commands for one event loop on one connection, one command out at a time: the failed-auth
+    counts (refused requests only) and the Responses API id owners (one SET per relayed response,
+    one GET per `previous_response_id`), so a lock costs nothing that matters."""
 
     def __init__(self, url: str):
         self.url = url
@@ -266,6 +267,24 @@ async def counter_read(key: str) -> int:
         return int(backend.get(key) or 0)
     raw = await _counters(backend).command(b"GET", backend.make_and_validate_key(key).encode())
     return int(raw) if raw is not None else 0
+
+
+async def shared_set(key: str, value: str, *, ttl_s: int) -> None:
+    """A plain string in the shared cache from the event loop (read back with shared_get)."""
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        backend.set(key, value, timeout=ttl_s)
+        return
+    raw_key = backend.make_and_validate_key(key).encode()
+    await _counters(backend).command(b"SET", raw_key, value.encode(), b"EX", str(ttl_s).encode())
+
+
+async def shared_get(key: str) -> str | None:
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        return backend.get(key)
+    raw = await _counters(backend).command(b"GET", backend.make_and_validate_key(key).encode())
+    return None if raw is None else raw.decode()
 
 
 def bump_auth_generation() -> None:

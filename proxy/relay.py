@@ -70,6 +70,7 @@ class ResponsesRelay:
         self.meter = meter
         self.done = False
         self.failed = False
+        self.response_id: object = None  # the relayed response's id, from its final event
 
     def event(self, event: bytes) -> bytes:
         data = data_of(event)
@@ -77,6 +78,7 @@ class ResponsesRelay:
             try:
                 obj = json.loads(data)
                 self.meter.usage = self.meter.usage_of(obj["response"]["usage"])
+                self.response_id = obj["response"].get("id")
                 self.done = True
                 self.failed = obj.get("type") == "response.failed"
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError):

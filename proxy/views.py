@@ -18,7 +18,7 @@ from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
-from . import accounting, meters, observed, relay, upstream
+from . import accounting, meters, observed, relay, response_ids, upstream
 from .registry import ENDPOINTS, Endpoint
 
 MAX_JSON_DEPTH = 128  # far past any real request (JSON schemas nest a few dozen levels)
@@ -146,6 +146,8 @@ async def relay_call(request, endpoint: str):
         await open_call(call)
     except GatewayError as error:
         return error_response(error, rid)
+    if spec.name == "responses" and (refused := await _foreign_response_refused(call)) is not None:
+        return refused
     payload = upstream_payload(call)
     if call.stream:
         return await _stream(call, payload)
@@ -158,6 +160,25 @@ async def relay_call(request, endpoint: str):
         # The client went away: the upstream call still completes and is billed (SPEC 4).
         call.client_gone = True
         raise
+
+
+async def _foreign_response_refused(call: accounting.Call) -> HttpResponse | None:
+    """404 for a `previous_response_id` this member did not create through the gateway."""
+    member = call.scope.member_id if call.scope else None
+    try:
+        await response_ids.check((call.body or {}).get("previous_response_id"), member)
+    except GatewayError as error:
+        await settle(
+            call, outcome=Outcome.REJECTED_BAD_REQUEST, status=error.status, usage=Usage(), code=error.code,
+            message=error.message,
+        )  # fmt: skip
+        return error_response(error, call.request_id)
+    return None
+
+
+async def _remember_response(call: accounting.Call, response_id: object) -> None:
+    if call.endpoint.name == "responses" and response_id is not None:
+        await response_ids.remember(response_id, call.scope.member_id if call.scope else None)
 
 
 async def _open_upstream(call: accounting.Call, payload: bytes):
@@ -251,6 +272,8 @@ def _transport_error(exc: BaseException) -> tuple[str, GatewayError]:
 async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpResponse:
     usage_obj = meters.find_usage(body)
     outcome = Outcome.CLIENT_CANCELLED if call.client_gone else Outcome.SUCCESS
+    if call.endpoint.name == "responses":  # before the answer: its id may be continued at once
+        await _remember_response(call, response_ids.id_of(body))
     if usage_obj is not None:
         await settle(call, outcome=outcome, status=reply.status, usage=call.endpoint.meter(usage_obj))
         return _response(body, reply.status, reply.content_type, call.request_id)
@@ -335,6 +358,7 @@ async def _events(call: accounting.Call, reply):
             outcome, code, message = Outcome.UPSTREAM_ERROR, "upstream_error", "the upstream reported response.failed"
         status = 499 if outcome == Outcome.CLIENT_CANCELLED else 200
         await settle(call, outcome=outcome, status=status, usage=usage, code=code, message=message)
+        await _remember_response(call, getattr(handler, "response_id", None))
 
 
 # --- models --------------------------------------------------------------------------------------

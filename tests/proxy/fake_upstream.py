@@ -12,6 +12,7 @@ OpenAI and Azure OpenAI wire formats (JSON and SSE), with fault modes chosen by 
 import asyncio
 import json
 import threading
+import uuid
 
 from aiohttp import web
 
@@ -168,7 +169,7 @@ class FakeUpstream(RecordingUpstream):
             "content": [{"type": "output_text", "text": "".join(WORDS), "annotations": []}],
         }
         resp = {
-            "id": "resp_1",
+            "id": f"resp_{uuid.uuid4().hex}",
             "object": "response",
             "created_at": 1,
             "status": "completed",
