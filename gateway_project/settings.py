@@ -278,3 +278,5 @@ LOGGING.setdefault("loggers", {}).update({name: {"level": "WARNING"} for name in
 # Refused bearers (missing, malformed, unknown or revoked keys) one client address may send per
 # minute on /v1 and /v1/realtime before it gets 429 until the minute ends (allocations.auth_failures).
 GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=30)
+# A realtime socket opened without ?model= must name its model (first session.update) within this.
+GATEWAY_REALTIME_FIRST_FRAME_S = env.float("GATEWAY_REALTIME_FIRST_FRAME_S", default=10.0)
