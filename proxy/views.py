@@ -18,7 +18,7 @@ from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
-from . import accounting, meters, observed, relay, response_ids, upstream
+from . import accounting, meters, observed, options, relay, response_ids, upstream
 from .registry import ENDPOINTS, Endpoint
 
 MAX_JSON_DEPTH = 128  # far past any real request (JSON schemas nest a few dozen levels)
@@ -68,6 +68,8 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
         )
     if not isinstance(body["model"], str):
         return body, BadRequest("model must be a string", fields={"model": ["Must be a string."]})
+    if (option_error := options.cost_option_error(endpoint.name, body)) is not None:
+        return body, option_error
     stream = body.get("stream", False)
     if stream not in (True, False, None) or (stream and endpoint.stream_meter is None):
         return body, BadRequest("stream is not supported here" if stream else "stream must be a boolean")
