@@ -14,13 +14,13 @@ import argparse
 import asyncio
 import collections
 import json
-import threading
-import time
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -139,7 +139,8 @@ def main() -> None:
         dsn = env["DATABASE_URL"]
         for round_ in range(args.rounds):
             cpu = cpu_s(gateway.pid)
-            alone = measured(load(url, key, model, concurrency=args.concurrency, duration=args.duration), gateway.pid, cpu)
+            alone = load(url, key, model, concurrency=args.concurrency, duration=args.duration)
+            alone = measured(alone, gateway.pid, cpu)
             before, cpu = rows(dsn), cpu_s(gateway.pid)
             flood_alone = load(url, BAD_KEY, model, concurrency=2, duration=120, max_requests=args.flood)
             flood_alone = measured(flood_alone, gateway.pid, cpu)
@@ -147,14 +148,17 @@ def main() -> None:
             authed = load(url, key, model, concurrency=args.concurrency, duration=args.duration)
             flood = load(url, BAD_KEY, model, concurrency=2, duration=args.duration, max_requests=args.flood)
             authed, flood = result(authed), result(flood)
-            print(json.dumps({"round": round_, "tree": str(tree), "alone": alone, "flood_alone": flood_alone,
-                              "flood_rows_written": written, "with_flood": authed, "flood": flood}), flush=True)  # fmt: skip
+            row = {"round": round_, "tree": str(tree), "alone": alone, "flood_alone": flood_alone}
+            row.update(flood_rows_written=written, with_flood=authed, flood=flood)
+            print(json.dumps(row), flush=True)
         if args.paced:
             for round_ in range(args.rounds):
                 alone = result(load(url, key, model, concurrency=args.concurrency, duration=args.paced))
                 authed = load(url, key, model, concurrency=args.concurrency, duration=args.paced)
                 statuses: dict = {}
-                flood = threading.Thread(target=lambda: statuses.update(paced_flood(url, args.flood, args.paced)))
+                flood = threading.Thread(
+                    target=lambda out=statuses: out.update(paced_flood(url, args.flood, args.paced))
+                )
                 flood.start()
                 authed = result(authed)
                 flood.join()

@@ -274,7 +274,8 @@ LOGGING = {
 # Third-party clients that print request headers at DEBUG (the websockets handshake carries the
 # provider key, aiohttp/httpx/openai log request options): WARNING whatever LOG_LEVEL says.
 HEADER_LOGGING_LIBRARIES = ("websockets", "aiohttp", "httpx", "httpcore", "urllib3", "openai", "hpack", "h2")
-LOGGING.setdefault("loggers", {}).update({name: {"level": "WARNING"} for name in HEADER_LOGGING_LIBRARIES})
+_loggers: dict = LOGGING.get("loggers") or {}  # type: ignore[assignment]
+LOGGING["loggers"] = {**_loggers, **{name: {"level": "WARNING"} for name in HEADER_LOGGING_LIBRARIES}}
 # Refused bearers (missing, malformed, unknown or revoked keys) one client address may send per
 # minute on /v1 and /v1/realtime before it gets 429 until the minute ends (allocations.auth_failures).
 GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=30)
