@@ -11,9 +11,11 @@ which also warms the snapshot the preflight reads.
 from allocations.access import key_scope, key_scope_held
 from allocations.auth_failures import auth_blocked, auth_failed, client_address
 from allocations.exceptions import GatewayError, Unauthorized
+from ops import observe
 from quota.ledger import threads
 
 from . import accounting
+from .registry import ENDPOINTS
 
 MALFORMED = "missing or malformed bearer key: send 'Authorization: Bearer <key>'"
 
@@ -28,7 +30,16 @@ def address_of(scope) -> str:
 
 
 async def refusal(scope) -> GatewayError | None:
-    """None when the request may go on to the view; else the error to answer with."""
+    """None when the request may go on to the view; else the error to answer with (counted in the
+    metrics as a refusal of the endpoint, without a call record)."""
+    error = await _refusal(scope)
+    if error is not None:
+        name = scope.get("path", "").removeprefix("/v1/").rstrip("/").replace("/", ".")
+        observe.door_refused(path=name if name in ENDPOINTS else "other", status=error.status, code=error.code)
+    return error
+
+
+async def _refusal(scope) -> GatewayError | None:
     match = accounting.BEARER.fullmatch(_header(scope, b"authorization"))
     if match is not None and key_scope_held(match.group(1)):
         return None
