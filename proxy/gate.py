@@ -8,6 +8,8 @@ again under the current auth generation); any other key is looked up once on an 
 which also warms the snapshot the preflight reads.
 """
 
+import logging
+
 from allocations.access import key_scope, key_scope_held
 from allocations.auth_failures import auth_blocked, auth_failed, client_address
 from allocations.exceptions import GatewayError, Unauthorized
@@ -17,6 +19,7 @@ from quota.ledger import threads
 from . import accounting
 from .registry import ENDPOINTS
 
+logger = logging.getLogger(__name__)
 MALFORMED = "missing or malformed bearer key: send 'Authorization: Bearer <key>'"
 
 
@@ -32,7 +35,11 @@ def address_of(scope) -> str:
 async def refusal(scope) -> GatewayError | None:
     """None when the request may go on to the view; else the error to answer with (counted in the
     metrics as a refusal of the endpoint, without a call record)."""
-    error = await _refusal(scope)
+    try:
+        error = await _refusal(scope)
+    except Exception:  # noqa: BLE001 - the store failing here: the preflight decides, with its retries
+        logger.warning("the door could not check a bearer; left to the preflight", exc_info=True)
+        return None
     if error is not None:
         name = scope.get("path", "").removeprefix("/v1/").rstrip("/").replace("/", ".")
         observe.door_refused(path=name if name in ENDPOINTS else "other", status=error.status, code=error.code)
