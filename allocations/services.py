@@ -63,6 +63,24 @@ def validate_limits(data: dict) -> dict:
     return {name: validate_limit(name, data[name]) for name in RateLimits.LIMIT_FIELDS if name in data}
 
 
+def check_known_fields(changes: dict, allowed) -> None:
+    unknown = set(changes) - set(allowed)
+    if unknown:
+        raise BadRequest(
+            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
+            fields={name: ["Unknown or read-only field."] for name in sorted(unknown)},
+        )
+
+
+def _assign(obj, changes: dict) -> tuple[dict, dict]:
+    """Sets the fields whose value differs; returns (their values before, the changed ones)."""
+    changed = {f: v for f, v in changes.items() if getattr(obj, f) != v}
+    before = {f: getattr(obj, f) for f in changed}
+    for field, value in changed.items():
+        setattr(obj, field, value)
+    return before, changed
+
+
 # --- members -------------------------------------------------------------------------------
 
 
@@ -187,18 +205,10 @@ PROVIDER_UPDATABLE = ("name", "base_url", "api_version")
 
 
 def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provider:
-    unknown = set(changes) - set(PROVIDER_UPDATABLE)
-    if unknown:
-        raise BadRequest(
-            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
-            fields={n: ["Unknown or read-only field."] for n in sorted(unknown)},
-        )
-    changed = {f: v for f, v in changes.items() if getattr(provider, f) != v}
+    check_known_fields(changes, PROVIDER_UPDATABLE)
+    before, changed = _assign(provider, changes)
     if not changed:
         return provider
-    before = {f: getattr(provider, f) for f in changed}
-    for field, value in changed.items():
-        setattr(provider, field, value)
     with transaction.atomic():
         provider.save(update_fields=[*changed, "updated_at"])
         audit_record(actor=actor, action="provider_updated", target=provider, before=before, after=changed)
@@ -257,23 +267,15 @@ MODEL_UPDATABLE = {*RateLimits.LIMIT_FIELDS, "is_active", "display_name"}
 
 def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
     """Organisation-wide rate limits, the active flag and the display name; one audit event."""
-    unknown = set(changes) - MODEL_UPDATABLE
-    if unknown:
-        raise BadRequest(
-            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
-            fields={name: ["Unknown or read-only field."] for name in sorted(unknown)},
-        )
+    check_known_fields(changes, MODEL_UPDATABLE)
     clean = {**changes, **validate_limits(changes)}
     if "is_active" in clean and not isinstance(clean["is_active"], bool):
         raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
     if "display_name" in clean and not isinstance(clean["display_name"], str):
         raise BadRequest("display_name must be a string", fields={"display_name": ["Must be a string."]})
-    changed = {f: v for f, v in clean.items() if getattr(model, f) != v}
+    before, changed = _assign(model, clean)
     if not changed:
         return model
-    before = {f: getattr(model, f) for f in changed}
-    for field, value in changed.items():
-        setattr(model, field, value)
     with transaction.atomic():
         model.save(update_fields=[*changed, "updated_at"])
         audit_record(actor=actor, action="model_updated", target=model, before=before, after=changed)
@@ -532,12 +534,7 @@ FIELD_ACTIONS = {
 
 
 def _clean_update(changes: dict) -> dict:
-    unknown = set(changes) - UPDATABLE_FIELDS
-    if unknown:
-        raise BadRequest(
-            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
-            fields={name: ["Unknown or read-only field."] for name in sorted(unknown)},
-        )
+    check_known_fields(changes, UPDATABLE_FIELDS)
     clean = dict(changes)
     if "quota_tokens_per_month" in clean:
         clean["quota_tokens_per_month"] = validate_token_quota(clean["quota_tokens_per_month"])
