@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from django.db import connection
 from allocations.models import ModelKind, ProviderKind
 from allocations.services import allocation_create, model_create, provider_create
 from quota.models import CallRecord, Reservation, UsageCounter
+from tests.conftest import free_port
 from tests.factories import MemberFactory, PriceVersionFactory
 
 from .asgi_server import start_asgi_server
@@ -108,12 +108,6 @@ class World:
 
     def client(self, key, **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.gateway_url + "/v1", api_key=key, max_retries=0, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_gateway_processes(count: int, **extra_env: str):

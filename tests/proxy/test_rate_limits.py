@@ -17,7 +17,6 @@ from allocations.services import api_key_set_expiry, model_update
 from proxy.registry import ENDPOINTS
 from quota.models import CallRecord
 from tests.factories import MemberFactory
-from tests.quota.test_ratelimit import own_redis  # noqa: F401 - a fixture
 
 from .conftest import record_of, start_gateway_processes
 
@@ -148,7 +147,7 @@ def test_an_unlimited_allocation_gets_no_rate_headers(world):
     assert not RATE_HEADERS & set(response.headers)
 
 
-def test_calls_are_served_when_the_limiters_redis_is_stopped(world, own_redis, caplog):  # noqa: F811
+def test_calls_are_served_when_the_limiters_redis_is_stopped(world, own_redis, caplog):
     caplog.set_level(logging.WARNING, logger="quota.ratelimit")
     allocation = world.allocation(limits={"rpm_limit": 1000, "max_parallel": 5})
     client = world.client(allocation.plaintext)

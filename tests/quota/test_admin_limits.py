@@ -12,7 +12,7 @@ from allocations.exceptions import Unauthorized
 from allocations.models import Allocation, AuditEvent, CatalogModel
 from tests.factories import CatalogModelFactory, ProviderFactory
 from tests.quota.test_admin import change_form
-from tests.quota.test_admin_api import api, changes, error_of, token  # noqa: F401 - fixtures
+from tests.quota.test_admin_api import changes, error_of
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
 

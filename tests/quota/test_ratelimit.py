@@ -3,13 +3,10 @@ it fails open when its Redis goes away."""
 
 import asyncio
 import logging
-import shutil
-import subprocess
 import time
 import uuid
 
 import pytest
-import redis
 
 from quota import ratelimit
 from quota.ratelimit_memory import MemoryWindows
@@ -128,38 +125,6 @@ def test_reset_durations_use_openai_s_format():
 
 
 # --- Redis unreachable ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_redis(settings):
-    """A redis-server of this test's own, on its own port; the limiter points at it."""
-    from tests.proxy.conftest import free_port
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    settings.GATEWAY_RATE_LIMIT_REDIS_URL = f"redis://127.0.0.1:{port}/0"
-    settings.GATEWAY_RATE_LIMIT_WARN_INTERVAL_S = 0.5
-    ratelimit._down.update(until=0.0, warned=float("-inf"))
-    yield proc
-    proc.kill()
-    proc.wait(10)
-    ratelimit._down.update(until=0.0, warned=float("-inf"))
 
 
 def _warnings(caplog) -> int:
