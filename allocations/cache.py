@@ -144,13 +144,24 @@ class RespConnection(asyncio.Protocol):
             raise ConnectionError("Redis connection closed")
         reply = asyncio.get_running_loop().create_future()
         self.replies.append(reply)
-        self.transport.write(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+        self.transport.write(_encode(parts))
         async with asyncio.timeout(timeout_s or REDIS_TIMEOUT_S):
             return await reply
+
+    def send_without_reply(self, *parts: bytes) -> None:
+        """A command whose reply Redis skips (CLIENT REPLY SKIP): one write, nothing to wait for,
+        and nothing heard of its errors."""
+        if self.transport is None:
+            raise ConnectionError("Redis connection closed")
+        self.transport.write(b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n" + _encode(parts))
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _encode(parts) -> bytes:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 REDIS_TIMEOUT_S = 2.0

@@ -15,12 +15,14 @@ Without a Redis URL (`make run`) the same windows are kept in this process's mem
 """
 
 import asyncio
+import functools
 import hashlib
+import itertools
 import logging
 import math
+import os
 import threading
 import time
-import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,13 +89,28 @@ def decision_from(reply: str) -> Decision:
     return Decision(allowed == 1, wait, headers)
 
 
-def _args(mode: str, ticket: str, limits: Limits, *, tokens: int, count: bool, hold: bool, lease_s: float):
-    keys = [f"gw:rl:{name}:{part}" for name, *_ in limits for part in ("r", "t", "h", "p")]
-    window_ms = int(settings.GATEWAY_RATE_LIMIT_WINDOW_S * 1000)
-    argv = [mode, ticket, str(window_ms), str(int(lease_s * 1000)), str(max(int(tokens), 0))]
-    argv += ["1" if count else "0", "1" if hold else "0"]
-    argv += ["" if v is None else str(v) for _, *values in limits for v in values]
-    return keys, argv
+@functools.lru_cache(maxsize=4096)
+def _scope_parts(limits: Limits) -> tuple[list[bytes], list[bytes]]:
+    """The script's keys and per-scope limit arguments of one `limits`, encoded once."""
+    keys = [f"gw:rl:{name}:{part}".encode() for name, *_ in limits for part in ("r", "t", "h", "p")]
+    values = [b"" if v is None else str(v).encode() for _, *numbers in limits for v in numbers]
+    return keys, values
+
+
+def _parts(mode: bytes, ticket: str, limits: Limits, *, tokens: int, count: bool, hold: bool, lease_s: float):
+    """EVALSHA's arguments: the script, its keys, then ARGV as ratelimit.lua reads it."""
+    keys, values = _scope_parts(limits)
+    window_ms = b"%d" % int(settings.GATEWAY_RATE_LIMIT_WINDOW_S * 1000)
+    head = [mode, ticket.encode(), window_ms, b"%d" % int(lease_s * 1000), b"%d" % max(int(tokens), 0)]
+    return [b"EVALSHA", SHA, b"%d" % len(keys), *keys, *head, b"1" if count else b"0", b"1" if hold else b"0", *values]
+
+
+_TICKETS = itertools.count()
+_TICKET_PREFIX = os.urandom(6).hex()  # unique per process; the counter makes it unique per call
+
+
+def _new_ticket() -> str:
+    return f"{_TICKET_PREFIX}{next(_TICKETS):x}"
 
 
 def _lease_s() -> float:
@@ -162,9 +179,11 @@ class _LoopScripts:
                 self.opening = None
         return conn
 
-    async def run(self, keys: list[str], argv: list[str]) -> bytes:
+    async def send(self, parts: list[bytes]) -> None:
+        (await self._connection()).send_without_reply(*parts)
+
+    async def run(self, parts: list[bytes]) -> bytes:
         conn = await self._connection()
-        parts = [b"EVALSHA", SHA, str(len(keys)).encode(), *(k.encode() for k in keys), *(a.encode() for a in argv)]
         try:
             return await conn.command(*parts, timeout_s=TIMEOUT_S)
         except redis.exceptions.ResponseError as error:
@@ -180,7 +199,7 @@ class _LoopScripts:
 _loop_scripts: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopScripts]" = weakref.WeakKeyDictionary()
 
 
-async def _run_async(keys, argv) -> str | None:
+async def _run_async(parts: list[bytes], *, reply: bool = True) -> str | None:
     loop = asyncio.get_running_loop()
     scripts = _loop_scripts.get(loop)
     if scripts is None or scripts.url != _url():
@@ -189,7 +208,10 @@ async def _run_async(keys, argv) -> str | None:
         _fail_open(ConnectionError("Redis was unreachable a moment ago"))
         return None
     try:
-        return (await scripts.run(keys, argv)).decode()
+        if not reply:
+            await scripts.send(parts)
+            return None
+        return (await scripts.run(parts)).decode()
     except (OSError, TimeoutError, redis.exceptions.RedisError) as error:
         _fail_open(error)
         return None
@@ -207,20 +229,23 @@ async def admit_async(
 ) -> tuple[Decision, Ticket | None]:
     """Checks and takes every limit of `limits` at once: (the decision, the ticket to settle with,
     None when refused or not enforced). `count` takes a request, `hold` a slot in flight."""
-    ticket, lease = uuid.uuid4().hex, lease_s or _lease_s()
+    ticket, lease = _new_ticket(), lease_s or _lease_s()
     if not _url():
         return _decided(
             ticket, limits, memory().admit(ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease)
         )
-    keys, argv = _args("admit", ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease)
-    return _decided(ticket, limits, await _run_async(keys, argv))
+    parts = _parts(b"admit", ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease)
+    return _decided(ticket, limits, await _run_async(parts))
 
 
 async def settle_async(ticket: Ticket, *, tokens: int) -> None:
-    """Gives back the call's slot and corrects its tokens to what it used."""
+    """Gives back the call's slot and corrects its tokens to what it used. Sent without waiting for
+    (or hearing) Redis' reply: nothing waits on it, and a lost settlement only leaves the slot to
+    its lease."""
     if not _url():
         return memory().settle(ticket.id, ticket.limits, tokens=tokens)
-    await _run_async(*_args("settle", ticket.id, ticket.limits, tokens=tokens, count=False, hold=False, lease_s=0))
+    parts = _parts(b"settle", ticket.id, ticket.limits, tokens=tokens, count=False, hold=False, lease_s=0)
+    await _run_async(parts, reply=False)
     return None
 
 
@@ -229,7 +254,7 @@ async def settle_async(ticket: Ticket, *, tokens: int) -> None:
 _thread = threading.local()
 
 
-def _run(keys, argv) -> str | None:
+def _run(parts: list[bytes]) -> str | None:
     url = _url()
     held = getattr(_thread, "client", None)
     if held is None or held[0] != url:
@@ -239,7 +264,8 @@ def _run(keys, argv) -> str | None:
         _fail_open(ConnectionError("Redis was unreachable a moment ago"))
         return None
     try:
-        return held[2](keys=keys, args=argv).decode()
+        keys = parts[3 : 3 + int(parts[2])]
+        return held[2](keys=keys, args=parts[3 + len(keys) :]).decode()
     except (OSError, redis.exceptions.RedisError) as error:
         _fail_open(error)
         return None
@@ -249,13 +275,13 @@ def admit(
     limits: Limits, *, tokens: int, count: bool = True, hold: bool = True, lease_s: float | None = None
 ) -> tuple[Decision, Ticket | None]:
     """admit_async from a thread."""
-    ticket, lease = uuid.uuid4().hex, lease_s or _lease_s()
+    ticket, lease = _new_ticket(), lease_s or _lease_s()
     if not _url():
         return _decided(
             ticket, limits, memory().admit(ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease)
         )
     return _decided(
-        ticket, limits, _run(*_args("admit", ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease))
+        ticket, limits, _run(_parts(b"admit", ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease))
     )
 
 
@@ -263,7 +289,7 @@ def settle(ticket: Ticket, *, tokens: int) -> None:
     """settle_async from a thread."""
     if not _url():
         return memory().settle(ticket.id, ticket.limits, tokens=tokens)
-    _run(*_args("settle", ticket.id, ticket.limits, tokens=tokens, count=False, hold=False, lease_s=0))
+    _run(_parts(b"settle", ticket.id, ticket.limits, tokens=tokens, count=False, hold=False, lease_s=0))
     return None
 
 
@@ -271,5 +297,5 @@ def renew(ticket: Ticket, *, lease_s: float) -> None:
     """Extends a long call's slot (a realtime session) so that it outlives the lease."""
     if not _url():
         return memory().renew(ticket.id, ticket.limits, lease_s=lease_s)
-    _run(*_args("renew", ticket.id, ticket.limits, tokens=0, count=False, hold=False, lease_s=lease_s))
+    _run(_parts(b"renew", ticket.id, ticket.limits, tokens=0, count=False, hold=False, lease_s=lease_s))
     return None
