@@ -139,12 +139,18 @@ class RespConnection(asyncio.Protocol):
             else:
                 reply.set_result(result)  # a value, nil, or +OK / :n
 
-    async def command(self, *parts: bytes, timeout_s: float | None = None):
+    def request(self, *parts: bytes) -> asyncio.Future:
+        """Sends a command; the future of its reply, unbounded (`command` bounds the wait; a caller
+        of this one watches the connection instead)."""
         if self.transport is None:
             raise ConnectionError("Redis connection closed")
         reply = asyncio.get_running_loop().create_future()
         self.replies.append(reply)
         self.transport.write(_encode(parts))
+        return reply
+
+    async def command(self, *parts: bytes, timeout_s: float | None = None):
+        reply = self.request(*parts)
         async with asyncio.timeout(timeout_s or REDIS_TIMEOUT_S):
             return await reply
 

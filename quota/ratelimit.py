@@ -173,11 +173,25 @@ class _LoopScripts:
         opening = self.opening
         try:
             conn: RespConnection = await asyncio.shield(opening)
-            self.conn = conn
+            if self.conn is not conn:
+                self.conn = conn
+                self._watch(conn, None)
         finally:
             if self.opening is opening and opening.done():
                 self.opening = None
         return conn
+
+    def _watch(self, conn: RespConnection, head: asyncio.Future | None) -> None:
+        """Every TIMEOUT_S: a reply still first in line since the last look means Redis stopped
+        answering; closing the connection fails every call waiting on it (they pass, fail-open).
+        One timer per connection instead of one per call."""
+        if conn.transport is None:
+            return
+        first = conn.replies[0] if conn.replies else None
+        if first is not None and first is head:
+            conn.close()
+            return
+        asyncio.get_running_loop().call_later(TIMEOUT_S, self._watch, conn, first)
 
     async def send(self, parts: list[bytes]) -> None:
         (await self._connection()).send_without_reply(*parts)
@@ -185,14 +199,16 @@ class _LoopScripts:
     async def run(self, parts: list[bytes]) -> bytes:
         conn = await self._connection()
         try:
-            return await conn.command(*parts, timeout_s=TIMEOUT_S)
+            return await conn.request(*parts)
         except redis.exceptions.ResponseError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
             await conn.command(b"SCRIPT", b"LOAD", SCRIPT, timeout_s=TIMEOUT_S)
             return await conn.command(*parts, timeout_s=TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise  # the caller left; its reply is skipped when it comes
         except BaseException:
-            conn.close()  # a reply that never came: the next call starts on a fresh connection
+            conn.close()  # the next call starts on a fresh connection
             raise
 
 

@@ -151,3 +151,25 @@ async def test_without_redis_calls_pass_and_the_warning_is_logged_once_per_inter
     await asyncio.sleep(0.5)
     assert (await ratelimit.admit_async(limits, tokens=1))[0].allowed
     assert _warnings(caplog) == 2  # the next interval says it again
+
+
+async def test_a_redis_that_stops_answering_is_given_up_on_within_two_timeouts(limiter, settings, caplog):
+    if limiter == "memory":
+        pytest.skip("the event loop's Redis connection")
+    received = []
+
+    async def silent(reader, writer):
+        received.append(await reader.read(1 << 16))  # reads the call, never answers
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings.GATEWAY_RATE_LIMIT_REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    caplog.set_level(logging.WARNING, logger="quota.ratelimit")
+    started = time.monotonic()
+    async with server:
+        decision, ticket = await ratelimit.admit_async((scope(rpm=1),), tokens=1)
+    assert decision.allowed and ticket is None  # failed open
+    assert time.monotonic() - started < 2 * ratelimit.TIMEOUT_S + 0.5
+    assert received and b"EVALSHA" in received[0]
+    assert _warnings(caplog) == 1
