@@ -210,6 +210,16 @@ async def _open(call: Call) -> Call:
             "admission on the event loop failed for %s; taking the thread path", call.request_id, exc_info=True
         )
     try:
+        return await _open_on_thread(call)
+    except BaseException:
+        if call.rate_ticket is not None:  # a rate-limit place the thread path did not give back
+            ticket, call.rate_ticket = call.rate_ticket, None
+            await ratelimit.settle_async(ticket, tokens=0)
+        raise
+
+
+async def _open_on_thread(call: Call) -> Call:
+    try:
         return await threads.run(call_open, call=call)
     except DatabaseError:
         call.in_doubt = True
