@@ -166,12 +166,12 @@ def test_a_rate_limited_warm_call_stays_on_the_loop_and_its_refusal_asks_the_lim
         return original(*args, **kwargs)
 
     monkeypatch.setattr(ratelimit, "admit", counting)
-    _call(world, allocation, "limited-1")  # fills the caches on a thread (the limiter asked there)
+    chat_call(world, allocation, "limited-1")  # fills the caches on a thread (the limiter asked there)
     assert (thread_steps, len(asked)) == (["call_open"], 1)
     thread_steps.clear()
-    _call(world, allocation, "limited-2")
+    chat_call(world, allocation, "limited-2")
     assert thread_steps == []  # admitted and settled on the loop, limiter included
     with pytest.raises(openai.RateLimitError):
-        _call(world, allocation, "limited-3")
+        chat_call(world, allocation, "limited-3")
     assert thread_steps == ["call_open"] and len(asked) == 1  # the loop's refusal, recorded on a thread
     assert record_of("limited-3").outcome == "rejected_rate_limited"
