@@ -54,4 +54,4 @@ def test_the_keys_page_sets_an_expiry_and_lists_it(alice_client, alice_alloc):
     assert alice_client.post("/portal/keys/", {**form, "name": "forever", "expires_at": ""}).status_code == 201
     assert ApiKey.objects.get(name="forever").expires_at is None
     page = alice_client.get("/portal/keys/").content.decode()
-    assert page.count('class="key-expiry"') == 2 and page.count("no expiry") == 1
+    assert page.count('key-expiry"') == 2 and page.count("no expiry") == 1
