@@ -225,6 +225,11 @@ GATEWAY_OCR_ESTIMATE_PAGES = env.int("GATEWAY_OCR_ESTIMATE_PAGES", default=10)
 GATEWAY_ACCOUNTING_THREADS = env.int("GATEWAY_ACCOUNTING_THREADS", default=4)
 # On SIGTERM, how long in-flight calls may run to their end before they are cancelled (docs/DECISIONS.md).
 GATEWAY_SHUTDOWN_GRACE_S = env.float("GATEWAY_SHUTDOWN_GRACE_S", default=30.0)
+# Rate limits (quota.ratelimit): their Redis (default: REDIS_URL; empty = per process, in memory),
+# the window that rpm/tpm count over, and how often "Redis is unreachable, limits fail open" is logged.
+GATEWAY_RATE_LIMIT_REDIS_URL = env("GATEWAY_RATE_LIMIT_REDIS_URL", default=REDIS_URL)
+GATEWAY_RATE_LIMIT_WINDOW_S = env.float("GATEWAY_RATE_LIMIT_WINDOW_S", default=60.0)
+GATEWAY_RATE_LIMIT_WARN_INTERVAL_S = env.float("GATEWAY_RATE_LIMIT_WARN_INTERVAL_S", default=60.0)
 # Largest realtime frame relayed either way (a bigger one closes the socket with 1009).
 GATEWAY_REALTIME_MAX_FRAME_BYTES = env.int("GATEWAY_REALTIME_MAX_FRAME_MB", default=16) * 1024 * 1024
 

@@ -6,6 +6,7 @@ for every endpoint and verb.
 
 from django.http import Http404
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
@@ -40,6 +41,20 @@ def _name(data) -> str:
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 100:
         raise BadRequest("name must be a string of 1 to 100 characters", fields={"name": ["1 to 100 characters."]})
     return name
+
+
+def _expires_at(data):
+    """An aware ISO 8601 date-time, or None (never expires)."""
+    value = data.get("expires_at")
+    if value is None:
+        return None
+    parsed = parse_datetime(value) if isinstance(value, str) else None
+    if parsed is None or timezone.is_naive(parsed):
+        raise BadRequest(
+            "expires_at must be an ISO 8601 date-time with a time zone, or null",
+            fields={"expires_at": ["An ISO 8601 date-time with a time zone, or null."]},
+        )
+    return parsed
 
 
 def _card(member, allocation) -> dict:
@@ -140,12 +155,16 @@ class KeyList(MemberAPIView):
         return Response({"results": [selectors.key_json(k) for k in selectors.keys_of(member=request.user)]})
 
     def post(self, request):
-        data = _only_fields(request.data, {"name", "allocations"})
+        data = _only_fields(request.data, {"name", "allocations", "expires_at"})
         name = _name(data)
         allocations = _owned_allocations(request.user, data.get("allocations"))
         try:
             key, plaintext = services.api_key_create(
-                member=request.user, name=name, allocations=allocations, actor=request.user
+                member=request.user,
+                name=name,
+                allocations=allocations,
+                expires_at=_expires_at(data),
+                actor=request.user,
             )
         except ScopeForbidden:  # pragma: no cover - _owned_allocations already 404s
             raise Http404 from None
@@ -158,8 +177,11 @@ class KeyDetail(MemberAPIView):
 
     def patch(self, request, key_id):
         key = selectors.key_owned(member=request.user, key_id=key_id)
-        data = _only_fields(request.data, {"name"})
-        key = services.api_key_rename(key=key, name=_name(data), actor=request.user)
+        data = _only_fields(request.data, {"name", "expires_at"})
+        if "name" in data or "expires_at" not in data:
+            key = services.api_key_rename(key=key, name=_name(data), actor=request.user)
+        if "expires_at" in data:
+            key = services.api_key_set_expiry(key=key, expires_at=_expires_at(data), actor=request.user)
         return Response(selectors.key_json(key))
 
     def delete(self, request, key_id):

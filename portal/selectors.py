@@ -84,6 +84,7 @@ def key_json(key: ApiKey) -> dict:
         "created_at": key.created_at.isoformat() if key.created_at else None,
         "rotated_at": key.rotated_at.isoformat() if key.rotated_at else None,
         "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
     }
 
 

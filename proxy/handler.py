@@ -111,6 +111,8 @@ class ProxyHandler(ASGIHandler):
                 )
             if not response.has_header("X-Request-Id"):
                 response["X-Request-Id"] = request_id_for(request)
+            for name, value in (accounting.RATE_HEADERS.get() or {}).items():
+                response[name] = value
             with contextlib.suppress(asyncio.CancelledError):  # client disconnected while we were sending
                 await self.send_response(response, send)
 

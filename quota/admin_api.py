@@ -180,7 +180,7 @@ class ModelList(AdminAPIView):
     def post(self, request):
         data = _body(
             request,
-            {"slug", "provider", "upstream_name", "kind", "display_name"},
+            {"slug", "provider", "upstream_name", "kind", "display_name", *CatalogModel.LIMIT_FIELDS},
             required=("slug", "provider", "upstream_name", "kind"),
         )
         if data["kind"] not in ModelKind.values:
@@ -194,6 +194,7 @@ class ModelList(AdminAPIView):
             upstream_name=_string(data, "upstream_name"),
             kind=data["kind"],
             display_name=_string(data, "display_name"),
+            limits=_limits(data),
             actor=request.user,
         )
         return Response(sel.model_json(model), status=status.HTTP_201_CREATED)
@@ -207,6 +208,21 @@ class ModelList(AdminAPIView):
         if provider is None:
             raise BadRequest("no such provider", fields={"provider": ["No provider with that name or id."]})
         return provider
+
+
+class ModelDetail(AdminAPIView):
+    def get(self, request, model_id):
+        return Response(sel.model_json(sel.get_or_404(CatalogModel.objects.select_related("provider"), model_id)))
+
+    def patch(self, request, model_id):
+        model = sel.get_or_404(CatalogModel.objects.select_related("provider"), model_id)
+        data = _body(request, services.MODEL_UPDATABLE)
+        model = services.model_update(model=model, changes=dict(data), actor=request.user)
+        return Response(sel.model_json(model))
+
+
+def _limits(data: dict) -> dict:
+    return {name: data[name] for name in CatalogModel.LIMIT_FIELDS if name in data}
 
 
 class PriceList(AdminAPIView):
@@ -248,6 +264,7 @@ class AllocationList(AdminAPIView):
                 "quota_tokens_per_month",
                 "quota_cost_usd_per_month",
                 "is_service_allocation",
+                *Allocation.LIMIT_FIELDS,
             },
             required=("member", "model"),
         )
@@ -258,6 +275,7 @@ class AllocationList(AdminAPIView):
             quota_tokens_per_month=data.get("quota_tokens_per_month"),
             quota_cost_usd_per_month=data.get("quota_cost_usd_per_month"),
             is_service_allocation=_bool(data, "is_service_allocation"),
+            limits=_limits(data),
             actor=request.user,
         )
         body = {**sel.allocation_json(allocation), "key": plaintext, "key_id": str(key.pk)}

@@ -9,6 +9,7 @@ urlpatterns = [
     path("members/<str:member_id>", api.MemberDetail.as_view(), name="admin-api-member"),
     path("providers", api.ProviderList.as_view(), name="admin-api-providers"),
     path("models", api.ModelList.as_view(), name="admin-api-models"),
+    path("models/<str:model_id>", api.ModelDetail.as_view(), name="admin-api-model"),
     path("prices", api.PriceList.as_view(), name="admin-api-prices"),
     path("allocations", api.AllocationList.as_view(), name="admin-api-allocations"),
     path("allocations/<str:allocation_id>", api.AllocationDetail.as_view(), name="admin-api-allocation"),

@@ -118,6 +118,7 @@ def model_json(model: CatalogModel) -> dict:
         "kind": model.kind,
         "display_name": model.display_name,
         "is_active": model.is_active,
+        **{name: getattr(model, name) for name in CatalogModel.LIMIT_FIELDS},
         "created_at": iso(model.created_at),
     }
 
@@ -169,6 +170,7 @@ def _allocation_json(a: Allocation, tokens_used: int, cost_used, key_prefixes) -
         ),
         "is_service_allocation": a.is_service_allocation,
         "quota_locked": a.quota_locked,
+        **{name: getattr(a, name) for name in Allocation.LIMIT_FIELDS},
         "note": a.note,
         "key_prefixes": key_prefixes,
         "created_at": iso(a.created_at),

@@ -23,6 +23,7 @@ from django.utils import timezone
 from allocations.access import key_scope
 from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
+from quota import ratelimit
 from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.models import CloseReason, Outcome
 from quota.preflight import reject_outcome
@@ -237,6 +238,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             event, self.model_name, self.opened.entry.upstream_name
         ):
             data = json.dumps(event)
+        if kind == "response.create" and self.opened.entry.limits and not await self._rate_allows(event):
+            return None
         self.meter.client_event(event)
         if kind in BILLABLE and self.capped:
             # Billable work never starts while a cap is reached: check now, not at the next tick.
@@ -247,6 +250,22 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 await self._close_for(reason)
                 return None
         return data
+
+    async def _rate_allows(self, event: dict) -> bool:
+        """A response.create counts as a request against the rate limits; over them it is not
+        forwarded and the client gets an error event (the session stays open)."""
+        decision, _ = await ratelimit.admit_async(self.opened.entry.limits, tokens=0, count=True, hold=False)
+        if decision.allowed:
+            return True
+        error = {
+            "type": "rate_limit_error",
+            "code": "rate_limited",
+            "message": f"rate limit reached; retry in {decision.retry_after_s} s",
+            "param": None,
+            "event_id": event.get("event_id"),
+        }
+        await self.send(text_data=json.dumps({"type": "error", "error": error}))
+        return False
 
     async def _send_upstream(self, data) -> None:
         try:

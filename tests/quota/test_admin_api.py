@@ -3,7 +3,6 @@
 import csv
 import datetime as dt
 import io
-import json
 from decimal import Decimal
 
 import pytest
@@ -19,37 +18,6 @@ from quota.periods import period_start_date
 from tests.factories import AllocationFactory, CatalogModelFactory, ProviderFactory, make_key
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
-
-
-@pytest.fixture
-def token(staff):
-    return admin_token_create(user=staff)
-
-
-@pytest.fixture
-def api(token):
-    """A JSON client authenticated with an admin bearer token."""
-
-    class Api:
-        def __init__(self):
-            self.client = Client()
-
-        def _call(self, method, path, body=None, **extra):
-            headers = {"HTTP_AUTHORIZATION": f"Bearer {token}", **extra}
-            kwargs = {"content_type": "application/json"} if body is not None else {}
-            data = json.dumps(body) if body is not None else None
-            return getattr(self.client, method)(f"/api/admin/{path}", data, **kwargs, **headers)
-
-        def get(self, path, params=None, **extra):
-            return self.client.get(f"/api/admin/{path}", params or {}, HTTP_AUTHORIZATION=f"Bearer {token}", **extra)
-
-        def post(self, path, body=None, **extra):
-            return self._call("post", path, body if body is not None else {}, **extra)
-
-        def patch(self, path, body, **extra):
-            return self._call("patch", path, body, **extra)
-
-    return Api()
 
 
 def changes():
