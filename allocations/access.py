@@ -7,7 +7,7 @@ request path pays one cache read instead of several queries.
 """
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.utils import timezone
@@ -23,7 +23,7 @@ from .exceptions import (
     ModelMismatch,
     Unauthorized,
 )
-from .models import Allocation, ApiKey, ApiKeyScope
+from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class ScopedAllocation:
     model_active: bool
     upstream_name: str
     provider: ProviderInfo
+    # (scope name, rpm, tpm, max_parallel) for the allocation, then its model, each only when it
+    # has a limit; empty when neither is limited (quota.ratelimit is then never asked).
+    limits: tuple[tuple[str, int | None, int | None, int | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class KeyScope:
     key_id: str
     member_id: str
     allocations: tuple[ScopedAllocation, ...]
+    expires_at: datetime | None = None
+
+    def check_expiry(self, now: datetime) -> None:
+        if self.expires_at is not None and now >= self.expires_at:
+            raise Unauthorized(f"this API key expired at {self.expires_at.isoformat()}")
 
     def resolve(self, model_name: str) -> ScopedAllocation:
         """By slug, or by bare name when exactly one model in scope has it; else ModelMismatch."""
@@ -111,6 +119,7 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                 model_kind=m.kind,
                 model_active=m.is_active,
                 upstream_name=m.upstream_name,
+                limits=_limits(a, m),
                 provider=ProviderInfo(
                     id=str(p.pk),
                     kind=p.kind,
@@ -121,12 +130,19 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                 ),
             )
         )
-    return KeyScope(key_id=str(key.pk), member_id=str(key.member_id), allocations=tuple(entries))
+    return KeyScope(
+        key_id=str(key.pk), member_id=str(key.member_id), allocations=tuple(entries), expires_at=key.expires_at
+    )
 
 
-def key_scope(plaintext: str, *, generation: int | None = None) -> KeyScope:
-    """Raises Unauthorized for an unknown or revoked key or a disabled member. A caller that already
-    read the auth generation for this call passes it, saving a cache round-trip."""
+def _limits(allocation: Allocation, model: CatalogModel) -> tuple:
+    named = ((f"a:{allocation.pk}", allocation.limits()), (f"m:{model.pk}", model.limits()))
+    return tuple((name, *limits) for name, limits in named if any(v is not None for v in limits))
+
+
+def key_scope(plaintext: str, *, generation: int | None = None, now: datetime | None = None) -> KeyScope:
+    """Raises Unauthorized for an unknown, revoked or expired key or a disabled member. A caller that
+    already read the auth generation for this call passes it, saving a cache round-trip."""
     if not plaintext.startswith(ApiKey.PLAINTEXT_PREFIX):
         raise Unauthorized("invalid API key")
     if generation is None:
@@ -143,17 +159,28 @@ def key_scope(plaintext: str, *, generation: int | None = None) -> KeyScope:
         scope = cache[key_hash] = _snapshot(key_hash)
     if scope is None:
         raise Unauthorized("invalid API key")
+    scope.check_expiry(now or timezone.now())
     return scope
 
 
-def key_scope_cached(plaintext: str, *, generation: int) -> KeyScope | None:
-    """The cached snapshot of a key under `generation`, or None (not cached, unknown or refused):
-    no database access, for the event loop's fast path (quota.preflight); a None sends the call
-    through key_scope on an accounting thread."""
+def key_scope_cached(plaintext: str, *, generation: int, now: datetime) -> KeyScope | None:
+    """The cached snapshot of a key under `generation`, or None (not cached, unknown, expired or
+    refused): no database access, for the event loop's fast path (quota.preflight); a None sends
+    the call through key_scope on an accounting thread."""
     held, cache = _snapshots
     if held != generation:
         return None
-    return cache.get(ApiKey.hash(plaintext))
+    scope = cache.get(ApiKey.hash(plaintext))
+    if scope is None or (scope.expires_at is not None and now >= scope.expires_at):
+        return None
+    return scope
+
+
+def key_scope_held(plaintext: str) -> bool:
+    """Whether this process holds a snapshot of the key (it was valid at the last auth generation
+    the process saw). No shared-cache read and no database: the door check of every call; the
+    preflight that follows still checks the key against the current generation."""
+    return _snapshots[1].get(ApiKey.hash(plaintext)) is not None
 
 
 def key_touch(*, key_id: str, now=None, every_s: int = 60) -> None:

@@ -11,6 +11,7 @@ transaction of its own, so "after the service's atomic block" is not enough).
 """
 
 import asyncio
+import collections
 import logging
 import ssl as ssl_module
 import threading
@@ -73,26 +74,29 @@ def auth_generation() -> int:
     raise TypeError(f"the auth generation is not a number: {value!r}")
 
 
-class _RespConnection(asyncio.Protocol):
-    """A minimal Redis connection for the shared reads: one command out at a time (they never have
-    two), simple replies only (+OK, -ERR, $bulk, nil). redis-py's asyncio client spent ~80 us of
-    CPU per GET in its command, pool and timeout layers, ~6 % of a proxied call's CPU."""
+class RespConnection(asyncio.Protocol):
+    """A minimal Redis connection for the event loop's hot reads and scripts: commands are
+    pipelined (answered in the order sent, so a caller that stopped waiting only leaves its reply
+    to be skipped), simple replies only (+OK, -ERR, :n, $bulk, nil). redis-py's asyncio client
+    spent ~80 us of CPU per GET in its command, pool and timeout layers, ~6 % of a proxied call's
+    CPU."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.reply: asyncio.Future | None = None
+        self.replies: collections.deque[asyncio.Future] = collections.deque()
 
     @classmethod
-    async def open(cls, url: str) -> "_RespConnection":
+    async def open(cls, url: str, timeout_s: float | None = None) -> "RespConnection":
         params = parse_url(url)
         ssl = ssl_module.create_default_context() if url.startswith("rediss://") else None
         loop = asyncio.get_running_loop()
-        if "path" in params:  # unix://
-            _, conn = await loop.create_unix_connection(cls, params["path"])
-        else:
-            host, port = params.get("host", "localhost"), params.get("port", 6379)
-            _, conn = await loop.create_connection(cls, host, port, ssl=ssl)
+        async with asyncio.timeout(timeout_s or REDIS_TIMEOUT_S):
+            if "path" in params:  # unix://
+                _, conn = await loop.create_unix_connection(cls, params["path"])
+            else:
+                host, port = params.get("host", "localhost"), params.get("port", 6379)
+                _, conn = await loop.create_connection(cls, host, port, ssl=ssl)
         if params.get("password"):
             await conn.command(b"AUTH", *[str(params[k]).encode() for k in ("username", "password") if params.get(k)])
         if params.get("db"):
@@ -104,41 +108,66 @@ class _RespConnection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.transport = None
-        if self.reply is not None and not self.reply.done():
-            self.reply.set_exception(ConnectionError(f"Redis connection lost: {exc}"))
+        while self.replies:
+            reply = self.replies.popleft()
+            if not reply.done():
+                reply.set_exception(ConnectionError(f"Redis connection lost: {exc}"))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if self.reply is None or self.reply.done():
-            return
-        end = self.buffer.find(b"\r\n")
-        if end < 0:
-            return
-        kind, head = self.buffer[:1], bytes(self.buffer[1:end])
-        if kind == b"$" and int(head) >= 0:
-            size = int(head)
-            if len(self.buffer) < end + size + 4:
-                return  # the rest of the value is still on its way
-            value, self.buffer = bytes(self.buffer[end + 2 : end + 2 + size]), self.buffer[end + size + 4 :]
-            self.reply.set_result(value)
-            return
-        del self.buffer[: end + 2]
-        if kind == b"-":
-            self.reply.set_exception(ResponseError(head.decode(errors="replace")))
-        else:
-            self.reply.set_result(None if kind == b"$" else head)  # nil, or +OK / :n
+        while self.replies:
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                return
+            kind, head = self.buffer[:1], bytes(self.buffer[1:end])
+            if kind == b"$" and int(head) >= 0:
+                size = int(head)
+                if len(self.buffer) < end + size + 4:
+                    return  # the rest of the value is still on its way
+                result: object = bytes(self.buffer[end + 2 : end + 2 + size])
+                del self.buffer[: end + size + 4]
+            else:
+                del self.buffer[: end + 2]
+                result = (
+                    ResponseError(head.decode(errors="replace")) if kind == b"-" else None if kind == b"$" else head
+                )
+            reply = self.replies.popleft()
+            if reply.done():
+                continue  # its caller stopped waiting
+            if isinstance(result, ResponseError):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)  # a value, nil, or +OK / :n
 
-    async def command(self, *parts: bytes):
+    def request(self, *parts: bytes) -> asyncio.Future:
+        """Sends a command; the future of its reply, unbounded (`command` bounds the wait; a caller
+        of this one watches the connection instead)."""
         if self.transport is None:
             raise ConnectionError("Redis connection closed")
-        self.reply = asyncio.get_running_loop().create_future()
-        self.transport.write(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
-        async with asyncio.timeout(REDIS_TIMEOUT_S):
-            return await self.reply
+        reply = asyncio.get_running_loop().create_future()
+        self.replies.append(reply)
+        self.transport.write(_encode(parts))
+        return reply
+
+    async def command(self, *parts: bytes, timeout_s: float | None = None):
+        reply = self.request(*parts)
+        async with asyncio.timeout(timeout_s or REDIS_TIMEOUT_S):
+            return await reply
+
+    def send_without_reply(self, *parts: bytes) -> None:
+        """A command whose reply Redis skips (CLIENT REPLY SKIP): one write, nothing to wait for,
+        and nothing heard of its errors."""
+        if self.transport is None:
+            raise ConnectionError("Redis connection closed")
+        self.transport.write(b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n" + _encode(parts))
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _encode(parts) -> bytes:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 REDIS_TIMEOUT_S = 2.0
@@ -152,7 +181,7 @@ class _SharedReads:
 
     def __init__(self, url: str, key: str, loads):
         self.url, self.key, self.loads = url, key.encode(), loads
-        self.conn: _RespConnection | None = None
+        self.conn: RespConnection | None = None
         self.running: asyncio.Task | None = None
         self.waiting: asyncio.Future | None = None
 
@@ -173,7 +202,7 @@ class _SharedReads:
     async def _get(self, future: asyncio.Future) -> None:
         try:
             if self.conn is None or self.conn.transport is None:
-                self.conn = await _RespConnection.open(self.url)
+                self.conn = await RespConnection.open(self.url)
             raw = await self.conn.command(b"GET", self.key)
             future.set_result(None if raw is None else self.loads(raw))
         except Exception as error:  # noqa: BLE001 - handed to every waiter
@@ -211,6 +240,80 @@ async def auth_generation_async() -> int | None:
     _last_reads = (loop, reads)
     value = await reads.read()
     return value if type(value) is int else None
+
+
+class _SharedCounters:
+    """Commands for one event loop on one connection, one command out at a time: the failed-auth
+    counts (refused requests only) and the Responses API id owners (one SET per relayed response,
+    one GET per `previous_response_id`), so a lock costs nothing that matters."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.conn: RespConnection | None = None
+        self.lock = asyncio.Lock()
+
+    async def command(self, *parts: bytes):
+        async with self.lock:
+            try:
+                if self.conn is None or self.conn.transport is None:
+                    self.conn = await RespConnection.open(self.url)
+                return await self.conn.command(*parts)
+            except BaseException:
+                if self.conn is not None:
+                    self.conn.close()
+                    self.conn = None  # a half-read reply must not answer the next command
+                raise
+
+
+_shared_counters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedCounters]" = weakref.WeakKeyDictionary()
+
+
+def _counters(backend: RedisCache) -> _SharedCounters:
+    loop = asyncio.get_running_loop()
+    counters = _shared_counters.get(loop)
+    if counters is None:
+        counters = _shared_counters[loop] = _SharedCounters(backend._cache._servers[0])  # type: ignore[attr-defined]
+    return counters
+
+
+async def counter_incr(key: str, *, ttl_s: int) -> int:
+    """Increments a counter in the shared cache from the event loop; it expires `ttl_s` after its
+    first increment. Readable with cache.get(key) as well."""
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        backend.add(key, 0, timeout=ttl_s)
+        return backend.incr(key)
+    counters, raw_key = _counters(backend), backend.make_and_validate_key(key).encode()
+    value = int(await counters.command(b"INCR", raw_key))
+    if value == 1:
+        await counters.command(b"EXPIRE", raw_key, str(ttl_s).encode())
+    return value
+
+
+async def counter_read(key: str) -> int:
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        return int(backend.get(key) or 0)
+    raw = await _counters(backend).command(b"GET", backend.make_and_validate_key(key).encode())
+    return int(raw) if raw is not None else 0
+
+
+async def shared_set(key: str, value: str, *, ttl_s: int) -> None:
+    """A plain string in the shared cache from the event loop (read back with shared_get)."""
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        backend.set(key, value, timeout=ttl_s)
+        return
+    raw_key = backend.make_and_validate_key(key).encode()
+    await _counters(backend).command(b"SET", raw_key, value.encode(), b"EX", str(ttl_s).encode())
+
+
+async def shared_get(key: str) -> str | None:
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        return backend.get(key)
+    raw = await _counters(backend).command(b"GET", backend.make_and_validate_key(key).encode())
+    return None if raw is None else raw.decode()
 
 
 def bump_auth_generation() -> None:

@@ -67,3 +67,13 @@ class GatewayUnavailable(GatewayError):
 
     code, status, type = "gateway_unavailable", 503, "api_error"
     retry_after = 2
+
+
+class TooManyAuthFailures(GatewayError):
+    """Too many refused bearers from one client address: refused before the key is even looked up."""
+
+    code, status, type = "rate_limited", 429, "rate_limit_error"
+
+    def __init__(self, message: str = "", *, retry_after: int = 60):
+        super().__init__(message)
+        self.retry_after = retry_after

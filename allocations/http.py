@@ -1,7 +1,8 @@
 """What every interface reads from a request the same way: the client address and the request id.
 
-Audit events, login limits, call records and error envelopes all use these two functions, so a
-request id or an address means the same thing on `/v1`, `/api/`, the portal and Django admin.
+Audit events, login limits, the /v1 door's failed-bearer limit, call records and error envelopes
+all use these functions, so a request id or an address means the same thing on `/v1`, `/api/`, the
+portal and Django admin.
 """
 
 import ipaddress
@@ -29,16 +30,23 @@ def _address(value: str) -> str | None:
         return None
 
 
-def client_ip(request) -> str | None:
+def client_address(*, remote: str, forwarded_for: str) -> str | None:
     """The client address: with N trusted proxies, the N-th `X-Forwarded-For` hop from the right.
     None when there is no valid address (audit events store an address or nothing)."""
-    remote = _address(request.META.get("REMOTE_ADDR", "") or "")
+    peer = _address(remote or "")
     trusted = settings.GATEWAY_TRUSTED_PROXY_COUNT
     if trusted <= 0:
-        return remote
-    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+        return peer
+    hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]
     if not hops:
-        return remote
+        return peer
     # Each trusted proxy appended the address it saw; anything further left is client-supplied.
     # A forged or garbled hop is not an address to store or count by: the peer's stands instead.
-    return _address(hops[-trusted] if len(hops) >= trusted else hops[0]) or remote
+    return _address(hops[-trusted] if len(hops) >= trusted else hops[0]) or peer
+
+
+def client_ip(request) -> str | None:
+    """client_address for a Django request."""
+    return client_address(
+        remote=request.META.get("REMOTE_ADDR", ""), forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR", "")
+    )

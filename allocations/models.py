@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import TextChoices
 
@@ -62,6 +63,24 @@ class Provider(models.Model):
         return hashlib.sha256(plaintext.encode()).hexdigest()[:12]
 
 
+class RateLimits(models.Model):
+    """Requests per minute, tokens per minute and calls in flight; null = no limit. On an allocation
+    they bound its member; on a catalogue model, every allocation of that model together
+    (quota.ratelimit enforces both, across processes)."""
+
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    tpm_limit = models.PositiveBigIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    max_parallel = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+
+    LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "max_parallel")
+
+    class Meta:
+        abstract = True
+
+    def limits(self) -> tuple[int | None, int | None, int | None]:
+        return (self.rpm_limit, self.tpm_limit, self.max_parallel)
+
+
 class ModelKind(models.TextChoices):
     CHAT = "chat"
     EMBEDDING = "embedding"
@@ -74,7 +93,7 @@ class ModelKind(models.TextChoices):
     REALTIME = "realtime"
 
 
-class CatalogModel(models.Model):
+class CatalogModel(RateLimits):
     """A model as clients call it (`slug`), mapped to one provider's upstream name or deployment."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -106,7 +125,7 @@ class AllocationQuerySet(models.QuerySet):
         return self.filter(member=member)
 
 
-class Allocation(models.Model):
+class Allocation(RateLimits):
     """A member's grant of one model with optional monthly token quota and USD cost cap."""
 
     class Status(models.TextChoices):
@@ -178,6 +197,7 @@ class ApiKey(models.Model):
     rotated_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     objects = ApiKeyQuerySet.as_manager()
 
@@ -190,6 +210,9 @@ class ApiKey(models.Model):
     @property
     def is_revoked(self):
         return self.revoked_at is not None
+
+    def is_expired(self, now) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     @staticmethod
     def hash(plaintext: str) -> str:

@@ -8,6 +8,8 @@ DRF's stock fields coerce (`7` → `"7"`, `"yes"` → `True`), so the APIs use t
 from collections.abc import Mapping
 from decimal import Decimal
 
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.views import APIView
@@ -86,6 +88,21 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+class StrictAwareDateTimeField(serializers.Field):
+    """An ISO 8601 date-time string with a time zone (a naive one would be read in some server's zone)."""
+
+    default_error_messages = {"invalid": "An ISO 8601 date-time with a time zone, or null."}
+
+    def to_internal_value(self, data):
+        parsed = parse_datetime(data) if isinstance(data, str) else None
+        if parsed is None or timezone.is_naive(parsed):
+            self.fail("invalid")
+        return parsed
+
+    def to_representation(self, value):
+        return value.isoformat()
+
+
 @extend_schema_field({"oneOf": [{"type": "string", "format": "decimal"}, {"type": "number"}], "nullable": True})
 class DecimalInputField(serializers.Field):
     """An amount as a decimal string or a JSON number; the service that takes it checks its range."""
@@ -107,6 +124,20 @@ class WholeNumberInputField(DecimalInputField):
 
     def to_representation(self, value):
         return value
+
+
+class RateLimitsInputMixin(serializers.Serializer):
+    """The rate limits an allocation or a model takes (whole numbers ≥ 1, null: no limit); the
+    services check the range."""
+
+    rpm_limit = WholeNumberInputField(required=False, allow_null=True, help_text="Requests per minute.")
+    tpm_limit = WholeNumberInputField(required=False, allow_null=True, help_text="Tokens per minute.")
+    max_parallel = WholeNumberInputField(required=False, allow_null=True, help_text="Calls in flight at once.")
+
+
+def split_limits(data: dict, names) -> tuple[dict, dict]:
+    """(the rate limits among the parsed fields, the other fields)."""
+    return {n: v for n, v in data.items() if n in names}, {n: v for n, v in data.items() if n not in names}
 
 
 @extend_schema_field({"type": "string", "format": "decimal", "nullable": True})

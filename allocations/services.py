@@ -25,7 +25,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     member_set_roles,
     member_update,
 )
-from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, ModelKind, Provider, ProviderKind
+from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, ModelKind, Provider, ProviderKind, RateLimits
 
 Status = Allocation.Status
 
@@ -43,10 +43,53 @@ def allocation_snapshot(allocation: Allocation) -> dict:
         "quota_cost_usd_per_month": _money(allocation.quota_cost_usd_per_month),
         "is_service_allocation": allocation.is_service_allocation,
         "quota_locked": allocation.quota_locked,
+        **limits_snapshot(allocation),
         "display_name": allocation.display_name,
         "note": allocation.note,
         "status_reason": allocation.status_reason,
     }
+
+
+def limits_snapshot(obj) -> dict:
+    return {name: getattr(obj, name) for name in RateLimits.LIMIT_FIELDS}
+
+
+def validate_limit(name: str, value) -> int | None:
+    """A rate limit: a whole number ≥ 1, or None/blank for no limit."""
+    if value is None or value == "":
+        return None
+    error = BadRequest(f"invalid {name}", fields={name: ["Enter a whole number ≥ 1 (blank for no limit)."]})
+    if isinstance(value, bool):
+        raise error
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise error from None
+    if number < 1 or number > (2**63 - 1 if name == "tpm_limit" else 2**31 - 1):
+        raise error
+    return number
+
+
+def validate_limits(data: dict) -> dict:
+    return {name: validate_limit(name, data[name]) for name in RateLimits.LIMIT_FIELDS if name in data}
+
+
+def check_known_fields(changes: dict, allowed) -> None:
+    unknown = set(changes) - set(allowed)
+    if unknown:
+        raise BadRequest(
+            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
+            fields={name: ["Unknown or read-only field."] for name in sorted(unknown)},
+        )
+
+
+def _assign(obj, changes: dict) -> tuple[dict, dict]:
+    """Sets the fields whose value differs; returns (their values before, the changed ones)."""
+    changed = {f: v for f, v in changes.items() if getattr(obj, f) != v}
+    before = {f: getattr(obj, f) for f in changed}
+    for field, value in changed.items():
+        setattr(obj, field, value)
+    return before, changed
 
 
 # --- providers and models --------------------------------------------------------------------
@@ -112,18 +155,10 @@ PROVIDER_UPDATABLE = ("name", "base_url", "api_version")
 
 
 def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provider:
-    unknown = set(changes) - set(PROVIDER_UPDATABLE)
-    if unknown:
-        raise BadRequest(
-            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
-            fields={n: ["Unknown or read-only field."] for n in sorted(unknown)},
-        )
-    changed = {f: v for f, v in changes.items() if getattr(provider, f) != v}
+    check_known_fields(changes, PROVIDER_UPDATABLE)
+    before, changed = _assign(provider, changes)
     if not changed:
         return provider
-    before = {f: getattr(provider, f) for f in changed}
-    for field, value in changed.items():
-        setattr(provider, field, value)
     with transaction.atomic():
         provider.save(update_fields=[*changed, "updated_at"])
         audit_record(actor=actor, action="provider_updated", target=provider, before=before, after=changed)
@@ -147,7 +182,17 @@ def provider_api_key(provider: Provider) -> str:
     return crypto.decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else ""
 
 
-def model_create(*, slug: str, provider: Provider, upstream_name: str, kind: str, display_name: str = "", actor=None):
+def model_create(
+    *,
+    slug: str,
+    provider: Provider,
+    upstream_name: str,
+    kind: str,
+    display_name: str = "",
+    limits: dict | None = None,
+    actor=None,
+):
+    clean = validate_limits(limits or {})
     if not slug:
         raise BadRequest("slug is required", fields={"slug": ["This field is required."]})
     if kind not in ModelKind.values:
@@ -156,25 +201,46 @@ def model_create(*, slug: str, provider: Provider, upstream_name: str, kind: str
         raise BadRequest("slug is taken", fields={"slug": ["A model with that slug already exists."]})
     with transaction.atomic():
         model = CatalogModel.objects.create(
-            slug=slug, provider=provider, upstream_name=upstream_name, kind=kind, display_name=display_name
+            slug=slug, provider=provider, upstream_name=upstream_name, kind=kind, display_name=display_name, **clean
         )
         audit_record(
             actor=actor,
             action="model_created",
             target=model,
-            after={"slug": slug, "provider": provider.name, "upstream_name": upstream_name, "kind": kind},
+            after={
+                "slug": slug,
+                "provider": provider.name,
+                "upstream_name": upstream_name,
+                "kind": kind,
+                **limits_snapshot(model),
+            },
         )
     return model
 
 
-def model_set_active(*, model: CatalogModel, is_active: bool, actor=None) -> CatalogModel:
-    before = {"is_active": model.is_active}
-    model.is_active = is_active
+MODEL_UPDATABLE = {*RateLimits.LIMIT_FIELDS, "is_active", "display_name"}
+
+
+def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
+    """Organisation-wide rate limits, the active flag and the display name; one audit event."""
+    check_known_fields(changes, MODEL_UPDATABLE)
+    clean = {**changes, **validate_limits(changes)}
+    if "is_active" in clean and not isinstance(clean["is_active"], bool):
+        raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
+    if "display_name" in clean and not isinstance(clean["display_name"], str):
+        raise BadRequest("display_name must be a string", fields={"display_name": ["Must be a string."]})
+    before, changed = _assign(model, clean)
+    if not changed:
+        return model
     with transaction.atomic():
-        model.save(update_fields=["is_active", "updated_at"])
-        audit_record(actor=actor, action="model_updated", target=model, before=before, after={"is_active": is_active})
+        model.save(update_fields=[*changed, "updated_at"])
+        audit_record(actor=actor, action="model_updated", target=model, before=before, after=changed)
     transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
     return model
+
+
+def model_set_active(*, model: CatalogModel, is_active: bool, actor=None) -> CatalogModel:
+    return model_update(model=model, changes={"is_active": is_active}, actor=actor)
 
 
 # --- API keys ------------------------------------------------------------------------------------
@@ -199,9 +265,15 @@ def _check_scope(*, member, allocations) -> list[Allocation]:
     return allocations
 
 
-def api_key_create(*, member, name: str, allocations, actor=None, is_default: bool = False, now=None):
+def _check_expiry(expires_at, now) -> None:
+    if expires_at is not None and (timezone.is_naive(expires_at) or expires_at <= now):
+        raise BadRequest("expires_at must be in the future", fields={"expires_at": ["A future date and time."]})
+
+
+def api_key_create(*, member, name: str, allocations, actor=None, is_default: bool = False, now=None, expires_at=None):
     """Returns (key, plaintext). The plaintext exists only in this return value."""
     allocations = _check_scope(member=member, allocations=allocations)
+    _check_expiry(expires_at, now or timezone.now())
     name = (name or "").strip()
     if not name:
         raise BadRequest("name is required", fields={"name": ["This field is required."]})
@@ -213,6 +285,7 @@ def api_key_create(*, member, name: str, allocations, actor=None, is_default: bo
             prefix=plaintext[:12],
             key_hash=ApiKey.hash(plaintext),
             is_default=is_default,
+            expires_at=expires_at,
         )
         ApiKeyScope.objects.bulk_create(
             [ApiKeyScope(api_key=key, allocation=a, model_id=a.model_id) for a in allocations]
@@ -222,9 +295,36 @@ def api_key_create(*, member, name: str, allocations, actor=None, is_default: bo
             action="key_created",
             target=key,
             now=now,
-            after={"name": key.name, "prefix": key.prefix, "allocations": [str(a.pk) for a in allocations]},
+            after={
+                "name": key.name,
+                "prefix": key.prefix,
+                "allocations": [str(a.pk) for a in allocations],
+                "expires_at": _iso(expires_at),
+            },
         )
     return key, plaintext
+
+
+def _iso(value) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def api_key_set_expiry(*, key: ApiKey, expires_at, actor=None, now=None) -> ApiKey:
+    """Sets or clears (None) when the key stops working; an expired key answers 401."""
+    if key.is_revoked:
+        raise InvalidTransition("a revoked key cannot be changed")
+    if key.expires_at == expires_at:
+        return key
+    _check_expiry(expires_at, now or timezone.now())
+    before = {"expires_at": _iso(key.expires_at)}
+    key.expires_at = expires_at
+    with transaction.atomic():
+        key.save(update_fields=["expires_at"])
+        audit_record(
+            actor=actor, action="key_expiry_updated", target=key, before=before, after={"expires_at": _iso(expires_at)}
+        )
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    return key
 
 
 def api_key_rotate(*, key: ApiKey, actor=None, now=None):
@@ -319,11 +419,13 @@ def allocation_create(
     quota_tokens_per_month=None,
     quota_cost_usd_per_month=None,
     is_service_allocation: bool = False,
+    limits: dict | None = None,
     actor=None,
 ):
     """Creates the allocation and its default key. Returns (allocation, key, plaintext)."""
     tokens = validate_token_quota(quota_tokens_per_month)
     cost = validate_cost_cap(quota_cost_usd_per_month)
+    rate = validate_limits(limits or {})
     with transaction.atomic():
         allocation = Allocation.objects.create(
             member=member,
@@ -332,6 +434,7 @@ def allocation_create(
             quota_tokens_per_month=tokens,
             quota_cost_usd_per_month=cost,
             is_service_allocation=is_service_allocation,
+            **rate,
         )
         audit_record(
             actor=actor,
@@ -352,25 +455,23 @@ UPDATABLE_FIELDS = {
     "quota_locked",
     "note",
     "display_name",
+    *RateLimits.LIMIT_FIELDS,
 }
 FIELD_ACTIONS = {
     "quota_tokens_per_month": "allocation_token_quota_updated",
     "quota_cost_usd_per_month": "allocation_cost_quota_updated",
+    **dict.fromkeys(RateLimits.LIMIT_FIELDS, "allocation_rate_limits_updated"),
 }
 
 
 def _clean_update(changes: dict) -> dict:
-    unknown = set(changes) - UPDATABLE_FIELDS
-    if unknown:
-        raise BadRequest(
-            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
-            fields={name: ["Unknown or read-only field."] for name in sorted(unknown)},
-        )
+    check_known_fields(changes, UPDATABLE_FIELDS)
     clean = dict(changes)
     if "quota_tokens_per_month" in clean:
         clean["quota_tokens_per_month"] = validate_token_quota(clean["quota_tokens_per_month"])
     if "quota_cost_usd_per_month" in clean:
         clean["quota_cost_usd_per_month"] = validate_cost_cap(clean["quota_cost_usd_per_month"])
+    clean.update(validate_limits(clean))
     for flag in ("is_service_allocation", "quota_locked"):
         if flag in clean and not isinstance(clean[flag], bool):
             raise BadRequest(f"{flag} must be true or false", fields={flag: ["Must be a boolean."]})
@@ -394,14 +495,15 @@ def allocation_update(*, allocation: Allocation, changes: dict, actor=None, sour
         locked.save(update_fields=[*changed, "updated_at"])
         after = allocation_snapshot(locked)
         generic = [f for f in changed if f not in FIELD_ACTIONS]
-        for field in [f for f in changed if f in FIELD_ACTIONS]:
+        for action in dict.fromkeys(FIELD_ACTIONS[f] for f in changed if f in FIELD_ACTIONS):
+            fields = [f for f in changed if FIELD_ACTIONS.get(f) == action]
             audit_record(
                 actor=actor,
-                action=FIELD_ACTIONS[field],
+                action=action,
                 target=locked,
                 source_ip=source_ip,
-                before={field: before[field]},
-                after={field: after[field]},
+                before={f: before[f] for f in fields},
+                after={f: after[f] for f in fields},
             )
         if generic:
             audit_record(

@@ -28,6 +28,7 @@ BENCH_PY = os.environ.get("BENCH_PY", "/tmp/venv-bench/bin/python")
 GW_PY = str(ROOT / ".venv" / "bin" / "python")
 CASES = {  # name: (upstream latency ms, stream)
     "0ms": (0, False),
+    "0ms-limited": (0, False),  # the same model with rate limits on (bench/seed.py: bench0lim)
     "0ms-stream": (0, True),
     "50ms": (50, False),
     "50ms-stream": (50, True),
@@ -75,6 +76,10 @@ def ensure_database(url: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _model(case: str, latency: int) -> str:
+    return f"bench{latency}{'lim' if case.endswith('-limited') else ''}/gpt-4o-mini"
 
 
 def main() -> None:
@@ -176,7 +181,7 @@ def main() -> None:
             targets = []
             if args.only in (None, "gateway"):
                 for name, (gw_port, gateway) in gateways.items():
-                    model = f"bench{latency}/gpt-4o-mini"
+                    model = _model(case, latency)
                     targets.append((name, f"http://127.0.0.1:{gw_port}", key, model, gateway.pid))
             if args.only in (None, "thin"):
                 targets.append(

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Seeds the benchmark world: a member with two priced, capped allocations (caps and reservations
-on, never reached) whose models point at the fake upstreams, and one key scoped to both.
+"""Seeds the benchmark world: a member with priced, capped allocations (caps and reservations on,
+never reached) whose models point at the fake upstreams, and one key scoped to all of them.
+`bench0lim` is `bench0` with rate limits on its allocation and its model too (rpm, tpm and
+max_parallel, never reached), for the limiter's cost per call.
 Prints the key. Usage: DATABASE_URL=... seed.py UPSTREAM0_URL UPSTREAM50_URL"""
 
 import os
@@ -19,9 +21,11 @@ django.setup()
 from allocations.models import ApiKey, CatalogModel, Member, Provider  # noqa: E402
 from allocations.services import (  # noqa: E402
     allocation_create,
+    allocation_update,
     api_key_create,
     member_create,
     model_create,
+    model_update,
     provider_create,
 )
 from quota.services import price_version_add  # noqa: E402
@@ -30,7 +34,7 @@ from quota.services import price_version_add  # noqa: E402
 def main(upstream0: str, upstream50: str) -> None:
     member = Member.objects.filter(username="bench").first() or member_create(username="bench")
     allocations = []
-    for name, url in (("bench0", upstream0), ("bench50", upstream50)):
+    for name, url in (("bench0", upstream0), ("bench50", upstream50), ("bench0lim", upstream0)):
         Provider.objects.filter(name=name).update(base_url=url + "/v1")
         provider = Provider.objects.filter(name=name).first() or provider_create(
             name=name, kind="openai", base_url=url + "/v1", api_key="sk-upstream-bench"
@@ -45,6 +49,10 @@ def main(upstream0: str, upstream50: str) -> None:
             allocation, _, _ = allocation_create(
                 member=member, model=model, quota_tokens_per_month=10**15, quota_cost_usd_per_month=Decimal("1e9")
             )
+        if name.endswith("lim"):
+            limits = {"rpm_limit": 10**9, "tpm_limit": 10**15, "max_parallel": 10**6}
+            model_update(model=model, changes=limits)
+            allocation_update(allocation=allocation, changes=limits)
         allocations.append(allocation)
     ApiKey.objects.filter(member=member, name="bench").update(revoked_at=timezone.now())
     _, plaintext = api_key_create(member=member, name="bench", allocations=allocations)

@@ -245,6 +245,11 @@ GATEWAY_OCR_ESTIMATE_PAGES = env.int("GATEWAY_OCR_ESTIMATE_PAGES", default=10)
 GATEWAY_ACCOUNTING_THREADS = env.int("GATEWAY_ACCOUNTING_THREADS", default=4)
 # On SIGTERM, how long in-flight calls may run to their end before they are cancelled (docs/DECISIONS.md).
 GATEWAY_SHUTDOWN_GRACE_S = env.float("GATEWAY_SHUTDOWN_GRACE_S", default=30.0)
+# Rate limits (quota.ratelimit): their Redis (default: REDIS_URL; empty = per process, in memory),
+# the window that rpm/tpm count over, and how often "Redis is unreachable, limits fail open" is logged.
+GATEWAY_RATE_LIMIT_REDIS_URL = env("GATEWAY_RATE_LIMIT_REDIS_URL", default=REDIS_URL)
+GATEWAY_RATE_LIMIT_WINDOW_S = env.float("GATEWAY_RATE_LIMIT_WINDOW_S", default=60.0)
+GATEWAY_RATE_LIMIT_WARN_INTERVAL_S = env.float("GATEWAY_RATE_LIMIT_WARN_INTERVAL_S", default=60.0)
 # Largest realtime frame relayed either way (a bigger one closes the socket with 1009).
 GATEWAY_REALTIME_MAX_FRAME_BYTES = env.int("GATEWAY_REALTIME_MAX_FRAME_MB", default=16) * 1024 * 1024
 
@@ -291,3 +296,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"gateway.calls": {"level": "INFO" if GATEWAY_CALL_LOG else "WARNING"}},
 }
+# Third-party clients that print request headers at DEBUG (the websockets handshake carries the
+# provider key, aiohttp/httpx/openai log request options): WARNING whatever LOG_LEVEL says.
+HEADER_LOGGING_LIBRARIES = ("websockets", "aiohttp", "httpx", "httpcore", "urllib3", "openai", "hpack", "h2")
+_loggers: dict = LOGGING.get("loggers") or {}  # type: ignore[assignment]
+LOGGING["loggers"] = {**_loggers, **{name: {"level": "WARNING"} for name in HEADER_LOGGING_LIBRARIES}}
+# Refused bearers (missing, malformed, unknown or revoked keys) one client address may send per
+# minute on /v1 and /v1/realtime before it gets 429 until the minute ends (allocations.auth_failures).
+GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=30)
+# A realtime socket opened without ?model= must name its model (first session.update) within this.
+GATEWAY_REALTIME_FIRST_FRAME_S = env.float("GATEWAY_REALTIME_FIRST_FRAME_S", default=10.0)

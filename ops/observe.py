@@ -33,6 +33,17 @@ def call_admitted() -> None:
         metrics.add(metrics.IN_FLIGHT)
 
 
+def door_refused(*, path: str, status: int, code: str) -> None:
+    """A /v1 request refused for its bearer before its body was read: counted only (no call record
+    and no line each; allocations.auth_failures logs them per client address and minute)."""
+    try:
+        if _counting():
+            outcome = "rejected_unauthenticated" if status == 401 else "rejected_rate_limited"
+            metrics.record(((metrics.REQUESTS, (path, outcome, str(status)), 1.0), (metrics.REFUSALS, (code,), 1.0)))
+    except Exception:  # noqa: BLE001 - reporting must never break a call
+        logger.exception("door report failed")
+
+
 def call_refused(*, request_id: str, endpoint: str, allocation_id, model: str, outcome: str, status: int, code: str):
     """A call refused before going upstream (its record is written by the accounting step)."""
     try:

@@ -16,7 +16,13 @@ from allocations import services
 from allocations.exceptions import ScopeForbidden
 from allocations.models import Allocation
 from allocations.pages import parse_limit
-from allocations.serializers import QueryCheckedAPIView, StrictCharField, StrictInputSerializer, parse_input
+from allocations.serializers import (
+    QueryCheckedAPIView,
+    StrictAwareDateTimeField,
+    StrictCharField,
+    StrictInputSerializer,
+    parse_input,
+)
 
 from . import cards, selectors
 from .serializers import AllocationCardOutput, CallOutput, KeyOutput, KeyWithPlaintextOutput, UsageOutput
@@ -137,6 +143,9 @@ def _owned_allocations(member, ids) -> list[Allocation]:
 
 class KeyName(StrictInputSerializer):
     name = StrictCharField(max_length=100)
+    expires_at = StrictAwareDateTimeField(
+        required=False, allow_null=True, help_text="ISO 8601 with a time zone; null: the key never expires."
+    )
 
 
 class KeyList(MemberAPIView):
@@ -153,7 +162,11 @@ class KeyList(MemberAPIView):
         allocations = _owned_allocations(request.user, data["allocations"])
         try:
             key, plaintext = services.api_key_create(
-                member=request.user, name=data["name"], allocations=allocations, actor=request.user
+                member=request.user,
+                name=data["name"],
+                allocations=allocations,
+                expires_at=data.get("expires_at"),
+                actor=request.user,
             )
         except ScopeForbidden:  # pragma: no cover - _owned_allocations already 404s
             raise Http404 from None
@@ -162,7 +175,14 @@ class KeyList(MemberAPIView):
 
 class KeyDetail(MemberAPIView):
     class InputSerializer(KeyName):
-        pass
+        """A new name, a new expiry, or both."""
+
+        name = StrictCharField(max_length=100, required=False)
+
+        def validate(self, attrs):
+            if "name" not in attrs and "expires_at" not in attrs:
+                raise serializers.ValidationError({"name": ["This field is required."]})
+            return attrs
 
     @extend_schema(responses=KeyOutput)
     def get(self, request, key_id):
@@ -172,7 +192,10 @@ class KeyDetail(MemberAPIView):
     def patch(self, request, key_id):
         key = selectors.key_owned(member=request.user, key_id=key_id)
         data = parse_input(self.InputSerializer, request)
-        key = services.api_key_rename(key=key, name=data["name"], actor=request.user)
+        if "name" in data:
+            key = services.api_key_rename(key=key, name=data["name"], actor=request.user)
+        if "expires_at" in data:
+            key = services.api_key_set_expiry(key=key, expires_at=data["expires_at"], actor=request.user)
         return Response(KeyOutput(key).data)
 
     @extend_schema(responses={204: None})

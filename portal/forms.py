@@ -1,4 +1,5 @@
 from django import forms
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from allocations.models import Allocation
@@ -20,6 +21,12 @@ class KeyCreateForm(forms.Form):
         help_text=_("At most one allocation per model."),
         error_messages={"required": _("Choose at least one allocation.")},
     )
+    expires_at = forms.DateTimeField(
+        label=_("Expires"),
+        required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        help_text=_("Optional. After this moment the key stops working. Blank: it never expires."),
+    )
 
     def __init__(self, *args, member, **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,6 +43,12 @@ class KeyCreateForm(forms.Form):
         if not name:
             raise forms.ValidationError(_("This field is required."))
         return name
+
+    def clean_expires_at(self):
+        value = self.cleaned_data.get("expires_at")
+        if value is not None and value <= timezone.now():
+            raise forms.ValidationError(_("Choose a moment in the future."))
+        return value
 
 
 class KeyRenameForm(forms.Form):

@@ -38,6 +38,7 @@ class KeyOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     rotated_at = serializers.DateTimeField(allow_null=True)
     last_used_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
 
     def get_allocations(self, key) -> list[str]:
         return [str(s.allocation_id) for s in key.scopes.all()]

@@ -57,6 +57,7 @@ def _keys_page(request, *, form=None, plaintext=None, new_key=None, status=200):
         "form": form or KeyCreateForm(member=request.user),
         "plaintext": plaintext,
         "new_key": new_key,
+        "now": timezone.now(),
     }
     response = render(request, "portal/keys.html", context, status=status)
     if plaintext:
@@ -77,6 +78,7 @@ def keys(request):
             member=request.user,
             name=form.cleaned_data["name"],
             allocations=form.cleaned_data["allocations"],
+            expires_at=form.cleaned_data.get("expires_at"),
             actor=request.user,
         )
     except GatewayError as exc:

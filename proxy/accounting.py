@@ -11,6 +11,7 @@ connection is held across the upstream call.
 """
 
 import asyncio
+import contextvars
 import dataclasses
 import datetime as dt
 import functools
@@ -25,7 +26,7 @@ from django.db import connection
 from allocations.access import KeyScope, ScopedAllocation, key_scope
 from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, GatewayUnavailable, Unauthorized
-from quota import ledger
+from quota import ledger, ratelimit
 from quota.ledger import Admission, threads
 from quota.models import CallRecord, Outcome
 from quota.preflight import Estimate, preflight, preflight_cached, reject_outcome, touch
@@ -52,6 +53,8 @@ class Call:
     entry: ScopedAllocation | None = None
     price: object = None
     admission: Admission | None = None
+    rate: ratelimit.Decision | None = None
+    rate_ticket: ratelimit.Ticket | None = None
     prompt_tokens: int = 0
     client_gone: bool = False
     settled: bool = False
@@ -178,9 +181,17 @@ async def open_call(call: Call) -> Call:
     except asyncio.CancelledError:
         opening.add_done_callback(functools.partial(_close_abandoned, call))
         raise
+    finally:
+        if call.rate is not None:
+            RATE_HEADERS.set(call.rate.headers)
     if call.admission is not None and not call.settled:
         _held.add(call.reservation_id)
     return call
+
+
+# The x-ratelimit-* headers of the request being answered (proxy.handler adds them to whatever
+# answer the view gives, refusals included): set by open_call in the request's own task.
+RATE_HEADERS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gateway_rate_headers", default=None)
 
 
 def _close_abandoned(call: Call, opening: asyncio.Future) -> None:
@@ -198,6 +209,16 @@ async def _open(call: Call) -> Call:
         logger.warning(
             "admission on the event loop failed for %s; taking the thread path", call.request_id, exc_info=True
         )
+    try:
+        return await _open_on_thread(call)
+    except BaseException:
+        if call.rate_ticket is not None:  # a rate-limit place the thread path did not give back
+            ticket, call.rate_ticket = call.rate_ticket, None
+            await ratelimit.settle_async(ticket, tokens=0)
+        raise
+
+
+async def _open_on_thread(call: Call) -> Call:
     try:
         return await threads.run(call_open, call=call)
     except DatabaseError:
@@ -271,6 +292,9 @@ async def close_call(
 ) -> None:
     """Step 2: the ledger's settlement (on the event loop when it can, else on a thread; spooled if
     the database fails), so no billed call is lost and none is recorded twice."""
+    if call.rate_ticket is not None:
+        ticket, call.rate_ticket = call.rate_ticket, None
+        await ratelimit.settle_async(ticket, tokens=usage.total_tokens)
     record = call.record(outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message)
     await ledger.settle_async(admission=call.admission, record=record, usage=usage, price=call.price)
 

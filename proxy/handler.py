@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import sys
+import uuid
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -26,9 +27,10 @@ from django.http import HttpResponse
 from django.urls import set_script_prefix
 
 from allocations.exceptions import GatewayError, GatewayUnavailable
+from allocations.http import REQUEST_ID
 from quota.ledger import loop as ledger_loop
 
-from . import accounting, multipart, upstream, views
+from . import accounting, gate, multipart, upstream, views
 from .views import error_response, request_id_for
 
 logger = logging.getLogger("django.request")
@@ -66,6 +68,11 @@ class ProxyHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
+        refused = await gate.refusal(scope)
+        if refused is not None:  # the body is never read: a refused caller costs no parse or spool
+            sent = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"").decode("latin1")
+            rid = sent if REQUEST_ID.fullmatch(sent) else str(uuid.uuid4())
+            return await self.send_response(error_response(refused, rid), send)
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
         try:
             if multipart.spools(scope["path"]):  # uploads go to a spool, not to memory
@@ -105,6 +112,8 @@ class ProxyHandler(ASGIHandler):
                 )
             if not response.has_header("X-Request-Id"):
                 response["X-Request-Id"] = request_id_for(request)
+            for name, value in (accounting.RATE_HEADERS.get() or {}).items():
+                response[name] = value
             with contextlib.suppress(asyncio.CancelledError):  # client disconnected while we were sending
                 await self.send_response(response, send)
 

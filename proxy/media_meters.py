@@ -30,7 +30,7 @@ TEXT_TOKENS_PER_SECOND = 4
 def _json(raw: bytes):
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

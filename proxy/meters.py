@@ -60,25 +60,46 @@ def embeddings_usage(usage: dict) -> Usage:
 
 
 def find_usage(body: bytes) -> dict | None:
-    """The top-level `usage` object of a JSON response. Embeddings bodies are mostly float arrays,
-    so the last `"usage"` key is decoded alone; anything odd falls back to a full parse."""
+    """The top-level `usage` object of a JSON response (never a `usage` key nested in echoed client
+    content such as `metadata`). Embeddings bodies are mostly float arrays, so the last `"usage"`
+    key is decoded alone when what follows it can only be the end of the top-level object;
+    anything else falls back to a full parse."""
     at = body.rfind(b'"usage"')
-    if at >= 0:
+    if at >= 0 and body[max(0, at - 64) : at].rstrip()[-1:] in (b"{", b","):  # a key, not a string's end
         try:
             text = body[at + 7 :].decode()
             start = text.index(":") + 1
             start += len(text[start : start + 64]) - len(text[start : start + 64].lstrip())
-            value, _ = _decoder.raw_decode(text, start)
-        except (ValueError, UnicodeDecodeError):
+            value, end = _decoder.raw_decode(text, start)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             value = None
-        if isinstance(value, dict):
+        if isinstance(value, dict) and _closes_top_level(text, end):
             return value
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     usage = payload.get("usage") if isinstance(payload, dict) else None
     return usage if isinstance(usage, dict) else None
+
+
+def _closes_top_level(text: str, at: int) -> bool:
+    """True when text[at:] is `(, "key": value)* }` and then the end: the members that follow a
+    key at depth one. A key nested deeper is followed by more than one closing bracket."""
+    try:
+        while True:
+            at = len(text) - len(text[at:].lstrip())
+            if text[at : at + 1] == "}":
+                return not text[at + 1 :].strip()
+            if text[at : at + 1] != ",":
+                return False
+            key, at = _decoder.raw_decode(text, len(text) - len(text[at + 1 :].lstrip()))
+            at = len(text) - len(text[at:].lstrip())
+            if not isinstance(key, str) or text[at : at + 1] != ":":
+                return False
+            _, at = _decoder.raw_decode(text, len(text) - len(text[at + 1 :].lstrip()))
+    except (ValueError, RecursionError):
+        return False
 
 
 def has_usage_object(data: bytes) -> bool:
@@ -160,7 +181,7 @@ class StreamMeter:
         for data in self._deltas:
             try:
                 self._delta_chars += self.delta_chars(json.loads(data))
-            except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError):
                 self.malformed = True
         self._deltas, self._pending = [], 0
 

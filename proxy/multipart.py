@@ -21,6 +21,8 @@ import re
 import struct
 import tempfile
 from dataclasses import dataclass
+from email.parser import HeaderParser
+from email.utils import collapse_rfc2231_value
 from typing import IO
 
 from django.core.exceptions import RequestAborted
@@ -36,9 +38,8 @@ MAX_HEADERS = 16 << 10
 WAV_HEAD = 64 << 10
 ASSUMED_BYTES_PER_SECOND = 16_000  # 128 kbit/s
 BOUNDARY = re.compile(rb'boundary="?([^";,\s]{1,200})"?', re.IGNORECASE)
-NAME = re.compile(rb'[; ]name="([^"]*)"', re.IGNORECASE)
-FILENAME = re.compile(rb'[; ]filename="([^"]*)"', re.IGNORECASE)
-CONTENT_TYPE = re.compile(rb"^content-type:\s*([^\r\n]+)", re.IGNORECASE | re.MULTILINE)
+HEADER_LINE = re.compile(rb"[!-9;-~]+:[^\r\n]*")  # a field name, a colon, a value; no folding, no bare CR/LF
+_headers = HeaderParser()
 
 
 def spools(path: str) -> bool:
@@ -151,19 +152,43 @@ def _find(spool, needle: bytes, start: int, size: int) -> int:
 
 
 def _part(headers: bytes, start: int, end: int) -> Part:
-    name = NAME.search(b" " + headers)
-    if name is None:
-        raise ValueError("a multipart part without a name")
-    filename = FILENAME.search(b" " + headers)
-    content_type = CONTENT_TYPE.search(headers)
+    """A part from its header block, read by the standard library's MIME header parser: its name
+    and filename come from its one `Content-Disposition: form-data` header, nowhere else. Anything
+    two parsers could read differently (folded or bare-LF lines, a second disposition, a second
+    name or filename) is refused rather than guessed."""
+    lines = headers.split(b"\r\n") if headers else []
+    if not all(HEADER_LINE.fullmatch(line) for line in lines):
+        raise ValueError("a multipart part has a malformed header line")
+    message = _headers.parsestr(headers.decode("utf-8", "surrogateescape") + "\r\n\r\n")
+    if len(message.get_all("content-disposition") or ()) != 1 or message.get_content_disposition() != "form-data":
+        raise ValueError("each multipart part needs exactly one Content-Disposition: form-data header")
+    params = message.get_params(header="content-disposition") or []
+    names = [value for key, value in params if key == "name"]
+    filenames = [value for key, value in params if key == "filename"]
+    if len(names) != 1 or len(filenames) > 1:
+        raise ValueError("a multipart part without exactly one name (or with two filenames)")
     return Part(
         headers=headers,
-        name=name.group(1).decode("utf-8", "replace"),
-        filename=None if filename is None else filename.group(1).decode("utf-8", "replace"),
-        content_type=content_type.group(1).decode("latin1").strip() if content_type else "",
+        name=_text(names[0]),
+        filename=_text(filenames[0]) if filenames else None,
+        content_type=_text(message.get("content-type", "")).strip(),
         start=start,
         end=end,
     )
+
+
+def _text(value) -> str:
+    """A header parameter as text: RFC 2231 values decoded, raw UTF-8 as sent by browsers kept."""
+    text = collapse_rfc2231_value(value) if isinstance(value, tuple) else str(value)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _check_model_part(parts: list[Part]) -> None:
+    """One text `model` field: the gateway rewrites it, and a second one (or a file named model)
+    would reach a last-value-wins provider unrewritten."""
+    models = [p for p in parts if p.name.strip().lower() in ("model", "model[]")]
+    if len(models) > 1 or any(p.filename is not None for p in models):
+        raise ValueError("a multipart form may carry exactly one text field named model")
 
 
 def parse_form(spool, content_type: str) -> Form:
@@ -183,6 +208,7 @@ def parse_form(spool, content_type: str) -> Form:
         spool.seek(position)
         after = spool.read(2)
         if after == b"--":
+            _check_model_part(parts)
             return Form(boundary=boundary, parts=parts, spool=spool)
         if after != b"\r\n":
             raise ValueError("a malformed multipart boundary line")

@@ -51,7 +51,7 @@ class ChatRelay:
         try:
             obj = json.loads(data)
             self.meter.usage = self.meter.usage_of(obj["usage"])
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             self.meter.malformed = True
             return event
         if not self.strip_usage:
@@ -70,6 +70,7 @@ class ResponsesRelay:
         self.meter = meter
         self.done = False
         self.failed = False
+        self.response_id: object = None  # the relayed response's id, from its final event
 
     def event(self, event: bytes) -> bytes:
         data = data_of(event)
@@ -77,9 +78,10 @@ class ResponsesRelay:
             try:
                 obj = json.loads(data)
                 self.meter.usage = self.meter.usage_of(obj["response"]["usage"])
+                self.response_id = obj["response"].get("id")
                 self.done = True
                 self.failed = obj.get("type") == "response.failed"
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 self.meter.malformed = True
         elif b"output_text.delta" in data or not event.startswith(b"event:"):
             self.meter.keep_delta(data)

@@ -134,7 +134,11 @@ async def send(
     timeout = aiohttp.ClientTimeout(total=None, connect=limit, sock_read=limit)
     headers = {**target.headers, "X-Request-Id": request_id, **(headers or {})}
     try:
-        response = await session().post(target.url, data=payload, headers=headers, timeout=timeout)
+        # Never follow a redirect: it would carry the provider key (Azure's `api-key` survives a
+        # cross-origin hop in aiohttp) and the body to wherever the upstream points.
+        response = await session().post(
+            target.url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
+        )
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {limit:g} s") from None
     except aiohttp.ClientError as exc:
@@ -156,6 +160,6 @@ def upstream_error_detail(body: bytes, secrets: tuple[str, ...]) -> tuple[str, s
             code, message = str(error.get("code") or error.get("type") or ""), str(error.get("message") or "")
         elif isinstance(error, str):
             message = error
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
     return redact(code, secrets)[:64], redact(message, secrets)[:500]

@@ -17,9 +17,10 @@ from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
-from . import accounting, meters, observed, relay, upstream
+from . import accounting, meters, observed, options, relay, response_ids, upstream
 from .registry import ENDPOINTS, Endpoint
 
+MAX_JSON_DEPTH = 128  # far past any real request (JSON schemas nest a few dozen levels)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _background: set = set()  # strong references: an upstream call finishes even when its request is gone
 
@@ -30,7 +31,7 @@ def error_response(error: GatewayError, request_id: str) -> HttpResponse:
     )
     response = HttpResponse(json.dumps(body), status=error.status, content_type="application/json")
     response["X-Request-Id"] = request_id
-    retry_after = getattr(error, "retry_after", None)
+    retry_after = getattr(error, "retry_after", None)  # QuotaBusy, TooManyAuthFailures
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
     return response
@@ -41,8 +42,13 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
         return None, RequestTooLarge("the request body is larger than the gateway's limit")
     try:
         body = json.loads(request.body)
+        too_deep = not json_depth_fits(request.body, body)
     except (ValueError, UnicodeDecodeError):
         return None, BadRequest("the request body is not valid JSON")
+    except RecursionError:
+        too_deep = True
+    if too_deep:
+        return None, BadRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(body, dict):
         return None, BadRequest("the request body must be a JSON object")
     missing = [name for name in endpoint.required if body.get(name) is None]
@@ -52,10 +58,28 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
         )
     if not isinstance(body["model"], str):
         return body, BadRequest("model must be a string", fields={"model": ["Must be a string."]})
+    if (option_error := options.cost_option_error(endpoint.name, body)) is not None:
+        return body, option_error
     stream = body.get("stream", False)
     if stream not in (True, False, None) or (stream and endpoint.stream_meter is None):
         return body, BadRequest("stream is not supported here" if stream else "stream must be a boolean")
     return body, None
+
+
+def json_depth_fits(raw: bytes, value) -> bool:
+    """Whether parsed JSON nests at most MAX_JSON_DEPTH deep, so that encoding it again (and any
+    walk over it) stays far from the interpreter's recursion limit. Walked only when the body has
+    enough brackets to be that deep, which a typical request does not."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return True
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
 
 
 def upstream_payload(call: accounting.Call) -> bytes:
@@ -114,6 +138,8 @@ async def relay_call(request, endpoint: str):
         await open_call(call)
     except GatewayError as error:
         return error_response(error, rid)
+    if spec.name == "responses" and (refused := await _foreign_response_refused(call)) is not None:
+        return refused
     payload = upstream_payload(call)
     if call.stream:
         return await _stream(call, payload)
@@ -126,6 +152,25 @@ async def relay_call(request, endpoint: str):
         # The client went away: the upstream call still completes and is billed (SPEC 4).
         call.client_gone = True
         raise
+
+
+async def _foreign_response_refused(call: accounting.Call) -> HttpResponse | None:
+    """404 for a `previous_response_id` this member did not create through the gateway."""
+    member = call.scope.member_id if call.scope else None
+    try:
+        await response_ids.check((call.body or {}).get("previous_response_id"), member)
+    except GatewayError as error:
+        await settle(
+            call, outcome=Outcome.REJECTED_BAD_REQUEST, status=error.status, usage=Usage(), code=error.code,
+            message=error.message,
+        )  # fmt: skip
+        return error_response(error, call.request_id)
+    return None
+
+
+async def _remember_response(call: accounting.Call, response_id: object) -> None:
+    if call.endpoint.name == "responses" and response_id is not None:
+        await response_ids.remember(response_id, call.scope.member_id if call.scope else None)
 
 
 async def _open_upstream(call: accounting.Call, payload: bytes):
@@ -153,7 +198,7 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
             message=error.message,
         )
         return None, error_response(error, call.request_id)
-    if reply.status < 400:
+    if reply.status < 300:
         return reply, None
     try:
         raw = await reply.read()
@@ -162,7 +207,7 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
     finally:
         reply.close()
     code, message = upstream.upstream_error_detail(raw, reply.secrets)
-    if reply.status >= 500:
+    if reply.status >= 500 or reply.status < 400:  # a 3xx: redirects are not followed
         failure = UpstreamError(f"the upstream failed with status {reply.status}: {message}")
         await settle(
             call, outcome=Outcome.UPSTREAM_ERROR, status=502, usage=Usage(), code=failure.code, message=failure.message
@@ -219,12 +264,14 @@ def _transport_error(exc: BaseException) -> tuple[str, GatewayError]:
 async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpResponse:
     usage_obj = meters.find_usage(body)
     outcome = Outcome.CLIENT_CANCELLED if call.client_gone else Outcome.SUCCESS
+    if call.endpoint.name == "responses":  # before the answer: its id may be continued at once
+        await _remember_response(call, response_ids.id_of(body))
     if usage_obj is not None:
         await settle(call, outcome=outcome, status=reply.status, usage=call.endpoint.meter(usage_obj))
         return _response(body, reply.status, reply.content_type, call.request_id)
     try:
         json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         error = UpstreamError("the upstream answered with a body that is not JSON")
         usage = Usage(input_tokens=call.prompt_tokens, estimated=True)
         await settle(
@@ -303,6 +350,7 @@ async def _events(call: accounting.Call, reply):
             outcome, code, message = Outcome.UPSTREAM_ERROR, "upstream_error", "the upstream reported response.failed"
         status = 499 if outcome == Outcome.CLIENT_CANCELLED else 200
         await settle(call, outcome=outcome, status=status, usage=usage, code=code, message=message)
+        await _remember_response(call, getattr(handler, "response_id", None))
 
 
 # --- models --------------------------------------------------------------------------------------

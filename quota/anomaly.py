@@ -1,7 +1,8 @@
 """Anomaly quarantine (SPEC section 8): runaway allocations are quarantined with a readable reason.
 
-Rule, for an active, non-service allocation, with L = its calls in the last hour and B = its calls
-in the 23 hours before that (baseline B/23 per hour):
+Rule, for an active, non-service allocation, with L = its successful calls in the last hour and
+B = its successful calls in the 23 hours before that (baseline B/23 per hour); refused and failed
+calls never count, so a client retrying against a refusal cannot get its allocation quarantined:
     L ≥ min_calls  and  ( L × 23 ≥ multiplier × B      when B ≥ sparse_baseline_calls
                           L ≥ sparse_absolute_calls     when B <  sparse_baseline_calls )
 Compared in exact arithmetic (integers and Decimal), so 10× is 10×, not 9.9999×.
@@ -20,7 +21,7 @@ from allocations.exceptions import BadRequest, InvalidTransition
 from allocations.models import Allocation
 from allocations.services import allocation_quarantine
 
-from .models import CallRecord
+from .models import CallRecord, Outcome
 from .pool_models import AnomalyConfig
 
 HOUR = dt.timedelta(hours=1)
@@ -58,6 +59,7 @@ def anomaly_figures(*, now: dt.datetime) -> dict:
         CallRecord.objects.filter(
             started_at__gte=day_ago,
             started_at__lt=now,
+            outcome=Outcome.SUCCESS,
             allocation__status=Allocation.Status.ACTIVE,
             allocation__is_service_allocation=False,
         )

@@ -43,3 +43,15 @@ def cap_error_named(error: QuotaExceeded | CostQuotaExceeded, *, model: str, res
     """The same refusal, its message naming the model and when the monthly cap starts again."""
     when = f"{resets_at:%Y-%m-%d} ({resets_at.tzinfo})"
     return type(error)(f"{error.message} for model '{model}'; the cap resets on {when}")
+
+
+class RateLimited(GatewayError):
+    """A rate limit of the allocation or its model (quota.ratelimit); carries the Retry-After and
+    x-ratelimit-* headers of the answer."""
+
+    code, status, type = "rate_limited", 429, "rate_limit_error"
+
+    def __init__(self, message: str = "", *, retry_after: int = 1, headers: dict | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = headers or {}

@@ -70,6 +70,7 @@ class Outcome(models.TextChoices):
     REJECTED_COST_QUOTA_EXCEEDED = "rejected_cost_quota_exceeded"
     REJECTED_QUOTA_BUSY = "rejected_quota_busy"
     REJECTED_MODEL_KIND = "rejected_model_kind"
+    REJECTED_RATE_LIMITED = "rejected_rate_limited"
 
 
 class CloseReason(models.TextChoices):

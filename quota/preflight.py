@@ -9,7 +9,8 @@ record names the key and allocation as far as they were resolved.
 Two forms: `preflight` (synchronous, any database, on an accounting thread or a database thread)
 decides everything and raises the refusal; `preflight_cached` (the event loop) runs the same
 checks from the per-process caches only and admits on the loop, or returns False when it cannot
-decide without a query (the caller then runs `preflight` on a thread).
+decide without a query (the caller then runs `preflight` on a thread). The rate limits
+(quota.ratelimit) are asked once per call on either path: the thread path keeps the loop's answer.
 """
 
 import datetime as dt
@@ -38,13 +39,14 @@ from allocations.exceptions import (
     Unauthorized,
 )
 
-from . import ledger
+from . import ledger, ratelimit
 from .exceptions import (
     CostQuotaExceeded,
     ModelKindMismatch,
     ProviderUnavailable,
     QuotaBusy,
     QuotaExceeded,
+    RateLimited,
     RequestTooLarge,
     cap_error_named,
 )
@@ -62,6 +64,7 @@ REJECT_OUTCOMES: dict[type[GatewayError], Outcome] = {
     QuotaExceeded: Outcome.REJECTED_QUOTA_EXCEEDED,
     CostQuotaExceeded: Outcome.REJECTED_COST_QUOTA_EXCEEDED,
     QuotaBusy: Outcome.REJECTED_QUOTA_BUSY,
+    RateLimited: Outcome.REJECTED_RATE_LIMITED,
     ModelKindMismatch: Outcome.REJECTED_MODEL_KIND,
     RequestTooLarge: Outcome.REJECTED_BAD_REQUEST,
     ProviderUnavailable: Outcome.UPSTREAM_ERROR,  # the contract has no reject outcome for it
@@ -80,6 +83,8 @@ class Holder(Protocol):
     entry: ScopedAllocation | None
     price: Any
     admission: Admission | None
+    rate: ratelimit.Decision | None  # the rate limits' answer, once asked (limited allocations only)
+    rate_ticket: ratelimit.Ticket | None  # its place in the limits, given back when it settles
 
 
 # (reserved tokens, reserved cost) of a call, given the price in force (None: unpriced).
@@ -95,6 +100,30 @@ def late_refusal(entry: ScopedAllocation, *, kinds: frozenset[str], surface: str
     if not entry.provider.is_active:
         return ProviderUnavailable(f"the provider of model '{entry.model_slug}' is unavailable")
     return None
+
+
+def rate_limited(decision: ratelimit.Decision) -> RateLimited:
+    return RateLimited(
+        "rate limit reached (requests or tokens per minute, or calls in flight, of this allocation or "
+        f"its model); retry in {decision.retry_after_s} s",
+        retry_after=decision.retry_after_s,
+        headers=decision.headers,
+    )
+
+
+def _rate_limit(into: Holder, entry: ScopedAllocation, *, tokens: int, count: bool, lease_s: float | None) -> None:
+    """Step 5's rate limits, asked once per call: an answer the event loop already got is kept."""
+    if into.rate is None and entry.limits:
+        into.rate, into.rate_ticket = ratelimit.admit(entry.limits, tokens=tokens, count=count, lease_s=lease_s)
+    if into.rate is not None and not into.rate.allowed:
+        raise rate_limited(into.rate)
+
+
+def rate_release(into: Holder) -> None:
+    """Gives back a call's rate-limit place when a later step refuses it (it used no tokens)."""
+    ticket, into.rate_ticket = into.rate_ticket, None
+    if ticket is not None:
+        ratelimit.settle(ticket, tokens=0)
 
 
 def _admission(entry: ScopedAllocation, estimate: tuple[int, Decimal | None], *, request_id: str, now) -> dict:
@@ -125,18 +154,57 @@ def preflight(
     context: Callable[[Holder], dict] | None = None,
     reservation_id: uuid.UUID | None = None,
     in_doubt: bool = False,
+    count_request: bool = True,
 ) -> None:
-    """Steps 3-10: key, model, allocation status, (rate limits), caps and admission, the model's
+    """Steps 3-10: key, model, allocation status, rate limits, caps and admission, the model's
     kind, the provider. Raises the refusal (a GatewayError); one after admission releases the
-    reservation first. `context` builds what the sweeper needs to bill the call if its process
-    dies. `in_doubt`: an earlier attempt under `reservation_id` failed without telling whether its
-    admission committed; if it did, that admission is the call's (it is never made twice)."""
+    reservation first, one after the rate limits gives their place back. `context` builds what the
+    sweeper needs to bill the call if its process dies. `in_doubt`: an earlier attempt under
+    `reservation_id` failed without telling whether its admission committed; if it did, that
+    admission is the call's (it is never made twice). `count_request` False takes a place among the
+    calls in flight without counting a request (a realtime session: its response.create count)."""
     if generation is None:
         generation = auth_generation()
-    into.scope = key_scope(plaintext, generation=generation)
+    into.scope = key_scope(plaintext, generation=generation, now=now)
     into.entry = entry = into.scope.resolve(model)
     allocation_check_status(entry)
-    # Rate limits (SPEC 3 step 5) belong here: after the status, before anything is reserved.
+    _rate_limit(into, entry, tokens=estimate(None)[0], count=count_request, lease_s=ttl_s)
+    try:
+        _admit(
+            into,
+            entry,
+            estimate,
+            generation=generation,
+            request_id=request_id,
+            now=now,
+            ttl_s=ttl_s,
+            context=context,
+            reservation_id=reservation_id,
+            in_doubt=in_doubt,
+        )
+        late = late_refusal(entry, kinds=kinds, surface=surface)
+        if late is not None:
+            ledger.release(admission=into.admission)
+            into.admission = None
+            raise late
+    except GatewayError:
+        rate_release(into)  # refused after the rate limits let it through (another error: kept for a retry)
+        raise
+
+
+def _admit(
+    into: Holder,
+    entry: ScopedAllocation,
+    estimate: Estimate,
+    *,
+    generation: int,
+    request_id: str,
+    now,
+    ttl_s,
+    context,
+    reservation_id,
+    in_doubt: bool,
+) -> None:
     into.price = price_in_force_cached(model_id=entry.model_id, at=now, generation=generation)
     committed = ledger.reservation_admission(reservation_id=reservation_id) if in_doubt and reservation_id else None
     try:
@@ -148,11 +216,6 @@ def preflight(
         )
     except (QuotaExceeded, CostQuotaExceeded) as error:
         raise cap_error_named(error, model=entry.model_slug, resets_at=period_bounds(now)[1]) from None
-    late = late_refusal(entry, kinds=kinds, surface=surface)
-    if late is not None:
-        ledger.release(admission=into.admission)
-        into.admission = None
-        raise late
 
 
 async def preflight_cached(
@@ -176,7 +239,7 @@ async def preflight_cached(
     generation = await auth_generation_async()
     if generation is None:
         return False
-    scope = key_scope_cached(plaintext, generation=generation)
+    scope = key_scope_cached(plaintext, generation=generation, now=now)
     if scope is None or touch_due(scope.key_id):
         return False
     try:
@@ -189,6 +252,10 @@ async def preflight_cached(
     found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
     if not found:
         return False
+    if entry.limits:
+        into.rate, into.rate_ticket = await ratelimit.admit_async(entry.limits, tokens=estimate(price)[0])
+        if not into.rate.allowed:
+            return False  # the thread path records the refusal (without asking again)
     into.scope, into.entry, into.price = scope, entry, price
     into.admission = await ledger.admit_async(
         **_admission(entry, estimate(price), request_id=request_id, now=now),

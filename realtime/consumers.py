@@ -20,8 +20,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
+from allocations.access import key_scope
 from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
+from quota import ratelimit
 from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.models import CloseReason, Outcome
 from quota.preflight import reject_outcome
@@ -74,6 +76,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.renewed_at = 0.0
         self.capped = True  # until the watch has read the allocation
         self.generation_lost = False
+        self.deadline: asyncio.Task | None = None  # the first-frame timeout of a socket without ?model=
 
     @property
     def opened(self) -> services.Session:
@@ -133,6 +136,20 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.model_name = (params.get("model") or [""])[0]
         if self.model_name:
             await self._open(with_model=True)
+            return
+        # No model yet: the key is checked now, not when the first frame names one, and a socket
+        # that names none in time is closed rather than held open for free.
+        try:
+            await database_sync_to_async(key_scope)(self.plaintext)
+        except GatewayError as error:
+            return await self._reject(error)
+        self.deadline = asyncio.ensure_future(self._first_frame_deadline())
+
+    async def _first_frame_deadline(self) -> None:
+        wait_s = settings.GATEWAY_REALTIME_FIRST_FRAME_S
+        await asyncio.sleep(wait_s)
+        if self.session is None and self.finishing is None:
+            await self._reject(BadRequest(f"no model named within {wait_s:g} s: send ?model= or a session.update"))
 
     async def _open(self, *, with_model: bool) -> bool:
         now = timezone.now()
@@ -191,7 +208,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if text_data is not None:
             try:
                 event = json.loads(text_data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 event = None
         event = event if isinstance(event, dict) else None
         if self.session is None and not await self._open_from(event):
@@ -204,6 +221,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _open_from(self, event: dict | None) -> bool:
         """No `?model=`: the first event must be a session.update naming it (the transcription form)."""
+        if self.deadline is not None:
+            self.deadline.cancel()
         self.model_name = (
             model_in_session_update(event) if event and event.get("type", "").endswith("session.update") else ""
         )
@@ -219,6 +238,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             event, self.model_name, self.opened.entry.upstream_name
         ):
             data = json.dumps(event)
+        if kind == "response.create" and self.opened.entry.limits and not await self._rate_allows(event):
+            return None
         self.meter.client_event(event)
         if kind in BILLABLE and self.capped:
             # Billable work never starts while a cap is reached: check now, not at the next tick.
@@ -229,6 +250,22 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 await self._close_for(reason)
                 return None
         return data
+
+    async def _rate_allows(self, event: dict) -> bool:
+        """A response.create counts as a request against the rate limits; over them it is not
+        forwarded and the client gets an error event (the session stays open)."""
+        decision, _ = await ratelimit.admit_async(self.opened.entry.limits, tokens=0, count=True, hold=False)
+        if decision.allowed:
+            return True
+        error = {
+            "type": "rate_limit_error",
+            "code": "rate_limited",
+            "message": f"rate limit reached; retry in {decision.retry_after_s} s",
+            "param": None,
+            "event_id": event.get("event_id"),
+        }
+        await self.send(text_data=json.dumps({"type": "error", "error": error}))
+        return False
 
     async def _send_upstream(self, data) -> None:
         try:
@@ -350,6 +387,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         self.client_gone = True
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.session is None or self.finishing is not None:
             return await self._wait_finished()
         in_progress = self.meter.response_in_progress

@@ -17,7 +17,7 @@ from django.utils import timezone
 from allocations.access import STATUS_ERRORS, KeyScope, ScopedAllocation, key_scope
 from allocations.exceptions import GatewayError, Unauthorized
 from allocations.models import Allocation, ApiKey
-from quota import ledger
+from quota import ledger, ratelimit
 from quota.exceptions import CostQuotaExceeded, QuotaExceeded
 from quota.ledger import Admission
 from quota.models import CallRecord, CloseReason, Outcome, PriceVersion, Reservation, UsageCounter
@@ -42,6 +42,7 @@ class Session:
     entry: ScopedAllocation
     admission: Admission
     price: PriceVersion | None
+    rate_ticket: ratelimit.Ticket | None = None  # the session's place among the calls in flight
 
     def record(self) -> dict:
         return {
@@ -67,6 +68,8 @@ class _Opening:
     entry: ScopedAllocation | None = None
     price: PriceVersion | None = None
     admission: Admission | None = None
+    rate: ratelimit.Decision | None = None
+    rate_ticket: ratelimit.Ticket | None = None
 
 
 def _nothing_reserved(price) -> tuple[int, Decimal | None]:
@@ -93,10 +96,20 @@ def session_open(*, plaintext: str, model: str, request_id: str, now: dt.datetim
         estimate=_nothing_reserved,
         ttl_s=LEASE_S,
         context=context,
+        count_request=False,  # a session holds a place in flight; its response.create are the requests
     )
     assert opening.scope and opening.entry and opening.admission  # filled by an admitted preflight
     scope = opening.scope
-    return Session(request_id, now, scope.key_id, scope.member_id, opening.entry, opening.admission, opening.price)
+    return Session(
+        request_id,
+        now,
+        scope.key_id,
+        scope.member_id,
+        opening.entry,
+        opening.admission,
+        opening.price,
+        opening.rate_ticket,
+    )
 
 
 def session_reject(*, error: GatewayError, request_id: str, now: dt.datetime, scope_hint: dict | None = None) -> None:
@@ -166,6 +179,8 @@ def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.
             expires_at=now + dt.timedelta(seconds=LEASE_S),
         )
         session.admission = admission
+        if session.rate_ticket is not None:
+            ratelimit.renew(session.rate_ticket, lease_s=LEASE_S)
     counter = (
         UsageCounter.objects.select_related("allocation")
         .only(
@@ -180,8 +195,12 @@ def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.
     allocation = counter.allocation if counter else Allocation.objects.get(pk=session.entry.allocation_id)
     capped = allocation.quota_tokens_per_month is not None or allocation.quota_cost_usd_per_month is not None
     if full:
-        key = ApiKey.objects.select_related("member").only("revoked_at", "member__is_active").get(pk=session.key_id)
-        if key.is_revoked or not key.member.is_active:
+        key = (
+            ApiKey.objects.select_related("member")
+            .only("revoked_at", "expires_at", "member__is_active")
+            .get(pk=session.key_id)
+        )
+        if key.is_revoked or key.is_expired(now) or not key.member.is_active:
             return WatchState(Unauthorized(), admission, capped)
     status_error = STATUS_ERRORS.get(allocation.status)
     if status_error is not None:
@@ -208,6 +227,9 @@ def session_settle(
         "close_reason": close_reason,
         "error_code": error_code,
     }
+    if session.rate_ticket is not None:
+        ticket, session.rate_ticket = session.rate_ticket, None
+        ratelimit.settle(ticket, tokens=usage.total_tokens)
     with transaction.atomic():
         held = list(Reservation.objects.select_for_update().filter(pk=session.admission.reservation_id).values("pk"))
         if not held and CallRecord.objects.filter(request_id=session.request_id, endpoint=ENDPOINT).exists():

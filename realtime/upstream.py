@@ -8,8 +8,8 @@ provider's key, base URL or deployment.
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as websockets_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from allocations.access import ScopedAllocation
@@ -41,6 +41,14 @@ class UpstreamLink(Protocol):
     async def recv(self) -> str | bytes: ...
 
     async def close(self, code: int = 1000) -> None: ...
+
+
+class _connect_without_redirects(websockets_connect):  # noqa: N801 - websockets' own naming
+    """websockets follows a 3xx handshake answer, cross-origin included, with the same headers
+    (the provider key). A redirect is answered as the refusal it is instead."""
+
+    def process_redirect(self, exc: Exception) -> Exception:
+        return exc
 
 
 class WebsocketsLink:
@@ -117,7 +125,7 @@ async def upstream_connect(
         return SimulatedLink(model=entry.upstream_name, intent=intent)
     url, headers = upstream_target(entry, intent=intent, with_model=with_model)
     try:
-        connection = await websockets.connect(
+        connection = await _connect_without_redirects(
             url,
             additional_headers={**extra_headers, **headers},
             max_size=max_size,

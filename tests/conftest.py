@@ -1,5 +1,11 @@
+import shutil
+import socket
+import subprocess
+import time
+
 import psycopg
 import pytest
+import redis
 from asgiref.sync import SyncToAsync
 from django.contrib.auth import signals
 from django.core.cache import cache
@@ -7,6 +13,7 @@ from django.db import connections
 
 from portal import sign_in_audit
 from portal.sign_in_audit import SIGNED_IN_UID
+from quota import ratelimit
 from tests.factories import AllocationFactory, MemberFactory, PriceVersionFactory, make_key
 
 pytest_plugins = ["tests.browser"]  # the `page` fixture: a real Chromium on the live server
@@ -90,3 +97,39 @@ def loop_statements(monkeypatch):
 
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
     return statements
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def own_redis(settings):
+    """A redis-server of this test's own, on its own port; the limiter points at it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    settings.GATEWAY_RATE_LIMIT_REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    settings.GATEWAY_RATE_LIMIT_WARN_INTERVAL_S = 0.5
+    ratelimit._down.update(until=0.0, warned=float("-inf"))
+    yield proc
+    proc.kill()
+    proc.wait(10)
+    ratelimit._down.update(until=0.0, warned=float("-inf"))

@@ -11,6 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from allocations import services
@@ -88,13 +89,34 @@ class ProviderAdmin(StaffAdmin):
 class CatalogModelForm(forms.ModelForm):
     class Meta:
         model = CatalogModel
-        fields = ("slug", "provider", "upstream_name", "kind", "display_name", "is_active")
+        fields = (
+            "slug",
+            "provider",
+            "upstream_name",
+            "kind",
+            "display_name",
+            "is_active",
+            "rpm_limit",
+            "tpm_limit",
+            "max_parallel",
+        )
 
 
 @admin.register(CatalogModel)
 class CatalogModelAdmin(StaffAdmin):
     form = CatalogModelForm
-    list_display = ("slug", "kind", "provider", "provider_label", "upstream_name", "display_name", "is_active")
+    list_display = (
+        "slug",
+        "kind",
+        "provider",
+        "provider_label",
+        "upstream_name",
+        "display_name",
+        "is_active",
+        "rpm_limit",
+        "tpm_limit",
+        "max_parallel",
+    )
     list_filter = ("kind", "is_active", "provider")
     search_fields = ("slug", "upstream_name", "display_name")
     list_select_related = ("provider",)
@@ -110,8 +132,8 @@ class CatalogModelAdmin(StaffAdmin):
         data = form.cleaned_data
         if change:
             fresh = CatalogModel.objects.get(pk=obj.pk)
-            if fresh.is_active != data["is_active"]:
-                services.model_set_active(model=fresh, is_active=data["is_active"], actor=request.user)
+            changes = {f: data[f] for f in form.changed_data if f in services.MODEL_UPDATABLE}
+            services.model_update(model=fresh, changes=changes, actor=request.user)
             return
         created = services.model_create(
             slug=data["slug"],
@@ -119,6 +141,7 @@ class CatalogModelAdmin(StaffAdmin):
             upstream_name=data["upstream_name"],
             kind=data["kind"],
             display_name=data.get("display_name", ""),
+            limits={f: data.get(f) for f in CatalogModel.LIMIT_FIELDS},
             actor=request.user,
         )
         if not data["is_active"]:
@@ -132,14 +155,37 @@ class CatalogModelAdmin(StaffAdmin):
 # --- keys and tokens -----------------------------------------------------------------------------
 
 
+class ApiKeyForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ("expires_at",)
+
+    def clean_expires_at(self):
+        value = self.cleaned_data.get("expires_at")
+        if value is not None and value != self.instance.expires_at and value <= timezone.now():
+            raise forms.ValidationError("Choose a future date and time (blank: the key never expires).")
+        return value
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(StaffAdmin):
-    list_display = ("prefix", "name", "member", "is_default", "created_at", "rotated_at", "revoked_at", "last_used_at")
-    list_filter = ("is_default", ("revoked_at", admin.EmptyFieldListFilter))
+    form = ApiKeyForm
+    list_display = (
+        "prefix",
+        "name",
+        "member",
+        "is_default",
+        "created_at",
+        "expires_at",
+        "rotated_at",
+        "revoked_at",
+        "last_used_at",
+    )
+    list_filter = ("is_default", ("revoked_at", admin.EmptyFieldListFilter), ("expires_at", admin.EmptyFieldListFilter))
     search_fields = ("prefix", "name", "member__username")
     list_select_related = ("member",)
-    fields = ("prefix", "name", "member", "is_default", "scope", "created_at", "rotated_at", "revoked_at")
-    readonly_fields = fields
+    fields = ("prefix", "name", "member", "is_default", "scope", "created_at", "expires_at", "rotated_at", "revoked_at")
+    readonly_fields = tuple(f for f in fields if f != "expires_at")  # the expiry is the one thing admins edit
     actions = ("revoke_keys",)
 
     @admin.display(description="scope")
@@ -155,11 +201,15 @@ class ApiKeyAdmin(StaffAdmin):
             services.api_key_revoke(key=key, actor=request.user)
         self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
 
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields if obj is not None and obj.is_revoked else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        fresh = ApiKey.objects.get(pk=obj.pk)
+        services.api_key_set_expiry(key=fresh, expires_at=form.cleaned_data.get("expires_at"), actor=request.user)
+
     def has_add_permission(self, request):
         return False  # keys are minted with allocations or by members in the portal
-
-    def has_change_permission(self, request, obj=None):
-        return False  # read-only; the revoke action goes through the service
 
     def has_delete_permission(self, request, obj=None):
         return False

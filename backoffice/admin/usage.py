@@ -60,6 +60,9 @@ class AllocationForm(forms.ModelForm):
             "quota_tokens_per_month",
             "quota_cost_usd_per_month",
             "is_service_allocation",
+            "rpm_limit",
+            "tpm_limit",
+            "max_parallel",
             "quota_locked",
             "note",
         )
@@ -235,6 +238,7 @@ class AllocationAdmin(StaffAdmin):
             quota_tokens_per_month=data.get("quota_tokens_per_month"),
             quota_cost_usd_per_month=data.get("quota_cost_usd_per_month"),
             is_service_allocation=data.get("is_service_allocation", False),
+            limits={f: data.get(f) for f in Allocation.LIMIT_FIELDS},
             actor=request.user,
         )
         obj.pk, obj._state.adding = allocation.pk, False

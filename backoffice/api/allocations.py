@@ -9,11 +9,13 @@ from allocations import services
 from allocations.models import Allocation
 from allocations.serializers import (
     DecimalInputField,
+    RateLimitsInputMixin,
     StrictBooleanField,
     StrictCharField,
     StrictInputSerializer,
     WholeNumberInputField,
     parse_input,
+    split_limits,
 )
 from quota.price_rows import model_by_slug
 
@@ -29,7 +31,7 @@ def _output(allocation: Allocation) -> dict:
 
 
 class AllocationList(AdminAPIView):
-    class InputSerializer(StrictInputSerializer):
+    class InputSerializer(RateLimitsInputMixin, StrictInputSerializer):
         member = StrictCharField(max_length=150, help_text="A username or a member id.")
         model = StrictCharField(max_length=200, help_text="A model's slug.")
         display_name = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
@@ -59,9 +61,10 @@ class AllocationList(AdminAPIView):
 
     @extend_schema(request=InputSerializer, responses={201: AllocationCreatedOutput})
     def post(self, request):
-        data = parse_input(self.InputSerializer, request)
+        limits, data = split_limits(parse_input(self.InputSerializer, request), Allocation.LIMIT_FIELDS)
         allocation, key, plaintext = services.allocation_create(
             **{**data, "member": member_by(data["member"]), "model": model_by_slug(data["model"])},
+            limits=limits,
             actor=request.user,
         )
         body = {**_output(allocation), "key": plaintext, "key_id": str(key.pk)}
@@ -69,7 +72,7 @@ class AllocationList(AdminAPIView):
 
 
 class AllocationDetail(AdminAPIView):
-    class InputSerializer(StrictInputSerializer):
+    class InputSerializer(RateLimitsInputMixin, StrictInputSerializer):
         quota_tokens_per_month = WholeNumberInputField(required=False, allow_null=True)
         quota_cost_usd_per_month = DecimalInputField(required=False, allow_null=True)
         is_service_allocation = StrictBooleanField(required=False)

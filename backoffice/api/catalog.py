@@ -7,10 +7,19 @@ from rest_framework.response import Response
 
 from allocations import services
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
-from allocations.serializers import DecimalInputField, StrictCharField, StrictInputSerializer, parse_input
+from allocations.serializers import (
+    DecimalInputField,
+    RateLimitsInputMixin,
+    StrictBooleanField,
+    StrictCharField,
+    StrictInputSerializer,
+    parse_input,
+    split_limits,
+)
 from quota.models import PriceVersion
 from quota.price_rows import price_row_add
 
+from . import selectors as sel
 from .base import PAGE_PARAMETERS, AdminAPIView, list_response, provider_by
 from .serializers import ModelOutput, PriceOutput, ProviderOutput, page_of
 
@@ -35,8 +44,11 @@ class ProviderList(AdminAPIView):
         return Response(ProviderOutput(provider).data, status=status.HTTP_201_CREATED)
 
 
+MODELS = CatalogModel.objects.select_related("provider")
+
+
 class ModelList(AdminAPIView):
-    class InputSerializer(StrictInputSerializer):
+    class InputSerializer(RateLimitsInputMixin, StrictInputSerializer):
         slug = StrictCharField(max_length=200)
         provider = StrictCharField(max_length=100, help_text="The provider's name or id.")
         upstream_name = StrictCharField(max_length=200)
@@ -45,13 +57,34 @@ class ModelList(AdminAPIView):
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ModelOutput, "ModelPage"))
     def get(self, request):
-        return list_response(request, CatalogModel.objects.select_related("provider"), ModelOutput)
+        return list_response(request, MODELS, ModelOutput)
 
     @extend_schema(request=InputSerializer, responses={201: ModelOutput})
     def post(self, request):
-        data = parse_input(self.InputSerializer, request)
-        model = services.model_create(**{**data, "provider": provider_by(data["provider"])}, actor=request.user)
+        limits, data = split_limits(parse_input(self.InputSerializer, request), CatalogModel.LIMIT_FIELDS)
+        model = services.model_create(
+            **{**data, "provider": provider_by(data["provider"])}, limits=limits, actor=request.user
+        )
         return Response(ModelOutput(model).data, status=status.HTTP_201_CREATED)
+
+
+class ModelDetail(AdminAPIView):
+    class InputSerializer(RateLimitsInputMixin, StrictInputSerializer):
+        """Organisation-wide rate limits, the active flag and the display name."""
+
+        is_active = StrictBooleanField(required=False)
+        display_name = StrictCharField(required=False, allow_blank=True, max_length=200)
+
+    @extend_schema(responses=ModelOutput)
+    def get(self, request, model_id):
+        return Response(ModelOutput(sel.get_or_404(MODELS, model_id)).data)
+
+    @extend_schema(request=InputSerializer, responses=ModelOutput)
+    def patch(self, request, model_id):
+        model = sel.get_or_404(MODELS, model_id)
+        changes = parse_input(self.InputSerializer, request)
+        model = services.model_update(model=model, changes=changes, actor=request.user)
+        return Response(ModelOutput(model).data)
 
 
 class PriceList(AdminAPIView):

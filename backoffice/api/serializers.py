@@ -5,6 +5,13 @@ from rest_framework import serializers
 
 from allocations.serializers import MoneyField
 
+
+class RateLimitsOutputMixin(serializers.Serializer):
+    rpm_limit = serializers.IntegerField(allow_null=True)
+    tpm_limit = serializers.IntegerField(allow_null=True)
+    max_parallel = serializers.IntegerField(allow_null=True)
+
+
 RATES = ("input_per_1m", "cached_input_per_1m", "output_per_1m", "audio_input_per_1m", "audio_output_per_1m")
 
 
@@ -41,7 +48,7 @@ class ProviderOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class ModelOutput(serializers.Serializer):
+class ModelOutput(RateLimitsOutputMixin, serializers.Serializer):
     id = serializers.UUIDField()
     slug = serializers.CharField()
     provider = serializers.CharField(source="provider.name")
@@ -71,7 +78,7 @@ class PriceOutput(serializers.Serializer):
         return price.unit or None
 
 
-class AllocationOutput(serializers.Serializer):
+class AllocationOutput(RateLimitsOutputMixin, serializers.Serializer):
     """An allocation with this month's usage, attached by selectors.allocations_with_usage."""
 
     id = serializers.UUIDField()

@@ -14,6 +14,7 @@ urlpatterns = [
     path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
     path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
     path("models", catalog.ModelList.as_view(), name="admin-api-models"),
+    path("models/<str:model_id>", catalog.ModelDetail.as_view(), name="admin-api-model"),
     path("prices", catalog.PriceList.as_view(), name="admin-api-prices"),
     path("allocations", allocations.AllocationList.as_view(), name="admin-api-allocations"),
     path("allocations/<str:allocation_id>", allocations.AllocationDetail.as_view(), name="admin-api-allocation"),

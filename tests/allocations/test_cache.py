@@ -20,7 +20,7 @@ def gets(monkeypatch):
 
     async def run():
         auth_generation()  # make sure the key exists
-        original = cache._RespConnection.command
+        original = cache.RespConnection.command
 
         async def command(self, *parts):
             raw = await original(self, *parts)  # the value when the GET reached Redis...
@@ -29,7 +29,7 @@ def gets(monkeypatch):
                 await asyncio.sleep(delay["s"])  # ...answered late
             return raw
 
-        monkeypatch.setattr(cache._RespConnection, "command", command)
+        monkeypatch.setattr(cache.RespConnection, "command", command)
 
     sent.clear()
     return sent, delay, run
@@ -93,7 +93,7 @@ class _Transport:
 
 
 def _connection():
-    conn = cache._RespConnection()
+    conn = cache.RespConnection()
     conn.connection_made(_Transport())
     return conn
 

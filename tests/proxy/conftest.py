@@ -1,16 +1,26 @@
+import os
+import subprocess
+import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
+import httpx
 import openai
 import pytest
+from django.conf import settings
+from django.db import connection
 
 from allocations.models import ModelKind, ProviderKind
 from allocations.services import allocation_create, model_create, provider_create
 from quota.models import CallRecord, Reservation, UsageCounter
+from tests.conftest import free_port
 from tests.factories import MemberFactory, PriceVersionFactory
 
 from .asgi_server import start_asgi_server
 from .fake_upstream import UPSTREAM_KEY, start_fake_upstream
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -68,15 +78,17 @@ class World:
         tokens=None,
         cost=None,
         member=None,
+        limits=None,
+        model=None,
     ):
         self._n += 1
-        model = model_create(
+        model = model or model_create(
             slug=slug or f"up{self._n}/{upstream_name}",
             provider=provider or self.provider(),
             upstream_name=upstream_name,
             kind=kind,
         )
-        if priced:
+        if priced and not model.prices.exists():
             PriceVersionFactory(
                 model=model,
                 input_per_1m=Decimal("1.00"),
@@ -84,7 +96,11 @@ class World:
                 output_per_1m=Decimal("2.00"),
             )
         allocation, key, plaintext = allocation_create(
-            member=member or self.member, model=model, quota_tokens_per_month=tokens, quota_cost_usd_per_month=cost
+            member=member or self.member,
+            model=model,
+            quota_tokens_per_month=tokens,
+            quota_cost_usd_per_month=cost,
+            limits=limits,
         )
         allocation.plaintext = plaintext
         allocation.key = key
@@ -92,6 +108,61 @@ class World:
 
     def client(self, key, **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.gateway_url + "/v1", api_key=key, max_retries=0, **kwargs)
+
+
+def start_gateway_processes(count: int, **extra_env: str):
+    """`count` daphne processes on the test database (committed data: tests use transactional_db).
+    Returns (their base URLs, a function that stops them)."""
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.CACHES["default"].get("LOCATION", ""),
+        "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
+        **extra_env,
+    }
+    procs, urls = [], []
+    for _ in range(count):
+        port = free_port()
+        command = [sys.executable, "-m", "gateway_project.worker", "-b", "127.0.0.1", "-p", str(port)]
+        procs.append(
+            subprocess.Popen(
+                [*command, "gateway_project.asgi:application"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        urls.append(f"http://127.0.0.1:{port}")
+
+    def stop():
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+    deadline = time.monotonic() + 60
+    try:
+        for base in urls:
+            while True:
+                try:
+                    httpx.get(base + "/v1/models", timeout=1)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "gateway process did not start"
+                    time.sleep(0.2)
+    except BaseException:
+        stop()
+        raise
+    return urls, stop
+
+
+@pytest.fixture
+def two_gateway_processes(gateway):
+    urls, stop = start_gateway_processes(2)
+    yield urls
+    stop()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ OpenAI and Azure OpenAI wire formats (JSON and SSE), with fault modes chosen by 
 import asyncio
 import json
 import threading
+import uuid
 
 from aiohttp import web
 
@@ -36,6 +37,7 @@ class RecordingUpstream:
     def __init__(self):
         self.requests: list[dict] = []
         self.url = ""
+        self.in_flight = self.max_in_flight = 0  # requests being answered now / at most at once
 
     @property
     def last(self) -> dict:
@@ -68,6 +70,14 @@ class FakeUpstream(RecordingUpstream):
         return await self.serve(request, request.match_info["path"], None)
 
     async def serve(self, request: web.Request, path: str, deployment: str | None):
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._serve(request, path, deployment)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, request: web.Request, path: str, deployment: str | None):
         body = await request.json()
         self.requests.append(
             {"path": request.path, "query": dict(request.query), "headers": dict(request.headers), "body": body}
@@ -168,7 +178,7 @@ class FakeUpstream(RecordingUpstream):
             "content": [{"type": "output_text", "text": "".join(WORDS), "annotations": []}],
         }
         resp = {
-            "id": "resp_1",
+            "id": f"resp_{uuid.uuid4().hex}",
             "object": "response",
             "created_at": 1,
             "status": "completed",

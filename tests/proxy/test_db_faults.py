@@ -51,7 +51,7 @@ def test_a_preflight_whose_connection_is_lost_is_retried_once_on_a_new_connectio
 
     monkeypatch.setattr(ledger, "admit", fails_once)
     chat_call(world, allocation, "retry-1")
-    assert thread_steps == ["call_open", "call_open_again"]
+    assert thread_steps == ["key_scope", "call_open", "call_open_again"]  # after the door's lookup (proxy.gate)
     assert assert_settled_once(allocation, "retry-1").outcome == "success"
 
 

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway_project.asgi import application  # before any log capture: django.setup() reconfigures logging
-from proxy import accounting, meters
+from proxy import accounting, gate, meters
 from proxy.handler import ProxyHandler
 from proxy.registry import ENDPOINTS
 from quota import ledger
@@ -25,14 +25,14 @@ from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory, make_key
 
 
-async def _get(application, path):
+async def _get(application, path, headers=()):
     scope = {
         "type": "http",
         "method": "GET",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "headers": [(b"x-request-id", b"req-mw")],
+        "headers": [(b"x-request-id", b"req-mw"), *headers],
         "scheme": "http",
         "server": ("testserver", 80),
     }
@@ -184,8 +184,37 @@ async def test_an_unexpected_error_in_a_v1_view_is_answered_in_the_envelope(monk
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(accounting, "models_for", broken)
-    status, headers, body = await _get(application, "/v1/models")
+    monkeypatch.setattr(gate, "key_scope_held", lambda plaintext: True)  # past the door: into the view
+    status, headers, body = await _get(application, "/v1/models", [(b"authorization", b"Bearer sk-gw-" + b"k" * 43)])
     error = json.loads(body)["error"]
     assert status == 500 and headers[b"Content-Type"] == b"application/json"
     assert (error["code"], error["request_id"]) == ("gateway_error", "req-mw")
     assert "a bug" not in body.decode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "r1", "usage": {"input_tokens": 900}, "metadata": {"usage": {"input_tokens": 1}}},
+        {"usage": {"prompt_tokens": 900}, "choices": [{"message": {"tool_calls": [{"usage": {"prompt_tokens": 1}}]}}]},
+        {"usage": {"prompt_tokens": 900}, "echo": [{"usage": {"prompt_tokens": 1}}], "x": {"usage": {}}},
+        {"usage": {"prompt_tokens": 900}, 'x"usage': {"prompt_tokens": 1}},
+    ],
+)
+def test_only_the_top_level_usage_object_is_billed_never_one_planted_in_echoed_content(body):
+    raw = json.dumps(body).encode()
+    assert meters.find_usage(raw) == body["usage"]
+    assert meters.find_usage(json.dumps(body, indent=2).encode()) == body["usage"]
+
+
+@given(
+    usage=usage_objects,
+    planted=usage_objects,
+    tail=st.dictionaries(
+        st.text(max_size=8), st.recursive(st.none() | st.integers(), st.lists, max_leaves=5), max_size=3
+    ),
+)
+def test_a_usage_object_nested_after_the_top_level_one_is_never_taken_for_it(usage, planted, tail):
+    body = json.dumps({"usage": usage, **{k: v for k, v in tail.items() if k != "usage"}, "z": {"usage": planted}})
+    assert meters.find_usage(body.encode()) == usage
+    assert meters.find_usage(json.dumps({"metadata": {"usage": planted}}).encode()) is None

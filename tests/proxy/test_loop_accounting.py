@@ -12,6 +12,7 @@ import pytest
 
 from allocations.services import allocation_pause, api_key_revoke
 from proxy import accounting
+from quota import ratelimit
 from quota.ledger import loop as aio
 from quota.models import CallRecord, Reservation
 
@@ -21,7 +22,7 @@ from .conftest import CHAT_MESSAGES, assert_settled_once, chat_call, counter_of,
 def test_a_warm_call_is_admitted_and_settled_on_the_event_loop_in_two_statements(world, thread_steps, loop_statements):
     allocation = world.allocation(cost=Decimal("5"))
     chat_call(world, allocation, "warm-1")  # the first call of a key fills the caches on a thread
-    assert thread_steps == ["call_open"]
+    assert thread_steps == ["key_scope", "call_open"]  # the door's lookup (proxy.gate), then the preflight
     thread_steps.clear()
     loop_statements.clear()
     chat_call(world, allocation, "warm-2")
@@ -151,3 +152,26 @@ def test_a_client_leaving_during_admission_leaves_a_record_and_no_reservation(wo
     counter = counter_of(allocation)
     assert (counter.calls, counter.tokens_reserved, counter.cost_reserved) == (2, 0, 0)
     assert not Reservation.objects.exists()
+
+
+def test_a_rate_limited_warm_call_stays_on_the_loop_and_its_refusal_asks_the_limiter_once(
+    world, thread_steps, monkeypatch
+):
+    allocation = world.allocation(limits={"rpm_limit": 2, "max_parallel": 5})
+    asked = []
+    original = ratelimit.admit
+
+    def counting(*args, **kwargs):
+        asked.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ratelimit, "admit", counting)
+    chat_call(world, allocation, "limited-1")  # fills the caches on a thread (the limiter asked there)
+    assert (thread_steps, len(asked)) == (["call_open"], 1)
+    thread_steps.clear()
+    chat_call(world, allocation, "limited-2")
+    assert thread_steps == []  # admitted and settled on the loop, limiter included
+    with pytest.raises(openai.RateLimitError):
+        chat_call(world, allocation, "limited-3")
+    assert thread_steps == ["call_open"] and len(asked) == 1  # the loop's refusal, recorded on a thread
+    assert record_of("limited-3").outcome == "rejected_rate_limited"

@@ -134,6 +134,11 @@ async def test_any_form_is_reemitted_byte_for_byte_but_its_model(parts):
     boundary = b"gw-prop-boundary"
     parts = [(n, "f.bin" if is_file else None, c.replace(b"\r\n--", b"")) for n, is_file, c in parts]
     raw = form_bytes(boundary, parts)
+    models = [f for n, f, _ in parts if n == "model"]
+    if len(models) > 1 or any(models):  # two model parts, or a file named model: refused
+        with pytest.raises(ValueError):
+            multipart.parse_form(io.BytesIO(raw), "multipart/form-data; boundary=gw-prop-boundary")
+        return
     form = multipart.parse_form(io.BytesIO(raw), "multipart/form-data; boundary=gw-prop-boundary")
     assert [(p.name, p.filename) for p in form.parts] == [(n, f) for n, f, _ in parts]
     stream, length = form.encode({"model": "upstream-name"})

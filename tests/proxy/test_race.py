@@ -1,81 +1,16 @@
 """Caps hold under real concurrency: 30 calls at once against headroom for about 3, from threads
 into one gateway and from threads into two gateway server processes sharing PostgreSQL and Redis."""
 
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import httpx
-import pytest
-from django.conf import settings
-from django.db import connection
 from django.db.models import F, Sum
 
 from quota.models import CallRecord, Reservation
 
 from .conftest import counter_of
 
-ROOT = Path(__file__).resolve().parents[2]
 CALLS = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def two_gateway_processes(gateway):
-    """Two daphne processes on the test database (committed data: the test uses transactional_db)."""
-    db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "REDIS_URL": settings.CACHES["default"].get("LOCATION", ""),
-        "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
-    }
-    procs, urls = [], []
-    for _ in range(2):
-        port = _free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gateway_project.worker",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "gateway_project.asgi:application",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        urls.append(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 60
-    for base in urls:
-        while True:
-            try:
-                httpx.get(base + "/v1/models", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "gateway process did not start"
-                time.sleep(0.2)
-    yield urls
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(10)
 
 
 def _storm(urls, allocation) -> list[int]:

@@ -21,7 +21,7 @@ def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def calls(allocation, n, *, ago):
+def calls(allocation, n, *, ago, outcome="success"):
     CallRecord.objects.bulk_create(
         [
             CallRecord(
@@ -29,7 +29,7 @@ def calls(allocation, n, *, ago):
                 allocation=allocation,
                 endpoint="chat.completions",
                 started_at=NOW - ago,
-                outcome="success",
+                outcome=outcome,
             )
             for i in range(n)
         ],
@@ -119,6 +119,18 @@ def test_calls_outside_the_24_hours_window_do_not_count():
     calls(allocation, 5000, ago=-dt.timedelta(minutes=1))  # after `now`
     assert anomalies_detect(now=NOW) == []
     assert status(allocation) == "active"
+
+
+@pytest.mark.django_db
+def test_only_successful_calls_count_so_retries_against_refusals_never_quarantine():
+    retrier = world(last_hour=99, baseline=207)
+    for outcome in ("rejected_quota_busy", "rejected_paused", "rejected_cost_quota_exceeded", "upstream_error"):
+        calls(retrier, 3000, ago=dt.timedelta(minutes=10), outcome=outcome)
+    assert anomalies_detect(now=NOW) == []
+    assert status(retrier) == "active"
+    calls(retrier, 1, ago=dt.timedelta(minutes=5))  # the 100th successful call
+    assert [d.figures for d in anomalies_detect(now=NOW)] == [Figures(100, 207)]
+    assert status(retrier) == "quarantined"
 
 
 @pytest.mark.django_db

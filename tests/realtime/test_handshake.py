@@ -1,5 +1,6 @@
 """Handshake and preflight of /v1/realtime, in process with Channels' WebsocketCommunicator."""
 
+import asyncio
 import json
 
 import pytest
@@ -156,3 +157,43 @@ async def test_an_oversized_first_frame_closes_1009_before_any_session(fake_upst
     close = await closed_with(comm)
     assert (close["code"], close["reason"]) == (1009, "request_too_large")
     assert fake_upstream.handshakes == []
+
+
+# --- a socket without ?model=: authenticated at connect, closed if it never names a model ----------
+
+
+@pytest.mark.parametrize("key", ["sk-gw-" + "N" * 43, "not-even-a-key"])
+async def test_a_bad_key_without_a_model_is_refused_at_connect_before_any_frame(fake_upstream, key):
+    comm = communicator("", key=key)
+    connected, _ = await comm.connect()
+    assert connected
+    close = await closed_with(comm)  # no frame sent: the close comes from the handshake alone
+    assert (close["code"], close["reason"]) == (1008, "unauthorized")
+    assert fake_upstream.handshakes == []
+
+
+async def test_a_socket_that_never_names_a_model_is_closed_after_the_first_frame_timeout(fake_upstream, settings):
+    settings.GATEWAY_REALTIME_FIRST_FRAME_S = 0.3
+    world = await sync_to_async(realtime_world)(fake_upstream)
+    comm = communicator("", key=world.key)
+    await comm.connect()
+    close = await closed_with(comm)
+    assert (close["code"], close["reason"]) == (1008, "bad_request")
+    record = await sync_to_async(CallRecord.objects.get)(endpoint="realtime")
+    assert (record.error_code, record.member_id) == ("bad_request", world.allocation.member_id)
+    assert fake_upstream.handshakes == []
+
+
+async def test_a_session_update_naming_the_model_in_time_opens_the_session(fake_upstream, settings):
+    settings.GATEWAY_REALTIME_FIRST_FRAME_S = 0.5
+    world = await sync_to_async(realtime_world)(fake_upstream, price=TOKEN_PRICE)
+    comm = communicator("", key=world.key)
+    await comm.connect()
+    await comm.send_to(text_data=json.dumps({"type": "session.update", "session": {"model": world.slug}}))
+    assert json.loads(await comm.receive_from(timeout=10))["type"] == "session.created"
+    await comm.send_to(text_data=json.dumps({"type": "x" * 10, "nested": json.loads("[" * 50 + "]" * 50)}))
+    await asyncio.sleep(0.8)  # past the first-frame timeout: the open session is not closed by it
+    await comm.send_to(text_data="[" * 100_000 + "]" * 100_000)  # deeper than the parser: relayed as opaque
+    await comm.disconnect()
+    [record] = await session_records(world.allocation)
+    assert record.close_reason in ("normal", "client_abort") and record.error_code == ""

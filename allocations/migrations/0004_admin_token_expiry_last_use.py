@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('allocations', '0002_audit_append_only'),
+        ('allocations', '0003_rate_limits'),
     ]
 
     operations = [
