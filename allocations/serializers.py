@@ -88,6 +88,7 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+@extend_schema_field({"type": "string", "format": "date-time", "nullable": True})
 class StrictAwareDateTimeField(serializers.Field):
     """An ISO 8601 date-time string with a time zone (a naive one would be read in some server's zone)."""
 
