@@ -249,14 +249,14 @@ class _SharedCounters:
 
     def __init__(self, url: str):
         self.url = url
-        self.conn: _RespConnection | None = None
+        self.conn: RespConnection | None = None
         self.lock = asyncio.Lock()
 
     async def command(self, *parts: bytes):
         async with self.lock:
             try:
                 if self.conn is None or self.conn.transport is None:
-                    self.conn = await _RespConnection.open(self.url)
+                    self.conn = await RespConnection.open(self.url)
                 return await self.conn.command(*parts)
             except BaseException:
                 if self.conn is not None:
