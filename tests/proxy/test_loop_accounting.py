@@ -167,7 +167,7 @@ def test_a_rate_limited_warm_call_stays_on_the_loop_and_its_refusal_asks_the_lim
 
     monkeypatch.setattr(ratelimit, "admit", counting)
     chat_call(world, allocation, "limited-1")  # fills the caches on a thread (the limiter asked there)
-    assert (thread_steps, len(asked)) == (["key_scope", "call_open"], 1)  # after the door's lookup (proxy.gate)
+    assert (thread_steps, len(asked)) == (["key_scope", "call_open"], 1)
     thread_steps.clear()
     chat_call(world, allocation, "limited-2")
     assert thread_steps == []  # admitted and settled on the loop, limiter included
