@@ -115,8 +115,12 @@ class FakeRealtimeUpstream:
             if isinstance(frame, bytes):
                 await ws.send(frame)
                 continue
-            event = json.loads(frame)
-            kind = event.get("type")
+            try:
+                event = json.loads(frame)
+            except (ValueError, RecursionError):  # a frame no parser reads: answered, not fatal
+                await emit("error", error={"type": "invalid_request_error", "message": "unreadable event"})
+                continue
+            kind = event.get("type") if isinstance(event, dict) else None
             if kind == "session.update":
                 await emit("session.updated", session=event.get("session"))
             elif kind == "input_audio_buffer.commit":
