@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from .audit import audit_record
 from .cache import bump_auth_generation
+from .changes import check_known_fields
 from .exceptions import BadRequest, Conflict, Forbidden
 from .models import AdminToken, ApiKey, Member
 
@@ -96,9 +97,7 @@ def last_admin_check(*, member: Member, is_active: bool, is_staff: bool, lock: b
 
 def member_update(*, member: Member, changes: dict, actor=None) -> Member:
     """Changes `is_active`, `is_staff` and/or `email`; one audit event per kind of change."""
-    unknown = sorted(set(changes) - set(MEMBER_UPDATABLE))
-    if unknown:
-        raise BadRequest(f"unknown fields: {', '.join(unknown)}", fields={n: ["Unknown field."] for n in unknown})
+    check_known_fields(changes, MEMBER_UPDATABLE)
     if "email" in changes:
         changes = {**changes, "email": (changes["email"] or "").strip().casefold()}
     with transaction.atomic():

@@ -4,18 +4,34 @@ Admin, the admin API, the portal and the commands call these functions, never th
 so no path skips the audit trail or the request-path cache invalidation.
 """
 
-import secrets
 from decimal import Decimal
 
-from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
-from . import crypto
 from .audit import audit_record
 from .cache import bump_auth_generation
-from .exceptions import BadRequest, Forbidden, InvalidTransition, ScopeConflict, ScopeForbidden
+from .catalog import (  # noqa: F401  (providers and models are governed in .catalog; callers use services)
+    MODEL_UPDATABLE,
+    PROVIDER_UPDATABLE,
+    model_create,
+    model_set_active,
+    model_update,
+    provider_api_key,
+    provider_clean,
+    provider_create,
+    provider_rotate_key,
+    provider_set_status,
+    provider_update,
+)
+from .changes import assign_changed, check_known_fields, limits_snapshot, validate_limit, validate_limits  # noqa: F401
+from .exceptions import BadRequest, Forbidden, InvalidTransition
+from .keys import (  # noqa: F401  (keys are governed in .keys; callers use services)
+    api_key_create,
+    api_key_rename,
+    api_key_revoke,
+    api_key_rotate,
+    api_key_set_expiry,
+)
 from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
     admin_token_create,
     admin_token_revoke,
@@ -25,7 +41,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     member_set_roles,
     member_update,
 )
-from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, ModelKind, Provider, ProviderKind, RateLimits
+from .models import Allocation, ApiKey, CatalogModel, RateLimits
 
 Status = Allocation.Status
 
@@ -48,325 +64,6 @@ def allocation_snapshot(allocation: Allocation) -> dict:
         "note": allocation.note,
         "status_reason": allocation.status_reason,
     }
-
-
-def limits_snapshot(obj) -> dict:
-    return {name: getattr(obj, name) for name in RateLimits.LIMIT_FIELDS}
-
-
-def validate_limit(name: str, value) -> int | None:
-    """A rate limit: a whole number ≥ 1, or None/blank for no limit."""
-    if value is None or value == "":
-        return None
-    error = BadRequest(f"invalid {name}", fields={name: ["Enter a whole number ≥ 1 (blank for no limit)."]})
-    if isinstance(value, bool):
-        raise error
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise error from None
-    if number < 1 or number > (2**63 - 1 if name == "tpm_limit" else 2**31 - 1):
-        raise error
-    return number
-
-
-def validate_limits(data: dict) -> dict:
-    return {name: validate_limit(name, data[name]) for name in RateLimits.LIMIT_FIELDS if name in data}
-
-
-def check_known_fields(changes: dict, allowed) -> None:
-    unknown = set(changes) - set(allowed)
-    if unknown:
-        raise BadRequest(
-            f"unknown or read-only fields: {', '.join(sorted(unknown))}",
-            fields={name: ["Unknown or read-only field."] for name in sorted(unknown)},
-        )
-
-
-def _assign(obj, changes: dict) -> tuple[dict, dict]:
-    """Sets the fields whose value differs; returns (their values before, the changed ones)."""
-    changed = {f: v for f, v in changes.items() if getattr(obj, f) != v}
-    before = {f: getattr(obj, f) for f in changed}
-    for field, value in changed.items():
-        setattr(obj, field, value)
-    return before, changed
-
-
-# --- providers and models --------------------------------------------------------------------
-
-
-def provider_clean(*, name: str, kind: str, base_url: str) -> None:
-    """A provider's rules, for every path that creates one: a unique name, an http(s) base URL
-    unless the provider is the built-in simulated one."""
-    if not name:
-        raise BadRequest("name is required", fields={"name": ["This field is required."]})
-    if kind not in ProviderKind.values:
-        raise BadRequest("invalid kind", fields={"kind": [f"One of: {', '.join(ProviderKind.values)}."]})
-    if kind != ProviderKind.SIMULATED:
-        try:
-            URLValidator(schemes=["http", "https"])(base_url)
-        except ValidationError:
-            raise BadRequest("invalid base_url", fields={"base_url": ["An http(s) URL."]}) from None
-    if Provider.objects.filter(name=name).exists():
-        raise BadRequest("name is taken", fields={"name": ["A provider with that name already exists."]})
-
-
-def provider_create(*, name: str, kind: str, base_url: str = "", api_key: str = "", api_version: str = "", actor=None):
-    provider_clean(name=name, kind=kind, base_url=base_url)
-    provider = Provider(name=name, kind=kind, base_url=base_url, api_version=api_version)
-    if api_key:
-        provider.api_key_encrypted = crypto.encrypt(api_key)
-        provider.key_fingerprint = Provider.fingerprint(api_key)
-    with transaction.atomic():
-        provider.save()
-        audit_record(
-            actor=actor,
-            action="provider_created",
-            target=provider,
-            after={
-                "name": name,
-                "kind": kind,
-                "base_url": base_url,
-                "api_version": api_version,
-                "fingerprint": provider.key_fingerprint,
-            },
-        )
-    return provider
-
-
-def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Provider:
-    before = {"fingerprint": provider.key_fingerprint}
-    provider.api_key_encrypted = crypto.encrypt(api_key)
-    provider.key_fingerprint = Provider.fingerprint(api_key)
-    with transaction.atomic():
-        provider.save(update_fields=["api_key_encrypted", "key_fingerprint", "updated_at"])
-        audit_record(
-            actor=actor,
-            action="provider_key_rotated",
-            target=provider,
-            before=before,
-            after={"fingerprint": provider.key_fingerprint},
-        )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return provider
-
-
-PROVIDER_UPDATABLE = ("name", "base_url", "api_version")
-
-
-def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provider:
-    check_known_fields(changes, PROVIDER_UPDATABLE)
-    before, changed = _assign(provider, changes)
-    if not changed:
-        return provider
-    with transaction.atomic():
-        provider.save(update_fields=[*changed, "updated_at"])
-        audit_record(actor=actor, action="provider_updated", target=provider, before=before, after=changed)
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return provider
-
-
-def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provider:
-    before = {"status": provider.status}
-    provider.status = status
-    with transaction.atomic():
-        provider.save(update_fields=["status", "updated_at"])
-        audit_record(
-            actor=actor, action="provider_status_updated", target=provider, before=before, after={"status": status}
-        )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return provider
-
-
-def provider_api_key(provider: Provider) -> str:
-    return crypto.decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else ""
-
-
-def model_create(
-    *,
-    slug: str,
-    provider: Provider,
-    upstream_name: str,
-    kind: str,
-    display_name: str = "",
-    limits: dict | None = None,
-    actor=None,
-):
-    clean = validate_limits(limits or {})
-    if not slug:
-        raise BadRequest("slug is required", fields={"slug": ["This field is required."]})
-    if kind not in ModelKind.values:
-        raise BadRequest("invalid kind", fields={"kind": [f"One of: {', '.join(ModelKind.values)}."]})
-    if CatalogModel.objects.filter(slug=slug).exists():
-        raise BadRequest("slug is taken", fields={"slug": ["A model with that slug already exists."]})
-    with transaction.atomic():
-        model = CatalogModel.objects.create(
-            slug=slug, provider=provider, upstream_name=upstream_name, kind=kind, display_name=display_name, **clean
-        )
-        audit_record(
-            actor=actor,
-            action="model_created",
-            target=model,
-            after={
-                "slug": slug,
-                "provider": provider.name,
-                "upstream_name": upstream_name,
-                "kind": kind,
-                **limits_snapshot(model),
-            },
-        )
-    return model
-
-
-MODEL_UPDATABLE = {*RateLimits.LIMIT_FIELDS, "is_active", "display_name"}
-
-
-def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
-    """Organisation-wide rate limits, the active flag and the display name; one audit event."""
-    check_known_fields(changes, MODEL_UPDATABLE)
-    clean = {**changes, **validate_limits(changes)}
-    if "is_active" in clean and not isinstance(clean["is_active"], bool):
-        raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
-    if "display_name" in clean and not isinstance(clean["display_name"], str):
-        raise BadRequest("display_name must be a string", fields={"display_name": ["Must be a string."]})
-    before, changed = _assign(model, clean)
-    if not changed:
-        return model
-    with transaction.atomic():
-        model.save(update_fields=[*changed, "updated_at"])
-        audit_record(actor=actor, action="model_updated", target=model, before=before, after=changed)
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return model
-
-
-def model_set_active(*, model: CatalogModel, is_active: bool, actor=None) -> CatalogModel:
-    return model_update(model=model, changes={"is_active": is_active}, actor=actor)
-
-
-# --- API keys ------------------------------------------------------------------------------------
-
-
-def _new_plaintext_key() -> str:
-    # 32 random bytes -> 43 url-safe characters.
-    return ApiKey.PLAINTEXT_PREFIX + secrets.token_urlsafe(32)
-
-
-def _check_scope(*, member, allocations) -> list[Allocation]:
-    allocations = list(allocations)
-    if not allocations:
-        raise BadRequest("a key needs at least one allocation", fields={"allocations": ["Choose at least one."]})
-    if any(a.member_id != member.pk for a in allocations):
-        raise ScopeForbidden("a key may only be scoped to its owner's allocations")
-    if any(a.status == Status.REVOKED for a in allocations):
-        raise BadRequest("a revoked allocation cannot be added to a key", fields={"allocations": ["Revoked."]})
-    model_ids = [a.model_id for a in allocations]
-    if len(set(model_ids)) != len(model_ids):
-        raise ScopeConflict("a key may hold at most one allocation per model")
-    return allocations
-
-
-def _check_expiry(expires_at, now) -> None:
-    if expires_at is not None and (timezone.is_naive(expires_at) or expires_at <= now):
-        raise BadRequest("expires_at must be in the future", fields={"expires_at": ["A future date and time."]})
-
-
-def api_key_create(*, member, name: str, allocations, actor=None, is_default: bool = False, now=None, expires_at=None):
-    """Returns (key, plaintext). The plaintext exists only in this return value."""
-    allocations = _check_scope(member=member, allocations=allocations)
-    _check_expiry(expires_at, now or timezone.now())
-    name = (name or "").strip()
-    if not name:
-        raise BadRequest("name is required", fields={"name": ["This field is required."]})
-    plaintext = _new_plaintext_key()
-    with transaction.atomic():
-        key = ApiKey.objects.create(
-            member=member,
-            name=name[:100],
-            prefix=plaintext[:12],
-            key_hash=ApiKey.hash(plaintext),
-            is_default=is_default,
-            expires_at=expires_at,
-        )
-        ApiKeyScope.objects.bulk_create(
-            [ApiKeyScope(api_key=key, allocation=a, model_id=a.model_id) for a in allocations]
-        )
-        audit_record(
-            actor=actor,
-            action="key_created",
-            target=key,
-            now=now,
-            after={
-                "name": key.name,
-                "prefix": key.prefix,
-                "allocations": [str(a.pk) for a in allocations],
-                "expires_at": _iso(expires_at),
-            },
-        )
-    return key, plaintext
-
-
-def _iso(value) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def api_key_set_expiry(*, key: ApiKey, expires_at, actor=None, now=None) -> ApiKey:
-    """Sets or clears (None) when the key stops working; an expired key answers 401."""
-    if key.is_revoked:
-        raise InvalidTransition("a revoked key cannot be changed")
-    if key.expires_at == expires_at:
-        return key
-    _check_expiry(expires_at, now or timezone.now())
-    before = {"expires_at": _iso(key.expires_at)}
-    key.expires_at = expires_at
-    with transaction.atomic():
-        key.save(update_fields=["expires_at"])
-        audit_record(
-            actor=actor, action="key_expiry_updated", target=key, before=before, after={"expires_at": _iso(expires_at)}
-        )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return key
-
-
-def api_key_rotate(*, key: ApiKey, actor=None, now=None):
-    if key.is_revoked:
-        raise InvalidTransition("a revoked key cannot be rotated")
-    now = now or timezone.now()
-    plaintext = _new_plaintext_key()
-    before = {"prefix": key.prefix}
-    key.prefix, key.key_hash, key.rotated_at = plaintext[:12], ApiKey.hash(plaintext), now
-    with transaction.atomic():
-        key.save(update_fields=["prefix", "key_hash", "rotated_at"])
-        audit_record(
-            actor=actor, action="key_rotated", target=key, before=before, after={"prefix": key.prefix}, now=now
-        )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return key, plaintext
-
-
-def api_key_revoke(*, key: ApiKey, actor=None, now=None) -> ApiKey:
-    if key.is_revoked:
-        return key
-    now = now or timezone.now()
-    key.revoked_at = now
-    with transaction.atomic():
-        key.save(update_fields=["revoked_at"])
-        audit_record(
-            actor=actor, action="key_revoked", target=key, before={"revoked": False}, after={"revoked": True}, now=now
-        )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return key
-
-
-def api_key_rename(*, key: ApiKey, name: str, actor=None) -> ApiKey:
-    name = (name or "").strip()
-    if not name:
-        raise BadRequest("name is required", fields={"name": ["This field is required."]})
-    before = {"name": key.name}
-    key.name = name[:100]
-    with transaction.atomic():
-        key.save(update_fields=["name"])
-        audit_record(actor=actor, action="key_renamed", target=key, before=before, after={"name": key.name})
-    return key
 
 
 # --- allocations ---------------------------------------------------------------------------------

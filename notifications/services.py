@@ -21,6 +21,7 @@ from django.utils.translation import gettext as _
 
 from allocations.audit import audit_record
 from allocations.models import Allocation, AuditEvent, Member
+from quota.display import usd
 from quota.models import CallRecord, Outcome, UsageCounter
 from quota.periods import period_bounds, period_start_date
 
@@ -82,10 +83,6 @@ def _enqueue(notification_id: int) -> None:
     notification_send_task.delay(notification_id)
 
 
-def _money(value: Decimal | int) -> str:
-    return "$" + format(Decimal(value).quantize(Decimal("0.0001")).normalize(), "f")
-
-
 def _preference(member: Member) -> AlertPreference | None:
     try:
         return member.alert_preference  # type: ignore[attr-defined]
@@ -98,7 +95,7 @@ def _member_mail(*, member: Member, allocation: Allocation, level: CapLevel, now
     preference = _preference(member)
     language = (preference.language if preference else "") or settings.LANGUAGE_CODE
     with translation.override(language):
-        fmt = _money if level.metric == "cost" else (lambda v: f"{int(v):,}")
+        fmt = usd if level.metric == "cost" else (lambda v: f"{int(v):,}")
         context = {
             "member": member,
             "model": allocation.model.slug,

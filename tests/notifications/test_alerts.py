@@ -57,7 +57,7 @@ def test_it_mails_a_member_once_when_spend_crosses_the_near_cap_ratio(capped, sc
     message = mail.outbox[0]
     assert message.to == [capped.member.email]
     assert capped.model.slug in message.subject and "85%" in message.subject
-    assert "$0.85 of $1" in message.body and "2026-12-01" in message.body and "/portal/" in message.body
+    assert "$0.85 of $1.00" in message.body and "2026-12-01" in message.body and "/portal/" in message.body
     sent = AuditEvent.objects.get(action="notification_sent")
     assert sent.target_id == str(capped.pk) and sent.after["kind"] == "near_cap"
 

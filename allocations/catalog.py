@@ -1,0 +1,171 @@
+"""Writes to providers and catalogue models. Each one audits."""
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.db import transaction
+
+from . import crypto
+from .audit import audit_record
+from .cache import bump_auth_generation
+from .changes import assign_changed, check_known_fields, limits_snapshot, validate_limits
+from .exceptions import BadRequest
+from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
+    admin_token_create,
+    admin_token_revoke,
+    member_create,
+    member_set_active,
+    member_set_password,
+    member_set_roles,
+    member_update,
+)
+from .models import CatalogModel, ModelKind, Provider, ProviderKind, RateLimits
+
+# --- providers and models --------------------------------------------------------------------
+
+
+def provider_clean(*, name: str, kind: str, base_url: str) -> None:
+    """A provider's rules, for every path that creates one: a unique name, an http(s) base URL
+    unless the provider is the built-in simulated one."""
+    if not name:
+        raise BadRequest("name is required", fields={"name": ["This field is required."]})
+    if kind not in ProviderKind.values:
+        raise BadRequest("invalid kind", fields={"kind": [f"One of: {', '.join(ProviderKind.values)}."]})
+    if kind != ProviderKind.SIMULATED:
+        try:
+            URLValidator(schemes=["http", "https"])(base_url)
+        except ValidationError:
+            raise BadRequest("invalid base_url", fields={"base_url": ["An http(s) URL."]}) from None
+    if Provider.objects.filter(name=name).exists():
+        raise BadRequest("name is taken", fields={"name": ["A provider with that name already exists."]})
+
+
+def provider_create(*, name: str, kind: str, base_url: str = "", api_key: str = "", api_version: str = "", actor=None):
+    provider_clean(name=name, kind=kind, base_url=base_url)
+    provider = Provider(name=name, kind=kind, base_url=base_url, api_version=api_version)
+    if api_key:
+        provider.api_key_encrypted = crypto.encrypt(api_key)
+        provider.key_fingerprint = Provider.fingerprint(api_key)
+    with transaction.atomic():
+        provider.save()
+        audit_record(
+            actor=actor,
+            action="provider_created",
+            target=provider,
+            after={
+                "name": name,
+                "kind": kind,
+                "base_url": base_url,
+                "api_version": api_version,
+                "fingerprint": provider.key_fingerprint,
+            },
+        )
+    return provider
+
+
+def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Provider:
+    before = {"fingerprint": provider.key_fingerprint}
+    provider.api_key_encrypted = crypto.encrypt(api_key)
+    provider.key_fingerprint = Provider.fingerprint(api_key)
+    with transaction.atomic():
+        provider.save(update_fields=["api_key_encrypted", "key_fingerprint", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="provider_key_rotated",
+            target=provider,
+            before=before,
+            after={"fingerprint": provider.key_fingerprint},
+        )
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    return provider
+
+
+PROVIDER_UPDATABLE = ("name", "base_url", "api_version")
+
+
+def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provider:
+    check_known_fields(changes, PROVIDER_UPDATABLE)
+    before, changed = assign_changed(provider, changes)
+    if not changed:
+        return provider
+    with transaction.atomic():
+        provider.save(update_fields=[*changed, "updated_at"])
+        audit_record(actor=actor, action="provider_updated", target=provider, before=before, after=changed)
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    return provider
+
+
+def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provider:
+    before = {"status": provider.status}
+    provider.status = status
+    with transaction.atomic():
+        provider.save(update_fields=["status", "updated_at"])
+        audit_record(
+            actor=actor, action="provider_status_updated", target=provider, before=before, after={"status": status}
+        )
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    return provider
+
+
+def provider_api_key(provider: Provider) -> str:
+    return crypto.decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else ""
+
+
+def model_create(
+    *,
+    slug: str,
+    provider: Provider,
+    upstream_name: str,
+    kind: str,
+    display_name: str = "",
+    limits: dict | None = None,
+    actor=None,
+):
+    clean = validate_limits(limits or {})
+    if not slug:
+        raise BadRequest("slug is required", fields={"slug": ["This field is required."]})
+    if kind not in ModelKind.values:
+        raise BadRequest("invalid kind", fields={"kind": [f"One of: {', '.join(ModelKind.values)}."]})
+    if CatalogModel.objects.filter(slug=slug).exists():
+        raise BadRequest("slug is taken", fields={"slug": ["A model with that slug already exists."]})
+    with transaction.atomic():
+        model = CatalogModel.objects.create(
+            slug=slug, provider=provider, upstream_name=upstream_name, kind=kind, display_name=display_name, **clean
+        )
+        audit_record(
+            actor=actor,
+            action="model_created",
+            target=model,
+            after={
+                "slug": slug,
+                "provider": provider.name,
+                "upstream_name": upstream_name,
+                "kind": kind,
+                **limits_snapshot(model),
+            },
+        )
+    return model
+
+
+MODEL_UPDATABLE = {*RateLimits.LIMIT_FIELDS, "is_active", "display_name"}
+
+
+def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
+    """Organisation-wide rate limits, the active flag and the display name; one audit event."""
+    check_known_fields(changes, MODEL_UPDATABLE)
+    clean = {**changes, **validate_limits(changes)}
+    if "is_active" in clean and not isinstance(clean["is_active"], bool):
+        raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
+    if "display_name" in clean and not isinstance(clean["display_name"], str):
+        raise BadRequest("display_name must be a string", fields={"display_name": ["Must be a string."]})
+    before, changed = assign_changed(model, clean)
+    if not changed:
+        return model
+    with transaction.atomic():
+        model.save(update_fields=[*changed, "updated_at"])
+        audit_record(actor=actor, action="model_updated", target=model, before=before, after=changed)
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    return model
+
+
+def model_set_active(*, model: CatalogModel, is_active: bool, actor=None) -> CatalogModel:
+    return model_update(model=model, changes={"is_active": is_active}, actor=actor)
