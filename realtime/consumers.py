@@ -14,26 +14,24 @@ import uuid
 import weakref
 from urllib.parse import parse_qs
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
 from allocations.access import key_scope
-from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
 from quota import ratelimit
 from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.models import CloseReason, Outcome
-from quota.preflight import reject_outcome
 from quota.pricing import Usage
 
 from . import observed, services
-from .close import CloseCode, close_code_for, watch_close_reason
+from .close import CloseCode, close_code_for
 from .events import model_in_session_update, rewrite_model
 from .meter import SessionMeter
 from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect
+from .watch import SessionWatch
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +39,7 @@ KEY_SUBPROTOCOL = "openai-insecure-api-key."
 KEY_PARAMS = {"api_key", "api-key", "key", "token", "access_token", "authorization", "openai-insecure-api-key"}
 BILLABLE = {"response.create", "input_audio_buffer.commit"}
 UPSTREAM_MARKERS = ('"response.', '"conversation.item.input_audio_transcription.completed"')
-TICK_S = 0.25  # auth-generation poll; caps and renewals every CHECK_EVERY ticks
-CHECK_EVERY = 2
-FULL_CHECK_S = 5.0  # key/member/allocation re-read even when no generation bump was seen
 ABORT_WAIT_S = 3.0  # how long a client abort waits for the cancelled response's usage
-RENEW_S = services.LEASE_S / 3
 
 # Open sessions of this process, finished first when the server shuts down (gateway_project.server_patches).
 LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -57,7 +51,7 @@ async def shutdown_sessions() -> None:
     )
 
 
-class RealtimeConsumer(AsyncWebsocketConsumer):
+class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
     channel_layer_alias = "realtime-unused"  # no channel-layer round trip per socket (see docs)
 
     def __init__(self, *args, **kwargs) -> None:
@@ -321,65 +315,6 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             code,
             reason=closed.reason if clean else UpstreamError.code,
             error_code="" if clean else UpstreamError.code,
-            cut=True,
-        )
-
-    # --- watch -----------------------------------------------------------------------------
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        generation, last_full, tick = await self._generation(), loop.time(), 0
-        while True:
-            await asyncio.sleep(TICK_S)
-            tick += 1
-            current = await self._generation()
-            # A generation that cannot be read (Redis away) is covered by the periodic full check.
-            full = (current is not None and current != generation) or loop.time() - last_full >= FULL_CHECK_S
-            if not full and tick % CHECK_EVERY and self.meter.version == self.billed_version:
-                continue
-            generation = current if current is not None else generation
-            last_full = loop.time() if full else last_full
-            try:
-                reason = await self._check(full=full)
-            except Exception:  # a database hiccup must not end the watch: the next tick retries
-                logger.exception("realtime session %s: watch check failed", self.request_id)
-                continue
-            if reason:
-                return await self._close_for(reason)
-
-    async def _generation(self) -> int | None:
-        # A cache read, not a database step: kept off channels' single database thread.
-        try:
-            generation = await sync_to_async(auth_generation, thread_sensitive=False)()
-        except Exception:  # noqa: BLE001 - Redis away: the watch's periodic full check covers it
-            if not self.generation_lost:  # say it once, not four times a second
-                logger.warning("realtime session %s: auth generation unreadable", self.request_id)
-            self.generation_lost = True
-            return None
-        self.generation_lost = False
-        return generation
-
-    async def _check(self, *, full: bool) -> GatewayError | None:
-        """One watch step: grow/renew the reservation, then ask whether the session must end."""
-        session = self.opened
-        now_mono = asyncio.get_running_loop().time()
-        usage = None
-        if self.meter.version != self.billed_version or now_mono - self.renewed_at >= RENEW_S:
-            self.billed_version, self.renewed_at = self.meter.version, now_mono
-            usage = self.meter.usage(session.price)
-        state = await database_sync_to_async(services.session_watch)(
-            session=session, usage=usage, full=full, now=timezone.now()
-        )
-        self.capped = state.capped
-        return state.reason
-
-    async def _close_for(self, error: GatewayError) -> None:
-        await self._finish(
-            watch_close_reason(error),
-            reject_outcome(error),
-            CloseCode.POLICY,
-            reason=error.code,
-            error_code=error.code,
             cut=True,
         )
 

@@ -1,0 +1,104 @@
+"""The watch of an open realtime session: within a second of a revocation, a pause, a key or
+member change, or a cap reached by everything in flight, the session is closed and billed.
+
+A mixin of the consumer: it polls the shared auth generation every tick (one Redis GET), grows or
+renews the session's reservation as the meter moves, and re-reads key, member and allocation when
+the generation changed or every FULL_CHECK_S regardless (Redis away)."""
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from allocations.cache import auth_generation
+from allocations.exceptions import GatewayError
+from quota.preflight import reject_outcome
+
+from . import services
+from .close import CloseCode, watch_close_reason
+from .meter import SessionMeter
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.25  # auth-generation poll; caps and renewals every CHECK_EVERY ticks
+CHECK_EVERY = 2
+FULL_CHECK_S = 5.0  # key/member/allocation re-read even when no generation bump was seen
+RENEW_S = services.LEASE_S / 3
+
+
+class SessionWatch:
+    """Needs from the consumer: its meter, request id, opened session and `_finish`."""
+
+    meter: SessionMeter
+    request_id: str
+    billed_version: int
+    renewed_at: float
+    capped: bool
+    generation_lost: bool
+
+    if TYPE_CHECKING:
+
+        @property
+        def opened(self) -> services.Session: ...
+
+        async def _finish(self, close_reason, outcome, code: int, **kwargs) -> None: ...
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        generation, last_full, tick = await self._generation(), loop.time(), 0
+        while True:
+            await asyncio.sleep(TICK_S)
+            tick += 1
+            current = await self._generation()
+            # A generation that cannot be read (Redis away) is covered by the periodic full check.
+            full = (current is not None and current != generation) or loop.time() - last_full >= FULL_CHECK_S
+            if not full and tick % CHECK_EVERY and self.meter.version == self.billed_version:
+                continue
+            generation = current if current is not None else generation
+            last_full = loop.time() if full else last_full
+            try:
+                reason = await self._check(full=full)
+            except Exception:  # a database hiccup must not end the watch: the next tick retries
+                logger.exception("realtime session %s: watch check failed", self.request_id)
+                continue
+            if reason:
+                return await self._close_for(reason)
+
+    async def _generation(self) -> int | None:
+        # A cache read, not a database step: kept off channels' single database thread.
+        try:
+            generation = await sync_to_async(auth_generation, thread_sensitive=False)()
+        except Exception:  # noqa: BLE001 - Redis away: the watch's periodic full check covers it
+            if not self.generation_lost:  # say it once, not four times a second
+                logger.warning("realtime session %s: auth generation unreadable", self.request_id)
+            self.generation_lost = True
+            return None
+        self.generation_lost = False
+        return generation
+
+    async def _check(self, *, full: bool) -> GatewayError | None:
+        """One watch step: grow/renew the reservation, then ask whether the session must end."""
+        session = self.opened
+        now_mono = asyncio.get_running_loop().time()
+        usage = None
+        if self.meter.version != self.billed_version or now_mono - self.renewed_at >= RENEW_S:
+            self.billed_version, self.renewed_at = self.meter.version, now_mono
+            usage = self.meter.usage(session.price)
+        state = await database_sync_to_async(services.session_watch)(
+            session=session, usage=usage, full=full, now=timezone.now()
+        )
+        self.capped = state.capped
+        return state.reason
+
+    async def _close_for(self, error: GatewayError) -> None:
+        await self._finish(
+            watch_close_reason(error),
+            reject_outcome(error),
+            CloseCode.POLICY,
+            reason=error.code,
+            error_code=error.code,
+            cut=True,
+        )
