@@ -63,8 +63,11 @@ class KeyScope:
     allocations: tuple[ScopedAllocation, ...]
     expires_at: datetime | None = None
 
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
     def check_expiry(self, now: datetime) -> None:
-        if self.expires_at is not None and now >= self.expires_at:
+        if self.expired(now):
             raise Unauthorized(f"this API key expired at {self.expires_at.isoformat()}")
 
     def resolve(self, model_name: str) -> ScopedAllocation:
@@ -171,7 +174,7 @@ def key_scope_cached(plaintext: str, *, generation: int, now: datetime) -> KeySc
     if held != generation:
         return None
     scope = cache.get(ApiKey.hash(plaintext))
-    if scope is None or (scope.expires_at is not None and now >= scope.expires_at):
+    if scope is None or scope.expired(now):
         return None
     return scope
 

@@ -14,12 +14,17 @@ from django.conf import settings
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 
+def request_id_from(sent: str) -> str:
+    """The caller's `X-Request-Id` when it is safe to log and store, else a new UUID."""
+    return sent if REQUEST_ID.fullmatch(sent) else str(uuid.uuid4())
+
+
 def request_id_of(request) -> str:
-    """The caller's `X-Request-Id` when it is safe to log and store, else a new UUID; once per request."""
+    """request_id_from the request's header, once per request."""
     rid = getattr(request, "gateway_request_id", None)
     if rid is None:
         sent = request.META.get("HTTP_X_REQUEST_ID", "")  # = request.headers["X-Request-Id"], without building them all
-        rid = request.gateway_request_id = sent if REQUEST_ID.fullmatch(sent) else str(uuid.uuid4())
+        rid = request.gateway_request_id = request_id_from(sent)
     return rid
 
 

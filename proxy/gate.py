@@ -24,13 +24,13 @@ logger = logging.getLogger(__name__)
 MALFORMED = "missing or malformed bearer key: send 'Authorization: Bearer <key>'"
 
 
-def _header(scope, name: bytes) -> str:
+def header(scope, name: bytes) -> str:
     return next((v for k, v in scope.get("headers", ()) if k == name), b"").decode("latin1")
 
 
 def address_of(scope) -> str:
     client = scope.get("client") or ("", 0)
-    found = client_address(remote=client[0] or "", forwarded_for=_header(scope, b"x-forwarded-for"))
+    found = client_address(remote=client[0] or "", forwarded_for=header(scope, b"x-forwarded-for"))
     return found or "unknown"
 
 
@@ -49,7 +49,7 @@ async def refusal(scope) -> GatewayError | None:
 
 
 async def _refusal(scope) -> GatewayError | None:
-    match = accounting.BEARER.fullmatch(_header(scope, b"authorization"))
+    match = accounting.BEARER.fullmatch(header(scope, b"authorization"))
     if match is not None and key_scope_held(match.group(1)):
         return None
     address = address_of(scope)

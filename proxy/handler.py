@@ -16,7 +16,6 @@ import contextlib
 import io
 import logging
 import sys
-import uuid
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -27,7 +26,7 @@ from django.http import HttpResponse
 from django.urls import set_script_prefix
 
 from allocations.exceptions import GatewayError, GatewayUnavailable
-from allocations.http import REQUEST_ID
+from allocations.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
 from . import accounting, gate, multipart, upstream, views
@@ -70,8 +69,7 @@ class ProxyHandler(ASGIHandler):
     async def handle(self, scope, receive, send):
         refused = await gate.refusal(scope)
         if refused is not None:  # the body is never read: a refused caller costs no parse or spool
-            sent = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"").decode("latin1")
-            rid = sent if REQUEST_ID.fullmatch(sent) else str(uuid.uuid4())
+            rid = request_id_from(gate.header(scope, b"x-request-id"))
             return await self.send_response(error_response(refused, rid), send)
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
         try:

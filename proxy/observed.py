@@ -6,8 +6,7 @@ from django.utils import timezone
 
 from allocations.exceptions import GatewayError
 from ops import observe
-from quota.models import Outcome
-from quota.preflight import REJECT_OUTCOMES
+from quota.preflight import reject_outcome
 from quota.pricing import Usage, cost_for
 
 from . import accounting
@@ -26,9 +25,7 @@ def admitted(call: accounting.Call) -> None:
 
 
 def refused(call: accounting.Call, error: GatewayError) -> None:
-    outcome = REJECT_OUTCOMES.get(type(error)) or (
-        Outcome.GATEWAY_ERROR if error.status >= 500 else Outcome.REJECTED_BAD_REQUEST
-    )
+    outcome = reject_outcome(error)
     entry = call.entry
     observe.call_refused(
         request_id=call.request_id,

@@ -72,8 +72,10 @@ REJECT_OUTCOMES: dict[type[GatewayError], Outcome] = {
 
 
 def reject_outcome(error: GatewayError) -> Outcome:
-    """The outcome a refused call is recorded with (any other refusal is a bad request)."""
-    return REJECT_OUTCOMES.get(type(error), Outcome.REJECTED_BAD_REQUEST)
+    """The outcome a refused call is recorded with: a failure of the gateway's own (5xx) is a
+    gateway error, any other refusal a bad request."""
+    fallback = Outcome.GATEWAY_ERROR if error.status >= 500 else Outcome.REJECTED_BAD_REQUEST
+    return REJECT_OUTCOMES.get(type(error), fallback)
 
 
 class Holder(Protocol):
@@ -252,13 +254,14 @@ async def preflight_cached(
     found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
     if not found:
         return False
+    estimated = estimate(price)
     if entry.limits:
-        into.rate, into.rate_ticket = await ratelimit.admit_async(entry.limits, tokens=estimate(price)[0])
+        into.rate, into.rate_ticket = await ratelimit.admit_async(entry.limits, tokens=estimated[0])
         if not into.rate.allowed:
             return False  # the thread path records the refusal (without asking again)
     into.scope, into.entry, into.price = scope, entry, price
     into.admission = await ledger.admit_async(
-        **_admission(entry, estimate(price), request_id=request_id, now=now),
+        **_admission(entry, estimated, request_id=request_id, now=now),
         context=context(into) if context is not None else None,
         reservation_id=reservation_id,
     )

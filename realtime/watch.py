@@ -9,11 +9,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from allocations.cache import auth_generation
+from allocations.cache import auth_generation_async
 from allocations.exceptions import GatewayError
 from quota.preflight import reject_outcome
 
@@ -68,9 +67,9 @@ class SessionWatch:
                 return await self._close_for(reason)
 
     async def _generation(self) -> int | None:
-        # A cache read, not a database step: kept off channels' single database thread.
+        # On the event loop, one GET shared by every session and /v1 call waiting for it.
         try:
-            generation = await sync_to_async(auth_generation, thread_sensitive=False)()
+            generation = await auth_generation_async()
         except Exception:  # noqa: BLE001 - Redis away: the watch's periodic full check covers it
             if not self.generation_lost:  # say it once, not four times a second
                 logger.warning("realtime session %s: auth generation unreadable", self.request_id)
