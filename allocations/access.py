@@ -67,7 +67,7 @@ class KeyScope:
         return self.expires_at is not None and now >= self.expires_at
 
     def check_expiry(self, now: datetime) -> None:
-        if self.expired(now):
+        if self.expires_at is not None and self.expired(now):
             raise Unauthorized(f"this API key expired at {self.expires_at.isoformat()}")
 
     def resolve(self, model_name: str) -> ScopedAllocation:

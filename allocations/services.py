@@ -42,13 +42,9 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     member_update,
 )
 from .models import Allocation, ApiKey, CatalogModel, RateLimits
+from .serializers import money_str
 
 Status = Allocation.Status
-
-
-def _money(value) -> str | None:
-    """Fixed point at the stored precision ("0.000000000", never "0E-9") for audit snapshots."""
-    return None if value is None else f"{Decimal(value).quantize(Decimal('1e-9')):f}"
 
 
 def allocation_snapshot(allocation: Allocation) -> dict:
@@ -56,7 +52,7 @@ def allocation_snapshot(allocation: Allocation) -> dict:
         "status": allocation.status,
         "paused_by": allocation.paused_by,
         "quota_tokens_per_month": allocation.quota_tokens_per_month,
-        "quota_cost_usd_per_month": _money(allocation.quota_cost_usd_per_month),
+        "quota_cost_usd_per_month": money_str(allocation.quota_cost_usd_per_month),
         "is_service_allocation": allocation.is_service_allocation,
         "quota_locked": allocation.quota_locked,
         **limits_snapshot(allocation),

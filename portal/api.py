@@ -4,6 +4,7 @@ Every object is looked up through the member's own rows, so another member's id 
 for every endpoint and verb.
 """
 
+from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -192,10 +193,11 @@ class KeyDetail(MemberAPIView):
     def patch(self, request, key_id):
         key = selectors.key_owned(member=request.user, key_id=key_id)
         data = parse_input(self.InputSerializer, request)
-        if "name" in data:
-            key = services.api_key_rename(key=key, name=data["name"], actor=request.user)
-        if "expires_at" in data:
-            key = services.api_key_set_expiry(key=key, expires_at=data["expires_at"], actor=request.user)
+        with transaction.atomic():  # a refused expiry leaves the name as it was
+            if "name" in data:
+                key = services.api_key_rename(key=key, name=data["name"], actor=request.user)
+            if "expires_at" in data:
+                key = services.api_key_set_expiry(key=key, expires_at=data["expires_at"], actor=request.user)
         return Response(KeyOutput(key).data)
 
     @extend_schema(responses={204: None})

@@ -173,6 +173,10 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             self.refuse(_("Your account is disabled. Ask an admin."), email=user.email)
         staff_groups = set(settings.GATEWAY_OIDC_STAFF_GROUPS)
         groups = claims.get("groups") or []
+        if isinstance(groups, str):  # some providers send a single group as a string
+            groups = [groups]
+        if not isinstance(groups, list):
+            groups = []
         if staff_groups and not user.is_staff and staff_groups.intersection(groups):
             user = member_set_roles(member=user, is_staff=True, is_superuser=user.is_superuser, actor=SSO_ACTOR)
         return user

@@ -8,6 +8,7 @@ service checks again with the admins' rows locked. Every change goes through all
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 
 from allocations import services
 from allocations.exceptions import GatewayError
@@ -105,7 +106,8 @@ class MemberAdmin(StaffAdmin):
             obj.pk, obj._state.adding = created.pk, False
             return
         try:
-            self._save_changes(request, Member.objects.get(pk=obj.pk), form)
+            with transaction.atomic():  # all of the form's changes, or none of them
+                self._save_changes(request, Member.objects.get(pk=obj.pk), form)
         except GatewayError as exc:  # a concurrent change won the race the form's check could not see
             self.message_user(request, exc.message, messages.ERROR)
 

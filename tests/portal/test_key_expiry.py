@@ -42,6 +42,17 @@ def test_a_bad_or_past_expiry_is_a_field_error(alice_client, alice_alloc, value)
     assert not ApiKey.objects.filter(name="ci").exists()
 
 
+def test_a_patch_whose_expiry_is_refused_leaves_the_name_as_it_was(alice_client, alice_alloc):
+    body = {"name": "ci", "allocations": [str(alice_alloc.pk)]}
+    key_id = _json(alice_client, "post", "/api/me/keys", body).json()["id"]
+    response = _json(
+        alice_client, "patch", f"/api/me/keys/{key_id}", {"name": "renamed", "expires_at": "2001-01-01T00:00:00Z"}
+    )
+    assert response.status_code == 400 and "expires_at" in response.json()["error"]["fields"]
+    assert ApiKey.objects.get(pk=key_id).name == "ci"
+    assert not AuditEvent.objects.filter(action="key_renamed", target_id=key_id).exists()
+
+
 def test_the_keys_page_sets_an_expiry_and_lists_it(alice_client, alice_alloc):
     when = timezone.localtime(timezone.now() + dt.timedelta(days=2)).strftime("%Y-%m-%dT%H:%M")
     form = {"name": "laptop", "allocations": [str(alice_alloc.pk)], "expires_at": when}

@@ -65,3 +65,14 @@ def test_a_session_ends_a_fixed_time_after_sign_in_even_when_active(client, memb
 
 def test_the_idle_timeout_is_the_session_cookie_age_renewed_on_each_request(settings):
     assert settings.SESSION_COOKIE_AGE == 2 * 3600 and settings.SESSION_SAVE_EVERY_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("groups", "staff"), [("gateway-admins", True), (["gateway-admins"], True), (7, False), ({}, False)]
+)
+def test_a_groups_claim_of_any_shape_promotes_only_a_listed_group(db, settings, groups, staff):
+    from portal.sso import GatewayOIDCBackend
+
+    settings.GATEWAY_OIDC_STAFF_GROUPS = ["gateway-admins"]
+    member = MemberFactory(username="mei", email="mei@example.org")
+    assert GatewayOIDCBackend().update_user(member, {"email": "mei@example.org", "groups": groups}).is_staff is staff
