@@ -215,6 +215,9 @@ async def _open(call: Call) -> Call:
         if call.rate_ticket is not None:  # a rate-limit place the thread path did not give back
             ticket, call.rate_ticket = call.rate_ticket, None
             await ratelimit.settle_async(ticket, tokens=0)
+        if call.admission is not None:  # a reservation the event loop made before a refusal
+            admission, call.admission = call.admission, None
+            await threads.run(ledger.release, admission=admission)
         raise
 
 

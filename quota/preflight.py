@@ -50,7 +50,7 @@ from .exceptions import (
     RequestTooLarge,
     cap_error_named,
 )
-from .ledger import Admission
+from .ledger import Admission, threads
 from .models import Outcome
 from .periods import period_bounds
 from .services import price_cached, price_in_force_cached
@@ -255,16 +255,24 @@ async def preflight_cached(
     if not found:
         return False
     estimated = estimate(price)
-    if entry.limits:
-        into.rate, into.rate_ticket = await ratelimit.admit_async(entry.limits, tokens=estimated[0])
-        if not into.rate.allowed:
-            return False  # the thread path records the refusal (without asking again)
+    # The rate limits and the admission are asked at once (Redis and PostgreSQL answer in
+    # parallel); a call the rate limits refuse gives its reservation back.
+    rate = ratelimit.admit_begin(entry.limits, tokens=estimated[0]) if entry.limits else None
     into.scope, into.entry, into.price = scope, entry, price
-    into.admission = await ledger.admit_async(
-        **_admission(entry, estimated, request_id=request_id, now=now),
-        context=context(into) if context is not None else None,
-        reservation_id=reservation_id,
-    )
+    try:
+        into.admission = await ledger.admit_async(
+            **_admission(entry, estimated, request_id=request_id, now=now),
+            context=context(into) if context is not None else None,
+            reservation_id=reservation_id,
+        )
+    finally:
+        if rate is not None:
+            into.rate, into.rate_ticket = await rate
+    if into.rate is not None and not into.rate.allowed:
+        if into.admission is not None:
+            await threads.run(ledger.release, admission=into.admission)
+            into.admission = None
+        return False  # the thread path records the refusal (without asking again)
     return into.admission is not None
 
 

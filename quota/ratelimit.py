@@ -24,6 +24,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,13 +246,54 @@ async def admit_async(
 ) -> tuple[Decision, Ticket | None]:
     """Checks and takes every limit of `limits` at once: (the decision, the ticket to settle with,
     None when refused or not enforced). `count` takes a request, `hold` a slot in flight."""
+    return await admit_begin(limits, tokens=tokens, count=count, hold=hold, lease_s=lease_s)
+
+
+def admit_begin(
+    limits: Limits, *, tokens: int, count: bool = True, hold: bool = True, lease_s: float | None = None
+) -> Awaitable[tuple[Decision, Ticket | None]]:
+    """admit_async with the script already on its way when this returns: the caller does other
+    work meanwhile (the admission in PostgreSQL) and then awaits the answer, which by then has
+    usually arrived. Awaited exactly once."""
     ticket, lease = _new_ticket(), lease_s or _lease_s()
     if not _url():
-        return _decided(
+        decided = _decided(
             ticket, limits, memory().admit(ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease)
         )
+        return _ready(decided)
     parts = _parts(b"admit", ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease)
-    return _decided(ticket, limits, await _run_async(parts))
+    return _answer(ticket, limits, parts, _sent_now(parts))
+
+
+async def _ready(decided: tuple[Decision, Ticket | None]) -> tuple[Decision, Ticket | None]:
+    return decided
+
+
+def _sent_now(parts: list[bytes]) -> asyncio.Future | None:
+    """The reply of `parts` written at once on this loop's open connection, or None (no connection
+    yet, or Redis was unreachable a moment ago: _run_async decides)."""
+    scripts = _loop_scripts.get(asyncio.get_running_loop())
+    if scripts is None or scripts.url != _url() or scripts.conn is None or _skipping():
+        return None
+    try:
+        return scripts.conn.request(*parts)
+    except ConnectionError:
+        return None
+
+
+async def _answer(ticket: str, limits: Limits, parts: list[bytes], sent: asyncio.Future | None):
+    if sent is None:
+        return _decided(ticket, limits, await _run_async(parts))
+    try:
+        reply: str | None = (await sent).decode()
+    except redis.exceptions.ResponseError as error:
+        if not str(error).startswith("NOSCRIPT"):
+            raise
+        reply = await _run_async(parts)  # loads the script, then runs it
+    except (OSError, TimeoutError, redis.exceptions.RedisError) as error:
+        _fail_open(error)
+        reply = None
+    return _decided(ticket, limits, reply)
 
 
 async def settle_async(ticket: Ticket, *, tokens: int) -> None:

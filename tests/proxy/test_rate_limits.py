@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from allocations.services import api_key_set_expiry, model_update
 from proxy.registry import ENDPOINTS
-from quota.models import CallRecord
+from quota.models import CallRecord, Reservation, UsageCounter
 from tests.factories import MemberFactory
 
 from .conftest import record_of, start_gateway_processes
@@ -134,6 +134,20 @@ def test_a_model_wide_tpm_is_shared_by_every_allocation_of_the_model(world):
     again = _burst([world.gateway_url], second, 1, 1)[0]
     assert again.status_code == 200, again.text
     assert again.headers["x-ratelimit-remaining-tokens"] == str(100 - fits * 18 - estimate)
+
+
+def test_a_call_the_rate_limits_refuse_holds_no_reservation(world, thread_steps):
+    """A warm call asks the rate limits and the admission at once: a refused one gives its
+    reservation back and is recorded as rate limited, whichever answered first."""
+    allocation = world.allocation(limits={"rpm_limit": 2})
+    statuses = [_burst([world.gateway_url], allocation, 1, 1)[0].status_code for _ in range(5)]
+    assert statuses == [200, 200, 429, 429, 429]
+    assert thread_steps.count("release") == 3  # admitted on the loop, then given back
+    assert not Reservation.objects.filter(counter__allocation_id=allocation.id).exists()
+    counter = UsageCounter.objects.get(allocation_id=allocation.id)
+    assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
+    outcomes = sorted(CallRecord.objects.filter(allocation_id=allocation.id).values_list("outcome", flat=True))
+    assert outcomes == ["rejected_rate_limited"] * 3 + ["success"] * 2
 
 
 def test_an_unlimited_allocation_gets_no_rate_headers(world):
