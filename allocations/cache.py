@@ -239,7 +239,26 @@ async def auth_generation_async() -> int | None:
         reads = _shared_reads[loop] = _SharedReads(url, key, loads)
     _last_reads = (loop, reads)
     value = await reads.read()
-    return value if type(value) is int else None
+    if type(value) is not int:
+        return None
+    _known[:] = [value, reads.url, reads.key]
+    return value
+
+
+# The generation this process last read from Redis, with the server and raw key it lives under:
+# a rate-limited call checks it inside its rate-limit script instead of reading it first
+# (quota.ratelimit), one round trip for both.
+_known: list = []
+
+
+def known_generation() -> tuple[int, str, bytes] | None:
+    """(generation, Redis URL, raw key) as last read on an event loop, or None."""
+    return (_known[0], _known[1], _known[2]) if _known else None
+
+
+def forget_generation() -> None:
+    """The next call reads the generation again (a check found it had moved)."""
+    _known.clear()
 
 
 class _SharedCounters:

@@ -10,7 +10,8 @@ Two forms: `preflight` (synchronous, any database, on an accounting thread or a 
 decides everything and raises the refusal; `preflight_cached` (the event loop) runs the same
 checks from the per-process caches only and admits on the loop, or returns False when it cannot
 decide without a query (the caller then runs `preflight` on a thread). The rate limits
-(quota.ratelimit) are asked once per call on either path: the thread path keeps the loop's answer.
+(quota.ratelimit) are asked once per call on either path: the thread path keeps the loop's answer
+(unless the loop's answer was "stale": its generation check failed and nothing was taken).
 """
 
 import datetime as dt
@@ -29,7 +30,7 @@ from allocations.access import (
     key_touch,
 )
 from allocations.bounded import BoundedCache
-from allocations.cache import auth_generation, auth_generation_async
+from allocations.cache import auth_generation, auth_generation_async, forget_generation, known_generation
 from allocations.exceptions import (
     AllocationPaused,
     AllocationQuarantined,
@@ -238,26 +239,28 @@ async def preflight_cached(
     part: `preflight` fills it again). Errors propagate."""
     if not ledger.on_loop():
         return False
-    generation = await auth_generation_async()
-    if generation is None:
+    # A rate-limited call whose key and limits are cached under the generation this process last
+    # read lets its rate-limit script check that generation (one Redis round trip for both);
+    # any other call reads the generation first.
+    known = known_generation()
+    warm = _warm(plaintext, model, kinds, known[0], now) if known is not None else None
+    fused = known is not None and warm is not None and bool(warm[1].limits) and ratelimit.checks_generation(known[1])
+    if not fused:
+        generation = await auth_generation_async()
+        if generation is None:
+            return False
+        if known is None or generation != known[0]:
+            warm = _warm(plaintext, model, kinds, generation, now)
+    if warm is None:
         return False
-    scope = key_scope_cached(plaintext, generation=generation, now=now)
-    if scope is None or touch_due(scope.key_id):
-        return False
-    try:
-        entry = scope.resolve(model)
-        allocation_check_status(entry)
-    except GatewayError:
-        return False
-    if late_refusal(entry, kinds=kinds, surface="") is not None:
-        return False
-    found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
-    if not found:
-        return False
+    scope, entry, price = warm
     estimated = estimate(price)
     # The rate limits and the admission are asked at once (Redis and PostgreSQL answer in
-    # parallel); a call the rate limits refuse gives its reservation back.
-    rate = ratelimit.admit_begin(entry.limits, tokens=estimated[0]) if entry.limits else None
+    # parallel); a call the rate limits refuse (or whose generation moved) gives its reservation back.
+    rate = None
+    if entry.limits:
+        check = (known[0], known[2]) if fused and known is not None else None
+        rate = ratelimit.admit_begin(entry.limits, tokens=estimated[0], generation=check)
     into.scope, into.entry, into.price = scope, entry, price
     try:
         into.admission = await ledger.admit_async(
@@ -269,11 +272,33 @@ async def preflight_cached(
         if rate is not None:
             into.rate, into.rate_ticket = await rate
     if into.rate is not None and not into.rate.allowed:
+        if into.rate is ratelimit.STALE:
+            into.rate = None  # nothing was taken: the thread path asks again under the new generation
+            forget_generation()
         if into.admission is not None:
             await threads.run(ledger.release, admission=into.admission)
             into.admission = None
-        return False  # the thread path records the refusal (without asking again)
+        return False  # the thread path records a refusal (without asking again)
     return into.admission is not None
+
+
+def _warm(
+    plaintext: str, model: str, kinds: frozenset[str], generation: int, now: dt.datetime
+) -> tuple[KeyScope, ScopedAllocation, Any] | None:
+    """(key scope, allocation, price) when all three are cached under `generation` and nothing
+    refuses the call before its limits and caps; else None."""
+    scope = key_scope_cached(plaintext, generation=generation, now=now)
+    if scope is None or touch_due(scope.key_id):
+        return None
+    try:
+        entry = scope.resolve(model)
+        allocation_check_status(entry)
+    except GatewayError:
+        return None
+    if late_refusal(entry, kinds=kinds, surface="") is not None:
+        return None
+    found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
+    return (scope, entry, price) if found else None
 
 
 _touched: BoundedCache = BoundedCache(100_000)  # key id -> when this process last touched it (monotonic)

@@ -8,9 +8,12 @@ process that dies gives its slots back after the lease. A call's tokens are coun
 reservation's estimate at admission and corrected to what it used when it settles.
 
 From the event loop the script goes out on a pipelined minimal connection per loop
-(allocations.cache.RespConnection); the accounting threads and realtime's database steps use
-redis-py. When Redis does not answer, limits fail open (money is still guarded by the caps in
-PostgreSQL), with a warning at most once per GATEWAY_RATE_LIMIT_WARN_INTERVAL_S and a counter.
+(allocations.cache.RespConnection), sent before the call's admission in PostgreSQL and read after
+it; for a warm call it also checks the auth generation the call's cached key and limits were read
+under (quota.preflight), so a limited call costs no more Redis round trips than an unlimited one.
+The accounting threads and realtime's database steps use redis-py. When Redis does not answer,
+limits fail open (money is still guarded by the caps in PostgreSQL), with a warning at most once
+per GATEWAY_RATE_LIMIT_WARN_INTERVAL_S and a counter.
 Without a Redis URL (`make run`) the same windows are kept in this process's memory (ratelimit_memory).
 """
 
@@ -65,6 +68,7 @@ class Ticket:
 
 
 PASS = Decision(True, 0, {})
+STALE = Decision(False, 0, {})  # not decided: the auth generation moved (admit_begin's `generation`)
 stats = {"fail_open": 0}  # calls let through because Redis did not answer (per process)
 
 
@@ -237,6 +241,8 @@ async def _run_async(parts: list[bytes], *, reply: bool = True) -> str | None:
 def _decided(ticket: str, limits: Limits, reply: "str | Decision | None") -> tuple[Decision, Ticket | None]:
     if reply is None:
         return PASS, None  # not enforced: Redis did not answer
+    if reply == "stale":
+        return STALE, None
     decision = reply if isinstance(reply, Decision) else decision_from(reply)
     return decision, (Ticket(ticket, limits) if decision.allowed else None)
 
@@ -250,11 +256,19 @@ async def admit_async(
 
 
 def admit_begin(
-    limits: Limits, *, tokens: int, count: bool = True, hold: bool = True, lease_s: float | None = None
+    limits: Limits,
+    *,
+    tokens: int,
+    count: bool = True,
+    hold: bool = True,
+    lease_s: float | None = None,
+    generation: tuple[int, bytes] | None = None,
 ) -> Awaitable[tuple[Decision, Ticket | None]]:
     """admit_async with the script already on its way when this returns: the caller does other
     work meanwhile (the admission in PostgreSQL) and then awaits the answer, which by then has
-    usually arrived. Awaited exactly once."""
+    usually arrived. Awaited exactly once. `generation` (value, raw key; see checks_generation):
+    the script first checks that the auth generation still has that value, and answers STALE
+    without taking anything when it has not."""
     ticket, lease = _new_ticket(), lease_s or _lease_s()
     if not _url():
         decided = _decided(
@@ -262,7 +276,18 @@ def admit_begin(
         )
         return _ready(decided)
     parts = _parts(b"admit", ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease)
+    if generation is not None:
+        value, key = generation
+        parts.insert(3 + int(parts[2]), key)
+        parts[2] = b"%d" % (int(parts[2]) + 1)
+        parts.append(b"%d" % value)
     return _answer(ticket, limits, parts, _sent_now(parts))
+
+
+def checks_generation(url: str) -> bool:
+    """Whether the script can check the auth generation kept on the Redis at `url` (the cache's):
+    only when the limits live on the same server and database."""
+    return bool(url) and url == _url()
 
 
 async def _ready(decided: tuple[Decision, Ticket | None]) -> tuple[Decision, Ticket | None]:

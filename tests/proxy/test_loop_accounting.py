@@ -50,9 +50,12 @@ def test_a_cap_reached_on_the_loop_is_refused_by_the_thread_path_with_its_record
     assert not Reservation.objects.exists()
 
 
+@pytest.mark.parametrize("limits", [None, {"rpm_limit": 100}], ids=["unlimited", "rate-limited"])
 @pytest.mark.parametrize("change", ["revoke", "pause"])
-def test_a_change_after_warm_calls_is_seen_on_the_nextchat_call(world, change):
-    allocation = world.allocation(cost=Decimal("5"))
+def test_a_change_after_warm_calls_is_seen_on_the_nextchat_call(world, change, limits):
+    """A rate-limited call checks the auth generation inside its rate-limit script, an unlimited
+    one reads it first: either way the change is seen at once."""
+    allocation = world.allocation(cost=Decimal("5"), limits=limits)
     chat_call(world, allocation, "chg-1")
     chat_call(world, allocation, "chg-2")  # served from the caches on the loop
     if change == "revoke":

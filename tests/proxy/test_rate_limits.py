@@ -13,6 +13,7 @@ import openai
 import pytest
 from django.utils import timezone
 
+from allocations.cache import bump_auth_generation
 from allocations.services import api_key_set_expiry, model_update
 from proxy.registry import ENDPOINTS
 from quota.models import CallRecord, Reservation, UsageCounter
@@ -148,6 +149,21 @@ def test_a_call_the_rate_limits_refuse_holds_no_reservation(world, thread_steps)
     assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
     outcomes = sorted(CallRecord.objects.filter(allocation_id=allocation.id).values_list("outcome", flat=True))
     assert outcomes == ["rejected_rate_limited"] * 3 + ["success"] * 2
+
+
+def test_a_generation_check_that_fails_takes_nothing_and_the_call_is_decided_again(world, thread_steps):
+    """A warm limited call lets its rate-limit script check the auth generation it read last; after
+    a bump the script answers 'stale' without taking a request, and the call is decided again."""
+    allocation = world.allocation(limits={"rpm_limit": 3})
+    assert [_burst([world.gateway_url], allocation, 1, 1)[0].status_code for _ in range(2)] == [200, 200]
+    bump_auth_generation()
+    thread_steps.clear()
+    third = _burst([world.gateway_url], allocation, 1, 1)[0]
+    assert third.status_code == 200
+    assert "call_open" in thread_steps  # decided again on a thread
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"  # three taken, not four
+    assert _burst([world.gateway_url], allocation, 1, 1)[0].status_code == 429
+    assert not Reservation.objects.filter(counter__allocation_id=allocation.id).exists()
 
 
 def test_an_unlimited_allocation_gets_no_rate_headers(world):
