@@ -321,10 +321,19 @@ async def _answer(ticket: str, limits: Limits, parts: list[bytes], sent: asyncio
     return _decided(ticket, limits, reply)
 
 
+@functools.lru_cache(maxsize=4096)
+def _settles(limits: Limits) -> bool:
+    """Whether settling changes anything: a slot in flight to give back or tokens to correct (a
+    requests-per-minute limit alone is taken at admission and left to its window)."""
+    return any(tpm is not None or parallel is not None for _, _rpm, tpm, parallel in limits)
+
+
 async def settle_async(ticket: Ticket, *, tokens: int) -> None:
     """Gives back the call's slot and corrects its tokens to what it used. Sent without waiting for
     (or hearing) Redis' reply: nothing waits on it, and a lost settlement only leaves the slot to
     its lease."""
+    if not _settles(ticket.limits):
+        return None
     if not _url():
         return memory().settle(ticket.id, ticket.limits, tokens=tokens)
     parts = _parts(b"settle", ticket.id, ticket.limits, tokens=tokens, count=False, hold=False, lease_s=0)
@@ -370,6 +379,8 @@ def admit(
 
 def settle(ticket: Ticket, *, tokens: int) -> None:
     """settle_async from a thread."""
+    if not _settles(ticket.limits):
+        return None
     if not _url():
         return memory().settle(ticket.id, ticket.limits, tokens=tokens)
     _run(_parts(b"settle", ticket.id, ticket.limits, tokens=tokens, count=False, hold=False, lease_s=0))

@@ -176,5 +176,6 @@ def test_a_rate_limited_warm_call_stays_on_the_loop_and_its_refusal_asks_the_lim
     assert thread_steps == []  # admitted and settled on the loop, limiter included
     with pytest.raises(openai.RateLimitError):
         chat_call(world, allocation, "limited-3")
-    assert thread_steps == ["call_open"] and len(asked) == 1  # the loop's refusal, recorded on a thread
+    # the loop's refusal: the reservation made meanwhile given back, the refusal recorded on a thread
+    assert thread_steps == ["release", "call_open"] and len(asked) == 1
     assert record_of("limited-3").outcome == "rejected_rate_limited"
