@@ -341,6 +341,16 @@ async def settle_async(ticket: Ticket, *, tokens: int) -> None:
     return None
 
 
+async def renew_async(ticket: Ticket, *, lease_s: float) -> None:
+    """Extends a long call's slot (a realtime session) so that it outlives the lease; sent like
+    settle_async, without waiting for the reply."""
+    if not _url():
+        return memory().renew(ticket.id, ticket.limits, lease_s=lease_s)
+    parts = _parts(b"renew", ticket.id, ticket.limits, tokens=0, count=False, hold=False, lease_s=lease_s)
+    await _run_async(parts, reply=False)
+    return None
+
+
 # --- from threads (accounting threads, realtime's database steps) ------------------------------------
 
 _thread = threading.local()
@@ -384,12 +394,4 @@ def settle(ticket: Ticket, *, tokens: int) -> None:
     if not _url():
         return memory().settle(ticket.id, ticket.limits, tokens=tokens)
     _run(_parts(b"settle", ticket.id, ticket.limits, tokens=tokens, count=False, hold=False, lease_s=0))
-    return None
-
-
-def renew(ticket: Ticket, *, lease_s: float) -> None:
-    """Extends a long call's slot (a realtime session) so that it outlives the lease."""
-    if not _url():
-        return memory().renew(ticket.id, ticket.limits, lease_s=lease_s)
-    _run(_parts(b"renew", ticket.id, ticket.limits, tokens=0, count=False, hold=False, lease_s=lease_s))
     return None

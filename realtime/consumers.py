@@ -367,6 +367,9 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
                 logger.debug("upstream close failed for %s", self.request_id)
         session = self.opened  # _finish returns early when no session was opened
         usage = self.meter.usage(session.price, cut=cut) if bill else Usage()
+        if session.rate_ticket is not None:  # its slot among the calls in flight, given back
+            ticket, session.rate_ticket = session.rate_ticket, None
+            await ratelimit.settle_async(ticket, tokens=usage.total_tokens)
         try:
             await database_sync_to_async(services.session_settle)(
                 session=session,

@@ -179,8 +179,6 @@ def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.
             expires_at=now + dt.timedelta(seconds=LEASE_S),
         )
         session.admission = admission
-        if session.rate_ticket is not None:
-            ratelimit.renew(session.rate_ticket, lease_s=LEASE_S)
     counter = (
         UsageCounter.objects.select_related("allocation")
         .only(
@@ -227,9 +225,6 @@ def session_settle(
         "close_reason": close_reason,
         "error_code": error_code,
     }
-    if session.rate_ticket is not None:
-        ticket, session.rate_ticket = session.rate_ticket, None
-        ratelimit.settle(ticket, tokens=usage.total_tokens)
     with transaction.atomic():
         held = list(Reservation.objects.select_for_update().filter(pk=session.admission.reservation_id).values("pk"))
         if not held and CallRecord.objects.filter(request_id=session.request_id, endpoint=ENDPOINT).exists():

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from allocations.cache import auth_generation_async
 from allocations.exceptions import GatewayError
+from quota import ratelimit
 from quota.preflight import reject_outcome
 
 from . import services
@@ -83,9 +84,14 @@ class SessionWatch:
         session = self.opened
         now_mono = asyncio.get_running_loop().time()
         usage = None
-        if self.meter.version != self.billed_version or now_mono - self.renewed_at >= RENEW_S:
-            self.billed_version, self.renewed_at = self.meter.version, now_mono
+        renew = now_mono - self.renewed_at >= RENEW_S
+        if self.meter.version != self.billed_version or renew:
+            self.billed_version = self.meter.version
             usage = self.meter.usage(session.price)
+        if renew:
+            self.renewed_at = now_mono
+            if session.rate_ticket is not None:  # its slot among the calls in flight outlives the lease
+                await ratelimit.renew_async(session.rate_ticket, lease_s=services.LEASE_S)
         state = await database_sync_to_async(services.session_watch)(
             session=session, usage=usage, full=full, now=timezone.now()
         )

@@ -72,15 +72,15 @@ def test_calls_in_flight_hold_their_slot_until_they_settle(limiter):
     assert ratelimit.admit(limits, tokens=0)[0].allowed
 
 
-def test_the_slot_of_a_call_that_never_settles_comes_back_after_its_lease(limiter):
+async def test_the_slot_of_a_call_that_never_settles_comes_back_after_its_lease(limiter):
     limits = (scope(par=1),)
-    _, ticket = ratelimit.admit(limits, tokens=0, lease_s=0.3)
-    assert not ratelimit.admit(limits, tokens=0, lease_s=0.3)[0].allowed
-    ratelimit.renew(ticket, lease_s=0.6)  # a live realtime session renews
-    time.sleep(0.4)
-    assert not ratelimit.admit(limits, tokens=0, lease_s=0.3)[0].allowed
-    time.sleep(0.3)
-    assert ratelimit.admit(limits, tokens=0, lease_s=0.3)[0].allowed
+    _, ticket = await ratelimit.admit_async(limits, tokens=0, lease_s=0.3)
+    assert not (await ratelimit.admit_async(limits, tokens=0, lease_s=0.3))[0].allowed
+    await ratelimit.renew_async(ticket, lease_s=0.6)  # a live realtime session renews
+    await asyncio.sleep(0.4)
+    assert not (await ratelimit.admit_async(limits, tokens=0, lease_s=0.3))[0].allowed
+    await asyncio.sleep(0.3)
+    assert (await ratelimit.admit_async(limits, tokens=0, lease_s=0.3))[0].allowed
 
 
 def test_both_scopes_must_allow_and_the_headers_show_the_tighter(limiter):
