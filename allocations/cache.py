@@ -277,26 +277,39 @@ def forget_generation() -> None:
 
 
 class _SharedCounters:
-    """Commands for one event loop on one connection, one command out at a time: the failed-auth
-    counts (refused requests only) and the Responses API id owners (one SET per relayed response,
-    one GET per `previous_response_id`), so a lock costs nothing that matters."""
+    """Commands for one event loop on one pipelined connection (RespConnection answers them in the
+    order sent, so callers need not wait for each other): the failed-auth counts (refused requests
+    only) and the Responses API id owners (one SET per relayed response, one GET per
+    `previous_response_id`)."""
 
     def __init__(self, url: str):
         self.url = url
         self.conn: RespConnection | None = None
-        self.lock = asyncio.Lock()
+        self.opening: asyncio.Future[RespConnection] | None = None
 
-    async def command(self, *parts: bytes):
-        async with self.lock:
-            try:
-                if self.conn is None or self.conn.transport is None:
-                    self.conn = await RespConnection.open(self.url)
-                return await self.conn.command(*parts)
-            except BaseException:
-                if self.conn is not None:
-                    self.conn.close()
-                    self.conn = None  # a half-read reply must not answer the next command
-                raise
+    async def _connection(self) -> RespConnection:
+        if self.conn is not None and self.conn.transport is not None:
+            return self.conn
+        if self.opening is None:
+            self.opening = asyncio.ensure_future(RespConnection.open(self.url))
+        opening = self.opening
+        try:
+            self.conn = await asyncio.shield(opening)
+        finally:
+            if self.opening is opening and opening.done():
+                self.opening = None
+        return self.conn
+
+    async def command(self, *commands: tuple[bytes, ...]) -> list:
+        """Sends `commands` together (one write, one round trip) and returns their replies."""
+        conn = await self._connection()
+        try:
+            replies = [conn.request(*parts) for parts in commands]
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                return [await reply for reply in replies]
+        except (OSError, TimeoutError):
+            conn.close()  # the next command starts on a fresh connection
+            raise
 
 
 _shared_counters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedCounters]" = weakref.WeakKeyDictionary()
@@ -312,23 +325,24 @@ def _counters(backend: RedisCache) -> _SharedCounters:
 
 async def counter_incr(key: str, *, ttl_s: int) -> int:
     """Increments a counter in the shared cache from the event loop; it expires `ttl_s` after its
-    first increment. Readable with cache.get(key) as well."""
+    first increment (created with its expiry, then incremented: one round trip). Readable with
+    cache.get(key) as well."""
     backend = caches["default"]
     if not isinstance(backend, RedisCache):
         backend.add(key, 0, timeout=ttl_s)
         return backend.incr(key)
-    counters, raw_key = _counters(backend), backend.make_and_validate_key(key).encode()
-    value = int(await counters.command(b"INCR", raw_key))
-    if value == 1:
-        await counters.command(b"EXPIRE", raw_key, str(ttl_s).encode())
-    return value
+    raw_key = backend.make_and_validate_key(key).encode()
+    replies = await _counters(backend).command(
+        (b"SET", raw_key, b"0", b"EX", str(ttl_s).encode(), b"NX"), (b"INCR", raw_key)
+    )
+    return int(replies[1])
 
 
 async def counter_read(key: str) -> int:
     backend = caches["default"]
     if not isinstance(backend, RedisCache):
         return int(backend.get(key) or 0)
-    raw = await _counters(backend).command(b"GET", backend.make_and_validate_key(key).encode())
+    (raw,) = await _counters(backend).command((b"GET", backend.make_and_validate_key(key).encode()))
     return int(raw) if raw is not None else 0
 
 
@@ -339,14 +353,14 @@ async def shared_set(key: str, value: str, *, ttl_s: int) -> None:
         backend.set(key, value, timeout=ttl_s)
         return
     raw_key = backend.make_and_validate_key(key).encode()
-    await _counters(backend).command(b"SET", raw_key, value.encode(), b"EX", str(ttl_s).encode())
+    await _counters(backend).command((b"SET", raw_key, value.encode(), b"EX", str(ttl_s).encode()))
 
 
 async def shared_get(key: str) -> str | None:
     backend = caches["default"]
     if not isinstance(backend, RedisCache):
         return backend.get(key)
-    raw = await _counters(backend).command(b"GET", backend.make_and_validate_key(key).encode())
+    (raw,) = await _counters(backend).command((b"GET", backend.make_and_validate_key(key).encode()))
     return None if raw is None else raw.decode()
 
 

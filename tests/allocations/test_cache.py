@@ -91,6 +91,9 @@ class _Transport:
     def close(self):
         self.closed = True
 
+    def is_closing(self):
+        return self.closed
+
 
 def _connection():
     conn = cache.RespConnection()
@@ -102,6 +105,7 @@ async def test_a_value_split_across_packets_is_read_whole_and_nil_is_none():
     conn = _connection()
     reply = asyncio.ensure_future(conn.command(b"GET", b"k"))
     await asyncio.sleep(0)
+    await asyncio.sleep(0)  # commands leave together at the end of the loop's turn
     assert conn.transport.written == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
     conn.data_received(b"$5\r\n12")
     await asyncio.sleep(0)
@@ -134,3 +138,38 @@ async def test_a_redis_that_does_not_answer_times_out(monkeypatch):
     monkeypatch.setattr(cache, "REDIS_TIMEOUT_S", 0.05)
     with pytest.raises(TimeoutError):
         await _connection().command(b"GET", b"k")
+
+
+async def test_counters_count_every_concurrent_increment_and_expire_from_the_first():
+    from django.core.cache import cache as django_cache
+
+    key = "gw:test-counter"
+    django_cache.delete(key)
+    counts = await asyncio.gather(*(cache.counter_incr(key, ttl_s=30) for _ in range(40)))
+    assert sorted(counts) == list(range(1, 41))
+    assert await cache.counter_read(key) == 40 == int(django_cache.get(key))
+    ttl = django_cache._cache.get_client().ttl(django_cache.make_and_validate_key(key))
+    assert 0 < ttl <= 30  # set by the first increment, kept by the others
+
+
+async def test_commands_from_many_callers_share_one_connection_and_a_failure_reconnects():
+    await cache.shared_set("gw:test-shared", "a", ttl_s=30)
+    values = await asyncio.gather(*(cache.shared_get("gw:test-shared") for _ in range(20)))
+    assert values == ["a"] * 20
+    counters = cache._shared_counters[asyncio.get_running_loop()]
+    counters.conn.close()  # the server went away mid-session
+    await asyncio.sleep(0)
+    assert await cache.shared_get("gw:test-shared") == "a"
+
+
+async def test_commands_sent_in_one_turn_of_the_loop_leave_in_one_write():
+    conn = _connection()
+    writes: list[bytes] = []
+    conn.transport.write = writes.append
+    first, second = conn.request(b"GET", b"a"), conn.request(b"GET", b"b")
+    conn.send_without_reply(b"DEL", b"c")
+    assert writes == []
+    await asyncio.sleep(0)
+    assert len(writes) == 1 and writes[0].index(b"$1\r\na") < writes[0].index(b"$1\r\nb") < writes[0].index(b"DEL")
+    conn.data_received(b"$1\r\nx\r\n$-1\r\n")
+    assert (await first, await second) == (b"x", None)
