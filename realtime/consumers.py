@@ -20,7 +20,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from allocations.access import key_scope
+from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
+from allocations.http import client_address
 from quota import ratelimit
 from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.models import CloseReason, Outcome
@@ -61,6 +63,7 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
         self.session: services.Session | None = None
         self.link: UpstreamLink | None = None
         self.plaintext = self.model_name = self.intent = ""
+        self.address = "unknown"  # the client's, for the failed-auth limit (set at connect)
         self.extra_headers: dict = {}
         self.tasks: list[asyncio.Task] = []
         self.finishing: asyncio.Future | None = None
@@ -113,6 +116,10 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope.get("headers", [])}
         offered = self.scope.get("subprotocols") or []
         await self.accept(subprotocol="realtime" if "realtime" in offered else None)
+        peer = (self.scope.get("client") or ("", 0))[0] or ""
+        self.address = client_address(remote=peer, forwarded_for=headers.get("x-forwarded-for", "")) or "unknown"
+        if (blocked := await auth_blocked(self.address)) is not None:
+            return await self._refuse_at_door(blocked)
         if any(k.lower() in KEY_PARAMS for k in params) or any(
             v.startswith("sk-") for vs in params.values() for v in vs
         ):
@@ -175,12 +182,21 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
         return True
 
     async def _reject(self, error: GatewayError) -> None:
+        """A refused handshake, recorded; a refused key also counts against its client address,
+        and one past the address's limit closes as rate limited without a record (a flood of bad
+        keys would otherwise write a row each)."""
+        if isinstance(error, Unauthorized) and (too_many := await auth_failed(self.address)) is not None:
+            return await self._refuse_at_door(too_many)
         hint = await database_sync_to_async(services.session_scope_hint)(
             plaintext=self.plaintext, model=self.model_name
         )
         await database_sync_to_async(services.session_reject)(
             error=error, request_id=self.request_id, now=timezone.now(), scope_hint=hint
         )
+        await self._refuse_at_door(error)
+
+    async def _refuse_at_door(self, error: GatewayError) -> None:
+        """Closes the handshake with the refusal's code and reason (counted in the metrics)."""
         observed.refused(request_id=self.request_id, error=error)
         self.finishing = asyncio.get_running_loop().create_future()
         self.finishing.set_result(None)

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
@@ -197,3 +198,21 @@ async def test_a_session_update_naming_the_model_in_time_opens_the_session(fake_
     await comm.disconnect()
     [record] = await session_records(world.allocation)
     assert record.close_reason in ("normal", "client_abort") and record.error_code == ""
+
+
+async def test_refused_keys_count_per_address_and_one_past_the_limit_closes_rate_limited_unrecorded(
+    fake_upstream, settings
+):
+    if (left := 60 - time.time() % 60) < 15:  # the counts are per calendar minute
+        await asyncio.sleep(left + 0.1)
+    settings.GATEWAY_AUTH_FAILURES_PER_MINUTE = 2
+    await sync_to_async(realtime_world)(fake_upstream)
+    reasons = []
+    for _ in range(4):
+        comm = communicator("model=whatever", key="sk-gw-not-a-real-key")
+        await comm.connect()
+        reasons.append((await closed_with(comm))["reason"])
+    assert reasons == ["unauthorized", "unauthorized", "rate_limited", "rate_limited"]
+    outcomes = CallRecord.objects.filter(endpoint="realtime").values_list("outcome", flat=True)
+    records = await sync_to_async(list)(outcomes)
+    assert records == ["rejected_unauthenticated"] * 2  # past the limit: counted, not recorded
