@@ -16,7 +16,6 @@ from .catalog import (  # noqa: F401  (providers and models are governed in .cat
     model_create,
     model_set_active,
     model_update,
-    provider_api_key,
     provider_clean,
     provider_create,
     provider_rotate_key,

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from allocations import services
+from allocations import crypto, services
 from allocations.access import key_scope
 from allocations.exceptions import BadRequest, Forbidden, InvalidTransition, ScopeConflict, ScopeForbidden, Unauthorized
 from allocations.models import AdminToken, Allocation, ApiKey, AuditEvent
@@ -196,8 +196,9 @@ def test_provider_services_audit_fingerprints_never_keys():
     created = only_event(action="provider_created")
     assert created.after["fingerprint"] == provider.key_fingerprint == ApiKey.hash("sk-secret-1")[:12]
     assert "sk-secret-1" not in str(created.after) and "sk-secret-1" not in provider.api_key_encrypted
-    assert services.provider_api_key(provider) == "sk-secret-1"
+    assert crypto.provider_api_key(provider) == "sk-secret-1"
     services.provider_rotate_key(provider=provider, api_key="sk-secret-2")
+    assert crypto.provider_api_key(provider) == "sk-secret-2"
     rotated = only_event(action="provider_key_rotated")
     assert rotated.before["fingerprint"] == created.after["fingerprint"] != rotated.after["fingerprint"]
     services.provider_update(provider=provider, changes={"base_url": "https://y.test/v1"})
