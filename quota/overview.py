@@ -21,8 +21,8 @@ from allocations.models import Allocation, CatalogModel
 from .models import CallRecord, Outcome, UsageCounter
 from .periods import billing_tz, period_bounds, previous_period_start
 from .pricing import ZERO
+from .selectors import PRICED_COST, UNPRICED_CALLS
 
-CARRIED_USAGE = Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0)
 CLOSED_DAYS_TTL_S = 600
 MAX_SERIES = 8  # stacked series in the daily chart; the rest are summed as "other"
 OTHER = "other"
@@ -61,8 +61,8 @@ def _grouped(start: dt.datetime, end: dt.datetime) -> list[dict]:
         .values("day", "model_id", "outcome")
         .annotate(
             calls=Count("id"),
-            cost=Sum("cost_usd", filter=Q(priced=True)),
-            unpriced=Count("id", filter=Q(priced=False) & CARRIED_USAGE),
+            cost=PRICED_COST,
+            unpriced=UNPRICED_CALLS,
         )
         .order_by()
     )

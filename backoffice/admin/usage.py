@@ -406,8 +406,7 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     def cost(self, obj):
         if obj.priced:
             return _money(obj.cost_usd)
-        carried = obj.input_tokens or obj.output_tokens or obj.quantity
-        return "unpriced" if carried else "—"
+        return "unpriced" if obj.carries_usage else "—"
 
     def get_actions(self, request):
         return {}

@@ -4,7 +4,7 @@ import datetime as dt
 import uuid
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.http import Http404
 
 from allocations.exceptions import BadRequest
@@ -89,12 +89,10 @@ def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list
         .values(*keys.values())
         .annotate(
             n_calls=Count("id"),
-            n_unpriced=Count(
-                "id", filter=Q(priced=False) & (Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0))
-            ),
+            n_unpriced=selectors.UNPRICED_CALLS,
             sum_input=Sum("input_tokens"),
             sum_output=Sum("output_tokens"),
-            sum_cost=Sum("cost_usd"),
+            sum_cost=selectors.PRICED_COST,
         )
         .order_by(*keys.values())
     )
