@@ -17,7 +17,6 @@ from django.utils.html import format_html
 
 from allocations import services
 from allocations.exceptions import BadRequest, GatewayError
-from allocations.http import client_ip
 from allocations.models import Allocation, ProviderKind
 from quota import display, selectors
 from quota.models import CallRecord, PriceVersion, UsageCounter
@@ -227,9 +226,7 @@ class AllocationAdmin(StaffAdmin):
         if change:
             fresh = Allocation.objects.get(pk=obj.pk)
             changes = {f: data[f] for f in form.changed_data if f in services.UPDATABLE_FIELDS}
-            services.allocation_update(
-                allocation=fresh, changes=changes, actor=request.user, source_ip=client_ip(request)
-            )
+            services.allocation_update(allocation=fresh, changes=changes, actor=request.user)
             return
         allocation, key, plaintext = services.allocation_create(
             member=data["member"],
