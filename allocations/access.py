@@ -128,7 +128,7 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                     kind=p.kind,
                     base_url=p.base_url,
                     api_version=p.api_version,
-                    api_key=crypto.decrypt(p.api_key_encrypted) if p.api_key_encrypted else "",
+                    api_key=crypto.provider_api_key(p),
                     is_active=p.is_active,
                 ),
             )

@@ -58,8 +58,6 @@ def audit_record(
     target,
     before: dict | None = None,
     after: dict | None = None,
-    source_ip: str | None = None,
-    request_id: str = "",
     now=None,
     target_type: str | None = None,
     target_id: str | None = None,
@@ -73,7 +71,7 @@ def audit_record(
         target_id=target_id or str(target.pk),
         before=before,
         after=after,
-        source_ip=source_ip or context.source_ip,
-        request_id=request_id or context.request_id,
+        source_ip=context.source_ip,
+        request_id=context.request_id,
         created_at=now or timezone.now(),
     )

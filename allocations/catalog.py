@@ -106,10 +106,6 @@ def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provi
     return provider
 
 
-def provider_api_key(provider: Provider) -> str:
-    return crypto.decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else ""
-
-
 def model_create(
     *,
     slug: str,

@@ -21,3 +21,8 @@ def encrypt(plaintext: str) -> str:
 
 def decrypt(token: str) -> str:
     return _fernet().decrypt(token.encode()).decode()
+
+
+def provider_api_key(provider) -> str:
+    """The provider's plaintext API key ("" when none is stored: a keyless upstream)."""
+    return decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else ""

@@ -16,7 +16,6 @@ from .catalog import (  # noqa: F401  (providers and models are governed in .cat
     model_create,
     model_set_active,
     model_update,
-    provider_api_key,
     provider_clean,
     provider_create,
     provider_rotate_key,
@@ -174,7 +173,7 @@ def _clean_update(changes: dict) -> dict:
     return clean
 
 
-def allocation_update(*, allocation: Allocation, changes: dict, actor=None, source_ip=None) -> Allocation:
+def allocation_update(*, allocation: Allocation, changes: dict, actor=None) -> Allocation:
     """Validates every field before writing anything; one audit event per kind of change."""
     clean = _clean_update(changes)
     changed = {f: v for f, v in clean.items() if getattr(allocation, f) != v}
@@ -194,7 +193,6 @@ def allocation_update(*, allocation: Allocation, changes: dict, actor=None, sour
                 actor=actor,
                 action=action,
                 target=locked,
-                source_ip=source_ip,
                 before={f: before[f] for f in fields},
                 after={f: after[f] for f in fields},
             )
@@ -203,7 +201,6 @@ def allocation_update(*, allocation: Allocation, changes: dict, actor=None, sour
                 actor=actor,
                 action="allocation_updated",
                 target=locked,
-                source_ip=source_ip,
                 before={f: before[f] for f in generic},
                 after={f: after[f] for f in generic},
             )

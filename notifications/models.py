@@ -13,6 +13,7 @@ class Kind(models.TextChoices):
 
 
 MEMBER_KINDS = (Kind.NEAR_CAP, Kind.CAP_REACHED)
+ADMIN_KINDS = (Kind.QUARANTINED, Kind.PROVIDER_AUTH, Kind.UPSTREAM_ERRORS)
 
 
 class Notification(models.Model):
@@ -31,10 +32,17 @@ class Notification(models.Model):
     target_type = models.CharField(max_length=40)
     target_id = models.CharField(max_length=64)
     created_at = models.DateTimeField()
+    # When a send took this mail; another send may take it only once SEND_LEASE has passed
+    # (notifications.services), so overlapping sends mail it once.
+    send_claimed_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["kind", "scope"], name="notification_once_per_scope")]
+        # The scan looks for unsent mails every minute; sent ones are nearly all of the table.
+        indexes = [
+            models.Index(fields=["created_at"], condition=models.Q(sent_at__isnull=True), name="notification_unsent")
+        ]
 
     def __str__(self):
         return f"{self.kind} {self.scope}"

@@ -3,11 +3,14 @@
 A periodic scan (Celery beat, every minute) reads the usage counters and the recent call records,
 so nothing is added to the request path. Each mail is claimed by inserting its Notification row
 (unique per kind and scope) before it is sent after commit: exactly once across any number of
-processes running the scan at the same time.
+processes running the scan at the same time. Its sending is claimed too (a conditional UPDATE of
+`send_claimed_at`), so a resend of a mail whose send is late and the late send itself never both
+mail it.
 """
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -23,9 +26,10 @@ from allocations.audit import audit_record
 from allocations.models import Allocation, AuditEvent, Member
 from quota.display import usd
 from quota.models import CallRecord, Outcome, UsageCounter
+from quota.overview import near_cap_q
 from quota.periods import period_bounds, period_start_date
 
-from .models import MEMBER_KINDS, AlertPreference, Kind, Notification
+from .models import ADMIN_KINDS, MEMBER_KINDS, AlertPreference, Kind, Notification
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,9 @@ log = logging.getLogger(__name__)
 ERROR_LOOKBACK = dt.timedelta(minutes=5)
 # A claimed mail not sent after this long (its task was lost) is sent again by the next scan.
 RESEND_AFTER = dt.timedelta(minutes=5)
+# A send that has not marked its mail sent after this long is presumed dead (its worker was lost
+# between claiming and marking) and another may send it: far above EMAIL_TIMEOUT.
+SEND_LEASE = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ def member_alerts_scan(*, now: dt.datetime) -> list[Notification]:
         UsageCounter.objects.filter(period_start=period)
         .exclude(allocation__status=Allocation.Status.REVOKED)
         .filter(
+            near_cap_q(),
             Q(allocation__quota_cost_usd_per_month__gt=0) | Q(allocation__quota_tokens_per_month__gt=0),
             allocation__member__is_active=True,
         )
@@ -165,17 +173,33 @@ def member_alerts_scan(*, now: dt.datetime) -> list[Notification]:
     return claimed
 
 
-def _admin_claim(*, kind: Kind, scope: str, subject: str, body: str, figures: dict, target: tuple[str, str], now):
+@dataclass(frozen=True)
+class AdminAlert:
+    """An admin mail that may be due; `render` builds its subject, body and figures, and is called
+    only for a mail not claimed yet."""
+
+    kind: Kind
+    scope: str
+    target: tuple[str, str]
+    render: Callable[[], tuple[str, str, dict]]
+
+
+def _renderer(subject: str, body: tuple[str, dict], figures: dict) -> Callable[[], tuple[str, str, dict]]:
+    return lambda: (subject, render_to_string(*body), figures)
+
+
+def _admin_claim(*, alert: AdminAlert, now: dt.datetime) -> Notification | None:
+    subject, body, figures = alert.render()
     return _claim(
-        kind=kind,
-        scope=scope,
+        kind=alert.kind,
+        scope=alert.scope,
         defaults={
             "recipients": list(settings.GATEWAY_ALERT_EMAILS),
             "subject": subject,
             "body": body,
             "figures": figures,
-            "target_type": target[0],
-            "target_id": target[1],
+            "target_type": alert.target[0],
+            "target_id": alert.target[1],
             "created_at": now,
         },
     )
@@ -186,27 +210,28 @@ def _window_start(now: dt.datetime) -> str:
     return dt.datetime.fromtimestamp(now.timestamp() // window * window, tz=dt.UTC).isoformat()
 
 
-def admin_alerts_scan(*, now: dt.datetime) -> list[Notification]:
-    """Quarantines, providers refusing the gateway's key (401/403), and bursts of upstream failures."""
-    if not settings.GATEWAY_ALERT_EMAILS:
-        return []
-    claimed: list[Notification | None] = []
-    quarantines = AuditEvent.objects.filter(
+def _quarantine_alerts(now: dt.datetime) -> list[AdminAlert]:
+    events = AuditEvent.objects.filter(
         action="allocation_quarantined", created_at__gte=now - dt.timedelta(hours=1)
     ).order_by("created_at")
-    for event in quarantines:
-        claimed.append(
-            _admin_claim(
-                kind=Kind.QUARANTINED,
-                scope=f"{event.target_id}:{event.pk}",
-                subject=f"Allocation quarantined: {event.target_id}",
-                body=render_to_string("notifications/admin_quarantined.txt", {"event": event}),
-                figures={"after": event.after},
-                target=("allocation", event.target_id),
-                now=now,
-            )
+    return [
+        AdminAlert(
+            kind=Kind.QUARANTINED,
+            scope=f"{event.target_id}:{event.pk}",
+            target=("allocation", event.target_id),
+            render=_renderer(
+                f"Allocation quarantined: {event.target_id}",
+                ("notifications/admin_quarantined.txt", {"event": event}),
+                {"after": event.after},
+            ),
         )
-    window = _window_start(now)
+        for event in events
+    ]
+
+
+def _provider_alerts(now: dt.datetime) -> list[AdminAlert]:
+    window, minutes = _window_start(now), int(ERROR_LOOKBACK.total_seconds() // 60)
+    threshold = settings.GATEWAY_ALERT_UPSTREAM_ERRORS
     failures = (
         CallRecord.objects.filter(started_at__gte=now - ERROR_LOOKBACK, outcome=Outcome.UPSTREAM_ERROR)
         .values("model__provider_id", "model__provider__name")
@@ -215,54 +240,74 @@ def admin_alerts_scan(*, now: dt.datetime) -> list[Notification]:
             server=Count("id", filter=Q(status_code__gte=500)),
         )
     )
+    alerts = []
     for row in failures:
         provider_id, name = str(row["model__provider_id"]), row["model__provider__name"]
-        context = {"provider": name, "minutes": int(ERROR_LOOKBACK.total_seconds() // 60), "now": now}
-        if row["auth"]:
-            claimed.append(
-                _admin_claim(
-                    kind=Kind.PROVIDER_AUTH,
-                    scope=f"{provider_id}:{window}",
-                    subject=f"Provider {name} refused the gateway's key",
-                    body=render_to_string("notifications/admin_provider_auth.txt", {**context, "count": row["auth"]}),
-                    figures={"refusals": row["auth"]},
-                    target=("provider", provider_id),
-                    now=now,
-                )
-            )
-        if row["server"] >= settings.GATEWAY_ALERT_UPSTREAM_ERRORS:
-            claimed.append(
-                _admin_claim(
-                    kind=Kind.UPSTREAM_ERRORS,
-                    scope=f"{provider_id}:{window}",
-                    subject=f"Upstream errors from {name}: {row['server']} in {context['minutes']} minutes",
-                    body=render_to_string(
-                        "notifications/admin_upstream_errors.txt", {**context, "count": row["server"]}
-                    ),
-                    figures={"errors": row["server"], "threshold": settings.GATEWAY_ALERT_UPSTREAM_ERRORS},
-                    target=("provider", provider_id),
-                    now=now,
-                )
-            )
+        auth, server = row["auth"], row["server"]
+        context = {"provider": name, "minutes": minutes, "now": now}
+        target, scope = ("provider", provider_id), f"{provider_id}:{window}"
+        if auth:
+            subject = f"Provider {name} refused the gateway's key"
+            body = ("notifications/admin_provider_auth.txt", {**context, "count": auth})
+            alerts.append(AdminAlert(Kind.PROVIDER_AUTH, scope, target, _renderer(subject, body, {"refusals": auth})))
+        if server >= threshold:
+            subject = f"Upstream errors from {name}: {server} in {minutes} minutes"
+            body = ("notifications/admin_upstream_errors.txt", {**context, "count": server})
+            figures = {"errors": server, "threshold": threshold}
+            alerts.append(AdminAlert(Kind.UPSTREAM_ERRORS, scope, target, _renderer(subject, body, figures)))
+    return alerts
+
+
+def admin_alerts_scan(*, now: dt.datetime) -> list[Notification]:
+    """Quarantines, providers refusing the gateway's key (401/403), and bursts of upstream failures.
+    What is already claimed is looked up in one query and never rendered again."""
+    if not settings.GATEWAY_ALERT_EMAILS:
+        return []
+    alerts = _quarantine_alerts(now) + _provider_alerts(now)
+    if not alerts:
+        return []
+    done = set(
+        Notification.objects.filter(kind__in=ADMIN_KINDS, scope__in={a.scope for a in alerts}).values_list(
+            "kind", "scope"
+        )
+    )
+    claimed = [_admin_claim(alert=a, now=now) for a in alerts if (a.kind, a.scope) not in done]
     return [n for n in claimed if n is not None]
+
+
+def _send_free(now: dt.datetime) -> Q:
+    """Unsent and its sending not claimed, or claimed by a send presumed dead."""
+    return Q(sent_at__isnull=True) & (Q(send_claimed_at__isnull=True) | Q(send_claimed_at__lt=now - SEND_LEASE))
 
 
 def alerts_scan(*, now: dt.datetime | None = None) -> list[Notification]:
     now = now or timezone.now()
-    stale = Notification.objects.filter(sent_at__isnull=True, created_at__lt=now - RESEND_AFTER)
+    stale = Notification.objects.filter(_send_free(now), created_at__lt=now - RESEND_AFTER)
     for notification_id in stale.values_list("pk", flat=True):
         _enqueue(notification_id)
     return member_alerts_scan(now=now) + admin_alerts_scan(now=now)
 
 
+def _send_claim(*, notification_id: int, now: dt.datetime) -> Notification | None:
+    """Claim the sending of one mail with a conditional UPDATE: of any number of sends of the same
+    mail at once (the first send, a resend by the scan, a retry), one gets it back."""
+    claimed = Notification.objects.filter(_send_free(now), pk=notification_id).update(send_claimed_at=now)
+    return Notification.objects.get(pk=notification_id) if claimed else None
+
+
 def notification_send(*, notification_id: int, now: dt.datetime | None = None) -> bool:
     """Send one claimed mail and audit it. The mail goes out before the row is marked, outside any
-    transaction: a crash in between sends it once more rather than never."""
-    notification = Notification.objects.filter(pk=notification_id, sent_at__isnull=True).first()
+    transaction: a crash in between sends it once more (after SEND_LEASE) rather than never. A send
+    that fails gives its claim back, so the task's retry can send it."""
+    now = now or timezone.now()
+    notification = _send_claim(notification_id=notification_id, now=now)
     if notification is None:
         return False
-    send_mail(notification.subject, notification.body, settings.DEFAULT_FROM_EMAIL, notification.recipients)
-    now = now or timezone.now()
+    try:
+        send_mail(notification.subject, notification.body, settings.DEFAULT_FROM_EMAIL, notification.recipients)
+    except BaseException:
+        Notification.objects.filter(pk=notification_id, send_claimed_at=now).update(send_claimed_at=None)
+        raise
     with transaction.atomic():
         marked = Notification.objects.filter(pk=notification_id, sent_at__isnull=True).update(sent_at=now)
         if marked:

@@ -8,7 +8,8 @@ from decimal import Decimal
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from allocations.models import Allocation, ApiKeyScope, CatalogModel
+from allocations.models import Allocation, CatalogModel
+from allocations.selectors import key_prefixes_by_allocation
 from quota.models import PriceVersion
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import ZERO
@@ -115,18 +116,6 @@ def _ratio(used, cap) -> Decimal | None:
     return Decimal(used) / Decimal(cap)
 
 
-def _key_prefixes(allocation_ids) -> dict:
-    prefixes: dict = {a: [] for a in allocation_ids}
-    rows = (
-        ApiKeyScope.objects.filter(allocation_id__in=allocation_ids, api_key__revoked_at__isnull=True)
-        .order_by("api_key__created_at")
-        .values_list("allocation_id", "api_key__prefix")
-    )
-    for allocation_id, prefix in rows:
-        prefixes[allocation_id].append(prefix)
-    return prefixes
-
-
 def _prices_in_force(model_ids, *, now: dt.datetime) -> dict:
     """{model_id: PriceVersion} in two queries, by the same rule as PriceVersion.objects.in_force."""
     if not model_ids:
@@ -152,7 +141,7 @@ def allocation_cards(*, member, now: dt.datetime | None = None, allocations=None
     ids = [a.pk for a in allocations]
     usage = usage_this_month(ids, now=now)
     period = period_bounds(now)
-    prefixes = _key_prefixes(ids)
+    prefixes = key_prefixes_by_allocation(ids)
     prices = _prices_in_force({a.model_id for a in allocations}, now=now)
     cards = []
     for a in allocations:

@@ -5,7 +5,7 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 from django.http import Http404
 from django.utils import timezone
@@ -17,6 +17,7 @@ from allocations.serializers import money_str
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import ZERO
+from quota.selectors import PRICED_COST, UNPRICED_CALLS
 
 MAX_USAGE_DAYS = 366
 
@@ -142,10 +143,8 @@ _USAGE_SUMS = {
     "calls": Count("id"),
     "sum_input": Sum("input_tokens"),
     "sum_output": Sum("output_tokens"),
-    "sum_cost": Sum("cost_usd", filter=Q(priced=True)),
-    "unpriced_calls": Count(
-        "id", filter=Q(priced=False) & (Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0))
-    ),
+    "sum_cost": PRICED_COST,
+    "unpriced_calls": UNPRICED_CALLS,
 }
 
 

@@ -6,14 +6,9 @@ from django.contrib.auth import signals
 from django.utils import timezone
 
 from allocations.audit import audit_record
-from allocations.http import client_ip
 
 SIGNED_IN_AT = "signed_in_at"
 SIGNED_IN_UID = "portal.sign_in_audit.in"
-
-
-def _address(request) -> str | None:
-    return None if request is None else client_ip(request)
 
 
 def _method(user) -> str:
@@ -29,7 +24,6 @@ def _signed_in(sender, request, user, **kwargs):
         action="login_succeeded",
         target=user,
         after={"method": _method(user)},
-        source_ip=_address(request),
         now=now,
     )
 
@@ -45,7 +39,6 @@ def _sign_in_failed(sender, credentials, request=None, **kwargs):
         target_type="member",
         target_id=username[:64],
         after={"method": "password"},
-        source_ip=_address(request),
     )
 
 
@@ -56,7 +49,6 @@ def _signed_out(sender, request, user, **kwargs):
         actor=user,
         action="logged_out",
         target=user,
-        source_ip=_address(request),
     )
 
 

@@ -28,7 +28,6 @@ from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthen
 
 from allocations.audit import audit_record
 from allocations.exceptions import GatewayError
-from allocations.http import client_ip
 from allocations.models import Member
 from allocations.services import member_create, member_set_roles
 
@@ -131,7 +130,6 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             target_type="member",
             target_id=(email or "unknown")[:64],
             after={"method": "sso", "reason": reason},
-            source_ip=client_ip(self.request),
         )
         raise SuspiciousOperation(reason)
 

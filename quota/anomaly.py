@@ -150,7 +150,7 @@ def _snapshot(config: AnomalyConfig) -> dict:
     }
 
 
-def anomaly_config_update(*, changes: dict, actor=None, source_ip=None) -> AnomalyConfig:
+def anomaly_config_update(*, changes: dict, actor=None) -> AnomalyConfig:
     """Audits `anomaly_config_updated`. Values are validated by the caller's form or serializer."""
     unknown = set(changes) - set(ANOMALY_FIELDS)
     if unknown:
@@ -173,7 +173,6 @@ def anomaly_config_update(*, changes: dict, actor=None, source_ip=None) -> Anoma
             actor=actor,
             action="anomaly_config_updated",
             target=config,
-            source_ip=source_ip,
             before={k: before[k] for k in changed},
             after={k: after[k] for k in changed},
         )

@@ -84,9 +84,22 @@ class CloseReason(models.TextChoices):
     SHUTDOWN = "shutdown"
 
 
+# A call record carries usage when it metered tokens or a quantity: what "used this month" sums
+# (SPEC 5, whatever the outcome; a rejected call carries none). An unpriced one is shown as
+# "unpriced", never as $0 (SPEC 4). CallRecord.carries_usage is the same rule for one row.
+CARRIES_USAGE = models.Q(input_tokens__gt=0) | models.Q(output_tokens__gt=0) | models.Q(quantity__gt=0)
+UNPRICED = models.Q(priced=False) & CARRIES_USAGE
+
+
 class CallRecordQuerySet(models.QuerySet):
     def in_period(self, start, end):
         return self.filter(started_at__gte=start, started_at__lt=end)
+
+    def carrying_usage(self):
+        return self.filter(CARRIES_USAGE)
+
+    def unpriced(self):
+        return self.filter(UNPRICED)
 
 
 class CallRecord(models.Model):
@@ -139,6 +152,10 @@ class CallRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @property
+    def carries_usage(self) -> bool:
+        return bool(self.input_tokens > 0 or self.output_tokens > 0 or (self.quantity or 0) > 0)
 
 
 class UsageCounter(models.Model):

@@ -21,8 +21,8 @@ from allocations.models import Allocation, CatalogModel
 from .models import CallRecord, Outcome, UsageCounter
 from .periods import billing_tz, period_bounds, previous_period_start
 from .pricing import ZERO
+from .selectors import PRICED_COST, UNPRICED_CALLS
 
-CARRIED_USAGE = Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0)
 CLOSED_DAYS_TTL_S = 600
 MAX_SERIES = 8  # stacked series in the daily chart; the rest are summed as "other"
 OTHER = "other"
@@ -61,8 +61,8 @@ def _grouped(start: dt.datetime, end: dt.datetime) -> list[dict]:
         .values("day", "model_id", "outcome")
         .annotate(
             calls=Count("id"),
-            cost=Sum("cost_usd", filter=Q(priced=True)),
-            unpriced=Count("id", filter=Q(priced=False) & CARRIED_USAGE),
+            cost=PRICED_COST,
+            unpriced=UNPRICED_CALLS,
         )
         .order_by()
     )
@@ -162,8 +162,9 @@ def top_members(*, period_start: dt.date, limit: int = 10) -> list:
     )
 
 
-def near_cap_counters(*, period_start: dt.date, limit: int = 50) -> list[UsageCounter]:
-    """Counters of live allocations at or past the near-cap share of either cap, fullest first."""
+def near_cap_q() -> Q:
+    """On UsageCounter: at or past GATEWAY_NEAR_CAP_RATIO of either of its allocation's caps (a
+    cap of 0 counts as reached). The rule of quota.selectors.near_cap, evaluated in PostgreSQL."""
     ratio = Value(Decimal(settings.GATEWAY_NEAR_CAP_RATIO))
     cost_near = Q(allocation__quota_cost_usd_per_month__isnull=False) & Q(
         cost_used__gte=F("allocation__quota_cost_usd_per_month") * ratio
@@ -171,9 +172,14 @@ def near_cap_counters(*, period_start: dt.date, limit: int = 50) -> list[UsageCo
     token_near = Q(allocation__quota_tokens_per_month__isnull=False) & Q(
         tokens_used__gte=F("allocation__quota_tokens_per_month") * ratio
     )
+    return cost_near | token_near
+
+
+def near_cap_counters(*, period_start: dt.date, limit: int = 50) -> list[UsageCounter]:
+    """Counters of live allocations at or past the near-cap share of either cap, fullest first."""
     return list(
         _counters(period_start)
         .exclude(allocation__status=Allocation.Status.REVOKED)
-        .filter(cost_near | token_near)
+        .filter(near_cap_q())
         .order_by("-cost_used", "allocation_id")[:limit]
     )

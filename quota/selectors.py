@@ -6,11 +6,17 @@ from collections.abc import Collection
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from .models import PriceVersion, UsageCounter
+from .models import UNPRICED, PriceVersion, UsageCounter
 from .periods import period_start_date
 from .pricing import ZERO
+
+# The aggregates every usage report of call records shows: spend counts priced calls only, and the
+# calls that carried usage without a price are counted apart, never summed as $0 (SPEC 4).
+PRICED_COST = Sum("cost_usd", filter=Q(priced=True))
+UNPRICED_CALLS = Count("id", filter=UNPRICED)
 
 
 def usage_this_month(

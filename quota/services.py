@@ -18,6 +18,7 @@ from .ledger.sync import counter_for
 from .models import CallRecord, PriceUnit, PriceVersion, UsageCounter
 from .periods import period_bounds, period_start_date
 from .pricing import ZERO
+from .selectors import PRICED_COST
 
 # --- prices --------------------------------------------------------------------------------------
 
@@ -130,9 +131,10 @@ def usage_reconcile(*, now: dt.datetime | None = None, fix: bool = False, actor=
     sums = {
         row["allocation_id"]: row
         for row in CallRecord.objects.in_period(start, end)
+        .carrying_usage()
         .filter(allocation__isnull=False)
         .values("allocation_id")
-        .annotate(tokens=Sum(F("input_tokens") + F("output_tokens")), cost=Sum("cost_usd"))
+        .annotate(tokens=Sum(F("input_tokens") + F("output_tokens")), cost=PRICED_COST)
     }
     counters = {c.allocation_id: c for c in UsageCounter.objects.filter(period_start=period)}
     drifts = []

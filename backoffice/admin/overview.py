@@ -16,7 +16,6 @@ from django.views.decorators.http import require_POST
 
 from allocations import services
 from allocations.exceptions import GatewayError
-from allocations.http import client_ip
 from allocations.models import Allocation
 from quota import overview
 from quota.models import Outcome
@@ -143,7 +142,6 @@ def raise_cap_view(request, allocation_id):
             allocation=allocation,
             changes={"quota_cost_usd_per_month": cap},
             actor=request.user,
-            source_ip=client_ip(request),
         )
     except GatewayError as exc:
         messages.error(request, f"{allocation}: {exc.message}")

@@ -8,7 +8,6 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from allocations.http import client_ip
 from quota.anomaly import anomaly_config_update
 from quota.pool import RebalanceRefused, pool_config_update, pool_overview, pool_plan, pool_rebalance, pool_state
 from quota.pool_models import AnomalyConfig, PoolConfig, RebalanceEntry, RebalanceLog
@@ -37,7 +36,7 @@ class PoolConfigAdmin(SingletonAdmin):
 
     def save_model(self, request, obj, form, change):
         changes = {name: form.cleaned_data[name] for name in form.changed_data}
-        pool_config_update(changes=changes, actor=request.user, source_ip=client_ip(request))
+        pool_config_update(changes=changes, actor=request.user)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {**(extra_context or {}), "pool": pool_overview()}
@@ -116,4 +115,4 @@ class AnomalyConfigAdmin(SingletonAdmin):
 
     def save_model(self, request, obj, form, change):
         changes = {name: form.cleaned_data[name] for name in form.changed_data}
-        anomaly_config_update(changes=changes, actor=request.user, source_ip=client_ip(request))
+        anomaly_config_update(changes=changes, actor=request.user)

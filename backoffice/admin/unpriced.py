@@ -7,17 +7,11 @@ the call's start, yet the call is unpriced. Neither is ever shown as $0 (SPEC 4)
 """
 
 from django.contrib import admin
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from quota.models import CallRecord, PriceVersion
 from quota.periods import period_bounds
-
-CARRIED_USAGE = Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0)
-
-
-def unpriced(queryset):
-    return queryset.filter(CARRIED_USAGE, priced=False)
 
 
 def with_price_in_force(queryset):
@@ -41,7 +35,7 @@ class UnpricedFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
-        queryset = unpriced(queryset)
+        queryset = queryset.unpriced()
         if value.startswith("mismatch"):
             queryset = with_price_in_force(queryset)
         if value.endswith("_period"):

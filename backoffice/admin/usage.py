@@ -17,7 +17,6 @@ from django.utils.html import format_html
 
 from allocations import services
 from allocations.exceptions import BadRequest, GatewayError
-from allocations.http import client_ip
 from allocations.models import Allocation, ProviderKind
 from quota import display, selectors
 from quota.models import CallRecord, PriceVersion, UsageCounter
@@ -227,9 +226,7 @@ class AllocationAdmin(StaffAdmin):
         if change:
             fresh = Allocation.objects.get(pk=obj.pk)
             changes = {f: data[f] for f in form.changed_data if f in services.UPDATABLE_FIELDS}
-            services.allocation_update(
-                allocation=fresh, changes=changes, actor=request.user, source_ip=client_ip(request)
-            )
+            services.allocation_update(allocation=fresh, changes=changes, actor=request.user)
             return
         allocation, key, plaintext = services.allocation_create(
             member=data["member"],
@@ -406,8 +403,7 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     def cost(self, obj):
         if obj.priced:
             return _money(obj.cost_usd)
-        carried = obj.input_tokens or obj.output_tokens or obj.quantity
-        return "unpriced" if carried else "—"
+        return "unpriced" if obj.carries_usage else "—"
 
     def get_actions(self, request):
         return {}

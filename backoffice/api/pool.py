@@ -7,7 +7,6 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
 from allocations.exceptions import BadRequest
-from allocations.http import client_ip
 from allocations.serializers import QueryCheckedAPIView
 from quota.pool import (
     RebalanceRefused,
@@ -38,7 +37,7 @@ class PoolView(QueryCheckedAPIView):
     def patch(self, request):
         if not isinstance(request.data, dict):
             raise BadRequest("expected a JSON object")
-        pool_config_update(changes=dict(request.data), actor=request.user, source_ip=client_ip(request))
+        pool_config_update(changes=dict(request.data), actor=request.user)
         return Response(pool_overview())
 
 

@@ -4,11 +4,12 @@ import datetime as dt
 import uuid
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.http import Http404
 
 from allocations.exceptions import BadRequest
-from allocations.models import Allocation, ApiKey
+from allocations.models import Allocation
+from allocations.selectors import key_prefixes_by_allocation
 from allocations.serializers import money_str
 from quota import selectors
 from quota.models import CallRecord
@@ -31,11 +32,7 @@ def allocations_with_usage(allocations, *, now=None) -> list[Allocation]:
     one counter query for the whole list and one more for the prefixes."""
     allocations = list(allocations)
     usage = selectors.usage_this_month([a.pk for a in allocations], now=now)
-    prefixes: dict = {}
-    for allocation_id, prefix in (
-        ApiKey.objects.live().filter(scopes__allocation__in=allocations).values_list("scopes__allocation", "prefix")
-    ):
-        prefixes.setdefault(allocation_id, []).append(prefix)
+    prefixes = key_prefixes_by_allocation([a.pk for a in allocations])
     for a in allocations:
         a.tokens_used_this_month, a.cost_used_this_month = usage[a.pk]
         a.near_cap = selectors.near_cap(
@@ -44,7 +41,7 @@ def allocations_with_usage(allocations, *, now=None) -> list[Allocation]:
             cost_used=a.cost_used_this_month,
             cost_cap=a.quota_cost_usd_per_month,
         )
-        a.key_prefixes = sorted(prefixes.get(a.pk, []))
+        a.key_prefixes = prefixes[a.pk]
     return allocations
 
 
@@ -92,12 +89,10 @@ def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list
         .values(*keys.values())
         .annotate(
             n_calls=Count("id"),
-            n_unpriced=Count(
-                "id", filter=Q(priced=False) & (Q(input_tokens__gt=0) | Q(output_tokens__gt=0) | Q(quantity__gt=0))
-            ),
+            n_unpriced=selectors.UNPRICED_CALLS,
             sum_input=Sum("input_tokens"),
             sum_output=Sum("output_tokens"),
-            sum_cost=Sum("cost_usd"),
+            sum_cost=selectors.PRICED_COST,
         )
         .order_by(*keys.values())
     )

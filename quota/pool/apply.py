@@ -47,7 +47,7 @@ def _clean_tokens(name: str, value) -> int:
     return number
 
 
-def pool_config_update(*, changes: dict, actor=None, source_ip=None) -> PoolConfig:
+def pool_config_update(*, changes: dict, actor=None) -> PoolConfig:
     """Validates everything before writing; audits `pool_config_updated` with before and after."""
     unknown = set(changes) - set(CONFIG_FIELDS)
     if unknown:
@@ -66,9 +66,7 @@ def pool_config_update(*, changes: dict, actor=None, source_ip=None) -> PoolConf
         for name, value in changed.items():
             setattr(config, name, value)
         config.save(update_fields=[*changed, "updated_at"])
-        audit_record(
-            actor=actor, action="pool_config_updated", target=config, source_ip=source_ip, before=before, after=changed
-        )
+        audit_record(actor=actor, action="pool_config_updated", target=config, before=before, after=changed)
     return config
 
 

@@ -4,8 +4,9 @@ from decimal import Decimal
 
 import pytest
 
-from allocations import services
+from allocations import crypto, services
 from allocations.access import key_scope
+from allocations.audit import audit_context
 from allocations.exceptions import BadRequest, Forbidden, InvalidTransition, ScopeConflict, ScopeForbidden, Unauthorized
 from allocations.models import AdminToken, Allocation, ApiKey, AuditEvent
 from quota.services import price_version_add
@@ -114,12 +115,12 @@ def test_allocation_create_audits_the_allocation_and_its_default_key(member, sta
 
 
 def test_cap_updates_write_one_event_per_cap_with_before_and_after(allocation, staff):
-    services.allocation_update(
-        allocation=allocation,
-        changes={"quota_cost_usd_per_month": "10", "quota_tokens_per_month": 500},
-        actor=staff,
-        source_ip="10.0.0.1",
-    )
+    with audit_context(source_ip="10.0.0.1"):
+        services.allocation_update(
+            allocation=allocation,
+            changes={"quota_cost_usd_per_month": "10", "quota_tokens_per_month": 500},
+            actor=staff,
+        )
     cost = only_event(action="allocation_cost_quota_updated")
     assert cost.before == {"quota_cost_usd_per_month": None}
     assert cost.after == {"quota_cost_usd_per_month": "10.000000000"}
@@ -196,8 +197,9 @@ def test_provider_services_audit_fingerprints_never_keys():
     created = only_event(action="provider_created")
     assert created.after["fingerprint"] == provider.key_fingerprint == ApiKey.hash("sk-secret-1")[:12]
     assert "sk-secret-1" not in str(created.after) and "sk-secret-1" not in provider.api_key_encrypted
-    assert services.provider_api_key(provider) == "sk-secret-1"
+    assert crypto.provider_api_key(provider) == "sk-secret-1"
     services.provider_rotate_key(provider=provider, api_key="sk-secret-2")
+    assert crypto.provider_api_key(provider) == "sk-secret-2"
     rotated = only_event(action="provider_key_rotated")
     assert rotated.before["fingerprint"] == created.after["fingerprint"] != rotated.after["fingerprint"]
     services.provider_update(provider=provider, changes={"base_url": "https://y.test/v1"})

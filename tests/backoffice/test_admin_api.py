@@ -13,6 +13,7 @@ from allocations.access import key_scope
 from allocations.exceptions import Unauthorized
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider
 from allocations.services import admin_token_create, allocation_create
+from portal.selectors import period_current, usage_grouped
 from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
 from tests.backoffice.conftest import changes, error_of
@@ -382,6 +383,37 @@ def test_usage_by_member_this_month_by_default(api, records):
     assert rows["alice"]["calls"] == 2 and rows["alice"]["total_tokens"] == 17
     assert rows["alice"]["cost_usd"] == "0.500000000" and rows["alice"]["unpriced_calls"] == 1
     assert rows["bob"]["cost_usd"] == "2.000000000"  # last year's record is outside the month
+
+
+def test_the_usage_report_and_the_portal_count_spend_and_unpriced_calls_by_one_rule(api, member):
+    """Spend is the sum over priced records; a record marked unpriced counts as an unpriced call
+    even when it holds a stray cost (SPEC 4: never summed as money), a reject carries no usage."""
+    allocation = AllocationFactory(member=member)
+    now = timezone.now()
+    for request_id, tokens, cost, priced, outcome in (
+        ("priced", 10, Decimal("0.25"), True, "success"),
+        ("unpriced", 7, Decimal("9"), False, "success"),
+        ("rejected", 0, None, False, "rejected_paused"),
+    ):
+        CallRecord.objects.create(
+            request_id=request_id,
+            allocation=allocation,
+            member=member,
+            model=allocation.model,
+            endpoint="/v1/chat/completions",
+            started_at=now,
+            outcome=outcome,
+            input_tokens=tokens,
+            cost_usd=cost,
+            priced=priced,
+        )
+    [admin] = api.get("usage", {"group_by": "allocation"}).json()["results"]
+    [portal] = usage_grouped(member=member, period=period_current(now), group_by="allocation")
+    assert (admin["calls"], admin["unpriced_calls"], admin["cost_usd"]) == (3, 1, "0.250000000")
+    assert (portal["calls"], portal["unpriced_calls"], portal["cost_usd"]) == (3, 1, "0.250000000")
+    assert [r.request_id for r in CallRecord.objects.unpriced()] == ["unpriced"]
+    assert sorted(r.request_id for r in CallRecord.objects.carrying_usage()) == ["priced", "unpriced"]
+    assert [r.carries_usage for r in CallRecord.objects.order_by("id")] == [True, True, False]
 
 
 def test_usage_by_model_and_allocation_with_a_range(api, records):

@@ -3,19 +3,23 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from decimal import Decimal
 
 import pytest
 from aiosmtpd.controller import Controller
 from django.conf import settings
 from django.core import mail
+from django.core.mail.backends import locmem
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from allocations.models import Allocation, AuditEvent
 from allocations.services import allocation_quarantine
+from notifications import services
 from notifications.models import AlertPreference, Kind, Notification
-from notifications.services import alerts_scan
+from notifications.services import RESEND_AFTER, SEND_LEASE, alerts_scan, cap_level, notification_send
 from quota.models import CallRecord, Outcome, UsageCounter
 from quota.periods import period_start_date
 from tests.factories import AllocationFactory
@@ -207,3 +211,129 @@ def test_two_processes_scanning_at_once_send_one_mail_through_a_real_smtp_server
     assert b"Cap reached" in inbox.messages[0].content
     assert Notification.objects.get().sent_at is not None
     assert AuditEvent.objects.filter(action="notification_sent").count() == 1
+
+
+def _stale(allocation, *, count, now):
+    """Claimed mails whose send was lost: unsent for longer than the scan waits before resending."""
+    return [
+        Notification.objects.create(
+            kind=Kind.NEAR_CAP,
+            scope=f"{allocation.pk}:stale-{i}",
+            member=allocation.member,
+            recipients=[allocation.member.email],
+            subject=f"stale {i}",
+            body="body",
+            target_type="allocation",
+            target_id=str(allocation.pk),
+            created_at=now - RESEND_AFTER - dt.timedelta(minutes=1),
+        )
+        for i in range(count)
+    ]
+
+
+class OverlappingBackend(locmem.EmailBackend):
+    """The locmem backend, whose first send runs `overlap` to its end in another thread (its own
+    database connection) before it delivers: another worker's scan or send while this one is slow."""
+
+    overlap = None
+
+    def send_messages(self, messages):
+        overlap, OverlappingBackend.overlap = OverlappingBackend.overlap, None
+        if overlap is not None:
+            worker = threading.Thread(target=_in_own_connection, args=(overlap,))
+            worker.start()
+            worker.join()
+        return super().send_messages(messages)
+
+
+def _in_own_connection(work):
+    try:
+        work()
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scan_resending_while_another_sends_mails_each_stale_alert_once(capped, settings):
+    settings.EMAIL_BACKEND = "tests.notifications.test_alerts.OverlappingBackend"
+    now = timezone.now()
+    stale = _stale(capped, count=3, now=now)
+    OverlappingBackend.overlap = lambda: alerts_scan(now=now)
+
+    alerts_scan(now=now)
+
+    assert sorted(m.subject for m in mail.outbox) == ["stale 0", "stale 1", "stale 2"]
+    assert Notification.objects.filter(pk__in=[n.pk for n in stale], sent_at__isnull=True).count() == 0
+    assert AuditEvent.objects.filter(action="notification_sent").count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_sends_of_one_mail_at_once_mail_it_once(capped, settings):
+    settings.EMAIL_BACKEND = "tests.notifications.test_alerts.OverlappingBackend"
+    [notification] = _stale(capped, count=1, now=timezone.now())
+    results = []
+    OverlappingBackend.overlap = lambda: results.append(notification_send(notification_id=notification.pk))
+
+    results.append(notification_send(notification_id=notification.pk))
+
+    assert results == [False, True] and len(mail.outbox) == 1
+
+
+def test_a_send_presumed_dead_is_sent_again_after_its_lease(capped):
+    now = timezone.now()
+    [notification] = _stale(capped, count=1, now=now)
+    Notification.objects.filter(pk=notification.pk).update(send_claimed_at=now - dt.timedelta(minutes=1))
+    assert notification_send(notification_id=notification.pk, now=now) is False
+    assert notification_send(notification_id=notification.pk, now=now + SEND_LEASE) is True
+    assert len(mail.outbox) == 1
+
+
+class RefusingBackend(locmem.EmailBackend):
+    def send_messages(self, messages):
+        raise ConnectionRefusedError("the mail server is down")
+
+
+def test_a_failed_send_gives_its_claim_back_for_the_retry(capped, settings):
+    [notification] = _stale(capped, count=1, now=timezone.now())
+    settings.EMAIL_BACKEND = "tests.notifications.test_alerts.RefusingBackend"
+    with pytest.raises(ConnectionRefusedError):
+        notification_send(notification_id=notification.pk)
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert notification_send(notification_id=notification.pk) is True
+    assert len(mail.outbox) == 1
+
+
+def _scan_queries(allocations, *, settings):
+    """The queries of a scan once every alert that is due has been claimed."""
+    settings.GATEWAY_ALERT_EMAILS = ["ops@example.org"]
+    now = timezone.now()
+    for allocation in allocations:
+        spend(allocation, cost="0.9", now=now)
+        allocation_quarantine(allocation=allocation, reason="burst")
+        _records(allocation, status=401, count=1, now=now)
+    alerts_scan(now=now)
+    with CaptureQueriesContext(connection) as queries:
+        assert alerts_scan(now=now) == []
+    return len(queries)
+
+
+def test_the_scans_queries_do_not_grow_with_the_allocations(member, settings):
+    few = _scan_queries([AllocationFactory(member=member, quota_cost_usd_per_month=Decimal("1"))], settings=settings)
+    many = [AllocationFactory(member=member, quota_cost_usd_per_month=Decimal("1")) for _ in range(50)]
+    assert _scan_queries(many, settings=settings) == few
+
+
+def test_allocations_below_the_ratio_are_left_in_the_database(member, monkeypatch):
+    now = timezone.now()
+    near = AllocationFactory(member=member, quota_cost_usd_per_month=Decimal("1"))
+    spend(near, cost="0.8", now=now)
+    for _ in range(5):
+        spend(AllocationFactory(member=member, quota_cost_usd_per_month=Decimal("1")), cost="0.79", now=now)
+    read = []
+    monkeypatch.setattr(
+        services,
+        "cap_level",
+        lambda *, counter, allocation: read.append(allocation) or cap_level(counter=counter, allocation=allocation),
+    )
+    [claimed] = services.member_alerts_scan(now=now)
+    assert read == [near] and claimed.target_id == str(near.pk)
