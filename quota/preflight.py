@@ -91,6 +91,9 @@ class Holder(Protocol):
 
 # (reserved tokens, reserved cost) of a call, given the price in force (None: unpriced).
 Estimate = Callable[[Any], tuple[int, Decimal | None]]
+# The relay's own refusal once the allocation and the price in force are known (the proxy's
+# cost-bearing request options: proxy.options), checked before admission; None lets it through.
+Check = Callable[[ScopedAllocation, Any], GatewayError | None]
 
 
 def late_refusal(entry: ScopedAllocation, *, kinds: frozenset[str], surface: str) -> GatewayError | None:
@@ -157,6 +160,7 @@ def preflight(
     reservation_id: uuid.UUID | None = None,
     in_doubt: bool = False,
     count_request: bool = True,
+    check: Check | None = None,
 ) -> None:
     """Steps 3-10: key, model, allocation status, rate limits, caps and admission, the model's
     kind, the provider. Raises the refusal (a GatewayError); one after admission releases the
@@ -164,7 +168,8 @@ def preflight(
     sweeper needs to bill the call if its process dies. `in_doubt`: an earlier attempt under
     `reservation_id` failed without telling whether its admission committed; if it did, that
     admission is the call's (it is never made twice). `count_request` False takes a place among the
-    calls in flight without counting a request (a realtime session: its response.create count)."""
+    calls in flight without counting a request (a realtime session: its response.create count).
+    `check` may refuse the call once its price in force is known, before admission."""
     if generation is None:
         generation = auth_generation()
     into.scope = key_scope(plaintext, generation=generation, now=now)
@@ -183,6 +188,7 @@ def preflight(
             context=context,
             reservation_id=reservation_id,
             in_doubt=in_doubt,
+            check=check,
         )
         late = late_refusal(entry, kinds=kinds, surface=surface)
         if late is not None:
@@ -206,9 +212,15 @@ def _admit(
     context,
     reservation_id,
     in_doubt: bool,
+    check: Check | None = None,
 ) -> None:
     into.price = price_in_force_cached(model_id=entry.model_id, at=now, generation=generation)
     committed = ledger.reservation_admission(reservation_id=reservation_id) if in_doubt and reservation_id else None
+    refusal = check(entry, into.price) if check is not None else None
+    if refusal is not None:
+        if committed is not None:  # an earlier attempt admitted it before the model's options changed
+            ledger.release(admission=committed)
+        raise refusal
     try:
         into.admission = committed or ledger.admit(
             **_admission(entry, estimate(into.price), request_id=request_id, now=now),
@@ -231,6 +243,7 @@ async def preflight_cached(
     estimate: Estimate,
     context: Callable[[Holder], dict] | None = None,
     reservation_id: uuid.UUID | None = None,
+    check: Check | None = None,
 ) -> bool:
     """`preflight` from the caches only, admitted on the event loop; True once admitted (`into` is
     filled and the reservation held), False when it cannot decide here: nothing cached, a key due
@@ -252,7 +265,7 @@ async def preflight_cached(
     if late_refusal(entry, kinds=kinds, surface="") is not None:
         return False
     found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
-    if not found:
+    if not found or (check is not None and check(entry, price) is not None):
         return False
     estimated = estimate(price)
     if entry.limits:
