@@ -51,7 +51,8 @@ def allowed_options_clean(value, *, field: str = "allowed_options") -> list[str]
     unknown = sorted(set(value) - set(ALLOWED_OPTIONS))
     if unknown:
         names = ", ".join(repr(u[:40]) for u in unknown[:5])
+        known = ", ".join(ALLOWED_OPTIONS)
         raise BadRequest(
-            f"unknown option(s) in {field}: {names}", fields={field: [f"Unknown option(s): {names}. One of: " + ", ".join(ALLOWED_OPTIONS) + "."]}
+            f"unknown option(s) in {field}: {names}", fields={field: [f"Unknown option(s): {names}. One of: {known}."]}
         )
     return sorted(set(value))

@@ -81,9 +81,7 @@ def tool_call_items(output) -> tuple[tuple[str, int], ...]:
     """The built-in tool calls among a Responses answer's top-level output items, by item type."""
     if not isinstance(output, list):
         return ()
-    counts = Counter(
-        item["type"] for item in output if isinstance(item, dict) and item.get("type") in CALL_ITEM_TYPES
-    )
+    counts = Counter(item["type"] for item in output if isinstance(item, dict) and item.get("type") in CALL_ITEM_TYPES)
     return tuple(sorted(counts.items()))
 
 

@@ -115,13 +115,13 @@ class PriceList(AdminAPIView):
             child=DecimalInputField(),
             required=False,
             allow_null=True,
-            help_text="Token cost multiplier per service tier (flex, priority, scale), e.g. {\"priority\": \"2\"}.",
+            help_text='Token cost multiplier per service tier (flex, priority, scale), e.g. {"priority": "2"}.',
         )
         tool_call_prices = serializers.DictField(
             child=DecimalInputField(),
             required=False,
             allow_null=True,
-            help_text="USD per call of each built-in tool, e.g. {\"web_search\": \"0.01\"}.",
+            help_text='USD per call of each built-in tool, e.g. {"web_search": "0.01"}.',
         )
 
     @extend_schema(

@@ -11,7 +11,7 @@ import pytest
 
 from allocations.cost_options import ALLOWED_OPTIONS
 from allocations.models import ModelKind
-from allocations.services import model_create, model_update
+from allocations.services import model_create
 from quota.models import CallRecord, Reservation
 from quota.pricing import cost_for
 from quota.services import price_version_add
