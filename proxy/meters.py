@@ -31,11 +31,12 @@ def tokens_for_text(chars: int) -> int:
 # --- usage objects -> Usage ----------------------------------------------------------------------
 
 
-def chat_usage(usage: dict) -> Usage:
+def chat_usage(usage: dict, **extras) -> Usage:
     """Chat completions and embeddings: prompt_tokens / completion_tokens (+ details)."""
     prompt = usage.get("prompt_tokens_details") or {}
     completion = usage.get("completion_tokens_details") or {}
     return Usage(
+        **extras,
         input_tokens=_int(usage.get("prompt_tokens")),
         output_tokens=_int(usage.get("completion_tokens")),
         cached_tokens=_int(prompt.get("cached_tokens")),
@@ -45,11 +46,12 @@ def chat_usage(usage: dict) -> Usage:
     )
 
 
-def responses_usage(usage: dict) -> Usage:
+def responses_usage(usage: dict, **extras) -> Usage:
     """Responses API: input_tokens / output_tokens with cached and reasoning details."""
     inp = usage.get("input_tokens_details") or {}
     out = usage.get("output_tokens_details") or {}
     return Usage(
+        **extras,
         input_tokens=_int(usage.get("input_tokens")),
         output_tokens=_int(usage.get("output_tokens")),
         cached_tokens=_int(inp.get("cached_tokens")),
@@ -72,9 +74,8 @@ def _tier(answer: dict) -> str:
 def chat_answer(answer: dict) -> Usage:
     """A chat completion (or its stream's usage chunk): its usage and the tier it was served at."""
     usage = answer.get("usage")
-    metered = chat_usage(usage) if isinstance(usage, dict) else Usage()
     tier = _tier(answer)
-    return dataclasses.replace(metered, service_tier=tier) if tier else metered
+    return chat_usage(usage, service_tier=tier) if isinstance(usage, dict) else Usage(service_tier=tier)
 
 
 def tool_call_items(output) -> tuple[tuple[str, int], ...]:
@@ -88,9 +89,8 @@ def tool_call_items(output) -> tuple[tuple[str, int], ...]:
 def responses_answer(answer: dict) -> Usage:
     """A Responses API answer (or its stream's final `response`): its usage, tier and tool calls."""
     usage = answer.get("usage")
-    metered = responses_usage(usage) if isinstance(usage, dict) else Usage()
-    tier, calls = _tier(answer), tool_call_items(answer.get("output"))
-    return dataclasses.replace(metered, service_tier=tier, tool_calls=calls) if tier or calls else metered
+    extras = {"service_tier": _tier(answer), "tool_calls": tool_call_items(answer.get("output"))}
+    return responses_usage(usage, **extras) if isinstance(usage, dict) else Usage(**extras)
 
 
 @dataclasses.dataclass(frozen=True)
