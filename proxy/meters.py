@@ -88,9 +88,10 @@ def tool_call_items(output) -> tuple[tuple[str, int], ...]:
 
 def responses_answer(answer: dict) -> Usage:
     """A Responses API answer (or its stream's final `response`): its usage, tier and tool calls."""
-    usage = answer.get("usage")
-    extras = {"service_tier": _tier(answer), "tool_calls": tool_call_items(answer.get("output"))}
-    return responses_usage(usage, **extras) if isinstance(usage, dict) else Usage(**extras)
+    usage, tier, calls = answer.get("usage"), _tier(answer), tool_call_items(answer.get("output"))
+    if isinstance(usage, dict):
+        return responses_usage(usage, service_tier=tier, tool_calls=calls)
+    return Usage(service_tier=tier, tool_calls=calls)
 
 
 @dataclasses.dataclass(frozen=True)
