@@ -54,6 +54,8 @@ class ScopedAllocation:
     # (scope name, rpm, tpm, max_parallel) for the allocation, then its model, each only when it
     # has a limit; empty when neither is limited (quota.ratelimit is then never asked).
     limits: tuple[tuple[str, int | None, int | None, int | None], ...] = ()
+    # The model's cost-bearing request options switched on (allocations.cost_options).
+    allowed_options: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                 model_active=m.is_active,
                 upstream_name=m.upstream_name,
                 limits=_limits(a, m),
+                allowed_options=frozenset(m.allowed_options or ()),
                 provider=ProviderInfo(
                     id=str(p.pk),
                     kind=p.kind,

@@ -8,6 +8,7 @@ from . import crypto
 from .audit import audit_record
 from .cache import bump_auth_generation
 from .changes import assign_changed, check_known_fields, limits_snapshot, validate_limits
+from .cost_options import allowed_options_clean
 from .exceptions import BadRequest
 from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
     admin_token_create,
@@ -114,9 +115,11 @@ def model_create(
     kind: str,
     display_name: str = "",
     limits: dict | None = None,
+    allowed_options=None,
     actor=None,
 ):
     clean = validate_limits(limits or {})
+    options = allowed_options_clean(allowed_options)
     if not slug:
         raise BadRequest("slug is required", fields={"slug": ["This field is required."]})
     if kind not in ModelKind.values:
@@ -125,7 +128,13 @@ def model_create(
         raise BadRequest("slug is taken", fields={"slug": ["A model with that slug already exists."]})
     with transaction.atomic():
         model = CatalogModel.objects.create(
-            slug=slug, provider=provider, upstream_name=upstream_name, kind=kind, display_name=display_name, **clean
+            slug=slug,
+            provider=provider,
+            upstream_name=upstream_name,
+            kind=kind,
+            display_name=display_name,
+            allowed_options=options,
+            **clean,
         )
         audit_record(
             actor=actor,
@@ -137,18 +146,22 @@ def model_create(
                 "upstream_name": upstream_name,
                 "kind": kind,
                 **limits_snapshot(model),
+                "allowed_options": options,
             },
         )
     return model
 
 
-MODEL_UPDATABLE = {*RateLimits.LIMIT_FIELDS, "is_active", "display_name"}
+MODEL_UPDATABLE = {*RateLimits.LIMIT_FIELDS, "is_active", "display_name", "allowed_options"}
 
 
 def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
-    """Organisation-wide rate limits, the active flag and the display name; one audit event."""
+    """Organisation-wide rate limits, the active flag, the display name and the cost-bearing
+    options allowed; one audit event (before/after of the fields that changed)."""
     check_known_fields(changes, MODEL_UPDATABLE)
     clean = {**changes, **validate_limits(changes)}
+    if "allowed_options" in clean:
+        clean["allowed_options"] = allowed_options_clean(clean["allowed_options"])
     if "is_active" in clean and not isinstance(clean["is_active"], bool):
         raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
     if "display_name" in clean and not isinstance(clean["display_name"], str):

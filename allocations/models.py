@@ -103,6 +103,9 @@ class CatalogModel(RateLimits):
     kind = models.CharField(max_length=16, choices=ModelKind.choices)
     display_name = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True)
+    # The request options that cost more than tokens this model lets through (names from
+    # allocations.cost_options.ALLOWED_OPTIONS, sorted); each also needs a price (proxy.options).
+    allowed_options = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -70,6 +70,10 @@ class CallOutput(serializers.Serializer):
     is_stream = serializers.BooleanField()
     close_reason = serializers.CharField()
     error_code = serializers.CharField()
+    service_tier = serializers.CharField(help_text="The service tier billed (blank: none reported nor asked).")
+    tool_calls = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Built-in tool calls billed per call, by tool."
+    )
 
     def get_quantity(self, record) -> str | None:
         return None if record.quantity is None else f"{record.quantity.normalize():f}"

@@ -32,6 +32,7 @@ from quota.models import CallRecord, Outcome
 from quota.preflight import Estimate, preflight, preflight_cached, reject_outcome, touch
 from quota.pricing import Usage, cost_for
 
+from . import options
 from .registry import Endpoint
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,17 @@ def _attribute(call: Call, generation: int) -> None:
         pass
 
 
+def _options_check(call: Call, body: dict):
+    """The cost-bearing request options against the model's switch and price (proxy.options)."""
+
+    def check(entry: ScopedAllocation, price) -> GatewayError | None:
+        return options.option_error(
+            allowed=entry.allowed_options, price=price, endpoint_name=call.endpoint.name, body=body, stream=call.stream
+        )
+
+    return check
+
+
 def _estimate(call: Call, body: dict) -> Estimate:
     call.estimate = estimate = call.endpoint.estimate(body)
     call.prompt_tokens = estimate.input_tokens
@@ -154,6 +166,7 @@ def call_open(*, call: Call) -> Call:
             context=lambda _held: call.lost_context(),
             reservation_id=call.reservation_id,
             in_doubt=call.in_doubt,
+            check=_options_check(call, body),
         )
     except GatewayError as error:
         _reject(call, error)
@@ -255,6 +268,7 @@ async def _open_on_loop(call: Call) -> bool:
         estimate=_estimate(call, body),
         context=lambda _held: call.lost_context(),
         reservation_id=call.reservation_id,
+        check=_options_check(call, body),
     )
 
 

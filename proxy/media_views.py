@@ -20,6 +20,7 @@ from quota.pricing import Usage
 
 from . import (
     accounting,
+    bodies,
     multipart,
     simulated_media,  # noqa: F401 - registers the simulated provider's media answers
     views,
@@ -68,7 +69,7 @@ async def read_form(request, endpoint: Endpoint):
 
 def upstream_payload(call: accounting.Call, form: multipart.Form | None):
     if form is None:
-        return views.upstream_payload(call)
+        return bodies.upstream_payload(call)
     body, entry = call.body, call.entry
     if body is None or entry is None:
         raise RuntimeError("upstream_payload before call_open")  # call_open sets both or raises
@@ -93,7 +94,7 @@ async def relay_media(request, endpoint: str):
         if spec.body == BODY_MULTIPART:
             body, body_error, form = await read_form(request, spec)
         else:
-            body, body_error = views.parse_body(request, spec)
+            body, body_error = bodies.parse_body(request, spec)
             if body_error is None and body is not None:
                 body_error = check_fields(spec, body)
         call = accounting.Call(

@@ -4,12 +4,17 @@ Pure functions over parsed JSON (or bytes); one per wire shape, named in proxy.r
 Token fields follow OpenAI: cached ⊂ input, reasoning ⊂ output.
 """
 
+import dataclasses
 import json
 import math
+from collections import Counter
 
 from django.conf import settings
 
+from allocations.cost_options import CALL_ITEM_TYPES
 from quota.pricing import Usage
+
+from . import options
 
 CHARS_PER_TOKEN = 4
 _decoder = json.JSONDecoder()
@@ -26,11 +31,12 @@ def tokens_for_text(chars: int) -> int:
 # --- usage objects -> Usage ----------------------------------------------------------------------
 
 
-def chat_usage(usage: dict) -> Usage:
+def chat_usage(usage: dict, **extras) -> Usage:
     """Chat completions and embeddings: prompt_tokens / completion_tokens (+ details)."""
     prompt = usage.get("prompt_tokens_details") or {}
     completion = usage.get("completion_tokens_details") or {}
     return Usage(
+        **extras,
         input_tokens=_int(usage.get("prompt_tokens")),
         output_tokens=_int(usage.get("completion_tokens")),
         cached_tokens=_int(prompt.get("cached_tokens")),
@@ -40,11 +46,12 @@ def chat_usage(usage: dict) -> Usage:
     )
 
 
-def responses_usage(usage: dict) -> Usage:
+def responses_usage(usage: dict, **extras) -> Usage:
     """Responses API: input_tokens / output_tokens with cached and reasoning details."""
     inp = usage.get("input_tokens_details") or {}
     out = usage.get("output_tokens_details") or {}
     return Usage(
+        **extras,
         input_tokens=_int(usage.get("input_tokens")),
         output_tokens=_int(usage.get("output_tokens")),
         cached_tokens=_int(inp.get("cached_tokens")),
@@ -54,6 +61,72 @@ def responses_usage(usage: dict) -> Usage:
 
 def embeddings_usage(usage: dict) -> Usage:
     return Usage(input_tokens=_int(usage.get("prompt_tokens")) or _int(usage.get("total_tokens")))
+
+
+# --- whole answers -> Usage (the top-level usage, service tier and output only) -------------------
+
+
+def _tier(answer: dict) -> str:
+    tier = answer.get("service_tier")
+    return tier[:16] if isinstance(tier, str) else ""
+
+
+def chat_answer(answer: dict) -> Usage:
+    """A chat completion (or its stream's usage chunk): its usage and the tier it was served at."""
+    usage = answer.get("usage")
+    tier = _tier(answer)
+    return chat_usage(usage, service_tier=tier) if isinstance(usage, dict) else Usage(service_tier=tier)
+
+
+def tool_call_items(output) -> tuple[tuple[str, int], ...]:
+    """The built-in tool calls among a Responses answer's top-level output items, by item type."""
+    if not isinstance(output, list):
+        return ()
+    counts = Counter(item["type"] for item in output if isinstance(item, dict) and item.get("type") in CALL_ITEM_TYPES)
+    return tuple(sorted(counts.items()))
+
+
+def responses_answer(answer: dict) -> Usage:
+    """A Responses API answer (or its stream's final `response`): its usage, tier and tool calls."""
+    usage, tier, calls = answer.get("usage"), _tier(answer), tool_call_items(answer.get("output"))
+    if isinstance(usage, dict):
+        return responses_usage(usage, service_tier=tier, tool_calls=calls)
+    return Usage(service_tier=tier, tool_calls=calls)
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A JSON answer read once: whether it is JSON, its top-level id, and its usage (None when it
+    has no top-level `usage` object; `extras` then still holds its tier and tool calls)."""
+
+    is_json: bool
+    usage: Usage | None = None
+    extras: Usage = Usage()
+    id: object = None
+
+
+def read_answer(body: bytes, *, answer_meter, usage_meter) -> Answer:
+    """One parse of an answer. An endpoint with an answer meter (chat, responses) is parsed whole
+    once (its tier and output are read beside its usage); others (embeddings: mostly float
+    arrays) take find_usage's shortcut to the top-level usage object."""
+    if answer_meter is None:
+        usage_obj = find_usage(body)
+        if usage_obj is not None:
+            return Answer(True, usage_meter(usage_obj))
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):
+            return Answer(False)
+        return Answer(True)
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return Answer(False)
+    if not isinstance(payload, dict):
+        return Answer(True)
+    metered = answer_meter(payload)
+    has_usage = isinstance(payload.get("usage"), dict)
+    return Answer(True, metered if has_usage else None, metered, payload.get("id"))
 
 
 # --- finding the usage object in a JSON body without parsing all of it ----------------------------
@@ -140,6 +213,7 @@ def estimate_chat(body: dict) -> Usage:
     return Usage(
         input_tokens=prompt_estimate(body, "messages", "tools"),
         output_tokens=output_limit(body, "max_completion_tokens", "max_tokens"),
+        **options.estimate_extras(options.CHAT, body),
     )
 
 
@@ -147,6 +221,7 @@ def estimate_responses(body: dict) -> Usage:
     return Usage(
         input_tokens=prompt_estimate(body, "instructions", "input", "tools"),
         output_tokens=output_limit(body, "max_output_tokens"),
+        **options.estimate_extras(options.RESPONSES, body),
     )
 
 
@@ -160,7 +235,7 @@ def estimate_embeddings(body: dict) -> Usage:
 class StreamMeter:
     """Collects what a stream reports. Subclasses know their event shapes."""
 
-    usage_of = staticmethod(chat_usage)
+    answer_of = staticmethod(chat_answer)  # the usage chunk (chat) or final response (responses)
 
     def __init__(self, prompt_tokens: int):
         self.prompt_tokens = prompt_tokens
@@ -207,7 +282,7 @@ class ChatStreamMeter(StreamMeter):
 
 
 class ResponsesStreamMeter(StreamMeter):
-    usage_of = staticmethod(responses_usage)
+    answer_of = staticmethod(responses_answer)
     FINAL_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
 
     def delta_chars(self, event: dict) -> int:

@@ -1,38 +1,157 @@
-"""Request options that cost more than the tokens the meter counts, refused before admission.
+"""Request options that cost more than the tokens: let through only when priced (SPEC 4).
 
 `service_tier` other than default/auto (priority costs a multiple of the default price, flex a
-fraction, scale is billed by the reserved unit), Responses built-in tools (web and file search,
-code interpreter, image generation, computer use, MCP, shell: billed per call or per session on top
-of tokens), chat `web_search_options` (billed per search) and `background` responses (their usage
-arrives on a later GET the gateway does not relay) would reach the provider unmetered. Until price
-versions can price them, they are refused with 400 `bad_request` naming the field
-(docs/DECISIONS.md). Function and custom tools cost tokens only and pass.
+fraction), Responses built-in tools (web and file search, code interpreter, image generation,
+computer use, MCP, shell: billed per call on top of tokens), chat `web_search_options` (billed per
+search) and `background` responses pass only when the model's admin switch allows the option
+(`CatalogModel.allowed_options`) AND the price version in force prices it (a tier multiplier, a
+per-call tool price; background costs tokens only but needs a price in force and `stream: true`).
+Anything else is refused with 400 `bad_request` naming the field, before admission and before
+anything goes upstream. The names are allocations.cost_options'; the billing rules are
+quota.pricing's and docs/DECISIONS.md's.
+
+Two steps: `body_error` (the body alone, with the other body checks: unknown tool types and
+service tiers, `conversation`) and `option_error` (the model's switch and price, in the preflight
+once the model and its price are resolved). `estimate_extras` and `billed` give the reservation and
+the settlement the tier and tool calls to bill.
 """
 
-from allocations.exceptions import BadRequest
+import dataclasses
+from collections import Counter
 
-FREE_TIERS = (None, "auto", "default")
+from allocations.cost_options import (
+    BACKGROUND,
+    FREE_TIERS,
+    OPTION_LABELS,
+    SERVICE_TIERS,
+    TOOL_CALL_ITEMS,
+    WEB_SEARCH_OPTIONS,
+)
+from allocations.exceptions import BadRequest
+from quota.pricing import Usage
+
 TOKEN_ONLY_TOOLS = ("function", "custom")
-METERED_ENDPOINTS = ("chat.completions", "responses")
+CHAT, RESPONSES = "chat.completions", "responses"
+METERED_ENDPOINTS = (CHAT, RESPONSES)
+# The tool an answer's call item is billed to when the request declared none of that item's tools.
+ITEM_TOOLS = {item: tool for tool, item in reversed(TOOL_CALL_ITEMS.items())}
 
 
 def _refuse(field: str, message: str) -> BadRequest:
     return BadRequest(f"{field}: {message}", fields={field: [message]})
 
 
-def cost_option_error(endpoint_name: str, body: dict) -> BadRequest | None:
+def _tool_types(body: dict) -> list:
+    tools = body.get("tools")
+    return [tool.get("type") if isinstance(tool, dict) else None for tool in tools] if isinstance(tools, list) else []
+
+
+def body_error(endpoint_name: str, body: dict) -> BadRequest | None:
+    """What the body alone refuses: a tier or tool type the gateway cannot meter (a new built-in
+    tool cannot slip through unmetered), and `conversation` (the gateway does not relay
+    /v1/conversations, so no member owns one made through it: members could otherwise read and
+    extend conversations made with the organisation's key)."""
     if endpoint_name not in METERED_ENDPOINTS:
         return None
     tier = body.get("service_tier")
-    if tier not in FREE_TIERS:
-        return _refuse("service_tier", f"service tier {str(tier)[:40]!r} is not metered here; use 'auto' or 'default'.")
-    if endpoint_name == "chat.completions" and body.get("web_search_options") is not None:
-        return _refuse("web_search_options", "web search is billed per call and is not metered here.")
-    if endpoint_name == "responses" and body.get("background") not in (None, False):
-        return _refuse("background", "background responses are not metered here; call without background.")
-    tools = body.get("tools")
-    for tool in tools if isinstance(tools, list) else ():
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind not in TOKEN_ONLY_TOOLS:
-            return _refuse("tools", f"the built-in tool {str(kind)[:40]!r} is billed per call and is not metered here.")
+    if tier is not None and tier not in FREE_TIERS and tier not in SERVICE_TIERS:
+        return _refuse("service_tier", f"unknown service tier {str(tier)[:40]!r}; use 'auto' or 'default'.")
+    if endpoint_name == RESPONSES and body.get("conversation") is not None:
+        return _refuse(
+            "conversation",
+            "conversations are not relayed by this gateway; continue a response with previous_response_id instead.",
+        )
+    builtin = TOOL_CALL_ITEMS if endpoint_name == RESPONSES else {}
+    for kind in _tool_types(body):
+        if kind not in TOKEN_ONLY_TOOLS and kind not in builtin:
+            return _refuse("tools", f"the tool type {str(kind)[:40]!r} is billed per call and is not metered here.")
     return None
+
+
+def requested(endpoint_name: str, body: dict) -> list[tuple[str, str]]:
+    """(field, option name) of each cost-bearing option the request uses, in the body's order."""
+    if endpoint_name not in METERED_ENDPOINTS:
+        return []
+    found = []
+    tier = body.get("service_tier")
+    if tier in SERVICE_TIERS:
+        found.append(("service_tier", f"service_tier:{tier}"))
+    if endpoint_name == CHAT and body.get("web_search_options") is not None:
+        found.append(("web_search_options", WEB_SEARCH_OPTIONS))
+    if endpoint_name == RESPONSES:
+        if body.get("background") not in (None, False):
+            found.append(("background", BACKGROUND))
+        found += [("tools", kind) for kind in dict.fromkeys(_tool_types(body)) if kind in TOOL_CALL_ITEMS]
+    return found
+
+
+def _price_of(price, option: str) -> tuple[bool, str]:
+    """(whether the price version prices the option, what its price is called in a refusal)."""
+    if option.startswith("service_tier:"):
+        tier = option.split(":", 1)[1]
+        return price.tier_multiplier(tier) is not None, f"'{tier}' service tier multiplier"
+    tool = "web_search" if option == WEB_SEARCH_OPTIONS else option
+    return price.tool_call_price(tool) is not None, f"'{tool}' tool-call price"
+
+
+def option_error(*, allowed: frozenset[str], price, endpoint_name: str, body: dict, stream: bool) -> BadRequest | None:
+    """The model's switch and price: each option passes only when the model allows it and the
+    price version in force prices it. None when every option passes (or none is used)."""
+    for field, option in requested(endpoint_name, body):
+        label = OPTION_LABELS[option]
+        if option not in allowed:
+            return _refuse(field, f"{label} is not enabled for this model.")
+        if price is None or price.unit:
+            return _refuse(field, f"{label} is enabled but the model has no token price in force.")
+        if option == BACKGROUND:
+            if not stream:
+                return _refuse(
+                    field,
+                    "background responses are relayed only with stream: true (the gateway does not relay "
+                    "GET /v1/responses/{id}, so a background response could never be fetched nor metered).",
+                )
+            continue
+        priced, name = _price_of(price, option)
+        if not priced:
+            return _refuse(field, f"{label} is enabled but the model's price has no {name}.")
+    return None
+
+
+def estimate_extras(endpoint_name: str, body: dict) -> dict:
+    """The reservation's share of the options: the requested tier (its multiplier applies to the
+    estimated tokens) and one call per declared built-in tool (chat web search: one search)."""
+    if endpoint_name not in METERED_ENDPOINTS:
+        return {}
+    extras: dict = {}
+    tier = body.get("service_tier")
+    if tier in SERVICE_TIERS:
+        extras["requested_tier"] = tier
+    tools = [kind for kind in _tool_types(body) if kind in TOOL_CALL_ITEMS] if endpoint_name == RESPONSES else []
+    if endpoint_name == CHAT and body.get("web_search_options") is not None:
+        tools.append("web_search")
+    if tools:
+        extras["tool_calls"] = tuple((tool, 1) for tool in sorted(set(tools)))
+    return extras
+
+
+def billed(endpoint_name: str, body: dict | None, usage: Usage) -> Usage:
+    """A metered answer's usage with what the request adds to its bill: the requested tier (the
+    fallback when the answer reports no tier the price knows), its tool-call items billed to the
+    tools the request declared (`web_search_call` to `web_search_preview` when only that one was
+    declared), and chat web search as one search per answered request."""
+    if endpoint_name not in METERED_ENDPOINTS or body is None:
+        return usage
+    tier = body.get("service_tier")
+    requested_tier = tier if tier in SERVICE_TIERS else ""
+    web_search = endpoint_name == CHAT and body.get("web_search_options") is not None and usage.has_tokens
+    if not (requested_tier or usage.tool_calls or web_search):
+        return usage
+    calls: Counter = Counter()
+    if usage.tool_calls:
+        declared = [kind for kind in _tool_types(body) if kind in TOOL_CALL_ITEMS]
+        for item, count in usage.tool_calls:
+            tool = next((t for t in declared if TOOL_CALL_ITEMS[t] == item), None) or ITEM_TOOLS.get(item, item)
+            calls[tool] += count
+    if web_search:
+        calls["web_search"] += 1
+    return dataclasses.replace(usage, requested_tier=requested_tier, tool_calls=tuple(sorted(calls.items())))

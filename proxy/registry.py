@@ -30,6 +30,8 @@ class Endpoint:
     body: str = BODY_JSON
     response: str = RESPONSE_JSON
     stream_meter: type[meters.StreamMeter] | None = None  # None: `stream: true` is refused
+    # The whole answer -> Usage (its service tier and tool calls beside its usage): chat, responses.
+    answer_meter: Callable[[dict], Usage] | None = None
     force_stream_usage: bool = False  # chat: stream_options.include_usage forced on upstream
     # proxy.media_views: (request, raw answer) -> Usage, for answers whose meter is not
     # a `usage` object (images, audio, moderation, rerank, OCR); `files`: required multipart files.
@@ -50,6 +52,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             meter=meters.chat_usage,
             estimate=meters.estimate_chat,
             stream_meter=meters.ChatStreamMeter,
+            answer_meter=meters.chat_answer,
             force_stream_usage=True,
         ),
         Endpoint(
@@ -60,6 +63,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             meter=meters.responses_usage,
             estimate=meters.estimate_responses,
             stream_meter=meters.ResponsesStreamMeter,
+            answer_meter=meters.responses_answer,
         ),
         Endpoint(
             name="embeddings",

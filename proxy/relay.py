@@ -50,7 +50,9 @@ class ChatRelay:
             return event
         try:
             obj = json.loads(data)
-            self.meter.usage = self.meter.usage_of(obj["usage"])
+            if not isinstance(obj["usage"], dict):
+                raise TypeError("usage is not an object")
+            self.meter.usage = self.meter.answer_of(obj)
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             self.meter.malformed = True
             return event
@@ -77,7 +79,9 @@ class ResponsesRelay:
         if any(name in event for name in meters.ResponsesStreamMeter.FINAL_EVENTS) and meters.has_usage_object(data):
             try:
                 obj = json.loads(data)
-                self.meter.usage = self.meter.usage_of(obj["response"]["usage"])
+                if not isinstance(obj["response"]["usage"], dict):
+                    raise TypeError("usage is not an object")
+                self.meter.usage = self.meter.answer_of(obj["response"])
                 self.response_id = obj["response"].get("id")
                 self.done = True
                 self.failed = obj.get("type") == "response.failed"

@@ -6,7 +6,6 @@ stored response (OpenAI: 30 days). An id the gateway does not know (never relaye
 cache lost it) is refused like another member's: 404 `not_found`, failing closed.
 """
 
-import json
 import logging
 
 from allocations.cache import shared_get, shared_set
@@ -43,12 +42,3 @@ async def check(response_id: object, member_id: str | None) -> None:
             raise GatewayUnavailable("the gateway could not check previous_response_id; retry") from None
     if owner is None or owner != member_id:
         raise NotFound(f"no response with id '{str(response_id)[:MAX_ID]}' is available to this key")
-
-
-def id_of(body: bytes) -> object:
-    """The top-level `id` of a Responses API answer, or None."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return payload.get("id") if isinstance(payload, dict) else None

@@ -3,7 +3,9 @@ proxy.handler without middleware. Each call: one accounting step to open (prefli
 the upstream call with no transaction or connection held, one accounting step to close."""
 
 import asyncio
+import dataclasses
 import json
+import logging
 
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
@@ -12,15 +14,16 @@ from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
 from allocations.http import request_id_of as request_id_for
 from allocations.models import Allocation
-from quota.exceptions import RequestTooLarge, UpstreamError, UpstreamTimeout
+from quota.exceptions import UpstreamError, UpstreamTimeout
 from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
 from . import accounting, meters, observed, options, relay, response_ids, upstream
-from .registry import ENDPOINTS, Endpoint
+from .bodies import parse_body, upstream_payload
+from .registry import ENDPOINTS
 
-MAX_JSON_DEPTH = 128  # far past any real request (JSON schemas nest a few dozen levels)
+logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _background: set = set()  # strong references: an upstream call finishes even when its request is gone
 
@@ -37,67 +40,9 @@ def error_response(error: GatewayError, request_id: str) -> HttpResponse:
     return response
 
 
-def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError | None]:
-    if getattr(request, "gateway_body_too_large", False):
-        return None, RequestTooLarge("the request body is larger than the gateway's limit")
-    try:
-        body = json.loads(request.body)
-        too_deep = not json_depth_fits(request.body, body)
-    except (ValueError, UnicodeDecodeError):
-        return None, BadRequest("the request body is not valid JSON")
-    except RecursionError:
-        too_deep = True
-    if too_deep:
-        return None, BadRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
-    if not isinstance(body, dict):
-        return None, BadRequest("the request body must be a JSON object")
-    missing = [name for name in endpoint.required if body.get(name) is None]
-    if missing:
-        return body, BadRequest(
-            f"missing required field(s): {', '.join(missing)}", fields={n: ["This field is required."] for n in missing}
-        )
-    if not isinstance(body["model"], str):
-        return body, BadRequest("model must be a string", fields={"model": ["Must be a string."]})
-    if (option_error := options.cost_option_error(endpoint.name, body)) is not None:
-        return body, option_error
-    stream = body.get("stream", False)
-    if stream not in (True, False, None) or (stream and endpoint.stream_meter is None):
-        return body, BadRequest("stream is not supported here" if stream else "stream must be a boolean")
-    return body, None
-
-
-def json_depth_fits(raw: bytes, value) -> bool:
-    """Whether parsed JSON nests at most MAX_JSON_DEPTH deep, so that encoding it again (and any
-    walk over it) stays far from the interpreter's recursion limit. Walked only when the body has
-    enough brackets to be that deep, which a typical request does not."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return True
-    stack = [(value, 1)] if isinstance(value, dict | list) else []
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return False
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return True
-
-
-def upstream_payload(call: accounting.Call) -> bytes:
-    request, entry = call.body, call.entry
-    if request is None or entry is None:
-        raise RuntimeError("upstream_payload before call_open")  # call_open sets both or raises
-    body = {**request, "model": entry.upstream_name}
-    if call.stream and call.endpoint.force_stream_usage:
-        options = request.get("stream_options")
-        options = options if isinstance(options, dict) else {}
-        call.extra["strip_usage"] = options.get("include_usage") is not True
-        body["stream_options"] = {**options, "include_usage": True}
-    call.extra["upstream_body"] = body
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usage, code: str = "", message: str = ""):
     """Exactly once per call, and to the end even if the request task is cancelled meanwhile."""
+    usage = options.billed(call.endpoint.name, call.body, usage)
     task = accounting.close_once(
         call, outcome=outcome, status_code=status, usage=usage, error_code=code, error_message=message
     )
@@ -262,16 +207,15 @@ def _transport_error(exc: BaseException) -> tuple[str, GatewayError]:
 
 
 async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpResponse:
-    usage_obj = meters.find_usage(body)
+    endpoint = call.endpoint
+    answer = meters.read_answer(body, answer_meter=endpoint.answer_meter, usage_meter=endpoint.meter)
     outcome = Outcome.CLIENT_CANCELLED if call.client_gone else Outcome.SUCCESS
-    if call.endpoint.name == "responses":  # before the answer: its id may be continued at once
-        await _remember_response(call, response_ids.id_of(body))
-    if usage_obj is not None:
-        await settle(call, outcome=outcome, status=reply.status, usage=call.endpoint.meter(usage_obj))
+    if endpoint.name == "responses":  # before the answer: its id may be continued at once
+        await _remember_response(call, answer.id)
+    if answer.usage is not None:
+        await settle(call, outcome=outcome, status=reply.status, usage=answer.usage)
         return _response(body, reply.status, reply.content_type, call.request_id)
-    try:
-        json.loads(body)
-    except (ValueError, RecursionError):
+    if not answer.is_json:
         error = UpstreamError("the upstream answered with a body that is not JSON")
         usage = Usage(input_tokens=call.prompt_tokens, estimated=True)
         await settle(
@@ -279,7 +223,9 @@ async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpRespons
         )
         return error_response(error, call.request_id)
     # Valid answer without usage (some OpenAI-compatible servers): billed on an estimate.
-    usage = Usage(input_tokens=call.prompt_tokens, output_tokens=meters.tokens_for_text(len(body)), estimated=True)
+    usage = dataclasses.replace(
+        answer.extras, input_tokens=call.prompt_tokens, output_tokens=meters.tokens_for_text(len(body)), estimated=True
+    )
     await settle(call, outcome=outcome, status=reply.status, usage=usage)
     return _response(body, reply.status, reply.content_type, call.request_id)
 
@@ -322,6 +268,7 @@ async def _events(call: accounting.Call, reply):
     )
     splitter = relay.EventSplitter()
     outcome, code, message = Outcome.SUCCESS, "", ""
+    drain = False
     try:
         async for chunk in reply.chunks():
             out = [e + b"\n\n" for e in map(handler.event, splitter.feed(chunk)) if e is not None]
@@ -332,6 +279,9 @@ async def _events(call: accounting.Call, reply):
             yield tail + b"\n\n"
     except (asyncio.CancelledError, GeneratorExit):
         outcome = Outcome.CLIENT_CANCELLED
+        # A background response goes on upstream when its client leaves (and is billed): it is
+        # read to its end, off this request, and billed from the usage it reports.
+        drain = responses and (call.body or {}).get("background") not in (None, False)
         raise
     except Exception as exc:  # noqa: BLE001 - any upstream failure mid-stream ends the stream
         _, error = _transport_error(exc)
@@ -339,18 +289,42 @@ async def _events(call: accounting.Call, reply):
         body = error_body(code=error.code, message=message, type_=error.type, request_id=call.request_id)
         yield relay.error_event(responses=responses, body=body)
     finally:
-        reply.close()
-        usage = meter.result()
-        if outcome == Outcome.SUCCESS and meter.usage is None:
-            outcome, code = Outcome.UPSTREAM_ERROR, "upstream_error"
-            message = (
-                "malformed event stream from the upstream" if meter.malformed else "the stream ended without usage"
-            )
-        elif outcome == Outcome.SUCCESS and getattr(handler, "failed", False):
-            outcome, code, message = Outcome.UPSTREAM_ERROR, "upstream_error", "the upstream reported response.failed"
-        status = 499 if outcome == Outcome.CLIENT_CANCELLED else 200
-        await settle(call, outcome=outcome, status=status, usage=usage, code=code, message=message)
-        await _remember_response(call, getattr(handler, "response_id", None))
+        if drain:
+            task = asyncio.ensure_future(_drain(call, reply, handler, splitter))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        else:
+            await _stream_end(call, reply, handler, outcome=outcome, code=code, message=message)
+
+
+async def _stream_end(call: accounting.Call, reply, handler, *, outcome: str, code: str, message: str) -> None:
+    """A relayed stream's settlement: from the usage it reported, else an estimate (SPEC 4)."""
+    reply.close()
+    meter = handler.meter
+    usage = meter.result()
+    if outcome == Outcome.SUCCESS and meter.usage is None:
+        outcome, code = Outcome.UPSTREAM_ERROR, "upstream_error"
+        message = "malformed event stream from the upstream" if meter.malformed else "the stream ended without usage"
+    elif outcome == Outcome.SUCCESS and getattr(handler, "failed", False):
+        outcome, code, message = Outcome.UPSTREAM_ERROR, "upstream_error", "the upstream reported response.failed"
+    status = 499 if outcome == Outcome.CLIENT_CANCELLED else 200
+    await settle(call, outcome=outcome, status=status, usage=usage, code=code, message=message)
+    await _remember_response(call, getattr(handler, "response_id", None))
+
+
+async def _drain(call: accounting.Call, reply, handler, splitter: relay.EventSplitter) -> None:
+    """A background stream whose client left: the rest of its events are read (nobody receives
+    them) so that it is billed from the usage of its `response.completed`, as `client_cancelled`."""
+    try:
+        async for chunk in reply.chunks():
+            for event in splitter.feed(chunk):
+                handler.event(event)
+        if rest := splitter.rest():
+            handler.event(rest)
+    except Exception:  # noqa: BLE001 - billed from what the upstream reported, else estimated
+        logger.warning("the background stream of %s failed while it was read to its end", call.request_id)
+    finally:
+        await _stream_end(call, reply, handler, outcome=Outcome.CLIENT_CANCELLED, code="", message="")
 
 
 # --- models --------------------------------------------------------------------------------------

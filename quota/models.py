@@ -1,6 +1,7 @@
 """How much: price versions, call records, per-period usage counters and in-flight reservations."""
 
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
@@ -40,6 +41,12 @@ class PriceVersion(models.Model):
     audio_output_per_1m = money_field(null=True, blank=True)
     unit = models.CharField(max_length=16, choices=PriceUnit.choices, blank=True)
     price_per_unit = money_field(null=True, blank=True)
+    # Cost-bearing request options (allocations.cost_options), token prices only. Decimal strings:
+    # the token cost's multiplier per service tier ({"priority": "2", "flex": "0.5"}) and the USD
+    # price of one call per built-in tool ({"web_search": "0.01"}). An option without its price
+    # here is refused even where the model allows it.
+    service_tier_multipliers = models.JSONField(default=dict, blank=True)
+    tool_call_prices = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = PriceVersionQuerySet.as_manager()
@@ -53,6 +60,14 @@ class PriceVersion(models.Model):
     @property
     def is_unit_price(self) -> bool:
         return bool(self.unit)
+
+    def tier_multiplier(self, tier: str) -> Decimal | None:
+        value = (self.service_tier_multipliers or {}).get(tier)
+        return None if value is None else Decimal(value)
+
+    def tool_call_price(self, tool: str) -> Decimal | None:
+        value = (self.tool_call_prices or {}).get(tool)
+        return None if value is None else Decimal(value)
 
 
 class Outcome(models.TextChoices):
@@ -135,6 +150,10 @@ class CallRecord(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.CharField(max_length=1000, blank=True)
     is_stream = models.BooleanField(default=False)
+    # What a cost beyond tokens was billed from: the service tier whose multiplier applied (blank:
+    # none reported nor asked) and the built-in tool calls counted, {"web_search": 2}.
+    service_tier = models.CharField(max_length=16, blank=True)
+    tool_calls = models.JSONField(default=dict, blank=True)
     close_reason = models.CharField(max_length=20, choices=CloseReason.choices, blank=True)
 
     objects = CallRecordQuerySet.as_manager()

@@ -92,6 +92,9 @@ class Holder(Protocol):
 
 # (reserved tokens, reserved cost) of a call, given the price in force (None: unpriced).
 Estimate = Callable[[Any], tuple[int, Decimal | None]]
+# The relay's own refusal once the allocation and the price in force are known (the proxy's
+# cost-bearing request options: proxy.options), checked before admission; None lets it through.
+Check = Callable[[ScopedAllocation, Any], GatewayError | None]
 
 
 def late_refusal(entry: ScopedAllocation, *, kinds: frozenset[str], surface: str) -> GatewayError | None:
@@ -158,6 +161,7 @@ def preflight(
     reservation_id: uuid.UUID | None = None,
     in_doubt: bool = False,
     count_request: bool = True,
+    check: Check | None = None,
 ) -> None:
     """Steps 3-10: key, model, allocation status, rate limits, caps and admission, the model's
     kind, the provider. Raises the refusal (a GatewayError); one after admission releases the
@@ -165,7 +169,8 @@ def preflight(
     sweeper needs to bill the call if its process dies. `in_doubt`: an earlier attempt under
     `reservation_id` failed without telling whether its admission committed; if it did, that
     admission is the call's (it is never made twice). `count_request` False takes a place among the
-    calls in flight without counting a request (a realtime session: its response.create count)."""
+    calls in flight without counting a request (a realtime session: its response.create count).
+    `check` may refuse the call once its price in force is known, before admission."""
     if generation is None:
         generation = auth_generation()
     into.scope = key_scope(plaintext, generation=generation, now=now)
@@ -184,6 +189,7 @@ def preflight(
             context=context,
             reservation_id=reservation_id,
             in_doubt=in_doubt,
+            check=check,
         )
         late = late_refusal(entry, kinds=kinds, surface=surface)
         if late is not None:
@@ -207,9 +213,15 @@ def _admit(
     context,
     reservation_id,
     in_doubt: bool,
+    check: Check | None = None,
 ) -> None:
     into.price = price_in_force_cached(model_id=entry.model_id, at=now, generation=generation)
     committed = ledger.reservation_admission(reservation_id=reservation_id) if in_doubt and reservation_id else None
+    refusal = check(entry, into.price) if check is not None else None
+    if refusal is not None:
+        if committed is not None:  # an earlier attempt admitted it before the model's options changed
+            ledger.release(admission=committed)
+        raise refusal
     try:
         into.admission = committed or ledger.admit(
             **_admission(entry, estimate(into.price), request_id=request_id, now=now),
@@ -232,6 +244,7 @@ async def preflight_cached(
     estimate: Estimate,
     context: Callable[[Holder], dict] | None = None,
     reservation_id: uuid.UUID | None = None,
+    check: Check | None = None,
 ) -> bool:
     """`preflight` from the caches only, admitted on the event loop; True once admitted (`into` is
     filled and the reservation held), False when it cannot decide here: nothing cached, a key due
@@ -243,14 +256,14 @@ async def preflight_cached(
     # read lets its rate-limit script check that generation (one Redis round trip for both);
     # any other call reads the generation first.
     known = known_generation()
-    warm = _warm(plaintext, model, kinds, known[0], now) if known is not None else None
+    warm = _warm(plaintext, model, kinds, known[0], now, check) if known is not None else None
     fused = known is not None and warm is not None and bool(warm[1].limits) and ratelimit.checks_generation(known[1])
     if not fused:
         generation = await auth_generation_async()
         if generation is None:
             return False
         if known is None or generation != known[0]:
-            warm = _warm(plaintext, model, kinds, generation, now)
+            warm = _warm(plaintext, model, kinds, generation, now, check)
     if warm is None:
         return False
     scope, entry, price = warm
@@ -259,8 +272,8 @@ async def preflight_cached(
     # parallel); a call the rate limits refuse (or whose generation moved) gives its reservation back.
     rate = None
     if entry.limits:
-        check = (known[0], known[2]) if fused and known is not None else None
-        rate = ratelimit.admit_begin(entry.limits, tokens=estimated[0], generation=check)
+        generation_check = (known[0], known[2]) if fused and known is not None else None
+        rate = ratelimit.admit_begin(entry.limits, tokens=estimated[0], generation=generation_check)
     into.scope, into.entry, into.price = scope, entry, price
     try:
         into.admission = await ledger.admit_async(
@@ -283,10 +296,10 @@ async def preflight_cached(
 
 
 def _warm(
-    plaintext: str, model: str, kinds: frozenset[str], generation: int, now: dt.datetime
+    plaintext: str, model: str, kinds: frozenset[str], generation: int, now: dt.datetime, check: Check | None
 ) -> tuple[KeyScope, ScopedAllocation, Any] | None:
     """(key scope, allocation, price) when all three are cached under `generation` and nothing
-    refuses the call before its limits and caps; else None."""
+    (`check` included) refuses the call before its limits and caps; else None."""
     scope = key_scope_cached(plaintext, generation=generation, now=now)
     if scope is None or touch_due(scope.key_id):
         return None
@@ -298,7 +311,9 @@ def _warm(
     if late_refusal(entry, kinds=kinds, surface="") is not None:
         return None
     found, price = price_cached(model_id=entry.model_id, at=now, generation=generation)
-    return (scope, entry, price) if found else None
+    if not found or (check is not None and check(entry, price) is not None):
+        return None
+    return scope, entry, price
 
 
 _touched: BoundedCache = BoundedCache(100_000)  # key id -> when this process last touched it (monotonic)

@@ -35,6 +35,12 @@ class Usage:
     quantity: Decimal | None = None
     unit: str = ""
     estimated: bool = False
+    # Costs beyond tokens (allocations.cost_options): the service tier the answer reported and the
+    # one the request asked for ("" when absent), and the built-in tool calls as (tool, count)
+    # pairs, sorted by tool.
+    service_tier: str = ""
+    requested_tier: str = ""
+    tool_calls: tuple[tuple[str, int], ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -75,8 +81,40 @@ def token_cost(price, usage: Usage) -> Decimal:
     )
 
 
+FREE_TIERS = ("auto", "default")
+
+
+def billed_tier(price, usage: Usage) -> str:
+    """The service tier a call is billed at. The tier the answer reports, when it is a free tier
+    (auto, default) or one the price multiplies; otherwise (absent, or a tier the price has no
+    multiplier for) the tier the request asked for. The proxy lets a tier other than auto/default
+    through only when the price multiplies it, so a call is never billed below what it asked for
+    because its upstream did not say, nor at a multiplier nobody set."""
+    reported, requested = usage.service_tier, usage.requested_tier
+    multipliers = getattr(price, "service_tier_multipliers", None) or {}
+    if reported and (reported in FREE_TIERS or reported in multipliers):
+        return reported
+    return requested or reported
+
+
+def tier_multiplier(price, tier: str) -> Decimal:
+    """The token cost's multiplier of a tier: the price's, or 1 (free tiers, none, unpriced)."""
+    value = (getattr(price, "service_tier_multipliers", None) or {}).get(tier) if tier not in FREE_TIERS else None
+    return Decimal(value) if value is not None else Decimal(1)
+
+
+def tool_calls_cost(price, usage: Usage) -> Decimal:
+    """Σ calls × the price's per-call price of each tool (a tool the price does not name: 0; the
+    proxy refuses a request declaring such a tool, so only an undeclared call can be one)."""
+    prices = getattr(price, "tool_call_prices", None) or {}
+    return sum(
+        (Decimal(count) * Decimal(prices[tool]) for tool, count in usage.tool_calls if tool in prices), start=ZERO
+    )
+
+
 def cost_for(price, usage: Usage) -> Decimal | None:
-    """USD cost rounded half-up to 1e-9, or None when unpriced (no price, or a unit that does not fit)."""
+    """USD cost rounded half-up to 1e-9, or None when unpriced (no price, or a unit that does not
+    fit). Token prices: token cost × the billed tier's multiplier + the tool calls' prices."""
     if price is None:
         return None
     if price.unit:
@@ -87,4 +125,7 @@ def cost_for(price, usage: Usage) -> Decimal | None:
     has_token_rates = price.input_per_1m is not None or price.output_per_1m is not None
     if not has_token_rates or (usage.unit and not usage.has_tokens):
         return None
-    return round_usd(token_cost(price, usage))
+    tokens = token_cost(price, usage)
+    if usage.service_tier or usage.requested_tier:
+        tokens *= tier_multiplier(price, billed_tier(price, usage))
+    return round_usd(tokens + tool_calls_cost(price, usage) if usage.tool_calls else tokens)

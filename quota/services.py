@@ -12,6 +12,7 @@ from django.utils import timezone
 from allocations.audit import audit_record
 from allocations.bounded import BoundedCache
 from allocations.cache import bump_auth_generation
+from allocations.cost_options import BUILTIN_TOOLS, SERVICE_TIERS
 from allocations.exceptions import BadRequest
 
 from .ledger.sync import counter_for
@@ -67,8 +68,41 @@ def _price_decimal(name: str, value) -> Decimal | None:
     return amount
 
 
-def price_version_clean(*, unit: str = "", price_per_unit=None, **rates) -> tuple[str, Decimal | None, dict]:
-    """Validates a price row without writing: returns (unit, price_per_unit, token rates) or raises BadRequest."""
+OPTION_PRICE_FIELDS = ("service_tier_multipliers", "tool_call_prices")
+
+
+def _option_prices(name: str, value, names: tuple[str, ...], what: str) -> dict[str, str]:
+    """A {name: decimal ≥ 0} object of a price version (tier multipliers, tool-call prices) as
+    Decimal strings, names from allocations.cost_options; else BadRequest naming the field."""
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{name} must be an object", fields={name: [f"An object of {what} → decimal ≥ 0."]})
+    unknown = sorted(str(k)[:40] for k in value if k not in names)
+    if unknown:
+        raise BadRequest(
+            f"unknown {what}(s) in {name}: {', '.join(unknown[:5])}",
+            fields={name: [f"Unknown {what}(s): {', '.join(unknown[:5])}. One of: {', '.join(names)}."]},
+        )
+    clean = {}
+    for key in sorted(value):
+        try:
+            amount = _price_decimal(name, value[key])
+        except BadRequest:
+            raise BadRequest(
+                f"{name}.{key} is not a decimal ≥ 0", fields={name: [f"{key}: enter a decimal number ≥ 0."]}
+            ) from None
+        if amount is None:
+            raise BadRequest(f"{name}.{key} is empty", fields={name: [f"{key}: enter a decimal number ≥ 0."]})
+        clean[key] = str(amount)
+    return clean
+
+
+def price_version_clean(
+    *, unit: str = "", price_per_unit=None, service_tier_multipliers=None, tool_call_prices=None, **rates
+) -> tuple[str, Decimal | None, dict]:
+    """Validates a price row without writing: returns (unit, price_per_unit, the token rates and
+    the option prices) or raises BadRequest."""
     unknown = set(rates) - set(PRICE_FIELDS)
     if unknown:
         raise BadRequest(
@@ -88,11 +122,21 @@ def price_version_clean(*, unit: str = "", price_per_unit=None, **rates) -> tupl
         raise BadRequest(
             "give token rates per 1M, or a unit with price_per_unit", fields={"unit": ["Required with price_per_unit."]}
         )
-    return unit, per_unit, clean
+    options = {
+        "service_tier_multipliers": _option_prices(
+            "service_tier_multipliers", service_tier_multipliers, SERVICE_TIERS, "service tier"
+        ),
+        "tool_call_prices": _option_prices("tool_call_prices", tool_call_prices, BUILTIN_TOOLS, "tool"),
+    }
+    for name, value in options.items():
+        if unit and value:
+            raise BadRequest(f"{name} go with token rates only", fields={name: ["Only with token rates, not a unit."]})
+    return unit, per_unit, {**clean, **options}
 
 
 def price_version_add(*, model, effective_from=None, unit: str = "", price_per_unit=None, actor=None, **rates):
-    """Appends a price version. Either token rates per 1M or a unit price, never both."""
+    """Appends a price version. Either token rates per 1M (with optional service tier multipliers
+    and tool-call prices) or a unit price, never both."""
     unit, per_unit, clean = price_version_clean(unit=unit, price_per_unit=price_per_unit, **rates)
     with transaction.atomic():
         version = PriceVersion.objects.create(
@@ -103,7 +147,8 @@ def price_version_add(*, model, effective_from=None, unit: str = "", price_per_u
             "effective_from": version.effective_from.isoformat(),
             "unit": unit,
             "price_per_unit": None if per_unit is None else str(per_unit),
-            **{k: None if v is None else str(v) for k, v in clean.items()},
+            **{k: None if v is None else str(v) for k, v in clean.items() if k in PRICE_FIELDS},
+            **{k: clean[k] for k in OPTION_PRICE_FIELDS},
         }
         audit_record(actor=actor, action="price_version_added", target=version, after=after)
     transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache

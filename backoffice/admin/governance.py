@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from allocations import services
+from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, simulated_badge
@@ -87,6 +88,15 @@ class ProviderAdmin(StaffAdmin):
 
 
 class CatalogModelForm(forms.ModelForm):
+    allowed_options = forms.MultipleChoiceField(
+        choices=[(name, OPTION_LABELS[name]) for name in ALLOWED_OPTIONS],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="Request options that cost more than tokens, let through for this model. Each also needs "
+        "its price (a service tier multiplier or a tool-call price) in the price version in force; "
+        "background is relayed only streamed.",
+    )
+
     class Meta:
         model = CatalogModel
         fields = (
@@ -99,6 +109,7 @@ class CatalogModelForm(forms.ModelForm):
             "rpm_limit",
             "tpm_limit",
             "max_parallel",
+            "allowed_options",
         )
 
 
@@ -142,6 +153,7 @@ class CatalogModelAdmin(StaffAdmin):
             kind=data["kind"],
             display_name=data.get("display_name", ""),
             limits={f: data.get(f) for f in CatalogModel.LIMIT_FIELDS},
+            allowed_options=data.get("allowed_options") or [],
             actor=request.user,
         )
         if not data["is_active"]:

@@ -21,7 +21,7 @@ from allocations.models import Allocation, ProviderKind
 from quota import display, selectors
 from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
-from quota.services import price_version_add, price_version_clean
+from quota.services import OPTION_PRICE_FIELDS, price_version_add, price_version_clean
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 from .filters import (
@@ -307,6 +307,8 @@ class PriceVersionForm(forms.ModelForm):
             "audio_output_per_1m",
             "unit",
             "price_per_unit",
+            "service_tier_multipliers",
+            "tool_call_prices",
         )
 
     def __init__(self, *args, **kwargs):
@@ -314,14 +316,26 @@ class PriceVersionForm(forms.ModelForm):
         if "effective_from" in self.fields:  # absent on the read-only view of an existing version
             self.fields["effective_from"].required = False
             self.fields["effective_from"].help_text = "Blank: now. Versions are append-only."
+        if "service_tier_multipliers" in self.fields:
+            self.fields["service_tier_multipliers"].help_text = (
+                'Token cost multiplier per service tier, e.g. {"priority": "2", "flex": "0.5"}; a tier '
+                "without one is refused."
+            )
+            self.fields["tool_call_prices"].help_text = (
+                'USD per call of each built-in tool, e.g. {"web_search": "0.01"}; chat web_search_options '
+                "uses the web_search price (one search per request); a tool without one is refused."
+            )
 
     def clean(self):
         data = super().clean()
         if not data.get("effective_from") and "effective_from" not in self.errors:
             data["effective_from"] = timezone.now()
         rates = {f: data.get(f) for f in self.Meta.fields[2:7]}
+        options = {f: data.get(f) for f in OPTION_PRICE_FIELDS}
         try:
-            price_version_clean(unit=data.get("unit") or "", price_per_unit=data.get("price_per_unit"), **rates)
+            price_version_clean(
+                unit=data.get("unit") or "", price_per_unit=data.get("price_per_unit"), **options, **rates
+            )
         except BadRequest as exc:
             form_errors_from(exc, self)
         return data
@@ -349,6 +363,7 @@ class PriceVersionAdmin(StaffAdmin):
             price_per_unit=data.get("price_per_unit"),
             actor=request.user,
             **{f: data.get(f) for f in PriceVersionForm.Meta.fields[2:7]},
+            **{f: data.get(f) for f in OPTION_PRICE_FIELDS},
         )
         obj.pk, obj._state.adding = version.pk, False
 
@@ -377,6 +392,7 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
         "output_tokens",
         metered,
         "cost",
+        "service_tier",
         "close_reason",
     )
     list_filter = (

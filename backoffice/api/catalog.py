@@ -6,6 +6,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from allocations import services
+from allocations.cost_options import ALLOWED_OPTIONS
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
 from allocations.serializers import (
     DecimalInputField,
@@ -45,6 +46,14 @@ class ProviderList(AdminAPIView):
 
 
 MODELS = CatalogModel.objects.select_related("provider")
+OPTIONS_HELP = (
+    "The request options that cost more than tokens this model lets through (each also needs its "
+    "price in the price version in force): " + ", ".join(ALLOWED_OPTIONS) + "."
+)
+
+
+def _allowed_options_field(**kwargs) -> serializers.ListField:
+    return serializers.ListField(child=StrictCharField(max_length=64), help_text=OPTIONS_HELP, **kwargs)
 
 
 class ModelList(AdminAPIView):
@@ -54,6 +63,7 @@ class ModelList(AdminAPIView):
         upstream_name = StrictCharField(max_length=200)
         kind = serializers.ChoiceField(choices=ModelKind.choices)
         display_name = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
+        allowed_options = _allowed_options_field(required=False, default=list)
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ModelOutput, "ModelPage"))
     def get(self, request):
@@ -70,10 +80,11 @@ class ModelList(AdminAPIView):
 
 class ModelDetail(AdminAPIView):
     class InputSerializer(RateLimitsInputMixin, StrictInputSerializer):
-        """Organisation-wide rate limits, the active flag and the display name."""
+        """Organisation-wide rate limits, the active flag, the display name and the allowed options."""
 
         is_active = StrictBooleanField(required=False)
         display_name = StrictCharField(required=False, allow_blank=True, max_length=200)
+        allowed_options = _allowed_options_field(required=False)
 
     @extend_schema(responses=ModelOutput)
     def get(self, request, model_id):
@@ -100,6 +111,18 @@ class PriceList(AdminAPIView):
         audio_output_per_1m = DecimalInputField(required=False, allow_null=True)
         unit = StrictCharField(required=False, allow_null=True, allow_blank=True)
         price_per_unit = DecimalInputField(required=False, allow_null=True)
+        service_tier_multipliers = serializers.DictField(
+            child=DecimalInputField(),
+            required=False,
+            allow_null=True,
+            help_text='Token cost multiplier per service tier (flex, priority, scale), e.g. {"priority": "2"}.',
+        )
+        tool_call_prices = serializers.DictField(
+            child=DecimalInputField(),
+            required=False,
+            allow_null=True,
+            help_text='USD per call of each built-in tool, e.g. {"web_search": "0.01"}.',
+        )
 
     @extend_schema(
         parameters=[*PAGE_PARAMETERS, OpenApiParameter("model", str, description="A model's slug.")],

@@ -58,6 +58,7 @@ class ModelOutput(RateLimitsOutputMixin, serializers.Serializer):
     kind = serializers.CharField()
     display_name = serializers.CharField()
     is_active = serializers.BooleanField()
+    allowed_options = serializers.ListField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
 
 
@@ -72,6 +73,8 @@ class PriceOutput(serializers.Serializer):
     audio_output_per_1m = MoneyField(allow_null=True)
     unit = serializers.SerializerMethodField()
     price_per_unit = MoneyField(allow_null=True)
+    service_tier_multipliers = serializers.DictField(child=serializers.CharField())
+    tool_call_prices = serializers.DictField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
 
     def get_unit(self, price) -> str | None:

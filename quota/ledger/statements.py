@@ -18,7 +18,7 @@ from django.db.models import Model
 from psycopg.types.json import Jsonb
 
 from ..models import CallRecord, Reservation, UsageCounter
-from ..pricing import Usage, cost_for
+from ..pricing import Usage, billed_tier, cost_for
 
 COUNTER_TABLE = UsageCounter._meta.db_table
 RESERVATION_TABLE = Reservation._meta.db_table
@@ -129,7 +129,8 @@ def admit_statement(
 
 
 def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tuple[dict, Decimal | None]:
-    """The call record's field values (by field name) and its cost."""
+    """The call record's field values (by field name) and its cost, with what a cost beyond tokens
+    was billed from (the service tier, the tool calls)."""
     cost = cost_for(price, usage)
     values = {
         **record,
@@ -143,6 +144,8 @@ def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tup
         "quantity": usage.quantity,
         "unit": usage.unit,
         "estimated": usage.estimated,
+        "service_tier": billed_tier(price, usage)[:16],
+        "tool_calls": dict(usage.tool_calls),
         "cost_usd": cost,
         "priced": cost is not None,
         "price_version": price if cost is not None else None,

@@ -23,6 +23,8 @@ def settlement_from_json(*, record: dict, usage: dict | None, price_id) -> tuple
     fields = dict(usage or {})
     if fields.get("quantity") is not None:
         fields["quantity"] = Decimal(fields["quantity"])
+    if fields.get("tool_calls"):
+        fields["tool_calls"] = tuple((str(tool), int(count)) for tool, count in fields["tool_calls"])
     price = PriceVersion.objects.filter(pk=price_id).first() if price_id else None
     return record, Usage(**fields), price
 

@@ -7,6 +7,11 @@ OpenAI and Azure OpenAI wire formats (JSON and SSE), with fault modes chosen by 
 - fake-hang: never answers
 - fake-slow: answers after 0.6 s; fake-sleep-MS: after MS milliseconds; fake-trickle: a stream with 0.3 s between chunks
 - fake-nousage: a stream that never reports usage
+- fake-tier-NAME: answers report service tier NAME (otherwise the tier asked for, auto -> default)
+- fake-calls-N: a Responses answer has N calls of each built-in tool the request declared (else 1)
+
+Answers report `service_tier` like OpenAI's, and a Responses answer has one `<tool>_call` output
+item per built-in tool the request declared (web_search -> web_search_call ...).
 """
 
 import asyncio
@@ -25,6 +30,31 @@ CHAT_USAGE = {
     "completion_tokens_details": {"reasoning_tokens": 0},
 }
 WORDS = ["Hello", " from", " the", " fake"]
+
+
+CALL_ITEMS = {
+    "web_search": "web_search_call",
+    "web_search_preview": "web_search_call",
+    "file_search": "file_search_call",
+    "code_interpreter": "code_interpreter_call",
+    "image_generation": "image_generation_call",
+}
+
+
+def tier_of(body: dict, model: str) -> str:
+    if model.startswith("fake-tier-"):
+        return model.removeprefix("fake-tier-")
+    tier = body.get("service_tier")
+    return "default" if tier in (None, "auto") else tier
+
+
+def tool_call_items(body: dict, model: str) -> list[dict]:
+    count = int(model.rsplit("-", 1)[1]) if model.startswith("fake-calls-") else 1
+    items = []
+    for tool in body.get("tools") or ():
+        kind = CALL_ITEMS.get(tool.get("type") if isinstance(tool, dict) else None)
+        items += [{"id": f"{kind}_{n}", "type": kind, "status": "completed"} for n in range(count) if kind]
+    return items
 
 
 def _sse(obj) -> bytes:
@@ -127,6 +157,7 @@ class FakeUpstream(RecordingUpstream):
                 "model": model,
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
                 "usage": CHAT_USAGE,
+                "service_tier": tier_of(body, model),
             }
         )
 
@@ -134,7 +165,13 @@ class FakeUpstream(RecordingUpstream):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         include = (body.get("stream_options") or {}).get("include_usage") and model != "fake-nousage"
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "service_tier": tier_of(body, model),
+        }
         if include:
             base["usage"] = None
 
@@ -183,10 +220,12 @@ class FakeUpstream(RecordingUpstream):
             "created_at": 1,
             "status": "completed",
             "model": model,
-            "output": [item],
+            "output": [*tool_call_items(body, model), item],
             "parallel_tool_calls": True,
             "tool_choice": "auto",
-            "tools": [],
+            "tools": body.get("tools") or [],
+            "metadata": body.get("metadata") or {},
+            "service_tier": tier_of(body, model),
             "usage": usage,
         }
         if not body.get("stream"):
@@ -212,6 +251,8 @@ class FakeUpstream(RecordingUpstream):
             events.append({"type": "response.completed", "response": resp})
         for n, event in enumerate(events):
             event["sequence_number"] = n
+            if model == "fake-trickle" and n:
+                await asyncio.sleep(0.3)
             await response.write(f"event: {event['type']}\n".encode() + _sse(event))
         if model.startswith("fake-drop-"):
             request.transport.close()

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from allocations.models import ModelKind
-from proxy import multipart, views
+from proxy import bodies, multipart, views
 from proxy.registry import ENDPOINTS
 
 from .media_fixtures import *  # noqa: F403 - the media and media_upstream fixtures
@@ -110,7 +110,7 @@ def nested(depth: int, opener: str = "[", closer: str = "]") -> str:
     return opener * depth + ("" if opener == "[" else "1") + closer * depth
 
 
-@pytest.mark.parametrize("depth", [views.MAX_JSON_DEPTH + 1, 990, 1000, 100_000])
+@pytest.mark.parametrize("depth", [bodies.MAX_JSON_DEPTH + 1, 990, 1000, 100_000])
 @pytest.mark.parametrize(("opener", "closer"), [("[", "]"), ('{"a":', "}")])
 def test_json_nested_deeper_than_the_limit_is_a_400_not_a_500(world, depth, opener, closer):
     allocation = world.allocation()
@@ -124,7 +124,7 @@ def test_json_nested_deeper_than_the_limit_is_a_400_not_a_500(world, depth, open
 
 def test_json_nested_up_to_the_limit_is_relayed(world):
     allocation = world.allocation()
-    deep = nested(views.MAX_JSON_DEPTH - 2)  # inside the body object and its `metadata` key
+    deep = nested(bodies.MAX_JSON_DEPTH - 2)  # inside the body object and its `metadata` key
     body = (
         f'{{"model": "{allocation.model.slug}", "messages": [{{"role": "user", "content": "hi"}}], "metadata": {deep}}}'
     )

@@ -1,10 +1,11 @@
 from decimal import Decimal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from quota.models import PriceVersion
-from quota.pricing import Usage, cost_for
+from quota.pricing import Usage, billed_tier, cost_for
 
 
 def token_price(**rates):
@@ -52,3 +53,39 @@ def test_cost_is_exact_decimal_and_splits_cached_from_input(inp, cached_share, o
     expected = ((inp - cached) * rate_in + cached * rate_cached + out * rate_out) / Decimal(10**6)
     assert abs(cost - expected) <= Decimal("0.0000000005")
     assert cost.as_tuple().exponent == -9
+
+
+def optioned_price():
+    price = token_price(input_per_1m="1", output_per_1m="2")
+    price.service_tier_multipliers = {"priority": "2", "flex": "0.5"}
+    price.tool_call_prices = {"web_search": "0.01"}
+    return price
+
+
+TOKENS = {"input_tokens": 1000, "output_tokens": 500}  # $0.002 at 1x
+
+
+@pytest.mark.parametrize(
+    ("reported", "requested", "tier", "cost"),
+    [
+        ("", "", "", "0.002"),  # none reported nor asked
+        ("default", "", "default", "0.002"),
+        ("auto", "", "auto", "0.002"),
+        ("priority", "", "priority", "0.004"),  # the answer's tier, priced: billed even when not asked
+        ("default", "priority", "default", "0.002"),  # served at default: billed at default
+        ("flex", "priority", "flex", "0.001"),
+        ("scale", "priority", "priority", "0.004"),  # a tier the price does not multiply: the one asked
+        ("", "flex", "flex", "0.001"),  # an upstream that reports no tier: the one asked
+        ("scale", "", "scale", "0.002"),  # neither priced nor asked: 1x
+    ],
+)
+def test_the_billed_tier_is_the_reported_one_when_priced_else_the_requested_one(reported, requested, tier, cost):
+    usage = Usage(**TOKENS, service_tier=reported, requested_tier=requested)
+    assert billed_tier(optioned_price(), usage) == tier
+    assert cost_for(optioned_price(), usage) == Decimal(cost)
+
+
+def test_tool_calls_are_added_per_call_and_not_multiplied_by_the_tier():
+    usage = Usage(**TOKENS, service_tier="priority", tool_calls=(("web_search", 3), ("file_search", 1)))
+    # 0.002 × 2 + 3 × 0.01 (file_search has no price here: the proxy refuses declaring it)
+    assert cost_for(optioned_price(), usage) == Decimal("0.034")

@@ -1,0 +1,58 @@
+"""The request options that cost more than tokens, named once: the values of a catalogue model's
+`allowed_options` switch, the tiers a price version may multiply and the tools it may price per call.
+
+A model allows an option by listing its name; the proxy lets the option through only when the
+model allows it and the price version in force prices it (proxy.options, docs/DECISIONS.md).
+"""
+
+from .exceptions import BadRequest
+
+# Service tiers billed differently from the default (auto and default cost the token price).
+SERVICE_TIERS = ("flex", "priority", "scale")
+FREE_TIERS = ("auto", "default")
+
+# Responses API built-in tools billed per call (or per session) on top of tokens, by `type`, with
+# the output item type each call of the tool appears as in an answer.
+TOOL_CALL_ITEMS = {
+    "web_search": "web_search_call",
+    "web_search_preview": "web_search_call",
+    "file_search": "file_search_call",
+    "code_interpreter": "code_interpreter_call",
+    "image_generation": "image_generation_call",
+    "computer_use_preview": "computer_call",
+    "mcp": "mcp_call",
+    "local_shell": "local_shell_call",
+    "shell": "shell_call",
+}
+BUILTIN_TOOLS = tuple(TOOL_CALL_ITEMS)
+CALL_ITEM_TYPES = frozenset(TOOL_CALL_ITEMS.values())
+
+# The switch's vocabulary: one name per option a model may allow.
+TIER_OPTIONS = tuple(f"service_tier:{tier}" for tier in SERVICE_TIERS)
+WEB_SEARCH_OPTIONS = "web_search_options"  # chat completions; priced by the `web_search` tool price
+BACKGROUND = "background"  # Responses API, streamed only
+ALLOWED_OPTIONS = (*TIER_OPTIONS, WEB_SEARCH_OPTIONS, *BUILTIN_TOOLS, BACKGROUND)
+
+OPTION_LABELS = {
+    **{f"service_tier:{tier}": f"service_tier {tier}" for tier in SERVICE_TIERS},
+    WEB_SEARCH_OPTIONS: "chat web_search_options",
+    **{tool: f"tool {tool}" for tool in BUILTIN_TOOLS},
+    BACKGROUND: "background (streamed only)",
+}
+
+
+def allowed_options_clean(value, *, field: str = "allowed_options") -> list[str]:
+    """A model's allowed options: a list of names from ALLOWED_OPTIONS, returned sorted and unique
+    (so that a change is audited only when the set changes). Else BadRequest naming the field."""
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{field} must be a list of option names", fields={field: ["A list of option names."]})
+    unknown = sorted(set(value) - set(ALLOWED_OPTIONS))
+    if unknown:
+        names = ", ".join(repr(u[:40]) for u in unknown[:5])
+        known = ", ".join(ALLOWED_OPTIONS)
+        raise BadRequest(
+            f"unknown option(s) in {field}: {names}", fields={field: [f"Unknown option(s): {names}. One of: {known}."]}
+        )
+    return sorted(set(value))
