@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""An A/B of gateway CPU per call that holds up on a noisy machine: short wrk rounds against each
+target in turn (the order flipped every round), the serving worker's CPU from /proc, the median
+per target. A target is a tree (this checkout, or another one given with --tree, e.g. a
+`git worktree` of an older commit) and a bench model (`bench0` unlimited, `bench0lim` with rpm,
+tpm and max_parallel on its allocation and model, see seed.py).
+
+  bench/alternate.py [--tree OTHER] [--rounds 10] [--levels 1,16] [--duration 3]
+                     [--models bench0/gpt-4o-mini,bench0lim/gpt-4o-mini]
+
+Each tree gets its own database (gw_alt_0, gw_alt_1: their migrations may differ) and Redis
+database; one fake upstream (0 ms) serves both. Needs wrk and BENCH_PY as in bench/README.md.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from run import BENCH_PY, HARNESS, ROOT, ensure_database, free_port, wait_http, wait_port
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_of(supervisor: int) -> int:
+    """serve's one worker process (the supervisor only hands it the socket)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True).stdout.split()
+        if children:
+            return int(children[0])
+        time.sleep(0.2)
+    raise SystemExit("serve started no worker")
+
+
+def start_gateway(tree: Path, index: int, upstream: str) -> tuple[int, str, subprocess.Popen]:
+    python = str(tree / ".venv" / "bin" / "python")
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/gw_alt_{index}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{3 + index}",
+        "DEBUG": "False",
+        "SECRET_KEY": "bench-" + secrets.token_hex(16),
+        "GATEWAY_ENCRYPTION_KEY": "m1mcCTj8YbQ2vFq0q3v5U8m4fJx3l0zYQ6sQ3rJ2m2E=",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOG_LEVEL": "WARNING",
+    }
+    ensure_database(env["DATABASE_URL"])
+    subprocess.run([python, "manage.py", "migrate", "--noinput", "-v0"], cwd=tree, env=env, check=True)
+    seeded = subprocess.run(
+        [python, "bench/seed.py", upstream, upstream], cwd=tree, env=env, check=True, capture_output=True, text=True
+    )
+    key = seeded.stdout.strip().splitlines()[-1]
+    port = free_port()
+    command = [python, "-m", "gateway_project.serve", "--workers", "1", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(
+        [*command, "gateway_project.asgi:application"],
+        cwd=tree,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(port)
+    return port, key, proc
+
+
+def one_round(port: int, key: str, model: str, concurrency: int, duration: float, pid: int) -> tuple[float, float]:
+    """(CPU ms per call, calls per second) of one wrk run."""
+    env = {**os.environ, "BENCH_KEY": key, "BENCH_MODEL": model}
+    before = cpu_s(pid)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "30s", "-s", "chat.lua"]
+        + [f"http://127.0.0.1:{port}"],
+        env=env,
+        cwd=HARNESS,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    spent = cpu_s(pid) - before
+    summary = json.loads(out.split("BENCHJSON", 1)[1].strip().splitlines()[0])
+    calls = summary["requests"] - summary["err_status"]
+    return spent * 1000 / max(calls, 1), calls / duration
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", action="append", default=[], help="another checkout to compare with this one")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--levels", default="1,16")
+    ap.add_argument("--duration", type=float, default=3)
+    ap.add_argument("--models", default="bench0/gpt-4o-mini,bench0lim/gpt-4o-mini")
+    args = ap.parse_args()
+    trees = [ROOT, *(Path(t).resolve() for t in args.tree)]
+    procs: list[subprocess.Popen] = []
+    try:
+        upstream_port = free_port()
+        procs.append(
+            subprocess.Popen(
+                [BENCH_PY, str(HARNESS / "fake_upstream.py"), "--port", str(upstream_port), "--latency-ms", "0"],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        wait_port(upstream_port)
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        targets = []
+        for index, tree in enumerate(trees):
+            port, key, proc = start_gateway(tree, index, upstream)
+            procs.append(proc)
+            pid = worker_of(proc.pid)
+            for model in args.models.split(","):
+                targets.append((f"{tree.name}:{model}", port, key, model, pid))
+        for level in (int(n) for n in args.levels.split(",")):
+            for _, port, key, model, pid in targets:
+                one_round(port, key, model, level, 1, pid)  # warm-up
+            cpu: dict[str, list[float]] = {t[0]: [] for t in targets}
+            rate: dict[str, list[float]] = {t[0]: [] for t in targets}
+            for n in range(args.rounds):
+                for name, port, key, model, pid in targets if n % 2 == 0 else targets[::-1]:
+                    ms, per_s = one_round(port, key, model, level, args.duration, pid)
+                    cpu[name].append(ms)
+                    rate[name].append(per_s)
+            load = os.getloadavg()[0]
+            for name in cpu:
+                row = {
+                    "target": name,
+                    "concurrency": level,
+                    "rounds": args.rounds,
+                    "cpu_ms_per_call_median": round(statistics.median(cpu[name]), 3),
+                    "calls_per_s_median": round(statistics.median(rate[name])),
+                    "cpu_ms_per_call": [round(v, 3) for v in cpu[name]],
+                    "loadavg1": load,
+                }
+                print(json.dumps(row), flush=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
