@@ -117,6 +117,16 @@ def option_error(*, allowed: frozenset[str], price, endpoint_name: str, body: di
     return None
 
 
+def answer_read_whole(endpoint_name: str, body: dict | None, price) -> bool:
+    """Whether a JSON answer must be parsed whole for its tier and tool calls. A chat answer can
+    cost more than its usage only when the price multiplies a tier or the request asked for web
+    search; otherwise only its top-level usage is read (meters.find_usage: no full parse of a long
+    completion on every call). A Responses answer is read whole anyway, for its id."""
+    if endpoint_name != CHAT:
+        return True
+    return bool(getattr(price, "service_tier_multipliers", None)) or (body or {}).get("web_search_options") is not None
+
+
 def estimate_extras(endpoint_name: str, body: dict) -> dict:
     """The reservation's share of the options: the requested tier (its multiplier applies to the
     estimated tokens) and one call per declared built-in tool (chat web search: one search)."""

@@ -208,7 +208,8 @@ def _transport_error(exc: BaseException) -> tuple[str, GatewayError]:
 
 async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpResponse:
     endpoint = call.endpoint
-    answer = meters.read_answer(body, answer_meter=endpoint.answer_meter, usage_meter=endpoint.meter)
+    whole = options.answer_read_whole(endpoint.name, call.body, call.price)
+    answer = meters.read_answer(body, answer_meter=endpoint.answer_meter if whole else None, usage_meter=endpoint.meter)
     outcome = Outcome.CLIENT_CANCELLED if call.client_gone else Outcome.SUCCESS
     if endpoint.name == "responses":  # before the answer: its id may be continued at once
         await _remember_response(call, answer.id)
