@@ -8,8 +8,9 @@ tpm and max_parallel on its allocation and model, see seed.py).
   bench/alternate.py [--tree OTHER] [--rounds 10] [--levels 1,16] [--duration 3]
                      [--models bench0/gpt-4o-mini,bench0lim/gpt-4o-mini]
 
-Each tree gets its own database (gw_alt_0, gw_alt_1: their migrations may differ) and Redis
-database; one fake upstream (0 ms) serves both. Needs wrk and BENCH_PY as in bench/README.md.
+Each tree gets a fresh database of its own (gw_alt_0, gw_alt_1, dropped and made anew: their
+migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk
+and BENCH_PY as in bench/README.md.
 """
 
 import argparse
@@ -41,6 +42,17 @@ def worker_of(supervisor: int) -> int:
     raise SystemExit("serve started no worker")
 
 
+def fresh_database(url: str) -> None:
+    """An empty database per tree and run: one that kept earlier runs' call records makes its
+    tree look slower than the other."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    ensure_database(url)
+
+
 def start_gateway(tree: Path, index: int, upstream: str) -> tuple[int, str, subprocess.Popen]:
     python = str(tree / ".venv" / "bin" / "python")
     env = {
@@ -53,7 +65,7 @@ def start_gateway(tree: Path, index: int, upstream: str) -> tuple[int, str, subp
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING",
     }
-    ensure_database(env["DATABASE_URL"])
+    fresh_database(env["DATABASE_URL"])
     subprocess.run([python, "manage.py", "migrate", "--noinput", "-v0"], cwd=tree, env=env, check=True)
     seeded = subprocess.run(
         [python, "bench/seed.py", upstream, upstream], cwd=tree, env=env, check=True, capture_output=True, text=True
@@ -77,7 +89,7 @@ def one_round(port: int, key: str, model: str, concurrency: int, duration: float
     env = {**os.environ, "BENCH_KEY": key, "BENCH_MODEL": model}
     before = cpu_s(pid)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "30s", "-s", "chat.lua"]
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "30s", "-s", "chat.lua"]
         + [f"http://127.0.0.1:{port}"],
         env=env,
         cwd=HARNESS,
