@@ -48,9 +48,10 @@ def _tool_types(body: dict) -> list:
 
 def body_error(endpoint_name: str, body: dict) -> BadRequest | None:
     """What the body alone refuses: a tier or tool type the gateway cannot meter (a new built-in
-    tool cannot slip through unmetered), and `conversation` (the gateway does not relay
+    tool cannot slip through unmetered), `conversation` (the gateway does not relay
     /v1/conversations, so no member owns one made through it: members could otherwise read and
-    extend conversations made with the organisation's key)."""
+    extend conversations made with the organisation's key) and `prompt` (a stored prompt's tools
+    are the provider's to know: one could call a built-in tool the price does not name)."""
     if endpoint_name not in METERED_ENDPOINTS:
         return None
     tier = body.get("service_tier")
@@ -60,6 +61,12 @@ def body_error(endpoint_name: str, body: dict) -> BadRequest | None:
         return _refuse(
             "conversation",
             "conversations are not relayed by this gateway; continue a response with previous_response_id instead.",
+        )
+    if endpoint_name == RESPONSES and body.get("prompt") is not None:
+        return _refuse(
+            "prompt",
+            "stored prompts may declare built-in tools the gateway cannot see or price before the call; "
+            "send the instructions and tools in the request instead.",
         )
     builtin = TOOL_CALL_ITEMS if endpoint_name == RESPONSES else {}
     for kind in _tool_types(body):

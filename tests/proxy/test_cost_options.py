@@ -120,9 +120,10 @@ def test_only_the_enabled_option_passes_and_the_other_is_refused(world, fake_ups
         ({**RESPONSES, "service_tier": "turbo"}, "service_tier", "unknown service tier"),
         ({**RESPONSES, "conversation": "conv_123"}, "conversation", "not relayed"),
         ({**RESPONSES, "conversation": {"id": "conv_123"}}, "conversation", "previous_response_id"),
+        ({**RESPONSES, "prompt": {"id": "pmpt_123", "version": "2"}}, "prompt", "tools"),
     ],
 )
-def test_unknown_tools_and_tiers_and_conversations_are_refused_even_where_everything_is_enabled(
+def test_unknown_tools_tiers_conversations_and_stored_prompts_are_refused_even_where_everything_is_enabled(
     world, fake_upstream, body, field, says
 ):
     allocation = optioned(world)
