@@ -267,6 +267,8 @@ def test_rebalance_pool_fails_with_the_reason_when_refused(pool):
 
 def _waiting_on_a_lock() -> bool:
     with connection.cursor() as cursor:
+        # Inside a transaction the activity view is a snapshot taken at its first read: drop it.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )
