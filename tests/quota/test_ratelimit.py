@@ -7,6 +7,8 @@ import time
 import uuid
 
 import pytest
+import redis
+from django.conf import settings
 
 from quota import ratelimit
 from quota.ratelimit_memory import MemoryWindows
@@ -173,3 +175,17 @@ async def test_a_redis_that_stops_answering_is_given_up_on_within_two_timeouts(l
     assert time.monotonic() - started < 2 * ratelimit.TIMEOUT_S + 0.5
     assert received and b"EVALSHA" in received[0]
     assert _warnings(caplog) == 1
+
+
+async def test_a_script_redis_forgot_is_loaded_again_and_the_call_decided(limiter):
+    """Redis restarted or flushed its scripts: the event loop's EVALSHA answers NOSCRIPT, the
+    script is loaded again and the same call is decided (not failed open)."""
+    if limiter == "memory":
+        pytest.skip("scripts are Redis'")
+    limits = (scope(rpm=2),)
+    assert (await ratelimit.admit_async(limits, tokens=0))[0].allowed  # the loop's connection is open
+    redis.Redis.from_url(settings.GATEWAY_RATE_LIMIT_REDIS_URL).script_flush()
+    decision, ticket = await ratelimit.admit_async(limits, tokens=0)
+    assert decision.allowed and ticket is not None
+    assert decision.headers["x-ratelimit-remaining-requests"] == "0"
+    assert not (await ratelimit.admit_async(limits, tokens=0))[0].allowed
