@@ -198,6 +198,9 @@ def test_the_usage_page_shows_chart_data_spend_by_model_and_calls(alice_client, 
     assert "sim/free" in html and "openai/gpt-4o-mini" in html
     calls = html[html.index('class="calls-table') :]
     assert "$0.25" in calls and "unpriced" in calls and "42 in / 0 out" in calls
+    # a model whose calls are all unpriced shows "unpriced" as its spend, never $0
+    by_model = html[html.index("<code>sim/free</code>") : html.index("</tr>", html.index("<code>sim/free</code>"))]
+    assert '<span class="unpriced">unpriced</span>' in by_model and "$0" not in by_model
 
 
 def test_the_usage_page_paginates_calls_by_cursor(alice_client, alice_alloc):
