@@ -38,7 +38,8 @@ ITEM_TOOLS = {item: tool for tool, item in reversed(TOOL_CALL_ITEMS.items())}
 
 
 def _refuse(field: str, message: str) -> BadRequest:
-    return BadRequest(f"{field}: {message}", fields={field: [message]})
+    """400 naming the field: in `fields`, and at the head of the message unless it starts with it."""
+    return BadRequest(message if message.startswith(field) else f"{field}: {message}", fields={field: [message]})
 
 
 def _tool_types(body: dict) -> list:

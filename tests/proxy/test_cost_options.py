@@ -63,6 +63,7 @@ def assert_refused(world, fake_upstream, response, field: str, says: str) -> Non
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "bad_request" and list(error["fields"]) == [field] and field in error["message"]
+    assert not error["message"].startswith(f"{field}: {field}"), error["message"]  # named once at its head
     assert says in error["message"], error["message"]
     assert fake_upstream.requests == []
     assert CallRecord.objects.get(request_id="req-opt").outcome == "rejected_bad_request"
