@@ -7,7 +7,7 @@ from django.db import transaction
 from . import crypto
 from .audit import audit_record
 from .cache import bump_auth_generation
-from .changes import assign_changed, check_known_fields, limits_snapshot, validate_limits
+from .changes import check_known_fields, limits_snapshot, save_changed, validate_limits
 from .cost_options import allowed_options_clean
 from .exceptions import BadRequest
 from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
@@ -85,14 +85,7 @@ PROVIDER_UPDATABLE = ("name", "base_url", "api_version")
 
 def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provider:
     check_known_fields(changes, PROVIDER_UPDATABLE)
-    before, changed = assign_changed(provider, changes)
-    if not changed:
-        return provider
-    with transaction.atomic():
-        provider.save(update_fields=[*changed, "updated_at"])
-        audit_record(actor=actor, action="provider_updated", target=provider, before=before, after=changed)
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return provider
+    return save_changed(provider, changes, action="provider_updated", actor=actor)
 
 
 def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provider:
@@ -166,14 +159,7 @@ def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogMo
         raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
     if "display_name" in clean and not isinstance(clean["display_name"], str):
         raise BadRequest("display_name must be a string", fields={"display_name": ["Must be a string."]})
-    before, changed = assign_changed(model, clean)
-    if not changed:
-        return model
-    with transaction.atomic():
-        model.save(update_fields=[*changed, "updated_at"])
-        audit_record(actor=actor, action="model_updated", target=model, before=before, after=changed)
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
-    return model
+    return save_changed(model, clean, action="model_updated", actor=actor)
 
 
 def model_set_active(*, model: CatalogModel, is_active: bool, actor=None) -> CatalogModel:

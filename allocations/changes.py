@@ -1,6 +1,10 @@
 """Validation and change helpers shared by the governance services (allocations, catalogue,
 keys, members)."""
 
+from django.db import transaction
+
+from .audit import audit_record
+from .cache import bump_auth_generation
 from .exceptions import BadRequest
 from .models import RateLimits
 
@@ -38,10 +42,17 @@ def check_known_fields(changes: dict, allowed) -> None:
         )
 
 
-def assign_changed(obj, changes: dict) -> tuple[dict, dict]:
-    """Sets the fields whose value differs; returns (their values before, the changed ones)."""
+def save_changed(obj, changes: dict, *, action: str, actor=None):
+    """Sets and saves the fields whose value differs, with one audit event (their values before and
+    after), and bumps the auth generation once committed; nothing at all when none differs."""
     changed = {f: v for f, v in changes.items() if getattr(obj, f) != v}
+    if not changed:
+        return obj
     before = {f: getattr(obj, f) for f in changed}
     for field, value in changed.items():
         setattr(obj, field, value)
-    return before, changed
+    with transaction.atomic():
+        obj.save(update_fields=[*changed, "updated_at"])
+        audit_record(actor=actor, action=action, target=obj, before=before, after=changed)
+    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    return obj

@@ -22,7 +22,7 @@ from .catalog import (  # noqa: F401  (providers and models are governed in .cat
     provider_set_status,
     provider_update,
 )
-from .changes import assign_changed, check_known_fields, limits_snapshot, validate_limit, validate_limits  # noqa: F401
+from .changes import check_known_fields, limits_snapshot, validate_limit, validate_limits  # noqa: F401
 from .exceptions import BadRequest, Forbidden, InvalidTransition
 from .keys import (  # noqa: F401  (keys are governed in .keys; callers use services)
     api_key_create,
