@@ -276,33 +276,45 @@ def forget_generation() -> None:
     _known.clear()
 
 
-class _SharedCounters:
-    """Commands for one event loop on one pipelined connection (RespConnection answers them in the
-    order sent, so callers need not wait for each other): the failed-auth counts (refused requests
-    only) and the Responses API id owners (one SET per relayed response, one GET per
-    `previous_response_id`)."""
+class LoopConnection:
+    """One pipelined RespConnection for the callers of one event loop (it answers commands in the
+    order sent, so callers need not wait for each other), opened once for all that ask meanwhile
+    and again after it closed."""
+
+    open_timeout_s: float | None = None  # None: REDIS_TIMEOUT_S
 
     def __init__(self, url: str):
         self.url = url
         self.conn: RespConnection | None = None
         self.opening: asyncio.Future[RespConnection] | None = None
 
-    async def _connection(self) -> RespConnection:
+    async def connection(self) -> RespConnection:
         if self.conn is not None and self.conn.transport is not None:
             return self.conn
         if self.opening is None:
-            self.opening = asyncio.ensure_future(RespConnection.open(self.url))
+            self.opening = asyncio.ensure_future(RespConnection.open(self.url, timeout_s=self.open_timeout_s))
         opening = self.opening
         try:
-            self.conn = await asyncio.shield(opening)
+            conn: RespConnection = await asyncio.shield(opening)
+            if self.conn is not conn:
+                self.conn = conn
+                self.opened(conn)
         finally:
             if self.opening is opening and opening.done():
                 self.opening = None
-        return self.conn
+        return conn
+
+    def opened(self, conn: RespConnection) -> None:
+        """Called once for each new connection."""
+
+
+class _SharedCounters(LoopConnection):
+    """The failed-auth counts (refused requests only) and the Responses API id owners (one SET per
+    relayed response, one GET per `previous_response_id`)."""
 
     async def command(self, *commands: tuple[bytes, ...]) -> list:
         """Sends `commands` together (one write, one round trip) and returns their replies."""
-        conn = await self._connection()
+        conn = await self.connection()
         try:
             replies = [conn.request(*parts) for parts in commands]
             async with asyncio.timeout(REDIS_TIMEOUT_S):

@@ -34,7 +34,7 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
-from allocations.cache import RespConnection
+from allocations.cache import LoopConnection, RespConnection
 
 from .ratelimit_memory import MemoryWindows
 
@@ -162,29 +162,13 @@ def memory() -> MemoryWindows:
 # --- from the event loop ----------------------------------------------------------------------------
 
 
-class _LoopScripts:
-    """One pipelined connection per event loop; calls share it without waiting for each other."""
+class _LoopScripts(LoopConnection):
+    """The scripts of one event loop, on its one pipelined connection, watched for silence."""
 
-    def __init__(self, url: str):
-        self.url = url
-        self.conn: RespConnection | None = None
-        self.opening: asyncio.Future[RespConnection] | None = None
+    open_timeout_s = TIMEOUT_S
 
-    async def _connection(self) -> RespConnection:
-        if self.conn is not None and self.conn.transport is not None:
-            return self.conn
-        if self.opening is None:
-            self.opening = asyncio.ensure_future(RespConnection.open(self.url, timeout_s=TIMEOUT_S))
-        opening = self.opening
-        try:
-            conn: RespConnection = await asyncio.shield(opening)
-            if self.conn is not conn:
-                self.conn = conn
-                self._watch(conn, None)
-        finally:
-            if self.opening is opening and opening.done():
-                self.opening = None
-        return conn
+    def opened(self, conn: RespConnection) -> None:
+        self._watch(conn, None)
 
     def _watch(self, conn: RespConnection, head: asyncio.Future | None) -> None:
         """Every TIMEOUT_S: a reply still first in line since the last look means Redis stopped
@@ -199,10 +183,10 @@ class _LoopScripts:
         asyncio.get_running_loop().call_later(TIMEOUT_S, self._watch, conn, first)
 
     async def send(self, parts: list[bytes]) -> None:
-        (await self._connection()).send_without_reply(*parts)
+        (await self.connection()).send_without_reply(*parts)
 
     async def run(self, parts: list[bytes]) -> bytes:
-        conn = await self._connection()
+        conn = await self.connection()
         try:
             return await conn.request(*parts)
         except redis.exceptions.ResponseError as error:
