@@ -23,12 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import BENCH_PY, HARNESS, ROOT, ensure_database, free_port, wait_http, wait_port
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from run import BENCH_PY, HARNESS, ROOT, cpu_s, ensure_database, free_port, stop, wait_http, wait_port
 
 
 def worker_of(supervisor: int) -> int:
@@ -153,10 +148,7 @@ def main() -> None:
                 }
                 print(json.dumps(row), flush=True)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+        stop(procs)
 
 
 if __name__ == "__main__":

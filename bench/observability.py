@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH_PY, GW_PY, HARNESS, ROOT, ensure_database, free_port, wait_port  # noqa: E402
+from run import BENCH_PY, GW_PY, HARNESS, ROOT, ensure_database, free_port, stop, wait_port  # noqa: E402
 
 VARIANTS = {
     "plain": {"GATEWAY_METRICS_TOKEN": "", "GATEWAY_CALL_LOG": "false"},
@@ -108,10 +108,7 @@ def main() -> None:
                             sink.write(json.dumps(row) + "\n")
                             print(json.dumps(row), flush=True)
     finally:
-        for process in procs:
-            process.terminate()
-        for process in procs:
-            process.wait(10)
+        stop(procs)
 
 
 if __name__ == "__main__":

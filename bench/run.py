@@ -68,6 +68,20 @@ def wait_http(port: int, timeout: float = 180) -> None:
     raise SystemExit(f"no worker answers on {port}")
 
 
+def stop(procs: list) -> None:
+    """Terminates the bench's processes and waits for each (a benchmark's `finally`)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(10)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ensure_database(url: str) -> None:
     import psycopg
 
@@ -232,10 +246,7 @@ def main() -> None:
                             fh.write(json.dumps(row) + "\n")
                             print(json.dumps(row), flush=True)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+        stop(procs)
 
 
 if __name__ == "__main__":

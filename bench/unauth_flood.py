@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from run import BENCH_PY, HARNESS, ROOT, ensure_database, free_port, wait_port
+from run import BENCH_PY, HARNESS, ROOT, cpu_s, ensure_database, free_port, stop, wait_port
 
 BAD_KEY = "sk-gw-" + "F" * 43
 
@@ -80,11 +80,6 @@ def rows(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         query = "SELECT count(*) FROM quota_callrecord WHERE outcome = 'rejected_unauthenticated'"
         return conn.execute(query).fetchone()[0]
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measured(proc, pid: int, start_cpu: float) -> dict:
@@ -165,10 +160,7 @@ def main() -> None:
                 print(json.dumps({"round": round_, "paced_s": args.paced, "alone": alone, "with_paced_flood": authed,
                                   "paced_flood_statuses": statuses}), flush=True)  # fmt: skip
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+        stop(procs)
 
 
 if __name__ == "__main__":
