@@ -12,7 +12,7 @@ from django.db import transaction
 
 from allocations import services
 from allocations.exceptions import GatewayError
-from allocations.members import MEMBER_UPDATABLE, last_admin_check
+from allocations.members import MEMBER_UPDATABLE, SUPERUSER_TARGET, last_admin_check
 from allocations.models import AdminToken, ApiKey, Member
 
 from .base import StaffAdmin, form_errors_from
@@ -42,12 +42,17 @@ class MemberChangeForm(forms.ModelForm):
         help_text="Write-only. Blank keeps the current password. The audit trail records the change, never the hash.",
     )
 
+    acting_user = None  # set per request by MemberAdmin.get_form
+
     class Meta:
         model = Member
         fields = ("email", "is_active", "is_staff", "is_superuser")
 
     def clean(self):
         data = super().clean()
+        guarded = {"email", "is_active", "is_staff", "new_password"}.intersection(self.changed_data)
+        if guarded and self.instance.is_superuser and not getattr(self.acting_user, "is_superuser", False):
+            raise forms.ValidationError(SUPERUSER_TARGET.capitalize() + ".")
         try:
             last_admin_check(
                 member=self.instance,
@@ -79,7 +84,9 @@ class MemberAdmin(StaffAdmin):
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = MemberChangeForm if obj is not None else MemberAddForm
-        return super().get_form(request, obj, change=change, **kwargs)
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.acting_user = request.user  # a class made for this request by modelform_factory
+        return form
 
     def get_fields(self, request, obj=None):
         if obj is None:
