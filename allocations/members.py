@@ -189,6 +189,30 @@ def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, acto
     return member
 
 
+def member_link_sso(*, member: Member, subject: str | None, actor=None) -> Member:
+    """Links the member to the single sign-on identity `subject` (the IdP's `sub`), or unlinks it
+    (None). An admin account's link is a superuser's decision: whoever holds the linked identity
+    signs in as that account."""
+    subject = (subject or "").strip() or None
+    if member.is_staff or member.is_superuser:
+        _superuser_only(actor, "only a superuser may link an admin account to a single sign-on identity")
+    if subject and Member.objects.filter(sso_subject=subject).exclude(pk=member.pk).exists():
+        raise Conflict(
+            "that identity is linked to another member", fields={"sso_subject": ["Linked to another member."]}
+        )
+    before = member.sso_subject
+    if before == subject:
+        return member
+    with transaction.atomic():
+        member.sso_subject = subject
+        member.save(update_fields=["sso_subject"])
+        action = "member_sso_linked" if subject else "member_sso_unlinked"
+        audit_record(
+            actor=actor, action=action, target=member, before={"sso_subject": before}, after={"sso_subject": subject}
+        )
+    return member
+
+
 # --- admin tokens --------------------------------------------------------------------------------
 
 

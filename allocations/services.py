@@ -35,6 +35,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     admin_token_create,
     admin_token_revoke,
     member_create,
+    member_link_sso,
     member_set_active,
     member_set_password,
     member_set_roles,

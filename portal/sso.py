@@ -5,8 +5,13 @@ discovery document (`<issuer>/.well-known/openid-configuration`) when a sign-in 
 kept for an hour, so no request of a signed-in member waits on the identity provider.
 
 Who gets in: a verified email (the `email_verified` claim true) in one of the allowed domains.
-An existing member is matched by that email only; a new one is created with the case-folded email
-as username and email. A disabled member is refused here too.
+An identity is remembered by its `sub` (Member.sso_subject) and matched on it afterwards. At an
+identity's first sign-in an existing member with that email is linked only when the account is
+neither staff nor superuser and not linked to another identity; an admin account is linked by a
+superuser in admin (the refused sign-in's audit event names the `sub` to enter). Otherwise a new
+member is created with the case-folded email as username and email. A disabled member is refused.
+With GATEWAY_OIDC_STAFF_GROUPS set, every sign-in sets the staff flag from the `groups` claim, both
+ways; a superuser's roles are never changed by single sign-on.
 """
 
 import logging
@@ -29,7 +34,7 @@ from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthen
 from allocations.audit import audit_record
 from allocations.exceptions import GatewayError
 from allocations.models import Member
-from allocations.services import member_create, member_set_roles
+from allocations.services import member_create, member_link_sso, member_set_roles
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +126,7 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
         user = super().get_user(user_id)
         return user if user is not None and user.is_active else None
 
-    def refuse(self, reason: str, *, email: str = "") -> NoReturn:
+    def refuse(self, reason: str, *, email: str = "", subject: str = "") -> NoReturn:
         self.request.session[REFUSED_KEY] = reason
         audit_record(
             actor=None,
@@ -129,9 +134,15 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             target=None,
             target_type="member",
             target_id=(email or "unknown")[:64],
-            after={"method": "sso", "reason": reason},
+            after={"method": "sso", "reason": reason, **({"sso_subject": subject} if subject else {})},
         )
         raise SuspiciousOperation(reason)
+
+    def get_userinfo(self, access_token, id_token, payload):
+        claims = super().get_userinfo(access_token, id_token, payload)
+        if not claims.get("sub") or str(claims["sub"]) != str(payload.get("sub")):
+            self.refuse(_("Your identity provider's answers do not agree. Try again."))
+        return claims
 
     def verify_claims(self, claims):
         email = (claims.get("email") or "").strip().casefold()
@@ -152,7 +163,23 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
         return True
 
     def filter_users_by_claims(self, claims):
-        return Member.objects.filter(email=claims["email"].strip().casefold())
+        subject = str(claims["sub"])
+        linked = list(Member.objects.filter(sso_subject=subject))
+        if linked:
+            return linked
+        email = claims["email"].strip().casefold()
+        found = list(Member.objects.filter(email=email))
+        if len(found) > 1:
+            self.refuse(_("Several accounts use %(email)s: ask an admin.") % {"email": email}, email=email)
+        if found and found[0].sso_subject:
+            self.refuse(_("Your account is linked to another identity of your provider: ask an admin."), email=email)
+        if found and (found[0].is_staff or found[0].is_superuser):
+            self.refuse(
+                _("Your account has admin rights: a superuser links it to single sign-on in the admin first."),
+                email=email,
+                subject=subject,
+            )
+        return found
 
     def create_user(self, claims):
         email = claims["email"].strip().casefold()
@@ -169,15 +196,27 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
     def update_user(self, user, claims):
         if not user.is_active:
             self.refuse(_("Your account is disabled. Ask an admin."), email=user.email)
+        if user.sso_subject is None and claims.get("sub"):
+            user = member_link_sso(member=user, subject=str(claims["sub"]), actor=SSO_ACTOR)
+        return self._staff_from_groups(user, claims)
+
+    @staticmethod
+    def _staff_from_groups(user, claims):
         staff_groups = set(settings.GATEWAY_OIDC_STAFF_GROUPS)
+        if not staff_groups or user.is_superuser:
+            return user
         groups = claims.get("groups") or []
         if isinstance(groups, str):  # some providers send a single group as a string
             groups = [groups]
-        if not isinstance(groups, list):
-            groups = []
-        if staff_groups and not user.is_staff and staff_groups.intersection(groups):
-            user = member_set_roles(member=user, is_staff=True, is_superuser=user.is_superuser, actor=SSO_ACTOR)
-        return user
+        names = [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else []
+        wanted = bool(staff_groups.intersection(names))
+        if user.is_staff == wanted:
+            return user
+        try:
+            return member_set_roles(member=user, is_staff=wanted, is_superuser=False, actor=SSO_ACTOR)
+        except GatewayError as exc:  # the last active admin keeps staff until another admin exists
+            log.warning("sso: staff flag of %s left as it is: %s", user.username, exc.message)
+            return user
 
 
 class _SSOOnly:
