@@ -191,10 +191,11 @@ def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, acto
 
 def member_link_sso(*, member: Member, subject: str | None, actor=None) -> Member:
     """Links the member to the single sign-on identity `subject` (the IdP's `sub`), or unlinks it
-    (None). An admin account's link is a superuser's decision: whoever holds the linked identity
-    signs in as that account."""
+    (None). Whoever holds the linked identity signs in as that account, so an admin account is
+    linked by a superuser, or by its own member (signed in with the password, then at the IdP)."""
     subject = (subject or "").strip() or None
-    if member.is_staff or member.is_superuser:
+    own = actor is not None and getattr(actor, "pk", None) == member.pk
+    if (member.is_staff or member.is_superuser) and not own:
         _superuser_only(actor, "only a superuser may link an admin account to a single sign-on identity")
     if subject and Member.objects.filter(sso_subject=subject).exclude(pk=member.pk).exists():
         raise Conflict(

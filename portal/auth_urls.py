@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from .sso import SSOCallbackView, SSOLoginView, sso_refused
+from .sso import SSOCallbackView, SSOLoginView, sso_link, sso_refused
 from .views import LoginView, PasswordResetView
 
 urlpatterns = [
@@ -12,4 +12,5 @@ urlpatterns = [
     path("sso/login/", SSOLoginView.as_view(), name="oidc_authentication_init"),
     path("sso/callback/", SSOCallbackView.as_view(), name="oidc_authentication_callback"),
     path("sso/refused/", sso_refused, name="sso_refused"),
+    path("sso/link/", sso_link, name="sso_link"),
 ]

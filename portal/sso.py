@@ -8,7 +8,9 @@ Who gets in: a verified email (the `email_verified` claim true) in one of the al
 An identity is remembered by its `sub` (Member.sso_subject) and matched on it afterwards. At an
 identity's first sign-in an existing member with that email is linked only when the account is
 neither staff nor superuser and not linked to another identity; an admin account is linked by a
-superuser in admin (the refused sign-in's audit event names the `sub` to enter). Otherwise a new
+superuser in admin (the refused sign-in's audit event names the `sub` to enter), or by its member:
+signed in with the password, they confirm at /accounts/sso/link/ and sign in at the IdP, which
+links that identity to the signed-in account (both credentials proven). Otherwise a new
 member is created with the case-folded email as username and email. A disabled member is refused.
 With GATEWAY_OIDC_STAFF_GROUPS set, every sign-in sets the staff flag from the `groups` claim, both
 ways; a superuser's roles are never changed by single sign-on.
@@ -23,6 +25,7 @@ from typing import NoReturn
 import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import SuspiciousOperation
 from django.http import Http404
 from django.shortcuts import render
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 # Audit events of members created or promoted on first sign-in name "sso" as their actor.
 SSO_ACTOR = SimpleNamespace(username="sso", pk=None)
 REFUSED_KEY = "sso_refused"
+LINK_KEY = "sso_link_member"  # the session's confirmed request to link the signed-in member
 DISCOVERY_TTL_S = 3600
 
 _ENDPOINTS = {
@@ -165,6 +169,9 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
     def filter_users_by_claims(self, claims):
         subject = str(claims["sub"])
         linked = list(Member.objects.filter(sso_subject=subject))
+        linking = self._confirmed_link()
+        if linking is not None:
+            return [self._link_own(linking, subject, linked, claims)]
         if linked:
             return linked
         email = claims["email"].strip().casefold()
@@ -175,11 +182,30 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             self.refuse(_("Your account is linked to another identity of your provider: ask an admin."), email=email)
         if found and (found[0].is_staff or found[0].is_superuser):
             self.refuse(
-                _("Your account has admin rights: a superuser links it to single sign-on in the admin first."),
+                _(
+                    "Your account has admin rights: sign in with your password and link single sign-on at "
+                    "/accounts/sso/link/, or ask a superuser to link it."
+                ),
                 email=email,
                 subject=subject,
             )
         return found
+
+    def _confirmed_link(self):
+        """The signed-in member who confirmed linking their account at /accounts/sso/link/."""
+        wanted = self.request.session.pop(LINK_KEY, None)
+        user = getattr(self.request, "user", None)
+        if wanted and user is not None and user.is_authenticated and str(user.pk) == wanted:
+            return user
+        return None
+
+    def _link_own(self, member, subject: str, linked: list, claims):
+        email = claims["email"].strip().casefold()
+        if linked and linked[0].pk != member.pk:
+            self.refuse(_("This identity is already linked to another account: ask an admin."), email=email)
+        if member.sso_subject and member.sso_subject != subject:
+            self.refuse(_("Your account is linked to another identity of your provider: ask an admin."), email=email)
+        return member_link_sso(member=member, subject=subject, actor=member)
 
     def create_user(self, claims):
         email = claims["email"].strip().casefold()
@@ -244,6 +270,21 @@ class SSOLoginView(_SSOOnly, OIDCAuthenticationRequestView):
 
 class SSOCallbackView(_SSOOnly, OIDCAuthenticationCallbackView):
     pass
+
+
+@login_required
+def sso_link(request):
+    """A member signed in with the password confirms linking their account to their identity at
+    the identity provider; the sign-in there that follows links it (GatewayOIDCBackend)."""
+    if not sso_enabled():
+        raise Http404("single sign-on is not configured")
+    confirmed = request.method == "POST"
+    if confirmed:
+        request.session[LINK_KEY] = str(request.user.pk)
+    # The way on to the provider is a link, not this form's redirect: the Content-Security-Policy's
+    # form-action lets a form lead to the gateway only.
+    context = {"linked": bool(request.user.sso_subject), "confirmed": confirmed}
+    return render(request, "registration/sso_link.html", context)
 
 
 def sso_refused(request):

@@ -10,7 +10,7 @@ from django.test import Client, RequestFactory
 from allocations import services
 from allocations.exceptions import Forbidden
 from allocations.models import AuditEvent, Member
-from portal.sso import REFUSED_KEY, GatewayOIDCBackend
+from portal.sso import LINK_KEY, REFUSED_KEY, GatewayOIDCBackend
 from tests.factories import MemberFactory
 
 pytestmark = pytest.mark.django_db
@@ -90,3 +90,40 @@ def test_plain_staff_can_neither_link_in_admin_nor_through_the_service(db):
     assert Member.objects.get(pk=lee.pk).sso_subject is None
     with pytest.raises(Forbidden):
         services.member_link_sso(member=lee, subject="idp-helper", actor=helper)
+
+
+def test_a_link_request_counts_only_for_the_member_signed_in_in_that_session(backend):
+    lee = MemberFactory(username="lee", email="lee@example.org", is_staff=True)
+    other = MemberFactory(username="kim", email="kim@example.org")
+    backend.request.user = other
+    backend.request.session[LINK_KEY] = str(lee.pk)  # not the signed-in member
+    with pytest.raises(SuspiciousOperation):
+        _sign_in(backend, _claims("idp-lee", "lee@example.org"))
+    assert Member.objects.get(pk=lee.pk).sso_subject is None
+
+    backend.request.user = lee
+    backend.request.session[LINK_KEY] = str(lee.pk)
+    assert _sign_in(backend, _claims("idp-lee", "lee@example.org")) == lee
+    assert Member.objects.get(pk=lee.pk).sso_subject == "idp-lee"
+    assert LINK_KEY not in backend.request.session  # one confirmation, one link
+
+
+def test_a_member_cannot_link_an_identity_that_is_another_members(backend):
+    MemberFactory(username="kim", email="kim@example.org", sso_subject="idp-kim")
+    lee = MemberFactory(username="lee", email="lee@example.org", is_staff=True)
+    backend.request.user = lee
+    backend.request.session[LINK_KEY] = str(lee.pk)
+    with pytest.raises(SuspiciousOperation):
+        _sign_in(backend, _claims("idp-kim", "kim@example.org"))
+    assert Member.objects.get(pk=lee.pk).sso_subject is None
+
+
+def test_the_link_page_is_for_signed_in_members_and_only_with_sso_configured(client, member, settings):
+    settings.GATEWAY_OIDC_ISSUER = "http://127.0.0.1:9"
+    assert client.get("/accounts/sso/link/").status_code == 302  # to the sign-in page
+    client.force_login(member)
+    assert 'type="submit"' in client.get("/accounts/sso/link/").content.decode()
+    confirmed = client.post("/accounts/sso/link/").content.decode()
+    assert "/accounts/sso/login/" in confirmed and client.session[LINK_KEY] == str(member.pk)
+    settings.GATEWAY_OIDC_ISSUER = ""
+    assert client.get("/accounts/sso/link/").status_code == 404

@@ -32,6 +32,10 @@ def browser_page(transactional_db, oidc_provider, monkeypatch):
 
 def _sign_in_through_the_provider(page, base_url, login, *, start="/accounts/login/"):
     page.goto(base_url + start)
+    _at_the_provider(page, login)
+
+
+def _at_the_provider(page, login):
     page.get_by_role("link", name="Sign in with Example").click()
     page.wait_for_url(re.compile(r".*/interaction/.*"))
     page.locator('input[name="login"]').fill(login)
@@ -149,3 +153,24 @@ def test_the_staff_flag_follows_the_group_claim_both_ways_at_every_sign_in(brows
     assert [(e.actor_label, e.after["is_staff"]) for e in changes] == [("sso", True), ("sso", False)]
     browser_page.goto(live_server.url + "/admin/")
     assert "/admin/login/" in browser_page.url
+
+
+def test_a_staff_member_links_their_own_account_after_signing_in_with_the_password(browser_page, live_server):
+    lee = MemberFactory(username="lee", email="lee@example.org", is_staff=True)
+    browser_page.goto(live_server.url + "/accounts/login/")
+    browser_page.get_by_label("Username").fill("lee")
+    browser_page.get_by_label("Password").fill("pw-for-tests-1")
+    browser_page.get_by_role("button", name="Sign in").click()
+    browser_page.wait_for_url(re.compile(r".*/portal/$"))
+    browser_page.goto(live_server.url + "/accounts/sso/link/")
+    browser_page.get_by_role("button", name="Confirm").click()
+    _at_the_provider(browser_page, "lee-at-the-idp@example.org")
+    browser_page.wait_for_url(re.compile(r".*/portal/$"))
+    lee.refresh_from_db()
+    assert lee.sso_subject == "lee-at-the-idp@example.org"
+    assert AuditEvent.objects.get(action="member_sso_linked").actor_label == "lee"
+
+    browser_page.context.clear_cookies()
+    _sign_in_through_the_provider(browser_page, live_server.url, "lee-at-the-idp@example.org", start="/admin/login/")
+    browser_page.wait_for_url(re.compile(r".*/admin/$"))
+    assert AuditEvent.objects.filter(action="login_succeeded", target_id=str(lee.pk), after__method="sso").exists()
