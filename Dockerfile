@@ -33,7 +33,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY . /app
 # collectstatic runs with DEBUG off (hashed, compressed names); the keys exist for this step only.
-RUN SECRET_KEY=collectstatic-only GATEWAY_ENCRYPTION_KEY="$(python3 -c 'import base64; print(base64.urlsafe_b64encode(bytes(32)).decode())')" \
+RUN SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))')" GATEWAY_ENCRYPTION_KEY="$(python3 -c 'import base64; print(base64.urlsafe_b64encode(bytes(32)).decode())')" \
     python3 manage.py collectstatic --noinput -v 0 \
     && chown -R root:root /app && chmod -R a+rX /app
 USER gateway

@@ -81,11 +81,28 @@ def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Prov
 
 
 PROVIDER_UPDATABLE = ("name", "base_url", "api_version")
+# Where the stored key is sent: a change to either must come with the key, entered again, so that
+# nobody can lead the organisation's key to a host of their own choosing.
+PROVIDER_KEY_BOUND = ("base_url", "kind")
+KEY_AGAIN = "Enter the API key again: a new base URL or kind needs it in the same change."
 
 
-def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provider:
+def provider_update(*, provider: Provider, changes: dict, api_key: str = "", actor=None) -> Provider:
+    """Saves what differs (one audit event) and, with `api_key`, rotates the key in the same
+    transaction, so no call ever goes out with the old key to the new address."""
     check_known_fields(changes, PROVIDER_UPDATABLE)
-    return save_changed(provider, changes, action="provider_updated", actor=actor)
+    provider_key_check(provider=provider, changes=changes, api_key=api_key)
+    with transaction.atomic():
+        provider = save_changed(provider, changes, action="provider_updated", actor=actor)
+        if api_key:
+            provider = provider_rotate_key(provider=provider, api_key=api_key, actor=actor)
+    return provider
+
+
+def provider_key_check(*, provider: Provider, changes: dict, api_key: str) -> None:
+    moved = [f for f in PROVIDER_KEY_BOUND if f in changes and changes[f] != getattr(provider, f)]
+    if moved and not api_key and changes.get("kind", provider.kind) != ProviderKind.SIMULATED:
+        raise BadRequest(f"changing {' and '.join(moved)} requires api_key", fields={"api_key": [KEY_AGAIN]})
 
 
 def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provider:

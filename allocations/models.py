@@ -20,6 +20,11 @@ class Member(AbstractUser):
     """A person (or service) of the organisation. Usernames are case-folded on save."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # The `sub` of the single sign-on identity this member signs in as (portal.sso): set at the
+    # first SSO sign-in, or by a superuser in admin for a staff account; matched on afterwards.
+    sso_subject = models.CharField(
+        "SSO subject", max_length=255, unique=True, null=True, blank=True, help_text="The identity provider's `sub`."
+    )
 
     objects: ClassVar[MemberManager] = MemberManager()
 

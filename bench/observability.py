@@ -24,7 +24,7 @@ from run import BENCH_PY, GW_PY, HARNESS, ROOT, ensure_database, free_port, stop
 VARIANTS = {
     "plain": {"GATEWAY_METRICS_TOKEN": "", "GATEWAY_CALL_LOG": "false"},
     "instrumented": {
-        "GATEWAY_METRICS_TOKEN": "bench-metrics",
+        "GATEWAY_METRICS_TOKEN": "bench-metrics-" + "m" * 32,
         "GATEWAY_CALL_LOG": "true",
         "GATEWAY_LOG_FORMAT": "json",
     },

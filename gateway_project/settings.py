@@ -306,3 +306,21 @@ LOGGING["loggers"] = {**_loggers, **{name: {"level": "WARNING"} for name in HEAD
 GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=30)
 # A realtime socket opened without ?model= must name its model (first session.update) within this.
 GATEWAY_REALTIME_FIRST_FRAME_S = env.float("GATEWAY_REALTIME_FIRST_FRAME_S", default=10.0)
+
+# --- Production refusals and browser hardening (docs/OPERATIONS.md) --------------------------------
+# With DEBUG off, a secret that is a placeholder (.env.example's `change-me`) or shorter than 32
+# characters stops the start; the value itself is never printed.
+if not DEBUG:
+    _weak = [
+        name
+        for name, value in (("SECRET_KEY", SECRET_KEY), ("GATEWAY_METRICS_TOKEN", GATEWAY_METRICS_TOKEN))
+        if (value or name == "SECRET_KEY")
+        and (len(value) < 32 or any(p in value.casefold() for p in ("change-me", "change_me", "changeme")))
+    ]
+    if _weak:
+        raise ImproperlyConfigured(
+            f"{', '.join(_weak)}: a placeholder or shorter than 32 characters; make one with "
+            '`python -c "import secrets; print(secrets.token_urlsafe(50))"`'
+        )
+# Every page Django renders (portal, admin, APIs) carries the Content-Security-Policy header.
+MIDDLEWARE.insert(1, "portal.middleware.ContentSecurityPolicyMiddleware")

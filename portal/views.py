@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from allocations import services
 from allocations.exceptions import GatewayError
-from allocations.login_limits import RateLimitedAuthenticationForm
+from allocations.login_limits import RateLimitedAuthenticationForm, RateLimitedPasswordResetForm
 from allocations.models import Allocation
 from notifications import services as notifications
 
@@ -31,6 +31,19 @@ class LoginView(auth_views.LoginView):
         response = super().form_valid(form)
         notifications.alert_language_remember(member=form.get_user(), language=get_language())
         return response
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.rate_limited:
+            response.status_code = 429
+        return response
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    form_class = RateLimitedPasswordResetForm
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "request": self.request}
 
     def form_invalid(self, form):
         response = super().form_invalid(form)

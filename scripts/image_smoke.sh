@@ -52,7 +52,7 @@ docker image inspect "$IMAGE" --format 'image {{.Id}} user={{.Config.User}} heal
 cat >"$WORK/env" <<ENV
 SECRET_KEY=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(50))')
 GATEWAY_ENCRYPTION_KEY=$("$PYTHON" -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')
-GATEWAY_METRICS_TOKEN=smoke-$$-metrics
+GATEWAY_METRICS_TOKEN=smoke-$$-metrics-token-of-32-characters
 ALLOWED_HOSTS=127.0.0.1,localhost
 DATABASE_URL=$PG_URL/$DB
 REDIS_URL=$REDIS_URL
@@ -113,7 +113,7 @@ curl -fsS -o /dev/null -w "/static/admin/css/base.css: %{http_code}\n" "$URL/sta
 
 step "metrics and the call's log line"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/metrics")" = 401 ] || fail "/metrics without the token is not 401"
-curl -fsS -H "Authorization: Bearer smoke-$$-metrics" "$URL/metrics" >"$WORK/metrics" || fail "/metrics"
+curl -fsS -H "Authorization: Bearer smoke-$$-metrics-token-of-32-characters" "$URL/metrics" >"$WORK/metrics" || fail "/metrics"
 grep '^gateway_requests_total{endpoint="chat.completions",outcome="success",status="200"}' "$WORK/metrics" \
     || fail "the call is not counted"
 sleep 1

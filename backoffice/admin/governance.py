@@ -16,9 +16,10 @@ from django.utils.html import format_html
 
 from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS
+from allocations.exceptions import GatewayError
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
-from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, simulated_badge
+from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -41,6 +42,12 @@ class ProviderForm(forms.ModelForm):
         kind = data.get("kind") or (self.instance.kind if self.instance.pk else "")
         if kind and kind != ProviderKind.SIMULATED and not data.get("base_url"):
             self.add_error("base_url", "Required for an OpenAI-compatible or Azure provider.")
+        if self.instance.pk:
+            changes = {f: data[f] for f in services.PROVIDER_KEY_BOUND if f in data}
+            try:
+                services.provider_key_check(provider=self.instance, changes=changes, api_key=data.get("api_key", ""))
+            except GatewayError as exc:
+                form_errors_from(exc, self)
         return data
 
 
@@ -76,12 +83,13 @@ class ProviderAdmin(StaffAdmin):
             return
         fresh = Provider.objects.get(pk=obj.pk)
         services.provider_update(
-            provider=fresh, changes={f: data[f] for f in services.PROVIDER_UPDATABLE}, actor=request.user
+            provider=fresh,
+            changes={f: data[f] for f in services.PROVIDER_UPDATABLE},
+            api_key=data.get("api_key", ""),
+            actor=request.user,
         )
         if data["status"] != fresh.status:
             services.provider_set_status(provider=fresh, status=data["status"], actor=request.user)
-        if data.get("api_key"):
-            services.provider_rotate_key(provider=fresh, api_key=data["api_key"], actor=request.user)
 
     def has_delete_permission(self, request, obj=None):
         return False  # disable instead: models and call records point at providers

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from allocations import services
 from allocations.exceptions import GatewayError
+from allocations.members import may_change_member
 from allocations.models import Allocation, ApiKey, CatalogModel, Member
 from quota import selectors
 from quota.models import CallRecord
@@ -69,7 +70,7 @@ def _allocation_rows(member, now) -> list[dict]:
 def member_page_view(request, member_id):
     member = get_object_or_404(Member, pk=member_id)
     form = PasswordResetForm(request.POST or None)
-    may_reset = request.user.is_superuser or not member.is_superuser  # staff cannot take over a superuser
+    may_reset = may_change_member(member=member, actor=request.user)
     if request.method == "POST" and not may_reset:
         messages.error(request, "Only a superuser may reset a superuser's password.")
     elif request.method == "POST" and form.is_valid():
