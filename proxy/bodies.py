@@ -58,7 +58,7 @@ def json_depth_fits(raw: bytes, value) -> bool:
 
 
 def upstream_payload(call: accounting.Call) -> bytes:
-    request, entry = call.body, call.entry
+    request, entry = call.outgoing, call.entry
     if request is None or entry is None:
         raise RuntimeError("upstream_payload before call_open")  # call_open sets both or raises
     body = {**request, "model": entry.upstream_name}
