@@ -165,7 +165,8 @@ MODEL_UPDATABLE = {
 
 def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
     """Organisation-wide rate limits, the active flag, the display name, the cost-bearing options
-    allowed and the tool rules (unpriced built-ins, extra client tool types); one audit event (before/after of the fields that changed)."""
+    allowed and the tool rules (unpriced built-ins, extra client tool types); one audit event
+    (before/after of the fields that changed)."""
     check_known_fields(changes, MODEL_UPDATABLE)
     clean = {**changes, **validate_limits(changes)}
     if "allowed_options" in clean:
