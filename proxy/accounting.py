@@ -142,7 +142,7 @@ def _options_check(call: Call, body: dict):
         )
         if verdict.error is not None:
             return verdict.error
-        call.removed, call.sent = verdict.removed, (verdict.body if verdict.removed else None)
+        call.removed, call.sent = verdict.removed, verdict.body
         if verdict.removed:  # the reservation holds no call of a removed tool
             extras = options.estimate_extras(call.endpoint.name, verdict.body or {})
             call.estimate = dataclasses.replace(call.estimate, tool_calls=extras.get("tool_calls", ()))

@@ -24,7 +24,7 @@ from allocations.cost_options import BACKGROUND, FREE_TIERS, OPTION_LABELS, SERV
 from allocations.exceptions import BadRequest
 from quota.pricing import Usage
 
-from .tools import Rules, declared_builtins, judge_body
+from .tools import Rules, client_only, declared_builtins, judge_body
 from .tools import refusal as _refuse
 
 CHAT, RESPONSES = "chat.completions", "responses"
@@ -70,25 +70,29 @@ def requested(endpoint_name: str, body: dict) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The preflight's judgement of a request's options: a refusal, or the body to send upstream
-    (the client's own when nothing was removed) and the tools removed from it."""
+    """The preflight's judgement of a request's options: a refusal, or the tools removed and the
+    body to send upstream instead of the client's (None: send the client's own)."""
 
     error: BadRequest | None = None
     body: dict | None = None
     removed: tuple[str, ...] = ()
 
 
+PASSED = Verdict()
+
+
 def judge(*, entry, price, endpoint_name: str, body: dict, stream: bool) -> Verdict:
     """The model's switch, tool rules and price against the request (`entry`: its ScopedAllocation)."""
     if endpoint_name not in METERED_ENDPOINTS:
-        return Verdict(body=body)
+        return PASSED
     error = option_error(
         allowed=entry.allowed_options, price=price, endpoint_name=endpoint_name, body=body, stream=stream
     )
     if error is not None:
         return Verdict(error=error)
-    if not body.get("tools") and body.get("web_search_options") is None:
-        return Verdict(body=body)
+    tools = body.get("tools")
+    if body.get("web_search_options") is None and (not tools or client_only(tools, entry.extra_client_tools)):
+        return PASSED
     rules = Rules(
         allowed=entry.allowed_options,
         extra_client=entry.extra_client_tools,
@@ -100,7 +104,7 @@ def judge(*, entry, price, endpoint_name: str, body: dict, stream: bool) -> Verd
         sent, removed = judge_body(body, rules)
     except BadRequest as refused:
         return Verdict(error=refused)
-    return Verdict(body=sent, removed=removed)
+    return Verdict(body=sent, removed=removed) if removed else PASSED
 
 
 def option_error(*, allowed: frozenset[str], price, endpoint_name: str, body: dict, stream: bool) -> BadRequest | None:

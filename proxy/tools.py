@@ -58,6 +58,17 @@ class Rules:
         return ""
 
 
+def client_only(tools, extra: frozenset[str]) -> bool:
+    """Whether `tools` is a list of client tools only (the common case, judged without more ado)."""
+    if not isinstance(tools, list):
+        return True  # not a tool list: relayed as it came, for the upstream to refuse
+    for tool in tools:
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if not isinstance(kind, str) or (kind not in CLIENT_TOOLS and kind not in extra):
+            return False
+    return True
+
+
 def judge_tools(tools: list, rules: Rules, removed: list[str]) -> list | None:
     """The tools to send when some were removed (their names appended to `removed`), else None
     (send them as they came). Raises the refusal."""

@@ -269,3 +269,14 @@ def test_a_chat_built_in_tool_is_removed_since_chat_meters_none(world, fake_upst
     response = post(world, allocation, body, path="chat/completions")
     assert (response.status_code, response.headers[HEADER]) == (200, "web_search")
     assert fake_upstream.last["body"]["tools"] == [{"type": "function", "function": {}}]
+
+
+def test_the_openai_sdk_reads_the_answer_and_the_removed_tools_header(world, fake_upstream):
+    allocation = model_of(world)
+    client = world.client(allocation.plaintext)
+    raw = client.responses.with_raw_response.create(
+        model=allocation.model.slug, input="hi", tools=[FUNCTION, SEARCH], tool_choice="auto", store=False
+    )
+    assert raw.headers[HEADER] == "web_search"
+    assert raw.parse().output_text == "Hello from the fake"
+    assert fake_upstream.last["body"]["tools"] == [FUNCTION]
