@@ -6,6 +6,7 @@ at a closed port, update checks and analytics are off)."""
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ def upstream():
 @pytest.fixture
 def gateway(transactional_db, upstream):
     """The gateway (one serve worker) and the tap in front of it; the upstream's log cleared."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
     assert CODEX.exists(), "run `make test` (it installs the Codex CLI into tests/agents)"
     upstream.requests.clear()
     upstream.script.clear()
