@@ -42,7 +42,14 @@ $(OIDC_PROVIDER)/node_modules: $(OIDC_PROVIDER)/package-lock.json
 	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install-dev services-check browser $(OIDC_PROVIDER)/node_modules
+# The Codex CLI (npm @openai/codex, pinned; its native binary is the registry's platform package)
+# for the agent-client tests: `codex exec` turns through the real server (tests/agents).
+AGENTS := tests/agents
+$(AGENTS)/node_modules: $(AGENTS)/package-lock.json
+	cd $(AGENTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install-dev services-check browser $(OIDC_PROVIDER)/node_modules $(AGENTS)/node_modules
 	DEBUG=true $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
 

@@ -8,7 +8,7 @@ from . import crypto
 from .audit import audit_record
 from .cache import bump_auth_generation
 from .changes import check_known_fields, limits_snapshot, save_changed, validate_limits
-from .cost_options import allowed_options_clean
+from .cost_options import allowed_options_clean, extra_client_tools_clean, unpriced_tools_clean
 from .exceptions import BadRequest
 from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
     admin_token_create,
@@ -126,10 +126,16 @@ def model_create(
     display_name: str = "",
     limits: dict | None = None,
     allowed_options=None,
+    unpriced_tools: str = "remove",
+    extra_client_tools=None,
     actor=None,
 ):
     clean = validate_limits(limits or {})
     options = allowed_options_clean(allowed_options)
+    tool_rules = {
+        "unpriced_tools": unpriced_tools_clean(unpriced_tools),
+        "extra_client_tools": extra_client_tools_clean(extra_client_tools),
+    }
     if not slug:
         raise BadRequest("slug is required", fields={"slug": ["This field is required."]})
     if kind not in ModelKind.values:
@@ -144,6 +150,7 @@ def model_create(
             kind=kind,
             display_name=display_name,
             allowed_options=options,
+            **tool_rules,
             **clean,
         )
         audit_record(
@@ -157,21 +164,34 @@ def model_create(
                 "kind": kind,
                 **limits_snapshot(model),
                 "allowed_options": options,
+                **tool_rules,
             },
         )
     return model
 
 
-MODEL_UPDATABLE = {*RateLimits.LIMIT_FIELDS, "is_active", "display_name", "allowed_options"}
+MODEL_UPDATABLE = {
+    *RateLimits.LIMIT_FIELDS,
+    "is_active",
+    "display_name",
+    "allowed_options",
+    "unpriced_tools",
+    "extra_client_tools",
+}
 
 
 def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
-    """Organisation-wide rate limits, the active flag, the display name and the cost-bearing
-    options allowed; one audit event (before/after of the fields that changed)."""
+    """Organisation-wide rate limits, the active flag, the display name, the cost-bearing options
+    allowed and the tool rules (unpriced built-ins, extra client tool types); one audit event
+    (before/after of the fields that changed)."""
     check_known_fields(changes, MODEL_UPDATABLE)
     clean = {**changes, **validate_limits(changes)}
     if "allowed_options" in clean:
         clean["allowed_options"] = allowed_options_clean(clean["allowed_options"])
+    if "unpriced_tools" in clean:
+        clean["unpriced_tools"] = unpriced_tools_clean(clean["unpriced_tools"])
+    if "extra_client_tools" in clean:
+        clean["extra_client_tools"] = extra_client_tools_clean(clean["extra_client_tools"])
     if "is_active" in clean and not isinstance(clean["is_active"], bool):
         raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
     if "display_name" in clean and not isinstance(clean["display_name"], str):

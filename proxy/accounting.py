@@ -47,8 +47,12 @@ class Call:
     endpoint: Endpoint
     started_at: dt.datetime
     authorization: str  # the raw header
-    body: dict | None = None
+    body: dict | None = None  # as the client sent it
     body_error: GatewayError | None = None
+    # What the preflight's judgement of the options took out of the body (proxy.options.judge):
+    # the tools removed, and the body to send upstream instead of `body` (None: nothing removed).
+    removed: tuple[str, ...] = ()
+    sent: dict | None = None
     stream: bool = False
     scope: KeyScope | None = None
     entry: ScopedAllocation | None = None
@@ -65,6 +69,11 @@ class Call:
     # telling whether it committed (`in_doubt`), the next one looks for it before admitting again.
     reservation_id: uuid.UUID = field(default_factory=uuid.uuid4)
     in_doubt: bool = False
+
+    @property
+    def outgoing(self) -> dict | None:
+        """The body that goes upstream: the client's, less what the preflight removed."""
+        return self.body if self.sent is None else self.sent
 
     def identity(self) -> dict:
         """The call record's identifying fields, as far as the preflight resolved them."""
@@ -123,20 +132,30 @@ def _attribute(call: Call, generation: int) -> None:
 
 
 def _options_check(call: Call, body: dict):
-    """The cost-bearing request options against the model's switch and price (proxy.options)."""
+    """The cost-bearing request options against the model's switch, tool rules and price
+    (proxy.options): a refusal, or what to send upstream (judged from the client's body each time
+    the preflight asks, so asking again on the thread path decides the same)."""
 
     def check(entry: ScopedAllocation, price) -> GatewayError | None:
-        return options.option_error(
-            allowed=entry.allowed_options, price=price, endpoint_name=call.endpoint.name, body=body, stream=call.stream
+        verdict = options.judge(
+            entry=entry, price=price, endpoint_name=call.endpoint.name, body=body, stream=call.stream
         )
+        if verdict.error is not None:
+            return verdict.error
+        call.removed, call.sent = verdict.removed, verdict.body
+        if verdict.removed:  # the reservation holds no call of a removed tool
+            extras = options.estimate_extras(call.endpoint.name, verdict.body or {})
+            call.estimate = dataclasses.replace(call.estimate, tool_calls=extras.get("tool_calls", ()))
+        return None
 
     return check
 
 
 def _estimate(call: Call, body: dict) -> Estimate:
-    call.estimate = estimate = call.endpoint.estimate(body)
-    call.prompt_tokens = estimate.input_tokens
-    return lambda price: (estimate.total_tokens, cost_for(price, estimate))
+    """The admission's estimate, read when the admission asks (the options' check may revise it)."""
+    call.estimate = call.endpoint.estimate(body)
+    call.prompt_tokens = call.estimate.input_tokens
+    return lambda price: (call.estimate.total_tokens, cost_for(price, call.estimate))
 
 
 def call_open(*, call: Call) -> Call:

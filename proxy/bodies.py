@@ -42,7 +42,7 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
 
 
 def upstream_payload(call: accounting.Call) -> bytes:
-    request, entry = call.body, call.entry
+    request, entry = call.outgoing, call.entry
     if request is None or entry is None:
         raise RuntimeError("upstream_payload before call_open")  # call_open sets both or raises
     body = {**request, "model": entry.upstream_name}

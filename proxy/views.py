@@ -19,7 +19,7 @@ from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
-from . import accounting, meters, observed, options, relay, response_ids, upstream
+from . import accounting, meters, observed, options, relay, response_ids, tools, upstream
 from .bodies import parse_body, upstream_payload
 from .registry import ENDPOINTS
 
@@ -42,7 +42,7 @@ def error_response(error: GatewayError, request_id: str) -> HttpResponse:
 
 async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usage, code: str = "", message: str = ""):
     """Exactly once per call, and to the end even if the request task is cancelled meanwhile."""
-    usage = options.billed(call.endpoint.name, call.body, usage)
+    usage = options.billed(call.endpoint.name, call.outgoing, usage)
     task = accounting.close_once(
         call, outcome=outcome, status_code=status, usage=usage, error_code=code, error_message=message
     )
@@ -83,7 +83,14 @@ async def relay_call(request, endpoint: str):
         await open_call(call)
     except GatewayError as error:
         return error_response(error, rid)
-    if spec.name == "responses" and (refused := await _foreign_response_refused(call)) is not None:
+    response = await _relay_admitted(call)
+    if call.removed:
+        response[tools.REMOVED_HEADER] = ",".join(call.removed)
+    return response
+
+
+async def _relay_admitted(call: accounting.Call):
+    if call.endpoint.name == "responses" and (refused := await _foreign_response_refused(call)) is not None:
         return refused
     payload = upstream_payload(call)
     if call.stream:
@@ -208,7 +215,7 @@ def _transport_error(exc: BaseException) -> tuple[str, GatewayError]:
 
 async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpResponse:
     endpoint = call.endpoint
-    whole = options.answer_read_whole(endpoint.name, call.body, call.price)
+    whole = options.answer_read_whole(endpoint.name, call.outgoing, call.price)
     answer = meters.read_answer(body, answer_meter=endpoint.answer_meter if whole else None, usage_meter=endpoint.meter)
     outcome = Outcome.CLIENT_CANCELLED if call.client_gone else Outcome.SUCCESS
     if endpoint.name == "responses":  # before the answer: its id may be continued at once

@@ -15,8 +15,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from allocations import services
-from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS
-from allocations.exceptions import GatewayError
+from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS, extra_client_tools_clean
+from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
@@ -104,6 +104,11 @@ class CatalogModelForm(forms.ModelForm):
         "its price (a service tier multiplier or a tool-call price) in the price version in force; "
         "background is relayed only streamed.",
     )
+    extra_client_tools = forms.CharField(
+        required=False,
+        help_text="Tool types, comma-separated, beyond function, custom, local_shell, apply_patch and namespace "
+        "that this model lets through as run by the client; any other unknown tool type is refused.",
+    )
 
     class Meta:
         model = CatalogModel
@@ -118,7 +123,25 @@ class CatalogModelForm(forms.ModelForm):
             "tpm_limit",
             "max_parallel",
             "allowed_options",
+            "unpriced_tools",
+            "extra_client_tools",
         )
+        help_texts = {
+            "unpriced_tools": "A built-in tool (web search, file search, ...) this model does not allow and price: "
+            "remove it from the request (the answer names it in x-gateway-removed-tools) or refuse the call.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["extra_client_tools"] = ", ".join(self.instance.extra_client_tools or ())
+
+    def clean_extra_client_tools(self) -> list[str]:
+        names = [name.strip() for name in (self.cleaned_data.get("extra_client_tools") or "").split(",")]
+        try:
+            return extra_client_tools_clean([name for name in names if name])
+        except BadRequest as error:
+            raise forms.ValidationError(error.message) from None
 
 
 @admin.register(CatalogModel)
@@ -162,6 +185,8 @@ class CatalogModelAdmin(StaffAdmin):
             display_name=data.get("display_name", ""),
             limits={f: data.get(f) for f in CatalogModel.LIMIT_FIELDS},
             allowed_options=data.get("allowed_options") or [],
+            unpriced_tools=data.get("unpriced_tools") or "remove",
+            extra_client_tools=data.get("extra_client_tools") or [],
             actor=request.user,
         )
         if not data["is_active"]:
