@@ -241,6 +241,10 @@ GATEWAY_TRUSTED_PROXY_COUNT = env.int("GATEWAY_TRUSTED_PROXY_COUNT", default=0)
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
 # Pages assumed for an OCR reservation when the request does not list `pages` (docs/ENDPOINTS.md).
 GATEWAY_OCR_ESTIMATE_PAGES = env.int("GATEWAY_OCR_ESTIMATE_PAGES", default=10)
+# Settlements that neither PostgreSQL nor Redis took wait in a file here (quota.ledger.spool); it is
+# created only when needed. Give it a writable volume in a container (docs/OPERATIONS.md).
+GATEWAY_SPOOL_DIR = env.path("GATEWAY_SPOOL_DIR", default=BASE_DIR / "var")
+GATEWAY_SPOOL_FILE = Path(GATEWAY_SPOOL_DIR) / "settle-spool.jsonl"
 # Threads (each with one persistent DB connection) that run the /v1 accounting steps, per process.
 GATEWAY_ACCOUNTING_THREADS = env.int("GATEWAY_ACCOUNTING_THREADS", default=4)
 # On SIGTERM, how long in-flight calls may run to their end before they are cancelled (docs/DECISIONS.md).

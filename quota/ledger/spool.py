@@ -2,8 +2,11 @@
 
 If the transaction that writes a call record fails (PostgreSQL restarting, a failover, a full
 connection pool), the settlement is pushed onto a Redis list instead of being lost; a periodic
-task replays it once the database is back. Without Redis (the laptop defaults) the fallback is a
-local JSON-lines file. Replay is idempotent: a payload whose record already exists is dropped.
+task replays it once the database is back. Without Redis (the laptop defaults), or while Redis is
+unreachable, the fallback is a local JSON-lines file in GATEWAY_SPOOL_DIR: it and its directory
+are created by the first settlement that needs them, and otherwise only looked for (a read-only
+application directory is no problem while Redis answers). Replay is idempotent: a payload whose
+record already exists is dropped.
 """
 
 import contextlib
@@ -69,9 +72,7 @@ def _redis():
 
 
 def _file() -> Path:
-    path = Path(getattr(settings, "GATEWAY_SPOOL_FILE", settings.BASE_DIR / "var" / "settle-spool.jsonl"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(settings.GATEWAY_SPOOL_FILE)
 
 
 def spool_push(payload: dict) -> None:
@@ -83,7 +84,9 @@ def spool_push(payload: dict) -> None:
             return
         except redis.RedisError:
             logger.exception("settlement spool: Redis unavailable, writing to the local file")
-    with _file().open("a") as fh:
+    path = _file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
         fh.write(line + "\n")
 
 
@@ -186,7 +189,8 @@ def _replay_file() -> int:
         except DatabaseError:
             break
         done += 1
-    path.write_text("".join(json.dumps(p) + "\n" for p in pending[done:]))
+    if done:
+        path.write_text("".join(json.dumps(p) + "\n" for p in pending[done:]))
     return done
 
 
