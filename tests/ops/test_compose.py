@@ -64,6 +64,8 @@ def test_the_example_alert_rules_parse_and_use_only_metrics_the_gateway_exports(
     assert "GatewayReservationsStuck" in names
     exported = {m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
     exported |= {"gateway_reservations_open", "gateway_reservations_expired", "gateway_settlements_spooled"}
+    exported |= {"gateway_redis_up", "gateway_celery_heartbeat_age_seconds"}
+    assert {"GatewayCeleryWorkerSilent", "GatewayCeleryBeatSilent", "GatewayRedisDown"} <= names
     for rule in rules:
         for used in re.findall(r"\b(gateway_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", rule["expr"]):
             assert used in exported, (rule["alert"], used)
