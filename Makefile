@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gateway
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test lint install install-dev services-check browser worker beat bench chaos clean image-smoke schemathesis
+.PHONY: run test lint install install-dev services-check browser pgbouncer worker beat bench chaos clean image image-smoke schemathesis
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,7 +42,12 @@ $(OIDC_PROVIDER)/node_modules: $(OIDC_PROVIDER)/package-lock.json
 	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install-dev services-check browser $(OIDC_PROVIDER)/node_modules
+# Debian's PgBouncer: tests/ops/test_pgbouncer.py starts one in transaction mode on a free port.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null)
+
+test: install-dev services-check browser pgbouncer $(OIDC_PROVIDER)/node_modules
 	DEBUG=true $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
 

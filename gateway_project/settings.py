@@ -202,6 +202,13 @@ SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 SILENCED_SYSTEM_CHECKS = env.list("SILENCED_SYSTEM_CHECKS", default=[])
 # Behind PgBouncer in transaction mode a server-side cursor cannot outlive its transaction.
 DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DB_DISABLE_SERVER_SIDE_CURSORS", default=False)
+# PgBouncer in transaction mode before 1.21 (or without max_prepared_statements): no server-side
+# prepared statements (psycopg's automatic ones, and the ledger's explicit ones) and no server-side
+# cursors. docs/OPERATIONS.md.
+GATEWAY_PGBOUNCER = env.bool("GATEWAY_PGBOUNCER", default=False)
+if GATEWAY_PGBOUNCER:
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 10000
 
