@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gateway
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test lint install install-dev services-check browser pgbouncer worker beat bench chaos clean image image-smoke schemathesis
+.PHONY: run test lint install install-dev services-check browser pgbouncer worker beat bench chaos clean image offline-images image-smoke compose-smoke schemathesis
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -76,9 +76,24 @@ worker: install
 beat: install
 	DEBUG=$${DEBUG:-true} $(BIN)/celery -A gateway_project beat -l info
 
-# The container image, run once against this machine's PostgreSQL and Redis (docs/OPERATIONS.md).
+# The container image, built the one documented way (docs/OPERATIONS.md, "Container image").
+image:
+	bash scripts/build_image.sh
+
+# PostgreSQL and Redis images from Debian's packages, for compose without a registry
+# (POSTGRES_IMAGE, REDIS_IMAGE in .env; BASE: any Debian bookworm image).
+offline-images:
+	DOCKER_BUILDKIT=1 docker build -q --build-arg BASE=$${GATEWAY_BASE_IMAGE:-debian:bookworm} -t local/postgres:15-bookworm docker/postgres
+	DOCKER_BUILDKIT=1 docker build -q --build-arg BASE=$${GATEWAY_BASE_IMAGE:-debian:bookworm} -t local/redis:7-bookworm docker/redis
+
+# The image built as documented, then web, worker and beat from it against this machine's
+# PostgreSQL and Redis (a few minutes; not part of `make test`). docs/OPERATIONS.md.
 image-smoke:
 	bash scripts/image_smoke.sh
+
+# compose.yaml with the offline stores (offline-images) on this machine's Docker: up, one call, down.
+compose-smoke:
+	bash scripts/compose_smoke.sh
 
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles

@@ -11,6 +11,7 @@ record already exists is dropped.
 
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
 import uuid
@@ -87,6 +88,7 @@ def spool_push(payload: dict) -> None:
     path = _file()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # a replay in another process (a shared volume) rewrites the file
         fh.write(line + "\n")
 
 
@@ -178,19 +180,24 @@ def _replay_redis(client, limit: int) -> int:
 
 
 def _replay_file() -> int:
+    """Replays the local file under its lock (processes sharing the directory append meanwhile)."""
     path = _file()
     if not path.exists() or not path.stat().st_size:
         return 0
-    pending = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    done = 0
-    for payload in pending:
-        try:
-            _replay_one(payload)
-        except DatabaseError:
-            break
-        done += 1
-    if done:
-        path.write_text("".join(json.dumps(p) + "\n" for p in pending[done:]))
+    with path.open("r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        pending = [json.loads(line) for line in fh.read().splitlines() if line.strip()]
+        done = 0
+        for payload in pending:
+            try:
+                _replay_one(payload)
+            except DatabaseError:
+                break
+            done += 1
+        if done:
+            fh.seek(0)
+            fh.write("".join(json.dumps(p) + "\n" for p in pending[done:]))
+            fh.truncate()
     return done
 
 
