@@ -94,7 +94,7 @@ from quota.pricing import Usage
 a = Allocation.objects.filter(model__slug='sim/gpt-4o-mini').first()
 now = timezone.now() - dt.timedelta(minutes=5)
 record = {'request_id': 'image-smoke-lost', 'endpoint': 'chat.completions', 'started_at': now, 'is_stream': False,
-          'member_id': a.member_id, 'allocation_id': a.pk, 'model_id': a.model_id}
+          'member_id': str(a.member_id), 'allocation_id': str(a.pk), 'model_id': str(a.model_id)}
 context = ledger.lost_context(record=record, usage=Usage(input_tokens=10, output_tokens=50, estimated=True), price=None)
 ledger.admit(allocation_id=a.pk, token_cap=None, cost_cap=None, est_tokens=60, est_cost=None,
              request_id='image-smoke-lost', now=now, ttl_s=1, context=context)
