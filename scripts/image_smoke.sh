@@ -133,15 +133,26 @@ completion = reply.parse()
 assert completion.usage.total_tokens > 0, completion
 print(f"chat.completions: {reply.http_response.status_code}, {completion.usage.total_tokens} tokens")
 PY
-recorded() {  # request id, seconds: waits that long at most for the call's record
-    for _ in $(seq "$2"); do
-        found=$(sql "from quota.models import CallRecord
-r = CallRecord.objects.filter(request_id='$1').first()
-print(r and f'{r.outcome} {r.error_code or \"-\"} {r.input_tokens}+{r.output_tokens} tokens')" 2>/dev/null | tail -1)
-        [ -n "$found" ] && [ "$found" != None ] && { echo "record $1: $found"; return 0; }
-        sleep 1
-    done
-    return 1
+recorded() {  # request id, seconds: waits that long at most for the call's record (read on the host)
+    "$PYTHON" - "$PG_URL/$DB" "$1" "$2" <<'PY'
+import sys, time
+import psycopg
+
+url, request_id, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+deadline = time.monotonic() + seconds
+while True:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT outcome, error_code, input_tokens, output_tokens FROM quota_callrecord WHERE request_id = %s",
+            [request_id],
+        ).fetchone()
+    if row:
+        print(f"record {request_id}: {row[0]} {row[1] or '-'} {row[2]}+{row[3]} tokens")
+        break
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(1)
+PY
 }
 recorded image-smoke-1 10 | tee "$WORK/call" || fail "the call is not recorded"
 grep -q ' success ' "$WORK/call" || fail "the call is not recorded as a success"
