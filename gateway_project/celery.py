@@ -62,9 +62,9 @@ def _say_as_json(msg, f=sys.__stderr__) -> None:
     os.write(f.fileno(), (JsonFormatter().format(record) + "\n").encode())
 
 
-if JSON_LOGS:
-    json_logging()  # before the worker's start-up checks warn
-    signals.setup_logging.connect(json_logging)  # and instead of Celery's own set-up
+if JSON_LOGS:  # only in the Celery processes (every process imports this module)
+    signals.celeryd_init.connect(json_logging)  # before the worker's start-up checks warn
+    signals.setup_logging.connect(json_logging)  # instead of Celery's own set-up (worker and beat)
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):
