@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ops import heartbeat
 from tests.factories import PriceVersionFactory
 from tests.proxy.conftest import World
 from tests.serving.conftest import LISTENING
@@ -67,6 +68,7 @@ def production_processes(test_db_name, tmp_path, collected_static, settings):
     env.pop("CELERY_TASK_ALWAYS_EAGER", None)
     settings.GATEWAY_ENCRYPTION_KEY = env["GATEWAY_ENCRYPTION_KEY"]  # the provider key, as the servers read it
     assert env["GATEWAY_LOG_FORMAT"] == "json"  # as .env.example sets it
+    heartbeat._redis().delete(heartbeat.KEY)
     celery = [sys.executable, "-m", "celery", "-A", "gateway_project"]
     started = {
         "serve": start([sys.executable, "-m", "gateway_project.serve", "--workers", "1", "-p", "0"], env),
@@ -104,6 +106,8 @@ def test_every_line_of_the_web_supervisor_worker_and_beat_is_json(production_pro
     subprocess.run(celery_call, cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
     wait_for(worker_log, r"Task quota\.settlements_replay\[[\w-]+\] succeeded", worker)
     wait_for(beat_log, r"beat: Starting", beat)
+    ages = heartbeat.ages()  # both processes wrote their heartbeat as they started
+    assert all(age is not None and age < 60 for age in ages.values()), ages
     os.kill(_children(serve.pid)[0], signal.SIGKILL)  # the supervisor restarts it and says so
     wait_for(serve_log, r"starting another", serve)
     while len(LISTENING.findall(serve_log.read_text())) < 3:
