@@ -10,6 +10,7 @@
 import logging
 import os
 import sys
+import time
 
 from celery import Celery, bootsteps, signals
 from celery.beat import PersistentScheduler
@@ -96,8 +97,6 @@ class HeartbeatScheduler(PersistentScheduler):
     _next_heartbeat = 0.0
 
     def tick(self, *args, **kwargs):
-        import time
-
         from ops import heartbeat
 
         now = time.monotonic()
