@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gateway
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test lint install install-dev services-check browser worker beat bench chaos clean image-smoke schemathesis
+.PHONY: run test lint install install-dev services-check browser pgbouncer worker beat bench chaos clean image offline-images image-smoke compose-smoke schemathesis
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ $(OIDC_PROVIDER)/node_modules: $(OIDC_PROVIDER)/package-lock.json
 	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Debian's PgBouncer: tests/ops/test_pgbouncer.py starts one in transaction mode on a free port.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null)
+
 # The Codex CLI (npm @openai/codex, pinned; its native binary is the registry's platform package)
 # for the agent-client tests: `codex exec` turns through the real server (tests/agents).
 AGENTS := tests/agents
@@ -49,7 +54,7 @@ $(AGENTS)/node_modules: $(AGENTS)/package-lock.json
 	cd $(AGENTS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install-dev services-check browser $(OIDC_PROVIDER)/node_modules $(AGENTS)/node_modules
+test: install-dev services-check browser pgbouncer $(OIDC_PROVIDER)/node_modules $(AGENTS)/node_modules
 	DEBUG=true $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
 
@@ -78,9 +83,24 @@ worker: install
 beat: install
 	DEBUG=$${DEBUG:-true} $(BIN)/celery -A gateway_project beat -l info
 
-# The container image, run once against this machine's PostgreSQL and Redis (docs/OPERATIONS.md).
+# The container image, built the one documented way (docs/OPERATIONS.md, "Container image").
+image:
+	bash scripts/build_image.sh
+
+# PostgreSQL and Redis images from Debian's packages, for compose without a registry
+# (POSTGRES_IMAGE, REDIS_IMAGE in .env; BASE: any Debian bookworm image).
+offline-images:
+	DOCKER_BUILDKIT=1 docker build -q --build-arg BASE=$${GATEWAY_BASE_IMAGE:-debian:bookworm} -t local/postgres:15-bookworm docker/postgres
+	DOCKER_BUILDKIT=1 docker build -q --build-arg BASE=$${GATEWAY_BASE_IMAGE:-debian:bookworm} -t local/redis:7-bookworm docker/redis
+
+# The image built as documented, then web, worker and beat from it against this machine's
+# PostgreSQL and Redis (a few minutes; not part of `make test`). docs/OPERATIONS.md.
 image-smoke:
 	bash scripts/image_smoke.sh
+
+# compose.yaml with the offline stores (offline-images) on this machine's Docker: up, one call, down.
+compose-smoke:
+	bash scripts/compose_smoke.sh
 
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles

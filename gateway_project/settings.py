@@ -202,6 +202,13 @@ SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 SILENCED_SYSTEM_CHECKS = env.list("SILENCED_SYSTEM_CHECKS", default=[])
 # Behind PgBouncer in transaction mode a server-side cursor cannot outlive its transaction.
 DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DB_DISABLE_SERVER_SIDE_CURSORS", default=False)
+# PgBouncer in transaction mode before 1.21 (or without max_prepared_statements): no server-side
+# prepared statements (psycopg's automatic ones, and the ledger's explicit ones) and no server-side
+# cursors. docs/OPERATIONS.md.
+GATEWAY_PGBOUNCER = env.bool("GATEWAY_PGBOUNCER", default=False)
+if GATEWAY_PGBOUNCER:
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 10000
 
@@ -241,6 +248,10 @@ GATEWAY_TRUSTED_PROXY_COUNT = env.int("GATEWAY_TRUSTED_PROXY_COUNT", default=0)
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
 # Pages assumed for an OCR reservation when the request does not list `pages` (docs/ENDPOINTS.md).
 GATEWAY_OCR_ESTIMATE_PAGES = env.int("GATEWAY_OCR_ESTIMATE_PAGES", default=10)
+# Settlements that neither PostgreSQL nor Redis took wait in a file here (quota.ledger.spool); it is
+# created only when needed. Give it a writable volume in a container (docs/OPERATIONS.md).
+GATEWAY_SPOOL_DIR = env.path("GATEWAY_SPOOL_DIR", default=BASE_DIR / "var")
+GATEWAY_SPOOL_FILE = Path(GATEWAY_SPOOL_DIR) / "settle-spool.jsonl"
 # Threads (each with one persistent DB connection) that run the /v1 accounting steps, per process.
 GATEWAY_ACCOUNTING_THREADS = env.int("GATEWAY_ACCOUNTING_THREADS", default=4)
 # On SIGTERM, how long in-flight calls may run to their end before they are cancelled (docs/DECISIONS.md).

@@ -12,6 +12,7 @@ import uuid
 from contextlib import nullcontext
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.models import F
@@ -33,10 +34,11 @@ _counter_ids: BoundedCache = BoundedCache(100_000)
 
 class _PreparedCursor(ServerBindingCursor):
     """psycopg's server-side binding cursor, preparing every statement it runs (once per connection:
-    psycopg keeps the prepared statements by query text and parameter types)."""
+    psycopg keeps the prepared statements by query text and parameter types), unless
+    GATEWAY_PGBOUNCER says the server connection may change between transactions."""
 
     def execute(self, query, params=None, *, prepare=None, binary=None):
-        return super().execute(query, params, prepare=True, binary=binary)
+        return super().execute(query, params, prepare=not settings.GATEWAY_PGBOUNCER, binary=binary)
 
 
 def _prepared_cursor():

@@ -2,6 +2,7 @@
 served by daphne (gateway_project.serve) on a real port. And /readyz when a dependency is down."""
 
 import re
+import uuid
 
 import httpx
 import pytest
@@ -73,7 +74,7 @@ def test_readyz_is_503_naming_the_database_when_postgresql_is_unreachable():
         ready = httpx.get(f"{url}/readyz", timeout=20)
         assert ready.status_code == 503
         body = ready.json()
-        assert body["failed"] == ["database"] and body["checks"]["redis"] == "ok"
+        assert body["failed"] == ["database"] and body["detail"]["redis"] == "ok"
         assert body["checks"]["database"].startswith("unreachable")
         assert "127.0.0.1" not in ready.text and "postgres://" not in ready.text
         assert httpx.get(f"{url}/healthz").status_code == 200
@@ -81,11 +82,33 @@ def test_readyz_is_503_naming_the_database_when_postgresql_is_unreachable():
         stop_daphne(server)
 
 
-def test_readyz_is_503_naming_redis_when_redis_is_unreachable(test_db_name):
+def test_readyz_stays_200_with_redis_unreachable_and_says_so_in_the_detail_and_metrics(test_db_name):
+    # /v1 keeps serving without Redis (the limits fail open): readiness must not take the instance out.
     server, url = serve(test_db_name, REDIS_URL="redis://127.0.0.1:1/0")
     try:
         ready = httpx.get(f"{url}/readyz", timeout=20)
-        assert ready.status_code == 503
-        assert ready.json()["failed"] == ["redis"] and ready.json()["checks"]["database"] == "ok"
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "draining": "no"}
+        assert ready.json()["detail"]["redis"].startswith("unreachable")
+        scraped = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=20)
+        assert "gateway_redis_up 0.0" in scraped.text
     finally:
         stop_daphne(server)
+
+
+def test_readyz_is_503_when_the_database_is_not_migrated():
+    import psycopg
+
+    name = f"gw_unmigrated_{uuid.uuid4().hex[:8]}"
+    admin_url = re.sub(r"/[^/]*$", "/postgres", production_env()["DATABASE_URL"])
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    server, url = serve(name)
+    try:
+        ready = httpx.get(f"{url}/readyz", timeout=20)
+        assert ready.status_code == 503
+        assert ready.json()["failed"] == ["database"] and ready.json()["checks"]["database"] == "migrations not applied"
+    finally:
+        stop_daphne(server)
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
