@@ -46,8 +46,6 @@ def test_call_records_filter_by_member_allocation_model_and_dates(admin_client, 
     assert _ids(admin_client.get(CALLS, {"model_slug": "mistral/small"})) == {second.pk}
     assert _ids(admin_client.get(CALLS, {"started_from": "2026-03-05"})) == {second.pk}
     assert _ids(admin_client.get(CALLS, {"started_before": "2026-03-05"})) == {first.pk}
-    assert _ids(admin_client.get(CALLS, {"allocation_id": "not-a-uuid"})) == set()
-    assert _ids(admin_client.get(CALLS, {"started_from": "March"})) == set()
 
 
 def test_call_records_are_searched_by_member_model_or_request_id(admin_client, calls):
