@@ -32,9 +32,7 @@ def titled(title: str):
 def other_params(changelist, *, leave_out: str) -> list[tuple[str, str]]:
     """Every (name, value) pair of the list's query except `leave_out`, one pair per value
     (Django keeps a list of values per name; printing the list would turn it into text)."""
-    return [
-        (name, value) for name, values in changelist.filter_params.items() if name != leave_out for value in values
-    ]
+    return [(name, value) for name, values in changelist.filter_params.items() if name != leave_out for value in values]
 
 
 class InputFilter(admin.SimpleListFilter):

@@ -4,6 +4,8 @@ calls on one page, a password reset, and a member created together with a first 
 Every write goes through allocations.services (audited), as in the change forms.
 """
 
+from decimal import Decimal
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.password_validation import validate_password
@@ -13,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from allocations import services
 from allocations.exceptions import GatewayError
@@ -21,6 +24,7 @@ from quota import selectors
 from quota.models import CallRecord
 from quota.periods import period_bounds
 
+from . import marks
 from .base import form_errors_from
 
 RECENT_CALLS = 25
@@ -63,7 +67,29 @@ class MemberWithAllocationForm(forms.Form):
 def _allocation_rows(member, now) -> list[dict]:
     allocations = list(Allocation.objects.filter(member=member).select_related("model").order_by("created_at"))
     usage = selectors.usage_this_month([a.pk for a in allocations], now=now)
-    return [{"allocation": a, "tokens": usage[a.pk][0], "cost": usage[a.pk][1]} for a in allocations]
+    rows = []
+    for a in allocations:
+        tokens, cost = usage[a.pk]
+        state = marks.cap_state(
+            tokens_used=tokens, token_cap=a.quota_tokens_per_month, cost_used=cost, cost_cap=a.quota_cost_usd_per_month
+        )
+        rows.append(
+            {
+                "allocation": a,
+                "state": state,
+                "status": marks.status_text(a, state),
+                "spend": _figure(marks.money(cost), a.quota_cost_usd_per_month, cost, _("no cap")),
+                "tokens": _figure(f"{tokens:,}", a.quota_tokens_per_month, tokens, _("unlimited")),
+            }
+        )
+    return rows
+
+
+def _figure(used_text: str, cap, used, no_cap: str):
+    if cap is None:
+        return marks.figure(used_text, no_cap, "", marks.CLEAR)
+    cap_text = marks.money(cap) if isinstance(used, Decimal) else f"{cap:,}"
+    return marks.figure(used_text, cap_text, marks.share(used, cap), marks.one_cap_state(used, cap))
 
 
 def member_page_view(request, member_id):

@@ -22,6 +22,8 @@ from quota.models import Outcome
 from quota.periods import period_bounds, period_start_date
 from quota.pricing import ZERO
 
+from . import marks
+
 REFUSAL_LABELS: dict[str, str] = {
     Outcome.REJECTED_COST_QUOTA_EXCEEDED: "cost cap reached",
     Outcome.REJECTED_QUOTA_EXCEEDED: "token quota reached",
@@ -37,8 +39,13 @@ REFUSAL_LABELS: dict[str, str] = {
 
 
 def suggested_cap(cap: Decimal, used: Decimal) -> Decimal:
-    """Half again the larger of cap and spend, rounded up to whole dollars."""
-    return Decimal(max(1, math.ceil(max(cap, used) * Decimal("1.5"))))
+    """Half again the larger of cap and spend, rounded up to two significant digits ($0.002 gives
+    $0.003, $7.50 gives $12); $1 when both are zero."""
+    target = max(cap, used) * Decimal("1.5")
+    if target <= 0:
+        return Decimal(1)
+    step = Decimal(1).scaleb(target.adjusted() - 1)  # the second significant digit's place value
+    return (Decimal(math.ceil(target / step)) * step).normalize()
 
 
 def _daily_rows(figures: overview.MonthFigures) -> tuple[list[str], list[dict]]:
@@ -73,9 +80,14 @@ def _near_rows(period_start, resets_on) -> list[dict]:
                 "token_percent": None
                 if not a.quota_tokens_per_month
                 else int(counter.tokens_used * 100 / a.quota_tokens_per_month),
-                "over": cap is not None and counter.cost_used >= cap,
+                "state": marks.cap_state(
+                    tokens_used=counter.tokens_used,
+                    token_cap=a.quota_tokens_per_month,
+                    cost_used=counter.cost_used,
+                    cost_cap=cap,
+                ),
                 "resets_on": resets_on,
-                "suggested": None if cap is None else suggested_cap(cap, counter.cost_used),
+                "suggested": None if cap is None else f"{suggested_cap(cap, counter.cost_used):f}",
             }
         )
     return rows

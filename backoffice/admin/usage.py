@@ -12,17 +12,21 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import DecimalField, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from allocations import services
 from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ProviderKind
-from quota import display, selectors
+from quota import selectors
 from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
 from quota.services import OPTION_PRICE_FIELDS, price_version_add, price_version_clean
 
+from . import marks
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 from .filters import (
     AllocationFilter,
@@ -33,12 +37,6 @@ from .filters import (
     titled,
 )
 from .unpriced import UnpricedFilter, metered
-
-
-def _money(value) -> str:
-    """The portal's precision: never $0.00 for a non-zero amount."""
-    return display.usd(value) if value is not None else "—"
-
 
 # --- allocations -----------------------------------------------------------------------------------
 
@@ -106,12 +104,14 @@ def _usage(obj):
     return obj.usage_tokens, obj.usage_cost
 
 
-def _percent(used, cap) -> str:
-    if cap is None:
-        return ""
-    if cap == 0:
-        return " (cap 0: blocked)"
-    return f" ({Decimal(used) * 100 / Decimal(cap):.0f}%)"
+def _state(obj) -> str:
+    tokens, cost = _usage(obj)
+    return marks.cap_state(
+        tokens_used=tokens,
+        token_cap=obj.quota_tokens_per_month,
+        cost_used=cost,
+        cost_cap=obj.quota_cost_usd_per_month,
+    )
 
 
 class UsageFilter(admin.SimpleListFilter):
@@ -147,7 +147,7 @@ class UsageFilter(admin.SimpleListFilter):
 @admin.register(Allocation)
 class AllocationAdmin(StaffAdmin):
     form = AllocationForm
-    list_display = ("display_name", "member", "model_label", "status_label", "tokens", "spend", "near_cap_flag")
+    list_display = ("display_name", "member_link", "model_label", "status_label", "spend", "tokens")
     list_filter = (
         UsageFilter,
         "status",
@@ -181,43 +181,31 @@ class AllocationAdmin(StaffAdmin):
         badge = simulated_badge(obj.model.provider.kind) if obj.model.provider.kind == ProviderKind.SIMULATED else ""
         return format_html("{} {}", obj.model.slug, badge)
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=_("member"), ordering="member__username")
+    def member_link(self, obj):
+        return format_html('<a href="{}">{}</a>', reverse("admin_member_page", args=[obj.member_id]), obj.member)
+
+    @admin.display(description=_("status"), ordering="status")
     def status_label(self, obj):
-        suffix = f" by {obj.paused_by}" if obj.status == Allocation.Status.PAUSED and obj.paused_by else ""
-        return f"{obj.status}{suffix}"
+        return marks.status_text(obj, _state(obj))
 
-    @admin.display(description="tokens used / quota")
+    @admin.display(description=_("tokens used / quota"))
     def tokens(self, obj):
-        used, _ = _usage(obj)
+        used, _cost = _usage(obj)
         cap = obj.quota_tokens_per_month
-        return f"{used:,} / {'unlimited' if cap is None else f'{cap:,}'}{_percent(used, cap)}"
+        cap_text = gettext("unlimited") if cap is None else f"{cap:,}"
+        return marks.figure(f"{used:,}", cap_text, marks.share(used, cap), marks.one_cap_state(used, cap))
 
-    @admin.display(description="spend / cap this month")
+    @admin.display(description=_("spend / cap this month"))
     def spend(self, obj):
-        tokens, cost = _usage(obj)
+        _tokens, cost = _usage(obj)
         cap = obj.quota_cost_usd_per_month
-        text = f"{_money(cost)} / {'no cap' if cap is None else _money(cap)}{_percent(cost, cap)}"
-        if self._near(obj, tokens, cost):
-            return format_html('<strong style="color:#b94a00">{} ⚠</strong>', text)
-        return text
+        cap_text = gettext("no cap") if cap is None else marks.money(cap)
+        return marks.figure(marks.money(cost), cap_text, marks.share(cost, cap), marks.one_cap_state(cost, cap))
 
-    @admin.display(description="near cap", boolean=True)
-    def near_cap_flag(self, obj):
-        tokens, cost = _usage(obj)
-        return self._near(obj, tokens, cost)
-
-    @staticmethod
-    def _near(obj, tokens, cost) -> bool:
-        return selectors.near_cap(
-            tokens_used=tokens,
-            token_cap=obj.quota_tokens_per_month,
-            cost_used=cost,
-            cost_cap=obj.quota_cost_usd_per_month,
-        )
-
-    @admin.display(description="this month")
+    @admin.display(description=_("this month"))
     def usage_summary(self, obj):
-        return f"tokens {self.tokens(obj)}; spend {self.spend(obj)}"
+        return format_html("{}: {}; {}: {}", gettext("tokens"), self.tokens(obj), gettext("spend"), self.spend(obj))
 
     # --- writes: only through the services ---
 
@@ -418,7 +406,7 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     @admin.display(description="cost")
     def cost(self, obj):
         if obj.priced:
-            return _money(obj.cost_usd)
+            return marks.money(obj.cost_usd)
         return "unpriced" if obj.carries_usage else "—"
 
     def get_actions(self, request):

@@ -124,3 +124,23 @@ def test_todays_calls_show_at_once_while_whole_days_come_from_the_cache(admin_cl
     assert _page(admin_client).context["figures"].total == before + 1
     cache.clear()  # what CLOSED_DAYS_TTL_S does after ten minutes
     assert _page(admin_client).context["figures"].total == before + 3
+
+
+def test_near_and_over_rows_are_marked_apart_and_raise_cap_suggests_a_sensible_figure(admin_client, month):
+    near, over, _ = month
+    html = _page(admin_client).content.decode()
+    assert f'data-allocation="{over.pk}" class="row-over"' in html
+    assert f'data-allocation="{near.pk}" class="row-near"' in html
+    assert html.count("<strong>over the cap</strong>") == 1 and html.count("<span>near the cap</span>") == 1
+    assert f'id="cap-{over.pk}" name="quota_cost_usd_per_month" value="3.5"' in html  # 1.5 × $2.30
+
+
+@pytest.mark.parametrize(
+    ("cap", "used", "suggested"),
+    [("0.002", "0.0021", "0.0032"), ("0.002", "0", "0.003"), ("2", "2.3", "3.5"), ("10", "8.5", "15"),
+     ("7.5", "1", "12"), ("0", "0", "1"), ("400", "10", "600")],
+)  # fmt: skip
+def test_the_suggested_cap_keeps_the_scale_of_small_caps(cap, used, suggested):
+    from backoffice.admin.overview import suggested_cap
+
+    assert suggested_cap(Decimal(cap), Decimal(used)) == Decimal(suggested)
