@@ -51,9 +51,25 @@ def dashboard(request):
     return render(request, "portal/dashboard.html", context)
 
 
-def _keys_page(request, *, form=None, plaintext=None, new_key=None, status=200):
+NEW_KEY_SESSION = "portal_new_key"
+
+
+def _show_once(request, *, key, plaintext: str):
+    """Post/redirect/get: the new plaintext waits in the session for the one page that shows it,
+    so reloading that page repeats nothing (no second key, no second rotation)."""
+    request.session[NEW_KEY_SESSION] = {"key_id": str(key.pk), "plaintext": plaintext}
+    response = redirect("portal:keys")
+    response.status_code = 303  # See Other: the browser GETs the page; a reload repeats the GET
+    return response
+
+
+def _keys_page(request, *, form=None, status=200):
+    keys = selectors.keys_of(member=request.user)
+    waiting = request.session.pop(NEW_KEY_SESSION, None) if form is None else None
+    new_key = next((k for k in keys if waiting and str(k.pk) == waiting["key_id"]), None)
+    plaintext = waiting["plaintext"] if new_key is not None else None
     context = {
-        "keys": selectors.keys_of(member=request.user),
+        "keys": keys,
         "form": form or KeyCreateForm(member=request.user),
         "plaintext": plaintext,
         "new_key": new_key,
@@ -84,7 +100,7 @@ def keys(request):
     except GatewayError as exc:
         form.add_error("allocations", _scope_message(exc))
         return _keys_page(request, form=form, status=400)
-    return _keys_page(request, plaintext=plaintext, new_key=key, status=201)
+    return _show_once(request, key=key, plaintext=plaintext)
 
 
 def _scope_message(exc: GatewayError) -> str:
@@ -114,7 +130,7 @@ def key_rename(request, key_id):
 def key_rotate(request, key_id):
     key = selectors.key_owned(member=request.user, key_id=key_id)
     key, plaintext = services.api_key_rotate(key=key, actor=request.user)
-    return _keys_page(request, plaintext=plaintext, new_key=key)
+    return _show_once(request, key=key, plaintext=plaintext)
 
 
 @require_POST
