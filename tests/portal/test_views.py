@@ -309,3 +309,12 @@ def test_the_forecast_reaches_the_cap_at_this_months_daily_rate(ratio, reaches):
 def test_favicon_ico_leads_to_the_icon(client):
     response = client.get("/favicon.ico")
     assert response.status_code == 301 and response["Location"].endswith("favicon.svg")
+
+
+def test_a_reached_cap_draws_its_bar_in_red_not_the_near_cap_amber(alice_client, alice, alice_alloc):
+    over = AllocationFactory(member=alice, model=alice_alloc.model, quota_cost_usd_per_month=Decimal("2"))
+    settle_call(alice_alloc, cost_usd="8.5")
+    settle_call(over, cost_usd="2.3")
+    html = alice_client.get("/portal/").content.decode()
+    assert 'class="meter meter-near"' in _card(html, alice_alloc)
+    assert 'class="meter meter-over"' in _card(html, over) and "meter-near" not in _card(html, over)
