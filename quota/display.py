@@ -5,6 +5,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.utils.formats import number_format
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 SMALLEST = Decimal("0.000001")
 
@@ -35,3 +36,26 @@ def usd(value) -> str:
     rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
     shown = max(2, min(places, -exponent(rounded.normalize())))
     return "$" + number_format(rounded, decimal_pos=shown, use_l10n=True, force_grouping=True)
+
+
+OUTCOME_LABELS = {
+    "success": gettext_lazy("success"),
+    "client_cancelled": gettext_lazy("client cancelled"),
+    "upstream_error": gettext_lazy("upstream error"),
+    "gateway_error": gettext_lazy("gateway error"),
+    "rejected_unauthenticated": gettext_lazy("rejected: unauthenticated"),
+    "rejected_bad_request": gettext_lazy("rejected: bad request"),
+    "rejected_model_mismatch": gettext_lazy("rejected: model not in key scope"),
+    "rejected_revoked": gettext_lazy("rejected: revoked"),
+    "rejected_paused": gettext_lazy("rejected: paused"),
+    "rejected_quarantined": gettext_lazy("rejected: quarantined"),
+    "rejected_quota_exceeded": gettext_lazy("rejected: token quota reached"),
+    "rejected_cost_quota_exceeded": gettext_lazy("rejected: cost cap reached"),
+    "rejected_quota_busy": gettext_lazy("rejected: quota busy"),
+    "rejected_model_kind": gettext_lazy("rejected: wrong endpoint for model"),
+}
+
+
+def outcome_label(outcome: str) -> str:
+    """A call's outcome in words, in the active language (the code itself when it has none)."""
+    return str(OUTCOME_LABELS.get(outcome, outcome))

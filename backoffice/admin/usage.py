@@ -22,21 +22,15 @@ from allocations import services
 from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ProviderKind
 from quota import selectors
-from quota.models import CallRecord, PriceVersion, UsageCounter
+from quota.models import PriceVersion, UsageCounter
 from quota.periods import period_start_date
 from quota.services import OPTION_PRICE_FIELDS, price_version_add, price_version_clean
 
 from . import marks
-from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
+from .base import StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 from .filters import (
-    AllocationFilter,
-    MemberFilter,
-    ModelFilter,
-    StartedBeforeFilter,
-    StartedFromFilter,
     titled,
 )
-from .unpriced import UnpricedFilter, metered
 
 # --- allocations -----------------------------------------------------------------------------------
 
@@ -360,54 +354,3 @@ class PriceVersionAdmin(StaffAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
-
-
-# --- call records ---------------------------------------------------------------------------------------
-
-
-@admin.register(CallRecord)
-class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
-    list_display = (
-        "started_at",
-        "request_id",
-        "key_prefix",
-        "member",
-        "model",
-        "endpoint",
-        "outcome",
-        "status_code",
-        "input_tokens",
-        "output_tokens",
-        metered,
-        "cost",
-        "service_tier",
-        "close_reason",
-    )
-    list_filter = (
-        MemberFilter,
-        AllocationFilter,
-        ModelFilter,
-        StartedFromFilter,
-        StartedBeforeFilter,
-        "outcome",
-        "endpoint",
-        "priced",
-        "is_stream",
-        UnpricedFilter,
-    )
-    search_fields = ("=request_id", "=member__username", "^model__slug")
-    list_select_related = ("member", "model", "api_key")
-    ordering = ("-started_at", "-id")
-
-    @admin.display(description="key")
-    def key_prefix(self, obj):
-        return f"{obj.api_key.prefix}…" if obj.api_key else "—"
-
-    @admin.display(description="cost")
-    def cost(self, obj):
-        if obj.priced:
-            return marks.money(obj.cost_usd)
-        return "unpriced" if obj.carries_usage else "—"
-
-    def get_actions(self, request):
-        return {}

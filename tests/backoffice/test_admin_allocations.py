@@ -68,7 +68,7 @@ def test_the_change_page_of_a_capped_allocation_shows_its_marks_as_html_not_text
     use(over, cost="2.4")
     page = admin_client.get(reverse("admin:allocations_allocation_change", args=[over.pk])).content.decode()
     assert "&lt;" not in page.split('<div class="readonly">', 1)[1].split("</form>")[0]
-    assert '<strong>over cap</strong>' in page
+    assert "<strong>over cap</strong>" in page
 
 
 def test_the_list_shows_member_model_status_usage_spend_cap_and_percent(admin_client, member):
