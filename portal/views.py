@@ -1,5 +1,7 @@
 """Portal pages. Each view parses input, calls one selector or service, and renders."""
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
@@ -16,6 +18,7 @@ from allocations.exceptions import GatewayError
 from allocations.login_limits import RateLimitedAuthenticationForm
 from allocations.models import Allocation
 from notifications import services as notifications
+from quota.periods import billing_tz
 
 from . import cards, selectors
 from .forms import AlertPreferenceForm, KeyCreateForm, KeyRenameForm
@@ -191,17 +194,22 @@ def usage(request):
     except GatewayError:
         return redirect(f"{request.path}?period={period.first_day:%Y-%m}")
     by_model = selectors.usage_grouped(member=request.user, period=period, group_by="model", allocation=allocation)
+    series = selectors.usage_daily_series(member=request.user, period=period, allocation=allocation)
     context = {
         "period": period,
         "months": selectors.recent_months(now),
         "selected_month": period.first_day,
-        "series": selectors.usage_daily_series(member=request.user, period=period, allocation=allocation),
+        "series": series,
+        "has_spend": any(Decimal(row["cost_usd"]) for row in series),
         "cost_cap": selectors.cost_cap_of(member=request.user, allocation=allocation),
         "chart_labels": {
             "daily": _("Spend per day (USD)"),
             "cumulative": _("Spend so far (USD)"),
             "cap": _("Cost cap (USD)"),
             "by_model": _("Spend by model (USD)"),
+            "daily_axis": _("Per day (USD)"),
+            "total_axis": _("So far this month (USD)"),
+            "today": timezone.localdate(now, billing_tz()).isoformat(),
             "locale": get_language(),
         },
         "by_model": by_model,

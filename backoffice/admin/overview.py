@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
 from allocations import services
@@ -64,6 +65,9 @@ def _chart(names: list[str], rows: list[dict], today) -> dict:
         "days": [r["day"].isoformat() for r in rows],
         "series": [{"name": n, "values": [str(r["amounts"][i]) for r in rows]} for i, n in enumerate(names)],
         "cumulative": [str(r["cumulative"]) if r["day"] <= today else None for r in rows],
+        "axis_daily": gettext("Per day (USD)"),
+        "axis_total": gettext("So far this month (USD)"),
+        "total_label": gettext("spend so far"),
     }
 
 

@@ -144,3 +144,14 @@ def test_the_suggested_cap_keeps_the_scale_of_small_caps(cap, used, suggested):
     from backoffice.admin.overview import suggested_cap
 
     assert suggested_cap(Decimal(cap), Decimal(used)) == Decimal(suggested)
+
+
+def test_an_empty_month_draws_no_chart_and_the_axes_are_labelled(admin_client, db):
+    html = _page(admin_client).content.decode()
+    assert 'id="overview-daily-empty"' in html and 'id="overview-daily-chart"' not in html
+
+
+def test_the_chart_data_label_both_axes_and_stop_the_running_total_today(admin_client, month):
+    chart = _page(admin_client).context["chart"]
+    assert (chart["axis_daily"], chart["axis_total"]) == ("Per day (USD)", "So far this month (USD)")
+    assert chart["cumulative"][19] is not None and set(chart["cumulative"][20:]) == {None}  # NOW is the 20th
