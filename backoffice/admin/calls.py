@@ -3,7 +3,6 @@ scan (when, member, model, outcome, tokens, cost, latency) and the request id sh
 value on hover and in the copy)."""
 
 from django.contrib import admin
-from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -66,9 +65,7 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
 
     @admin.display(description=_("member"), ordering="member__username")
     def member_link(self, obj):
-        if obj.member_id is None:
-            return "—"
-        return format_html('<a href="{}">{}</a>', reverse("admin_member_page", args=[obj.member_id]), obj.member)
+        return marks.member_link(obj.member)
 
     @admin.display(description=_("outcome"), ordering="outcome")
     def outcome_text(self, obj):

@@ -3,6 +3,7 @@ near it (at or past the near-cap share) look different, in words as well as in c
 
 from decimal import Decimal
 
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
@@ -70,3 +71,10 @@ def status_text(allocation: Allocation, state: str) -> SafeString:
     if allocation.status == Allocation.Status.ACTIVE and state == OVER:
         return format_html('<strong class="cap-mark cap-over">{}</strong>', _("blocked: over cap"))
     return format_html("{}", label)
+
+
+def member_link(member, text=None) -> SafeString:
+    """A link to the staff page of one member (allocations, keys, calls on one page)."""
+    if member is None:
+        return format_html("{}", "—")
+    return format_html('<a href="{}">{}</a>', reverse("admin_member_page", args=[member.pk]), text or member)

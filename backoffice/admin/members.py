@@ -16,6 +16,7 @@ from allocations.members import MEMBER_UPDATABLE, last_admin_check
 from allocations.models import AdminToken, ApiKey, Member
 
 from .base import StaffAdmin, form_errors_from
+from .marks import member_link
 
 
 class MemberAddForm(forms.ModelForm):
@@ -61,7 +62,7 @@ class MemberChangeForm(forms.ModelForm):
 
 @admin.register(Member)
 class MemberAdmin(StaffAdmin):
-    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "date_joined")
+    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "page")
     list_filter = ("is_active", "is_staff", "is_superuser")
     search_fields = ("username", "email")
     ordering = ("username",)
@@ -76,6 +77,10 @@ class MemberAdmin(StaffAdmin):
         "date_joined",
     )
     readonly_fields = ("username", "last_login", "date_joined")
+
+    @admin.display(description="member page")
+    def page(self, obj):
+        return member_link(obj, "open")
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = MemberChangeForm if obj is not None else MemberAddForm

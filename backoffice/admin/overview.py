@@ -115,6 +115,7 @@ def overview_context(*, now, by: str) -> dict:
     return {
         "now": now,
         "by": by,
+        "month_start": period_start,
         "figures": figures,
         "series_names": names,
         "daily_rows": rows,

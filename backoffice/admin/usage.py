@@ -12,7 +12,6 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import DecimalField, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext
@@ -177,7 +176,7 @@ class AllocationAdmin(StaffAdmin):
 
     @admin.display(description=_("member"), ordering="member__username")
     def member_link(self, obj):
-        return format_html('<a href="{}">{}</a>', reverse("admin_member_page", args=[obj.member_id]), obj.member)
+        return marks.member_link(obj.member)
 
     @admin.display(description=_("status"), ordering="status")
     def status_label(self, obj):

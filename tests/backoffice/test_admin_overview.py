@@ -155,3 +155,21 @@ def test_the_chart_data_label_both_axes_and_stop_the_running_total_today(admin_c
     chart = _page(admin_client).context["chart"]
     assert (chart["axis_daily"], chart["axis_total"]) == ("Per day (USD)", "So far this month (USD)")
     assert chart["cumulative"][19] is not None and set(chart["cumulative"][20:]) == {None}  # NOW is the 20th
+
+
+def test_refusals_this_month_open_this_months_refusals_only(admin_client, month):
+    near, over, _ = month
+    html = _page(admin_client).content.decode()
+    link = "/admin/quota/callrecord/?outcome__exact=rejected_cost_quota_exceeded&amp;started_from=2026-11-01"
+    assert link in html
+    with time_machine.travel(NOW, tick=False):
+        reject_call(over, outcome="rejected_cost_quota_exceeded", when=NOW - dt.timedelta(days=40))  # October
+        listed = admin_client.get(link.replace("&amp;", "&")).context["cl"].result_list
+    assert len(listed) == 2
+
+
+def test_the_member_page_is_linked_from_users_allocations_and_call_records(admin_client, month):
+    near, _, _ = month
+    page = f'href="/admin/members/{near.member_id}/"'
+    for url in ("/admin/allocations/member/", "/admin/allocations/allocation/", "/admin/quota/callrecord/"):
+        assert page in admin_client.get(url).content.decode(), url
