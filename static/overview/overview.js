@@ -2,7 +2,8 @@
 (function () {
   "use strict";
   if (typeof window.Chart === "undefined") { return; }
-  var money = new Intl.NumberFormat("en", { style: "currency", currency: "USD", maximumFractionDigits: 6 });
+  var format = window.gatewayMoney(document.documentElement.lang);
+  var money = { format: format };
   var colours = ["#1d4ed8", "#059669", "#b45309", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9333ea", "#6b7280"];
   var node = document.getElementById("overview-daily-data");
   var daily = document.getElementById("overview-daily-chart");

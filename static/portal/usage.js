@@ -9,9 +9,9 @@
   }
   var labels = data("daily-spend-labels");
   var locale = labels.locale === "zh-hant" ? "zh-Hant" : labels.locale;
-  var money = new Intl.NumberFormat(locale, { style: "currency", currency: "USD", maximumFractionDigits: 6 });
-  var moneyTicks = { callback: function (v) { return money.format(v); } };
-  var tooltip = { callbacks: { label: function (ctx) { return ctx.dataset.label + ": " + money.format(ctx.chart.options.indexAxis === "y" ? ctx.parsed.x : ctx.parsed.y); } } };
+  var money = window.gatewayMoney(labels.locale);
+  var moneyTicks = { callback: function (v) { return money(v); } };
+  var tooltip = { callbacks: { label: function (ctx) { return ctx.dataset.label + ": " + money(ctx.chart.options.indexAxis === "y" ? ctx.parsed.x : ctx.parsed.y); } } };
 
   var daily = document.getElementById("daily-spend-chart");
   if (daily) {

@@ -106,6 +106,19 @@ def test_money_shows_enough_decimals_for_small_spends():
         assert usd(None) != "unpriced" and usd(None)
 
 
+@pytest.mark.parametrize(
+    ("amount", "en", "zh"),
+    [("1234.5", "$1,234.50", "US$1,234.50"), ("0.5", "$0.50", "US$0.50"), ("0.123456", "$0.123", "US$0.123"),
+     ("0.000027000", "$0.000027", "US$0.000027"), ("0.00123456", "$0.00123", "US$0.00123"),
+     ("0.000000004", "< $0.000001", "< US$0.000001")],
+)  # fmt: skip
+def test_money_has_three_significant_digits_below_a_dollar_and_the_languages_symbol(amount, en, zh):
+    with translation.override("en"):
+        assert usd(Decimal(amount)) == en
+    with translation.override("zh-hant"):
+        assert usd(Decimal(amount)) == zh
+
+
 def test_a_member_pauses_and_resumes_from_the_dashboard(alice_client, alice_alloc):
     response = alice_client.post(f"/portal/allocations/{alice_alloc.pk}/pause/", follow=True)
     alice_alloc.refresh_from_db()
