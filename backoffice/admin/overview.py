@@ -12,30 +12,30 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_lazy
 from django.views.decorators.http import require_POST
 
 from allocations import services
 from allocations.exceptions import GatewayError
 from allocations.models import Allocation
-from quota import overview
+from quota import display, overview
 from quota.models import Outcome
 from quota.periods import period_bounds, period_start_date
 from quota.pricing import ZERO
 
 from . import marks
 
-REFUSAL_LABELS: dict[str, str] = {
-    Outcome.REJECTED_COST_QUOTA_EXCEEDED: "cost cap reached",
-    Outcome.REJECTED_QUOTA_EXCEEDED: "token quota reached",
-    Outcome.REJECTED_QUOTA_BUSY: "quota busy (held by calls in flight)",
-    Outcome.REJECTED_PAUSED: "allocation paused",
-    Outcome.REJECTED_QUARANTINED: "allocation quarantined",
-    Outcome.REJECTED_REVOKED: "allocation revoked",
-    Outcome.REJECTED_UNAUTHENTICATED: "bad or missing key",
-    Outcome.REJECTED_MODEL_MISMATCH: "model not in the key's scope",
-    Outcome.REJECTED_BAD_REQUEST: "bad request",
-    Outcome.REJECTED_MODEL_KIND: "wrong endpoint for the model",
+REFUSAL_LABELS: dict[str, object] = {
+    Outcome.REJECTED_COST_QUOTA_EXCEEDED: gettext_lazy("cost cap reached"),
+    Outcome.REJECTED_QUOTA_EXCEEDED: gettext_lazy("token quota reached"),
+    Outcome.REJECTED_QUOTA_BUSY: gettext_lazy("quota busy (held by calls in flight)"),
+    Outcome.REJECTED_PAUSED: gettext_lazy("allocation paused"),
+    Outcome.REJECTED_QUARANTINED: gettext_lazy("allocation quarantined"),
+    Outcome.REJECTED_REVOKED: gettext_lazy("allocation revoked"),
+    Outcome.REJECTED_UNAUTHENTICATED: gettext_lazy("bad or missing key"),
+    Outcome.REJECTED_MODEL_MISMATCH: gettext_lazy("model not in the key's scope"),
+    Outcome.REJECTED_BAD_REQUEST: gettext_lazy("bad request"),
+    Outcome.REJECTED_MODEL_KIND: gettext_lazy("wrong endpoint for the model"),
 }
 
 
@@ -141,7 +141,7 @@ def overview_view(request):
     by = "provider" if request.GET.get("by") == "provider" else "model"
     context = {
         **admin.site.each_context(request),
-        "title": "Spend overview",
+        "title": gettext("Spend overview"),
         **overview_context(now=timezone.now(), by=by),
     }
     return TemplateResponse(request, "admin/overview.html", context)
@@ -154,7 +154,8 @@ def raise_cap_view(request, allocation_id):
     try:
         cap = services.validate_cost_cap(request.POST.get("quota_cost_usd_per_month", "").strip())
         if cap is None or (before is not None and cap <= before):
-            raise GatewayError(f"enter a cap above the current ${before.normalize():f}" if before else "enter a cap")
+            above = gettext("enter a cap above the current %(cap)s") % {"cap": display.usd(before)}
+            raise GatewayError(above if before is not None else gettext("enter a cap"))
         services.allocation_update(
             allocation=allocation,
             changes={"quota_cost_usd_per_month": cap},
@@ -163,7 +164,8 @@ def raise_cap_view(request, allocation_id):
     except GatewayError as exc:
         messages.error(request, f"{allocation}: {exc.message}")
     else:
-        messages.success(request, f"Cost cap of {allocation} raised to ${cap.normalize():f}.")
+        raised = gettext("Cost cap of %(allocation)s raised to %(cap)s.")
+        messages.success(request, raised % {"allocation": allocation, "cap": display.usd(cap)})
     return redirect("admin_overview")
 
 

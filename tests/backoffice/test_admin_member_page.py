@@ -28,3 +28,16 @@ def test_the_member_page_highlights_near_and_over_rows_and_says_blocked(admin_cl
     assert "$8.00 / $10.00 (80 %) <span>near cap</span>" in html
     assert "$2.40 / $2.00 (120 %) <strong>over cap</strong>" in html
     assert html.count("blocked: over cap") == 1
+
+
+def test_the_member_page_shows_each_live_keys_spend_this_month(admin_client, mei):
+    from quota.models import CallRecord
+    from tests.factories import make_key
+
+    member, near, over = mei
+    key, _ = make_key(member=member, allocations=[near], name="laptop")
+    idle, _ = make_key(member=member, allocations=[over], name="idle")
+    CallRecord.objects.filter(allocation=near).update(api_key=key)
+    html = admin_client.get(f"/admin/members/{member.pk}/").content.decode()
+    rows = {name: html.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0] for name in ("laptop", "idle")}
+    assert '<td class="num">$8.00</td>' in rows["laptop"] and '<td class="num">$0.00</td>' in rows["idle"]
