@@ -110,11 +110,12 @@ def _state(obj) -> str:
 class UsageFilter(admin.SimpleListFilter):
     """Near or over a cap this month, from the counters (one query with subqueries)."""
 
-    title = "this month's usage"
+    title = _("this month's usage")
     parameter_name = "usage"
 
     def lookups(self, request, model_admin):
-        return [("near", f"near a cap (≥ {settings.GATEWAY_NEAR_CAP_RATIO:.0%})"), ("over", "at or over a cap")]
+        near = gettext("near a cap (≥ %(share)s)") % {"share": f"{settings.GATEWAY_NEAR_CAP_RATIO:.0%}"}
+        return [("near", near), ("over", gettext("at or over a cap"))]
 
     def queryset(self, request, queryset):
         if self.value() not in ("near", "over"):
@@ -144,10 +145,10 @@ class AllocationAdmin(StaffAdmin):
     list_filter = (
         UsageFilter,
         "status",
-        ("model__kind", titled("model kind")),
+        ("model__kind", titled(_("model kind"))),
         "is_service_allocation",
         "quota_locked",
-        ("model__provider__kind", titled("provider kind")),
+        ("model__provider__kind", titled(_("provider kind"))),
         "model",
     )
     search_fields = ("display_name", "member__username", "member__email", "model__slug", "=id")
@@ -169,7 +170,7 @@ class AllocationAdmin(StaffAdmin):
             return fields
         return [*fields, "status", "paused_by", "status_reason", "usage_summary", "created_at", "updated_at"]
 
-    @admin.display(description="model", ordering="model__slug")
+    @admin.display(description=_("model"), ordering="model__slug")
     def model_label(self, obj):
         badge = simulated_badge(obj.model.provider.kind) if obj.model.provider.kind == ProviderKind.SIMULATED else ""
         return format_html("{} {}", obj.model.slug, badge)
@@ -238,15 +239,15 @@ class AllocationAdmin(StaffAdmin):
         if done:
             self.message_user(request, f"{done} allocation(s) {verb}.", messages.SUCCESS)
 
-    @admin.action(description="Pause selected allocations", permissions=["change"])
+    @admin.action(description=_("Pause selected allocations"), permissions=["change"])
     def pause(self, request, queryset):
         self._each(request, queryset, "paused", lambda a: services.allocation_pause(allocation=a, actor=request.user))
 
-    @admin.action(description="Resume selected allocations", permissions=["change"])
+    @admin.action(description=_("Resume selected allocations"), permissions=["change"])
     def resume(self, request, queryset):
         self._each(request, queryset, "resumed", lambda a: services.allocation_resume(allocation=a, actor=request.user))
 
-    @admin.action(description="Revoke selected allocations (final)", permissions=["change"])
+    @admin.action(description=_("Revoke selected allocations (final)"), permissions=["change"])
     def revoke(self, request, queryset):
         page = confirmed_or_page(self, request, queryset, action="revoke", what="allocation(s)")
         if page is not None:
@@ -254,7 +255,7 @@ class AllocationAdmin(StaffAdmin):
         self._each(request, queryset, "revoked", lambda a: services.allocation_revoke(allocation=a, actor=request.user))
         return None
 
-    @admin.action(description="Unquarantine selected allocations", permissions=["change"])
+    @admin.action(description=_("Unquarantine selected allocations"), permissions=["change"])
     def unquarantine(self, request, queryset):
         self._each(
             request,
@@ -263,7 +264,7 @@ class AllocationAdmin(StaffAdmin):
             lambda a: services.allocation_unquarantine(allocation=a, actor=request.user),
         )
 
-    @admin.action(description="Rotate default key of selected allocations", permissions=["change"])
+    @admin.action(description=_("Rotate default key of selected allocations"), permissions=["change"])
     def rotate_default_key(self, request, queryset):
         def rotate(allocation):
             _, plaintext = services.allocation_rotate_default_key(allocation=allocation, actor=request.user)
