@@ -8,6 +8,7 @@ import math
 from decimal import Decimal
 
 from django.contrib import admin, messages
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -20,10 +21,10 @@ from allocations.exceptions import GatewayError
 from allocations.models import Allocation
 from quota import display, overview
 from quota.models import Outcome
-from quota.periods import period_bounds, period_start_date
+from quota.periods import billing_tz, period_bounds, period_start_date
 from quota.pricing import ZERO
 
-from . import marks
+from . import marks, spend
 
 REFUSAL_LABELS: dict[str, object] = {
     Outcome.REJECTED_COST_QUOTA_EXCEEDED: gettext_lazy("cost cap reached"),
@@ -49,24 +50,15 @@ def suggested_cap(cap: Decimal, used: Decimal) -> Decimal:
     return (Decimal(math.ceil(target / step)) * step).normalize()
 
 
-def _daily_rows(figures: overview.MonthFigures) -> tuple[list[str], list[dict]]:
-    names = list(figures.spend_by_day)
-    rows, running = [], ZERO
-    for day in figures.days:
-        amounts = [figures.spend_by_day[name].get(day, ZERO) for name in names]
-        running += sum(amounts, ZERO)
-        rows.append({"day": day, "amounts": amounts, "total": sum(amounts, ZERO), "cumulative": running})
-    return names, rows
-
-
-def _chart(names: list[str], rows: list[dict], today) -> dict:
-    """Chart.js data; the running total stops today (null draws no line over the days to come)."""
+def _chart(names: list[str], rows: list[dict], step: str) -> dict:
+    """Chart.js data; the running total stops now (null draws no line over what is to come)."""
+    local = [r["at"].astimezone(billing_tz()) for r in rows]
     return {
-        "days": [r["day"].isoformat() for r in rows],
+        "days": [f"{at:%m-%d %H:00}" if step == "hour" else f"{at:%m-%d}" for at in local],
         "series": [{"name": n, "values": [str(r["amounts"][i]) for r in rows]} for i, n in enumerate(names)],
-        "cumulative": [str(r["cumulative"]) if r["day"] <= today else None for r in rows],
-        "axis_daily": gettext("Per day (USD)"),
-        "axis_total": gettext("So far this month (USD)"),
+        "cumulative": [None if r["cumulative"] is None else str(r["cumulative"]) for r in rows],
+        "axis_daily": gettext("Per hour (USD)") if step == "hour" else gettext("Per day (USD)"),
+        "axis_total": gettext("So far (USD)"),
         "total_label": gettext("spend so far"),
     }
 
@@ -105,11 +97,11 @@ def _providers(figures: overview.MonthFigures) -> list[dict]:
     ]  # fmt: skip
 
 
-def overview_context(*, now, by: str) -> dict:
+def overview_context(*, now, by: str, period: spend.Period) -> dict:
     start, end = period_bounds(now)
     period_start = period_start_date(now)
-    figures = overview.month_figures(start=start, end=end, now=now, by=by)
-    names, rows = _daily_rows(figures)
+    figures = overview.month_figures(start=start, end=end, now=now, by="provider" if by == "provider" else "model")
+    names, rows = spend.spend_rows(period=period, by=by, now=now)
     last_month, last_until = overview.last_month_same_point(now=now)
     caps, uncapped = overview.caps_total()
     return {
@@ -117,9 +109,11 @@ def overview_context(*, now, by: str) -> dict:
         "by": by,
         "month_start": period_start,
         "figures": figures,
+        "period": period,
         "series_names": names,
         "daily_rows": rows,
-        "chart": _chart(names, rows, overview.today_start(now).date()),
+        "period_total": sum((r["total"] for r in rows), ZERO),
+        "chart": _chart(names, rows, period.step),
         "caps_total": caps,
         "uncapped": uncapped,
         "cap_share": None if not caps else int(figures.total * 100 / caps),
@@ -138,11 +132,24 @@ def overview_context(*, now, by: str) -> dict:
 
 
 def overview_view(request):
-    by = "provider" if request.GET.get("by") == "provider" else "model"
+    now = timezone.now()
+    by = request.GET.get("by") if request.GET.get("by") in spend.GROUPS else "model"
+    try:
+        period = spend.period_from(request.GET, now=now)
+    except spend.PeriodError as exc:
+        messages.error(request, str(exc))
+        period = spend.period_from({}, now=now)
+    if request.GET.get("export") == "csv":
+        names, rows = spend.spend_rows(period=period, by=by, now=now)
+        response = HttpResponse(spend.as_csv(names=names, rows=rows, step=period.step), content_type="text/csv")
+        name = f"spend-by-{by}-{period.start:%Y-%m-%d}-{period.step}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
     context = {
         **admin.site.each_context(request),
         "title": gettext("Spend overview"),
-        **overview_context(now=timezone.now(), by=by),
+        **overview_context(now=now, by=by, period=period),
+        "query": request.GET.urlencode(),
     }
     return TemplateResponse(request, "admin/overview.html", context)
 
