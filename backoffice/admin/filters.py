@@ -18,7 +18,7 @@ from django.utils.translation import gettext_lazy
 from quota.periods import billing_tz
 
 
-def titled(title: str):
+def titled(title):
     """A choices filter with its own title, for two fields whose verbose names are equal."""
 
     class Titled(admin.ChoicesFieldListFilter):

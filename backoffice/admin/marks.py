@@ -14,7 +14,7 @@ from quota import display
 from quota.selectors import near_cap
 
 OVER, NEAR, CLEAR = "over", "near", ""
-STATUS_LABELS = {
+STATUS_LABELS: dict[str, object] = {
     Allocation.Status.ACTIVE: pgettext_lazy("allocation status", "active"),
     Allocation.Status.PAUSED: pgettext_lazy("allocation status", "paused"),
     Allocation.Status.QUARANTINED: pgettext_lazy("allocation status", "quarantined"),

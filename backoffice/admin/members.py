@@ -9,6 +9,7 @@ service checks again with the admins' rows locked. Every change goes through all
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
+from django.utils.translation import gettext, gettext_lazy
 
 from allocations import services
 from allocations.exceptions import GatewayError
@@ -78,9 +79,9 @@ class MemberAdmin(StaffAdmin):
     )
     readonly_fields = ("username", "last_login", "date_joined")
 
-    @admin.display(description="member page")
+    @admin.display(description=gettext_lazy("member page"))
     def page(self, obj):
-        return member_link(obj, "open")
+        return member_link(obj, gettext("open"))
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = MemberChangeForm if obj is not None else MemberAddForm
