@@ -54,7 +54,15 @@ $(AGENTS)/node_modules: $(AGENTS)/package-lock.json
 	cd $(AGENTS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install-dev services-check browser pgbouncer $(OIDC_PROVIDER)/node_modules $(AGENTS)/node_modules
+
+# axe-core (from the npm registry), injected by the admin browser tests to count accessibility
+# violations.
+A11Y := tests/a11y
+$(A11Y)/node_modules: $(A11Y)/package-lock.json
+	cd $(A11Y) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install-dev services-check browser pgbouncer $(OIDC_PROVIDER)/node_modules $(AGENTS)/node_modules $(A11Y)/node_modules
 	DEBUG=true $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
 

@@ -10,6 +10,7 @@ service checks again with the admins' rows locked. Every change goes through all
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
+from django.utils.translation import gettext, gettext_lazy
 
 from allocations import services
 from allocations.exceptions import GatewayError
@@ -17,6 +18,7 @@ from allocations.members import MEMBER_UPDATABLE, SUPERUSER_TARGET, last_admin_c
 from allocations.models import AdminToken, ApiKey, Member
 
 from .base import StaffAdmin, form_errors_from
+from .marks import member_link
 
 
 class MemberAddForm(forms.ModelForm):
@@ -67,7 +69,7 @@ class MemberChangeForm(forms.ModelForm):
 
 @admin.register(Member)
 class MemberAdmin(StaffAdmin):
-    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "date_joined")
+    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "page")
     list_filter = ("is_active", "is_staff", "is_superuser")
     search_fields = ("username", "email")
     ordering = ("username",)
@@ -83,6 +85,10 @@ class MemberAdmin(StaffAdmin):
         "date_joined",
     )
     readonly_fields = ("username", "last_login", "date_joined")
+
+    @admin.display(description=gettext_lazy("member page"))
+    def page(self, obj):
+        return member_link(obj, gettext("open"))
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = MemberChangeForm if obj is not None else MemberAddForm
