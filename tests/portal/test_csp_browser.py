@@ -22,6 +22,8 @@ ADMIN_PAGES = [
     "/admin/allocations/provider/",
     "/admin/allocations/catalogmodel/",
     "/admin/allocations/auditevent/",
+    "/admin/allocations/allocation/",
+    "/admin/quota/callrecord/",
     "/admin/password_change/",
 ]
 
