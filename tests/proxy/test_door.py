@@ -69,9 +69,17 @@ def test_unauthenticated_rejects_write_no_rows_and_an_address_past_the_limit_get
 def test_the_limit_is_per_client_address_behind_trusted_proxies(world, settings):
     settings.GATEWAY_AUTH_FAILURES_PER_MINUTE = 2
     settings.GATEWAY_TRUSTED_PROXY_COUNT = 1
+    settings.GATEWAY_TRUSTED_PROXIES = ["127.0.0.0/8"]
     for _ in range(3):
         chat(world, None, **{"X-Forwarded-For": "203.0.113.7"})
     assert chat(world, None, **{"X-Forwarded-For": "203.0.113.7"}).status_code == 429
     assert chat(world, None, **{"X-Forwarded-For": "203.0.113.8"}).status_code == 401
     # a client-supplied hop left of the trusted one changes nothing
     assert chat(world, None, **{"X-Forwarded-For": "10.9.9.9, 203.0.113.7"}).status_code == 429
+
+
+def test_a_client_reaching_the_port_directly_cannot_rotate_its_address_with_forwarded_headers(world, settings):
+    settings.GATEWAY_AUTH_FAILURES_PER_MINUTE = 2
+    settings.GATEWAY_TRUSTED_PROXY_COUNT = 1  # a hop count, but the peer (loopback) is no trusted proxy
+    statuses = [chat(world, None, **{"X-Forwarded-For": f"203.0.113.{n}"}).status_code for n in range(4)]
+    assert statuses == [401, 401, 429, 429]
