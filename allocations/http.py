@@ -11,8 +11,11 @@ import re
 import uuid
 
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+DEBUG_HOSTS = (".localhost", "127.0.0.1", "[::1]")  # Django's own when DEBUG and ALLOWED_HOSTS is empty
+_hosts: tuple[object, dict[bytes, bool]] = (None, {})  # (the ALLOWED_HOSTS they were judged by, verdicts)
 
 
 def request_id_from(sent: str) -> str:
@@ -74,3 +77,24 @@ def client_ip(request) -> str | None:
     return client_address(
         remote=request.META.get("REMOTE_ADDR", ""), forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR", "")
     )
+
+
+def host_allowed(host: bytes) -> bool:
+    """Django's ALLOWED_HOSTS rule (HttpRequest.get_host) for a raw Host header, for the paths
+    served before Django's middleware (/v1, the ops endpoints). Each distinct header is judged once
+    per ALLOWED_HOSTS value: a call pays a dict lookup."""
+    global _hosts
+    allowed = settings.ALLOWED_HOSTS
+    judged_by, verdicts = _hosts
+    if judged_by is not allowed:
+        verdicts = {}
+        _hosts = (allowed, verdicts)
+    verdict = verdicts.get(host)
+    if verdict is None:
+        domain, _port = split_domain_port(host.decode("latin1"))
+        patterns = allowed or (DEBUG_HOSTS if settings.DEBUG else ())
+        verdict = bool(domain) and validate_host(domain, patterns)
+        if len(verdicts) >= 1000:  # a client sending many names gets them judged again, not remembered
+            verdicts.clear()
+        verdicts[host] = verdict
+    return verdict

@@ -43,7 +43,7 @@ def first_response_line(url: str, head: bytes, timeout: float = 5.0) -> bytes:
     "auth", [b"", b"Authorization: Basic abc\r\n", b"Authorization: Bearer sk-gw-" + b"Z" * 43 + b"\r\n"]
 )
 def test_a_bad_bearer_is_answered_before_the_body_arrives(world, path, auth):
-    head = b"POST " + path + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: multipart/form-data; boundary=b\r\n" + auth
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n" + auth
     assert first_response_line(world.gateway_url, head) == b"HTTP/1.1 401 Unauthorized"
     assert not CallRecord.objects.exists()
 
