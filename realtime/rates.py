@@ -21,7 +21,15 @@ class SessionRates:
 
     client_creates = 0  # response.create events forwarded whose response.created has not come back yet
     client_gone: bool
-    opened: "services.Session"
+
+    if TYPE_CHECKING:
+
+        @property
+        def opened(self) -> services.Session: ...
+
+        async def send(self, text_data=None, bytes_data=None, close=False) -> None: ...
+
+        async def _send_upstream(self, data) -> None: ...
 
     async def _rate_allows(self, event: dict) -> bool:
         """A response.create counts as a request; over the limits it is not forwarded and the
@@ -30,7 +38,7 @@ class SessionRates:
         if decision.allowed:
             return True
         message = f"rate limit reached; retry in {decision.retry_after_s} s"
-        await self.send(text_data=_rate_error(message, event.get("event_id")))  # type: ignore[attr-defined]
+        await self.send(text_data=_rate_error(message, event.get("event_id")))
         return False
 
     def _client_create_forwarded(self) -> None:
@@ -47,10 +55,11 @@ class SessionRates:
         decision, _ = await ratelimit.admit_async(self.opened.entry.limits, tokens=0, count=True, hold=False)
         if decision.allowed:
             return
-        await self._send_upstream(json.dumps({"type": "response.cancel"}))  # type: ignore[attr-defined]
+        await self._send_upstream(json.dumps({"type": "response.cancel"}))
         if not self.client_gone:
-            message = f"rate limit reached: the response the server started was cancelled; retry in {decision.retry_after_s} s"
-            await self.send(text_data=_rate_error(message, None))  # type: ignore[attr-defined]
+            retry = decision.retry_after_s
+            message = f"rate limit reached: the response the server started was cancelled; retry in {retry} s"
+            await self.send(text_data=_rate_error(message, None))
 
 
 def _rate_error(message: str, event_id: object) -> str:
