@@ -9,6 +9,7 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
+
 from quota.models import CallRecord, Reservation
 
 from .conftest import counter_of, record_of
