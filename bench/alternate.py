@@ -9,8 +9,10 @@ tpm and max_parallel on its allocation and model, see seed.py).
                      [--models bench0/gpt-4o-mini,bench0lim/gpt-4o-mini]
 
 Each tree gets a fresh database of its own (gw_alt_0, gw_alt_1, dropped and made anew: their
-migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk
-and BENCH_PY as in bench/README.md.
+migrations may differ; BENCH_ALT_NAME=x names them gw_x_0 … so that runs of several people on one
+machine do not drop each other's) and a Redis database (3, 4 …; BENCH_REDIS_DB=N puts every tree
+in N: their keys do not collide); one fake upstream (0 ms) serves both. Needs wrk and BENCH_PY as
+in bench/README.md.
 """
 
 import argparse
@@ -52,8 +54,8 @@ def start_gateway(tree: Path, index: int, upstream: str) -> tuple[int, str, subp
     python = str(tree / ".venv" / "bin" / "python")
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/gw_alt_{index}",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{3 + index}",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/gw_{os.environ.get('BENCH_ALT_NAME', 'alt')}_{index}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{os.environ.get('BENCH_REDIS_DB') or 3 + index}",
         "DEBUG": "False",
         "SECRET_KEY": "bench-" + secrets.token_hex(16),
         "GATEWAY_ENCRYPTION_KEY": "m1mcCTj8YbQ2vFq0q3v5U8m4fJx3l0zYQ6sQ3rJ2m2E=",

@@ -65,13 +65,14 @@ def install() -> None:
             return None
         door = self.gateway_door
         if door is not None and not door.done():  # the whole body came while the door looked
-            door.add_done_callback(lambda _: None if self.gateway_refused else process(self))
+            door.add_done_callback(lambda _: None if self.gateway_refused or self.channel is None else process(self))
             return None
         return process(self)
 
     WebRequest.gateway_refused = False
     WebRequest.gateway_left = None  # bytes still allowed of a body without a length
     WebRequest.gateway_door = None  # the door's lookup while it runs
+    WebRequest.gateway_path = b""
     WebRequest.gotLength = gotLength
     WebRequest.handleContentChunk = handleContentChunk
     WebRequest.process = process_after_door
@@ -86,6 +87,7 @@ def _head(request, length: int | None) -> bool:
     path = request.channel._path.partition(b"?")[0]
     if b"%" in path:  # routed as the application sees it: daphne unquotes the path
         path = unquote_to_bytes(path)
+    request.gateway_path = path  # the channel forgets its request line once the body is complete
     upgrade = headers.getRawHeaders(b"upgrade")
     too_large = length is not None and length > limit
     if path.startswith(b"/v1/") and not (upgrade and upgrade[0].lower() == b"websocket"):
@@ -107,11 +109,12 @@ def _look(request, path: bytes, too_large: bool) -> None:
     expect = request.requestHeaders.getRawHeaders(b"expect")
     if expect:  # `100 Continue` only once the door passed: the client holds its body until then
         request.requestHeaders.removeHeader(b"expect")
+    peer = transport.getPeer()  # a UNIX socket's peer has no address: counted as "unknown"
     scope = {
         "type": "http",
         "path": path.decode("latin1"),
         "headers": [(k.lower(), v) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs],
-        "client": (transport.getPeer().host, transport.getPeer().port),
+        "client": (getattr(peer, "host", ""), getattr(peer, "port", 0)),
     }
     request.gateway_door = asyncio.ensure_future(gate.refusal(scope))
     request.gateway_door.add_done_callback(functools.partial(_looked, request, expect, too_large))
@@ -125,7 +128,7 @@ def _looked(request, expect: list[bytes] | None, too_large: bool, door: asyncio.
     if error is not None or too_large:
         _refuse(request, error or RequestTooLarge(TOO_LARGE), counted=error is not None)
         return
-    if expect and expect[0].lower() == b"100-continue" and channel._version == b"HTTP/1.1":
+    if expect and expect[0].lower() == b"100-continue" and getattr(channel, "_version", None) == b"HTTP/1.1":
         channel._send100Continue()
     channel.transport.resumeProducing()
 
@@ -136,8 +139,8 @@ def _refuse(request, error: GatewayError, *, counted: bool = False) -> None:
 
     request.gateway_refused = True
     channel = request.channel
-    if not counted and channel._path.startswith(b"/v1/"):
-        gate.count_refused(channel._path.partition(b"?")[0].decode("latin1"), error)
+    if not counted and request.gateway_path.startswith(b"/v1/"):
+        gate.count_refused(request.gateway_path.decode("latin1"), error)
     request.requestHeaders.removeHeader(b"expect")  # no `100 Continue` after the answer
     sent = (request.requestHeaders.getRawHeaders(b"x-request-id") or [b""])[0].decode("latin1")
     response = error_response(error, request_id_from(sent))
