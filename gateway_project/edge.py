@@ -14,8 +14,9 @@ request's headers are complete (`gotLength`):
 
 A refusal is the contract's envelope with `Connection: close`; the gateway then stops sending
 (half-close) and discards what the client still sends for up to LINGER_S, so the client reads the
-answer instead of a connection reset, then drops the connection. Nothing is recorded as a call
-(the door's refusals never are); /v1 refusals are counted in the metrics like the door's.
+answer instead of a connection reset, then drops the connection. The door's refusals write no
+call record (they never do); a /v1 body over the limit from a key that passed the door is recorded
+as the preflight records it (`rejected_bad_request`).
 Installed by gateway_project.server_patches (`head_refusal`), which names the Twisted internals
 this relies on and the versions it was verified on.
 """
@@ -29,7 +30,7 @@ from django.conf import settings
 
 from allocations.exceptions import GatewayError
 from allocations.http import request_id_from
-from proxy import gate
+from proxy import gate, views
 from proxy.views import error_response
 from quota.exceptions import RequestTooLarge
 
@@ -139,11 +140,12 @@ def _refuse(request, error: GatewayError, *, counted: bool = False) -> None:
 
     request.gateway_refused = True
     channel = request.channel
-    if not counted and request.gateway_path.startswith(b"/v1/"):
-        gate.count_refused(request.gateway_path.decode("latin1"), error)
     request.requestHeaders.removeHeader(b"expect")  # no `100 Continue` after the answer
     sent = (request.requestHeaders.getRawHeaders(b"x-request-id") or [b""])[0].decode("latin1")
-    response = error_response(error, request_id_from(sent))
+    rid = request_id_from(sent)
+    if not counted and request.gateway_path.startswith(b"/v1/"):
+        _count(request, error, rid)
+    response = error_response(error, rid)
     channel.persistent = False
     channel.dataReceived = _discard  # what the client still sends is read and dropped
     transport = channel.transport
@@ -156,6 +158,18 @@ def _refuse(request, error: GatewayError, *, counted: bool = False) -> None:
     transport.resumeProducing()
     transport.loseWriteConnection()
     reactor.callLater(LINGER_S, transport.abortConnection)  # type: ignore[arg-type]  # a client that keeps sending is cut off
+
+
+def _count(request, error: GatewayError, rid: str) -> None:
+    """A /v1 body over the limit from a key that passed the door is a call refused, with its
+    record (as the preflight writes it); any other refusal here counts as the door's do."""
+    path = request.gateway_path.decode("latin1")
+    authorization = (request.requestHeaders.getRawHeaders(b"authorization") or [b""])[0].decode("latin1")
+    if isinstance(error, RequestTooLarge) and views.refused_from_head(
+        path=path, request_id=rid, authorization=authorization, error=error
+    ):
+        return
+    gate.count_refused(path, error)
 
 
 def _discard(data: bytes) -> None:

@@ -13,6 +13,8 @@ import pytest
 from allocations.keys import api_key_revoke
 from quota.models import CallRecord
 
+from .conftest import record_of
+
 KB, MB = 1024, 1024 * 1024
 LIMIT_MB = 2
 SERVE_ENV = {"GATEWAY_MAX_BODY_MB": str(LIMIT_MB)}
@@ -86,17 +88,20 @@ def test_a_declared_length_over_the_limit_is_answered_413_from_the_head_once_the
     status, _, error = envelope(answer)
     assert status == b"HTTP/1.1 413 Request Entity Too Large" and sent < MB
     assert error["code"] == "request_too_large"
+    record = record_of("edge-1")  # a call refused for its body, recorded as the preflight records it
+    assert (record.outcome, record.status_code, record.error_code) == ("rejected_bad_request", 413, "request_too_large")
+    assert record.api_key_id == allocation.key.pk
     # on every path: the portal's forms too
     answer, sent = upload(world.gateway_url, head("/accounts/login/", key=None))
     assert envelope(answer)[2]["code"] == "request_too_large" and sent < MB
 
 
-def test_a_chunked_body_is_cut_off_at_the_limit(world):
+def test_a_chunked_body_is_cut_off_at_the_limit_and_the_refused_call_recorded(world):
     allocation = world.allocation()
     request_head = head("/v1/chat/completions", key=allocation.plaintext, length=None)
     answer, sent = upload(world.gateway_url, request_head, chunked=True)
     assert answer.startswith(b"HTTP/1.1 413 ") and LIMIT_MB * MB <= sent < (LIMIT_MB + 1) * MB
-    assert not CallRecord.objects.exists()
+    assert record_of("edge-1").outcome == "rejected_bad_request"
 
 
 def test_a_percent_encoded_v1_path_meets_the_same_door(world):
