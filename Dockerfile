@@ -50,7 +50,7 @@ WORKDIR /app
 USER gateway
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/healthz\", timeout=4)"]
+    CMD ["python3", "-c", "import os, urllib.request as u; h = os.environ.get('ALLOWED_HOSTS', 'localhost').split(',')[0].strip().lstrip('.*') or 'localhost'; u.urlopen(u.Request(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/healthz\", headers={'Host': h}), timeout=4)"]
 # SIGTERM drains in-flight calls (GATEWAY_SHUTDOWN_GRACE_S): give `docker stop -t` more than that.
 STOPSIGNAL SIGTERM
 CMD ["sh", "-c", "exec python3 -m gateway_project.serve --workers \"$GATEWAY_WORKERS\" -b 0.0.0.0 -p \"$PORT\" gateway_project.asgi:application"]

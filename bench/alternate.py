@@ -14,9 +14,9 @@ The request is the harness's chat completion, or with --body a JSON body from a 
 name the databases used (<db>_0, <db>_1, … and Redis <redis>, <redis>+1, …) so that two runs on
 one machine do not share them.
 
-Each tree gets a fresh database of its own (gw_alt_0, gw_alt_1, dropped and made anew: their
-migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk
-and BENCH_PY as in bench/README.md.
+Each tree gets a fresh database of its own (<db>_0, <db>_1, dropped and made anew: their
+migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk and BENCH_PY as
+in bench/README.md.
 """
 
 import argparse

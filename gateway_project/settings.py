@@ -5,6 +5,7 @@ local-memory cache, eager Celery and the built-in simulated provider.
 """
 
 import binascii
+import ipaddress
 import warnings
 from decimal import Decimal
 from pathlib import Path
@@ -244,6 +245,15 @@ GATEWAY_NEAR_CAP_RATIO = Decimal(env("GATEWAY_NEAR_CAP_RATIO", default="0.8"))
 GATEWAY_MAX_BODY_MB = env.int("GATEWAY_MAX_BODY_MB", default=100)
 GATEWAY_UPSTREAM_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_TIMEOUT_S", default=600.0)
 GATEWAY_TRUSTED_PROXY_COUNT = env.int("GATEWAY_TRUSTED_PROXY_COUNT", default=0)
+# Peers (CIDR list) whose X-Forwarded-For is believed; from any other peer the header is ignored.
+GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])
+for _cidr in GATEWAY_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_cidr.strip(), strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"GATEWAY_TRUSTED_PROXIES: {_cidr!r} is not an address or a CIDR network (e.g. 10.0.0.0/8)"
+        ) from None
 # Output tokens assumed for a reservation when the request names no max_tokens.
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
 # Pages assumed for an OCR reservation when the request does not list `pages` (docs/ENDPOINTS.md).

@@ -1,9 +1,10 @@
 """GET /healthz, /readyz and /metrics: a small ASGI app routed before Django (gateway_project.asgi).
 
-No middleware (no host check, no HTTPS redirect: a load balancer probes by IP over plain HTTP), no
-call record, no metric of their own. /healthz does no I/O. /readyz runs the dependency checks in
-threads, each within READY_TIMEOUT_S (ops.health says what readiness means). /metrics needs
-`Authorization: Bearer $GATEWAY_METRICS_TOKEN` and is 404 while that is unset.
+No middleware (no HTTPS redirect: a load balancer probes over plain HTTP; the Host header is checked
+against ALLOWED_HOSTS by gateway_project.asgi, as for /v1), no call record, no metric of their own.
+/healthz does no I/O. /readyz runs the dependency checks in threads, each within READY_TIMEOUT_S (ops.health says what
+readiness means).
+/metrics needs `Authorization: Bearer $GATEWAY_METRICS_TOKEN` and is 404 while that is unset.
 """
 
 import asyncio

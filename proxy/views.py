@@ -3,6 +3,7 @@ proxy.handler without middleware. Each call: one accounting step to open (prefli
 the upstream call with no transaction or connection held, one accounting step to close."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -372,3 +373,28 @@ async def models_retrieve(request, model_id: str):
 
 async def not_found(request, rest: str = ""):
     return error_response(NotFound(f"no such endpoint: {request.path}"), request_id_for(request))
+
+
+def refused_from_head(*, path: str, request_id: str, authorization: str, error: GatewayError) -> bool:
+    """A /v1 call the server refused from its request's head for its body (gateway_project.edge),
+    recorded as the preflight records it, in the background (a draining server waits for it).
+    False when the path is no endpoint (nothing to record: the door's metrics count it)."""
+    endpoint = ENDPOINTS.get(path.removeprefix("/v1/").rstrip("/").replace("/", "."))
+    if endpoint is None:
+        return False
+    call = accounting.Call(
+        request_id=request_id,
+        endpoint=endpoint,
+        started_at=timezone.now(),
+        authorization=authorization,
+        body_error=error,
+    )
+    task = asyncio.ensure_future(_open_refused(call))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return True
+
+
+async def _open_refused(call: accounting.Call) -> None:
+    with contextlib.suppress(GatewayError):
+        await open_call(call)

@@ -74,3 +74,8 @@ def test_the_example_alert_rules_parse_and_use_only_metrics_the_gateway_exports(
     for rule in rules:
         for used in re.findall(r"\b(gateway_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", rule["expr"]):
             assert used in exported, (rule["alert"], used)
+
+
+def test_the_web_port_is_published_on_loopback_unless_the_operator_binds_it_elsewhere(compose):
+    (published,) = compose["services"]["web"]["ports"]
+    assert published.startswith("${GATEWAY_BIND:-127.0.0.1}:")

@@ -199,6 +199,9 @@ async def test_an_unexpected_error_in_a_v1_view_is_answered_in_the_envelope(monk
         {"usage": {"prompt_tokens": 900}, "choices": [{"message": {"tool_calls": [{"usage": {"prompt_tokens": 1}}]}}]},
         {"usage": {"prompt_tokens": 900}, "echo": [{"usage": {"prompt_tokens": 1}}], "x": {"usage": {}}},
         {"usage": {"prompt_tokens": 900}, 'x"usage': {"prompt_tokens": 1}},
+        # the string "usage" in an echoed array, then the next key's colon and a planted object
+        {"usage": {"prompt_tokens": 900}, "input": ["hi", "usage"], "z": {"prompt_tokens": 1}},
+        {"usage": {"prompt_tokens": 900}, "input": [",", "usage"], "usage_": {"prompt_tokens": 1}},
     ],
 )
 def test_only_the_top_level_usage_object_is_billed_never_one_planted_in_echoed_content(body):
