@@ -107,7 +107,7 @@ def test_readyz_is_503_when_the_database_is_not_migrated():
         admin.execute(f'CREATE DATABASE "{name}"')
     server, url = serve(name)
     try:
-        ready = httpx.get(f"{url}/readyz", timeout=20)
+        ready = httpx.get(f"{url}/readyz", headers=NAMED, timeout=20)
         assert ready.status_code == 503
         assert ready.json()["failed"] == ["database"] and ready.json()["checks"]["database"] == "migrations not applied"
     finally:
