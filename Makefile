@@ -1,4 +1,4 @@
-# Two commands matter: `make run` (a working demo on 127.0.0.1:8000) and `make test` (the suite).
+# Two commands matter: `make run` (a working demo on 127.0.0.1:8000, or PORT) and `make test` (the suite).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,20 +12,19 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements-demo.txt
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 
-# `make run` uses the embedded defaults (SQLite, in-memory layers, eager Celery, simulated provider),
-# so it must not inherit the test databases' URLs. DEBUG defaults to False (production): the demo
-# turns it on. The test suite does the same in pytest.ini.
+# `make run` (scripts/demo.py): its own PostgreSQL from a wheel (data in var/postgres, stopped with
+# the demo), in-memory layers, eager Celery, the simulated provider; it never inherits the test
+# databases' URLs. DEBUG defaults to False (production): the demo turns it on, as pytest.ini does.
+PORT ?= 8000
 DEMO_ENV := env -u DATABASE_URL -u REDIS_URL DEBUG=true
 run: install
-	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
 	$(DEMO_ENV) $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
-	$(DEMO_ENV) $(BIN)/python manage.py seed_demo
-	$(DEMO_ENV) $(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(DEMO_ENV) $(BIN)/python scripts/demo.py --port $(PORT)
 
 services-check: install-dev
 	@$(BIN)/python scripts/check_services.py
@@ -103,4 +102,4 @@ compose-smoke:
 	bash scripts/compose_smoke.sh
 
 clean:
-	rm -rf $(VENV) db.sqlite3 staticfiles
+	rm -rf $(VENV) var/postgres staticfiles

@@ -71,10 +71,6 @@ def test_migrations_run_forward_from_zero_and_back_to_zero_on_postgresql(scratch
     assert _tables_and_trigger(params)[1]
 
 
-def test_migrations_run_on_sqlite_as_make_run_uses(tmp_path):
-    manage("migrate", "--noinput", database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}")
-
-
 @pytest.mark.django_db
 def test_the_allocations_models_have_no_missing_migration():
     call_command("makemigrations", "allocations", "--check", "--dry-run", stdout=io.StringIO())
