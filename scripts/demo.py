@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "var" / "postgres")
     args = parser.parse_args()
     data = args.data.resolve()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, _sigterm)
     server = start(data)
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
