@@ -11,8 +11,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# --no-compile: byte-compiling every installed file was half of a fresh `make run`'s install time;
+# Python compiles what the demo imports on first use.
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-demo.txt
+	$(BIN)/pip install --quiet --no-compile -r requirements-demo.txt
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
