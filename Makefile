@@ -1,4 +1,4 @@
-# Two commands matter: `make run` (a working demo on 127.0.0.1:8000) and `make test` (the suite).
+# Two commands matter: `make run` (a working demo on 127.0.0.1:8000, or PORT) and `make test` (the suite).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,21 +11,22 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# --no-compile: byte-compiling every installed file was half of a fresh `make run`'s install time;
+# Python compiles what the demo imports on first use.
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-compile -r requirements-demo.txt
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 
-# `make run` uses the embedded defaults (SQLite, in-memory layers, eager Celery, simulated provider),
-# so it must not inherit the test databases' URLs. DEBUG defaults to False (production): the demo
-# turns it on. The test suite does the same in pytest.ini.
+# `make run` (scripts/demo.py): its own PostgreSQL from a wheel (data in var/postgres, stopped with
+# the demo), in-memory layers, eager Celery, the simulated provider; it never inherits the test
+# databases' URLs. DEBUG defaults to False (production): the demo turns it on, as pytest.ini does.
+PORT ?= 8000
 DEMO_ENV := env -u DATABASE_URL -u REDIS_URL DEBUG=true
 run: install
-	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
 	$(DEMO_ENV) $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
-	$(DEMO_ENV) $(BIN)/python manage.py seed_demo
-	$(DEMO_ENV) $(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(DEMO_ENV) $(BIN)/python scripts/demo.py --port $(PORT)
 
 services-check: install-dev
 	@$(BIN)/python scripts/check_services.py
@@ -67,10 +68,10 @@ test: install-dev services-check browser pgbouncer $(OIDC_PROVIDER)/node_modules
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
 
 # The fault suite's long run (docs/RELIABILITY.md): >= 10,000 calls, 10 s outages; a few minutes of
-# both cores. Its figures go to bench/results/chaos-<time>.json. `make test` runs one short cycle.
+# both cores. Its figures go to bench/results/raw/chaos-<time>.json. `make test` runs one short cycle.
 chaos: install-dev
 	CELERY_TASK_ALWAYS_EAGER=1 CHAOS_CALLS=$${CHAOS_CALLS:-10000} CHAOS_CONCURRENCY=$${CHAOS_CONCURRENCY:-16} \
-	CHAOS_OUTAGE_S=$${CHAOS_OUTAGE_S:-10} CHAOS_REPORT=bench/results/chaos-$$(date +%Y%m%d-%H%M%S).json \
+	CHAOS_OUTAGE_S=$${CHAOS_OUTAGE_S:-10} CHAOS_REPORT=bench/results/raw/chaos-$$(date +%Y%m%d-%H%M%S).json \
 	$(BIN)/pytest -q -s tests/chaos/test_faults.py
 
 # Fuzz the admin and member APIs from their OpenAPI schema against a real server (not part of
@@ -111,4 +112,4 @@ compose-smoke:
 	bash scripts/compose_smoke.sh
 
 clean:
-	rm -rf $(VENV) db.sqlite3 staticfiles
+	rm -rf $(VENV) var/postgres staticfiles

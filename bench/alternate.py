@@ -15,8 +15,9 @@ name the databases used (<db>_0, <db>_1, … and Redis <redis>, <redis>+1, …) 
 one machine do not share them.
 
 Each tree gets a fresh database of its own (<db>_0, <db>_1, dropped and made anew: their
-migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk and BENCH_PY as
-in bench/README.md.
+migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk
+and BENCH_PY as in bench/README.md. Rows are printed and written to
+bench/results/raw/alternate-<time>.jsonl.
 """
 
 import argparse
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import BENCH_PY, HARNESS, ROOT, cpu_s, ensure_database, free_port, stop, wait_http, wait_port
+from run import BENCH_PY, HARNESS, RESULTS, ROOT, cpu_s, ensure_database, free_port, stop, wait_http, wait_port
 
 
 def worker_of(supervisor: int) -> int:
@@ -123,6 +124,8 @@ def main() -> None:
     args = ap.parse_args()
     body = str(Path(args.body).resolve()) if args.body else ""
     trees = [ROOT, *(Path(t).resolve() for t in args.tree)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"alternate-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     procs: list[subprocess.Popen] = []
     try:
         upstream_port = free_port()
@@ -163,6 +166,8 @@ def main() -> None:
                     "loadavg1": load,
                 }
                 print(json.dumps(row), flush=True)
+                with out.open("a") as sink:
+                    sink.write(json.dumps(row) + "\n")
     finally:
         stop(procs)
 

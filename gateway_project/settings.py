@@ -1,7 +1,8 @@
 """Settings: every deploy-time value comes from the environment.
 
-With no environment at all the project runs on a laptop: SQLite, in-memory channel layer,
-local-memory cache, eager Celery and the built-in simulated provider.
+With no environment but a database the project runs on a laptop: PostgreSQL (`make run` starts
+one of its own, scripts/demo.py), in-memory channel layer, local-memory cache, eager Celery and the
+built-in simulated provider.
 """
 
 import binascii
@@ -108,10 +109,8 @@ TEMPLATES = [
 
 ASGI_APPLICATION = "gateway_project.asgi.application"
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/gateway")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="")  # parallel tests: one database per worker (tests/xdist_redis.py)

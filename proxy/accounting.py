@@ -6,7 +6,7 @@ A warm call (its key scope, price and counter id cached under the current auth g
 both steps on the event loop: the preflight from the caches (quota.preflight), then the ledger's
 statements on the loop (quota.ledger). Everything else runs the synchronous `call_open` on the
 ledger's accounting threads: the first call of a key, every refusal (the one place a call's
-refusal record is written), a cap reached, SQLite, and any failure of the loop path. No
+refusal record is written), a cap reached, and any failure of the loop path. No
 connection is held across the upstream call.
 """
 
@@ -200,7 +200,7 @@ def call_open(*, call: Call) -> Call:
 
 async def open_call(call: Call) -> Call:
     """Step 1: on the event loop when everything the call needs is cached and it is admitted there;
-    otherwise (first call of a key, a refusal, a cap reached, SQLite, any error) on a thread,
+    otherwise (first call of a key, a refusal, a cap reached, any error) on a thread,
     which re-runs the whole preflight and writes what a refusal writes.
 
     If the client goes away meanwhile (its request task is cancelled), the step still runs to its

@@ -6,7 +6,7 @@ from django.db import migrations, models
 def local_shell_is_a_client_tool(apps, schema_editor):
     """`local_shell` runs on the client: it is no longer an option a model allows (it always passes)."""
     CatalogModel = apps.get_model("allocations", "CatalogModel")
-    for model in CatalogModel.objects.all():  # a short table; JSON `contains` is not on SQLite
+    for model in CatalogModel.objects.all():  # a short table, walked in Python
         if "local_shell" not in (model.allowed_options or ()):
             continue
         model.allowed_options = [o for o in model.allowed_options if o != "local_shell"]

@@ -1,4 +1,4 @@
-"""Admission and settlement from the event loop, on PostgreSQL (the hot path of a call).
+"""Admission and settlement from the event loop (the hot path of a call).
 
 The accounting threads (ledger.threads) run every step with Django's connection; handing a step
 to a thread and back costs about as much CPU as the statement itself, and the threads fight the
@@ -16,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
-import functools
 import weakref
 from decimal import Decimal
 
@@ -28,12 +27,6 @@ from ..pricing import Usage
 from .statements import Admission, Settlement, admit_statement, reservation_row, settle_statement, settle_values
 
 _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
-
-
-@functools.cache
-def enabled() -> bool:
-    """PostgreSQL (read once: `connections[...]` builds a new wrapper in every request's context)."""
-    return connections["default"].vendor == "postgresql"
 
 
 def _prepare() -> bool:
