@@ -33,7 +33,7 @@ DOTTED = re.compile(r"^(?:" + "|".join(PACKAGES) + r")(?:\.\w+)+(?=\(|$)")
 SETTING = re.compile(r"\bGATEWAY_[A-Z0-9_]*[A-Z0-9](?![\w*])")
 MANAGE = re.compile(r"\bmanage\.py[ \t]+([a-z_]+)")
 PYTHON_M = re.compile(r"\bpython3? -m ((?:" + "|".join(PACKAGES) + r")(?:\.\w+)*)")
-MAKE = re.compile(r"(?:^|[\s;&|(])make[ \t]+([a-z][\w-]*)")
+MAKE = re.compile(r"(?:^|[\s;&|(])make[ \t]+([a-z][\w-]*)(?![\w/.-])")  # a file target (a/b) is not checked
 NAME_IN_FILE = re.compile(r"`(\w+)`\s+in\s+`([\w/]+\.py)`")
 
 
