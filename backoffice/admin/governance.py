@@ -133,8 +133,12 @@ class CatalogModelForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["unpriced_tools"].required = False  # a form posted without it keeps the rule
         if self.instance.pk:
             self.initial["extra_client_tools"] = ", ".join(self.instance.extra_client_tools or ())
+
+    def clean_unpriced_tools(self) -> str:
+        return self.cleaned_data.get("unpriced_tools") or self.instance.unpriced_tools or "remove"
 
     def clean_extra_client_tools(self) -> list[str]:
         names = [name.strip() for name in (self.cleaned_data.get("extra_client_tools") or "").split(",")]
