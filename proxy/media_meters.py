@@ -85,7 +85,8 @@ def speech_usage(request: dict, raw: bytes = b"") -> Usage:
 
 def transcription_usage(request: dict, raw: bytes) -> Usage:
     """Tokens when the upstream reports them; else the audio duration: `usage.seconds` (whisper's
-    duration usage), the response's `duration` (verbose_json), else measured from the upload."""
+    duration usage), the response's `duration` (verbose_json), else the upload's decoded duration
+    (proxy.audio; its upper bound, flagged estimated, when it could not be decoded)."""
     payload = _json(raw)
     payload = payload if isinstance(payload, dict) else {}
     usage = payload.get("usage")
@@ -104,7 +105,7 @@ def transcription_usage(request: dict, raw: bytes) -> Usage:
     upload = request.get("upload") or {}
     seconds = upload.get("duration_s")
     return Usage(
-        quantity=whole_seconds(seconds or 0), unit="second", estimated=not upload.get("duration_measured", False)
+        quantity=whole_seconds(seconds or 0), unit="second", estimated=not upload.get("duration_decoded", False)
     )
 
 
@@ -171,7 +172,7 @@ def estimate_speech(body: dict) -> Usage:
 
 
 def estimate_transcription(body: dict) -> Usage:
-    """The upload's duration: measured (WAV) or from its size (proxy.multipart.audio_seconds)."""
+    """The upload's duration as proxy.audio read it (decoded, or an upper bound)."""
     seconds = (body.get("upload") or {}).get("duration_s") or 0
     return Usage(
         input_tokens=math.ceil(seconds * AUDIO_TOKENS_PER_SECOND),
