@@ -21,7 +21,7 @@ from allocations.models import Allocation, ProviderKind
 from quota import display, selectors
 from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
-from quota.services import OPTION_PRICE_FIELDS, price_version_add, price_version_clean
+from quota.services import IMAGE_PRICES_HELP, OPTION_PRICE_FIELDS, price_version_add, price_version_clean
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 from .filters import (
@@ -309,6 +309,7 @@ class PriceVersionForm(forms.ModelForm):
             "price_per_unit",
             "service_tier_multipliers",
             "tool_call_prices",
+            "image_prices",
         )
 
     def __init__(self, *args, **kwargs):
@@ -325,13 +326,14 @@ class PriceVersionForm(forms.ModelForm):
                 'USD per call of each built-in tool, e.g. {"web_search": "0.01"}; chat web_search_options '
                 "uses the web_search price (one search per request); a tool without one is refused."
             )
+            self.fields["image_prices"].help_text = f"Unit image only. {IMAGE_PRICES_HELP} Others: price per unit."
 
     def clean(self):
         data = super().clean()
         if not data.get("effective_from") and "effective_from" not in self.errors:
             data["effective_from"] = timezone.now()
         rates = {f: data.get(f) for f in self.Meta.fields[2:7]}
-        options = {f: data.get(f) for f in OPTION_PRICE_FIELDS}
+        options = {f: data.get(f) for f in (*OPTION_PRICE_FIELDS, "image_prices")}
         try:
             price_version_clean(
                 unit=data.get("unit") or "", price_per_unit=data.get("price_per_unit"), **options, **rates
@@ -363,7 +365,7 @@ class PriceVersionAdmin(StaffAdmin):
             price_per_unit=data.get("price_per_unit"),
             actor=request.user,
             **{f: data.get(f) for f in PriceVersionForm.Meta.fields[2:7]},
-            **{f: data.get(f) for f in OPTION_PRICE_FIELDS},
+            **{f: data.get(f) for f in (*OPTION_PRICE_FIELDS, "image_prices")},
         )
         obj.pk, obj._state.adding = version.pk, False
 
