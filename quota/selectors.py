@@ -19,6 +19,15 @@ PRICED_COST = Sum("cost_usd", filter=Q(priced=True))
 UNPRICED_CALLS = Count("id", filter=UNPRICED)
 
 
+def usage_cost(*, priced_cost: Decimal | None, unpriced_calls: int) -> Decimal | None:
+    """A usage total's cost from PRICED_COST and UNPRICED_CALLS: the priced calls' sum, or None
+    when no call was priced and some carried usage unpriced (shown "unpriced" beside the count,
+    never $0: SPEC 4). A group without any usage costs 0."""
+    if priced_cost is None and unpriced_calls:
+        return None
+    return priced_cost or ZERO
+
+
 def usage_this_month(
     allocation_ids: Collection[uuid.UUID], *, now: dt.datetime | None = None
 ) -> dict[uuid.UUID, tuple[int, Decimal]]:
