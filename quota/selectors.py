@@ -5,10 +5,10 @@ import uuid
 from collections.abc import Collection
 from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from .billing import caps
 from .models import UNPRICED, PriceVersion, UsageCounter
 from .periods import period_start_date
 from .pricing import ZERO
@@ -41,10 +41,8 @@ def usage_this_month(
 
 
 def near_cap(*, tokens_used: int, token_cap, cost_used: Decimal, cost_cap) -> bool:
-    ratio = settings.GATEWAY_NEAR_CAP_RATIO
-    if token_cap is not None and (token_cap == 0 or Decimal(tokens_used) >= ratio * token_cap):
-        return True
-    return cost_cap is not None and (cost_cap == 0 or cost_used >= ratio * cost_cap)
+    """Either cap near (quota.billing.caps.near_cap)."""
+    return caps.near_cap(used=tokens_used, cap=token_cap) or caps.near_cap(used=cost_used, cap=cost_cap)
 
 
 def price_current(model_id, *, now: dt.datetime | None = None) -> PriceVersion | None:

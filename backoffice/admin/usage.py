@@ -7,10 +7,9 @@ through quota.selectors, one query per page.
 from decimal import Decimal
 
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import DecimalField, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
+from django.db.models import DecimalField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
@@ -19,6 +18,7 @@ from allocations import services
 from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ProviderKind
 from quota import display, selectors
+from quota.billing import caps
 from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
 from quota.services import IMAGE_PRICES_HELP, OPTION_PRICE_FIELDS, price_version_add, price_version_clean
@@ -121,12 +121,12 @@ class UsageFilter(admin.SimpleListFilter):
     parameter_name = "usage"
 
     def lookups(self, request, model_admin):
-        return [("near", f"near a cap (≥ {settings.GATEWAY_NEAR_CAP_RATIO:.0%})"), ("over", "at or over a cap")]
+        return [("near", f"near a cap (≥ {caps.near_cap_ratio():.0%})"), ("over", "at or over a cap")]
 
     def queryset(self, request, queryset):
         if self.value() not in ("near", "over"):
             return queryset
-        ratio = settings.GATEWAY_NEAR_CAP_RATIO if self.value() == "near" else Decimal(1)
+        ratio = caps.near_cap_ratio() if self.value() == "near" else Decimal(1)
         counters = UsageCounter.objects.filter(
             allocation=OuterRef("pk"), period_start=period_start_date(timezone.now())
         )
@@ -135,13 +135,10 @@ class UsageFilter(admin.SimpleListFilter):
             used_tokens=Coalesce(Subquery(counters.values("tokens_used")[:1]), Value(0)),
             used_cost=Coalesce(Subquery(counters.values("cost_used")[:1]), Value(Decimal(0)), output_field=money),
         )
-        token_hit = Q(quota_tokens_per_month__isnull=False) & Q(
-            used_tokens__gte=ExpressionWrapper(F("quota_tokens_per_month") * Value(ratio), output_field=money)
+        return queryset.filter(
+            caps.near_cap_q(used="used_tokens", cap="quota_tokens_per_month", ratio=ratio)
+            | caps.near_cap_q(used="used_cost", cap="quota_cost_usd_per_month", ratio=ratio)
         )
-        cost_hit = Q(quota_cost_usd_per_month__isnull=False) & Q(
-            used_cost__gte=ExpressionWrapper(F("quota_cost_usd_per_month") * Value(ratio), output_field=money)
-        )
-        return queryset.filter(token_hit | cost_hit)
 
 
 @admin.register(Allocation)

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db.models import Model
 from psycopg.types.json import Jsonb
 
+from ..billing.caps import guard_sql as guard  # the cap rule's SQL (quota.billing.caps)
 from ..models import CallRecord, Reservation, UsageCounter
 from ..pricing import Usage, billed_tier, cost_for
 
@@ -42,18 +43,6 @@ class Settlement:
     admission: Admission
     tokens: int
     cost: Decimal
-
-
-def guard(*, token_cap, cost_cap, priced: bool) -> tuple[str, list]:
-    """The admission condition (used + reserved < cap for each cap that applies) as SQL."""
-    sql, params = "", []
-    if token_cap is not None:
-        sql += " AND tokens_used < %s - tokens_reserved"
-        params.append(token_cap)
-    if cost_cap is not None and (priced or cost_cap == 0):
-        sql += " AND cost_used < %s - cost_reserved"
-        params.append(cost_cap)
-    return sql, params
 
 
 def reservation_row(
