@@ -27,10 +27,11 @@ from allocations.access import KeyScope, ScopedAllocation, key_scope
 from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, GatewayUnavailable, Unauthorized
 from quota import ledger, ratelimit
+from quota.billing import bill as billing
 from quota.ledger import Admission, threads
 from quota.models import CallRecord, Outcome
 from quota.preflight import Estimate, preflight, preflight_cached, reject_outcome, touch
-from quota.pricing import Usage, cost_for
+from quota.pricing import Usage
 
 from . import options
 from .registry import Endpoint
@@ -134,9 +135,11 @@ def _options_check(call: Call, body: dict):
 
 
 def _estimate(call: Call, body: dict) -> Estimate:
+    """The admission's reservation: the estimated usage (with what the request adds to its bill,
+    proxy.meters) priced by quota.billing's bill, the function that bills the answer."""
     call.estimate = estimate = call.endpoint.estimate(body)
     call.prompt_tokens = estimate.input_tokens
-    return lambda price: (estimate.total_tokens, cost_for(price, estimate))
+    return lambda price: (estimate.total_tokens, billing.bill(price=price, usage=estimate).cost)
 
 
 def call_open(*, call: Call) -> Call:

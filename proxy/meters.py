@@ -12,6 +12,7 @@ from collections import Counter
 from django.conf import settings
 
 from allocations.cost_options import CALL_ITEM_TYPES
+from quota.billing import bill as billing
 from quota.pricing import Usage
 
 from . import options
@@ -210,19 +211,19 @@ def output_limit(body: dict, *fields: str) -> int:
 
 
 def estimate_chat(body: dict) -> Usage:
-    return Usage(
+    usage = Usage(
         input_tokens=prompt_estimate(body, "messages", "tools"),
         output_tokens=output_limit(body, "max_completion_tokens", "max_tokens"),
-        **options.estimate_extras(options.CHAT, body),
     )
+    return billing.billed_usage(facts=options.facts(options.CHAT, body), usage=usage, estimate=True)
 
 
 def estimate_responses(body: dict) -> Usage:
-    return Usage(
+    usage = Usage(
         input_tokens=prompt_estimate(body, "instructions", "input", "tools"),
         output_tokens=output_limit(body, "max_output_tokens"),
-        **options.estimate_extras(options.RESPONSES, body),
     )
+    return billing.billed_usage(facts=options.facts(options.RESPONSES, body), usage=usage, estimate=True)
 
 
 def estimate_embeddings(body: dict) -> Usage:

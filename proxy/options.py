@@ -12,12 +12,9 @@ quota.pricing's and docs/DECISIONS.md's.
 
 Two steps: `body_error` (the body alone, with the other body checks: unknown tool types and
 service tiers, `conversation`) and `option_error` (the model's switch and price, in the preflight
-once the model and its price are resolved). `estimate_extras` and `billed` give the reservation and
-the settlement the tier and tool calls to bill.
+once the model and its price are resolved). `facts` hands quota.billing what the request adds to
+its bill (the tier, the declared tools, chat web search); quota turns them into money.
 """
-
-import dataclasses
-from collections import Counter
 
 from allocations.cost_options import (
     BACKGROUND,
@@ -28,13 +25,11 @@ from allocations.cost_options import (
     WEB_SEARCH_OPTIONS,
 )
 from allocations.exceptions import BadRequest
-from quota.pricing import Usage
+from quota.billing.bill import NO_FACTS, RequestFacts
 
 TOKEN_ONLY_TOOLS = ("function", "custom")
 CHAT, RESPONSES = "chat.completions", "responses"
 METERED_ENDPOINTS = (CHAT, RESPONSES)
-# The tool an answer's call item is billed to when the request declared none of that item's tools.
-ITEM_TOOLS = {item: tool for tool, item in reversed(TOOL_CALL_ITEMS.items())}
 
 
 def _refuse(field: str, message: str) -> BadRequest:
@@ -135,41 +130,15 @@ def answer_read_whole(endpoint_name: str, body: dict | None, price) -> bool:
     return bool(getattr(price, "service_tier_multipliers", None)) or (body or {}).get("web_search_options") is not None
 
 
-def estimate_extras(endpoint_name: str, body: dict) -> dict:
-    """The reservation's share of the options: the requested tier (its multiplier applies to the
-    estimated tokens) and one call per declared built-in tool (chat web search: one search)."""
-    if endpoint_name not in METERED_ENDPOINTS:
-        return {}
-    extras: dict = {}
-    tier = body.get("service_tier")
-    if tier in SERVICE_TIERS:
-        extras["requested_tier"] = tier
-    tools = [kind for kind in _tool_types(body) if kind in TOOL_CALL_ITEMS] if endpoint_name == RESPONSES else []
-    if endpoint_name == CHAT and body.get("web_search_options") is not None:
-        tools.append("web_search")
-    if tools:
-        extras["tool_calls"] = tuple((tool, 1) for tool in sorted(set(tools)))
-    return extras
-
-
-def billed(endpoint_name: str, body: dict | None, usage: Usage) -> Usage:
-    """A metered answer's usage with what the request adds to its bill: the requested tier (the
-    fallback when the answer reports no tier the price knows), its tool-call items billed to the
-    tools the request declared (`web_search_call` to `web_search_preview` when only that one was
-    declared), and chat web search as one search per answered request."""
+def facts(endpoint_name: str, body: dict | None) -> RequestFacts:
+    """What the request adds to its bill, for quota.billing: the tier it asked for that costs more
+    than default, the built-in tools it declared (Responses), and chat web search."""
     if endpoint_name not in METERED_ENDPOINTS or body is None:
-        return usage
+        return NO_FACTS
     tier = body.get("service_tier")
-    requested_tier = tier if tier in SERVICE_TIERS else ""
-    web_search = endpoint_name == CHAT and body.get("web_search_options") is not None and usage.has_tokens
-    if not (requested_tier or usage.tool_calls or web_search):
-        return usage
-    calls: Counter = Counter()
-    if usage.tool_calls:
-        declared = [kind for kind in _tool_types(body) if kind in TOOL_CALL_ITEMS]
-        for item, count in usage.tool_calls:
-            tool = next((t for t in declared if TOOL_CALL_ITEMS[t] == item), None) or ITEM_TOOLS.get(item, item)
-            calls[tool] += count
-    if web_search:
-        calls["web_search"] += 1
-    return dataclasses.replace(usage, requested_tier=requested_tier, tool_calls=tuple(sorted(calls.items())))
+    declared = [kind for kind in _tool_types(body) if kind in TOOL_CALL_ITEMS] if endpoint_name == RESPONSES else []
+    return RequestFacts(
+        requested_tier=tier if tier in SERVICE_TIERS else "",
+        declared_tools=tuple(dict.fromkeys(declared)),
+        web_search=endpoint_name == CHAT and body.get("web_search_options") is not None,
+    )
