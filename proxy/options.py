@@ -136,6 +136,8 @@ def facts(endpoint_name: str, body: dict | None) -> RequestFacts:
     if endpoint_name not in METERED_ENDPOINTS or body is None:
         return NO_FACTS
     tier = body.get("service_tier")
+    if tier is None and body.get("tools") is None and body.get("web_search_options") is None:
+        return NO_FACTS  # the common call: nothing beyond its tokens
     declared = [kind for kind in _tool_types(body) if kind in TOOL_CALL_ITEMS] if endpoint_name == RESPONSES else []
     return RequestFacts(
         requested_tier=tier if tier in SERVICE_TIERS else "",

@@ -13,6 +13,7 @@ requested tier's multiplier and one call per declared built-in tool.
 import dataclasses
 from collections import Counter
 from decimal import Decimal
+from typing import NamedTuple
 
 from allocations.cost_options import TOOL_CALL_ITEMS
 
@@ -39,8 +40,7 @@ class RequestFacts:
 NO_FACTS = RequestFacts()
 
 
-@dataclasses.dataclass(frozen=True)
-class Bill:
+class Bill(NamedTuple):  # a tuple: built on every call's admission and settlement
     usage: Usage  # what is recorded: the usage with the request's tier and tool calls
     cost: Decimal | None  # None: unpriced
     tier: str  # the service tier the cost was computed at ("" when none)
@@ -65,7 +65,7 @@ def _tool_calls(facts: RequestFacts, usage: Usage, *, estimate: bool) -> tuple[t
 
 def billed_usage(*, facts: RequestFacts, usage: Usage, estimate: bool = False) -> Usage:
     """`usage` with what the request adds to its bill (see the module's docstring)."""
-    if facts.empty and (estimate or not usage.tool_calls):
+    if (facts is NO_FACTS or facts.empty) and (estimate or not usage.tool_calls):
         return usage
     return dataclasses.replace(
         usage, requested_tier=facts.requested_tier, tool_calls=_tool_calls(facts, usage, estimate=estimate)
@@ -74,5 +74,7 @@ def billed_usage(*, facts: RequestFacts, usage: Usage, estimate: bool = False) -
 
 def bill(*, price, usage: Usage, facts: RequestFacts = NO_FACTS, estimate: bool = False) -> Bill:
     """The bill of a call (or, with `estimate`, of its admission) at `price` (None: unpriced)."""
-    usage = billed_usage(facts=facts, usage=usage, estimate=estimate)
-    return Bill(usage=usage, cost=cost_for(price, usage), tier=billed_tier(price, usage))
+    if facts is not NO_FACTS:
+        usage = billed_usage(facts=facts, usage=usage, estimate=estimate)
+    tier = billed_tier(price, usage) if usage.service_tier or usage.requested_tier else ""
+    return Bill(usage, cost_for(price, usage), tier)
