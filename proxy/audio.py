@@ -15,28 +15,15 @@ frames, packet granules, track durations), never from a rate the header merely d
 - An upload that reads as audio of no length (or an empty file) is refused: `EmptyAudio`.
 """
 
+import functools
 import io
 import math
 import struct
 from dataclasses import dataclass
 
-import mutagen
-from mutagen.aac import AAC
-from mutagen.ac3 import AC3
-from mutagen.aiff import AIFF
-from mutagen.asf import ASF
-from mutagen.flac import FLAC
-from mutagen.mp3 import MP3
-from mutagen.mp4 import MP4
-from mutagen.oggflac import OggFLAC
-from mutagen.oggopus import OggOpus
-from mutagen.oggspeex import OggSpeex
-from mutagen.oggvorbis import OggVorbis
-
 MIN_BYTES_PER_SECOND = 750  # 6 kbit/s, Opus's floor: an undecodable upload plays at most size/750 s
 MAX_READ = 8 << 20  # a container asking for more in one read (a giant tag) counts as undecodable
 MAX_CHUNKS = 64
-CONTAINERS = [MP3, MP4, OggOpus, OggVorbis, OggFLAC, OggSpeex, FLAC, AIFF, AAC, AC3, ASF]
 # WAVE format tags whose samples are laid out frame by frame (bytes = frames × channels × width).
 LINEAR_FORMATS = {0x0001, 0x0003, 0x0006, 0x0007}
 EXTENSIBLE = 0xFFFE
@@ -135,10 +122,31 @@ def wav_duration(file, size: int) -> float | None:
     return None
 
 
+@functools.cache
+def _readers():
+    """mutagen and its audio containers, imported on the first non-WAV upload (not by every
+    process that serves /v1)."""
+    import mutagen
+    from mutagen.aac import AAC
+    from mutagen.ac3 import AC3
+    from mutagen.aiff import AIFF
+    from mutagen.asf import ASF
+    from mutagen.flac import FLAC
+    from mutagen.mp3 import MP3
+    from mutagen.mp4 import MP4
+    from mutagen.oggflac import OggFLAC
+    from mutagen.oggopus import OggOpus
+    from mutagen.oggspeex import OggSpeex
+    from mutagen.oggvorbis import OggVorbis
+
+    return mutagen, [MP3, MP4, OggOpus, OggVorbis, OggFLAC, OggSpeex, FLAC, AIFF, AAC, AC3, ASF]
+
+
 def _container_duration(file) -> float | None:
+    mutagen, containers = _readers()
     try:
         file.seek(0)
-        audio = mutagen.File(file, options=CONTAINERS)
+        audio = mutagen.File(file, options=containers)
     except (mutagen.MutagenError, OSError, ValueError, struct.error, IndexError, OverflowError):
         return None
     length = getattr(getattr(audio, "info", None), "length", None)
