@@ -56,6 +56,10 @@ class ScopedAllocation:
     limits: tuple[tuple[str, int | None, int | None, int | None], ...] = ()
     # The model's cost-bearing request options switched on (allocations.cost_options).
     allowed_options: frozenset[str] = frozenset()
+    # A built-in tool not allowed and priced is refused (True) or removed from the request (False).
+    refuse_unpriced_tools: bool = False
+    # Tool types beyond the known client tools that pass as run by the client.
+    extra_client_tools: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                 upstream_name=m.upstream_name,
                 limits=_limits(a, m),
                 allowed_options=frozenset(m.allowed_options or ()),
+                refuse_unpriced_tools=m.unpriced_tools == "refuse",
+                extra_client_tools=frozenset(m.extra_client_tools or ()),
                 provider=ProviderInfo(
                     id=str(p.pk),
                     kind=p.kind,

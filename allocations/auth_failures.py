@@ -51,10 +51,22 @@ async def auth_failed(address: str) -> TooManyAuthFailures | None:
     try:
         count = await counter_incr(_key(address, window), ttl_s=2 * WINDOW_S)
         if count == 1 and (before := await counter_read(_key(address, window - 1))):
-            logger.warning("unauthenticated requests from %s: %d in the minute before", address, before)
+            fields = {"client_address": address, "refused": before, "window": "previous_minute"}
+            logger.warning(
+                "unauthenticated requests from %s: %d in the minute before",
+                address,
+                before,
+                extra={"gateway_fields": fields},
+            )
     except Exception:  # noqa: BLE001
         logger.warning("failed-auth counter unreachable; limit not applied", exc_info=True)
         return None
     if count == limit:
-        logger.warning("unauthenticated requests from %s: limit of %d a minute reached", address, limit)
+        fields = {"client_address": address, "refused": count, "window": "this_minute", "limit_reached": True}
+        logger.warning(
+            "unauthenticated requests from %s: limit of %d a minute reached",
+            address,
+            limit,
+            extra={"gateway_fields": fields},
+        )
     return _refusal(now) if count > limit else None

@@ -8,7 +8,7 @@ from . import crypto
 from .audit import audit_record
 from .cache import bump_auth_generation
 from .changes import check_known_fields, limits_snapshot, save_changed, validate_limits
-from .cost_options import allowed_options_clean
+from .cost_options import allowed_options_clean, extra_client_tools_clean, unpriced_tools_clean
 from .exceptions import BadRequest
 from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
     admin_token_create,
@@ -81,11 +81,28 @@ def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Prov
 
 
 PROVIDER_UPDATABLE = ("name", "base_url", "api_version")
+# Where the stored key is sent: a change to either must come with the key, entered again, so that
+# nobody can lead the organisation's key to a host of their own choosing.
+PROVIDER_KEY_BOUND = ("base_url", "kind")
+KEY_AGAIN = "Enter the API key again: a new base URL or kind needs it in the same change."
 
 
-def provider_update(*, provider: Provider, changes: dict, actor=None) -> Provider:
+def provider_update(*, provider: Provider, changes: dict, api_key: str = "", actor=None) -> Provider:
+    """Saves what differs (one audit event) and, with `api_key`, rotates the key in the same
+    transaction, so no call ever goes out with the old key to the new address."""
     check_known_fields(changes, PROVIDER_UPDATABLE)
-    return save_changed(provider, changes, action="provider_updated", actor=actor)
+    provider_key_check(provider=provider, changes=changes, api_key=api_key)
+    with transaction.atomic():
+        provider = save_changed(provider, changes, action="provider_updated", actor=actor)
+        if api_key:
+            provider = provider_rotate_key(provider=provider, api_key=api_key, actor=actor)
+    return provider
+
+
+def provider_key_check(*, provider: Provider, changes: dict, api_key: str) -> None:
+    moved = [f for f in PROVIDER_KEY_BOUND if f in changes and changes[f] != getattr(provider, f)]
+    if moved and not api_key and changes.get("kind", provider.kind) != ProviderKind.SIMULATED:
+        raise BadRequest(f"changing {' and '.join(moved)} requires api_key", fields={"api_key": [KEY_AGAIN]})
 
 
 def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provider:
@@ -109,10 +126,16 @@ def model_create(
     display_name: str = "",
     limits: dict | None = None,
     allowed_options=None,
+    unpriced_tools: str = "remove",
+    extra_client_tools=None,
     actor=None,
 ):
     clean = validate_limits(limits or {})
     options = allowed_options_clean(allowed_options)
+    tool_rules = {
+        "unpriced_tools": unpriced_tools_clean(unpriced_tools),
+        "extra_client_tools": extra_client_tools_clean(extra_client_tools),
+    }
     if not slug:
         raise BadRequest("slug is required", fields={"slug": ["This field is required."]})
     if kind not in ModelKind.values:
@@ -127,6 +150,7 @@ def model_create(
             kind=kind,
             display_name=display_name,
             allowed_options=options,
+            **tool_rules,
             **clean,
         )
         audit_record(
@@ -140,21 +164,34 @@ def model_create(
                 "kind": kind,
                 **limits_snapshot(model),
                 "allowed_options": options,
+                **tool_rules,
             },
         )
     return model
 
 
-MODEL_UPDATABLE = {*RateLimits.LIMIT_FIELDS, "is_active", "display_name", "allowed_options"}
+MODEL_UPDATABLE = {
+    *RateLimits.LIMIT_FIELDS,
+    "is_active",
+    "display_name",
+    "allowed_options",
+    "unpriced_tools",
+    "extra_client_tools",
+}
 
 
 def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
-    """Organisation-wide rate limits, the active flag, the display name and the cost-bearing
-    options allowed; one audit event (before/after of the fields that changed)."""
+    """Organisation-wide rate limits, the active flag, the display name, the cost-bearing options
+    allowed and the tool rules (unpriced built-ins, extra client tool types); one audit event
+    (before/after of the fields that changed)."""
     check_known_fields(changes, MODEL_UPDATABLE)
     clean = {**changes, **validate_limits(changes)}
     if "allowed_options" in clean:
         clean["allowed_options"] = allowed_options_clean(clean["allowed_options"])
+    if "unpriced_tools" in clean:
+        clean["unpriced_tools"] = unpriced_tools_clean(clean["unpriced_tools"])
+    if "extra_client_tools" in clean:
+        clean["extra_client_tools"] = extra_client_tools_clean(clean["extra_client_tools"])
     if "is_active" in clean and not isinstance(clean["is_active"], bool):
         raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
     if "display_name" in clean and not isinstance(clean["display_name"], str):

@@ -5,13 +5,17 @@ all use these functions, so a request id or an address means the same thing on `
 portal and Django admin.
 """
 
+import functools
 import ipaddress
 import re
 import uuid
 
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+DEBUG_HOSTS = (".localhost", "127.0.0.1", "[::1]")  # Django's own when DEBUG and ALLOWED_HOSTS is empty
+_hosts: tuple[object, dict[bytes, bool]] = (None, {})  # (the ALLOWED_HOSTS they were judged by, verdicts)
 
 
 def request_id_from(sent: str) -> str:
@@ -36,18 +40,36 @@ def _address(value: str) -> str | None:
 
 
 def client_address(*, remote: str, forwarded_for: str) -> str | None:
-    """The client address: with N trusted proxies, the N-th `X-Forwarded-For` hop from the right.
+    """The client address: the direct peer's, unless the peer is one of GATEWAY_TRUSTED_PROXIES;
+    then the N-th `X-Forwarded-For` hop from the right, N = GATEWAY_TRUSTED_PROXY_COUNT (at least 1).
     None when there is no valid address (audit events store an address or nothing)."""
     peer = _address(remote or "")
-    trusted = settings.GATEWAY_TRUSTED_PROXY_COUNT
-    if trusted <= 0:
-        return peer
-    hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]
+    if peer is None or not forwarded_for or not peer_trusted(peer):
+        return peer  # anyone may send the header; only the proxies in front of us are believed
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     if not hops:
         return peer
     # Each trusted proxy appended the address it saw; anything further left is client-supplied.
     # A forged or garbled hop is not an address to store or count by: the peer's stands instead.
-    return _address(hops[-trusted] if len(hops) >= trusted else hops[0]) or peer
+    count = max(1, settings.GATEWAY_TRUSTED_PROXY_COUNT)
+    return _address(hops[-count] if len(hops) >= count else hops[0]) or peer
+
+
+def peer_trusted(peer: str) -> bool:
+    """Whether a (valid) peer address is inside GATEWAY_TRUSTED_PROXIES."""
+    networks = trusted_networks(tuple(settings.GATEWAY_TRUSTED_PROXIES))
+    if not networks:
+        return False
+    address = ipaddress.ip_address(peer)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+@functools.lru_cache(maxsize=8)
+def trusted_networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The CIDR list parsed once (settings.py refuses to start with an invalid entry)."""
+    return tuple(ipaddress.ip_network(cidr.strip(), strict=False) for cidr in cidrs if cidr.strip())
 
 
 def client_ip(request) -> str | None:
@@ -55,3 +77,24 @@ def client_ip(request) -> str | None:
     return client_address(
         remote=request.META.get("REMOTE_ADDR", ""), forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR", "")
     )
+
+
+def host_allowed(host: bytes) -> bool:
+    """Django's ALLOWED_HOSTS rule (HttpRequest.get_host) for a raw Host header, for the paths
+    served before Django's middleware (/v1, the ops endpoints). Each distinct header is judged once
+    per ALLOWED_HOSTS value: a call pays a dict lookup."""
+    global _hosts
+    allowed = settings.ALLOWED_HOSTS
+    judged_by, verdicts = _hosts
+    if judged_by is not allowed:
+        verdicts = {}
+        _hosts = (allowed, verdicts)
+    verdict = verdicts.get(host)
+    if verdict is None:
+        domain, _port = split_domain_port(host.decode("latin1"))
+        patterns = allowed or (DEBUG_HOSTS if settings.DEBUG else ())
+        verdict = bool(domain) and validate_host(domain, patterns)
+        if len(verdicts) >= 1000:  # a client sending many names gets them judged again, not remembered
+            verdicts.clear()
+        verdicts[host] = verdict
+    return verdict

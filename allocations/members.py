@@ -18,6 +18,7 @@ from .exceptions import BadRequest, Conflict, Forbidden
 from .models import AdminToken, ApiKey, Member
 
 MEMBER_UPDATABLE = ("is_active", "is_staff", "email")
+SUPERUSER_TARGET = "only a superuser may change a superuser's password, email, active or staff flag"
 
 
 class LastAdmin(Conflict):
@@ -64,6 +65,7 @@ def member_create(
 
 def member_set_password(*, member: Member, password: str, actor=None) -> Member:
     """The audit event records that the password changed, never the password or its hash."""
+    superuser_target_check(member=member, actor=actor)
     with transaction.atomic():
         member.set_password(password)
         member.save(update_fields=["password"])
@@ -107,6 +109,7 @@ def member_update(*, member: Member, changes: dict, actor=None) -> Member:
         changed = {f: v for f, v in changes.items() if getattr(locked, f) != v}
         if not changed:
             return locked
+        superuser_target_check(member=locked, actor=actor)
         last_admin_check(
             member=locked,
             is_active=changed.get("is_active", locked.is_active),
@@ -114,7 +117,6 @@ def member_update(*, member: Member, changes: dict, actor=None) -> Member:
             lock=True,
         )
         if changed.get("is_staff") is False and locked.is_superuser:
-            _superuser_only(actor, "only a superuser can unmake a superuser")
             changed["is_superuser"] = False  # a superuser is always staff
         before = {f: getattr(locked, f) for f in changed}
         for field, value in changed.items():
@@ -159,6 +161,18 @@ def _superuser_only(actor, message: str) -> None:
         raise Forbidden(message)
 
 
+def may_change_member(*, member: Member, actor) -> bool:
+    """Whether `actor` may change `member`'s password, email, active or staff flag: a superuser's
+    are changed by superusers only (or an operator's command, actor None), so that no staff member
+    can take a superuser's account over, directly or through a password reset mail or SSO."""
+    return not member.is_superuser or actor is None or bool(getattr(actor, "is_superuser", False))
+
+
+def superuser_target_check(*, member: Member, actor) -> None:
+    if not may_change_member(member=member, actor=actor):
+        raise Forbidden(SUPERUSER_TARGET)
+
+
 def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, actor=None) -> Member:
     before = {"is_staff": member.is_staff, "is_superuser": member.is_superuser}
     after = {"is_staff": is_staff or is_superuser, "is_superuser": is_superuser}
@@ -172,6 +186,31 @@ def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, acto
         member.save(update_fields=["is_staff", "is_superuser"])
         audit_record(actor=actor, action="member_roles_updated", target=member, before=before, after=after)
     transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    return member
+
+
+def member_link_sso(*, member: Member, subject: str | None, actor=None) -> Member:
+    """Links the member to the single sign-on identity `subject` (the IdP's `sub`), or unlinks it
+    (None). Whoever holds the linked identity signs in as that account, so an admin account is
+    linked by a superuser, or by its own member (signed in with the password, then at the IdP)."""
+    subject = (subject or "").strip() or None
+    own = actor is not None and getattr(actor, "pk", None) == member.pk
+    if (member.is_staff or member.is_superuser) and not own:
+        _superuser_only(actor, "only a superuser may link an admin account to a single sign-on identity")
+    if subject and Member.objects.filter(sso_subject=subject).exclude(pk=member.pk).exists():
+        raise Conflict(
+            "that identity is linked to another member", fields={"sso_subject": ["Linked to another member."]}
+        )
+    before = member.sso_subject
+    if before == subject:
+        return member
+    with transaction.atomic():
+        member.sso_subject = subject
+        member.save(update_fields=["sso_subject"])
+        action = "member_sso_linked" if subject else "member_sso_unlinked"
+        audit_record(
+            actor=actor, action=action, target=member, before={"sso_subject": before}, after={"sso_subject": subject}
+        )
     return member
 
 

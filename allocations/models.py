@@ -20,6 +20,11 @@ class Member(AbstractUser):
     """A person (or service) of the organisation. Usernames are case-folded on save."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # The `sub` of the single sign-on identity this member signs in as (portal.sso): set at the
+    # first SSO sign-in, or by a superuser in admin for a staff account; matched on afterwards.
+    sso_subject = models.CharField(
+        "SSO subject", max_length=255, unique=True, null=True, blank=True, help_text="The identity provider's `sub`."
+    )
 
     objects: ClassVar[MemberManager] = MemberManager()
 
@@ -106,6 +111,14 @@ class CatalogModel(RateLimits):
     # The request options that cost more than tokens this model lets through (names from
     # allocations.cost_options.ALLOWED_OPTIONS, sorted); each also needs a price (proxy.options).
     allowed_options = models.JSONField(default=list, blank=True)
+    # A built-in tool the model does not allow and price: removed from the request before it goes
+    # upstream (named in the answer's x-gateway-removed-tools header), or the call refused with 400.
+    unpriced_tools = models.CharField(
+        max_length=8, choices=[("remove", "remove"), ("refuse", "refuse")], default="remove"
+    )
+    # Tool types beyond the known client tools that this model lets through as run by the client
+    # (allocations.cost_options.extra_client_tools_clean); any other unknown type is refused.
+    extra_client_tools = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -14,6 +14,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.views import APIView
 
+from .json_depth import API_PARSERS
+
 NANO = Decimal("1e-9")
 
 
@@ -47,7 +49,10 @@ class StrictInputSerializer(serializers.Serializer):
 
 class QueryCheckedAPIView(APIView):
     """An API view whose query parameters are checked before any view code runs: PostgreSQL text
-    cannot hold a NUL character, so a filter carrying one would fail in the database (500)."""
+    cannot hold a NUL character, so a filter carrying one would fail in the database (500). Its
+    JSON bodies nest at most allocations.json_depth.MAX_JSON_DEPTH deep (else 400)."""
+
+    parser_classes = API_PARSERS
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)

@@ -12,12 +12,14 @@ from .audit import audit_record
 from .cache import bump_auth_generation
 from .catalog import (  # noqa: F401  (providers and models are governed in .catalog; callers use services)
     MODEL_UPDATABLE,
+    PROVIDER_KEY_BOUND,
     PROVIDER_UPDATABLE,
     model_create,
     model_set_active,
     model_update,
     provider_clean,
     provider_create,
+    provider_key_check,
     provider_rotate_key,
     provider_set_status,
     provider_update,
@@ -35,6 +37,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     admin_token_create,
     admin_token_revoke,
     member_create,
+    member_link_sso,
     member_set_active,
     member_set_password,
     member_set_roles,

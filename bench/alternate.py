@@ -7,10 +7,17 @@ tpm and max_parallel on its allocation and model, see seed.py).
 
   bench/alternate.py [--tree OTHER] [--rounds 10] [--levels 1,16] [--duration 3]
                      [--models bench0/gpt-4o-mini,bench0lim/gpt-4o-mini]
+                     [--body bench/bodies/codex_functions.json] [--db gw_alt] [--redis 3]
 
-Each tree gets a fresh database of its own (gw_alt_0, gw_alt_1, dropped and made anew: their
+The request is the harness's chat completion, or with --body a JSON body from a file (its model
+"MODEL"; posted to /v1/responses by bench/body.lua, e.g. a Codex CLI turn). --db and --redis
+name the databases used (<db>_0, <db>_1, … and Redis <redis>, <redis>+1, …) so that two runs on
+one machine do not share them.
+
+Each tree gets a fresh database of its own (<db>_0, <db>_1, dropped and made anew: their
 migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk
-and BENCH_PY as in bench/README.md.
+and BENCH_PY as in bench/README.md. Rows are printed and written to
+bench/results/raw/alternate-<time>.jsonl.
 """
 
 import argparse
@@ -23,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import BENCH_PY, HARNESS, ROOT, cpu_s, ensure_database, free_port, stop, wait_http, wait_port
+from run import BENCH_PY, HARNESS, RESULTS, ROOT, cpu_s, ensure_database, free_port, stop, wait_http, wait_port
 
 
 def worker_of(supervisor: int) -> int:
@@ -48,12 +55,12 @@ def fresh_database(url: str) -> None:
     ensure_database(url)
 
 
-def start_gateway(tree: Path, index: int, upstream: str) -> tuple[int, str, subprocess.Popen]:
+def start_gateway(tree: Path, index: int, upstream: str, db: str, redis: int) -> tuple[int, str, subprocess.Popen]:
     python = str(tree / ".venv" / "bin" / "python")
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/gw_alt_{index}",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{3 + index}",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}_{index}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis + index}",
         "DEBUG": "False",
         "SECRET_KEY": "bench-" + secrets.token_hex(16),
         "GATEWAY_ENCRYPTION_KEY": "m1mcCTj8YbQ2vFq0q3v5U8m4fJx3l0zYQ6sQ3rJ2m2E=",
@@ -79,12 +86,18 @@ def start_gateway(tree: Path, index: int, upstream: str) -> tuple[int, str, subp
     return port, key, proc
 
 
-def one_round(port: int, key: str, model: str, concurrency: int, duration: float, pid: int) -> tuple[float, float]:
+BODY_SCRIPT = ROOT / "bench" / "body.lua"
+
+
+def one_round(
+    port: int, key: str, model: str, concurrency: int, duration: float, pid: int, body: str = ""
+) -> tuple[float, float]:
     """(CPU ms per call, calls per second) of one wrk run."""
-    env = {**os.environ, "BENCH_KEY": key, "BENCH_MODEL": model}
+    env = {**os.environ, "BENCH_KEY": key, "BENCH_MODEL": model, "BENCH_BODY_FILE": body}
+    script = str(BODY_SCRIPT) if body else "chat.lua"
     before = cpu_s(pid)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "30s", "-s", "chat.lua"]
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "30s", "-s", script]
         + [f"http://127.0.0.1:{port}"],
         env=env,
         cwd=HARNESS,
@@ -105,8 +118,14 @@ def main() -> None:
     ap.add_argument("--levels", default="1,16")
     ap.add_argument("--duration", type=float, default=3)
     ap.add_argument("--models", default="bench0/gpt-4o-mini,bench0lim/gpt-4o-mini")
+    ap.add_argument("--body", default="", help="a JSON body file posted to /v1/responses instead of a chat call")
+    ap.add_argument("--db", default="gw_alt")
+    ap.add_argument("--redis", type=int, default=3)
     args = ap.parse_args()
+    body = str(Path(args.body).resolve()) if args.body else ""
     trees = [ROOT, *(Path(t).resolve() for t in args.tree)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"alternate-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     procs: list[subprocess.Popen] = []
     try:
         upstream_port = free_port()
@@ -120,19 +139,19 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{upstream_port}"
         targets = []
         for index, tree in enumerate(trees):
-            port, key, proc = start_gateway(tree, index, upstream)
+            port, key, proc = start_gateway(tree, index, upstream, args.db, args.redis)
             procs.append(proc)
             pid = worker_of(proc.pid)
             for model in args.models.split(","):
                 targets.append((f"{tree.name}:{model}", port, key, model, pid))
         for level in (int(n) for n in args.levels.split(",")):
             for _, port, key, model, pid in targets:
-                one_round(port, key, model, level, 1, pid)  # warm-up
+                one_round(port, key, model, level, 1, pid, body)  # warm-up
             cpu: dict[str, list[float]] = {t[0]: [] for t in targets}
             rate: dict[str, list[float]] = {t[0]: [] for t in targets}
             for n in range(args.rounds):
                 for name, port, key, model, pid in targets if n % 2 == 0 else targets[::-1]:
-                    ms, per_s = one_round(port, key, model, level, args.duration, pid)
+                    ms, per_s = one_round(port, key, model, level, args.duration, pid, body)
                     cpu[name].append(ms)
                     rate[name].append(per_s)
             load = os.getloadavg()[0]
@@ -147,6 +166,8 @@ def main() -> None:
                     "loadavg1": load,
                 }
                 print(json.dumps(row), flush=True)
+                with out.open("a") as sink:
+                    sink.write(json.dumps(row) + "\n")
     finally:
         stop(procs)
 

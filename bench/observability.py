@@ -6,7 +6,7 @@ on, one with both off; compare.py against each in turn, alternating, CPU per cal
 
   bench/observability.py [--duration 5] [--rounds 3] [--levels 16] [--pairs 2] [--stream]
 
-Same setup as bench/run.py (wrk, BENCH_PY, DATABASE_URL, REDIS_URL); JSON lines to bench/results/.
+Same setup as bench/run.py (wrk, BENCH_PY, DATABASE_URL, REDIS_URL); JSON lines to bench/results/raw/.
 """
 
 import argparse
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH_PY, GW_PY, HARNESS, ROOT, ensure_database, free_port, stop, wait_port  # noqa: E402
+from run import BENCH_PY, GW_PY, HARNESS, RESULTS, ROOT, ensure_database, free_port, stop, wait_port  # noqa: E402
 
 VARIANTS = {
     "plain": {"GATEWAY_METRICS_TOKEN": "", "GATEWAY_CALL_LOG": "false"},
     "instrumented": {
-        "GATEWAY_METRICS_TOKEN": "bench-metrics",
+        "GATEWAY_METRICS_TOKEN": "bench-metrics-" + "m" * 32,
         "GATEWAY_CALL_LOG": "true",
         "GATEWAY_LOG_FORMAT": "json",
     },
@@ -85,8 +85,8 @@ def main() -> None:
             gateways[name] = (port, process.pid)
         for port in (upstream_port, *(p for p, _ in gateways.values())):
             wait_port(port)
-        out = ROOT / "bench" / "results" / f"observability-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-        out.parent.mkdir(exist_ok=True)
+        out = RESULTS / f"observability-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
         for pair in range(args.pairs):
             order = ["plain", "instrumented"] if pair % 2 == 0 else ["instrumented", "plain"]
             for name in order:

@@ -1,7 +1,7 @@
 """What the realtime relay adds: turn round trip (response.create → response.done) and binary echo
 throughput, direct to a fake upstream vs through daphne + the gateway, on the same machine.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_rt_bench REDIS_URL=redis://127.0.0.1:6379/9 \
+    DEBUG=true DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_rt_bench REDIS_URL=redis://127.0.0.1:6379/9 \
         .venv/bin/python bench/realtime_relay.py --turns 200 --frames 2000
 
 The database named in DATABASE_URL is created (migrated) if needed and used as a scratch world.
@@ -76,6 +76,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--size", type=int, default=4096)
     args = parser.parse_args()
+    if not os.environ.get("DATABASE_URL"):
+        sys.exit("DATABASE_URL must name a scratch PostgreSQL database (it is created if missing)")
+    from run import ensure_database  # bench/run.py, next to this script
+
+    ensure_database(os.environ["DATABASE_URL"])
     import django
 
     django.setup()

@@ -2,7 +2,7 @@
 """Runs the gateway benchmark: fake upstreams (0 ms and 50 ms), the gateway
 (`gateway_project.serve --workers N`, one daphne worker by default) on PostgreSQL + Redis with caps,
 reservations and call records on, and thin_proxy.py (aiohttp) as the reference; drives
-../shared/bench/compare.py against each and writes JSON lines to bench/results/.
+../shared/bench/compare.py against each and writes JSON lines to bench/results/raw/ (not in git; bench/summarize.py).
 
   bench/run.py [--duration 5] [--rounds 2] [--levels 1,16,64] [--only gateway|thin] [--cases ...]
                [--workers 1,2]   (one gateway per worker count, same run: target gateway-wN)
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HARNESS = Path(os.environ.get("BENCH_HARNESS", ROOT.parent / "shared" / "bench"))
 BENCH_PY = os.environ.get("BENCH_PY", "/tmp/venv-bench/bin/python")
 GW_PY = str(ROOT / ".venv" / "bin" / "python")
+RESULTS = ROOT / "bench" / "results" / "raw"  # raw runs, not in git: bench/summarize.py keeps their figures
 CASES = {  # name: (upstream latency ms, stream)
     "0ms": (0, False),
     "0ms-limited": (0, False),  # the same model with rate limits on (bench/seed.py: bench0lim)
@@ -187,8 +188,8 @@ def main() -> None:
             wait_port(port)
         for port, _ in gateways.values():
             wait_http(port)
-        out_dir = ROOT / "bench" / "results"
-        out_dir.mkdir(exist_ok=True)
+        out_dir = RESULTS
+        out_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for case in args.cases.split(","):
             latency, stream = CASES[case]

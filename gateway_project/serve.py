@@ -11,7 +11,8 @@ gateway_project.asgi:application. The socket is IPv4 TCP: daphne's `--fd` adopts
 
 Metrics: prometheus_client's multiprocess mode needs PROMETHEUS_MULTIPROC_DIR. Unless it is set,
 the supervisor creates a fresh empty directory for this run (removed at exit), and marks a dead
-worker's files so its live gauges stop counting.
+worker's files so its live gauges stop counting. Its own lines are JSON with GATEWAY_LOG_FORMAT=json,
+like the workers'.
 """
 
 import argparse
@@ -29,6 +30,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from ops.logs import JsonFormatter
+
 from .server_patches import UnverifiedServer, check
 from .worker import PARENT_ENV
 
@@ -40,6 +43,7 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 QUICK_EXIT_S = 5.0  # a worker that dies sooner failed to start
 GIVE_UP_AFTER = 5  # quick exits in a row: the workers cannot start, stop trying
 KILL_AFTER_GRACE_S = 10.0
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def cores() -> int:
@@ -172,7 +176,11 @@ def mark_dead(pid: int, env: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if os.environ.get("GATEWAY_LOG_FORMAT") == "json" else logging.Formatter(TEXT_LOG_FORMAT)
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     args, passthrough = parse(sys.argv[1:] if argv is None else argv)
     try:
         check(targets=False)  # versions only here; each worker checks the patched code too

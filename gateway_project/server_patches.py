@@ -85,6 +85,12 @@ def _request_log_off() -> None:
     HTTPFactory.log = lambda self, request: None
 
 
+def _head_refusal() -> None:
+    from . import edge
+
+    edge.install()
+
+
 def _drain_on_shutdown() -> None:
     from daphne.server import Server
 
@@ -141,6 +147,28 @@ PATCHES = (
         apply=_request_log_off,
         why="Twisted formats a combined-log line per request for its global log, which daphne sends "
         "nowhere at verbosity <= 1: ~2 % of the CPU per call. daphne's --access-log is unaffected.",
+    ),
+    Patch(
+        name="head_refusal",
+        verified={"daphne": DAPHNE, "twisted": TWISTED},
+        targets=(
+            "daphne.http_protocol:WebRequest.process",
+            "twisted.web.http:Request.gotLength",
+            "twisted.web.http:Request.handleContentChunk",
+            "twisted.web.http:HTTPChannel.allHeadersReceived>gotLength",
+            "twisted.web.http:HTTPChannel._maybeChooseTransferDecoder>handleContentChunk",
+            "twisted.web.http:HTTPChannel.lineReceived>_path",
+            "twisted.web.http:HTTPChannel.lineReceived>_version",
+            "twisted.web.http:HTTPChannel._send100Continue",
+            "twisted.web.http:HTTPChannel.dataReceived",
+            "twisted.web.http:HTTPChannel.persistent",
+        ),
+        apply=_head_refusal,
+        why="Twisted receives a request's whole body before daphne calls the application, so an "
+        "unauthenticated or oversized upload was read to its end before its 401 or 413. "
+        "gateway_project.edge answers from the head instead: 413 for a Content-Length over "
+        "GATEWAY_MAX_BODY_MB (a chunked body at the limit), and proxy.gate's door for /v1, "
+        "reading paused while it looks a key up.",
     ),
     Patch(
         name="proxy_asgi_handler",

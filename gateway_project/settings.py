@@ -1,10 +1,12 @@
 """Settings: every deploy-time value comes from the environment.
 
-With no environment at all the project runs on a laptop: SQLite, in-memory channel layer,
-local-memory cache, eager Celery and the built-in simulated provider.
+With no environment but a database the project runs on a laptop: PostgreSQL (`make run` starts
+one of its own, scripts/demo.py), in-memory channel layer, local-memory cache, eager Celery and the
+built-in simulated provider.
 """
 
 import binascii
+import ipaddress
 import warnings
 from decimal import Decimal
 from pathlib import Path
@@ -107,10 +109,8 @@ TEMPLATES = [
 
 ASGI_APPLICATION = "gateway_project.asgi.application"
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/gateway")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="")  # parallel tests: one database per worker (tests/xdist_redis.py)
@@ -202,6 +202,13 @@ SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 SILENCED_SYSTEM_CHECKS = env.list("SILENCED_SYSTEM_CHECKS", default=[])
 # Behind PgBouncer in transaction mode a server-side cursor cannot outlive its transaction.
 DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DB_DISABLE_SERVER_SIDE_CURSORS", default=False)
+# PgBouncer in transaction mode before 1.21 (or without max_prepared_statements): no server-side
+# prepared statements (psycopg's automatic ones, and the ledger's explicit ones) and no server-side
+# cursors. docs/OPERATIONS.md.
+GATEWAY_PGBOUNCER = env.bool("GATEWAY_PGBOUNCER", default=False)
+if GATEWAY_PGBOUNCER:
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 10000
 
@@ -237,10 +244,23 @@ GATEWAY_NEAR_CAP_RATIO = Decimal(env("GATEWAY_NEAR_CAP_RATIO", default="0.8"))
 GATEWAY_MAX_BODY_MB = env.int("GATEWAY_MAX_BODY_MB", default=100)
 GATEWAY_UPSTREAM_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_TIMEOUT_S", default=600.0)
 GATEWAY_TRUSTED_PROXY_COUNT = env.int("GATEWAY_TRUSTED_PROXY_COUNT", default=0)
+# Peers (CIDR list) whose X-Forwarded-For is believed; from any other peer the header is ignored.
+GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])
+for _cidr in GATEWAY_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_cidr.strip(), strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"GATEWAY_TRUSTED_PROXIES: {_cidr!r} is not an address or a CIDR network (e.g. 10.0.0.0/8)"
+        ) from None
 # Output tokens assumed for a reservation when the request names no max_tokens.
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
 # Pages assumed for an OCR reservation when the request does not list `pages` (docs/ENDPOINTS.md).
 GATEWAY_OCR_ESTIMATE_PAGES = env.int("GATEWAY_OCR_ESTIMATE_PAGES", default=10)
+# Settlements that neither PostgreSQL nor Redis took wait in a file here (quota.ledger.spool); it is
+# created only when needed. Give it a writable volume in a container (docs/OPERATIONS.md).
+GATEWAY_SPOOL_DIR = env.path("GATEWAY_SPOOL_DIR", default=BASE_DIR / "var")
+GATEWAY_SPOOL_FILE = Path(GATEWAY_SPOOL_DIR) / "settle-spool.jsonl"
 # Threads (each with one persistent DB connection) that run the /v1 accounting steps, per process.
 GATEWAY_ACCOUNTING_THREADS = env.int("GATEWAY_ACCOUNTING_THREADS", default=4)
 # On SIGTERM, how long in-flight calls may run to their end before they are cancelled (docs/DECISIONS.md).
@@ -306,3 +326,21 @@ LOGGING["loggers"] = {**_loggers, **{name: {"level": "WARNING"} for name in HEAD
 GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=30)
 # A realtime socket opened without ?model= must name its model (first session.update) within this.
 GATEWAY_REALTIME_FIRST_FRAME_S = env.float("GATEWAY_REALTIME_FIRST_FRAME_S", default=10.0)
+
+# --- Production refusals and browser hardening (docs/OPERATIONS.md) --------------------------------
+# With DEBUG off, a secret that is a placeholder (.env.example's `change-me`) or shorter than 32
+# characters stops the start; the value itself is never printed.
+if not DEBUG:
+    _weak = [
+        name
+        for name, value in (("SECRET_KEY", SECRET_KEY), ("GATEWAY_METRICS_TOKEN", GATEWAY_METRICS_TOKEN))
+        if (value or name == "SECRET_KEY")
+        and (len(value) < 32 or any(p in value.casefold() for p in ("change-me", "change_me", "changeme")))
+    ]
+    if _weak:
+        raise ImproperlyConfigured(
+            f"{', '.join(_weak)}: a placeholder or shorter than 32 characters; make one with "
+            '`python -c "import secrets; print(secrets.token_urlsafe(50))"`'
+        )
+# Every page Django renders (portal, admin, APIs) carries the Content-Security-Policy header.
+MIDDLEWARE.insert(1, "portal.middleware.ContentSecurityPolicyMiddleware")

@@ -1,9 +1,10 @@
 """GET /healthz, /readyz and /metrics: a small ASGI app routed before Django (gateway_project.asgi).
 
-No middleware (no host check, no HTTPS redirect: a load balancer probes by IP over plain HTTP), no
-call record, no metric of their own. /healthz does no I/O. /readyz runs the dependency checks in
-threads, each within READY_TIMEOUT_S. /metrics needs `Authorization: Bearer $GATEWAY_METRICS_TOKEN`
-and is 404 while that is unset.
+No middleware (no HTTPS redirect: a load balancer probes over plain HTTP; the Host header is checked
+against ALLOWED_HOSTS by gateway_project.asgi, as for /v1), no call record, no metric of their own.
+/healthz does no I/O. /readyz runs the dependency checks in threads, each within READY_TIMEOUT_S (ops.health says what
+readiness means).
+/metrics needs `Authorization: Bearer $GATEWAY_METRICS_TOKEN` and is 404 while that is unset.
 """
 
 import asyncio
@@ -33,19 +34,23 @@ def _error(code: str, message: str, type_: str) -> bytes:
     return json.dumps(error_body(code=code, message=message, type_=type_, request_id=str(uuid.uuid4()))).encode()
 
 
-async def _check(name: str) -> str | None:
+async def _timed(check) -> object:
     try:
-        return await asyncio.wait_for(asyncio.to_thread(health.CHECKS[name]), READY_TIMEOUT_S)
+        return await asyncio.wait_for(asyncio.to_thread(check), READY_TIMEOUT_S)
     except TimeoutError:
         return f"timed out after {READY_TIMEOUT_S:g}s"
 
 
 async def _ready() -> tuple[int, bytes]:
-    results = dict(zip(health.CHECKS, await asyncio.gather(*map(_check, health.CHECKS)), strict=True))
-    failed = [name for name, problem in results.items() if problem]
+    """Readiness (health.CHECKS: 503 when one fails, naming it) and the detail beside it (Redis,
+    the Celery heartbeats: shown, never a reason for 503)."""
+    *results, detail = await asyncio.gather(*map(_timed, health.CHECKS.values()), _timed(health.detail))
+    problems = dict(zip(health.CHECKS, results, strict=True))
+    failed = [name for name, problem in problems.items() if problem]
     body: dict[str, object] = {
         "status": "unavailable" if failed else "ok",
-        "checks": {name: problem or "ok" for name, problem in results.items()},
+        "checks": {name: problem or ("ok" if name != "draining" else "no") for name, problem in problems.items()},
+        "detail": detail if isinstance(detail, dict) else {"redis": detail},
     }
     if failed:
         body["failed"] = failed

@@ -1,11 +1,16 @@
 """Log formatters: `json` (one object per line, for a log shipper) and `text` (for a terminal).
 
 A record may carry `gateway_fields` (a flat dict of plain values): the per-call line of
-ops.observe. Both formatters print those fields; nothing else is added to a record."""
+ops.observe, daphne's access log (JsonAccessLog). Both formatters print those fields; nothing else
+is added to a record."""
 
 import datetime as dt
 import json
 import logging
+
+from daphne.access import AccessLogGenerator
+
+access_logger = logging.getLogger("daphne.access")
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,3 +36,12 @@ class TextFormatter(logging.Formatter):
         if fields:
             text += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and v != "")
         return text
+
+
+class JsonAccessLog(AccessLogGenerator):
+    """daphne's access log as records of the `daphne.access` logger (so JSON with GATEWAY_LOG_FORMAT=json)
+    instead of NCSA-style lines written straight to stdout."""
+
+    def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None) -> None:
+        fields = {"client": host, "request": request, "status": status, "bytes": length}
+        access_logger.info("%s %s", request, status or "-", extra={"gateway_fields": fields})

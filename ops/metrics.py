@@ -125,7 +125,8 @@ atexit.register(flush)
 
 
 class StoreCollector(Collector):
-    """Gauges read from PostgreSQL and the spool at scrape time (sync: the caller runs it in a thread)."""
+    """Gauges read from PostgreSQL, the spool and Redis at scrape time (sync: the caller runs it in a
+    thread)."""
 
     def collect(self):
         from quota import ledger
@@ -150,6 +151,32 @@ class StoreCollector(Collector):
             logger.warning("metrics: spool unreadable", exc_info=True)
         else:
             yield GaugeMetricFamily("gateway_settlements_spooled", "Settlements waiting in the spool for replay", depth)
+        yield from _redis_and_heartbeats()
+
+
+def _redis_and_heartbeats():
+    """gateway_redis_up, and each Celery process's heartbeat age (+Inf: never seen) while Redis answers."""
+    from django.conf import settings
+
+    from . import heartbeat
+
+    if not settings.REDIS_URL:
+        return
+    try:
+        ages = heartbeat.ages()
+    except Exception:  # noqa: BLE001 - Redis down is what the gauge reports
+        logger.warning("metrics: redis unreachable", exc_info=True)
+        ages = None
+    yield GaugeMetricFamily("gateway_redis_up", "1 while this instance reaches Redis, else 0", int(ages is not None))
+    if ages:
+        family = GaugeMetricFamily(
+            "gateway_celery_heartbeat_age_seconds",
+            "Seconds since the Celery worker's or beat's last heartbeat (+Inf: never seen)",
+            labels=["process"],
+        )
+        for process, age in ages.items():
+            family.add_metric([process], float("inf") if age is None else age)
+        yield family
 
 
 _stores = CollectorRegistry(auto_describe=False)

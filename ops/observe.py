@@ -121,7 +121,7 @@ def call_finished(
                 "cached_tokens": usage.cached_tokens,
                 "quantity": str(usage.quantity) if usage.quantity is not None else None,
                 "unit": usage.unit or None,
-                "cost_usd": str(cost) if cost is not None else None,
+                "cost_usd": _usd(cost),
                 **_timings(elapsed_s, upstream_s),
                 "error_code": code or None,
                 "close_reason": close_reason or None,
@@ -129,6 +129,13 @@ def call_finished(
             _line(fields)
     except Exception:  # noqa: BLE001 - reporting must never break a call
         logger.exception("call report failed for %s", request_id)
+
+
+def _usd(cost: Decimal | None) -> str | None:
+    """A cost as plain decimal text: "0" for any zero (not "0E-9"), else its digits as stored."""
+    if cost is None:
+        return None
+    return "0" if cost == 0 else format(cost, "f")
 
 
 def _timings(elapsed_s: float, upstream_s: float | None) -> dict:

@@ -1,14 +1,16 @@
-"""The login view with the failed-login limit and single sign-on; the rest of /accounts/ is
-django.contrib.auth.urls."""
+"""The login and password reset views with their limits, and single sign-on; the rest of
+/accounts/ is django.contrib.auth.urls."""
 
 from django.urls import path
 
-from .sso import SSOCallbackView, SSOLoginView, sso_refused
-from .views import LoginView
+from .sso import SSOCallbackView, SSOLoginView, sso_link, sso_refused
+from .views import LoginView, PasswordResetView
 
 urlpatterns = [
     path("login/", LoginView.as_view(), name="login"),
+    path("password_reset/", PasswordResetView.as_view(), name="password_reset"),
     path("sso/login/", SSOLoginView.as_view(), name="oidc_authentication_init"),
     path("sso/callback/", SSOCallbackView.as_view(), name="oidc_authentication_callback"),
     path("sso/refused/", sso_refused, name="sso_refused"),
+    path("sso/link/", sso_link, name="sso_link"),
 ]

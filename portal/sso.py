@@ -5,8 +5,15 @@ discovery document (`<issuer>/.well-known/openid-configuration`) when a sign-in 
 kept for an hour, so no request of a signed-in member waits on the identity provider.
 
 Who gets in: a verified email (the `email_verified` claim true) in one of the allowed domains.
-An existing member is matched by that email only; a new one is created with the case-folded email
-as username and email. A disabled member is refused here too.
+An identity is remembered by its `sub` (Member.sso_subject) and matched on it afterwards. At an
+identity's first sign-in an existing member with that email is linked only when the account is
+neither staff nor superuser and not linked to another identity; an admin account is linked by a
+superuser in admin (the refused sign-in's audit event names the `sub` to enter), or by its member:
+signed in with the password, they confirm at /accounts/sso/link/ and sign in at the IdP, which
+links that identity to the signed-in account (both credentials proven). Otherwise a new
+member is created with the case-folded email as username and email. A disabled member is refused.
+With GATEWAY_OIDC_STAFF_GROUPS set, every sign-in sets the staff flag from the `groups` claim, both
+ways; a superuser's roles are never changed by single sign-on.
 """
 
 import logging
@@ -18,6 +25,7 @@ from typing import NoReturn
 import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import SuspiciousOperation
 from django.http import Http404
 from django.shortcuts import render
@@ -29,13 +37,14 @@ from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthen
 from allocations.audit import audit_record
 from allocations.exceptions import GatewayError
 from allocations.models import Member
-from allocations.services import member_create, member_set_roles
+from allocations.services import member_create, member_link_sso, member_set_roles
 
 log = logging.getLogger(__name__)
 
 # Audit events of members created or promoted on first sign-in name "sso" as their actor.
 SSO_ACTOR = SimpleNamespace(username="sso", pk=None)
 REFUSED_KEY = "sso_refused"
+LINK_KEY = "sso_link_member"  # the session's confirmed request to link the signed-in member
 DISCOVERY_TTL_S = 3600
 
 _ENDPOINTS = {
@@ -121,7 +130,7 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
         user = super().get_user(user_id)
         return user if user is not None and user.is_active else None
 
-    def refuse(self, reason: str, *, email: str = "") -> NoReturn:
+    def refuse(self, reason: str, *, email: str = "", subject: str = "") -> NoReturn:
         self.request.session[REFUSED_KEY] = reason
         audit_record(
             actor=None,
@@ -129,9 +138,15 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             target=None,
             target_type="member",
             target_id=(email or "unknown")[:64],
-            after={"method": "sso", "reason": reason},
+            after={"method": "sso", "reason": reason, **({"sso_subject": subject} if subject else {})},
         )
         raise SuspiciousOperation(reason)
+
+    def get_userinfo(self, access_token, id_token, payload):
+        claims = super().get_userinfo(access_token, id_token, payload)
+        if not claims.get("sub") or str(claims["sub"]) != str(payload.get("sub")):
+            self.refuse(_("Your identity provider's answers do not agree. Try again."))
+        return claims
 
     def verify_claims(self, claims):
         email = (claims.get("email") or "").strip().casefold()
@@ -152,7 +167,45 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
         return True
 
     def filter_users_by_claims(self, claims):
-        return Member.objects.filter(email=claims["email"].strip().casefold())
+        subject = str(claims["sub"])
+        linked = list(Member.objects.filter(sso_subject=subject))
+        linking = self._confirmed_link()
+        if linking is not None:
+            return [self._link_own(linking, subject, linked, claims)]
+        if linked:
+            return linked
+        email = claims["email"].strip().casefold()
+        found = list(Member.objects.filter(email=email))
+        if len(found) > 1:
+            self.refuse(_("Several accounts use %(email)s: ask an admin.") % {"email": email}, email=email)
+        if found and found[0].sso_subject:
+            self.refuse(_("Your account is linked to another identity of your provider: ask an admin."), email=email)
+        if found and (found[0].is_staff or found[0].is_superuser):
+            self.refuse(
+                _(
+                    "Your account has admin rights: sign in with your password and link single sign-on at "
+                    "/accounts/sso/link/, or ask a superuser to link it."
+                ),
+                email=email,
+                subject=subject,
+            )
+        return found
+
+    def _confirmed_link(self):
+        """The signed-in member who confirmed linking their account at /accounts/sso/link/."""
+        wanted = self.request.session.pop(LINK_KEY, None)
+        user = getattr(self.request, "user", None)
+        if wanted and user is not None and user.is_authenticated and str(user.pk) == wanted:
+            return user
+        return None
+
+    def _link_own(self, member, subject: str, linked: list, claims):
+        email = claims["email"].strip().casefold()
+        if linked and linked[0].pk != member.pk:
+            self.refuse(_("This identity is already linked to another account: ask an admin."), email=email)
+        if member.sso_subject and member.sso_subject != subject:
+            self.refuse(_("Your account is linked to another identity of your provider: ask an admin."), email=email)
+        return member_link_sso(member=member, subject=subject, actor=member)
 
     def create_user(self, claims):
         email = claims["email"].strip().casefold()
@@ -169,15 +222,27 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
     def update_user(self, user, claims):
         if not user.is_active:
             self.refuse(_("Your account is disabled. Ask an admin."), email=user.email)
+        if user.sso_subject is None and claims.get("sub"):
+            user = member_link_sso(member=user, subject=str(claims["sub"]), actor=SSO_ACTOR)
+        return self._staff_from_groups(user, claims)
+
+    @staticmethod
+    def _staff_from_groups(user, claims):
         staff_groups = set(settings.GATEWAY_OIDC_STAFF_GROUPS)
+        if not staff_groups or user.is_superuser:
+            return user
         groups = claims.get("groups") or []
         if isinstance(groups, str):  # some providers send a single group as a string
             groups = [groups]
-        if not isinstance(groups, list):
-            groups = []
-        if staff_groups and not user.is_staff and staff_groups.intersection(groups):
-            user = member_set_roles(member=user, is_staff=True, is_superuser=user.is_superuser, actor=SSO_ACTOR)
-        return user
+        names = [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else []
+        wanted = bool(staff_groups.intersection(names))
+        if user.is_staff == wanted:
+            return user
+        try:
+            return member_set_roles(member=user, is_staff=wanted, is_superuser=False, actor=SSO_ACTOR)
+        except GatewayError as exc:  # the last active admin keeps staff until another admin exists
+            log.warning("sso: staff flag of %s left as it is: %s", user.username, exc.message)
+            return user
 
 
 class _SSOOnly:
@@ -205,6 +270,21 @@ class SSOLoginView(_SSOOnly, OIDCAuthenticationRequestView):
 
 class SSOCallbackView(_SSOOnly, OIDCAuthenticationCallbackView):
     pass
+
+
+@login_required
+def sso_link(request):
+    """A member signed in with the password confirms linking their account to their identity at
+    the identity provider; the sign-in there that follows links it (GatewayOIDCBackend)."""
+    if not sso_enabled():
+        raise Http404("single sign-on is not configured")
+    confirmed = request.method == "POST"
+    if confirmed:
+        request.session[LINK_KEY] = str(request.user.pk)
+    # The way on to the provider is a link, not this form's redirect: the Content-Security-Policy's
+    # form-action lets a form lead to the gateway only.
+    context = {"linked": bool(request.user.sso_subject), "confirmed": confirmed}
+    return render(request, "registration/sso_link.html", context)
 
 
 def sso_refused(request):

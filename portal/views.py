@@ -1,5 +1,7 @@
 """Portal pages. Each view parses input, calls one selector or service, and renders."""
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
@@ -13,9 +15,10 @@ from django.views.decorators.http import require_POST
 
 from allocations import services
 from allocations.exceptions import GatewayError
-from allocations.login_limits import RateLimitedAuthenticationForm
+from allocations.login_limits import RateLimitedAuthenticationForm, RateLimitedPasswordResetForm
 from allocations.models import Allocation
 from notifications import services as notifications
+from quota.periods import billing_tz
 
 from . import cards, selectors
 from .forms import AlertPreferenceForm, KeyCreateForm, KeyRenameForm
@@ -39,6 +42,19 @@ class LoginView(auth_views.LoginView):
         return response
 
 
+class PasswordResetView(auth_views.PasswordResetView):
+    form_class = RateLimitedPasswordResetForm
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "request": self.request}
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.rate_limited:
+            response.status_code = 429
+        return response
+
+
 @login_required
 def dashboard(request):
     found = cards.allocation_cards(member=request.user)
@@ -51,9 +67,25 @@ def dashboard(request):
     return render(request, "portal/dashboard.html", context)
 
 
-def _keys_page(request, *, form=None, plaintext=None, new_key=None, status=200):
+NEW_KEY_SESSION = "portal_new_key"
+
+
+def _show_once(request, *, key, plaintext: str):
+    """Post/redirect/get: the new plaintext waits in the session for the one page that shows it,
+    so reloading that page repeats nothing (no second key, no second rotation)."""
+    request.session[NEW_KEY_SESSION] = {"key_id": str(key.pk), "plaintext": plaintext}
+    response = redirect("portal:keys")
+    response.status_code = 303  # See Other: the browser GETs the page; a reload repeats the GET
+    return response
+
+
+def _keys_page(request, *, form=None, status=200):
+    keys = selectors.keys_of(member=request.user)
+    waiting = request.session.pop(NEW_KEY_SESSION, None) if form is None else None
+    new_key = next((k for k in keys if waiting and str(k.pk) == waiting["key_id"]), None)
+    plaintext = waiting["plaintext"] if new_key is not None else None
     context = {
-        "keys": selectors.keys_of(member=request.user),
+        "keys": keys,
         "form": form or KeyCreateForm(member=request.user),
         "plaintext": plaintext,
         "new_key": new_key,
@@ -84,7 +116,7 @@ def keys(request):
     except GatewayError as exc:
         form.add_error("allocations", _scope_message(exc))
         return _keys_page(request, form=form, status=400)
-    return _keys_page(request, plaintext=plaintext, new_key=key, status=201)
+    return _show_once(request, key=key, plaintext=plaintext)
 
 
 def _scope_message(exc: GatewayError) -> str:
@@ -114,7 +146,7 @@ def key_rename(request, key_id):
 def key_rotate(request, key_id):
     key = selectors.key_owned(member=request.user, key_id=key_id)
     key, plaintext = services.api_key_rotate(key=key, actor=request.user)
-    return _keys_page(request, plaintext=plaintext, new_key=key)
+    return _show_once(request, key=key, plaintext=plaintext)
 
 
 @require_POST
@@ -175,17 +207,22 @@ def usage(request):
     except GatewayError:
         return redirect(f"{request.path}?period={period.first_day:%Y-%m}")
     by_model = selectors.usage_grouped(member=request.user, period=period, group_by="model", allocation=allocation)
+    series = selectors.usage_daily_series(member=request.user, period=period, allocation=allocation)
     context = {
         "period": period,
         "months": selectors.recent_months(now),
         "selected_month": period.first_day,
-        "series": selectors.usage_daily_series(member=request.user, period=period, allocation=allocation),
+        "series": series,
+        "has_spend": any(Decimal(row["cost_usd"]) for row in series),
         "cost_cap": selectors.cost_cap_of(member=request.user, allocation=allocation),
         "chart_labels": {
             "daily": _("Spend per day (USD)"),
             "cumulative": _("Spend so far (USD)"),
             "cap": _("Cost cap (USD)"),
             "by_model": _("Spend by model (USD)"),
+            "daily_axis": _("Per day (USD)"),
+            "total_axis": _("So far this month (USD)"),
+            "today": timezone.localdate(now, billing_tz()).isoformat(),
             "locale": get_language(),
         },
         "by_model": by_model,

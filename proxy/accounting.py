@@ -6,7 +6,7 @@ A warm call (its key scope, price and counter id cached under the current auth g
 both steps on the event loop: the preflight from the caches (quota.preflight), then the ledger's
 statements on the loop (quota.ledger). Everything else runs the synchronous `call_open` on the
 ledger's accounting threads: the first call of a key, every refusal (the one place a call's
-refusal record is written), a cap reached, SQLite, and any failure of the loop path. No
+refusal record is written), a cap reached, and any failure of the loop path. No
 connection is held across the upstream call.
 """
 
@@ -48,8 +48,12 @@ class Call:
     endpoint: Endpoint
     started_at: dt.datetime
     authorization: str  # the raw header
-    body: dict | None = None
+    body: dict | None = None  # as the client sent it
     body_error: GatewayError | None = None
+    # What the preflight's judgement of the options took out of the body (proxy.options.judge):
+    # the tools removed, and the body to send upstream instead of `body` (None: nothing removed).
+    removed: tuple[str, ...] = ()
+    sent: dict | None = None
     stream: bool = False
     scope: KeyScope | None = None
     entry: ScopedAllocation | None = None
@@ -66,6 +70,11 @@ class Call:
     # telling whether it committed (`in_doubt`), the next one looks for it before admitting again.
     reservation_id: uuid.UUID = field(default_factory=uuid.uuid4)
     in_doubt: bool = False
+
+    @property
+    def outgoing(self) -> dict | None:
+        """The body that goes upstream: the client's, less what the preflight removed."""
+        return self.body if self.sent is None else self.sent
 
     def identity(self) -> dict:
         """The call record's identifying fields, as far as the preflight resolved them."""
@@ -124,22 +133,32 @@ def _attribute(call: Call, generation: int) -> None:
 
 
 def _options_check(call: Call, body: dict):
-    """The cost-bearing request options against the model's switch and price (proxy.options)."""
+    """The cost-bearing request options against the model's switch, tool rules and price
+    (proxy.options): a refusal, or what to send upstream (judged from the client's body each time
+    the preflight asks, so asking again on the thread path decides the same)."""
 
     def check(entry: ScopedAllocation, price) -> GatewayError | None:
-        return options.option_error(
-            allowed=entry.allowed_options, price=price, endpoint_name=call.endpoint.name, body=body, stream=call.stream
+        verdict = options.judge(
+            entry=entry, price=price, endpoint_name=call.endpoint.name, body=body, stream=call.stream
         )
+        if verdict.error is not None:
+            return verdict.error
+        call.removed, call.sent = verdict.removed, verdict.body
+        if verdict.removed:  # the reservation holds no call of a removed tool
+            facts = options.facts(call.endpoint.name, verdict.body or {})
+            kept = dataclasses.replace(call.estimate, tool_calls=())
+            call.estimate = billing.billed_usage(facts=facts, usage=kept, estimate=True)
+        return None
 
     return check
 
 
 def _estimate(call: Call, body: dict) -> Estimate:
-    """The admission's reservation: the estimated usage (with what the request adds to its bill,
-    proxy.meters) priced by quota.billing's bill, the function that bills the answer."""
-    call.estimate = estimate = call.endpoint.estimate(body)
-    call.prompt_tokens = estimate.input_tokens
-    return lambda price: (estimate.total_tokens, billing.bill(price=price, usage=estimate).cost)
+    """The admission's estimate, read when the admission asks (the options' check may revise it),
+    priced by quota.billing's bill: the function that bills the answer."""
+    call.estimate = call.endpoint.estimate(body)
+    call.prompt_tokens = call.estimate.input_tokens
+    return lambda price: (call.estimate.total_tokens, billing.bill(price=price, usage=call.estimate).cost)
 
 
 def call_open(*, call: Call) -> Call:
@@ -184,7 +203,7 @@ def call_open(*, call: Call) -> Call:
 
 async def open_call(call: Call) -> Call:
     """Step 1: on the event loop when everything the call needs is cached and it is admitted there;
-    otherwise (first call of a key, a refusal, a cap reached, SQLite, any error) on a thread,
+    otherwise (first call of a key, a refusal, a cap reached, any error) on a thread,
     which re-runs the whole preflight and writes what a refusal writes.
 
     If the client goes away meanwhile (its request task is cancelled), the step still runs to its

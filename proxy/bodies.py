@@ -4,12 +4,12 @@ body alone refuses: proxy.options), and the body sent upstream."""
 import json
 
 from allocations.exceptions import BadRequest, GatewayError
+from allocations.json_depth import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # the rule's one definition
+from allocations.json_depth import TOO_DEEP, json_depth_fits
 from quota.exceptions import RequestTooLarge
 
 from . import accounting, options
 from .registry import Endpoint
-
-MAX_JSON_DEPTH = 128  # far past any real request (JSON schemas nest a few dozen levels)
 
 
 def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError | None]:
@@ -23,7 +23,7 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
     except RecursionError:
         too_deep = True
     if too_deep:
-        return None, BadRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
+        return None, BadRequest(TOO_DEEP)
     if not isinstance(body, dict):
         return None, BadRequest("the request body must be a JSON object")
     missing = [name for name in endpoint.required if body.get(name) is None]
@@ -41,24 +41,8 @@ def parse_body(request, endpoint: Endpoint) -> tuple[dict | None, GatewayError |
     return body, None
 
 
-def json_depth_fits(raw: bytes, value) -> bool:
-    """Whether parsed JSON nests at most MAX_JSON_DEPTH deep, so that encoding it again (and any
-    walk over it) stays far from the interpreter's recursion limit. Walked only when the body has
-    enough brackets to be that deep, which a typical request does not."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return True
-    stack = [(value, 1)] if isinstance(value, dict | list) else []
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return False
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return True
-
-
 def upstream_payload(call: accounting.Call) -> bytes:
-    request, entry = call.body, call.entry
+    request, entry = call.outgoing, call.entry
     if request is None or entry is None:
         raise RuntimeError("upstream_payload before call_open")  # call_open sets both or raises
     body = {**request, "model": entry.upstream_name}

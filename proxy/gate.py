@@ -34,6 +34,17 @@ def address_of(scope) -> str:
     return found or "unknown"
 
 
+def bearer(authorization: str) -> str | None:
+    """The key of a well-formed `Authorization: Bearer <key>`, else None."""
+    match = accounting.BEARER.fullmatch(authorization)
+    return None if match is None else match.group(1)
+
+
+def passes_at_once(key: str | None) -> bool:
+    """A key this process holds a snapshot of: it passes the door with no I/O."""
+    return key is not None and key_scope_held(key)
+
+
 async def refusal(scope) -> GatewayError | None:
     """None when the request may go on to the view; else the error to answer with (counted in the
     metrics as a refusal of the endpoint, without a call record)."""
@@ -43,23 +54,28 @@ async def refusal(scope) -> GatewayError | None:
         logger.warning("the door could not check a bearer; left to the preflight", exc_info=True)
         return None
     if error is not None:
-        name = scope.get("path", "").removeprefix("/v1/").rstrip("/").replace("/", ".")
-        observe.door_refused(path=name if name in ENDPOINTS else "other", status=error.status, code=error.code)
+        count_refused(scope.get("path", ""), error)
     return error
 
 
+def count_refused(path: str, error: GatewayError) -> None:
+    """A /v1 request refused before its body was read (here, or by the server from its head)."""
+    name = path.removeprefix("/v1/").rstrip("/").replace("/", ".")
+    observe.door_refused(path=name if name in ENDPOINTS else "other", status=error.status, code=error.code)
+
+
 async def _refusal(scope) -> GatewayError | None:
-    match = accounting.BEARER.fullmatch(header(scope, b"authorization"))
-    if match is not None and key_scope_held(match.group(1)):
+    key = bearer(header(scope, b"authorization"))
+    if passes_at_once(key):
         return None
     address = address_of(scope)
     failure: GatewayError = Unauthorized(MALFORMED)
-    if match is not None:
+    if key is not None:
         blocked = await auth_blocked(address)
         if blocked is not None:
             return blocked
         try:
-            await threads.run(key_scope, plaintext=match.group(1))
+            await threads.run(key_scope, plaintext=key)
             return None
         except Unauthorized as error:
             failure = error

@@ -136,13 +136,16 @@ def read_answer(body: bytes, *, answer_meter, usage_meter) -> Answer:
 def find_usage(body: bytes) -> dict | None:
     """The top-level `usage` object of a JSON response (never a `usage` key nested in echoed client
     content such as `metadata`). Embeddings bodies are mostly float arrays, so the last `"usage"`
-    key is decoded alone when what follows it can only be the end of the top-level object;
-    anything else falls back to a full parse."""
+    key is decoded alone when it is a key (a colon right after it) and what follows its value can
+    only be the end of the top-level object; anything else falls back to a full parse."""
     at = body.rfind(b'"usage"')
     if at >= 0 and body[max(0, at - 64) : at].rstrip()[-1:] in (b"{", b","):  # a key, not a string's end
         try:
             text = body[at + 7 :].decode()
-            start = text.index(":") + 1
+            colon = len(text[:64]) - len(text[:64].lstrip())
+            if text[colon : colon + 1] != ":":  # a string in an array, not a key: its colon is someone else's
+                raise ValueError(text[:colon])
+            start = colon + 1
             start += len(text[start : start + 64]) - len(text[start : start + 64].lstrip())
             value, end = _decoder.raw_decode(text, start)
         except (ValueError, UnicodeDecodeError, RecursionError):

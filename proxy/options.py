@@ -1,50 +1,37 @@
 """Request options that cost more than the tokens: let through only when priced (SPEC 4).
 
 `service_tier` other than default/auto (priority costs a multiple of the default price, flex a
-fraction), Responses built-in tools (web and file search, code interpreter, image generation,
-computer use, MCP, shell: billed per call on top of tokens), chat `web_search_options` (billed per
-search) and `background` responses pass only when the model's admin switch allows the option
-(`CatalogModel.allowed_options`) AND the price version in force prices it (a tier multiplier, a
-per-call tool price; background costs tokens only but needs a price in force and `stream: true`).
-Anything else is refused with 400 `bad_request` naming the field, before admission and before
-anything goes upstream. The names are allocations.cost_options'; the billing rules are
-quota.pricing's and docs/DECISIONS.md's.
+fraction) and `background` responses pass only when the model's admin switch allows the option
+(`CatalogModel.allowed_options`) AND the price version in force prices it (a tier multiplier;
+background costs tokens only but needs a price in force and `stream: true`); anything else is
+refused with 400 `bad_request` naming the field, before admission and before anything goes
+upstream. Tools are judged by who runs them (proxy.tools): client tools pass, a built-in tool the
+provider bills per call (and chat `web_search_options`) passes allowed and priced (a per-call tool
+price), else it is removed from the request or refused as the model says. The names are
+allocations.cost_options'; the billing rules are quota.pricing's and docs/DECISIONS.md's.
 
-Two steps: `body_error` (the body alone, with the other body checks: unknown tool types and
-service tiers, `conversation`) and `option_error` (the model's switch and price, in the preflight
-once the model and its price are resolved). `facts` hands quota.billing what the request adds to
-its bill (the tier, the declared tools, chat web search); quota turns them into money.
+Two steps: `body_error` (the body alone, with the other body checks: unknown service tiers,
+`conversation`, `prompt`) and `judge` (the model's switch, tool rules and price, in the preflight
+once the model and its price are resolved: a refusal, or the body to send and what was removed).
+`facts` hands quota.billing what the request adds to its bill (the tier, the declared tools, chat
+web search); quota turns them into money.
 """
 
-from allocations.cost_options import (
-    BACKGROUND,
-    FREE_TIERS,
-    OPTION_LABELS,
-    SERVICE_TIERS,
-    TOOL_CALL_ITEMS,
-    WEB_SEARCH_OPTIONS,
-)
+from dataclasses import dataclass
+
+from allocations.cost_options import BACKGROUND, FREE_TIERS, OPTION_LABELS, SERVICE_TIERS
 from allocations.exceptions import BadRequest
 from quota.billing.bill import NO_FACTS, RequestFacts
 
-TOKEN_ONLY_TOOLS = ("function", "custom")
+from .tools import Rules, client_only, declared_builtins, judge_body
+from .tools import refusal as _refuse
+
 CHAT, RESPONSES = "chat.completions", "responses"
 METERED_ENDPOINTS = (CHAT, RESPONSES)
 
 
-def _refuse(field: str, message: str) -> BadRequest:
-    """400 naming the field: in `fields`, and at the head of the message unless it starts with it."""
-    return BadRequest(message if message.startswith(field) else f"{field}: {message}", fields={field: [message]})
-
-
-def _tool_types(body: dict) -> list:
-    tools = body.get("tools")
-    return [tool.get("type") if isinstance(tool, dict) else None for tool in tools] if isinstance(tools, list) else []
-
-
 def body_error(endpoint_name: str, body: dict) -> BadRequest | None:
-    """What the body alone refuses: a tier or tool type the gateway cannot meter (a new built-in
-    tool cannot slip through unmetered), `conversation` (the gateway does not relay
+    """What the body alone refuses: a service tier the gateway cannot meter, `conversation` (the gateway does not relay
     /v1/conversations, so no member owns one made through it: members could otherwise read and
     extend conversations made with the organisation's key) and `prompt` (a stored prompt's tools
     are the provider's to know: one could call a built-in tool the price does not name)."""
@@ -64,42 +51,62 @@ def body_error(endpoint_name: str, body: dict) -> BadRequest | None:
             "stored prompts may declare built-in tools the gateway cannot see or price before the call; "
             "send the instructions and tools in the request instead.",
         )
-    builtin = TOOL_CALL_ITEMS if endpoint_name == RESPONSES else {}
-    for kind in _tool_types(body):
-        if kind not in TOKEN_ONLY_TOOLS and kind not in builtin:
-            return _refuse("tools", f"the tool type {str(kind)[:40]!r} is billed per call and is not metered here.")
     return None
 
 
 def requested(endpoint_name: str, body: dict) -> list[tuple[str, str]]:
-    """(field, option name) of each cost-bearing option the request uses, in the body's order."""
-    if endpoint_name not in METERED_ENDPOINTS:
-        return []
+    """(field, option name) of each cost-bearing option besides tools the request uses."""
     found = []
     tier = body.get("service_tier")
     if tier in SERVICE_TIERS:
         found.append(("service_tier", f"service_tier:{tier}"))
-    if endpoint_name == CHAT and body.get("web_search_options") is not None:
-        found.append(("web_search_options", WEB_SEARCH_OPTIONS))
-    if endpoint_name == RESPONSES:
-        if body.get("background") not in (None, False):
-            found.append(("background", BACKGROUND))
-        found += [("tools", kind) for kind in dict.fromkeys(_tool_types(body)) if kind in TOOL_CALL_ITEMS]
+    if endpoint_name == RESPONSES and body.get("background") not in (None, False):
+        found.append(("background", BACKGROUND))
     return found
 
 
-def _price_of(price, option: str) -> tuple[bool, str]:
-    """(whether the price version prices the option, what its price is called in a refusal)."""
-    if option.startswith("service_tier:"):
-        tier = option.split(":", 1)[1]
-        return price.tier_multiplier(tier) is not None, f"'{tier}' service tier multiplier"
-    tool = "web_search" if option == WEB_SEARCH_OPTIONS else option
-    return price.tool_call_price(tool) is not None, f"'{tool}' tool-call price"
+@dataclass(frozen=True)
+class Verdict:
+    """The preflight's judgement of a request's options: a refusal, or the tools removed and the
+    body to send upstream instead of the client's (None: send the client's own)."""
+
+    error: BadRequest | None = None
+    body: dict | None = None
+    removed: tuple[str, ...] = ()
+
+
+PASSED = Verdict()
+
+
+def judge(*, entry, price, endpoint_name: str, body: dict, stream: bool) -> Verdict:
+    """The model's switch, tool rules and price against the request (`entry`: its ScopedAllocation)."""
+    if endpoint_name not in METERED_ENDPOINTS:
+        return PASSED
+    error = option_error(
+        allowed=entry.allowed_options, price=price, endpoint_name=endpoint_name, body=body, stream=stream
+    )
+    if error is not None:
+        return Verdict(error=error)
+    tools = body.get("tools")
+    if body.get("web_search_options") is None and (not tools or client_only(tools, entry.extra_client_tools)):
+        return PASSED
+    rules = Rules(
+        allowed=entry.allowed_options,
+        extra_client=entry.extra_client_tools,
+        refuse_unpriced=entry.refuse_unpriced_tools,
+        price=price,
+        meters_builtins=endpoint_name == RESPONSES,
+    )
+    try:
+        sent, removed = judge_body(body, rules)
+    except BadRequest as refused:
+        return Verdict(error=refused)
+    return Verdict(body=sent, removed=removed) if removed else PASSED
 
 
 def option_error(*, allowed: frozenset[str], price, endpoint_name: str, body: dict, stream: bool) -> BadRequest | None:
-    """The model's switch and price: each option passes only when the model allows it and the
-    price version in force prices it. None when every option passes (or none is used)."""
+    """The model's switch and price for the service tier and background: each passes only when the
+    model allows it and the price version in force prices it. None when both pass (or neither is used)."""
     for field, option in requested(endpoint_name, body):
         label = OPTION_LABELS[option]
         if option not in allowed:
@@ -114,9 +121,9 @@ def option_error(*, allowed: frozenset[str], price, endpoint_name: str, body: di
                     "GET /v1/responses/{id}, so a background response could never be fetched nor metered).",
                 )
             continue
-        priced, name = _price_of(price, option)
-        if not priced:
-            return _refuse(field, f"{label} is enabled but the model's price has no {name}.")
+        tier = option.split(":", 1)[1]
+        if price.tier_multiplier(tier) is None:
+            return _refuse(field, f"{label} is enabled but the model's price has no '{tier}' service tier multiplier.")
     return None
 
 
@@ -138,7 +145,7 @@ def facts(endpoint_name: str, body: dict | None) -> RequestFacts:
     tier = body.get("service_tier")
     if tier is None and body.get("tools") is None and body.get("web_search_options") is None:
         return NO_FACTS  # the common call: nothing beyond its tokens
-    declared = [kind for kind in _tool_types(body) if kind in TOOL_CALL_ITEMS] if endpoint_name == RESPONSES else []
+    declared = declared_builtins(body) if endpoint_name == RESPONSES else []
     return RequestFacts(
         requested_tier=tier if tier in SERVICE_TIERS else "",
         declared_tools=tuple(dict.fromkeys(declared)),

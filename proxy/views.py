@@ -3,6 +3,7 @@ proxy.handler without middleware. Each call: one accounting step to open (prefli
 the upstream call with no transaction or connection held, one accounting step to close."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,7 +21,7 @@ from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
-from . import accounting, meters, observed, options, relay, response_ids, upstream
+from . import accounting, meters, observed, options, relay, response_ids, tools, upstream
 from .bodies import parse_body, upstream_payload
 from .registry import ENDPOINTS
 
@@ -43,7 +44,7 @@ def error_response(error: GatewayError, request_id: str) -> HttpResponse:
 
 async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usage, code: str = "", message: str = ""):
     """Exactly once per call, and to the end even if the request task is cancelled meanwhile."""
-    usage = billing.billed_usage(facts=options.facts(call.endpoint.name, call.body), usage=usage)
+    usage = billing.billed_usage(facts=options.facts(call.endpoint.name, call.outgoing), usage=usage)
     task = accounting.close_once(
         call, outcome=outcome, status_code=status, usage=usage, error_code=code, error_message=message
     )
@@ -84,7 +85,14 @@ async def relay_call(request, endpoint: str):
         await open_call(call)
     except GatewayError as error:
         return error_response(error, rid)
-    if spec.name == "responses" and (refused := await _foreign_response_refused(call)) is not None:
+    response = await _relay_admitted(call)
+    if call.removed:
+        response[tools.REMOVED_HEADER] = ",".join(call.removed)
+    return response
+
+
+async def _relay_admitted(call: accounting.Call):
+    if call.endpoint.name == "responses" and (refused := await _foreign_response_refused(call)) is not None:
         return refused
     payload = upstream_payload(call)
     if call.stream:
@@ -209,7 +217,7 @@ def _transport_error(exc: BaseException) -> tuple[str, GatewayError]:
 
 async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpResponse:
     endpoint = call.endpoint
-    whole = options.answer_read_whole(endpoint.name, call.body, call.price)
+    whole = options.answer_read_whole(endpoint.name, call.outgoing, call.price)
     answer = meters.read_answer(body, answer_meter=endpoint.answer_meter if whole else None, usage_meter=endpoint.meter)
     outcome = Outcome.CLIENT_CANCELLED if call.client_gone else Outcome.SUCCESS
     if endpoint.name == "responses":  # before the answer: its id may be continued at once
@@ -366,3 +374,28 @@ async def models_retrieve(request, model_id: str):
 
 async def not_found(request, rest: str = ""):
     return error_response(NotFound(f"no such endpoint: {request.path}"), request_id_for(request))
+
+
+def refused_from_head(*, path: str, request_id: str, authorization: str, error: GatewayError) -> bool:
+    """A /v1 call the server refused from its request's head for its body (gateway_project.edge),
+    recorded as the preflight records it, in the background (a draining server waits for it).
+    False when the path is no endpoint (nothing to record: the door's metrics count it)."""
+    endpoint = ENDPOINTS.get(path.removeprefix("/v1/").rstrip("/").replace("/", "."))
+    if endpoint is None:
+        return False
+    call = accounting.Call(
+        request_id=request_id,
+        endpoint=endpoint,
+        started_at=timezone.now(),
+        authorization=authorization,
+        body_error=error,
+    )
+    task = asyncio.ensure_future(_open_refused(call))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return True
+
+
+async def _open_refused(call: accounting.Call) -> None:
+    with contextlib.suppress(GatewayError):
+        await open_call(call)

@@ -250,8 +250,6 @@ async def preflight_cached(
     filled and the reservation held), False when it cannot decide here: nothing cached, a key due
     for its last-used touch, any refusal, a cap's guard not matched (`into` may then be filled in
     part: `preflight` fills it again). Errors propagate."""
-    if not ledger.on_loop():
-        return False
     # A rate-limited call whose key and limits are cached under the generation this process last
     # read lets its rate-limit script check that generation (one Redis round trip for both);
     # any other call reads the generation first.

@@ -30,8 +30,9 @@ from quota.pricing import Usage
 
 from . import observed, services
 from .close import CloseCode, close_code_for
-from .events import model_in_session_update, rewrite_model
+from .events import error_event, foreign_model, model_in_session_update, rewrite_model
 from .meter import SessionMeter
+from .rates import SessionRates
 from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect
 from .watch import SessionWatch
 
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 KEY_PARAMS = {"api_key", "api-key", "key", "token", "access_token", "authorization", "openai-insecure-api-key"}
 BILLABLE = {"response.create", "input_audio_buffer.commit"}
+SESSION_UPDATES = {"session.update", "transcription_session.update"}
 UPSTREAM_MARKERS = ('"response.', '"conversation.item.input_audio_transcription.completed"')
 ABORT_WAIT_S = 3.0  # how long a client abort waits for the cancelled response's usage
 
@@ -53,7 +55,7 @@ async def shutdown_sessions() -> None:
     )
 
 
-class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
+class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
     channel_layer_alias = "realtime-unused"  # no channel-layer round trip per socket (see docs)
 
     def __init__(self, *args, **kwargs) -> None:
@@ -244,10 +246,14 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
     async def _client_event(self, event: dict, data):
         """Meters a client event; returns the frame to forward (rewritten model name) or None to drop it."""
         kind = event.get("type")
-        if kind in ("session.update", "transcription_session.update") and rewrite_model(
-            event, self.model_name, self.opened.entry.upstream_name
-        ):
-            data = json.dumps(event)
+        if kind in SESSION_UPDATES:
+            entry = self.opened.entry
+            own = frozenset((self.model_name, entry.model_slug, entry.upstream_name))
+            if (other := foreign_model(event, own)) is not None:
+                await self._refuse_model(other, event)
+                return None
+            if rewrite_model(event, own, entry.upstream_name):
+                data = json.dumps(event)
         if kind == "response.create" and self.opened.entry.limits and not await self._rate_allows(event):
             return None
         self.meter.client_event(event)
@@ -259,23 +265,18 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
             if reason:
                 await self._close_for(reason)
                 return None
+        if kind == "response.create":
+            self._client_create_forwarded()
         return data
 
-    async def _rate_allows(self, event: dict) -> bool:
-        """A response.create counts as a request against the rate limits; over them it is not
-        forwarded and the client gets an error event (the session stays open)."""
-        decision, _ = await ratelimit.admit_async(self.opened.entry.limits, tokens=0, count=True, hold=False)
-        if decision.allowed:
-            return True
-        error = {
-            "type": "rate_limit_error",
-            "code": "rate_limited",
-            "message": f"rate limit reached; retry in {decision.retry_after_s} s",
-            "param": None,
-            "event_id": event.get("event_id"),
-        }
-        await self.send(text_data=json.dumps({"type": "error", "error": error}))
-        return False
+    async def _refuse_model(self, other: str, event: dict) -> None:
+        """A session.update naming another model is not forwarded (the session bills its own model
+        only); the client gets an error event and the session goes on."""
+        message = f"this session serves '{self.model_name}'; a session.update may not name '{other[:100]}'"
+        error = error_event(
+            type_="invalid_request_error", code="model_mismatch", message=message, event_id=event.get("event_id")
+        )
+        await self.send(text_data=error)
 
     async def _send_upstream(self, data) -> None:
         try:
@@ -290,14 +291,13 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
             link = self.upstream
             while True:
                 data = await link.recv()
+                kind = None
                 if isinstance(data, str) and any(m in data for m in UPSTREAM_MARKERS):
-                    self._meter_upstream(data)
-                if self.client_gone:
-                    continue
-                if isinstance(data, str):
-                    await self.send(text_data=data)
-                else:
-                    await self.send(bytes_data=data)
+                    kind = self._meter_upstream(data)
+                if not self.client_gone:
+                    await (self.send(text_data=data) if isinstance(data, str) else self.send(bytes_data=data))
+                if kind == "response.created":
+                    await self._response_started()
         except UpstreamClosed as closed:
             await self._upstream_closed(closed)
         except Exception:
@@ -310,15 +310,19 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
                 cut=True,
             )
 
-    def _meter_upstream(self, data: str) -> None:
+    def _meter_upstream(self, data: str) -> str | None:
+        """Meters an upstream event; returns its type."""
         try:
             event = json.loads(data)
         except ValueError:
-            return
-        if isinstance(event, dict):
-            self.meter.upstream_event(event)
-            if event.get("type") == "response.done":
-                self.response_done.set()
+            return None
+        if not isinstance(event, dict):
+            return None
+        self.meter.upstream_event(event)
+        kind = event.get("type")
+        if kind == "response.done":
+            self.response_done.set()
+        return kind if isinstance(kind, str) else None
 
     async def _upstream_closed(self, closed: UpstreamClosed) -> None:
         clean = closed.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)

@@ -1,5 +1,8 @@
-"""The model names a client's session events carry: the one a first `session.update` names, and
-its rewrite to the upstream name (the only change the relay ever makes to a relayed frame)."""
+"""The model names a client's session events carry: the one a first `session.update` names, the
+check that later ones name no other, and the rewrite to the upstream name (the only change the
+relay ever makes to a relayed frame); and the error event for a client event not forwarded."""
+
+import json
 
 from .meter import dict_at
 
@@ -17,18 +20,40 @@ def model_in_session_update(event: dict) -> str:
     return ""
 
 
-def rewrite_model(event: dict, name: str, upstream: str) -> bool:
-    """Replaces the client's model name by the upstream one wherever a session.update names it."""
+def _model_holders(event: dict) -> list[dict]:
+    """The objects of a session.update that name a model: the session itself, its transcription
+    settings (`input_audio_transcription`) and the GA form's `audio.input.transcription`."""
     session = event.get("session")
     if not isinstance(session, dict):
-        return False
-    changed = False
+        return []
     holders = [session, session.get("input_audio_transcription")]
     audio = session.get("audio")
     if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
         holders.append(audio["input"].get("transcription"))
-    for holder in holders:
-        if isinstance(holder, dict) and holder.get("model") == name:
+    return [holder for holder in holders if isinstance(holder, dict) and "model" in holder]
+
+
+def foreign_model(event: dict, own: frozenset[str]) -> str | None:
+    """The first model a session.update names that is not the session's own (as `own` names it),
+    else None: a session bills one allocation's model, so it never switches to another upstream."""
+    for holder in _model_holders(event):
+        if holder["model"] not in own:
+            return str(holder["model"])
+    return None
+
+
+def rewrite_model(event: dict, own: frozenset[str], upstream: str) -> bool:
+    """Replaces the session's model, however the client named it, by the upstream name wherever a
+    session.update names it; True when the event changed."""
+    changed = False
+    for holder in _model_holders(event):
+        if holder["model"] in own and holder["model"] != upstream:
             holder["model"] = upstream
             changed = True
     return changed
+
+
+def error_event(*, type_: str, code: str, message: str, event_id: object, param: str | None = None) -> str:
+    """An `error` server event for a client event the gateway did not forward."""
+    error = {"type": type_, "code": code, "message": message, "param": param, "event_id": event_id}
+    return json.dumps({"type": "error", "error": error})

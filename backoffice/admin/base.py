@@ -103,7 +103,7 @@ def confirmed_or_page(model_admin, request, queryset, *, action: str, what: str)
 
 def simulated_badge(kind: str) -> str:
     if kind == ProviderKind.SIMULATED:
-        return format_html('<span style="background:#ffe08a;padding:1px 6px;border-radius:3px">{}</span>', kind)
+        return format_html('<span class="simulated-badge">{}</span>', kind)
     return ""
 
 

@@ -15,10 +15,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from allocations import services
-from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS
+from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS, extra_client_tools_clean
+from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
-from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, simulated_badge
+from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -41,6 +42,12 @@ class ProviderForm(forms.ModelForm):
         kind = data.get("kind") or (self.instance.kind if self.instance.pk else "")
         if kind and kind != ProviderKind.SIMULATED and not data.get("base_url"):
             self.add_error("base_url", "Required for an OpenAI-compatible or Azure provider.")
+        if self.instance.pk:
+            changes = {f: data[f] for f in services.PROVIDER_KEY_BOUND if f in data}
+            try:
+                services.provider_key_check(provider=self.instance, changes=changes, api_key=data.get("api_key", ""))
+            except GatewayError as exc:
+                form_errors_from(exc, self)
         return data
 
 
@@ -76,12 +83,13 @@ class ProviderAdmin(StaffAdmin):
             return
         fresh = Provider.objects.get(pk=obj.pk)
         services.provider_update(
-            provider=fresh, changes={f: data[f] for f in services.PROVIDER_UPDATABLE}, actor=request.user
+            provider=fresh,
+            changes={f: data[f] for f in services.PROVIDER_UPDATABLE},
+            api_key=data.get("api_key", ""),
+            actor=request.user,
         )
         if data["status"] != fresh.status:
             services.provider_set_status(provider=fresh, status=data["status"], actor=request.user)
-        if data.get("api_key"):
-            services.provider_rotate_key(provider=fresh, api_key=data["api_key"], actor=request.user)
 
     def has_delete_permission(self, request, obj=None):
         return False  # disable instead: models and call records point at providers
@@ -95,6 +103,11 @@ class CatalogModelForm(forms.ModelForm):
         help_text="Request options that cost more than tokens, let through for this model. Each also needs "
         "its price (a service tier multiplier or a tool-call price) in the price version in force; "
         "background is relayed only streamed.",
+    )
+    extra_client_tools = forms.CharField(
+        required=False,
+        help_text="Tool types, comma-separated, beyond function, custom, local_shell, apply_patch and namespace "
+        "that this model lets through as run by the client; any other unknown tool type is refused.",
     )
 
     class Meta:
@@ -110,7 +123,25 @@ class CatalogModelForm(forms.ModelForm):
             "tpm_limit",
             "max_parallel",
             "allowed_options",
+            "unpriced_tools",
+            "extra_client_tools",
         )
+        help_texts = {
+            "unpriced_tools": "A built-in tool (web search, file search, ...) this model does not allow and price: "
+            "remove it from the request (the answer names it in x-gateway-removed-tools) or refuse the call.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["extra_client_tools"] = ", ".join(self.instance.extra_client_tools or ())
+
+    def clean_extra_client_tools(self) -> list[str]:
+        names = [name.strip() for name in (self.cleaned_data.get("extra_client_tools") or "").split(",")]
+        try:
+            return extra_client_tools_clean([name for name in names if name])
+        except BadRequest as error:
+            raise forms.ValidationError(error.message) from None
 
 
 @admin.register(CatalogModel)
@@ -154,6 +185,8 @@ class CatalogModelAdmin(StaffAdmin):
             display_name=data.get("display_name", ""),
             limits={f: data.get(f) for f in CatalogModel.LIMIT_FIELDS},
             allowed_options=data.get("allowed_options") or [],
+            unpriced_tools=data.get("unpriced_tools") or "remove",
+            extra_client_tools=data.get("extra_client_tools") or [],
             actor=request.user,
         )
         if not data["is_active"]:

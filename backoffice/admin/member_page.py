@@ -4,36 +4,44 @@ calls on one page, a password reset, and a member created together with a first 
 Every write goes through allocations.services (audited), as in the change forms.
 """
 
+from decimal import Decimal
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Sum
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from allocations import services
 from allocations.exceptions import GatewayError
+from allocations.members import may_change_member
 from allocations.models import Allocation, ApiKey, CatalogModel, Member
 from quota import selectors
 from quota.models import CallRecord
 from quota.periods import period_bounds
+from quota.pricing import ZERO
 
+from . import marks
 from .base import form_errors_from
 
 RECENT_CALLS = 25
 
 
 class PasswordResetForm(forms.Form):
-    password = forms.CharField(widget=forms.PasswordInput, strip=False, label="New password")
-    again = forms.CharField(widget=forms.PasswordInput, strip=False, label="New password again")
+    password = forms.CharField(widget=forms.PasswordInput, strip=False, label=gettext_lazy("New password"))
+    again = forms.CharField(widget=forms.PasswordInput, strip=False, label=gettext_lazy("New password again"))
 
     def clean(self):
         data = super().clean()
         if data.get("password") and data.get("password") != data.get("again"):
-            self.add_error("again", "The two passwords differ.")
+            self.add_error("again", _("The two passwords differ."))
         elif data.get("password"):
             try:
                 validate_password(data["password"])
@@ -63,26 +71,64 @@ class MemberWithAllocationForm(forms.Form):
 def _allocation_rows(member, now) -> list[dict]:
     allocations = list(Allocation.objects.filter(member=member).select_related("model").order_by("created_at"))
     usage = selectors.usage_this_month([a.pk for a in allocations], now=now)
-    return [{"allocation": a, "tokens": usage[a.pk][0], "cost": usage[a.pk][1]} for a in allocations]
+    rows = []
+    for a in allocations:
+        tokens, cost = usage[a.pk]
+        state = marks.cap_state(
+            tokens_used=tokens, token_cap=a.quota_tokens_per_month, cost_used=cost, cost_cap=a.quota_cost_usd_per_month
+        )
+        rows.append(
+            {
+                "allocation": a,
+                "state": state,
+                "status": marks.status_text(a, state),
+                "spend": _figure(marks.money(cost), a.quota_cost_usd_per_month, cost, _("no cap")),
+                "tokens": _figure(f"{tokens:,}", a.quota_tokens_per_month, tokens, _("unlimited")),
+            }
+        )
+    return rows
+
+
+def _figure(used_text: str, cap, used, no_cap: str):
+    if cap is None:
+        return marks.figure(used_text, no_cap, "", marks.CLEAR)
+    cap_text = marks.money(cap) if isinstance(used, Decimal) else f"{cap:,}"
+    return marks.figure(used_text, cap_text, marks.share(used, cap), marks.one_cap_state(used, cap))
+
+
+def _keys_with_spend(member, now) -> list:
+    """The member's live keys, each with `spend_this_month` from this month's priced calls (one
+    grouped query over the member's calls of the month)."""
+    keys = list(ApiKey.objects.live().filter(member=member).prefetch_related("scopes__allocation__model"))
+    spend = dict(
+        CallRecord.objects.filter(member=member, api_key__in=keys, priced=True)
+        .in_period(*period_bounds(now))
+        .values("api_key")
+        .annotate(total=Sum("cost_usd"))
+        .values_list("api_key", "total")
+    )
+    for key in keys:
+        key.spend_this_month = spend.get(key.pk) or ZERO
+    return keys
 
 
 def member_page_view(request, member_id):
     member = get_object_or_404(Member, pk=member_id)
     form = PasswordResetForm(request.POST or None)
-    may_reset = request.user.is_superuser or not member.is_superuser  # staff cannot take over a superuser
+    may_reset = may_change_member(member=member, actor=request.user)
     if request.method == "POST" and not may_reset:
-        messages.error(request, "Only a superuser may reset a superuser's password.")
+        messages.error(request, _("Only a superuser may reset a superuser's password."))
     elif request.method == "POST" and form.is_valid():
         services.member_set_password(member=member, password=form.cleaned_data["password"], actor=request.user)
-        messages.success(request, f"Password of {member.username} reset.")
+        messages.success(request, _("Password of %(name)s reset.") % {"name": member.username})
         return redirect("admin_member_page", member_id=member.pk)
     now = timezone.now()
     context = {
         **admin.site.each_context(request),
-        "title": f"Member {member.username}",
+        "title": _("Member %(name)s") % {"name": member.username},
         "member": member,
         "allocation_rows": _allocation_rows(member, now),
-        "keys": ApiKey.objects.live().filter(member=member).prefetch_related("scopes__allocation__model"),
+        "keys": _keys_with_spend(member, now),
         "calls": CallRecord.objects.filter(member=member)
         .select_related("model", "allocation")
         .order_by("-started_at", "-id")[:RECENT_CALLS],

@@ -1,7 +1,8 @@
 """Django admin for members and admin tokens.
 
 Every active staff member governs members (disable, enable, staff flag, email, password); only a
-superuser makes or unmakes a superuser or mints an admin token for someone else. The last active
+superuser makes or unmakes a superuser, changes a superuser's password, email or flags, links an
+account to a single sign-on identity, or mints an admin token for someone else. The last active
 admin can be neither disabled nor demoted: the form says so before anything is written, and the
 service checks again with the admins' rows locked. Every change goes through allocations.services.
 """
@@ -9,13 +10,15 @@ service checks again with the admins' rows locked. Every change goes through all
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
+from django.utils.translation import gettext, gettext_lazy
 
 from allocations import services
 from allocations.exceptions import GatewayError
-from allocations.members import MEMBER_UPDATABLE, last_admin_check
+from allocations.members import MEMBER_UPDATABLE, SUPERUSER_TARGET, last_admin_check
 from allocations.models import AdminToken, ApiKey, Member
 
 from .base import StaffAdmin, form_errors_from
+from .marks import member_link
 
 
 class MemberAddForm(forms.ModelForm):
@@ -42,12 +45,17 @@ class MemberChangeForm(forms.ModelForm):
         help_text="Write-only. Blank keeps the current password. The audit trail records the change, never the hash.",
     )
 
+    acting_user = None  # set per request by MemberAdmin.get_form
+
     class Meta:
         model = Member
-        fields = ("email", "is_active", "is_staff", "is_superuser")
+        fields = ("email", "is_active", "is_staff", "is_superuser", "sso_subject")
 
     def clean(self):
         data = super().clean()
+        guarded = {"email", "is_active", "is_staff", "new_password"}.intersection(self.changed_data)
+        if guarded and self.instance.is_superuser and not getattr(self.acting_user, "is_superuser", False):
+            raise forms.ValidationError(SUPERUSER_TARGET.capitalize() + ".")
         try:
             last_admin_check(
                 member=self.instance,
@@ -61,7 +69,7 @@ class MemberChangeForm(forms.ModelForm):
 
 @admin.register(Member)
 class MemberAdmin(StaffAdmin):
-    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "date_joined")
+    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "last_login", "page")
     list_filter = ("is_active", "is_staff", "is_superuser")
     search_fields = ("username", "email")
     ordering = ("username",)
@@ -72,14 +80,21 @@ class MemberAdmin(StaffAdmin):
         "is_staff",
         "is_superuser",
         "new_password",
+        "sso_subject",
         "last_login",
         "date_joined",
     )
     readonly_fields = ("username", "last_login", "date_joined")
 
+    @admin.display(description=gettext_lazy("member page"))
+    def page(self, obj):
+        return member_link(obj, gettext("open"))
+
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = MemberChangeForm if obj is not None else MemberAddForm
-        return super().get_form(request, obj, change=change, **kwargs)
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.acting_user = request.user  # a class made for this request by modelform_factory
+        return form
 
     def get_fields(self, request, obj=None):
         if obj is None:
@@ -90,7 +105,9 @@ class MemberAdmin(StaffAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        return self.readonly_fields if request.user.is_superuser else (*self.readonly_fields, "is_superuser")
+        if request.user.is_superuser:
+            return self.readonly_fields
+        return (*self.readonly_fields, "is_superuser", "sso_subject")  # a link signs in as the member
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
@@ -124,6 +141,8 @@ class MemberAdmin(StaffAdmin):
         updates = {f: data[f] for f in changed if f in MEMBER_UPDATABLE}
         if updates:
             member = services.member_update(member=member, changes=updates, actor=request.user)
+        if "sso_subject" in changed:
+            member = services.member_link_sso(member=member, subject=data["sso_subject"], actor=request.user)
         if data.get("new_password"):
             services.member_set_password(member=member, password=data["new_password"], actor=request.user)
 

@@ -8,55 +8,58 @@ import math
 from decimal import Decimal
 
 from django.contrib import admin, messages
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_lazy
 from django.views.decorators.http import require_POST
 
 from allocations import services
 from allocations.exceptions import GatewayError
 from allocations.models import Allocation
-from quota import overview
+from quota import display, overview
 from quota.models import Outcome
-from quota.periods import period_bounds, period_start_date
+from quota.periods import billing_tz, period_bounds, period_start_date
 from quota.pricing import ZERO
 
-REFUSAL_LABELS: dict[str, str] = {
-    Outcome.REJECTED_COST_QUOTA_EXCEEDED: "cost cap reached",
-    Outcome.REJECTED_QUOTA_EXCEEDED: "token quota reached",
-    Outcome.REJECTED_QUOTA_BUSY: "quota busy (held by calls in flight)",
-    Outcome.REJECTED_PAUSED: "allocation paused",
-    Outcome.REJECTED_QUARANTINED: "allocation quarantined",
-    Outcome.REJECTED_REVOKED: "allocation revoked",
-    Outcome.REJECTED_UNAUTHENTICATED: "bad or missing key",
-    Outcome.REJECTED_MODEL_MISMATCH: "model not in the key's scope",
-    Outcome.REJECTED_BAD_REQUEST: "bad request",
-    Outcome.REJECTED_MODEL_KIND: "wrong endpoint for the model",
+from . import marks, spend
+
+REFUSAL_LABELS: dict[str, object] = {
+    Outcome.REJECTED_COST_QUOTA_EXCEEDED: gettext_lazy("cost cap reached"),
+    Outcome.REJECTED_QUOTA_EXCEEDED: gettext_lazy("token quota reached"),
+    Outcome.REJECTED_QUOTA_BUSY: gettext_lazy("quota busy (held by calls in flight)"),
+    Outcome.REJECTED_PAUSED: gettext_lazy("allocation paused"),
+    Outcome.REJECTED_QUARANTINED: gettext_lazy("allocation quarantined"),
+    Outcome.REJECTED_REVOKED: gettext_lazy("allocation revoked"),
+    Outcome.REJECTED_UNAUTHENTICATED: gettext_lazy("bad or missing key"),
+    Outcome.REJECTED_MODEL_MISMATCH: gettext_lazy("model not in the key's scope"),
+    Outcome.REJECTED_BAD_REQUEST: gettext_lazy("bad request"),
+    Outcome.REJECTED_MODEL_KIND: gettext_lazy("wrong endpoint for the model"),
 }
 
 
 def suggested_cap(cap: Decimal, used: Decimal) -> Decimal:
-    """Half again the larger of cap and spend, rounded up to whole dollars."""
-    return Decimal(max(1, math.ceil(max(cap, used) * Decimal("1.5"))))
+    """Half again the larger of cap and spend, rounded up to two significant digits ($0.002 gives
+    $0.003, $7.50 gives $12); $1 when both are zero."""
+    target = max(cap, used) * Decimal("1.5")
+    if target <= 0:
+        return Decimal(1)
+    step = Decimal(1).scaleb(target.adjusted() - 1)  # the second significant digit's place value
+    return (Decimal(math.ceil(target / step)) * step).normalize()
 
 
-def _daily_rows(figures: overview.MonthFigures) -> tuple[list[str], list[dict]]:
-    names = list(figures.spend_by_day)
-    rows, running = [], ZERO
-    for day in figures.days:
-        amounts = [figures.spend_by_day[name].get(day, ZERO) for name in names]
-        running += sum(amounts, ZERO)
-        rows.append({"day": day, "amounts": amounts, "total": sum(amounts, ZERO), "cumulative": running})
-    return names, rows
-
-
-def _chart(names: list[str], rows: list[dict], today) -> dict:
-    """Chart.js data; the running total stops today (null draws no line over the days to come)."""
+def _chart(names: list[str], rows: list[dict], step: str) -> dict:
+    """Chart.js data; the running total stops now (null draws no line over what is to come)."""
+    local = [r["at"].astimezone(billing_tz()) for r in rows]
     return {
-        "days": [r["day"].isoformat() for r in rows],
+        "days": [f"{at:%m-%d %H:00}" if step == "hour" else f"{at:%m-%d}" for at in local],
         "series": [{"name": n, "values": [str(r["amounts"][i]) for r in rows]} for i, n in enumerate(names)],
-        "cumulative": [str(r["cumulative"]) if r["day"] <= today else None for r in rows],
+        "cumulative": [None if r["cumulative"] is None else str(r["cumulative"]) for r in rows],
+        "axis_daily": gettext("Per hour (USD)") if step == "hour" else gettext("Per day (USD)"),
+        "axis_total": gettext("So far (USD)"),
+        "total_label": gettext("spend so far"),
     }
 
 
@@ -73,9 +76,14 @@ def _near_rows(period_start, resets_on) -> list[dict]:
                 "token_percent": None
                 if not a.quota_tokens_per_month
                 else int(counter.tokens_used * 100 / a.quota_tokens_per_month),
-                "over": cap is not None and counter.cost_used >= cap,
+                "state": marks.cap_state(
+                    tokens_used=counter.tokens_used,
+                    token_cap=a.quota_tokens_per_month,
+                    cost_used=counter.cost_used,
+                    cost_cap=cap,
+                ),
                 "resets_on": resets_on,
-                "suggested": None if cap is None else suggested_cap(cap, counter.cost_used),
+                "suggested": None if cap is None else f"{suggested_cap(cap, counter.cost_used):f}",
             }
         )
     return rows
@@ -89,20 +97,23 @@ def _providers(figures: overview.MonthFigures) -> list[dict]:
     ]  # fmt: skip
 
 
-def overview_context(*, now, by: str) -> dict:
+def overview_context(*, now, by: str, period: spend.Period) -> dict:
     start, end = period_bounds(now)
     period_start = period_start_date(now)
-    figures = overview.month_figures(start=start, end=end, now=now, by=by)
-    names, rows = _daily_rows(figures)
+    figures = overview.month_figures(start=start, end=end, now=now, by="provider" if by == "provider" else "model")
+    names, rows = spend.spend_rows(period=period, by=by, now=now)
     last_month, last_until = overview.last_month_same_point(now=now)
     caps, uncapped = overview.caps_total()
     return {
         "now": now,
         "by": by,
+        "month_start": period_start,
         "figures": figures,
+        "period": period,
         "series_names": names,
         "daily_rows": rows,
-        "chart": _chart(names, rows, overview.today_start(now).date()),
+        "period_total": sum((r["total"] for r in rows), ZERO),
+        "chart": _chart(names, rows, period.step),
         "caps_total": caps,
         "uncapped": uncapped,
         "cap_share": None if not caps else int(figures.total * 100 / caps),
@@ -121,11 +132,24 @@ def overview_context(*, now, by: str) -> dict:
 
 
 def overview_view(request):
-    by = "provider" if request.GET.get("by") == "provider" else "model"
+    now = timezone.now()
+    by = request.GET.get("by") if request.GET.get("by") in spend.GROUPS else "model"
+    try:
+        period = spend.period_from(request.GET, now=now)
+    except spend.PeriodError as exc:
+        messages.error(request, str(exc))
+        period = spend.period_from({}, now=now)
+    if request.GET.get("export") == "csv":
+        names, rows = spend.spend_rows(period=period, by=by, now=now)
+        response = HttpResponse(spend.as_csv(names=names, rows=rows, step=period.step), content_type="text/csv")
+        name = f"spend-by-{by}-{period.start:%Y-%m-%d}-{period.step}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
     context = {
         **admin.site.each_context(request),
-        "title": "Spend overview",
-        **overview_context(now=timezone.now(), by=by),
+        "title": gettext("Spend overview"),
+        **overview_context(now=now, by=by, period=period),
+        "query": request.GET.urlencode(),
     }
     return TemplateResponse(request, "admin/overview.html", context)
 
@@ -137,7 +161,8 @@ def raise_cap_view(request, allocation_id):
     try:
         cap = services.validate_cost_cap(request.POST.get("quota_cost_usd_per_month", "").strip())
         if cap is None or (before is not None and cap <= before):
-            raise GatewayError(f"enter a cap above the current ${before.normalize():f}" if before else "enter a cap")
+            above = gettext("enter a cap above the current %(cap)s") % {"cap": display.usd(before)}
+            raise GatewayError(above if before is not None else gettext("enter a cap"))
         services.allocation_update(
             allocation=allocation,
             changes={"quota_cost_usd_per_month": cap},
@@ -146,7 +171,8 @@ def raise_cap_view(request, allocation_id):
     except GatewayError as exc:
         messages.error(request, f"{allocation}: {exc.message}")
     else:
-        messages.success(request, f"Cost cap of {allocation} raised to ${cap.normalize():f}.")
+        raised = gettext("Cost cap of %(allocation)s raised to %(cap)s.")
+        messages.success(request, raised % {"allocation": allocation, "cap": display.usd(cap)})
     return redirect("admin_overview")
 
 

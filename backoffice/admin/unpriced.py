@@ -9,6 +9,7 @@ the call's start, yet the call is unpriced. Neither is ever shown as $0 (SPEC 4)
 from django.contrib import admin
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from quota.models import CallRecord, PriceVersion
 from quota.periods import period_bounds
@@ -20,15 +21,15 @@ def with_price_in_force(queryset):
 
 
 class UnpricedFilter(admin.SimpleListFilter):
-    title = "pricing"
+    title = gettext_lazy("pricing")
     parameter_name = "pricing"
 
     def lookups(self, request, model_admin):
         return (
-            ("unpriced_period", "unpriced, this period"),
-            ("mismatch_period", "unit mismatch, this period"),
-            ("unpriced", "unpriced, all time"),
-            ("mismatch", "unit mismatch, all time"),
+            ("unpriced_period", gettext_lazy("unpriced, this period")),
+            ("mismatch_period", gettext_lazy("unit mismatch, this period")),
+            ("unpriced", gettext_lazy("unpriced, all time")),
+            ("mismatch", gettext_lazy("unit mismatch, all time")),
         )
 
     def queryset(self, request, queryset):

@@ -13,32 +13,23 @@ from django.db.models import DecimalField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from allocations import services
 from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ProviderKind
-from quota import display, selectors
+from quota import selectors
 from quota.billing import caps
-from quota.models import CallRecord, PriceVersion, UsageCounter
+from quota.models import PriceVersion, UsageCounter
 from quota.periods import period_start_date
 from quota.services import IMAGE_PRICES_HELP, OPTION_PRICE_FIELDS, price_version_add, price_version_clean
 
-from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
+from . import marks
+from .base import StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 from .filters import (
-    AllocationFilter,
-    MemberFilter,
-    ModelFilter,
-    StartedBeforeFilter,
-    StartedFromFilter,
     titled,
 )
-from .unpriced import UnpricedFilter, metered
-
-
-def _money(value) -> str:
-    """The portal's precision: never $0.00 for a non-zero amount."""
-    return display.usd(value) if value is not None else "—"
-
 
 # --- allocations -----------------------------------------------------------------------------------
 
@@ -106,22 +97,25 @@ def _usage(obj):
     return obj.usage_tokens, obj.usage_cost
 
 
-def _percent(used, cap) -> str:
-    if cap is None:
-        return ""
-    if cap == 0:
-        return " (cap 0: blocked)"
-    return f" ({Decimal(used) * 100 / Decimal(cap):.0f}%)"
+def _state(obj) -> str:
+    tokens, cost = _usage(obj)
+    return marks.cap_state(
+        tokens_used=tokens,
+        token_cap=obj.quota_tokens_per_month,
+        cost_used=cost,
+        cost_cap=obj.quota_cost_usd_per_month,
+    )
 
 
 class UsageFilter(admin.SimpleListFilter):
     """Near or over a cap this month, from the counters (one query with subqueries)."""
 
-    title = "this month's usage"
+    title = _("this month's usage")
     parameter_name = "usage"
 
     def lookups(self, request, model_admin):
-        return [("near", f"near a cap (≥ {caps.near_cap_ratio():.0%})"), ("over", "at or over a cap")]
+        near = gettext("near a cap (≥ %(share)s)") % {"share": f"{caps.near_cap_ratio():.0%}"}
+        return [("near", near), ("over", gettext("at or over a cap"))]
 
     def queryset(self, request, queryset):
         if self.value() not in ("near", "over"):
@@ -144,14 +138,14 @@ class UsageFilter(admin.SimpleListFilter):
 @admin.register(Allocation)
 class AllocationAdmin(StaffAdmin):
     form = AllocationForm
-    list_display = ("display_name", "member", "model_label", "status_label", "tokens", "spend", "near_cap_flag")
+    list_display = ("display_name", "member_link", "model_label", "status_label", "spend", "tokens")
     list_filter = (
         UsageFilter,
         "status",
-        ("model__kind", titled("model kind")),
+        ("model__kind", titled(_("model kind"))),
         "is_service_allocation",
         "quota_locked",
-        ("model__provider__kind", titled("provider kind")),
+        ("model__provider__kind", titled(_("provider kind"))),
         "model",
     )
     search_fields = ("display_name", "member__username", "member__email", "model__slug", "=id")
@@ -173,48 +167,36 @@ class AllocationAdmin(StaffAdmin):
             return fields
         return [*fields, "status", "paused_by", "status_reason", "usage_summary", "created_at", "updated_at"]
 
-    @admin.display(description="model", ordering="model__slug")
+    @admin.display(description=_("model"), ordering="model__slug")
     def model_label(self, obj):
         badge = simulated_badge(obj.model.provider.kind) if obj.model.provider.kind == ProviderKind.SIMULATED else ""
         return format_html("{} {}", obj.model.slug, badge)
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=_("member"), ordering="member__username")
+    def member_link(self, obj):
+        return marks.member_link(obj.member)
+
+    @admin.display(description=_("status"), ordering="status")
     def status_label(self, obj):
-        suffix = f" by {obj.paused_by}" if obj.status == Allocation.Status.PAUSED and obj.paused_by else ""
-        return f"{obj.status}{suffix}"
+        return marks.status_text(obj, _state(obj))
 
-    @admin.display(description="tokens used / quota")
+    @admin.display(description=_("tokens used / quota"))
     def tokens(self, obj):
-        used, _ = _usage(obj)
+        used, _cost = _usage(obj)
         cap = obj.quota_tokens_per_month
-        return f"{used:,} / {'unlimited' if cap is None else f'{cap:,}'}{_percent(used, cap)}"
+        cap_text = gettext("unlimited") if cap is None else f"{cap:,}"
+        return marks.figure(f"{used:,}", cap_text, marks.share(used, cap), marks.one_cap_state(used, cap))
 
-    @admin.display(description="spend / cap this month")
+    @admin.display(description=_("spend / cap this month"))
     def spend(self, obj):
-        tokens, cost = _usage(obj)
+        _tokens, cost = _usage(obj)
         cap = obj.quota_cost_usd_per_month
-        text = f"{_money(cost)} / {'no cap' if cap is None else _money(cap)}{_percent(cost, cap)}"
-        if self._near(obj, tokens, cost):
-            return format_html('<strong style="color:#b94a00">{} ⚠</strong>', text)
-        return text
+        cap_text = gettext("no cap") if cap is None else marks.money(cap)
+        return marks.figure(marks.money(cost), cap_text, marks.share(cost, cap), marks.one_cap_state(cost, cap))
 
-    @admin.display(description="near cap", boolean=True)
-    def near_cap_flag(self, obj):
-        tokens, cost = _usage(obj)
-        return self._near(obj, tokens, cost)
-
-    @staticmethod
-    def _near(obj, tokens, cost) -> bool:
-        return selectors.near_cap(
-            tokens_used=tokens,
-            token_cap=obj.quota_tokens_per_month,
-            cost_used=cost,
-            cost_cap=obj.quota_cost_usd_per_month,
-        )
-
-    @admin.display(description="this month")
+    @admin.display(description=_("this month"))
     def usage_summary(self, obj):
-        return f"tokens {self.tokens(obj)}; spend {self.spend(obj)}"
+        return format_html("{}: {}; {}: {}", gettext("tokens"), self.tokens(obj), gettext("spend"), self.spend(obj))
 
     # --- writes: only through the services ---
 
@@ -254,15 +236,15 @@ class AllocationAdmin(StaffAdmin):
         if done:
             self.message_user(request, f"{done} allocation(s) {verb}.", messages.SUCCESS)
 
-    @admin.action(description="Pause selected allocations", permissions=["change"])
+    @admin.action(description=_("Pause selected allocations"), permissions=["change"])
     def pause(self, request, queryset):
         self._each(request, queryset, "paused", lambda a: services.allocation_pause(allocation=a, actor=request.user))
 
-    @admin.action(description="Resume selected allocations", permissions=["change"])
+    @admin.action(description=_("Resume selected allocations"), permissions=["change"])
     def resume(self, request, queryset):
         self._each(request, queryset, "resumed", lambda a: services.allocation_resume(allocation=a, actor=request.user))
 
-    @admin.action(description="Revoke selected allocations (final)", permissions=["change"])
+    @admin.action(description=_("Revoke selected allocations (final)"), permissions=["change"])
     def revoke(self, request, queryset):
         page = confirmed_or_page(self, request, queryset, action="revoke", what="allocation(s)")
         if page is not None:
@@ -270,7 +252,7 @@ class AllocationAdmin(StaffAdmin):
         self._each(request, queryset, "revoked", lambda a: services.allocation_revoke(allocation=a, actor=request.user))
         return None
 
-    @admin.action(description="Unquarantine selected allocations", permissions=["change"])
+    @admin.action(description=_("Unquarantine selected allocations"), permissions=["change"])
     def unquarantine(self, request, queryset):
         self._each(
             request,
@@ -279,7 +261,7 @@ class AllocationAdmin(StaffAdmin):
             lambda a: services.allocation_unquarantine(allocation=a, actor=request.user),
         )
 
-    @admin.action(description="Rotate default key of selected allocations", permissions=["change"])
+    @admin.action(description=_("Rotate default key of selected allocations"), permissions=["change"])
     def rotate_default_key(self, request, queryset):
         def rotate(allocation):
             _, plaintext = services.allocation_rotate_default_key(allocation=allocation, actor=request.user)
@@ -371,54 +353,3 @@ class PriceVersionAdmin(StaffAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
-
-
-# --- call records ---------------------------------------------------------------------------------------
-
-
-@admin.register(CallRecord)
-class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
-    list_display = (
-        "started_at",
-        "request_id",
-        "key_prefix",
-        "member",
-        "model",
-        "endpoint",
-        "outcome",
-        "status_code",
-        "input_tokens",
-        "output_tokens",
-        metered,
-        "cost",
-        "service_tier",
-        "close_reason",
-    )
-    list_filter = (
-        MemberFilter,
-        AllocationFilter,
-        ModelFilter,
-        StartedFromFilter,
-        StartedBeforeFilter,
-        "outcome",
-        "endpoint",
-        "priced",
-        "is_stream",
-        UnpricedFilter,
-    )
-    search_fields = ("=request_id", "=member__username", "^model__slug")
-    list_select_related = ("member", "model", "api_key")
-    ordering = ("-started_at", "-id")
-
-    @admin.display(description="key")
-    def key_prefix(self, obj):
-        return f"{obj.api_key.prefix}…" if obj.api_key else "—"
-
-    @admin.display(description="cost")
-    def cost(self, obj):
-        if obj.priced:
-            return _money(obj.cost_usd)
-        return "unpriced" if obj.carries_usage else "—"
-
-    def get_actions(self, request):
-        return {}

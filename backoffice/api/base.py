@@ -5,12 +5,12 @@ import contextlib
 import uuid
 
 from drf_spectacular.utils import OpenApiParameter
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from allocations.exceptions import BadRequest
+from allocations.json_depth import DepthLimitedJSONParser
 from allocations.models import Member, Provider
 from allocations.pages import keyset_page, parse_limit
 from allocations.serializers import QueryCheckedAPIView
@@ -32,7 +32,7 @@ class IsStaff(BasePermission):
 class AdminAPIView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
+    parser_classes = [DepthLimitedJSONParser]
 
 
 def list_response(request, queryset, output, *, time_field: str = "created_at", prepare=None) -> Response:

@@ -6,7 +6,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from allocations import services
-from allocations.cost_options import ALLOWED_OPTIONS
+from allocations.cost_options import ALLOWED_OPTIONS, UNPRICED_TOOLS
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
 from allocations.serializers import (
     DecimalInputField,
@@ -52,8 +52,26 @@ OPTIONS_HELP = (
 )
 
 
+UNPRICED_HELP = (
+    "A built-in tool this model does not allow and price: 'remove' takes it out of the request (the "
+    "answer names it in x-gateway-removed-tools), 'refuse' answers 400 naming it."
+)
+EXTRA_CLIENT_HELP = (
+    "Tool types beyond function, custom, local_shell, apply_patch and namespace that this model lets "
+    "through as run by the client; any other unknown type is refused."
+)
+
+
 def _allowed_options_field(**kwargs) -> serializers.ListField:
     return serializers.ListField(child=StrictCharField(max_length=64), help_text=OPTIONS_HELP, **kwargs)
+
+
+def _unpriced_tools_field(**kwargs) -> serializers.ChoiceField:
+    return serializers.ChoiceField(choices=UNPRICED_TOOLS, help_text=UNPRICED_HELP, **kwargs)
+
+
+def _extra_client_tools_field(**kwargs) -> serializers.ListField:
+    return serializers.ListField(child=StrictCharField(max_length=64), help_text=EXTRA_CLIENT_HELP, **kwargs)
 
 
 class ModelList(AdminAPIView):
@@ -64,6 +82,8 @@ class ModelList(AdminAPIView):
         kind = serializers.ChoiceField(choices=ModelKind.choices)
         display_name = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
         allowed_options = _allowed_options_field(required=False, default=list)
+        unpriced_tools = _unpriced_tools_field(required=False, default="remove")
+        extra_client_tools = _extra_client_tools_field(required=False, default=list)
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ModelOutput, "ModelPage"))
     def get(self, request):
@@ -80,11 +100,14 @@ class ModelList(AdminAPIView):
 
 class ModelDetail(AdminAPIView):
     class InputSerializer(RateLimitsInputMixin, StrictInputSerializer):
-        """Organisation-wide rate limits, the active flag, the display name and the allowed options."""
+        """Organisation-wide rate limits, the active flag, the display name, the allowed options and
+        the tool rules."""
 
         is_active = StrictBooleanField(required=False)
         display_name = StrictCharField(required=False, allow_blank=True, max_length=200)
         allowed_options = _allowed_options_field(required=False)
+        unpriced_tools = _unpriced_tools_field(required=False)
+        extra_client_tools = _extra_client_tools_field(required=False)
 
     @extend_schema(responses=ModelOutput)
     def get(self, request, model_id):

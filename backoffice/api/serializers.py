@@ -59,6 +59,8 @@ class ModelOutput(RateLimitsOutputMixin, serializers.Serializer):
     display_name = serializers.CharField()
     is_active = serializers.BooleanField()
     allowed_options = serializers.ListField(child=serializers.CharField())
+    unpriced_tools = serializers.CharField()
+    extra_client_tools = serializers.ListField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
 
 

@@ -60,23 +60,7 @@ def price_parts(price) -> list[str]:
 
 @register.simple_tag
 def outcome_label(outcome: str) -> str:
-    labels = {
-        "success": _("success"),
-        "client_cancelled": _("client cancelled"),
-        "upstream_error": _("upstream error"),
-        "gateway_error": _("gateway error"),
-        "rejected_unauthenticated": _("rejected: unauthenticated"),
-        "rejected_bad_request": _("rejected: bad request"),
-        "rejected_model_mismatch": _("rejected: model not in key scope"),
-        "rejected_revoked": _("rejected: revoked"),
-        "rejected_paused": _("rejected: paused"),
-        "rejected_quarantined": _("rejected: quarantined"),
-        "rejected_quota_exceeded": _("rejected: token quota reached"),
-        "rejected_cost_quota_exceeded": _("rejected: cost cap reached"),
-        "rejected_quota_busy": _("rejected: quota busy"),
-        "rejected_model_kind": _("rejected: wrong endpoint for model"),
-    }
-    return labels.get(outcome, outcome)
+    return display.outcome_label(outcome)
 
 
 @register.simple_tag

@@ -2,8 +2,8 @@
 the counters, the release), for every path: HTTP, realtime, the sweeper and the spool.
 
 Its face:
-- `admit(...)` / `settle(...)`: synchronous, on Django's connection, any database (ledger.sync;
-  one prepared statement each on PostgreSQL, ledger.portable's writes elsewhere).
+- `admit(...)` / `settle(...)`: synchronous, on Django's connection (ledger.sync; one prepared
+  statement each, plain writes in one transaction for a settlement without a reservation).
 - `admit_async(...)` / `settle_async(...)`: from the event loop. A warm admission runs its
   statement on the loop's own connections (ledger.loop) or returns None, and the caller's thread
   path (ledger.threads.run) decides; a settlement runs on the loop, grouped with the others
@@ -55,11 +55,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def on_loop() -> bool:
-    """Whether the loop path exists here (PostgreSQL)."""
-    return loop.enabled()
-
-
 async def admit_async(
     *,
     allocation_id: str,
@@ -73,10 +68,8 @@ async def admit_async(
     reservation_id=None,
 ) -> Admission | None:
     """The admission on the event loop when this allocation's counter is known: the reservation,
-    or None when it was not made there (no known counter, SQLite, or a cap's guard did not match:
+    or None when it was not made there (no known counter, or a cap's guard did not match:
     the synchronous `admit` on a thread tells 403 from 429). Database errors propagate."""
-    if not loop.enabled():
-        return None
     counter_id = counter_id_cached(allocation_id=allocation_id, now=now)
     if counter_id is None:
         return None
@@ -100,7 +93,7 @@ async def settle_async(*, admission: Admission | None, record: dict, usage: Usag
     fails, `settle` on a thread, spooled if the database fails there too. After a failure the
     thread first looks for the record (the statement may have committed before the error reached
     us), so a call is never recorded twice."""
-    if admission is not None and record.get("allocation_id") and loop.enabled():
+    if admission is not None and record.get("allocation_id"):
         try:
             await loop.settle(admission=admission, record=record, usage=usage, price=price, now=timezone.now())
             return

@@ -1,10 +1,11 @@
-"""Admission and settlement from the event loop, on PostgreSQL (the hot path of a call).
+"""Admission and settlement from the event loop (the hot path of a call).
 
 The accounting threads (ledger.threads) run every step with Django's connection; handing a step
 to a thread and back costs about as much CPU as the statement itself, and the threads fight the
 event loop for the GIL. When everything a call needs is already cached (key scope, price, counter
 id), its two statements run here instead: the same SQL (ledger.statements) on a few psycopg async
-connections owned by the event loop, prepared once per connection.
+connections owned by the event loop, prepared once per connection (not behind PgBouncer in
+transaction mode: GATEWAY_PGBOUNCER).
 
 Nothing here refuses a call or spools a settlement: admit returns None when the guarded UPDATE
 did not match, and any error propagates; the caller then takes the thread path, which tells 403
@@ -15,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
-import functools
 import weakref
 from decimal import Decimal
 
@@ -29,10 +29,9 @@ from .statements import Admission, Settlement, admit_statement, reservation_row,
 _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
 
 
-@functools.cache
-def enabled() -> bool:
-    """PostgreSQL (read once: `connections[...]` builds a new wrapper in every request's context)."""
-    return connections["default"].vendor == "postgresql"
+def _prepare() -> bool:
+    """psycopg's `prepare` for the two statements: always, or never behind PgBouncer (GATEWAY_PGBOUNCER)."""
+    return not settings.GATEWAY_PGBOUNCER
 
 
 CLOSE_WAIT_S = 5.0
@@ -173,7 +172,7 @@ async def admit(
         reservation=reservation,
     )
     async with pool().connection() as conn, conn.cursor() as cursor:
-        await cursor.execute(sql, params, prepare=True)
+        await cursor.execute(sql, params, prepare=_prepare())
         admitted = cursor.rowcount > 0
     return Admission(reservation["id"], counter_id, est_tokens, cost) if admitted else None
 
@@ -228,7 +227,7 @@ class _Settlements:
             batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
             try:
                 async with self.pool.connection() as conn, conn.cursor() as cursor:
-                    await cursor.execute(*settle_statement([s for s, _ in batch]), prepare=True)
+                    await cursor.execute(*settle_statement([s for s, _ in batch]), prepare=_prepare())
                     ids = dict(await cursor.fetchall())  # n -> record id; absent: settled before
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:

@@ -2,12 +2,16 @@
 
 If the transaction that writes a call record fails (PostgreSQL restarting, a failover, a full
 connection pool), the settlement is pushed onto a Redis list instead of being lost; a periodic
-task replays it once the database is back. Without Redis (the laptop defaults) the fallback is a
-local JSON-lines file. Replay is idempotent: a payload whose record already exists is dropped.
+task replays it once the database is back. Without Redis (the laptop defaults), or while Redis is
+unreachable, the fallback is a local JSON-lines file in GATEWAY_SPOOL_DIR: it and its directory
+are created by the first settlement that needs them, and otherwise only looked for (a read-only
+application directory is no problem while Redis answers). Replay is idempotent: a payload whose
+record already exists is dropped.
 """
 
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
 import uuid
@@ -69,9 +73,7 @@ def _redis():
 
 
 def _file() -> Path:
-    path = Path(getattr(settings, "GATEWAY_SPOOL_FILE", settings.BASE_DIR / "var" / "settle-spool.jsonl"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(settings.GATEWAY_SPOOL_FILE)
 
 
 def spool_push(payload: dict) -> None:
@@ -83,7 +85,10 @@ def spool_push(payload: dict) -> None:
             return
         except redis.RedisError:
             logger.exception("settlement spool: Redis unavailable, writing to the local file")
-    with _file().open("a") as fh:
+    path = _file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # a replay in another process (a shared volume) rewrites the file
         fh.write(line + "\n")
 
 
@@ -175,18 +180,24 @@ def _replay_redis(client, limit: int) -> int:
 
 
 def _replay_file() -> int:
+    """Replays the local file under its lock (processes sharing the directory append meanwhile)."""
     path = _file()
     if not path.exists() or not path.stat().st_size:
         return 0
-    pending = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    done = 0
-    for payload in pending:
-        try:
-            _replay_one(payload)
-        except DatabaseError:
-            break
-        done += 1
-    path.write_text("".join(json.dumps(p) + "\n" for p in pending[done:]))
+    with path.open("r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        pending = [json.loads(line) for line in fh.read().splitlines() if line.strip()]
+        done = 0
+        for payload in pending:
+            try:
+                _replay_one(payload)
+            except DatabaseError:
+                break
+            done += 1
+        if done:
+            fh.seek(0)
+            fh.write("".join(json.dumps(p) + "\n" for p in pending[done:]))
+            fh.truncate()
     return done
 
 

@@ -2,9 +2,13 @@
 (call record + counters + release), and the smaller moves of a reservation.
 
 Each step is one short transaction with conditional UPDATEs, so limits hold across any number of
-processes sharing PostgreSQL; nothing here is ever called while an upstream call is open. On
-PostgreSQL each step is one statement of ledger.statements on a prepared cursor; elsewhere the
-same writes go through ledger.portable.
+processes sharing PostgreSQL; nothing here is ever called while an upstream call is open. Each
+step is one statement of ledger.statements on a prepared cursor; a settlement without a
+reservation (a refusal after admission, a call of no allocation) writes its rows one by one in
+one transaction.
+
+Plain SQL rather than the ORM for those rows too: they run on every call that takes that path, and
+compiling the ORM's queries costs several times the database round trip.
 """
 
 import datetime as dt
@@ -12,7 +16,8 @@ import uuid
 from contextlib import nullcontext
 from decimal import Decimal
 
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.models import F
 from django.utils import timezone
@@ -24,8 +29,15 @@ from ..exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..periods import period_start_date
 from ..pricing import ZERO, Usage
-from . import portable
-from .statements import Admission, Settlement, admit_statement, reservation_row, settle_statement, settle_values
+from .statements import (
+    COUNTER_TABLE,
+    Admission,
+    Settlement,
+    admit_statement,
+    reservation_row,
+    settle_statement,
+    settle_values,
+)
 
 # (allocation id, period start) -> counter id. Counters are never deleted while their allocation
 # lives; a stale id (e.g. a test database flushed) just misses the fast path and is looked up again.
@@ -34,10 +46,11 @@ _counter_ids: BoundedCache = BoundedCache(100_000)
 
 class _PreparedCursor(ServerBindingCursor):
     """psycopg's server-side binding cursor, preparing every statement it runs (once per connection:
-    psycopg keeps the prepared statements by query text and parameter types)."""
+    psycopg keeps the prepared statements by query text and parameter types), unless
+    GATEWAY_PGBOUNCER says the server connection may change between transactions."""
 
     def execute(self, query, params=None, *, prepare=None, binary=None):
-        return super().execute(query, params, prepare=True, binary=binary)
+        return super().execute(query, params, prepare=not settings.GATEWAY_PGBOUNCER, binary=binary)
 
 
 def _prepared_cursor():
@@ -50,10 +63,6 @@ def _prepared_cursor():
     query log the tests count)."""
     connection.ensure_connection()
     return connection._prepare_cursor(_PreparedCursor(connection.connection))
-
-
-def _one_statement() -> bool:
-    return connection.vendor == "postgresql"
 
 
 def counter_for(*, allocation_id, period_start) -> UsageCounter:
@@ -83,14 +92,9 @@ def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> E
 
 def _hold(counter_id: int, row: dict, caps: dict) -> bool:
     """The guarded reservation on `counter_id` and its row; False when a cap's guard did not match."""
-    if _one_statement():
-        with _prepared_cursor() as cursor:
-            cursor.execute(*admit_statement(counter_id=counter_id, reservation=row, **caps))
-            return cursor.rowcount > 0
-    if not portable.reserve(counter_id, tokens=row["tokens"], cost=row["cost"], **caps):
-        return False
-    portable.insert(Reservation(**row, counter_id=counter_id))
-    return True
+    with _prepared_cursor() as cursor:
+        cursor.execute(*admit_statement(counter_id=counter_id, reservation=row, **caps))
+        return cursor.rowcount > 0
 
 
 def admit(
@@ -128,9 +132,8 @@ def admit(
     )
     caps = {"allocation_id": allocation_id, "token_cap": token_cap, "cost_cap": cost_cap, "priced": priced}
     if cached_counter_id is not None:
-        # One statement on PostgreSQL is atomic on its own: a savepoint only when nested.
-        nested = connection.in_atomic_block or not _one_statement()
-        with transaction.atomic() if nested else nullcontext():
+        # One statement is atomic on its own: a savepoint only when nested.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
             if _hold(cached_counter_id, row, caps):
                 return Admission(row["id"], cached_counter_id, est_tokens, est_cost)
     with transaction.atomic():
@@ -175,7 +178,7 @@ def adjust(
 
 def release(*, admission: Admission | None) -> None:
     """Releases a reservation without settling a call (a call refused after admission)."""
-    if admission is not None and portable.reservation_delete(admission):
+    if admission is not None and _reservation_delete(admission):
         UsageCounter.objects.filter(pk=admission.counter_id).update(
             tokens_reserved=F("tokens_reserved") - admission.tokens,
             cost_reserved=F("cost_reserved") - admission.cost,
@@ -196,7 +199,7 @@ def settle(
     was settled already, e.g. by the sweeper after its process was thought lost."""
     values, cost = settle_values(record=record, usage=usage, price=price, now=now or timezone.now())
     row = CallRecord(**values)
-    if admission is not None and row.allocation_id and _one_statement():
+    if admission is not None and row.allocation_id:
         with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
             cursor.execute(*settle_statement([Settlement(values, admission, usage.total_tokens, cost or ZERO)]))
             written = cursor.fetchone()
@@ -207,17 +210,17 @@ def settle(
         return row
     with transaction.atomic():
         # Deleting the reservation row is what makes its settlement happen exactly once.
-        released = admission is not None and portable.reservation_delete(admission)
+        released = admission is not None and _reservation_delete(admission)
         if admission is not None and not released:
             return None
-        portable.insert(row)
+        _insert(row)
         if row.allocation_id and (usage.has_tokens or cost or admission is not None):
             counter_id = (
                 admission.counter_id
                 if admission is not None
                 else counter_for(allocation_id=row.allocation_id, period_start=period_start_date(row.started_at)).pk
             )
-            portable.counter_add(
+            _counter_add(
                 counter_id,
                 tokens=usage.total_tokens,
                 cost=cost or ZERO,
@@ -225,7 +228,7 @@ def settle(
                 release=admission if released else None,  # release and usage in one UPDATE of the row
             )
         elif released and admission is not None:
-            portable.counter_add(admission.counter_id, tokens=0, cost=ZERO, calls=0, release=admission)
+            _counter_add(admission.counter_id, tokens=0, cost=ZERO, calls=0, release=admission)
     return row
 
 
@@ -233,3 +236,55 @@ def record_reject(*, record: dict, now: dt.datetime | None = None) -> CallRecord
     """A rejected call: recorded, carries no usage, touches no counter."""
     now = now or timezone.now()
     return CallRecord.objects.create(**record, finished_at=record.get("finished_at") or now)
+
+
+def _counter_add(counter_id, *, tokens: int, cost: Decimal, calls: int, release: Admission | None) -> None:
+    """Moves usage into a counter and, in the same UPDATE, takes a released reservation out."""
+    sql = f"UPDATE {COUNTER_TABLE} SET tokens_used = tokens_used + %s, cost_used = cost_used + %s, calls = calls + %s"  # noqa: S608
+    params: list = [tokens, cost, calls]
+    if release is not None:
+        sql += ", tokens_reserved = tokens_reserved - %s, cost_reserved = cost_reserved - %s"
+        params += [release.tokens, release.cost]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " WHERE id = %s", [*params, counter_id])
+
+
+def _reservation_delete(admission: Admission) -> bool:
+    """Deleting the row is what makes a release happen exactly once: the sweeper may have taken it."""
+    return Reservation.objects.filter(pk=admission.reservation_id).delete()[0] > 0
+
+
+_insert_plans: dict = {}  # one entry per model: bounded by the models that use _insert()
+
+
+def _insert_parts(obj) -> tuple[tuple[str, ...], tuple[str, ...], list]:
+    """(quoted columns, placeholders, parameters) of an INSERT of `obj`: each field's pre_save and
+    database preparation, as Model.save(force_insert=True) does. The auto primary key is left out.
+    The field list and quoted names are built once per model; the fields get the real connection,
+    not the `connection` proxy (a context-local lookup on every attribute access they make)."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    meta = obj._meta
+    plan = _insert_plans.get(meta.label)
+    if plan is None:
+        fields = tuple(f for f in meta.concrete_fields if f is not meta.auto_field)
+        columns = tuple(conn.ops.quote_name(f.column) for f in fields)
+        plan = _insert_plans[meta.label] = (fields, columns, ("%s",) * len(fields))
+    fields, columns, values = plan
+    return columns, values, [f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields]
+
+
+def _insert(obj) -> None:
+    """INSERT of one new row without the ORM's per-call query compilation. Same values as
+    Model.save(force_insert=True); the auto primary key comes back with RETURNING."""
+    meta = obj._meta
+    auto = meta.auto_field
+    columns, values, params = _insert_parts(obj)
+    sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(values)})"  # noqa: S608
+    if auto is not None:
+        sql += f" RETURNING {connection.ops.quote_name(auto.column)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if auto is not None:
+            setattr(obj, auto.attname, cursor.fetchone()[0])
+    obj._state.adding = False
+    obj._state.db = connection.alias

@@ -2,7 +2,8 @@
 (function () {
   "use strict";
   if (typeof window.Chart === "undefined") { return; }
-  var money = new Intl.NumberFormat("en", { style: "currency", currency: "USD", maximumFractionDigits: 6 });
+  var format = window.gatewayMoney(document.documentElement.lang);
+  var money = { format: format };
   var colours = ["#1d4ed8", "#059669", "#b45309", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9333ea", "#6b7280"];
   var node = document.getElementById("overview-daily-data");
   var daily = document.getElementById("overview-daily-chart");
@@ -12,7 +13,7 @@
       return { type: "bar", label: s.name, data: s.values.map(Number), backgroundColor: colours[i % colours.length],
         stack: "spend", yAxisID: "y", order: 2 };
     });
-    datasets.push({ type: "line", label: "spend so far", data: data.cumulative.map(function (v) { return v === null ? null : Number(v); }), borderColor: "#111827",
+    datasets.push({ type: "line", label: data.total_label, data: data.cumulative.map(function (v) { return v === null ? null : Number(v); }), borderColor: "#111827",
       backgroundColor: "#111827", pointRadius: 0, borderWidth: 2, yAxisID: "total", order: 1 });
     window.overviewDailyChart = new window.Chart(daily, {
       data: { labels: data.days.map(function (d) { return d.slice(5); }), datasets: datasets },
@@ -21,9 +22,10 @@
         interaction: { mode: "index", intersect: false },
         scales: {
           x: { stacked: true },
-          y: { stacked: true, beginAtZero: true, ticks: { callback: function (v) { return money.format(v); } } },
+          y: { stacked: true, beginAtZero: true, ticks: { callback: function (v) { return money.format(v); } },
+            title: { display: true, text: data.axis_daily } },
           total: { beginAtZero: true, position: "right", grid: { drawOnChartArea: false },
-            ticks: { callback: function (v) { return money.format(v); } } },
+            ticks: { callback: function (v) { return money.format(v); } }, title: { display: true, text: data.axis_total } },
         },
         plugins: { tooltip: { callbacks: { label: function (c) { return c.dataset.label + ": " + money.format(c.parsed.y); } } } },
       },

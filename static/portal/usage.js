@@ -9,9 +9,9 @@
   }
   var labels = data("daily-spend-labels");
   var locale = labels.locale === "zh-hant" ? "zh-Hant" : labels.locale;
-  var money = new Intl.NumberFormat(locale, { style: "currency", currency: "USD", maximumFractionDigits: 6 });
-  var moneyTicks = { callback: function (v) { return money.format(v); } };
-  var tooltip = { callbacks: { label: function (ctx) { return ctx.dataset.label + ": " + money.format(ctx.chart.options.indexAxis === "y" ? ctx.parsed.x : ctx.parsed.y); } } };
+  var money = window.gatewayMoney(labels.locale);
+  var moneyTicks = { callback: function (v) { return money(v); } };
+  var tooltip = { callbacks: { label: function (ctx) { return ctx.dataset.label + ": " + money(ctx.chart.options.indexAxis === "y" ? ctx.parsed.x : ctx.parsed.y); } } };
 
   var daily = document.getElementById("daily-spend-chart");
   if (daily) {
@@ -25,7 +25,8 @@
     var datasets = [
       { type: "bar", label: labels.daily, data: series.map(function (r) { return Number(r.cost_usd); }),
         backgroundColor: "#1d4ed8", yAxisID: "y", order: 3 },
-      { type: "line", label: labels.cumulative, data: series.map(function (r) { return Number(r.cumulative_usd); }),
+      { type: "line", label: labels.cumulative,
+        data: series.map(function (r) { return r.day > labels.today ? null : Number(r.cumulative_usd); }),
         borderColor: "#b45309", backgroundColor: "#b45309", pointRadius: 0, borderWidth: 2, yAxisID: "total", order: 1 },
     ];
     if (cap !== null) {
@@ -38,8 +39,10 @@
         responsive: true, maintainAspectRatio: false, animation: false,
         interaction: { mode: "index", intersect: false },
         scales: {
-          y: { beginAtZero: true, position: "left", ticks: moneyTicks },
-          total: { beginAtZero: true, position: "right", ticks: moneyTicks, grid: { drawOnChartArea: false } },
+          y: { beginAtZero: true, position: "left", ticks: moneyTicks,
+            title: { display: true, text: labels.daily_axis } },
+          total: { beginAtZero: true, position: "right", ticks: moneyTicks, grid: { drawOnChartArea: false },
+            title: { display: true, text: labels.total_axis } },
         },
         plugins: { tooltip: tooltip },
       },
@@ -58,7 +61,7 @@
       },
       options: {
         indexAxis: "y", responsive: true, maintainAspectRatio: false, animation: false,
-        scales: { x: { beginAtZero: true, ticks: moneyTicks } },
+        scales: { x: { beginAtZero: true, ticks: moneyTicks, title: { display: true, text: labels.by_model } } },
         plugins: { legend: { display: false }, tooltip: tooltip },
       },
     });

@@ -202,11 +202,27 @@ def test_provider_services_audit_fingerprints_never_keys():
     assert crypto.provider_api_key(provider) == "sk-secret-2"
     rotated = only_event(action="provider_key_rotated")
     assert rotated.before["fingerprint"] == created.after["fingerprint"] != rotated.after["fingerprint"]
-    services.provider_update(provider=provider, changes={"base_url": "https://y.test/v1"})
+    services.provider_update(provider=provider, changes={"base_url": "https://y.test/v1"}, api_key="sk-secret-3")
     updated = only_event(action="provider_updated")
     assert updated.before == {"base_url": "https://x.test/v1"} and updated.after == {"base_url": "https://y.test/v1"}
     services.provider_set_status(provider=provider, status="disabled")
     assert only_event(action="provider_status_updated").after == {"status": "disabled"}
+
+
+def test_a_provider_moves_to_another_base_url_only_with_its_key_entered_again():
+    provider = services.provider_create(name="p", kind="openai", base_url="https://x.test/v1", api_key="sk-secret-1")
+    with pytest.raises(BadRequest) as refused:
+        services.provider_update(provider=provider, changes={"base_url": "https://evil.test/v1"})
+    assert refused.value.status == 400 and "api_key" in refused.value.fields
+    provider.refresh_from_db()
+    assert provider.base_url == "https://x.test/v1" and crypto.provider_api_key(provider) == "sk-secret-1"
+    assert not AuditEvent.objects.filter(action="provider_updated").exists()
+
+    services.provider_update(provider=provider, changes={"name": "p2"})  # other fields need no key
+    services.provider_update(provider=provider, changes={"base_url": "https://y.test/v1"}, api_key="sk-secret-2")
+    provider.refresh_from_db()
+    assert provider.base_url == "https://y.test/v1" and crypto.provider_api_key(provider) == "sk-secret-2"
+    assert only_event(action="provider_key_rotated").after == {"fingerprint": ApiKey.hash("sk-secret-2")[:12]}
 
 
 def test_model_services_audit_once():

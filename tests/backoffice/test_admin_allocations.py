@@ -49,6 +49,28 @@ def change_form(allocation, **overrides) -> dict:
 # --- list --------------------------------------------------------------------------------------------
 
 
+def test_over_the_cap_reads_blocked_and_is_marked_apart_from_near(admin_client, member):
+    near = AllocationFactory(member=member, quota_cost_usd_per_month=Decimal("10"))
+    over = AllocationFactory(member=member, quota_cost_usd_per_month=Decimal("2"), quota_tokens_per_month=100)
+    use(near, cost="8")
+    use(over, tokens=40, cost="2.4")
+    page = admin_client.get(reverse("admin:allocations_allocation_changelist")).content.decode()
+    assert '<strong class="cap-mark cap-over">blocked: over cap</strong>' in page
+    assert page.count("blocked: over cap") == 1  # the near one is still "active"
+    assert '<span class="cap-mark cap-over">$2.40 / $2.00 (120 %) <strong>over cap</strong>' in page
+    assert '<span class="cap-mark cap-near">$8.00 / $10.00 (80 %) <span>near cap</span>' in page
+    assert "40 / 100 (40 %)</td>" in page  # the token quota is far: unmarked
+    assert f'href="/admin/members/{member.pk}/"' in page  # the member page, one click away
+
+
+def test_the_change_page_of_a_capped_allocation_shows_its_marks_as_html_not_text(admin_client, member):
+    over = AllocationFactory(member=member, quota_cost_usd_per_month=Decimal("2"))
+    use(over, cost="2.4")
+    page = admin_client.get(reverse("admin:allocations_allocation_change", args=[over.pk])).content.decode()
+    assert "&lt;" not in page.split('<div class="readonly">', 1)[1].split("</form>")[0]
+    assert "<strong>over cap</strong>" in page
+
+
 def test_the_list_shows_member_model_status_usage_spend_cap_and_percent(admin_client, member):
     allocation = AllocationFactory(
         member=member,
@@ -59,16 +81,16 @@ def test_the_list_shows_member_model_status_usage_spend_cap_and_percent(admin_cl
     use(allocation, tokens=250, cost="9.5")
     page = admin_client.get(reverse("admin:allocations_allocation_changelist")).content.decode()
     assert "alice" in page and "sim/chat" in page and ">simulated</span>" in page and "active" in page
-    assert "250 / 1,000 (25%)" in page
-    assert "$9.50 / $10.00 (95%)" in page
-    assert "color:#b94a00" in page  # near cap highlighted
+    assert "250 / 1,000 (25 %)" in page
+    assert '<span class="cap-mark cap-near">$9.50 / $10.00 (95 %) <span>near cap</span>' in page
+    assert "cap-over" not in page and "blocked" not in page
 
 
 def test_an_allocation_far_from_its_caps_is_not_highlighted_and_no_cap_reads_as_such(admin_client, allocation):
     use(allocation, tokens=5, cost="0.01")
     page = admin_client.get(reverse("admin:allocations_allocation_changelist")).content.decode()
     assert "5 / unlimited" in page and "$0.01 / no cap" in page
-    assert "color:#b94a00" not in page
+    assert "cap-near" not in page and "cap-over" not in page
 
 
 def test_the_list_costs_a_fixed_number_of_queries_whatever_its_length(admin_client, member):

@@ -135,7 +135,7 @@ def test_django_admin_switches_options_with_checkboxes_and_audits(admin_client):
     url = reverse("admin:allocations_catalogmodel_change", args=[model.pk])
     page = admin_client.get(url).content.decode()
     assert 'type="checkbox" name="allowed_options" value="service_tier:priority"' in page
-    form = {"is_active": "on", "allowed_options": ["web_search", "service_tier:flex"]}
+    form = {"is_active": "on", "allowed_options": ["web_search", "service_tier:flex"], "unpriced_tools": "remove"}
     assert admin_client.post(url, form).status_code == 302
     assert CatalogModel.objects.get(pk=model.pk).allowed_options == ["service_tier:flex", "web_search"]
     event = AuditEvent.objects.get(action="model_updated")
@@ -143,7 +143,7 @@ def test_django_admin_switches_options_with_checkboxes_and_audits(admin_client):
         {"allowed_options": []},
         {"allowed_options": ["service_tier:flex", "web_search"]},
     )
-    refused = admin_client.post(url, {"is_active": "on", "allowed_options": ["teleport"]})
+    refused = admin_client.post(url, {**form, "allowed_options": ["teleport"]})
     assert refused.status_code == 200 and "allowed_options" in refused.context["adminform"].form.errors
 
 

@@ -92,6 +92,17 @@ def test_entering_a_new_provider_key_rotates_it_through_the_service(admin_client
     assert audit_actions() == ["provider_updated", "provider_key_rotated"]
 
 
+def test_a_new_provider_base_url_needs_the_key_entered_again_in_the_same_change(admin_client):
+    provider = ProviderFactory(kind="openai", base_url="https://api.test/v1")
+    url = reverse("admin:allocations_provider_change", args=[provider.pk])
+    form = {"name": provider.name, "base_url": "https://evil.test/v1", "api_version": "", "status": "active"}
+    response = admin_client.post(url, {**form, "api_key": ""})
+    assert response.status_code == 200 and "Enter the API key again" in response.content.decode()
+    provider.refresh_from_db()
+    assert provider.base_url == "https://api.test/v1"
+    assert audit_actions() == []
+
+
 def test_the_simulated_provider_is_labelled_in_provider_and_model_lists(admin_client):
     CatalogModelFactory(slug="sim/x", provider=ProviderFactory(name="simulated", kind="simulated"))
     for name in ("provider", "catalogmodel"):

@@ -46,8 +46,6 @@ def test_call_records_filter_by_member_allocation_model_and_dates(admin_client, 
     assert _ids(admin_client.get(CALLS, {"model_slug": "mistral/small"})) == {second.pk}
     assert _ids(admin_client.get(CALLS, {"started_from": "2026-03-05"})) == {second.pk}
     assert _ids(admin_client.get(CALLS, {"started_before": "2026-03-05"})) == {first.pk}
-    assert _ids(admin_client.get(CALLS, {"allocation_id": "not-a-uuid"})) == set()
-    assert _ids(admin_client.get(CALLS, {"started_from": "March"})) == set()
 
 
 def test_call_records_are_searched_by_member_model_or_request_id(admin_client, calls):
@@ -57,10 +55,14 @@ def test_call_records_are_searched_by_member_model_or_request_id(admin_client, c
     assert _ids(admin_client.get(CALLS, {"q": first.request_id})) == {first.pk}
 
 
-def test_call_records_show_key_prefix_request_id_and_cost_at_portal_precision(admin_client, calls):
+def test_call_records_show_short_request_id_member_link_latency_and_cost_at_portal_precision(admin_client, calls):
     mei, _, first, _ = calls
+    CallRecord.objects.filter(pk=first.pk).update(finished_at=first.started_at + dt.timedelta(milliseconds=1234))
     html = admin_client.get(CALLS).content.decode()
-    assert first.request_id in html and f"{first.api_key.prefix}…" in html
+    rid = first.request_id
+    assert f'title="{rid}"><span>{rid[:8]}</span><span class="short-id-rest">{rid[8:]}</span>' in html
+    assert f'href="/admin/members/{mei.member_id}/"' in html
+    assert '<td class="field-latency">1,234</td>' in html
     assert "$0.0115" in html and "$2.00" in html
     small = AllocationFactory(member=mei.member, model=mei.model, quota_cost_usd_per_month=Decimal("0.01"))
     settle_call(small, cost_usd="0.0115")  # this month

@@ -1,7 +1,11 @@
 """The staff spend overview: its figures are the call records', and "raise cap" is audited."""
 
+import csv
 import datetime as dt
+import io
+import re
 from decimal import Decimal
+from urllib.parse import urlencode
 
 import pytest
 import time_machine
@@ -55,7 +59,8 @@ def test_the_overview_figures_are_the_call_records(admin_client, month):
     assert context["figures"].total == records.aggregate(t=Sum("cost_usd"))["t"] == Decimal("10.800001")
     assert context["last_month"] == Decimal("1.25")
     assert context["caps_total"] == Decimal("12") and context["uncapped"] == 1
-    assert context["daily_rows"][-1]["cumulative"] == Decimal("10.800001")
+    drawn = [r["cumulative"] for r in context["daily_rows"] if r["cumulative"] is not None]
+    assert drawn[-1] == Decimal("10.800001") and len(drawn) == 20  # up to now, the 20th
     assert {r["outcome"]: r["calls"] for r in context["refusals"]} == {
         "rejected_cost_quota_exceeded": 2,
         "rejected_paused": 1,
@@ -124,3 +129,109 @@ def test_todays_calls_show_at_once_while_whole_days_come_from_the_cache(admin_cl
     assert _page(admin_client).context["figures"].total == before + 1
     cache.clear()  # what CLOSED_DAYS_TTL_S does after ten minutes
     assert _page(admin_client).context["figures"].total == before + 3
+
+
+def test_near_and_over_rows_are_marked_apart_and_raise_cap_suggests_a_sensible_figure(admin_client, month):
+    near, over, _ = month
+    html = _page(admin_client).content.decode()
+    assert f'data-allocation="{over.pk}" class="row-over"' in html
+    assert f'data-allocation="{near.pk}" class="row-near"' in html
+    assert html.count("<strong>over the cap</strong>") == 1 and html.count("<span>near the cap</span>") == 1
+    assert f'id="cap-{over.pk}" name="quota_cost_usd_per_month" value="3.5"' in html  # 1.5 × $2.30
+
+
+@pytest.mark.parametrize(
+    ("cap", "used", "suggested"),
+    [("0.002", "0.0021", "0.0032"), ("0.002", "0", "0.003"), ("2", "2.3", "3.5"), ("10", "8.5", "15"),
+     ("7.5", "1", "12"), ("0", "0", "1"), ("400", "10", "600")],
+)  # fmt: skip
+def test_the_suggested_cap_keeps_the_scale_of_small_caps(cap, used, suggested):
+    from backoffice.admin.overview import suggested_cap
+
+    assert suggested_cap(Decimal(cap), Decimal(used)) == Decimal(suggested)
+
+
+def test_an_empty_month_draws_no_chart_and_the_axes_are_labelled(admin_client, db):
+    html = _page(admin_client).content.decode()
+    assert 'id="overview-daily-empty"' in html and 'id="overview-daily-chart"' not in html
+
+
+def test_the_chart_data_label_both_axes_and_stop_the_running_total_today(admin_client, month):
+    chart = _page(admin_client).context["chart"]
+    assert (chart["axis_daily"], chart["axis_total"]) == ("Per day (USD)", "So far (USD)")
+    assert chart["cumulative"][19] is not None and set(chart["cumulative"][20:]) == {None}  # NOW is the 20th
+
+
+def test_refusals_this_month_open_this_months_refusals_only(admin_client, month):
+    near, over, _ = month
+    html = _page(admin_client).content.decode()
+    link = "/admin/quota/callrecord/?outcome__exact=rejected_cost_quota_exceeded&amp;started_from=2026-11-01"
+    assert link in html
+    with time_machine.travel(NOW, tick=False):
+        reject_call(over, outcome="rejected_cost_quota_exceeded", when=NOW - dt.timedelta(days=40))  # October
+        listed = admin_client.get(link.replace("&amp;", "&")).context["cl"].result_list
+    assert len(listed) == 2
+
+
+def test_the_member_page_is_linked_from_users_allocations_and_call_records(admin_client, month):
+    near, _, _ = month
+    page = f'href="/admin/members/{near.member_id}/"'
+    for url in ("/admin/allocations/member/", "/admin/allocations/allocation/", "/admin/quota/callrecord/"):
+        assert page in admin_client.get(url).content.decode(), url
+
+
+def _table(html: str) -> list[list[str]]:
+    body = html.split('id="daily-table"', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in body.split("</tr>") if "<td" in row]
+
+
+@pytest.mark.parametrize(
+    ("query", "first", "buckets", "step"),
+    [({}, dt.datetime(2026, 11, 1, tzinfo=dt.UTC), 30, "day"),
+     ({"period": "last"}, dt.datetime(2026, 10, 1, tzinfo=dt.UTC), 31, "day"),
+     ({"period": "custom", "from": "2026-10-15", "to": "2026-11-20"},
+      dt.datetime(2026, 10, 15, tzinfo=dt.UTC), 37, "day"),
+     ({"period": "custom", "from": "2026-11-19", "to": "2026-11-20", "step": "hour"},
+      dt.datetime(2026, 11, 19, tzinfo=dt.UTC), 48, "hour")],
+)  # fmt: skip
+def test_the_period_picker_ranges(admin_client, month, query, first, buckets, step):
+    context = _page(admin_client, "?" + urlencode(query)).context
+    period = context["period"]
+    assert (period.start, period.step, len(context["daily_rows"])) == (first, step, buckets)
+    assert context["daily_rows"][0]["at"] == first
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [({"period": "custom", "from": "2025-01-01", "to": "2026-11-20"}, "at most a year"),
+     ({"period": "custom", "from": "2026-11-20", "to": "2026-11-01"}, "ends before it starts"),
+     ({"period": "custom", "from": "Nov 1", "to": "2026-11-20"}, "is not a date"),
+     ({"period": "custom", "from": "2026-10-01", "to": "2026-11-20", "step": "hour"}, "at most 31 days")],
+)  # fmt: skip
+def test_a_range_the_picker_cannot_draw_is_refused_with_a_message(admin_client, month, query, message):
+    response = _page(admin_client, "?" + urlencode(query))
+    assert message in str(list(response.context["messages"])[0])
+    assert response.context["period"].name == "this"
+
+
+@pytest.mark.parametrize("by", ["model", "provider", "member"])
+def test_the_csv_export_is_the_table_on_screen(admin_client, month, by):
+    query = urlencode({"period": "custom", "from": "2026-10-20", "to": "2026-11-20", "by": by})
+    html = _page(admin_client, "?" + query).content.decode()
+    with time_machine.travel(NOW, tick=False):
+        exported = admin_client.get("/admin/overview/?" + query + "&export=csv")
+    assert exported["Content-Type"] == "text/csv" and "attachment" in exported["Content-Disposition"]
+    lines = list(csv.reader(io.StringIO(exported.content.decode())))
+    screen = _table(html)
+    assert len(lines) - 1 == len(screen) == 32
+    header = re.findall(r'<th scope="col"[^>]*>(.*?)</th>', html.split('id="daily-table"', 1)[1].split("</thead>")[0])
+    assert lines[0][1:-2] == header[1:-2]  # the same series in the same order
+    for line, cells in zip(lines[1:], screen, strict=True):
+        shown = [Decimal(c.replace("$", "").replace(",", "")) if c.startswith("$") else None for c in cells[1:]]
+        exported_amounts = [Decimal(v) if v else None for v in line[1:]]
+        for on_screen, in_csv in zip(shown, exported_amounts, strict=True):
+            if on_screen is None:  # "—": nothing that bucket, or the running total after now
+                assert in_csv in (None, Decimal(0))
+            else:
+                assert abs(on_screen - in_csv) <= Decimal("0.005")  # the screen rounds to cents
+    assert sum(Decimal(line[-2]) for line in lines[1:]) == Decimal("16.050001")  # October 20-21 and November

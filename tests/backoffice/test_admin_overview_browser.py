@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 from django.db.models import Sum
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from allocations.models import AuditEvent
 from portal.templatetags.portal_tags import usd
@@ -50,7 +50,8 @@ def test_the_overview_figures_equal_the_call_records_and_raise_cap_audits(spend,
     priced = CallRecord.objects.in_period(start, end).filter(priced=True)
     records = orm(lambda: priced.aggregate(t=Sum("cost_usd"))["t"])
     assert records == Decimal("10.5615")
-    assert page.locator("#spend-this-month").inner_text() == usd(records)
+    with translation.override("en"):  # the page's language, whatever an earlier test left active
+        assert page.locator("#spend-this-month").inner_text() == usd(records)
     charted = page.evaluate("window.overviewDailyChart.data.datasets.filter(d => d.type === 'bar')"
                             ".flatMap(d => d.data).reduce((a, b) => a + b, 0)")  # fmt: skip
     assert charted == pytest.approx(float(records))

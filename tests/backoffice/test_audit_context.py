@@ -20,6 +20,7 @@ HOPS = {"REMOTE_ADDR": "10.0.0.9", "HTTP_X_FORWARDED_FOR": "198.51.100.7, 203.0.
 @pytest.fixture
 def behind_one_proxy(settings):
     settings.GATEWAY_TRUSTED_PROXY_COUNT = 1
+    settings.GATEWAY_TRUSTED_PROXIES = ["10.0.0.0/24"]
 
 
 def _event(action) -> AuditEvent:

@@ -34,6 +34,7 @@ def test_the_request_id_is_read_once_per_request():
 @pytest.mark.parametrize("hop", ["not-an-ip", "1.2.3.4.5", ""])
 def test_a_garbled_forwarded_hop_falls_back_to_the_peer(settings, hop):
     settings.GATEWAY_TRUSTED_PROXY_COUNT = 1
+    settings.GATEWAY_TRUSTED_PROXIES = ["10.0.0.1"]
     request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=hop)
     assert client_ip(request) == "10.0.0.1"
 

@@ -85,5 +85,7 @@ def test_no_call_is_lost_or_billed_twice_under_faults(rig, settings):
     figures = json.dumps(report.figures, indent=1, default=str)
     print("\nchaos figures:", figures)
     if os.environ.get("CHAOS_REPORT"):
-        Path(os.environ["CHAOS_REPORT"]).write_text(figures)
+        report_path = Path(os.environ["CHAOS_REPORT"])
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(figures)
     assert not report.summary, json.dumps(report.summary, indent=1, default=str)

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.proxy.conftest import fake_upstream, gateway, gateway_url, world  # noqa: F401 (fixtures)
+from tests.serving.conftest import fake  # noqa: F401 (fixture)
 
 ROOT = Path(settings.BASE_DIR)
 METRICS_TOKEN = "metrics-" + "t" * 24

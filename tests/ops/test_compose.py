@@ -21,11 +21,15 @@ def compose() -> dict:
 def test_compose_runs_the_stores_a_one_shot_migrate_then_web_worker_and_beat_from_the_env_file(compose):
     services = compose["services"]
     assert set(services) == {"postgres", "redis", *GATEWAY_SERVICES}
-    assert services["postgres"]["image"].startswith("postgres:") and services["redis"]["image"].startswith("redis:")
+    assert services["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16-bookworm}"
+    assert services["redis"]["image"] == "${REDIS_IMAGE:-redis:7-bookworm}"
     for name in GATEWAY_SERVICES:
         service = services[name]
-        assert service["env_file"] == ".env" and "build" in service, name
+        # `make image` builds it (the CA bundle is a build secret that compose 1.29 cannot pass)
+        assert service["env_file"] == ".env" and "build" not in service, name
+        assert service["image"] == "${GATEWAY_IMAGE:-ai-gateway:latest}"
         assert set(service["environment"]) == {"DATABASE_URL", "REDIS_URL"}
+        assert service["volumes"] == ["spool:/var/lib/gateway/spool"]  # GATEWAY_SPOOL_DIR in the image
     assert services["migrate"]["command"] == ["python3", "manage.py", "migrate", "--noinput"]
     assert services["migrate"]["restart"] == "no"
     for name in ("web", "worker", "beat"):
@@ -38,6 +42,7 @@ def test_every_setting_compose_interpolates_is_listed_in_the_env_example():
     text = (ROOT / "compose.yaml").read_text()
     required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
     assert required and required <= listed
+    assert set(re.findall(r"\$\{([A-Z_]+):-", text)) <= listed  # GATEWAY_IMAGE, GATEWAY_PORT, the stores' images
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
@@ -64,6 +69,13 @@ def test_the_example_alert_rules_parse_and_use_only_metrics_the_gateway_exports(
     assert "GatewayReservationsStuck" in names
     exported = {m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
     exported |= {"gateway_reservations_open", "gateway_reservations_expired", "gateway_settlements_spooled"}
+    exported |= {"gateway_redis_up", "gateway_celery_heartbeat_age_seconds"}
+    assert {"GatewayCeleryWorkerSilent", "GatewayCeleryBeatSilent", "GatewayRedisDown"} <= names
     for rule in rules:
         for used in re.findall(r"\b(gateway_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", rule["expr"]):
             assert used in exported, (rule["alert"], used)
+
+
+def test_the_web_port_is_published_on_loopback_unless_the_operator_binds_it_elsewhere(compose):
+    (published,) = compose["services"]["web"]["ports"]
+    assert published.startswith("${GATEWAY_BIND:-127.0.0.1}:")

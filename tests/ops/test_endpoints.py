@@ -3,6 +3,7 @@ with calls made through it by the official SDK."""
 
 import json
 import logging
+import re
 
 import httpx
 import openai
@@ -41,16 +42,21 @@ def test_healthz_and_readyz_answer_ok_and_write_no_call_record(gateway):
     ready = httpx.get(f"{gateway}/readyz")
     assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+    body = ready.json()
+    assert (body["status"], body["checks"]) == ("ok", {"database": "ok", "draining": "no"})
+    assert body["detail"]["redis"] == "ok" and set(body["detail"]) == {"redis", "celery_worker", "celery_beat"}
     assert httpx.head(f"{gateway}/healthz").status_code == 200
     assert httpx.post(f"{gateway}/healthz").status_code == 405
     assert CallRecord.objects.count() == before
 
 
-def test_health_ignores_the_host_header_a_load_balancer_probes_with(gateway):
-    # ALLOWED_HOSTS guards Django's pages; a probe by IP or internal name must still get its answer.
-    assert httpx.get(f"{gateway}/healthz", headers={"Host": "10.1.2.3:8000"}).status_code == 200
-    assert httpx.get(f"{gateway}/accounts/login/", headers={"Host": "10.1.2.3:8000"}).status_code == 400
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/v1/models", "/accounts/login/"])
+def test_every_path_checks_the_host_header_against_allowed_hosts(gateway, path):
+    refused = httpx.get(f"{gateway}{path}", headers={"Host": "10.1.2.3:8000", "X-Request-Id": "bad-host"})
+    assert refused.status_code == 400
+    if path != "/accounts/login/":  # Django's own page there; the contract's envelope elsewhere
+        assert refused.json()["error"]["code"] == "bad_request" and refused.headers["x-request-id"] == "bad-host"
+    assert httpx.get(f"{gateway}/healthz", headers={"Host": "localhost:8000"}).status_code == 200
 
 
 def test_metrics_is_404_while_no_token_is_configured(gateway, settings):
@@ -121,3 +127,40 @@ def test_one_log_line_per_call_with_ids_usage_and_timings_and_never_the_key_or_p
     assert "request_id=log-1" in text and "outcome=success" in text
     for secret in (allocation.plaintext, allocation.plaintext[:12], prompt, "8f3e1c"):
         assert secret not in json.dumps(line) and secret not in text
+
+
+def test_readyz_is_503_naming_the_drain_once_the_server_began_shutting_down(gateway):
+    from ops import health
+
+    health.draining_started()
+    try:
+        ready = httpx.get(f"{gateway}/readyz")
+    finally:
+        health._draining = False
+    assert ready.status_code == 503
+    assert ready.json()["failed"] == ["draining"] and ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["draining"].startswith("draining")
+    assert httpx.get(f"{gateway}/readyz").status_code == 200
+
+
+def test_health_detail_and_metrics_show_redis_and_the_celery_heartbeats(gateway, metrics_on):
+    from ops import heartbeat
+
+    client = heartbeat._redis()
+    client.hdel(heartbeat.KEY, "celery_beat")
+    heartbeat.beat(process="celery_worker")
+    detail = httpx.get(f"{gateway}/readyz").json()["detail"]
+    assert re.fullmatch(r"last seen [0-4] s ago", detail["celery_worker"]) and detail["celery_beat"] == "never seen"
+    found = scrape(gateway)
+    assert found[("gateway_redis_up", ())] == 1
+    assert found[("gateway_celery_heartbeat_age_seconds", (("process", "celery_worker"),))] < 5
+    assert found[("gateway_celery_heartbeat_age_seconds", (("process", "celery_beat"),))] == float("inf")
+
+
+def test_a_zero_cost_is_written_as_0_in_the_call_line():
+    from decimal import Decimal
+
+    from ops.observe import _usd
+
+    assert _usd(Decimal("0E-9")) == "0" and _usd(Decimal("0.000000000")) == "0"
+    assert _usd(Decimal("0.000009900")) == "0.000009900" and _usd(Decimal("1E+1")) == "10" and _usd(None) is None

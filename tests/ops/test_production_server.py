@@ -2,6 +2,7 @@
 served by daphne (gateway_project.serve) on a real port. And /readyz when a dependency is down."""
 
 import re
+import uuid
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from .conftest import METRICS_TOKEN, production_env
 pytestmark = pytest.mark.django_db
 
 HOST = {"Host": "gateway.example.org", "X-Forwarded-Proto": "https"}  # as the TLS proxy forwards it
+NAMED = {"Host": "gateway.example.org"}  # a probe names a host in ALLOWED_HOSTS, like any client
 
 
 def serve(db_name: str, **env):
@@ -57,11 +59,12 @@ def test_the_portal_behind_the_tls_proxy_redirects_plain_http_and_sets_secure_co
 
 
 def test_health_and_metrics_in_production(production):
-    assert httpx.get(f"{production}/healthz").status_code == 200  # plain HTTP, any Host: no redirect
-    ready = httpx.get(f"{production}/readyz")
+    assert httpx.get(f"{production}/healthz", headers=NAMED).status_code == 200  # plain HTTP: no redirect
+    assert httpx.get(f"{production}/healthz").status_code == 400  # 127.0.0.1 is not in ALLOWED_HOSTS
+    ready = httpx.get(f"{production}/readyz", headers=NAMED)
     assert ready.status_code == 200 and ready.json()["status"] == "ok", ready.text
-    assert httpx.get(f"{production}/metrics").status_code == 401
-    scraped = httpx.get(f"{production}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert httpx.get(f"{production}/metrics", headers=NAMED).status_code == 401
+    scraped = httpx.get(f"{production}/metrics", headers={**NAMED, "Authorization": f"Bearer {METRICS_TOKEN}"})
     assert scraped.status_code == 200
     names = {family.name for family in text_string_to_metric_families(scraped.text)}
     assert {"gateway_reservations_open", "gateway_settlements_spooled", "gateway_calls_in_flight"} <= names
@@ -70,22 +73,44 @@ def test_health_and_metrics_in_production(production):
 def test_readyz_is_503_naming_the_database_when_postgresql_is_unreachable():
     server, url = serve("gateway", DATABASE_URL="postgres://postgres@127.0.0.1:1/gateway")  # nothing listens on 1
     try:
-        ready = httpx.get(f"{url}/readyz", timeout=20)
+        ready = httpx.get(f"{url}/readyz", headers=NAMED, timeout=20)
         assert ready.status_code == 503
         body = ready.json()
-        assert body["failed"] == ["database"] and body["checks"]["redis"] == "ok"
+        assert body["failed"] == ["database"] and body["detail"]["redis"] == "ok"
         assert body["checks"]["database"].startswith("unreachable")
         assert "127.0.0.1" not in ready.text and "postgres://" not in ready.text
-        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert httpx.get(f"{url}/healthz", headers=NAMED).status_code == 200
     finally:
         stop_daphne(server)
 
 
-def test_readyz_is_503_naming_redis_when_redis_is_unreachable(test_db_name):
+def test_readyz_stays_200_with_redis_unreachable_and_says_so_in_the_detail_and_metrics(test_db_name):
+    # /v1 keeps serving without Redis (the limits fail open): readiness must not take the instance out.
     server, url = serve(test_db_name, REDIS_URL="redis://127.0.0.1:1/0")
     try:
-        ready = httpx.get(f"{url}/readyz", timeout=20)
-        assert ready.status_code == 503
-        assert ready.json()["failed"] == ["redis"] and ready.json()["checks"]["database"] == "ok"
+        ready = httpx.get(f"{url}/readyz", headers=NAMED, timeout=20)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "draining": "no"}
+        assert ready.json()["detail"]["redis"].startswith("unreachable")
+        scraped = httpx.get(f"{url}/metrics", headers={**NAMED, "Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=20)
+        assert "gateway_redis_up 0.0" in scraped.text
     finally:
         stop_daphne(server)
+
+
+def test_readyz_is_503_when_the_database_is_not_migrated():
+    import psycopg
+
+    name = f"gw_unmigrated_{uuid.uuid4().hex[:8]}"
+    admin_url = re.sub(r"/[^/]*$", "/postgres", production_env()["DATABASE_URL"])
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    server, url = serve(name)
+    try:
+        ready = httpx.get(f"{url}/readyz", headers=NAMED, timeout=20)
+        assert ready.status_code == 503
+        assert ready.json()["failed"] == ["database"] and ready.json()["checks"]["database"] == "migrations not applied"
+    finally:
+        stop_daphne(server)
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

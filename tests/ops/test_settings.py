@@ -1,7 +1,9 @@
 """The production settings from a fresh process: DEBUG off by default, secrets required and checked,
 and `check --deploy` silent with the documented production environment (.env.example)."""
 
-from .conftest import manage, production_env
+import pytest
+
+from .conftest import ROOT, manage, production_env
 
 
 def test_check_deploy_prints_no_warning_with_the_documented_production_environment():
@@ -53,3 +55,27 @@ def test_the_tls_proxy_switch_sets_the_proxy_header_secure_cookies_and_hsts():
         "False ('HTTP_X_FORWARDED_PROTO', 'https') True True 31536000 "
         "['https://a.example', 'https://b.example'] whitenoise.storage.CompressedManifestStaticFilesStorage"
     )
+
+
+def _example_value(name: str) -> str:
+    line = next(x for x in (ROOT / ".env.example").read_text().splitlines() if x.startswith(f"{name}="))
+    return line.partition("=")[2]
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "GATEWAY_METRICS_TOKEN"])
+@pytest.mark.parametrize("kind", ["example", "short", "placeholder"])
+def test_production_refuses_a_placeholder_or_short_secret_without_printing_it(name, kind):
+    value = {"example": _example_value(name), "short": "s" * 31, "placeholder": "Change-Me-" + "x" * 40}[kind]
+    result = manage("check", env=production_env(**{name: value}), check=False)
+    assert result.returncode != 0
+    assert f"{name}: a placeholder or shorter than 32 characters" in result.stderr
+    assert value not in result.stderr
+
+
+def test_production_starts_with_32_character_secrets_and_without_a_metrics_token():
+    assert manage("check", env=production_env(SECRET_KEY="k" * 32, GATEWAY_METRICS_TOKEN="m" * 32)).returncode == 0
+    assert manage("check", env=production_env(GATEWAY_METRICS_TOKEN="")).returncode == 0
+
+
+def test_the_env_file_with_the_production_secrets_is_never_committed():
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()

@@ -227,7 +227,11 @@ def test_the_usage_page_draws_spend_so_far_against_the_cap_and_spend_by_model(wo
     datasets = page.evaluate("window.portalDailyChart.data.datasets.map(d => [d.type, d.data])")
     (_, daily), (_, cumulative), (_, cap) = datasets
     assert sum(daily) == pytest.approx(8.5)
-    assert cumulative[-1] == pytest.approx(8.5) and cumulative == sorted(cumulative)
+    drawn = [v for v in cumulative if v is not None]  # the running total stops today
+    assert drawn[-1] == pytest.approx(8.5) and drawn == sorted(drawn) and len(drawn) == timezone.localdate().day
+    scales = "Object.values(window.portalDailyChart.options.scales)"
+    titles = page.evaluate(scales + ".filter(s => s.title.display).map(s => s.title.text)")
+    assert titles == ["Per day (USD)", "So far this month (USD)"]
     assert set(cap) == {10}
     page.goto(page.base_url + "/portal/usage/")
     page.wait_for_selector('#by-model-chart[data-chart-ready="true"]')
@@ -236,3 +240,5 @@ def test_the_usage_page_draws_spend_so_far_against_the_cap_and_spend_by_model(wo
     spend = page.evaluate("window.portalByModelChart.data.datasets[0].data")
     assert dict(zip(models, spend, strict=True))[capped.model.slug] == pytest.approx(2.3)
     assert page.evaluate("window.portalDailyChart.data.datasets.length") == 2  # one model uncapped: no cap line
+    page.goto(page.base_url + "/portal/usage/?period=2020-01")  # a month without calls: no chart at all
+    assert page.locator("#daily-spend-empty").is_visible() and page.locator("#daily-spend-chart").count() == 0

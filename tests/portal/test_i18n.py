@@ -19,14 +19,15 @@ def _entries(po: Path):
         strings: dict[str, str] = {}
         current = None
         for line in block.splitlines():
-            match = re.match(r"^(msgid_plural|msgid|msgstr(?:\[\d\])?) \"(.*)\"$", line)
+            match = re.match(r"^(msgctxt|msgid_plural|msgid|msgstr(?:\[\d\])?) \"(.*)\"$", line)
             if match:
                 current = match.group(1)
                 strings[current] = match.group(2)
             elif line.startswith('"') and current:
                 strings[current] += line[1:-1]
         if "msgid" in strings:
-            yield strings["msgid"], [v for k, v in strings.items() if k.startswith("msgstr")], flags
+            context = strings["msgctxt"] + "\x04" if "msgctxt" in strings else ""  # how gettext keys a context
+            yield context + strings["msgid"], [v for k, v in strings.items() if k.startswith("msgstr")], flags
 
 
 @pytest.mark.parametrize("language", ["zh_Hant", "en"])

@@ -57,13 +57,13 @@ def test_the_keys_page_sets_an_expiry_and_lists_it(alice_client, alice_alloc):
     when = timezone.localtime(timezone.now() + dt.timedelta(days=2)).strftime("%Y-%m-%dT%H:%M")
     form = {"name": "laptop", "allocations": [str(alice_alloc.pk)], "expires_at": when}
     response = alice_client.post("/portal/keys/", form)
-    assert response.status_code == 201
+    assert response.status_code == 303
     key = ApiKey.objects.get(name="laptop")
     assert timezone.localtime(key.expires_at).strftime("%Y-%m-%dT%H:%M") == when
     past = alice_client.post("/portal/keys/", {**form, "name": "old", "expires_at": "2001-01-01T00:00"})
     assert past.status_code == 400 and "future" in past.content.decode()
     assert not ApiKey.objects.filter(name="old").exists()
-    assert alice_client.post("/portal/keys/", {**form, "name": "forever", "expires_at": ""}).status_code == 201
+    assert alice_client.post("/portal/keys/", {**form, "name": "forever", "expires_at": ""}).status_code == 303
     assert ApiKey.objects.get(name="forever").expires_at is None
     page = alice_client.get("/portal/keys/").content.decode()
     assert page.count('key-expiry"') == 2 and page.count("no expiry") == 1

@@ -97,6 +97,7 @@ def test_a_success_clears_the_username_counter(alice, settings):
 
 def test_behind_trusted_proxies_the_limit_uses_the_forwarded_client(alice, settings):
     settings.GATEWAY_TRUSTED_PROXY_COUNT = 1
+    settings.GATEWAY_TRUSTED_PROXIES = ["10.9.9.0/24"]
     settings.PORTAL_LOGIN_MAX_FAILURES_PER_IP = 2
 
     def scenario(n):
@@ -126,8 +127,40 @@ def test_behind_trusted_proxies_the_limit_uses_the_forwarded_client(alice, setti
 )
 def test_the_client_ip_is_the_hop_the_trusted_proxies_saw(settings, trusted, xff, expected):
     settings.GATEWAY_TRUSTED_PROXY_COUNT = trusted
+    settings.GATEWAY_TRUSTED_PROXIES = ["10.0.0.0/8"] if trusted else []
     request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=xff)
     assert client_ip(request) == expected
+
+
+@pytest.mark.parametrize(
+    ("proxies", "peer", "expected"),
+    [
+        ([], "10.0.0.1", "10.0.0.1"),  # none trusted by default
+        (["10.0.0.0/8"], "192.0.2.9", "192.0.2.9"),  # a client reaching the port directly
+        (["10.0.0.0/8", "2001:db8::/32"], "2001:db8::5", "203.0.113.5"),
+        (["10.0.0.0/8"], "::ffff:10.0.0.1", "203.0.113.5"),
+        (["10.0.0.7"], "10.0.0.7", "203.0.113.5"),
+    ],
+)
+def test_forwarded_hops_are_believed_only_from_a_trusted_peer(settings, proxies, peer, expected):
+    settings.GATEWAY_TRUSTED_PROXY_COUNT = 1
+    settings.GATEWAY_TRUSTED_PROXIES = proxies
+    request = RequestFactory().get("/", REMOTE_ADDR=peer, HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.5")
+    assert client_ip(request) == expected
+
+
+def test_an_untrusted_client_cannot_rotate_its_address_past_the_sign_in_limit(alice, settings):
+    settings.GATEWAY_TRUSTED_PROXY_COUNT = 1
+    settings.PORTAL_LOGIN_MAX_FAILURES_PER_IP = 2
+
+    def scenario(n):
+        for spoof in range(3):
+            xff = f"198.51.100.{n * 10 + spoof}"
+            _login(Client(), f"y{n}-{spoof}", "wrong", REMOTE_ADDR=f"192.0.2.{n}", HTTP_X_FORWARDED_FOR=xff)
+        response = _login(Client(), "alice", PASSWORD, REMOTE_ADDR=f"192.0.2.{n}", HTTP_X_FORWARDED_FOR="198.51.100.1")
+        return response.status_code == 429
+
+    assert _locks_out(scenario)
 
 
 def test_login_needs_the_csrf_token(alice):

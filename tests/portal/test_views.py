@@ -106,6 +106,19 @@ def test_money_shows_enough_decimals_for_small_spends():
         assert usd(None) != "unpriced" and usd(None)
 
 
+@pytest.mark.parametrize(
+    ("amount", "en", "zh"),
+    [("1234.5", "$1,234.50", "US$1,234.50"), ("0.5", "$0.50", "US$0.50"), ("0.123456", "$0.123", "US$0.123"),
+     ("0.000027000", "$0.000027", "US$0.000027"), ("0.00123456", "$0.00123", "US$0.00123"),
+     ("0.000000004", "< $0.000001", "< US$0.000001")],
+)  # fmt: skip
+def test_money_has_three_significant_digits_below_a_dollar_and_the_languages_symbol(amount, en, zh):
+    with translation.override("en"):
+        assert usd(Decimal(amount)) == en
+    with translation.override("zh-hant"):
+        assert usd(Decimal(amount)) == zh
+
+
 def test_a_member_pauses_and_resumes_from_the_dashboard(alice_client, alice_alloc):
     response = alice_client.post(f"/portal/allocations/{alice_alloc.pk}/pause/", follow=True)
     alice_alloc.refresh_from_db()
@@ -128,8 +141,10 @@ def test_an_admin_pause_shows_why_and_offers_no_resume(alice_client, alice_alloc
 
 
 def test_the_keys_page_creates_a_key_and_shows_the_plaintext_once(alice_client, alice_alloc):
-    response = alice_client.post("/portal/keys/", {"name": "laptop", "allocations": [str(alice_alloc.pk)]})
-    assert response.status_code == 201
+    posted = alice_client.post("/portal/keys/", {"name": "laptop", "allocations": [str(alice_alloc.pk)]})
+    assert posted.status_code == 303 and posted["Location"] == "/portal/keys/"
+    assert "sk-gw-" not in posted.content.decode()
+    response = alice_client.get("/portal/keys/")
     html = response.content.decode()
     key = ApiKey.objects.get(name="laptop")
     plaintext = re.search(r'id="key-plaintext-value"[^>]*value="(sk-gw-[^"]+)"', html).group(1)
@@ -145,13 +160,31 @@ def test_the_keys_page_renames_rotates_and_revokes(alice_client, alice, alice_al
     alice_client.post(f"/portal/keys/{key.pk}/rename/", {"name": "renamed"})
     key.refresh_from_db()
     assert key.name == "renamed"
-    html = alice_client.post(f"/portal/keys/{key.pk}/rotate/").content.decode()
+    html = alice_client.post(f"/portal/keys/{key.pk}/rotate/", follow=True).content.decode()
     new = re.search(r'value="(sk-gw-[^"]+)"', html).group(1)
     key.refresh_from_db()
     assert new != old and key.key_hash == ApiKey.hash(new)
     alice_client.post(f"/portal/keys/{key.pk}/revoke/")
     key.refresh_from_db()
     assert key.revoked_at is not None
+
+
+def test_reloading_after_create_or_rotate_repeats_neither(alice_client, alice, alice_alloc):
+    """Post/redirect/get: the reload after a create or a rotation is a GET of the keys page."""
+    created = alice_client.post("/portal/keys/", {"name": "once", "allocations": [str(alice_alloc.pk)]}, follow=True)
+    assert [status for _, status in created.redirect_chain] == [303]
+    plaintext = re.search(r'value="(sk-gw-[^"]+)"', created.content.decode()).group(1)
+    reloaded = alice_client.get("/portal/keys/").content.decode()
+    assert ApiKey.objects.filter(member=alice, name="once").count() == 1
+    assert plaintext not in reloaded
+    key = ApiKey.objects.get(name="once")
+    rotated = alice_client.post(f"/portal/keys/{key.pk}/rotate/", follow=True)
+    assert [status for _, status in rotated.redirect_chain] == [303]
+    copied = re.search(r'value="(sk-gw-[^"]+)"', rotated.content.decode()).group(1)
+    alice_client.get("/portal/keys/")  # the reload
+    key.refresh_from_db()
+    assert key.key_hash == ApiKey.hash(copied) and key.revoked_at is None  # the key just copied still works
+    assert ApiKey.objects.filter(member=alice).live().count() == 1
 
 
 def test_the_create_form_refuses_missing_name_and_another_members_allocation(alice_client, alice_alloc, bob_alloc):
@@ -289,3 +322,12 @@ def test_the_forecast_reaches_the_cap_at_this_months_daily_rate(ratio, reaches):
 def test_favicon_ico_leads_to_the_icon(client):
     response = client.get("/favicon.ico")
     assert response.status_code == 301 and response["Location"].endswith("favicon.svg")
+
+
+def test_a_reached_cap_draws_its_bar_in_red_not_the_near_cap_amber(alice_client, alice, alice_alloc):
+    over = AllocationFactory(member=alice, model=alice_alloc.model, quota_cost_usd_per_month=Decimal("2"))
+    settle_call(alice_alloc, cost_usd="8.5")
+    settle_call(over, cost_usd="2.3")
+    html = alice_client.get("/portal/").content.decode()
+    assert 'class="meter meter-near"' in _card(html, alice_alloc)
+    assert 'class="meter meter-over"' in _card(html, over) and "meter-near" not in _card(html, over)

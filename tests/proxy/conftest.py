@@ -221,3 +221,21 @@ def assert_settled_once(allocation, rid: str) -> CallRecord:
     assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
     assert not Reservation.objects.exists()
     return record
+
+
+@pytest.fixture(scope="module")
+def served(django_db_setup, django_db_blocker, fake_upstream, request):
+    """`python -m gateway_project.serve --workers 1` on the test database, for the whole module,
+    with the module's SERVE_ENV: for the tests that speak about the wire (the server's own
+    reading, writing and disconnects), which the in-process bridge would not show."""
+    from tests.serving.conftest import start_serve, stop_serve
+
+    server = start_serve(1, **getattr(request.module, "SERVE_ENV", {}))
+    yield server
+    stop_serve(server)
+
+
+@pytest.fixture
+def served_world(served, transactional_db, fake_upstream):
+    fake_upstream.requests.clear()
+    return World(served.url, fake_upstream.url)

@@ -1,6 +1,7 @@
 """Request options that cost more than tokens (SPEC 4): refused with 400 naming the field unless the
-model's switch allows them AND its price version in force prices them; when both do, billed from
-what the answer reports (the tier served, the built-in tool calls made)."""
+model's switch allows them AND its price version in force prices them (built-in tools and chat web
+search: when the model's `unpriced_tools` is `refuse`; removal is tests/proxy/test_tools_judged.py);
+when both do, billed from what the answer reports (the tier served, the built-in tool calls made)."""
 
 import datetime as dt
 from decimal import Decimal
@@ -37,7 +38,10 @@ def post(world, allocation, path: str, body: dict, rid: str = "req-opt") -> http
                       headers=headers, timeout=30)  # fmt: skip
 
 
-def optioned(world, upstream_name="gpt-4o-mini", *, allowed=ALLOWED_OPTIONS, multipliers=None, tools=None, price=True):
+def optioned(
+    world, upstream_name="gpt-4o-mini", *, allowed=ALLOWED_OPTIONS, multipliers=None, tools=None, price=True,
+    unpriced="refuse",
+):  # fmt: skip
     """An allocation of a model that allows `allowed`, priced with these option prices."""
     model = model_create(
         slug=f"opt/{upstream_name}-{world._n}",
@@ -45,6 +49,7 @@ def optioned(world, upstream_name="gpt-4o-mini", *, allowed=ALLOWED_OPTIONS, mul
         upstream_name=upstream_name,
         kind=ModelKind.CHAT,
         allowed_options=list(allowed),
+        unpriced_tools=unpriced,
     )
     if price:
         price_version_add(
@@ -86,7 +91,7 @@ OPTIONS = [
 def test_a_cost_bearing_option_the_model_does_not_enable_is_refused_naming_the_field(
     world, fake_upstream, path, body, field
 ):
-    allocation = world.allocation()  # priced, no option enabled (the default)
+    allocation = optioned(world, allowed=())  # priced, no option enabled (the default)
     response = post(world, allocation, path, body)
     assert_refused(world, fake_upstream, response, field, "not enabled for this model")
     assert CallRecord.objects.get(request_id="req-opt").allocation_id == allocation.pk
@@ -115,9 +120,9 @@ def test_only_the_enabled_option_passes_and_the_other_is_refused(world, fake_ups
 @pytest.mark.parametrize(
     ("body", "field", "says"),
     [
-        ({**RESPONSES, "tools": ["mcp"]}, "tools", "not metered here"),
-        ({**RESPONSES, "tools": [{"type": "quantum_search"}]}, "tools", "'quantum_search'"),
-        ({**CHAT, "tools": [{"type": "web_search"}]}, "tools", "not metered here"),
+        ({**RESPONSES, "tools": ["mcp"]}, "tools", "an object with a string 'type'"),
+        ({**RESPONSES, "tools": [{"type": "quantum_search"}]}, "tools", "'quantum_search' is not known"),
+        ({**CHAT, "tools": [{"type": "web_search"}]}, "tools", "not metered on this endpoint"),
         ({**RESPONSES, "service_tier": "turbo"}, "service_tier", "unknown service tier"),
         ({**RESPONSES, "conversation": "conv_123"}, "conversation", "not relayed"),
         ({**RESPONSES, "conversation": {"id": "conv_123"}}, "conversation", "previous_response_id"),

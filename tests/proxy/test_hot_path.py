@@ -9,7 +9,6 @@ import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
-from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 from hypothesis import given
@@ -124,10 +123,9 @@ def test_one_proxied_call_costs_a_pinned_number_of_queries(django_assert_max_num
         _settle(call)
 
     one_call("warm")  # fills the per-process key scope and price caches
-    # PostgreSQL: one statement (guarded UPDATE of the counter + INSERT reservation in a CTE), no
-    # BEGIN/COMMIT; elsewhere BEGIN, UPDATE, INSERT, COMMIT. No key, scope, price or counter read.
-    one_statement = connection.vendor == "postgresql"
-    with django_assert_max_num_queries(1 if one_statement else 4):
+    # One statement (guarded UPDATE of the counter + INSERT reservation in a CTE), no BEGIN/COMMIT.
+    # No key, scope, price or counter read.
+    with django_assert_max_num_queries(1):
         call = accounting.Call(
             request_id="open",
             endpoint=ENDPOINTS["chat.completions"],
@@ -136,9 +134,8 @@ def test_one_proxied_call_costs_a_pinned_number_of_queries(django_assert_max_num
             body=body,
         )
         accounting.call_open(call=call)
-    # PostgreSQL: one statement (DELETE reservation, counter UPDATE with usage in and reservation out,
-    # INSERT record); elsewhere BEGIN, INSERT, DELETE, UPDATE, COMMIT.
-    with django_assert_max_num_queries(1 if one_statement else 5):
+    # One statement (DELETE reservation, counter UPDATE with usage in and reservation out, INSERT record).
+    with django_assert_max_num_queries(1):
         _settle(call)
     assert CallRecord.objects.count() == 2 and UsageCounter.objects.get().tokens_used == 6
 
@@ -199,6 +196,9 @@ async def test_an_unexpected_error_in_a_v1_view_is_answered_in_the_envelope(monk
         {"usage": {"prompt_tokens": 900}, "choices": [{"message": {"tool_calls": [{"usage": {"prompt_tokens": 1}}]}}]},
         {"usage": {"prompt_tokens": 900}, "echo": [{"usage": {"prompt_tokens": 1}}], "x": {"usage": {}}},
         {"usage": {"prompt_tokens": 900}, 'x"usage': {"prompt_tokens": 1}},
+        # the string "usage" in an echoed array, then the next key's colon and a planted object
+        {"usage": {"prompt_tokens": 900}, "input": ["hi", "usage"], "z": {"prompt_tokens": 1}},
+        {"usage": {"prompt_tokens": 900}, "input": [",", "usage"], "usage_": {"prompt_tokens": 1}},
     ],
 )
 def test_only_the_top_level_usage_object_is_billed_never_one_planted_in_echoed_content(body):

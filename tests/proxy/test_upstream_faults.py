@@ -1,5 +1,6 @@
 """Upstream failures and clients that go away: the right status for the client, and always exactly
-one call record, with the counters right and the reservation released."""
+one call record, with the counters right and the reservation released. Against
+gateway_project.serve: how the server relays, times out and notices a client leaving."""
 
 import socket
 import time
@@ -8,7 +9,6 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
-from django.test import override_settings
 
 from quota.models import CallRecord, Reservation
 
@@ -16,6 +16,12 @@ from .conftest import counter_of, record_of
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 RID = {"X-Request-Id": "req-fault"}
+SERVE_ENV = {"GATEWAY_UPSTREAM_TIMEOUT_S": "1.5"}
+
+
+@pytest.fixture
+def world(served_world):
+    return served_world
 
 
 def released(allocation):
@@ -47,8 +53,7 @@ def test_an_upstream_5xx_is_a_502_upstream_error(world):
     assert (record.outcome, record.status_code) == ("upstream_error", 502) and released(allocation)
 
 
-@override_settings(GATEWAY_UPSTREAM_TIMEOUT_S=0.5)
-def test_an_upstream_that_hangs_is_a_504(world):
+def test_an_upstream_that_hangs_is_a_504(world):  # past the server's GATEWAY_UPSTREAM_TIMEOUT_S
     allocation = world.allocation(upstream_name="fake-hang")
     with pytest.raises(openai.APIStatusError) as caught:
         world.client(allocation.plaintext).chat.completions.create(

@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from quota import ledger
-from quota.ledger.spool import SPOOL_KEY, _redis, call_settle_durable, spool_depth, spool_replay
+from quota.ledger.spool import SPOOL_KEY, _redis, call_settle_durable, spool_depth, spool_push, spool_replay
 from quota.models import CallRecord, UsageCounter
 from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory
@@ -158,3 +158,24 @@ def test_a_settlement_whose_connection_was_terminated_is_written_on_a_new_one_no
     assert spool_depth() == 0
     counter = UsageCounter.objects.get(allocation=allocation)
     assert (counter.tokens_used, counter.tokens_reserved, counter.calls) == (9, 0, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_and_the_gauge_leave_the_spool_directory_alone_while_redis_answers(settings, tmp_path):
+    # In the image the application directory is read-only: the local file is created only by a
+    # settlement that Redis refused, never by a replay, a sweep or a scrape.
+    settings.GATEWAY_SPOOL_FILE = tmp_path / "not-yet" / "spool.jsonl"
+    assert _redis() is not None
+    from quota.tasks import reservations_sweep_task
+
+    assert reservations_sweep_task() == 0
+    assert spool_replay() == 0 and spool_depth() == 0
+    assert not (tmp_path / "not-yet").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_redis_the_first_spooled_settlement_creates_the_spool_directory(settings, tmp_path):
+    settings.REDIS_URL = ""
+    settings.GATEWAY_SPOOL_FILE = tmp_path / "spool" / "dir" / "spool.jsonl"
+    spool_push({"spool_id": "x"})
+    assert spool_depth() == 1

@@ -12,6 +12,8 @@ Behaviour by the model (OpenAI `?model=`, Azure `deployment=` or GA `?model=`):
 - `huge`: `response.create` also sends a 4 KiB delta (over a small frame bound).
 - `drop`: `response.create` sends `response.created` + one delta, then drops the TCP connection.
 - `busy`: the handshake is refused with HTTP 429; `broken`: refused with HTTP 500.
+- `vad`: like the default, and each `input_audio_buffer.commit` also starts a response by itself
+  (as server VAD does at the end of a turn): `response.created`, a delta, `response.done`.
 """
 
 import asyncio
@@ -132,6 +134,11 @@ class FakeRealtimeUpstream:
                         transcript="hello",
                         usage=TRANSCRIPTION_USAGE,
                     )
+                elif model == "vad":
+                    turns += 1
+                    await emit("response.created", response={"id": f"resp_{turns}", "status": "in_progress"})
+                    await emit("response.text.delta", response_id=f"resp_{turns}", delta="Heard you.")
+                    await emit("response.done", response={"id": f"resp_{turns}", "status": "completed", "usage": USAGE})
             elif kind == "response.create":
                 turns += 1
                 rid = f"resp_{turns}"

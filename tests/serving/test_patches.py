@@ -104,5 +104,6 @@ def test_the_asgi_application_applies_every_patch_to_the_loaded_server():
     assert Server.kill_all_applications is server_patches._drain_then_kill
     assert hasattr(WebRequest.__init__, "__wrapped__") and hasattr(WebSocketProtocol.handle_reply, "__wrapped__")
     assert HTTPFactory.log(None, None) is None  # Twisted's own would format a line from the request
+    assert all(hasattr(getattr(WebRequest, name), "__wrapped__") for name in ("gotLength", "process"))  # the edge
     server_patches.apply()  # once only: a second call wraps nothing twice
     assert not hasattr(WebRequest.__init__.__wrapped__, "__wrapped__")

@@ -12,7 +12,13 @@ CLIENT_ID, CLIENT_SECRET = "gateway", "gateway-test-secret"
 
 
 @pytest.fixture
-def oidc_provider(live_server, settings):
+def idp_groups_file(tmp_path):
+    """Where a test sets an identity's `groups` claim between sign-ins: {"<login>": [groups]}."""
+    return tmp_path / "groups.json"
+
+
+@pytest.fixture
+def oidc_provider(live_server, settings, idp_groups_file):
     """A real OpenID Connect provider (node-oidc-provider, installed by `make test`) on a free port,
     with the gateway's SSO settings pointing at it."""
     if shutil.which("node") is None:
@@ -24,7 +30,7 @@ def oidc_provider(live_server, settings):
         cwd=PROVIDER_DIR,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        env={**os.environ, "NODE_NO_WARNINGS": "1", "OIDC_GROUPS_FILE": str(idp_groups_file)},
         text=True,
     )
     try:

@@ -21,7 +21,7 @@ ADMIN_USERNAME = "admin"
 DEMO_USERNAME = "demo"
 DEMO_KEY_NAME = "demo (all models)"
 PRICES_FROM = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-BASE_URL = "http://127.0.0.1:8000"
+BASE_URL = "http://127.0.0.1:8000"  # what the report prints unless --base-url says where the demo serves
 
 # slug, upstream name, kind, price row, (token quota, cost cap) of the demo allocation
 MODELS = [
@@ -72,7 +72,11 @@ class Command(AuditedCommand):
         "Seed (idempotently) a demo: admin login, member 'demo', the simulated provider, models, prices, allocations."
     )
 
+    def add_arguments(self, parser):
+        parser.add_argument("--base-url", default=BASE_URL, help="where the demo is served (printed in the report)")
+
     def handle(self, *args, **options):
+        self.base_url = options.get("base_url") or BASE_URL
         with transaction.atomic():
             admin_password, demo_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
             admin = self._member(ADMIN_USERNAME, admin_password, superuser=True)
@@ -147,10 +151,10 @@ class Command(AuditedCommand):
         w = self.stdout.write
         w("")
         w("Demo ready. Provider: simulated (built-in, deterministic, no network).")
-        w(f"  Admin:   {BASE_URL}/admin/   login {admin.username} / {admin_password}")
-        w(f"  Portal:  {BASE_URL}/portal/  login {demo.username} / {demo_password}")
+        w(f"  Admin:   {self.base_url}/admin/   login {admin.username} / {admin_password}")
+        w(f"  Portal:  {self.base_url}/portal/  login {demo.username} / {demo_password}")
         w("  (passwords are set anew on every run of seed_demo)")
-        w(f"  API base URL: {BASE_URL}/v1")
+        w(f"  API base URL: {self.base_url}/v1")
         if rotated:
             w("  The demo key was rotated: the key printed by the previous run no longer works.")
         w(f"  Demo API key (all demo models): {plaintext}")

@@ -4,12 +4,21 @@
 //   "alice@example.org"            verified email
 //   "unverified:alice@example.org" email_verified false
 //   "staff:bob@example.org"        verified, member of the group "gateway-admins"
+// The subject (`sub`) is the whole login. A test changes an identity's groups between sign-ins by
+// writing {"<login>": ["group", ...]} to the file named by OIDC_GROUPS_FILE (read at each sign-in).
+import fs from "node:fs";
 import net from "node:net";
 
 import Provider from "oidc-provider";
 
 const port = Number(process.argv[2]);
 const redirectUri = process.argv[3];
+
+function groupsFor(login, flag) {
+  const file = process.env.OIDC_GROUPS_FILE;
+  const table = file && fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, "utf8")) : {};
+  return table[login] ?? (flag === "staff" ? ["gateway-admins"] : ["everyone"]);
+}
 
 function claimsFor(login) {
   const [flag, email] = login.includes(":") ? login.split(":", 2) : ["", login];
@@ -18,7 +27,7 @@ function claimsFor(login) {
     email,
     email_verified: flag !== "unverified",
     name: email.split("@")[0],
-    groups: flag === "staff" ? ["gateway-admins"] : ["everyone"],
+    groups: groupsFor(login, flag),
   };
 }
 

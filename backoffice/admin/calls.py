@@ -1,0 +1,96 @@
+"""Django admin for call records: read-only, paged without a full count, with the columns people
+scan (when, member, model, outcome, tokens, cost, latency) and the request id shortened (the full
+value on hover and in the copy)."""
+
+from django.contrib import admin
+from django.utils import formats, timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from quota.display import outcome_label
+from quota.models import CallRecord
+
+from . import marks
+from .base import ReadOnlyListMixin, StaffAdmin
+from .filters import AllocationFilter, MemberFilter, ModelFilter, StartedBeforeFilter, StartedFromFilter
+from .unpriced import UnpricedFilter, metered
+
+SHORT_ID = 8
+
+
+def short_id(value: str):
+    """The first characters of an id, the whole of it in the title and in what a copy takes."""
+    if len(value) <= SHORT_ID + 1:
+        return format_html("<code>{}</code>", value)
+    return format_html(
+        '<code class="short-id" title="{}"><span>{}</span><span class="short-id-rest">{}</span></code>',
+        value,
+        value[:SHORT_ID],
+        value[SHORT_ID:],
+    )
+
+
+def latency_ms(record: CallRecord) -> int | None:
+    if record.finished_at is None:
+        return None
+    return int((record.finished_at - record.started_at).total_seconds() * 1000)
+
+
+@admin.register(CallRecord)
+class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
+    list_display = ("started", "member_link", "model", "outcome_text", "tokens", "cost", "latency", "request")
+    list_display_links = ("started",)
+    list_filter = (
+        MemberFilter,
+        AllocationFilter,
+        ModelFilter,
+        StartedFromFilter,
+        StartedBeforeFilter,
+        "outcome",
+        "endpoint",
+        "priced",
+        "is_stream",
+        UnpricedFilter,
+    )
+    search_fields = ("=request_id", "=member__username", "^model__slug")
+    list_select_related = ("member", "model", "api_key")
+    ordering = ("-started_at", "-id")
+
+    @admin.display(description=_("started"), ordering="started_at")
+    def started(self, obj):
+        when = timezone.localtime(obj.started_at)
+        return format_html(
+            '<time datetime="{}">{}</time>', when.isoformat(), formats.date_format(when, "SHORT_DATETIME_FORMAT")
+        )
+
+    @admin.display(description=_("member"), ordering="member__username")
+    def member_link(self, obj):
+        return marks.member_link(obj.member)
+
+    @admin.display(description=_("outcome"), ordering="outcome")
+    def outcome_text(self, obj):
+        return outcome_label(obj.outcome)
+
+    @admin.display(description=_("tokens in / out"))
+    def tokens(self, obj):
+        if obj.quantity is not None and obj.unit:
+            return metered(obj)
+        return f"{obj.input_tokens:,} / {obj.output_tokens:,}"
+
+    @admin.display(description=_("cost"), ordering="cost_usd")
+    def cost(self, obj):
+        if obj.priced:
+            return marks.money(obj.cost_usd)
+        return _("unpriced") if obj.carries_usage else "—"
+
+    @admin.display(description=_("latency (ms)"))
+    def latency(self, obj):
+        found = latency_ms(obj)
+        return "—" if found is None else f"{found:,}"
+
+    @admin.display(description=_("request id"))
+    def request(self, obj):
+        return short_id(obj.request_id)
+
+    def get_actions(self, request):
+        return {}

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""One CSV row per measured figure of the given raw runs (bench/results/raw/*.jsonl), for
+bench/results/summary.csv: the runs themselves stay out of git, their figures stay readable.
+
+  bench/summarize.py bench/results/raw/20261129-2149.jsonl >> bench/results/summary.csv
+  bench/summarize.py --header                      # the header line alone
+"""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = ("run", "target", "case", "stream", "concurrency", "cpu_ms_per_call", "rps", "ratio", "added_p50_ms",
+           "added_p99_ms", "errors", "loadavg1")  # fmt: skip
+SOURCES = {  # column: the keys that hold it in the scripts' rows, first found wins
+    "target": ("variant", "target"),
+    "case": ("case",),
+    "stream": ("stream",),
+    "concurrency": ("concurrency",),
+    "cpu_ms_per_call": ("gateway_cpu_ms_per_req", "cpu_ms_per_call_median"),
+    "rps": ("gateway_rps", "calls_per_s_median"),
+    "ratio": ("ratio",),
+    "added_p50_ms": ("added_p50_ms",),
+    "added_p99_ms": ("added_p99_ms",),
+    "errors": ("gateway_errors",),
+    "loadavg1": ("loadavg1",),
+}
+
+
+def rows(path: Path):
+    for line in path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        raw = json.loads(line)
+        if "concurrency" not in raw:
+            continue
+        row = {"run": path.stem}
+        for column, keys in SOURCES.items():
+            row[column] = next((raw[key] for key in keys if key in raw), "")
+        if isinstance(row["loadavg1"], float):
+            row["loadavg1"] = round(row["loadavg1"], 2)
+        yield row
+
+
+def main() -> None:
+    out = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+    if sys.argv[1:] == ["--header"]:
+        out.writeheader()
+        return
+    for name in sys.argv[1:]:
+        out.writerows(rows(Path(name)))
+
+
+if __name__ == "__main__":
+    main()
