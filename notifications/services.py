@@ -24,6 +24,7 @@ from django.utils.translation import gettext as _
 
 from allocations.audit import audit_record
 from allocations.models import Allocation, AuditEvent, Member
+from quota.billing import caps
 from quota.display import usd
 from quota.models import CallRecord, Outcome, UsageCounter
 from quota.overview import near_cap_q
@@ -57,7 +58,6 @@ class CapLevel:
 
 def cap_level(*, counter: UsageCounter, allocation: Allocation) -> CapLevel | None:
     """The highest alert level either cap has reached; a cap of 0 blocks by design and is not alerted."""
-    ratio = settings.GATEWAY_NEAR_CAP_RATIO
     found: list[CapLevel] = []
     for metric, used, cap in (
         ("cost", counter.cost_used, allocation.quota_cost_usd_per_month),
@@ -65,9 +65,9 @@ def cap_level(*, counter: UsageCounter, allocation: Allocation) -> CapLevel | No
     ):
         if not cap:
             continue
-        if used >= cap:
+        if caps.cap_hit(used=used, cap=cap):
             found.append(CapLevel(Kind.CAP_REACHED, metric, used, cap))
-        elif Decimal(used) >= ratio * cap:
+        elif caps.near_cap(used=used, cap=cap):
             found.append(CapLevel(Kind.NEAR_CAP, metric, used, cap))
     if not found:
         return None

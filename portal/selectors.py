@@ -17,7 +17,7 @@ from allocations.serializers import money_str
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import ZERO
-from quota.selectors import PRICED_COST, UNPRICED_CALLS
+from quota.selectors import PRICED_COST, UNPRICED_CALLS, usage_cost
 
 MAX_USAGE_DAYS = 366
 
@@ -155,7 +155,7 @@ def _usage_row(row: dict) -> dict:
         "input_tokens": tokens_in,
         "output_tokens": tokens_out,
         "tokens": tokens_in + tokens_out,
-        "cost_usd": money_str(row["sum_cost"] or ZERO),
+        "cost_usd": money_str(usage_cost(priced_cost=row["sum_cost"], unpriced_calls=row["unpriced_calls"])),
         "unpriced_calls": row["unpriced_calls"],
     }
 
@@ -201,7 +201,7 @@ def usage_daily_series(*, member, period: Period, allocation=None) -> list[dict]
     series, day, total = [], period.first_day, ZERO
     while day <= period.last_day:
         row = by_day.get(day.isoformat())
-        cost = Decimal(row["cost_usd"]) if row else ZERO
+        cost = Decimal(row["cost_usd"]) if row and row["cost_usd"] is not None else ZERO  # the priced spend
         total += cost
         series.append({"day": day.isoformat(), "cost_usd": money_str(cost), "cumulative_usd": money_str(total)})
         day += dt.timedelta(days=1)

@@ -94,7 +94,7 @@ class UsageRowOutput(serializers.Serializer):
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
     tokens = serializers.IntegerField()
-    cost_usd = serializers.CharField()
+    cost_usd = serializers.CharField(allow_null=True, help_text="null when every call that carried usage was unpriced")
     unpriced_calls = serializers.IntegerField()
 
 

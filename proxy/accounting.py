@@ -27,10 +27,11 @@ from allocations.access import KeyScope, ScopedAllocation, key_scope
 from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, GatewayUnavailable, Unauthorized
 from quota import ledger, ratelimit
+from quota.billing import bill as billing
 from quota.ledger import Admission, threads
 from quota.models import CallRecord, Outcome
 from quota.preflight import Estimate, preflight, preflight_cached, reject_outcome, touch
-from quota.pricing import Usage, cost_for
+from quota.pricing import Usage
 
 from . import options
 from .registry import Endpoint
@@ -144,18 +145,20 @@ def _options_check(call: Call, body: dict):
             return verdict.error
         call.removed, call.sent = verdict.removed, verdict.body
         if verdict.removed:  # the reservation holds no call of a removed tool
-            extras = options.estimate_extras(call.endpoint.name, verdict.body or {})
-            call.estimate = dataclasses.replace(call.estimate, tool_calls=extras.get("tool_calls", ()))
+            facts = options.facts(call.endpoint.name, verdict.body or {})
+            kept = dataclasses.replace(call.estimate, tool_calls=())
+            call.estimate = billing.billed_usage(facts=facts, usage=kept, estimate=True)
         return None
 
     return check
 
 
 def _estimate(call: Call, body: dict) -> Estimate:
-    """The admission's estimate, read when the admission asks (the options' check may revise it)."""
+    """The admission's estimate, read when the admission asks (the options' check may revise it),
+    priced by quota.billing's bill: the function that bills the answer."""
     call.estimate = call.endpoint.estimate(body)
     call.prompt_tokens = call.estimate.input_tokens
-    return lambda price: (call.estimate.total_tokens, cost_for(price, call.estimate))
+    return lambda price: (call.estimate.total_tokens, billing.bill(price=price, usage=call.estimate).cost)
 
 
 def call_open(*, call: Call) -> Call:

@@ -19,9 +19,16 @@ from quota.pricing import Usage
 
 from .meters import _int, chat_usage, prompt_estimate
 
-# gpt-image-1 output tokens per 1024x1024 image by quality (OpenAI's published table); the
-# reservation for a token-priced image model assumes this many per image.
-IMAGE_OUTPUT_TOKENS: dict[str | None, int] = {"low": 272, "medium": 1056, "high": 4160}
+# gpt-image-1 output tokens per image by quality, square and oblong (OpenAI's published table);
+# the reservation for a token-priced image model assumes this many per image ("high" when unsaid).
+IMAGE_OUTPUT_TOKENS: dict[str | None, tuple[int, int]] = {
+    "low": (272, 408),
+    "medium": (1056, 1584),
+    "high": (4160, 6240),
+}
+# What the providers make when a request names no size or quality (dall-e-2 and dall-e-3 make
+# 1024x1024 standard; gpt-image-1 reports what it made in its answer).
+DEFAULT_SIZE, DEFAULT_QUALITY = "1024x1024", "standard"
 # Token-priced transcription (gpt-4o-transcribe): ~1,000 audio tokens a minute in, text out.
 AUDIO_TOKENS_PER_SECOND = 17
 TEXT_TOKENS_PER_SECOND = 4
@@ -48,6 +55,19 @@ def whole_seconds(seconds) -> Decimal:
     return Decimal(math.ceil(Decimal(str(seconds)))) if seconds > 0 else Decimal(0)
 
 
+def _word(value) -> str:
+    return value.strip().lower()[:40] if isinstance(value, str) else ""
+
+
+def image_variant(body: dict, answer: dict | None = None) -> str:
+    """What was made, as "<size>/<quality>": the answer's own `size`/`quality` (gpt-image-1
+    reports them), else the request's, else what the provider makes by default."""
+    answer = answer or {}
+    size = _word(answer.get("size")) or _word(body.get("size")) or DEFAULT_SIZE
+    quality = _word(answer.get("quality")) or _word(body.get("quality")) or DEFAULT_QUALITY
+    return f"{size}/{quality}"
+
+
 def _image_tokens(usage) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
@@ -63,7 +83,8 @@ def _image_tokens(usage) -> Usage:
 
 
 def images_usage(request: dict, raw: bytes) -> Usage:
-    """Images returned (`data`), plus tokens when a token-priced image model reports `usage`."""
+    """Images returned (`data`) at the size and quality made, plus tokens when a token-priced
+    image model reports `usage` (which a token price bills instead)."""
     payload = _json(raw)
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise ValueError("an images answer without a `data` list")
@@ -74,6 +95,7 @@ def images_usage(request: dict, raw: bytes) -> Usage:
         cached_tokens=tokens.cached_tokens,
         quantity=Decimal(len(payload["data"])),
         unit="image",
+        variant=image_variant(request, payload),
     )
 
 
@@ -85,7 +107,8 @@ def speech_usage(request: dict, raw: bytes = b"") -> Usage:
 
 def transcription_usage(request: dict, raw: bytes) -> Usage:
     """Tokens when the upstream reports them; else the audio duration: `usage.seconds` (whisper's
-    duration usage), the response's `duration` (verbose_json), else measured from the upload."""
+    duration usage), the response's `duration` (verbose_json), else the upload's decoded duration
+    (proxy.audio; its upper bound, flagged estimated, when it could not be decoded)."""
     payload = _json(raw)
     payload = payload if isinstance(payload, dict) else {}
     usage = payload.get("usage")
@@ -104,7 +127,7 @@ def transcription_usage(request: dict, raw: bytes) -> Usage:
     upload = request.get("upload") or {}
     seconds = upload.get("duration_s")
     return Usage(
-        quantity=whole_seconds(seconds or 0), unit="second", estimated=not upload.get("duration_measured", False)
+        quantity=whole_seconds(seconds or 0), unit="second", estimated=not upload.get("duration_decoded", False)
     )
 
 
@@ -156,13 +179,18 @@ def ocr_usage(request: dict, raw: bytes) -> Usage:
 
 
 def estimate_images(body: dict) -> Usage:
+    """`n` images at the requested size and quality (tokens: OpenAI's table for that quality and
+    shape)."""
     n = count_of(body)
-    per_image = IMAGE_OUTPUT_TOKENS.get(body.get("quality"), IMAGE_OUTPUT_TOKENS["high"])
+    square, oblong = IMAGE_OUTPUT_TOKENS.get(_word(body.get("quality")), IMAGE_OUTPUT_TOKENS["high"])
+    width, _, height = _word(body.get("size")).partition("x")
+    per_image = square if width and width == height else oblong  # auto: the larger
     return Usage(
         input_tokens=prompt_estimate(body, "prompt"),
         output_tokens=n * per_image,
         quantity=Decimal(n),
         unit="image",
+        variant=image_variant(body),
     )
 
 
@@ -171,7 +199,7 @@ def estimate_speech(body: dict) -> Usage:
 
 
 def estimate_transcription(body: dict) -> Usage:
-    """The upload's duration: measured (WAV) or from its size (proxy.multipart.audio_seconds)."""
+    """The upload's duration as proxy.audio read it (decoded, or an upper bound)."""
     seconds = (body.get("upload") or {}).get("duration_s") or 0
     return Usage(
         input_tokens=math.ceil(seconds * AUDIO_TOKENS_PER_SECOND),

@@ -23,6 +23,7 @@ from . import (
     bodies,
     multipart,
     simulated_media,  # noqa: F401 - registers the simulated provider's media answers
+    transcripts,
     views,
 )
 from .registry import BODY_MULTIPART, ENDPOINTS, RESPONSE_BINARY, Endpoint
@@ -63,7 +64,9 @@ async def read_form(request, endpoint: Endpoint):
     except ValueError as exc:
         spool.close()
         return None, BadRequest(str(exc)), None
-    body, error = await asyncio.to_thread(multipart.request_of, form, endpoint.required, endpoint.files)
+    body, error = await asyncio.to_thread(
+        multipart.request_of, form, endpoint.required, endpoint.files, audio=endpoint.audio
+    )
     return body, error, form
 
 
@@ -73,8 +76,13 @@ def upstream_payload(call: accounting.Call, form: multipart.Form | None):
     body, entry = call.body, call.entry
     if body is None or entry is None:
         raise RuntimeError("upstream_payload before call_open")  # call_open sets both or raises
-    call.extra["upstream_body"] = {**body, "model": entry.upstream_name}
-    payload, length = form.encode({"model": entry.upstream_name})
+    fields = {"model": entry.upstream_name}
+    asked = body.get("response_format")
+    upstream_format = transcripts.upstream_format(asked, call.price) if call.endpoint.audio else None
+    if upstream_format is not None:
+        fields["response_format"], call.extra["client_format"] = upstream_format, asked or "json"
+    call.extra["upstream_body"] = {**body, **fields}
+    payload, length = form.encode(fields, append=("response_format",))
     call.extra["upstream_headers"] = {
         "Content-Type": f"multipart/form-data; boundary={form.boundary.decode('latin1')}",
         "Content-Length": str(length),
@@ -167,7 +175,12 @@ async def _finish(call: accounting.Call, reply, raw: bytes):
         return views.error_response(error, call.request_id)
     outcome = Outcome.CLIENT_CANCELLED if call.client_gone else Outcome.SUCCESS
     await views.settle(call, outcome=outcome, status=reply.status, usage=usage)
-    return views._response(raw, reply.status, reply.content_type, call.request_id)
+    content_type = reply.content_type
+    if "client_format" in call.extra and 200 <= reply.status < 300:
+        converted = transcripts.for_client(call.extra["client_format"], raw)
+        if converted is not None:
+            raw, content_type = converted
+    return views._response(raw, reply.status, content_type, call.request_id)
 
 
 def _binary(call: accounting.Call, reply) -> StreamingHttpResponse:

@@ -12,6 +12,7 @@ from collections import Counter
 from django.conf import settings
 
 from allocations.cost_options import CALL_ITEM_TYPES
+from quota.billing import bill as billing
 from quota.pricing import Usage
 
 from . import options
@@ -213,19 +214,19 @@ def output_limit(body: dict, *fields: str) -> int:
 
 
 def estimate_chat(body: dict) -> Usage:
-    return Usage(
+    usage = Usage(
         input_tokens=prompt_estimate(body, "messages", "tools"),
         output_tokens=output_limit(body, "max_completion_tokens", "max_tokens"),
-        **options.estimate_extras(options.CHAT, body),
     )
+    return billing.billed_usage(facts=options.facts(options.CHAT, body), usage=usage, estimate=True)
 
 
 def estimate_responses(body: dict) -> Usage:
-    return Usage(
+    usage = Usage(
         input_tokens=prompt_estimate(body, "instructions", "input", "tools"),
         output_tokens=output_limit(body, "max_output_tokens"),
-        **options.estimate_extras(options.RESPONSES, body),
     )
+    return billing.billed_usage(facts=options.facts(options.RESPONSES, body), usage=usage, estimate=True)
 
 
 def estimate_embeddings(body: dict) -> Usage:
@@ -266,6 +267,9 @@ class StreamMeter:
     def delta_chars(self, event: dict) -> int:  # pragma: no cover - overridden
         return 0
 
+    def item_done(self, data: bytes) -> None:
+        """A finished output item (Responses streams only; see ResponsesStreamMeter)."""
+
     def result(self) -> Usage:
         if self.usage is not None:
             return self.usage
@@ -285,9 +289,37 @@ class ChatStreamMeter(StreamMeter):
 
 
 class ResponsesStreamMeter(StreamMeter):
+    """Usage from the final event; a stream cut before it is estimated from its text deltas plus
+    the built-in tool calls its `response.output_item.done` events reported (the provider bills
+    a search it ran whether or not the answer was finished)."""
+
     answer_of = staticmethod(responses_answer)
     FINAL_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
+    ITEM_DONE = b"response.output_item.done"
+    # A call item's type as a JSON string token: an escaped quote inside a text never matches.
+    CALL_MARKS = tuple(f'"{kind}"'.encode() for kind in sorted(CALL_ITEM_TYPES))
+
+    def __init__(self, prompt_tokens: int):
+        super().__init__(prompt_tokens)
+        self._calls: Counter = Counter()
 
     def delta_chars(self, event: dict) -> int:
         delta = event.get("delta")
         return len(delta) if isinstance(delta, str) else 0
+
+    def item_done(self, data: bytes) -> None:
+        if not any(mark in data for mark in self.CALL_MARKS):
+            return  # a message or a client tool's call: not parsed
+        try:
+            item = json.loads(data).get("item")
+        except (ValueError, AttributeError, RecursionError):
+            self.malformed = True
+            return
+        if isinstance(item, dict) and item.get("type") in CALL_ITEM_TYPES:
+            self._calls[item["type"]] += 1
+
+    def result(self) -> Usage:
+        usage = super().result()
+        if self.usage is None and self._calls:
+            return dataclasses.replace(usage, tool_calls=tuple(sorted(self._calls.items())))
+        return usage

@@ -12,13 +12,11 @@ before the upstream is called, and a body over the limit is refused with 413 bef
 work is paid for. Memory stays bounded (SPOOL_MEMORY + a few CHUNKs per upload); the cost is the
 disk write and the upload's latency (a proxy with request buffering, as nginx does by default).
 
-Audio duration (transcription reservations and the meter's last resort): a WAV/RF64 header is read
-exactly (data bytes / byte rate); any other format is estimated from its size at
-ASSUMED_BYTES_PER_SECOND (128 kbit/s, a common mp3/m4a rate) and flagged as estimated.
+An audio upload's duration (the transcription's reservation, and its bill when the provider
+reports none) is read by proxy.audio from the spool, in the same thread as the parse.
 """
 
 import re
-import struct
 import tempfile
 from dataclasses import dataclass
 from email.parser import HeaderParser
@@ -29,14 +27,14 @@ from django.core.exceptions import RequestAborted
 
 from allocations.exceptions import BadRequest, GatewayError
 
+from .audio import EmptyAudio
+from .audio import upload_duration as read_duration
 from .registry import BODY_MULTIPART, ENDPOINTS
 
 SPOOL_MEMORY = 1 << 20
 CHUNK = 1 << 18
 MAX_FIELD = 1 << 20  # a text field past this is refused (prompts are far smaller)
 MAX_HEADERS = 16 << 10
-WAV_HEAD = 64 << 10
-ASSUMED_BYTES_PER_SECOND = 16_000  # 128 kbit/s
 BOUNDARY = re.compile(rb'boundary="?([^";,\s]{1,200})"?', re.IGNORECASE)
 HEADER_LINE = re.compile(rb"[!-9;-~]+:[^\r\n]*")  # a field name, a colon, a value; no folding, no bare CR/LF
 _headers = HeaderParser()
@@ -103,16 +101,24 @@ class Form:
     def file(self, name: str) -> Part | None:
         return next((p for p in self.parts if p.filename is not None and p.name in (name, name + "[]")), None)
 
-    def encode(self, replace: dict[str, str]) -> tuple[object, int]:
-        """(async iterator of the upstream body, its length): the parts re-emitted from the spool."""
+    def encode(self, replace: dict[str, str], *, append: tuple[str, ...] = ()) -> tuple[object, int]:
+        """(async iterator of the upstream body, its length): the parts re-emitted from the spool,
+        every text field named in `replace` (whatever its case or a `[]` suffix) given that value,
+        and those named in `append` that the form lacks added at its end."""
         segments: list = []
+        missing = {name: replace[name] for name in append if name in replace}
         for part in self.parts:
             segments.append(b"--" + self.boundary + b"\r\n" + part.headers + b"\r\n\r\n")
-            if part.filename is None and part.name in replace:
-                segments.append(replace[part.name].encode())
+            name = _field_name(part.name)
+            if part.filename is None and name in replace:
+                segments.append(replace[name].encode())
+                missing.pop(name, None)
             else:
                 segments.append(part.value if part.value is not None else (part.start, part.end))
             segments.append(b"\r\n")
+        for name, value in missing.items():
+            disposition = f'Content-Disposition: form-data; name="{name}"'.encode()
+            segments.append(b"--" + self.boundary + b"\r\n" + disposition + b"\r\n\r\n" + value.encode() + b"\r\n")
         segments.append(b"--" + self.boundary + b"--\r\n")
         length = sum(len(s) if isinstance(s, bytes) else s[1] - s[0] for s in segments)
         return self._emit(segments), length
@@ -183,10 +189,15 @@ def _text(value) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def _field_name(name: str) -> str:
+    """A field's name as a provider's form parser may read it: trimmed, any case, `[]` or not."""
+    return name.strip().lower().removesuffix("[]")
+
+
 def _check_model_part(parts: list[Part]) -> None:
     """One text `model` field: the gateway rewrites it, and a second one (or a file named model)
     would reach a last-value-wins provider unrewritten."""
-    models = [p for p in parts if p.name.strip().lower() in ("model", "model[]")]
+    models = [p for p in parts if _field_name(p.name) == "model"]
     if len(models) > 1 or any(p.filename is not None for p in models):
         raise ValueError("a multipart form may carry exactly one text field named model")
 
@@ -230,48 +241,30 @@ def parse_form(spool, content_type: str) -> Form:
         position = end + 2 + len(delimiter)
 
 
-def wav_seconds(head: bytes, size: int) -> float | None:
-    """Duration of a WAV (or RF64) file from its header: data bytes / byte rate; None if not WAV."""
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-        return None
-    position, byte_rate = 12, 0
-    while position + 8 <= len(head):
-        chunk_id = head[position : position + 4]
-        (chunk_size,) = struct.unpack("<I", head[position + 4 : position + 8])
-        if chunk_id == b"fmt " and position + 24 <= len(head):
-            byte_rate = struct.unpack("<HHIIHH", head[position + 8 : position + 24])[3]
-        elif chunk_id == b"data":
-            available = size - (position + 8)
-            data = available if chunk_size in (0, 0xFFFFFFFF) else min(chunk_size, available)
-            return data / byte_rate if byte_rate > 0 else None
-        position += 8 + chunk_size + (chunk_size & 1)
-    return None
+def upload_meta(form: Form, part: Part, *, audio: bool) -> dict:
+    """What the meters and the simulated provider know of an upload (never its bytes); an audio
+    upload's duration as proxy.audio reads it (EmptyAudio when it plays for no time)."""
+    meta: dict[str, object] = {"filename": part.filename, "content_type": part.content_type, "size": part.size}
+    if audio:
+        duration = read_duration(form.spool, part.start, part.end)
+        meta |= {"duration_s": round(duration.seconds, 6), "duration_decoded": duration.decoded}
+    return meta
 
 
-def upload_meta(form: Form, part: Part) -> dict:
-    """What the meters and the simulated provider know of an upload (never its bytes)."""
-    form.spool.seek(part.start)
-    seconds = wav_seconds(form.spool.read(min(WAV_HEAD, part.size)), part.size)
-    measured = seconds is not None
-    if seconds is None:
-        seconds = part.size / ASSUMED_BYTES_PER_SECOND
-    return {
-        "filename": part.filename,
-        "content_type": part.content_type,
-        "size": part.size,
-        "duration_s": round(seconds, 6),
-        "duration_measured": measured,
-    }
-
-
-def request_of(form: Form, required: tuple[str, ...], files: tuple[str, ...]) -> tuple[dict, GatewayError | None]:
+def request_of(
+    form: Form, required: tuple[str, ...], files: tuple[str, ...], *, audio: bool = False
+) -> tuple[dict, GatewayError | None]:
     """The form's text fields plus `upload` (the first file's meta) and the preflight's verdict."""
     body = form.fields()
     missing = [n for n in required if n not in files and not body.get(n)]
     missing += [n for n in files if form.file(n) is None]
     upload = next((form.file(n) for n in files if form.file(n) is not None), None)
     if upload is not None:
-        body["upload"] = upload_meta(form, upload)
+        try:
+            body["upload"] = upload_meta(form, upload, audio=audio)
+        except EmptyAudio as exc:
+            name = upload.name.removesuffix("[]")
+            return body, BadRequest(f"{name}: {exc}", fields={name: [f"{str(exc)[0].upper()}{str(exc)[1:]}."]})
     if missing:
         return body, BadRequest(
             f"missing required field(s): {', '.join(missing)}",

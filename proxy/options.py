@@ -13,24 +13,21 @@ allocations.cost_options'; the billing rules are quota.pricing's and docs/DECISI
 Two steps: `body_error` (the body alone, with the other body checks: unknown service tiers,
 `conversation`, `prompt`) and `judge` (the model's switch, tool rules and price, in the preflight
 once the model and its price are resolved: a refusal, or the body to send and what was removed).
-`estimate_extras` and `billed` give the reservation and the settlement the tier and tool calls to bill.
+`facts` hands quota.billing what the request adds to its bill (the tier, the declared tools, chat
+web search); quota turns them into money.
 """
 
-import dataclasses
-from collections import Counter
 from dataclasses import dataclass
 
-from allocations.cost_options import BACKGROUND, FREE_TIERS, OPTION_LABELS, SERVICE_TIERS, TOOL_CALL_ITEMS
+from allocations.cost_options import BACKGROUND, FREE_TIERS, OPTION_LABELS, SERVICE_TIERS
 from allocations.exceptions import BadRequest
-from quota.pricing import Usage
+from quota.billing.bill import NO_FACTS, RequestFacts
 
 from .tools import Rules, client_only, declared_builtins, judge_body
 from .tools import refusal as _refuse
 
 CHAT, RESPONSES = "chat.completions", "responses"
 METERED_ENDPOINTS = (CHAT, RESPONSES)
-# The tool an answer's call item is billed to when the request declared none of that item's tools.
-ITEM_TOOLS = {item: tool for tool, item in reversed(TOOL_CALL_ITEMS.items())}
 
 
 def body_error(endpoint_name: str, body: dict) -> BadRequest | None:
@@ -140,41 +137,17 @@ def answer_read_whole(endpoint_name: str, body: dict | None, price) -> bool:
     return bool(getattr(price, "service_tier_multipliers", None)) or (body or {}).get("web_search_options") is not None
 
 
-def estimate_extras(endpoint_name: str, body: dict) -> dict:
-    """The reservation's share of the options: the requested tier (its multiplier applies to the
-    estimated tokens) and one call per declared built-in tool (chat web search: one search)."""
-    if endpoint_name not in METERED_ENDPOINTS:
-        return {}
-    extras: dict = {}
-    tier = body.get("service_tier")
-    if tier in SERVICE_TIERS:
-        extras["requested_tier"] = tier
-    tools = declared_builtins(body) if endpoint_name == RESPONSES else []
-    if endpoint_name == CHAT and body.get("web_search_options") is not None:
-        tools.append("web_search")
-    if tools:
-        extras["tool_calls"] = tuple((tool, 1) for tool in sorted(set(tools)))
-    return extras
-
-
-def billed(endpoint_name: str, body: dict | None, usage: Usage) -> Usage:
-    """A metered answer's usage with what the request adds to its bill: the requested tier (the
-    fallback when the answer reports no tier the price knows), its tool-call items billed to the
-    tools the request declared (`web_search_call` to `web_search_preview` when only that one was
-    declared), and chat web search as one search per answered request."""
+def facts(endpoint_name: str, body: dict | None) -> RequestFacts:
+    """What the request adds to its bill, for quota.billing: the tier it asked for that costs more
+    than default, the built-in tools it declared (Responses), and chat web search."""
     if endpoint_name not in METERED_ENDPOINTS or body is None:
-        return usage
+        return NO_FACTS
     tier = body.get("service_tier")
-    requested_tier = tier if tier in SERVICE_TIERS else ""
-    web_search = endpoint_name == CHAT and body.get("web_search_options") is not None and usage.has_tokens
-    if not (requested_tier or usage.tool_calls or web_search):
-        return usage
-    calls: Counter = Counter()
-    if usage.tool_calls:
-        declared = declared_builtins(body)
-        for item, count in usage.tool_calls:
-            tool = next((t for t in declared if TOOL_CALL_ITEMS[t] == item), None) or ITEM_TOOLS.get(item, item)
-            calls[tool] += count
-    if web_search:
-        calls["web_search"] += 1
-    return dataclasses.replace(usage, requested_tier=requested_tier, tool_calls=tuple(sorted(calls.items())))
+    if tier is None and body.get("tools") is None and body.get("web_search_options") is None:
+        return NO_FACTS  # the common call: nothing beyond its tokens
+    declared = declared_builtins(body) if endpoint_name == RESPONSES else []
+    return RequestFacts(
+        requested_tier=tier if tier in SERVICE_TIERS else "",
+        declared_tools=tuple(dict.fromkeys(declared)),
+        web_search=endpoint_name == CHAT and body.get("web_search_options") is not None,
+    )

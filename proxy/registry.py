@@ -37,6 +37,9 @@ class Endpoint:
     # a `usage` object (images, audio, moderation, rerank, OCR); `files`: required multipart files.
     response_meter: Callable[[dict, bytes], Usage] | None = None
     files: tuple[str, ...] = ()
+    # The upload is audio billed by its duration: read it (proxy.audio), and ask the provider for a
+    # format that reports what it bills (proxy.transcripts).
+    audio: bool = False
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -114,6 +117,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             body=BODY_MULTIPART,
             response_meter=media_meters.transcription_usage,
             files=("file",),
+            audio=True,
         ),
         Endpoint(
             name="moderations",

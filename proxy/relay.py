@@ -66,7 +66,8 @@ class ChatRelay:
 
 
 class ResponsesRelay:
-    """Responses API: usage (with cached and reasoning tokens) from response.completed/incomplete."""
+    """Responses API: usage (with cached and reasoning tokens) from response.completed/incomplete;
+    the built-in tool calls of finished output items, for a stream cut before those."""
 
     def __init__(self, meter: meters.StreamMeter):
         self.meter = meter
@@ -89,6 +90,8 @@ class ResponsesRelay:
                 self.meter.malformed = True
         elif b"output_text.delta" in data or not event.startswith(b"event:"):
             self.meter.keep_delta(data)
+        elif meters.ResponsesStreamMeter.ITEM_DONE in event:
+            self.meter.item_done(data)
         return event
 
 

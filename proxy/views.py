@@ -15,6 +15,7 @@ from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
 from allocations.http import request_id_of as request_id_for
 from allocations.models import Allocation
+from quota.billing import bill as billing
 from quota.exceptions import UpstreamError, UpstreamTimeout
 from quota.ledger import threads
 from quota.models import Outcome
@@ -43,7 +44,7 @@ def error_response(error: GatewayError, request_id: str) -> HttpResponse:
 
 async def settle(call: accounting.Call, *, outcome: str, status: int, usage: Usage, code: str = "", message: str = ""):
     """Exactly once per call, and to the end even if the request task is cancelled meanwhile."""
-    usage = options.billed(call.endpoint.name, call.outgoing, usage)
+    usage = billing.billed_usage(facts=options.facts(call.endpoint.name, call.outgoing), usage=usage)
     task = accounting.close_once(
         call, outcome=outcome, status_code=status, usage=usage, error_code=code, error_message=message
     )

@@ -47,6 +47,10 @@ class PriceVersion(models.Model):
     # here is refused even where the model allows it.
     service_tier_multipliers = models.JSONField(default=dict, blank=True)
     tool_call_prices = models.JSONField(default=dict, blank=True)
+    # Unit price "image" only: the USD price of one image by what was made, keyed "<size>/<quality>"
+    # ({"1024x1024/standard": "0.04", "1024x1792/hd": "0.12"}); an image made at a size and
+    # quality not listed costs `price_per_unit`.
+    image_prices = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = PriceVersionQuerySet.as_manager()

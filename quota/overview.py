@@ -11,13 +11,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, F, Q, Sum, Value
+from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 
 from allocations.models import Allocation, CatalogModel
 
+from .billing import caps
 from .models import CallRecord, Outcome, UsageCounter
 from .periods import billing_tz, period_bounds, previous_period_start
 from .pricing import ZERO
@@ -164,15 +164,10 @@ def top_members(*, period_start: dt.date, limit: int = 10) -> list:
 
 def near_cap_q() -> Q:
     """On UsageCounter: at or past GATEWAY_NEAR_CAP_RATIO of either of its allocation's caps (a
-    cap of 0 counts as reached). The rule of quota.selectors.near_cap, evaluated in PostgreSQL."""
-    ratio = Value(Decimal(settings.GATEWAY_NEAR_CAP_RATIO))
-    cost_near = Q(allocation__quota_cost_usd_per_month__isnull=False) & Q(
-        cost_used__gte=F("allocation__quota_cost_usd_per_month") * ratio
+    cap of 0 counts as reached): quota.billing.caps' rule as a filter."""
+    return caps.near_cap_q(used="cost_used", cap="allocation__quota_cost_usd_per_month") | caps.near_cap_q(
+        used="tokens_used", cap="allocation__quota_tokens_per_month"
     )
-    token_near = Q(allocation__quota_tokens_per_month__isnull=False) & Q(
-        tokens_used__gte=F("allocation__quota_tokens_per_month") * ratio
-    )
-    return cost_near | token_near
 
 
 def near_cap_counters(*, period_start: dt.date, limit: int = 50) -> list[UsageCounter]:

@@ -8,7 +8,7 @@ from allocations.models import CatalogModel
 from .models import PriceVersion
 from .services import OPTION_PRICE_FIELDS, PRICE_FIELDS, price_version_add, price_version_clean
 
-PRICE_BODY = {"model", "effective_from", "unit", "price_per_unit", *PRICE_FIELDS, *OPTION_PRICE_FIELDS}
+PRICE_BODY = {"model", "effective_from", "unit", "price_per_unit", "image_prices", *PRICE_FIELDS, *OPTION_PRICE_FIELDS}
 
 
 def parse_effective_from(value) -> dt.datetime | None:
@@ -36,7 +36,7 @@ def price_row_parse(data) -> dict:
     unknown = sorted(set(data) - PRICE_BODY)
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(unknown)}", fields={n: ["Unknown field."] for n in unknown})
-    rates = {f: data.get(f) for f in (*PRICE_FIELDS, *OPTION_PRICE_FIELDS)}
+    rates = {f: data.get(f) for f in (*PRICE_FIELDS, *OPTION_PRICE_FIELDS, "image_prices")}
     unit, per_unit, clean = price_version_clean(
         unit=data.get("unit") or "", price_per_unit=data.get("price_per_unit"), **rates
     )

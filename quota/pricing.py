@@ -41,6 +41,8 @@ class Usage:
     service_tier: str = ""
     requested_tier: str = ""
     tool_calls: tuple[tuple[str, int], ...] = ()
+    # What was made, as a per-image price table keys it ("1024x1792/hd"): images only, else "".
+    variant: str = ""
 
     @property
     def total_tokens(self) -> int:
@@ -112,6 +114,15 @@ def tool_calls_cost(price, usage: Usage) -> Decimal:
     )
 
 
+def unit_price(price, usage: Usage) -> Decimal | None:
+    """The price of one unit: an image's by its size and quality when the price lists that
+    variant (`image_prices`), else the price's `price_per_unit`."""
+    listed = getattr(price, "image_prices", None)
+    if listed and usage.variant in listed:
+        return Decimal(listed[usage.variant])
+    return price.price_per_unit
+
+
 def cost_for(price, usage: Usage) -> Decimal | None:
     """USD cost rounded half-up to 1e-9, or None when unpriced (no price, or a unit that does not
     fit). Token prices: token cost × the billed tier's multiplier + the tool calls' prices."""
@@ -119,9 +130,10 @@ def cost_for(price, usage: Usage) -> Decimal | None:
         return None
     if price.unit:
         factor = UNIT_CONVERSIONS.get((usage.unit, price.unit))
-        if factor is None or usage.quantity is None or price.price_per_unit is None:
+        per_unit = unit_price(price, usage)
+        if factor is None or usage.quantity is None or per_unit is None:
             return None
-        return round_usd(usage.quantity * factor * price.price_per_unit)
+        return round_usd(usage.quantity * factor * per_unit)
     has_token_rates = price.input_per_1m is not None or price.output_per_1m is not None
     if not has_token_rates or (usage.unit and not usage.has_tokens):
         return None

@@ -5,10 +5,10 @@ import uuid
 from collections.abc import Collection
 from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from .billing import caps
 from .models import UNPRICED, PriceVersion, UsageCounter
 from .periods import period_start_date
 from .pricing import ZERO
@@ -17,6 +17,15 @@ from .pricing import ZERO
 # calls that carried usage without a price are counted apart, never summed as $0 (SPEC 4).
 PRICED_COST = Sum("cost_usd", filter=Q(priced=True))
 UNPRICED_CALLS = Count("id", filter=UNPRICED)
+
+
+def usage_cost(*, priced_cost: Decimal | None, unpriced_calls: int) -> Decimal | None:
+    """A usage total's cost from PRICED_COST and UNPRICED_CALLS: the priced calls' sum, or None
+    when no call was priced and some carried usage unpriced (shown "unpriced" beside the count,
+    never $0: SPEC 4). A group without any usage costs 0."""
+    if priced_cost is None and unpriced_calls:
+        return None
+    return priced_cost or ZERO
 
 
 def usage_this_month(
@@ -32,10 +41,8 @@ def usage_this_month(
 
 
 def near_cap(*, tokens_used: int, token_cap, cost_used: Decimal, cost_cap) -> bool:
-    ratio = settings.GATEWAY_NEAR_CAP_RATIO
-    if token_cap is not None and (token_cap == 0 or Decimal(tokens_used) >= ratio * token_cap):
-        return True
-    return cost_cap is not None and (cost_cap == 0 or cost_used >= ratio * cost_cap)
+    """Either cap near (quota.billing.caps.near_cap)."""
+    return caps.near_cap(used=tokens_used, cap=token_cap) or caps.near_cap(used=cost_used, cap=cost_cap)
 
 
 def price_current(model_id, *, now: dt.datetime | None = None) -> PriceVersion | None:

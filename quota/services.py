@@ -2,6 +2,7 @@
 and the reconciliation of the counters with the call records."""
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -98,11 +99,40 @@ def _option_prices(name: str, value, names: tuple[str, ...], what: str) -> dict[
     return clean
 
 
+IMAGE_VARIANT = re.compile(r"(?:[1-9][0-9]{1,4}x[1-9][0-9]{1,4}|auto)/[a-z]{1,20}")
+
+
+def _image_prices(value, unit: str) -> dict[str, str]:
+    """`image_prices` ({"<size>/<quality>": decimal ≥ 0}, unit "image" only) as Decimal strings."""
+    if value is None or value == "" or value == {}:
+        return {}
+    if unit != "image":
+        raise BadRequest("image_prices go with unit image", fields={"image_prices": ["Only with unit image."]})
+    if not isinstance(value, dict):
+        raise BadRequest("image_prices must be an object", fields={"image_prices": [IMAGE_PRICES_HELP]})
+    bad = sorted(str(k)[:40] for k in value if not isinstance(k, str) or not IMAGE_VARIANT.fullmatch(k))
+    if bad:
+        raise BadRequest(
+            f"image_prices keys must read <size>/<quality>: {', '.join(bad[:5])}",
+            fields={"image_prices": [f"Not <size>/<quality>: {', '.join(bad[:5])}. {IMAGE_PRICES_HELP}"]},
+        )
+    return _option_prices("image_prices", value, tuple(value), "image size/quality")
+
+
+IMAGE_PRICES_HELP = 'USD per image by "<size>/<quality>", e.g. {"1024x1024/standard": "0.04", "1024x1792/hd": "0.12"}.'
+
+
 def price_version_clean(
-    *, unit: str = "", price_per_unit=None, service_tier_multipliers=None, tool_call_prices=None, **rates
+    *,
+    unit: str = "",
+    price_per_unit=None,
+    service_tier_multipliers=None,
+    tool_call_prices=None,
+    image_prices=None,
+    **rates,
 ) -> tuple[str, Decimal | None, dict]:
-    """Validates a price row without writing: returns (unit, price_per_unit, the token rates and
-    the option prices) or raises BadRequest."""
+    """Validates a price row without writing: returns (unit, price_per_unit, the token rates, the
+    option prices and the image prices) or raises BadRequest."""
     unknown = set(rates) - set(PRICE_FIELDS)
     if unknown:
         raise BadRequest(
@@ -131,7 +161,7 @@ def price_version_clean(
     for name, value in options.items():
         if unit and value:
             raise BadRequest(f"{name} go with token rates only", fields={name: ["Only with token rates, not a unit."]})
-    return unit, per_unit, {**clean, **options}
+    return unit, per_unit, {**clean, **options, "image_prices": _image_prices(image_prices, unit)}
 
 
 def price_version_add(*, model, effective_from=None, unit: str = "", price_per_unit=None, actor=None, **rates):
@@ -149,6 +179,7 @@ def price_version_add(*, model, effective_from=None, unit: str = "", price_per_u
             "price_per_unit": None if per_unit is None else str(per_unit),
             **{k: None if v is None else str(v) for k, v in clean.items() if k in PRICE_FIELDS},
             **{k: clean[k] for k in OPTION_PRICE_FIELDS},
+            "image_prices": clean["image_prices"],
         }
         audit_record(actor=actor, action="price_version_added", target=version, after=after)
     transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache

@@ -75,6 +75,10 @@ class SessionMeter:
     responses_open: set = field(default_factory=set)
     delta_chars: int = 0
     version: int = 0  # bumped on every change that may move the bill
+    # The service tier the client's session.update asked for and the one the upstream's responses
+    # report: billed like /v1's (quota.pricing.billed_tier, the price's tier multiplier).
+    requested_tier: str = ""
+    reported_tier: str = ""
 
     # --- events ----------------------------------------------------------------------------
 
@@ -82,6 +86,10 @@ class SessionMeter:
         kind = event.get("type")
         if kind in ("session.update", "transcription_session.update") and isinstance(event.get("session"), dict):
             self.fmt = audio_format(event["session"], self.fmt)
+            tier = event["session"].get("service_tier")
+            if isinstance(tier, str) and tier[:16] != self.requested_tier:
+                self.requested_tier = tier[:16]
+                self.version += 1
         elif kind == "input_audio_buffer.append" and isinstance(event.get("audio"), str):
             nbytes = b64_decoded_len(event["audio"])
             rate, width, channels = self.fmt
@@ -95,6 +103,8 @@ class SessionMeter:
         elif kind == "response.done":
             response = event.get("response") or {}
             self.responses_open.discard(response.get("id"))
+            if isinstance(response.get("service_tier"), str):
+                self.reported_tier = response["service_tier"][:16]
             if not self.responses_open:
                 self.delta_chars = 0
             self._add_tokens(response.get("usage"))
@@ -159,6 +169,8 @@ class SessionMeter:
             quantity=quantity,
             unit=unit,
             estimated=estimated,
+            service_tier=self.reported_tier,
+            requested_tier=self.requested_tier,
         )
 
 

@@ -18,6 +18,7 @@ from allocations.access import STATUS_ERRORS, KeyScope, ScopedAllocation, key_sc
 from allocations.exceptions import GatewayError, Unauthorized
 from allocations.models import Allocation, ApiKey
 from quota import ledger, ratelimit
+from quota.billing import caps
 from quota.exceptions import CostQuotaExceeded, QuotaExceeded
 from quota.ledger import Admission
 from quota.models import CallRecord, CloseReason, Outcome, PriceVersion, Reservation, UsageCounter
@@ -155,14 +156,16 @@ COUNTER_FIELDS = ("tokens_used", "tokens_reserved", "cost_used", "cost_reserved"
 
 
 def _cap_reason(*, counter: UsageCounter | None, allocation: Allocation, priced: bool) -> GatewayError | None:
-    if counter is None:
-        return CostQuotaExceeded() if allocation.quota_cost_usd_per_month == 0 else None
-    token_cap, cost_cap = allocation.quota_tokens_per_month, allocation.quota_cost_usd_per_month
-    if token_cap is not None and counter.tokens_used + counter.tokens_reserved >= token_cap:
-        return QuotaExceeded()
-    if cost_cap is not None and (priced or cost_cap == 0) and counter.cost_used + counter.cost_reserved >= cost_cap:
-        return CostQuotaExceeded()
-    return None
+    hit = caps.caps_hit(  # no counter yet: nothing used, so only a cap of 0 holds
+        tokens_used=counter.tokens_used if counter else 0,
+        tokens_reserved=counter.tokens_reserved if counter else 0,
+        token_cap=allocation.quota_tokens_per_month,
+        cost_used=counter.cost_used if counter else 0,
+        cost_reserved=counter.cost_reserved if counter else 0,
+        cost_cap=allocation.quota_cost_usd_per_month,
+        priced=priced,
+    )
+    return {caps.TOKENS: QuotaExceeded(), caps.COST: CostQuotaExceeded()}.get(hit) if hit else None
 
 
 def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.datetime) -> WatchState:

@@ -7,10 +7,9 @@ through quota.selectors, one query per page.
 from decimal import Decimal
 
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import DecimalField, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
+from django.db.models import DecimalField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
@@ -21,9 +20,10 @@ from allocations import services
 from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ProviderKind
 from quota import selectors
+from quota.billing import caps
 from quota.models import PriceVersion, UsageCounter
 from quota.periods import period_start_date
-from quota.services import OPTION_PRICE_FIELDS, price_version_add, price_version_clean
+from quota.services import IMAGE_PRICES_HELP, OPTION_PRICE_FIELDS, price_version_add, price_version_clean
 
 from . import marks
 from .base import StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
@@ -114,13 +114,13 @@ class UsageFilter(admin.SimpleListFilter):
     parameter_name = "usage"
 
     def lookups(self, request, model_admin):
-        near = gettext("near a cap (≥ %(share)s)") % {"share": f"{settings.GATEWAY_NEAR_CAP_RATIO:.0%}"}
+        near = gettext("near a cap (≥ %(share)s)") % {"share": f"{caps.near_cap_ratio():.0%}"}
         return [("near", near), ("over", gettext("at or over a cap"))]
 
     def queryset(self, request, queryset):
         if self.value() not in ("near", "over"):
             return queryset
-        ratio = settings.GATEWAY_NEAR_CAP_RATIO if self.value() == "near" else Decimal(1)
+        ratio = caps.near_cap_ratio() if self.value() == "near" else Decimal(1)
         counters = UsageCounter.objects.filter(
             allocation=OuterRef("pk"), period_start=period_start_date(timezone.now())
         )
@@ -129,13 +129,10 @@ class UsageFilter(admin.SimpleListFilter):
             used_tokens=Coalesce(Subquery(counters.values("tokens_used")[:1]), Value(0)),
             used_cost=Coalesce(Subquery(counters.values("cost_used")[:1]), Value(Decimal(0)), output_field=money),
         )
-        token_hit = Q(quota_tokens_per_month__isnull=False) & Q(
-            used_tokens__gte=ExpressionWrapper(F("quota_tokens_per_month") * Value(ratio), output_field=money)
+        return queryset.filter(
+            caps.near_cap_q(used="used_tokens", cap="quota_tokens_per_month", ratio=ratio)
+            | caps.near_cap_q(used="used_cost", cap="quota_cost_usd_per_month", ratio=ratio)
         )
-        cost_hit = Q(quota_cost_usd_per_month__isnull=False) & Q(
-            used_cost__gte=ExpressionWrapper(F("quota_cost_usd_per_month") * Value(ratio), output_field=money)
-        )
-        return queryset.filter(token_hit | cost_hit)
 
 
 @admin.register(Allocation)
@@ -291,6 +288,7 @@ class PriceVersionForm(forms.ModelForm):
             "price_per_unit",
             "service_tier_multipliers",
             "tool_call_prices",
+            "image_prices",
         )
 
     def __init__(self, *args, **kwargs):
@@ -307,13 +305,14 @@ class PriceVersionForm(forms.ModelForm):
                 'USD per call of each built-in tool, e.g. {"web_search": "0.01"}; chat web_search_options '
                 "uses the web_search price (one search per request); a tool without one is refused."
             )
+            self.fields["image_prices"].help_text = f"Unit image only. {IMAGE_PRICES_HELP} Others: price per unit."
 
     def clean(self):
         data = super().clean()
         if not data.get("effective_from") and "effective_from" not in self.errors:
             data["effective_from"] = timezone.now()
         rates = {f: data.get(f) for f in self.Meta.fields[2:7]}
-        options = {f: data.get(f) for f in OPTION_PRICE_FIELDS}
+        options = {f: data.get(f) for f in (*OPTION_PRICE_FIELDS, "image_prices")}
         try:
             price_version_clean(
                 unit=data.get("unit") or "", price_per_unit=data.get("price_per_unit"), **options, **rates
@@ -345,7 +344,7 @@ class PriceVersionAdmin(StaffAdmin):
             price_per_unit=data.get("price_per_unit"),
             actor=request.user,
             **{f: data.get(f) for f in PriceVersionForm.Meta.fields[2:7]},
-            **{f: data.get(f) for f in OPTION_PRICE_FIELDS},
+            **{f: data.get(f) for f in (*OPTION_PRICE_FIELDS, "image_prices")},
         )
         obj.pk, obj._state.adding = version.pk, False
 

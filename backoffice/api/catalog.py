@@ -146,6 +146,13 @@ class PriceList(AdminAPIView):
             allow_null=True,
             help_text='USD per call of each built-in tool, e.g. {"web_search": "0.01"}.',
         )
+        image_prices = serializers.DictField(
+            child=DecimalInputField(),
+            required=False,
+            allow_null=True,
+            help_text='Unit image only: USD per image by "<size>/<quality>", e.g. {"1024x1792/hd": "0.12"}; '
+            "a variant not listed costs price_per_unit.",
+        )
 
     @extend_schema(
         parameters=[*PAGE_PARAMETERS, OpenApiParameter("model", str, description="A model's slug.")],

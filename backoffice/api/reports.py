@@ -53,7 +53,7 @@ class UsageRow(serializers.Serializer):
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
-    cost_usd = MoneyField()
+    cost_usd = MoneyField(allow_null=True, help_text="null when every call that carried usage was unpriced")
 
 
 class UsageReportOutput(UnderscoreNamesMixin, serializers.Serializer):

@@ -14,7 +14,6 @@ from allocations.serializers import money_str
 from quota import selectors
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
-from quota.pricing import ZERO
 
 
 def get_or_404(queryset, pk):
@@ -106,7 +105,7 @@ def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list
             input_tokens=tokens_in,
             output_tokens=tokens_out,
             total_tokens=tokens_in + tokens_out,
-            cost_usd=money_str(row["sum_cost"] or ZERO),
+            cost_usd=money_str(selectors.usage_cost(priced_cost=row["sum_cost"], unpriced_calls=row["n_unpriced"])),
         )
         out.append(item)
     return out

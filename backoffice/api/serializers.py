@@ -77,6 +77,7 @@ class PriceOutput(serializers.Serializer):
     price_per_unit = MoneyField(allow_null=True)
     service_tier_multipliers = serializers.DictField(child=serializers.CharField())
     tool_call_prices = serializers.DictField(child=serializers.CharField())
+    image_prices = serializers.DictField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
 
     def get_unit(self, price) -> str | None:

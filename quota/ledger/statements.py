@@ -17,8 +17,10 @@ from django.conf import settings
 from django.db.models import Model
 from psycopg.types.json import Jsonb
 
+from ..billing.bill import bill
+from ..billing.caps import guard_sql as guard  # the cap rule's SQL (quota.billing.caps)
 from ..models import CallRecord, Reservation, UsageCounter
-from ..pricing import Usage, billed_tier, cost_for
+from ..pricing import Usage
 
 COUNTER_TABLE = UsageCounter._meta.db_table
 RESERVATION_TABLE = Reservation._meta.db_table
@@ -42,18 +44,6 @@ class Settlement:
     admission: Admission
     tokens: int
     cost: Decimal
-
-
-def guard(*, token_cap, cost_cap, priced: bool) -> tuple[str, list]:
-    """The admission condition (used + reserved < cap for each cap that applies) as SQL."""
-    sql, params = "", []
-    if token_cap is not None:
-        sql += " AND tokens_used < %s - tokens_reserved"
-        params.append(token_cap)
-    if cost_cap is not None and (priced or cost_cap == 0):
-        sql += " AND cost_used < %s - cost_reserved"
-        params.append(cost_cap)
-    return sql, params
 
 
 def reservation_row(
@@ -131,7 +121,8 @@ def admit_statement(
 def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tuple[dict, Decimal | None]:
     """The call record's field values (by field name) and its cost, with what a cost beyond tokens
     was billed from (the service tier, the tool calls)."""
-    cost = cost_for(price, usage)
+    billed = bill(price=price, usage=usage)
+    cost = billed.cost
     values = {
         **record,
         "finished_at": record.get("finished_at") or now,
@@ -144,7 +135,7 @@ def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tup
         "quantity": usage.quantity,
         "unit": usage.unit,
         "estimated": usage.estimated,
-        "service_tier": billed_tier(price, usage)[:16],
+        "service_tier": billed.tier[:16],
         "tool_calls": dict(usage.tool_calls),
         "cost_usd": cost,
         "priced": cost is not None,

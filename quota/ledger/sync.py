@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from allocations.bounded import BoundedCache
 
+from ..billing import caps
 from ..exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..periods import period_start_date
@@ -72,9 +73,17 @@ def counter_for(*, allocation_id, period_start) -> UsageCounter:
 
 
 def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> Exception | None:
-    if token_cap is not None and counter.tokens_used >= token_cap:
+    """A cap the used amount alone has reached (403); headroom held by calls in flight is 429."""
+    hit = caps.caps_hit(
+        tokens_used=counter.tokens_used,
+        token_cap=token_cap,
+        cost_used=counter.cost_used,
+        cost_cap=cost_cap,
+        priced=priced,
+    )
+    if hit == caps.TOKENS:
         return QuotaExceeded(f"monthly token quota reached: {counter.tokens_used} / {token_cap} tokens")
-    if cost_cap is not None and (cost_cap == 0 or priced) and counter.cost_used >= cost_cap:
+    if hit == caps.COST:
         return CostQuotaExceeded(
             f"monthly cost cap reached: ${counter.cost_used.normalize():f} / ${cost_cap.normalize():f}"
         )

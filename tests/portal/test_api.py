@@ -322,7 +322,7 @@ def test_usage_groups_by_day_model_and_allocation(alice_client, alice, alice_all
         ("2026-03-05", "1.500000000", 3),
     ]
     models = {r["model"]: r for r in alice_client.get(base + "&group_by=model").json()["results"]}
-    assert models["sim/unpriced"]["cost_usd"] == "0.000000000"
+    assert models["sim/unpriced"]["cost_usd"] is None  # only unpriced calls: null, never "0.000000000"
     assert models["sim/unpriced"]["unpriced_calls"] == 1
     assert models["openai/gpt-4o-mini"]["unpriced_calls"] == 0
     assert models["openai/gpt-4o-mini"]["calls"] == 3

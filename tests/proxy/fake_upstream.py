@@ -11,7 +11,8 @@ OpenAI and Azure OpenAI wire formats (JSON and SSE), with fault modes chosen by 
 - fake-calls-N: a Responses answer has N calls of each built-in tool the request declared (else 1)
 
 Answers report `service_tier` like OpenAI's, and a Responses answer has one `<tool>_call` output
-item per built-in tool the request declared (web_search -> web_search_call ...).
+item per built-in tool the request declared (web_search -> web_search_call ...); its stream reports
+each in a `response.output_item.done` event before the text.
 """
 
 import asyncio
@@ -236,6 +237,11 @@ class FakeUpstream(RecordingUpstream):
             {"type": "response.created", "response": {**resp, "status": "in_progress", "usage": None, "output": []}}
         ]
         events += [
+            {"type": "response.output_item.done", "output_index": n, "item": call}
+            for n, call in enumerate(tool_call_items(body, model))
+        ]
+        head = len(events)
+        events += [
             {
                 "type": "response.output_text.delta",
                 "item_id": "msg_1",
@@ -246,7 +252,7 @@ class FakeUpstream(RecordingUpstream):
             for w in WORDS
         ]
         if model.startswith("fake-drop-"):
-            events = events[: 1 + int(model.rsplit("-", 1)[1])]
+            events = events[: head + int(model.rsplit("-", 1)[1])]
         else:
             events.append({"type": "response.completed", "response": resp})
         for n, event in enumerate(events):

@@ -7,12 +7,13 @@ model name, as in tests/proxy/fake_upstream.py:
 - fake-error-NNN: status NNN with an OpenAI error body quoting the key it was sent
 - fake-garbage: 200 with a body that is not JSON
 - fake-tokens: a transcription reporting token usage (gpt-4o-transcribe)
-- fake-plain: a transcription with neither usage nor duration; OCR without usage_info
+- fake-plain: a transcription with neither usage nor duration in JSON; OCR without usage_info
 - fake-trickle: speech audio with 0.2 s between chunks
 - gpt-image-*: images answered with token usage (token-priced image models)
 """
 
 import asyncio
+import math
 import struct
 
 from aiohttp import web
@@ -23,6 +24,17 @@ PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEh
 IMAGE_USAGE = {"input_tokens": 50, "output_tokens": 1000, "total_tokens": 1050,
                "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}}  # fmt: skip
 AUDIO_CHUNK = b"\xff\xf3" + bytes(1022)  # an mp3-ish frame
+
+
+def heard_seconds(upload: dict) -> float:
+    """A canonical WAV's duration from its first bytes (data bytes / (channels x sample width) /
+    sample rate, as decoders count it), anything else 89.2 s."""
+    head = upload.get("head") or b""
+    if len(head) < 44 or head[:4] != b"RIFF" or head[36:40] != b"data":
+        return 89.2
+    channels, rate = struct.unpack("<HI", head[22:28])
+    (bits,) = struct.unpack("<H", head[34:36])
+    return round((upload["size"] - 44) / (channels * bits // 8) / rate, 3)
 
 
 def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
@@ -96,18 +108,31 @@ class MediaUpstream(RecordingUpstream):
         return response
 
     async def audio_transcriptions(self, request, body, files, model):
+        """Like whisper-1: text, srt and vtt carry no usage; json reports `usage` in seconds and
+        verbose_json the `duration` with its segments. It hears the duration a decoder would: a
+        WAV's from its sample layout (never its declared byte rate), anything else 89.2 s."""
         fmt = body.get("response_format", "json")
         text = "Hello from the fake transcriber."
+        seconds = heard_seconds(files.get("file") or {})
         if fmt == "text":
             return web.Response(text=text + "\n", content_type="text/plain")
+        if fmt in ("srt", "vtt"):
+            stamp = f"00:00:00{',' if fmt == 'srt' else '.'}000 --> {seconds:.3f}"
+            head = "1" if fmt == "srt" else "WEBVTT"
+            return web.Response(text=f"{head}\n{stamp}\n{text}\n\n", content_type="text/plain")
         if model == "fake-tokens":
             usage = {"type": "tokens", "input_tokens": 120, "output_tokens": 30, "total_tokens": 150,
                      "input_token_details": {"audio_tokens": 120, "text_tokens": 0}}  # fmt: skip
             return web.json_response({"text": text, "usage": usage})
+        if model == "fake-plain":
+            return web.json_response({"text": text})  # no usage, no duration: the gateway decodes the upload
         if fmt == "verbose_json":
-            return web.json_response({"task": "transcribe", "language": "english", "duration": 89.2, "text": text,
-                                      "segments": []})  # fmt: skip
-        return web.json_response({"text": text})  # no usage, no duration: the gateway measures the upload
+            half = round(seconds / 2, 2)
+            segments = [{"id": 0, "start": 0.0, "end": half, "text": " Hello from"},
+                        {"id": 1, "start": half, "end": seconds, "text": " the fake transcriber."}]  # fmt: skip
+            return web.json_response({"task": "transcribe", "language": "english", "duration": seconds, "text": text,
+                                      "segments": segments})  # fmt: skip
+        return web.json_response({"text": text, "usage": {"type": "duration", "seconds": math.ceil(seconds)}})
 
     async def moderations(self, request, body, files, model):
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]

@@ -115,7 +115,7 @@ def test_reservation_estimates_price_the_request_in_the_prices_unit(settings):
     assert cost_for(unit_price("character", "0.001"), media_meters.estimate_speech({"input": "x" * 20})) == Decimal(
         "0.02"
     )
-    upload = {"upload": {"duration_s": 89.5, "duration_measured": True}}
+    upload = {"upload": {"duration_s": 89.5, "duration_decoded": True}}
     assert cost_for(unit_price("minute", "0.006"), media_meters.estimate_transcription(upload)) == Decimal("0.009")
     assert cost_for(unit_price("page", "0.01"), media_meters.estimate_ocr({"pages": [0, 4]})) == Decimal("0.02")
     assert cost_for(unit_price("page", "0.01"), media_meters.estimate_ocr({"document": {}})) == Decimal("0.07")

@@ -13,6 +13,7 @@ from django.core.management import call_command
 from allocations.models import ModelKind, ProviderKind
 from quota.models import CallRecord, Reservation, UsageCounter
 
+from .audio_files import mp3_bytes
 from .conftest import counter_of, record_of
 from .media_fixtures import *  # noqa: F403 - the media and media_upstream fixtures
 from .media_upstream import PNG_1PX, wav_bytes
@@ -87,14 +88,15 @@ def test_ninety_seconds_of_audio_at_six_tenths_of_a_cent_a_minute_cost_nine_tent
     assert result.text == "Hello from the fake transcriber."
     sent = media.upstream.last
     assert sent["body"]["model"] == "whisper-1" and sent["files"]["file"]["size"] == len(wav_bytes(90))
-    billed(allocation, "0.009", "90", "second")  # no usage, no duration: measured from the WAV header
+    assert sent["body"]["response_format"] == "verbose_json"  # asked for the duration it reports
+    billed(allocation, "0.009", "90", "second")
 
 
 def test_a_transcription_is_billed_by_the_duration_it_reports_rounded_up_per_second(media):
     allocation = media.allocation("whisper-1", ModelKind.STT, unit="second", per_unit="0.0001")
     result = media.client(allocation).audio.transcriptions.create(
         model=allocation.model.slug,
-        file=("speech.wav", wav_bytes(3), "audio/wav"),
+        file=("speech.wav", wav_bytes(89.2), "audio/wav"),
         response_format="verbose_json",
         extra_headers=RID,
     )
@@ -112,16 +114,16 @@ def test_a_transcription_reporting_tokens_is_billed_by_tokens(media):
     assert record.cost_usd == Decimal("0.0018")  # 120 x $5/1M + 30 x $40/1M
 
 
-def test_a_compressed_upload_without_duration_is_billed_on_its_size_flagged_estimated(media):
-    allocation = media.allocation("whisper-1", ModelKind.STT, unit="minute", per_unit="0.006")
+def test_a_compressed_upload_without_a_reported_duration_is_billed_as_decoded(media):
+    allocation = media.allocation("fake-plain", ModelKind.STT, unit="minute", per_unit="0.006")
     text = media.client(allocation).audio.transcriptions.create(
         model=allocation.model.slug,
-        file=("speech.mp3", b"\xff\xf3" + bytes(159_998), "audio/mpeg"),
+        file=("speech.mp3", mp3_bytes(2304), "audio/mpeg"),
         response_format="text",
         extra_headers=RID,
     )
     assert text.strip() == "Hello from the fake transcriber."
-    billed(allocation, "0.001", "10", "second", estimated=True)  # 160,000 bytes at 128 kbit/s = 10 s
+    billed(allocation, "0.0061", "61", "second")  # 2,304 constant-rate frames at 128 kbit/s: 60.05 s
 
 
 def test_a_moderation_is_billed_per_request(media):

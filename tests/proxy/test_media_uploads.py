@@ -1,5 +1,5 @@
 """Multipart uploads: streamed to the upstream without the process holding them, parsed whatever the
-field order, the model rewritten, audio durations measured from WAV headers or estimated by size."""
+field order, the model rewritten, audio durations decoded (proxy.audio)."""
 
 import io
 import tracemalloc
@@ -115,14 +115,12 @@ def test_the_parser_refuses_malformed_forms(raw, content_type):
         multipart.parse_form(io.BytesIO(raw), content_type)
 
 
-def test_a_wav_duration_is_read_from_its_header_and_other_audio_is_estimated_by_size():
-    assert multipart.wav_seconds(wav_bytes(90)[:64], len(wav_bytes(90))) == 90.0
-    assert multipart.wav_seconds(wav_bytes(2, rate=24000), len(wav_bytes(2, rate=24000))) == 2.0
-    assert multipart.wav_seconds(b"\xff\xf3" + bytes(100), 102) is None
-    raw = form_bytes(b"b", [("file", "a.mp3", b"\xff" * 32_000)])
+def test_an_audio_upload_carries_its_decoded_duration_and_an_image_none():
+    raw = form_bytes(b"b", [("file", "a.wav", wav_bytes(2, rate=24000))])
     form = multipart.parse_form(io.BytesIO(raw), "multipart/form-data; boundary=b")
-    meta = multipart.upload_meta(form, form.file("file"))
-    assert (meta["duration_s"], meta["duration_measured"], meta["size"]) == (2.0, False, 32_000)
+    meta = multipart.upload_meta(form, form.file("file"), audio=True)
+    assert (meta["duration_s"], meta["duration_decoded"], meta["size"]) == (2.0, True, 96_044)
+    assert "duration_s" not in multipart.upload_meta(form, form.file("file"), audio=False)
 
 
 names = st.sampled_from(["model", "n", "prompt", "language", "file", "image[]", "mask"])

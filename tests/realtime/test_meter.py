@@ -122,3 +122,19 @@ def test_a_live_session_renews_its_lease_so_the_sweeper_leaves_it_alone():
     services.session_watch(session=session, usage=Usage(), full=False, now=renewed)
     assert reservations_sweep(now=start + dt.timedelta(seconds=services.LEASE_S + 1)) == 0
     assert Reservation.objects.filter(request_id="rt-live").exists()
+
+
+def test_a_session_at_a_priced_tier_is_billed_at_its_multiplier_like_v1():
+    from quota.pricing import cost_for
+
+    tiered = PriceVersion(input_per_1m=Decimal("5"), output_per_1m=Decimal("20"),
+                          service_tier_multipliers={"priority": "2", "flex": "0.5"})  # fmt: skip
+    meter = SessionMeter()
+    meter.client_event({"type": "session.update", "session": {"service_tier": "priority"}})
+    meter.upstream_event({"type": "response.created", "response": {"id": "r1"}})
+    meter.upstream_event({"type": "response.done", "response": {"id": "r1", "usage": USAGE}})
+    plain = cost_for(tiered, Usage(input_tokens=100, output_tokens=50, cached_tokens=20,
+                                   audio_input_tokens=40, audio_output_tokens=30))  # fmt: skip
+    assert cost_for(tiered, meter.usage(tiered)) == plain * 2  # asked priority, none reported
+    meter.upstream_event({"type": "response.done", "response": {"id": "r1", "service_tier": "flex"}})
+    assert cost_for(tiered, meter.usage(tiered)) == plain / 2  # the reported tier the price multiplies
