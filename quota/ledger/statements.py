@@ -18,7 +18,7 @@ from django.db.models import Model
 from psycopg.types.json import Jsonb
 
 from ..billing.bill import bill
-from ..billing.caps import guard_sql as guard  # the cap rule's SQL (quota.billing.caps)
+from ..billing.caps import guard_sql as guard
 from ..models import CallRecord, Reservation, UsageCounter
 from ..pricing import Usage
 
