@@ -308,3 +308,40 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise self.Immutable("audit events are append-only")
+
+
+class DeviceAuthorization(models.Model):
+    """One OAuth device authorization grant (RFC 8628): a command-line tool's request for a key,
+    approved or denied by a signed-in member in the portal. The device code is stored hashed; the
+    key minted on approval waits here encrypted (Fernet) until the device collects it, once."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        DENIED = "denied"
+        DELIVERED = "delivered"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    device_code_hash = models.CharField(max_length=64, unique=True)
+    user_code = models.CharField(max_length=8, unique=True)
+    label = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    interval_s = models.PositiveIntegerField(default=5)
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    key_encrypted = models.TextField(blank=True, editable=False)
+    model_slug = models.CharField(max_length=200, blank=True)
+    requested_from = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "device sign-in"
+
+    def __str__(self):
+        return f"{self.user_code[:4]}-{self.user_code[4:]} ({self.status})"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api
+from . import api, device
 
 urlpatterns = [
     path("allocations", api.AllocationList.as_view(), name="me-allocations"),
@@ -12,4 +12,6 @@ urlpatterns = [
     path("keys", api.KeyList.as_view(), name="me-keys"),
     path("keys/<str:key_id>", api.KeyDetail.as_view(), name="me-key"),
     path("keys/<str:key_id>/rotate", api.KeyRotate.as_view(), name="me-key-rotate"),
+    path("device/<str:user_code>/approve", device.DeviceApprove.as_view(), name="me-device-approve"),
+    path("device/<str:user_code>/deny", device.DeviceDeny.as_view(), name="me-device-deny"),
 ]
