@@ -345,3 +345,20 @@ class DeviceAuthorization(models.Model):
 
     def __str__(self):
         return f"{self.user_code[:4]}-{self.user_code[4:]} ({self.status})"
+
+
+class Invitation(models.Model):
+    """A single-use link that lets a member set their password and sign in. Stored hashed."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invitations")
+    token_hash = models.CharField(max_length=64, unique=True)
+    expires_at = models.DateTimeField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"invitation of {self.member_id} until {self.expires_at:%Y-%m-%d %H:%M}"

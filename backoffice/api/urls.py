@@ -10,6 +10,7 @@ urlpatterns = [
     path("pool/rebalance", pool.PoolRebalanceView.as_view(), name="admin-pool-rebalance"),
     path("members", members.MemberList.as_view(), name="admin-api-members"),
     path("members/<str:member_id>", members.MemberDetail.as_view(), name="admin-api-member"),
+    path("members/<str:member_id>/invitation", members.MemberInvitation.as_view(), name="admin-api-member-invitation"),
     path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
     path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
     path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
