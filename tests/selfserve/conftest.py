@@ -1,6 +1,7 @@
 import pytest
 from django.core.cache import cache
 
+from tests.backoffice.conftest import api, token  # noqa: F401  (the admin API client)
 from tests.portal.conftest import (  # noqa: F401  (fixtures shared with the portal's tests)
     _fast_password_hashing,
     alice,
@@ -11,6 +12,7 @@ from tests.portal.conftest import (  # noqa: F401  (fixtures shared with the por
     bob_alloc,
     bob_client,
 )
+from tests.serving.conftest import fake, serve_factory  # noqa: F401  (the served gateway)
 
 
 @pytest.fixture(autouse=True)

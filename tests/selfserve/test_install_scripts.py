@@ -13,7 +13,6 @@ import pytest
 
 from allocations.models import ApiKey, DeviceAuthorization
 from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory
-from tests.serving.conftest import fake, serve_factory  # noqa: F401  (fixtures)
 
 PASSWORD = "a-long-test-password-9"
 ORIGINAL = 'model = "o3"\n# the member\'s own settings\n'
@@ -66,7 +65,7 @@ def run_installer(url: str, home: Path, approve) -> subprocess.CompletedProcess:
 def test_install_writes_the_codex_config_and_a_private_key_file_and_restore_undoes_it(
     serve_factory,
     member,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     alice, allocation = member
     server = serve_factory(1)
@@ -112,7 +111,7 @@ def test_install_writes_the_codex_config_and_a_private_key_file_and_restore_undo
     assert not key_file.exists() and not (codex / "config.toml.gateway-backup").exists()
 
 
-def test_a_denied_sign_in_leaves_the_config_alone(serve_factory, member, tmp_path):  # noqa: F811
+def test_a_denied_sign_in_leaves_the_config_alone(serve_factory, member, tmp_path):
     server = serve_factory(1)
     browser = signed_in(server.url)
 
@@ -126,7 +125,7 @@ def test_a_denied_sign_in_leaves_the_config_alone(serve_factory, member, tmp_pat
     assert not (tmp_path / ".codex" / "gateway.key").exists()
 
 
-def test_the_scripts_are_posix_sh_with_the_gateway_url_filled_in(serve_factory, member):  # noqa: F811
+def test_the_scripts_are_posix_sh_with_the_gateway_url_filled_in(serve_factory, member):
     server = serve_factory(1)
     for name in ("codex.sh", "codex-restore.sh"):
         response = httpx.get(f"{server.url}/install/{name}")

@@ -9,7 +9,6 @@ from django.test import Client
 from django.utils import timezone
 
 from allocations.models import Invitation, Member
-from tests.backoffice.conftest import api, token  # noqa: F401  (fixtures)
 from tests.factories import MemberFactory, audit_actions
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +20,7 @@ def invitee(db):
     return MemberFactory(username="carolinedupont", email="carol@example.org", password=None)
 
 
-def invite(api, member):  # noqa: F811
+def invite(api, member):
     response = api.post(f"members/{member.pk}/invitation")
     assert response.status_code == 201, response.content
     return response.json()
@@ -32,7 +31,7 @@ def path_of(url: str) -> str:
 
 
 def test_an_invitation_is_a_48_hour_link_audited_and_mailed(
-    api,  # noqa: F811
+    api,
     invitee,
     settings,
     django_capture_on_commit_callbacks,
@@ -52,12 +51,12 @@ def test_an_invitation_is_a_48_hour_link_audited_and_mailed(
     assert body["invitation_url"].rsplit("/", 2)[-2] not in Invitation.objects.get().token_hash
 
 
-def test_without_mail_configured_nothing_is_mailed(api, invitee, settings):  # noqa: F811
+def test_without_mail_configured_nothing_is_mailed(api, invitee, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
     assert invite(api, invitee)["mailed"] is False
 
 
-def test_accepting_sets_a_password_signs_in_and_the_link_is_used_up(api, invitee):  # noqa: F811
+def test_accepting_sets_a_password_signs_in_and_the_link_is_used_up(api, invitee):
     url = path_of(invite(api, invitee)["invitation_url"])
     client = Client()
     assert client.get(url).status_code == 200
@@ -72,7 +71,7 @@ def test_accepting_sets_a_password_signs_in_and_the_link_is_used_up(api, invitee
     assert Client().get(url).status_code == 410
 
 
-def test_an_expired_or_replaced_link_is_refused(api, invitee):  # noqa: F811
+def test_an_expired_or_replaced_link_is_refused(api, invitee):
     first = path_of(invite(api, invitee)["invitation_url"])
     second = path_of(invite(api, invitee)["invitation_url"])
     assert Client().get(first).status_code == 410  # replaced by the newer link
@@ -82,7 +81,7 @@ def test_an_expired_or_replaced_link_is_refused(api, invitee):  # noqa: F811
 
 
 @pytest.mark.parametrize("password", ["short-9x", "password123", "carolinedupont1", "carol@example.org"])
-def test_the_accept_page_applies_the_password_policy(api, invitee, password):  # noqa: F811
+def test_the_accept_page_applies_the_password_policy(api, invitee, password):
     url = path_of(invite(api, invitee)["invitation_url"])
     response = Client().post(url, {"new_password1": password, "new_password2": password})
     assert response.status_code == 400
@@ -91,7 +90,7 @@ def test_the_accept_page_applies_the_password_policy(api, invitee, password):  #
     assert not Invitation.objects.get().used_at
 
 
-def test_the_admin_api_and_password_change_apply_the_policy(api, alice_client, alice):  # noqa: F811
+def test_the_admin_api_and_password_change_apply_the_policy(api, alice_client, alice):
     created = api.post("members", {"username": "dave", "password": "dave12345"})
     assert created.status_code == 400
     assert created.json()["error"]["fields"]["password"]
