@@ -111,6 +111,20 @@ class CatalogModel(RateLimits):
     # The request options that cost more than tokens this model lets through (names from
     # allocations.cost_options.ALLOWED_OPTIONS, sorted); each also needs a price (proxy.options).
     allowed_options = models.JSONField(default=list, blank=True)
+    # Self-service: members who may use the model claim an allocation of it from the portal's
+    # catalogue, with these caps (null = none).
+    self_service = models.BooleanField(default=False, help_text="Members may claim it from the catalogue.")
+    self_service_quota_tokens = models.BigIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(0)], help_text="Token quota of a claim; blank = none."
+    )
+    self_service_cost_usd = models.DecimalField(
+        max_digits=20,
+        decimal_places=9,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Monthly cost cap (USD) of a claim; blank = none.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -146,6 +160,10 @@ class Allocation(RateLimits):
         ADMIN = "admin"
         MEMBER = "member"
 
+    class Origin(models.TextChoices):
+        ADMIN = "admin"
+        SELF_SERVICE = "self_service"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="allocations")
     model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="allocations")
@@ -157,6 +175,7 @@ class Allocation(RateLimits):
     quota_locked = models.BooleanField(default=False)
     paused_by = models.CharField(max_length=8, choices=PausedBy.choices, blank=True)
     status_reason = models.CharField(max_length=500, blank=True)
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.ADMIN)
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -173,6 +192,12 @@ class Allocation(RateLimits):
             models.CheckConstraint(
                 condition=models.Q(quota_cost_usd_per_month__isnull=True) | models.Q(quota_cost_usd_per_month__gte=0),
                 name="allocation_cost_cap_non_negative",
+            ),
+            # Two claims of one model at once make one allocation: the second insert fails here.
+            models.UniqueConstraint(
+                fields=["member", "model"],
+                condition=models.Q(origin="self_service") & ~models.Q(status="revoked"),
+                name="allocation_one_live_claim_per_model",
             ),
         ]
 
@@ -362,3 +387,21 @@ class Invitation(models.Model):
 
     def __str__(self):
         return f"invitation of {self.member_id} until {self.expires_at:%Y-%m-%d %H:%M}"
+
+
+class ReclaimLock(models.Model):
+    """An admin revoked the member's self-service allocation of this model: the member may not
+    claim it again until an admin unlocks (which deletes the lock)."""
+
+    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reclaim_locks")
+    model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="+")
+    locked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["member", "model"], name="reclaim_lock_once")]
+
+    def __str__(self):
+        return f"re-claim lock {self.member_id} / {self.model_id}"

@@ -1,9 +1,10 @@
 from django.urls import path
 
-from . import api, device
+from . import api, device, selfservice
 
 urlpatterns = [
-    path("allocations", api.AllocationList.as_view(), name="me-allocations"),
+    path("allocations", selfservice.AllocationListAndClaim.as_view(), name="me-allocations"),
+    path("claimable-models", selfservice.ClaimableModels.as_view(), name="me-claimable-models"),
     path("allocations/<str:allocation_id>", api.AllocationDetail.as_view(), name="me-allocation"),
     path("allocations/<str:allocation_id>/pause", api.AllocationPause.as_view(), name="me-allocation-pause"),
     path("allocations/<str:allocation_id>/resume", api.AllocationResume.as_view(), name="me-allocation-resume"),

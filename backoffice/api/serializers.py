@@ -5,6 +5,8 @@ from rest_framework import serializers
 
 from allocations.serializers import MoneyField
 
+from .selfservice import SelfServiceOutputMixin
+
 
 class RateLimitsOutputMixin(serializers.Serializer):
     rpm_limit = serializers.IntegerField(allow_null=True)
@@ -48,7 +50,7 @@ class ProviderOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class ModelOutput(RateLimitsOutputMixin, serializers.Serializer):
+class ModelOutput(SelfServiceOutputMixin, RateLimitsOutputMixin, serializers.Serializer):
     id = serializers.UUIDField()
     slug = serializers.CharField()
     provider = serializers.CharField(source="provider.name")
