@@ -183,3 +183,16 @@ def test_another_members_claim_does_not_affect_mine(bob, offered):
     client.force_login(bob)
     assert claim(client, offered.slug).status_code == 201
     assert Allocation.objects.filter(member=bob).count() == 1
+
+
+def test_django_admin_sets_self_service_and_unlocks(admin_client, alice, offered, staff):
+    page = admin_client.get(f"/admin/allocations/catalogmodel/{offered.pk}/change/")
+    assert page.status_code == 200 and "self_service_cost_usd" in page.content.decode()
+    lock = ReclaimLock.objects.create(member=alice, model=offered, locked_by=staff)
+    listed = admin_client.get("/admin/allocations/reclaimlock/")
+    assert listed.status_code == 200 and "alice" in listed.content.decode()
+    done = admin_client.post(
+        "/admin/allocations/reclaimlock/", {"action": "unlock", "_selected_action": [str(lock.pk)]}
+    )
+    assert done.status_code == 302
+    assert not ReclaimLock.objects.exists() and "reclaim_unlocked" in audit_actions()
