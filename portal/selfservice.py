@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.db.models import QuerySet
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -19,16 +20,19 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from allocations import selfservice
+from allocations import selfservice, services
 from allocations.access import member_may_use
 from allocations.exceptions import GatewayError
+from allocations.key_scope import api_key_set_scope
 from allocations.models import Allocation, CatalogModel, ReclaimLock
 from allocations.serializers import StrictCharField, StrictInputSerializer, parse_input
 from quota.models import PriceVersion
 from quota.selectors import price_describe
 
 from . import cards
-from .api import AllocationList, MemberAPIView, _card
+from . import selectors as portal_selectors
+from .api import AllocationList, KeyDetail, MemberAPIView, _card, owned_allocations
+from .serializers import KeyOutput
 
 CLAIMED_KEY = "portal_claimed_key"
 
@@ -138,3 +142,31 @@ def _claim_message(exc: GatewayError) -> str:
         "model_forbidden": _("You may not use this model."),
         "model_not_self_service": _("This model is not offered for self-service."),
     }.get(exc.code, _("This model cannot be claimed."))
+
+
+class KeyDetailWithScope(KeyDetail):
+    """GET/PATCH/DELETE of one key; PATCH also takes `add` and `remove` (allocation ids)."""
+
+    class InputSerializer(KeyDetail.InputSerializer):
+        add = serializers.ListField(child=StrictCharField(), required=False, help_text="Allocation ids to add.")
+        remove = serializers.ListField(child=StrictCharField(), required=False, help_text="Allocation ids to remove.")
+
+        def validate(self, attrs):
+            if not attrs:
+                raise serializers.ValidationError({"name": ["This field is required."]})
+            return attrs
+
+    @extend_schema(request=InputSerializer, responses=KeyOutput)
+    def patch(self, request, key_id):
+        key = portal_selectors.key_owned(member=request.user, key_id=key_id)
+        data = parse_input(self.InputSerializer, request)
+        add = owned_allocations(request.user, data.get("add", []))
+        remove = owned_allocations(request.user, data.get("remove", []))
+        with transaction.atomic():  # a refused part leaves the whole key as it was
+            if add or remove:
+                api_key_set_scope(key=key, add=add, remove=remove, actor=request.user)
+            if "name" in data:
+                key = services.api_key_rename(key=key, name=data["name"], actor=request.user)
+            if "expires_at" in data:
+                key = services.api_key_set_expiry(key=key, expires_at=data["expires_at"], actor=request.user)
+        return Response(KeyOutput(portal_selectors.key_owned(member=request.user, key_id=key_id)).data)

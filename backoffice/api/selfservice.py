@@ -1,14 +1,26 @@
-"""Admin API for self-service: the model's switch and default caps (on PATCH /api/admin/models/{id})
-and the unlock of a re-claim lock."""
+"""Admin API for self-service: the model's switch and default caps (on PATCH /api/admin/models/{id}),
+the unlock of a re-claim lock, and the scope of any key (`/api/admin/keys/{id}`)."""
+
+import uuid
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from allocations import selfservice
-from allocations.models import CatalogModel, Member
+from allocations.exceptions import BadRequest
+from allocations.key_scope import api_key_set_scope
+from allocations.models import Allocation, ApiKey, CatalogModel, Member
 from allocations.reclaim import reclaim_unlock
-from allocations.serializers import DecimalInputField, MoneyField, StrictBooleanField, WholeNumberInputField
+from allocations.serializers import (
+    DecimalInputField,
+    MoneyField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictInputSerializer,
+    WholeNumberInputField,
+    parse_input,
+)
 
 from . import selectors as sel
 from .base import AdminAPIView
@@ -48,3 +60,53 @@ class ReclaimUnlock(AdminAPIView):
         catalogue_model = model_by(model)
         reclaim_unlock(member=member, model=catalogue_model, actor=request.user)
         return Response({"member": str(member.pk), "model": catalogue_model.slug, "locked": False})
+
+
+class KeyScopeInput(StrictInputSerializer):
+    add = serializers.ListField(child=StrictCharField(), required=False, help_text="Allocation ids to add.")
+    remove = serializers.ListField(child=StrictCharField(), required=False, help_text="Allocation ids to remove.")
+
+
+def _allocations(ids, field: str) -> list[Allocation]:
+    found = []
+    for ref in dict.fromkeys(ids):
+        allocation = Allocation.objects.filter(pk=_uuid_or_none(ref)).first() if _uuid_or_none(ref) else None
+        if allocation is None:
+            raise BadRequest("unknown allocation", fields={field: [f"No allocation has the id {ref}."]})
+        found.append(allocation)
+    return found
+
+
+def _uuid_or_none(ref):
+    try:
+        return uuid.UUID(str(ref))
+    except ValueError:
+        return None
+
+
+def key_body(key: ApiKey) -> dict:
+    scopes = key.scopes.select_related("allocation__model").order_by("allocation__created_at")
+    return {
+        "id": str(key.pk),
+        "name": key.name,
+        "prefix": key.prefix,
+        "member": key.member.username,
+        "allocations": [str(s.allocation_id) for s in scopes],
+        "models": [s.allocation.model.slug for s in scopes],
+    }
+
+
+class KeyScopeDetail(AdminAPIView):
+    """Any member's key: read its scope, or change it with `add` and `remove`."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, key_id):
+        return Response(key_body(sel.get_or_404(ApiKey.objects.select_related("member"), key_id)))
+
+    @extend_schema(request=KeyScopeInput, responses={200: dict})
+    def patch(self, request, key_id):
+        key = sel.get_or_404(ApiKey.objects.select_related("member"), key_id)
+        data = parse_input(KeyScopeInput, request)
+        add, remove = _allocations(data.get("add", []), "add"), _allocations(data.get("remove", []), "remove")
+        api_key_set_scope(key=key, add=add, remove=remove, actor=request.user)
+        return Response(key_body(key))

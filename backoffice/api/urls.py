@@ -16,6 +16,7 @@ urlpatterns = [
         selfservice.ReclaimUnlock.as_view(),
         name="admin-api-member-reclaim-unlock",
     ),
+    path("keys/<str:key_id>", selfservice.KeyScopeDetail.as_view(), name="admin-api-key"),
     path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
     path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
     path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
