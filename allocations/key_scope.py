@@ -29,7 +29,8 @@ def api_key_set_scope(*, key: ApiKey, add=(), remove=(), actor=None) -> ApiKey:
         current = {s.allocation_id: s.allocation for s in key.scopes.select_related("allocation")}
         missing = [a for a in remove if a.pk not in current]
         if missing:
-            raise BadRequest("not in the key's scope", fields={"remove": [f"{a.pk} is not in this key's scope."]})
+            not_in = [f"{m.pk} is not in this key's scope." for m in missing]
+            raise BadRequest("not in the key's scope", fields={"remove": not_in})
         after = {pk: a for pk, a in current.items() if pk not in {r.pk for r in remove}}
         after.update({a.pk: a for a in add})
         if not after:

@@ -81,3 +81,9 @@ def test_an_admin_edits_any_key_within_its_owners_allocations(api, setup, bob_al
     assert (foreign.status_code, foreign.json()["error"]["code"]) == (403, "scope_forbidden")
     assert api.patch(f"keys/{key.pk}", {"remove": [str(first.pk), str(other.pk)]}).status_code == 400
     assert AuditEvent.objects.filter(action="key_scope_updated").count() == 1
+
+
+def test_removing_an_allocation_not_in_the_scope_is_refused(alice_client, setup):
+    key, _, other = setup
+    response = patch(alice_client, key, {"remove": [str(other.pk)]})
+    assert response.status_code == 400 and "not in this key's scope" in response.json()["error"]["fields"]["remove"][0]
