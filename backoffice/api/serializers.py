@@ -100,6 +100,7 @@ class AllocationOutput(RateLimitsOutputMixin, serializers.Serializer):
     cost_used_this_month = MoneyField()
     near_cap = serializers.BooleanField()
     is_service_allocation = serializers.BooleanField()
+    origin = serializers.CharField(help_text="admin, or self_service for a claim from the catalogue.")
     quota_locked = serializers.BooleanField()
     note = serializers.CharField()
     key_prefixes = serializers.ListField(child=serializers.CharField())
