@@ -25,7 +25,7 @@ from allocations import device
 from allocations.exceptions import GatewayError, NotFound, TooManyAuthFailures
 from allocations.http import client_ip
 from allocations.models import Allocation
-from allocations.serializers import StrictCharField, StrictInputSerializer, parse_input
+from allocations.serializers import StrictCharField, StrictInputSerializer, UnderscoreNamesMixin, parse_input
 
 from .api import MemberAPIView, owned_allocations
 
@@ -190,11 +190,22 @@ def _safe_pending(user_code: str):
         return None
 
 
+class DeviceDecisionOutput(serializers.Serializer):
+    user_code = serializers.CharField()
+    status = serializers.ChoiceField(choices=["approved", "denied"])
+
+
+class DeviceApprovalOutput(UnderscoreNamesMixin, DeviceDecisionOutput):
+    label_ = serializers.CharField(help_text="The key's name.")
+    key_id = serializers.UUIDField()
+    allocations = serializers.ListField(child=serializers.UUIDField())
+
+
 class DeviceApprove(MemberAPIView):
     class InputSerializer(StrictInputSerializer):
         allocations = serializers.ListField(child=StrictCharField(), allow_empty=False, help_text="Allocation ids.")
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses=DeviceApprovalOutput)
     def post(self, request, user_code):
         data = parse_input(self.InputSerializer, request)
         _pending_or_none(request, user_code)
@@ -212,7 +223,7 @@ class DeviceApprove(MemberAPIView):
 
 
 class DeviceDeny(MemberAPIView):
-    @extend_schema(request=None)
+    @extend_schema(request=None, responses=DeviceDecisionOutput)
     def post(self, request, user_code):
         _pending_or_none(request, user_code)
         done = device.device_deny(member=request.user, user_code=user_code)

@@ -32,7 +32,7 @@ from quota.selectors import price_describe
 from . import cards
 from . import selectors as portal_selectors
 from .api import AllocationList, KeyDetail, MemberAPIView, _card, owned_allocations
-from .serializers import KeyOutput
+from .serializers import AllocationCardOutput, KeyOutput
 
 CLAIMED_KEY = "portal_claimed_key"
 
@@ -87,13 +87,18 @@ class ClaimableModels(MemberAPIView):
         return Response({"results": ClaimableModelOutput(entries, many=True).data})
 
 
+class ClaimOutput(serializers.Serializer):
+    allocation = AllocationCardOutput(help_text="The new allocation, with `origin`: self_service.")
+    key = serializers.CharField(help_text="The default key's plaintext, shown once.")
+
+
 class AllocationListAndClaim(AllocationList):
     """GET: the member's allocations; POST `{"model": slug}`: claim a self-service model."""
 
     class ClaimInput(StrictInputSerializer):
         model = StrictCharField(max_length=200, help_text="The model's slug.")
 
-    @extend_schema(request=ClaimInput, responses={201: dict})
+    @extend_schema(request=ClaimInput, responses={201: ClaimOutput})
     def post(self, request):
         data = parse_input(self.ClaimInput, request)
         model = selfservice.model_by_slug(data["model"])

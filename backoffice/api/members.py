@@ -70,10 +70,16 @@ class MemberDetail(AdminAPIView):
         return Response(MemberOutput(member).data)
 
 
+class InvitationOutput(serializers.Serializer):
+    invitation_url = serializers.URLField()
+    expires_at = serializers.DateTimeField()
+    mailed = serializers.BooleanField(help_text="Whether the link was mailed to the member.")
+
+
 class MemberInvitation(AdminAPIView):
     """A single-use link (48 h) with which the member sets a password and signs in."""
 
-    @extend_schema(request=None, responses={201: dict})
+    @extend_schema(request=None, responses={201: InvitationOutput})
     def post(self, request, member_id):
         member = sel.get_or_404(Member.objects, member_id)
 

@@ -53,8 +53,14 @@ def model_by(ref: str) -> CatalogModel:
     return found or sel.get_or_404(CatalogModel.objects, ref)
 
 
+class UnlockOutput(serializers.Serializer):
+    member = serializers.UUIDField()
+    model = serializers.CharField()
+    locked = serializers.BooleanField()
+
+
 class ReclaimUnlock(AdminAPIView):
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=None, responses=UnlockOutput)
     def post(self, request, member_id, model):
         member = sel.get_or_404(Member.objects, member_id)
         catalogue_model = model_by(model)
@@ -96,14 +102,23 @@ def key_body(key: ApiKey) -> dict:
     }
 
 
+class KeyScopeOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    member = serializers.CharField(help_text="The owner's username.")
+    allocations = serializers.ListField(child=serializers.UUIDField())
+    models = serializers.ListField(child=serializers.CharField())
+
+
 class KeyScopeDetail(AdminAPIView):
     """Any member's key: read its scope, or change it with `add` and `remove`."""
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses=KeyScopeOutput)
     def get(self, request, key_id):
         return Response(key_body(sel.get_or_404(ApiKey.objects.select_related("member"), key_id)))
 
-    @extend_schema(request=KeyScopeInput, responses={200: dict})
+    @extend_schema(request=KeyScopeInput, responses=KeyScopeOutput)
     def patch(self, request, key_id):
         key = sel.get_or_404(ApiKey.objects.select_related("member"), key_id)
         data = parse_input(KeyScopeInput, request)
