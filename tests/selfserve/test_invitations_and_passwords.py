@@ -123,3 +123,13 @@ def test_the_production_settings_hash_with_argon2id_first_and_enforce_the_policy
     names = [v["NAME"].rsplit(".", 1)[-1] for v in production.AUTH_PASSWORD_VALIDATORS]
     assert names == ["UserAttributeSimilarityValidator", "MinimumLengthValidator", "CommonPasswordValidator"]
     assert production.AUTH_PASSWORD_VALIDATORS[1]["OPTIONS"] == {"min_length": 10}
+
+
+def test_django_admin_applies_the_policy_to_new_and_changed_passwords(admin_client, alice):
+    added = admin_client.post("/admin/allocations/member/add/", {"username": "frank", "password": "password123"})
+    assert added.status_code == 200 and not Member.objects.filter(username="frank").exists()
+    changed = admin_client.post(
+        f"/admin/allocations/member/{alice.pk}/change/",
+        {"email": alice.email, "is_active": "on", "new_password": "password1"},
+    )
+    assert changed.status_code == 200 and "too common" in changed.content.decode()
