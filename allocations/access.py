@@ -199,3 +199,10 @@ def key_touch(*, key_id: str, now=None, every_s: int = 60) -> None:
     """Throttled last_used_at: at most one write per key per `every_s`."""
     now = now or timezone.now()
     ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=now - timedelta(seconds=every_s)).update(last_used_at=now)
+
+
+def member_may_use(member, model: CatalogModel) -> bool:
+    """The model access policy (SPEC 10): whether `member` may use `model` at all. Every decision
+    about a member and a model (the self-service catalogue, claims) asks here; today a member may
+    use every active model."""
+    return bool(model.is_active)

@@ -8,6 +8,8 @@ cannot both succeed. Audit events record that a password changed, never the pass
 import datetime as dt
 import secrets
 
+from django.contrib.auth import password_validation
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -23,6 +25,14 @@ SUPERUSER_TARGET = "only a superuser may change a superuser's password, email, a
 
 class LastAdmin(Conflict):
     code = "last_admin"
+
+
+def password_check(*, password: str, member: Member) -> None:
+    """The password policy (AUTH_PASSWORD_VALIDATORS); BadRequest naming `password` with every reason."""
+    try:
+        password_validation.validate_password(password, user=member)
+    except ValidationError as exc:
+        raise BadRequest("the password does not meet the policy", fields={"password": list(exc.messages)}) from None
 
 
 def member_create(
@@ -45,6 +55,7 @@ def member_create(
         member = Member(username=username, email=email or "", is_staff=is_staff or is_superuser)
         member.is_superuser = is_superuser
         if password:
+            password_check(password=password, member=member)
             member.set_password(password)
         else:
             member.set_unusable_password()
@@ -66,6 +77,7 @@ def member_create(
 def member_set_password(*, member: Member, password: str, actor=None) -> Member:
     """The audit event records that the password changed, never the password or its hash."""
     superuser_target_check(member=member, actor=actor)
+    password_check(password=password, member=member)
     with transaction.atomic():
         member.set_password(password)
         member.save(update_fields=["password"])

@@ -119,6 +119,20 @@ class CatalogModel(RateLimits):
     # Tool types beyond the known client tools that this model lets through as run by the client
     # (allocations.cost_options.extra_client_tools_clean); any other unknown type is refused.
     extra_client_tools = models.JSONField(default=list, blank=True)
+    # Self-service: members who may use the model claim an allocation of it from the portal's
+    # catalogue, with these caps (null = none).
+    self_service = models.BooleanField(default=False, help_text="Members may claim it from the catalogue.")
+    self_service_quota_tokens = models.BigIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(0)], help_text="Token quota of a claim; blank = none."
+    )
+    self_service_cost_usd = models.DecimalField(
+        max_digits=20,
+        decimal_places=9,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Monthly cost cap (USD) of a claim; blank = none.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -154,6 +168,10 @@ class Allocation(RateLimits):
         ADMIN = "admin"
         MEMBER = "member"
 
+    class Origin(models.TextChoices):
+        ADMIN = "admin"
+        SELF_SERVICE = "self_service"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="allocations")
     model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="allocations")
@@ -165,6 +183,7 @@ class Allocation(RateLimits):
     quota_locked = models.BooleanField(default=False)
     paused_by = models.CharField(max_length=8, choices=PausedBy.choices, blank=True)
     status_reason = models.CharField(max_length=500, blank=True)
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.ADMIN)
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -181,6 +200,12 @@ class Allocation(RateLimits):
             models.CheckConstraint(
                 condition=models.Q(quota_cost_usd_per_month__isnull=True) | models.Q(quota_cost_usd_per_month__gte=0),
                 name="allocation_cost_cap_non_negative",
+            ),
+            # Two claims of one model at once make one allocation: the second insert fails here.
+            models.UniqueConstraint(
+                fields=["member", "model"],
+                condition=models.Q(origin="self_service") & ~models.Q(status="revoked"),
+                name="allocation_one_live_claim_per_model",
             ),
         ]
 
@@ -316,3 +341,75 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise self.Immutable("audit events are append-only")
+
+
+class DeviceAuthorization(models.Model):
+    """One OAuth device authorization grant (RFC 8628): a command-line tool's request for a key,
+    approved or denied by a signed-in member in the portal. The device code is stored hashed; the
+    key minted on approval waits here encrypted (Fernet) until the device collects it, once."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        DENIED = "denied"
+        DELIVERED = "delivered"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    device_code_hash = models.CharField(max_length=64, unique=True)
+    user_code = models.CharField(max_length=8, unique=True)
+    label = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    interval_s = models.PositiveIntegerField(default=5)
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    key_encrypted = models.TextField(blank=True, editable=False)
+    model_slug = models.CharField(max_length=200, blank=True)
+    requested_from = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "device sign-in"
+
+    def __str__(self):
+        return f"{self.user_code[:4]}-{self.user_code[4:]} ({self.status})"
+
+
+class Invitation(models.Model):
+    """A single-use link that lets a member set their password and sign in. Stored hashed."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invitations")
+    token_hash = models.CharField(max_length=64, unique=True)
+    expires_at = models.DateTimeField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"invitation of {self.member_id} until {self.expires_at:%Y-%m-%d %H:%M}"
+
+
+class ReclaimLock(models.Model):
+    """An admin revoked the member's self-service allocation of this model: the member may not
+    claim it again until an admin unlocks (which deletes the lock)."""
+
+    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reclaim_locks")
+    model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="+")
+    locked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["member", "model"], name="reclaim_lock_once")]
+
+    def __str__(self):
+        return f"re-claim lock {self.member_id} / {self.model_id}"

@@ -44,6 +44,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     member_update,
 )
 from .models import Allocation, ApiKey, CatalogModel, RateLimits
+from .reclaim import reclaim_lock_after_revoke
 from .serializers import money_str
 
 Status = Allocation.Status
@@ -116,6 +117,7 @@ def allocation_create(
     is_service_allocation: bool = False,
     limits: dict | None = None,
     actor=None,
+    origin: str = Allocation.Origin.ADMIN,
 ):
     """Creates the allocation and its default key. Returns (allocation, key, plaintext)."""
     tokens = validate_token_quota(quota_tokens_per_month)
@@ -129,13 +131,19 @@ def allocation_create(
             quota_tokens_per_month=tokens,
             quota_cost_usd_per_month=cost,
             is_service_allocation=is_service_allocation,
+            origin=origin,
             **rate,
         )
         audit_record(
             actor=actor,
             action="allocation_created",
             target=allocation,
-            after={"member": member.username, "model": model.slug, **allocation_snapshot(allocation)},
+            after={
+                "member": member.username,
+                "model": model.slug,
+                "origin": allocation.origin,
+                **allocation_snapshot(allocation),
+            },
         )
         key, plaintext = api_key_create(
             member=member, name=f"default ({model.slug})", allocations=[allocation], actor=actor, is_default=True
@@ -258,14 +266,18 @@ def allocation_resume(*, allocation: Allocation, by: str = "admin", actor=None) 
 
 
 def allocation_revoke(*, allocation: Allocation, actor=None, reason: str = "") -> Allocation:
-    return _transition(
-        allocation=allocation,
-        action="allocation_revoked",
-        allowed_from={Status.ACTIVE, Status.PAUSED, Status.QUARANTINED},
-        to_status=Status.REVOKED,
-        actor=actor,
-        reason=reason,
-    )
+    """Revoking a self-service allocation (by anyone but its member) locks its re-claim (.reclaim)."""
+    with transaction.atomic():
+        revoked = _transition(
+            allocation=allocation,
+            action="allocation_revoked",
+            allowed_from={Status.ACTIVE, Status.PAUSED, Status.QUARANTINED},
+            to_status=Status.REVOKED,
+            actor=actor,
+            reason=reason,
+        )
+        reclaim_lock_after_revoke(allocation=revoked, actor=actor)
+    return revoked
 
 
 def allocation_quarantine(*, allocation: Allocation, reason: str, actor=None) -> Allocation:

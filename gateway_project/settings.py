@@ -154,8 +154,18 @@ SESSION_COOKIE_AGE = int(env.float("GATEWAY_SESSION_IDLE_H", default=2) * 3600)
 SESSION_SAVE_EVERY_REQUEST = True
 GATEWAY_SESSION_MAX_AGE_H = env.float("GATEWAY_SESSION_MAX_AGE_H", default=24)
 
+# Argon2id first: a password checked against an older hash (PBKDF2, ...) is re-hashed at sign-in.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+# The password policy (SPEC 10), for invitations, password changes, resets and the admin API.
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
 LANGUAGE_CODE = "en"

@@ -16,6 +16,8 @@ urlpatterns = [
     # The split view serves Swagger UI's start-up script as a file: no inline script under the CSP.
     path("api/schema/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("portal/", include("portal.urls")),
+    path("oauth/", include("portal.oauth_urls")),
+    path("install/", include("portal.install_urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("v1/", include("proxy.urls")),
     path("", include("portal.root_urls")),

@@ -142,6 +142,9 @@ def _owned_allocations(member, ids) -> list[Allocation]:
     return [selectors.allocation_owned(member=member, allocation_id=i) for i in unique]
 
 
+owned_allocations = _owned_allocations  # also the device sign-in's choice of allocations
+
+
 class KeyName(StrictInputSerializer):
     name = StrictCharField(max_length=100)
     expires_at = StrictAwareDateTimeField(

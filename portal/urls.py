@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import device, selfservice, views
 
 app_name = "portal"
 
@@ -14,5 +14,8 @@ urlpatterns = [
     path("allocations/<str:allocation_id>/resume/", views.allocation_resume, name="allocation_resume"),
     path("usage/", views.usage, name="usage"),
     path("alerts/", views.alerts, name="alerts"),
+    path("device/", device.device_page, name="device"),
+    path("catalogue/", selfservice.catalogue_page, name="catalogue"),
+    path("catalogue/claim/", selfservice.catalogue_claim, name="catalogue_claim"),
     path("how-to-call/", views.how_to_call, name="how_to_call"),
 ]

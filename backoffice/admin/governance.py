@@ -10,6 +10,7 @@ import uuid
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -18,6 +19,7 @@ from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS, extra_client_tools_clean
 from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
+from allocations.selfservice import SELF_SERVICE_FIELDS, model_set_self_service
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 
@@ -125,6 +127,7 @@ class CatalogModelForm(forms.ModelForm):
             "allowed_options",
             "unpriced_tools",
             "extra_client_tools",
+            *SELF_SERVICE_FIELDS,
         )
         help_texts = {
             "unpriced_tools": "A built-in tool (web search, file search, ...) this model does not allow and price: "
@@ -162,8 +165,9 @@ class CatalogModelAdmin(StaffAdmin):
         "rpm_limit",
         "tpm_limit",
         "max_parallel",
+        "self_service",
     )
-    list_filter = ("kind", "is_active", "provider")
+    list_filter = ("kind", "is_active", "self_service", "provider")
     search_fields = ("slug", "upstream_name", "display_name")
     list_select_related = ("provider",)
 
@@ -179,7 +183,11 @@ class CatalogModelAdmin(StaffAdmin):
         if change:
             fresh = CatalogModel.objects.get(pk=obj.pk)
             changes = {f: data[f] for f in form.changed_data if f in services.MODEL_UPDATABLE}
-            services.model_update(model=fresh, changes=changes, actor=request.user)
+            with transaction.atomic():
+                services.model_update(model=fresh, changes=changes, actor=request.user)
+                self_service = {f: data[f] for f in form.changed_data if f in SELF_SERVICE_FIELDS}
+                if self_service:
+                    model_set_self_service(model=fresh, changes=self_service, actor=request.user)
             return
         created = services.model_create(
             slug=data["slug"],
@@ -195,6 +203,9 @@ class CatalogModelAdmin(StaffAdmin):
         )
         if not data["is_active"]:
             services.model_set_active(model=created, is_active=False, actor=request.user)
+        if data.get("self_service"):
+            changes = {f: data.get(f) for f in SELF_SERVICE_FIELDS}
+            model_set_self_service(model=created, changes=changes, actor=request.user)
         obj.pk, obj._state.adding = created.pk, False
 
     def has_delete_permission(self, request, obj=None):

@@ -9,6 +9,7 @@ service checks again with the admins' rows locked. Every change goes through all
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 from django.utils.translation import gettext, gettext_lazy
 
@@ -36,6 +37,16 @@ class MemberAddForm(forms.ModelForm):
             raise forms.ValidationError("A member with that username already exists.")
         return username
 
+    def clean(self):
+        data = super().clean()
+        if data.get("password"):  # the password policy, with the new member's name and email in view
+            candidate = Member(username=data.get("username") or "", email=data.get("email") or "")
+            try:
+                validate_password(data["password"], user=candidate)
+            except forms.ValidationError as exc:
+                self.add_error("password", exc)
+        return data
+
 
 class MemberChangeForm(forms.ModelForm):
     new_password = forms.CharField(
@@ -50,6 +61,12 @@ class MemberChangeForm(forms.ModelForm):
     class Meta:
         model = Member
         fields = ("email", "is_active", "is_staff", "is_superuser", "sso_subject")
+
+    def clean_new_password(self):
+        password = self.cleaned_data.get("new_password")
+        if password:
+            validate_password(password, user=self.instance)
+        return password
 
     def clean(self):
         data = super().clean()

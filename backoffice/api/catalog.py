@@ -1,6 +1,7 @@
 """Admin API: providers, catalog models and price versions. The rules for each (unique names and
 slugs, URLs, price shapes) live in the services; the input serializers check the JSON types."""
 
+from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -8,6 +9,7 @@ from rest_framework.response import Response
 from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, UNPRICED_TOOLS
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
+from allocations.selfservice import model_set_self_service
 from allocations.serializers import (
     DecimalInputField,
     RateLimitsInputMixin,
@@ -22,6 +24,7 @@ from quota.price_rows import price_row_add
 
 from . import selectors as sel
 from .base import PAGE_PARAMETERS, AdminAPIView, list_response, provider_by
+from .selfservice import SelfServiceInputMixin, split_self_service
 from .serializers import ModelOutput, PriceOutput, ProviderOutput, page_of
 
 
@@ -99,9 +102,9 @@ class ModelList(AdminAPIView):
 
 
 class ModelDetail(AdminAPIView):
-    class InputSerializer(RateLimitsInputMixin, StrictInputSerializer):
-        """Organisation-wide rate limits, the active flag, the display name, the allowed options and
-        the tool rules."""
+    class InputSerializer(SelfServiceInputMixin, RateLimitsInputMixin, StrictInputSerializer):
+        """Organisation-wide rate limits, the active flag, the display name, the allowed options,
+        the tool rules and self-service."""
 
         is_active = StrictBooleanField(required=False)
         display_name = StrictCharField(required=False, allow_blank=True, max_length=200)
@@ -116,8 +119,12 @@ class ModelDetail(AdminAPIView):
     @extend_schema(request=InputSerializer, responses=ModelOutput)
     def patch(self, request, model_id):
         model = sel.get_or_404(MODELS, model_id)
-        changes = parse_input(self.InputSerializer, request)
-        model = services.model_update(model=model, changes=changes, actor=request.user)
+        self_service, changes = split_self_service(parse_input(self.InputSerializer, request))
+        with transaction.atomic():  # a refused change leaves every field as it was
+            if changes:
+                model = services.model_update(model=model, changes=changes, actor=request.user)
+            if self_service:
+                model = model_set_self_service(model=model, changes=self_service, actor=request.user)
         return Response(ModelOutput(model).data)
 
 

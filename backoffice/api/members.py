@@ -1,10 +1,11 @@
 """Admin API: members (`/api/admin/members`) and admin tokens (`/api/admin/tokens`)."""
 
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from allocations import services
+from allocations import invitations, services
 from allocations.members import MEMBER_UPDATABLE
 from allocations.models import AdminToken, Member
 from allocations.serializers import (
@@ -67,6 +68,31 @@ class MemberDetail(AdminAPIView):
         changes = parse_input(self.InputSerializer, request)
         member = services.member_update(member=member, changes=changes, actor=request.user)
         return Response(MemberOutput(member).data)
+
+
+class InvitationOutput(serializers.Serializer):
+    invitation_url = serializers.URLField()
+    expires_at = serializers.DateTimeField()
+    mailed = serializers.BooleanField(help_text="Whether the link was mailed to the member.")
+
+
+class MemberInvitation(AdminAPIView):
+    """A single-use link (48 h) with which the member sets a password and signs in."""
+
+    @extend_schema(request=None, responses={201: InvitationOutput})
+    def post(self, request, member_id):
+        member = sel.get_or_404(Member.objects, member_id)
+
+        def url_for(token: str) -> str:
+            return request.build_absolute_uri(reverse("invitation_accept", args=[token]))
+
+        issued = invitations.invitation_issue(member=member, url_for=url_for, actor=request.user)
+        body = {
+            "invitation_url": url_for(issued.token),
+            "expires_at": issued.invitation.expires_at.isoformat(),
+            "mailed": issued.mailed,
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 TOKENS = AdminToken.objects.select_related("user")

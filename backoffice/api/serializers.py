@@ -5,6 +5,8 @@ from rest_framework import serializers
 
 from allocations.serializers import MoneyField
 
+from .selfservice import SelfServiceOutputMixin
+
 
 class RateLimitsOutputMixin(serializers.Serializer):
     rpm_limit = serializers.IntegerField(allow_null=True)
@@ -48,7 +50,7 @@ class ProviderOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class ModelOutput(RateLimitsOutputMixin, serializers.Serializer):
+class ModelOutput(SelfServiceOutputMixin, RateLimitsOutputMixin, serializers.Serializer):
     id = serializers.UUIDField()
     slug = serializers.CharField()
     provider = serializers.CharField(source="provider.name")
@@ -101,6 +103,7 @@ class AllocationOutput(RateLimitsOutputMixin, serializers.Serializer):
     cost_used_this_month = MoneyField()
     near_cap = serializers.BooleanField()
     is_service_allocation = serializers.BooleanField()
+    origin = serializers.CharField(help_text="admin, or self_service for a claim from the catalogue.")
     quota_locked = serializers.BooleanField()
     note = serializers.CharField()
     key_prefixes = serializers.ListField(child=serializers.CharField())

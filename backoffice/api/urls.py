@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import allocations, catalog, members, pool, reports
+from . import allocations, catalog, members, pool, reports, selfservice
 
 urlpatterns = [
     path("pool", pool.PoolView.as_view(), name="admin-pool"),
@@ -10,6 +10,13 @@ urlpatterns = [
     path("pool/rebalance", pool.PoolRebalanceView.as_view(), name="admin-pool-rebalance"),
     path("members", members.MemberList.as_view(), name="admin-api-members"),
     path("members/<str:member_id>", members.MemberDetail.as_view(), name="admin-api-member"),
+    path("members/<str:member_id>/invitation", members.MemberInvitation.as_view(), name="admin-api-member-invitation"),
+    path(
+        "members/<str:member_id>/reclaim-locks/<path:model>/unlock",
+        selfservice.ReclaimUnlock.as_view(),
+        name="admin-api-member-reclaim-unlock",
+    ),
+    path("keys/<str:key_id>", selfservice.KeyScopeDetail.as_view(), name="admin-api-key"),
     path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
     path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
     path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),

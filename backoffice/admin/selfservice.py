@@ -1,0 +1,29 @@
+"""Re-claim locks in Django admin: the list, and the unlock action (the only way a lock goes)."""
+
+from django.contrib import admin, messages
+
+from allocations.models import ReclaimLock
+from allocations.reclaim import reclaim_unlock
+
+from .base import StaffAdmin
+
+
+@admin.register(ReclaimLock)
+class ReclaimLockAdmin(StaffAdmin):
+    list_display = ("member", "model", "locked_by", "created_at")
+    list_select_related = ("member", "model", "locked_by")
+    search_fields = ("member__username", "model__slug")
+    actions = ["unlock"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Unlock: let the member claim the model again", permissions=["revoke"])
+    def unlock(self, request, queryset):
+        locks = list(queryset.select_related("member", "model"))
+        for lock in locks:
+            reclaim_unlock(member=lock.member, model=lock.model, actor=request.user)
+        messages.success(request, f"{len(locks)} re-claim lock(s) removed.")
