@@ -57,10 +57,18 @@ async def bad_host(scope, send) -> None:
     await send({"type": "http.response.body", "body": body.encode()})
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_app,
-        "lifespan": proxy_asgi_app,
-        "websocket": URLRouter(websocket_urlpatterns),
-    }
-)
+realtime_app = URLRouter(websocket_urlpatterns)
+
+
+async def websocket_app(scope, receive, send):
+    """/v1/realtime under the same Host rule as /v1: a handshake naming a host this gateway does not
+    serve is refused before the consumer runs (daphne answers it 403). A scope without any host (an
+    in-process test client) has nothing to judge."""
+    host = host_of(scope)
+    if host and not host_allowed(host):
+        await receive()  # the handshake's websocket.connect
+        return await send({"type": "websocket.close", "code": 1008})
+    return await realtime_app(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": http_app, "lifespan": proxy_asgi_app, "websocket": websocket_app})

@@ -59,6 +59,19 @@ async def turn(ws) -> list[dict]:
     return events
 
 
+@pytest.mark.parametrize(("host", "status"), [("evil.example", b"403"), ("localhost", b"101")])
+async def test_a_handshake_naming_a_host_the_gateway_does_not_serve_is_refused(daphne_server, host, status):
+    reader, writer = await asyncio.open_connection("127.0.0.1", daphne_server.port)
+    writer.write(
+        b"GET /v1/realtime?model=x HTTP/1.1\r\nHost: " + host.encode() + b"\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert head.split(b" ")[1] == status, head
+
+
 @pytest.mark.parametrize(
     ("kind", "code", "reason"),
     [(ModelKind.REALTIME, 1008, "unauthorized"), (ModelKind.CHAT, 1003, "model_kind_mismatch")],
