@@ -20,6 +20,7 @@ from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
+from .deployments import DeploymentInline, deployments_save
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -147,6 +148,7 @@ class CatalogModelForm(forms.ModelForm):
 @admin.register(CatalogModel)
 class CatalogModelAdmin(StaffAdmin):
     form = CatalogModelForm
+    inlines = (DeploymentInline,)
     list_display = (
         "slug",
         "kind",
@@ -192,6 +194,9 @@ class CatalogModelAdmin(StaffAdmin):
         if not data["is_active"]:
             services.model_set_active(model=created, is_active=False, actor=request.user)
         obj.pk, obj._state.adding = created.pk, False
+
+    def save_formset(self, request, form, formset, change):
+        deployments_save(request=request, model=CatalogModel.objects.get(pk=form.instance.pk), formset=formset)
 
     def has_delete_permission(self, request, obj=None):
         return False

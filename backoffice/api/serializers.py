@@ -64,6 +64,22 @@ class ModelOutput(RateLimitsOutputMixin, serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+class DeploymentOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    model_id = serializers.UUIDField()
+    provider = serializers.CharField(source="provider.name")
+    provider_id = serializers.UUIDField()
+    upstream_name = serializers.CharField()
+    weight = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    rpm_limit = serializers.IntegerField(allow_null=True)
+    tpm_limit = serializers.IntegerField(allow_null=True)
+    active = serializers.BooleanField()
+    disabled_reason = serializers.CharField(help_text="Why the gateway took it out; blank when active or an admin did.")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
 class PriceOutput(serializers.Serializer):
     id = serializers.CharField()
     model = serializers.CharField(source="model.slug")

@@ -1,0 +1,59 @@
+"""A catalogue model's deployments, edited inline on the model's admin page. Saves go through
+allocations.deployments (audited, the model's provider and upstream name kept as its first's)."""
+
+from django import forms
+from django.contrib import admin
+
+from allocations import deployments as services
+from allocations.models import Deployment
+
+from .base import is_governing_staff
+
+FIELDS = ("provider", "upstream_name", "weight", "priority", "rpm_limit", "tpm_limit", "active")
+
+
+class DeploymentFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        if self.instance.pk is None:
+            return  # a new model gets its first deployment from its own provider and upstream name
+        kept = [f for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
+        if not kept:
+            raise forms.ValidationError("A model keeps at least one deployment.")
+
+
+class DeploymentInline(admin.TabularInline):
+    model = Deployment
+    formset = DeploymentFormSet
+    extra = 0
+    fields = (*FIELDS, "disabled_reason")
+    readonly_fields = ("disabled_reason",)
+    ordering = ("priority", "created_at")
+    verbose_name_plural = "deployments (the first, by priority then age, is the model's provider and upstream name)"
+
+    def has_view_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+    def has_add_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+    def has_change_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return is_governing_staff(request)
+
+
+def deployments_save(*, request, model, formset) -> None:
+    """The inline's rows, written through the services: changed, added, then deleted (so the model
+    never passes through having none)."""
+    formset.save(commit=False)
+    for row, names in formset.changed_objects:
+        fresh = Deployment.objects.select_related("provider", "model").get(pk=row.pk)
+        changes = {name: getattr(row, name) for name in names if name in FIELDS}
+        services.deployment_update(deployment=fresh, changes=changes, actor=request.user)
+    for row in formset.new_objects:
+        services.deployment_create(model=model, actor=request.user, **{name: getattr(row, name) for name in FIELDS})
+    for row in formset.deleted_objects:
+        fresh = Deployment.objects.select_related("provider").get(pk=row.pk)
+        services.deployment_delete(deployment=fresh, actor=request.user)
