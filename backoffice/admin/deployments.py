@@ -15,10 +15,11 @@ FIELDS = ("provider", "upstream_name", "weight", "priority", "rpm_limit", "tpm_l
 class DeploymentFormSet(forms.BaseInlineFormSet):
     def clean(self):
         super().clean()
-        if self.instance.pk is None:
+        if self.instance._state.adding:
             return  # a new model gets its first deployment from its own provider and upstream name
-        kept = [f for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
-        if not kept:
+        deleted = sum(1 for f in self.initial_forms if f.cleaned_data.get("DELETE"))
+        added = sum(1 for f in self.extra_forms if f.has_changed() and not f.cleaned_data.get("DELETE"))
+        if Deployment.objects.filter(model=self.instance).count() - deleted + added < 1:
             raise forms.ValidationError("A model keeps at least one deployment.")
 
 

@@ -106,3 +106,30 @@ def test_re_enabling_clears_the_reason_the_gateway_took_it_out(api, model):
     assert deployment_take_out(deployment_id=str(first.pk), reason="again") is None  # once
     response = api.patch(f"models/{model.pk}/deployments/{first.pk}", {"active": True})
     assert response.json()["active"] is True and response.json()["disabled_reason"] == ""
+
+
+def test_django_admin_adds_a_deployment_inline_and_audits_it(admin_client, model):
+    from django.urls import reverse
+
+    west = ProviderFactory(name="west")
+    first = Deployment.objects.get(model=model)
+    row = {"provider": first.provider_id, "upstream_name": "gpt-east", "weight": "1", "priority": "0", "active": "on"}
+    form = {
+        "is_active": "on",
+        "unpriced_tools": "remove",
+        "deployments-TOTAL_FORMS": "2",
+        "deployments-INITIAL_FORMS": "1",
+        **{f"deployments-0-{k}": v for k, v in {**row, "id": first.pk, "model": model.pk}.items()},
+        **{f"deployments-1-{k}": v for k, v in {**row, "provider": west.pk, "upstream_name": "w", "weight": 0}.items()},
+    }
+    url = reverse("admin:allocations_catalogmodel_change", args=[model.pk])
+    assert 'name="deployments-0-weight"' in admin_client.get(url).content.decode()
+    response = admin_client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    added = Deployment.objects.get(model=model, upstream_name="w")
+    assert (added.provider_id, added.weight) == (west.pk, 0)
+    assert AuditEvent.objects.get(action="deployment_created").target_id == str(added.pk)
+    gone = {**form, "deployments-TOTAL_FORMS": "1", "deployments-0-DELETE": "on"}
+    refused = admin_client.post(url, {k: v for k, v in gone.items() if not k.startswith("deployments-1-")})
+    assert refused.status_code == 302  # the other deployment remains
+    assert list(Deployment.objects.filter(model=model).values_list("upstream_name", flat=True)) == ["w"]
