@@ -90,10 +90,10 @@ def cooldown_seconds(retry_after: str | None) -> int:
     try:
         seconds = float(retry_after)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(retry_after) if retry_after.strip() else None
-        if parsed is None:
+        try:
+            seconds = email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
+        except (ValueError, TypeError, IndexError):
             return default
-        seconds = parsed.timestamp() - time.time()
     if math.isnan(seconds):
         return default
     return min(MAX_COOLDOWN_S, max(1, math.ceil(seconds)))
