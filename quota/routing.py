@@ -26,12 +26,16 @@ from redis.exceptions import RedisError
 
 from allocations.access import DeploymentInfo, ScopedAllocation
 from allocations.cache import shared_get_many, shared_set
+from allocations.deployments import deployment_take_out
 
 from . import ratelimit
+from .ledger import threads
 
 logger = logging.getLogger(__name__)
 COOLDOWN_PREFIX = "gw:cooldown:"
 MAX_COOLDOWN_S = 3600
+AUTH_REFUSED = (401, 403)
+TAKEN_OUT = "the provider refused the gateway's credentials ({status})"
 _random = random.Random()  # noqa: S311 - load spreading, not security
 
 
@@ -126,3 +130,23 @@ def routed(entry: ScopedAllocation, deployment: DeploymentInfo) -> ScopedAllocat
     return dataclasses.replace(
         entry, provider=deployment.provider, upstream_name=deployment.upstream_name, deployment_id=deployment.id or None
     )
+
+
+def moves(status: int) -> bool:
+    """Whether an upstream status moves the call to the next deployment (other 4xx are relayed)."""
+    return status == 429 or status >= 500 or status in AUTH_REFUSED
+
+
+async def attempt_failed(deployment_id: str | None, *, status: int | None, retry_after: str | None) -> None:
+    """What a failed attempt leaves behind: a cooldown shared by every process or, when the provider
+    refused the gateway's credentials, the deployment taken out until an admin re-enables it (its
+    audit event brings the admin alert, notifications)."""
+    if not deployment_id:
+        return
+    if status in AUTH_REFUSED:
+        try:
+            await threads.run(deployment_take_out, deployment_id=deployment_id, reason=TAKEN_OUT.format(status=status))
+        except Exception:  # noqa: BLE001 - the call goes on to the next deployment whatever happens here
+            logger.exception("deployment %s could not be taken out", deployment_id)
+        retry_after = None  # until the change is seen (the auth generation moves at its commit)
+    await cool_down(deployment_id, seconds=cooldown_seconds(retry_after))

@@ -32,7 +32,7 @@ from . import observed, services
 from .close import CloseCode, close_code_for
 from .events import model_in_session_update, rewrite_model
 from .meter import SessionMeter
-from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect
+from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect_routed
 from .watch import SessionWatch
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
             await self._reject(error)
             return False
         try:
-            self.link = await upstream_connect(
+            self.link, entry, attempts = await upstream_connect_routed(
                 self.session.entry,
                 intent=self.intent,
                 with_model=with_model,
@@ -171,11 +171,13 @@ class RealtimeConsumer(SessionWatch, AsyncWebsocketConsumer):
                 open_timeout_s=min(settings.GATEWAY_UPSTREAM_TIMEOUT_S, 30.0),
             )
         except UpstreamConnectError as error:
+            self.session.attempts = getattr(error, "attempts", 1)
             code = CloseCode.TRY_AGAIN_LATER if error.retry else CloseCode.INTERNAL_ERROR
             await self._finish(
                 CloseReason.UPSTREAM_ERROR, Outcome.UPSTREAM_ERROR, code, error_code=UpstreamError.code, bill=False
             )
             return False
+        self.session.entry, self.session.attempts = entry, attempts
         self.tasks = [asyncio.ensure_future(self._read_upstream()), asyncio.ensure_future(self._watch())]
         LIVE.add(self)
         observed.opened()

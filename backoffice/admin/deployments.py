@@ -1,11 +1,13 @@
-"""A catalogue model's deployments, edited inline on the model's admin page. Saves go through
-allocations.deployments (audited, the model's provider and upstream name kept as its first's)."""
+"""A catalogue model's deployments, edited inline on the model's admin page (saves go through
+allocations.deployments: audited, the model's provider and upstream name kept as its first's),
+and the providers' connection test actions (allocations.provider_check)."""
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from allocations import deployments as services
 from allocations.models import Deployment
+from allocations.provider_check import provider_test
 
 from .base import is_governing_staff
 
@@ -58,3 +60,25 @@ def deployments_save(*, request, model, formset) -> None:
     for row in formset.deleted_objects:
         fresh = Deployment.objects.select_related("provider").get(pk=row.pk)
         services.deployment_delete(deployment=fresh, actor=request.user)
+
+
+def _report(model_admin, request, queryset, *, billable: bool) -> None:
+    for provider in queryset:
+        result = provider_test(provider=provider, billable=billable, actor=request.user)
+        figures = f"status {result.status if result.status is not None else '-'}, {result.latency_ms or 0} ms"
+        if result.ok:
+            model_admin.message_user(request, f"{provider}: OK ({figures})", messages.SUCCESS)
+        else:
+            model_admin.message_user(request, f"{provider}: failed ({figures}): {result.error}", messages.ERROR)
+
+
+@admin.action(description="Test connection (lists the provider's models; free)", permissions=["change"])
+def test_connection(model_admin, request, queryset):
+    _report(model_admin, request, queryset, billable=False)
+
+
+@admin.action(
+    description="Test connection with a one-token call to the first deployment (billable)", permissions=["change"]
+)
+def test_connection_billable(model_admin, request, queryset):
+    _report(model_admin, request, queryset, billable=True)

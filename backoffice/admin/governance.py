@@ -20,7 +20,7 @@ from allocations.exceptions import BadRequest, GatewayError
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
-from .deployments import DeploymentInline, deployments_save
+from .deployments import DeploymentInline, deployments_save, test_connection, test_connection_billable
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -59,6 +59,7 @@ class ProviderAdmin(StaffAdmin):
     list_filter = ("kind", "status")
     search_fields = ("name", "base_url")
     readonly_fields = ("key_fingerprint", "created_at", "updated_at")
+    actions = (test_connection, test_connection_billable)
 
     @admin.display(description="kind", ordering="kind")
     def kind_label(self, obj):

@@ -1,5 +1,6 @@
-"""Admin API: a catalogue model's deployments (SPEC 8). The rules (ranges, the first deployment
-mirrored on the model, at least one kept) live in allocations.deployments."""
+"""Admin API: a catalogue model's deployments and a provider's connection test (SPEC 8). The rules
+(ranges, the first deployment mirrored on the model, at least one kept) live in
+allocations.deployments; the test in allocations.provider_check."""
 
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
@@ -7,7 +8,8 @@ from rest_framework import status
 from rest_framework.response import Response
 
 from allocations import deployments as services
-from allocations.models import CatalogModel, Deployment
+from allocations.models import CatalogModel, Deployment, Provider
+from allocations.provider_check import provider_test
 from allocations.serializers import (
     StrictBooleanField,
     StrictCharField,
@@ -18,7 +20,7 @@ from allocations.serializers import (
 
 from . import selectors as sel
 from .base import AdminAPIView, provider_by
-from .serializers import DeploymentOutput
+from .serializers import DeploymentOutput, ProviderTestOutput
 
 
 class DeploymentInput(StrictInputSerializer):
@@ -79,3 +81,23 @@ class DeploymentDetail(AdminAPIView):
     def delete(self, request, model_id, deployment_id):
         services.deployment_delete(deployment=_deployment_or_404(model_id, deployment_id), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ProviderTest(AdminAPIView):
+    class InputSerializer(StrictInputSerializer):
+        billable = StrictBooleanField(
+            required=False, default=False, help_text="true: a one-token chat call (billed by the provider)."
+        )
+        model = StrictCharField(
+            required=False, allow_blank=True, max_length=200, default="",
+            help_text="The upstream name a billable test calls (default: the provider's first deployment's).",
+        )  # fmt: skip
+
+    @extend_schema(request=InputSerializer, responses=ProviderTestOutput)
+    def post(self, request, provider_id):
+        provider = sel.get_or_404(Provider.objects.all(), provider_id)
+        data = parse_input(self.InputSerializer, request)
+        result = provider_test(
+            provider=provider, billable=data["billable"], upstream_name=data["model"], actor=request.user
+        )
+        return Response(ProviderTestOutput(result).data)

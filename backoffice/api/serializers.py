@@ -80,6 +80,13 @@ class DeploymentOutput(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+class ProviderTestOutput(serializers.Serializer):
+    ok = serializers.BooleanField()
+    status = serializers.IntegerField(allow_null=True, help_text="The provider's HTTP status; null: no answer.")
+    latency_ms = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(help_text="Blank when ok; redacted (no key, no base URL).")
+
+
 class PriceOutput(serializers.Serializer):
     id = serializers.CharField()
     model = serializers.CharField(source="model.slug")

@@ -13,6 +13,7 @@ urlpatterns = [
     path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
     path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
     path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
+    path("providers/<str:provider_id>/test", deployments.ProviderTest.as_view(), name="admin-api-provider-test"),
     path("models", catalog.ModelList.as_view(), name="admin-api-models"),
     path("models/<str:model_id>", catalog.ModelDetail.as_view(), name="admin-api-model"),
     path("models/<str:model_id>/deployments", deployments.DeploymentList.as_view(), name="admin-api-deployments"),
