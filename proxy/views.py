@@ -160,11 +160,11 @@ async def _open_upstream(call: accounting.Call, payload, rebuild=None):
             return result
         if budget == 0:
             break
-    error = RateLimited("every deployment of this model is at its rate limit", retry_after=1)
-    if call.attempts:
-        error = UpstreamError("no deployment of this model could serve the call")
-    await settle(call, outcome=Outcome.UPSTREAM_ERROR, status=error.status, usage=Usage(), code=error.code,
-                 message=error.message)  # fmt: skip
+    error: GatewayError = RateLimited("every deployment of this model is at its rate limit", retry_after=1)
+    outcome = Outcome.REJECTED_RATE_LIMITED
+    if call.attempts:  # the deployments left after a failed attempt were all at their limits
+        error, outcome = UpstreamError("no deployment of this model could serve the call"), Outcome.UPSTREAM_ERROR
+    await settle(call, outcome=outcome, status=error.status, usage=Usage(), code=error.code, message=error.message)
     return None, error_response(error, call.request_id)
 
 

@@ -178,3 +178,21 @@ def test_a_refused_call_records_no_attempt(world):
     assert response.status_code == 403
     record = record_of("fo-refused")
     assert (record.attempts, record.deployment_id) == (0, None)
+
+
+def test_every_deployment_at_its_own_limit_is_429_rate_limited(world, fake_upstream):
+    allocation = world.allocation(upstream_name="gpt-4o-mini")
+    from allocations.deployments import deployment_update
+
+    deployment_update(deployment=Deployment.objects.get(model=allocation.model), changes={"rpm_limit": 1})
+    chat_call(world, allocation, "fo-all-1")
+    response = httpx.post(
+        world.gateway_url + "/v1/chat/completions",
+        json={"model": allocation.model.slug, "messages": CHAT_MESSAGES},
+        headers={"Authorization": f"Bearer {allocation.plaintext}", "X-Request-Id": "fo-all-2"},
+    )
+    assert response.status_code == 429 and response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "rate_limited"
+    record = record_of("fo-all-2")
+    assert (record.outcome, record.attempts, record.cost_usd or 0) == ("rejected_rate_limited", 0, 0)
+    assert len(fake_upstream.requests) == 1
