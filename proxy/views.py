@@ -170,6 +170,8 @@ async def _open_upstream(call: accounting.Call, payload, rebuild=None):
 
 async def _attempt(call: accounting.Call, payload, *, last: bool):
     entry = call.entry
+    if entry is None:
+        raise RuntimeError("upstream attempt before routing")  # _open_upstream sets it
     observed.upstream_sent(call)
     try:
         reply = await upstream.send(

@@ -196,3 +196,17 @@ def test_every_deployment_at_its_own_limit_is_429_rate_limited(world, fake_upstr
     record = record_of("fo-all-2")
     assert (record.outcome, record.attempts, record.cost_usd or 0) == ("rejected_rate_limited", 0, 0)
     assert len(fake_upstream.requests) == 1
+
+
+def test_a_one_deployment_model_reads_no_cooldown_and_runs_no_limit_script(world, monkeypatch):
+    from quota import ratelimit
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the warm path of a one-deployment model must not touch Redis for routing")
+
+    allocation = world.allocation(upstream_name="gpt-4o-mini")
+    monkeypatch.setattr(routing, "shared_get_many", forbidden)
+    monkeypatch.setattr(ratelimit, "admit_async", forbidden)
+    for n in range(3):
+        chat_call(world, allocation, f"fo-warm-{n}")
+    assert record_of("fo-warm-2").attempts == 1
