@@ -15,6 +15,15 @@ FIELDS = ("provider", "upstream_name", "weight", "priority", "rpm_limit", "tpm_l
 
 
 class DeploymentFormSet(forms.BaseInlineFormSet):
+    def __init__(self, data=None, *args, prefix=None, **kwargs):
+        # A post without the inline (an older form, a script) changes no deployment rather than
+        # failing on the missing management form.
+        name = f"{prefix or self.get_default_prefix()}-TOTAL_FORMS"
+        if data is not None and name not in data:
+            data = data.copy()
+            data.update({name: "0", name.replace("TOTAL", "INITIAL"): "0"})
+        super().__init__(data, *args, prefix=prefix, **kwargs)
+
     def clean(self):
         super().clean()
         if self.instance._state.adding:

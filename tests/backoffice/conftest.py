@@ -40,10 +40,6 @@ def api(token):
     return Api()
 
 
-# The management form of a model's deployment inline with no rows posted: no inline changes.
-NO_INLINE = {"deployments-TOTAL_FORMS": "0", "deployments-INITIAL_FORMS": "0"}
-
-
 def changes():
     """Audit events other than the token the `api` fixture made."""
     return AuditEvent.objects.exclude(action="admin_token_created")

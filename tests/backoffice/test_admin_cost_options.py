@@ -13,8 +13,6 @@ from quota.models import PriceVersion
 from tests.backoffice.conftest import error_of
 from tests.factories import CatalogModelFactory, ProviderFactory, make_key
 
-from .conftest import NO_INLINE
-
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
 
 
@@ -137,8 +135,7 @@ def test_django_admin_switches_options_with_checkboxes_and_audits(admin_client):
     url = reverse("admin:allocations_catalogmodel_change", args=[model.pk])
     page = admin_client.get(url).content.decode()
     assert 'type="checkbox" name="allowed_options" value="service_tier:priority"' in page
-    options = ["web_search", "service_tier:flex"]
-    form = {"is_active": "on", "allowed_options": options, "unpriced_tools": "remove", **NO_INLINE}
+    form = {"is_active": "on", "allowed_options": ["web_search", "service_tier:flex"], "unpriced_tools": "remove"}
     assert admin_client.post(url, form).status_code == 302
     assert CatalogModel.objects.get(pk=model.pk).allowed_options == ["service_tier:flex", "web_search"]
     event = AuditEvent.objects.get(action="model_updated")

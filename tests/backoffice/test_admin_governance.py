@@ -9,8 +9,6 @@ from allocations.exceptions import Unauthorized
 from allocations.models import AdminToken, ApiKey, AuditEvent, CatalogModel, Member, Provider
 from tests.factories import CatalogModelFactory, ProviderFactory, audit_actions, make_key
 
-from .conftest import NO_INLINE
-
 pytestmark = pytest.mark.django_db
 
 
@@ -123,16 +121,11 @@ def test_adding_and_deactivating_a_model_in_admin_is_audited(admin_client):
             "kind": "chat",
             "display_name": "",
             "is_active": "on",
-            "unpriced_tools": "remove",
-            **NO_INLINE,
         },
     )
     assert response.status_code == 302, response.content
     model = CatalogModel.objects.get(slug="p/m")
-    response = admin_client.post(
-        reverse("admin:allocations_catalogmodel_change", args=[model.pk]),
-        {"is_active": "", "unpriced_tools": "remove", **NO_INLINE},
-    )
+    response = admin_client.post(reverse("admin:allocations_catalogmodel_change", args=[model.pk]), {"is_active": ""})
     assert response.status_code == 302
     assert not CatalogModel.objects.get(pk=model.pk).is_active
     assert audit_actions() == ["model_created", "model_updated"]

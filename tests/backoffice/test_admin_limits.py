@@ -14,8 +14,6 @@ from tests.backoffice.conftest import changes, error_of
 from tests.backoffice.test_admin_allocations import change_form
 from tests.factories import CatalogModelFactory, ProviderFactory
 
-from .conftest import NO_INLINE
-
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
 
 
@@ -81,14 +79,7 @@ def test_django_admin_edits_allocation_and_model_limits_through_the_services(adm
     bad = admin_client.post(url, change_form(allocation, max_parallel="0"))
     assert bad.status_code == 200 and "max_parallel" in bad.context["adminform"].form.errors
     model_url = reverse("admin:allocations_catalogmodel_change", args=[allocation.model_id])
-    form = {
-        "is_active": "on",
-        "max_parallel": "4",
-        "rpm_limit": "",
-        "tpm_limit": "",
-        "unpriced_tools": "remove",
-        **NO_INLINE,
-    }
+    form = {"is_active": "on", "max_parallel": "4", "rpm_limit": "", "tpm_limit": ""}
     assert admin_client.post(model_url, form).status_code == 302
     assert CatalogModel.objects.get(pk=allocation.model_id).max_parallel == 4
     assert AuditEvent.objects.get(action="model_updated").after == {"max_parallel": 4}

@@ -10,8 +10,6 @@ from allocations.models import AuditEvent, CatalogModel
 from tests.backoffice.conftest import error_of
 from tests.factories import CatalogModelFactory, ProviderFactory, make_key
 
-from .conftest import NO_INLINE
-
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
 BODY = {"slug": "p1/x", "provider": "p1", "upstream_name": "x", "kind": "chat"}
 
@@ -83,9 +81,7 @@ def test_django_admin_sets_the_tool_rules_and_audits(admin_client):
     url = reverse("admin:allocations_catalogmodel_change", args=[model.pk])
     page = admin_client.get(url).content.decode()
     assert 'name="unpriced_tools"' in page and 'name="extra_client_tools"' in page
-    form = {
-        "is_active": "on", "unpriced_tools": "refuse", "extra_client_tools": "browser_use, computer_local", **NO_INLINE,
-    }  # fmt: skip
+    form = {"is_active": "on", "unpriced_tools": "refuse", "extra_client_tools": "browser_use, computer_local"}
     assert admin_client.post(url, form).status_code == 302
     fresh = CatalogModel.objects.get(pk=model.pk)
     assert (fresh.unpriced_tools, fresh.extra_client_tools) == ("refuse", ["browser_use", "computer_local"])
@@ -101,7 +97,7 @@ def test_django_admin_adds_a_model_with_its_tool_rules(admin_client):
     provider = ProviderFactory()
     form = {
         "slug": "p/new", "provider": provider.pk, "upstream_name": "new", "kind": "chat", "is_active": "on",
-        "unpriced_tools": "refuse", "extra_client_tools": "browser_use", **NO_INLINE,
+        "unpriced_tools": "refuse", "extra_client_tools": "browser_use",
     }  # fmt: skip
     response = admin_client.post(reverse("admin:allocations_catalogmodel_add"), form)
     assert response.status_code == 302, response.content.decode()[-2000:]

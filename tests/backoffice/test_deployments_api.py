@@ -133,3 +133,12 @@ def test_django_admin_adds_a_deployment_inline_and_audits_it(admin_client, model
     refused = admin_client.post(url, {k: v for k, v in gone.items() if not k.startswith("deployments-1-")})
     assert refused.status_code == 302  # the other deployment remains
     assert list(Deployment.objects.filter(model=model).values_list("upstream_name", flat=True)) == ["w"]
+
+
+def test_a_model_form_posted_without_the_inline_keeps_the_deployments(admin_client, model):
+    from django.urls import reverse
+
+    url = reverse("admin:allocations_catalogmodel_change", args=[model.pk])
+    response = admin_client.post(url, {"is_active": "", "unpriced_tools": "remove"})
+    assert response.status_code == 302
+    assert Deployment.objects.filter(model=model).count() == 1
