@@ -23,7 +23,7 @@ from .exceptions import (
     ModelMismatch,
     Unauthorized,
 )
-from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel
+from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, Deployment, Provider
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,20 @@ class ProviderInfo:
 
     def __repr__(self):  # never print the credential
         return f"ProviderInfo(id={self.id!r}, kind={self.kind!r})"
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """One deployment a call may be routed to (quota.routing): only active ones of active providers
+    are in a snapshot."""
+
+    id: str
+    provider: ProviderInfo
+    upstream_name: str
+    weight: int
+    priority: int
+    # (("d:<id>", rpm, tpm, None),) when the deployment has a limit, else (): quota.ratelimit's shape.
+    limits: tuple[tuple[str, int | None, int | None, int | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,11 @@ class ScopedAllocation:
     refuse_unpriced_tools: bool = False
     # Tool types beyond the known client tools that pass as run by the client.
     extra_client_tools: frozenset[str] = frozenset()
+    # The model's usable deployments in priority order; `provider` and `upstream_name` above are the
+    # first one's (or, with none usable, the model's own with the provider marked inactive), and
+    # `deployment_id` names the deployment they came from (quota.routing swaps all three).
+    deployments: tuple[DeploymentInfo, ...] = ()
+    deployment_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,10 +132,20 @@ def _snapshot(key_hash: str) -> KeyScope | None:
     key = ApiKey.objects.select_related("member").filter(key_hash=key_hash).first()
     if key is None or key.is_revoked or not key.member.is_active:
         return None
-    scopes = ApiKeyScope.objects.filter(api_key=key).select_related("allocation", "model", "model__provider")
+    scopes = list(ApiKeyScope.objects.filter(api_key=key).select_related("allocation", "model", "model__provider"))
+    served = _deployments({s.model_id for s in scopes})
     entries = []
     for s in scopes:
-        a, m, p = s.allocation, s.model, s.model.provider
+        a, m = s.allocation, s.model
+        # A model without deployment rows (made before they existed, outside the services) is
+        # served by its own provider and upstream name.
+        deployments = served.get(m.pk) or ()
+        first = deployments[0] if deployments else None
+        if m.pk not in served:
+            first = DeploymentInfo(
+                id="", provider=_provider_info(m.provider), upstream_name=m.upstream_name, weight=1, priority=0
+            )
+            deployments = (first,)
         entries.append(
             ScopedAllocation(
                 allocation_id=str(a.pk),
@@ -127,24 +156,53 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                 model_slug=m.slug,
                 model_kind=m.kind,
                 model_active=m.is_active,
-                upstream_name=m.upstream_name,
+                upstream_name=first.upstream_name if first else m.upstream_name,
                 limits=_limits(a, m),
                 allowed_options=frozenset(m.allowed_options or ()),
                 refuse_unpriced_tools=m.unpriced_tools == "refuse",
                 extra_client_tools=frozenset(m.extra_client_tools or ()),
-                provider=ProviderInfo(
-                    id=str(p.pk),
-                    kind=p.kind,
-                    base_url=p.base_url,
-                    api_version=p.api_version,
-                    api_key=crypto.provider_api_key(p),
-                    is_active=p.is_active,
-                ),
+                provider=first.provider if first else _provider_info(m.provider, usable=False),
+                deployments=deployments,
+                deployment_id=(first.id or None) if first else None,
             )
         )
     return KeyScope(
         key_id=str(key.pk), member_id=str(key.member_id), allocations=tuple(entries), expires_at=key.expires_at
     )
+
+
+def _provider_info(provider: Provider, *, usable: bool = True) -> ProviderInfo:
+    return ProviderInfo(
+        id=str(provider.pk),
+        kind=provider.kind,
+        base_url=provider.base_url,
+        api_version=provider.api_version,
+        api_key=crypto.provider_api_key(provider),
+        is_active=usable and provider.is_active,
+    )
+
+
+def _deployments(model_ids: set) -> dict:
+    """{model id: its usable deployments (active, of an active provider), in priority order}."""
+    rows = Deployment.objects.in_order().filter(model_id__in=model_ids).select_related("provider")
+    providers: dict = {}
+    served: dict = {}
+    for d in rows:
+        served.setdefault(d.model_id, ())
+        if not (d.active and d.provider.is_active):
+            continue
+        info = providers.get(d.provider_id) or providers.setdefault(d.provider_id, _provider_info(d.provider))
+        limits = ((f"d:{d.pk}", d.rpm_limit, d.tpm_limit, None),) if d.rpm_limit or d.tpm_limit else ()
+        deployment = DeploymentInfo(
+            id=str(d.pk),
+            provider=info,
+            upstream_name=d.upstream_name,
+            weight=d.weight,
+            priority=d.priority,
+            limits=limits,
+        )
+        served[d.model_id] = (*served.get(d.model_id, ()), deployment)
+    return served
 
 
 def _limits(allocation: Allocation, model: CatalogModel) -> tuple:

@@ -376,6 +376,17 @@ async def shared_get(key: str) -> str | None:
     return None if raw is None else raw.decode()
 
 
+async def shared_get_many(keys: list[str]) -> list[str | None]:
+    """Several plain strings of the shared cache in one round trip (pipelined GETs: the connection
+    reads simple replies only)."""
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        return [backend.get(key) for key in keys]
+    raw_keys = [backend.make_and_validate_key(key).encode() for key in keys]
+    replies = await _counters(backend).command(*[(b"GET", key) for key in raw_keys])
+    return [None if value is None else value.decode() for value in replies]
+
+
 def bump_auth_generation() -> None:
     try:
         cache.incr(GENERATION_KEY)

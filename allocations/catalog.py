@@ -19,7 +19,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     member_set_roles,
     member_update,
 )
-from .models import CatalogModel, ModelKind, Provider, ProviderKind, RateLimits
+from .models import CatalogModel, Deployment, ModelKind, Provider, ProviderKind, RateLimits
 
 # --- providers and models --------------------------------------------------------------------
 
@@ -153,6 +153,7 @@ def model_create(
             **tool_rules,
             **clean,
         )
+        Deployment.objects.create(model=model, provider=provider, upstream_name=upstream_name)  # its first
         audit_record(
             actor=actor,
             action="model_created",

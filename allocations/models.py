@@ -147,6 +147,40 @@ class CatalogModel(RateLimits):
         return self.slug.rsplit("/", 1)[-1]
 
 
+class DeploymentQuerySet(models.QuerySet):
+    def in_order(self):
+        """Priority first (lower first), then the order they were added: the first is the model's
+        own provider and upstream name."""
+        return self.order_by("priority", "created_at", "id")
+
+
+class Deployment(models.Model):
+    """One provider account serving a catalogue model under an upstream name. A model has one or
+    more; calls go to an active one of the best priority, chosen by weight (quota.routing)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="deployments")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
+    upstream_name = models.CharField(max_length=200)
+    weight = models.PositiveIntegerField(default=1)
+    priority = models.PositiveSmallIntegerField(default=0, help_text="Lower first.")
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    tpm_limit = models.PositiveBigIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    active = models.BooleanField(default=True)
+    # Why the gateway took it out (the provider refused its key), blank when an admin did.
+    disabled_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeploymentQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["model", "priority", "created_at"])]
+
+    def __str__(self):
+        return f"{self.provider} / {self.upstream_name}"
+
+
 class AllocationQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status=Allocation.Status.ACTIVE)

@@ -253,6 +253,10 @@ GATEWAY_BILLING_TIMEZONE = env("GATEWAY_BILLING_TIMEZONE", default="UTC")
 GATEWAY_NEAR_CAP_RATIO = Decimal(env("GATEWAY_NEAR_CAP_RATIO", default="0.8"))
 GATEWAY_MAX_BODY_MB = env.int("GATEWAY_MAX_BODY_MB", default=100)
 GATEWAY_UPSTREAM_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_TIMEOUT_S", default=600.0)
+# Failover across a model's deployments (quota.routing): attempts after the first, and how long a
+# deployment that failed is avoided by every process (an upstream Retry-After wins).
+GATEWAY_FAILOVER_ATTEMPTS = env.int("GATEWAY_FAILOVER_ATTEMPTS", default=2)
+GATEWAY_COOLDOWN_S = env.float("GATEWAY_COOLDOWN_S", default=30.0)
 GATEWAY_TRUSTED_PROXY_COUNT = env.int("GATEWAY_TRUSTED_PROXY_COUNT", default=0)
 # Peers (CIDR list) whose X-Forwarded-For is believed; from any other peer the header is ignored.
 GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])

@@ -23,7 +23,7 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from allocations.audit import audit_record
-from allocations.models import Allocation, AuditEvent, Member
+from allocations.models import Allocation, AuditEvent, Deployment, Member
 from quota.billing import caps
 from quota.display import usd
 from quota.models import CallRecord, Outcome, UsageCounter
@@ -229,6 +229,29 @@ def _quarantine_alerts(now: dt.datetime) -> list[AdminAlert]:
     ]
 
 
+def _deployment_out_alerts(now: dt.datetime) -> list[AdminAlert]:
+    """A deployment the gateway took out because its provider refused the key (its audit event,
+    written once per taking out): one mail each, whether or not a call record shows the 401."""
+    events = AuditEvent.objects.filter(
+        action="deployment_updated", actor__isnull=True, created_at__gte=now - dt.timedelta(hours=1)
+    ).order_by("created_at")
+    alerts = []
+    for event in events:
+        after = event.after or {}
+        if after.get("active") is not False or not after.get("disabled_reason"):
+            continue
+        deployment = Deployment.objects.select_related("provider", "model").filter(pk=event.target_id).first()
+        label = str(deployment) if deployment else event.target_id
+        model = deployment.model.slug if deployment else "?"
+        context = {"deployment": label, "model": model, "reason": after["disabled_reason"]}
+        subject = f"Deployment {label} of {model} taken out: the provider refused the gateway's key"
+        body = ("notifications/admin_deployment_out.txt", context)
+        scope = f"deployment:{event.target_id}:{event.pk}"
+        alerts.append(AdminAlert(Kind.PROVIDER_AUTH, scope, ("deployment", event.target_id),
+                                 _renderer(subject, body, {"reason": after["disabled_reason"]})))  # fmt: skip
+    return alerts
+
+
 def _provider_alerts(now: dt.datetime) -> list[AdminAlert]:
     window, minutes = _window_start(now), int(ERROR_LOOKBACK.total_seconds() // 60)
     threshold = settings.GATEWAY_ALERT_UPSTREAM_ERRORS
@@ -263,7 +286,7 @@ def admin_alerts_scan(*, now: dt.datetime) -> list[Notification]:
     What is already claimed is looked up in one query and never rendered again."""
     if not settings.GATEWAY_ALERT_EMAILS:
         return []
-    alerts = _quarantine_alerts(now) + _provider_alerts(now)
+    alerts = _quarantine_alerts(now) + _provider_alerts(now) + _deployment_out_alerts(now)
     if not alerts:
         return []
     done = set(

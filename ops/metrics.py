@@ -49,6 +49,11 @@ REFUSALS = Counter("gateway_admission_refusals", "Calls refused before going ups
 UPSTREAM_ERRORS = Counter(
     "gateway_upstream_errors", "Calls the upstream failed (5xx, 4xx, timeout, connection)", ["provider", "endpoint"]
 )
+FAILED_ATTEMPTS = Counter(
+    "gateway_upstream_failed_attempts",
+    "Upstream attempts that failed and moved the call to another deployment (or ended it), by deployment",
+    ["deployment", "reason"],
+)
 SPEND = Counter("gateway_spend_usd", "USD billed to allocations (priced calls), by model", ["model"])
 TOKENS = Counter("gateway_tokens", "Tokens metered, by model and direction (input|output)", ["model", "direction"])
 IN_FLIGHT = Gauge("gateway_calls_in_flight", "Admitted /v1 calls not yet settled", multiprocess_mode="livesum")

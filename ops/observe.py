@@ -33,6 +33,16 @@ def call_admitted() -> None:
         metrics.add(metrics.IN_FLIGHT)
 
 
+def attempt_failed(*, deployment_id: str | None, reason: str) -> None:
+    """An upstream attempt that failed (connect error, timeout, 429, 5xx, 401/403): counted per
+    deployment; the call it belonged to keeps one record, written when it settles."""
+    try:
+        if _counting():
+            metrics.add(metrics.FAILED_ATTEMPTS, (deployment_id or "", reason))
+    except Exception:  # noqa: BLE001 - reporting must never break a call
+        logger.exception("attempt report failed")
+
+
 def door_refused(*, path: str, status: int, code: str) -> None:
     """A /v1 request refused for its bearer before its body was read: counted only (no call record
     and no line each; allocations.auth_failures logs them per client address and minute)."""

@@ -70,6 +70,7 @@ class Call:
     # telling whether it committed (`in_doubt`), the next one looks for it before admitting again.
     reservation_id: uuid.UUID = field(default_factory=uuid.uuid4)
     in_doubt: bool = False
+    attempts: int = 0  # upstream attempts made (failover moves the call between deployments)
 
     @property
     def outgoing(self) -> dict | None:
@@ -88,6 +89,8 @@ class Call:
             "member_id": self.scope.member_id if self.scope else None,
             "allocation_id": entry.allocation_id if entry else None,
             "model_id": entry.model_id if entry else None,
+            "deployment_id": entry.deployment_id if entry and self.attempts else None,
+            "attempts": self.attempts,
         }
 
     def lost_context(self) -> dict:
@@ -334,6 +337,8 @@ async def close_call(
     if call.rate_ticket is not None:
         ticket, call.rate_ticket = call.rate_ticket, None
         await ratelimit.settle_async(ticket, tokens=usage.total_tokens)
+    if (deployment_ticket := call.extra.pop("deployment_ticket", None)) is not None:
+        await ratelimit.settle_async(deployment_ticket, tokens=usage.total_tokens)
     record = call.record(outcome=outcome, status_code=status_code, error_code=error_code, error_message=error_message)
     await ledger.settle_async(admission=call.admission, record=record, usage=usage, price=call.price)
 

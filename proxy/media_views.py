@@ -133,7 +133,7 @@ async def relay_media(request, endpoint: str):
 
 async def _complete(call: accounting.Call, payload, form: multipart.Form | None):
     try:
-        reply, failed = await views._open_upstream(call, payload)
+        reply, failed = await views._open_upstream(call, payload, lambda: upstream_payload(call, form))
         if failed is not None:
             return failed
         if call.endpoint.response == RESPONSE_BINARY:

@@ -32,6 +32,7 @@ class SimReply:
     """Same surface as proxy.upstream.Reply."""
 
     secrets: tuple[str, ...] = ()
+    retry_after: str | None = None
 
     def __init__(self, *, status: int = 200, body: bytes = b"", events: list[bytes] | None = None):
         self.status = status

@@ -108,6 +108,10 @@ class Reply:
         self.content_type = response.headers.get("Content-Type", "application/json")
 
     @property
+    def retry_after(self) -> str | None:
+        return self.response.headers.get("Retry-After")
+
+    @property
     def is_event_stream(self) -> bool:
         return self.content_type.startswith("text/event-stream")
 

@@ -5,9 +5,11 @@ the upstream call with no transaction or connection held, one accounting step to
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 
+from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
@@ -15,13 +17,14 @@ from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
 from allocations.http import request_id_of as request_id_for
 from allocations.models import Allocation
+from quota import routing
 from quota.billing import bill as billing
-from quota.exceptions import UpstreamError, UpstreamTimeout
+from quota.exceptions import RateLimited, UpstreamError, UpstreamTimeout
 from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
-from . import accounting, meters, observed, options, relay, response_ids, tools, upstream
+from . import accounting, failover, meters, observed, options, relay, response_ids, tools, upstream
 from .bodies import parse_body, upstream_payload
 from .registry import ENDPOINTS
 
@@ -127,11 +130,50 @@ async def _remember_response(call: accounting.Call, response_id: object) -> None
         await response_ids.remember(response_id, call.scope.member_id if call.scope else None)
 
 
-async def _open_upstream(call: accounting.Call, payload: bytes):
-    """(reply, None) or (None, the error response after settling)."""
+RETRY = object()  # _attempt: this deployment failed in a way the next one may not
+
+
+async def _open_upstream(call: accounting.Call, payload, rebuild=None):
+    """(reply, None) or (None, the error response after settling). Tries the model's deployments
+    in routing order (quota.routing): a connect error, a timeout before the answer's head, a 429,
+    a 5xx or a 401/403 moves the call to the next one, at most GATEWAY_FAILOVER_ATTEMPTS times;
+    `rebuild()` makes the payload again for a deployment with another upstream name."""
     entry = call.entry
     if entry is None:
         raise RuntimeError("upstream call before call_open")  # call_open sets it or raises
+    candidates = await routing.plan(entry)
+    budget, sent_name = 1 + settings.GATEWAY_FAILOVER_ATTEMPTS, entry.upstream_name
+    for index, deployment in enumerate(candidates):
+        taken = await routing.limit_take(deployment, tokens=call.estimate.input_tokens + call.estimate.output_tokens)
+        if taken is False:
+            continue
+        if not isinstance(taken, bool):
+            call.extra["deployment_ticket"] = taken
+        call.entry = routing.routed(entry, deployment)
+        # Bytes are sent again as they are; a streamed upload (an iterator) is spent by its attempt.
+        moved = call.entry.upstream_name != sent_name or (call.attempts and not isinstance(payload, bytes))
+        if rebuild is not None and moved:
+            payload, sent_name = rebuild(), call.entry.upstream_name
+        budget -= 1
+        call.attempts += 1
+        last = budget == 0 or index == len(candidates) - 1
+        result = await _attempt(call, payload, last=last)
+        if result is not RETRY:
+            return result
+        if budget == 0:
+            break
+    error: GatewayError = RateLimited("every deployment of this model is at its rate limit", retry_after=1)
+    outcome = Outcome.REJECTED_RATE_LIMITED
+    if call.attempts:  # the deployments left after a failed attempt were all at their limits
+        error, outcome = UpstreamError("no deployment of this model could serve the call"), Outcome.UPSTREAM_ERROR
+    await settle(call, outcome=outcome, status=error.status, usage=Usage(), code=error.code, message=error.message)
+    return None, error_response(error, call.request_id)
+
+
+async def _attempt(call: accounting.Call, payload, *, last: bool):
+    entry = call.entry
+    if entry is None:
+        raise RuntimeError("upstream attempt before routing")  # _open_upstream sets it
     observed.upstream_sent(call)
     try:
         reply = await upstream.send(
@@ -143,6 +185,9 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
             headers=call.extra.get("upstream_headers"),  # multipart uploads
         )
     except GatewayError as error:
+        await failover.attempt_failed(call, reason=error.code, retry_after=None)
+        if not last:
+            return RETRY
         await settle(
             call,
             outcome=Outcome.UPSTREAM_ERROR,
@@ -154,6 +199,16 @@ async def _open_upstream(call: accounting.Call, payload: bytes):
         return None, error_response(error, call.request_id)
     if reply.status < 300:
         return reply, None
+    if failover.moves(reply.status):
+        await failover.attempt_failed(call, reason=str(reply.status), retry_after=reply.retry_after)
+        if not last:
+            reply.close()
+            return RETRY
+    return await _upstream_refused(call, reply)
+
+
+async def _upstream_refused(call: accounting.Call, reply):
+    """The last attempt's non-2xx answer: a 5xx (or 3xx) as 502, a 4xx relayed."""
     try:
         raw = await reply.read()
     except Exception:  # noqa: BLE001 - a broken error body is still an upstream error
@@ -189,7 +244,7 @@ def _response(body: bytes, status: int, content_type: str, request_id: str) -> H
 
 async def _complete(call: accounting.Call, payload: bytes) -> HttpResponse:
     try:
-        reply, failed = await _open_upstream(call, payload)
+        reply, failed = await _open_upstream(call, payload, functools.partial(upstream_payload, call))
         if failed is not None:
             return failed
         try:
@@ -242,7 +297,7 @@ async def _finish_json(call: accounting.Call, reply, body: bytes) -> HttpRespons
 
 async def _stream(call: accounting.Call, payload: bytes):
     try:
-        reply, failed = await _open_upstream(call, payload)
+        reply, failed = await _open_upstream(call, payload, functools.partial(upstream_payload, call))
     except asyncio.CancelledError:
         await settle(call, outcome=Outcome.CLIENT_CANCELLED, status=499, usage=Usage())
         raise

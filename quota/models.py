@@ -159,6 +159,10 @@ class CallRecord(models.Model):
     service_tier = models.CharField(max_length=16, blank=True)
     tool_calls = models.JSONField(default=dict, blank=True)
     close_reason = models.CharField(max_length=20, choices=CloseReason.choices, blank=True)
+    # The deployment (allocations.Deployment) whose attempt served the call, kept as a plain id so a
+    # deleted deployment leaves its history alone; and the upstream attempts made (0: none went out).
+    deployment_id = models.UUIDField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
 
     objects = CallRecordQuerySet.as_manager()
 

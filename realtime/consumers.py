@@ -33,7 +33,7 @@ from .close import CloseCode, close_code_for
 from .events import error_event, foreign_model, model_in_session_update, rewrite_model
 from .meter import SessionMeter
 from .rates import SessionRates
-from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect
+from .upstream import UpstreamClosed, UpstreamConnectError, UpstreamLink, upstream_connect_routed
 from .watch import SessionWatch
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
             await self._reject(error)
             return False
         try:
-            self.link = await upstream_connect(
+            self.link, entry, attempts = await upstream_connect_routed(
                 self.session.entry,
                 intent=self.intent,
                 with_model=with_model,
@@ -173,11 +173,13 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
                 open_timeout_s=min(settings.GATEWAY_UPSTREAM_TIMEOUT_S, 30.0),
             )
         except UpstreamConnectError as error:
+            self.session.attempts = getattr(error, "attempts", 1)
             code = CloseCode.TRY_AGAIN_LATER if error.retry else CloseCode.INTERNAL_ERROR
             await self._finish(
                 CloseReason.UPSTREAM_ERROR, Outcome.UPSTREAM_ERROR, code, error_code=UpstreamError.code, bill=False
             )
             return False
+        self.session.entry, self.session.attempts = entry, attempts
         self.tasks = [asyncio.ensure_future(self._read_upstream()), asyncio.ensure_future(self._watch())]
         LIVE.add(self)
         observed.opened()

@@ -44,9 +44,12 @@ class Session:
     admission: Admission
     price: PriceVersion | None
     rate_ticket: ratelimit.Ticket | None = None  # the session's place among the calls in flight
+    attempts: int = 0  # upstream handshakes tried (connect failover across the model's deployments)
 
     def record(self) -> dict:
         return {
+            "deployment_id": self.entry.deployment_id if self.attempts else None,
+            "attempts": self.attempts,
             "request_id": self.request_id,
             "allocation_id": self.entry.allocation_id,
             "api_key_id": self.key_id,

@@ -8,11 +8,14 @@ provider's key, base URL or deployment.
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from django.conf import settings
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websockets_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from allocations.access import ScopedAllocation
+from ops import observe
+from quota import routing
 
 RETRY_STATUSES = {408, 425, 429, 502, 503, 504}
 # Azure api-version values that mean the GA `/openai/v1/realtime` route rather than the preview one.
@@ -28,9 +31,9 @@ class UpstreamClosed(Exception):
 class UpstreamConnectError(Exception):
     """`retry` is true when the upstream said to come back later (HTTP 429/503 …): close 1013."""
 
-    def __init__(self, message: str, *, retry: bool = False):
+    def __init__(self, message: str, *, retry: bool = False, status: int | None = None):
         super().__init__(message)
-        self.message, self.retry = message, retry
+        self.message, self.retry, self.status = message, retry, status
 
 
 class UpstreamLink(Protocol):
@@ -137,8 +140,35 @@ async def upstream_connect(
     except InvalidStatus as exc:
         status = exc.response.status_code
         raise UpstreamConnectError(
-            f"upstream refused the session (HTTP {status})", retry=status in RETRY_STATUSES
+            f"upstream refused the session (HTTP {status})", retry=status in RETRY_STATUSES, status=status
         ) from None
     except (OSError, TimeoutError, WebSocketException):
         raise UpstreamConnectError("upstream unreachable") from None
     return WebsocketsLink(connection)
+
+
+async def upstream_connect_routed(entry: ScopedAllocation, **connect) -> tuple[UpstreamLink, ScopedAllocation, int]:
+    """upstream_connect over the model's deployments in routing order (quota.routing): a refused or
+    failed handshake moves the session to the next one, at most GATEWAY_FAILOVER_ATTEMPTS times.
+    Returns (the link, the entry of the deployment that took it, the attempts made); raises the
+    last UpstreamConnectError."""
+    candidates = await routing.plan(entry)
+    budget, attempts = 1 + settings.GATEWAY_FAILOVER_ATTEMPTS, 0
+    failure = UpstreamConnectError("no deployment of this model is under its rate limit", retry=True)
+    for deployment in candidates:
+        if budget == 0:
+            break
+        if await routing.limit_take(deployment, tokens=0) is False:
+            continue
+        routed, budget, attempts = routing.routed(entry, deployment), budget - 1, attempts + 1
+        try:
+            return await upstream_connect(routed, **connect), routed, attempts
+        except UpstreamConnectError as error:
+            failure = error
+            status = error.status
+            observe.attempt_failed(deployment_id=routed.deployment_id, reason=str(status or "connect"))
+            if status is not None and not routing.moves(status):
+                break
+            await routing.attempt_failed(routed.deployment_id, status=status, retry_after=None)
+    failure.attempts = attempts  # type: ignore[attr-defined]
+    raise failure

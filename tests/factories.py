@@ -6,7 +6,16 @@ from decimal import Decimal
 
 import factory
 
-from allocations.models import Allocation, AuditEvent, CatalogModel, Member, ModelKind, Provider, ProviderKind
+from allocations.models import (
+    Allocation,
+    AuditEvent,
+    CatalogModel,
+    Deployment,
+    Member,
+    ModelKind,
+    Provider,
+    ProviderKind,
+)
 from allocations.services import api_key_create
 from quota.models import PriceVersion
 
@@ -33,12 +42,28 @@ class ProviderFactory(factory.django.DjangoModelFactory):
 class CatalogModelFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = CatalogModel
+        skip_postgeneration_save = True
 
     provider = factory.SubFactory(ProviderFactory)
     slug = factory.Sequence(lambda n: f"sim/model-{n}")
     upstream_name = factory.LazyAttribute(lambda o: o.slug.rsplit("/", 1)[-1])
     kind = ModelKind.CHAT
     display_name = factory.LazyAttribute(lambda o: o.slug)
+    first_deployment = factory.RelatedFactory(
+        "tests.factories.DeploymentFactory",
+        factory_related_name="model",
+        provider=factory.SelfAttribute("..provider"),
+        upstream_name=factory.SelfAttribute("..upstream_name"),
+    )
+
+
+class DeploymentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Deployment
+
+    model = factory.SubFactory(CatalogModelFactory, first_deployment=None)
+    provider = factory.SubFactory(ProviderFactory)
+    upstream_name = "upstream-model"
 
 
 class AllocationFactory(factory.django.DjangoModelFactory):

@@ -22,6 +22,7 @@ from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Mem
 from allocations.selfservice import SELF_SERVICE_FIELDS, model_set_self_service
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
+from .deployments import DeploymentInline, deployments_save, test_connection, test_connection_billable
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -60,6 +61,7 @@ class ProviderAdmin(StaffAdmin):
     list_filter = ("kind", "status")
     search_fields = ("name", "base_url")
     readonly_fields = ("key_fingerprint", "created_at", "updated_at")
+    actions = (test_connection, test_connection_billable)
 
     @admin.display(description="kind", ordering="kind")
     def kind_label(self, obj):
@@ -154,6 +156,7 @@ class CatalogModelForm(forms.ModelForm):
 @admin.register(CatalogModel)
 class CatalogModelAdmin(StaffAdmin):
     form = CatalogModelForm
+    inlines = (DeploymentInline,)
     list_display = (
         "slug",
         "kind",
@@ -207,6 +210,9 @@ class CatalogModelAdmin(StaffAdmin):
             changes = {f: data.get(f) for f in SELF_SERVICE_FIELDS}
             model_set_self_service(model=created, changes=changes, actor=request.user)
         obj.pk, obj._state.adding = created.pk, False
+
+    def save_formset(self, request, form, formset, change):
+        deployments_save(request=request, model=CatalogModel.objects.get(pk=form.instance.pk), formset=formset)
 
     def has_delete_permission(self, request, obj=None):
         return False

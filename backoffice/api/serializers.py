@@ -66,6 +66,29 @@ class ModelOutput(SelfServiceOutputMixin, RateLimitsOutputMixin, serializers.Ser
     created_at = serializers.DateTimeField()
 
 
+class DeploymentOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    model_id = serializers.UUIDField()
+    provider = serializers.CharField(source="provider.name")
+    provider_id = serializers.UUIDField()
+    upstream_name = serializers.CharField()
+    weight = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    rpm_limit = serializers.IntegerField(allow_null=True)
+    tpm_limit = serializers.IntegerField(allow_null=True)
+    active = serializers.BooleanField()
+    disabled_reason = serializers.CharField(help_text="Why the gateway took it out; blank when active or an admin did.")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class ProviderTestOutput(serializers.Serializer):
+    ok = serializers.BooleanField()
+    status = serializers.IntegerField(allow_null=True, help_text="The provider's HTTP status; null: no answer.")
+    latency_ms = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(help_text="Blank when ok; redacted (no key, no base URL).")
+
+
 class PriceOutput(serializers.Serializer):
     id = serializers.CharField()
     model = serializers.CharField(source="model.slug")

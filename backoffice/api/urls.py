@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import allocations, catalog, members, pool, reports, selfservice
+from . import allocations, catalog, deployments, members, pool, reports, selfservice
 
 urlpatterns = [
     path("pool", pool.PoolView.as_view(), name="admin-pool"),
@@ -20,8 +20,15 @@ urlpatterns = [
     path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
     path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
     path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
+    path("providers/<str:provider_id>/test", deployments.ProviderTest.as_view(), name="admin-api-provider-test"),
     path("models", catalog.ModelList.as_view(), name="admin-api-models"),
     path("models/<str:model_id>", catalog.ModelDetail.as_view(), name="admin-api-model"),
+    path("models/<str:model_id>/deployments", deployments.DeploymentList.as_view(), name="admin-api-deployments"),
+    path(
+        "models/<str:model_id>/deployments/<str:deployment_id>",
+        deployments.DeploymentDetail.as_view(),
+        name="admin-api-deployment",
+    ),
     path("prices", catalog.PriceList.as_view(), name="admin-api-prices"),
     path("allocations", allocations.AllocationList.as_view(), name="admin-api-allocations"),
     path("allocations/<str:allocation_id>", allocations.AllocationDetail.as_view(), name="admin-api-allocation"),
