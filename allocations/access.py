@@ -20,9 +20,12 @@ from .exceptions import (
     AllocationQuarantined,
     AllocationRevoked,
     GatewayError,
+    ModelForbidden,
     ModelMismatch,
     Unauthorized,
 )
+from .model_access import access_decide, member_groups_of
+from .model_access import member_may_use as member_may_use  # the one "usable" decision
 from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel
 
 
@@ -60,6 +63,9 @@ class ScopedAllocation:
     refuse_unpriced_tools: bool = False
     # Tool types beyond the known client tools that pass as run by the client.
     extra_client_tools: frozenset[str] = frozenset()
+    # Why the member may not use the model (allocations.model_access), or None when they may:
+    # decided when the snapshot is loaded, so a warm call pays nothing for it.
+    forbidden: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,12 @@ STATUS_ERRORS: dict[str, GatewayError] = {
 
 
 def allocation_check_status(entry: ScopedAllocation) -> None:
+    """Step 5's allocation status, then step 5a: whether its member may use its model."""
     error = STATUS_ERRORS.get(entry.status)
     if error is not None:
         raise type(error)(error.message)
+    if entry.forbidden is not None:
+        raise ModelForbidden(entry.forbidden)
 
 
 # (auth generation, {key hash: KeyScope or None}), shared by the threads and the event loop of a
@@ -113,7 +122,12 @@ def _snapshot(key_hash: str) -> KeyScope | None:
     key = ApiKey.objects.select_related("member").filter(key_hash=key_hash).first()
     if key is None or key.is_revoked or not key.member.is_active:
         return None
-    scopes = ApiKeyScope.objects.filter(api_key=key).select_related("allocation", "model", "model__provider")
+    scopes = (
+        ApiKeyScope.objects.filter(api_key=key)
+        .select_related("allocation", "model", "model__provider")
+        .prefetch_related("model__allowed_groups", "model__denied_groups")
+    )
+    groups = member_groups_of(key.member_id)
     entries = []
     for s in scopes:
         a, m, p = s.allocation, s.model, s.model.provider
@@ -132,6 +146,7 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                 allowed_options=frozenset(m.allowed_options or ()),
                 refuse_unpriced_tools=m.unpriced_tools == "refuse",
                 extra_client_tools=frozenset(m.extra_client_tools or ()),
+                forbidden=_forbidden(m, groups),
                 provider=ProviderInfo(
                     id=str(p.pk),
                     kind=p.kind,
@@ -145,6 +160,16 @@ def _snapshot(key_hash: str) -> KeyScope | None:
     return KeyScope(
         key_id=str(key.pk), member_id=str(key.member_id), allocations=tuple(entries), expires_at=key.expires_at
     )
+
+
+def _forbidden(model: CatalogModel, member_groups: dict[str, str]) -> str | None:
+    return access_decide(
+        model_slug=model.slug,
+        access=model.access,
+        member_groups=member_groups,
+        allowed={str(g.pk) for g in model.allowed_groups.all()},
+        denied={str(g.pk) for g in model.denied_groups.all()},
+    ).refusal
 
 
 def _limits(allocation: Allocation, model: CatalogModel) -> tuple:

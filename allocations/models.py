@@ -119,6 +119,11 @@ class CatalogModel(RateLimits):
     # Tool types beyond the known client tools that this model lets through as run by the client
     # (allocations.cost_options.extra_client_tools_clean); any other unknown type is refused.
     extra_client_tools = models.JSONField(default=list, blank=True)
+    # Who may call it (allocations.model_access): open to all but denied groups, or restricted to
+    # allowed groups; a denied group always wins.
+    access = models.CharField(max_length=12, choices=[("open", "open"), ("restricted", "restricted")], default="open")
+    allowed_groups = models.ManyToManyField("allocations.Group", related_name="allowed_models", blank=True)
+    denied_groups = models.ManyToManyField("allocations.Group", related_name="denied_models", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -316,3 +321,7 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise self.Immutable("audit events are append-only")
+
+
+# Groups and their rules live in their own module; imported here so Django registers them.
+from .group_models import Group, GroupRule  # noqa: E402, F401

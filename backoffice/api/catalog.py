@@ -1,12 +1,14 @@
 """Admin API: providers, catalog models and price versions. The rules for each (unique names and
 slugs, URLs, price shapes) live in the services; the input serializers check the JSON types."""
 
+from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, UNPRICED_TOOLS
+from allocations.groups import ACCESS_FIELDS, model_access_update
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
 from allocations.serializers import (
     DecimalInputField,
@@ -108,6 +110,9 @@ class ModelDetail(AdminAPIView):
         allowed_options = _allowed_options_field(required=False)
         unpriced_tools = _unpriced_tools_field(required=False)
         extra_client_tools = _extra_client_tools_field(required=False)
+        access = serializers.ChoiceField(choices=[("open", "open"), ("restricted", "restricted")], required=False)
+        allowed_groups = serializers.ListField(child=StrictCharField(max_length=200), required=False)
+        denied_groups = serializers.ListField(child=StrictCharField(max_length=200), required=False)
 
     @extend_schema(responses=ModelOutput)
     def get(self, request, model_id):
@@ -117,7 +122,12 @@ class ModelDetail(AdminAPIView):
     def patch(self, request, model_id):
         model = sel.get_or_404(MODELS, model_id)
         changes = parse_input(self.InputSerializer, request)
-        model = services.model_update(model=model, changes=changes, actor=request.user)
+        policy = {f: changes.pop(f) for f in ACCESS_FIELDS if f in changes}
+        with transaction.atomic():
+            if changes:
+                model = services.model_update(model=model, changes=changes, actor=request.user)
+            if policy:
+                model = model_access_update(model=model, changes=policy, actor=request.user)
         return Response(ModelOutput(model).data)
 
 

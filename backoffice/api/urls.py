@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import allocations, catalog, members, pool, reports
+from . import allocations, catalog, groups, members, pool, reports
 
 urlpatterns = [
     path("pool", pool.PoolView.as_view(), name="admin-pool"),
@@ -10,11 +10,19 @@ urlpatterns = [
     path("pool/rebalance", pool.PoolRebalanceView.as_view(), name="admin-pool-rebalance"),
     path("members", members.MemberList.as_view(), name="admin-api-members"),
     path("members/<str:member_id>", members.MemberDetail.as_view(), name="admin-api-member"),
+    path("members/<str:member_id>/access", groups.MemberAccess.as_view(), name="admin-api-member-access"),
+    path("groups", groups.GroupList.as_view(), name="admin-api-groups"),
+    path("groups/<str:group_id>", groups.GroupDetail.as_view(), name="admin-api-group"),
+    path("groups/<str:group_id>/members", groups.GroupMembers.as_view(), name="admin-api-group-members"),
+    path("group-rules", groups.GroupRuleList.as_view(), name="admin-api-group-rules"),
+    path("group-rules/test", groups.GroupRuleTest.as_view(), name="admin-api-group-rules-test"),
+    path("group-rules/<str:rule_id>", groups.GroupRuleDetail.as_view(), name="admin-api-group-rule"),
     path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
     path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
     path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
     path("models", catalog.ModelList.as_view(), name="admin-api-models"),
     path("models/<str:model_id>", catalog.ModelDetail.as_view(), name="admin-api-model"),
+    path("models/<str:model_id>/access", groups.ModelAccess.as_view(), name="admin-api-model-access"),
     path("prices", catalog.PriceList.as_view(), name="admin-api-prices"),
     path("allocations", allocations.AllocationList.as_view(), name="admin-api-allocations"),
     path("allocations/<str:allocation_id>", allocations.AllocationDetail.as_view(), name="admin-api-allocation"),
