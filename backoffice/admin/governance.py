@@ -10,6 +10,7 @@ import uuid
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -17,9 +18,11 @@ from django.utils.html import format_html
 from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS, extra_client_tools_clean
 from allocations.exceptions import BadRequest, GatewayError
+from allocations.groups import ACCESS_FIELDS, model_access_update
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
+from .groups import model_access_display
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -125,8 +128,13 @@ class CatalogModelForm(forms.ModelForm):
             "allowed_options",
             "unpriced_tools",
             "extra_client_tools",
+            "access",
+            "allowed_groups",
+            "denied_groups",
         )
         help_texts = {
+            "access": "open: every member but those of a denied group; restricted: members of an allowed group "
+            "only. A denied group always wins.",
             "unpriced_tools": "A built-in tool (web search, file search, ...) this model does not allow and price: "
             "remove it from the request (the answer names it in x-gateway-removed-tools) or refuse the call.",
         }
@@ -167,15 +175,31 @@ class CatalogModelAdmin(StaffAdmin):
     def provider_label(self, obj):
         return simulated_badge(obj.provider.kind) or obj.provider.get_kind_display()
 
+    filter_horizontal = ("allowed_groups", "denied_groups")
+
     def get_readonly_fields(self, request, obj=None):
-        return ("slug", "provider", "upstream_name", "kind", "display_name") if obj else ()
+        return ("slug", "provider", "upstream_name", "kind", "display_name", "who_may_use") if obj else ()
+
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        return [f for f in fields if f != "who_may_use"] + (["who_may_use"] if obj else [])
+
+    @admin.display(description="who may use it")
+    def who_may_use(self, obj):
+        return model_access_display(obj)
+
+    def save_related(self, request, form, formsets, change):
+        """The access policy is saved by save_model, through the service (audited)."""
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
+        policy = {f: [g.slug for g in data[f]] if f != "access" else data[f] for f in ACCESS_FIELDS}
         if change:
             fresh = CatalogModel.objects.get(pk=obj.pk)
             changes = {f: data[f] for f in form.changed_data if f in services.MODEL_UPDATABLE}
-            services.model_update(model=fresh, changes=changes, actor=request.user)
+            with transaction.atomic():
+                services.model_update(model=fresh, changes=changes, actor=request.user)
+                model_access_update(model=fresh, changes=policy, actor=request.user)
             return
         created = services.model_create(
             slug=data["slug"],
@@ -191,6 +215,7 @@ class CatalogModelAdmin(StaffAdmin):
         )
         if not data["is_active"]:
             services.model_set_active(model=created, is_active=False, actor=request.user)
+        model_access_update(model=created, changes=policy, actor=request.user)
         obj.pk, obj._state.adding = created.pk, False
 
     def has_delete_permission(self, request, obj=None):
