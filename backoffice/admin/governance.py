@@ -113,6 +113,13 @@ class CatalogModelForm(forms.ModelForm):
         "that this model lets through as run by the client; any other unknown tool type is refused.",
     )
 
+    access = forms.ChoiceField(
+        choices=[("open", "open"), ("restricted", "restricted")],
+        required=False,
+        help_text="open: every member but those of a denied group; restricted: members of an allowed group only. "
+        "A denied group always wins.",
+    )
+
     class Meta:
         model = CatalogModel
         fields = (
@@ -133,8 +140,6 @@ class CatalogModelForm(forms.ModelForm):
             "denied_groups",
         )
         help_texts = {
-            "access": "open: every member but those of a denied group; restricted: members of an allowed group "
-            "only. A denied group always wins.",
             "unpriced_tools": "A built-in tool (web search, file search, ...) this model does not allow and price: "
             "remove it from the request (the answer names it in x-gateway-removed-tools) or refuse the call.",
         }
@@ -143,6 +148,9 @@ class CatalogModelForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.initial["extra_client_tools"] = ", ".join(self.instance.extra_client_tools or ())
+
+    def clean_access(self) -> str:
+        return self.cleaned_data.get("access") or self.instance.access or "open"
 
     def clean_extra_client_tools(self) -> list[str]:
         names = [name.strip() for name in (self.cleaned_data.get("extra_client_tools") or "").split(",")]
