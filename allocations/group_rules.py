@@ -68,7 +68,7 @@ class RuleMatch:
 
 def group_rules_match(*, email: str = "", username: str = "") -> RuleMatch:
     """The first enabled rule (by order) that matches, without writing anything (the dry run)."""
-    failed = []
+    failed: list[tuple[GroupRule, str]] = []
     for rule in GroupRule.objects.filter(enabled=True).select_related("group").order_by("order", "created_at"):
         try:
             if rule_matches(rule, email=email, username=username):
@@ -130,7 +130,7 @@ def _rule_values(data: dict, *, current: GroupRule | None = None) -> dict:
         matcher = values.get("matcher", current.matcher if current else None)
         pattern = values.get("pattern", current.pattern if current else "")
         values["matcher"] = matcher
-        values["pattern"] = rule_pattern_clean(matcher=matcher, pattern=pattern)
+        values["pattern"] = rule_pattern_clean(matcher=str(matcher or ""), pattern=pattern)
     return values
 
 

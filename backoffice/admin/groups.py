@@ -3,6 +3,7 @@ pages. Every write goes through allocations.groups / allocations.group_rules (au
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.db import transaction
 from django.utils.html import format_html, format_html_join
 
@@ -20,7 +21,7 @@ class GroupForm(forms.ModelForm):
     members = forms.ModelMultipleChoiceField(
         queryset=Member.objects.order_by("username"),
         required=False,
-        widget=admin.widgets.FilteredSelectMultiple("members", is_stacked=False),
+        widget=FilteredSelectMultiple("members", is_stacked=False),
     )
 
     class Meta:

@@ -73,7 +73,11 @@ def test_members_are_added_and_removed_in_bulk_audited_and_listed_on_the_member(
     api.post(f"groups/{group['id']}/members", {"remove": ["ANN"], "add": ["bob"]})
     assert api.get(f"members/{ann.pk}").json()["groups"] == []
     events = AuditEvent.objects.filter(action__startswith="group_member_").order_by("created_at", "id")
-    assert [(e.action, e.after["member"]) for e in events] == [("group_member_added", "ann"), ("group_member_added", "bob"), ("group_member_removed", "ann")]
+    assert [(e.action, e.after["member"]) for e in events] == [
+        ("group_member_added", "ann"),
+        ("group_member_added", "bob"),
+        ("group_member_removed", "ann"),
+    ]
 
 
 def test_an_unknown_member_changes_nothing(api, group):
@@ -84,7 +88,8 @@ def test_an_unknown_member_changes_nothing(api, group):
 
 
 def test_rules_are_managed_guarded_and_tested_dry(api, group):
-    response = api.post("group-rules", {"order": 1, "matcher": "email_domain", "pattern": "@Lab.org", "group": "research"})
+    body = {"order": 1, "matcher": "email_domain", "pattern": "@Lab.org", "group": "research"}
+    response = api.post("group-rules", body)
     assert response.status_code == 201, response.content
     rule = response.json()
     assert (rule["pattern"], rule["group"], rule["enabled"]) == ("lab.org", "research", True)
