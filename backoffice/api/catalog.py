@@ -47,7 +47,7 @@ class ProviderList(AdminAPIView):
         return Response(ProviderOutput(provider).data, status=status.HTTP_201_CREATED)
 
 
-MODELS = CatalogModel.objects.select_related("provider")
+MODELS = CatalogModel.objects.select_related("provider").prefetch_related("allowed_groups", "denied_groups")
 OPTIONS_HELP = (
     "The request options that cost more than tokens this model lets through (each also needs its "
     "price in the price version in force): " + ", ".join(ALLOWED_OPTIONS) + "."
