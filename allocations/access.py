@@ -20,9 +20,12 @@ from .exceptions import (
     AllocationQuarantined,
     AllocationRevoked,
     GatewayError,
+    ModelForbidden,
     ModelMismatch,
     Unauthorized,
 )
+from .model_access import access_decide, member_groups_of
+from .model_access import member_may_use as member_may_use  # the one "usable" decision
 from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, Deployment, Provider
 
 
@@ -79,6 +82,9 @@ class ScopedAllocation:
     # `deployment_id` names the deployment they came from (quota.routing swaps all three).
     deployments: tuple[DeploymentInfo, ...] = ()
     deployment_id: str | None = None
+    # Why the member may not use the model (allocations.model_access), or None when they may:
+    # decided when the snapshot is loaded, so a warm call pays nothing for it.
+    forbidden: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,12 @@ STATUS_ERRORS: dict[str, GatewayError] = {
 
 
 def allocation_check_status(entry: ScopedAllocation) -> None:
+    """Step 5's allocation status, then step 5a: whether its member may use its model."""
     error = STATUS_ERRORS.get(entry.status)
     if error is not None:
         raise type(error)(error.message)
+    if entry.forbidden is not None:
+        raise ModelForbidden(entry.forbidden)
 
 
 # (auth generation, {key hash: KeyScope or None}), shared by the threads and the event loop of a
@@ -132,8 +141,13 @@ def _snapshot(key_hash: str) -> KeyScope | None:
     key = ApiKey.objects.select_related("member").filter(key_hash=key_hash).first()
     if key is None or key.is_revoked or not key.member.is_active:
         return None
-    scopes = list(ApiKeyScope.objects.filter(api_key=key).select_related("allocation", "model", "model__provider"))
+    scopes = list(
+        ApiKeyScope.objects.filter(api_key=key)
+        .select_related("allocation", "model", "model__provider")
+        .prefetch_related("model__allowed_groups", "model__denied_groups")
+    )
     served = _deployments({s.model_id for s in scopes})
+    groups = member_groups_of(key.member_id)
     entries = []
     for s in scopes:
         a, m = s.allocation, s.model
@@ -161,6 +175,7 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                 allowed_options=frozenset(m.allowed_options or ()),
                 refuse_unpriced_tools=m.unpriced_tools == "refuse",
                 extra_client_tools=frozenset(m.extra_client_tools or ()),
+                forbidden=_forbidden(m, groups),
                 provider=first.provider if first else _provider_info(m.provider, usable=False),
                 deployments=deployments,
                 deployment_id=(first.id or None) if first else None,
@@ -203,6 +218,16 @@ def _deployments(model_ids: set) -> dict:
         )
         served[d.model_id] = (*served.get(d.model_id, ()), deployment)
     return served
+
+
+def _forbidden(model: CatalogModel, member_groups: dict[str, str]) -> str | None:
+    return access_decide(
+        model_slug=model.slug,
+        access=model.access,
+        member_groups=member_groups,
+        allowed={str(g.pk) for g in model.allowed_groups.all()},
+        denied={str(g.pk) for g in model.denied_groups.all()},
+    ).refusal
 
 
 def _limits(allocation: Allocation, model: CatalogModel) -> tuple:
@@ -257,10 +282,3 @@ def key_touch(*, key_id: str, now=None, every_s: int = 60) -> None:
     """Throttled last_used_at: at most one write per key per `every_s`."""
     now = now or timezone.now()
     ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=now - timedelta(seconds=every_s)).update(last_used_at=now)
-
-
-def member_may_use(member, model: CatalogModel) -> bool:
-    """The model access policy (SPEC 10): whether `member` may use `model` at all. Every decision
-    about a member and a model (the self-service catalogue, claims) asks here; today a member may
-    use every active model."""
-    return bool(model.is_active)

@@ -77,3 +77,10 @@ class TooManyAuthFailures(GatewayError):
     def __init__(self, message: str = "", *, retry_after: int = 60):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ModelForbidden(GatewayError):
+    """The member may not use the allocation's model (a group of theirs is denied it, or it is
+    restricted to groups they are not in): allocations.model_access."""
+
+    code, status, type = "model_forbidden", 403, "permission_error"

@@ -17,6 +17,7 @@ from .audit import audit_record
 from .cache import bump_auth_generation
 from .changes import check_known_fields
 from .exceptions import BadRequest, Conflict, Forbidden
+from .group_rules import group_rules_apply
 from .models import AdminToken, ApiKey, Member
 
 MEMBER_UPDATABLE = ("is_active", "is_staff", "email")
@@ -71,6 +72,7 @@ def member_create(
                 "is_superuser": member.is_superuser,
             },
         )
+        group_rules_apply(member=member, actor=actor)
     return member
 
 

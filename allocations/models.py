@@ -119,6 +119,11 @@ class CatalogModel(RateLimits):
     # Tool types beyond the known client tools that this model lets through as run by the client
     # (allocations.cost_options.extra_client_tools_clean); any other unknown type is refused.
     extra_client_tools = models.JSONField(default=list, blank=True)
+    # Who may call it (allocations.model_access): open to all but denied groups, or restricted to
+    # allowed groups; a denied group always wins.
+    access = models.CharField(max_length=12, choices=[("open", "open"), ("restricted", "restricted")], default="open")
+    allowed_groups = models.ManyToManyField("allocations.Group", related_name="allowed_models", blank=True)
+    denied_groups = models.ManyToManyField("allocations.Group", related_name="denied_models", blank=True)
     # Self-service: members who may use the model claim an allocation of it from the portal's
     # catalogue, with these caps (null = none).
     self_service = models.BooleanField(default=False, help_text="Members may claim it from the catalogue.")
@@ -447,3 +452,7 @@ class ReclaimLock(models.Model):
 
     def __str__(self):
         return f"re-claim lock {self.member_id} / {self.model_id}"
+
+
+# Groups and their rules live in their own module; imported here so Django registers them.
+from .group_models import Group, GroupRule  # noqa: E402, F401

@@ -405,7 +405,9 @@ async def _active_models(request):
         scope = await threads.run(accounting.models_for, authorization=request.headers.get("Authorization", ""))
     except GatewayError as error:
         return rid, None, error_response(error, rid)
-    active = [a for a in scope.allocations if a.model_active and a.status == Allocation.Status.ACTIVE]
+    active = [
+        a for a in scope.allocations if a.model_active and a.status == Allocation.Status.ACTIVE and a.forbidden is None
+    ]
     return rid, active, None
 
 

@@ -90,6 +90,7 @@ class Outcome(models.TextChoices):
     REJECTED_QUOTA_BUSY = "rejected_quota_busy"
     REJECTED_MODEL_KIND = "rejected_model_kind"
     REJECTED_RATE_LIMITED = "rejected_rate_limited"
+    REJECTED_MODEL_FORBIDDEN = "rejected_model_forbidden"
 
 
 class CloseReason(models.TextChoices):

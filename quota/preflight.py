@@ -36,6 +36,7 @@ from allocations.exceptions import (
     AllocationQuarantined,
     AllocationRevoked,
     GatewayError,
+    ModelForbidden,
     ModelMismatch,
     Unauthorized,
 )
@@ -62,6 +63,7 @@ REJECT_OUTCOMES: dict[type[GatewayError], Outcome] = {
     AllocationRevoked: Outcome.REJECTED_REVOKED,
     AllocationPaused: Outcome.REJECTED_PAUSED,
     AllocationQuarantined: Outcome.REJECTED_QUARANTINED,
+    ModelForbidden: Outcome.REJECTED_MODEL_FORBIDDEN,
     QuotaExceeded: Outcome.REJECTED_QUOTA_EXCEEDED,
     CostQuotaExceeded: Outcome.REJECTED_COST_QUOTA_EXCEEDED,
     QuotaBusy: Outcome.REJECTED_QUOTA_BUSY,

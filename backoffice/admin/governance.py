@@ -18,11 +18,13 @@ from django.utils.html import format_html
 from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS, extra_client_tools_clean
 from allocations.exceptions import BadRequest, GatewayError
+from allocations.groups import ACCESS_FIELDS, model_access_update
 from allocations.models import Allocation, ApiKey, AuditEvent, CatalogModel, Member, Provider, ProviderKind
 from allocations.selfservice import SELF_SERVICE_FIELDS, model_set_self_service
 
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 from .deployments import DeploymentInline, deployments_save, test_connection, test_connection_billable
+from .groups import model_access_display
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -114,6 +116,13 @@ class CatalogModelForm(forms.ModelForm):
         "that this model lets through as run by the client; any other unknown tool type is refused.",
     )
 
+    access = forms.ChoiceField(
+        choices=[("open", "open"), ("restricted", "restricted")],
+        required=False,
+        help_text="open: every member but those of a denied group; restricted: members of an allowed group only. "
+        "A denied group always wins.",
+    )
+
     class Meta:
         model = CatalogModel
         fields = (
@@ -130,6 +139,9 @@ class CatalogModelForm(forms.ModelForm):
             "unpriced_tools",
             "extra_client_tools",
             *SELF_SERVICE_FIELDS,
+            "access",
+            "allowed_groups",
+            "denied_groups",
         )
         help_texts = {
             "unpriced_tools": "A built-in tool (web search, file search, ...) this model does not allow and price: "
@@ -144,6 +156,9 @@ class CatalogModelForm(forms.ModelForm):
 
     def clean_unpriced_tools(self) -> str:
         return self.cleaned_data.get("unpriced_tools") or self.instance.unpriced_tools or "remove"
+
+    def clean_access(self) -> str:
+        return self.cleaned_data.get("access") or self.instance.access or "open"
 
     def clean_extra_client_tools(self) -> list[str]:
         names = [name.strip() for name in (self.cleaned_data.get("extra_client_tools") or "").split(",")]
@@ -178,11 +193,28 @@ class CatalogModelAdmin(StaffAdmin):
     def provider_label(self, obj):
         return simulated_badge(obj.provider.kind) or obj.provider.get_kind_display()
 
+    filter_horizontal = ("allowed_groups", "denied_groups")
+
     def get_readonly_fields(self, request, obj=None):
-        return ("slug", "provider", "upstream_name", "kind", "display_name") if obj else ()
+        return ("slug", "provider", "upstream_name", "kind", "display_name", "who_may_use") if obj else ()
+
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        return [f for f in fields if f != "who_may_use"] + (["who_may_use"] if obj else [])
+
+    @admin.display(description="who may use it")
+    def who_may_use(self, obj):
+        return model_access_display(obj)
+
+    def save_related(self, request, form, formsets, change):
+        """The access policy is saved by save_model and the deployments by save_formset, each
+        through its service (audited); nothing is saved behind them (no form.save_m2m)."""
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
+        policy = {f: [g.slug for g in data[f]] if f != "access" else data[f] for f in ACCESS_FIELDS}
         if change:
             fresh = CatalogModel.objects.get(pk=obj.pk)
             changes = {f: data[f] for f in form.changed_data if f in services.MODEL_UPDATABLE}
@@ -191,6 +223,7 @@ class CatalogModelAdmin(StaffAdmin):
                 self_service = {f: data[f] for f in form.changed_data if f in SELF_SERVICE_FIELDS}
                 if self_service:
                     model_set_self_service(model=fresh, changes=self_service, actor=request.user)
+                model_access_update(model=fresh, changes=policy, actor=request.user)
             return
         created = services.model_create(
             slug=data["slug"],
@@ -209,6 +242,7 @@ class CatalogModelAdmin(StaffAdmin):
         if data.get("self_service"):
             changes = {f: data.get(f) for f in SELF_SERVICE_FIELDS}
             model_set_self_service(model=created, changes=changes, actor=request.user)
+        model_access_update(model=created, changes=policy, actor=request.user)
         obj.pk, obj._state.adding = created.pk, False
 
     def save_formset(self, request, form, formset, change):

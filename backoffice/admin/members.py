@@ -16,9 +16,10 @@ from django.utils.translation import gettext, gettext_lazy
 from allocations import services
 from allocations.exceptions import GatewayError
 from allocations.members import MEMBER_UPDATABLE, SUPERUSER_TARGET, last_admin_check
-from allocations.models import AdminToken, ApiKey, Member
+from allocations.models import AdminToken, ApiKey, Group, Member
 
 from .base import StaffAdmin, form_errors_from
+from .groups import add_to_group_action, member_access_display, member_groups_display
 from .marks import member_link
 
 
@@ -100,8 +101,25 @@ class MemberAdmin(StaffAdmin):
         "sso_subject",
         "last_login",
         "date_joined",
+        "groups_list",
+        "model_access",
     )
-    readonly_fields = ("username", "last_login", "date_joined")
+    readonly_fields = ("username", "last_login", "date_joined", "groups_list", "model_access")
+
+    @admin.display(description=gettext_lazy("groups"))
+    def groups_list(self, obj):
+        return member_groups_display(obj)
+
+    @admin.display(description=gettext_lazy("model access"))
+    def model_access(self, obj):
+        return member_access_display(obj)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        for group in Group.objects.order_by("name"):
+            action, name, description = add_to_group_action(group)
+            actions[name] = (action, name, description)
+        return actions
 
     @admin.display(description=gettext_lazy("member page"))
     def page(self, obj):

@@ -8,6 +8,7 @@ from rest_framework.response import Response
 
 from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, UNPRICED_TOOLS
+from allocations.groups import ACCESS_FIELDS, model_access_update
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
 from allocations.selfservice import model_set_self_service
 from allocations.serializers import (
@@ -48,7 +49,7 @@ class ProviderList(AdminAPIView):
         return Response(ProviderOutput(provider).data, status=status.HTTP_201_CREATED)
 
 
-MODELS = CatalogModel.objects.select_related("provider")
+MODELS = CatalogModel.objects.select_related("provider").prefetch_related("allowed_groups", "denied_groups")
 OPTIONS_HELP = (
     "The request options that cost more than tokens this model lets through (each also needs its "
     "price in the price version in force): " + ", ".join(ALLOWED_OPTIONS) + "."
@@ -111,6 +112,9 @@ class ModelDetail(AdminAPIView):
         allowed_options = _allowed_options_field(required=False)
         unpriced_tools = _unpriced_tools_field(required=False)
         extra_client_tools = _extra_client_tools_field(required=False)
+        access = serializers.ChoiceField(choices=[("open", "open"), ("restricted", "restricted")], required=False)
+        allowed_groups = serializers.ListField(child=StrictCharField(max_length=200), required=False)
+        denied_groups = serializers.ListField(child=StrictCharField(max_length=200), required=False)
 
     @extend_schema(responses=ModelOutput)
     def get(self, request, model_id):
@@ -120,11 +124,14 @@ class ModelDetail(AdminAPIView):
     def patch(self, request, model_id):
         model = sel.get_or_404(MODELS, model_id)
         self_service, changes = split_self_service(parse_input(self.InputSerializer, request))
+        policy = {f: changes.pop(f) for f in ACCESS_FIELDS if f in changes}
         with transaction.atomic():  # a refused change leaves every field as it was
             if changes:
                 model = services.model_update(model=model, changes=changes, actor=request.user)
             if self_service:
                 model = model_set_self_service(model=model, changes=self_service, actor=request.user)
+            if policy:
+                model = model_access_update(model=model, changes=policy, actor=request.user)
         return Response(ModelOutput(model).data)
 
 

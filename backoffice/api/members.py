@@ -32,7 +32,8 @@ class MemberList(AdminAPIView):
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(MemberOutput, "MemberPage"))
     def get(self, request):
-        return list_response(request, Member.objects.all(), MemberOutput, time_field="date_joined")
+        members = Member.objects.prefetch_related("org_groups")
+        return list_response(request, members, MemberOutput, time_field="date_joined")
 
     @extend_schema(request=InputSerializer, responses={201: MemberOutput})
     def post(self, request):

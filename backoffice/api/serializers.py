@@ -25,6 +25,10 @@ class MemberOutput(serializers.Serializer):
     is_staff = serializers.BooleanField()
     is_superuser = serializers.BooleanField()
     date_joined = serializers.DateTimeField()
+    groups = serializers.SerializerMethodField()
+
+    def get_groups(self, member) -> list[str]:
+        return sorted(g.slug for g in member.org_groups.all())
 
 
 class AdminTokenOutput(serializers.Serializer):
@@ -63,7 +67,16 @@ class ModelOutput(SelfServiceOutputMixin, RateLimitsOutputMixin, serializers.Ser
     allowed_options = serializers.ListField(child=serializers.CharField())
     unpriced_tools = serializers.CharField()
     extra_client_tools = serializers.ListField(child=serializers.CharField())
+    access = serializers.CharField()
+    allowed_groups = serializers.SerializerMethodField()
+    denied_groups = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
+
+    def get_allowed_groups(self, model) -> list[str]:
+        return sorted(g.slug for g in model.allowed_groups.all())
+
+    def get_denied_groups(self, model) -> list[str]:
+        return sorted(g.slug for g in model.denied_groups.all())
 
 
 class DeploymentOutput(serializers.Serializer):
@@ -166,3 +179,27 @@ def page_of(item: type[serializers.Serializer], name: str) -> type[serializers.S
             "next": serializers.CharField(allow_null=True, help_text="Cursor of the next page; null on the last."),
         },
     )
+
+
+class GroupOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    slug = serializers.CharField()
+    quota_cost_usd_per_month = MoneyField(allow_null=True, help_text="Stored and shown; not enforced yet.")
+    quota_tokens_per_month = serializers.IntegerField(allow_null=True, help_text="Stored and shown; not enforced yet.")
+    members = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+
+    def get_members(self, group) -> list[str]:
+        return sorted(m.username for m in group.members.all())
+
+
+class GroupRuleOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    order = serializers.IntegerField()
+    matcher = serializers.CharField()
+    pattern = serializers.CharField()
+    group = serializers.CharField(source="group.slug")
+    group_id = serializers.UUIDField()
+    enabled = serializers.BooleanField()
+    created_at = serializers.DateTimeField()

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import allocations, catalog, deployments, members, pool, reports, selfservice
+from . import allocations, catalog, deployments, groups, members, pool, reports, selfservice
 
 urlpatterns = [
     path("pool", pool.PoolView.as_view(), name="admin-pool"),
@@ -17,6 +17,13 @@ urlpatterns = [
         name="admin-api-member-reclaim-unlock",
     ),
     path("keys/<str:key_id>", selfservice.KeyScopeDetail.as_view(), name="admin-api-key"),
+    path("members/<str:member_id>/access", groups.MemberAccess.as_view(), name="admin-api-member-access"),
+    path("groups", groups.GroupList.as_view(), name="admin-api-groups"),
+    path("groups/<str:group_id>", groups.GroupDetail.as_view(), name="admin-api-group"),
+    path("groups/<str:group_id>/members", groups.GroupMembers.as_view(), name="admin-api-group-members"),
+    path("group-rules", groups.GroupRuleList.as_view(), name="admin-api-group-rules"),
+    path("group-rules/test", groups.GroupRuleTest.as_view(), name="admin-api-group-rules-test"),
+    path("group-rules/<str:rule_id>", groups.GroupRuleDetail.as_view(), name="admin-api-group-rule"),
     path("tokens", members.AdminTokenList.as_view(), name="admin-api-tokens"),
     path("tokens/<str:token_id>", members.AdminTokenDetail.as_view(), name="admin-api-token"),
     path("providers", catalog.ProviderList.as_view(), name="admin-api-providers"),
@@ -29,6 +36,7 @@ urlpatterns = [
         deployments.DeploymentDetail.as_view(),
         name="admin-api-deployment",
     ),
+    path("models/<str:model_id>/access", groups.ModelAccess.as_view(), name="admin-api-model-access"),
     path("prices", catalog.PriceList.as_view(), name="admin-api-prices"),
     path("allocations", allocations.AllocationList.as_view(), name="admin-api-allocations"),
     path("allocations/<str:allocation_id>", allocations.AllocationDetail.as_view(), name="admin-api-allocation"),

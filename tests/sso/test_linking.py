@@ -127,3 +127,15 @@ def test_the_link_page_is_for_signed_in_members_and_only_with_sso_configured(cli
     assert "/accounts/sso/login/" in confirmed and client.session[LINK_KEY] == str(member.pk)
     settings.GATEWAY_OIDC_ISSUER = ""
     assert client.get("/accounts/sso/link/").status_code == 404
+
+
+def test_a_first_sign_in_places_the_new_member_by_the_group_rules(backend):
+    from allocations.group_rules import group_rule_create  # noqa: PLC0415
+    from allocations.groups import group_create  # noqa: PLC0415
+
+    lab = group_create(data={"name": "Lab", "slug": "lab"})
+    group_rule_create(data={"order": 1, "matcher": "email_domain", "pattern": "lab.example.org", "group": lab})
+    member = _sign_in(backend, _claims("idp-ren", "Ren@Lab.example.org"))
+    assert list(member.org_groups.values_list("slug", flat=True)) == ["lab"]
+    added = AuditEvent.objects.get(action="group_member_added")
+    assert added.actor_label == "sso" and added.after["member"] == "ren@lab.example.org"

@@ -1,0 +1,160 @@
+"""Django admin for groups and group rules, and the access answers shown on the model and member
+pages. Every write goes through allocations.groups / allocations.group_rules (audited)."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.widgets import FilteredSelectMultiple
+from django.db import transaction
+from django.utils.html import format_html, format_html_join
+
+from allocations import group_rules, groups
+from allocations.exceptions import GatewayError
+from allocations.model_access import member_access, member_groups_of, model_members_allowed
+from allocations.models import CatalogModel, Group, GroupRule, Member
+
+from .base import StaffAdmin, form_errors_from
+
+NOT_ENFORCED = "Stored and shown; not enforced yet."
+
+
+class GroupForm(forms.ModelForm):
+    members = forms.ModelMultipleChoiceField(
+        queryset=Member.objects.order_by("username"),
+        required=False,
+        widget=FilteredSelectMultiple("members", is_stacked=False),
+    )
+
+    class Meta:
+        model = Group
+        fields = ("name", "slug", "quota_cost_usd_per_month", "quota_tokens_per_month")
+        help_texts = {"quota_cost_usd_per_month": NOT_ENFORCED, "quota_tokens_per_month": NOT_ENFORCED}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["members"] = list(self.instance.members.values_list("pk", flat=True))
+
+
+@admin.register(Group)
+class GroupAdmin(StaffAdmin):
+    form = GroupForm
+    list_display = ("name", "slug", "member_count", "quota_cost_usd_per_month", "quota_tokens_per_month")
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+
+    @admin.display(description="members")
+    def member_count(self, obj):
+        return obj.members.count()
+
+    def save_model(self, request, obj, form, change):
+        data = {f: form.cleaned_data.get(f) for f in groups.GROUP_FIELDS}
+        try:
+            with transaction.atomic():
+                if change:
+                    group = groups.group_update(
+                        group=Group.objects.get(pk=obj.pk),
+                        changes={f: data[f] for f in form.changed_data if f in data},
+                        actor=request.user,
+                    )
+                else:
+                    group = groups.group_create(data=data, actor=request.user)
+                self._members(request, group, form)
+        except GatewayError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return
+        obj.pk, obj._state.adding = group.pk, False
+
+    @staticmethod
+    def _members(request, group: Group, form) -> None:
+        chosen = {m.pk: m.username for m in form.cleaned_data.get("members") or ()}
+        current = dict(group.members.values_list("pk", "username"))
+        add = [name for pk, name in chosen.items() if pk not in current]
+        remove = [name for pk, name in current.items() if pk not in chosen]
+        if add or remove:
+            groups.group_members_change(group=group, add=add, remove=remove, actor=request.user)
+
+    def save_related(self, request, form, formsets, change):
+        """Members are saved by save_model, through the service (audited)."""
+
+
+class GroupRuleForm(forms.ModelForm):
+    class Meta:
+        model = GroupRule
+        fields = ("order", "matcher", "pattern", "group", "enabled")
+        help_texts = {
+            "pattern": "A domain (email_domain), an ending (email_suffix) or an anchored regular expression "
+            "(…_regex: no nested quantifiers, no ambiguous alternation under a repeat, at most 200 characters)."
+        }
+
+    def clean(self):
+        data = super().clean()
+        if data.get("matcher"):
+            try:
+                data["pattern"] = group_rules.rule_pattern_clean(matcher=data["matcher"], pattern=data.get("pattern"))
+            except GatewayError as exc:
+                form_errors_from(exc, self, default_field="pattern")
+        return data
+
+
+@admin.register(GroupRule)
+class GroupRuleAdmin(StaffAdmin):
+    form = GroupRuleForm
+    list_display = ("order", "matcher", "pattern", "group", "enabled")
+    list_filter = ("matcher", "enabled")
+    list_select_related = ("group",)
+    ordering = ("order", "created_at")
+
+    def save_model(self, request, obj, form, change):
+        data = {f: form.cleaned_data[f] for f in group_rules.RULE_FIELDS}
+        if change:
+            rule = group_rules.group_rule_update(
+                rule=GroupRule.objects.get(pk=obj.pk), changes=data, actor=request.user
+            )
+        else:
+            rule = group_rules.group_rule_create(data=data, actor=request.user)
+        obj.pk, obj._state.adding = rule.pk, False
+
+
+def access_lines(reasons) -> str:
+    return format_html_join("", "<li>{}</li>", ((r,) for r in reasons))
+
+
+def model_access_display(model: CatalogModel) -> str:
+    """Who may use the model (the same answer as GET /api/admin/models/{id}/access)."""
+    members = model_members_allowed(model=model)
+    names = ", ".join(m.username for m in members[:200]) or "nobody"
+    more = f" (and {len(members) - 200} more)" if len(members) > 200 else ""
+    return format_html("{} member(s) may use it: {}{}", len(members), names, more)
+
+
+def member_access_display(member: Member) -> str:
+    """For each active model: may this member use it, and why (GET /api/admin/members/{id}/access)."""
+    member_groups = member_groups_of(member.pk)
+    rows = []
+    for model in CatalogModel.objects.filter(is_active=True).order_by("slug"):
+        decision = member_access(member=member, model=model, member_groups=member_groups)
+        verdict = "may use" if decision.allowed else "may not use"
+        rows.append(
+            format_html("<li><b>{}</b> {}: <ul>{}</ul></li>", verdict, model.slug, access_lines(decision.reasons))
+        )
+    return format_html("<ul>{}</ul>", format_html_join("", "{}", ((r,) for r in rows))) if rows else "—"
+
+
+def member_groups_display(member: Member) -> str:
+    return ", ".join(sorted(member_groups_of(member.pk).values())) or "—"
+
+
+def add_to_group_action(group: Group):
+    """A Member list action that adds the selected members to `group` (one per group)."""
+
+    def action(model_admin, request, queryset):
+        try:
+            groups.group_members_change(
+                group=group, add=list(queryset.values_list("username", flat=True)), actor=request.user
+            )
+        except GatewayError as exc:
+            model_admin.message_user(request, exc.message, messages.ERROR)
+            return
+        model_admin.message_user(request, f"Added {queryset.count()} member(s) to {group.name}.", messages.SUCCESS)
+
+    return action, f"add_to_group_{group.pk.hex}", f"Add selected members to group: {group.name}"
