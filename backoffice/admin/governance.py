@@ -177,8 +177,6 @@ class CatalogModelAdmin(StaffAdmin):
         "kind",
         "provider",
         "provider_label",
-        "upstream_name",
-        "display_name",
         "is_active",
         "rpm_limit",
         "tpm_limit",
