@@ -159,7 +159,9 @@ class ModelAccess(AdminAPIView):
 
 
 class MemberAccess(AdminAPIView):
-    @extend_schema(parameters=[OpenApiParameter("model", str, description="The model's slug or id.")])
+    @extend_schema(
+        parameters=[OpenApiParameter("model", str, description="The model's slug or id.")], responses={200: dict}
+    )
     def get(self, request, member_id):
         member = sel.get_or_404(Member.objects, member_id)
         ref = request.query_params.get("model", "")

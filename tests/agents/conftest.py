@@ -4,10 +4,8 @@ the gateway configured as its model provider the way the README says. A tap betw
 gateway keeps the answers' headers; Codex reaches nothing but loopback (its proxy variables point
 at a closed port, update checks and analytics are off)."""
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.proxy.fake_upstream import serve_in_thread
-from tests.serving.conftest import Serve, start_serve
+from tests.serving.conftest import start_serve, stop_serve
 
 from .responses_upstream import start_responses_upstream
 
@@ -93,19 +91,6 @@ def gateway(transactional_db, upstream):
     yield tap
     stop_tap()
     stop_serve(server)
-
-
-def stop_serve(server: Serve) -> None:
-    workers = server.workers()
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(5)
-    for pid in workers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def codex_exec(tap: Tap, *, key: str, model: str, prompt: str, home: Path) -> subprocess.CompletedProcess:
