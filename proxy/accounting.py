@@ -24,8 +24,8 @@ from django.db import Error as DatabaseError
 from django.db import connection
 
 from allocations.access import KeyScope, ScopedAllocation, key_scope
-from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, GatewayUnavailable, Unauthorized
+from lib.cache import auth_generation
 from quota import ledger, ratelimit
 from quota.billing import bill as billing
 from quota.ledger import Admission, threads

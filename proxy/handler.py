@@ -26,7 +26,7 @@ from django.http import HttpResponse
 from django.urls import set_script_prefix
 
 from allocations.exceptions import GatewayError, GatewayUnavailable
-from allocations.http import request_id_from
+from lib.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
 from . import accounting, gate, multipart, upstream, views

@@ -13,10 +13,10 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
-from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
-from allocations.http import request_id_of as request_id_for
 from allocations.models import Allocation
+from lib.api_errors import error_body
+from lib.http import request_id_of as request_id_for
 from quota import routing
 from quota.billing import bill as billing
 from quota.exceptions import RateLimited, UpstreamError, UpstreamTimeout

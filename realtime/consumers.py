@@ -22,7 +22,7 @@ from django.utils import timezone
 from allocations.access import key_scope
 from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
-from allocations.http import client_address
+from lib.http import client_address
 from quota import ratelimit
 from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.models import CloseReason, Outcome
