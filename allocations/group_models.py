@@ -34,7 +34,7 @@ class Group(models.Model):
             ),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.name
 
 
@@ -61,5 +61,5 @@ class GroupRule(models.Model):
         verbose_name = "group rule"
         ordering = ["order", "created_at"]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.order}: {self.matcher} {self.pattern!r} -> {self.group}"
