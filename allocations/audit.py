@@ -33,8 +33,19 @@ class AuditContext:
 
 
 NO_CONTEXT = AuditContext()
-# Who acted: a member, an anonymous visitor, or nobody (a command or task: "system").
-Actor: TypeAlias = Member | AnonymousUser | None
+
+
+@dataclass(frozen=True)
+class NamedActor:
+    """An actor that is no member (single sign-on creating a member: "sso"): its events carry its
+    name and no member."""
+
+    username: str
+    pk: None = None
+
+
+# Who acted: a member, an anonymous visitor, a named non-member, or nobody (a command or task: "system").
+Actor: TypeAlias = Member | AnonymousUser | NamedActor | None
 
 _context: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar("audit_context", default=None)
 
@@ -72,7 +83,7 @@ def audit_record(
     *,
     actor: Actor,
     action: str,
-    target: Model,
+    target: Model | None,
     before: dict | None = None,
     after: dict | None = None,
     now: datetime | None = None,
@@ -84,8 +95,9 @@ def audit_record(
         actor=actor_member(actor),
         actor_label=getattr(actor, "username", None) or "system",
         action=action,
-        target_type=target_type or target._meta.model_name or "",
-        target_id=target_id or str(target.pk),
+        # A target of None comes with its target_type and target_id (a name that matched no row).
+        target_type=target_type or target._meta.model_name or "",  # type: ignore[union-attr]
+        target_id=target_id or str(target.pk),  # type: ignore[union-attr]
         before=before,
         after=after,
         source_ip=context.source_ip,
