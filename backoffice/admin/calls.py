@@ -2,9 +2,15 @@
 scan (when, member, model, outcome, tokens, cost, latency) and the request id shortened (the full
 value on hover and in the copy)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from django.contrib import admin
+from django.http import HttpRequest
 from django.utils import formats, timezone
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from quota.display import outcome_label
@@ -15,10 +21,13 @@ from .base import ReadOnlyListMixin, StaffAdmin
 from .filters import AllocationFilter, MemberFilter, ModelFilter, StartedBeforeFilter, StartedFromFilter
 from .unpriced import UnpricedFilter, metered
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
 SHORT_ID = 8
 
 
-def short_id(value: str):
+def short_id(value: str) -> SafeString:
     """The first characters of an id, the whole of it in the title and in what a copy takes."""
     if len(value) <= SHORT_ID + 1:
         return format_html("<code>{}</code>", value)
@@ -57,40 +66,40 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     ordering = ("-started_at", "-id")
 
     @admin.display(description=_("started"), ordering="started_at")
-    def started(self, obj):
+    def started(self, obj: CallRecord) -> str:
         when = timezone.localtime(obj.started_at)
         return format_html(
             '<time datetime="{}">{}</time>', when.isoformat(), formats.date_format(when, "SHORT_DATETIME_FORMAT")
         )
 
     @admin.display(description=_("member"), ordering="member__username")
-    def member_link(self, obj):
+    def member_link(self, obj: CallRecord) -> str:
         return marks.member_link(obj.member)
 
     @admin.display(description=_("outcome"), ordering="outcome")
-    def outcome_text(self, obj):
+    def outcome_text(self, obj: CallRecord) -> str:
         return outcome_label(obj.outcome)
 
     @admin.display(description=_("tokens in / out"))
-    def tokens(self, obj):
+    def tokens(self, obj: CallRecord) -> str:
         if obj.quantity is not None and obj.unit:
             return metered(obj)
         return f"{obj.input_tokens:,} / {obj.output_tokens:,}"
 
     @admin.display(description=_("cost"), ordering="cost_usd")
-    def cost(self, obj):
+    def cost(self, obj: CallRecord) -> StrOrPromise:
         if obj.priced:
             return marks.money(obj.cost_usd)
         return _("unpriced") if obj.carries_usage else "—"
 
     @admin.display(description=_("latency (ms)"))
-    def latency(self, obj):
+    def latency(self, obj: CallRecord) -> str:
         found = latency_ms(obj)
         return "—" if found is None else f"{found:,}"
 
     @admin.display(description=_("request id"))
-    def request(self, obj):
+    def request(self, obj: CallRecord) -> str:
         return short_id(obj.request_id)
 
-    def get_actions(self, request):
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         return {}

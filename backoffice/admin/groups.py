@@ -1,10 +1,17 @@
 """Django admin for groups and group rules, and the access answers shown on the model and member
 pages. Every write goes through allocations.groups / allocations.group_rules (audited)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from allocations import group_rules, groups
@@ -29,7 +36,7 @@ class GroupForm(forms.ModelForm):
         fields = ("name", "slug", "quota_cost_usd_per_month", "quota_tokens_per_month")
         help_texts = {"quota_cost_usd_per_month": NOT_ENFORCED, "quota_tokens_per_month": NOT_ENFORCED}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.initial["members"] = list(self.instance.members.values_list("pk", flat=True))
@@ -43,10 +50,10 @@ class GroupAdmin(StaffAdmin):
     prepopulated_fields = {"slug": ("name",)}
 
     @admin.display(description="members")
-    def member_count(self, obj):
+    def member_count(self, obj: Group) -> int:
         return obj.members.count()
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: Group, form: forms.ModelForm[Group], change: bool) -> None:
         data = {f: form.cleaned_data.get(f) for f in groups.GROUP_FIELDS}
         try:
             with transaction.atomic():
@@ -65,7 +72,7 @@ class GroupAdmin(StaffAdmin):
         obj.pk, obj._state.adding = group.pk, False
 
     @staticmethod
-    def _members(request, group: Group, form) -> None:
+    def _members(request: HttpRequest, group: Group, form: forms.ModelForm[Group]) -> None:
         chosen = {m.pk: m.username for m in form.cleaned_data.get("members") or ()}
         current = dict(group.members.values_list("pk", "username"))
         add = [name for pk, name in chosen.items() if pk not in current]
@@ -73,7 +80,9 @@ class GroupAdmin(StaffAdmin):
         if add or remove:
             groups.group_members_change(group=group, add=add, remove=remove, actor=request.user)
 
-    def save_related(self, request, form, formsets, change):
+    def save_related(
+        self, request: HttpRequest, form: forms.ModelForm[Group], formsets: list[forms.BaseInlineFormSet], change: bool
+    ) -> None:
         """Members are saved by save_model, through the service (audited)."""
 
 
@@ -86,8 +95,9 @@ class GroupRuleForm(forms.ModelForm):
             "(…_regex: no nested quantifiers, no ambiguous alternation under a repeat, at most 200 characters)."
         }
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # Django's clean() returns cleaned_data
         if data.get("matcher"):
             try:
                 data["pattern"] = group_rules.rule_pattern_clean(matcher=data["matcher"], pattern=data.get("pattern"))
@@ -104,7 +114,7 @@ class GroupRuleAdmin(StaffAdmin):
     list_select_related = ("group",)
     ordering = ("order", "created_at")
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: GroupRule, form: forms.ModelForm[GroupRule], change: bool) -> None:
         data = {f: form.cleaned_data[f] for f in group_rules.RULE_FIELDS}
         if change:
             rule = group_rules.group_rule_update(
@@ -115,7 +125,7 @@ class GroupRuleAdmin(StaffAdmin):
         obj.pk, obj._state.adding = rule.pk, False
 
 
-def access_lines(reasons) -> str:
+def access_lines(reasons: Iterable[str]) -> str:
     return format_html_join("", "<li>{}</li>", ((r,) for r in reasons))
 
 
@@ -144,10 +154,10 @@ def member_groups_display(member: Member) -> str:
     return ", ".join(sorted(member_groups_of(member.pk).values())) or "—"
 
 
-def add_to_group_action(group: Group):
+def add_to_group_action(group: Group) -> tuple[Callable[..., None], str, str]:
     """A Member list action that adds the selected members to `group` (one per group)."""
 
-    def action(model_admin, request, queryset):
+    def action(model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]) -> None:
         try:
             groups.group_members_change(
                 group=group, add=list(queryset.values_list("username", flat=True)), actor=request.user

@@ -3,7 +3,10 @@ details and the OpenAPI schema. Input serializers sit in the view that takes the
 
 from rest_framework import serializers
 
+from allocations.group_models import Group
+from allocations.models import Allocation, CatalogModel, Member
 from lib.serializers import MoneyField
+from quota.models import PriceVersion
 
 from .selfservice import SelfServiceOutputMixin
 
@@ -27,7 +30,7 @@ class MemberOutput(serializers.Serializer):
     date_joined = serializers.DateTimeField()
     groups = serializers.SerializerMethodField()
 
-    def get_groups(self, member) -> list[str]:
+    def get_groups(self, member: Member) -> list[str]:
         return sorted(g.slug for g in member.org_groups.all())
 
 
@@ -72,10 +75,10 @@ class ModelOutput(SelfServiceOutputMixin, RateLimitsOutputMixin, serializers.Ser
     denied_groups = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
 
-    def get_allowed_groups(self, model) -> list[str]:
+    def get_allowed_groups(self, model: CatalogModel) -> list[str]:
         return sorted(g.slug for g in model.allowed_groups.all())
 
-    def get_denied_groups(self, model) -> list[str]:
+    def get_denied_groups(self, model: CatalogModel) -> list[str]:
         return sorted(g.slug for g in model.denied_groups.all())
 
 
@@ -118,7 +121,7 @@ class PriceOutput(serializers.Serializer):
     image_prices = serializers.DictField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
 
-    def get_unit(self, price) -> str | None:
+    def get_unit(self, price: PriceVersion) -> str | None:
         return price.unit or None
 
 
@@ -146,7 +149,7 @@ class AllocationOutput(RateLimitsOutputMixin, serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
-    def get_paused_by(self, allocation) -> str | None:
+    def get_paused_by(self, allocation: Allocation) -> str | None:
         return allocation.paused_by or None
 
 
@@ -190,7 +193,7 @@ class GroupOutput(serializers.Serializer):
     members = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
 
-    def get_members(self, group) -> list[str]:
+    def get_members(self, group: Group) -> list[str]:
         return sorted(m.username for m in group.members.all())
 
 
