@@ -16,6 +16,7 @@ URL rules:
 
 import asyncio
 import json
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -102,7 +103,7 @@ class Reply:
 
     secrets: tuple[str, ...] = ()  # set by send(): strings to redact from its error body
 
-    def __init__(self, response: aiohttp.ClientResponse):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
@@ -118,7 +119,7 @@ class Reply:
     async def read(self) -> bytes:
         return await self.response.read()
 
-    def chunks(self):
+    def chunks(self) -> AsyncIterator[bytes]:
         return self.response.content.iter_any()
 
     def close(self) -> None:
@@ -127,8 +128,14 @@ class Reply:
 
 
 async def send(
-    *, entry: ScopedAllocation, endpoint: Endpoint, body: dict, payload, request_id: str, headers: dict | None = None
-):
+    *,
+    entry: ScopedAllocation,
+    endpoint: Endpoint,
+    body: dict,
+    payload: bytes | AsyncIterable[bytes],
+    request_id: str,
+    headers: dict | None = None,
+) -> Reply | simulated.SimReply:
     """Opens the upstream call; returns once the status and headers are in. `payload` is bytes or an
     async iterator (a multipart upload, proxy.multipart); `headers` override (its Content-Type/-Length)."""
     if entry.provider.kind == ProviderKind.SIMULATED:

@@ -1,5 +1,7 @@
 """manage.py detect_anomalies: runs the anomaly-quarantine rule once (beat runs it every 5 minutes)."""
 
+from typing import Any
+
 from django.utils import timezone
 
 from allocations.management.base import AuditedCommand
@@ -10,7 +12,7 @@ from quota.pool_models import AnomalyConfig
 class Command(AuditedCommand):
     help = "Quarantine active non-service allocations whose last hour of calls breaks the anomaly rule."
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         now = timezone.now()
         config = AnomalyConfig.load()
         if not config.active_at(now):
