@@ -9,7 +9,7 @@ from . import meters
 class EventSplitter:
     """Splits an SSE byte stream into whole events (without the blank line that ends each)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
@@ -35,7 +35,7 @@ def data_of(event: bytes) -> bytes:
 class ChatRelay:
     """Chat completions: reads the usage chunk; strips it again when the client did not ask."""
 
-    def __init__(self, meter: meters.StreamMeter, *, strip_usage: bool):
+    def __init__(self, meter: meters.StreamMeter, *, strip_usage: bool) -> None:
         self.meter = meter
         self.strip_usage = strip_usage
         self.done = False
@@ -69,7 +69,7 @@ class ResponsesRelay:
     """Responses API: usage (with cached and reasoning tokens) from response.completed/incomplete;
     the built-in tool calls of finished output items, for a stream cut before those."""
 
-    def __init__(self, meter: meters.StreamMeter):
+    def __init__(self, meter: meters.StreamMeter) -> None:
         self.meter = meter
         self.done = False
         self.failed = False

@@ -7,12 +7,14 @@ month). Python only folds the grouped rows (days × models × outcomes) into the
 """
 
 import datetime as dt
+import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.core.cache import cache
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from allocations.models import Allocation, CatalogModel
@@ -47,7 +49,7 @@ def _days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def _model_names(model_ids) -> dict:
+def _model_names(model_ids: Iterable[uuid.UUID | None]) -> dict:
     rows = CatalogModel.objects.filter(pk__in=[m for m in model_ids if m is not None]).values_list(
         "pk", "slug", "provider__name"
     )
@@ -56,7 +58,7 @@ def _model_names(model_ids) -> dict:
 
 def _grouped(start: dt.datetime, end: dt.datetime) -> list[dict]:
     return list(
-        CallRecord.objects.in_period(start, end)
+        CallRecord.objects.in_period(start, end)  # type: ignore[arg-type]  # rows of .values(): dicts
         .annotate(day=TruncDate("started_at", tzinfo=billing_tz()))
         .values("day", "model_id", "outcome")
         .annotate(
@@ -143,7 +145,7 @@ def caps_total() -> tuple[Decimal, int]:
     return found["total"] or ZERO, found["uncapped"]
 
 
-def _counters(period_start: dt.date):
+def _counters(period_start: dt.date) -> QuerySet[UsageCounter]:
     return UsageCounter.objects.filter(period_start=period_start).select_related(
         "allocation__member", "allocation__model"
     )

@@ -40,7 +40,7 @@ def usage_this_month(
     return {a: found.get(a, (0, ZERO)) for a in allocation_ids}
 
 
-def near_cap(*, tokens_used: int, token_cap: int | None, cost_used: Decimal, cost_cap: Decimal | None) -> bool:
+def near_cap(*, tokens_used: int, token_cap: int | None, cost_used: Decimal, cost_cap: Decimal | int | None) -> bool:
     """Either cap near (quota.billing.caps.near_cap)."""
     return caps.near_cap(used=tokens_used, cap=token_cap) or caps.near_cap(used=cost_used, cap=cost_cap)
 

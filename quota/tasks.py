@@ -61,7 +61,7 @@ def usage_reconcile_nightly() -> int:
     return reported
 
 
-def _report_drift(drift) -> int:
+def _report_drift(drift: services.Drift) -> int:
     after = {
         "period_start": drift.period_start.isoformat(),
         "counter_tokens": drift.counter_tokens,

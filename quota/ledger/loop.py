@@ -16,13 +16,16 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import uuid
 import weakref
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import psycopg
 from django.conf import settings
 from django.db import connections
 
+from ..models import PriceVersion
 from ..pricing import Usage
 from .statements import Admission, Settlement, admit_statement, reservation_row, settle_statement, settle_values
 
@@ -44,7 +47,7 @@ class Pool:
     statement runs in autocommit and is atomic on its own. Used from its event loop only, so its
     bookkeeping needs no lock (an asyncio.Condition here cost ~2 % of the CPU per call)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int) -> None:
         self.size = size
         self.idle: list[psycopg.AsyncConnection] = []
         self.opened = 0
@@ -90,7 +93,7 @@ class Pool:
                 raise
 
     @contextlib.asynccontextmanager
-    async def connection(self):
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         conn = await self._acquire()
         healthy = False
         try:
@@ -156,7 +159,7 @@ async def admit(
     request_id: str,
     now: dt.datetime,
     context: dict | None = None,
-    reservation_id=None,
+    reservation_id: uuid.UUID | None = None,
 ) -> Admission | None:
     """ledger.admit's one-statement path with a known counter id; None when not admitted."""
     cost = est_cost if est_cost is not None else Decimal(0)
@@ -177,7 +180,9 @@ async def admit(
     return Admission(reservation["id"], counter_id, est_tokens, cost) if admitted else None
 
 
-async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int | None:
+async def settle(
+    *, admission: Admission, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime
+) -> int | None:
     """ledger.settle's one-statement path; returns the call record's id, or None when the
     reservation was settled before (by the sweeper). Settlements that meet here while the
     connections are busy are written together (_Settlements)."""
@@ -198,7 +203,7 @@ class _Settlements:
 
     MAX_BATCH = 64
 
-    def __init__(self, pool: "Pool"):
+    def __init__(self, pool: "Pool") -> None:
         self.pool = pool
         self.waiting: list[tuple[Settlement, asyncio.Future]] = []
         self.writers: set[asyncio.Task] = set()  # a reference to each until it ends

@@ -12,14 +12,15 @@ import json
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Model
+from django.db.models import Field, Model
 from psycopg.types.json import Jsonb
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
-from ..models import CallRecord, Reservation, UsageCounter
+from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..pricing import Usage
 
 COUNTER_TABLE = UsageCounter._meta.db_table
@@ -47,7 +48,14 @@ class Settlement:
 
 
 def reservation_row(
-    *, request_id: str, tokens: int, cost: Decimal, now: dt.datetime, ttl_s=None, context=None, reservation_id=None
+    *,
+    request_id: str,
+    tokens: int,
+    cost: Decimal,
+    now: dt.datetime,
+    ttl_s: float | None = None,
+    context: dict | None = None,
+    reservation_id: uuid.UUID | None = None,
 ) -> dict:
     """A new reservation's values: it expires after the upstream timeout (+ 60 s) unless told."""
     ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
@@ -91,7 +99,13 @@ _SETTLE_SQL = (
 
 
 def admit_statement(
-    *, allocation_id, counter_id: int, token_cap, cost_cap, priced: bool, reservation: dict
+    *,
+    allocation_id: uuid.UUID | str,
+    counter_id: int,
+    token_cap: int | None,
+    cost_cap: Decimal | None,
+    priced: bool,
+    reservation: dict,
 ) -> tuple[str, list]:
     """The admission in ONE statement (data-modifying CTE): the guarded UPDATE of the counter
     (used + reserved < cap for each cap that applies; the allocation is checked too, so a stale
@@ -118,7 +132,9 @@ def admit_statement(
     ]
 
 
-def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tuple[dict, Decimal | None]:
+def settle_values(
+    *, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime
+) -> tuple[dict, Decimal | None]:
     """The call record's field values (by field name) and its cost, with what a cost beyond tokens
     was billed from (the service tier, the tool calls)."""
     billed = bill(price=price, usage=usage)
@@ -147,14 +163,14 @@ def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tup
 _MISSING = object()
 
 
-def _column_value(field, values: dict):
+def _column_value(field: Field, values: dict) -> Any:
     value = values[field.attname] if field.attname in values else values.get(field.name, _MISSING)
     if value is _MISSING:
         return field.get_default()
     return value.pk if isinstance(value, Model) else value
 
 
-def _json_value(value):
+def _json_value(value: object) -> str:
     if isinstance(value, (Decimal, uuid.UUID)):
         return str(value)  # a JSON string: PostgreSQL reads it as the column's type, digits intact
     if isinstance(value, (dt.datetime, dt.date)):

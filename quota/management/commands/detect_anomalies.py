@@ -16,7 +16,9 @@ class Command(AuditedCommand):
         now = timezone.now()
         config = AnomalyConfig.load()
         if not config.active_at(now):
-            why = "switched off" if not config.enabled else f"paused until {config.paused_until.isoformat()}"
+            paused_until = config.paused_until
+            paused = f"paused until {paused_until.isoformat()}" if paused_until is not None else ""
+            why = "switched off" if not config.enabled or not paused else paused
             self.stdout.write(f"anomaly detection is {why}; nothing done")
             return
         self.stdout.write("scanning the last 24 h of call records …")

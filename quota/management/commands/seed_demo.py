@@ -26,7 +26,7 @@ PRICES_FROM = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 BASE_URL = "http://127.0.0.1:8000"  # what the report prints unless --base-url says where the demo serves
 
 # slug, upstream name, kind, price row, (token quota, cost cap) of the demo allocation
-ModelRow: TypeAlias = tuple[str, str, str, dict[str, str], tuple[int | None, str | None]]
+ModelRow: TypeAlias = tuple[str, str, str, dict[str, Any], tuple[int | None, str | None]]
 MODELS: list[ModelRow] = [
     (
         "sim/gpt-4o-mini",
