@@ -43,7 +43,7 @@ def test_a_cap_reached_on_the_loop_is_refused_by_the_thread_path_with_its_record
     with pytest.raises(openai.PermissionDeniedError) as refused:
         chat_call(world, allocation, "cap-2")
     assert refused.value.body["code"] == "cost_quota_exceeded"
-    assert thread_steps == ["admit_on_thread"]
+    assert thread_steps == ["admit_on_thread", "record_refusal"]  # decided, then recorded
     record = record_of("cap-2")
     assert (record.outcome, record.status_code) == ("rejected_cost_quota_exceeded", 403)
     assert not Reservation.objects.exists()
@@ -176,5 +176,5 @@ def test_a_rate_limited_warm_call_stays_on_the_loop_and_its_refusal_asks_the_lim
     with pytest.raises(openai.RateLimitError):
         chat_call(world, allocation, "limited-3")
     # the loop's refusal: the reservation made meanwhile given back, the refusal recorded on a thread
-    assert thread_steps == ["release", "admit_on_thread"] and len(asked) == 1
+    assert thread_steps == ["release", "admit_on_thread", "record_refusal"] and len(asked) == 1
     assert record_of("limited-3").outcome == "rejected_rate_limited"
