@@ -61,6 +61,10 @@ class Session:
         return self.admitted.plan.request_id
 
     @property
+    def started_at(self) -> dt.datetime:
+        return self.admitted.plan.started_at
+
+    @property
     def key_id(self) -> str:
         return self.admitted.key_id
 
