@@ -137,7 +137,7 @@ def test_a_client_leaving_during_admission_leaves_a_record_and_no_reservation(wo
         async def never_on_loop(plan, opening):
             return False
 
-        monkeypatch.setattr(admission, "_admit_on_loop", never_on_loop)
+        monkeypatch.setattr(admission, "admit_on_loop", never_on_loop)
         monkeypatch.setattr(admission, "admit_on_thread", slow_open)
     with pytest.raises(openai.APITimeoutError):
         world.client(allocation.plaintext, timeout=0.2).chat.completions.create(
