@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from allocations.access import KeyScope, ScopedAllocation, key_scope
 from allocations.exceptions import GatewayError, Unauthorized
+from lib import inflight
 from quota import admission, options, ratelimit
 from quota.admission import Admitted, Plan, Refused
 from quota.billing import bill as billing
@@ -107,7 +108,8 @@ async def open_call(call: Call) -> None:
 # --- settle ----------------------------------------------------------------------------------
 
 
-_closing: set[asyncio.Future] = set()  # strong references: a settlement runs to its end even when its request is gone
+# Strong references: a settlement runs to its end even when its request is gone.
+_closing = inflight.tasks("settlements")
 # Reservations of this process's admitted calls whose settlement has not ended: one entry per call
 # in flight (a settlement's end removes it, whatever its outcome).
 _held: set[uuid.UUID] = set()
@@ -147,16 +149,14 @@ async def _close(
     )
 
 
-def settlements_pending() -> list[asyncio.Future]:
-    """Settlements being written (this module's and quota.admission's own)."""
-    return [*_closing, *admission.pending()]
-
-
 async def settle_held_as_lost() -> int:
     """At the end of a shutdown grace: this process's calls that are still unsettled become their
     `worker_lost` records now (billed at the admission's estimate) instead of when the sweeper
     finds their reservation expired. A settlement that ends later writes nothing."""
     return await admission.settle_lost(list(_held))
+
+
+inflight.on_abandon("unsettled calls", settle_held_as_lost)
 
 
 def models_for(*, authorization: str) -> KeyScope:

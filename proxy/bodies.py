@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from django.http import HttpRequest
 
 from allocations.exceptions import BadRequest, GatewayError
-from allocations.json_depth import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # the rule's one definition
-from allocations.json_depth import TOO_DEEP, json_depth_fits
+from lib.json_depth import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # the rule's one definition
+from lib.json_depth import TOO_DEEP, json_depth_fits
 from quota import options
 from quota.exceptions import RequestTooLarge
 

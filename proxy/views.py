@@ -15,10 +15,11 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 
-from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound, Unauthorized
-from allocations.http import request_id_of as request_id_for
 from allocations.models import Allocation
+from lib import inflight
+from lib.api_errors import error_body
+from lib.http import request_id_of as request_id_for
 from quota.admission import Plan
 from quota.ledger import threads
 from quota.models import Outcome
@@ -35,7 +36,8 @@ from .registry import ENDPOINTS, RESPONSE_BINARY, Endpoint
 
 logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_background: set[asyncio.Future] = set()  # strong references: an upstream call finishes even when its request is gone
+# Strong references: an upstream call finishes even when its request is gone.
+_background = inflight.tasks("upstream calls")
 
 
 def error_response(error: GatewayError, request_id: str) -> HttpResponse:

@@ -21,7 +21,8 @@ from django.utils import timezone
 from allocations.access import key_scope
 from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
-from allocations.http import client_address
+from lib import inflight
+from lib.http import client_address
 from quota import admission
 from quota.admission import Refused
 from quota.exceptions import RequestTooLarge, UpstreamError
@@ -46,7 +47,7 @@ SESSION_UPDATES = {"session.update", "transcription_session.update"}
 UPSTREAM_MARKERS = ('"response.', '"conversation.item.input_audio_transcription.completed"')
 ABORT_WAIT_S = 3.0  # how long a client abort waits for the cancelled response's usage
 
-# Open sessions of this process, finished first when the server shuts down (gateway_project.server_patches).
+# Open sessions of this process, finished first when the server shuts down (lib.inflight).
 LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -54,6 +55,9 @@ async def shutdown_sessions() -> None:
     await asyncio.gather(
         *(c._finish(CloseReason.SHUTDOWN, Outcome.GATEWAY_ERROR, CloseCode.GOING_AWAY, cut=True) for c in list(LIVE))
     )
+
+
+inflight.on_shutdown("realtime sessions", shutdown_sessions)
 
 
 class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
-from allocations.cache import auth_generation_async
 from allocations.exceptions import GatewayError
+from lib.cache import auth_generation_async
 from quota import ratelimit
 from quota.admission import reject_outcome
 from quota.ledger import threads

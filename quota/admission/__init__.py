@@ -32,8 +32,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from allocations.access import ScopedAllocation
-from allocations.cache import auth_generation
 from allocations.exceptions import GatewayError, GatewayUnavailable
+from lib import inflight
+from lib.cache import auth_generation
 
 from .. import ledger, ratelimit
 from ..ledger import Admission, threads
@@ -47,7 +48,6 @@ __all__ = [
     "Plan",
     "Refused",
     "admit",
-    "pending",
     "refuse",
     "reject_outcome",
     "release",
@@ -61,12 +61,8 @@ logger = logging.getLogger(__name__)
 # --- admit -----------------------------------------------------------------------------------
 
 
-_abandoned: set[asyncio.Future] = set()  # settlements of admissions whose caller left (strong references)
-
-
-def pending() -> list[asyncio.Future]:
-    """Settlements this module started on its own (a draining server waits for them)."""
-    return list(_abandoned)
+# Settlements of admissions whose caller left (strong references; a draining server waits for them).
+_abandoned = inflight.tasks("abandoned admissions")
 
 
 async def admit(plan: Plan) -> Admitted | Refused:
