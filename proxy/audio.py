@@ -20,7 +20,7 @@ import io
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 MIN_BYTES_PER_SECOND = 750  # 6 kbit/s, Opus's floor: an undecodable upload plays at most size/750 s
 MAX_READ = 8 << 20  # a container asking for more in one read (a giant tag) counts as undecodable
@@ -44,7 +44,7 @@ class Window(io.RawIOBase):
     """A read-only file over bytes [start, end) of a larger file (the upload inside the spooled
     form), so a reader sees the upload alone and cannot read past it."""
 
-    def __init__(self, raw: BinaryIO, start: int, end: int) -> None:
+    def __init__(self, raw: IO[bytes], start: int, end: int) -> None:
         super().__init__()
         self._raw, self._start, self._end, self._position = raw, start, end, 0
 
@@ -156,7 +156,7 @@ def _container_duration(file: io.RawIOBase) -> float | None:
     return float(length)
 
 
-def upload_duration(raw: BinaryIO, start: int, end: int) -> Duration:
+def upload_duration(raw: IO[bytes], start: int, end: int) -> Duration:
     """The duration of the upload at bytes [start, end) of `raw`; raises EmptyAudio."""
     size = end - start
     if size <= 0:

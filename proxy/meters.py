@@ -8,6 +8,8 @@ import dataclasses
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 
@@ -20,7 +22,7 @@ CHARS_PER_TOKEN = 4
 _decoder = json.JSONDecoder()
 
 
-def _int(value) -> int:
+def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
@@ -31,7 +33,7 @@ def tokens_for_text(chars: int) -> int:
 # --- usage objects -> Usage ----------------------------------------------------------------------
 
 
-def chat_usage(usage: dict, **extras) -> Usage:
+def chat_usage(usage: dict, **extras: Any) -> Usage:
     """Chat completions and embeddings: prompt_tokens / completion_tokens (+ details)."""
     prompt = usage.get("prompt_tokens_details") or {}
     completion = usage.get("completion_tokens_details") or {}
@@ -46,7 +48,7 @@ def chat_usage(usage: dict, **extras) -> Usage:
     )
 
 
-def responses_usage(usage: dict, **extras) -> Usage:
+def responses_usage(usage: dict, **extras: Any) -> Usage:
     """Responses API: input_tokens / output_tokens with cached and reasoning details."""
     inp = usage.get("input_tokens_details") or {}
     out = usage.get("output_tokens_details") or {}
@@ -78,7 +80,7 @@ def chat_answer(answer: dict) -> Usage:
     return chat_usage(usage, service_tier=tier) if isinstance(usage, dict) else Usage(service_tier=tier)
 
 
-def tool_call_items(output) -> tuple[tuple[str, int], ...]:
+def tool_call_items(output: object) -> tuple[tuple[str, int], ...]:
     """The built-in tool calls among a Responses answer's top-level output items, by item type."""
     if not isinstance(output, list):
         return ()
@@ -105,7 +107,9 @@ class Answer:
     id: object = None
 
 
-def read_answer(body: bytes, *, answer_meter, usage_meter) -> Answer:
+def read_answer(
+    body: bytes, *, answer_meter: Callable[[dict], Usage] | None, usage_meter: Callable[[dict], Usage]
+) -> Answer:
     """One parse of an answer. An endpoint with an answer meter (chat, responses) is parsed whole
     once (its tier and output are read beside its usage); others (embeddings: mostly float
     arrays) take find_usage's shortcut to the top-level usage object."""
@@ -240,7 +244,7 @@ class StreamMeter:
 
     answer_of = staticmethod(chat_answer)  # the usage chunk (chat) or final response (responses)
 
-    def __init__(self, prompt_tokens: int):
+    def __init__(self, prompt_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.usage: Usage | None = None
         self.malformed = False
@@ -298,7 +302,7 @@ class ResponsesStreamMeter(StreamMeter):
     # A call item's type as a JSON string token: an escaped quote inside a text never matches.
     CALL_MARKS = tuple(f'"{kind}"'.encode() for kind in sorted(CALL_ITEM_TYPES))
 
-    def __init__(self, prompt_tokens: int):
+    def __init__(self, prompt_tokens: int) -> None:
         super().__init__(prompt_tokens)
         self._calls: Counter = Counter()
 

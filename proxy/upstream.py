@@ -18,6 +18,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import TypeAlias
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -127,6 +128,10 @@ class Reply:
         self.response.close()
 
 
+# What `send` answers: a real upstream's reply, or the built-in simulated provider's (same surface).
+AnyReply: TypeAlias = Reply | simulated.SimReply
+
+
 async def send(
     *,
     entry: ScopedAllocation,
@@ -135,7 +140,7 @@ async def send(
     payload: bytes | AsyncIterable[bytes],
     request_id: str,
     headers: dict | None = None,
-) -> Reply | simulated.SimReply:
+) -> AnyReply:
     """Opens the upstream call; returns once the status and headers are in. `payload` is bytes or an
     async iterator (a multipart upload, proxy.multipart); `headers` override (its Content-Type/-Length)."""
     if entry.provider.kind == ProviderKind.SIMULATED:

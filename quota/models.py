@@ -27,8 +27,9 @@ class PriceUnit(models.TextChoices):
 
 
 class PriceVersionQuerySet(models.QuerySet["PriceVersion"]):
-    def in_force(self, *, model: CatalogModel | uuid.UUID, at: dt.datetime) -> "PriceVersion | None":
-        return self.filter(model=model, effective_from__lte=at).order_by("-effective_from", "-id").first()
+    def in_force(self, *, model: CatalogModel | uuid.UUID | str, at: dt.datetime) -> "PriceVersion | None":
+        found = self.filter(model=model, effective_from__lte=at)  # type: ignore[misc]  # a model, its id or its text
+        return found.order_by("-effective_from", "-id").first()
 
 
 class PriceVersion(models.Model):

@@ -29,19 +29,20 @@ from .selectors import PRICED_COST
 # --- prices --------------------------------------------------------------------------------------
 
 
-def price_in_force(*, model_id: uuid.UUID, at: dt.datetime) -> PriceVersion | None:
+def price_in_force(*, model_id: uuid.UUID | str, at: dt.datetime) -> PriceVersion | None:
     return PriceVersion.objects.in_force(model=model_id, at=at)
 
 
 _price_cache: BoundedCache = BoundedCache(10_000)  # model id -> (auth generation, newest versions)
 
 
-def price_in_force_cached(*, model_id: uuid.UUID, at: dt.datetime, generation: int) -> PriceVersion | None:
+def price_in_force_cached(*, model_id: uuid.UUID | str, at: dt.datetime, generation: int) -> PriceVersion | None:
     """price_in_force from a per-process cache keyed by the auth generation, which every price
     change bumps (price_version_add). Versions are append-only, so the newest 50 cover `at`≈now."""
     entry = _price_cache.get(model_id)
     if entry is None or entry[0] != generation:
-        versions = list(PriceVersion.objects.filter(model=model_id).order_by("-effective_from", "-id")[:50])
+        found = PriceVersion.objects.filter(model=model_id)  # type: ignore[misc]  # the id or its text
+        versions = list(found.order_by("-effective_from", "-id")[:50])
         entry = _price_cache[model_id] = (generation, versions)
     return _in_force(entry[1], at)
 
@@ -50,7 +51,7 @@ def _in_force(versions: list[PriceVersion], at: dt.datetime) -> PriceVersion | N
     return next((v for v in versions if v.effective_from <= at), None)  # newest first
 
 
-def price_cached(*, model_id: uuid.UUID, at: dt.datetime, generation: int) -> tuple[bool, PriceVersion | None]:
+def price_cached(*, model_id: uuid.UUID | str, at: dt.datetime, generation: int) -> tuple[bool, PriceVersion | None]:
     """(found, price) from price_in_force_cached's cache only, without a query (the event loop)."""
     entry = _price_cache.get(model_id)
     if entry is None or entry[0] != generation:

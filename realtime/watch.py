@@ -7,7 +7,7 @@ the generation changed or every FULL_CHECK_S regardless (Redis away)."""
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
@@ -20,6 +20,9 @@ from quota.ledger import threads
 from . import services
 from .close import CloseCode, watch_close_reason
 from .meter import SessionMeter
+
+if TYPE_CHECKING:
+    from quota.models import CloseReason, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ class SessionWatch:
         @property
         def opened(self) -> services.Session: ...
 
-        async def _finish(self, close_reason, outcome, code: int, **kwargs) -> None: ...
+        async def _finish(self, close_reason: CloseReason, outcome: Outcome, code: int, **kwargs: Any) -> None: ...
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

@@ -40,7 +40,7 @@ def caps_hit(
     *,
     tokens_used: int,
     token_cap: int | None,
-    cost_used: Decimal,
+    cost_used: Decimal | int,
     cost_cap: Decimal | None,
     priced: bool,
     tokens_reserved: int = 0,
