@@ -93,6 +93,23 @@ class Outcome(models.TextChoices):
     REJECTED_MODEL_FORBIDDEN = "rejected_model_forbidden"
 
 
+# Every value CallRecord.endpoint takes: the /v1 endpoints (proxy.registry, same names) and realtime
+# sessions. Lists filter on these fixed names instead of asking the table which values it holds.
+CALL_ENDPOINTS = (
+    "chat.completions",
+    "responses",
+    "embeddings",
+    "images.generations",
+    "images.edits",
+    "audio.speech",
+    "audio.transcriptions",
+    "moderations",
+    "rerank",
+    "ocr",
+    "realtime",
+)
+
+
 class CloseReason(models.TextChoices):
     NORMAL = "normal"
     CLIENT_ABORT = "client_abort"
