@@ -47,7 +47,10 @@ def shape() -> tuple[list, list]:
         " WHERE x.indrelid = %s::regclass ORDER BY 1",
         [TABLE],
     )
-    keys = sql("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass ORDER BY 1", [TABLE])
+    keys = sql(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass ORDER BY 1",
+        [TABLE],
+    )
     return [(n, d.replace(" ON ONLY ", " ON ")) for n, d in indexes], keys
 
 
@@ -106,7 +109,7 @@ def test_partitioning_forward_and_back_on_a_populated_table():
         back_indexes, back_keys = shape()
         assert back_indexes == diet_indexes and back_keys == diet_keys
         assert dict(back_indexes)["quota_callrecord_pkey"].endswith("(id)")
-        assert sql(f"SELECT count(*) FROM pg_class WHERE relname LIKE '{TABLE}_p20%%'") == [(0,)]
+        assert sql("SELECT count(*) FROM pg_class WHERE relname LIKE %s", [f"{TABLE}_p20%"]) == [(0,)]
         migrate(BEFORE_DIET)
         assert "quota_callrecord_request_id_0d16bc50_like" in {n for n, _ in shape()[0]}
         assert fingerprint() == before
