@@ -23,6 +23,8 @@ from pathlib import Path
 
 from django.db import connection, transaction
 
+from allocations.models import Allocation, CatalogModel, Member
+
 from .models import CallRecord
 from .periods import billing_tz
 
@@ -131,12 +133,20 @@ def ensure_partitions(now: dt.datetime, ahead: int = AHEAD) -> list[str]:
 
 
 def archive_partition(partition: Partition, directory: Path) -> Path:
-    """Writes one month as gzip-compressed CSV with a header row (`<partition>.csv.gz`), through a
-    temporary name so a file with the final name is always complete."""
+    """Writes one month as gzip-compressed CSV with a header row (`<partition>.csv.gz`): every
+    column of the records, then the member's username, the model's slug and the allocation's name
+    as they are now, so the file reads on its own after the rows are gone. Written under a temporary
+    name: a file with the final name is always complete."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{partition.name}.csv.gz"
     partial = directory / f".{partition.name}.csv.gz.partial"
-    query = f'COPY (SELECT * FROM "{partition.name}" ORDER BY started_at, id) TO STDOUT WITH (FORMAT csv, HEADER)'  # noqa: S608
+    query = (
+        f"COPY (SELECT r.*, m.username AS member_name, c.slug AS model_slug, a.display_name AS allocation_name"  # noqa: S608
+        f' FROM "{partition.name}" r LEFT JOIN "{Member._meta.db_table}" m ON m.id = r.member_id'
+        f' LEFT JOIN "{CatalogModel._meta.db_table}" c ON c.id = r.model_id'
+        f' LEFT JOIN "{Allocation._meta.db_table}" a ON a.id = r.allocation_id'
+        " ORDER BY r.started_at, r.id) TO STDOUT WITH (FORMAT csv, HEADER)"
+    )
     with connection.cursor() as c, gzip.open(partial, "wb") as out, c.cursor.copy(query) as copy:
         for chunk in copy:
             out.write(chunk)
@@ -157,6 +167,9 @@ def drop_partition(partition: Partition, *, lock_timeout_ms: int = 5000) -> None
     most `lock_timeout_ms` for running queries (then raises, nothing changed) rather than queue
     every new call behind a long report."""
     with transaction.atomic(), connection.cursor() as c:
+        # Deferred foreign-key checks of rows written in this transaction run now: a table with
+        # pending checks cannot be dropped (rows committed earlier have none).
+        c.execute("SET CONSTRAINTS ALL IMMEDIATE")
         c.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
         c.execute(f'ALTER TABLE "{PARENT}" DETACH PARTITION "{partition.name}"')
         c.execute(f'DROP TABLE "{partition.name}"')

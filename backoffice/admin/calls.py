@@ -58,7 +58,6 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
         UnpricedFilter,
     )
     search_fields = ("request_id",)  # get_search_results: one exact request id
-    search_help_text = _("An exact request id. Members and models have their own filters.")
     list_select_related = ("member", "model", "api_key")
     ordering = ("-started_at", "-id")
 
