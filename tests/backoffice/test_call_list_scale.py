@@ -140,3 +140,17 @@ def test_the_audit_list_filters_by_fixed_values_without_distinct_or_count(admin_
     assert not [s for s in audit_sql if "COUNT(" in s.upper() or "DISTINCT" in s.upper()]
     empty = admin_client.get("/admin/allocations/auditevent/", {"target_type": "provider"})
     assert list(empty.context["cl"].result_list) == []
+
+
+def test_member_and_model_filters_narrow_by_id_without_a_join(admin_client, many_calls):
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(CALLS, {"member_name": many_calls.member.username})
+    assert len(response.context["cl"].result_list) == 50
+    (listed,) = [s for s in _sql_over_calls(queries) if "LIMIT" in s]
+    assert '"quota_callrecord"."member_id" = ' in listed and "JOIN" not in listed
+    # Nobody by that name: no call record is read at all.
+    for params in ({"member_name": "nobody"}, {"model_slug": "no/such"}):
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(CALLS, params)
+        assert list(response.context["cl"].result_list) == []
+        assert not [s for s in _sql_over_calls(queries) if "LIMIT" in s], params
