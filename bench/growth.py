@@ -126,6 +126,22 @@ INSERT = f"""
 CHUNK = 1_000_000
 
 
+def months_back(now: dt.datetime, count: int) -> None:
+    """The partitions of the months before this one, as a table that has been partitioned for a
+    year holds them (the migration makes them for the history it finds; here the history comes
+    after it). Nothing before partitioning."""
+    from quota import partitions
+
+    if not partitions.is_partitioned():
+        return
+    have = {p.name for p in partitions.partitions()}
+    this_month = now.astimezone(partitions.billing_tz()).date().replace(day=1)
+    for n in range(1, count + 1):
+        month = partitions.add_months(this_month, -n)
+        if partitions.partition_name(month) not in have:
+            partitions.create_partition(month)
+
+
 def load(allocations, rows: int, now: dt.datetime) -> float:
     start, _ = period_bounds(now)
     year_ago = start.replace(year=start.year - 1) + dt.timedelta(days=31)
@@ -168,17 +184,16 @@ def settle_db() -> None:
 def storage() -> dict:
     """Heap and index bytes of call records (every partition), per row."""
     with connection.cursor() as cursor:
+        # Every partition (pg_partition_tree), or the table itself before partitioning.
         cursor.execute(
             "SELECT coalesce(sum(pg_table_size(relid)), 0)::bigint, coalesce(sum(pg_indexes_size(relid)), 0)::bigint"
-            " FROM pg_partition_tree('quota_callrecord') WHERE isleaf"
+            " FROM (SELECT relid FROM pg_partition_tree('quota_callrecord') WHERE isleaf"
+            " UNION SELECT oid FROM pg_class WHERE relname = 'quota_callrecord' AND relkind = 'r') AS leaves"
         )
         heap, index = cursor.fetchone()
         cursor.execute("SELECT count(*) FROM quota_callrecord")
         rows = cursor.fetchone()[0]
-        cursor.execute(
-            "SELECT count(*) FROM pg_index x JOIN pg_partition_tree('quota_callrecord') p ON p.relid = x.indrelid"
-            " WHERE p.level = 0"
-        )
+        cursor.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'quota_callrecord'::regclass")
         indexes = cursor.fetchone()[0]
     per = (lambda v: round(v / rows)) if rows else (lambda v: None)
     return {
@@ -247,6 +262,8 @@ def pages(allocations, now: dt.datetime) -> dict:
         "call list, filter with 0 matches (member)": timed(fetch(admin, calls, {"member_name": "nobody"})),
         "call list, filter with 0 matches (model)": timed(fetch(admin, calls, {"model_slug": "no/such"})),
         "call list, endpoint filter": timed(fetch(admin, calls, {"endpoint": "embeddings"})),
+        "call list, a member's calls": timed(fetch(admin, calls, {"member_name": f"{PREFIX}-u7"})),
+        "call list, outcome with 0 matches": timed(fetch(admin, calls, {"outcome__exact": "rejected_model_kind"})),
         "call list, 20 pages down (keyset)": timed(twenty_pages_down),
         "audit list": timed(fetch(admin, "/admin/allocations/auditevent/")),
         "/admin/overview/ (cold)": timed(fetch(admin, "/admin/overview/")),
@@ -274,6 +291,20 @@ def pages(allocations, now: dt.datetime) -> dict:
         "reconcile_usage": timed(lambda: usage_reconcile(now=now, fix=False)),
     }
     return results
+
+
+def prune_oldest() -> dict:
+    """Detach + drop of the oldest month (what prune_call_records does after its checks)."""
+    from quota import partitions
+
+    held = [p for p in partitions.partitions() if partitions.count_rows(p)]
+    if not held:
+        return {}
+    oldest = held[0]
+    rows = partitions.count_rows(oldest)
+    began = time.perf_counter()
+    partitions.drop_partition(oldest)
+    return {"month": f"{oldest.month:%Y-%m}", "rows": rows, "ms": round((time.perf_counter() - began) * 1000, 1)}
 
 
 def backend_cpu_s() -> float:
@@ -333,17 +364,24 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--calls", type=int, default=3000, help="hot-path calls measured")
     ap.add_argument("--schema", help="migrate to app:migration first (e.g. quota:0007_model_forbidden_outcome)")
-    ap.add_argument("--only", default="storage,pages,hot", help="comma list of storage, pages, hot")
+    ap.add_argument("--only", default="storage,pages,hot", help="comma list of storage, pages, hot, prune")
     args = ap.parse_args()
     only = set(args.only.split(","))
     name = connection.settings_dict["NAME"]
     if name in {"gateway", "postgres"} or not name:
         raise SystemExit("use a dedicated database (DATABASE_URL=.../gw_growth); this one is filled")
-    call_command("migrate", verbosity=0)
-    if args.schema:
+    if args.schema:  # straight there: a round trip through later migrations would rebuild the table
+        from django.apps import apps
+
         app, migration = args.schema.split(":")
         call_command("migrate", app, migration, verbosity=0)
+        for other in apps.get_app_configs():
+            if other.label != app and other.models_module is not None:
+                call_command("migrate", other.label, verbosity=0)
+    else:
+        call_command("migrate", verbosity=0)
     now = timezone.now()
+    months_back(now, 12)
     allocations = seed()
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM quota_callrecord")
@@ -376,6 +414,9 @@ def main() -> None:
         result["pages"] = pages(allocations, now)
         for page, figure in result["pages"].items():
             print(f"  {page:<45} {figure['median_ms']:>9} ms (max {figure['max_ms']})", flush=True)
+    if "prune" in only:
+        result["prune"] = prune_oldest()
+        print(json.dumps({"prune": result["prune"]}), flush=True)
     result["loadavg1_after"] = os.getloadavg()[0]
     out = ROOT / "bench" / "results" / "raw"
     out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ DROPPED = {  # index -> its definition, for the way back
 ADDED = {
     "callrecord_request_id": "(request_id)",
     "callrecord_model_started": "(model_id, started_at)",
+    "callrecord_outcome_rare": "(outcome, started_at) WHERE NOT (outcome = 'success')",
 }
 
 
@@ -86,6 +87,14 @@ class Migration(migrations.Migration):
                 migrations.AddIndex(
                     model_name='callrecord',
                     index=models.Index(fields=['model', 'started_at'], name='callrecord_model_started'),
+                ),
+                migrations.AddIndex(
+                    model_name='callrecord',
+                    index=models.Index(
+                        condition=models.Q(('outcome', 'success'), _negated=True),
+                        fields=['outcome', 'started_at'],
+                        name='callrecord_outcome_rare',
+                    ),
                 ),
             ],
         ),

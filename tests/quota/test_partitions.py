@@ -105,3 +105,13 @@ def test_ids_are_unique_and_increase_across_months(allocation):
     moved.started_at = now - dt.timedelta(days=400)  # a row may even change month
     moved.save(update_fields=["started_at"])
     assert CallRecord.objects.get(pk=ids[0]).started_at == moved.started_at
+
+
+def test_a_rare_outcome_is_found_by_its_partial_index(allocation):
+    record(allocation, timezone.now(), input_tokens=0)
+    listed = CallRecord.objects.filter(outcome="rejected_model_kind").order_by("-started_at", "-id")[:51]
+    with connection.cursor() as c:
+        c.execute("SET LOCAL enable_seqscan = off")  # a tiny table is read whole otherwise
+        plan = listed.explain()
+    assert "outcome_started_at_idx" in plan  # the partial index proves it covers any outcome but success
+    assert list(listed) == []
