@@ -53,8 +53,8 @@ from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from allocations.ids import uuid7  # noqa: E402
 from allocations.models import Allocation, Member  # noqa: E402
+from lib.ids import uuid7  # noqa: E402
 from quota import ledger  # noqa: E402
 from quota.periods import period_bounds  # noqa: E402
 from quota.pricing import Usage  # noqa: E402

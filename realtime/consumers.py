@@ -21,8 +21,9 @@ from django.utils import timezone
 from allocations.access import key_scope
 from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
-from allocations.http import client_address
-from allocations.ids import uuid7
+from lib import inflight
+from lib.http import client_address
+from lib.ids import uuid7
 from quota import ratelimit
 from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.models import CloseReason, Outcome
@@ -45,7 +46,7 @@ SESSION_UPDATES = {"session.update", "transcription_session.update"}
 UPSTREAM_MARKERS = ('"response.', '"conversation.item.input_audio_transcription.completed"')
 ABORT_WAIT_S = 3.0  # how long a client abort waits for the cancelled response's usage
 
-# Open sessions of this process, finished first when the server shuts down (gateway_project.server_patches).
+# Open sessions of this process, finished first when the server shuts down (lib.inflight).
 LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -55,12 +56,15 @@ async def shutdown_sessions() -> None:
     )
 
 
+inflight.on_shutdown("realtime sessions", shutdown_sessions)
+
+
 class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
     channel_layer_alias = "realtime-unused"  # no channel-layer round trip per socket (see docs)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.request_id = uuid7().hex  # time-ordered, as allocations.http makes them
+        self.request_id = uuid7().hex  # time-ordered, as lib.http makes them
         self.meter = SessionMeter()
         self.session: services.Session | None = None
         self.link: UpstreamLink | None = None

@@ -17,7 +17,7 @@ from quota.models import CALL_ENDPOINTS, CallRecord
 from . import marks
 from .base import ReadOnlyListMixin, StaffAdmin
 from .filters import AllocationFilter, MemberFilter, ModelFilter, StartedBeforeFilter, StartedFromFilter
-from .lists import fixed_choices_filter
+from .lists import KEYSET_TEMPLATE, fixed_choices_filter
 from .unpriced import UnpricedFilter, metered
 
 SHORT_ID = 8
@@ -60,6 +60,7 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     search_fields = ("request_id",)  # get_search_results: one exact request id
     list_select_related = ("member", "model", "api_key")
     ordering = ("-started_at", "-id")
+    change_list_template = KEYSET_TEMPLATE
 
     @admin.display(description=_("started"), ordering="started_at")
     def started(self, obj):

@@ -24,7 +24,7 @@ from allocations.selfservice import SELF_SERVICE_FIELDS, model_set_self_service
 from .base import ReadOnlyListMixin, StaffAdmin, confirmed_or_page, form_errors_from, simulated_badge
 from .deployments import DeploymentInline, deployments_save, test_connection, test_connection_billable
 from .groups import model_access_display
-from .lists import KeysetChangeList, fixed_choices_filter
+from .lists import KEYSET_TEMPLATE, KeysetChangeList, fixed_choices_filter
 
 # --- providers and models --------------------------------------------------------------------------
 
@@ -397,6 +397,7 @@ class AuditEventAdmin(ReadOnlyListMixin, StaffAdmin):
     search_fields = ("=target_id", "=action", "=actor_label")
     ordering = ("-created_at", "-id")
     keyset = ("created_at", "id")
+    change_list_template = KEYSET_TEMPLATE
     fields = (
         "created_at",
         "action",

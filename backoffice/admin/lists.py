@@ -17,6 +17,8 @@ from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.db.models import Q
 
 CURSOR_VAR = "after"
+# The admins using KeysetListMixin name it as their change_list_template (its pagination block).
+KEYSET_TEMPLATE = "admin/keyset_change_list.html"
 
 
 def encode_cursor(when: dt.datetime, pk: int) -> str:
@@ -48,8 +50,11 @@ class KeysetChangeList(ChangeList):
             del request.GET[CURSOR_VAR]
         super().__init__(request, *args, **kwargs)
 
+    def _keyset(self) -> tuple[str, str]:
+        return getattr(self.model_admin, "keyset", ("started_at", "id"))
+
     def _keyset_order(self) -> bool:
-        time_field, id_field = self.model_admin.keyset
+        time_field, id_field = self._keyset()
         # Django repeats the default ordering after the chosen one; anything after the unique id
         # decides nothing, so the order is the keyset's when it starts with (-time, -id).
         return tuple(self.queryset.query.order_by[:2]) == (f"-{time_field}", f"-{id_field}")
@@ -61,7 +66,7 @@ class KeysetChangeList(ChangeList):
         if keyset:
             offset = 0
             if self.cursor is not None:
-                time_field, id_field = self.model_admin.keyset
+                time_field, id_field = self._keyset()
                 when, pk = self.cursor
                 queryset = queryset.filter(**{f"{time_field}__lte": when}).filter(
                     Q(**{f"{time_field}__lt": when}) | Q(**{time_field: when, f"{id_field}__lt": pk})
@@ -81,7 +86,7 @@ class KeysetChangeList(ChangeList):
         self.newest_url = self.get_query_string(remove=[PAGE_VAR]) if self.multi_page else ""
         self.older_url = ""
         if more and keyset:
-            time_field, id_field = self.model_admin.keyset
+            time_field, id_field = self._keyset()
             last = self.result_list[-1]
             cursor = encode_cursor(getattr(last, time_field), getattr(last, id_field))
             self.older_url = self.get_query_string({CURSOR_VAR: cursor}, remove=[PAGE_VAR])
@@ -96,7 +101,6 @@ class KeysetListMixin:
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # facets count every filter's values over the table
     list_per_page = 50
-    change_list_template = "admin/keyset_change_list.html"
 
     def get_changelist(self, request, **kwargs):
         return KeysetChangeList

@@ -6,9 +6,9 @@ import threading
 import time
 import uuid
 
-from allocations import ids
-from allocations.http import request_id_from
-from allocations.ids import uuid7, uuid7_time_ms
+from lib import ids
+from lib.http import request_id_from
+from lib.ids import uuid7, uuid7_time_ms
 
 
 def test_layout_version_variant_and_time():

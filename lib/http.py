@@ -21,7 +21,7 @@ _hosts: tuple[object, dict[bytes, bool]] = (None, {})  # (the ALLOWED_HOSTS they
 
 def request_id_from(sent: str) -> str:
     """The caller's `X-Request-Id` when it is safe to log and store, else a new time-ordered UUID
-    (allocations.ids: the call records' request-id index grows at its end)."""
+    (lib.ids: the call records' request-id index grows at its end)."""
     return sent if REQUEST_ID.fullmatch(sent) else str(uuid7())
 
 
