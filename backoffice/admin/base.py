@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from django import forms
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.core.paginator import Paginator
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from allocations.exceptions import GatewayError
 from allocations.login_limits import RateLimitedAuthenticationForm
 from allocations.models import ProviderKind
+
+from .lists import KeysetListMixin
 
 admin.site.site_header = "AI gateway administration"
 admin.site.site_title = "AI gateway admin"
@@ -114,19 +114,5 @@ def simulated_badge(kind: str) -> str:
     return ""
 
 
-class BoundedCountPaginator(Paginator):
-    """Counts at most LIMIT rows (`COUNT(*)` over a `LIMIT` subquery), never the whole table."""
-
-    LIMIT = 10_000
-
-    @cached_property
-    def count(self) -> int:  # type: ignore[override]
-        return self.object_list[: self.LIMIT + 1].count()  # type: ignore[attr-defined]  # the admin's QuerySet
-
-
-class ReadOnlyListMixin(NoWritesMixin):
-    """Long lists of append-only records, paged without a full count."""
-
-    paginator: ClassVar[type[Paginator]] = BoundedCountPaginator
-    show_full_result_count = False
-    list_per_page = 50
+class ReadOnlyListMixin(KeysetListMixin, NoWritesMixin):
+    """Long lists of append-only records, paged by keyset without a count (admin.lists)."""
