@@ -10,7 +10,7 @@ import json
 import logging
 
 from django.conf import settings
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from django.utils import timezone
 
 from allocations.api_errors import error_body
@@ -313,7 +313,7 @@ async def _stream(call: accounting.Call, payload: bytes):
         finally:
             reply.close()
         return await _finish_json(call, reply, body)
-    response = StreamingHttpResponse(_events(call, reply), status=reply.status, content_type=reply.content_type)
+    response = relay.EventStream(_events(call, reply), status=reply.status, content_type=reply.content_type)
     for name, value in SSE_HEADERS.items():
         response[name] = value
     response["X-Request-Id"] = call.request_id
@@ -331,17 +331,14 @@ async def _events(call: accounting.Call, reply):
         if responses
         else relay.ChatRelay(meter, strip_usage=call.extra.get("strip_usage", False))
     )
-    splitter = relay.EventSplitter()
     outcome, code, message = Outcome.SUCCESS, "", ""
     drain = False
     try:
         async for chunk in reply.chunks():
-            out = [e + b"\n\n" for e in map(handler.event, splitter.feed(chunk)) if e is not None]
-            if out:
-                yield b"".join(out)
-        rest = splitter.rest()
-        if rest and (tail := handler.event(rest)) is not None:
-            yield tail + b"\n\n"
+            if relayed := handler.feed(chunk):
+                yield relayed
+        if tail := handler.rest():
+            yield tail
     except (asyncio.CancelledError, GeneratorExit):
         outcome = Outcome.CLIENT_CANCELLED
         # A background response goes on upstream when its client leaves (and is billed): it is
@@ -355,7 +352,7 @@ async def _events(call: accounting.Call, reply):
         yield relay.error_event(responses=responses, body=body)
     finally:
         if drain:
-            task = asyncio.ensure_future(_drain(call, reply, handler, splitter))
+            task = asyncio.ensure_future(_drain(call, reply, handler))
             _background.add(task)
             task.add_done_callback(_background.discard)
         else:
@@ -377,15 +374,13 @@ async def _stream_end(call: accounting.Call, reply, handler, *, outcome: str, co
     await _remember_response(call, getattr(handler, "response_id", None))
 
 
-async def _drain(call: accounting.Call, reply, handler, splitter: relay.EventSplitter) -> None:
+async def _drain(call: accounting.Call, reply, handler: relay.Relay) -> None:
     """A background stream whose client left: the rest of its events are read (nobody receives
     them) so that it is billed from the usage of its `response.completed`, as `client_cancelled`."""
     try:
         async for chunk in reply.chunks():
-            for event in splitter.feed(chunk):
-                handler.event(event)
-        if rest := splitter.rest():
-            handler.event(rest)
+            handler.feed(chunk)
+        handler.rest()
     except Exception:  # noqa: BLE001 - billed from what the upstream reported, else estimated
         logger.warning("the background stream of %s failed while it was read to its end", call.request_id)
     finally:
