@@ -24,7 +24,15 @@ from django.conf import settings
 from django.db import connections
 
 from ..pricing import Usage
-from .statements import Admission, Settlement, admit_statement, reservation_row, settle_statement, settle_values
+from .statements import (
+    COUNTER_READ,
+    Admission,
+    Settlement,
+    admit_statement,
+    reservation_row,
+    settle_statement,
+    settle_values,
+)
 
 _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
 
@@ -175,6 +183,14 @@ async def admit(
         await cursor.execute(sql, params, prepare=_prepare())
         admitted = cursor.rowcount > 0
     return Admission(reservation["id"], counter_id, est_tokens, cost) if admitted else None
+
+
+async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | None:
+    """(tokens used, tokens reserved, cost used, cost reserved) of a counter row, or None when it is
+    gone: one prepared statement, as an admission is one."""
+    async with pool().connection() as conn, conn.cursor() as cursor:
+        await cursor.execute(COUNTER_READ, (counter_id,), prepare=_prepare())
+        return await cursor.fetchone()
 
 
 async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int | None:
