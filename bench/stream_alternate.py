@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Streams: CPU per streamed call of each target of a held bench world (`bench/run.py --tree OTHER
+"""CPU per call (a realistic stream by default) of each target of a held bench world (`bench/run.py --tree OTHER
 --hold 3000 > world.json`), in alternating rounds (order rotated each round), medians per target.
 The targets are this tree's gateway, the other tree's (`base`) and the thin aiohttp pass-through,
 all against the realistic-stream upstream (100 chunks 10 ms apart, 50 ms first token).
 
-  bench/stream_alternate.py world.json [--levels 16,64] [--rounds 4] [--duration 6]
+  bench/stream_alternate.py world.json [--levels 16,64] [--rounds 4] [--duration 6] [--case realstream|0ms|50ms]
 
 Rows (one per target and level) are printed and written to bench/results/raw/stream-<time>.jsonl.
 """
@@ -36,13 +36,15 @@ def main() -> None:
     ap.add_argument("--levels", default="16,64")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--duration", type=float, default=6)
+    ap.add_argument("--case", choices=["realstream", "0ms", "50ms"], default="realstream", help="0ms, 50ms: JSON")
     args = ap.parse_args()
+    upstream = {"realstream": "real", "0ms": "0", "50ms": "50"}[args.case]
+    model = {"realstream": "benchreal", "0ms": "bench0", "50ms": "bench50"}[args.case] + "/gpt-4o-mini"
     world = json.loads(Path(args.world).read_text())
     targets = {
-        name: (f"http://127.0.0.1:{g['port']}", world["key"], "benchreal/gpt-4o-mini", g["pid"])
-        for name, g in world["gateways"].items()
+        name: (f"http://127.0.0.1:{g['port']}", world["key"], model, g["pid"]) for name, g in world["gateways"].items()
     }
-    thin = world["thin"]["real"]
+    thin = world["thin"][upstream]
     targets["thin"] = (f"http://127.0.0.1:{thin['port']}", "sk-thin", "gpt-4o-mini", thin["pid"])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for level in [int(c) for c in args.levels.split(",")]:
@@ -52,7 +54,8 @@ def main() -> None:
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 url, key, model, pid = targets[name]
                 cmd = [BENCH_PY, str(HARNESS / "load.py"), "--url", url, "--key", key, "--model", model]
-                cmd += ["-c", str(level), "-d", str(args.duration), "--stream"]
+                cmd += ["-c", str(level), "-d", str(args.duration)]
+                cmd += ["--stream"] if args.case == "realstream" else []
                 time.sleep(1)
                 before = cpu_s(pid)
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -65,8 +68,8 @@ def main() -> None:
             summary = {
                 "run": f"stream-{stamp}",
                 "target": name,
-                "case": "realstream",
-                "stream": True,
+                "case": args.case,
+                "stream": args.case == "realstream",
                 "concurrency": level,
                 "rounds": args.rounds,
                 "cpu_ms_per_call_median": round(statistics.median(r["cpu_ms_per_call"] for r in rows), 3),
