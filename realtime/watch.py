@@ -14,8 +14,8 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from allocations.access import STATUS_ERRORS, key_scope_cached
-from allocations.cache import auth_generation_async
 from allocations.exceptions import GatewayError
+from lib.cache import auth_generation_async
 from quota import ledger, ratelimit
 from quota.billing import caps
 from quota.exceptions import CostQuotaExceeded, QuotaExceeded
