@@ -104,8 +104,8 @@ def _direct_body_writes() -> None:
         if not _sent_now(self.transport, b"".join(iovec)):
             self.transport.writeSequence(iovec)
 
-    HTTPChannel.write = functools.wraps(HTTPChannel.write)(write)
-    HTTPChannel.writeSequence = functools.wraps(HTTPChannel.writeSequence)(writeSequence)
+    HTTPChannel.write = functools.wraps(HTTPChannel.write)(write)  # type: ignore[method-assign]
+    HTTPChannel.writeSequence = functools.wraps(HTTPChannel.writeSequence)(writeSequence)  # type: ignore[method-assign]
 
 
 def _body_parts_direct() -> None:
