@@ -10,16 +10,16 @@ import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from allocations.access import STATUS_ERRORS, key_scope_cached
 from allocations.exceptions import GatewayError
 from lib.cache import auth_generation_async
 from quota import ledger, ratelimit
+from quota.admission import reject_outcome
 from quota.billing import caps
 from quota.exceptions import CostQuotaExceeded, QuotaExceeded
-from quota.preflight import reject_outcome
+from quota.ledger import threads
 from quota.pricing import cost_for
 
 from . import services
@@ -99,9 +99,7 @@ class SessionWatch:
             self.renewed_at = now_mono
             if session.rate_ticket is not None:  # its slot among the calls in flight outlives the lease
                 await ratelimit.renew_async(session.rate_ticket, lease_s=services.LEASE_S)
-        state = await database_sync_to_async(services.session_watch)(
-            session=session, usage=usage, full=full, now=timezone.now()
-        )
+        state = await threads.run(services.session_watch, session=session, usage=usage, full=full, now=timezone.now())
         self.capped = state.capped
         return state.reason
 
@@ -109,9 +107,9 @@ class SessionWatch:
         """The check before billable work starts (a response.create, a committed buffer): whether a
         cap is reached by everything in flight, counting what this session used since its
         reservation last grew. From the warm state a /v1 admission uses: the key's snapshot under
-        the auth generation this process last read (the watch reads it every tick) for the
-        allocation's status and caps, and one prepared read of the counter row on the event loop's
-        connection; the reservation itself grows at the next tick. Without a warm snapshot (the
+        the current auth generation (one shared Redis read) for the allocation's status and caps,
+        and one prepared read of the counter row on the event loop's connection; the reservation
+        itself grows at the next tick. Without a warm snapshot (the
         generation moved, the key changed) or on any error, the watch's own check decides."""
         try:
             reason = await self._gate_warm()
