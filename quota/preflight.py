@@ -44,6 +44,8 @@ from allocations.exceptions import (
 from . import ledger, ratelimit
 from .exceptions import (
     CostQuotaExceeded,
+    GroupCostQuotaExceeded,
+    GroupQuotaExceeded,
     ModelKindMismatch,
     ProviderUnavailable,
     QuotaBusy,
@@ -66,6 +68,8 @@ REJECT_OUTCOMES: dict[type[GatewayError], Outcome] = {
     ModelForbidden: Outcome.REJECTED_MODEL_FORBIDDEN,
     QuotaExceeded: Outcome.REJECTED_QUOTA_EXCEEDED,
     CostQuotaExceeded: Outcome.REJECTED_COST_QUOTA_EXCEEDED,
+    GroupQuotaExceeded: Outcome.REJECTED_GROUP_QUOTA_EXCEEDED,
+    GroupCostQuotaExceeded: Outcome.REJECTED_GROUP_COST_QUOTA_EXCEEDED,
     QuotaBusy: Outcome.REJECTED_QUOTA_BUSY,
     RateLimited: Outcome.REJECTED_RATE_LIMITED,
     ModelKindMismatch: Outcome.REJECTED_MODEL_KIND,
@@ -134,9 +138,13 @@ def rate_release(into: Holder) -> None:
         ratelimit.settle(ticket, tokens=0)
 
 
-def _admission(entry: ScopedAllocation, estimate: tuple[int, Decimal | None], *, request_id: str, now) -> dict:
-    """The ledger's admission arguments for this allocation and estimate (reserved tokens, cost)."""
+def _admission(
+    scope: KeyScope, entry: ScopedAllocation, estimate: tuple[int, Decimal | None], *, request_id: str, now
+) -> dict:
+    """The ledger's admission arguments for this allocation and estimate (reserved tokens, cost),
+    with the member's groups (a capped group holds the same reservation)."""
     return {
+        "groups": scope.groups,
         "allocation_id": entry.allocation_id,
         "token_cap": entry.token_cap,
         "cost_cap": entry.cost_cap,
@@ -217,6 +225,7 @@ def _admit(
     in_doubt: bool,
     check: Check | None = None,
 ) -> None:
+    assert into.scope is not None  # resolved by the preflight before admission
     into.price = price_in_force_cached(model_id=entry.model_id, at=now, generation=generation)
     committed = ledger.reservation_admission(reservation_id=reservation_id) if in_doubt and reservation_id else None
     refusal = check(entry, into.price) if check is not None else None
@@ -226,7 +235,7 @@ def _admit(
         raise refusal
     try:
         into.admission = committed or ledger.admit(
-            **_admission(entry, estimate(into.price), request_id=request_id, now=now),
+            **_admission(into.scope, entry, estimate(into.price), request_id=request_id, now=now),
             ttl_s=ttl_s,
             context=context(into) if context is not None else None,
             reservation_id=reservation_id,
@@ -277,7 +286,7 @@ async def preflight_cached(
     into.scope, into.entry, into.price = scope, entry, price
     try:
         into.admission = await ledger.admit_async(
-            **_admission(entry, estimated, request_id=request_id, now=now),
+            **_admission(scope, entry, estimated, request_id=request_id, now=now),
             context=context(into) if context is not None else None,
             reservation_id=reservation_id,
         )
