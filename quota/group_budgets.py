@@ -60,8 +60,7 @@ def group_cap_error(
     if not groups:
         return None
     counters = {
-        c.group_id: c
-        for c in GroupUsageCounter.objects.filter(group__in=groups, period_start=period_start_date(now))
+        c.group_id: c for c in GroupUsageCounter.objects.filter(group__in=groups, period_start=period_start_date(now))
     }
     held = set(held_ids)
     token_error = cost_error = None

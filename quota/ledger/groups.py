@@ -56,10 +56,7 @@ def capped(groups: Iterable[Budget], *, priced: bool) -> list[tuple[Budget, int 
 
 def caps_json(held: Sequence[tuple[Budget, int | None, Decimal | None]]) -> str:
     return json.dumps(
-        [
-            {"group_id": g.id, "tokens": tokens, "cost": None if cost is None else str(cost)}
-            for g, tokens, cost in held
-        ],
+        [{"group_id": g.id, "tokens": tokens, "cost": None if cost is None else str(cost)} for g, tokens, cost in held],
         separators=(",", ":"),
     )
 
@@ -70,7 +67,8 @@ ADMIT_SQL = (
     "WITH g AS (SELECT gc.id, (cap.tokens IS NULL OR gc.tokens_used < cap.tokens - gc.tokens_reserved)"  # noqa: S608 (constant names)
     " AND (cap.cost IS NULL OR gc.cost_used < cap.cost - gc.cost_reserved) AS room"
     f" FROM {GROUP_COUNTER_TABLE} gc"
-    " JOIN jsonb_to_recordset(%s::jsonb) AS cap(group_id uuid, tokens bigint, cost numeric) ON gc.group_id = cap.group_id"
+    " JOIN jsonb_to_recordset(%s::jsonb) AS cap(group_id uuid, tokens bigint, cost numeric)"
+    " ON gc.group_id = cap.group_id"
     " WHERE gc.period_start = %s ORDER BY gc.group_id FOR UPDATE OF gc),"
     " c AS (UPDATE {counters} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"
     " WHERE id = %s AND allocation_id = %s{guard} AND (SELECT count(*) FILTER (WHERE room) FROM g) = %s RETURNING id),"
@@ -90,7 +88,8 @@ SETTLE_CTE = (
     " 0::bigint AS held_tokens, 0::numeric AS held_cost FROM k JOIN {counters} uc ON uc.id = k.counter"
     " CROSS JOIN LATERAL jsonb_array_elements_text(k.groups) AS g(id) JOIN {groups} ag ON ag.id = g.id::uuid"
     " UNION ALL SELECT gc.group_id, gc.period_start, 0, 0, 0, k.held_tokens, k.held_cost FROM k"
-    f" CROSS JOIN LATERAL jsonb_array_elements_text(k.held) AS h(id) JOIN {GROUP_COUNTER_TABLE} gc ON gc.id = h.id::bigint),"
+    " CROSS JOIN LATERAL jsonb_array_elements_text(k.held) AS h(id)"
+    f" JOIN {GROUP_COUNTER_TABLE} gc ON gc.id = h.id::bigint),"
     f" gu AS (INSERT INTO {GROUP_COUNTER_TABLE} AS gc (group_id, period_start, tokens_used, cost_used, calls,"
     " tokens_reserved, cost_reserved, updated_at) SELECT grp, period, sum(tokens), sum(cost), sum(calls),"
     " -sum(held_tokens), -sum(held_cost), now() FROM gk GROUP BY grp, period ORDER BY grp, period"

@@ -15,9 +15,9 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Model
+from psycopg.types.json import Jsonb
 
 from allocations.models import Group
-from psycopg.types.json import Jsonb
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
@@ -82,7 +82,9 @@ _ADMIT_COUNTED_SQL = _ADMIT_SQL.replace(", context)", ", context, group_ids)").r
 )
 CALL_FIELDS = tuple(f for f in CallRecord._meta.concrete_fields if f is not CallRecord._meta.auto_field)
 _CALL_COLUMNS = ", ".join(str(f.column) for f in CALL_FIELDS)
-_ADMIT_GROUPS_SQL = group_sql.ADMIT_SQL.replace("{counters}", COUNTER_TABLE).replace("{reservations}", RESERVATION_TABLE)
+_ADMIT_GROUPS_SQL = group_sql.ADMIT_SQL.replace("{counters}", COUNTER_TABLE).replace(
+    "{reservations}", RESERVATION_TABLE
+)
 _SETTLE_HEAD = (
     "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(n bigint, reservation uuid, counter bigint,"  # noqa: S608 (constant names)
     " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric{group_columns}) LIMIT {calls}),"
@@ -97,7 +99,7 @@ _SETTLE_COUNTERS = (
     " cost_reserved = c.cost_reserved - t.held_cost FROM t WHERE c.id = t.counter{after}),"
 )
 _SETTLE_RECORDS = (
-    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"
+    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"  # noqa: S608 (constant names)
     " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc_, n_)"
     f" CROSS JOIN LATERAL jsonb_populate_record(NULL::{CALL_TABLE}, e.doc_) AS p"
     " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id)"
@@ -106,9 +108,7 @@ _SETTLE_RECORDS = (
     " JOIN (SELECT id, row_number() OVER (ORDER BY id) AS o FROM i) i USING (o)"
 )
 # Calls of members without groups: the statement as it was before groups existed (nothing added).
-_SETTLE_SQL = (
-    _SETTLE_HEAD.replace("{group_columns}", "") + _SETTLE_COUNTERS.replace("{after}", "") + _SETTLE_RECORDS
-)
+_SETTLE_SQL = _SETTLE_HEAD.replace("{group_columns}", "") + _SETTLE_COUNTERS.replace("{after}", "") + _SETTLE_RECORDS
 # A batch with at least one call counted toward a group: the groups' upsert, then the allocations.
 _SETTLE_GROUPS_SQL = (
     _SETTLE_HEAD.replace("{group_columns}", ", groups jsonb, held jsonb")

@@ -27,10 +27,10 @@ from allocations.bounded import BoundedCache
 
 from ..billing import caps
 from ..exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
-from . import groups as group_ledger
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..periods import period_start_date
 from ..pricing import ZERO, Usage
+from . import groups as group_ledger
 from .statements import (
     COUNTER_TABLE,
     Admission,
