@@ -38,9 +38,7 @@ def test_a_group_cap_holds_across_two_server_processes_with_20_callers(serve_fac
     allocations = []
     for member in members:
         allocation = world.allocation(upstream_name="fake-sleep-100", member=member, priced=False)
-        PriceVersionFactory(
-            model=allocation.model, input_per_1m=PRICE, cached_input_per_1m=PRICE, output_per_1m=PRICE
-        )
+        PriceVersionFactory(model=allocation.model, input_per_1m=PRICE, cached_input_per_1m=PRICE, output_per_1m=PRICE)
         allocations.append(allocation)
     outcomes: list[str] = []
     lock = threading.Lock()
