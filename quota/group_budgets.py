@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection, transaction
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from allocations.audit import audit_record
@@ -43,6 +44,25 @@ def group_spend(*, group_ids: Iterable, now: dt.datetime | None = None) -> dict[
         for c in GroupUsageCounter.objects.filter(group_id__in=ids, period_start=period)
     }
     return {g: found.get(g) or GroupSpend(g, 0, ZERO) for g in ids}
+
+
+def with_spend(groups: QuerySet, *, now: dt.datetime | None = None) -> QuerySet:
+    """Groups annotated with this period's `cost_used_this_month` / `tokens_used_this_month` (from
+    their counters, no query per row; None when a group has no counter yet: nothing used)."""
+    counter = GroupUsageCounter.objects.filter(
+        group=OuterRef("pk"), period_start=period_start_date(now or timezone.now())
+    )
+    return groups.annotate(
+        cost_used_this_month=Subquery(counter.values("cost_used")[:1]),
+        tokens_used_this_month=Subquery(counter.values("tokens_used")[:1]),
+    )
+
+
+def spend_of(group) -> GroupSpend:
+    """A group's spend this period: from with_spend's annotations when present, else its counter."""
+    if hasattr(group, "cost_used_this_month"):
+        return GroupSpend(str(group.pk), group.tokens_used_this_month or 0, group.cost_used_this_month or ZERO)
+    return group_spend(group_ids=[group.pk])[str(group.pk)]
 
 
 def group_cap_error(
@@ -77,6 +97,43 @@ def group_cap_error(
         if cost_error is None and caps.cap_hit(used=cost_used, reserved=own_cost, cap=cost_cap):
             cost_error = GroupCostQuotaExceeded(f"monthly cost cap of group '{group.slug}' reached")
     return token_error or cost_error
+
+
+# --- usage by group -----------------------------------------------------------------------------------
+
+
+_USAGE_BY_GROUP = (
+    "SELECT g, count(*), count(*) FILTER (WHERE NOT r.priced AND {usage}), sum(r.input_tokens),"  # noqa: S608
+    " sum(r.output_tokens), sum(r.cost_usd) FILTER (WHERE r.priced)"
+    f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
+    " WHERE r.started_at >= %s AND r.started_at < %s GROUP BY g"
+)
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    group_id: str
+    slug: str
+    name: str
+    calls: int
+    unpriced_calls: int
+    input_tokens: int
+    output_tokens: int
+    priced_cost: Decimal | None  # the priced calls' sum (None: none was priced)
+
+
+def usage_by_group(*, start: dt.datetime, end: dt.datetime) -> list[GroupUsage]:
+    """The calls of [start, end) summed per group they counted toward (a call of a member in two
+    groups counts in both), by slug. Groups deleted since are left out."""
+    usage_sql, usage_params = _carries_usage_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_BY_GROUP.format(usage=usage_sql), [*usage_params, start, end])
+        rows = {row[0]: row[1:] for row in cursor.fetchall()}
+    groups = Group.objects.filter(pk__in=list(rows)).order_by("slug").values_list("pk", "slug", "name")
+    return [
+        GroupUsage(str(pk), slug, name, rows[pk][0], rows[pk][1], rows[pk][2] or 0, rows[pk][3] or 0, rows[pk][4])
+        for pk, slug, name in groups
+    ]
 
 
 # --- reconciliation ----------------------------------------------------------------------------------
