@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from allocations.audit import audit_record
@@ -22,7 +22,7 @@ from allocations.models import Group
 from .billing import caps
 from .exceptions import GroupCostQuotaExceeded, GroupQuotaExceeded
 from .models import CARRIES_USAGE, CallRecord, GroupUsageCounter
-from .periods import period_bounds, period_start_date
+from .periods import billing_tz, period_bounds, period_start_date
 from .pricing import ZERO
 
 
@@ -134,6 +134,45 @@ def usage_by_group(*, start: dt.datetime, end: dt.datetime) -> list[GroupUsage]:
         GroupUsage(str(pk), slug, name, rows[pk][0], rows[pk][1], rows[pk][2] or 0, rows[pk][3] or 0, rows[pk][4])
         for pk, slug, name in groups
     ]
+
+
+_SPEND_BY_GROUP = (
+    "SELECT date_trunc(%s, r.started_at AT TIME ZONE %s), g, sum(r.cost_usd)"  # noqa: S608
+    f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
+    " WHERE r.started_at >= %s AND r.started_at < %s AND r.priced GROUP BY 1, 2"
+)
+
+
+def spend_by_group_buckets(
+    *, start: dt.datetime, end: dt.datetime, step: str
+) -> list[tuple[dt.datetime, str, Decimal]]:
+    """Priced spend of [start, end) per (day or hour in the billing timezone, group): (the bucket's
+    aware start, the group's name, the amount). A call counts in each group it counted toward;
+    groups deleted since are left out."""
+    tz = billing_tz()
+    with connection.cursor() as cursor:
+        cursor.execute(_SPEND_BY_GROUP, ["hour" if step == "hour" else "day", str(tz.key), start, end])
+        rows = cursor.fetchall()
+    names = dict(Group.objects.filter(pk__in={g for _, g, _ in rows}).values_list("pk", "name"))
+    return [(at.replace(tzinfo=tz), names[g], cost or ZERO) for at, g, cost in rows if g in names]
+
+
+def spend_by_group_this_month(*, now: dt.datetime | None = None) -> list[dict]:
+    """Each group with spend or a budget this period, fullest first: name, members, budget, spend,
+    tokens and the share of the budget (None without one). From the counters: O(groups)."""
+    groups = with_spend(Group.objects.annotate(n_members=Count("members")), now=now)
+    rows = []
+    for g in groups:
+        spent = g.cost_used_this_month or ZERO
+        cap = g.quota_cost_usd_per_month
+        if not spent and cap is None and g.quota_tokens_per_month is None:
+            continue
+        share = None if not cap else int(spent * 100 / cap)
+        rows.append(
+            {"group": g, "members": g.n_members, "cap": cap, "cost": spent,
+             "tokens": g.tokens_used_this_month or 0, "share": share}
+        )  # fmt: skip
+    return sorted(rows, key=lambda r: (-(r["share"] or -1), -r["cost"], r["group"].name))
 
 
 # --- reconciliation ----------------------------------------------------------------------------------
