@@ -18,7 +18,7 @@ MEMBER_KINDS = (Kind.NEAR_CAP, Kind.CAP_REACHED)
 GROUP_KINDS = (Kind.GROUP_NEAR_CAP, Kind.GROUP_CAP_REACHED)
 # A member's switch for a kind of mail (AlertPreference field): a group's mails follow the
 # member's own near-cap and cap-reached choices.
-PREFERENCE_OF = {Kind.GROUP_NEAR_CAP: Kind.NEAR_CAP, Kind.GROUP_CAP_REACHED: Kind.CAP_REACHED}
+PREFERENCE_OF: dict[str, str] = {Kind.GROUP_NEAR_CAP: Kind.NEAR_CAP, Kind.GROUP_CAP_REACHED: Kind.CAP_REACHED}
 ADMIN_KINDS = (Kind.QUARANTINED, Kind.PROVIDER_AUTH, Kind.UPSTREAM_ERRORS)
 
 

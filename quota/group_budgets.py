@@ -8,6 +8,7 @@ counters can be rebuilt from the records whatever the memberships became since.
 """
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,6 +18,7 @@ from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from allocations.audit import audit_record
+from allocations.exceptions import GatewayError
 from allocations.models import Group
 
 from .billing import caps
@@ -67,7 +69,7 @@ def spend_of(group) -> GroupSpend:
 
 def group_cap_error(
     *, member_id, priced: bool, held_ids: Iterable[int] = (), tokens: int = 0, cost: Decimal = ZERO, now=None
-) -> Exception | None:
+) -> GatewayError | None:
     """The refusal a group of the member would give now (used + reserved ≥ a cap), or None: what a
     realtime session is watched against. The session's own accrued `tokens` / `cost` are added for a
     group whose counter does not hold its reservation (a cap set after the session opened)."""
@@ -83,7 +85,8 @@ def group_cap_error(
         c.group_id: c for c in GroupUsageCounter.objects.filter(group__in=groups, period_start=period_start_date(now))
     }
     held = set(held_ids)
-    token_error = cost_error = None
+    token_error: GatewayError | None = None
+    cost_error: GatewayError | None = None
     for group in groups:
         counter = counters.get(group.pk)
         own_tokens, own_cost = (0, ZERO) if counter is not None and counter.pk in held else (tokens, cost)
@@ -180,7 +183,7 @@ def spend_by_group_this_month(*, now: dt.datetime | None = None) -> list[dict]:
 
 @dataclass(frozen=True)
 class GroupDrift:
-    group_id: object
+    group_id: uuid.UUID
     period_start: dt.date
     counter_tokens: int
     record_tokens: int
