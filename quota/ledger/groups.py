@@ -15,6 +15,7 @@ A group whose counter row does not exist yet makes the warm admission miss; the 
 (ledger.sync) creates the rows and tells a refusal (403) from headroom held in flight (429).
 """
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -59,6 +60,15 @@ def caps_json(held: Sequence[tuple[Budget, int | None, Decimal | None]]) -> str:
         [{"group_id": g.id, "tokens": tokens, "cost": None if cost is None else str(cost)} for g, tokens, cost in held],
         separators=(",", ":"),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def admission_parts(groups: tuple, priced: bool) -> tuple[int, str, str]:
+    """What the admission statement takes of a member's groups, computed once per snapshot's
+    groups (they are immutable): (the number of capped groups, their caps as the JSON parameter,
+    every group id as a uuid[] literal)."""
+    held = capped(groups, priced=priced)
+    return len(held), caps_json(held), "{" + ",".join(g.id for g in groups) + "}"
 
 
 # The admission with capped groups: `{guard}` is the allocation's cap guard, `{context}` the

@@ -134,30 +134,32 @@ def admit_statement(
     r = reservation
     # An empty context (a reservation nothing bills if its holder dies) is a literal.
     context, context_params = ("'{}'", []) if not r["context"] else ("%s", [Jsonb(r["context"])])
-    held = group_sql.capped(groups, priced=priced) if groups else []
-    if held:
-        return _ADMIT_GROUPS_SQL.format(guard=condition, context=context), [
-            group_sql.caps_json(held),
-            period,
-            r["tokens"],
-            r["cost"],
-            counter_id,
-            allocation_id,
-            *condition_params,
-            len(held),
-            r["tokens"],
-            r["cost"],
-            r["id"],
-            r["request_id"],
-            r["tokens"],
-            r["cost"],
-            r["created_at"],
-            r["expires_at"],
-            *context_params,
-            [uuid.UUID(g.id) for g in groups],
-        ]
-    sql = _ADMIT_SQL if not groups else _ADMIT_COUNTED_SQL
-    extra = [] if not groups else [[uuid.UUID(g.id) for g in groups]]
+    if not groups:
+        sql, extra = _ADMIT_SQL, []
+    else:
+        capped, caps_json, group_ids = group_sql.admission_parts(tuple(groups), priced)
+        if capped:
+            return _ADMIT_GROUPS_SQL.format(guard=condition, context=context), [
+                caps_json,
+                period,
+                r["tokens"],
+                r["cost"],
+                counter_id,
+                allocation_id,
+                *condition_params,
+                capped,
+                r["tokens"],
+                r["cost"],
+                r["id"],
+                r["request_id"],
+                r["tokens"],
+                r["cost"],
+                r["created_at"],
+                r["expires_at"],
+                *context_params,
+                group_ids,
+            ]
+        sql, extra = _ADMIT_COUNTED_SQL, [group_ids]
     return sql.format(guard=condition, context=context), [
         r["tokens"],
         r["cost"],
