@@ -9,6 +9,8 @@ from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.db import transaction
 from django.db.models import Count
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from allocations import group_rules, groups
 from allocations.exceptions import GatewayError
@@ -63,19 +65,19 @@ class GroupAdmin(StaffAdmin):
     def member_count(self, obj):
         return obj.n_members
 
-    @admin.display(description="spend this month / budget")
+    @admin.display(description=_("spend this month / budget"))
     def spend(self, obj):
         used, cap = spend_of(obj).cost_used, obj.quota_cost_usd_per_month
         return marks.figure(
-            marks.money(used), marks.money(cap) if cap is not None else "no cap", marks.share(used, cap),
+            marks.money(used), marks.money(cap) if cap is not None else gettext("no cap"), marks.share(used, cap),
             marks.one_cap_state(used, cap),
         )  # fmt: skip
 
-    @admin.display(description="tokens this month / quota")
+    @admin.display(description=_("tokens this month / quota"))
     def tokens(self, obj):
         used, cap = spend_of(obj).tokens_used, obj.quota_tokens_per_month
         state = marks.cap_state(tokens_used=used, token_cap=cap, cost_used=Decimal(0), cost_cap=None)
-        cap_text = f"{cap:,}" if cap is not None else "no cap"
+        cap_text = f"{cap:,}" if cap is not None else gettext("no cap")
         return marks.figure(f"{used:,}", cap_text, marks.share(used, cap), state)
 
     def save_model(self, request, obj, form, change):

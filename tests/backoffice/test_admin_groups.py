@@ -84,3 +84,10 @@ def test_the_group_page_and_list_show_the_budget_and_this_months_spend(admin_cli
     assert "$9.00 / $10.00 (90 %)" in page and "near cap" in page and "1,234 / no cap" in page
     listing = admin_client.get(reverse("admin:allocations_group_changelist")).content.decode()
     assert "$9.00 / $10.00 (90 %)" in listing
+
+
+def test_the_group_page_reads_in_zh_hant(admin_client):
+    group = group_create(data={"name": "Research", "slug": "research", "quota_cost_usd_per_month": "10"})
+    admin_client.cookies["django_language"] = "zh-hant"
+    page = admin_client.get(reverse("admin:allocations_group_change", args=[group.pk])).content.decode()
+    assert "本月花費 / 預算" in page and "本月 tokens / 配額" in page and "無上限" in page
