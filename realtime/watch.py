@@ -129,8 +129,8 @@ class SessionWatch:
             if scope is not None
             else None
         )
-        if entry is None:
-            return _COLD
+        if entry is None or scope.groups or session.admission.groups:
+            return _COLD  # a group's budget: the watch's check reads the member's groups
         if (status_error := STATUS_ERRORS.get(entry.status)) is not None:
             return status_error
         if entry.token_cap is None and entry.cost_cap is None:

@@ -20,6 +20,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
+from ..periods import period_start_date
 from ..pricing import Usage
 from . import loop, threads
 from .loop import counter_read as counter_read_async
@@ -68,6 +69,7 @@ async def admit_async(
     now: dt.datetime,
     context: dict | None = None,
     reservation_id=None,
+    groups=(),
 ) -> Admission | None:
     """The admission on the event loop when this allocation's counter is known: the reservation,
     or None when it was not made there (no known counter, or a cap's guard did not match:
@@ -86,6 +88,8 @@ async def admit_async(
         now=now,
         context=context,
         reservation_id=reservation_id,
+        groups=groups,
+        period=period_start_date(now),
     )
 
 
