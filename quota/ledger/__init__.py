@@ -22,8 +22,10 @@ from decimal import Decimal
 from django.utils import timezone
 
 from ..models import PriceVersion
+from ..periods import period_start_date
 from ..pricing import Usage
 from . import loop, threads
+from .loop import counter_read as counter_read_async
 from .spool import call_settle_durable, call_settle_once, spool_depth, spool_replay
 from .statements import Admission, Settlement, reservation_row, settle_statement, settle_values
 from .sweep import lost_context, reservations_settle_lost, reservations_sweep, settlement_from_json
@@ -38,6 +40,7 @@ __all__ = [
     "call_settle_durable",
     "call_settle_once",
     "counter_id_cached",
+    "counter_read_async",
     "lost_context",
     "record_reject",
     "release",
@@ -68,6 +71,7 @@ async def admit_async(
     now: dt.datetime,
     context: dict | None = None,
     reservation_id: uuid.UUID | None = None,
+    groups=(),
 ) -> Admission | None:
     """The admission on the event loop when this allocation's counter is known: the reservation,
     or None when it was not made there (no known counter, or a cap's guard did not match:
@@ -86,6 +90,8 @@ async def admit_async(
         now=now,
         context=context,
         reservation_id=reservation_id,
+        groups=groups,
+        period=period_start_date(now),
     )
 
 
