@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from django.db import Error as DatabaseError
 from django.db import connection
+from django.utils import timezone
 
 from allocations.access import KeyScope, ScopedAllocation, key_scope
 from allocations.cache import auth_generation
@@ -71,6 +72,12 @@ class Call:
     reservation_id: uuid.UUID = field(default_factory=uuid.uuid4)
     in_doubt: bool = False
     attempts: int = 0  # upstream attempts made (failover moves the call between deployments)
+    ttft_ms: int | None = None  # a stream's time to its first event relayed to the client
+
+    def relayed(self) -> None:
+        """Events reached the client: the first time, the stream's time to first token."""
+        if self.ttft_ms is None:
+            self.ttft_ms = int((timezone.now() - self.started_at).total_seconds() * 1000)
 
     @property
     def outgoing(self) -> dict | None:
@@ -91,6 +98,7 @@ class Call:
             "model_id": entry.model_id if entry else None,
             "deployment_id": entry.deployment_id if entry and self.attempts else None,
             "attempts": self.attempts,
+            "ttft_ms": self.ttft_ms,
         }
 
     def lost_context(self) -> dict:

@@ -338,6 +338,7 @@ async def _events(call: accounting.Call, reply):
         async for chunk in reply.chunks():
             out = [e + b"\n\n" for e in map(handler.event, splitter.feed(chunk)) if e is not None]
             if out:
+                call.relayed()
                 yield b"".join(out)
         rest = splitter.rest()
         if rest and (tail := handler.event(rest)) is not None:

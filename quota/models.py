@@ -164,6 +164,10 @@ class CallRecord(models.Model):
     # deleted deployment leaves its history alone; and the upstream attempts made (0: none went out).
     deployment_id = models.UUIDField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # A stream's time to first token: from the call's start to its first event relayed to the client
+    # (null for answers that are not streamed, and for streams that relayed nothing). The total
+    # latency is finished_at - started_at.
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
 
     objects = CallRecordQuerySet.as_manager()
 
@@ -184,6 +188,13 @@ class CallRecord(models.Model):
     @property
     def carries_usage(self) -> bool:
         return bool(self.input_tokens > 0 or self.output_tokens > 0 or (self.quantity or 0) > 0)
+
+    @property
+    def latency_ms(self) -> int | None:
+        """The whole call, from its start to its settlement (None: not finished)."""
+        if self.finished_at is None:
+            return None
+        return int((self.finished_at - self.started_at).total_seconds() * 1000)
 
 
 class UsageCounter(models.Model):
