@@ -9,13 +9,14 @@ from django.core.paginator import Paginator
 from django.template.response import TemplateResponse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from allocations.exceptions import GatewayError
 from allocations.login_limits import RateLimitedAuthenticationForm
 from allocations.models import ProviderKind
 
-admin.site.site_header = "AI gateway administration"
-admin.site.site_title = "AI gateway admin"
+admin.site.site_header = _("AI gateway administration")
+admin.site.site_title = _("AI gateway admin")
 
 
 class AdminLoginForm(RateLimitedAuthenticationForm, AdminAuthenticationForm):

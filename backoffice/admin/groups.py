@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.db import transaction
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
 
 from allocations import group_rules, groups
 from allocations.exceptions import GatewayError
@@ -42,7 +43,7 @@ class GroupAdmin(StaffAdmin):
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
 
-    @admin.display(description="members")
+    @admin.display(description=_("members"))
     def member_count(self, obj):
         return obj.members.count()
 

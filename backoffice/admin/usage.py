@@ -333,7 +333,7 @@ class PriceVersionAdmin(StaffAdmin):
     list_select_related = ("model",)
     ordering = ("-effective_from", "-id")
 
-    @admin.display(description="unit price")
+    @admin.display(description=_("unit price"))
     def unit_price(self, obj):
         return f"{obj.price_per_unit} / {obj.unit}" if obj.unit else ""
 
