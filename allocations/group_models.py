@@ -27,8 +27,8 @@ class Group(models.Model):
     updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
-        verbose_name_plural = _("groups")
         verbose_name = _("group")
+        verbose_name_plural = _("groups")
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(quota_tokens_per_month__isnull=True) | models.Q(quota_tokens_per_month__gte=0),
@@ -64,8 +64,8 @@ class GroupRule(models.Model):
     updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
-        verbose_name_plural = _("group rules")
         verbose_name = _("group rule")
+        verbose_name_plural = _("group rules")
         ordering = ["order", "created_at"]
 
     def __str__(self):

@@ -181,8 +181,8 @@ class CatalogModel(RateLimits):
     updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
-        verbose_name_plural = _("models")
         verbose_name = _("model")
+        verbose_name_plural = _("models")
 
     def __str__(self):
         return self.slug
@@ -344,8 +344,8 @@ class ApiKey(models.Model):
     objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
-        verbose_name_plural = _("API keys")
         verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
@@ -500,8 +500,8 @@ class DeviceAuthorization(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True, verbose_name=_("delivered at"))
 
     class Meta:
-        verbose_name_plural = _("device sign-ins")
         verbose_name = _("device sign-in")
+        verbose_name_plural = _("device sign-ins")
 
     def __str__(self):
         return f"{self.user_code[:4]}-{self.user_code[4:]} ({self.status})"
