@@ -142,6 +142,15 @@ class CatalogModel(RateLimits):
     # Tool types beyond the known client tools that this model lets through as run by the client
     # (allocations.cost_options.extra_client_tools_clean); any other unknown type is refused.
     extra_client_tools = models.JSONField(default=list, blank=True, verbose_name=_("extra client tools"))
+    # When the upstream answers 400 naming a request parameter it does not support, the call goes
+    # once more to the same deployment without it (proxy.unsupported), and the answer says so.
+    drop_unsupported_params = models.BooleanField(
+        default=False,
+        verbose_name=_("drop unsupported parameters"),
+        help_text=_(
+            "When the upstream refuses a request parameter it does not support, send the call once more without it."
+        ),
+    )
     # Who may call it (allocations.model_access): open to all but denied groups, or restricted to
     # allowed groups; a denied group always wins.
     access = models.CharField(

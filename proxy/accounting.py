@@ -73,6 +73,7 @@ class Call:
     in_doubt: bool = False
     attempts: int = 0  # upstream attempts made (failover moves the call between deployments)
     ttft_ms: int | None = None  # a stream's time to its first event relayed to the client
+    dropped: tuple[str, ...] = ()  # request parameters the upstream did not support, sent again without
 
     def relayed(self) -> None:
         """Events reached the client: the first time, the stream's time to first token."""

@@ -24,7 +24,7 @@ from quota.ledger import threads
 from quota.models import Outcome
 from quota.pricing import Usage
 
-from . import accounting, failover, meters, observed, options, relay, response_ids, tools, upstream
+from . import accounting, failover, meters, observed, options, relay, response_ids, tools, unsupported, upstream
 from .bodies import parse_body, upstream_payload
 from .registry import ENDPOINTS
 
@@ -91,6 +91,8 @@ async def relay_call(request, endpoint: str):
     response = await _relay_admitted(call)
     if call.removed:
         response[tools.REMOVED_HEADER] = ",".join(call.removed)
+    if call.dropped:
+        response[unsupported.DROPPED_HEADER] = ",".join(call.dropped)
     return response
 
 
@@ -152,12 +154,13 @@ async def _open_upstream(call: accounting.Call, payload, rebuild=None):
         call.entry = routing.routed(entry, deployment)
         # Bytes are sent again as they are; a streamed upload (an iterator) is spent by its attempt.
         moved = call.entry.upstream_name != sent_name or (call.attempts and not isinstance(payload, bytes))
+        moved = moved or bool(call.dropped)  # the body changed: a parameter was dropped
         if rebuild is not None and moved:
             payload, sent_name = rebuild(), call.entry.upstream_name
         budget -= 1
         call.attempts += 1
         last = budget == 0 or index == len(candidates) - 1
-        result = await _attempt(call, payload, last=last)
+        result = await _attempt(call, payload, last=last, rebuild=rebuild)
         if result is not RETRY:
             return result
         if budget == 0:
@@ -170,7 +173,7 @@ async def _open_upstream(call: accounting.Call, payload, rebuild=None):
     return None, error_response(error, call.request_id)
 
 
-async def _attempt(call: accounting.Call, payload, *, last: bool):
+async def _attempt(call: accounting.Call, payload, *, last: bool, rebuild=None):
     entry = call.entry
     if entry is None:
         raise RuntimeError("upstream attempt before routing")  # _open_upstream sets it
@@ -199,6 +202,11 @@ async def _attempt(call: accounting.Call, payload, *, last: bool):
         return None, error_response(error, call.request_id)
     if reply.status < 300:
         return reply, None
+    if reply.status == 400 and rebuild is not None and (param := await unsupported.droppable(call, reply)):
+        reply.close()
+        unsupported.drop(call, param)
+        call.attempts += 1
+        return await _attempt(call, rebuild(), last=last)  # once: no rebuild for a second drop
     if failover.moves(reply.status):
         await failover.attempt_failed(call, reason=str(reply.status), retry_after=reply.retry_after)
         if not last:

@@ -139,6 +139,7 @@ class CatalogModelForm(forms.ModelForm):
             "allowed_options",
             "unpriced_tools",
             "extra_client_tools",
+            "drop_unsupported_params",
             *SELF_SERVICE_FIELDS,
             "access",
             "allowed_groups",
@@ -238,6 +239,8 @@ class CatalogModelAdmin(StaffAdmin):
         )
         if not data["is_active"]:
             services.model_set_active(model=created, is_active=False, actor=request.user)
+        if data.get("drop_unsupported_params"):
+            services.model_update(model=created, changes={"drop_unsupported_params": True}, actor=request.user)
         if data.get("self_service"):
             changes = {f: data.get(f) for f in SELF_SERVICE_FIELDS}
             model_set_self_service(model=created, changes=changes, actor=request.user)
