@@ -129,7 +129,7 @@ class CatalogModel(RateLimits):
     display_name = models.CharField(max_length=200, blank=True, verbose_name=_("display name"))
     is_active = models.BooleanField(default=True, verbose_name=_("active"))
     # The request options that cost more than tokens this model lets through (names from
-    # allocations.cost_options.ALLOWED_OPTIONS, sorted); each also needs a price (proxy.options).
+    # allocations.cost_options.ALLOWED_OPTIONS, sorted); each also needs a price (quota.options).
     allowed_options = models.JSONField(default=list, blank=True, verbose_name=_("allowed options"))
     # A built-in tool the model does not allow and price: removed from the request before it goes
     # upstream (named in the answer's x-gateway-removed-tools header), or the call refused with 400.

@@ -10,8 +10,10 @@ The parameter is read from the error's `param` (OpenAI's `unsupported_parameter`
 
 import json
 import re
+from typing import TYPE_CHECKING
 
-from . import accounting
+if TYPE_CHECKING:
+    from .accounting import Call
 
 DROPPED_HEADER = "x-gateway-dropped-params"
 CODES = {"unsupported_parameter", "unsupported_value"}
@@ -34,20 +36,16 @@ def named_parameter(raw: bytes) -> str | None:
     return (found.group(1) or found.group(2)) if found else None
 
 
-async def droppable(call: accounting.Call, reply) -> str | None:
+async def droppable(call: "Call", reply) -> str | None:
     """The parameter to send the call again without, or None (the 400 is then relayed: its body
-    stays readable, as aiohttp keeps what it read)."""
+    stays readable, as aiohttp keeps what it read). JSON requests only: an upload is not rebuilt."""
     entry, sent = call.entry, call.outgoing
     if entry is None or not entry.drop_unsupported_params or call.dropped or not isinstance(sent, dict):
+        return None
+    if call.sent is None or not isinstance(call.sent.payload, bytes):
         return None
     try:
         param = named_parameter(await reply.read())
     except Exception:  # noqa: BLE001 - an unreadable error body is relayed as it is
         return None
     return param if param in sent and param not in KEPT else None
-
-
-def drop(call: accounting.Call, param: str) -> None:
-    """What goes upstream from now on: the request without `param`."""
-    call.sent = {name: value for name, value in (call.outgoing or {}).items() if name != param}
-    call.dropped = (*call.dropped, param)
