@@ -96,6 +96,23 @@ class Outcome(models.TextChoices):
     REJECTED_MODEL_FORBIDDEN = "rejected_model_forbidden"
 
 
+# Every value CallRecord.endpoint takes: the /v1 endpoints (proxy.registry, same names) and realtime
+# sessions. Lists filter on these fixed names instead of asking the table which values it holds.
+CALL_ENDPOINTS = (
+    "chat.completions",
+    "responses",
+    "embeddings",
+    "images.generations",
+    "images.edits",
+    "audio.speech",
+    "audio.transcriptions",
+    "moderations",
+    "rerank",
+    "ocr",
+    "realtime",
+)
+
+
 class CloseReason(models.TextChoices):
     NORMAL = "normal"
     CLIENT_ABORT = "client_abort"
@@ -129,17 +146,27 @@ class CallRecord(models.Model):
     """One row per proxied call or realtime session, rejects included."""
 
     id = models.BigAutoField(primary_key=True, verbose_name=_("ID"))
-    request_id = models.CharField(max_length=64, db_index=True, verbose_name=_("request ID"))
+    request_id = models.CharField(max_length=64, verbose_name=_("request ID"))
+    # Foreign keys without their single-column indexes (see Meta): the composites serve the
+    # allocation, member and model lookups, and nothing deletes keys or price versions (they are
+    # revoked, or appended to), so no query needs an index on those two.
     allocation = models.ForeignKey(
         Allocation,
         null=True,
         blank=True,
         on_delete=models.PROTECT,
         related_name="call_records",
+        db_index=False,
         verbose_name=_("allocation"),
     )
     api_key = models.ForeignKey(
-        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("API key")
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("API key"),
     )
     member = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -147,10 +174,17 @@ class CallRecord(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
+        db_index=False,
         verbose_name=_("member"),
     )
     model = models.ForeignKey(
-        CatalogModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("model")
+        CatalogModel,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("model"),
     )
     endpoint = models.CharField(max_length=64, verbose_name=_("endpoint"))
     started_at = models.DateTimeField(verbose_name=_("started at"))
@@ -168,7 +202,13 @@ class CallRecord(models.Model):
     cost_usd = money_field(null=True, blank=True, verbose_name=_("cost (USD)"))
     priced = models.BooleanField(default=False, verbose_name=_("priced"))
     price_version = models.ForeignKey(
-        PriceVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", verbose_name=_("price version")
+        PriceVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("price version"),
     )
     estimated = models.BooleanField(default=False, verbose_name=_("estimated"))
     error_code = models.CharField(max_length=64, blank=True, verbose_name=_("error code"))
@@ -193,12 +233,23 @@ class CallRecord(models.Model):
     objects = CallRecordQuerySet.as_manager()
 
     class Meta:
+        # Every index is written on every call: each one here serves a query the gateway runs.
+        # request_id: exact lookups (the admin search, the in-doubt and sweeper checks), a plain
+        # btree (no pattern-ops twin: nothing searches by prefix). (x, started_at): a member's,
+        # an allocation's or a model's calls in a period, newest first. started_at: the lists and
+        # every period scan. (outcome, started_at) only for the outcomes other than success (a tenth
+        # of the calls): a list filtered to a rare outcome finds its rows, or none, at once.
         verbose_name = _("call record")
         verbose_name_plural = _("call records")
         indexes = [
+            models.Index(fields=["request_id"], name="callrecord_request_id"),
             models.Index(fields=["allocation", "started_at"]),
             models.Index(fields=["member", "started_at"]),
+            models.Index(fields=["model", "started_at"], name="callrecord_model_started"),
             models.Index(fields=["started_at"]),
+            models.Index(
+                fields=["outcome", "started_at"], name="callrecord_outcome_rare", condition=~models.Q(outcome="success")
+            ),
         ]
 
     def __str__(self):

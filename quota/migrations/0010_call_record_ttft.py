@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('quota', '0007_model_forbidden_outcome'),
+        ('quota', '0009_call_record_partitions'),
     ]
 
     operations = [
