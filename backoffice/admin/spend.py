@@ -17,6 +17,7 @@ from django.db.models import Sum
 from django.db.models.functions import TruncDate, TruncHour
 from django.utils.translation import gettext as _
 
+from quota.group_budgets import spend_by_group_buckets
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds, previous_period_start
 from quota.pricing import ZERO
@@ -24,7 +25,12 @@ from quota.pricing import ZERO
 MAX_DAYS = 366
 MAX_HOURLY_DAYS = 31
 MAX_SERIES = 8
-GROUPS = {"model": "model__slug", "provider": "model__provider__name", "member": "member__username"}
+GROUPS = {
+    "model": "model__slug",
+    "provider": "model__provider__name",
+    "member": "member__username",
+    "group": "",  # the groups each call counted toward (quota.group_budgets): a call of two groups stacks in both
+}
 
 
 @dataclass(frozen=True)
@@ -89,19 +95,23 @@ def buckets(period: Period) -> list[dt.datetime]:
 def spend_rows(*, period: Period, by: str, now: dt.datetime) -> tuple[list[str], list[dict]]:
     """Series names (the top MAX_SERIES, the rest as "other") and one row per bucket: amounts per
     series, the total and the running total (None after now: nothing is known yet)."""
-    trunc = TruncHour if period.step == "hour" else TruncDate
-    grouped = (
-        CallRecord.objects.in_period(period.start, period.end)
-        .filter(priced=True)
-        .annotate(bucket=trunc("started_at", tzinfo=billing_tz()))
-        .values("bucket", GROUPS[by])
-        .annotate(cost=Sum("cost_usd"))
-        .order_by()
-    )
     spend: dict[str, dict] = defaultdict(lambda: defaultdict(lambda: ZERO))
-    for row in grouped:
-        key = row["bucket"] if period.step == "hour" else _midnight(row["bucket"])
-        spend[row[GROUPS[by]] or "—"][key] += row["cost"] or ZERO
+    if by == "group":
+        for at, name, cost in spend_by_group_buckets(start=period.start, end=period.end, step=period.step):
+            spend[name][at if period.step == "hour" else _midnight(at.date())] += cost
+    else:
+        trunc = TruncHour if period.step == "hour" else TruncDate
+        grouped = (
+            CallRecord.objects.in_period(period.start, period.end)
+            .filter(priced=True)
+            .annotate(bucket=trunc("started_at", tzinfo=billing_tz()))
+            .values("bucket", GROUPS[by])
+            .annotate(cost=Sum("cost_usd"))
+            .order_by()
+        )
+        for row in grouped:
+            key = row["bucket"] if period.step == "hour" else _midnight(row["bucket"])
+            spend[row[GROUPS[by]] or "—"][key] += row["cost"] or ZERO
     ranked = sorted(spend, key=lambda name: (-sum(spend[name].values()), name))
     names = ranked[:MAX_SERIES] + ([_("other")] if len(ranked) > MAX_SERIES else [])
     rows, running = [], ZERO

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('quota', '0009_call_record_partitions'),
+        ('quota', '0010_group_budgets'),
     ]
 
     operations = [
