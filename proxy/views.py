@@ -26,7 +26,7 @@ from quota.models import Outcome
 from quota.pricing import Usage
 from quota.tools import REMOVED_HEADER
 
-from . import accounting, relay, response_ids
+from . import accounting, relay, response_ids, unsupported
 from . import simulated_media as simulated_media  # registers the simulated provider's media answers
 from .accounting import Call, settle
 from .answers import Answer
@@ -86,6 +86,8 @@ async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
     response = await _relay_admitted(call)
     if call.admitted is not None and call.admitted.removed:
         response[REMOVED_HEADER] = ",".join(call.admitted.removed)
+    if call.dropped:
+        response[unsupported.DROPPED_HEADER] = ",".join(call.dropped)
     return response
 
 
@@ -236,8 +238,10 @@ async def _events(call: Call, reply: Any) -> AsyncIterator[bytes]:
     try:
         async for chunk in reply.chunks():
             if relayed := handler.feed(chunk):
+                call.relayed()
                 yield relayed
         if tail := handler.rest():
+            call.relayed()
             yield tail
     except (asyncio.CancelledError, GeneratorExit):
         outcome = Outcome.CLIENT_CANCELLED

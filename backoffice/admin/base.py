@@ -12,6 +12,7 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from allocations.exceptions import GatewayError
 from allocations.login_limits import RateLimitedAuthenticationForm
@@ -19,8 +20,8 @@ from allocations.models import ProviderKind
 
 from .lists import KeysetListMixin
 
-admin.site.site_header = "AI gateway administration"
-admin.site.site_title = "AI gateway admin"
+admin.site.site_header = _("AI gateway administration")
+admin.site.site_title = _("AI gateway admin")
 
 
 class AdminLoginForm(RateLimitedAuthenticationForm, AdminAuthenticationForm):

@@ -10,6 +10,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, QueryDict
+from django.utils.translation import gettext_lazy as _
 
 from allocations import deployments as services
 from allocations.models import CatalogModel, Deployment
@@ -47,7 +48,7 @@ class DeploymentInline(admin.TabularInline):
     fields = (*FIELDS, "disabled_reason")
     readonly_fields = ("disabled_reason",)
     ordering = ("priority", "created_at")
-    verbose_name_plural = "deployments (the first, by priority then age, is the model's provider and upstream name)"
+    verbose_name_plural = _("deployments (the first, by priority then age, is the model's provider and upstream name)")
 
     def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return is_governing_staff(request)
@@ -89,13 +90,13 @@ def _report(
             model_admin.message_user(request, f"{provider}: failed ({figures}): {result.error}", messages.ERROR)
 
 
-@admin.action(description="Test connection (lists the provider's models; free)", permissions=["change"])
+@admin.action(description=_("Test connection (lists the provider's models; free)"), permissions=["change"])
 def test_connection(model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]) -> None:
     _report(model_admin, request, queryset, billable=False)
 
 
 @admin.action(
-    description="Test connection with a one-token call to the first deployment (billable)", permissions=["change"]
+    description=_("Test connection with a one-token call to the first deployment (billable)"), permissions=["change"]
 )
 def test_connection_billable(model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]) -> None:
     _report(model_admin, request, queryset, billable=True)

@@ -66,12 +66,12 @@ class GroupAdmin(StaffAdmin):
         """Each group with its member count and this period's counter (no query per row)."""
         return with_spend(super().get_queryset(request).annotate(n_members=Count("members")))
 
-    @admin.display(description="members", ordering="n_members")
-    def member_count(self, obj: Group):
+    @admin.display(description=_("members"), ordering="n_members")
+    def member_count(self, obj: Group) -> int:
         return obj.n_members  # type: ignore[attr-defined]  # annotated by get_queryset
 
     @admin.display(description=_("spend this month / budget"))
-    def spend(self, obj: Group):
+    def spend(self, obj: Group) -> str:
         used, cap = spend_of(obj).cost_used, obj.quota_cost_usd_per_month
         return marks.figure(
             marks.money(used), marks.money(cap) if cap is not None else gettext("no cap"), marks.share(used, cap),
@@ -79,7 +79,7 @@ class GroupAdmin(StaffAdmin):
         )  # fmt: skip
 
     @admin.display(description=_("tokens this month / quota"))
-    def tokens(self, obj: Group):
+    def tokens(self, obj: Group) -> str:
         used, cap = spend_of(obj).tokens_used, obj.quota_tokens_per_month
         state = marks.cap_state(tokens_used=used, token_cap=cap, cost_used=Decimal(0), cost_cap=None)
         cap_text = f"{cap:,}" if cap is not None else gettext("no cap")

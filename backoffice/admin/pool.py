@@ -14,6 +14,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from allocations.models import Allocation
 from quota.anomaly import anomaly_config_update
@@ -54,7 +55,7 @@ class PoolConfigAdmin(SingletonAdmin):
         extra_context = {**(extra_context or {}), "pool": pool_overview()}
         return super().change_view(request, object_id, form_url, extra_context)
 
-    @admin.action(description="Rebalance the pool now (shows a preview first)", permissions=["change"])
+    @admin.action(description=_("Rebalance the pool now (shows a preview first)"), permissions=["change"])
     def rebalance_with_preview(self, request: HttpRequest, queryset: QuerySet[PoolConfig]) -> HttpResponseRedirect:
         return redirect("admin:quota_pool_rebalance")
 

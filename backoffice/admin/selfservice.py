@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
+from django.utils.translation import gettext_lazy as _
 
 from allocations.models import ReclaimLock
 from allocations.reclaim import reclaim_unlock
@@ -25,7 +26,7 @@ class ReclaimLockAdmin(StaffAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    @admin.action(description="Unlock: let the member claim the model again", permissions=["revoke"])
+    @admin.action(description=_("Unlock: let the member claim the model again"), permissions=["revoke"])
     def unlock(self, request: HttpRequest, queryset: QuerySet[ReclaimLock]) -> None:
         locks = list(queryset.select_related("member", "model"))
         for lock in locks:
