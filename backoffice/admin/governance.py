@@ -349,6 +349,7 @@ ACTION_LABELS = {
     "admin_token_revoked": "admin token revoked",
     "usage_reconciled": "usage counters reconciled",
     "usage_drift_detected": "usage drift detected",
+    "rollups_rebuilt": "daily rollups rebuilt",
 }
 TARGET_MODELS = {
     "member": Member,
