@@ -227,3 +227,8 @@ def _fold(parts: Iterable[Iterable[dict]], keys: Sequence[str]) -> list[dict]:
     for row in folded.values():
         row["cost_usd"] = Decimal(row["cost_usd"]) if row["priced_calls"] else None
     return list(folded.values())
+
+
+def sort_key(value) -> tuple:
+    """Orders the groups of `usage_sums` as SQL's ORDER BY ... ASC does: NULL last."""
+    return (value is None, value if value is not None else 0)
