@@ -136,6 +136,26 @@ def rollups_rebuild_range(
     return summary
 
 
+def rollup_drift(*, first_day: dt.date, last_day: dt.date) -> dict[tuple, tuple]:
+    """{key: (from the records, from the rollups)} for every key of [first_day, last_day] whose
+    rollup row differs from the sums of its call records (a missing side is None); {} when the
+    rollups are exact. Reads the range's records: for checks and tests, not for pages."""
+    start, end = _midnight(first_day), _midnight(last_day + dt.timedelta(days=1))
+    source = f"(SELECT * FROM {CALL_TABLE} WHERE started_at >= %s AND started_at < %s) AS r"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(_GROUPED.format(tz="%s", source=source), [timezone_name(), start, end])
+        records = {tuple(row[:5]): tuple(row[5:]) for row in cursor.fetchall()}
+    rolled = {
+        tuple(row[:5]): tuple(row[5:])
+        for row in DailyRollup.objects.filter(day__gte=first_day, day__lte=last_day).values_list(*KEY, *SUMS)
+    }
+    return {
+        key: (records.get(key), rolled.get(key))
+        for key in records.keys() | rolled.keys()
+        if records.get(key) != rolled.get(key)
+    }
+
+
 def record_days() -> tuple[dt.date, dt.date] | None:
     """The first and last billing-timezone day that has call records, or None."""
     found = CallRecord.objects.aggregate(first=Min("started_at"), last=Max("started_at"))
