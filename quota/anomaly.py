@@ -60,8 +60,9 @@ def anomaly_figures(*, now: dt.datetime) -> dict:
     ones by their primary keys. The cost follows the day's calls, not the number of allocations."""
     hour_ago, day_ago = now - HOUR, now - HOUR * (BASELINE_HOURS + 1)
     rows = (
-        CallRecord.objects.filter(started_at__gte=day_ago, started_at__lt=now, outcome=Outcome.SUCCESS)
-        .exclude(allocation_id=None)
+        CallRecord.objects.filter(
+            started_at__gte=day_ago, started_at__lt=now, outcome=Outcome.SUCCESS, allocation__isnull=False
+        )
         .values("allocation_id")
         .annotate(
             last_hour=Count("id", filter=Q(started_at__gte=hour_ago)),

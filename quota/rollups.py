@@ -40,8 +40,8 @@ TOKENS = (
 )
 SUMS = ("calls", *TOKENS, "quantity", "cost_usd", "priced_calls", "unpriced_calls")
 # The record columns the rollup is computed from: what the settlement's INSERT returns.
-SOURCE_COLUMNS = ("started_at", "allocation_id", "member_id", "model_id", "outcome", "priced", "cost_usd", *TOKENS)
-SOURCE_COLUMNS += ("quantity",)
+SOURCE_COLUMNS: tuple[str, ...] = ("started_at", "allocation_id", "member_id", "model_id", "outcome", "priced")
+SOURCE_COLUMNS += ("cost_usd", *TOKENS, "quantity")
 
 _GROUPED = (
     "SELECT (started_at AT TIME ZONE {tz})::date, allocation_id, member_id, model_id, outcome, count(*), "  # noqa: S608
