@@ -84,7 +84,7 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy allocations portal realtime backoffice gateway_project quota proxy notifications ops
+	$(BIN)/mypy lib allocations portal realtime backoffice gateway_project quota proxy notifications ops
 
 worker: install
 	DEBUG=$${DEBUG:-true} $(BIN)/celery -A gateway_project worker -l info

@@ -2,7 +2,7 @@
 
 `key_scope` turns a bearer key into an immutable snapshot of its owner, its scope and each scoped
 allocation's model and provider. Snapshots are cached per process and keyed by the auth generation
-(allocations.cache), so any admin change is seen by every process on its next call, and the
+(lib.cache), so any admin change is seen by every process on its next call, and the
 request path pays one cache read instead of several queries.
 """
 
@@ -12,9 +12,10 @@ from decimal import Decimal
 
 from django.utils import timezone
 
+from lib.bounded import BoundedCache
+from lib.cache import auth_generation
+
 from . import crypto
-from .bounded import BoundedCache
-from .cache import auth_generation
 from .exceptions import (
     AllocationPaused,
     AllocationQuarantined,
@@ -132,7 +133,7 @@ def allocation_check_status(entry: ScopedAllocation) -> None:
 
 # (auth generation, {key hash: KeyScope or None}), shared by the threads and the event loop of a
 # process. A snapshot is stored only under the generation read before it was loaded, so a change
-# committed meanwhile is caught by the next bump (allocations.cache).
+# committed meanwhile is caught by the next bump (lib.cache).
 _snapshots: tuple[int | None, dict] = (None, {})
 _CACHE_MAX = 10_000
 

@@ -3,6 +3,7 @@
 import datetime as dt
 
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from .models import AdminToken, ApiKey
@@ -33,3 +34,11 @@ class AdminTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+class AdminTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "allocations.api_auth.AdminTokenAuthentication"
+    name = "adminToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An admin token from `create_admin_token`."}

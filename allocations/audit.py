@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from .http import client_ip, request_id_of
+from lib.http import client_ip, request_id_of
+
 from .models import AuditEvent
 
 

@@ -14,7 +14,8 @@ import time
 
 from django.conf import settings
 
-from .cache import counter_incr, counter_read
+from lib.cache import counter_incr, counter_read
+
 from .exceptions import TooManyAuthFailures
 
 logger = logging.getLogger("gateway.auth")

@@ -4,9 +4,10 @@ from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
 
+from lib.cache import bump_auth_generation
+
 from . import crypto
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .changes import check_known_fields, limits_snapshot, save_changed, validate_limits
 from .cost_options import allowed_options_clean, extra_client_tools_clean, unpriced_tools_clean
 from .exceptions import BadRequest
@@ -76,7 +77,7 @@ def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Prov
             before=before,
             after={"fingerprint": provider.key_fingerprint},
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return provider
 
 
@@ -113,7 +114,7 @@ def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provi
         audit_record(
             actor=actor, action="provider_status_updated", target=provider, before=before, after={"status": status}
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return provider
 
 

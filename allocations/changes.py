@@ -3,8 +3,9 @@ keys, members)."""
 
 from django.db import transaction
 
+from lib.cache import bump_auth_generation
+
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .exceptions import BadRequest
 from .models import RateLimits
 
@@ -54,5 +55,5 @@ def save_changed(obj, changes: dict, *, action: str, actor=None):
     with transaction.atomic():
         obj.save(update_fields=[*changed, "updated_at"])
         audit_record(actor=actor, action=action, target=obj, before=before, after=changed)
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return obj

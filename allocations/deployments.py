@@ -8,8 +8,9 @@ first. A model always keeps at least one deployment.
 
 from django.db import transaction
 
+from lib.cache import bump_auth_generation
+
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .changes import check_known_fields, validate_limit
 from .exceptions import BadRequest, Conflict
 from .models import CatalogModel, Deployment, Provider
@@ -84,7 +85,7 @@ def deployment_create(*, model: CatalogModel, actor=None, **fields) -> Deploymen
         deployment = Deployment.objects.create(model=model, **clean)
         _sync_model(model)
         audit_record(actor=actor, action="deployment_created", target=deployment, after=deployment_snapshot(deployment))
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return deployment
 
 

@@ -1,36 +1,8 @@
 """Domain errors. Each carries the contract's error code, HTTP status and OpenAI error type;
-every interface maps them to its own wire form in exactly one place."""
+every interface maps them to its own wire form in exactly one place. The base and the generic
+kinds live in lib.errors and are named here too, where every caller imports them from."""
 
-
-class GatewayError(Exception):
-    code = "gateway_error"
-    status = 500
-    type = "api_error"
-
-    def __init__(self, message: str = "", *, fields: dict | None = None):
-        super().__init__(message or self.code)
-        self.message = message or self.code
-        self.fields = fields
-
-
-class BadRequest(GatewayError):
-    code, status, type = "bad_request", 400, "invalid_request_error"
-
-
-class Unauthorized(GatewayError):
-    code, status, type = "unauthorized", 401, "authentication_error"
-
-
-class Forbidden(GatewayError):
-    code, status, type = "forbidden", 403, "permission_error"
-
-
-class NotFound(GatewayError):
-    code, status, type = "not_found", 404, "invalid_request_error"
-
-
-class Conflict(GatewayError):
-    code, status, type = "conflict", 409, "invalid_request_error"
+from lib.errors import BadRequest, Conflict, Forbidden, GatewayError, NotFound, Unauthorized  # noqa: F401
 
 
 class InvalidTransition(Conflict):

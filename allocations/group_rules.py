@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
+from lib.cache import bump_auth_generation
+from lib.regex_guard import UnsafePattern, regex_check
+
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .changes import check_known_fields
 from .exceptions import BadRequest
 from .models import Group, GroupRule
-from .regex_guard import UnsafePattern, regex_check
 
 logger = logging.getLogger(__name__)
 M = GroupRule.Matcher
@@ -24,7 +25,7 @@ RULE_FIELDS = ("order", "matcher", "pattern", "group", "enabled")
 
 
 def rule_pattern_clean(*, matcher: str, pattern) -> str:
-    """The pattern as stored, or a field error: regexes pass the guard (allocations.regex_guard),
+    """The pattern as stored, or a field error: regexes pass the guard (lib.regex_guard),
     domains and suffixes are case-folded, `always` takes none."""
     if matcher not in M.values:
         raise BadRequest("unknown matcher", fields={"matcher": [f"One of: {', '.join(M.values)}."]})
@@ -103,7 +104,7 @@ def group_rules_apply(*, member, actor=None) -> Group | None:
             target=group,
             after={"member": member.username, "member_id": str(member.pk), "rule": str(found.rule.pk)},
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return group
 
 

@@ -1,5 +1,5 @@
 """Groups and their members, and the model access policy (SPEC 10). Every change is audited and,
-as model access depends on both, bumps the auth generation once committed (allocations.cache), so
+as model access depends on both, bumps the auth generation once committed (lib.cache), so
 the next call of every process sees it."""
 
 import contextlib
@@ -8,12 +8,13 @@ import uuid
 from django.db import transaction
 from django.utils.text import slugify
 
+from lib.cache import bump_auth_generation
+from lib.serializers import money_str
+
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .changes import check_known_fields
 from .exceptions import BadRequest, Conflict
 from .models import CatalogModel, Group, Member
-from .serializers import money_str
 from .services import validate_cost_cap, validate_token_quota
 
 GROUP_FIELDS = ("name", "slug", "quota_cost_usd_per_month", "quota_tokens_per_month")
@@ -136,7 +137,7 @@ def group_members_change(*, group: Group, add=(), remove=(), actor=None) -> Grou
                 actor=actor, action=action, target=group, after={"member": member.username, "member_id": str(member.pk)}
             )
     if added or removed:
-        transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+        transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return group
 
 
@@ -186,5 +187,5 @@ def model_access_update(*, model: CatalogModel, changes: dict, actor=None) -> Ca
         if after != before:
             audit_record(actor=actor, action="model_access_updated", target=model, before=before, after=after)
     if after != before:
-        transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+        transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return model

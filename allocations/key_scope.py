@@ -4,8 +4,9 @@ none revoked. Audited as `key_scope_updated` with the allocations before and aft
 
 from django.db import transaction
 
+from lib.cache import bump_auth_generation
+
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .exceptions import BadRequest, InvalidTransition, ScopeConflict, ScopeForbidden
 from .models import Allocation, ApiKey, ApiKeyScope
 
@@ -49,5 +50,5 @@ def api_key_set_scope(*, key: ApiKey, add=(), remove=(), actor=None) -> ApiKey:
                 before={"allocations": _ids(current.values())},
                 after={"allocations": _ids(after.values())},
             )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return key

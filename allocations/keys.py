@@ -5,8 +5,9 @@ import secrets
 from django.db import transaction
 from django.utils import timezone
 
+from lib.cache import bump_auth_generation
+
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .exceptions import BadRequest, InvalidTransition, ScopeConflict, ScopeForbidden
 from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
     admin_token_create,
@@ -99,7 +100,7 @@ def api_key_set_expiry(*, key: ApiKey, expires_at, actor=None, now=None) -> ApiK
         audit_record(
             actor=actor, action="key_expiry_updated", target=key, before=before, after={"expires_at": _iso(expires_at)}
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return key
 
 
@@ -115,7 +116,7 @@ def api_key_rotate(*, key: ApiKey, actor=None, now=None):
         audit_record(
             actor=actor, action="key_rotated", target=key, before=before, after={"prefix": key.prefix}, now=now
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return key, plaintext
 
 
@@ -129,7 +130,7 @@ def api_key_revoke(*, key: ApiKey, actor=None, now=None) -> ApiKey:
         audit_record(
             actor=actor, action="key_revoked", target=key, before={"revoked": False}, after={"revoked": True}, now=now
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return key
 
 

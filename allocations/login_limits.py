@@ -16,7 +16,7 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from .http import client_ip
+from lib.http import client_ip
 
 MAX_FAILURES_PER_USERNAME = 5
 MAX_FAILURES_PER_IP = 20

@@ -13,8 +13,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from lib.cache import bump_auth_generation
+
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .changes import check_known_fields
 from .exceptions import BadRequest, Conflict, Forbidden
 from .group_rules import group_rules_apply
@@ -138,7 +139,7 @@ def member_update(*, member: Member, changes: dict, actor=None) -> Member:
         locked.save(update_fields=list(changed))
         _audit_member_changes(locked, before, changed, actor)
     if "is_active" in changed or "is_staff" in changed:
-        transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+        transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return locked
 
 
@@ -199,7 +200,7 @@ def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, acto
         member.is_staff, member.is_superuser = after["is_staff"], after["is_superuser"]
         member.save(update_fields=["is_staff", "is_superuser"])
         audit_record(actor=actor, action="member_roles_updated", target=member, before=before, after=after)
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return member
 
 

@@ -9,13 +9,14 @@ one allocation: the second insert fails and answers `already_claimed` like the c
 
 from django.db import IntegrityError, transaction
 
+from lib.serializers import money_str
+
 from . import services
 from .access import member_may_use
 from .audit import audit_record
 from .changes import check_known_fields
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound
 from .models import Allocation, CatalogModel, ReclaimLock
-from .serializers import money_str
 
 
 class ModelNotSelfService(Forbidden):

@@ -8,8 +8,10 @@ from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 
+from lib.cache import bump_auth_generation
+from lib.serializers import money_str
+
 from .audit import audit_record
-from .cache import bump_auth_generation
 from .catalog import (  # noqa: F401  (providers and models are governed in .catalog; callers use services)
     MODEL_UPDATABLE,
     PROVIDER_KEY_BOUND,
@@ -45,7 +47,6 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
 )
 from .models import Allocation, ApiKey, CatalogModel, RateLimits
 from .reclaim import reclaim_lock_after_revoke
-from .serializers import money_str
 
 Status = Allocation.Status
 
@@ -215,7 +216,7 @@ def allocation_update(*, allocation: Allocation, changes: dict, actor=None) -> A
                 before={f: before[f] for f in generic},
                 after={f: after[f] for f in generic},
             )
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     for field, value in changed.items():
         setattr(allocation, field, value)
     return allocation
@@ -233,7 +234,7 @@ def _transition(*, allocation, action, allowed_from, to_status, actor, paused_by
         locked.status, locked.paused_by, locked.status_reason = to_status, paused_by, reason
         locked.save(update_fields=["status", "paused_by", "status_reason", "updated_at"])
         audit_record(actor=actor, action=action, target=locked, before=before, after=allocation_snapshot(locked))
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     allocation.status, allocation.paused_by, allocation.status_reason = to_status, paused_by, reason
     return allocation
 

@@ -10,8 +10,8 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from allocations.api_errors import error_body  # noqa: E402
-from allocations.http import host_allowed, request_id_from  # noqa: E402
+from lib.api_errors import error_body  # noqa: E402
+from lib.http import host_allowed, request_id_from  # noqa: E402
 from ops.asgi import PATHS as OPS_PATHS  # noqa: E402
 from ops.asgi import app as ops_app  # noqa: E402
 from proxy.handler import ProxyHandler  # noqa: E402

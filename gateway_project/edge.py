@@ -29,7 +29,7 @@ from urllib.parse import unquote_to_bytes
 from django.conf import settings
 
 from allocations.exceptions import GatewayError
-from allocations.http import request_id_from
+from lib.http import request_id_from
 from proxy import gate, views
 from proxy.views import error_response
 from quota.exceptions import RequestTooLarge

@@ -27,6 +27,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lib import inflight
+
 logger = logging.getLogger(__name__)
 
 ALLOW_ENV = "GATEWAY_ALLOW_UNVERIFIED_SERVER"
@@ -269,13 +271,16 @@ def apply() -> None:
 # 1. stop accepting: this process closes its listening sockets (its siblings on a shared socket
 #    keep accepting); idle keep-alive connections are closed, busy ones close after their response
 #    (`Connection: close`), so no new call starts here;
-# 2. open realtime sessions are billed, recorded and closed with 1001 (`shutdown`) at once;
-# 3. HTTP calls in flight (and the upstream calls and settlements they started) run to their end,
-#    until GATEWAY_SHUTDOWN_GRACE_S minus a short tail;
+# 2. the work registered to end at once (lib.inflight.on_shutdown: open realtime sessions are
+#    billed, recorded and closed with 1001 `shutdown`) ends;
+# 3. HTTP calls in flight (daphne's requests) and the work they started (lib.inflight.tasks: upstream
+#    calls, settlements) run to their end, until GATEWAY_SHUTDOWN_GRACE_S minus a short tail;
 # 4. what still runs then is cancelled as daphne would, and the tail lets the settlements that
-#    cancellation starts finish; a call that does not settle even then is recorded as
-#    `worker_lost` at its admission's estimate (proxy.accounting.settle_held_as_lost), or by the
-#    reservation sweeper if the database cannot be reached.
+#    cancellation starts finish; a call that does not settle even then is written off
+#    (lib.inflight.on_abandon: recorded as `worker_lost` at its admission's estimate,
+#    proxy.accounting.settle_held_as_lost), or by the reservation sweeper if the database cannot
+#    be reached;
+# 5. once drained, the event loop's resources close (lib.inflight.on_close).
 
 POLL_S = 0.1
 LOST_SETTLE_S = 5.0  # the supervisor allows 10 s past the grace
@@ -290,21 +295,18 @@ def _drain_then_kill(server):
 async def _drain(server) -> None:
     from django.conf import settings
 
-    from proxy.handler import loop_resources_close, settlements_pending
-    from realtime.consumers import shutdown_sessions
-
     loop = asyncio.get_running_loop()
     grace = max(0.0, float(settings.GATEWAY_SHUTDOWN_GRACE_S))
     tail = min(1.0, grace / 10)
     started = loop.time()
     _stop_accepting()
-    sessions = asyncio.ensure_future(shutdown_sessions())
+    sessions = asyncio.ensure_future(inflight.shutdown())
     logger.info(
         "shutdown: draining %d HTTP call(s) and closing realtime sessions (grace %.0f s)",
         len(_http_calls(server)),
         grace,
     )
-    drained = await _until_idle(server, [sessions], settlements_pending, started + grace - tail)
+    drained = await _until_idle(server, [sessions], inflight.pending, started + grace - tail)
     if not drained:
         logger.warning(
             "shutdown: grace of %.0f s ran out; cancelling %d application(s); calls that do not settle "
@@ -312,21 +314,19 @@ async def _drain(server) -> None:
             grace,
             len(_cancel_all(server)),
         )
-        await _until_idle(server, [sessions], settlements_pending, loop.time() + tail)
-        await _settle_held_as_lost()
+        await _until_idle(server, [sessions], inflight.pending, loop.time() + tail)
+        await _write_off()
     logger.info("shutdown: drained in %.1f s", loop.time() - started)
     cancelled = _cancel_all(server)  # WebSocket applications whose session already closed
     if cancelled:
         await asyncio.wait(cancelled, timeout=max(tail, POLL_S))
     if drained:  # else an upstream call still running would fail on a closed session and be billed as such
-        await loop_resources_close()
+        await inflight.close()
 
 
-async def _settle_held_as_lost() -> None:
-    from proxy.accounting import settle_held_as_lost
-
+async def _write_off() -> None:
     try:
-        settled = await asyncio.wait_for(settle_held_as_lost(), timeout=LOST_SETTLE_S)
+        settled = await asyncio.wait_for(inflight.abandon(), timeout=LOST_SETTLE_S)
     except Exception:  # noqa: BLE001 - e.g. the database unreachable: the reservation sweeper does it later
         logger.exception("shutdown: could not settle the calls left as worker_lost; the sweeper will")
     else:

@@ -228,9 +228,9 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "EXCEPTION_HANDLER": "allocations.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "lib.api_errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_SCHEMA_CLASS": "allocations.api_schema.GatewayAutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "lib.api_schema.GatewayAutoSchema",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AI gateway admin and member API",

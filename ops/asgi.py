@@ -14,7 +14,7 @@ import uuid
 
 from django.conf import settings
 
-from allocations.api_errors import error_body
+from lib.api_errors import error_body
 
 from . import health, metrics
 

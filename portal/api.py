@@ -16,8 +16,8 @@ from rest_framework.response import Response
 from allocations import services
 from allocations.exceptions import ScopeForbidden
 from allocations.models import Allocation
-from allocations.pages import parse_limit
-from allocations.serializers import (
+from lib.pages import parse_limit
+from lib.serializers import (
     QueryCheckedAPIView,
     StrictAwareDateTimeField,
     StrictCharField,

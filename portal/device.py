@@ -23,9 +23,9 @@ from rest_framework.response import Response
 
 from allocations import device
 from allocations.exceptions import GatewayError, NotFound, TooManyAuthFailures
-from allocations.http import client_ip
 from allocations.models import Allocation
-from allocations.serializers import StrictCharField, StrictInputSerializer, UnderscoreNamesMixin, parse_input
+from lib.http import client_ip
+from lib.serializers import StrictCharField, StrictInputSerializer, UnderscoreNamesMixin, parse_input
 
 from .api import MemberAPIView, owned_allocations
 

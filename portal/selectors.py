@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation, ApiKey
-from allocations.pages import keyset_page
-from allocations.serializers import money_str
+from lib.pages import keyset_page
+from lib.serializers import money_str
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import ZERO

@@ -25,7 +25,7 @@ from allocations.access import member_may_use
 from allocations.exceptions import GatewayError
 from allocations.key_scope import api_key_set_scope
 from allocations.models import Allocation, CatalogModel, ReclaimLock
-from allocations.serializers import StrictCharField, StrictInputSerializer, parse_input
+from lib.serializers import StrictCharField, StrictInputSerializer, parse_input
 from quota.models import PriceVersion
 from quota.selectors import price_describe
 

@@ -5,7 +5,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from allocations.serializers import MoneyField, UnderscoreNamesMixin
+from lib.serializers import MoneyField, UnderscoreNamesMixin
 from quota.selectors import price_describe
 
 

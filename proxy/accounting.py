@@ -24,8 +24,9 @@ from django.db import Error as DatabaseError
 from django.db import connection
 
 from allocations.access import KeyScope, ScopedAllocation, key_scope
-from allocations.cache import auth_generation
 from allocations.exceptions import BadRequest, GatewayError, GatewayUnavailable, Unauthorized
+from lib import inflight
+from lib.cache import auth_generation
 from quota import ledger, ratelimit
 from quota.billing import bill as billing
 from quota.ledger import Admission, threads
@@ -300,7 +301,8 @@ async def _open_on_loop(call: Call) -> bool:
 # --- step 2: close ---------------------------------------------------------------------------
 
 
-_closing: set = set()  # strong references: a settlement runs to its end even when its request is gone
+# Strong references: a settlement runs to its end even when its request is gone.
+_closing = inflight.tasks("settlements")
 # Reservations of this process's admitted calls whose settlement has not ended: one entry per call
 # in flight (a settlement's end removes it, whatever its outcome).
 _held: set[uuid.UUID] = set()
@@ -327,6 +329,9 @@ async def settle_held_as_lost() -> int:
     if not _held:
         return 0
     return await threads.run(ledger.reservations_settle_lost, reservation_ids=list(_held))
+
+
+inflight.on_abandon("unsettled calls", settle_held_as_lost)
 
 
 async def close_call(

@@ -4,8 +4,8 @@ body alone refuses: proxy.options), and the body sent upstream."""
 import json
 
 from allocations.exceptions import BadRequest, GatewayError
-from allocations.json_depth import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # the rule's one definition
-from allocations.json_depth import TOO_DEEP, json_depth_fits
+from lib.json_depth import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # the rule's one definition
+from lib.json_depth import TOO_DEEP, json_depth_fits
 from quota.exceptions import RequestTooLarge
 
 from . import accounting, options

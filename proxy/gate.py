@@ -13,7 +13,7 @@ import logging
 from allocations.access import key_scope, key_scope_held
 from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import GatewayError, Unauthorized
-from allocations.http import client_address
+from lib.http import client_address
 from ops import observe
 from quota.ledger import threads
 

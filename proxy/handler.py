@@ -26,10 +26,11 @@ from django.http import HttpResponse
 from django.urls import set_script_prefix
 
 from allocations.exceptions import GatewayError, GatewayUnavailable
-from allocations.http import request_id_from
+from lib import inflight
+from lib.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
-from . import accounting, gate, multipart, upstream, views
+from . import accounting, gate, multipart, upstream
 from .views import error_response, request_id_for
 
 logger = logging.getLogger("django.request")
@@ -159,18 +160,14 @@ async def read_body(receive, scope, limit: int) -> tuple[bytes, bool]:
     return (b"" if too_large else b"".join(parts)), too_large
 
 
-def settlements_pending() -> list[asyncio.Future]:
-    """What this process still owes the ledger besides its requests: upstream calls completing for
-    a client that went away (they are billed all the same) and settlements being written. A server
-    that shuts down waits for these (gateway_project.server_patches)."""
-    return [*views._background, *accounting._closing]
-
-
 async def loop_resources_close() -> None:
     """What a process's event loop holds for /v1: the upstream session and the accounting
     connections (quota.ledger.loop). daphne has no lifespan; process exit closes them there."""
     await upstream.session_close()
     await ledger_loop.pool_close()
+
+
+inflight.on_close("loop resources", loop_resources_close)
 
 
 async def lifespan(scope, receive, send):

@@ -8,8 +8,8 @@ cache lost it) is refused like another member's: 404 `not_found`, failing closed
 
 import logging
 
-from allocations.cache import shared_get, shared_set
 from allocations.exceptions import GatewayUnavailable, NotFound
+from lib.cache import shared_get, shared_set
 
 logger = logging.getLogger(__name__)
 RETENTION_S = 30 * 24 * 3600

@@ -23,8 +23,8 @@ import aiohttp
 from django.conf import settings
 
 from allocations.access import ScopedAllocation
-from allocations.bounded import BoundedCache
 from allocations.models import ProviderKind
+from lib.bounded import BoundedCache
 from quota.exceptions import UpstreamError, UpstreamTimeout
 
 from . import simulated

@@ -13,10 +13,11 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
-from allocations.api_errors import error_body
 from allocations.exceptions import BadRequest, GatewayError, NotFound
-from allocations.http import request_id_of as request_id_for
 from allocations.models import Allocation
+from lib import inflight
+from lib.api_errors import error_body
+from lib.http import request_id_of as request_id_for
 from quota import routing
 from quota.billing import bill as billing
 from quota.exceptions import RateLimited, UpstreamError, UpstreamTimeout
@@ -30,7 +31,8 @@ from .registry import ENDPOINTS
 
 logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_background: set = set()  # strong references: an upstream call finishes even when its request is gone
+# Strong references: an upstream call finishes even when its request is gone.
+_background = inflight.tasks("upstream calls")
 
 
 def error_response(error: GatewayError, request_id: str) -> HttpResponse:

@@ -29,8 +29,6 @@ from allocations.access import (
     key_scope_cached,
     key_touch,
 )
-from allocations.bounded import BoundedCache
-from allocations.cache import auth_generation, auth_generation_async, forget_generation, known_generation
 from allocations.exceptions import (
     AllocationPaused,
     AllocationQuarantined,
@@ -40,6 +38,8 @@ from allocations.exceptions import (
     ModelMismatch,
     Unauthorized,
 )
+from lib.bounded import BoundedCache
+from lib.cache import auth_generation, auth_generation_async, forget_generation, known_generation
 
 from . import ledger, ratelimit
 from .exceptions import (

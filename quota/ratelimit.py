@@ -8,7 +8,7 @@ process that dies gives its slots back after the lease. A call's tokens are coun
 reservation's estimate at admission and corrected to what it used when it settles.
 
 From the event loop the script goes out on a pipelined minimal connection per loop
-(allocations.cache.RespConnection), sent before the call's admission in PostgreSQL and read after
+(lib.cache.RespConnection), sent before the call's admission in PostgreSQL and read after
 it; for a warm call it also checks the auth generation the call's cached key and limits were read
 under (quota.preflight), so a limited call costs no more Redis round trips than an unlimited one.
 The accounting threads and realtime's database steps use redis-py. When Redis does not answer,
@@ -34,7 +34,7 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
-from allocations.cache import LoopConnection, RespConnection
+from lib.cache import LoopConnection, RespConnection
 
 from .ratelimit_memory import MemoryWindows
 

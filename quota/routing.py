@@ -25,8 +25,8 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from allocations.access import DeploymentInfo, ScopedAllocation
-from allocations.cache import shared_get_many, shared_set
 from allocations.deployments import deployment_take_out
+from lib.cache import shared_get_many, shared_set
 
 from . import ratelimit
 from .ledger import threads

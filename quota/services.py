@@ -11,10 +11,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from allocations.audit import audit_record
-from allocations.bounded import BoundedCache
-from allocations.cache import bump_auth_generation
 from allocations.cost_options import BUILTIN_TOOLS, SERVICE_TIERS
 from allocations.exceptions import BadRequest
+from lib.bounded import BoundedCache
+from lib.cache import bump_auth_generation
 
 from .ledger.sync import counter_for
 from .models import PriceUnit, PriceVersion, UsageCounter
@@ -182,7 +182,7 @@ def price_version_add(*, model, effective_from=None, unit: str = "", price_per_u
             "image_prices": clean["image_prices"],
         }
         audit_record(actor=actor, action="price_version_added", target=version, after=after)
-    transaction.on_commit(bump_auth_generation)  # after commit: see allocations.cache
+    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
     return version
 
 

@@ -22,7 +22,8 @@ from django.utils import timezone
 from allocations.access import key_scope
 from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
-from allocations.http import client_address
+from lib import inflight
+from lib.http import client_address
 from quota import ratelimit
 from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.models import CloseReason, Outcome
@@ -45,7 +46,7 @@ SESSION_UPDATES = {"session.update", "transcription_session.update"}
 UPSTREAM_MARKERS = ('"response.', '"conversation.item.input_audio_transcription.completed"')
 ABORT_WAIT_S = 3.0  # how long a client abort waits for the cancelled response's usage
 
-# Open sessions of this process, finished first when the server shuts down (gateway_project.server_patches).
+# Open sessions of this process, finished first when the server shuts down (lib.inflight).
 LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -53,6 +54,9 @@ async def shutdown_sessions() -> None:
     await asyncio.gather(
         *(c._finish(CloseReason.SHUTDOWN, Outcome.GATEWAY_ERROR, CloseCode.GOING_AWAY, cut=True) for c in list(LIVE))
     )
+
+
+inflight.on_shutdown("realtime sessions", shutdown_sessions)
 
 
 class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):

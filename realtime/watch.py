@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from allocations.cache import auth_generation_async
 from allocations.exceptions import GatewayError
+from lib.cache import auth_generation_async
 from quota import ratelimit
 from quota.preflight import reject_outcome
 

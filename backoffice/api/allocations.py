@@ -7,7 +7,7 @@ from rest_framework.response import Response
 
 from allocations import services
 from allocations.models import Allocation
-from allocations.serializers import (
+from lib.serializers import (
     DecimalInputField,
     RateLimitsInputMixin,
     StrictBooleanField,

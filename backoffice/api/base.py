@@ -10,10 +10,10 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from allocations.exceptions import BadRequest
-from allocations.json_depth import DepthLimitedJSONParser
 from allocations.models import Member, Provider
-from allocations.pages import keyset_page, parse_limit
-from allocations.serializers import QueryCheckedAPIView
+from lib.json_depth import DepthLimitedJSONParser
+from lib.pages import keyset_page, parse_limit
+from lib.serializers import QueryCheckedAPIView
 
 PAGE_PARAMETERS = [
     OpenApiParameter("cursor", str, description="The `next` of the previous page."),

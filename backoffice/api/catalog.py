@@ -11,7 +11,7 @@ from allocations.cost_options import ALLOWED_OPTIONS, UNPRICED_TOOLS
 from allocations.groups import ACCESS_FIELDS, model_access_update
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
 from allocations.selfservice import model_set_self_service
-from allocations.serializers import (
+from lib.serializers import (
     DecimalInputField,
     RateLimitsInputMixin,
     StrictBooleanField,

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from allocations import deployments as services
 from allocations.models import CatalogModel, Deployment, Provider
 from allocations.provider_check import provider_test
-from allocations.serializers import (
+from lib.serializers import (
     StrictBooleanField,
     StrictCharField,
     StrictInputSerializer,

@@ -9,7 +9,7 @@ from allocations import group_rules, groups
 from allocations.exceptions import BadRequest
 from allocations.model_access import member_access, model_members_allowed
 from allocations.models import CatalogModel, Group, GroupRule, Member
-from allocations.serializers import (
+from lib.serializers import (
     DecimalInputField,
     StrictBooleanField,
     StrictCharField,

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from allocations import invitations, services
 from allocations.members import MEMBER_UPDATABLE
 from allocations.models import AdminToken, Member
-from allocations.serializers import (
+from lib.serializers import (
     StrictBooleanField,
     StrictCharField,
     StrictEmailField,

@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
 from allocations.exceptions import BadRequest
-from allocations.serializers import QueryCheckedAPIView
+from lib.serializers import QueryCheckedAPIView
 from quota.pool import (
     RebalanceRefused,
     log_describe,

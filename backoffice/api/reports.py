@@ -11,7 +11,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from allocations.models import AuditEvent
-from allocations.serializers import MoneyField, UnderscoreNamesMixin
+from lib.serializers import MoneyField, UnderscoreNamesMixin
 
 from . import selectors as sel
 from .base import PAGE_PARAMETERS, AdminAPIView, list_response

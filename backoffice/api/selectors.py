@@ -10,7 +10,7 @@ from django.http import Http404
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation
 from allocations.selectors import key_prefixes_by_allocation
-from allocations.serializers import money_str
+from lib.serializers import money_str
 from quota import selectors
 from quota.periods import billing_tz, period_bounds
 from quota.rollups import sort_key, usage_sums

@@ -12,7 +12,7 @@ from allocations.exceptions import BadRequest
 from allocations.key_scope import api_key_set_scope
 from allocations.models import Allocation, ApiKey, CatalogModel, Member
 from allocations.reclaim import reclaim_unlock
-from allocations.serializers import (
+from lib.serializers import (
     DecimalInputField,
     MoneyField,
     StrictBooleanField,

@@ -3,7 +3,7 @@ details and the OpenAPI schema. Input serializers sit in the view that takes the
 
 from rest_framework import serializers
 
-from allocations.serializers import MoneyField
+from lib.serializers import MoneyField
 
 from .selfservice import SelfServiceOutputMixin
 

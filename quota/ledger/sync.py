@@ -22,7 +22,7 @@ from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.models import F
 from django.utils import timezone
 
-from allocations.bounded import BoundedCache
+from lib.bounded import BoundedCache
 
 from .. import rollups
 from ..billing import caps

@@ -12,9 +12,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from allocations.audit import audit_record
-from allocations.cache import bump_auth_generation
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation
+from lib.cache import bump_auth_generation
 
 from ..periods import billing_tz, period_bounds
 from ..pool_models import PoolConfig, RebalanceEntry, RebalanceLog

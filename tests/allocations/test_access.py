@@ -2,9 +2,9 @@ import pytest
 from django.db import transaction
 
 from allocations.access import allocation_check_status, key_scope
-from allocations.cache import auth_generation
 from allocations.exceptions import AllocationPaused, ModelMismatch, Unauthorized
 from allocations.services import allocation_pause, api_key_revoke, member_set_active
+from lib.cache import auth_generation
 from tests.factories import AllocationFactory, CatalogModelFactory, make_key
 
 pytestmark = pytest.mark.django_db

@@ -364,7 +364,7 @@ def test_one_bad_field_saves_none_of_the_others(allocation):
 def test_a_revocation_is_seen_even_after_the_shared_cache_lost_the_generation(allocation, member):
     from django.core.cache import cache
 
-    from allocations.cache import auth_generation, bump_auth_generation
+    from lib.cache import auth_generation, bump_auth_generation
 
     key, plaintext = services.api_key_create(member=member, name="ci", allocations=[allocation])
     auth_generation()

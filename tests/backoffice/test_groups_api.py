@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from allocations.cache import auth_generation
 from allocations.models import AuditEvent, Group
+from lib.cache import auth_generation
 from tests.backoffice.conftest import error_of
 from tests.factories import CatalogModelFactory, MemberFactory
 

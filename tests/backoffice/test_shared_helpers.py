@@ -6,8 +6,8 @@ import pytest
 from django.test import RequestFactory
 
 from allocations.exceptions import BadRequest
-from allocations.http import client_ip, request_id_of
-from allocations.pages import cursor_decode, cursor_encode, parse_limit
+from lib.http import client_ip, request_id_of
+from lib.pages import cursor_decode, cursor_encode, parse_limit
 
 pytestmark = pytest.mark.django_db
 

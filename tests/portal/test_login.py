@@ -1,8 +1,8 @@
 import pytest
 from django.test import Client, RequestFactory
 
-from allocations.http import client_ip
 from allocations.services import member_set_active
+from lib.http import client_ip
 from tests.factories import MemberFactory
 from tests.portal.conftest import PASSWORD
 

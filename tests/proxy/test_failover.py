@@ -159,7 +159,7 @@ def test_calls_spread_over_deployments_by_weight(world, fake_upstream):
 def test_a_deployment_over_its_own_rpm_sends_the_call_to_the_next(world, fake_upstream):
     allocation, first, backup = two_deployments(world, "gpt-4o-mini", second_upstream="gpt-4o")
     Deployment.objects.filter(pk=first.pk).update(rpm_limit=1)
-    from allocations.cache import bump_auth_generation
+    from lib.cache import bump_auth_generation
 
     bump_auth_generation()
     chat_call(world, allocation, "fo-rpm-1")

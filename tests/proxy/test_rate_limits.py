@@ -13,8 +13,8 @@ import openai
 import pytest
 from django.utils import timezone
 
-from allocations.cache import bump_auth_generation
 from allocations.services import api_key_set_expiry, model_update
+from lib.cache import bump_auth_generation
 from proxy.registry import ENDPOINTS
 from quota.models import CallRecord, Reservation, UsageCounter
 from tests.factories import MemberFactory

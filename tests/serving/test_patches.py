@@ -107,3 +107,18 @@ def test_the_asgi_application_applies_every_patch_to_the_loaded_server():
     assert all(hasattr(getattr(WebRequest, name), "__wrapped__") for name in ("gotLength", "process"))  # the edge
     server_patches.apply()  # once only: a second call wraps nothing twice
     assert not hasattr(WebRequest.__init__.__wrapped__, "__wrapped__")
+
+
+def test_the_asgi_application_registers_every_kind_of_in_flight_work_the_drain_reads():
+    import gateway_project.asgi  # noqa: F401 - imports the relays, which register themselves
+    from lib import inflight
+    from proxy import accounting, views
+
+    registered = inflight.names()
+    assert {"upstream calls", "settlements"} <= set(registered["tasks"])
+    assert registered["on_shutdown"] == ["realtime sessions"]
+    assert registered["on_abandon"] == ["unsettled calls"]
+    assert registered["on_close"] == ["loop resources"]
+    # the sets the relays add to are the ones the drain waits for
+    assert inflight.tasks("upstream calls") is views._background
+    assert inflight.tasks("settlements") is accounting._closing

@@ -2,12 +2,11 @@
 
 Operation ids are built from the whole path, parameters included, so a list and its detail
 never collide; every operation documents the error envelope for its error statuses; the admin
-bearer token is declared as an HTTP bearer scheme.
+bearer token is declared as an HTTP bearer scheme (allocations.api_auth, where it is defined).
 """
 
 import re
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
 
@@ -54,11 +53,3 @@ class GatewayAutoSchema(AutoSchema):
         path = self.path.removeprefix("/api/").strip("/")
         words = [f"by_{part[1:-1]}" if part.startswith("{") else part for part in path.split("/")]
         return re.sub(r"\W+", "_", "_".join([*words, self.method.lower()]))
-
-
-class AdminTokenScheme(OpenApiAuthenticationExtension):
-    target_class = "allocations.api_auth.AdminTokenAuthentication"
-    name = "adminToken"
-
-    def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "description": "An admin token from `create_admin_token`."}

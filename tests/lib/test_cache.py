@@ -6,8 +6,8 @@ import asyncio
 import pytest
 from django.conf import settings
 
-from allocations import cache
-from allocations.cache import auth_generation, auth_generation_async, bump_auth_generation
+from lib import cache
+from lib.cache import auth_generation, auth_generation_async, bump_auth_generation
 
 pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="the shared reads are Redis GETs")
 

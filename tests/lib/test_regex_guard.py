@@ -3,7 +3,7 @@ patterns kept."""
 
 import pytest
 
-from allocations.regex_guard import MAX_PATTERN_LENGTH, UnsafePattern, regex_check
+from lib.regex_guard import MAX_PATTERN_LENGTH, UnsafePattern, regex_check
 
 REFUSED = [
     "(a+)+",

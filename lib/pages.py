@@ -11,7 +11,7 @@ import json
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 
-from .exceptions import BadRequest
+from .errors import BadRequest
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

@@ -6,7 +6,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from .exceptions import GatewayError
+from .errors import GatewayError
 from .http import request_id_of
 
 DRF_CODES = {

@@ -1,4 +1,4 @@
-from allocations.bounded import BoundedCache
+from lib.bounded import BoundedCache
 
 
 def test_a_bounded_cache_empties_itself_instead_of_growing_past_its_limit():

@@ -50,7 +50,7 @@ class StrictInputSerializer(serializers.Serializer):
 class QueryCheckedAPIView(APIView):
     """An API view whose query parameters are checked before any view code runs: PostgreSQL text
     cannot hold a NUL character, so a filter carrying one would fail in the database (500). Its
-    JSON bodies nest at most allocations.json_depth.MAX_JSON_DEPTH deep (else 400)."""
+    JSON bodies nest at most lib.json_depth.MAX_JSON_DEPTH deep (else 400)."""
 
     parser_classes = API_PARSERS
 

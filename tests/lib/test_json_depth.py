@@ -5,7 +5,7 @@ import pytest
 from django.test import Client
 
 from allocations import services
-from allocations.json_depth import MAX_JSON_DEPTH
+from lib.json_depth import MAX_JSON_DEPTH
 from tests.backoffice.conftest import error_of
 
 pytestmark = pytest.mark.django_db
