@@ -74,7 +74,7 @@ def period_from(params, *, now: dt.datetime) -> Period:
     else:
         name = "this"
         start, end = period_bounds(now)
-    if step == "hour" and end - start > dt.timedelta(days=MAX_HOURLY_DAYS):
+    if step == "hour" and end - start > dt.timedelta(days=MAX_HOURLY_DAYS, hours=1):  # an hour more: DST
         raise PeriodError(_("By hour, a range is at most 2 days."))
     return Period(name=name, start=start, end=end, step=step)
 
