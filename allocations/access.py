@@ -261,7 +261,7 @@ def key_scope(plaintext: str, *, generation: int | None = None, now: datetime | 
 
 def key_scope_cached(plaintext: str, *, generation: int, now: datetime) -> KeyScope | None:
     """The cached snapshot of a key under `generation`, or None (not cached, unknown, expired or
-    refused): no database access, for the event loop's fast path (quota.preflight); a None sends
+    refused): no database access, for the event loop's fast path (quota.admission); a None sends
     the call through key_scope on an accounting thread."""
     held, cache = _snapshots
     if held != generation:

@@ -3,7 +3,7 @@
 and the tools judged by who runs them (client tools pass; built-ins are priced or removed).
 
 A model allows an option by listing its name; the proxy lets the option through only when the
-model allows it and the price version in force prices it (proxy.options, docs/DECISIONS.md).
+model allows it and the price version in force prices it (quota.options, docs/DECISIONS.md).
 """
 
 import re

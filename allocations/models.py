@@ -109,7 +109,7 @@ class CatalogModel(RateLimits):
     display_name = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True)
     # The request options that cost more than tokens this model lets through (names from
-    # allocations.cost_options.ALLOWED_OPTIONS, sorted); each also needs a price (proxy.options).
+    # allocations.cost_options.ALLOWED_OPTIONS, sorted); each also needs a price (quota.options).
     allowed_options = models.JSONField(default=list, blank=True)
     # A built-in tool the model does not allow and price: removed from the request before it goes
     # upstream (named in the answer's x-gateway-removed-tools header), or the call refused with 400.

@@ -236,7 +236,7 @@ _last_reads: tuple = (None, None)  # (event loop, its reader): the usual lookup,
 
 
 async def auth_generation_async() -> int | None:
-    """auth_generation from the event loop (quota.preflight's fast path), or None when it is not
+    """auth_generation from the event loop (quota.admission's fast path), or None when it is not
     set yet (the thread path sets it). On Redis through _SharedReads; other cache backends are
     in-process and read directly."""
     # caches["default"] builds a new backend object in every request's context: the reader is

@@ -31,6 +31,7 @@ from lib.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
 from . import accounting, gate, multipart, upstream
+from .registry import spools
 from .views import error_response, request_id_for
 
 logger = logging.getLogger("django.request")
@@ -74,7 +75,7 @@ class ProxyHandler(ASGIHandler):
             return await self.send_response(error_response(refused, rid), send)
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
         try:
-            if multipart.spools(scope["path"]):  # uploads go to a spool, not to memory
+            if spools(scope["path"]):  # uploads go to a spool, not to memory
                 (upload, too_large), body = await multipart.spool_body(receive, scope, limit), b""
             else:
                 body, too_large = await read_body(receive, scope, limit)
@@ -88,7 +89,7 @@ class ProxyHandler(ASGIHandler):
             return await self.send_response(HttpResponse(status=400), send)
         request._body = body  # already read, with our limit (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is for forms)
         request.gateway_body_too_large = too_large
-        request.gateway_upload = upload  # closed by proxy.media_views once the upstream has it
+        request.gateway_upload = upload  # closed by proxy.views once the upstream has it
 
         async def process(request):
             # The view straight from the (remembered) URL match: Django's get_response_async adds

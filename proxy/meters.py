@@ -12,10 +12,9 @@ from collections import Counter
 from django.conf import settings
 
 from allocations.cost_options import CALL_ITEM_TYPES
+from quota import options
 from quota.billing import bill as billing
 from quota.pricing import Usage
-
-from . import options
 
 CHARS_PER_TOKEN = 4
 _decoder = json.JSONDecoder()

@@ -29,7 +29,6 @@ from allocations.exceptions import BadRequest, GatewayError
 
 from .audio import EmptyAudio
 from .audio import upload_duration as read_duration
-from .registry import BODY_MULTIPART, ENDPOINTS
 
 SPOOL_MEMORY = 1 << 20
 CHUNK = 1 << 18
@@ -38,13 +37,6 @@ MAX_HEADERS = 16 << 10
 BOUNDARY = re.compile(rb'boundary="?([^";,\s]{1,200})"?', re.IGNORECASE)
 HEADER_LINE = re.compile(rb"[!-9;-~]+:[^\r\n]*")  # a field name, a colon, a value; no folding, no bare CR/LF
 _headers = HeaderParser()
-
-
-def spools(path: str) -> bool:
-    """Whether proxy.handler spools this path's body (the multipart endpoints of the registry)."""
-    return path.startswith("/v1/") and any(
-        e.body == BODY_MULTIPART and path.rstrip("/") == "/v1/" + e.path for e in ENDPOINTS.values()
-    )
 
 
 async def spool_body(receive, scope, limit: int):

@@ -1,30 +1,25 @@
 """The /v1 side of ops.observe: a call's state turned into the plain values it reports."""
 
 import time
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
 from allocations.exceptions import GatewayError
 from ops import observe
-from quota.preflight import reject_outcome
+from quota.admission import reject_outcome
 from quota.pricing import Usage, cost_for
 
-from . import accounting
-
-UPSTREAM_T0 = "upstream_t0"  # Call.extra: perf_counter() when the call was sent upstream
-IN_FLIGHT = "in_flight"  # Call.extra: counted in the in-flight gauge
+if TYPE_CHECKING:
+    from .accounting import Call
 
 
-def upstream_sent(call: accounting.Call) -> None:
-    call.extra[UPSTREAM_T0] = time.perf_counter()
-
-
-def admitted(call: accounting.Call) -> None:
-    call.extra[IN_FLIGHT] = True
+def admitted(call: "Call") -> None:
+    call.in_flight = True
     observe.call_admitted()
 
 
-def refused(call: accounting.Call, error: GatewayError) -> None:
+def refused(call: "Call", error: GatewayError) -> None:
     outcome = reject_outcome(error)
     entry = call.entry
     observe.call_refused(
@@ -38,8 +33,8 @@ def refused(call: accounting.Call, error: GatewayError) -> None:
     )
 
 
-def settled(call: accounting.Call, *, outcome: str, status: int, usage: Usage, code: str) -> None:
-    entry, t0 = call.entry, call.extra.get(UPSTREAM_T0)
+def settled(call: "Call", *, outcome: str, status: int, usage: Usage, code: str) -> None:
+    entry, t0 = call.entry, call.upstream_t0
     observe.call_finished(
         request_id=call.request_id,
         endpoint=call.endpoint.name,
@@ -50,9 +45,15 @@ def settled(call: accounting.Call, *, outcome: str, status: int, usage: Usage, c
         status=status,
         usage=usage,
         cost=cost_for(call.price, usage),
-        elapsed_s=(timezone.now() - call.started_at).total_seconds(),
+        elapsed_s=(timezone.now() - call.plan.started_at).total_seconds(),
         upstream_s=time.perf_counter() - t0 if t0 is not None else None,
         code=code,
         stream=call.stream,
-        admitted=call.extra.pop(IN_FLIGHT, False),
+        admitted=_counted_out(call),
     )
+
+
+def _counted_out(call: "Call") -> bool:
+    """Whether the call was counted in the in-flight gauge (then it is counted out, once)."""
+    counted, call.in_flight = call.in_flight, False
+    return counted

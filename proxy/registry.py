@@ -1,15 +1,23 @@
 """The /v1 endpoints as data. Adding an endpoint (images, audio, moderation, rerank, OCR)
 means adding one entry here, a meter in proxy.meters and, for the simulated provider, a handler
-in proxy.simulated; the view, preflight, accounting and upstream adapters are shared.
+in proxy.simulated; the one relay view (proxy.views), the admission (quota.admission) and the
+upstream adapters are shared. What differs per endpoint is a hook named here: its body reader and
+upstream builder (proxy.bodies), its answer meter (proxy.answers) and its stream relay (proxy.relay).
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.http import HttpRequest
 
 from allocations.models import ModelKind
 from quota.pricing import Usage
 
-from . import media_meters, meters
+from . import answers, bodies, media_meters, meters, relay
+
+if TYPE_CHECKING:
+    from .accounting import Call
 
 # How the request body is read and forwarded.
 BODY_JSON = "json"
@@ -33,13 +41,31 @@ class Endpoint:
     # The whole answer -> Usage (its service tier and tool calls beside its usage): chat, responses.
     answer_meter: Callable[[dict], Usage] | None = None
     force_stream_usage: bool = False  # chat: stream_options.include_usage forced on upstream
-    # proxy.media_views: (request, raw answer) -> Usage, for answers whose meter is not
-    # a `usage` object (images, audio, moderation, rerank, OCR); `files`: required multipart files.
+    # (request, raw answer) -> Usage, for answers whose meter is not a `usage` object (images,
+    # audio, moderation, rerank, OCR); `files`: required multipart files.
     response_meter: Callable[[dict, bytes], Usage] | None = None
     files: tuple[str, ...] = ()
     # The upload is audio billed by its duration: read it (proxy.audio), and ask the provider for a
     # format that reports what it bills (proxy.transcripts).
     audio: bool = False
+    text_input: bool = False  # `input` must be a string (speech)
+    # The hooks: how the body is read, how the upstream request is built, how a whole answer is
+    # metered, and which relay turns a stream's events (None: no stream).
+    reader: Callable[[HttpRequest, "Endpoint"], Awaitable[bodies.Read]] = bodies.read_json
+    builder: Callable[["Call"], bodies.Outgoing] = bodies.build_json
+    answer: Callable[["Call", int, str, bytes], answers.Answer] = answers.meter_usage
+    stream_relay: Callable[[meters.StreamMeter, bool], relay.ChatRelay | relay.ResponsesRelay] | None = None
+    # Responses: ids are remembered per member, a foreign `previous_response_id` is refused, and
+    # a background response whose client left is read to its end (and billed).
+    response_ids: bool = False
+
+
+def _chat_relay(meter: meters.StreamMeter, strip_usage: bool) -> relay.ChatRelay:
+    return relay.ChatRelay(meter, strip_usage=strip_usage)
+
+
+def _responses_relay(meter: meters.StreamMeter, strip_usage: bool) -> relay.ResponsesRelay:
+    return relay.ResponsesRelay(meter)
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -57,6 +83,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             stream_meter=meters.ChatStreamMeter,
             answer_meter=meters.chat_answer,
             force_stream_usage=True,
+            stream_relay=_chat_relay,
         ),
         Endpoint(
             name="responses",
@@ -67,6 +94,8 @@ ENDPOINTS: dict[str, Endpoint] = {
             estimate=meters.estimate_responses,
             stream_meter=meters.ResponsesStreamMeter,
             answer_meter=meters.responses_answer,
+            stream_relay=_responses_relay,
+            response_ids=True,
         ),
         Endpoint(
             name="embeddings",
@@ -76,7 +105,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             meter=meters.embeddings_usage,
             estimate=meters.estimate_embeddings,
         ),
-        # The non-token endpoints (docs/ENDPOINTS.md), served by proxy.media_views.
+        # The non-token endpoints (docs/ENDPOINTS.md).
         Endpoint(
             name="images.generations",
             path="images/generations",
@@ -84,6 +113,8 @@ ENDPOINTS: dict[str, Endpoint] = {
             kinds=frozenset({ModelKind.IMAGE}),
             meter=meters.chat_usage,
             estimate=media_meters.estimate_images,
+            reader=bodies.read_media_json,
+            answer=answers.meter_media,
             response_meter=media_meters.images_usage,
         ),
         Endpoint(
@@ -94,6 +125,9 @@ ENDPOINTS: dict[str, Endpoint] = {
             meter=meters.chat_usage,
             estimate=media_meters.estimate_images,
             body=BODY_MULTIPART,
+            reader=bodies.read_form,
+            builder=bodies.build_form,
+            answer=answers.meter_media,
             response_meter=media_meters.images_usage,
             files=("image",),
         ),
@@ -105,6 +139,9 @@ ENDPOINTS: dict[str, Endpoint] = {
             meter=meters.chat_usage,
             estimate=media_meters.estimate_speech,
             response=RESPONSE_BINARY,
+            reader=bodies.read_media_json,
+            answer=answers.meter_media,
+            text_input=True,
             response_meter=media_meters.speech_usage,
         ),
         Endpoint(
@@ -115,6 +152,9 @@ ENDPOINTS: dict[str, Endpoint] = {
             meter=meters.chat_usage,
             estimate=media_meters.estimate_transcription,
             body=BODY_MULTIPART,
+            reader=bodies.read_form,
+            builder=bodies.build_form,
+            answer=answers.meter_media,
             response_meter=media_meters.transcription_usage,
             files=("file",),
             audio=True,
@@ -126,6 +166,8 @@ ENDPOINTS: dict[str, Endpoint] = {
             kinds=frozenset({ModelKind.MODERATION}),
             meter=meters.chat_usage,
             estimate=media_meters.estimate_moderation,
+            reader=bodies.read_media_json,
+            answer=answers.meter_media,
             response_meter=media_meters.moderation_usage,
         ),
         Endpoint(
@@ -135,6 +177,8 @@ ENDPOINTS: dict[str, Endpoint] = {
             kinds=frozenset({ModelKind.RERANK}),
             meter=meters.chat_usage,
             estimate=media_meters.estimate_rerank,
+            reader=bodies.read_media_json,
+            answer=answers.meter_media,
             response_meter=media_meters.rerank_usage,
         ),
         Endpoint(
@@ -144,7 +188,16 @@ ENDPOINTS: dict[str, Endpoint] = {
             kinds=frozenset({ModelKind.OCR}),
             meter=meters.chat_usage,
             estimate=media_meters.estimate_ocr,
+            reader=bodies.read_media_json,
+            answer=answers.meter_media,
             response_meter=media_meters.ocr_usage,
         ),
     )
 }
+
+
+def spools(path: str) -> bool:
+    """Whether proxy.handler spools this path's body (the multipart endpoints)."""
+    return path.startswith("/v1/") and any(
+        e.body == BODY_MULTIPART and path.rstrip("/") == "/v1/" + e.path for e in ENDPOINTS.values()
+    )

@@ -2,14 +2,11 @@
 
 from django.urls import path, re_path
 
-from . import media_views, views
+from . import views
 from .registry import ENDPOINTS
 
 urlpatterns = [
-    *(
-        path(e.path, views.relay_call if e.response_meter is None else media_views.relay_media, {"endpoint": e.name})
-        for e in ENDPOINTS.values()
-    ),
+    *(path(e.path, views.relay_call, {"endpoint": e.name}) for e in ENDPOINTS.values()),
     path("models", views.models_list),
     path("models/<path:model_id>", views.models_retrieve),
     re_path(r"^(?P<rest>.*)$", views.not_found),

@@ -1,7 +1,7 @@
 """The call path's errors beyond allocations' (caps, admission, the model's kind, the provider, the
 request's size). Each carries the contract's code, HTTP status and OpenAI type (SPEC 3); each relay
 maps them to its wire form in one place (proxy.views: the HTTP envelope; realtime.close: the
-close code), and quota.preflight maps every refusal to its record's outcome."""
+close code), and quota.admission maps every refusal to its record's outcome."""
 
 from allocations.exceptions import GatewayError
 

@@ -10,7 +10,7 @@ reservation's estimate at admission and corrected to what it used when it settle
 From the event loop the script goes out on a pipelined minimal connection per loop
 (lib.cache.RespConnection), sent before the call's admission in PostgreSQL and read after
 it; for a warm call it also checks the auth generation the call's cached key and limits were read
-under (quota.preflight), so a limited call costs no more Redis round trips than an unlimited one.
+under (quota.admission), so a limited call costs no more Redis round trips than an unlimited one.
 The accounting threads and realtime's database steps use redis-py. When Redis does not answer,
 limits fail open (money is still guarded by the caps in PostgreSQL), with a warning at most once
 per GATEWAY_RATE_LIMIT_WARN_INTERVAL_S and a counter.

@@ -1,6 +1,6 @@
 """The realtime relay's wire vocabulary, in one place: which WebSocket close code a refusal gets,
 and how a session ended by the watch is recorded (SPEC 6). The errors and outcomes themselves are
-the call path's (quota.exceptions, quota.preflight, quota.models.Outcome / CloseReason)."""
+the call path's (quota.exceptions, quota.admission, quota.models.Outcome / CloseReason)."""
 
 from enum import IntEnum
 

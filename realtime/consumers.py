@@ -14,7 +14,6 @@ import uuid
 import weakref
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
@@ -24,8 +23,10 @@ from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
 from lib import inflight
 from lib.http import client_address
-from quota import ratelimit
+from quota import admission
+from quota.admission import Refused
 from quota.exceptions import RequestTooLarge, UpstreamError
+from quota.ledger import threads
 from quota.models import CloseReason, Outcome
 from quota.pricing import Usage
 
@@ -147,7 +148,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
         # No model yet: the key is checked now, not when the first frame names one, and a socket
         # that names none in time is closed rather than held open for free.
         try:
-            await database_sync_to_async(key_scope)(self.plaintext)
+            await threads.run(key_scope, plaintext=self.plaintext)
         except GatewayError as error:
             return await self._reject(error)
         self.deadline = asyncio.ensure_future(self._first_frame_deadline())
@@ -159,14 +160,18 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
             await self._reject(BadRequest(f"no model named within {wait_s:g} s: send ?model= or a session.update"))
 
     async def _open(self, *, with_model: bool) -> bool:
-        now = timezone.now()
+        plan = services.session_plan(
+            request_id=self.request_id, plaintext=self.plaintext, model=self.model_name, now=timezone.now()
+        )
         try:
-            self.session = await database_sync_to_async(services.session_open)(
-                plaintext=self.plaintext, model=self.model_name, request_id=self.request_id, now=now
-            )
-        except GatewayError as error:
+            answer = await admission.admit(plan)
+        except GatewayError as error:  # the database unreachable
             await self._reject(error)
             return False
+        if isinstance(answer, Refused):
+            await self._reject(answer.error, answer)
+            return False
+        self.session = services.Session.of(answer)
         try:
             self.link, entry, attempts = await upstream_connect_routed(
                 self.session.entry,
@@ -189,18 +194,16 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
         observed.opened()
         return True
 
-    async def _reject(self, error: GatewayError) -> None:
+    async def _reject(self, error: GatewayError, refused: Refused | None = None) -> None:
         """A refused handshake, recorded; a refused key also counts against its client address,
         and one past the address's limit closes as rate limited without a record (a flood of bad
         keys would otherwise write a row each)."""
         if isinstance(error, Unauthorized) and (too_many := await auth_failed(self.address)) is not None:
             return await self._refuse_at_door(too_many)
-        hint = await database_sync_to_async(services.session_scope_hint)(
-            plaintext=self.plaintext, model=self.model_name
+        plan = services.session_plan(
+            request_id=self.request_id, plaintext=self.plaintext, model=self.model_name, now=timezone.now()
         )
-        await database_sync_to_async(services.session_reject)(
-            error=error, request_id=self.request_id, now=timezone.now(), scope_hint=hint
-        )
+        await admission.refuse(plan, refused or error, status_code=close_code_for(error))
         await self._refuse_at_door(error)
 
     async def _refuse_at_door(self, error: GatewayError) -> None:
@@ -393,17 +396,17 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
                 logger.debug("upstream close failed for %s", self.request_id)
         session = self.opened  # _finish returns early when no session was opened
         usage = self.meter.usage(session.price, cut=cut) if bill else Usage()
-        if session.rate_ticket is not None:  # its slot among the calls in flight, given back
-            ticket, session.rate_ticket = session.rate_ticket, None
-            await ratelimit.settle_async(ticket, tokens=usage.total_tokens)
         try:
-            await database_sync_to_async(services.session_settle)(
-                session=session,
-                usage=usage,
+            await admission.settle(
+                session.admitted,
                 outcome=outcome,
-                close_reason=close_reason,
-                close_code=code,
+                status_code=code,
+                usage=usage,
                 error_code=error_code,
+                entry=session.entry,
+                attempts=session.attempts,
+                close_reason=close_reason,
+                admission=session.admission,
             )
         except Exception:
             # The reservation (with its context) stays; the sweeper bills the session later.

@@ -4,7 +4,7 @@ from django.utils import timezone
 
 from allocations.exceptions import GatewayError
 from ops import observe
-from quota.preflight import reject_outcome
+from quota.admission import reject_outcome
 from quota.pricing import Usage, cost_for
 
 from . import services

@@ -1,151 +1,86 @@
-"""The accounting steps of a realtime session, each one short synchronous transaction.
+"""The accounting of a realtime session between its admission and its settlement (both
+quota.admission's: the consumer plans, admits and settles there).
 
-The consumer calls them through `database_sync_to_async`; none is ever called while holding a lock
-across network I/O. A session holds one reservation for its whole life: admitted like an HTTP call
-(SPEC 5) with nothing reserved, grown to the session's accrued usage as it goes, so that every
-open session and HTTP call of an allocation together is held to the caps. The reservation's
-`context` carries what the sweeper needs to bill the session if its worker dies.
+A session holds one reservation for its whole life: admitted like an HTTP call (SPEC 5) with
+nothing reserved, grown to the session's accrued usage as it goes (`session_watch`, one short
+synchronous transaction, never holding a lock across network I/O), so that every open session and
+HTTP call of an allocation together is held to the caps. The reservation's `context` carries what
+the sweeper needs to bill the session if its worker dies.
 """
 
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import transaction
-from django.utils import timezone
-
-from allocations.access import STATUS_ERRORS, KeyScope, ScopedAllocation, key_scope
+from allocations.access import STATUS_ERRORS, ScopedAllocation
 from allocations.exceptions import GatewayError, Unauthorized
 from allocations.models import Allocation, ApiKey
 from quota import ledger, ratelimit
+from quota.admission import Admitted, Plan
 from quota.billing import caps
 from quota.exceptions import CostQuotaExceeded, QuotaExceeded
 from quota.ledger import Admission
-from quota.models import CallRecord, CloseReason, Outcome, PriceVersion, Reservation, UsageCounter
-from quota.preflight import preflight, reject_outcome
+from quota.models import PriceVersion, UsageCounter
 from quota.pricing import Usage, cost_for
-
-from .close import close_code_for
 
 ENDPOINT = "realtime"
 KINDS = frozenset({"realtime"})
 LEASE_S = 90  # a live session renews its reservation well before this; the sweeper takes it after
 
 
+def session_plan(*, request_id: str, plaintext: str, model: str, now: dt.datetime) -> Plan:
+    """A session as quota.admission judges it: nothing reserved up front, a lease, no request counted."""
+    return Plan(
+        request_id=request_id,
+        endpoint=ENDPOINT,
+        surface="/v1/realtime",
+        kinds=KINDS,
+        plaintext=plaintext,
+        model=model,
+        started_at=now,
+        stream=True,
+        lease_s=LEASE_S,
+    )
+
+
 @dataclass
 class Session:
     """What an admitted session needs for the rest of its life (plain data, no ORM objects)."""
 
-    request_id: str
-    started_at: dt.datetime
-    key_id: str
-    member_id: str
-    entry: ScopedAllocation
-    admission: Admission
-    price: PriceVersion | None
-    rate_ticket: ratelimit.Ticket | None = None  # the session's place among the calls in flight
+    admitted: Admitted
+    entry: ScopedAllocation  # the deployment it is connected to (routed at connect)
+    admission: Admission  # as it stands: it grows with the session's usage
     attempts: int = 0  # upstream handshakes tried (connect failover across the model's deployments)
 
+    @classmethod
+    def of(cls, admitted: Admitted) -> "Session":
+        return cls(admitted, admitted.entry, admitted.admission)
+
+    @property
+    def request_id(self) -> str:
+        return self.admitted.plan.request_id
+
+    @property
+    def started_at(self) -> dt.datetime:
+        return self.admitted.plan.started_at
+
+    @property
+    def key_id(self) -> str:
+        return self.admitted.key_id
+
+    @property
+    def price(self) -> PriceVersion | None:
+        return self.admitted.price
+
+    @property
+    def rate_ticket(self) -> ratelimit.Ticket | None:
+        return self.admitted.rate_ticket
+
     def record(self) -> dict:
-        return {
-            "deployment_id": self.entry.deployment_id if self.attempts else None,
-            "attempts": self.attempts,
-            "request_id": self.request_id,
-            "allocation_id": self.entry.allocation_id,
-            "api_key_id": self.key_id,
-            "member_id": self.member_id,
-            "model_id": self.entry.model_id,
-            "endpoint": ENDPOINT,
-            "started_at": self.started_at,
-            "is_stream": True,
-        }
+        return self.admitted.plan.identity(self.key_id, self.admitted.member_id, self.entry, self.attempts)
 
     def context(self, usage: Usage) -> dict:
         return ledger.lost_context(record=self.record(), usage=usage, price=self.price)
-
-
-@dataclass
-class _Opening:
-    """The preflight's holder while a session opens."""
-
-    scope: KeyScope | None = None
-    entry: ScopedAllocation | None = None
-    price: PriceVersion | None = None
-    admission: Admission | None = None
-    rate: ratelimit.Decision | None = None
-    rate_ticket: ratelimit.Ticket | None = None
-
-
-def _nothing_reserved(price) -> tuple[int, Decimal | None]:
-    """A session starts holding nothing; its reservation grows with the usage (session_watch)."""
-    return 0, None if price is None else Decimal(0)
-
-
-def session_open(*, plaintext: str, model: str, request_id: str, now: dt.datetime) -> Session:
-    """The shared preflight (SPEC 3 steps 3-10) and admission. Raises a GatewayError on any reject."""
-    opening = _Opening()
-
-    def context(held) -> dict:
-        unadmitted = Session(request_id, now, held.scope.key_id, held.scope.member_id, held.entry, None, held.price)  # type: ignore[arg-type]
-        return unadmitted.context(Usage())
-
-    preflight(
-        opening,
-        plaintext=plaintext,
-        model=model,
-        kinds=KINDS,
-        surface="/v1/realtime",
-        request_id=request_id,
-        now=now,
-        estimate=_nothing_reserved,
-        ttl_s=LEASE_S,
-        context=context,
-        count_request=False,  # a session holds a place in flight; its response.create are the requests
-    )
-    assert opening.scope and opening.entry and opening.admission  # filled by an admitted preflight
-    scope = opening.scope
-    return Session(
-        request_id,
-        now,
-        scope.key_id,
-        scope.member_id,
-        opening.entry,
-        opening.admission,
-        opening.price,
-        opening.rate_ticket,
-    )
-
-
-def session_reject(*, error: GatewayError, request_id: str, now: dt.datetime, scope_hint: dict | None = None) -> None:
-    """The call record of a handshake the preflight refused (no session, no usage)."""
-    ledger.record_reject(
-        record={
-            "request_id": request_id,
-            "endpoint": ENDPOINT,
-            "started_at": now,
-            "status_code": close_code_for(error),
-            "outcome": reject_outcome(error),
-            "error_code": error.code,
-            "error_message": error.message[:1000],
-            "is_stream": True,
-            **(scope_hint or {}),
-        },
-        now=now,
-    )
-
-
-def session_scope_hint(*, plaintext: str, model: str) -> dict:
-    """Who a rejected handshake belonged to, as far as it can be told (for the reject's record)."""
-    try:
-        scope = key_scope(plaintext)
-    except GatewayError:
-        return {}
-    hint = {"api_key_id": scope.key_id, "member_id": scope.member_id}
-    try:
-        entry = scope.resolve(model)
-    except GatewayError:
-        return hint
-    return {**hint, "allocation_id": entry.allocation_id, "model_id": entry.model_id}
 
 
 @dataclass(frozen=True)
@@ -211,28 +146,3 @@ def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.
         return WatchState(status_error, admission, capped)
     reason = _cap_reason(counter=counter, allocation=allocation, priced=session.price is not None)
     return WatchState(reason, admission, capped)
-
-
-def session_settle(
-    *,
-    session: Session,
-    usage: Usage,
-    outcome: Outcome,
-    close_reason: CloseReason,
-    close_code: int,
-    error_code: str = "",
-) -> CallRecord | None:
-    """The session's single call record. Returns None when the sweeper already billed it."""
-    now = timezone.now()
-    record = {
-        **session.record(),
-        "status_code": close_code,
-        "outcome": outcome,
-        "close_reason": close_reason,
-        "error_code": error_code,
-    }
-    with transaction.atomic():
-        held = list(Reservation.objects.select_for_update().filter(pk=session.admission.reservation_id).values("pk"))
-        if not held and CallRecord.objects.filter(request_id=session.request_id, endpoint=ENDPOINT).exists():
-            return None
-        return ledger.settle(admission=session.admission, record=record, usage=usage, price=session.price, now=now)

@@ -9,13 +9,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from allocations.exceptions import GatewayError
 from lib.cache import auth_generation_async
 from quota import ratelimit
-from quota.preflight import reject_outcome
+from quota.admission import reject_outcome
+from quota.ledger import threads
 
 from . import services
 from .close import CloseCode, watch_close_reason
@@ -92,9 +92,7 @@ class SessionWatch:
             self.renewed_at = now_mono
             if session.rate_ticket is not None:  # its slot among the calls in flight outlives the lease
                 await ratelimit.renew_async(session.rate_ticket, lease_s=services.LEASE_S)
-        state = await database_sync_to_async(services.session_watch)(
-            session=session, usage=usage, full=full, now=timezone.now()
-        )
+        state = await threads.run(services.session_watch, session=session, usage=usage, full=full, now=timezone.now())
         self.capped = state.capped
         return state.reason
 

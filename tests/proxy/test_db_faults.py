@@ -35,7 +35,7 @@ def test_an_admission_that_committed_before_its_connection_failed_is_not_made_tw
     monkeypatch.setattr(aio, "admit", commits_then_fails)
     thread_steps.clear()
     chat_call(world, allocation, "doubt-2")
-    assert thread_steps == ["call_open"]  # which found the reservation and did not admit again
+    assert thread_steps == ["admit_on_thread"]  # which found the reservation and did not admit again
     assert assert_settled_once(allocation, "doubt-2").outcome == "success"
 
 
@@ -51,7 +51,7 @@ def test_a_preflight_whose_connection_is_lost_is_retried_once_on_a_new_connectio
 
     monkeypatch.setattr(ledger, "admit", fails_once)
     chat_call(world, allocation, "retry-1")
-    assert thread_steps == ["key_scope", "call_open", "call_open_again"]  # after the door's lookup (proxy.gate)
+    assert thread_steps == ["key_scope", "admit_on_thread", "admit_again"]  # after the door's lookup (proxy.gate)
     assert assert_settled_once(allocation, "retry-1").outcome == "success"
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from allocations.models import ModelKind
-from proxy import bodies, multipart, views
+from proxy import bodies, multipart
 from proxy.registry import ENDPOINTS
 
 from .media_fixtures import *  # noqa: F403 - the media and media_upstream fixtures
@@ -173,7 +173,7 @@ class FakeRequest:
 @settings(max_examples=600, deadline=None)
 @given(raw=json_bodies, endpoint=st.sampled_from(sorted(ENDPOINTS)))
 def test_the_json_parser_answers_every_body_with_a_verdict_never_an_exception(raw, endpoint):
-    body, error = views.parse_body(FakeRequest(raw), ENDPOINTS[endpoint])
+    body, error = bodies.parse_body(FakeRequest(raw), ENDPOINTS[endpoint])
     assert error is not None or isinstance(body, dict)
     if error is None:
         json.dumps(body)  # what upstream_payload does with it

@@ -18,7 +18,7 @@ from gateway_project.asgi import application  # before any log capture: django.s
 from proxy import accounting, gate, meters
 from proxy.handler import ProxyHandler
 from proxy.registry import ENDPOINTS
-from quota import ledger
+from quota import admission, ledger
 from quota.models import CallRecord, UsageCounter
 from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory, make_key
@@ -94,13 +94,29 @@ async def test_v1_is_served_without_the_sync_middleware_stack(django_request_log
     assert b"X-Frame-Options" in site_headers
 
 
-def _settle(call):
+def _settle(admitted: admission.Admitted) -> None:
     """The thread path's settlement of a successful call (what ledger.settle_async does off the loop)."""
+    record = admitted.plan.identity(admitted.key_id, admitted.member_id, admitted.entry)
     ledger.call_settle_durable(
-        admission=call.admission,
-        record=call.record(outcome="success", status_code=200),
+        admission=admitted.admission,
+        record={**record, "outcome": "success", "status_code": 200, "error_code": "", "error_message": ""},
         usage=Usage(input_tokens=3),
-        price=call.price,
+        price=admitted.price,
+    )
+
+
+def _plan(rid: str, plaintext: str, body: dict) -> admission.Plan:
+    endpoint = ENDPOINTS["chat.completions"]
+    return admission.Plan(
+        request_id=rid,
+        endpoint=endpoint.name,
+        surface="/v1/chat/completions",
+        kinds=endpoint.kinds,
+        plaintext=plaintext,
+        model=body["model"],
+        started_at=timezone.now(),
+        estimate=endpoint.estimate(body),
+        body=body,
     )
 
 
@@ -112,31 +128,19 @@ def test_one_proxied_call_costs_a_pinned_number_of_queries(django_assert_max_num
     body = {"model": allocation.model.slug, "messages": [{"role": "user", "content": "hi"}]}
 
     def one_call(rid):
-        call = accounting.Call(
-            request_id=rid,
-            endpoint=ENDPOINTS["chat.completions"],
-            started_at=timezone.now(),
-            authorization=f"Bearer {plaintext}",
-            body=body,
-        )
-        accounting.call_open(call=call)
-        _settle(call)
+        admitted = admission.admit_on_thread(plan=_plan(rid, plaintext, body))
+        assert isinstance(admitted, admission.Admitted)
+        _settle(admitted)
 
     one_call("warm")  # fills the per-process key scope and price caches
     # One statement (guarded UPDATE of the counter + INSERT reservation in a CTE), no BEGIN/COMMIT.
     # No key, scope, price or counter read.
     with django_assert_max_num_queries(1):
-        call = accounting.Call(
-            request_id="open",
-            endpoint=ENDPOINTS["chat.completions"],
-            started_at=timezone.now(),
-            authorization=f"Bearer {plaintext}",
-            body=body,
-        )
-        accounting.call_open(call=call)
+        admitted = admission.admit_on_thread(plan=_plan("open", plaintext, body))
+    assert isinstance(admitted, admission.Admitted)
     # One statement (DELETE reservation, counter UPDATE with usage in and reservation out, INSERT record).
     with django_assert_max_num_queries(1):
-        _settle(call)
+        _settle(admitted)
     assert CallRecord.objects.count() == 2 and UsageCounter.objects.get().tokens_used == 6
 
 

@@ -11,8 +11,7 @@ import psycopg
 import pytest
 
 from allocations.services import allocation_pause, api_key_revoke
-from proxy import accounting
-from quota import ratelimit
+from quota import admission, ratelimit
 from quota.ledger import loop as aio
 from quota.models import CallRecord, Reservation
 
@@ -22,7 +21,7 @@ from .conftest import CHAT_MESSAGES, assert_settled_once, chat_call, counter_of,
 def test_a_warm_call_is_admitted_and_settled_on_the_event_loop_in_two_statements(world, thread_steps, loop_statements):
     allocation = world.allocation(cost=Decimal("5"))
     chat_call(world, allocation, "warm-1")  # the first call of a key fills the caches on a thread
-    assert thread_steps == ["key_scope", "call_open"]  # the door's lookup (proxy.gate), then the preflight
+    assert thread_steps == ["key_scope", "admit_on_thread"]  # the door's lookup (proxy.gate), then the preflight
     thread_steps.clear()
     loop_statements.clear()
     chat_call(world, allocation, "warm-2")
@@ -44,7 +43,7 @@ def test_a_cap_reached_on_the_loop_is_refused_by_the_thread_path_with_its_record
     with pytest.raises(openai.PermissionDeniedError) as refused:
         chat_call(world, allocation, "cap-2")
     assert refused.value.body["code"] == "cost_quota_exceeded"
-    assert thread_steps == ["call_open"]
+    assert thread_steps == ["admit_on_thread", "record_refusal"]  # decided, then recorded
     record = record_of("cap-2")
     assert (record.outcome, record.status_code) == ("rejected_cost_quota_exceeded", 403)
     assert not Reservation.objects.exists()
@@ -79,7 +78,7 @@ def test_an_admission_failing_on_the_loop_is_made_on_a_thread(world, monkeypatch
     monkeypatch.setattr(aio, "admit", broken)
     thread_steps.clear()
     chat_call(world, allocation, "adm-2")
-    assert thread_steps == ["call_open"]  # settled on the loop: the admission came from the thread
+    assert thread_steps == ["admit_on_thread"]  # settled on the loop: the admission came from the thread
     assert record_of("adm-2").outcome == "success"
     assert_settled_once(allocation, "adm-2")
 
@@ -129,17 +128,17 @@ def test_a_client_leaving_during_admission_leaves_a_record_and_no_reservation(wo
 
         monkeypatch.setattr(aio, "admit", slow_admit)
     else:
-        original_open = accounting.call_open
+        original_open = admission.admit_on_thread
 
-        def slow_open(*, call):
+        def slow_open(*, plan, opening=None):
             time.sleep(0.6)
-            return original_open(call=call)
+            return original_open(plan=plan, opening=opening)
 
-        async def never_on_loop(call):
+        async def never_on_loop(plan, opening):
             return False
 
-        monkeypatch.setattr(accounting, "_open_on_loop", never_on_loop)
-        monkeypatch.setattr(accounting, "call_open", slow_open)
+        monkeypatch.setattr(admission, "admit_on_loop", never_on_loop)
+        monkeypatch.setattr(admission, "admit_on_thread", slow_open)
     with pytest.raises(openai.APITimeoutError):
         world.client(allocation.plaintext, timeout=0.2).chat.completions.create(
             model=allocation.model.slug, messages=CHAT_MESSAGES, extra_headers={"X-Request-Id": "gone-2"}
@@ -170,12 +169,12 @@ def test_a_rate_limited_warm_call_stays_on_the_loop_and_its_refusal_asks_the_lim
 
     monkeypatch.setattr(ratelimit, "admit", counting)
     chat_call(world, allocation, "limited-1")  # fills the caches on a thread (the limiter asked there)
-    assert (thread_steps, len(asked)) == (["key_scope", "call_open"], 1)
+    assert (thread_steps, len(asked)) == (["key_scope", "admit_on_thread"], 1)
     thread_steps.clear()
     chat_call(world, allocation, "limited-2")
     assert thread_steps == []  # admitted and settled on the loop, limiter included
     with pytest.raises(openai.RateLimitError):
         chat_call(world, allocation, "limited-3")
     # the loop's refusal: the reservation made meanwhile given back, the refusal recorded on a thread
-    assert thread_steps == ["release", "call_open"] and len(asked) == 1
+    assert thread_steps == ["release", "admit_on_thread", "record_refusal"] and len(asked) == 1
     assert record_of("limited-3").outcome == "rejected_rate_limited"

@@ -160,7 +160,7 @@ def test_a_generation_check_that_fails_takes_nothing_and_the_call_is_decided_aga
     thread_steps.clear()
     third = _burst([world.gateway_url], allocation, 1, 1)[0]
     assert third.status_code == 200
-    assert "call_open" in thread_steps  # decided again on a thread
+    assert "admit_on_thread" in thread_steps  # decided again on a thread
     assert third.headers["x-ratelimit-remaining-requests"] == "0"  # three taken, not four
     assert _burst([world.gateway_url], allocation, 1, 1)[0].status_code == 429
     assert not Reservation.objects.filter(counter__allocation_id=allocation.id).exists()

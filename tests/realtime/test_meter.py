@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from quota import admission
 from quota.ledger import reservations_sweep
 from quota.models import CallRecord, PriceVersion, Reservation, UsageCounter
 from quota.pricing import Usage
@@ -80,11 +81,19 @@ def test_garbage_usage_is_ignored():
     assert meter.usage(None) == Usage()
 
 
+def _open(world, request_id: str, now: dt.datetime) -> services.Session:
+    """A session admitted by the thread path of quota.admission (as the consumer's admit does)."""
+    plan = services.session_plan(request_id=request_id, plaintext=world.key, model=world.slug, now=now)
+    admitted = admission.admit_on_thread(plan=plan)
+    assert isinstance(admitted, admission.Admitted)
+    return services.Session.of(admitted)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_sweeper_bills_a_dead_session_once_from_its_reservation_context():
     world = realtime_world(None, provider_kind="simulated", price=TOKEN_PRICE)
     now = timezone.now()
-    session = services.session_open(plaintext=world.key, model=world.slug, request_id="rt-dead", now=now)
+    session = _open(world, "rt-dead", now)
     meter = SessionMeter()
     meter.upstream_event({"type": "response.done", "response": {"usage": USAGE}})
     services.session_watch(session=session, usage=meter.usage(session.price), full=True, now=now)
@@ -95,9 +104,10 @@ def test_the_sweeper_bills_a_dead_session_once_from_its_reservation_context():
     assert reservations_sweep(now=later) == 1
     assert reservations_sweep(now=later) == 0
     # The worker comes back after all and tries to settle: nothing more is written.
+    record = {**session.record(), "outcome": "success", "close_reason": "normal", "status_code": 1000}
     assert (
-        services.session_settle(
-            session=session, usage=meter.usage(session.price), outcome="success", close_reason="normal", close_code=1000
+        admission.session_settle(
+            admission=session.admission, record=record, usage=meter.usage(session.price), price=session.price
         )
         is None
     )
@@ -117,7 +127,7 @@ def test_the_sweeper_bills_a_dead_session_once_from_its_reservation_context():
 def test_a_live_session_renews_its_lease_so_the_sweeper_leaves_it_alone():
     world = realtime_world(None, provider_kind="simulated", price=TOKEN_PRICE)
     start = timezone.now()
-    session = services.session_open(plaintext=world.key, model=world.slug, request_id="rt-live", now=start)
+    session = _open(world, "rt-live", start)
     renewed = start + dt.timedelta(seconds=services.LEASE_S - 1)
     services.session_watch(session=session, usage=Usage(), full=False, now=renewed)
     assert reservations_sweep(now=start + dt.timedelta(seconds=services.LEASE_S + 1)) == 0

@@ -5,7 +5,7 @@ fraction) and `background` responses pass only when the model's admin switch all
 (`CatalogModel.allowed_options`) AND the price version in force prices it (a tier multiplier;
 background costs tokens only but needs a price in force and `stream: true`); anything else is
 refused with 400 `bad_request` naming the field, before admission and before anything goes
-upstream. Tools are judged by who runs them (proxy.tools): client tools pass, a built-in tool the
+upstream. Tools are judged by who runs them (quota.tools): client tools pass, a built-in tool the
 provider bills per call (and chat `web_search_options`) passes allowed and priced (a per-call tool
 price), else it is removed from the request or refused as the model says. The names are
 allocations.cost_options'; the billing rules are quota.pricing's and docs/DECISIONS.md's.
