@@ -135,6 +135,10 @@ CELERY_BEAT_SCHEDULE = {
     "settlements-replay": {"task": "quota.settlements_replay", "schedule": 30.0},
     "alerts-scan": {"task": "notifications.alerts_scan", "schedule": 60.0},
     "usage-reconcile-nightly": {"task": "quota.usage_reconcile_nightly", "schedule": crontab(hour=3, minute=17)},
+    # Call-record months: this one and three ahead exist (daily, idempotent), and the months past
+    # GATEWAY_RETENTION_MONTHS leave (daily; nothing while it is unset).
+    "call-record-partitions": {"task": "quota.call_record_partitions", "schedule": crontab(hour=2, minute=41)},
+    "call-records-prune": {"task": "quota.call_records_prune", "schedule": crontab(hour=3, minute=53)},
 }
 
 # Sign-in (SPEC section 7): single sign-on through any OpenID Connect provider when an issuer is
@@ -253,6 +257,12 @@ GATEWAY_BILLING_TIMEZONE = env("GATEWAY_BILLING_TIMEZONE", default="UTC")
 GATEWAY_NEAR_CAP_RATIO = Decimal(env("GATEWAY_NEAR_CAP_RATIO", default="0.8"))
 GATEWAY_MAX_BODY_MB = env.int("GATEWAY_MAX_BODY_MB", default=100)
 GATEWAY_UPSTREAM_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_TIMEOUT_S", default=600.0)
+# Call records of the months more than this many before the current one are pruned by beat (whole
+# monthly partitions, after their daily rollups exist; quota.retention). Unset: kept forever.
+_retention = env("GATEWAY_RETENTION_MONTHS", default="")
+if _retention and (not _retention.isdigit() or int(_retention) < 1):
+    raise ImproperlyConfigured("GATEWAY_RETENTION_MONTHS must be a whole number of months, at least 1")
+GATEWAY_RETENTION_MONTHS: int | None = int(_retention) if _retention else None
 # Failover across a model's deployments (quota.routing): attempts after the first, and how long a
 # deployment that failed is avoided by every process (an upstream Retry-After wins).
 GATEWAY_FAILOVER_ATTEMPTS = env.int("GATEWAY_FAILOVER_ATTEMPTS", default=2)

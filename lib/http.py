@@ -8,10 +8,11 @@ portal and Django admin.
 import functools
 import ipaddress
 import re
-import uuid
 
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
+
+from .ids import uuid7
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 DEBUG_HOSTS = (".localhost", "127.0.0.1", "[::1]")  # Django's own when DEBUG and ALLOWED_HOSTS is empty
@@ -19,8 +20,9 @@ _hosts: tuple[object, dict[bytes, bool]] = (None, {})  # (the ALLOWED_HOSTS they
 
 
 def request_id_from(sent: str) -> str:
-    """The caller's `X-Request-Id` when it is safe to log and store, else a new UUID."""
-    return sent if REQUEST_ID.fullmatch(sent) else str(uuid.uuid4())
+    """The caller's `X-Request-Id` when it is safe to log and store, else a new time-ordered UUID
+    (lib.ids: the call records' request-id index grows at its end)."""
+    return sent if REQUEST_ID.fullmatch(sent) else str(uuid7())
 
 
 def request_id_of(request) -> str:

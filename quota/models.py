@@ -93,6 +93,23 @@ class Outcome(models.TextChoices):
     REJECTED_MODEL_FORBIDDEN = "rejected_model_forbidden"
 
 
+# Every value CallRecord.endpoint takes: the /v1 endpoints (proxy.registry, same names) and realtime
+# sessions. Lists filter on these fixed names instead of asking the table which values it holds.
+CALL_ENDPOINTS = (
+    "chat.completions",
+    "responses",
+    "embeddings",
+    "images.generations",
+    "images.edits",
+    "audio.speech",
+    "audio.transcriptions",
+    "moderations",
+    "rerank",
+    "ocr",
+    "realtime",
+)
+
+
 class CloseReason(models.TextChoices):
     NORMAL = "normal"
     CLIENT_ABORT = "client_abort"
@@ -126,15 +143,22 @@ class CallRecord(models.Model):
     """One row per proxied call or realtime session, rejects included."""
 
     id = models.BigAutoField(primary_key=True)
-    request_id = models.CharField(max_length=64, db_index=True)
+    request_id = models.CharField(max_length=64)
+    # Foreign keys without their single-column indexes (see Meta): the composites serve the
+    # allocation, member and model lookups, and nothing deletes keys or price versions (they are
+    # revoked, or appended to), so no query needs an index on those two.
     allocation = models.ForeignKey(
-        Allocation, null=True, blank=True, on_delete=models.PROTECT, related_name="call_records"
+        Allocation, null=True, blank=True, on_delete=models.PROTECT, related_name="call_records", db_index=False
     )
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     member = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
-    model = models.ForeignKey(CatalogModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.ForeignKey(
+        CatalogModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     endpoint = models.CharField(max_length=64)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -150,7 +174,9 @@ class CallRecord(models.Model):
     unit = models.CharField(max_length=16, blank=True)
     cost_usd = money_field(null=True, blank=True)
     priced = models.BooleanField(default=False)
-    price_version = models.ForeignKey(PriceVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    price_version = models.ForeignKey(
+        PriceVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     estimated = models.BooleanField(default=False)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.CharField(max_length=1000, blank=True)
@@ -168,10 +194,21 @@ class CallRecord(models.Model):
     objects = CallRecordQuerySet.as_manager()
 
     class Meta:
+        # Every index is written on every call: each one here serves a query the gateway runs.
+        # request_id: exact lookups (the admin search, the in-doubt and sweeper checks), a plain
+        # btree (no pattern-ops twin: nothing searches by prefix). (x, started_at): a member's,
+        # an allocation's or a model's calls in a period, newest first. started_at: the lists and
+        # every period scan. (outcome, started_at) only for the outcomes other than success (a tenth
+        # of the calls): a list filtered to a rare outcome finds its rows, or none, at once.
         indexes = [
+            models.Index(fields=["request_id"], name="callrecord_request_id"),
             models.Index(fields=["allocation", "started_at"]),
             models.Index(fields=["member", "started_at"]),
+            models.Index(fields=["model", "started_at"], name="callrecord_model_started"),
             models.Index(fields=["started_at"]),
+            models.Index(
+                fields=["outcome", "started_at"], name="callrecord_outcome_rare", condition=~models.Q(outcome="success")
+            ),
         ]
 
     def __str__(self):

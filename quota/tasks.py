@@ -11,7 +11,7 @@ from django.utils import timezone
 from allocations.audit import audit_record
 from allocations.models import AuditEvent
 
-from . import ledger, services
+from . import ledger, partitions, retention, services
 from .anomaly import anomalies_detect
 from .periods import period_start_date
 from .pool import pool_rebalance_scheduled
@@ -89,3 +89,26 @@ def _report_drift(drift) -> int:
 def settlements_replay() -> int:
     """Replays settlements spooled while the database was unreachable (quota/ledger/spool.py)."""
     return ledger.spool_replay()
+
+
+@shared_task(name="quota.call_record_partitions", ignore_result=True)
+def call_record_partitions() -> list[str]:
+    """Creates the call-record partitions of this month and the next ones that are missing."""
+    created = partitions.ensure_partitions(timezone.now())
+    for name in created:
+        log.info("call-record partition %s created", name)
+    return created
+
+
+@shared_task(name="quota.call_records_prune", ignore_result=True)
+def call_records_prune() -> int:
+    """Drops the months past GATEWAY_RETENTION_MONTHS (nothing when unset); a month without its
+    daily rollups is refused and logged as an error, and nothing is dropped that day."""
+    try:
+        pruned = retention.prune_by_setting()
+    except retention.PruneRefused as refused:
+        log.error("call records not pruned: %s", refused)
+        return 0
+    for done in pruned or []:
+        log.info("call records of %s pruned: %s rows", f"{done.month:%Y-%m}", done.rows)
+    return len(pruned or [])

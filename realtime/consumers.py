@@ -10,7 +10,6 @@ single call record before the client sees the close frame.
 import asyncio
 import json
 import logging
-import uuid
 import weakref
 from urllib.parse import parse_qs
 
@@ -23,6 +22,7 @@ from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
 from lib import inflight
 from lib.http import client_address
+from lib.ids import uuid7
 from quota import admission
 from quota.admission import Refused
 from quota.exceptions import RequestTooLarge, UpstreamError
@@ -65,7 +65,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.request_id = uuid.uuid4().hex
+        self.request_id = uuid7().hex  # time-ordered, as lib.http makes them
         self.meter = SessionMeter()
         self.session: services.Session | None = None
         self.link: UpstreamLink | None = None

@@ -1,18 +1,16 @@
 """What every staff page shares: the site's titles, list helpers and service-error display."""
 
-from typing import ClassVar
-
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.core.paginator import Paginator
 from django.template.response import TemplateResponse
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from allocations.exceptions import GatewayError
 from allocations.login_limits import RateLimitedAuthenticationForm
 from allocations.models import ProviderKind
+
+from .lists import KeysetListMixin
 
 admin.site.site_header = "AI gateway administration"
 admin.site.site_title = "AI gateway admin"
@@ -107,19 +105,5 @@ def simulated_badge(kind: str) -> str:
     return ""
 
 
-class BoundedCountPaginator(Paginator):
-    """Counts at most LIMIT rows (`COUNT(*)` over a `LIMIT` subquery), never the whole table."""
-
-    LIMIT = 10_000
-
-    @cached_property
-    def count(self):
-        return self.object_list[: self.LIMIT + 1].count()
-
-
-class ReadOnlyListMixin(NoWritesMixin):
-    """Long lists of append-only records, paged without a full count."""
-
-    paginator: ClassVar[type[Paginator]] = BoundedCountPaginator
-    show_full_result_count = False
-    list_per_page = 50
+class ReadOnlyListMixin(KeysetListMixin, NoWritesMixin):
+    """Long lists of append-only records, paged by keyset without a count (admin.lists)."""

@@ -1,6 +1,10 @@
-"""Django admin for call records: read-only, paged without a full count, with the columns people
-scan (when, member, model, outcome, tokens, cost, latency) and the request id shortened (the full
-value on hover and in the copy)."""
+"""Django admin for call records: read-only, paged by keyset without a count (admin.lists), with the
+columns people scan (when, member, model, outcome, tokens, cost, latency) and the request id
+shortened (the full value on hover and in the copy).
+
+Every way in is an index: the search box takes one request id (an exact, case-sensitive match on its
+index; members and models have their own filters), filters over values match one indexed column or
+a fixed list of values, and the pages walk (started_at, id) downwards."""
 
 from django.contrib import admin
 from django.utils import formats, timezone
@@ -8,11 +12,12 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from quota.display import outcome_label
-from quota.models import CallRecord
+from quota.models import CALL_ENDPOINTS, CallRecord
 
 from . import marks
 from .base import ReadOnlyListMixin, StaffAdmin
 from .filters import AllocationFilter, MemberFilter, ModelFilter, StartedBeforeFilter, StartedFromFilter
+from .lists import KEYSET_TEMPLATE, fixed_choices_filter
 from .unpriced import UnpricedFilter, metered
 
 SHORT_ID = 8
@@ -47,14 +52,15 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
         StartedFromFilter,
         StartedBeforeFilter,
         "outcome",
-        "endpoint",
+        fixed_choices_filter("endpoint", _("endpoint"), [(name, name) for name in CALL_ENDPOINTS]),
         "priced",
         "is_stream",
         UnpricedFilter,
     )
-    search_fields = ("=request_id", "=member__username", "^model__slug")
+    search_fields = ("request_id",)  # get_search_results: one exact request id
     list_select_related = ("member", "model", "api_key")
     ordering = ("-started_at", "-id")
+    change_list_template = KEYSET_TEMPLATE
 
     @admin.display(description=_("started"), ordering="started_at")
     def started(self, obj):
@@ -91,6 +97,12 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     @admin.display(description=_("request id"))
     def request(self, obj):
         return short_id(obj.request_id)
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(request_id=term), False
 
     def get_actions(self, request):
         return {}

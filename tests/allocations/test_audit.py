@@ -64,6 +64,5 @@ def test_the_audit_list_never_counts_the_whole_table(client, staff, event):
     with CaptureQueriesContext(connection) as queries:
         page = client.get(reverse("admin:allocations_auditevent_changelist"))
     assert page.status_code == 200 and b"allocation_paused" in page.content
-    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"] and "auditevent" in q["sql"]]
-    assert counts, "the paginator still counts (bounded)"
-    assert all("LIMIT" in sql for sql in counts), counts
+    listed = [q["sql"] for q in queries.captured_queries if "auditevent" in q["sql"]]
+    assert listed and not [sql for sql in listed if "COUNT(" in sql.upper() or "DISTINCT" in sql.upper()], listed

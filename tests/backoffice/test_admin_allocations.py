@@ -316,8 +316,8 @@ def test_call_records_are_read_only_and_listed_without_a_full_count(admin_client
     with CaptureQueriesContext(connection) as queries:
         page = admin_client.get(reverse("admin:quota_callrecord_changelist"))
     assert b"req-1" in page.content and b"unpriced" in page.content
-    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"] and "callrecord" in q["sql"]]
-    assert counts and all("LIMIT" in sql for sql in counts)
+    over_calls = [q["sql"] for q in queries.captured_queries if "callrecord" in q["sql"]]
+    assert over_calls and not [sql for sql in over_calls if "COUNT(" in sql.upper()]
     assert admin_client.get(reverse("admin:quota_callrecord_add")).status_code == 403
     assert admin_client.get(reverse("admin:quota_callrecord_delete", args=[record.pk])).status_code == 403
     assert (

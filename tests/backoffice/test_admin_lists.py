@@ -48,11 +48,13 @@ def test_call_records_filter_by_member_allocation_model_and_dates(admin_client, 
     assert _ids(admin_client.get(CALLS, {"started_before": "2026-03-05"})) == {first.pk}
 
 
-def test_call_records_are_searched_by_member_model_or_request_id(admin_client, calls):
+def test_call_records_are_searched_by_an_exact_request_id(admin_client, calls):
     _, _, first, second = calls
-    assert _ids(admin_client.get(CALLS, {"q": "ken"})) == {second.pk}
-    assert _ids(admin_client.get(CALLS, {"q": "openai/"})) == {first.pk}
     assert _ids(admin_client.get(CALLS, {"q": first.request_id})) == {first.pk}
+    assert _ids(admin_client.get(CALLS, {"q": f"  {second.request_id} "})) == {second.pk}
+    # Not a prefix, a member or a model: those have their own filters.
+    assert _ids(admin_client.get(CALLS, {"q": first.request_id[:8]})) == set()
+    assert _ids(admin_client.get(CALLS, {"q": "ken"})) == set()
 
 
 def test_call_records_show_short_request_id_member_link_latency_and_cost_at_portal_precision(admin_client, calls):

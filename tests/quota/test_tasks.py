@@ -57,6 +57,8 @@ def test_the_beat_schedule_names_registered_tasks():
         "quota.reservations_sweep",
         "quota.usage_reconcile_nightly",
         "quota.settlements_replay",
+        "quota.call_record_partitions",
+        "quota.call_records_prune",
         "notifications.alerts_scan",
     }
     app.loader.import_default_modules()  # what a worker does at start: every app's tasks module

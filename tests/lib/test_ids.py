@@ -1,0 +1,64 @@
+"""Request ids are UUIDv7 (RFC 9562): version and variant bits, the time they carry, strictly
+increasing within a process (same millisecond, a clock stepping back, a full counter), unique across
+threads, and the ids the gateway makes for requests without an X-Request-Id are of this kind."""
+
+import threading
+import time
+import uuid
+
+from lib import ids
+from lib.http import request_id_from
+from lib.ids import uuid7, uuid7_time_ms
+
+
+def test_layout_version_variant_and_time():
+    before = time.time_ns() // 1_000_000
+    made = uuid7()
+    after = time.time_ns() // 1_000_000
+    assert made.version == 7 and made.variant == uuid.RFC_4122
+    assert before <= uuid7_time_ms(made) <= after
+
+
+def test_ids_of_one_millisecond_increase_and_a_full_counter_borrows_the_next(monkeypatch):
+    monkeypatch.setattr(ids, "_last", (0, 0))
+    made = [uuid7(now_ms=1_700_000_000_000) for _ in range(5000)]  # more than 4096: the counter runs out
+    assert made == sorted(made) and len(set(made)) == 5000
+    assert {uuid7_time_ms(u) for u in made} == {1_700_000_000_000, 1_700_000_000_001}
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)
+
+
+def test_a_clock_stepping_back_still_gives_a_greater_id(monkeypatch):
+    monkeypatch.setattr(ids, "_last", (0, 0))
+    later = uuid7(now_ms=1_700_000_000_500)
+    earlier_clock = uuid7(now_ms=1_700_000_000_100)
+    assert earlier_clock > later and uuid7_time_ms(earlier_clock) == 1_700_000_000_500
+
+
+def test_text_forms_sort_as_the_ids_do():
+    made = [uuid7() for _ in range(2000)]
+    assert sorted(str(u) for u in made) == [str(u) for u in made]
+    assert sorted(u.hex for u in made) == [u.hex for u in made]
+
+
+def test_threads_never_make_the_same_id():
+    found: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def make():
+        mine = [uuid7() for _ in range(3000)]
+        with lock:
+            found.extend(mine)
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(found)) == 12_000
+
+
+def test_the_gateway_makes_time_ordered_request_ids_and_keeps_a_callers_valid_one():
+    made = uuid.UUID(request_id_from(""))
+    assert made.version == 7
+    assert request_id_from("caller-id-1") == "caller-id-1"
+    assert uuid.UUID(request_id_from("bad id with spaces")).version == 7
