@@ -25,9 +25,9 @@ from .exceptions import (
     ModelMismatch,
     Unauthorized,
 )
-from .model_access import access_decide, member_groups_of
+from .model_access import access_decide
 from .model_access import member_may_use as member_may_use  # the one "usable" decision
-from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, Deployment, Provider
+from .models import Allocation, ApiKey, ApiKeyScope, CatalogModel, Deployment, Group, Provider
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,32 @@ class ScopedAllocation:
 
 
 @dataclass(frozen=True)
+class GroupBudget:
+    """One of the key's member's groups, as its calls count toward it (SPEC 10, group budgets):
+    each call's usage is added to every group of the member; a group with a cap also holds each
+    call's reservation (quota.ledger.groups). None: no cap."""
+
+    id: str
+    slug: str
+    name: str
+    token_cap: int | None
+    cost_cap: Decimal | None
+
+    @property
+    def capped(self) -> bool:
+        return self.token_cap is not None or self.cost_cap is not None
+
+
+@dataclass(frozen=True)
 class KeyScope:
     key_id: str
     member_id: str
     allocations: tuple[ScopedAllocation, ...]
     expires_at: datetime | None = None
+    # The member's groups, by id: loaded with the snapshot, so a warm call's admission reserves
+    # on the capped ones without a query of its own (a group or membership change bumps the
+    # auth generation).
+    groups: tuple[GroupBudget, ...] = ()
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -148,7 +169,8 @@ def _snapshot(key_hash: str) -> KeyScope | None:
         .prefetch_related("model__allowed_groups", "model__denied_groups")
     )
     served = _deployments({s.model_id for s in scopes})
-    groups = member_groups_of(key.member_id)
+    budgets = _group_budgets(key.member_id)
+    groups = {g.id: g.slug for g in budgets}
     entries = []
     for s in scopes:
         a, m = s.allocation, s.model
@@ -183,7 +205,23 @@ def _snapshot(key_hash: str) -> KeyScope | None:
             )
         )
     return KeyScope(
-        key_id=str(key.pk), member_id=str(key.member_id), allocations=tuple(entries), expires_at=key.expires_at
+        key_id=str(key.pk),
+        member_id=str(key.member_id),
+        allocations=tuple(entries),
+        expires_at=key.expires_at,
+        groups=budgets,
+    )
+
+
+def _group_budgets(member_id) -> tuple[GroupBudget, ...]:
+    rows = (
+        Group.objects.filter(members=member_id)
+        .order_by("pk")
+        .values_list("pk", "slug", "name", "quota_tokens_per_month", "quota_cost_usd_per_month")
+    )
+    return tuple(
+        GroupBudget(id=str(pk), slug=slug, name=name, token_cap=tokens, cost_cap=cost)
+        for pk, slug, name, tokens, cost in rows
     )
 
 

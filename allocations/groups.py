@@ -80,6 +80,8 @@ def group_update(*, group: Group, changes: dict, actor=None) -> Group:
             before={f: before[f] for f in changed},
             after={f: after[f] for f in changed},
         )
+    # Every call of its members reads the group's caps (and slug) from the key snapshot.
+    transaction.on_commit(bump_auth_generation)
     return group
 
 

@@ -6,8 +6,11 @@ per target. A target is a tree (this checkout, or another one given with --tree,
 tpm and max_parallel on its allocation and model, see seed.py).
 
   bench/alternate.py [--tree OTHER] [--rounds 10] [--levels 1,16] [--duration 3]
-                     [--models bench0/gpt-4o-mini,bench0lim/gpt-4o-mini]
+                     [--models bench0/gpt-4o-mini,bench0lim/gpt-4o-mini,bench0/gpt-4o-mini@group]
                      [--body bench/bodies/codex_functions.json] [--db gw_alt] [--redis 3]
+
+A model written `<model>@group` is called with the key of `benchgrp`, whose member is in a group
+with a budget (seed.py): a group budget's cost per call, against `<model>` called by `bench`.
 
 Beside the gateway worker's CPU, the CPU of the PostgreSQL backends serving each target's database
 (`pg_cpu_ms_per_call`, from /proc: the server must run on this machine).
@@ -58,7 +61,7 @@ def fresh_database(url: str) -> None:
     ensure_database(url)
 
 
-def start_gateway(tree: Path, index: int, upstream: str, db: str, redis: int) -> tuple[int, str, subprocess.Popen]:
+def start_gateway(tree: Path, index: int, upstream: str, db: str, redis: int) -> tuple[int, dict, subprocess.Popen]:
     python = str(tree / ".venv" / "bin" / "python")
     env = {
         **os.environ,
@@ -75,7 +78,9 @@ def start_gateway(tree: Path, index: int, upstream: str, db: str, redis: int) ->
     seeded = subprocess.run(
         [python, "bench/seed.py", upstream, upstream], cwd=tree, env=env, check=True, capture_output=True, text=True
     )
-    key = seeded.stdout.strip().splitlines()[-1]
+    lines = seeded.stdout.strip().splitlines()
+    key = lines[-1]
+    group_key = next((line.split(": ", 1)[1] for line in lines if line.startswith("group-key: ")), "")
     port = free_port()
     command = [python, "-m", "gateway_project.serve", "--workers", "1", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
     proc = subprocess.Popen(
@@ -86,7 +91,7 @@ def start_gateway(tree: Path, index: int, upstream: str, db: str, redis: int) ->
         stderr=subprocess.DEVNULL,
     )
     wait_http(port)
-    return port, key, proc
+    return port, {"": key, "group": group_key}, proc
 
 
 BODY_SCRIPT = ROOT / "bench" / "body.lua"
@@ -161,11 +166,14 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{upstream_port}"
         targets = []
         for index, tree in enumerate(trees):
-            port, key, proc = start_gateway(tree, index, upstream, args.db, args.redis)
+            port, keys, proc = start_gateway(tree, index, upstream, args.db, args.redis)
             procs.append(proc)
             pid = worker_of(proc.pid)
-            for model in args.models.split(","):
-                targets.append((f"{tree.name}:{model}", port, key, model, pid, f"{args.db}_{index}"))
+            for target in args.models.split(","):
+                model, _, who = target.partition("@")
+                if not keys.get(who):
+                    raise SystemExit(f"{tree}: its seed.py makes no key for {target}")
+                targets.append((f"{tree.name}:{target}", port, keys[who], model, pid, f"{args.db}_{index}"))
         for level in (int(n) for n in args.levels.split(",")):
             for _, port, key, model, pid, _ in targets:
                 one_round(port, key, model, level, 1, pid, body)  # warm-up

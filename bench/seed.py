@@ -2,8 +2,11 @@
 """Seeds the benchmark world: a member with priced, capped allocations (caps and reservations on,
 never reached) whose models point at the fake upstreams, and one key scoped to all of them.
 `bench0lim` is `bench0` with rate limits on its allocation and its model too (rpm, tpm and
-max_parallel, never reached), for the limiter's cost per call.
-Prints the key. Usage: DATABASE_URL=... seed.py UPSTREAM0_URL UPSTREAM50_URL"""
+max_parallel, never reached), for the limiter's cost per call. A second member, `benchgrp`, holds
+an allocation of `bench0` as `bench` does and is in a group with a monthly budget (a cost and a
+token cap, checked and reserved on every call, never reached), for a group budget's cost per call.
+Prints `group-key: <benchgrp's key>`, then the key (last line).
+Usage: DATABASE_URL=... seed.py UPSTREAM0_URL UPSTREAM50_URL"""
 
 import os
 import sys
@@ -18,7 +21,8 @@ from django.utils import timezone  # noqa: E402
 
 django.setup()
 
-from allocations.models import ApiKey, CatalogModel, Member, Provider  # noqa: E402
+from allocations.groups import group_create, group_members_change  # noqa: E402
+from allocations.models import ApiKey, CatalogModel, Group, Member, Provider  # noqa: E402
 from allocations.services import (  # noqa: E402
     allocation_create,
     allocation_update,
@@ -56,7 +60,24 @@ def main(upstream0: str, upstream50: str) -> None:
         allocations.append(allocation)
     ApiKey.objects.filter(member=member, name="bench").update(revoked_at=timezone.now())
     _, plaintext = api_key_create(member=member, name="bench", allocations=allocations)
+    print(f"group-key: {_grouped_member(allocations[0].model)}")
     print(plaintext)
+
+
+def _grouped_member(model) -> str:
+    """`benchgrp`: an allocation of `model` like bench's, its member in one capped group."""
+    member = Member.objects.filter(username="benchgrp").first() or member_create(username="benchgrp")
+    group = Group.objects.filter(slug="bench-group").first() or group_create(
+        data={"name": "Bench group", "quota_cost_usd_per_month": "1e9", "quota_tokens_per_month": 10**15}
+    )
+    group_members_change(group=group, add=[member.username])
+    allocation = model.allocations.filter(member=member).first()
+    if allocation is None:
+        allocation, _, _ = allocation_create(
+            member=member, model=model, quota_tokens_per_month=10**15, quota_cost_usd_per_month=Decimal("1e9")
+        )
+    ApiKey.objects.filter(member=member, name="bench").update(revoked_at=timezone.now())
+    return api_key_create(member=member, name="bench", allocations=[allocation])[1]
 
 
 if __name__ == "__main__":

@@ -10,9 +10,15 @@ class Kind(models.TextChoices):
     QUARANTINED = "quarantined", "Allocation quarantined"
     PROVIDER_AUTH = "provider_auth", "Provider refused the gateway's key"
     UPSTREAM_ERRORS = "upstream_errors", "Upstream errors above the threshold"
+    GROUP_NEAR_CAP = "group_near_cap", "A group near its budget"
+    GROUP_CAP_REACHED = "group_cap_reached", "A group's budget reached"
 
 
 MEMBER_KINDS = (Kind.NEAR_CAP, Kind.CAP_REACHED)
+GROUP_KINDS = (Kind.GROUP_NEAR_CAP, Kind.GROUP_CAP_REACHED)
+# A member's switch for a kind of mail (AlertPreference field): a group's mails follow the
+# member's own near-cap and cap-reached choices.
+PREFERENCE_OF: dict[str, str] = {Kind.GROUP_NEAR_CAP: Kind.NEAR_CAP, Kind.GROUP_CAP_REACHED: Kind.CAP_REACHED}
 ADMIN_KINDS = (Kind.QUARANTINED, Kind.PROVIDER_AUTH, Kind.UPSTREAM_ERRORS)
 
 
@@ -58,4 +64,4 @@ class AlertPreference(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     def wants(self, kind: str) -> bool:
-        return bool(getattr(self, kind, True))
+        return bool(getattr(self, str(PREFERENCE_OF.get(kind, kind)), True))

@@ -23,14 +23,14 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from allocations.audit import audit_record
-from allocations.models import Allocation, AuditEvent, Deployment, Member
+from allocations.models import Allocation, AuditEvent, Deployment, Group, Member
 from quota.billing import caps
 from quota.display import usd
-from quota.models import CallRecord, Outcome, UsageCounter
+from quota.models import CallRecord, GroupUsageCounter, Outcome, UsageCounter
 from quota.overview import near_cap_q
 from quota.periods import period_bounds, period_start_date
 
-from .models import ADMIN_KINDS, MEMBER_KINDS, AlertPreference, Kind, Notification
+from .models import ADMIN_KINDS, GROUP_KINDS, MEMBER_KINDS, AlertPreference, Kind, Notification
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,35 @@ class CapLevel:
 
 def cap_level(*, counter: UsageCounter, allocation: Allocation) -> CapLevel | None:
     """The highest alert level either cap has reached; a cap of 0 blocks by design and is not alerted."""
+    return _level(
+        cost=(counter.cost_used, allocation.quota_cost_usd_per_month),
+        tokens=(counter.tokens_used, allocation.quota_tokens_per_month),
+        kinds=(Kind.NEAR_CAP, Kind.CAP_REACHED),
+    )
+
+
+def group_cap_level(*, counter: GroupUsageCounter, group: Group) -> CapLevel | None:
+    """cap_level for a group's budget, with the group kinds."""
+    return _level(
+        cost=(counter.cost_used, group.quota_cost_usd_per_month),
+        tokens=(counter.tokens_used, group.quota_tokens_per_month),
+        kinds=(Kind.GROUP_NEAR_CAP, Kind.GROUP_CAP_REACHED),
+    )
+
+
+def _level(*, cost: tuple, tokens: tuple, kinds: tuple[Kind, Kind]) -> CapLevel | None:
+    near_kind, reached_kind = kinds
     found: list[CapLevel] = []
-    for metric, used, cap in (
-        ("cost", counter.cost_used, allocation.quota_cost_usd_per_month),
-        ("tokens", counter.tokens_used, allocation.quota_tokens_per_month),
-    ):
+    for metric, (used, cap) in (("cost", cost), ("tokens", tokens)):
         if not cap:
             continue
         if caps.cap_hit(used=used, cap=cap):
-            found.append(CapLevel(Kind.CAP_REACHED, metric, used, cap))
+            found.append(CapLevel(reached_kind, metric, used, cap))
         elif caps.near_cap(used=used, cap=cap):
-            found.append(CapLevel(Kind.NEAR_CAP, metric, used, cap))
+            found.append(CapLevel(near_kind, metric, used, cap))
     if not found:
         return None
-    return max(found, key=lambda level: (level.kind == Kind.CAP_REACHED, Decimal(level.used) / Decimal(level.cap)))
+    return max(found, key=lambda level: (level.kind == reached_kind, Decimal(level.used) / Decimal(level.cap)))
 
 
 def _claim(*, kind: str, scope: str, defaults: dict) -> Notification | None:
@@ -171,6 +186,89 @@ def member_alerts_scan(*, now: dt.datetime) -> list[Notification]:
         if notification is not None:
             claimed.append(notification)
     return claimed
+
+
+def _group_mail(*, group: Group, level: CapLevel, now: dt.datetime, language: str) -> tuple[str, str]:
+    with translation.override(language):
+        fmt = usd if level.metric == "cost" else (lambda v: f"{int(v):,}")
+        context = {
+            "group": group.name,
+            "reached": level.kind == Kind.GROUP_CAP_REACHED,
+            "metric": _("spend") if level.metric == "cost" else _("tokens"),
+            "used": fmt(level.used),
+            "cap": fmt(level.cap),
+            "percent": level.percent,
+            "reset": period_bounds(now)[1].date().isoformat(),
+            "portal_url": settings.GATEWAY_PUBLIC_URL.rstrip("/") + "/portal/",
+        }
+        if level.kind == Kind.GROUP_CAP_REACHED:
+            subject = _("Group budget reached: %(group)s") % context
+        else:
+            subject = _("%(percent)s%% of the group budget used: %(group)s") % context
+        body = render_to_string("notifications/group_alert.txt", context)
+    return subject, body
+
+
+def group_alerts_scan(*, now: dt.datetime) -> list[Notification]:
+    """Claim the near-cap and cap-reached mails of each capped group this period: one to each active
+    member of the group with an email (in their language, unless they switched that kind off) and
+    one to GATEWAY_ALERT_EMAILS. Each is claimed once per group, recipient and period."""
+    period = period_start_date(now)
+    done = set(
+        Notification.objects.filter(kind__in=GROUP_KINDS, scope__endswith=f":{period.isoformat()}").values_list(
+            "kind", "scope"
+        )
+    )
+    counters = (
+        GroupUsageCounter.objects.filter(period_start=period)
+        .filter(
+            caps.near_cap_q(used="cost_used", cap="group__quota_cost_usd_per_month")
+            | caps.near_cap_q(used="tokens_used", cap="group__quota_tokens_per_month"),
+            Q(group__quota_cost_usd_per_month__gt=0) | Q(group__quota_tokens_per_month__gt=0),
+        )
+        .select_related("group")
+    )
+    claimed = []
+    for counter in counters:
+        group = counter.group
+        level = group_cap_level(counter=counter, group=group)
+        if level is None:
+            continue
+        figures = {"group": group.slug, "metric": level.metric, "used": str(level.used), "cap": str(level.cap)}
+        members = group.members.filter(is_active=True).exclude(email="").select_related("alert_preference")
+        recipients: list[tuple[str, Member | None, list[str], str]] = [
+            (f"{group.pk}:{m.pk}:{period.isoformat()}", m, [m.email], _language_of(m)) for m in members
+        ]
+        if settings.GATEWAY_ALERT_EMAILS:
+            admins = list(settings.GATEWAY_ALERT_EMAILS)
+            recipients.append((f"{group.pk}:admins:{period.isoformat()}", None, admins, settings.LANGUAGE_CODE))
+        for scope, member, emails, language in recipients:
+            preference = _preference(member) if member is not None else None
+            if (level.kind, scope) in done or (preference is not None and not preference.wants(level.kind)):
+                continue
+            subject, body = _group_mail(group=group, level=level, now=now, language=language)
+            notification = _claim(
+                kind=level.kind,
+                scope=scope,
+                defaults={
+                    "member": member,
+                    "recipients": emails,
+                    "subject": subject,
+                    "body": body,
+                    "figures": figures,
+                    "target_type": "group",
+                    "target_id": str(group.pk),
+                    "created_at": now,
+                },
+            )
+            if notification is not None:
+                claimed.append(notification)
+    return claimed
+
+
+def _language_of(member: Member) -> str:
+    preference = _preference(member)
+    return (preference.language if preference else "") or settings.LANGUAGE_CODE
 
 
 @dataclass(frozen=True)
@@ -308,7 +406,7 @@ def alerts_scan(*, now: dt.datetime | None = None) -> list[Notification]:
     stale = Notification.objects.filter(_send_free(now), created_at__lt=now - RESEND_AFTER)
     for notification_id in stale.values_list("pk", flat=True):
         _enqueue(notification_id)
-    return member_alerts_scan(now=now) + admin_alerts_scan(now=now)
+    return member_alerts_scan(now=now) + group_alerts_scan(now=now) + admin_alerts_scan(now=now)
 
 
 def _send_claim(*, notification_id: int, now: dt.datetime) -> Notification | None:

@@ -8,8 +8,9 @@ from decimal import Decimal
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from allocations.models import Allocation, CatalogModel
+from allocations.models import Allocation, CatalogModel, Group
 from allocations.selectors import key_prefixes_by_allocation
+from quota.group_budgets import spend_of, with_spend
 from quota.models import PriceVersion
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import ZERO
@@ -162,3 +163,62 @@ def allocation_cards(*, member, now: dt.datetime | None = None, allocations=None
             )
         )
     return cards
+
+
+@dataclass
+class GroupCard:
+    """One capped group of the member: its budget this month, shared by all its members."""
+
+    group: Group
+    tokens_used: int
+    cost_used: Decimal
+
+    @staticmethod
+    def _ratio(used, cap) -> Decimal | None:
+        if cap is None:
+            return None
+        return Decimal(1) if cap == 0 else Decimal(used) / Decimal(cap)
+
+    @property
+    def cost_percent(self) -> int | None:
+        ratio = self._ratio(self.cost_used, self.group.quota_cost_usd_per_month)
+        return None if ratio is None else int(ratio * 100)
+
+    @property
+    def token_percent(self) -> int | None:
+        ratio = self._ratio(self.tokens_used, self.group.quota_tokens_per_month)
+        return None if ratio is None else int(ratio * 100)
+
+    @property
+    def cost_meter(self) -> int | None:
+        return None if self.cost_percent is None else min(100, self.cost_percent)
+
+    @property
+    def token_meter(self) -> int | None:
+        return None if self.token_percent is None else min(100, self.token_percent)
+
+    @property
+    def near_cap(self) -> bool:
+        return near_cap(
+            tokens_used=self.tokens_used,
+            token_cap=self.group.quota_tokens_per_month,
+            cost_used=self.cost_used,
+            cost_cap=self.group.quota_cost_usd_per_month,
+        )
+
+    @property
+    def cap_reached(self) -> bool:
+        return any(p is not None and p >= 100 for p in (self.cost_percent, self.token_percent))
+
+
+def group_cards(*, member, now: dt.datetime | None = None) -> list[GroupCard]:
+    """The member's groups that have a budget, by name, with this month's spend (their counters)."""
+    capped = (
+        Group.objects.filter(members=member)
+        .exclude(quota_cost_usd_per_month__isnull=True, quota_tokens_per_month__isnull=True)
+        .order_by("name")
+    )
+    return [
+        GroupCard(group=g, tokens_used=spend_of(g).tokens_used, cost_used=spend_of(g).cost_used)
+        for g in with_spend(capped, now=now)
+    ]

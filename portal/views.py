@@ -62,6 +62,7 @@ def dashboard(request):
     context = {
         "cards": [c for c in found if c.allocation.status != Allocation.Status.REVOKED],
         "revoked_cards": revoked,
+        "group_cards": cards.group_cards(member=request.user),
         "near_cap_percent": int(settings.GATEWAY_NEAR_CAP_RATIO * 100),
     }
     return render(request, "portal/dashboard.html", context)

@@ -14,6 +14,18 @@ class CostQuotaExceeded(GatewayError):
     code, status, type = "cost_quota_exceeded", 403, "permission_error"
 
 
+class GroupQuotaExceeded(GatewayError):
+    """A group of the member has reached its monthly token cap (SPEC 10, group budgets)."""
+
+    code, status, type = "group_quota_exceeded", 403, "permission_error"
+
+
+class GroupCostQuotaExceeded(GatewayError):
+    """A group of the member has reached its monthly cost cap (SPEC 10, group budgets)."""
+
+    code, status, type = "group_cost_quota_exceeded", 403, "permission_error"
+
+
 class QuotaBusy(GatewayError):
     code, status, type = "quota_busy", 429, "rate_limit_error"
     retry_after = 2

@@ -4,6 +4,7 @@ import uuid
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 from allocations.models import Allocation, ApiKey, CatalogModel
@@ -91,6 +92,8 @@ class Outcome(models.TextChoices):
     REJECTED_MODEL_KIND = "rejected_model_kind"
     REJECTED_RATE_LIMITED = "rejected_rate_limited"
     REJECTED_MODEL_FORBIDDEN = "rejected_model_forbidden"
+    REJECTED_GROUP_QUOTA_EXCEEDED = "rejected_group_quota_exceeded"
+    REJECTED_GROUP_COST_QUOTA_EXCEEDED = "rejected_group_cost_quota_exceeded"
 
 
 # Every value CallRecord.endpoint takes: the /v1 endpoints (proxy.registry, same names) and realtime
@@ -190,6 +193,9 @@ class CallRecord(models.Model):
     # deleted deployment leaves its history alone; and the upstream attempts made (0: none went out).
     deployment_id = models.UUIDField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The member's groups (allocations.Group ids) this call counted toward when it was admitted:
+    # what a group's spend sums (GroupUsageCounter, reconcile_usage, usage by group).
+    group_ids = ArrayField(models.UUIDField(), default=list, blank=True, db_default=[])
 
     objects = CallRecordQuerySet.as_manager()
 
@@ -253,6 +259,30 @@ class Reservation(models.Model):
     expires_at = models.DateTimeField(db_index=True)
     # What the sweeper needs to write the call record of a session whose worker died (realtime).
     context = models.JSONField(default=dict, blank=True)
+    # The member's groups the call counts toward, and the GroupUsageCounter rows of the capped ones,
+    # on which the same tokens and cost are held (quota.ledger.groups).
+    group_ids = ArrayField(models.UUIDField(), default=list, blank=True, db_default=[])
+    group_counter_ids = ArrayField(models.BigIntegerField(), default=list, blank=True, db_default=[])
+
+
+class GroupUsageCounter(models.Model):
+    """Used and reserved totals of one group (allocations.Group) in one billing period: every call
+    of a member counts toward each of the member's groups; a capped group's headroom is held by the
+    calls in flight as an allocation's is (quota.ledger.groups)."""
+
+    group = models.ForeignKey("allocations.Group", on_delete=models.CASCADE, related_name="usage_counters")
+    period_start = models.DateField()
+    tokens_used = models.BigIntegerField(default=0)
+    cost_used = money_field(default=0)
+    tokens_reserved = models.BigIntegerField(default=0)
+    cost_reserved = money_field(default=0)
+    calls = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "period_start"], name="group_usage_counter_once_per_period"),
+        ]
 
 
 # The pool and anomaly models live in their own module; imported here so Django registers them.

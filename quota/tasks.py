@@ -13,6 +13,7 @@ from allocations.models import AuditEvent
 
 from . import ledger, partitions, retention, services
 from .anomaly import anomalies_detect
+from .group_budgets import group_usage_reconcile
 from .periods import period_start_date
 from .pool import pool_rebalance_scheduled
 
@@ -58,10 +59,12 @@ def usage_reconcile_nightly() -> int:
     for at in sorted({now, now - dt.timedelta(days=1)}, key=period_start_date):
         for drift in services.usage_reconcile(now=at, fix=False):
             reported += _report_drift(drift)
+        for group_drift in group_usage_reconcile(now=at, fix=False):
+            reported += _report_drift(group_drift, target_type="group")
     return reported
 
 
-def _report_drift(drift) -> int:
+def _report_drift(drift, *, target_type: str = "allocation") -> int:
     after = {
         "period_start": drift.period_start.isoformat(),
         "counter_tokens": drift.counter_tokens,
@@ -69,8 +72,8 @@ def _report_drift(drift) -> int:
         "counter_cost": str(drift.counter_cost),
         "record_cost": str(drift.record_cost),
     }
-    target_id = str(drift.allocation_id)
-    last = AuditEvent.objects.filter(action="usage_drift_detected", target_type="allocation", target_id=target_id)
+    target_id = str(drift.group_id if target_type == "group" else drift.allocation_id)
+    last = AuditEvent.objects.filter(action="usage_drift_detected", target_type=target_type, target_id=target_id)
     last_id = last.aggregate(m=Max("id"))["m"]
     if last_id is not None and AuditEvent.objects.get(pk=last_id).after == after:
         return 0  # same drift already reported: the task is idempotent
@@ -78,7 +81,7 @@ def _report_drift(drift) -> int:
         actor=None,
         action="usage_drift_detected",
         target=None,
-        target_type="allocation",
+        target_type=target_type,
         target_id=target_id,
         after=after,
     )

@@ -9,9 +9,17 @@ from allocations.exceptions import (
     AllocationQuarantined,
     AllocationRevoked,
     GatewayError,
+    ModelForbidden,
     Unauthorized,
 )
-from quota.exceptions import CostQuotaExceeded, ModelKindMismatch, QuotaExceeded, RequestTooLarge
+from quota.exceptions import (
+    CostQuotaExceeded,
+    GroupCostQuotaExceeded,
+    GroupQuotaExceeded,
+    ModelKindMismatch,
+    QuotaExceeded,
+    RequestTooLarge,
+)
 from quota.models import CloseReason
 
 
@@ -39,8 +47,11 @@ _WATCH_REASONS: dict[type[GatewayError], CloseReason] = {
     AllocationRevoked: CloseReason.REVOKED,
     AllocationPaused: CloseReason.REVOKED,
     AllocationQuarantined: CloseReason.REVOKED,
+    ModelForbidden: CloseReason.REVOKED,  # the member lost the model (a group or its access changed)
     CostQuotaExceeded: CloseReason.COST_EXCEEDED,
     QuotaExceeded: CloseReason.QUOTA_EXCEEDED,
+    GroupCostQuotaExceeded: CloseReason.COST_EXCEEDED,
+    GroupQuotaExceeded: CloseReason.QUOTA_EXCEEDED,
 }
 
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from allocations.access import STATUS_ERRORS, ScopedAllocation
-from allocations.exceptions import GatewayError, Unauthorized
-from allocations.models import Allocation, ApiKey
+from allocations.exceptions import GatewayError, ModelForbidden, Unauthorized
+from allocations.model_access import member_access
+from allocations.models import Allocation, ApiKey, CatalogModel
 from quota import ledger, ratelimit
 from quota.admission import Admitted, Plan
 from quota.billing import caps
 from quota.exceptions import CostQuotaExceeded, QuotaExceeded
+from quota.group_budgets import group_cap_error
 from quota.ledger import Admission
 from quota.models import PriceVersion, UsageCounter
 from quota.pricing import Usage, cost_for
@@ -87,7 +89,7 @@ class Session:
 class WatchState:
     reason: GatewayError | None  # why the session must end, else None
     admission: Admission
-    capped: bool = True  # the allocation has a token quota or a cost cap (as last read)
+    capped: bool = True  # the allocation or a group of the member has a cap (as last read)
 
 
 COUNTER_FIELDS = ("tokens_used", "tokens_reserved", "cost_used", "cost_reserved", "allocation_id")
@@ -144,5 +146,21 @@ def session_watch(*, session: Session, usage: Usage | None, full: bool, now: dt.
     status_error = STATUS_ERRORS.get(allocation.status)
     if status_error is not None:
         return WatchState(status_error, admission, capped)
+    if full:
+        # The member may have lost the model (a group or the model's access policy changed).
+        decision = member_access(member=key.member, model=CatalogModel.objects.get(pk=session.entry.model_id))
+        if not decision.allowed:
+            return WatchState(ModelForbidden(decision.refusal or ""), admission, capped)
     reason = _cap_reason(counter=counter, allocation=allocation, priced=session.price is not None)
+    if reason is None and (admission.groups or full):
+        # The member's groups' caps, read each time (a cap set during the session counts too).
+        reason = group_cap_error(
+            member_id=session.admitted.member_id,
+            priced=session.price is not None,
+            held_ids=admission.held,
+            tokens=admission.tokens,
+            cost=admission.cost,
+            now=now,
+        )
+        capped = capped or bool(admission.held) or reason is not None
     return WatchState(reason, admission, capped)

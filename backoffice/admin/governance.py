@@ -348,6 +348,7 @@ ACTION_LABELS = {
     "admin_token_created": "admin token created",
     "admin_token_revoked": "admin token revoked",
     "usage_reconciled": "usage counters reconciled",
+    "group_usage_reconciled": "group usage counters reconciled",
     "usage_drift_detected": "usage drift detected",
     "rollups_rebuilt": "daily rollups rebuilt",
 }

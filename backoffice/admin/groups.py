@@ -1,20 +1,30 @@
 """Django admin for groups and group rules, and the access answers shown on the model and member
 pages. Every write goes through allocations.groups / allocations.group_rules (audited)."""
 
+from decimal import Decimal
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.db import transaction
+from django.db.models import Count
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from allocations import group_rules, groups
 from allocations.exceptions import GatewayError
 from allocations.model_access import member_access, member_groups_of, model_members_allowed
 from allocations.models import CatalogModel, Group, GroupRule, Member
+from quota.group_budgets import spend_of, with_spend
 
+from . import marks
 from .base import StaffAdmin, form_errors_from
 
-NOT_ENFORCED = "Stored and shown; not enforced yet."
+BUDGET_HELP = (
+    "The group's monthly budget: every call of its members counts toward it; at the cap their calls are "
+    "refused (group_cost_quota_exceeded / group_quota_exceeded). Blank: no cap."
+)
 
 
 class GroupForm(forms.ModelForm):
@@ -27,7 +37,7 @@ class GroupForm(forms.ModelForm):
     class Meta:
         model = Group
         fields = ("name", "slug", "quota_cost_usd_per_month", "quota_tokens_per_month")
-        help_texts = {"quota_cost_usd_per_month": NOT_ENFORCED, "quota_tokens_per_month": NOT_ENFORCED}
+        help_texts = {"quota_cost_usd_per_month": BUDGET_HELP, "quota_tokens_per_month": BUDGET_HELP}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -38,13 +48,37 @@ class GroupForm(forms.ModelForm):
 @admin.register(Group)
 class GroupAdmin(StaffAdmin):
     form = GroupForm
-    list_display = ("name", "slug", "member_count", "quota_cost_usd_per_month", "quota_tokens_per_month")
+    list_display = ("name", "slug", "member_count", "spend", "tokens")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("spend", "tokens")
 
-    @admin.display(description="members")
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        return fields if obj is not None else [f for f in fields if f not in self.readonly_fields]
+
+    def get_queryset(self, request):
+        """Each group with its member count and this period's counter (no query per row)."""
+        return with_spend(super().get_queryset(request).annotate(n_members=Count("members")))
+
+    @admin.display(description="members", ordering="n_members")
     def member_count(self, obj):
-        return obj.members.count()
+        return obj.n_members
+
+    @admin.display(description=_("spend this month / budget"))
+    def spend(self, obj):
+        used, cap = spend_of(obj).cost_used, obj.quota_cost_usd_per_month
+        return marks.figure(
+            marks.money(used), marks.money(cap) if cap is not None else gettext("no cap"), marks.share(used, cap),
+            marks.one_cap_state(used, cap),
+        )  # fmt: skip
+
+    @admin.display(description=_("tokens this month / quota"))
+    def tokens(self, obj):
+        used, cap = spend_of(obj).tokens_used, obj.quota_tokens_per_month
+        state = marks.cap_state(tokens_used=used, token_cap=cap, cost_used=Decimal(0), cost_cap=None)
+        cap_text = f"{cap:,}" if cap is not None else gettext("no cap")
+        return marks.figure(f"{used:,}", cap_text, marks.share(used, cap), state)
 
     def save_model(self, request, obj, form, change):
         data = {f: form.cleaned_data.get(f) for f in groups.GROUP_FIELDS}

@@ -20,6 +20,7 @@ from allocations import services
 from allocations.exceptions import GatewayError
 from allocations.models import Allocation
 from quota import display, overview
+from quota.group_budgets import spend_by_group_this_month
 from quota.models import Outcome
 from quota.periods import billing_tz, period_bounds, period_start_date
 from quota.pricing import ZERO
@@ -122,6 +123,7 @@ def overview_context(*, now, by: str, period: spend.Period) -> dict:
         "change": None if not last_month else int((figures.total - last_month) * 100 / last_month),
         "top_members": overview.top_members(period_start=period_start),
         "top_allocations": overview.top_allocations(period_start=period_start),
+        "group_rows": spend_by_group_this_month(now=now),
         "near_rows": _near_rows(period_start, end.date()),
         "refusals": [
             {"outcome": o, "label": REFUSAL_LABELS.get(o, o), "calls": n} for o, n in figures.refusals.items()

@@ -18,6 +18,7 @@ from django.db.models import Sum
 from django.db.models.functions import TruncHour
 from django.utils.translation import gettext as _
 
+from quota.group_budgets import spend_by_group_buckets
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds, previous_period_start
 from quota.pricing import ZERO
@@ -26,7 +27,12 @@ from quota.rollups import usage_sums
 MAX_DAYS = 366
 MAX_HOURLY_DAYS = 2
 MAX_SERIES = 8
-GROUPS = {"model": "model__slug", "provider": "model__provider__name", "member": "member__username"}
+GROUPS = {
+    "model": "model__slug",
+    "provider": "model__provider__name",
+    "member": "member__username",
+    "group": "",  # the groups each call counted toward (quota.group_budgets): a call of two groups stacks in both
+}
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,12 @@ def spend_rows(*, period: Period, by: str, now: dt.datetime) -> tuple[list[str],
     """Series names (the top MAX_SERIES, the rest as "other") and one row per bucket: amounts per
     series, the total and the running total (None after now: nothing is known yet)."""
     spend: dict[str, dict] = defaultdict(lambda: defaultdict(lambda: ZERO))
-    for key, name, cost in _spend(period, GROUPS[by]):
-        spend[name or "—"][key] += cost or ZERO
+    if by == "group":
+        for at, name, cost in spend_by_group_buckets(start=period.start, end=period.end, step=period.step):
+            spend[name][at if period.step == "hour" else _midnight(at.date())] += cost
+    else:
+        for key, name, cost in _spend(period, GROUPS[by]):
+            spend[name or "—"][key] += cost or ZERO
     ranked = sorted(spend, key=lambda name: (-sum(spend[name].values()), name))
     names = ranked[:MAX_SERIES] + ([_("other")] if len(ranked) > MAX_SERIES else [])
     rows, running = [], ZERO

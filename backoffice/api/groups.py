@@ -17,28 +17,27 @@ from lib.serializers import (
     WholeNumberInputField,
     parse_input,
 )
+from quota.group_budgets import with_spend
 
 from . import selectors as sel
 from .base import PAGE_PARAMETERS, AdminAPIView, list_response
 from .serializers import GroupOutput, GroupRuleOutput, page_of
 
-NOT_ENFORCED = "Stored and shown; not enforced yet."
+BUDGET = "The group's monthly budget (null: none); its members' calls are refused at it."
 REFS = serializers.ListField(child=StrictCharField(max_length=200), required=False, default=list)
 
 
 class GroupInput(StrictInputSerializer):
     name = StrictCharField(max_length=100, required=False)
     slug = StrictCharField(max_length=100, required=False, help_text="Default: from the name.")
-    quota_cost_usd_per_month = DecimalInputField(required=False, allow_null=True, help_text=NOT_ENFORCED)
-    quota_tokens_per_month = WholeNumberInputField(
-        required=False, allow_null=True, help_text="Stored, not enforced yet."
-    )
+    quota_cost_usd_per_month = DecimalInputField(required=False, allow_null=True, help_text=BUDGET)
+    quota_tokens_per_month = WholeNumberInputField(required=False, allow_null=True, help_text=BUDGET)
 
 
 class GroupList(AdminAPIView):
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(GroupOutput, "GroupPage"))
     def get(self, request):
-        return list_response(request, Group.objects.prefetch_related("members"), GroupOutput)
+        return list_response(request, with_spend(Group.objects.prefetch_related("members")), GroupOutput)
 
     @extend_schema(request=GroupInput, responses={201: GroupOutput})
     def post(self, request):

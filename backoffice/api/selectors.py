@@ -12,6 +12,7 @@ from allocations.models import Allocation
 from allocations.selectors import key_prefixes_by_allocation
 from lib.serializers import money_str
 from quota import selectors
+from quota.group_budgets import GroupUsage, usage_by_group
 from quota.periods import billing_tz, period_bounds
 from quota.rollups import sort_key, usage_sums
 
@@ -50,6 +51,8 @@ GROUPS = {
     "member": {"member_id": "member_id", "member": "member__username"},
     "allocation": {"allocation_id": "allocation_id", "member": "member__username", "model": "model__slug"},
     "model": {"model_id": "model_id", "model": "model__slug"},
+    # A call counts toward every group of its member (at admission): quota.group_budgets.
+    "group": {"group_id": "group_id", "group": "group"},
 }
 USAGE_COLUMNS = ("calls", "unpriced_calls", "input_tokens", "output_tokens", "total_tokens", "cost_usd")
 
@@ -81,6 +84,8 @@ def usage_range(*, start: str | None, end: str | None, now: dt.datetime) -> tupl
 def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
     if group_by not in GROUPS:
         raise BadRequest("invalid group_by", fields={"group_by": [f"One of: {', '.join(GROUPS)}."]})
+    if group_by == "group":
+        return [_usage_item({"group_id": u.group_id, "group": u.slug}, u) for u in usage_by_group(start=start, end=end)]
     keys = GROUPS[group_by]
     first = next(iter(keys.values()))
     rows = usage_sums(start=start, end=end, keys=tuple(keys.values()), where=Q(**{f"{first}__isnull": False}))
@@ -98,6 +103,18 @@ def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list
         )
         out.append(item)
     return out
+
+
+def _usage_item(keys: dict, usage: GroupUsage) -> dict:
+    return {
+        **keys,
+        "calls": usage.calls,
+        "unpriced_calls": usage.unpriced_calls,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "cost_usd": money_str(selectors.usage_cost(priced_cost=usage.priced_cost, unpriced_calls=usage.unpriced_calls)),
+    }
 
 
 def usage_columns(group_by: str) -> list[str]:

@@ -3,7 +3,8 @@ details and the OpenAPI schema. Input serializers sit in the view that takes the
 
 from rest_framework import serializers
 
-from lib.serializers import MoneyField
+from lib.serializers import MoneyField, money_str
+from quota.group_budgets import spend_of
 
 from .selfservice import SelfServiceOutputMixin
 
@@ -185,10 +186,22 @@ class GroupOutput(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
     slug = serializers.CharField()
-    quota_cost_usd_per_month = MoneyField(allow_null=True, help_text="Stored and shown; not enforced yet.")
-    quota_tokens_per_month = serializers.IntegerField(allow_null=True, help_text="Stored and shown; not enforced yet.")
+    quota_cost_usd_per_month = MoneyField(
+        allow_null=True, help_text="The group's monthly cost cap (null: none): its members' calls stop at it."
+    )
+    quota_tokens_per_month = serializers.IntegerField(
+        allow_null=True, help_text="The group's monthly token cap (null: none)."
+    )
+    cost_used_this_month = serializers.SerializerMethodField(help_text="Decimal string.")
+    tokens_used_this_month = serializers.SerializerMethodField()
     members = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
+
+    def get_cost_used_this_month(self, group) -> str:
+        return money_str(spend_of(group).cost_used) or ""
+
+    def get_tokens_used_this_month(self, group) -> int:
+        return spend_of(group).tokens_used
 
     def get_members(self, group) -> list[str]:
         return sorted(m.username for m in group.members.all())

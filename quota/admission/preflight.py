@@ -38,6 +38,8 @@ from .. import ledger, options, ratelimit
 from ..billing import bill as billing
 from ..exceptions import (
     CostQuotaExceeded,
+    GroupCostQuotaExceeded,
+    GroupQuotaExceeded,
     ModelKindMismatch,
     ProviderUnavailable,
     QuotaBusy,
@@ -62,6 +64,8 @@ REJECT_OUTCOMES: dict[type[GatewayError], Outcome] = {
     ModelForbidden: Outcome.REJECTED_MODEL_FORBIDDEN,
     QuotaExceeded: Outcome.REJECTED_QUOTA_EXCEEDED,
     CostQuotaExceeded: Outcome.REJECTED_COST_QUOTA_EXCEEDED,
+    GroupQuotaExceeded: Outcome.REJECTED_GROUP_QUOTA_EXCEEDED,
+    GroupCostQuotaExceeded: Outcome.REJECTED_GROUP_COST_QUOTA_EXCEEDED,
     QuotaBusy: Outcome.REJECTED_QUOTA_BUSY,
     RateLimited: Outcome.REJECTED_RATE_LIMITED,
     ModelKindMismatch: Outcome.REJECTED_MODEL_KIND,
@@ -190,13 +194,16 @@ def _judge(plan: Plan, opening: Opening, entry: ScopedAllocation, price: Any) ->
 
 def _admission_args(plan: Plan, opening: Opening, entry: ScopedAllocation) -> dict[str, Any]:
     """The ledger's admission arguments: the allocation's caps and the reserved tokens and cost,
-    priced by quota.billing's bill (the function that bills the answer). A session reserves
-    nothing up front."""
+    priced by quota.billing's bill (the function that bills the answer), and the member's groups
+    (a capped group holds the same reservation: quota.ledger.groups). A session reserves nothing
+    up front."""
+    assert opening.scope is not None  # resolved before the admission
     if plan.lease_s is not None:
         tokens, cost = 0, None if opening.price is None else Decimal(0)
     else:
         tokens, cost = opening.estimate.total_tokens, billing.bill(price=opening.price, usage=opening.estimate).cost
     return {
+        "groups": opening.scope.groups,
         "allocation_id": entry.allocation_id,
         "token_cap": entry.token_cap,
         "cost_cap": entry.cost_cap,

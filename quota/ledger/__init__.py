@@ -20,6 +20,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
+from ..periods import period_start_date
 from ..pricing import Usage
 from . import loop, threads
 from .spool import call_settle_durable, call_settle_once, spool_depth, spool_replay
@@ -66,6 +67,7 @@ async def admit_async(
     now: dt.datetime,
     context: dict | None = None,
     reservation_id=None,
+    groups=(),
 ) -> Admission | None:
     """The admission on the event loop when this allocation's counter is known: the reservation,
     or None when it was not made there (no known counter, or a cap's guard did not match:
@@ -84,6 +86,8 @@ async def admit_async(
         now=now,
         context=context,
         reservation_id=reservation_id,
+        groups=groups,
+        period=period_start_date(now),
     )
 
 

@@ -157,6 +157,8 @@ async def admit(
     now: dt.datetime,
     context: dict | None = None,
     reservation_id=None,
+    groups=(),
+    period=None,
 ) -> Admission | None:
     """ledger.admit's one-statement path with a known counter id; None when not admitted."""
     cost = est_cost if est_cost is not None else Decimal(0)
@@ -170,18 +172,22 @@ async def admit(
         cost_cap=cost_cap,
         priced=est_cost is not None,
         reservation=reservation,
+        groups=groups,
+        period=period,
     )
     async with pool().connection() as conn, conn.cursor() as cursor:
         await cursor.execute(sql, params, prepare=_prepare())
-        admitted = cursor.rowcount > 0
-    return Admission(reservation["id"], counter_id, est_tokens, cost) if admitted else None
+        if cursor.rowcount <= 0:
+            return None
+        held = tuple((await cursor.fetchone())[0]) if cursor.description else ()  # type: ignore[index]
+    return Admission(reservation["id"], counter_id, est_tokens, cost, tuple(g.id for g in groups), held)
 
 
 async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int | None:
     """ledger.settle's one-statement path; returns the call record's id, or None when the
     reservation was settled before (by the sweeper). Settlements that meet here while the
     connections are busy are written together (_Settlements)."""
-    values, cost = settle_values(record=record, usage=usage, price=price, now=now)
+    values, cost = settle_values(record=record, usage=usage, price=price, now=now, groups=admission.groups)
     settlement = Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
     return await pool().settlements.add(settlement)
 

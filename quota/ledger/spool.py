@@ -52,7 +52,14 @@ def settle_payload(*, admission, record, usage, price) -> dict:
         "spool_id": str(uuid.uuid4()),
         "admission": None
         if admission is None
-        else [str(admission.reservation_id), admission.counter_id, admission.tokens, str(admission.cost)],
+        else [
+            str(admission.reservation_id),
+            admission.counter_id,
+            admission.tokens,
+            str(admission.cost),
+            list(admission.groups),
+            list(admission.held),
+        ],
         "record": fields,
         "usage": {k: _plain(v) for k, v in usage.__dict__.items()},
         "price_id": None if price is None else price.pk,
@@ -61,7 +68,10 @@ def settle_payload(*, admission, record, usage, price) -> dict:
 
 def _from_payload(payload: dict) -> dict:
     adm = payload["admission"]
-    admission = None if adm is None else Admission(uuid.UUID(adm[0]), adm[1], adm[2], Decimal(adm[3]))
+    admission = None
+    if adm is not None:  # a payload spooled before group budgets has four fields
+        groups, held = (tuple(adm[4]), tuple(adm[5])) if len(adm) > 5 else ((), ())
+        admission = Admission(uuid.UUID(adm[0]), adm[1], adm[2], Decimal(adm[3]), groups, held)
     record, usage, price = settlement_from_json(
         record=payload["record"], usage=payload["usage"], price_id=payload["price_id"]
     )

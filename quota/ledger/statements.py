@@ -18,13 +18,17 @@ from django.conf import settings
 from django.db.models import Model
 from psycopg.types.json import Jsonb
 
+from allocations.models import Group
+
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
 from ..models import CallRecord, Reservation, UsageCounter
 from ..pricing import Usage
 from ..rollups import SOURCE_COLUMNS, timezone_name, upsert_sql
+from . import groups as group_sql
 
 COUNTER_TABLE = UsageCounter._meta.db_table
+GROUP_TABLE = Group._meta.db_table
 RESERVATION_TABLE = Reservation._meta.db_table
 CALL_TABLE = CallRecord._meta.db_table
 
@@ -35,6 +39,10 @@ class Admission:
     counter_id: int
     tokens: int
     cost: Decimal
+    # The member's groups the call counts toward (allocations.Group ids), and the counters of the
+    # capped ones that hold the same tokens and cost (quota.ledger.groups).
+    groups: tuple[str, ...] = ()
+    held: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,19 +78,30 @@ _ADMIT_SQL = (
     f" INSERT INTO {RESERVATION_TABLE} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context)"
     " SELECT %s, c.id, %s, %s, %s, %s, %s, {context} FROM c"
 )
+# A member in groups none of which caps the call: the reservation only names the groups.
+_ADMIT_COUNTED_SQL = _ADMIT_SQL.replace(", context)", ", context, group_ids)").replace(
+    "{context} FROM c", "{context}, %s::uuid[] FROM c"
+)
 CALL_FIELDS = tuple(f for f in CallRecord._meta.concrete_fields if f is not CallRecord._meta.auto_field)
 _CALL_COLUMNS = ", ".join(str(f.column) for f in CALL_FIELDS)
-_SETTLE_SQL = (
+_ADMIT_GROUPS_SQL = group_sql.ADMIT_SQL.replace("{counters}", COUNTER_TABLE).replace(
+    "{reservations}", RESERVATION_TABLE
+)
+_SETTLE_HEAD = (
     "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(n bigint, reservation uuid, counter bigint,"  # noqa: S608 (constant names)
-    " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric) LIMIT {calls}),"
+    " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric{group_columns}) LIMIT {calls}),"
     f" r AS (DELETE FROM {RESERVATION_TABLE} WHERE id IN (SELECT reservation FROM s) RETURNING id),"
     " k AS (SELECT s.* FROM s JOIN r ON r.id = s.reservation),"
     " t AS (SELECT counter, sum(tokens) AS tokens, sum(cost) AS cost, count(*) AS calls,"
     " sum(held_tokens) AS held_tokens, sum(held_cost) AS held_cost FROM k GROUP BY counter),"
-    f" u AS (UPDATE {COUNTER_TABLE} c SET tokens_used = c.tokens_used + t.tokens, cost_used = c.cost_used + t.cost,"
+)
+_SETTLE_COUNTERS = (
+    f" u AS (UPDATE {COUNTER_TABLE} c SET tokens_used = c.tokens_used + t.tokens, cost_used = c.cost_used + t.cost,"  # noqa: S608 (constant names)
     " calls = c.calls + t.calls, tokens_reserved = c.tokens_reserved - t.held_tokens,"
-    " cost_reserved = c.cost_reserved - t.held_cost FROM t WHERE c.id = t.counter),"
-    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"
+    " cost_reserved = c.cost_reserved - t.held_cost FROM t WHERE c.id = t.counter{after}),"
+)
+_SETTLE_RECORDS = (
+    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"  # noqa: S608 (constant names)
     " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc_, n_)"
     f" CROSS JOIN LATERAL jsonb_populate_record(NULL::{CALL_TABLE}, e.doc_) AS p"
     " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id, {returning}),"
@@ -92,24 +111,63 @@ _SETTLE_SQL = (
     " SELECT k.n, i.id FROM (SELECT n, row_number() OVER (ORDER BY n) AS o FROM k) k"
     " JOIN (SELECT id, row_number() OVER (ORDER BY id) AS o FROM i) i USING (o)"
 )
+# Calls of members without groups: the statement as it was before groups existed (nothing added).
+_SETTLE_SQL = _SETTLE_HEAD.replace("{group_columns}", "") + _SETTLE_COUNTERS.replace("{after}", "") + _SETTLE_RECORDS
+# A batch with at least one call counted toward a group: the groups' upsert, then the allocations.
+_SETTLE_GROUPS_SQL = (
+    _SETTLE_HEAD.replace("{group_columns}", ", groups jsonb, held jsonb")
+    + group_sql.SETTLE_CTE.replace("{counters}", COUNTER_TABLE).replace("{groups}", GROUP_TABLE)
+    + _SETTLE_COUNTERS.replace("{after}", group_sql.SETTLE_AFTER_GROUPS)
+    + _SETTLE_RECORDS
+)
 
 _RETURNING = ", ".join(SOURCE_COLUMNS)
 _ROLLUP = upsert_sql("i")
 
 
 def admit_statement(
-    *, allocation_id, counter_id: int, token_cap, cost_cap, priced: bool, reservation: dict
+    *, allocation_id, counter_id: int, token_cap, cost_cap, priced: bool, reservation: dict, groups=(), period=None
 ) -> tuple[str, list]:
     """The admission in ONE statement (data-modifying CTE): the guarded UPDATE of the counter
     (used + reserved < cap for each cap that applies; the allocation is checked too, so a stale
     cached counter id never reserves against another allocation's counter), then the INSERT of the
     reservation row only if that UPDATE matched. One statement is atomic on its own: no BEGIN/COMMIT
-    round trips. `reservation` holds id, request_id, tokens, cost, created_at, expires_at, context."""
+    round trips. `reservation` holds id, request_id, tokens, cost, created_at, expires_at, context.
+
+    `groups`: the member's groups (allocations.access.GroupBudget); when a cap of one holds the
+    call, the statement reserves on those groups' counters of `period` too, all or nothing
+    (quota.ledger.groups), and returns the row of the reservation with its group counter ids."""
     condition, condition_params = guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
     r = reservation
     # An empty context (a reservation nothing bills if its holder dies) is a literal.
     context, context_params = ("'{}'", []) if not r["context"] else ("%s", [Jsonb(r["context"])])
-    return _ADMIT_SQL.format(guard=condition, context=context), [
+    if not groups:
+        sql, extra = _ADMIT_SQL, []
+    else:
+        capped, caps_json, group_ids = group_sql.admission_parts(tuple(groups), priced)
+        if capped:
+            return _ADMIT_GROUPS_SQL.format(guard=condition, context=context), [
+                caps_json,
+                period,
+                r["tokens"],
+                r["cost"],
+                counter_id,
+                allocation_id,
+                *condition_params,
+                capped,
+                r["tokens"],
+                r["cost"],
+                r["id"],
+                r["request_id"],
+                r["tokens"],
+                r["cost"],
+                r["created_at"],
+                r["expires_at"],
+                *context_params,
+                group_ids,
+            ]
+        sql, extra = _ADMIT_COUNTED_SQL, [group_ids]
+    return sql.format(guard=condition, context=context), [
         r["tokens"],
         r["cost"],
         counter_id,
@@ -122,16 +180,20 @@ def admit_statement(
         r["created_at"],
         r["expires_at"],
         *context_params,
+        *extra,
     ]
 
 
-def settle_values(*, record: dict, usage: Usage, price, now: dt.datetime) -> tuple[dict, Decimal | None]:
+def settle_values(
+    *, record: dict, usage: Usage, price, now: dt.datetime, groups: tuple[str, ...] = ()
+) -> tuple[dict, Decimal | None]:
     """The call record's field values (by field name) and its cost, with what a cost beyond tokens
-    was billed from (the service tier, the tool calls)."""
+    was billed from (the service tier, the tool calls), and the groups it counted toward."""
     billed = bill(price=price, usage=usage)
     cost = billed.cost
     values = {
         **record,
+        "group_ids": list(groups),
         "finished_at": record.get("finished_at") or now,
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
@@ -194,10 +256,15 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
         }
         for n, s in enumerate(settlements, 1)
     ]
+    sql = _SETTLE_SQL
+    if any(s.admission.groups or s.admission.held for s in settlements):
+        sql = _SETTLE_GROUPS_SQL
+        for move, s in zip(moves, settlements, strict=True):
+            move["groups"], move["held"] = s.admission.groups, s.admission.held
     records = [{f.column: _column_value(f, s.values) for f in CALL_FIELDS} for s in settlements]
     # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a
     # JSON function counts as 100 rows, and the reservations and counters would be scanned whole.
-    return _SETTLE_SQL.format(calls=len(moves), returning=_RETURNING, rollup=_ROLLUP), [
+    return sql.format(calls=len(moves), returning=_RETURNING, rollup=_ROLLUP), [
         _encode(moves),
         _encode(records),
         timezone_name(),

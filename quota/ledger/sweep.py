@@ -73,7 +73,14 @@ def reservations_settle_lost(*, reservation_ids, now: dt.datetime | None = None)
             row = Reservation.objects.select_for_update(skip_locked=True).filter(pk=reservation_id).first()
             if row is None:
                 continue
-            admission = Admission(row.pk, row.counter_id, row.tokens, row.cost)
+            admission = Admission(
+                row.pk,
+                row.counter_id,
+                row.tokens,
+                row.cost,
+                tuple(str(g) for g in row.group_ids),
+                tuple(row.group_counter_ids),
+            )
             if row.context.get("record"):
                 _settle_from_context(admission=admission, context=row.context, now=now)
             else:

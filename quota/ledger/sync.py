@@ -11,6 +11,7 @@ Plain SQL rather than the ORM for those rows too: they run on every call that ta
 compiling the ORM's queries costs several times the database round trip.
 """
 
+import dataclasses
 import datetime as dt
 import uuid
 from contextlib import nullcontext
@@ -30,6 +31,7 @@ from ..exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..periods import period_start_date
 from ..pricing import ZERO, Usage
+from . import groups as group_ledger
 from .statements import (
     COUNTER_TABLE,
     Admission,
@@ -91,11 +93,14 @@ def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> E
     return None
 
 
-def _hold(counter_id: int, row: dict, caps: dict) -> bool:
-    """The guarded reservation on `counter_id` and its row; False when a cap's guard did not match."""
+def _hold(counter_id: int, row: dict, caps: dict) -> tuple[int, ...] | None:
+    """The guarded reservation on `counter_id` (and the capped groups' counters) and its row: the
+    group counter ids held, or None when a cap's guard did not match."""
     with _prepared_cursor() as cursor:
         cursor.execute(*admit_statement(counter_id=counter_id, reservation=row, **caps))
-        return cursor.rowcount > 0
+        if cursor.rowcount <= 0:
+            return None
+        return tuple(cursor.fetchone()[0]) if cursor.description else ()
 
 
 def admit(
@@ -110,8 +115,10 @@ def admit(
     ttl_s: float | None = None,
     context: dict | None = None,
     reservation_id: uuid.UUID | None = None,
+    groups=(),
 ) -> Admission:
-    """Checks both caps and holds a reservation, in one transaction.
+    """Checks both caps and holds a reservation, in one transaction; with the member's `groups`
+    (allocations.access.GroupBudget), on the capped ones too (quota.ledger.groups).
 
     Admitted only while used + reserved < cap (SPEC 5). `est_cost=None` means the model is unpriced:
     such calls are held only by a cap of exactly 0. Only when the guarded write on the cached
@@ -131,28 +138,56 @@ def admit(
         context=context,
         reservation_id=reservation_id,
     )
-    caps = {"allocation_id": allocation_id, "token_cap": token_cap, "cost_cap": cost_cap, "priced": priced}
+    caps = {
+        "allocation_id": allocation_id,
+        "token_cap": token_cap,
+        "cost_cap": cost_cap,
+        "priced": priced,
+        "groups": tuple(groups),
+        "period": key[1],
+    }
+    counted = tuple(g.id for g in groups)
     if cached_counter_id is not None:
         # One statement is atomic on its own: a savepoint only when nested.
         with transaction.atomic() if connection.in_atomic_block else nullcontext():
-            if _hold(cached_counter_id, row, caps):
-                return Admission(row["id"], cached_counter_id, est_tokens, est_cost)
+            held = _hold(cached_counter_id, row, caps)
+            if held is not None:
+                return Admission(row["id"], cached_counter_id, est_tokens, est_cost, counted, held)
+    group_caps = group_ledger.capped(groups, priced=priced)
     with transaction.atomic():
         counter = counter_for(allocation_id=allocation_id, period_start=key[1])
         _counter_ids[key] = counter.pk
+        group_ledger.counters_ensure(group_ids=[g.id for g, _, _ in group_caps], period_start=key[1])
         error = _cap_error(counter=counter, token_cap=token_cap, cost_cap=cost_cap, priced=priced)
-        if error:
-            raise error
-        if not _hold(counter.pk, row, caps):
-            raise QuotaBusy("the allocation's remaining quota is held by calls in flight; retry shortly")
-    return Admission(reservation_id=row["id"], counter_id=counter.pk, tokens=est_tokens, cost=est_cost)
+        group_tokens, group_cost = group_ledger.cap_errors(held=group_caps, period_start=key[1])
+        # The contract's order: the token quotas (the allocation's, its groups'), then the cost caps.
+        for found in (error if isinstance(error, QuotaExceeded) else None, group_tokens, error, group_cost):
+            if found is not None:
+                raise found
+        held = _hold(counter.pk, row, caps)
+        if held is None:
+            raise QuotaBusy("the remaining quota is held by calls in flight; retry shortly")
+    return Admission(row["id"], counter.pk, est_tokens, est_cost, counted, held)
 
 
 def reservation_admission(*, reservation_id: uuid.UUID) -> Admission | None:
     """The admission an earlier attempt made under this reservation id, if it committed (an attempt
     whose connection failed cannot tell; its retry asks here before admitting again)."""
-    row = Reservation.objects.filter(pk=reservation_id).values("counter_id", "tokens", "cost").first()
-    return None if row is None else Admission(reservation_id, row["counter_id"], row["tokens"], row["cost"])
+    row = (
+        Reservation.objects.filter(pk=reservation_id)
+        .values("counter_id", "tokens", "cost", "group_ids", "group_counter_ids")
+        .first()
+    )
+    if row is None:
+        return None
+    return Admission(
+        reservation_id,
+        row["counter_id"],
+        row["tokens"],
+        row["cost"],
+        tuple(str(g) for g in row["group_ids"]),
+        tuple(row["group_counter_ids"]),
+    )
 
 
 def counter_id_cached(*, allocation_id, now: dt.datetime) -> int | None:
@@ -170,16 +205,24 @@ def adjust(
     with transaction.atomic():
         moved = Reservation.objects.filter(pk=admission.reservation_id).update(tokens=tokens, cost=cost, **extra)
         if moved:
+            group_ledger.reserved_move(
+                counter_ids=admission.held, tokens=tokens - admission.tokens, cost=cost - admission.cost
+            )
             UsageCounter.objects.filter(pk=admission.counter_id).update(
                 tokens_reserved=F("tokens_reserved") + (tokens - admission.tokens),
                 cost_reserved=F("cost_reserved") + (cost - admission.cost),
             )
-    return Admission(admission.reservation_id, admission.counter_id, tokens, cost)
+    return dataclasses.replace(admission, tokens=tokens, cost=cost)
 
 
 def release(*, admission: Admission | None) -> None:
     """Releases a reservation without settling a call (a call refused after admission)."""
-    if admission is not None and _reservation_delete(admission):
+    if admission is None:
+        return
+    with transaction.atomic() if admission.held else nullcontext():
+        if not _reservation_delete(admission):
+            return
+        group_ledger.reserved_move(counter_ids=admission.held, tokens=-admission.tokens, cost=-admission.cost)
         UsageCounter.objects.filter(pk=admission.counter_id).update(
             tokens_reserved=F("tokens_reserved") - admission.tokens,
             cost_reserved=F("cost_reserved") - admission.cost,
@@ -198,7 +241,8 @@ def settle(
     all in one transaction. `record` holds the CallRecord's identifying fields. A call admitted
     with a reservation settles only while that reservation exists: None (nothing written) when it
     was settled already, e.g. by the sweeper after its process was thought lost."""
-    values, cost = settle_values(record=record, usage=usage, price=price, now=now or timezone.now())
+    groups = admission.groups if admission is not None else ()
+    values, cost = settle_values(record=record, usage=usage, price=price, now=now or timezone.now(), groups=groups)
     row = CallRecord(**values)
     if admission is not None and row.allocation_id:
         with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
@@ -214,6 +258,8 @@ def settle(
         released = admission is not None and _reservation_delete(admission)
         if admission is not None and not released:
             return None
+        if admission is not None:  # a reservation without an allocation's record: held groups released
+            group_ledger.reserved_move(counter_ids=admission.held, tokens=-admission.tokens, cost=-admission.cost)
         _insert(row, rollup=True)
         if row.allocation_id and (usage.has_tokens or cost or admission is not None):
             counter_id = (

@@ -15,3 +15,14 @@
     table.classList.add("stacks");
   });
 })();
+
+/* Django's two-box selector (FilteredSelectMultiple, e.g. a group's members) labels its search
+   icons with aria-label on a bare span, which assistive technology may ignore (axe:
+   aria-prohibited-attr): give them the image role the label describes. Django builds the boxes
+   on window load; this listener is added after its own, so it runs once they exist. */
+window.addEventListener("load", function () {
+  "use strict";
+  Array.prototype.forEach.call(document.querySelectorAll(".selector .search-label-icon[aria-label]"), function (icon) {
+    icon.setAttribute("role", "img");
+  });
+});

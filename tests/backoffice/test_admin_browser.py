@@ -75,7 +75,22 @@ def staff_world(transactional_db):
         settle_call(tiny, cost_usd="0.000027", when=when - dt.timedelta(hours=i, minutes=5))
     settle_call(over, cost_usd="2.3", when=when)
     reject_call(over, outcome="rejected_cost_quota_exceeded")
-    return {"boss": boss, "mei": mei, "near": near, "over": over}
+    group = _budget_group([mei, ken])
+    return {"boss": boss, "mei": mei, "near": near, "over": over, "group": group}
+
+
+def _budget_group(members):
+    """A group with a budget near its cap (the group page shows budget and spend)."""
+    from allocations.models import Group
+    from quota.models import GroupUsageCounter
+    from quota.periods import period_start_date
+
+    group = Group.objects.create(name="Research and development", slug="rnd", quota_cost_usd_per_month=Decimal(20))
+    group.members.add(*members)
+    GroupUsageCounter.objects.create(
+        group=group, period_start=period_start_date(timezone.now()), cost_used=Decimal("17.5"), tokens_used=123456
+    )
+    return group
 
 
 def _pages(world) -> list[str]:
@@ -89,6 +104,7 @@ def _pages(world) -> list[str]:
         pages.append(reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist"))
     pages.append(reverse("admin:allocations_allocation_change", args=[world["over"].pk]))
     pages.append(reverse("admin:allocations_member_change", args=[world["mei"].pk]))
+    pages.append(reverse("admin:allocations_group_change", args=[world["group"].pk]))
     record = orm(lambda: CallRecord.objects.filter(allocation=world["near"]).first())
     pages.append(reverse("admin:quota_callrecord_change", args=[record.pk]))
     return pages

@@ -23,7 +23,7 @@ def test_a_group_is_added_with_its_members_through_the_services(admin_client):
     actions = sorted(AuditEvent.objects.values_list("action", flat=True))
     assert actions == ["group_created", "group_member_added", "group_member_added"]
     page = admin_client.get(reverse("admin:allocations_group_change", args=[group.pk])).content.decode()
-    assert "ann" in page and "not enforced yet" in page
+    assert "ann" in page and "spend this month / budget" in page.lower() and "no cap" in page
     admin_client.post(
         reverse("admin:allocations_group_change", args=[group.pk]),
         {"name": "Research", "slug": "research", "members": [ann.pk]},
@@ -66,3 +66,28 @@ def test_the_model_and_member_pages_show_the_access_answer(admin_client):
     assert "may not use</b> lab/secret" in page and "restricted to groups the member is not in" in page
     page = admin_client.get(reverse("admin:allocations_member_change", args=[ann.pk])).content.decode()
     assert "may use</b> lab/secret" in page and "research" in page
+
+
+def test_the_group_page_and_list_show_the_budget_and_this_months_spend(admin_client):
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from quota.models import GroupUsageCounter
+    from quota.periods import period_start_date
+
+    group = group_create(data={"name": "Research", "slug": "research", "quota_cost_usd_per_month": "10"})
+    GroupUsageCounter.objects.create(
+        group=group, period_start=period_start_date(timezone.now()), cost_used=Decimal("9"), tokens_used=1234
+    )
+    page = admin_client.get(reverse("admin:allocations_group_change", args=[group.pk])).content.decode()
+    assert "$9.00 / $10.00 (90 %)" in page and "near cap" in page and "1,234 / no cap" in page
+    listing = admin_client.get(reverse("admin:allocations_group_changelist")).content.decode()
+    assert "$9.00 / $10.00 (90 %)" in listing
+
+
+def test_the_group_page_reads_in_zh_hant(admin_client):
+    group = group_create(data={"name": "Research", "slug": "research", "quota_cost_usd_per_month": "10"})
+    admin_client.cookies["django_language"] = "zh-hant"
+    page = admin_client.get(reverse("admin:allocations_group_change", args=[group.pk])).content.decode()
+    assert "本月花費 / 預算" in page and "本月 tokens / 配額" in page and "無上限" in page

@@ -237,3 +237,33 @@ def test_the_csv_export_is_the_table_on_screen(admin_client, month, by):
             else:
                 assert abs(on_screen - in_csv) <= Decimal("0.005")  # the screen rounds to cents
     assert sum(Decimal(line[-2]) for line in lines[1:]) == Decimal("16.050001")  # October 20-21 and November
+
+
+def test_the_overview_stacks_spend_by_group_and_tables_each_groups_spend_against_its_budget(admin_client, month):
+    from allocations.models import Group
+    from quota.models import GroupUsageCounter
+    from quota.periods import period_start_date
+
+    near, over, _ = month
+    research = Group.objects.create(name="Research", slug="research", quota_cost_usd_per_month=Decimal("20"))
+    ops = Group.objects.create(name="Ops", slug="ops")
+    Group.objects.create(name="Idle", slug="idle")  # no spend, no budget: not in the table
+    research.members.add(near.member, over.member)
+    # The records name the groups they counted toward at admission; the counters hold this month.
+    CallRecord.objects.filter(allocation=near).update(group_ids=[research.pk, ops.pk])
+    CallRecord.objects.filter(allocation=over).update(group_ids=[research.pk])
+    period = period_start_date(NOW)
+    GroupUsageCounter.objects.create(group=research, period_start=period, cost_used=Decimal("10.800001"))
+    GroupUsageCounter.objects.create(group=ops, period_start=period, cost_used=Decimal("8.500001"), tokens_used=9)
+    response = _page(admin_client, "?by=group")
+    context = response.context
+    assert context["series_names"] == ["Research", "Ops"]
+    totals = [sum(r["amounts"][i] for r in context["daily_rows"]) for i in range(2)]
+    assert totals == [Decimal("10.800001"), Decimal("8.500001")]  # a call of both groups stacks in both
+    assert [(r["group"].slug, r["share"]) for r in context["group_rows"]] == [("research", 54), ("ops", None)]
+    html = response.content.decode()
+    table = html.split('id="group-spend"', 1)[1].split("</table>", 1)[0]
+    assert "Research" in table and "$10.80 / $20.00 (54 %)" in table and "no cap" in table
+    with time_machine.travel(NOW, tick=False):
+        exported = admin_client.get("/admin/overview/?by=group&export=csv")
+    assert next(csv.reader(io.StringIO(exported.content.decode())))[1:3] == ["Research", "Ops"]

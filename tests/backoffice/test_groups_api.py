@@ -140,3 +140,75 @@ def test_model_access_is_set_by_slug_or_id_and_answered_for_a_model_and_a_member
     assert missing.status_code == 400 and "model" in error_of(missing)["fields"]
     bad = api.patch(f"models/{model.pk}", {"allowed_groups": ["nope"]})
     assert bad.status_code == 400 and "allowed_groups" in error_of(bad)["fields"]
+
+
+def _records_of_groups(groups_by_call: list[tuple[list, str | None, int]]):
+    """Call records as settled calls leave them: group ids fixed at admission, cost, tokens."""
+    from django.utils import timezone
+
+    from quota.models import CallRecord
+
+    for n, (group_ids, cost, tokens) in enumerate(groups_by_call):
+        CallRecord.objects.create(
+            request_id=f"g{n}",
+            endpoint="chat.completions",
+            started_at=timezone.now(),
+            outcome="success",
+            input_tokens=tokens,
+            cost_usd=None if cost is None else Decimal(cost),
+            priced=cost is not None,
+            group_ids=group_ids,
+        )
+
+
+def test_usage_by_group_counts_a_call_in_each_of_its_groups_and_says_unpriced(api, group):
+    other = Group.objects.create(name="Ops", slug="ops")
+    research = Group.objects.get(pk=group["id"])
+    _records_of_groups(
+        [
+            ([research.pk, other.pk], "0.5", 100),
+            ([research.pk], "0.25", 10),
+            ([other.pk], None, 7),
+            ([], "9", 1),  # a member in no group: in no group's row
+        ]
+    )
+    body = api.get("usage", {"group_by": "group"}).json()
+    assert body["group_by"] == "group"
+    rows = {r["group"]: r for r in body["results"]}
+    assert set(rows) == {"research", "ops"}
+    assert rows["research"]["group_id"] == str(research.pk)
+    assert (rows["research"]["calls"], rows["research"]["total_tokens"], rows["research"]["cost_usd"]) == (
+        2,
+        110,
+        "0.750000000",
+    )
+    assert (rows["ops"]["calls"], rows["ops"]["unpriced_calls"], rows["ops"]["cost_usd"]) == (2, 1, "0.500000000")
+    csv_text = api.get("usage", {"group_by": "group", "format": "csv"}).content.decode("utf-8-sig")
+    assert csv_text.splitlines()[0].startswith("group_id,group,calls")
+
+
+def test_a_group_object_carries_this_months_spend_and_tokens(api, group):
+    from django.utils import timezone
+
+    from quota.models import GroupUsageCounter
+    from quota.periods import period_start_date
+
+    assert (group["cost_used_this_month"], group["tokens_used_this_month"]) == ("0.000000000", 0)
+    GroupUsageCounter.objects.create(
+        group_id=group["id"], period_start=period_start_date(timezone.now()), cost_used=Decimal("3.5"), tokens_used=42
+    )
+    [listed] = api.get("groups").json()["results"]
+    one = api.get(f"groups/{group['id']}").json()
+    for body in (listed, one):
+        assert (body["cost_used_this_month"], body["tokens_used_this_month"]) == ("3.500000000", 42)
+
+
+def test_a_budget_change_is_audited_and_seen_by_the_next_call(api, group, django_capture_on_commit_callbacks):
+    before = auth_generation()
+    with django_capture_on_commit_callbacks(execute=True):
+        patched = api.patch(f"groups/{group['id']}", {"quota_cost_usd_per_month": "40"})
+    assert patched.status_code == 200
+    event = AuditEvent.objects.get(action="group_updated")
+    assert event.before == {"quota_cost_usd_per_month": "25.500000000"}
+    assert event.after == {"quota_cost_usd_per_month": "40.000000000"}
+    assert auth_generation() != before  # the key snapshots carrying the group's caps are reloaded

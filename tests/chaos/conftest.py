@@ -1,5 +1,6 @@
 """The fault suite's rig: the processes (processes.py) around the pytest test database, and the
-world the load calls (one key, one priced allocation per upstream model, one of them capped)."""
+world the load calls (one key, one priced allocation per upstream model, one of them capped; the
+member in a group with a budget, so every call also reserves on and settles into a group)."""
 
 import contextlib
 import json
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from django.db import connection
 
-from allocations.models import Allocation, ModelKind, ProviderKind
+from allocations.groups import group_create, group_members_change
+from allocations.models import Allocation, Group, ModelKind, ProviderKind
 from allocations.services import allocation_create, api_key_create, model_create, provider_create
 from tests.factories import MemberFactory, PriceVersionFactory
 
@@ -22,6 +24,8 @@ from .load import KINDS
 
 UPSTREAM_TIMEOUT_S = 2.0
 CAP = Decimal("0.004")  # the capped allocation's monthly cost cap: reached within a run
+# The member's group budget: held and settled on every call, never reached (it would stop the load).
+GROUP_CAP = {"quota_cost_usd_per_month": "1000", "quota_tokens_per_month": 10**12}
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Rig:
     faults: Faults
     key: str = ""
     capped: Allocation | None = None
+    group: Group | None = None
     services: list = field(default_factory=list)
 
     @property
@@ -60,6 +65,8 @@ class Rig:
             allocations.append(allocation)
             self.capped = allocation if cap is not None else self.capped
         _, self.key = api_key_create(member=member, name="chaos", allocations=allocations)
+        self.group = group_create(data={"name": "Chaos", **GROUP_CAP})
+        group_members_change(group=self.group, add=[member.username])
 
 
 def _start_all(services) -> None:

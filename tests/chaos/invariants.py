@@ -7,7 +7,8 @@ from decimal import Decimal
 
 from django.db.models import Sum
 
-from quota.models import CallRecord, Reservation, UsageCounter
+from quota.group_budgets import group_usage_reconcile
+from quota.models import CallRecord, GroupUsageCounter, Reservation, UsageCounter
 from quota.rollups import record_days, rollup_drift
 from quota.services import usage_reconcile
 
@@ -129,6 +130,16 @@ def _books(report: Report, capped_allocation, cap: Decimal) -> None:
     held = UsageCounter.objects.aggregate(tokens=Sum("tokens_reserved"), cost=Sum("cost_reserved"))
     if held["tokens"] or held["cost"]:
         report.violate("counters still hold reservations", held)
+    for drift in group_usage_reconcile():
+        report.violate("group counters != records", drift)
+    group_held = GroupUsageCounter.objects.aggregate(tokens=Sum("tokens_reserved"), cost=Sum("cost_reserved"))
+    if group_held["tokens"] or group_held["cost"]:
+        report.violate("group counters still hold reservations", group_held)
+    group = GroupUsageCounter.objects.aggregate(cost=Sum("cost_used"), tokens=Sum("tokens_used"), calls=Sum("calls"))
+    report.figures["group"] = {k: str(v) for k, v in group.items()}
+    member = UsageCounter.objects.aggregate(cost=Sum("cost_used"), tokens=Sum("tokens_used"), calls=Sum("calls"))
+    if group != member:  # the one member is the one group's only member: every call counts in both
+        report.violate("group counter != its member's counters", {"group": group, "member": member})
     counter = UsageCounter.objects.filter(allocation=capped_allocation).first()
     used = counter.cost_used if counter else Decimal(0)
     biggest = max(

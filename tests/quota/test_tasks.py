@@ -167,3 +167,21 @@ def test_a_real_worker_quarantines_a_runaway_allocation_and_sweeps_reservations(
     assert Allocation.objects.get(pk=hot.pk).status_reason == "300 calls in the last hour, baseline 10.0/h"
     counter.refresh_from_db()
     assert counter.tokens_reserved == 0
+
+
+@pytest.mark.django_db
+def test_nightly_reconcile_reports_a_drifted_group_counter_once():
+    from allocations.models import Group
+    from quota.models import CallRecord, GroupUsageCounter
+
+    now = timezone.now()
+    group = Group.objects.create(name="G", slug="g")
+    CallRecord.objects.create(
+        request_id="g1", endpoint="chat", started_at=now, outcome="success", input_tokens=30, group_ids=[group.pk]
+    )
+    GroupUsageCounter.objects.create(group=group, period_start=period_start_date(now), tokens_used=20)
+    assert tasks.usage_reconcile_nightly.delay().get() == 1
+    assert tasks.usage_reconcile_nightly.delay().get() == 0
+    event = AuditEvent.objects.get(action="usage_drift_detected")
+    assert (event.target_type, event.target_id) == ("group", str(group.pk))
+    assert (event.after["counter_tokens"], event.after["record_tokens"]) == (20, 30)

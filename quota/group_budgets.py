@@ -1,0 +1,255 @@
+"""Group budgets, the read side (SPEC 10): a group's spend and tokens this period (its counter), the
+check of a group's caps against what is used and held (the realtime watch), and the reconciliation
+of the group counters against the call records (`reconcile_usage`).
+
+The write side (admission, settlement, release) is the ledger's (quota.ledger.groups). A call
+record names the groups it counted toward (`CallRecord.group_ids`, fixed at admission), so the
+counters can be rebuilt from the records whatever the memberships became since.
+"""
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.utils import timezone
+
+from allocations.audit import audit_record
+from allocations.exceptions import GatewayError
+from allocations.models import Group
+
+from .billing import caps
+from .exceptions import GroupCostQuotaExceeded, GroupQuotaExceeded
+from .models import CARRIES_USAGE, CallRecord, GroupUsageCounter
+from .periods import billing_tz, period_bounds, period_start_date
+from .pricing import ZERO
+
+
+@dataclass(frozen=True)
+class GroupSpend:
+    group_id: str
+    tokens_used: int
+    cost_used: Decimal
+    tokens_reserved: int = 0
+    cost_reserved: Decimal = ZERO
+
+
+def group_spend(*, group_ids: Iterable, now: dt.datetime | None = None) -> dict[str, GroupSpend]:
+    """This period's counters of these groups, by group id (a group without a counter used nothing)."""
+    period = period_start_date(now or timezone.now())
+    ids = [str(g) for g in group_ids]
+    found = {
+        str(c.group_id): GroupSpend(str(c.group_id), c.tokens_used, c.cost_used, c.tokens_reserved, c.cost_reserved)
+        for c in GroupUsageCounter.objects.filter(group_id__in=ids, period_start=period)
+    }
+    return {g: found.get(g) or GroupSpend(g, 0, ZERO) for g in ids}
+
+
+def with_spend(groups: QuerySet, *, now: dt.datetime | None = None) -> QuerySet:
+    """Groups annotated with this period's `cost_used_this_month` / `tokens_used_this_month` (from
+    their counters, no query per row; None when a group has no counter yet: nothing used)."""
+    counter = GroupUsageCounter.objects.filter(
+        group=OuterRef("pk"), period_start=period_start_date(now or timezone.now())
+    )
+    return groups.annotate(
+        cost_used_this_month=Subquery(counter.values("cost_used")[:1]),
+        tokens_used_this_month=Subquery(counter.values("tokens_used")[:1]),
+    )
+
+
+def spend_of(group) -> GroupSpend:
+    """A group's spend this period: from with_spend's annotations when present, else its counter."""
+    if hasattr(group, "cost_used_this_month"):
+        return GroupSpend(str(group.pk), group.tokens_used_this_month or 0, group.cost_used_this_month or ZERO)
+    return group_spend(group_ids=[group.pk])[str(group.pk)]
+
+
+def group_cap_error(
+    *, member_id, priced: bool, held_ids: Iterable[int] = (), tokens: int = 0, cost: Decimal = ZERO, now=None
+) -> GatewayError | None:
+    """The refusal a group of the member would give now (used + reserved ≥ a cap), or None: what a
+    realtime session is watched against. The session's own accrued `tokens` / `cost` are added for a
+    group whose counter does not hold its reservation (a cap set after the session opened)."""
+    now = now or timezone.now()
+    groups = list(
+        Group.objects.filter(members=member_id)
+        .exclude(quota_tokens_per_month__isnull=True, quota_cost_usd_per_month__isnull=True)
+        .order_by("slug")
+    )
+    if not groups:
+        return None
+    counters = {
+        c.group_id: c for c in GroupUsageCounter.objects.filter(group__in=groups, period_start=period_start_date(now))
+    }
+    held = set(held_ids)
+    token_error: GatewayError | None = None
+    cost_error: GatewayError | None = None
+    for group in groups:
+        counter = counters.get(group.pk)
+        own_tokens, own_cost = (0, ZERO) if counter is not None and counter.pk in held else (tokens, cost)
+        tokens_used = (counter.tokens_used + counter.tokens_reserved) if counter else 0
+        cost_used = (counter.cost_used + counter.cost_reserved) if counter else ZERO
+        cost_cap = caps.cost_cap_in_force(group.quota_cost_usd_per_month, priced=priced)
+        if token_error is None and caps.cap_hit(
+            used=tokens_used, reserved=own_tokens, cap=group.quota_tokens_per_month
+        ):
+            token_error = GroupQuotaExceeded(f"monthly token quota of group '{group.slug}' reached")
+        if cost_error is None and caps.cap_hit(used=cost_used, reserved=own_cost, cap=cost_cap):
+            cost_error = GroupCostQuotaExceeded(f"monthly cost cap of group '{group.slug}' reached")
+    return token_error or cost_error
+
+
+# --- usage by group -----------------------------------------------------------------------------------
+
+
+_USAGE_BY_GROUP = (
+    "SELECT g, count(*), count(*) FILTER (WHERE NOT r.priced AND {usage}), sum(r.input_tokens),"  # noqa: S608
+    " sum(r.output_tokens), sum(r.cost_usd) FILTER (WHERE r.priced)"
+    f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
+    " WHERE r.started_at >= %s AND r.started_at < %s GROUP BY g"
+)
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    group_id: str
+    slug: str
+    name: str
+    calls: int
+    unpriced_calls: int
+    input_tokens: int
+    output_tokens: int
+    priced_cost: Decimal | None  # the priced calls' sum (None: none was priced)
+
+
+def usage_by_group(*, start: dt.datetime, end: dt.datetime) -> list[GroupUsage]:
+    """The calls of [start, end) summed per group they counted toward (a call of a member in two
+    groups counts in both), by slug. Groups deleted since are left out."""
+    usage_sql, usage_params = _carries_usage_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_BY_GROUP.format(usage=usage_sql), [*usage_params, start, end])
+        rows = {row[0]: row[1:] for row in cursor.fetchall()}
+    groups = Group.objects.filter(pk__in=list(rows)).order_by("slug").values_list("pk", "slug", "name")
+    return [
+        GroupUsage(str(pk), slug, name, rows[pk][0], rows[pk][1], rows[pk][2] or 0, rows[pk][3] or 0, rows[pk][4])
+        for pk, slug, name in groups
+    ]
+
+
+_SPEND_BY_GROUP = (
+    "SELECT date_trunc(%s, r.started_at AT TIME ZONE %s), g, sum(r.cost_usd)"  # noqa: S608
+    f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
+    " WHERE r.started_at >= %s AND r.started_at < %s AND r.priced GROUP BY 1, 2"
+)
+
+
+def spend_by_group_buckets(
+    *, start: dt.datetime, end: dt.datetime, step: str
+) -> list[tuple[dt.datetime, str, Decimal]]:
+    """Priced spend of [start, end) per (day or hour in the billing timezone, group): (the bucket's
+    aware start, the group's name, the amount). A call counts in each group it counted toward;
+    groups deleted since are left out."""
+    tz = billing_tz()
+    with connection.cursor() as cursor:
+        cursor.execute(_SPEND_BY_GROUP, ["hour" if step == "hour" else "day", str(tz.key), start, end])
+        rows = cursor.fetchall()
+    names = dict(Group.objects.filter(pk__in={g for _, g, _ in rows}).values_list("pk", "name"))
+    return [(at.replace(tzinfo=tz), names[g], cost or ZERO) for at, g, cost in rows if g in names]
+
+
+def spend_by_group_this_month(*, now: dt.datetime | None = None) -> list[dict]:
+    """Each group with spend or a budget this period, fullest first: name, members, budget, spend,
+    tokens and the share of the budget (None without one). From the counters: O(groups)."""
+    groups = with_spend(Group.objects.annotate(n_members=Count("members")), now=now)
+    rows = []
+    for g in groups:
+        spent = g.cost_used_this_month or ZERO
+        cap = g.quota_cost_usd_per_month
+        if not spent and cap is None and g.quota_tokens_per_month is None:
+            continue
+        share = None if not cap else int(spent * 100 / cap)
+        rows.append(
+            {"group": g, "members": g.n_members, "cap": cap, "cost": spent,
+             "tokens": g.tokens_used_this_month or 0, "share": share}
+        )  # fmt: skip
+    return sorted(rows, key=lambda r: (-(r["share"] or -1), -r["cost"], r["group"].name))
+
+
+# --- reconciliation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupDrift:
+    group_id: uuid.UUID
+    period_start: dt.date
+    counter_tokens: int
+    record_tokens: int
+    counter_cost: Decimal
+    record_cost: Decimal
+
+
+_RECORD_SUMS = (
+    "SELECT g, sum(r.input_tokens + r.output_tokens), coalesce(sum(r.cost_usd) FILTER (WHERE r.priced), 0)"  # noqa: S608
+    f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
+    " WHERE r.started_at >= %s AND r.started_at < %s AND {usage} GROUP BY g"
+)
+
+
+def _record_sums(start: dt.datetime, end: dt.datetime) -> dict:
+    """{group id: (tokens, priced cost)} of the period's records carrying usage (SPEC 5's rule)."""
+    usage_sql, usage_params = _carries_usage_sql()
+    sql = _RECORD_SUMS.format(usage=usage_sql)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [start, end, *usage_params])
+        return {row[0]: (int(row[1] or 0), row[2] or ZERO) for row in cursor.fetchall()}
+
+
+def _carries_usage_sql() -> tuple[str, list]:
+    """The CARRIES_USAGE filter as SQL on the alias `r` (compiled from the one definition)."""
+    query = CallRecord.objects.filter(CARRIES_USAGE).query
+    where, params = query.where.as_sql(query.get_compiler(connection=connection), connection)
+    return where.replace(f'"{CallRecord._meta.db_table}".', "r."), list(params)
+
+
+def group_usage_reconcile(*, now: dt.datetime | None = None, fix: bool = False, actor=None) -> list[GroupDrift]:
+    """Compares this period's group counters with the sums of the call records that counted toward
+    each group; optionally rewrites the drifted counters (audited `group_usage_reconciled`)."""
+    now = now or timezone.now()
+    start, end = period_bounds(now)
+    period = period_start_date(now)
+    sums = _record_sums(start, end)
+    counters = {c.group_id: c for c in GroupUsageCounter.objects.filter(period_start=period)}
+    drifts = []
+    for group_id in set(sums) | set(counters):
+        counter = counters.get(group_id)
+        rec_tokens, rec_cost = sums.get(group_id, (0, ZERO))
+        c_tokens = counter.tokens_used if counter else 0
+        c_cost = counter.cost_used if counter else ZERO
+        if (c_tokens, c_cost) != (rec_tokens, rec_cost):
+            drifts.append(GroupDrift(group_id, period, c_tokens, rec_tokens, c_cost, rec_cost))
+    if fix:
+        existing = set(Group.objects.filter(pk__in=[d.group_id for d in drifts]).values_list("pk", flat=True))
+        for d in drifts:
+            if d.group_id not in existing:
+                continue  # a deleted group: its counters went with it
+            with transaction.atomic():
+                GroupUsageCounter.objects.bulk_create(
+                    [GroupUsageCounter(group_id=d.group_id, period_start=period)], ignore_conflicts=True
+                )
+                counter = GroupUsageCounter.objects.select_for_update().get(group_id=d.group_id, period_start=period)
+                GroupUsageCounter.objects.filter(pk=counter.pk).update(
+                    tokens_used=d.record_tokens, cost_used=d.record_cost
+                )
+                audit_record(
+                    actor=actor,
+                    action="group_usage_reconciled",
+                    target=counter,
+                    target_type="group",
+                    target_id=str(d.group_id),
+                    before={"tokens": d.counter_tokens, "cost": str(d.counter_cost)},
+                    after={"tokens": d.record_tokens, "cost": str(d.record_cost)},
+                )
+    return drifts

@@ -1,0 +1,161 @@
+"""Group budgets in the ledger (SPEC 10): every call of a member counts toward each of the member's
+groups, and a group with a cap holds the call's reservation as its allocation does, in the same
+statement.
+
+The SQL pieces here extend the two statements of ledger.statements:
+- admission: the capped groups' counters of the period are locked first (in group id order, so
+  admissions sharing groups queue instead of deadlocking), each checked with the cap rule on its
+  latest row; the allocation's guarded UPDATE matches only when every one of them has room; the
+  groups' UPDATE and the reservation's INSERT happen only when it matched. So the reservation is
+  held on the allocation and on every capped group, or on none, in one statement.
+- settlement: the usage of each call is added to the counters of its groups (an upsert: a group
+  without a cap may have no counter yet) and its held reservation taken out of the capped ones, in
+  one write per group row, before the allocations' counters (the same lock order as admission).
+A group whose counter row does not exist yet makes the warm admission miss; the thread path
+(ledger.sync) creates the rows and tells a refusal (403) from headroom held in flight (429).
+"""
+
+import functools
+import json
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Protocol
+
+from django.db import transaction
+from django.db.models import F
+
+from ..billing import caps
+from ..exceptions import GroupCostQuotaExceeded, GroupQuotaExceeded
+from ..models import GroupUsageCounter
+
+GROUP_COUNTER_TABLE = GroupUsageCounter._meta.db_table
+
+
+class Budget(Protocol):
+    """A group as the key snapshot carries it (allocations.access.GroupBudget)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def slug(self) -> str: ...
+    @property
+    def token_cap(self) -> int | None: ...
+    @property
+    def cost_cap(self) -> Decimal | None: ...
+
+
+def capped(groups: Iterable[Budget], *, priced: bool) -> list[tuple[Budget, int | None, Decimal | None]]:
+    """The groups whose caps hold this call, each with its caps in force (the cap rule of
+    quota.billing.caps: a cost cap holds an unpriced call only when it is 0)."""
+    found = []
+    for group in groups:
+        cost_cap = caps.cost_cap_in_force(group.cost_cap, priced=priced)
+        if group.token_cap is not None or cost_cap is not None:
+            found.append((group, group.token_cap, cost_cap))
+    return found
+
+
+def caps_json(held: Sequence[tuple[Budget, int | None, Decimal | None]]) -> str:
+    return json.dumps(
+        [{"group_id": g.id, "tokens": tokens, "cost": None if cost is None else str(cost)} for g, tokens, cost in held],
+        separators=(",", ":"),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def admission_parts(groups: tuple, priced: bool) -> tuple[int, str, str]:
+    """What the admission statement takes of a member's groups, computed once per snapshot's
+    groups (they are immutable): (the number of capped groups, their caps as the JSON parameter,
+    every group id as a uuid[] literal)."""
+    held = capped(groups, priced=priced)
+    return len(held), caps_json(held), "{" + ",".join(g.id for g in groups) + "}"
+
+
+# The admission with capped groups: `{guard}` is the allocation's cap guard, `{context}` the
+# reservation's context (a literal or a parameter), as in ledger.statements.
+ADMIT_SQL = (
+    "WITH g AS (SELECT gc.id, (cap.tokens IS NULL OR gc.tokens_used < cap.tokens - gc.tokens_reserved)"  # noqa: S608 (constant names)
+    " AND (cap.cost IS NULL OR gc.cost_used < cap.cost - gc.cost_reserved) AS room"
+    f" FROM {GROUP_COUNTER_TABLE} gc"
+    " JOIN jsonb_to_recordset(%s::jsonb) AS cap(group_id uuid, tokens bigint, cost numeric)"
+    " ON gc.group_id = cap.group_id"
+    " WHERE gc.period_start = %s ORDER BY gc.group_id FOR UPDATE OF gc),"
+    " c AS (UPDATE {counters} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"
+    " WHERE id = %s AND allocation_id = %s{guard} AND (SELECT count(*) FILTER (WHERE room) FROM g) = %s RETURNING id),"
+    f" h AS (UPDATE {GROUP_COUNTER_TABLE} gc SET tokens_reserved = gc.tokens_reserved + %s,"
+    " cost_reserved = gc.cost_reserved + %s FROM g WHERE gc.id = g.id AND EXISTS (SELECT 1 FROM c))"
+    " INSERT INTO {reservations} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context,"
+    " group_ids, group_counter_ids) SELECT %s, c.id, %s, %s, %s, %s, %s, {context}, %s::uuid[],"
+    " COALESCE((SELECT array_agg(id ORDER BY id) FROM g), '{{}}') FROM c RETURNING group_counter_ids"
+)
+
+# The settlement's group part: `k` is the settlements whose reservation was taken (ledger.statements),
+# with `groups` (the group ids each call counts toward) and `held` (the group counter ids its
+# reservation holds). Usage goes to the period of the call's allocation counter, as the
+# allocation's does. A group deleted since is skipped (its counters went with it).
+SETTLE_CTE = (
+    " gk AS (SELECT g.id::uuid AS grp, uc.period_start AS period, k.tokens, k.cost, 1 AS calls,"  # noqa: S608 (constant names)
+    " 0::bigint AS held_tokens, 0::numeric AS held_cost FROM k JOIN {counters} uc ON uc.id = k.counter"
+    " CROSS JOIN LATERAL jsonb_array_elements_text(k.groups) AS g(id) JOIN {groups} ag ON ag.id = g.id::uuid"
+    " UNION ALL SELECT gc.group_id, gc.period_start, 0, 0, 0, k.held_tokens, k.held_cost FROM k"
+    " CROSS JOIN LATERAL jsonb_array_elements_text(k.held) AS h(id)"
+    f" JOIN {GROUP_COUNTER_TABLE} gc ON gc.id = h.id::bigint),"
+    f" gu AS (INSERT INTO {GROUP_COUNTER_TABLE} AS gc (group_id, period_start, tokens_used, cost_used, calls,"
+    " tokens_reserved, cost_reserved, updated_at) SELECT grp, period, sum(tokens), sum(cost), sum(calls),"
+    " -sum(held_tokens), -sum(held_cost), now() FROM gk GROUP BY grp, period ORDER BY grp, period"
+    " ON CONFLICT (group_id, period_start) DO UPDATE SET tokens_used = gc.tokens_used + excluded.tokens_used,"
+    " cost_used = gc.cost_used + excluded.cost_used, calls = gc.calls + excluded.calls,"
+    " tokens_reserved = gc.tokens_reserved + excluded.tokens_reserved,"
+    " cost_reserved = gc.cost_reserved + excluded.cost_reserved, updated_at = excluded.updated_at RETURNING 1),"
+)
+# Appended to the allocations' counter UPDATE: it runs once the groups' upsert is done.
+SETTLE_AFTER_GROUPS = " AND (SELECT count(*) FROM gu) >= 0"
+
+
+# --- the thread path: counters, refusals, and the moves of a live reservation ------------------------
+
+
+def counters_ensure(*, group_ids: Iterable[str], period_start) -> None:
+    """Creates the period's counter of each group that has none (a warm admission needs them)."""
+    GroupUsageCounter.objects.bulk_create(
+        [GroupUsageCounter(group_id=g, period_start=period_start) for g in group_ids], ignore_conflicts=True
+    )
+
+
+def cap_errors(
+    *, held: Sequence[tuple[Budget, int | None, Decimal | None]], period_start
+) -> tuple[Exception | None, Exception | None]:
+    """(token refusal, cost refusal): the first group whose used amount alone reached its token cap,
+    then its cost cap (403); headroom held in flight is 429, decided by the caller."""
+    counters = {
+        str(c.group_id): c
+        for c in GroupUsageCounter.objects.filter(group_id__in=[g.id for g, _, _ in held], period_start=period_start)
+    }
+    token_error = cost_error = None
+    for group, token_cap, cost_cap in held:
+        counter = counters.get(group.id)
+        tokens_used = counter.tokens_used if counter else 0
+        cost_used = counter.cost_used if counter else Decimal(0)
+        if token_error is None and caps.cap_hit(used=tokens_used, cap=token_cap):
+            token_error = GroupQuotaExceeded(
+                f"monthly token quota of group '{group.slug}' reached: {tokens_used} / {token_cap} tokens"
+            )
+        if cost_error is None and cost_cap is not None and caps.cap_hit(used=cost_used, cap=cost_cap):
+            cost_error = GroupCostQuotaExceeded(
+                f"monthly cost cap of group '{group.slug}' reached: "
+                f"${Decimal(cost_used).normalize():f} / ${Decimal(cost_cap).normalize():f}"
+            )
+    return token_error, cost_error
+
+
+def reserved_move(*, counter_ids: Sequence[int], tokens: int, cost: Decimal) -> None:
+    """Adds (or, negative, takes out) a reservation's amounts on the group counters holding it,
+    locked in group id order (the order of the admission and the settlement)."""
+    if not counter_ids or (not tokens and not cost):
+        return
+    with transaction.atomic():
+        rows = GroupUsageCounter.objects.filter(pk__in=list(counter_ids)).order_by("group_id").select_for_update()
+        locked = list(rows.values_list("pk", flat=True))
+        GroupUsageCounter.objects.filter(pk__in=locked).update(
+            tokens_reserved=F("tokens_reserved") + tokens, cost_reserved=F("cost_reserved") + cost
+        )
