@@ -67,12 +67,14 @@ test: install-dev services-check browser pgbouncer $(OIDC_PROVIDER)/node_modules
 	DEBUG=true $(BIN)/python manage.py compilemessages --ignore=.venv >/dev/null 2>&1 || true
 	CELERY_TASK_ALWAYS_EAGER=1 $(BIN)/pytest -q -n 2 --dist loadgroup
 
-# The fault suite's long run (docs/RELIABILITY.md): >= 10,000 calls, 10 s outages; a few minutes of
-# both cores. Its figures go to bench/results/raw/chaos-<time>.json. `make test` runs one short cycle.
+# The fault suite's long runs (docs/RELIABILITY.md): >= 10,000 calls, 10 s outages; a few minutes of
+# both cores each. The process and database faults, then one of a model's two deployments killed and
+# restarted; figures in bench/results/raw/chaos-<time>.json and chaos-<time>-failover.json.
+# `make test` runs one short cycle of each.
 chaos: install-dev
 	CELERY_TASK_ALWAYS_EAGER=1 CHAOS_CALLS=$${CHAOS_CALLS:-10000} CHAOS_CONCURRENCY=$${CHAOS_CONCURRENCY:-16} \
 	CHAOS_OUTAGE_S=$${CHAOS_OUTAGE_S:-10} CHAOS_REPORT=bench/results/raw/chaos-$$(date +%Y%m%d-%H%M%S).json \
-	$(BIN)/pytest -q -s tests/chaos/test_faults.py
+	$(BIN)/pytest -q -s tests/chaos/test_faults.py tests/chaos/test_failover.py
 
 # Fuzz the admin and member APIs from their OpenAPI schema against a real server (not part of
 # `make test`: about two minutes). Give it a scratch database: it migrates and seeds the demo.

@@ -78,6 +78,8 @@ class ScopedAllocation:
     refuse_unpriced_tools: bool = False
     # Tool types beyond the known client tools that pass as run by the client.
     extra_client_tools: frozenset[str] = frozenset()
+    # A 400 naming a parameter the upstream does not support: sent once more without it.
+    drop_unsupported_params: bool = False
     # The model's usable deployments in priority order; `provider` and `upstream_name` above are the
     # first one's (or, with none usable, the model's own with the provider marked inactive), and
     # `deployment_id` names the deployment they came from (quota.routing swaps all three).
@@ -198,6 +200,7 @@ def _snapshot(key_hash: str) -> KeyScope | None:
                 allowed_options=frozenset(m.allowed_options or ()),
                 refuse_unpriced_tools=m.unpriced_tools == "refuse",
                 extra_client_tools=frozenset(m.extra_client_tools or ()),
+                drop_unsupported_params=m.drop_unsupported_params,
                 forbidden=_forbidden(m, groups),
                 provider=first.provider if first else _provider_info(m.provider, usable=False),
                 deployments=deployments,

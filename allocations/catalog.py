@@ -179,12 +179,14 @@ MODEL_UPDATABLE = {
     "allowed_options",
     "unpriced_tools",
     "extra_client_tools",
+    "drop_unsupported_params",
 }
 
 
 def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
     """Organisation-wide rate limits, the active flag, the display name, the cost-bearing options
-    allowed and the tool rules (unpriced built-ins, extra client tool types); one audit event
+    allowed, the tool rules (unpriced built-ins, extra client tool types) and whether unsupported
+    parameters are dropped; one audit event
     (before/after of the fields that changed)."""
     check_known_fields(changes, MODEL_UPDATABLE)
     clean = {**changes, **validate_limits(changes)}
@@ -194,8 +196,9 @@ def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogMo
         clean["unpriced_tools"] = unpriced_tools_clean(clean["unpriced_tools"])
     if "extra_client_tools" in clean:
         clean["extra_client_tools"] = extra_client_tools_clean(clean["extra_client_tools"])
-    if "is_active" in clean and not isinstance(clean["is_active"], bool):
-        raise BadRequest("is_active must be true or false", fields={"is_active": ["Must be a boolean."]})
+    for flag in ("is_active", "drop_unsupported_params"):
+        if flag in clean and not isinstance(clean[flag], bool):
+            raise BadRequest(f"{flag} must be true or false", fields={flag: ["Must be a boolean."]})
     if "display_name" in clean and not isinstance(clean["display_name"], str):
         raise BadRequest("display_name must be a string", fields={"display_name": ["Must be a string."]})
     return save_changed(model, clean, action="model_updated", actor=actor)

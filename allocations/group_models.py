@@ -4,6 +4,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class Group(models.Model):
@@ -11,18 +12,23 @@ class Group(models.Model):
     denied_groups) and, later, a monthly budget. The two caps are stored and shown; nothing
     enforces them yet."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=100, unique=True)
-    slug = models.SlugField(max_length=100, unique=True)
-    quota_cost_usd_per_month = models.DecimalField(max_digits=20, decimal_places=9, null=True, blank=True)
-    quota_tokens_per_month = models.BigIntegerField(null=True, blank=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    name = models.CharField(max_length=100, unique=True, verbose_name=_("name"))
+    slug = models.SlugField(max_length=100, unique=True, verbose_name=_("slug"))
+    quota_cost_usd_per_month = models.DecimalField(
+        max_digits=20, decimal_places=9, null=True, blank=True, verbose_name=_("cost cap (USD per month)")
+    )
+    quota_tokens_per_month = models.BigIntegerField(null=True, blank=True, verbose_name=_("token quota per month"))
     # Not `groups`: Django's auth.Group already holds that name on the member.
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="org_groups", blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, related_name="org_groups", blank=True, verbose_name=_("members")
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
-        verbose_name = "group"
+        verbose_name = _("group")
+        verbose_name_plural = _("groups")
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(quota_tokens_per_month__isnull=True) | models.Q(quota_tokens_per_month__gte=0),
@@ -48,17 +54,18 @@ class GroupRule(models.Model):
         USERNAME_REGEX = "username_regex"
         ALWAYS = "always"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    order = models.IntegerField(default=0)
-    matcher = models.CharField(max_length=24, choices=Matcher.choices)
-    pattern = models.CharField(max_length=200, blank=True)
-    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="rules")
-    enabled = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    order = models.IntegerField(default=0, verbose_name=_("order"))
+    matcher = models.CharField(max_length=24, choices=Matcher.choices, verbose_name=_("matcher"))
+    pattern = models.CharField(max_length=200, blank=True, verbose_name=_("pattern"))
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="rules", verbose_name=_("group"))
+    enabled = models.BooleanField(default=True, verbose_name=_("enabled"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
-        verbose_name = "group rule"
+        verbose_name = _("group rule")
+        verbose_name_plural = _("group rules")
         ordering = ["order", "created_at"]
 
     def __str__(self):

@@ -9,6 +9,7 @@ from django.contrib.auth.models import AbstractUser, UserManager
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import TextChoices
+from django.utils.translation import gettext_lazy as _
 
 
 class MemberManager(UserManager["Member"]):
@@ -19,14 +20,23 @@ class MemberManager(UserManager["Member"]):
 class Member(AbstractUser):
     """A person (or service) of the organisation. Usernames are case-folded on save."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
     # The `sub` of the single sign-on identity this member signs in as (portal.sso): set at the
     # first SSO sign-in, or by a superuser in admin for a staff account; matched on afterwards.
     sso_subject = models.CharField(
-        "SSO subject", max_length=255, unique=True, null=True, blank=True, help_text="The identity provider's `sub`."
+        _("SSO subject"),
+        max_length=255,
+        unique=True,
+        null=True,
+        blank=True,
+        help_text=_("The identity provider's `sub`."),
     )
 
     objects: ClassVar[MemberManager] = MemberManager()
+
+    class Meta:
+        verbose_name = _("member")
+        verbose_name_plural = _("members")
 
     def save(self, *args, **kwargs):
         self.username = (self.username or "").casefold()
@@ -45,16 +55,20 @@ class Provider(models.Model):
         ACTIVE = "active"
         DISABLED = "disabled"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=100, unique=True)
-    kind = models.CharField(max_length=16, choices=ProviderKind.choices)
-    base_url = models.URLField(max_length=500, blank=True)
-    api_version = models.CharField(max_length=40, blank=True)
-    api_key_encrypted = models.TextField(blank=True, editable=False)
-    key_fingerprint = models.CharField(max_length=12, blank=True, editable=False)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    name = models.CharField(max_length=100, unique=True, verbose_name=_("name"))
+    kind = models.CharField(max_length=16, choices=ProviderKind.choices, verbose_name=_("kind"))
+    base_url = models.URLField(max_length=500, blank=True, verbose_name=_("base URL"))
+    api_version = models.CharField(max_length=40, blank=True, verbose_name=_("API version"))
+    api_key_encrypted = models.TextField(blank=True, editable=False, verbose_name=_("API key (encrypted)"))
+    key_fingerprint = models.CharField(max_length=12, blank=True, editable=False, verbose_name=_("key fingerprint"))
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE, verbose_name=_("status"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
+
+    class Meta:
+        verbose_name = _("provider")
+        verbose_name_plural = _("providers")
 
     def __str__(self):
         return self.name
@@ -73,9 +87,15 @@ class RateLimits(models.Model):
     they bound its member; on a catalogue model, every allocation of that model together
     (quota.ratelimit enforces both, across processes)."""
 
-    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    tpm_limit = models.PositiveBigIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    max_parallel = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    rpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name=_("RPM limit")
+    )
+    tpm_limit = models.PositiveBigIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name=_("TPM limit")
+    )
+    max_parallel = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name=_("max parallel")
+    )
 
     LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "max_parallel")
 
@@ -101,34 +121,61 @@ class ModelKind(models.TextChoices):
 class CatalogModel(RateLimits):
     """A model as clients call it (`slug`), mapped to one provider's upstream name or deployment."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    slug = models.CharField(max_length=200, unique=True)
-    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
-    upstream_name = models.CharField(max_length=200)
-    kind = models.CharField(max_length=16, choices=ModelKind.choices)
-    display_name = models.CharField(max_length=200, blank=True)
-    is_active = models.BooleanField(default=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    slug = models.CharField(max_length=200, unique=True, verbose_name=_("slug"))
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models", verbose_name=_("provider"))
+    upstream_name = models.CharField(max_length=200, verbose_name=_("upstream name"))
+    kind = models.CharField(max_length=16, choices=ModelKind.choices, verbose_name=_("kind"))
+    display_name = models.CharField(max_length=200, blank=True, verbose_name=_("display name"))
+    is_active = models.BooleanField(default=True, verbose_name=_("active"))
     # The request options that cost more than tokens this model lets through (names from
     # allocations.cost_options.ALLOWED_OPTIONS, sorted); each also needs a price (quota.options).
-    allowed_options = models.JSONField(default=list, blank=True)
+    allowed_options = models.JSONField(default=list, blank=True, verbose_name=_("allowed options"))
     # A built-in tool the model does not allow and price: removed from the request before it goes
     # upstream (named in the answer's x-gateway-removed-tools header), or the call refused with 400.
     unpriced_tools = models.CharField(
-        max_length=8, choices=[("remove", "remove"), ("refuse", "refuse")], default="remove"
+        max_length=8,
+        choices=[("remove", "remove"), ("refuse", "refuse")],
+        default="remove",
+        verbose_name=_("unpriced tools"),
     )
     # Tool types beyond the known client tools that this model lets through as run by the client
     # (allocations.cost_options.extra_client_tools_clean); any other unknown type is refused.
-    extra_client_tools = models.JSONField(default=list, blank=True)
+    extra_client_tools = models.JSONField(default=list, blank=True, verbose_name=_("extra client tools"))
+    # When the upstream answers 400 naming a request parameter it does not support, the call goes
+    # once more to the same deployment without it (proxy.unsupported), and the answer says so.
+    drop_unsupported_params = models.BooleanField(
+        default=False,
+        verbose_name=_("drop unsupported parameters"),
+        help_text=_(
+            "When the upstream refuses a request parameter it does not support, send the call once more without it."
+        ),
+    )
     # Who may call it (allocations.model_access): open to all but denied groups, or restricted to
     # allowed groups; a denied group always wins.
-    access = models.CharField(max_length=12, choices=[("open", "open"), ("restricted", "restricted")], default="open")
-    allowed_groups = models.ManyToManyField("allocations.Group", related_name="allowed_models", blank=True)
-    denied_groups = models.ManyToManyField("allocations.Group", related_name="denied_models", blank=True)
+    access = models.CharField(
+        max_length=12,
+        choices=[("open", "open"), ("restricted", "restricted")],
+        default="open",
+        verbose_name=_("access"),
+    )
+    allowed_groups = models.ManyToManyField(
+        "allocations.Group", related_name="allowed_models", blank=True, verbose_name=_("allowed groups")
+    )
+    denied_groups = models.ManyToManyField(
+        "allocations.Group", related_name="denied_models", blank=True, verbose_name=_("denied groups")
+    )
     # Self-service: members who may use the model claim an allocation of it from the portal's
     # catalogue, with these caps (null = none).
-    self_service = models.BooleanField(default=False, help_text="Members may claim it from the catalogue.")
+    self_service = models.BooleanField(
+        default=False, help_text=_("Members may claim it from the catalogue."), verbose_name=_("self-service")
+    )
     self_service_quota_tokens = models.BigIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(0)], help_text="Token quota of a claim; blank = none."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text=_("Token quota of a claim; blank = none."),
+        verbose_name=_("self-service token quota"),
     )
     self_service_cost_usd = models.DecimalField(
         max_digits=20,
@@ -136,13 +183,15 @@ class CatalogModel(RateLimits):
         null=True,
         blank=True,
         validators=[MinValueValidator(0)],
-        help_text="Monthly cost cap (USD) of a claim; blank = none.",
+        help_text=_("Monthly cost cap (USD) of a claim; blank = none."),
+        verbose_name=_("self-service cost cap (USD)"),
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
-        verbose_name = "model"
+        verbose_name = _("model")
+        verbose_name_plural = _("models")
 
     def __str__(self):
         return self.slug
@@ -163,23 +212,33 @@ class Deployment(models.Model):
     """One provider account serving a catalogue model under an upstream name. A model has one or
     more; calls go to an active one of the best priority, chosen by weight (quota.routing)."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="deployments")
-    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
-    upstream_name = models.CharField(max_length=200)
-    weight = models.PositiveIntegerField(default=1)
-    priority = models.PositiveSmallIntegerField(default=0, help_text="Lower first.")
-    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    tpm_limit = models.PositiveBigIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    active = models.BooleanField(default=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    model = models.ForeignKey(
+        CatalogModel, on_delete=models.CASCADE, related_name="deployments", verbose_name=_("model")
+    )
+    provider = models.ForeignKey(
+        Provider, on_delete=models.PROTECT, related_name="deployments", verbose_name=_("provider")
+    )
+    upstream_name = models.CharField(max_length=200, verbose_name=_("upstream name"))
+    weight = models.PositiveIntegerField(default=1, verbose_name=_("weight"))
+    priority = models.PositiveSmallIntegerField(default=0, help_text=_("Lower first."), verbose_name=_("priority"))
+    rpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name=_("RPM limit")
+    )
+    tpm_limit = models.PositiveBigIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name=_("TPM limit")
+    )
+    active = models.BooleanField(default=True, verbose_name=_("active"))
     # Why the gateway took it out (the provider refused its key), blank when an admin did.
-    disabled_reason = models.CharField(max_length=200, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    disabled_reason = models.CharField(max_length=200, blank=True, verbose_name=_("disabled reason"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     objects = DeploymentQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("deployment")
+        verbose_name_plural = _("deployments")
         indexes = [models.Index(fields=["model", "priority", "created_at"])]
 
     def __str__(self):
@@ -211,25 +270,33 @@ class Allocation(RateLimits):
         ADMIN = "admin"
         SELF_SERVICE = "self_service"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="allocations")
-    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="allocations")
-    display_name = models.CharField(max_length=200, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    quota_tokens_per_month = models.BigIntegerField(null=True, blank=True)
-    quota_cost_usd_per_month = models.DecimalField(max_digits=20, decimal_places=9, null=True, blank=True)
-    is_service_allocation = models.BooleanField(default=False)
-    quota_locked = models.BooleanField(default=False)
-    paused_by = models.CharField(max_length=8, choices=PausedBy.choices, blank=True)
-    status_reason = models.CharField(max_length=500, blank=True)
-    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.ADMIN)
-    note = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="allocations", verbose_name=_("member")
+    )
+    model = models.ForeignKey(
+        CatalogModel, on_delete=models.PROTECT, related_name="allocations", verbose_name=_("model")
+    )
+    display_name = models.CharField(max_length=200, blank=True, verbose_name=_("display name"))
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE, verbose_name=_("status"))
+    quota_tokens_per_month = models.BigIntegerField(null=True, blank=True, verbose_name=_("token quota per month"))
+    quota_cost_usd_per_month = models.DecimalField(
+        max_digits=20, decimal_places=9, null=True, blank=True, verbose_name=_("cost cap (USD per month)")
+    )
+    is_service_allocation = models.BooleanField(default=False, verbose_name=_("service allocation"))
+    quota_locked = models.BooleanField(default=False, verbose_name=_("quota locked"))
+    paused_by = models.CharField(max_length=8, choices=PausedBy.choices, blank=True, verbose_name=_("paused by"))
+    status_reason = models.CharField(max_length=500, blank=True, verbose_name=_("status reason"))
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.ADMIN, verbose_name=_("origin"))
+    note = models.TextField(blank=True, verbose_name=_("note"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     objects = AllocationQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("allocation")
+        verbose_name_plural = _("allocations")
         indexes = [models.Index(fields=["member", "status"])]
         constraints = [
             models.CheckConstraint(
@@ -266,23 +333,28 @@ class ApiKey(models.Model):
 
     PLAINTEXT_PREFIX = "sk-gw-"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_keys")
-    name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=12, db_index=True)
-    key_hash = models.CharField(max_length=64, unique=True)
-    allocations = models.ManyToManyField(Allocation, through="ApiKeyScope", related_name="api_keys")
-    is_default = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    rotated_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_keys", verbose_name=_("member")
+    )
+    name = models.CharField(max_length=100, verbose_name=_("name"))
+    prefix = models.CharField(max_length=12, db_index=True, verbose_name=_("prefix"))
+    key_hash = models.CharField(max_length=64, unique=True, verbose_name=_("key hash"))
+    allocations = models.ManyToManyField(
+        Allocation, through="ApiKeyScope", related_name="api_keys", verbose_name=_("allocations")
+    )
+    is_default = models.BooleanField(default=False, verbose_name=_("default"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    rotated_at = models.DateTimeField(null=True, blank=True, verbose_name=_("rotated at"))
+    revoked_at = models.DateTimeField(null=True, blank=True, verbose_name=_("revoked at"))
+    last_used_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last used at"))
+    expires_at = models.DateTimeField(null=True, blank=True, verbose_name=_("expires at"))
 
     objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
-        verbose_name = "API key"
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
@@ -302,11 +374,15 @@ class ApiKey(models.Model):
 class ApiKeyScope(models.Model):
     """One allocation in a key's scope. `model` is denormalised so the database enforces one per model."""
 
-    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="scopes")
-    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="key_scopes")
-    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="scopes", verbose_name=_("API key"))
+    allocation = models.ForeignKey(
+        Allocation, on_delete=models.CASCADE, related_name="key_scopes", verbose_name=_("allocation")
+    )
+    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="+", verbose_name=_("model"))
 
     class Meta:
+        verbose_name = _("API key scope")
+        verbose_name_plural = _("API key scopes")
         constraints = [
             models.UniqueConstraint(fields=["api_key", "model"], name="apikey_one_allocation_per_model"),
             models.UniqueConstraint(fields=["api_key", "allocation"], name="apikey_allocation_once"),
@@ -321,16 +397,22 @@ class AdminTokenQuerySet(models.QuerySet):
 class AdminToken(models.Model):
     """Bearer token for the admin API, made by `manage.py create_admin_token` or in admin. Stored hashed."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="admin_tokens")
-    prefix = models.CharField(max_length=12)
-    token_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="admin_tokens", verbose_name=_("user")
+    )
+    prefix = models.CharField(max_length=12, verbose_name=_("prefix"))
+    token_hash = models.CharField(max_length=64, unique=True, verbose_name=_("token hash"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    expires_at = models.DateTimeField(null=True, blank=True, verbose_name=_("expires at"))
+    last_used_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last used at"))
+    revoked_at = models.DateTimeField(null=True, blank=True, verbose_name=_("revoked at"))
 
     objects = AdminTokenQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("admin token")
+        verbose_name_plural = _("admin tokens")
 
     def __str__(self):
         return f"{self.prefix}… ({self.user})"
@@ -350,24 +432,31 @@ class AuditEvent(models.Model):
     class Immutable(Exception):
         pass
 
-    id = models.BigAutoField(primary_key=True)
+    id = models.BigAutoField(primary_key=True, verbose_name=_("ID"))
     # PROTECT: members are disabled, never deleted, once they have acted.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("actor"),
     )
-    actor_label = models.CharField(max_length=150, default="system")
-    action = models.CharField(max_length=64, db_index=True)
-    target_type = models.CharField(max_length=64)
-    target_id = models.CharField(max_length=64)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
-    source_ip = models.GenericIPAddressField(null=True, blank=True)
-    request_id = models.CharField(max_length=64, blank=True)
-    created_at = models.DateTimeField(db_index=True)
+    actor_label = models.CharField(max_length=150, default="system", verbose_name=_("actor label"))
+    action = models.CharField(max_length=64, db_index=True, verbose_name=_("action"))
+    target_type = models.CharField(max_length=64, verbose_name=_("target type"))
+    target_id = models.CharField(max_length=64, verbose_name=_("target ID"))
+    before = models.JSONField(null=True, blank=True, verbose_name=_("before"))
+    after = models.JSONField(null=True, blank=True, verbose_name=_("after"))
+    source_ip = models.GenericIPAddressField(null=True, blank=True, verbose_name=_("source IP"))
+    request_id = models.CharField(max_length=64, blank=True, verbose_name=_("request ID"))
+    created_at = models.DateTimeField(db_index=True, verbose_name=_("created at"))
 
     objects = AuditEventQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
         indexes = [models.Index(fields=["target_type", "target_id", "created_at"])]
 
     def __str__(self):
@@ -393,27 +482,35 @@ class DeviceAuthorization(models.Model):
         DENIED = "denied"
         DELIVERED = "delivered"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    device_code_hash = models.CharField(max_length=64, unique=True)
-    user_code = models.CharField(max_length=8, unique=True)
-    label = models.CharField(max_length=100, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    interval_s = models.PositiveIntegerField(default=5)
-    last_polled_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField()
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    device_code_hash = models.CharField(max_length=64, unique=True, verbose_name=_("device code hash"))
+    user_code = models.CharField(max_length=8, unique=True, verbose_name=_("user code"))
+    label = models.CharField(max_length=100, blank=True, verbose_name=_("label"))
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, verbose_name=_("status"))
+    interval_s = models.PositiveIntegerField(default=5, verbose_name=_("poll interval (s)"))
+    last_polled_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last polled at"))
+    expires_at = models.DateTimeField(verbose_name=_("expires at"))
     member = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("member"),
     )
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    key_encrypted = models.TextField(blank=True, editable=False)
-    model_slug = models.CharField(max_length=200, blank=True)
-    requested_from = models.GenericIPAddressField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    decided_at = models.DateTimeField(null=True, blank=True)
-    delivered_at = models.DateTimeField(null=True, blank=True)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("API key")
+    )
+    key_encrypted = models.TextField(blank=True, editable=False, verbose_name=_("key encrypted"))
+    model_slug = models.CharField(max_length=200, blank=True, verbose_name=_("model slug"))
+    requested_from = models.GenericIPAddressField(null=True, blank=True, verbose_name=_("requested from"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    decided_at = models.DateTimeField(null=True, blank=True, verbose_name=_("decided at"))
+    delivered_at = models.DateTimeField(null=True, blank=True, verbose_name=_("delivered at"))
 
     class Meta:
-        verbose_name = "device sign-in"
+        verbose_name = _("device sign-in")
+        verbose_name_plural = _("device sign-ins")
 
     def __str__(self):
         return f"{self.user_code[:4]}-{self.user_code[4:]} ({self.status})"
@@ -422,15 +519,26 @@ class DeviceAuthorization(models.Model):
 class Invitation(models.Model):
     """A single-use link that lets a member set their password and sign in. Stored hashed."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invitations")
-    token_hash = models.CharField(max_length=64, unique=True)
-    expires_at = models.DateTimeField()
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invitations", verbose_name=_("member")
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    used_at = models.DateTimeField(null=True, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True, verbose_name=_("token hash"))
+    expires_at = models.DateTimeField(verbose_name=_("expires at"))
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("created by"),
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    used_at = models.DateTimeField(null=True, blank=True, verbose_name=_("used at"))
+
+    class Meta:
+        verbose_name = _("invitation")
+        verbose_name_plural = _("invitations")
 
     def __str__(self):
         return f"invitation of {self.member_id} until {self.expires_at:%Y-%m-%d %H:%M}"
@@ -440,14 +548,23 @@ class ReclaimLock(models.Model):
     """An admin revoked the member's self-service allocation of this model: the member may not
     claim it again until an admin unlocks (which deletes the lock)."""
 
-    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reclaim_locks")
-    model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="+")
-    locked_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reclaim_locks", verbose_name=_("member")
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="+", verbose_name=_("model"))
+    locked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("locked by"),
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
+        verbose_name = _("reclaim lock")
+        verbose_name_plural = _("reclaim locks")
         constraints = [models.UniqueConstraint(fields=["member", "model"], name="reclaim_lock_once")]
 
     def __str__(self):

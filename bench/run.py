@@ -6,6 +6,8 @@ reservations and call records on, and thin_proxy.py (aiohttp) as the reference; 
 
   bench/run.py [--duration 5] [--rounds 2] [--levels 1,16,64] [--only gateway|thin] [--cases ...]
                [--workers 1,2]   (one gateway per worker count, same run: target gateway-wN)
+               [--tree OTHER]    (OTHER's gateway too, same run and database: target base)
+               [--hold SECONDS]  (start everything, print ports and pids, serve: for py-spy/strace)
 
 Needs wrk (apt-get install wrk) and a venv with the harness' dependencies (BENCH_PY, default
 /tmp/venv-bench/bin/python: httptools uvloop orjson fastapi uvicorn[standard] aiohttp httpx).
@@ -33,7 +35,11 @@ CASES = {  # name: (upstream latency ms, stream)
     "0ms-stream": (0, True),
     "50ms": (50, False),
     "50ms-stream": (50, True),
+    # a realistic stream: 100 chunks 10 ms apart after a 50 ms first token (its own fake upstream)
+    "realstream": ("real", True),
 }
+UPSTREAM_ARGS = {0: ["--latency-ms", "0"], 50: ["--latency-ms", "50"]}
+UPSTREAM_ARGS["real"] = ["--latency-ms", "50", "--chunks", "100", "--chunk-interval-ms", "10"]
 
 
 def free_port() -> int:
@@ -93,8 +99,20 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _model(case: str, latency: int) -> str:
+def _model(case: str, latency: int | str) -> str:
     return f"bench{latency}{'lim' if case.endswith('-limited') else ''}/gpt-4o-mini"
+
+
+def _hold(seconds: float, upstream: dict, key: str, gateways: dict, thin: dict, thin_ports: dict) -> None:
+    """Keeps the bench world up for a profiler or strace (--hold): prints its addresses and pids."""
+    world = {
+        "upstream": upstream,
+        "key": key,
+        "gateways": {name: {"port": port, "pid": proc.pid} for name, (port, proc) in gateways.items()},
+        "thin": {str(k): {"port": thin_ports[k], "pid": proc.pid} for k, proc in thin.items()},
+    }
+    print(json.dumps(world), flush=True)
+    time.sleep(seconds)
 
 
 def main() -> None:
@@ -105,6 +123,10 @@ def main() -> None:
     ap.add_argument("--only", choices=["gateway", "thin"], default=None)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--workers", default="1", help="comma-separated worker counts, one gateway each")
+    ap.add_argument(
+        "--tree", help="another checkout (same migrations) served beside this one on the same database: target base"
+    )
+    ap.add_argument("--hold", type=float, default=0, help="start everything, print where it is, serve this many s")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the cleanup below
 
@@ -123,11 +145,11 @@ def main() -> None:
     ensure_database(env["DATABASE_URL"])
     procs = []
     try:
-        ports = {0: free_port(), 50: free_port()}
+        ports = {latency: free_port() for latency in UPSTREAM_ARGS}
         for latency, port in ports.items():
             procs.append(
                 subprocess.Popen(
-                    [BENCH_PY, str(HARNESS / "fake_upstream.py"), "--port", str(port), "--latency-ms", str(latency)],
+                    [BENCH_PY, str(HARNESS / "fake_upstream.py"), "--port", str(port), *UPSTREAM_ARGS[latency]],
                     stdout=subprocess.DEVNULL,
                 )
             )
@@ -135,7 +157,7 @@ def main() -> None:
         upstream = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
         key = (
             subprocess.run(
-                [GW_PY, "bench/seed.py", upstream[0], upstream[50]],
+                [GW_PY, "bench/seed.py", upstream[0], upstream[50], upstream["real"]],
                 cwd=ROOT,
                 env=env,
                 check=True,
@@ -146,21 +168,23 @@ def main() -> None:
             .splitlines()[-1]
         )
         counts = [int(n) for n in args.workers.split(",")]
-        gateways, thin_ports = {}, {0: free_port(), 50: free_port()}
-        for count in counts:
-            gw_port = free_port()
-            # -v 0: no access log line per request (thin_proxy runs with --no-access-log too).
-            gateway = subprocess.Popen(
-                [GW_PY, "-m", "gateway_project.serve", "--workers", str(count), "-v", "0"]
-                + ["-b", "127.0.0.1", "-p", str(gw_port), "gateway_project.asgi:application"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            procs.append(gateway)
-            name = "gateway" if len(counts) == 1 else f"gateway-w{count}"
-            gateways[name] = (gw_port, gateway)
+        gateways, thin_ports = {}, {latency: free_port() for latency in UPSTREAM_ARGS}
+        trees = [("gateway", ROOT)] + ([("base", Path(args.tree).resolve())] if args.tree else [])
+        for label, tree in trees:
+            for count in counts:
+                gw_port = free_port()
+                # -v 0: no access log line per request (thin_proxy runs with --no-access-log too).
+                gateway = subprocess.Popen(
+                    [str(tree / ".venv" / "bin" / "python"), "-m", "gateway_project.serve", "--workers", str(count)]
+                    + ["-v", "0", "-b", "127.0.0.1", "-p", str(gw_port), "gateway_project.asgi:application"],
+                    cwd=tree,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                procs.append(gateway)
+                name = label if len(counts) == 1 else f"{label}-w{count}"
+                gateways[name] = (gw_port, gateway)
         thin = {}
         for latency, port in thin_ports.items():
             thin_env = {**os.environ, "UPSTREAM": upstream[latency], "GATEWAY_KEY": "sk-thin", "CLIENT": "aiohttp"}
@@ -188,6 +212,9 @@ def main() -> None:
             wait_port(port)
         for port, _ in gateways.values():
             wait_http(port)
+        if args.hold:
+            _hold(args.hold, upstream, key, gateways, thin, thin_ports)
+            return
         out_dir = RESULTS
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -5,8 +5,9 @@ never reached) whose models point at the fake upstreams, and one key scoped to a
 max_parallel, never reached), for the limiter's cost per call. A second member, `benchgrp`, holds
 an allocation of `bench0` as `bench` does and is in a group with a monthly budget (a cost and a
 token cap, checked and reserved on every call, never reached), for a group budget's cost per call.
+`benchreal` points at the third upstream when one is given (run.py's realistic streams).
 Prints `group-key: <benchgrp's key>`, then the key (last line).
-Usage: DATABASE_URL=... seed.py UPSTREAM0_URL UPSTREAM50_URL"""
+Usage: DATABASE_URL=... seed.py UPSTREAM0_URL UPSTREAM50_URL [UPSTREAM_REAL_URL]"""
 
 import os
 import sys
@@ -35,10 +36,13 @@ from allocations.services import (  # noqa: E402
 from quota.services import price_version_add  # noqa: E402
 
 
-def main(upstream0: str, upstream50: str) -> None:
+def main(upstream0: str, upstream50: str, upstream_real: str | None = None) -> None:
     member = Member.objects.filter(username="bench").first() or member_create(username="bench")
     allocations = []
-    for name, url in (("bench0", upstream0), ("bench50", upstream50), ("bench0lim", upstream0)):
+    upstreams = [("bench0", upstream0), ("bench50", upstream50), ("bench0lim", upstream0)]
+    if upstream_real:
+        upstreams.append(("benchreal", upstream_real))
+    for name, url in upstreams:
         Provider.objects.filter(name=name).update(base_url=url + "/v1")
         provider = Provider.objects.filter(name=name).first() or provider_create(
             name=name, kind="openai", base_url=url + "/v1", api_key="sk-upstream-bench"
@@ -81,4 +85,4 @@ def _grouped_member(model) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class Kind(models.TextChoices):
@@ -27,23 +28,27 @@ class Notification(models.Model):
     whatever number of processes run the scan. `scope` names what the mail is about and for
     which period or window (allocation × billing period, provider × 5-minute window …)."""
 
-    kind = models.CharField(max_length=20, choices=Kind.choices)
-    scope = models.CharField(max_length=120)
-    member = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
-    recipients = models.JSONField(default=list)
-    subject = models.CharField(max_length=200)
-    body = models.TextField()
+    kind = models.CharField(max_length=20, choices=Kind.choices, verbose_name=_("kind"))
+    scope = models.CharField(max_length=120, verbose_name=_("scope"))
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, verbose_name=_("member")
+    )
+    recipients = models.JSONField(default=list, verbose_name=_("recipients"))
+    subject = models.CharField(max_length=200, verbose_name=_("subject"))
+    body = models.TextField(verbose_name=_("body"))
     # What the mail said, for the audit event and for admins reading the notification list.
-    figures = models.JSONField(default=dict)
-    target_type = models.CharField(max_length=40)
-    target_id = models.CharField(max_length=64)
-    created_at = models.DateTimeField()
+    figures = models.JSONField(default=dict, verbose_name=_("figures"))
+    target_type = models.CharField(max_length=40, verbose_name=_("target type"))
+    target_id = models.CharField(max_length=64, verbose_name=_("target ID"))
+    created_at = models.DateTimeField(verbose_name=_("created at"))
     # When a send took this mail; another send may take it only once SEND_LEASE has passed
     # (notifications.services), so overlapping sends mail it once.
-    send_claimed_at = models.DateTimeField(null=True, blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
+    send_claimed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("send claimed at"))
+    sent_at = models.DateTimeField(null=True, blank=True, verbose_name=_("sent at"))
 
     class Meta:
+        verbose_name = _("notification")
+        verbose_name_plural = _("notifications")
         constraints = [models.UniqueConstraint(fields=["kind", "scope"], name="notification_once_per_scope")]
         # The scan looks for unsent mails every minute; sent ones are nearly all of the table.
         indexes = [
@@ -57,11 +62,17 @@ class Notification(models.Model):
 class AlertPreference(models.Model):
     """A member's choice of spend alerts and the language they are written in."""
 
-    member = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alert_preference")
-    near_cap = models.BooleanField(default=True)
-    cap_reached = models.BooleanField(default=True)
-    language = models.CharField(max_length=10, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    member = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alert_preference", verbose_name=_("member")
+    )
+    near_cap = models.BooleanField(default=True, verbose_name=_("near cap"))
+    cap_reached = models.BooleanField(default=True, verbose_name=_("cap reached"))
+    language = models.CharField(max_length=10, blank=True, verbose_name=_("language"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
+
+    class Meta:
+        verbose_name = _("alert preference")
+        verbose_name_plural = _("alert preferences")
 
     def wants(self, kind: str) -> bool:
         return bool(getattr(self, str(PREFERENCE_OF.get(kind, kind)), True))

@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django.utils import timezone
+
 from allocations.access import KeyScope, ScopedAllocation, key_scope
 from allocations.exceptions import GatewayError, Unauthorized
 from lib import inflight
@@ -47,6 +49,13 @@ class Call:
     in_flight: bool = False  # counted in the in-flight gauge
     client_gone: bool = False
     settled: bool = False
+    ttft_ms: int | None = None  # a stream's time to its first event relayed to the client
+    dropped: tuple[str, ...] = ()  # request parameters the upstream did not support, sent again without
+
+    def relayed(self) -> None:
+        """Events reached the client: the first time, the stream's time to first token."""
+        if self.ttft_ms is None:
+            self.ttft_ms = int((timezone.now() - self.plan.started_at).total_seconds() * 1000)
 
     @property
     def request_id(self) -> str:
@@ -62,8 +71,12 @@ class Call:
 
     @property
     def outgoing(self) -> dict | None:
-        """The body that goes upstream: the client's, less what the admission's judgement removed."""
-        return self.admitted.outgoing if self.admitted is not None else self.plan.body
+        """The body that goes upstream: the client's, less what the admission's judgement removed
+        and the parameters the upstream did not support (proxy.unsupported)."""
+        body = self.admitted.outgoing if self.admitted is not None else self.plan.body
+        if self.dropped and isinstance(body, dict):
+            return {name: value for name, value in body.items() if name not in self.dropped}
+        return body
 
     @property
     def estimate(self) -> Usage:
@@ -146,6 +159,7 @@ async def _close(
         error_message=message,
         entry=call.entry,
         attempts=call.attempts,
+        ttft_ms=call.ttft_ms,
     )
 
 

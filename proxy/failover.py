@@ -17,7 +17,7 @@ from quota import routing
 from quota.exceptions import RateLimited, UpstreamError, UpstreamTimeout
 from quota.models import Outcome
 
-from . import upstream
+from . import unsupported, upstream
 from .accounting import Call
 
 moves = routing.moves
@@ -105,6 +105,12 @@ async def _attempt(call: Call, *, last: bool) -> upstream.Reply | Failed | objec
         return _RETRY if not last else _failed(error)
     if reply.status < 300:
         return reply
+    if reply.status == 400 and (param := await unsupported.droppable(call, reply)):
+        reply.close()
+        call.dropped = (*call.dropped, param)  # once: droppable refuses a second
+        call.sent = call.endpoint.builder(call)
+        call.attempts += 1
+        return await _attempt(call, last=last)
     if moves(reply.status):
         await attempt_failed(call, reason=str(reply.status), retry_after=reply.retry_after)
         if not last:

@@ -7,6 +7,7 @@ Token fields follow OpenAI: cached ⊂ input, reasoning ⊂ output.
 import dataclasses
 import json
 import math
+import re
 from collections import Counter
 
 from django.conf import settings
@@ -178,15 +179,21 @@ def _closes_top_level(text: str, at: int) -> bool:
         return False
 
 
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+
+
 def has_usage_object(data: bytes) -> bool:
-    """True when an SSE data payload carries `"usage": {...}` (not `"usage": null`)."""
-    at = data.find(b'"usage"')
-    while at >= 0:
-        rest = data[at + 7 :].lstrip()
-        if rest.startswith(b":") and rest[1:].lstrip().startswith(b"{"):
-            return True
-        at = data.find(b'"usage"', at + 7)
-    return False
+    """True when an SSE data payload carries `"usage": {...}` (not `"usage": null`). A quote inside
+    a JSON string is escaped, so `"usage"` with bare quotes is a key (or the string "usage")."""
+    return _USAGE_OBJECT.search(data) is not None
+
+
+def data_of(event: bytes) -> bytes:
+    """An SSE event's data (its `data:` lines joined)."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]
+    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines)
 
 
 # --- reservation estimates -----------------------------------------------------------------------
@@ -239,35 +246,43 @@ class StreamMeter:
     """Collects what a stream reports. Subclasses know their event shapes."""
 
     answer_of = staticmethod(chat_answer)  # the usage chunk (chat) or final response (responses)
+    FOLD_AT = 1 << 20  # relayed bytes held before they are read into a count
 
     def __init__(self, prompt_tokens: int):
         self.prompt_tokens = prompt_tokens
         self.usage: Usage | None = None
         self.malformed = False
-        self._deltas: list[bytes] = []
+        self._kept: list[bytes] = []
         self._delta_chars = 0
         self._pending = 0
 
-    def keep_delta(self, data: bytes) -> None:
-        # Parsed only if the stream ends without usage (rare), so the common path stays cheap.
-        self._deltas.append(data)
-        self._pending += len(data)
-        if self._pending > 1 << 20:
+    def keep(self, events: bytes) -> None:
+        """Whole events as relayed, by reference. Read only if the stream ends without usage (rare),
+        or once a megabyte is held, so the common path costs a list append per chunk."""
+        self._kept.append(events)
+        self._pending += len(events)
+        if self._pending > self.FOLD_AT:
             self._fold()
 
     def _fold(self) -> None:
-        for data in self._deltas:
-            try:
-                self._delta_chars += self.delta_chars(json.loads(data))
-            except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError):
-                self.malformed = True
-        self._deltas, self._pending = [], 0
+        for events in self._kept:
+            for event in events.split(b"\n\n"):
+                if event:
+                    self.fold_event(event)
+        self._kept, self._pending = [], 0
+
+    def fold_event(self, event: bytes) -> None:
+        """Counts one relayed event's text into the estimate."""
+        data = data_of(event)
+        if not data or data == b"[DONE]":
+            return
+        try:
+            self._delta_chars += self.delta_chars(json.loads(data))
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError):
+            self.malformed = True
 
     def delta_chars(self, event: dict) -> int:  # pragma: no cover - overridden
         return 0
-
-    def item_done(self, data: bytes) -> None:
-        """A finished output item (Responses streams only; see ResponsesStreamMeter)."""
 
     def result(self) -> Usage:
         if self.usage is not None:
@@ -305,6 +320,13 @@ class ResponsesStreamMeter(StreamMeter):
     def delta_chars(self, event: dict) -> int:
         delta = event.get("delta")
         return len(delta) if isinstance(delta, str) else 0
+
+    def fold_event(self, event: bytes) -> None:
+        if event.startswith(b"event:") and b"output_text.delta" not in event:
+            if self.ITEM_DONE in event:
+                self.item_done(data_of(event))
+            return  # the stream's other typed events carry no text of the answer
+        super().fold_event(event)
 
     def item_done(self, data: bytes) -> None:
         if not any(mark in data for mark in self.CALL_MARKS):

@@ -1,52 +1,89 @@
-"""Server-sent events relay: chunks go to the client as they arrive; only the events the gateway
-must read (usage) are parsed, and only the chat usage chunk may be rewritten (SPEC 3)."""
+"""Server-sent events relay: what the upstream sends goes to the client as it came, in whole events;
+only the events the gateway must read (usage) are parsed, and only the chat usage chunk may be
+rewritten (SPEC 3).
+
+A relay is fed the upstream's chunks in order and answers the bytes to send for each. The bytes of
+whole events pass unchanged (the same object when a chunk ends an event, which is the usual case)
+after one scan for the mark of an event that must be read: a chat usage object, a Responses final
+event. Only a run of events that holds such a mark is split into events. What was relayed is kept by
+reference, and parsed only if the stream ends without usage (the meter's estimate)."""
 
 import json
+import re
+from collections.abc import AsyncIterator
+
+from django.http import StreamingHttpResponse
 
 from . import meters
 
 
-class EventSplitter:
-    """Splits an SSE byte stream into whole events (without the blank line that ends each)."""
+class EventStream(StreamingHttpResponse):
+    """A relayed event stream. The server iterates the relay's parts as they are (bytes already):
+    Django's StreamingHttpResponse would pass each part through two more generators and a copy
+    check on the way to the ASGI send."""
 
-    def __init__(self):
-        self._buffer = b""
+    def __init__(self, parts: AsyncIterator[bytes], **kwargs):
+        super().__init__(parts, **kwargs)
+        self._parts = parts
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def __aiter__(self):
+        return self._parts
+
+
+class Relay:
+    """Events in, bytes out. Subclasses name the mark of an event to read and read it (`event`)."""
+
+    MARK: re.Pattern[bytes]
+
+    def __init__(self, meter: meters.StreamMeter):
+        self.meter = meter
+        self._buffer = b""  # the start of an event not yet complete
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send for `chunk`: the events it completes (b"" while none is complete)."""
+        if self._buffer:
+            chunk, self._buffer = self._buffer + chunk, b""
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n")
-        data = self._buffer + chunk if self._buffer else chunk
-        parts = data.split(b"\n\n")
-        self._buffer = parts.pop()
-        return [p for p in parts if p]
+        end = chunk.rfind(b"\n\n") + 2
+        if end == 1:
+            self._buffer = chunk
+            return b""
+        if end < len(chunk):
+            chunk, self._buffer = chunk[:end], chunk[end:]
+        if self.MARK.search(chunk) is None:
+            self.meter.keep(chunk)
+            return chunk
+        out = []
+        for event in chunk.split(b"\n\n"):
+            if event and (relayed := self.event(event)) is not None:
+                out.append(relayed)
+                out.append(b"\n\n")
+        return b"".join(out)
 
     def rest(self) -> bytes:
+        """The last event of a stream that ended without its blank line (b"" when there is none)."""
         rest, self._buffer = self._buffer.strip(b"\n"), b""
-        return rest
+        relayed = self.event(rest) if rest else None
+        return b"" if relayed is None else relayed + b"\n\n"
+
+    def event(self, event: bytes) -> bytes | None:  # pragma: no cover - overridden
+        raise NotImplementedError
 
 
-def data_of(event: bytes) -> bytes:
-    if event.startswith(b"data: ") and b"\n" not in event:
-        return event[6:]
-    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(lines)
-
-
-class ChatRelay:
+class ChatRelay(Relay):
     """Chat completions: reads the usage chunk; strips it again when the client did not ask."""
 
+    MARK = re.compile(rb'"usage"\s*:\s*\{')
+
     def __init__(self, meter: meters.StreamMeter, *, strip_usage: bool):
-        self.meter = meter
+        super().__init__(meter)
         self.strip_usage = strip_usage
-        self.done = False
 
     def event(self, event: bytes) -> bytes | None:
-        data = data_of(event)
-        if data == b"[DONE]":
-            self.done = True
-            return event
+        data = meters.data_of(event)
         if not meters.has_usage_object(data):
-            self.meter.keep_delta(data)
+            self.meter.keep(event)
             return event
         try:
             obj = json.loads(data)
@@ -61,37 +98,35 @@ class ChatRelay:
         if not obj.get("choices"):
             return None
         obj["usage"] = None  # a chunk carrying both: keep the choices, hide the forced usage
-        self.meter.keep_delta(data)
+        self.meter.keep(event)
         return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-class ResponsesRelay:
+class ResponsesRelay(Relay):
     """Responses API: usage (with cached and reasoning tokens) from response.completed/incomplete;
     the built-in tool calls of finished output items, for a stream cut before those."""
 
+    MARK = re.compile(rb"response\.(?:completed|incomplete|failed)")
+
     def __init__(self, meter: meters.StreamMeter):
-        self.meter = meter
-        self.done = False
+        super().__init__(meter)
         self.failed = False
         self.response_id: object = None  # the relayed response's id, from its final event
 
     def event(self, event: bytes) -> bytes:
-        data = data_of(event)
-        if any(name in event for name in meters.ResponsesStreamMeter.FINAL_EVENTS) and meters.has_usage_object(data):
-            try:
-                obj = json.loads(data)
-                if not isinstance(obj["response"]["usage"], dict):
-                    raise TypeError("usage is not an object")
-                self.meter.usage = self.meter.answer_of(obj["response"])
-                self.response_id = obj["response"].get("id")
-                self.done = True
-                self.failed = obj.get("type") == "response.failed"
-            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-                self.meter.malformed = True
-        elif b"output_text.delta" in data or not event.startswith(b"event:"):
-            self.meter.keep_delta(data)
-        elif meters.ResponsesStreamMeter.ITEM_DONE in event:
-            self.meter.item_done(data)
+        data = meters.data_of(event)
+        if not (self.MARK.search(event) and meters.has_usage_object(data)):
+            self.meter.keep(event)
+            return event
+        try:
+            obj = json.loads(data)
+            if not isinstance(obj["response"]["usage"], dict):
+                raise TypeError("usage is not an object")
+            self.meter.usage = self.meter.answer_of(obj["response"])
+            self.response_id = obj["response"].get("id")
+            self.failed = obj.get("type") == "response.failed"
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            self.meter.malformed = True
         return event
 
 

@@ -26,7 +26,7 @@ from quota.models import Outcome
 from quota.pricing import Usage
 from quota.tools import REMOVED_HEADER
 
-from . import accounting, relay, response_ids
+from . import accounting, relay, response_ids, unsupported
 from . import simulated_media as simulated_media  # registers the simulated provider's media answers
 from .accounting import Call, settle
 from .answers import Answer
@@ -86,6 +86,8 @@ async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
     response = await _relay_admitted(call)
     if call.admitted is not None and call.admitted.removed:
         response[REMOVED_HEADER] = ",".join(call.admitted.removed)
+    if call.dropped:
+        response[unsupported.DROPPED_HEADER] = ",".join(call.dropped)
     return response
 
 
@@ -217,7 +219,7 @@ async def _stream(call: Call) -> HttpResponseBase:
         finally:
             reply.close()
         return await _answer(call, reply, raw)
-    response = StreamingHttpResponse(_events(call, reply), status=reply.status, content_type=reply.content_type)
+    response = relay.EventStream(_events(call, reply), status=reply.status, content_type=reply.content_type)
     for name, value in SSE_HEADERS.items():
         response[name] = value
     response["X-Request-Id"] = call.request_id
@@ -231,17 +233,16 @@ async def _events(call: Call, reply: Any) -> AsyncIterator[bytes]:
     meter = stream_meter(call.plan.estimate.input_tokens)
     handler = stream_relay(meter, call.sent.strip_usage if call.sent is not None else False)
     responses = call.endpoint.response_ids
-    splitter = relay.EventSplitter()
     outcome, code, message = Outcome.SUCCESS, "", ""
     drain = False
     try:
         async for chunk in reply.chunks():
-            out = [e + b"\n\n" for e in map(handler.event, splitter.feed(chunk)) if e is not None]
-            if out:
-                yield b"".join(out)
-        rest = splitter.rest()
-        if rest and (tail := handler.event(rest)) is not None:
-            yield tail + b"\n\n"
+            if relayed := handler.feed(chunk):
+                call.relayed()
+                yield relayed
+        if tail := handler.rest():
+            call.relayed()
+            yield tail
     except (asyncio.CancelledError, GeneratorExit):
         outcome = Outcome.CLIENT_CANCELLED
         # A background response goes on upstream when its client leaves (and is billed): it is
@@ -255,7 +256,7 @@ async def _events(call: Call, reply: Any) -> AsyncIterator[bytes]:
         yield relay.error_event(responses=responses, body=body)
     finally:
         if drain:
-            _keep(asyncio.ensure_future(_drain(call, reply, handler, splitter)))
+            _keep(asyncio.ensure_future(_drain(call, reply, handler)))
         else:
             await _stream_end(call, reply, handler, outcome=outcome, code=code, message=message)
 
@@ -276,15 +277,13 @@ async def _stream_end(call: Call, reply: Any, handler: Any, *, outcome: str, cod
         await _remember_response(call, getattr(handler, "response_id", None))
 
 
-async def _drain(call: Call, reply: Any, handler: Any, splitter: relay.EventSplitter) -> None:
+async def _drain(call: Call, reply: Any, handler: relay.Relay) -> None:
     """A background stream whose client left: the rest of its events are read (nobody receives
     them) so that it is billed from the usage of its `response.completed`, as `client_cancelled`."""
     try:
         async for chunk in reply.chunks():
-            for event in splitter.feed(chunk):
-                handler.event(event)
-        if rest := splitter.rest():
-            handler.event(rest)
+            handler.feed(chunk)
+        handler.rest()
     except Exception:  # noqa: BLE001 - billed from what the upstream reported, else estimated
         logger.warning("the background stream of %s failed while it was read to its end", call.request_id)
     finally:

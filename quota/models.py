@@ -6,6 +6,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from allocations.models import Allocation, ApiKey, CatalogModel
 
@@ -33,30 +34,32 @@ class PriceVersionQuerySet(models.QuerySet):
 class PriceVersion(models.Model):
     """Append-only. Token prices are per 1M tokens; a unit price is per `unit`."""
 
-    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="prices")
-    effective_from = models.DateTimeField()
-    input_per_1m = money_field(null=True, blank=True)
-    cached_input_per_1m = money_field(null=True, blank=True)
-    output_per_1m = money_field(null=True, blank=True)
-    audio_input_per_1m = money_field(null=True, blank=True)
-    audio_output_per_1m = money_field(null=True, blank=True)
-    unit = models.CharField(max_length=16, choices=PriceUnit.choices, blank=True)
-    price_per_unit = money_field(null=True, blank=True)
+    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="prices", verbose_name=_("model"))
+    effective_from = models.DateTimeField(verbose_name=_("effective from"))
+    input_per_1m = money_field(null=True, blank=True, verbose_name=_("input per 1M tokens"))
+    cached_input_per_1m = money_field(null=True, blank=True, verbose_name=_("cached input per 1M tokens"))
+    output_per_1m = money_field(null=True, blank=True, verbose_name=_("output per 1M tokens"))
+    audio_input_per_1m = money_field(null=True, blank=True, verbose_name=_("audio input per 1M tokens"))
+    audio_output_per_1m = money_field(null=True, blank=True, verbose_name=_("audio output per 1M tokens"))
+    unit = models.CharField(max_length=16, choices=PriceUnit.choices, blank=True, verbose_name=_("unit"))
+    price_per_unit = money_field(null=True, blank=True, verbose_name=_("price per unit"))
     # Cost-bearing request options (allocations.cost_options), token prices only. Decimal strings:
     # the token cost's multiplier per service tier ({"priority": "2", "flex": "0.5"}) and the USD
     # price of one call per built-in tool ({"web_search": "0.01"}). An option without its price
     # here is refused even where the model allows it.
-    service_tier_multipliers = models.JSONField(default=dict, blank=True)
-    tool_call_prices = models.JSONField(default=dict, blank=True)
+    service_tier_multipliers = models.JSONField(default=dict, blank=True, verbose_name=_("service tier multipliers"))
+    tool_call_prices = models.JSONField(default=dict, blank=True, verbose_name=_("tool call prices"))
     # Unit price "image" only: the USD price of one image by what was made, keyed "<size>/<quality>"
     # ({"1024x1024/standard": "0.04", "1024x1792/hd": "0.12"}); an image made at a size and
     # quality not listed costs `price_per_unit`.
-    image_prices = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    image_prices = models.JSONField(default=dict, blank=True, verbose_name=_("image prices"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     objects = PriceVersionQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("price version")
+        verbose_name_plural = _("price versions")
         indexes = [models.Index(fields=["model", "-effective_from"])]
 
     def __str__(self):
@@ -145,57 +148,93 @@ class CallRecordQuerySet(models.QuerySet):
 class CallRecord(models.Model):
     """One row per proxied call or realtime session, rejects included."""
 
-    id = models.BigAutoField(primary_key=True)
-    request_id = models.CharField(max_length=64)
+    id = models.BigAutoField(primary_key=True, verbose_name=_("ID"))
+    request_id = models.CharField(max_length=64, verbose_name=_("request ID"))
     # Foreign keys without their single-column indexes (see Meta): the composites serve the
     # allocation, member and model lookups, and nothing deletes keys or price versions (they are
     # revoked, or appended to), so no query needs an index on those two.
     allocation = models.ForeignKey(
-        Allocation, null=True, blank=True, on_delete=models.PROTECT, related_name="call_records", db_index=False
+        Allocation,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="call_records",
+        db_index=False,
+        verbose_name=_("allocation"),
     )
     api_key = models.ForeignKey(
-        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("API key"),
     )
     member = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("member"),
     )
     model = models.ForeignKey(
-        CatalogModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        CatalogModel,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("model"),
     )
-    endpoint = models.CharField(max_length=64)
-    started_at = models.DateTimeField()
-    finished_at = models.DateTimeField(null=True, blank=True)
-    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    outcome = models.CharField(max_length=40, choices=Outcome.choices)
-    input_tokens = models.BigIntegerField(default=0)
-    output_tokens = models.BigIntegerField(default=0)
-    cached_tokens = models.BigIntegerField(default=0)
-    reasoning_tokens = models.BigIntegerField(default=0)
-    audio_input_tokens = models.BigIntegerField(default=0)
-    audio_output_tokens = models.BigIntegerField(default=0)
-    quantity = models.DecimalField(max_digits=24, decimal_places=6, null=True, blank=True)
-    unit = models.CharField(max_length=16, blank=True)
-    cost_usd = money_field(null=True, blank=True)
-    priced = models.BooleanField(default=False)
+    endpoint = models.CharField(max_length=64, verbose_name=_("endpoint"))
+    started_at = models.DateTimeField(verbose_name=_("started at"))
+    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=_("finished at"))
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True, verbose_name=_("status code"))
+    outcome = models.CharField(max_length=40, choices=Outcome.choices, verbose_name=_("outcome"))
+    input_tokens = models.BigIntegerField(default=0, verbose_name=_("input tokens"))
+    output_tokens = models.BigIntegerField(default=0, verbose_name=_("output tokens"))
+    cached_tokens = models.BigIntegerField(default=0, verbose_name=_("cached tokens"))
+    reasoning_tokens = models.BigIntegerField(default=0, verbose_name=_("reasoning tokens"))
+    audio_input_tokens = models.BigIntegerField(default=0, verbose_name=_("audio input tokens"))
+    audio_output_tokens = models.BigIntegerField(default=0, verbose_name=_("audio output tokens"))
+    quantity = models.DecimalField(max_digits=24, decimal_places=6, null=True, blank=True, verbose_name=_("quantity"))
+    unit = models.CharField(max_length=16, blank=True, verbose_name=_("unit"))
+    cost_usd = money_field(null=True, blank=True, verbose_name=_("cost (USD)"))
+    priced = models.BooleanField(default=False, verbose_name=_("priced"))
     price_version = models.ForeignKey(
-        PriceVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+        PriceVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("price version"),
     )
-    estimated = models.BooleanField(default=False)
-    error_code = models.CharField(max_length=64, blank=True)
-    error_message = models.CharField(max_length=1000, blank=True)
-    is_stream = models.BooleanField(default=False)
+    estimated = models.BooleanField(default=False, verbose_name=_("estimated"))
+    error_code = models.CharField(max_length=64, blank=True, verbose_name=_("error code"))
+    error_message = models.CharField(max_length=1000, blank=True, verbose_name=_("error message"))
+    is_stream = models.BooleanField(default=False, verbose_name=_("streamed"))
     # What a cost beyond tokens was billed from: the service tier whose multiplier applied (blank:
     # none reported nor asked) and the built-in tool calls counted, {"web_search": 2}.
-    service_tier = models.CharField(max_length=16, blank=True)
-    tool_calls = models.JSONField(default=dict, blank=True)
-    close_reason = models.CharField(max_length=20, choices=CloseReason.choices, blank=True)
+    service_tier = models.CharField(max_length=16, blank=True, verbose_name=_("service tier"))
+    tool_calls = models.JSONField(default=dict, blank=True, verbose_name=_("tool calls"))
+    close_reason = models.CharField(
+        max_length=20, choices=CloseReason.choices, blank=True, verbose_name=_("close reason")
+    )
     # The deployment (allocations.Deployment) whose attempt served the call, kept as a plain id so a
     # deleted deployment leaves its history alone; and the upstream attempts made (0: none went out).
-    deployment_id = models.UUIDField(null=True, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
+    deployment_id = models.UUIDField(null=True, blank=True, verbose_name=_("deployment ID"))
+    attempts = models.PositiveSmallIntegerField(default=0, verbose_name=_("attempts"))
     # The member's groups (allocations.Group ids) this call counted toward when it was admitted:
     # what a group's spend sums (GroupUsageCounter, reconcile_usage, usage by group).
-    group_ids = ArrayField(models.UUIDField(), default=list, blank=True, db_default=[])
+    group_ids = ArrayField(models.UUIDField(), default=list, blank=True, db_default=[], verbose_name=_("groups"))
+    # A stream's time to first token: from the call's start to its first event relayed to the client
+    # (null for answers that are not streamed, and for streams that relayed nothing). The total
+    # latency is finished_at - started_at.
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True, verbose_name=_("time to first token (ms)"))
 
     objects = CallRecordQuerySet.as_manager()
 
@@ -206,6 +245,8 @@ class CallRecord(models.Model):
         # an allocation's or a model's calls in a period, newest first. started_at: the lists and
         # every period scan. (outcome, started_at) only for the outcomes other than success (a tenth
         # of the calls): a list filtered to a rare outcome finds its rows, or none, at once.
+        verbose_name = _("call record")
+        verbose_name_plural = _("call records")
         indexes = [
             models.Index(fields=["request_id"], name="callrecord_request_id"),
             models.Index(fields=["allocation", "started_at"]),
@@ -228,20 +269,31 @@ class CallRecord(models.Model):
     def carries_usage(self) -> bool:
         return bool(self.input_tokens > 0 or self.output_tokens > 0 or (self.quantity or 0) > 0)
 
+    @property
+    def latency_ms(self) -> int | None:
+        """The whole call, from its start to its settlement (None: not finished)."""
+        if self.finished_at is None:
+            return None
+        return int((self.finished_at - self.started_at).total_seconds() * 1000)
+
 
 class UsageCounter(models.Model):
     """Used and reserved totals of one allocation in one billing period: the O(1) quota check."""
 
-    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="usage_counters")
-    period_start = models.DateField()
-    tokens_used = models.BigIntegerField(default=0)
-    cost_used = money_field(default=0)
-    tokens_reserved = models.BigIntegerField(default=0)
-    cost_reserved = money_field(default=0)
-    calls = models.BigIntegerField(default=0)
-    updated_at = models.DateTimeField(auto_now=True)
+    allocation = models.ForeignKey(
+        Allocation, on_delete=models.CASCADE, related_name="usage_counters", verbose_name=_("allocation")
+    )
+    period_start = models.DateField(verbose_name=_("period start"))
+    tokens_used = models.BigIntegerField(default=0, verbose_name=_("tokens used"))
+    cost_used = money_field(default=0, verbose_name=_("cost used"))
+    tokens_reserved = models.BigIntegerField(default=0, verbose_name=_("tokens reserved"))
+    cost_reserved = money_field(default=0, verbose_name=_("cost reserved"))
+    calls = models.BigIntegerField(default=0, verbose_name=_("calls"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
+        verbose_name = _("usage counter")
+        verbose_name_plural = _("usage counters")
         constraints = [
             models.UniqueConstraint(fields=["allocation", "period_start"], name="usage_counter_once_per_period"),
         ]
@@ -250,19 +302,25 @@ class UsageCounter(models.Model):
 class Reservation(models.Model):
     """Headroom held by a call in flight; deleted when the call settles, swept when it was abandoned."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    counter = models.ForeignKey(UsageCounter, on_delete=models.CASCADE, related_name="reservations")
-    request_id = models.CharField(max_length=64)
-    tokens = models.BigIntegerField(default=0)
-    cost = money_field(default=0)
-    created_at = models.DateTimeField()
-    expires_at = models.DateTimeField(db_index=True)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    counter = models.ForeignKey(
+        UsageCounter, on_delete=models.CASCADE, related_name="reservations", verbose_name=_("counter")
+    )
+    request_id = models.CharField(max_length=64, verbose_name=_("request ID"))
+    tokens = models.BigIntegerField(default=0, verbose_name=_("tokens"))
+    cost = money_field(default=0, verbose_name=_("cost"))
+    created_at = models.DateTimeField(verbose_name=_("created at"))
+    expires_at = models.DateTimeField(db_index=True, verbose_name=_("expires at"))
     # What the sweeper needs to write the call record of a session whose worker died (realtime).
-    context = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True, verbose_name=_("context"))
     # The member's groups the call counts toward, and the GroupUsageCounter rows of the capped ones,
     # on which the same tokens and cost are held (quota.ledger.groups).
-    group_ids = ArrayField(models.UUIDField(), default=list, blank=True, db_default=[])
+    group_ids = ArrayField(models.UUIDField(), default=list, blank=True, db_default=[], verbose_name=_("groups"))
     group_counter_ids = ArrayField(models.BigIntegerField(), default=list, blank=True, db_default=[])
+
+    class Meta:
+        verbose_name = _("reservation")
+        verbose_name_plural = _("reservations")
 
 
 class GroupUsageCounter(models.Model):

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from allocations.models import Allocation
 
@@ -21,22 +22,26 @@ class SingletonModel(models.Model):
 
     @classmethod
     def load(cls):
-        row, _ = cls.objects.get_or_create(pk=cls.SINGLETON_PK)
+        row, _created = cls.objects.get_or_create(pk=cls.SINGLETON_PK)
         return row
 
 
 class PoolConfig(SingletonModel):
     total_tokens_per_month = models.BigIntegerField(
-        default=0, help_text="T: tokens per month shared by reserved and pool allocations. 0 switches the pool off."
+        default=0,
+        help_text=_("T: tokens per month shared by reserved and pool allocations. 0 switches the pool off."),
+        verbose_name=_("total tokens per month"),
     )
     floor_per_allocation = models.BigIntegerField(
-        default=0, help_text="Minimum monthly token quota every pool allocation gets."
+        default=0,
+        help_text=_("Minimum monthly token quota every pool allocation gets."),
+        verbose_name=_("floor per allocation"),
     )
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
-        verbose_name = "pool config"
-        verbose_name_plural = "pool config"
+        verbose_name = _("pool config")
+        verbose_name_plural = _("pool config")
         constraints = [
             models.CheckConstraint(condition=models.Q(total_tokens_per_month__gte=0), name="pool_total_non_negative"),
             models.CheckConstraint(condition=models.Q(floor_per_allocation__gte=0), name="pool_floor_non_negative"),
@@ -59,27 +64,34 @@ class RebalanceLog(models.Model):
         APPLIED = "applied"
         REFUSED = "refused"
 
-    id = models.BigAutoField(primary_key=True)
-    created_at = models.DateTimeField(db_index=True)
-    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    id = models.BigAutoField(primary_key=True, verbose_name=_("ID"))
+    created_at = models.DateTimeField(db_index=True, verbose_name=_("created at"))
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, verbose_name=_("trigger"))
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("actor"),
     )
-    outcome = models.CharField(max_length=16, choices=Outcome.choices)
-    reason = models.CharField(max_length=500, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, verbose_name=_("outcome"))
+    reason = models.CharField(max_length=500, blank=True, verbose_name=_("reason"))
     # Set only for scheduled runs ("2026-12"): the unique index makes two beats run once per period.
-    period_key = models.CharField(max_length=16, null=True, blank=True, unique=True)
-    usage_period_start = models.DateField()
-    total_tokens = models.BigIntegerField()
-    floor_per_allocation = models.BigIntegerField()
-    reserved_tokens = models.BigIntegerField()
-    distributable_tokens = models.BigIntegerField()
-    pool_size = models.IntegerField()
-    total_usage = models.BigIntegerField()
-    cold_start = models.BooleanField(default=False)
-    skipped = models.IntegerField(default=0)
+    period_key = models.CharField(max_length=16, null=True, blank=True, unique=True, verbose_name=_("period key"))
+    usage_period_start = models.DateField(verbose_name=_("usage period start"))
+    total_tokens = models.BigIntegerField(verbose_name=_("total tokens"))
+    floor_per_allocation = models.BigIntegerField(verbose_name=_("floor per allocation"))
+    reserved_tokens = models.BigIntegerField(verbose_name=_("reserved tokens"))
+    distributable_tokens = models.BigIntegerField(verbose_name=_("distributable tokens"))
+    pool_size = models.IntegerField(verbose_name=_("pool size"))
+    total_usage = models.BigIntegerField(verbose_name=_("total usage"))
+    cold_start = models.BooleanField(default=False, verbose_name=_("cold start"))
+    skipped = models.IntegerField(default=0, verbose_name=_("skipped"))
 
     class Meta:
+        verbose_name = _("rebalance log")
+        verbose_name_plural = _("rebalance logs")
         ordering = ["-created_at", "-id"]
 
     def __str__(self):
@@ -87,41 +99,55 @@ class RebalanceLog(models.Model):
 
 
 class RebalanceEntry(models.Model):
-    log = models.ForeignKey(RebalanceLog, on_delete=models.CASCADE, related_name="entries")
-    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="+")
-    quota_before = models.BigIntegerField(null=True, blank=True)
-    quota_after = models.BigIntegerField(null=True, blank=True)
-    usage = models.BigIntegerField(default=0)
-    reason = models.CharField(max_length=200)
-    applied = models.BooleanField(default=False)
+    log = models.ForeignKey(RebalanceLog, on_delete=models.CASCADE, related_name="entries", verbose_name=_("log"))
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="+", verbose_name=_("allocation"))
+    quota_before = models.BigIntegerField(null=True, blank=True, verbose_name=_("quota before"))
+    quota_after = models.BigIntegerField(null=True, blank=True, verbose_name=_("quota after"))
+    usage = models.BigIntegerField(default=0, verbose_name=_("usage"))
+    reason = models.CharField(max_length=200, verbose_name=_("reason"))
+    applied = models.BooleanField(default=False, verbose_name=_("applied"))
 
     class Meta:
-        verbose_name_plural = "rebalance entries"
+        verbose_name = _("rebalance entry")
+        verbose_name_plural = _("rebalance entries")
 
     def __str__(self):
         return f"{self.allocation_id}: {self.quota_before} -> {self.quota_after}"
 
 
 class AnomalyConfig(SingletonModel):
-    enabled = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True, verbose_name=_("enabled"))
     paused_until = models.DateTimeField(
-        null=True, blank=True, help_text="Detection is off until this time, then resumes by itself."
+        null=True,
+        blank=True,
+        help_text=_("Detection is off until this time, then resumes by itself."),
+        verbose_name=_("paused until"),
     )
-    min_calls = models.PositiveIntegerField(default=100, help_text="Calls in the last hour needed to quarantine.")
+    min_calls = models.PositiveIntegerField(
+        default=100, help_text=_("Calls in the last hour needed to quarantine."), verbose_name=_("min calls")
+    )
     multiplier = models.DecimalField(
-        max_digits=8, decimal_places=2, default=Decimal("10"), help_text="× the hourly baseline of the previous 23 h."
+        max_digits=8,
+        decimal_places=2,
+        default=Decimal("10"),
+        help_text=_("× the hourly baseline of the previous 23 h."),
+        verbose_name=_("multiplier"),
     )
     sparse_baseline_calls = models.PositiveIntegerField(
-        default=200, help_text="A baseline with fewer calls than this is sparse: the absolute threshold applies."
+        default=200,
+        help_text=_("A baseline with fewer calls than this is sparse: the absolute threshold applies."),
+        verbose_name=_("sparse baseline calls"),
     )
     sparse_absolute_calls = models.PositiveIntegerField(
-        default=10000, help_text="Calls in the last hour that quarantine when the baseline is sparse."
+        default=10000,
+        help_text=_("Calls in the last hour that quarantine when the baseline is sparse."),
+        verbose_name=_("sparse absolute calls"),
     )
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
-        verbose_name = "anomaly config"
-        verbose_name_plural = "anomaly config"
+        verbose_name = _("anomaly config")
+        verbose_name_plural = _("anomaly config")
 
     def __str__(self):
         return "Anomaly quarantine"

@@ -270,7 +270,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
             # Billable work never starts while a cap is reached: check now, not at the next tick.
             # (An allocation without caps skips it; a cap set later bumps the generation, which the
             # watch notices within a tick and re-reads.)
-            reason = await self._check(full=False)
+            reason = await self._gate()
             if reason:
                 await self._close_for(reason)
                 return None

@@ -7,15 +7,20 @@ the generation changed or every FULL_CHECK_S regardless (Redis away)."""
 
 import asyncio
 import logging
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
+from allocations.access import STATUS_ERRORS, key_scope_cached
 from allocations.exceptions import GatewayError
 from lib.cache import auth_generation_async
-from quota import ratelimit
+from quota import ledger, ratelimit
 from quota.admission import reject_outcome
+from quota.billing import caps
+from quota.exceptions import CostQuotaExceeded, QuotaExceeded
 from quota.ledger import threads
+from quota.pricing import cost_for
 
 from . import services
 from .close import CloseCode, watch_close_reason
@@ -27,6 +32,7 @@ TICK_S = 0.25  # auth-generation poll; caps and renewals every CHECK_EVERY ticks
 CHECK_EVERY = 2
 FULL_CHECK_S = 5.0  # key/member/allocation re-read even when no generation bump was seen
 RENEW_S = services.LEASE_S / 3
+_COLD = object()  # the gate's answer when the warm state cannot decide
 
 
 class SessionWatch:
@@ -34,6 +40,7 @@ class SessionWatch:
 
     meter: SessionMeter
     request_id: str
+    plaintext: str
     billed_version: int
     renewed_at: float
     capped: bool
@@ -95,6 +102,58 @@ class SessionWatch:
         state = await threads.run(services.session_watch, session=session, usage=usage, full=full, now=timezone.now())
         self.capped = state.capped
         return state.reason
+
+    async def _gate(self) -> GatewayError | None:
+        """The check before billable work starts (a response.create, a committed buffer): whether a
+        cap is reached by everything in flight, counting what this session used since its
+        reservation last grew. From the warm state a /v1 admission uses: the key's snapshot under
+        the current auth generation (one shared Redis read) for the allocation's status and caps,
+        and one prepared read of the counter row on the event loop's connection; the reservation
+        itself grows at the next tick. Without a warm snapshot (the
+        generation moved, the key changed) or on any error, the watch's own check decides."""
+        try:
+            reason = await self._gate_warm()
+        except Exception:  # noqa: BLE001 - Redis or the loop connection away: the thread path decides
+            logger.warning("realtime session %s: warm cap check failed", self.request_id, exc_info=True)
+            reason = _COLD
+        if reason is _COLD:
+            return await self._check(full=False)
+        return reason
+
+    async def _gate_warm(self):
+        session = self.opened
+        generation = await auth_generation_async()
+        scope = key_scope_cached(self.plaintext, generation=generation, now=timezone.now()) if generation else None
+        entry = (
+            next((a for a in scope.allocations if a.allocation_id == session.entry.allocation_id), None)
+            if scope is not None
+            else None
+        )
+        if entry is None or scope.groups or session.admission.groups:
+            return _COLD  # a group's budget: the watch's check reads the member's groups
+        if (status_error := STATUS_ERRORS.get(entry.status)) is not None:
+            return status_error
+        if entry.token_cap is None and entry.cost_cap is None:
+            return None
+        counter = await ledger.counter_read_async(session.admission.counter_id)
+        if counter is None:
+            return _COLD
+        tokens_used, tokens_reserved, cost_used, cost_reserved = counter
+        admission = session.admission
+        if self.meter.version != self.billed_version:  # used since the reservation last grew
+            usage = self.meter.usage(session.price)
+            tokens_reserved += max(0, usage.total_tokens - admission.tokens)
+            cost_reserved += max(Decimal(0), (cost_for(session.price, usage) or Decimal(0)) - admission.cost)
+        hit = caps.caps_hit(
+            tokens_used=tokens_used,
+            tokens_reserved=tokens_reserved,
+            token_cap=entry.token_cap,
+            cost_used=cost_used,
+            cost_reserved=cost_reserved,
+            cost_cap=entry.cost_cap,
+            priced=session.price is not None,
+        )
+        return {caps.TOKENS: QuotaExceeded(), caps.COST: CostQuotaExceeded()}.get(hit) if hit else None
 
     async def _close_for(self, error: GatewayError) -> None:
         await self._finish(

@@ -5,6 +5,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from allocations.exceptions import GatewayError
 from allocations.login_limits import RateLimitedAuthenticationForm
@@ -12,8 +13,8 @@ from allocations.models import ProviderKind
 
 from .lists import KeysetListMixin
 
-admin.site.site_header = "AI gateway administration"
-admin.site.site_title = "AI gateway admin"
+admin.site.site_header = _("AI gateway administration")
+admin.site.site_title = _("AI gateway admin")
 
 
 class AdminLoginForm(RateLimitedAuthenticationForm, AdminAuthenticationForm):

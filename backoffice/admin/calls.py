@@ -1,6 +1,6 @@
 """Django admin for call records: read-only, paged by keyset without a count (admin.lists), with the
-columns people scan (when, member, model, outcome, tokens, cost, latency) and the request id
-shortened (the full value on hover and in the copy).
+columns people scan (when, member, model, outcome, tokens, cost, latency and a stream's time to
+first token) and the request id shortened (the full value on hover and in the copy).
 
 Every way in is an index: the search box takes one request id (an exact, case-sensitive match on its
 index; members and models have their own filters), filters over values match one indexed column or
@@ -35,10 +35,11 @@ def short_id(value: str):
     )
 
 
-def latency_ms(record: CallRecord) -> int | None:
-    if record.finished_at is None:
-        return None
-    return int((record.finished_at - record.started_at).total_seconds() * 1000)
+def latency_text(record: CallRecord) -> str:
+    """The whole call's milliseconds, and a stream's time to first token after a slash."""
+    total, first = record.latency_ms, record.ttft_ms
+    text = "—" if total is None else f"{total:,}"
+    return text if first is None else f"{text} / {first:,}"
 
 
 @admin.register(CallRecord)
@@ -89,10 +90,9 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
             return marks.money(obj.cost_usd)
         return _("unpriced") if obj.carries_usage else "—"
 
-    @admin.display(description=_("latency (ms)"))
+    @admin.display(description=_("latency / first token (ms)"))
     def latency(self, obj):
-        found = latency_ms(obj)
-        return "—" if found is None else f"{found:,}"
+        return latency_text(obj)
 
     @admin.display(description=_("request id"))
     def request(self, obj):

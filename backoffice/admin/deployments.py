@@ -4,6 +4,7 @@ and the providers' connection test actions (allocations.provider_check)."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.utils.translation import gettext_lazy as _
 
 from allocations import deployments as services
 from allocations.models import Deployment
@@ -41,7 +42,7 @@ class DeploymentInline(admin.TabularInline):
     fields = (*FIELDS, "disabled_reason")
     readonly_fields = ("disabled_reason",)
     ordering = ("priority", "created_at")
-    verbose_name_plural = "deployments (the first, by priority then age, is the model's provider and upstream name)"
+    verbose_name_plural = _("deployments (the first, by priority then age, is the model's provider and upstream name)")
 
     def has_view_permission(self, request, obj=None):
         return is_governing_staff(request)
@@ -81,13 +82,13 @@ def _report(model_admin, request, queryset, *, billable: bool) -> None:
             model_admin.message_user(request, f"{provider}: failed ({figures}): {result.error}", messages.ERROR)
 
 
-@admin.action(description="Test connection (lists the provider's models; free)", permissions=["change"])
+@admin.action(description=_("Test connection (lists the provider's models; free)"), permissions=["change"])
 def test_connection(model_admin, request, queryset):
     _report(model_admin, request, queryset, billable=False)
 
 
 @admin.action(
-    description="Test connection with a one-token call to the first deployment (billable)", permissions=["change"]
+    description=_("Test connection with a one-token call to the first deployment (billable)"), permissions=["change"]
 )
 def test_connection_billable(model_admin, request, queryset):
     _report(model_admin, request, queryset, billable=True)

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, OPTION_LABELS, extra_client_tools_clean
@@ -65,7 +66,7 @@ class ProviderAdmin(StaffAdmin):
     readonly_fields = ("key_fingerprint", "created_at", "updated_at")
     actions = (test_connection, test_connection_billable)
 
-    @admin.display(description="kind", ordering="kind")
+    @admin.display(description=_("kind"), ordering="kind")
     def kind_label(self, obj):
         return simulated_badge(obj.kind) or obj.get_kind_display()
 
@@ -138,6 +139,7 @@ class CatalogModelForm(forms.ModelForm):
             "allowed_options",
             "unpriced_tools",
             "extra_client_tools",
+            "drop_unsupported_params",
             *SELF_SERVICE_FIELDS,
             "access",
             "allowed_groups",
@@ -187,7 +189,7 @@ class CatalogModelAdmin(StaffAdmin):
     search_fields = ("slug", "upstream_name", "display_name")
     list_select_related = ("provider",)
 
-    @admin.display(description="provider kind")
+    @admin.display(description=_("provider kind"))
     def provider_label(self, obj):
         return simulated_badge(obj.provider.kind) or obj.provider.get_kind_display()
 
@@ -200,7 +202,7 @@ class CatalogModelAdmin(StaffAdmin):
         fields = list(super().get_fields(request, obj))
         return [f for f in fields if f != "who_may_use"] + (["who_may_use"] if obj else [])
 
-    @admin.display(description="who may use it")
+    @admin.display(description=_("who may use it"))
     def who_may_use(self, obj):
         return model_access_display(obj)
 
@@ -237,6 +239,8 @@ class CatalogModelAdmin(StaffAdmin):
         )
         if not data["is_active"]:
             services.model_set_active(model=created, is_active=False, actor=request.user)
+        if data.get("drop_unsupported_params"):
+            services.model_update(model=created, changes={"drop_unsupported_params": True}, actor=request.user)
         if data.get("self_service"):
             changes = {f: data.get(f) for f in SELF_SERVICE_FIELDS}
             model_set_self_service(model=created, changes=changes, actor=request.user)
@@ -286,11 +290,11 @@ class ApiKeyAdmin(StaffAdmin):
     readonly_fields = tuple(f for f in fields if f != "expires_at")  # the expiry is the one thing admins edit
     actions = ("revoke_keys",)
 
-    @admin.display(description="scope")
+    @admin.display(description=_("scope"))
     def scope(self, obj):
         return ", ".join(s.allocation.model.slug for s in obj.scopes.select_related("allocation__model"))
 
-    @admin.action(description="Revoke selected keys", permissions=["revoke"])
+    @admin.action(description=_("Revoke selected keys"), permissions=["revoke"])
     def revoke_keys(self, request, queryset):
         page = confirmed_or_page(self, request, queryset, action="revoke_keys", what="API key(s)")
         if page is not None:
@@ -416,11 +420,11 @@ class AuditEventAdmin(ReadOnlyListMixin, StaffAdmin):
     def get_changelist(self, request, **kwargs):
         return AuditChangeList
 
-    @admin.display(description="action", ordering="action")
+    @admin.display(description=_("action"), ordering="action")
     def action_label(self, obj):
         return ACTION_LABELS.get(obj.action, obj.action.replace("_", " "))
 
-    @admin.display(description="target")
+    @admin.display(description=_("target"))
     def target(self, obj):
         found = getattr(obj, "target_obj", None)
         if found is None:

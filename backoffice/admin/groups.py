@@ -61,7 +61,7 @@ class GroupAdmin(StaffAdmin):
         """Each group with its member count and this period's counter (no query per row)."""
         return with_spend(super().get_queryset(request).annotate(n_members=Count("members")))
 
-    @admin.display(description="members", ordering="n_members")
+    @admin.display(description=_("members"), ordering="n_members")
     def member_count(self, obj):
         return obj.n_members
 

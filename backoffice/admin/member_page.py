@@ -58,9 +58,15 @@ class MemberWithAllocationForm(forms.Form):
     )
     model = forms.ModelChoiceField(queryset=CatalogModel.objects.filter(is_active=True).order_by("slug"))
     quota_cost_usd_per_month = forms.CharField(
-        required=False, label="Cost cap (USD / month)", help_text="USD ≥ 0; blank = no cap; 0 blocks at once."
+        required=False,
+        label=gettext_lazy("Cost cap (USD / month)"),
+        help_text=gettext_lazy("USD ≥ 0; blank = no cap; 0 blocks at once."),
     )
-    quota_tokens_per_month = forms.CharField(required=False, help_text="Whole tokens ≥ 0; blank = unlimited.")
+    quota_tokens_per_month = forms.CharField(
+        required=False,
+        label=gettext_lazy("Token quota per month"),
+        help_text=gettext_lazy("Whole tokens ≥ 0; blank = unlimited."),
+    )
 
     def clean_password(self):
         if self.cleaned_data.get("password"):

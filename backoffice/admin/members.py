@@ -236,7 +236,7 @@ class AdminTokenAdmin(StaffAdmin):
         # Messages live in the session (settings.MESSAGE_STORAGE), never in a cookie.
         self.message_user(request, f"Admin token (shown once, copy it now): {plaintext}", messages.WARNING)
 
-    @admin.action(description="Revoke selected admin tokens", permissions=["revoke"])
+    @admin.action(description=gettext_lazy("Revoke selected admin tokens"), permissions=["revoke"])
     def revoke_tokens(self, request, queryset):
         for token in queryset:
             services.admin_token_revoke(token=token, actor=request.user)

@@ -7,6 +7,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from quota.anomaly import anomaly_config_update
 from quota.pool import RebalanceRefused, pool_config_update, pool_overview, pool_plan, pool_rebalance, pool_state
@@ -42,7 +43,7 @@ class PoolConfigAdmin(SingletonAdmin):
         extra_context = {**(extra_context or {}), "pool": pool_overview()}
         return super().change_view(request, object_id, form_url, extra_context)
 
-    @admin.action(description="Rebalance the pool now (shows a preview first)", permissions=["change"])
+    @admin.action(description=_("Rebalance the pool now (shows a preview first)"), permissions=["change"])
     def rebalance_with_preview(self, request, queryset):
         return redirect("admin:quota_pool_rebalance")
 

@@ -1,6 +1,7 @@
 """Re-claim locks in Django admin: the list, and the unlock action (the only way a lock goes)."""
 
 from django.contrib import admin, messages
+from django.utils.translation import gettext_lazy as _
 
 from allocations.models import ReclaimLock
 from allocations.reclaim import reclaim_unlock
@@ -21,7 +22,7 @@ class ReclaimLockAdmin(StaffAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Unlock: let the member claim the model again", permissions=["revoke"])
+    @admin.action(description=_("Unlock: let the member claim the model again"), permissions=["revoke"])
     def unlock(self, request, queryset):
         locks = list(queryset.select_related("member", "model"))
         for lock in locks:

@@ -44,6 +44,6 @@ class UnpricedFilter(admin.SimpleListFilter):
         return queryset
 
 
-@admin.display(description="metered")
+@admin.display(description=gettext_lazy("metered"))
 def metered(obj: CallRecord) -> str:
     return f"{obj.quantity.normalize():f} {obj.unit}" if obj.quantity is not None and obj.unit else "-"

@@ -36,9 +36,11 @@ from .filters import (
 
 class AllocationForm(forms.ModelForm):
     # CharFields so that every bad input reaches the service's own validation and message.
-    quota_tokens_per_month = forms.CharField(required=False, help_text="Whole tokens ≥ 0; blank = unlimited.")
+    quota_tokens_per_month = forms.CharField(
+        required=False, label=_("Token quota per month"), help_text=_("Whole tokens ≥ 0; blank = unlimited.")
+    )
     quota_cost_usd_per_month = forms.CharField(
-        required=False, label="Cost cap (USD / month)", help_text="USD ≥ 0; blank = no cap; 0 blocks at once."
+        required=False, label=_("Cost cap (USD / month)"), help_text=_("USD ≥ 0; blank = no cap; 0 blocks at once.")
     )
 
     class Meta:
@@ -331,7 +333,7 @@ class PriceVersionAdmin(StaffAdmin):
     list_select_related = ("model",)
     ordering = ("-effective_from", "-id")
 
-    @admin.display(description="unit price")
+    @admin.display(description=_("unit price"))
     def unit_price(self, obj):
         return f"{obj.price_per_unit} / {obj.unit}" if obj.unit else ""
 

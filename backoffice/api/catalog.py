@@ -105,13 +105,16 @@ class ModelList(AdminAPIView):
 class ModelDetail(AdminAPIView):
     class InputSerializer(SelfServiceInputMixin, RateLimitsInputMixin, StrictInputSerializer):
         """Organisation-wide rate limits, the active flag, the display name, the allowed options,
-        the tool rules and self-service."""
+        the tool rules, unsupported parameters and self-service."""
 
         is_active = StrictBooleanField(required=False)
         display_name = StrictCharField(required=False, allow_blank=True, max_length=200)
         allowed_options = _allowed_options_field(required=False)
         unpriced_tools = _unpriced_tools_field(required=False)
         extra_client_tools = _extra_client_tools_field(required=False)
+        drop_unsupported_params = StrictBooleanField(
+            required=False, help_text="A 400 naming an unsupported parameter: the call is sent once more without it."
+        )
         access = serializers.ChoiceField(choices=[("open", "open"), ("restricted", "restricted")], required=False)
         allowed_groups = serializers.ListField(child=StrictCharField(max_length=200), required=False)
         denied_groups = serializers.ListField(child=StrictCharField(max_length=200), required=False)

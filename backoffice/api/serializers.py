@@ -68,6 +68,7 @@ class ModelOutput(SelfServiceOutputMixin, RateLimitsOutputMixin, serializers.Ser
     allowed_options = serializers.ListField(child=serializers.CharField())
     unpriced_tools = serializers.CharField()
     extra_client_tools = serializers.ListField(child=serializers.CharField())
+    drop_unsupported_params = serializers.BooleanField()
     access = serializers.CharField()
     allowed_groups = serializers.SerializerMethodField()
     denied_groups = serializers.SerializerMethodField()

@@ -195,12 +195,14 @@ async def settle(
     error_message: str = "",
     entry: ScopedAllocation | None = None,
     attempts: int = 0,
+    ttft_ms: int | None = None,
     close_reason: str | None = None,
     admission: Admission | None = None,
 ) -> None:
     """The call's one record, its counters and its reservation's release, and its rate-limit
     place given back with the tokens it used. `entry`: the deployment that served it (routed),
-    `attempts`: the upstream attempts made; `admission`: the reservation as it stands now (a
+    `attempts`: the upstream attempts made; `ttft_ms`: a stream's time to its first event relayed;
+    `admission`: the reservation as it stands now (a
     session's grows). A call settles on the event loop when it holds a reservation (grouped with
     the settlements waiting), else on a thread, spooled if the database fails there too; a
     session settles on a thread and writes nothing when the sweeper has billed it already."""
@@ -212,6 +214,7 @@ async def settle(
         "status_code": status_code,
         "error_code": error_code,
         "error_message": error_message[:1000],
+        "ttft_ms": ttft_ms,
     }
     held = admission or admitted.admission
     if admitted.plan.lease_s is None:

@@ -22,9 +22,98 @@ from decimal import Decimal
 import psycopg
 from django.conf import settings
 from django.db import connections
+from psycopg.waiting import READY_R, WAIT_W
 
 from ..pricing import Usage
-from .statements import Admission, Settlement, admit_statement, reservation_row, settle_statement, settle_values
+from .statements import (
+    COUNTER_READ,
+    Admission,
+    Settlement,
+    admit_statement,
+    reservation_row,
+    settle_statement,
+    settle_values,
+)
+
+
+class LoopConnection(psycopg.AsyncConnection):
+    """A pooled connection that watches its socket with one reader for its whole life. psycopg
+    adds a reader, a timer and a future for every wait and removes them after (two epoll_ctl
+    calls and a timer per statement); here a statement's wait is one future, woken by the reader.
+
+    libpq closes the socket itself when it finds the connection ended, so the reader is removed
+    before anything that may find it (input read while no statement waits, a statement's step
+    that failed) and only put back while the connection is sound: a closed descriptor is never
+    left in the event loop, where its number could come back for another socket."""
+
+    _fd: int | None = None  # the socket watched, while it is
+    _broken = False  # the connection failed: psycopg's own wait from now on (its statements fail)
+    _waiter: asyncio.Future | None = None
+
+    async def wait(self, gen, interval: float = 0.1, timeout: float | None = None):  # noqa: ASYNC109 - psycopg's
+        if timeout is not None or self._broken:
+            self._unwatch()
+            return await super().wait(gen, interval, timeout)
+        try:
+            state = next(gen)
+        except StopIteration as done:
+            return done.value
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if state & WAIT_W:  # the statement not sent in full: psycopg's own wait, for the rest
+                    self._unwatch()  # its reader would replace this one, and remove it after
+                    return await super().wait(_resumed(state, gen), interval)
+                if self._fd is None:
+                    self._fd = self.pgconn.socket
+                    loop.add_reader(self._fd, self._readable)
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                state = gen.send(READY_R)
+        except StopIteration as done:
+            return done.value
+        except BaseException:
+            self._unwatch()
+            self._broken = True
+            raise
+
+    def _readable(self) -> None:
+        if self._waiter is not None:
+            if not self._waiter.done():
+                self._waiter.set_result(None)
+            return
+        # Input while no statement waits: a notice, or the end of the connection.
+        self._unwatch()
+        try:
+            self.pgconn.consume_input()
+        except Exception:  # noqa: BLE001 - the connection ended: its next statement says so
+            self._broken = True
+
+    def _unwatch(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+
+    async def close(self) -> None:
+        self._unwatch()
+        self._broken = True
+        await super().close()
+
+
+def _resumed(state, gen):
+    """A started psycopg generator as a fresh one that first yields the state it stopped at."""
+    ready = yield state
+    while True:
+        try:
+            state = gen.send(ready)
+        except StopIteration as done:
+            return done.value
+        ready = yield state
+
 
 _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
 
@@ -46,7 +135,7 @@ class Pool:
 
     def __init__(self, size: int):
         self.size = size
-        self.idle: list[psycopg.AsyncConnection] = []
+        self.idle: list[LoopConnection] = []
         self.opened = 0
         self.closing = False
         self.drained = asyncio.Event()  # set once closing and the last connection is closed
@@ -68,14 +157,14 @@ class Pool:
                 waiter.set_result(None)
                 return
 
-    async def _acquire(self) -> psycopg.AsyncConnection:
+    async def _acquire(self) -> LoopConnection:
         while True:
             if self.idle:
                 return self.idle.pop()
             if self.opened < self.size:
                 self.opened += 1
                 try:
-                    return await psycopg.AsyncConnection.connect(**self._conninfo(), autocommit=True)
+                    return await LoopConnection.connect(**self._conninfo(), autocommit=True)
                 except BaseException:
                     self.opened -= 1
                     self._wake_one()
@@ -181,6 +270,14 @@ async def admit(
             return None
         held = tuple((await cursor.fetchone())[0]) if cursor.description else ()  # type: ignore[index]
     return Admission(reservation["id"], counter_id, est_tokens, cost, tuple(g.id for g in groups), held)
+
+
+async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | None:
+    """(tokens used, tokens reserved, cost used, cost reserved) of a counter row, or None when it is
+    gone: one prepared statement, as an admission is one."""
+    async with pool().connection() as conn, conn.cursor() as cursor:
+        await cursor.execute(COUNTER_READ, (counter_id,), prepare=_prepare())
+        return await cursor.fetchone()
 
 
 async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int | None:

@@ -33,6 +33,10 @@ RESERVATION_TABLE = Reservation._meta.db_table
 CALL_TABLE = CallRecord._meta.db_table
 
 
+# What a counter holds, for a check of the caps without an admission (the realtime gate).
+COUNTER_READ = f"SELECT tokens_used, tokens_reserved, cost_used, cost_reserved FROM {COUNTER_TABLE} WHERE id = %s"  # noqa: S608 - a model table name
+
+
 @dataclass(frozen=True)
 class Admission:
     reservation_id: uuid.UUID

@@ -38,7 +38,7 @@ def test_the_overview_and_member_page_read_in_zh_hant(zh_client, over):
 
 def test_lists_filters_and_columns_read_in_zh_hant(zh_client, over):
     calls = zh_client.get("/admin/quota/callrecord/").content.decode()
-    for words in ("依成員（使用者名稱）", "開始於此日或之後", "套用", "延遲（毫秒）", "請求 ID"):
+    for words in ("依成員（使用者名稱）", "開始於此日或之後", "套用", "延遲 / 首個 token（毫秒）", "請求 ID"):
         assert words in calls, words
     allocations = zh_client.get("/admin/allocations/allocation/").content.decode()
     for words in ("本月用量", "本月花費 / 上限", "已封鎖：超出上限", "超出上限"):

@@ -22,6 +22,9 @@ class Faults:
     outage_s: float
     log: list[tuple[float, str]] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
+    upstream: Service | None = None  # the upstream behind the shared model's first deployment
+    # (killed, restarted) monotonic times of each outage of that upstream
+    upstream_outages: list[tuple[float, float]] = field(default_factory=list)
 
     def note(self, what: str) -> None:
         self.log.append((round(time.monotonic() - self.t0, 1), what))
@@ -79,3 +82,20 @@ class Faults:
         await asyncio.sleep(self.outage_s)
         await asyncio.to_thread(self.redis.start)
         self.note("Redis started again")
+
+    async def deployment_cycle(self, pause: float = 2.0) -> None:
+        """One deployment's upstream killed for `outage_s` and started again, between plain load."""
+        await asyncio.sleep(pause)
+        await self.upstream_down()
+        await asyncio.sleep(pause)
+
+    async def upstream_down(self) -> None:
+        if self.upstream is None:
+            raise RuntimeError("the rig has no upstream to take down")
+        killed = time.monotonic()
+        await asyncio.to_thread(self.upstream.stop, signal.SIGKILL)
+        self.note(f"upstream :{self.upstream.port} (first deployment) killed for {self.outage_s:g} s")
+        await asyncio.sleep(self.outage_s)
+        await asyncio.to_thread(self.upstream.start)
+        self.upstream_outages.append((killed, time.monotonic()))
+        self.note(f"upstream :{self.upstream.port} serving again")

@@ -32,18 +32,31 @@ class Report:
         return {name: {"count": len(items), "first": items[:5]} for name, items in self.violations.items() if items}
 
 
-def check(*, upstream_calls: list[dict], seen: list[Seen], capped_allocation, cap: Decimal) -> Report:
+def check(*, upstream_calls: list[dict], seen: list[Seen], capped_allocation, cap: Decimal, shared=None) -> Report:
+    """`shared`: (upstream name, deployment ids) of a model on two deployments, the deployment
+    behind each of the rig's upstreams in their order; a request may then reach both upstreams,
+    once per attempt its record counts."""
     report = Report()
     records = list(
         CallRecord.objects.filter(request_id__startswith="chaos-").values(
-            "request_id", "outcome", "error_code", "input_tokens", "output_tokens", "estimated", "status_code"
+            "request_id",
+            "outcome",
+            "error_code",
+            "input_tokens",
+            "output_tokens",
+            "estimated",
+            "status_code",
+            "attempts",
+            "deployment_id",
         )
     )
     by_rid = defaultdict(list)
     for row in records:
         by_rid[row["request_id"]].append(row)
     clients = {s.rid: s for s in seen}
-    _one_record_per_upstream_call(report, upstream_calls, by_rid)
+    _one_record_per_upstream_call(report, upstream_calls, by_rid, failover=shared is not None)
+    if shared is not None:
+        _served_by_recorded_deployment(report, upstream_calls, by_rid, *shared)
     _billed_equals_served(report, upstream_calls, by_rid, clients)
     _no_extra_billing(report, {c["rid"] for c in upstream_calls}, by_rid)
     _client_answers(report, seen)
@@ -58,14 +71,18 @@ def check(*, upstream_calls: list[dict], seen: list[Seen], capped_allocation, ca
     return report
 
 
-def _one_record_per_upstream_call(report: Report, upstream_calls: list[dict], by_rid) -> None:
-    per_model = defaultdict(lambda: [0, 0])  # upstream model -> [upstream calls, their records]
+def _one_record_per_upstream_call(report: Report, upstream_calls: list[dict], by_rid, *, failover: bool) -> None:
+    """Without failover a request reaches the upstream once; with it, once per attempt its record
+    counts (a deployment that failed, then the next), and only one upstream answers it whole."""
+    per_model = defaultdict(lambda: [0, 0])  # upstream model -> [requests upstream, their records]
     for call in upstream_calls:
-        per_model[call["model"]][0] += call["n"]
-        per_model[call["model"]][1] += len(by_rid.get(call["rid"], ()))
-        if call["n"] != 1:
+        rows = by_rid.get(call["rid"], ())
+        per_model[call["model"]][0] += 1 if failover else call["n"]
+        per_model[call["model"]][1] += len(rows)
+        allowed = max([1] + [row["attempts"] for row in rows]) if failover else 1
+        if call["n"] > allowed or len(call.get("served_by", ())) > 1:
             report.violate("upstream called more than once for one request", call)
-        if not by_rid.get(call["rid"]):
+        if not rows:
             report.violate("lost record", call)
     for rid, rows in by_rid.items():
         if len(rows) > 1:
@@ -74,6 +91,21 @@ def _one_record_per_upstream_call(report: Report, upstream_calls: list[dict], by
     for model, (calls, recorded) in per_model.items():
         if calls != recorded:
             report.violate("records per upstream model", {"model": model, "upstream": calls, "records": recorded})
+
+
+def _served_by_recorded_deployment(report: Report, upstream_calls: list[dict], by_rid, name: str, ids) -> None:
+    """A call of the shared model answered by an upstream names that upstream's deployment."""
+    moved = 0
+    for call in upstream_calls:
+        rows = by_rid.get(call["rid"], ())
+        if call["model"] != name or len(call["served_by"]) != 1 or len(rows) != 1:
+            continue
+        if rows[0]["error_code"] == "worker_lost":
+            continue  # billed by the sweep from the admission: no attempt recorded
+        if str(rows[0]["deployment_id"]) != ids[call["served_by"][0]]:
+            report.violate("record names another deployment than the one that served", {**call, "record": rows[0]})
+        moved += rows[0]["attempts"] > 1
+    report.figures["served_after_failover"] = moved
 
 
 def _billed_equals_served(report: Report, upstream_calls: list[dict], by_rid, clients: dict) -> None:

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class Seen:
     error_code: str = ""
     retry_after: str | None = None
     transport_error: str = ""
+    began: float = 0.0  # monotonic times of the call's start and end
+    ended: float = 0.0
 
 
 class Load:
@@ -81,11 +84,14 @@ class Load:
 
     async def one(self, session: aiohttp.ClientSession, seen: Seen) -> bool:
         """One call; False when it got no HTTP answer (refused, cut), which `seen` then names."""
+        seen.began = time.monotonic()
         try:
             await self._call(session, seen)
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             seen.transport_error = type(exc).__name__
             return False
+        finally:
+            seen.ended = time.monotonic()
         return True
 
     async def _call(self, session: aiohttp.ClientSession, seen: Seen) -> None:

@@ -85,10 +85,12 @@ def gateway(*, port: int, env: dict, logs: Path) -> Service:
     return Service("gateway", command, port, logs / f"gateway-{port}.log", env={**env, "PYTHONUNBUFFERED": "1"})
 
 
-def upstream(*, latency_ms: int, logs: Path) -> Service:
+def upstream(*, latency_ms: int, logs: Path, name: str = "upstream") -> Service:
+    """The upstream keeps its ledger in a file of the rig's, so it outlives a restart."""
     port = free_port()
     command = [sys.executable, "-m", "tests.chaos.upstream", "--port", str(port), "--latency-ms", str(latency_ms)]
-    return Service("upstream", command, port, logs / "upstream.log")
+    command += ["--ledger", str(logs / f"{name}-ledger.jsonl")]
+    return Service(name, command, port, logs / f"{name}.log")
 
 
 def redis_server(*, logs: Path) -> Service:

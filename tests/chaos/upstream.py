@@ -16,7 +16,11 @@ Models (the upstream name the gateway sends):
 
 `served` is the usage total once the whole answer (usage included) was written, else null.
 
-    python -m tests.chaos.upstream --port N [--latency-ms 80]
+With --ledger FILE the ledger is also appended to FILE (a JSON line per call received and per
+answer served) and read back when the process starts, so a killed and restarted upstream still
+reports every call it received before.
+
+    python -m tests.chaos.upstream --port N [--latency-ms 80] [--ledger FILE]
     GET /_chaos/calls -> [{"rid", "model", "stream", "served", "n"}]
 """
 
@@ -24,6 +28,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+from pathlib import Path
 
 from aiohttp import web
 
@@ -41,16 +46,41 @@ def _sse(obj) -> bytes:
 
 
 class Upstream:
-    def __init__(self, latency_s: float):
+    def __init__(self, latency_s: float, ledger: Path | None = None):
         self.latency_s = latency_s
         self.calls: dict[str, dict] = {}
+        self.ledger_file = ledger
+        if ledger is not None and ledger.exists():
+            for line in ledger.read_text().splitlines():
+                self._replay(json.loads(line))
+
+    def _replay(self, line: dict) -> None:
+        entry = self.calls.setdefault(line["rid"], {**line, "served": None, "n": 0})
+        if "served" in line:
+            entry["served"] = line["served"]
+        else:
+            entry["n"] += 1
+
+    def _write(self, line: dict) -> None:
+        if self.ledger_file is not None:
+            with self.ledger_file.open("a") as sink:
+                sink.write(json.dumps(line) + "\n")
+
+    def received(self, rid: str, model: str, stream: bool) -> dict:
+        entry = self.calls.setdefault(rid, {"rid": rid, "model": model, "stream": stream, "served": None, "n": 0})
+        entry["n"] += 1
+        self._write({"rid": rid, "model": model, "stream": stream})
+        return entry
+
+    def served(self, entry: dict, total: int) -> None:
+        entry["served"] = total
+        self._write({"rid": entry["rid"], "served": total})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         rid = request.headers.get("X-Request-Id", "")
         model, stream = body.get("model", ""), bool(body.get("stream"))
-        entry = self.calls.setdefault(rid, {"rid": rid, "model": model, "stream": stream, "served": None, "n": 0})
-        entry["n"] += 1
+        entry = self.received(rid, model, stream)
         if model.startswith("fake-error-"):
             error = {"message": "injected failure", "type": "server_error", "code": None, "param": None}
             return web.json_response({"error": error}, status=int(model.rsplit("-", 1)[1]))
@@ -81,7 +111,7 @@ class Upstream:
         }
         await response.write(json.dumps(answer).encode())
         await response.write_eof()
-        entry["served"] = usage["total_tokens"]
+        self.served(entry, usage["total_tokens"])
         return response
 
     async def stream(self, request, entry, model, usage) -> web.StreamResponse:
@@ -108,7 +138,7 @@ class Upstream:
         await response.write(_sse(b"[DONE]"))
         await response.write_eof()
         if model != "fake-garbage":
-            entry["served"] = usage["total_tokens"]
+            self.served(entry, usage["total_tokens"])
         return response
 
     async def ledger(self, request: web.Request) -> web.Response:
@@ -119,8 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=80)
+    parser.add_argument("--ledger", type=Path)
     args = parser.parse_args()
-    upstream = Upstream(args.latency_ms / 1000)
+    upstream = Upstream(args.latency_ms / 1000, args.ledger)
     app = web.Application()
     app.router.add_post("/v1/chat/completions", upstream.chat)
     app.router.add_get("/_chaos/calls", upstream.ledger)

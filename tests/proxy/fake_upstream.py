@@ -9,6 +9,8 @@ OpenAI and Azure OpenAI wire formats (JSON and SSE), with fault modes chosen by 
 - fake-nousage: a stream that never reports usage
 - fake-tier-NAME: answers report service tier NAME (otherwise the tier asked for, auto -> default)
 - fake-calls-N: a Responses answer has N calls of each built-in tool the request declared (else 1)
+- fake-unsupported-NAME: a 400 naming the request parameter NAME as unsupported when the request
+  has it (OpenAI's `unsupported_parameter` error), otherwise a normal answer
 
 Answers report `service_tier` like OpenAI's, and a Responses answer has one `<tool>_call` output
 item per built-in tool the request declared (web_search -> web_search_call ...); its stream reports
@@ -114,6 +116,15 @@ class FakeUpstream(RecordingUpstream):
             {"path": request.path, "query": dict(request.query), "headers": dict(request.headers), "body": body}
         )
         model = deployment or body.get("model", "")
+        if model.startswith("fake-unsupported-") and model.removeprefix("fake-unsupported-") in body:
+            name = model.removeprefix("fake-unsupported-")
+            error = {
+                "message": f"Unsupported parameter: '{name}' is not supported with this model.",
+                "type": "invalid_request_error",
+                "param": name,
+                "code": "unsupported_parameter",
+            }
+            return web.json_response({"error": error}, status=400)
         if model.startswith("fake-error-"):
             status = int(model.rsplit("-", 1)[1])
             message = f"Incorrect API key provided: {UPSTREAM_KEY} at {self.url}"

@@ -138,3 +138,52 @@ async def test_a_settlement_added_as_the_last_writer_stops_still_gets_written():
     await asyncio.wait_for(pool.settlements.add(second), 5)
     assert await CallRecord.objects.acount() == 2
     await pool.close()
+
+
+async def test_a_connection_watches_its_socket_with_one_reader_for_all_its_statements(monkeypatch):
+    loop = asyncio.get_running_loop()
+    added: list[int] = []
+    add_reader = loop.add_reader
+    monkeypatch.setattr(loop, "add_reader", lambda fd, *args: added.append(fd) or add_reader(fd, *args))
+    pool = aio.Pool(1)
+    try:
+        for n in range(6):
+            async with pool.connection() as conn, conn.cursor() as cursor:
+                await cursor.execute("SELECT %s::int, pg_sleep(0.005)", (n,))
+                assert (await cursor.fetchone())[0] == n
+                if n == 0:
+                    added.clear()  # connecting watches the socket its own way
+        assert added == []  # psycopg's own wait adds (and removes) a reader per statement
+        assert pool.opened == 1
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_the_server_ends_while_idle_is_unwatched_and_replaced():
+    pool = aio.Pool(1)
+    try:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+            pid = conn.info.backend_pid
+        params = aio.Pool._conninfo()
+
+        def terminate() -> None:
+            with psycopg.connect(**params, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        await asyncio.to_thread(terminate)
+        for _ in range(50):  # the reader sees the end while nobody waits, and lets the socket go
+            if conn._fd is None:
+                break
+            await asyncio.sleep(0.02)
+        assert conn._fd is None
+        with pytest.raises(psycopg.OperationalError):
+            async with pool.connection() as same:
+                assert same is conn
+                await same.execute("SELECT 1")
+        assert conn._broken and conn.closed
+        async with pool.connection() as fresh:  # the failed one was dropped: a new one serves
+            assert fresh is not conn
+            assert await (await fresh.execute("SELECT 2")).fetchone() == (2,)
+    finally:
+        await pool.close()

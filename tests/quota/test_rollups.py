@@ -295,14 +295,14 @@ def test_the_backfill_migration_builds_the_rollups_and_reverses():
     executor = MigrationExecutor(connection)
     leaves = executor.loader.graph.leaf_nodes()
     try:
-        executor.migrate([("quota", "0011_daily_rollup")])
+        executor.migrate([("quota", "0013_daily_rollup")])
         assert not DailyRollup.objects.exists()
         executor = MigrationExecutor(connection)
-        executor.migrate([("quota", "0012_daily_rollup_backfill")])
+        executor.migrate([("quota", "0014_daily_rollup_backfill")])
         assert DailyRollup.objects.count() == 4 and _no_drift() == {}
         assert DailyRollup.objects.aggregate(t=Sum("input_tokens"))["t"] == 10
         executor = MigrationExecutor(connection)
-        executor.migrate([("quota", "0011_daily_rollup")])
+        executor.migrate([("quota", "0013_daily_rollup")])
         assert not DailyRollup.objects.exists()
     finally:
         MigrationExecutor(connection).migrate(leaves)

@@ -222,6 +222,33 @@ async def test_the_cost_cap_reached_mid_session_closes_it_within_one_response_of
     assert len(forwarded) == 3
 
 
+@pytest.mark.parametrize("warm", [True, False])
+async def test_the_gate_counts_what_the_session_used_since_its_reservation_last_grew(fake_upstream, monkeypatch, warm):
+    """No watch tick runs (its first is an hour away), so the reservation never grows: the gate
+    alone must see the cap crossed, from the counter and what the session used since. Warm, it
+    decides without the watch's thread-path check; without a warm key snapshot it falls back to it."""
+    from realtime import services, watch
+
+    monkeypatch.setattr(watch, "TICK_S", 3600)
+    checks = []
+    session_watch = services.session_watch
+    monkeypatch.setattr(services, "session_watch", lambda **kw: checks.append(kw) or session_watch(**kw))
+    if not warm:
+        monkeypatch.setattr(watch, "key_scope_cached", lambda *args, **kwargs: None)
+    cap = Decimal("0.01")  # 2 turns stay under it, the 3rd crosses it
+    world = await database_sync_to_async(realtime_world)(fake_upstream, price=TOKEN_PRICE, cost_cap=cap)
+    comm = await open_session(world)
+    for _ in range(3):
+        await turn(comm)
+    await send(comm, {"type": "response.create"})
+    closed = await closed_with(comm)
+    assert (closed["code"], closed["reason"]) == (1008, "cost_quota_exceeded")
+    assert len([f for f in fake_upstream.received if '"response.create"' in f]) == 3
+    [record] = await session_records(world.allocation)
+    assert (record.close_reason, record.cost_usd) == ("cost_exceeded", 3 * TURN_COST)
+    assert len(checks) == (0 if warm else 4)
+
+
 async def test_two_parallel_sessions_of_one_allocation_stop_together_at_the_cap(fake_upstream):
     cap = Decimal("0.01")
     world = await database_sync_to_async(realtime_world)(fake_upstream, price=TOKEN_PRICE, cost_cap=cap)

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('allocations', '0013_groups_and_model_access'),
-        ('quota', '0010_group_budgets'),
+        ('quota', '0012_verbose_names'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -19,6 +19,6 @@ def empty(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("quota", "0011_daily_rollup")]
+    dependencies = [("quota", "0013_daily_rollup")]
 
     operations = [migrations.RunPython(build, empty)]
