@@ -12,6 +12,9 @@ tpm and max_parallel on its allocation and model, see seed.py).
 A model written `<model>@group` is called with the key of `benchgrp`, whose member is in a group
 with a budget (seed.py): a group budget's cost per call, against `<model>` called by `bench`.
 
+Beside the gateway worker's CPU, the CPU of the PostgreSQL backends serving each target's database
+(`pg_cpu_ms_per_call`, from /proc: the server must run on this machine).
+
 The request is the harness's chat completion, or with --body a JSON body from a file (its model
 "MODEL"; posted to /v1/responses by bench/body.lua, e.g. a Codex CLI turn). --db and --redis
 name the databases used (<db>_0, <db>_1, … and Redis <redis>, <redis>+1, …) so that two runs on
@@ -94,12 +97,29 @@ def start_gateway(tree: Path, index: int, upstream: str, db: str, redis: int) ->
 BODY_SCRIPT = ROOT / "bench" / "body.lua"
 
 
+def pg_backends_cpu(database: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend connected to `database` (the server runs on this
+    machine; a backend that ends during a round takes its CPU with it, the gateway keeps its own)."""
+    import psycopg
+
+    with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        pids = [row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [database])]
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = cpu_s(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
 def one_round(
-    port: int, key: str, model: str, concurrency: int, duration: float, pid: int, body: str = ""
-) -> tuple[float, float]:
-    """(CPU ms per call, calls per second) of one wrk run."""
+    port: int, key: str, model: str, concurrency: int, duration: float, pid: int, body: str = "", database: str = ""
+) -> tuple[float, float, float]:
+    """(gateway CPU ms per call, calls per second, PostgreSQL CPU ms per call) of one wrk run."""
     env = {**os.environ, "BENCH_KEY": key, "BENCH_MODEL": model, "BENCH_BODY_FILE": body}
     script = str(BODY_SCRIPT) if body else "chat.lua"
+    pg_before = pg_backends_cpu(database) if database else {}
     before = cpu_s(pid)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "30s", "-s", script]
@@ -111,9 +131,11 @@ def one_round(
         check=True,
     ).stdout
     spent = cpu_s(pid) - before
+    pg_after = pg_backends_cpu(database) if database else {}
+    pg_spent = sum(used - pg_before.get(backend, 0.0) for backend, used in pg_after.items())
     summary = json.loads(out.split("BENCHJSON", 1)[1].strip().splitlines()[0])
     calls = summary["requests"] - summary["err_status"]
-    return spent * 1000 / max(calls, 1), calls / duration
+    return spent * 1000 / max(calls, 1), calls / duration, pg_spent * 1000 / max(calls, 1)
 
 
 def main() -> None:
@@ -151,17 +173,19 @@ def main() -> None:
                 model, _, who = target.partition("@")
                 if not keys.get(who):
                     raise SystemExit(f"{tree}: its seed.py makes no key for {target}")
-                targets.append((f"{tree.name}:{target}", port, keys[who], model, pid))
+                targets.append((f"{tree.name}:{target}", port, keys[who], model, pid, f"{args.db}_{index}"))
         for level in (int(n) for n in args.levels.split(",")):
-            for _, port, key, model, pid in targets:
+            for _, port, key, model, pid, _ in targets:
                 one_round(port, key, model, level, 1, pid, body)  # warm-up
             cpu: dict[str, list[float]] = {t[0]: [] for t in targets}
             rate: dict[str, list[float]] = {t[0]: [] for t in targets}
+            pg: dict[str, list[float]] = {t[0]: [] for t in targets}
             for n in range(args.rounds):
-                for name, port, key, model, pid in targets if n % 2 == 0 else targets[::-1]:
-                    ms, per_s = one_round(port, key, model, level, args.duration, pid, body)
+                for name, port, key, model, pid, database in targets if n % 2 == 0 else targets[::-1]:
+                    ms, per_s, pg_ms = one_round(port, key, model, level, args.duration, pid, body, database)
                     cpu[name].append(ms)
                     rate[name].append(per_s)
+                    pg[name].append(pg_ms)
             load = os.getloadavg()[0]
             for name in cpu:
                 row = {
@@ -171,6 +195,8 @@ def main() -> None:
                     "cpu_ms_per_call_median": round(statistics.median(cpu[name]), 3),
                     "calls_per_s_median": round(statistics.median(rate[name])),
                     "cpu_ms_per_call": [round(v, 3) for v in cpu[name]],
+                    "pg_cpu_ms_per_call_median": round(statistics.median(pg[name]), 3),
+                    "pg_cpu_ms_per_call": [round(v, 3) for v in pg[name]],
                     "loadavg1": load,
                 }
                 print(json.dumps(row), flush=True)

@@ -169,6 +169,10 @@ def load(allocations, rows: int, now: dt.datetime) -> float:
             " cost_used = EXCLUDED.cost_used, calls = EXCLUDED.calls",
             [start.date(), start],
         )
+    if "quota_dailyrollup" in connection.introspection.table_names():  # the reports read the daily rollups
+        from quota.rollups import rollups_rebuild_range
+
+        rollups_rebuild_range()
     return time.perf_counter() - began
 
 

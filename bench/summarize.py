@@ -41,6 +41,8 @@ def rows(path: Path):
         if isinstance(row["loadavg1"], float):
             row["loadavg1"] = round(row["loadavg1"], 2)
         yield row
+        if "pg_cpu_ms_per_call_median" in raw:  # alternate.py: the PostgreSQL side, a row of its own
+            yield {**row, "case": "postgres_cpu", "cpu_ms_per_call": raw["pg_cpu_ms_per_call_median"]}
 
 
 def main() -> None:

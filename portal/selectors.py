@@ -4,10 +4,8 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -18,7 +16,8 @@ from lib.serializers import money_str
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import ZERO
-from quota.selectors import PRICED_COST, UNPRICED_CALLS, usage_cost
+from quota.rollups import sort_key, usage_sums
+from quota.selectors import usage_cost
 
 MAX_USAGE_DAYS = 366
 
@@ -140,60 +139,50 @@ def _member_calls(member: Member, allocation: Allocation | None = None) -> Query
     return qs
 
 
-_USAGE_SUMS = {
-    "calls": Count("id"),
-    "sum_input": Sum("input_tokens"),
-    "sum_output": Sum("output_tokens"),
-    "sum_cost": PRICED_COST,
-    "unpriced_calls": UNPRICED_CALLS,
-}
-
-
 def _usage_row(row: dict) -> dict:
-    tokens_in, tokens_out = row["sum_input"] or 0, row["sum_output"] or 0
     return {
         "calls": row["calls"],
-        "input_tokens": tokens_in,
-        "output_tokens": tokens_out,
-        "tokens": tokens_in + tokens_out,
-        "cost_usd": money_str(usage_cost(priced_cost=row["sum_cost"], unpriced_calls=row["unpriced_calls"])),
+        "input_tokens": row["input_tokens"],
+        "output_tokens": row["output_tokens"],
+        "tokens": row["input_tokens"] + row["output_tokens"],
+        "cost_usd": money_str(usage_cost(priced_cost=row["cost_usd"], unpriced_calls=row["unpriced_calls"])),
         "unpriced_calls": row["unpriced_calls"],
     }
 
 
+_USAGE_KEYS = {
+    "day": ("day",),
+    "model": ("model__slug",),
+    "allocation": ("allocation__display_name", "allocation_id", "allocation__model__slug"),
+}
+
+
 def usage_grouped(*, member: Member, period: Period, group_by: str, allocation: Allocation | None = None) -> list[dict]:
-    """Aggregates of the member's call records in the period, by day, model or allocation."""
-    rows: Any
-    qs = _member_calls(member, allocation).filter(started_at__gte=period.start, started_at__lt=period.end)
-    if group_by == "day":
-        rows = (
-            qs.annotate(day=TruncDate("started_at", tzinfo=billing_tz()))
-            .values("day")
-            .annotate(**_USAGE_SUMS)
-            .order_by("day")
+    """The member's usage in the period, by day, model or allocation (the daily rollups of the
+    member's allocations; quota.rollups)."""
+    if group_by not in _USAGE_KEYS:
+        raise BadRequest(
+            "group_by must be day, model or allocation", fields={"group_by": ["Choose day, model or allocation."]}
         )
+    keys = _USAGE_KEYS[group_by]
+    where = Q(allocation__member=member) if allocation is None else Q(allocation=allocation, allocation__member=member)
+    rows = sorted(
+        usage_sums(start=period.start, end=period.end, keys=keys, where=where),
+        key=lambda r: tuple(sort_key(r[k]) for k in keys[:2]),
+    )
+    if group_by == "day":
         return [{"day": r["day"].isoformat(), **_usage_row(r)} for r in rows]
     if group_by == "model":
-        rows = qs.values("model__slug").annotate(**_USAGE_SUMS).order_by("model__slug")
         return [{"model": r["model__slug"], **_usage_row(r)} for r in rows]
-    if group_by == "allocation":
-        rows = (
-            qs.values("allocation_id", "allocation__display_name", "allocation__model__slug")
-            .annotate(**_USAGE_SUMS)
-            .order_by("allocation__display_name", "allocation_id")
-        )
-        return [
-            {
-                "allocation": str(r["allocation_id"]),
-                "display_name": r["allocation__display_name"],
-                "model": r["allocation__model__slug"],
-                **_usage_row(r),
-            }
-            for r in rows
-        ]
-    raise BadRequest(
-        "group_by must be day, model or allocation", fields={"group_by": ["Choose day, model or allocation."]}
-    )
+    return [
+        {
+            "allocation": str(r["allocation_id"]),
+            "display_name": r["allocation__display_name"],
+            "model": r["allocation__model__slug"],
+            **_usage_row(r),
+        }
+        for r in rows
+    ]
 
 
 def usage_daily_series(*, member: Member, period: Period, allocation: Allocation | None = None) -> list[dict]:

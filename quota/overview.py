@@ -1,9 +1,9 @@
 """Reads for the staff spend overview: a handful of bounded aggregate queries per page.
 
-The month's call records are read grouped by (day, model, outcome) in PostgreSQL; the whole days
-before today are cached for a few minutes, so most page views scan only today's records (on the
-`started_at` index). Everything else comes from the usage counters (one row per allocation and
-month). Python only folds the grouped rows (days × models × outcomes) into the figures.
+The month is read grouped by (day, model, outcome) from the daily rollups (quota.rollups; a
+partial day at a range's edge from its call records); the whole days before today are cached for
+a few minutes. Everything else comes from the usage counters (one row per allocation and month).
+Python only folds the grouped rows (days × models × outcomes) into the figures.
 """
 
 import datetime as dt
@@ -15,15 +15,14 @@ from decimal import Decimal
 
 from django.core.cache import cache
 from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate
 
 from allocations.models import Allocation, CatalogModel
 
 from .billing import caps
-from .models import CallRecord, Outcome, UsageCounter
+from .models import Outcome, UsageCounter
 from .periods import billing_tz, period_bounds, previous_period_start
 from .pricing import ZERO
-from .selectors import PRICED_COST, UNPRICED_CALLS
+from .rollups import usage_sums
 
 CLOSED_DAYS_TTL_S = 600
 MAX_SERIES = 8  # stacked series in the daily chart; the rest are summed as "other"
@@ -57,17 +56,17 @@ def _model_names(model_ids: Iterable[uuid.UUID | None]) -> dict:
 
 
 def _grouped(start: dt.datetime, end: dt.datetime) -> list[dict]:
-    return list(
-        CallRecord.objects.in_period(start, end)  # type: ignore[arg-type]  # rows of .values(): dicts
-        .annotate(day=TruncDate("started_at", tzinfo=billing_tz()))
-        .values("day", "model_id", "outcome")
-        .annotate(
-            calls=Count("id"),
-            cost=PRICED_COST,
-            unpriced=UNPRICED_CALLS,
-        )
-        .order_by()
-    )
+    return [
+        {
+            "day": row["day"],
+            "model_id": row["model_id"],
+            "outcome": row["outcome"],
+            "calls": row["calls"],
+            "cost": row["cost_usd"],
+            "unpriced": row["unpriced_calls"],
+        }
+        for row in usage_sums(start=start, end=end, keys=("day", "model_id", "outcome"))
+    ]
 
 
 def today_start(now: dt.datetime) -> dt.datetime:
@@ -75,9 +74,9 @@ def today_start(now: dt.datetime) -> dt.datetime:
 
 
 def grouped_rows(*, start: dt.datetime, end: dt.datetime, split: dt.datetime) -> list[dict]:
-    """The records of [start, end) grouped by (day, model, outcome). Those before `split` (whole
+    """The usage of [start, end) grouped by (day, model, outcome). Those before `split` (whole
     days before today) are cached for CLOSED_DAYS_TTL_S, so a call settled late shows within that
-    time; the rest is always read live. While the cache holds, a page scans one day's records."""
+    time; the rest is always read live."""
     split = min(max(start, split), end)
     key = f"overview:grouped:{start.isoformat()}:{split.isoformat()}"
     closed = cache.get(key) if split > start else []

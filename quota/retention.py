@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from allocations.audit import Actor, audit_record
 
-from . import partitions
+from . import partitions, rollups
 from .periods import billing_tz
 
 
@@ -32,10 +32,8 @@ class PruneRefused(Exception):
 
 
 def rollups_cover(month: dt.date) -> bool:
-    """STUB until the daily rollups exist in this code base: whether the daily rollups hold every
-    day of `month`. Answers False, so a month that has call records is never dropped on this
-    stub's word; the rollup writer replaces it with the real check."""
-    return False
+    """Whether the daily rollups account for every call record of `month` (quota.rollups)."""
+    return rollups.rollups_cover(month)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import Q
 from django.utils import timezone
 
 from allocations.audit import Actor, audit_record
@@ -21,10 +21,10 @@ from lib.bounded import BoundedCache
 from lib.cache import bump_auth_generation
 
 from .ledger.sync import counter_for
-from .models import CallRecord, PriceUnit, PriceVersion, UsageCounter
+from .models import PriceUnit, PriceVersion, UsageCounter
 from .periods import period_bounds, period_start_date
 from .pricing import ZERO
-from .selectors import PRICED_COST
+from .rollups import usage_sums
 
 # --- prices --------------------------------------------------------------------------------------
 
@@ -213,17 +213,14 @@ class Drift:
 
 
 def usage_reconcile(*, now: dt.datetime | None = None, fix: bool = False, actor: Actor = None) -> list[Drift]:
-    """Compares this period's counters with the sum of the call records; optionally rewrites them."""
+    """Compares this period's counters with the sum of its call records (their daily rollups);
+    optionally rewrites them."""
     now = now or timezone.now()
     start, end = period_bounds(now)
     period = period_start_date(now)
     sums = {
-        row["allocation_id"]: row
-        for row in CallRecord.objects.in_period(start, end)
-        .carrying_usage()
-        .filter(allocation__isnull=False)
-        .values("allocation_id")
-        .annotate(tokens=Sum(F("input_tokens") + F("output_tokens")), cost=PRICED_COST)
+        row["allocation_id"]: {"tokens": row["input_tokens"] + row["output_tokens"], "cost": row["cost_usd"]}
+        for row in usage_sums(start=start, end=end, keys=("allocation_id",), where=Q(allocation__isnull=False))
     }
     counters = {c.allocation_id: c for c in UsageCounter.objects.filter(period_start=period)}
     drifts = []

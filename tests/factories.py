@@ -96,3 +96,13 @@ SIGN_IN_ACTIONS = ("login_succeeded", "login_failed", "logged_out")
 def audit_actions() -> list[str]:
     """The governance audit events' actions, oldest first (the sign-ins a test makes left out)."""
     return list(AuditEvent.objects.exclude(action__in=SIGN_IN_ACTIONS).order_by("id").values_list("action", flat=True))
+
+
+def roll_up_records() -> None:
+    """The daily rollups of the call records a test wrote directly, as records it wants reports to
+    read (the ledger writes a record and its rollup together)."""
+    from quota.rollups import record_days, rollups_rebuild
+
+    days = record_days()
+    if days is not None:
+        rollups_rebuild(first_day=days[0], last_day=days[1])

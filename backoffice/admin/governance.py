@@ -378,6 +378,7 @@ ACTION_LABELS = {
     "usage_reconciled": "usage counters reconciled",
     "group_usage_reconciled": "group usage counters reconciled",
     "usage_drift_detected": "usage drift detected",
+    "rollups_rebuilt": "daily rollups rebuilt",
 }
 TARGET_MODELS: dict[str, type[Member | Allocation | ApiKey | Provider | CatalogModel]] = {
     "member": Member,

@@ -2,8 +2,9 @@
 of at most a year, by day or by hour, stacked by model, provider or member; the same rows as a
 table on the page and as CSV.
 
-One grouped query over the range's priced call records (the `started_at` index); the picker
-refuses ranges the page could not draw (over a year, or hours over more than 31 days).
+By day, the range's daily rollups (quota.rollups); by hour, one grouped query over the range's
+priced call records (the `started_at` index), so the picker takes hours over at most two days
+(docs/DECISIONS.md), and refuses ranges over a year.
 """
 
 import csv
@@ -15,16 +16,17 @@ from decimal import Decimal
 from io import StringIO
 
 from django.db.models import Sum
-from django.db.models.functions import TruncDate, TruncHour
+from django.db.models.functions import TruncHour
 from django.utils.translation import gettext as _
 
 from quota.group_budgets import spend_by_group_buckets
 from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds, previous_period_start
 from quota.pricing import ZERO
+from quota.rollups import usage_sums
 
 MAX_DAYS = 366
-MAX_HOURLY_DAYS = 31
+MAX_HOURLY_DAYS = 2
 MAX_SERIES = 8
 GROUPS = {
     "model": "model__slug",
@@ -79,8 +81,8 @@ def period_from(params: Mapping[str, str], *, now: dt.datetime) -> Period:
     else:
         name = "this"
         start, end = period_bounds(now)
-    if step == "hour" and end - start > dt.timedelta(days=MAX_HOURLY_DAYS):
-        raise PeriodError(_("By hour, a range is at most 31 days."))
+    if step == "hour" and end - start > dt.timedelta(days=MAX_HOURLY_DAYS, hours=1):  # an hour more: DST
+        raise PeriodError(_("By hour, a range is at most 2 days."))
     return Period(name=name, start=start, end=end, step=step)
 
 
@@ -101,18 +103,8 @@ def spend_rows(*, period: Period, by: str, now: dt.datetime) -> tuple[list[str],
         for at, name, cost in spend_by_group_buckets(start=period.start, end=period.end, step=period.step):
             spend[name][at if period.step == "hour" else _midnight(at.date())] += cost
     else:
-        trunc = TruncHour if period.step == "hour" else TruncDate
-        grouped = (
-            CallRecord.objects.in_period(period.start, period.end)
-            .filter(priced=True)
-            .annotate(bucket=trunc("started_at", tzinfo=billing_tz()))
-            .values("bucket", GROUPS[by])
-            .annotate(cost=Sum("cost_usd"))
-            .order_by()
-        )
-        for row in grouped:
-            key = row["bucket"] if period.step == "hour" else _midnight(row["bucket"])
-            spend[row[GROUPS[by]] or "—"][key] += row["cost"] or ZERO
+        for key, name, cost in _spend(period, GROUPS[by]):
+            spend[name or "—"][key] += cost or ZERO
     ranked = sorted(spend, key=lambda name: (-sum(spend[name].values()), name))
     names = ranked[:MAX_SERIES] + ([_("other")] if len(ranked) > MAX_SERIES else [])
     rows, running = [], ZERO
@@ -124,6 +116,25 @@ def spend_rows(*, period: Period, by: str, now: dt.datetime) -> tuple[list[str],
         running += total
         rows.append({"at": at, "amounts": amounts, "total": total, "cumulative": running if at <= now else None})
     return names, rows
+
+
+def _spend(period: Period, group: str):
+    """(bucket start, series name, priced spend): by day from the daily rollups, by hour from the
+    call records (at most MAX_HOURLY_DAYS of them)."""
+    if period.step == "day":
+        for row in usage_sums(start=period.start, end=period.end, keys=("day", group)):
+            yield _midnight(row["day"]), row[group], row["cost_usd"]
+        return
+    grouped = (
+        CallRecord.objects.in_period(period.start, period.end)
+        .filter(priced=True)
+        .annotate(bucket=TruncHour("started_at", tzinfo=billing_tz()))
+        .values("bucket", group)
+        .annotate(cost=Sum("cost_usd"))
+        .order_by()
+    )
+    for row in grouped:
+        yield row["bucket"], row[group], row["cost"]
 
 
 def as_csv(*, names: list[str], rows: list[dict], step: str) -> str:

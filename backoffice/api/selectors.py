@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.db.models import Count, Manager, Model, QuerySet, Sum
+from django.db.models import Manager, Model, Q, QuerySet
 from django.http import Http404
 
 from allocations.exceptions import BadRequest
@@ -16,8 +16,8 @@ from allocations.selectors import key_prefixes_by_allocation
 from lib.serializers import money_str
 from quota import selectors
 from quota.group_budgets import GroupUsage, usage_by_group
-from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds
+from quota.rollups import sort_key, usage_sums
 
 _M = TypeVar("_M", bound=Model)
 
@@ -93,30 +93,19 @@ def usage_report(*, group_by: str, start: dt.datetime, end: dt.datetime) -> list
     if group_by == "group":
         return [_usage_item({"group_id": u.group_id, "group": u.slug}, u) for u in usage_by_group(start=start, end=end)]
     keys = GROUPS[group_by]
-    rows = (
-        CallRecord.objects.in_period(start, end)
-        .exclude(**{f"{next(iter(keys.values()))}__isnull": True})
-        .values(*keys.values())
-        .annotate(
-            n_calls=Count("id"),
-            n_unpriced=selectors.UNPRICED_CALLS,
-            sum_input=Sum("input_tokens"),
-            sum_output=Sum("output_tokens"),
-            sum_cost=selectors.PRICED_COST,
-        )
-        .order_by(*keys.values())
-    )
+    first = next(iter(keys.values()))
+    rows = usage_sums(start=start, end=end, keys=tuple(keys.values()), where=Q(**{f"{first}__isnull": False}))
     out = []
-    for row in rows:
+    for row in sorted(rows, key=lambda r: tuple(sort_key(r[k]) for k in keys.values())):
         item: dict[str, object] = {name: None if row[src] is None else str(row[src]) for name, src in keys.items()}
-        tokens_in, tokens_out = row["sum_input"] or 0, row["sum_output"] or 0
+        tokens_in, tokens_out = row["input_tokens"], row["output_tokens"]
         item.update(
-            calls=row["n_calls"],
-            unpriced_calls=row["n_unpriced"],
+            calls=row["calls"],
+            unpriced_calls=row["unpriced_calls"],
             input_tokens=tokens_in,
             output_tokens=tokens_out,
             total_tokens=tokens_in + tokens_out,
-            cost_usd=money_str(selectors.usage_cost(priced_cost=row["sum_cost"], unpriced_calls=row["n_unpriced"])),
+            cost_usd=money_str(selectors.usage_cost(priced_cost=row["cost_usd"], unpriced_calls=row["unpriced_calls"])),
         )
         out.append(item)
     return out

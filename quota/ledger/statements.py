@@ -1,5 +1,6 @@
 """The ledger's two statements, each written once: the admission (a guarded counter UPDATE and the
-reservation INSERT) and the settlement (reservation DELETE, counter UPDATE, call record INSERT).
+reservation INSERT) and the settlement (reservation DELETE, counter UPDATE, call record INSERT,
+the records' daily rollups upserted).
 
 Every PostgreSQL caller runs this SQL: the accounting threads through a prepared Django cursor
 (ledger.sync) and the event loop through its own async connections (ledger.loop). Column lists are
@@ -24,6 +25,7 @@ from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
 from ..models import CallRecord, Reservation, UsageCounter
 from ..pricing import Usage
+from ..rollups import SOURCE_COLUMNS, timezone_name, upsert_sql
 from . import groups as group_sql
 
 COUNTER_TABLE = UsageCounter._meta.db_table
@@ -114,7 +116,9 @@ _SETTLE_RECORDS = (
     f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"  # noqa: S608 (constant names)
     " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc_, n_)"
     f" CROSS JOIN LATERAL jsonb_populate_record(NULL::{CALL_TABLE}, e.doc_) AS p"
-    " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id)"
+    " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id, {returning}),"
+    # The records' daily rollups, in the same statement (quota.rollups).
+    " g AS ({rollup})"
     # The records' ids come from their sequence in the order the rows were inserted (by n).
     " SELECT k.n, i.id FROM (SELECT n, row_number() OVER (ORDER BY n) AS o FROM k) k"
     " JOIN (SELECT id, row_number() OVER (ORDER BY id) AS o FROM i) i USING (o)"
@@ -128,6 +132,9 @@ _SETTLE_GROUPS_SQL = (
     + _SETTLE_COUNTERS.replace("{after}", group_sql.SETTLE_AFTER_GROUPS)
     + _SETTLE_RECORDS
 )
+
+_RETURNING = ", ".join(SOURCE_COLUMNS)
+_ROLLUP = upsert_sql("i")
 
 
 def admit_statement(
@@ -240,15 +247,15 @@ _encode = json.JSONEncoder(default=_json_value, separators=(",", ":")).encode
 
 
 def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
-    """The settlement's three writes for any number of calls in ONE statement (data-modifying
+    """The settlement's writes for any number of calls in ONE statement (data-modifying
     CTEs): DELETE the reservations (what makes each settlement happen exactly once), then, for the
     calls whose reservation that DELETE took, move the usage into the counters (and the
-    reservation out of them) and INSERT the call records. A call whose reservation is already gone
-    was settled before (the sweeper billed it as `worker_lost`, or this settlement already
-    committed): it writes nothing. Returns rows (n, record id), n = the settlement's 1-based
-    position. Two parameters whatever the number of calls or fields: the settlements and the
+    reservation out of them), INSERT the call records and add them to their daily rollups. A call
+    whose reservation is already gone was settled before (the sweeper billed it as `worker_lost`,
+    or this settlement already committed): it writes nothing. Returns rows (n, record id), n = the settlement's 1-based
+    position. Three parameters whatever the number of calls or fields: the settlements and the
     records as JSON arrays, which PostgreSQL expands itself (psycopg adapting ~30 parameters per
-    call in Python cost more than the statement's round trip)."""
+    call in Python cost more than the statement's round trip), and the billing timezone's name."""
     moves = [
         {
             "n": n,
@@ -269,4 +276,8 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     records = [{f.column: _column_value(f, s.values) for f in CALL_FIELDS} for s in settlements]
     # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a
     # JSON function counts as 100 rows, and the reservations and counters would be scanned whole.
-    return sql.format(calls=len(moves)), [_encode(moves), _encode(records)]
+    return sql.format(calls=len(moves), returning=_RETURNING, rollup=_ROLLUP), [
+        _encode(moves),
+        _encode(records),
+        timezone_name(),
+    ]

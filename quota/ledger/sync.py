@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from lib.bounded import BoundedCache
 
+from .. import rollups
 from ..billing import caps
 from ..exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
@@ -271,7 +272,7 @@ def settle(
             return None
         if admission is not None:  # a reservation without an allocation's record: held groups released
             group_ledger.reserved_move(counter_ids=admission.held, tokens=-admission.tokens, cost=-admission.cost)
-        _insert(row)
+        _insert(row, rollup=True)
         if row.allocation_id and (usage.has_tokens or cost or admission is not None):
             counter_id = (
                 admission.counter_id
@@ -291,9 +292,11 @@ def settle(
 
 
 def record_reject(*, record: dict, now: dt.datetime | None = None) -> CallRecord:
-    """A rejected call: recorded, carries no usage, touches no counter."""
+    """A rejected call: recorded (with its daily rollup), carries no usage, touches no counter."""
     now = now or timezone.now()
-    return CallRecord.objects.create(**record, finished_at=record.get("finished_at") or now)
+    row = CallRecord(**{**record, "finished_at": record.get("finished_at") or now})
+    _insert(row, rollup=True)
+    return row
 
 
 def _counter_add(counter_id: int, *, tokens: int, cost: Decimal, calls: int, release: Admission | None) -> None:
@@ -331,15 +334,20 @@ def _insert_parts(obj: Model) -> tuple[tuple[str, ...], tuple[str, ...], list]:
     return columns, values, [f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields]
 
 
-def _insert(obj: Model) -> None:
+def _insert(obj, *, rollup: bool = False) -> None:
     """INSERT of one new row without the ORM's per-call query compilation. Same values as
-    Model.save(force_insert=True); the auto primary key comes back with RETURNING."""
+    Model.save(force_insert=True); the auto primary key comes back with RETURNING. `rollup`
+    (call records): the record's daily rollup is upserted by the same statement."""
     meta = obj._meta
     auto = meta.auto_field
     columns, values, params = _insert_parts(obj)
     sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(values)})"  # noqa: S608
-    if auto is not None:
-        sql += f" RETURNING {connection.ops.quote_name(auto.column)}"  # type: ignore[arg-type]
+    if rollup:
+        returning = ", ".join(rollups.SOURCE_COLUMNS)
+        sql = f"WITH i AS ({sql} RETURNING id, {returning}), g AS ({rollups.upsert_sql('i')}) SELECT id FROM i"  # noqa: S608
+        params.append(rollups.timezone_name())
+    elif auto is not None:
+        sql += f" RETURNING {connection.ops.quote_name(auto.column)}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if auto is not None:

@@ -17,7 +17,7 @@ from portal.selectors import period_current, usage_grouped
 from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
 from tests.backoffice.conftest import changes, error_of
-from tests.factories import AllocationFactory, CatalogModelFactory, ProviderFactory, make_key
+from tests.factories import AllocationFactory, CatalogModelFactory, ProviderFactory, make_key, roll_up_records
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
 
@@ -374,6 +374,7 @@ def records(member, other_member):
             cost_usd=cost,
             priced=cost is not None,
         )
+    roll_up_records()
     return a, b
 
 
@@ -407,6 +408,7 @@ def test_the_usage_report_and_the_portal_count_spend_and_unpriced_calls_by_one_r
             cost_usd=cost,
             priced=priced,
         )
+    roll_up_records()
     [admin] = api.get("usage", {"group_by": "allocation"}).json()["results"]
     [portal] = usage_grouped(member=member, period=period_current(now), group_by="allocation")
     assert (admin["calls"], admin["unpriced_calls"], admin["cost_usd"]) == (3, 1, "0.250000000")

@@ -206,7 +206,9 @@ def test_the_period_picker_ranges(admin_client, month, query, first, buckets, st
     [({"period": "custom", "from": "2025-01-01", "to": "2026-11-20"}, "at most a year"),
      ({"period": "custom", "from": "2026-11-20", "to": "2026-11-01"}, "ends before it starts"),
      ({"period": "custom", "from": "Nov 1", "to": "2026-11-20"}, "is not a date"),
-     ({"period": "custom", "from": "2026-10-01", "to": "2026-11-20", "step": "hour"}, "at most 31 days")],
+     ({"period": "custom", "from": "2026-10-01", "to": "2026-11-20", "step": "hour"}, "at most 2 days"),
+     ({"period": "custom", "from": "2026-11-18", "to": "2026-11-20", "step": "hour"}, "at most 2 days"),
+     ({"step": "hour"}, "at most 2 days")],
 )  # fmt: skip
 def test_a_range_the_picker_cannot_draw_is_refused_with_a_message(admin_client, month, query, message):
     response = _page(admin_client, "?" + urlencode(query))

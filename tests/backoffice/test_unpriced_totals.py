@@ -11,7 +11,7 @@ from django.utils import timezone
 from portal.selectors import period_current, usage_grouped
 from quota.models import CallRecord
 from quota.selectors import usage_cost
-from tests.factories import AllocationFactory, CatalogModelFactory
+from tests.factories import AllocationFactory, CatalogModelFactory, roll_up_records
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
 
@@ -33,6 +33,7 @@ def groups(member):
     record(unpriced, "u3", tokens=0, outcome="rejected_paused")
     record(priced, "p1", cost=Decimal("0.25"))
     record(priced, "p2")
+    roll_up_records()
     return unpriced, priced
 
 

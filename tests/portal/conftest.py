@@ -7,7 +7,6 @@ from django.test import Client
 from django.utils import timezone
 
 from quota import ledger
-from quota.models import CallRecord
 from quota.pricing import Usage
 from quota.services import price_in_force
 from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, PriceVersionFactory
@@ -36,16 +35,19 @@ def settle_call(allocation, *, cost_usd=None, input_tokens=0, output_tokens=0, w
 
 
 def reject_call(allocation, *, when=None, outcome="rejected_paused"):
-    return CallRecord.objects.create(
-        request_id=str(uuid.uuid4()),
-        allocation=allocation,
-        member=allocation.member,
-        model=allocation.model,
-        endpoint="/v1/chat/completions",
-        started_at=when or timezone.now(),
-        finished_at=when or timezone.now(),
-        status_code=403,
-        outcome=outcome,
+    """A refused call recorded through the real service (with its daily rollup)."""
+    return ledger.record_reject(
+        record={
+            "request_id": str(uuid.uuid4()),
+            "allocation": allocation,
+            "member": allocation.member,
+            "model": allocation.model,
+            "endpoint": "/v1/chat/completions",
+            "started_at": when or timezone.now(),
+            "status_code": 403,
+            "outcome": outcome,
+        },
+        now=when or timezone.now(),
     )
 
 

@@ -15,6 +15,7 @@ from allocations.models import AdminToken, Allocation, ApiKey, AuditEvent, Catal
 from quota.models import CallRecord, PriceVersion, UsageCounter
 from quota.periods import period_start_date
 from quota.pricing import Usage, cost_for
+from tests.factories import roll_up_records
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hasher")]
 
@@ -234,6 +235,7 @@ def test_reconcile_usage_reports_and_fixes_drift(allocation):
         cost_usd=Decimal("0.25"),
         priced=True,
     )
+    roll_up_records()
     UsageCounter.objects.create(allocation=allocation, period_start=period_start_date(now), tokens_used=99)
     output = run("reconcile_usage")
     assert str(allocation.pk) in output and "tokens counter 99 vs records 10" in output and "--fix" in output

@@ -157,3 +157,17 @@ def test_beat_follows_the_retention_setting(history, rollups, settings):
 def test_the_retention_cutoff_counts_whole_months_before_the_current_one():
     assert retention.retention_cutoff(NOW, 12) == dt.date(2025, 12, 1)
     assert retention.retention_cutoff(dt.datetime(2026, 1, 31, 23, tzinfo=dt.UTC), 1) == dt.date(2025, 12, 1)
+
+
+def test_the_real_rollup_check_lets_a_month_go_once_its_rollups_are_rebuilt(history):
+    """No stub: records written without the ledger have no rollups, so the months are refused;
+    `rebuild_rollups` makes them, the months are dropped and their rollups stay."""
+    from quota.models import DailyRollup
+
+    with pytest.raises(CommandError, match="no daily rollups"):
+        call_command("prune_call_records", "--before", f"{months_ago(3):%Y-%m}")
+    call_command("rebuild_rollups", stdout=io.StringIO())
+    assert retention.rollups_cover(months_ago(5)) and retention.rollups_cover(months_ago(4))
+    call_command("prune_call_records", "--before", f"{months_ago(3):%Y-%m}", stdout=io.StringIO())
+    assert CallRecord.objects.count() == 3
+    assert DailyRollup.objects.filter(day__lt=months_ago(3)).count() == 4  # two days in each pruned month

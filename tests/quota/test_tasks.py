@@ -18,7 +18,7 @@ from quota import tasks
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.periods import period_start_date
 from quota.pool_models import PoolConfig, RebalanceLog
-from tests.factories import AllocationFactory
+from tests.factories import AllocationFactory, roll_up_records
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +95,7 @@ def test_nightly_reconcile_reports_drift_once_and_does_not_fix_it():
     now = timezone.now()
     allocation = AllocationFactory()
     record(allocation, tokens=70, when=now)
+    roll_up_records()
     counter = UsageCounter.objects.create(allocation=allocation, period_start=period_start_date(now), tokens_used=50)
     assert tasks.usage_reconcile_nightly.delay().get() == 1
     assert tasks.usage_reconcile_nightly.delay().get() == 0  # same drift: not reported twice

@@ -1,0 +1,254 @@
+"""Daily rollups of the call records (quota.rollup_models.DailyRollup): how they are written, read,
+rebuilt and checked.
+
+- Written by every statement that writes call records (the settlement, a refusal's record): the
+  records inserted are summed by key and added to their rollup rows by one more data-modifying CTE
+  (`upsert_sql`) in the same statement, so a record and its rollup commit together or not at all.
+- Read by `usage_sums`: the whole days of a range from the rollups, the partial days at its edges
+  (a range that does not start or end at midnight in the billing timezone) from the records.
+- Rebuilt from the records for a range of days by `rollups_rebuild` (the data migration, the
+  `rebuild_rollups` command), under a lock that makes it exact beside live settlements.
+- `rollups_cover(month)`: whether the rollups of a month account for every record of it (what
+  pruning a month of records requires).
+"""
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models.functions import TruncDate
+
+from allocations.audit import audit_record
+
+from .models import CARRIES_USAGE, CallRecord
+from .periods import billing_tz
+from .pricing import ZERO
+from .rollup_models import DailyRollup
+
+ROLLUP_TABLE = DailyRollup._meta.db_table
+CALL_TABLE = CallRecord._meta.db_table
+KEY = ("day", "allocation_id", "member_id", "model_id", "outcome")
+TOKENS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+)
+SUMS = ("calls", *TOKENS, "quantity", "cost_usd", "priced_calls", "unpriced_calls")
+# The record columns the rollup is computed from: what the settlement's INSERT returns.
+SOURCE_COLUMNS: tuple[str, ...] = ("started_at", "allocation_id", "member_id", "model_id", "outcome", "priced")
+SOURCE_COLUMNS += ("cost_usd", *TOKENS, "quantity")
+
+_GROUPED = (
+    "SELECT (started_at AT TIME ZONE {tz})::date, allocation_id, member_id, model_id, outcome, count(*), "  # noqa: S608
+    + ", ".join(f"coalesce(sum({c}), 0)" for c in TOKENS)
+    + ", coalesce(sum(quantity), 0), coalesce(sum(cost_usd) FILTER (WHERE priced), 0),"
+    " count(*) FILTER (WHERE priced),"
+    " count(*) FILTER (WHERE NOT priced AND (input_tokens > 0 OR output_tokens > 0 OR quantity > 0))"
+    " FROM {source} GROUP BY 1, 2, 3, 4, 5"
+)
+_INSERT = f"INSERT INTO {ROLLUP_TABLE} AS d ({', '.join(KEY)}, {', '.join(SUMS)}) "
+
+
+def upsert_sql(source: str, tz: str = "%s") -> str:
+    """The rollup write for the records of `source` (a relation with SOURCE_COLUMNS, e.g. the
+    RETURNING of the CTE that inserted them): grouped by key, added to existing rows. `tz` is the
+    SQL of the billing timezone's name (a parameter by default). The rows are written in key order
+    so that two statements touching the same rollup rows lock them in the same order."""
+    return (
+        _INSERT
+        + _GROUPED.format(tz=tz, source=source)
+        + " ORDER BY 1, 2, 3, 4, 5 ON CONFLICT ON CONSTRAINT daily_rollup_once_per_key DO UPDATE SET "
+        + ", ".join(f"{c} = d.{c} + EXCLUDED.{c}" for c in SUMS)
+    )
+
+
+def timezone_name() -> str:
+    """The billing timezone's name as the rollup statements pass it to PostgreSQL."""
+    return billing_tz().key
+
+
+# --- rebuild and coverage ----------------------------------------------------------------------------
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=billing_tz())
+
+
+def rollups_rebuild(*, first_day: dt.date, last_day: dt.date) -> int:
+    """Recomputes the rollups of [first_day, last_day] (billing-timezone days) from the call
+    records, replacing what was there; returns the rows written. Exact beside live traffic: the
+    rollup table is locked against writers (SHARE ROW EXCLUSIVE) for the transaction, so a
+    settlement either committed before the recount (and is in it) or writes its rollup after it.
+    Settlements wait meanwhile: rebuild closed days, a month at a time. Days whose records were
+    pruned are rebuilt empty: do not rebuild those."""
+    start, end = _midnight(first_day), _midnight(last_day + dt.timedelta(days=1))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {ROLLUP_TABLE} IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute(f"DELETE FROM {ROLLUP_TABLE} WHERE day >= %s AND day <= %s", [first_day, last_day])  # noqa: S608
+        source = f"(SELECT * FROM {CALL_TABLE} WHERE started_at >= %s AND started_at < %s) AS r"  # noqa: S608
+        cursor.execute(_INSERT + _GROUPED.format(tz="%s", source=source), [timezone_name(), start, end])
+        return cursor.rowcount
+
+
+def rollups_rebuild_range(
+    *, first_day: dt.date | None = None, last_day: dt.date | None = None, progress=None, actor=None
+) -> dict | None:
+    """`rollups_rebuild` over a range a month at a time (each month one short lock), clamped to
+    the days that have call records: the rollups of pruned months, whose records are gone, are
+    never emptied. None when no record lies in the range. Audited as `rollups_rebuilt`.
+    `progress(done, total, first, last, rows)` is told after each month."""
+    days = record_days()
+    if days is None:
+        return None
+    first_day, last_day = max(first_day or days[0], days[0]), min(last_day or days[1], days[1])
+    if last_day < first_day:
+        return None
+    chunks, start = [], first_day
+    while start <= last_day:
+        following = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        chunks.append((start, min(last_day, following - dt.timedelta(days=1))))
+        start = following
+    rows = 0
+    for done, (start, end) in enumerate(chunks, 1):
+        written = rollups_rebuild(first_day=start, last_day=end)
+        rows += written
+        if progress is not None:
+            progress(done, len(chunks), start, end, written)
+    summary = {
+        "first_day": first_day.isoformat(),
+        "last_day": last_day.isoformat(),
+        "days": (last_day - first_day).days + 1,
+        "rows": rows,
+    }
+    audit_record(
+        actor=actor,
+        action="rollups_rebuilt",
+        target=None,
+        target_type="dailyrollup",
+        target_id=f"{summary['first_day']}..{summary['last_day']}",
+        after=summary,
+    )
+    return summary
+
+
+def rollup_drift(*, first_day: dt.date, last_day: dt.date) -> dict[tuple, tuple]:
+    """{key: (from the records, from the rollups)} for every key of [first_day, last_day] whose
+    rollup row differs from the sums of its call records (a missing side is None); {} when the
+    rollups are exact. Reads the range's records: for checks and tests, not for pages."""
+    start, end = _midnight(first_day), _midnight(last_day + dt.timedelta(days=1))
+    source = f"(SELECT * FROM {CALL_TABLE} WHERE started_at >= %s AND started_at < %s) AS r"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(_GROUPED.format(tz="%s", source=source), [timezone_name(), start, end])
+        records = {tuple(row[:5]): tuple(row[5:]) for row in cursor.fetchall()}
+    rolled = {
+        tuple(row[:5]): tuple(row[5:])
+        for row in DailyRollup.objects.filter(day__gte=first_day, day__lte=last_day).values_list(*KEY, *SUMS)
+    }
+    return {
+        key: (records.get(key), rolled.get(key))
+        for key in records.keys() | rolled.keys()
+        if records.get(key) != rolled.get(key)
+    }
+
+
+def record_days() -> tuple[dt.date, dt.date] | None:
+    """The first and last billing-timezone day that has call records, or None."""
+    found = CallRecord.objects.aggregate(first=Min("started_at"), last=Max("started_at"))
+    if found["first"] is None:
+        return None
+    tz = billing_tz()
+    return found["first"].astimezone(tz).date(), found["last"].astimezone(tz).date()
+
+
+def rollups_cover(month: dt.date) -> bool:
+    """Whether the rollups of the calendar month containing `month` (billing timezone) account
+    for every call record of that month: their calls add up to its records' count. False when
+    records were loaded without their rollups (rebuild them first). One count over the month's
+    records (the `started_at` index or the month's partition) and one over its rollup rows."""
+    first = month.replace(day=1)
+    following = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    records = CallRecord.objects.filter(started_at__gte=_midnight(first), started_at__lt=_midnight(following)).count()
+    rolled = DailyRollup.objects.filter(day__gte=first, day__lt=following).aggregate(n=Sum("calls"))["n"] or 0
+    return records == rolled
+
+
+# --- reads -------------------------------------------------------------------------------------------
+
+
+def _record_sums() -> dict:
+    return {
+        "calls": Count("id"),
+        **{c: Sum(c) for c in TOKENS},
+        "quantity": Sum("quantity"),
+        "cost_usd": Sum("cost_usd", filter=Q(priced=True)),
+        "priced_calls": Count("id", filter=Q(priced=True)),
+        "unpriced_calls": Count("id", filter=Q(priced=False) & CARRIES_USAGE),
+    }
+
+
+def whole_days(start: dt.datetime, end: dt.datetime) -> tuple[dt.date, dt.date] | None:
+    """The billing-timezone days lying wholly inside [start, end), as (first, last), or None."""
+    tz = billing_tz()
+    local = start.astimezone(tz)
+    first = local.date() if _midnight(local.date()) == start else local.date() + dt.timedelta(days=1)
+    last = end.astimezone(tz).date() - dt.timedelta(days=1)  # the day before the one holding `end`
+    return (first, last) if first <= last else None
+
+
+def usage_sums(*, start: dt.datetime, end: dt.datetime, keys: Sequence[str], where: Q | None = None) -> list[dict]:
+    """Usage of [start, end) grouped by `keys`: one dict per group with the keys and SUMS
+    (`cost_usd` None when no call of the group was priced). `keys` and `where` are ORM lookups
+    both models share (`allocation_id`, `member__username`, `model__provider__name`, `outcome`,
+    `allocation__member`, ...) and `day`, the billing-timezone day. The days wholly inside the
+    range come from the rollups; a partial day at either edge from its records."""
+    where = where or Q()
+    days = whole_days(start, end)
+    parts: list[Iterable[dict]] = []
+    if days is None:
+        parts.append(_records(start, end, keys, where))
+    else:
+        first, last = days
+        if start < _midnight(first):
+            parts.append(_records(start, _midnight(first), keys, where))
+        parts.append(
+            DailyRollup.objects.filter(where, day__gte=first, day__lte=last)
+            .values(*keys)
+            .annotate(**{f"sum_{c}": Sum(c) for c in SUMS})
+            .order_by()
+        )
+        tail = _midnight(last + dt.timedelta(days=1))
+        if tail < end:
+            parts.append(_records(tail, end, keys, where))
+    return _fold(parts, keys)
+
+
+def _records(start: dt.datetime, end: dt.datetime, keys: Sequence[str], where: Q):
+    qs = CallRecord.objects.in_period(start, end).filter(where)
+    if "day" in keys:
+        qs = qs.annotate(day=TruncDate("started_at", tzinfo=billing_tz()))
+    return qs.values(*keys).annotate(**{f"sum_{c}": agg for c, agg in _record_sums().items()}).order_by()
+
+
+def _fold(parts: Iterable[Iterable[dict]], keys: Sequence[str]) -> list[dict]:
+    folded: dict[tuple, dict] = {}
+    for part in parts:
+        for row in part:
+            key = tuple(row[k] for k in keys)
+            into = folded.get(key)
+            if into is None:
+                into = folded[key] = {**{k: row[k] for k in keys}, **dict.fromkeys(SUMS, 0), "cost_usd": ZERO}
+            for c in SUMS:
+                into[c] += row[f"sum_{c}"] or 0
+    for row in folded.values():
+        row["cost_usd"] = Decimal(row["cost_usd"]) if row["priced_calls"] else None
+    return list(folded.values())
+
+
+def sort_key(value) -> tuple:
+    """Orders the groups of `usage_sums` as SQL's ORDER BY ... ASC does: NULL last."""
+    return (value is None, value if value is not None else 0)
