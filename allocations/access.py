@@ -39,7 +39,7 @@ class ProviderInfo:
     api_key: str
     is_active: bool
 
-    def __repr__(self):  # never print the credential
+    def __repr__(self) -> str:  # never print the credential
         return f"ProviderInfo(id={self.id!r}, kind={self.kind!r})"
 
 
@@ -320,7 +320,7 @@ def key_scope_held(plaintext: str) -> bool:
     return _snapshots[1].get(ApiKey.hash(plaintext)) is not None
 
 
-def key_touch(*, key_id: str, now=None, every_s: int = 60) -> None:
+def key_touch(*, key_id: str, now: datetime | None = None, every_s: int = 60) -> None:
     """Throttled last_used_at: at most one write per key per `every_s`."""
     now = now or timezone.now()
     ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=now - timedelta(seconds=every_s)).update(last_used_at=now)

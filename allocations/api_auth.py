@@ -1,12 +1,17 @@
 """DRF authentication by admin bearer token (made by `manage.py create_admin_token` or in admin)."""
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
+from rest_framework.request import Request
 
-from .models import AdminToken, ApiKey
+from .models import AdminToken, ApiKey, Member
+
+if TYPE_CHECKING:
+    from drf_spectacular.openapi import AutoSchema
 
 # A token's last use is written at most this often, so a busy script costs no write per call.
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
@@ -15,7 +20,7 @@ LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 class AdminTokenAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
-    def authenticate(self, request):
+    def authenticate(self, request: Request) -> tuple[Member, AdminToken] | None:
         header = request.headers.get("Authorization", "")
         if not header:
             return None
@@ -32,7 +37,7 @@ class AdminTokenAuthentication(authentication.BaseAuthentication):
             AdminToken.objects.filter(pk=row.pk).update(last_used_at=now)
         return row.user, row
 
-    def authenticate_header(self, request):
+    def authenticate_header(self, request: Request) -> str:
         return self.keyword
 
 
@@ -40,5 +45,5 @@ class AdminTokenScheme(OpenApiAuthenticationExtension):
     target_class = "allocations.api_auth.AdminTokenAuthentication"
     name = "adminToken"
 
-    def get_security_definition(self, auto_schema):
+    def get_security_definition(self, auto_schema: "AutoSchema") -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "description": "An admin token from `create_admin_token`."}

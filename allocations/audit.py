@@ -11,13 +11,19 @@ an actor-less event is labelled "system".
 
 import contextlib
 import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeAlias
 
+from django.contrib.auth.models import AnonymousUser
+from django.db.models import Model
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from lib.http import client_ip, request_id_of
 
-from .models import AuditEvent
+from .models import AuditEvent, Member
 
 
 @dataclass(frozen=True)
@@ -27,11 +33,25 @@ class AuditContext:
 
 
 NO_CONTEXT = AuditContext()
+
+
+@dataclass(frozen=True)
+class NamedActor:
+    """An actor that is no member (single sign-on creating a member: "sso"): its events carry its
+    name and no member."""
+
+    username: str
+    pk: None = None
+
+
+# Who acted: a member, an anonymous visitor, a named non-member, or nobody (a command or task: "system").
+Actor: TypeAlias = Member | AnonymousUser | NamedActor | None
+
 _context: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar("audit_context", default=None)
 
 
 @contextlib.contextmanager
-def audit_context(*, source_ip: str | None = None, request_id: str = ""):
+def audit_context(*, source_ip: str | None = None, request_id: str = "") -> Iterator[None]:
     token = _context.set(AuditContext(source_ip=source_ip, request_id=request_id))
     try:
         yield
@@ -39,10 +59,12 @@ def audit_context(*, source_ip: str | None = None, request_id: str = ""):
         _context.reset(token)
 
 
-def audit_context_middleware(get_response):
+def audit_context_middleware(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
     """Django middleware: the request's client address and request id for every audit event it writes."""
 
-    def middleware(request):
+    def middleware(request: HttpRequest) -> HttpResponse:
         with audit_context(source_ip=client_ip(request), request_id=request_id_of(request)):
             response = get_response(request)
         if not response.has_header("X-Request-Id"):
@@ -52,24 +74,30 @@ def audit_context_middleware(get_response):
     return middleware
 
 
+def actor_member(actor: Actor) -> Member | None:
+    """The member behind an actor, for a foreign key (None: an anonymous visitor or "system")."""
+    return actor if isinstance(actor, Member) and actor.pk else None
+
+
 def audit_record(
     *,
-    actor,
+    actor: Actor,
     action: str,
-    target,
+    target: Model | None,
     before: dict | None = None,
     after: dict | None = None,
-    now=None,
+    now: datetime | None = None,
     target_type: str | None = None,
     target_id: str | None = None,
 ) -> AuditEvent:
     context = _context.get() or NO_CONTEXT
     return AuditEvent.objects.create(
-        actor=actor if getattr(actor, "pk", None) else None,
+        actor=actor_member(actor),
         actor_label=getattr(actor, "username", None) or "system",
         action=action,
-        target_type=target_type or target._meta.model_name,
-        target_id=target_id or str(target.pk),
+        # A target of None comes with its target_type and target_id (a name that matched no row).
+        target_type=target_type or target._meta.model_name or "",  # type: ignore[union-attr]
+        target_id=target_id or str(target.pk),  # type: ignore[union-attr]
         before=before,
         after=after,
         source_ip=context.source_ip,

@@ -7,7 +7,7 @@ from django.db import transaction
 from lib.cache import bump_auth_generation
 
 from . import crypto
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .changes import check_known_fields, limits_snapshot, save_changed, validate_limits
 from .cost_options import allowed_options_clean, extra_client_tools_clean, unpriced_tools_clean
 from .exceptions import BadRequest
@@ -41,7 +41,9 @@ def provider_clean(*, name: str, kind: str, base_url: str) -> None:
         raise BadRequest("name is taken", fields={"name": ["A provider with that name already exists."]})
 
 
-def provider_create(*, name: str, kind: str, base_url: str = "", api_key: str = "", api_version: str = "", actor=None):
+def provider_create(
+    *, name: str, kind: str, base_url: str = "", api_key: str = "", api_version: str = "", actor: Actor = None
+) -> Provider:
     provider_clean(name=name, kind=kind, base_url=base_url)
     provider = Provider(name=name, kind=kind, base_url=base_url, api_version=api_version)
     if api_key:
@@ -64,7 +66,7 @@ def provider_create(*, name: str, kind: str, base_url: str = "", api_key: str = 
     return provider
 
 
-def provider_rotate_key(*, provider: Provider, api_key: str, actor=None) -> Provider:
+def provider_rotate_key(*, provider: Provider, api_key: str, actor: Actor = None) -> Provider:
     before = {"fingerprint": provider.key_fingerprint}
     provider.api_key_encrypted = crypto.encrypt(api_key)
     provider.key_fingerprint = Provider.fingerprint(api_key)
@@ -88,7 +90,7 @@ PROVIDER_KEY_BOUND = ("base_url", "kind")
 KEY_AGAIN = "Enter the API key again: a new base URL or kind needs it in the same change."
 
 
-def provider_update(*, provider: Provider, changes: dict, api_key: str = "", actor=None) -> Provider:
+def provider_update(*, provider: Provider, changes: dict, api_key: str = "", actor: Actor = None) -> Provider:
     """Saves what differs (one audit event) and, with `api_key`, rotates the key in the same
     transaction, so no call ever goes out with the old key to the new address."""
     check_known_fields(changes, PROVIDER_UPDATABLE)
@@ -106,7 +108,7 @@ def provider_key_check(*, provider: Provider, changes: dict, api_key: str) -> No
         raise BadRequest(f"changing {' and '.join(moved)} requires api_key", fields={"api_key": [KEY_AGAIN]})
 
 
-def provider_set_status(*, provider: Provider, status: str, actor=None) -> Provider:
+def provider_set_status(*, provider: Provider, status: str, actor: Actor = None) -> Provider:
     before = {"status": provider.status}
     provider.status = status
     with transaction.atomic():
@@ -126,11 +128,11 @@ def model_create(
     kind: str,
     display_name: str = "",
     limits: dict | None = None,
-    allowed_options=None,
+    allowed_options: list[str] | None = None,
     unpriced_tools: str = "remove",
-    extra_client_tools=None,
-    actor=None,
-):
+    extra_client_tools: list[str] | None = None,
+    actor: Actor = None,
+) -> CatalogModel:
     clean = validate_limits(limits or {})
     options = allowed_options_clean(allowed_options)
     tool_rules = {
@@ -183,7 +185,7 @@ MODEL_UPDATABLE = {
 }
 
 
-def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
+def model_update(*, model: CatalogModel, changes: dict, actor: Actor = None) -> CatalogModel:
     """Organisation-wide rate limits, the active flag, the display name, the cost-bearing options
     allowed, the tool rules (unpriced built-ins, extra client tool types) and whether unsupported
     parameters are dropped; one audit event
@@ -204,5 +206,5 @@ def model_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogMo
     return save_changed(model, clean, action="model_updated", actor=actor)
 
 
-def model_set_active(*, model: CatalogModel, is_active: bool, actor=None) -> CatalogModel:
+def model_set_active(*, model: CatalogModel, is_active: bool, actor: Actor = None) -> CatalogModel:
     return model_update(model=model, changes={"is_active": is_active}, actor=actor)

@@ -1,20 +1,26 @@
 """Validation and change helpers shared by the governance services (allocations, catalogue,
 keys, members)."""
 
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
 from django.db import transaction
+from django.db.models import Model
 
 from lib.cache import bump_auth_generation
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .exceptions import BadRequest
 from .models import RateLimits
 
+_M = TypeVar("_M", bound=Model)
 
-def limits_snapshot(obj) -> dict:
+
+def limits_snapshot(obj: RateLimits) -> dict:
     return {name: getattr(obj, name) for name in RateLimits.LIMIT_FIELDS}
 
 
-def validate_limit(name: str, value) -> int | None:
+def validate_limit(name: str, value: Any) -> int | None:
     """A rate limit: a whole number ≥ 1, or None/blank for no limit."""
     if value is None or value == "":
         return None
@@ -34,7 +40,7 @@ def validate_limits(data: dict) -> dict:
     return {name: validate_limit(name, data[name]) for name in RateLimits.LIMIT_FIELDS if name in data}
 
 
-def check_known_fields(changes: dict, allowed) -> None:
+def check_known_fields(changes: dict, allowed: Iterable[str]) -> None:
     unknown = set(changes) - set(allowed)
     if unknown:
         raise BadRequest(
@@ -43,7 +49,7 @@ def check_known_fields(changes: dict, allowed) -> None:
         )
 
 
-def save_changed(obj, changes: dict, *, action: str, actor=None):
+def save_changed(obj: _M, changes: dict, *, action: str, actor: Actor = None) -> _M:
     """Sets and saves the fields whose value differs, with one audit event (their values before and
     after), and bumps the auth generation once committed; nothing at all when none differs."""
     changed = {f: v for f, v in changes.items() if getattr(obj, f) != v}

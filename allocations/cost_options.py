@@ -7,6 +7,7 @@ model allows it and the price version in force prices it (quota.options, docs/DE
 """
 
 import re
+from typing import Any
 
 from .exceptions import BadRequest
 
@@ -49,7 +50,7 @@ OPTION_LABELS = {
 }
 
 
-def allowed_options_clean(value, *, field: str = "allowed_options") -> list[str]:
+def allowed_options_clean(value: Any, *, field: str = "allowed_options") -> list[str]:
     """A model's allowed options: a list of names from ALLOWED_OPTIONS, returned sorted and unique
     (so that a change is audited only when the set changes). Else BadRequest naming the field."""
     if value is None:
@@ -73,13 +74,13 @@ UNPRICED_TOOLS = (UNPRICED_REMOVE, UNPRICED_REFUSE)
 TOOL_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 
-def unpriced_tools_clean(value, *, field: str = "unpriced_tools") -> str:
+def unpriced_tools_clean(value: Any, *, field: str = "unpriced_tools") -> str:
     if value not in UNPRICED_TOOLS:
         raise BadRequest(f"{field} must be 'remove' or 'refuse'", fields={field: ["One of: remove, refuse."]})
     return value
 
 
-def extra_client_tools_clean(value, *, field: str = "extra_client_tools") -> list[str]:
+def extra_client_tools_clean(value: Any, *, field: str = "extra_client_tools") -> list[str]:
     """Tool types, beyond the known client tools, that a model lets through as executed by the
     client: a list of lower-case type names, returned sorted and unique. A built-in tool is never
     one (it would reach the provider unmetered), nor a type that passes anyway. Else BadRequest."""

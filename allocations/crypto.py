@@ -2,9 +2,13 @@
 
 import base64
 import hashlib
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from .models import Provider
 
 
 def _fernet() -> Fernet:
@@ -23,6 +27,6 @@ def decrypt(token: str) -> str:
     return _fernet().decrypt(token.encode()).decode()
 
 
-def provider_api_key(provider) -> str:
+def provider_api_key(provider: "Provider") -> str:
     """The provider's plaintext API key ("" when none is stored: a keyless upstream)."""
     return decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else ""

@@ -6,11 +6,13 @@ model alone (lists, reports, the realtime relay's labels) sees the deployment th
 first. A model always keeps at least one deployment.
 """
 
+from typing import Any
+
 from django.db import transaction
 
 from lib.cache import bump_auth_generation
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .changes import check_known_fields, validate_limit
 from .exceptions import BadRequest, Conflict
 from .models import CatalogModel, Deployment, Provider
@@ -31,7 +33,7 @@ def deployment_snapshot(deployment: Deployment) -> dict:
     }
 
 
-def _whole(name: str, value, *, maximum: int) -> int:
+def _whole(name: str, value: Any, *, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise BadRequest(f"invalid {name}", fields={name: [f"Enter a whole number from 0 to {maximum}."]})
     try:
@@ -76,7 +78,7 @@ def _sync_model(model: CatalogModel) -> None:
     model.save(update_fields=["provider", "upstream_name", "updated_at"])
 
 
-def deployment_create(*, model: CatalogModel, actor=None, **fields) -> Deployment:
+def deployment_create(*, model: CatalogModel, actor: Actor = None, **fields: Any) -> Deployment:
     clean = deployment_clean(fields)
     for required in ("provider", "upstream_name"):
         if required not in clean:
@@ -89,7 +91,7 @@ def deployment_create(*, model: CatalogModel, actor=None, **fields) -> Deploymen
     return deployment
 
 
-def deployment_update(*, deployment: Deployment, changes: dict, actor=None) -> Deployment:
+def deployment_update(*, deployment: Deployment, changes: dict, actor: Actor = None) -> Deployment:
     """Saves what differs, with one audit event; re-enabling a deployment the gateway took out
     clears its reason."""
     clean = deployment_clean(changes)
@@ -116,7 +118,7 @@ def deployment_update(*, deployment: Deployment, changes: dict, actor=None) -> D
     return deployment
 
 
-def deployment_delete(*, deployment: Deployment, actor=None) -> None:
+def deployment_delete(*, deployment: Deployment, actor: Actor = None) -> None:
     with transaction.atomic():
         model = CatalogModel.objects.select_for_update().get(pk=deployment.model_id)
         if Deployment.objects.filter(model=model).count() <= 1:

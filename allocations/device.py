@@ -12,8 +12,9 @@ for every later poll (RFC 8628 section 3.5).
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -24,7 +25,7 @@ from . import crypto
 from .audit import audit_record
 from .exceptions import InvalidTransition, NotFound
 from .keys import api_key_create
-from .models import Allocation, DeviceAuthorization
+from .models import Allocation, DeviceAuthorization, Member
 
 EXPIRES_IN_S = 600
 INTERVAL_S = 5
@@ -61,7 +62,7 @@ def device_rate_exceeded(*, kind: str, ip: str | None, count: bool = True) -> bo
 class DeviceGrantError(Exception):
     """A token-endpoint refusal; `code` is the OAuth `error` value (RFC 8628 section 3.5, RFC 6749 5.2)."""
 
-    def __init__(self, code: str, description: str = ""):
+    def __init__(self, code: str, description: str = "") -> None:
         super().__init__(code)
         self.code = code
         self.description = description
@@ -90,7 +91,7 @@ def _new_user_code() -> str:
     return "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(USER_CODE_LENGTH))
 
 
-def device_start(*, label: str = "", requested_from: str | None = None, now=None) -> DeviceStart:
+def device_start(*, label: str = "", requested_from: str | None = None, now: datetime | None = None) -> DeviceStart:
     """A new pending grant (RFC 8628 section 3.2). The device code exists only in the return value."""
     now = now or timezone.now()
     label = " ".join((label or "").split())[:100]
@@ -112,7 +113,7 @@ def device_start(*, label: str = "", requested_from: str | None = None, now=None
     raise RuntimeError("could not draw a free user code")
 
 
-def device_pending(*, user_code: str, now=None) -> DeviceAuthorization:
+def device_pending(*, user_code: str, now: datetime | None = None) -> DeviceAuthorization:
     """The pending, unexpired grant with this user code; NotFound otherwise."""
     now = now or timezone.now()
     code = user_code_normalise(user_code)
@@ -122,7 +123,7 @@ def device_pending(*, user_code: str, now=None) -> DeviceAuthorization:
     return found
 
 
-def _locked_pending(*, user_code: str, now) -> DeviceAuthorization:
+def _locked_pending(*, user_code: str, now: datetime) -> DeviceAuthorization:
     authorization = device_pending(user_code=user_code, now=now)
     authorization = DeviceAuthorization.objects.select_for_update().get(pk=authorization.pk)
     if authorization.status != Status.PENDING:
@@ -136,7 +137,9 @@ def _model_for(allocations: list[Allocation]) -> str:
     return (chat or allocations)[0].model.slug
 
 
-def device_approve(*, member, user_code: str, allocations, now=None) -> DeviceAuthorization:
+def device_approve(
+    *, member: Member, user_code: str, allocations: Iterable[Allocation], now: datetime | None = None
+) -> DeviceAuthorization:
     """Mints the key (named after the label, scoped to `allocations`, the member's own) and keeps
     it encrypted for the device's next poll."""
     now = now or timezone.now()
@@ -163,7 +166,7 @@ def device_approve(*, member, user_code: str, allocations, now=None) -> DeviceAu
     return authorization
 
 
-def device_deny(*, member, user_code: str, now=None) -> DeviceAuthorization:
+def device_deny(*, member: Member, user_code: str, now: datetime | None = None) -> DeviceAuthorization:
     now = now or timezone.now()
     with transaction.atomic():
         authorization = _locked_pending(user_code=user_code, now=now)
@@ -181,7 +184,7 @@ def device_deny(*, member, user_code: str, now=None) -> DeviceAuthorization:
     return authorization
 
 
-def _pace_error(authorization: DeviceAuthorization, now) -> DeviceGrantError:
+def _pace_error(authorization: DeviceAuthorization, now: datetime) -> DeviceGrantError:
     """RFC 8628 section 3.5: a poll sooner than `interval` after the last one is slow_down, and
     the interval grows by 5 seconds for this and every later poll."""
     last = authorization.last_polled_at
@@ -194,7 +197,7 @@ def _pace_error(authorization: DeviceAuthorization, now) -> DeviceGrantError:
     return DeviceGrantError("authorization_pending", "waiting for the member to approve")
 
 
-def device_poll(*, device_code: str, now=None) -> dict:
+def device_poll(*, device_code: str, now: datetime | None = None) -> dict:
     """The token response for one poll: `{access_token, token_type, model}` once, after approval;
     a DeviceGrantError with the RFC's error code otherwise."""
     now = now or timezone.now()
@@ -205,7 +208,7 @@ def device_poll(*, device_code: str, now=None) -> dict:
     return outcome
 
 
-def _poll_locked(device_code: str, now) -> dict | DeviceGrantError:
+def _poll_locked(device_code: str, now: datetime) -> dict | DeviceGrantError:
     authorization = (
         DeviceAuthorization.objects.select_for_update().filter(device_code_hash=_hash(device_code or "")).first()
     )
@@ -223,7 +226,7 @@ def _poll_locked(device_code: str, now) -> dict | DeviceGrantError:
     return _deliver(authorization, now)
 
 
-def _deliver(authorization: DeviceAuthorization, now) -> dict:
+def _deliver(authorization: DeviceAuthorization, now: datetime) -> dict:
     plaintext = crypto.decrypt(authorization.key_encrypted)
     authorization.status = Status.DELIVERED
     authorization.key_encrypted = ""

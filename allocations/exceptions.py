@@ -46,7 +46,7 @@ class TooManyAuthFailures(GatewayError):
 
     code, status, type = "rate_limited", 429, "rate_limit_error"
 
-    def __init__(self, message: str = "", *, retry_after: int = 60):
+    def __init__(self, message: str = "", *, retry_after: int = 60) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

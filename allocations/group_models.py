@@ -40,7 +40,7 @@ class Group(models.Model):
             ),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.name
 
 
@@ -68,5 +68,5 @@ class GroupRule(models.Model):
         verbose_name_plural = _("group rules")
         ordering = ["order", "created_at"]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.order}: {self.matcher} {self.pattern!r} -> {self.group}"

@@ -7,16 +7,17 @@ never blocks a sign-up.
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 
 from lib.cache import bump_auth_generation
 from lib.regex_guard import UnsafePattern, regex_check
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .changes import check_known_fields
 from .exceptions import BadRequest
-from .models import Group, GroupRule
+from .models import Group, GroupRule, Member
 
 logger = logging.getLogger(__name__)
 M = GroupRule.Matcher
@@ -24,7 +25,7 @@ REGEX_MATCHERS = (M.EMAIL_LOCALPART_REGEX, M.USERNAME_REGEX)
 RULE_FIELDS = ("order", "matcher", "pattern", "group", "enabled")
 
 
-def rule_pattern_clean(*, matcher: str, pattern) -> str:
+def rule_pattern_clean(*, matcher: str, pattern: Any) -> str:
     """The pattern as stored, or a field error: regexes pass the guard (lib.regex_guard),
     domains and suffixes are case-folded, `always` takes none."""
     if matcher not in M.values:
@@ -79,7 +80,7 @@ def group_rules_match(*, email: str = "", username: str = "") -> RuleMatch:
     return RuleMatch(None, tuple(failed))
 
 
-def group_rules_apply(*, member, actor=None) -> Group | None:
+def group_rules_apply(*, member: Member, actor: Actor = None) -> Group | None:
     """Places a newly created member in the group of the first matching rule; returns that group.
     Never raises: a rule that fails is skipped, logged and audited as `group_rule_failed`."""
     try:
@@ -135,7 +136,7 @@ def _rule_values(data: dict, *, current: GroupRule | None = None) -> dict:
     return values
 
 
-def group_rule_create(*, data: dict, actor=None) -> GroupRule:
+def group_rule_create(*, data: dict, actor: Actor = None) -> GroupRule:
     if "group" not in data:
         raise BadRequest("group is required", fields={"group": ["This field is required."]})
     values = _rule_values(data)
@@ -145,7 +146,7 @@ def group_rule_create(*, data: dict, actor=None) -> GroupRule:
     return rule
 
 
-def group_rule_update(*, rule: GroupRule, changes: dict, actor=None) -> GroupRule:
+def group_rule_update(*, rule: GroupRule, changes: dict, actor: Actor = None) -> GroupRule:
     values = _rule_values(changes, current=rule)
     before = _rule_snapshot(rule)
     for field, value in values.items():
@@ -159,7 +160,7 @@ def group_rule_update(*, rule: GroupRule, changes: dict, actor=None) -> GroupRul
     return rule
 
 
-def group_rule_delete(*, rule: GroupRule, actor=None) -> None:
+def group_rule_delete(*, rule: GroupRule, actor: Actor = None) -> None:
     with transaction.atomic():
         audit_record(actor=actor, action="group_rule_deleted", target=rule, before=_rule_snapshot(rule))
         rule.delete()

@@ -4,6 +4,7 @@ the next call of every process sees it."""
 
 import contextlib
 import uuid
+from collections.abc import Iterable
 
 from django.db import transaction
 from django.utils.text import slugify
@@ -11,7 +12,7 @@ from django.utils.text import slugify
 from lib.cache import bump_auth_generation
 from lib.serializers import money_str
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .changes import check_known_fields
 from .exceptions import BadRequest, Conflict
 from .models import CatalogModel, Group, Member
@@ -54,7 +55,7 @@ def _group_values(data: dict, *, current: Group | None) -> dict:
     return values
 
 
-def group_create(*, data: dict, actor=None) -> Group:
+def group_create(*, data: dict, actor: Actor = None) -> Group:
     values = _group_values(data, current=None)
     with transaction.atomic():
         group = Group.objects.create(**values)
@@ -62,7 +63,7 @@ def group_create(*, data: dict, actor=None) -> Group:
     return group
 
 
-def group_update(*, group: Group, changes: dict, actor=None) -> Group:
+def group_update(*, group: Group, changes: dict, actor: Actor = None) -> Group:
     values = _group_values(changes, current=group)
     before = group_snapshot(group)
     for field, value in values.items():
@@ -85,7 +86,7 @@ def group_update(*, group: Group, changes: dict, actor=None) -> Group:
     return group
 
 
-def group_delete(*, group: Group, actor=None) -> None:
+def group_delete(*, group: Group, actor: Actor = None) -> None:
     with transaction.atomic():
         audit_record(
             actor=actor,
@@ -97,7 +98,7 @@ def group_delete(*, group: Group, actor=None) -> None:
     transaction.on_commit(bump_auth_generation)  # its members' access may change
 
 
-def member_ref(ref) -> Member | None:
+def member_ref(ref: object) -> Member | None:
     if not isinstance(ref, str):
         return None
     found = Member.objects.filter(username=ref.strip().casefold()).first()
@@ -107,10 +108,11 @@ def member_ref(ref) -> Member | None:
     return found
 
 
-def _members(refs, field: str) -> list[Member]:
+def _members(refs: object, field: str) -> list[Member]:
     if not isinstance(refs, list) or len(refs) > 1000:
         raise BadRequest(f"{field} must be a list", fields={field: ["A list of member ids or usernames (≤ 1000)."]})
-    members, unknown = [], []
+    members: list[Member] = []
+    unknown: list[str] = []
     for ref in refs:
         member = member_ref(ref)
         (members.append(member) if member else unknown.append(str(ref)[:100]))
@@ -119,7 +121,9 @@ def _members(refs, field: str) -> list[Member]:
     return members
 
 
-def group_members_change(*, group: Group, add=(), remove=(), actor=None) -> Group:
+def group_members_change(
+    *, group: Group, add: Iterable[object] = (), remove: Iterable[object] = (), actor: Actor = None
+) -> Group:
     """Adds and removes members in one step (all or nothing); one audit event per member whose
     membership changed."""
     to_add, to_remove = _members(list(add), "add"), _members(list(remove), "remove")
@@ -143,7 +147,7 @@ def group_members_change(*, group: Group, add=(), remove=(), actor=None) -> Grou
     return group
 
 
-def group_ref(ref) -> Group | None:
+def group_ref(ref: object) -> Group | None:
     if not isinstance(ref, str):
         return None
     found = Group.objects.filter(slug=ref.strip()).first()
@@ -153,7 +157,7 @@ def group_ref(ref) -> Group | None:
     return found
 
 
-def groups_by_refs(refs, field: str) -> list[Group]:
+def groups_by_refs(refs: object, field: str) -> list[Group]:
     if not isinstance(refs, list):
         raise BadRequest(f"{field} must be a list", fields={field: ["A list of group ids or slugs."]})
     groups = [group_ref(ref) for ref in refs]
@@ -171,7 +175,7 @@ def access_snapshot(model: CatalogModel) -> dict:
     }
 
 
-def model_access_update(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
+def model_access_update(*, model: CatalogModel, changes: dict, actor: Actor = None) -> CatalogModel:
     """Sets the model's access, allowed and denied groups (groups by id or slug); one audit event
     `model_access_updated` with the policy before and after."""
     check_known_fields(changes, ACCESS_FIELDS)

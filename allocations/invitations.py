@@ -4,15 +4,16 @@ Issuing a new invitation ends the member's earlier unused ones."""
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
-from .audit import audit_record
+from .audit import Actor, actor_member, audit_record
 from .exceptions import BadRequest, GatewayError
 from .members import password_check
 from .models import Invitation, Member
@@ -41,7 +42,9 @@ def mail_configured() -> bool:
     return settings.EMAIL_BACKEND not in NOT_MAILING
 
 
-def invitation_issue(*, member: Member, url_for, actor=None, now=None) -> IssuedInvitation:
+def invitation_issue(
+    *, member: Member, url_for: Callable[[str], str], actor: Actor = None, now: datetime | None = None
+) -> IssuedInvitation:
     """A new link for `member`; `url_for(token)` makes it absolute. Mailed when mail is configured
     and the member has an address."""
     if not member.is_active:
@@ -51,7 +54,7 @@ def invitation_issue(*, member: Member, url_for, actor=None, now=None) -> Issued
     with transaction.atomic():
         Invitation.objects.filter(member=member, used_at__isnull=True, expires_at__gt=now).update(expires_at=now)
         invitation = Invitation.objects.create(
-            member=member, token_hash=_hash(token), expires_at=now + VALID_FOR, created_by=actor
+            member=member, token_hash=_hash(token), expires_at=now + VALID_FOR, created_by=actor_member(actor)
         )
         mailed = bool(member.email) and mail_configured()
         audit_record(
@@ -66,7 +69,7 @@ def invitation_issue(*, member: Member, url_for, actor=None, now=None) -> Issued
     return IssuedInvitation(invitation=invitation, token=token, mailed=mailed)
 
 
-def _mail(*, member: Member, url: str, expires_at) -> None:
+def _mail(*, member: Member, url: str, expires_at: datetime) -> None:
     body = (
         f"Hello {member.get_username()},\n\n"
         "you are invited to the organisation's AI API gateway. Open this link to set your password "
@@ -75,7 +78,7 @@ def _mail(*, member: Member, url: str, expires_at) -> None:
     send_mail("Your invitation to the AI API gateway", body, settings.DEFAULT_FROM_EMAIL, [member.email])
 
 
-def invitation_valid(*, token: str, now=None) -> Invitation:
+def invitation_valid(*, token: str, now: datetime | None = None) -> Invitation:
     """The unused, unexpired invitation of an active member for this link; InvitationGone otherwise."""
     now = now or timezone.now()
     found = Invitation.objects.select_related("member").filter(token_hash=_hash(token or "")).first()
@@ -84,7 +87,7 @@ def invitation_valid(*, token: str, now=None) -> Invitation:
     return found
 
 
-def invitation_accept(*, token: str, password: str, now=None) -> Member:
+def invitation_accept(*, token: str, password: str, now: datetime | None = None) -> Member:
     """Sets the member's password (the policy applies) and uses the invitation up."""
     now = now or timezone.now()
     with transaction.atomic():

@@ -2,20 +2,24 @@
 remains, at most one per model (the database enforces that too), only the key owner's own and
 none revoked. Audited as `key_scope_updated` with the allocations before and after."""
 
+from collections.abc import Iterable
+
 from django.db import transaction
 
 from lib.cache import bump_auth_generation
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .exceptions import BadRequest, InvalidTransition, ScopeConflict, ScopeForbidden
 from .models import Allocation, ApiKey, ApiKeyScope
 
 
-def _ids(allocations) -> list[str]:
+def _ids(allocations: Iterable[Allocation]) -> list[str]:
     return sorted(str(a.pk) for a in allocations)
 
 
-def api_key_set_scope(*, key: ApiKey, add=(), remove=(), actor=None) -> ApiKey:
+def api_key_set_scope(
+    *, key: ApiKey, add: Iterable[Allocation] = (), remove: Iterable[Allocation] = (), actor: Actor = None
+) -> ApiKey:
     add, remove = list(add), list(remove)
     if not add and not remove:
         raise BadRequest("give allocations to add or remove", fields={"add": ["Give at least one."]})

@@ -1,13 +1,15 @@
 """Writes to API keys: create, rotate, rename, expire, revoke. Each one audits."""
 
 import secrets
+from collections.abc import Iterable
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
 
 from lib.cache import bump_auth_generation
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .exceptions import BadRequest, InvalidTransition, ScopeConflict, ScopeForbidden
 from .members import (  # noqa: F401  (members and admin tokens are governed in .members; callers use services)
     admin_token_create,
@@ -18,7 +20,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     member_set_roles,
     member_update,
 )
-from .models import Allocation, ApiKey, ApiKeyScope
+from .models import Allocation, ApiKey, ApiKeyScope, Member
 
 # --- API keys ------------------------------------------------------------------------------------
 
@@ -28,7 +30,7 @@ def _new_plaintext_key() -> str:
     return ApiKey.PLAINTEXT_PREFIX + secrets.token_urlsafe(32)
 
 
-def _check_scope(*, member, allocations) -> list[Allocation]:
+def _check_scope(*, member: Member, allocations: Iterable[Allocation]) -> list[Allocation]:
     allocations = list(allocations)
     if not allocations:
         raise BadRequest("a key needs at least one allocation", fields={"allocations": ["Choose at least one."]})
@@ -42,12 +44,21 @@ def _check_scope(*, member, allocations) -> list[Allocation]:
     return allocations
 
 
-def _check_expiry(expires_at, now) -> None:
+def _check_expiry(expires_at: datetime | None, now: datetime) -> None:
     if expires_at is not None and (timezone.is_naive(expires_at) or expires_at <= now):
         raise BadRequest("expires_at must be in the future", fields={"expires_at": ["A future date and time."]})
 
 
-def api_key_create(*, member, name: str, allocations, actor=None, is_default: bool = False, now=None, expires_at=None):
+def api_key_create(
+    *,
+    member: Member,
+    name: str,
+    allocations: Iterable[Allocation],
+    actor: Actor = None,
+    is_default: bool = False,
+    now: datetime | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
     """Returns (key, plaintext). The plaintext exists only in this return value."""
     allocations = _check_scope(member=member, allocations=allocations)
     _check_expiry(expires_at, now or timezone.now())
@@ -82,11 +93,13 @@ def api_key_create(*, member, name: str, allocations, actor=None, is_default: bo
     return key, plaintext
 
 
-def _iso(value) -> str | None:
+def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def api_key_set_expiry(*, key: ApiKey, expires_at, actor=None, now=None) -> ApiKey:
+def api_key_set_expiry(
+    *, key: ApiKey, expires_at: datetime | None, actor: Actor = None, now: datetime | None = None
+) -> ApiKey:
     """Sets or clears (None) when the key stops working; an expired key answers 401."""
     if key.is_revoked:
         raise InvalidTransition("a revoked key cannot be changed")
@@ -104,7 +117,7 @@ def api_key_set_expiry(*, key: ApiKey, expires_at, actor=None, now=None) -> ApiK
     return key
 
 
-def api_key_rotate(*, key: ApiKey, actor=None, now=None):
+def api_key_rotate(*, key: ApiKey, actor: Actor = None, now: datetime | None = None) -> tuple[ApiKey, str]:
     if key.is_revoked:
         raise InvalidTransition("a revoked key cannot be rotated")
     now = now or timezone.now()
@@ -120,7 +133,7 @@ def api_key_rotate(*, key: ApiKey, actor=None, now=None):
     return key, plaintext
 
 
-def api_key_revoke(*, key: ApiKey, actor=None, now=None) -> ApiKey:
+def api_key_revoke(*, key: ApiKey, actor: Actor = None, now: datetime | None = None) -> ApiKey:
     if key.is_revoked:
         return key
     now = now or timezone.now()
@@ -134,7 +147,7 @@ def api_key_revoke(*, key: ApiKey, actor=None, now=None) -> ApiKey:
     return key
 
 
-def api_key_rename(*, key: ApiKey, name: str, actor=None) -> ApiKey:
+def api_key_rename(*, key: ApiKey, name: str, actor: Actor = None) -> ApiKey:
     name = (name or "").strip()
     if not name:
         raise BadRequest("name is required", fields={"name": ["This field is required."]})

@@ -9,13 +9,17 @@ sign-in reads the same whatever the password was, so the form is no oracle for o
 """
 
 import hashlib
+from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
+from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
+from allocations.models import Member
 from lib.http import client_ip
 
 MAX_FAILURES_PER_USERNAME = 5
@@ -40,7 +44,7 @@ def _keys(username: str, ip: str, kind: str = "login-fail") -> tuple[str, str]:
     return f"portal:{kind}:user:{digest}", f"portal:{kind}:ip:{ip}"
 
 
-def _count(keys, window: int) -> None:
+def _count(keys: Iterable[str], window: int) -> None:
     for key in keys:
         # add() starts the window only on the first count; incr() is atomic in Redis.
         cache.add(key, 0, timeout=window)
@@ -92,7 +96,7 @@ class RateLimitedAuthenticationForm(AuthenticationForm):
 
     rate_limited = False
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         username = self.cleaned_data.get("username") or ""
         ip = (client_ip(self.request) if self.request is not None else None) or "unknown"
         if sign_in_mode() == "off":  # refused before any password is checked
@@ -108,12 +112,12 @@ class RateLimitedAuthenticationForm(AuthenticationForm):
         login_succeeded(username=username)
         return cleaned
 
-    def confirm_login_allowed(self, user):
+    def confirm_login_allowed(self, user: Member) -> None:
         super().confirm_login_allowed(user)
         if not password_login_allowed(user):  # the same refusal as a wrong password's
             raise self.get_invalid_login_error()
 
-    def get_invalid_login_error(self):
+    def get_invalid_login_error(self) -> ValidationError:
         if sign_in_mode() == "staff":
             return ValidationError(self.error_messages["invalid_login_staff"], code="invalid_login")
         return super().get_invalid_login_error()
@@ -125,11 +129,11 @@ class RateLimitedPasswordResetForm(PasswordResetForm):
 
     rate_limited = False
 
-    def __init__(self, *args, request=None, **kwargs):
+    def __init__(self, *args: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request = request
 
-    def clean_email(self):
+    def clean_email(self) -> str:
         email = self.cleaned_data["email"]
         ip = (client_ip(self.request) if self.request is not None else None) or "unknown"
         if not password_reset_allowed(email=email, ip=ip):
@@ -145,6 +149,6 @@ def sign_in_mode() -> str:
     return settings.GATEWAY_PASSWORD_LOGIN
 
 
-def password_login_allowed(user) -> bool:
+def password_login_allowed(user: Member) -> bool:
     mode = sign_in_mode()
     return mode == "all" or (mode == "staff" and user.is_staff)

@@ -7,15 +7,17 @@ cannot both succeed. Audit events record that a password changed, never the pass
 
 import datetime as dt
 import secrets
+from datetime import datetime
 
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from lib.cache import bump_auth_generation
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .changes import check_known_fields
 from .exceptions import BadRequest, Conflict, Forbidden
 from .group_rules import group_rules_apply
@@ -44,8 +46,8 @@ def member_create(
     password: str | None = None,
     is_staff: bool = False,
     is_superuser: bool = False,
-    actor=None,
-):
+    actor: Actor = None,
+) -> Member:
     if is_superuser:
         _superuser_only(actor, "only a superuser can make a superuser")
     username = (username or "").strip().casefold()
@@ -77,7 +79,7 @@ def member_create(
     return member
 
 
-def member_set_password(*, member: Member, password: str, actor=None) -> Member:
+def member_set_password(*, member: Member, password: str, actor: Actor = None) -> Member:
     """The audit event records that the password changed, never the password or its hash."""
     superuser_target_check(member=member, actor=actor)
     password_check(password=password, member=member)
@@ -92,7 +94,7 @@ def _is_admin(*, is_active: bool, is_staff: bool) -> bool:
     return is_active and is_staff
 
 
-def _admins():
+def _admins() -> QuerySet[Member]:
     return Member.objects.filter(is_active=True, is_staff=True)
 
 
@@ -112,7 +114,7 @@ def last_admin_check(*, member: Member, is_active: bool, is_staff: bool, lock: b
         raise LastAdmin("the last active admin cannot be disabled or demoted; make another admin first")
 
 
-def member_update(*, member: Member, changes: dict, actor=None) -> Member:
+def member_update(*, member: Member, changes: dict, actor: Actor = None) -> Member:
     """Changes `is_active`, `is_staff` and/or `email`; one audit event per kind of change."""
     check_known_fields(changes, MEMBER_UPDATABLE)
     if "email" in changes:
@@ -143,7 +145,7 @@ def member_update(*, member: Member, changes: dict, actor=None) -> Member:
     return locked
 
 
-def _audit_member_changes(member: Member, before: dict, after: dict, actor) -> None:
+def _audit_member_changes(member: Member, before: dict, after: dict, actor: Actor) -> None:
     if "is_active" in after:
         action = "member_enabled" if after["is_active"] else "member_disabled"
         audit_record(actor=actor, action=action, target=member, before={"is_active": before["is_active"]}, after=after)
@@ -166,29 +168,29 @@ def _audit_member_changes(member: Member, before: dict, after: dict, actor) -> N
         )
 
 
-def member_set_active(*, member: Member, is_active: bool, actor=None) -> Member:
+def member_set_active(*, member: Member, is_active: bool, actor: Actor = None) -> Member:
     return member_update(member=member, changes={"is_active": is_active}, actor=actor)
 
 
-def _superuser_only(actor, message: str) -> None:
+def _superuser_only(actor: Actor, message: str) -> None:
     """Actor None is an operator's command (shell access outranks any role)."""
     if actor is not None and not getattr(actor, "is_superuser", False):
         raise Forbidden(message)
 
 
-def may_change_member(*, member: Member, actor) -> bool:
+def may_change_member(*, member: Member, actor: Actor) -> bool:
     """Whether `actor` may change `member`'s password, email, active or staff flag: a superuser's
     are changed by superusers only (or an operator's command, actor None), so that no staff member
     can take a superuser's account over, directly or through a password reset mail or SSO."""
     return not member.is_superuser or actor is None or bool(getattr(actor, "is_superuser", False))
 
 
-def superuser_target_check(*, member: Member, actor) -> None:
+def superuser_target_check(*, member: Member, actor: Actor) -> None:
     if not may_change_member(member=member, actor=actor):
         raise Forbidden(SUPERUSER_TARGET)
 
 
-def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, actor=None) -> Member:
+def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, actor: Actor = None) -> Member:
     before = {"is_staff": member.is_staff, "is_superuser": member.is_superuser}
     after = {"is_staff": is_staff or is_superuser, "is_superuser": is_superuser}
     if before == after:
@@ -204,7 +206,7 @@ def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, acto
     return member
 
 
-def member_link_sso(*, member: Member, subject: str | None, actor=None) -> Member:
+def member_link_sso(*, member: Member, subject: str | None, actor: Actor = None) -> Member:
     """Links the member to the single sign-on identity `subject` (the IdP's `sub`), or unlinks it
     (None). Whoever holds the linked identity signs in as that account, so an admin account is
     linked by a superuser, or by its own member (signed in with the password, then at the IdP)."""
@@ -232,7 +234,9 @@ def member_link_sso(*, member: Member, subject: str | None, actor=None) -> Membe
 # --- admin tokens --------------------------------------------------------------------------------
 
 
-def admin_token_create(*, user, actor=None, expires_days: int | None = None, now=None) -> str:
+def admin_token_create(
+    *, user: Member, actor: Actor = None, expires_days: int | None = None, now: datetime | None = None
+) -> str:
     """Mints a token for `user` and returns its plaintext (stored only hashed). The audit actor is
     whoever minted it (None = an operator's command). Only a superuser mints for someone else."""
     if actor is not None and actor.pk != user.pk:
@@ -256,7 +260,7 @@ def admin_token_create(*, user, actor=None, expires_days: int | None = None, now
     return plaintext
 
 
-def admin_token_revoke(*, token: AdminToken, actor=None, now=None) -> AdminToken:
+def admin_token_revoke(*, token: AdminToken, actor: Actor = None, now: datetime | None = None) -> AdminToken:
     if token.revoked_at is not None:
         return token
     token.revoked_at = now or timezone.now()

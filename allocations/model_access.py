@@ -6,6 +6,7 @@ their groups is allowed it. `access_decide` is that rule on plain values; the ke
 `member_may_use` / `model_access_for` or directly with what they already loaded.
 """
 
+import uuid
 from dataclasses import dataclass
 
 from .models import CatalogModel, Group, Member
@@ -45,7 +46,7 @@ def access_decide(
     return AccessDecision(False, tuple(reasons))
 
 
-def member_groups_of(member_id) -> dict[str, str]:
+def member_groups_of(member_id: uuid.UUID) -> dict[str, str]:
     return {str(pk): slug for pk, slug in Group.objects.filter(members=member_id).values_list("pk", "slug")}
 
 
@@ -59,7 +60,9 @@ def model_policy(model: CatalogModel) -> tuple[set[str], set[str]]:
     )
 
 
-def member_access(*, member, model: CatalogModel, member_groups: dict[str, str] | None = None) -> AccessDecision:
+def member_access(
+    *, member: Member, model: CatalogModel, member_groups: dict[str, str] | None = None
+) -> AccessDecision:
     allowed, denied = model_policy(model)
     if member_groups is None:
         member_groups = member_groups_of(member.pk)
@@ -68,7 +71,7 @@ def member_access(*, member, model: CatalogModel, member_groups: dict[str, str] 
     )
 
 
-def member_may_use(member, model: CatalogModel) -> bool:
+def member_may_use(member: Member, model: CatalogModel) -> bool:
     """The one "usable" decision (self-service claims, catalogues): the access rule for an active
     model."""
     return model.is_active and member_access(member=member, model=model).allowed

@@ -2,7 +2,8 @@
 
 import hashlib
 import uuid
-from typing import ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, NoReturn, Self
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
@@ -13,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 
 class MemberManager(UserManager["Member"]):
-    def get_by_natural_key(self, username):
+    def get_by_natural_key(self, username: str | None) -> "Member":
         return self.get(**{self.model.USERNAME_FIELD: (username or "").casefold()})
 
 
@@ -38,7 +39,7 @@ class Member(AbstractUser):
         verbose_name = _("member")
         verbose_name_plural = _("members")
 
-    def save(self, *args, **kwargs):
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self.username = (self.username or "").casefold()
         self.email = (self.email or "").casefold()
         super().save(*args, **kwargs)
@@ -70,11 +71,11 @@ class Provider(models.Model):
         verbose_name = _("provider")
         verbose_name_plural = _("providers")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.name
 
     @property
-    def is_active(self):
+    def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
 
     @staticmethod
@@ -193,7 +194,7 @@ class CatalogModel(RateLimits):
         verbose_name = _("model")
         verbose_name_plural = _("models")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.slug
 
     @property
@@ -202,7 +203,7 @@ class CatalogModel(RateLimits):
 
 
 class DeploymentQuerySet(models.QuerySet):
-    def in_order(self):
+    def in_order(self) -> Self:
         """Priority first (lower first), then the order they were added: the first is the model's
         own provider and upstream name."""
         return self.order_by("priority", "created_at", "id")
@@ -241,15 +242,15 @@ class Deployment(models.Model):
         verbose_name_plural = _("deployments")
         indexes = [models.Index(fields=["model", "priority", "created_at"])]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.provider} / {self.upstream_name}"
 
 
 class AllocationQuerySet(models.QuerySet):
-    def active(self):
+    def active(self) -> Self:
         return self.filter(status=Allocation.Status.ACTIVE)
 
-    def owned_by(self, member):
+    def owned_by(self, member: Member) -> Self:
         return self.filter(member=member)
 
 
@@ -315,16 +316,16 @@ class Allocation(RateLimits):
             ),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.display_name or self.model.slug} ({self.member.username})"
 
     @property
-    def is_active(self):
+    def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
 
 
 class ApiKeyQuerySet(models.QuerySet):
-    def live(self):
+    def live(self) -> Self:
         return self.filter(revoked_at__isnull=True)
 
 
@@ -356,14 +357,14 @@ class ApiKey(models.Model):
         verbose_name = _("API key")
         verbose_name_plural = _("API keys")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
     @property
-    def is_revoked(self):
+    def is_revoked(self) -> bool:
         return self.revoked_at is not None
 
-    def is_expired(self, now) -> bool:
+    def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 
     @staticmethod
@@ -390,7 +391,7 @@ class ApiKeyScope(models.Model):
 
 
 class AdminTokenQuerySet(models.QuerySet):
-    def usable(self, now):
+    def usable(self, now: datetime) -> Self:
         return self.filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now), revoked_at__isnull=True)
 
 
@@ -414,15 +415,15 @@ class AdminToken(models.Model):
         verbose_name = _("admin token")
         verbose_name_plural = _("admin tokens")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
 
 
 class AuditEventQuerySet(models.QuerySet):
-    def update(self, **kwargs):
+    def update(self, **kwargs: Any) -> NoReturn:
         raise AuditEvent.Immutable("audit events are append-only")
 
-    def delete(self):
+    def delete(self) -> NoReturn:
         raise AuditEvent.Immutable("audit events are append-only")
 
 
@@ -459,15 +460,15 @@ class AuditEvent(models.Model):
         verbose_name_plural = _("audit events")
         indexes = [models.Index(fields=["target_type", "target_id", "created_at"])]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.action} {self.target_type}:{self.target_id}"
 
-    def save(self, *args, **kwargs):
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
             raise self.Immutable("audit events are append-only")
         super().save(*args, **kwargs)
 
-    def delete(self, *args, **kwargs):
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise self.Immutable("audit events are append-only")
 
 
@@ -512,7 +513,7 @@ class DeviceAuthorization(models.Model):
         verbose_name = _("device sign-in")
         verbose_name_plural = _("device sign-ins")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.user_code[:4]}-{self.user_code[4:]} ({self.status})"
 
 
@@ -540,7 +541,7 @@ class Invitation(models.Model):
         verbose_name = _("invitation")
         verbose_name_plural = _("invitations")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"invitation of {self.member_id} until {self.expires_at:%Y-%m-%d %H:%M}"
 
 
@@ -567,7 +568,7 @@ class ReclaimLock(models.Model):
         verbose_name_plural = _("reclaim locks")
         constraints = [models.UniqueConstraint(fields=["member", "model"], name="reclaim_lock_once")]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"re-claim lock {self.member_id} / {self.model_id}"
 
 

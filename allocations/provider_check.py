@@ -7,9 +7,11 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
+from http.client import HTTPMessage
+from typing import IO
 from urllib.parse import quote, urlsplit
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .crypto import provider_api_key
 from .models import Deployment, Provider, ProviderKind
 
@@ -27,7 +29,15 @@ class CheckResult:
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect would carry the key to wherever the upstream points: refused, as on /v1."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> None:
         return None
 
 
@@ -86,7 +96,9 @@ def _probe(provider: Provider, *, billable: bool, upstream_name: str) -> CheckRe
     return CheckResult(ok=ok, status=status, latency_ms=latency, error=_redacted(error, provider))
 
 
-def provider_test(*, provider: Provider, billable: bool = False, upstream_name: str = "", actor=None) -> CheckResult:
+def provider_test(
+    *, provider: Provider, billable: bool = False, upstream_name: str = "", actor: Actor = None
+) -> CheckResult:
     """Calls the provider outside any transaction, then audits the outcome (`provider_tested`).
     A billable test needs an upstream name: the one given, else the provider's first deployment's."""
     if billable and not upstream_name:

@@ -13,10 +13,10 @@ from lib.serializers import money_str
 
 from . import services
 from .access import member_may_use
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .changes import check_known_fields
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound
-from .models import Allocation, CatalogModel, ReclaimLock
+from .models import Allocation, ApiKey, CatalogModel, Member, ReclaimLock
 
 
 class ModelNotSelfService(Forbidden):
@@ -35,13 +35,13 @@ class ReclaimLocked(Forbidden):
     code = "reclaim_locked"
 
 
-def held(*, member, model) -> bool:
+def held(*, member: Member, model: CatalogModel) -> bool:
     """A live (not revoked) allocation of `model`, admin-made or claimed: paused ones count, so a
     claim never steps around a pause or a quarantine."""
     return Allocation.objects.filter(member=member, model=model).exclude(status=Allocation.Status.REVOKED).exists()
 
 
-def claim_state(*, member, model, held_ids: set, locked_ids: set) -> str:
+def claim_state(*, member: Member, model: CatalogModel, held_ids: set, locked_ids: set) -> str:
     if model.pk in held_ids:
         return "held"
     if model.pk in locked_ids:
@@ -49,7 +49,7 @@ def claim_state(*, member, model, held_ids: set, locked_ids: set) -> str:
     return "claimable"
 
 
-def claim_check(*, member, model: CatalogModel) -> None:
+def claim_check(*, member: Member, model: CatalogModel) -> None:
     if not member.is_active:
         raise Forbidden("a disabled member cannot claim models")
     if not model.self_service or not model.is_active:
@@ -69,7 +69,7 @@ def model_by_slug(slug: str) -> CatalogModel:
     return model
 
 
-def claim(*, member, model: CatalogModel):
+def claim(*, member: Member, model: CatalogModel) -> tuple[Allocation, ApiKey, str]:
     """Returns (allocation, key, plaintext): the allocation (origin self_service, the model's
     default caps) and its default key, shown once."""
     claim_check(member=member, model=model)
@@ -100,7 +100,7 @@ def self_service_snapshot(model: CatalogModel) -> dict:
     }
 
 
-def model_set_self_service(*, model: CatalogModel, changes: dict, actor=None) -> CatalogModel:
+def model_set_self_service(*, model: CatalogModel, changes: dict, actor: Actor = None) -> CatalogModel:
     """The self-service switch and the default caps of a claim (null = none); audited as
     `model_self_service_updated` with the values before and after."""
     check_known_fields(changes, SELF_SERVICE_FIELDS)

@@ -4,14 +4,16 @@ Admin, the admin API, the portal and the commands call these functions, never th
 so no path skips the audit trail or the request-path cache invalidation.
 """
 
+from collections.abc import Callable, Collection
 from decimal import Decimal
+from typing import Any
 
 from django.db import IntegrityError, transaction
 
 from lib.cache import bump_auth_generation
 from lib.serializers import money_str
 
-from .audit import audit_record
+from .audit import Actor, audit_record
 from .catalog import (  # noqa: F401  (providers and models are governed in .catalog; callers use services)
     MODEL_UPDATABLE,
     PROVIDER_KEY_BOUND,
@@ -45,7 +47,7 @@ from .members import (  # noqa: F401  (members and admin tokens are governed in 
     member_set_roles,
     member_update,
 )
-from .models import Allocation, ApiKey, CatalogModel, RateLimits
+from .models import Allocation, ApiKey, CatalogModel, Member, RateLimits
 from .reclaim import reclaim_lock_after_revoke
 
 Status = Allocation.Status
@@ -69,7 +71,7 @@ def allocation_snapshot(allocation: Allocation) -> dict:
 # --- allocations ---------------------------------------------------------------------------------
 
 
-def validate_token_quota(value):
+def validate_token_quota(value: Any) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -88,7 +90,7 @@ def validate_token_quota(value):
 COST_CAP_MAX = Decimal("99999999999")  # numeric(20, 9) holds 11 integer digits
 
 
-def validate_cost_cap(value):
+def validate_cost_cap(value: Any) -> Decimal | None:
     message = {"quota_cost_usd_per_month": ["Enter an amount in USD ≥ 0 (blank for no cap)."]}
     if value is None or value == "":
         return None
@@ -110,16 +112,16 @@ def validate_cost_cap(value):
 
 def allocation_create(
     *,
-    member,
+    member: Member,
     model: CatalogModel,
     display_name: str = "",
-    quota_tokens_per_month=None,
-    quota_cost_usd_per_month=None,
+    quota_tokens_per_month: int | str | None = None,
+    quota_cost_usd_per_month: Decimal | int | float | str | None = None,
     is_service_allocation: bool = False,
     limits: dict | None = None,
-    actor=None,
+    actor: Actor = None,
     origin: str = Allocation.Origin.ADMIN,
-):
+) -> tuple[Allocation, ApiKey, str]:
     """Creates the allocation and its default key. Returns (allocation, key, plaintext)."""
     tokens = validate_token_quota(quota_tokens_per_month)
     cost = validate_cost_cap(quota_cost_usd_per_month)
@@ -185,7 +187,7 @@ def _clean_update(changes: dict) -> dict:
     return clean
 
 
-def allocation_update(*, allocation: Allocation, changes: dict, actor=None) -> Allocation:
+def allocation_update(*, allocation: Allocation, changes: dict, actor: Actor = None) -> Allocation:
     """Validates every field before writing anything; one audit event per kind of change."""
     clean = _clean_update(changes)
     changed = {f: v for f, v in clean.items() if getattr(allocation, f) != v}
@@ -222,7 +224,17 @@ def allocation_update(*, allocation: Allocation, changes: dict, actor=None) -> A
     return allocation
 
 
-def _transition(*, allocation, action, allowed_from, to_status, actor, paused_by="", reason="", check=None):
+def _transition(
+    *,
+    allocation: Allocation,
+    action: str,
+    allowed_from: Collection[str],
+    to_status: str,
+    actor: Actor,
+    paused_by: str = "",
+    reason: str = "",
+    check: Callable[[Allocation], None] | None = None,
+) -> Allocation:
     with transaction.atomic():
         locked = Allocation.objects.select_for_update().get(pk=allocation.pk)
         if locked.status not in allowed_from:
@@ -239,7 +251,7 @@ def _transition(*, allocation, action, allowed_from, to_status, actor, paused_by
     return allocation
 
 
-def allocation_pause(*, allocation: Allocation, by: str = "admin", actor=None, reason: str = "") -> Allocation:
+def allocation_pause(*, allocation: Allocation, by: str = "admin", actor: Actor = None, reason: str = "") -> Allocation:
     return _transition(
         allocation=allocation,
         action="allocation_paused",
@@ -251,8 +263,8 @@ def allocation_pause(*, allocation: Allocation, by: str = "admin", actor=None, r
     )
 
 
-def allocation_resume(*, allocation: Allocation, by: str = "admin", actor=None) -> Allocation:
-    def check(locked):
+def allocation_resume(*, allocation: Allocation, by: str = "admin", actor: Actor = None) -> Allocation:
+    def check(locked: Allocation) -> None:
         if by == Allocation.PausedBy.MEMBER and locked.paused_by == Allocation.PausedBy.ADMIN:
             raise Forbidden("this allocation was paused by an admin; only an admin can resume it")
 
@@ -266,7 +278,7 @@ def allocation_resume(*, allocation: Allocation, by: str = "admin", actor=None) 
     )
 
 
-def allocation_revoke(*, allocation: Allocation, actor=None, reason: str = "") -> Allocation:
+def allocation_revoke(*, allocation: Allocation, actor: Actor = None, reason: str = "") -> Allocation:
     """Revoking a self-service allocation (by anyone but its member) locks its re-claim (.reclaim)."""
     with transaction.atomic():
         revoked = _transition(
@@ -281,7 +293,7 @@ def allocation_revoke(*, allocation: Allocation, actor=None, reason: str = "") -
     return revoked
 
 
-def allocation_quarantine(*, allocation: Allocation, reason: str, actor=None) -> Allocation:
+def allocation_quarantine(*, allocation: Allocation, reason: str, actor: Actor = None) -> Allocation:
     return _transition(
         allocation=allocation,
         action="allocation_quarantined",
@@ -292,7 +304,7 @@ def allocation_quarantine(*, allocation: Allocation, reason: str, actor=None) ->
     )
 
 
-def allocation_unquarantine(*, allocation: Allocation, actor=None) -> Allocation:
+def allocation_unquarantine(*, allocation: Allocation, actor: Actor = None) -> Allocation:
     return _transition(
         allocation=allocation,
         action="allocation_unquarantined",
@@ -302,7 +314,7 @@ def allocation_unquarantine(*, allocation: Allocation, actor=None) -> Allocation
     )
 
 
-def allocation_rotate_default_key(*, allocation: Allocation, actor=None):
+def allocation_rotate_default_key(*, allocation: Allocation, actor: Actor = None) -> tuple[ApiKey, str]:
     """Rotates the allocation's default key (minting one if it was revoked). Returns (key, plaintext)."""
     key = ApiKey.objects.live().filter(is_default=True, scopes__allocation=allocation).first()
     if key is None:

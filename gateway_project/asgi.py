@@ -11,6 +11,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from lib.api_errors import error_body  # noqa: E402
+from lib.asgi import Receive, Scope, Send  # noqa: E402
 from lib.http import host_allowed, request_id_from  # noqa: E402
 from ops.asgi import PATHS as OPS_PATHS  # noqa: E402
 from ops.asgi import app as ops_app  # noqa: E402
@@ -26,7 +27,7 @@ server_patches.apply()
 proxy_asgi_app = ProxyHandler()
 
 
-async def http_app(scope, receive, send):
+async def http_app(scope: Scope, receive: Receive, send: Send) -> None:
     path = scope["path"]
     if path.startswith("/v1/"):
         if not host_allowed(host_of(scope)):  # what Django's get_host() does for the other paths
@@ -39,7 +40,7 @@ async def http_app(scope, receive, send):
     return await django_asgi_app(scope, receive, send)
 
 
-def host_of(scope) -> bytes:
+def host_of(scope: Scope) -> bytes:
     for name, value in scope.get("headers", ()):
         if name == b"host":
             return value
@@ -47,7 +48,7 @@ def host_of(scope) -> bytes:
     return f"{server[0]}:{server[1]}".encode() if server else b""
 
 
-async def bad_host(scope, send) -> None:
+async def bad_host(scope: Scope, send: Send) -> None:
     sent = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"").decode("latin1")
     rid = request_id_from(sent)
     message = "the Host header names no host this gateway serves (ALLOWED_HOSTS)"
@@ -60,7 +61,7 @@ async def bad_host(scope, send) -> None:
 realtime_app = URLRouter(websocket_urlpatterns)
 
 
-async def websocket_app(scope, receive, send):
+async def websocket_app(scope: Scope, receive: Receive, send: Send) -> None:
     """/v1/realtime under the same Host rule as /v1: a handshake naming a host this gateway does not
     serve is refused before the consumer runs (daphne answers it 403). A scope without any host (an
     in-process test client) has nothing to judge."""

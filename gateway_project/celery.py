@@ -11,9 +11,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from celery import Celery, bootsteps, signals
 from celery.beat import PersistentScheduler
+from celery.worker import WorkController
 
 from ops.logs import JsonFormatter
 
@@ -22,15 +25,15 @@ JSON_LOGS = os.environ.get("GATEWAY_LOG_FORMAT") == "json"
 
 
 class GatewayCelery(Celery):
-    def subclass_with_self(self, Class, *args, **kwargs):
+    def subclass_with_self(self, Class: type | str, *args: Any, **kwargs: Any) -> type:
         made = super().subclass_with_self(Class, *args, **kwargs)
         if JSON_LOGS and Class in ("celery.apps.worker:Worker", "celery.apps.beat:Beat"):
             return type(made.__name__, (made,), {"__init__": _quiet_init(made)})
         return made
 
 
-def _quiet_init(cls):
-    def __init__(self, *args, **kwargs):
+def _quiet_init(cls: Any) -> Callable[..., None]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["quiet"] = True
         cls.__init__(self, *args, **kwargs)
 
@@ -44,7 +47,7 @@ app.autodiscover_tasks()
 # Periodic jobs are declared next to their tasks (quota/tasks.py) and registered in settings.
 
 
-def json_logging(**kwargs) -> None:
+def json_logging(**kwargs: Any) -> None:
     """Django's LOGGING (JSON) for this process, Python's warnings included, and the lines Celery
     writes straight to the terminal (shutdown notices, from its signal handlers) as JSON too."""
     import logging.config
@@ -57,8 +60,9 @@ def json_logging(**kwargs) -> None:
     worker.safe_say = _say_as_json
 
 
-def _say_as_json(msg, f=sys.__stderr__) -> None:
+def _say_as_json(msg: object, f: TextIO | None = sys.__stderr__) -> None:
     # Called from signal handlers: one os.write, no logging locks.
+    assert f is not None, "no standard error to write to"
     record = logging.LogRecord("celery.apps.worker", logging.INFO, "", 0, str(msg).strip(), (), None)
     os.write(f.fileno(), (JsonFormatter().format(record) + "\n").encode())
 
@@ -71,11 +75,11 @@ if JSON_LOGS:  # only in the Celery processes (every process imports this module
 class WorkerHeartbeat(bootsteps.StartStopStep):
     requires = {"celery.worker.components:Timer"}
 
-    def __init__(self, worker, **kwargs):
+    def __init__(self, worker: WorkController, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.timer_ref = None
 
-    def start(self, worker) -> None:
+    def start(self, worker: WorkController) -> None:
         from ops import heartbeat
 
         heartbeat.beat(process="celery_worker")
@@ -83,7 +87,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
             heartbeat.INTERVAL_S, heartbeat.beat, kwargs={"process": "celery_worker"}
         )
 
-    def stop(self, worker) -> None:
+    def stop(self, worker: WorkController) -> None:
         if self.timer_ref is not None:
             self.timer_ref.cancel()
 
@@ -96,7 +100,7 @@ class HeartbeatScheduler(PersistentScheduler):
 
     _next_heartbeat = 0.0
 
-    def tick(self, *args, **kwargs):
+    def tick(self, *args: Any, **kwargs: Any) -> float:
         from ops import heartbeat
 
         now = time.monotonic()

@@ -24,6 +24,7 @@ this relies on and the versions it was verified on.
 import asyncio
 import functools
 import io
+from typing import Any, TypeAlias
 from urllib.parse import unquote_to_bytes
 
 from django.conf import settings
@@ -33,6 +34,10 @@ from lib.http import request_id_from
 from proxy import gate, views
 from proxy.views import error_response
 from quota.exceptions import RequestTooLarge
+
+# daphne's WebRequest (a Twisted request) with the gateway_* attributes `install` adds; Twisted's
+# request types know nothing of those, so it stays Any.
+_Request: TypeAlias = Any
 
 LINGER_S = 2.0
 TOO_LARGE = "the request body is larger than the gateway's limit"
@@ -44,14 +49,14 @@ def install() -> None:
     got_length, content_chunk, process = WebRequest.gotLength, WebRequest.handleContentChunk, WebRequest.process
 
     @functools.wraps(got_length)
-    def gotLength(self, length):
+    def gotLength(self: _Request, length: int | None) -> None:
         if not _head(self, length):
             self.content = io.BytesIO()  # refused: nothing of the body is kept
             return None
         return got_length(self, length)
 
     @functools.wraps(content_chunk)
-    def handleContentChunk(self, data):
+    def handleContentChunk(self: _Request, data: bytes) -> None:
         if self.gateway_refused:
             return None
         if self.gateway_left is not None:  # no Content-Length: counted as it comes
@@ -61,7 +66,7 @@ def install() -> None:
         return content_chunk(self, data)
 
     @functools.wraps(process)
-    def process_after_door(self):
+    def process_after_door(self: _Request) -> None:
         if self.gateway_refused:
             return None
         door = self.gateway_door
@@ -79,7 +84,7 @@ def install() -> None:
     WebRequest.process = process_after_door
 
 
-def _head(request, length: int | None) -> bool:
+def _head(request: _Request, length: int | None) -> bool:
     """False when the request was refused from its head."""
     headers = request.requestHeaders
     limit = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024
@@ -102,7 +107,7 @@ def _head(request, length: int | None) -> bool:
     return True
 
 
-def _look(request, path: bytes, too_large: bool) -> None:
+def _look(request: _Request, path: bytes, too_large: bool) -> None:
     """Runs the door on the event loop with the connection's reading paused; the application is
     not called before it has passed (WebRequest.process waits for it)."""
     transport = request.channel.transport
@@ -121,7 +126,7 @@ def _look(request, path: bytes, too_large: bool) -> None:
     request.gateway_door.add_done_callback(functools.partial(_looked, request, expect, too_large))
 
 
-def _looked(request, expect: list[bytes] | None, too_large: bool, door: asyncio.Future) -> None:
+def _looked(request: _Request, expect: list[bytes] | None, too_large: bool, door: asyncio.Future) -> None:
     channel = request.channel
     if channel is None or request.gateway_refused:  # the client went away, or a 413 came first
         return
@@ -134,7 +139,7 @@ def _looked(request, expect: list[bytes] | None, too_large: bool, door: asyncio.
     channel.transport.resumeProducing()
 
 
-def _refuse(request, error: GatewayError, *, counted: bool = False) -> None:
+def _refuse(request: _Request, error: GatewayError, *, counted: bool = False) -> None:
     """Answers `error` at once on the request's connection, then lets the client go."""
     from twisted.internet import reactor
 
@@ -160,7 +165,7 @@ def _refuse(request, error: GatewayError, *, counted: bool = False) -> None:
     reactor.callLater(LINGER_S, transport.abortConnection)  # type: ignore[arg-type]  # a client that keeps sending is cut off
 
 
-def _count(request, error: GatewayError, rid: str) -> None:
+def _count(request: _Request, error: GatewayError, rid: str) -> None:
     """A /v1 body over the limit from a key that passed the door is a call refused, with its
     record (as the preflight writes it); any other refusal here counts as the door's do."""
     path = request.gateway_path.decode("latin1")

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from types import FrameType
 
 from ops.logs import JsonFormatter
 
@@ -90,7 +91,7 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, *, command: list[str], sock: socket.socket, workers: int, env: dict, grace: float):
+    def __init__(self, *, command: list[str], sock: socket.socket, workers: int, env: dict, grace: float) -> None:
         self.command, self.sock, self.size, self.env, self.grace = command, sock, workers, env, grace
         self.workers: list[Worker] = []
         self.stop_signal: int | None = None
@@ -121,7 +122,7 @@ class Supervisor:
         self._shutdown()
         return code
 
-    def _on_stop(self, signum, frame) -> None:
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_signal = signum
 
     def _start(self) -> None:

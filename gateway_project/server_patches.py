@@ -26,8 +26,13 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from lib import inflight
+
+if TYPE_CHECKING:
+    from daphne.server import Server
+    from twisted.internet import defer
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ def _websocket_close_codes() -> None:
     original = WebSocketProtocol.handle_reply
 
     @functools.wraps(original)
-    def handle_reply(self, message):
+    def handle_reply(self: WebSocketProtocol, message: dict[str, Any]) -> None:
         if message.get("type") == "websocket.close" and self.state not in (self.STATE_CONNECTING, self.STATE_CLOSED):
             code = message.get("code") or 1000
             reason = message.get("reason") or ""
@@ -74,7 +79,7 @@ def _form_parse_off() -> None:
     original = WebRequest.__init__
 
     @functools.wraps(original)
-    def __init__(self, *args, **kwargs):
+    def __init__(self: WebRequest, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         self._parsePOSTFormSubmission = False
 
@@ -96,11 +101,11 @@ def _head_refusal() -> None:
 def _direct_body_writes() -> None:
     from twisted.web.http import HTTPChannel
 
-    def write(self, data):
+    def write(self, data) -> None:
         if not _sent_now(self.transport, data):
             self.transport.write(data)
 
-    def writeSequence(self, iovec):
+    def writeSequence(self, iovec) -> None:
         if not _sent_now(self.transport, b"".join(iovec)):
             self.transport.writeSequence(iovec)
 
@@ -114,7 +119,7 @@ def _body_parts_direct() -> None:
     original = Server.handle_reply
 
     @functools.wraps(original)
-    async def handle_reply(self, protocol, message):
+    async def handle_reply(self, protocol, message) -> None:
         body_part = message.get("more_body") and message["type"] == "http.response.body"
         if not (body_part and _part(self, protocol, message)):
             await original(self, protocol, message)
@@ -401,13 +406,13 @@ POLL_S = 0.1
 LOST_SETTLE_S = 5.0  # the supervisor allows 10 s past the grace
 
 
-def _drain_then_kill(server):
+def _drain_then_kill(server: "Server") -> "defer.Deferred[None]":
     from twisted.internet import defer
 
     return defer.Deferred.fromFuture(asyncio.ensure_future(_drain(server)))
 
 
-async def _drain(server) -> None:
+async def _drain(server: "Server") -> None:
     from django.conf import settings
 
     loop = asyncio.get_running_loop()
@@ -463,7 +468,7 @@ def _stop_accepting() -> None:
             channel.loseConnection()  # idle keep-alive: the client opens its next call elsewhere
 
 
-def _http_calls(server) -> list[tuple[object, asyncio.Future | None]]:
+def _http_calls(server: "Server") -> list[tuple[object, asyncio.Future | None]]:
     """daphne's HTTP requests of this process that are not done, with their application (None
     while the body still arrives). Each one's connection now closes after its response."""
     from daphne.http_protocol import WebRequest
@@ -482,7 +487,7 @@ def _http_calls(server) -> list[tuple[object, asyncio.Future | None]]:
     return calls
 
 
-async def _until_idle(server, extra: list, pending: Callable[[], list], deadline: float) -> bool:
+async def _until_idle(server: "Server", extra: list, pending: Callable[[], list], deadline: float) -> bool:
     """Waits until no HTTP call, no pending settlement and none of `extra` is left; False at the deadline."""
     loop = asyncio.get_running_loop()
     while True:
@@ -500,7 +505,7 @@ async def _until_idle(server, extra: list, pending: Callable[[], list], deadline
             await asyncio.sleep(min(POLL_S, left))
 
 
-def _cancel_all(server) -> list[asyncio.Future]:
+def _cancel_all(server: "Server") -> list[asyncio.Future]:
     """daphne's own shutdown step, minus its KeyError on a connection that has no application yet."""
     cancelled = []
     for details in list(server.connections.values()):

@@ -1,6 +1,7 @@
 """The one error envelope for every JSON API (SPEC section 3), for DRF views."""
 
 import uuid
+from typing import Any
 
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -33,13 +34,13 @@ def error_body(*, code: str, message: str, type_: str, request_id: str, fields: 
     return {"error": error}
 
 
-def _flatten_fields(detail) -> dict:
+def _flatten_fields(detail: Any) -> dict:
     if isinstance(detail, dict):
         return {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in detail.items()}
     return {}
 
 
-def exception_handler(exc, context):
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     request = context.get("request")
     rid = request_id_of(request) if request is not None else str(uuid.uuid4())
     if isinstance(exc, GatewayError):
@@ -56,6 +57,7 @@ def exception_handler(exc, context):
     message = "invalid fields" if fields else (str(exc.detail) if not isinstance(exc.detail, list | dict) else code)
     body = error_body(code=code, message=message, type_=type_, request_id=rid, fields=fields)
     headers = {"X-Request-Id": rid}
-    if getattr(exc, "wait", None):
-        headers["Retry-After"] = str(int(exc.wait))
+    wait = getattr(exc, "wait", None)
+    if wait:
+        headers["Retry-After"] = str(int(wait))
     return Response(body, status=exc.status_code, headers=headers)

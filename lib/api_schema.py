@@ -6,6 +6,7 @@ bearer token is declared as an HTTP bearer scheme (allocations.api_auth, where i
 """
 
 import re
+from typing import Any, Literal
 
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
@@ -39,7 +40,7 @@ class ErrorEnvelope(serializers.Serializer):
 
 
 class GatewayAutoSchema(AutoSchema):
-    def _get_response_bodies(self, direction="response"):
+    def _get_response_bodies(self, direction: Literal["request", "response"] = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
         for status, description in ERROR_STATUSES.items():
             if status not in responses:
@@ -49,7 +50,7 @@ class GatewayAutoSchema(AutoSchema):
                 }
         return responses
 
-    def get_operation_id(self):
+    def get_operation_id(self) -> str:
         path = self.path.removeprefix("/api/").strip("/")
         words = [f"by_{part[1:-1]}" if part.startswith("{") else part for part in path.split("/")]
         return re.sub(r"\W+", "_", "_".join([*words, self.method.lower()]))

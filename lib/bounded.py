@@ -7,15 +7,17 @@ keep up on every hit (a read stays a plain dict lookup), and a full reload costs
 still in use.
 """
 
+from typing import Any
+
 
 class BoundedCache(dict):
     """A dict that empties itself before it would hold more than `limit` keys."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
 
-    def __setitem__(self, key, value) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         if len(self) >= self.limit and key not in self:
             self.clear()
         super().__setitem__(key, value)

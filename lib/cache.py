@@ -17,7 +17,8 @@ import ssl as ssl_module
 import threading
 import time
 import weakref
-from typing import SupportsInt
+from collections.abc import Callable, Sequence
+from typing import Any, SupportsInt
 
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
@@ -104,10 +105,10 @@ class RespConnection(asyncio.Protocol):
             await conn.command(b"SELECT", str(params["db"]).encode())
         return conn
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         while self.replies:
             reply = self.replies.popleft()
@@ -150,7 +151,7 @@ class RespConnection(asyncio.Protocol):
         self._write(_encode(parts))
         return reply
 
-    async def command(self, *parts: bytes, timeout_s: float | None = None):
+    async def command(self, *parts: bytes, timeout_s: float | None = None) -> Any:
         reply = self.request(*parts)
         async with asyncio.timeout(timeout_s or REDIS_TIMEOUT_S):
             return await reply
@@ -181,7 +182,7 @@ class RespConnection(asyncio.Protocol):
             self.transport.close()
 
 
-def _encode(parts) -> bytes:
+def _encode(parts: Sequence[bytes]) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
@@ -194,13 +195,13 @@ class _SharedReads:
     miss a bump made before it arrived). Under load that is one Redis round trip for many calls,
     on one connection, instead of a GET and a pooled connection per call."""
 
-    def __init__(self, url: str, key: str, loads):
+    def __init__(self, url: str, key: str, loads: Callable[[bytes], Any]) -> None:
         self.url, self.key, self.loads = url, key.encode(), loads
         self.conn: RespConnection | None = None
         self.running: asyncio.Task | None = None
         self.waiting: asyncio.Future | None = None
 
-    async def read(self):
+    async def read(self) -> Any:
         future = self.waiting
         if future is None:
             future = self.waiting = asyncio.get_running_loop().create_future()
@@ -283,7 +284,7 @@ class LoopConnection:
 
     open_timeout_s: float | None = None  # None: REDIS_TIMEOUT_S
 
-    def __init__(self, url: str):
+    def __init__(self, url: str) -> None:
         self.url = url
         self.conn: RespConnection | None = None
         self.opening: asyncio.Future[RespConnection] | None = None

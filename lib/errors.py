@@ -9,7 +9,7 @@ class GatewayError(Exception):
     status = 500
     type = "api_error"
 
-    def __init__(self, message: str = "", *, fields: dict | None = None):
+    def __init__(self, message: str = "", *, fields: dict | None = None) -> None:
         super().__init__(message or self.code)
         self.message = message or self.code
         self.fields = fields

@@ -10,6 +10,7 @@ import ipaddress
 import re
 
 from django.conf import settings
+from django.http import HttpRequest
 from django.http.request import split_domain_port, validate_host
 
 from .ids import uuid7
@@ -25,12 +26,13 @@ def request_id_from(sent: str) -> str:
     return sent if REQUEST_ID.fullmatch(sent) else str(uuid7())
 
 
-def request_id_of(request) -> str:
+def request_id_of(request: HttpRequest) -> str:
     """request_id_from the request's header, once per request."""
     rid = getattr(request, "gateway_request_id", None)
     if rid is None:
         sent = request.META.get("HTTP_X_REQUEST_ID", "")  # = request.headers["X-Request-Id"], without building them all
-        rid = request.gateway_request_id = request_id_from(sent)
+        rid = request_id_from(sent)
+        request.gateway_request_id = rid  # type: ignore[attr-defined]
     return rid
 
 
@@ -74,7 +76,7 @@ def trusted_networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ip
     return tuple(ipaddress.ip_network(cidr.strip(), strict=False) for cidr in cidrs if cidr.strip())
 
 
-def client_ip(request) -> str | None:
+def client_ip(request: HttpRequest) -> str | None:
     """client_address for a Django request."""
     return client_address(
         remote=request.META.get("REMOTE_ADDR", ""), forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR", "")

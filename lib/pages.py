@@ -7,17 +7,20 @@ import base64
 import binascii
 import datetime as dt
 import json
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
-from django.db.models import Q
+from django.db.models import Model, Q, QuerySet
 
 from .errors import BadRequest
+
+_M = TypeVar("_M", bound=Model)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
 
-def parse_limit(value, *, default: int = DEFAULT_LIMIT) -> int:
+def parse_limit(value: Any, *, default: int = DEFAULT_LIMIT) -> int:
     if value in (None, ""):
         return default
     try:
@@ -33,7 +36,7 @@ def _invalid_cursor() -> BadRequest:
     return BadRequest("invalid cursor", fields={"cursor": ["Invalid cursor."]})
 
 
-def cursor_encode(when: dt.datetime, pk) -> str:
+def cursor_encode(when: dt.datetime, pk: object) -> str:
     raw = json.dumps([when.isoformat(), pk if isinstance(pk, int) else str(pk)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -49,7 +52,9 @@ def cursor_decode(cursor: str) -> tuple[dt.datetime, int | str]:
     return moment, pk
 
 
-def keyset_page(queryset, *, time_field: str, cursor: str | None, limit: int):
+def keyset_page(
+    queryset: QuerySet[_M], *, time_field: str, cursor: str | None, limit: int
+) -> tuple[list[_M], str | None]:
     """Returns (rows, next_cursor or None), ordered by (time_field, pk) descending."""
     queryset = queryset.order_by(f"-{time_field}", "-pk")
     if cursor:

@@ -16,12 +16,20 @@ for plain domains). The inputs it runs on are an email or a username (at most 25
 import re
 import re._constants as C  # noqa: N812
 import re._parser as sre
+from collections.abc import Iterable
+from typing import Any, TypeAlias
 
 MAX_PATTERN_LENGTH = 200
 MAX_UNBOUNDED_REPEATS = 3
 _REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
 ANY = None  # a first-character set that may be any character
 _CATEGORY_RANGES = {C.CATEGORY_DIGIT: [(48, 57)], C.CATEGORY_SPACE: [(9, 13), (32, 32)]}
+
+
+# A parsed subpattern: (opcode, argument) pairs as `re._parser` builds them (untyped upstream).
+_Items: TypeAlias = Iterable[tuple[Any, Any]]
+# Character ranges (inclusive code points) a subpattern can start with; None (ANY) for unknown.
+_Ranges: TypeAlias = list[tuple[int, int]] | None
 
 
 class UnsafePattern(ValueError):
@@ -45,7 +53,7 @@ def regex_check(pattern: str) -> re.Pattern:
     return compiled
 
 
-def _walk(items, *, under_repeat: bool) -> int:
+def _walk(items: _Items, *, under_repeat: bool) -> int:
     """Raises on the first unsafe construct; returns the number of unbounded repeats seen."""
     count = 0
     for op, av in items:
@@ -73,7 +81,7 @@ def _walk(items, *, under_repeat: bool) -> int:
     return count
 
 
-def _varies(items) -> bool:
+def _varies(items: _Items) -> bool:
     """Whether the subpattern contains a repeat of variable count (it can match runs of
     different lengths)."""
     for op, av in items:
@@ -88,7 +96,7 @@ def _varies(items) -> bool:
     return False
 
 
-def _check_alternations(items) -> None:
+def _check_alternations(items: _Items) -> None:
     """Inside a repeated subpattern: an alternation whose branches may start alike is refused."""
     for op, av in items:
         if op == C.BRANCH:
@@ -106,7 +114,7 @@ def _check_alternations(items) -> None:
             _check_alternations(av[-1])
 
 
-def _first(items):
+def _first(items: _Items) -> _Ranges:
     """The ranges of characters a subpattern can start with, or ANY (unknown / any / empty)."""
     for op, av in items:
         if op in (C.AT,):
@@ -123,8 +131,8 @@ def _first(items):
     return ANY  # an empty branch matches anything's prefix
 
 
-def _in_ranges(av):
-    ranges = []
+def _in_ranges(av: _Items) -> _Ranges:
+    ranges: list[tuple[int, int]] = []
     for op, value in av:
         if op == C.LITERAL:
             ranges.append((value, value))
@@ -137,7 +145,7 @@ def _in_ranges(av):
     return ranges
 
 
-def _overlap(a, b) -> bool:
+def _overlap(a: _Ranges, b: _Ranges) -> bool:
     if a is ANY or b is ANY:
         return True
     return any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in a for lo2, hi2 in b)

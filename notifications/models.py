@@ -55,7 +55,7 @@ class Notification(models.Model):
             models.Index(fields=["created_at"], condition=models.Q(sent_at__isnull=True), name="notification_unsent")
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.kind} {self.scope}"
 
 

@@ -11,10 +11,12 @@ import asyncio
 import hmac
 import json
 import uuid
+from collections.abc import Callable
 
 from django.conf import settings
 
 from lib.api_errors import error_body
+from lib.asgi import Receive, Scope, Send
 
 from . import health, metrics
 
@@ -23,7 +25,9 @@ READY_TIMEOUT_S = 5.0
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 
 
-async def _send(send, status: int, body: bytes, content_type: bytes = b"application/json", head=False) -> None:
+async def _send(
+    send: Send, status: int, body: bytes, content_type: bytes = b"application/json", head: bool = False
+) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     headers.append((b"cache-control", b"no-store"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -34,7 +38,7 @@ def _error(code: str, message: str, type_: str) -> bytes:
     return json.dumps(error_body(code=code, message=message, type_=type_, request_id=str(uuid.uuid4()))).encode()
 
 
-async def _timed(check) -> object:
+async def _timed(check: Callable[[], object]) -> object:
     try:
         return await asyncio.wait_for(asyncio.to_thread(check), READY_TIMEOUT_S)
     except TimeoutError:
@@ -57,13 +61,13 @@ async def _ready() -> tuple[int, bytes]:
     return (503 if failed else 200), json.dumps(body).encode()
 
 
-def _authorized(scope) -> bool:
+def _authorized(scope: Scope) -> bool:
     sent = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
     expected = b"Bearer " + settings.GATEWAY_METRICS_TOKEN.encode()
     return hmac.compare_digest(sent, expected)
 
 
-async def app(scope, receive, send) -> None:
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     path, method = scope["path"], scope["method"]
     head = method == "HEAD"
     if method not in ("GET", "HEAD"):

@@ -42,6 +42,15 @@ class JsonAccessLog(AccessLogGenerator):
     """daphne's access log as records of the `daphne.access` logger (so JSON with GATEWAY_LOG_FORMAT=json)
     instead of NCSA-style lines written straight to stdout."""
 
-    def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None) -> None:
+    def write_entry(
+        self,
+        host: str,
+        date: dt.datetime,
+        request: str,
+        status: int | None = None,
+        length: int | None = None,
+        ident: str | None = None,
+        user: str | None = None,
+    ) -> None:
         fields = {"client": host, "request": request, "status": status, "bytes": length}
         access_logger.info("%s %s", request, status or "-", extra={"gateway_fields": fields})

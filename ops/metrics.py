@@ -22,10 +22,12 @@ import bisect
 import logging
 import os
 import threading
+from collections.abc import Iterable, Iterator
 
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import REGISTRY, Collector
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,10 @@ _observed: dict[tuple, list] = {}  # (histogram, label values) -> [sum, count in
 _flush_due = False
 
 
-def record(added=(), observed=()) -> None:
+def record(
+    added: Iterable[tuple[MetricWrapperBase, tuple, float]] = (),
+    observed: Iterable[tuple[Histogram, tuple, float]] = (),
+) -> None:
     """Batched updates, under one lock: `added` holds (counter or gauge, label values, amount) (a
     gauge may take a negative amount), `observed` (histogram, label values, value)."""
     with _lock:
@@ -84,12 +89,12 @@ def record(added=(), observed=()) -> None:
     _schedule()
 
 
-def add(metric, labels: tuple = (), amount: float = 1.0) -> None:
+def add(metric: Counter | Gauge, labels: tuple = (), amount: float = 1.0) -> None:
     """metric.labels(*labels).inc(amount), batched."""
     record(added=((metric, labels, amount),))
 
 
-def observe(histogram, labels: tuple, value: float) -> None:
+def observe(histogram: Histogram, labels: tuple, value: float) -> None:
     """histogram.labels(*labels).observe(value), batched."""
     record(observed=((histogram, labels, value),))
 
@@ -133,7 +138,7 @@ class StoreCollector(Collector):
     """Gauges read from PostgreSQL, the spool and Redis at scrape time (sync: the caller runs it in a
     thread)."""
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         from quota import ledger
         from quota.models import Reservation
 
@@ -159,7 +164,7 @@ class StoreCollector(Collector):
         yield from _redis_and_heartbeats()
 
 
-def _redis_and_heartbeats():
+def _redis_and_heartbeats() -> Iterator[Metric]:
     """gateway_redis_up, and each Celery process's heartbeat age (+Inf: never seen) while Redis answers."""
     from django.conf import settings
 

@@ -54,7 +54,9 @@ def door_refused(*, path: str, status: int, code: str) -> None:
         logger.exception("door report failed")
 
 
-def call_refused(*, request_id: str, endpoint: str, allocation_id, model: str, outcome: str, status: int, code: str):
+def call_refused(
+    *, request_id: str, endpoint: str, allocation_id: object, model: str, outcome: str, status: int, code: str
+) -> None:
     """A call refused before going upstream (its record is written by the accounting step)."""
     try:
         if _counting():
@@ -99,7 +101,7 @@ def call_finished(
     *,
     request_id: str,
     endpoint: str,
-    allocation_id,
+    allocation_id: object,
     model: str,
     provider: str,
     outcome: str,
@@ -157,7 +159,18 @@ def _timings(elapsed_s: float, upstream_s: float | None) -> dict:
     }
 
 
-def _count(endpoint, model, provider, outcome, status, usage, cost, elapsed_s, upstream_s, admitted) -> None:
+def _count(
+    endpoint: str,
+    model: str,
+    provider: str,
+    outcome: str,
+    status: int,
+    usage: Usage,
+    cost: Decimal | None,
+    elapsed_s: float,
+    upstream_s: float | None,
+    admitted: bool,
+) -> None:
     added: list[tuple[Any, tuple, float]] = [(metrics.REQUESTS, (endpoint, outcome, str(status)), 1.0)]
     observed: list[tuple[Any, tuple, float]] = []
     if admitted:

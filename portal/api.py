@@ -4,6 +4,9 @@ Every object is looked up through the member's own rows, so another member's id 
 for every endpoint and verb.
 """
 
+from collections.abc import Iterable
+from typing import Any
+
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
@@ -15,7 +18,8 @@ from rest_framework.response import Response
 
 from allocations import services
 from allocations.exceptions import ScopeForbidden
-from allocations.models import Allocation
+from allocations.models import Allocation, Member
+from allocations.requests import MemberAPIRequest
 from lib.pages import parse_limit
 from lib.serializers import (
     QueryCheckedAPIView,
@@ -36,31 +40,31 @@ class MemberAPIView(QueryCheckedAPIView):
     permission_classes = [IsAuthenticated]
 
 
-def _card(member, allocation) -> dict:
+def _card(member: Member, allocation: Allocation) -> dict:
     return AllocationCardOutput(cards.allocation_cards(member=member, allocations=[allocation])[0]).data
 
 
-def _results(items) -> type[serializers.Serializer]:
+def _results(items: type[serializers.Serializer]) -> type[serializers.Serializer]:
     return type(f"{items.__name__}List", (serializers.Serializer,), {"results": items(many=True)})
 
 
 class AllocationList(MemberAPIView):
     @extend_schema(responses=_results(AllocationCardOutput))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         found = cards.allocation_cards(member=request.user)
         return Response({"results": AllocationCardOutput(found, many=True).data})
 
 
 class AllocationDetail(MemberAPIView):
     @extend_schema(responses=AllocationCardOutput)
-    def get(self, request, allocation_id):
+    def get(self, request: MemberAPIRequest, allocation_id: str) -> Response:
         allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
         return Response(_card(request.user, allocation))
 
 
 class AllocationPause(MemberAPIView):
     @extend_schema(request=None, responses=AllocationCardOutput)
-    def post(self, request, allocation_id):
+    def post(self, request: MemberAPIRequest, allocation_id: str) -> Response:
         allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
         services.allocation_pause(allocation=allocation, by=Allocation.PausedBy.MEMBER, actor=request.user)
         return Response(_card(request.user, allocation))
@@ -68,13 +72,13 @@ class AllocationPause(MemberAPIView):
 
 class AllocationResume(MemberAPIView):
     @extend_schema(request=None, responses=AllocationCardOutput)
-    def post(self, request, allocation_id):
+    def post(self, request: MemberAPIRequest, allocation_id: str) -> Response:
         allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
         services.allocation_resume(allocation=allocation, by=Allocation.PausedBy.MEMBER, actor=request.user)
         return Response(_card(request.user, allocation))
 
 
-def _allocation_filter(member, value):
+def _allocation_filter(member: Member, value: str | None) -> Allocation | None:
     if not value:
         return None
     selectors.parse_uuid(value, field_name="allocation")
@@ -91,7 +95,7 @@ class Usage(MemberAPIView):
         ],
         responses=UsageOutput,
     )
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         params = request.query_params
         period = selectors.period_parse(from_=params.get("from"), to=params.get("to"))
         group_by = params.get("group_by") or "day"
@@ -118,7 +122,7 @@ class Calls(MemberAPIView):
         ],
         responses=type("CallPage", (_results(CallOutput),), {"next": serializers.CharField(allow_null=True)}),
     )
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         params = request.query_params
         allocation = _allocation_filter(request.user, params.get("allocation"))
         period = None
@@ -134,7 +138,7 @@ class Calls(MemberAPIView):
         return Response({"results": CallOutput(records, many=True).data, "next": next_cursor})
 
 
-def _owned_allocations(member, ids) -> list[Allocation]:
+def _owned_allocations(member: Member, ids: Iterable[object]) -> list[Allocation]:
     unique = list(dict.fromkeys(ids))
     for i in unique:
         selectors.parse_uuid(i, field_name="allocations")
@@ -157,11 +161,11 @@ class KeyList(MemberAPIView):
         allocations = serializers.ListField(child=StrictCharField(), allow_empty=False, help_text="Allocation ids.")
 
     @extend_schema(responses=_results(KeyOutput))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         return Response({"results": KeyOutput(selectors.keys_of(member=request.user), many=True).data})
 
     @extend_schema(request=InputSerializer, responses={201: KeyWithPlaintextOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         data = parse_input(self.InputSerializer, request)
         allocations = _owned_allocations(request.user, data["allocations"])
         try:
@@ -183,17 +187,17 @@ class KeyDetail(MemberAPIView):
 
         name = StrictCharField(max_length=100, required=False)
 
-        def validate(self, attrs):
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             if "name" not in attrs and "expires_at" not in attrs:
                 raise serializers.ValidationError({"name": ["This field is required."]})
             return attrs
 
     @extend_schema(responses=KeyOutput)
-    def get(self, request, key_id):
+    def get(self, request: MemberAPIRequest, key_id: str) -> Response:
         return Response(KeyOutput(selectors.key_owned(member=request.user, key_id=key_id)).data)
 
     @extend_schema(request=InputSerializer, responses=KeyOutput)
-    def patch(self, request, key_id):
+    def patch(self, request: MemberAPIRequest, key_id: str) -> Response:
         key = selectors.key_owned(member=request.user, key_id=key_id)
         data = parse_input(self.InputSerializer, request)
         with transaction.atomic():  # a refused expiry leaves the name as it was
@@ -204,7 +208,7 @@ class KeyDetail(MemberAPIView):
         return Response(KeyOutput(key).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, key_id):
+    def delete(self, request: MemberAPIRequest, key_id: str) -> Response:
         key = selectors.key_owned(member=request.user, key_id=key_id)
         services.api_key_revoke(key=key, actor=request.user, now=timezone.now())
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -212,7 +216,7 @@ class KeyDetail(MemberAPIView):
 
 class KeyRotate(MemberAPIView):
     @extend_schema(request=None, responses=KeyWithPlaintextOutput)
-    def post(self, request, key_id):
+    def post(self, request: MemberAPIRequest, key_id: str) -> Response:
         key = selectors.key_owned(member=request.user, key_id=key_id)
         key, plaintext = services.api_key_rotate(key=key, actor=request.user)
         return Response({**KeyOutput(key).data, "key": plaintext})

@@ -4,7 +4,7 @@ from django.apps import AppConfig
 class PortalConfig(AppConfig):
     name = "portal"
 
-    def ready(self):
+    def ready(self) -> None:
         from . import sign_in_audit
 
         sign_in_audit.connect()

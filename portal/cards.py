@@ -2,13 +2,15 @@
 they stand (a cap overrun by calls in flight shows above 100 %), and a forecast at this month's rate."""
 
 import datetime as dt
+import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from allocations.models import Allocation, CatalogModel, Group
+from allocations.models import Allocation, CatalogModel, Group, Member
 from allocations.selectors import key_prefixes_by_allocation
 from quota.group_budgets import spend_of, with_spend
 from quota.models import PriceVersion
@@ -97,7 +99,9 @@ class Forecast:
     reaches_on: dt.date | None  # the day the cap is reached at that rate, None when not this month
 
 
-def cap_forecast(*, ratio: Decimal, cost_used: Decimal, start: dt.datetime, end: dt.datetime, now: dt.datetime):
+def cap_forecast(
+    *, ratio: Decimal, cost_used: Decimal, start: dt.datetime, end: dt.datetime, now: dt.datetime
+) -> Forecast:
     """Linear forecast at this month's average daily rate: the day the used share reaches 1."""
     elapsed_days = Decimal(max((now - start).total_seconds(), 3600)) / Decimal(86400)
     daily_cost = cost_used / elapsed_days
@@ -109,7 +113,7 @@ def cap_forecast(*, ratio: Decimal, cost_used: Decimal, start: dt.datetime, end:
     return Forecast(daily_cost=daily_cost, reaches_on=reaches_on)
 
 
-def _ratio(used, cap) -> Decimal | None:
+def _ratio(used: Decimal | int, cap: Decimal | int | None) -> Decimal | None:
     if cap is None:
         return None
     if cap == 0:
@@ -117,7 +121,7 @@ def _ratio(used, cap) -> Decimal | None:
     return Decimal(used) / Decimal(cap)
 
 
-def _prices_in_force(model_ids, *, now: dt.datetime) -> dict:
+def _prices_in_force(model_ids: Collection[uuid.UUID], *, now: dt.datetime) -> dict[uuid.UUID, PriceVersion]:
     """{model_id: PriceVersion} in two queries, by the same rule as PriceVersion.objects.in_force."""
     if not model_ids:
         return {}
@@ -134,7 +138,9 @@ def _prices_in_force(model_ids, *, now: dt.datetime) -> dict:
     return {p.model_id: p for p in PriceVersion.objects.filter(pk__in=[i for i in ids if i is not None])}
 
 
-def allocation_cards(*, member, now: dt.datetime | None = None, allocations=None) -> list[AllocationCard]:
+def allocation_cards(
+    *, member: Member, now: dt.datetime | None = None, allocations: list[Allocation] | None = None
+) -> list[AllocationCard]:
     """One card per allocation: usage from the counters, live key prefixes, the price in force."""
     now = now or timezone.now()
     if allocations is None:
@@ -211,7 +217,7 @@ class GroupCard:
         return any(p is not None and p >= 100 for p in (self.cost_percent, self.token_percent))
 
 
-def group_cards(*, member, now: dt.datetime | None = None) -> list[GroupCard]:
+def group_cards(*, member: Member, now: dt.datetime | None = None) -> list[GroupCard]:
     """The member's groups that have a budget, by name, with this month's spend (their counters)."""
     capped = (
         Group.objects.filter(members=member)

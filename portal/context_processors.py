@@ -1,7 +1,10 @@
+from typing import Any
+
 from django.conf import settings
+from django.http import HttpRequest
 
 
-def portal(request):
+def portal(request: HttpRequest) -> dict[str, Any]:
     return {
         "billing_tz": settings.GATEWAY_BILLING_TIMEZONE,
         "sso_label": settings.GATEWAY_OIDC_LABEL if settings.GATEWAY_OIDC_ISSUER else "",

@@ -7,10 +7,12 @@ The OAuth endpoints answer in RFC 6749's error form (`{"error": ..., "error_desc
 """
 
 import json
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import JsonResponse
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
@@ -23,7 +25,8 @@ from rest_framework.response import Response
 
 from allocations import device
 from allocations.exceptions import GatewayError, NotFound, TooManyAuthFailures
-from allocations.models import Allocation
+from allocations.models import Allocation, DeviceAuthorization, Member
+from allocations.requests import MemberAPIRequest, MemberRequest
 from lib.http import client_ip
 from lib.serializers import StrictCharField, StrictInputSerializer, UnderscoreNamesMixin, parse_input
 
@@ -43,7 +46,7 @@ def _oauth_error(code: str, description: str, status: int = 400, headers: dict |
     return _oauth({"error": code, "error_description": description}, status=status, headers=headers)
 
 
-def _params(request) -> dict | None:
+def _params(request: HttpRequest) -> dict | None:
     """The body's parameters, form-encoded or JSON; None when the body cannot be read."""
     if request.content_type == "application/json":
         try:
@@ -56,7 +59,7 @@ def _params(request) -> dict | None:
 
 @csrf_exempt
 @require_POST
-def device_code(request):
+def device_code(request: HttpRequest) -> JsonResponse:
     """RFC 8628 section 3.1-3.2: a new device code and user code."""
     params = _params(request)
     if params is None:
@@ -89,7 +92,7 @@ def device_code(request):
 
 @csrf_exempt
 @require_POST
-def device_token(request):
+def device_token(request: HttpRequest) -> JsonResponse:
     """RFC 8628 section 3.4-3.5: one poll of the token endpoint."""
     params = _params(request)
     if params is None:
@@ -109,7 +112,7 @@ def device_token(request):
         return _oauth_error(exc.code, exc.description)
 
 
-def _pending_or_none(request, user_code: str):
+def _pending_or_none(request: HttpRequest, user_code: str) -> DeviceAuthorization:
     """The pending grant for a code the member entered; counts a wrong code against the address."""
     ip = client_ip(request)
     if device.device_rate_exceeded(kind="user_code", ip=ip, count=False):
@@ -121,7 +124,7 @@ def _pending_or_none(request, user_code: str):
         raise
 
 
-def _choices(member):
+def _choices(member: Member) -> QuerySet[Allocation]:
     return (
         Allocation.objects.owned_by(member)
         .exclude(status=Allocation.Status.REVOKED)
@@ -132,12 +135,12 @@ def _choices(member):
 
 @never_cache
 @login_required
-def device_page(request):
+def device_page(request: MemberRequest) -> HttpResponse:
     """Enter (or confirm) the code a tool shows, choose allocations, approve or deny."""
     if request.method == "POST":
         return _device_decide(request)
     user_code = request.GET.get("user_code", "").strip()
-    context = {"user_code": user_code, "authorization": None, "choices": _choices(request.user)}
+    context: dict[str, Any] = {"user_code": user_code, "authorization": None, "choices": _choices(request.user)}
     status = 200
     if user_code:
         try:
@@ -160,7 +163,7 @@ def _page_error(exc: GatewayError) -> str:
     return _("No pending sign-in has this code. Check it, or start again in your tool: codes expire after 10 minutes.")
 
 
-def _device_decide(request):
+def _device_decide(request: MemberRequest) -> HttpResponse:
     user_code = request.POST.get("user_code", "")
     decision = request.POST.get("decision")
     try:
@@ -183,7 +186,7 @@ def _device_decide(request):
     return redirect("portal:device")
 
 
-def _safe_pending(user_code: str):
+def _safe_pending(user_code: str) -> DeviceAuthorization | None:
     try:
         return device.device_pending(user_code=user_code)
     except NotFound:
@@ -206,7 +209,7 @@ class DeviceApprove(MemberAPIView):
         allocations = serializers.ListField(child=StrictCharField(), allow_empty=False, help_text="Allocation ids.")
 
     @extend_schema(request=InputSerializer, responses=DeviceApprovalOutput)
-    def post(self, request, user_code):
+    def post(self, request: MemberAPIRequest, user_code: str) -> Response:
         data = parse_input(self.InputSerializer, request)
         _pending_or_none(request, user_code)
         chosen = owned_allocations(request.user, data["allocations"])
@@ -224,7 +227,7 @@ class DeviceApprove(MemberAPIView):
 
 class DeviceDeny(MemberAPIView):
     @extend_schema(request=None, responses=DeviceDecisionOutput)
-    def post(self, request, user_code):
+    def post(self, request: MemberAPIRequest, user_code: str) -> Response:
         _pending_or_none(request, user_code)
         done = device.device_deny(member=request.user, user_code=user_code)
         return Response({"user_code": device.user_code_display(done.user_code), "status": done.status})

@@ -3,7 +3,7 @@ curl, filled in with the base URL this gateway is reached at."""
 
 import re
 
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET
 
@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET
 SAFE_BASE_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 
 
-def _script(request, template: str) -> HttpResponse:
+def _script(request: HttpRequest, template: str) -> HttpResponse:
     base_url = request.build_absolute_uri("/").rstrip("/")
     if not SAFE_BASE_URL.fullmatch(base_url):
         return HttpResponseBadRequest("this host name cannot be written into a script\n", content_type="text/plain")
@@ -23,10 +23,10 @@ def _script(request, template: str) -> HttpResponse:
 
 
 @require_GET
-def codex_install(request):
+def codex_install(request: HttpRequest) -> HttpResponse:
     return _script(request, "install/codex.sh")
 
 
 @require_GET
-def codex_restore(request):
+def codex_restore(request: HttpRequest) -> HttpResponse:
     return _script(request, "install/codex-restore.sh")

@@ -2,6 +2,7 @@
 
 from django.contrib.auth import login
 from django.contrib.auth.forms import SetPasswordForm
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
@@ -14,7 +15,7 @@ BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 @never_cache
 @sensitive_post_parameters("new_password1", "new_password2")
-def invitation_accept_page(request, token):
+def invitation_accept_page(request: HttpRequest, token: str) -> HttpResponse:
     try:
         invitation = invitation_valid(token=token)
     except InvitationGone:

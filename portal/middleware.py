@@ -2,18 +2,20 @@
 absolute limit counted from the sign-in) and the pages' Content-Security-Policy."""
 
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib.auth import logout
+from django.http import HttpRequest, HttpResponse
 
 from .sign_in_audit import SIGNED_IN_AT
 
 
 class SessionLifetimeMiddleware:
-    def __init__(self, get_response):
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         signed_in_at = request.session.get(SIGNED_IN_AT)
         if signed_in_at is not None and time.time() - signed_in_at > settings.GATEWAY_SESSION_MAX_AGE_H * 3600:
             logout(request)
@@ -36,10 +38,10 @@ class ContentSecurityPolicyMiddleware:
     """Sends the Content-Security-Policy header on every response Django renders (portal, admin,
     the JSON APIs); `/v1` never passes through Django's middleware."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         if "Content-Security-Policy" not in response:
             docs = request.path_info.startswith(API_DOCS_PATH)

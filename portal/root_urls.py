@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
@@ -8,7 +10,7 @@ class FaviconView(RedirectView):
 
     permanent = True
 
-    def get_redirect_url(self, *args, **kwargs):
+    def get_redirect_url(self, *args: Any, **kwargs: Any) -> str:
         return static("favicon.svg")
 
 

@@ -5,12 +5,12 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
 from allocations.exceptions import BadRequest
-from allocations.models import Allocation, ApiKey
+from allocations.models import Allocation, ApiKey, Member
 from lib.pages import keyset_page
 from lib.serializers import money_str
 from quota.models import CallRecord
@@ -22,7 +22,7 @@ from quota.selectors import usage_cost
 MAX_USAGE_DAYS = 366
 
 
-def parse_uuid(value, *, field_name: str) -> uuid.UUID:
+def parse_uuid(value: object, *, field_name: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except (ValueError, AttributeError, TypeError):
@@ -32,7 +32,7 @@ def parse_uuid(value, *, field_name: str) -> uuid.UUID:
 # --- ownership (404 for anything that is not the member's own) --------------------------------
 
 
-def allocation_owned(*, member, allocation_id) -> Allocation:
+def allocation_owned(*, member: Member, allocation_id: object) -> Allocation:
     try:
         pk = uuid.UUID(str(allocation_id))
     except ValueError:
@@ -43,7 +43,7 @@ def allocation_owned(*, member, allocation_id) -> Allocation:
     return allocation
 
 
-def key_owned(*, member, key_id) -> ApiKey:
+def key_owned(*, member: Member, key_id: object) -> ApiKey:
     """A live key of the member. Revoked keys are gone from the member's point of view."""
     try:
         pk = uuid.UUID(str(key_id))
@@ -58,7 +58,7 @@ def key_owned(*, member, key_id) -> ApiKey:
 # --- keys ------------------------------------------------------------------------------------------
 
 
-def keys_of(*, member) -> list[ApiKey]:
+def keys_of(*, member: Member) -> list[ApiKey]:
     return list(
         ApiKey.objects.live()
         .filter(member=member)
@@ -132,7 +132,7 @@ def recent_months(now: dt.datetime | None = None, count: int = 12) -> list[dt.da
     return months
 
 
-def _member_calls(member, allocation=None):
+def _member_calls(member: Member, allocation: Allocation | None = None) -> QuerySet[CallRecord]:
     qs = CallRecord.objects.filter(allocation__member=member)
     if allocation is not None:
         qs = qs.filter(allocation=allocation)
@@ -157,7 +157,7 @@ _USAGE_KEYS = {
 }
 
 
-def usage_grouped(*, member, period: Period, group_by: str, allocation=None) -> list[dict]:
+def usage_grouped(*, member: Member, period: Period, group_by: str, allocation: Allocation | None = None) -> list[dict]:
     """The member's usage in the period, by day, model or allocation (the daily rollups of the
     member's allocations; quota.rollups)."""
     if group_by not in _USAGE_KEYS:
@@ -185,11 +185,12 @@ def usage_grouped(*, member, period: Period, group_by: str, allocation=None) -> 
     ]
 
 
-def usage_daily_series(*, member, period: Period, allocation=None) -> list[dict]:
+def usage_daily_series(*, member: Member, period: Period, allocation: Allocation | None = None) -> list[dict]:
     """Every day of the period, zero-filled, with the running total, for the chart."""
     rows = usage_grouped(member=member, period=period, group_by="day", allocation=allocation)
     by_day = {r["day"]: r for r in rows}
-    series, day, total = [], period.first_day, ZERO
+    series: list[dict] = []
+    day, total = period.first_day, ZERO
     while day <= period.last_day:
         row = by_day.get(day.isoformat())
         cost = Decimal(row["cost_usd"]) if row and row["cost_usd"] is not None else ZERO  # the priced spend
@@ -199,7 +200,7 @@ def usage_daily_series(*, member, period: Period, allocation=None) -> list[dict]
     return series
 
 
-def cost_cap_of(*, member, allocation=None) -> Decimal | None:
+def cost_cap_of(*, member: Member, allocation: Allocation | None = None) -> Decimal | None:
     """The cost cap the usage chart draws: the allocation's, or the sum over the member's live
     allocations when every one of them has a cap (None when any is uncapped)."""
     if allocation is not None:
@@ -211,13 +212,20 @@ def cost_cap_of(*, member, allocation=None) -> Decimal | None:
     )
     if not caps or any(c is None for c in caps):
         return None
-    return sum(caps, ZERO)
+    return sum((c for c in caps if c is not None), ZERO)
 
 
 # --- calls (keyset pagination) -------------------------------------------------------------------
 
 
-def calls_page(*, member, allocation=None, period: Period | None = None, cursor: str | None = None, limit: int = 50):
+def calls_page(
+    *,
+    member: Member,
+    allocation: Allocation | None = None,
+    period: Period | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[CallRecord], str | None]:
     """Newest first by (started_at, id). Returns (records, next_cursor or None); never counts."""
     qs = _member_calls(member, allocation).select_related("model")
     if period is not None:

@@ -6,11 +6,13 @@ one GET that shows it, and is gone after.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.db.models import QuerySet
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -24,7 +26,8 @@ from allocations import selfservice, services
 from allocations.access import member_may_use
 from allocations.exceptions import GatewayError
 from allocations.key_scope import api_key_set_scope
-from allocations.models import Allocation, CatalogModel, ReclaimLock
+from allocations.models import Allocation, CatalogModel, Member, ReclaimLock
+from allocations.requests import MemberAPIRequest, MemberRequest
 from lib.serializers import StrictCharField, StrictInputSerializer, parse_input
 from quota.models import PriceVersion
 from quota.selectors import price_describe
@@ -44,7 +47,7 @@ class CatalogueEntry:
     state: str
 
 
-def catalogue_of(*, member) -> list[CatalogueEntry]:
+def catalogue_of(*, member: Member) -> list[CatalogueEntry]:
     """The self-service models `member` may use, each with its price in force and claim state."""
     offered: QuerySet[CatalogModel] = CatalogModel.objects.filter(self_service=True, is_active=True).order_by("slug")
     models = [m for m in offered if member_may_use(member, m)]
@@ -73,16 +76,16 @@ class ClaimableModelOutput(serializers.Serializer):
     price = serializers.SerializerMethodField()
     state = serializers.ChoiceField(choices=["claimable", "held", "reclaim_locked"])
 
-    def get_display_name(self, entry) -> str:
+    def get_display_name(self, entry: CatalogueEntry) -> str:
         return entry.model.display_name or entry.model.slug
 
-    def get_price(self, entry) -> dict | None:
+    def get_price(self, entry: CatalogueEntry) -> dict | None:
         return price_describe(entry.price)
 
 
 class ClaimableModels(MemberAPIView):
     @extend_schema(responses=ClaimableModelOutput(many=True))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         entries = catalogue_of(member=request.user)
         return Response({"results": ClaimableModelOutput(entries, many=True).data})
 
@@ -99,7 +102,7 @@ class AllocationListAndClaim(AllocationList):
         model = StrictCharField(max_length=200, help_text="The model's slug.")
 
     @extend_schema(request=ClaimInput, responses={201: ClaimOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         data = parse_input(self.ClaimInput, request)
         model = selfservice.model_by_slug(data["model"])
         allocation, _key, plaintext = selfservice.claim(member=request.user, model=model)
@@ -109,7 +112,7 @@ class AllocationListAndClaim(AllocationList):
 
 @never_cache
 @login_required
-def catalogue_page(request):
+def catalogue_page(request: MemberRequest) -> HttpResponse:
     claimed = request.session.pop(CLAIMED_KEY, None)
     context = {
         "entries": catalogue_of(member=request.user),
@@ -124,7 +127,7 @@ def catalogue_page(request):
 
 @require_POST
 @login_required
-def catalogue_claim(request):
+def catalogue_claim(request: MemberRequest) -> HttpResponse:
     try:
         model = selfservice.model_by_slug(request.POST.get("model", ""))
         allocation, _key, plaintext = selfservice.claim(member=request.user, model=model)
@@ -156,13 +159,13 @@ class KeyDetailWithScope(KeyDetail):
         add = serializers.ListField(child=StrictCharField(), required=False, help_text="Allocation ids to add.")
         remove = serializers.ListField(child=StrictCharField(), required=False, help_text="Allocation ids to remove.")
 
-        def validate(self, attrs):
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             if not attrs:
                 raise serializers.ValidationError({"name": ["This field is required."]})
             return attrs
 
     @extend_schema(request=InputSerializer, responses=KeyOutput)
-    def patch(self, request, key_id):
+    def patch(self, request: MemberAPIRequest, key_id: str) -> Response:
         key = portal_selectors.key_owned(member=request.user, key_id=key_id)
         data = parse_input(self.InputSerializer, request)
         add = owned_allocations(request.user, data.get("add", []))

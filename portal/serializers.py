@@ -5,8 +5,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from allocations.models import ApiKey
 from lib.serializers import MoneyField, UnderscoreNamesMixin
+from quota.models import CallRecord
 from quota.selectors import price_describe
+
+from .cards import AllocationCard
 
 
 class AllocationCardOutput(serializers.Serializer):
@@ -25,7 +29,7 @@ class AllocationCardOutput(serializers.Serializer):
     price = serializers.SerializerMethodField()
 
     @extend_schema_field(OpenApiTypes.OBJECT)
-    def get_price(self, card) -> dict | None:
+    def get_price(self, card: AllocationCard) -> dict | None:
         return price_describe(card.price)
 
 
@@ -40,7 +44,7 @@ class KeyOutput(serializers.Serializer):
     last_used_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
 
-    def get_allocations(self, key) -> list[str]:
+    def get_allocations(self, key: ApiKey) -> list[str]:
         return [str(s.allocation_id) for s in key.scopes.all()]
 
 
@@ -75,11 +79,11 @@ class CallOutput(serializers.Serializer):
         child=serializers.IntegerField(), help_text="Built-in tool calls billed per call, by tool."
     )
 
-    def get_quantity(self, record) -> str | None:
+    def get_quantity(self, record: CallRecord) -> str | None:
         return None if record.quantity is None else f"{record.quantity.normalize():f}"
 
     @extend_schema_field({"type": "string", "format": "decimal", "nullable": True})
-    def get_cost_usd(self, record) -> str | None:
+    def get_cost_usd(self, record: CallRecord) -> str | None:
         return (
             MoneyField().to_representation(record.cost_usd) if record.priced and record.cost_usd is not None else None
         )

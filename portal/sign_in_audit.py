@@ -2,20 +2,24 @@
 single sign-on). These hang on django.contrib.auth's own signals because the sign-in code is
 Django's: its login views and forms are used as they are."""
 
+from typing import Any
+
 from django.contrib.auth import signals
+from django.http import HttpRequest
 from django.utils import timezone
 
 from allocations.audit import audit_record
+from allocations.models import Member
 
 SIGNED_IN_AT = "signed_in_at"
 SIGNED_IN_UID = "portal.sign_in_audit.in"
 
 
-def _method(user) -> str:
+def _method(user: Member) -> str:
     return "sso" if getattr(user, "backend", "").endswith("GatewayOIDCBackend") else "password"
 
 
-def _signed_in(sender, request, user, **kwargs):
+def _signed_in(sender: type, request: HttpRequest | None, user: Member, **kwargs: Any) -> None:
     now = timezone.now()
     if request is not None:
         request.session[SIGNED_IN_AT] = now.timestamp()
@@ -28,7 +32,9 @@ def _signed_in(sender, request, user, **kwargs):
     )
 
 
-def _sign_in_failed(sender, credentials, request=None, **kwargs):
+def _sign_in_failed(
+    sender: str, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
+) -> None:
     username = (credentials.get("username") or "").strip().casefold()
     if not username:  # single sign-on failures are audited with their reason by the backend
         return
@@ -42,7 +48,7 @@ def _sign_in_failed(sender, credentials, request=None, **kwargs):
     )
 
 
-def _signed_out(sender, request, user, **kwargs):
+def _signed_out(sender: type, request: HttpRequest | None, user: Member | None, **kwargs: Any) -> None:
     if user is None:
         return
     audit_record(

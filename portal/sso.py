@@ -19,30 +19,30 @@ ways; a superuser's roles are never changed by single sign-on.
 import logging
 import threading
 import time
-from types import SimpleNamespace
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import SuspiciousOperation
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.translation import gettext as _
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.utils import import_from_settings
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
-from allocations.audit import audit_record
+from allocations.audit import NamedActor, audit_record
 from allocations.exceptions import GatewayError
 from allocations.models import Member
+from allocations.requests import MemberRequest
 from allocations.services import member_create, member_link_sso, member_set_roles
 
 log = logging.getLogger(__name__)
 
 # Audit events of members created or promoted on first sign-in name "sso" as their actor.
-SSO_ACTOR = SimpleNamespace(username="sso", pk=None)
+SSO_ACTOR = NamedActor(username="sso")
 REFUSED_KEY = "sso_refused"
 LINK_KEY = "sso_link_member"  # the session's confirmed request to link the signed-in member
 DISCOVERY_TTL_S = 3600
@@ -75,7 +75,7 @@ def discovery() -> dict:
         return document
 
 
-def oidc_setting(attr: str, *default):
+def oidc_setting(attr: str, *default: Any) -> Any:
     """mozilla-django-oidc's settings, answered from the gateway's own."""
     if attr in _ENDPOINTS:
         return discovery()[_ENDPOINTS[attr]]
@@ -96,7 +96,7 @@ def oidc_setting(attr: str, *default):
     return import_from_settings(attr, *default)
 
 
-def _endpoint(attr: str):
+def _endpoint(attr: str) -> property:
     return property(lambda self: oidc_setting(attr))
 
 
@@ -116,17 +116,17 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
     OIDC_RP_SIGN_ALGO = _endpoint("OIDC_RP_SIGN_ALGO")
     OIDC_RP_IDP_SIGN_KEY = _endpoint("OIDC_RP_IDP_SIGN_KEY")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Django builds a backend for every request of a signed-in member (get_user): the
         # provider's endpoints are looked up only when a sign-in uses them (the properties above).
         self.UserModel = get_user_model()
 
-    def authenticate(self, request, **kwargs):
+    def authenticate(self, request: HttpRequest | None, **kwargs: Any) -> Member | None:
         if not sso_enabled() or request is None or "code" not in request.GET:
             return None
         return super().authenticate(request, **kwargs)
 
-    def get_user(self, user_id):
+    def get_user(self, user_id: object) -> Member | None:
         user = super().get_user(user_id)
         return user if user is not None and user.is_active else None
 
@@ -142,13 +142,13 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
         )
         raise SuspiciousOperation(reason)
 
-    def get_userinfo(self, access_token, id_token, payload):
+    def get_userinfo(self, access_token: str, id_token: str, payload: dict[str, Any]) -> dict[str, Any]:
         claims = super().get_userinfo(access_token, id_token, payload)
         if not claims.get("sub") or str(claims["sub"]) != str(payload.get("sub")):
             self.refuse(_("Your identity provider's answers do not agree. Try again."))
         return claims
 
-    def verify_claims(self, claims):
+    def verify_claims(self, claims: dict[str, Any]) -> bool:
         email = (claims.get("email") or "").strip().casefold()
         if not email:
             self.refuse(_("Your identity provider did not share an email address."))
@@ -166,7 +166,7 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             )
         return True
 
-    def filter_users_by_claims(self, claims):
+    def filter_users_by_claims(self, claims: dict[str, Any]) -> list[Member]:
         subject = str(claims["sub"])
         linked = list(Member.objects.filter(sso_subject=subject))
         linking = self._confirmed_link()
@@ -191,7 +191,7 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             )
         return found
 
-    def _confirmed_link(self):
+    def _confirmed_link(self) -> Member | None:
         """The signed-in member who confirmed linking their account at /accounts/sso/link/."""
         wanted = self.request.session.pop(LINK_KEY, None)
         user = getattr(self.request, "user", None)
@@ -199,7 +199,7 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             return user
         return None
 
-    def _link_own(self, member, subject: str, linked: list, claims):
+    def _link_own(self, member: Member, subject: str, linked: list[Member], claims: dict[str, Any]) -> Member:
         email = claims["email"].strip().casefold()
         if linked and linked[0].pk != member.pk:
             self.refuse(_("This identity is already linked to another account: ask an admin."), email=email)
@@ -207,7 +207,7 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             self.refuse(_("Your account is linked to another identity of your provider: ask an admin."), email=email)
         return member_link_sso(member=member, subject=subject, actor=member)
 
-    def create_user(self, claims):
+    def create_user(self, claims: dict[str, Any]) -> Member:
         email = claims["email"].strip().casefold()
         try:
             member = member_create(username=email, email=email, actor=SSO_ACTOR)
@@ -219,7 +219,7 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
             )
         return self.update_user(member, claims)
 
-    def update_user(self, user, claims):
+    def update_user(self, user: Member, claims: dict[str, Any]) -> Member:
         if not user.is_active:
             self.refuse(_("Your account is disabled. Ask an admin."), email=user.email)
         if user.sso_subject is None and claims.get("sub"):
@@ -227,7 +227,7 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
         return self._staff_from_groups(user, claims)
 
     @staticmethod
-    def _staff_from_groups(user, claims):
+    def _staff_from_groups(user: Member, claims: dict[str, Any]) -> Member:
         staff_groups = set(settings.GATEWAY_OIDC_STAFF_GROUPS)
         if not staff_groups or user.is_superuser:
             return user
@@ -248,23 +248,23 @@ class GatewayOIDCBackend(OIDCAuthenticationBackend):
 class _SSOOnly:
     get_settings = staticmethod(oidc_setting)
 
-    def dispatch(self, request, *args, **kwargs):
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not sso_enabled():
             raise Http404("single sign-on is not configured")
-        return super().dispatch(request, *args, **kwargs)
+        return super().dispatch(request, *args, **kwargs)  # type: ignore[misc]  # the view class mixed in after
 
 
 class SSOLoginView(_SSOOnly, OIDCAuthenticationRequestView):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The base class reads the endpoints in __init__; here they are read when a sign-in starts.
         super(OIDCAuthenticationRequestView, self).__init__(*args, **kwargs)
 
     @property
-    def OIDC_OP_AUTH_ENDPOINT(self):  # noqa: N802 (the base class's attribute name)
+    def OIDC_OP_AUTH_ENDPOINT(self) -> str:  # noqa: N802 (the base class's attribute name)
         return oidc_setting("OIDC_OP_AUTHORIZATION_ENDPOINT")
 
     @property
-    def OIDC_RP_CLIENT_ID(self):  # noqa: N802
+    def OIDC_RP_CLIENT_ID(self) -> str:  # noqa: N802
         return oidc_setting("OIDC_RP_CLIENT_ID")
 
 
@@ -273,7 +273,7 @@ class SSOCallbackView(_SSOOnly, OIDCAuthenticationCallbackView):
 
 
 @login_required
-def sso_link(request):
+def sso_link(request: MemberRequest) -> HttpResponse:
     """A member signed in with the password confirms linking their account to their identity at
     the identity provider; the sign-in there that follows links it (GatewayOIDCBackend)."""
     if not sso_enabled():
@@ -287,6 +287,6 @@ def sso_link(request):
     return render(request, "registration/sso_link.html", context)
 
 
-def sso_refused(request):
+def sso_refused(request: HttpRequest) -> HttpResponse:
     reason = request.session.pop(REFUSED_KEY, "") or _("Single sign-on did not complete. Try again.")
     return render(request, "registration/sso_refused.html", {"reason": reason}, status=403)

@@ -1,11 +1,13 @@
 """Portal pages. Each view parses input, calls one selector or service, and renders."""
 
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import get_language
@@ -16,7 +18,8 @@ from django.views.decorators.http import require_POST
 from allocations import services
 from allocations.exceptions import GatewayError
 from allocations.login_limits import RateLimitedAuthenticationForm, RateLimitedPasswordResetForm
-from allocations.models import Allocation
+from allocations.models import Allocation, ApiKey
+from allocations.requests import MemberRequest
 from notifications import services as notifications
 from quota.periods import billing_tz
 
@@ -30,12 +33,12 @@ class LoginView(auth_views.LoginView):
     form_class = RateLimitedAuthenticationForm
     redirect_authenticated_user = True
 
-    def form_valid(self, form):
+    def form_valid(self, form: RateLimitedAuthenticationForm) -> HttpResponse:  # type: ignore[override]  # form_class
         response = super().form_valid(form)
         notifications.alert_language_remember(member=form.get_user(), language=get_language())
         return response
 
-    def form_invalid(self, form):
+    def form_invalid(self, form: RateLimitedAuthenticationForm) -> HttpResponse:  # type: ignore[override]  # form_class
         response = super().form_invalid(form)
         if form.rate_limited:
             response.status_code = 429
@@ -45,10 +48,10 @@ class LoginView(auth_views.LoginView):
 class PasswordResetView(auth_views.PasswordResetView):
     form_class = RateLimitedPasswordResetForm
 
-    def get_form_kwargs(self):
+    def get_form_kwargs(self) -> dict[str, Any]:
         return {**super().get_form_kwargs(), "request": self.request}
 
-    def form_invalid(self, form):
+    def form_invalid(self, form: RateLimitedPasswordResetForm) -> HttpResponse:  # type: ignore[override]  # form_class
         response = super().form_invalid(form)
         if form.rate_limited:
             response.status_code = 429
@@ -56,7 +59,7 @@ class PasswordResetView(auth_views.PasswordResetView):
 
 
 @login_required
-def dashboard(request):
+def dashboard(request: MemberRequest) -> HttpResponse:
     found = cards.allocation_cards(member=request.user)
     revoked = [c for c in found if c.allocation.status == Allocation.Status.REVOKED]
     context = {
@@ -71,7 +74,7 @@ def dashboard(request):
 NEW_KEY_SESSION = "portal_new_key"
 
 
-def _show_once(request, *, key, plaintext: str):
+def _show_once(request: MemberRequest, *, key: ApiKey, plaintext: str) -> HttpResponse:
     """Post/redirect/get: the new plaintext waits in the session for the one page that shows it,
     so reloading that page repeats nothing (no second key, no second rotation)."""
     request.session[NEW_KEY_SESSION] = {"key_id": str(key.pk), "plaintext": plaintext}
@@ -80,11 +83,11 @@ def _show_once(request, *, key, plaintext: str):
     return response
 
 
-def _keys_page(request, *, form=None, status=200):
+def _keys_page(request: MemberRequest, *, form: KeyCreateForm | None = None, status: int = 200) -> HttpResponse:
     keys = selectors.keys_of(member=request.user)
     waiting = request.session.pop(NEW_KEY_SESSION, None) if form is None else None
     new_key = next((k for k in keys if waiting and str(k.pk) == waiting["key_id"]), None)
-    plaintext = waiting["plaintext"] if new_key is not None else None
+    plaintext = waiting["plaintext"] if new_key is not None and waiting else None
     context = {
         "keys": keys,
         "form": form or KeyCreateForm(member=request.user),
@@ -100,7 +103,7 @@ def _keys_page(request, *, form=None, status=200):
 
 @never_cache
 @login_required
-def keys(request):
+def keys(request: MemberRequest) -> HttpResponse:
     if request.method != "POST":
         return _keys_page(request)
     form = KeyCreateForm(request.POST, member=request.user)
@@ -130,7 +133,7 @@ def _scope_message(exc: GatewayError) -> str:
 
 @require_POST
 @login_required
-def key_rename(request, key_id):
+def key_rename(request: MemberRequest, key_id: str) -> HttpResponse:
     key = selectors.key_owned(member=request.user, key_id=key_id)
     form = KeyRenameForm(request.POST)
     if form.is_valid():
@@ -144,7 +147,7 @@ def key_rename(request, key_id):
 @never_cache
 @require_POST
 @login_required
-def key_rotate(request, key_id):
+def key_rotate(request: MemberRequest, key_id: str) -> HttpResponse:
     key = selectors.key_owned(member=request.user, key_id=key_id)
     key, plaintext = services.api_key_rotate(key=key, actor=request.user)
     return _show_once(request, key=key, plaintext=plaintext)
@@ -152,7 +155,7 @@ def key_rotate(request, key_id):
 
 @require_POST
 @login_required
-def key_revoke(request, key_id):
+def key_revoke(request: MemberRequest, key_id: str) -> HttpResponse:
     key = selectors.key_owned(member=request.user, key_id=key_id)
     services.api_key_revoke(key=key, actor=request.user)
     messages.success(request, _("Key “%(name)s” revoked. It stops working at once.") % {"name": key.name})
@@ -161,7 +164,7 @@ def key_revoke(request, key_id):
 
 @require_POST
 @login_required
-def allocation_pause(request, allocation_id):
+def allocation_pause(request: MemberRequest, allocation_id: str) -> HttpResponse:
     allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
     try:
         services.allocation_pause(allocation=allocation, by=Allocation.PausedBy.MEMBER, actor=request.user)
@@ -173,7 +176,7 @@ def allocation_pause(request, allocation_id):
 
 @require_POST
 @login_required
-def allocation_resume(request, allocation_id):
+def allocation_resume(request: MemberRequest, allocation_id: str) -> HttpResponse:
     allocation = selectors.allocation_owned(member=request.user, allocation_id=allocation_id)
     try:
         services.allocation_resume(allocation=allocation, by=Allocation.PausedBy.MEMBER, actor=request.user)
@@ -186,12 +189,12 @@ def allocation_resume(request, allocation_id):
     return redirect("portal:dashboard")
 
 
-def _name(allocation) -> dict:
+def _name(allocation: Allocation) -> dict:
     return {"name": allocation.display_name or allocation.model.slug}
 
 
 @login_required
-def usage(request):
+def usage(request: MemberRequest) -> HttpResponse:
     now = timezone.now()
     period = selectors.period_of_month(request.GET.get("period"), now)
     allocation = None
@@ -237,7 +240,7 @@ def usage(request):
 
 
 @login_required
-def how_to_call(request):
+def how_to_call(request: MemberRequest) -> HttpResponse:
     allocations = list(
         Allocation.objects.owned_by(request.user)
         .exclude(status=Allocation.Status.REVOKED)
@@ -260,7 +263,7 @@ def how_to_call(request):
 
 
 @login_required
-def alerts(request):
+def alerts(request: MemberRequest) -> HttpResponse:
     """The member's spend alert choices; mails are written in the language this page was saved in."""
     preference = notifications.alert_preference_of(member=request.user)
     form = AlertPreferenceForm(

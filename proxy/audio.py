@@ -20,6 +20,7 @@ import io
 import math
 import struct
 from dataclasses import dataclass
+from typing import IO, Any
 
 MIN_BYTES_PER_SECOND = 750  # 6 kbit/s, Opus's floor: an undecodable upload plays at most size/750 s
 MAX_READ = 8 << 20  # a container asking for more in one read (a giant tag) counts as undecodable
@@ -43,7 +44,7 @@ class Window(io.RawIOBase):
     """A read-only file over bytes [start, end) of a larger file (the upload inside the spooled
     form), so a reader sees the upload alone and cannot read past it."""
 
-    def __init__(self, raw, start: int, end: int):
+    def __init__(self, raw: IO[bytes], start: int, end: int) -> None:
         super().__init__()
         self._raw, self._start, self._end, self._position = raw, start, end, 0
 
@@ -76,7 +77,7 @@ class Window(io.RawIOBase):
         self._position += len(data)
         return data
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:  # a writable buffer (memoryview, bytearray)
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -94,7 +95,7 @@ def _wav_frame_width(fmt: bytes) -> int | None:
     return channels * math.ceil(bits / 8)
 
 
-def wav_duration(file, size: int) -> float | None:
+def wav_duration(file: io.RawIOBase, size: int) -> float | None:
     """Seconds of a WAV/RF64 of linear samples, from its sample layout and the bytes sent; None
     when it is not one (the caller then tries the other readers)."""
     file.seek(0)
@@ -123,7 +124,7 @@ def wav_duration(file, size: int) -> float | None:
 
 
 @functools.cache
-def _readers():
+def _readers() -> tuple[Any, list[Any]]:  # mutagen (untyped) and its container classes
     """mutagen and its audio containers, imported on the first non-WAV upload (not by every
     process that serves /v1)."""
     import mutagen
@@ -142,7 +143,7 @@ def _readers():
     return mutagen, [MP3, MP4, OggOpus, OggVorbis, OggFLAC, OggSpeex, FLAC, AIFF, AAC, AC3, ASF]
 
 
-def _container_duration(file) -> float | None:
+def _container_duration(file: io.RawIOBase) -> float | None:
     mutagen, containers = _readers()
     try:
         file.seek(0)
@@ -155,7 +156,7 @@ def _container_duration(file) -> float | None:
     return float(length)
 
 
-def upload_duration(raw, start: int, end: int) -> Duration:
+def upload_duration(raw: IO[bytes], start: int, end: int) -> Duration:
     """The duration of the upload at bytes [start, end) of `raw`; raises EmptyAudio."""
     size = end - start
     if size <= 0:

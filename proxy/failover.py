@@ -54,7 +54,7 @@ def transport_error(exc: BaseException) -> tuple[str, GatewayError]:
 _RETRY = object()  # _attempt: this deployment failed in a way the next one may not
 
 
-async def open_upstream(call: Call) -> upstream.Reply | Failed:
+async def open_upstream(call: Call) -> upstream.AnyReply | Failed:
     """The first deployment's reply with a 2xx head (or the last one's refusal), trying them in
     routing order. The upstream request is built again for a deployment with another upstream
     name (and for every attempt of a streamed upload: its iterator is spent by its attempt)."""
@@ -86,7 +86,7 @@ async def open_upstream(call: Call) -> upstream.Reply | Failed:
     return _failed(limited, Outcome.REJECTED_RATE_LIMITED)
 
 
-async def _attempt(call: Call, *, last: bool) -> upstream.Reply | Failed | object:
+async def _attempt(call: Call, *, last: bool) -> upstream.AnyReply | Failed | object:
     entry, sent = call.entry, call.sent
     if entry is None or sent is None:
         raise RuntimeError("upstream attempt before routing")  # open_upstream sets both
@@ -119,7 +119,7 @@ async def _attempt(call: Call, *, last: bool) -> upstream.Reply | Failed | objec
     return await _refused(reply)
 
 
-async def _refused(reply: upstream.Reply) -> Failed:
+async def _refused(reply: upstream.AnyReply) -> Failed:
     """The last attempt's non-2xx answer: a 5xx (or 3xx) as 502, a 4xx relayed."""
     try:
         raw = await reply.read()

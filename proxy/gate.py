@@ -13,6 +13,7 @@ import logging
 from allocations.access import key_scope, key_scope_held
 from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import GatewayError, Unauthorized
+from lib.asgi import Scope
 from lib.http import client_address
 from ops import observe
 from quota.ledger import threads
@@ -24,11 +25,11 @@ logger = logging.getLogger(__name__)
 MALFORMED = "missing or malformed bearer key: send 'Authorization: Bearer <key>'"
 
 
-def header(scope, name: bytes) -> str:
+def header(scope: Scope, name: bytes) -> str:
     return next((v for k, v in scope.get("headers", ()) if k == name), b"").decode("latin1")
 
 
-def address_of(scope) -> str:
+def address_of(scope: Scope) -> str:
     client = scope.get("client") or ("", 0)
     found = client_address(remote=client[0] or "", forwarded_for=header(scope, b"x-forwarded-for"))
     return found or "unknown"
@@ -45,7 +46,7 @@ def passes_at_once(key: str | None) -> bool:
     return key is not None and key_scope_held(key)
 
 
-async def refusal(scope) -> GatewayError | None:
+async def refusal(scope: Scope) -> GatewayError | None:
     """None when the request may go on to the view; else the error to answer with (counted in the
     metrics as a refusal of the endpoint, without a call record)."""
     try:
@@ -64,7 +65,7 @@ def count_refused(path: str, error: GatewayError) -> None:
     observe.door_refused(path=name if name in ENDPOINTS else "other", status=error.status, code=error.code)
 
 
-async def _refusal(scope) -> GatewayError | None:
+async def _refusal(scope: Scope) -> GatewayError | None:
     key = bearer(header(scope, b"authorization"))
     if passes_at_once(key):
         return None

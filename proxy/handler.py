@@ -16,17 +16,19 @@ import contextlib
 import io
 import logging
 import sys
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.db import Error as DatabaseError
-from django.http import HttpResponse
-from django.urls import set_script_prefix
+from django.http import HttpRequest, HttpResponse
+from django.urls import ResolverMatch, set_script_prefix
 
 from allocations.exceptions import GatewayError, GatewayUnavailable
 from lib import inflight
+from lib.asgi import Receive, Scope, Send
 from lib.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
@@ -39,13 +41,13 @@ _resolved: dict = {}  # (ROOT_URLCONF, path) -> ResolverMatch, see ProxyHandler.
 
 
 class ProxyHandler(ASGIHandler):
-    def load_middleware(self, is_async=False):
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
-        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        self._middleware_chain = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
 
-    def resolve_request(self, request):
+    def resolve_request(self, request: HttpRequest) -> ResolverMatch:
         """Django's resolution, remembered per (URLconf, path): /v1 has a handful of routes, and
         resolving walks the project's whole URLconf on every call. A path that does not resolve is
         not remembered (Resolver404 propagates as before); the views only read the match."""
@@ -61,14 +63,14 @@ class ProxyHandler(ASGIHandler):
         request.resolver_match = match
         return match
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await lifespan(scope, receive, send)
         if scope["type"] != "http":
             raise ValueError(f"/v1 serves HTTP only, not {scope['type']}")
         await self.handle(scope, receive, send)
 
-    async def handle(self, scope, receive, send):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         refused = await gate.refusal(scope)
         if refused is not None:  # the body is never read: a refused caller costs no parse or spool
             rid = request_id_from(gate.header(scope, b"x-request-id"))
@@ -88,10 +90,10 @@ class ProxyHandler(ASGIHandler):
             logger.warning("Bad Request (UnicodeDecodeError)", exc_info=sys.exc_info())
             return await self.send_response(HttpResponse(status=400), send)
         request._body = body  # already read, with our limit (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is for forms)
-        request.gateway_body_too_large = too_large
-        request.gateway_upload = upload  # closed by proxy.views once the upstream has it
+        request.gateway_body_too_large = too_large  # type: ignore[attr-defined]
+        request.gateway_upload = upload  # type: ignore[attr-defined]  # closed by proxy.views once the upstream has it
 
-        async def process(request):
+        async def process(request: HttpRequest) -> None:
             # The view straight from the (remembered) URL match: Django's get_response_async adds
             # urlconf setup, ATOMIC_REQUESTS wrapping, response checks and, for every 4xx, a log
             # line through a thread hop; /v1 needs none of it (its call records are the log). An
@@ -123,7 +125,7 @@ class ProxyHandler(ASGIHandler):
         this = asyncio.current_task()
         listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
 
-        def client_gone(_):
+        def client_gone(_: asyncio.Future) -> None:
             if this is not None:
                 this.cancel()
 
@@ -140,7 +142,7 @@ class ProxyHandler(ASGIHandler):
                 listener.exception()  # retrieved: RequestAborted is how a listener ends
 
 
-async def read_body(receive, scope, limit: int) -> tuple[bytes, bool]:
+async def read_body(receive: Receive, scope: Scope, limit: int) -> tuple[bytes, bool]:
     """The whole body, or (b"", True) past `limit` (the rest is drained so the client gets its 413)."""
     declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"0")
     too_large = declared.isdigit() and int(declared) > limit
@@ -171,7 +173,7 @@ async def loop_resources_close() -> None:
 inflight.on_close("loop resources", loop_resources_close)
 
 
-async def lifespan(scope, receive, send):
+async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
     """ASGI lifespan (uvicorn, hypercorn): close the shared upstream session on shutdown."""
     while True:
         message = await receive()

@@ -12,6 +12,7 @@ Estimates (request -> Usage) are priced with the same price before the call, for
 import json
 import math
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 
@@ -34,7 +35,7 @@ AUDIO_TOKENS_PER_SECOND = 17
 TEXT_TOKENS_PER_SECOND = 4
 
 
-def _json(raw: bytes):
+def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -50,12 +51,12 @@ def count_of(body: dict, name: str = "n", default: int = 1) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
-def whole_seconds(seconds) -> Decimal:
+def whole_seconds(seconds: float | Decimal) -> Decimal:
     """Audio duration rounded UP to the whole second (SPEC 4)."""
     return Decimal(math.ceil(Decimal(str(seconds)))) if seconds > 0 else Decimal(0)
 
 
-def _word(value) -> str:
+def _word(value: object) -> str:
     return value.strip().lower()[:40] if isinstance(value, str) else ""
 
 
@@ -68,7 +69,7 @@ def image_variant(body: dict, answer: dict | None = None) -> str:
     return f"{size}/{quality}"
 
 
-def _image_tokens(usage) -> Usage:
+def _image_tokens(usage: object) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
     details = usage.get("input_tokens_details") or {}

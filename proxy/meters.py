@@ -9,6 +9,8 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 
@@ -21,7 +23,7 @@ CHARS_PER_TOKEN = 4
 _decoder = json.JSONDecoder()
 
 
-def _int(value) -> int:
+def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
@@ -32,7 +34,7 @@ def tokens_for_text(chars: int) -> int:
 # --- usage objects -> Usage ----------------------------------------------------------------------
 
 
-def chat_usage(usage: dict, **extras) -> Usage:
+def chat_usage(usage: dict, **extras: Any) -> Usage:
     """Chat completions and embeddings: prompt_tokens / completion_tokens (+ details)."""
     prompt = usage.get("prompt_tokens_details") or {}
     completion = usage.get("completion_tokens_details") or {}
@@ -47,7 +49,7 @@ def chat_usage(usage: dict, **extras) -> Usage:
     )
 
 
-def responses_usage(usage: dict, **extras) -> Usage:
+def responses_usage(usage: dict, **extras: Any) -> Usage:
     """Responses API: input_tokens / output_tokens with cached and reasoning details."""
     inp = usage.get("input_tokens_details") or {}
     out = usage.get("output_tokens_details") or {}
@@ -79,7 +81,7 @@ def chat_answer(answer: dict) -> Usage:
     return chat_usage(usage, service_tier=tier) if isinstance(usage, dict) else Usage(service_tier=tier)
 
 
-def tool_call_items(output) -> tuple[tuple[str, int], ...]:
+def tool_call_items(output: object) -> tuple[tuple[str, int], ...]:
     """The built-in tool calls among a Responses answer's top-level output items, by item type."""
     if not isinstance(output, list):
         return ()
@@ -106,7 +108,9 @@ class Answer:
     id: object = None
 
 
-def read_answer(body: bytes, *, answer_meter, usage_meter) -> Answer:
+def read_answer(
+    body: bytes, *, answer_meter: Callable[[dict], Usage] | None, usage_meter: Callable[[dict], Usage]
+) -> Answer:
     """One parse of an answer. An endpoint with an answer meter (chat, responses) is parsed whole
     once (its tier and output are read beside its usage); others (embeddings: mostly float
     arrays) take find_usage's shortcut to the top-level usage object."""
@@ -248,7 +252,7 @@ class StreamMeter:
     answer_of = staticmethod(chat_answer)  # the usage chunk (chat) or final response (responses)
     FOLD_AT = 1 << 20  # relayed bytes held before they are read into a count
 
-    def __init__(self, prompt_tokens: int):
+    def __init__(self, prompt_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.usage: Usage | None = None
         self.malformed = False
@@ -313,7 +317,7 @@ class ResponsesStreamMeter(StreamMeter):
     # A call item's type as a JSON string token: an escaped quote inside a text never matches.
     CALL_MARKS = tuple(f'"{kind}"'.encode() for kind in sorted(CALL_ITEM_TYPES))
 
-    def __init__(self, prompt_tokens: int):
+    def __init__(self, prompt_tokens: int) -> None:
         super().__init__(prompt_tokens)
         self._calls: Counter = Counter()
 

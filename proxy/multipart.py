@@ -18,6 +18,7 @@ reports none) is read by proxy.audio from the spool, in the same thread as the p
 
 import re
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from email.utils import collapse_rfc2231_value
@@ -26,6 +27,7 @@ from typing import IO
 from django.core.exceptions import RequestAborted
 
 from allocations.exceptions import BadRequest, GatewayError
+from lib.asgi import Receive, Scope
 
 from .audio import EmptyAudio
 from .audio import upload_duration as read_duration
@@ -39,7 +41,7 @@ HEADER_LINE = re.compile(rb"[!-9;-~]+:[^\r\n]*")  # a field name, a colon, a val
 _headers = HeaderParser()
 
 
-async def spool_body(receive, scope, limit: int):
+async def spool_body(receive: Receive, scope: Scope, limit: int) -> tuple[IO[bytes] | None, bool]:
     """(spool at offset 0, False), or (None, True) past `limit` (the rest is drained for the 413)."""
     declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"0")
     too_large = declared.isdigit() and int(declared) > limit
@@ -115,7 +117,7 @@ class Form:
         length = sum(len(s) if isinstance(s, bytes) else s[1] - s[0] for s in segments)
         return self._emit(segments), length
 
-    async def _emit(self, segments):
+    async def _emit(self, segments: list[bytes | tuple[int, int]]) -> AsyncIterator[bytes]:
         for segment in segments:
             if isinstance(segment, bytes):
                 yield segment
@@ -134,7 +136,7 @@ class Form:
         self.spool.close()
 
 
-def _find(spool, needle: bytes, start: int, size: int) -> int:
+def _find(spool: IO[bytes], needle: bytes, start: int, size: int) -> int:
     """Offset of `needle` at or after `start`, scanning windows that overlap by len(needle) - 1."""
     position = start
     while position < size:
@@ -175,7 +177,7 @@ def _part(headers: bytes, start: int, end: int) -> Part:
     )
 
 
-def _text(value) -> str:
+def _text(value: str | tuple[str, str, str]) -> str:
     """A header parameter as text: RFC 2231 values decoded, raw UTF-8 as sent by browsers kept."""
     text = collapse_rfc2231_value(value) if isinstance(value, tuple) else str(value)
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -194,7 +196,7 @@ def _check_model_part(parts: list[Part]) -> None:
         raise ValueError("a multipart form may carry exactly one text field named model")
 
 
-def parse_form(spool, content_type: str) -> Form:
+def parse_form(spool: IO[bytes], content_type: str) -> Form:
     """Locates the parts of a spooled multipart body; raises ValueError when it is malformed."""
     match = BOUNDARY.search(content_type.encode("latin1", "replace"))
     if not content_type.lower().startswith("multipart/form-data") or match is None:

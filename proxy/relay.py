@@ -11,6 +11,7 @@ reference, and parsed only if the stream ends without usage (the meter's estimat
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from django.http import StreamingHttpResponse
 
@@ -22,7 +23,7 @@ class EventStream(StreamingHttpResponse):
     Django's StreamingHttpResponse would pass each part through two more generators and a copy
     check on the way to the ASGI send."""
 
-    def __init__(self, parts: AsyncIterator[bytes], **kwargs):
+    def __init__(self, parts: AsyncIterator[bytes], **kwargs: Any) -> None:
         super().__init__(parts, **kwargs)
         self._parts = parts
 
@@ -35,7 +36,7 @@ class Relay:
 
     MARK: re.Pattern[bytes]
 
-    def __init__(self, meter: meters.StreamMeter):
+    def __init__(self, meter: meters.StreamMeter) -> None:
         self.meter = meter
         self._buffer = b""  # the start of an event not yet complete
 
@@ -76,7 +77,7 @@ class ChatRelay(Relay):
 
     MARK = re.compile(rb'"usage"\s*:\s*\{')
 
-    def __init__(self, meter: meters.StreamMeter, *, strip_usage: bool):
+    def __init__(self, meter: meters.StreamMeter, *, strip_usage: bool) -> None:
         super().__init__(meter)
         self.strip_usage = strip_usage
 
@@ -108,7 +109,7 @@ class ResponsesRelay(Relay):
 
     MARK = re.compile(rb"response\.(?:completed|incomplete|failed)")
 
-    def __init__(self, meter: meters.StreamMeter):
+    def __init__(self, meter: meters.StreamMeter) -> None:
         super().__init__(meter)
         self.failed = False
         self.response_id: object = None  # the relayed response's id, from its final event

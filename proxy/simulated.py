@@ -11,17 +11,20 @@ import base64
 import json
 import math
 import struct
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
 
 from .meters import CHARS_PER_TOKEN
 
 CREATED = 1_764_288_000  # fixed: output is deterministic
 REPLY = "This is a simulated reply from the gateway's built-in provider; no model was called."
 
-HANDLERS: dict = {}
+Handler: TypeAlias = Callable[[dict], "SimReply"]
+HANDLERS: dict[str, Handler] = {}
 
 
-def handles(endpoint_name: str):
-    def register(fn):
+def handles(endpoint_name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
         HANDLERS[endpoint_name] = fn
         return fn
 
@@ -34,7 +37,7 @@ class SimReply:
     secrets: tuple[str, ...] = ()
     retry_after: str | None = None
 
-    def __init__(self, *, status: int = 200, body: bytes = b"", events: list[bytes] | None = None):
+    def __init__(self, *, status: int = 200, body: bytes = b"", events: list[bytes] | None = None) -> None:
         self.status = status
         self.content_type = "text/event-stream" if events is not None else "application/json"
         self._body = body
@@ -47,7 +50,7 @@ class SimReply:
     async def read(self) -> bytes:
         return self._body
 
-    async def chunks(self):
+    async def chunks(self) -> AsyncIterator[bytes]:
         for event in self._events or ():
             await asyncio.sleep(0)  # arrives piece by piece, like a real stream
             yield event
@@ -79,12 +82,12 @@ def _sse(objs: list[dict], *, done: bool = True, typed: bool = False) -> SimRepl
     return SimReply(events=events)
 
 
-def _tokens(value) -> int:
+def _tokens(value: Any) -> int:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
 
 
-def _words(limit) -> list[str]:
+def _words(limit: object) -> list[str]:
     words = [w + " " for w in REPLY.split(" ")]
     words[-1] = words[-1].rstrip()
     if isinstance(limit, int) and limit > 0:
@@ -105,7 +108,7 @@ def chat(body: dict) -> SimReply:
         return _json({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
     chunk = {**base, "object": "chat.completion.chunk"}
 
-    def delta(d, finish_reason=None):
+    def delta(d: dict, finish_reason: str | None = None) -> dict:
         return {**chunk, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish_reason}]}
 
     objs = [delta({"role": "assistant", "content": ""})]

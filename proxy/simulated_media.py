@@ -14,6 +14,7 @@ import json
 import math
 import struct
 import zlib
+from typing import Any
 
 from .simulated import CREATED, SimReply, _json, _tokens, handles
 
@@ -39,7 +40,7 @@ CATEGORIES = (
 class SimBinary(SimReply):
     """A binary answer (audio), relayed in chunks like an upstream body."""
 
-    def __init__(self, *, body: bytes, content_type: str, chunk: int = 16 << 10):
+    def __init__(self, *, body: bytes, content_type: str, chunk: int = 16 << 10) -> None:
         super().__init__(events=[body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""])
         self.content_type = content_type
         self._body = body
@@ -49,7 +50,7 @@ class SimBinary(SimReply):
         return False
 
 
-def _seed(*values) -> bytes:
+def _seed(*values: Any) -> bytes:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).digest()
 
 

@@ -16,13 +16,17 @@ JSON asked for) is relayed as it came.
 """
 
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quota.models import PriceVersion
 
 CONVERTED = ("json", "text", "srt", "vtt")
 TEXT_TYPE = "text/plain; charset=utf-8"
 JSON_TYPE = "application/json"
 
 
-def upstream_format(asked: object, price) -> str | None:
+def upstream_format(asked: object, price: "PriceVersion | None") -> str | None:
     """The `response_format` to send upstream instead of the client's; None: the client's."""
     asked = asked or "json"
     if asked not in CONVERTED or price is None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .accounting import Call
+    from .upstream import AnyReply
 
 DROPPED_HEADER = "x-gateway-dropped-params"
 CODES = {"unsupported_parameter", "unsupported_value"}
@@ -36,7 +37,7 @@ def named_parameter(raw: bytes) -> str | None:
     return (found.group(1) or found.group(2)) if found else None
 
 
-async def droppable(call: "Call", reply) -> str | None:
+async def droppable(call: "Call", reply: "AnyReply") -> str | None:
     """The parameter to send the call again without, or None (the 400 is then relayed: its body
     stays readable, as aiohttp keeps what it read). JSON requests only: an upload is not rebuilt."""
     entry, sent = call.entry, call.outgoing

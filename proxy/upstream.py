@@ -16,7 +16,9 @@ URL rules:
 
 import asyncio
 import json
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import TypeAlias
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -102,7 +104,7 @@ class Reply:
 
     secrets: tuple[str, ...] = ()  # set by send(): strings to redact from its error body
 
-    def __init__(self, response: aiohttp.ClientResponse):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
@@ -118,7 +120,7 @@ class Reply:
     async def read(self) -> bytes:
         return await self.response.read()
 
-    def chunks(self):
+    def chunks(self) -> AsyncIterator[bytes]:
         return self.response.content.iter_any()
 
     def close(self) -> None:
@@ -126,9 +128,19 @@ class Reply:
         self.response.close()
 
 
+# What `send` answers: a real upstream's reply, or the built-in simulated provider's (same surface).
+AnyReply: TypeAlias = Reply | simulated.SimReply
+
+
 async def send(
-    *, entry: ScopedAllocation, endpoint: Endpoint, body: dict, payload, request_id: str, headers: dict | None = None
-):
+    *,
+    entry: ScopedAllocation,
+    endpoint: Endpoint,
+    body: dict,
+    payload: bytes | AsyncIterable[bytes],
+    request_id: str,
+    headers: dict | None = None,
+) -> AnyReply:
     """Opens the upstream call; returns once the status and headers are in. `payload` is bytes or an
     async iterator (a multipart upload, proxy.multipart); `headers` override (its Content-Type/-Length)."""
     if entry.provider.kind == ProviderKind.SIMULATED:

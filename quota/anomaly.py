@@ -9,14 +9,16 @@ Compared in exact arithmetic (integers and Decimal), so 10× is 10×, not 9.9999
 """
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from allocations.audit import audit_record
+from allocations.audit import Actor, audit_record
 from allocations.exceptions import BadRequest, InvalidTransition
 from allocations.models import Allocation
 from allocations.services import allocation_quarantine
@@ -100,7 +102,7 @@ def anomalies_detect(*, now: dt.datetime | None = None, config: AnomalyConfig | 
     return detections
 
 
-def _quarantine(allocation_id, figures: Figures, config: AnomalyConfig, now) -> bool:
+def _quarantine(allocation_id: uuid.UUID, figures: Figures, config: AnomalyConfig, now: datetime) -> bool:
     allocation = Allocation.objects.filter(pk=allocation_id).first()
     if allocation is None or allocation.is_service_allocation:
         return False
@@ -128,7 +130,7 @@ def _quarantine(allocation_id, figures: Figures, config: AnomalyConfig, now) -> 
     return True
 
 
-def _decimal_text(value) -> str:
+def _decimal_text(value: Decimal | int | str) -> str:
     return f"{Decimal(value).normalize():f}"
 
 
@@ -155,7 +157,7 @@ def _snapshot(config: AnomalyConfig) -> dict:
     }
 
 
-def anomaly_config_update(*, changes: dict, actor=None) -> AnomalyConfig:
+def anomaly_config_update(*, changes: dict, actor: Actor = None) -> AnomalyConfig:
     """Audits `anomaly_config_updated`. Values are validated by the caller's form or serializer."""
     unknown = set(changes) - set(ANOMALY_FIELDS)
     if unknown:

@@ -36,7 +36,7 @@ def exponent(amount: Decimal) -> int:
     return found
 
 
-def usd(value) -> str:
+def usd(value: Decimal | int | float | str | None) -> str:
     """$1,234.50, $0.0523, $0.000123, or "unpriced" for None (never $0 for an unpriced amount)."""
     if value is None or value == "":
         return _("unpriced")

@@ -3,6 +3,8 @@ request's size). Each carries the contract's code, HTTP status and OpenAI type (
 maps them to its wire form in one place (proxy.views: the HTTP envelope; realtime.close: the
 close code), and quota.admission maps every refusal to its record's outcome."""
 
+import datetime as dt
+
 from allocations.exceptions import GatewayError
 
 
@@ -51,7 +53,7 @@ class UpstreamTimeout(GatewayError):
     code, status, type = "upstream_timeout", 504, "api_error"
 
 
-def cap_error_named(error: QuotaExceeded | CostQuotaExceeded, *, model: str, resets_at) -> GatewayError:
+def cap_error_named(error: QuotaExceeded | CostQuotaExceeded, *, model: str, resets_at: dt.datetime) -> GatewayError:
     """The same refusal, its message naming the model and when the monthly cap starts again."""
     when = f"{resets_at:%Y-%m-%d} ({resets_at.tzinfo})"
     return type(error)(f"{error.message} for model '{model}'; the cap resets on {when}")
@@ -63,7 +65,7 @@ class RateLimited(GatewayError):
 
     code, status, type = "rate_limited", 429, "rate_limit_error"
 
-    def __init__(self, message: str = "", *, retry_after: int = 1, headers: dict | None = None):
+    def __init__(self, message: str = "", *, retry_after: int = 1, headers: dict | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.headers = headers or {}

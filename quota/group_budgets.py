@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from allocations.audit import audit_record
+from allocations.audit import Actor, audit_record
 from allocations.exceptions import GatewayError
 from allocations.models import Group
 
@@ -214,7 +214,9 @@ def _carries_usage_sql() -> tuple[str, list]:
     return where.replace(f'"{CallRecord._meta.db_table}".', "r."), list(params)
 
 
-def group_usage_reconcile(*, now: dt.datetime | None = None, fix: bool = False, actor=None) -> list[GroupDrift]:
+def group_usage_reconcile(
+    *, now: dt.datetime | None = None, fix: bool = False, actor: Actor = None
+) -> list[GroupDrift]:
     """Compares this period's group counters with the sums of the call records that counted toward
     each group; optionally rewrites the drifted counters (audited `group_usage_reconciled`)."""
     now = now or timezone.now()

@@ -1,7 +1,9 @@
 """How much: price versions, call records, per-period usage counters and in-flight reservations."""
 
+import datetime as dt
 import uuid
 from decimal import Decimal
+from typing import Any, Self
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -11,7 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from allocations.models import Allocation, ApiKey, CatalogModel
 
 
-def money_field(**kwargs) -> models.DecimalField:
+def money_field(**kwargs: Any) -> models.DecimalField:
     """The one column shape for USD amounts and prices: 15 integer digits, 1e-9 resolution."""
     return models.DecimalField(max_digits=24, decimal_places=9, **kwargs)
 
@@ -26,9 +28,10 @@ class PriceUnit(models.TextChoices):
     REQUEST = "request"
 
 
-class PriceVersionQuerySet(models.QuerySet):
-    def in_force(self, *, model, at):
-        return self.filter(model=model, effective_from__lte=at).order_by("-effective_from", "-id").first()
+class PriceVersionQuerySet(models.QuerySet["PriceVersion"]):
+    def in_force(self, *, model: CatalogModel | uuid.UUID | str, at: dt.datetime) -> "PriceVersion | None":
+        found = self.filter(model=model, effective_from__lte=at)  # type: ignore[misc]  # a model, its id or its text
+        return found.order_by("-effective_from", "-id").first()
 
 
 class PriceVersion(models.Model):
@@ -62,7 +65,7 @@ class PriceVersion(models.Model):
         verbose_name_plural = _("price versions")
         indexes = [models.Index(fields=["model", "-effective_from"])]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.model.slug} from {self.effective_from:%Y-%m-%d %H:%M}"
 
     @property
@@ -135,13 +138,13 @@ UNPRICED = models.Q(priced=False) & CARRIES_USAGE
 
 
 class CallRecordQuerySet(models.QuerySet):
-    def in_period(self, start, end):
+    def in_period(self, start: dt.datetime, end: dt.datetime) -> Self:
         return self.filter(started_at__gte=start, started_at__lt=end)
 
-    def carrying_usage(self):
+    def carrying_usage(self) -> Self:
         return self.filter(CARRIES_USAGE)
 
-    def unpriced(self):
+    def unpriced(self) -> Self:
         return self.filter(UNPRICED)
 
 
@@ -258,7 +261,7 @@ class CallRecord(models.Model):
             ),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.request_id} {self.endpoint} {self.outcome}"
 
     @property

@@ -18,13 +18,18 @@ web search); quota turns them into money.
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from allocations.access import ScopedAllocation
 from allocations.cost_options import BACKGROUND, FREE_TIERS, OPTION_LABELS, SERVICE_TIERS
 from allocations.exceptions import BadRequest
 from quota.billing.bill import NO_FACTS, RequestFacts
 
 from .tools import Rules, client_only, declared_builtins, judge_body
 from .tools import refusal as _refuse
+
+if TYPE_CHECKING:
+    from quota.models import PriceVersion
 
 CHAT, RESPONSES = "chat.completions", "responses"
 METERED_ENDPOINTS = (CHAT, RESPONSES)
@@ -78,7 +83,9 @@ class Verdict:
 PASSED = Verdict()
 
 
-def judge(*, entry, price, endpoint_name: str, body: dict, stream: bool) -> Verdict:
+def judge(
+    *, entry: ScopedAllocation, price: "PriceVersion | None", endpoint_name: str, body: dict, stream: bool
+) -> Verdict:
     """The model's switch, tool rules and price against the request (`entry`: its ScopedAllocation)."""
     if endpoint_name not in METERED_ENDPOINTS:
         return PASSED
@@ -104,7 +111,9 @@ def judge(*, entry, price, endpoint_name: str, body: dict, stream: bool) -> Verd
     return Verdict(body=sent, removed=removed) if removed else PASSED
 
 
-def option_error(*, allowed: frozenset[str], price, endpoint_name: str, body: dict, stream: bool) -> BadRequest | None:
+def option_error(
+    *, allowed: frozenset[str], price: "PriceVersion | None", endpoint_name: str, body: dict, stream: bool
+) -> BadRequest | None:
     """The model's switch and price for the service tier and background: each passes only when the
     model allows it and the price version in force prices it. None when both pass (or neither is used)."""
     for field, option in requested(endpoint_name, body):
@@ -127,7 +136,7 @@ def option_error(*, allowed: frozenset[str], price, endpoint_name: str, body: di
     return None
 
 
-def answer_read_whole(endpoint_name: str, body: dict | None, price) -> bool:
+def answer_read_whole(endpoint_name: str, body: dict | None, price: "PriceVersion | None") -> bool:
     """Whether a JSON answer must be parsed whole for its tier and tool calls. A chat answer can
     cost more than its usage only when the price multiplies a tier or the request asked for web
     search; otherwise only its top-level usage is read (meters.find_usage: no full parse of a long

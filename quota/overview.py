@@ -7,12 +7,14 @@ Python only folds the grouped rows (days × models × outcomes) into the figures
 """
 
 import datetime as dt
+import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.core.cache import cache
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 
 from allocations.models import Allocation, CatalogModel
 
@@ -46,7 +48,7 @@ def _days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def _model_names(model_ids) -> dict:
+def _model_names(model_ids: Iterable[uuid.UUID | None]) -> dict:
     rows = CatalogModel.objects.filter(pk__in=[m for m in model_ids if m is not None]).values_list(
         "pk", "slug", "provider__name"
     )
@@ -142,7 +144,7 @@ def caps_total() -> tuple[Decimal, int]:
     return found["total"] or ZERO, found["uncapped"]
 
 
-def _counters(period_start: dt.date):
+def _counters(period_start: dt.date) -> QuerySet[UsageCounter]:
     return UsageCounter.objects.filter(period_start=period_start).select_related(
         "allocation__member", "allocation__model"
     )

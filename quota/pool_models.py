@@ -3,7 +3,9 @@
 Imported at the end of quota/models.py so the app registry (and migrations) see them.
 """
 
+from datetime import datetime
 from decimal import Decimal
+from typing import Self
 
 from django.conf import settings
 from django.db import models
@@ -21,8 +23,8 @@ class SingletonModel(models.Model):
         abstract = True
 
     @classmethod
-    def load(cls):
-        row, _created = cls.objects.get_or_create(pk=cls.SINGLETON_PK)
+    def load(cls) -> Self:
+        row, _created = cls.objects.get_or_create(pk=cls.SINGLETON_PK)  # type: ignore[attr-defined]  # each concrete one's
         return row
 
 
@@ -47,7 +49,7 @@ class PoolConfig(SingletonModel):
             models.CheckConstraint(condition=models.Q(floor_per_allocation__gte=0), name="pool_floor_non_negative"),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"Pool: T={self.total_tokens_per_month}, floor={self.floor_per_allocation}"
 
 
@@ -94,7 +96,7 @@ class RebalanceLog(models.Model):
         verbose_name_plural = _("rebalance logs")
         ordering = ["-created_at", "-id"]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"rebalance {self.created_at:%Y-%m-%d %H:%M} ({self.outcome})"
 
 
@@ -111,7 +113,7 @@ class RebalanceEntry(models.Model):
         verbose_name = _("rebalance entry")
         verbose_name_plural = _("rebalance entries")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.allocation_id}: {self.quota_before} -> {self.quota_after}"
 
 
@@ -149,8 +151,8 @@ class AnomalyConfig(SingletonModel):
         verbose_name = _("anomaly config")
         verbose_name_plural = _("anomaly config")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "Anomaly quarantine"
 
-    def active_at(self, now) -> bool:
+    def active_at(self, now: datetime) -> bool:
         return self.enabled and (self.paused_until is None or now >= self.paused_until)

@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+from allocations.audit import Actor
 from allocations.exceptions import BadRequest
 from allocations.models import CatalogModel
 
@@ -11,7 +12,7 @@ from .services import OPTION_PRICE_FIELDS, PRICE_FIELDS, price_version_add, pric
 PRICE_BODY = {"model", "effective_from", "unit", "price_per_unit", "image_prices", *PRICE_FIELDS, *OPTION_PRICE_FIELDS}
 
 
-def parse_effective_from(value) -> dt.datetime | None:
+def parse_effective_from(value: object) -> dt.datetime | None:
     """ISO 8601 (a date means midnight); naive values are UTC."""
     if value in (None, ""):
         return None
@@ -22,14 +23,14 @@ def parse_effective_from(value) -> dt.datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def model_by_slug(slug) -> CatalogModel:
+def model_by_slug(slug: object) -> CatalogModel:
     model = CatalogModel.objects.filter(slug=slug).first() if isinstance(slug, str) else None
     if model is None:
         raise BadRequest("no such model", fields={"model": ["No model with that slug."]})
     return model
 
 
-def price_row_parse(data) -> dict:
+def price_row_parse(data: object) -> dict:
     """Validates a row completely without writing; returns price_version_add's keyword arguments."""
     if not isinstance(data, dict):
         raise BadRequest("a price row must be an object")
@@ -49,5 +50,5 @@ def price_row_parse(data) -> dict:
     }
 
 
-def price_row_add(data, *, actor=None) -> PriceVersion:
+def price_row_add(data: object, *, actor: Actor = None) -> PriceVersion:
     return price_version_add(**price_row_parse(data), actor=actor)

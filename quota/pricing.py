@@ -2,6 +2,10 @@
 
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import PriceVersion
 
 ONE_MILLION = Decimal(1_000_000)
 NANO = Decimal("1e-9")
@@ -68,7 +72,7 @@ def _per_1m(tokens: int, price: Decimal | None, fallback: Decimal | None) -> Dec
     return Decimal(tokens) * (rate or ZERO) / ONE_MILLION
 
 
-def token_cost(price, usage: Usage) -> Decimal:
+def token_cost(price: "PriceVersion", usage: Usage) -> Decimal:
     cached = min(usage.cached_tokens, usage.input_tokens)
     audio_in = min(usage.audio_input_tokens, usage.input_tokens - cached)
     text_in = usage.input_tokens - cached - audio_in
@@ -86,7 +90,7 @@ def token_cost(price, usage: Usage) -> Decimal:
 FREE_TIERS = ("auto", "default")
 
 
-def billed_tier(price, usage: Usage) -> str:
+def billed_tier(price: "PriceVersion | None", usage: Usage) -> str:
     """The service tier a call is billed at. The tier the answer reports, when it is a free tier
     (auto, default) or one the price multiplies; otherwise (absent, or a tier the price has no
     multiplier for) the tier the request asked for. The proxy lets a tier other than auto/default
@@ -99,13 +103,13 @@ def billed_tier(price, usage: Usage) -> str:
     return requested or reported
 
 
-def tier_multiplier(price, tier: str) -> Decimal:
+def tier_multiplier(price: "PriceVersion | None", tier: str) -> Decimal:
     """The token cost's multiplier of a tier: the price's, or 1 (free tiers, none, unpriced)."""
     value = (getattr(price, "service_tier_multipliers", None) or {}).get(tier) if tier not in FREE_TIERS else None
     return Decimal(value) if value is not None else Decimal(1)
 
 
-def tool_calls_cost(price, usage: Usage) -> Decimal:
+def tool_calls_cost(price: "PriceVersion | None", usage: Usage) -> Decimal:
     """Σ calls × the price's per-call price of each tool (a tool the price does not name: 0; the
     proxy refuses a request declaring such a tool, so only an undeclared call can be one)."""
     prices = getattr(price, "tool_call_prices", None) or {}
@@ -114,7 +118,7 @@ def tool_calls_cost(price, usage: Usage) -> Decimal:
     )
 
 
-def unit_price(price, usage: Usage) -> Decimal | None:
+def unit_price(price: "PriceVersion", usage: Usage) -> Decimal | None:
     """The price of one unit: an image's by its size and quality when the price lists that
     variant (`image_prices`), else the price's `price_per_unit`."""
     listed = getattr(price, "image_prices", None)
@@ -123,7 +127,7 @@ def unit_price(price, usage: Usage) -> Decimal | None:
     return price.price_per_unit
 
 
-def cost_for(price, usage: Usage) -> Decimal | None:
+def cost_for(price: "PriceVersion | None", usage: Usage) -> Decimal | None:
     """USD cost rounded half-up to 1e-9, or None when unpriced (no price, or a unit that does not
     fit). Token prices: token cost × the billed tier's multiplier + the tool calls' prices."""
     if price is None:

@@ -102,7 +102,9 @@ def _scope_parts(limits: Limits) -> tuple[list[bytes], list[bytes]]:
     return keys, values
 
 
-def _parts(mode: bytes, ticket: str, limits: Limits, *, tokens: int, count: bool, hold: bool, lease_s: float):
+def _parts(
+    mode: bytes, ticket: str, limits: Limits, *, tokens: int, count: bool, hold: bool, lease_s: float
+) -> list[bytes]:
     """EVALSHA's arguments: the script, its keys, then ARGV as ratelimit.lua reads it."""
     keys, values = _scope_parts(limits)
     window_ms = b"%d" % int(settings.GATEWAY_RATE_LIMIT_WINDOW_S * 1000)
@@ -290,7 +292,9 @@ def _sent_now(parts: list[bytes]) -> asyncio.Future | None:
         return None
 
 
-async def _answer(ticket: str, limits: Limits, parts: list[bytes], sent: asyncio.Future | None):
+async def _answer(
+    ticket: str, limits: Limits, parts: list[bytes], sent: asyncio.Future | None
+) -> tuple[Decision, Ticket | None]:
     if sent is None:
         return _decided(ticket, limits, await _run_async(parts))
     try:

@@ -5,8 +5,12 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from .ratelimit import Decision, Limits
 
 
 @dataclass
@@ -39,11 +43,13 @@ class _Scope:
 
 
 class MemoryWindows:
-    def __init__(self):
+    def __init__(self) -> None:
         self.scopes: dict[str, _Scope] = collections.defaultdict(_Scope)
         self.lock = threading.Lock()
 
-    def admit(self, ticket: str, limits, *, tokens: int, count: bool, hold: bool, lease_s: float):
+    def admit(
+        self, ticket: str, limits: "Limits", *, tokens: int, count: bool, hold: bool, lease_s: float
+    ) -> "Decision":
         from .ratelimit import decision_from  # the reply format is shared with the Redis script
 
         now, window = time.monotonic() * 1000, settings.GATEWAY_RATE_LIMIT_WINDOW_S * 1000
@@ -78,7 +84,7 @@ class MemoryWindows:
                     out[3:6] = [tpm, max(0, tpm - scope.token_sum), newest]
         return decision_from(" ".join(str(int(v)) for v in [1 if allowed else 0, wait, *out]))
 
-    def settle(self, ticket: str, limits, *, tokens: int) -> None:
+    def settle(self, ticket: str, limits: "Limits", *, tokens: int) -> None:
         now = time.monotonic() * 1000
         with self.lock:
             for name, _rpm, tpm, par in limits:
@@ -94,7 +100,7 @@ class MemoryWindows:
                 if par is not None:
                     scope.in_flight.pop(ticket, None)
 
-    def renew(self, ticket: str, limits, *, lease_s: float) -> None:
+    def renew(self, ticket: str, limits: "Limits", *, lease_s: float) -> None:
         now = time.monotonic() * 1000
         with self.lock:
             for name, _rpm, _tpm, par in limits:

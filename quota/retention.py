@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from allocations.audit import audit_record
+from allocations.audit import Actor, audit_record
 
 from . import partitions, rollups
 from .periods import billing_tz
@@ -54,7 +54,7 @@ def prune(
     *,
     before: dt.date,
     archive_dir: Path | None = None,
-    actor=None,
+    actor: Actor = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> list[Pruned]:
     """Drops every month before `before` (YYYY-MM-01), archiving each first when asked. Refuses

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterable
 
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -39,7 +40,7 @@ TAKEN_OUT = "the provider refused the gateway's credentials ({status})"
 _random = random.Random()  # noqa: S311 - load spreading, not security
 
 
-def weighted_order(deployments, *, rng: random.Random = _random) -> list[DeploymentInfo]:
+def weighted_order(deployments: Iterable[DeploymentInfo], *, rng: random.Random = _random) -> list[DeploymentInfo]:
     groups: dict[int, list[DeploymentInfo]] = {}
     for deployment in deployments:
         if deployment.weight > 0:

@@ -40,12 +40,12 @@ def usage_this_month(
     return {a: found.get(a, (0, ZERO)) for a in allocation_ids}
 
 
-def near_cap(*, tokens_used: int, token_cap, cost_used: Decimal, cost_cap) -> bool:
+def near_cap(*, tokens_used: int, token_cap: int | None, cost_used: Decimal, cost_cap: Decimal | int | None) -> bool:
     """Either cap near (quota.billing.caps.near_cap)."""
     return caps.near_cap(used=tokens_used, cap=token_cap) or caps.near_cap(used=cost_used, cap=cost_cap)
 
 
-def price_current(model_id, *, now: dt.datetime | None = None) -> PriceVersion | None:
+def price_current(model_id: uuid.UUID, *, now: dt.datetime | None = None) -> PriceVersion | None:
     return PriceVersion.objects.in_force(model=model_id, at=now or timezone.now())
 
 

@@ -3,16 +3,20 @@ and the reconciliation of the counters with the call records."""
 
 import datetime as dt
 import re
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from allocations.audit import audit_record
+from allocations.audit import Actor, audit_record
 from allocations.cost_options import BUILTIN_TOOLS, SERVICE_TIERS
 from allocations.exceptions import BadRequest
+from allocations.models import CatalogModel
 from lib.bounded import BoundedCache
 from lib.cache import bump_auth_generation
 
@@ -25,19 +29,20 @@ from .rollups import usage_sums
 # --- prices --------------------------------------------------------------------------------------
 
 
-def price_in_force(*, model_id, at: dt.datetime) -> PriceVersion | None:
+def price_in_force(*, model_id: uuid.UUID | str, at: dt.datetime) -> PriceVersion | None:
     return PriceVersion.objects.in_force(model=model_id, at=at)
 
 
 _price_cache: BoundedCache = BoundedCache(10_000)  # model id -> (auth generation, newest versions)
 
 
-def price_in_force_cached(*, model_id, at: dt.datetime, generation: int) -> PriceVersion | None:
+def price_in_force_cached(*, model_id: uuid.UUID | str, at: dt.datetime, generation: int) -> PriceVersion | None:
     """price_in_force from a per-process cache keyed by the auth generation, which every price
     change bumps (price_version_add). Versions are append-only, so the newest 50 cover `at`≈now."""
     entry = _price_cache.get(model_id)
     if entry is None or entry[0] != generation:
-        versions = list(PriceVersion.objects.filter(model=model_id).order_by("-effective_from", "-id")[:50])
+        found = PriceVersion.objects.filter(model=model_id)  # type: ignore[misc]  # the id or its text
+        versions = list(found.order_by("-effective_from", "-id")[:50])
         entry = _price_cache[model_id] = (generation, versions)
     return _in_force(entry[1], at)
 
@@ -46,7 +51,7 @@ def _in_force(versions: list[PriceVersion], at: dt.datetime) -> PriceVersion | N
     return next((v for v in versions if v.effective_from <= at), None)  # newest first
 
 
-def price_cached(*, model_id, at: dt.datetime, generation: int) -> tuple[bool, PriceVersion | None]:
+def price_cached(*, model_id: uuid.UUID | str, at: dt.datetime, generation: int) -> tuple[bool, PriceVersion | None]:
     """(found, price) from price_in_force_cached's cache only, without a query (the event loop)."""
     entry = _price_cache.get(model_id)
     if entry is None or entry[0] != generation:
@@ -57,7 +62,7 @@ def price_cached(*, model_id, at: dt.datetime, generation: int) -> tuple[bool, P
 PRICE_FIELDS = ("input_per_1m", "cached_input_per_1m", "output_per_1m", "audio_input_per_1m", "audio_output_per_1m")
 
 
-def _price_decimal(name: str, value) -> Decimal | None:
+def _price_decimal(name: str, value: object) -> Decimal | None:
     if value is None or value == "":
         return None
     try:
@@ -72,7 +77,7 @@ def _price_decimal(name: str, value) -> Decimal | None:
 OPTION_PRICE_FIELDS = ("service_tier_multipliers", "tool_call_prices")
 
 
-def _option_prices(name: str, value, names: tuple[str, ...], what: str) -> dict[str, str]:
+def _option_prices(name: str, value: object, names: tuple[str, ...], what: str) -> dict[str, str]:
     """A {name: decimal ≥ 0} object of a price version (tier multipliers, tool-call prices) as
     Decimal strings, names from allocations.cost_options; else BadRequest naming the field."""
     if value is None or value == "":
@@ -102,7 +107,7 @@ def _option_prices(name: str, value, names: tuple[str, ...], what: str) -> dict[
 IMAGE_VARIANT = re.compile(r"(?:[1-9][0-9]{1,4}x[1-9][0-9]{1,4}|auto)/[a-z]{1,20}")
 
 
-def _image_prices(value, unit: str) -> dict[str, str]:
+def _image_prices(value: object, unit: str) -> dict[str, str]:
     """`image_prices` ({"<size>/<quality>": decimal ≥ 0}, unit "image" only) as Decimal strings."""
     if value is None or value == "" or value == {}:
         return {}
@@ -125,11 +130,11 @@ IMAGE_PRICES_HELP = 'USD per image by "<size>/<quality>", e.g. {"1024x1024/stand
 def price_version_clean(
     *,
     unit: str = "",
-    price_per_unit=None,
-    service_tier_multipliers=None,
-    tool_call_prices=None,
-    image_prices=None,
-    **rates,
+    price_per_unit: object = None,
+    service_tier_multipliers: object = None,
+    tool_call_prices: object = None,
+    image_prices: object = None,
+    **rates: Any,
 ) -> tuple[str, Decimal | None, dict]:
     """Validates a price row without writing: returns (unit, price_per_unit, the token rates, the
     option prices and the image prices) or raises BadRequest."""
@@ -164,7 +169,15 @@ def price_version_clean(
     return unit, per_unit, {**clean, **options, "image_prices": _image_prices(image_prices, unit)}
 
 
-def price_version_add(*, model, effective_from=None, unit: str = "", price_per_unit=None, actor=None, **rates):
+def price_version_add(
+    *,
+    model: CatalogModel,
+    effective_from: dt.datetime | None = None,
+    unit: str = "",
+    price_per_unit: object = None,
+    actor: Actor = None,
+    **rates: Any,
+) -> PriceVersion:
     """Appends a price version. Either token rates per 1M (with optional service tier multipliers
     and tool-call prices) or a unit price, never both."""
     unit, per_unit, clean = price_version_clean(unit=unit, price_per_unit=price_per_unit, **rates)
@@ -191,7 +204,7 @@ def price_version_add(*, model, effective_from=None, unit: str = "", price_per_u
 
 @dataclass(frozen=True)
 class Drift:
-    allocation_id: object
+    allocation_id: uuid.UUID
     period_start: dt.date
     counter_tokens: int
     record_tokens: int
@@ -199,7 +212,7 @@ class Drift:
     record_cost: Decimal
 
 
-def usage_reconcile(*, now: dt.datetime | None = None, fix: bool = False, actor=None) -> list[Drift]:
+def usage_reconcile(*, now: dt.datetime | None = None, fix: bool = False, actor: Actor = None) -> list[Drift]:
     """Compares this period's counters with the sum of its call records (their daily rollups);
     optionally rewrites them."""
     now = now or timezone.now()
@@ -213,7 +226,7 @@ def usage_reconcile(*, now: dt.datetime | None = None, fix: bool = False, actor=
     drifts = []
     for allocation_id in set(sums) | set(counters):
         counter = counters.get(allocation_id)
-        rec = sums.get(allocation_id, {})
+        rec: Mapping[str, Any] = sums.get(allocation_id, {})
         rec_tokens, rec_cost = rec.get("tokens") or 0, rec.get("cost") or ZERO
         c_tokens = counter.tokens_used if counter else 0
         c_cost = counter.cost_used if counter else ZERO

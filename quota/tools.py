@@ -58,7 +58,7 @@ class Rules:
         return ""
 
 
-def client_only(tools, extra: frozenset[str]) -> bool:
+def client_only(tools: object, extra: frozenset[str]) -> bool:
     """Whether `tools` is a list of client tools only (the common case, judged without more ado)."""
     if not isinstance(tools, list):
         return True  # not a tool list: relayed as it came, for the upstream to refuse
@@ -118,7 +118,7 @@ def _namespace(tool: dict, rules: Rules, removed: list[str]) -> dict | None:
     return {**tool, "tools": kept} if kept else None
 
 
-def judge_choice(choice, tools: list, removed: list[str]):
+def judge_choice(choice: Any, tools: list, removed: list[str]) -> Any:
     """`tool_choice` once `removed` tools are gone (`tools`: those left): the value to send, or raises."""
     if isinstance(choice, dict):
         forced = choice.get("type")

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import weakref
+from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -21,6 +22,7 @@ from allocations.access import key_scope
 from allocations.auth_failures import auth_blocked, auth_failed
 from allocations.exceptions import BadRequest, GatewayError, Unauthorized
 from lib import inflight
+from lib.asgi import Receive, Scope, Send
 from lib.http import client_address
 from lib.ids import uuid7
 from quota import admission
@@ -63,7 +65,7 @@ inflight.on_shutdown("realtime sessions", shutdown_sessions)
 class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
     channel_layer_alias = "realtime-unused"  # no channel-layer round trip per socket (see docs)
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_id = uuid7().hex  # time-ordered, as lib.http makes them
         self.meter = SessionMeter()
@@ -96,7 +98,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
             raise RuntimeError(f"realtime session {self.request_id} has no upstream link")
         return self.link
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
@@ -118,7 +120,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
 
     # --- handshake -------------------------------------------------------------------------
 
-    async def connect(self):
+    async def connect(self) -> None:
         params = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope.get("headers", [])}
         offered = self.scope.get("subprotocols") or []
@@ -215,10 +217,11 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
 
     # --- client → upstream -----------------------------------------------------------------
 
-    async def receive(self, text_data=None, bytes_data=None):
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.finishing is not None:
             return
         data = text_data if text_data is not None else bytes_data
+        assert data is not None, "channels hands a frame's text or its bytes"
         if len(data) > settings.GATEWAY_REALTIME_MAX_FRAME_BYTES:
             if self.session is None:
                 return await self._reject(RequestTooLarge("frame too large"))
@@ -252,7 +255,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
             return False
         return await self._open(with_model=self.intent != "transcription")
 
-    async def _client_event(self, event: dict, data):
+    async def _client_event(self, event: dict, data: str | bytes) -> str | bytes | None:
         """Meters a client event; returns the frame to forward (rewritten model name) or None to drop it."""
         kind = event.get("type")
         if kind in SESSION_UPDATES:
@@ -287,7 +290,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
         )
         await self.send(text_data=error)
 
-    async def _send_upstream(self, data) -> None:
+    async def _send_upstream(self, data: str | bytes) -> None:
         try:
             await self.upstream.send(data)
         except UpstreamClosed as closed:
@@ -349,7 +352,7 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
 
     # --- client went away ------------------------------------------------------------------
 
-    async def disconnect(self, code):
+    async def disconnect(self, code: int) -> None:
         self.client_gone = True
         if self.deadline is not None:
             self.deadline.cancel()
@@ -377,14 +380,24 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
 
     # --- the one way out -------------------------------------------------------------------
 
-    async def _finish(self, close_reason: CloseReason, outcome: Outcome, code: int, **kwargs) -> None:
+    async def _finish(self, close_reason: CloseReason, outcome: Outcome, code: int, **kwargs: Any) -> None:
         if self.session is None:
             return
         if self.finishing is None:
             self.finishing = asyncio.ensure_future(self._do_finish(close_reason, outcome, code, **kwargs))
         await asyncio.shield(self.finishing)
 
-    async def _do_finish(self, close_reason, outcome, code, *, reason="", error_code="", cut=False, bill=True) -> None:
+    async def _do_finish(
+        self,
+        close_reason: CloseReason,
+        outcome: Outcome,
+        code: int,
+        *,
+        reason: str = "",
+        error_code: str = "",
+        cut: bool = False,
+        bill: bool = True,
+    ) -> None:
         live = self in LIVE
         LIVE.discard(self)
         for task in self.tasks:

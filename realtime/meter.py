@@ -11,6 +11,7 @@ import binascii
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from quota.models import PriceVersion
 from quota.pricing import Usage, ceil_units
 
 # (sample rate, bytes per sample, channels) of the input formats the Realtime API accepts.
@@ -113,7 +114,7 @@ class SessionMeter:
         elif kind in TEXT_DELTAS and self.responses_open and isinstance(event.get("delta"), str):
             self.delta_chars += len(event["delta"])
 
-    def _add_tokens(self, usage) -> None:
+    def _add_tokens(self, usage: object) -> None:
         if not isinstance(usage, dict):
             return
         details_in = usage.get("input_token_details") or {}
@@ -125,7 +126,7 @@ class SessionMeter:
         self.audio_output_tokens += _int(details_out.get("audio_tokens"))
         self.version += 1
 
-    def _add_transcription(self, usage) -> None:
+    def _add_transcription(self, usage: object) -> None:
         if not isinstance(usage, dict):
             return
         if usage.get("type") == "duration":
@@ -143,7 +144,7 @@ class SessionMeter:
 
     # --- the bill --------------------------------------------------------------------------
 
-    def usage(self, price, *, cut: bool = False) -> Usage:
+    def usage(self, price: PriceVersion | None, *, cut: bool = False) -> Usage:
         """What the session consumed so far, in the meter the price needs.
 
         `cut`: the session ended inside a response whose usage never came; its output is estimated
@@ -174,5 +175,5 @@ class SessionMeter:
         )
 
 
-def _int(value) -> int:
+def _int(value: object) -> int:
     return value if isinstance(value, int) and value > 0 else 0

@@ -11,6 +11,7 @@ token usage on each commit. Usage: ~4 characters per text token, 10 audio tokens
 
 import asyncio
 import json
+from typing import Any
 
 from .meter import b64_decoded_len, dict_at
 from .upstream import UpstreamClosed
@@ -25,7 +26,7 @@ def _tokens(text: str) -> int:
 
 
 class SimulatedLink:
-    def __init__(self, *, model: str, intent: str = ""):
+    def __init__(self, *, model: str, intent: str = "") -> None:
         self.model = model
         self.transcription = model if intent == "transcription" else None
         self.outbox: asyncio.Queue = asyncio.Queue()
@@ -64,7 +65,7 @@ class SimulatedLink:
 
     # --- protocol --------------------------------------------------------------------------
 
-    def _emit(self, kind: str, **fields) -> None:
+    def _emit(self, kind: str, **fields: Any) -> None:
         self.seq += 1
         self.outbox.put_nowait(json.dumps({"type": kind, "event_id": f"event_sim_{self.seq}", **fields}))
 

@@ -5,7 +5,7 @@ The provider key travels only in the upstream handshake headers; no error raised
 provider's key, base URL or deployment.
 """
 
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
@@ -23,7 +23,7 @@ AZURE_GA_VERSIONS = {"", "v1", "ga", "latest"}
 
 
 class UpstreamClosed(Exception):
-    def __init__(self, code: int, reason: str = ""):
+    def __init__(self, code: int, reason: str = "") -> None:
         super().__init__(f"upstream closed ({code})")
         self.code, self.reason = code, reason
 
@@ -31,7 +31,7 @@ class UpstreamClosed(Exception):
 class UpstreamConnectError(Exception):
     """`retry` is true when the upstream said to come back later (HTTP 429/503 …): close 1013."""
 
-    def __init__(self, message: str, *, retry: bool = False, status: int | None = None):
+    def __init__(self, message: str, *, retry: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.message, self.retry, self.status = message, retry, status
 
@@ -55,7 +55,7 @@ class _connect_without_redirects(websockets_connect):  # noqa: N801 - websockets
 
 
 class WebsocketsLink:
-    def __init__(self, connection: ClientConnection):
+    def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
 
     async def send(self, data: str | bytes) -> None:
@@ -147,7 +147,9 @@ async def upstream_connect(
     return WebsocketsLink(connection)
 
 
-async def upstream_connect_routed(entry: ScopedAllocation, **connect) -> tuple[UpstreamLink, ScopedAllocation, int]:
+async def upstream_connect_routed(
+    entry: ScopedAllocation, **connect: Any
+) -> tuple[UpstreamLink, ScopedAllocation, int]:
     """upstream_connect over the model's deployments in routing order (quota.routing): a refused or
     failed handshake moves the session to the next one, at most GATEWAY_FAILOVER_ATTEMPTS times.
     Returns (the link, the entry of the deployment that took it, the attempts made); raises the

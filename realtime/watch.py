@@ -8,7 +8,7 @@ the generation changed or every FULL_CHECK_S regardless (Redis away)."""
 import asyncio
 import logging
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
@@ -25,6 +25,9 @@ from quota.pricing import cost_for
 from . import services
 from .close import CloseCode, watch_close_reason
 from .meter import SessionMeter
+
+if TYPE_CHECKING:
+    from quota.models import CloseReason, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class SessionWatch:
         @property
         def opened(self) -> services.Session: ...
 
-        async def _finish(self, close_reason, outcome, code: int, **kwargs) -> None: ...
+        async def _finish(self, close_reason: CloseReason, outcome: Outcome, code: int, **kwargs: Any) -> None: ...
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

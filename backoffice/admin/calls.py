@@ -6,9 +6,16 @@ Every way in is an index: the search box takes one request id (an exact, case-se
 index; members and models have their own filters), filters over values match one indexed column or
 a fixed list of values, and the pages walk (started_at, id) downwards."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils import formats, timezone
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from quota.display import outcome_label
@@ -20,10 +27,13 @@ from .filters import AllocationFilter, MemberFilter, ModelFilter, StartedBeforeF
 from .lists import KEYSET_TEMPLATE, fixed_choices_filter
 from .unpriced import UnpricedFilter, metered
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
 SHORT_ID = 8
 
 
-def short_id(value: str):
+def short_id(value: str) -> SafeString:
     """The first characters of an id, the whole of it in the title and in what a copy takes."""
     if len(value) <= SHORT_ID + 1:
         return format_html("<code>{}</code>", value)
@@ -64,45 +74,47 @@ class CallRecordAdmin(ReadOnlyListMixin, StaffAdmin):
     change_list_template = KEYSET_TEMPLATE
 
     @admin.display(description=_("started"), ordering="started_at")
-    def started(self, obj):
+    def started(self, obj: CallRecord) -> str:
         when = timezone.localtime(obj.started_at)
         return format_html(
             '<time datetime="{}">{}</time>', when.isoformat(), formats.date_format(when, "SHORT_DATETIME_FORMAT")
         )
 
     @admin.display(description=_("member"), ordering="member__username")
-    def member_link(self, obj):
+    def member_link(self, obj: CallRecord) -> str:
         return marks.member_link(obj.member)
 
     @admin.display(description=_("outcome"), ordering="outcome")
-    def outcome_text(self, obj):
+    def outcome_text(self, obj: CallRecord) -> str:
         return outcome_label(obj.outcome)
 
     @admin.display(description=_("tokens in / out"))
-    def tokens(self, obj):
+    def tokens(self, obj: CallRecord) -> str:
         if obj.quantity is not None and obj.unit:
             return metered(obj)
         return f"{obj.input_tokens:,} / {obj.output_tokens:,}"
 
     @admin.display(description=_("cost"), ordering="cost_usd")
-    def cost(self, obj):
+    def cost(self, obj: CallRecord) -> StrOrPromise:
         if obj.priced:
             return marks.money(obj.cost_usd)
         return _("unpriced") if obj.carries_usage else "—"
 
     @admin.display(description=_("latency / first token (ms)"))
-    def latency(self, obj):
+    def latency(self, obj: CallRecord) -> str:
         return latency_text(obj)
 
     @admin.display(description=_("request id"))
-    def request(self, obj):
+    def request(self, obj: CallRecord) -> str:
         return short_id(obj.request_id)
 
-    def get_search_results(self, request, queryset, search_term):
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[CallRecord], search_term: str
+    ) -> tuple[QuerySet[CallRecord], bool]:
         term = search_term.strip()
         if not term:
             return queryset, False
         return queryset.filter(request_id=term), False
 
-    def get_actions(self, request):
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         return {}

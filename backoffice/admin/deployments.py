@@ -2,12 +2,18 @@
 allocations.deployments: audited, the model's provider and upstream name kept as its first's),
 and the providers' connection test actions (allocations.provider_check)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, QueryDict
 from django.utils.translation import gettext_lazy as _
 
 from allocations import deployments as services
-from allocations.models import Deployment
+from allocations.models import CatalogModel, Deployment
 from allocations.provider_check import provider_test
 
 from .base import is_governing_staff
@@ -16,16 +22,16 @@ FIELDS = ("provider", "upstream_name", "weight", "priority", "rpm_limit", "tpm_l
 
 
 class DeploymentFormSet(forms.BaseInlineFormSet):
-    def __init__(self, data=None, *args, prefix=None, **kwargs):
+    def __init__(self, data: QueryDict | None = None, *args: Any, prefix: str | None = None, **kwargs: Any) -> None:
         # A post without the inline (an older form, a script) changes no deployment rather than
         # failing on the missing management form.
         name = f"{prefix or self.get_default_prefix()}-TOTAL_FORMS"
         if data is not None and name not in data:
             data = data.copy()
             data.update({name: "0", name.replace("TOTAL", "INITIAL"): "0"})
-        super().__init__(data, *args, prefix=prefix, **kwargs)
+        super().__init__(data, *args, prefix=prefix, **kwargs)  # type: ignore[misc]
 
-    def clean(self):
+    def clean(self) -> None:
         super().clean()
         if self.instance._state.adding:
             return  # a new model gets its first deployment from its own provider and upstream name
@@ -44,20 +50,20 @@ class DeploymentInline(admin.TabularInline):
     ordering = ("priority", "created_at")
     verbose_name_plural = _("deployments (the first, by priority then age, is the model's provider and upstream name)")
 
-    def has_view_permission(self, request, obj=None):
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return is_governing_staff(request)
 
-    def has_add_permission(self, request, obj=None):
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return is_governing_staff(request)
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return is_governing_staff(request)
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return is_governing_staff(request)
 
 
-def deployments_save(*, request, model, formset) -> None:
+def deployments_save(*, request: HttpRequest, model: CatalogModel, formset: forms.BaseInlineFormSet) -> None:
     """The inline's rows, written through the services: changed, added, then deleted (so the model
     never passes through having none)."""
     formset.save(commit=False)
@@ -72,7 +78,9 @@ def deployments_save(*, request, model, formset) -> None:
         services.deployment_delete(deployment=fresh, actor=request.user)
 
 
-def _report(model_admin, request, queryset, *, billable: bool) -> None:
+def _report(
+    model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any], *, billable: bool
+) -> None:
     for provider in queryset:
         result = provider_test(provider=provider, billable=billable, actor=request.user)
         figures = f"status {result.status if result.status is not None else '-'}, {result.latency_ms or 0} ms"
@@ -83,12 +91,12 @@ def _report(model_admin, request, queryset, *, billable: bool) -> None:
 
 
 @admin.action(description=_("Test connection (lists the provider's models; free)"), permissions=["change"])
-def test_connection(model_admin, request, queryset):
+def test_connection(model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]) -> None:
     _report(model_admin, request, queryset, billable=False)
 
 
 @admin.action(
     description=_("Test connection with a one-token call to the first deployment (billable)"), permissions=["change"]
 )
-def test_connection_billable(model_admin, request, queryset):
+def test_connection_billable(model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]) -> None:
     _report(model_admin, request, queryset, billable=True)

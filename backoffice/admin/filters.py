@@ -7,30 +7,40 @@ in another format, an id that is no UUID) is reported at the top of the page and
 that one filter is left out; it never narrows the list to nothing in silence.
 """
 
+from __future__ import annotations
+
 import datetime as dt
 import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from allocations.models import CatalogModel, Member
 from quota.periods import billing_tz
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
-def titled(title):
+
+def titled(title: StrOrPromise) -> type[admin.ChoicesFieldListFilter]:
     """A choices filter with its own title, for two fields whose verbose names are equal."""
 
     class Titled(admin.ChoicesFieldListFilter):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.title = title
 
     return Titled
 
 
-def other_params(changelist, *, leave_out: str) -> list[tuple[str, str]]:
+def other_params(changelist: ChangeList, *, leave_out: str) -> list[tuple[str, str]]:
     """Every (name, value) pair of the list's query except `leave_out`, one pair per value
     (Django keeps a list of values per name; printing the list would turn it into text)."""
     return [(name, value) for name, values in changelist.filter_params.items() if name != leave_out for value in values]
@@ -46,20 +56,20 @@ class InputFilter(admin.SimpleListFilter):
     bad_input = gettext_lazy("“%(value)s” is not valid here")
     error = ""
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> tuple[tuple[str, str], ...]:
         return (("", ""),)  # one entry, so the sidebar shows the box
 
-    def choices(self, changelist):
+    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:  # type: ignore[override]  # its own template
         yield {
             "value": self.value() or "",
             "parameter_name": self.parameter_name,
-            "query": other_params(changelist, leave_out=self.parameter_name),
+            "query": other_params(changelist, leave_out=self.parameter_name or ""),
             "input_type": self.input_type,
             "error": self.error,
             "hint": self.hint,
         }
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = (self.value() or "").strip()
         if not value:
             return queryset
@@ -71,14 +81,14 @@ class InputFilter(admin.SimpleListFilter):
             messages.error(request, notice % {"filter": self.title, "error": self.error})
             return queryset
 
-    def filter_value(self, queryset, value: str):
+    def filter_value(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         raise NotImplementedError
 
 
 class MemberFilter(InputFilter):
     title, parameter_name = gettext_lazy("member (username)"), "member_name"
 
-    def filter_value(self, queryset, value):
+    def filter_value(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         # The member is found first, then the list narrows by its id: the (member, started_at)
         # index answers at once, even when the member has no calls; a join on the username would
         # let the planner walk every call newest first looking for one.
@@ -90,14 +100,14 @@ class AllocationFilter(InputFilter):
     title, parameter_name = gettext_lazy("allocation (id)"), "allocation_id"
     bad_input = gettext_lazy("“%(value)s” is not an allocation id (a UUID)")
 
-    def filter_value(self, queryset, value):
+    def filter_value(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         return queryset.filter(allocation_id=uuid.UUID(value))
 
 
 class ModelFilter(InputFilter):
     title, parameter_name = gettext_lazy("model (slug)"), "model_slug"
 
-    def filter_value(self, queryset, value):
+    def filter_value(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         found = CatalogModel.objects.filter(slug=value).values_list("pk", flat=True).first()  # as for members
         return queryset.filter(model_id=found) if found else queryset.none()
 
@@ -117,12 +127,12 @@ class DateFilter(InputFilter):
 class StartedFromFilter(DateFilter):
     title, parameter_name = gettext_lazy("started on or after"), "started_from"
 
-    def filter_value(self, queryset, value):
+    def filter_value(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         return queryset.filter(started_at__gte=day_start(value))
 
 
 class StartedBeforeFilter(DateFilter):
     title, parameter_name = gettext_lazy("started before"), "started_before"
 
-    def filter_value(self, queryset, value):
+    def filter_value(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         return queryset.filter(started_at__lt=day_start(value))

@@ -5,11 +5,18 @@ Every save, action and delete goes through allocations.services, so each change 
 allocations themselves (which show usage) are administered from backoffice/admin/usage.py.
 """
 
+from __future__ import annotations
+
+import datetime as dt
 import uuid
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -27,6 +34,11 @@ from .deployments import DeploymentInline, deployments_save, test_connection, te
 from .groups import model_access_display
 from .lists import KEYSET_TEMPLATE, KeysetChangeList, fixed_choices_filter
 
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
+    from django.utils.datastructures import _ListOrTuple
+
+
 # --- providers and models --------------------------------------------------------------------------
 
 
@@ -43,8 +55,9 @@ class ProviderForm(forms.ModelForm):
         model = Provider
         fields = ("name", "kind", "base_url", "api_version", "status")
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # Django's clean() returns cleaned_data
         kind = data.get("kind") or (self.instance.kind if self.instance.pk else "")
         if kind and kind != ProviderKind.SIMULATED and not data.get("base_url"):
             self.add_error("base_url", "Required for an OpenAI-compatible or Azure provider.")
@@ -67,13 +80,13 @@ class ProviderAdmin(StaffAdmin):
     actions = (test_connection, test_connection_billable)
 
     @admin.display(description=_("kind"), ordering="kind")
-    def kind_label(self, obj):
+    def kind_label(self, obj: Provider) -> str:
         return simulated_badge(obj.kind) or obj.get_kind_display()
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> _ListOrTuple[str]:
         return ("kind", *self.readonly_fields) if obj else self.readonly_fields
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: Provider, form: forms.ModelForm[Provider], change: bool) -> None:
         data = form.cleaned_data
         if not change:
             created = services.provider_create(
@@ -98,7 +111,7 @@ class ProviderAdmin(StaffAdmin):
         if data["status"] != fresh.status:
             services.provider_set_status(provider=fresh, status=data["status"], actor=request.user)
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False  # disable instead: models and call records point at providers
 
 
@@ -150,7 +163,7 @@ class CatalogModelForm(forms.ModelForm):
             "remove it from the request (the answer names it in x-gateway-removed-tools) or refuse the call.",
         }
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["unpriced_tools"].required = False  # a form posted without it keeps the rule
         if self.instance.pk:
@@ -190,29 +203,37 @@ class CatalogModelAdmin(StaffAdmin):
     list_select_related = ("provider",)
 
     @admin.display(description=_("provider kind"))
-    def provider_label(self, obj):
+    def provider_label(self, obj: CatalogModel) -> str:
         return simulated_badge(obj.provider.kind) or obj.provider.get_kind_display()
 
     filter_horizontal = ("allowed_groups", "denied_groups")
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> _ListOrTuple[str]:
         return ("slug", "provider", "upstream_name", "kind", "display_name", "who_may_use") if obj else ()
 
-    def get_fields(self, request, obj=None):
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> _FieldGroups:
         fields = list(super().get_fields(request, obj))
         return [f for f in fields if f != "who_may_use"] + (["who_may_use"] if obj else [])
 
     @admin.display(description=_("who may use it"))
-    def who_may_use(self, obj):
+    def who_may_use(self, obj: CatalogModel) -> str:
         return model_access_display(obj)
 
-    def save_related(self, request, form, formsets, change):
+    def save_related(
+        self,
+        request: HttpRequest,
+        form: forms.ModelForm[CatalogModel],
+        formsets: list[forms.BaseInlineFormSet],
+        change: bool,
+    ) -> None:
         """The access policy is saved by save_model and the deployments by save_formset, each
         through its service (audited); nothing is saved behind them (no form.save_m2m)."""
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
 
-    def save_model(self, request, obj, form, change):
+    def save_model(
+        self, request: HttpRequest, obj: CatalogModel, form: forms.ModelForm[CatalogModel], change: bool
+    ) -> None:
         data = form.cleaned_data
         policy = {f: [g.slug for g in data[f]] if f != "access" else data[f] for f in ACCESS_FIELDS}
         if change:
@@ -247,10 +268,12 @@ class CatalogModelAdmin(StaffAdmin):
         model_access_update(model=created, changes=policy, actor=request.user)
         obj.pk, obj._state.adding = created.pk, False
 
-    def save_formset(self, request, form, formset, change):
+    def save_formset(
+        self, request: HttpRequest, form: forms.ModelForm[CatalogModel], formset: forms.BaseInlineFormSet, change: bool
+    ) -> None:
         deployments_save(request=request, model=CatalogModel.objects.get(pk=form.instance.pk), formset=formset)
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
 
@@ -262,7 +285,7 @@ class ApiKeyForm(forms.ModelForm):
         model = ApiKey
         fields = ("expires_at",)
 
-    def clean_expires_at(self):
+    def clean_expires_at(self) -> dt.datetime | None:
         value = self.cleaned_data.get("expires_at")
         if value is not None and value != self.instance.expires_at and value <= timezone.now():
             raise forms.ValidationError("Choose a future date and time (blank: the key never expires).")
@@ -291,29 +314,30 @@ class ApiKeyAdmin(StaffAdmin):
     actions = ("revoke_keys",)
 
     @admin.display(description=_("scope"))
-    def scope(self, obj):
+    def scope(self, obj: ApiKey) -> str:
         return ", ".join(s.allocation.model.slug for s in obj.scopes.select_related("allocation__model"))
 
     @admin.action(description=_("Revoke selected keys"), permissions=["revoke"])
-    def revoke_keys(self, request, queryset):
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         page = confirmed_or_page(self, request, queryset, action="revoke_keys", what="API key(s)")
         if page is not None:
             return page
         for key in queryset:
             services.api_key_revoke(key=key, actor=request.user)
         self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
+        return None
 
-    def get_readonly_fields(self, request, obj=None):
-        return self.fields if obj is not None and obj.is_revoked else self.readonly_fields
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> _ListOrTuple[str]:
+        return self.fields if isinstance(obj, ApiKey) and obj.is_revoked else self.readonly_fields
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm[ApiKey], change: bool) -> None:
         fresh = ApiKey.objects.get(pk=obj.pk)
         services.api_key_set_expiry(key=fresh, expires_at=form.cleaned_data.get("expires_at"), actor=request.user)
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are minted with allocations or by members in the portal
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
 
@@ -356,7 +380,7 @@ ACTION_LABELS = {
     "usage_drift_detected": "usage drift detected",
     "rollups_rebuilt": "daily rollups rebuilt",
 }
-TARGET_MODELS = {
+TARGET_MODELS: dict[str, type[Member | Allocation | ApiKey | Provider | CatalogModel]] = {
     "member": Member,
     "allocation": Allocation,
     "apikey": ApiKey,
@@ -368,7 +392,7 @@ TARGET_MODELS = {
 class AuditChangeList(KeysetChangeList):
     """Loads the page's targets in one query per target type, for their names and links."""
 
-    def get_results(self, request):
+    def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
         wanted: dict[str, set] = {}
         for event in self.result_list:
@@ -417,20 +441,20 @@ class AuditEventAdmin(ReadOnlyListMixin, StaffAdmin):
     )
     readonly_fields = fields
 
-    def get_changelist(self, request, **kwargs):
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return AuditChangeList
 
     @admin.display(description=_("action"), ordering="action")
-    def action_label(self, obj):
+    def action_label(self, obj: AuditEvent) -> str:
         return ACTION_LABELS.get(obj.action, obj.action.replace("_", " "))
 
     @admin.display(description=_("target"))
-    def target(self, obj):
+    def target(self, obj: AuditEvent) -> str:
         found = getattr(obj, "target_obj", None)
         if found is None:
             return f"{obj.target_type} {obj.target_id}"
         url = reverse(f"admin:{found._meta.app_label}_{found._meta.model_name}_change", args=[found.pk])
         return format_html('{} <a href="{}">{}</a>', found._meta.verbose_name, url, str(found))
 
-    def get_actions(self, request):
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         return {}  # not even "delete selected"

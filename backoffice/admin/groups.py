@@ -1,13 +1,18 @@
 """Django admin for groups and group rules, and the access answers shown on the model and member
 pages. Every write goes through allocations.groups / allocations.group_rules (audited)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 from decimal import Decimal
+from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Model, QuerySet
+from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -39,7 +44,7 @@ class GroupForm(forms.ModelForm):
         fields = ("name", "slug", "quota_cost_usd_per_month", "quota_tokens_per_month")
         help_texts = {"quota_cost_usd_per_month": BUDGET_HELP, "quota_tokens_per_month": BUDGET_HELP}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.initial["members"] = list(self.instance.members.values_list("pk", flat=True))
@@ -53,20 +58,20 @@ class GroupAdmin(StaffAdmin):
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("spend", "tokens")
 
-    def get_fields(self, request, obj=None):
+    def get_fields(self, request, obj: Model | None = None):
         fields = list(super().get_fields(request, obj))
         return fields if obj is not None else [f for f in fields if f not in self.readonly_fields]
 
-    def get_queryset(self, request):
+    def get_queryset(self, request) -> QuerySet[Group]:
         """Each group with its member count and this period's counter (no query per row)."""
         return with_spend(super().get_queryset(request).annotate(n_members=Count("members")))
 
     @admin.display(description=_("members"), ordering="n_members")
-    def member_count(self, obj):
-        return obj.n_members
+    def member_count(self, obj: Group) -> int:
+        return obj.n_members  # type: ignore[attr-defined]  # annotated by get_queryset
 
     @admin.display(description=_("spend this month / budget"))
-    def spend(self, obj):
+    def spend(self, obj: Group) -> str:
         used, cap = spend_of(obj).cost_used, obj.quota_cost_usd_per_month
         return marks.figure(
             marks.money(used), marks.money(cap) if cap is not None else gettext("no cap"), marks.share(used, cap),
@@ -74,13 +79,13 @@ class GroupAdmin(StaffAdmin):
         )  # fmt: skip
 
     @admin.display(description=_("tokens this month / quota"))
-    def tokens(self, obj):
+    def tokens(self, obj: Group) -> str:
         used, cap = spend_of(obj).tokens_used, obj.quota_tokens_per_month
         state = marks.cap_state(tokens_used=used, token_cap=cap, cost_used=Decimal(0), cost_cap=None)
         cap_text = f"{cap:,}" if cap is not None else gettext("no cap")
         return marks.figure(f"{used:,}", cap_text, marks.share(used, cap), state)
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: Group, form: forms.ModelForm[Group], change: bool) -> None:
         data = {f: form.cleaned_data.get(f) for f in groups.GROUP_FIELDS}
         try:
             with transaction.atomic():
@@ -99,7 +104,7 @@ class GroupAdmin(StaffAdmin):
         obj.pk, obj._state.adding = group.pk, False
 
     @staticmethod
-    def _members(request, group: Group, form) -> None:
+    def _members(request: HttpRequest, group: Group, form: forms.ModelForm[Group]) -> None:
         chosen = {m.pk: m.username for m in form.cleaned_data.get("members") or ()}
         current = dict(group.members.values_list("pk", "username"))
         add = [name for pk, name in chosen.items() if pk not in current]
@@ -107,7 +112,9 @@ class GroupAdmin(StaffAdmin):
         if add or remove:
             groups.group_members_change(group=group, add=add, remove=remove, actor=request.user)
 
-    def save_related(self, request, form, formsets, change):
+    def save_related(
+        self, request: HttpRequest, form: forms.ModelForm[Group], formsets: list[forms.BaseInlineFormSet], change: bool
+    ) -> None:
         """Members are saved by save_model, through the service (audited)."""
 
 
@@ -120,8 +127,9 @@ class GroupRuleForm(forms.ModelForm):
             "(…_regex: no nested quantifiers, no ambiguous alternation under a repeat, at most 200 characters)."
         }
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # Django's clean() returns cleaned_data
         if data.get("matcher"):
             try:
                 data["pattern"] = group_rules.rule_pattern_clean(matcher=data["matcher"], pattern=data.get("pattern"))
@@ -138,7 +146,7 @@ class GroupRuleAdmin(StaffAdmin):
     list_select_related = ("group",)
     ordering = ("order", "created_at")
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: GroupRule, form: forms.ModelForm[GroupRule], change: bool) -> None:
         data = {f: form.cleaned_data[f] for f in group_rules.RULE_FIELDS}
         if change:
             rule = group_rules.group_rule_update(
@@ -149,7 +157,7 @@ class GroupRuleAdmin(StaffAdmin):
         obj.pk, obj._state.adding = rule.pk, False
 
 
-def access_lines(reasons) -> str:
+def access_lines(reasons: Iterable[str]) -> str:
     return format_html_join("", "<li>{}</li>", ((r,) for r in reasons))
 
 
@@ -178,10 +186,10 @@ def member_groups_display(member: Member) -> str:
     return ", ".join(sorted(member_groups_of(member.pk).values())) or "—"
 
 
-def add_to_group_action(group: Group):
+def add_to_group_action(group: Group) -> tuple[Callable[..., None], str, str]:
     """A Member list action that adds the selected members to `group` (one per group)."""
 
-    def action(model_admin, request, queryset):
+    def action(model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]) -> None:
         try:
             groups.group_members_change(
                 group=group, add=list(queryset.values_list("username", flat=True)), actor=request.user

@@ -10,11 +10,22 @@ values.
 - Filters over a column with a fixed set of values list those values, never `SELECT DISTINCT`.
 """
 
+from __future__ import annotations
+
 import datetime as dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
-from django.db.models import Q
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
+if TYPE_CHECKING:
+    pass
 
 CURSOR_VAR = "after"
 # The admins using KeysetListMixin name it as their change_list_template (its pagination block).
@@ -41,13 +52,14 @@ class KeysetChangeList(ChangeList):
     """A ChangeList that never counts (see the module's docstring). The admin names its keyset as
     `keyset = ("started_at", "id")`: its default ordering, newest first, must be that pair."""
 
-    def __init__(self, request, *args, **kwargs):
+    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
         self.cursor = decode_cursor(request.GET.get(CURSOR_VAR, ""))
         if CURSOR_VAR in request.GET:
             # Django refuses query parameters that are not filters; the cursor is read here and
             # links built from the list's parameters (filters, sorting) start at the top again.
-            request.GET = request.GET.copy()
-            del request.GET[CURSOR_VAR]
+            query = request.GET.copy()
+            del query[CURSOR_VAR]
+            request.GET = query  # type: ignore[assignment]  # a mutable copy, as Django's own views do
         super().__init__(request, *args, **kwargs)
 
     def _keyset(self) -> tuple[str, str]:
@@ -59,7 +71,7 @@ class KeysetChangeList(ChangeList):
         # decides nothing, so the order is the keyset's when it starts with (-time, -id).
         return tuple(self.queryset.query.order_by[:2]) == (f"-{time_field}", f"-{id_field}")
 
-    def get_results(self, request):
+    def get_results(self, request: HttpRequest) -> None:
         per_page = self.list_per_page
         keyset = self._keyset_order()
         queryset = self.queryset
@@ -102,17 +114,21 @@ class KeysetListMixin:
     show_facets = admin.ShowFacets.NEVER  # facets count every filter's values over the table
     list_per_page = 50
 
-    def get_changelist(self, request, **kwargs):
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return KeysetChangeList
 
 
-def fixed_choices_filter(field: str, title, choices):
+def fixed_choices_filter(
+    field: str, title: StrOrPromise, choices: Sequence[tuple[str, Any]]
+) -> type[admin.SimpleListFilter]:
     """A list filter on `field` offering `choices` ((value, label) pairs) as they are given."""
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self: admin.SimpleListFilter, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> Sequence[tuple[str, Any]]:
         return choices
 
-    def queryset(self, request, queryset):
+    def queryset(self: admin.SimpleListFilter, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
         return queryset.filter(**{field: value}) if value else queryset
 

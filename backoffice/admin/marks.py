@@ -9,7 +9,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 from django.utils.translation import pgettext_lazy
 
-from allocations.models import Allocation
+from allocations.models import Allocation, Member
 from quota import display
 from quota.selectors import near_cap
 
@@ -22,12 +22,12 @@ STATUS_LABELS: dict[str, object] = {
 }
 
 
-def reached(used, cap) -> bool:
+def reached(used: Decimal | int, cap: Decimal | int | None) -> bool:
     """A cap is reached when the use is at or past it (a cap of 0 is reached at once)."""
     return cap is not None and Decimal(used) >= cap
 
 
-def cap_state(*, tokens_used: int, token_cap, cost_used: Decimal, cost_cap) -> str:
+def cap_state(*, tokens_used: int, token_cap: int | None, cost_used: Decimal, cost_cap: Decimal | int | None) -> str:
     """OVER when either cap is reached (the gateway refuses calls), NEAR past the near-cap share."""
     if reached(tokens_used, token_cap) or reached(cost_used, cost_cap):
         return OVER
@@ -35,12 +35,12 @@ def cap_state(*, tokens_used: int, token_cap, cost_used: Decimal, cost_cap) -> s
     return NEAR if near else CLEAR
 
 
-def one_cap_state(used, cap) -> str:
+def one_cap_state(used: Decimal | int, cap: Decimal | int | None) -> str:
     """The state against one cap (the other taken as absent)."""
     return cap_state(tokens_used=0, token_cap=None, cost_used=Decimal(used), cost_cap=cap)
 
 
-def share(used, cap) -> str:
+def share(used: Decimal | int, cap: Decimal | int | None) -> str:
     """The share of a cap as it is (115 %, not capped at 100 %); empty without a cap."""
     if cap is None:
         return ""
@@ -49,7 +49,7 @@ def share(used, cap) -> str:
     return f"{Decimal(used) * 100 / Decimal(cap):.0f} %"
 
 
-def money(value) -> str:
+def money(value: Decimal | int | None) -> str:
     return display.usd(value) if value is not None else "—"
 
 
@@ -73,7 +73,7 @@ def status_text(allocation: Allocation, state: str) -> SafeString:
     return format_html("{}", label)
 
 
-def member_link(member, text=None) -> SafeString:
+def member_link(member: Member | None, text: str | None = None) -> SafeString:
     """A link to the staff page of one member (allocations, keys, calls on one page)."""
     if member is None:
         return format_html("{}", "—")

@@ -4,7 +4,10 @@ calls on one page, a password reset, and a member created together with a first 
 Every write goes through allocations.services (audited), as in the change forms.
 """
 
+import uuid
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -12,10 +15,12 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Sum
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -38,8 +43,9 @@ class PasswordResetForm(forms.Form):
     password = forms.CharField(widget=forms.PasswordInput, strip=False, label=gettext_lazy("New password"))
     again = forms.CharField(widget=forms.PasswordInput, strip=False, label=gettext_lazy("New password again"))
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # Django's clean() returns cleaned_data
         if data.get("password") and data.get("password") != data.get("again"):
             self.add_error("again", _("The two passwords differ."))
         elif data.get("password"):
@@ -68,13 +74,13 @@ class MemberWithAllocationForm(forms.Form):
         help_text=gettext_lazy("Whole tokens ≥ 0; blank = unlimited."),
     )
 
-    def clean_password(self):
+    def clean_password(self) -> str | None:
         if self.cleaned_data.get("password"):
             validate_password(self.cleaned_data["password"])
         return self.cleaned_data.get("password")
 
 
-def _allocation_rows(member, now) -> list[dict]:
+def _allocation_rows(member: Member, now: datetime) -> list[dict]:
     allocations = list(Allocation.objects.filter(member=member).select_related("model").order_by("created_at"))
     usage = selectors.usage_this_month([a.pk for a in allocations], now=now)
     rows = []
@@ -95,14 +101,14 @@ def _allocation_rows(member, now) -> list[dict]:
     return rows
 
 
-def _figure(used_text: str, cap, used, no_cap: str):
+def _figure(used_text: str, cap: Decimal | int | None, used: Decimal | int, no_cap: str) -> SafeString:
     if cap is None:
         return marks.figure(used_text, no_cap, "", marks.CLEAR)
     cap_text = marks.money(cap) if isinstance(used, Decimal) else f"{cap:,}"
     return marks.figure(used_text, cap_text, marks.share(used, cap), marks.one_cap_state(used, cap))
 
 
-def _keys_with_spend(member, now) -> list:
+def _keys_with_spend(member: Member, now: datetime) -> list:
     """The member's live keys, each with `spend_this_month` from this month's priced calls (one
     grouped query over the member's calls of the month)."""
     keys = list(ApiKey.objects.live().filter(member=member).prefetch_related("scopes__allocation__model"))
@@ -114,11 +120,11 @@ def _keys_with_spend(member, now) -> list:
         .values_list("api_key", "total")
     )
     for key in keys:
-        key.spend_this_month = spend.get(key.pk) or ZERO
+        key.spend_this_month = spend.get(key.pk) or ZERO  # type: ignore[attr-defined]  # for the page
     return keys
 
 
-def member_page_view(request, member_id):
+def member_page_view(request: HttpRequest, member_id: uuid.UUID) -> HttpResponse:
     member = get_object_or_404(Member, pk=member_id)
     form = PasswordResetForm(request.POST or None)
     may_reset = may_change_member(member=member, actor=request.user)
@@ -145,7 +151,7 @@ def member_page_view(request, member_id):
     return TemplateResponse(request, "admin/member_page.html", context)
 
 
-def member_create_view(request):
+def member_create_view(request: HttpRequest) -> HttpResponse:
     form = MemberWithAllocationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data

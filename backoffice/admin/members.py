@@ -7,20 +7,31 @@ admin can be neither disabled nor demoted: the form says so before anything is w
 service checks again with the admins' rows locked. Every change goes through allocations.services.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
 from django.utils.translation import gettext, gettext_lazy
 
 from allocations import services
 from allocations.exceptions import GatewayError
 from allocations.members import MEMBER_UPDATABLE, SUPERUSER_TARGET, last_admin_check
 from allocations.models import AdminToken, ApiKey, Group, Member
+from allocations.requests import MemberRequest
 
 from .base import StaffAdmin, form_errors_from
 from .groups import add_to_group_action, member_access_display, member_groups_display
 from .marks import member_link
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
+    from django.utils.datastructures import _ListOrTuple
 
 
 class MemberAddForm(forms.ModelForm):
@@ -32,14 +43,15 @@ class MemberAddForm(forms.ModelForm):
         model = Member
         fields = ("username", "email", "is_staff", "is_superuser")
 
-    def clean_username(self):
+    def clean_username(self) -> str:
         username = (self.cleaned_data.get("username") or "").strip().casefold()
         if Member.objects.filter(username=username).exists():
             raise forms.ValidationError("A member with that username already exists.")
         return username
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # Django's clean() returns cleaned_data
         if data.get("password"):  # the password policy, with the new member's name and email in view
             candidate = Member(username=data.get("username") or "", email=data.get("email") or "")
             try:
@@ -63,14 +75,15 @@ class MemberChangeForm(forms.ModelForm):
         model = Member
         fields = ("email", "is_active", "is_staff", "is_superuser", "sso_subject")
 
-    def clean_new_password(self):
+    def clean_new_password(self) -> str | None:
         password = self.cleaned_data.get("new_password")
         if password:
             validate_password(password, user=self.instance)
         return password
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # Django's clean() returns cleaned_data
         guarded = {"email", "is_active", "is_staff", "new_password"}.intersection(self.changed_data)
         if guarded and self.instance.is_superuser and not getattr(self.acting_user, "is_superuser", False):
             raise forms.ValidationError(SUPERUSER_TARGET.capitalize() + ".")
@@ -107,44 +120,46 @@ class MemberAdmin(StaffAdmin):
     readonly_fields = ("username", "last_login", "date_joined", "groups_list", "model_access")
 
     @admin.display(description=gettext_lazy("groups"))
-    def groups_list(self, obj):
+    def groups_list(self, obj: Member) -> str:
         return member_groups_display(obj)
 
     @admin.display(description=gettext_lazy("model access"))
-    def model_access(self, obj):
+    def model_access(self, obj: Member) -> str:
         return member_access_display(obj)
 
-    def get_actions(self, request):
-        actions = super().get_actions(request)
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions: dict[str, Any] = super().get_actions(request)
         for group in Group.objects.order_by("name"):
             action, name, description = add_to_group_action(group)
             actions[name] = (action, name, description)
         return actions
 
     @admin.display(description=gettext_lazy("member page"))
-    def page(self, obj):
+    def page(self, obj: Member) -> str:
         return member_link(obj, gettext("open"))
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
+    def get_form(
+        self, request: HttpRequest, obj: Model | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm[Any]]:
         kwargs["form"] = MemberChangeForm if obj is not None else MemberAddForm
         form = super().get_form(request, obj, change=change, **kwargs)
-        form.acting_user = request.user  # a class made for this request by modelform_factory
+        form.acting_user = request.user  # type: ignore[attr-defined]  # a MemberChangeForm class made for this request
         return form
 
-    def get_fields(self, request, obj=None):
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> _FieldGroups:
         if obj is None:
             add = ("username", "email", "password", "is_staff", "is_superuser")
             return add if request.user.is_superuser else add[:-1]
         return self.fields
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> _ListOrTuple[str]:
         if obj is None:
             return ()
         if request.user.is_superuser:
             return self.readonly_fields
         return (*self.readonly_fields, "is_superuser", "sso_subject")  # a link signs in as the member
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: Member, form: forms.ModelForm[Member], change: bool) -> None:
         data = form.cleaned_data
         if not change:
             created = services.member_create(
@@ -164,7 +179,7 @@ class MemberAdmin(StaffAdmin):
             self.message_user(request, exc.message, messages.ERROR)
 
     @staticmethod
-    def _save_changes(request, member: Member, form) -> None:
+    def _save_changes(request: HttpRequest, member: Member, form: forms.ModelForm[Member]) -> None:
         data, changed = form.cleaned_data, form.changed_data
         if "is_superuser" in changed and request.user.is_superuser:
             member = services.member_set_roles(
@@ -181,7 +196,9 @@ class MemberAdmin(StaffAdmin):
         if data.get("new_password"):
             services.member_set_password(member=member, password=data["new_password"], actor=request.user)
 
-    def save_related(self, request, form, formsets, change):
+    def save_related(
+        self, request: HttpRequest, form: forms.ModelForm[Member], formsets: list[forms.BaseInlineFormSet], change: bool
+    ) -> None:
         """Groups and permissions are not edited here: staff = admin."""
 
 
@@ -194,13 +211,13 @@ class AdminTokenForm(forms.ModelForm):
         model = AdminToken
         fields = ("user",)
 
-    def __init__(self, *args, request=None, **kwargs):
+    def __init__(self, *args: Any, request: MemberRequest | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         staff = Member.objects.filter(is_staff=True, is_active=True)
         if request is not None and not request.user.is_superuser:
             staff = staff.filter(pk=request.user.pk)  # only a superuser mints for someone else
             self.fields["user"].initial = request.user.pk
-        self.fields["user"].queryset = staff
+        self.fields["user"].queryset = staff  # type: ignore[attr-defined]  # a ModelChoiceField
 
 
 @admin.register(AdminToken)
@@ -212,22 +229,26 @@ class AdminTokenAdmin(StaffAdmin):
     readonly_fields = ("prefix", "user", "created_at", "expires_at", "last_used_at", "revoked_at")
     actions = ("revoke_tokens",)
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
+    def get_form(
+        self, request: HttpRequest, obj: Model | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm[Any]]:
         form = super().get_form(request, obj, change=change, **kwargs)
 
         class RequestForm(form):  # type: ignore[valid-type,misc]
-            def __init__(self, *args, **inner):
+            def __init__(self, *args: Any, **inner: Any) -> None:
                 super().__init__(*args, request=request, **inner)
 
         return RequestForm
 
-    def get_fields(self, request, obj=None):
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> _FieldGroups:
         return ("user", "expires_days") if obj is None else self.readonly_fields
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> _ListOrTuple[str]:
         return self.readonly_fields if obj else ()
 
-    def save_model(self, request, obj, form, change):
+    def save_model(
+        self, request: HttpRequest, obj: AdminToken, form: forms.ModelForm[AdminToken], change: bool
+    ) -> None:
         plaintext = services.admin_token_create(
             user=form.cleaned_data["user"], actor=request.user, expires_days=form.cleaned_data.get("expires_days")
         )
@@ -237,10 +258,10 @@ class AdminTokenAdmin(StaffAdmin):
         self.message_user(request, f"Admin token (shown once, copy it now): {plaintext}", messages.WARNING)
 
     @admin.action(description=gettext_lazy("Revoke selected admin tokens"), permissions=["revoke"])
-    def revoke_tokens(self, request, queryset):
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[AdminToken]) -> None:
         for token in queryset:
             services.admin_token_revoke(token=token, actor=request.user)
         self.message_user(request, f"{queryset.count()} token(s) revoked.", messages.SUCCESS)
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False

@@ -4,11 +4,14 @@ Reads come from quota.overview (bounded aggregates); the cap change goes through
 allocations.services.allocation_update, the same service and audit events as the change form.
 """
 
+import datetime as dt
 import math
+import uuid
+from datetime import datetime
 from decimal import Decimal
 
 from django.contrib import admin, messages
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -64,7 +67,7 @@ def _chart(names: list[str], rows: list[dict], step: str) -> dict:
     }
 
 
-def _near_rows(period_start, resets_on) -> list[dict]:
+def _near_rows(period_start: dt.date, resets_on: dt.date) -> list[dict]:
     rows = []
     for counter in overview.near_cap_counters(period_start=period_start):
         a = counter.allocation
@@ -98,7 +101,7 @@ def _providers(figures: overview.MonthFigures) -> list[dict]:
     ]  # fmt: skip
 
 
-def overview_context(*, now, by: str, period: spend.Period) -> dict:
+def overview_context(*, now: datetime, by: str, period: spend.Period) -> dict:
     start, end = period_bounds(now)
     period_start = period_start_date(now)
     figures = overview.month_figures(start=start, end=end, now=now, by="provider" if by == "provider" else "model")
@@ -133,9 +136,10 @@ def overview_context(*, now, by: str, period: spend.Period) -> dict:
     }
 
 
-def overview_view(request):
+def overview_view(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
-    by = request.GET.get("by") if request.GET.get("by") in spend.GROUPS else "model"
+    requested = request.GET.get("by", "")
+    by = requested if requested in spend.GROUPS else "model"
     try:
         period = spend.period_from(request.GET, now=now)
     except spend.PeriodError as exc:
@@ -157,7 +161,7 @@ def overview_view(request):
 
 
 @require_POST
-def raise_cap_view(request, allocation_id):
+def raise_cap_view(request: HttpRequest, allocation_id: uuid.UUID) -> HttpResponse:
     allocation = get_object_or_404(Allocation.objects.select_related("model", "member"), pk=allocation_id)
     before = allocation.quota_cost_usd_per_month
     try:

@@ -10,6 +10,7 @@ priced call records (the `started_at` index), so the picker takes hours over at 
 import csv
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from io import StringIO
@@ -62,7 +63,7 @@ def _midnight(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time.min, tzinfo=billing_tz())
 
 
-def period_from(params, *, now: dt.datetime) -> Period:
+def period_from(params: Mapping[str, str], *, now: dt.datetime) -> Period:
     """The picker's period; PeriodError with a message for input it cannot draw."""
     name = params.get("period") or "this"
     step = "hour" if params.get("step") == "hour" else "day"

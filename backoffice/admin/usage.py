@@ -4,13 +4,18 @@ Writes go through allocations.services / quota.services (audited); usage comes f
 through quota.selectors, one query per page.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import DecimalField, OuterRef, Subquery, Value
+from django.db.models import DecimalField, Model, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext
@@ -30,6 +35,11 @@ from .base import StaffAdmin, confirmed_or_page, form_errors_from, simulated_bad
 from .filters import (
     titled,
 )
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
+    from django.utils.datastructures import _ListOrTuple
+
 
 # --- allocations -----------------------------------------------------------------------------------
 
@@ -59,7 +69,7 @@ class AllocationForm(forms.ModelForm):
             "note",
         )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The initial values as the text fields show them, so that an untouched field is not
         # "changed" (500 vs "500") in the change message.
@@ -70,36 +80,36 @@ class AllocationForm(forms.ModelForm):
         if isinstance(tokens, int):
             self.initial["quota_tokens_per_month"] = str(tokens)
 
-    def clean_quota_tokens_per_month(self):
+    def clean_quota_tokens_per_month(self) -> int | None:
         try:
             return services.validate_token_quota(self.cleaned_data.get("quota_tokens_per_month", "").strip())
         except BadRequest as exc:
-            raise forms.ValidationError(exc.fields["quota_tokens_per_month"]) from None
+            raise forms.ValidationError(exc.fields["quota_tokens_per_month"]) from None  # type: ignore[index]  # named
 
-    def clean_quota_cost_usd_per_month(self):
+    def clean_quota_cost_usd_per_month(self) -> Decimal | None:
         try:
             return services.validate_cost_cap(self.cleaned_data.get("quota_cost_usd_per_month", "").strip())
         except BadRequest as exc:
-            raise forms.ValidationError(exc.fields["quota_cost_usd_per_month"]) from None
+            raise forms.ValidationError(exc.fields["quota_cost_usd_per_month"]) from None  # type: ignore[index]  # named
 
 
 class UsageChangeList(ChangeList):
     """Attaches this month's usage to the page's allocations: one counter query per page."""
 
-    def get_results(self, request):
+    def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
         usage = selectors.usage_this_month([a.pk for a in self.result_list])
         for allocation in self.result_list:
             allocation.usage_tokens, allocation.usage_cost = usage[allocation.pk]
 
 
-def _usage(obj):
+def _usage(obj: Any) -> tuple[int, Decimal]:  # an allocation, with this month's usage attached
     if not hasattr(obj, "usage_tokens"):
         obj.usage_tokens, obj.usage_cost = selectors.usage_this_month([obj.pk])[obj.pk]
     return obj.usage_tokens, obj.usage_cost
 
 
-def _state(obj) -> str:
+def _state(obj: Any) -> str:
     tokens, cost = _usage(obj)
     return marks.cap_state(
         tokens_used=tokens,
@@ -115,11 +125,11 @@ class UsageFilter(admin.SimpleListFilter):
     title = _("this month's usage")
     parameter_name = "usage"
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, Any]]:
         near = gettext("near a cap (≥ %(share)s)") % {"share": f"{caps.near_cap_ratio():.0%}"}
         return [("near", near), ("over", gettext("at or over a cap"))]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() not in ("near", "over"):
             return queryset
         ratio = caps.near_cap_ratio() if self.value() == "near" else Decimal(1)
@@ -155,14 +165,14 @@ class AllocationAdmin(StaffAdmin):
     readonly_fields = ("status", "paused_by", "status_reason", "usage_summary", "created_at", "updated_at")
     actions = ("pause", "resume", "revoke", "unquarantine", "rotate_default_key")
 
-    def get_changelist(self, request, **kwargs):
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return UsageChangeList
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> _ListOrTuple[str]:
         return ("member", "model", *self.readonly_fields) if obj else ()
 
-    def get_fields(self, request, obj=None):
-        fields = list(AllocationForm.Meta.fields)
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> _FieldGroups:
+        fields: list[Any] = list(AllocationForm.Meta.fields)
         if obj is None:
             fields.remove("quota_locked")
             fields.remove("note")
@@ -170,39 +180,41 @@ class AllocationAdmin(StaffAdmin):
         return [*fields, "status", "paused_by", "status_reason", "usage_summary", "created_at", "updated_at"]
 
     @admin.display(description=_("model"), ordering="model__slug")
-    def model_label(self, obj):
+    def model_label(self, obj: Allocation) -> str:
         badge = simulated_badge(obj.model.provider.kind) if obj.model.provider.kind == ProviderKind.SIMULATED else ""
         return format_html("{} {}", obj.model.slug, badge)
 
     @admin.display(description=_("member"), ordering="member__username")
-    def member_link(self, obj):
+    def member_link(self, obj: Allocation) -> str:
         return marks.member_link(obj.member)
 
     @admin.display(description=_("status"), ordering="status")
-    def status_label(self, obj):
+    def status_label(self, obj: Allocation) -> str:
         return marks.status_text(obj, _state(obj))
 
     @admin.display(description=_("tokens used / quota"))
-    def tokens(self, obj):
+    def tokens(self, obj: Allocation) -> str:
         used, _cost = _usage(obj)
         cap = obj.quota_tokens_per_month
         cap_text = gettext("unlimited") if cap is None else f"{cap:,}"
         return marks.figure(f"{used:,}", cap_text, marks.share(used, cap), marks.one_cap_state(used, cap))
 
     @admin.display(description=_("spend / cap this month"))
-    def spend(self, obj):
+    def spend(self, obj: Allocation) -> str:
         _tokens, cost = _usage(obj)
         cap = obj.quota_cost_usd_per_month
         cap_text = gettext("no cap") if cap is None else marks.money(cap)
         return marks.figure(marks.money(cost), cap_text, marks.share(cost, cap), marks.one_cap_state(cost, cap))
 
     @admin.display(description=_("this month"))
-    def usage_summary(self, obj):
+    def usage_summary(self, obj: Allocation) -> str:
         return format_html("{}: {}; {}: {}", gettext("tokens"), self.tokens(obj), gettext("spend"), self.spend(obj))
 
     # --- writes: only through the services ---
 
-    def save_model(self, request, obj, form, change):
+    def save_model(
+        self, request: HttpRequest, obj: Allocation, form: forms.ModelForm[Allocation], change: bool
+    ) -> None:
         data = form.cleaned_data
         if change:
             fresh = Allocation.objects.get(pk=obj.pk)
@@ -224,10 +236,12 @@ class AllocationAdmin(StaffAdmin):
             request, f"Default API key for {allocation} (shown once, copy it now): {plaintext}", messages.WARNING
         )
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False  # revoke instead: call records point at allocations
 
-    def _each(self, request, queryset, verb, call):
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet[Allocation], verb: str, call: Callable[[Allocation], object]
+    ) -> None:
         done = 0
         for allocation in queryset.select_related("member", "model"):
             try:
@@ -239,15 +253,15 @@ class AllocationAdmin(StaffAdmin):
             self.message_user(request, f"{done} allocation(s) {verb}.", messages.SUCCESS)
 
     @admin.action(description=_("Pause selected allocations"), permissions=["change"])
-    def pause(self, request, queryset):
+    def pause(self, request: HttpRequest, queryset: QuerySet[Allocation]) -> None:
         self._each(request, queryset, "paused", lambda a: services.allocation_pause(allocation=a, actor=request.user))
 
     @admin.action(description=_("Resume selected allocations"), permissions=["change"])
-    def resume(self, request, queryset):
+    def resume(self, request: HttpRequest, queryset: QuerySet[Allocation]) -> None:
         self._each(request, queryset, "resumed", lambda a: services.allocation_resume(allocation=a, actor=request.user))
 
     @admin.action(description=_("Revoke selected allocations (final)"), permissions=["change"])
-    def revoke(self, request, queryset):
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Allocation]) -> HttpResponse | None:
         page = confirmed_or_page(self, request, queryset, action="revoke", what="allocation(s)")
         if page is not None:
             return page
@@ -255,7 +269,7 @@ class AllocationAdmin(StaffAdmin):
         return None
 
     @admin.action(description=_("Unquarantine selected allocations"), permissions=["change"])
-    def unquarantine(self, request, queryset):
+    def unquarantine(self, request: HttpRequest, queryset: QuerySet[Allocation]) -> None:
         self._each(
             request,
             queryset,
@@ -264,8 +278,8 @@ class AllocationAdmin(StaffAdmin):
         )
 
     @admin.action(description=_("Rotate default key of selected allocations"), permissions=["change"])
-    def rotate_default_key(self, request, queryset):
-        def rotate(allocation):
+    def rotate_default_key(self, request: HttpRequest, queryset: QuerySet[Allocation]) -> None:
+        def rotate(allocation: Allocation) -> None:
             _, plaintext = services.allocation_rotate_default_key(allocation=allocation, actor=request.user)
             self.message_user(request, f"New default key for {allocation} (shown once): {plaintext}", messages.WARNING)
 
@@ -293,7 +307,7 @@ class PriceVersionForm(forms.ModelForm):
             "image_prices",
         )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if "effective_from" in self.fields:  # absent on the read-only view of an existing version
             self.fields["effective_from"].required = False
@@ -309,8 +323,9 @@ class PriceVersionForm(forms.ModelForm):
             )
             self.fields["image_prices"].help_text = f"Unit image only. {IMAGE_PRICES_HELP} Others: price per unit."
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # Django's clean() returns cleaned_data
         if not data.get("effective_from") and "effective_from" not in self.errors:
             data["effective_from"] = timezone.now()
         rates = {f: data.get(f) for f in self.Meta.fields[2:7]}
@@ -334,10 +349,12 @@ class PriceVersionAdmin(StaffAdmin):
     ordering = ("-effective_from", "-id")
 
     @admin.display(description=_("unit price"))
-    def unit_price(self, obj):
+    def unit_price(self, obj: PriceVersion) -> str:
         return f"{obj.price_per_unit} / {obj.unit}" if obj.unit else ""
 
-    def save_model(self, request, obj, form, change):
+    def save_model(
+        self, request: HttpRequest, obj: PriceVersion, form: forms.ModelForm[PriceVersion], change: bool
+    ) -> None:
         data = form.cleaned_data
         version = price_version_add(
             model=data["model"],
@@ -350,8 +367,8 @@ class PriceVersionAdmin(StaffAdmin):
         )
         obj.pk, obj._state.adding = version.pk, False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False  # append-only: add a new version instead
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 
 from allocations import services
 from allocations.models import Allocation
+from allocations.requests import MemberAPIRequest
 from lib.serializers import (
     DecimalInputField,
     RateLimitsInputMixin,
@@ -48,7 +49,7 @@ class AllocationList(AdminAPIView):
         ],
         responses=page_of(AllocationOutput, "AllocationPage"),
     )
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         queryset = ALLOCATIONS
         params = request.query_params
         if params.get("member"):
@@ -60,7 +61,7 @@ class AllocationList(AdminAPIView):
         return list_response(request, queryset, AllocationOutput, prepare=sel.allocations_with_usage)
 
     @extend_schema(request=InputSerializer, responses={201: AllocationCreatedOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         limits, data = split_limits(parse_input(self.InputSerializer, request), Allocation.LIMIT_FIELDS)
         allocation, key, plaintext = services.allocation_create(
             **{**data, "member": member_by(data["member"]), "model": model_by_slug(data["model"])},
@@ -81,11 +82,11 @@ class AllocationDetail(AdminAPIView):
         display_name = StrictCharField(required=False, allow_blank=True, max_length=200)
 
     @extend_schema(responses=AllocationOutput)
-    def get(self, request, allocation_id):
+    def get(self, request: MemberAPIRequest, allocation_id: str) -> Response:
         return Response(_output(sel.get_or_404(ALLOCATIONS, allocation_id)))
 
     @extend_schema(request=InputSerializer, responses=AllocationOutput)
-    def patch(self, request, allocation_id):
+    def patch(self, request: MemberAPIRequest, allocation_id: str) -> Response:
         allocation = sel.get_or_404(ALLOCATIONS, allocation_id)
         changes = parse_input(self.InputSerializer, request)
         allocation = services.allocation_update(allocation=allocation, changes=changes, actor=request.user)
@@ -106,7 +107,7 @@ class AllocationAction(AdminAPIView):
         responses=AllocationOutput,
         parameters=[OpenApiParameter("action", str, OpenApiParameter.PATH, enum=list(ACTIONS))],
     )
-    def post(self, request, allocation_id, action):
+    def post(self, request: MemberAPIRequest, allocation_id: str, action: str) -> Response:
         if action not in ACTIONS:
             raise Http404
         allocation = sel.get_or_404(ALLOCATIONS, allocation_id)

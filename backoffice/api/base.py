@@ -3,17 +3,25 @@ a list or detail is looked up by a public reference."""
 
 import contextlib
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
+from django.db.models import Manager, Model, QuerySet
 from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from allocations.exceptions import BadRequest
 from allocations.models import Member, Provider
 from lib.json_depth import DepthLimitedJSONParser
 from lib.pages import keyset_page, parse_limit
 from lib.serializers import QueryCheckedAPIView
+
+_M = TypeVar("_M", bound=Model)
 
 PAGE_PARAMETERS = [
     OpenApiParameter("cursor", str, description="The `next` of the previous page."),
@@ -24,7 +32,7 @@ PAGE_PARAMETERS = [
 class IsStaff(BasePermission):
     """Staff = admin (SPEC section 2): every active staff member may use the whole admin API."""
 
-    def has_permission(self, request, view):
+    def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
         return bool(user and user.is_authenticated and user.is_active and user.is_staff)
 
@@ -35,7 +43,14 @@ class AdminAPIView(QueryCheckedAPIView):
     parser_classes = [DepthLimitedJSONParser]
 
 
-def list_response(request, queryset, output, *, time_field: str = "created_at", prepare=None) -> Response:
+def list_response(
+    request: Request,
+    queryset: QuerySet[_M],
+    output: type[serializers.BaseSerializer],
+    *,
+    time_field: str = "created_at",
+    prepare: Callable[[list[_M]], list[_M]] | None = None,
+) -> Response:
     """A keyset page (newest first, never counted) rendered by the `output` serializer."""
     params = request.query_params
     rows, next_cursor = keyset_page(
@@ -46,7 +61,7 @@ def list_response(request, queryset, output, *, time_field: str = "created_at", 
     return Response({"results": output(rows, many=True).data, "next": next_cursor})
 
 
-def _by_name_or_id(queryset, field: str, ref):
+def _by_name_or_id(queryset: QuerySet[_M] | Manager[_M], field: str, ref: str) -> _M | None:
     found = queryset.filter(**{field: ref}).first()
     if found is None:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -54,7 +69,7 @@ def _by_name_or_id(queryset, field: str, ref):
     return found
 
 
-def member_by(ref) -> Member:
+def member_by(ref: object) -> Member:
     """A member by case-folded username or by id; 400 naming `member` when there is none."""
     member = _by_name_or_id(Member.objects, "username", ref.strip().casefold()) if isinstance(ref, str) else None
     if member is None:
@@ -62,7 +77,7 @@ def member_by(ref) -> Member:
     return member
 
 
-def provider_by(ref) -> Provider:
+def provider_by(ref: object) -> Provider:
     provider = _by_name_or_id(Provider.objects, "name", ref) if isinstance(ref, str) else None
     if provider is None:
         raise BadRequest("no such provider", fields={"provider": ["No provider with that name or id."]})

@@ -1,6 +1,8 @@
 """Admin API: providers, catalog models and price versions. The rules for each (unique names and
 slugs, URLs, price shapes) live in the services; the input serializers check the JSON types."""
 
+from typing import Any
+
 from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -10,6 +12,7 @@ from allocations import services
 from allocations.cost_options import ALLOWED_OPTIONS, UNPRICED_TOOLS
 from allocations.groups import ACCESS_FIELDS, model_access_update
 from allocations.models import CatalogModel, ModelKind, Provider, ProviderKind
+from allocations.requests import MemberAPIRequest
 from allocations.selfservice import model_set_self_service
 from lib.serializers import (
     DecimalInputField,
@@ -40,11 +43,11 @@ class ProviderList(AdminAPIView):
         api_version = StrictCharField(required=False, allow_blank=True, max_length=40, default="")
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ProviderOutput, "ProviderPage"))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         return list_response(request, Provider.objects.all(), ProviderOutput)
 
     @extend_schema(request=InputSerializer, responses={201: ProviderOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         provider = services.provider_create(**parse_input(self.InputSerializer, request), actor=request.user)
         return Response(ProviderOutput(provider).data, status=status.HTTP_201_CREATED)
 
@@ -66,15 +69,15 @@ EXTRA_CLIENT_HELP = (
 )
 
 
-def _allowed_options_field(**kwargs) -> serializers.ListField:
+def _allowed_options_field(**kwargs: Any) -> serializers.ListField:
     return serializers.ListField(child=StrictCharField(max_length=64), help_text=OPTIONS_HELP, **kwargs)
 
 
-def _unpriced_tools_field(**kwargs) -> serializers.ChoiceField:
+def _unpriced_tools_field(**kwargs: Any) -> serializers.ChoiceField:
     return serializers.ChoiceField(choices=UNPRICED_TOOLS, help_text=UNPRICED_HELP, **kwargs)
 
 
-def _extra_client_tools_field(**kwargs) -> serializers.ListField:
+def _extra_client_tools_field(**kwargs: Any) -> serializers.ListField:
     return serializers.ListField(child=StrictCharField(max_length=64), help_text=EXTRA_CLIENT_HELP, **kwargs)
 
 
@@ -90,11 +93,11 @@ class ModelList(AdminAPIView):
         extra_client_tools = _extra_client_tools_field(required=False, default=list)
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(ModelOutput, "ModelPage"))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         return list_response(request, MODELS, ModelOutput)
 
     @extend_schema(request=InputSerializer, responses={201: ModelOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         limits, data = split_limits(parse_input(self.InputSerializer, request), CatalogModel.LIMIT_FIELDS)
         model = services.model_create(
             **{**data, "provider": provider_by(data["provider"])}, limits=limits, actor=request.user
@@ -120,11 +123,11 @@ class ModelDetail(AdminAPIView):
         denied_groups = serializers.ListField(child=StrictCharField(max_length=200), required=False)
 
     @extend_schema(responses=ModelOutput)
-    def get(self, request, model_id):
+    def get(self, request: MemberAPIRequest, model_id: str) -> Response:
         return Response(ModelOutput(sel.get_or_404(MODELS, model_id)).data)
 
     @extend_schema(request=InputSerializer, responses=ModelOutput)
-    def patch(self, request, model_id):
+    def patch(self, request: MemberAPIRequest, model_id: str) -> Response:
         model = sel.get_or_404(MODELS, model_id)
         self_service, changes = split_self_service(parse_input(self.InputSerializer, request))
         policy = {f: changes.pop(f) for f in ACCESS_FIELDS if f in changes}
@@ -175,13 +178,13 @@ class PriceList(AdminAPIView):
         parameters=[*PAGE_PARAMETERS, OpenApiParameter("model", str, description="A model's slug.")],
         responses=page_of(PriceOutput, "PricePage"),
     )
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         queryset = PriceVersion.objects.select_related("model")
         if request.query_params.get("model"):
             queryset = queryset.filter(model__slug=request.query_params["model"])
         return list_response(request, queryset, PriceOutput)
 
     @extend_schema(request=InputSerializer, responses={201: PriceOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         version = price_row_add(parse_input(self.InputSerializer, request), actor=request.user)
         return Response(PriceOutput(version).data, status=status.HTTP_201_CREATED)

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from allocations import deployments as services
 from allocations.models import CatalogModel, Deployment, Provider
 from allocations.provider_check import provider_test
+from allocations.requests import MemberAPIRequest
 from lib.serializers import (
     StrictBooleanField,
     StrictCharField,
@@ -52,13 +53,13 @@ def _deployment_or_404(model_id: str, deployment_id: str) -> Deployment:
 
 class DeploymentList(AdminAPIView):
     @extend_schema(responses=DeploymentOutput(many=True))
-    def get(self, request, model_id):
+    def get(self, request: MemberAPIRequest, model_id: str) -> Response:
         model = sel.get_or_404(CatalogModel.objects.all(), model_id)
         rows = Deployment.objects.filter(model=model).in_order().select_related("provider")
         return Response({"results": DeploymentOutput(rows, many=True).data})
 
     @extend_schema(request=DeploymentInput, responses={201: DeploymentOutput})
-    def post(self, request, model_id):
+    def post(self, request: MemberAPIRequest, model_id: str) -> Response:
         model = sel.get_or_404(CatalogModel.objects.all(), model_id)
         data = _with_provider(parse_input(DeploymentInput, request))
         deployment = services.deployment_create(model=model, actor=request.user, **data)
@@ -67,18 +68,18 @@ class DeploymentList(AdminAPIView):
 
 class DeploymentDetail(AdminAPIView):
     @extend_schema(responses=DeploymentOutput)
-    def get(self, request, model_id, deployment_id):
+    def get(self, request: MemberAPIRequest, model_id: str, deployment_id: str) -> Response:
         return Response(DeploymentOutput(_deployment_or_404(model_id, deployment_id)).data)
 
     @extend_schema(request=DeploymentChanges, responses=DeploymentOutput)
-    def patch(self, request, model_id, deployment_id):
+    def patch(self, request: MemberAPIRequest, model_id: str, deployment_id: str) -> Response:
         deployment = _deployment_or_404(model_id, deployment_id)
         changes = _with_provider(parse_input(DeploymentChanges, request))
         deployment = services.deployment_update(deployment=deployment, changes=changes, actor=request.user)
         return Response(DeploymentOutput(deployment).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, model_id, deployment_id):
+    def delete(self, request: MemberAPIRequest, model_id: str, deployment_id: str) -> Response:
         services.deployment_delete(deployment=_deployment_or_404(model_id, deployment_id), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -94,7 +95,7 @@ class ProviderTest(AdminAPIView):
         )  # fmt: skip
 
     @extend_schema(request=InputSerializer, responses=ProviderTestOutput)
-    def post(self, request, provider_id):
+    def post(self, request: MemberAPIRequest, provider_id: str) -> Response:
         provider = sel.get_or_404(Provider.objects.all(), provider_id)
         data = parse_input(self.InputSerializer, request)
         result = provider_test(

@@ -3,12 +3,14 @@ the model access answers (`/api/admin/models/{id}/access`, `/api/admin/members/{
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.request import Request
 from rest_framework.response import Response
 
 from allocations import group_rules, groups
 from allocations.exceptions import BadRequest
 from allocations.model_access import member_access, model_members_allowed
 from allocations.models import CatalogModel, Group, GroupRule, Member
+from allocations.requests import MemberAPIRequest
 from lib.serializers import (
     DecimalInputField,
     StrictBooleanField,
@@ -40,24 +42,24 @@ class GroupList(AdminAPIView):
         return list_response(request, with_spend(Group.objects.prefetch_related("members")), GroupOutput)
 
     @extend_schema(request=GroupInput, responses={201: GroupOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         group = groups.group_create(data=parse_input(GroupInput, request), actor=request.user)
         return Response(GroupOutput(group).data, status=status.HTTP_201_CREATED)
 
 
 class GroupDetail(AdminAPIView):
     @extend_schema(responses=GroupOutput)
-    def get(self, request, group_id):
+    def get(self, request: MemberAPIRequest, group_id: str) -> Response:
         return Response(GroupOutput(sel.get_or_404(Group.objects, group_id)).data)
 
     @extend_schema(request=GroupInput, responses=GroupOutput)
-    def patch(self, request, group_id):
+    def patch(self, request: MemberAPIRequest, group_id: str) -> Response:
         group = sel.get_or_404(Group.objects, group_id)
         group = groups.group_update(group=group, changes=parse_input(GroupInput, request), actor=request.user)
         return Response(GroupOutput(group).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, group_id):
+    def delete(self, request: MemberAPIRequest, group_id: str) -> Response:
         groups.group_delete(group=sel.get_or_404(Group.objects, group_id), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -68,7 +70,7 @@ class GroupMembers(AdminAPIView):
         remove = serializers.ListField(child=StrictCharField(max_length=200), required=False, default=list)
 
     @extend_schema(request=InputSerializer, responses=GroupOutput)
-    def post(self, request, group_id):
+    def post(self, request: MemberAPIRequest, group_id: str) -> Response:
         group = sel.get_or_404(Group.objects, group_id)
         data = parse_input(self.InputSerializer, request)
         group = groups.group_members_change(group=group, add=data["add"], remove=data["remove"], actor=request.user)
@@ -83,7 +85,7 @@ class GroupRuleInput(StrictInputSerializer):
     enabled = StrictBooleanField(required=False)
 
 
-def _rule_data(request) -> dict:
+def _rule_data(request: Request) -> dict:
     data = parse_input(GroupRuleInput, request)
     if "group" in data:
         data["group"] = groups.group_ref(data["group"]) or data["group"]
@@ -95,30 +97,30 @@ RULES = GroupRule.objects.select_related("group")
 
 class GroupRuleList(AdminAPIView):
     @extend_schema(responses=GroupRuleOutput(many=True))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         return Response(
             {"results": GroupRuleOutput(RULES.order_by("order", "created_at"), many=True).data, "next": None}
         )
 
     @extend_schema(request=GroupRuleInput, responses={201: GroupRuleOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         rule = group_rules.group_rule_create(data=_rule_data(request), actor=request.user)
         return Response(GroupRuleOutput(rule).data, status=status.HTTP_201_CREATED)
 
 
 class GroupRuleDetail(AdminAPIView):
     @extend_schema(responses=GroupRuleOutput)
-    def get(self, request, rule_id):
+    def get(self, request: MemberAPIRequest, rule_id: str) -> Response:
         return Response(GroupRuleOutput(sel.get_or_404(RULES, rule_id)).data)
 
     @extend_schema(request=GroupRuleInput, responses=GroupRuleOutput)
-    def patch(self, request, rule_id):
+    def patch(self, request: MemberAPIRequest, rule_id: str) -> Response:
         rule = sel.get_or_404(RULES, rule_id)
         rule = group_rules.group_rule_update(rule=rule, changes=_rule_data(request), actor=request.user)
         return Response(GroupRuleOutput(rule).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, rule_id):
+    def delete(self, request: MemberAPIRequest, rule_id: str) -> Response:
         group_rules.group_rule_delete(rule=sel.get_or_404(RULES, rule_id), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -129,7 +131,7 @@ class GroupRuleTest(AdminAPIView):
         username = StrictCharField(max_length=150, required=False, allow_blank=True, default="")
 
     @extend_schema(request=InputSerializer, responses={200: dict})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         data = parse_input(self.InputSerializer, request)
         found = group_rules.group_rules_match(email=data["email"], username=data["username"])
         rule = found.rule
@@ -145,7 +147,7 @@ class GroupRuleTest(AdminAPIView):
 
 class ModelAccess(AdminAPIView):
     @extend_schema(responses={200: dict})
-    def get(self, request, model_id):
+    def get(self, request: MemberAPIRequest, model_id: str) -> Response:
         model = sel.get_or_404(CatalogModel.objects.all(), model_id)
         members = model_members_allowed(model=model)
         return Response(
@@ -161,7 +163,7 @@ class MemberAccess(AdminAPIView):
     @extend_schema(
         parameters=[OpenApiParameter("model", str, description="The model's slug or id.")], responses={200: dict}
     )
-    def get(self, request, member_id):
+    def get(self, request: MemberAPIRequest, member_id: str) -> Response:
         member = sel.get_or_404(Member.objects, member_id)
         ref = request.query_params.get("model", "")
         model = CatalogModel.objects.filter(slug=ref).first() or _model_by_id(ref)

@@ -1,5 +1,7 @@
 """Admin API: members (`/api/admin/members`) and admin tokens (`/api/admin/tokens`)."""
 
+from typing import Any
+
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -8,6 +10,7 @@ from rest_framework.response import Response
 from allocations import invitations, services
 from allocations.members import MEMBER_UPDATABLE
 from allocations.models import AdminToken, Member
+from allocations.requests import MemberAPIRequest
 from lib.serializers import (
     StrictBooleanField,
     StrictCharField,
@@ -31,12 +34,12 @@ class MemberList(AdminAPIView):
         is_staff = StrictBooleanField(required=False, default=False)
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(MemberOutput, "MemberPage"))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         members = Member.objects.prefetch_related("org_groups")
         return list_response(request, members, MemberOutput, time_field="date_joined")
 
     @extend_schema(request=InputSerializer, responses={201: MemberOutput})
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         data = parse_input(self.InputSerializer, request)
         member = services.member_create(
             username=data["username"],
@@ -54,17 +57,17 @@ class MemberDetail(AdminAPIView):
         is_staff = StrictBooleanField(required=False)
         email = StrictEmailField(required=False, allow_blank=True, max_length=254)
 
-        def validate(self, attrs):
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             if not attrs:
                 raise serializers.ValidationError({f: ["Give at least one field to change."] for f in MEMBER_UPDATABLE})
             return attrs
 
     @extend_schema(responses=MemberOutput)
-    def get(self, request, member_id):
+    def get(self, request: MemberAPIRequest, member_id: str) -> Response:
         return Response(MemberOutput(sel.get_or_404(Member.objects, member_id)).data)
 
     @extend_schema(request=InputSerializer, responses=MemberOutput)
-    def patch(self, request, member_id):
+    def patch(self, request: MemberAPIRequest, member_id: str) -> Response:
         member = sel.get_or_404(Member.objects, member_id)
         changes = parse_input(self.InputSerializer, request)
         member = services.member_update(member=member, changes=changes, actor=request.user)
@@ -81,7 +84,7 @@ class MemberInvitation(AdminAPIView):
     """A single-use link (48 h) with which the member sets a password and signs in."""
 
     @extend_schema(request=None, responses={201: InvitationOutput})
-    def post(self, request, member_id):
+    def post(self, request: MemberAPIRequest, member_id: str) -> Response:
         member = sel.get_or_404(Member.objects, member_id)
 
         def url_for(token: str) -> str:
@@ -101,16 +104,16 @@ TOKENS = AdminToken.objects.select_related("user")
 
 class AdminTokenList(AdminAPIView):
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(AdminTokenOutput, "AdminTokenPage"))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         return list_response(request, TOKENS, AdminTokenOutput)
 
 
 class AdminTokenDetail(AdminAPIView):
     @extend_schema(responses=AdminTokenOutput)
-    def get(self, request, token_id):
+    def get(self, request: MemberAPIRequest, token_id: str) -> Response:
         return Response(AdminTokenOutput(sel.get_or_404(TOKENS, token_id)).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, token_id):
+    def delete(self, request: MemberAPIRequest, token_id: str) -> Response:
         services.admin_token_revoke(token=sel.get_or_404(TOKENS, token_id), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -7,9 +7,12 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
 from allocations.exceptions import BadRequest
+from allocations.requests import MemberAPIRequest
 from lib.serializers import QueryCheckedAPIView
 from quota.pool import (
+    PoolState,
     RebalanceRefused,
+    Share,
     log_describe,
     pool_config_update,
     pool_overview,
@@ -26,7 +29,7 @@ class PoolView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         return Response(pool_overview())
 
     @extend_schema(
@@ -34,14 +37,14 @@ class PoolView(QueryCheckedAPIView):
         responses=OpenApiTypes.OBJECT,
         description="Any of `total_tokens_per_month`, `floor_per_allocation`.",
     )
-    def patch(self, request):
+    def patch(self, request: MemberAPIRequest) -> Response:
         if not isinstance(request.data, dict):
             raise BadRequest("expected a JSON object")
         pool_config_update(changes=dict(request.data), actor=request.user)
         return Response(pool_overview())
 
 
-def _plan_body(state, shares) -> dict:
+def _plan_body(state: PoolState, shares: list[Share]) -> dict:
     members = {a.pk: a for a in state.members}
     return {
         "allocations": [
@@ -63,7 +66,7 @@ class PoolPreviewView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         state = pool_state(now=timezone.now())
         try:
             shares = pool_plan(state)
@@ -76,10 +79,11 @@ class PoolRebalanceView(QueryCheckedAPIView):
     permission_classes = [IsStaff]
 
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
-    def post(self, request):
+    def post(self, request: MemberAPIRequest) -> Response:
         result = pool_rebalance(trigger=RebalanceLog.Trigger.API, actor=request.user)
         if result.refused:
             raise RebalanceRefused(result.refused)
+        assert result.log is not None, "a rebalance that was not refused has its log"
         entries = result.log.entries.select_related("allocation").order_by("allocation_id")
         body = log_describe(result.log)
         body["allocations"] = [

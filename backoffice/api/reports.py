@@ -2,15 +2,19 @@
 
 import csv
 import io
+from collections.abc import Mapping
+from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
 from rest_framework.response import Response
 
 from allocations.models import AuditEvent
+from allocations.requests import MemberAPIRequest
 from lib.serializers import MoneyField, UnderscoreNamesMixin
 
 from . import selectors as sel
@@ -23,7 +27,9 @@ class CSVRenderer(BaseRenderer):
     format = "csv"
     charset = "utf-8"
 
-    def render(self, data, accepted_media_type=None, renderer_context=None):
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Mapping[str, Any] | None = None
+    ) -> bytes:
         view = (renderer_context or {}).get("view")
         columns = getattr(view, "csv_columns", None) or sorted({k for row in data.get("results", []) for k in row})
         out = io.StringIO()
@@ -35,7 +41,7 @@ class CSVRenderer(BaseRenderer):
         return ("\ufeff" + out.getvalue()).encode(self.charset)
 
 
-def _csv_safe(value):
+def _csv_safe(value: object) -> object:
     # Spreadsheets run cells that start with these as formulas (CSV injection).
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
@@ -77,7 +83,7 @@ class UsageReport(AdminAPIView):
         ],
         responses={(200, "application/json"): UsageReportOutput, (200, "text/csv"): OpenApiTypes.STR},
     )
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         params = request.query_params
         group_by = params.get("group_by") or "member"
         start, end = sel.usage_range(start=params.get("from"), end=params.get("to"), now=timezone.now())
@@ -85,7 +91,7 @@ class UsageReport(AdminAPIView):
         self.csv_columns = sel.usage_columns(group_by)
         return Response({"group_by": group_by, "from": start.isoformat(), "to": end.isoformat(), "results": results})
 
-    def finalize_response(self, request, response, *args, **kwargs):
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         if response.status_code >= 400:  # errors keep the JSON envelope whatever the format asked for
             request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
         elif isinstance(getattr(request, "accepted_renderer", None), CSVRenderer):
@@ -99,7 +105,7 @@ class AuditList(AdminAPIView):
         parameters=[*PAGE_PARAMETERS, *(OpenApiParameter(n, str) for n in ("action", "target_type", "target_id"))],
         responses=page_of(AuditOutput, "AuditPage"),
     )
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         queryset = AuditEvent.objects.all()
         for name in ("action", "target_type", "target_id"):
             if request.query_params.get(name):

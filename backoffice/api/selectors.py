@@ -2,9 +2,12 @@
 
 import datetime as dt
 import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, TypeVar
 
-from django.core.exceptions import ValidationError
-from django.db.models import Q
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db.models import Manager, Model, Q, QuerySet
 from django.http import Http404
 
 from allocations.exceptions import BadRequest
@@ -16,23 +19,26 @@ from quota.group_budgets import GroupUsage, usage_by_group
 from quota.periods import billing_tz, period_bounds
 from quota.rollups import sort_key, usage_sums
 
+_M = TypeVar("_M", bound=Model)
 
-def get_or_404(queryset, pk):
+
+def get_or_404(queryset: QuerySet[_M] | Manager[_M], pk: object) -> _M:
     try:
         return queryset.get(pk=uuid.UUID(str(pk)))
-    except (ValueError, ValidationError, queryset.model.DoesNotExist):
+    except (ValueError, ValidationError, ObjectDoesNotExist):  # the queryset's model's DoesNotExist
         raise Http404 from None
 
 
 # --- allocations with this month's usage ----------------------------------------------------------------
 
 
-def allocations_with_usage(allocations, *, now=None) -> list[Allocation]:
+def allocations_with_usage(allocations: Iterable[Allocation], *, now: datetime | None = None) -> list[Allocation]:
     """Attaches this month's usage, the near-cap flag and live key prefixes to each allocation:
     one counter query for the whole list and one more for the prefixes."""
     allocations = list(allocations)
     usage = selectors.usage_this_month([a.pk for a in allocations], now=now)
     prefixes = key_prefixes_by_allocation([a.pk for a in allocations])
+    a: Any  # each allocation takes this month's figures as attributes, for the output serializer
     for a in allocations:
         a.tokens_used_this_month, a.cost_used_this_month = usage[a.pk]
         a.near_cap = selectors.near_cap(
@@ -57,7 +63,7 @@ GROUPS = {
 USAGE_COLUMNS = ("calls", "unpriced_calls", "input_tokens", "output_tokens", "total_tokens", "cost_usd")
 
 
-def _parse_bound(name: str, value: str | None, *, end: bool):
+def _parse_bound(name: str, value: str | None, *, end: bool) -> dt.datetime | None:
     if not value:
         return None
     try:

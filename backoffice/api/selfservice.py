@@ -2,6 +2,7 @@
 the unlock of a re-claim lock, and the scope of any key (`/api/admin/keys/{id}`)."""
 
 import uuid
+from collections.abc import Iterable
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -12,6 +13,7 @@ from allocations.exceptions import BadRequest
 from allocations.key_scope import api_key_set_scope
 from allocations.models import Allocation, ApiKey, CatalogModel, Member
 from allocations.reclaim import reclaim_unlock
+from allocations.requests import MemberAPIRequest
 from lib.serializers import (
     DecimalInputField,
     MoneyField,
@@ -61,7 +63,7 @@ class UnlockOutput(serializers.Serializer):
 
 class ReclaimUnlock(AdminAPIView):
     @extend_schema(request=None, responses=UnlockOutput)
-    def post(self, request, member_id, model):
+    def post(self, request: MemberAPIRequest, member_id: str, model: str) -> Response:
         member = sel.get_or_404(Member.objects, member_id)
         catalogue_model = model_by(model)
         reclaim_unlock(member=member, model=catalogue_model, actor=request.user)
@@ -73,17 +75,18 @@ class KeyScopeInput(StrictInputSerializer):
     remove = serializers.ListField(child=StrictCharField(), required=False, help_text="Allocation ids to remove.")
 
 
-def _allocations(ids, field: str) -> list[Allocation]:
+def _allocations(ids: Iterable[object], field: str) -> list[Allocation]:
     found = []
     for ref in dict.fromkeys(ids):
-        allocation = Allocation.objects.filter(pk=_uuid_or_none(ref)).first() if _uuid_or_none(ref) else None
+        pk = _uuid_or_none(ref)
+        allocation = Allocation.objects.filter(pk=pk).first() if pk else None
         if allocation is None:
             raise BadRequest("unknown allocation", fields={field: [f"No allocation has the id {ref}."]})
         found.append(allocation)
     return found
 
 
-def _uuid_or_none(ref):
+def _uuid_or_none(ref: object) -> uuid.UUID | None:
     try:
         return uuid.UUID(str(ref))
     except ValueError:
@@ -115,11 +118,11 @@ class KeyScopeDetail(AdminAPIView):
     """Any member's key: read its scope, or change it with `add` and `remove`."""
 
     @extend_schema(responses=KeyScopeOutput)
-    def get(self, request, key_id):
+    def get(self, request: MemberAPIRequest, key_id: str) -> Response:
         return Response(key_body(sel.get_or_404(ApiKey.objects.select_related("member"), key_id)))
 
     @extend_schema(request=KeyScopeInput, responses=KeyScopeOutput)
-    def patch(self, request, key_id):
+    def patch(self, request: MemberAPIRequest, key_id: str) -> Response:
         key = sel.get_or_404(ApiKey.objects.select_related("member"), key_id)
         data = parse_input(KeyScopeInput, request)
         add, remove = _allocations(data.get("add", []), "add"), _allocations(data.get("remove", []), "remove")

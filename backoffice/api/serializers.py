@@ -3,8 +3,10 @@ details and the OpenAPI schema. Input serializers sit in the view that takes the
 
 from rest_framework import serializers
 
+from allocations.models import Allocation, CatalogModel, Member
 from lib.serializers import MoneyField, money_str
 from quota.group_budgets import spend_of
+from quota.models import PriceVersion
 
 from .selfservice import SelfServiceOutputMixin
 
@@ -28,7 +30,7 @@ class MemberOutput(serializers.Serializer):
     date_joined = serializers.DateTimeField()
     groups = serializers.SerializerMethodField()
 
-    def get_groups(self, member) -> list[str]:
+    def get_groups(self, member: Member) -> list[str]:
         return sorted(g.slug for g in member.org_groups.all())
 
 
@@ -74,10 +76,10 @@ class ModelOutput(SelfServiceOutputMixin, RateLimitsOutputMixin, serializers.Ser
     denied_groups = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
 
-    def get_allowed_groups(self, model) -> list[str]:
+    def get_allowed_groups(self, model: CatalogModel) -> list[str]:
         return sorted(g.slug for g in model.allowed_groups.all())
 
-    def get_denied_groups(self, model) -> list[str]:
+    def get_denied_groups(self, model: CatalogModel) -> list[str]:
         return sorted(g.slug for g in model.denied_groups.all())
 
 
@@ -120,7 +122,7 @@ class PriceOutput(serializers.Serializer):
     image_prices = serializers.DictField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
 
-    def get_unit(self, price) -> str | None:
+    def get_unit(self, price: PriceVersion) -> str | None:
         return price.unit or None
 
 
@@ -148,7 +150,7 @@ class AllocationOutput(RateLimitsOutputMixin, serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
-    def get_paused_by(self, allocation) -> str | None:
+    def get_paused_by(self, allocation: Allocation) -> str | None:
         return allocation.paused_by or None
 
 

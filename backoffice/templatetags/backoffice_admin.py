@@ -8,7 +8,7 @@ register = template.Library()
 
 
 @register.simple_tag
-def percent(used, cap) -> str:
+def percent(used: Decimal | int, cap: Decimal | int | None) -> str:
     if cap is None:
         return ""
     if cap == 0:

@@ -7,23 +7,24 @@ from django.utils.formats import number_format
 from django.utils.translation import gettext as _
 
 from quota import display
+from quota.models import PriceVersion
 
 register = template.Library()
 
 
 @register.filter
-def usd(value) -> str:
+def usd(value: Decimal | None) -> str:
     """$1,234.50, $0.0523, $0.000123, or "unpriced" for None (quota.display.usd)."""
     return display.usd(value)
 
 
 @register.filter
-def tokens(value) -> str:
+def tokens(value: int | None) -> str:
     return number_format(int(value or 0), use_l10n=True, force_grouping=True)
 
 
 @register.filter
-def quantity(value) -> str:
+def quantity(value: Decimal | int | str | None) -> str:
     if value is None:
         return ""
     amount = Decimal(str(value)).normalize()
@@ -32,7 +33,7 @@ def quantity(value) -> str:
 
 
 @register.simple_tag
-def price_parts(price) -> list[str]:
+def price_parts(price: PriceVersion | None) -> list[str]:
     """The price in force as short localised phrases; an empty list means unpriced."""
     if price is None:
         return []

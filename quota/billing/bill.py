@@ -13,11 +13,14 @@ requested tier's multiplier and one call per declared built-in tool.
 import dataclasses
 from collections import Counter
 from decimal import Decimal
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from allocations.cost_options import TOOL_CALL_ITEMS
 
 from ..pricing import Usage, billed_tier, cost_for
+
+if TYPE_CHECKING:
+    from ..models import PriceVersion
 
 # The tool an answer's call item is billed to when the request declared none of that item's tools.
 ITEM_TOOLS = {item: tool for tool, item in reversed(TOOL_CALL_ITEMS.items())}
@@ -72,7 +75,7 @@ def billed_usage(*, facts: RequestFacts, usage: Usage, estimate: bool = False) -
     )
 
 
-def bill(*, price, usage: Usage, facts: RequestFacts = NO_FACTS, estimate: bool = False) -> Bill:
+def bill(*, price: "PriceVersion | None", usage: Usage, facts: RequestFacts = NO_FACTS, estimate: bool = False) -> Bill:
     """The bill of a call (or, with `estimate`, of its admission) at `price` (None: unpriced)."""
     if facts is not NO_FACTS:
         usage = billed_usage(facts=facts, usage=usage, estimate=estimate)

@@ -10,6 +10,7 @@ and a test holds each pair to the same answers.
 """
 
 from decimal import Decimal
+from typing import TypeAlias
 
 from django.conf import settings
 from django.db.models import DecimalField, ExpressionWrapper, F, Q, Value
@@ -18,21 +19,32 @@ TOKENS, COST = "tokens", "cost"
 _RATIO_FIELD = DecimalField(max_digits=40, decimal_places=9)
 
 
+# A token count or a USD amount.
+Amount: TypeAlias = int | Decimal
+
+
 # --- the cap rule ----------------------------------------------------------------------------------
 
 
-def cost_cap_in_force(cost_cap, *, priced: bool):
+def cost_cap_in_force(cost_cap: Decimal | None, *, priced: bool) -> Decimal | None:
     """The cost cap that holds a call: the allocation's when the call is priced, else only a 0."""
     return cost_cap if cost_cap is not None and (priced or cost_cap == 0) else None
 
 
-def cap_hit(*, used, cap, reserved=0) -> bool:
+def cap_hit(*, used: Amount, cap: Amount | None, reserved: Amount = 0) -> bool:
     """True when `cap` admits nothing more: used + reserved ≥ cap (None: no cap)."""
     return cap is not None and used + reserved >= cap
 
 
 def caps_hit(
-    *, tokens_used, token_cap, cost_used, cost_cap, priced: bool, tokens_reserved=0, cost_reserved=0
+    *,
+    tokens_used: int,
+    token_cap: int | None,
+    cost_used: Decimal | int,
+    cost_cap: Decimal | None,
+    priced: bool,
+    tokens_reserved: int = 0,
+    cost_reserved: Decimal | int = 0,
 ) -> str | None:
     """Which cap (TOKENS, then COST) admits nothing more, or None."""
     if cap_hit(used=tokens_used, reserved=tokens_reserved, cap=token_cap):
@@ -42,10 +54,11 @@ def caps_hit(
     return None
 
 
-def guard_sql(*, token_cap, cost_cap, priced: bool) -> tuple[str, list]:
+def guard_sql(*, token_cap: int | None, cost_cap: Decimal | None, priced: bool) -> tuple[str, list]:
     """The cap rule on a counter row as SQL (`AND used < cap - reserved` per cap that holds),
     for the admission's conditional UPDATE."""
-    sql, params = "", []
+    sql = ""
+    params: list[Amount] = []
     if token_cap is not None:
         sql += " AND tokens_used < %s - tokens_reserved"
         params.append(token_cap)
@@ -63,7 +76,7 @@ def near_cap_ratio() -> Decimal:
     return Decimal(settings.GATEWAY_NEAR_CAP_RATIO)
 
 
-def near_cap(*, used, cap, ratio: Decimal | None = None) -> bool:
+def near_cap(*, used: Amount, cap: Amount | None, ratio: Decimal | None = None) -> bool:
     """used ≥ ratio × cap (GATEWAY_NEAR_CAP_RATIO unless told; a ratio of 1: at or over the cap)."""
     ratio = near_cap_ratio() if ratio is None else ratio
     return cap is not None and Decimal(used) >= ratio * cap

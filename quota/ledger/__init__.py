@@ -16,10 +16,12 @@ The SQL of each statement is written once, in ledger.statements.
 
 import datetime as dt
 import logging
+import uuid
 from decimal import Decimal
 
 from django.utils import timezone
 
+from ..models import PriceVersion
 from ..periods import period_start_date
 from ..pricing import Usage
 from . import loop, threads
@@ -68,7 +70,7 @@ async def admit_async(
     request_id: str,
     now: dt.datetime,
     context: dict | None = None,
-    reservation_id=None,
+    reservation_id: uuid.UUID | None = None,
     groups=(),
 ) -> Admission | None:
     """The admission on the event loop when this allocation's counter is known: the reservation,
@@ -93,7 +95,7 @@ async def admit_async(
     )
 
 
-async def settle_async(*, admission: Admission | None, record: dict, usage: Usage, price) -> None:
+async def settle_async(*, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None) -> None:
     """The settlement from the event loop: the statement on the loop when the call holds a
     reservation (grouped with the settlements waiting, one commit for all); otherwise, or if that
     fails, `settle` on a thread, spooled if the database fails there too. After a failure the

@@ -16,7 +16,9 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import uuid
 import weakref
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import psycopg
@@ -24,6 +26,7 @@ from django.conf import settings
 from django.db import connections
 from psycopg.waiting import READY_R, WAIT_W
 
+from ..models import PriceVersion
 from ..pricing import Usage
 from .statements import (
     COUNTER_READ,
@@ -133,7 +136,7 @@ class Pool:
     statement runs in autocommit and is atomic on its own. Used from its event loop only, so its
     bookkeeping needs no lock (an asyncio.Condition here cost ~2 % of the CPU per call)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int) -> None:
         self.size = size
         self.idle: list[LoopConnection] = []
         self.opened = 0
@@ -179,7 +182,7 @@ class Pool:
                 raise
 
     @contextlib.asynccontextmanager
-    async def connection(self):
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         conn = await self._acquire()
         healthy = False
         try:
@@ -245,7 +248,7 @@ async def admit(
     request_id: str,
     now: dt.datetime,
     context: dict | None = None,
-    reservation_id=None,
+    reservation_id: uuid.UUID | None = None,
     groups=(),
     period=None,
 ) -> Admission | None:
@@ -280,7 +283,9 @@ async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | N
         return await cursor.fetchone()
 
 
-async def settle(*, admission: Admission, record: dict, usage: Usage, price, now: dt.datetime) -> int | None:
+async def settle(
+    *, admission: Admission, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime
+) -> int | None:
     """ledger.settle's one-statement path; returns the call record's id, or None when the
     reservation was settled before (by the sweeper). Settlements that meet here while the
     connections are busy are written together (_Settlements)."""
@@ -301,7 +306,7 @@ class _Settlements:
 
     MAX_BATCH = 64
 
-    def __init__(self, pool: "Pool"):
+    def __init__(self, pool: "Pool") -> None:
         self.pool = pool
         self.waiting: list[tuple[Settlement, asyncio.Future]] = []
         self.writers: set[asyncio.Task] = set()  # a reference to each until it ends

@@ -15,14 +15,16 @@ import fcntl
 import json
 import logging
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from ..models import CallRecord
+from ..models import CallRecord, PriceVersion
 from ..pricing import Usage
 from .statements import Admission
 from .sweep import settlement_from_json
@@ -33,7 +35,7 @@ SPOOL_KEY = "gw:settle-spool"
 PROCESSING_KEY = "gw:settle-spool:processing"
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     if hasattr(value, "pk"):
         return str(value.pk)
     if isinstance(value, dt.datetime):
@@ -43,7 +45,7 @@ def _plain(value):
     return value
 
 
-def settle_payload(*, admission, record, usage, price) -> dict:
+def settle_payload(*, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None) -> dict:
     fields = {}
     for name, value in record.items():
         key = f"{name}_id" if hasattr(value, "pk") else name
@@ -78,7 +80,7 @@ def _from_payload(payload: dict) -> dict:
     return {"admission": admission, "record": record, "usage": usage, "price": price}
 
 
-def _redis():
+def _redis() -> redis.Redis | None:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2) if settings.REDIS_URL else None
 
 
@@ -102,17 +104,20 @@ def spool_push(payload: dict) -> None:
         fh.write(line + "\n")
 
 
-def call_settle_durable(*, admission: Admission | None, record: dict, usage: Usage, price, now=None):
+def call_settle_durable(
+    *, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None, now: datetime | None = None
+) -> CallRecord | None:
     """settle; if the database fails, once more on a new connection (the one that failed may have
     been terminated, or the database restarted), then a spooled settlement. Returns the record or
     None. Repeating is safe: a settlement with a reservation writes only while it holds it, and one
     without is looked for first. Inside the caller's transaction there is no second try."""
-    arguments = {"admission": admission, "record": record, "usage": usage, "price": price, "now": now}
+    arguments: dict[str, Any] = {"admission": admission, "record": record, "usage": usage, "price": price, "now": now}
     try:
         return settle(**arguments)
     except DatabaseError:
         if connection.in_atomic_block:
-            return _spooled(**arguments)
+            _spooled(**arguments)
+            return None
         logger.warning("settlement of %s failed; retrying on a new connection", record.get("request_id"))
         connection.close()
     try:
@@ -121,10 +126,13 @@ def call_settle_durable(*, admission: Admission | None, record: dict, usage: Usa
         return settle(**arguments)
     except DatabaseError:
         connection.close()
-        return _spooled(**arguments)
+        _spooled(**arguments)
+        return None
 
 
-def _spooled(*, admission, record, usage, price, now) -> None:
+def _spooled(
+    *, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None, now: datetime | None
+) -> None:
     logger.exception("settlement failed; spooling request %s for replay", record.get("request_id"))
     spool_push(settle_payload(admission=admission, record=record, usage=usage, price=price))
 
@@ -134,7 +142,9 @@ def _recorded(request_id: str, started_at: dt.datetime) -> bool:
     return CallRecord.objects.filter(request_id=request_id, started_at=started_at).exists()
 
 
-def call_settle_once(*, admission: Admission | None, record: dict, usage: Usage, price, now=None):
+def call_settle_once(
+    *, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None, now: datetime | None = None
+) -> CallRecord | None:
     """call_settle_durable after a settlement attempt whose outcome is unknown (its connection
     failed, perhaps after the commit): nothing if that attempt's record exists. If the database
     cannot tell, the settlement is written or spooled as usual (a spooled duplicate is dropped by
@@ -173,7 +183,7 @@ def spool_replay(*, limit: int = 1000) -> int:
     return replayed + _replay_file()
 
 
-def _replay_redis(client, limit: int) -> int:
+def _replay_redis(client: redis.Redis, limit: int) -> int:
     replayed = 0
     for _ in range(limit):
         raw = client.lmove(SPOOL_KEY, PROCESSING_KEY, "LEFT", "RIGHT")
@@ -184,7 +194,7 @@ def _replay_redis(client, limit: int) -> int:
         except DatabaseError:
             client.lmove(PROCESSING_KEY, SPOOL_KEY, "RIGHT", "LEFT")
             return replayed
-        client.lrem(PROCESSING_KEY, 1, raw)
+        client.lrem(PROCESSING_KEY, 1, raw)  # type: ignore[arg-type]  # bytes, as LMOVE gave them
         replayed += 1
     return replayed
 

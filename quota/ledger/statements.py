@@ -13,9 +13,10 @@ import json
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Model
+from django.db.models import Field, Model
 from psycopg.types.json import Jsonb
 
 from allocations.models import Group
@@ -61,7 +62,14 @@ class Settlement:
 
 
 def reservation_row(
-    *, request_id: str, tokens: int, cost: Decimal, now: dt.datetime, ttl_s=None, context=None, reservation_id=None
+    *,
+    request_id: str,
+    tokens: int,
+    cost: Decimal,
+    now: dt.datetime,
+    ttl_s: float | None = None,
+    context: dict | None = None,
+    reservation_id: uuid.UUID | None = None,
 ) -> dict:
     """A new reservation's values: it expires after the upstream timeout (+ 60 s) unless told."""
     ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
@@ -220,14 +228,14 @@ def settle_values(
 _MISSING = object()
 
 
-def _column_value(field, values: dict):
+def _column_value(field: Field, values: dict) -> Any:
     value = values[field.attname] if field.attname in values else values.get(field.name, _MISSING)
     if value is _MISSING:
         return field.get_default()
     return value.pk if isinstance(value, Model) else value
 
 
-def _json_value(value):
+def _json_value(value: object) -> str:
     if isinstance(value, (Decimal, uuid.UUID)):
         return str(value)  # a JSON string: PostgreSQL reads it as the column's type, digits intact
     if isinstance(value, (dt.datetime, dt.date)):

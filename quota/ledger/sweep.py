@@ -2,6 +2,8 @@
 context stored at admission; and the settlement's JSON form shared by the contexts and the spool."""
 
 import datetime as dt
+import uuid
+from collections.abc import Iterable
 from decimal import Decimal
 
 from django.db import transaction
@@ -13,7 +15,9 @@ from .statements import Admission
 from .sync import release, settle
 
 
-def settlement_from_json(*, record: dict, usage: dict | None, price_id) -> tuple[dict, Usage, PriceVersion | None]:
+def settlement_from_json(
+    *, record: dict, usage: dict | None, price_id: int | None
+) -> tuple[dict, Usage, PriceVersion | None]:
     """The settle arguments back from their JSON form (a spooled settlement, a reservation's
     context): aware datetimes, Decimal quantity, the price version by id."""
     record = dict(record)
@@ -29,7 +33,7 @@ def settlement_from_json(*, record: dict, usage: dict | None, price_id) -> tuple
     return record, Usage(**fields), price
 
 
-def lost_context(*, record: dict, usage: Usage, price) -> dict:
+def lost_context(*, record: dict, usage: Usage, price: PriceVersion | None) -> dict:
     """A reservation's context: what `reservations_settle_lost` bills if its holder dies (the
     record's identifying fields, the usage so far or estimated, the price), as JSON."""
     plain = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in record.items()}
@@ -59,7 +63,7 @@ def reservations_sweep(*, now: dt.datetime | None = None) -> int:
     return reservations_settle_lost(reservation_ids=list(expired), now=now)
 
 
-def reservations_settle_lost(*, reservation_ids, now: dt.datetime | None = None) -> int:
+def reservations_settle_lost(*, reservation_ids: Iterable[uuid.UUID], now: dt.datetime | None = None) -> int:
     """Settles these reservations as calls whose process was lost: each becomes its call's record
     (`gateway_error`, error code `worker_lost`, billed at what its context says: the admission's
     estimate for a proxied call, the usage accrued so far for a realtime session), exactly once.

@@ -16,11 +16,13 @@ import datetime as dt
 import uuid
 from contextlib import nullcontext
 from decimal import Decimal
+from typing import Any, Self
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
-from django.db.models import F
+from django.db.backends.utils import CursorWrapper
+from django.db.models import F, Model
 from django.utils import timezone
 
 from lib.bounded import BoundedCache
@@ -52,11 +54,14 @@ class _PreparedCursor(ServerBindingCursor):
     psycopg keeps the prepared statements by query text and parameter types), unless
     GATEWAY_PGBOUNCER says the server connection may change between transactions."""
 
-    def execute(self, query, params=None, *, prepare=None, binary=None):
-        return super().execute(query, params, prepare=not settings.GATEWAY_PGBOUNCER, binary=binary)
+    def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
+    ) -> Self:
+        # psycopg's cursor (the stubs do not follow Django's PostgreSQL cursors down to it)
+        return super().execute(query, params, prepare=not settings.GATEWAY_PGBOUNCER, binary=binary)  # type: ignore[misc]
 
 
-def _prepared_cursor():
+def _prepared_cursor() -> CursorWrapper:
     """PostgreSQL: the cursor of the two statements every call runs (admission, settlement).
 
     Django's default cursor binds client-side: psycopg quotes each of the ~30 parameters into the
@@ -65,17 +70,19 @@ def _prepared_cursor():
     the project keeps Django's cursor. Wrapped by Django all the same (error translation, and the
     query log the tests count)."""
     connection.ensure_connection()
-    return connection._prepare_cursor(_PreparedCursor(connection.connection))
+    return connection._prepare_cursor(_PreparedCursor(connection.connection))  # type: ignore[attr-defined,call-arg]
 
 
-def counter_for(*, allocation_id, period_start) -> UsageCounter:
+def counter_for(*, allocation_id: uuid.UUID | str, period_start: dt.date) -> UsageCounter:
     UsageCounter.objects.bulk_create(
         [UsageCounter(allocation_id=allocation_id, period_start=period_start)], ignore_conflicts=True
     )
     return UsageCounter.objects.get(allocation_id=allocation_id, period_start=period_start)
 
 
-def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> Exception | None:
+def _cap_error(
+    *, counter: UsageCounter, token_cap: int | None, cost_cap: Decimal | None, priced: bool
+) -> Exception | None:
     """A cap the used amount alone has reached (403); headroom held by calls in flight is 429."""
     hit = caps.caps_hit(
         tokens_used=counter.tokens_used,
@@ -88,7 +95,7 @@ def _cap_error(*, counter: UsageCounter, token_cap, cost_cap, priced: bool) -> E
         return QuotaExceeded(f"monthly token quota reached: {counter.tokens_used} / {token_cap} tokens")
     if hit == caps.COST:
         return CostQuotaExceeded(
-            f"monthly cost cap reached: ${counter.cost_used.normalize():f} / ${cost_cap.normalize():f}"
+            f"monthly cost cap reached: ${counter.cost_used.normalize():f} / ${cost_cap.normalize():f}"  # type: ignore[union-attr]
         )
     return None
 
@@ -105,7 +112,7 @@ def _hold(counter_id: int, row: dict, caps: dict) -> tuple[int, ...] | None:
 
 def admit(
     *,
-    allocation_id,
+    allocation_id: uuid.UUID | str,
     token_cap: int | None,
     cost_cap: Decimal | None,
     est_tokens: int,
@@ -190,13 +197,18 @@ def reservation_admission(*, reservation_id: uuid.UUID) -> Admission | None:
     )
 
 
-def counter_id_cached(*, allocation_id, now: dt.datetime) -> int | None:
+def counter_id_cached(*, allocation_id: uuid.UUID | str, now: dt.datetime) -> int | None:
     """The counter id admit last used for this allocation and period, if any (no query)."""
     return _counter_ids.get((str(allocation_id), period_start_date(now)))
 
 
 def adjust(
-    *, admission: Admission, tokens: int, cost: Decimal, context: dict | None = None, expires_at=None
+    *,
+    admission: Admission,
+    tokens: int,
+    cost: Decimal,
+    context: dict | None = None,
+    expires_at: dt.datetime | None = None,
 ) -> Admission:
     """Moves a live reservation to new totals (realtime sessions grow theirs as usage accrues).
 
@@ -287,7 +299,7 @@ def record_reject(*, record: dict, now: dt.datetime | None = None) -> CallRecord
     return row
 
 
-def _counter_add(counter_id, *, tokens: int, cost: Decimal, calls: int, release: Admission | None) -> None:
+def _counter_add(counter_id: int, *, tokens: int, cost: Decimal, calls: int, release: Admission | None) -> None:
     """Moves usage into a counter and, in the same UPDATE, takes a released reservation out."""
     sql = f"UPDATE {COUNTER_TABLE} SET tokens_used = tokens_used + %s, cost_used = cost_used + %s, calls = calls + %s"  # noqa: S608
     params: list = [tokens, cost, calls]
@@ -306,7 +318,7 @@ def _reservation_delete(admission: Admission) -> bool:
 _insert_plans: dict = {}  # one entry per model: bounded by the models that use _insert()
 
 
-def _insert_parts(obj) -> tuple[tuple[str, ...], tuple[str, ...], list]:
+def _insert_parts(obj: Model) -> tuple[tuple[str, ...], tuple[str, ...], list]:
     """(quoted columns, placeholders, parameters) of an INSERT of `obj`: each field's pre_save and
     database preparation, as Model.save(force_insert=True) does. The auto primary key is left out.
     The field list and quoted names are built once per model; the fields get the real connection,
@@ -316,7 +328,7 @@ def _insert_parts(obj) -> tuple[tuple[str, ...], tuple[str, ...], list]:
     plan = _insert_plans.get(meta.label)
     if plan is None:
         fields = tuple(f for f in meta.concrete_fields if f is not meta.auto_field)
-        columns = tuple(conn.ops.quote_name(f.column) for f in fields)
+        columns = tuple(conn.ops.quote_name(f.column) for f in fields)  # type: ignore[arg-type]  # concrete: a column
         plan = _insert_plans[meta.label] = (fields, columns, ("%s",) * len(fields))
     fields, columns, values = plan
     return columns, values, [f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields]

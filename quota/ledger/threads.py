@@ -10,7 +10,9 @@ import asyncio
 import contextvars
 import functools
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import Error as DatabaseError
@@ -18,10 +20,11 @@ from django.db import connection
 
 _pool = ThreadPoolExecutor(max_workers=settings.GATEWAY_ACCOUNTING_THREADS, thread_name_prefix="gw-accounting")
 _thread = threading.local()
+_T = TypeVar("_T")
 
 
-def _guarded(fn):
-    def run(**kwargs):
+def _guarded(fn: Callable[..., _T]) -> Callable[..., _T]:
+    def run(**kwargs: Any) -> _T:
         # Each pool thread runs its steps in one context of its own: Django's cache handler keeps
         # its clients in context-local storage, so the request's context would open a new Redis
         # connection per call (the database handler is thread-local and keeps its connection anyway).
@@ -38,7 +41,7 @@ def _guarded(fn):
     return run
 
 
-async def run(fn, **kwargs):
+async def run(fn: Callable[..., _T], **kwargs: Any) -> _T:
     """fn(**kwargs) on an accounting thread.
 
     Straight to the pool: asgiref's sync_to_async would also copy and restore the request's
@@ -52,7 +55,7 @@ def pool_close_connections() -> None:
     workers = _pool._max_workers
     barrier = threading.Barrier(workers)
 
-    def close():
+    def close() -> None:
         connection.close()
         barrier.wait(timeout=10)
 

@@ -7,11 +7,12 @@ changed.
 
 import datetime as dt
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from allocations.audit import audit_record
+from allocations.audit import Actor, actor_member, audit_record
 from allocations.exceptions import BadRequest
 from allocations.models import Allocation
 from lib.cache import bump_auth_generation
@@ -35,7 +36,7 @@ from .plan import (
 CONFIG_FIELDS = ("total_tokens_per_month", "floor_per_allocation")
 
 
-def _clean_tokens(name: str, value) -> int:
+def _clean_tokens(name: str, value: object) -> int:
     if isinstance(value, bool) or value is None:
         raise BadRequest(f"invalid {name}", fields={name: ["Enter a whole number ≥ 0."]})
     try:
@@ -47,7 +48,7 @@ def _clean_tokens(name: str, value) -> int:
     return number
 
 
-def pool_config_update(*, changes: dict, actor=None) -> PoolConfig:
+def pool_config_update(*, changes: dict, actor: Actor = None) -> PoolConfig:
     """Validates everything before writing; audits `pool_config_updated` with before and after."""
     unknown = set(changes) - set(CONFIG_FIELDS)
     if unknown:
@@ -82,7 +83,7 @@ class RebalanceResult:
 
 
 def pool_rebalance(
-    *, trigger: str, actor=None, now: dt.datetime | None = None, period_key: str | None = None
+    *, trigger: str, actor: Actor = None, now: dt.datetime | None = None, period_key: str | None = None
 ) -> RebalanceResult:
     """Plans and applies a rebalance, serialised by a lock on the pool config row.
 
@@ -119,11 +120,21 @@ def _locked_config() -> PoolConfig:
     return PoolConfig.objects.select_for_update().get(pk=PoolConfig.SINGLETON_PK)
 
 
-def _new_log(*, state: PoolState, trigger, actor, now, key, outcome, reason="", cold=False) -> RebalanceLog:
+def _new_log(
+    *,
+    state: PoolState,
+    trigger: str,
+    actor: Actor,
+    now: datetime,
+    key: str | None,
+    outcome: str,
+    reason: str = "",
+    cold: bool = False,
+) -> RebalanceLog:
     return RebalanceLog.objects.create(
         created_at=now,
         trigger=trigger,
-        actor=actor if getattr(actor, "pk", None) else None,
+        actor=actor_member(actor),
         outcome=outcome,
         reason=reason[:500],
         period_key=key,
@@ -150,7 +161,9 @@ def _summary(state: PoolState) -> dict:
     }
 
 
-def _refusal_record(*, state, reason, trigger, actor, now, key) -> RebalanceLog:
+def _refusal_record(
+    *, state: PoolState, reason: str, trigger: str, actor: Actor, now: datetime, key: str | None
+) -> RebalanceLog:
     log = _new_log(state=state, trigger=trigger, actor=actor, now=now, key=key, outcome="refused", reason=reason)
     audit_record(
         actor=actor,
@@ -163,7 +176,7 @@ def _refusal_record(*, state, reason, trigger, actor, now, key) -> RebalanceLog:
 
 
 def pool_apply_plan(
-    *, state: PoolState, shares: list[Share], trigger: str, actor, now, period_key=None
+    *, state: PoolState, shares: list[Share], trigger: str, actor: Actor, now: datetime, period_key: str | None = None
 ) -> RebalanceLog:
     """Writes a plan in one transaction. Each UPDATE is guarded by the pool conditions, so an
     allocation that became service, locked or inactive since `state` was read keeps its quota."""
@@ -209,7 +222,7 @@ def pool_apply_plan(
     return log
 
 
-def _guarded_set(*, share: Share, before, actor, log: RebalanceLog, now) -> bool:
+def _guarded_set(*, share: Share, before: int | None, actor: Actor, log: RebalanceLog, now: datetime) -> bool:
     updated = Allocation.objects.filter(_pool_filter(), pk=share.allocation_id).update(
         quota_tokens_per_month=share.quota, updated_at=now
     )

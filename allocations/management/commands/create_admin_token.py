@@ -4,7 +4,9 @@ Creates the staff user when missing. The token is stored hashed and printed once
 last line, so scripts can take it with `| tail -n 1`.
 """
 
-from django.core.management.base import CommandError
+from typing import Any
+
+from django.core.management.base import CommandError, CommandParser
 
 from allocations import services
 from allocations.exceptions import GatewayError
@@ -15,13 +17,13 @@ from allocations.models import Member
 class Command(AuditedCommand):
     help = "Create an admin API token (creating the staff user if missing); prints the token on the last line."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", default="admin", help="staff username (default: admin)")
         parser.add_argument(
             "--expires-days", type=int, default=None, help="the token stops working after N days (default: never)"
         )
 
-    def handle(self, *args, user, expires_days=None, **options):
+    def handle(self, *args: Any, user: str, expires_days: int | None = None, **options: Any) -> None:
         username = user.strip().casefold()
         if not username:
             raise CommandError("--user must not be empty")

@@ -2,8 +2,9 @@
 
 import contextlib
 import uuid
+from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.db.models import Q
 
 from allocations import services
@@ -14,10 +15,10 @@ from allocations.models import AdminToken
 class Command(AuditedCommand):
     help = "Revoke an admin API token by its 12-character prefix or its id."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("token", help="the token's prefix (as listed) or id")
 
-    def handle(self, *args, token, **options):
+    def handle(self, *args: Any, token: str, **options: Any) -> None:
         query = Q(prefix=token.strip())
         with contextlib.suppress(ValueError):
             query |= Q(pk=uuid.UUID(token.strip()))

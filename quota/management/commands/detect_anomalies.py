@@ -1,5 +1,7 @@
 """manage.py detect_anomalies: runs the anomaly-quarantine rule once (beat runs it every 5 minutes)."""
 
+from typing import Any
+
 from django.utils import timezone
 
 from allocations.management.base import AuditedCommand
@@ -10,11 +12,13 @@ from quota.pool_models import AnomalyConfig
 class Command(AuditedCommand):
     help = "Quarantine active non-service allocations whose last hour of calls breaks the anomaly rule."
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         now = timezone.now()
         config = AnomalyConfig.load()
         if not config.active_at(now):
-            why = "switched off" if not config.enabled else f"paused until {config.paused_until.isoformat()}"
+            paused_until = config.paused_until
+            paused = f"paused until {paused_until.isoformat()}" if paused_until is not None else ""
+            why = "switched off" if not config.enabled or not paused else paused
             self.stdout.write(f"anomaly detection is {why}; nothing done")
             return
         self.stdout.write("scanning the last 24 h of call records …")

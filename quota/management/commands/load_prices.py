@@ -8,9 +8,10 @@ appended in one transaction, so a file is never half loaded.
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import yaml
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.db import transaction
 
 from allocations.exceptions import BadRequest
@@ -55,10 +56,10 @@ def _describe(exc: BadRequest) -> str:
 class Command(AuditedCommand):
     help = "Append price versions from a YAML or JSON file (a list of admin-API price rows); all or nothing."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", type=Path)
 
-    def handle(self, *args, file: Path, **options):
+    def handle(self, *args: Any, file: Path, **options: Any) -> None:
         if not file.is_file():
             raise CommandError(f"{file}: no such file")
         rows = read_rows(file)

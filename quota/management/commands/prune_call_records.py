@@ -3,8 +3,9 @@ month before YYYY-MM, whole monthly partitions at a time (quota.retention), each
 rollups exist and, with --archive, after writing it to DIR as gzip-compressed CSV. Audited."""
 
 from pathlib import Path
+from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
 from allocations.management.base import AuditedCommand
 from quota import partitions, retention
@@ -16,11 +17,11 @@ class Command(AuditedCommand):
         "rollups exist), archiving each as compressed CSV first with --archive DIR."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--before", required=True, help="the first month kept, YYYY-MM")
         parser.add_argument("--archive", metavar="DIR", help="write each month to DIR/<partition>.csv.gz first")
 
-    def handle(self, *args, before, archive=None, **options):
+    def handle(self, *args: Any, before: str, archive: str | None = None, **options: Any) -> None:
         try:
             first_kept = partitions.parse_month(before)
         except ValueError:

@@ -1,20 +1,23 @@
 """manage.py rebalance_pool [--dry-run]: plans (and applies) the adaptive token pool, printing a table."""
 
-from django.core.management.base import CommandError
+import uuid
+from typing import Any
+
+from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
 from allocations.management.base import AuditedCommand
-from quota.pool import RebalanceRefused, pool_plan, pool_rebalance, pool_state
+from quota.pool import PoolState, RebalanceRefused, pool_plan, pool_rebalance, pool_state
 from quota.pool_models import RebalanceLog
 
 
 class Command(AuditedCommand):
     help = "Rebalance the adaptive token pool from last period's usage (--dry-run prints the plan only)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Print the plan; write nothing.")
 
-    def handle(self, *args, dry_run=False, **options):
+    def handle(self, *args: Any, dry_run: bool = False, **options: Any) -> None:
         now = timezone.now()
         state = pool_state(now=now)
         self.stdout.write(
@@ -30,6 +33,7 @@ class Command(AuditedCommand):
             self.stdout.write("dry run: nothing written")
             return
         result = pool_rebalance(trigger=RebalanceLog.Trigger.COMMAND, now=now)
+        assert result.log is not None, "only a scheduled run (with a period key) can be a duplicate without a log"
         if result.refused:
             raise CommandError(f"refused (audited, log {result.log.pk}): {result.refused}")
         rows = result.log.entries.order_by("allocation_id").values_list(
@@ -38,7 +42,7 @@ class Command(AuditedCommand):
         self._table(state, list(rows))
         self.stdout.write(self.style.SUCCESS(f"applied: rebalance log {result.log.pk}, skipped {result.log.skipped}"))
 
-    def _table(self, state, rows):
+    def _table(self, state: PoolState, rows: list[tuple[uuid.UUID, int, int | None, str]]) -> None:
         names = {a.pk: (a.member.username, a.model.slug, a.quota_tokens_per_month) for a in state.members}
         header = f"{'allocation':36}  {'member':16}  {'model':24}  {'usage':>14}  {'before':>14}  {'after':>14}  reason"
         self.stdout.write(header)

@@ -1,5 +1,8 @@
 """`manage.py reconcile_usage [--fix]`: this period's usage counters against the call records."""
 
+from typing import Any
+
+from django.core.management.base import CommandParser
 from django.utils import timezone
 
 from allocations.management.base import AuditedCommand
@@ -15,10 +18,10 @@ class Command(AuditedCommand):
         " --fix rewrites the counters."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--fix", action="store_true", help="rewrite drifted counters from the records (audited)")
 
-    def handle(self, *args, fix=False, **options):
+    def handle(self, *args: Any, fix: bool = False, **options: Any) -> None:
         now = timezone.now()
         self.stdout.write(f"Summing call records of the period starting {period_start_date(now):%Y-%m-%d} …")
         drifts = usage_reconcile(now=now, fix=fix)

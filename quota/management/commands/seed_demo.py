@@ -7,7 +7,9 @@ one that works) and says so.
 
 import datetime as dt
 import secrets
+from typing import Any, TypeAlias
 
+from django.core.management.base import CommandParser
 from django.db import transaction
 
 from allocations import services
@@ -24,7 +26,8 @@ PRICES_FROM = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 BASE_URL = "http://127.0.0.1:8000"  # what the report prints unless --base-url says where the demo serves
 
 # slug, upstream name, kind, price row, (token quota, cost cap) of the demo allocation
-MODELS = [
+ModelRow: TypeAlias = tuple[str, str, str, dict[str, Any], tuple[int | None, str | None]]
+MODELS: list[ModelRow] = [
     (
         "sim/gpt-4o-mini",
         "gpt-4o-mini",
@@ -72,10 +75,10 @@ class Command(AuditedCommand):
         "Seed (idempotently) a demo: admin login, member 'demo', the simulated provider, models, prices, allocations."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--base-url", default=BASE_URL, help="where the demo is served (printed in the report)")
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         self.base_url = options.get("base_url") or BASE_URL
         with transaction.atomic():
             admin_password, demo_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
@@ -86,7 +89,7 @@ class Command(AuditedCommand):
             plaintext, rotated = self._demo_key(demo, allocations)
         self._report(admin, admin_password, demo, demo_password, plaintext, rotated)
 
-    def _member(self, username, password, *, superuser):
+    def _member(self, username: str, password: str, *, superuser: bool) -> Member:
         member = Member.objects.filter(username=username).first()
         if member is None:
             member = services.member_create(
@@ -105,14 +108,14 @@ class Command(AuditedCommand):
         services.member_set_password(member=member, password=password)
         return member
 
-    def _provider(self):
+    def _provider(self) -> Provider:
         provider = Provider.objects.filter(name=PROVIDER_NAME).first()
         if provider is None:
             provider = services.provider_create(name=PROVIDER_NAME, kind=ProviderKind.SIMULATED)
             self.stdout.write("created the simulated provider (built-in, no network)")
         return provider
 
-    def _model(self, provider, row):
+    def _model(self, provider: Provider, row: ModelRow) -> CatalogModel:
         slug, upstream, kind, price, _caps = row
         model = CatalogModel.objects.filter(slug=slug).first()
         if model is None:
@@ -125,7 +128,7 @@ class Command(AuditedCommand):
             price_version_add(model=model, effective_from=PRICES_FROM, **price)
         return model
 
-    def _allocation(self, member, model, row):
+    def _allocation(self, member: Member, model: CatalogModel, row: ModelRow) -> Allocation:
         tokens, cost = row[4]
         allocation = (
             Allocation.objects.filter(member=member, model=model).exclude(status=Allocation.Status.REVOKED).first()
@@ -136,7 +139,7 @@ class Command(AuditedCommand):
             )
         return allocation
 
-    def _demo_key(self, member, allocations):
+    def _demo_key(self, member: Member, allocations: list[Allocation]) -> tuple[str, bool]:
         """Returns (plaintext, rotated). Only hashes are stored, so a second run rotates the key."""
         key = ApiKey.objects.live().filter(member=member, name=DEMO_KEY_NAME).first()
         if key is not None:
@@ -147,7 +150,9 @@ class Command(AuditedCommand):
         _key, plaintext = services.api_key_create(member=member, name=DEMO_KEY_NAME, allocations=allocations)
         return plaintext, key is not None
 
-    def _report(self, admin, admin_password, demo, demo_password, plaintext, rotated):
+    def _report(
+        self, admin: Member, admin_password: str, demo: Member, demo_password: str, plaintext: str, rotated: bool
+    ) -> None:
         w = self.stdout.write
         w("")
         w("Demo ready. Provider: simulated (built-in, deterministic, no network).")
