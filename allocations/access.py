@@ -6,6 +6,7 @@ allocation's model and provider. Snapshots are cached per process and keyed by t
 request path pays one cache read instead of several queries.
 """
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -216,7 +217,7 @@ def _snapshot(key_hash: str) -> KeyScope | None:
     )
 
 
-def _group_budgets(member_id) -> tuple[GroupBudget, ...]:
+def _group_budgets(member_id: uuid.UUID) -> tuple[GroupBudget, ...]:
     rows = (
         Group.objects.filter(members=member_id)
         .order_by("pk")

@@ -24,13 +24,14 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lib import inflight
 
 if TYPE_CHECKING:
+    from daphne.http_protocol import WebRequest
     from daphne.server import Server
     from twisted.internet import defer
 
@@ -101,13 +102,13 @@ def _head_refusal() -> None:
 def _direct_body_writes() -> None:
     from twisted.web.http import HTTPChannel
 
-    def write(self, data) -> None:
+    def write(self: HTTPChannel, data: bytes) -> None:
         if not _sent_now(self.transport, data):
-            self.transport.write(data)
+            self.transport.write(data)  # type: ignore[union-attr, call-arg, misc]  # zope's ITransport: no self
 
-    def writeSequence(self, iovec) -> None:
+    def writeSequence(self: HTTPChannel, iovec: Sequence[bytes]) -> None:
         if not _sent_now(self.transport, b"".join(iovec)):
-            self.transport.writeSequence(iovec)
+            self.transport.writeSequence(iovec)  # type: ignore[union-attr, call-arg, misc]  # zope's ITransport: no self
 
     HTTPChannel.write = functools.wraps(HTTPChannel.write)(write)  # type: ignore[method-assign]
     HTTPChannel.writeSequence = functools.wraps(HTTPChannel.writeSequence)(writeSequence)  # type: ignore[method-assign]
@@ -119,7 +120,7 @@ def _body_parts_direct() -> None:
     original = Server.handle_reply
 
     @functools.wraps(original)
-    async def handle_reply(self, protocol, message) -> None:
+    async def handle_reply(self: Server, protocol: "WebRequest", message: dict[str, Any]) -> None:
         body_part = message.get("more_body") and message["type"] == "http.response.body"
         if not (body_part and _part(self, protocol, message)):
             await original(self, protocol, message)
@@ -127,7 +128,7 @@ def _body_parts_direct() -> None:
     Server.handle_reply = handle_reply
 
 
-def _part(server, protocol, message) -> bool:
+def _part(server: "Server", protocol: "WebRequest", message: dict[str, Any]) -> bool:
     """Writes a body part of a chunked response already under way (a relayed stream's every part
     after the first) as daphne's WebRequest.handle_reply and Twisted's Request.write would; False
     for anything else (the first part, a connection gone or finished), which takes their way."""
@@ -150,7 +151,7 @@ def _part(server, protocol, message) -> bool:
     return True
 
 
-def _sent_now(transport, data: bytes) -> bool:
+def _sent_now(transport: Any, data: bytes) -> bool:  # a Twisted transport: TLS, TCP or other
     """Sends `data` at once when the connection has nothing buffered (plain TCP, open); True when
     all of it went. Else (a part sent, or none) the rest is left for the caller to buffer: Twisted
     then writes it when the socket can take it, and reports any error of the connection."""

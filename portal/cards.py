@@ -180,7 +180,7 @@ class GroupCard:
     cost_used: Decimal
 
     @staticmethod
-    def _ratio(used, cap) -> Decimal | None:
+    def _ratio(used: int | Decimal, cap: int | Decimal | None) -> Decimal | None:
         if cap is None:
             return None
         return Decimal(1) if cap == 0 else Decimal(used) / Decimal(cap)

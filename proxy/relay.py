@@ -27,7 +27,7 @@ class EventStream(StreamingHttpResponse):
         super().__init__(parts, **kwargs)
         self._parts = parts
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[bytes]:
         return self._parts
 
 

@@ -60,22 +60,32 @@ def with_spend(groups: QuerySet, *, now: dt.datetime | None = None) -> QuerySet:
     )
 
 
-def spend_of(group) -> GroupSpend:
+def spend_of(group: Group) -> GroupSpend:
     """A group's spend this period: from with_spend's annotations when present, else its counter."""
     if hasattr(group, "cost_used_this_month"):
-        return GroupSpend(str(group.pk), group.tokens_used_this_month or 0, group.cost_used_this_month or ZERO)
+        return GroupSpend(
+            str(group.pk),
+            group.tokens_used_this_month or 0,  # type: ignore[attr-defined]  # with_spend's annotations
+            group.cost_used_this_month or ZERO,
+        )
     return group_spend(group_ids=[group.pk])[str(group.pk)]
 
 
 def group_cap_error(
-    *, member_id, priced: bool, held_ids: Iterable[int] = (), tokens: int = 0, cost: Decimal = ZERO, now=None
+    *,
+    member_id: uuid.UUID | str,
+    priced: bool,
+    held_ids: Iterable[int] = (),
+    tokens: int = 0,
+    cost: Decimal = ZERO,
+    now: dt.datetime | None = None,
 ) -> GatewayError | None:
     """The refusal a group of the member would give now (used + reserved ≥ a cap), or None: what a
     realtime session is watched against. The session's own accrued `tokens` / `cost` are added for a
     group whose counter does not hold its reservation (a cap set after the session opened)."""
     now = now or timezone.now()
     groups = list(
-        Group.objects.filter(members=member_id)
+        Group.objects.filter(members=member_id)  # type: ignore[misc]  # the id or its text
         .exclude(quota_tokens_per_month__isnull=True, quota_cost_usd_per_month__isnull=True)
         .order_by("slug")
     )

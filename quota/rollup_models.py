@@ -9,13 +9,15 @@ plain ids (no database constraint) so deleting an allocation, member or model le
 Imported at the end of quota/models.py so the app registry (and migrations) see it.
 """
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
 from allocations.models import Allocation, CatalogModel
 
 
-def _kept_id(to, **kwargs) -> models.ForeignKey:
+def _kept_id(to: type[models.Model] | str, **kwargs: Any) -> models.ForeignKey:
     """A reference that survives its row's deletion: joinable by the ORM, no constraint."""
     return models.ForeignKey(
         to, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", **kwargs
@@ -56,5 +58,5 @@ class DailyRollup(models.Model):
         ]
         indexes = [models.Index(fields=["allocation", "day"], name="daily_rollup_allocation_day")]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.day} {self.allocation_id} {self.outcome}: {self.calls}"

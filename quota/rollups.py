@@ -13,14 +13,15 @@ rebuilt and checked.
 """
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
-from allocations.audit import audit_record
+from allocations.audit import Actor, audit_record
 
 from .models import CARRIES_USAGE, CallRecord
 from .periods import billing_tz
@@ -96,7 +97,11 @@ def rollups_rebuild(*, first_day: dt.date, last_day: dt.date) -> int:
 
 
 def rollups_rebuild_range(
-    *, first_day: dt.date | None = None, last_day: dt.date | None = None, progress=None, actor=None
+    *,
+    first_day: dt.date | None = None,
+    last_day: dt.date | None = None,
+    progress: Callable[[int, int, dt.date, dt.date, int], None] | None = None,
+    actor: Actor = None,
 ) -> dict | None:
     """`rollups_rebuild` over a range a month at a time (each month one short lock), clamped to
     the days that have call records: the rollups of pruned months, whose records are gone, are
@@ -227,7 +232,9 @@ def usage_sums(*, start: dt.datetime, end: dt.datetime, keys: Sequence[str], whe
     return _fold(parts, keys)
 
 
-def _records(start: dt.datetime, end: dt.datetime, keys: Sequence[str], where: Q):
+def _records(
+    start: dt.datetime, end: dt.datetime, keys: Sequence[str], where: Q
+) -> QuerySet[CallRecord, dict[str, Any]]:
     qs = CallRecord.objects.in_period(start, end).filter(where)
     if "day" in keys:
         qs = qs.annotate(day=TruncDate("started_at", tzinfo=billing_tz()))
@@ -249,6 +256,6 @@ def _fold(parts: Iterable[Iterable[dict]], keys: Sequence[str]) -> list[dict]:
     return list(folded.values())
 
 
-def sort_key(value) -> tuple:
+def sort_key(value: object) -> tuple[bool, object]:
     """Orders the groups of `usage_sums` as SQL's ORDER BY ... ASC does: NULL last."""
     return (value is None, value if value is not None else 0)

@@ -13,7 +13,7 @@ from allocations.models import AuditEvent
 
 from . import ledger, partitions, retention, services
 from .anomaly import anomalies_detect
-from .group_budgets import group_usage_reconcile
+from .group_budgets import GroupDrift, group_usage_reconcile
 from .periods import period_start_date
 from .pool import pool_rebalance_scheduled
 
@@ -64,7 +64,7 @@ def usage_reconcile_nightly() -> int:
     return reported
 
 
-def _report_drift(drift, *, target_type: str = "allocation") -> int:
+def _report_drift(drift: services.Drift | GroupDrift, *, target_type: str = "allocation") -> int:
     after = {
         "period_start": drift.period_start.isoformat(),
         "counter_tokens": drift.counter_tokens,
@@ -72,7 +72,7 @@ def _report_drift(drift, *, target_type: str = "allocation") -> int:
         "counter_cost": str(drift.counter_cost),
         "record_cost": str(drift.record_cost),
     }
-    target_id = str(drift.group_id if target_type == "group" else drift.allocation_id)
+    target_id = str(drift.group_id if target_type == "group" else drift.allocation_id)  # type: ignore[union-attr]  # target_type names which
     last = AuditEvent.objects.filter(action="usage_drift_detected", target_type=target_type, target_id=target_id)
     last_id = last.aggregate(m=Max("id"))["m"]
     if last_id is not None and AuditEvent.objects.get(pk=last_id).after == after:

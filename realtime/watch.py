@@ -121,9 +121,9 @@ class SessionWatch:
             reason = _COLD
         if reason is _COLD:
             return await self._check(full=False)
-        return reason
+        return reason  # type: ignore[return-value]  # not _COLD here
 
-    async def _gate_warm(self):
+    async def _gate_warm(self) -> GatewayError | None | object:  # object: _COLD
         session = self.opened
         generation = await auth_generation_async()
         scope = key_scope_cached(self.plaintext, generation=generation, now=timezone.now()) if generation else None
@@ -132,7 +132,7 @@ class SessionWatch:
             if scope is not None
             else None
         )
-        if entry is None or scope.groups or session.admission.groups:
+        if entry is None or scope.groups or session.admission.groups:  # type: ignore[union-attr]  # an entry: a scope
             return _COLD  # a group's budget: the watch's check reads the member's groups
         if (status_error := STATUS_ERRORS.get(entry.status)) is not None:
             return status_error

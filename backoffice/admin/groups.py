@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -25,6 +25,9 @@ from quota.group_budgets import spend_of, with_spend
 
 from . import marks
 from .base import StaffAdmin, form_errors_from
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
 
 BUDGET_HELP = (
     "The group's monthly budget: every call of its members counts toward it; at the cap their calls are "
@@ -58,11 +61,11 @@ class GroupAdmin(StaffAdmin):
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("spend", "tokens")
 
-    def get_fields(self, request, obj: Model | None = None):
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> _FieldGroups:
         fields = list(super().get_fields(request, obj))
         return fields if obj is not None else [f for f in fields if f not in self.readonly_fields]
 
-    def get_queryset(self, request) -> QuerySet[Group]:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Group]:
         """Each group with its member count and this period's counter (no query per row)."""
         return with_spend(super().get_queryset(request).annotate(n_members=Count("members")))
 

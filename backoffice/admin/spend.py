@@ -10,7 +10,7 @@ priced call records (the `started_at` index), so the picker takes hours over at 
 import csv
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from io import StringIO
@@ -99,6 +99,8 @@ def spend_rows(*, period: Period, by: str, now: dt.datetime) -> tuple[list[str],
     """Series names (the top MAX_SERIES, the rest as "other") and one row per bucket: amounts per
     series, the total and the running total (None after now: nothing is known yet)."""
     spend: dict[str, dict] = defaultdict(lambda: defaultdict(lambda: ZERO))
+    name: str | None
+    cost: Decimal | None
     if by == "group":
         for at, name, cost in spend_by_group_buckets(start=period.start, end=period.end, step=period.step):
             spend[name][at if period.step == "hour" else _midnight(at.date())] += cost
@@ -118,7 +120,7 @@ def spend_rows(*, period: Period, by: str, now: dt.datetime) -> tuple[list[str],
     return names, rows
 
 
-def _spend(period: Period, group: str):
+def _spend(period: Period, group: str) -> Iterator[tuple[dt.datetime, str | None, Decimal | None]]:
     """(bucket start, series name, priced spend): by day from the daily rollups, by hour from the
     call records (at most MAX_HOURLY_DAYS of them)."""
     if period.step == "day":

@@ -38,7 +38,7 @@ class GroupInput(StrictInputSerializer):
 
 class GroupList(AdminAPIView):
     @extend_schema(parameters=PAGE_PARAMETERS, responses=page_of(GroupOutput, "GroupPage"))
-    def get(self, request):
+    def get(self, request: MemberAPIRequest) -> Response:
         return list_response(request, with_spend(Group.objects.prefetch_related("members")), GroupOutput)
 
     @extend_schema(request=GroupInput, responses={201: GroupOutput})

@@ -3,7 +3,7 @@ details and the OpenAPI schema. Input serializers sit in the view that takes the
 
 from rest_framework import serializers
 
-from allocations.models import Allocation, CatalogModel, Member
+from allocations.models import Allocation, CatalogModel, Group, Member
 from lib.serializers import MoneyField, money_str
 from quota.group_budgets import spend_of
 from quota.models import PriceVersion
@@ -200,13 +200,13 @@ class GroupOutput(serializers.Serializer):
     members = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
 
-    def get_cost_used_this_month(self, group) -> str:
+    def get_cost_used_this_month(self, group: Group) -> str:
         return money_str(spend_of(group).cost_used) or ""
 
-    def get_tokens_used_this_month(self, group) -> int:
+    def get_tokens_used_this_month(self, group: Group) -> int:
         return spend_of(group).tokens_used
 
-    def get_members(self, group) -> list[str]:
+    def get_members(self, group: Group) -> list[str]:
         return sorted(m.username for m in group.members.all())
 
 

@@ -17,6 +17,7 @@ The SQL of each statement is written once, in ledger.statements.
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 
 from django.utils import timezone
@@ -25,6 +26,7 @@ from ..models import PriceVersion
 from ..periods import period_start_date
 from ..pricing import Usage
 from . import loop, threads
+from .groups import Budget
 from .loop import counter_read as counter_read_async
 from .spool import call_settle_durable, call_settle_once, spool_depth, spool_replay
 from .statements import Admission, Settlement, reservation_row, settle_statement, settle_values
@@ -71,7 +73,7 @@ async def admit_async(
     now: dt.datetime,
     context: dict | None = None,
     reservation_id: uuid.UUID | None = None,
-    groups=(),
+    groups: Sequence[Budget] = (),
 ) -> Admission | None:
     """The admission on the event loop when this allocation's counter is known: the reservation,
     or None when it was not made there (no known counter, or a cap's guard did not match:

@@ -15,6 +15,7 @@ A group whose counter row does not exist yet makes the warm admission miss; the 
 (ledger.sync) creates the rows and tells a refusal (403) from headroom held in flight (429).
 """
 
+import datetime as dt
 import functools
 import json
 from collections.abc import Iterable, Sequence
@@ -115,7 +116,7 @@ SETTLE_AFTER_GROUPS = " AND (SELECT count(*) FROM gu) >= 0"
 # --- the thread path: counters, refusals, and the moves of a live reservation ------------------------
 
 
-def counters_ensure(*, group_ids: Iterable[str], period_start) -> None:
+def counters_ensure(*, group_ids: Iterable[str], period_start: dt.date) -> None:
     """Creates the period's counter of each group that has none (a warm admission needs them)."""
     GroupUsageCounter.objects.bulk_create(
         [GroupUsageCounter(group_id=g, period_start=period_start) for g in group_ids], ignore_conflicts=True
@@ -123,7 +124,7 @@ def counters_ensure(*, group_ids: Iterable[str], period_start) -> None:
 
 
 def cap_errors(
-    *, held: Sequence[tuple[Budget, int | None, Decimal | None]], period_start
+    *, held: Sequence[tuple[Budget, int | None, Decimal | None]], period_start: dt.date
 ) -> tuple[Exception | None, Exception | None]:
     """(token refusal, cost refusal): the first group whose used amount alone reached its token cap,
     then its cost cap (403); headroom held in flight is 429, decided by the caller."""

@@ -18,8 +18,9 @@ import contextlib
 import datetime as dt
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import psycopg
 from django.conf import settings
@@ -28,6 +29,7 @@ from psycopg.waiting import READY_R, WAIT_W
 
 from ..models import PriceVersion
 from ..pricing import Usage
+from .groups import Budget
 from .statements import (
     COUNTER_READ,
     Admission,
@@ -37,6 +39,10 @@ from .statements import (
     settle_statement,
     settle_values,
 )
+
+if TYPE_CHECKING:
+    from psycopg.abc import RV, PQGen
+    from psycopg.waiting import Wait
 
 
 class LoopConnection(psycopg.AsyncConnection):
@@ -53,7 +59,7 @@ class LoopConnection(psycopg.AsyncConnection):
     _broken = False  # the connection failed: psycopg's own wait from now on (its statements fail)
     _waiter: asyncio.Future | None = None
 
-    async def wait(self, gen, interval: float = 0.1, timeout: float | None = None):  # noqa: ASYNC109 - psycopg's
+    async def wait(self, gen: "PQGen[RV]", interval: float = 0.1, timeout: float | None = None) -> "RV":  # noqa: ASYNC109 - psycopg's
         if timeout is not None or self._broken:
             self._unwatch()
             return await super().wait(gen, interval, timeout)
@@ -107,7 +113,7 @@ class LoopConnection(psycopg.AsyncConnection):
         await super().close()
 
 
-def _resumed(state, gen):
+def _resumed(state: "Wait", gen: "PQGen[RV]") -> "PQGen[RV]":
     """A started psycopg generator as a fresh one that first yields the state it stopped at."""
     ready = yield state
     while True:
@@ -249,8 +255,8 @@ async def admit(
     now: dt.datetime,
     context: dict | None = None,
     reservation_id: uuid.UUID | None = None,
-    groups=(),
-    period=None,
+    groups: Sequence[Budget] = (),
+    period: dt.date | None = None,
 ) -> Admission | None:
     """ledger.admit's one-statement path with a known counter id; None when not admitted."""
     cost = est_cost if est_cost is not None else Decimal(0)

@@ -11,6 +11,7 @@ its target column, so no Model instance or field preparation is needed per call.
 import datetime as dt
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,7 +24,7 @@ from allocations.models import Group
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
-from ..models import CallRecord, Reservation, UsageCounter
+from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..pricing import Usage
 from ..rollups import SOURCE_COLUMNS, timezone_name, upsert_sql
 from . import groups as group_sql
@@ -138,7 +139,15 @@ _ROLLUP = upsert_sql("i")
 
 
 def admit_statement(
-    *, allocation_id, counter_id: int, token_cap, cost_cap, priced: bool, reservation: dict, groups=(), period=None
+    *,
+    allocation_id: uuid.UUID | str,
+    counter_id: int,
+    token_cap: int | None,
+    cost_cap: Decimal | None,
+    priced: bool,
+    reservation: dict,
+    groups: Sequence[group_sql.Budget] = (),
+    period: dt.date | None = None,
 ) -> tuple[str, list]:
     """The admission in ONE statement (data-modifying CTE): the guarded UPDATE of the counter
     (used + reserved < cap for each cap that applies; the allocation is checked too, so a stale
@@ -197,7 +206,7 @@ def admit_statement(
 
 
 def settle_values(
-    *, record: dict, usage: Usage, price, now: dt.datetime, groups: tuple[str, ...] = ()
+    *, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime, groups: tuple[str, ...] = ()
 ) -> tuple[dict, Decimal | None]:
     """The call record's field values (by field name) and its cost, with what a cost beyond tokens
     was billed from (the service tier, the tool calls), and the groups it counted toward."""

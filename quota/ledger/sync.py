@@ -14,6 +14,7 @@ compiling the ORM's queries costs several times the database round trip.
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from contextlib import nullcontext
 from decimal import Decimal
 from typing import Any, Self
@@ -122,7 +123,7 @@ def admit(
     ttl_s: float | None = None,
     context: dict | None = None,
     reservation_id: uuid.UUID | None = None,
-    groups=(),
+    groups: Sequence[group_ledger.Budget] = (),
 ) -> Admission:
     """Checks both caps and holds a reservation, in one transaction; with the member's `groups`
     (allocations.access.GroupBudget), on the capped ones too (quota.ledger.groups).
@@ -334,7 +335,7 @@ def _insert_parts(obj: Model) -> tuple[tuple[str, ...], tuple[str, ...], list]:
     return columns, values, [f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields]
 
 
-def _insert(obj, *, rollup: bool = False) -> None:
+def _insert(obj: Model, *, rollup: bool = False) -> None:
     """INSERT of one new row without the ORM's per-call query compilation. Same values as
     Model.save(force_insert=True); the auto primary key comes back with RETURNING. `rollup`
     (call records): the record's daily rollup is upserted by the same statement."""
@@ -347,7 +348,7 @@ def _insert(obj, *, rollup: bool = False) -> None:
         sql = f"WITH i AS ({sql} RETURNING id, {returning}), g AS ({rollups.upsert_sql('i')}) SELECT id FROM i"  # noqa: S608
         params.append(rollups.timezone_name())
     elif auto is not None:
-        sql += f" RETURNING {connection.ops.quote_name(auto.column)}"
+        sql += f" RETURNING {connection.ops.quote_name(auto.column)}"  # type: ignore[arg-type]  # concrete: a column
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if auto is not None:

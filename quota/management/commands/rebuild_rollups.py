@@ -2,8 +2,9 @@
 of days recomputed from the call records (docs/OPERATIONS.md says when)."""
 
 import datetime as dt
+from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
 from allocations.management.base import AuditedCommand
 from quota.rollups import rollups_rebuild_range
@@ -22,11 +23,11 @@ class Command(AuditedCommand):
         "at a time; by default every day that has records. Audited as rollups_rebuilt."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--from", dest="first", help="first day (default: the first day with records)")
         parser.add_argument("--to", dest="last", help="last day, included (default: the last day with records)")
 
-    def handle(self, *args, first=None, last=None, **options):
+    def handle(self, *args: Any, first: str | None = None, last: str | None = None, **options: Any) -> None:
         first_day = _day(first, "from") if first else None
         last_day = _day(last, "to") if last else None
         if first_day and last_day and last_day < first_day:
