@@ -59,7 +59,7 @@ from django.utils import timezone  # noqa: E402
 from allocations.models import Allocation, Member  # noqa: E402
 from lib.ids import uuid7  # noqa: E402
 from quota import ledger  # noqa: E402
-from quota.periods import period_bounds  # noqa: E402
+from quota.periods import billing_tz, period_bounds  # noqa: E402
 from quota.pricing import Usage  # noqa: E402
 
 PREFIX = "growth"
@@ -309,6 +309,8 @@ def pages(allocations, now: dt.datetime) -> dict:
     member = Client()
     member.force_login(Member.objects.get(username=f"{PREFIX}-u7"))
     busy = Member.objects.get(username=f"{PREFIX}-u3")  # in two groups, four allocations
+    local_today = now.astimezone(billing_tz()).date()
+    hourly = {"period": "custom", "from": str(local_today), "to": str(local_today), "step": "hour"}
     start, _ = period_bounds(now)
     today = now.date()
     with connection.cursor() as cursor:
@@ -368,6 +370,9 @@ def pages(allocations, now: dt.datetime) -> dict:
         "/admin/overview/ by group (cold)": timed(fetch(admin, "/admin/overview/", {"by": "group"})),
         "reconcile_usage, groups": timed(lambda: group_usage_reconcile(now=now, fix=False)),
         "member page (admin)": timed(fetch(admin, f"/admin/members/{busy.pk}/")),
+        # By hour the picker reads the records of at most two days (docs/DECISIONS.md): today's.
+        "/admin/overview/ by group, today by hour": timed(fetch(admin, "/admin/overview/", hourly | {"by": "group"})),
+        "/admin/overview/ by model, today by hour": timed(fetch(admin, "/admin/overview/", hourly | {"by": "model"})),
     }
     return results
 
