@@ -18,10 +18,14 @@ import dataclasses
 import datetime as dt
 import gzip
 import os
+import random
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 
 from allocations.models import Allocation, CatalogModel, Member
 
@@ -31,6 +35,12 @@ from .periods import billing_tz
 PARENT = CallRecord._meta.db_table
 DEFAULT = f"{PARENT}_default"
 AHEAD = 3
+# A detach or drop waits this long for its lock per attempt (every insert queues behind it
+# meanwhile), up to LOCK_ATTEMPTS attempts about LOCK_PAUSE_S apart.
+LOCK_TIMEOUT_MS = 50
+LOCK_ATTEMPTS = 40
+LOCK_PAUSE_S = 0.25
+LOCK_NOT_AVAILABLE = "55P03"
 _NAME = re.compile(rf"^{PARENT}_p(\d{{4}})_(\d{{2}})$")
 _BOUNDS = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
@@ -40,6 +50,7 @@ class Partition:
     name: str
     start: dt.datetime
     end: dt.datetime
+    attached: bool = True
 
     @property
     def month(self) -> dt.date:
@@ -162,14 +173,100 @@ def count_rows(partition: Partition) -> int:
         return c.fetchone()[0]
 
 
-def drop_partition(partition: Partition, *, lock_timeout_ms: int = 5000) -> None:
-    """Detaches and drops one month. The detach holds the table's lock for a moment: it waits at
-    most `lock_timeout_ms` for running queries (then raises, nothing changed) rather than queue
-    every new call behind a long report."""
-    with transaction.atomic(), connection.cursor() as c:
-        # Deferred foreign-key checks of rows written in this transaction run now: a table with
-        # pending checks cannot be dropped (rows committed earlier have none).
-        c.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        c.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
-        c.execute(f'ALTER TABLE "{PARENT}" DETACH PARTITION "{partition.name}"')
-        c.execute(f'DROP TABLE "{partition.name}"')
+class LockNotHad(Exception):
+    """A statement that needs the table's exclusive lock did not get it in its attempts (long
+    queries kept holding the table); nothing of that statement was done."""
+
+
+def _with_lock(
+    statements: list[str],
+    *,
+    lock_timeout_ms: int | None = None,
+    attempts: int | None = None,
+    then: Callable[[Any], None] | None = None,
+) -> int:
+    """Runs `statements` (and `then(cursor)`) in one transaction that waits at most
+    `lock_timeout_ms` for each lock, retrying up to `attempts` times with a pause between. While
+    such a statement waits for an exclusive lock, every call that records a call record queues
+    behind it: the short wait bounds that stall, the retries wait out a long query. Returns the
+    number of attempts used (defaults: LOCK_TIMEOUT_MS, LOCK_ATTEMPTS)."""
+    lock_timeout_ms = LOCK_TIMEOUT_MS if lock_timeout_ms is None else lock_timeout_ms
+    attempts = LOCK_ATTEMPTS if attempts is None else attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            with transaction.atomic(), connection.cursor() as c:
+                # Deferred foreign-key checks of rows written in this transaction run now: a table
+                # with pending checks cannot be detached or dropped (rows committed earlier have none).
+                c.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                c.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+                for statement in statements:
+                    c.execute(statement)
+                if then is not None:
+                    then(c)
+            return attempt
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            if attempt == attempts:
+                raise LockNotHad(f"no lock in {attempts} attempts of {lock_timeout_ms} ms") from exc
+            time.sleep(LOCK_PAUSE_S * (0.5 + random.random()))  # noqa: S311 (jitter, not a secret)
+    raise AssertionError("unreachable")
+
+
+def detach_partition(partition: Partition, *, lock_timeout_ms: int | None = None, attempts: int | None = None) -> int:
+    """Detaches one month; the table stays, alone, under its name. DETACH holds the call-record
+    table's ACCESS EXCLUSIVE lock (and the DEFAULT partition's) to its commit, so it is a
+    transaction of its own: the lock is held for the catalogue change only, a few milliseconds.
+    (DETACH ... CONCURRENTLY, which would not block inserts at all, is refused by PostgreSQL while
+    a DEFAULT partition exists.) Returns the attempts it took (LockNotHad when none got the lock)."""
+    return _with_lock(
+        [f'ALTER TABLE "{PARENT}" DETACH PARTITION "{partition.name}"'],
+        lock_timeout_ms=lock_timeout_ms,
+        attempts=attempts,
+    )
+
+
+def drop_detached(
+    partition: Partition,
+    *,
+    lock_timeout_ms: int | None = None,
+    attempts: int | None = None,
+    then: Callable[[Any], None] | None = None,
+) -> int:
+    """Drops a detached month's table, running `then(cursor)` (its audit event) in the same
+    transaction. The drop also removes the table's foreign-key triggers on the tables it references
+    (allocations, members, models, keys, prices), so it takes their ACCESS EXCLUSIVE lock to its
+    commit: a transaction of its own with a short lock wait, like the detach. The files are
+    unlinked after the commit, when the locks are already released."""
+    return _with_lock(
+        [f'DROP TABLE "{partition.name}"'],
+        lock_timeout_ms=lock_timeout_ms,
+        attempts=attempts,
+        then=then,
+    )
+
+
+def drop_partition(partition: Partition, *, lock_timeout_ms: int | None = None) -> None:
+    """Detaches and drops one month (two short transactions; see detach_partition)."""
+    if partition.attached:
+        detach_partition(partition, lock_timeout_ms=lock_timeout_ms)
+    drop_detached(partition, lock_timeout_ms=lock_timeout_ms)
+
+
+def detached() -> list[Partition]:
+    """Tables named as months that are not attached: a prune that detached a month and stopped
+    before its drop left them (oldest first)."""
+    with connection.cursor() as c:
+        c.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND NOT relispartition"
+            " AND pg_table_is_visible(oid) AND relname LIKE %s",
+            [f"{PARENT}_p%"],
+        )
+        names = [row[0] for row in c.fetchall()]
+    found = []
+    for name in names:
+        match = _NAME.match(name)
+        if match:
+            start, end = month_bounds(dt.date(int(match.group(1)), int(match.group(2)), 1))
+            found.append(Partition(name=name, start=start, end=end, attached=False))
+    return sorted(found, key=lambda p: p.start)
