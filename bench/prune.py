@@ -4,7 +4,7 @@ the gateway records calls into the current month, against the same run without t
 
   bench/prune.py prepare [--rows 8000000] [--template gw_prune_tpl]
   bench/prune.py run [--template gw_prune_tpl] [--db gw_prune_run] [--rounds 3] [--duration 16]
-                     [--at 6] [--concurrency 16] [--window 0.25] [--archive]
+                     [--at 6] [--concurrency 16] [--window 0.25] [--archive] [--prune-tree OTHER]
 
 `prepare` makes the TEMPLATE database once (minutes: 8 M rows took about 8 min on an idle machine;
 keep it): migrated, bench/growth.py's world (50 members, 200 allocations, 20 priced models) and
@@ -25,6 +25,8 @@ Reported per leg: calls/s and p99 latency in WINDOW-second windows before, durin
 prune (the control leg's windows at the same offsets), the prune's wall time and its steps as the
 command prints them (check, archive, detach, drop + audit), and the month's bytes on disk before
 the prune. One JSON line per leg to bench/results/raw/prune-<time>.jsonl, and a table printed.
+--prune-tree runs another checkout's command (e.g. a `git worktree` of the commit before a change
+to quota.retention), with this checkout's gateway.
 
 Needs BENCH_PY and the harness as bench/README.md says (the fake upstream); the client itself is
 plain asyncio (uvloop when BENCH_PY has it).
@@ -138,20 +140,27 @@ def load_main(args: argparse.Namespace) -> None:
     if name not in {p.name for p in partitions.partitions()}:
         partitions.create_partition(month)
     start, end = partitions.month_bounds(month)
-    with connection.cursor() as cursor:
-        cursor.execute(f'SELECT count(*) FROM "{name}"')  # noqa: S608 (a partition's name)
-        have = cursor.fetchone()[0]
     began = time.perf_counter()
-    left = args.rows - have
-    while left > 0:
-        chunk = min(growth.CHUNK, left)
+    # In time order, as calls arrive: slice k of the month gets its share of the rows (random
+    # times within the slice), so every index is appended to, not written all over.
+    slices = 32
+    step = (end - start) / slices
+    ids = [a.pk for a in allocations]
+    for k in range(slices):
+        share = args.rows * (k + 1) // slices - args.rows * k // slices
+        first = start + step * k
         with connection.cursor() as cursor:
             cursor.execute(
-                growth.INSERT,
-                {"rows": chunk, "start": start, "span": end - start, "ids": [a.pk for a in allocations], "n": 200},
+                f'SELECT count(*) FROM "{name}" WHERE started_at >= %s AND started_at < %s', [first, first + step]
+            )  # noqa: S608
+            share -= cursor.fetchone()[0]
+            if share > 0:
+                cursor.execute(growth.INSERT, {"rows": share, "start": first, "span": step, "ids": ids, "n": len(ids)})
+        if k % 4 == 3:
+            print(
+                f"  loaded {args.rows * (k + 1) // slices:,} / {args.rows:,} ({time.perf_counter() - began:.0f} s)",
+                flush=True,
             )
-        left -= chunk
-        print(f"  loaded {args.rows - left:,} / {args.rows:,} ({time.perf_counter() - began:.0f} s)", flush=True)
     rollups_rebuild_range(first_day=month, last_day=(end - dt.timedelta(days=1)).date())
     print(f"  rollups of {args.month} ({time.perf_counter() - began:.0f} s)", flush=True)
     growth.settle_db()
@@ -195,7 +204,7 @@ def prune_main(args: argparse.Namespace) -> None:
     """Waits until CLOCK_MONOTONIC reaches --at, runs the command, prints each output line with
     the monotonic time it was written (the client's clock: both are CLOCK_MONOTONIC)."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, args.root or str(ROOT))
     import django
 
     django.setup()
@@ -212,6 +221,9 @@ def prune_main(args: argparse.Namespace) -> None:
 
     from django.db import connection
 
+    import quota
+
+    print(json.dumps({"tree": str(Path(quota.__file__).parents[1])}), flush=True)
     connection.ensure_connection()
     time.sleep(max(0.0, args.at - time.monotonic()))
     began = time.monotonic()
@@ -254,7 +266,11 @@ def leg(kind: str, world: dict, args: argparse.Namespace, before: str, month: st
         command = [GW_PY, str(HERE / "prune.py"), "_prune", "--before", before, "--at", str(t0 + args.at)]
         if archive:
             command += ["--archive", archive]
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+        if args.prune_tree:
+            command += ["--root", str(Path(args.prune_tree).resolve())]
+        # Its own directory too: Celery's Django set-up puts the working directory on sys.path.
+        tree = Path(args.prune_tree).resolve() if args.prune_tree else ROOT
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tree)
         if proc.returncode:
             sys.stderr.write(proc.stderr)
             raise SystemExit("the prune failed")
@@ -272,7 +288,7 @@ def leg(kind: str, world: dict, args: argparse.Namespace, before: str, month: st
         return [w for w in rows if w["t"] + args.window > lo and w["t"] < hi]
 
     before_w = phase(0, at)
-    during_w = phase(at, until + 1e-9) if kind == "prune" else phase(at, at + 1e-9)
+    during_w = phase(at, until + 1e-9) if kind == "prune" else phase(at, at + 1.0)  # control: the second from AT
     after_w = phase(until + args.window, args.duration)
 
     def summary(ws: list[dict]) -> dict:
@@ -422,6 +438,7 @@ def main() -> None:
     r.add_argument("--window", type=float, default=0.25)
     r.add_argument("--archive", action="store_true", help="prune with --archive to a temporary directory")
     r.add_argument("--keep", action="store_true", help="keep the last round's database")
+    r.add_argument("--prune-tree", default="", help="run the prune command of another checkout (same migrations)")
     c = sub.add_parser("_client")
     for name in ("--port", "--concurrency"):
         c.add_argument(name, type=int, required=True)
@@ -436,6 +453,7 @@ def main() -> None:
     pr.add_argument("--before", required=True)
     pr.add_argument("--at", type=float, required=True)
     pr.add_argument("--archive", default="")
+    pr.add_argument("--root", default="", help="the checkout whose command runs (default: this one)")
     args = ap.parse_args()
     {"prepare": prepare, "run": run, "_client": client_main, "_load": load_main, "_prune": prune_main}[args.command](
         args
