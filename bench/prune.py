@@ -188,6 +188,40 @@ def copy_template(template: str, db: str) -> float:
     return time.perf_counter() - began
 
 
+def evict_month(db: str, month: str) -> int:
+    """Writes the copy out and drops the month's files from the OS page cache (the server runs
+    on this machine, as root): a month three months old is cold, not just written by a copy.
+    Returns the bytes evicted."""
+    import glob
+
+    import psycopg
+
+    os.sync()
+    name = "quota_callrecord_p" + month.replace("-", "_")
+    with psycopg.connect(f"{PG}/{db}", autocommit=True) as conn:
+        data = conn.execute("SHOW data_directory").fetchone()[0]
+        paths = [
+            row[0]
+            for row in conn.execute(
+                "WITH t AS (SELECT oid, reltoastrelid FROM pg_class WHERE oid = to_regclass(%s))"
+                " SELECT pg_relation_filepath(c.oid) FROM pg_class c, t WHERE c.oid IN (t.oid, t.reltoastrelid)"
+                " OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (t.oid, t.reltoastrelid))",
+                [name],
+            )
+            if row[0]
+        ]
+    evicted = 0
+    for path in paths:
+        for file in glob.glob(os.path.join(data, path)) + glob.glob(os.path.join(data, path) + "[._]*"):
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                evicted += os.fstat(fd).st_size
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return evicted
+
+
 def month_bytes(db: str, month: str) -> int:
     import psycopg
 
@@ -374,6 +408,8 @@ def run(args: argparse.Namespace) -> None:
         wait_port(upstream_port)
         for number in range(args.rounds):
             copy_s = copy_template(args.template, args.db)
+            if not args.warm:
+                evict_month(args.db, month)
             world, gateway = start_world(args, f"http://127.0.0.1:{upstream_port}", env)
             try:
                 legs = ["control", "prune"] if number % 2 == 0 else ["prune", "control"]
@@ -438,6 +474,7 @@ def main() -> None:
     r.add_argument("--window", type=float, default=0.25)
     r.add_argument("--archive", action="store_true", help="prune with --archive to a temporary directory")
     r.add_argument("--keep", action="store_true", help="keep the last round's database")
+    r.add_argument("--warm", action="store_true", help="leave the copied month in the page cache")
     r.add_argument("--prune-tree", default="", help="run the prune command of another checkout (same migrations)")
     c = sub.add_parser("_client")
     for name in ("--port", "--concurrency"):

@@ -109,8 +109,9 @@ def prune(
             timings["archive_ms"] = _ms(began)
             progress(f"    archived to {archive} ({archive.stat().st_size:,} bytes in {timings['archive_ms']} ms)")
         began = time.perf_counter()
-        timings["detach_attempts"] = partitions.detach_partition(partition) if partition.attached else 0
+        detached = partitions.detach_partition(partition) if partition.attached else None
         timings["detach_ms"] = _ms(began)
+        timings["detach_attempts"] = detached.attempts if detached else 0
 
         def audited(
             cursor: Any, partition: partitions.Partition = partition, rows: int = rows, archive: Path | None = archive
@@ -126,15 +127,18 @@ def prune(
             )
 
         began = time.perf_counter()
-        timings["drop_attempts"] = partitions.drop_detached(partition, then=audited)
+        dropped = partitions.drop_detached(partition, then=audited)
         timings["drop_ms"] = _ms(began)
+        timings["drop_attempts"] = dropped.attempts
+        timings["drop_locked_ms"] = dropped.statements_ms  # the rest: the commit, the files' unlink
         detach = (
             f"detached in {timings['detach_ms']} ms ({timings['detach_attempts']} attempt(s))"
             if partition.attached
             else "left detached by an earlier run"
         )
         progress(
-            f"    {detach}, dropped and audited in {timings['drop_ms']} ms ({timings['drop_attempts']} attempt(s))"
+            f"    {detach}, dropped and audited in {timings['drop_ms']} ms ({timings['drop_attempts']} attempt(s);"
+            f" statements {dropped.statements_ms} ms, commit and unlink {dropped.commit_ms} ms)"
         )
         done.append(
             Pruned(month=partition.month, partition=partition.name, rows=rows, archive=archive, timings=timings)
