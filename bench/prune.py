@@ -5,6 +5,7 @@ the gateway records calls into the current month, against the same run without t
   bench/prune.py prepare [--rows 8000000] [--template gw_prune_tpl]
   bench/prune.py run [--template gw_prune_tpl] [--db gw_prune_run] [--rounds 3] [--duration 16]
                      [--at 6] [--concurrency 16] [--window 0.25] [--archive] [--prune-tree OTHER]
+                     [--report-s SECONDS] [--legs control,prune] [--warm]
 
 `prepare` makes the TEMPLATE database once (minutes: 8 M rows took about 8 min on an idle machine;
 keep it): migrated, bench/growth.py's world (50 members, 200 allocations, 20 priced models) and
@@ -26,7 +27,10 @@ prune (the control leg's windows at the same offsets), the prune's wall time and
 command prints them (check, archive, detach, drop + audit), and the month's bytes on disk before
 the prune. One JSON line per leg to bench/results/raw/prune-<time>.jsonl, and a table printed.
 --prune-tree runs another checkout's command (e.g. a `git worktree` of the commit before a change
-to quota.retention), with this checkout's gateway.
+to quota.retention), with this checkout's gateway. --report-s N runs a report that holds the call
+records (ACCESS SHARE) for N seconds from 0.2 s before the prune, in both legs: what a detach that
+waits for its lock does to the calls queued behind it. --warm leaves the copied month in the page
+cache (by default its files are evicted: a month three months old is cold).
 
 Needs BENCH_PY and the harness as bench/README.md says (the fake upstream); the client itself is
 plain asyncio (uvloop when BENCH_PY has it).
@@ -41,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -296,6 +301,10 @@ def leg(kind: str, world: dict, args: argparse.Namespace, before: str, month: st
     )
     prune_out: list[dict] = []
     size = month_bytes(args.db, month) if kind == "prune" else None
+    report_thread = None
+    if args.report_s:  # a report reading call records, running when the prune starts
+        report_thread = threading.Thread(target=_report, args=(args.db, t0 + args.at - 0.2, args.report_s))
+        report_thread.start()
     if kind == "prune":
         command = [GW_PY, str(HERE / "prune.py"), "_prune", "--before", before, "--at", str(t0 + args.at)]
         if archive:
@@ -310,6 +319,8 @@ def leg(kind: str, world: dict, args: argparse.Namespace, before: str, month: st
             raise SystemExit("the prune failed")
         prune_out = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     client.wait()
+    if report_thread is not None:
+        report_thread.join()
     done = json.loads(Path(out).read_text())
     os.unlink(out)
     errors = sum(1 for _, _, status in done if status != 200)
@@ -352,6 +363,19 @@ def leg(kind: str, world: dict, args: argparse.Namespace, before: str, month: st
         "windows": rows,
         "loadavg1": os.getloadavg()[0],
     }
+
+
+def _report(db: str, at: float, seconds: float) -> None:
+    """A report on this month's call records that holds the table (ACCESS SHARE) for `seconds`."""
+    import psycopg
+
+    with psycopg.connect(f"{PG}/{db}", autocommit=True) as conn:
+        time.sleep(max(0.0, at - time.monotonic()))
+        conn.execute(
+            "SELECT count(*), pg_sleep(%s) FROM (SELECT 1 FROM quota_callrecord"
+            " WHERE started_at >= date_trunc('month', now()) LIMIT 1000) AS recent",
+            [seconds],
+        )
 
 
 def start_world(args: argparse.Namespace, upstream: str, env: dict):
@@ -412,7 +436,8 @@ def run(args: argparse.Namespace) -> None:
                 evict_month(args.db, month)
             world, gateway = start_world(args, f"http://127.0.0.1:{upstream_port}", env)
             try:
-                legs = ["control", "prune"] if number % 2 == 0 else ["prune", "control"]
+                legs = [name for name in ("control", "prune") if name in args.legs.split(",")]
+                legs = legs if number % 2 == 0 else legs[::-1]
                 subprocess.run(
                     [BENCH_PY, str(HERE / "prune.py"), "_client", "--port", str(world["port"]), "--key"]
                     + [world["key"], "--model", "bench0/gpt-4o-mini", "--concurrency", str(args.concurrency)]
@@ -474,6 +499,8 @@ def main() -> None:
     r.add_argument("--window", type=float, default=0.25)
     r.add_argument("--archive", action="store_true", help="prune with --archive to a temporary directory")
     r.add_argument("--keep", action="store_true", help="keep the last round's database")
+    r.add_argument("--report-s", type=float, default=0, help="a report holding call records this long, from AT")
+    r.add_argument("--legs", default="control,prune", help="the legs of each round (e.g. prune alone)")
     r.add_argument("--warm", action="store_true", help="leave the copied month in the page cache")
     r.add_argument("--prune-tree", default="", help="run the prune command of another checkout (same migrations)")
     c = sub.add_parser("_client")
