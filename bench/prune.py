@@ -150,7 +150,7 @@ def load_main(args: argparse.Namespace) -> None:
     # times within the slice), so every index is appended to, not written all over.
     slices = 32
     step = (end - start) / slices
-    ids = [a.pk for a in allocations]
+    ids, keys, groups = growth.record_parts(allocations)
     for k in range(slices):
         share = args.rows * (k + 1) // slices - args.rows * k // slices
         first = start + step * k
@@ -160,7 +160,8 @@ def load_main(args: argparse.Namespace) -> None:
             )  # noqa: S608
             share -= cursor.fetchone()[0]
             if share > 0:
-                cursor.execute(growth.INSERT, {"rows": share, "start": first, "span": step, "ids": ids, "n": len(ids)})
+                params = {"rows": share, "start": first, "span": step, "ids": ids, "keys": keys, "groups": groups}
+                cursor.execute(growth.INSERT, {**params, "n": len(ids)})
         if k % 4 == 3:
             print(
                 f"  loaded {args.rows * (k + 1) // slices:,} / {args.rows:,} ({time.perf_counter() - began:.0f} s)",
@@ -418,6 +419,13 @@ def run(args: argparse.Namespace) -> None:
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING",
     }
+    # The template follows this checkout's migrations (a no-op when it is up to date).
+    subprocess.run(
+        [GW_PY, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": f"{PG}/{args.template}"},
+        check=True,
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"prune-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     procs: list = []
