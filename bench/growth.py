@@ -9,7 +9,10 @@ Run it against a DEDICATED database (it is migrated, seeded and filled; drop it 
   # the schema before the index diet and partitions, for bytes per row and the hot path only:
   ... bench/growth.py --rows 1000000 --schema quota:0007_model_forbidden_outcome --only storage,hot
 
-The world: 5 providers, 20 models (each priced), 50 members, 200 allocations. The rows are made
+The world: 5 providers, 20 models (each priced), 50 members, 200 allocations, 6 groups (two of
+them capped, far above what the load spends): 45 members in one group, 15 of those in a second,
+5 in none; each record names its allocation's default key and its member's groups (what the
+settlement writes), and the groups' counters of this month are filled from the records. The rows are made
 with generate_series: 80 % in the current billing month up to now, 20 % spread over the eleven
 months before; 90 % success, 3 % upstream errors, 5 % refusals, 2 % unpriced; request ids in the
 UUIDv7 layout. The usage counters of this month are filled from the records. After the load:
@@ -56,7 +59,7 @@ from django.utils import timezone  # noqa: E402
 from allocations.models import Allocation, Member  # noqa: E402
 from lib.ids import uuid7  # noqa: E402
 from quota import ledger  # noqa: E402
-from quota.periods import period_bounds  # noqa: E402
+from quota.periods import billing_tz, period_bounds  # noqa: E402
 from quota.pricing import Usage  # noqa: E402
 
 PREFIX = "growth"
@@ -83,6 +86,7 @@ def seed() -> list[Allocation]:
             output_per_1m=Decimal("2"),
         )
     members = [member_create(username=f"{PREFIX}-u{i}", is_staff=(i == 0)) for i in range(50)]
+    groups(members)
     allocations = []
     for i in range(200):
         allocation, _, _ = allocation_create(
@@ -93,11 +97,49 @@ def seed() -> list[Allocation]:
     return allocations
 
 
+def groups(members: list) -> None:
+    """Six groups, g0 and g1 capped: member i is in g(i % 5), and in g5 too when i % 3 == 0; the
+    members i % 10 == 9 are in none."""
+    from allocations.groups import group_create, group_members_change
+
+    made = [
+        group_create(
+            data={"name": f"{PREFIX} group {n}", "slug": f"{PREFIX}-g{n}"}
+            | ({"quota_cost_usd_per_month": str(10**7), "quota_tokens_per_month": 10**13} if n < 2 else {})
+        )
+        for n in range(6)
+    ]
+    for i, member in enumerate(members):
+        if i % 10 == 9:
+            continue
+        for group in (made[i % 5], *((made[5],) if i % 3 == 0 else ())):
+            group_members_change(group=group, add=[member.username])
+
+
+def record_parts(allocations) -> tuple[list, list, list]:
+    """Per allocation: its id, its default key's id, and its member's groups as a sorted uuid[]
+    literal (as the key snapshot lists them, by id), for the INSERT below."""
+    from allocations.models import ApiKey, Group
+
+    keys = {}
+    for key in ApiKey.objects.filter(scopes__allocation__in=allocations).values("pk", "scopes__allocation"):
+        keys.setdefault(key["scopes__allocation"], key["pk"])
+    member_groups: dict = {}
+    for member_id, group_id in Group.members.through.objects.values_list("member_id", "group_id"):
+        member_groups.setdefault(member_id, []).append(str(group_id))
+    literal = {m: "{" + ",".join(sorted(g)) + "}" for m, g in member_groups.items()}
+    return (
+        [a.pk for a in allocations],
+        [keys.get(a.pk) for a in allocations],
+        [literal.get(a.member_id, "{}") for a in allocations],
+    )
+
+
 COLUMNS = (
     "request_id, allocation_id, member_id, model_id, endpoint, started_at, finished_at, status_code, outcome,"
     " input_tokens, output_tokens, cached_tokens, reasoning_tokens, audio_input_tokens, audio_output_tokens, unit,"
     " cost_usd, priced, estimated, error_code, error_message, is_stream, service_tier, tool_calls, close_reason,"
-    " attempts"
+    " attempts, api_key_id, group_ids"
 )
 # One chunk of rows: times uniform in [start, start + span); request ids in the UUIDv7 layout made
 # from that time (48-bit milliseconds, then random hex).
@@ -115,13 +157,14 @@ INSERT = f"""
         CASE WHEN g %% 100 >= 93 AND g %% 100 < 98 THEN 0 ELSE 400 END,
         CASE WHEN g %% 100 >= 93 AND g %% 100 < 98 THEN 0 ELSE 100 END, 0, 0, 0, 0, '',
         CASE WHEN g %% 100 < 90 THEN 0.000600000 ELSE NULL END, g %% 100 < 90, false, '', '', g %% 3 = 0, '',
-        '{{}}', '', 1
+        '{{}}', '', 1, a.key_id, a.group_ids
     FROM generate_series(1, %(rows)s) AS g
     CROSS JOIN LATERAL (SELECT %(start)s::timestamptz + %(span)s::interval * random() AS t,
                                md5(g::text || random()::text) AS r) AS x
     CROSS JOIN LATERAL (SELECT lpad(to_hex((extract(epoch FROM x.t) * 1000)::bigint), 12, '0') AS h) AS y
-    JOIN LATERAL (SELECT id, member_id, model_id FROM allocations_allocation
-                  WHERE id = (%(ids)s::uuid[])[1 + (g %% %(n)s)]) AS a ON true
+    JOIN LATERAL (SELECT id, member_id, model_id, (%(keys)s::uuid[])[1 + (g %% %(n)s)] AS key_id,
+                         (%(groups)s::text[])[1 + (g %% %(n)s)]::uuid[] AS group_ids
+                  FROM allocations_allocation WHERE id = (%(ids)s::uuid[])[1 + (g %% %(n)s)]) AS a ON true
 """
 CHUNK = 1_000_000
 
@@ -146,7 +189,7 @@ def load(allocations, rows: int, now: dt.datetime) -> float:
     start, _ = period_bounds(now)
     year_ago = start.replace(year=start.year - 1) + dt.timedelta(days=31)
     plan = [(rows * 8 // 10, start, now - start), (rows - rows * 8 // 10, year_ago, start - year_ago)]
-    ids = [a.pk for a in allocations]
+    ids, keys, groups = record_parts(allocations)
     began = time.perf_counter()
     done = 0
     for total, first, span in plan:
@@ -154,7 +197,18 @@ def load(allocations, rows: int, now: dt.datetime) -> float:
         while left > 0:
             chunk = min(CHUNK, left)
             with connection.cursor() as cursor:
-                cursor.execute(INSERT, {"rows": chunk, "start": first, "span": span, "ids": ids, "n": len(ids)})
+                cursor.execute(
+                    INSERT,
+                    {
+                        "rows": chunk,
+                        "start": first,
+                        "span": span,
+                        "ids": ids,
+                        "keys": keys,
+                        "groups": groups,
+                        "n": len(ids),
+                    },
+                )
             left -= chunk
             done += chunk
             print(f"  loaded {done:,} / {rows:,} rows ({time.perf_counter() - began:.0f} s)", flush=True)
@@ -166,6 +220,16 @@ def load(allocations, rows: int, now: dt.datetime) -> float:
             " count(*), now() FROM quota_callrecord WHERE started_at >= %s AND allocation_id IS NOT NULL"
             " GROUP BY allocation_id"
             " ON CONFLICT (allocation_id, period_start) DO UPDATE SET tokens_used = EXCLUDED.tokens_used,"
+            " cost_used = EXCLUDED.cost_used, calls = EXCLUDED.calls",
+            [start.date(), start],
+        )
+        cursor.execute(
+            "INSERT INTO quota_groupusagecounter (group_id, period_start, tokens_used, cost_used, tokens_reserved,"
+            " cost_reserved, calls, updated_at)"
+            " SELECT g, %s, sum(input_tokens + output_tokens), coalesce(sum(cost_usd) FILTER (WHERE priced), 0), 0, 0,"
+            " count(*), now() FROM quota_callrecord CROSS JOIN LATERAL unnest(group_ids) AS g"
+            " WHERE started_at >= %s AND allocation_id IS NOT NULL GROUP BY g"
+            " ON CONFLICT (group_id, period_start) DO UPDATE SET tokens_used = EXCLUDED.tokens_used,"
             " cost_used = EXCLUDED.cost_used, calls = EXCLUDED.calls",
             [start.date(), start],
         )
@@ -235,6 +299,7 @@ def fetch(client: Client, url: str, params=None, status=200):
 
 def pages(allocations, now: dt.datetime) -> dict:
     from quota.anomaly import anomalies_detect
+    from quota.group_budgets import group_usage_reconcile
     from quota.services import usage_reconcile
 
     settings.ALLOWED_HOSTS = ["*"]
@@ -243,6 +308,9 @@ def pages(allocations, now: dt.datetime) -> dict:
     admin.force_login(staff)
     member = Client()
     member.force_login(Member.objects.get(username=f"{PREFIX}-u7"))
+    busy = Member.objects.get(username=f"{PREFIX}-u3")  # in two groups, four allocations
+    local_today = now.astimezone(billing_tz()).date()
+    hourly = {"period": "custom", "from": str(local_today), "to": str(local_today), "step": "hour"}
     start, _ = period_bounds(now)
     today = now.date()
     with connection.cursor() as cursor:
@@ -293,6 +361,18 @@ def pages(allocations, now: dt.datetime) -> dict:
         "/api/me/usage by day": timed(fetch(member, "/api/me/usage", {"group_by": "day"})),
         "detect_anomalies": timed(lambda: anomalies_detect(now=now)),
         "reconcile_usage": timed(lambda: usage_reconcile(now=now, fix=False)),
+        # The group reports: the usage API by group, the overview's chart and table stacked by
+        # group (this month by day), the group half of reconcile_usage; and a member's page (their
+        # allocations, keys with this month's spend, recent calls).
+        "admin usage API by group, month": timed(
+            fetch(admin, "/api/admin/usage", {"group_by": "group", "from": str(start.date()), "to": str(today)})
+        ),
+        "/admin/overview/ by group (cold)": timed(fetch(admin, "/admin/overview/", {"by": "group"})),
+        "reconcile_usage, groups": timed(lambda: group_usage_reconcile(now=now, fix=False)),
+        "member page (admin)": timed(fetch(admin, f"/admin/members/{busy.pk}/")),
+        # By hour the picker reads the records of at most two days (docs/DECISIONS.md): today's.
+        "/admin/overview/ by group, today by hour": timed(fetch(admin, "/admin/overview/", hourly | {"by": "group"})),
+        "/admin/overview/ by model, today by hour": timed(fetch(admin, "/admin/overview/", hourly | {"by": "model"})),
     }
     return results
 

@@ -3,8 +3,9 @@ check of a group's caps against what is used and held (the realtime watch), and 
 of the group counters against the call records (`reconcile_usage`).
 
 The write side (admission, settlement, release) is the ledger's (quota.ledger.groups). A call
-record names the groups it counted toward (`CallRecord.group_ids`, fixed at admission), so the
-counters can be rebuilt from the records whatever the memberships became since.
+record names the groups it counted toward (`CallRecord.group_ids`, fixed at admission), and so do
+its daily rollups, so the reports and the counters' check read the rollups and hold whatever the
+memberships became since.
 """
 
 import datetime as dt
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from allocations.audit import Actor, audit_record
@@ -23,9 +24,10 @@ from allocations.models import Group
 
 from .billing import caps
 from .exceptions import GroupCostQuotaExceeded, GroupQuotaExceeded
-from .models import CARRIES_USAGE, CallRecord, GroupUsageCounter
+from .models import CallRecord, GroupUsageCounter
 from .periods import billing_tz, period_bounds, period_start_date
 from .pricing import ZERO
+from .rollups import SUMS, usage_sums
 
 
 @dataclass(frozen=True)
@@ -147,14 +149,25 @@ def group_cap_error(
 
 
 # --- usage by group -----------------------------------------------------------------------------------
+#
+# The daily rollups carry the groups each call counted toward (DailyRollup.group_ids, the records'
+# own), so the group reports sum the period's rollup rows per group set and spread each set over
+# its groups: O(rollup rows of the period), whatever the number of records. Partial days at the
+# range's edges come from the records (quota.rollups.usage_sums).
+
+_IN_A_GROUP = ~Q(group_ids=[])
 
 
-_USAGE_BY_GROUP = (
-    "SELECT g, count(*), count(*) FILTER (WHERE NOT r.priced AND {usage}), sum(r.input_tokens),"  # noqa: S608
-    " sum(r.output_tokens), sum(r.cost_usd) FILTER (WHERE r.priced)"
-    f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
-    " WHERE r.started_at >= %s AND r.started_at < %s GROUP BY g"
-)
+def _by_group(rows: Iterable[dict]) -> dict[uuid.UUID, dict]:
+    """Rows of usage_sums keyed by `group_ids`, added up per group (a call of a member in two
+    groups counts in both)."""
+    per: dict[uuid.UUID, dict] = {}
+    for row in rows:
+        for group_id in row["group_ids"]:
+            into = per.setdefault(group_id, dict.fromkeys(SUMS, 0) | {"cost_usd": ZERO})
+            for c in SUMS:
+                into[c] += row[c] or 0
+    return per
 
 
 @dataclass(frozen=True)
@@ -172,19 +185,25 @@ class GroupUsage:
 def usage_by_group(*, start: dt.datetime, end: dt.datetime) -> list[GroupUsage]:
     """The calls of [start, end) summed per group they counted toward (a call of a member in two
     groups counts in both), by slug. Groups deleted since are left out."""
-    usage_sql, usage_params = _carries_usage_sql()
-    with connection.cursor() as cursor:
-        cursor.execute(_USAGE_BY_GROUP.format(usage=usage_sql), [*usage_params, start, end])
-        rows = {row[0]: row[1:] for row in cursor.fetchall()}
-    groups = Group.objects.filter(pk__in=list(rows)).order_by("slug").values_list("pk", "slug", "name")
+    per = _by_group(usage_sums(start=start, end=end, keys=("group_ids",), where=_IN_A_GROUP))
+    groups = Group.objects.filter(pk__in=list(per)).order_by("slug").values_list("pk", "slug", "name")
     return [
-        GroupUsage(str(pk), slug, name, rows[pk][0], rows[pk][1], rows[pk][2] or 0, rows[pk][3] or 0, rows[pk][4])
+        GroupUsage(
+            str(pk),
+            slug,
+            name,
+            per[pk]["calls"],
+            per[pk]["unpriced_calls"],
+            per[pk]["input_tokens"],
+            per[pk]["output_tokens"],
+            per[pk]["cost_usd"] if per[pk]["priced_calls"] else None,
+        )
         for pk, slug, name in groups
     ]
 
 
-_SPEND_BY_GROUP = (
-    "SELECT date_trunc(%s, r.started_at AT TIME ZONE %s), g, sum(r.cost_usd)"  # noqa: S608
+_SPEND_BY_GROUP_HOURLY = (
+    "SELECT date_trunc('hour', r.started_at AT TIME ZONE %s), g, sum(r.cost_usd)"  # noqa: S608
     f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
     " WHERE r.started_at >= %s AND r.started_at < %s AND r.priced GROUP BY 1, 2"
 )
@@ -195,13 +214,25 @@ def spend_by_group_buckets(
 ) -> list[tuple[dt.datetime, str, Decimal]]:
     """Priced spend of [start, end) per (day or hour in the billing timezone, group): (the bucket's
     aware start, the group's name, the amount). A call counts in each group it counted toward;
-    groups deleted since are left out."""
+    groups deleted since are left out. By day from the daily rollups; by hour from the records
+    (the overview takes hours over at most two days)."""
     tz = billing_tz()
-    with connection.cursor() as cursor:
-        cursor.execute(_SPEND_BY_GROUP, ["hour" if step == "hour" else "day", str(tz.key), start, end])
-        rows = cursor.fetchall()
-    names = dict(Group.objects.filter(pk__in={g for _, g, _ in rows}).values_list("pk", "name"))
-    return [(at.replace(tzinfo=tz), names[g], cost or ZERO) for at, g, cost in rows if g in names]
+    found: list[tuple[dt.datetime, uuid.UUID, Decimal]] = []
+    if step == "hour":
+        with connection.cursor() as cursor:
+            cursor.execute(_SPEND_BY_GROUP_HOURLY, [str(tz.key), start, end])
+            found = [(at.replace(tzinfo=tz), g, cost or ZERO) for at, g, cost in cursor.fetchall()]
+    else:
+        for row in usage_sums(start=start, end=end, keys=("day", "group_ids"), where=_IN_A_GROUP):
+            if row["cost_usd"] is not None:  # some call of the row was priced
+                at = dt.datetime.combine(row["day"], dt.time.min, tzinfo=tz)
+                found += [(at, g, row["cost_usd"]) for g in row["group_ids"]]
+    names = dict(Group.objects.filter(pk__in={g for _, g, _ in found}).values_list("pk", "name"))
+    spend: dict[tuple[dt.datetime, str], Decimal] = {}
+    for at, g, cost in found:
+        if g in names:
+            spend[(at, names[g])] = spend.get((at, names[g]), ZERO) + cost
+    return [(at, name, cost) for (at, name), cost in spend.items()]
 
 
 def spend_by_group_this_month(*, now: dt.datetime | None = None) -> list[dict]:
@@ -235,34 +266,19 @@ class GroupDrift:
     record_cost: Decimal
 
 
-_RECORD_SUMS = (
-    "SELECT g, sum(r.input_tokens + r.output_tokens), coalesce(sum(r.cost_usd) FILTER (WHERE r.priced), 0)"  # noqa: S608
-    f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
-    " WHERE r.started_at >= %s AND r.started_at < %s AND {usage} GROUP BY g"
-)
-
-
 def _record_sums(start: dt.datetime, end: dt.datetime) -> dict:
-    """{group id: (tokens, priced cost)} of the period's records carrying usage (SPEC 5's rule)."""
-    usage_sql, usage_params = _carries_usage_sql()
-    sql = _RECORD_SUMS.format(usage=usage_sql)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [start, end, *usage_params])
-        return {row[0]: (int(row[1] or 0), row[2] or ZERO) for row in cursor.fetchall()}
-
-
-def _carries_usage_sql() -> tuple[str, list]:
-    """The CARRIES_USAGE filter as SQL on the alias `r` (compiled from the one definition)."""
-    query = CallRecord.objects.filter(CARRIES_USAGE).query
-    where, params = query.where.as_sql(query.get_compiler(connection=connection), connection)
-    return where.replace(f'"{CallRecord._meta.db_table}".', "r."), list(params)
+    """{group id: (tokens, priced cost)} of the period's call records, from their daily rollups (as
+    the allocations' reconciliation reads them: every call's tokens and every priced call's cost,
+    which is what the settlement added to the group's counter)."""
+    per = _by_group(usage_sums(start=start, end=end, keys=("group_ids",), where=_IN_A_GROUP))
+    return {g: (int(row["input_tokens"] + row["output_tokens"]), row["cost_usd"]) for g, row in per.items()}
 
 
 def group_usage_reconcile(
     *, now: dt.datetime | None = None, fix: bool = False, actor: Actor = None
 ) -> list[GroupDrift]:
     """Compares this period's group counters with the sums of the call records that counted toward
-    each group; optionally rewrites the drifted counters (audited `group_usage_reconciled`)."""
+    each group (their daily rollups); optionally rewrites the drifted counters (audited `group_usage_reconciled`)."""
     now = now or timezone.now()
     start, end = period_bounds(now)
     period = period_start_date(now)

@@ -1,7 +1,9 @@
 """The daily rollup of call records: what every usage report reads instead of the records.
 
 One row per day (the calendar day of `started_at` in GATEWAY_BILLING_TIMEZONE, the zone of the
-monthly periods) × allocation × member × model × outcome, written by the same statement or
+monthly periods) × allocation × member × model × outcome × API key × the groups the calls counted toward
+(`CallRecord.group_ids`, fixed at admission: a member's groups rarely change, so this barely
+multiplies the rows, and the group reports unnest it over rollups instead of records), written by the same statement or
 transaction that writes the call records it sums (quota.ledger.statements), so it is never behind
 them. Rollups outlive the records: pruning a month of records keeps its rollups, and the rows keep
 plain ids (no database constraint) so deleting an allocation, member or model leaves history alone.
@@ -12,9 +14,10 @@ Imported at the end of quota/models.py so the app registry (and migrations) see 
 from typing import Any
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from allocations.models import Allocation, CatalogModel
+from allocations.models import Allocation, ApiKey, CatalogModel
 
 
 def _kept_id(to: type[models.Model] | str, **kwargs: Any) -> models.ForeignKey:
@@ -34,6 +37,12 @@ class DailyRollup(models.Model):
     member = _kept_id(settings.AUTH_USER_MODEL)
     model = _kept_id(CatalogModel)
     outcome = models.CharField(max_length=40)
+    # The key the calls came with (per-key spend on the member page); a member rarely has more
+    # than one live key per allocation, so this barely multiplies the rows either.
+    api_key = _kept_id(ApiKey, db_index=False)  # read with the member's rows, never alone
+    # The call records' `group_ids` as written (sorted by id: the key snapshot lists a member's
+    # groups in id order); groups deleted since stay named here, as in the records.
+    group_ids = ArrayField(models.UUIDField(), default=list, blank=True, db_default=[])
     calls = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
@@ -51,7 +60,7 @@ class DailyRollup(models.Model):
             # NULLS NOT DISTINCT: a refusal without allocation, member or model has one row per day
             # like any other key, and the settlement's ON CONFLICT finds it.
             models.UniqueConstraint(
-                fields=["day", "allocation", "member", "model", "outcome"],
+                fields=["day", "allocation", "member", "model", "outcome", "api_key", "group_ids"],
                 name="daily_rollup_once_per_key",
                 nulls_distinct=False,
             ),

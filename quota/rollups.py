@@ -30,7 +30,7 @@ from .rollup_models import DailyRollup
 
 ROLLUP_TABLE = DailyRollup._meta.db_table
 CALL_TABLE = CallRecord._meta.db_table
-KEY = ("day", "allocation_id", "member_id", "model_id", "outcome")
+KEY = ("day", "allocation_id", "member_id", "model_id", "outcome", "api_key_id", "group_ids")
 TOKENS = (
     "input_tokens",
     "output_tokens",
@@ -41,16 +41,18 @@ TOKENS = (
 )
 SUMS = ("calls", *TOKENS, "quantity", "cost_usd", "priced_calls", "unpriced_calls")
 # The record columns the rollup is computed from: what the settlement's INSERT returns.
-SOURCE_COLUMNS: tuple[str, ...] = ("started_at", "allocation_id", "member_id", "model_id", "outcome", "priced")
+SOURCE_COLUMNS: tuple[str, ...] = ("started_at", "allocation_id", "member_id", "model_id", "outcome", "api_key_id")
+SOURCE_COLUMNS += ("group_ids", "priced")
 SOURCE_COLUMNS += ("cost_usd", *TOKENS, "quantity")
 
 _GROUPED = (
-    "SELECT (started_at AT TIME ZONE {tz})::date, allocation_id, member_id, model_id, outcome, count(*), "  # noqa: S608
+    "SELECT (started_at AT TIME ZONE {tz})::date, allocation_id, member_id, model_id, outcome, api_key_id,"  # noqa: S608
+    " group_ids, count(*), "
     + ", ".join(f"coalesce(sum({c}), 0)" for c in TOKENS)
     + ", coalesce(sum(quantity), 0), coalesce(sum(cost_usd) FILTER (WHERE priced), 0),"
     " count(*) FILTER (WHERE priced),"
     " count(*) FILTER (WHERE NOT priced AND (input_tokens > 0 OR output_tokens > 0 OR quantity > 0))"
-    " FROM {source} GROUP BY 1, 2, 3, 4, 5"
+    " FROM {source} GROUP BY 1, 2, 3, 4, 5, 6, 7"
 )
 _INSERT = f"INSERT INTO {ROLLUP_TABLE} AS d ({', '.join(KEY)}, {', '.join(SUMS)}) "
 
@@ -63,7 +65,7 @@ def upsert_sql(source: str, tz: str = "%s") -> str:
     return (
         _INSERT
         + _GROUPED.format(tz=tz, source=source)
-        + " ORDER BY 1, 2, 3, 4, 5 ON CONFLICT ON CONSTRAINT daily_rollup_once_per_key DO UPDATE SET "
+        + " ORDER BY 1, 2, 3, 4, 5, 6, 7 ON CONFLICT ON CONSTRAINT daily_rollup_once_per_key DO UPDATE SET "
         + ", ".join(f"{c} = d.{c} + EXCLUDED.{c}" for c in SUMS)
     )
 
@@ -149,9 +151,9 @@ def rollup_drift(*, first_day: dt.date, last_day: dt.date) -> dict[tuple, tuple]
     source = f"(SELECT * FROM {CALL_TABLE} WHERE started_at >= %s AND started_at < %s) AS r"  # noqa: S608
     with connection.cursor() as cursor:
         cursor.execute(_GROUPED.format(tz="%s", source=source), [timezone_name(), start, end])
-        records = {tuple(row[:5]): tuple(row[5:]) for row in cursor.fetchall()}
+        records = {_key(row): tuple(row[len(KEY) :]) for row in cursor.fetchall()}
     rolled = {
-        tuple(row[:5]): tuple(row[5:])
+        _key(row): tuple(row[len(KEY) :])
         for row in DailyRollup.objects.filter(day__gte=first_day, day__lte=last_day).values_list(*KEY, *SUMS)
     }
     return {
@@ -159,6 +161,11 @@ def rollup_drift(*, first_day: dt.date, last_day: dt.date) -> dict[tuple, tuple]
         for key in records.keys() | rolled.keys()
         if records.get(key) != rolled.get(key)
     }
+
+
+def _key(row: Sequence) -> tuple:
+    """A rollup key as a dict key: the group ids (a list) as a tuple."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in row[: len(KEY)])
 
 
 def record_days() -> tuple[dt.date, dt.date] | None:
@@ -245,10 +252,10 @@ def _fold(parts: Iterable[Iterable[dict]], keys: Sequence[str]) -> list[dict]:
     folded: dict[tuple, dict] = {}
     for part in parts:
         for row in part:
-            key = tuple(row[k] for k in keys)
+            key = tuple(tuple(v) if isinstance(v := row[k], list) else v for k in keys)
             into = folded.get(key)
             if into is None:
-                into = folded[key] = {**{k: row[k] for k in keys}, **dict.fromkeys(SUMS, 0), "cost_usd": ZERO}
+                into = folded[key] = {**dict(zip(keys, key, strict=True)), **dict.fromkeys(SUMS, 0), "cost_usd": ZERO}
             for c in SUMS:
                 into[c] += row[f"sum_{c}"] or 0
     for row in folded.values():

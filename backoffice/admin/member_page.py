@@ -14,7 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -32,6 +32,7 @@ from quota import selectors
 from quota.models import CallRecord
 from quota.periods import period_bounds
 from quota.pricing import ZERO
+from quota.rollups import usage_sums
 
 from . import marks
 from .base import form_errors_from
@@ -109,16 +110,14 @@ def _figure(used_text: str, cap: Decimal | int | None, used: Decimal | int, no_c
 
 
 def _keys_with_spend(member: Member, now: datetime) -> list:
-    """The member's live keys, each with `spend_this_month` from this month's priced calls (one
-    grouped query over the member's calls of the month)."""
+    """The member's live keys, each with `spend_this_month` from this month's priced calls (their
+    daily rollups, keyed by API key: quota.rollups)."""
     keys = list(ApiKey.objects.live().filter(member=member).prefetch_related("scopes__allocation__model"))
-    spend = dict(
-        CallRecord.objects.filter(member=member, api_key__in=keys, priced=True)
-        .in_period(*period_bounds(now))
-        .values("api_key")
-        .annotate(total=Sum("cost_usd"))
-        .values_list("api_key", "total")
-    )
+    start, end = period_bounds(now)
+    spend = {
+        row["api_key_id"]: row["cost_usd"]
+        for row in usage_sums(start=start, end=end, keys=("api_key_id",), where=Q(member=member, api_key__in=keys))
+    }
     for key in keys:
         key.spend_this_month = spend.get(key.pk) or ZERO  # type: ignore[attr-defined]  # for the page
     return keys

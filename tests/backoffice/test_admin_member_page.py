@@ -31,13 +31,19 @@ def test_the_member_page_highlights_near_and_over_rows_and_says_blocked(admin_cl
 
 
 def test_the_member_page_shows_each_live_keys_spend_this_month(admin_client, mei):
-    from quota.models import CallRecord
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from quota.periods import period_bounds
     from tests.factories import make_key
 
     member, near, over = mei
     key, _ = make_key(member=member, allocations=[near], name="laptop")
     idle, _ = make_key(member=member, allocations=[over], name="idle")
-    CallRecord.objects.filter(allocation=near).update(api_key=key)
+    settle_call(near, cost_usd="8", api_key=key)
+    # Last month's spend of the key is not this month's.
+    settle_call(near, cost_usd="5", api_key=key, when=period_bounds(timezone.now())[0] - dt.timedelta(hours=1))
     html = admin_client.get(f"/admin/members/{member.pk}/").content.decode()
     rows = {name: html.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0] for name in ("laptop", "idle")}
     assert '<td class="num">$8.00</td>' in rows["laptop"] and '<td class="num">$0.00</td>' in rows["idle"]

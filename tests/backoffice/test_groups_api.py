@@ -147,6 +147,7 @@ def _records_of_groups(groups_by_call: list[tuple[list, str | None, int]]):
     from django.utils import timezone
 
     from quota.models import CallRecord
+    from tests.factories import roll_up_records
 
     for n, (group_ids, cost, tokens) in enumerate(groups_by_call):
         CallRecord.objects.create(
@@ -159,6 +160,7 @@ def _records_of_groups(groups_by_call: list[tuple[list, str | None, int]]):
             priced=cost is not None,
             group_ids=group_ids,
         )
+    roll_up_records()  # records written by hand: their daily rollups, as the settlement writes them
 
 
 def test_usage_by_group_counts_a_call_in_each_of_its_groups_and_says_unpriced(api, group):

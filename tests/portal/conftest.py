@@ -29,6 +29,7 @@ def settle_call(allocation, *, cost_usd=None, input_tokens=0, output_tokens=0, w
         "started_at": when,
         "status_code": 200,
         "outcome": outcome,
+        **({"api_key": extra.pop("api_key")} if "api_key" in extra else {}),
     }
     usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, **extra)
     return ledger.settle(admission=None, record=record, usage=usage, price=price, now=when)

@@ -288,22 +288,39 @@ def test_the_rebuild_command_shows_progress(capsys):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_backfill_migration_builds_the_rollups_and_reverses():
+def test_the_backfill_migration_builds_the_rollups_with_keys_and_groups_and_reverses():
     allocation = AllocationFactory()
+    groups = sorted([uuid.uuid4(), uuid.uuid4()])
     for n in range(4):
         _direct_record(allocation, dt.datetime(2026, 11, 1 + n, 8, tzinfo=dt.UTC), tokens=n + 1)
+    # The 1st again, in two groups: a second rollup row of that day (a member moved that day).
+    CallRecord.objects.filter(pk=_direct_record(allocation, dt.datetime(2026, 11, 1, 9, tzinfo=dt.UTC)).pk).update(
+        group_ids=groups
+    )
+
+    def rows() -> list[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT day, calls, input_tokens FROM quota_dailyrollup ORDER BY day")
+            return cursor.fetchall()
+
     executor = MigrationExecutor(connection)
     leaves = executor.loader.graph.leaf_nodes()
     try:
         executor.migrate([("quota", "0013_daily_rollup")])
-        assert not DailyRollup.objects.exists()
+        assert not rows()
         executor = MigrationExecutor(connection)
         executor.migrate([("quota", "0014_daily_rollup_backfill")])
-        assert DailyRollup.objects.count() == 4 and _no_drift() == {}
-        assert DailyRollup.objects.aggregate(t=Sum("input_tokens"))["t"] == 10
+        assert not rows()  # built once their key has the groups (0016)
+        executor = MigrationExecutor(connection)
+        executor.migrate(leaves)
+        assert DailyRollup.objects.count() == 5 and _no_drift() == {}
+        assert DailyRollup.objects.get(group_ids=groups).input_tokens == 10
+        executor = MigrationExecutor(connection)
+        executor.migrate([("quota", "0014_daily_rollup_backfill")])  # the groups folded out of the key
+        assert rows() == [(dt.date(2026, 11, 1 + n), 1 + (n == 0), n + 1 + 10 * (n == 0)) for n in range(4)]
         executor = MigrationExecutor(connection)
         executor.migrate([("quota", "0013_daily_rollup")])
-        assert not DailyRollup.objects.exists()
+        assert not rows()
     finally:
         MigrationExecutor(connection).migrate(leaves)
 
