@@ -127,6 +127,23 @@ def loaded_month() -> tuple[str, str]:
     return f"{month:%Y-%m}", f"{following:%Y-%m}"
 
 
+def template_month(template: str) -> tuple[str, str]:
+    """(the loaded month, the month after it) as the template holds them: its largest month
+    partition (the template keeps working after the calendar has moved on)."""
+    import psycopg
+
+    with psycopg.connect(f"{PG}/{template}", autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT relname FROM pg_class WHERE relname ~ '^quota_callrecord_p[0-9]{4}_[0-9]{2}$'"
+            " ORDER BY reltuples DESC LIMIT 1"
+        ).fetchone()
+    if row is None:
+        raise SystemExit(f"{template} holds no month: run `bench/prune.py prepare` again")
+    year, number = int(row[0][-7:-3]), int(row[0][-2:])
+    following = (year * 12 + number) % 12 + 1, year + (number // 12)
+    return f"{year:04d}-{number:02d}", f"{following[1]:04d}-{following[0]:02d}"
+
+
 def load_main(args: argparse.Namespace) -> None:
     """In the template (DATABASE_URL): migrate, seed, load ROWS into the month, its rollups."""
     import datetime as dt
@@ -406,9 +423,9 @@ def run(args: argparse.Namespace) -> None:
 
     from run import BENCH_PY, HARNESS, RESULTS, free_port, stop, wait_port
 
-    month, before = loaded_month()
     if not _exists(args.template):
         raise SystemExit(f"no template database {args.template}: run `bench/prune.py prepare` first")
+    month, before = template_month(args.template)
     env = {
         **os.environ,
         "DATABASE_URL": f"{PG}/{args.db}",
