@@ -18,8 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Field, Model
-from psycopg.types.json import Jsonb
+from django.db.models import Model
 
 from allocations.models import Group
 
@@ -182,8 +181,9 @@ def admit_statement(
     (quota.ledger.groups), and returns the row of the reservation with its group counter ids."""
     condition, condition_params = guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
     r = reservation
-    # An empty context (a reservation nothing bills if its holder dies) is a literal.
-    context, context_params = ("'{}'", []) if not r["context"] else ("%s", [Jsonb(r["context"])])
+    # An empty context (a reservation nothing bills if its holder dies) is a literal; any other is
+    # encoded once here and sent as text that PostgreSQL reads as jsonb (no adapter object per call).
+    context, context_params = ("'{}'", []) if not r["context"] else ("%s::jsonb", [_context_json(r["context"])])
     if not groups:
         sql, extra = _ADMIT_SQL, []
     else:
@@ -260,21 +260,54 @@ def settle_values(
 _MISSING = object()
 
 
-def _column_value(field: Field, values: dict) -> Any:
-    value = values[field.attname] if field.attname in values else values.get(field.name, _MISSING)
-    if value is _MISSING:
-        return field.get_default()
-    return value.pk if isinstance(value, Model) else value
-
-
-def _json_value(value: object) -> str:
+def _json_value(value: object) -> Any:
     if isinstance(value, (Decimal, uuid.UUID)):
         return str(value)  # a JSON string: PostgreSQL reads it as the column's type, digits intact
     if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
+        return value.isoformat()  # an aware time keeps its offset
+    if isinstance(value, Model):
+        return value.pk
     raise TypeError(f"{type(value).__name__} has no JSON form here")
 
 
+class _JsonForms(dict):
+    """By a value's class: the function giving its JSON form (_json_value), or None when the JSON
+    encoder writes it itself. Filled on first sight of a class (a handful: the record's values)."""
+
+    def __missing__(self, cls: type) -> Any:
+        plain = (str, int, float, bool, type(None), list, tuple, dict)
+        found = self[cls] = None if issubclass(cls, plain) else _json_value
+        return found
+
+
+_json_forms = _JsonForms()
+# (column, attname, name when it differs, default) of each record column, in CALL_FIELDS' order.
+_RECORD_COLUMNS = tuple(
+    (str(f.column), f.attname, f.name if f.name != f.attname else None, f.get_default) for f in CALL_FIELDS
+)
+
+
+def _record_json(values: dict) -> dict:
+    """A call record's columns from its field values, each already in its JSON form: the encoder's
+    fast path writes the whole record without a call back into Python per Decimal or time."""
+    row = {}
+    forms = _json_forms
+    for column, attname, name, default in _RECORD_COLUMNS:
+        value = values.get(attname, _MISSING)
+        if value is _MISSING:
+            value = values.get(name, _MISSING) if name is not None else _MISSING
+            if value is _MISSING:
+                value = default()
+        form = forms[value.__class__]
+        row[column] = value if form is None else form(value)
+    return row
+
+
+def _context_json(context: dict) -> str:
+    return json.dumps(context, separators=(",", ":"))
+
+
+# The default hook only for what a row holds beyond the usual (an id or time in a nested value).
 _encode = json.JSONEncoder(default=_json_value, separators=(",", ":")).encode
 
 
@@ -291,12 +324,12 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     moves = [
         {
             "n": n,
-            "reservation": s.admission.reservation_id,
+            "reservation": str(s.admission.reservation_id),
             "counter": s.admission.counter_id,
             "tokens": s.tokens,
-            "cost": s.cost,
+            "cost": str(s.cost),
             "held_tokens": s.admission.tokens,
-            "held_cost": s.admission.cost,
+            "held_cost": str(s.admission.cost),
         }
         for n, s in enumerate(settlements, 1)
     ]
@@ -304,7 +337,7 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     if grouped:
         for move, s in zip(moves, settlements, strict=True):
             move["groups"], move["held"] = s.admission.groups, s.admission.held
-    records = [{f.column: _column_value(f, s.values) for f in CALL_FIELDS} for s in settlements]
+    records = [_record_json(s.values) for s in settlements]
     # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a
     # JSON function counts as 100 rows, and the reservations and counters would be scanned whole.
     return _settle_sql(grouped, len(moves)), [

@@ -1,6 +1,7 @@
 """Reservations whose call never settled (its process died), settled as lost calls from what their
 context stored at admission; and the settlement's JSON form shared by the contexts and the spool."""
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable
@@ -33,11 +34,22 @@ def settlement_from_json(
     return record, Usage(**fields), price
 
 
+# Each Usage field and its default (MISSING, never equal to a value, when it has none): a context
+# leaves the defaults out and Usage(**fields) puts them back.
+_USAGE_DEFAULTS = tuple((f.name, f.default) for f in dataclasses.fields(Usage))
+
+
 def lost_context(*, record: dict, usage: Usage, price: PriceVersion | None) -> dict:
     """A reservation's context: what `reservations_settle_lost` bills if its holder dies (the
-    record's identifying fields, the usage so far or estimated, the price), as JSON."""
+    record's identifying fields, the usage so far or estimated, the price), as JSON. It is written
+    with every admission and read only after a lost process, so it holds only what differs from
+    the defaults: the usage fields set (an estimate: two or three of thirteen)."""
     plain = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in record.items()}
-    fields = {k: str(v) if isinstance(v, Decimal) else v for k, v in usage.__dict__.items()}
+    state = usage.__dict__
+    fields = {k: state[k] for k, default in _USAGE_DEFAULTS if state[k] != default}
+    quantity = fields.get("quantity")
+    if quantity is not None:
+        fields["quantity"] = str(quantity)  # exact digits
     return {"record": plain, "usage": fields, "price_id": price.pk if price is not None else None}
 
 
