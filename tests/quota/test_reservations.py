@@ -171,3 +171,42 @@ def test_one_statement_settles_several_calls_and_skips_those_whose_reservation_i
     assert (other.tokens_used, other.cost_used, other.calls, other.tokens_reserved) == (7, 0, 1, 0)
     assert not Reservation.objects.exists()
     assert usage_reconcile(fix=False) == []
+
+
+def test_a_lost_calls_context_holds_the_usage_set_and_the_sweep_bills_it_exactly():
+    """The context every admission writes holds only the usage fields an estimate sets (the rest are
+    Usage's defaults), and a lost call is billed from it as the estimate: exact digits, aware times."""
+    allocation = AllocationFactory()
+    price = PriceVersionFactory(model=allocation.model, input_per_1m=Decimal("3"), output_per_1m=Decimal("7"))
+    now = timezone.now()
+    record = {
+        "request_id": "lost-ctx",
+        "endpoint": "chat.completions",
+        "started_at": now,
+        "allocation_id": str(allocation.pk),
+        "member_id": str(allocation.member_id),
+        "model_id": str(allocation.model_id),
+    }
+    estimate = Usage(input_tokens=1234, output_tokens=567, quantity=Decimal("1.250"), estimated=True)
+    context = ledger.lost_context(record=record, usage=estimate, price=price)
+    assert context["usage"] == {"input_tokens": 1234, "output_tokens": 567, "quantity": "1.250", "estimated": True}
+    admission = ledger.admit(
+        allocation_id=allocation.pk,
+        token_cap=None,
+        cost_cap=None,
+        est_tokens=1801,
+        est_cost=Decimal("0.007671"),
+        request_id="lost-ctx",
+        now=now,
+        ttl_s=1,
+        context=context,
+    )
+    assert admission is not None
+    assert Reservation.objects.get().context == context
+    assert reservations_sweep(now=now + dt.timedelta(seconds=5)) == 1
+    lost = CallRecord.objects.get(request_id="lost-ctx")
+    assert (lost.outcome, lost.error_code, lost.estimated) == ("gateway_error", "worker_lost", True)
+    assert (lost.input_tokens, lost.output_tokens, lost.quantity) == (1234, 567, Decimal("1.250"))
+    assert lost.cost_usd == Decimal("0.007671")  # 1234 × 3 + 567 × 7 per million
+    assert lost.started_at == now and lost.started_at.tzinfo is not None
+    assert not Reservation.objects.exists()
