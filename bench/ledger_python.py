@@ -80,7 +80,14 @@ def main() -> None:
         _dump(params)
 
     admission = statements.Admission(uuid.uuid4(), 12, 4908, Decimal("0.04299"))
-    full = {**record, "outcome": Outcome.SUCCESS, "status_code": 200, "error_code": "", "error_message": "", "ttft_ms": None}
+    full = {
+        **record,
+        "outcome": Outcome.SUCCESS,
+        "status_code": 200,
+        "error_code": "",
+        "error_message": "",
+        "ttft_ms": None,
+    }
 
     def settle() -> None:
         values, cost = statements.settle_values(record=full, usage=usage, price=price, now=now)
@@ -95,7 +102,10 @@ def main() -> None:
         for _ in range(args.number):
             step()
         return
-    for name, step in (("admission (context, statement, parameters dumped)", admit), ("settlement (values, statement, parameters dumped)", settle)):
+    for name, step in (
+        ("admission (context, statement, parameters dumped)", admit),
+        ("settlement (values, statement, parameters dumped)", settle),
+    ):
         best = min(timeit.repeat(step, number=args.number, repeat=args.repeat)) / args.number
         print(f"{name}: {best * 1e6:.2f} µs")
 

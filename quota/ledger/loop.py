@@ -60,6 +60,25 @@ class LoopConnection(psycopg.AsyncConnection):
     _fd: int | None = None  # the socket watched, while it is
     _broken = False  # the connection failed: psycopg's own wait from now on (its statements fail)
     _waiter: asyncio.Future | None = None
+    _cursors: dict[str, psycopg.AsyncRawCursor] | None = None
+
+    CURSORS_MAX = 16
+
+    def statement_cursor(self, sql: str) -> psycopg.AsyncRawCursor:
+        """A raw cursor kept for one statement text on this connection. psycopg keeps a cursor's
+        adapters (a dumper per parameter type, the result's loaders) while it runs the same query
+        object again, and makes them anew for any other: one cursor per statement finds them once,
+        not per call. The texts are few (ledger.statements makes each once); past CURSORS_MAX
+        (many settlement batch sizes) the kept ones are let go and found again."""
+        cursors = self._cursors
+        if cursors is None:
+            cursors = self._cursors = {}
+        cursor = cursors.get(sql)
+        if cursor is None or cursor.closed:
+            if len(cursors) >= self.CURSORS_MAX:
+                cursors.clear()
+            cursor = cursors[sql] = psycopg.AsyncRawCursor(self)
+        return cursor
 
     async def wait(self, gen: "PQGen[RV]", interval: float = 0.1, timeout: float | None = None) -> "RV":  # noqa: ASYNC109 - psycopg's
         if timeout is not None or self._broken:
@@ -112,6 +131,7 @@ class LoopConnection(psycopg.AsyncConnection):
     async def close(self) -> None:
         self._unwatch()
         self._broken = True
+        self._cursors = None
         await super().close()
 
 
@@ -203,7 +223,7 @@ class Pool:
                 raise
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+    async def connection(self) -> AsyncIterator[LoopConnection]:
         conn = await self._acquire()
         healthy = False
         try:
@@ -288,8 +308,10 @@ async def admit(
         groups=groups,
         period=period,
     )
-    async with pool().connection() as conn, psycopg.AsyncRawCursor(conn) as cursor:
-        await cursor.execute(native(sql), params, prepare=_prepare())
+    query = native(sql)
+    async with pool().connection() as conn:
+        cursor = conn.statement_cursor(query)
+        await cursor.execute(query, params, prepare=_prepare())
         if cursor.rowcount <= 0:
             return None
         # A statement that returns the group counters held has columns (cheaper to ask than
@@ -302,8 +324,10 @@ async def admit(
 async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | None:
     """(tokens used, tokens reserved, cost used, cost reserved) of a counter row, or None when it is
     gone: one prepared statement, as an admission is one."""
-    async with pool().connection() as conn, psycopg.AsyncRawCursor(conn) as cursor:
-        await cursor.execute(native(COUNTER_READ), (counter_id,), prepare=_prepare())
+    query = native(COUNTER_READ)
+    async with pool().connection() as conn:
+        cursor = conn.statement_cursor(query)
+        await cursor.execute(query, (counter_id,), prepare=_prepare())
         return await cursor.fetchone()
 
 
@@ -312,10 +336,10 @@ async def counters_read(
 ) -> tuple[tuple[int, int, Decimal, Decimal] | None, dict[str, tuple[int, tuple[int, int, Decimal, Decimal]]]]:
     """counter_read's row of an allocation counter (None when gone) and the counters of `group_ids`
     in `period`, by group id: (counter id, its row), a group without a row absent. One statement."""
-    async with pool().connection() as conn, psycopg.AsyncRawCursor(conn) as cursor:
-        await cursor.execute(
-            native(COUNTERS_READ), (counter_id, "{" + ",".join(group_ids) + "}", period), prepare=_prepare()
-        )
+    query = native(COUNTERS_READ)
+    async with pool().connection() as conn:
+        cursor = conn.statement_cursor(query)
+        await cursor.execute(query, (counter_id, "{" + ",".join(group_ids) + "}", period), prepare=_prepare())
         rows = await cursor.fetchall()
     own = next((tuple(r[2:]) for r in rows if r[0] is None), None)
     return own, {str(r[0]): (r[1], tuple(r[2:])) for r in rows if r[0] is not None}  # type: ignore[misc]
@@ -373,8 +397,10 @@ class _Settlements:
             batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
             try:
                 sql, params = settle_statement([s for s, _ in batch])
-                async with self.pool.connection() as conn, psycopg.AsyncRawCursor(conn) as cursor:
-                    await cursor.execute(native(sql), params, prepare=_prepare())
+                query = native(sql)
+                async with self.pool.connection() as conn:
+                    cursor = conn.statement_cursor(query)
+                    await cursor.execute(query, params, prepare=_prepare())
                     ids = dict(await cursor.fetchall())  # n -> record id; absent: settled before
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:

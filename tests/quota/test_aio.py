@@ -195,3 +195,22 @@ def test_a_ledger_statement_gets_postgresqls_own_placeholders_once():
     assert aio.native("SELECT 1") == "SELECT 1"
     with pytest.raises(ValueError, match="not a placeholder"):
         aio.native("SELECT '100%' WHERE a = %s")
+
+
+async def test_a_connection_keeps_one_cursor_per_statement_and_its_adapters():
+    """The same statement runs again on its own cursor with the adapters psycopg found the first
+    time; another statement gets a cursor of its own; past CURSORS_MAX the kept ones are let go."""
+    pool = aio.Pool(1)
+    async with pool.connection() as conn:
+        query, other = aio.native("SELECT %s::int + 1"), aio.native("SELECT %s::text")
+        cursor = conn.statement_cursor(query)
+        await cursor.execute(query, (1,))
+        adapters = cursor._tx
+        again = conn.statement_cursor(query)
+        await again.execute(query, (41,))
+        assert again is cursor and again._tx is adapters and (await again.fetchone()) == (42,)
+        assert conn.statement_cursor(other) is not cursor
+        for n in range(aio.LoopConnection.CURSORS_MAX):
+            conn.statement_cursor(f"SELECT {n}")
+        assert conn.statement_cursor(query) is not cursor
+    await pool.close()
