@@ -401,7 +401,7 @@ class _Settlements:
                 async with self.pool.connection() as conn:
                     cursor = conn.statement_cursor(query)
                     await cursor.execute(query, params, prepare=_prepare())
-                    ids = dict(await cursor.fetchall())  # n -> record id; absent: settled before
+                    ids: dict[int, int] = dict(await cursor.fetchall())  # n -> record id; absent: settled before
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:
                     if not done.done():
