@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """The ledger's per-call Python on the JSON path, counted without HTTP or a database: building the
 admission's statement (with the reservation's context) and the settlement's, and psycopg dumping
-their parameters as the event loop's raw cursor does (text format). Deterministic work, so a
-loaded machine changes the µs figures but not which side is cheaper; run both trees in turn:
-  DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch .venv/bin/python bench/ledger_python.py [--number 20000]
-No database is opened (Django's settings and model metadata only). For a count the load does not
-change, run one step under `perf stat -e instructions:u` with --step and two --number values (the
-difference over the difference in calls is the step's instructions per call):
-  perf stat -e instructions:u -x, .venv/bin/python bench/ledger_python.py --step settle --number 20000
+their parameters with a new Transformer each (as a cursor that runs a statement for the first
+time does). Deterministic work: a loaded machine changes the µs figures, not which tree is
+cheaper; run the trees in turn, alternating, and compare the best of each:
+  DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch .venv/bin/python bench/ledger_python.py \
+      [--tree OTHER] [--number 2000] [--repeat 9]
+No database is opened (Django's settings and model metadata only). `--step admit|settle` runs one
+step --number times untimed, for a profiler or an instruction counter.
 """
 
 import argparse
@@ -19,7 +19,9 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The tree whose code is counted: this checkout, or another one (--tree, e.g. a worktree of main).
+TREE = Path(sys.argv[sys.argv.index("--tree") + 1]) if "--tree" in sys.argv else Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TREE.resolve()))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
 import django  # noqa: E402
@@ -42,6 +44,7 @@ def _dump(params: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", help="count another checkout's code (read before Django starts)")
     parser.add_argument("--number", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--step", choices=("admit", "settle"), help="only run this step --number times, untimed")
