@@ -40,8 +40,10 @@ AHEAD = 3
 LOCK_TIMEOUT_MS = 50
 LOCK_ATTEMPTS = 40
 LOCK_PAUSE_S = 0.25
-# Between the drops of a detached month's indexes: the journal's time to catch up (drop_detached).
-UNLINK_PAUSE_S = 0.1
+# A drop whose commit (the unlink of its files) took longer than this held the file system's
+# journal, and the calls' commits queued behind it: the next drop waits as long again, so that
+# they get through (drop_detached). A volume that unlinks quickly is not paced at all.
+UNLINK_SLOW_MS = 20.0
 LOCK_NOT_AVAILABLE = "55P03"
 _NAME = re.compile(rf"^{PARENT}_p(\d{{4}})_(\d{{2}})$")
 _BOUNDS = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
@@ -250,13 +252,23 @@ def detach_partition(partition: Partition, *, lock_timeout_ms: int | None = None
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+    """How drop_detached went: each index's drop, the heap's (with the audit event), and the
+    milliseconds paused between them for the journal."""
+
+    indexes: list[Step]
+    heap: Step
+    paused_ms: float
+
+
 def drop_detached(
     partition: Partition,
     *,
     lock_timeout_ms: int | None = None,
     attempts: int | None = None,
     then: Callable[[Any], None] | None = None,
-) -> Step:
+) -> Dropped:
     """Drops a detached month's table, running `then(cursor)` (its audit event) in the same
     transaction. The drop also removes the table's foreign-key triggers on the tables it references
     (allocations, members, models, keys, prices), so it takes their ACCESS EXCLUSIVE lock to its
@@ -266,20 +278,31 @@ def drop_detached(
     Gigabytes unlinked at once stall the file system's journal, and every call's commit waits for
     it (an ext4 volume mounted with `discard` trims each freed extent in the journal's commit:
     about 0.12 s per GB here). So the table's indexes go first, one short transaction each (they
-    lock only this table, which nothing reads any more) with UNLINK_PAUSE_S between, and the final
-    drop unlinks the heap alone."""
+    lock only this table, which nothing reads any more), and the final drop unlinks the heap alone.
+    A drop whose unlink took longer than UNLINK_SLOW_MS is followed by a pause as long: on a volume
+    without online discard the unlinks take a few milliseconds and nothing waits."""
+    indexes: list[Step] = []
+    paused = 0.0
+
+    def pace(step: Step) -> None:
+        nonlocal paused
+        if step.commit_ms > UNLINK_SLOW_MS:
+            time.sleep(step.commit_ms / 1000)
+            paused += step.commit_ms
+
     for index, constraint in _indexes(partition.name):
         statement = (
             f'ALTER TABLE "{partition.name}" DROP CONSTRAINT "{constraint}"' if constraint else f'DROP INDEX "{index}"'
         )
-        _with_lock([statement], lock_timeout_ms=lock_timeout_ms, attempts=attempts)
-        time.sleep(UNLINK_PAUSE_S)
-    return _with_lock(
+        indexes.append(_with_lock([statement], lock_timeout_ms=lock_timeout_ms, attempts=attempts))
+        pace(indexes[-1])
+    heap = _with_lock(
         [f'DROP TABLE "{partition.name}"'],
         lock_timeout_ms=lock_timeout_ms,
         attempts=attempts,
         then=then,
     )
+    return Dropped(indexes=indexes, heap=heap, paused_ms=round(paused, 1))
 
 
 def _indexes(table: str) -> list[tuple[str, str | None]]:

@@ -69,3 +69,19 @@ class DailyRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.allocation_id} {self.outcome}: {self.calls}"
+
+
+class MonthCheck(models.Model):
+    """A closed month's call records counted once against its daily rollups, day by day, by beat
+    (`quota.call_record_months_check`, a day after the month ends; quota.retention.check_month).
+    Stored only when every day's records equal its rollups' calls. The prune trusts it while the
+    month's rollups still add up to `records` (a sum over rollup rows, no read of the records): a
+    record written into the month since (a late settlement) adds to its rollups by the same
+    statement, the sums part, and the prune counts the month again."""
+
+    month = models.DateField(unique=True)  # the first of the month, billing timezone
+    records = models.BigIntegerField()
+    checked_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m}: {self.records} records checked {self.checked_at:%Y-%m-%d %H:%M}"

@@ -103,6 +103,32 @@ def call_record_partitions() -> list[str]:
     return created
 
 
+@shared_task(name="quota.call_record_months_check", ignore_result=True)
+def call_record_months_check() -> int:
+    """Counts each closed month's records day by day against its daily rollups, once (a month is
+    checked again only when its rollups change), and stores the count the prune then trusts
+    (quota.retention.check_month): the prune of a checked month reads no record. A month whose
+    days differ is logged as an error and keeps no check (the prune counts it, and refuses it
+    while its rollups are short). Returns the months checked."""
+    checked = 0
+    for partition in retention.months_to_check(timezone.now()):
+        result = retention.check_month(partition)
+        checked += 1
+        if result.ok:
+            log.info(
+                "call records of %s checked against rollups: %s records (%s ms)",
+                f"{result.month:%Y-%m}",
+                result.records,
+                result.ms,
+            )
+        else:
+            days = ", ".join(
+                f"{day}: {records} records, {calls} rolled up" for day, (records, calls) in result.days.items()
+            )
+            log.error("call records of %s differ from their rollups: %s", f"{result.month:%Y-%m}", days)
+    return checked
+
+
 @shared_task(name="quota.call_records_prune", ignore_result=True)
 def call_records_prune() -> int:
     """Drops the months past GATEWAY_RETENTION_MONTHS (nothing when unset); a month without its

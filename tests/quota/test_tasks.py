@@ -58,6 +58,7 @@ def test_the_beat_schedule_names_registered_tasks():
         "quota.usage_reconcile_nightly",
         "quota.settlements_replay",
         "quota.call_record_partitions",
+        "quota.call_record_months_check",
         "quota.call_records_prune",
         "notifications.alerts_scan",
     }
