@@ -269,6 +269,7 @@ def month_bytes(db: str, month: str) -> int:
 def check_main(args: argparse.Namespace) -> None:
     """Beat's month check (quota.tasks.call_record_months_check) on the run database."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
+    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
