@@ -20,8 +20,9 @@ gateway (`gateway_project.serve --workers 1`) and a closed-loop client (CONCURRE
 flight, each call's end time and latency kept) for DURATION seconds; in the `prune` leg
 `manage.py prune_call_records --before <the month after the loaded one>` (the real command, in its
 own process, `--archive` to a temporary directory with --archive) starts AT seconds in, in the
-`control` leg nothing does. The order of the legs flips every round. The calls write call records
-into the current month's partition, as in production. Each copy is migrated to this checkout
+`control` leg the same process starts, connects and exits without running it. The order of the
+legs flips every round. The calls write call records into the current month's partition, as in
+production. Each copy is migrated to this checkout
 and, unless --unchecked, its closed months are checked as beat does a day after a month closes
 (quota.retention.check_month, stored as quota.MonthCheck), so that the prune trusts the stored
 check instead of counting the month; --unchecked measures the prune of a month never checked.
@@ -310,7 +311,8 @@ def prune_main(args: argparse.Namespace) -> None:
     time.sleep(max(0.0, args.at - time.monotonic()))
     began = time.monotonic()
     extra = ["--archive", args.archive] if args.archive else []
-    call_command("prune_call_records", "--before", args.before, *extra, stdout=Stamped())
+    if not args.idle:
+        call_command("prune_call_records", "--before", args.before, *extra, stdout=Stamped())
     print(json.dumps({"began": began, "ended": time.monotonic()}), flush=True)
 
 
@@ -348,8 +350,12 @@ def leg(kind: str, world: dict, args: argparse.Namespace, before: str, month: st
     if args.report_s:  # a report reading call records, running when the prune starts
         report_thread = threading.Thread(target=_report, args=(args.db, t0 + args.at - 0.2, args.report_s))
         report_thread.start()
-    if kind == "prune":
+    # The control leg runs the same process, which does all but the command (Django's start, a
+    # connection, its exit): what is left between the legs is the prune's own.
+    if kind in ("prune", "control"):
         command = [GW_PY, str(HERE / "prune.py"), "_prune", "--before", before, "--at", str(t0 + args.at)]
+        if kind == "control":
+            command.append("--idle")
         if archive:
             command += ["--archive", archive]
         if args.prune_tree:
@@ -579,6 +585,7 @@ def main() -> None:
     pr.add_argument("--before", required=True)
     pr.add_argument("--at", type=float, required=True)
     pr.add_argument("--archive", default="")
+    pr.add_argument("--idle", action="store_true", help="everything but the command (the control leg)")
     pr.add_argument("--root", default="", help="the checkout whose command runs (default: this one)")
     args = ap.parse_args()
     commands = {"prepare": prepare, "run": run, "_client": client_main, "_load": load_main, "_check": check_main}
