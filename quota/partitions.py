@@ -36,15 +36,22 @@ PARENT = CallRecord._meta.db_table
 DEFAULT = f"{PARENT}_default"
 AHEAD = 3
 # A detach or drop waits this long for its lock per attempt (every insert queues behind it
-# meanwhile), up to LOCK_ATTEMPTS attempts about LOCK_PAUSE_S apart.
+# meanwhile), up to LOCK_ATTEMPTS attempts; the pause between them starts at LOCK_FIRST_PAUSE_S (a
+# call's transaction that held the lock is over by then) and doubles up to LOCK_PAUSE_S (a report
+# is waited out over about 10 s).
 LOCK_TIMEOUT_MS = 50
 LOCK_ATTEMPTS = 40
+LOCK_FIRST_PAUSE_S = 0.05
 LOCK_PAUSE_S = 0.25
 # A drop whose commit (the unlink of its files) took longer than this held the file system's
 # journal, and the calls' commits queued behind it: the next drop waits as long again, so that
 # they get through (drop_detached). A volume that unlinks quickly is not paced at all.
 UNLINK_SLOW_MS = 20.0
 LOCK_NOT_AVAILABLE = "55P03"
+# The archive's gzip level: 1 takes about half the CPU of 6 and a third of 9's for a file about a
+# fifth larger (docs/PERFORMANCE.md); the archive's cost is CPU on the database's host, while
+# calls go on.
+ARCHIVE_GZIP_LEVEL = 1
 _NAME = re.compile(rf"^{PARENT}_p(\d{{4}})_(\d{{2}})$")
 _BOUNDS = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
@@ -148,7 +155,7 @@ def ensure_partitions(now: dt.datetime, ahead: int = AHEAD) -> list[str]:
 
 
 def archive_partition(partition: Partition, directory: Path) -> Path:
-    """Writes one month as gzip-compressed CSV with a header row (`<partition>.csv.gz`): every
+    """Writes one month as gzip-compressed CSV (ARCHIVE_GZIP_LEVEL) with a header row (`<partition>.csv.gz`): every
     column of the records, then the member's username, the model's slug and the allocation's name
     as they are now, so the file reads on its own after the rows are gone. Written under a temporary
     name: a file with the final name is always complete."""
@@ -162,7 +169,11 @@ def archive_partition(partition: Partition, directory: Path) -> Path:
         f' LEFT JOIN "{Allocation._meta.db_table}" a ON a.id = r.allocation_id'
         " ORDER BY r.started_at, r.id) TO STDOUT WITH (FORMAT csv, HEADER)"
     )
-    with connection.cursor() as c, gzip.open(partial, "wb") as out, c.cursor.copy(query) as copy:
+    with (
+        connection.cursor() as c,
+        gzip.open(partial, "wb", compresslevel=ARCHIVE_GZIP_LEVEL) as out,
+        c.cursor.copy(query) as copy,
+    ):
         for chunk in copy:
             out.write(chunk)
     with open(partial, "rb") as written:
@@ -195,6 +206,11 @@ class Step:
     attempts: int
     statements_ms: float
     commit_ms: float
+
+
+def lock_pause_s(attempt: int) -> float:
+    """The pause after failed attempt `attempt` (1, 2, …), before its jitter of ±50 %."""
+    return min(LOCK_PAUSE_S, LOCK_FIRST_PAUSE_S * 2 ** (attempt - 1))
 
 
 def _with_lock(
@@ -235,7 +251,7 @@ def _with_lock(
                 raise
             if attempt == attempts:
                 raise LockNotHad(f"no lock in {attempts} attempts of {lock_timeout_ms} ms") from exc
-            time.sleep(LOCK_PAUSE_S * (0.5 + random.random()))  # noqa: S311 (jitter, not a secret)
+            time.sleep(lock_pause_s(attempt) * (0.5 + random.random()))  # noqa: S311 (jitter, not a secret)
     raise AssertionError("unreachable")
 
 

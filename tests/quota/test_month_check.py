@@ -1,7 +1,7 @@
 """A closed month's rollups are checked once (beat's `quota.call_record_months_check`, stored as
 MonthCheck) and the prune trusts that check while the month's rollups still add up to it, reading
 no record; without a check, or with one the rollups no longer match, it counts the month as before.
-The index drops before the heap pause only after a slow unlink."""
+The index drops before the heap pause only after a slow unlink; lock retries back off."""
 
 import datetime as dt
 import io
@@ -116,3 +116,12 @@ def test_index_drops_pause_only_after_a_slow_unlink(rolled, monkeypatch):
     dropped = partitions.drop_detached(second)
     assert len(slept) == indexes
     assert slept == [step.commit_ms / 1000 for step in dropped.indexes]
+
+
+def test_a_lock_retry_pauses_briefly_first_then_backs_off():
+    """A call's transaction holding the lock is over in a few ms: the first retries come soon; a
+    report holding it is waited out about LOCK_PAUSE_S apart."""
+    pauses = [partitions.lock_pause_s(attempt) for attempt in range(1, 7)]
+    assert pauses == [0.05, 0.1, 0.2, 0.25, 0.25, 0.25]
+    total = sum(partitions.lock_pause_s(a) for a in range(1, partitions.LOCK_ATTEMPTS))
+    assert 9 < total < 10  # the 40 attempts still wait about 10 s in all
