@@ -49,7 +49,7 @@ LOCK_PAUSE_S = 0.25
 UNLINK_SLOW_MS = 20.0
 LOCK_NOT_AVAILABLE = "55P03"
 # The archive's gzip level: 1 takes about half the CPU of 6 and a third of 9's for a file about a
-# fifth larger (docs/PERFORMANCE.md); the archive's cost is CPU on the database's host, while
+# quarter larger (docs/PERFORMANCE.md); the archive's cost is CPU on the database's host, while
 # calls go on.
 ARCHIVE_GZIP_LEVEL = 1
 _NAME = re.compile(rf"^{PARENT}_p(\d{{4}})_(\d{{2}})$")
