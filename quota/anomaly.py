@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from allocations.audit import Actor, audit_record
@@ -25,6 +25,8 @@ from allocations.services import allocation_quarantine
 
 from .models import CallRecord, Outcome
 from .pool_models import AnomalyConfig
+from .rollup_models import HourlyRollup
+from .rollups import hour_ceil, hour_floor, hourly_exact_from
 
 HOUR = dt.timedelta(hours=1)
 BASELINE_HOURS = 23
@@ -57,13 +59,22 @@ def anomaly_reason(figures: Figures) -> str:
 def anomaly_figures(*, now: dt.datetime) -> dict:
     """{allocation_id: Figures} for active non-service allocations that called in the last hour.
 
-    One range scan of the last 24 hours' call records (the `started_at` index) grouped by
-    allocation, without a join; then the allocations found are narrowed to the active, non-service
-    ones by their primary keys. The cost follows the day's calls, not the number of allocations."""
+    The sliding windows are read in three parts: the records of the last hour and of the part of
+    an hour before it (from the start of its clock hour) and of the part of an hour at the start
+    of the 24 (one range scan of at most two hours of records, by the `started_at` index), and
+    the whole clock hours between from the hourly rollups (quota.rollups) of the allocations
+    found calling in the last hour; then those allocations are narrowed to the active,
+    non-service ones by their primary keys. The cost follows two hours' calls and the rollup rows
+    of a day, not the number of allocations."""
     hour_ago, day_ago = now - HOUR, now - HOUR * (BASELINE_HOURS + 1)
+    first, last = max(hour_ceil(day_ago), hourly_exact_from(now)), hour_floor(hour_ago)
+    if last <= first:
+        first = last = hour_ago  # no whole hour to read from the rollups: the 24 hours' records
     rows = (
         CallRecord.objects.filter(
-            started_at__gte=day_ago, started_at__lt=now, outcome=Outcome.SUCCESS, allocation__isnull=False
+            Q(started_at__gte=day_ago, started_at__lt=first) | Q(started_at__gte=last, started_at__lt=now),
+            outcome=Outcome.SUCCESS,
+            allocation__isnull=False,
         )
         .values("allocation_id")
         .annotate(
@@ -73,7 +84,19 @@ def anomaly_figures(*, now: dt.datetime) -> dict:
         .filter(last_hour__gt=0)
         .order_by()
     )
-    found = {r["allocation_id"]: Figures(r["last_hour"], r["baseline"]) for r in rows}
+    counted = {r["allocation_id"]: [r["last_hour"], r["baseline"]] for r in rows}
+    if counted and first < last:
+        rolled = (
+            HourlyRollup.objects.filter(
+                hour__gte=first, hour__lt=last, outcome=Outcome.SUCCESS, allocation_id__in=list(counted)
+            )
+            .values("allocation_id")
+            .annotate(calls=Sum("calls"))
+            .order_by()
+        )
+        for r in rolled:
+            counted[r["allocation_id"]][1] += r["calls"]
+    found = {pk: Figures(last_hour, baseline) for pk, (last_hour, baseline) in counted.items()}
     watched = Allocation.objects.filter(
         pk__in=list(found), status=Allocation.Status.ACTIVE, is_service_allocation=False
     ).values_list("pk", flat=True)
