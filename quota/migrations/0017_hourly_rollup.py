@@ -41,5 +41,10 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(fields=('hour', 'allocation', 'member', 'model', 'outcome', 'group_ids'), name='hourly_rollup_once_per_key', nulls_distinct=False)],
             },
         ),
+        # Room in each page for the in-place (HOT) updates of a busy hour, as the daily rollups.
+        migrations.RunSQL(
+            "ALTER TABLE quota_hourlyrollup SET (fillfactor = 70)",
+            "ALTER TABLE quota_hourlyrollup RESET (fillfactor)",
+        ),
         migrations.RunPython(build, migrations.RunPython.noop),
     ]

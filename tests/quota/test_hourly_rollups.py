@@ -228,7 +228,14 @@ def test_an_hour_repeated_by_a_dst_change_is_one_bucket_as_the_records_gave(sett
 
 @pytest.mark.parametrize(
     "now",
-    [NOW, hour_floor(NOW), NOW - dt.timedelta(minutes=41, seconds=3), NOW + dt.timedelta(hours=1), NOW + 3 * HOUR],
+    [
+        NOW,  # late in its hour: the records after the cuts
+        hour_floor(NOW),
+        NOW - dt.timedelta(minutes=30),  # early: the records before the cuts
+        NOW - dt.timedelta(minutes=41, seconds=3),  # calls after it (in its hour and later)
+        NOW + dt.timedelta(hours=1),
+        NOW + 3 * HOUR,
+    ],
 )
 def test_the_anomaly_figures_are_the_records_answer(traffic, now):
     expected = _records_figures(now)
@@ -238,12 +245,23 @@ def test_the_anomaly_figures_are_the_records_answer(traffic, now):
         assert len(got) >= 2 and all(baseline for _, baseline in got.values())
 
 
-def test_the_anomaly_check_reads_two_hours_of_records_at_most(traffic):
+@pytest.mark.parametrize(
+    ("now", "cuts"),
+    [
+        (NOW, ("2026-11-20 11:37:15", "2026-11-20 12:00:00", "2026-11-19 12:37:15", "2026-11-19 13:00:00")),
+        (
+            NOW - dt.timedelta(minutes=30),
+            ("2026-11-20 11:00:00", "2026-11-20 11:07:15", "2026-11-19 12:00:00", "2026-11-19 12:07:15"),
+        ),
+    ],
+)
+def test_the_anomaly_check_reads_an_hour_of_records_at_most(traffic, now, cuts):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as queries:
-        anomaly_figures(now=NOW)
+        anomaly_figures(now=now)
+    assert len(queries.captured_queries) == 3
     [records] = [q["sql"] for q in queries.captured_queries if "quota_callrecord" in q["sql"]]
-    # [NOW - 24 h, 12:00 of the day before) and [11:00, NOW): the rest from the rollups.
-    assert "2026-11-19 13:00:00" in records and "2026-11-20 11:00:00" in records
+    # The shorter side of the cut in the first and the previous hour, and after `now`.
+    assert all(cut in records for cut in cuts)
