@@ -27,12 +27,12 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import ResolverMatch, set_script_prefix
 
 from allocations.exceptions import GatewayError, GatewayUnavailable
-from lib import inflight
+from lib import asgi, inflight
 from lib.asgi import Receive, Scope, Send
 from lib.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
-from . import accounting, gate, multipart, upstream
+from . import accounting, gate, multipart, relay, upstream
 from .registry import spools
 from .views import error_response, request_id_for
 
@@ -116,6 +116,8 @@ class ProxyHandler(ASGIHandler):
                 response["X-Request-Id"] = request_id_for(request)
             for name, value in (accounting.RATE_HEADERS.get() or {}).items():
                 response[name] = value
+            if isinstance(response, relay.EventStream):
+                response.writer = asgi.part_writer(send)
             with contextlib.suppress(asyncio.CancelledError):  # client disconnected while we were sending
                 await self.send_response(response, send)
 

@@ -10,10 +10,12 @@ reference, and parsed only if the stream ends without usage (the meter's estimat
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from django.http import StreamingHttpResponse
+
+from lib import asgi
 
 from . import meters
 
@@ -21,11 +23,16 @@ from . import meters
 class EventStream(StreamingHttpResponse):
     """A relayed event stream. The server iterates the relay's parts as they are (bytes already):
     Django's StreamingHttpResponse would pass each part through two more generators and a copy
-    check on the way to the ASGI send."""
+    check on the way to the ASGI send. `parts` makes the relay's generator for this response:
+    once its first part went as an ASGI message (the headers leave with it), the generator writes
+    every later one through `writer` when the server has one (`lib.asgi.part_writer`, set by the
+    handler): no message, no send loop and no server reply coroutine per part."""
 
-    def __init__(self, parts: AsyncIterator[bytes], **kwargs: Any) -> None:
-        super().__init__(parts, **kwargs)
-        self._parts = parts
+    writer: asgi.PartWriter | None = None
+
+    def __init__(self, parts: Callable[["EventStream"], AsyncIterator[bytes]], **kwargs: Any) -> None:
+        self._parts = parts(self)
+        super().__init__(self._parts, **kwargs)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._parts

@@ -121,11 +121,49 @@ class Reply:
         return await self.response.read()
 
     def chunks(self) -> AsyncIterator[bytes]:
+        self._watch_reads()
         return self.response.content.iter_any()
 
     def close(self) -> None:
         # close(), not release(): an unfinished body must cut the upstream call (client went away).
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         self.response.close()
+
+    _watch: asyncio.TimerHandle | None = None
+
+    def _watch_reads(self) -> None:
+        """The read timeout of a body read chunk by chunk (a stream): aiohttp re-arms its sock_read
+        timer on every chunk that arrives (one timer cancelled and one scheduled per chunk). Here the
+        connection's timer is stopped and one watchdog per body looks every tenth of the timeout
+        whether bytes came; after a silence of the whole timeout it fails the read as aiohttp's
+        timer does (the same exception, so the same outcome), at most a tenth of it late. It stops
+        once the body is whole or the connection went back to the pool.
+        Relies on aiohttp's ResponseHandler (gateway_project.server_patches: aiohttp_stream_read_timeout)."""
+        connection = self.response.connection
+        protocol = connection.protocol if connection is not None else None
+        limit = protocol.read_timeout if protocol is not None else None
+        if protocol is None or not limit or self._watch is not None:
+            return
+        protocol.read_timeout = None
+        protocol._drop_timeout()
+        content, loop, period = self.response.content, asyncio.get_running_loop(), limit / 10
+        seen = [content.total_bytes, loop.time()]  # bytes read so far, and when they last grew
+
+        def look() -> None:
+            self._watch = None
+            if self.response.connection is not connection or content.is_eof():
+                return
+            now = loop.time()
+            if content.total_bytes != seen[0]:
+                seen[:] = [content.total_bytes, now]
+            elif now - seen[1] >= limit:
+                protocol._on_read_timeout()
+                return
+            self._watch = loop.call_later(period, look)
+
+        self._watch = loop.call_later(period, look)
 
 
 # What `send` answers: a real upstream's reply, or the built-in simulated provider's (same surface).

@@ -19,6 +19,7 @@ from allocations.exceptions import BadRequest, GatewayError, NotFound, Unauthori
 from allocations.models import Allocation
 from lib import inflight
 from lib.api_errors import error_body
+from lib.asgi import PartWriter
 from lib.http import request_id_of as request_id_for
 from quota.admission import Plan
 from quota.ledger import threads
@@ -219,14 +220,16 @@ async def _stream(call: Call) -> HttpResponseBase:
         finally:
             reply.close()
         return await _answer(call, reply, raw)
-    response = relay.EventStream(_events(call, reply), status=reply.status, content_type=reply.content_type)
+    response = relay.EventStream(
+        lambda stream: _events(call, reply, stream), status=reply.status, content_type=reply.content_type
+    )
     for name, value in SSE_HEADERS.items():
         response[name] = value
     response["X-Request-Id"] = call.request_id
     return response
 
 
-async def _events(call: Call, reply: Any) -> AsyncIterator[bytes]:
+async def _events(call: Call, reply: Any, stream: relay.EventStream) -> AsyncIterator[bytes]:
     stream_meter, stream_relay = call.endpoint.stream_meter, call.endpoint.stream_relay
     if stream_meter is None or stream_relay is None:
         raise RuntimeError("stream on an endpoint without a stream meter")  # the body reader refuses it
@@ -235,11 +238,14 @@ async def _events(call: Call, reply: Any) -> AsyncIterator[bytes]:
     responses = call.endpoint.response_ids
     outcome, code, message = Outcome.SUCCESS, "", ""
     drain = False
+    write: PartWriter | None = None  # the server's, once the first part (and the headers) went
     try:
         async for chunk in reply.chunks():
             if relayed := handler.feed(chunk):
                 call.relayed()
-                yield relayed
+                if write is None or not write(relayed):
+                    yield relayed  # as an ASGI message: the first part, or one the writer refused
+                    write = stream.writer
         if tail := handler.rest():
             call.relayed()
             yield tail

@@ -73,6 +73,39 @@ def spend_of(group: Group) -> GroupSpend:
     return group_spend(group_ids=[group.pk])[str(group.pk)]
 
 
+@dataclass(frozen=True)
+class GroupHeadroom:
+    """One capped group as a cap check sees it: its caps, its counter of the period (None: no row
+    yet, nothing used) and whether that counter holds the session's reservation."""
+
+    slug: str
+    token_cap: int | None
+    cost_cap: Decimal | None
+    counter: tuple[int, int, Decimal, Decimal] | None  # tokens used, tokens reserved, cost used, cost reserved
+    held: bool
+
+
+def group_cap_verdict(
+    groups: Iterable[GroupHeadroom], *, priced: bool, tokens: int = 0, cost: Decimal = ZERO
+) -> GatewayError | None:
+    """The refusal the first of `groups` (in slug order) would give now, token quotas before cost
+    caps: used + reserved ≥ a cap, the session's own `tokens` / `cost` added for a group whose
+    counter does not hold its reservation. The one rule of the realtime watch's group check, on a
+    thread (group_cap_error) and from the warm state (realtime.watch)."""
+    token_error: GatewayError | None = None
+    cost_error: GatewayError | None = None
+    for group in sorted(groups, key=lambda g: g.slug):
+        own_tokens, own_cost = (0, ZERO) if group.held else (tokens, cost)
+        tokens_used = (group.counter[0] + group.counter[1]) if group.counter else 0
+        cost_used = (group.counter[2] + group.counter[3]) if group.counter else ZERO
+        cost_cap = caps.cost_cap_in_force(group.cost_cap, priced=priced)
+        if token_error is None and caps.cap_hit(used=tokens_used, reserved=own_tokens, cap=group.token_cap):
+            token_error = GroupQuotaExceeded(f"monthly token quota of group '{group.slug}' reached")
+        if cost_error is None and caps.cap_hit(used=cost_used, reserved=own_cost, cap=cost_cap):
+            cost_error = GroupCostQuotaExceeded(f"monthly cost cap of group '{group.slug}' reached")
+    return token_error or cost_error
+
+
 def group_cap_error(
     *,
     member_id: uuid.UUID | str,
@@ -97,21 +130,22 @@ def group_cap_error(
         c.group_id: c for c in GroupUsageCounter.objects.filter(group__in=groups, period_start=period_start_date(now))
     }
     held = set(held_ids)
-    token_error: GatewayError | None = None
-    cost_error: GatewayError | None = None
-    for group in groups:
-        counter = counters.get(group.pk)
-        own_tokens, own_cost = (0, ZERO) if counter is not None and counter.pk in held else (tokens, cost)
-        tokens_used = (counter.tokens_used + counter.tokens_reserved) if counter else 0
-        cost_used = (counter.cost_used + counter.cost_reserved) if counter else ZERO
-        cost_cap = caps.cost_cap_in_force(group.quota_cost_usd_per_month, priced=priced)
-        if token_error is None and caps.cap_hit(
-            used=tokens_used, reserved=own_tokens, cap=group.quota_tokens_per_month
-        ):
-            token_error = GroupQuotaExceeded(f"monthly token quota of group '{group.slug}' reached")
-        if cost_error is None and caps.cap_hit(used=cost_used, reserved=own_cost, cap=cost_cap):
-            cost_error = GroupCostQuotaExceeded(f"monthly cost cap of group '{group.slug}' reached")
-    return token_error or cost_error
+    return group_cap_verdict(
+        (
+            GroupHeadroom(
+                slug=group.slug,
+                token_cap=group.quota_tokens_per_month,
+                cost_cap=group.quota_cost_usd_per_month,
+                counter=(c.tokens_used, c.tokens_reserved, c.cost_used, c.cost_reserved) if c is not None else None,
+                held=c is not None and c.pk in held,
+            )
+            for group in groups
+            for c in (counters.get(group.pk),)
+        ),
+        priced=priced,
+        tokens=tokens,
+        cost=cost,
+    )
 
 
 # --- usage by group -----------------------------------------------------------------------------------

@@ -246,8 +246,15 @@ def rollups_cover(month: dt.date) -> bool:
     first = month.replace(day=1)
     following = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
     records = CallRecord.objects.filter(started_at__gte=_midnight(first), started_at__lt=_midnight(following)).count()
-    rolled = DailyRollup.objects.filter(day__gte=first, day__lt=following).aggregate(n=Sum("calls"))["n"] or 0
-    return records == rolled
+    return records == rolled_calls(first)
+
+
+def rolled_calls(month: dt.date) -> int:
+    """The calls the daily rollups of the calendar month containing `month` hold (one index range
+    over the rollup rows of its days)."""
+    first = month.replace(day=1)
+    following = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return DailyRollup.objects.filter(day__gte=first, day__lt=following).aggregate(n=Sum("calls"))["n"] or 0
 
 
 # --- the hourly rollups: a window of the last few days ------------------------------------------------

@@ -111,11 +111,15 @@ def call_record_partitions() -> list[str]:
 @shared_task(name="quota.call_records_prune", ignore_result=True)
 def call_records_prune() -> int:
     """Drops the months past GATEWAY_RETENTION_MONTHS (nothing when unset); a month without its
-    daily rollups is refused and logged as an error, and nothing is dropped that day."""
+    daily rollups is refused and logged as an error, and nothing is dropped that day; a run that
+    could not get a lock in its attempts stops, logged, and the next run goes on."""
     try:
         pruned = retention.prune_by_setting()
     except retention.PruneRefused as refused:
         log.error("call records not pruned: %s", refused)
+        return 0
+    except partitions.LockNotHad as exc:
+        log.error("call records pruning stopped, to be resumed by the next run: %s", exc)
         return 0
     for done in pruned or []:
         log.info("call records of %s pruned: %s rows", f"{done.month:%Y-%m}", done.rows)

@@ -19,7 +19,9 @@ from quota import ledger, ratelimit
 from quota.admission import reject_outcome
 from quota.billing import caps
 from quota.exceptions import CostQuotaExceeded, QuotaExceeded
+from quota.group_budgets import GroupHeadroom, group_cap_verdict
 from quota.ledger import threads
+from quota.periods import period_start_date
 from quota.pricing import cost_for
 
 from . import services
@@ -110,8 +112,9 @@ class SessionWatch:
         """The check before billable work starts (a response.create, a committed buffer): whether a
         cap is reached by everything in flight, counting what this session used since its
         reservation last grew. From the warm state a /v1 admission uses: the key's snapshot under
-        the current auth generation (one shared Redis read) for the allocation's status and caps,
-        and one prepared read of the counter row on the event loop's connection; the reservation
+        the current auth generation (one shared Redis read) for the allocation's status and caps
+        and the member's groups' caps, and one prepared read of the counter rows (the allocation's,
+        and the capped groups' of the period) on the event loop's connection; the reservation
         itself grows at the next tick. Without a warm snapshot (the
         generation moved, the key changed) or on any error, the watch's own check decides."""
         try:
@@ -126,37 +129,65 @@ class SessionWatch:
     async def _gate_warm(self) -> GatewayError | None | object:  # object: _COLD
         session = self.opened
         generation = await auth_generation_async()
-        scope = key_scope_cached(self.plaintext, generation=generation, now=timezone.now()) if generation else None
+        now = timezone.now()
+        scope = key_scope_cached(self.plaintext, generation=generation, now=now) if generation else None
         entry = (
             next((a for a in scope.allocations if a.allocation_id == session.entry.allocation_id), None)
             if scope is not None
             else None
         )
-        if entry is None or scope.groups or session.admission.groups:  # type: ignore[union-attr]  # an entry: a scope
-            return _COLD  # a group's budget: the watch's check reads the member's groups
+        if entry is None:
+            return _COLD
         if (status_error := STATUS_ERRORS.get(entry.status)) is not None:
             return status_error
-        if entry.token_cap is None and entry.cost_cap is None:
+        # The member's capped groups as the snapshot has them (any group, membership or cap change
+        # moves the auth generation): what the thread check reads from the database. As there,
+        # groups are checked for a session that counts toward groups (a member who joined one
+        # since is checked at the watch's next full check).
+        budgets = [g for g in scope.groups if g.capped] if session.admission.groups else []  # type: ignore[union-attr]  # an entry: a scope
+        if entry.token_cap is None and entry.cost_cap is None and not budgets:
             return None
-        counter = await ledger.counter_read_async(session.admission.counter_id)
+        admission = session.admission
+        if budgets:
+            counter, group_rows = await ledger.counters_read_async(
+                admission.counter_id, group_ids=[g.id for g in budgets], period=period_start_date(now)
+            )
+        else:
+            counter, group_rows = await ledger.counter_read_async(admission.counter_id), {}
         if counter is None:
             return _COLD
         tokens_used, tokens_reserved, cost_used, cost_reserved = counter
-        admission = session.admission
+        tokens, cost = admission.tokens, admission.cost  # the session's reservation, as grown at the next tick
         if self.meter.version != self.billed_version:  # used since the reservation last grew
             usage = self.meter.usage(session.price)
-            tokens_reserved += max(0, usage.total_tokens - admission.tokens)
-            cost_reserved += max(Decimal(0), (cost_for(session.price, usage) or Decimal(0)) - admission.cost)
+            tokens = max(tokens, usage.total_tokens)
+            cost = max(cost, cost_for(session.price, usage) or Decimal(0))
+        grown_tokens, grown_cost = tokens - admission.tokens, cost - admission.cost
+        priced = session.price is not None
         hit = caps.caps_hit(
             tokens_used=tokens_used,
-            tokens_reserved=tokens_reserved,
+            tokens_reserved=tokens_reserved + grown_tokens,
             token_cap=entry.token_cap,
             cost_used=cost_used,
-            cost_reserved=cost_reserved,
+            cost_reserved=cost_reserved + grown_cost,
             cost_cap=entry.cost_cap,
-            priced=session.price is not None,
+            priced=priced,
         )
-        return {caps.TOKENS: QuotaExceeded(), caps.COST: CostQuotaExceeded()}.get(hit) if hit else None
+        if hit:
+            return {caps.TOKENS: QuotaExceeded(), caps.COST: CostQuotaExceeded()}[hit]
+        held = set(admission.held)
+        headroom = []
+        for group in budgets:
+            found = group_rows.get(group.id)
+            row = None
+            if found is not None:
+                row = found[1]
+                if found[0] in held:  # its counter holds the reservation: the growth is added to it
+                    row = (row[0], row[1] + grown_tokens, row[2], row[3] + grown_cost)
+            headroom.append(
+                GroupHeadroom(group.slug, group.token_cap, group.cost_cap, row, found is not None and found[0] in held)
+            )
+        return group_cap_verdict(headroom, priced=priced, tokens=tokens, cost=cost)
 
     async def _close_for(self, error: GatewayError) -> None:
         await self._finish(

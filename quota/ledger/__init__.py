@@ -28,6 +28,7 @@ from ..pricing import Usage
 from . import loop, threads
 from .groups import Budget
 from .loop import counter_read as counter_read_async
+from .loop import counters_read as counters_read_async
 from .spool import call_settle_durable, call_settle_once, spool_depth, spool_replay
 from .statements import Admission, Settlement, reservation_row, settle_statement, settle_values
 from .sweep import lost_context, reservations_settle_lost, reservations_sweep, settlement_from_json
@@ -43,6 +44,7 @@ __all__ = [
     "call_settle_once",
     "counter_id_cached",
     "counter_read_async",
+    "counters_read_async",
     "lost_context",
     "record_reject",
     "release",

@@ -64,12 +64,16 @@ def caps_json(held: Sequence[tuple[Budget, int | None, Decimal | None]]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def admission_parts(groups: tuple, priced: bool) -> tuple[int, str, str]:
+def admission_parts(groups: tuple, priced: bool) -> tuple[int, str, str, str]:
     """What the admission statement takes of a member's groups, computed once per snapshot's
     groups (they are immutable): (the number of capped groups, their caps as the JSON parameter,
-    every group id as a uuid[] literal)."""
+    the capped groups' ids and every group id, each as a uuid[] literal)."""
     held = capped(groups, priced=priced)
-    return len(held), caps_json(held), "{" + ",".join(g.id for g in groups) + "}"
+    return len(held), caps_json(held), _uuids(g.id for g, _, _ in held), _uuids(g.id for g in groups)
+
+
+def _uuids(ids: Iterable[str]) -> str:
+    return "{" + ",".join(ids) + "}"
 
 
 # The admission with capped groups: `{guard}` is the allocation's cap guard, `{context}` the
@@ -79,8 +83,9 @@ ADMIT_SQL = (
     " AND (cap.cost IS NULL OR gc.cost_used < cap.cost - gc.cost_reserved) AS room"
     f" FROM {GROUP_COUNTER_TABLE} gc"
     " JOIN jsonb_to_recordset(%s::jsonb) AS cap(group_id uuid, tokens bigint, cost numeric)"
-    " ON gc.group_id = cap.group_id"
-    " WHERE gc.period_start = %s ORDER BY gc.group_id FOR UPDATE OF gc),"
+    # The counters are found on their unique (group, period) index, whatever else the table holds.
+    " ON gc.group_id = cap.group_id WHERE gc.group_id = ANY(%s::uuid[]) AND gc.period_start = %s"
+    " ORDER BY gc.group_id FOR UPDATE OF gc),"
     " c AS (UPDATE {counters} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"
     " WHERE id = %s AND allocation_id = %s{guard} AND (SELECT count(*) FILTER (WHERE room) FROM g) = %s RETURNING id),"
     f" h AS (UPDATE {GROUP_COUNTER_TABLE} gc SET tokens_reserved = gc.tokens_reserved + %s,"
@@ -92,22 +97,18 @@ ADMIT_SQL = (
 
 # The settlement's group part: `k` is the settlements whose reservation was taken (ledger.statements),
 # with `groups` (the group ids each call counts toward) and `held` (the group counter ids its
-# reservation holds). Usage goes to the period of the call's allocation counter, as the
-# allocation's does. A group deleted since is skipped (its counters went with it).
+# reservation holds). One upsert per (group, period) row: the usage goes to the period of the
+# call's allocation counter, as the allocation's does, and a held reservation comes out of the
+# counter row that holds it (a held counter is always one of these rows: the groups of the call,
+# the period of its admission). A group deleted since is skipped (its counters went with it).
 SETTLE_CTE = (
-    " gk AS (SELECT g.id::uuid AS grp, uc.period_start AS period, k.tokens, k.cost, 1 AS calls,"  # noqa: S608 (constant names)
-    " 0::bigint AS held_tokens, 0::numeric AS held_cost FROM k JOIN {counters} uc ON uc.id = k.counter"
-    " CROSS JOIN LATERAL jsonb_array_elements_text(k.groups) AS g(id) JOIN {groups} ag ON ag.id = g.id::uuid"
-    " UNION ALL SELECT gc.group_id, gc.period_start, 0, 0, 0, k.held_tokens, k.held_cost FROM k"
-    " CROSS JOIN LATERAL jsonb_array_elements_text(k.held) AS h(id)"
-    f" JOIN {GROUP_COUNTER_TABLE} gc ON gc.id = h.id::bigint),"
-    f" gu AS (INSERT INTO {GROUP_COUNTER_TABLE} AS gc (group_id, period_start, tokens_used, cost_used, calls,"
-    " tokens_reserved, cost_reserved, updated_at) SELECT grp, period, sum(tokens), sum(cost), sum(calls),"
-    " -sum(held_tokens), -sum(held_cost), now() FROM gk GROUP BY grp, period ORDER BY grp, period"
-    " ON CONFLICT (group_id, period_start) DO UPDATE SET tokens_used = gc.tokens_used + excluded.tokens_used,"
-    " cost_used = gc.cost_used + excluded.cost_used, calls = gc.calls + excluded.calls,"
-    " tokens_reserved = gc.tokens_reserved + excluded.tokens_reserved,"
-    " cost_reserved = gc.cost_reserved + excluded.cost_reserved, updated_at = excluded.updated_at RETURNING 1),"
+    f" gu AS (INSERT INTO {GROUP_COUNTER_TABLE} AS x (group_id, period_start, tokens_used, cost_used, calls,"  # noqa: S608 (constant names)
+    " tokens_reserved, cost_reserved, updated_at) SELECT g, c.period_start, sum(k.tokens), sum(k.cost), count(*),"
+    " 0, 0, now() FROM k JOIN {counters} c ON c.id = k.counter, unnest(k.groups) g JOIN {groups} a ON a.id = g"
+    " GROUP BY 1, 2 ORDER BY 1, 2 ON CONFLICT (group_id, period_start) DO UPDATE SET (tokens_used, cost_used, calls,"
+    " tokens_reserved, cost_reserved, updated_at) = (SELECT x.tokens_used + excluded.tokens_used,"
+    " x.cost_used + excluded.cost_used, x.calls + excluded.calls, x.tokens_reserved - coalesce(sum(held_tokens), 0),"
+    " x.cost_reserved - coalesce(sum(held_cost), 0), now() FROM k WHERE x.id = ANY(held)) RETURNING 1),"
 )
 # Appended to the allocations' counter UPDATE: it runs once the groups' upsert is done.
 SETTLE_AFTER_GROUPS = " AND (SELECT count(*) FROM gu) >= 0"

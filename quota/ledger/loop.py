@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,7 @@ from ..pricing import Usage
 from .groups import Budget
 from .statements import (
     COUNTER_READ,
+    COUNTERS_READ,
     Admission,
     Settlement,
     admit_statement,
@@ -122,6 +124,19 @@ def _resumed(state: "Wait", gen: "PQGen[RV]") -> "PQGen[RV]":
         except StopIteration as done:
             return done.value
         ready = yield state
+
+
+@functools.lru_cache(maxsize=512)
+def native(sql: str) -> str:
+    """A ledger statement with PostgreSQL's own placeholders ($1, $2, …) for a raw cursor. psycopg
+    parses a `%s` query in Python on every execution once its text is over 4 KiB (its cache of
+    parsed queries skips longer ones), and the settlement of a call counted toward groups is
+    longer; the statements are a few fixed texts (ledger.statements keeps each as one object), so
+    each is converted once here. They hold no other `%`."""
+    parts = sql.split("%s")
+    if any("%" in part for part in parts):
+        raise ValueError("a ledger statement holds a % that is not a placeholder")
+    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
 _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.WeakKeyDictionary()
@@ -273,20 +288,37 @@ async def admit(
         groups=groups,
         period=period,
     )
-    async with pool().connection() as conn, conn.cursor() as cursor:
-        await cursor.execute(sql, params, prepare=_prepare())
+    async with pool().connection() as conn, psycopg.AsyncRawCursor(conn) as cursor:
+        await cursor.execute(native(sql), params, prepare=_prepare())
         if cursor.rowcount <= 0:
             return None
-        held = tuple((await cursor.fetchone())[0]) if cursor.description else ()  # type: ignore[index]
+        # A statement that returns the group counters held has columns (cheaper to ask than
+        # `description`, which builds an object per column).
+        result = cursor.pgresult
+        held = tuple((await cursor.fetchone())[0]) if result is not None and result.nfields else ()  # type: ignore[index]
     return Admission(reservation["id"], counter_id, est_tokens, cost, tuple(g.id for g in groups), held)
 
 
 async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | None:
     """(tokens used, tokens reserved, cost used, cost reserved) of a counter row, or None when it is
     gone: one prepared statement, as an admission is one."""
-    async with pool().connection() as conn, conn.cursor() as cursor:
-        await cursor.execute(COUNTER_READ, (counter_id,), prepare=_prepare())
+    async with pool().connection() as conn, psycopg.AsyncRawCursor(conn) as cursor:
+        await cursor.execute(native(COUNTER_READ), (counter_id,), prepare=_prepare())
         return await cursor.fetchone()
+
+
+async def counters_read(
+    counter_id: int, *, group_ids: Sequence[str], period: dt.date
+) -> tuple[tuple[int, int, Decimal, Decimal] | None, dict[str, tuple[int, tuple[int, int, Decimal, Decimal]]]]:
+    """counter_read's row of an allocation counter (None when gone) and the counters of `group_ids`
+    in `period`, by group id: (counter id, its row), a group without a row absent. One statement."""
+    async with pool().connection() as conn, psycopg.AsyncRawCursor(conn) as cursor:
+        await cursor.execute(
+            native(COUNTERS_READ), (counter_id, "{" + ",".join(group_ids) + "}", period), prepare=_prepare()
+        )
+        rows = await cursor.fetchall()
+    own = next((tuple(r[2:]) for r in rows if r[0] is None), None)
+    return own, {str(r[0]): (r[1], tuple(r[2:])) for r in rows if r[0] is not None}  # type: ignore[misc]
 
 
 async def settle(
@@ -340,8 +372,9 @@ class _Settlements:
         while self.waiting:
             batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
             try:
-                async with self.pool.connection() as conn, conn.cursor() as cursor:
-                    await cursor.execute(*settle_statement([s for s, _ in batch]), prepare=_prepare())
+                sql, params = settle_statement([s for s, _ in batch])
+                async with self.pool.connection() as conn, psycopg.AsyncRawCursor(conn) as cursor:
+                    await cursor.execute(native(sql), params, prepare=_prepare())
                     ids = dict(await cursor.fetchall())  # n -> record id; absent: settled before
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:

@@ -9,6 +9,7 @@ its target column, so no Model instance or field preparation is needed per call.
 """
 
 import datetime as dt
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -37,6 +38,13 @@ CALL_TABLE = CallRecord._meta.db_table
 
 # What a counter holds, for a check of the caps without an admission (the realtime gate).
 COUNTER_READ = f"SELECT tokens_used, tokens_reserved, cost_used, cost_reserved FROM {COUNTER_TABLE} WHERE id = %s"  # noqa: S608 - a model table name
+# The same with the period's counters of some groups (by their unique (group, period) index): the
+# allocation's row first, its group id NULL.
+COUNTERS_READ = (
+    f"SELECT NULL::uuid, id, tokens_used, tokens_reserved, cost_used, cost_reserved FROM {COUNTER_TABLE} WHERE id = %s"  # noqa: S608 - model table names
+    " UNION ALL SELECT group_id, id, tokens_used, tokens_reserved, cost_used, cost_reserved"
+    f" FROM {group_sql.GROUP_COUNTER_TABLE} WHERE group_id = ANY(%s::uuid[]) AND period_start = %s"
+)
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,7 @@ _SETTLE_RECORDS = (
 _SETTLE_SQL = _SETTLE_HEAD.replace("{group_columns}", "") + _SETTLE_COUNTERS.replace("{after}", "") + _SETTLE_RECORDS
 # A batch with at least one call counted toward a group: the groups' upsert, then the allocations.
 _SETTLE_GROUPS_SQL = (
-    _SETTLE_HEAD.replace("{group_columns}", ", groups jsonb, held jsonb")
+    _SETTLE_HEAD.replace("{group_columns}", ", groups uuid[], held bigint[]")
     + group_sql.SETTLE_CTE.replace("{counters}", COUNTER_TABLE).replace("{groups}", GROUP_TABLE)
     + _SETTLE_COUNTERS.replace("{after}", group_sql.SETTLE_AFTER_GROUPS)
     + _SETTLE_RECORDS
@@ -136,6 +144,20 @@ _SETTLE_GROUPS_SQL = (
 
 _RETURNING = ", ".join(SOURCE_COLUMNS)
 _ROLLUP = upserts_sql("i")
+
+
+# The texts are made once per variant: the same str object each call (its hash kept), and no
+# formatting of a few kilobytes per call. Bounded by the variants: the cap guards and contexts
+# (a handful) and the batch sizes (loop._Settlements.MAX_BATCH).
+@functools.lru_cache(maxsize=64)
+def _admit_sql(template: str, guard: str, context: str) -> str:
+    return template.format(guard=guard, context=context)
+
+
+@functools.lru_cache(maxsize=256)
+def _settle_sql(grouped: bool, calls: int) -> str:
+    sql = _SETTLE_GROUPS_SQL if grouped else _SETTLE_SQL
+    return sql.format(calls=calls, returning=_RETURNING, rollup=_ROLLUP)
 
 
 def admit_statement(
@@ -165,10 +187,11 @@ def admit_statement(
     if not groups:
         sql, extra = _ADMIT_SQL, []
     else:
-        capped, caps_json, group_ids = group_sql.admission_parts(tuple(groups), priced)
+        capped, caps_json, capped_ids, group_ids = group_sql.admission_parts(tuple(groups), priced)
         if capped:
-            return _ADMIT_GROUPS_SQL.format(guard=condition, context=context), [
+            return _admit_sql(_ADMIT_GROUPS_SQL, condition, context), [
                 caps_json,
+                capped_ids,
                 period,
                 r["tokens"],
                 r["cost"],
@@ -188,7 +211,7 @@ def admit_statement(
                 group_ids,
             ]
         sql, extra = _ADMIT_COUNTED_SQL, [group_ids]
-    return sql.format(guard=condition, context=context), [
+    return _admit_sql(sql, condition, context), [
         r["tokens"],
         r["cost"],
         counter_id,
@@ -278,15 +301,14 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
         }
         for n, s in enumerate(settlements, 1)
     ]
-    sql = _SETTLE_SQL
-    if any(s.admission.groups or s.admission.held for s in settlements):
-        sql = _SETTLE_GROUPS_SQL
+    grouped = any(s.admission.groups or s.admission.held for s in settlements)
+    if grouped:
         for move, s in zip(moves, settlements, strict=True):
             move["groups"], move["held"] = s.admission.groups, s.admission.held
     records = [{f.column: _column_value(f, s.values) for f in CALL_FIELDS} for s in settlements]
     # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a
     # JSON function counts as 100 rows, and the reservations and counters would be scanned whole.
-    return sql.format(calls=len(moves), returning=_RETURNING, rollup=_ROLLUP), [
+    return _settle_sql(grouped, len(moves)), [
         _encode(moves),
         _encode(records),
         *upserts_params(),

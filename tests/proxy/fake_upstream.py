@@ -5,6 +5,8 @@ OpenAI and Azure OpenAI wire formats (JSON and SSE), with fault modes chosen by 
 - fake-drop-N: a stream of N content chunks, then the TCP connection is cut (no usage, no [DONE])
 - fake-garbage: one valid chunk, then `data: {not json`, then `data: [DONE]`
 - fake-hang: never answers
+- fake-stall-N: a stream of N content chunks, then silence on an open connection
+- fake-pace-MS: a stream with MS milliseconds between its content chunks
 - fake-slow: answers after 0.6 s; fake-sleep-MS: after MS milliseconds; fake-trickle: a stream with 0.3 s between chunks
 - fake-nousage: a stream that never reports usage
 - fake-tier-NAME: answers report service tier NAME (otherwise the tier asked for, auto -> default)
@@ -192,12 +194,16 @@ class FakeUpstream(RecordingUpstream):
 
         await response.write(chunk({"role": "assistant", "content": ""}))
         words = WORDS
-        if model.startswith("fake-drop-"):
+        if model.startswith(("fake-drop-", "fake-stall-")):
             words = (WORDS * 10)[: int(model.rsplit("-", 1)[1])]
         for word in words:
             if model == "fake-trickle":
                 await asyncio.sleep(0.3)
+            elif model.startswith("fake-pace-"):
+                await asyncio.sleep(int(model.rsplit("-", 1)[1]) / 1000)
             await response.write(chunk({"content": word}))
+        if model.startswith("fake-stall-"):
+            await asyncio.sleep(3600)  # the connection stays open, silent
         if model.startswith("fake-drop-"):
             request.transport.close()  # FIN without the terminating chunk
             return response

@@ -117,6 +117,36 @@ def test_an_upstream_that_drops_mid_stream_ends_the_stream_with_an_error_billed_
     assert record.cost_usd > 0 and counter_of(allocation).cost_used == record.cost_usd and released(allocation)
 
 
+def test_a_stream_that_falls_silent_ends_with_an_error_after_the_read_timeout(world):
+    allocation = world.allocation(upstream_name="fake-stall-2", cost=Decimal("1"))
+    received, started = [], time.monotonic()
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in world.client(allocation.plaintext, timeout=30).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, stream=True, extra_headers=RID
+        ):
+            received.append(chunk.choices[0].delta.content or "")
+    waited = time.monotonic() - started
+    assert "".join(received) == "Hello from" and "stopped answering" in caught.value.message
+    assert 1.5 <= waited < 6, waited  # GATEWAY_UPSTREAM_TIMEOUT_S (SERVE_ENV), at most a tenth late
+    record = record_of("req-fault")
+    assert (record.outcome, record.estimated, record.error_code) == ("upstream_error", True, "upstream_timeout")
+    assert record.cost_usd > 0 and counter_of(allocation).cost_used == record.cost_usd and released(allocation)
+
+
+def test_a_stream_longer_than_the_read_timeout_but_never_silent_that_long_completes(world):
+    allocation = world.allocation(upstream_name="fake-pace-600")  # 4 chunks 0.6 s apart: 2.4 s > 1.5 s
+    chunks = list(
+        world.client(allocation.plaintext, timeout=30).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, stream=True, extra_headers=RID,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the fake"
+    assert chunks[-1].usage is not None
+    record = record_of("req-fault")
+    assert (record.outcome, record.estimated) == ("success", False) and released(allocation)
+
+
 def test_a_stream_that_ends_without_usage_is_billed_on_an_estimate(world):
     allocation = world.allocation(upstream_name="fake-nousage")
     chunks = list(

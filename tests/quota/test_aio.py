@@ -187,3 +187,11 @@ async def test_a_connection_the_server_ends_while_idle_is_unwatched_and_replaced
             assert await (await fresh.execute("SELECT 2")).fetchone() == (2,)
     finally:
         await pool.close()
+
+
+def test_a_ledger_statement_gets_postgresqls_own_placeholders_once():
+    converted = aio.native("UPDATE t SET a = %s WHERE id = %s AND b IN (%s)")
+    assert converted == "UPDATE t SET a = $1 WHERE id = $2 AND b IN ($3)"
+    assert aio.native("SELECT 1") == "SELECT 1"
+    with pytest.raises(ValueError, match="not a placeholder"):
+        aio.native("SELECT '100%' WHERE a = %s")

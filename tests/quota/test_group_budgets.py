@@ -292,3 +292,52 @@ def test_the_event_loops_admission_reserves_on_the_group_in_the_same_statement(t
     assert len(loop_statements) == 2
     assert group_counter(group).cost_reserved == Decimal("1")
     assert Reservation.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_settlement_statement_of_a_batch_moves_each_group_row_once_and_releases_every_hold(team, loop_statements):
+    """Calls of three members of a capped group (one also in an uncapped group) and of a member in
+    no group, settled together on the event loop: one statement; each group's counter gets the
+    usage of the calls counted toward it and loses every hold it had."""
+    from quota.models import PriceVersion
+
+    group, loose, allocations, _ = team
+    loner = AllocationFactory()
+    PriceVersionFactory(model=loner.model, input_per_1m=PER_1M, output_per_1m=PER_1M)
+    calls = [*allocations, loner]
+    admissions = [admit(a, tokens=1000, cost="0.1", request_id=f"b{i}") for i, a in enumerate(calls)]
+    assert group_counter(group).cost_reserved == Decimal("0.3")
+    prices = [PriceVersion.objects.get(model=a.model) for a in calls]
+
+    async def settle_all():
+        now = timezone.now()
+        ids = await asyncio.gather(
+            *(
+                aio.settle(
+                    admission=admission,
+                    record=record_of_call(a, f"b{i}"),
+                    usage=Usage(input_tokens=1000),
+                    price=price,
+                    now=now,
+                )
+                for i, (a, admission, price) in enumerate(zip(calls, admissions, prices, strict=True))
+            )
+        )
+        await aio.pool_close()
+        return ids
+
+    ids = asyncio.run(settle_all())
+    assert all(ids) and len(loop_statements) == 1
+    counter = group_counter(group)
+    assert (counter.tokens_used, counter.cost_used, counter.calls) == (3000, Decimal("0.003"), 3)
+    assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
+    counter = group_counter(loose)
+    assert (counter.tokens_used, counter.cost_used, counter.calls, counter.tokens_reserved) == (
+        1000,
+        Decimal("0.001"),
+        1,
+        0,
+    )
+    assert all(alloc_counter(a).cost_reserved == 0 for a in calls)
+    assert Reservation.objects.count() == 0
+    assert group_usage_reconcile() == [] and usage_reconcile() == []

@@ -59,7 +59,7 @@ def history(db, monkeypatch):
 @pytest.fixture
 def rollups(monkeypatch):
     covered: set[dt.date] = set()
-    monkeypatch.setattr(retention, "rollups_cover", lambda month: month in covered)
+    monkeypatch.setattr(retention, "rollups_cover", lambda month, records=None: month in covered)
     return covered
 
 

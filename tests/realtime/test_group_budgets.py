@@ -92,3 +92,36 @@ async def test_a_session_of_a_member_whose_group_is_at_its_cap_is_refused(fake_u
     assert (close["code"], close["reason"]) == (1008, "group_cost_quota_exceeded")
     [record] = await session_records(world.allocation)
     assert record.outcome == "rejected_group_cost_quota_exceeded"
+
+
+@pytest.mark.parametrize("warm", [True, False])
+async def test_the_gate_decides_a_group_cap_from_the_warm_state_as_the_thread_check_would(
+    fake_upstream, monkeypatch, warm
+):
+    """No watch tick runs (its first is an hour away), so the reservation on the group's counter
+    never grows: the gate alone must see the group's cap crossed, from the counter and what the
+    session used since. Warm, it decides without the watch's thread-path check (the key snapshot
+    carries the member's groups and caps); without a warm snapshot it falls back to that check,
+    with the same answer."""
+    from realtime import services, watch
+
+    monkeypatch.setattr(watch, "TICK_S", 3600)
+    checks = []
+    session_watch = services.session_watch
+    monkeypatch.setattr(services, "session_watch", lambda **kw: checks.append(kw) or session_watch(**kw))
+    if not warm:
+        monkeypatch.setattr(watch, "key_scope_cached", lambda *args, **kwargs: None)
+    world = await sync_to_async(realtime_world)(fake_upstream, price=TOKEN_PRICE)  # the allocation has no cap
+    group = await sync_to_async(_group)(world, quota_cost_usd_per_month="0.01")  # 2 turns under it, the 3rd over
+    comm = await open_session(world)
+    for _ in range(3):
+        await turn(comm)
+    await send(comm, {"type": "response.create"})
+    closed = await closed_with(comm)
+    assert (closed["code"], closed["reason"]) == (1008, "group_cost_quota_exceeded")
+    assert len([f for f in fake_upstream.received if '"response.create"' in f]) == 3
+    [record] = await session_records(world.allocation)
+    assert (record.close_reason, record.cost_usd) == ("cost_exceeded", 3 * TURN_COST)
+    assert len(checks) == (0 if warm else 4)
+    counter = await GroupUsageCounter.objects.aget(group=group, period_start=period_start_date(timezone.now()))
+    assert (counter.cost_used, counter.cost_reserved) == (3 * TURN_COST, 0)

@@ -16,7 +16,7 @@ def test_the_installed_server_stack_is_the_verified_one():
 def test_every_patch_names_its_versions_and_targets():
     for patch in server_patches.PATCHES:
         assert patch.verified and patch.targets and patch.why
-        assert set(patch.verified) <= {"daphne", "twisted", "autobahn", "django"}
+        assert set(patch.verified) <= {"daphne", "twisted", "autobahn", "django", "aiohttp"}
 
 
 @pytest.mark.parametrize(
@@ -105,6 +105,13 @@ def test_the_asgi_application_applies_every_patch_to_the_loaded_server():
     assert hasattr(WebRequest.__init__, "__wrapped__") and hasattr(WebSocketProtocol.handle_reply, "__wrapped__")
     assert HTTPFactory.log(None, None) is None  # Twisted's own would format a line from the request
     assert all(hasattr(getattr(WebRequest, name), "__wrapped__") for name in ("gotLength", "process"))  # the edge
+    from twisted.web.http import HTTPChannel, Request
+
+    from lib import asgi
+
+    assert hasattr(Request.write, "__wrapped__") and hasattr(HTTPChannel.writeHeaders, "__wrapped__")  # the head
+    assert asgi.part_writer is server_patches.part_writer
+    assert server_patches.part_writer(lambda message: None) is None  # not daphne's send: parts go as messages
     server_patches.apply()  # once only: a second call wraps nothing twice
     assert not hasattr(WebRequest.__init__.__wrapped__, "__wrapped__")
 

@@ -46,5 +46,10 @@ class Command(AuditedCommand):
             ) from None
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        except partitions.LockNotHad as exc:
+            raise CommandError(
+                f"Stopped: {exc} (a long query on call records, allocations or members held them). The months "
+                "listed above as dropped are gone; run the command again later for the rest."
+            ) from None
         rows = sum(p.rows for p in pruned)
         self.stdout.write(f"Pruned {len(pruned)} month(s), {rows:,} call records (audited as call_records_pruned).")

@@ -1,0 +1,100 @@
+"""What gateway_project.serve puts on the wire now that daphne's writes go to the socket at once
+(gateway_project.server_patches: direct_body_writes, head_with_first_write, stream_parts_direct):
+every answer's head whole and followed by exactly its body, a stream's parts in exact chunked
+frames that carry the upstream's events unchanged, and the call billed from its usage."""
+
+import json
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+from .conftest import record_of
+
+
+@pytest.fixture
+def world(served_world):
+    return served_world
+
+
+def exchange(url: str, request: bytes) -> bytes:
+    """One request on its own connection (`Connection: close`): everything the server sent."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=15) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def post(path: str, body: dict, key: str, rid: str) -> bytes:
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nX-Request-Id: {rid}\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+def split(answer: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    return status, {k.lower(): v for k, v in (line.split(b": ", 1) for line in lines)}, body
+
+
+def dechunk(body: bytes) -> list[bytes]:
+    """The chunks of a chunked body, checking every frame and the terminating one."""
+    chunks, at = [], 0
+    while True:
+        end = body.index(b"\r\n", at)
+        size = int(body[at:end], 16)
+        if size == 0:
+            assert body[end:] == b"\r\n\r\n", body[end:]
+            return chunks
+        chunks.append(body[end + 2 : end + 2 + size])
+        assert body[end + 2 + size : end + 4 + size] == b"\r\n"
+        at = end + 4 + size
+
+
+def test_a_stream_arrives_in_exact_chunked_frames_part_by_part_and_is_billed_from_its_usage(world):
+    allocation = world.allocation(upstream_name="fake-pace-50")  # 4 content chunks 50 ms apart
+    body = {
+        "model": allocation.model.slug,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    request = post("/v1/chat/completions", body, allocation.plaintext, "wire-1")
+    status, headers, raw = split(exchange(world.gateway_url, request))
+    assert status == b"HTTP/1.1 200 OK" and headers[b"transfer-encoding"] == b"chunked"
+    chunks = dechunk(raw)
+    assert len(chunks) >= 5  # the first part with the head, the later ones written one by one
+    events = b"".join(chunks).split(b"\n\n")
+    assert events[-1] == b"" and events[-2] == b"data: [DONE]"
+    payloads = [json.loads(e.removeprefix(b"data: ")) for e in events[:-2]]
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads if p["choices"])
+    assert text == "Hello from the fake" and payloads[-1]["usage"]["completion_tokens"] == 7
+    record = record_of("wire-1")
+    assert (record.outcome, record.estimated, record.output_tokens) == ("success", False, 7)
+
+
+def test_a_json_answer_is_its_head_and_exactly_its_body(world):
+    allocation = world.allocation()
+    body = {"model": allocation.model.slug, "messages": [{"role": "user", "content": "Say hello"}]}
+    request = post("/v1/chat/completions", body, allocation.plaintext, "wire-2")
+    status, headers, raw = split(exchange(world.gateway_url, request))
+    assert status == b"HTTP/1.1 200 OK" and int(headers[b"content-length"]) == len(raw)
+    assert json.loads(raw)["choices"][0]["message"]["content"] == "Hello from the fake"
+    assert headers[b"x-request-id"] == b"wire-2" and record_of("wire-2").outcome == "success"
+
+
+@pytest.mark.parametrize(
+    ("request_line", "expected"),
+    [("GET /admin/ HTTP/1.1", b"HTTP/1.1 302 Found"), ("HEAD /healthz HTTP/1.1", b"HTTP/1.1 200 OK")],
+)
+def test_an_answer_without_a_body_still_sends_its_whole_head(world, request_line, expected):
+    answer = exchange(world.gateway_url, f"{request_line}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    status, headers, raw = split(answer)
+    assert status == expected and answer.count(b"\r\n\r\n") == 1 and raw == b""
+    assert b"x-request-id" in headers or b"content-type" in headers
