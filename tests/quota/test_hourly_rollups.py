@@ -265,3 +265,12 @@ def test_the_anomaly_check_reads_an_hour_of_records_at_most(traffic, now, cuts):
     [records] = [q["sql"] for q in queries.captured_queries if "quota_callrecord" in q["sql"]]
     # The shorter side of the cut in the first and the previous hour, and after `now`.
     assert all(cut in records for cut in cuts)
+
+
+def test_a_window_shorter_than_the_check_leaves_it_on_the_records(traffic, monkeypatch):
+    from quota import rollups
+
+    monkeypatch.setattr(rollups, "HOURLY_KEEP", dt.timedelta(hours=12))
+    HourlyRollup.objects.all().delete()  # nothing to read: the answer comes from the records alone
+    got = {pk: (f.calls_last_hour, f.baseline_calls) for pk, f in anomaly_figures(now=NOW).items()}
+    assert got == _records_figures(NOW) and got
