@@ -128,14 +128,32 @@ _closing = inflight.tasks("settlements")
 _held: set[uuid.UUID] = set()
 
 
-async def settle(call: Call, *, outcome: str, status: int, usage: Usage, code: str = "", message: str = "") -> None:
+async def settle(
+    call: Call,
+    *,
+    outcome: str,
+    status: int,
+    usage: Usage,
+    code: str = "",
+    message: str = "",
+    detached: bool = False,
+) -> None:
     """Exactly once per call, in a task of its own so that it finishes even if the request task is
-    cancelled meanwhile: the ledger's settlement (quota.admission.settle), reported."""
+    cancelled meanwhile: the ledger's settlement (quota.admission.settle), reported. `detached`:
+    the caller already runs in a task the request cannot cancel (proxy.views' upstream call, which
+    the drain waits for), so the settlement runs in it, without a task and a shield of its own."""
     admitted = call.admitted
     if call.settled or admitted is None:
         return
     call.settled = True
     usage = billing.billed_usage(facts=options.facts(call.endpoint.name, call.outgoing), usage=usage)
+    if detached:
+        observed.settled(call, outcome=outcome, status=status, usage=usage, code=code)
+        try:
+            await _close(call, admitted, outcome, status, usage, code, message)
+        finally:
+            _held.discard(call.plan.reservation_id)
+        return
     task = asyncio.ensure_future(_close(call, admitted, outcome, status, usage, code, message))
     _closing.add(task)
     task.add_done_callback(_closing.discard)

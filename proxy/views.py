@@ -77,7 +77,8 @@ async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
             upload.close()
         return error_response(BadRequest(f"use POST for /v1/{spec.path}"), rid)
     read = await spec.reader(request, spec)
-    call = Call(plan_of(spec, read, rid, request.headers.get("Authorization", "")), spec, form=read.form)
+    # = request.headers["Authorization"], without building every header's mapping
+    call = Call(plan_of(spec, read, rid, request.META.get("HTTP_AUTHORIZATION", "")), spec, form=read.form)
     try:
         await accounting.open_call(call)
     except GatewayError as error:
@@ -171,7 +172,7 @@ async def _complete(call: Call) -> HttpResponseBase:
             raw = await reply.read()
         finally:
             reply.close()
-        return await _answer(call, reply, raw)
+        return await _answer(call, reply, raw, detached=True)
     except Exception as exc:  # noqa: BLE001 - every failure settles the call once, answered in the envelope
         outcome, error = transport_error(exc)
         await settle(call, outcome=outcome, status=error.status, usage=Usage(), code=error.code, message=error.message)
@@ -181,14 +182,23 @@ async def _complete(call: Call) -> HttpResponseBase:
             call.form.close()
 
 
-async def _answer(call: Call, reply: Any, raw: bytes) -> HttpResponse:
-    """A whole answer, metered by the endpoint's answer meter, settled, then answered."""
+async def _answer(call: Call, reply: Any, raw: bytes, *, detached: bool = False) -> HttpResponse:
+    """A whole answer, metered by the endpoint's answer meter, settled, then answered. `detached`:
+    called from the upstream call's own task (`_complete`), which settles in place."""
     answer: Answer = call.endpoint.answer(call, reply.status, reply.content_type, raw)
     if call.endpoint.response_ids:  # before the answer: its id may be continued at once
         await _remember_response(call, answer.response_id)
     error = answer.error
     code, message = (error.code, error.message) if error is not None else ("", "")
-    await settle(call, outcome=answer.outcome, status=answer.status, usage=answer.usage, code=code, message=message)
+    await settle(
+        call,
+        outcome=answer.outcome,
+        status=answer.status,
+        usage=answer.usage,
+        code=code,
+        message=message,
+        detached=detached,
+    )
     if error is not None:
         return error_response(error, call.request_id)
     return _response(answer.body, answer.status, answer.content_type, call.request_id)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from allocations.audit import audit_record
 from allocations.models import AuditEvent
 
-from . import ledger, partitions, retention, services
+from . import ledger, partitions, retention, rollups, services
 from .anomaly import anomalies_detect
 from .group_budgets import GroupDrift, group_usage_reconcile
 from .periods import period_start_date
@@ -96,10 +96,15 @@ def settlements_replay() -> int:
 
 @shared_task(name="quota.call_record_partitions", ignore_result=True)
 def call_record_partitions() -> list[str]:
-    """Creates the call-record partitions of this month and the next ones that are missing."""
-    created = partitions.ensure_partitions(timezone.now())
+    """Creates the call-record partitions of this month and the next ones that are missing, and
+    deletes the hourly rollups of the hours past the window they keep (quota.rollups.HOURLY_KEEP)."""
+    now = timezone.now()
+    created = partitions.ensure_partitions(now)
     for name in created:
         log.info("call-record partition %s created", name)
+    pruned = rollups.hourly_rollups_prune(now=now)
+    if pruned:
+        log.info("%s hourly rollup rows past the window deleted", pruned)
     return created
 
 

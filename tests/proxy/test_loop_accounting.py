@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from allocations.services import allocation_pause, api_key_revoke
+from proxy import accounting
 from quota import admission, ratelimit
 from quota.ledger import loop as aio
 from quota.models import CallRecord, Reservation
@@ -32,6 +33,27 @@ def test_a_warm_call_is_admitted_and_settled_on_the_event_loop_in_two_statements
     record = assert_settled_once(allocation, "warm-2")
     assert (record.outcome, record.cost_usd, record.api_key_id) == ("success", Decimal("0.0000235"), allocation.key.pk)
     assert counter_of(allocation).calls == 2
+
+
+def test_a_whole_answer_is_settled_in_its_upstream_calls_task_and_leaves_nothing_held(world, monkeypatch):
+    """proxy.views' upstream call runs in a task the request cannot cancel (and the drain waits
+    for): its settlement runs there, without a settlement task of its own, and still ends with the
+    call's reservation out of the held set."""
+
+    class Watched(set):
+        added: list = []
+
+        def add(self, task):
+            self.added.append(task)
+            super().add(task)
+
+    monkeypatch.setattr(accounting, "_closing", Watched())
+    allocation = world.allocation(cost=Decimal("5"))
+    chat_call(world, allocation, "own-1")
+    chat_call(world, allocation, "own-2")
+    assert Watched.added == []
+    assert not accounting._held
+    assert assert_settled_once(allocation, "own-2").outcome == "success"
 
 
 def test_a_cap_reached_on_the_loop_is_refused_by_the_thread_path_with_its_record(world, thread_steps):

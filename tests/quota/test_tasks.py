@@ -158,6 +158,7 @@ def test_a_real_worker_quarantines_a_runaway_allocation_and_sweeps_reservations(
             for i, when in enumerate([now - dt.timedelta(minutes=1)] * 300 + [now - dt.timedelta(hours=5)] * 230)
         ]
     )
+    roll_up_records()  # the check reads the hourly rollups
     counter = expired_reservation(AllocationFactory(), now - dt.timedelta(minutes=5))
 
     tasks.anomalies_detect_task.apply_async(queue=real_worker)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('quota', '0016_daily_rollup_key_and_groups_backfill'),
+        ('quota', '0017_hourly_rollup'),
     ]
 
     operations = [
