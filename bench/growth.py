@@ -237,6 +237,10 @@ def load(allocations, rows: int, now: dt.datetime) -> float:
         from quota.rollups import rollups_rebuild_range
 
         rollups_rebuild_range()
+    if "quota_hourlyrollup" in connection.introspection.table_names():  # and the reads by hour the hourly ones
+        from quota.rollups import hourly_rollups_rebuild_window
+
+        hourly_rollups_rebuild_window()
     return time.perf_counter() - began
 
 

@@ -5,7 +5,8 @@ the gateway records calls into the current month, against the same run without t
   bench/prune.py prepare [--rows 8000000] [--template gw_prune_tpl]
   bench/prune.py run [--template gw_prune_tpl] [--db gw_prune_run] [--rounds 3] [--duration 16]
                      [--at 6] [--concurrency 16] [--window 0.25] [--archive] [--prune-tree OTHER]
-                     [--report-s SECONDS] [--legs control,prune] [--warm]
+                     [--report-s SECONDS] [--legs control,prune] [--warm] [--tablespace NAME]
+                     [--unchecked]
 
 `prepare` makes the TEMPLATE database once (minutes: 8 M rows took about 8 min on an idle machine;
 keep it): migrated, bench/growth.py's world (50 members, 200 allocations, 20 priced models) and
@@ -19,8 +20,12 @@ gateway (`gateway_project.serve --workers 1`) and a closed-loop client (CONCURRE
 flight, each call's end time and latency kept) for DURATION seconds; in the `prune` leg
 `manage.py prune_call_records --before <the month after the loaded one>` (the real command, in its
 own process, `--archive` to a temporary directory with --archive) starts AT seconds in, in the
-`control` leg nothing does. The order of the legs flips every round. The calls write call records
-into the current month's partition, as in production.
+`control` leg the same process starts, connects and exits without running it. The order of the
+legs flips every round. The calls write call records into the current month's partition, as in
+production. Each copy is migrated to this checkout
+and, unless --unchecked, its closed months are checked as beat does a day after a month closes
+(quota.retention.check_month, stored as quota.MonthCheck), so that the prune trusts the stored
+check instead of counting the month; --unchecked measures the prune of a month never checked.
 
 Reported per leg: calls/s and p99 latency in WINDOW-second windows before, during and after the
 prune (the control leg's windows at the same offsets), the prune's wall time and its steps as the
@@ -30,7 +35,9 @@ the prune. One JSON line per leg to bench/results/raw/prune-<time>.jsonl, and a 
 to quota.retention), with this checkout's gateway. --report-s N runs a report that holds the call
 records (ACCESS SHARE) for N seconds from 0.2 s before the prune, in both legs: what a detach that
 waits for its lock does to the calls queued behind it. --warm leaves the copied month in the page
-cache (by default its files are evicted: a month three months old is cold).
+cache (by default its files are evicted: a month three months old is cold). --tablespace NAME
+copies each round's database into that tablespace (e.g. one on a volume mounted without
+`discard`, bench/README.md), so the drop's unlink runs there.
 
 Needs BENCH_PY and the harness as bench/README.md says (the fake upstream); the client itself is
 plain asyncio (uvloop when BENCH_PY has it).
@@ -204,10 +211,13 @@ def prepare(args: argparse.Namespace) -> None:
     print(f"template {args.template}: {args.rows:,} rows in {month} ({time.perf_counter() - began:.0f} s)")
 
 
-def copy_template(template: str, db: str) -> float:
+def copy_template(template: str, db: str, tablespace: str = "") -> float:
+    """A fresh copy of the template; in TABLESPACE when given (every file of the copy lives there:
+    the prune's unlink runs on that tablespace's volume)."""
     _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     began = time.perf_counter()
-    _admin(f'CREATE DATABASE "{db}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+    where = f' TABLESPACE "{tablespace}"' if tablespace else ""
+    _admin(f'CREATE DATABASE "{db}" TEMPLATE "{template}" STRATEGY FILE_COPY{where}')
     return time.perf_counter() - began
 
 
@@ -257,6 +267,22 @@ def month_bytes(db: str, month: str) -> int:
 # --- the prune, in its own process --------------------------------------------------------------
 
 
+def check_main(args: argparse.Namespace) -> None:
+    """Beat's month check (quota.tasks.call_record_months_check) on the run database."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.utils import timezone
+
+    from quota import retention
+
+    for partition in retention.months_to_check(timezone.now()):
+        result = retention.check_month(partition)
+        print(f"month check {result.month:%Y-%m}: {result.records:,} records, ok={result.ok} ({result.ms} ms)")
+
+
 def prune_main(args: argparse.Namespace) -> None:
     """Waits until CLOCK_MONOTONIC reaches --at, runs the command, prints each output line with
     the monotonic time it was written (the client's clock: both are CLOCK_MONOTONIC)."""
@@ -285,7 +311,8 @@ def prune_main(args: argparse.Namespace) -> None:
     time.sleep(max(0.0, args.at - time.monotonic()))
     began = time.monotonic()
     extra = ["--archive", args.archive] if args.archive else []
-    call_command("prune_call_records", "--before", args.before, *extra, stdout=Stamped())
+    if not args.idle:
+        call_command("prune_call_records", "--before", args.before, *extra, stdout=Stamped())
     print(json.dumps({"began": began, "ended": time.monotonic()}), flush=True)
 
 
@@ -323,8 +350,12 @@ def leg(kind: str, world: dict, args: argparse.Namespace, before: str, month: st
     if args.report_s:  # a report reading call records, running when the prune starts
         report_thread = threading.Thread(target=_report, args=(args.db, t0 + args.at - 0.2, args.report_s))
         report_thread.start()
-    if kind == "prune":
+    # The control leg runs the same process, which does all but the command (Django's start, a
+    # connection, its exit): what is left between the legs is the prune's own.
+    if kind in ("prune", "control"):
         command = [GW_PY, str(HERE / "prune.py"), "_prune", "--before", before, "--at", str(t0 + args.at)]
+        if kind == "control":
+            command.append("--idle")
         if archive:
             command += ["--archive", archive]
         if args.prune_tree:
@@ -436,13 +467,6 @@ def run(args: argparse.Namespace) -> None:
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING",
     }
-    # The template follows this checkout's migrations (a no-op when it is up to date).
-    subprocess.run(
-        [GW_PY, "manage.py", "migrate", "--noinput", "-v0"],
-        cwd=ROOT,
-        env={**env, "DATABASE_URL": f"{PG}/{args.template}"},
-        check=True,
-    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"prune-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     procs: list = []
@@ -456,7 +480,19 @@ def run(args: argparse.Namespace) -> None:
         )
         wait_port(upstream_port)
         for number in range(args.rounds):
-            copy_s = copy_template(args.template, args.db)
+            copy_s = copy_template(args.template, args.db, args.tablespace)
+            # The copy follows this checkout's migrations (the template is left as it is).
+            subprocess.run([GW_PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+            if not args.unchecked:  # the month was closed and checked by beat, as in production
+                checked = subprocess.run(
+                    [GW_PY, str(HERE / "prune.py"), "_check"],
+                    cwd=ROOT,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                print(f"   {checked.stdout.strip()}", flush=True)
             if not args.warm:
                 evict_month(args.db, month)
             world, gateway = start_world(args, f"http://127.0.0.1:{upstream_port}", env)
@@ -472,7 +508,9 @@ def run(args: argparse.Namespace) -> None:
                 for kind in legs:
                     with tempfile.TemporaryDirectory() as archive:
                         row = leg(kind, world, args, before, month, env, archive if args.archive else "")
-                    row.update({"round": number, "copy_s": round(copy_s, 1), "month": month})
+                    row.update(
+                        {"round": number, "copy_s": round(copy_s, 1), "month": month, "tablespace": args.tablespace}
+                    )
                     with out.open("a") as sink:
                         sink.write(json.dumps(row) + "\n")
                     report(row)
@@ -527,6 +565,10 @@ def main() -> None:
     r.add_argument("--report-s", type=float, default=0, help="a report holding call records this long, from AT")
     r.add_argument("--legs", default="control,prune", help="the legs of each round (e.g. prune alone)")
     r.add_argument("--warm", action="store_true", help="leave the copied month in the page cache")
+    r.add_argument("--unchecked", action="store_true", help="no stored month check: the prune counts the month itself")
+    r.add_argument(
+        "--tablespace", default="", help="copy the run database into this tablespace (a volume without discard)"
+    )
     r.add_argument("--prune-tree", default="", help="run the prune command of another checkout (same migrations)")
     c = sub.add_parser("_client")
     for name in ("--port", "--concurrency"):
@@ -538,15 +580,16 @@ def main() -> None:
     ld = sub.add_parser("_load")
     ld.add_argument("--rows", type=int, required=True)
     ld.add_argument("--month", required=True)
+    sub.add_parser("_check")
     pr = sub.add_parser("_prune")
     pr.add_argument("--before", required=True)
     pr.add_argument("--at", type=float, required=True)
     pr.add_argument("--archive", default="")
+    pr.add_argument("--idle", action="store_true", help="everything but the command (the control leg)")
     pr.add_argument("--root", default="", help="the checkout whose command runs (default: this one)")
     args = ap.parse_args()
-    {"prepare": prepare, "run": run, "_client": client_main, "_load": load_main, "_prune": prune_main}[args.command](
-        args
-    )
+    commands = {"prepare": prepare, "run": run, "_client": client_main, "_load": load_main, "_check": check_main}
+    {**commands, "_prune": prune_main}[args.command](args)
 
 
 if __name__ == "__main__":

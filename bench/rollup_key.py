@@ -55,7 +55,7 @@ NARROW_ROLLUP = (
 def narrow(settlements):
     """The settlement statement with the rollup keyed as before the API key and groups."""
     sql, params = WIDE(settlements)
-    return sql.replace(statements._ROLLUP, NARROW_ROLLUP), params
+    return sql.replace(rollups.upsert_sql("i"), NARROW_ROLLUP), params
 
 
 def seed(stamp: str) -> tuple[list, dict, tuple]:

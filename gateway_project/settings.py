@@ -135,9 +135,12 @@ CELERY_BEAT_SCHEDULE = {
     "settlements-replay": {"task": "quota.settlements_replay", "schedule": 30.0},
     "alerts-scan": {"task": "notifications.alerts_scan", "schedule": 60.0},
     "usage-reconcile-nightly": {"task": "quota.usage_reconcile_nightly", "schedule": crontab(hour=3, minute=17)},
-    # Call-record months: this one and three ahead exist (daily, idempotent), and the months past
-    # GATEWAY_RETENTION_MONTHS leave (daily; nothing while it is unset).
+    # Call-record months: this one and three ahead exist (daily, idempotent; the hourly rollups
+    # past their window leave then), and the months past GATEWAY_RETENTION_MONTHS leave (daily;
+    # nothing while it is unset). A closed month's records are counted against its rollups once,
+    # before the prune, so that the prune does not count.
     "call-record-partitions": {"task": "quota.call_record_partitions", "schedule": crontab(hour=2, minute=41)},
+    "call-record-months-check": {"task": "quota.call_record_months_check", "schedule": crontab(hour=3, minute=17)},
     "call-records-prune": {"task": "quota.call_records_prune", "schedule": crontab(hour=3, minute=53)},
 }
 

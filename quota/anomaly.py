@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from allocations.audit import Actor, audit_record
@@ -25,6 +25,8 @@ from allocations.services import allocation_quarantine
 
 from .models import CallRecord, Outcome
 from .pool_models import AnomalyConfig
+from .rollup_models import HourlyRollup
+from .rollups import hour_floor, hourly_exact_from
 
 HOUR = dt.timedelta(hours=1)
 BASELINE_HOURS = 23
@@ -57,9 +59,80 @@ def anomaly_reason(figures: Figures) -> str:
 def anomaly_figures(*, now: dt.datetime) -> dict:
     """{allocation_id: Figures} for active non-service allocations that called in the last hour.
 
-    One range scan of the last 24 hours' call records (the `started_at` index) grouped by
-    allocation, without a join; then the allocations found are narrowed to the active, non-service
-    ones by their primary keys. The cost follows the day's calls, not the number of allocations."""
+    The sliding windows from the hourly rollups (quota.rollups) of the 25 clock hours they touch,
+    corrected by the records of the parts of the two edge hours that lie outside them: for each
+    edge hour the shorter side of the cut (at most half an hour of records each), and the records
+    after `now` in the current hour (none when `now` is the present). Then the allocations found
+    are narrowed to the active, non-service ones by their primary keys. Three queries; the cost
+    follows at most an hour of calls and a day of rollup rows, not the number of allocations."""
+    current = hour_floor(now).astimezone(dt.UTC)
+    first = current - HOUR * (BASELINE_HOURS + 1)
+    if first < hourly_exact_from(now):
+        found = _figures_from_records(now=now)
+    else:
+        found = _figures_from_rollups(now=now, current=current, first=first)
+    watched = Allocation.objects.filter(
+        pk__in=list(found), status=Allocation.Status.ACTIVE, is_service_allocation=False
+    ).values_list("pk", flat=True)
+    return {pk: found[pk] for pk in watched}
+
+
+def _figures_from_rollups(*, now: dt.datetime, current: dt.datetime, first: dt.datetime) -> dict:
+    # The hour before the current one is cut at `hour_ago`, the first one at `day_ago`, both at the
+    # same minute: read the shorter side of that cut from the records, the rest follows.
+    hour_ago, day_ago = now - HOUR, now - HOUR * (BASELINE_HOURS + 1)
+    previous = current - HOUR
+    early = now - current <= HOUR / 2  # the parts before the cuts are the shorter ones
+    success = {"outcome": Outcome.SUCCESS, "allocation__isnull": False}
+    hours = (
+        HourlyRollup.objects.filter(hour__gte=first, hour__lte=current, **success)
+        .values("allocation_id")
+        .annotate(
+            first=Sum("calls", filter=Q(hour=first)),
+            between=Sum("calls", filter=Q(hour__gt=first, hour__lt=previous)),
+            previous=Sum("calls", filter=Q(hour=previous)),
+            current=Sum("calls", filter=Q(hour=current)),
+        )
+        .order_by()
+    )
+    # Records: the short sides of the two cuts, and any after `now` in the current hour.
+    cut = (Q(started_at__gte=previous, started_at__lt=hour_ago), Q(started_at__gte=first, started_at__lt=day_ago))
+    if not early:
+        cut = (
+            Q(started_at__gte=hour_ago, started_at__lt=current),
+            Q(started_at__gte=day_ago, started_at__lt=first + HOUR),
+        )
+    after = Q(started_at__gte=now, started_at__lt=current + HOUR)
+    records = {
+        r["allocation_id"]: r
+        for r in CallRecord.objects.filter(cut[0] | cut[1] | after, **success)
+        .values("allocation_id")
+        .annotate(
+            previous=Count("id", filter=cut[0]),
+            first=Count("id", filter=cut[1]),
+            after=Count("id", filter=after),
+        )
+        .order_by()
+    }
+    found = {}
+    for row in hours:
+        cuts = records.get(row["allocation_id"], {"previous": 0, "first": 0, "after": 0})
+        previous_calls, first_calls = row["previous"] or 0, row["first"] or 0
+        if early:  # the records are the previous hour's part before hour_ago, the first's before day_ago
+            last_hour = previous_calls - cuts["previous"]
+            baseline = cuts["previous"] + first_calls - cuts["first"]
+        else:  # the previous hour's part after hour_ago, the first's after day_ago
+            last_hour = cuts["previous"]
+            baseline = previous_calls - cuts["previous"] + cuts["first"]
+        last_hour += (row["current"] or 0) - cuts["after"]
+        baseline += row["between"] or 0
+        if last_hour > 0:
+            found[row["allocation_id"]] = Figures(last_hour, baseline)
+    return found
+
+
+def _figures_from_records(*, now: dt.datetime) -> dict:
+    """The figures from the call records of the 24 hours (one range scan, grouped by allocation)."""
     hour_ago, day_ago = now - HOUR, now - HOUR * (BASELINE_HOURS + 1)
     rows = (
         CallRecord.objects.filter(
@@ -73,11 +146,7 @@ def anomaly_figures(*, now: dt.datetime) -> dict:
         .filter(last_hour__gt=0)
         .order_by()
     )
-    found = {r["allocation_id"]: Figures(r["last_hour"], r["baseline"]) for r in rows}
-    watched = Allocation.objects.filter(
-        pk__in=list(found), status=Allocation.Status.ACTIVE, is_service_allocation=False
-    ).values_list("pk", flat=True)
-    return {pk: found[pk] for pk in watched}
+    return {r["allocation_id"]: Figures(r["last_hour"], r["baseline"]) for r in rows}
 
 
 @dataclass(frozen=True)

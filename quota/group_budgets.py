@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
@@ -24,10 +24,10 @@ from allocations.models import Group
 
 from .billing import caps
 from .exceptions import GroupCostQuotaExceeded, GroupQuotaExceeded
-from .models import CallRecord, GroupUsageCounter
+from .models import GroupUsageCounter
 from .periods import billing_tz, period_bounds, period_start_date
 from .pricing import ZERO
-from .rollups import SUMS, usage_sums
+from .rollups import SUMS, hourly_sums, usage_sums
 
 
 @dataclass(frozen=True)
@@ -202,31 +202,25 @@ def usage_by_group(*, start: dt.datetime, end: dt.datetime) -> list[GroupUsage]:
     ]
 
 
-_SPEND_BY_GROUP_HOURLY = (
-    "SELECT date_trunc('hour', r.started_at AT TIME ZONE %s), g, sum(r.cost_usd)"  # noqa: S608
-    f" FROM {CallRecord._meta.db_table} r CROSS JOIN LATERAL unnest(r.group_ids) AS g"
-    " WHERE r.started_at >= %s AND r.started_at < %s AND r.priced GROUP BY 1, 2"
-)
-
-
 def spend_by_group_buckets(
-    *, start: dt.datetime, end: dt.datetime, step: str
+    *, start: dt.datetime, end: dt.datetime, step: str, now: dt.datetime | None = None
 ) -> list[tuple[dt.datetime, str, Decimal]]:
     """Priced spend of [start, end) per (day or hour in the billing timezone, group): (the bucket's
     aware start, the group's name, the amount). A call counts in each group it counted toward;
-    groups deleted since are left out. By day from the daily rollups; by hour from the records
-    (the overview takes hours over at most two days)."""
+    groups deleted since are left out. By day from the daily rollups; by hour from the hourly
+    ones (`now` says which hours they still keep; the overview takes hours over at most two days)."""
     tz = billing_tz()
     found: list[tuple[dt.datetime, uuid.UUID, Decimal]] = []
     if step == "hour":
-        with connection.cursor() as cursor:
-            cursor.execute(_SPEND_BY_GROUP_HOURLY, [str(tz.key), start, end])
-            found = [(at.replace(tzinfo=tz), g, cost or ZERO) for at, g, cost in cursor.fetchall()]
+        now = now or timezone.now()
+        rows = hourly_sums(start=start, end=end, keys=("hour", "group_ids"), now=now, where=_IN_A_GROUP)
+        buckets = [(row["hour"].astimezone(tz), row) for row in rows]
     else:
-        for row in usage_sums(start=start, end=end, keys=("day", "group_ids"), where=_IN_A_GROUP):
-            if row["cost_usd"] is not None:  # some call of the row was priced
-                at = dt.datetime.combine(row["day"], dt.time.min, tzinfo=tz)
-                found += [(at, g, row["cost_usd"]) for g in row["group_ids"]]
+        rows = usage_sums(start=start, end=end, keys=("day", "group_ids"), where=_IN_A_GROUP)
+        buckets = [(dt.datetime.combine(row["day"], dt.time.min, tzinfo=tz), row) for row in rows]
+    for at, row in buckets:
+        if row["cost_usd"] is not None:  # some call of the row was priced
+            found += [(at, g, row["cost_usd"]) for g in row["group_ids"]]
     names = dict(Group.objects.filter(pk__in={g for _, g, _ in found}).values_list("pk", "name"))
     spend: dict[tuple[dt.datetime, str], Decimal] = {}
     for at, g, cost in found:

@@ -348,4 +348,4 @@ class GroupUsageCounter(models.Model):
 
 # The pool and anomaly models live in their own module; imported here so Django registers them.
 from .pool_models import AnomalyConfig, PoolConfig, RebalanceEntry, RebalanceLog  # noqa: E402, F401
-from .rollup_models import DailyRollup  # noqa: E402, F401
+from .rollup_models import DailyRollup, HourlyRollup, MonthCheck  # noqa: E402, F401

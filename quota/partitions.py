@@ -36,13 +36,22 @@ PARENT = CallRecord._meta.db_table
 DEFAULT = f"{PARENT}_default"
 AHEAD = 3
 # A detach or drop waits this long for its lock per attempt (every insert queues behind it
-# meanwhile), up to LOCK_ATTEMPTS attempts about LOCK_PAUSE_S apart.
+# meanwhile), up to LOCK_ATTEMPTS attempts; the pause between them starts at LOCK_FIRST_PAUSE_S (a
+# call's transaction that held the lock is over by then) and doubles up to LOCK_PAUSE_S (a report
+# is waited out over about 10 s).
 LOCK_TIMEOUT_MS = 50
 LOCK_ATTEMPTS = 40
+LOCK_FIRST_PAUSE_S = 0.05
 LOCK_PAUSE_S = 0.25
-# Between the drops of a detached month's indexes: the journal's time to catch up (drop_detached).
-UNLINK_PAUSE_S = 0.1
+# A drop whose commit (the unlink of its files) took longer than this held the file system's
+# journal, and the calls' commits queued behind it: the next drop waits as long again, so that
+# they get through (drop_detached). A volume that unlinks quickly is not paced at all.
+UNLINK_SLOW_MS = 20.0
 LOCK_NOT_AVAILABLE = "55P03"
+# The archive's gzip level: 1 takes about half the CPU of 6 and a third of 9's for a file about a
+# quarter larger (docs/PERFORMANCE.md); the archive's cost is CPU on the database's host, while
+# calls go on.
+ARCHIVE_GZIP_LEVEL = 1
 _NAME = re.compile(rf"^{PARENT}_p(\d{{4}})_(\d{{2}})$")
 _BOUNDS = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
@@ -146,7 +155,7 @@ def ensure_partitions(now: dt.datetime, ahead: int = AHEAD) -> list[str]:
 
 
 def archive_partition(partition: Partition, directory: Path) -> Path:
-    """Writes one month as gzip-compressed CSV with a header row (`<partition>.csv.gz`): every
+    """Writes one month as gzip-compressed CSV (ARCHIVE_GZIP_LEVEL) with a header row (`<partition>.csv.gz`): every
     column of the records, then the member's username, the model's slug and the allocation's name
     as they are now, so the file reads on its own after the rows are gone. Written under a temporary
     name: a file with the final name is always complete."""
@@ -160,7 +169,11 @@ def archive_partition(partition: Partition, directory: Path) -> Path:
         f' LEFT JOIN "{Allocation._meta.db_table}" a ON a.id = r.allocation_id'
         " ORDER BY r.started_at, r.id) TO STDOUT WITH (FORMAT csv, HEADER)"
     )
-    with connection.cursor() as c, gzip.open(partial, "wb") as out, c.cursor.copy(query) as copy:
+    with (
+        connection.cursor() as c,
+        gzip.open(partial, "wb", compresslevel=ARCHIVE_GZIP_LEVEL) as out,
+        c.cursor.copy(query) as copy,
+    ):
         for chunk in copy:
             out.write(chunk)
     with open(partial, "rb") as written:
@@ -193,6 +206,11 @@ class Step:
     attempts: int
     statements_ms: float
     commit_ms: float
+
+
+def lock_pause_s(attempt: int) -> float:
+    """The pause after failed attempt `attempt` (1, 2, …), before its jitter of ±50 %."""
+    return min(LOCK_PAUSE_S, LOCK_FIRST_PAUSE_S * 2 ** (attempt - 1))
 
 
 def _with_lock(
@@ -233,7 +251,7 @@ def _with_lock(
                 raise
             if attempt == attempts:
                 raise LockNotHad(f"no lock in {attempts} attempts of {lock_timeout_ms} ms") from exc
-            time.sleep(LOCK_PAUSE_S * (0.5 + random.random()))  # noqa: S311 (jitter, not a secret)
+            time.sleep(lock_pause_s(attempt) * (0.5 + random.random()))  # noqa: S311 (jitter, not a secret)
     raise AssertionError("unreachable")
 
 
@@ -250,13 +268,23 @@ def detach_partition(partition: Partition, *, lock_timeout_ms: int | None = None
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+    """How drop_detached went: each index's drop, the heap's (with the audit event), and the
+    milliseconds paused between them for the journal."""
+
+    indexes: list[Step]
+    heap: Step
+    paused_ms: float
+
+
 def drop_detached(
     partition: Partition,
     *,
     lock_timeout_ms: int | None = None,
     attempts: int | None = None,
     then: Callable[[Any], None] | None = None,
-) -> Step:
+) -> Dropped:
     """Drops a detached month's table, running `then(cursor)` (its audit event) in the same
     transaction. The drop also removes the table's foreign-key triggers on the tables it references
     (allocations, members, models, keys, prices), so it takes their ACCESS EXCLUSIVE lock to its
@@ -266,20 +294,31 @@ def drop_detached(
     Gigabytes unlinked at once stall the file system's journal, and every call's commit waits for
     it (an ext4 volume mounted with `discard` trims each freed extent in the journal's commit:
     about 0.12 s per GB here). So the table's indexes go first, one short transaction each (they
-    lock only this table, which nothing reads any more) with UNLINK_PAUSE_S between, and the final
-    drop unlinks the heap alone."""
+    lock only this table, which nothing reads any more), and the final drop unlinks the heap alone.
+    A drop whose unlink took longer than UNLINK_SLOW_MS is followed by a pause as long: on a volume
+    without online discard the unlinks take a few milliseconds and nothing waits."""
+    indexes: list[Step] = []
+    paused = 0.0
+
+    def pace(step: Step) -> None:
+        nonlocal paused
+        if step.commit_ms > UNLINK_SLOW_MS:
+            time.sleep(step.commit_ms / 1000)
+            paused += step.commit_ms
+
     for index, constraint in _indexes(partition.name):
         statement = (
             f'ALTER TABLE "{partition.name}" DROP CONSTRAINT "{constraint}"' if constraint else f'DROP INDEX "{index}"'
         )
-        _with_lock([statement], lock_timeout_ms=lock_timeout_ms, attempts=attempts)
-        time.sleep(UNLINK_PAUSE_S)
-    return _with_lock(
+        indexes.append(_with_lock([statement], lock_timeout_ms=lock_timeout_ms, attempts=attempts))
+        pace(indexes[-1])
+    heap = _with_lock(
         [f'DROP TABLE "{partition.name}"'],
         lock_timeout_ms=lock_timeout_ms,
         attempts=attempts,
         then=then,
     )
+    return Dropped(indexes=indexes, heap=heap, paused_ms=round(paused, 1))
 
 
 def _indexes(table: str) -> list[tuple[str, str | None]]:

@@ -17,12 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from allocations.audit import Actor, audit_record
 
 from . import partitions, rollups
 from .periods import billing_tz
+from .rollup_models import DailyRollup, MonthCheck
+
+# A month is checked (check_month) once it has been closed this long: a call started before
+# midnight settles, and writes its record into the month, after it.
+CHECK_AFTER = dt.timedelta(days=1)
 
 
 class PruneRefused(Exception):
@@ -42,12 +49,84 @@ def rollups_cover(month: dt.date, records: int | None = None) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class Checked:
+    """A month's records counted day by day against its rollups: `days` lists the days whose
+    counts differ (record count, rollup calls); the check is stored only when there are none."""
+
+    month: dt.date
+    records: int
+    days: dict
+    ms: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.days
+
+
+def check_month(partition: partitions.Partition, now: dt.datetime | None = None) -> Checked:
+    """Counts `partition`'s records per billing-timezone day (one scan of the month, in this
+    backend alone) and compares each day with its rollups' calls. When every day matches, the
+    month's MonthCheck is stored (replacing an older one); otherwise any stored check of the month
+    is removed, so the prune counts the month itself and refuses it while its rollups are short."""
+    month = partition.month
+    began = time.perf_counter()
+    with transaction.atomic(), connection.cursor() as c:
+        c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        c.execute("SET LOCAL jit = off")
+        c.execute(
+            f'SELECT (started_at AT TIME ZONE %s)::date, count(*) FROM "{partition.name}" GROUP BY 1',  # noqa: S608 (a partition's name)
+            [rollups.timezone_name()],
+        )
+        counted = dict(c.fetchall())
+    rolled = dict(
+        DailyRollup.objects.filter(day__gte=month, day__lt=partitions.add_months(month, 1))
+        .values_list("day")
+        .annotate(n=Sum("calls"))
+        .values_list("day", "n")
+    )
+    days = {
+        day: (counted.get(day, 0), rolled.get(day, 0))
+        for day in sorted(set(counted) | set(rolled))
+        if counted.get(day, 0) != rolled.get(day, 0)
+    }
+    records = sum(counted.values())
+    if days:
+        MonthCheck.objects.filter(month=month).delete()
+    else:
+        MonthCheck.objects.update_or_create(
+            month=month, defaults={"records": records, "checked_at": now or timezone.now()}
+        )
+    return Checked(month=month, records=records, days=days, ms=_ms(began))
+
+
+def months_to_check(now: dt.datetime) -> list[partitions.Partition]:
+    """The months closed at least CHECK_AFTER ago whose check is missing or no longer matches
+    their rollups (a record written since), oldest first: attached ones and any left detached."""
+    closed = [p for p in partitions.partitions() + partitions.detached() if p.end <= now - CHECK_AFTER]
+    stored = dict(MonthCheck.objects.values_list("month", "records"))
+    return sorted(
+        (p for p in closed if stored.get(p.month) is None or stored[p.month] != rollups.rolled_calls(p.month)),
+        key=lambda p: p.start,
+    )
+
+
+def stored_count(month: dt.date) -> int | None:
+    """The month's record count as its stored check has it, while its rollups still add up to it
+    (a sum over the month's rollup rows); None without a check or when they part."""
+    check = MonthCheck.objects.filter(month=month).first()
+    if check is None or rollups.rolled_calls(month) != check.records:
+        return None
+    return check.records
+
+
+@dataclasses.dataclass(frozen=True)
 class Pruned:
     month: dt.date
     partition: str
     rows: int
     archive: Path | None
-    # Milliseconds of each step: the rollup check (the month's count), the archive (0 without),
+    # Milliseconds of each step: the rollup check (the stored check against the rollups' sum, or
+    # the month's count without one; "checked": "stored" or "counted"), the archive (0 without),
     # the detach and the drop (with the audit event), and the attempts the two locks took.
     timings: dict = dataclasses.field(default_factory=dict, compare=False)
 
@@ -78,8 +157,10 @@ def prune(
     be dropped midway (its archive fails, or a lock is not had in its attempts) stops the run;
     the months before it are gone, the rest stay (one left detached is dropped by the next run).
 
-    What each step holds: the check (one count of the month, reused as the audit's row count) and
-    the archive only read the month's partition, which calls no longer write to; the detach and the
+    The check: the month's stored check (check_month, beat) while its rollups still add up to it,
+    else one count of the month against the rollups' sum; the count is the audit's row count.
+    What each step holds: the check and the archive only read the month's partition (or only the
+    rollups), which calls no longer write to; the detach and the
     drop are short transactions of their own that wait at most partitions.LOCK_TIMEOUT_MS for
     their locks (calls queue behind a waiting exclusive lock) and retry. A record written into the
     month between the check and the detach (a late settlement) goes with it; its rollup, written
@@ -90,18 +171,24 @@ def prune(
     counted = []
     for partition in months:
         began = time.perf_counter()
-        rows = partitions.count_rows(partition)
-        covered = not rows or rollups_cover(partition.month, rows)
-        counted.append((partition, rows, covered, _ms(began)))
-    missing = [p.month for p, _, covered, _ in counted if not covered]
+        stored = stored_count(partition.month)
+        if stored is not None:
+            rows, covered, how = stored, True, "stored"
+        else:
+            rows = partitions.count_rows(partition)
+            covered, how = not rows or rollups_cover(partition.month, rows), "counted"
+        counted.append((partition, rows, covered, how, _ms(began)))
+    missing = [p.month for p, _, covered, _, _ in counted if not covered]
     if missing:
         raise PruneRefused(missing)
     done = []
-    for number, (partition, rows, _, check_ms) in enumerate(counted, start=1):
+    for number, (partition, rows, _, how, check_ms) in enumerate(counted, start=1):
+        check = "its stored check" if how == "stored" else "a count of the month"
         progress(
-            f"[{number}/{len(counted)}] {partition.month:%Y-%m}: {rows:,} records (rollups checked in {check_ms} ms)"
+            f"[{number}/{len(counted)}] {partition.month:%Y-%m}: {rows:,} records"
+            f" (rollups checked against {check} in {check_ms} ms)"
         )
-        timings: dict = {"check_ms": check_ms, "archive_ms": 0.0}
+        timings: dict = {"check_ms": check_ms, "checked": how, "archive_ms": 0.0}
         archive = None
         if archive_dir is not None:
             began = time.perf_counter()
@@ -129,8 +216,10 @@ def prune(
         began = time.perf_counter()
         dropped = partitions.drop_detached(partition, then=audited)
         timings["drop_ms"] = _ms(began)
-        timings["drop_attempts"] = dropped.attempts
-        timings["drop_locked_ms"] = dropped.statements_ms  # the rest: the commit, the files' unlink
+        timings["drop_attempts"] = dropped.heap.attempts
+        timings["drop_locked_ms"] = dropped.heap.statements_ms  # the rest: the commit, the files' unlink
+        timings["indexes_unlink_ms"] = round(sum(step.commit_ms for step in dropped.indexes), 1)
+        timings["paused_ms"] = dropped.paused_ms
         detach = (
             f"detached in {timings['detach_ms']} ms ({timings['detach_attempts']} attempt(s))"
             if partition.attached
@@ -138,7 +227,9 @@ def prune(
         )
         progress(
             f"    {detach}, dropped and audited in {timings['drop_ms']} ms ({timings['drop_attempts']} attempt(s);"
-            f" statements {dropped.statements_ms} ms, commit and unlink {dropped.commit_ms} ms)"
+            f" {len(dropped.indexes)} index(es) first, their commits and unlinks {timings['indexes_unlink_ms']} ms,"
+            f" paused {dropped.paused_ms} ms; the heap's statements {dropped.heap.statements_ms} ms,"
+            f" commit and unlink {dropped.heap.commit_ms} ms)"
         )
         done.append(
             Pruned(month=partition.month, partition=partition.name, rows=rows, archive=archive, timings=timings)

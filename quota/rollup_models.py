@@ -69,3 +69,50 @@ class DailyRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.allocation_id} {self.outcome}: {self.calls}"
+
+
+class HourlyRollup(models.Model):
+    """Sums of the call records of one hour (`hour`: its start, an hour of the billing timezone)
+    and key, kept for the last few days only (quota.rollups.HOURLY_KEEP; older rows are deleted
+    by beat): what the overview by hour and the anomaly check read instead of the records. Keyed
+    and summed only as those need: no API key, no tokens. Written by the same statements as
+    DailyRollup."""
+
+    hour = models.DateTimeField()
+    # Read by hour range (the constraint's index) only: no index of their own to write.
+    allocation = _kept_id(Allocation, db_index=False)
+    member = _kept_id(settings.AUTH_USER_MODEL, db_index=False)
+    model = _kept_id(CatalogModel, db_index=False)
+    outcome = models.CharField(max_length=40)
+    group_ids = ArrayField(models.UUIDField(), default=list, blank=True, db_default=[])
+    calls = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=30, decimal_places=9, default=0)
+    priced_calls = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "allocation", "member", "model", "outcome", "group_ids"],
+                name="hourly_rollup_once_per_key",
+                nulls_distinct=False,
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour} {self.allocation_id} {self.outcome}: {self.calls}"
+
+
+class MonthCheck(models.Model):
+    """A closed month's call records counted once against its daily rollups, day by day, by beat
+    (`quota.call_record_months_check`, a day after the month ends; quota.retention.check_month).
+    Stored only when every day's records equal its rollups' calls. The prune trusts it while the
+    month's rollups still add up to `records` (a sum over rollup rows, no read of the records): a
+    record written into the month since (a late settlement) adds to its rollups by the same
+    statement, the sums part, and the prune counts the month again."""
+
+    month = models.DateField(unique=True)  # the first of the month, billing timezone
+    records = models.BigIntegerField()
+    checked_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m}: {self.records} records checked {self.checked_at:%Y-%m-%d %H:%M}"

@@ -1,9 +1,13 @@
-"""Daily rollups of the call records (quota.rollup_models.DailyRollup): how they are written, read,
+"""Daily and hourly rollups of the call records (quota.rollup_models): how they are written, read,
 rebuilt and checked.
 
 - Written by every statement that writes call records (the settlement, a refusal's record): the
-  records inserted are summed by key and added to their rollup rows by one more data-modifying CTE
-  (`upsert_sql`) in the same statement, so a record and its rollup commit together or not at all.
+  records inserted are summed by key and added to their rollup rows by data-modifying CTEs
+  (`upserts_sql`: the daily rollup, then the hourly one) in the same statement, so a record and
+  its rollups commit together or not at all.
+- The hourly rollups keep the last few days (HOURLY_KEEP) for the reads by hour (`hourly_sums`:
+  the overview by hour, the anomaly check); beat deletes older hours, `rebuild_rollups` rebuilds
+  the window.
 - Read by `usage_sums`: the whole days of a range from the rollups, the partial days at its edges
   (a range that does not start or end at midnight in the billing timezone) from the records.
 - Rebuilt from the records for a range of days by `rollups_rebuild` (the data migration, the
@@ -14,23 +18,27 @@ rebuilt and checked.
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Q, QuerySet, Sum
+from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Func, Max, Min, Q, QuerySet, Sum, Value
 from django.db.models.functions import TruncDate
+from django.utils import timezone
 
 from allocations.audit import Actor, audit_record
 
 from .models import CARRIES_USAGE, CallRecord
 from .periods import billing_tz
 from .pricing import ZERO
-from .rollup_models import DailyRollup
+from .rollup_models import DailyRollup, HourlyRollup
 
 ROLLUP_TABLE = DailyRollup._meta.db_table
 CALL_TABLE = CallRecord._meta.db_table
 KEY = ("day", "allocation_id", "member_id", "model_id", "outcome", "api_key_id", "group_ids")
+HOURLY_TABLE = HourlyRollup._meta.db_table
+HOURLY_KEY = ("hour", "allocation_id", "member_id", "model_id", "outcome", "group_ids")
 TOKENS = (
     "input_tokens",
     "output_tokens",
@@ -40,34 +48,87 @@ TOKENS = (
     "audio_output_tokens",
 )
 SUMS = ("calls", *TOKENS, "quantity", "cost_usd", "priced_calls", "unpriced_calls")
+HOURLY_SUMS = ("calls", "cost_usd", "priced_calls")
 # The record columns the rollup is computed from: what the settlement's INSERT returns.
 SOURCE_COLUMNS: tuple[str, ...] = ("started_at", "allocation_id", "member_id", "model_id", "outcome", "api_key_id")
 SOURCE_COLUMNS += ("group_ids", "priced")
 SOURCE_COLUMNS += ("cost_usd", *TOKENS, "quantity")
 
-_GROUPED = (
-    "SELECT (started_at AT TIME ZONE {tz})::date, allocation_id, member_id, model_id, outcome, api_key_id,"  # noqa: S608
-    " group_ids, count(*), "
-    + ", ".join(f"coalesce(sum({c}), 0)" for c in TOKENS)
-    + ", coalesce(sum(quantity), 0), coalesce(sum(cost_usd) FILTER (WHERE priced), 0),"
-    " count(*) FILTER (WHERE priced),"
-    " count(*) FILTER (WHERE NOT priced AND (input_tokens > 0 OR output_tokens > 0 OR quantity > 0))"
-    " FROM {source} GROUP BY 1, 2, 3, 4, 5, 6, 7"
+# Each sum as the rollup statements compute it from the records.
+_SUM_SQL = {
+    "calls": "count(*)",
+    **{c: f"coalesce(sum({c}), 0)" for c in TOKENS},
+    "quantity": "coalesce(sum(quantity), 0)",
+    "cost_usd": "coalesce(sum(cost_usd) FILTER (WHERE priced), 0)",
+    "priced_calls": "count(*) FILTER (WHERE priced)",
+    "unpriced_calls": "count(*) FILTER (WHERE NOT priced AND (input_tokens > 0 OR output_tokens > 0 OR quantity > 0))",
+}
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A rollup table as its statements see it: the bucket of a record (SQL over `started_at`,
+    `{tz}` the billing timezone's name), then the record columns of the key, then the sums."""
+
+    table: str
+    bucket: str
+    key: tuple[str, ...]  # the table's key columns, the bucket's first
+    sums: tuple[str, ...]
+    constraint: str
+
+    def grouped(self, *, tz: str, source: str) -> str:
+        """The rollup rows of the records of `source`: SELECT key, sums ... GROUP BY key."""
+        columns = (self.bucket.format(tz=tz), *self.key[1:], *(_SUM_SQL[c] for c in self.sums))
+        return (
+            f"SELECT {', '.join(columns)} FROM {source} "  # noqa: S608 (constant names)
+            f"GROUP BY {', '.join(str(i) for i in range(1, len(self.key) + 1))}"
+        )
+
+    def insert(self) -> str:
+        return f"INSERT INTO {self.table} AS d ({', '.join(self.key)}, {', '.join(self.sums)}) "
+
+    def upsert(self, *, tz: str, source: str) -> str:
+        order = ", ".join(str(i) for i in range(1, len(self.key) + 1))
+        return (
+            self.insert()
+            + self.grouped(tz=tz, source=source)
+            + f" ORDER BY {order} ON CONFLICT ON CONSTRAINT {self.constraint} DO UPDATE SET "
+            + ", ".join(f"{c} = d.{c} + EXCLUDED.{c}" for c in self.sums)
+        )
+
+
+DAILY = Rollup(ROLLUP_TABLE, "(started_at AT TIME ZONE {tz})::date", KEY, SUMS, "daily_rollup_once_per_key")
+# The hour in the billing timezone (its start as a timestamptz: date_trunc with a zone keeps the
+# two 01:00 hours of a DST change apart), keyed and summed only as the reads by hour need.
+HOURLY = Rollup(
+    HOURLY_TABLE,
+    "date_trunc('hour', started_at, {tz})",
+    HOURLY_KEY,
+    HOURLY_SUMS,
+    "hourly_rollup_once_per_key",
 )
-_INSERT = f"INSERT INTO {ROLLUP_TABLE} AS d ({', '.join(KEY)}, {', '.join(SUMS)}) "
+_GROUPED = DAILY.grouped(tz="{tz}", source="{source}")
+_INSERT = DAILY.insert()
 
 
-def upsert_sql(source: str, tz: str = "%s") -> str:
+def upsert_sql(source: str, tz: str = "%s", rollup: Rollup = DAILY) -> str:
     """The rollup write for the records of `source` (a relation with SOURCE_COLUMNS, e.g. the
     RETURNING of the CTE that inserted them): grouped by key, added to existing rows. `tz` is the
     SQL of the billing timezone's name (a parameter by default). The rows are written in key order
     so that two statements touching the same rollup rows lock them in the same order."""
-    return (
-        _INSERT
-        + _GROUPED.format(tz=tz, source=source)
-        + " ORDER BY 1, 2, 3, 4, 5, 6, 7 ON CONFLICT ON CONSTRAINT daily_rollup_once_per_key DO UPDATE SET "
-        + ", ".join(f"{c} = d.{c} + EXCLUDED.{c}" for c in SUMS)
-    )
+    return rollup.upsert(tz=tz, source=source)
+
+
+def upserts_sql(source: str) -> str:
+    """Every rollup's write for the records of `source` as the CTEs of the statement that wrote
+    them: `g` the daily rollups, `h` the hourly ones. Each takes the billing timezone's name as a
+    parameter (`upserts_params()`, in this order)."""
+    return f"g AS ({upsert_sql(source)}), h AS ({upsert_sql(source, rollup=HOURLY)})"
+
+
+def upserts_params() -> list[str]:
+    """The parameters of `upserts_sql`'s CTEs."""
+    return [timezone_name(), timezone_name()]
 
 
 def timezone_name() -> str:
@@ -163,9 +224,9 @@ def rollup_drift(*, first_day: dt.date, last_day: dt.date) -> dict[tuple, tuple]
     }
 
 
-def _key(row: Sequence) -> tuple:
+def _key(row: Sequence, width: int = len(KEY)) -> tuple:
     """A rollup key as a dict key: the group ids (a list) as a tuple."""
-    return tuple(tuple(v) if isinstance(v, list) else v for v in row[: len(KEY)])
+    return tuple(tuple(v) if isinstance(v, list) else v for v in row[:width])
 
 
 def record_days() -> tuple[dt.date, dt.date] | None:
@@ -194,6 +255,93 @@ def rolled_calls(month: dt.date) -> int:
     first = month.replace(day=1)
     following = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
     return DailyRollup.objects.filter(day__gte=first, day__lt=following).aggregate(n=Sum("calls"))["n"] or 0
+
+
+# --- the hourly rollups: a window of the last few days ------------------------------------------------
+
+HOUR = dt.timedelta(hours=1)
+# How long hourly rollups are kept (beat deletes older ones, `hourly_rollups_prune`): the overview
+# takes hours over at most two days, the anomaly check looks back 24 hours.
+HOURLY_KEEP = dt.timedelta(days=3)
+
+
+def hour_floor(at: dt.datetime) -> dt.datetime:
+    """The start of the billing-timezone hour holding `at`."""
+    return at.astimezone(billing_tz()).replace(minute=0, second=0, microsecond=0)
+
+
+def hour_ceil(at: dt.datetime) -> dt.datetime:
+    """`at` if an hour starts there, else the start of the next billing-timezone hour."""
+    floor = hour_floor(at)
+    return at if floor == at else (floor.astimezone(dt.UTC) + HOUR).astimezone(billing_tz())
+
+
+def hourly_kept_from(now: dt.datetime) -> dt.datetime:
+    """The first hour the hourly rollups keep at `now`: earlier rows may be deleted."""
+    return hour_floor(now).astimezone(dt.UTC) - HOURLY_KEEP
+
+
+def hourly_exact_from(now: dt.datetime) -> dt.datetime:
+    """The first hour whose hourly rollup reads may trust at `now` (an hour after the first one
+    kept: a pruning clock ahead of this one deletes no hour read here)."""
+    return hourly_kept_from(now) + HOUR
+
+
+def hourly_rollups_rebuild(*, start: dt.datetime, end: dt.datetime | None = None) -> int:
+    """Recomputes the hourly rollups of the hours from the one holding `start` up to `end` (the
+    hour holding it included; no end: every later hour) from the call records, replacing what was
+    there; returns the rows written. Exact beside live traffic by the same lock as
+    `rollups_rebuild`, on the hourly table only (its own transaction: a settlement takes the
+    daily rollup's row locks before the hourly ones)."""
+    first = hour_floor(start)
+    bounds, params = "started_at >= %s", [first]
+    if end is not None:
+        bounds, params = bounds + " AND started_at < %s", [first, hour_ceil(end + dt.timedelta(microseconds=1))]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {HOURLY_TABLE} IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute(f"DELETE FROM {HOURLY_TABLE} WHERE {bounds.replace('started_at', 'hour')}", params)  # noqa: S608
+        source = f"(SELECT * FROM {CALL_TABLE} WHERE {bounds}) AS r"  # noqa: S608
+        cursor.execute(HOURLY.insert() + HOURLY.grouped(tz="%s", source=source), [timezone_name(), *params])
+        return cursor.rowcount
+
+
+def hourly_rollups_rebuild_window(*, now: dt.datetime | None = None) -> int:
+    """`hourly_rollups_rebuild` of the window kept at `now` (HOURLY_KEEP), the rows before it deleted."""
+    now = now or timezone.now()
+    hourly_rollups_prune(now=now)
+    return hourly_rollups_rebuild(start=hourly_kept_from(now))
+
+
+def hourly_rollups_prune(*, now: dt.datetime | None = None) -> int:
+    """Deletes the hourly rollups of the hours before the window kept at `now`; returns the rows."""
+    kept_from = hourly_kept_from(now or timezone.now())
+    return HourlyRollup.objects.filter(hour__lt=kept_from).delete()[0]
+
+
+def record_hours() -> tuple[dt.datetime, dt.datetime] | None:
+    """The start of the first hour that has call records and the end of the last, or None."""
+    found = CallRecord.objects.aggregate(first=Min("started_at"), last=Max("started_at"))
+    if found["first"] is None:
+        return None
+    return hour_floor(found["first"]), hour_ceil(found["last"] + dt.timedelta(microseconds=1))
+
+
+def hourly_drift(*, start: dt.datetime, end: dt.datetime) -> dict[tuple, tuple]:
+    """`rollup_drift` for the hourly rollups of the hours [start, end) (whole hours)."""
+    source = f"(SELECT * FROM {CALL_TABLE} WHERE started_at >= %s AND started_at < %s) AS r"  # noqa: S608
+    width = len(HOURLY_KEY)
+    with connection.cursor() as cursor:
+        cursor.execute(HOURLY.grouped(tz="%s", source=source), [timezone_name(), start, end])
+        records = {_key(row, width): tuple(row[width:]) for row in cursor.fetchall()}
+    rolled = {
+        _key(row, width): tuple(row[width:])
+        for row in HourlyRollup.objects.filter(hour__gte=start, hour__lt=end).values_list(*HOURLY_KEY, *HOURLY_SUMS)
+    }
+    return {
+        key: (records.get(key), rolled.get(key))
+        for key in records.keys() | rolled.keys()
+        if records.get(key) != rolled.get(key)
+    }
 
 
 # --- reads -------------------------------------------------------------------------------------------
@@ -247,23 +395,53 @@ def usage_sums(*, start: dt.datetime, end: dt.datetime, keys: Sequence[str], whe
 
 
 def _records(
-    start: dt.datetime, end: dt.datetime, keys: Sequence[str], where: Q
+    start: dt.datetime, end: dt.datetime, keys: Sequence[str], where: Q, sums: Sequence[str] = SUMS
 ) -> QuerySet[CallRecord, dict[str, Any]]:
     qs = CallRecord.objects.in_period(start, end).filter(where)
     if "day" in keys:
         qs = qs.annotate(day=TruncDate("started_at", tzinfo=billing_tz()))
-    return qs.values(*keys).annotate(**{f"sum_{c}": agg for c, agg in _record_sums().items()}).order_by()
+    if "hour" in keys:  # as the hourly rollup's bucket
+        hour = Func(Value("hour"), F("started_at"), Value(timezone_name()), function="date_trunc")
+        qs = qs.annotate(hour=ExpressionWrapper(hour, output_field=DateTimeField()))
+    aggregates = _record_sums()
+    return qs.values(*keys).annotate(**{f"sum_{c}": aggregates[c] for c in sums}).order_by()
 
 
-def _fold(parts: Iterable[Iterable[dict]], keys: Sequence[str]) -> list[dict]:
+def hourly_sums(
+    *, start: dt.datetime, end: dt.datetime, keys: Sequence[str], now: dt.datetime, where: Q | None = None
+) -> list[dict]:
+    """`usage_sums` by hour: usage of [start, end) grouped by `keys` (lookups both CallRecord and
+    HourlyRollup have, and `hour`, the start of a billing-timezone hour), with HOURLY_SUMS. The
+    whole hours inside the range and the window kept at `now` come from the hourly rollups; a
+    partial hour at either edge, and hours before the window, from their records."""
+    where = where or Q()
+    first, last = max(hour_ceil(start), hourly_exact_from(now)), hour_floor(end)
+    parts: list[Iterable[dict]] = []
+    if last <= first:
+        parts.append(_records(start, end, keys, where, HOURLY_SUMS))
+    else:
+        if start < first:
+            parts.append(_records(start, first, keys, where, HOURLY_SUMS))
+        parts.append(
+            HourlyRollup.objects.filter(where, hour__gte=first, hour__lt=last)
+            .values(*keys)
+            .annotate(**{f"sum_{c}": Sum(c) for c in HOURLY_SUMS})
+            .order_by()
+        )
+        if last < end:
+            parts.append(_records(last, end, keys, where, HOURLY_SUMS))
+    return _fold(parts, keys, HOURLY_SUMS)
+
+
+def _fold(parts: Iterable[Iterable[dict]], keys: Sequence[str], sums: Sequence[str] = SUMS) -> list[dict]:
     folded: dict[tuple, dict] = {}
     for part in parts:
         for row in part:
             key = tuple(tuple(v) if isinstance(v := row[k], list) else v for k in keys)
             into = folded.get(key)
             if into is None:
-                into = folded[key] = {**dict(zip(keys, key, strict=True)), **dict.fromkeys(SUMS, 0), "cost_usd": ZERO}
-            for c in SUMS:
+                into = folded[key] = {**dict(zip(keys, key, strict=True)), **dict.fromkeys(sums, 0), "cost_usd": ZERO}
+            for c in sums:
                 into[c] += row[f"sum_{c}"] or 0
     for row in folded.values():
         row["cost_usd"] = Decimal(row["cost_usd"]) if row["priced_calls"] else None

@@ -11,7 +11,7 @@ from django.utils import timezone
 from allocations.audit import audit_record
 from allocations.models import AuditEvent
 
-from . import ledger, partitions, retention, services
+from . import ledger, partitions, retention, rollups, services
 from .anomaly import anomalies_detect
 from .group_budgets import GroupDrift, group_usage_reconcile
 from .periods import period_start_date
@@ -96,11 +96,42 @@ def settlements_replay() -> int:
 
 @shared_task(name="quota.call_record_partitions", ignore_result=True)
 def call_record_partitions() -> list[str]:
-    """Creates the call-record partitions of this month and the next ones that are missing."""
-    created = partitions.ensure_partitions(timezone.now())
+    """Creates the call-record partitions of this month and the next ones that are missing, and
+    deletes the hourly rollups of the hours past the window they keep (quota.rollups.HOURLY_KEEP)."""
+    now = timezone.now()
+    created = partitions.ensure_partitions(now)
     for name in created:
         log.info("call-record partition %s created", name)
+    pruned = rollups.hourly_rollups_prune(now=now)
+    if pruned:
+        log.info("%s hourly rollup rows past the window deleted", pruned)
     return created
+
+
+@shared_task(name="quota.call_record_months_check", ignore_result=True)
+def call_record_months_check() -> int:
+    """Counts each closed month's records day by day against its daily rollups, once (a month is
+    checked again only when its rollups change), and stores the count the prune then trusts
+    (quota.retention.check_month): the prune of a checked month reads no record. A month whose
+    days differ is logged as an error and keeps no check (the prune counts it, and refuses it
+    while its rollups are short). Returns the months checked."""
+    checked = 0
+    for partition in retention.months_to_check(timezone.now()):
+        result = retention.check_month(partition)
+        checked += 1
+        if result.ok:
+            log.info(
+                "call records of %s checked against rollups: %s records (%s ms)",
+                f"{result.month:%Y-%m}",
+                result.records,
+                result.ms,
+            )
+        else:
+            days = ", ".join(
+                f"{day}: {records} records, {calls} rolled up" for day, (records, calls) in result.days.items()
+            )
+            log.error("call records of %s differ from their rollups: %s", f"{result.month:%Y-%m}", days)
+    return checked
 
 
 @shared_task(name="quota.call_records_prune", ignore_result=True)

@@ -99,10 +99,12 @@ def audit_actions() -> list[str]:
 
 
 def roll_up_records() -> None:
-    """The daily rollups of the call records a test wrote directly, as records it wants reports to
-    read (the ledger writes a record and its rollup together)."""
-    from quota.rollups import record_days, rollups_rebuild
+    """The daily and hourly rollups of the call records a test wrote directly, as records it wants
+    reports to read (the ledger writes a record and its rollups together)."""
+    from quota.models import CallRecord
+    from quota.rollups import hourly_rollups_rebuild, record_days, rollups_rebuild
 
     days = record_days()
     if days is not None:
         rollups_rebuild(first_day=days[0], last_day=days[1])
+        hourly_rollups_rebuild(start=CallRecord.objects.earliest("started_at").started_at)

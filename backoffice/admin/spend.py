@@ -2,9 +2,9 @@
 of at most a year, by day or by hour, stacked by model, provider or member; the same rows as a
 table on the page and as CSV.
 
-By day, the range's daily rollups (quota.rollups); by hour, one grouped query over the range's
-priced call records (the `started_at` index), so the picker takes hours over at most two days
-(docs/DECISIONS.md), and refuses ranges over a year.
+By day, the range's daily rollups (quota.rollups); by hour, the hourly rollups, kept for the last
+few days (an older range by hour reads its records), so the picker takes hours over at most two
+days (docs/DECISIONS.md), and refuses ranges over a year.
 """
 
 import csv
@@ -15,15 +15,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from io import StringIO
 
-from django.db.models import Sum
-from django.db.models.functions import TruncHour
 from django.utils.translation import gettext as _
 
 from quota.group_budgets import spend_by_group_buckets
-from quota.models import CallRecord
 from quota.periods import billing_tz, period_bounds, previous_period_start
 from quota.pricing import ZERO
-from quota.rollups import usage_sums
+from quota.rollups import hourly_sums, usage_sums
 
 MAX_DAYS = 366
 MAX_HOURLY_DAYS = 2
@@ -102,10 +99,10 @@ def spend_rows(*, period: Period, by: str, now: dt.datetime) -> tuple[list[str],
     name: str | None
     cost: Decimal | None
     if by == "group":
-        for at, name, cost in spend_by_group_buckets(start=period.start, end=period.end, step=period.step):
+        for at, name, cost in spend_by_group_buckets(start=period.start, end=period.end, step=period.step, now=now):
             spend[name][at if period.step == "hour" else _midnight(at.date())] += cost
     else:
-        for key, name, cost in _spend(period, GROUPS[by]):
+        for key, name, cost in _spend(period, GROUPS[by], now):
             spend[name or "—"][key] += cost or ZERO
     ranked = sorted(spend, key=lambda name: (-sum(spend[name].values()), name))
     names = ranked[:MAX_SERIES] + ([_("other")] if len(ranked) > MAX_SERIES else [])
@@ -120,23 +117,16 @@ def spend_rows(*, period: Period, by: str, now: dt.datetime) -> tuple[list[str],
     return names, rows
 
 
-def _spend(period: Period, group: str) -> Iterator[tuple[dt.datetime, str | None, Decimal | None]]:
+def _spend(period: Period, group: str, now: dt.datetime) -> Iterator[tuple[dt.datetime, str | None, Decimal | None]]:
     """(bucket start, series name, priced spend): by day from the daily rollups, by hour from the
-    call records (at most MAX_HOURLY_DAYS of them)."""
+    hourly ones (the records of hours before the window they keep)."""
     if period.step == "day":
         for row in usage_sums(start=period.start, end=period.end, keys=("day", group)):
             yield _midnight(row["day"]), row[group], row["cost_usd"]
         return
-    grouped = (
-        CallRecord.objects.in_period(period.start, period.end)
-        .filter(priced=True)
-        .annotate(bucket=TruncHour("started_at", tzinfo=billing_tz()))
-        .values("bucket", group)
-        .annotate(cost=Sum("cost_usd"))
-        .order_by()
-    )
-    for row in grouped:
-        yield row["bucket"], row[group], row["cost"]
+    for row in hourly_sums(start=period.start, end=period.end, keys=("hour", group), now=now):
+        if row["cost_usd"] is not None:  # some call of the row was priced
+            yield row["hour"].astimezone(billing_tz()), row[group], row["cost_usd"]
 
 
 def as_csv(*, names: list[str], rows: list[dict], step: str) -> str:

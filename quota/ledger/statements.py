@@ -1,6 +1,6 @@
 """The ledger's two statements, each written once: the admission (a guarded counter UPDATE and the
 reservation INSERT) and the settlement (reservation DELETE, counter UPDATE, call record INSERT,
-the records' daily rollups upserted).
+the records' daily and hourly rollups upserted).
 
 Every PostgreSQL caller runs this SQL: the accounting threads through a prepared Django cursor
 (ledger.sync) and the event loop through its own async connections (ledger.loop). Column lists are
@@ -26,7 +26,7 @@ from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..pricing import Usage
-from ..rollups import SOURCE_COLUMNS, timezone_name, upsert_sql
+from ..rollups import SOURCE_COLUMNS, upserts_params, upserts_sql
 from . import groups as group_sql
 
 COUNTER_TABLE = UsageCounter._meta.db_table
@@ -125,8 +125,8 @@ _SETTLE_RECORDS = (
     " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc_, n_)"
     f" CROSS JOIN LATERAL jsonb_populate_record(NULL::{CALL_TABLE}, e.doc_) AS p"
     " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id, {returning}),"
-    # The records' daily rollups, in the same statement (quota.rollups).
-    " g AS ({rollup})"
+    # The records' daily and hourly rollups, in the same statement (quota.rollups).
+    " {rollup}"
     # The records' ids come from their sequence in the order the rows were inserted (by n).
     " SELECT k.n, i.id FROM (SELECT n, row_number() OVER (ORDER BY n) AS o FROM k) k"
     " JOIN (SELECT id, row_number() OVER (ORDER BY id) AS o FROM i) i USING (o)"
@@ -142,7 +142,7 @@ _SETTLE_GROUPS_SQL = (
 )
 
 _RETURNING = ", ".join(SOURCE_COLUMNS)
-_ROLLUP = upsert_sql("i")
+_ROLLUP = upserts_sql("i")
 
 
 # The texts are made once per variant: the same str object each call (its hash kept), and no
@@ -315,12 +315,13 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     """The settlement's writes for any number of calls in ONE statement (data-modifying
     CTEs): DELETE the reservations (what makes each settlement happen exactly once), then, for the
     calls whose reservation that DELETE took, move the usage into the counters (and the
-    reservation out of them), INSERT the call records and add them to their daily rollups. A call
+    reservation out of them), INSERT the call records and add them to their rollups. A call
     whose reservation is already gone was settled before (the sweeper billed it as `worker_lost`,
     or this settlement already committed): it writes nothing. Returns rows (n, record id), n = the settlement's 1-based
-    position. Three parameters whatever the number of calls or fields: the settlements and the
+    position. Four parameters whatever the number of calls or fields: the settlements and the
     records as JSON arrays, which PostgreSQL expands itself (psycopg adapting ~30 parameters per
-    call in Python cost more than the statement's round trip), and the billing timezone's name."""
+    call in Python cost more than the statement's round trip), and the billing timezone's name
+    (once per rollup)."""
     moves = [
         {
             "n": n,
@@ -343,5 +344,5 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     return _settle_sql(grouped, len(moves)), [
         _encode(moves),
         _encode(records),
-        timezone_name(),
+        *upserts_params(),
     ]

@@ -338,15 +338,15 @@ def _insert_parts(obj: Model) -> tuple[tuple[str, ...], tuple[str, ...], list]:
 def _insert(obj: Model, *, rollup: bool = False) -> None:
     """INSERT of one new row without the ORM's per-call query compilation. Same values as
     Model.save(force_insert=True); the auto primary key comes back with RETURNING. `rollup`
-    (call records): the record's daily rollup is upserted by the same statement."""
+    (call records): the record's rollups are upserted by the same statement."""
     meta = obj._meta
     auto = meta.auto_field
     columns, values, params = _insert_parts(obj)
     sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(values)})"  # noqa: S608
     if rollup:
         returning = ", ".join(rollups.SOURCE_COLUMNS)
-        sql = f"WITH i AS ({sql} RETURNING id, {returning}), g AS ({rollups.upsert_sql('i')}) SELECT id FROM i"  # noqa: S608
-        params.append(rollups.timezone_name())
+        sql = f"WITH i AS ({sql} RETURNING id, {returning}), {rollups.upserts_sql('i')} SELECT id FROM i"  # noqa: S608
+        params += rollups.upserts_params()
     elif auto is not None:
         sql += f" RETURNING {connection.ops.quote_name(auto.column)}"  # type: ignore[arg-type]  # concrete: a column
     with connection.cursor() as cursor:

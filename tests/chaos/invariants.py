@@ -9,7 +9,7 @@ from django.db.models import Sum
 
 from quota.group_budgets import group_usage_reconcile
 from quota.models import CallRecord, GroupUsageCounter, Reservation, UsageCounter
-from quota.rollups import record_days, rollup_drift
+from quota.rollups import hourly_drift, record_days, record_hours, rollup_drift
 from quota.services import usage_reconcile
 
 from .load import Seen
@@ -153,6 +153,10 @@ def _books(report: Report, capped_allocation, cap: Decimal) -> None:
     if days is not None:  # the daily rollups are the records' sums, whatever the faults
         for key, sides in rollup_drift(first_day=days[0], last_day=days[1]).items():
             report.violate("rollups != records", {"key": key, "records, rollups": sides})
+    hours = record_hours()
+    if hours is not None:  # and so are the hourly ones
+        for key, sides in hourly_drift(start=hours[0], end=hours[1]).items():
+            report.violate("hourly rollups != records", {"key": key, "records, rollups": sides})
     drifts = usage_reconcile()  # against the rollups, just checked against the records
     for drift in drifts:
         report.violate("counters != records", drift)

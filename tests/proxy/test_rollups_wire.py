@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from allocations.services import allocation_pause
 from quota.models import CallRecord, DailyRollup
-from quota.rollups import rollup_drift
+from quota.rollups import hourly_drift, record_hours, rollup_drift
 
 from .conftest import CHAT_MESSAGES, chat_call, record_of
 
@@ -62,6 +62,8 @@ def test_rollups_equal_the_records_after_calls_streams_cuts_faults_and_refusals(
 
     today = timezone.now().date()
     assert rollup_drift(first_day=today - dt.timedelta(days=1), last_day=today + dt.timedelta(days=1)) == {}
+    hours = record_hours()
+    assert hours is not None and hourly_drift(start=hours[0], end=hours[1]) == {}
     assert DailyRollup.objects.aggregate(n=Sum("calls"))["n"] == CallRecord.objects.count() >= len(rids)
     ok_row = DailyRollup.objects.get(allocation=ok, outcome="success")
     ok_records = CallRecord.objects.filter(allocation=ok)

@@ -11,7 +11,7 @@ from allocations.services import allocation_unquarantine
 from quota.anomaly import Figures, anomalies_detect, anomaly_config_update, anomaly_reason, is_anomalous
 from quota.models import CallRecord
 from quota.pool_models import AnomalyConfig
-from tests.factories import AllocationFactory
+from tests.factories import AllocationFactory, roll_up_records
 
 NOW = dt.datetime(2026, 12, 10, 12, 0, tzinfo=dt.UTC)
 
@@ -35,6 +35,7 @@ def calls(allocation, n, *, ago, outcome="success"):
         ],
         batch_size=5000,
     )
+    roll_up_records()  # the check reads the hourly rollups of the whole hours
 
 
 def world(*, last_hour, baseline, **extra):

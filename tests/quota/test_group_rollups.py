@@ -21,7 +21,7 @@ from quota.ledger.statements import Settlement, settle_statement, settle_values
 from quota.models import CARRIES_USAGE, CallRecord, DailyRollup, GroupUsageCounter, PriceVersion
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import Usage
-from quota.rollups import record_days, rollup_drift, rollups_rebuild_range
+from quota.rollups import hourly_drift, record_days, record_hours, rollup_drift, rollups_rebuild_range
 from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, PriceVersionFactory
 
 from .test_group_budgets import member_groups
@@ -34,8 +34,13 @@ SINCE = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 
 
 def _no_drift() -> dict:
-    days = record_days()
-    return rollup_drift(first_day=days[0], last_day=days[1]) if days else {}
+    """The daily and the hourly rollups' keys that differ from their records' sums."""
+    days, hours = record_days(), record_hours()
+    if days is None or hours is None:
+        return {}
+    daily = rollup_drift(first_day=days[0], last_day=days[1])
+    hourly = hourly_drift(start=hours[0], end=hours[1])
+    return {**{("day", *k): v for k, v in daily.items()}, **{("hour", *k): v for k, v in hourly.items()}}
 
 
 def _month_partition(month: dt.date) -> None:
@@ -333,7 +338,8 @@ def test_the_plain_insert_and_refusals_roll_up_without_groups_and_drift_is_found
     assert _no_drift() == {} and list(DailyRollup.objects.values_list("group_ids", flat=True)) == [[], []]
     # A record whose groups were changed by hand no longer matches its rollup row.
     CallRecord.objects.filter(request_id="plain").update(group_ids=[uuid.uuid4()])
-    assert len(_no_drift()) == 2  # the row now missing and the row now unmatched
+    drift = _no_drift()  # in each rollup, the row now missing and the row now unmatched
+    assert sorted(k[0] for k in drift) == ["day", "day", "hour", "hour"]
 
 
 # --- a pruned month ----------------------------------------------------------------------------------------

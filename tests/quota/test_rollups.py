@@ -26,9 +26,9 @@ from quota.models import CARRIES_USAGE, CallRecord, DailyRollup, PriceVersion, U
 from quota.overview import month_figures
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import Usage
-from quota.rollups import record_days, rollup_drift, rollups_cover, rollups_rebuild_range
+from quota.rollups import hourly_drift, record_days, record_hours, rollup_drift, rollups_cover, rollups_rebuild_range
 from quota.services import usage_reconcile
-from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, PriceVersionFactory
+from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, PriceVersionFactory, roll_up_records
 
 from .test_spool import _database_down, _database_up, empty_spool  # noqa: F401 (a fixture)
 
@@ -78,9 +78,14 @@ def _reject(allocation, rid: str, when: dt.datetime, outcome="rejected_paused"):
     return ledger.record_reject(record={**_record(allocation, rid, when, outcome), "status_code": 403}, now=when)
 
 
-def _no_drift() -> dict:
-    days = record_days()
-    return rollup_drift(first_day=days[0], last_day=days[1]) if days else {}
+def _no_drift(*, hourly: bool = True) -> dict:
+    """The daily (and hourly) rollups' keys that differ from their records' sums."""
+    days, hours = record_days(), record_hours()
+    if days is None or hours is None:
+        return {}
+    daily = rollup_drift(first_day=days[0], last_day=days[1])
+    hourly = hourly_drift(start=hours[0], end=hours[1]) if hourly else {}
+    return {**{("day", *k): v for k, v in daily.items()}, **{("hour", *k): v for k, v in hourly.items()}}
 
 
 def _direct_record(allocation, when, *, tokens=10, cost=None):
@@ -127,7 +132,7 @@ def test_a_rollup_row_that_no_longer_matches_its_records_is_found():
     _call(allocation, "one", now, admitted=False)
     assert _no_drift() == {}
     _direct_record(allocation, now)
-    assert len(_no_drift()) == 1
+    assert sorted(k[0] for k in _no_drift()) == ["day", "hour"]
 
 
 def test_a_settlement_that_finds_its_reservation_gone_adds_nothing_to_the_rollups():
@@ -257,7 +262,7 @@ def test_rebuild_restores_the_rollups_exactly_and_is_audited():
     before = {tuple(r) for r in DailyRollup.objects.values_list("day", "calls", "input_tokens", "cost_usd")}
     summary = rollups_rebuild_range()
     assert summary == {"first_day": "2026-10-03", "last_day": "2026-11-12", "days": 41, "rows": 3}
-    assert rollups_cover(dt.date(2026, 10, 1)) and _no_drift() == {}
+    assert rollups_cover(dt.date(2026, 10, 1)) and _no_drift(hourly=False) == {}
     after = {tuple(r) for r in DailyRollup.objects.values_list("day", "calls", "input_tokens", "cost_usd")}
     assert after - before == {(dt.date(2026, 10, 3), 2, 107, Decimal("0.0002"))}
     event = AuditEvent.objects.get(action="rollups_rebuilt")
@@ -313,7 +318,7 @@ def test_the_backfill_migration_builds_the_rollups_with_keys_and_groups_and_reve
         assert not rows()  # built once their key has the groups (0016)
         executor = MigrationExecutor(connection)
         executor.migrate(leaves)
-        assert DailyRollup.objects.count() == 5 and _no_drift() == {}
+        assert DailyRollup.objects.count() == 5 and _no_drift(hourly=False) == {}
         assert DailyRollup.objects.get(group_ids=groups).input_tokens == 10
         executor = MigrationExecutor(connection)
         executor.migrate([("quota", "0014_daily_rollup_backfill")])  # the groups folded out of the key
@@ -442,7 +447,7 @@ def test_the_rollups_are_read_for_whole_days_and_the_records_for_the_edges(traff
 
 
 @pytest.mark.parametrize("allocations", [2, 20])
-def test_anomaly_figures_take_two_queries_whatever_the_number_of_allocations(allocations):
+def test_anomaly_figures_take_three_queries_whatever_the_number_of_allocations(allocations):
     now = timezone.now()
     watched = [AllocationFactory() for _ in range(allocations)]
     service = AllocationFactory(is_service_allocation=True)
@@ -453,9 +458,10 @@ def test_anomaly_figures_take_two_queries_whatever_the_number_of_allocations(all
         for i in range(1, 20)
     ]  # fmt: skip
     CallRecord.objects.bulk_create(rows)
+    roll_up_records()
     with CaptureQueriesContext(connection) as queries:
         figures = anomaly_figures(now=now)
-    assert len(queries.captured_queries) == 2
+    assert len(queries.captured_queries) == 3
     assert set(figures) == {a.pk for a in watched}
     assert {(f.calls_last_hour, f.baseline_calls) for f in figures.values()} == {(8, 11)}
     assert "JOIN" not in queries.captured_queries[0]["sql"].upper()

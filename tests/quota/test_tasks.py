@@ -58,6 +58,7 @@ def test_the_beat_schedule_names_registered_tasks():
         "quota.usage_reconcile_nightly",
         "quota.settlements_replay",
         "quota.call_record_partitions",
+        "quota.call_record_months_check",
         "quota.call_records_prune",
         "notifications.alerts_scan",
     }
@@ -157,6 +158,7 @@ def test_a_real_worker_quarantines_a_runaway_allocation_and_sweeps_reservations(
             for i, when in enumerate([now - dt.timedelta(minutes=1)] * 300 + [now - dt.timedelta(hours=5)] * 230)
         ]
     )
+    roll_up_records()  # the check reads the hourly rollups
     counter = expired_reservation(AllocationFactory(), now - dt.timedelta(minutes=5))
 
     tasks.anomalies_detect_task.apply_async(queue=real_worker)

@@ -1,5 +1,6 @@
 """`manage.py rebuild_rollups [--from YYYY-MM-DD] [--to YYYY-MM-DD]`: the daily rollups of a range
-of days recomputed from the call records (docs/OPERATIONS.md says when)."""
+of days recomputed from the call records, and the hourly rollups of the window they keep
+(docs/OPERATIONS.md says when)."""
 
 import datetime as dt
 from typing import Any
@@ -7,7 +8,7 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from allocations.management.base import AuditedCommand
-from quota.rollups import rollups_rebuild_range
+from quota.rollups import HOURLY_KEEP, hourly_rollups_rebuild_window, rollups_rebuild_range
 
 
 def _day(value: str, name: str) -> dt.date:
@@ -20,7 +21,8 @@ def _day(value: str, name: str) -> dt.date:
 class Command(AuditedCommand):
     help = (
         "Recompute the daily rollups of a range of days (billing timezone) from the call records, a month "
-        "at a time; by default every day that has records. Audited as rollups_rebuilt."
+        "at a time; by default every day that has records. Then the hourly rollups of the last "
+        f"{HOURLY_KEEP.days} days. Audited as rollups_rebuilt."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -44,3 +46,5 @@ class Command(AuditedCommand):
                 f"Rebuilt {rebuilt['days']} day(s) from {rebuilt['first_day']} to {rebuilt['last_day']}: "
                 f"{rebuilt['rows']} rollup rows (audited as rollups_rebuilt)."
             )
+        hourly = hourly_rollups_rebuild_window()
+        self.stdout.write(f"Rebuilt the hourly rollups of the last {HOURLY_KEEP.days} days: {hourly} rows.")
