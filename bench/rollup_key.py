@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""What the daily rollup's wider key (the calls' API key and groups) costs PostgreSQL per
-settlement, against the key without them, without HTTP in the way.
+"""What a part of the settlement's rollups costs PostgreSQL per settlement, without HTTP in the
+way: the statement as it is against the same statement without that part.
+
+`--against narrow_key` (the default): the daily rollup's CTE grouped and upserted by the key
+without `api_key_id` and `group_ids` (the rows it writes get the defaults: the constraint still
+finds them). `--against daily_only`: the statement without the hourly rollup's upsert.
 
 Like bench/rollup_upsert.py: admission + settlement (`quota.ledger.admit` and `settle`, the
-one-statement settlement with a reservation) for --calls calls in rounds, alternating the
-settlement statement as it is and the same statement whose rollup CTE groups and upserts by the
-key without `api_key_id` and `group_ids` (the rows it writes get the defaults: the constraint
-still finds them), over 1 allocation and over 200 (round-robin). The members are in one uncapped
-group and each call names its allocation's key, so the wider key carries real values. Reads the
-CPU of this connection's PostgreSQL backend from /proc (the server must run on this machine).
-  DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/rollup_key.py [--calls 2000] [--rounds 6]
+one-statement settlement with a reservation) for --calls calls in rounds, alternating the two
+statements, over 1 allocation and over 200 (round-robin). The members are in one uncapped group
+and each call names its allocation's key, so the wider key carries real values. Reads the CPU of
+this connection's PostgreSQL backend from /proc (the server must run on this machine).
+  DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/rollup_key.py [--calls 2000] \
+      [--rounds 6] [--against daily_only]
 Use a migrated scratch database: it seeds a provider, a model, a group and 200 allocations each run.
 """
 
@@ -58,6 +61,16 @@ def narrow(settlements):
     return sql.replace(rollups.upsert_sql("i"), NARROW_ROLLUP), params
 
 
+HOURLY_CTE = ", h AS (" + rollups.upsert_sql("i", rollup=rollups.HOURLY) + ")"
+
+
+def daily_only(settlements):
+    """The settlement statement without the hourly rollup's upsert (and its timezone parameter)."""
+    sql, params = WIDE(settlements)
+    assert HOURLY_CTE in sql
+    return sql.replace(HOURLY_CTE, ""), params[:-1]
+
+
 def seed(stamp: str) -> tuple[list, dict, tuple]:
     provider = provider_create(name=f"bench-rk-{stamp}", kind="simulated")
     model = model_create(slug=f"bench-rk-{stamp}/m", provider=provider, upstream_name="m", kind="chat")
@@ -95,12 +108,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--against", choices=("narrow_key", "daily_only"), default="narrow_key")
     args = ap.parse_args()
     allocations, keys, groups = seed(timezone.now().strftime("%H%M%S"))
-    variants = {"wide_key": WIDE, "narrow_key": narrow}
+    variants = {"as_is": WIDE, args.against: {"narrow_key": narrow, "daily_only": daily_only}[args.against]}
     spreads = {"1_allocation": allocations[:1], "200_allocations": allocations}
     samples: dict = {(v, s): ([], []) for v in variants for s in spreads}
-    out = Path(__file__).resolve().parent / "results" / "raw" / f"rollup_key-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(__file__).resolve().parent / "results" / "raw" / f"rollup_key-{args.against}-{stamp}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     for r in range(args.rounds):
