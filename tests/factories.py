@@ -2,6 +2,7 @@
 in tests that check auditing; factories are for arranging a world quickly."""
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 
 import factory
@@ -17,7 +18,7 @@ from allocations.models import (
     ProviderKind,
 )
 from allocations.services import api_key_create
-from quota.models import PriceVersion
+from quota.models import CallRecord, PriceVersion
 
 
 class MemberFactory(factory.django.DjangoModelFactory):
@@ -101,10 +102,23 @@ def audit_actions() -> list[str]:
 def roll_up_records() -> None:
     """The daily and hourly rollups of the call records a test wrote directly, as records it wants
     reports to read (the ledger writes a record and its rollups together)."""
-    from quota.models import CallRecord
     from quota.rollups import hourly_rollups_rebuild, record_days, rollups_rebuild
 
     days = record_days()
     if days is not None:
         rollups_rebuild(first_day=days[0], last_day=days[1])
         hourly_rollups_rebuild(start=CallRecord.objects.earliest("started_at").started_at)
+
+
+def call_record(allocation, when: dt.datetime, **fields) -> CallRecord:
+    """A successful chat call's record written directly, without its rollups (roll_up_records)."""
+    return CallRecord.objects.create(
+        request_id=str(uuid.uuid4()),
+        allocation=allocation,
+        member=allocation.member,
+        model=allocation.model,
+        endpoint="chat.completions",
+        started_at=when,
+        outcome="success",
+        **{"input_tokens": 7, **fields},
+    )

@@ -3,8 +3,8 @@
 far off the calendar are still recorded, and ids stay unique and ordered across months."""
 
 import datetime as dt
+import functools
 import re
-import uuid
 
 import pytest
 from django.db import connection
@@ -14,21 +14,9 @@ from quota import partitions
 from quota.models import CallRecord
 from quota.periods import period_bounds
 from quota.tasks import call_record_partitions
-from tests.factories import AllocationFactory
+from tests.factories import AllocationFactory, call_record
 
-
-def record(allocation, when: dt.datetime, **extra) -> CallRecord:
-    return CallRecord.objects.create(
-        request_id=str(uuid.uuid4()),
-        allocation=allocation,
-        member=allocation.member,
-        model=allocation.model,
-        endpoint="chat.completions",
-        started_at=when,
-        outcome="success",
-        input_tokens=extra.pop("input_tokens", 5),
-        **extra,
-    )
+record = functools.partial(call_record, input_tokens=5)
 
 
 def rows_in(table: str) -> int:

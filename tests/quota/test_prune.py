@@ -7,7 +7,6 @@ import csv
 import datetime as dt
 import gzip
 import io
-import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -18,7 +17,7 @@ from allocations.models import Allocation, AuditEvent
 from quota import partitions, retention
 from quota.models import CallRecord
 from quota.tasks import call_records_prune
-from tests.factories import AllocationFactory
+from tests.factories import AllocationFactory, call_record
 
 NOW = dt.datetime(2026, 12, 6, 12, tzinfo=dt.UTC)
 
@@ -27,17 +26,7 @@ def months_ago(n: int) -> dt.date:
     return partitions.add_months(NOW.date().replace(day=1), -n)
 
 
-def record(allocation, when: dt.datetime) -> CallRecord:
-    return CallRecord.objects.create(
-        request_id=str(uuid.uuid4()),
-        allocation=allocation,
-        member=allocation.member,
-        model=allocation.model,
-        endpoint="chat.completions",
-        started_at=when,
-        outcome="success",
-        input_tokens=7,
-    )
+record = call_record
 
 
 @pytest.fixture

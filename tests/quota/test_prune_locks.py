@@ -16,22 +16,12 @@ from django.utils import timezone
 from allocations.models import AuditEvent
 from quota import partitions, retention
 from quota.models import CallRecord
-from tests.factories import AllocationFactory
+from tests.factories import AllocationFactory, call_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def record(allocation, when: dt.datetime) -> CallRecord:
-    return CallRecord.objects.create(
-        request_id=str(uuid.uuid4()),
-        allocation=allocation,
-        member=allocation.member,
-        model=allocation.model,
-        endpoint="chat.completions",
-        started_at=when,
-        outcome="success",
-        input_tokens=7,
-    )
+record = call_record
 
 
 @pytest.fixture
