@@ -5,14 +5,13 @@
 warm path does (`quota.ledger.loop.admit` and `settle`: the loop's connection pool, settlements
 grouped into batches), in rounds that alternate three targets:
 - `none`: the member is in no group;
-- `group_upsert`: the member is in one capped group, with the statements as they were before the
-  single-group forms (the admission's `SELECT … FOR UPDATE` of the group counters, the
-  settlement's upsert);
-- `group`: the same member with the statements as they are (quota.ledger.groups.ADMIT_ONE_SQL,
-  SETTLE_HELD_CTE).
+- `group_lock`: the member is in one capped group, admitted by the statement of any number of
+  capped groups (quota.ledger.groups.ADMIT_SQL: `SELECT … FOR UPDATE` of the group's counter, then
+  its UPDATE);
+- `group`: the same member admitted by the single-group statement (ADMIT_ONE_SQL: one upsert).
 Per round: the CPU of every PostgreSQL backend of the database (from /proc: the server must run on
-this machine), the wall time, and, from the backends' own statistics, the rows' versions
-(`pg_stat_user_tables`' n_tup_upd of the counter tables). Medians per target, µs per call.
+this machine), the wall time and the calls per settlement statement (the batches the loop made).
+Medians per target, µs per call.
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/group_hold.py [--calls 2000] \
       [--rounds 6] [--concurrency 16]
 Use a migrated scratch database: it seeds a provider, a model, a group and two members each run.
@@ -48,23 +47,27 @@ from quota.ledger import groups as group_sql  # noqa: E402
 from quota.ledger import loop, statements  # noqa: E402
 from quota.pricing import Usage  # noqa: E402
 
-AS_IS = (group_sql.admission_parts, statements._settle_variant)
+AS_IS = group_sql.admission_parts
 
 
 def upsert_parts(groups: tuple, priced: bool) -> tuple:
     """admission_parts without the single-group form: the FOR UPDATE statement for every member."""
-    return (*AS_IS[0](groups, priced)[:4], None)
-
-
-def upsert_variant(settlements: list) -> str:
-    found = AS_IS[1](settlements)
-    return "groups" if found == "held" else found
+    return (*AS_IS(groups, priced)[:4], None)
 
 
 def use(target: str) -> None:
-    old = target == "group_upsert"
-    group_sql.admission_parts = upsert_parts if old else AS_IS[0]  # type: ignore[assignment]
-    statements._settle_variant = upsert_variant if old else AS_IS[1]  # type: ignore[assignment]
+    group_sql.admission_parts = upsert_parts if target == "group_lock" else AS_IS  # type: ignore[assignment]
+
+
+_statements = [0]  # settlement statements run (one per batch)
+
+
+def _counted(settlements: list) -> tuple:
+    _statements[0] += 1
+    return statements.settle_statement(settlements)
+
+
+loop.settle_statement = _counted  # type: ignore[assignment]
 
 
 def backends_cpu() -> dict[int, float]:
@@ -81,16 +84,7 @@ def backends_cpu() -> dict[int, float]:
     return found
 
 
-def row_versions() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT coalesce(sum(n_tup_upd + n_tup_ins), 0) FROM pg_stat_user_tables WHERE relname = ANY(%s)",
-            [[statements.COUNTER_TABLE, group_sql.GROUP_COUNTER_TABLE]],
-        )
-        return int(cursor.fetchone()[0])
-
-
-def seed(stamp: str) -> dict:
+def seed(stamp: str, targets: list[str]) -> dict:
     provider = provider_create(name=f"bench-gh-{stamp}", kind="simulated")
     model = model_create(slug=f"bench-gh-{stamp}/m", provider=provider, upstream_name="m", kind="chat")
     group = group_create(
@@ -103,8 +97,8 @@ def seed(stamp: str) -> dict:
     for target, member, groups in (("none", alone, ()), ("group", grouped, (budget,))):
         allocation = allocation_create(member=member, model=model)[0]
         worlds[target] = (allocation, groups)
-    worlds["group_upsert"] = worlds["group"]
-    return worlds
+    worlds["group_lock"] = worlds["group"]
+    return {t: worlds[t] for t in targets}
 
 
 async def caller(world: tuple, calls: list, tag: str) -> None:
@@ -126,14 +120,14 @@ async def caller(world: tuple, calls: list, tag: str) -> None:
 
 
 async def one_round(world: tuple, calls: int, concurrency: int, tag: str) -> tuple[float, float, float]:
-    """(PostgreSQL CPU µs per call, wall µs per call, counter row versions per call)."""
+    """(PostgreSQL CPU µs per call, wall µs per call, calls per settlement statement)."""
     pending = list(range(calls))
-    versions, before, began = row_versions(), backends_cpu(), time.perf_counter()
+    batches, before, began = _statements[0], backends_cpu(), time.perf_counter()
     await asyncio.gather(*(caller(world, pending, tag) for _ in range(concurrency)))
     wall = time.perf_counter() - began
     after = backends_cpu()
     cpu = sum(v - before.get(pid, 0.0) for pid, v in after.items())
-    return cpu * 1e6 / calls, wall * 1e6 / calls, (row_versions() - versions) / calls
+    return cpu * 1e6 / calls, wall * 1e6 / calls, calls / max(1, _statements[0] - batches)
 
 
 async def run(args: argparse.Namespace, worlds: dict) -> dict:
@@ -166,18 +160,19 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--targets", default="none,group,group_lock")
     args = ap.parse_args()
-    worlds = seed(timezone.now().strftime("%H%M%S%f"))
+    worlds = seed(timezone.now().strftime("%H%M%S%f"), args.targets.split(","))
     samples = asyncio.run(run(args, worlds))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(__file__).resolve().parent / "results" / "raw" / f"group_hold-{stamp}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    for target, (cpu, wall, versions) in samples.items():
+    for target, (cpu, wall, batched) in samples.items():
         row = {"target": target, "case": "postgres_cpu one allocation", "concurrency": args.concurrency,
                "rounds": args.rounds, "calls": args.calls,
                "pg_cpu_us_per_call_median": round(statistics.median(cpu), 1),
                "wall_us_per_call_median": round(statistics.median(wall), 1),
-               "counter_row_versions_per_call": round(statistics.median(versions), 2),
+               "calls_per_settlement_statement": round(statistics.median(batched), 2),
                "pg_cpu_us_per_call": [round(v, 1) for v in cpu], "loadavg1": os.getloadavg()[0]}  # fmt: skip
         print(json.dumps(row), flush=True)
         with out.open("a") as sink:

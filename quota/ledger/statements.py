@@ -144,14 +144,6 @@ _SETTLE_GROUPS_SQL = (
     + _SETTLE_RECORDS
 )
 
-# A batch whose calls all count toward one group and hold its counter: that row updated by its key.
-_SETTLE_HELD_SQL = (
-    _SETTLE_HEAD.replace("{group_columns}", ", groups uuid[], held bigint[]")
-    + group_sql.SETTLE_HELD_CTE
-    + _SETTLE_COUNTERS.replace("{after}", group_sql.SETTLE_AFTER_GROUPS)
-    + _SETTLE_RECORDS
-)
-
 _RETURNING = ", ".join(SOURCE_COLUMNS)
 _ROLLUP = upserts_sql("i")
 
@@ -160,16 +152,14 @@ _ROLLUP = upserts_sql("i")
 # formatting of a few kilobytes per call. Bounded by the variants: the cap guards and contexts
 # (a handful) and the batch sizes (loop._Settlements.MAX_BATCH).
 @functools.lru_cache(maxsize=128)
-def _admit_sql(template: str, guard: str, context: str, group_guard: str = "") -> str:
-    return template.format(guard=guard, context=context, group_guard=group_guard)
-
-
-_SETTLE_VARIANTS = {"plain": _SETTLE_SQL, "groups": _SETTLE_GROUPS_SQL, "held": _SETTLE_HELD_SQL}
+def _admit_sql(template: str, guard: str, context: str, zero_guard: str = "", group_guard: str = "") -> str:
+    return template.format(guard=guard, context=context, zero_guard=zero_guard, group_guard=group_guard)
 
 
 @functools.lru_cache(maxsize=256)
-def _settle_sql(variant: str, calls: int) -> str:
-    return _SETTLE_VARIANTS[variant].format(calls=calls, returning=_RETURNING, rollup=_ROLLUP)
+def _settle_sql(grouped: bool, calls: int) -> str:
+    sql = _SETTLE_GROUPS_SQL if grouped else _SETTLE_SQL
+    return sql.format(calls=calls, returning=_RETURNING, rollup=_ROLLUP)
 
 
 def admit_statement(
@@ -202,16 +192,17 @@ def admit_statement(
     else:
         capped, caps_json, capped_ids, group_ids, one = group_sql.admission_parts(tuple(groups), priced)
         if one is not None:
-            group_id, group_condition, group_params = one
-            return _admit_sql(_ADMIT_ONE_GROUP_SQL, condition, context, group_condition), [
-                r["tokens"],
-                r["cost"],
+            group_id, zero_condition, group_condition, group_params = one
+            return _admit_sql(_ADMIT_ONE_GROUP_SQL, condition, context, zero_condition, group_condition), [
                 group_id,
                 period,
+                r["tokens"],
+                r["cost"],
                 *group_params,
                 counter_id,
                 allocation_id,
                 *condition_params,
+                *group_params,
                 r["tokens"],
                 r["cost"],
                 counter_id,
@@ -349,19 +340,6 @@ def _context_json(context: dict) -> str:
 _encode = json.JSONEncoder(default=_json_value, separators=(",", ":")).encode
 
 
-def _settle_variant(settlements: list[Settlement]) -> str:
-    """ "plain" for calls counted toward no group; "held" when every call counts toward one group
-    only and holds the same counter of it (group_sql.SETTLE_HELD_CTE); else "groups" (the upsert)."""
-    first = settlements[0].admission
-    if not any(s.admission.groups or s.admission.held for s in settlements):
-        return "plain"
-    if len(first.held) == 1 and all(
-        len(s.admission.groups) == 1 and s.admission.held == first.held for s in settlements
-    ):
-        return "held"
-    return "groups"
-
-
 def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     """The settlement's writes for any number of calls in ONE statement (data-modifying
     CTEs): DELETE the reservations (what makes each settlement happen exactly once), then, for the
@@ -385,14 +363,14 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
         }
         for n, s in enumerate(settlements, 1)
     ]
-    variant = _settle_variant(settlements)
-    if variant != "plain":
+    grouped = any(s.admission.groups or s.admission.held for s in settlements)
+    if grouped:
         for move, s in zip(moves, settlements, strict=True):
             move["groups"], move["held"] = s.admission.groups, s.admission.held
     records = [_record_json(s.values) for s in settlements]
     # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a
     # JSON function counts as 100 rows, and the reservations and counters would be scanned whole.
-    return _settle_sql(variant, len(moves)), [
+    return _settle_sql(grouped, len(moves)), [
         _encode(moves),
         _encode(records),
         *upserts_params(),
