@@ -11,8 +11,10 @@ The SQL pieces here extend the two statements of ledger.statements:
 - settlement: the usage of each call is added to the counters of its groups (an upsert: a group
   without a cap may have no counter yet) and its held reservation taken out of the capped ones, in
   one write per group row, before the allocations' counters (the same lock order as admission).
-A group whose counter row does not exist yet makes the warm admission miss; the thread path
-(ledger.sync) creates the rows and tells a refusal (403) from headroom held in flight (429).
+A member with exactly one capped group is admitted by a shorter statement (ADMIT_ONE_SQL: one
+guarded upsert of the group's counter, no lock before it). Otherwise a group whose counter row
+does not exist yet makes the warm admission miss; the thread path (ledger.sync) creates the rows
+and tells a refusal (403) from headroom held in flight (429).
 """
 
 import datetime as dt
