@@ -71,8 +71,9 @@ class ProxyHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refused = await gate.refusal(scope)
-        if refused is not None:  # the body is never read: a refused caller costs no parse or spool
+        passed = scope.get(gate.PASSED)  # the edge's verdict: the bearer passed the door at the head
+        if passed is None and (refused := await gate.refusal(scope)) is not None:
+            # the body is never read: a refused caller costs no parse or spool
             rid = request_id_from(gate.header(scope, b"x-request-id"))
             return await self.send_response(error_response(refused, rid), send)
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
@@ -92,6 +93,7 @@ class ProxyHandler(ASGIHandler):
         request._body = body  # already read, with our limit (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is for forms)
         request.gateway_body_too_large = too_large  # type: ignore[attr-defined]
         request.gateway_upload = upload  # type: ignore[attr-defined]  # closed by proxy.views once the upstream has it
+        request.gateway_passed = passed  # type: ignore[attr-defined]  # (bearer, digest): proxy.views' plan
 
         async def process(request: HttpRequest) -> None:
             # The view straight from the (remembered) URL match: Django's get_response_async adds

@@ -27,7 +27,7 @@ from quota.models import Outcome
 from quota.pricing import Usage
 from quota.tools import REMOVED_HEADER
 
-from . import accounting, relay, response_ids, unsupported
+from . import accounting, gate, relay, response_ids, unsupported
 from . import simulated_media as simulated_media  # registers the simulated provider's media answers
 from .accounting import Call, settle
 from .answers import Answer
@@ -78,7 +78,9 @@ async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
         return error_response(BadRequest(f"use POST for /v1/{spec.path}"), rid)
     read = await spec.reader(request, spec)
     # = request.headers["Authorization"], without building every header's mapping
-    call = Call(plan_of(spec, read, rid, request.META.get("HTTP_AUTHORIZATION", "")), spec, form=read.form)
+    authorization = request.META.get("HTTP_AUTHORIZATION", "")
+    plan = plan_of(spec, read, rid, authorization, passed=getattr(request, "gateway_passed", None))
+    call = Call(plan, spec, form=read.form)
     try:
         await accounting.open_call(call)
     except GatewayError as error:
@@ -93,9 +95,12 @@ async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
     return response
 
 
-def plan_of(endpoint: Endpoint, read: Read, request_id: str, authorization: str) -> Plan:
+def plan_of(
+    endpoint: Endpoint, read: Read, request_id: str, authorization: str, passed: tuple[str, str] | None = None
+) -> Plan:
     """The call as quota.admission judges it: who (the bearer), which model and endpoint, and
-    what the request would use; a body the reader refused is the plan's refusal."""
+    what the request would use; a body the reader refused is the plan's refusal. `passed`: the
+    edge's verdict on the bearer (proxy.gate.PASSED), whose digest the plan carries."""
     body, error = read.body, read.error
     stream = bool(body and body.get("stream") is True and error is None)
     plaintext = accounting.plaintext_of(authorization)
@@ -110,6 +115,7 @@ def plan_of(endpoint: Endpoint, read: Read, request_id: str, authorization: str)
         surface=f"/v1/{endpoint.path}",
         kinds=endpoint.kinds,
         plaintext=plaintext,
+        key_digest=gate.digest_carried(plaintext, passed),
         model=model if isinstance(model, str) else "",
         started_at=timezone.now(),
         stream=stream,
