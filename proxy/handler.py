@@ -127,23 +127,41 @@ class ProxyHandler(ASGIHandler):
         # The view runs in this task; only the listener gets a task of its own, which cancels this
         # one when the client goes away (a task and an asyncio.wait fewer per call than Django's).
         this = asyncio.current_task()
-        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        listener = asyncio.ensure_future(until_disconnect(receive))
 
         def client_gone(_: asyncio.Future) -> None:
             if this is not None:
                 this.cancel()
 
         listener.add_done_callback(client_gone)
+        answered = False
         try:
             await process(request)
+            answered = True
         except asyncio.CancelledError:
             if not listener.done():
                 raise  # cancelled by the server, not by the client
         finally:
             listener.remove_done_callback(client_gone)
-            listener.cancel()
-            if listener.done() and not listener.cancelled():
-                listener.exception()  # retrieved: RequestAborted is how a listener ends
+            if answered:
+                # ASGI: once the response is sent, receive() says http.disconnect (daphne queued
+                # it as the response ended), so the listener ends by itself in its step already
+                # scheduled; cancelled only if it has not by the loop's next turn.
+                asyncio.get_running_loop().call_soon(stop_listening, listener)
+            else:
+                stop_listening(listener)
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Returns when the server says the client is gone (or, the response sent, done): Django's
+    listen_for_disconnect without its RequestAborted, which a finished call would throw and catch."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def stop_listening(listener: asyncio.Future) -> None:
+    if not listener.done():
+        listener.cancel()
 
 
 async def read_body(receive: Receive, scope: Scope, limit: int) -> tuple[bytes, bool]:
