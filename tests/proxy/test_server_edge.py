@@ -154,6 +154,7 @@ def test_a_held_key_revoked_meanwhile_is_refused_at_once_though_the_head_passed_
         assert call_raw(world.gateway_url, bearer, body, rid) == b"HTTP/1.1 200 OK"
     api_key_revoke(key=allocation.key)  # the process still holds the key's snapshot of the old generation
     assert call_raw(world.gateway_url, bearer, body, "held-3").startswith(b"HTTP/1.1 401 ")
+    assert record_of("held-3").outcome == "rejected_unauthenticated"  # refused by the preflight
     assert CallRecord.objects.filter(outcome="success").count() == 2
 
 
