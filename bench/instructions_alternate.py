@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import HARNESS, RESULTS, ROOT, free_port, stop, wait_http
+from run import HARNESS, RESULTS, ROOT, free_port, wait_http
 
 ENV = {
     "DEBUG": "False",
@@ -40,6 +40,17 @@ def start(tree: Path, port: int, out: Path) -> subprocess.Popen:
     command += ["-v", "0", "-b", "127.0.0.1", "-p", str(port), "gateway_project.asgi:application"]
     env = {**os.environ, **ENV}
     return subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """valgrind takes a while to end a process it runs (it writes its last dump first)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def worker(supervisor: int) -> int:

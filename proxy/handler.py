@@ -146,8 +146,9 @@ class ProxyHandler(ASGIHandler):
             if answered:
                 # ASGI: once the response is sent, receive() says http.disconnect (daphne queued
                 # it as the response ended), so the listener ends by itself in its step already
-                # scheduled; cancelled only if it has not by the loop's next turn.
-                asyncio.get_running_loop().call_soon(stop_listening, listener)
+                # scheduled; cancelled only if it has not by the loop's next turn (the task's loop:
+                # get_running_loop makes a getpid() system call on Python 3.11).
+                listener.get_loop().call_soon(stop_listening, listener)
             else:
                 stop_listening(listener)
 
