@@ -5,12 +5,17 @@ process), on uvloop as the server runs it. `--tree OTHER` measures another check
 `proxy/upstream.py` the same way; the trees alternate round by round (order flipped each round) and
 the medians are compared, which holds better on a shared machine than a whole-server A/B.
 
-    .venv/bin/python bench/upstream_call.py --tree /work/wt/main --rounds 10 --calls 2000
+    .venv/bin/python bench/upstream_call.py --tree /work/wt/main --rounds 10 --calls 2000 --thin --count --callgrind 600
 
 Each round is a fresh process (`--inner`) that imports the tree's modules (Django set up with its
 settings; no database or Redis is touched), warms up, then reads its own CPU time (user + system)
 around the calls. `--callgrind N` also counts the instructions of N calls of each tree under
-valgrind, a count that load does not move (two runs per tree, N and 2N calls: the difference is N calls' own).
+valgrind (two runs per tree, N and 2N calls: the difference is N calls' own; it still moves by a
+few % from run to run with the event loop's wake-ups), and `--count` the Python and C function
+calls per call (sys.setprofile), a count that load does not move. `--thin` adds the thin
+pass-through's own upstream call (../shared/bench/thin_proxy.py with CLIENT=aiohttp) as a target.
+`--jar` only times aiohttp's default cookie jar against a provider that sets two cookies per answer
+(the fake upstream sets none, so the calls above do not show it).
 """
 
 import argparse
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +37,7 @@ BENCH_PY = os.environ.get("BENCH_PY", "/tmp/venv-bench/bin/python")
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
 
 
-def _inner(port: int, calls: int, warmup: int) -> None:
+def _inner(port: int, calls: int, warmup: int, thin: bool, count: bool) -> None:
     sys.path.insert(0, os.getcwd())
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
@@ -55,7 +61,31 @@ def _inner(port: int, calls: int, warmup: int) -> None:
     endpoint = ENDPOINTS["chat.completions"]
     payload = json.dumps(BODY).encode()
 
+    thin_session: list = []
+
+    async def one_thin(i: int) -> int:
+        """The thin pass-through's upstream call (../shared/bench/thin_proxy.py, CLIENT=aiohttp)."""
+        import aiohttp
+
+        if not thin_session:
+            thin_session.append(
+                aiohttp.ClientSession(
+                    base_url=f"http://127.0.0.1:{port}",
+                    timeout=aiohttp.ClientTimeout(total=60),
+                    connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300),
+                    auto_decompress=False,
+                )
+            )
+        headers = {"authorization": "Bearer sk-up", "content-type": "application/json"}
+        resp = await thin_session[0].post("/v1/chat/completions", data=payload, headers=headers)
+        data = await resp.read()
+        resp.release()
+        assert resp.status == 200, (resp.status, data[:200])
+        return len(data)
+
     async def one(i: int) -> int:
+        if thin:
+            return await one_thin(i)
         reply = await upstream.send(entry=entry, endpoint=endpoint, body=BODY, payload=payload, request_id=f"req-{i}")  # type: ignore[arg-type]
         try:
             data = await reply.read()
@@ -67,14 +97,66 @@ def _inner(port: int, calls: int, warmup: int) -> None:
     async def main() -> dict:
         for i in range(warmup):
             await one(i)
+        events = [0, 0]  # Python function calls, C function calls
+
+        def counter(frame: object, event: str, arg: object) -> None:
+            if event == "call":
+                events[0] += 1
+            elif event == "c_call":
+                events[1] += 1
+
+        if count:
+            sys.setprofile(counter)
+            threading.setprofile(counter)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(calls):
             await one(i)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        sys.setprofile(None)
+        if count:
+            return {"python_calls": events[0] / calls, "c_calls": events[1] / calls}
         await upstream.session_close()
+        for opened in thin_session:
+            await opened.close()
         return {"cpu_us": 1e6 * cpu / calls, "wall_us": 1e6 * wall / calls}
 
     print(json.dumps(uvloop.run(main())), flush=True)
+
+
+# What api.openai.com's Cloudflare front sets on answers (values of the same length).
+CF_COOKIES = [
+    "__cf_bm=" + "a" * 52 + "-1733480000-1.0.1.1-" + "B" * 64 + "; path=/; expires=Sun, 06-Dec-26 12:30:00 GMT;"
+    " domain=.api.openai.com; HttpOnly; Secure; SameSite=None",
+    "_cfuvid=" + "C" * 36 + "-1733480000000-0.0.1.1-604800000; path=/; domain=.api.openai.com; HttpOnly; Secure;"
+    " SameSite=None",
+]
+
+
+def _jar_cost() -> dict:
+    """µs per call of aiohttp's default cookie jar against a provider that sets two cookies on every
+    answer: storing them (every answer) and filtering them for the next request's URL."""
+    import asyncio
+    import timeit
+
+    import aiohttp
+    from yarl import URL
+
+    async def measure() -> dict:
+        url, n = URL("https://api.openai.com/v1/chat/completions"), 20_000
+        jar, empty, dummy = aiohttp.CookieJar(), aiohttp.CookieJar(), aiohttp.DummyCookieJar()
+        jar.update_cookies_from_headers(CF_COOKIES, url)
+
+        def best(fn: object) -> float:
+            return round(min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6, 2)  # type: ignore[arg-type]
+
+        return {
+            "store_us": best(lambda: jar.update_cookies_from_headers(CF_COOKIES, url)),
+            "filter_us": best(lambda: jar.filter_cookies(url)),
+            "filter_empty_jar_us": best(lambda: empty.filter_cookies(url)),
+            "filter_dummy_jar_us": best(lambda: dummy.filter_cookies(url)),
+        }
+
+    return asyncio.run(measure())
 
 
 def _free_port() -> int:
@@ -83,10 +165,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_tree(tree: Path, port: int, calls: int, warmup: int) -> dict:
+def _run_tree(tree: Path, port: int, calls: int, warmup: int, thin: bool = False, count: bool = False) -> dict:
     out = subprocess.run(
         [str(tree / ".venv" / "bin" / "python"), str(Path(__file__).resolve()), "--inner", "--port", str(port)]
-        + ["--calls", str(calls), "--warmup", str(warmup)],
+        + ["--calls", str(calls), "--warmup", str(warmup)]
+        + (["--thin"] if thin else [])
+        + (["--count"] if count else []),
         cwd=tree,
         capture_output=True,
         text=True,
@@ -95,18 +179,19 @@ def _run_tree(tree: Path, port: int, calls: int, warmup: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _callgrind(tree: Path, port: int, calls: int) -> int:
+def _callgrind(tree: Path, port: int, calls: int, thin: bool) -> int:
     """Instructions of `calls` calls: a run of 2 x calls less a run of `calls` (start-up cancels)."""
-    return _instructions(tree, port, 2 * calls) - _instructions(tree, port, calls)
+    return _instructions(tree, port, 2 * calls, thin) - _instructions(tree, port, calls, thin)
 
 
-def _instructions(tree: Path, port: int, calls: int) -> int:
+def _instructions(tree: Path, port: int, calls: int, thin: bool) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cg.out"
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
             + [str(tree / ".venv" / "bin" / "python"), str(Path(__file__).resolve()), "--inner"]
-            + ["--port", str(port), "--calls", str(calls), "--warmup", "100"],
+            + ["--port", str(port), "--calls", str(calls), "--warmup", "100"]
+            + (["--thin"] if thin else []),
             cwd=tree,
             capture_output=True,
             text=True,
@@ -125,13 +210,21 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--callgrind", type=int, default=0, help="also count instructions of N calls per tree")
+    ap.add_argument("--thin", action="store_true", help="also measure the thin pass-through's call (target thin)")
+    ap.add_argument("--jar", action="store_true", help="only time the default cookie jar per call (no upstream)")
+    ap.add_argument("--count", action="store_true", help="also count the function calls (Python, C) per call")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.jar:
+        print(json.dumps(_jar_cost()))
+        return
     if args.inner:
-        _inner(args.port, args.calls, args.warmup)
+        _inner(args.port, args.calls, args.warmup, args.thin, args.count)
         return
     trees = {"this": HERE} | ({"other": Path(args.tree).resolve()} if args.tree else {})
+    if args.thin:
+        trees["thin"] = HERE
     port = _free_port()
     fake = subprocess.Popen(
         [BENCH_PY, str(HARNESS / "fake_upstream.py"), "--port", str(port), "--latency-ms", "0"],
@@ -149,15 +242,20 @@ def main() -> None:
         for n in range(args.rounds):
             order = list(trees) if n % 2 == 0 else list(reversed(trees))
             for name in order:
-                row = _run_tree(trees[name], port, args.calls, args.warmup)
+                row = _run_tree(trees[name], port, args.calls, args.warmup, thin=name == "thin")
                 found[name].append(row["cpu_us"])
                 load = Path("/proc/loadavg").read_text().split()[0]
                 print(json.dumps({"round": n, "tree": name, **row, "loadavg1": float(load)}), flush=True)
-        summary = {name: round(statistics.median(values), 1) for name, values in found.items()}
+        summary = {name: round(statistics.median(values), 1) for name, values in found.items() if values}
+        if args.count:
+            for name, tree in trees.items():
+                counted = _run_tree(tree, port, args.calls, args.warmup, thin=name == "thin", count=True)
+                summary |= {f"{name}_{key}_per_call": value for key, value in counted.items()}
         if args.callgrind and shutil.which("valgrind"):
             for name, tree in trees.items():
-                summary[f"{name}_instructions_per_call"] = _callgrind(tree, port, args.callgrind) // args.callgrind
-        print(json.dumps({"median_cpu_us_per_call": summary}), flush=True)
+                instructions = _callgrind(tree, port, args.callgrind, name == "thin")
+                summary[f"{name}_instructions_per_call"] = instructions // args.callgrind
+        print(json.dumps({"summary": summary}), flush=True)
     finally:
         fake.terminate()
         fake.wait()
