@@ -64,7 +64,7 @@ async def session_close() -> None:
 
 @dataclass(frozen=True)
 class Target:
-    url: URL  # parsed once: aiohttp parses a string URL on every request
+    url: URL | str  # parsed once (aiohttp parses a string on every request); str: yarl refused it
     headers: dict
     secrets: tuple[str, ...]
 
@@ -99,7 +99,14 @@ def _target_for(entry: ScopedAllocation, endpoint: Endpoint) -> Target:
         url = f"{base}/{endpoint.path}"
         if provider.api_key:
             headers["Authorization"] = f"Bearer {provider.api_key}"
-    return Target(url=URL(url), headers=headers, secrets=secrets)
+    return Target(url=_parsed(url), headers=headers, secrets=secrets)
+
+
+def _parsed(url: str) -> URL | str:
+    try:
+        return URL(url)
+    except ValueError:  # e.g. a port past 65535, which the URLField lets through: aiohttp refuses
+        return url  # it per call with a ClientError, so the call ends as any unreachable upstream
 
 
 _timeouts: dict[float, aiohttp.ClientTimeout] = {}
