@@ -278,9 +278,17 @@ def _limits(allocation: Allocation, model: CatalogModel) -> tuple:
     return tuple((name, *limits) for name, limits in named if any(v is not None for v in limits))
 
 
-def key_scope(plaintext: str, *, generation: int | None = None, now: datetime | None = None) -> KeyScope:
+def key_digest(plaintext: str) -> str:
+    """The key's lookup digest (ApiKey.hash): what a call carries instead of hashing it again."""
+    return ApiKey.hash(plaintext)
+
+
+def key_scope(
+    plaintext: str, *, generation: int | None = None, now: datetime | None = None, digest: str = ""
+) -> KeyScope:
     """Raises Unauthorized for an unknown, revoked or expired key or a disabled member. A caller that
-    already read the auth generation for this call passes it, saving a cache round-trip."""
+    already read the auth generation for this call passes it, saving a cache round-trip; one that
+    holds the key's digest (key_digest of this plaintext) passes it, saving the hash."""
     if not plaintext.startswith(ApiKey.PLAINTEXT_PREFIX):
         raise Unauthorized("invalid API key")
     if generation is None:
@@ -290,7 +298,7 @@ def key_scope(plaintext: str, *, generation: int | None = None, now: datetime | 
     if held != generation:
         cache = BoundedCache(_CACHE_MAX)
         _snapshots = (generation, cache)  # one assignment: readers see the old pair or the new one
-    key_hash = ApiKey.hash(plaintext)
+    key_hash = digest or ApiKey.hash(plaintext)
     try:
         scope = cache[key_hash]
     except KeyError:
@@ -301,24 +309,25 @@ def key_scope(plaintext: str, *, generation: int | None = None, now: datetime | 
     return scope
 
 
-def key_scope_cached(plaintext: str, *, generation: int, now: datetime) -> KeyScope | None:
+def key_scope_cached(plaintext: str, *, generation: int, now: datetime, digest: str = "") -> KeyScope | None:
     """The cached snapshot of a key under `generation`, or None (not cached, unknown, expired or
     refused): no database access, for the event loop's fast path (quota.admission); a None sends
     the call through key_scope on an accounting thread."""
     held, cache = _snapshots
     if held != generation:
         return None
-    scope = cache.get(ApiKey.hash(plaintext))
+    scope = cache.get(digest or ApiKey.hash(plaintext))
     if scope is None or scope.expired(now):
         return None
     return scope
 
 
-def key_scope_held(plaintext: str) -> bool:
-    """Whether this process holds a snapshot of the key (it was valid at the last auth generation
-    the process saw). No shared-cache read and no database: the door check of every call; the
-    preflight that follows still checks the key against the current generation."""
-    return _snapshots[1].get(ApiKey.hash(plaintext)) is not None
+def key_scope_held(plaintext: str) -> str | None:
+    """The key's digest when this process holds a snapshot of it (it was valid at the last auth
+    generation the process saw), else None. No shared-cache read and no database: the door check
+    of every call; the preflight that follows still checks the key against the current generation."""
+    digest = ApiKey.hash(plaintext)
+    return digest if _snapshots[1].get(digest) is not None else None
 
 
 def key_touch(*, key_id: str, now: datetime | None = None, every_s: int = 60) -> None:

@@ -6,9 +6,11 @@ the application, so the door the application keeps (proxy.gate) and the body lim
 request's headers are complete (`gotLength`):
 
 - a `/v1` request (not a WebSocket handshake: the realtime consumer has its own door) first runs
-  proxy.gate's door: a key this process holds passes at once; any other bearer pauses reading
-  while the door looks it up (counting refusals per client address as it always does) and is
-  answered 401 (or 429 past the address's limit) without its body, or resumes;
+  proxy.gate's door: a key this process holds passes at once, and its verdict (the bearer and its
+  digest) goes to the application in the request's ASGI scope (`proxy.gate.PASSED`), so the
+  handler does not check it again; any other bearer pauses reading while the door looks it up
+  (counting refusals per client address as it always does) and is answered 401 (or 429 past the
+  address's limit) without its body, or resumes (the handler's door then passes it at once);
 - then a `Content-Length` over GATEWAY_MAX_BODY_MB is answered 413 `request_too_large`, on every
   path; a body without a length (chunked) is cut off with the same 413 once it passes the limit.
 
@@ -75,6 +77,19 @@ def install() -> None:
             return None
         return process(self)
 
+    from daphne.server import Server
+
+    create_application = Server.create_application
+
+    @functools.wraps(create_application)
+    def create_with_verdict(self: Any, protocol: _Request, scope: dict) -> Any:
+        passed = getattr(protocol, "gateway_passed", None)
+        if passed is not None:
+            scope[gate.PASSED] = passed
+        return create_application(self, protocol, scope)
+
+    Server.create_application = create_with_verdict
+    WebRequest.gateway_passed = None  # (bearer, digest) of a bearer that passed the door at once
     WebRequest.gateway_refused = False
     WebRequest.gateway_left = None  # bytes still allowed of a body without a length
     WebRequest.gateway_door = None  # the door's lookup while it runs
@@ -98,9 +113,11 @@ def _head(request: _Request, length: int | None) -> bool:
     too_large = length is not None and length > limit
     if path.startswith(b"/v1/") and not (upgrade and upgrade[0].lower() == b"websocket"):
         key = gate.bearer((headers.getRawHeaders(b"authorization") or [b""])[0].decode("latin1"))
-        if not gate.passes_at_once(key):  # who is asking comes first: an unknown key learns no limit
+        digest = gate.held(key)
+        if key is None or digest is None:  # who is asking comes first: an unknown key learns no limit
             _look(request, path, too_large)
             return not too_large  # an oversized body gets no temporary file while the door looks
+        request.gateway_passed = (key, digest)  # handed to the application in its scope (gate.PASSED)
     if too_large:
         _refuse(request, RequestTooLarge(TOO_LARGE))
         return False

@@ -402,6 +402,7 @@ PATCHES = (
         verified={"daphne": DAPHNE, "twisted": TWISTED},
         targets=(
             "daphne.http_protocol:WebRequest.process",
+            "daphne.server:Server.create_application",
             "twisted.web.http:Request.gotLength",
             "twisted.web.http:Request.handleContentChunk",
             "twisted.web.http:HTTPChannel.allHeadersReceived>gotLength",
@@ -417,7 +418,8 @@ PATCHES = (
         "unauthenticated or oversized upload was read to its end before its 401 or 413. "
         "gateway_project.edge answers from the head instead: 413 for a Content-Length over "
         "GATEWAY_MAX_BODY_MB (a chunked body at the limit), and proxy.gate's door for /v1, "
-        "reading paused while it looks a key up.",
+        "reading paused while it looks a key up; a key that passes at once goes to the application "
+        "with that verdict in its scope (Server.create_application), so the door is not run twice.",
     ),
     Patch(
         name="aiohttp_stream_read_timeout",

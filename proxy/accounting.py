@@ -51,6 +51,7 @@ class Call:
     settled: bool = False
     ttft_ms: int | None = None  # a stream's time to its first event relayed to the client
     dropped: tuple[str, ...] = ()  # request parameters the upstream did not support, sent again without
+    rate_headers: dict[str, str] | None = None  # the admission's x-ratelimit-* headers (limited allocations)
 
     def relayed(self) -> None:
         """Events reached the client: the first time, the stream's time to first token."""
@@ -95,18 +96,26 @@ def plaintext_of(authorization: str) -> str:
 
 
 # The x-ratelimit-* headers of the request being answered (proxy.handler adds them to whatever
-# answer the view gives, refusals included): set by open_call in the request's own task.
+# answer the view gives, refusals included): set in the request's own task, by open_call or, for a
+# call opened in a task of its own, by the view from `Call.rate_headers`.
 RATE_HEADERS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gateway_rate_headers", default=None)
 
 
-async def open_call(call: Call) -> None:
-    """The call's admission (quota.admission), reported; a refusal is recorded and raised."""
+async def open_call(call: Call, *, detached: bool = False) -> bool:
+    """The call's admission (quota.admission), reported; a refusal is recorded and raised.
+    `detached`: the caller runs in a task its request cannot cancel (proxy.views' whole call),
+    which admits in place; False when its client left meanwhile (an admitted call is then settled
+    as client_cancelled, a refused one not recorded, as when a request's own admission is cancelled)."""
     try:
-        answer = await admission.admit(call.plan)
+        answer = await admission.admit(call.plan, detached=detached)
     except GatewayError as error:  # the database unreachable: nothing could be recorded
         observed.refused(call, error)
         raise
-    if answer.rate_headers is not None:
+    if call.client_gone:
+        await admission.abandon(answer)
+        return False
+    call.rate_headers = answer.rate_headers
+    if answer.rate_headers is not None and not detached:
         RATE_HEADERS.set(answer.rate_headers)
     if isinstance(answer, Refused):
         call.entry = answer.entry
@@ -116,6 +125,7 @@ async def open_call(call: Call) -> None:
     call.admitted, call.entry = answer, answer.entry
     _held.add(call.plan.reservation_id)
     observed.admitted(call)
+    return True
 
 
 # --- settle ----------------------------------------------------------------------------------

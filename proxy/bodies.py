@@ -20,6 +20,10 @@ from quota.exceptions import RequestTooLarge
 
 from . import multipart, transcripts
 
+# json.dumps(value, ensure_ascii=False, separators=(",", ":")) without an encoder made per call
+# (dumps reuses its own only with every option at its default): the same text.
+encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 if TYPE_CHECKING:
     from .accounting import Call
     from .registry import Endpoint
@@ -149,7 +153,7 @@ def build_json(call: "Call") -> Outgoing:
         stream_options = stream_options if isinstance(stream_options, dict) else {}
         strip_usage = stream_options.get("include_usage") is not True
         body["stream_options"] = {**stream_options, "include_usage": True}
-    return Outgoing(body, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), strip_usage=strip_usage)
+    return Outgoing(body, encode_compact(body).encode(), strip_usage=strip_usage)
 
 
 def build_form(call: "Call") -> Outgoing:

@@ -6,8 +6,14 @@ limit with 429).
 A key this process already holds a snapshot of passes with no I/O at all (the preflight checks it
 again under the current auth generation); any other key is looked up once on an accounting thread,
 which also warms the snapshot the preflight reads.
+
+Under the gateway's server the door runs from the request's head (gateway_project.edge); a bearer
+that passed there at once reaches the application with the edge's verdict in its ASGI scope
+(`PASSED`: the bearer and its digest), so the handler does not run the door again and the
+preflight looks the key up by the digest instead of hashing it once more.
 """
 
+import hmac
 import logging
 
 from allocations.access import key_scope, key_scope_held
@@ -23,6 +29,9 @@ from .registry import ENDPOINTS
 
 logger = logging.getLogger(__name__)
 MALFORMED = "missing or malformed bearer key: send 'Authorization: Bearer <key>'"
+# The scope key of the edge's verdict: (bearer, digest). A scope's keys are the server's: a client's
+# headers arrive under "headers", so no request can set this one.
+PASSED = "gateway.door_passed"
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -41,9 +50,22 @@ def bearer(authorization: str) -> str | None:
     return None if match is None else match.group(1)
 
 
+def held(key: str | None) -> str | None:
+    """The digest of a key this process holds a snapshot of (it passes the door with no I/O), else None."""
+    return None if key is None else key_scope_held(key)
+
+
 def passes_at_once(key: str | None) -> bool:
-    """A key this process holds a snapshot of: it passes the door with no I/O."""
-    return key is not None and key_scope_held(key)
+    return held(key) is not None
+
+
+def digest_carried(plaintext: str, passed: tuple[str, str] | None) -> str:
+    """The digest the edge computed for this very bearer, else "" (the preflight hashes it). The
+    bearers are compared in constant time: the one the view read and the edge's may differ (a
+    request with two Authorization headers), and a secret is never compared with `==`."""
+    if passed is None or not plaintext or not hmac.compare_digest(passed[0], plaintext):
+        return ""
+    return passed[1]
 
 
 async def refusal(scope: Scope) -> GatewayError | None:

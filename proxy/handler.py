@@ -71,8 +71,9 @@ class ProxyHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refused = await gate.refusal(scope)
-        if refused is not None:  # the body is never read: a refused caller costs no parse or spool
+        passed = scope.get(gate.PASSED)  # the edge's verdict: the bearer passed the door at the head
+        if passed is None and (refused := await gate.refusal(scope)) is not None:
+            # the body is never read: a refused caller costs no parse or spool
             rid = request_id_from(gate.header(scope, b"x-request-id"))
             return await self.send_response(error_response(refused, rid), send)
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
@@ -92,6 +93,7 @@ class ProxyHandler(ASGIHandler):
         request._body = body  # already read, with our limit (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is for forms)
         request.gateway_body_too_large = too_large  # type: ignore[attr-defined]
         request.gateway_upload = upload  # type: ignore[attr-defined]  # closed by proxy.views once the upstream has it
+        request.gateway_passed = passed  # type: ignore[attr-defined]  # (bearer, digest): proxy.views' plan
 
         async def process(request: HttpRequest) -> None:
             # The view straight from the (remembered) URL match: Django's get_response_async adds
@@ -125,23 +127,42 @@ class ProxyHandler(ASGIHandler):
         # The view runs in this task; only the listener gets a task of its own, which cancels this
         # one when the client goes away (a task and an asyncio.wait fewer per call than Django's).
         this = asyncio.current_task()
-        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        listener = asyncio.ensure_future(until_disconnect(receive))
 
         def client_gone(_: asyncio.Future) -> None:
             if this is not None:
                 this.cancel()
 
         listener.add_done_callback(client_gone)
+        answered = False
         try:
             await process(request)
+            answered = True
         except asyncio.CancelledError:
             if not listener.done():
                 raise  # cancelled by the server, not by the client
         finally:
             listener.remove_done_callback(client_gone)
-            listener.cancel()
-            if listener.done() and not listener.cancelled():
-                listener.exception()  # retrieved: RequestAborted is how a listener ends
+            if answered:
+                # ASGI: once the response is sent, receive() says http.disconnect (daphne queued
+                # it as the response ended), so the listener ends by itself in its step already
+                # scheduled; cancelled only if it has not by the loop's next turn (the task's loop:
+                # get_running_loop makes a getpid() system call on Python 3.11).
+                listener.get_loop().call_soon(stop_listening, listener)
+            else:
+                stop_listening(listener)
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Returns when the server says the client is gone (or, the response sent, done): Django's
+    listen_for_disconnect without its RequestAborted, which a finished call would throw and catch."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def stop_listening(listener: asyncio.Future) -> None:
+    if not listener.done():
+        listener.cancel()
 
 
 async def read_body(receive: Receive, scope: Scope, limit: int) -> tuple[bytes, bool]:

@@ -21,6 +21,9 @@ from quota.pricing import Usage
 
 CHARS_PER_TOKEN = 4
 _decoder = json.JSONDecoder()
+# json.dumps(value, ensure_ascii=False) without an encoder made per call (dumps reuses its own
+# only with every option at its default): the same text.
+_encode_text = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _int(value: object) -> int:
@@ -211,7 +214,7 @@ def prompt_estimate(body: dict, *fields: str) -> int:
         if isinstance(value, str):
             chars += len(value)
         elif value is not None:
-            chars += len(json.dumps(value, ensure_ascii=False))
+            chars += len(_encode_text(value))
     return tokens_for_text(chars)
 
 

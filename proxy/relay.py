@@ -18,6 +18,7 @@ from django.http import StreamingHttpResponse
 from lib import asgi
 
 from . import meters
+from .bodies import encode_compact
 
 
 class EventStream(StreamingHttpResponse):
@@ -107,7 +108,7 @@ class ChatRelay(Relay):
             return None
         obj["usage"] = None  # a chunk carrying both: keep the choices, hide the forced usage
         self.meter.keep(event)
-        return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        return b"data: " + encode_compact(obj).encode()
 
 
 class ResponsesRelay(Relay):

@@ -23,6 +23,8 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 from django.conf import settings
+from multidict import CIMultiDict
+from yarl import URL
 
 from allocations.access import ScopedAllocation
 from allocations.models import ProviderKind
@@ -40,7 +42,15 @@ def session() -> aiohttp.ClientSession:
     current = _state.get("session")
     if current is None or current.closed or _state.get("loop") is not loop:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        current = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        # No cookie jar: one session serves every member, so a provider's Set-Cookie stored for one
+        # member's call would go out on the next call of any other member to that provider (and the
+        # default jar filters its cookies for every request's URL and parses every answer's).
+        current = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
         _state.update(session=current, loop=loop)
     return current
 
@@ -54,7 +64,7 @@ async def session_close() -> None:
 
 @dataclass(frozen=True)
 class Target:
-    url: str
+    url: URL | str  # parsed once (aiohttp parses a string on every request); str: yarl refused it
     headers: dict
     secrets: tuple[str, ...]
 
@@ -89,7 +99,25 @@ def _target_for(entry: ScopedAllocation, endpoint: Endpoint) -> Target:
         url = f"{base}/{endpoint.path}"
         if provider.api_key:
             headers["Authorization"] = f"Bearer {provider.api_key}"
-    return Target(url=url, headers=headers, secrets=secrets)
+    return Target(url=_parsed(url), headers=headers, secrets=secrets)
+
+
+def _parsed(url: str) -> URL | str:
+    try:
+        return URL(url)
+    except ValueError:  # e.g. a port past 65535, which the URLField lets through: aiohttp refuses
+        return url  # it per call with a ClientError, so the call ends as any unreachable upstream
+
+
+_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+
+def timeout_for(limit: float) -> aiohttp.ClientTimeout:
+    """One (immutable) ClientTimeout per value of the setting instead of one per call."""
+    timeout = _timeouts.get(limit)
+    if timeout is None:
+        timeout = _timeouts[limit] = aiohttp.ClientTimeout(total=None, connect=limit, sock_read=limit)
+    return timeout
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
@@ -185,14 +213,16 @@ async def send(
         return simulated.reply(endpoint.name, body)
     target = target_for(entry, endpoint)
     limit = settings.GATEWAY_UPSTREAM_TIMEOUT_S
-    timeout = aiohttp.ClientTimeout(total=None, connect=limit, sock_read=limit)
-    headers = {**target.headers, "X-Request-Id": request_id, **(headers or {})}
+    timeout = timeout_for(limit)
+    # A CIMultiDict: aiohttp copies a plain dict into one first (ClientSession._prepare_headers).
+    sent = CIMultiDict(target.headers)
+    sent["X-Request-Id"] = request_id
+    if headers:
+        sent.update(headers)  # replaces (a multipart's Content-Type), as the last of equal names did
     try:
         # Never follow a redirect: it would carry the provider key (Azure's `api-key` survives a
         # cross-origin hop in aiohttp) and the body to wherever the upstream points.
-        response = await session().post(
-            target.url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
-        )
+        response = await session().post(target.url, data=payload, headers=sent, timeout=timeout, allow_redirects=False)
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {limit:g} s") from None
     except aiohttp.ClientError as exc:

@@ -27,7 +27,7 @@ from quota.models import Outcome
 from quota.pricing import Usage
 from quota.tools import REMOVED_HEADER
 
-from . import accounting, relay, response_ids, unsupported
+from . import accounting, gate, relay, response_ids, unsupported
 from . import simulated_media as simulated_media  # registers the simulated provider's media answers
 from .accounting import Call, settle
 from .answers import Answer
@@ -78,14 +78,18 @@ async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
         return error_response(BadRequest(f"use POST for /v1/{spec.path}"), rid)
     read = await spec.reader(request, spec)
     # = request.headers["Authorization"], without building every header's mapping
-    call = Call(plan_of(spec, read, rid, request.META.get("HTTP_AUTHORIZATION", "")), spec, form=read.form)
-    try:
-        await accounting.open_call(call)
-    except GatewayError as error:
-        if read.form is not None:
-            read.form.close()
-        return error_response(error, rid)
-    response = await _relay_admitted(call)
+    authorization = request.META.get("HTTP_AUTHORIZATION", "")
+    plan = plan_of(spec, read, rid, authorization, passed=getattr(request, "gateway_passed", None))
+    call = Call(plan, spec, form=read.form)
+    if plan.stream:
+        try:
+            await accounting.open_call(call)
+        except GatewayError as error:
+            _close_form(call)
+            return error_response(error, rid)
+        response = await _relay_stream(call)
+    else:
+        response = await _whole(call)
     if call.admitted is not None and call.admitted.removed:
         response[REMOVED_HEADER] = ",".join(call.admitted.removed)
     if call.dropped:
@@ -93,9 +97,12 @@ async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
     return response
 
 
-def plan_of(endpoint: Endpoint, read: Read, request_id: str, authorization: str) -> Plan:
+def plan_of(
+    endpoint: Endpoint, read: Read, request_id: str, authorization: str, passed: tuple[str, str] | None = None
+) -> Plan:
     """The call as quota.admission judges it: who (the bearer), which model and endpoint, and
-    what the request would use; a body the reader refused is the plan's refusal."""
+    what the request would use; a body the reader refused is the plan's refusal. `passed`: the
+    edge's verdict on the bearer (proxy.gate.PASSED), whose digest the plan carries."""
     body, error = read.body, read.error
     stream = bool(body and body.get("stream") is True and error is None)
     plaintext = accounting.plaintext_of(authorization)
@@ -110,6 +117,7 @@ def plan_of(endpoint: Endpoint, read: Read, request_id: str, authorization: str)
         surface=f"/v1/{endpoint.path}",
         kinds=endpoint.kinds,
         plaintext=plaintext,
+        key_digest=gate.digest_carried(plaintext, passed),
         model=model if isinstance(model, str) else "",
         started_at=timezone.now(),
         stream=stream,
@@ -119,24 +127,55 @@ def plan_of(endpoint: Endpoint, read: Read, request_id: str, authorization: str)
     )
 
 
-async def _relay_admitted(call: Call) -> HttpResponseBase:
-    if call.endpoint.response_ids and (refused := await _foreign_response_refused(call)) is not None:
-        return refused
+def _close_form(call: Call) -> None:
+    if call.form is not None:
+        call.form.close()
+
+
+def _build(call: Call) -> None:
     try:
         call.sent = call.endpoint.builder(call)
     except BaseException:
-        if call.form is not None:
-            call.form.close()
+        _close_form(call)
         raise
-    if call.stream:
-        return await _stream(call)
-    task = _keep(asyncio.ensure_future(_complete(call)))
+
+
+async def _relay_stream(call: Call) -> HttpResponseBase:
+    if call.endpoint.response_ids and (refused := await _foreign_response_refused(call)) is not None:
+        return refused
+    _build(call)
+    return await _stream(call)
+
+
+async def _whole(call: Call) -> HttpResponseBase:
+    """A call answered whole: admitted, sent upstream and settled in one task the request cannot
+    cancel (and the drain waits for), so neither the admission nor the upstream call needs a
+    task and a shield of its own."""
+    task = _keep(asyncio.ensure_future(_whole_call(call)))
     try:
-        return await asyncio.shield(task)
+        response = await asyncio.shield(task)
     except asyncio.CancelledError:
-        # The client went away: the upstream call still completes and is billed (SPEC 4).
+        # The client went away: the admission ends (settled as client_cancelled if it admitted);
+        # an upstream call under way still completes and is billed (SPEC 4).
         call.client_gone = True
         raise
+    if call.rate_headers is not None:  # the admission ran in the task: its headers go to this request
+        accounting.RATE_HEADERS.set(call.rate_headers)
+    return response
+
+
+async def _whole_call(call: Call) -> HttpResponseBase:
+    try:
+        if not await accounting.open_call(call, detached=True):
+            _close_form(call)
+            return HttpResponse(status=499)  # the client left during admission: nobody reads this
+    except GatewayError as error:
+        _close_form(call)
+        return error_response(error, call.request_id)
+    if call.endpoint.response_ids and (refused := await _foreign_response_refused(call)) is not None:
+        return refused
+    _build(call)
+    return await _complete(call)
 
 
 async def _foreign_response_refused(call: Call) -> HttpResponse | None:

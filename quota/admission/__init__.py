@@ -47,6 +47,7 @@ __all__ = [
     "Admitted",
     "Plan",
     "Refused",
+    "abandon",
     "admit",
     "refuse",
     "reject_outcome",
@@ -65,13 +66,18 @@ logger = logging.getLogger(__name__)
 _abandoned = inflight.tasks("abandoned admissions")
 
 
-async def admit(plan: Plan) -> Admitted | Refused:
+async def admit(plan: Plan, *, detached: bool = False) -> Admitted | Refused:
     """SPEC 3 steps 3-10 and the admission, on the event loop when the call is warm, else on an
     accounting thread (retried once on a new connection; then GatewayUnavailable is raised).
 
     If the caller goes away meanwhile, the step still runs to its end (cut short, an admission
     could commit unseen and leave a reservation with no record); a call admitted that way is
-    settled at once as client_cancelled (499, no usage: nothing went upstream)."""
+    settled at once as client_cancelled (499, no usage: nothing went upstream). `detached`: the
+    caller already runs in a task its request cannot cancel, so the step runs in it (without a
+    task and a shield of its own), and the caller, told that its client left, gives the answer
+    to `abandon`."""
+    if detached:
+        return await _admit(plan, Opening(estimate=plan.estimate))
     opening = asyncio.ensure_future(_admit(plan, Opening(estimate=plan.estimate)))
     try:
         return await asyncio.shield(opening)
@@ -80,12 +86,17 @@ async def admit(plan: Plan) -> Admitted | Refused:
         raise
 
 
+async def abandon(answer: Admitted | Refused) -> None:
+    """The answer to an admission whose client left meanwhile: an admitted call is settled as
+    client_cancelled (499, no usage); a refused one is not recorded (as when `admit` is cancelled)."""
+    if isinstance(answer, Admitted):
+        await settle(answer, outcome=Outcome.CLIENT_CANCELLED, status_code=499, usage=Usage())
+
+
 def _settle_abandoned(opening: asyncio.Future) -> None:
     if opening.cancelled() or opening.exception() is not None or not isinstance(opening.result(), Admitted):
         return
-    task = asyncio.ensure_future(
-        settle(opening.result(), outcome=Outcome.CLIENT_CANCELLED, status_code=499, usage=Usage())
-    )
+    task = asyncio.ensure_future(abandon(opening.result()))
     _abandoned.add(task)
     task.add_done_callback(_abandoned.discard)
 

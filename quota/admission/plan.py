@@ -32,6 +32,8 @@ class Plan:
     plaintext: str  # the bearer key ("": none, or a malformed one)
     model: str  # as the client named it ("": none)
     started_at: dt.datetime
+    # allocations.access.key_digest(plaintext) when the relay holds it already ("": hashed when needed)
+    key_digest: str = ""
     stream: bool = False
     estimate: Usage = Usage()  # what the request would use, before its options are judged
     body: dict | None = None  # judged for its cost-bearing options (quota.options); None: none to judge

@@ -86,7 +86,7 @@ def attribute(plan: Plan, opening: Opening, generation: int | None) -> None:
     if not plan.plaintext:
         return
     try:
-        opening.scope = key_scope(plan.plaintext, generation=generation)
+        opening.scope = key_scope(plan.plaintext, generation=generation, digest=plan.key_digest)
         if plan.model:
             opening.entry = opening.scope.resolve(plan.model)
     except GatewayError:
@@ -121,7 +121,7 @@ def preflight(plan: Plan, opening: Opening, generation: int | None) -> None:
     reservation first, one after the rate limits gives their place back."""
     if generation is None:
         generation = auth_generation()
-    opening.scope = key_scope(plan.plaintext, generation=generation, now=plan.started_at)
+    opening.scope = key_scope(plan.plaintext, generation=generation, now=plan.started_at, digest=plan.key_digest)
     opening.entry = entry = opening.scope.resolve(plan.model)
     allocation_check_status(entry)
     _rate_limit(plan, opening, entry)
@@ -275,7 +275,7 @@ async def admit_on_loop(plan: Plan, opening: Opening) -> bool:
 def _warm(plan: Plan, opening: Opening, generation: int) -> tuple[KeyScope, ScopedAllocation, Any] | None:
     """(key scope, allocation, price) when all three are cached under `generation` and nothing
     (the options' judgement included) refuses the call before its limits and caps; else None."""
-    scope = key_scope_cached(plan.plaintext, generation=generation, now=plan.started_at)
+    scope = key_scope_cached(plan.plaintext, generation=generation, now=plan.started_at, digest=plan.key_digest)
     if scope is None or touch_due(scope.key_id):
         return None
     try:

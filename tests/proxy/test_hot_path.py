@@ -9,11 +9,14 @@ import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpResponse
 from django.test import override_settings
+from django.urls import ResolverMatch
 from django.utils import timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
+from allocations import access
 from gateway_project.asgi import application  # before any log capture: django.setup() reconfigures logging
 from proxy import accounting, gate, meters
 from proxy.handler import ProxyHandler
@@ -24,7 +27,7 @@ from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory, make_key
 
 
-async def _get(application, path, headers=()):
+async def _get(application, path, headers=(), extra=None):
     scope = {
         "type": "http",
         "method": "GET",
@@ -34,6 +37,7 @@ async def _get(application, path, headers=()):
         "headers": [(b"x-request-id", b"req-mw"), *headers],
         "scheme": "http",
         "server": ("testserver", 80),
+        **(extra or {}),
     }
     communicator = ApplicationCommunicator(application, scope)
     await communicator.send_input({"type": "http.request", "body": b""})
@@ -185,7 +189,7 @@ async def test_an_unexpected_error_in_a_v1_view_is_answered_in_the_envelope(monk
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(accounting, "models_for", broken)
-    monkeypatch.setattr(gate, "key_scope_held", lambda plaintext: True)  # past the door: into the view
+    monkeypatch.setattr(gate, "key_scope_held", lambda plaintext: "digest")  # past the door: into the view
     status, headers, body = await _get(application, "/v1/models", [(b"authorization", b"Bearer sk-gw-" + b"k" * 43)])
     error = json.loads(body)["error"]
     assert status == 500 and headers[b"Content-Type"] == b"application/json"
@@ -222,3 +226,36 @@ def test_a_usage_object_nested_after_the_top_level_one_is_never_taken_for_it(usa
     body = json.dumps({"usage": usage, **{k: v for k, v in tail.items() if k != "usage"}, "z": {"usage": planted}})
     assert meters.find_usage(body.encode()) == usage
     assert meters.find_usage(json.dumps({"metadata": {"usage": planted}}).encode()) is None
+
+
+def test_the_edges_digest_is_carried_only_for_the_bearer_it_was_computed_for():
+    key, other = "sk-gw-" + "a" * 43, "sk-gw-" + "b" * 43
+    digest = access.key_digest(key)
+    assert gate.digest_carried(key, (key, digest)) == digest
+    assert gate.digest_carried(other, (key, digest)) == ""
+    assert gate.digest_carried("", (key, digest)) == ""
+    assert gate.digest_carried(key, None) == ""
+
+
+@pytest.mark.django_db
+async def test_a_scope_without_the_edges_verdict_meets_the_door_and_one_with_it_does_not(monkeypatch):
+    """Only the server's patch puts the verdict in a scope (a client's headers cannot): without it
+    the handler runs the door; with it the door is not run again and the view gets the verdict."""
+    unknown = [(b"authorization", b"Bearer sk-gw-" + b"Z" * 43)]
+    status, _, body = await _get(application, "/v1/chat/completions", unknown + [(gate.PASSED.encode(), b"x")])
+    assert status == 401 and json.loads(body)["error"]["code"] == "unauthorized"
+
+    async def no_door(scope):
+        raise AssertionError("the door ran again")
+
+    seen = []
+
+    async def view(request, *args, **kwargs):
+        seen.append(request.gateway_passed)
+        return HttpResponse(b"{}", content_type="application/json")
+
+    monkeypatch.setattr(gate, "refusal", no_door)
+    monkeypatch.setattr(ProxyHandler, "resolve_request", lambda self, request: ResolverMatch(view, (), {}))
+    verdict = ("sk-gw-" + "Z" * 43, "digest")
+    status, _, _ = await _get(ProxyHandler(), "/v1/chat/completions", unknown, extra={gate.PASSED: verdict})
+    assert status == 200 and seen == [verdict]

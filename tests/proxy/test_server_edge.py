@@ -134,3 +134,37 @@ def test_a_valid_key_and_a_body_within_the_limit_are_served_as_before(world):
         )
         assert answer.choices[0].message.content
     assert CallRecord.objects.filter(outcome="success").count() == 2
+
+
+def call_raw(url: str, key_lines: list[str], body: bytes, rid: str) -> bytes:
+    """One call on its own connection with the given Authorization lines; the answer's status line."""
+    parts = urlsplit(url)
+    lines = ["POST /v1/chat/completions HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    lines += [f"X-Request-Id: {rid}", f"Content-Length: {len(body)}", "Connection: close", *key_lines]
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return read_answer(sock).split(b"\r\n", 1)[0]
+
+
+def test_a_held_key_revoked_meanwhile_is_refused_at_once_though_the_head_passed_it(world):
+    allocation = world.allocation()
+    body = json.dumps({"model": allocation.model.slug, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    bearer = [f"Authorization: Bearer {allocation.plaintext}"]
+    for rid in ("held-1", "held-2"):  # looked up by the door, then passed at once from the head
+        assert call_raw(world.gateway_url, bearer, body, rid) == b"HTTP/1.1 200 OK"
+    api_key_revoke(key=allocation.key)  # the process still holds the key's snapshot of the old generation
+    assert call_raw(world.gateway_url, bearer, body, "held-3").startswith(b"HTTP/1.1 401 ")
+    assert record_of("held-3").outcome == "rejected_unauthenticated"  # refused by the preflight
+    assert CallRecord.objects.filter(outcome="success").count() == 2
+
+
+def test_a_second_authorization_header_is_never_served_under_the_first_keys_verdict(world):
+    """The head judges the first Authorization header; the view reads them all (joined, as Django
+    does): the verdict's digest belongs to another bearer than the call's, so it is not used."""
+    allocation, other = world.allocation(), world.allocation()
+    body = json.dumps({"model": allocation.model.slug, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    first = f"Authorization: Bearer {allocation.plaintext}"
+    assert call_raw(world.gateway_url, [first], body, "two-0") == b"HTTP/1.1 200 OK"  # now held
+    answer = call_raw(world.gateway_url, [first, f"Authorization: Bearer {other.plaintext}"], body, "two-1")
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert record_of("two-1").outcome == "rejected_unauthenticated"

@@ -188,3 +188,14 @@ def test_a_non_streaming_call_whose_client_leaves_is_completed_upstream_and_bill
     assert not record.estimated and counter_of(allocation).tokens_used == 18
     time.sleep(0.1)
     assert released(allocation) and CallRecord.objects.count() == 1
+
+
+def test_a_base_url_the_client_cannot_parse_is_a_502(world):
+    allocation = world.allocation(provider=world.provider(base_url="http://127.0.0.1:99999/v1"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        world.client(allocation.plaintext).chat.completions.create(
+            model=allocation.model.slug, messages=MESSAGES, extra_headers=RID
+        )
+    assert caught.value.status_code == 502 and caught.value.code == "upstream_error"
+    assert "99999" not in caught.value.message
+    assert record_of("req-fault").outcome == "upstream_error" and released(allocation)
