@@ -11,13 +11,16 @@ The SQL pieces here extend the two statements of ledger.statements:
 - settlement: the usage of each call is added to the counters of its groups (an upsert: a group
   without a cap may have no counter yet) and its held reservation taken out of the capped ones, in
   one write per group row, before the allocations' counters (the same lock order as admission).
-A group whose counter row does not exist yet makes the warm admission miss; the thread path
-(ledger.sync) creates the rows and tells a refusal (403) from headroom held in flight (429).
+A member with exactly one capped group is admitted by a shorter statement (ADMIT_ONE_SQL: one
+guarded upsert of the group's counter, no lock before it). Otherwise a group whose counter row
+does not exist yet makes the warm admission miss; the thread path (ledger.sync) creates the rows
+and tells a refusal (403) from headroom held in flight (429).
 """
 
 import datetime as dt
 import functools
 import json
+import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Protocol
@@ -64,12 +67,18 @@ def caps_json(held: Sequence[tuple[Budget, int | None, Decimal | None]]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def admission_parts(groups: tuple, priced: bool) -> tuple[int, str, str, str]:
+def admission_parts(groups: tuple, priced: bool) -> tuple[int, str, str, str, tuple[str, str, str, tuple] | None]:
     """What the admission statement takes of a member's groups, computed once per snapshot's
     groups (they are immutable): (the number of capped groups, their caps as the JSON parameter,
-    the capped groups' ids and every group id, each as a uuid[] literal)."""
+    the capped groups' ids and every group id, each as a uuid[] literal, and with exactly one
+    capped group: its id, its cap guards and their parameters, for ADMIT_ONE_SQL)."""
     held = capped(groups, priced=priced)
-    return len(held), caps_json(held), _uuids(g.id for g, _, _ in held), _uuids(g.id for g in groups)
+    one = None
+    if len(held) == 1:
+        group, token_cap, cost_cap = held[0]
+        zero, condition, params = one_guards(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
+        one = (group.id, zero, condition, tuple(params))
+    return len(held), caps_json(held), _uuids(g.id for g, _, _ in held), _uuids(g.id for g in groups), one
 
 
 def _uuids(ids: Iterable[str]) -> str:
@@ -94,6 +103,62 @@ ADMIT_SQL = (
     " group_ids, group_counter_ids) SELECT %s, c.id, %s, %s, %s, %s, %s, {context}, %s::uuid[],"
     " COALESCE((SELECT array_agg(id ORDER BY id) FROM g), '{{}}') FROM c RETURNING group_counter_ids"
 )
+
+# The admission with exactly one capped group: ONE guarded write of the group's counter (`h`, no
+# `SELECT ... FOR UPDATE` before it), then the allocation's guarded UPDATE, which matches only once
+# `h` did (so the group's row is locked before the allocation's, the order of the settlement), then
+# the reservation. `h` is an upsert whose DO UPDATE carries the group's cap guard: under READ
+# COMMITTED it waits for a concurrent writer of the row and judges the row as that one committed
+# it, without the re-check a plain UPDATE makes of a row changed under it (EvalPlanQual, which
+# sets up every sub-plan of the statement again: measured dearer when every call of a group meets
+# on its row, docs/PERFORMANCE.md). A counter not there yet is made with the reservation, when the
+# cap guard admits it on an empty counter (`{zero_guard}`).
+# `h` also asks the allocation's guard on its row as this statement's snapshot sees it (read, not
+# locked), so an allocation at its cap is a plain miss that writes nothing. Only when a concurrent
+# admission takes the allocation's last headroom between that read and `c` has `h` reserved on the
+# group alone: HOLD_WHOLE then raises HOLD_SPLIT_SQLSTATE and the whole statement rolls back (all or
+# none). One row always comes back: the group counter ids held, or NULL when not admitted.
+HOLD_SPLIT_SQLSTATE = "QG001"
+HOLD_WHOLE = "quota_group_hold_whole"
+ADMIT_ONE_SQL = (
+    f"WITH h AS (INSERT INTO {GROUP_COUNTER_TABLE} AS x (group_id, period_start, tokens_used, cost_used, calls,"  # noqa: S608 (constant names)
+    " tokens_reserved, cost_reserved, updated_at) SELECT %s::uuid, %s::date, 0, 0, 0, %s, %s, now()"
+    " WHERE true{zero_guard} AND EXISTS (SELECT 1 FROM {counters} WHERE id = %s AND allocation_id = %s{guard})"
+    " ON CONFLICT (group_id, period_start) DO UPDATE SET tokens_reserved = x.tokens_reserved"
+    " + excluded.tokens_reserved, cost_reserved = x.cost_reserved + excluded.cost_reserved"
+    " WHERE true{group_guard} RETURNING id),"
+    " c AS (UPDATE {counters} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"
+    " WHERE id = %s AND allocation_id = %s{guard} AND EXISTS (SELECT 1 FROM h) RETURNING id),"
+    " r AS (INSERT INTO {reservations} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context,"
+    " group_ids, group_counter_ids) SELECT %s, c.id, %s, %s, %s, %s, %s, {context}, %s::uuid[],"
+    " ARRAY(SELECT id FROM h) FROM c RETURNING group_counter_ids)"
+    f" SELECT {HOLD_WHOLE}((SELECT count(*) FROM h), (SELECT count(*) FROM r), (SELECT group_counter_ids FROM r))"
+)
+_COUNTER_COLUMNS = re.compile(r"\b(tokens_used|tokens_reserved|cost_used|cost_reserved)\b")
+
+
+def one_guards(*, token_cap: int | None, cost_cap: Decimal | None, priced: bool) -> tuple[str, str, list]:
+    """The cap rule (quota.billing.caps.guard_sql) of ADMIT_ONE_SQL's group: on an empty counter
+    (`{zero_guard}`) and on the existing row `x` (`{group_guard}`), and the parameters of each."""
+    condition, params = caps.guard_sql(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
+    return _COUNTER_COLUMNS.sub("0", condition), _COUNTER_COLUMNS.sub(r"x.\1", condition), params
+
+
+# Made by migration quota 0019: NULL-safe pass-through of the held ids, or the error that undoes a
+# statement which reserved on a group but not on the allocation.
+HOLD_WHOLE_FUNCTION = (
+    f"CREATE OR REPLACE FUNCTION {HOLD_WHOLE}(groups_held bigint, reservations bigint, held bigint[])"
+    " RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$ BEGIN"
+    " IF groups_held > reservations THEN RAISE EXCEPTION 'a group reserved without its allocation: undone'"
+    f" USING ERRCODE = '{HOLD_SPLIT_SQLSTATE}'; END IF; RETURN held; END $$"
+)
+
+
+def hold_split(error: BaseException) -> bool:
+    """True when `error` is HOLD_WHOLE's (the admission was undone whole: not admitted, nothing
+    held); psycopg's own error or Django's wrapper of it."""
+    return any(getattr(found, "sqlstate", None) == HOLD_SPLIT_SQLSTATE for found in (error, error.__cause__))
+
 
 # The settlement's group part: `k` is the settlements whose reservation was taken (ledger.statements),
 # with `groups` (the group ids each call counts toward) and `held` (the group counter ids its

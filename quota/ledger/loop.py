@@ -30,7 +30,7 @@ from psycopg.waiting import READY_R, WAIT_W
 
 from ..models import PriceVersion
 from ..pricing import Usage
-from .groups import Budget
+from .groups import Budget, hold_split
 from .statements import (
     COUNTER_READ,
     COUNTERS_READ,
@@ -311,13 +311,26 @@ async def admit(
     query = native(sql)
     async with pool().connection() as conn:
         cursor = conn.statement_cursor(query)
-        await cursor.execute(query, params, prepare=_prepare())
+        try:
+            await cursor.execute(query, params, prepare=_prepare())
+        except psycopg.DatabaseError as error:
+            # Undone whole (a group reserved without its allocation): a miss like any guard's, on a
+            # connection still sound (kept in the pool), and the thread path decides.
+            if hold_split(error):
+                return None
+            raise
         if cursor.rowcount <= 0:
             return None
         # A statement that returns the group counters held has columns (cheaper to ask than
-        # `description`, which builds an object per column).
+        # `description`, which builds an object per column); NULL there: not admitted.
         result = cursor.pgresult
-        held = tuple((await cursor.fetchone())[0]) if result is not None and result.nfields else ()  # type: ignore[index]
+        if result is not None and result.nfields:
+            found = (await cursor.fetchone())[0]  # type: ignore[index]
+            if found is None:
+                return None
+            held = tuple(found)
+        else:
+            held = ()
     return Admission(reservation["id"], counter_id, est_tokens, cost, tuple(g.id for g in groups), held)
 
 

@@ -107,6 +107,9 @@ _CALL_COLUMNS = ", ".join(str(f.column) for f in CALL_FIELDS)
 _ADMIT_GROUPS_SQL = group_sql.ADMIT_SQL.replace("{counters}", COUNTER_TABLE).replace(
     "{reservations}", RESERVATION_TABLE
 )
+_ADMIT_ONE_GROUP_SQL = group_sql.ADMIT_ONE_SQL.replace("{counters}", COUNTER_TABLE).replace(
+    "{reservations}", RESERVATION_TABLE
+)
 _SETTLE_HEAD = (
     "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(n bigint, reservation uuid, counter bigint,"  # noqa: S608 (constant names)
     " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric{group_columns}) LIMIT {calls}),"
@@ -148,9 +151,9 @@ _ROLLUP = upserts_sql("i")
 # The texts are made once per variant: the same str object each call (its hash kept), and no
 # formatting of a few kilobytes per call. Bounded by the variants: the cap guards and contexts
 # (a handful) and the batch sizes (loop._Settlements.MAX_BATCH).
-@functools.lru_cache(maxsize=64)
-def _admit_sql(template: str, guard: str, context: str) -> str:
-    return template.format(guard=guard, context=context)
+@functools.lru_cache(maxsize=128)
+def _admit_sql(template: str, guard: str, context: str, zero_guard: str = "", group_guard: str = "") -> str:
+    return template.format(guard=guard, context=context, zero_guard=zero_guard, group_guard=group_guard)
 
 
 @functools.lru_cache(maxsize=256)
@@ -187,7 +190,33 @@ def admit_statement(
     if not groups:
         sql, extra = _ADMIT_SQL, []
     else:
-        capped, caps_json, capped_ids, group_ids = group_sql.admission_parts(tuple(groups), priced)
+        capped, caps_json, capped_ids, group_ids, one = group_sql.admission_parts(tuple(groups), priced)
+        if one is not None:
+            group_id, zero_condition, group_condition, group_params = one
+            return _admit_sql(_ADMIT_ONE_GROUP_SQL, condition, context, zero_condition, group_condition), [
+                group_id,
+                period,
+                r["tokens"],
+                r["cost"],
+                *group_params,
+                counter_id,
+                allocation_id,
+                *condition_params,
+                *group_params,
+                r["tokens"],
+                r["cost"],
+                counter_id,
+                allocation_id,
+                *condition_params,
+                r["id"],
+                r["request_id"],
+                r["tokens"],
+                r["cost"],
+                r["created_at"],
+                r["expires_at"],
+                *context_params,
+                group_ids,
+            ]
         if capped:
             return _admit_sql(_ADMIT_GROUPS_SQL, condition, context), [
                 caps_json,

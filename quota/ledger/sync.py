@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, Self
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 from django.db.models import F, Model
@@ -103,12 +103,22 @@ def _cap_error(
 
 def _hold(counter_id: int, row: dict, caps: dict) -> tuple[int, ...] | None:
     """The guarded reservation on `counter_id` (and the capped groups' counters) and its row: the
-    group counter ids held, or None when a cap's guard did not match."""
-    with _prepared_cursor() as cursor:
-        cursor.execute(*admit_statement(counter_id=counter_id, reservation=row, **caps))
-        if cursor.rowcount <= 0:
+    group counter ids held, or None when a cap's guard did not match (or the statement was undone
+    whole: group_ledger.hold_split). Its own savepoint inside a transaction, so that an undone
+    statement leaves the caller's transaction usable."""
+    try:
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
+            cursor.execute(*admit_statement(counter_id=counter_id, reservation=row, **caps))
+            if cursor.rowcount <= 0:
+                return None
+            if not cursor.description:
+                return ()
+            held = cursor.fetchone()[0]
+    except DatabaseError as error:
+        if group_ledger.hold_split(error):
             return None
-        return tuple(cursor.fetchone()[0]) if cursor.description else ()
+        raise
+    return None if held is None else tuple(held)
 
 
 def admit(
@@ -156,11 +166,9 @@ def admit(
     }
     counted = tuple(g.id for g in groups)
     if cached_counter_id is not None:
-        # One statement is atomic on its own: a savepoint only when nested.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext():
-            held = _hold(cached_counter_id, row, caps)
-            if held is not None:
-                return Admission(row["id"], cached_counter_id, est_tokens, est_cost, counted, held)
+        held = _hold(cached_counter_id, row, caps)
+        if held is not None:
+            return Admission(row["id"], cached_counter_id, est_tokens, est_cost, counted, held)
     group_caps = group_ledger.capped(groups, priced=priced)
     with transaction.atomic():
         counter = counter_for(allocation_id=allocation_id, period_start=key[1])

@@ -28,7 +28,11 @@ def test_a_warm_call_of_a_member_in_a_capped_group_is_still_two_statements(world
     chat_call(world, allocation, "grp-2")
     assert thread_steps == []
     assert len(loop_statements) == 2  # no round trip of its own for the group
-    assert "FOR UPDATE OF gc" in loop_statements[0] and "INSERT INTO quota_groupusagecounter" in loop_statements[1]
+    # One capped group: one guarded upsert of its counter, no row lock before it; the settlement
+    # upserts the group's usage.
+    admission, settlement = loop_statements
+    assert "WITH h AS (INSERT INTO quota_groupusagecounter" in admission and "FOR UPDATE" not in admission
+    assert "INSERT INTO quota_groupusagecounter" in settlement
     record = assert_settled_once(allocation, "grp-2")
     assert [str(g) for g in record.group_ids] == [str(group.pk)]
     counter = GroupUsageCounter.objects.get(group=group)
