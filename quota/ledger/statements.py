@@ -187,6 +187,9 @@ def admit_statement(
     # An empty context (a reservation nothing bills if its holder dies) is a literal; any other is
     # encoded once here and sent as text that PostgreSQL reads as jsonb (no adapter object per call).
     context, context_params = ("'{}'", []) if not r["context"] else ("%s::jsonb", [_context_json(r["context"])])
+    # The parameters of the allocation counter's guarded UPDATE and of the reservation row (every variant).
+    counter = [r["tokens"], r["cost"], counter_id, allocation_id, *condition_params]
+    row = [r["id"], r["request_id"], r["tokens"], r["cost"], r["created_at"], r["expires_at"], *context_params]
     if not groups:
         sql, extra = _ADMIT_SQL, []
     else:
@@ -203,18 +206,8 @@ def admit_statement(
                 allocation_id,
                 *condition_params,
                 *group_params,
-                r["tokens"],
-                r["cost"],
-                counter_id,
-                allocation_id,
-                *condition_params,
-                r["id"],
-                r["request_id"],
-                r["tokens"],
-                r["cost"],
-                r["created_at"],
-                r["expires_at"],
-                *context_params,
+                *counter,
+                *row,
                 group_ids,
             ]
         if capped:
@@ -222,39 +215,15 @@ def admit_statement(
                 caps_json,
                 capped_ids,
                 period,
-                r["tokens"],
-                r["cost"],
-                counter_id,
-                allocation_id,
-                *condition_params,
+                *counter,
                 capped,
                 r["tokens"],
                 r["cost"],
-                r["id"],
-                r["request_id"],
-                r["tokens"],
-                r["cost"],
-                r["created_at"],
-                r["expires_at"],
-                *context_params,
+                *row,
                 group_ids,
             ]
         sql, extra = _ADMIT_COUNTED_SQL, [group_ids]
-    return _admit_sql(sql, condition, context), [
-        r["tokens"],
-        r["cost"],
-        counter_id,
-        allocation_id,
-        *condition_params,
-        r["id"],
-        r["request_id"],
-        r["tokens"],
-        r["cost"],
-        r["created_at"],
-        r["expires_at"],
-        *context_params,
-        *extra,
-    ]
+    return _admit_sql(sql, condition, context), [*counter, *row, *extra]
 
 
 def settle_values(
