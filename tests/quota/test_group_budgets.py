@@ -60,6 +60,30 @@ def admit(allocation, *, tokens=10, cost="0.01", request_id="req", ttl_s=None):
     )
 
 
+def admit_from_threads(allocations, *, calls=30, cost="0.3") -> list[str]:
+    """`calls` threads released together, thread n admitting a call on allocations[n % len]:
+    "ok" or "busy" (QuotaBusy) per call."""
+    results: list[str] = []
+    barrier = threading.Barrier(calls)
+
+    def worker(n):
+        barrier.wait()
+        try:
+            admit(allocations[n % len(allocations)], cost=cost, request_id=f"t{n}")
+            results.append("ok")
+        except QuotaBusy:
+            results.append("busy")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def settle(allocation, admission, usage, price, rid="req"):
     return ledger.settle(admission=admission, record=record_of_call(allocation, rid), usage=usage, price=price)
 
@@ -231,24 +255,7 @@ def test_concurrent_admissions_of_three_allocations_hold_the_group_cap_exactly(t
     """30 threads, three allocations of different members sharing one $1 group: admitted while
     used + reserved < cap, so exactly 4 calls of $0.3 (0.9 < 1 admits the fourth)."""
     group, _, allocations, _ = team
-    results: list[str] = []
-    barrier = threading.Barrier(30)
-
-    def worker(n):
-        barrier.wait()
-        try:
-            admit(allocations[n % 3], cost="0.3", request_id=f"t{n}")
-            results.append("ok")
-        except QuotaBusy:
-            results.append("busy")
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(30)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = admit_from_threads(allocations)
     assert (results.count("ok"), results.count("busy")) == (4, 26)
     assert group_counter(group).cost_reserved == Decimal("1.2")
     assert sum(UsageCounter.objects.values_list("cost_reserved", flat=True)) == Decimal("1.2")

@@ -27,7 +27,7 @@ from quota.services import usage_reconcile
 from tests.factories import AllocationFactory, MemberFactory, PriceVersionFactory
 
 from .conftest import record_of_call
-from .test_group_budgets import admit, member_groups
+from .test_group_budgets import admit, admit_from_threads, member_groups
 
 pytestmark = pytest.mark.django_db
 
@@ -167,24 +167,7 @@ def test_concurrent_calls_of_an_allocation_at_its_cap_hold_the_same_amounts_on_i
     """30 threads, one allocation capped at $1 in a roomy group: exactly 4 calls of $0.3 admitted,
     each held on the group too; the others held nothing anywhere (some may have been undone whole)."""
     group, allocation, _ = capped
-    results: list[str] = []
-    barrier = threading.Barrier(30)
-
-    def worker(n):
-        barrier.wait()
-        try:
-            admit(allocation, cost="0.3", request_id=f"t{n}")
-            results.append("ok")
-        except QuotaBusy:
-            results.append("busy")
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(30)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = admit_from_threads([allocation])
     assert (results.count("ok"), results.count("busy")) == (4, 26)
     assert group_counter(group).cost_reserved == Decimal("1.2")
     assert UsageCounter.objects.get(allocation=allocation).cost_reserved == Decimal("1.2")
