@@ -1,6 +1,7 @@
 """The hot path's shape: no middleware on /v1, a pinned number of queries per proxied call, and the
 meters' shortcuts agreeing with a full parse."""
 
+import asyncio
 import json
 import logging
 from decimal import Decimal
@@ -19,7 +20,8 @@ from hypothesis import strategies as st
 from allocations import access
 from gateway_project.asgi import application  # before any log capture: django.setup() reconfigures logging
 from proxy import accounting, gate, meters
-from proxy.handler import ProxyHandler
+from proxy import handler as handler_module
+from proxy.handler import ProxyHandler, until_disconnect
 from proxy.registry import ENDPOINTS
 from quota import admission, ledger
 from quota.models import CallRecord, UsageCounter
@@ -259,3 +261,41 @@ async def test_a_scope_without_the_edges_verdict_meets_the_door_and_one_with_it_
     verdict = ("sk-gw-" + "Z" * 43, "digest")
     status, _, _ = await _get(ProxyHandler(), "/v1/chat/completions", unknown, extra={gate.PASSED: verdict})
     assert status == 200 and seen == [verdict]
+
+
+@pytest.mark.django_db
+async def test_the_disconnect_listener_of_an_answered_call_never_outlives_it(monkeypatch):
+    """After an answer daphne says http.disconnect and the listener ends by itself; a server that
+    never says it gets the listener cancelled on the loop's next turn: none stays pending."""
+    listeners = []
+
+    async def recorded(receive):
+        listeners.append(asyncio.current_task())
+        await until_disconnect(receive)
+
+    async def view(request, *args, **kwargs):
+        return HttpResponse(b"{}", content_type="application/json")
+
+    monkeypatch.setattr(handler_module, "until_disconnect", recorded)
+    monkeypatch.setattr(ProxyHandler, "resolve_request", lambda self, request: ResolverMatch(view, (), {}))
+    verdict = ("sk-gw-" + "Z" * 43, "digest")
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {verdict[0]}".encode())],
+        "scheme": "http",
+        "server": ("testserver", 80),
+        gate.PASSED: verdict,
+    }
+    communicator = ApplicationCommunicator(ProxyHandler(), scope)
+    await communicator.send_input({"type": "http.request", "body": b"{}"})
+    assert (await communicator.receive_output(5))["status"] == 200
+    await communicator.receive_output(5)
+    await communicator.wait(5)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    [listener] = listeners
+    assert listener.done() and listener.cancelled()
