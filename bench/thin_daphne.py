@@ -18,6 +18,8 @@ GATEWAY_ONLY = frozenset({"head_refusal", "drain_on_shutdown"})
 
 if "daphne.server" not in sys.modules:
     raise RuntimeError("bench.thin_daphne is served by daphne (gateway_project.serve)")
+if GATEWAY_ONLY - {patch.name for patch in server_patches.PATCHES}:
+    raise RuntimeError(f"bench.thin_daphne: {GATEWAY_ONLY} are no longer all server patches' names")
 server_patches.check()
 for patch in server_patches.PATCHES:
     if patch.apply is not None and patch.name not in GATEWAY_ONLY:
