@@ -134,8 +134,9 @@ def _hold(seconds: float, upstream: dict, key: str, gateways: dict, thin: dict, 
         "key": key,
         "gateways": {name: {"port": port, "pid": proc.pid} for name, (port, proc) in gateways.items()},
         "thin": {str(k): {"port": thin_ports[k], "pid": proc.pid} for k, proc in thin.items()},
-        "thin_daphne": {str(k): {"port": port, "pid": proc.pid} for k, (port, proc) in floors.items()},
     }
+    if floors:
+        world["thin_daphne"] = {str(k): {"port": port, "pid": proc.pid} for k, (port, proc) in floors.items()}
     print(json.dumps(world), flush=True)
     time.sleep(seconds)
 
