@@ -49,7 +49,7 @@ UPSTREAM_ARGS["real"] = ["--latency-ms", "50", "--chunks", "100", "--chunk-inter
 # click, h11, aiohttp are the versions the bench venv has); the versions are BENCH_PY's.
 SERVER_DEPS = ("fastapi", "starlette", "annotated-doc", "opentelemetry-api", "uvicorn", "httptools")
 DEPS = ROOT / "bench" / ".deps"
-UVICORN_ARGS = ["--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # thin_proxy's, as run below
+UVICORN_ARGS = ["--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # thin_proxy's and gateway_uvicorn's
 
 
 def free_port() -> int:
@@ -252,11 +252,7 @@ def main() -> None:
                     "127.0.0.1",
                     "--port",
                     str(port),
-                    "--no-access-log",
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
+                    *UVICORN_ARGS,
                 ],
                 cwd=HARNESS,
                 env=thin_env,
