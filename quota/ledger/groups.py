@@ -122,9 +122,10 @@ ADMIT_SQL = (
 # it runs after `h` waited for the group's row, by when the allocation's row has mostly changed
 # since the statement's snapshot, and a plain UPDATE would re-check it with EvalPlanQual. Its
 # DO UPDATE carries the allocation check and the cap guard on the row as committed. A cached
-# counter id whose row is gone takes the insert: the counter is made anew under that id when the
-# cap guard admits the call on an empty counter, and when the allocation has another counter of the
-# period the statement fails on its unique (allocation, period) index (`counter_replaced`: a miss).
+# counter id whose row is gone is a miss at `h`'s read; only a row deleted after the statement's
+# snapshot takes the insert: the counter is made again under that id when the cap guard admits the
+# call on an empty counter, and when the allocation has another counter of the period the statement
+# fails on its unique (allocation, period) index (`counter_replaced`: a miss, nothing written).
 HOLD_SPLIT_SQLSTATE = "QG001"
 HOLD_WHOLE = "quota_group_hold_whole"
 ADMIT_ONE_SQL = (
@@ -188,7 +189,10 @@ def counter_replaced(error: BaseException) -> bool:
     the allocation has another counter of the period (nothing written: the cached id is stale)."""
     for found in (error, error.__cause__):
         diag = getattr(found, "diag", None)
-        if getattr(found, "sqlstate", None) == "23505" and getattr(diag, "constraint_name", None) == COUNTER_ONCE_PER_PERIOD:
+        if (
+            getattr(found, "sqlstate", None) == "23505"
+            and getattr(diag, "constraint_name", None) == COUNTER_ONCE_PER_PERIOD
+        ):
             return True
     return False
 
