@@ -143,7 +143,9 @@ ADMIT_ONE_SQL = (
     " r AS (INSERT INTO {reservations} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context,"
     " group_ids, group_counter_ids) SELECT %s, c.id, %s, %s, %s, %s, %s, {context}, %s::uuid[],"
     " ARRAY(SELECT id FROM h) FROM c RETURNING group_counter_ids)"
-    f" SELECT {HOLD_WHOLE}((SELECT count(*) FROM h), (SELECT count(*) FROM r), (SELECT group_counter_ids FROM r))"
+    # Admitted: the row's ids (never NULL). Otherwise HOLD_WHOLE, called only then, with what `h` wrote.
+    f" SELECT CASE WHEN r.group_counter_ids IS NOT NULL THEN r.group_counter_ids"
+    f" ELSE {HOLD_WHOLE}((SELECT count(*) FROM h), 0, NULL) END FROM (SELECT) AS one LEFT JOIN r ON true"
 )
 _COUNTER_COLUMNS = re.compile(r"\b(tokens_used|tokens_reserved|cost_used|cost_reserved)\b")
 
