@@ -1,6 +1,6 @@
 """The ledger's two statements, each written once: the admission (a guarded counter UPDATE and the
-reservation INSERT) and the settlement (reservation DELETE, counter UPDATE, call record INSERT,
-the records' daily and hourly rollups upserted).
+reservation INSERT) and the settlement (reservation DELETE, the counters' usage written by an upsert
+on their ids, call record INSERT, the records' daily and hourly rollups upserted).
 
 Every PostgreSQL caller runs this SQL: the accounting threads through a prepared Django cursor
 (ledger.sync) and the event loop through its own async connections (ledger.loop). Column lists are
