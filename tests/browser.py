@@ -28,32 +28,43 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def page(live_server, monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the ORM work of the fixtures is done.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+@pytest.fixture(scope="module")
+def chromium():
+    """One Chromium for a module's tests; each test opens a context of its own (own cookies,
+    storage and cache), which is all the isolation a page needs, without a browser start a test.
+
+    Playwright's sync API keeps an event loop running in this thread while it is started, so ORM
+    work in the thread (the tests' fixtures, the flush after each) is allowed for the module; the
+    browser modules hold browser tests only, and the loop is gone before the next module."""
     from playwright.sync_api import sync_playwright
 
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+
+
+@pytest.fixture
+def page(live_server, chromium):
     allowed = urlparse(live_server.url).netloc
     foreign: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+    context = chromium.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
 
-        def guard(route):
-            if urlparse(route.request.url).netloc == allowed or route.request.url.startswith("data:"):
-                route.continue_()
-            else:
-                foreign.append(route.request.url)
-                route.abort()
+    def guard(route):
+        if urlparse(route.request.url).netloc == allowed or route.request.url.startswith("data:"):
+            route.continue_()
+        else:
+            foreign.append(route.request.url)
+            route.abort()
 
-        context.route("**/*", guard)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        page.base_url = live_server.url
-        yield page
-        context.close()
-        browser.close()
+    context.route("**/*", guard)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.base_url = live_server.url
+    yield page
+    context.close()
     assert foreign == [], f"pages fetched outside the server: {foreign}"
 
 

@@ -118,6 +118,14 @@ ADMIT_SQL = (
 # admission takes the allocation's last headroom between that read and `c` has `h` reserved on the
 # group alone: HOLD_WHOLE then raises HOLD_SPLIT_SQLSTATE and the whole statement rolls back (all or
 # none). One row always comes back: the group counter ids held, or NULL when not admitted.
+# `c`, the allocation's guarded write, is an upsert on the counter's id for the same reason as `h`:
+# it runs after `h` waited for the group's row, by when the allocation's row has mostly changed
+# since the statement's snapshot, and a plain UPDATE would re-check it with EvalPlanQual. Its
+# DO UPDATE carries the allocation check and the cap guard on the row as committed. A cached
+# counter id whose row is gone is a miss at `h`'s read; only a row deleted after the statement's
+# snapshot takes the insert: the counter is made again under that id when the cap guard admits the
+# call on an empty counter, and when the allocation has another counter of the period the statement
+# fails on its unique (allocation, period) index (`counter_replaced`: a miss, nothing written).
 HOLD_SPLIT_SQLSTATE = "QG001"
 HOLD_WHOLE = "quota_group_hold_whole"
 ADMIT_ONE_SQL = (
@@ -127,12 +135,17 @@ ADMIT_ONE_SQL = (
     " ON CONFLICT (group_id, period_start) DO UPDATE SET tokens_reserved = x.tokens_reserved"
     " + excluded.tokens_reserved, cost_reserved = x.cost_reserved + excluded.cost_reserved"
     " WHERE true{group_guard} RETURNING id),"
-    " c AS (UPDATE {counters} SET tokens_reserved = tokens_reserved + %s, cost_reserved = cost_reserved + %s"
-    " WHERE id = %s AND allocation_id = %s{guard} AND EXISTS (SELECT 1 FROM h) RETURNING id),"
+    " c AS (INSERT INTO {counters} AS y (id, allocation_id, period_start, tokens_used, cost_used, calls,"
+    " tokens_reserved, cost_reserved, updated_at) SELECT %s, %s::uuid, %s::date, 0, 0, 0, %s, %s, now()"
+    " WHERE EXISTS (SELECT 1 FROM h){alloc_zero_guard} ON CONFLICT (id) DO UPDATE SET tokens_reserved ="
+    " y.tokens_reserved + excluded.tokens_reserved, cost_reserved = y.cost_reserved + excluded.cost_reserved"
+    " WHERE y.allocation_id = excluded.allocation_id{alloc_guard} RETURNING id),"
     " r AS (INSERT INTO {reservations} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context,"
     " group_ids, group_counter_ids) SELECT %s, c.id, %s, %s, %s, %s, %s, {context}, %s::uuid[],"
     " ARRAY(SELECT id FROM h) FROM c RETURNING group_counter_ids)"
-    f" SELECT {HOLD_WHOLE}((SELECT count(*) FROM h), (SELECT count(*) FROM r), (SELECT group_counter_ids FROM r))"
+    # Admitted: the row's ids (never NULL). Otherwise HOLD_WHOLE, called only then, with what `h` wrote.
+    f" SELECT CASE WHEN r.group_counter_ids IS NOT NULL THEN r.group_counter_ids"
+    f" ELSE {HOLD_WHOLE}((SELECT count(*) FROM h), 0, NULL) END FROM (SELECT) AS one LEFT JOIN r ON true"
 )
 _COUNTER_COLUMNS = re.compile(r"\b(tokens_used|tokens_reserved|cost_used|cost_reserved)\b")
 
@@ -141,7 +154,17 @@ def one_guards(*, token_cap: int | None, cost_cap: Decimal | None, priced: bool)
     """The cap rule (quota.billing.caps.guard_sql) of ADMIT_ONE_SQL's group: on an empty counter
     (`{zero_guard}`) and on the existing row `x` (`{group_guard}`), and the parameters of each."""
     condition, params = caps.guard_sql(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
-    return _COUNTER_COLUMNS.sub("0", condition), _COUNTER_COLUMNS.sub(r"x.\1", condition), params
+    return on_empty(condition), on_row(condition, "x"), params
+
+
+def on_empty(condition: str) -> str:
+    """A cap guard (quota.billing.caps.guard_sql) judged on an empty counter."""
+    return _COUNTER_COLUMNS.sub("0", condition)
+
+
+def on_row(condition: str, alias: str) -> str:
+    """A cap guard judged on the row named `alias` (an upsert's existing row)."""
+    return _COUNTER_COLUMNS.sub(alias + r".\1", condition)
 
 
 # Made by migration quota 0019: NULL-safe pass-through of the held ids, or the error that undoes a
@@ -160,6 +183,28 @@ def hold_split(error: BaseException) -> bool:
     return any(getattr(found, "sqlstate", None) == HOLD_SPLIT_SQLSTATE for found in (error, error.__cause__))
 
 
+COUNTER_ONCE_PER_PERIOD = "usage_counter_once_per_period"
+
+
+def counter_replaced(error: BaseException) -> bool:
+    """True when `error` is ADMIT_ONE_SQL's insert of a cached counter id whose row is gone while
+    the allocation has another counter of the period (nothing written: the cached id is stale)."""
+    for found in (error, error.__cause__):
+        diag = getattr(found, "diag", None)
+        if (
+            getattr(found, "sqlstate", None) == "23505"
+            and getattr(diag, "constraint_name", None) == COUNTER_ONCE_PER_PERIOD
+        ):
+            return True
+    return False
+
+
+def admission_missed(error: BaseException) -> bool:
+    """An admission statement's error that means "not admitted, nothing written" (hold_split,
+    counter_replaced): the caller takes it as a guard that did not match."""
+    return hold_split(error) or counter_replaced(error)
+
+
 # The settlement's group part: `k` is the settlements whose reservation was taken (ledger.statements),
 # with `groups` (the group ids each call counts toward) and `held` (the group counter ids its
 # reservation holds). One upsert per (group, period) row: the usage goes to the period of the
@@ -175,8 +220,8 @@ SETTLE_CTE = (
     " x.cost_used + excluded.cost_used, x.calls + excluded.calls, x.tokens_reserved - coalesce(sum(held_tokens), 0),"
     " x.cost_reserved - coalesce(sum(held_cost), 0), now() FROM k WHERE x.id = ANY(held)) RETURNING 1),"
 )
-# Appended to the allocations' counter UPDATE: it runs once the groups' upsert is done.
-SETTLE_AFTER_GROUPS = " AND (SELECT count(*) FROM gu) >= 0"
+# The condition of the allocations' counter upsert (its rows): it runs once the groups' upsert is done.
+SETTLE_AFTER_GROUPS = " WHERE (SELECT count(*) FROM gu) >= 0"
 
 
 # --- the thread path: counters, refusals, and the moves of a live reservation ------------------------

@@ -30,7 +30,7 @@ from psycopg.waiting import READY_R, WAIT_W
 
 from ..models import PriceVersion
 from ..pricing import Usage
-from .groups import Budget, hold_split
+from .groups import Budget, admission_missed
 from .statements import (
     COUNTER_READ,
     COUNTERS_READ,
@@ -314,9 +314,9 @@ async def admit(
         try:
             await cursor.execute(query, params, prepare=_prepare())
         except psycopg.DatabaseError as error:
-            # Undone whole (a group reserved without its allocation): a miss like any guard's, on a
-            # connection still sound (kept in the pool), and the thread path decides.
-            if hold_split(error):
+            # Undone whole (a group reserved without its allocation, a stale counter id): a miss
+            # like any guard's, on a connection still sound (kept in the pool), and the thread path decides.
+            if admission_missed(error):
                 return None
             raise
         if cursor.rowcount <= 0:

@@ -1,6 +1,6 @@
 """The ledger's two statements, each written once: the admission (a guarded counter UPDATE and the
-reservation INSERT) and the settlement (reservation DELETE, counter UPDATE, call record INSERT,
-the records' daily and hourly rollups upserted).
+reservation INSERT) and the settlement (reservation DELETE, the counters' usage written by an upsert
+on their ids, call record INSERT, the records' daily and hourly rollups upserted).
 
 Every PostgreSQL caller runs this SQL: the accounting threads through a prepared Django cursor
 (ledger.sync) and the event loop through its own async connections (ledger.loop). Column lists are
@@ -118,10 +118,23 @@ _SETTLE_HEAD = (
     " t AS (SELECT counter, sum(tokens) AS tokens, sum(cost) AS cost, count(*) AS calls,"
     " sum(held_tokens) AS held_tokens, sum(held_cost) AS held_cost FROM k GROUP BY counter),"
 )
+# The allocations' counters: an upsert on the counter's id, never an insert. Each counter of `t`
+# exists: it is the counter of a reservation this statement deleted (a counter's reservations go
+# with it), so every row conflicts and takes the DO UPDATE. Written as an upsert rather than an
+# UPDATE because an UPDATE whose row was changed after the statement's snapshot (a concurrent
+# admission or settlement of the allocation, or one that held a group's row this statement waited
+# for) re-checks it with EvalPlanQual, which sets up every CTE of this statement again;
+# `INSERT ... ON CONFLICT DO UPDATE` waits for the row and updates the version that committed
+# (docs/PERFORMANCE.md). The values of the insert are never written: an allocation id that
+# matches none (its foreign key would refuse the row at commit) and sums of the calls.
+_NO_ALLOCATION = "'00000000-0000-0000-0000-000000000000'::uuid"
 _SETTLE_COUNTERS = (
-    f" u AS (UPDATE {COUNTER_TABLE} c SET tokens_used = c.tokens_used + t.tokens, cost_used = c.cost_used + t.cost,"  # noqa: S608 (constant names)
-    " calls = c.calls + t.calls, tokens_reserved = c.tokens_reserved - t.held_tokens,"
-    " cost_reserved = c.cost_reserved - t.held_cost FROM t WHERE c.id = t.counter{after}),"
+    f" u AS (INSERT INTO {COUNTER_TABLE} AS c (id, allocation_id, period_start, tokens_used, cost_used, calls,"  # noqa: S608 (constant names)
+    f" tokens_reserved, cost_reserved, updated_at) SELECT t.counter, {_NO_ALLOCATION}, 'infinity'::date, t.tokens,"
+    " t.cost, t.calls, t.held_tokens, t.held_cost, now() FROM t{after} ORDER BY t.counter ON CONFLICT (id) DO UPDATE"
+    " SET tokens_used = c.tokens_used + excluded.tokens_used, cost_used = c.cost_used + excluded.cost_used,"
+    " calls = c.calls + excluded.calls, tokens_reserved = c.tokens_reserved - excluded.tokens_reserved,"
+    " cost_reserved = c.cost_reserved - excluded.cost_reserved),"
 )
 _SETTLE_RECORDS = (
     f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"  # noqa: S608 (constant names)
@@ -153,7 +166,14 @@ _ROLLUP = upserts_sql("i")
 # (a handful) and the batch sizes (loop._Settlements.MAX_BATCH).
 @functools.lru_cache(maxsize=128)
 def _admit_sql(template: str, guard: str, context: str, zero_guard: str = "", group_guard: str = "") -> str:
-    return template.format(guard=guard, context=context, zero_guard=zero_guard, group_guard=group_guard)
+    return template.format(
+        guard=guard,
+        context=context,
+        zero_guard=zero_guard,
+        group_guard=group_guard,
+        alloc_zero_guard=group_sql.on_empty(guard),
+        alloc_guard=group_sql.on_row(guard, "y"),
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -206,7 +226,13 @@ def admit_statement(
                 allocation_id,
                 *condition_params,
                 *group_params,
-                *counter,
+                counter_id,
+                allocation_id,
+                period,
+                r["tokens"],
+                r["cost"],
+                *condition_params,
+                *condition_params,
                 *row,
                 group_ids,
             ]

@@ -104,8 +104,8 @@ def _cap_error(
 def _hold(counter_id: int, row: dict, caps: dict) -> tuple[int, ...] | None:
     """The guarded reservation on `counter_id` (and the capped groups' counters) and its row: the
     group counter ids held, or None when a cap's guard did not match (or the statement was undone
-    whole: group_ledger.hold_split). Its own savepoint inside a transaction, so that an undone
-    statement leaves the caller's transaction usable."""
+    whole, or its cached counter id is stale: group_ledger.admission_missed). Its own savepoint
+    inside a transaction, so that an undone statement leaves the caller's transaction usable."""
     try:
         with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
             cursor.execute(*admit_statement(counter_id=counter_id, reservation=row, **caps))
@@ -115,7 +115,7 @@ def _hold(counter_id: int, row: dict, caps: dict) -> tuple[int, ...] | None:
                 return ()
             held = cursor.fetchone()[0]
     except DatabaseError as error:
-        if group_ledger.hold_split(error):
+        if group_ledger.admission_missed(error):
             return None
         raise
     return None if held is None else tuple(held)

@@ -23,10 +23,11 @@ def world(served_world):
     return served_world
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def one_minute_window():
     """The failed-auth counts are per calendar minute: a test that counts several refusals starts
-    far enough from a minute's end that they all fall in one window."""
+    far enough from a minute's end that they all fall in one window (up to 15 s of waiting, so only
+    the tests that count ask for it; a single refusal is 401 in any window)."""
     if (left := 60 - time.time() % 60) < 15:
         time.sleep(left + 0.1)
 
@@ -57,7 +58,7 @@ def test_a_bad_bearer_is_answered_before_the_body_arrives(world, path, auth):
     assert not CallRecord.objects.exists()
 
 
-def test_unauthenticated_rejects_write_no_rows_and_an_address_past_the_limit_gets_429(world, served):
+def test_unauthenticated_rejects_write_no_rows_and_an_address_past_the_limit_gets_429(world, served, one_minute_window):
     allocation = world.allocation()
     assert chat(world, allocation.plaintext, allocation.model.slug).status_code == 200  # a key this process holds
     statuses = [chat(world, key).status_code for key in [None, "not-a-key", *["sk-gw-" + "Q" * 43] * 8]]
@@ -71,7 +72,7 @@ def test_unauthenticated_rejects_write_no_rows_and_an_address_past_the_limit_get
     assert served.log.count("unauthenticated requests from 127.0.0.1: limit of 5 a minute reached") == 1
 
 
-def test_the_limit_is_per_client_address_behind_trusted_proxies(gateway, fake_upstream, settings):
+def test_the_limit_is_per_client_address_behind_trusted_proxies(gateway, fake_upstream, settings, one_minute_window):
     # the in-process gateway, whose settings this test sets: the address rule, not the wire
     world = World(gateway, fake_upstream.url)
     settings.GATEWAY_AUTH_FAILURES_PER_MINUTE = 2
@@ -85,6 +86,6 @@ def test_the_limit_is_per_client_address_behind_trusted_proxies(gateway, fake_up
     assert chat(world, None, **{"X-Forwarded-For": "10.9.9.9, 203.0.113.7"}).status_code == 429
 
 
-def test_a_client_reaching_the_port_directly_cannot_rotate_its_address_with_forwarded_headers(world):
+def test_a_client_reaching_the_port_directly_cannot_rotate_its_address_with_forwarded_headers(world, one_minute_window):
     statuses = [chat(world, None, **{"X-Forwarded-For": f"203.0.113.{n}"}).status_code for n in range(7)]
     assert statuses == [401] * 5 + [429] * 2

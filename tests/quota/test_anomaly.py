@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
 from allocations.models import Allocation, AuditEvent
 from allocations.services import allocation_unquarantine
@@ -22,19 +23,22 @@ def _fast_passwords(settings):
 
 
 def calls(allocation, n, *, ago, outcome="success"):
-    CallRecord.objects.bulk_create(
-        [
-            CallRecord(
-                request_id=f"r{i}",
-                allocation=allocation,
-                endpoint="chat.completions",
-                started_at=NOW - ago,
-                outcome=outcome,
+    """`n` records of the allocation's calls: the first through the ORM, the rest copies of it made
+    by the database (request ids r1, r2, …), which writes thousands in milliseconds where building
+    and sending them from Python took seconds."""
+    if n:
+        first = CallRecord.objects.create(
+            request_id="r0", allocation=allocation, endpoint="chat.completions", started_at=NOW - ago, outcome=outcome
+        )
+        columns = [f.column for f in CallRecord._meta.concrete_fields if f.name not in ("id", "request_id")]
+        names = ", ".join(connection.ops.quote_name(c) for c in columns)
+        table = connection.ops.quote_name(CallRecord._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (request_id, {names}) SELECT 'r' || i, {names} "  # noqa: S608 (model's columns)
+                f"FROM {table}, generate_series(1, %s) AS i WHERE id = %s",
+                [n - 1, first.pk],
             )
-            for i in range(n)
-        ],
-        batch_size=5000,
-    )
     roll_up_records()  # the check reads the hourly rollups of the whole hours
 
 

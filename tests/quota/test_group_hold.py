@@ -274,3 +274,81 @@ def test_members_of_two_shared_capped_groups_calling_at_once_do_not_deadlock():
         assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
         assert counter.calls == 8 * rounds  # two of the three members' calls: 4 of the 12 callers each
     assert group_usage_reconcile() == [] and usage_reconcile() == []
+
+
+def _admit_on_loop(allocation, *, request_id: str):
+    groups = member_groups(allocation.member)
+
+    async def call():
+        try:
+            return await ledger.admit_async(
+                allocation_id=str(allocation.pk),
+                token_cap=None,
+                cost_cap=allocation.quota_cost_usd_per_month,
+                est_tokens=10,
+                est_cost=Decimal("0.1"),
+                request_id=request_id,
+                now=timezone.now(),
+                groups=groups,
+            )
+        finally:
+            await aio.pool_close()
+
+    return asyncio.run(call())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cached_counter_id_whose_row_is_gone_is_a_miss_when_the_period_has_another_counter(capped):
+    """The one-group admission writes the allocation's counter by an upsert on the cached id: when
+    that row is gone and the allocation has another counter of the period, the insert fails on the
+    (allocation, period) index and nothing is written (a miss); the thread path admits on the
+    period's counter."""
+    group, allocation, _ = capped
+    stale = UsageCounter.objects.get(allocation=allocation)
+    period = stale.period_start
+    stale.delete()
+    current = UsageCounter.objects.create(allocation=allocation, period_start=period)
+    assert _admit_on_loop(allocation, request_id="stale") is None
+    assert group_counter(group).cost_reserved == 0
+    assert not Reservation.objects.exists()
+    assert list(UsageCounter.objects.filter(allocation=allocation).values_list("pk", flat=True)) == [current.pk]
+    admission = admit(allocation, cost="0.1", request_id="thread")
+    assert admission.counter_id == current.pk
+    assert group_counter(group).cost_reserved == Decimal("0.1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cached_counter_id_whose_row_is_gone_writes_nothing_on_the_event_loop(capped):
+    """No counter of the period left: the statement's read of the allocation's row finds none, so
+    neither the group nor a new counter is written (a miss); the thread path makes the counter."""
+    group, allocation, _ = capped
+    UsageCounter.objects.filter(allocation=allocation).delete()
+    assert _admit_on_loop(allocation, request_id="gone") is None
+    assert not UsageCounter.objects.filter(allocation=allocation).exists()
+    assert group_counter(group).cost_reserved == 0
+    admission = admit(allocation, cost="0.1", request_id="thread")
+    assert UsageCounter.objects.get(allocation=allocation).pk == admission.counter_id
+    assert group_counter(group).cost_reserved == Decimal("0.1")
+
+
+def test_an_admission_error_on_the_counters_period_index_is_a_miss():
+    """The one-group admission's upsert of a cached counter id inserts only when that row was deleted
+    after the statement's snapshot: the period's other counter then fails it on the (allocation,
+    period) index, which the callers take as a miss; any other unique violation stays an error."""
+
+    class Diag:
+        def __init__(self, name):
+            self.constraint_name = name
+
+    class Violation(Exception):
+        sqlstate = "23505"
+
+        def __init__(self, name):
+            self.diag = Diag(name)
+
+    assert group_sql.admission_missed(Violation(group_sql.COUNTER_ONCE_PER_PERIOD))
+    wrapped = RuntimeError("wrapped")
+    wrapped.__cause__ = Violation(group_sql.COUNTER_ONCE_PER_PERIOD)
+    assert group_sql.admission_missed(wrapped)
+    assert not group_sql.admission_missed(Violation("quota_reservation_pkey"))
+    assert not group_sql.admission_missed(RuntimeError("other"))

@@ -8,7 +8,7 @@ import pytest
 
 from allocations import services
 from allocations.models import AuditEvent, Member
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM
 from tests.factories import MemberFactory
 
 pytestmark = [
@@ -18,16 +18,12 @@ pytestmark = [
 
 
 @pytest.fixture
-def browser_page(transactional_db, oidc_provider, monkeypatch):
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_context(locale="en-US").new_page()
-        page.set_default_timeout(15_000)
-        yield page
-        browser.close()
+def browser_page(transactional_db, oidc_provider, chromium):
+    context = chromium.new_context(locale="en-US")
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
 
 
 def _sign_in_through_the_provider(page, base_url, login, *, start="/accounts/login/"):

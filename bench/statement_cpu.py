@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""PostgreSQL CPU of each ledger statement of one call, one call at a time: where a capped group's
+extra CPU goes, statement by statement, without HTTP or concurrency in the way.
+
+Calls are admitted and settled through `quota.ledger.loop` (the gateway's warm path) on one
+connection, and the CPU of its backend is read from /proc/<pid>/schedstat (nanoseconds) before and
+after each statement. The targets alternate call by call (not round by round), so that a drift of
+the machine's load falls on every target alike. Targets:
+- `none`: the member is in no group; `group`: the member is in one capped group;
+- `group:<part>[:<part>…]`: the same member with parts of its statements taken out, FOR MEASURING
+  ONLY (the counters stop being exact): `nogu` the settlement's group upsert, `gunosub` that
+  upsert's sub-select of the held amounts, `nocount` the settlement's wait for the group upsert
+  before the allocations' counters, `nojoins` the group upsert's joins (counters for the period,
+  groups for the deleted ones), `noexists` the admission's read of the allocation's row.
+Medians of µs per call, per statement (and a 95 % trimmed mean):
+
+  DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/statement_cpu.py \
+      [--targets none,group,group:nogu] [--calls 600]
+
+Use a migrated scratch database (it seeds as bench/group_hold.py does); the server must run on
+this machine.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+import django  # noqa: E402
+
+django.setup()
+
+import group_hold  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from quota import ledger  # noqa: E402
+from quota.ledger import loop  # noqa: E402
+from quota.ledger import statements as st  # noqa: E402
+from quota.periods import period_start_date  # noqa: E402
+from quota.pricing import Usage  # noqa: E402
+
+AS_IS = (st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL)
+
+
+def _cut(text: str, start: str, end: str, instead: str) -> str:
+    i = text.index(start)
+    return text[:i] + instead + text[text.index(end, i) :]
+
+
+def without(parts: list[str]) -> tuple[str, str]:
+    """The one-group admission and the grouped settlement with `parts` taken out (measuring only)."""
+    admit, settle = AS_IS
+    period = period_start_date(timezone.now())
+    for part in parts:
+        if part == "nogu":
+            settle = _cut(settle, " gu AS (", "RETURNING 1),", "").replace(" WHERE (SELECT count(*) FROM gu) >= 0", "")
+        elif part == "gunosub":
+            settle = _cut(
+                settle,
+                "DO UPDATE SET (tokens_used",
+                "RETURNING 1)",
+                "DO UPDATE SET tokens_used = x.tokens_used + excluded.tokens_used, cost_used = x.cost_used"
+                " + excluded.cost_used, calls = x.calls + excluded.calls, updated_at = now() ",
+            )
+        elif part == "nocount":
+            settle = settle.replace(" WHERE (SELECT count(*) FROM gu) >= 0", "")
+        elif part == "nojoins":
+            settle = _cut(
+                settle,
+                "FROM k JOIN ",
+                " GROUP BY 1, 2",
+                f"FROM k CROSS JOIN (SELECT '{period}'::date AS period_start) c, unnest(k.groups) g",
+            )
+        elif part == "noexists":
+            read = f" AND EXISTS (SELECT 1 FROM {st.COUNTER_TABLE} WHERE id = %s AND allocation_id = %s{{guard}})"
+            admit = admit.replace(read, " AND %s::bigint IS NOT NULL AND %s::uuid IS NOT NULL")
+        else:
+            raise SystemExit(f"unknown part: {part}")
+    if parts and (admit, settle) == AS_IS:
+        raise SystemExit(f"nothing taken out by {parts}: the statements changed")
+    return admit, settle
+
+
+def use(target: str) -> None:
+    st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without(target.split(":")[1:])  # type: ignore[misc]
+    st._settle_sql.cache_clear()
+
+
+def cpu_ns(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+async def one_call(world: tuple, request_id: str, pid: int) -> tuple[float, float]:
+    """(admission, settlement): µs of the backend's CPU."""
+    allocation, groups = world
+    now = timezone.now()
+    before = cpu_ns(pid)
+    admission = await ledger.admit_async(
+        allocation_id=str(allocation.pk), token_cap=None, cost_cap=None, est_tokens=100,
+        est_cost=Decimal("0.0001"), request_id=request_id, now=now, groups=groups,
+    )  # fmt: skip
+    admitted = cpu_ns(pid)
+    assert admission is not None, "a warm admission missed"
+    record = {"request_id": request_id, "allocation_id": allocation.pk, "member_id": allocation.member_id,
+              "model_id": allocation.model_id, "endpoint": "chat.completions", "started_at": now,
+              "outcome": "success", "status_code": 200}  # fmt: skip
+    await loop.settle(
+        admission=admission, record=record, usage=Usage(input_tokens=80, output_tokens=20), price=None, now=now
+    )
+    return (admitted - before) / 1000, (cpu_ns(pid) - admitted) / 1000
+
+
+async def run(args: argparse.Namespace) -> dict:
+    targets = args.targets.split(",")
+    seeded = group_hold.seed(timezone.now().strftime("%H%M%S%f"), sorted({t.split(":")[0] for t in targets}))
+    for allocation, groups in seeded.values():  # the thread path makes the counters, caches their ids
+        now = timezone.now()
+        first = ledger.admit(
+            allocation_id=allocation.pk, token_cap=None, cost_cap=None, est_tokens=1,
+            est_cost=Decimal(0), request_id=f"warm-{allocation.pk}", now=now, groups=groups,
+        )  # fmt: skip
+        ledger.release(admission=first)
+    async with loop.pool().connection() as conn:  # one call at a time: the pool's one connection
+        cursor = conn.cursor()
+        await cursor.execute("SELECT pg_backend_pid()")
+        pid = (await cursor.fetchone())[0]  # type: ignore[index]
+    samples: dict = {t: ([], []) for t in targets}
+    for n in range(args.calls):
+        for target in targets if n % 2 == 0 else targets[::-1]:
+            use(target)
+            admit, settle = await one_call(seeded[target.split(":")[0]], f"sc{n}-{target}", pid)
+            samples[target][0].append(admit)
+            samples[target][1].append(settle)
+    use("group")
+    await loop.pool_close()
+    return samples
+
+
+def _trimmed(values: list[float]) -> float:
+    return statistics.mean(sorted(values)[: max(1, int(len(values) * 0.95))])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--targets", default="none,group")
+    ap.add_argument("--calls", type=int, default=600)
+    args = ap.parse_args()
+    samples = asyncio.run(run(args))
+    out = Path(__file__).resolve().parent / "results" / "raw" / f"statement_cpu-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for target, (admit, settle) in samples.items():
+        row = {"target": target, "case": "postgres_cpu per statement, c = 1", "calls": args.calls,
+               "admission_us_median": round(statistics.median(admit)), "admission_us_trimmed": round(_trimmed(admit)),
+               "settlement_us_median": round(statistics.median(settle)),
+               "settlement_us_trimmed": round(_trimmed(settle)),
+               "call_us_median": round(statistics.median([a + s for a, s in zip(admit, settle, strict=True)])),
+               "loadavg1": os.getloadavg()[0]}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        with out.open("a") as sink:
+            sink.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
