@@ -8,12 +8,17 @@ reservations and call records on, and thin_proxy.py (aiohttp) as the reference; 
                [--workers 1,2]   (one gateway per worker count, same run: target gateway-wN)
                [--tree OTHER]    (OTHER's gateway too, same run and database: target base)
                [--hold SECONDS]  (start everything, print ports and pids, serve: for py-spy/strace)
+               [--servers]       (the server's share, a 2x2: also thin_proxy under our daphne, target
+                                  thin_daphne, and the gateway under uvicorn, target gateway_uvicorn)
 
 Needs wrk (apt-get install wrk) and a venv with the harness' dependencies (BENCH_PY, default
 /tmp/venv-bench/bin/python: httptools uvloop orjson fastapi uvicorn[standard] aiohttp httpx).
+--servers installs what its two targets need that the gateway's venv lacks (FastAPI for thin_proxy,
+uvicorn and httptools for the gateway), at BENCH_PY's versions, into bench/.deps/ (not in git).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -40,6 +45,11 @@ CASES = {  # name: (upstream latency ms, stream)
 }
 UPSTREAM_ARGS = {0: ["--latency-ms", "0"], 50: ["--latency-ms", "50"]}
 UPSTREAM_ARGS["real"] = ["--latency-ms", "50", "--chunks", "100", "--chunk-interval-ms", "10"]
+# --servers: what thin_proxy and uvicorn need beyond the gateway's venv (whose pydantic, anyio,
+# click, h11, aiohttp are the versions the bench venv has); the versions are BENCH_PY's.
+SERVER_DEPS = ("fastapi", "starlette", "annotated-doc", "opentelemetry-api", "uvicorn", "httptools")
+DEPS = ROOT / "bench" / ".deps"
+UVICORN_ARGS = ["--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # thin_proxy's and gateway_uvicorn's
 
 
 def free_port() -> int:
@@ -99,11 +109,25 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def server_deps() -> Path:
+    """The directory (for PYTHONPATH) holding SERVER_DEPS at BENCH_PY's versions for the gateway's
+    interpreter; installed with its pip once per set of versions, without dependencies."""
+    code = "import sys, importlib.metadata as m; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))"
+    pins = subprocess.run([BENCH_PY, "-c", code, *SERVER_DEPS], check=True, capture_output=True, text=True).stdout
+    target = DEPS / hashlib.sha256(pins.encode()).hexdigest()[:12]
+    if not (target / "PINS").exists():
+        print(f"installing {pins.strip()} into {target}", file=sys.stderr, flush=True)
+        pip = [GW_PY, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
+        subprocess.run([*pip, *pins.split()], check=True)
+        (target / "PINS").write_text(pins)
+    return target
+
+
 def _model(case: str, latency: int | str) -> str:
     return f"bench{latency}{'lim' if case.endswith('-limited') else ''}/gpt-4o-mini"
 
 
-def _hold(seconds: float, upstream: dict, key: str, gateways: dict, thin: dict, thin_ports: dict) -> None:
+def _hold(seconds: float, upstream: dict, key: str, gateways: dict, thin: dict, thin_ports: dict, floors: dict) -> None:
     """Keeps the bench world up for a profiler or strace (--hold): prints its addresses and pids."""
     world = {
         "upstream": upstream,
@@ -111,6 +135,8 @@ def _hold(seconds: float, upstream: dict, key: str, gateways: dict, thin: dict, 
         "gateways": {name: {"port": port, "pid": proc.pid} for name, (port, proc) in gateways.items()},
         "thin": {str(k): {"port": thin_ports[k], "pid": proc.pid} for k, proc in thin.items()},
     }
+    if floors:
+        world["thin_daphne"] = {str(k): {"port": port, "pid": proc.pid} for k, (port, proc) in floors.items()}
     print(json.dumps(world), flush=True)
     time.sleep(seconds)
 
@@ -127,6 +153,11 @@ def main() -> None:
         "--tree", help="another checkout (same migrations) served beside this one on the same database: target base"
     )
     ap.add_argument("--hold", type=float, default=0, help="start everything, print where it is, serve this many s")
+    ap.add_argument(
+        "--servers",
+        action="store_true",
+        help="also thin_proxy under gateway_project.serve (thin_daphne), the gateway under uvicorn (gateway_uvicorn)",
+    )
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the cleanup below
 
@@ -185,9 +216,34 @@ def main() -> None:
                 procs.append(gateway)
                 name = label if len(counts) == 1 else f"{label}-w{count}"
                 gateways[name] = (gw_port, gateway)
-        thin = {}
+        deps = server_deps() if args.servers else None
+        if deps is not None:  # the gateway under uvicorn: same interpreter, database and key as `gateway`
+            gw_port = free_port()
+            gateway = subprocess.Popen(
+                [GW_PY, "-m", "uvicorn", "gateway_project.asgi:application", "--host", "127.0.0.1"]
+                + ["--port", str(gw_port), "--log-level", "warning", *UVICORN_ARGS],
+                cwd=ROOT,
+                env={**env, "PYTHONPATH": str(deps)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(gateway)
+            gateways["gateway_uvicorn"] = (gw_port, gateway)
+        thin, floors = {}, {}
         for latency, port in thin_ports.items():
             thin_env = {**os.environ, "UPSTREAM": upstream[latency], "GATEWAY_KEY": "sk-thin", "CLIENT": "aiohttp"}
+            if deps is not None:  # thin_proxy under the gateway's server, patched as it serves the gateway
+                floor_port = free_port()
+                floor = subprocess.Popen(
+                    [GW_PY, "-m", "gateway_project.serve", "--workers", "1", "-v", "0", "-b", "127.0.0.1"]
+                    + ["-p", str(floor_port), "bench.thin_daphne:app"],
+                    cwd=ROOT,
+                    env={**thin_env, "PYTHONPATH": f"{deps}{os.pathsep}{HARNESS}"},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                procs.append(floor)
+                floors[latency] = (floor_port, floor)
             thin[latency] = subprocess.Popen(
                 [
                     str(Path(BENCH_PY).parent / "uvicorn"),
@@ -196,11 +252,7 @@ def main() -> None:
                     "127.0.0.1",
                     "--port",
                     str(port),
-                    "--no-access-log",
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
+                    *UVICORN_ARGS,
                 ],
                 cwd=HARNESS,
                 env=thin_env,
@@ -210,10 +262,10 @@ def main() -> None:
             procs.append(thin[latency])
         for port in (*ports.values(), *(p for p, _ in gateways.values()), *thin_ports.values()):
             wait_port(port)
-        for port, _ in gateways.values():
+        for port, _ in (*gateways.values(), *floors.values()):
             wait_http(port)
         if args.hold:
-            _hold(args.hold, upstream, key, gateways, thin, thin_ports)
+            _hold(args.hold, upstream, key, gateways, thin, thin_ports, floors)
             return
         out_dir = RESULTS
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +287,11 @@ def main() -> None:
                         thin[latency].pid,
                     )
                 )
+                if latency in floors:
+                    floor_port, floor = floors[latency]
+                    targets.append(
+                        ("thin_daphne", f"http://127.0.0.1:{floor_port}", "sk-thin", "gpt-4o-mini", floor.pid)
+                    )
             for name, url, gw_key, model, pid in targets:
                 cmd = [
                     BENCH_PY,

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CPU per call (a realistic stream by default) of each target of a held bench world (`bench/run.py --tree OTHER
 --hold 3000 > world.json`), in alternating rounds (order rotated each round), medians per target.
-The targets are this tree's gateway, the other tree's (`base`) and the thin aiohttp pass-through,
+The targets are this tree's gateway, the other tree's (`base`) and the thin aiohttp pass-through
+(with `run.py --servers`, also `gateway_uvicorn` and `thin_daphne`: the same two under the other server),
 all against the realistic-stream upstream (100 chunks 10 ms apart, 50 ms first token).
 
   bench/stream_alternate.py world.json [--levels 16,64] [--rounds 4] [--duration 6] [--case realstream|0ms|50ms]
@@ -46,6 +47,9 @@ def main() -> None:
     }
     thin = world["thin"][upstream]
     targets["thin"] = (f"http://127.0.0.1:{thin['port']}", "sk-thin", "gpt-4o-mini", thin["pid"])
+    if "thin_daphne" in world:  # run.py --servers: thin_proxy under gateway_project.serve
+        floor = world["thin_daphne"][upstream]
+        targets["thin_daphne"] = (f"http://127.0.0.1:{floor['port']}", "sk-thin", "gpt-4o-mini", floor["pid"])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for level in [int(c) for c in args.levels.split(",")]:
         runs: dict[str, list[dict]] = {name: [] for name in targets}
