@@ -123,13 +123,7 @@ async def one_call(world: tuple, request_id: str, pid: int) -> tuple[float, floa
 async def run(args: argparse.Namespace) -> dict:
     targets = args.targets.split(",")
     seeded = group_hold.seed(timezone.now().strftime("%H%M%S%f"), sorted({t.split(":")[0] for t in targets}))
-    for allocation, groups in seeded.values():  # the thread path makes the counters, caches their ids
-        now = timezone.now()
-        first = ledger.admit(
-            allocation_id=allocation.pk, token_cap=None, cost_cap=None, est_tokens=1,
-            est_cost=Decimal(0), request_id=f"warm-{allocation.pk}", now=now, groups=groups,
-        )  # fmt: skip
-        ledger.release(admission=first)
+    group_hold.warm(seeded.values())
     async with loop.pool().connection() as conn:  # one call at a time: the pool's one connection
         cursor = conn.cursor()
         await cursor.execute("SELECT pg_backend_pid()")
