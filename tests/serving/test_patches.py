@@ -129,3 +129,43 @@ def test_the_asgi_application_registers_every_kind_of_in_flight_work_the_drain_r
     # the sets the relays add to are the ones the drain waits for
     assert inflight.tasks("upstream calls") is views._background
     assert inflight.tasks("settlements") is accounting._closing
+
+
+async def test_a_connection_leaves_the_server_once_its_application_ended_and_its_client_is_gone():
+    """reap_at_completion, whichever of the two ends last; an application that raised stays for
+    daphne's checker, which logs it."""
+    import asyncio
+
+    from daphne.server import Server
+
+    import gateway_project.asgi  # noqa: F401 - applies the patches on import
+
+    release = asyncio.Event()
+
+    async def application(scope, receive, send):
+        await release.wait()
+        if scope["path"] == "/raises":
+            raise RuntimeError("the application failed")
+
+    server = Server(application=application, endpoints=["tcp:port=0:interface=127.0.0.1"])  # never run: no socket
+    server.connections = {}  # as Server.run starts it
+    ends_first, leaves_first, raises = object(), object(), object()
+    for protocol, path in ((ends_first, "/"), (leaves_first, "/"), (raises, "/raises")):
+        server.protocol_connected(protocol)
+        server.create_application(protocol, {"type": "http", "path": path})
+    server.protocol_disconnected(leaves_first)
+    await asyncio.sleep(0)
+    assert set(server.connections) == {ends_first, leaves_first, raises}  # nothing ended yet
+
+    release.set()
+    for _ in range(3):  # the applications end, then their done callbacks run
+        await asyncio.sleep(0)
+    assert leaves_first not in server.connections  # its client had gone: reaped when it ended
+    assert ends_first in server.connections  # ended, but its client is still there
+    server.protocol_disconnected(ends_first)
+    assert ends_first not in server.connections
+
+    server.protocol_disconnected(raises)
+    assert raises in server.connections  # left to the checker
+    server.application_checker()
+    assert server.connections == {}
