@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import BENCH_PY, HARNESS, RESULTS, ROOT, cpu_s, ensure_database, free_port, stop, wait_http, wait_port
+from run import BENCH_PY, HARNESS, RESULTS, ROOT, cpu_s, ensure_database, free_port, stop, wait_http, wait_port, wrk
 
 
 def worker_of(supervisor: int) -> int:
@@ -121,15 +121,7 @@ def one_round(
     script = str(BODY_SCRIPT) if body else "chat.lua"
     pg_before = pg_backends_cpu(database) if database else {}
     before = cpu_s(pid)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "30s", "-s", script]
-        + [f"http://127.0.0.1:{port}"],
-        env=env,
-        cwd=HARNESS,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = wrk(port, env, concurrency=concurrency, seconds=duration, script=script)
     spent = cpu_s(pid) - before
     pg_after = pg_backends_cpu(database) if database else {}
     pg_spent = sum(used - pg_before.get(backend, 0.0) for backend, used in pg_after.items())

@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import HARNESS, RESULTS, ROOT, free_port, wait_http
+from run import RESULTS, ROOT, free_port, wait_http
+from run import wrk as run_wrk
 
 ENV = {
     "DEBUG": "False",
@@ -61,15 +62,7 @@ def worker(supervisor: int) -> int:
 def wrk(port: int, env: dict, concurrency: int, calls: int, seconds: int) -> int:
     """Runs `calls` calls (wrk stops each connection at its share, then idles to the end)."""
     env = {**env, "BENCH_MAX_REQUESTS": str(calls)}
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s", "-s", "chat.lua"]
-        + [f"http://127.0.0.1:{port}"],
-        env=env,
-        cwd=HARNESS,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_wrk(port, env, concurrency=concurrency, seconds=seconds, timeout_s=60)
     summary = json.loads(out.split("BENCHJSON", 1)[1].strip().splitlines()[0])
     return summary["requests"] - summary["err_status"]
 

@@ -99,6 +99,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wrk(
+    port: int, env: dict, *, concurrency: int, seconds: float, script: str = "chat.lua", timeout_s: int = 30
+) -> str:
+    """One wrk run (one thread) against the gateway on `port` with a Lua script of the harness (or a
+    path); its standard output, where the script prints its BENCHJSON summary."""
+    return subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", f"{timeout_s}s", "-s", script]
+        + [f"http://127.0.0.1:{port}"],
+        env=env,
+        cwd=HARNESS,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def ensure_database(url: str) -> None:
     import psycopg
 
