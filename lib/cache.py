@@ -201,14 +201,16 @@ class _SharedReads:
         self.running: asyncio.Task | None = None
         self.waiting: asyncio.Future | None = None
 
-    async def read(self) -> Any:
+    def begin(self) -> asyncio.Future:
+        """The shared future of the GET the caller waits for (one that starts after this call):
+        the caller does other work meanwhile. Awaited shielded, never cancelled."""
         future = self.waiting
         if future is None:
             future = self.waiting = asyncio.get_running_loop().create_future()
             future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if all left
             if self.running is None:
                 self._start()
-        return await asyncio.shield(future)  # a caller cancelled leaves the GET to the others
+        return future
 
     def _start(self) -> None:
         future, self.waiting = self.waiting, None
@@ -220,8 +222,11 @@ class _SharedReads:
             if self.conn is None or self.conn.transport is None:
                 self.conn = await RespConnection.open(self.url)
             raw = await self.conn.command(b"GET", self.key)
-            future.set_result(None if raw is None else self.loads(raw))
+            value = None if raw is None else self.loads(raw)
+            _known[:] = [value, self.url, self.key] if type(value) is int else []
+            future.set_result(value)
         except Exception as error:  # noqa: BLE001 - handed to every waiter
+            _known.clear()  # calls read it first again, until a read succeeds
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None  # a fresh connection for the next GET
@@ -240,6 +245,14 @@ async def auth_generation_async() -> int | None:
     """auth_generation from the event loop (quota.admission's fast path), or None when it is not
     set yet (the thread path sets it). On Redis through _SharedReads; other cache backends are
     in-process and read directly."""
+    value = await auth_generation_begin()
+    return value if type(value) is int else None
+
+
+def auth_generation_begin() -> asyncio.Future:
+    """auth_generation_async with its read already started when this returns (a future to await,
+    or to leave: nothing else waits on it): the caller sends other commands meanwhile. Its value
+    is the generation, None when it is not set, or another type when it is not a number."""
     # caches["default"] builds a new backend object in every request's context: the reader is
     # kept per event loop (the cache settings do not change while a process runs).
     global _last_reads
@@ -248,27 +261,25 @@ async def auth_generation_async() -> int | None:
     if reads is None:
         backend = caches["default"]
         if not isinstance(backend, RedisCache):
-            value = backend.get(GENERATION_KEY)
-            return value if type(value) is int else None
+            done = loop.create_future()
+            done.set_result(backend.get(GENERATION_KEY))
+            return done
         url, key = backend._cache._servers[0], backend.make_and_validate_key(GENERATION_KEY)  # type: ignore[attr-defined]
         loads = backend._cache._serializer.loads  # type: ignore[attr-defined]
         reads = _shared_reads[loop] = _SharedReads(url, key, loads)
     _last_reads = (loop, reads)
-    value = await reads.read()
-    if type(value) is not int:
-        return None
-    _known[:] = [value, reads.url, reads.key]
-    return value
+    return asyncio.shield(reads.begin())  # a caller cancelled leaves the GET to the others
 
 
 # The generation this process last read from Redis, with the server and raw key it lives under:
-# a rate-limited call checks it inside its rate-limit script instead of reading it first
-# (quota.ratelimit), one round trip for both.
+# a warm call is admitted under it without reading it first (quota.admission), a rate-limited one
+# checking it inside its rate-limit script (quota.ratelimit), any other reading it meanwhile.
 _known: list = []
 
 
 def known_generation() -> tuple[int, str, bytes] | None:
-    """(generation, Redis URL, raw key) as last read on an event loop, or None."""
+    """(generation, Redis URL, raw key) as last read on an event loop, or None (none read yet,
+    the last read failed or found none, or a check found it had moved)."""
     return (_known[0], _known[1], _known[2]) if _known else None
 
 

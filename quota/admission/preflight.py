@@ -8,6 +8,7 @@ the thread path keeps the loop's answer (unless it was "stale": its generation c
 nothing was taken).
 """
 
+import asyncio
 import dataclasses
 import datetime as dt
 import time
@@ -32,7 +33,13 @@ from allocations.exceptions import (
     Unauthorized,
 )
 from lib.bounded import BoundedCache
-from lib.cache import auth_generation, auth_generation_async, forget_generation, known_generation
+from lib.cache import (
+    auth_generation,
+    auth_generation_async,
+    auth_generation_begin,
+    forget_generation,
+    known_generation,
+)
 
 from .. import ledger, options, ratelimit
 from ..billing import bill as billing
@@ -230,30 +237,40 @@ def _lost_context(plan: Plan, opening: Opening) -> dict:
 async def admit_on_loop(plan: Plan, opening: Opening) -> bool:
     """The preflight from the caches only, admitted on the event loop; True once admitted, False
     when it cannot decide here: nothing cached, a key due for its last-used touch, any refusal, a
-    cap's guard not matched (the thread path then decides). Errors propagate."""
-    # A rate-limited call whose key and limits are cached under the generation this process last
-    # read lets its rate-limit script check that generation (one Redis round trip for both);
-    # any other call reads the generation first.
+    cap's guard not matched, the auth generation moved (the thread path then decides). Errors
+    propagate, with no reservation left behind by a failed read of the generation."""
+    # A call whose key, allocation and price are cached under the generation this process last
+    # read is admitted without waiting for the generation: a rate-limited one whose limits live on
+    # the cache's Redis lets its rate-limit script check it (one Redis round trip for both), any
+    # other reads it while its admission is on its way. Any other call reads it first.
     known = known_generation()
     warm = _warm(plan, opening, known[0]) if known is not None else None
-    fused = known is not None and warm is not None and bool(warm[1].limits) and ratelimit.checks_generation(known[1])
-    if not fused:
+    check: tuple[int, bytes] | None = None  # (generation, raw key) for the rate-limit script
+    reading: asyncio.Future | None = None  # the generation's read, answered during the admission
+    expected: int | None = None  # the generation the caches were read under, when `reading`
+    current: object = None  # the one `reading` answered
+    if known is not None and warm is not None:
+        if warm[1].limits and ratelimit.checks_generation(known[1]):
+            check = (known[0], known[2])
+        else:
+            reading, expected = auth_generation_begin(), known[0]
+    else:
         generation = await auth_generation_async()
         if generation is None:
             return False
         if known is None or generation != known[0]:
             warm = _warm(plan, opening, generation)
-    if warm is None:
-        return False
+        if warm is None:
+            return False
     opening.scope, opening.entry, opening.price = warm
     entry = warm[1]
     arguments = _admission_args(plan, opening, entry)
-    # The rate limits and the admission are asked at once (Redis and PostgreSQL answer in
-    # parallel); a call the rate limits refuse (or whose generation moved) gives its reservation back.
+    # The rate limits (or the generation) and the admission are asked at once (Redis and
+    # PostgreSQL answer in parallel); a call the rate limits refuse, or whose generation moved,
+    # gives its reservation back.
     rate = None
     if entry.limits:
-        generation_check = (known[0], known[2]) if fused and known is not None else None
-        rate = ratelimit.admit_begin(entry.limits, tokens=arguments["est_tokens"], generation=generation_check)
+        rate = ratelimit.admit_begin(entry.limits, tokens=arguments["est_tokens"], generation=check)
     try:
         opening.admission = await ledger.admit_async(
             **arguments, context=_lost_context(plan, opening), reservation_id=plan.reservation_id
@@ -261,15 +278,34 @@ async def admit_on_loop(plan: Plan, opening: Opening) -> bool:
     finally:
         if rate is not None:
             opening.rate, opening.rate_ticket = await rate
+        if reading is not None:
+            current = await _read_meanwhile(reading, opening)
+    if current != expected:
+        await _give_back(opening)  # the thread path decides under the generation just read
+        return False
     if opening.rate is not None and not opening.rate.allowed:
         if opening.rate is ratelimit.STALE:
             opening.rate = None  # nothing was taken: the thread path asks again under the new generation
             forget_generation()
-        if opening.admission is not None:
-            await threads.run(ledger.release, admission=opening.admission)
-            opening.admission = None
+        await _give_back(opening)
         return False  # the thread path records a refusal (without asking again)
     return opening.admission is not None
+
+
+async def _read_meanwhile(reading: asyncio.Future, opening: Opening) -> object:
+    """The generation read while the admission was on its way; a reservation taken meanwhile is
+    given back when the read fails (the thread path decides, as when Redis is down)."""
+    try:
+        return await reading
+    except Exception:
+        await _give_back(opening)
+        raise
+
+
+async def _give_back(opening: Opening) -> None:
+    if opening.admission is not None:
+        held, opening.admission = opening.admission, None
+        await threads.run(ledger.release, admission=held)
 
 
 def _warm(plan: Plan, opening: Opening, generation: int) -> tuple[KeyScope, ScopedAllocation, Any] | None:

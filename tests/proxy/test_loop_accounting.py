@@ -11,6 +11,8 @@ import psycopg
 import pytest
 
 from allocations.services import allocation_pause, api_key_revoke
+from lib import cache
+from lib.cache import bump_auth_generation
 from proxy import accounting
 from quota import admission, ratelimit
 from quota.ledger import loop as aio
@@ -75,7 +77,7 @@ def test_a_cap_reached_on_the_loop_is_refused_by_the_thread_path_with_its_record
 @pytest.mark.parametrize("change", ["revoke", "pause"])
 def test_a_change_after_warm_calls_is_seen_on_the_nextchat_call(world, change, limits):
     """A rate-limited call checks the auth generation inside its rate-limit script, an unlimited
-    one reads it first: either way the change is seen at once."""
+    one reads it while its admission is on its way: either way the change is seen at once."""
     allocation = world.allocation(cost=Decimal("5"), limits=limits)
     chat_call(world, allocation, "chg-1")
     chat_call(world, allocation, "chg-2")  # served from the caches on the loop
@@ -88,6 +90,99 @@ def test_a_change_after_warm_calls_is_seen_on_the_nextchat_call(world, change, l
     with pytest.raises(expected):
         chat_call(world, allocation, "chg-3")
     assert record_of("chg-3").outcome == outcome
+
+
+@pytest.mark.parametrize("change", ["bump", "revoke"])
+def test_a_generation_moved_between_warm_unlimited_calls_gives_the_loops_reservation_back(world, thread_steps, change):
+    """The second call is admitted on the loop under the generation this process read last, while
+    its read of the generation is out; that read finds it moved, so the reservation is released and
+    the thread path decides again: admitted once, or refused, with no reservation left either way."""
+    allocation = world.allocation(cost=Decimal("5"))
+    chat_call(world, allocation, "gen-1")
+    chat_call(world, allocation, "gen-2")
+    thread_steps.clear()
+    if change == "bump":
+        bump_auth_generation()
+        chat_call(world, allocation, "gen-3")
+        assert thread_steps == ["release", "admit_on_thread"]  # then settled on the loop
+        assert_settled_once(allocation, "gen-3")
+        assert counter_of(allocation).calls == 3
+    else:
+        api_key_revoke(key=allocation.key)
+        with pytest.raises(openai.AuthenticationError):
+            chat_call(world, allocation, "gen-3")
+        assert thread_steps == ["release", "admit_on_thread", "record_refusal"]
+        assert record_of("gen-3").outcome == "rejected_unauthenticated"
+    assert Reservation.objects.count() == 0
+    counter = counter_of(allocation)
+    assert (counter.tokens_reserved, counter.cost_reserved) == (0, 0)
+
+
+@pytest.fixture
+def generation_gets(monkeypatch):
+    """Wraps the event loop's GETs of the generation: `answer(raw)` runs when one is answered
+    (late, after `delay_s`), and the admissions on the loop note when their statement goes out."""
+    events: list[str] = []
+    hooks = {"delay_s": 0.05, "answer": lambda raw: raw}
+    original_command, original_admit = cache.RespConnection.command, aio.admit
+
+    async def command(self, *parts, **kwargs):
+        raw = await original_command(self, *parts, **kwargs)
+        if parts[0] == b"GET":
+            await asyncio.sleep(hooks["delay_s"])
+            events.append("generation read")
+            return hooks["answer"](raw)
+        return raw
+
+    async def admit(**kwargs):
+        events.append("admission sent")
+        return await original_admit(**kwargs)
+
+    monkeypatch.setattr(cache.RespConnection, "command", command)
+    monkeypatch.setattr(aio, "admit", admit)
+    return events, hooks
+
+
+def test_a_warm_unlimited_call_sends_its_admission_before_its_generation_read_is_answered(
+    world, thread_steps, generation_gets
+):
+    events, _ = generation_gets
+    allocation = world.allocation(cost=Decimal("5"))
+    chat_call(world, allocation, "pipe-1")  # the cold call reads the generation first
+    assert events[0] == "generation read"
+    events.clear()
+    thread_steps.clear()
+    chat_call(world, allocation, "pipe-2")
+    assert events == ["admission sent", "generation read"]
+    assert thread_steps == []
+    assert_settled_once(allocation, "pipe-2")
+
+
+def test_a_generation_read_failing_after_the_admission_leaves_no_reservation(world, thread_steps, generation_gets):
+    """Redis fails while the admission is on its way: the reservation made meanwhile is released
+    and the thread path decides as when Redis is down (the call is served, admitted once)."""
+    events, hooks = generation_gets
+    allocation = world.allocation(cost=Decimal("5"))
+    chat_call(world, allocation, "down-1")
+    chat_call(world, allocation, "down-2")
+    events.clear()
+    thread_steps.clear()
+
+    def lost(raw):
+        raise ConnectionError("Redis connection lost")
+
+    hooks["answer"] = lost
+    chat_call(world, allocation, "down-3")
+    assert events == ["admission sent", "generation read"]
+    assert thread_steps == ["release", "admit_on_thread"]
+    assert_settled_once(allocation, "down-3")
+    assert counter_of(allocation).calls == 3
+    assert Reservation.objects.count() == 0
+    hooks["answer"] = lambda raw: raw
+    events.clear()
+    chat_call(world, allocation, "down-4")  # after a failed read the next call reads it first
+    assert events == ["generation read", "admission sent"]
+    assert_settled_once(allocation, "down-4")
 
 
 def test_an_admission_failing_on_the_loop_is_made_on_a_thread(world, monkeypatch, thread_steps):
