@@ -92,19 +92,33 @@ def test_a_change_after_warm_calls_is_seen_on_the_nextchat_call(world, change, l
     assert record_of("chg-3").outcome == outcome
 
 
+@pytest.mark.parametrize("limits", ["unlimited", "limits-on-another-redis"])
 @pytest.mark.parametrize("change", ["bump", "revoke"])
-def test_a_generation_moved_between_warm_unlimited_calls_gives_the_loops_reservation_back(world, thread_steps, change):
-    """The second call is admitted on the loop under the generation this process read last, while
-    its read of the generation is out; that read finds it moved, so the reservation is released and
-    the thread path decides again: admitted once, or refused, with no reservation left either way."""
-    allocation = world.allocation(cost=Decimal("5"))
+def test_a_generation_moved_between_warm_calls_gives_the_loops_reservation_back(
+    world, thread_steps, request, change, limits
+):
+    """A warm call whose rate-limit script cannot check the generation (none, or limits on a Redis
+    of their own) is admitted on the loop under the generation this process read last, while its
+    read of the generation is out; that read finds it moved, so the reservation is released and the
+    thread path decides again (keeping the rate limits' answer): admitted once, or refused, with no
+    reservation left either way."""
+    if limits == "unlimited":
+        allocation = world.allocation(cost=Decimal("5"))
+    else:
+        request.getfixturevalue("own_redis")
+        allocation = world.allocation(cost=Decimal("5"), limits={"rpm_limit": 100})
     chat_call(world, allocation, "gen-1")
     chat_call(world, allocation, "gen-2")
     thread_steps.clear()
     if change == "bump":
         bump_auth_generation()
-        chat_call(world, allocation, "gen-3")
+        raw = world.client(allocation.plaintext).chat.completions.with_raw_response.create(
+            model=allocation.model.slug, messages=CHAT_MESSAGES, extra_headers={"X-Request-Id": "gen-3"}
+        )
+        assert raw.http_response.status_code == 200
         assert thread_steps == ["release", "admit_on_thread"]  # then settled on the loop
+        if limits != "unlimited":
+            assert raw.http_response.headers["x-ratelimit-remaining-requests"] == "97"  # asked once per call
         assert_settled_once(allocation, "gen-3")
         assert counter_of(allocation).calls == 3
     else:
