@@ -141,14 +141,18 @@ class RespConnection(asyncio.Protocol):
             else:
                 reply.set_result(result)  # a value, nil, or +OK / :n
 
-    def request(self, *parts: bytes) -> asyncio.Future:
+    def request(self, *parts: bytes, at_once: bool = False) -> asyncio.Future:
         """Sends a command; the future of its reply, unbounded (`command` bounds the wait; a caller
-        of this one watches the connection instead)."""
+        of this one watches the connection instead). `at_once`: written now, not at the end of the
+        loop's turn, when nothing else waits to be written."""
         if self.transport is None:
             raise ConnectionError("Redis connection closed")
         reply = asyncio.get_running_loop().create_future()
         self.replies.append(reply)
-        self._write(_encode(parts))
+        if at_once and not self.outgoing:
+            self.transport.write(_encode(parts))
+        else:
+            self._write(_encode(parts))
         return reply
 
     async def command(self, *parts: bytes, timeout_s: float | None = None) -> Any:
@@ -215,13 +219,20 @@ class _SharedReads:
     def _start(self) -> None:
         future, self.waiting = self.waiting, None
         if future is not None:
-            self.running = asyncio.ensure_future(self._get(future))
+            # On an open connection the GET leaves now, before the caller's next command (an
+            # admission sent meanwhile), not when the task first runs two turns of the loop later.
+            conn = self.conn
+            sent = None if conn is None or conn.transport is None else conn.request(b"GET", self.key, at_once=True)
+            self.running = asyncio.ensure_future(self._get(future, sent))
 
-    async def _get(self, future: asyncio.Future) -> None:
+    async def _get(self, future: asyncio.Future, sent: asyncio.Future | None) -> None:
         try:
-            if self.conn is None or self.conn.transport is None:
-                self.conn = await RespConnection.open(self.url)
-            raw = await self.conn.command(b"GET", self.key)
+            if sent is None:
+                if self.conn is None or self.conn.transport is None:
+                    self.conn = await RespConnection.open(self.url)
+                sent = self.conn.request(b"GET", self.key, at_once=True)
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                raw = await sent
             value = None if raw is None else self.loads(raw)
             _known[:] = [value, self.url, self.key] if type(value) is int else []
             future.set_result(value)

@@ -20,16 +20,23 @@ def gets(monkeypatch):
 
     async def run():
         auth_generation()  # make sure the key exists
-        original = cache.RespConnection.command
+        original = cache.RespConnection.request
 
-        async def command(self, *parts):
-            raw = await original(self, *parts)  # the value when the GET reached Redis...
-            if parts[0] == b"GET":
-                sent.append(raw)
-                await asyncio.sleep(delay["s"])  # ...answered late
-            return raw
+        def request(self, *parts, **kwargs):
+            reply = original(self, *parts, **kwargs)
+            if parts[0] != b"GET":
+                return reply
+            loop = asyncio.get_running_loop()
+            late = loop.create_future()
 
-        monkeypatch.setattr(cache.RespConnection, "command", command)
+            def answered(reply):
+                sent.append(reply.result())  # the value when the GET reached Redis...
+                loop.call_later(delay["s"], late.set_result, reply.result())  # ...answered late
+
+            reply.add_done_callback(answered)
+            return late
+
+        monkeypatch.setattr(cache.RespConnection, "request", request)
 
     sent.clear()
     return sent, delay, run

@@ -138,21 +138,31 @@ def generation_gets(monkeypatch):
     (late, after `delay_s`), and the admissions on the loop note when their statement goes out."""
     events: list[str] = []
     hooks = {"delay_s": 0.05, "answer": lambda raw: raw}
-    original_command, original_admit = cache.RespConnection.command, aio.admit
+    original_request, original_admit = cache.RespConnection.request, aio.admit
 
-    async def command(self, *parts, **kwargs):
-        raw = await original_command(self, *parts, **kwargs)
-        if parts[0] == b"GET":
-            await asyncio.sleep(hooks["delay_s"])
+    def request(self, *parts, **kwargs):
+        reply = original_request(self, *parts, **kwargs)
+        if parts[0] != b"GET":
+            return reply
+        late = asyncio.get_running_loop().create_future()
+
+        def answer(raw):
             events.append("generation read")
-            return hooks["answer"](raw)
-        return raw
+            try:
+                late.set_result(hooks["answer"](raw))
+            except ConnectionError as error:
+                late.set_exception(error)
+
+        reply.add_done_callback(
+            lambda reply: asyncio.get_running_loop().call_later(hooks["delay_s"], answer, reply.result())
+        )
+        return late
 
     async def admit(**kwargs):
         events.append("admission sent")
         return await original_admit(**kwargs)
 
-    monkeypatch.setattr(cache.RespConnection, "command", command)
+    monkeypatch.setattr(cache.RespConnection, "request", request)
     monkeypatch.setattr(aio, "admit", admit)
     return events, hooks
 
