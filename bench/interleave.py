@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Latency at c = 1 of the two gateways of a held bench world (`bench/run.py --tree OTHER --cases 0ms
+--hold 3000 > world.json`: this tree's `gateway` and the other's `base`) and of the fake upstream
+alone, call by call interleaved (gateway, base, direct; the order flipped each call), so that the
+machine's load falls on both alike: p25 / p50 / p75 per target, the added p50 (minus the
+upstream's), and the median of the per-call differences (gateway minus base). compare.py's rounds
+move by ±1 ms at c = 1 on a loaded machine; interleaved calls show a difference of ~0.1 ms.
+
+  bench/interleave.py world.json [--calls 4000] [--warmup 100]
+
+Rows are printed and written to bench/results/raw/interleave-<time>.jsonl.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from run import RESULTS
+
+MODEL = "bench0/gpt-4o-mini"
+DIRECT_KEY = "sk-direct"  # the fake upstream's (../shared/bench/fake_upstream.py)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("world")
+    ap.add_argument("--calls", type=int, default=4000)
+    ap.add_argument("--warmup", type=int, default=100)
+    args = ap.parse_args()
+    world = json.loads(Path(args.world).read_text())
+    prompt = " ".join(f"word{i}" for i in range(1, 17))  # the harness's chat.lua body
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": prompt}]})
+    direct = urlsplit(world["upstream"]["0"])
+    targets = {
+        "gateway": (http.client.HTTPConnection("127.0.0.1", world["gateways"]["gateway"]["port"]), world["key"]),
+        "base": (http.client.HTTPConnection("127.0.0.1", world["gateways"]["base"]["port"]), world["key"]),
+        "direct": (http.client.HTTPConnection(direct.hostname, direct.port), DIRECT_KEY),
+    }
+
+    def call(name: str) -> float:
+        conn, key = targets[name]
+        started = time.perf_counter()
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        )
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"{name} answered {response.status}")
+        return (time.perf_counter() - started) * 1000
+
+    for name in targets:
+        for _ in range(args.warmup):
+            call(name)
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    loads = []
+    for n in range(args.calls):
+        for name in ("gateway", "base", "direct") if n % 2 == 0 else ("direct", "base", "gateway"):
+            latencies[name].append(call(name))
+        if n % 200 == 0:
+            loads.append(os.getloadavg()[0])
+    direct_q = statistics.quantiles(latencies["direct"], n=100)
+    rows = []
+    for name in ("gateway", "base"):
+        q = statistics.quantiles(latencies[name], n=100)
+        rows.append(
+            {
+                "target": f"interleave:{name}",
+                "case": "0ms",
+                "concurrency": 1,
+                "calls": args.calls,
+                "p25_ms": round(q[24], 3),
+                "gateway_p50_ms": round(q[49], 3),
+                "p75_ms": round(q[74], 3),
+                "direct_p50_ms": round(direct_q[49], 3),
+                "added_p50_ms": round(q[49] - direct_q[49], 3),
+                "added_p99_ms": round(q[98] - direct_q[98], 3),
+                "loadavg1": round(statistics.median(loads), 2),
+            }
+        )
+    paired = [a - b for a, b in zip(latencies["gateway"], latencies["base"], strict=True)]
+    rows.append(
+        {
+            "paired": "gateway - base",
+            "median_ms": round(statistics.median(paired), 3),
+            "gateway_lower_share": round(sum(d < 0 for d in paired) / len(paired), 3),
+            "calls": args.calls,
+        }
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"interleave-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    with out.open("w") as f:
+        for row in rows:
+            print(json.dumps(row))
+            f.write(json.dumps(row) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
