@@ -12,6 +12,11 @@ the machine's load falls on every target alike. Targets:
   upsert's sub-select of the held amounts, `nocount` the settlement's wait for the group upsert
   before the allocations' counters, `nojoins` the group upsert's joins (counters for the period,
   groups for the deleted ones), `noexists` the admission's read of the allocation's row.
+- `none:batch`: the member without groups settled by the batch statement (what one call took
+  before it had a statement of its own); `none:<part>[:<part>…]`, FOR MEASURING ONLY, the
+  statement of one call with parts taken out: `nohourly` the hourly rollup's upsert, `norollups`
+  both rollups' upserts, `norecord` the call record's INSERT (and the rollups), `nocounter` the
+  allocation counter's upsert.
 Medians of µs per call, per statement (and a 95 % trimmed mean):
 
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/statement_cpu.py \
@@ -50,6 +55,7 @@ from quota.periods import period_start_date  # noqa: E402
 from quota.pricing import Usage  # noqa: E402
 
 AS_IS = (st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL)
+ONE = st._SETTLE_ONE_SQL
 
 
 def _cut(text: str, start: str, end: str, instead: str) -> str:
@@ -91,8 +97,38 @@ def without(parts: list[str]) -> tuple[str, str]:
     return admit, settle
 
 
+def one_without(parts: list[str]) -> str:
+    """The statement of one call (member without groups) with `parts` taken out (measuring only):
+    each CTE taken out still reads its parameter, so the parameters stay those of the statement."""
+    settle, end = ONE, " SELECT 1, id FROM i"
+    for part in parts:
+        if part == "nocounter":
+            settle = _cut(settle, " u AS (", " i AS (", " u AS (SELECT 1),")
+        elif part == "norecord":
+            settle = _cut(
+                settle,
+                " i AS (",
+                end,
+                " i AS (SELECT 1 AS id, %s::jsonb), g AS (SELECT %s::text), h AS (SELECT %s::text)",
+            )
+        elif part == "norollups":
+            settle = _cut(settle, " g AS (", end, " g AS (SELECT %s::text), h AS (SELECT %s::text)")
+        elif part == "nohourly":
+            settle = _cut(settle, " h AS (", end, " h AS (SELECT %s::text)")
+        elif part != "batch":
+            raise SystemExit(f"unknown part: {part}")
+    if parts and parts != ["batch"] and settle == ONE:
+        raise SystemExit(f"nothing taken out by {parts}: the statement changed")
+    return settle
+
+
 def use(target: str) -> None:
-    st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without(target.split(":")[1:])  # type: ignore[misc]
+    member, *parts = target.split(":")
+    if member == "none":
+        st._SETTLE_ONE_SQL = one_without(parts)  # type: ignore[misc]
+        loop.settle_statement = st.settle_batch_statement if "batch" in parts else st.settle_statement  # type: ignore[attr-defined]
+        return
+    st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without(parts)  # type: ignore[misc]
     st._settle_sql.cache_clear()
 
 
@@ -136,6 +172,7 @@ async def run(args: argparse.Namespace) -> dict:
             samples[target][0].append(admit)
             samples[target][1].append(settle)
     use("group")
+    use("none")
     await loop.pool_close()
     return samples
 
