@@ -113,8 +113,9 @@ _ADMIT_ONE_GROUP_SQL = group_sql.ADMIT_ONE_SQL.replace("{counters}", COUNTER_TAB
 _SETTLE_HEAD = (
     "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(n bigint, reservation uuid, counter bigint,"  # noqa: S608 (constant names)
     " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric{group_columns}) LIMIT {calls}),"
-    f" r AS (DELETE FROM {RESERVATION_TABLE} WHERE id IN (SELECT reservation FROM s) RETURNING id),"
-    " k AS (SELECT s.* FROM s JOIN r ON r.id = s.reservation),"
+    # The moves of the reservations deleted, returned by the DELETE itself: a reservation named twice
+    # is deleted, and settled, once.
+    f" k AS (DELETE FROM {RESERVATION_TABLE} USING s WHERE id = s.reservation RETURNING s.*),"
     " t AS (SELECT counter, sum(tokens) AS tokens, sum(cost) AS cost, count(*) AS calls,"
     " sum(held_tokens) AS held_tokens, sum(held_cost) AS held_cost FROM k GROUP BY counter),"
 )

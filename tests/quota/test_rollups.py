@@ -217,6 +217,17 @@ def test_the_statement_of_one_call_writes_what_the_batch_statement_writes():
     assert _no_drift() == {}
 
 
+def test_a_reservation_named_twice_in_one_batch_is_settled_once():
+    allocation = AllocationFactory()
+    settlement = _settlements(allocation, None, timezone.now())[0]
+    with connection.cursor() as cursor:
+        cursor.execute(*statements.settle_statement([settlement, settlement]))
+        assert len(cursor.fetchall()) == 1
+    assert CallRecord.objects.filter(allocation=allocation).count() == 1
+    assert UsageCounter.objects.get(allocation=allocation).calls == 1
+    assert DailyRollup.objects.get(allocation=allocation).calls == 1 and _no_drift() == {}
+
+
 def test_the_sweepers_worker_lost_record_is_rolled_up():
     allocation = AllocationFactory()
     price = _price(allocation.model)
