@@ -16,7 +16,10 @@ the machine's load falls on every target alike. Targets:
   before it had a statement of its own); `none:<part>[:<part>…]`, FOR MEASURING ONLY, the
   statement of one call with parts taken out: `nohourly` the hourly rollup's upsert, `norollups`
   both rollups' upserts, `norecord` the call record's INSERT (and the rollups), `nocounter` the
-  allocation counter's upsert.
+  allocation counter's upsert, `nofk` the record into a copy of the call records' table with its
+  indexes but without foreign keys (so no check of them at commit), `noindex` into a copy with its
+  primary key only (both copies, `bench_callrecord_nofk` and `…_noindex`, made in the scratch
+  database on first use).
 Medians of µs per call, per statement (and a 95 % trimmed mean):
 
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/statement_cpu.py \
@@ -28,6 +31,7 @@ this machine.
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -46,6 +50,7 @@ import django  # noqa: E402
 django.setup()
 
 import group_hold  # noqa: E402
+from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from quota import ledger  # noqa: E402
@@ -97,6 +102,24 @@ def without(parts: list[str]) -> tuple[str, str]:
     return admit, settle
 
 
+def _has_key(cursor, table: str) -> bool:
+    cursor.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'", [table])
+    return cursor.fetchone() is not None
+
+
+@functools.cache
+def _copy(part: str) -> str:
+    """A copy of the call records' table (not partitioned): without foreign keys, or (`noindex`)
+    without any index but its primary key."""
+    name = f"bench_callrecord_{part}"
+    like = "INCLUDING ALL" if part == "nofk" else "INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {name} (LIKE {st.CALL_TABLE} {like})")
+        if part == "noindex" and not _has_key(cursor, name):
+            cursor.execute(f"ALTER TABLE {name} ADD PRIMARY KEY (id, started_at)")
+    return name
+
+
 def one_without(parts: list[str]) -> str:
     """The statement of one call (member without groups) with `parts` taken out (measuring only):
     each CTE taken out still reads its parameter, so the parameters stay those of the statement."""
@@ -115,6 +138,8 @@ def one_without(parts: list[str]) -> str:
             settle = _cut(settle, " g AS (", end, " g AS (SELECT %s::text), h AS (SELECT %s::text)")
         elif part == "nohourly":
             settle = _cut(settle, " h AS (", end, " h AS (SELECT %s::text)")
+        elif part in ("nofk", "noindex"):
+            settle = settle.replace(f"INSERT INTO {st.CALL_TABLE} (", f"INSERT INTO {_copy(part)} (")
         elif part != "batch":
             raise SystemExit(f"unknown part: {part}")
     if parts and parts != ["batch"] and settle == ONE:
@@ -190,7 +215,7 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "results" / "raw" / f"statement_cpu-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     for target, (admit, settle) in samples.items():
-        row = {"target": target, "case": "postgres_cpu per statement, c = 1", "calls": args.calls,
+        row = {"target": target, "case": "postgres_cpu per statement, c = 1", "concurrency": 1, "calls": args.calls,
                "admission_us_median": round(statistics.median(admit)), "admission_us_trimmed": round(_trimmed(admit)),
                "settlement_us_median": round(statistics.median(settle)),
                "settlement_us_trimmed": round(_trimmed(settle)),
