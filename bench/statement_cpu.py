@@ -6,7 +6,8 @@ Calls are admitted and settled through `quota.ledger.loop` (the gateway's warm p
 connection, and the CPU of its backend is read from /proc/<pid>/schedstat (nanoseconds) before and
 after each statement. The targets alternate call by call (not round by round), so that a drift of
 the machine's load falls on every target alike. Targets:
-- `none`: the member is in no group; `group`: the member is in one capped group;
+- `none`: the member is in no group; `group`: the member is in one capped group; `none_upsert`:
+  `none` with its counter written by an upsert (bench/group_hold.py), FOR MEASURING ONLY;
 - `group:<part>[:<part>…]`: the same member with parts of its statements taken out, FOR MEASURING
   ONLY (the counters stop being exact): `nogu` the settlement's group upsert, `gunosub` that
   upsert's sub-select of the held amounts, `nocount` the settlement's wait for the group upsert
@@ -92,6 +93,7 @@ def without(parts: list[str]) -> tuple[str, str]:
 
 
 def use(target: str) -> None:
+    group_hold.use(target.split(":")[0])
     st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without(target.split(":")[1:])  # type: ignore[misc]
     st._settle_sql.cache_clear()
 
