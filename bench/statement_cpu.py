@@ -6,7 +6,8 @@ Calls are admitted and settled through `quota.ledger.loop` (the gateway's warm p
 connection, and the CPU of its backend is read from /proc/<pid>/schedstat (nanoseconds) before and
 after each statement. The targets alternate call by call (not round by round), so that a drift of
 the machine's load falls on every target alike. Targets:
-- `none`: the member is in no group; `group`: the member is in one capped group;
+- `none`: the member is in no group; `group`: the member is in one capped group; `none_upsert`:
+  `none` with its counter written by an upsert (bench/group_hold.py), FOR MEASURING ONLY;
 - `group:<part>[:<part>…]`: the same member with parts of its statements taken out, FOR MEASURING
   ONLY (the counters stop being exact): `nogu` the settlement's group upsert, `gunosub` that
   upsert's sub-select of the held amounts, `nocount` the settlement's wait for the group upsert
@@ -61,6 +62,7 @@ from quota.pricing import Usage  # noqa: E402
 
 AS_IS = (st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL)
 ONE = st._SETTLE_ONE_SQL
+SETTLE = loop.settle_statement  # as bench/group_hold.py sets it (counting the statements)
 
 
 def _cut(text: str, start: str, end: str, instead: str) -> str:
@@ -149,11 +151,11 @@ def one_without(parts: list[str]) -> str:
 
 def use(target: str) -> None:
     member, *parts = target.split(":")
-    if member == "none":
-        st._SETTLE_ONE_SQL = one_without(parts)  # type: ignore[misc]
-        loop.settle_statement = st.settle_batch_statement if "batch" in parts else st.settle_statement  # type: ignore[attr-defined]
-        return
-    st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without(parts)  # type: ignore[misc]
+    group_hold.use(member)
+    one = member == "none"
+    st._SETTLE_ONE_SQL = one_without(parts if one else [])  # type: ignore[misc]
+    loop.settle_statement = st.settle_batch_statement if one and "batch" in parts else SETTLE  # type: ignore[attr-defined]
+    st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without([] if one else parts)  # type: ignore[misc]
     st._settle_sql.cache_clear()
 
 
@@ -197,7 +199,6 @@ async def run(args: argparse.Namespace) -> dict:
             samples[target][0].append(admit)
             samples[target][1].append(settle)
     use("group")
-    use("none")
     await loop.pool_close()
     return samples
 
