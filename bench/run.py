@@ -9,7 +9,9 @@ reservations and call records on, and thin_proxy.py (aiohttp) as the reference; 
                [--tree OTHER]    (OTHER's gateway too, same run and database: target base)
                [--hold SECONDS]  (start everything, print ports and pids, serve: for py-spy/strace)
                [--servers]       (the server's share, a 2x2: also thin_proxy under our daphne, target
-                                  thin_daphne, and the gateway under uvicorn, target gateway_uvicorn)
+                                  thin_daphne, and the gateway under uvicorn, target gateway_uvicorn;
+                                  for the 0 ms JSON case also thin_daphne with a call's round trips,
+                                  target ledger_floor: bench/ledger_floor.py)
 
 Needs wrk (apt-get install wrk) and a venv with the harness' dependencies (BENCH_PY, default
 /tmp/venv-bench/bin/python: httptools uvloop orjson fastapi uvicorn[standard] aiohttp httpx).
@@ -144,15 +146,17 @@ def _model(case: str, latency: int | str) -> str:
 
 
 def _hold(seconds: float, upstream: dict, key: str, gateways: dict, thin: dict, thin_ports: dict, floors: dict) -> None:
-    """Keeps the bench world up for a profiler or strace (--hold): prints its addresses and pids."""
+    """Keeps the bench world up for a profiler or strace (--hold): prints its addresses and pids;
+    `floors` maps a --servers target's name to its processes by upstream latency."""
     world = {
         "upstream": upstream,
         "key": key,
         "gateways": {name: {"port": port, "pid": proc.pid} for name, (port, proc) in gateways.items()},
         "thin": {str(k): {"port": thin_ports[k], "pid": proc.pid} for k, proc in thin.items()},
     }
-    if floors:
-        world["thin_daphne"] = {str(k): {"port": port, "pid": proc.pid} for k, (port, proc) in floors.items()}
+    for name, by_latency in floors.items():
+        if by_latency:
+            world[name] = {str(k): {"port": port, "pid": proc.pid} for k, (port, proc) in by_latency.items()}
     print(json.dumps(world), flush=True)
     time.sleep(seconds)
 
@@ -245,7 +249,7 @@ def main() -> None:
             )
             procs.append(gateway)
             gateways["gateway_uvicorn"] = (gw_port, gateway)
-        thin, floors = {}, {}
+        thin, floors, ledger_floors = {}, {}, {}
         for latency, port in thin_ports.items():
             thin_env = {**os.environ, "UPSTREAM": upstream[latency], "GATEWAY_KEY": "sk-thin", "CLIENT": "aiohttp"}
             if deps is not None:  # thin_proxy under the gateway's server, patched as it serves the gateway
@@ -260,6 +264,22 @@ def main() -> None:
                 )
                 procs.append(floor)
                 floors[latency] = (floor_port, floor)
+                if latency == 0:  # the same app with a call's round trips (bench/ledger_floor.py)
+                    ledger_port = free_port()
+                    ledger = subprocess.Popen(
+                        [GW_PY, "-m", "gateway_project.serve", "--workers", "1", "-v", "0", "-b", "127.0.0.1"]
+                        + ["-p", str(ledger_port), "bench.ledger_floor:app"],
+                        cwd=ROOT,
+                        env={
+                            **env,  # the gateway's settings, for its connections
+                            **{name: thin_env[name] for name in ("UPSTREAM", "GATEWAY_KEY", "CLIENT")},
+                            "PYTHONPATH": f"{deps}{os.pathsep}{HARNESS}",
+                        },
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    procs.append(ledger)
+                    ledger_floors[latency] = (ledger_port, ledger)
             thin[latency] = subprocess.Popen(
                 [
                     str(Path(BENCH_PY).parent / "uvicorn"),
@@ -278,10 +298,18 @@ def main() -> None:
             procs.append(thin[latency])
         for port in (*ports.values(), *(p for p, _ in gateways.values()), *thin_ports.values()):
             wait_port(port)
-        for port, _ in (*gateways.values(), *floors.values()):
+        for port, _ in (*gateways.values(), *floors.values(), *ledger_floors.values()):
             wait_http(port)
         if args.hold:
-            _hold(args.hold, upstream, key, gateways, thin, thin_ports, floors)
+            _hold(
+                args.hold,
+                upstream,
+                key,
+                gateways,
+                thin,
+                thin_ports,
+                {"thin_daphne": floors, "ledger_floor": ledger_floors},
+            )
             return
         out_dir = RESULTS
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,6 +335,11 @@ def main() -> None:
                     floor_port, floor = floors[latency]
                     targets.append(
                         ("thin_daphne", f"http://127.0.0.1:{floor_port}", "sk-thin", "gpt-4o-mini", floor.pid)
+                    )
+                if latency in ledger_floors and not stream:
+                    ledger_port, ledger = ledger_floors[latency]
+                    targets.append(
+                        ("ledger_floor", f"http://127.0.0.1:{ledger_port}", "sk-thin", "gpt-4o-mini", ledger.pid)
                     )
             for name, url, gw_key, model, pid in targets:
                 cmd = [

@@ -6,12 +6,21 @@ Calls are admitted and settled through `quota.ledger.loop` (the gateway's warm p
 connection, and the CPU of its backend is read from /proc/<pid>/schedstat (nanoseconds) before and
 after each statement. The targets alternate call by call (not round by round), so that a drift of
 the machine's load falls on every target alike. Targets:
-- `none`: the member is in no group; `group`: the member is in one capped group;
+- `none`: the member is in no group; `group`: the member is in one capped group; `none_upsert`:
+  `none` with its counter written by an upsert (bench/group_hold.py), FOR MEASURING ONLY;
 - `group:<part>[:<part>…]`: the same member with parts of its statements taken out, FOR MEASURING
   ONLY (the counters stop being exact): `nogu` the settlement's group upsert, `gunosub` that
   upsert's sub-select of the held amounts, `nocount` the settlement's wait for the group upsert
   before the allocations' counters, `nojoins` the group upsert's joins (counters for the period,
   groups for the deleted ones), `noexists` the admission's read of the allocation's row.
+- `none:batch`: the member without groups settled by the batch statement (what one call took
+  before it had a statement of its own); `none:<part>[:<part>…]`, FOR MEASURING ONLY, the
+  statement of one call with parts taken out: `nohourly` the hourly rollup's upsert, `norollups`
+  both rollups' upserts, `norecord` the call record's INSERT (and the rollups), `nocounter` the
+  allocation counter's upsert, `nofk` the record into a copy of the call records' table with its
+  indexes but without foreign keys (so no check of them at commit), `noindex` into a copy with its
+  primary key only (both copies, `bench_callrecord_nofk` and `…_noindex`, made in the scratch
+  database on first use).
 Medians of µs per call, per statement (and a 95 % trimmed mean):
 
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/statement_cpu.py \
@@ -23,6 +32,7 @@ this machine.
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -41,6 +51,7 @@ import django  # noqa: E402
 django.setup()
 
 import group_hold  # noqa: E402
+from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from quota import ledger  # noqa: E402
@@ -50,6 +61,8 @@ from quota.periods import period_start_date  # noqa: E402
 from quota.pricing import Usage  # noqa: E402
 
 AS_IS = (st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL)
+ONE = st._SETTLE_ONE_SQL
+SETTLE = loop.settle_statement  # as bench/group_hold.py sets it (counting the statements)
 
 
 def _cut(text: str, start: str, end: str, instead: str) -> str:
@@ -91,8 +104,58 @@ def without(parts: list[str]) -> tuple[str, str]:
     return admit, settle
 
 
+def _has_key(cursor, table: str) -> bool:
+    cursor.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'", [table])
+    return cursor.fetchone() is not None
+
+
+@functools.cache
+def _copy(part: str) -> str:
+    """A copy of the call records' table (not partitioned): without foreign keys, or (`noindex`)
+    without any index but its primary key."""
+    name = f"bench_callrecord_{part}"
+    like = "INCLUDING ALL" if part == "nofk" else "INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {name} (LIKE {st.CALL_TABLE} {like})")
+        if part == "noindex" and not _has_key(cursor, name):
+            cursor.execute(f"ALTER TABLE {name} ADD PRIMARY KEY (id, started_at)")
+    return name
+
+
+def one_without(parts: list[str]) -> str:
+    """The statement of one call (member without groups) with `parts` taken out (measuring only):
+    each CTE taken out still reads its parameter, so the parameters stay those of the statement."""
+    settle, end = ONE, " SELECT 1, id FROM i"
+    for part in parts:
+        if part == "nocounter":
+            settle = _cut(settle, " u AS (", " i AS (", " u AS (SELECT 1),")
+        elif part == "norecord":
+            settle = _cut(
+                settle,
+                " i AS (",
+                end,
+                " i AS (SELECT 1 AS id, %s::jsonb), g AS (SELECT %s::text), h AS (SELECT %s::text)",
+            )
+        elif part == "norollups":
+            settle = _cut(settle, " g AS (", end, " g AS (SELECT %s::text), h AS (SELECT %s::text)")
+        elif part == "nohourly":
+            settle = _cut(settle, " h AS (", end, " h AS (SELECT %s::text)")
+        elif part in ("nofk", "noindex"):
+            settle = settle.replace(f"INSERT INTO {st.CALL_TABLE} (", f"INSERT INTO {_copy(part)} (")
+        elif part != "batch":
+            raise SystemExit(f"unknown part: {part}")
+    if parts and parts != ["batch"] and settle == ONE:
+        raise SystemExit(f"nothing taken out by {parts}: the statement changed")
+    return settle
+
+
 def use(target: str) -> None:
-    st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without(target.split(":")[1:])  # type: ignore[misc]
+    member, *parts = target.split(":")
+    group_hold.use(member)
+    one = member == "none"
+    st._SETTLE_ONE_SQL = one_without(parts if one else [])  # type: ignore[misc]
+    loop.settle_statement = st.settle_batch_statement if one and "batch" in parts else SETTLE  # type: ignore[attr-defined]
+    st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without([] if one else parts)  # type: ignore[misc]
     st._settle_sql.cache_clear()
 
 
@@ -153,7 +216,7 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "results" / "raw" / f"statement_cpu-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     for target, (admit, settle) in samples.items():
-        row = {"target": target, "case": "postgres_cpu per statement, c = 1", "calls": args.calls,
+        row = {"target": target, "case": "postgres_cpu per statement, c = 1", "concurrency": 1, "calls": args.calls,
                "admission_us_median": round(statistics.median(admit)), "admission_us_trimmed": round(_trimmed(admit)),
                "settlement_us_median": round(statistics.median(settle)),
                "settlement_us_trimmed": round(_trimmed(settle)),

@@ -40,6 +40,13 @@ def rows(path: Path):
             row[column] = next((raw[key] for key in keys if key in raw), "")
         if isinstance(row["loadavg1"], float):
             row["loadavg1"] = round(row["loadavg1"], 2)
+        if "settlement_us_median" in raw:  # statement_cpu.py: a row per statement, PostgreSQL CPU (µs)
+            for statement in ("admission", "settlement"):
+                ms = round(raw[f"{statement}_us_median"] / 1000, 3)
+                yield {**row, "case": f"postgres_cpu {statement}", "cpu_ms_per_call": ms}
+            continue
+        if row["cpu_ms_per_call"] == "" and "pg_cpu_us_per_call_median" in raw:  # group_hold.py: PostgreSQL's
+            row["cpu_ms_per_call"] = round(raw["pg_cpu_us_per_call_median"] / 1000, 4)
         yield row
         if "pg_cpu_ms_per_call_median" in raw:  # alternate.py: the PostgreSQL side, a row of its own
             yield {**row, "case": "postgres_cpu", "cpu_ms_per_call": raw["pg_cpu_ms_per_call_median"]}

@@ -63,6 +63,18 @@ _SUM_SQL = {
     "priced_calls": "count(*) FILTER (WHERE priced)",
     "unpriced_calls": "count(*) FILTER (WHERE NOT priced AND (input_tokens > 0 OR output_tokens > 0 OR quantity > 0))",
 }
+# The same sums over ONE record, as expressions of its row: what a statement that writes one record
+# adds without a GROUP BY (each the value its _SUM_SQL gives over that record alone).
+_ROW_SQL = {
+    "calls": "1",
+    **{c: f"coalesce({c}, 0)" for c in TOKENS},
+    "quantity": "coalesce(quantity, 0)",
+    "cost_usd": "CASE WHEN priced THEN coalesce(cost_usd, 0) ELSE 0 END",
+    "priced_calls": "CASE WHEN priced THEN 1 ELSE 0 END",
+    "unpriced_calls": (
+        "CASE WHEN NOT priced AND (input_tokens > 0 OR output_tokens > 0 OR quantity > 0) THEN 1 ELSE 0 END"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -89,11 +101,17 @@ class Rollup:
 
     def upsert(self, *, tz: str, source: str) -> str:
         order = ", ".join(str(i) for i in range(1, len(self.key) + 1))
-        return (
-            self.insert()
-            + self.grouped(tz=tz, source=source)
-            + f" ORDER BY {order} ON CONFLICT ON CONSTRAINT {self.constraint} DO UPDATE SET "
-            + ", ".join(f"{c} = d.{c} + EXCLUDED.{c}" for c in self.sums)
+        return self.insert() + self.grouped(tz=tz, source=source) + f" ORDER BY {order}" + self._added()
+
+    def row_upsert(self, *, tz: str, source: str) -> str:
+        """`upsert` for a `source` of at most one record: its row's sums, no GROUP BY nor ORDER BY
+        (one rollup row, nothing to sum nor to lock in order)."""
+        columns = (self.bucket.format(tz=tz), *self.key[1:], *(_ROW_SQL[c] for c in self.sums))
+        return self.insert() + f"SELECT {', '.join(columns)} FROM {source}" + self._added()  # noqa: S608
+
+    def _added(self) -> str:
+        return f" ON CONFLICT ON CONSTRAINT {self.constraint} DO UPDATE SET " + ", ".join(
+            f"{c} = d.{c} + EXCLUDED.{c}" for c in self.sums
         )
 
 
@@ -119,10 +137,13 @@ def upsert_sql(source: str, tz: str = "%s", rollup: Rollup = DAILY) -> str:
     return rollup.upsert(tz=tz, source=source)
 
 
-def upserts_sql(source: str) -> str:
+def upserts_sql(source: str, *, one: bool = False) -> str:
     """Every rollup's write for the records of `source` as the CTEs of the statement that wrote
     them: `g` the daily rollups, `h` the hourly ones. Each takes the billing timezone's name as a
-    parameter (`upserts_params()`, in this order)."""
+    parameter (`upserts_params()`, in this order). `one`: `source` holds at most one record (the
+    rows' sums without a GROUP BY, `Rollup.row_upsert`)."""
+    if one:
+        return f"g AS ({DAILY.row_upsert(tz='%s', source=source)}), h AS ({HOURLY.row_upsert(tz='%s', source=source)})"
     return f"g AS ({upsert_sql(source)}), h AS ({upsert_sql(source, rollup=HOURLY)})"
 
 

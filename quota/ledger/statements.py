@@ -113,8 +113,9 @@ _ADMIT_ONE_GROUP_SQL = group_sql.ADMIT_ONE_SQL.replace("{counters}", COUNTER_TAB
 _SETTLE_HEAD = (
     "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(n bigint, reservation uuid, counter bigint,"  # noqa: S608 (constant names)
     " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric{group_columns}) LIMIT {calls}),"
-    f" r AS (DELETE FROM {RESERVATION_TABLE} WHERE id IN (SELECT reservation FROM s) RETURNING id),"
-    " k AS (SELECT s.* FROM s JOIN r ON r.id = s.reservation),"
+    # The moves of the reservations deleted, returned by the DELETE itself: a reservation named twice
+    # is deleted, and settled, once.
+    f" k AS (DELETE FROM {RESERVATION_TABLE} USING s WHERE id = s.reservation RETURNING s.*),"
     " t AS (SELECT counter, sum(tokens) AS tokens, sum(cost) AS cost, count(*) AS calls,"
     " sum(held_tokens) AS held_tokens, sum(held_cost) AS held_cost FROM k GROUP BY counter),"
 )
@@ -128,13 +129,17 @@ _SETTLE_HEAD = (
 # (docs/PERFORMANCE.md). The values of the insert are never written: an allocation id that
 # matches none (its foreign key would refuse the row at commit) and sums of the calls.
 _NO_ALLOCATION = "'00000000-0000-0000-0000-000000000000'::uuid"
-_SETTLE_COUNTERS = (
+_COUNTER_UPSERT = (
     f" u AS (INSERT INTO {COUNTER_TABLE} AS c (id, allocation_id, period_start, tokens_used, cost_used, calls,"  # noqa: S608 (constant names)
-    f" tokens_reserved, cost_reserved, updated_at) SELECT t.counter, {_NO_ALLOCATION}, 'infinity'::date, t.tokens,"
-    " t.cost, t.calls, t.held_tokens, t.held_cost, now() FROM t{after} ORDER BY t.counter ON CONFLICT (id) DO UPDATE"
+    " tokens_reserved, cost_reserved, updated_at) SELECT <rows> ON CONFLICT (id) DO UPDATE"
     " SET tokens_used = c.tokens_used + excluded.tokens_used, cost_used = c.cost_used + excluded.cost_used,"
     " calls = c.calls + excluded.calls, tokens_reserved = c.tokens_reserved - excluded.tokens_reserved,"
     " cost_reserved = c.cost_reserved - excluded.cost_reserved),"
+)
+_SETTLE_COUNTERS = _COUNTER_UPSERT.replace(
+    "<rows>",
+    f"t.counter, {_NO_ALLOCATION}, 'infinity'::date, t.tokens, t.cost, t.calls, t.held_tokens, t.held_cost, now()"
+    " FROM t{after} ORDER BY t.counter",
 )
 _SETTLE_RECORDS = (
     f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"  # noqa: S608 (constant names)
@@ -159,6 +164,24 @@ _SETTLE_GROUPS_SQL = (
 
 _RETURNING = ", ".join(SOURCE_COLUMNS)
 _ROLLUP = upserts_sql("i")
+# One call of a member without groups (every call while calls do not meet): the same writes as
+# _SETTLE_SQL without what only a batch needs. Each table gets at most one row, so nothing is
+# summed (no GROUP BY) nor sorted for the lock order; the reservation's DELETE returns the call's
+# move itself (no join of the moves with the ids deleted), the record comes from its own JSON object
+# (no array to expand and match by position), and its id is returned as the one call's (n = 1).
+# Parameters: the move and the record as JSON objects, then the rollups'.
+_SETTLE_ONE_SQL = (
+    f"WITH k AS (DELETE FROM {RESERVATION_TABLE} USING jsonb_to_record(%s::jsonb) AS s(reservation uuid,"  # noqa: S608 (constant names)
+    " counter bigint, tokens bigint, cost numeric, held_tokens bigint, held_cost numeric)"
+    " WHERE id = s.reservation RETURNING s.*),"
+    + _COUNTER_UPSERT.replace(
+        "<rows>",
+        f"k.counter, {_NO_ALLOCATION}, 'infinity'::date, k.tokens, k.cost, 1, k.held_tokens, k.held_cost, now() FROM k",
+    )
+    + f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"  # noqa: S608 (constant names)
+    f" FROM jsonb_populate_record(NULL::{CALL_TABLE}, %s::jsonb) AS p WHERE EXISTS (SELECT FROM k)"
+    f" RETURNING id, {_RETURNING}), " + upserts_sql("i", one=True) + " SELECT 1, id FROM i"
+)
 
 
 # The texts are made once per variant: the same str object each call (its hash kept), and no
@@ -343,22 +366,37 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     whose reservation is already gone was settled before (the sweeper billed it as `worker_lost`,
     or this settlement already committed): it writes nothing. Returns rows (n, record id), n = the settlement's 1-based
     position. Four parameters whatever the number of calls or fields: the settlements and the
-    records as JSON arrays, which PostgreSQL expands itself (psycopg adapting ~30 parameters per
+    records as JSON, which PostgreSQL expands itself (psycopg adapting ~30 parameters per
     call in Python cost more than the statement's round trip), and the billing timezone's name
-    (once per rollup)."""
-    moves = [
-        {
-            "n": n,
-            "reservation": str(s.admission.reservation_id),
-            "counter": s.admission.counter_id,
-            "tokens": s.tokens,
-            "cost": str(s.cost),
-            "held_tokens": s.admission.tokens,
-            "held_cost": str(s.admission.cost),
-        }
-        for n, s in enumerate(settlements, 1)
-    ]
-    grouped = any(s.admission.groups or s.admission.held for s in settlements)
+    (once per rollup). One call of a member without groups takes the statement of one call
+    (_SETTLE_ONE_SQL), any other the batch's (`settle_batch_statement`): the same rows written."""
+    if len(settlements) == 1 and not _grouped(settlements):
+        one = settlements[0]
+        return _SETTLE_ONE_SQL, [_encode(_move(1, one)), _encode(_record_json(one.values)), *upserts_params()]
+    return settle_batch_statement(settlements)
+
+
+def _grouped(settlements: list[Settlement]) -> bool:
+    return any(s.admission.groups or s.admission.held for s in settlements)
+
+
+def _move(n: int, s: Settlement) -> dict:
+    return {
+        "n": n,
+        "reservation": str(s.admission.reservation_id),
+        "counter": s.admission.counter_id,
+        "tokens": s.tokens,
+        "cost": str(s.cost),
+        "held_tokens": s.admission.tokens,
+        "held_cost": str(s.admission.cost),
+    }
+
+
+def settle_batch_statement(settlements: list[Settlement]) -> tuple[str, list]:
+    """`settle_statement`'s statement for any number of calls: the settlements and the records as
+    JSON arrays."""
+    moves = [_move(n, s) for n, s in enumerate(settlements, 1)]
+    grouped = _grouped(settlements)
     if grouped:
         for move, s in zip(moves, settlements, strict=True):
             move["groups"], move["held"] = s.admission.groups, s.admission.held

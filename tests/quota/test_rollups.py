@@ -21,8 +21,9 @@ from backoffice.api.selectors import usage_report
 from portal.selectors import period_of_days, usage_grouped
 from quota import ledger
 from quota.anomaly import anomaly_figures
+from quota.ledger import statements
 from quota.ledger.spool import spool_replay
-from quota.models import CARRIES_USAGE, CallRecord, DailyRollup, PriceVersion, UsageCounter
+from quota.models import CARRIES_USAGE, CallRecord, DailyRollup, HourlyRollup, PriceVersion, UsageCounter
 from quota.overview import month_figures
 from quota.periods import billing_tz, period_bounds
 from quota.pricing import Usage
@@ -146,6 +147,85 @@ def test_a_settlement_that_finds_its_reservation_gone_adds_nothing_to_the_rollup
     assert ledger.settle(admission=admission, record=record, usage=Usage(input_tokens=3), price=None) is not None
     assert ledger.settle(admission=admission, record=record, usage=Usage(input_tokens=3), price=None) is None
     assert DailyRollup.objects.get().calls == 1 and _no_drift() == {}
+
+
+_USAGES = (
+    (Usage(input_tokens=100, output_tokens=50, cached_tokens=20, reasoning_tokens=10), "success", True),
+    (Usage(input_tokens=7, output_tokens=3, audio_input_tokens=2, audio_output_tokens=1), "success", False),
+    (Usage(quantity=Decimal("2.5"), unit="image"), "success", False),
+    (Usage(), "upstream_error", False),
+    (Usage(input_tokens=4), "client_closed", True),
+)
+
+
+def _settlements(allocation, price, now) -> list[statements.Settlement]:
+    """One settlement of each kind of _USAGES (priced or not, tokens, a quantity, no usage), admitted."""
+    found = []
+    for n, (usage, outcome, priced) in enumerate(_USAGES):
+        rid = f"{allocation.pk}-{n}"
+        admission = ledger.admit(
+            allocation_id=allocation.pk, token_cap=None, cost_cap=None, est_tokens=500, est_cost=Decimal("0.01"),
+            request_id=rid, now=now,
+        )  # fmt: skip
+        values, cost = statements.settle_values(
+            record={**_record(allocation, rid, now, outcome), "member_id": allocation.member_id},
+            usage=usage, price=price if priced else None, now=now,
+        )  # fmt: skip
+        found.append(statements.Settlement(values, admission, usage.total_tokens, cost or Decimal(0)))
+    return found
+
+
+def test_the_statement_of_one_call_writes_what_the_batch_statement_writes():
+    """A call settled alone (the statement of one call: no GROUP BY) and the same calls settled in
+    one batch write the same counter, records and rollups."""
+    member, model = MemberFactory(), CatalogModelFactory()
+    price = _price(model)
+    alone, batched = AllocationFactory(member=member, model=model), AllocationFactory(member=member, model=model)
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        for settlement in _settlements(alone, price, now):
+            sql, params = statements.settle_statement([settlement])
+            assert sql == statements._SETTLE_ONE_SQL
+            cursor.execute(sql, params)
+            assert [n for n, _ in cursor.fetchall()] == [1]
+        settlements = _settlements(batched, price, now)
+        sql, params = statements.settle_statement(settlements)
+        assert sql != statements._SETTLE_ONE_SQL
+        cursor.execute(sql, params)
+        assert sorted(n for n, _ in cursor.fetchall()) == [1, 2, 3, 4, 5]
+
+    def written(allocation) -> tuple:
+        counter = UsageCounter.objects.values_list(
+            "tokens_used", "cost_used", "calls", "tokens_reserved", "cost_reserved"
+        ).get(allocation=allocation)
+        skip = {"id", "request_id", "allocation"}
+        fields = [f.attname for f in CallRecord._meta.concrete_fields if f.name not in skip]
+        records = sorted(CallRecord.objects.filter(allocation=allocation).values_list(*fields), key=repr)
+        skip = {"id", "allocation"}
+        fields = [f.attname for f in DailyRollup._meta.concrete_fields if f.name not in skip]
+        daily = sorted(DailyRollup.objects.filter(allocation=allocation).values_list(*fields), key=repr)
+        fields = ["hour", "member_id", "model_id", "outcome", "group_ids", "calls", "cost_usd", "priced_calls"]
+        hourly = sorted(HourlyRollup.objects.filter(allocation=allocation).values_list(*fields), key=repr)
+        return counter, records, daily, hourly
+
+    assert written(alone) == written(batched)
+    counter, records, daily, _ = written(alone)
+    assert counter[2] == 5 and counter[3] == 0 and len(records) == 5
+    success = DailyRollup.objects.get(allocation=alone, outcome="success")
+    assert (success.calls, success.priced_calls, success.unpriced_calls) == (3, 1, 2)
+    assert success.quantity == Decimal("2.5") and success.cost_usd == Decimal("0.0002")
+    assert _no_drift() == {}
+
+
+def test_a_reservation_named_twice_in_one_batch_is_settled_once():
+    allocation = AllocationFactory()
+    settlement = _settlements(allocation, None, timezone.now())[0]
+    with connection.cursor() as cursor:
+        cursor.execute(*statements.settle_statement([settlement, settlement]))
+        assert len(cursor.fetchall()) == 1
+    assert CallRecord.objects.filter(allocation=allocation).count() == 1
+    assert UsageCounter.objects.get(allocation=allocation).calls == 1
+    assert DailyRollup.objects.get(allocation=allocation).calls == 1 and _no_drift() == {}
 
 
 def test_the_sweepers_worker_lost_record_is_rolled_up():
