@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Latency at c = 1 of the two gateways of a held bench world (`bench/run.py --tree OTHER --cases 0ms
---hold 3000 > world.json`: this tree's `gateway` and the other's `base`) and of the fake upstream
-alone, call by call interleaved (gateway, base, direct; the order flipped each call), so that the
-machine's load falls on both alike: p25 / p50 / p75 per target, the added p50 (minus the
-upstream's), and the median of the per-call differences (gateway minus base). compare.py's rounds
-move by ±1 ms at c = 1 on a loaded machine; interleaved calls show a difference of ~0.1 ms.
+--hold 3000 > world.json`: this tree's `gateway` and the other's `base`; with `--servers` also
+`thin_daphne` and `ledger_floor` on the 0 ms upstream) and of the fake upstream alone, call by call
+interleaved (the order reversed each call), so that the machine's load falls on all alike: p25 /
+p50 / p75 per target, the added p50 (minus the upstream's), and the median of the per-call
+differences (gateway minus each other target). compare.py's rounds move by ±1 ms at c = 1 on a
+loaded machine; interleaved calls show a difference of ~0.1 ms.
 
   bench/interleave.py world.json [--calls 4000] [--warmup 100]
 
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 from run import RESULTS
 
 MODEL = "bench0/gpt-4o-mini"
+UPSTREAM_MODEL = "gpt-4o-mini"
 DIRECT_KEY = "sk-direct"  # the fake upstream's (../shared/bench/fake_upstream.py)
 
 
@@ -36,19 +38,24 @@ def main() -> None:
     prompt = " ".join(f"word{i}" for i in range(1, 17))  # the harness's chat.lua body
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": prompt}]})
     direct = urlsplit(world["upstream"]["0"])
-    targets = {
-        "gateway": (http.client.HTTPConnection("127.0.0.1", world["gateways"]["gateway"]["port"]), world["key"]),
-        "base": (http.client.HTTPConnection("127.0.0.1", world["gateways"]["base"]["port"]), world["key"]),
-        "direct": (http.client.HTTPConnection(direct.hostname, direct.port), DIRECT_KEY),
+    targets = {  # name: (connection, key, body)
+        name: (http.client.HTTPConnection("127.0.0.1", world["gateways"][name]["port"]), world["key"], body)
+        for name in ("gateway", "base")
+        if name in world["gateways"]
     }
+    for name in ("thin_daphne", "ledger_floor"):  # the thin app's key and its upstream's model name
+        if "0" in world.get(name, {}):
+            connection = http.client.HTTPConnection("127.0.0.1", world[name]["0"]["port"])
+            targets[name] = (connection, "sk-thin", body.replace(MODEL, UPSTREAM_MODEL))
+    targets["direct"] = (http.client.HTTPConnection(direct.hostname, direct.port), DIRECT_KEY, body)
 
     def call(name: str) -> float:
-        conn, key = targets[name]
+        conn, key, sent = targets[name]
         started = time.perf_counter()
         conn.request(
             "POST",
             "/v1/chat/completions",
-            body=body,
+            body=sent,
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
         )
         response = conn.getresponse()
@@ -62,14 +69,15 @@ def main() -> None:
             call(name)
     latencies: dict[str, list[float]] = {name: [] for name in targets}
     loads = []
+    order = list(targets)
     for n in range(args.calls):
-        for name in ("gateway", "base", "direct") if n % 2 == 0 else ("direct", "base", "gateway"):
+        for name in order if n % 2 == 0 else order[::-1]:
             latencies[name].append(call(name))
         if n % 200 == 0:
             loads.append(os.getloadavg()[0])
     direct_q = statistics.quantiles(latencies["direct"], n=100)
     rows = []
-    for name in ("gateway", "base"):
+    for name in order[:-1]:
         q = statistics.quantiles(latencies[name], n=100)
         rows.append(
             {
@@ -86,15 +94,16 @@ def main() -> None:
                 "loadavg1": round(statistics.median(loads), 2),
             }
         )
-    paired = [a - b for a, b in zip(latencies["gateway"], latencies["base"], strict=True)]
-    rows.append(
-        {
-            "paired": "gateway - base",
-            "median_ms": round(statistics.median(paired), 3),
-            "gateway_lower_share": round(sum(d < 0 for d in paired) / len(paired), 3),
-            "calls": args.calls,
-        }
-    )
+    for other in order[1:-1]:
+        paired = [a - b for a, b in zip(latencies["gateway"], latencies[other], strict=True)]
+        rows.append(
+            {
+                "paired": f"gateway - {other}",
+                "median_ms": round(statistics.median(paired), 3),
+                "gateway_lower_share": round(sum(d < 0 for d in paired) / len(paired), 3),
+                "calls": args.calls,
+            }
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"interleave-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     with out.open("w") as f:
