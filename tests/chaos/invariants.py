@@ -144,7 +144,9 @@ def _client_answers(report: Report, seen: list[Seen]) -> None:
     for s in seen:
         if s.status == 500 or (s.status is not None and s.status >= 500 and s.status not in (502, 503, 504)):
             report.violate("5xx from the gateway", s)
-        if s.status == 503 and (s.error_code != "gateway_unavailable" or not s.retry_after):
+        # A client that left after the head (abandoned_plain) saw the status and headers only.
+        unavailable = s.error_code == "gateway_unavailable" or not s.read_whole
+        if s.status == 503 and (not unavailable or not s.retry_after):
             report.violate("503 without gateway_unavailable + Retry-After", s)
 
 

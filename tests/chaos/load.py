@@ -41,6 +41,7 @@ class Seen:
     tokens: int | None = None  # the usage total the client received (complete answers only)
     error_code: str = ""
     retry_after: str | None = None
+    read_whole: bool = False  # the answer's body was read (an abandoned call may stop after its head)
     transport_error: str = ""
     began: float = 0.0  # monotonic times of the call's start and end
     ended: float = 0.0
@@ -121,6 +122,7 @@ class Load:
                 await self._read_stream(response, seen)
                 return
             raw = await response.read()
+            seen.read_whole = True
             try:
                 answer = json.loads(raw)
             except ValueError:
