@@ -21,6 +21,7 @@ settlement commits).
 import asyncio
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 
 import django
 
@@ -68,7 +69,7 @@ async def _run(conn: LoopConnection, sql: str, hold: uuid.UUID) -> None:
     await conn.statement_cursor(sql).execute(sql, (hold,), prepare=True)
 
 
-async def app(scope: dict, receive, send) -> None:  # noqa: ANN001 - ASGI
+async def app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
     if scope["type"] != "http" or scope["method"] != "POST":
         return await thin_app(scope, receive, send)
     conn, redis = await _links.get()

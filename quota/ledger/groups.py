@@ -189,14 +189,11 @@ COUNTER_ONCE_PER_PERIOD = "usage_counter_once_per_period"
 def counter_replaced(error: BaseException) -> bool:
     """True when `error` is ADMIT_ONE_SQL's insert of a cached counter id whose row is gone while
     the allocation has another counter of the period (nothing written: the cached id is stale)."""
-    for found in (error, error.__cause__):
-        diag = getattr(found, "diag", None)
-        if (
-            getattr(found, "sqlstate", None) == "23505"
-            and getattr(diag, "constraint_name", None) == COUNTER_ONCE_PER_PERIOD
-        ):
-            return True
-    return False
+    return any(
+        getattr(found, "sqlstate", None) == "23505"
+        and getattr(getattr(found, "diag", None), "constraint_name", None) == COUNTER_ONCE_PER_PERIOD
+        for found in (error, error.__cause__)
+    )
 
 
 def admission_missed(error: BaseException) -> bool:
