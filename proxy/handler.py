@@ -28,7 +28,7 @@ from django.urls import ResolverMatch, set_script_prefix
 
 from allocations.exceptions import GatewayError, GatewayUnavailable
 from lib import asgi, inflight
-from lib.asgi import Receive, Scope, Send
+from lib.asgi import Receive, Scope, Send, Whole
 from lib.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
@@ -75,7 +75,7 @@ class ProxyHandler(ASGIHandler):
         if passed is None and (refused := await gate.refusal(scope)) is not None:
             # the body is never read: a refused caller costs no parse or spool
             rid = request_id_from(gate.header(scope, b"x-request-id"))
-            return await self.send_response(error_response(refused, rid), send)
+            return await error_response(refused, rid).send(send)
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
         try:
             if spools(scope["path"]):  # uploads go to a spool, not to memory
@@ -121,7 +121,10 @@ class ProxyHandler(ASGIHandler):
             if isinstance(response, relay.EventStream):
                 response.writer = asgi.part_writer(send)
             with contextlib.suppress(asyncio.CancelledError):  # client disconnected while we were sending
-                await self.send_response(response, send)
+                if isinstance(response, Whole):  # a whole answer: its two messages, no HttpResponse
+                    await response.send(send)
+                else:
+                    await self.send_response(response, send)
 
         # As Django does: a client that disconnects cancels the view (or the stream being relayed).
         # The view runs in this task; only the listener gets a task of its own, which cancels this
