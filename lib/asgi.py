@@ -88,4 +88,10 @@ class Whole:
             await send({"type": "http.response.body", "body": content, "more_body": False})
             return
         for start in range(0, len(content), _CHUNK):  # as Django chunks a body past 64 KiB
-            await send({"type": "http.response.body", "body": content[start : start + _CHUNK], "more_body": start + _CHUNK < len(content)})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": content[start : start + _CHUNK],
+                    "more_body": start + _CHUNK < len(content),
+                }
+            )

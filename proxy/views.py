@@ -21,6 +21,7 @@ from lib import inflight
 from lib.api_errors import error_body
 from lib.asgi import PartWriter, Whole, header_value
 from lib.http import request_id_of as request_id_for
+from lib.http import sent_header
 from quota.admission import Plan
 from quota.ledger import threads
 from quota.models import Outcome
@@ -89,7 +90,7 @@ async def relay_call(request: HttpRequest, endpoint: str) -> Answered:
         return error_response(BadRequest(f"use POST for /v1/{spec.path}"), rid)
     read = await spec.reader(request, spec)
     # = request.headers["Authorization"], without building every header's mapping
-    authorization = request.META.get("HTTP_AUTHORIZATION", "")
+    authorization = sent_header(request, "HTTP_AUTHORIZATION")
     plan = plan_of(spec, read, rid, authorization, passed=getattr(request, "gateway_passed", None))
     call = Call(plan, spec, form=read.form)
     if plan.stream:
