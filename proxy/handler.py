@@ -129,8 +129,11 @@ class ProxyHandler(ASGIHandler):
         # As Django does: a client that disconnects cancels the view (or the stream being relayed).
         # The view runs in this task; only the listener gets a task of its own, which cancels this
         # one when the client goes away (a task and an asyncio.wait fewer per call than Django's).
-        this = asyncio.current_task()
-        listener = asyncio.ensure_future(until_disconnect(receive))
+        # The task's loop, asked once: each asyncio.get_running_loop() (inside current_task and
+        # ensure_future) makes a getpid() system call on Python 3.11.
+        loop = asyncio.get_running_loop()
+        this = asyncio.current_task(loop)
+        listener = loop.create_task(until_disconnect(receive))
 
         def client_gone(_: asyncio.Future) -> None:
             if this is not None:
@@ -149,9 +152,8 @@ class ProxyHandler(ASGIHandler):
             if answered:
                 # ASGI: once the response is sent, receive() says http.disconnect (daphne queued
                 # it as the response ended), so the listener ends by itself in its step already
-                # scheduled; cancelled only if it has not by the loop's next turn (the task's loop:
-                # get_running_loop makes a getpid() system call on Python 3.11).
-                listener.get_loop().call_soon(stop_listening, listener)
+                # scheduled; cancelled only if it has not by the loop's next turn.
+                loop.call_soon(stop_listening, listener)
             else:
                 stop_listening(listener)
 
