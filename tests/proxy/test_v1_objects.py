@@ -13,6 +13,7 @@ from allocations.exceptions import BadRequest
 from lib.asgi import Whole, header_value
 from lib.http import request_id_of, sent_header
 from proxy.handler import V1Request
+from proxy.registry import BODY_MULTIPART, ENDPOINTS, spools
 from proxy.views import _response, error_response
 from quota.exceptions import QuotaBusy
 
@@ -146,3 +147,15 @@ def test_a_header_value_with_a_newline_is_refused_as_django_refuses_it():
     with pytest.raises(BadHeaderError):
         _response(b"", 200, "application/json", "r")["X-Tools"] = "a\nb"
     assert header_value("plain") == "plain"
+
+
+def test_the_spooled_paths_are_the_multipart_endpoints():
+    paths = [
+        f"{prefix}{e.path}{end}" for e in ENDPOINTS.values() for prefix in ("/v1/", "/v2/", "/") for end in ("", "/")
+    ]
+    for path in [*paths, "/v1/", "/v1", ""]:
+        scanned = path.startswith("/v1/") and any(
+            e.body == BODY_MULTIPART and path.rstrip("/") == "/v1/" + e.path for e in ENDPOINTS.values()
+        )
+        assert spools(path) is scanned
+    assert any(spools(p) for p in paths)
