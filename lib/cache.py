@@ -12,7 +12,6 @@ transaction of its own, so "after the service's atomic block" is not enough).
 
 import asyncio
 import collections
-import functools
 import logging
 import ssl as ssl_module
 import threading
@@ -203,7 +202,7 @@ class _SharedReads:
     def __init__(self, url: str, key: str, loads: Callable[[bytes], Any]) -> None:
         self.url, self.key, self.loads = url, key.encode(), loads
         self.conn: RespConnection | None = None
-        self.running: asyncio.Future | None = None  # the GET that is out (its reply, or the task opening first)
+        self.running: asyncio.Task | None = None
         self.waiting: asyncio.Future | None = None
 
     def begin(self) -> asyncio.Future:
@@ -219,53 +218,30 @@ class _SharedReads:
 
     def _start(self) -> None:
         future, self.waiting = self.waiting, None
-        if future is None:
-            return
-        conn = self.conn
-        if conn is None or conn.transport is None:
-            self.running = asyncio.ensure_future(self._open_and_get(future))
-            return
-        # On an open connection the GET leaves now, before the caller's next command (an admission
-        # sent meanwhile), and its reply is taken by a callback (no task): a timer bounds the wait.
-        sent = self.running = conn.request(b"GET", self.key, at_once=True)
-        timer = asyncio.get_running_loop().call_later(REDIS_TIMEOUT_S, sent.cancel)
-        sent.add_done_callback(functools.partial(self._answered, future, timer))
+        if future is not None:
+            # On an open connection the GET leaves now, before the caller's next command (an
+            # admission sent meanwhile), not when the task first runs two turns of the loop later.
+            conn = self.conn
+            sent = None if conn is None or conn.transport is None else conn.request(b"GET", self.key, at_once=True)
+            self.running = asyncio.ensure_future(self._get(future, sent))
 
-    async def _open_and_get(self, future: asyncio.Future) -> None:
+    async def _get(self, future: asyncio.Future, sent: asyncio.Future | None) -> None:
         try:
-            self.conn = await RespConnection.open(self.url)
-            sent = self.conn.request(b"GET", self.key, at_once=True)
+            if sent is None:
+                if self.conn is None or self.conn.transport is None:
+                    self.conn = await RespConnection.open(self.url)
+                sent = self.conn.request(b"GET", self.key, at_once=True)
             async with asyncio.timeout(REDIS_TIMEOUT_S):
                 raw = await sent
-            self._took(future, raw, None)
+            value = None if raw is None else self.loads(raw)
+            _known[:] = [value, self.url, self.key] if type(value) is int else []
+            future.set_result(value)
         except Exception as error:  # noqa: BLE001 - handed to every waiter
-            self._took(future, None, error)
-
-    def _answered(self, future: asyncio.Future, timer: asyncio.TimerHandle, sent: asyncio.Future) -> None:
-        timer.cancel()
-        if sent.cancelled():  # the timer's: no reply in time
-            self._took(future, None, TimeoutError())
-        else:
-            error = sent.exception()
-            self._took(future, None if error is not None else sent.result(), error)
-
-    def _took(self, future: asyncio.Future, raw: bytes | None, error: BaseException | None) -> None:
-        """The GET's end: its value (or error) to every waiter, then the next GET if calls wait."""
-        try:
-            if error is None:
-                try:
-                    value = None if raw is None else self.loads(raw)
-                except Exception as failed:  # noqa: BLE001 - handed to every waiter
-                    error = failed
-            if error is None:
-                _known[:] = [value, self.url, self.key] if type(value) is int else []
-                future.set_result(value)
-            else:
-                _known.clear()  # calls read it first again, until a read succeeds
-                if self.conn is not None:
-                    self.conn.close()
-                    self.conn = None  # a fresh connection for the next GET
-                future.set_exception(error)
+            _known.clear()  # calls read it first again, until a read succeeds
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None  # a fresh connection for the next GET
+            future.set_exception(error)
         finally:
             self.running = None
             if self.waiting is not None:

@@ -85,32 +85,6 @@ async def test_the_reader_selects_the_database_and_reconnects_after_a_broken_con
     assert await auth_generation_async() == expected
 
 
-async def test_a_read_on_an_open_connection_makes_no_task_and_a_silent_one_times_out(gets, monkeypatch):
-    """On an open connection a read is the GET's reply taken by a callback, bounded by a timer:
-    no task. A reply that does not come in time fails every waiter, and the next read reconnects."""
-    sent, delay, install = gets
-    await install()
-    expected = auth_generation()
-    assert await auth_generation_async() == expected  # the connection opened
-    loop = asyncio.get_running_loop()
-    made: list = []
-    loop.set_task_factory(lambda loop, coro, **kw: made.append(coro) or asyncio.Task(coro, loop=loop, **kw))
-    try:
-        reads = [cache.auth_generation_begin(), cache.auth_generation_begin()]  # futures: no task of their own
-        assert [await read for read in reads] == [expected] * 2
-    finally:
-        loop.set_task_factory(None)
-    assert made == []
-    monkeypatch.setattr(cache, "REDIS_TIMEOUT_S", 0.05)
-    delay["s"] = 0.5
-    with pytest.raises(TimeoutError):
-        await asyncio.gather(auth_generation_async(), auth_generation_async())
-    assert cache._shared_reads[loop].conn is None
-    assert cache.known_generation() is None
-    delay["s"] = 0.0
-    assert await auth_generation_async() == expected
-
-
 class _Transport:
     """Collects what the protocol writes; the tests play the server's side by hand."""
 
