@@ -28,6 +28,8 @@ from django.conf import settings
 from django.db import connections
 from psycopg.waiting import READY_R, WAIT_W
 
+from lib.cache import GENERATION_READ, SharedReads, generation_seen
+
 from ..models import PriceVersion
 from ..pricing import Usage
 from .groups import Budget, admission_missed
@@ -185,6 +187,18 @@ class Pool:
         self.drained = asyncio.Event()  # set once closing and the last connection is closed
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.settlements = _Settlements(self)
+        self.generation_reads = SharedReads(self._generation_read)
+
+    async def _generation_read(self) -> int | None:
+        query = native(GENERATION_READ)
+        async with self.connection() as conn:
+            cursor = conn.statement_cursor(query)
+            await cursor.execute(query, (), prepare=_prepare())
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        generation_seen(row[0])
+        return row[0]
 
     @staticmethod
     def _conninfo() -> dict:
@@ -292,8 +306,10 @@ async def admit(
     reservation_id: uuid.UUID | None = None,
     groups: Sequence[Budget] = (),
     period: dt.date | None = None,
+    generation: int | None = None,
 ) -> Admission | None:
-    """ledger.admit's one-statement path with a known counter id; None when not admitted."""
+    """ledger.admit's one-statement path with a known counter id; None when not admitted (a cap's
+    guard, or `generation` no longer the current auth generation: admit_statement)."""
     cost = est_cost if est_cost is not None else Decimal(0)
     reservation = reservation_row(
         request_id=request_id, tokens=est_tokens, cost=cost, now=now, context=context, reservation_id=reservation_id
@@ -307,6 +323,7 @@ async def admit(
         reservation=reservation,
         groups=groups,
         period=period,
+        generation=generation,
     )
     query = native(sql)
     async with pool().connection() as conn:
@@ -332,6 +349,13 @@ async def admit(
         else:
             held = ()
     return Admission(reservation["id"], counter_id, est_tokens, cost, tuple(g.id for g in groups), held)
+
+
+def generation_begin() -> asyncio.Future:
+    """The current auth generation (lib.cache), None when it was never set (the thread path sets
+    it): a read already started when this returns, shared with every caller of this event loop
+    waiting for one (SharedReads). Errors of the database propagate."""
+    return pool().generation_reads.begin()
 
 
 async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | None:
