@@ -4,8 +4,7 @@ caps and admission, the model's kind, the provider), synchronously (`preflight`,
 thread: it decides every refusal) or from the per-process caches on the event loop
 (`admit_on_loop`, which admits or declines, never refuses); and the one map from a refusal to its
 call record's outcome. The rate limits (quota.ratelimit) are asked once per call on either path:
-the thread path keeps the loop's answer (unless it was "stale": its generation check failed and
-nothing was taken).
+the thread path keeps the loop's answer unless the limits it was asked under have changed since.
 """
 
 import dataclasses
