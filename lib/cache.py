@@ -204,18 +204,14 @@ class RespConnection(asyncio.Protocol):
             else:
                 reply.set_result(result)  # a value, nil, or +OK / :n
 
-    def request(self, *parts: bytes, at_once: bool = False) -> asyncio.Future:
+    def request(self, *parts: bytes) -> asyncio.Future:
         """Sends a command; the future of its reply, unbounded (`command` bounds the wait; a caller
-        of this one watches the connection instead). `at_once`: written now, not at the end of the
-        loop's turn, when nothing else waits to be written."""
+        of this one watches the connection instead)."""
         if self.transport is None:
             raise ConnectionError("Redis connection closed")
         reply = asyncio.get_running_loop().create_future()
         self.replies.append(reply)
-        if at_once and not self.outgoing:
-            self.transport.write(_encode(parts))
-        else:
-            self._write(_encode(parts))
+        self._write(_encode(parts))
         return reply
 
     async def command(self, *parts: bytes, timeout_s: float | None = None) -> Any:
