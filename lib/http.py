@@ -30,10 +30,17 @@ def request_id_of(request: HttpRequest) -> str:
     """request_id_from the request's header, once per request."""
     rid = getattr(request, "gateway_request_id", None)
     if rid is None:
-        sent = request.META.get("HTTP_X_REQUEST_ID", "")  # = request.headers["X-Request-Id"], without building them all
+        sent = sent_header(request, "HTTP_X_REQUEST_ID")  # = request.headers["X-Request-Id"], without building them all
         rid = request_id_from(sent)
         request.gateway_request_id = rid  # type: ignore[attr-defined]
     return rid
+
+
+def sent_header(request: HttpRequest, key: str) -> str:
+    """request.META.get(key, "") for an HTTP_* key; a request that can read it without building its
+    META (proxy.handler's, `sent_header`) does."""
+    reader = getattr(request, "sent_header", None)
+    return reader(key) if reader is not None else request.META.get(key, "")
 
 
 def _address(value: str) -> str | None:

@@ -23,11 +23,12 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
     """A new UUIDv7; `now_ms` (Unix milliseconds) is for tests."""
     global _last
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    tail = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    random = os.urandom(10)  # one system call: 8 bytes for the tail, 2 for a new millisecond's counter
+    tail = int.from_bytes(random[:8], "big") & ((1 << 62) - 1)
     with _lock:
         last_ms, last_seq = _last
         if ms > last_ms:
-            seq = int.from_bytes(os.urandom(2), "big") & 0x7FF
+            seq = int.from_bytes(random[8:], "big") & 0x7FF
         else:  # the same millisecond, or the clock stepped back: keep counting from the last id
             ms, seq = last_ms, last_seq + 1
             if seq > _SEQ_MAX:

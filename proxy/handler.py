@@ -20,15 +20,16 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.db import Error as DatabaseError
 from django.http import HttpRequest, HttpResponse
-from django.urls import ResolverMatch, set_script_prefix
+from django.urls import ResolverMatch
+from django.utils.functional import cached_property
 
 from allocations.exceptions import GatewayError, GatewayUnavailable
 from lib import asgi, inflight
-from lib.asgi import Receive, Scope, Send
+from lib.asgi import Receive, Scope, Send, Whole
 from lib.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
@@ -75,7 +76,7 @@ class ProxyHandler(ASGIHandler):
         if passed is None and (refused := await gate.refusal(scope)) is not None:
             # the body is never read: a refused caller costs no parse or spool
             rid = request_id_from(gate.header(scope, b"x-request-id"))
-            return await self.send_response(error_response(refused, rid), send)
+            return await error_response(refused, rid).send(send)
         limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
         try:
             if spools(scope["path"]):  # uploads go to a spool, not to memory
@@ -84,13 +85,12 @@ class ProxyHandler(ASGIHandler):
                 body, too_large = await read_body(receive, scope, limit)
         except RequestAborted:
             return
-        set_script_prefix(get_script_prefix(scope))
+        # No set_script_prefix: the prefix only serves reverse(), which nothing on /v1 calls.
         try:
-            request = self.request_class(scope, io.BytesIO(body))
+            request = V1Request(scope, body)
         except UnicodeDecodeError:
             logger.warning("Bad Request (UnicodeDecodeError)", exc_info=sys.exc_info())
             return await self.send_response(HttpResponse(status=400), send)
-        request._body = body  # already read, with our limit (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is for forms)
         request.gateway_body_too_large = too_large  # type: ignore[attr-defined]
         request.gateway_upload = upload  # type: ignore[attr-defined]  # closed by proxy.views once the upstream has it
         request.gateway_passed = passed  # type: ignore[attr-defined]  # (bearer, digest): proxy.views' plan
@@ -121,13 +121,19 @@ class ProxyHandler(ASGIHandler):
             if isinstance(response, relay.EventStream):
                 response.writer = asgi.part_writer(send)
             with contextlib.suppress(asyncio.CancelledError):  # client disconnected while we were sending
-                await self.send_response(response, send)
+                if isinstance(response, Whole):  # a whole answer: its two messages, no HttpResponse
+                    await response.send(send)
+                else:
+                    await self.send_response(response, send)
 
         # As Django does: a client that disconnects cancels the view (or the stream being relayed).
         # The view runs in this task; only the listener gets a task of its own, which cancels this
         # one when the client goes away (a task and an asyncio.wait fewer per call than Django's).
-        this = asyncio.current_task()
-        listener = asyncio.ensure_future(until_disconnect(receive))
+        # The task's loop, asked once: each asyncio.get_running_loop() (inside current_task and
+        # ensure_future) makes a getpid() system call on Python 3.11.
+        loop = asyncio.get_running_loop()
+        this = asyncio.current_task(loop)
+        listener = loop.create_task(until_disconnect(receive))
 
         def client_gone(_: asyncio.Future) -> None:
             if this is not None:
@@ -146,11 +152,66 @@ class ProxyHandler(ASGIHandler):
             if answered:
                 # ASGI: once the response is sent, receive() says http.disconnect (daphne queued
                 # it as the response ended), so the listener ends by itself in its step already
-                # scheduled; cancelled only if it has not by the loop's next turn (the task's loop:
-                # get_running_loop makes a getpid() system call on Python 3.11).
-                listener.get_loop().call_soon(stop_listening, listener)
+                # scheduled; cancelled only if it has not by the loop's next turn.
+                loop.call_soon(stop_listening, listener)
             else:
                 stop_listening(listener)
+
+
+class V1Request(ASGIRequest):
+    """Django's ASGIRequest as /v1 uses it: the same attributes, with META (and what Django derives
+    from it: the content type and its parameters, the encoding, `headers`) built by ASGIRequest
+    itself on first read instead of for every request. A /v1 call reads two headers, through
+    `sent_header`, straight from the scope; any other reader gets Django's META as it always was.
+    The body is already read (with the gateway's limit, not Django's DATA_UPLOAD_MAX_MEMORY_SIZE)."""
+
+    def __init__(self, scope: Scope, body: bytes) -> None:
+        self.scope = scope
+        self._post_parse_error = False
+        self._read_started = False
+        self.resolver_match = None
+        self.path = path = scope["path"]
+        self.script_name = script_name = get_script_prefix(scope)
+        self.path_info = path.removeprefix(script_name) if script_name else path
+        self.method = scope["method"].upper()
+        query_string = scope.get("query_string", "")
+        if isinstance(query_string, bytes):
+            query_string.decode()  # as ASGIRequest: a query string that is not UTF-8 is a 400
+        self._stream = io.BytesIO(body)
+        self._body = body
+
+    @cached_property
+    def META(self) -> dict[str, Any]:  # type: ignore[override]
+        built = ASGIRequest(self.scope, self._stream)
+        self.content_type, self.content_params = built.content_type, built.content_params
+        if "_encoding" in built.__dict__:  # a valid charset parameter
+            self._encoding = built.__dict__["_encoding"]
+        return built.META
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("content_type", "content_params") and "META" not in self.__dict__:
+            self.META  # noqa: B018 - sets them
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    @property
+    def encoding(self) -> str | None:  # type: ignore[override]
+        self.META  # noqa: B018 - the charset parameter
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, value: str | None) -> None:
+        self.META  # noqa: B018 - built first, so that it does not set the encoding afterwards
+        HttpRequest.encoding.fset(self, value)  # type: ignore[attr-defined]
+
+    def sent_header(self, key: str) -> str:
+        """META.get(key, "") for an HTTP_* key (a header without "SS" in its name), without building
+        META: the values of every header by that name, joined by "," as ASGIRequest joins them."""
+        if "META" in self.__dict__:
+            return self.META.get(key, "")
+        name = key[5:].lower().replace("_", "-").encode("latin1")
+        values = [value.decode("latin1") for header, value in self.scope.get("headers", ()) if header.lower() == name]
+        return ",".join(values)
 
 
 async def until_disconnect(receive: Receive) -> None:

@@ -196,8 +196,9 @@ ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
+_SPOOLED = frozenset("/v1/" + e.path for e in ENDPOINTS.values() if e.body == BODY_MULTIPART)
+
+
 def spools(path: str) -> bool:
     """Whether proxy.handler spools this path's body (the multipart endpoints)."""
-    return path.startswith("/v1/") and any(
-        e.body == BODY_MULTIPART and path.rstrip("/") == "/v1/" + e.path for e in ENDPOINTS.values()
-    )
+    return path.rstrip("/") in _SPOOLED

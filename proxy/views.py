@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
@@ -19,8 +19,9 @@ from allocations.exceptions import BadRequest, GatewayError, NotFound, Unauthori
 from allocations.models import Allocation
 from lib import inflight
 from lib.api_errors import error_body
-from lib.asgi import PartWriter
+from lib.asgi import PartWriter, Whole, header_value
 from lib.http import request_id_of as request_id_for
+from lib.http import sent_header
 from quota.admission import Plan
 from quota.ledger import threads
 from quota.models import Outcome
@@ -41,23 +42,34 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _background = inflight.tasks("upstream calls")
 
 
-def error_response(error: GatewayError, request_id: str) -> HttpResponse:
+# /v1's whole answers are lib.asgi.Whole: the handler sends them as ASGI messages, the bytes an
+# HttpResponse with the same content and headers would send. A request id is safe ASCII
+# (lib.http.request_id_from), so it goes in as it is.
+
+
+def error_response(error: GatewayError, request_id: str) -> Whole:
     body = error_body(
         code=error.code, message=error.message, type_=error.type, request_id=request_id, fields=error.fields
     )
-    response = HttpResponse(json.dumps(body), status=error.status, content_type="application/json")
-    response["X-Request-Id"] = request_id
+    headers = {"content-type": _JSON, "x-request-id": ("X-Request-Id", request_id)}
     retry_after = getattr(error, "retry_after", None)  # QuotaBusy, TooManyAuthFailures
     if retry_after is not None:
-        response["Retry-After"] = str(retry_after)
-    return response
+        headers["retry-after"] = ("Retry-After", header_value(str(retry_after)))
+    return Whole(json.dumps(body).encode(), error.status, headers)
 
 
-def _response(body: bytes, status: int, content_type: str, request_id: str) -> HttpResponse:
-    response = HttpResponse(body, status=status, content_type=content_type)
-    response["Content-Length"] = str(len(body))
-    response["X-Request-Id"] = request_id
-    return response
+def _response(body: bytes, status: int, content_type: str, request_id: str) -> Whole:
+    kind = _JSON if content_type == "application/json" else ("Content-Type", header_value(content_type))
+    headers = {
+        "content-type": kind,
+        "content-length": ("Content-Length", str(len(body))),
+        "x-request-id": ("X-Request-Id", request_id),
+    }
+    return Whole(body, status, headers)
+
+
+_JSON = ("Content-Type", "application/json")
+Answered: TypeAlias = HttpResponseBase | Whole  # streams and audio stay Django's responses
 
 
 def _keep(task: asyncio.Future) -> asyncio.Future:
@@ -69,7 +81,7 @@ def _keep(task: asyncio.Future) -> asyncio.Future:
 # --- the relay view ---------------------------------------------------------------------------
 
 
-async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
+async def relay_call(request: HttpRequest, endpoint: str) -> Answered:
     spec = ENDPOINTS[endpoint]
     rid = request_id_for(request)
     if request.method != "POST":
@@ -78,7 +90,7 @@ async def relay_call(request: HttpRequest, endpoint: str) -> HttpResponseBase:
         return error_response(BadRequest(f"use POST for /v1/{spec.path}"), rid)
     read = await spec.reader(request, spec)
     # = request.headers["Authorization"], without building every header's mapping
-    authorization = request.META.get("HTTP_AUTHORIZATION", "")
+    authorization = sent_header(request, "HTTP_AUTHORIZATION")
     plan = plan_of(spec, read, rid, authorization, passed=getattr(request, "gateway_passed", None))
     call = Call(plan, spec, form=read.form)
     if plan.stream:
@@ -140,18 +152,18 @@ def _build(call: Call) -> None:
         raise
 
 
-async def _relay_stream(call: Call) -> HttpResponseBase:
+async def _relay_stream(call: Call) -> Answered:
     if call.endpoint.response_ids and (refused := await _foreign_response_refused(call)) is not None:
         return refused
     _build(call)
     return await _stream(call)
 
 
-async def _whole(call: Call) -> HttpResponseBase:
+async def _whole(call: Call) -> Answered:
     """A call answered whole: admitted, sent upstream and settled in one task the request cannot
     cancel (and the drain waits for), so neither the admission nor the upstream call needs a
     task and a shield of its own."""
-    task = _keep(asyncio.ensure_future(_whole_call(call)))
+    task = _keep(asyncio.get_running_loop().create_task(_whole_call(call)))  # = ensure_future, less its checks
     try:
         response = await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -164,7 +176,7 @@ async def _whole(call: Call) -> HttpResponseBase:
     return response
 
 
-async def _whole_call(call: Call) -> HttpResponseBase:
+async def _whole_call(call: Call) -> Answered:
     try:
         if not await accounting.open_call(call, detached=True):
             _close_form(call)
@@ -178,7 +190,7 @@ async def _whole_call(call: Call) -> HttpResponseBase:
     return await _complete(call)
 
 
-async def _foreign_response_refused(call: Call) -> HttpResponse | None:
+async def _foreign_response_refused(call: Call) -> Whole | None:
     """404 for a `previous_response_id` this member did not create through the gateway."""
     try:
         await response_ids.check((call.plan.body or {}).get("previous_response_id"), call.member_id)
@@ -191,7 +203,7 @@ async def _foreign_response_refused(call: Call) -> HttpResponse | None:
     return None
 
 
-async def _failed(call: Call, failed: Failed) -> HttpResponse:
+async def _failed(call: Call, failed: Failed) -> Whole:
     await settle(
         call, outcome=failed.outcome, status=failed.status, usage=Usage(), code=failed.code, message=failed.message
     )
@@ -200,7 +212,7 @@ async def _failed(call: Call, failed: Failed) -> HttpResponse:
     return error_response(failed.error, call.request_id)
 
 
-async def _complete(call: Call) -> HttpResponseBase:
+async def _complete(call: Call) -> Answered:
     try:
         reply = await open_upstream(call)
         if isinstance(reply, Failed):
@@ -221,7 +233,7 @@ async def _complete(call: Call) -> HttpResponseBase:
             call.form.close()
 
 
-async def _answer(call: Call, reply: Any, raw: bytes, *, detached: bool = False) -> HttpResponse:
+async def _answer(call: Call, reply: Any, raw: bytes, *, detached: bool = False) -> Whole:
     """A whole answer, metered by the endpoint's answer meter, settled, then answered. `detached`:
     called from the upstream call's own task (`_complete`), which settles in place."""
     answer: Answer = call.endpoint.answer(call, reply.status, reply.content_type, raw)
@@ -251,7 +263,7 @@ async def _remember_response(call: Call, response_id: object) -> None:
 # --- streams ---------------------------------------------------------------------------------
 
 
-async def _stream(call: Call) -> HttpResponseBase:
+async def _stream(call: Call) -> Answered:
     try:
         reply = await open_upstream(call)
     except asyncio.CancelledError:
@@ -379,7 +391,7 @@ def _model_object(entry: Any) -> dict:
     return {"id": entry.model_slug, "object": "model", "created": 0, "owned_by": "organization"}
 
 
-async def _active_models(request: HttpRequest) -> tuple[str, list | None, HttpResponse | None]:
+async def _active_models(request: HttpRequest) -> tuple[str, list | None, Whole | None]:
     rid = request_id_for(request)
     try:
         scope = await threads.run(accounting.models_for, authorization=request.headers.get("Authorization", ""))
@@ -391,7 +403,7 @@ async def _active_models(request: HttpRequest) -> tuple[str, list | None, HttpRe
     return rid, active, None
 
 
-async def models_list(request: HttpRequest) -> HttpResponse:
+async def models_list(request: HttpRequest) -> Whole:
     rid, active, failed = await _active_models(request)
     if failed is not None or active is None:
         return failed or error_response(GatewayError(), rid)
@@ -399,7 +411,7 @@ async def models_list(request: HttpRequest) -> HttpResponse:
     return _response(body, 200, "application/json", rid)
 
 
-async def models_retrieve(request: HttpRequest, model_id: str) -> HttpResponse:
+async def models_retrieve(request: HttpRequest, model_id: str) -> Whole:
     rid, active, failed = await _active_models(request)
     if failed is not None or active is None:
         return failed or error_response(GatewayError(), rid)
@@ -409,7 +421,7 @@ async def models_retrieve(request: HttpRequest, model_id: str) -> HttpResponse:
     return error_response(NotFound(f"model '{model_id}' is not available to this key"), rid)
 
 
-async def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+async def not_found(request: HttpRequest, rest: str = "") -> Whole:
     return error_response(NotFound(f"no such endpoint: {request.path}"), request_id_for(request))
 
 

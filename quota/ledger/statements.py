@@ -284,6 +284,70 @@ def admit_statement(
     return _admit_sql(sql, condition, context), [*counter, *row, *extra]
 
 
+# Admissions of one counter that met while every event-loop connection was busy
+# (ledger.loop._Admissions): ONE guarded UPDATE by their sums, then every reservation; all or
+# none. The caps' parameters are the caps less what the batch's earlier calls reserve, so the
+# guard is the one the batch's last call would meet after the others, admitted one by one.
+_ADMIT_MANY_SQL = (
+    f"WITH c AS (UPDATE {COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s,"  # noqa: S608 (constant names)
+    " cost_reserved = cost_reserved + %s WHERE id = %s AND allocation_id = %s{guard} RETURNING id)"
+    f" INSERT INTO {RESERVATION_TABLE} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context)"
+    " SELECT r.id, c.id, r.request_id, r.tokens, r.cost, r.created_at, r.expires_at, r.context FROM c"
+    " CROSS JOIN jsonb_to_recordset(%s::jsonb) AS r(id uuid, request_id text, tokens bigint, cost numeric,"
+    " created_at timestamptz, expires_at timestamptz, context jsonb)"
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _admit_many_sql(guard: str) -> str:
+    return _ADMIT_MANY_SQL.format(guard=guard)
+
+
+def admit_many_statement(
+    *,
+    allocation_id: uuid.UUID | str,
+    counter_id: int,
+    token_cap: int | None,
+    cost_cap: Decimal | None,
+    priced: bool,
+    reservations: Sequence[dict],
+    generation: int | None = None,
+) -> tuple[str, list]:
+    """The admission of several calls of one counter, none counted toward a group, in ONE
+    statement: the counter's guarded UPDATE by their sums, then their reservation rows (as
+    `reservation_row` makes them), inserted only if it matched. It matches exactly when admitting
+    the calls one by one, in this order, would admit every one: each call's guard is `used <
+    cap - reserved` before its own reservation, and a later call's sees the earlier ones' reserved
+    (estimates are never negative, so the last call's guard implies all the others'). When it does
+    not match, none is admitted (each then takes its own statement, where the caps decide).
+    `generation`: as admit_statement's, one for all the calls."""
+    before = reservations[:-1]
+    before_tokens = sum(r["tokens"] for r in before)
+    before_cost = sum((r["cost"] for r in before), Decimal(0))
+    condition, condition_params = guard(
+        token_cap=None if token_cap is None else token_cap - before_tokens,
+        cost_cap=None if cost_cap is None else cost_cap - before_cost,
+        priced=priced,
+    )
+    if generation is not None:
+        condition, condition_params = condition + GENERATION_GUARD, [*condition_params, generation]
+    rows = [
+        {
+            "id": r["id"],
+            "request_id": r["request_id"],
+            "tokens": r["tokens"],
+            "cost": r["cost"],
+            "created_at": r["created_at"],
+            "expires_at": r["expires_at"],
+            "context": r["context"] or {},
+        }
+        for r in reservations
+    ]
+    tokens = before_tokens + reservations[-1]["tokens"]
+    cost = before_cost + reservations[-1]["cost"]
+    return _admit_many_sql(condition), [tokens, cost, counter_id, allocation_id, *condition_params, _encode(rows)]
+
+
 def settle_values(
     *, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime, groups: tuple[str, ...] = ()
 ) -> tuple[dict, Decimal | None]:

@@ -3,6 +3,7 @@ a warm call takes no thread step and runs exactly two statements; a refusal, a r
 failing connection is handled by the thread path with the same records and counters."""
 
 import asyncio
+import threading
 import time
 from decimal import Decimal
 
@@ -276,3 +277,47 @@ def test_a_rate_limited_warm_call_stays_on_the_loop_and_its_refusal_asks_the_lim
     # the loop's refusal: the reservation made meanwhile given back, the refusal recorded on a thread
     assert thread_steps == ["release", "admit_on_thread", "record_refusal"] and len(asked) == 1
     assert record_of("limited-3").outcome == "rejected_rate_limited"
+
+
+def test_streams_admitted_together_while_the_connections_are_busy_are_each_billed_once(
+    world, monkeypatch, loop_statements
+):
+    """Calls that start together while every accounting connection is busy are admitted by one
+    statement (quota.ledger.loop._Admissions): each stream is relayed whole and settled once, and
+    the counters end with nothing reserved."""
+    allocation = world.allocation(cost=Decimal("5"))
+    chat_call(world, allocation, "batch-warm")  # fills the caches: the next calls are warm
+    [pool] = [p for p in list(aio._pools.values()) if p.opened]
+    monkeypatch.setattr(pool, "size", 1)  # one connection at work at a time: the others wait
+    loop_statements.clear()
+    calls = 16
+    barrier = threading.Barrier(calls)
+    ends: dict[str, str] = {}
+
+    def stream(n: int) -> None:
+        client = world.client(allocation.plaintext)
+        barrier.wait()
+        chunks = client.chat.completions.create(
+            model=allocation.model.slug,
+            messages=CHAT_MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"X-Request-Id": f"batch-{n}"},
+        )
+        ends[f"batch-{n}"] = "".join((c.choices[0].delta.content or "") for c in chunks if c.choices)
+
+    threads = [threading.Thread(target=stream, args=(n,)) for n in range(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ends) == calls and all(ends.values())
+    admissions = [s for s in loop_statements if s.startswith("WITH c AS (UPDATE quota_usagecounter")]
+    together = [s for s in admissions if "jsonb_to_recordset" in s]
+    assert together and len(admissions) < calls  # some admitted by one statement
+    # (the SDK stops reading at [DONE]: the settlements may still be on their way)
+    records = [record_of(f"batch-{n}") for n in range(calls)]
+    assert {(r.outcome, r.is_stream) for r in records} == {("success", True)}
+    for n in range(calls):
+        assert_settled_once(allocation, f"batch-{n}")
+    assert counter_of(allocation).calls == calls + 1
