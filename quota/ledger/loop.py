@@ -29,6 +29,8 @@ from django.conf import settings
 from django.db import connections
 from psycopg.waiting import READY_R, WAIT_W
 
+from lib.cache import GENERATION_READ, SharedReads, generation_seen
+
 from ..models import PriceVersion
 from ..pricing import Usage
 from .groups import Budget, admission_missed
@@ -188,6 +190,18 @@ class Pool:
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.settlements = _Settlements(self)
         self.admissions = _Admissions(self)
+        self.generation_reads = SharedReads(self._generation_read)
+
+    async def _generation_read(self) -> int | None:
+        query = native(GENERATION_READ)
+        async with self.connection() as conn:
+            cursor = conn.statement_cursor(query)
+            await cursor.execute(query, (), prepare=_prepare())
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        generation_seen(row[0])
+        return row[0]
 
     @staticmethod
     def _conninfo() -> dict:
@@ -295,13 +309,15 @@ async def admit(
     reservation_id: uuid.UUID | None = None,
     groups: Sequence[Budget] = (),
     period: dt.date | None = None,
+    generation: int | None = None,
 ) -> Admission | None:
-    """ledger.admit's one-statement path with a known counter id; None when not admitted."""
+    """ledger.admit's one-statement path with a known counter id; None when not admitted (a cap's
+    guard, or `generation` no longer the current auth generation: admit_statement)."""
     cost = est_cost if est_cost is not None else Decimal(0)
     reservation = reservation_row(
         request_id=request_id, tokens=est_tokens, cost=cost, now=now, context=context, reservation_id=reservation_id
     )
-    caps = _Caps(str(allocation_id), counter_id, token_cap, cost_cap, est_cost is not None)
+    caps = _Caps(str(allocation_id), counter_id, token_cap, cost_cap, est_cost is not None, generation)
     found = pool()
     if not groups and not found.idle and found.opened >= found.size:
         # Every connection is busy: admitted together with the calls of this counter waiting too.
@@ -319,6 +335,7 @@ class _Caps:
     token_cap: int | None
     cost_cap: Decimal | None
     priced: bool
+    generation: int | None = None  # the auth generation the call's caches were read under
 
 
 async def _admit_on(
@@ -339,6 +356,7 @@ async def _admit_on(
         reservation=reservation,
         groups=groups,
         period=period,
+        generation=caps.generation,
     )
     query = native(sql)
     cursor = conn.statement_cursor(query)
@@ -367,6 +385,13 @@ async def _admit_on(
 
 def _admission(caps: _Caps, reservation: dict, groups: tuple[str, ...] = (), held: tuple[int, ...] = ()) -> Admission:
     return Admission(reservation["id"], caps.counter_id, reservation["tokens"], reservation["cost"], groups, held)
+
+
+def generation_begin() -> asyncio.Future:
+    """The current auth generation (lib.cache), None when it was never set (the thread path sets
+    it): a read already started when this returns, shared with every caller of this event loop
+    waiting for one (SharedReads). Errors of the database propagate."""
+    return pool().generation_reads.begin()
 
 
 async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | None:
@@ -530,6 +555,7 @@ class _Admissions:
             cost_cap=caps.cost_cap,
             priced=caps.priced,
             reservations=[reservation for reservation, _ in batch],
+            generation=caps.generation,
         )
         query = native(sql)
         cursor = conn.statement_cursor(query)

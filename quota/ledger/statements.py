@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db.models import Model
 
 from allocations.models import Group
+from lib.cache import GENERATION_GUARD
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
@@ -215,6 +216,7 @@ def admit_statement(
     reservation: dict,
     groups: Sequence[group_sql.Budget] = (),
     period: dt.date | None = None,
+    generation: int | None = None,
 ) -> tuple[str, list]:
     """The admission in ONE statement (data-modifying CTE): the guarded UPDATE of the counter
     (used + reserved < cap for each cap that applies; the allocation is checked too, so a stale
@@ -224,8 +226,15 @@ def admit_statement(
 
     `groups`: the member's groups (allocations.access.GroupBudget); when a cap of one holds the
     call, the statement reserves on those groups' counters of `period` too, all or nothing
-    (quota.ledger.groups), and returns the row of the reservation with its group counter ids."""
+    (quota.ledger.groups), and returns the row of the reservation with its group counter ids.
+
+    `generation`: the auth generation the call's cached key, allocation and price were read under
+    (lib.cache); the statement reserves only while it is still the current one, judged in the same
+    snapshot as the caps (a guard like theirs, wherever the allocation's guard is asked). A number
+    that moved is a miss like a cap's: nothing is written, and the thread path decides."""
     condition, condition_params = guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
+    if generation is not None:
+        condition, condition_params = condition + GENERATION_GUARD, [*condition_params, generation]
     r = reservation
     # An empty context (a reservation nothing bills if its holder dies) is a literal; any other is
     # encoded once here and sent as text that PostgreSQL reads as jsonb (no adapter object per call).
@@ -302,6 +311,7 @@ def admit_many_statement(
     cost_cap: Decimal | None,
     priced: bool,
     reservations: Sequence[dict],
+    generation: int | None = None,
 ) -> tuple[str, list]:
     """The admission of several calls of one counter, none counted toward a group, in ONE
     statement: the counter's guarded UPDATE by their sums, then their reservation rows (as
@@ -309,7 +319,8 @@ def admit_many_statement(
     the calls one by one, in this order, would admit every one: each call's guard is `used <
     cap - reserved` before its own reservation, and a later call's sees the earlier ones' reserved
     (estimates are never negative, so the last call's guard implies all the others'). When it does
-    not match, none is admitted (each then takes its own statement, where the caps decide)."""
+    not match, none is admitted (each then takes its own statement, where the caps decide).
+    `generation`: as admit_statement's, one for all the calls."""
     before = reservations[:-1]
     before_tokens = sum(r["tokens"] for r in before)
     before_cost = sum((r["cost"] for r in before), Decimal(0))
@@ -318,6 +329,8 @@ def admit_many_statement(
         cost_cap=None if cost_cap is None else cost_cap - before_cost,
         priced=priced,
     )
+    if generation is not None:
+        condition, condition_params = condition + GENERATION_GUARD, [*condition_params, generation]
     rows = [
         {
             "id": r["id"],

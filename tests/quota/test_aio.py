@@ -1,6 +1,7 @@
 """The event loop's accounting connections (quota.ledger.loop.Pool) and its group commit of settlements."""
 
 import asyncio
+import dataclasses
 import uuid
 from decimal import Decimal
 
@@ -9,6 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from lib.cache import auth_generation
 from quota.ledger import loop as aio
 from quota.ledger.statements import reservation_row
 from quota.models import CallRecord, Reservation, UsageCounter
@@ -290,6 +292,23 @@ async def test_admissions_that_meet_near_a_cap_are_decided_one_by_one_as_they_wo
     counter = await UsageCounter.objects.aget(pk=caps.counter_id)
     assert counter.tokens_reserved == 10
     assert await Reservation.objects.acount() == 2
+
+
+async def test_admissions_that_meet_are_made_only_under_the_current_auth_generation(loop_statements):
+    """The batch carries the generation its calls' caches were read under, as one call's
+    statement does: current, all admitted in one statement; moved, none (and none alone either)."""
+    base = await sync_to_async(_counter)(token_cap=1000)
+    current = await sync_to_async(auth_generation)()
+    caps = dataclasses.replace(base, generation=current)
+    admitted = await _admitted_while_busy(caps, [_reservation(n, tokens=5) for n in range(3)])
+    assert all(a is not None for a in admitted) and len(loop_statements) == 1
+    assert "gw_auth_generation" in loop_statements[0]
+    loop_statements.clear()
+    stale = dataclasses.replace(base, generation=current - 1)
+    admitted = await _admitted_while_busy(stale, [_reservation(n, tokens=5) for n in range(3, 6)])
+    assert admitted == [None, None, None]
+    assert len(loop_statements) == 4  # the batch's, then one per call: every one a miss
+    assert (await UsageCounter.objects.aget(pk=base.counter_id)).tokens_reserved == 15
 
 
 async def test_an_admission_alone_takes_the_statement_of_one_call(loop_statements):
