@@ -79,7 +79,7 @@ def provider_rotate_key(*, provider: Provider, api_key: str, actor: Actor = None
             before=before,
             after={"fingerprint": provider.key_fingerprint},
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return provider
 
 
@@ -116,7 +116,7 @@ def provider_set_status(*, provider: Provider, status: str, actor: Actor = None)
         audit_record(
             actor=actor, action="provider_status_updated", target=provider, before=before, after={"status": status}
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return provider
 
 

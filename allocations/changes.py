@@ -51,7 +51,7 @@ def check_known_fields(changes: dict, allowed: Iterable[str]) -> None:
 
 def save_changed(obj: _M, changes: dict, *, action: str, actor: Actor = None) -> _M:
     """Sets and saves the fields whose value differs, with one audit event (their values before and
-    after), and bumps the auth generation once committed; nothing at all when none differs."""
+    after), and bumps the auth generation in the same transaction; nothing at all when none differs."""
     changed = {f: v for f, v in changes.items() if getattr(obj, f) != v}
     if not changed:
         return obj
@@ -61,5 +61,5 @@ def save_changed(obj: _M, changes: dict, *, action: str, actor: Actor = None) ->
     with transaction.atomic():
         obj.save(update_fields=[*changed, "updated_at"])
         audit_record(actor=actor, action=action, target=obj, before=before, after=changed)
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return obj

@@ -87,7 +87,7 @@ def deployment_create(*, model: CatalogModel, actor: Actor = None, **fields: Any
         deployment = Deployment.objects.create(model=model, **clean)
         _sync_model(model)
         audit_record(actor=actor, action="deployment_created", target=deployment, after=deployment_snapshot(deployment))
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return deployment
 
 
@@ -114,7 +114,7 @@ def deployment_update(*, deployment: Deployment, changes: dict, actor: Actor = N
             before={f: before[f] for f in changed},
             after={f: after[f] for f in changed},
         )
-    transaction.on_commit(bump_auth_generation)
+        bump_auth_generation()
     return deployment
 
 
@@ -135,7 +135,7 @@ def deployment_delete(*, deployment: Deployment, actor: Actor = None) -> None:
             target_id=target_id,
             before=before,
         )
-    transaction.on_commit(bump_auth_generation)
+        bump_auth_generation()
 
 
 def deployment_take_out(*, deployment_id: str, reason: str) -> Deployment | None:
@@ -154,5 +154,5 @@ def deployment_take_out(*, deployment_id: str, reason: str) -> Deployment | None
             before={"active": True},
             after={"active": False, "disabled_reason": deployment.disabled_reason},
         )
-    transaction.on_commit(bump_auth_generation)
+        bump_auth_generation()
     return deployment

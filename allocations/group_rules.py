@@ -105,7 +105,7 @@ def group_rules_apply(*, member: Member, actor: Actor = None) -> Group | None:
             target=group,
             after={"member": member.username, "member_id": str(member.pk), "rule": str(found.rule.pk)},
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return group
 
 

@@ -1,5 +1,5 @@
 """Groups and their members, and the model access policy (SPEC 10). Every change is audited and,
-as model access depends on both, bumps the auth generation once committed (lib.cache), so
+as model access depends on both, bumps the auth generation in its own transaction (lib.cache), so
 the next call of every process sees it."""
 
 import contextlib
@@ -81,8 +81,8 @@ def group_update(*, group: Group, changes: dict, actor: Actor = None) -> Group:
             before={f: before[f] for f in changed},
             after={f: after[f] for f in changed},
         )
-    # Every call of its members reads the group's caps (and slug) from the key snapshot.
-    transaction.on_commit(bump_auth_generation)
+        # Every call of its members reads the group's caps (and slug) from the key snapshot.
+        bump_auth_generation()
     return group
 
 
@@ -95,7 +95,7 @@ def group_delete(*, group: Group, actor: Actor = None) -> None:
             before={**group_snapshot(group), "members": sorted(group.members.values_list("username", flat=True))},
         )
         group.delete()
-    transaction.on_commit(bump_auth_generation)  # its members' access may change
+        bump_auth_generation()  # its members' access may change
 
 
 def member_ref(ref: object) -> Member | None:
@@ -142,8 +142,8 @@ def group_members_change(
             audit_record(
                 actor=actor, action=action, target=group, after={"member": member.username, "member_id": str(member.pk)}
             )
-    if added or removed:
-        transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        if added or removed:
+            bump_auth_generation()
     return group
 
 
@@ -192,6 +192,5 @@ def model_access_update(*, model: CatalogModel, changes: dict, actor: Actor = No
         after = access_snapshot(model)
         if after != before:
             audit_record(actor=actor, action="model_access_updated", target=model, before=before, after=after)
-    if after != before:
-        transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+            bump_auth_generation()
     return model

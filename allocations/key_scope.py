@@ -54,5 +54,5 @@ def api_key_set_scope(
                 before={"allocations": _ids(current.values())},
                 after={"allocations": _ids(after.values())},
             )
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return key

@@ -113,7 +113,7 @@ def api_key_set_expiry(
         audit_record(
             actor=actor, action="key_expiry_updated", target=key, before=before, after={"expires_at": _iso(expires_at)}
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return key
 
 
@@ -129,7 +129,7 @@ def api_key_rotate(*, key: ApiKey, actor: Actor = None, now: datetime | None = N
         audit_record(
             actor=actor, action="key_rotated", target=key, before=before, after={"prefix": key.prefix}, now=now
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return key, plaintext
 
 
@@ -143,7 +143,7 @@ def api_key_revoke(*, key: ApiKey, actor: Actor = None, now: datetime | None = N
         audit_record(
             actor=actor, action="key_revoked", target=key, before={"revoked": False}, after={"revoked": True}, now=now
         )
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return key
 
 

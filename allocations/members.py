@@ -140,8 +140,8 @@ def member_update(*, member: Member, changes: dict, actor: Actor = None) -> Memb
             setattr(locked, field, value)
         locked.save(update_fields=list(changed))
         _audit_member_changes(locked, before, changed, actor)
-    if "is_active" in changed or "is_staff" in changed:
-        transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        if "is_active" in changed or "is_staff" in changed:
+            bump_auth_generation()
     return locked
 
 
@@ -202,7 +202,7 @@ def member_set_roles(*, member: Member, is_staff: bool, is_superuser: bool, acto
         member.is_staff, member.is_superuser = after["is_staff"], after["is_superuser"]
         member.save(update_fields=["is_staff", "is_superuser"])
         audit_record(actor=actor, action="member_roles_updated", target=member, before=before, after=after)
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return member
 
 

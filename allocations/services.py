@@ -218,7 +218,7 @@ def allocation_update(*, allocation: Allocation, changes: dict, actor: Actor = N
                 before={f: before[f] for f in generic},
                 after={f: after[f] for f in generic},
             )
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     for field, value in changed.items():
         setattr(allocation, field, value)
     return allocation
@@ -246,7 +246,7 @@ def _transition(
         locked.status, locked.paused_by, locked.status_reason = to_status, paused_by, reason
         locked.save(update_fields=["status", "paused_by", "status_reason", "updated_at"])
         audit_record(actor=actor, action=action, target=locked, before=before, after=allocation_snapshot(locked))
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     allocation.status, allocation.paused_by, allocation.status_reason = to_status, paused_by, reason
     return allocation
 

@@ -2,17 +2,17 @@
 the bench's `ledger_floor` target (bench/run.py --servers): what one call at a time cannot go
 below, whatever the gateway's own Python costs.
 
-Per JSON call, in the gateway's order: one Redis GET (the auth generation), one PostgreSQL
-statement committed before the upstream is called (a reservation's row: the admission is durable
-before the provider is asked), the thin app's upstream call, and one statement committed before
-the answer leaves (the reservation deleted and a record's row inserted: the settlement before the
-answer, docs/DECISIONS.md). Each statement is the smallest of its kind, one row, prepared, with
-the commit's WAL flush as the server is configured; the gateway's statements do more (counters,
-rollups, the record's columns). The statements go through the gateway's own event-loop
-connection (quota.ledger.loop.LoopConnection, raw cursors, server-side prepared) and the Redis
-GET through its RespConnection, so the client side costs what the gateway's does. One connection
-each, so the figures are for c = 1 only; whole answers only (the body is held until the
-settlement commits).
+Per JSON call, in the gateway's order: one PostgreSQL statement committed before the upstream is
+called (a reservation's row: the admission is durable before the provider is asked; the gateway's
+also guards on the auth generation, kept in PostgreSQL, so a warm unlimited call reads no Redis),
+the thin app's upstream call, and one statement committed before the answer leaves (the
+reservation deleted and a record's row inserted: the settlement before the answer,
+docs/DECISIONS.md). Each statement is the smallest of its kind, one row, prepared, with the
+commit's WAL flush as the server is configured; the gateway's statements do more (counters,
+rollups, the record's columns). The statements go through the gateway's own event-loop connection
+(quota.ledger.loop.LoopConnection, raw cursors, server-side prepared), so the client side costs
+what the gateway's does. One connection, so the figures are for c = 1 only; whole answers only
+(the body is held until the settlement commits).
 
   DATABASE_URL=… REDIS_URL=… (the gateway's settings) and thin_daphne's environment \
       .venv/bin/python -m gateway_project.serve --workers 1 -v 0 bench.ledger_floor:app
@@ -30,7 +30,6 @@ from bench.thin_daphne import app as thin_app
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 django.setup()
 
-from lib.cache import RespConnection  # noqa: E402
 from quota.ledger.loop import LoopConnection, native  # noqa: E402
 
 _SETUP = (
@@ -45,24 +44,24 @@ _SETTLE = native(
 )
 
 
-class _Links:
+class _Link:
     def __init__(self) -> None:
         self.ready: asyncio.Future | None = None
 
-    async def get(self) -> tuple[LoopConnection, RespConnection]:
+    async def get(self) -> LoopConnection:
         if self.ready is None:
             self.ready = asyncio.ensure_future(self._open())
         return await self.ready
 
     @staticmethod
-    async def _open() -> tuple[LoopConnection, RespConnection]:
+    async def _open() -> LoopConnection:
         conn = await LoopConnection.connect(os.environ["DATABASE_URL"], autocommit=True)
         for sql in _SETUP:
             await conn.execute(sql)
-        return conn, await RespConnection.open(os.environ["REDIS_URL"])
+        return conn
 
 
-_links = _Links()
+_link = _Link()
 
 
 async def _run(conn: LoopConnection, sql: str, hold: uuid.UUID) -> None:
@@ -72,9 +71,8 @@ async def _run(conn: LoopConnection, sql: str, hold: uuid.UUID) -> None:
 async def app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
     if scope["type"] != "http" or scope["method"] != "POST":
         return await thin_app(scope, receive, send)
-    conn, redis = await _links.get()
+    conn = await _link.get()
     hold = uuid.uuid4()
-    await redis.command(b"GET", b"bench:floor-generation")
     await _run(conn, _ADMIT, hold)
     held: list[dict] = []
 

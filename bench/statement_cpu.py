@@ -21,6 +21,8 @@ the machine's load falls on every target alike. Targets:
   indexes but without foreign keys (so no check of them at commit), `noindex` into a copy with its
   primary key only (both copies, `bench_callrecord_nofk` and `…_noindex`, made in the scratch
   database on first use).
+- `<member>:gen`: the admission guarded on the auth generation, as the gateway's warm path sends it
+  (`lib.cache.GENERATION_GUARD`); combinable with the parts above.
 Medians of µs per call, per statement (and a 95 % trimmed mean):
 
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/statement_cpu.py \
@@ -54,6 +56,7 @@ import group_hold  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from lib.cache import auth_generation  # noqa: E402
 from quota import ledger  # noqa: E402
 from quota.ledger import loop  # noqa: E402
 from quota.ledger import statements as st  # noqa: E402
@@ -149,14 +152,22 @@ def one_without(parts: list[str]) -> str:
     return settle
 
 
+_guarded: list = []  # the auth generation the admission is guarded on (a `gen` part), or empty
+
+
 def use(target: str) -> None:
     member, *parts = target.split(":")
+    _guarded[:] = [_generation[0]] if "gen" in parts else []
+    parts = [p for p in parts if p != "gen"]
     group_hold.use(member)
     one = member == "none"
     st._SETTLE_ONE_SQL = one_without(parts if one else [])  # type: ignore[misc]
     loop.settle_statement = st.settle_batch_statement if one and "batch" in parts else SETTLE  # type: ignore[attr-defined]
     st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without([] if one else parts)  # type: ignore[misc]
     st._settle_sql.cache_clear()
+
+
+_generation: list = []  # the current auth generation, read once
 
 
 def cpu_ns(pid: int) -> int:
@@ -171,6 +182,7 @@ async def one_call(world: tuple, request_id: str, pid: int) -> tuple[float, floa
     admission = await ledger.admit_async(
         allocation_id=str(allocation.pk), token_cap=None, cost_cap=None, est_tokens=100,
         est_cost=Decimal("0.0001"), request_id=request_id, now=now, groups=groups,
+        generation=_guarded[0] if _guarded else None,
     )  # fmt: skip
     admitted = cpu_ns(pid)
     assert admission is not None, "a warm admission missed"
@@ -187,6 +199,7 @@ async def run(args: argparse.Namespace) -> dict:
     targets = args.targets.split(",")
     seeded = group_hold.seed(timezone.now().strftime("%H%M%S%f"), sorted({t.split(":")[0] for t in targets}))
     group_hold.warm(seeded.values())
+    _generation[:] = [auth_generation()]
     async with loop.pool().connection() as conn:  # one call at a time: the pool's one connection
         cursor = conn.cursor()
         await cursor.execute("SELECT pg_backend_pid()")

@@ -1,78 +1,141 @@
-"""Invalidation of what the request path caches (key -> allocation, model, provider, price).
+"""Invalidation of what the request path caches (key -> allocation, model, provider, price), and
+the event loop's minimal Redis connection (rate limits, failed-auth counters, response owners).
 
-Every service that changes something a proxied call reads bumps one generation number in the
-shared cache; request-path caches key their entries by it, so a revocation is seen by every
-process on its next call. Realtime sessions poll it to notice changes within their watch tick.
+Every service that changes something a proxied call reads bumps one generation number, kept in
+PostgreSQL (one row, GENERATION_TABLE); request-path caches key their entries by it, so a
+revocation is seen by every process on its next call. A warm call does not read it at all: its
+admission statement carries the number its caches were read under as one more guard
+(GENERATION_GUARD), so the reservation is made only while that number is still current, in the
+same statement and the same snapshot as the caps (quota.admission). Realtime sessions poll it.
 
-The bump happens once the change has committed (`transaction.on_commit`), never before: a call
-that read the new number while the change was still uncommitted would load the old state, keep
-it under the new number, and nothing would invalidate it again (the Django admin saves inside a
-transaction of its own, so "after the service's atomic block" is not enough).
+The bump is a write of that row in the transaction of the change itself (`bump_auth_generation`,
+called inside the writer's atomic block): the new number becomes visible exactly when the change
+does. A reader that loads state after reading a number therefore always loads state at least as
+new as that number, never older, and nothing can keep old state under a new number. (When the
+number lived in Redis it could only move after the commit, `transaction.on_commit`, and a bump
+lost between the commit and Redis left every process on its old state.) One thing remains: a
+transaction that bumped and then reads the number sees its own uncommitted bump, which a rollback
+could hand to a later change; such a read gets a number no process holds instead.
 """
 
 import asyncio
 import collections
 import logging
 import ssl as ssl_module
-import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, SupportsInt
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from django.core.cache import cache, caches
+from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
+from django.db import connection
 from redis.connection import parse_url
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-GENERATION_KEY = "gw:auth-generation"
 logger = logging.getLogger(__name__)
-_unavailable_logged = [0.0]
 
-
-def _log_unavailable() -> None:
-    now = time.monotonic()
-    if now - _unavailable_logged[0] > 10:  # once per outage, not once per call
-        _unavailable_logged[0] = now
-        logger.warning("the shared cache (Redis) is unavailable: reading keys and prices from the database")
-
-
-_local = threading.local()
-
-
-def _read() -> object:
-    """cache.get(GENERATION_KEY), on Redis without Django's per-call client construction and key
-    validation (this runs on every proxied call): the Redis client is kept per thread and backend."""
-    backend = caches["default"]
-    if not isinstance(backend, RedisCache):
-        return backend.get(GENERATION_KEY)
-    held = getattr(_local, "redis", None)
-    if held is None or held[0] is not backend:
-        key = backend.make_and_validate_key(GENERATION_KEY)
-        held = _local.redis = (backend, backend._cache.get_client(key), key)
-    raw = held[1].get(held[2])
-    # RedisCacheClient._serializer is set in its __init__ but missing from django-stubs
-    return None if raw is None else backend._cache._serializer.loads(raw)  # type: ignore[union-attr]
+GENERATION_TABLE = "gw_auth_generation"  # made by allocations' migration 0016
+GENERATION_READ = f"SELECT n FROM {GENERATION_TABLE} WHERE id = 1"  # noqa: S608 - a constant name
+# The admission's guard (quota.ledger.statements): its reservation is made only under this number.
+GENERATION_GUARD = f" AND (SELECT n FROM {GENERATION_TABLE} WHERE id = 1) = %s"  # noqa: S608 - a constant name
+_GENERATION_START = f"INSERT INTO {GENERATION_TABLE} (id, n) VALUES (1, %s) ON CONFLICT (id) DO NOTHING"  # noqa: S608
+_GENERATION_BUMP = (
+    f"INSERT INTO {GENERATION_TABLE} AS g (id, n) VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET n = g.n + 1"  # noqa: S608
+)
+_MOVED_HERE = "_auth_generation_moved"  # set on a connection whose open transaction bumped the number
 
 
 def auth_generation() -> int:
-    try:
-        value = _read()
-        if value is None:
-            cache.add(GENERATION_KEY, _fresh_generation(), timeout=None)
-            value = cache.get(GENERATION_KEY) or _fresh_generation()
-    except RedisError:
-        # Without the shared cache no process can tell whether its snapshots are current. A number
-        # no process holds makes this call read the database, so calls go on (a little slower)
-        # and a revocation still takes effect at once.
-        _local.redis = None
-        _log_unavailable()
-        return _fresh_generation()
-    if type(value) is int:
-        return value
-    if isinstance(value, str | bytes | SupportsInt):
-        return int(value)
-    raise TypeError(f"the auth generation is not a number: {value!r}")
+    """The current auth generation, read on this thread's database connection (the thread path
+    of a call, the services). Errors of the database propagate."""
+    if getattr(connection, _MOVED_HERE, False):
+        if connection.in_atomic_block:
+            return _fresh_generation()  # this transaction's own bump is not a number to cache under
+        setattr(connection, _MOVED_HERE, False)
+    with connection.cursor() as cursor:
+        cursor.execute(GENERATION_READ)
+        row = cursor.fetchone()
+        if row is None:  # never set (a new database): started where no process can hold a number
+            cursor.execute(_GENERATION_START, [_fresh_generation()])
+            cursor.execute(GENERATION_READ)
+            row = cursor.fetchone()
+    value = int(row[0])
+    _known[:] = [value]
+    return value
+
+
+def bump_auth_generation() -> None:
+    """Moves the auth generation in the current transaction: call it inside the atomic block of
+    the change (the row stays locked until that commits, so writers of it queue; call it last).
+    Outside one it commits at once: call it after the change committed."""
+    with connection.cursor() as cursor:
+        cursor.execute(_GENERATION_BUMP, [_fresh_generation()])
+    if connection.in_atomic_block:
+        setattr(connection, _MOVED_HERE, True)
+
+
+def _fresh_generation() -> int:
+    # A number no process holds: the start of a new row (a new or restored database must not
+    # repeat a number a process still holds), and what a transaction that bumped reads.
+    return time.time_ns()
+
+
+class SharedReads:
+    """Reads of one value for one event loop, one at a time: the callers that arrive while a read
+    is out wait together for the next one, which starts after they arrived (so none of them can
+    miss a change made before it arrived). Under load that is one round trip for many callers."""
+
+    def __init__(self, read: Callable[[], Awaitable[Any]]) -> None:
+        self.read = read
+        self.running: asyncio.Task | None = None
+        self.waiting: asyncio.Future | None = None
+
+    def begin(self) -> asyncio.Future:
+        """The shared future of the read the caller waits for (one that starts after this call).
+        Awaited shielded, never cancelled."""
+        future = self.waiting
+        if future is None:
+            future = self.waiting = asyncio.get_running_loop().create_future()
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if all left
+            if self.running is None:
+                self._start()
+        return asyncio.shield(future)  # a caller cancelled leaves the read to the others
+
+    def _start(self) -> None:
+        future, self.waiting = self.waiting, None
+        if future is not None:
+            self.running = asyncio.ensure_future(self._run(future))
+
+    async def _run(self, future: asyncio.Future) -> None:
+        try:
+            future.set_result(await self.read())
+        except Exception as error:  # noqa: BLE001 - handed to every waiter
+            future.set_exception(error)
+        finally:
+            self.running = None
+            if self.waiting is not None:
+                self._start()
+
+
+# The generation this process last read: a warm call is admitted under it, its admission
+# statement checking that it is still current (quota.admission).
+_known: list = []
+
+
+def known_generation() -> int | None:
+    """The auth generation as this process last read it, or None (none read yet)."""
+    return _known[0] if _known else None
+
+
+def generation_seen(value: int) -> None:
+    """A generation read on an event loop (quota.ledger.loop): the one warm calls are admitted under."""
+    _known[:] = [value]
+
+
+def forget_generation() -> None:
+    """The next call reads the generation again (tests)."""
+    _known.clear()
 
 
 class RespConnection(asyncio.Protocol):
@@ -141,18 +204,14 @@ class RespConnection(asyncio.Protocol):
             else:
                 reply.set_result(result)  # a value, nil, or +OK / :n
 
-    def request(self, *parts: bytes, at_once: bool = False) -> asyncio.Future:
+    def request(self, *parts: bytes) -> asyncio.Future:
         """Sends a command; the future of its reply, unbounded (`command` bounds the wait; a caller
-        of this one watches the connection instead). `at_once`: written now, not at the end of the
-        loop's turn, when nothing else waits to be written."""
+        of this one watches the connection instead)."""
         if self.transport is None:
             raise ConnectionError("Redis connection closed")
         reply = asyncio.get_running_loop().create_future()
         self.replies.append(reply)
-        if at_once and not self.outgoing:
-            self.transport.write(_encode(parts))
-        else:
-            self._write(_encode(parts))
+        self._write(_encode(parts))
         return reply
 
     async def command(self, *parts: bytes, timeout_s: float | None = None) -> Any:
@@ -191,112 +250,6 @@ def _encode(parts: Sequence[bytes]) -> bytes:
 
 
 REDIS_TIMEOUT_S = 2.0
-
-
-class _SharedReads:
-    """GETs of the generation for one event loop, one at a time: the calls that arrive while a GET
-    is out wait together for the next one, which starts after they arrived (so none of them can
-    miss a bump made before it arrived). Under load that is one Redis round trip for many calls,
-    on one connection, instead of a GET and a pooled connection per call."""
-
-    def __init__(self, url: str, key: str, loads: Callable[[bytes], Any]) -> None:
-        self.url, self.key, self.loads = url, key.encode(), loads
-        self.conn: RespConnection | None = None
-        self.running: asyncio.Task | None = None
-        self.waiting: asyncio.Future | None = None
-
-    def begin(self) -> asyncio.Future:
-        """The shared future of the GET the caller waits for (one that starts after this call):
-        the caller does other work meanwhile. Awaited shielded, never cancelled."""
-        future = self.waiting
-        if future is None:
-            future = self.waiting = asyncio.get_running_loop().create_future()
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if all left
-            if self.running is None:
-                self._start()
-        return future
-
-    def _start(self) -> None:
-        future, self.waiting = self.waiting, None
-        if future is not None:
-            # On an open connection the GET leaves now, before the caller's next command (an
-            # admission sent meanwhile), not when the task first runs two turns of the loop later.
-            conn = self.conn
-            sent = None if conn is None or conn.transport is None else conn.request(b"GET", self.key, at_once=True)
-            self.running = asyncio.ensure_future(self._get(future, sent))
-
-    async def _get(self, future: asyncio.Future, sent: asyncio.Future | None) -> None:
-        try:
-            if sent is None:
-                if self.conn is None or self.conn.transport is None:
-                    self.conn = await RespConnection.open(self.url)
-                sent = self.conn.request(b"GET", self.key, at_once=True)
-            async with asyncio.timeout(REDIS_TIMEOUT_S):
-                raw = await sent
-            value = None if raw is None else self.loads(raw)
-            _known[:] = [value, self.url, self.key] if type(value) is int else []
-            future.set_result(value)
-        except Exception as error:  # noqa: BLE001 - handed to every waiter
-            _known.clear()  # calls read it first again, until a read succeeds
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None  # a fresh connection for the next GET
-            future.set_exception(error)
-        finally:
-            self.running = None
-            if self.waiting is not None:
-                self._start()
-
-
-_shared_reads: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedReads]" = weakref.WeakKeyDictionary()
-_last_reads: tuple = (None, None)  # (event loop, its reader): the usual lookup, without the weak mapping
-
-
-async def auth_generation_async() -> int | None:
-    """auth_generation from the event loop (quota.admission's fast path), or None when it is not
-    set yet (the thread path sets it). On Redis through _SharedReads; other cache backends are
-    in-process and read directly."""
-    value = await auth_generation_begin()
-    return value if type(value) is int else None
-
-
-def auth_generation_begin() -> asyncio.Future:
-    """auth_generation_async with its read already started when this returns (a future to await,
-    or to leave: nothing else waits on it): the caller sends other commands meanwhile. Its value
-    is the generation, None when it is not set, or another type when it is not a number."""
-    # caches["default"] builds a new backend object in every request's context: the reader is
-    # kept per event loop (the cache settings do not change while a process runs).
-    global _last_reads
-    loop = asyncio.get_running_loop()
-    reads = _last_reads[1] if _last_reads[0] is loop else _shared_reads.get(loop)
-    if reads is None:
-        backend = caches["default"]
-        if not isinstance(backend, RedisCache):
-            done = loop.create_future()
-            done.set_result(backend.get(GENERATION_KEY))
-            return done
-        url, key = backend._cache._servers[0], backend.make_and_validate_key(GENERATION_KEY)  # type: ignore[attr-defined]
-        loads = backend._cache._serializer.loads  # type: ignore[attr-defined]
-        reads = _shared_reads[loop] = _SharedReads(url, key, loads)
-    _last_reads = (loop, reads)
-    return asyncio.shield(reads.begin())  # a caller cancelled leaves the GET to the others
-
-
-# The generation this process last read from Redis, with the server and raw key it lives under:
-# a warm call is admitted under it without reading it first (quota.admission), a rate-limited one
-# checking it inside its rate-limit script (quota.ratelimit), any other reading it meanwhile.
-_known: list = []
-
-
-def known_generation() -> tuple[int, str, bytes] | None:
-    """(generation, Redis URL, raw key) as last read on an event loop, or None (none read yet,
-    the last read failed or found none, or a check found it had moved)."""
-    return (_known[0], _known[1], _known[2]) if _known else None
-
-
-def forget_generation() -> None:
-    """The next call reads the generation again (a check found it had moved)."""
-    _known.clear()
 
 
 class LoopConnection:
@@ -408,16 +361,3 @@ async def shared_get_many(keys: list[str]) -> list[str | None]:
     raw_keys = [backend.make_and_validate_key(key).encode() for key in keys]
     replies = await _counters(backend).command(*[(b"GET", key) for key in raw_keys])
     return [None if value is None else value.decode() for value in replies]
-
-
-def bump_auth_generation() -> None:
-    try:
-        cache.incr(GENERATION_KEY)
-    except ValueError:
-        cache.set(GENERATION_KEY, _fresh_generation(), timeout=None)
-
-
-def _fresh_generation() -> int:
-    # After the shared cache lost the key (flush, restart, eviction) the number must not repeat
-    # one a process already holds, or that process would keep serving a stale snapshot.
-    return time.time_ns()

@@ -7,9 +7,6 @@
 -- ARGV: mode (admit | settle | renew), ticket id, window ms, lease ms, tokens, count the request
 --   (0/1), hold a slot (0/1), then per scope: rpm, tpm, max_parallel ("" = no limit).
 -- admit returns "allowed wait_ms rpm remaining reset_ms tpm remaining reset_ms" (-1 = no limit).
--- A last, odd KEY with a last ARGV: the auth generation's key and the value the caller's snapshot
---   of keys and limits was read under; when the key holds another value, nothing is taken and the
---   reply is "stale" (the caller reads the generation and its snapshot again).
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -17,7 +14,6 @@ local mode, id = ARGV[1], ARGV[2]
 local window, lease, tokens = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local count, hold = ARGV[6] == '1', ARGV[7] == '1'
 local scopes = math.floor(#KEYS / 4)
-if #KEYS % 4 == 1 and redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then return 'stale' end
 
 local function limit(i, k)
   local v = ARGV[7 + (i - 1) * 3 + k]

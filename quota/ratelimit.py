@@ -9,8 +9,7 @@ reservation's estimate at admission and corrected to what it used when it settle
 
 From the event loop the script goes out on a pipelined minimal connection per loop
 (lib.cache.RespConnection), sent before the call's admission in PostgreSQL and read after
-it; for a warm call it also checks the auth generation the call's cached key and limits were read
-under (quota.admission), so a limited call costs no more Redis round trips than an unlimited one.
+it (quota.admission), so the two round trips overlap.
 The accounting threads and realtime's database steps use redis-py. When Redis does not answer,
 limits fail open (money is still guarded by the caps in PostgreSQL), with a warning at most once
 per GATEWAY_RATE_LIMIT_WARN_INTERVAL_S and a counter.
@@ -68,7 +67,6 @@ class Ticket:
 
 
 PASS = Decision(True, 0, {})
-STALE = Decision(False, 0, {})  # not decided: the auth generation moved (admit_begin's `generation`)
 stats = {"fail_open": 0}  # calls let through because Redis did not answer (per process)
 
 
@@ -227,8 +225,6 @@ async def _run_async(parts: list[bytes], *, reply: bool = True) -> str | None:
 def _decided(ticket: str, limits: Limits, reply: "str | Decision | None") -> tuple[Decision, Ticket | None]:
     if reply is None:
         return PASS, None  # not enforced: Redis did not answer
-    if reply == "stale":
-        return STALE, None
     decision = reply if isinstance(reply, Decision) else decision_from(reply)
     return decision, (Ticket(ticket, limits) if decision.allowed else None)
 
@@ -248,13 +244,10 @@ def admit_begin(
     count: bool = True,
     hold: bool = True,
     lease_s: float | None = None,
-    generation: tuple[int, bytes] | None = None,
 ) -> Awaitable[tuple[Decision, Ticket | None]]:
     """admit_async with the script already on its way when this returns: the caller does other
     work meanwhile (the admission in PostgreSQL) and then awaits the answer, which by then has
-    usually arrived. Awaited exactly once. `generation` (value, raw key; see checks_generation):
-    the script first checks that the auth generation still has that value, and answers STALE
-    without taking anything when it has not."""
+    usually arrived. Awaited exactly once."""
     ticket, lease = _new_ticket(), lease_s or _lease_s()
     if not _url():
         decided = _decided(
@@ -262,18 +255,7 @@ def admit_begin(
         )
         return _ready(decided)
     parts = _parts(b"admit", ticket, limits, tokens=tokens, count=count, hold=hold, lease_s=lease)
-    if generation is not None:
-        value, key = generation
-        parts.insert(3 + int(parts[2]), key)
-        parts[2] = b"%d" % (int(parts[2]) + 1)
-        parts.append(b"%d" % value)
     return _answer(ticket, limits, parts, _sent_now(parts))
-
-
-def checks_generation(url: str) -> bool:
-    """Whether the script can check the auth generation kept on the Redis at `url` (the cache's):
-    only when the limits live on the same server and database."""
-    return bool(url) and url == _url()
 
 
 async def _ready(decided: tuple[Decision, Ticket | None]) -> tuple[Decision, Ticket | None]:

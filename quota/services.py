@@ -195,7 +195,7 @@ def price_version_add(
             "image_prices": clean["image_prices"],
         }
         audit_record(actor=actor, action="price_version_added", target=version, after=after)
-    transaction.on_commit(bump_auth_generation)  # after commit: see lib.cache
+        bump_auth_generation()
     return version
 
 

@@ -1,9 +1,10 @@
 """The watch of an open realtime session: within a second of a revocation, a pause, a key or
 member change, or a cap reached by everything in flight, the session is closed and billed.
 
-A mixin of the consumer: it polls the shared auth generation every tick (one Redis GET), grows or
-renews the session's reservation as the meter moves, and re-reads key, member and allocation when
-the generation changed or every FULL_CHECK_S regardless (Redis away)."""
+A mixin of the consumer: it polls the auth generation every tick (one prepared read on the event
+loop's database connections, shared by every session of the loop waiting for one), grows or renews
+the session's reservation as the meter moves, and re-reads key, member and allocation when the
+generation changed or every FULL_CHECK_S regardless (the read failing)."""
 
 import asyncio
 import logging
@@ -14,7 +15,6 @@ from django.utils import timezone
 
 from allocations.access import STATUS_ERRORS, key_scope_cached
 from allocations.exceptions import GatewayError
-from lib.cache import auth_generation_async
 from quota import ledger, ratelimit
 from quota.admission import reject_outcome
 from quota.billing import caps
@@ -65,7 +65,7 @@ class SessionWatch:
             await asyncio.sleep(TICK_S)
             tick += 1
             current = await self._generation()
-            # A generation that cannot be read (Redis away) is covered by the periodic full check.
+            # A generation that cannot be read (the database away) is covered by the periodic full check.
             full = (current is not None and current != generation) or loop.time() - last_full >= FULL_CHECK_S
             if not full and tick % CHECK_EVERY and self.meter.version == self.billed_version:
                 continue
@@ -80,10 +80,10 @@ class SessionWatch:
                 return await self._close_for(reason)
 
     async def _generation(self) -> int | None:
-        # On the event loop, one GET shared by every session and /v1 call waiting for it.
+        # On the event loop, one read shared by every session waiting for it.
         try:
-            generation = await auth_generation_async()
-        except Exception:  # noqa: BLE001 - Redis away: the watch's periodic full check covers it
+            generation = await ledger.generation_begin()
+        except Exception:  # noqa: BLE001 - the database away: the watch's periodic full check covers it
             if not self.generation_lost:  # say it once, not four times a second
                 logger.warning("realtime session %s: auth generation unreadable", self.request_id)
             self.generation_lost = True
@@ -112,14 +112,14 @@ class SessionWatch:
         """The check before billable work starts (a response.create, a committed buffer): whether a
         cap is reached by everything in flight, counting what this session used since its
         reservation last grew. From the warm state a /v1 admission uses: the key's snapshot under
-        the current auth generation (one shared Redis read) for the allocation's status and caps
+        the current auth generation (one shared read) for the allocation's status and caps
         and the member's groups' caps, and one prepared read of the counter rows (the allocation's,
         and the capped groups' of the period) on the event loop's connection; the reservation
         itself grows at the next tick. Without a warm snapshot (the
         generation moved, the key changed) or on any error, the watch's own check decides."""
         try:
             reason = await self._gate_warm()
-        except Exception:  # noqa: BLE001 - Redis or the loop connection away: the thread path decides
+        except Exception:  # noqa: BLE001 - the loop connection away: the thread path decides
             logger.warning("realtime session %s: warm cap check failed", self.request_id, exc_info=True)
             reason = _COLD
         if reason is _COLD:
@@ -128,7 +128,7 @@ class SessionWatch:
 
     async def _gate_warm(self) -> GatewayError | None | object:  # object: _COLD
         session = self.opened
-        generation = await auth_generation_async()
+        generation = await ledger.generation_begin()
         now = timezone.now()
         scope = key_scope_cached(self.plaintext, generation=generation, now=now) if generation else None
         entry = (

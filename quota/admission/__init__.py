@@ -18,8 +18,7 @@ writes into its objects.
 SPEC 3 steps 3-10, in the contract's order: key, model, allocation status, rate limits, the
 request's cost-bearing options (quota.options) and price, caps and admission, the model's kind,
 the provider. The rate limits (quota.ratelimit) are asked once per call on either path: the
-thread path keeps the loop's answer (unless it was "stale": its generation check failed and
-nothing was taken).
+thread path keeps the loop's answer unless the limits it was asked under have changed since.
 """
 
 import asyncio
@@ -34,7 +33,6 @@ from django.utils import timezone
 from allocations.access import ScopedAllocation
 from allocations.exceptions import GatewayError, GatewayUnavailable
 from lib import inflight
-from lib.cache import auth_generation
 
 from .. import ledger, ratelimit
 from ..ledger import Admission, threads
@@ -153,12 +151,11 @@ def admit_on_thread(*, plan: Plan, opening: Opening | None = None) -> Admitted |
     """The whole preflight, synchronously: every refusal is decided here. `opening`: what the
     event loop's attempt resolved and took (kept: the rate limits are not asked twice)."""
     opening = opening or Opening(estimate=plan.estimate)
-    generation = auth_generation()
     try:
         if plan.refusal is not None:
-            attribute(plan, opening, generation)
+            attribute(plan, opening, None)
             raise plan.refusal
-        preflight(plan, opening, generation)
+        preflight(plan, opening, None)
     except GatewayError as error:
         return refused_of(error, opening)
     assert opening.scope is not None  # resolved by an admitted preflight

@@ -108,6 +108,7 @@ class Opening:
     admission: Admission | None = None
     rate: ratelimit.Decision | None = None
     rate_ticket: ratelimit.Ticket | None = None
+    rate_limits: ratelimit.Limits | None = None  # what `rate` was asked under (the event loop's answer)
     removed: tuple[str, ...] = ()
     sent: dict | None = None
     in_doubt: bool = False

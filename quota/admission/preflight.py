@@ -4,16 +4,16 @@ caps and admission, the model's kind, the provider), synchronously (`preflight`,
 thread: it decides every refusal) or from the per-process caches on the event loop
 (`admit_on_loop`, which admits or declines, never refuses); and the one map from a refusal to its
 call record's outcome. The rate limits (quota.ratelimit) are asked once per call on either path:
-the thread path keeps the loop's answer (unless it was "stale": its generation check failed and
-nothing was taken).
+the thread path keeps the loop's answer unless the limits it was asked under have changed since.
 """
 
-import asyncio
 import dataclasses
 import datetime as dt
 import time
 from decimal import Decimal
 from typing import Any
+
+from django.db import Error as DatabaseError
 
 from allocations.access import (
     KeyScope,
@@ -33,13 +33,7 @@ from allocations.exceptions import (
     Unauthorized,
 )
 from lib.bounded import BoundedCache
-from lib.cache import (
-    auth_generation,
-    auth_generation_async,
-    auth_generation_begin,
-    forget_generation,
-    known_generation,
-)
+from lib.cache import auth_generation, known_generation
 
 from .. import ledger, options, ratelimit
 from ..billing import bill as billing
@@ -96,7 +90,7 @@ def attribute(plan: Plan, opening: Opening, generation: int | None) -> None:
         opening.scope = key_scope(plan.plaintext, generation=generation, digest=plan.key_digest)
         if plan.model:
             opening.entry = opening.scope.resolve(plan.model)
-    except GatewayError:
+    except (GatewayError, DatabaseError):  # the database away: the record says what it can
         pass
 
 
@@ -145,11 +139,17 @@ def preflight(plan: Plan, opening: Opening, generation: int | None) -> None:
 
 
 def _rate_limit(plan: Plan, opening: Opening, entry: ScopedAllocation) -> None:
-    """Step 5's rate limits, asked once per call: an answer the event loop already got is kept."""
+    """Step 5's rate limits, asked once per call: an answer the event loop already got is kept,
+    unless it was asked under other limits than the key's snapshot now has (the auth generation
+    moved with a change of them): its place is given back and the limits asked again."""
+    if opening.rate is not None and opening.rate_limits != entry.limits:
+        _rate_release(opening)
+        opening.rate = None
     if opening.rate is None and entry.limits:
         opening.rate, opening.rate_ticket = ratelimit.admit(
             entry.limits, tokens=plan.estimate.total_tokens, count=plan.lease_s is None, lease_s=plan.lease_s
         )
+        opening.rate_limits = entry.limits
     if opening.rate is not None and not opening.rate.allowed:
         raise rate_limited(opening.rate)
 
@@ -236,70 +236,38 @@ def _lost_context(plan: Plan, opening: Opening) -> dict:
 
 async def admit_on_loop(plan: Plan, opening: Opening) -> bool:
     """The preflight from the caches only, admitted on the event loop; True once admitted, False
-    when it cannot decide here: nothing cached, a key due for its last-used touch, any refusal, a
-    cap's guard not matched, the auth generation moved (the thread path then decides). Errors
-    propagate, with no reservation left behind by a failed read of the generation."""
-    # A call whose key, allocation and price are cached under the generation this process last
-    # read is admitted without waiting for the generation: a rate-limited one whose limits live on
-    # the cache's Redis lets its rate-limit script check it (one Redis round trip for both), any
-    # other reads it while its admission is on its way. Any other call reads it first.
+    when it cannot decide here: no generation read yet, nothing cached under it, a key due for its
+    last-used touch, any refusal, a cap's guard not matched, the auth generation moved (the thread
+    path then decides). Errors propagate."""
+    # The key, allocation and price cached under the generation this process last read; the
+    # admission statement reserves only while that generation is still the current one (lib.cache),
+    # so no read of it comes first. A rate-limited call asks its limits in Redis meanwhile.
     known = known_generation()
-    warm = _warm(plan, opening, known[0]) if known is not None else None
-    check: tuple[int, bytes] | None = None  # (generation, raw key) for the rate-limit script
-    reading: asyncio.Future | None = None  # the generation's read, answered during the admission
-    expected: int | None = None  # the generation the caches were read under, when `reading`
-    current: object = None  # the one `reading` answered
-    if known is not None and warm is not None:
-        if warm[1].limits and ratelimit.checks_generation(known[1]):
-            check = (known[0], known[2])
-        else:
-            reading, expected = auth_generation_begin(), known[0]
-    else:
-        generation = await auth_generation_async()
-        if generation is None:
-            return False
-        if known is None or generation != known[0]:
-            warm = _warm(plan, opening, generation)
-        if warm is None:
-            return False
+    warm = _warm(plan, opening, known) if known is not None else None
+    if known is None or warm is None:
+        return False
     opening.scope, opening.entry, opening.price = warm
     entry = warm[1]
     arguments = _admission_args(plan, opening, entry)
-    # The rate limits (or the generation) and the admission are asked at once (Redis and
-    # PostgreSQL answer in parallel); a call the rate limits refuse, or whose generation moved,
-    # gives its reservation back.
+    # The rate limits and the admission are asked at once (Redis and PostgreSQL answer in
+    # parallel); a call the rate limits refuse gives its reservation back. A miss of the admission
+    # (a cap, or the generation moved) keeps the limits' answer for the thread path, which asks
+    # them again only if they changed with the generation (_rate_limit).
     rate = None
     if entry.limits:
-        rate = ratelimit.admit_begin(entry.limits, tokens=arguments["est_tokens"], generation=check)
+        rate = ratelimit.admit_begin(entry.limits, tokens=arguments["est_tokens"])
     try:
         opening.admission = await ledger.admit_async(
-            **arguments, context=_lost_context(plan, opening), reservation_id=plan.reservation_id
+            **arguments, context=_lost_context(plan, opening), reservation_id=plan.reservation_id, generation=known
         )
     finally:
         if rate is not None:
             opening.rate, opening.rate_ticket = await rate
-        if reading is not None:
-            current = await _read_meanwhile(reading, opening)
-    if current != expected:
-        await _give_back(opening)  # the thread path decides under the generation just read
-        return False
+            opening.rate_limits = entry.limits
     if opening.rate is not None and not opening.rate.allowed:
-        if opening.rate is ratelimit.STALE:
-            opening.rate = None  # nothing was taken: the thread path asks again under the new generation
-            forget_generation()
         await _give_back(opening)
         return False  # the thread path records a refusal (without asking again)
     return opening.admission is not None
-
-
-async def _read_meanwhile(reading: asyncio.Future, opening: Opening) -> object:
-    """The generation read while the admission was on its way; a reservation taken meanwhile is
-    given back when the read fails (the thread path decides, as when Redis is down)."""
-    try:
-        return await reading
-    except Exception:
-        await _give_back(opening)
-        raise
 
 
 async def _give_back(opening: Opening) -> None:

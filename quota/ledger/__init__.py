@@ -29,6 +29,7 @@ from . import loop, threads
 from .groups import Budget
 from .loop import counter_read as counter_read_async
 from .loop import counters_read as counters_read_async
+from .loop import generation_begin
 from .spool import call_settle_durable, call_settle_once, spool_depth, spool_replay
 from .statements import Admission, Settlement, reservation_row, settle_statement, settle_values
 from .sweep import lost_context, reservations_settle_lost, reservations_sweep, settlement_from_json
@@ -45,6 +46,7 @@ __all__ = [
     "counter_id_cached",
     "counter_read_async",
     "counters_read_async",
+    "generation_begin",
     "lost_context",
     "record_reject",
     "release",
@@ -76,10 +78,12 @@ async def admit_async(
     context: dict | None = None,
     reservation_id: uuid.UUID | None = None,
     groups: Sequence[Budget] = (),
+    generation: int | None = None,
 ) -> Admission | None:
     """The admission on the event loop when this allocation's counter is known: the reservation,
-    or None when it was not made there (no known counter, or a cap's guard did not match:
-    the synchronous `admit` on a thread tells 403 from 429). Database errors propagate."""
+    or None when it was not made there (no known counter, a cap's guard did not match, or the auth
+    generation is no longer `generation`: the synchronous `admit` on a thread tells 403 from 429).
+    Database errors propagate."""
     counter_id = counter_id_cached(allocation_id=allocation_id, now=now)
     if counter_id is None:
         return None
@@ -96,6 +100,7 @@ async def admit_async(
         reservation_id=reservation_id,
         groups=groups,
         period=period_start_date(now),
+        generation=generation,
     )
 
 

@@ -15,6 +15,7 @@ from 429, writes the refusal record, or settles durably (ledger.spool).
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import uuid
@@ -28,6 +29,8 @@ from django.conf import settings
 from django.db import connections
 from psycopg.waiting import READY_R, WAIT_W
 
+from lib.cache import GENERATION_READ, SharedReads, generation_seen
+
 from ..models import PriceVersion
 from ..pricing import Usage
 from .groups import Budget, admission_missed
@@ -36,6 +39,7 @@ from .statements import (
     COUNTERS_READ,
     Admission,
     Settlement,
+    admit_many_statement,
     admit_statement,
     reservation_row,
     settle_statement,
@@ -185,6 +189,19 @@ class Pool:
         self.drained = asyncio.Event()  # set once closing and the last connection is closed
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.settlements = _Settlements(self)
+        self.admissions = _Admissions(self)
+        self.generation_reads = SharedReads(self._generation_read)
+
+    async def _generation_read(self) -> int | None:
+        query = native(GENERATION_READ)
+        async with self.connection() as conn:
+            cursor = conn.statement_cursor(query)
+            await cursor.execute(query, (), prepare=_prepare())
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        generation_seen(row[0])
+        return row[0]
 
     @staticmethod
     def _conninfo() -> dict:
@@ -292,46 +309,89 @@ async def admit(
     reservation_id: uuid.UUID | None = None,
     groups: Sequence[Budget] = (),
     period: dt.date | None = None,
+    generation: int | None = None,
 ) -> Admission | None:
-    """ledger.admit's one-statement path with a known counter id; None when not admitted."""
+    """ledger.admit's one-statement path with a known counter id; None when not admitted (a cap's
+    guard, or `generation` no longer the current auth generation: admit_statement)."""
     cost = est_cost if est_cost is not None else Decimal(0)
     reservation = reservation_row(
         request_id=request_id, tokens=est_tokens, cost=cost, now=now, context=context, reservation_id=reservation_id
     )
+    caps = _Caps(str(allocation_id), counter_id, token_cap, cost_cap, est_cost is not None, generation)
+    found = pool()
+    if not groups and not found.idle and found.opened >= found.size:
+        # Every connection is busy: admitted together with the calls of this counter waiting too.
+        return await found.admissions.add(caps, reservation)
+    async with found.connection() as conn:
+        return await _admit_on(conn, caps, reservation, groups=groups, period=period)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Caps:
+    """What an admission's guard is made of: the counter and the caps that hold the call."""
+
+    allocation_id: str
+    counter_id: int
+    token_cap: int | None
+    cost_cap: Decimal | None
+    priced: bool
+    generation: int | None = None  # the auth generation the call's caches were read under
+
+
+async def _admit_on(
+    conn: LoopConnection,
+    caps: _Caps,
+    reservation: dict,
+    *,
+    groups: Sequence[Budget] = (),
+    period: dt.date | None = None,
+) -> Admission | None:
+    """One call's admission statement on `conn`: its reservation, or None when not admitted."""
     sql, params = admit_statement(
-        allocation_id=allocation_id,
-        counter_id=counter_id,
-        token_cap=token_cap,
-        cost_cap=cost_cap,
-        priced=est_cost is not None,
+        allocation_id=caps.allocation_id,
+        counter_id=caps.counter_id,
+        token_cap=caps.token_cap,
+        cost_cap=caps.cost_cap,
+        priced=caps.priced,
         reservation=reservation,
         groups=groups,
         period=period,
+        generation=caps.generation,
     )
     query = native(sql)
-    async with pool().connection() as conn:
-        cursor = conn.statement_cursor(query)
-        try:
-            await cursor.execute(query, params, prepare=_prepare())
-        except psycopg.DatabaseError as error:
-            # Undone whole (a group reserved without its allocation, a stale counter id): a miss
-            # like any guard's, on a connection still sound (kept in the pool), and the thread path decides.
-            if admission_missed(error):
-                return None
-            raise
-        if cursor.rowcount <= 0:
+    cursor = conn.statement_cursor(query)
+    try:
+        await cursor.execute(query, params, prepare=_prepare())
+    except psycopg.DatabaseError as error:
+        # Undone whole (a group reserved without its allocation, a stale counter id): a miss
+        # like any guard's, on a connection still sound (kept in the pool), and the thread path decides.
+        if admission_missed(error):
             return None
-        # A statement that returns the group counters held has columns (cheaper to ask than
-        # `description`, which builds an object per column); NULL there: not admitted.
-        result = cursor.pgresult
-        if result is not None and result.nfields:
-            found = (await cursor.fetchone())[0]  # type: ignore[index]
-            if found is None:
-                return None
-            held = tuple(found)
-        else:
-            held = ()
-    return Admission(reservation["id"], counter_id, est_tokens, cost, tuple(g.id for g in groups), held)
+        raise
+    if cursor.rowcount <= 0:
+        return None
+    # A statement that returns the group counters held has columns (cheaper to ask than
+    # `description`, which builds an object per column); NULL there: not admitted.
+    result = cursor.pgresult
+    if result is not None and result.nfields:
+        found = (await cursor.fetchone())[0]  # type: ignore[index]
+        if found is None:
+            return None
+        held = tuple(found)
+    else:
+        held = ()
+    return _admission(caps, reservation, tuple(g.id for g in groups), held)
+
+
+def _admission(caps: _Caps, reservation: dict, groups: tuple[str, ...] = (), held: tuple[int, ...] = ()) -> Admission:
+    return Admission(reservation["id"], caps.counter_id, reservation["tokens"], reservation["cost"], groups, held)
+
+
+def generation_begin() -> asyncio.Future:
+    """The current auth generation (lib.cache), None when it was never set (the thread path sets
+    it): a read already started when this returns, shared with every caller of this event loop
+    waiting for one (SharedReads). Errors of the database propagate."""
+    return pool().generation_reads.begin()
 
 
 async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | None:
@@ -425,3 +485,84 @@ class _Settlements:
                 for n, (_, done) in enumerate(batch, 1):
                     if not done.done():
                         done.set_result(ids.get(n))
+
+
+class _Admissions:
+    """Group commit for admissions. Admissions of one allocation counter all take its row's lock
+    until their commit, so a burst of them (calls starting together) runs one statement and one
+    commit after another however many connections wait. An admission of a call counted toward no
+    group that arrives while every connection is busy waits here instead, with the others of the
+    same counter and caps; when a connection comes free, one statement admits all of them at once
+    (admit_many_statement: all or none, exactly when admitting them one by one would admit
+    every one). When it does not match (a cap near), each of them takes its own statement on that
+    connection, in order, as they would have. Each caller still waits for the statement that
+    holds its reservation, so its admission is committed before its call goes upstream; a failed
+    statement fails every admission still waiting on it (their callers take the thread path,
+    which looks for what may have committed)."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, pool: "Pool") -> None:
+        self.pool = pool
+        self.waiting: dict[_Caps, list[tuple[dict, asyncio.Future]]] = {}
+        self.writers: set[asyncio.Task] = set()  # a reference to each until it ends
+
+    def add(self, caps: _Caps, reservation: dict) -> asyncio.Future:
+        done = asyncio.get_running_loop().create_future()
+        waiting = self.waiting.get(caps)
+        if waiting is None:
+            waiting = self.waiting[caps] = []
+            self._start(caps)
+        waiting.append((reservation, done))
+        return done
+
+    def _start(self, caps: _Caps) -> None:
+        writer = asyncio.ensure_future(self._write(caps))
+        self.writers.add(writer)
+        writer.add_done_callback(self.writers.discard)
+
+    def _take(self, caps: _Caps) -> list[tuple[dict, asyncio.Future]]:
+        """What waits for `caps` now (up to MAX_BATCH; the rest gets a writer of its own)."""
+        batch = self.waiting.pop(caps, [])
+        if len(batch) > self.MAX_BATCH:
+            batch, self.waiting[caps] = batch[: self.MAX_BATCH], batch[self.MAX_BATCH :]
+            self._start(caps)
+        return batch
+
+    async def _write(self, caps: _Caps) -> None:
+        batch: list[tuple[dict, asyncio.Future]] = []
+        try:
+            async with self.pool.connection() as conn:
+                batch = self._take(caps)  # everything that waited for this connection
+                if len(batch) > 1 and await self._admit_all(conn, caps, batch):
+                    return
+                for reservation, done in batch:  # alone, or a batch whose guard did not match
+                    admitted = await _admit_on(conn, caps, reservation)
+                    if not done.done():
+                        done.set_result(admitted)
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller still waiting
+            for _, done in batch or self._take(caps):
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("admission cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _admit_all(self, conn: LoopConnection, caps: _Caps, batch: list[tuple[dict, asyncio.Future]]) -> bool:
+        sql, params = admit_many_statement(
+            allocation_id=caps.allocation_id,
+            counter_id=caps.counter_id,
+            token_cap=caps.token_cap,
+            cost_cap=caps.cost_cap,
+            priced=caps.priced,
+            reservations=[reservation for reservation, _ in batch],
+            generation=caps.generation,
+        )
+        query = native(sql)
+        cursor = conn.statement_cursor(query)
+        await cursor.execute(query, params, prepare=_prepare())
+        if cursor.rowcount != len(batch):  # 0: the guard did not match, nothing written
+            return False
+        for reservation, done in batch:
+            if not done.done():
+                done.set_result(_admission(caps, reservation))
+        return True

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db.models import Model
 
 from allocations.models import Group
+from lib.cache import GENERATION_GUARD
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
@@ -215,6 +216,7 @@ def admit_statement(
     reservation: dict,
     groups: Sequence[group_sql.Budget] = (),
     period: dt.date | None = None,
+    generation: int | None = None,
 ) -> tuple[str, list]:
     """The admission in ONE statement (data-modifying CTE): the guarded UPDATE of the counter
     (used + reserved < cap for each cap that applies; the allocation is checked too, so a stale
@@ -224,8 +226,15 @@ def admit_statement(
 
     `groups`: the member's groups (allocations.access.GroupBudget); when a cap of one holds the
     call, the statement reserves on those groups' counters of `period` too, all or nothing
-    (quota.ledger.groups), and returns the row of the reservation with its group counter ids."""
+    (quota.ledger.groups), and returns the row of the reservation with its group counter ids.
+
+    `generation`: the auth generation the call's cached key, allocation and price were read under
+    (lib.cache); the statement reserves only while it is still the current one, judged in the same
+    snapshot as the caps (a guard like theirs, wherever the allocation's guard is asked). A number
+    that moved is a miss like a cap's: nothing is written, and the thread path decides."""
     condition, condition_params = guard(token_cap=token_cap, cost_cap=cost_cap, priced=priced)
+    if generation is not None:
+        condition, condition_params = condition + GENERATION_GUARD, [*condition_params, generation]
     r = reservation
     # An empty context (a reservation nothing bills if its holder dies) is a literal; any other is
     # encoded once here and sent as text that PostgreSQL reads as jsonb (no adapter object per call).
@@ -273,6 +282,70 @@ def admit_statement(
             ]
         sql, extra = _ADMIT_COUNTED_SQL, [group_ids]
     return _admit_sql(sql, condition, context), [*counter, *row, *extra]
+
+
+# Admissions of one counter that met while every event-loop connection was busy
+# (ledger.loop._Admissions): ONE guarded UPDATE by their sums, then every reservation; all or
+# none. The caps' parameters are the caps less what the batch's earlier calls reserve, so the
+# guard is the one the batch's last call would meet after the others, admitted one by one.
+_ADMIT_MANY_SQL = (
+    f"WITH c AS (UPDATE {COUNTER_TABLE} SET tokens_reserved = tokens_reserved + %s,"  # noqa: S608 (constant names)
+    " cost_reserved = cost_reserved + %s WHERE id = %s AND allocation_id = %s{guard} RETURNING id)"
+    f" INSERT INTO {RESERVATION_TABLE} (id, counter_id, request_id, tokens, cost, created_at, expires_at, context)"
+    " SELECT r.id, c.id, r.request_id, r.tokens, r.cost, r.created_at, r.expires_at, r.context FROM c"
+    " CROSS JOIN jsonb_to_recordset(%s::jsonb) AS r(id uuid, request_id text, tokens bigint, cost numeric,"
+    " created_at timestamptz, expires_at timestamptz, context jsonb)"
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _admit_many_sql(guard: str) -> str:
+    return _ADMIT_MANY_SQL.format(guard=guard)
+
+
+def admit_many_statement(
+    *,
+    allocation_id: uuid.UUID | str,
+    counter_id: int,
+    token_cap: int | None,
+    cost_cap: Decimal | None,
+    priced: bool,
+    reservations: Sequence[dict],
+    generation: int | None = None,
+) -> tuple[str, list]:
+    """The admission of several calls of one counter, none counted toward a group, in ONE
+    statement: the counter's guarded UPDATE by their sums, then their reservation rows (as
+    `reservation_row` makes them), inserted only if it matched. It matches exactly when admitting
+    the calls one by one, in this order, would admit every one: each call's guard is `used <
+    cap - reserved` before its own reservation, and a later call's sees the earlier ones' reserved
+    (estimates are never negative, so the last call's guard implies all the others'). When it does
+    not match, none is admitted (each then takes its own statement, where the caps decide).
+    `generation`: as admit_statement's, one for all the calls."""
+    before = reservations[:-1]
+    before_tokens = sum(r["tokens"] for r in before)
+    before_cost = sum((r["cost"] for r in before), Decimal(0))
+    condition, condition_params = guard(
+        token_cap=None if token_cap is None else token_cap - before_tokens,
+        cost_cap=None if cost_cap is None else cost_cap - before_cost,
+        priced=priced,
+    )
+    if generation is not None:
+        condition, condition_params = condition + GENERATION_GUARD, [*condition_params, generation]
+    rows = [
+        {
+            "id": r["id"],
+            "request_id": r["request_id"],
+            "tokens": r["tokens"],
+            "cost": r["cost"],
+            "created_at": r["created_at"],
+            "expires_at": r["expires_at"],
+            "context": r["context"] or {},
+        }
+        for r in reservations
+    ]
+    tokens = before_tokens + reservations[-1]["tokens"]
+    cost = before_cost + reservations[-1]["cost"]
+    return _admit_many_sql(condition), [tokens, cost, counter_id, allocation_id, *condition_params, _encode(rows)]
 
 
 def settle_values(

@@ -107,11 +107,11 @@ def pool_rebalance(
             log = pool_apply_plan(
                 state=state, shares=shares, trigger=trigger, actor=actor, now=now, period_key=period_key
             )
+            bump_auth_generation()
     except IntegrityError:
         if period_key and RebalanceLog.objects.filter(period_key=period_key).exists():
             return RebalanceResult(None, [], duplicate=True)
         raise
-    transaction.on_commit(bump_auth_generation)
     return RebalanceResult(log, shares)
 
 

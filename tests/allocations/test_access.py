@@ -1,5 +1,7 @@
+import threading
+
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from allocations.access import allocation_check_status, key_scope
 from allocations.exceptions import AllocationPaused, ModelMismatch, Unauthorized
@@ -46,11 +48,16 @@ def test_revocations_are_seen_on_the_next_call(api_key, allocation, member):
 @pytest.mark.django_db(transaction=True)
 def test_a_change_is_not_cached_as_current_before_it_commits(api_key):
     """A call that lands while a revocation is saved but uncommitted (the admin saves inside its own
-    transaction) must not keep the old state under the new generation: the bump waits for commit."""
+    transaction) must not keep the old state under the new generation: the bump is part of the
+    revocation's transaction, invisible to another connection until it commits."""
     before = auth_generation()
     with transaction.atomic():
         api_key_revoke(key=api_key)
-        assert auth_generation() == before  # another thread would still load the committed, valid key
+        elsewhere = []
+        thread = threading.Thread(target=lambda: (elsewhere.append(auth_generation()), connection.close()))
+        thread.start()
+        thread.join()
+        assert elsewhere == [before]  # another thread still loads the committed, valid key under it
     assert auth_generation() != before
     with pytest.raises(Unauthorized):
         key_scope(api_key.plaintext)

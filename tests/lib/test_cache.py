@@ -1,88 +1,127 @@
-"""The auth generation read from the event loop: shared GETs that never hide an earlier bump, on
-a minimal Redis connection that reconnects after a failure."""
+"""The auth generation (one row in PostgreSQL, moved in the transaction of each change), its
+reads shared on the event loop, and the minimal Redis connection of the loop's other commands."""
 
 import asyncio
+import threading
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection, transaction
 
 from lib import cache
-from lib.cache import auth_generation, auth_generation_async, bump_auth_generation
+from lib.cache import SharedReads, auth_generation, bump_auth_generation
+from quota import ledger
+from quota.ledger import loop as aio
 
-pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="the shared reads are Redis GETs")
-
-
-@pytest.fixture
-def gets(monkeypatch):
-    """Every GET the event loop's reader sends: (value at the time it was sent)."""
-    sent: list = []
-    delay = {"s": 0.0}
-
-    async def run():
-        auth_generation()  # make sure the key exists
-        original = cache.RespConnection.request
-
-        def request(self, *parts, **kwargs):
-            reply = original(self, *parts, **kwargs)
-            if parts[0] != b"GET":
-                return reply
-            loop = asyncio.get_running_loop()
-            late = loop.create_future()
-
-            def answered(reply):
-                sent.append(reply.result())  # the value when the GET reached Redis...
-                loop.call_later(delay["s"], late.set_result, reply.result())  # ...answered late
-
-            reply.add_done_callback(answered)
-            return late
-
-        monkeypatch.setattr(cache.RespConnection, "request", request)
-
-    sent.clear()
-    return sent, delay, run
+needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="a real Redis")
 
 
-async def test_concurrent_reads_share_a_few_gets(gets):
-    sent, delay, install = gets
-    await install()
-    delay["s"] = 0.01
-    values = await asyncio.gather(*(auth_generation_async() for _ in range(50)))
-    assert len(set(values)) == 1 and values[0] == auth_generation()
-    assert 1 <= len(sent) <= 2  # one GET out, the rest wait for the next one
+class _Source:
+    """A value read with a delay: what each read saw when it started."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.value, self.delay_s, self.started = 1, delay_s, []
+
+    async def read(self) -> int:
+        seen = self.value
+        self.started.append(seen)
+        await asyncio.sleep(self.delay_s)
+        return seen
 
 
-async def test_a_read_that_starts_after_a_bump_sees_it_even_while_an_older_get_is_out(gets):
-    sent, delay, install = gets
-    await install()
-    delay["s"] = 0.05
-    before = auth_generation()
-    early = asyncio.ensure_future(auth_generation_async())
-    while not sent:  # the first GET has read the old value and is still out
+async def test_concurrent_reads_share_a_few_reads():
+    source = _Source(0.01)
+    reads = SharedReads(source.read)
+    values = await asyncio.gather(*(reads.begin() for _ in range(50)))
+    assert values == [1] * 50
+    assert 1 <= len(source.started) <= 2  # one read out, the rest wait for the next one
+
+
+async def test_a_read_that_starts_after_a_change_sees_it_even_while_an_older_read_is_out():
+    source = _Source(0.05)
+    reads = SharedReads(source.read)
+    early = reads.begin()
+    while not source.started:  # the first read has seen the old value and is still out
         await asyncio.sleep(0.001)
-    bump_auth_generation()
-    late = await auth_generation_async()
-    assert await early == before
-    assert late == auth_generation() != before
+    source.value = 2
+    late = await reads.begin()
+    assert (await early, late) == (1, 2)
 
 
-async def test_a_cancelled_reader_does_not_cancel_the_others(gets):
-    sent, delay, install = gets
-    await install()
-    delay["s"] = 0.02
-    first = asyncio.ensure_future(auth_generation_async())
-    second = asyncio.ensure_future(auth_generation_async())
+async def test_a_cancelled_reader_does_not_cancel_the_others():
+    reads = SharedReads(_Source(0.02).read)
+    first = asyncio.ensure_future(reads.begin())
+    second = asyncio.ensure_future(reads.begin())
     await asyncio.sleep(0.005)
     first.cancel()
-    assert await second == auth_generation()
+    assert await second == 1
 
 
-async def test_the_reader_selects_the_database_and_reconnects_after_a_broken_connection():
-    expected = auth_generation()  # REDIS_URL names a database other than 0 under xdist, often
-    assert await auth_generation_async() == expected
-    reads = cache._shared_reads[asyncio.get_running_loop()]
-    reads.conn.transport.abort()  # the server went away
-    await asyncio.sleep(0.01)
-    assert await auth_generation_async() == expected
+async def test_a_failed_read_fails_its_waiters_and_the_next_read_starts_anew():
+    calls = []
+
+    async def read():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("lost")
+        return 7
+
+    reads = SharedReads(read)
+    with pytest.raises(ConnectionError):
+        await reads.begin()
+    assert await reads.begin() == 7
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_event_loop_reads_the_committed_generation_and_remembers_it():
+    before = await sync_to_async(auth_generation)()
+    cache.forget_generation()
+    try:
+        assert await ledger.generation_begin() == before
+        assert cache.known_generation() == before
+        await sync_to_async(bump_auth_generation)()  # autocommit: committed at once
+        assert await ledger.generation_begin() == before + 1 == cache.known_generation()
+    finally:
+        await aio.pool_close()
+
+
+def _elsewhere(read):
+    """`read()` on another thread, so on another database connection (another transaction)."""
+    found = []
+    thread = threading.Thread(target=lambda: (found.append(read()), connection.close()))
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bump_moves_with_its_transaction():
+    """Visible to others exactly when the change commits; gone with it when it rolls back."""
+    before = auth_generation()
+    with transaction.atomic():
+        bump_auth_generation()
+        assert _elsewhere(auth_generation) == before  # not before the change is visible
+        inside = auth_generation()
+        assert inside not in (before, before + 1)  # its own uncommitted bump is no number to cache under
+    assert auth_generation() == before + 1 == _elsewhere(auth_generation)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        bump_auth_generation()
+        raise RuntimeError("the change fails")
+    assert auth_generation() == before + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_row_starts_again_above_any_number_held():
+    held = auth_generation()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {cache.GENERATION_TABLE}")  # noqa: S608 - a constant name
+    assert auth_generation() > held
+    fresh = auth_generation()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {cache.GENERATION_TABLE}")  # noqa: S608 - a constant name
+    bump_auth_generation()  # a bump without a row starts it too
+    assert auth_generation() > fresh
 
 
 class _Transport:
@@ -147,6 +186,7 @@ async def test_a_redis_that_does_not_answer_times_out(monkeypatch):
         await _connection().command(b"GET", b"k")
 
 
+@needs_redis
 async def test_counters_count_every_concurrent_increment_and_expire_from_the_first():
     from django.core.cache import cache as django_cache
 
@@ -159,6 +199,7 @@ async def test_counters_count_every_concurrent_increment_and_expire_from_the_fir
     assert 0 < ttl <= 30  # set by the first increment, kept by the others
 
 
+@needs_redis
 async def test_commands_from_many_callers_share_one_connection_and_a_failure_reconnects():
     await cache.shared_set("gw:test-shared", "a", ttl_s=30)
     values = await asyncio.gather(*(cache.shared_get("gw:test-shared") for _ in range(20)))

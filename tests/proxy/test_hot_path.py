@@ -139,9 +139,10 @@ def test_one_proxied_call_costs_a_pinned_number_of_queries(django_assert_max_num
         _settle(admitted)
 
     one_call("warm")  # fills the per-process key scope and price caches
-    # One statement (guarded UPDATE of the counter + INSERT reservation in a CTE), no BEGIN/COMMIT.
-    # No key, scope, price or counter read.
-    with django_assert_max_num_queries(1):
+    # The auth generation's read (lib.cache: one primary-key row), then one statement (guarded
+    # UPDATE of the counter + INSERT reservation in a CTE), no BEGIN/COMMIT. No key, scope, price or
+    # counter read.
+    with django_assert_max_num_queries(2):
         admitted = admission.admit_on_thread(plan=_plan("open", plaintext, body))
     assert isinstance(admitted, admission.Admitted)
     # One statement (DELETE reservation, counter UPDATE with usage in and reservation out, INSERT record).

@@ -13,7 +13,7 @@ import openai
 import pytest
 from django.utils import timezone
 
-from allocations.services import api_key_set_expiry, model_update
+from allocations.services import allocation_update, api_key_set_expiry, model_update
 from lib.cache import bump_auth_generation
 from proxy.registry import ENDPOINTS
 from quota.models import CallRecord, Reservation, UsageCounter
@@ -151,9 +151,12 @@ def test_a_call_the_rate_limits_refuse_holds_no_reservation(world, thread_steps)
     assert outcomes == ["rejected_rate_limited"] * 3 + ["success"] * 2
 
 
-def test_a_generation_check_that_fails_takes_nothing_and_the_call_is_decided_again(world, thread_steps):
-    """A warm limited call lets its rate-limit script check the auth generation it read last; after
-    a bump the script answers 'stale' without taking a request, and the call is decided again."""
+def test_a_generation_moved_under_a_warm_limited_call_keeps_its_answer_when_the_limits_are_the_same(
+    world, thread_steps
+):
+    """A warm limited call asks its limits while its admission is on its way; after a bump the
+    admission reserves nothing and the call is decided again on a thread, which keeps the
+    limits' answer (they did not change): the call takes one request, not two."""
     allocation = world.allocation(limits={"rpm_limit": 3})
     assert [_burst([world.gateway_url], allocation, 1, 1)[0].status_code for _ in range(2)] == [200, 200]
     bump_auth_generation()
@@ -163,6 +166,21 @@ def test_a_generation_check_that_fails_takes_nothing_and_the_call_is_decided_aga
     assert "admit_on_thread" in thread_steps  # decided again on a thread
     assert third.headers["x-ratelimit-remaining-requests"] == "0"  # three taken, not four
     assert _burst([world.gateway_url], allocation, 1, 1)[0].status_code == 429
+    assert not Reservation.objects.filter(counter__allocation_id=allocation.id).exists()
+
+
+def test_limits_changed_under_a_warm_call_are_asked_again(world, thread_steps):
+    """The limits lowered between warm calls: the loop asked the old ones (and was let through)
+    while its admission found the generation moved; the thread path gives that place back and
+    asks the new limits, which refuse the call."""
+    allocation = world.allocation(limits={"rpm_limit": 3})
+    assert [_burst([world.gateway_url], allocation, 1, 1)[0].status_code for _ in range(2)] == [200, 200]
+    allocation_update(allocation=allocation, changes={"rpm_limit": 2})
+    thread_steps.clear()
+    third = _burst([world.gateway_url], allocation, 1, 1)[0]
+    assert third.status_code == 429
+    assert thread_steps[0] == "admit_on_thread"
+    assert CallRecord.objects.get(request_id=third.headers["x-request-id"]).outcome == "rejected_rate_limited"
     assert not Reservation.objects.filter(counter__allocation_id=allocation.id).exists()
 
 

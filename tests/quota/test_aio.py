@@ -1,15 +1,20 @@
 """The event loop's accounting connections (quota.ledger.loop.Pool) and its group commit of settlements."""
 
 import asyncio
+import dataclasses
 import uuid
 from decimal import Decimal
 
 import psycopg
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
+from lib.cache import auth_generation
 from quota.ledger import loop as aio
+from quota.ledger.statements import reservation_row
 from quota.models import CallRecord, Reservation, UsageCounter
+from quota.periods import period_start_date
 from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory
 
@@ -214,3 +219,141 @@ async def test_a_connection_keeps_one_cursor_per_statement_and_its_adapters():
             conn.statement_cursor(f"SELECT {n}")
         assert conn.statement_cursor(query) is not cursor
     await pool.close()
+
+
+# --- admissions that meet: one statement ----------------------------------------------------------
+
+
+def _counter(token_cap: int | None = None, cost_cap: str | None = None, tokens_used: int = 0):
+    allocation = AllocationFactory(
+        quota_tokens_per_month=token_cap, quota_cost_usd_per_month=None if cost_cap is None else Decimal(cost_cap)
+    )
+    now = timezone.now()
+    counter = UsageCounter.objects.create(
+        allocation=allocation, period_start=period_start_date(now), tokens_used=tokens_used
+    )
+    caps = aio._Caps(
+        str(allocation.pk), counter.pk, allocation.quota_tokens_per_month, allocation.quota_cost_usd_per_month, True
+    )
+    return caps
+
+
+def _reservation(n: int, tokens: int, cost: str = "0.5") -> dict:
+    return reservation_row(request_id=f"a-{n}", tokens=tokens, cost=Decimal(cost), now=timezone.now(), context={"n": n})
+
+
+async def _admitted_while_busy(caps, reservations) -> list:
+    """Admissions added while the pool's one connection is taken, then let through together."""
+    pool = aio.Pool(1)
+    release, taken = asyncio.Event(), asyncio.Event()
+
+    async def holder():
+        async with pool.connection():
+            taken.set()
+            await release.wait()
+
+    held = asyncio.ensure_future(holder())
+    await taken.wait()
+    waiting = [pool.admissions.add(caps, r) for r in reservations]
+    release.set()
+    try:
+        return await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    finally:
+        await held
+        await pool.close()
+
+
+async def test_admissions_that_meet_are_made_in_one_statement_each_with_its_reservation(loop_statements):
+    caps = await sync_to_async(_counter)(token_cap=1000, cost_cap="100")
+    reservations = [_reservation(n, tokens=10 * (n + 1)) for n in range(4)]
+    admitted = await _admitted_while_busy(caps, reservations)
+    assert len(loop_statements) == 1
+    assert [a.reservation_id for a in admitted] == [r["id"] for r in reservations]
+    assert [a.tokens for a in admitted] == [10, 20, 30, 40]
+    counter = await UsageCounter.objects.aget(pk=caps.counter_id)
+    assert (counter.tokens_reserved, counter.cost_reserved) == (100, Decimal("2"))
+    rows = {r.pk: r async for r in Reservation.objects.all()}
+    assert {rows[r["id"]].request_id for r in reservations} == {"a-0", "a-1", "a-2", "a-3"}
+    assert [rows[r["id"]].context for r in reservations] == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}]
+    assert all(
+        rows[r["id"]].counter_id == caps.counter_id and rows[r["id"]].tokens == r["tokens"] for r in reservations
+    )
+
+
+async def test_admissions_that_meet_near_a_cap_are_decided_one_by_one_as_they_would_have_been(loop_statements):
+    """A cap admits while used < cap - reserved: with 90 used of 100, the first call is admitted
+    (reserving 5), the second too (95 < 100), the third not (90 < 100 - 10 fails). Together they
+    would pass the first call's guard only: the batch's guard (the last call's) does not match,
+    writes nothing, and each then takes its own statement."""
+    caps = await sync_to_async(_counter)(token_cap=100, tokens_used=90)
+    admitted = await _admitted_while_busy(caps, [_reservation(n, tokens=5) for n in range(3)])
+    assert [a is not None for a in admitted] == [True, True, False]
+    assert len(loop_statements) == 4  # the batch's, then one per call
+    counter = await UsageCounter.objects.aget(pk=caps.counter_id)
+    assert counter.tokens_reserved == 10
+    assert await Reservation.objects.acount() == 2
+
+
+async def test_admissions_that_meet_are_made_only_under_the_current_auth_generation(loop_statements):
+    """The batch carries the generation its calls' caches were read under, as one call's
+    statement does: current, all admitted in one statement; moved, none (and none alone either)."""
+    base = await sync_to_async(_counter)(token_cap=1000)
+    current = await sync_to_async(auth_generation)()
+    caps = dataclasses.replace(base, generation=current)
+    admitted = await _admitted_while_busy(caps, [_reservation(n, tokens=5) for n in range(3)])
+    assert all(a is not None for a in admitted) and len(loop_statements) == 1
+    assert "gw_auth_generation" in loop_statements[0]
+    loop_statements.clear()
+    stale = dataclasses.replace(base, generation=current - 1)
+    admitted = await _admitted_while_busy(stale, [_reservation(n, tokens=5) for n in range(3, 6)])
+    assert admitted == [None, None, None]
+    assert len(loop_statements) == 4  # the batch's, then one per call: every one a miss
+    assert (await UsageCounter.objects.aget(pk=base.counter_id)).tokens_reserved == 15
+
+
+async def test_an_admission_alone_takes_the_statement_of_one_call(loop_statements):
+    caps = await sync_to_async(_counter)(token_cap=100)
+    [admitted] = await _admitted_while_busy(caps, [_reservation(0, tokens=5)])
+    assert admitted is not None and len(loop_statements) == 1
+    assert "jsonb_to_recordset" not in loop_statements[0]
+
+
+async def test_a_failing_admission_statement_fails_every_admission_in_it():
+    caps = await sync_to_async(_counter)(token_cap=100)
+    reservations = [_reservation(n, tokens=5) for n in range(3)]
+    reservations[2]["request_id"] = "x" * 200  # longer than the column: the whole statement fails
+    pool = aio.Pool(1)
+    release, taken = asyncio.Event(), asyncio.Event()
+
+    async def holder():
+        async with pool.connection():
+            taken.set()
+            await release.wait()
+
+    held = asyncio.ensure_future(holder())
+    await taken.wait()
+    waiting = [pool.admissions.add(caps, r) for r in reservations]
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+    await held
+    assert all(isinstance(r, psycopg.errors.StringDataRightTruncation) for r in results)
+    assert not await Reservation.objects.aexists()
+    assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 0
+    await pool.close()
+
+
+async def test_an_admission_joins_the_others_only_while_every_connection_is_busy(loop_statements):
+    """Through ledger.loop.admit: with a connection free, its own statement at once."""
+    caps = await sync_to_async(_counter)(token_cap=100)
+    admitted = await aio.admit(
+        allocation_id=caps.allocation_id,
+        counter_id=caps.counter_id,
+        token_cap=100,
+        cost_cap=None,
+        est_tokens=5,
+        est_cost=Decimal("0.5"),
+        request_id="alone",
+        now=timezone.now(),
+    )
+    assert admitted is not None and "jsonb_to_recordset" not in loop_statements[-1]
+    await aio.pool_close()

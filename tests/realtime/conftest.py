@@ -20,6 +20,7 @@ from django.db import connection
 
 from allocations.models import Allocation, Member, ModelKind
 from allocations.services import model_create, provider_create
+from quota.ledger import loop as aio
 from quota.models import CallRecord, PriceVersion
 from tests.factories import AllocationFactory, make_key
 
@@ -37,6 +38,14 @@ TOKEN_PRICE = {
     "audio_output_per_1m": Decimal("64"),
 }
 TURN_COST = Decimal("0.003688")
+
+
+@pytest.fixture(autouse=True)
+async def loop_connections_closed():
+    """The test's event loop's database connections (the watch's generation reads, the gate's
+    counter reads) closed with it, not left open until the test database is dropped."""
+    yield
+    await aio.pool_close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ relay, metering, the watch and every close path, each with its single call recor
 
 import asyncio
 import base64
-import contextlib
 import json
 from decimal import Decimal
 
@@ -21,6 +20,7 @@ from allocations.services import (
     member_set_active,
 )
 from gateway_project.asgi import application
+from quota import ledger
 from quota.models import Reservation, UsageCounter
 from quota.periods import period_start_date
 
@@ -406,23 +406,35 @@ async def test_the_token_quota_reached_mid_session_closes_it_with_quota_exceeded
     )
 
 
-async def test_with_the_shared_cache_unreachable_the_periodic_recheck_still_closes_on_a_revoked_key(
-    fake_upstream, settings
+async def test_with_the_shared_cache_unreachable_a_revocation_still_closes_the_session(fake_upstream, settings):
+    """The auth generation lives in PostgreSQL: Redis gone changes nothing for the watch."""
+    world = await database_sync_to_async(realtime_world)(fake_upstream, price=TOKEN_PRICE)
+    comm = await open_session(world)
+    await turn(comm)
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    }
+    started = asyncio.get_running_loop().time()
+    await database_sync_to_async(_revoke_key)(world)
+    close = await closed_with(comm)
+    assert asyncio.get_running_loop().time() - started < 2  # the bump seen, not the 5 s recheck
+    assert (close["code"], close["reason"]) == (1008, "unauthorized")
+    [record] = await session_records(world.allocation)
+    assert (record.close_reason, record.cost_usd) == ("revoked", TURN_COST)
+
+
+async def test_with_the_generation_unreadable_the_periodic_recheck_still_closes_on_a_revoked_key(
+    fake_upstream, monkeypatch
 ):
     world = await database_sync_to_async(realtime_world)(fake_upstream, price=TOKEN_PRICE)
     comm = await open_session(world)
     await turn(comm)
-    # Redis goes away: no generation bump can be read (nor written) any more.
-    settings.CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
-    }
 
-    def revoke():
-        # The bump of the generation fails after the revocation committed.
-        with contextlib.suppress(Exception):
-            _revoke_key(world)
+    def unreadable():
+        raise ConnectionError("the generation's read failed")
 
-    await database_sync_to_async(revoke)()
+    monkeypatch.setattr(ledger, "generation_begin", unreadable)  # no bump can be seen any more
+    await database_sync_to_async(_revoke_key)(world)
     close = await closed_with(comm)
     assert (close["code"], close["reason"]) == (1008, "unauthorized")
     [record] = await session_records(world.allocation)
