@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from allocations.exceptions import GatewayError
+from lib.frozen import quick_init
 from quota import options
 from quota.exceptions import UpstreamError
 from quota.models import Outcome
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from .accounting import Call
 
 
+@quick_init
 @dataclass(frozen=True)
 class Answer:
     """A metered answer: the record's outcome, status and usage, and the client's response."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from django.http import HttpRequest
 
 from allocations.exceptions import BadRequest, GatewayError
+from lib.frozen import quick_init
 from lib.json_depth import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # the rule's one definition
 from lib.json_depth import TOO_DEEP, json_depth_fits
 from quota import options
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .registry import Endpoint
 
 
+@quick_init
 @dataclass(frozen=True)
 class Read:
     """What a body reader found: the request as a dict, a refusal, and a spooled upload."""
@@ -38,6 +40,7 @@ class Read:
     form: multipart.Form | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Outgoing:
     """The upstream request as built for one deployment."""

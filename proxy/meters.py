@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from allocations.cost_options import CALL_ITEM_TYPES
+from lib.frozen import quick_init
 from quota import options
 from quota.billing import bill as billing
 from quota.pricing import Usage
@@ -100,6 +101,7 @@ def responses_answer(answer: dict) -> Usage:
     return Usage(service_tier=tier, tool_calls=calls)
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True)
 class Answer:
     """A JSON answer read once: whether it is JSON, its top-level id, and its usage (None when it

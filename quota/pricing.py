@@ -4,6 +4,8 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 
+from lib.frozen import quick_init
+
 if TYPE_CHECKING:
     from .models import PriceVersion
 
@@ -25,6 +27,7 @@ UNIT_CONVERSIONS = {
 }
 
 
+@quick_init
 @dataclass(frozen=True)
 class Usage:
     """What one call consumed. Token counts follow OpenAI: cached ⊂ input, audio_input ⊂ input,

@@ -325,3 +325,44 @@ def test_streams_admitted_together_while_the_connections_are_busy_are_each_bille
     for n in range(calls):
         assert_settled_once(allocation, f"batch-{n}")
     assert counter_of(allocation).calls == calls + 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_settled_call_is_priced_once_and_reports_the_cost_it_is_billed(world, monkeypatch, stream):
+    """The settlement prices the call's usage for its metrics and call line, and the ledger's
+    statement reuses that bill: one pricing at the call's end, and the metrics' cost is the
+    record's, the same Decimal that quota.pricing.cost_for gives for that usage."""
+    from proxy import observed
+    from quota import pricing
+
+    priced: list[pricing.Usage] = []
+    token_cost = pricing.token_cost
+
+    def counted(price, usage):
+        priced.append(usage)
+        return token_cost(price, usage)
+
+    reported: list[dict] = []
+    call_finished = observed.observe.call_finished
+
+    def spied(**fields):
+        reported.append(fields)
+        return call_finished(**fields)
+
+    allocation = world.allocation(cost=Decimal("5"))
+    chat_call(world, allocation, "priced-1")  # the caches filled
+    monkeypatch.setattr(pricing, "token_cost", counted)
+    monkeypatch.setattr(observed.observe, "call_finished", spied)
+    client = world.client(allocation.plaintext)
+    answer = client.chat.completions.create(
+        model=allocation.model.slug, messages=CHAT_MESSAGES, stream=stream, extra_headers={"X-Request-Id": "priced-2"}
+    )
+    if stream:
+        list(answer)
+    record = assert_settled_once(allocation, "priced-2")
+    assert [fields["request_id"] for fields in reported] == ["priced-2"]
+    cost, usage = reported[0]["cost"], reported[0]["usage"]
+    estimate, *settled = priced  # the admission's estimate, then the settlement's pricings
+    assert (estimate.output_tokens, settled) == (1024, [usage])
+    assert type(cost) is Decimal and cost == record.cost_usd == Decimal("0.0000235")
+    assert cost == pricing.cost_for(record.price_version, usage)
