@@ -157,10 +157,8 @@ async def settle(
         return
     call.settled = True
     usage = billing.billed_usage(facts=options.facts(call.endpoint.name, call.outgoing), usage=usage)
-    # Priced once: the ledger's statement, run below in this context, reuses this bill.
-    cost = billing.settlement_bill(price=admitted.price, usage=usage).cost
     if detached:
-        observed.settled(call, outcome=outcome, status=status, usage=usage, cost=cost, code=code)
+        observed.settled(call, outcome=outcome, status=status, usage=usage, code=code)
         try:
             await _close(call, admitted, outcome, status, usage, code, message)
         finally:
@@ -170,7 +168,7 @@ async def settle(
     _closing.add(task)
     task.add_done_callback(_closing.discard)
     task.add_done_callback(lambda _: _held.discard(call.plan.reservation_id))
-    observed.settled(call, outcome=outcome, status=status, usage=usage, cost=cost, code=code)
+    observed.settled(call, outcome=outcome, status=status, usage=usage, code=code)
     await asyncio.shield(task)
 
 

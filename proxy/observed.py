@@ -1,7 +1,6 @@
 """The /v1 side of ops.observe: a call's state turned into the plain values it reports."""
 
 import time
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.utils import timezone
@@ -9,7 +8,7 @@ from django.utils import timezone
 from allocations.exceptions import GatewayError
 from ops import observe
 from quota.admission import reject_outcome
-from quota.pricing import Usage
+from quota.pricing import Usage, cost_for
 
 if TYPE_CHECKING:
     from .accounting import Call
@@ -34,8 +33,7 @@ def refused(call: "Call", error: GatewayError) -> None:
     )
 
 
-def settled(call: "Call", *, outcome: str, status: int, usage: Usage, cost: Decimal | None, code: str) -> None:
-    """The call's end reported; `cost`: its settlement's (None: unpriced)."""
+def settled(call: "Call", *, outcome: str, status: int, usage: Usage, code: str) -> None:
     entry, t0 = call.entry, call.upstream_t0
     observe.call_finished(
         request_id=call.request_id,
@@ -46,7 +44,7 @@ def settled(call: "Call", *, outcome: str, status: int, usage: Usage, cost: Deci
         outcome=outcome,
         status=status,
         usage=usage,
-        cost=cost,
+        cost=cost_for(call.price, usage),
         elapsed_s=(timezone.now() - call.plan.started_at).total_seconds(),
         upstream_s=time.perf_counter() - t0 if t0 is not None else None,
         code=code,

@@ -13,6 +13,7 @@ from allocations.access import (
 from allocations.exceptions import (
     GatewayError,
 )
+from lib.frozen import quick_init
 
 from .. import ratelimit
 from ..ledger import Admission
@@ -63,6 +64,7 @@ class Plan:
         }
 
 
+@quick_init
 @dataclass(frozen=True)
 class Admitted:
     """An admitted call: its reservation and what its settlement needs."""

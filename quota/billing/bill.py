@@ -8,15 +8,10 @@ fallback when the answer reports none the price knows; each tool-call item bille
 tool that makes it; chat web search as one search per answered request) and prices the result
 with quota.pricing. The admission reserves `bill(..., estimate=True)` of the estimated usage: the
 requested tier's multiplier and one call per declared built-in tool.
-
-A call is priced once at its end: the proxy's settlement prices it for its metrics and call line
-(`settlement_bill`), and the ledger's statement, in the same context, finds that bill instead of
-pricing the same usage again.
 """
 
 import dataclasses
 from collections import Counter
-from contextvars import ContextVar
 from decimal import Decimal
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -80,31 +75,9 @@ def billed_usage(*, facts: RequestFacts, usage: Usage, estimate: bool = False) -
     )
 
 
-# The last settlement bill priced in this context: (price, usage, its bill), the objects themselves.
-# A context is one request's or one task's (a task started from it copies it); a ledger thread has
-# its own, where nothing is remembered.
-_settled: ContextVar[tuple[object, Usage, Bill] | None] = ContextVar("quota_settled_bill", default=None)
-
-
 def bill(*, price: "PriceVersion | None", usage: Usage, facts: RequestFacts = NO_FACTS, estimate: bool = False) -> Bill:
-    """The bill of a call (or, with `estimate`, of its admission) at `price` (None: unpriced).
-    The bill `settlement_bill` made in this context of these same objects is that bill, not priced
-    again (the price and the usage are not changed after: a price version is never edited, a
-    Usage is frozen)."""
-    if facts is NO_FACTS and not estimate:
-        remembered = _settled.get()
-        if remembered is not None and remembered[1] is usage and remembered[0] is price:
-            return remembered[2]
+    """The bill of a call (or, with `estimate`, of its admission) at `price` (None: unpriced)."""
     if facts is not NO_FACTS:
         usage = billed_usage(facts=facts, usage=usage, estimate=estimate)
     tier = billed_tier(price, usage) if usage.service_tier or usage.requested_tier else ""
     return Bill(usage, cost_for(price, usage), tier)
-
-
-def settlement_bill(*, price: "PriceVersion | None", usage: Usage) -> Bill:
-    """The bill of a call's settlement (`usage` as `billed_usage` made it), remembered in the
-    current context: the ledger's `bill` of the same price and usage, run in this context or in a
-    task started from it after this, returns it instead of pricing the usage a second time."""
-    billed = bill(price=price, usage=usage)
-    _settled.set((price, usage, billed))
-    return billed

@@ -22,6 +22,7 @@ from django.db.models import Model
 
 from allocations.models import Group
 from lib.cache import GENERATION_GUARD
+from lib.frozen import quick_init
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
@@ -47,6 +48,7 @@ COUNTERS_READ = (
 )
 
 
+@quick_init
 @dataclass(frozen=True)
 class Admission:
     reservation_id: uuid.UUID
@@ -59,6 +61,7 @@ class Admission:
     held: tuple[int, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True)
 class Settlement:
     """One call's settlement: its record's field values (settle_values), what it used and its
