@@ -242,7 +242,7 @@ def _reservation(n: int, tokens: int, cost: str = "0.5") -> dict:
     return reservation_row(request_id=f"a-{n}", tokens=tokens, cost=Decimal(cost), now=timezone.now(), context={"n": n})
 
 
-async def _admitted_while_busy(caps, reservations) -> list:
+async def _admitted_while_busy(caps, reservations, return_exceptions: bool = False) -> list:
     """Admissions added while the pool's one connection is taken, then let through together."""
     pool = aio.Pool(1)
     release, taken = asyncio.Event(), asyncio.Event()
@@ -257,7 +257,7 @@ async def _admitted_while_busy(caps, reservations) -> list:
     waiting = [pool.admissions.add(caps, r) for r in reservations]
     release.set()
     try:
-        return await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        return await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=return_exceptions), 5)
     finally:
         await held
         await pool.close()
@@ -322,24 +322,10 @@ async def test_a_failing_admission_statement_fails_every_admission_in_it():
     caps = await sync_to_async(_counter)(token_cap=100)
     reservations = [_reservation(n, tokens=5) for n in range(3)]
     reservations[2]["request_id"] = "x" * 200  # longer than the column: the whole statement fails
-    pool = aio.Pool(1)
-    release, taken = asyncio.Event(), asyncio.Event()
-
-    async def holder():
-        async with pool.connection():
-            taken.set()
-            await release.wait()
-
-    held = asyncio.ensure_future(holder())
-    await taken.wait()
-    waiting = [pool.admissions.add(caps, r) for r in reservations]
-    release.set()
-    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
-    await held
+    results = await _admitted_while_busy(caps, reservations, return_exceptions=True)
     assert all(isinstance(r, psycopg.errors.StringDataRightTruncation) for r in results)
     assert not await Reservation.objects.aexists()
     assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 0
-    await pool.close()
 
 
 async def test_an_admission_joins_the_others_only_while_every_connection_is_busy(loop_statements):
