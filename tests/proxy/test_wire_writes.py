@@ -89,6 +89,20 @@ def test_a_json_answer_is_its_head_and_exactly_its_body(world):
     assert headers[b"x-request-id"] == b"wire-2" and record_of("wire-2").outcome == "success"
 
 
+def test_a_refusal_after_the_door_is_its_envelope_head_and_exactly_its_body(world):
+    """A view's error envelope (proxy.views, sent as a whole answer's two ASGI messages) through the
+    real server: its status and headers, and its body whole in exact chunked frames."""
+    allocation = world.allocation()
+    body = {"model": "not-granted", "messages": [{"role": "user", "content": "Say hello"}]}
+    request = post("/v1/chat/completions", body, allocation.plaintext, "wire-3")
+    status, headers, raw = split(exchange(world.gateway_url, request))
+    assert status == b"HTTP/1.1 403 Forbidden" and headers[b"transfer-encoding"] == b"chunked"
+    assert headers[b"content-type"] == b"application/json" and headers[b"x-request-id"] == b"wire-3"
+    [envelope] = dechunk(raw)  # the whole envelope in one frame, then the last one
+    error = json.loads(envelope)["error"]
+    assert (error["code"], error["type"], error["request_id"]) == ("model_mismatch", "permission_error", "wire-3")
+
+
 @pytest.mark.parametrize(
     ("request_line", "expected"),
     [("GET /admin/ HTTP/1.1", b"HTTP/1.1 302 Found"), ("HEAD /healthz HTTP/1.1", b"HTTP/1.1 200 OK")],
