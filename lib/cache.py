@@ -61,7 +61,7 @@ def auth_generation() -> int:
             cursor.execute(GENERATION_READ)
             row = cursor.fetchone()
     value = int(row[0])
-    _known[:] = [value]
+    generation_seen(value)
     return value
 
 
@@ -129,7 +129,8 @@ def known_generation() -> int | None:
 
 
 def generation_seen(value: int) -> None:
-    """A generation read on an event loop (quota.ledger.loop): the one warm calls are admitted under."""
+    """A generation just read (here, or on an event loop: quota.ledger.loop): the one warm calls
+    are admitted under."""
     _known[:] = [value]
 
 

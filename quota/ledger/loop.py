@@ -30,6 +30,7 @@ from django.db import connections
 from psycopg.waiting import READY_R, WAIT_W
 
 from lib.cache import GENERATION_READ, SharedReads, generation_seen
+from lib.frozen import quick_init
 
 from ..models import PriceVersion
 from ..pricing import Usage
@@ -326,6 +327,7 @@ async def admit(
         return await _admit_on(conn, caps, reservation, groups=groups, period=period)
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True)
 class _Caps:
     """What an admission's guard is made of: the counter and the caps that hold the call."""
