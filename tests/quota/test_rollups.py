@@ -155,6 +155,18 @@ _USAGES = (
     (Usage(quantity=Decimal("2.5"), unit="image"), "success", False),
     (Usage(), "upstream_error", False),
     (Usage(input_tokens=4), "client_closed", True),
+    (Usage(input_tokens=70_000, output_tokens=40_000, tool_calls=(("web_search", 2),), service_tier="flex"), "success", True),
+)
+# What the records of _USAGES carry beyond their identity, by position: text that a row or array
+# literal would have to quote (quotes, a backslash, commas, parentheses, braces, blanks, non-ASCII),
+# an empty string beside a NULL, a stream's columns, a deployment, a time to first token.
+_EXTRA = (
+    {"error_message": 'a "quoted", back\\slash (paren) {brace} ü  ', "is_stream": True, "ttft_ms": 40_000},
+    {"deployment_id": uuid.UUID(int=7), "attempts": 2, "close_reason": "done"},
+    {"error_code": "", "ttft_ms": None, "status_code": None},
+    {"error_code": "upstream_5xx", "error_message": "NULL", "finished_at": SINCE},
+    {"close_reason": "client", "error_message": ",()"},
+    {"ttft_ms": 0, "attempts": 1},
 )
 
 
@@ -168,7 +180,7 @@ def _settlements(allocation, price, now) -> list[statements.Settlement]:
             request_id=rid, now=now,
         )  # fmt: skip
         values, cost = statements.settle_values(
-            record={**_record(allocation, rid, now, outcome), "member_id": allocation.member_id},
+            record={**_record(allocation, rid, now, outcome), "member_id": allocation.member_id, **_EXTRA[n]},
             usage=usage, price=price if priced else None, now=now,
         )  # fmt: skip
         found.append(statements.Settlement(values, admission, usage.total_tokens, cost or Decimal(0)))
@@ -192,7 +204,7 @@ def test_the_statement_of_one_call_writes_what_the_batch_statement_writes():
         sql, params = statements.settle_statement(settlements)
         assert sql != statements._SETTLE_ONE_SQL
         cursor.execute(sql, params)
-        assert sorted(n for n, _ in cursor.fetchall()) == [1, 2, 3, 4, 5]
+        assert sorted(n for n, _ in cursor.fetchall()) == [1, 2, 3, 4, 5, 6]
 
     def written(allocation) -> tuple:
         counter = UsageCounter.objects.values_list(
@@ -210,10 +222,17 @@ def test_the_statement_of_one_call_writes_what_the_batch_statement_writes():
 
     assert written(alone) == written(batched)
     counter, records, daily, _ = written(alone)
-    assert counter[2] == 5 and counter[3] == 0 and len(records) == 5
+    assert counter[2] == 6 and counter[3] == 0 and len(records) == 6
+    first = CallRecord.objects.get(request_id=f"{alone.pk}-0")
+    assert (first.error_message, first.is_stream, first.ttft_ms) == (_EXTRA[0]["error_message"], True, 40_000)
+    empty = CallRecord.objects.get(request_id=f"{alone.pk}-2")
+    assert (empty.error_code, empty.ttft_ms, empty.status_code, empty.quantity) == ("", None, None, Decimal("2.5"))
+    tools = CallRecord.objects.get(request_id=f"{alone.pk}-5")
+    assert tools.tool_calls == {"web_search": 2} and (tools.input_tokens, tools.service_tier) == (70_000, "flex")
+    assert CallRecord.objects.get(request_id=f"{alone.pk}-1").deployment_id == uuid.UUID(int=7)
     success = DailyRollup.objects.get(allocation=alone, outcome="success")
-    assert (success.calls, success.priced_calls, success.unpriced_calls) == (3, 1, 2)
-    assert success.quantity == Decimal("2.5") and success.cost_usd == Decimal("0.0002")
+    assert (success.calls, success.priced_calls, success.unpriced_calls) == (4, 2, 2)
+    assert success.quantity == Decimal("2.5")
     assert _no_drift() == {}
 
 
