@@ -306,14 +306,21 @@ class Reservation(models.Model):
     """Headroom held by a call in flight; deleted when the call settles, swept when it was abandoned."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name=_("ID"))
+    # No secondary index (docs/DECISIONS.md, "Reservations keep their primary key only"): every
+    # call writes a row and deletes it by id; what reads by counter or by expiry (deleting an
+    # allocation, the sweeper once a minute, the metrics) reads the calls in flight, a small table.
     counter = models.ForeignKey(
-        UsageCounter, on_delete=models.CASCADE, related_name="reservations", verbose_name=_("counter")
+        UsageCounter,
+        on_delete=models.CASCADE,
+        related_name="reservations",
+        db_index=False,
+        verbose_name=_("counter"),
     )
     request_id = models.CharField(max_length=64, verbose_name=_("request ID"))
     tokens = models.BigIntegerField(default=0, verbose_name=_("tokens"))
     cost = money_field(default=0, verbose_name=_("cost"))
     created_at = models.DateTimeField(verbose_name=_("created at"))
-    expires_at = models.DateTimeField(db_index=True, verbose_name=_("expires at"))
+    expires_at = models.DateTimeField(verbose_name=_("expires at"))
     # What the sweeper needs to write the call record of a session whose worker died (realtime).
     context = models.JSONField(default=dict, blank=True, verbose_name=_("context"))
     # The member's groups the call counts toward, and the GroupUsageCounter rows of the capped ones,

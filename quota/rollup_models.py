@@ -33,7 +33,7 @@ class DailyRollup(models.Model):
     `unpriced_calls` counts the calls that carried usage without a price (quota.models.UNPRICED)."""
 
     day = models.DateField()
-    allocation = _kept_id(Allocation)
+    allocation = _kept_id(Allocation, db_index=False)  # read through (allocation, day) below
     member = _kept_id(settings.AUTH_USER_MODEL)
     model = _kept_id(CatalogModel)
     outcome = models.CharField(max_length=40)
