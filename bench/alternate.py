@@ -17,8 +17,8 @@ Beside the gateway worker's CPU, the CPU of the PostgreSQL backends serving each
 
 The request is the harness's chat completion, or with --body a JSON body from a file (its model
 "MODEL"; posted to /v1/responses by bench/body.lua, e.g. a Codex CLI turn). --db and --redis
-name the databases used (<db>_0, <db>_1, … and Redis <redis>, <redis>+1, …) so that two runs on
-one machine do not share them.
+name the databases used (<db>_0, <db>_1, … and Redis <redis>, <redis>+1, …, or <redis> for every
+tree with --same-redis) so that two runs on one machine do not share them.
 
 Each tree gets a fresh database of its own (<db>_0, <db>_1, dropped and made anew: their
 migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk
@@ -140,6 +140,9 @@ def main() -> None:
     ap.add_argument("--body", default="", help="a JSON body file posted to /v1/responses instead of a chat call")
     ap.add_argument("--db", default="gw_alt")
     ap.add_argument("--redis", type=int, default=3)
+    ap.add_argument(
+        "--same-redis", action="store_true", help="every tree on Redis db --redis (their seeded keys and ids differ)"
+    )
     args = ap.parse_args()
     body = str(Path(args.body).resolve()) if args.body else ""
     trees = [ROOT, *(Path(t).resolve() for t in args.tree)]
@@ -158,7 +161,7 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{upstream_port}"
         targets = []
         for index, tree in enumerate(trees):
-            port, keys, proc = start_gateway(tree, index, upstream, args.db, args.redis)
+            port, keys, proc = start_gateway(tree, index, upstream, args.db, args.redis - (index if args.same_redis else 0))
             procs.append(proc)
             pid = worker_of(proc.pid)
             for target in args.models.split(","):

@@ -20,9 +20,24 @@ the machine's load falls on every target alike. Targets:
   allocation counter's upsert, `nofk` the record into a copy of the call records' table with its
   indexes but without foreign keys (so no check of them at commit), `noindex` into a copy with its
   primary key only (both copies, `bench_callrecord_nofk` and `…_noindex`, made in the scratch
-  database on first use).
+  database on first use); `recjson` the record sent as one JSON object read by
+  `jsonb_populate_record` (the statement's form before its columns were parameters of their own).
 - `<member>:gen`: the admission guarded on the auth generation, as the gateway's warm path sends it
-  (`lib.cache.GENERATION_GUARD`); combinable with the parts above.
+  (`lib.cache.GENERATION_GUARD`); `<member>:ctx`: the reservation with the context a proxied call
+  writes (`quota.ledger.lost_context` of its identity, estimate and price; without it the bench
+  writes an empty one); both combinable with the parts above. `none:gen:ctx` is what a warm /v1
+  call sends.
+- `none:<part>`, the admission's reservation table, FOR MEASURING ONLY, a copy of it made in the
+  scratch database on first use (the settlement deletes from the same copy): `resmain` with the
+  counter and expiry indexes it had before quota 0020 and its foreign key to the counter (checked
+  at commit), `resthis` as the table is now (its primary key, its foreign key), `resnofk` the
+  counter and expiry indexes without the foreign key, `resnoexp` with the counter index only
+  and no foreign key, `resnoidx` with its primary key only and no foreign key. `none:gen:ctx:recjson:resmain`
+  and `none:gen:ctx:resthis` are the statements before and after this tree's cuts, in one process
+  and on tables equally fresh (the real table's dead rows, between two vacuums, would weigh on one
+  side only).
+- `floor`: the two one-row statements of `bench/ledger_floor.py` (a hold's INSERT; its DELETE
+  and a record's INSERT), on the same connection: what the gateway's statements are compared with.
 Medians of µs per call, per statement (and a 95 % trimmed mean):
 
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/statement_cpu.py \
@@ -40,6 +55,7 @@ import os
 import statistics
 import sys
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -65,6 +81,8 @@ from quota.pricing import Usage  # noqa: E402
 
 AS_IS = (st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL)
 ONE = st._SETTLE_ONE_SQL
+# The estimate a proxied call's reservation context holds (`ctx`).
+ESTIMATE = Usage(input_tokens=120, output_tokens=800, estimated=True)
 SETTLE = loop.settle_statement  # as bench/group_hold.py sets it (counting the statements)
 
 
@@ -137,7 +155,8 @@ def one_without(parts: list[str]) -> str:
                 settle,
                 " i AS (",
                 end,
-                " i AS (SELECT 1 AS id, %s::jsonb), g AS (SELECT %s::text), h AS (SELECT %s::text)",
+                " i AS (SELECT 1 AS id, ARRAY[" + ", ".join(["%s::text"] * len(st.CALL_FIELDS)) + "]),"
+                " g AS (SELECT %s::text), h AS (SELECT %s::text)",
             )
         elif part == "norollups":
             settle = _cut(settle, " g AS (", end, " g AS (SELECT %s::text), h AS (SELECT %s::text)")
@@ -145,11 +164,99 @@ def one_without(parts: list[str]) -> str:
             settle = _cut(settle, " h AS (", end, " h AS (SELECT %s::text)")
         elif part in ("nofk", "noindex"):
             settle = settle.replace(f"INSERT INTO {st.CALL_TABLE} (", f"INSERT INTO {_copy(part)} (")
-        elif part != "batch":
+        elif part in RESERVATION_COPIES:
+            settle = settle.replace(f"DELETE FROM {st.RESERVATION_TABLE} ", f"DELETE FROM {_reservations(part)} ")
+        elif part == "recjson":
+            settle = settle.replace(
+                f"SELECT {st._RECORD_PARAMETERS} WHERE",
+                f"SELECT {st._CALL_COLUMNS} FROM jsonb_populate_record(NULL::{st.CALL_TABLE}, %s::jsonb) AS p WHERE",
+            )
+        elif part not in ("batch", "ctx"):
             raise SystemExit(f"unknown part: {part}")
-    if parts and parts != ["batch"] and settle == ONE:
+    if parts and set(parts) - {"batch", "ctx"} and settle == ONE:
         raise SystemExit(f"nothing taken out by {parts}: the statement changed")
     return settle
+
+
+# Copies of the reservations' table: (secondary indexes, its foreign key to the counter or not).
+RESERVATION_COPIES = {
+    "resmain": (("counter_id", "expires_at"), True),
+    "resthis": ((), True),
+    "resnofk": (("counter_id", "expires_at"), False),
+    "resnoexp": (("counter_id",), False),
+    "resnoidx": ((), False),
+}
+
+
+@functools.cache
+def _reservations(part: str) -> str:
+    """A copy of the reservations' table with its primary key, these secondary indexes and, or
+    not, its foreign key to the counter (checked at commit, as the table's)."""
+    name = f"bench_reservation_{part}"
+    indexed, keyed = RESERVATION_COPIES[part]
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {name} (LIKE {st.RESERVATION_TABLE} INCLUDING DEFAULTS)")
+        if not _has_key(cursor, name):
+            cursor.execute(f"ALTER TABLE {name} ADD PRIMARY KEY (id)")
+            for column in indexed:
+                cursor.execute(f"CREATE INDEX ON {name} ({column})")
+            if keyed:
+                cursor.execute(
+                    f"ALTER TABLE {name} ADD FOREIGN KEY (counter_id) REFERENCES {st.COUNTER_TABLE} (id)"
+                    " DEFERRABLE INITIALLY DEFERRED"
+                )
+    return name
+
+
+ADMIT = st._ADMIT_SQL
+
+
+def admit_without(parts: list[str]) -> str:
+    """The admission of a member without groups with its reservation written into a copy of the
+    table (measuring only)."""
+    for part in parts:
+        if part in RESERVATION_COPIES:
+            return ADMIT.replace(f"INSERT INTO {st.RESERVATION_TABLE} ", f"INSERT INTO {_reservations(part)} ")
+    return ADMIT
+
+
+# The floor's statements (bench/ledger_floor.py), on the same connection as the gateway's.
+FLOOR_SETUP = (
+    "CREATE TABLE IF NOT EXISTS bench_floor_hold (id uuid PRIMARY KEY, created_at timestamptz NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS bench_floor_record (id bigserial PRIMARY KEY, request uuid NOT NULL,"
+    " started_at timestamptz NOT NULL, settled_at timestamptz NOT NULL)",
+)
+FLOOR_ADMIT = loop.native("INSERT INTO bench_floor_hold (id, created_at) VALUES (%s, now())")
+FLOOR_SETTLE = loop.native(
+    "WITH d AS (DELETE FROM bench_floor_hold WHERE id = %s RETURNING id, created_at)"
+    " INSERT INTO bench_floor_record (request, started_at, settled_at) SELECT id, created_at, now() FROM d"
+)
+
+
+async def floor_call(pid: int) -> tuple[float, float]:
+    """(admission, settlement) of the floor: µs of the backend's CPU."""
+    hold = uuid.uuid4()
+    async with loop.pool().connection() as conn:
+        before = cpu_ns(pid)
+        await conn.statement_cursor(FLOOR_ADMIT).execute(FLOOR_ADMIT, (hold,), prepare=True)
+        admitted = cpu_ns(pid)
+    async with loop.pool().connection() as conn:
+        await conn.statement_cursor(FLOOR_SETTLE).execute(FLOOR_SETTLE, (hold,), prepare=True)
+    return (admitted - before) / 1000, (cpu_ns(pid) - admitted) / 1000
+
+
+_context: list = []  # `ctx`: write the reservation's context a proxied call writes
+
+
+def json_statement(settlements: list) -> tuple:
+    """The statement of one call with its record as one JSON object (`recjson`), as it was sent
+    before its columns were parameters of their own: measuring only."""
+    sql, params = SETTLE(settlements)
+    columns = len(st.CALL_FIELDS)
+    return sql, [params[0], st._encode(st._record_json(settlements[0].values)), *params[1 + columns :]]
+
+
+_form: list = [""]
 
 
 _guarded: list = []  # the auth generation the admission is guarded on (a `gen` part), or empty
@@ -158,11 +265,19 @@ _guarded: list = []  # the auth generation the admission is guarded on (a `gen` 
 def use(target: str) -> None:
     member, *parts = target.split(":")
     _guarded[:] = [_generation[0]] if "gen" in parts else []
-    parts = [p for p in parts if p != "gen"]
+    _context[:] = [True] if "ctx" in parts else []
+    parts = [p for p in parts if p not in ("gen", "ctx")]
+    if member == "floor":
+        return
     group_hold.use(member)
     one = member == "none"
     st._SETTLE_ONE_SQL = one_without(parts if one else [])  # type: ignore[misc]
+    st._ADMIT_SQL = admit_without(parts if one else [])  # type: ignore[misc]
+    st._admit_sql.cache_clear()
     loop.settle_statement = st.settle_batch_statement if one and "batch" in parts else SETTLE  # type: ignore[attr-defined]
+    _form[0] = "recjson" if "recjson" in parts else ""
+    if _form[0]:
+        loop.settle_statement = json_statement  # type: ignore[attr-defined]
     st._ADMIT_ONE_GROUP_SQL, st._SETTLE_GROUPS_SQL = without([] if one else parts)  # type: ignore[misc]
     st._settle_sql.cache_clear()
 
@@ -176,13 +291,22 @@ def cpu_ns(pid: int) -> int:
 
 async def one_call(world: tuple, request_id: str, pid: int) -> tuple[float, float]:
     """(admission, settlement): µs of the backend's CPU."""
+    if world is None:
+        return await floor_call(pid)
     allocation, groups = world
     now = timezone.now()
+    context = None
+    if _context:
+        identity = {"request_id": request_id, "endpoint": "chat.completions", "started_at": now, "is_stream": False,
+                    "api_key_id": str(uuid.uuid4()), "member_id": str(allocation.member_id),
+                    "allocation_id": str(allocation.pk), "model_id": str(allocation.model_id),
+                    "deployment_id": None, "attempts": 0}  # fmt: skip
+        context = ledger.lost_context(record=identity, usage=ESTIMATE, price=None)
     before = cpu_ns(pid)
     admission = await ledger.admit_async(
         allocation_id=str(allocation.pk), token_cap=None, cost_cap=None, est_tokens=100,
         est_cost=Decimal("0.0001"), request_id=request_id, now=now, groups=groups,
-        generation=_guarded[0] if _guarded else None,
+        generation=_guarded[0] if _guarded else None, context=context,
     )  # fmt: skip
     admitted = cpu_ns(pid)
     assert admission is not None, "a warm admission missed"
@@ -197,13 +321,16 @@ async def one_call(world: tuple, request_id: str, pid: int) -> tuple[float, floa
 
 async def run(args: argparse.Namespace) -> dict:
     targets = args.targets.split(",")
-    seeded = group_hold.seed(timezone.now().strftime("%H%M%S%f"), sorted({t.split(":")[0] for t in targets}))
-    group_hold.warm(seeded.values())
+    members = sorted({t.split(":")[0] for t in targets} - {"floor"})
+    seeded: dict = {**group_hold.seed(timezone.now().strftime("%H%M%S%f"), members), "floor": None}
+    group_hold.warm(w for m, w in seeded.items() if m != "floor")
     _generation[:] = [auth_generation()]
     async with loop.pool().connection() as conn:  # one call at a time: the pool's one connection
         cursor = conn.cursor()
         await cursor.execute("SELECT pg_backend_pid()")
         pid = (await cursor.fetchone())[0]  # type: ignore[index]
+        for sql in FLOOR_SETUP:
+            await cursor.execute(sql)
     samples: dict = {t: ([], []) for t in targets}
     for n in range(args.calls):
         for target in targets if n % 2 == 0 else targets[::-1]:
