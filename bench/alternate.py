@@ -161,7 +161,9 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{upstream_port}"
         targets = []
         for index, tree in enumerate(trees):
-            port, keys, proc = start_gateway(tree, index, upstream, args.db, args.redis - (index if args.same_redis else 0))
+            port, keys, proc = start_gateway(
+                tree, index, upstream, args.db, args.redis - (index if args.same_redis else 0)
+            )
             procs.append(proc)
             pid = worker_of(proc.pid)
             for target in args.models.split(","):

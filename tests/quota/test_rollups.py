@@ -155,7 +155,11 @@ _USAGES = (
     (Usage(quantity=Decimal("2.5"), unit="image"), "success", False),
     (Usage(), "upstream_error", False),
     (Usage(input_tokens=4), "client_closed", True),
-    (Usage(input_tokens=70_000, output_tokens=40_000, tool_calls=(("web_search", 2),), service_tier="flex"), "success", True),
+    (
+        Usage(input_tokens=70_000, output_tokens=40_000, tool_calls=(("web_search", 2),), service_tier="flex"),
+        "success",
+        True,
+    ),
 )
 # What the records of _USAGES carry beyond their identity, by position: text that a row or array
 # literal would have to quote (quotes, a backslash, commas, parentheses, braces, blanks, non-ASCII),
