@@ -11,6 +11,8 @@ import logging
 from daphne.access import AccessLogGenerator
 
 access_logger = logging.getLogger("daphne.access")
+# json.dumps with options builds a new encoder per call; one encoder made once writes the same text.
+_encode_line = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,7 +28,7 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, separators=(",", ":"))
+        return _encode_line(line)
 
 
 class TextFormatter(logging.Formatter):
