@@ -26,7 +26,7 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
 
 def uuid7_text(now_ms: int | None = None) -> str:
     """str(uuid7()) without the UUID object: the canonical lower-case text (8-4-4-4-12 hex digits)."""
-    digits = "%032x" % _uuid7_int(now_ms)
+    digits = f"{_uuid7_int(now_ms):032x}"
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 

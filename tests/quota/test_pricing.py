@@ -103,7 +103,8 @@ def _per_kind_reference(price, usage):
         (usage.output_tokens - audio_out, price.output_per_1m, None),
         (audio_out, price.audio_output_per_1m, price.output_per_1m),
     )
-    return sum((Decimal(n) * ((rate if rate is not None else fallback) or 0) / 1_000_000 for n, rate, fallback in kinds), Decimal(0))
+    priced = (Decimal(n) * ((rate if rate is not None else fallback) or 0) / 1_000_000 for n, rate, fallback in kinds)
+    return sum(priced, Decimal(0))
 
 
 RATE = st.one_of(st.none(), st.decimals(min_value=0, max_value=10_000, places=9, allow_nan=False))
