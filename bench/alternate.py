@@ -18,7 +18,8 @@ Beside the gateway worker's CPU, the CPU of the PostgreSQL backends serving each
 The request is the harness's chat completion, or with --body a JSON body from a file (its model
 "MODEL"; posted to /v1/responses by bench/body.lua, e.g. a Codex CLI turn). --db and --redis
 name the databases used (<db>_0, <db>_1, … and Redis <redis>, <redis>+1, …) so that two runs on
-one machine do not share them.
+one machine do not share them; `--redis-step 0` gives every tree the one Redis database <redis>
+(the trees' keys never meet: each tree's allocations have ids of their own).
 
 Each tree gets a fresh database of its own (<db>_0, <db>_1, dropped and made anew: their
 migrations may differ) and a Redis database; one fake upstream (0 ms) serves both. Needs wrk
@@ -61,12 +62,14 @@ def fresh_database(url: str) -> None:
     ensure_database(url)
 
 
-def start_gateway(tree: Path, index: int, upstream: str, db: str, redis: int) -> tuple[int, dict, subprocess.Popen]:
+def start_gateway(
+    tree: Path, index: int, upstream: str, db: str, redis: int, redis_step: int = 1
+) -> tuple[int, dict, subprocess.Popen]:
     python = str(tree / ".venv" / "bin" / "python")
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}_{index}",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{redis + index}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis + index * redis_step}",
         "DEBUG": "False",
         "SECRET_KEY": "bench-" + secrets.token_hex(16),
         "GATEWAY_ENCRYPTION_KEY": "m1mcCTj8YbQ2vFq0q3v5U8m4fJx3l0zYQ6sQ3rJ2m2E=",
@@ -140,6 +143,9 @@ def main() -> None:
     ap.add_argument("--body", default="", help="a JSON body file posted to /v1/responses instead of a chat call")
     ap.add_argument("--db", default="gw_alt")
     ap.add_argument("--redis", type=int, default=3)
+    ap.add_argument(
+        "--redis-step", type=int, default=1, help="tree n uses Redis <redis> + n * step (0: all share one database)"
+    )
     args = ap.parse_args()
     body = str(Path(args.body).resolve()) if args.body else ""
     trees = [ROOT, *(Path(t).resolve() for t in args.tree)]
@@ -158,7 +164,7 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{upstream_port}"
         targets = []
         for index, tree in enumerate(trees):
-            port, keys, proc = start_gateway(tree, index, upstream, args.db, args.redis)
+            port, keys, proc = start_gateway(tree, index, upstream, args.db, args.redis, args.redis_step)
             procs.append(proc)
             pid = worker_of(proc.pid)
             for target in args.models.split(","):
