@@ -196,6 +196,7 @@ async def _close(
         entry=call.entry,
         attempts=call.attempts,
         ttft_ms=call.ttft_ms,
+        alone=len(_held) == 1,  # this call's own reservation only: one call at a time
     )
 
 

@@ -213,12 +213,14 @@ async def settle(
     ttft_ms: int | None = None,
     close_reason: str | None = None,
     admission: Admission | None = None,
+    alone: bool = False,
 ) -> None:
     """The call's one record, its counters and its reservation's release, and its rate-limit
     place given back with the tokens it used. `entry`: the deployment that served it (routed),
     `attempts`: the upstream attempts made; `ttft_ms`: a stream's time to its first event relayed;
-    `admission`: the reservation as it stands now (a
-    session's grows). A call settles on the event loop when it holds a reservation (grouped with
+    `admission`: the reservation as it stands now (a session's grows); `alone`: no other call of
+    the caller's process is in flight (one call at a time: its statement is written at once,
+    quota.ledger.loop). A call settles on the event loop when it holds a reservation (grouped with
     the settlements waiting), else on a thread, spooled if the database fails there too; a
     session settles on a thread and writes nothing when the sweeper has billed it already."""
     if admitted.rate_ticket is not None:
@@ -233,7 +235,7 @@ async def settle(
     }
     held = admission or admitted.admission
     if admitted.plan.lease_s is None:
-        await ledger.settle_async(admission=held, record=record, usage=usage, price=admitted.price)
+        await ledger.settle_async(admission=held, record=record, usage=usage, price=admitted.price, alone=alone)
         return
     await threads.run(
         session_settle,

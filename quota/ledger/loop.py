@@ -421,15 +421,23 @@ async def counters_read(
 
 
 async def settle(
-    *, admission: Admission, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime
+    *,
+    admission: Admission,
+    record: dict,
+    usage: Usage,
+    price: PriceVersion | None,
+    now: dt.datetime,
+    alone: bool = False,
 ) -> int | None:
     """ledger.settle's one-statement path; returns the call record's id, or None when the
     reservation was settled before (by the sweeper). Settlements that meet here while the
-    connections are busy are written together (_Settlements)."""
+    connections are busy are written together (_Settlements). `alone`: the caller knows no other
+    call of its process in flight (one call at a time): with the database idle too, its statement
+    is written at once, in the caller's step (_Settlements.write_alone)."""
     values, cost = settle_values(record=record, usage=usage, price=price, now=now, groups=admission.groups)
     settlement = Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
     settlements = pool().settlements
-    if settlements.alone():
+    if alone and settlements.alone():
         return await settlements.write_alone(settlement)
     return await settlements.add(settlement)
 
@@ -444,11 +452,13 @@ class _Settlements:
     statement fails every settlement in it (none is written: it is one statement); their callers
     then settle on the thread path, which checks first for the record.
 
-    A settlement that finds the process alone on the database (no writer at work, every
-    connection idle: one call at a time) is written by its caller in the caller's own step
-    (`write_alone`): the statement leaves before the caller first yields, so what the caller
-    schedules meanwhile (its metrics and call line) runs while PostgreSQL works, and no writer
-    task costs a turn of the loop before the statement and another after it."""
+    The settlement of a call alone in its process (its caller says so: no other call in flight)
+    that finds the database idle too (no writer at work, every connection idle) is written by its
+    caller in the caller's own step (`write_alone`): the statement leaves before the caller first
+    yields, so what the caller schedules meanwhile (its metrics and call line) runs while
+    PostgreSQL works, and no writer task costs a turn of the loop before the statement and another
+    after it. With other calls in flight a settlement still waits that turn, in which those
+    finishing with it join its statement."""
 
     MAX_BATCH = 64
 
