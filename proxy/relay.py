@@ -47,9 +47,12 @@ class Relay:
     def __init__(self, meter: meters.StreamMeter) -> None:
         self.meter = meter
         self._buffer = b""  # the start of an event not yet complete
+        self._done = b""  # a `data: [DONE]` event held back (`held`)
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to send for `chunk`: the events it completes (b"" while none is complete)."""
+        if self._done:  # events after a [DONE]: it goes first, in the upstream's order
+            return self.held() + self.feed(chunk)
         if self._buffer:
             chunk, self._buffer = self._buffer + chunk, b""
         if b"\r" in chunk:
@@ -62,19 +65,36 @@ class Relay:
             chunk, self._buffer = chunk[:end], chunk[end:]
         if self.MARK.search(chunk) is None:
             self.meter.keep(chunk)
-            return chunk
+            return self._hold_done(chunk)
         out = []
         for event in chunk.split(b"\n\n"):
             if event and (relayed := self.event(event)) is not None:
                 out.append(relayed)
                 out.append(b"\n\n")
-        return b"".join(out)
+        return self._hold_done(b"".join(out))
 
     def rest(self) -> bytes:
         """The last event of a stream that ended without its blank line (b"" when there is none)."""
         rest, self._buffer = self._buffer.strip(b"\n"), b""
         relayed = self.event(rest) if rest else None
-        return b"" if relayed is None else relayed + b"\n\n"
+        return b"" if relayed is None else self.held() + self._hold_done(relayed + b"\n\n")
+
+    def held(self) -> bytes:
+        """The `data: [DONE]` event held back, sent after the call's settlement: a client that stops
+        reading at [DONE] (the OpenAI SDKs do) finds the call's record and counters written."""
+        done, self._done = self._done, b""
+        return done
+
+    def _hold_done(self, out: bytes) -> bytes:
+        """`out` less a `[DONE]` event it ends with, which is kept for `held`."""
+        if not out.endswith(b"[DONE]\n\n"):
+            return out
+        previous = out.rfind(b"\n\n", 0, len(out) - 2)
+        start = 0 if previous < 0 else previous + 2
+        if meters.data_of(out[start:-2]) != b"[DONE]":
+            return out
+        self._done = out[start:]
+        return out[:start]
 
     def event(self, event: bytes) -> bytes | None:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -371,12 +371,14 @@ async def _events(call: Call, reply: Any, stream: relay.EventStream) -> AsyncIte
         _, error = transport_error(exc)
         outcome, code, message = Outcome.UPSTREAM_ERROR, error.code, f"the upstream failed mid-stream: {error.message}"
         body = error_body(code=error.code, message=message, type_=error.type, request_id=call.request_id)
-        yield relay.error_event(responses=responses, body=body)
+        yield handler.held() + relay.error_event(responses=responses, body=body)
     finally:
         if drain:
             _keep(asyncio.ensure_future(_drain(call, reply, handler)))
         else:
             await _stream_end(call, reply, handler, outcome=outcome, code=code, message=message)
+    if done := handler.held():  # the stream's [DONE], once its call is settled
+        yield done
 
 
 async def _stream_end(call: Call, reply: Any, handler: Any, *, outcome: str, code: str, message: str) -> None:

@@ -171,7 +171,7 @@ def world(gateway, fake_upstream):
 
 
 def record_of(request_id: str, timeout: float = 10.0) -> CallRecord:
-    """The call's record. Streams settle right after their last chunk, so wait a bounded moment."""
+    """The call's record. A stream its client left settles after the client has gone, so wait a bounded moment."""
     deadline = time.monotonic() + timeout
     while True:
         row = CallRecord.objects.filter(request_id=request_id).first()

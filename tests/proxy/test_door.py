@@ -39,7 +39,7 @@ def chat(world, key: str | None, model: str = "x", **headers) -> httpx.Response:
     return httpx.post(f"{world.gateway_url}/v1/chat/completions", json=body, headers=headers, timeout=10)
 
 
-def first_response_line(url: str, head: bytes, timeout: float = 5.0) -> bytes:
+def first_response_line(url: str, head: bytes, timeout: float = 20.0) -> bytes:
     """Sends a request head announcing 100 MB, a few body bytes, and reads the answer: it can only
     come back if the gateway answered without waiting for the body."""
     parts = urlsplit(url)

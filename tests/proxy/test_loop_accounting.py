@@ -319,7 +319,6 @@ def test_streams_admitted_together_while_the_connections_are_busy_are_each_bille
     admissions = [s for s in loop_statements if s.startswith("WITH c AS (UPDATE quota_usagecounter")]
     together = [s for s in admissions if "jsonb_to_recordset" in s]
     assert together and len(admissions) < calls  # some admitted by one statement
-    # (the SDK stops reading at [DONE]: the settlements may still be on their way)
     records = [record_of(f"batch-{n}") for n in range(calls)]
     assert {(r.outcome, r.is_stream) for r in records} == {("success", True)}
     for n in range(calls):

@@ -5,9 +5,14 @@ frames that carry the upstream's events unchanged, and the call billed from its 
 
 import json
 import socket
+import threading
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
+from django.db import connection
+
+from quota.models import CallRecord, Reservation
 
 from .conftest import record_of
 
@@ -112,3 +117,42 @@ def test_an_answer_without_a_body_still_sends_its_whole_head(world, request_line
     status, headers, raw = split(answer)
     assert status == expected and answer.count(b"\r\n\r\n") == 1 and raw == b""
     assert b"x-request-id" in headers or b"content-type" in headers
+
+
+def test_a_streams_done_event_leaves_only_after_its_call_is_settled(world):
+    """The OpenAI SDKs stop reading a chat stream at `data: [DONE]`: the gateway holds that event
+    back until the call's settlement has committed, so a client that has read it finds the call's
+    record. The settlement is held up by a lock on the reservation, taken after the first chunk."""
+    allocation = world.allocation(upstream_name="fake-pace-50")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_reservation() -> None:
+        settings = connection.settings_dict
+        with psycopg.connect(
+            host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
+        ) as conn:
+            conn.execute(f"SELECT id FROM {Reservation._meta.db_table} FOR UPDATE")  # noqa: S608 (a model's table)
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_reservation)
+    stream = world.client(allocation.plaintext).chat.completions.create(
+        model=allocation.model.slug, messages=[{"role": "user", "content": "Say hello"}], stream=True,
+        extra_headers={"X-Request-Id": "wire-done"},
+    )  # fmt: skip
+    try:
+        words = []
+        for chunk in stream:
+            if not words:
+                holder.start()
+                assert locked.wait(10)
+                threading.Timer(0.5, release.set).start()  # the settlement waits until then
+            words.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+        # The SDK saw [DONE] and stopped: no wait here for the record.
+        record = CallRecord.objects.filter(request_id="wire-done").first()
+        assert record is not None and record.outcome == "success"
+        assert "".join(words) == "Hello from the fake"
+    finally:
+        release.set()
+        if holder.is_alive():
+            holder.join()
