@@ -35,8 +35,9 @@ def refused(call: "Call", error: GatewayError) -> None:
 
 
 def settled_soon(call: "Call", *, outcome: str, status: int, usage: Usage, code: str) -> None:
-    """`settled` in the event loop's next turn (after what this step and the callbacks already
-    scheduled do), with the call's times as they are now."""
+    """The settled call's metrics and call line (ops.observe.call_finished), made in the event
+    loop's next turn (after what this step and the callbacks already scheduled do), with the
+    call's times as they are now."""
     t0 = call.upstream_t0
     elapsed_s = (timezone.now() - call.plan.started_at).total_seconds()
     upstream_s = time.perf_counter() - t0 if t0 is not None else None
