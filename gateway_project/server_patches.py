@@ -301,6 +301,55 @@ def _reap(server: "Server", protocol: Any) -> None:
         del server.connections[protocol]
 
 
+def _connection_facts_once() -> None:
+    from twisted.web.http import HTTPChannel
+
+    HTTPChannel.getPeer = _remembered_per_transport(HTTPChannel.getPeer)  # type: ignore[method-assign]
+    HTTPChannel.getHost = _remembered_per_transport(HTTPChannel.getHost)  # type: ignore[method-assign]
+    HTTPChannel.isSecure = _remembered_per_transport(HTTPChannel.isSecure)  # type: ignore[method-assign]
+
+
+def _remembered_per_transport(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`original(channel)` asked once per transport of the channel: what it answers (the
+    connection's two addresses, whether it is TLS) cannot change while the transport is the same."""
+    slot = f"_remembered_{original.__name__}"
+
+    @functools.wraps(original)
+    def remembered(self: Any) -> Any:
+        transport = self.transport
+        held = self.__dict__.get(slot)
+        if held is not None and held[0] is transport:
+            return held[1]
+        value = original(self)
+        if transport is not None:
+            self.__dict__[slot] = (transport, value)
+        return value
+
+    return remembered
+
+
+def _identity_hash_in_c() -> None:
+    from daphne.http_protocol import WebRequest
+
+    WebRequest.__hash__ = object.__hash__  # type: ignore[assignment]
+
+
+def _deprecation_proxy_off() -> None:
+    import daphne.http_protocol
+    import daphne.server
+
+    for module in (daphne.http_protocol, daphne.server):
+        module.http = _unproxied(module.http)  # type: ignore[attr-defined]
+
+
+def _unproxied(module: Any) -> Any:
+    """Twisted's module behind its deprecation proxy (the proxy itself when it is not one)."""
+    try:
+        return object.__getattribute__(module, "_module")
+    except AttributeError:
+        return module
+
+
 PATCHES = (
     Patch(
         name="websocket_close_codes",
@@ -495,6 +544,45 @@ PATCHES = (
         "timer once a stream's head is in (ResponseHandler.read_timeout = None) and watches the "
         "body's byte count with one timer of its own, failing the read through the handler's "
         "_on_read_timeout after the same silence (at most a tenth of the timeout late).",
+    ),
+    Patch(
+        name="connection_facts_once",
+        verified={"twisted": TWISTED},
+        targets=(
+            "twisted.web.http:HTTPChannel.getPeer",
+            "twisted.web.http:HTTPChannel.getHost",
+            "twisted.web.http:HTTPChannel.isSecure",
+            "twisted.web.http:Request.__init__>getPeer",
+            "twisted.web.http:Request.__init__>getHost",
+        ),
+        apply=_connection_facts_once,
+        why="every request asked its connection for both addresses (a getsockname() system call and "
+        "two address objects) and whether it is TLS (a zope.interface adaptation of the transport), "
+        "though none of the three changes while the connection's transport is the same: each is now "
+        "asked once per transport and remembered on the channel.",
+    ),
+    Patch(
+        name="request_hash_in_c",
+        verified={"daphne": DAPHNE},
+        targets=("daphne.http_protocol:WebRequest.__hash__", "daphne.server:Server.run>connections"),
+        apply=_identity_hash_in_c,
+        why="daphne keys its connections table by request, and WebRequest's __hash__ is a Python "
+        "function returning hash(id(self)): ~15 calls of it per request. object.__hash__ is the "
+        "same identity hash in C (equality stays daphne's identity comparison).",
+    ),
+    Patch(
+        name="deprecation_proxy_off",
+        verified={"daphne": DAPHNE, "twisted": TWISTED},
+        targets=(
+            "daphne.http_protocol:http",
+            "daphne.server:http",
+            "twisted.python.deprecate:_ModuleProxy.__getattribute__",
+        ),
+        apply=_deprecation_proxy_off,
+        why="twisted.web.http is a deprecation proxy (for HTTPClient, which daphne never reads), so "
+        "each `http.Request...` in daphne's per-request methods ran the proxy's Python "
+        "__getattribute__ chain (~7 calls each, three times a request). daphne's two modules now "
+        "name the module itself.",
     ),
     Patch(
         name="proxy_asgi_handler",

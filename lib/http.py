@@ -13,7 +13,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.http.request import split_domain_port, validate_host
 
-from .ids import uuid7
+from .ids import uuid7_text
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 DEBUG_HOSTS = (".localhost", "127.0.0.1", "[::1]")  # Django's own when DEBUG and ALLOWED_HOSTS is empty
@@ -23,7 +23,7 @@ _hosts: tuple[object, dict[bytes, bool]] = (None, {})  # (the ALLOWED_HOSTS they
 def request_id_from(sent: str) -> str:
     """The caller's `X-Request-Id` when it is safe to log and store, else a new time-ordered UUID
     (lib.ids: the call records' request-id index grows at its end)."""
-    return sent if REQUEST_ID.fullmatch(sent) else str(uuid7())
+    return sent if REQUEST_ID.fullmatch(sent) else uuid7_text()
 
 
 def request_id_of(request: HttpRequest) -> str:

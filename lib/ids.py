@@ -21,6 +21,16 @@ _SEQ_MAX = 0xFFF
 
 def uuid7(now_ms: int | None = None) -> uuid.UUID:
     """A new UUIDv7; `now_ms` (Unix milliseconds) is for tests."""
+    return uuid.UUID(int=_uuid7_int(now_ms))
+
+
+def uuid7_text(now_ms: int | None = None) -> str:
+    """str(uuid7()) without the UUID object: the canonical lower-case text (8-4-4-4-12 hex digits)."""
+    digits = f"{_uuid7_int(now_ms):032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def _uuid7_int(now_ms: int | None) -> int:
     global _last
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     random = os.urandom(10)  # one system call: 8 bytes for the tail, 2 for a new millisecond's counter
@@ -34,8 +44,7 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
             if seq > _SEQ_MAX:
                 ms, seq = ms + 1, 0
         _last = (ms, seq)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | tail
-    return uuid.UUID(int=value)
+    return (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | tail
 
 
 def uuid7_time_ms(value: uuid.UUID) -> int:

@@ -76,18 +76,27 @@ def _per_1m(tokens: int, price: Decimal | None, fallback: Decimal | None) -> Dec
 
 
 def token_cost(price: "PriceVersion", usage: Usage) -> Decimal:
-    cached = min(usage.cached_tokens, usage.input_tokens)
-    audio_in = min(usage.audio_input_tokens, usage.input_tokens - cached)
-    text_in = usage.input_tokens - cached - audio_in
-    audio_out = min(usage.audio_output_tokens, usage.output_tokens)
-    text_out = usage.output_tokens - audio_out
-    return (
-        _per_1m(text_in, price.input_per_1m, None)
-        + _per_1m(cached, price.cached_input_per_1m, price.input_per_1m)
-        + _per_1m(audio_in, price.audio_input_per_1m, price.input_per_1m)
-        + _per_1m(text_out, price.output_per_1m, None)
-        + _per_1m(audio_out, price.audio_output_per_1m, price.output_per_1m)
-    )
+    """Σ tokens × their rate / 1M over the five kinds of token. A kind with no tokens adds nothing
+    (it is skipped, not priced at zero: the same value, fewer steps for a call that has two)."""
+    input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+    cached = min(usage.cached_tokens, input_tokens)
+    audio_in = min(usage.audio_input_tokens, input_tokens - cached)
+    text_in = input_tokens - cached - audio_in
+    audio_out = min(usage.audio_output_tokens, output_tokens)
+    text_out = output_tokens - audio_out
+    input_rate, output_rate = price.input_per_1m, price.output_per_1m
+    total = ZERO
+    if text_in:
+        total += _per_1m(text_in, input_rate, None)
+    if cached:
+        total += _per_1m(cached, price.cached_input_per_1m, input_rate)
+    if audio_in:
+        total += _per_1m(audio_in, price.audio_input_per_1m, input_rate)
+    if text_out:
+        total += _per_1m(text_out, output_rate, None)
+    if audio_out:
+        total += _per_1m(audio_out, price.audio_output_per_1m, output_rate)
+    return total
 
 
 FREE_TIERS = ("auto", "default")

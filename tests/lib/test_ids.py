@@ -63,3 +63,17 @@ def test_the_gateway_makes_time_ordered_request_ids_and_keeps_a_callers_valid_on
     assert made.version == 7
     assert request_id_from("caller-id-1") == "caller-id-1"
     assert uuid.UUID(request_id_from("bad id with spaces")).version == 7
+
+
+def test_the_text_form_is_the_uuids_own_and_keeps_the_order(monkeypatch):
+    from lib.ids import uuid7_text
+
+    monkeypatch.setattr(ids, "_last", (0, 0))
+    low = uuid.UUID(uuid7_text(now_ms=1))  # leading zero digits are written, not dropped
+    assert str(low).startswith("00000000-0001-7") and uuid7_time_ms(low) == 1
+    texts = [uuid7_text(now_ms=1_700_000_000_000 + i // 3) for i in range(30)] + [uuid7_text()]
+    for text in texts:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and len(text) == 36 and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert uuid7_time_ms(uuid.UUID(texts[0])) == 1_700_000_000_000
+    assert [uuid.UUID(t) for t in texts] == sorted(uuid.UUID(t) for t in texts)  # made in order, ordered

@@ -89,3 +89,42 @@ def test_tool_calls_are_added_per_call_and_not_multiplied_by_the_tier():
     usage = Usage(**TOKENS, service_tier="priority", tool_calls=(("web_search", 3), ("file_search", 1)))
     # 0.002 × 2 + 3 × 0.01 (file_search has no price here: the proxy refuses declaring it)
     assert cost_for(optioned_price(), usage) == Decimal("0.034")
+
+
+def _per_kind_reference(price, usage):
+    """The token cost as the five kinds' sum, each priced even when it has no tokens."""
+    cached = min(usage.cached_tokens, usage.input_tokens)
+    audio_in = min(usage.audio_input_tokens, usage.input_tokens - cached)
+    audio_out = min(usage.audio_output_tokens, usage.output_tokens)
+    kinds = (
+        (usage.input_tokens - cached - audio_in, price.input_per_1m, None),
+        (cached, price.cached_input_per_1m, price.input_per_1m),
+        (audio_in, price.audio_input_per_1m, price.input_per_1m),
+        (usage.output_tokens - audio_out, price.output_per_1m, None),
+        (audio_out, price.audio_output_per_1m, price.output_per_1m),
+    )
+    priced = (Decimal(n) * ((rate if rate is not None else fallback) or 0) / 1_000_000 for n, rate, fallback in kinds)
+    return sum(priced, Decimal(0))
+
+
+RATE = st.one_of(st.none(), st.decimals(min_value=0, max_value=10_000, places=9, allow_nan=False))
+
+
+@given(
+    tokens=st.lists(st.integers(min_value=0, max_value=10**9), min_size=6, max_size=6),
+    rates=st.lists(RATE, min_size=5, max_size=5),
+)
+def test_kinds_without_tokens_add_nothing_and_every_other_kind_its_rate(tokens, rates):
+    """Skipping a kind with no tokens gives the cost that pricing all five gives, audio and cached
+    kinds at their own rate or else the input's and output's."""
+    from quota.pricing import token_cost
+
+    names = ("input_per_1m", "cached_input_per_1m", "audio_input_per_1m", "output_per_1m", "audio_output_per_1m")
+    price = PriceVersion(**dict(zip(names, rates, strict=True)))
+    usage = Usage(
+        input_tokens=tokens[0], cached_tokens=tokens[1], audio_input_tokens=tokens[2],
+        output_tokens=tokens[3], audio_output_tokens=tokens[4], reasoning_tokens=tokens[5],
+    )  # fmt: skip
+    assert token_cost(price, usage) == _per_kind_reference(price, usage)
+    if price.input_per_1m is not None or price.output_per_1m is not None:
+        assert cost_for(price, usage) == _per_kind_reference(price, usage).quantize(Decimal("1e-9"), "ROUND_HALF_UP")

@@ -169,3 +169,53 @@ async def test_a_connection_leaves_the_server_once_its_application_ended_and_its
     assert raises in server.connections  # left to the checker
     server.application_checker()
     assert server.connections == {}
+
+
+def test_a_connection_is_asked_its_addresses_and_tls_once_per_transport():
+    """connection_facts_once: every request of a keep-alive connection reads the channel's
+    addresses and TLS; the transport is asked once, and again only when it is another one."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http import HTTPChannel, Request
+
+    import gateway_project.asgi  # noqa: F401 - applies the patches on import
+
+    class Counted(StringTransport):
+        asked = 0
+
+        def getHost(self):
+            self.asked += 1
+            return IPv4Address("TCP", "127.0.0.1", 8000 + self.asked)
+
+    first, second = Counted(), Counted(peerAddress=IPv4Address("TCP", "10.0.0.9", 5555))
+    channel = HTTPChannel()
+    channel.makeConnection(first)
+    requests = [Request(channel) for _ in range(3)]
+    assert [request.host.port for request in requests] == [8001, 8001, 8001] and first.asked == 1
+    assert all(request.client == first.getPeer() for request in requests)
+    assert not any(request.isSecure() for request in requests)
+
+    channel.transport = second  # another transport: asked anew
+    assert Request(channel).host.port == 8001 and second.asked == 1
+    assert Request(channel).client == IPv4Address("TCP", "10.0.0.9", 5555)
+    assert Request(channel).host.port == 8001 and second.asked == 1
+    channel.connectionLost(None)
+
+
+def test_daphne_requests_hash_by_identity_in_c_and_name_twisted_http_itself():
+    """request_hash_in_c and deprecation_proxy_off: the same identity hash and equality; daphne's
+    modules name twisted.web.http, not its deprecation proxy."""
+    import types
+
+    import daphne.http_protocol
+    import daphne.server
+    from daphne.http_protocol import WebRequest
+
+    import gateway_project.asgi  # noqa: F401 - applies the patches on import
+
+    assert WebRequest.__hash__ is object.__hash__
+    one, other = object.__new__(WebRequest), object.__new__(WebRequest)
+    table = {one: 1, other: 2}
+    assert table[one] == 1 and table[other] == 2 and one == one and one != other
+    assert type(daphne.http_protocol.http) is types.ModuleType and type(daphne.server.http) is types.ModuleType
+    assert daphne.http_protocol.http.Request is WebRequest.__mro__[1]
