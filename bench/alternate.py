@@ -61,12 +61,14 @@ def fresh_database(url: str) -> None:
     ensure_database(url)
 
 
-def start_gateway(tree: Path, index: int, upstream: str, db: str, redis: int) -> tuple[int, dict, subprocess.Popen]:
+def start_gateway(
+    tree: Path, index: int, upstream: str, db: str, redis: int, redis_step: int = 1
+) -> tuple[int, dict, subprocess.Popen]:
     python = str(tree / ".venv" / "bin" / "python")
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}_{index}",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{redis + index}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis + index * redis_step}",
         "DEBUG": "False",
         "SECRET_KEY": "bench-" + secrets.token_hex(16),
         "GATEWAY_ENCRYPTION_KEY": "m1mcCTj8YbQ2vFq0q3v5U8m4fJx3l0zYQ6sQ3rJ2m2E=",
@@ -161,9 +163,7 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{upstream_port}"
         targets = []
         for index, tree in enumerate(trees):
-            port, keys, proc = start_gateway(
-                tree, index, upstream, args.db, args.redis - (index if args.same_redis else 0)
-            )
+            port, keys, proc = start_gateway(tree, index, upstream, args.db, args.redis, 0 if args.same_redis else 1)
             procs.append(proc)
             pid = worker_of(proc.pid)
             for target in args.models.split(","):

@@ -52,6 +52,9 @@ class Call:
     ttft_ms: int | None = None  # a stream's time to its first event relayed to the client
     dropped: tuple[str, ...] = ()  # request parameters the upstream did not support, sent again without
     rate_headers: dict[str, str] | None = None  # the admission's x-ratelimit-* headers (limited allocations)
+    # The upstream request built while the admission was decided: (allocation, body, request), used
+    # when the call is admitted with that very allocation and body (proxy.views._build).
+    ahead: "tuple[ScopedAllocation, dict, Outgoing] | None" = None
 
     def relayed(self) -> None:
         """Events reached the client: the first time, the stream's time to first token."""
@@ -101,13 +104,14 @@ def plaintext_of(authorization: str) -> str:
 RATE_HEADERS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gateway_rate_headers", default=None)
 
 
-async def open_call(call: Call, *, detached: bool = False) -> bool:
+async def open_call(call: Call, *, detached: bool = False, early: "admission.Early | None" = None) -> bool:
     """The call's admission (quota.admission), reported; a refusal is recorded and raised.
     `detached`: the caller runs in a task its request cannot cancel (proxy.views' whole call),
     which admits in place; False when its client left meanwhile (an admitted call is then settled
-    as client_cancelled, a refused one not recorded, as when a request's own admission is cancelled)."""
+    as client_cancelled, a refused one not recorded, as when a request's own admission is cancelled).
+    `early`: quota.admission.admit's (what the call is sent as, told while the database decides)."""
     try:
-        answer = await admission.admit(call.plan, detached=detached)
+        answer = await admission.admit(call.plan, detached=detached, early=early)
     except GatewayError as error:  # the database unreachable: nothing could be recorded
         observed.refused(call, error)
         raise
@@ -157,8 +161,12 @@ async def settle(
         return
     call.settled = True
     usage = billing.billed_usage(facts=options.facts(call.endpoint.name, call.outgoing), usage=usage)
+    # The call's metrics and call line are made in a later turn of the loop, after the settlement's
+    # statement has left (it is sent in this step, or in its task's first one, before anything
+    # waits), so they take none of the call's time while PostgreSQL writes it; they still come
+    # before the settlement ends, and whatever it ends with.
     if detached:
-        observed.settled(call, outcome=outcome, status=status, usage=usage, code=code)
+        observed.settled_soon(call, outcome=outcome, status=status, usage=usage, code=code)
         try:
             await _close(call, admitted, outcome, status, usage, code, message)
         finally:
@@ -168,7 +176,7 @@ async def settle(
     _closing.add(task)
     task.add_done_callback(_closing.discard)
     task.add_done_callback(lambda _: _held.discard(call.plan.reservation_id))
-    observed.settled(call, outcome=outcome, status=status, usage=usage, code=code)
+    observed.settled_soon(call, outcome=outcome, status=status, usage=usage, code=code)  # after the task's first step
     await asyncio.shield(task)
 
 
@@ -188,6 +196,7 @@ async def _close(
         entry=call.entry,
         attempts=call.attempts,
         ttft_ms=call.ttft_ms,
+        alone=len(_held) == 1,  # this call's own reservation only: one call at a time
     )
 
 

@@ -26,6 +26,8 @@ from . import multipart, transcripts
 encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 if TYPE_CHECKING:
+    from allocations.access import ScopedAllocation
+
     from .accounting import Call
     from .registry import Endpoint
 
@@ -149,9 +151,15 @@ def build_json(call: "Call") -> Outgoing:
     request, entry = call.outgoing, call.entry
     if request is None or entry is None:
         raise RuntimeError("upstream body before admission")  # admission sets both or refuses
+    return json_outgoing(request, entry, stream=call.stream, endpoint=call.endpoint)
+
+
+def json_outgoing(request: dict, entry: "ScopedAllocation", *, stream: bool, endpoint: "Endpoint") -> Outgoing:
+    """build_json's request from its parts: a function of them alone (proxy.views builds it ahead,
+    while the admission is decided)."""
     body = {**request, "model": entry.upstream_name}
     strip_usage = False
-    if call.stream and call.endpoint.force_stream_usage:
+    if stream and endpoint.force_stream_usage:
         stream_options = request.get("stream_options")
         stream_options = stream_options if isinstance(stream_options, dict) else {}
         strip_usage = stream_options.get("include_usage") is not True

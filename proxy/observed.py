@@ -1,5 +1,6 @@
 """The /v1 side of ops.observe: a call's state turned into the plain values it reports."""
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -33,8 +34,20 @@ def refused(call: "Call", error: GatewayError) -> None:
     )
 
 
-def settled(call: "Call", *, outcome: str, status: int, usage: Usage, code: str) -> None:
-    entry, t0 = call.entry, call.upstream_t0
+def settled_soon(call: "Call", *, outcome: str, status: int, usage: Usage, code: str) -> None:
+    """The settled call's metrics and call line (ops.observe.call_finished), made in the event
+    loop's next turn (after what this step and the callbacks already scheduled do), with the
+    call's times as they are now."""
+    t0 = call.upstream_t0
+    elapsed_s = (timezone.now() - call.plan.started_at).total_seconds()
+    upstream_s = time.perf_counter() - t0 if t0 is not None else None
+    asyncio.get_running_loop().call_soon(_settled, call, outcome, status, usage, code, elapsed_s, upstream_s)
+
+
+def _settled(
+    call: "Call", outcome: str, status: int, usage: Usage, code: str, elapsed_s: float, upstream_s: float | None
+) -> None:
+    entry = call.entry
     observe.call_finished(
         request_id=call.request_id,
         endpoint=call.endpoint.name,
@@ -45,8 +58,8 @@ def settled(call: "Call", *, outcome: str, status: int, usage: Usage, code: str)
         status=status,
         usage=usage,
         cost=cost_for(call.price, usage),
-        elapsed_s=(timezone.now() - call.plan.started_at).total_seconds(),
-        upstream_s=time.perf_counter() - t0 if t0 is not None else None,
+        elapsed_s=elapsed_s,
+        upstream_s=upstream_s,
         code=code,
         stream=call.stream,
         admitted=_counted_out(call),

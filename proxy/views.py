@@ -7,6 +7,7 @@ proxy.relay, or audio chunks) → the one settlement."""
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from lib.api_errors import error_body
 from lib.asgi import PartWriter, Whole, header_value
 from lib.http import request_id_of as request_id_for
 from lib.http import sent_header
+from quota import admission
 from quota.admission import Plan
 from quota.ledger import threads
 from quota.models import Outcome
@@ -32,7 +34,7 @@ from . import accounting, gate, relay, response_ids, unsupported
 from . import simulated_media as simulated_media  # registers the simulated provider's media answers
 from .accounting import Call, settle
 from .answers import Answer
-from .bodies import Read
+from .bodies import Read, build_json, json_outgoing
 from .failover import Failed, open_upstream, transport_error
 from .registry import ENDPOINTS, RESPONSE_BINARY, Endpoint
 
@@ -95,7 +97,7 @@ async def relay_call(request: HttpRequest, endpoint: str) -> Answered:
     call = Call(plan, spec, form=read.form)
     if plan.stream:
         try:
-            await accounting.open_call(call)
+            await accounting.open_call(call, early=_build_ahead(call))
         except GatewayError as error:
             _close_form(call)
             return error_response(error, rid)
@@ -145,11 +147,38 @@ def _close_form(call: Call) -> None:
 
 
 def _build(call: Call) -> None:
+    ahead, call.ahead = call.ahead, None
+    if ahead is not None and ahead[0] is call.entry and ahead[1] is call.outgoing:
+        call.sent = ahead[2]  # built while the admission was decided, from what it admitted
+        return
     try:
         call.sent = call.endpoint.builder(call)
     except BaseException:
         _close_form(call)
         raise
+
+
+def _build_ahead(call: Call) -> "admission.Early | None":
+    """For a JSON call, the future its admission answers early (quota.admission.admit's `early`)
+    with the allocation and body the call goes upstream with if admitted as it stands: its
+    upstream request is then built while the admission statement is in the database, and kept on
+    the call for `_build`, which uses it only when the call was admitted with that very allocation
+    and body. Nothing leaves the process and nothing is opened: a refused call drops it."""
+    if call.form is not None or call.endpoint.builder is not build_json:
+        return None
+    early = asyncio.get_running_loop().create_future()
+    early.add_done_callback(functools.partial(_built_ahead, call))
+    return early
+
+
+def _built_ahead(call: Call, early: asyncio.Future) -> None:
+    entry, body = early.result()
+    if body is None or call.admitted is not None:
+        return
+    try:
+        call.ahead = (entry, body, json_outgoing(body, entry, stream=call.stream, endpoint=call.endpoint))
+    except Exception:  # noqa: BLE001 - built again after the admission, where its error is the call's
+        call.ahead = None
 
 
 async def _relay_stream(call: Call) -> Answered:
@@ -162,10 +191,14 @@ async def _relay_stream(call: Call) -> Answered:
 async def _whole(call: Call) -> Answered:
     """A call answered whole: admitted, sent upstream and settled in one task the request cannot
     cancel (and the drain waits for), so neither the admission nor the upstream call needs a
-    task and a shield of its own."""
-    task = _keep(asyncio.get_running_loop().create_task(_whole_call(call)))  # = ensure_future, less its checks
+    task and a shield of its own. The request waits for a future the task answers as its last
+    step, not for the task itself: cancelling the request cancels only that future, as a shield
+    would, and the answer reaches the request a turn of the loop sooner than through one."""
+    loop = asyncio.get_running_loop()
+    answered = loop.create_future()
+    _keep(loop.create_task(_whole_call(call, answered)))  # = ensure_future, less its checks
     try:
-        response = await asyncio.shield(task)
+        response = await answered
     except asyncio.CancelledError:
         # The client went away: the admission ends (settled as client_cancelled if it admitted);
         # an upstream call under way still completes and is billed (SPEC 4).
@@ -176,9 +209,27 @@ async def _whole(call: Call) -> Answered:
     return response
 
 
-async def _whole_call(call: Call) -> Answered:
+async def _whole_call(call: Call, answered: asyncio.Future) -> None:
+    """`_whole`'s task: the call to its end, its answer (or error) handed to `answered` unless the
+    request has gone (then, as under a shield, nobody reads it)."""
     try:
-        if not await accounting.open_call(call, detached=True):
+        response = await _whole_answer(call)
+    except BaseException as exc:
+        if not answered.done():
+            if isinstance(exc, asyncio.CancelledError):
+                answered.cancel()
+            else:
+                answered.set_exception(exc)
+        if isinstance(exc, Exception):
+            return  # the request has it (or has gone): the task ends without an error of its own
+        raise
+    if not answered.done():
+        answered.set_result(response)
+
+
+async def _whole_answer(call: Call) -> Answered:
+    try:
+        if not await accounting.open_call(call, detached=True, early=_build_ahead(call)):
             _close_form(call)
             return HttpResponse(status=499)  # the client left during admission: nobody reads this
     except GatewayError as error:

@@ -39,10 +39,11 @@ from ..ledger import Admission, threads
 from ..models import CallRecord, Outcome, Reservation
 from ..pricing import Usage
 from .plan import Admitted, Opening, Plan, Refused, admitted_of, refused_of
-from .preflight import admit_on_loop, attribute, preflight, reject_outcome, touch
+from .preflight import Early, admit_on_loop, attribute, preflight, reject_outcome, touch
 
 __all__ = [
     "Admitted",
+    "Early",
     "Plan",
     "Refused",
     "abandon",
@@ -64,7 +65,7 @@ logger = logging.getLogger(__name__)
 _abandoned = inflight.tasks("abandoned admissions")
 
 
-async def admit(plan: Plan, *, detached: bool = False) -> Admitted | Refused:
+async def admit(plan: Plan, *, detached: bool = False, early: Early | None = None) -> Admitted | Refused:
     """SPEC 3 steps 3-10 and the admission, on the event loop when the call is warm, else on an
     accounting thread (retried once on a new connection; then GatewayUnavailable is raised).
 
@@ -73,10 +74,16 @@ async def admit(plan: Plan, *, detached: bool = False) -> Admitted | Refused:
     settled at once as client_cancelled (499, no usage: nothing went upstream). `detached`: the
     caller already runs in a task its request cannot cancel, so the step runs in it (without a
     task and a shield of its own), and the caller, told that its client left, gives the answer
-    to `abandon`."""
+    to `abandon`.
+
+    `early`: a future the warm path answers, as its statement leaves, with (the allocation, the
+    body that goes upstream): what the call is sent as if the statement admits it, for work of the
+    caller's that can run while PostgreSQL decides (its waiters run in the loop's next turn, after
+    the statement was written). Left unanswered on the thread path. Only a value: the call may
+    still be refused, or admitted on the thread path with another allocation or body."""
     if detached:
-        return await _admit(plan, Opening(estimate=plan.estimate))
-    opening = asyncio.ensure_future(_admit(plan, Opening(estimate=plan.estimate)))
+        return await _admit(plan, Opening(estimate=plan.estimate), early)
+    opening = asyncio.ensure_future(_admit(plan, Opening(estimate=plan.estimate), early))
     try:
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
@@ -99,10 +106,10 @@ def _settle_abandoned(opening: asyncio.Future) -> None:
     task.add_done_callback(_abandoned.discard)
 
 
-async def _admit(plan: Plan, opening: Opening) -> Admitted | Refused:
+async def _admit(plan: Plan, opening: Opening, early: Early | None = None) -> Admitted | Refused:
     if plan.refusal is None and plan.lease_s is None:
         try:
-            if await admit_on_loop(plan, opening):
+            if await admit_on_loop(plan, opening, early):
                 return admitted_of(plan, opening)
         except Exception:  # noqa: BLE001 - e.g. Redis or the database unreachable: the thread path decides
             opening.in_doubt = True  # the statement may have committed before its connection failed
@@ -206,12 +213,14 @@ async def settle(
     ttft_ms: int | None = None,
     close_reason: str | None = None,
     admission: Admission | None = None,
+    alone: bool = False,
 ) -> None:
     """The call's one record, its counters and its reservation's release, and its rate-limit
     place given back with the tokens it used. `entry`: the deployment that served it (routed),
     `attempts`: the upstream attempts made; `ttft_ms`: a stream's time to its first event relayed;
-    `admission`: the reservation as it stands now (a
-    session's grows). A call settles on the event loop when it holds a reservation (grouped with
+    `admission`: the reservation as it stands now (a session's grows); `alone`: no other call of
+    the caller's process is in flight (one call at a time: its statement is written at once,
+    quota.ledger.loop). A call settles on the event loop when it holds a reservation (grouped with
     the settlements waiting), else on a thread, spooled if the database fails there too; a
     session settles on a thread and writes nothing when the sweeper has billed it already."""
     if admitted.rate_ticket is not None:
@@ -226,7 +235,7 @@ async def settle(
     }
     held = admission or admitted.admission
     if admitted.plan.lease_s is None:
-        await ledger.settle_async(admission=held, record=record, usage=usage, price=admitted.price)
+        await ledger.settle_async(admission=held, record=record, usage=usage, price=admitted.price, alone=alone)
         return
     await threads.run(
         session_settle,

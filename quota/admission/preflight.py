@@ -7,11 +7,12 @@ call record's outcome. The rate limits (quota.ratelimit) are asked once per call
 the thread path keeps the loop's answer unless the limits it was asked under have changed since.
 """
 
+import asyncio
 import dataclasses
 import datetime as dt
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 from django.db import Error as DatabaseError
 
@@ -234,11 +235,16 @@ def _lost_context(plan: Plan, opening: Opening) -> dict:
 # --- the event loop's path -------------------------------------------------------------------
 
 
-async def admit_on_loop(plan: Plan, opening: Opening) -> bool:
+# quota.admission.admit's `early`: answered with the allocation and the body that go upstream.
+Early: TypeAlias = asyncio.Future[tuple[ScopedAllocation, dict | None]]
+
+
+async def admit_on_loop(plan: Plan, opening: Opening, early: Early | None = None) -> bool:
     """The preflight from the caches only, admitted on the event loop; True once admitted, False
     when it cannot decide here: no generation read yet, nothing cached under it, a key due for its
     last-used touch, any refusal, a cap's guard not matched, the auth generation moved (the thread
-    path then decides). Errors propagate."""
+    path then decides). Errors propagate. `early`: quota.admission.admit's, answered as the
+    statement is sent."""
     # The key, allocation and price cached under the generation this process last read; the
     # admission statement reserves only while that generation is still the current one (lib.cache),
     # so no read of it comes first. A rate-limited call asks its limits in Redis meanwhile.
@@ -256,6 +262,8 @@ async def admit_on_loop(plan: Plan, opening: Opening) -> bool:
     rate = None
     if entry.limits:
         rate = ratelimit.admit_begin(entry.limits, tokens=arguments["est_tokens"])
+    if early is not None and not early.done():  # its waiters' turn comes once the statement below has left
+        early.set_result((entry, plan.body if opening.sent is None else opening.sent))
     try:
         opening.admission = await ledger.admit_async(
             **arguments, context=_lost_context(plan, opening), reservation_id=plan.reservation_id, generation=known

@@ -104,15 +104,20 @@ async def admit_async(
     )
 
 
-async def settle_async(*, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None) -> None:
+async def settle_async(
+    *, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None, alone: bool = False
+) -> None:
     """The settlement from the event loop: the statement on the loop when the call holds a
     reservation (grouped with the settlements waiting, one commit for all); otherwise, or if that
     fails, `settle` on a thread, spooled if the database fails there too. After a failure the
     thread first looks for the record (the statement may have committed before the error reached
-    us), so a call is never recorded twice."""
+    us), so a call is never recorded twice. `alone`: no other call of this process is in flight
+    (ledger.loop.settle writes the statement at once)."""
     if admission is not None and record.get("allocation_id"):
         try:
-            await loop.settle(admission=admission, record=record, usage=usage, price=price, now=timezone.now())
+            await loop.settle(
+                admission=admission, record=record, usage=usage, price=price, now=timezone.now(), alone=alone
+            )
             return
         except Exception:  # noqa: BLE001 - settled on a thread below, or spooled
             logger.warning(

@@ -421,14 +421,25 @@ async def counters_read(
 
 
 async def settle(
-    *, admission: Admission, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime
+    *,
+    admission: Admission,
+    record: dict,
+    usage: Usage,
+    price: PriceVersion | None,
+    now: dt.datetime,
+    alone: bool = False,
 ) -> int | None:
     """ledger.settle's one-statement path; returns the call record's id, or None when the
     reservation was settled before (by the sweeper). Settlements that meet here while the
-    connections are busy are written together (_Settlements)."""
+    connections are busy are written together (_Settlements). `alone`: the caller knows no other
+    call of its process in flight (one call at a time): with the database idle too, its statement
+    is written at once, in the caller's step (_Settlements.write_alone)."""
     values, cost = settle_values(record=record, usage=usage, price=price, now=now, groups=admission.groups)
     settlement = Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
-    return await pool().settlements.add(settlement)
+    settlements = pool().settlements
+    if alone and settlements.alone():
+        return await settlements.write_alone(settlement)
+    return await settlements.add(settlement)
 
 
 class _Settlements:
@@ -439,7 +450,15 @@ class _Settlements:
     CPU per call than one statement each, and fewer transactions for PostgreSQL. The records still
     exist before any caller's response is sent: each caller waits for its own statement. A failed
     statement fails every settlement in it (none is written: it is one statement); their callers
-    then settle on the thread path, which checks first for the record."""
+    then settle on the thread path, which checks first for the record.
+
+    The settlement of a call alone in its process (its caller says so: no other call in flight)
+    that finds the database idle too (no writer at work, every connection idle) is written by its
+    caller in the caller's own step (`write_alone`): the statement leaves before the caller first
+    yields, so what the caller schedules meanwhile (its metrics and call line) runs while
+    PostgreSQL works, and no writer task costs a turn of the loop before the statement and another
+    after it. With other calls in flight a settlement still waits that turn, in which those
+    finishing with it join its statement."""
 
     MAX_BATCH = 64
 
@@ -454,10 +473,39 @@ class _Settlements:
         self.waiting.append((settlement, done))
         if self.at_work < self.pool.size:
             self.at_work += 1
-            writer = asyncio.ensure_future(self._write())
-            self.writers.add(writer)
-            writer.add_done_callback(self.writers.discard)
+            self._start()
         return done
+
+    def _start(self) -> None:
+        """A writer task, already counted in `at_work`."""
+        writer = asyncio.ensure_future(self._write())
+        self.writers.add(writer)
+        writer.add_done_callback(self.writers.discard)
+
+    def alone(self) -> bool:
+        """No settlement waiting or being written, and every open connection idle."""
+        pool = self.pool
+        return not self.at_work and not self.waiting and bool(pool.idle) and len(pool.idle) == pool.opened
+
+    async def write_alone(self, settlement: Settlement) -> int | None:
+        """One settlement's statement on an idle connection, sent in the caller's step (no suspension
+        comes before it: the connection is idle and its lock free). It counts as a writer at work, so
+        the settlements that meet meanwhile are batched as usual; those still waiting when it ends
+        are handed to a writer task. Errors propagate to the caller, as `add`'s future gives them."""
+        self.at_work += 1
+        try:
+            sql, params = settle_statement([settlement])
+            query = native(sql)
+            async with self.pool.connection() as conn:
+                cursor = conn.statement_cursor(query)
+                await cursor.execute(query, params, prepare=_prepare())
+                rows = await cursor.fetchall()
+        finally:
+            if self.waiting:
+                self._start()  # this one's place in `at_work` goes to the writer of those waiting
+            else:
+                self.at_work -= 1
+        return next((record_id for n, record_id in rows if n == 1), None)
 
     async def _write(self) -> None:
         try:

@@ -324,3 +324,87 @@ def test_streams_admitted_together_while_the_connections_are_busy_are_each_bille
     for n in range(calls):
         assert_settled_once(allocation, f"batch-{n}")
     assert counter_of(allocation).calls == calls + 1
+
+
+@pytest.fixture
+def wire(monkeypatch):
+    """The order of what a call does around its two statements on the event loop's connections:
+    `admission` / `settlement` when the statement's text is taken, `sent` once psycopg has written
+    it and waits for its answer, `answered` when the answer is in; `built` when an upstream JSON
+    body is encoded (proxy.bodies), `call line` when the call's metrics and call line are made."""
+    from ops import observe
+    from proxy import bodies
+
+    events: list[str] = []
+    native, wait = aio.native, aio.LoopConnection.wait
+
+    def named(sql):
+        if "INSERT INTO quota_callrecord" in sql:
+            events.append("settlement")
+        elif "UPDATE quota_usagecounter" in sql:
+            events.append("admission")
+        return native(sql)
+
+    def watched(gen):
+        try:
+            state = next(gen)  # the statement is written; its first wait follows
+        except StopIteration as done:
+            return done.value
+        events.append("sent")
+        while True:
+            ready = yield state
+            try:
+                state = gen.send(ready)
+            except StopIteration as done:
+                return done.value
+
+    async def waiting(self, gen, *args, **kwargs):
+        result = await wait(self, watched(gen), *args, **kwargs)
+        events.append("answered")
+        return result
+
+    def spy(name, original):
+        def called(*args, **kwargs):
+            events.append(name)
+            return original(*args, **kwargs)
+
+        return called
+
+    monkeypatch.setattr(aio, "native", named)
+    monkeypatch.setattr(aio.LoopConnection, "wait", waiting)
+    monkeypatch.setattr(bodies, "encode_compact", spy("built", bodies.encode_compact))
+    monkeypatch.setattr(observe, "call_finished", spy("call line", observe.call_finished))
+    return events
+
+
+def test_a_warm_calls_work_is_done_while_its_statements_are_in_the_database(world, wire):
+    """At one call at a time the call's own CPU is on its latency unless it runs while PostgreSQL
+    works: the upstream body is built while the admission statement is out (and the upstream is
+    still asked only once it is answered), and the metrics and call line are made once the
+    settlement's statement has been written, before its answer."""
+    allocation = world.allocation(cost=Decimal("5"))
+    chat_call(world, allocation, "meanwhile-1")  # fills the caches on a thread
+    wire.clear()
+    chat_call(world, allocation, "meanwhile-2")
+    assert wire == [
+        "admission", "sent", "built", "answered",
+        "settlement", "sent", "call line", "answered",
+    ]  # fmt: skip
+    record = assert_settled_once(allocation, "meanwhile-2")
+    assert record.outcome == "success"
+    assert counter_of(allocation).calls == 2
+
+
+def test_a_warm_call_refused_after_its_body_was_built_ahead_sends_nothing_upstream(world, fake_upstream, wire):
+    """The body built while the admission was decided leaves nothing behind when the admission
+    refuses: no upstream request, the refusal's record, no reservation."""
+    allocation = world.allocation(cost=Decimal("0.00001"))
+    chat_call(world, allocation, "ahead-1")  # reaches the cost cap without moving the generation
+    fake_upstream.requests.clear()
+    wire.clear()
+    with pytest.raises(openai.PermissionDeniedError):
+        chat_call(world, allocation, "ahead-2")
+    assert wire[:4] == ["admission", "sent", "built", "answered"]  # built ahead, then not admitted on the loop
+    assert fake_upstream.requests == []
+    assert record_of("ahead-2").outcome == "rejected_cost_quota_exceeded"
+    assert not Reservation.objects.exists()

@@ -145,6 +145,46 @@ async def test_a_settlement_added_as_the_last_writer_stops_still_gets_written():
     await pool.close()
 
 
+async def test_a_settlement_alone_is_written_in_its_callers_step_and_hands_those_that_met_it_to_a_writer():
+    """With no writer at work and every connection idle (one call at a time), a settlement's
+    statement is written by its caller before the caller first yields, with no writer task; one
+    that arrives while it is at work waits as usual and is written once it ends."""
+    allocation, price, admissions = await sync_to_async(_admitted)(2)
+    pool = aio.Pool(1)
+    async with pool.connection():
+        pass  # one connection open and idle
+    first, second = [
+        await sync_to_async(settlement)(allocation, a, f"a-{i}", Usage(input_tokens=1), price)
+        for i, a in enumerate(admissions)
+    ]
+    assert pool.settlements.alone()
+    alone = asyncio.ensure_future(pool.settlements.write_alone(first))
+    await asyncio.sleep(0)  # its first step: the statement is out, the one connection taken
+    assert not pool.settlements.alone() and not pool.idle
+    met = pool.settlements.add(second)  # every writer's place taken: it waits
+    assert not pool.settlements.writers
+    ids = [await asyncio.wait_for(alone, 5), await asyncio.wait_for(met, 5)]
+    rows = await sync_to_async(lambda: dict(CallRecord.objects.values_list("pk", "request_id")))()
+    assert [rows[pk] for pk in ids] == ["a-0", "a-1"]
+    assert pool.settlements.at_work == 0 and pool.settlements.alone()
+    await pool.close()
+
+
+async def test_a_settlement_alone_that_fails_raises_to_its_caller_and_writes_nothing():
+    allocation, price, admissions = await sync_to_async(_admitted)(1)
+    pool = aio.Pool(1)
+    async with pool.connection():
+        pass
+    bad = await sync_to_async(settlement)(allocation, admissions[0], "bad", Usage(input_tokens=1), price)
+    bad.values["model"] = uuid.uuid4()  # no such model: the foreign key fails the statement
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        await pool.settlements.write_alone(bad)
+    assert pool.settlements.at_work == 0
+    assert not await CallRecord.objects.aexists()
+    assert await Reservation.objects.acount() == 1  # still held: its caller settles on the thread path
+    await pool.close()
+
+
 async def test_a_connection_watches_its_socket_with_one_reader_for_all_its_statements(monkeypatch):
     loop = asyncio.get_running_loop()
     added: list[int] = []
