@@ -220,6 +220,8 @@ async def _whole_call(call: Call, answered: asyncio.Future) -> None:
                 answered.cancel()
             else:
                 answered.set_exception(exc)
+        elif isinstance(exc, Exception):  # the request has gone: nobody else will see it
+            logger.error("the whole call %s failed after its client left", call.request_id, exc_info=exc)
         if isinstance(exc, Exception):
             return  # the request has it (or has gone): the task ends without an error of its own
         raise
