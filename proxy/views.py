@@ -214,16 +214,18 @@ async def _whole_call(call: Call, answered: asyncio.Future) -> None:
     request has gone (then, as under a shield, nobody reads it)."""
     try:
         response = await _whole_answer(call)
-    except BaseException as exc:
+    except Exception as exc:  # the request has it, or has gone: the task ends without an error of its own
+        if not answered.done():
+            answered.set_exception(exc)
+        else:
+            logger.error("the whole call %s failed after its client left", call.request_id, exc_info=exc)
+        return
+    except BaseException as exc:  # cancelled, or the process is leaving
         if not answered.done():
             if isinstance(exc, asyncio.CancelledError):
                 answered.cancel()
             else:
                 answered.set_exception(exc)
-        elif isinstance(exc, Exception):  # the request has gone: nobody else will see it
-            logger.error("the whole call %s failed after its client left", call.request_id, exc_info=exc)
-        if isinstance(exc, Exception):
-            return  # the request has it (or has gone): the task ends without an error of its own
         raise
     if not answered.done():
         answered.set_result(response)
