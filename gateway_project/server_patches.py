@@ -510,7 +510,9 @@ def _idle_timer_kept() -> None:
     @functools.wraps(all_content)
     def allContentReceived(self: Any) -> None:
         timer = self._TimeoutMixin__timeoutCall
-        if timer is not None and self.timeOut:  # hidden from the setTimeout(None) that would cancel it
+        # hidden from the setTimeout(None) that would cancel it; not for an upgrade (a WebSocket):
+        # daphne hands its connection on and the request never ends, so Twisted's cancel stands
+        if timer is not None and self.timeOut and not self.requests[-1].requestHeaders.hasHeader(b"upgrade"):
             self._TimeoutMixin__timeoutCall = None
             self._parked_timer = timer
         all_content(self)
@@ -722,6 +724,7 @@ PATCHES = (
             "twisted.web.http:HTTPChannel.allContentReceived",
             "twisted.web.http:HTTPChannel.allContentReceived>setTimeout",
             "twisted.web.http:HTTPChannel.allContentReceived>_savedTimeOut",
+            "twisted.web.http:HTTPChannel.allContentReceived>requests",
             "twisted.web.http:HTTPChannel.requestDone",
             "twisted.web.http:HTTPChannel.requestDone>setTimeout",
             "twisted.web.http:HTTPChannel.connectionLost",
@@ -736,7 +739,8 @@ PATCHES = (
         "aside while the request is handled and re-armed from the response's end (DelayedCall.reset, "
         "as Twisted's setTimeout does for a live timer); if it comes due meanwhile it does nothing "
         "(Twisted had cancelled it) and the response's end schedules a new one as before; a "
-        "connection lost or closed after its response cancels it.",
+        "connection lost or closed after its response cancels it, and an upgrade request (a "
+        "WebSocket, whose request never ends) keeps Twisted's cancel.",
     ),
     Patch(
         name="websocket_close_codes",

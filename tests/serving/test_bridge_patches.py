@@ -244,13 +244,17 @@ def test_an_idle_timer_that_came_due_while_a_request_was_handled_starts_anew_aft
     assert transport.disconnecting
 
 
-@pytest.mark.parametrize("how", ["lost while handled", "Connection: close"])
+@pytest.mark.parametrize("how", ["lost while handled", "Connection: close", "WebSocket upgrade"])
 def test_a_connection_that_ends_leaves_no_idle_timer(how):
+    """An upgraded connection is handed on by daphne and its request never ends: no timer of the
+    HTTP channel may stay behind holding it."""
     clock = Clock()
     channel, transport, held = _channel(clock)
-    close = b"Connection: close\r\n" if how == "Connection: close" else b""
-    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: h\r\n" + close + b"\r\n")
-    if how == "lost while handled":
+    extra = {"Connection: close": b"Connection: close\r\n", "WebSocket upgrade": b"Upgrade: websocket\r\n"}
+    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: h\r\n" + extra.get(how, b"") + b"\r\n")
+    if how == "WebSocket upgrade":
+        assert len(held.requests) == 1
+    elif how == "lost while handled":
         channel.connectionLost(None)
     else:
         held.requests[0].finish()
