@@ -25,6 +25,7 @@ from django.db.models import Model
 from allocations.models import Group
 from lib.cache import GENERATION_GUARD
 from lib.frozen import quick_init
+from lib.isotime import iso_text
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
@@ -399,8 +400,10 @@ _MISSING = object()
 def _json_value(value: object) -> Any:
     if isinstance(value, (Decimal, uuid.UUID)):
         return str(value)  # a JSON string: PostgreSQL reads it as the column's type, digits intact
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()  # an aware time keeps its offset
+    if isinstance(value, dt.datetime):
+        return iso_text(value)  # an aware time keeps its offset
+    if isinstance(value, dt.date):
+        return value.isoformat()
     if isinstance(value, Model):
         return value.pk
     raise TypeError(f"{type(value).__name__} has no JSON form here")
@@ -412,7 +415,14 @@ class _JsonForms(dict):
 
     def __missing__(self, cls: type) -> Any:
         plain = (str, int, float, bool, type(None), list, tuple, dict)
-        found = self[cls] = None if issubclass(cls, plain) else _json_value
+        found: Any = _json_value
+        if issubclass(cls, plain):
+            found = None
+        elif issubclass(cls, (Decimal, uuid.UUID)):
+            found = str  # as _json_value gives them, without its checks
+        elif issubclass(cls, dt.datetime):
+            found = iso_text
+        self[cls] = found
         return found
 
 
@@ -458,8 +468,10 @@ class _TextForms(dict):
             found = _bool_text
         elif issubclass(cls, (int, Decimal, uuid.UUID)):
             found = str
-        elif issubclass(cls, (dt.datetime, dt.date)):
-            found = cls.isoformat  # an aware time keeps its offset
+        elif issubclass(cls, dt.datetime):
+            found = iso_text  # an aware time keeps its offset
+        elif issubclass(cls, dt.date):
+            found = cls.isoformat
         elif issubclass(cls, dict):
             found = _encode  # jsonb
         elif issubclass(cls, (list, tuple)):

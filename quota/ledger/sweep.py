@@ -10,6 +10,8 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
+from lib.isotime import iso_text
+
 from ..models import CallRecord, CloseReason, Outcome, PriceVersion, Reservation
 from ..pricing import Usage
 from .statements import Admission
@@ -44,7 +46,7 @@ def lost_context(*, record: dict, usage: Usage, price: PriceVersion | None) -> d
     record's identifying fields, the usage so far or estimated, the price), as JSON. It is written
     with every admission and read only after a lost process, so it holds only what differs from
     the defaults: the usage fields set (an estimate: two or three of thirteen)."""
-    plain = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in record.items()}
+    plain = {k: iso_text(v) if isinstance(v, dt.datetime) else v for k, v in record.items()}
     state = usage.__dict__
     fields = {k: state[k] for k, default in _USAGE_DEFAULTS if state[k] != default}
     quantity = fields.get("quantity")
