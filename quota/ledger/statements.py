@@ -348,14 +348,16 @@ def admit_many_statement(
     )
     if generation is not None:
         condition, condition_params = condition + GENERATION_GUARD, [*condition_params, generation]
+    # Each value in its JSON form (as _json_value gives it), so the encoder calls back into Python
+    # for none of them.
     rows = [
         {
-            "id": r["id"],
+            "id": str(r["id"]),
             "request_id": r["request_id"],
             "tokens": r["tokens"],
-            "cost": r["cost"],
-            "created_at": r["created_at"],
-            "expires_at": r["expires_at"],
+            "cost": str(r["cost"]),
+            "created_at": iso_text(r["created_at"]),
+            "expires_at": iso_text(r["expires_at"]),
             "context": r["context"] or {},
         }
         for r in reservations
