@@ -7,7 +7,7 @@ last day seen (~6 k). Any other time (another zone, naive, a subclass, a whole s
 
 import datetime as dt
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 _TWO = tuple(f"{n:02d}" for n in range(60))
 _day: tuple[int, str] = (0, "")  # (ordinal, "YYYY-MM-DDT") of the last day written
 

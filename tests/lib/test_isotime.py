@@ -15,7 +15,7 @@ class _Sub(dt.datetime):
 
 def _samples() -> list[dt.datetime]:
     rng = random.Random(7)
-    utc = dt.timezone.utc
+    utc = dt.UTC
     found = [
         dt.datetime(2026, 12, 7, 1, 2, 3, 4, tzinfo=utc),
         dt.datetime(2026, 12, 7, 23, 59, 59, 999999, tzinfo=utc),
@@ -45,6 +45,6 @@ def test_the_text_of_isoformat_across_days() -> None:
 
 
 def test_a_day_kept_from_another_time_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    value = dt.datetime(2026, 12, 7, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
+    value = dt.datetime(2026, 12, 7, 1, 2, 3, 4, tzinfo=dt.UTC)
     monkeypatch.setattr(isotime, "_day", (value.toordinal() - 1, "2026-12-06T"))
     assert iso_text(value) == "2026-12-07T01:02:03.000004+00:00"
