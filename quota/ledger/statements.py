@@ -10,7 +10,6 @@ its target column, so no Model instance or field preparation is needed per call.
 
 import datetime as dt
 import functools
-import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from allocations.models import Group
 from lib.cache import GENERATION_GUARD
 from lib.frozen import quick_init
 from lib.isotime import iso_text
+from lib.jsontext import text_encoder
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
@@ -513,12 +513,11 @@ def _record_parameters(values: dict) -> list[str | None]:
     return row
 
 
-def _context_json(context: dict) -> str:
-    return json.dumps(context, separators=(",", ":"))
-
+# json.dumps(context, separators=(",", ":")), without an encoder made per call.
+_context_json = text_encoder(separators=(",", ":"))
 
 # The default hook only for what a row holds beyond the usual (an id or time in a nested value).
-_encode = json.JSONEncoder(default=_json_value, separators=(",", ":")).encode
+_encode = text_encoder(default=_json_value, separators=(",", ":"))
 
 
 def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
