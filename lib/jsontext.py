@@ -17,10 +17,10 @@ def text_encoder(
 ) -> Callable[[Any], str]:
     """`json.JSONEncoder(ensure_ascii=…, separators=…, default=…).encode`, the same text and errors."""
     reference = json.JSONEncoder(ensure_ascii=ensure_ascii, separators=separators, default=default)
-    make = _std.c_make_encoder
+    make = getattr(_std, "c_make_encoder", None)  # None without the accelerator (not in typeshed)
     if make is None:
         return reference.encode
-    strings = _std.c_encode_basestring_ascii if ensure_ascii else _std.c_encode_basestring
+    strings = getattr(_std, "c_encode_basestring_ascii" if ensure_ascii else "c_encode_basestring")
     hook = reference.default
     item, key = separators
 
