@@ -16,7 +16,8 @@ from portal.sign_in_audit import SIGNED_IN_UID
 from quota import ratelimit
 from tests.factories import AllocationFactory, MemberFactory, PriceVersionFactory, make_key
 
-pytest_plugins = ["tests.browser"]  # the `page` fixture: a real Chromium on the live server
+# `page`: a real Chromium on the live server; `scratch_executor`: migrations on a database of their own
+pytest_plugins = ["tests.browser", "tests.scratch_db"]
 
 
 @pytest.fixture(scope="session", autouse=True)
