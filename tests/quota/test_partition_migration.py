@@ -67,6 +67,7 @@ def populate(allocation, count=500) -> None:
     )
 
 
+@pytest.mark.slow
 def test_partitioning_forward_and_back_on_a_populated_table():
     migrate(BEFORE_DIET)
     try:
