@@ -16,14 +16,15 @@ from allocations.exceptions import BadRequest, GatewayError
 from lib.frozen import quick_init
 from lib.json_depth import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # the rule's one definition
 from lib.json_depth import TOO_DEEP, json_depth_fits
+from lib.jsontext import text_encoder
 from quota import options
 from quota.exceptions import RequestTooLarge
 
 from . import multipart, transcripts
 
 # json.dumps(value, ensure_ascii=False, separators=(",", ":")) without an encoder made per call
-# (dumps reuses its own only with every option at its default): the same text.
-encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# (dumps reuses its own only with every option at its default), from the C encoder: the same text.
+encode_compact = text_encoder(ensure_ascii=False, separators=(",", ":"))
 
 if TYPE_CHECKING:
     from allocations.access import ScopedAllocation

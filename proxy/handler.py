@@ -133,7 +133,8 @@ class ProxyHandler(ASGIHandler):
         # ensure_future) makes a getpid() system call on Python 3.11.
         loop = asyncio.get_running_loop()
         this = asyncio.current_task(loop)
-        listener = loop.create_task(until_disconnect(receive))
+        # Named: a Task made without a name formats a default one ("Task-N").
+        listener = asyncio.Task(until_disconnect(receive), loop=loop, name="client listener")
 
         def client_gone(_: asyncio.Future) -> None:
             if this is not None:

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from allocations.cost_options import CALL_ITEM_TYPES
 from lib.frozen import quick_init
+from lib.jsontext import text_encoder
 from quota import options
 from quota.billing import bill as billing
 from quota.pricing import Usage
@@ -23,8 +24,8 @@ from quota.pricing import Usage
 CHARS_PER_TOKEN = 4
 _decoder = json.JSONDecoder()
 # json.dumps(value, ensure_ascii=False) without an encoder made per call (dumps reuses its own
-# only with every option at its default): the same text.
-_encode_text = json.JSONEncoder(ensure_ascii=False).encode
+# only with every option at its default), from the C encoder: the same text.
+_encode_text = text_encoder(ensure_ascii=False)
 
 
 def _int(value: object) -> int:

@@ -196,7 +196,9 @@ async def _whole(call: Call) -> Answered:
     would, and the answer reaches the request a turn of the loop sooner than through one."""
     loop = asyncio.get_running_loop()
     answered = loop.create_future()
-    _keep(loop.create_task(_whole_call(call, answered)))  # = ensure_future, less its checks
+    # A Task made with its name (= ensure_future, less its checks): the loop's create_task formats
+    # a default name ("Task-N", printf-style) before it sets the one given.
+    _keep(asyncio.Task(_whole_call(call, answered), loop=loop, name="whole call"))
     try:
         response = await answered
     except asyncio.CancelledError:

@@ -6,6 +6,7 @@ import time
 import psycopg
 import pytest
 import redis
+from _pytest.nodeid import NodeId
 from asgiref.sync import SyncToAsync
 from django.contrib.auth import signals
 from django.core.cache import cache
@@ -16,7 +17,36 @@ from portal.sign_in_audit import SIGNED_IN_UID
 from quota import ratelimit
 from tests.factories import AllocationFactory, MemberFactory, PriceVersionFactory, make_key
 
-pytest_plugins = ["tests.browser"]  # the `page` fixture: a real Chromium on the live server
+# `page`: a real Chromium on the live server; `scratch_executor`: migrations on a database of their own
+pytest_plugins = ["tests.browser", "tests.scratch_db"]
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    marks = item.iter_markers("xdist_group")
+    names = {str(mark.args[0] if mark.args else mark.kwargs.get("name", "default")) for mark in marks}
+    return "_".join(sorted(names))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The order the two xdist workers are handed the tests in, and the groups that stay on one.
+
+    `slow` tests (each a quarter minute or more) come first: handed out last, one of them would
+    keep a worker busy while the other had nothing left. The sort is stable, so everything else
+    keeps its order, and every worker collects the same order.
+
+    `--dist loadgroup` keeps an `xdist_group`'s tests on one worker by the `@group` suffix
+    pytest-xdist gives their node ids (the controller schedules by id). pytest-xdist 3.8 writes
+    it to `item._nodeid`, which pytest 9.2 no longer reads (the id is `item._id`): without the
+    suffix written here the groups would be ignored, the browser modules and the fault suite run
+    on both workers at once. pytest-xdist's own hook runs first; a suffix it wrote is kept."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        group = _xdist_group(item)
+        if group and not item.nodeid.endswith(f"@{group}"):
+            item._id = NodeId.parse(f"{item.nodeid}@{group}")  # noqa: SLF001
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,6 +6,8 @@ import uuid
 from django.conf import settings
 from django.db import migrations, models
 
+from lib.migration_ops import AlterFields
+
 
 class Migration(migrations.Migration):
 
@@ -70,699 +72,213 @@ class Migration(migrations.Migration):
             name='reclaimlock',
             options={'verbose_name': 'reclaim lock', 'verbose_name_plural': 'reclaim locks'},
         ),
-        migrations.AlterField(
+        AlterFields(
             model_name='admintoken',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            fields=[
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('expires_at', models.DateTimeField(blank=True, null=True, verbose_name='expires at')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('last_used_at', models.DateTimeField(blank=True, null=True, verbose_name='last used at')),
+                ('prefix', models.CharField(max_length=12, verbose_name='prefix')),
+                ('revoked_at', models.DateTimeField(blank=True, null=True, verbose_name='revoked at')),
+                ('token_hash', models.CharField(max_length=64, unique=True, verbose_name='token hash')),
+                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='admin_tokens', to=settings.AUTH_USER_MODEL, verbose_name='user')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='admintoken',
-            name='expires_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='expires at'),
-        ),
-        migrations.AlterField(
-            model_name='admintoken',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='admintoken',
-            name='last_used_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='last used at'),
-        ),
-        migrations.AlterField(
-            model_name='admintoken',
-            name='prefix',
-            field=models.CharField(max_length=12, verbose_name='prefix'),
-        ),
-        migrations.AlterField(
-            model_name='admintoken',
-            name='revoked_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='revoked at'),
-        ),
-        migrations.AlterField(
-            model_name='admintoken',
-            name='token_hash',
-            field=models.CharField(max_length=64, unique=True, verbose_name='token hash'),
-        ),
-        migrations.AlterField(
-            model_name='admintoken',
-            name='user',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='admin_tokens', to=settings.AUTH_USER_MODEL, verbose_name='user'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='allocation',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            fields=[
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('display_name', models.CharField(blank=True, max_length=200, verbose_name='display name')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('is_service_allocation', models.BooleanField(default=False, verbose_name='service allocation')),
+                ('max_parallel', models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='max parallel')),
+                ('member', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='allocations', to=settings.AUTH_USER_MODEL, verbose_name='member')),
+                ('model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='allocations', to='allocations.catalogmodel', verbose_name='model')),
+                ('note', models.TextField(blank=True, verbose_name='note')),
+                ('origin', models.CharField(choices=[('admin', 'Admin'), ('self_service', 'Self Service')], default='admin', max_length=16, verbose_name='origin')),
+                ('paused_by', models.CharField(blank=True, choices=[('admin', 'Admin'), ('member', 'Member')], max_length=8, verbose_name='paused by')),
+                ('quota_cost_usd_per_month', models.DecimalField(blank=True, decimal_places=9, max_digits=20, null=True, verbose_name='cost cap (USD per month)')),
+                ('quota_locked', models.BooleanField(default=False, verbose_name='quota locked')),
+                ('quota_tokens_per_month', models.BigIntegerField(blank=True, null=True, verbose_name='token quota per month')),
+                ('rpm_limit', models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='RPM limit')),
+                ('status', models.CharField(choices=[('active', 'Active'), ('paused', 'Paused'), ('quarantined', 'Quarantined'), ('revoked', 'Revoked')], default='active', max_length=16, verbose_name='status')),
+                ('status_reason', models.CharField(blank=True, max_length=500, verbose_name='status reason')),
+                ('tpm_limit', models.PositiveBigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='TPM limit')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='display_name',
-            field=models.CharField(blank=True, max_length=200, verbose_name='display name'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='is_service_allocation',
-            field=models.BooleanField(default=False, verbose_name='service allocation'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='max_parallel',
-            field=models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='max parallel'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='member',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='allocations', to=settings.AUTH_USER_MODEL, verbose_name='member'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='allocations', to='allocations.catalogmodel', verbose_name='model'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='note',
-            field=models.TextField(blank=True, verbose_name='note'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='origin',
-            field=models.CharField(choices=[('admin', 'Admin'), ('self_service', 'Self Service')], default='admin', max_length=16, verbose_name='origin'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='paused_by',
-            field=models.CharField(blank=True, choices=[('admin', 'Admin'), ('member', 'Member')], max_length=8, verbose_name='paused by'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='quota_cost_usd_per_month',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=20, null=True, verbose_name='cost cap (USD per month)'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='quota_locked',
-            field=models.BooleanField(default=False, verbose_name='quota locked'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='quota_tokens_per_month',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='token quota per month'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='rpm_limit',
-            field=models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='RPM limit'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='status',
-            field=models.CharField(choices=[('active', 'Active'), ('paused', 'Paused'), ('quarantined', 'Quarantined'), ('revoked', 'Revoked')], default='active', max_length=16, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='status_reason',
-            field=models.CharField(blank=True, max_length=500, verbose_name='status reason'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='tpm_limit',
-            field=models.PositiveBigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='TPM limit'),
-        ),
-        migrations.AlterField(
-            model_name='allocation',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='apikey',
-            name='allocations',
-            field=models.ManyToManyField(related_name='api_keys', through='allocations.ApiKeyScope', to='allocations.allocation', verbose_name='allocations'),
+            fields=[
+                ('allocations', models.ManyToManyField(related_name='api_keys', through='allocations.ApiKeyScope', to='allocations.allocation', verbose_name='allocations')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('expires_at', models.DateTimeField(blank=True, null=True, verbose_name='expires at')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('is_default', models.BooleanField(default=False, verbose_name='default')),
+                ('key_hash', models.CharField(max_length=64, unique=True, verbose_name='key hash')),
+                ('last_used_at', models.DateTimeField(blank=True, null=True, verbose_name='last used at')),
+                ('member', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='api_keys', to=settings.AUTH_USER_MODEL, verbose_name='member')),
+                ('name', models.CharField(max_length=100, verbose_name='name')),
+                ('prefix', models.CharField(db_index=True, max_length=12, verbose_name='prefix')),
+                ('revoked_at', models.DateTimeField(blank=True, null=True, verbose_name='revoked at')),
+                ('rotated_at', models.DateTimeField(blank=True, null=True, verbose_name='rotated at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='expires_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='expires at'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='is_default',
-            field=models.BooleanField(default=False, verbose_name='default'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='key_hash',
-            field=models.CharField(max_length=64, unique=True, verbose_name='key hash'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='last_used_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='last used at'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='member',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='api_keys', to=settings.AUTH_USER_MODEL, verbose_name='member'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='name',
-            field=models.CharField(max_length=100, verbose_name='name'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='prefix',
-            field=models.CharField(db_index=True, max_length=12, verbose_name='prefix'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='revoked_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='revoked at'),
-        ),
-        migrations.AlterField(
-            model_name='apikey',
-            name='rotated_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='rotated at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='apikeyscope',
-            name='allocation',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='key_scopes', to='allocations.allocation', verbose_name='allocation'),
+            fields=[
+                ('allocation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='key_scopes', to='allocations.allocation', verbose_name='allocation')),
+                ('api_key', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='scopes', to='allocations.apikey', verbose_name='API key')),
+                ('model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='allocations.catalogmodel', verbose_name='model')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='apikeyscope',
-            name='api_key',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='scopes', to='allocations.apikey', verbose_name='API key'),
-        ),
-        migrations.AlterField(
-            model_name='apikeyscope',
-            name='model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='allocations.catalogmodel', verbose_name='model'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='auditevent',
-            name='action',
-            field=models.CharField(db_index=True, max_length=64, verbose_name='action'),
+            fields=[
+                ('action', models.CharField(db_index=True, max_length=64, verbose_name='action')),
+                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='actor')),
+                ('actor_label', models.CharField(default='system', max_length=150, verbose_name='actor label')),
+                ('after', models.JSONField(blank=True, null=True, verbose_name='after')),
+                ('before', models.JSONField(blank=True, null=True, verbose_name='before')),
+                ('created_at', models.DateTimeField(db_index=True, verbose_name='created at')),
+                ('id', models.BigAutoField(primary_key=True, serialize=False, verbose_name='ID')),
+                ('request_id', models.CharField(blank=True, max_length=64, verbose_name='request ID')),
+                ('source_ip', models.GenericIPAddressField(blank=True, null=True, verbose_name='source IP')),
+                ('target_id', models.CharField(max_length=64, verbose_name='target ID')),
+                ('target_type', models.CharField(max_length=64, verbose_name='target type')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='actor',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='actor'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='actor_label',
-            field=models.CharField(default='system', max_length=150, verbose_name='actor label'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='after',
-            field=models.JSONField(blank=True, null=True, verbose_name='after'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='before',
-            field=models.JSONField(blank=True, null=True, verbose_name='before'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='created_at',
-            field=models.DateTimeField(db_index=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='id',
-            field=models.BigAutoField(primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='request_id',
-            field=models.CharField(blank=True, max_length=64, verbose_name='request ID'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='source_ip',
-            field=models.GenericIPAddressField(blank=True, null=True, verbose_name='source IP'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='target_id',
-            field=models.CharField(max_length=64, verbose_name='target ID'),
-        ),
-        migrations.AlterField(
-            model_name='auditevent',
-            name='target_type',
-            field=models.CharField(max_length=64, verbose_name='target type'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='catalogmodel',
-            name='access',
-            field=models.CharField(choices=[('open', 'open'), ('restricted', 'restricted')], default='open', max_length=12, verbose_name='access'),
+            fields=[
+                ('access', models.CharField(choices=[('open', 'open'), ('restricted', 'restricted')], default='open', max_length=12, verbose_name='access')),
+                ('allowed_groups', models.ManyToManyField(blank=True, related_name='allowed_models', to='allocations.group', verbose_name='allowed groups')),
+                ('allowed_options', models.JSONField(blank=True, default=list, verbose_name='allowed options')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('denied_groups', models.ManyToManyField(blank=True, related_name='denied_models', to='allocations.group', verbose_name='denied groups')),
+                ('display_name', models.CharField(blank=True, max_length=200, verbose_name='display name')),
+                ('extra_client_tools', models.JSONField(blank=True, default=list, verbose_name='extra client tools')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('is_active', models.BooleanField(default=True, verbose_name='active')),
+                ('kind', models.CharField(choices=[('chat', 'Chat'), ('embedding', 'Embedding'), ('image', 'Image'), ('tts', 'Tts'), ('stt', 'Stt'), ('ocr', 'Ocr'), ('rerank', 'Rerank'), ('moderation', 'Moderation'), ('realtime', 'Realtime')], max_length=16, verbose_name='kind')),
+                ('max_parallel', models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='max parallel')),
+                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='models', to='allocations.provider', verbose_name='provider')),
+                ('rpm_limit', models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='RPM limit')),
+                ('self_service', models.BooleanField(default=False, help_text='Members may claim it from the catalogue.', verbose_name='self-service')),
+                ('self_service_cost_usd', models.DecimalField(blank=True, decimal_places=9, help_text='Monthly cost cap (USD) of a claim; blank = none.', max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(0)], verbose_name='self-service cost cap (USD)')),
+                ('self_service_quota_tokens', models.BigIntegerField(blank=True, help_text='Token quota of a claim; blank = none.', null=True, validators=[django.core.validators.MinValueValidator(0)], verbose_name='self-service token quota')),
+                ('slug', models.CharField(max_length=200, unique=True, verbose_name='slug')),
+                ('tpm_limit', models.PositiveBigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='TPM limit')),
+                ('unpriced_tools', models.CharField(choices=[('remove', 'remove'), ('refuse', 'refuse')], default='remove', max_length=8, verbose_name='unpriced tools')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+                ('upstream_name', models.CharField(max_length=200, verbose_name='upstream name')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='allowed_groups',
-            field=models.ManyToManyField(blank=True, related_name='allowed_models', to='allocations.group', verbose_name='allowed groups'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='allowed_options',
-            field=models.JSONField(blank=True, default=list, verbose_name='allowed options'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='denied_groups',
-            field=models.ManyToManyField(blank=True, related_name='denied_models', to='allocations.group', verbose_name='denied groups'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='display_name',
-            field=models.CharField(blank=True, max_length=200, verbose_name='display name'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='extra_client_tools',
-            field=models.JSONField(blank=True, default=list, verbose_name='extra client tools'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='is_active',
-            field=models.BooleanField(default=True, verbose_name='active'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='kind',
-            field=models.CharField(choices=[('chat', 'Chat'), ('embedding', 'Embedding'), ('image', 'Image'), ('tts', 'Tts'), ('stt', 'Stt'), ('ocr', 'Ocr'), ('rerank', 'Rerank'), ('moderation', 'Moderation'), ('realtime', 'Realtime')], max_length=16, verbose_name='kind'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='max_parallel',
-            field=models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='max parallel'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='provider',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='models', to='allocations.provider', verbose_name='provider'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='rpm_limit',
-            field=models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='RPM limit'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='self_service',
-            field=models.BooleanField(default=False, help_text='Members may claim it from the catalogue.', verbose_name='self-service'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='self_service_cost_usd',
-            field=models.DecimalField(blank=True, decimal_places=9, help_text='Monthly cost cap (USD) of a claim; blank = none.', max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(0)], verbose_name='self-service cost cap (USD)'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='self_service_quota_tokens',
-            field=models.BigIntegerField(blank=True, help_text='Token quota of a claim; blank = none.', null=True, validators=[django.core.validators.MinValueValidator(0)], verbose_name='self-service token quota'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='slug',
-            field=models.CharField(max_length=200, unique=True, verbose_name='slug'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='tpm_limit',
-            field=models.PositiveBigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='TPM limit'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='unpriced_tools',
-            field=models.CharField(choices=[('remove', 'remove'), ('refuse', 'refuse')], default='remove', max_length=8, verbose_name='unpriced tools'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
-            model_name='catalogmodel',
-            name='upstream_name',
-            field=models.CharField(max_length=200, verbose_name='upstream name'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='deployment',
-            name='active',
-            field=models.BooleanField(default=True, verbose_name='active'),
+            fields=[
+                ('active', models.BooleanField(default=True, verbose_name='active')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('disabled_reason', models.CharField(blank=True, max_length=200, verbose_name='disabled reason')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deployments', to='allocations.catalogmodel', verbose_name='model')),
+                ('priority', models.PositiveSmallIntegerField(default=0, help_text='Lower first.', verbose_name='priority')),
+                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='allocations.provider', verbose_name='provider')),
+                ('rpm_limit', models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='RPM limit')),
+                ('tpm_limit', models.PositiveBigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='TPM limit')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+                ('upstream_name', models.CharField(max_length=200, verbose_name='upstream name')),
+                ('weight', models.PositiveIntegerField(default=1, verbose_name='weight')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='disabled_reason',
-            field=models.CharField(blank=True, max_length=200, verbose_name='disabled reason'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deployments', to='allocations.catalogmodel', verbose_name='model'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='priority',
-            field=models.PositiveSmallIntegerField(default=0, help_text='Lower first.', verbose_name='priority'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='provider',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='allocations.provider', verbose_name='provider'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='rpm_limit',
-            field=models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='RPM limit'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='tpm_limit',
-            field=models.PositiveBigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='TPM limit'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='upstream_name',
-            field=models.CharField(max_length=200, verbose_name='upstream name'),
-        ),
-        migrations.AlterField(
-            model_name='deployment',
-            name='weight',
-            field=models.PositiveIntegerField(default=1, verbose_name='weight'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='deviceauthorization',
-            name='api_key',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='allocations.apikey', verbose_name='API key'),
+            fields=[
+                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='allocations.apikey', verbose_name='API key')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('decided_at', models.DateTimeField(blank=True, null=True, verbose_name='decided at')),
+                ('delivered_at', models.DateTimeField(blank=True, null=True, verbose_name='delivered at')),
+                ('device_code_hash', models.CharField(max_length=64, unique=True, verbose_name='device code hash')),
+                ('expires_at', models.DateTimeField(verbose_name='expires at')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('interval_s', models.PositiveIntegerField(default=5, verbose_name='poll interval (s)')),
+                ('key_encrypted', models.TextField(blank=True, editable=False, verbose_name='key encrypted')),
+                ('label', models.CharField(blank=True, max_length=100, verbose_name='label')),
+                ('last_polled_at', models.DateTimeField(blank=True, null=True, verbose_name='last polled at')),
+                ('member', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='member')),
+                ('model_slug', models.CharField(blank=True, max_length=200, verbose_name='model slug')),
+                ('requested_from', models.GenericIPAddressField(blank=True, null=True, verbose_name='requested from')),
+                ('status', models.CharField(choices=[('pending', 'Pending'), ('approved', 'Approved'), ('denied', 'Denied'), ('delivered', 'Delivered')], default='pending', max_length=16, verbose_name='status')),
+                ('user_code', models.CharField(max_length=8, unique=True, verbose_name='user code')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='decided_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='decided at'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='delivered_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='delivered at'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='device_code_hash',
-            field=models.CharField(max_length=64, unique=True, verbose_name='device code hash'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='expires_at',
-            field=models.DateTimeField(verbose_name='expires at'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='interval_s',
-            field=models.PositiveIntegerField(default=5, verbose_name='poll interval (s)'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='key_encrypted',
-            field=models.TextField(blank=True, editable=False, verbose_name='key encrypted'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='label',
-            field=models.CharField(blank=True, max_length=100, verbose_name='label'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='last_polled_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='last polled at'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='member',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='member'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='model_slug',
-            field=models.CharField(blank=True, max_length=200, verbose_name='model slug'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='requested_from',
-            field=models.GenericIPAddressField(blank=True, null=True, verbose_name='requested from'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('approved', 'Approved'), ('denied', 'Denied'), ('delivered', 'Delivered')], default='pending', max_length=16, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='deviceauthorization',
-            name='user_code',
-            field=models.CharField(max_length=8, unique=True, verbose_name='user code'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='group',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            fields=[
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('members', models.ManyToManyField(blank=True, related_name='org_groups', to=settings.AUTH_USER_MODEL, verbose_name='members')),
+                ('name', models.CharField(max_length=100, unique=True, verbose_name='name')),
+                ('quota_cost_usd_per_month', models.DecimalField(blank=True, decimal_places=9, max_digits=20, null=True, verbose_name='cost cap (USD per month)')),
+                ('quota_tokens_per_month', models.BigIntegerField(blank=True, null=True, verbose_name='token quota per month')),
+                ('slug', models.SlugField(max_length=100, unique=True, verbose_name='slug')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='group',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='group',
-            name='members',
-            field=models.ManyToManyField(blank=True, related_name='org_groups', to=settings.AUTH_USER_MODEL, verbose_name='members'),
-        ),
-        migrations.AlterField(
-            model_name='group',
-            name='name',
-            field=models.CharField(max_length=100, unique=True, verbose_name='name'),
-        ),
-        migrations.AlterField(
-            model_name='group',
-            name='quota_cost_usd_per_month',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=20, null=True, verbose_name='cost cap (USD per month)'),
-        ),
-        migrations.AlterField(
-            model_name='group',
-            name='quota_tokens_per_month',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='token quota per month'),
-        ),
-        migrations.AlterField(
-            model_name='group',
-            name='slug',
-            field=models.SlugField(max_length=100, unique=True, verbose_name='slug'),
-        ),
-        migrations.AlterField(
-            model_name='group',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='grouprule',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            fields=[
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('enabled', models.BooleanField(default=True, verbose_name='enabled')),
+                ('group', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rules', to='allocations.group', verbose_name='group')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('matcher', models.CharField(choices=[('email_domain', 'Email Domain'), ('email_suffix', 'Email Suffix'), ('email_localpart_regex', 'Email Localpart Regex'), ('username_regex', 'Username Regex'), ('always', 'Always')], max_length=24, verbose_name='matcher')),
+                ('order', models.IntegerField(default=0, verbose_name='order')),
+                ('pattern', models.CharField(blank=True, max_length=200, verbose_name='pattern')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='grouprule',
-            name='enabled',
-            field=models.BooleanField(default=True, verbose_name='enabled'),
-        ),
-        migrations.AlterField(
-            model_name='grouprule',
-            name='group',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rules', to='allocations.group', verbose_name='group'),
-        ),
-        migrations.AlterField(
-            model_name='grouprule',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='grouprule',
-            name='matcher',
-            field=models.CharField(choices=[('email_domain', 'Email Domain'), ('email_suffix', 'Email Suffix'), ('email_localpart_regex', 'Email Localpart Regex'), ('username_regex', 'Username Regex'), ('always', 'Always')], max_length=24, verbose_name='matcher'),
-        ),
-        migrations.AlterField(
-            model_name='grouprule',
-            name='order',
-            field=models.IntegerField(default=0, verbose_name='order'),
-        ),
-        migrations.AlterField(
-            model_name='grouprule',
-            name='pattern',
-            field=models.CharField(blank=True, max_length=200, verbose_name='pattern'),
-        ),
-        migrations.AlterField(
-            model_name='grouprule',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='invitation',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            fields=[
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='created by')),
+                ('expires_at', models.DateTimeField(verbose_name='expires at')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('member', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='invitations', to=settings.AUTH_USER_MODEL, verbose_name='member')),
+                ('token_hash', models.CharField(max_length=64, unique=True, verbose_name='token hash')),
+                ('used_at', models.DateTimeField(blank=True, null=True, verbose_name='used at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='invitation',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='created by'),
-        ),
-        migrations.AlterField(
-            model_name='invitation',
-            name='expires_at',
-            field=models.DateTimeField(verbose_name='expires at'),
-        ),
-        migrations.AlterField(
-            model_name='invitation',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='invitation',
-            name='member',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='invitations', to=settings.AUTH_USER_MODEL, verbose_name='member'),
-        ),
-        migrations.AlterField(
-            model_name='invitation',
-            name='token_hash',
-            field=models.CharField(max_length=64, unique=True, verbose_name='token hash'),
-        ),
-        migrations.AlterField(
-            model_name='invitation',
-            name='used_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='used at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='member',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
+            fields=[
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+            ],
         ),
-        migrations.AlterField(
+        AlterFields(
             model_name='provider',
-            name='api_key_encrypted',
-            field=models.TextField(blank=True, editable=False, verbose_name='API key (encrypted)'),
+            fields=[
+                ('api_key_encrypted', models.TextField(blank=True, editable=False, verbose_name='API key (encrypted)')),
+                ('api_version', models.CharField(blank=True, max_length=40, verbose_name='API version')),
+                ('base_url', models.URLField(blank=True, max_length=500, verbose_name='base URL')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('key_fingerprint', models.CharField(blank=True, editable=False, max_length=12, verbose_name='key fingerprint')),
+                ('kind', models.CharField(choices=[('openai', 'OpenAI-compatible'), ('azure', 'Azure OpenAI'), ('simulated', 'Simulated (built-in, no network)')], max_length=16, verbose_name='kind')),
+                ('name', models.CharField(max_length=100, unique=True, verbose_name='name')),
+                ('status', models.CharField(choices=[('active', 'Active'), ('disabled', 'Disabled')], default='active', max_length=16, verbose_name='status')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='provider',
-            name='api_version',
-            field=models.CharField(blank=True, max_length=40, verbose_name='API version'),
-        ),
-        migrations.AlterField(
-            model_name='provider',
-            name='base_url',
-            field=models.URLField(blank=True, max_length=500, verbose_name='base URL'),
-        ),
-        migrations.AlterField(
-            model_name='provider',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='provider',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='provider',
-            name='key_fingerprint',
-            field=models.CharField(blank=True, editable=False, max_length=12, verbose_name='key fingerprint'),
-        ),
-        migrations.AlterField(
-            model_name='provider',
-            name='kind',
-            field=models.CharField(choices=[('openai', 'OpenAI-compatible'), ('azure', 'Azure OpenAI'), ('simulated', 'Simulated (built-in, no network)')], max_length=16, verbose_name='kind'),
-        ),
-        migrations.AlterField(
-            model_name='provider',
-            name='name',
-            field=models.CharField(max_length=100, unique=True, verbose_name='name'),
-        ),
-        migrations.AlterField(
-            model_name='provider',
-            name='status',
-            field=models.CharField(choices=[('active', 'Active'), ('disabled', 'Disabled')], default='active', max_length=16, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='provider',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='reclaimlock',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='reclaimlock',
-            name='locked_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='locked by'),
-        ),
-        migrations.AlterField(
-            model_name='reclaimlock',
-            name='member',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reclaim_locks', to=settings.AUTH_USER_MODEL, verbose_name='member'),
-        ),
-        migrations.AlterField(
-            model_name='reclaimlock',
-            name='model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='allocations.catalogmodel', verbose_name='model'),
+            fields=[
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('locked_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='locked by')),
+                ('member', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reclaim_locks', to=settings.AUTH_USER_MODEL, verbose_name='member')),
+                ('model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='allocations.catalogmodel', verbose_name='model')),
+            ],
         ),
     ]

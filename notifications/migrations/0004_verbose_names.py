@@ -4,6 +4,8 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+from lib.migration_ops import AlterFields
+
 
 class Migration(migrations.Migration):
 
@@ -21,89 +23,31 @@ class Migration(migrations.Migration):
             name='notification',
             options={'verbose_name': 'notification', 'verbose_name_plural': 'notifications'},
         ),
-        migrations.AlterField(
+        AlterFields(
             model_name='alertpreference',
-            name='cap_reached',
-            field=models.BooleanField(default=True, verbose_name='cap reached'),
+            fields=[
+                ('cap_reached', models.BooleanField(default=True, verbose_name='cap reached')),
+                ('language', models.CharField(blank=True, max_length=10, verbose_name='language')),
+                ('member', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='alert_preference', to=settings.AUTH_USER_MODEL, verbose_name='member')),
+                ('near_cap', models.BooleanField(default=True, verbose_name='near cap')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='alertpreference',
-            name='language',
-            field=models.CharField(blank=True, max_length=10, verbose_name='language'),
-        ),
-        migrations.AlterField(
-            model_name='alertpreference',
-            name='member',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='alert_preference', to=settings.AUTH_USER_MODEL, verbose_name='member'),
-        ),
-        migrations.AlterField(
-            model_name='alertpreference',
-            name='near_cap',
-            field=models.BooleanField(default=True, verbose_name='near cap'),
-        ),
-        migrations.AlterField(
-            model_name='alertpreference',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='notification',
-            name='body',
-            field=models.TextField(verbose_name='body'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='created_at',
-            field=models.DateTimeField(verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='figures',
-            field=models.JSONField(default=dict, verbose_name='figures'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='kind',
-            field=models.CharField(choices=[('near_cap', 'Near a cap'), ('cap_reached', 'Cap reached'), ('quarantined', 'Allocation quarantined'), ('provider_auth', "Provider refused the gateway's key"), ('upstream_errors', 'Upstream errors above the threshold'), ('group_near_cap', 'A group near its budget'), ('group_cap_reached', "A group's budget reached")], max_length=20, verbose_name='kind'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='member',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL, verbose_name='member'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='recipients',
-            field=models.JSONField(default=list, verbose_name='recipients'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='scope',
-            field=models.CharField(max_length=120, verbose_name='scope'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='send_claimed_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='send claimed at'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='sent_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='sent at'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='subject',
-            field=models.CharField(max_length=200, verbose_name='subject'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='target_id',
-            field=models.CharField(max_length=64, verbose_name='target ID'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='target_type',
-            field=models.CharField(max_length=40, verbose_name='target type'),
+            fields=[
+                ('body', models.TextField(verbose_name='body')),
+                ('created_at', models.DateTimeField(verbose_name='created at')),
+                ('figures', models.JSONField(default=dict, verbose_name='figures')),
+                ('kind', models.CharField(choices=[('near_cap', 'Near a cap'), ('cap_reached', 'Cap reached'), ('quarantined', 'Allocation quarantined'), ('provider_auth', "Provider refused the gateway's key"), ('upstream_errors', 'Upstream errors above the threshold'), ('group_near_cap', 'A group near its budget'), ('group_cap_reached', "A group's budget reached")], max_length=20, verbose_name='kind')),
+                ('member', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL, verbose_name='member')),
+                ('recipients', models.JSONField(default=list, verbose_name='recipients')),
+                ('scope', models.CharField(max_length=120, verbose_name='scope')),
+                ('send_claimed_at', models.DateTimeField(blank=True, null=True, verbose_name='send claimed at')),
+                ('sent_at', models.DateTimeField(blank=True, null=True, verbose_name='sent at')),
+                ('subject', models.CharField(max_length=200, verbose_name='subject')),
+                ('target_id', models.CharField(max_length=64, verbose_name='target ID')),
+                ('target_type', models.CharField(max_length=40, verbose_name='target type')),
+            ],
         ),
     ]

@@ -228,8 +228,9 @@ def _lost_context(plan: Plan, opening: Opening) -> dict:
     scope = opening.scope
     assert scope is not None  # resolved before the admission
     record = plan.identity(scope.key_id, scope.member_id, opening.entry)
-    usage = Usage() if plan.lease_s is not None else dataclasses.replace(opening.estimate, estimated=True)
-    return ledger.lost_context(record=record, usage=usage, price=opening.price)
+    if plan.lease_s is not None:
+        return ledger.lost_context(record=record, usage=Usage(), price=opening.price)
+    return ledger.lost_context(record=record, usage=opening.estimate, price=opening.price, estimated=True)
 
 
 # --- the event loop's path -------------------------------------------------------------------

@@ -477,8 +477,8 @@ class _Settlements:
         return done
 
     def _start(self) -> None:
-        """A writer task, already counted in `at_work`."""
-        writer = asyncio.ensure_future(self._write())
+        """A writer task, already counted in `at_work` (named: a Task without a name formats one)."""
+        writer = asyncio.Task(self._write(), name="settlement writer")
         self.writers.add(writer)
         writer.add_done_callback(self.writers.discard)
 
@@ -567,7 +567,7 @@ class _Admissions:
         return done
 
     def _start(self, caps: _Caps) -> None:
-        writer = asyncio.ensure_future(self._write(caps))
+        writer = asyncio.Task(self._write(caps), name="admission writer")
         self.writers.add(writer)
         writer.add_done_callback(self.writers.discard)
 

@@ -10,7 +10,6 @@ its target column, so no Model instance or field preparation is needed per call.
 
 import datetime as dt
 import functools
-import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -25,6 +24,8 @@ from django.db.models import Model
 from allocations.models import Group
 from lib.cache import GENERATION_GUARD
 from lib.frozen import quick_init
+from lib.isotime import iso_text
+from lib.jsontext import text_encoder
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
@@ -347,14 +348,16 @@ def admit_many_statement(
     )
     if generation is not None:
         condition, condition_params = condition + GENERATION_GUARD, [*condition_params, generation]
+    # Each value in its JSON form (as _json_value gives it), so the encoder calls back into Python
+    # for none of them.
     rows = [
         {
-            "id": r["id"],
+            "id": str(r["id"]),
             "request_id": r["request_id"],
             "tokens": r["tokens"],
-            "cost": r["cost"],
-            "created_at": r["created_at"],
-            "expires_at": r["expires_at"],
+            "cost": str(r["cost"]),
+            "created_at": iso_text(r["created_at"]),
+            "expires_at": iso_text(r["expires_at"]),
             "context": r["context"] or {},
         }
         for r in reservations
@@ -399,8 +402,10 @@ _MISSING = object()
 def _json_value(value: object) -> Any:
     if isinstance(value, (Decimal, uuid.UUID)):
         return str(value)  # a JSON string: PostgreSQL reads it as the column's type, digits intact
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()  # an aware time keeps its offset
+    if isinstance(value, dt.datetime):
+        return iso_text(value)  # an aware time keeps its offset
+    if isinstance(value, dt.date):
+        return value.isoformat()
     if isinstance(value, Model):
         return value.pk
     raise TypeError(f"{type(value).__name__} has no JSON form here")
@@ -412,7 +417,14 @@ class _JsonForms(dict):
 
     def __missing__(self, cls: type) -> Any:
         plain = (str, int, float, bool, type(None), list, tuple, dict)
-        found = self[cls] = None if issubclass(cls, plain) else _json_value
+        found: Any = _json_value
+        if issubclass(cls, plain):
+            found = None
+        elif issubclass(cls, (Decimal, uuid.UUID)):
+            found = str  # as _json_value gives them, without its checks
+        elif issubclass(cls, dt.datetime):
+            found = iso_text
+        self[cls] = found
         return found
 
 
@@ -458,8 +470,10 @@ class _TextForms(dict):
             found = _bool_text
         elif issubclass(cls, (int, Decimal, uuid.UUID)):
             found = str
-        elif issubclass(cls, (dt.datetime, dt.date)):
-            found = cls.isoformat  # an aware time keeps its offset
+        elif issubclass(cls, dt.datetime):
+            found = iso_text  # an aware time keeps its offset
+        elif issubclass(cls, dt.date):
+            found = cls.isoformat
         elif issubclass(cls, dict):
             found = _encode  # jsonb
         elif issubclass(cls, (list, tuple)):
@@ -499,12 +513,11 @@ def _record_parameters(values: dict) -> list[str | None]:
     return row
 
 
-def _context_json(context: dict) -> str:
-    return json.dumps(context, separators=(",", ":"))
-
+# json.dumps(context, separators=(",", ":")), without an encoder made per call.
+_context_json = text_encoder(separators=(",", ":"))
 
 # The default hook only for what a row holds beyond the usual (an id or time in a nested value).
-_encode = json.JSONEncoder(default=_json_value, separators=(",", ":")).encode
+_encode = text_encoder(default=_json_value, separators=(",", ":"))
 
 
 def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:

@@ -10,6 +10,8 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
+from lib.isotime import iso_text
+
 from ..models import CallRecord, CloseReason, Outcome, PriceVersion, Reservation
 from ..pricing import Usage
 from .statements import Admission
@@ -39,13 +41,16 @@ def settlement_from_json(
 _USAGE_DEFAULTS = tuple((f.name, f.default) for f in dataclasses.fields(Usage))
 
 
-def lost_context(*, record: dict, usage: Usage, price: PriceVersion | None) -> dict:
+def lost_context(*, record: dict, usage: Usage, price: PriceVersion | None, estimated: bool = False) -> dict:
     """A reservation's context: what `reservations_settle_lost` bills if its holder dies (the
     record's identifying fields, the usage so far or estimated, the price), as JSON. It is written
     with every admission and read only after a lost process, so it holds only what differs from
-    the defaults: the usage fields set (an estimate: two or three of thirteen)."""
-    plain = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in record.items()}
+    the defaults: the usage fields set (an estimate: two or three of thirteen). `estimated`: the
+    usage as `dataclasses.replace(usage, estimated=True)` would give it, without making that copy."""
+    plain = {k: iso_text(v) if isinstance(v, dt.datetime) else v for k, v in record.items()}
     state = usage.__dict__
+    if estimated:
+        state = {**state, "estimated": True}
     fields = {k: state[k] for k, default in _USAGE_DEFAULTS if state[k] != default}
     quantity = fields.get("quantity")
     if quantity is not None:

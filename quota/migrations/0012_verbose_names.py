@@ -7,6 +7,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import migrations, models
 
+from lib.migration_ops import AlterFields
+
 
 class Migration(migrations.Migration):
 
@@ -40,484 +42,140 @@ class Migration(migrations.Migration):
             name='usagecounter',
             options={'verbose_name': 'usage counter', 'verbose_name_plural': 'usage counters'},
         ),
-        migrations.AlterField(
+        AlterFields(
             model_name='anomalyconfig',
-            name='enabled',
-            field=models.BooleanField(default=True, verbose_name='enabled'),
+            fields=[
+                ('enabled', models.BooleanField(default=True, verbose_name='enabled')),
+                ('min_calls', models.PositiveIntegerField(default=100, help_text='Calls in the last hour needed to quarantine.', verbose_name='min calls')),
+                ('multiplier', models.DecimalField(decimal_places=2, default=Decimal('10'), help_text='× the hourly baseline of the previous 23 h.', max_digits=8, verbose_name='multiplier')),
+                ('paused_until', models.DateTimeField(blank=True, help_text='Detection is off until this time, then resumes by itself.', null=True, verbose_name='paused until')),
+                ('sparse_absolute_calls', models.PositiveIntegerField(default=10000, help_text='Calls in the last hour that quarantine when the baseline is sparse.', verbose_name='sparse absolute calls')),
+                ('sparse_baseline_calls', models.PositiveIntegerField(default=200, help_text='A baseline with fewer calls than this is sparse: the absolute threshold applies.', verbose_name='sparse baseline calls')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='anomalyconfig',
-            name='min_calls',
-            field=models.PositiveIntegerField(default=100, help_text='Calls in the last hour needed to quarantine.', verbose_name='min calls'),
-        ),
-        migrations.AlterField(
-            model_name='anomalyconfig',
-            name='multiplier',
-            field=models.DecimalField(decimal_places=2, default=Decimal('10'), help_text='× the hourly baseline of the previous 23 h.', max_digits=8, verbose_name='multiplier'),
-        ),
-        migrations.AlterField(
-            model_name='anomalyconfig',
-            name='paused_until',
-            field=models.DateTimeField(blank=True, help_text='Detection is off until this time, then resumes by itself.', null=True, verbose_name='paused until'),
-        ),
-        migrations.AlterField(
-            model_name='anomalyconfig',
-            name='sparse_absolute_calls',
-            field=models.PositiveIntegerField(default=10000, help_text='Calls in the last hour that quarantine when the baseline is sparse.', verbose_name='sparse absolute calls'),
-        ),
-        migrations.AlterField(
-            model_name='anomalyconfig',
-            name='sparse_baseline_calls',
-            field=models.PositiveIntegerField(default=200, help_text='A baseline with fewer calls than this is sparse: the absolute threshold applies.', verbose_name='sparse baseline calls'),
-        ),
-        migrations.AlterField(
-            model_name='anomalyconfig',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='callrecord',
-            name='allocation',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='call_records', to='allocations.allocation', verbose_name='allocation'),
+            fields=[
+                ('allocation', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='call_records', to='allocations.allocation', verbose_name='allocation')),
+                ('api_key', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='allocations.apikey', verbose_name='API key')),
+                ('attempts', models.PositiveSmallIntegerField(default=0, verbose_name='attempts')),
+                ('audio_input_tokens', models.BigIntegerField(default=0, verbose_name='audio input tokens')),
+                ('audio_output_tokens', models.BigIntegerField(default=0, verbose_name='audio output tokens')),
+                ('cached_tokens', models.BigIntegerField(default=0, verbose_name='cached tokens')),
+                ('close_reason', models.CharField(blank=True, choices=[('normal', 'Normal'), ('client_abort', 'Client Abort'), ('revoked', 'Revoked'), ('cost_exceeded', 'Cost Exceeded'), ('quota_exceeded', 'Quota Exceeded'), ('upstream_closed', 'Upstream Closed'), ('upstream_error', 'Upstream Error'), ('shutdown', 'Shutdown')], max_length=20, verbose_name='close reason')),
+                ('cost_usd', models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='cost (USD)')),
+                ('deployment_id', models.UUIDField(blank=True, null=True, verbose_name='deployment ID')),
+                ('endpoint', models.CharField(max_length=64, verbose_name='endpoint')),
+                ('error_code', models.CharField(blank=True, max_length=64, verbose_name='error code')),
+                ('error_message', models.CharField(blank=True, max_length=1000, verbose_name='error message')),
+                ('estimated', models.BooleanField(default=False, verbose_name='estimated')),
+                ('finished_at', models.DateTimeField(blank=True, null=True, verbose_name='finished at')),
+                ('group_ids', django.contrib.postgres.fields.ArrayField(base_field=models.UUIDField(), blank=True, db_default=[], default=list, size=None, verbose_name='groups')),
+                ('id', models.BigAutoField(primary_key=True, serialize=False, verbose_name='ID')),
+                ('input_tokens', models.BigIntegerField(default=0, verbose_name='input tokens')),
+                ('is_stream', models.BooleanField(default=False, verbose_name='streamed')),
+                ('member', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='member')),
+                ('model', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='allocations.catalogmodel', verbose_name='model')),
+                ('outcome', models.CharField(choices=[('success', 'Success'), ('client_cancelled', 'Client Cancelled'), ('upstream_error', 'Upstream Error'), ('gateway_error', 'Gateway Error'), ('rejected_unauthenticated', 'Rejected Unauthenticated'), ('rejected_bad_request', 'Rejected Bad Request'), ('rejected_model_mismatch', 'Rejected Model Mismatch'), ('rejected_revoked', 'Rejected Revoked'), ('rejected_paused', 'Rejected Paused'), ('rejected_quarantined', 'Rejected Quarantined'), ('rejected_quota_exceeded', 'Rejected Quota Exceeded'), ('rejected_cost_quota_exceeded', 'Rejected Cost Quota Exceeded'), ('rejected_quota_busy', 'Rejected Quota Busy'), ('rejected_model_kind', 'Rejected Model Kind'), ('rejected_rate_limited', 'Rejected Rate Limited'), ('rejected_model_forbidden', 'Rejected Model Forbidden'), ('rejected_group_quota_exceeded', 'Rejected Group Quota Exceeded'), ('rejected_group_cost_quota_exceeded', 'Rejected Group Cost Quota Exceeded')], max_length=40, verbose_name='outcome')),
+                ('output_tokens', models.BigIntegerField(default=0, verbose_name='output tokens')),
+                ('price_version', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='quota.priceversion', verbose_name='price version')),
+                ('priced', models.BooleanField(default=False, verbose_name='priced')),
+                ('quantity', models.DecimalField(blank=True, decimal_places=6, max_digits=24, null=True, verbose_name='quantity')),
+                ('reasoning_tokens', models.BigIntegerField(default=0, verbose_name='reasoning tokens')),
+                ('request_id', models.CharField(max_length=64, verbose_name='request ID')),
+                ('service_tier', models.CharField(blank=True, max_length=16, verbose_name='service tier')),
+                ('started_at', models.DateTimeField(verbose_name='started at')),
+                ('status_code', models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='status code')),
+                ('tool_calls', models.JSONField(blank=True, default=dict, verbose_name='tool calls')),
+                ('ttft_ms', models.PositiveIntegerField(blank=True, null=True, verbose_name='time to first token (ms)')),
+                ('unit', models.CharField(blank=True, max_length=16, verbose_name='unit')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='api_key',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='allocations.apikey', verbose_name='API key'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='attempts',
-            field=models.PositiveSmallIntegerField(default=0, verbose_name='attempts'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='audio_input_tokens',
-            field=models.BigIntegerField(default=0, verbose_name='audio input tokens'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='audio_output_tokens',
-            field=models.BigIntegerField(default=0, verbose_name='audio output tokens'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='cached_tokens',
-            field=models.BigIntegerField(default=0, verbose_name='cached tokens'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='close_reason',
-            field=models.CharField(blank=True, choices=[('normal', 'Normal'), ('client_abort', 'Client Abort'), ('revoked', 'Revoked'), ('cost_exceeded', 'Cost Exceeded'), ('quota_exceeded', 'Quota Exceeded'), ('upstream_closed', 'Upstream Closed'), ('upstream_error', 'Upstream Error'), ('shutdown', 'Shutdown')], max_length=20, verbose_name='close reason'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='cost_usd',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='cost (USD)'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='deployment_id',
-            field=models.UUIDField(blank=True, null=True, verbose_name='deployment ID'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='endpoint',
-            field=models.CharField(max_length=64, verbose_name='endpoint'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='error_code',
-            field=models.CharField(blank=True, max_length=64, verbose_name='error code'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='error_message',
-            field=models.CharField(blank=True, max_length=1000, verbose_name='error message'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='estimated',
-            field=models.BooleanField(default=False, verbose_name='estimated'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='finished_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='group_ids',
-            field=django.contrib.postgres.fields.ArrayField(base_field=models.UUIDField(), blank=True, db_default=[], default=list, size=None, verbose_name='groups'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='id',
-            field=models.BigAutoField(primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='input_tokens',
-            field=models.BigIntegerField(default=0, verbose_name='input tokens'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='is_stream',
-            field=models.BooleanField(default=False, verbose_name='streamed'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='member',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='member'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='model',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='allocations.catalogmodel', verbose_name='model'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='outcome',
-            field=models.CharField(choices=[('success', 'Success'), ('client_cancelled', 'Client Cancelled'), ('upstream_error', 'Upstream Error'), ('gateway_error', 'Gateway Error'), ('rejected_unauthenticated', 'Rejected Unauthenticated'), ('rejected_bad_request', 'Rejected Bad Request'), ('rejected_model_mismatch', 'Rejected Model Mismatch'), ('rejected_revoked', 'Rejected Revoked'), ('rejected_paused', 'Rejected Paused'), ('rejected_quarantined', 'Rejected Quarantined'), ('rejected_quota_exceeded', 'Rejected Quota Exceeded'), ('rejected_cost_quota_exceeded', 'Rejected Cost Quota Exceeded'), ('rejected_quota_busy', 'Rejected Quota Busy'), ('rejected_model_kind', 'Rejected Model Kind'), ('rejected_rate_limited', 'Rejected Rate Limited'), ('rejected_model_forbidden', 'Rejected Model Forbidden'), ('rejected_group_quota_exceeded', 'Rejected Group Quota Exceeded'), ('rejected_group_cost_quota_exceeded', 'Rejected Group Cost Quota Exceeded')], max_length=40, verbose_name='outcome'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='output_tokens',
-            field=models.BigIntegerField(default=0, verbose_name='output tokens'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='price_version',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='quota.priceversion', verbose_name='price version'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='priced',
-            field=models.BooleanField(default=False, verbose_name='priced'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='quantity',
-            field=models.DecimalField(blank=True, decimal_places=6, max_digits=24, null=True, verbose_name='quantity'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='reasoning_tokens',
-            field=models.BigIntegerField(default=0, verbose_name='reasoning tokens'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='request_id',
-            field=models.CharField(max_length=64, verbose_name='request ID'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='service_tier',
-            field=models.CharField(blank=True, max_length=16, verbose_name='service tier'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='started_at',
-            field=models.DateTimeField(verbose_name='started at'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='status_code',
-            field=models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='status code'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='tool_calls',
-            field=models.JSONField(blank=True, default=dict, verbose_name='tool calls'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='ttft_ms',
-            field=models.PositiveIntegerField(blank=True, null=True, verbose_name='time to first token (ms)'),
-        ),
-        migrations.AlterField(
-            model_name='callrecord',
-            name='unit',
-            field=models.CharField(blank=True, max_length=16, verbose_name='unit'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='poolconfig',
-            name='floor_per_allocation',
-            field=models.BigIntegerField(default=0, help_text='Minimum monthly token quota every pool allocation gets.', verbose_name='floor per allocation'),
+            fields=[
+                ('floor_per_allocation', models.BigIntegerField(default=0, help_text='Minimum monthly token quota every pool allocation gets.', verbose_name='floor per allocation')),
+                ('total_tokens_per_month', models.BigIntegerField(default=0, help_text='T: tokens per month shared by reserved and pool allocations. 0 switches the pool off.', verbose_name='total tokens per month')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='poolconfig',
-            name='total_tokens_per_month',
-            field=models.BigIntegerField(default=0, help_text='T: tokens per month shared by reserved and pool allocations. 0 switches the pool off.', verbose_name='total tokens per month'),
-        ),
-        migrations.AlterField(
-            model_name='poolconfig',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='priceversion',
-            name='audio_input_per_1m',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='audio input per 1M tokens'),
+            fields=[
+                ('audio_input_per_1m', models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='audio input per 1M tokens')),
+                ('audio_output_per_1m', models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='audio output per 1M tokens')),
+                ('cached_input_per_1m', models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='cached input per 1M tokens')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
+                ('effective_from', models.DateTimeField(verbose_name='effective from')),
+                ('image_prices', models.JSONField(blank=True, default=dict, verbose_name='image prices')),
+                ('input_per_1m', models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='input per 1M tokens')),
+                ('model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='prices', to='allocations.catalogmodel', verbose_name='model')),
+                ('output_per_1m', models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='output per 1M tokens')),
+                ('price_per_unit', models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='price per unit')),
+                ('service_tier_multipliers', models.JSONField(blank=True, default=dict, verbose_name='service tier multipliers')),
+                ('tool_call_prices', models.JSONField(blank=True, default=dict, verbose_name='tool call prices')),
+                ('unit', models.CharField(blank=True, choices=[('image', 'Image'), ('page', 'Page'), ('second', 'Second'), ('minute', 'Minute'), ('character', 'Character'), ('query', 'Query'), ('request', 'Request')], max_length=16, verbose_name='unit')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='audio_output_per_1m',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='audio output per 1M tokens'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='cached_input_per_1m',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='cached input per 1M tokens'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='effective_from',
-            field=models.DateTimeField(verbose_name='effective from'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='image_prices',
-            field=models.JSONField(blank=True, default=dict, verbose_name='image prices'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='input_per_1m',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='input per 1M tokens'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='prices', to='allocations.catalogmodel', verbose_name='model'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='output_per_1m',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='output per 1M tokens'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='price_per_unit',
-            field=models.DecimalField(blank=True, decimal_places=9, max_digits=24, null=True, verbose_name='price per unit'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='service_tier_multipliers',
-            field=models.JSONField(blank=True, default=dict, verbose_name='service tier multipliers'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='tool_call_prices',
-            field=models.JSONField(blank=True, default=dict, verbose_name='tool call prices'),
-        ),
-        migrations.AlterField(
-            model_name='priceversion',
-            name='unit',
-            field=models.CharField(blank=True, choices=[('image', 'Image'), ('page', 'Page'), ('second', 'Second'), ('minute', 'Minute'), ('character', 'Character'), ('query', 'Query'), ('request', 'Request')], max_length=16, verbose_name='unit'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='rebalanceentry',
-            name='allocation',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='allocations.allocation', verbose_name='allocation'),
+            fields=[
+                ('allocation', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='allocations.allocation', verbose_name='allocation')),
+                ('applied', models.BooleanField(default=False, verbose_name='applied')),
+                ('log', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='entries', to='quota.rebalancelog', verbose_name='log')),
+                ('quota_after', models.BigIntegerField(blank=True, null=True, verbose_name='quota after')),
+                ('quota_before', models.BigIntegerField(blank=True, null=True, verbose_name='quota before')),
+                ('reason', models.CharField(max_length=200, verbose_name='reason')),
+                ('usage', models.BigIntegerField(default=0, verbose_name='usage')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='rebalanceentry',
-            name='applied',
-            field=models.BooleanField(default=False, verbose_name='applied'),
-        ),
-        migrations.AlterField(
-            model_name='rebalanceentry',
-            name='log',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='entries', to='quota.rebalancelog', verbose_name='log'),
-        ),
-        migrations.AlterField(
-            model_name='rebalanceentry',
-            name='quota_after',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='quota after'),
-        ),
-        migrations.AlterField(
-            model_name='rebalanceentry',
-            name='quota_before',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='quota before'),
-        ),
-        migrations.AlterField(
-            model_name='rebalanceentry',
-            name='reason',
-            field=models.CharField(max_length=200, verbose_name='reason'),
-        ),
-        migrations.AlterField(
-            model_name='rebalanceentry',
-            name='usage',
-            field=models.BigIntegerField(default=0, verbose_name='usage'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='rebalancelog',
-            name='actor',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='actor'),
+            fields=[
+                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='actor')),
+                ('cold_start', models.BooleanField(default=False, verbose_name='cold start')),
+                ('created_at', models.DateTimeField(db_index=True, verbose_name='created at')),
+                ('distributable_tokens', models.BigIntegerField(verbose_name='distributable tokens')),
+                ('floor_per_allocation', models.BigIntegerField(verbose_name='floor per allocation')),
+                ('id', models.BigAutoField(primary_key=True, serialize=False, verbose_name='ID')),
+                ('outcome', models.CharField(choices=[('applied', 'Applied'), ('refused', 'Refused')], max_length=16, verbose_name='outcome')),
+                ('period_key', models.CharField(blank=True, max_length=16, null=True, unique=True, verbose_name='period key')),
+                ('pool_size', models.IntegerField(verbose_name='pool size')),
+                ('reason', models.CharField(blank=True, max_length=500, verbose_name='reason')),
+                ('reserved_tokens', models.BigIntegerField(verbose_name='reserved tokens')),
+                ('skipped', models.IntegerField(default=0, verbose_name='skipped')),
+                ('total_tokens', models.BigIntegerField(verbose_name='total tokens')),
+                ('total_usage', models.BigIntegerField(verbose_name='total usage')),
+                ('trigger', models.CharField(choices=[('schedule', 'Schedule'), ('command', 'Command'), ('admin', 'Admin'), ('api', 'Api')], max_length=16, verbose_name='trigger')),
+                ('usage_period_start', models.DateField(verbose_name='usage period start')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='cold_start',
-            field=models.BooleanField(default=False, verbose_name='cold start'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='created_at',
-            field=models.DateTimeField(db_index=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='distributable_tokens',
-            field=models.BigIntegerField(verbose_name='distributable tokens'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='floor_per_allocation',
-            field=models.BigIntegerField(verbose_name='floor per allocation'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='id',
-            field=models.BigAutoField(primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='outcome',
-            field=models.CharField(choices=[('applied', 'Applied'), ('refused', 'Refused')], max_length=16, verbose_name='outcome'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='period_key',
-            field=models.CharField(blank=True, max_length=16, null=True, unique=True, verbose_name='period key'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='pool_size',
-            field=models.IntegerField(verbose_name='pool size'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='reason',
-            field=models.CharField(blank=True, max_length=500, verbose_name='reason'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='reserved_tokens',
-            field=models.BigIntegerField(verbose_name='reserved tokens'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='skipped',
-            field=models.IntegerField(default=0, verbose_name='skipped'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='total_tokens',
-            field=models.BigIntegerField(verbose_name='total tokens'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='total_usage',
-            field=models.BigIntegerField(verbose_name='total usage'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='trigger',
-            field=models.CharField(choices=[('schedule', 'Schedule'), ('command', 'Command'), ('admin', 'Admin'), ('api', 'Api')], max_length=16, verbose_name='trigger'),
-        ),
-        migrations.AlterField(
-            model_name='rebalancelog',
-            name='usage_period_start',
-            field=models.DateField(verbose_name='usage period start'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='reservation',
-            name='context',
-            field=models.JSONField(blank=True, default=dict, verbose_name='context'),
+            fields=[
+                ('context', models.JSONField(blank=True, default=dict, verbose_name='context')),
+                ('cost', models.DecimalField(decimal_places=9, default=0, max_digits=24, verbose_name='cost')),
+                ('counter', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reservations', to='quota.usagecounter', verbose_name='counter')),
+                ('created_at', models.DateTimeField(verbose_name='created at')),
+                ('expires_at', models.DateTimeField(db_index=True, verbose_name='expires at')),
+                ('group_ids', django.contrib.postgres.fields.ArrayField(base_field=models.UUIDField(), blank=True, db_default=[], default=list, size=None, verbose_name='groups')),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID')),
+                ('request_id', models.CharField(max_length=64, verbose_name='request ID')),
+                ('tokens', models.BigIntegerField(default=0, verbose_name='tokens')),
+            ],
         ),
-        migrations.AlterField(
-            model_name='reservation',
-            name='cost',
-            field=models.DecimalField(decimal_places=9, default=0, max_digits=24, verbose_name='cost'),
-        ),
-        migrations.AlterField(
-            model_name='reservation',
-            name='counter',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reservations', to='quota.usagecounter', verbose_name='counter'),
-        ),
-        migrations.AlterField(
-            model_name='reservation',
-            name='created_at',
-            field=models.DateTimeField(verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='reservation',
-            name='expires_at',
-            field=models.DateTimeField(db_index=True, verbose_name='expires at'),
-        ),
-        migrations.AlterField(
-            model_name='reservation',
-            name='group_ids',
-            field=django.contrib.postgres.fields.ArrayField(base_field=models.UUIDField(), blank=True, db_default=[], default=list, size=None, verbose_name='groups'),
-        ),
-        migrations.AlterField(
-            model_name='reservation',
-            name='id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False, verbose_name='ID'),
-        ),
-        migrations.AlterField(
-            model_name='reservation',
-            name='request_id',
-            field=models.CharField(max_length=64, verbose_name='request ID'),
-        ),
-        migrations.AlterField(
-            model_name='reservation',
-            name='tokens',
-            field=models.BigIntegerField(default=0, verbose_name='tokens'),
-        ),
-        migrations.AlterField(
+        AlterFields(
             model_name='usagecounter',
-            name='allocation',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage_counters', to='allocations.allocation', verbose_name='allocation'),
-        ),
-        migrations.AlterField(
-            model_name='usagecounter',
-            name='calls',
-            field=models.BigIntegerField(default=0, verbose_name='calls'),
-        ),
-        migrations.AlterField(
-            model_name='usagecounter',
-            name='cost_reserved',
-            field=models.DecimalField(decimal_places=9, default=0, max_digits=24, verbose_name='cost reserved'),
-        ),
-        migrations.AlterField(
-            model_name='usagecounter',
-            name='cost_used',
-            field=models.DecimalField(decimal_places=9, default=0, max_digits=24, verbose_name='cost used'),
-        ),
-        migrations.AlterField(
-            model_name='usagecounter',
-            name='period_start',
-            field=models.DateField(verbose_name='period start'),
-        ),
-        migrations.AlterField(
-            model_name='usagecounter',
-            name='tokens_reserved',
-            field=models.BigIntegerField(default=0, verbose_name='tokens reserved'),
-        ),
-        migrations.AlterField(
-            model_name='usagecounter',
-            name='tokens_used',
-            field=models.BigIntegerField(default=0, verbose_name='tokens used'),
-        ),
-        migrations.AlterField(
-            model_name='usagecounter',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
+            fields=[
+                ('allocation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage_counters', to='allocations.allocation', verbose_name='allocation')),
+                ('calls', models.BigIntegerField(default=0, verbose_name='calls')),
+                ('cost_reserved', models.DecimalField(decimal_places=9, default=0, max_digits=24, verbose_name='cost reserved')),
+                ('cost_used', models.DecimalField(decimal_places=9, default=0, max_digits=24, verbose_name='cost used')),
+                ('period_start', models.DateField(verbose_name='period start')),
+                ('tokens_reserved', models.BigIntegerField(default=0, verbose_name='tokens reserved')),
+                ('tokens_used', models.BigIntegerField(default=0, verbose_name='tokens used')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+            ],
         ),
     ]

@@ -58,6 +58,7 @@ def _tables_and_trigger(params) -> tuple[set, bool]:
     return tables, trigger is not None
 
 
+@pytest.mark.slow
 def test_migrations_run_forward_from_zero_and_back_to_zero_on_postgresql(scratch_postgres):
     url, params = scratch_postgres
     manage("migrate", "--noinput", database_url=url)

@@ -1,24 +1,17 @@
 """The migration that gives every catalogue model its first deployment, forward and back, on a
-table that already holds models."""
+table that already holds models (on a database of its own: tests/scratch_db.py)."""
 
-import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
-
-def test_each_model_gets_its_provider_as_first_deployment_and_back():
-    executor = MigrationExecutor(connection)
+def test_each_model_gets_its_provider_as_first_deployment_and_back(scratch_executor):
+    executor = scratch_executor
     [target] = [key for key in executor.loader.graph.nodes if key[1].endswith("deployment_from_model_provider")]
     [table] = executor.loader.graph.node_map[target].parents
     [before] = executor.loader.graph.node_map[table.key].parents
     executor.migrate([before.key])
-    try:
-        migrated_both_ways(before.key, target)
-    finally:
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
+    migrated_both_ways(before.key, target)
 
 
 def migrated_both_ways(before: tuple, target: tuple) -> None:

@@ -1,23 +1,17 @@
 """The migration that adds the tool rules drops `local_shell` from the models that allowed it: the
-client runs that tool, so it is no longer an option a model allows (it always passes)."""
+client runs that tool, so it is no longer an option a model allows (it always passes). On a
+database of its own (tests/scratch_db.py)."""
 
-import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
-
-def test_local_shell_leaves_the_allowed_options_and_the_rules_default_to_remove():
-    executor = MigrationExecutor(connection)
+def test_local_shell_leaves_the_allowed_options_and_the_rules_default_to_remove(scratch_executor):
+    executor = scratch_executor
     [target] = [key for key in executor.loader.graph.nodes if key[1].endswith("catalogmodel_tools_by_who_runs_them")]
     [before] = executor.loader.graph.node_map[target].parents
     executor.migrate([before.key])
-    try:
-        migrated(executor, before.key, target)
-    finally:  # every app at its latest again (later migrations of any app included)
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
+    migrated(executor, before.key, target)
 
 
 def migrated(executor: MigrationExecutor, before: tuple, target: tuple) -> None:

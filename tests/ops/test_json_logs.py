@@ -82,6 +82,7 @@ def production_processes(test_db_name, tmp_path, collected_static, settings):
             process.wait(10)
 
 
+@pytest.mark.slow
 def test_every_line_of_the_web_supervisor_worker_and_beat_is_json(production_processes, fake):
     env, started = production_processes
     serve, serve_log = started["serve"]

@@ -66,6 +66,7 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+@pytest.mark.slow
 def test_two_hundred_calls_through_pgbouncer_in_transaction_mode_are_all_recorded_without_a_traceback(pgbouncer, fake):
     server = start_serve(1, DATABASE_URL=pgbouncer, GATEWAY_PGBOUNCER="true")
     try:

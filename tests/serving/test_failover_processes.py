@@ -12,8 +12,7 @@ from .conftest import chat
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def arranged(arrange, server, first_upstream: str, **first_fields):
-    world = arrange(server)
+def arranged(world, first_upstream: str, **first_fields):
     allocation = world.allocation(upstream_name=first_upstream)
     first = Deployment.objects.get(model=allocation.model)
     Deployment.objects.filter(pk=first.pk).update(**first_fields)
@@ -24,20 +23,33 @@ def arranged(arrange, server, first_upstream: str, **first_fields):
 
 
 def test_a_cooldown_set_by_one_process_is_honoured_by_the_other(serve_factory, arrange, fake):
+    """The cooldown is a key in the shared Redis database. A process that shares the database and
+    flushes it (another run's test start), or a read of it past its deadline on a starved machine
+    (the gateway then fails open: no cooldown known), can make one attempt miss it; a process
+    that does not share cooldowns misses it every time. So up to three attempts, each on
+    deployments of its own (their own cooldown keys)."""
     one, two = serve_factory(1), serve_factory(1)
-    allocation, first, backup = arranged(arrange, one, "fake-error-429")
-    assert chat(one.url, allocation.plaintext, allocation.model.slug).status_code == 200
-    assert [r["body"]["model"] for r in fake.requests] == ["fake-error-429", "gpt-4o"]
-    fake.requests.clear()
-    assert chat(two.url, allocation.plaintext, allocation.model.slug).status_code == 200
-    assert [r["body"]["model"] for r in fake.requests] == ["gpt-4o"]  # the other process skipped it
-    rows = list(CallRecord.objects.filter(allocation=allocation).order_by("id"))
-    assert [(r.attempts, r.deployment_id) for r in rows] == [(2, backup.pk), (1, backup.pk)]
+    world = arrange(one)
+
+    def attempt() -> bool:
+        allocation, first, backup = arranged(world, "fake-error-429")
+        fake.requests.clear()
+        assert chat(one.url, allocation.plaintext, allocation.model.slug).status_code == 200
+        assert [r["body"]["model"] for r in fake.requests] == ["fake-error-429", "gpt-4o"]
+        fake.requests.clear()
+        assert chat(two.url, allocation.plaintext, allocation.model.slug).status_code == 200
+        if [r["body"]["model"] for r in fake.requests] != ["gpt-4o"]:  # the other process skips it
+            return False
+        rows = list(CallRecord.objects.filter(allocation=allocation).order_by("id"))
+        assert [(r.attempts, r.deployment_id) for r in rows] == [(2, backup.pk), (1, backup.pk)]
+        return True
+
+    assert any(attempt() for _ in range(3))
 
 
 def test_a_deployments_rpm_holds_across_processes(serve_factory, arrange, fake):
     one, two = serve_factory(1), serve_factory(1)
-    allocation, first, backup = arranged(arrange, one, "gpt-4o-mini", rpm_limit=2)
+    allocation, first, backup = arranged(arrange(one), "gpt-4o-mini", rpm_limit=2)
     for server in (one, two, one, two):
         assert chat(server.url, allocation.plaintext, allocation.model.slug).status_code == 200
     served = [r["body"]["model"] for r in fake.requests]
