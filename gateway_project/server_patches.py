@@ -277,14 +277,18 @@ def _process_without_deferreds() -> None:
 
     from daphne import http_protocol, utils
     from daphne.http_protocol import WebRequest
-    from twisted.protocols.policies import ProtocolWrapper
 
+    original = WebRequest.process
     name_ok = utils.HEADER_NAME_RE.fullmatch
     bad_value = re.compile(b"[%s]" % re.escape(bytes(sorted(utils.INVALID_HEADER_VALUE_BYTES)))).search
     log = http_protocol.logger
 
-    def process(self: Any) -> None:
-        """daphne's WebRequest.process, step by step, as a plain method (see the patch's why)."""
+    def process(self: Any) -> Any:
+        """daphne's WebRequest.process, step by step, as a plain method (see the patch's why); a
+        WebSocket handshake, once per connection, goes through daphne's own."""
+        upgrade = self.requestHeaders.getRawHeaders(b"Upgrade")
+        if upgrade and upgrade[0].lower() == b"websocket":
+            return original(self)
         try:
             self.request_start = time.time()
             # the header checks, and the application's headers gathered in the same pass
@@ -304,8 +308,6 @@ def _process_without_deferreds() -> None:
                     root_paths.extend(values)
                 else:
                     clean_headers.extend([(lower, value) for value in values])
-            upgrade = self.requestHeaders.getRawHeaders(b"Upgrade")
-            upgrade_header = upgrade[0] if upgrade else None
             client = self.client
             if hasattr(client, "host") and hasattr(client, "port"):
                 self.client_addr = [str(client.host), client.port]
@@ -335,9 +337,6 @@ def _process_without_deferreds() -> None:
                 except UnicodeDecodeError:
                     self.basic_error(400, b"Bad Request", "Invalid query string")
                     return
-            if upgrade_header and upgrade_header.lower() == b"websocket":
-                _hand_to_websocket(self, server, log, ProtocolWrapper)
-                return
             self.clean_headers = clean_headers
             self.root_path = server.root_path
             for value in root_paths:
@@ -374,32 +373,6 @@ def _process_without_deferreds() -> None:
             self.basic_error(500, b"Internal Server Error", "Daphne HTTP processing error")
 
     WebRequest.process = functools.wraps(WebRequest.process)(process)
-
-
-def _hand_to_websocket(request: Any, server: "Server", log: logging.Logger, wrapper: Any) -> None:
-    """daphne's WebSocket branch of WebRequest.process, as it is."""
-    protocol = server.ws_factory.buildProtocol(request.transport.getPeer())
-    if not protocol:
-        request.setResponseCode(500)
-        log.warning("Could not make WebSocket protocol")
-        request.finish()
-    protocol._raw_query_string = request.query_string
-    transport: Any = request.transport
-    request.transport = None
-    if isinstance(transport, wrapper):  # TLS is a wrapping protocol
-        transport.wrappedProtocol = protocol
-    else:
-        transport.protocol = protocol
-    protocol.makeConnection(transport)
-    data = request.method + b" " + request.uri + b" HTTP/1.1\x0d\x0a"
-    for h in request.requestHeaders.getAllRawHeaders():
-        data += h[0] + b": " + b",".join(h[1]) + b"\x0d\x0a"
-    data += b"\x0d\x0a"
-    data += request.content.read()
-    protocol.dataReceived(data)
-    log.debug("Upgraded connection %s to WebSocket", request.client_addr)
-    server.protocol_disconnected(request)
-    request.channel._networkProducer.resumeProducing()
 
 
 class _Inbox:
@@ -667,8 +640,6 @@ PATCHES = (
             "daphne.http_protocol:WebRequest.process>application_queue",
             "daphne.http_protocol:WebRequest.process>request_buffer_size",
             "daphne.http_protocol:WebRequest.process>proxy_forwarded_address_header",
-            "daphne.http_protocol:WebRequest.process>ws_factory",
-            "daphne.http_protocol:WebRequest.process>_networkProducer",
             "daphne.http_protocol:WebRequest.basic_error",
             "daphne.utils:HEADER_NAME_RE",
             "daphne.utils:INVALID_HEADER_VALUE_BYTES",
@@ -681,7 +652,8 @@ PATCHES = (
         "copied context and Twisted's callback loop per request, and it walked the headers twice "
         "(checked, then gathered for the scope). It runs as a plain method now, the same steps in "
         "the same order, the headers checked and gathered in one pass; the scope and every answer "
-        "(400s, the 500 on an error, the WebSocket hand-over) are daphne's.",
+        "(400s, the 500 on an error) are daphne's, and a WebSocket handshake goes through daphne's "
+        "own process.",
     ),
     Patch(
         name="light_application_queue",
