@@ -11,7 +11,11 @@ with a fixed number of calls, the counters dumped: user-space instructions of th
 per call (daphne, Django, the gateway, aiohttp, psycopg, the interpreter and its collector; not the
 kernel). Medians and the round-paired difference; JSON lines to bench/results/raw/.
 
-  bench/instructions_alternate.py world.json --tree OTHER [--rounds 6] [--calls 240] [--concurrency 16]
+`--thin` serves each tree's `bench.thin_daphne:app` instead (the shared thin pass-through under our
+daphne with the server patches of that tree, run.py's `thin_daphne` target, against the world's
+0 ms upstream): the floor's instructions per call, the same way.
+
+  bench/instructions_alternate.py world.json --tree OTHER [--rounds 6] [--calls 240] [--concurrency 16] [--thin]
 """
 
 import argparse
@@ -23,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import RESULTS, ROOT, free_port, wait_http
+from run import HARNESS, RESULTS, ROOT, free_port, server_deps, wait_http
 from run import wrk as run_wrk
 
 ENV = {
@@ -35,11 +39,13 @@ ENV = {
 }
 
 
-def start(tree: Path, port: int, out: Path) -> subprocess.Popen:
+def start(tree: Path, port: int, out: Path, thin: dict | None = None) -> subprocess.Popen:
+    """The gateway of `tree`, or with `thin` (environment) its thin_daphne, under callgrind."""
+    app = "bench.thin_daphne:app" if thin else "gateway_project.asgi:application"
     command = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/cg-%p.out"]
     command += [str(tree / ".venv" / "bin" / "python"), "-m", "gateway_project.serve", "--workers", "1"]
-    command += ["-v", "0", "-b", "127.0.0.1", "-p", str(port), "gateway_project.asgi:application"]
-    env = {**os.environ, **ENV}
+    command += ["-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
+    env = {**os.environ, **ENV, **(thin or {})}
     return subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -91,16 +97,22 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--model", default="bench0/gpt-4o-mini")
     ap.add_argument("--seconds", type=int, default=40, help="wrk's duration: long enough for --calls under valgrind")
+    ap.add_argument("--thin", action="store_true", help="count each tree's thin_daphne instead of its gateway")
     args = ap.parse_args()
     world = json.loads(Path(args.world).read_text())
     env = {**os.environ, "BENCH_KEY": world["key"], "BENCH_MODEL": args.model}
+    thin = None
+    if args.thin:
+        thin = {"UPSTREAM": world["upstream"]["0"], "GATEWAY_KEY": "sk-thin", "CLIENT": "aiohttp"}
+        thin["PYTHONPATH"] = f"{server_deps()}{os.pathsep}{HARNESS}"
+        env |= {"BENCH_KEY": "sk-thin", "BENCH_MODEL": "gpt-4o-mini"}
     out = Path(tempfile.mkdtemp(prefix="callgrind-"))
     trees = {ROOT.name: ROOT, Path(args.tree).resolve().name: Path(args.tree).resolve()}
     procs, targets = [], {}
     try:
         for name, tree in trees.items():
             port = free_port()
-            procs.append(start(tree, port, out))
+            procs.append(start(tree, port, out, thin))
             targets[name] = port
         for port in targets.values():
             wait_http(port, timeout=600)
@@ -123,7 +135,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (RESULTS / f"instructions-{time.strftime('%Y%m%d-%H%M%S')}.jsonl").open("w") as raw:
         for name, values in counts.items():
-            row = {"target": name, "model": args.model, "concurrency": args.concurrency, "rounds": args.rounds}
+            row = {
+                "target": name,
+                "app": "thin_daphne" if thin else "gateway",
+                "model": env["BENCH_MODEL"],
+                "concurrency": args.concurrency,
+                "rounds": args.rounds,
+            }
             row |= {"minstr_per_call_median": round(statistics.median(values) / 1e6, 4), "per_round": values}
             print(json.dumps(row))
             raw.write(json.dumps(row) + "\n")

@@ -17,13 +17,18 @@ To upgrade daphne, Twisted, autobahn or Django: run `tests/serving/` against the
 """
 
 import asyncio
+import collections
+import contextlib
 import functools
 import importlib
 import importlib.metadata
 import inspect
 import logging
 import os
+import re
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -130,9 +135,19 @@ def _body_parts_direct() -> None:
 
     @functools.wraps(original)
     async def handle_reply(self: Server, protocol: "WebRequest", message: dict[str, Any]) -> None:
-        body_part = message.get("more_body") and message["type"] == "http.response.body"
-        if not (body_part and _part(self, protocol, message)):
-            await original(self, protocol, message)
+        kind = message["type"]
+        if kind == "http.response.body" and message.get("more_body") and _part(self, protocol, message):
+            return
+        details = self.connections.get(protocol)  # daphne's own steps from here, in one coroutine
+        if details is None or details.get("disconnected", None):
+            return
+        if kind == "http.response.start":  # check_headers_type looks at nothing else
+            try:
+                self.check_headers_type(message)
+            except ValueError:
+                protocol.basic_error(500, b"Server Error", "Server Error")
+                raise
+        protocol.handle_reply(message)
 
     Server.handle_reply = handle_reply
 
@@ -257,6 +272,265 @@ def _sent_now(transport: Any, data: bytes) -> bool:  # a Twisted transport: TLS,
     return True
 
 
+def _process_without_deferreds() -> None:
+    from urllib.parse import unquote
+
+    from daphne import http_protocol, utils
+    from daphne.http_protocol import WebRequest
+
+    original = WebRequest.process
+    name_ok = utils.HEADER_NAME_RE.fullmatch
+    bad_value = re.compile(b"[%s]" % re.escape(bytes(sorted(utils.INVALID_HEADER_VALUE_BYTES)))).search
+    log = http_protocol.logger
+
+    def process(self: Any) -> Any:
+        """daphne's WebRequest.process, step by step, as a plain method (see the patch's why); a
+        WebSocket handshake, once per connection, goes through daphne's own."""
+        upgrade = self.requestHeaders.getRawHeaders(b"Upgrade")
+        if upgrade and upgrade[0].lower() == b"websocket":
+            return original(self)
+        try:
+            self.request_start = time.time()
+            # the header checks, and the application's headers gathered in the same pass
+            clean_headers, root_paths = [], []
+            for name, values in self.requestHeaders.getAllRawHeaders():
+                if not name_ok(name):
+                    self.basic_error(400, b"Bad Request", "Invalid header name")
+                    return
+                for value in values:
+                    if bad_value(value):
+                        self.basic_error(400, b"Bad Request", "Invalid header value")
+                        return
+                if b"_" in name:  # CVE-2015-0219
+                    continue
+                lower = name.lower()
+                if lower == b"daphne-root-path":
+                    root_paths.extend(values)
+                else:
+                    clean_headers.extend([(lower, value) for value in values])
+            client = self.client
+            if hasattr(client, "host") and hasattr(client, "port"):
+                self.client_addr = [str(client.host), client.port]
+                self.server_addr = [str(self.host.host), self.host.port]
+            self.client_scheme = "https" if self.isSecure() else "http"
+            server = self.server
+            if server.proxy_forwarded_address_header:
+                self.client_addr, self.client_scheme = utils.parse_x_forwarded_for(
+                    self.requestHeaders,
+                    server.proxy_forwarded_address_header,
+                    server.proxy_forwarded_port_header,
+                    server.proxy_forwarded_proto_header,
+                    self.client_addr,
+                    self.client_scheme,
+                )
+            try:
+                path = self.path.decode("ascii")
+            except UnicodeDecodeError:
+                self.path = b"/"
+                self.basic_error(400, b"Bad Request", "Invalid characters in path")
+                return
+            self.query_string = b""
+            if b"?" in self.uri:
+                self.query_string = self.uri.split(b"?", 1)[1]
+                try:
+                    self.query_string.decode("ascii")
+                except UnicodeDecodeError:
+                    self.basic_error(400, b"Bad Request", "Invalid query string")
+                    return
+            self.clean_headers = clean_headers
+            self.root_path = server.root_path
+            for value in root_paths:
+                self.root_path = unquote(value.decode("ascii"))
+            log.debug("HTTP %s request for %s", self.method, self.client_addr)
+            self.content.seek(0, 0)
+            self.application_queue = server.create_application(
+                self,
+                {
+                    "type": "http",
+                    "http_version": self.clientproto.split(b"/")[-1].decode("ascii"),
+                    "method": self.method.decode("ascii"),
+                    "path": unquote(path),
+                    "raw_path": self.path,
+                    "root_path": self.root_path,
+                    "scheme": self.client_scheme,
+                    "query_string": self.query_string,
+                    "headers": clean_headers,
+                    "client": self.client_addr,
+                    "server": self.server_addr,
+                },
+            )
+            if self.application_queue is None or self.content.closed:
+                return  # the request was abandoned meanwhile
+            buffer_size = server.request_buffer_size
+            while True:
+                chunk = self.content.read(buffer_size)
+                more_body = not (len(chunk) < buffer_size)
+                self.application_queue.put_nowait({"type": "http.request", "body": chunk, "more_body": more_body})
+                if not more_body:
+                    break
+        except Exception:  # noqa: BLE001 - daphne's own answer to any error here: a logged 500
+            log.error(traceback.format_exc())
+            self.basic_error(500, b"Internal Server Error", "Daphne HTTP processing error")
+
+    WebRequest.process = functools.wraps(WebRequest.process)(process)
+
+
+class _Inbox:
+    """The messages daphne hands one application (its `receive`): asyncio.Queue's put_nowait and
+    get, without the bound, the task count and the join event that daphne never uses."""
+
+    __slots__ = ("_items", "_getters")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._getters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        items = self._items
+        while not items:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+                if items and not getter.cancelled():
+                    self._wake()  # an item came as this getter was cancelled: the next getter takes it
+                raise
+        return items.popleft()
+
+    def _wake(self) -> None:
+        getters = self._getters
+        while getters:
+            getter = getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+
+def _light_application_queue() -> None:
+    from daphne.server import Server
+
+    original = Server.create_application
+
+    @functools.wraps(original)
+    def create_application(self: Server, protocol: Any, scope: dict) -> Any:
+        assert "application_instance" not in self.connections[protocol]
+        inbox = _Inbox()
+        scope.setdefault("asgi", {"version": "3.0"})
+        instance = self.application(scope=scope, receive=inbox.get, send=functools.partial(self.handle_reply, protocol))
+        details = self.connections.get(protocol)
+        if details is None:
+            return None
+        loop = asyncio.get_event_loop()
+        details["application_instance"] = (
+            loop.create_task(instance) if asyncio.iscoroutine(instance) else asyncio.ensure_future(instance, loop=loop)
+        )
+        return inbox
+
+    Server.create_application = create_application
+
+
+def _finish_without_log_details() -> None:
+    from daphne.http_protocol import WebRequest
+    from twisted.web import http
+
+    request_class = _unproxied(http).Request
+    original = WebRequest.handle_reply
+
+    @functools.wraps(original)
+    def handle_reply(self: Any, message: dict[str, Any]) -> None:
+        if (
+            message.get("type") == "http.response.body"
+            and not message.get("more_body", False)
+            and not self.server.action_logger
+            and self._response_started
+            and not self.finished
+            and self.channel is not None
+        ):
+            request_class.write(self, message.get("body", b""))
+            self.finish()
+            return None
+        return original(self, message)
+
+    WebRequest.handle_reply = handle_reply
+
+
+def _idle_timer_kept() -> None:
+    from twisted.web.http import HTTPChannel
+
+    all_content, done, lost = HTTPChannel.allContentReceived, HTTPChannel.requestDone, HTTPChannel.connectionLost
+    timed_out = HTTPChannel._TimeoutMixin__timedOut  # type: ignore[attr-defined]
+    HTTPChannel._parked_timer = None  # type: ignore[attr-defined]  # the idle timer while a request is handled
+
+    @functools.wraps(all_content)
+    def allContentReceived(self: Any) -> None:
+        timer = self._TimeoutMixin__timeoutCall
+        # hidden from the setTimeout(None) that would cancel it; not for an upgrade (a WebSocket):
+        # daphne hands its connection on and the request never ends, so Twisted's cancel stands
+        if timer is not None and self.timeOut and not self.requests[-1].requestHeaders.hasHeader(b"upgrade"):
+            self._TimeoutMixin__timeoutCall = None
+            self._parked_timer = timer
+        all_content(self)
+
+    @functools.wraps(done)
+    def requestDone(self: Any, request: Any) -> None:
+        timer = self._parked_timer
+        if timer is not None:
+            self._parked_timer = None
+            if (
+                timer.active()
+                and self.persistent
+                and self._savedTimeOut
+                and self._TimeoutMixin__timeoutCall is None
+                and self.requests
+                and request is self.requests[0]
+            ):
+                self._TimeoutMixin__timeoutCall = timer  # the setTimeout(saved) below re-arms it from now
+            elif timer.active():
+                timer.cancel()
+        done(self, request)
+
+    @functools.wraps(timed_out)
+    def timedOut(self: Any) -> None:
+        parked = self._parked_timer
+        if parked is not None and parked.called:  # came due while a request was handled: Twisted had cancelled it
+            self._parked_timer = None
+            return
+        timed_out(self)
+
+    @functools.wraps(lost)
+    def connectionLost(self: Any, reason: Any) -> None:
+        timer = self._parked_timer
+        if timer is not None:
+            self._parked_timer = None
+            if timer.active():
+                timer.cancel()
+        lost(self, reason)
+
+    HTTPChannel.allContentReceived = allContentReceived  # type: ignore[method-assign]
+    HTTPChannel.requestDone = requestDone  # type: ignore[method-assign]
+    HTTPChannel._TimeoutMixin__timedOut = timedOut  # type: ignore[attr-defined]
+    HTTPChannel.connectionLost = connectionLost  # type: ignore[method-assign]
+
+
 def _drain_on_shutdown() -> None:
     from daphne.server import Server
 
@@ -351,6 +625,95 @@ def _unproxied(module: Any) -> Any:
 
 
 PATCHES = (
+    # first: the patches below that wrap these methods (head_refusal, reap_at_completion) wrap these
+    Patch(
+        name="process_without_deferreds",
+        verified={"daphne": DAPHNE, "twisted": TWISTED},
+        targets=(
+            "daphne.http_protocol:WebRequest.process",
+            "daphne.http_protocol:WebRequest.process>maybeDeferred",
+            "daphne.http_protocol:WebRequest.process>create_application",
+            "daphne.http_protocol:WebRequest.process>clean_headers",
+            "daphne.http_protocol:WebRequest.process>root_path",
+            "daphne.http_protocol:WebRequest.process>client_scheme",
+            "daphne.http_protocol:WebRequest.process>query_string",
+            "daphne.http_protocol:WebRequest.process>application_queue",
+            "daphne.http_protocol:WebRequest.process>request_buffer_size",
+            "daphne.http_protocol:WebRequest.process>proxy_forwarded_address_header",
+            "daphne.http_protocol:WebRequest.basic_error",
+            "daphne.utils:HEADER_NAME_RE",
+            "daphne.utils:INVALID_HEADER_VALUE_BYTES",
+            "daphne.utils:parse_x_forwarded_for",
+            "twisted.web.http:Request.requestReceived>process",
+        ),
+        apply=_process_without_deferreds,
+        why="daphne's process is an inlineCallbacks generator that yields one Deferred (maybeDeferred "
+        "of create_application, which returns at once): a Deferred, a generator resumed twice, a "
+        "copied context and Twisted's callback loop per request, and it walked the headers twice "
+        "(checked, then gathered for the scope). It runs as a plain method now, the same steps in "
+        "the same order, the headers checked and gathered in one pass; the scope and every answer "
+        "(400s, the 500 on an error) are daphne's, and a WebSocket handshake goes through daphne's "
+        "own process.",
+    ),
+    Patch(
+        name="light_application_queue",
+        verified={"daphne": DAPHNE},
+        targets=(
+            "daphne.server:Server.create_application",
+            "daphne.server:Server.create_application>Queue",
+            "daphne.server:Server.create_application>application",
+            "daphne.server:Server.create_application>handle_reply",
+            "daphne.http_protocol:WebRequest.send_disconnect>put_nowait",
+            "daphne.ws_protocol:WebSocketProtocol.onMessage>put_nowait",
+        ),
+        apply=_light_application_queue,
+        why="each request's application read its messages from an asyncio.Queue (four deques, an "
+        "Event, a task count, a size check per put) and was started through ensure_future; daphne "
+        "only ever puts without a bound and the application only gets. The queue is _Inbox (a deque "
+        "of messages and one of waiting getters, asyncio.Queue's get and put_nowait semantics, "
+        "cancellation included) and a coroutine becomes a task of the loop directly.",
+    ),
+    Patch(
+        name="finish_without_log_details",
+        verified={"daphne": DAPHNE, "twisted": TWISTED},
+        targets=(
+            "daphne.http_protocol:WebRequest.handle_reply",
+            "daphne.http_protocol:WebRequest.handle_reply>log_action",
+            "daphne.http_protocol:WebRequest.handle_reply>_response_started",
+            "daphne.server:Server.log_action>action_logger",
+        ),
+        apply=_finish_without_log_details,
+        why="the last body message of a response built daphne's access-log details (the URI decoded, "
+        "the client formatted, the duration) for Server.log_action, which drops them when no access "
+        "log is configured (action_logger None: daphne at -v 0 without --access-log). Without an "
+        "access log that message writes and finishes as daphne does, without the details; with one, "
+        "daphne's own method runs.",
+    ),
+    Patch(
+        name="idle_timer_kept",
+        verified={"twisted": TWISTED},
+        targets=(
+            "twisted.web.http:HTTPChannel.allContentReceived",
+            "twisted.web.http:HTTPChannel.allContentReceived>setTimeout",
+            "twisted.web.http:HTTPChannel.allContentReceived>_savedTimeOut",
+            "twisted.web.http:HTTPChannel.allContentReceived>requests",
+            "twisted.web.http:HTTPChannel.requestDone",
+            "twisted.web.http:HTTPChannel.requestDone>setTimeout",
+            "twisted.web.http:HTTPChannel.connectionLost",
+            "twisted.protocols.policies:TimeoutMixin._TimeoutMixin__timedOut",
+            "twisted.protocols.policies:TimeoutMixin.setTimeout>_TimeoutMixin__timeoutCall",
+            "twisted.protocols.policies:TimeoutMixin.resetTimeout>_TimeoutMixin__timeoutCall",
+        ),
+        apply=_idle_timer_kept,
+        why="Twisted cancels a keep-alive connection's idle timer when a request's body is in and "
+        "schedules a new one when its response is done: a DelayedCall cancelled (left in the "
+        "reactor's heap until a purge) and one made and pushed per request. The timer is now set "
+        "aside while the request is handled and re-armed from the response's end (DelayedCall.reset, "
+        "as Twisted's setTimeout does for a live timer); if it comes due meanwhile it does nothing "
+        "(Twisted had cancelled it) and the response's end schedules a new one as before; a "
+        "connection lost or closed after its response cancels it, and an upgrade request (a "
+        "WebSocket, whose request never ends) keeps Twisted's cancel.",
+    ),
     Patch(
         name="websocket_close_codes",
         verified={"daphne": DAPHNE, "autobahn": AUTOBAHN},
@@ -487,6 +850,9 @@ PATCHES = (
         targets=(
             "daphne.server:Server.handle_reply",
             "daphne.server:Server.handle_reply>connections",
+            "daphne.server:Server.handle_reply>check_headers_type",
+            "daphne.server:Server.check_headers_type",
+            "daphne.http_protocol:WebRequest.basic_error",
             "daphne.http_protocol:WebRequest.handle_reply>write",
             "twisted.web.http:Request.write>startedWriting",
             "twisted.web.http:Request.write>chunked",
@@ -499,7 +865,9 @@ PATCHES = (
         why="a streamed part went through daphne's reply coroutine (a header type check), its "
         "protocol's message dispatch and Twisted's Request.write before reaching the connection: "
         "~4 µs per part, 100 parts per realistic stream. A part of a chunked response under way "
-        "is written straight to the channel, as those would write it.",
+        "is written straight to the channel, as those would write it; every other message takes "
+        "daphne's steps (the connection's check, the header types of a response's start, the "
+        "protocol's handle_reply) in this one coroutine, not a second one awaited from it.",
     ),
     Patch(
         name="head_refusal",
