@@ -473,6 +473,13 @@ def _finish_without_log_details() -> None:
     WebRequest.handle_reply = handle_reply
 
 
+def _unpark(channel: Any) -> Any:
+    """The idle timer set aside while the channel's request is handled (a DelayedCall), if any,
+    taken from it."""
+    timer, channel._parked_timer = channel._parked_timer, None
+    return timer
+
+
 def _idle_timer_kept() -> None:
     from twisted.web.http import HTTPChannel
 
@@ -492,9 +499,7 @@ def _idle_timer_kept() -> None:
 
     @functools.wraps(done)
     def requestDone(self: Any, request: Any) -> None:
-        timer = self._parked_timer
-        if timer is not None:
-            self._parked_timer = None
+        if (timer := _unpark(self)) is not None:
             if (
                 timer.active()
                 and self.persistent
@@ -518,11 +523,8 @@ def _idle_timer_kept() -> None:
 
     @functools.wraps(lost)
     def connectionLost(self: Any, reason: Any) -> None:
-        timer = self._parked_timer
-        if timer is not None:
-            self._parked_timer = None
-            if timer.active():
-                timer.cancel()
+        if (timer := _unpark(self)) is not None and timer.active():
+            timer.cancel()
         lost(self, reason)
 
     HTTPChannel.allContentReceived = allContentReceived  # type: ignore[method-assign]
