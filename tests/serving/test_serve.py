@@ -1,9 +1,12 @@
 """`serve --workers N`: N daphne workers on one socket, a dead worker replaced, SIGTERM drains."""
 
+import json
 import os
 import signal
+import socket
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -131,3 +134,48 @@ def test_calls_that_outlive_the_grace_are_recorded_as_worker_lost_before_the_wor
     assert all(r.cost_usd and r.cost_usd > 0 for r in records)
     assert not Reservation.objects.filter(counter__allocation=hang).exists()
     assert "grace of 1 s ran out" in server.log and "3 call(s) still running recorded as worker_lost" in server.log
+
+
+def test_one_keep_alive_connection_carries_sequential_and_pipelined_calls_each_answered_and_recorded(
+    serve_factory, arrange
+):
+    """The request cycle's server patches (process as a plain method, the light inbox, the idle timer
+    kept across requests, the finish) on the real server: one TCP connection, three calls one after
+    another and then two sent in one write; each answered in order with its own body and recorded."""
+    server = serve_factory(1)
+    allocation = arrange(server).allocation()
+    address = urllib.parse.urlsplit(server.url)
+    body = json.dumps({"model": allocation.model.slug, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.hostname}\r\n"
+        f"Authorization: Bearer {allocation.plaintext}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+    with socket.create_connection((address.hostname, address.port), timeout=20) as sock:
+        reader = sock.makefile("rb")
+
+        def answer() -> dict:
+            status = reader.readline()
+            length = None
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            assert status.startswith(b"HTTP/1.1 200"), status
+            assert length is not None, "a whole answer carries its length"
+            return json.loads(reader.read(length))
+
+        answers = []
+        for _ in range(3):
+            sock.sendall(head + body)
+            answers.append(answer())
+        sock.sendall((head + body) * 2)
+        answers += [answer(), answer()]
+
+    assert [a["object"] for a in answers] == ["chat.completion"] * 5
+    deadline = time.monotonic() + 10
+    while CallRecord.objects.filter(allocation_id=allocation.id).count() < 5:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.05)
+    assert CallRecord.objects.filter(allocation_id=allocation.id, outcome="success").count() == 5
