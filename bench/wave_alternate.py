@@ -70,12 +70,16 @@ def main() -> None:
         cmd = [BENCH_PY, str(HARNESS / "load.py"), "--url", f"http://127.0.0.1:{thin['port']}", "--key", "sk-thin"]
         cmd += ["--model", "gpt-4o-mini", "-c", str(args.concurrency), "-d", str(args.duration), "--engine", "py"]
         cmd += ["--stream"] if args.case == "realstream" else []
-        direct.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])["p50_ms"])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        direct.append(json.loads(out.strip().splitlines()[-1])["p50_ms"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in names:
         steps = json.loads(
             subprocess.run(
-                ["python3", str(ROOT / "wavetime.py"), "--json", *dumps[name]], capture_output=True, text=True, check=True
+                ["python3", str(ROOT / "wavetime.py"), "--json", *dumps[name]],
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
         )
         summary = {

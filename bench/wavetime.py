@@ -44,7 +44,7 @@ def steps(data: dict) -> dict:
 def waves(data: dict, gap_ms: float) -> list[dict]:
     found: list[dict] = []
     last = None
-    for kind, start, end, ids, _ in sorted(data["statements"], key=lambda s: s[1]):
+    for kind, start, _end, ids, _ in sorted(data["statements"], key=lambda s: s[1]):
         if last is None or (start - last) * 1000 > gap_ms:
             found.append(collections.defaultdict(list))
         found[-1][kind].append(len(ids))
@@ -70,10 +70,13 @@ def main() -> None:
     }
     kinds = collections.Counter()
     sizes = collections.defaultdict(list)
-    for kind, _, _, ids, failed in data["statements"]:
+    for kind, _, _, ids, _failed in data["statements"]:
         kinds[kind] += 1
         sizes[kind].append(len(ids))
-    statements = {k: {"statements": kinds[k], "calls": sum(sizes[k]), "size p50": pct(sizes[k], 50), "size max": max(sizes[k])} for k in kinds}
+    statements = {
+        k: {"statements": kinds[k], "calls": sum(sizes[k]), "size p50": pct(sizes[k], 50), "size max": max(sizes[k])}
+        for k in kinds
+    }
     wave_list = waves(data, args.gap)
     per_wave = {
         "waves": len(wave_list),

@@ -429,8 +429,6 @@ async def _until(condition, timeout: float = 5) -> None:
             await asyncio.sleep(0.005)
 
 
-
-
 async def test_an_admission_waits_while_its_counters_statement_is_in_the_database_even_with_a_connection_idle(
     loop_statements,
 ):
