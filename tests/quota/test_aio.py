@@ -466,18 +466,31 @@ async def test_admissions_of_another_counter_do_not_wait_for_a_counters_statemen
     await aio.pool_close()
 
 
+async def _behind_a_statement(caps, behind: list[dict], *, tokens: int = 5, leaving: int | None = None) -> list:
+    """The results (errors as values) of a first admission of `caps`, held in PostgreSQL by its
+    row's lock, then of those added meanwhile (`behind`: `_admit`'s arguments); the one at
+    position `leaving` of `behind` cancelled before the lock is let go (its result: the task)."""
+    async with _RowHeld(caps.counter_id) as held:
+        first = asyncio.ensure_future(_admit(caps, 0, tokens=tokens))
+        await _until(lambda: caps.counter_id in aio.pool().admissions.sent)
+        later = [asyncio.ensure_future(_admit(caps, tokens=tokens, **kwargs)) for kwargs in behind]
+        await asyncio.sleep(0.02)
+        if leaving is not None:
+            later[leaving].cancel()
+        await held.release()
+        waited = [t for n, t in enumerate(later) if n != leaving]
+        results = await asyncio.wait_for(asyncio.gather(first, *waited, return_exceptions=True), 10)
+    if leaving is not None:
+        results.insert(leaving + 1, later[leaving])
+    return results
+
+
 async def test_admissions_of_a_wave_reaching_a_cap_admit_exactly_as_many_as_one_by_one():
     """A cap admits while reserved < cap - used: of 30 calls of 7 tokens under a cap of 100, one by
     one admits 15 (reserving 0, 7, …, 98 before each) and refuses the rest, whatever batches the
     wave falls into."""
     caps = await sync_to_async(_counter)(token_cap=100)
-    async with _RowHeld(caps.counter_id) as held:
-        first = asyncio.ensure_future(_admit(caps, 0, tokens=7))
-        await _until(lambda: caps.counter_id in aio.pool().admissions.sent)
-        wave = [asyncio.ensure_future(_admit(caps, n, tokens=7)) for n in range(1, 30)]
-        await asyncio.sleep(0.02)
-        await held.release()
-        admitted = await asyncio.wait_for(asyncio.gather(first, *wave), 10)
+    admitted = await _behind_a_statement(caps, [{"n": n} for n in range(1, 30)], tokens=7)
     assert sum(a is not None for a in admitted) == 15
     assert admitted[:15] == [a for a in admitted if a is not None]  # in arrival order, as one by one
     assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 105
@@ -487,15 +500,8 @@ async def test_admissions_of_a_wave_reaching_a_cap_admit_exactly_as_many_as_one_
 
 async def test_an_admission_cancelled_while_it_waits_for_its_counter_is_left_out_of_the_statement():
     caps = await sync_to_async(_counter)(token_cap=1000)
-    async with _RowHeld(caps.counter_id) as held:
-        first = asyncio.ensure_future(_admit(caps, 0))
-        await _until(lambda: caps.counter_id in aio.pool().admissions.sent)
-        leaving, staying = asyncio.ensure_future(_admit(caps, 1)), asyncio.ensure_future(_admit(caps, 2))
-        await asyncio.sleep(0.02)
-        leaving.cancel()
-        await held.release()
-        assert all(a is not None for a in await asyncio.wait_for(asyncio.gather(first, staying), 5))
-    assert leaving.cancelled()
+    first, leaving, staying = await _behind_a_statement(caps, [{"n": 1}, {"n": 2}], leaving=0)
+    assert first is not None and staying is not None and leaving.cancelled()
     assert {r.request_id async for r in Reservation.objects.all()} == {"c-0", "c-2"}
     assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 10
     await aio.pool_close()
@@ -503,13 +509,7 @@ async def test_an_admission_cancelled_while_it_waits_for_its_counter_is_left_out
 
 async def test_a_failing_statement_behind_a_counters_statement_fails_its_admissions_and_frees_the_counter():
     caps = await sync_to_async(_counter)(token_cap=1000)
-    async with _RowHeld(caps.counter_id) as held:
-        first = asyncio.ensure_future(_admit(caps, 0))
-        await _until(lambda: caps.counter_id in aio.pool().admissions.sent)
-        behind = [asyncio.ensure_future(_admit(caps, 1)), asyncio.ensure_future(_admit(caps, 2, request_id="x" * 200))]
-        await asyncio.sleep(0.02)
-        await held.release()
-        results = await asyncio.wait_for(asyncio.gather(first, *behind, return_exceptions=True), 5)
+    results = await _behind_a_statement(caps, [{"n": 1}, {"n": 2, "request_id": "x" * 200}])
     assert results[0] is not None
     assert all(isinstance(r, psycopg.errors.StringDataRightTruncation) for r in results[1:])
     assert not aio.pool().admissions.sent
