@@ -38,7 +38,9 @@ HEADS = {
     "a GET with cookies": GET,
     "Content-Length 0": _post(b"Content-Length: 0\r\n", b""),
     "Content-Length with spaces and leading zeros": _post(b"Content-Length:  003 \r\n"),
-    "names in any case, a name never seen": _get(b"content-TYPE: a\r\nX-Never-Seen-Before-42: b\r\nx-dup: 1\r\nX-Dup: 2\r\n"),
+    "names in any case, a name never seen": _get(
+        b"content-TYPE: a\r\nX-Never-Seen-Before-42: b\r\nx-dup: 1\r\nX-Dup: 2\r\n"
+    ),
     "empty values, values with colons and every other byte": _get(
         b"X-Empty:\r\nX-Colon: a:b: c\r\nX-Bytes: " + bytes(range(1, 10)) + bytes(range(14, 256)) + b"\r\n"
     ),
@@ -176,7 +178,9 @@ def _state(channel) -> tuple:
         tuple(getattr(channel, name, None) for name in ("_command", "_path", "_version")),
         "dataReceived" in vars(channel),
         channel.transport.disconnecting,
-        None if request is None else [(name, list(values)) for name, values in request.requestHeaders.getAllRawHeaders()],
+        None
+        if request is None
+        else [(name, list(values)) for name, values in request.requestHeaders.getAllRawHeaders()],
         None if request is None else request.received_cookies,
     )
 
@@ -244,7 +248,15 @@ async def test_a_head_split_at_any_byte_is_read_as_twisted_does(name, monkeypatc
 
 
 READS = {
-    "keep-alive, each request in its reads": [CHAT, GET, _post(b"Expect: 100-continue\r\nContent-Length: 3\r\n", b""), b"abc", CHAT[:30], CHAT[30:], GET],
+    "keep-alive, each request in its reads": [
+        CHAT,
+        GET,
+        _post(b"Expect: 100-continue\r\nContent-Length: 3\r\n", b""),
+        b"abc",
+        CHAT[:30],
+        CHAT[30:],
+        GET,
+    ],
     "the head's lines a read each": [line + b"\r\n" for line in GET.split(b"\r\n")[:-1]],
     "a second request line where a header belongs": [b"GET /a HTTP/1.1\r\n", b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"],
     "an empty line in a read of its own, then a request": [b"\r\n", GET],
@@ -279,8 +291,12 @@ async def test_the_common_heads_take_the_one_pass_and_the_rest_twisteds_lines(mo
 
     taken, lines = [], []
     take, line_received = request_head.take, http.HTTPChannel.lineReceived
-    monkeypatch.setattr(request_head, "take", lambda channel, data, head: taken.append(head) or take(channel, data, head))
-    monkeypatch.setattr(http.HTTPChannel, "lineReceived", lambda self, line: lines.append(line) or line_received(self, line))
+    monkeypatch.setattr(
+        request_head, "take", lambda channel, data, head: taken.append(head) or take(channel, data, head)
+    )
+    monkeypatch.setattr(
+        http.HTTPChannel, "lineReceived", lambda self, line: lines.append(line) or line_received(self, line)
+    )
     await _serve([CHAT, GET, _post(b"Content-Length: 3\r\n")], [])
     assert len(taken) == 3 and not lines
     assert [head[2] for head in taken] == [len(CHAT_BODY), None, 3]

@@ -1,7 +1,8 @@
 """`head_in_one_pass` on the real server (`gateway_project.serve`): the gateway's door still runs
 from a head read in one pass (a key looked up with reading paused while the body is already in,
-401 and 413 from the head, `100 Continue`), `Connection: close` closes, pipelined calls behind a door's lookup are answered in order, a head
-split across reads at awkward bytes is read as before, and a smuggling shape is refused."""
+401 and 413 from the head, `100 Continue`), `Connection: close` closes, pipelined calls behind a
+door's lookup are answered in order, a head split across reads at awkward bytes is read as before,
+and a smuggling shape is refused."""
 
 import json
 import socket
@@ -107,7 +108,9 @@ def test_the_door_pipelining_and_split_heads_on_the_real_server(serve_factory, a
     wire = _Wire(server.url)
     wire.send(_request(host, first.plaintext, b"", extra="X-Request-Id: head-413\r\n", length=2 * 1024 * 1024))
     status, headers, error = wire.answer()
-    assert status == b"HTTP/1.1 413 Request Entity Too Large" and json.loads(error)["error"]["code"] == "request_too_large"
+    assert (
+        status == b"HTTP/1.1 413 Request Entity Too Large" and json.loads(error)["error"]["code"] == "request_too_large"
+    )
     assert wire.closed()
     wire.close()
 
@@ -123,5 +126,8 @@ def test_the_door_pipelining_and_split_heads_on_the_real_server(serve_factory, a
         assert time.monotonic() < deadline, server.log
         time.sleep(0.05)
     assert CallRecord.objects.filter(outcome="success").count() == 8
-    assert (record_of("head-413").outcome, record_of("head-413").error_code) == ("rejected_bad_request", "request_too_large")
+    assert (record_of("head-413").outcome, record_of("head-413").error_code) == (
+        "rejected_bad_request",
+        "request_too_large",
+    )
     assert not CallRecord.objects.filter(request_id="head-401").exists()
