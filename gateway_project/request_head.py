@@ -18,10 +18,10 @@ what keeps the server safe from request smuggling and oversized heads, so they a
   gotLength, where the gateway's door runs, `100 Continue`), then the body or the whole request,
   and what follows the head in the read goes to LineReceiver's own loop.
 
-Anything else (a head split across reads at any byte, a read while a request is handled, a
-pipelined request replayed while the channel is busy, a Transfer-Encoding, any input Twisted
-refuses or treats specially) goes to Twisted's dataReceived untouched, which then answers and
-refuses it as it always did.
+Anything else (a head split across reads at any byte, a read while a request is handled or the
+connection closes, a pipelined request replayed while the channel is busy, a Transfer-Encoding,
+any input Twisted refuses or treats specially) goes to Twisted's dataReceived untouched, which
+then answers and refuses it as it always did.
 """
 
 import functools
@@ -59,6 +59,7 @@ def whole_head(channel: Any, data: bytes) -> Head | None:
         or channel._handlingRequest
         or channel._transferDecoder is not None
         or type(channel) is not HTTPChannel
+        or (channel.transport and channel.transport.disconnecting)  # Twisted stops after one line
     ):
         return None
     end = data.find(b"\r\n\r\n", 0, min(channel.totalHeadersSize, channel.MAX_LENGTH) + 4)

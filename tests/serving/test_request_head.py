@@ -350,3 +350,21 @@ def test_a_head_read_restarts_the_idle_timer_as_twisteds_read_does():
     channel.dataReceived(b"ab")
     clock.advance(10.5)
     assert transport.disconnecting and len(held.requests) == 1
+
+
+def test_a_read_on_a_closing_connection_is_read_as_twisted_does(monkeypatch):
+    """Twisted reads one line of it and stops (it looks at the transport after each line)."""
+    from twisted.internet.task import Clock
+
+    from .test_bridge_patches import _channel
+
+    states = []
+    for patched in (True, False):
+        with monkeypatch.context() as undo:
+            if not patched:
+                undo.setattr(http.HTTPChannel, "dataReceived", http.HTTPChannel.dataReceived.__wrapped__)
+            channel, transport, held = _channel(Clock())
+            transport.loseConnection()
+            channel.dataReceived(GET)
+            states.append((_state(channel), transport.value(), len(held.requests)))
+    assert states[0] == states[1]
