@@ -254,8 +254,9 @@ def json_statement(settlements: list) -> tuple:
     """The statement of one call with its record as one JSON object (`recjson`), as it was sent
     before its columns were parameters of their own: measuring only."""
     sql, params = SETTLE(settlements)
-    columns = len(st.CALL_FIELDS)
-    return sql, [params[0], st._encode(_record_object(settlements[0].values)), *params[1 + columns :]]
+    moves, columns = 6, len(st.CALL_FIELDS)
+    record = st._encode(_record_object(settlements[0].values))
+    return sql, [*params[:moves], record, *params[moves + columns :]]
 
 
 _COLUMNS = [str(f.column) for f in st.CALL_FIELDS]

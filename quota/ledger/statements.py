@@ -192,12 +192,12 @@ _RECORD_PARAMETERS = ", ".join(f"%s::{_read_as(f)}" for f in CALL_FIELDS)
 # summed (no GROUP BY) nor sorted for the lock order; the reservation's DELETE returns the call's
 # move itself (no join of the moves with the ids deleted), the record's columns are parameters of
 # their own (no JSON object to parse and take apart by column name: ~20 µs of PostgreSQL's CPU per
-# call, docs/PERFORMANCE.md), and its id is returned as the one call's (n = 1). Parameters: the
-# move as a JSON object, the record's columns (`_record_parameters`), then the rollups'.
+# call, docs/PERFORMANCE.md), and its id is returned as the one call's (n = 1). Parameters, all
+# text: the move (`_move_parameters`: the reservation, then what the DELETE returns of it when it
+# takes it), the record's columns (`_record_parameters`), then the rollups'.
 _SETTLE_ONE_SQL = (
-    f"WITH k AS (DELETE FROM {RESERVATION_TABLE} USING jsonb_to_record(%s::jsonb) AS s(reservation uuid,"  # noqa: S608 (constant names)
-    " counter bigint, tokens bigint, cost numeric, held_tokens bigint, held_cost numeric)"
-    " WHERE id = s.reservation RETURNING s.*),"
+    f"WITH k AS (DELETE FROM {RESERVATION_TABLE} WHERE id = %s::uuid RETURNING %s::bigint AS counter,"  # noqa: S608 (constant names)
+    " %s::bigint AS tokens, %s::numeric AS cost, %s::bigint AS held_tokens, %s::numeric AS held_cost),"
     + _COUNTER_UPSERT.replace(
         "<rows>",
         f"k.counter, {_NO_ALLOCATION}, 'infinity'::date, k.tokens, k.cost, 1, k.held_tokens, k.held_cost, now() FROM k",
@@ -539,16 +539,23 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     position. A batch has four parameters whatever the number of calls or fields: the settlements
     and the records as JSON, which PostgreSQL expands itself, and the billing timezone's name (once
     per rollup). One call of a member without groups takes the statement of one call (_SETTLE_ONE_SQL,
-    its record's columns as parameters of their own, all text), any other the batch's
+    its move and its record's columns as parameters of their own, all text), any other the batch's
     (`settle_batch_statement`): the same rows written."""
     if len(settlements) == 1 and not _grouped(settlements):
         one = settlements[0]
-        return _SETTLE_ONE_SQL, [_encode(_move(1, one)), *_record_parameters(one.values), *upserts_params()]
+        return _SETTLE_ONE_SQL, [*_move_parameters(one), *_record_parameters(one.values), *upserts_params()]
     return settle_batch_statement(settlements)
 
 
 def _grouped(settlements: list[Settlement]) -> bool:
     return any(s.admission.groups or s.admission.held for s in settlements)
+
+
+def _move_parameters(s: Settlement) -> tuple[str, ...]:
+    """The statement of one call's move as text (as `_move` gives it to the batch, without the JSON):
+    the reservation's id, its counter, the tokens and cost used, the tokens and cost it held."""
+    a = s.admission
+    return str(a.reservation_id), str(a.counter_id), str(s.tokens), str(s.cost), str(a.tokens), str(a.cost)
 
 
 def _move(n: int, s: Settlement) -> dict:
