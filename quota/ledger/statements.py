@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Model
 
 from allocations.models import Group
 from lib.cache import GENERATION_GUARD
+from lib.conf import setting
 from lib.frozen import quick_init
 from lib.isotime import iso_text
 from lib.jsontext import text_encoder
@@ -87,7 +87,7 @@ def reservation_row(
     reservation_id: uuid.UUID | None = None,
 ) -> dict:
     """A new reservation's values: it expires after the upstream timeout (+ 60 s) unless told."""
-    ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
+    ttl = ttl_s if ttl_s is not None else setting("GATEWAY_UPSTREAM_TIMEOUT_S") + 60
     return {
         "id": reservation_id or uuid.uuid4(),
         "request_id": request_id,
