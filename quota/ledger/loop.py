@@ -320,11 +320,20 @@ async def admit(
     )
     caps = _Caps(str(allocation_id), counter_id, token_cap, cost_cap, est_cost is not None, generation)
     found = pool()
-    if not groups and not found.idle and found.opened >= found.size:
-        # Every connection is busy: admitted together with the calls of this counter waiting too.
-        return await found.admissions.add(caps, reservation)
-    async with found.connection() as conn:
-        return await _admit_on(conn, caps, reservation, groups=groups, period=period)
+    if groups:
+        async with found.connection() as conn:
+            return await _admit_on(conn, caps, reservation, groups=groups, period=period)
+    admissions = found.admissions
+    if counter_id in admissions.sent or (not found.idle and found.opened >= found.size):
+        # This counter's statement is in the database (this one would only wait for its row lock
+        # there), or every connection is busy: admitted with the calls of this counter waiting too.
+        return await admissions.add(caps, reservation)
+    admissions.sent.add(counter_id)
+    try:
+        async with found.connection() as conn:
+            return await _admit_on(conn, caps, reservation)
+    finally:
+        admissions.release(counter_id)
 
 
 @quick_init
@@ -540,21 +549,26 @@ class _Settlements:
 class _Admissions:
     """Group commit for admissions. Admissions of one allocation counter all take its row's lock
     until their commit, so a burst of them (calls starting together) runs one statement and one
-    commit after another however many connections wait. An admission of a call counted toward no
-    group that arrives while every connection is busy waits here instead, with the others of the
-    same counter and caps; when a connection comes free, one statement admits all of them at once
-    (admit_many_statement: all or none, exactly when admitting them one by one would admit
-    every one). When it does not match (a cap near), each of them takes its own statement on that
-    connection, in order, as they would have. Each caller still waits for the statement that
-    holds its reservation, so its admission is committed before its call goes upstream; a failed
-    statement fails every admission still waiting on it (their callers take the thread path,
-    which looks for what may have committed)."""
+    commit after another however many connections send them. So one admission statement of a
+    counter is in the database at a time (`sent`): an admission of a call counted toward no group
+    that arrives while its counter's statement is there, or while every connection is busy, waits
+    here with the others of the same counter and caps, even with a connection idle (there it would
+    only wait for the row's lock); calls of other counters do not wait for it. When the statement
+    is answered (or a connection comes free), one statement admits all of those waiting at once
+    (admit_many_statement: all or none, exactly when admitting them one by one would admit every
+    one). When it does not match (a cap near), each of them takes its own statement on that
+    connection, in order, as they would have. Each caller still waits for the statement that holds
+    its reservation, so its admission is committed before its call goes upstream; a caller
+    cancelled while it waits is left out of the statement; a failed statement fails every
+    admission still waiting on it (their callers take the thread path, which looks for what may
+    have committed)."""
 
     MAX_BATCH = 64
 
     def __init__(self, pool: "Pool") -> None:
         self.pool = pool
         self.waiting: dict[_Caps, list[tuple[dict, asyncio.Future]]] = {}
+        self.sent: set[int] = set()  # counters with an admission statement in the database (or its writer on the way)
         self.writers: set[asyncio.Task] = set()  # a reference to each until it ends
 
     def add(self, caps: _Caps, reservation: dict) -> asyncio.Future:
@@ -562,21 +576,33 @@ class _Admissions:
         waiting = self.waiting.get(caps)
         if waiting is None:
             waiting = self.waiting[caps] = []
-            self._start(caps)
+            if caps.counter_id not in self.sent:
+                self.sent.add(caps.counter_id)
+                self._start(caps)
         waiting.append((reservation, done))
         return done
 
+    def release(self, counter_id: int) -> None:
+        """The counter's statement is answered: the next of its callers waiting get their writer."""
+        self.sent.discard(counter_id)
+        for caps in self.waiting:
+            if caps.counter_id == counter_id:
+                self.sent.add(counter_id)
+                self._start(caps)
+                return
+
     def _start(self, caps: _Caps) -> None:
+        """A writer task for `caps`, its counter already in `sent` (released when the writer ends)."""
         writer = asyncio.Task(self._write(caps), name="admission writer")
         self.writers.add(writer)
         writer.add_done_callback(self.writers.discard)
 
     def _take(self, caps: _Caps) -> list[tuple[dict, asyncio.Future]]:
-        """What waits for `caps` now (up to MAX_BATCH; the rest gets a writer of its own)."""
-        batch = self.waiting.pop(caps, [])
+        """What waits for `caps` now, its callers that left (cancelled) let go (up to MAX_BATCH; the
+        rest waits for the next statement of the counter)."""
+        batch = [(r, done) for r, done in self.waiting.pop(caps, ()) if not done.done()]
         if len(batch) > self.MAX_BATCH:
             batch, self.waiting[caps] = batch[: self.MAX_BATCH], batch[self.MAX_BATCH :]
-            self._start(caps)
         return batch
 
     async def _write(self, caps: _Caps) -> None:
@@ -587,6 +613,8 @@ class _Admissions:
                 if len(batch) > 1 and await self._admit_all(conn, caps, batch):
                     return
                 for reservation, done in batch:  # alone, or a batch whose guard did not match
+                    if done.done():
+                        continue  # its caller left
                     admitted = await _admit_on(conn, caps, reservation)
                     if not done.done():
                         done.set_result(admitted)
@@ -596,6 +624,8 @@ class _Admissions:
                     done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("admission cancelled"))
             if not isinstance(exc, Exception):
                 raise
+        finally:
+            self.release(caps.counter_id)
 
     async def _admit_all(self, conn: LoopConnection, caps: _Caps, batch: list[tuple[dict, asyncio.Future]]) -> bool:
         sql, params = admit_many_statement(

@@ -383,3 +383,138 @@ async def test_an_admission_joins_the_others_only_while_every_connection_is_busy
     )
     assert admitted is not None and "jsonb_to_recordset" not in loop_statements[-1]
     await aio.pool_close()
+
+
+# --- one admission statement of a counter in the database at a time -------------------------------
+
+
+def _admit(caps, n: int, tokens: int = 5, request_id: str | None = None):
+    return aio.admit(
+        allocation_id=caps.allocation_id,
+        counter_id=caps.counter_id,
+        token_cap=caps.token_cap,
+        cost_cap=caps.cost_cap,
+        est_tokens=tokens,
+        est_cost=Decimal("0.5"),
+        request_id=request_id or f"c-{n}",
+        now=timezone.now(),
+    )
+
+
+class _RowHeld:
+    """A counter row locked by another transaction: an admission statement of that counter sent
+    meanwhile waits in PostgreSQL until `release`."""
+
+    def __init__(self, counter_id: int) -> None:
+        self.counter_id = counter_id
+
+    async def __aenter__(self):
+        self.conn = await psycopg.AsyncConnection.connect(**aio.Pool._conninfo())
+        table = UsageCounter._meta.db_table
+        await self.conn.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", [self.counter_id])  # noqa: S608
+        return self
+
+    async def release(self) -> None:
+        if not self.conn.closed:
+            await self.conn.commit()
+            await self.conn.close()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.release()
+
+
+async def _until(condition, timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_an_admission_waits_while_its_counters_statement_is_in_the_database_even_with_a_connection_idle(
+    loop_statements,
+):
+    """The second admission is not sent while the first waits for the row: it would only queue
+    behind it. When the first is answered, the two waiting behind it go in one statement."""
+    caps = await sync_to_async(_counter)(token_cap=1000)
+    pool = aio.pool()
+    async with _RowHeld(caps.counter_id) as held:
+        loop_statements.clear()  # the row's lock taken
+        first = asyncio.ensure_future(_admit(caps, 0))
+        await _until(lambda: len(loop_statements) == 1)
+        later = [asyncio.ensure_future(_admit(caps, n)) for n in (1, 2)]
+        await asyncio.sleep(0.05)
+        assert len(loop_statements) == 1 and not any(t.done() for t in later)
+        assert pool.opened < pool.size or pool.idle  # a connection was free all along
+        await held.release()
+        admitted = await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert all(a is not None for a in admitted)
+    assert len(loop_statements) == 2 and "jsonb_to_recordset" in loop_statements[1]
+    assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 15
+    assert not pool.admissions.sent and not pool.admissions.waiting
+    await aio.pool_close()
+
+
+async def test_admissions_of_another_counter_do_not_wait_for_a_counters_statement(loop_statements):
+    caps, other = await sync_to_async(_counter)(token_cap=1000), await sync_to_async(_counter)(token_cap=1000)
+    async with _RowHeld(caps.counter_id) as held:
+        loop_statements.clear()  # the row's lock taken
+        blocked = asyncio.ensure_future(_admit(caps, 0))
+        await _until(lambda: len(loop_statements) == 1)
+        assert await asyncio.wait_for(_admit(other, 1), 5) is not None
+        assert not blocked.done()
+        await held.release()
+        assert await asyncio.wait_for(blocked, 5) is not None
+    await aio.pool_close()
+
+
+async def _behind_a_statement(caps, behind: list[dict], *, tokens: int = 5, leaving: int | None = None) -> list:
+    """The results (errors as values) of a first admission of `caps`, held in PostgreSQL by its
+    row's lock, then of those added meanwhile (`behind`: `_admit`'s arguments); the one at
+    position `leaving` of `behind` cancelled before the lock is let go (its result: the task)."""
+    async with _RowHeld(caps.counter_id) as held:
+        first = asyncio.ensure_future(_admit(caps, 0, tokens=tokens))
+        await _until(lambda: caps.counter_id in aio.pool().admissions.sent)
+        later = [asyncio.ensure_future(_admit(caps, tokens=tokens, **kwargs)) for kwargs in behind]
+        await asyncio.sleep(0.02)
+        if leaving is not None:
+            later[leaving].cancel()
+        await held.release()
+        waited = [t for n, t in enumerate(later) if n != leaving]
+        results = await asyncio.wait_for(asyncio.gather(first, *waited, return_exceptions=True), 10)
+    if leaving is not None:
+        results.insert(leaving + 1, later[leaving])
+    return results
+
+
+async def test_admissions_of_a_wave_reaching_a_cap_admit_exactly_as_many_as_one_by_one():
+    """A cap admits while reserved < cap - used: of 30 calls of 7 tokens under a cap of 100, one by
+    one admits 15 (reserving 0, 7, …, 98 before each) and refuses the rest, whatever batches the
+    wave falls into."""
+    caps = await sync_to_async(_counter)(token_cap=100)
+    admitted = await _behind_a_statement(caps, [{"n": n} for n in range(1, 30)], tokens=7)
+    assert sum(a is not None for a in admitted) == 15
+    assert admitted[:15] == [a for a in admitted if a is not None]  # in arrival order, as one by one
+    assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 105
+    assert await Reservation.objects.acount() == 15
+    await aio.pool_close()
+
+
+async def test_an_admission_cancelled_while_it_waits_for_its_counter_is_left_out_of_the_statement():
+    caps = await sync_to_async(_counter)(token_cap=1000)
+    first, leaving, staying = await _behind_a_statement(caps, [{"n": 1}, {"n": 2}], leaving=0)
+    assert first is not None and staying is not None and leaving.cancelled()
+    assert {r.request_id async for r in Reservation.objects.all()} == {"c-0", "c-2"}
+    assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 10
+    await aio.pool_close()
+
+
+async def test_a_failing_statement_behind_a_counters_statement_fails_its_admissions_and_frees_the_counter():
+    caps = await sync_to_async(_counter)(token_cap=1000)
+    results = await _behind_a_statement(caps, [{"n": 1}, {"n": 2, "request_id": "x" * 200}])
+    assert results[0] is not None
+    assert all(isinstance(r, psycopg.errors.StringDataRightTruncation) for r in results[1:])
+    assert not aio.pool().admissions.sent
+    with pytest.raises(psycopg.errors.StringDataRightTruncation):  # one alone that fails frees it too
+        await _admit(caps, 3, request_id="x" * 200)
+    assert await asyncio.wait_for(_admit(caps, 4), 5) is not None
+    assert {r.request_id async for r in Reservation.objects.all()} == {"c-0", "c-4"}
+    await aio.pool_close()
