@@ -14,7 +14,9 @@ the machine's load falls on every target alike. Targets:
   before the allocations' counters, `nojoins` the group upsert's joins (counters for the period,
   groups for the deleted ones), `noexists` the admission's read of the allocation's row.
 - `none:batch`: the member without groups settled by the batch statement (what one call took
-  before it had a statement of its own); `none:<part>[:<part>…]`, FOR MEASURING ONLY, the
+  before it had a statement of its own), its record a JSON array of the columns' values;
+  `none:batchobj`, FOR MEASURING ONLY, the same with the record as a JSON object by column name
+  read by `jsonb_populate_record` (the batch's form before); `none:<part>[:<part>…]`, FOR MEASURING ONLY, the
   statement of one call with parts taken out: `nohourly` the hourly rollup's upsert, `norollups`
   both rollups' upserts, `norecord` the call record's INSERT (and the rollups), `nocounter` the
   allocation counter's upsert, `nofk` the record into a copy of the call records' table with its
@@ -171,9 +173,9 @@ def one_without(parts: list[str]) -> str:
                 f"SELECT {st._RECORD_PARAMETERS} WHERE",
                 f"SELECT {st._CALL_COLUMNS} FROM jsonb_populate_record(NULL::{st.CALL_TABLE}, %s::jsonb) AS p WHERE",
             )
-        elif part not in ("batch", "ctx"):
+        elif part not in ("batch", "batchobj", "ctx"):
             raise SystemExit(f"unknown part: {part}")
-    if parts and set(parts) - {"batch", "ctx"} and settle == ONE:
+    if parts and set(parts) - {"batch", "batchobj", "ctx"} and settle == ONE:
         raise SystemExit(f"nothing taken out by {parts}: the statement changed")
     return settle
 
@@ -252,8 +254,37 @@ def json_statement(settlements: list) -> tuple:
     """The statement of one call with its record as one JSON object (`recjson`), as it was sent
     before its columns were parameters of their own: measuring only."""
     sql, params = SETTLE(settlements)
-    columns = len(st.CALL_FIELDS)
-    return sql, [params[0], st._encode(st._record_json(settlements[0].values)), *params[1 + columns :]]
+    moves, columns = 6, len(st.CALL_FIELDS)
+    record = st._encode(_record_object(settlements[0].values))
+    return sql, [*params[:moves], record, *params[moves + columns :]]
+
+
+_COLUMNS = [str(f.column) for f in st.CALL_FIELDS]
+
+
+def _record_object(values: dict) -> dict:
+    """A call record as one JSON object by column name, as the records were sent before they were
+    rows of their columns' values."""
+    record = dict(zip(_COLUMNS, st._record_row(values), strict=True))
+    record["group_ids"] = list(values.get("group_ids", ()))
+    return record
+
+
+def object_batch_statement(settlements: list) -> tuple:
+    """The batch statement with its records as JSON objects read by `jsonb_populate_record`
+    (`batchobj`), as it was sent before its records were rows of values: measuring only."""
+    sql, params = st.settle_batch_statement(settlements)
+    rows = f"SELECT {st._RECORD_ELEMENTS} FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc_, n_)"
+    objects = rows.replace(st._RECORD_ELEMENTS, st._CALL_COLUMNS) + (
+        f" CROSS JOIN LATERAL jsonb_populate_record(NULL::{st.CALL_TABLE}, e.doc_) AS p"
+    )
+    if rows not in sql:
+        raise SystemExit("batchobj: the batch statement changed")
+    return sql.replace(rows, objects), [
+        params[0],
+        st._encode([_record_object(s.values) for s in settlements]),
+        *params[2:],
+    ]
 
 
 _form: list = [""]
@@ -275,6 +306,8 @@ def use(target: str) -> None:
     st._ADMIT_SQL = admit_without(parts if one else [])  # type: ignore[misc]
     st._admit_sql.cache_clear()
     loop.settle_statement = st.settle_batch_statement if one and "batch" in parts else SETTLE  # type: ignore[attr-defined]
+    if one and "batchobj" in parts:
+        loop.settle_statement = object_batch_statement  # type: ignore[attr-defined]
     _form[0] = "recjson" if "recjson" in parts else ""
     if _form[0]:
         loop.settle_statement = json_statement  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.http.request import split_domain_port, validate_host
 
+from .conf import setting
 from .ids import uuid7_text
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
@@ -95,7 +96,7 @@ def host_allowed(host: bytes) -> bool:
     served before Django's middleware (/v1, the ops endpoints). Each distinct header is judged once
     per ALLOWED_HOSTS value: a call pays a dict lookup."""
     global _hosts
-    allowed = settings.ALLOWED_HOSTS
+    allowed = setting("ALLOWED_HOSTS")
     judged_by, verdicts = _hosts
     if judged_by is not allowed:
         verdicts = {}

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from json import encoder as _std
 from typing import Any
 
+import orjson
+
 
 def text_encoder(
     *, ensure_ascii: bool = True, separators: tuple[str, str] = (", ", ": "), default: Callable | None = None
@@ -26,5 +28,30 @@ def text_encoder(
 
     def encode(value: Any, _join: Callable = "".join) -> str:
         return _join(make({}, hook, strings, None, key, item, False, False, True)(value, 0))
+
+    return encode
+
+
+def parsed_json_bytes(fallback: Callable[[Any], str]) -> Callable[[Any], bytes]:
+    """JSON bytes for a reader that parses them (an upstream's request body) of a value made of the
+    JSON types (as the standard decoder makes them): orjson's where its text means the same value as
+    `fallback`'s (~10 times faster), else `fallback`'s text in UTF-8.
+
+    orjson's text may differ from the standard encoder's in form only (a float in its shortest form
+    either way, written otherwise: `1e16`, not `1e+16`; the same escapes or fewer), but it writes
+    NaN and the infinities as `null` where the standard encoder writes `NaN` and `Infinity` (which
+    the standard decoder accepts from a client): a text with a `null` in it is made by `fallback`.
+    What orjson refuses (an integer beyond 64 bits, a key not a string, a lone surrogate, nesting
+    beyond 254 levels), and a subclass, a time or a dataclass (passed through to no default), is
+    made by `fallback` too, with its text or its error."""
+    dumps, refused = orjson.dumps, orjson.JSONEncodeError
+    passed = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+    def encode(value: Any) -> bytes:
+        try:
+            text = dumps(value, option=passed)
+        except refused:
+            return fallback(value).encode()
+        return text if b"null" not in text else fallback(value).encode()
 
     return encode

@@ -14,8 +14,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
-
+from lib.conf import setting
 from quota.pricing import Usage
 
 from . import metrics
@@ -25,7 +24,7 @@ _INFO = logging.INFO
 
 
 def _counting() -> bool:
-    return bool(settings.GATEWAY_METRICS_TOKEN)
+    return bool(setting("GATEWAY_METRICS_TOKEN"))
 
 
 def call_admitted() -> None:

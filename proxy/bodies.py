@@ -16,7 +16,7 @@ from allocations.exceptions import BadRequest, GatewayError
 from lib.frozen import quick_init
 from lib.json_depth import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # the rule's one definition
 from lib.json_depth import TOO_DEEP, json_depth_fits
-from lib.jsontext import text_encoder
+from lib.jsontext import parsed_json_bytes, text_encoder
 from quota import options
 from quota.exceptions import RequestTooLarge
 
@@ -25,6 +25,8 @@ from . import multipart, transcripts
 # json.dumps(value, ensure_ascii=False, separators=(",", ":")) without an encoder made per call
 # (dumps reuses its own only with every option at its default), from the C encoder: the same text.
 encode_compact = text_encoder(ensure_ascii=False, separators=(",", ":"))
+# The upstream body: the upstream parses it, so orjson's bytes where they mean the same request.
+upstream_bytes = parsed_json_bytes(encode_compact)
 
 if TYPE_CHECKING:
     from allocations.access import ScopedAllocation
@@ -165,7 +167,7 @@ def json_outgoing(request: dict, entry: "ScopedAllocation", *, stream: bool, end
         stream_options = stream_options if isinstance(stream_options, dict) else {}
         strip_usage = stream_options.get("include_usage") is not True
         body["stream_options"] = {**stream_options, "include_usage": True}
-    return Outgoing(body, encode_compact(body).encode(), strip_usage=strip_usage)
+    return Outgoing(body, upstream_bytes(body), strip_usage=strip_usage)
 
 
 def build_form(call: "Call") -> Outgoing:

@@ -9,9 +9,8 @@ reply whose head is in, or a `Failed` for proxy.views to settle and answer.
 import time
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from allocations.exceptions import GatewayError
+from lib.conf import setting
 from ops import observe
 from quota import routing
 from quota.exceptions import RateLimited, UpstreamError, UpstreamTimeout
@@ -62,7 +61,7 @@ async def open_upstream(call: Call) -> upstream.AnyReply | Failed:
     if entry is None or call.sent is None:
         raise RuntimeError("upstream call before admission")  # admission sets the entry, the view the request
     candidates = await routing.plan(entry)
-    budget, sent_name = 1 + settings.GATEWAY_FAILOVER_ATTEMPTS, entry.upstream_name
+    budget, sent_name = 1 + setting("GATEWAY_FAILOVER_ATTEMPTS"), entry.upstream_name
     for index, deployment in enumerate(candidates):
         taken = await routing.limit_take(deployment, tokens=call.estimate.input_tokens + call.estimate.output_tokens)
         if taken is False:

@@ -18,7 +18,6 @@ import logging
 import sys
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
@@ -30,6 +29,7 @@ from django.utils.functional import cached_property
 from allocations.exceptions import GatewayError, GatewayUnavailable
 from lib import asgi, inflight
 from lib.asgi import Receive, Scope, Send, Whole
+from lib.conf import setting
 from lib.http import request_id_from
 from quota.ledger import loop as ledger_loop
 
@@ -54,7 +54,7 @@ class ProxyHandler(ASGIHandler):
         not remembered (Resolver404 propagates as before); the views only read the match."""
         if hasattr(request, "urlconf"):
             return super().resolve_request(request)
-        key = (settings.ROOT_URLCONF, request.path_info)
+        key = (setting("ROOT_URLCONF"), request.path_info)
         match = _resolved.get(key)
         if match is None:
             match = super().resolve_request(request)
@@ -77,7 +77,7 @@ class ProxyHandler(ASGIHandler):
             # the body is never read: a refused caller costs no parse or spool
             rid = request_id_from(gate.header(scope, b"x-request-id"))
             return await error_response(refused, rid).send(send)
-        limit, upload = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024, None
+        limit, upload = setting("GATEWAY_MAX_BODY_MB") * 1024 * 1024, None
         try:
             if spools(scope["path"]):  # uploads go to a spool, not to memory
                 (upload, too_large), body = await multipart.spool_body(receive, scope, limit), b""

@@ -12,9 +12,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
-
 from allocations.cost_options import CALL_ITEM_TYPES
+from lib.conf import setting
 from lib.frozen import quick_init
 from lib.jsontext import text_encoder
 from quota import options
@@ -226,7 +225,7 @@ def output_limit(body: dict, *fields: str) -> int:
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
+    return setting("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS")
 
 
 def estimate_chat(body: dict) -> Usage:

@@ -22,13 +22,13 @@ from typing import TypeAlias
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from django.conf import settings
 from multidict import CIMultiDict
 from yarl import URL
 
 from allocations.access import ScopedAllocation
 from allocations.models import ProviderKind
 from lib.bounded import BoundedCache
+from lib.conf import setting
 from quota.exceptions import UpstreamError, UpstreamTimeout
 
 from . import simulated
@@ -212,7 +212,7 @@ async def send(
     if entry.provider.kind == ProviderKind.SIMULATED:
         return simulated.reply(endpoint.name, body)
     target = target_for(entry, endpoint)
-    limit = settings.GATEWAY_UPSTREAM_TIMEOUT_S
+    limit = setting("GATEWAY_UPSTREAM_TIMEOUT_S")
     timeout = timeout_for(limit)
     # A CIMultiDict: aiohttp copies a plain dict into one first (ClientSession._prepare_headers).
     sent = CIMultiDict(target.headers)

@@ -3,11 +3,11 @@
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from django.conf import settings
+from lib.conf import setting
 
 
 def billing_tz(name: str | None = None) -> ZoneInfo:
-    return ZoneInfo(name or settings.GATEWAY_BILLING_TIMEZONE)
+    return ZoneInfo(name or setting("GATEWAY_BILLING_TIMEZONE"))
 
 
 def period_start_date(now: dt.datetime, tz: ZoneInfo | None = None) -> dt.date:

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Model
 
 from allocations.models import Group
 from lib.cache import GENERATION_GUARD
+from lib.conf import setting
 from lib.frozen import quick_init
 from lib.isotime import iso_text
 from lib.jsontext import text_encoder
@@ -87,7 +87,7 @@ def reservation_row(
     reservation_id: uuid.UUID | None = None,
 ) -> dict:
     """A new reservation's values: it expires after the upstream timeout (+ 60 s) unless told."""
-    ttl = ttl_s if ttl_s is not None else settings.GATEWAY_UPSTREAM_TIMEOUT_S + 60
+    ttl = ttl_s if ttl_s is not None else setting("GATEWAY_UPSTREAM_TIMEOUT_S") + 60
     return {
         "id": reservation_id or uuid.uuid4(),
         "request_id": request_id,
@@ -148,10 +148,22 @@ _SETTLE_COUNTERS = _COUNTER_UPSERT.replace(
     f"t.counter, {_NO_ALLOCATION}, 'infinity'::date, t.tokens, t.cost, t.calls, t.held_tokens, t.held_cost, now()"
     " FROM t{after} ORDER BY t.counter",
 )
+
+
+def _read_as(field: Any) -> str:
+    """The SQL type a record column's parameter is read as: the column's type without its length or
+    precision (`varchar`, `numeric`), so the INSERT's assignment applies them as it does to any
+    value (a string too long for its column is an error, not cut)."""
+    return re.sub(r"\(.*?\)", "", field.db_type(connection)).strip()
+
+
+# Each record of a batch is a JSON array of its columns' values in _CALL_COLUMNS' order
+# (`_record_row`), each element read as its column's type: no column names to write per record,
+# nor for PostgreSQL to parse and look up (jsonb_populate_record did, by name).
+_RECORD_ELEMENTS = ", ".join(f"(e.doc_->>{i})::{_read_as(f)}" for i, f in enumerate(CALL_FIELDS))
 _SETTLE_RECORDS = (
-    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_CALL_COLUMNS}"  # noqa: S608 (constant names)
+    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_RECORD_ELEMENTS}"  # noqa: S608 (constant names)
     " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc_, n_)"
-    f" CROSS JOIN LATERAL jsonb_populate_record(NULL::{CALL_TABLE}, e.doc_) AS p"
     " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id, {returning}),"
     # The records' daily and hourly rollups, in the same statement (quota.rollups).
     " {rollup}"
@@ -173,13 +185,6 @@ _RETURNING = ", ".join(SOURCE_COLUMNS)
 _ROLLUP = upserts_sql("i")
 
 
-def _read_as(field: Any) -> str:
-    """The SQL type a record column's parameter is read as: the column's type without its length or
-    precision (`varchar`, `numeric`), so the INSERT's assignment applies them as it does to any
-    value (a string too long for its column is an error, not cut)."""
-    return re.sub(r"\(.*?\)", "", field.db_type(connection)).strip()
-
-
 # The record's columns as parameters of their own, in _CALL_COLUMNS' order, each read as its type.
 _RECORD_PARAMETERS = ", ".join(f"%s::{_read_as(f)}" for f in CALL_FIELDS)
 # One call of a member without groups (every call while calls do not meet): the same writes as
@@ -187,12 +192,12 @@ _RECORD_PARAMETERS = ", ".join(f"%s::{_read_as(f)}" for f in CALL_FIELDS)
 # summed (no GROUP BY) nor sorted for the lock order; the reservation's DELETE returns the call's
 # move itself (no join of the moves with the ids deleted), the record's columns are parameters of
 # their own (no JSON object to parse and take apart by column name: ~20 µs of PostgreSQL's CPU per
-# call, docs/PERFORMANCE.md), and its id is returned as the one call's (n = 1). Parameters: the
-# move as a JSON object, the record's columns (`_record_parameters`), then the rollups'.
+# call, docs/PERFORMANCE.md), and its id is returned as the one call's (n = 1). Parameters, all
+# text: the move (`_move_parameters`: the reservation, then what the DELETE returns of it when it
+# takes it), the record's columns (`_record_parameters`), then the rollups'.
 _SETTLE_ONE_SQL = (
-    f"WITH k AS (DELETE FROM {RESERVATION_TABLE} USING jsonb_to_record(%s::jsonb) AS s(reservation uuid,"  # noqa: S608 (constant names)
-    " counter bigint, tokens bigint, cost numeric, held_tokens bigint, held_cost numeric)"
-    " WHERE id = s.reservation RETURNING s.*),"
+    f"WITH k AS (DELETE FROM {RESERVATION_TABLE} WHERE id = %s::uuid RETURNING %s::bigint AS counter,"  # noqa: S608 (constant names)
+    " %s::bigint AS tokens, %s::numeric AS cost, %s::bigint AS held_tokens, %s::numeric AS held_cost),"
     + _COUNTER_UPSERT.replace(
         "<rows>",
         f"k.counter, {_NO_ALLOCATION}, 'infinity'::date, k.tokens, k.cost, 1, k.held_tokens, k.held_cost, now() FROM k",
@@ -411,14 +416,16 @@ def _json_value(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} has no JSON form here")
 
 
-class _JsonForms(dict):
-    """By a value's class: the function giving its JSON form (_json_value), or None when the JSON
-    encoder writes it itself. Filled on first sight of a class (a handful: the record's values)."""
+class _RowForms(dict):
+    """By a value's class: the function giving its JSON form in a record's row (`_record_row`), or
+    None when the JSON encoder writes it itself. Filled on first sight of a class (a handful: the
+    record's values)."""
 
     def __missing__(self, cls: type) -> Any:
-        plain = (str, int, float, bool, type(None), list, tuple, dict)
         found: Any = _json_value
-        if issubclass(cls, plain):
+        if issubclass(cls, (list, tuple)):
+            found = _array_text  # the group ids, as the text of a PostgreSQL array
+        elif issubclass(cls, (str, int, float, bool, type(None), dict)):
             found = None
         elif issubclass(cls, (Decimal, uuid.UUID)):
             found = str  # as _json_value gives them, without its checks
@@ -428,26 +435,28 @@ class _JsonForms(dict):
         return found
 
 
-_json_forms = _JsonForms()
+_row_forms = _RowForms()
 # (column, attname, name when it differs, default) of each record column, in CALL_FIELDS' order.
 _RECORD_COLUMNS = tuple(
     (str(f.column), f.attname, f.name if f.name != f.attname else None, f.get_default) for f in CALL_FIELDS
 )
 
 
-def _record_json(values: dict) -> dict:
-    """A call record's columns from its field values, each already in its JSON form: the encoder's
-    fast path writes the whole record without a call back into Python per Decimal or time."""
-    row = {}
-    forms = _json_forms
-    for column, attname, name, default in _RECORD_COLUMNS:
+def _record_row(values: dict) -> list:
+    """A call record's columns from its field values, in _CALL_COLUMNS' order, each already in its
+    JSON form: the encoder's fast path writes the whole record without a call back into Python per
+    Decimal or time. A list (the group ids) is given as the text of a PostgreSQL array, which the
+    statement reads as its column's array type (`->>` of a JSON array would be JSON text)."""
+    row = []
+    forms = _row_forms
+    for _column, attname, name, default in _RECORD_COLUMNS:
         value = values.get(attname, _MISSING)
         if value is _MISSING:
             value = values.get(name, _MISSING) if name is not None else _MISSING
             if value is _MISSING:
                 value = default()
         form = forms[value.__class__]
-        row[column] = value if form is None else form(value)
+        row.append(value if form is None else form(value))
     return row
 
 
@@ -530,16 +539,23 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     position. A batch has four parameters whatever the number of calls or fields: the settlements
     and the records as JSON, which PostgreSQL expands itself, and the billing timezone's name (once
     per rollup). One call of a member without groups takes the statement of one call (_SETTLE_ONE_SQL,
-    its record's columns as parameters of their own, all text), any other the batch's
+    its move and its record's columns as parameters of their own, all text), any other the batch's
     (`settle_batch_statement`): the same rows written."""
     if len(settlements) == 1 and not _grouped(settlements):
         one = settlements[0]
-        return _SETTLE_ONE_SQL, [_encode(_move(1, one)), *_record_parameters(one.values), *upserts_params()]
+        return _SETTLE_ONE_SQL, [*_move_parameters(one), *_record_parameters(one.values), *upserts_params()]
     return settle_batch_statement(settlements)
 
 
 def _grouped(settlements: list[Settlement]) -> bool:
     return any(s.admission.groups or s.admission.held for s in settlements)
+
+
+def _move_parameters(s: Settlement) -> tuple[str, ...]:
+    """The statement of one call's move as text (as `_move` gives it to the batch, without the JSON):
+    the reservation's id, its counter, the tokens and cost used, the tokens and cost it held."""
+    a = s.admission
+    return str(a.reservation_id), str(a.counter_id), str(s.tokens), str(s.cost), str(a.tokens), str(a.cost)
 
 
 def _move(n: int, s: Settlement) -> dict:
@@ -555,14 +571,14 @@ def _move(n: int, s: Settlement) -> dict:
 
 
 def settle_batch_statement(settlements: list[Settlement]) -> tuple[str, list]:
-    """`settle_statement`'s statement for any number of calls: the settlements and the records as
-    JSON arrays."""
+    """`settle_statement`'s statement for any number of calls: the settlements as a JSON array of
+    objects, the records as a JSON array of arrays (each its columns' values, `_record_row`)."""
     moves = [_move(n, s) for n, s in enumerate(settlements, 1)]
     grouped = _grouped(settlements)
     if grouped:
         for move, s in zip(moves, settlements, strict=True):
             move["groups"], move["held"] = s.admission.groups, s.admission.held
-    records = [_record_json(s.values) for s in settlements]
+    records = [_record_row(s.values) for s in settlements]
     # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a
     # JSON function counts as 100 rows, and the reservations and counters would be scanned whole.
     return _settle_sql(grouped, len(moves)), [

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from lib.jsontext import text_encoder
+from lib.jsontext import parsed_json_bytes, text_encoder
 
 VALUES = [
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": 'héllo \u2028 "q" \\ \n\t'}]},
@@ -54,3 +54,52 @@ def test_a_circular_value_is_refused_and_the_next_one_encoded() -> None:
         encode(loop)
     shared = [1]
     assert encode([shared, shared]) == "[[1], [1]]"  # a value seen twice is not a cycle
+
+
+_COMPACT = text_encoder(ensure_ascii=False, separators=(",", ":"))
+_NESTED: list = []
+for _ in range(300):
+    _NESTED = [_NESTED]
+_BYTES = parsed_json_bytes(_COMPACT)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *VALUES[:4],
+        {"temperature": 0.1, "top_p": 1e-7, "big": 1e16, "n": -(2**63), "m": 2**64 - 1, "z": -0.0},
+        {"text": 'é \u2028 😀 \x7f \x00\x1f "q" \\ </script>', "deep": [[[[{"a": [True, False]}]]]]},
+    ],
+)
+def test_parsed_json_bytes_mean_the_standard_encoders_value(value: object) -> None:
+    """orjson's bytes where they parse to what the standard text parses to (its form may differ)."""
+    assert json.loads(_BYTES(value)) == json.loads(_COMPACT(value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"stop": None, "x": 1},  # orjson writes NaN as null: a text with a null is the standard one
+        {"temperature": float("nan")},
+        [float("inf"), float("-inf")],
+        {"n": 2**64},  # beyond 64 bits
+        {1: "int key", None: "none key"},
+        _NESTED,  # beyond orjson's 254 levels
+        {"at": dt.datetime(2026, 1, 1)},
+    ],
+)
+def test_parsed_json_bytes_are_the_standard_text_where_orjson_means_another_value_or_refuses(value: object) -> None:
+    try:
+        expected = _COMPACT(value).encode()
+    except TypeError as error:
+        with pytest.raises(TypeError, match=str(error)):
+            _BYTES(value)
+    else:
+        assert _BYTES(value) == expected
+
+
+def test_parsed_json_bytes_of_a_lone_surrogate_fail_as_the_standard_texts_encoding() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        _COMPACT("\ud800").encode()
+    with pytest.raises(UnicodeEncodeError):
+        _BYTES("\ud800")

@@ -372,7 +372,7 @@ def wire(monkeypatch):
 
     monkeypatch.setattr(aio, "native", named)
     monkeypatch.setattr(aio.LoopConnection, "wait", waiting)
-    monkeypatch.setattr(bodies, "encode_compact", spy("built", bodies.encode_compact))
+    monkeypatch.setattr(bodies, "upstream_bytes", spy("built", bodies.upstream_bytes))
     monkeypatch.setattr(observe, "call_finished", spy("call line", observe.call_finished))
     return events
 

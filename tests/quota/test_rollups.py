@@ -191,6 +191,22 @@ def _settlements(allocation, price, now) -> list[statements.Settlement]:
     return found
 
 
+def _written(allocation) -> tuple:
+    """What the settlements of an allocation wrote: its counter, records and rollups (ids aside)."""
+    counter = UsageCounter.objects.values_list(
+        "tokens_used", "cost_used", "calls", "tokens_reserved", "cost_reserved"
+    ).get(allocation=allocation)
+    skip = {"id", "request_id", "allocation"}
+    fields = [f.attname for f in CallRecord._meta.concrete_fields if f.name not in skip]
+    records = sorted(CallRecord.objects.filter(allocation=allocation).values_list(*fields), key=repr)
+    skip = {"id", "allocation"}
+    fields = [f.attname for f in DailyRollup._meta.concrete_fields if f.name not in skip]
+    daily = sorted(DailyRollup.objects.filter(allocation=allocation).values_list(*fields), key=repr)
+    fields = ["hour", "member_id", "model_id", "outcome", "group_ids", "calls", "cost_usd", "priced_calls"]
+    hourly = sorted(HourlyRollup.objects.filter(allocation=allocation).values_list(*fields), key=repr)
+    return counter, records, daily, hourly
+
+
 def test_the_statement_of_one_call_writes_what_the_batch_statement_writes():
     """A call settled alone (the statement of one call: no GROUP BY) and the same calls settled in
     one batch write the same counter, records and rollups."""
@@ -210,22 +226,8 @@ def test_the_statement_of_one_call_writes_what_the_batch_statement_writes():
         cursor.execute(sql, params)
         assert sorted(n for n, _ in cursor.fetchall()) == [1, 2, 3, 4, 5, 6]
 
-    def written(allocation) -> tuple:
-        counter = UsageCounter.objects.values_list(
-            "tokens_used", "cost_used", "calls", "tokens_reserved", "cost_reserved"
-        ).get(allocation=allocation)
-        skip = {"id", "request_id", "allocation"}
-        fields = [f.attname for f in CallRecord._meta.concrete_fields if f.name not in skip]
-        records = sorted(CallRecord.objects.filter(allocation=allocation).values_list(*fields), key=repr)
-        skip = {"id", "allocation"}
-        fields = [f.attname for f in DailyRollup._meta.concrete_fields if f.name not in skip]
-        daily = sorted(DailyRollup.objects.filter(allocation=allocation).values_list(*fields), key=repr)
-        fields = ["hour", "member_id", "model_id", "outcome", "group_ids", "calls", "cost_usd", "priced_calls"]
-        hourly = sorted(HourlyRollup.objects.filter(allocation=allocation).values_list(*fields), key=repr)
-        return counter, records, daily, hourly
-
-    assert written(alone) == written(batched)
-    counter, records, daily, _ = written(alone)
+    assert _written(alone) == _written(batched)
+    counter, records, daily, _ = _written(alone)
     assert counter[2] == 6 and counter[3] == 0 and len(records) == 6
     first = CallRecord.objects.get(request_id=f"{alone.pk}-0")
     assert (first.error_message, first.is_stream, first.ttft_ms) == (_EXTRA[0]["error_message"], True, 40_000)
@@ -238,6 +240,57 @@ def test_the_statement_of_one_call_writes_what_the_batch_statement_writes():
     assert (success.calls, success.priced_calls, success.unpriced_calls) == (4, 2, 2)
     assert success.quantity == Decimal("2.5")
     assert _no_drift() == {}
+
+
+def test_the_batch_writes_awkward_records_as_the_statement_of_one_call_does():
+    """The batch's records are JSON arrays of their columns' values, the statement of one call's are
+    parameters of their own: both write the same rows for values that either form could get wrong
+    (escapes and control characters, JSON-like and array-like text, text "NULL" beside NULL and an
+    empty string, a bigint near its top, the largest smallint and integer, nested tool calls, group
+    ids)."""
+    member, model = MemberFactory(), CatalogModelFactory()
+    alone, batched = AllocationFactory(member=member, model=model), AllocationFactory(member=member, model=model)
+    groups = (str(uuid.UUID(int=1)), str(uuid.UUID(int=2)))
+    awkward = (
+        (
+            {"error_message": 'q"\\" \\\\ \n\t\x01 ü 😀 {"k": [1]} {a,b} (c)', "error_code": ""},
+            Usage(input_tokens=2**62),
+        ),
+        ({"error_message": "NULL", "error_code": "NULL", "ttft_ms": 2**31 - 1, "status_code": 32767}, Usage()),
+        ({"error_message": "", "close_reason": "\\", "attempts": 32767}, Usage(tool_calls=(('a"b\\ ü', 3),))),
+    )
+    now = timezone.now()
+
+    def settlements(allocation) -> list[statements.Settlement]:
+        found = []
+        for n, (extra, usage) in enumerate(awkward):
+            rid = f"{allocation.pk}-{n}"
+            admission = ledger.admit(
+                allocation_id=allocation.pk, token_cap=None, cost_cap=None, est_tokens=1, est_cost=Decimal("0.01"),
+                request_id=rid, now=now,
+            )  # fmt: skip
+            values, cost = statements.settle_values(
+                record={**_record(allocation, rid, now), **extra}, usage=usage, price=None, now=now,
+                groups=groups if n else (),
+            )  # fmt: skip
+            found.append(statements.Settlement(values, admission, usage.total_tokens, cost or Decimal(0)))
+        return found
+
+    with connection.cursor() as cursor:
+        for settlement in settlements(alone):
+            cursor.execute(*statements.settle_statement([settlement]))
+        sql, params = statements.settle_statement(settlements(batched))
+        assert sql != statements._SETTLE_ONE_SQL
+        cursor.execute(sql, params)
+    assert _written(alone) == _written(batched)
+    first, second, third = (CallRecord.objects.get(request_id=f"{batched.pk}-{n}") for n in range(3))
+    assert (first.error_message, first.error_code, first.input_tokens) == (awkward[0][0]["error_message"], "", 2**62)
+    assert (second.error_message, second.ttft_ms, second.group_ids) == (
+        "NULL",
+        2**31 - 1,
+        [uuid.UUID(g) for g in groups],
+    )
+    assert (third.close_reason, third.tool_calls, first.group_ids) == ("\\", {'a"b\\ ü': 3}, [])
 
 
 def test_a_reservation_named_twice_in_one_batch_is_settled_once():
