@@ -174,20 +174,23 @@ _EXTRA = (
 )
 
 
+def _admitted(allocation, rid, now, record, usage, price, *, est_tokens, groups=()) -> statements.Settlement:
+    """A call of `allocation` admitted (no caps) and its settlement made ready for `record` and `usage`."""
+    admission = ledger.admit(
+        allocation_id=allocation.pk, token_cap=None, cost_cap=None, est_tokens=est_tokens, est_cost=Decimal("0.01"),
+        request_id=rid, now=now,
+    )  # fmt: skip
+    values, cost = statements.settle_values(record=record, usage=usage, price=price, now=now, groups=groups)
+    return statements.Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
+
+
 def _settlements(allocation, price, now) -> list[statements.Settlement]:
     """One settlement of each kind of _USAGES (priced or not, tokens, a quantity, no usage), admitted."""
     found = []
     for n, (usage, outcome, priced) in enumerate(_USAGES):
         rid = f"{allocation.pk}-{n}"
-        admission = ledger.admit(
-            allocation_id=allocation.pk, token_cap=None, cost_cap=None, est_tokens=500, est_cost=Decimal("0.01"),
-            request_id=rid, now=now,
-        )  # fmt: skip
-        values, cost = statements.settle_values(
-            record={**_record(allocation, rid, now, outcome), "member_id": allocation.member_id, **_EXTRA[n]},
-            usage=usage, price=price if priced else None, now=now,
-        )  # fmt: skip
-        found.append(statements.Settlement(values, admission, usage.total_tokens, cost or Decimal(0)))
+        record = {**_record(allocation, rid, now, outcome), "member_id": allocation.member_id, **_EXTRA[n]}
+        found.append(_admitted(allocation, rid, now, record, usage, price if priced else None, est_tokens=500))
     return found
 
 
@@ -265,15 +268,8 @@ def test_the_batch_writes_awkward_records_as_the_statement_of_one_call_does():
         found = []
         for n, (extra, usage) in enumerate(awkward):
             rid = f"{allocation.pk}-{n}"
-            admission = ledger.admit(
-                allocation_id=allocation.pk, token_cap=None, cost_cap=None, est_tokens=1, est_cost=Decimal("0.01"),
-                request_id=rid, now=now,
-            )  # fmt: skip
-            values, cost = statements.settle_values(
-                record={**_record(allocation, rid, now), **extra}, usage=usage, price=None, now=now,
-                groups=groups if n else (),
-            )  # fmt: skip
-            found.append(statements.Settlement(values, admission, usage.total_tokens, cost or Decimal(0)))
+            record = {**_record(allocation, rid, now), **extra}
+            found.append(_admitted(allocation, rid, now, record, usage, None, est_tokens=1, groups=groups if n else ()))
         return found
 
     with connection.cursor() as cursor:
