@@ -77,6 +77,14 @@ def main() -> None:
         k: {"statements": kinds[k], "calls": sum(sizes[k]), "size p50": pct(sizes[k], 50), "size max": max(sizes[k])}
         for k in kinds
     }
+    # One commit per transaction: the statements of one (loop._together) share their times.
+    transactions = collections.Counter((start, end) for _, start, end, _, _ in data["statements"])
+    settled = sum(1 for c in data["calls"] if c[0] == "settle")
+    statements["commits"] = {
+        "transactions": len(transactions),
+        "with settlements and admissions": sum(1 for n in transactions.values() if n > 1),
+        "per settled call": len(transactions) / settled if settled else None,
+    }
     wave_list = waves(data, args.gap)
     per_wave = {
         "waves": len(wave_list),
