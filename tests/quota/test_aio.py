@@ -518,3 +518,219 @@ async def test_a_failing_statement_behind_a_counters_statement_fails_its_admissi
     assert await asyncio.wait_for(_admit(caps, 4), 5) is not None
     assert {r.request_id async for r in Reservation.objects.all()} == {"c-0", "c-4"}
     await aio.pool_close()
+
+
+# --- settlements and admissions of one counter that meet: one transaction -------------------------
+
+
+def _xmins(table: str, ids: list) -> set[str]:
+    """The transactions that wrote these rows (PostgreSQL's xmin of each)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT xmin::text FROM {table} WHERE id = ANY(%s)", [ids])  # noqa: S608 - a model table
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _settling(calls: int, *, tokens: int = 50, token_cap: int | None = None):
+    """An allocation with `calls` admissions of `tokens` (thread path), their settlements, a price,
+    and the caps of its counter (as the loop's admissions of the same allocation carry them)."""
+    allocation = AllocationFactory(quota_tokens_per_month=token_cap)
+    price = PriceVersionFactory(model=allocation.model, input_per_1m=Decimal("1"), output_per_1m=Decimal("1"))
+    admissions = [admit(allocation, tokens=tokens, cost="0.5") for _ in range(calls)]
+    made = [settlement(allocation, a, f"s-{n}", Usage(input_tokens=10), price) for n, a in enumerate(admissions)]
+    caps = aio._Caps(str(allocation.pk), admissions[0].counter_id, token_cap, None, True)
+    return caps, made
+
+
+async def _met(pool: aio.Pool, *steps, cancel: int | None = None) -> tuple[list, list]:
+    """Each of `steps` in turn, a step of the event loop apart (each adds settlements or
+    admissions to `pool` and returns their futures; their writers queue for the connection in that
+    order) while the pool's one connection is taken, the future at `cancel` of all those returned
+    cancelled before the connection comes free; then everything's futures and results (errors as
+    values), in the order added."""
+    release, taken = asyncio.Event(), asyncio.Event()
+
+    async def holder():
+        async with pool.connection():
+            taken.set()
+            await release.wait()
+
+    held = asyncio.ensure_future(holder())
+    await taken.wait()
+    futures = []
+    for step in steps:
+        futures += step()
+        await asyncio.sleep(0.01)  # its writer, if it started one, queued for the connection
+    if cancel is not None:
+        futures[cancel].cancel()
+    release.set()
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 5)
+    finally:
+        await held
+    return futures, results
+
+
+async def test_a_settlement_and_the_admissions_of_its_counter_that_meet_share_one_transaction(loop_statements):
+    """The settlement writer comes first to the connection: the admissions waiting for the same
+    counter go in its transaction, after its statement, one commit for all."""
+    caps, [made] = await sync_to_async(_settling)(1)
+    pool = aio.Pool(1)
+    reservations = [_reservation(n, tokens=5) for n in range(3)]
+    loop_statements.clear()
+    _, results = await _met(
+        pool, lambda: [pool.settlements.add(made)], lambda: [pool.admissions.add(caps, r) for r in reservations]
+    )
+    record_id, *admitted = results
+    assert [a.reservation_id for a in admitted] == [r["id"] for r in reservations]
+    assert len(loop_statements) == 2 and "jsonb_to_recordset" in loop_statements[1]  # settle, then admit_many
+    written = await sync_to_async(_xmins)(CallRecord._meta.db_table, [record_id])
+    assert len(written) == 1
+    assert await sync_to_async(_xmins)(Reservation._meta.db_table, [r["id"] for r in reservations]) == written
+    counter = await UsageCounter.objects.aget(pk=caps.counter_id)
+    assert (counter.calls, counter.tokens_used, counter.tokens_reserved) == (1, 10, 15)
+    assert not pool.admissions.sent and not pool.admissions.waiting and not pool.settlements.waiting
+    await pool.close()
+
+
+async def test_an_admission_writer_takes_the_settlements_of_its_counter_waiting_into_its_transaction(loop_statements):
+    """The admission writer comes first to the connection; the settlement added after every
+    settlement writer was at work waits, and goes in the admission's transaction (the one a
+    settlement writer took before is written on its own after)."""
+    caps, made = await sync_to_async(_settling)(2)
+    pool = aio.Pool(1)
+    reservation = _reservation(0, tokens=5)
+    _, (admitted, first_id, second_id) = await _met(
+        pool,
+        lambda: [pool.admissions.add(caps, reservation)],
+        lambda: [pool.settlements.add(made[0])],  # its writer takes it, then waits
+        lambda: [pool.settlements.add(made[1])],  # waits here: every writer (one) at work
+    )
+    assert admitted.reservation_id == reservation["id"] and first_id and second_id
+    together = await sync_to_async(_xmins)(Reservation._meta.db_table, [reservation["id"]])
+    assert await sync_to_async(_xmins)(CallRecord._meta.db_table, [second_id]) == together
+    assert await sync_to_async(_xmins)(CallRecord._meta.db_table, [first_id]) != together
+    counter = await UsageCounter.objects.aget(pk=caps.counter_id)
+    assert (counter.calls, counter.tokens_used, counter.tokens_reserved) == (2, 20, 5)
+    await pool.close()
+
+
+async def test_the_admissions_guard_sees_the_release_of_the_settlement_in_its_transaction(loop_statements):
+    """A cap of 100 tokens with 100 reserved by the call settling: alone, an admission would be
+    refused (0 + 100 < 100 fails); after the settlement's release (10 used, 0 reserved) in the
+    same transaction, one call's admission and a batch of two are admitted, and a batch whose
+    last call would pass the cap is decided one by one after the commit, as one by one would."""
+    for count, tokens, expected in ((1, 50, [True]), (2, 40, [True, True]), (3, 40, [True, True, True])):
+        caps, [made] = await sync_to_async(_settling)(1, tokens=100, token_cap=100)
+        pool = aio.Pool(1)
+        reservations = [_reservation(n, tokens=tokens) for n in range(count)]
+        _, (record_id, *admitted) = await _met(
+            pool, lambda: [pool.settlements.add(made)], lambda: [pool.admissions.add(caps, r) for r in reservations]
+        )
+        assert record_id and [a is not None for a in admitted] == expected
+        counter = await UsageCounter.objects.aget(pk=caps.counter_id)
+        assert (counter.tokens_used, counter.tokens_reserved) == (10, tokens * count)
+        await pool.close()
+    # 10 used, 0 reserved after the release: 40 and 40 admitted (10 + 40 < 100), the third not
+    # (10 + 80 < 100 holds: admitted; a fourth would not). With 3 × 40 the batch's guard
+    # (10 + 80 < 100) matches; with 4 × 40 it does not and each is decided alone.
+    caps, [made] = await sync_to_async(_settling)(1, tokens=100, token_cap=100)
+    pool = aio.Pool(1)
+    reservations = [_reservation(n, tokens=40) for n in range(4)]
+    loop_statements.clear()
+    _, (record_id, *admitted) = await _met(
+        pool, lambda: [pool.settlements.add(made)], lambda: [pool.admissions.add(caps, r) for r in reservations]
+    )
+    assert record_id and [a is not None for a in admitted] == [True, True, True, False]
+    assert len(loop_statements) == 2 + 4  # the transaction's two, then one per call
+    assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 120
+    await pool.close()
+
+
+def _settled_on_thread(made) -> None:
+    from quota.ledger.spool import call_settle_once
+
+    values = made.values
+    record = {k: values[k] for k in ("request_id", "allocation", "endpoint", "started_at", "outcome", "status_code")}
+    usage = Usage(input_tokens=10)
+    call_settle_once(admission=made.admission, record=record, usage=usage, price=values["price_version"])
+
+
+async def test_a_failing_settlement_fails_the_admissions_in_its_transaction_and_their_fallbacks_stay_exact():
+    """Nothing of either is written; the settlement's thread path then writes its record once, and
+    the admissions' finds none of their reservations (ledger.reservation_admission) and admits."""
+    from quota.ledger.sync import reservation_admission
+
+    caps, [made] = await sync_to_async(_settling)(1)
+    made.values["model"] = uuid.uuid4()  # no such model: the record's foreign key fails the transaction
+    pool = aio.Pool(1)
+    reservations = [_reservation(n, tokens=5) for n in range(2)]
+    _, results = await _met(
+        pool, lambda: [pool.settlements.add(made)], lambda: [pool.admissions.add(caps, r) for r in reservations]
+    )
+    assert all(isinstance(r, psycopg.errors.ForeignKeyViolation) for r in results)
+    assert not await CallRecord.objects.aexists()
+    assert await Reservation.objects.acount() == 1  # the settling call's own, still held
+    for r in reservations:
+        assert await sync_to_async(reservation_admission)(reservation_id=r["id"]) is None
+    counter = await UsageCounter.objects.aget(pk=caps.counter_id)
+    assert (counter.calls, counter.tokens_reserved) == (0, 50)
+    await pool.close()
+    # The fallbacks: the settlement on a thread (its record looked for first), the admissions anew.
+    made.values["model"] = made.values["allocation"].model
+    await sync_to_async(_settled_on_thread)(made)
+    await sync_to_async(_settled_on_thread)(made)  # a second attempt finds the record: nothing twice
+    assert await CallRecord.objects.acount() == 1
+    admitted = await _admitted_while_busy(caps, reservations)
+    assert all(a is not None for a in admitted)
+    counter = await UsageCounter.objects.aget(pk=caps.counter_id)
+    assert (counter.calls, counter.tokens_used, counter.tokens_reserved) == (1, 10, 10)
+
+
+async def test_a_failing_admission_fails_the_settlement_in_its_transaction():
+    caps, [made] = await sync_to_async(_settling)(1)
+    pool = aio.Pool(1)
+    reservations = [_reservation(n, tokens=5) for n in range(2)]
+    reservations[1]["request_id"] = "x" * 200  # longer than the column: the admission's statement fails
+    _, results = await _met(
+        pool, lambda: [pool.settlements.add(made)], lambda: [pool.admissions.add(caps, r) for r in reservations]
+    )
+    assert all(isinstance(r, psycopg.errors.StringDataRightTruncation) for r in results)
+    assert not await CallRecord.objects.aexists()
+    assert {r.pk async for r in Reservation.objects.all()} == {made.admission.reservation_id}
+    counter = await UsageCounter.objects.aget(pk=caps.counter_id)
+    assert (counter.calls, counter.tokens_used, counter.tokens_reserved) == (0, 0, 50)
+    assert not pool.admissions.sent and not pool.admissions.waiting
+    await pool.close()
+
+
+async def test_an_admission_cancelled_before_the_transaction_is_left_out_of_it():
+    caps, [made] = await sync_to_async(_settling)(1)
+    pool = aio.Pool(1)
+    reservations = [_reservation(n, tokens=5) for n in range(3)]
+    futures, (record_id, *admitted) = await _met(
+        pool,
+        lambda: [pool.settlements.add(made)],
+        lambda: [pool.admissions.add(caps, r) for r in reservations],
+        cancel=2,
+    )
+    assert record_id and futures[2].cancelled()
+    assert admitted[0] is not None and admitted[2] is not None
+    assert {r.request_id async for r in Reservation.objects.all()} == {"a-0", "a-2"}
+    assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 10
+    await pool.close()
+
+
+async def test_a_settlement_of_a_call_counted_toward_a_group_takes_no_admission():
+    caps, [made] = await sync_to_async(_settling)(1)
+    pool = aio.Pool(1)
+    grouped = dataclasses.replace(made, admission=dataclasses.replace(made.admission, groups=(str(uuid.uuid4()),)))
+    waiting = pool.admissions.waiting[caps] = [(_reservation(0, tokens=5), asyncio.get_running_loop().create_future())]
+    assert pool.admissions.meeting([(grouped, None)]) == []
+    assert pool.admissions.waiting[caps] is waiting
+    pool.settlements.waiting = [(grouped, None)]
+    assert pool.settlements.meeting(caps.counter_id) == []
+    pool.admissions.waiting.clear()
+    pool.settlements.waiting = []
+    await pool.close()
