@@ -6,9 +6,7 @@ imports `sitecustomize` at start-up; off unless asked). When `quota.ledger.loop`
 - `loop.admit` / `loop.settle`: when a call asked for its admission / settlement and when it got it;
 - the statement builders (`admit_statement`, `admit_many_statement`, `settle_statement`) and
   psycopg's `AsyncRawCursor.execute`: each statement's kind, the reservations it carries, when it
-  was sent and when it was answered (its commit); the statements of one transaction
-  (`loop._together`, settlements and admissions together) with its times, so statements with
-  the same times are one commit.
+  was sent and when it was answered (its commit).
 
 `kill -USR1 <pid>` starts recording (and forgets what was recorded), `kill -USR2 <pid>` writes
 /tmp/wavetime-<pid>.json; `bench/wavetime.py` reads it: per-call steps, statements per wave and
@@ -82,20 +80,13 @@ if os.environ.get("WAVETIME"):
 
         loop.admit, loop.settle = admit_timed, settle_timed
 
-        import contextvars
-
         import psycopg
 
         execute = psycopg.AsyncRawCursor.execute
-        inside = contextvars.ContextVar("wavetime_together", default=None)
 
         async def execute_timed(self, query, params=None, **kwargs):
             found = _pending.pop(id(params), None) if params is not None else None
             if found is None or not _on:
-                return await execute(self, query, params, **kwargs)
-            together = inside.get()
-            if together is not None and self._conn._pipeline:  # queued: timed by its transaction
-                together.append(found)
                 return await execute(self, query, params, **kwargs)
             sent = _clock()
             failed = True
@@ -107,30 +98,6 @@ if os.environ.get("WAVETIME"):
                 _statements.append((found[0], sent, _clock(), found[1], failed))
 
         psycopg.AsyncRawCursor.execute = execute_timed
-
-        # Settlements and admissions in one transaction (`loop._together`, absent from older
-        # trees): each of its statements is recorded with the transaction's sent and answered times.
-        together = getattr(loop, "_together", None)
-        if together is not None:
-
-            async def together_timed(*args, **kwargs):
-                if not _on:
-                    return await together(*args, **kwargs)
-                found: list = []
-                token = inside.set(found)
-                sent = _clock()
-                failed = True
-                try:
-                    result = await together(*args, **kwargs)
-                    failed = False
-                    return result
-                finally:
-                    inside.reset(token)
-                    answered = _clock()
-                    for kind, ids in found:
-                        _statements.append((kind, sent, answered, ids, failed))
-
-            loop._together = together_timed
 
     def _patch_handler(handler) -> None:
         call = handler.ProxyHandler.__call__

@@ -459,9 +459,7 @@ class _Settlements:
     CPU per call than one statement each, and fewer transactions for PostgreSQL. The records still
     exist before any caller's response is sent: each caller waits for its own statement. A failed
     statement fails every settlement in it (none is written: it is one statement); their callers
-    then settle on the thread path, which checks first for the record. Admissions of a batch's
-    counters waiting meanwhile in `_Admissions` go in the batch's transaction (`_together`), and an
-    admission writer takes the settlements of its counter waiting here into its own.
+    then settle on the thread path, which checks first for the record.
 
     The settlement of a call alone in its process (its caller says so: no other call in flight)
     that finds the database idle too (no writer at work, every connection idle) is written by its
@@ -530,145 +528,22 @@ class _Settlements:
         while self.waiting:
             batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
             try:
+                sql, params = settle_statement([s for s, _ in batch])
+                query = native(sql)
                 async with self.pool.connection() as conn:
-                    admitting = self.pool.admissions.meeting(batch)
-                    if admitting:  # admissions of these counters waiting: one transaction for all
-                        await _together(conn, batch, admitting)
-                        continue
-                    sql, params = settle_statement([s for s, _ in batch])
-                    query = native(sql)
                     cursor = conn.statement_cursor(query)
                     await cursor.execute(query, params, prepare=_prepare())
                     ids: dict[int, int] = dict(await cursor.fetchall())  # n -> record id; absent: settled before
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
-                _fail(batch, exc)
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("settlement cancelled"))
                 if not isinstance(exc, Exception):
                     raise
             else:
                 for n, (_, done) in enumerate(batch, 1):
                     if not done.done():
                         done.set_result(ids.get(n))
-
-    def meeting(self, counter_id: int) -> list[tuple[Settlement, asyncio.Future]]:
-        """The settlements waiting here of `counter_id`, of calls counted toward no group (up to
-        MAX_BATCH), taken to be written in the transaction of its admissions (`_together`)."""
-        if not self.waiting:
-            return []
-        taken: list[tuple[Settlement, asyncio.Future]] = []
-        kept: list[tuple[Settlement, asyncio.Future]] = []
-        for item in self.waiting:
-            admission = item[0].admission
-            if (
-                admission.counter_id == counter_id
-                and not (admission.groups or admission.held)
-                and len(taken) < self.MAX_BATCH
-            ):
-                taken.append(item)
-            else:
-                kept.append(item)
-        if taken:
-            self.waiting = kept
-        return taken
-
-
-def _fail(waiting: "Sequence[tuple[object, asyncio.Future]]", exc: BaseException) -> None:
-    """`exc` to every caller of `waiting` still waiting (a cancellation as an error: they fall back)."""
-    for _, done in waiting:
-        if not done.done():
-            done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("accounting statement cancelled"))
-
-
-async def _together(
-    conn: LoopConnection,
-    settling: list[tuple[Settlement, asyncio.Future]],
-    admitting: "list[tuple[_Caps, list[tuple[dict, asyncio.Future]]]]",
-) -> None:
-    """Settlements and the admissions of their counters that met, in ONE transaction: the settlement
-    statement, then each caps' admission statement (one call's, or admit_many_statement's all or
-    none), pipelined before one Sync (the extended protocol runs everything before a Sync in one
-    implicit transaction): one round trip, one commit, the counter row's lock taken once. The
-    settlement goes first, so each admission's guard sees the reservations it released and the
-    usage it added, as it would after the settlement's own commit. Every caller's future is
-    answered here. A failed statement fails the whole transaction, so every caller of both gets the
-    error and nothing of either is written (their callers take the thread path, which finds
-    nothing committed). Admissions whose batch guard did not match are then decided one by one on
-    `conn`, as `_Admissions` does. Only settlements of calls counted toward no group come here:
-    their statement locks the allocation counters and nothing else that an admission locks."""
-    try:
-        sql, params = settle_statement([s for s, _ in settling])
-        statements = [(native(sql), params)]
-        for caps, batch in admitting:
-            if len(batch) == 1:
-                sql, params = admit_statement(
-                    allocation_id=caps.allocation_id,
-                    counter_id=caps.counter_id,
-                    token_cap=caps.token_cap,
-                    cost_cap=caps.cost_cap,
-                    priced=caps.priced,
-                    reservation=batch[0][0],
-                    generation=caps.generation,
-                )
-            else:
-                sql, params = _admit_many(caps, batch)
-            statements.append((native(sql), params))
-        cursors: list[psycopg.AsyncRawCursor] = []
-        async with conn.pipeline() as pipeline:
-            for query, params in statements:
-                cursor = conn.statement_cursor(query)
-                if any(cursor is c for c in cursors):  # the same text twice (caps alike): a cursor each
-                    cursor = psycopg.AsyncRawCursor(conn)
-                await cursor.execute(query, params, prepare=_prepare())
-                cursors.append(cursor)
-            await pipeline.sync()
-        ids: dict[int, int] = dict(await cursors[0].fetchall())  # n -> record id; absent: settled before
-    except BaseException as exc:
-        _fail(settling, exc)
-        for _, batch in admitting:
-            _fail(batch, exc)
-        raise
-    for n, (_, done) in enumerate(settling, 1):
-        if not done.done():
-            done.set_result(ids.get(n))
-    left = []
-    for cursor, (caps, batch) in zip(cursors[1:], admitting, strict=True):
-        if cursor.rowcount == len(batch):
-            for reservation, done in batch:
-                if not done.done():
-                    done.set_result(_admission(caps, reservation))
-        elif len(batch) == 1:  # one call's guard: not admitted
-            if not batch[0][1].done():
-                batch[0][1].set_result(None)
-        else:
-            left.append((caps, batch))
-    try:
-        for caps, batch in left:
-            await _admit_each(conn, caps, batch)
-    except BaseException as exc:
-        for _, batch in left:
-            _fail(batch, exc)
-        raise
-
-
-async def _admit_each(conn: LoopConnection, caps: _Caps, batch: list[tuple[dict, asyncio.Future]]) -> None:
-    """Each admission of `batch` by its own statement on `conn`, in order (its caller gone: skipped)."""
-    for reservation, done in batch:
-        if done.done():
-            continue
-        admitted = await _admit_on(conn, caps, reservation)
-        if not done.done():
-            done.set_result(admitted)
-
-
-def _admit_many(caps: _Caps, batch: list[tuple[dict, asyncio.Future]]) -> tuple[str, list]:
-    return admit_many_statement(
-        allocation_id=caps.allocation_id,
-        counter_id=caps.counter_id,
-        token_cap=caps.token_cap,
-        cost_cap=caps.cost_cap,
-        priced=caps.priced,
-        reservations=[reservation for reservation, _ in batch],
-        generation=caps.generation,
-    )
 
 
 class _Admissions:
@@ -686,9 +561,7 @@ class _Admissions:
     its reservation, so its admission is committed before its call goes upstream; a caller
     cancelled while it waits is left out of the statement; a failed statement fails every
     admission still waiting on it (their callers take the thread path, which looks for what may
-    have committed). Admissions and settlements of one counter that meet here go in one
-    transaction, one commit (`_together`): the row's lock is taken once instead of by two
-    transactions in turn."""
+    have committed)."""
 
     MAX_BATCH = 64
 
@@ -737,36 +610,33 @@ class _Admissions:
         try:
             async with self.pool.connection() as conn:
                 batch = self._take(caps)  # everything that waited for this connection
-                settling = self.pool.settlements.meeting(caps.counter_id) if batch else []
-                if settling:  # settlements of this counter waiting too: one transaction for all
-                    await _together(conn, settling, [(caps, batch)])
-                    return
                 if len(batch) > 1 and await self._admit_all(conn, caps, batch):
                     return
-                await _admit_each(conn, caps, batch)  # alone, or a batch whose guard did not match
+                for reservation, done in batch:  # alone, or a batch whose guard did not match
+                    if done.done():
+                        continue  # its caller left
+                    admitted = await _admit_on(conn, caps, reservation)
+                    if not done.done():
+                        done.set_result(admitted)
         except BaseException as exc:  # noqa: BLE001 - handed to every caller still waiting
-            _fail(batch or self._take(caps), exc)
+            for _, done in batch or self._take(caps):
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("admission cancelled"))
             if not isinstance(exc, Exception):
                 raise
         finally:
             self.release(caps.counter_id)
 
-    def meeting(self, settling: list[tuple[Settlement, asyncio.Future]]) -> list[tuple[_Caps, list]]:
-        """The admissions waiting here of the counters of `settling` (settlements of calls counted
-        toward no group; none otherwise), taken to be made in the settlements' transaction
-        (`_together`); their counters' writers find less, or nothing, when their turn comes."""
-        if not self.waiting or any(s.admission.groups or s.admission.held for s, _ in settling):
-            return []
-        counters = {s.admission.counter_id for s, _ in settling}
-        found = []
-        for caps in [caps for caps in self.waiting if caps.counter_id in counters]:
-            batch = self._take(caps)
-            if batch:
-                found.append((caps, batch))
-        return found
-
     async def _admit_all(self, conn: LoopConnection, caps: _Caps, batch: list[tuple[dict, asyncio.Future]]) -> bool:
-        sql, params = _admit_many(caps, batch)
+        sql, params = admit_many_statement(
+            allocation_id=caps.allocation_id,
+            counter_id=caps.counter_id,
+            token_cap=caps.token_cap,
+            cost_cap=caps.cost_cap,
+            priced=caps.priced,
+            reservations=[reservation for reservation, _ in batch],
+            generation=caps.generation,
+        )
         query = native(sql)
         cursor = conn.statement_cursor(query)
         await cursor.execute(query, params, prepare=_prepare())
