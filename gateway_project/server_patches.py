@@ -591,25 +591,29 @@ def _reap(server: "Server", protocol: Any) -> None:
 def _connection_facts_once() -> None:
     from twisted.web.http import HTTPChannel
 
-    HTTPChannel.getPeer = _remembered_per_transport(HTTPChannel.getPeer)  # type: ignore[method-assign]
-    HTTPChannel.getHost = _remembered_per_transport(HTTPChannel.getHost)  # type: ignore[method-assign]
-    HTTPChannel.isSecure = _remembered_per_transport(HTTPChannel.isSecure)  # type: ignore[method-assign]
+    for name in ("getPeer", "getHost", "isSecure"):
+        setattr(HTTPChannel, name, _remembered_per_transport(HTTPChannel, name))
 
 
-def _remembered_per_transport(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`original(channel)` asked once per transport of the channel: what it answers (the
-    connection's two addresses, whether it is TLS) cannot change while the transport is the same."""
-    slot = f"_remembered_{original.__name__}"
+def _remembered_per_transport(cls: type, name: str) -> Callable[[Any], Any]:
+    """`cls.name(channel)` asked once per transport of the channel: what it answers (the
+    connection's two addresses, whether it is TLS) cannot change while the transport is the same.
+    What it answered is an attribute of the channel with a default on the class: nothing reads the
+    channel's __dict__, which in CPython 3.11 would give its attributes a dict of their own and make
+    every later lookup of them (Twisted's and daphne's, several dozen a request) a slower one."""
+    original = getattr(cls, name)
+    slot = f"_remembered_{name}"
+    setattr(cls, slot, None)
 
     @functools.wraps(original)
     def remembered(self: Any) -> Any:
         transport = self.transport
-        held = self.__dict__.get(slot)
+        held = getattr(self, slot)
         if held is not None and held[0] is transport:
             return held[1]
         value = original(self)
         if transport is not None:
-            self.__dict__[slot] = (transport, value)
+            setattr(self, slot, (transport, value))
         return value
 
     return remembered
