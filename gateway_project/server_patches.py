@@ -484,6 +484,116 @@ def _finish_without_log_details() -> None:
     WebRequest.handle_reply = handle_reply
 
 
+def _response_in_one_write() -> None:
+    from daphne import http_protocol
+    from daphne.http_protocol import WebRequest
+    from twisted.web import http
+    from twisted.web.http_headers import Headers, _nameEncoder
+
+    twisted_http = _unproxied(http)
+    no_body, responses = twisted_http.NO_BODY_CODES, twisted_http.RESPONSES
+    _headers_class[0], _canonical_name[0] = Headers, _nameEncoder._canonicalHeaderCache.get
+    log = http_protocol.logger
+    original = WebRequest.handle_reply
+
+    @functools.wraps(original)
+    def handle_reply(self: Any, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "http.response.start":
+            if (
+                self.finished
+                or self.channel is None
+                or self._response_started
+                or "status" not in message
+                or type(self.responseHeaders) is not Headers
+            ):
+                return original(self, message)
+            # daphne's steps: the code, the application's headers in order, daphne's Server header
+            self._response_started = True
+            status = message["status"]
+            self.code, self.code_message = status, responses.get(status, b"Unknown Status")  # setResponseCode
+            response_headers = self.responseHeaders
+            _add_raw_headers(response_headers, message.get("headers", {}))
+            server_name = self.server.server_name
+            if server_name and b"Server" not in response_headers._rawHeaders:
+                self.setHeader(b"server", server_name.encode())
+            log.debug("HTTP %s response started for %s", status, self.client_addr)
+            return None
+        if (
+            kind == "http.response.body"
+            and not message.get("more_body", False)
+            and not self.server.action_logger
+            and self._response_started
+            and not self.finished
+            and self.channel is not None
+            and _wrote_whole(self, message.get("body", b""), no_body)
+        ):
+            self.finish()  # as finish_without_log_details: no access log, no details built
+            return None
+        return original(self, message)
+
+    WebRequest.handle_reply = handle_reply
+
+
+def _add_raw_headers(headers: Any, items: Any) -> None:
+    """Headers.addRawHeader for each (name, value), in order: a bytes name Twisted has already
+    canonicalised (its encoder's cache holds only names that passed its token check) with a bytes
+    value that has no CR or LF (which Twisted's sanitising would fold) goes straight in, as
+    addRawHeader puts it; any other goes through addRawHeader itself (its encoding, its check,
+    its refusal)."""
+    raw = headers._rawHeaders
+    for name, value in items:
+        canonical = _canonical_name[0](name) if type(name) is bytes else None
+        if canonical is not None and type(value) is bytes and _CR not in value and _LF not in value:
+            raw.setdefault(canonical, []).append(value)
+        else:
+            headers.addRawHeader(name, value)
+
+
+_CR, _LF = ord("\r"), ord("\n")
+
+
+def _wrote_whole(request: Any, body: bytes, no_body: Any) -> bool:
+    """What Twisted's Request.write does with a response's only body write when the application
+    gave its length, done in one: the status line, the headers and the body as one channel write
+    (the bytes head_with_first_write gives), the length counted. False, with nothing done, for
+    anything else (a body already begun, HEAD, a code without a body, no length: a chunked answer,
+    Twisted's own response headers, a connection gone), which takes Twisted's way. Request.write
+    replaces an instance's own write only once it has begun (HEAD, codes without a body), so
+    nothing here reads the request's __dict__, which would give its attributes a dict of their own
+    and make every later lookup of them slower."""
+    channel = request.channel
+    headers = request.responseHeaders
+    if (
+        request.startedWriting
+        or type(body) is not bytes
+        or request._disconnected
+        or request.method == b"HEAD"
+        or request.code in no_body
+        or request.lastModified is not None
+        or request.etag is not None
+        or request.cookies
+        or getattr(channel, "_held_head", None) is not None
+        or type(headers) is not _headers_class[0]
+        or not headers._rawHeaders.get(b"Content-Length")
+    ):
+        return False
+    request.startedWriting = 1
+    parts = [request.clientproto, b" ", b"%d" % (request.code,), b" ", request.code_message, b"\r\n"]
+    for name, values in headers._rawHeaders.items():
+        for value in values:
+            parts += (name, b": ", value, b"\r\n")
+    parts += (b"\r\n", body)
+    request.sentLength = request.sentLength + len(body)
+    channel.write(b"".join(parts))
+    return True
+
+
+# twisted.web.http_headers' Headers and its name encoder's cache lookup, once response_in_one_write applied
+_headers_class: list[Any] = [None]
+_canonical_name: list[Any] = [None]
+
+
 def _unpark(channel: Any) -> Any:
     """The idle timer set aside while the channel's request is handled (a DelayedCall), if any,
     taken from it."""
@@ -705,6 +815,43 @@ PATCHES = (
         "log is configured (action_logger None: daphne at -v 0 without --access-log). Without an "
         "access log that message writes and finishes as daphne does, without the details; with one, "
         "daphne's own method runs.",
+    ),
+    Patch(
+        name="response_in_one_write",
+        verified={"daphne": DAPHNE, "twisted": TWISTED},
+        targets=(
+            "daphne.http_protocol:WebRequest.handle_reply",
+            "daphne.http_protocol:WebRequest.handle_reply>_response_started",
+            "daphne.http_protocol:WebRequest.handle_reply>setResponseCode",
+            "daphne.http_protocol:WebRequest.handle_reply>addRawHeader",
+            "daphne.http_protocol:WebRequest.handle_reply>server_name",
+            "daphne.http_protocol:WebRequest.handle_reply>finish",
+            "twisted.web.http:Request.setResponseCode>code_message",
+            "twisted.web.http:Request.write>startedWriting",
+            "twisted.web.http:Request.write>lastModified",
+            "twisted.web.http:Request.write>etag",
+            "twisted.web.http:Request.write>cookies",
+            "twisted.web.http:Request.write>sentLength",
+            "twisted.web.http:Request.write>writeHeaders",
+            "twisted.web.http:Request.write>NO_BODY_CODES",
+            "twisted.web.http:Request.write>_disconnected",
+            "twisted.web.http:HTTPChannel.writeHeaders>getAllRawHeaders",
+            "twisted.web.http:RESPONSES",
+            "twisted.web.http_headers:Headers.addRawHeader>_sanitizeLinearWhitespace",
+            "twisted.web.http_headers:Headers.getAllRawHeaders>_rawHeaders",
+            "twisted.web.http_headers:_NameEncoder.encode>_canonicalHeaderCache",
+        ),
+        apply=_response_in_one_write,
+        why="a response's start went through Twisted's setResponseCode and addRawHeader per header (the "
+        "name encoded, the value's lines split and joined), and its one body write through "
+        "Request.write's first-write steps (a length lookup, writeHeaders walking the headers, the "
+        "held head joined with the body). The start now sets the code and adds each header whose "
+        "name Twisted has already canonicalised and whose value has no CR or LF straight into the "
+        "response's Headers (any other through addRawHeader); the last body message of a response "
+        "with a length and nothing written yet writes the status line, the headers and the body as "
+        "one write, the same bytes, and finishes as finish_without_log_details does. HEAD, codes "
+        "without a body, chunked answers, an access log and Twisted's own response headers take "
+        "daphne's and Twisted's way.",
     ),
     Patch(
         name="idle_timer_kept",

@@ -1,10 +1,11 @@
 """The server patches on daphne's bridge and Twisted's request cycle (gateway_project.server_patches:
-process_without_deferreds, light_application_queue, finish_without_log_details, body_parts_direct,
-idle_timer_kept), driven through daphne's own HTTP factory on an in-memory transport: the same
+process_without_deferreds, light_application_queue, finish_without_log_details, response_in_one_write,
+body_parts_direct, idle_timer_kept), driven through daphne's own HTTP factory on an in-memory transport: the same
 bytes through the patched methods as through daphne's and Twisted's own, and the idle timer's
 life across keep-alive requests."""
 
 import asyncio
+import inspect
 import json
 
 import pytest
@@ -31,6 +32,43 @@ REQUESTS = {
     "non-ASCII query": b"GET /echo?q=\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n",
     "application error": b"GET /raise HTTP/1.1\r\nHost: h\r\n\r\n",
     "streamed answer": b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n",
+    "HEAD with a length": b"HEAD /shape?length HTTP/1.1\r\nHost: h\r\n\r\n",
+    "HTTP/1.0 with a length": b"GET /shape?length HTTP/1.0\r\nHost: h\r\n\r\n",
+    "headers to sanitise and an application's Server": b"GET /shape?odd HTTP/1.1\r\nHost: h\r\n\r\n",
+    "an unknown code": b"GET /shape?unknown HTTP/1.1\r\nHost: h\r\n\r\n",
+    "204 with a length": b"GET /shape?204 HTTP/1.1\r\nHost: h\r\n\r\n",
+    "304 with a body": b"GET /shape?304 HTTP/1.1\r\nHost: h\r\n\r\n",
+    "no length": b"GET /shape?nolength HTTP/1.1\r\nHost: h\r\n\r\n",
+    "no length, HTTP/1.0": b"GET /shape?nolength HTTP/1.0\r\nHost: h\r\n\r\n",
+    "an empty body with a length": b"GET /shape?empty HTTP/1.1\r\nHost: h\r\n\r\n",
+    "a length and two parts": b"GET /shape?parts HTTP/1.1\r\nHost: h\r\n\r\n",
+    "repeated response headers, keep-alive": (
+        b"GET /shape?repeated HTTP/1.1\r\nHost: h\r\n\r\nGET /shape?length HTTP/1.1\r\nHost: h\r\n\r\n"
+    ),
+}
+
+# /shape?<name>: (status, headers, body parts) of responses the patches must write as Twisted does
+SHAPES = {
+    "length": (200, [(b"content-length", b"5")], [b"hello"]),
+    "odd": (
+        201,
+        [
+            (b"x-Never-SEEN-before-name", b"v"),
+            (b"x-folded", b"a\r\n b"),
+            (b"x-lf", b"c\n"),
+            (b"x-cr", b"\rd"),
+            (b"server", b"the application's"),
+            (b"content-length", b"2"),
+        ],
+        [b"ok"],
+    ),
+    "unknown": (599, [(b"content-length", b"2")], [b"no"]),
+    "204": (204, [(b"content-length", b"0")], [b""]),
+    "304": (304, [(b"content-length", b"3")], [b"abc"]),
+    "nolength": (200, [(b"content-type", b"text/plain")], [b"chunk"]),
+    "empty": (200, [(b"content-length", b"0")], [b""]),
+    "parts": (200, [(b"content-length", b"6")], [b"abc", b"def"]),
+    "repeated": (200, [(b"x-dup", b"1"), (b"X-Dup", b"2"), (b"content-length", b"1")], [b"r"]),
 }
 
 
@@ -44,6 +82,12 @@ async def application(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    if scope["path"] == "/shape":
+        status, headers, parts = SHAPES[scope["query_string"].decode()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for index, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": index < len(parts) - 1})
+        return
     if scope["path"] == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         for part in (b"one", b"two"):
@@ -73,7 +117,7 @@ def _originals():
 
     edge_process = WebRequest.process
     return {
-        (WebRequest, "handle_reply"): WebRequest.handle_reply.__wrapped__,
+        (WebRequest, "handle_reply"): inspect.unwrap(WebRequest.handle_reply),
         (Server, "handle_reply"): Server.handle_reply.__wrapped__,
         # the edge wraps the process the patch replaced: its wrapper runs daphne's own inside
         (WebRequest, "process"): _rewrapped(edge_process, edge_process.__wrapped__.__wrapped__),
@@ -116,8 +160,13 @@ async def _serve(raw: bytes, *, chunks: int = 1) -> bytes:
 
 @pytest.mark.parametrize("name", list(REQUESTS))
 async def test_the_patched_bridge_writes_what_daphne_writes(name, monkeypatch, caplog):
+    from twisted.web.http_headers import _nameEncoder
+
     import gateway_project.asgi  # noqa: F401 - applies the patches on import
 
+    for _, headers, _ in SHAPES.values():  # names Twisted has seen: the ones response_in_one_write adds itself
+        for header, _ in headers:
+            _nameEncoder.encode(header)
     patched = await _serve(REQUESTS[name], chunks=3 if name == "pipelined keep-alive" else 1)
     with monkeypatch.context() as undo:
         for (cls, attribute), original in _originals().items():
@@ -133,6 +182,33 @@ async def test_the_patched_bridge_writes_what_daphne_writes(name, monkeypatch, c
         assert ["x-dup", "one"] in seen["headers"] and ["x-dup", "two"] in seen["headers"]
         assert not any(k == "x_under" for k, _ in seen["headers"]) and seen["body"] == "hello"
         assert seen["path"] == "/echo/a b" and seen["query_string"] == "x=1&y=%C3%A9"
+
+
+async def test_a_response_with_its_length_is_written_in_one_write_without_twisteds_steps(monkeypatch):
+    """response_in_one_write: the start's known headers go straight in, the body with the head in one write."""
+    from twisted.web import http
+    from twisted.web.http_headers import Headers
+
+    import gateway_project.asgi  # noqa: F401 - applies the patches on import
+
+    request_class = server_patches._unproxied(http).Request
+    steps = []
+    for cls, name in ((request_class, "write"), (Headers, "addRawHeader"), (http.HTTPChannel, "writeHeaders")):
+        original = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda *a, _o=original, _n=name: steps.append(_n) or _o(*a))
+    writes = []
+    channel_write = http.HTTPChannel.write
+    monkeypatch.setattr(http.HTTPChannel, "write", lambda self, data: writes.append(data) or channel_write(self, data))
+    from daphne.http_protocol import WebRequest
+
+    finish, lengths = WebRequest.finish, []
+    monkeypatch.setattr(WebRequest, "finish", lambda self: lengths.append(self.sentLength) or finish(self))
+    out = await _serve(b"GET /shape?length HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert out == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: daphne\r\n\r\nhello"
+    assert writes == [out] and steps == [] and lengths == [5]
+    steps.clear()
+    await _serve(b"GET /shape?nolength HTTP/1.1\r\nHost: h\r\n\r\n")  # chunked: Twisted's way
+    assert "write" in steps and "writeHeaders" in steps
 
 
 async def test_the_access_log_still_gets_daphnes_details_when_one_is_configured(monkeypatch):
