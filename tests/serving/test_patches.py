@@ -173,7 +173,8 @@ async def test_a_connection_leaves_the_server_once_its_application_ended_and_its
 
 def test_a_connection_is_asked_its_addresses_and_tls_once_per_transport():
     """connection_facts_once: every request of a keep-alive connection reads the channel's
-    addresses and TLS; the transport is asked once, and again only when it is another one."""
+    addresses and TLS; the transport is asked once, and again only when it is another one; the
+    channel's __dict__ is never read."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
     from twisted.web.http import HTTPChannel, Request
@@ -187,8 +188,13 @@ def test_a_connection_is_asked_its_addresses_and_tls_once_per_transport():
             self.asked += 1
             return IPv4Address("TCP", "127.0.0.1", 8000 + self.asked)
 
+    class Channel(HTTPChannel):
+        @property
+        def __dict__(self):  # read, it would give the channel's attributes a dict of their own (CPython 3.11)
+            raise AssertionError("the channel's __dict__ was read")
+
     first, second = Counted(), Counted(peerAddress=IPv4Address("TCP", "10.0.0.9", 5555))
-    channel = HTTPChannel()
+    channel = Channel()
     channel.makeConnection(first)
     requests = [Request(channel) for _ in range(3)]
     assert [request.host.port for request in requests] == [8001, 8001, 8001] and first.asked == 1
