@@ -52,6 +52,7 @@ def parsed_json_bytes(fallback: Callable[[Any], str]) -> Callable[[Any], bytes]:
             text = dumps(value, option=passed)
         except refused:
             return fallback(value).encode()
-        return text if b"null" not in text else fallback(value).encode()
+        # `find`, not `in`: `bytes in bytes` makes and drops a TypeError (its operand tried as an int)
+        return text if text.find(b"null") < 0 else fallback(value).encode()
 
     return encode
