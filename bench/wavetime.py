@@ -3,7 +3,8 @@
 and prints a call's accounting steps (ms, p50 / p90): the admission asked → its statement sent →
 answered (committed) → the call has it; the same for the settlement; the request's time in the
 handler and what is left of it besides the two waits; the statements by kind with their sizes,
-and per wave (statements closer than --gap ms to the previous one belong to its wave).
+the commits per settled call, and per wave (statements closer than --gap ms to the previous one
+belong to its wave).
 
     bench/wavetime.py /tmp/wavetime-1234.json [--json]"""
 
@@ -76,6 +77,12 @@ def main() -> None:
     statements = {
         k: {"statements": kinds[k], "calls": sum(sizes[k]), "size p50": pct(sizes[k], 50), "size max": max(sizes[k])}
         for k in kinds
+    }
+    # Each loop statement is a transaction of its own (autocommit): one commit each.
+    settled = sum(1 for c in data["calls"] if c[0] == "settle")
+    statements["commits"] = {
+        "total": len(data["statements"]),
+        "per settled call": len(data["statements"]) / settled if settled else None,
     }
     wave_list = waves(data, args.gap)
     per_wave = {

@@ -36,7 +36,7 @@ GROUP_CAP = {"quota_cost_usd_per_month": "1000", "quota_tokens_per_month": 10**1
 class Rig:
     upstream: processes.Service
     redis: processes.Service
-    forwarder: processes.Service
+    forwarder: processes.Forwarder
     gateways: list[processes.Service]
     faults: Faults
     key: str = ""

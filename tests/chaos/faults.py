@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from .processes import Service
+from .processes import Forwarder, Service
 
 
 @dataclass
 class Faults:
     gateways: list[Service]
     redis: Service
-    pg_forwarder: Service
+    pg_forwarder: Forwarder
     admin_dsn: str  # a direct connection (not through the forwarder) to terminate backends
     db_name: str
     spare_pid: int  # the test process's own backend: not terminated
@@ -70,10 +70,10 @@ class Faults:
         return len(rows)
 
     async def database_refuses(self) -> None:
-        self.pg_forwarder.send(signal.SIGUSR1)
+        await asyncio.to_thread(self.pg_forwarder.down)
         self.note(f"PostgreSQL refusing connections for {self.outage_s:g} s (open ones cut)")
         await asyncio.sleep(self.outage_s)
-        self.pg_forwarder.send(signal.SIGUSR2)
+        await asyncio.to_thread(self.pg_forwarder.up)
         self.note("PostgreSQL accepting again")
 
     async def redis_down(self) -> None:

@@ -99,11 +99,41 @@ def redis_server(*, logs: Path) -> Service:
     return Service("redis", command, port, logs / "redis.log")
 
 
-def pg_forwarder(*, target_host: str, target_port: int, logs: Path) -> Service:
+@dataclass
+class Forwarder(Service):
+    """The TCP forwarder in front of PostgreSQL (tests.chaos.tcp_proxy). It acts on its signals in
+    its own time: `down` and `up` return once it has (its port refuses, or accepts, connections),
+    so what a test does next meets the database as the test meant it to."""
+
+    def down(self, timeout: float = 10) -> None:
+        """The database unreachable: new connections refused, the open ones cut (in the same step
+        as the refusal, tcp_proxy.Forwarder.down)."""
+        self.send(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while _accepts(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the forwarder on {self.port} still accepts connections")
+            time.sleep(0.01)
+
+    def up(self) -> None:
+        self.send(signal.SIGUSR2)
+        assert self.process is not None
+        wait_listening(self.port, self.process, self.log, timeout=10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def pg_forwarder(*, target_host: str, target_port: int, logs: Path) -> Forwarder:
     port = free_port()
     command = [sys.executable, "-m", "tests.chaos.tcp_proxy", "--port", str(port)]
     command += ["--target-host", target_host, "--target-port", str(target_port)]
-    return Service("pg-forwarder", command, port, logs / "pg-forwarder.log")
+    return Forwarder("pg-forwarder", command, port, logs / "pg-forwarder.log")
 
 
 def gateway_env(*, database_url: str, redis_url: str, upstream_timeout_s: float) -> dict:

@@ -39,9 +39,9 @@ def load(rig):
 
 
 def test_a_database_refusing_connections_answers_503_gateway_unavailable_with_retry_after(rig, load):
-    rig.forwarder.send(signal.SIGUSR1)
+    rig.forwarder.down()
     refused = asyncio.run(load.once("plain"))
-    rig.forwarder.send(signal.SIGUSR2)
+    rig.forwarder.up()
     assert (refused.status, refused.error_code) == (503, "gateway_unavailable")
     assert refused.retry_after and int(refused.retry_after) > 0
     assert refused.rid not in {c["rid"] for c in rig.upstream_calls()}  # nothing went upstream
@@ -63,9 +63,9 @@ def test_a_settlement_the_database_refuses_is_spooled_answered_and_billed_after_
     async def call_while_the_database_goes_away():
         call = asyncio.ensure_future(load.once("slow"))
         await asyncio.sleep(0.7)  # admitted; the upstream answers after 1.5 s
-        rig.forwarder.send(signal.SIGUSR1)
+        await asyncio.to_thread(rig.forwarder.down)
         seen = await call
-        rig.forwarder.send(signal.SIGUSR2)
+        rig.forwarder.up()
         return seen
 
     seen = asyncio.run(call_while_the_database_goes_away())
