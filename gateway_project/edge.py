@@ -29,9 +29,8 @@ import io
 from typing import Any, TypeAlias
 from urllib.parse import unquote_to_bytes
 
-from django.conf import settings
-
 from allocations.exceptions import GatewayError
+from lib.conf import setting
 from lib.http import request_id_from
 from proxy import gate, views
 from proxy.views import error_response
@@ -103,7 +102,7 @@ def install() -> None:
 def _head(request: _Request, length: int | None) -> bool:
     """False when the request was refused from its head."""
     headers = request.requestHeaders
-    limit = settings.GATEWAY_MAX_BODY_MB * 1024 * 1024
+    limit = setting("GATEWAY_MAX_BODY_MB") * 1024 * 1024
     if length is None:
         request.gateway_left = limit
     path = request.channel._path.partition(b"?")[0]

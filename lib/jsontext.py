@@ -52,6 +52,30 @@ def parsed_json_bytes(fallback: Callable[[Any], str]) -> Callable[[Any], bytes]:
             text = dumps(value, option=passed)
         except refused:
             return fallback(value).encode()
-        return text if b"null" not in text else fallback(value).encode()
+        # `find`, not `in`: `bytes in bytes` makes and drops a TypeError (its operand tried as an int)
+        return text if text.find(b"null") < 0 else fallback(value).encode()
+
+    return encode
+
+
+def jsonb_text(fallback: Callable[[Any], str]) -> Callable[[Any], str]:
+    """JSON text that PostgreSQL reads as jsonb, of a value made of str, int, bool, None, dicts with
+    str keys, lists and tuples, and no float (a reservation's context: ids, text, flags and counts,
+    a quantity as text): orjson's (~10 times faster), else `fallback`'s text or error.
+
+    jsonb keeps a value, not its text: orjson's compact form and its raw UTF-8 where `fallback`
+    writes `\\uXXXX` escapes give the same jsonb. Subclasses of str, int, dict and list are written
+    by value, as the standard encoder writes them. A float is not meant for it: orjson writes NaN
+    and the infinities as `null`, which `fallback` writes as text that jsonb refuses. What orjson
+    refuses (an integer beyond 64 bits, a key not a string, a lone surrogate, nesting beyond 254
+    levels), and a time or a dataclass, is `fallback`'s, with its text or its error."""
+    dumps, refused = orjson.dumps, orjson.JSONEncodeError
+    passed = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+    def encode(value: Any) -> str:
+        try:
+            return dumps(value, option=passed).decode()
+        except refused:
+            return fallback(value)
 
     return encode

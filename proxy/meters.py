@@ -188,6 +188,10 @@ def _closes_top_level(text: str, at: int) -> bool:
         return False
 
 
+# Looked for by value or by `find`: `bytes in bytes` first tries its operand as an integer and
+# makes, then drops, a TypeError before it searches (an event at a time here).
+_LF = ord("\n")
+
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
@@ -199,7 +203,7 @@ def has_usage_object(data: bytes) -> bool:
 
 def data_of(event: bytes) -> bytes:
     """An SSE event's data (its `data:` lines joined)."""
-    if event.startswith(b"data: ") and b"\n" not in event:
+    if event.startswith(b"data: ") and _LF not in event:
         return event[6:]
     lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines)
@@ -331,8 +335,8 @@ class ResponsesStreamMeter(StreamMeter):
         return len(delta) if isinstance(delta, str) else 0
 
     def fold_event(self, event: bytes) -> None:
-        if event.startswith(b"event:") and b"output_text.delta" not in event:
-            if self.ITEM_DONE in event:
+        if event.startswith(b"event:") and event.find(b"output_text.delta") < 0:
+            if event.find(self.ITEM_DONE) >= 0:
                 self.item_done(data_of(event))
             return  # the stream's other typed events carry no text of the answer
         super().fold_event(event)

@@ -4,9 +4,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from django.utils import timezone
-
 from allocations.exceptions import GatewayError
+from lib.conf import now
 from ops import observe
 from quota.admission import reject_outcome
 from quota.pricing import Usage, cost_for
@@ -39,7 +38,7 @@ def settled_soon(call: "Call", *, outcome: str, status: int, usage: Usage, code:
     loop's next turn (after what this step and the callbacks already scheduled do), with the
     call's times as they are now."""
     t0 = call.upstream_t0
-    elapsed_s = (timezone.now() - call.plan.started_at).total_seconds()
+    elapsed_s = (now() - call.plan.started_at).total_seconds()
     upstream_s = time.perf_counter() - t0 if t0 is not None else None
     asyncio.get_running_loop().call_soon(_settled, call, outcome, status, usage, code, elapsed_s, upstream_s)
 

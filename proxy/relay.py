@@ -20,6 +20,10 @@ from lib import asgi
 from . import meters
 from .bodies import encode_compact
 
+# A byte looked for by its value: `bytes in bytes` first tries its operand as an integer and makes,
+# then drops, a TypeError before it searches (once a chunk here).
+_CR = ord("\r")
+
 
 class EventStream(StreamingHttpResponse):
     """A relayed event stream. The server iterates the relay's parts as they are (bytes already):
@@ -55,7 +59,7 @@ class Relay:
             return self.held() + self.feed(chunk)
         if self._buffer:
             chunk, self._buffer = self._buffer + chunk, b""
-        if b"\r" in chunk:
+        if _CR in chunk:
             chunk = chunk.replace(b"\r\n", b"\n")
         end = chunk.rfind(b"\n\n") + 2
         if end == 1:

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
-from django.utils import timezone
 
 from allocations.exceptions import BadRequest, GatewayError, NotFound, Unauthorized
 from allocations.models import Allocation
 from lib import inflight
 from lib.api_errors import error_body
 from lib.asgi import PartWriter, Whole, header_value
+from lib.conf import now
 from lib.http import request_id_of as request_id_for
 from lib.http import sent_header
 from quota import admission
@@ -133,7 +133,7 @@ def plan_of(
         plaintext=plaintext,
         key_digest=gate.digest_carried(plaintext, passed),
         model=model if isinstance(model, str) else "",
-        started_at=timezone.now(),
+        started_at=now(),
         stream=stream,
         estimate=endpoint.estimate(body) if body is not None and error is None else Usage(),
         body=body if error is None else None,

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 
-from django.utils import timezone
+from lib import conf
 
 from ..models import PriceVersion
 from ..periods import period_start_date
@@ -115,9 +115,7 @@ async def settle_async(
     (ledger.loop.settle writes the statement at once)."""
     if admission is not None and record.get("allocation_id"):
         try:
-            await loop.settle(
-                admission=admission, record=record, usage=usage, price=price, now=timezone.now(), alone=alone
-            )
+            await loop.settle(admission=admission, record=record, usage=usage, price=price, now=conf.now(), alone=alone)
             return
         except Exception:  # noqa: BLE001 - settled on a thread below, or spooled
             logger.warning(

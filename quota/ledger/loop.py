@@ -30,6 +30,7 @@ from django.db import connections
 from psycopg.waiting import READY_R, WAIT_W
 
 from lib.cache import GENERATION_READ, SharedReads, generation_seen
+from lib.conf import setting
 from lib.frozen import quick_init
 
 from ..models import PriceVersion
@@ -169,7 +170,7 @@ _pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool]" = weakref.W
 
 def _prepare() -> bool:
     """psycopg's `prepare` for the two statements: always, or never behind PgBouncer (GATEWAY_PGBOUNCER)."""
-    return not settings.GATEWAY_PGBOUNCER
+    return not setting("GATEWAY_PGBOUNCER")
 
 
 CLOSE_WAIT_S = 5.0

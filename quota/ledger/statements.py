@@ -25,7 +25,7 @@ from lib.cache import GENERATION_GUARD
 from lib.conf import setting
 from lib.frozen import quick_init
 from lib.isotime import iso_text
-from lib.jsontext import text_encoder
+from lib.jsontext import jsonb_text, text_encoder
 
 from ..billing.bill import bill
 from ..billing.caps import guard_sql as guard
@@ -522,8 +522,9 @@ def _record_parameters(values: dict) -> list[str | None]:
     return row
 
 
-# json.dumps(context, separators=(",", ":")), without an encoder made per call.
-_context_json = text_encoder(separators=(",", ":"))
+# A reservation's context for its jsonb column: orjson's text, else json.dumps(context,
+# separators=(",", ":")) (lib.jsontext.jsonb_text: the same jsonb; a context holds no float).
+_context_json = jsonb_text(text_encoder(separators=(",", ":")))
 
 # The default hook only for what a row holds beyond the usual (an id or time in a nested value).
 _encode = text_encoder(default=_json_value, separators=(",", ":"))

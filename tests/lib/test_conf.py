@@ -1,3 +1,5 @@
+import datetime as dt
+
 from django.conf import settings
 from django.test import override_settings
 
@@ -25,3 +27,23 @@ def test_a_setting_read_by_settings_fixture_is_seen(settings) -> None:  # pytest
     setting("GATEWAY_METRICS_TOKEN")
     settings.GATEWAY_METRICS_TOKEN = "changed"
     assert setting("GATEWAY_METRICS_TOKEN") == "changed"
+
+
+def test_now_is_djangos_aware_naive_and_replaced(settings, monkeypatch) -> None:
+    from django.utils import timezone
+
+    from lib.conf import now
+
+    before = timezone.now()
+    value = now()
+    assert value.tzinfo is dt.UTC
+    assert before <= value <= timezone.now()
+    settings.USE_TZ = False
+    naive = now()
+    assert naive.tzinfo is None
+    assert abs(naive - dt.datetime.now()) < dt.timedelta(seconds=5)
+    settings.USE_TZ = True
+    assert now().tzinfo is dt.UTC
+    fixed = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    monkeypatch.setattr(timezone, "now", lambda: fixed)
+    assert now() is fixed

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from lib.jsontext import parsed_json_bytes, text_encoder
+from lib.jsontext import jsonb_text, parsed_json_bytes, text_encoder
 
 VALUES = [
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": 'héllo \u2028 "q" \\ \n\t'}]},
@@ -103,3 +103,71 @@ def test_parsed_json_bytes_of_a_lone_surrogate_fail_as_the_standard_texts_encodi
         _COMPACT("\ud800").encode()
     with pytest.raises(UnicodeEncodeError):
         _BYTES("\ud800")
+
+
+_CONTEXT_STD = text_encoder(separators=(",", ":"))
+_CONTEXT = jsonb_text(_CONTEXT_STD)
+
+
+class _Text(str):
+    pass
+
+
+class _Count(int):
+    pass
+
+
+JSONB_VALUES = [
+    {
+        "record": {
+            "request_id": "req_0123",
+            "endpoint": _Text("chat"),
+            "started_at": "2026-12-07T09:58:00.123456+00:00",
+            "is_stream": False,
+            "api_key_id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            "model_id": _Count(12),
+            "deployment_id": None,
+            "attempts": 0,
+        },
+        "usage": {"input_tokens": 12, "output_tokens": 2**63 - 1, "estimated": True, "quantity": "1.500"},
+        "price_id": None,
+    },
+    {"usage": {"tool_calls": (("web_search", 2), ("file_search", 1)), "service_tier": "flex"}, "price_id": 7},
+    {"text": 'é \u2028 😀 \x7f \x1f "q" \\ </script>', "deep": [[[[{"a": [True, False, -(2**63)]}]]]]},
+    {},
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", JSONB_VALUES)
+def test_jsonb_text_is_the_standard_texts_jsonb(value: object) -> None:
+    """PostgreSQL keeps the same jsonb from either text (orjson's compact, unescaped form)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT %s::jsonb = %s::jsonb, %s::jsonb::text", [_CONTEXT(value), _CONTEXT_STD(value), _CONTEXT(value)]
+        )
+        same, text = cursor.fetchone()
+    assert same
+    assert json.loads(text) == json.loads(_CONTEXT_STD(value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"n": 2**64},  # beyond 64 bits
+        {1: "int key", None: "none key"},
+        _NESTED,  # beyond orjson's 254 levels
+        {"at": dt.datetime(2026, 1, 1)},
+        "\ud800",  # a lone surrogate: the standard text's escape
+    ],
+)
+def test_jsonb_text_is_the_standard_text_or_error_where_orjson_refuses(value: object) -> None:
+    try:
+        expected = _CONTEXT_STD(value)
+    except TypeError as error:
+        with pytest.raises(TypeError, match=str(error)):
+            _CONTEXT(value)
+    else:
+        assert _CONTEXT(value) == expected
