@@ -297,6 +297,11 @@ class StreamMeter:
     def delta_chars(self, event: dict) -> int:  # pragma: no cover - overridden
         return 0
 
+    def broken(self) -> bool:
+        """Whether an event relayed so far could not be read (the events held are read to know)."""
+        self._fold()
+        return self.malformed
+
     def result(self) -> Usage:
         if self.usage is not None:
             return self.usage

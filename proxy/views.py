@@ -40,6 +40,7 @@ from .registry import ENDPOINTS, RESPONSE_BINARY, Endpoint
 
 logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MALFORMED_STREAM = "malformed event stream from the upstream"
 # Strong references: an upstream call finishes even when its request is gone.
 _background = inflight.tasks("upstream calls")
 
@@ -372,6 +373,10 @@ async def _events(call: Call, reply: Any, stream: relay.EventStream) -> AsyncIte
         # A background response goes on upstream when its client leaves (and is billed): it is
         # read to its end, off this request, and billed from the usage it reports.
         drain = responses and (call.plan.body or {}).get("background") not in (None, False)
+        if not drain and handler.meter.usage is None and handler.meter.broken():
+            # The client left a stream the upstream had already broken (likely because of it):
+            # the call is the upstream's failure, whichever of the two was noticed first.
+            outcome, code, message = Outcome.UPSTREAM_ERROR, "upstream_error", MALFORMED_STREAM
         raise
     except Exception as exc:  # noqa: BLE001 - any upstream failure mid-stream ends the stream
         _, error = transport_error(exc)
@@ -394,7 +399,7 @@ async def _stream_end(call: Call, reply: Any, handler: Any, *, outcome: str, cod
     usage = meter.result()
     if outcome == Outcome.SUCCESS and meter.usage is None:
         outcome, code = Outcome.UPSTREAM_ERROR, "upstream_error"
-        message = "malformed event stream from the upstream" if meter.malformed else "the stream ended without usage"
+        message = MALFORMED_STREAM if meter.malformed else "the stream ended without usage"
     elif outcome == Outcome.SUCCESS and getattr(handler, "failed", False):
         outcome, code, message = Outcome.UPSTREAM_ERROR, "upstream_error", "the upstream reported response.failed"
     status = 499 if outcome == Outcome.CLIENT_CANCELLED else 200

@@ -3,7 +3,8 @@ OpenAI and Azure OpenAI wire formats (JSON and SSE), with fault modes chosen by 
 
 - fake-error-NNN: status NNN with an OpenAI error body that quotes the key it was sent
 - fake-drop-N: a stream of N content chunks, then the TCP connection is cut (no usage, no [DONE])
-- fake-garbage: one valid chunk, then `data: {not json`, then `data: [DONE]`
+- fake-garbage: one valid chunk, then `data: {not json`, then `data: [DONE]`; fake-garbage-stall:
+  the same chunk and `data: {not json`, then silence on an open connection
 - fake-hang: never answers
 - fake-stall-N: a stream of N content chunks, then silence on an open connection
 - fake-pace-MS: a stream with MS milliseconds between its content chunks
@@ -207,8 +208,10 @@ class FakeUpstream(RecordingUpstream):
         if model.startswith("fake-drop-"):
             request.transport.close()  # FIN without the terminating chunk
             return response
-        if model == "fake-garbage":
+        if model.startswith("fake-garbage"):
             await response.write(b"data: {not json\n\n")
+            if model == "fake-garbage-stall":
+                await asyncio.sleep(3600)
             await response.write(_sse(b"[DONE]"))
             return response
         await response.write(chunk({}, "stop"))

@@ -103,6 +103,25 @@ def test_a_malformed_stream_is_relayed_and_recorded_as_an_upstream_error_on_an_e
     assert counter_of(allocation).tokens_used == record.total_tokens and released(allocation)
 
 
+def test_a_client_that_leaves_on_a_malformed_event_leaves_an_upstream_error_not_a_cancelled_call(world):
+    """The upstream's stream was found malformed before its client left (because of it): the call
+    is the upstream's failure, whichever of the two the gateway notices first."""
+    allocation = world.allocation(upstream_name="fake-garbage-stall")
+    stream = world.client(allocation.plaintext).chat.completions.create(
+        model=allocation.model.slug, messages=MESSAGES, stream=True, extra_headers=RID
+    )
+    try:
+        with pytest.raises(ValueError):  # the broken event; the upstream then falls silent
+            list(stream)
+    finally:
+        stream.close()  # the client gives up on the stream
+    record = record_of("req-fault")
+    assert (record.outcome, record.status_code, record.estimated) == ("upstream_error", 200, True)
+    assert "malformed" in record.error_message
+    assert record.output_tokens == 5 and counter_of(allocation).tokens_used == record.total_tokens
+    assert released(allocation)
+
+
 def test_an_upstream_that_drops_mid_stream_ends_the_stream_with_an_error_billed_on_the_deltas(world):
     allocation = world.allocation(upstream_name="fake-drop-3", cost=Decimal("1"))
     received = []
