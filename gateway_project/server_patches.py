@@ -492,7 +492,7 @@ def _response_in_one_write() -> None:
 
     twisted_http = _unproxied(http)
     no_body, responses = twisted_http.NO_BODY_CODES, twisted_http.RESPONSES
-    _headers_class[0], _canonical_name[0] = Headers, _nameEncoder._canonicalHeaderCache.get
+    canonical_name = _nameEncoder._canonicalHeaderCache.get
     log = http_protocol.logger
     original = WebRequest.handle_reply
 
@@ -513,7 +513,7 @@ def _response_in_one_write() -> None:
             status = message["status"]
             self.code, self.code_message = status, responses.get(status, b"Unknown Status")  # setResponseCode
             response_headers = self.responseHeaders
-            _add_raw_headers(response_headers, message.get("headers", {}))
+            _add_raw_headers(response_headers, message.get("headers", {}), canonical_name)
             server_name = self.server.server_name
             if server_name and b"Server" not in response_headers._rawHeaders:
                 self.setHeader(b"server", server_name.encode())
@@ -526,7 +526,7 @@ def _response_in_one_write() -> None:
             and self._response_started
             and not self.finished
             and self.channel is not None
-            and _wrote_whole(self, message.get("body", b""), no_body)
+            and _wrote_whole(self, message.get("body", b""), no_body, Headers)
         ):
             self.finish()  # as finish_without_log_details: no access log, no details built
             return None
@@ -535,15 +535,15 @@ def _response_in_one_write() -> None:
     WebRequest.handle_reply = handle_reply
 
 
-def _add_raw_headers(headers: Any, items: Any) -> None:
+def _add_raw_headers(headers: Any, items: Any, canonical_name: Callable[[bytes], bytes | None]) -> None:
     """Headers.addRawHeader for each (name, value), in order: a bytes name Twisted has already
-    canonicalised (its encoder's cache holds only names that passed its token check) with a bytes
-    value that has no CR or LF (which Twisted's sanitising would fold) goes straight in, as
-    addRawHeader puts it; any other goes through addRawHeader itself (its encoding, its check,
-    its refusal)."""
+    canonicalised (`canonical_name`, its encoder's cache lookup: the cache holds only names that
+    passed its token check) with a bytes value that has no CR or LF (which Twisted's sanitising
+    would fold) goes straight in, as addRawHeader puts it; any other goes through addRawHeader
+    itself (its encoding, its check, its refusal)."""
     raw = headers._rawHeaders
     for name, value in items:
-        canonical = _canonical_name[0](name) if type(name) is bytes else None
+        canonical = canonical_name(name) if type(name) is bytes else None
         if canonical is not None and type(value) is bytes and _CR not in value and _LF not in value:
             raw.setdefault(canonical, []).append(value)
         else:
@@ -553,7 +553,7 @@ def _add_raw_headers(headers: Any, items: Any) -> None:
 _CR, _LF = ord("\r"), ord("\n")
 
 
-def _wrote_whole(request: Any, body: bytes, no_body: Any) -> bool:
+def _wrote_whole(request: Any, body: bytes, no_body: Any, headers_class: Any) -> bool:
     """What Twisted's Request.write does with a response's only body write when the application
     gave its length, done in one: the status line, the headers and the body as one channel write
     (the bytes head_with_first_write gives), the length counted. False, with nothing done, for
@@ -574,7 +574,7 @@ def _wrote_whole(request: Any, body: bytes, no_body: Any) -> bool:
         or request.etag is not None
         or request.cookies
         or getattr(channel, "_held_head", None) is not None
-        or type(headers) is not _headers_class[0]
+        or type(headers) is not headers_class
         or not headers._rawHeaders.get(b"Content-Length")
     ):
         return False
@@ -587,11 +587,6 @@ def _wrote_whole(request: Any, body: bytes, no_body: Any) -> bool:
     request.sentLength = request.sentLength + len(body)
     channel.write(b"".join(parts))
     return True
-
-
-# twisted.web.http_headers' Headers and its name encoder's cache lookup, once response_in_one_write applied
-_headers_class: list[Any] = [None]
-_canonical_name: list[Any] = [None]
 
 
 def _unpark(channel: Any) -> Any:
