@@ -57,4 +57,5 @@ def test_a_time_written_again_is_the_same_text_and_the_kept_texts_stay_bounded()
         assert iso_text(value) == value.isoformat()
     assert len(isotime._written) <= isotime._WRITTEN_MAX
     for micro in range(1, 2000):  # times made and dropped one by one: their identities come back
-        assert iso_text(dt.datetime(2026, 12, 7, 1, 2, 3, micro, tzinfo=dt.UTC)) == f"2026-12-07T01:02:03.{micro:06d}+00:00"
+        value = dt.datetime(2026, 12, 7, 1, 2, 3, micro, tzinfo=dt.UTC)
+        assert iso_text(value) == f"2026-12-07T01:02:03.{micro:06d}+00:00"
