@@ -7,6 +7,13 @@ id), its two statements run here instead: the same SQL (ledger.statements) on a 
 connections owned by the event loop, prepared once per connection (not behind PgBouncer in
 transaction mode: GATEWAY_PGBOUNCER).
 
+A statement that takes an allocation counter's row lock while other statements of this process are
+in the database (a batch, or an admission beside other calls) commits without waiting for its WAL
+flush (ledger.statements.released), so the next statement of the counter takes the row at once and
+the flushes of a wave merge; its caller then waits for the flush (`_flushed`, a synchronous commit
+of its own) before the call goes upstream or is answered. A call alone keeps one synchronous
+statement, one round trip.
+
 Nothing here refuses a call or spools a settlement: admit returns None when the guarded UPDATE
 did not match, and any error propagates; the caller then takes the thread path, which tells 403
 from 429, writes the refusal record, or settles durably (ledger.spool).
@@ -39,10 +46,12 @@ from .groups import Budget, admission_missed
 from .statements import (
     COUNTER_READ,
     COUNTERS_READ,
+    FLUSH_BARRIER,
     Admission,
     Settlement,
     admit_many_statement,
     admit_statement,
+    released,
     reservation_row,
     settle_statement,
     settle_values,
@@ -329,12 +338,22 @@ async def admit(
         # This counter's statement is in the database (this one would only wait for its row lock
         # there), or every connection is busy: admitted with the calls of this counter waiting too.
         return await admissions.add(caps, reservation)
+    # Other statements of this process in the database: the counter's row may be contended, so the
+    # statement releases it before its flush.
+    early = not found.idle or len(found.idle) < found.opened
     admissions.sent.add(counter_id)
+    sent = True
     try:
         async with found.connection() as conn:
-            return await _admit_on(conn, caps, reservation)
+            admitted = await _admit_on(conn, caps, reservation, early=early)
+            admissions.release(counter_id)  # the row is free: the counter's next statement may go
+            sent = False
+            if early and admitted is not None:
+                await _flushed(conn)
+            return admitted
     finally:
-        admissions.release(counter_id)
+        if sent:
+            admissions.release(counter_id)
 
 
 @quick_init
@@ -357,8 +376,11 @@ async def _admit_on(
     *,
     groups: Sequence[Budget] = (),
     period: dt.date | None = None,
+    early: bool = False,
 ) -> Admission | None:
-    """One call's admission statement on `conn`: its reservation, or None when not admitted."""
+    """One call's admission statement on `conn`: its reservation, or None when not admitted.
+    `early` (a call counted toward no group): the statement commits without its flush, which the
+    caller waits for (`_flushed`) before it uses the admission."""
     sql, params = admit_statement(
         allocation_id=caps.allocation_id,
         counter_id=caps.counter_id,
@@ -370,7 +392,7 @@ async def _admit_on(
         period=period,
         generation=caps.generation,
     )
-    query = native(sql)
+    query = native(released(sql) if early and not groups else sql)
     cursor = conn.statement_cursor(query)
     try:
         await cursor.execute(query, params, prepare=_prepare())
@@ -393,6 +415,17 @@ async def _admit_on(
     else:
         held = ()
     return _admission(caps, reservation, tuple(g.id for g in groups), held)
+
+
+async def _flushed(conn: LoopConnection) -> None:
+    """Returns once every commit made before it is durable: a synchronous commit of its own
+    (statements.FLUSH_BARRIER), whose flush PostgreSQL merges with those of other connections.
+    Its failure is the caller's like the statement's: the statement may have committed (as with a
+    lost COMMIT reply), and the thread path looks for what it wrote and flushes it before it
+    counts (ledger.sync.reservation_admission, ledger.spool)."""
+    query = native(FLUSH_BARRIER)
+    cursor = conn.statement_cursor(query)
+    await cursor.execute(query, (), prepare=_prepare())
 
 
 def _admission(caps: _Caps, reservation: dict, groups: tuple[str, ...] = (), held: tuple[int, ...] = ()) -> Admission:
@@ -530,11 +563,13 @@ class _Settlements:
             batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
             try:
                 sql, params = settle_statement([s for s, _ in batch])
-                query = native(sql)
+                query = native(released(sql))  # the counters' rows free before the flush
                 async with self.pool.connection() as conn:
                     cursor = conn.statement_cursor(query)
                     await cursor.execute(query, params, prepare=_prepare())
                     ids: dict[int, int] = dict(await cursor.fetchall())  # n -> record id; absent: settled before
+                    if ids:
+                        await _flushed(conn)
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:
                     if not done.done():
@@ -607,18 +642,28 @@ class _Admissions:
         return batch
 
     async def _write(self, caps: _Caps) -> None:
+        """The statements of what waits for `caps`, each committed without its flush; the counter is
+        released to its next writer as soon as they are answered, and their callers are answered
+        after one flush for all of them (`_flushed`)."""
         batch: list[tuple[dict, asyncio.Future]] = []
+        results: list[tuple[asyncio.Future, Admission | None]] = []
+        sent = True
         try:
             async with self.pool.connection() as conn:
                 batch = self._take(caps)  # everything that waited for this connection
                 if len(batch) > 1 and await self._admit_all(conn, caps, batch):
-                    return
-                for reservation, done in batch:  # alone, or a batch whose guard did not match
-                    if done.done():
-                        continue  # its caller left
-                    admitted = await _admit_on(conn, caps, reservation)
-                    if not done.done():
-                        done.set_result(admitted)
+                    results = [(done, _admission(caps, reservation)) for reservation, done in batch]
+                else:
+                    for reservation, done in batch:  # alone, or a batch whose guard did not match
+                        if not done.done():  # its caller still waits
+                            results.append((done, await _admit_on(conn, caps, reservation, early=True)))
+                sent = False
+                self.release(caps.counter_id)
+                if any(admitted is not None for _, admitted in results):
+                    await _flushed(conn)
+            for done, admitted in results:
+                if not done.done():
+                    done.set_result(admitted)
         except BaseException as exc:  # noqa: BLE001 - handed to every caller still waiting
             for _, done in batch or self._take(caps):
                 if not done.done():
@@ -626,7 +671,8 @@ class _Admissions:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.release(caps.counter_id)
+            if sent:
+                self.release(caps.counter_id)
 
     async def _admit_all(self, conn: LoopConnection, caps: _Caps, batch: list[tuple[dict, asyncio.Future]]) -> bool:
         sql, params = admit_many_statement(
@@ -638,12 +684,7 @@ class _Admissions:
             reservations=[reservation for reservation, _ in batch],
             generation=caps.generation,
         )
-        query = native(sql)
+        query = native(released(sql))
         cursor = conn.statement_cursor(query)
         await cursor.execute(query, params, prepare=_prepare())
-        if cursor.rowcount != len(batch):  # 0: the guard did not match, nothing written
-            return False
-        for reservation, done in batch:
-            if not done.done():
-                done.set_result(_admission(caps, reservation))
-        return True
+        return cursor.rowcount == len(batch)  # 0: the guard did not match, nothing written
