@@ -432,7 +432,7 @@ async def admit(
         return await admissions.add(caps, reservation)
     # Other statements of this process in the database: the counter's row may be contended, so the
     # statement releases it before its flush.
-    early = not found.idle or len(found.idle) < found.opened
+    early = len(found.idle) < found.opened
     admissions.sent.add(counter_id)
     try:
         async with found.connection() as conn:
