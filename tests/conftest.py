@@ -168,15 +168,6 @@ def loop_statements(monkeypatch):
         return await original(self, query, params, **kwargs)
 
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
-    from quota.ledger.loop import LoopConnection
-
-    released = LoopConnection.execute_released
-
-    async def counting_released(self, query, params, **kwargs):  # its barrier is not counted
-        statements.append(str(query))
-        return await released(self, query, params, **kwargs)
-
-    monkeypatch.setattr(LoopConnection, "execute_released", counting_released)
     return statements
 
 

@@ -99,24 +99,6 @@ if os.environ.get("WAVETIME"):
 
         psycopg.AsyncRawCursor.execute = execute_timed
 
-        released = getattr(loop.LoopConnection, "execute_released", None)
-        if released is not None:  # a statement sent with its flush barrier: answered before it is flushed
-
-            async def released_timed(self, query, params, **kwargs):
-                found = _pending.pop(id(params), None)
-                if found is None or not _on:
-                    return await released(self, query, params, **kwargs)
-                sent = _clock()
-                failed = True
-                try:
-                    result = await released(self, query, params, **kwargs)
-                    failed = False
-                    return result
-                finally:
-                    _statements.append((found[0], sent, _clock(), found[1], failed))
-
-            loop.LoopConnection.execute_released = released_timed
-
     def _patch_handler(handler) -> None:
         call = handler.ProxyHandler.__call__
 

@@ -7,14 +7,6 @@ id), its two statements run here instead: the same SQL (ledger.statements) on a 
 connections owned by the event loop, prepared once per connection (not behind PgBouncer in
 transaction mode: GATEWAY_PGBOUNCER).
 
-A statement that takes an allocation counter's row lock while other statements of this process are
-in the database (a batch, or an admission beside other calls) commits without waiting for its WAL
-flush (ledger.statements.released), so the next statement of the counter takes the row at once and
-the flushes of a wave merge; a synchronous commit of its own sent with it (LoopConnection's
-`execute_released` and `flushed`) returns once that flush is done, and its caller waits for it
-before the call goes upstream or is answered. A call alone keeps one synchronous
-statement, one round trip.
-
 Nothing here refuses a call or spools a settlement: admit returns None when the guarded UPDATE
 did not match, and any error propagates; the caller then takes the thread path, which tells 403
 from 429, writes the refusal record, or settles durably (ledger.spool).
@@ -35,11 +27,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from django.conf import settings
 from django.db import connections
-from psycopg import pq
-from psycopg._queries import PostgresRawQuery
-from psycopg.adapt import Transformer
-from psycopg.errors import error_from_result
-from psycopg.waiting import READY_R, WAIT_R, WAIT_W
+from psycopg.waiting import READY_R, WAIT_W
 
 from lib.cache import GENERATION_READ, SharedReads, generation_seen
 from lib.conf import setting
@@ -51,12 +39,10 @@ from .groups import Budget, admission_missed
 from .statements import (
     COUNTER_READ,
     COUNTERS_READ,
-    FLUSH_BARRIER,
     Admission,
     Settlement,
     admit_many_statement,
     admit_statement,
-    released,
     reservation_row,
     settle_statement,
     settle_values,
@@ -130,73 +116,6 @@ class LoopConnection(psycopg.AsyncConnection):
             self._broken = True
             raise
 
-    _queries: "dict[str, PostgresRawQuery]"
-    _named: dict[tuple, bytes] | None = None  # execute_released's (query, parameter types) -> its prepared name
-
-    async def execute_released(self, query: str, params: Sequence, *, prepare: bool) -> pq.abc.PGresult:
-        """`query` (one that commits without its flush: statements.released) and FLUSH_BARRIER after
-        it, sent in one write (libpq's pipeline mode, a Sync after each: each its own implicit
-        transaction); returns the statement's result as soon as it is read. The caller then awaits
-        `flushed` (the barrier's result, already on its way: no second round trip) before it acts
-        on the commit, and before any other use of the connection. psycopg's own pipeline waits for
-        the socket to be writable before each message (a loop turn each), so the parameters are
-        adapted here by a query object kept for the text (its dumpers found once, as
-        `statement_cursor` keeps them) and the statement prepared
-        under a name of this connection, as psycopg's `prepare` does. An error of the statement is
-        raised after the barrier's result is read (the connection stays usable); any other failure
-        leaves it unusable (the pool drops it)."""
-        pgconn = self.pgconn
-        named = self._named
-        if named is None:
-            named = self._named = {}
-            self._queries = {}
-        queries = self._queries
-        pgq = queries.get(query)
-        if pgq is None:
-            if len(queries) >= self.CURSORS_MAX:
-                queries.clear()
-            pgq = queries[query] = PostgresRawQuery(Transformer(self))
-        pgq.convert(query, params)
-        key = (pgq.query, pgq.types)
-        name = named.get(key) if prepare else None
-        fresh = prepare and name is None
-        try:
-            pgconn.enter_pipeline_mode()
-            if fresh:
-                name = f"_gw_released_{len(named)}".encode()
-                pgconn.send_prepare(name, pgq.query, param_types=pgq.types)
-            if name is not None:
-                pgconn.send_query_prepared(name, pgq.params, param_formats=pgq.formats)
-            else:
-                pgconn.send_query_params(pgq.query, pgq.params, param_types=pgq.types, param_formats=pgq.formats)
-            pgconn.pipeline_sync()
-            pgconn.send_query_params(_BARRIER_QUERY, None)
-            pgconn.pipeline_sync()
-            results = await self.wait(_pipeline_results(pgconn))
-        except BaseException:
-            self._broken = True
-            raise
-        if fresh and results[0].status == pq.ExecStatus.COMMAND_OK:
-            named[key] = name  # type: ignore[assignment]
-        failed = next((r for r in results if r.status == pq.ExecStatus.FATAL_ERROR), None)
-        if failed is not None:
-            await self.flushed()
-            raise error_from_result(failed, encoding=self.info.encoding)
-        return results[-1]
-
-    async def flushed(self) -> None:
-        """The barrier's result after `execute_released`: every commit before it is flushed."""
-        pgconn = self.pgconn
-        try:
-            (result,) = await self.wait(_pipeline_results(pgconn))
-            pgconn.exit_pipeline_mode()
-        except BaseException:
-            self._broken = True
-            raise
-        if result.status != pq.ExecStatus.TUPLES_OK:
-            self._broken = True
-            raise error_from_result(result, encoding=self.info.encoding)
-
     def _readable(self) -> None:
         if self._waiter is not None:
             if not self._waiter.done():
@@ -220,26 +139,6 @@ class LoopConnection(psycopg.AsyncConnection):
         self._broken = True
         self._cursors = None
         await super().close()
-
-
-_BARRIER_QUERY = FLUSH_BARRIER.encode()
-
-
-def _pipeline_results(pgconn: pq.abc.PGconn) -> "PQGen[list[pq.abc.PGresult]]":
-    """Sends what libpq holds in pipeline mode and reads the results up to the next Sync."""
-    while pgconn.flush():
-        yield WAIT_W
-    results = []
-    while True:
-        while pgconn.is_busy():
-            yield WAIT_R
-            pgconn.consume_input()
-        result = pgconn.get_result()
-        if result is None:
-            continue  # the end of one statement's results
-        if result.status == pq.ExecStatus.PIPELINE_SYNC:
-            return results
-        results.append(result)
 
 
 def _resumed(state: "Wait", gen: "PQGen[RV]") -> "PQGen[RV]":
@@ -430,13 +329,10 @@ async def admit(
         # This counter's statement is in the database (this one would only wait for its row lock
         # there), or every connection is busy: admitted with the calls of this counter waiting too.
         return await admissions.add(caps, reservation)
-    # Other statements of this process in the database: the counter's row may be contended, so the
-    # statement releases it before its flush.
-    early = len(found.idle) < found.opened
     admissions.sent.add(counter_id)
     try:
         async with found.connection() as conn:
-            return await _admit_on(conn, caps, reservation, early=early)
+            return await _admit_on(conn, caps, reservation)
     finally:
         admissions.release(counter_id)
 
@@ -461,11 +357,8 @@ async def _admit_on(
     *,
     groups: Sequence[Budget] = (),
     period: dt.date | None = None,
-    early: bool = False,
 ) -> Admission | None:
-    """One call's admission statement on `conn`: its reservation, or None when not admitted.
-    `early` (a call counted toward no group): the statement commits without its flush and returns
-    once it is flushed (`execute_released`)."""
+    """One call's admission statement on `conn`: its reservation, or None when not admitted."""
     sql, params = admit_statement(
         allocation_id=caps.allocation_id,
         counter_id=caps.counter_id,
@@ -477,16 +370,6 @@ async def _admit_on(
         period=period,
         generation=caps.generation,
     )
-    if early and not groups:
-        query = native(released(sql))
-        try:
-            result = await conn.execute_released(query, params, prepare=_prepare())
-        except psycopg.DatabaseError as error:
-            if admission_missed(error):
-                return None
-            raise
-        await conn.flushed()
-        return _admission(caps, reservation) if result.command_tuples else None
     query = native(sql)
     cursor = conn.statement_cursor(query)
     try:
@@ -647,12 +530,11 @@ class _Settlements:
             batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
             try:
                 sql, params = settle_statement([s for s, _ in batch])
-                query = native(released(sql))  # the counters' rows free before the flush
+                query = native(sql)
                 async with self.pool.connection() as conn:
-                    result = await conn.execute_released(query, params, prepare=_prepare())
-                    await conn.flushed()
-                # n -> record id; absent: settled before
-                ids = {int(result.get_value(i, 0)): int(result.get_value(i, 1)) for i in range(result.ntuples)}  # type: ignore[arg-type]
+                    cursor = conn.statement_cursor(query)
+                    await cursor.execute(query, params, prepare=_prepare())
+                    ids: dict[int, int] = dict(await cursor.fetchall())  # n -> record id; absent: settled before
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:
                     if not done.done():
@@ -725,33 +607,18 @@ class _Admissions:
         return batch
 
     async def _write(self, caps: _Caps) -> None:
-        """The statements of what waits for `caps`, each committed without its flush: a batch's
-        counter is released to its next writer as soon as its statement is answered, and its
-        callers are answered once it is flushed (LoopConnection.flushed)."""
         batch: list[tuple[dict, asyncio.Future]] = []
-        results: list[tuple[asyncio.Future, Admission | None]] = []
-        sent = True
         try:
             async with self.pool.connection() as conn:
                 batch = self._take(caps)  # everything that waited for this connection
-                if len(batch) > 1:
-                    admitted_all = await self._admit_all(conn, caps, batch)
-                    if admitted_all:
-                        sent = False
-                        self.release(caps.counter_id)
-                    await conn.flushed()
-                    if admitted_all:
-                        results = [(done, _admission(caps, reservation)) for reservation, done in batch]
-                if sent:
-                    for reservation, done in batch:  # alone, or a batch whose guard did not match
-                        if done.done():
-                            continue  # its caller left
-                        admitted = await _admit_on(conn, caps, reservation, early=True)  # flushed
-                        if not done.done():
-                            done.set_result(admitted)
-            for done, admitted in results:
-                if not done.done():
-                    done.set_result(admitted)
+                if len(batch) > 1 and await self._admit_all(conn, caps, batch):
+                    return
+                for reservation, done in batch:  # alone, or a batch whose guard did not match
+                    if done.done():
+                        continue  # its caller left
+                    admitted = await _admit_on(conn, caps, reservation)
+                    if not done.done():
+                        done.set_result(admitted)
         except BaseException as exc:  # noqa: BLE001 - handed to every caller still waiting
             for _, done in batch or self._take(caps):
                 if not done.done():
@@ -759,8 +626,7 @@ class _Admissions:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            if sent:
-                self.release(caps.counter_id)
+            self.release(caps.counter_id)
 
     async def _admit_all(self, conn: LoopConnection, caps: _Caps, batch: list[tuple[dict, asyncio.Future]]) -> bool:
         sql, params = admit_many_statement(
@@ -772,6 +638,12 @@ class _Admissions:
             reservations=[reservation for reservation, _ in batch],
             generation=caps.generation,
         )
-        query = native(released(sql))
-        result = await conn.execute_released(query, params, prepare=_prepare())  # its flush: the caller's
-        return result.command_tuples == len(batch)  # 0: the guard did not match, nothing written
+        query = native(sql)
+        cursor = conn.statement_cursor(query)
+        await cursor.execute(query, params, prepare=_prepare())
+        if cursor.rowcount != len(batch):  # 0: the guard did not match, nothing written
+            return False
+        for reservation, done in batch:
+            if not done.done():
+                done.set_result(_admission(caps, reservation))
+        return True

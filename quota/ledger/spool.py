@@ -28,7 +28,7 @@ from ..models import CallRecord, PriceVersion
 from ..pricing import Usage
 from .statements import Admission
 from .sweep import settlement_from_json
-from .sync import flush_barrier, settle
+from .sync import settle
 
 logger = logging.getLogger(__name__)
 SPOOL_KEY = "gw:settle-spool"
@@ -138,12 +138,8 @@ def _spooled(
 
 
 def _recorded(request_id: str, started_at: dt.datetime) -> bool:
-    """Whether a settlement of this call (its request id and start) already wrote its record, durably
-    (one found is flushed first: it may be the event loop's, committed without its flush)."""
-    found = CallRecord.objects.filter(request_id=request_id, started_at=started_at).exists()
-    if found:
-        flush_barrier()
-    return found
+    """Whether a settlement of this call (its request id and start) already wrote its record."""
+    return CallRecord.objects.filter(request_id=request_id, started_at=started_at).exists()
 
 
 def call_settle_once(

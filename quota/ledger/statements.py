@@ -587,37 +587,3 @@ def settle_batch_statement(settlements: list[Settlement]) -> tuple[str, list]:
         _encode(records),
         *upserts_params(),
     ]
-
-
-# Early lock release (ledger.loop): a statement that takes an allocation counter's row lock commits
-# without waiting for its WAL flush, so the lock goes at once to the next statement of the counter
-# and the flushes of the statements of a wave merge; its caller then waits for the flush with
-# FLUSH_BARRIER before it acts on the commit (asks the upstream, answers the call). The setting is
-# the transaction's own (`set_config(..., true)`): the statement's autocommit transaction commits
-# asynchronously and the connection's next statement is synchronous again, also behind PgBouncer in
-# transaction mode. It is a qual of the statement's first write (the counter's guarded UPDATE, the
-# reservation's DELETE), evaluated for every row that write takes: a statement that writes nothing
-# needs no flush, and one whose qual was not evaluated commits synchronously as before.
-_ASYNC_COMMIT = " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
-_RELEASE_ANCHORS = (
-    " WHERE id = %s AND allocation_id = %s",  # an admission's counter UPDATE (one call or many)
-    " WHERE id = %s::uuid RETURNING",  # one call's settlement: its reservation's DELETE
-    " USING s WHERE id = s.reservation RETURNING",  # a batch's settlement: the reservations' DELETE
-)
-# A synchronous commit that writes WAL (a transactional logical message: an xid and a commit record,
-# at any wal_level, no table, no privilege): returns once the WAL is flushed up to its commit,
-# which is after every commit made before it was sent, on any connection (WAL is one sequence).
-FLUSH_BARRIER = "SELECT pg_logical_emit_message(true, 'gateway.flush', '')"
-
-
-@functools.lru_cache(maxsize=256)
-def released(sql: str) -> str:
-    """`sql` (an admission or settlement statement of this module) committing asynchronously."""
-    for anchor in _RELEASE_ANCHORS:
-        at = sql.find(anchor)
-        if at >= 0:
-            end = at + len(anchor)
-            if anchor.endswith(" RETURNING"):
-                end -= len(" RETURNING")
-            return sql[:end] + _ASYNC_COMMIT + sql[end:]
-    raise ValueError("not a statement whose commit can be released early")

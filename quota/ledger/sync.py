@@ -37,7 +37,6 @@ from ..pricing import ZERO, Usage
 from . import groups as group_ledger
 from .statements import (
     COUNTER_TABLE,
-    FLUSH_BARRIER,
     Admission,
     Settlement,
     admit_statement,
@@ -197,7 +196,6 @@ def reservation_admission(*, reservation_id: uuid.UUID) -> Admission | None:
     )
     if row is None:
         return None
-    flush_barrier()  # the attempt's commit may not be flushed yet (ledger.loop commits early)
     return Admission(
         reservation_id,
         row["counter_id"],
@@ -206,15 +204,6 @@ def reservation_admission(*, reservation_id: uuid.UUID) -> Admission | None:
         tuple(str(g) for g in row["group_ids"]),
         tuple(row["group_counter_ids"]),
     )
-
-
-def flush_barrier() -> None:
-    """Returns once every commit made before it is durable (statements.FLUSH_BARRIER). A write of
-    the event loop seen here may be one committed without its flush (ledger.loop), visible before
-    it is durable: whatever acts on it (a call sent upstream, a settlement counted as done) flushes
-    it first."""
-    with connection.cursor() as cursor:
-        cursor.execute(FLUSH_BARRIER)
 
 
 def counter_id_cached(*, allocation_id: uuid.UUID | str, now: dt.datetime) -> int | None:

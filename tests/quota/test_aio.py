@@ -12,15 +12,13 @@ from django.utils import timezone
 
 from lib.cache import auth_generation
 from quota.ledger import loop as aio
-from quota.ledger import spool, statements
-from quota.ledger import sync as sync_ledger
-from quota.ledger.statements import Settlement, reservation_row, settle_values
+from quota.ledger.statements import reservation_row
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.periods import period_start_date
 from quota.pricing import Usage
 from tests.factories import AllocationFactory, PriceVersionFactory
 
-from .conftest import admit, record_of_call, settlement
+from .conftest import admit, settlement
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -384,7 +382,6 @@ async def test_an_admission_joins_the_others_only_while_every_connection_is_busy
         now=timezone.now(),
     )
     assert admitted is not None and "jsonb_to_recordset" not in loop_statements[-1]
-    assert "set_config" not in loop_statements[-1]  # one call alone: its commit flushed as before
     await aio.pool_close()
 
 
@@ -521,148 +518,3 @@ async def test_a_failing_statement_behind_a_counters_statement_fails_its_admissi
     assert await asyncio.wait_for(_admit(caps, 4), 5) is not None
     assert {r.request_id async for r in Reservation.objects.all()} == {"c-0", "c-4"}
     await aio.pool_close()
-
-
-# --- early lock release: committed without the flush, answered once flushed ----------------------
-
-
-async def _synchronous_commit_in(sql: str, params: list) -> tuple[str, str]:
-    """synchronous_commit as `sql`'s transaction has it after the statement (rolled back), and as
-    the connection has it after the same statement ran in autocommit."""
-    conn = await psycopg.AsyncConnection.connect(**aio.Pool._conninfo())
-    try:
-        await conn.execute(sql, params)
-        inside = (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
-        await conn.rollback()
-        await conn.set_autocommit(True)
-        await conn.execute(sql, params)
-        after = (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
-    finally:
-        await conn.close()
-    return inside, after
-
-
-async def test_a_released_statement_commits_asynchronously_and_the_next_one_synchronously():
-    """The admission's and the settlement's released statements (one call's and a batch's) set
-    synchronous_commit off for their own transaction only: evaluated wherever a row is written."""
-    caps = await sync_to_async(_counter)(token_cap=1000)
-    allocation, price, admissions = await sync_to_async(_admitted)(3)
-
-    def admit_one(n: int) -> tuple[str, list]:
-        return statements.admit_statement(
-            allocation_id=caps.allocation_id,
-            counter_id=caps.counter_id,
-            token_cap=caps.token_cap,
-            cost_cap=None,
-            priced=True,
-            reservation=_reservation(n, tokens=5),
-        )
-
-    many = statements.admit_many_statement(
-        allocation_id=caps.allocation_id,
-        counter_id=caps.counter_id,
-        token_cap=caps.token_cap,
-        cost_cap=None,
-        priced=True,
-        reservations=[_reservation(n, tokens=5) for n in (2, 3)],
-    )
-    made = await sync_to_async(
-        lambda: [settlement(allocation, a, f"r-{n}", Usage(input_tokens=10), price) for n, a in enumerate(admissions)]
-    )()
-    settle_one = statements.settle_statement(made[:1])
-    settle_batch = statements.settle_statement(made[1:])
-    assert await _synchronous_commit_in(*admit_one(0)) == ("on", "on")  # as it is sent alone
-    for sql, params in (admit_one(1), many, settle_one, settle_batch):
-        assert await _synchronous_commit_in(statements.released(sql), params) == ("off", "on")
-
-
-async def test_admissions_and_settlements_that_meet_return_once_their_commits_are_flushed(monkeypatch, loop_statements):
-    """The statements of a batch go released; each caller gets its result only after the barrier,
-    and then PostgreSQL's WAL is flushed past where it was when the statement was answered."""
-    answered: list[str] = []
-    flushed = aio.LoopConnection.flushed
-
-    async def noting(self):
-        async with await psycopg.AsyncConnection.connect(**aio.Pool._conninfo(), autocommit=True) as other:
-            answered.append((await (await other.execute("SELECT pg_current_wal_insert_lsn()::text")).fetchone())[0])
-        await flushed(self)
-
-    monkeypatch.setattr(aio.LoopConnection, "flushed", noting)
-    caps = await sync_to_async(_counter)(token_cap=1000)
-    admitted = await _admitted_while_busy(caps, [_reservation(n, tokens=5) for n in range(3)])
-    assert all(a is not None for a in admitted) and len(answered) == 1
-    allocation, price, admissions = await sync_to_async(_admitted)(2)
-    made = await sync_to_async(
-        lambda: [settlement(allocation, a, f"f-{n}", Usage(input_tokens=10), price) for n, a in enumerate(admissions)]
-    )()
-    pool = aio.Pool(1)
-    ids = await asyncio.gather(*(pool.settlements.add(s) for s in made))
-    await pool.close()
-    assert all(ids) and len(answered) == 2
-    ledger_statements = [s for s in loop_statements if s.startswith("WITH")]
-    assert len(ledger_statements) == 2 and all(
-        "set_config('synchronous_commit', 'off', true)" in s for s in ledger_statements
-    )
-    async with await psycopg.AsyncConnection.connect(**aio.Pool._conninfo(), autocommit=True) as other:
-        for lsn in answered:
-            cursor = await other.execute("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", [lsn])
-            assert (await cursor.fetchone())[0]
-
-
-def _barrier_lost(monkeypatch) -> list[str]:
-    """The loop connection lost between a released statement's answer and its barrier's (the
-    statement committed, its flush unknown); returns the flushes the thread path asks for."""
-
-    async def lost(self):
-        await self.close()
-        raise psycopg.OperationalError("server closed the connection unexpectedly")
-
-    monkeypatch.setattr(aio.LoopConnection, "flushed", lost)
-    asked: list[str] = []
-    barrier = sync_ledger.flush_barrier
-
-    def counting():
-        asked.append("flush")
-        barrier()
-
-    monkeypatch.setattr(sync_ledger, "flush_barrier", counting)
-    monkeypatch.setattr(spool, "flush_barrier", counting)
-    return asked
-
-
-async def test_a_settlement_whose_barrier_is_lost_is_billed_once_by_the_thread_path(monkeypatch):
-    asked = _barrier_lost(monkeypatch)
-    allocation, price, admissions = await sync_to_async(_admitted)(2)
-    records = [record_of_call(allocation, f"b-{n}") for n in range(2)]
-    usage = Usage(input_tokens=10)
-    made = []
-    for record, admission in zip(records, admissions, strict=True):
-        values, cost = await sync_to_async(settle_values)(record=record, usage=usage, price=price, now=timezone.now())
-        made.append(Settlement(values, admission, usage.total_tokens, cost or Decimal(0)))
-    pool = aio.Pool(1)
-    results = await asyncio.gather(*(pool.settlements.add(s) for s in made), return_exceptions=True)
-    await pool.close()
-    assert all(isinstance(r, psycopg.OperationalError) for r in results)
-    for record, admission in zip(records, admissions, strict=True):  # the caller's fallback (ledger.settle_async)
-        again = await sync_to_async(spool.call_settle_once)(
-            admission=admission, record=record, usage=usage, price=price
-        )
-        assert again is None  # found: written by the released statement, flushed before it counts
-    assert asked == ["flush", "flush"]
-    assert await CallRecord.objects.filter(request_id__in=["b-0", "b-1"]).acount() == 2
-    counter = await UsageCounter.objects.aget(pk=admissions[0].counter_id)
-    assert (counter.calls, counter.tokens_used, counter.tokens_reserved) == (2, 20, 0)
-    assert not await Reservation.objects.filter(pk__in=[a.reservation_id for a in admissions]).aexists()
-
-
-async def test_admissions_whose_barrier_is_lost_are_found_once_by_the_thread_path(monkeypatch):
-    asked = _barrier_lost(monkeypatch)
-    caps = await sync_to_async(_counter)(token_cap=1000)
-    reservations = [_reservation(n, tokens=5) for n in range(3)]
-    results = await _admitted_while_busy(caps, reservations, return_exceptions=True)
-    assert all(isinstance(r, psycopg.OperationalError) for r in results)
-    for r in reservations:  # the retry of an admission in doubt (quota.admission.preflight)
-        found = await sync_to_async(sync_ledger.reservation_admission)(reservation_id=r["id"])
-        assert found is not None and found.tokens == 5
-    assert asked == ["flush"] * 3
-    assert (await UsageCounter.objects.aget(pk=caps.counter_id)).tokens_reserved == 15
