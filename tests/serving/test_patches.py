@@ -271,9 +271,11 @@ async def test_aiohttp_writes_a_request_in_its_callers_step(monkeypatch, size):
     body = b"x" * size
 
     async def call():
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://127.0.0.1:{port}/v1/x", data=body) as response:
-                return response.status, await response.read()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{port}/v1/x", data=body) as response,
+        ):
+            return response.status, await response.read()
 
     try:
         assert await asyncio.Task(call(), name="caller") == (200, b"ok")
