@@ -17,11 +17,12 @@ coroutine that ends in it gives a done future and no task at all.
 """
 
 import asyncio
+import collections.abc
 import contextvars
 import sys
 from asyncio import tasks
 from collections.abc import Coroutine, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -35,8 +36,8 @@ def start(
     if sys.version_info >= (3, 12):  # pragma: no cover - the runtime is 3.11
         return asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg]
     context = contextvars.copy_context()
-    started: _Started[T] = _Started(coro)
-    task = asyncio.Task(_rest(started), loop=loop, name=name, context=context)
+    started = _Resumed(coro)
+    task: asyncio.Task[T] = asyncio.Task(started, loop=loop, name=name, context=context)
     creator = tasks.current_task(loop)
     if creator is not None:
         tasks._leave_task(loop, creator)  # type: ignore[attr-defined]
@@ -61,7 +62,7 @@ def first_step(coro: Coroutine[Any, Any, T], *, name: str) -> "asyncio.Future[T]
     task); a future of its result: done already if it ended there, else a task going on from it."""
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
-    started: _Started[T] = _Started(coro)
+    started = _Resumed(coro)
     try:
         started.first = context.run(coro.send, None)
     except StopIteration as stop:
@@ -77,45 +78,44 @@ def first_step(coro: Coroutine[Any, Any, T], *, name: str) -> "asyncio.Future[T]
         else:
             done.set_exception(exc)
         return done
-    return asyncio.Task(_rest(started), loop=loop, name=name, context=context)
+    return asyncio.Task(started, loop=loop, name=name, context=context)
 
 
-async def _rest(started: "_Started[T]") -> T:
-    return await started
+class _Resumed(collections.abc.Coroutine):
+    """The task's coroutine: `coro` past its first step. The task's first `send` gets what that
+    step yielded (the future it waits on, which the task's cancellation then cancels), or ends
+    with what it returned or raised; every later send, throw and close is the coroutine's own, so
+    a step of the task costs one method call more than a task made the usual way."""
 
-
-class _Started(Generic[T]):
-    """A coroutine past its first step, awaited as `yield from` would: the task sees the future
-    the coroutine yielded (its wait, which the task's cancellation cancels), and what the task
-    sends or throws goes on to the coroutine."""
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.coro = coro
+        self.pending = True  # the task has not taken its first step
         self.first: Any = None  # what the first step yielded, or returned when `done`
         self.done = False
         self.error: BaseException | None = None
 
-    def __await__(self) -> Generator[Any, Any, T]:
-        coro, value = self.coro, self.first
-        self.first = None
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-        if self.done:
-            return value  # type: ignore[no-any-return]
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - the task's throw: the coroutine's to handle
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+    def send(self, value: Any) -> Any:
+        if self.pending:
+            self.pending = False
+            first, self.first = self.first, None
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            if self.done:
+                raise StopIteration(first)
+            return first
+        return self.coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        if self.pending:  # cancelled before its first turn
+            self.pending, self.first = False, None
+            if self.done or self.error is not None:
+                self.error = None
+                raise args[0] if len(args) == 1 else args[1]  # it had ended: the throw is the task's end
+        return self.coro.throw(*args)
+
+    def close(self) -> None:
+        self.coro.close()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        raise TypeError("a task's coroutine, not awaited")
