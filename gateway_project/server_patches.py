@@ -535,35 +535,6 @@ def _response_in_one_write() -> None:
     WebRequest.handle_reply = handle_reply
 
 
-def _aiohttp_body_at_once() -> None:
-    from aiohttp import client_reqrep
-
-    if sys.version_info >= (3, 12) or isinstance(client_reqrep.asyncio, _BodyWriterAtOnce):
-        return  # aiohttp starts its body writer eagerly itself there
-    client_reqrep.asyncio = _BodyWriterAtOnce(client_reqrep.ClientRequest.write_bytes.__code__)  # type: ignore[assignment]
-
-
-class _BodyWriterAtOnce:
-    """asyncio as aiohttp's client_reqrep sees it, but for its `create_task`: a request's body
-    writer (ClientRequest.write_bytes, which never asks for its task) has its first step run at
-    once (lib.eager.first_step), as aiohttp does itself on Python 3.12 and later (a writer that
-    ends there leaves a done future, which aiohttp drops as it drops a done task); every other
-    name is asyncio's own."""
-
-    def __init__(self, write_bytes: Any) -> None:
-        self._write_bytes = write_bytes
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    def create_task(self, coro: Any, **kwargs: Any) -> Any:
-        if not kwargs and getattr(coro, "cr_code", None) is self._write_bytes:
-            from lib import eager
-
-            return eager.first_step(coro, name="aiohttp request body")
-        return asyncio.create_task(coro, **kwargs)
-
-
 def _add_raw_headers(headers: Any, items: Any, canonical_name: Callable[[bytes], bytes | None]) -> None:
     """Headers.addRawHeader for each (name, value), in order: a bytes name Twisted has already
     canonicalised (`canonical_name`, its encoder's cache lookup: the cache holds only names that
@@ -1166,22 +1137,6 @@ PATCHES = (
         "two address objects) and whether it is TLS (a zope.interface adaptation of the transport), "
         "though none of the three changes while the connection's transport is the same: each is now "
         "asked once per transport and remembered on the channel.",
-    ),
-    Patch(
-        name="aiohttp_body_at_once",
-        verified={"aiohttp": AIOHTTP},
-        targets=(
-            "aiohttp.client_reqrep:asyncio",
-            "aiohttp.client_reqrep:ClientRequest.send>create_task",
-            "aiohttp.client_reqrep:ClientRequest.send>write_bytes",
-            "aiohttp.client_reqrep:ClientRequest.write_bytes",
-        ),
-        apply=_aiohttp_body_at_once,
-        why="on Python before 3.12 aiohttp writes a request (its head and body, buffered into one "
-        "write) from a task it starts with asyncio.create_task, so the request leaves the process a "
-        "turn of the event loop after the call asked for it; on 3.12 and later it starts that task "
-        "eagerly. The same here: the writer's first step runs in the caller's step (lib.eager), so "
-        "a call's upstream request is written without waiting for a turn.",
     ),
     Patch(
         name="request_hash_in_c",

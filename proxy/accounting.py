@@ -142,11 +142,6 @@ _closing = inflight.tasks("settlements")
 _held: set[uuid.UUID] = set()
 
 
-def none_held() -> bool:
-    """No admitted call of this process is in flight (one call at a time)."""
-    return not _held
-
-
 async def settle(
     call: Call,
     *,

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 
 from allocations.exceptions import BadRequest, GatewayError, NotFound, Unauthorized
 from allocations.models import Allocation
-from lib import eager, inflight
+from lib import inflight
 from lib.api_errors import error_body
 from lib.asgi import PartWriter, Whole, header_value
 from lib.conf import now
@@ -192,22 +192,14 @@ async def _relay_stream(call: Call) -> Answered:
 async def _whole(call: Call) -> Answered:
     """A call answered whole: admitted, sent upstream and settled in one task the request cannot
     cancel (and the drain waits for), so neither the admission nor the upstream call needs a
-    task and a shield of its own; one call at a time, the task's first step (to the admission's
-    statement sent) runs in the request's step. The request waits for a future the task answers as its last
+    task and a shield of its own. The request waits for a future the task answers as its last
     step, not for the task itself: cancelling the request cancels only that future, as a shield
     would, and the answer reaches the request a turn of the loop sooner than through one."""
     loop = asyncio.get_running_loop()
     answered = loop.create_future()
-    # One call at a time (none other admitted in this process), the task's first step runs now,
-    # in this one (lib.eager): the admission statement leaves before this request first yields,
-    # not a turn of the loop later. With others in flight the turn is shared with their steps and
-    # the task starts as usual (its eager start would cost a step more). Named: a Task made
-    # without a name formats a default one ("Task-N").
-    whole = _whole_call(call, answered)
-    if accounting.none_held():
-        _keep(eager.start(whole, name="whole call", loop=loop))
-    else:
-        _keep(asyncio.Task(whole, loop=loop, name="whole call"))
+    # A Task made with its name (= ensure_future, less its checks): the loop's create_task formats
+    # a default name ("Task-N", printf-style) before it sets the one given.
+    _keep(asyncio.Task(_whole_call(call, answered), loop=loop, name="whole call"))
     try:
         response = await answered
     except asyncio.CancelledError:

@@ -1,7 +1,6 @@
 """The server patches' start-up check; what the patches do is exercised under real daphne
 processes by test_serve.py (drain) and tests/realtime/test_daphne.py (close codes)."""
 
-import asyncio
 import logging
 
 import pytest
@@ -226,62 +225,3 @@ def test_daphne_requests_hash_by_identity_in_c_and_name_twisted_http_itself():
     assert table[one] == 1 and table[other] == 2 and one == one and one != other
     assert type(daphne.http_protocol.http) is types.ModuleType and type(daphne.server.http) is types.ModuleType
     assert daphne.http_protocol.http.Request is WebRequest.__mro__[1]
-
-
-@pytest.mark.parametrize("size", [100, 4_000_000])
-async def test_aiohttp_writes_a_request_in_its_callers_step(monkeypatch, size):
-    """aiohttp_body_at_once: the request's head and body leave from the task that sent it (its
-    writer's first step runs there, as on Python 3.12), whole; a body too large for one write goes
-    on in a task of its own and arrives whole too."""
-    import aiohttp
-    from aiohttp import client_reqrep, http_writer
-
-    monkeypatch.setattr(client_reqrep, "asyncio", asyncio)  # as aiohttp has it, then patched here
-    server_patches._aiohttp_body_at_once()
-    assert isinstance(client_reqrep.asyncio, server_patches._BodyWriterAtOnce)
-    assert client_reqrep.asyncio.sleep is asyncio.sleep  # every other name is asyncio's
-
-    writers: list[str] = []
-
-    def spy(original):
-        def spied(self, chunks):
-            writers.append(asyncio.current_task().get_name())
-            return original(self, chunks)
-
-        return spied
-
-    for name in ("_write", "_writelines"):  # what puts bytes on the transport
-        monkeypatch.setattr(http_writer.StreamWriter, name, spy(getattr(http_writer.StreamWriter, name)))
-    received = bytearray()
-    answered = asyncio.get_running_loop().create_future()
-
-    class Upstream(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            received.extend(data)
-            head, _, body = bytes(received).partition(b"\r\n\r\n")
-            if len(body) == size and not answered.done():
-                answered.set_result(head)
-                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    server = await asyncio.get_running_loop().create_server(Upstream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    body = b"x" * size
-
-    async def call():
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"http://127.0.0.1:{port}/v1/x", data=body) as response,
-        ):
-            return response.status, await response.read()
-
-    try:
-        assert await asyncio.Task(call(), name="caller") == (200, b"ok")
-    finally:
-        server.close()
-    assert (await answered).startswith(b"POST /v1/x HTTP/1.1")
-    assert writers[0] == "caller"
-    if size < 1000:
-        assert set(writers) == {"caller"}
