@@ -96,6 +96,20 @@ def whole_head(channel: Any, data: bytes) -> Head | None:
     return request_line.groups(), headers, length, end  # type: ignore[return-value]
 
 
+_last_factory: tuple[Any, bool] = (None, False)  # (a channel's requestFactory, whether it is non-queued)
+
+
+def _non_queued(factory: Any) -> bool:
+    """INonQueuedRequestFactory.providedBy(factory), remembered for the last factory seen (daphne
+    gives every channel the same request class, whose interfaces are declared where it is defined):
+    zope's answer for a class looks its declarations up by a KeyError on every call."""
+    global _last_factory
+    last = _last_factory  # read once: another thread may replace it
+    if last[0] is not factory:
+        last = _last_factory = (factory, bool(INonQueuedRequestFactory.providedBy(factory)))
+    return last[1]
+
+
 def take(channel: Any, data: bytes, head: Head) -> None:
     """What HTTPChannel.dataReceived does with `data` when it holds `head` (see `whole_head`)."""
     (method, target, version), headers, length, end = head
@@ -105,7 +119,7 @@ def take(channel: Any, data: bytes, head: Head) -> None:
         channel._buffer = data[end + 4 :]  # as LineReceiver holds it while the head's last line is handled
         factory = channel.requestFactory
         requests = channel.requests
-        if INonQueuedRequestFactory.providedBy(factory):
+        if _non_queued(factory):
             request = factory(channel)
         else:
             request = factory(channel, len(requests))

@@ -1123,6 +1123,20 @@ PATCHES = (
         "_on_read_timeout after the same silence (at most a tenth of the timeout late).",
     ),
     Patch(
+        name="aiohttp_request_unwrapped",
+        verified={"aiohttp": AIOHTTP},
+        targets=(
+            "aiohttp.client:ClientSession._request",
+            "aiohttp.client:ClientSession.post>_request",
+        ),
+        apply=None,
+        why="ClientSession.post wraps its `_request` coroutine in a _RequestContextManager, a "
+        "subscripted generic alias: each call goes through typing's Python __call__, which tries to "
+        "set __orig_class__ on the slotted wrapper and drops the AttributeError. proxy.upstream.send "
+        "awaits `_request` itself (the coroutine post wraps, with the same arguments), and so the "
+        "same response.",
+    ),
+    Patch(
         name="connection_facts_once",
         verified={"twisted": TWISTED},
         targets=(

@@ -15,9 +15,18 @@ import orjson
 
 
 def text_encoder(
-    *, ensure_ascii: bool = True, separators: tuple[str, str] = (", ", ": "), default: Callable | None = None
+    *,
+    ensure_ascii: bool = True,
+    separators: tuple[str, str] = (", ", ": "),
+    default: Callable | None = None,
+    acyclic: bool = False,
 ) -> Callable[[Any], str]:
-    """`json.JSONEncoder(ensure_ascii=…, separators=…, default=…).encode`, the same text and errors."""
+    """`json.JSONEncoder(ensure_ascii=…, separators=…, default=…).encode`, the same text and errors.
+
+    `acyclic`: for values that cannot hold themselves (what a JSON decoder made, rows the caller
+    builds): one C encoder made once and kept, without the table of containers being written that
+    finds a cycle (made per value, and an entry added and removed per container). The same text; a
+    value that did hold itself would end in RecursionError rather than ValueError."""
     reference = json.JSONEncoder(ensure_ascii=ensure_ascii, separators=separators, default=default)
     make = getattr(_std, "c_make_encoder", None)  # None without the accelerator (not in typeshed)
     if make is None:
@@ -25,6 +34,13 @@ def text_encoder(
     strings = getattr(_std, "c_encode_basestring_ascii" if ensure_ascii else "c_encode_basestring")
     hook = reference.default
     item, key = separators
+    if acyclic:
+        kept = make(None, hook, strings, None, key, item, False, False, True)
+
+        def encode_acyclic(value: Any, _join: Callable = "".join) -> str:
+            return _join(kept(value, 0))
+
+        return encode_acyclic
 
     def encode(value: Any, _join: Callable = "".join) -> str:
         return _join(make({}, hook, strings, None, key, item, False, False, True)(value, 0))

@@ -52,7 +52,7 @@ class ProxyHandler(ASGIHandler):
         """Django's resolution, remembered per (URLconf, path): /v1 has a handful of routes, and
         resolving walks the project's whole URLconf on every call. A path that does not resolve is
         not remembered (Resolver404 propagates as before); the views only read the match."""
-        if hasattr(request, "urlconf"):
+        if _urlconf_set(request):
             return super().resolve_request(request)
         key = (setting("ROOT_URLCONF"), request.path_info)
         match = _resolved.get(key)
@@ -171,6 +171,8 @@ class V1Request(ASGIRequest):
         self._post_parse_error = False
         self._read_started = False
         self.resolver_match = None
+        # lib.http.request_id_of's first read finds None here, not a miss through __getattr__.
+        self.gateway_request_id = None
         self.path = path = scope["path"]
         self.script_name = script_name = get_script_prefix(scope)
         self.path_info = path.removeprefix(script_name) if script_name else path
@@ -215,6 +217,15 @@ class V1Request(ASGIRequest):
         return ",".join(values)
 
 
+def _urlconf_set(request: HttpRequest) -> bool:
+    """hasattr(request, "urlconf"), without V1Request's __getattr__ and its AttributeError for the
+    usual answer: neither V1Request nor Django's request classes define `urlconf`, so on a
+    V1Request it is set on the instance (as middleware sets it) or not at all."""
+    if request.__class__ is V1Request:
+        return "urlconf" in request.__dict__
+    return hasattr(request, "urlconf")
+
+
 async def until_disconnect(receive: Receive) -> None:
     """Returns when the server says the client is gone (or, the response sent, done): Django's
     listen_for_disconnect without its RequestAborted, which a finished call would throw and catch."""
@@ -229,7 +240,11 @@ def stop_listening(listener: asyncio.Future) -> None:
 
 async def read_body(receive: Receive, scope: Scope, limit: int) -> tuple[bytes, bool]:
     """The whole body, or (b"", True) past `limit` (the rest is drained so the client gets its 413)."""
-    declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"0")
+    declared = b"0"
+    for name, value in scope.get("headers", ()):  # a loop, not next(generator): no GeneratorExit to close it
+        if name == b"content-length":
+            declared = value
+            break
     too_large = declared.isdigit() and int(declared) > limit
     parts: list[bytes] = []
     size = 0

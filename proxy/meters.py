@@ -23,8 +23,9 @@ from quota.pricing import Usage
 CHARS_PER_TOKEN = 4
 _decoder = json.JSONDecoder()
 # json.dumps(value, ensure_ascii=False) without an encoder made per call (dumps reuses its own
-# only with every option at its default), from the C encoder: the same text.
-_encode_text = text_encoder(ensure_ascii=False)
+# only with every option at its default), from the C encoder: the same text. Its values are the
+# request's, as the JSON decoder made them: no cycle.
+_encode_text = text_encoder(ensure_ascii=False, acyclic=True)
 
 
 def _int(value: object) -> int:

@@ -22,6 +22,7 @@ from typing import TypeAlias
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from aiohttp.hdrs import METH_POST
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -222,7 +223,11 @@ async def send(
     try:
         # Never follow a redirect: it would carry the provider key (Azure's `api-key` survives a
         # cross-origin hop in aiohttp) and the body to wherever the upstream points.
-        response = await session().post(target.url, data=payload, headers=sent, timeout=timeout, allow_redirects=False)
+        # The coroutine ClientSession.post wraps, awaited without its context manager
+        # (gateway_project.server_patches, `aiohttp_request_unwrapped`).
+        response = await session()._request(
+            METH_POST, target.url, data=payload, headers=sent, timeout=timeout, allow_redirects=False
+        )
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {limit:g} s") from None
     except aiohttp.ClientError as exc:

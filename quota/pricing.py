@@ -77,7 +77,8 @@ def _per_1m(tokens: int, price: Decimal | None, fallback: Decimal | None) -> Dec
 
 def token_cost(price: "PriceVersion", usage: Usage) -> Decimal:
     """Σ tokens × their rate / 1M over the five kinds of token. A kind with no tokens adds nothing
-    (it is skipped, not priced at zero: the same value, fewer steps for a call that has two)."""
+    (it is skipped, not priced at zero: the same value, fewer steps for a call that has two).
+    Each kind's term is `_per_1m`'s, written out: a call prices two or three times."""
     input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
     cached = min(usage.cached_tokens, input_tokens)
     audio_in = min(usage.audio_input_tokens, input_tokens - cached)
@@ -87,13 +88,13 @@ def token_cost(price: "PriceVersion", usage: Usage) -> Decimal:
     input_rate, output_rate = price.input_per_1m, price.output_per_1m
     total = ZERO
     if text_in:
-        total += _per_1m(text_in, input_rate, None)
+        total += Decimal(text_in) * (input_rate or ZERO) / ONE_MILLION
     if cached:
         total += _per_1m(cached, price.cached_input_per_1m, input_rate)
     if audio_in:
         total += _per_1m(audio_in, price.audio_input_per_1m, input_rate)
     if text_out:
-        total += _per_1m(text_out, output_rate, None)
+        total += Decimal(text_out) * (output_rate or ZERO) / ONE_MILLION
     if audio_out:
         total += _per_1m(audio_out, price.audio_output_per_1m, output_rate)
     return total

@@ -48,7 +48,11 @@ def price_in_force_cached(*, model_id: uuid.UUID | str, at: dt.datetime, generat
 
 
 def _in_force(versions: list[PriceVersion], at: dt.datetime) -> PriceVersion | None:
-    return next((v for v in versions if v.effective_from <= at), None)  # newest first
+    # newest first; a loop, not next(generator): no GeneratorExit thrown to close it on every call
+    for version in versions:
+        if version.effective_from <= at:
+            return version
+    return None
 
 
 def price_cached(*, model_id: uuid.UUID | str, at: dt.datetime, generation: int) -> tuple[bool, PriceVersion | None]:

@@ -527,7 +527,7 @@ def _record_parameters(values: dict) -> list[str | None]:
 _context_json = jsonb_text(text_encoder(separators=(",", ":")))
 
 # The default hook only for what a row holds beyond the usual (an id or time in a nested value).
-_encode = text_encoder(default=_json_value, separators=(",", ":"))
+_encode = text_encoder(default=_json_value, separators=(",", ":"), acyclic=True)  # rows built here: no cycle
 
 
 def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:

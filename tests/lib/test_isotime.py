@@ -48,3 +48,14 @@ def test_a_day_kept_from_another_time_is_not_reused(monkeypatch: pytest.MonkeyPa
     value = dt.datetime(2026, 12, 7, 1, 2, 3, 4, tzinfo=dt.UTC)
     monkeypatch.setattr(isotime, "_day", (value.toordinal() - 1, "2026-12-06T"))
     assert iso_text(value) == "2026-12-07T01:02:03.000004+00:00"
+
+
+def test_a_time_written_again_is_the_same_text_and_the_kept_texts_stay_bounded() -> None:
+    samples = _samples()
+    for value in samples + samples[::-1]:  # each twice, past the kept texts' bound
+        assert iso_text(value) == value.isoformat()
+        assert iso_text(value) == value.isoformat()
+    assert len(isotime._written) <= isotime._WRITTEN_MAX
+    for micro in range(1, 2000):  # times made and dropped one by one: their identities come back
+        value = dt.datetime(2026, 12, 7, 1, 2, 3, micro, tzinfo=dt.UTC)
+        assert iso_text(value) == f"2026-12-07T01:02:03.{micro:06d}+00:00"

@@ -31,6 +31,27 @@ def test_the_text_of_the_standard_encoder(options: dict, value: object) -> None:
     assert text_encoder(**options)(value) == json.JSONEncoder(**options).encode(value)
 
 
+@pytest.mark.parametrize("options", OPTIONS)
+def test_an_acyclic_encoder_writes_the_standard_text_value_after_value(options: dict) -> None:
+    encode, standard = text_encoder(acyclic=True, **options), json.JSONEncoder(**options).encode
+    for value in VALUES + VALUES:  # the one encoder kept, for every value in turn
+        assert encode(value) == standard(value)
+
+
+def test_an_acyclic_encoder_keeps_the_default_hook_and_its_errors_and_encodes_on() -> None:
+    def hook(value: object) -> object:
+        if isinstance(value, Decimal):
+            return str(value)
+        raise TypeError(f"{type(value).__name__} has no JSON form here")
+
+    encode = text_encoder(default=hook, separators=(",", ":"), acyclic=True)
+    value = {"cost": Decimal("1.50"), "rows": [[Decimal("2"), "x"]]}
+    assert encode(value) == json.JSONEncoder(default=hook, separators=(",", ":")).encode(value)
+    with pytest.raises(TypeError, match="datetime has no JSON form here"):
+        encode([[1, {"at": dt.datetime(2026, 1, 1)}]])  # fails inside nested containers
+    assert encode(value) == '{"cost":"1.50","rows":[["2","x"]]}'  # nothing left over from the failure
+
+
 def test_the_default_hook_and_its_errors() -> None:
     def hook(value: object) -> object:
         if isinstance(value, Decimal):

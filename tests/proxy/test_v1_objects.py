@@ -12,7 +12,7 @@ from django.http.response import BadHeaderError
 from allocations.exceptions import BadRequest
 from lib.asgi import Whole, header_value
 from lib.http import request_id_of, sent_header
-from proxy.handler import V1Request
+from proxy.handler import V1Request, _urlconf_set
 from proxy.registry import BODY_MULTIPART, ENDPOINTS, spools
 from proxy.views import _response, error_response
 from quota.exceptions import QuotaBusy
@@ -159,3 +159,12 @@ def test_the_spooled_paths_are_the_multipart_endpoints():
         )
         assert spools(path) is scanned
     assert any(spools(p) for p in paths)
+
+
+def test_a_urlconf_is_seen_as_hasattr_sees_it():
+    ours, theirs = V1Request(scope(), b"{}"), django_request(scope())
+    assert _urlconf_set(ours) is hasattr(ours, "urlconf") is False
+    assert _urlconf_set(theirs) is hasattr(theirs, "urlconf") is False
+    ours.urlconf = theirs.urlconf = "gateway_project.urls"  # as a middleware sets it
+    assert _urlconf_set(ours) is hasattr(ours, "urlconf") is True
+    assert _urlconf_set(theirs) is hasattr(theirs, "urlconf") is True

@@ -368,3 +368,18 @@ def test_a_read_on_a_closing_connection_is_read_as_twisted_does(monkeypatch):
             channel.dataReceived(GET)
             states.append((_state(channel), transport.value(), len(held.requests)))
     assert states[0] == states[1]
+
+
+def test_whether_a_factory_is_non_queued_is_zope_s_answer_for_each_factory_in_turn():
+    from twisted.web.iweb import INonQueuedRequestFactory
+    from zope.interface import implementer
+
+    @implementer(INonQueuedRequestFactory)
+    class NonQueued:
+        pass
+
+    class Queued:
+        pass
+
+    for factory in (NonQueued, NonQueued, Queued, Queued, NonQueued, http.Request):
+        assert request_head._non_queued(factory) is bool(INonQueuedRequestFactory.providedBy(factory))
