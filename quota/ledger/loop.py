@@ -20,7 +20,7 @@ import datetime as dt
 import functools
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -241,14 +241,13 @@ class Pool:
                     self._wake_one()  # woken but leaving: the turn goes to the next one
                 raise
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[LoopConnection]:
-        conn = await self._acquire()
-        healthy = False
+    def connection(self) -> "_Lease":
+        """`async with pool.connection() as conn`: a free connection for the block, given back after
+        it, or closed when the block raised (or the pool is closing)."""
+        return _Lease(self)
+
+    async def _give_back(self, conn: LoopConnection, *, healthy: bool) -> None:
         try:
-            yield conn
-            healthy = True
-        finally:
             if not healthy or self.closing or conn.closed:
                 self.opened -= 1
                 await conn.close()
@@ -256,6 +255,7 @@ class Pool:
                     self.drained.set()
             else:
                 self.idle.append(conn)
+        finally:
             self._wake_one()
 
     async def close(self) -> None:
@@ -270,6 +270,23 @@ class Pool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_WAIT_S):
                     await self.drained.wait()
+
+
+class _Lease:
+    """Pool.connection's context: a class rather than an @asynccontextmanager generator, which
+    ends each use by raising and catching StopAsyncIteration (one or two a call)."""
+
+    __slots__ = ("pool", "conn")
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def __aenter__(self) -> LoopConnection:
+        self.conn = await self.pool._acquire()
+        return self.conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: object, trace: object) -> None:
+        await self.pool._give_back(self.conn, healthy=kind is None)
 
 
 _last: tuple = (None, None)  # (event loop, its Pool): the usual lookup, without the weak mapping
