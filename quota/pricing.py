@@ -78,7 +78,8 @@ def _per_1m(tokens: int, price: Decimal | None, fallback: Decimal | None) -> Dec
 def token_cost(price: "PriceVersion", usage: Usage) -> Decimal:
     """Σ tokens × their rate / 1M over the five kinds of token. A kind with no tokens adds nothing
     (it is skipped, not priced at zero: the same value, fewer steps for a call that has two).
-    Each kind's term is `_per_1m`'s, written out: a call prices two or three times."""
+    The text input and output terms are `_per_1m`'s written out (every call has them; a call prices
+    two or three times)."""
     input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
     cached = min(usage.cached_tokens, input_tokens)
     audio_in = min(usage.audio_input_tokens, input_tokens - cached)

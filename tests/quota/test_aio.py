@@ -51,6 +51,19 @@ async def test_a_connection_that_failed_is_dropped_and_replaced():
     await pool.close()
 
 
+async def test_a_block_that_raises_closes_its_connection_rather_than_giving_it_back():
+    pool = aio.Pool(1)
+    with pytest.raises(LookupError):
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+            raise LookupError  # the connection itself is fine, but its state after a failure is unknown
+    assert conn.closed and (pool.opened, pool.idle) == (0, [])
+    async with pool.connection() as again:
+        assert again is not conn
+    assert pool.idle == [again]
+    await pool.close()
+
+
 async def test_closing_waits_for_a_connection_in_use_then_closes_it():
     pool = aio.Pool(1)
     entered = asyncio.Event()
