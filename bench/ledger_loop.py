@@ -44,6 +44,7 @@ for _name, _value in ENV.items():
 import argparse  # noqa: E402
 
 import django  # noqa: E402
+import uvloop  # noqa: E402
 
 django.setup()
 
@@ -67,7 +68,9 @@ def _counting(cls: type, name: str, key: str) -> None:
     setattr(cls, name, counted)
 
 
-_counting(loop.LoopConnection, "wait", "statements")
+_counting(
+    loop.LoopConnection, "run_statement" if hasattr(loop.LoopConnection, "run_statement") else "wait", "statements"
+)
 _counting(loop.Pool, "connection", "leases")
 for _cls in (loop._Settlements, loop._Admissions):
     _counting(_cls, "_start", f"{_cls.__name__[1:].lower()}_writers")
@@ -159,7 +162,8 @@ def main() -> None:
     ap.add_argument("--levels", default="1,16,64")
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--callgrind", default="", help="callgrind's output directory: this runs under callgrind")
-    asyncio.run(run(ap.parse_args()))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # the serve worker's loop
+        runner.run(run(ap.parse_args()))
 
 
 if __name__ == "__main__":

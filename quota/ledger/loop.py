@@ -576,17 +576,21 @@ class _Settlements:
         self.waiting: list[tuple[Settlement, asyncio.Future]] = []
         self.writers: set[asyncio.Task] = set()  # a reference to each until it ends
         self.at_work = 0  # writers that have not yet seen `waiting` empty
+        self.starting = 0  # writers started that have not yet taken what waits
 
     def add(self, settlement: Settlement) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()
         self.waiting.append((settlement, done))
-        if self.at_work < self.pool.size:
+        # A writer started and not yet run takes this one with the others: another would find
+        # nothing left (a task for nothing, once per settlement of a busy process).
+        if self.at_work < self.pool.size and not self.starting:
             self.at_work += 1
             self._start()
         return done
 
     def _start(self) -> None:
         """A writer task, already counted in `at_work` (named: a Task without a name formats one)."""
+        self.starting += 1
         writer = asyncio.Task(self._write(), name="settlement writer")
         self.writers.add(writer)
         writer.add_done_callback(self.writers.discard)
@@ -607,13 +611,14 @@ class _Settlements:
             async with self.pool.connection() as conn:
                 rows = conn.rows(await conn.run_statement(native(sql), params, prepare=_prepare()))
         finally:
-            if self.waiting:
+            if self.waiting and not self.starting:
                 self._start()  # this one's place in `at_work` goes to the writer of those waiting
             else:
                 self.at_work -= 1
         return next((record_id for n, record_id in rows if n == 1), None)
 
     async def _write(self) -> None:
+        self.starting -= 1
         try:
             await self._write_waiting()
         finally:

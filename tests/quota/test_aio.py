@@ -133,6 +133,27 @@ async def test_settlements_that_meet_are_written_in_one_statement_each_with_its_
     await pool.close()
 
 
+async def test_settlements_that_meet_a_writer_not_yet_run_start_no_writer_of_their_own(loop_statements):
+    """With connections to spare, the settlements added before the first writer runs are all its
+    batch: no other writer is started for them (it would find nothing left to write)."""
+    allocation, price, admissions = await sync_to_async(_admitted)(3)
+    pool = aio.Pool(4)
+    made = [
+        await sync_to_async(settlement)(allocation, a, f"s-{i}", Usage(input_tokens=1), price)
+        for i, a in enumerate(admissions)
+    ]
+    futures = [pool.settlements.add(s) for s in made]
+    assert len(pool.settlements.writers) == 1 and pool.settlements.at_work == 1
+    assert len(set(await asyncio.gather(*futures))) == 3
+    assert len(loop_statements) == 1
+    late = await sync_to_async(_admitted)(1)  # the writer gone: the next settlement starts one
+    one = await sync_to_async(settlement)(late[0], late[2][0], "late", Usage(input_tokens=1), late[1])
+    assert await asyncio.wait_for(pool.settlements.add(one), 5)
+    assert (pool.settlements.at_work, pool.settlements.starting) == (0, 0)
+    assert await CallRecord.objects.acount() == 4
+    await pool.close()
+
+
 async def test_a_failing_statement_fails_every_settlement_in_it_and_writes_none():
     allocation, price, admissions = await sync_to_async(_admitted)(2)
     pool = aio.Pool(1)
