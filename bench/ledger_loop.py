@@ -30,6 +30,7 @@ from pathlib import Path
 
 TREE = Path(sys.argv[sys.argv.index("--tree") + 1]) if "--tree" in sys.argv else Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TREE.resolve()))
+os.chdir(TREE)  # django.setup() puts the working directory first on sys.path: the tree's own
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # the Django connection seeds, between levels
 ENV = {
@@ -138,7 +139,7 @@ async def level(allocation: object, concurrency: int, calls: int, tag: str, out:
     await asyncio.gather(*(caller(allocation, pending, tag, concurrency == 1) for _ in range(concurrency)))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - began
     instructions = await asyncio.to_thread(_callgrind, out, "-d")
-    row = {"tree": str(TREE.resolve()), "concurrency": concurrency, "calls": calls,
+    row = {"tree": str(Path(loop.__file__).parents[2]), "concurrency": concurrency, "calls": calls,
            "cpu_us_per_call": round(cpu * 1e6 / calls, 1),
            "wall_us_per_call": round(wall * 1e6 / calls, 1)}  # fmt: skip
     if out is not None:
