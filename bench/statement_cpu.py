@@ -281,9 +281,9 @@ def object_batch_statement(settlements: list) -> tuple:
     if rows not in sql:
         raise SystemExit("batchobj: the batch statement changed")
     return sql.replace(rows, objects), [
-        params[0],
+        *params[:2],  # the moves and their number
         st._encode([_record_object(s.values) for s in settlements]),
-        *params[2:],
+        *params[3:],
     ]
 
 

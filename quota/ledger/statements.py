@@ -117,15 +117,9 @@ _ADMIT_GROUPS_SQL = group_sql.ADMIT_SQL.replace("{counters}", COUNTER_TABLE).rep
 _ADMIT_ONE_GROUP_SQL = group_sql.ADMIT_ONE_SQL.replace("{counters}", COUNTER_TABLE).replace(
     "{reservations}", RESERVATION_TABLE
 )
-# The moves of a batch, one array parameter per column (`_move_arrays`), each element read by the
-# array's input as its type; n is a move's position (1-based). A move's groups and the counters
-# that held it are arrays of their own, sent as arrays of their text (an array of arrays must be
-# rectangular) and read per move.
-_MOVE_ARRAYS = "%s::uuid[], %s::bigint[], %s::bigint[], %s::numeric[], %s::bigint[], %s::numeric[]"
-_MOVE_COLUMNS = "reservation, counter, tokens, cost, held_tokens, held_cost"
 _SETTLE_HEAD = (
-    f"WITH s AS (SELECT {_MOVE_COLUMNS}{{group_columns}}, n FROM unnest({_MOVE_ARRAYS}{{group_arrays}})"  # noqa: S608 (constant names)
-    f" WITH ORDINALITY AS s({_MOVE_COLUMNS}{{group_names}}, n)),"
+    "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(n bigint, reservation uuid, counter bigint,"  # noqa: S608 (constant names)
+    " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric{group_columns}) LIMIT %s::bigint),"
     # The moves of the reservations deleted, returned by the DELETE itself: a reservation named twice
     # is deleted, and settled, once.
     f" k AS (DELETE FROM {RESERVATION_TABLE} USING s WHERE id = s.reservation RETURNING s.*),"
@@ -163,28 +157,13 @@ def _read_as(field: Any) -> str:
     return re.sub(r"\(.*?\)", "", field.db_type(connection)).strip()
 
 
-def _array_column(field: Any) -> tuple[str, str, bool]:
-    """How a record column travels in a batch (`_record_arrays`): (the parameter's SQL, the
-    expression of its element, whether its elements are quoted). An array column (the group ids)
-    is an array of its values' text, each element read as the column's type (PostgreSQL's arrays
-    are rectangular); text and JSON elements are quoted, the others (numbers, ids, times, booleans)
-    are written as they are."""
-    read = _read_as(field)
-    name = f"c{field.column}_"
-    if read.endswith("[]"):
-        return "%s::text[]", f"{name}::{read}", True
-    return f"%s::{read}[]", name, read in ("varchar", "text", "jsonb")
-
-
-# Each record column of a batch as one array parameter of its type, in _CALL_COLUMNS' order: no
-# JSON document to parse and take apart element by element, nor a text cast per value.
-_ARRAY_COLUMNS = tuple(_array_column(f) for f in CALL_FIELDS)
-_QUOTED = tuple(quoted for _, _, quoted in _ARRAY_COLUMNS)
+# Each record of a batch is a JSON array of its columns' values in _CALL_COLUMNS' order
+# (`_record_row`), each element read as its column's type: no column names to write per record,
+# nor for PostgreSQL to parse and look up (jsonb_populate_record did, by name).
+_RECORD_ELEMENTS = ", ".join(f"(e.doc_->>{i})::{_read_as(f)}" for i, f in enumerate(CALL_FIELDS))
 _SETTLE_RECORDS = (
-    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS})"  # noqa: S608 (constant names)
-    f" SELECT {', '.join(element for _, element, _ in _ARRAY_COLUMNS)}"
-    f" FROM unnest({', '.join(sql for sql, _, _ in _ARRAY_COLUMNS)}) WITH ORDINALITY"
-    f" AS e({', '.join(f'c{f.column}_' for f in CALL_FIELDS)}, n_)"
+    f" i AS (INSERT INTO {CALL_TABLE} ({_CALL_COLUMNS}) SELECT {_RECORD_ELEMENTS}"  # noqa: S608 (constant names)
+    " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(doc_, n_)"
     " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id, {returning}),"
     # The records' daily and hourly rollups, in the same statement (quota.rollups).
     " {rollup}"
@@ -193,18 +172,10 @@ _SETTLE_RECORDS = (
     " JOIN (SELECT id, row_number() OVER (ORDER BY id) AS o FROM i) i USING (o)"
 )
 # Calls of members without groups: the statement as it was before groups existed (nothing added).
-_SETTLE_SQL = (
-    _SETTLE_HEAD.format(group_columns="", group_arrays="", group_names="")
-    + _SETTLE_COUNTERS.replace("{after}", "")
-    + _SETTLE_RECORDS
-)
+_SETTLE_SQL = _SETTLE_HEAD.replace("{group_columns}", "") + _SETTLE_COUNTERS.replace("{after}", "") + _SETTLE_RECORDS
 # A batch with at least one call counted toward a group: the groups' upsert, then the allocations.
 _SETTLE_GROUPS_SQL = (
-    _SETTLE_HEAD.format(
-        group_columns=", groups_::uuid[] AS groups, held_::bigint[] AS held",
-        group_arrays=", %s::text[], %s::text[]",
-        group_names=", groups_, held_",
-    )
+    _SETTLE_HEAD.replace("{group_columns}", ", groups uuid[], held bigint[]")
     + group_sql.SETTLE_CTE.replace("{counters}", COUNTER_TABLE).replace("{groups}", GROUP_TABLE)
     + _SETTLE_COUNTERS.replace("{after}", group_sql.SETTLE_AFTER_GROUPS)
     + _SETTLE_RECORDS
@@ -238,7 +209,7 @@ _SETTLE_ONE_SQL = (
 
 # The texts are made once per variant: the same str object each call (its hash kept), and no
 # formatting of a few kilobytes per call. Bounded by the variants: the cap guards and contexts
-# (a handful) and the batch sizes (loop._Settlements.MAX_BATCH).
+# (a handful) and the settlement's two forms of a batch (with groups or without).
 @functools.lru_cache(maxsize=128)
 def _admit_sql(template: str, guard: str, context: str, zero_guard: str = "", group_guard: str = "") -> str:
     return template.format(
@@ -445,10 +416,48 @@ def _json_value(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} has no JSON form here")
 
 
+class _RowForms(dict):
+    """By a value's class: the function giving its JSON form in a record's row (`_record_row`), or
+    None when the JSON encoder writes it itself. Filled on first sight of a class (a handful: the
+    record's values)."""
+
+    def __missing__(self, cls: type) -> Any:
+        found: Any = _json_value
+        if issubclass(cls, (list, tuple)):
+            found = _array_text  # the group ids, as the text of a PostgreSQL array
+        elif issubclass(cls, (str, int, float, bool, type(None), dict)):
+            found = None
+        elif issubclass(cls, (Decimal, uuid.UUID)):
+            found = str  # as _json_value gives them, without its checks
+        elif issubclass(cls, dt.datetime):
+            found = iso_text
+        self[cls] = found
+        return found
+
+
+_row_forms = _RowForms()
 # (column, attname, name when it differs, default) of each record column, in CALL_FIELDS' order.
 _RECORD_COLUMNS = tuple(
     (str(f.column), f.attname, f.name if f.name != f.attname else None, f.get_default) for f in CALL_FIELDS
 )
+
+
+def _record_row(values: dict) -> list:
+    """A call record's columns from its field values, in _CALL_COLUMNS' order, each already in its
+    JSON form: the encoder's fast path writes the whole record without a call back into Python per
+    Decimal or time. A list (the group ids) is given as the text of a PostgreSQL array, which the
+    statement reads as its column's array type (`->>` of a JSON array would be JSON text)."""
+    row = []
+    forms = _row_forms
+    for _column, attname, name, default in _RECORD_COLUMNS:
+        value = values.get(attname, _MISSING)
+        if value is _MISSING:
+            value = values.get(name, _MISSING) if name is not None else _MISSING
+            if value is _MISSING:
+                value = default()
+        form = forms[value.__class__]
+        row.append(value if form is None else form(value))
+    return row
 
 
 def _array_text(value: Sequence) -> str:
@@ -528,9 +537,9 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     reservation out of them), INSERT the call records and add them to their rollups. A call
     whose reservation is already gone was settled before (the sweeper billed it as `worker_lost`,
     or this settlement already committed): it writes nothing. Returns rows (n, record id), n = the settlement's 1-based
-    position. A batch has four parameters whatever the number of calls or fields: the settlements
-    and the records as JSON, which PostgreSQL expands itself, and the billing timezone's name (once
-    per rollup). One call of a member without groups takes the statement of one call (_SETTLE_ONE_SQL,
+    position. A batch has five parameters and one text whatever the number of calls or fields: the
+    settlements as JSON, their number, the records as JSON (PostgreSQL expands both itself), and
+    the billing timezone's name (once per rollup). One call of a member without groups takes the statement of one call (_SETTLE_ONE_SQL,
     its move and its record's columns as parameters of their own, all text), any other the batch's
     (`settle_batch_statement`): the same rows written."""
     if len(settlements) == 1 and not _grouped(settlements):
@@ -550,88 +559,37 @@ def _move_parameters(s: Settlement) -> tuple[str, ...]:
     return str(a.reservation_id), str(a.counter_id), str(s.tokens), str(s.cost), str(a.tokens), str(a.cost)
 
 
-def _quoted(text: str) -> str:
-    """An element of an array literal as PostgreSQL's array input reads it back, whatever it holds."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _quoted_json(value: dict) -> str:
-    return _quoted(_encode(value))
-
-
-def _quoted_array(value: Sequence) -> str:
-    return _quoted(_array_text(value))
-
-
-class _ElementForms(dict):
-    """By a value's class: the function giving its text as an element of an array literal. Only
-    numbers, ids, times and booleans are written bare: their texts hold no character the array's
-    input reads as syntax (comma, brace, quote, backslash, blank); every string, JSON document and
-    array is quoted, so no value can split or shift the elements of a column. Filled on first sight
-    of a class."""
-
-    def __missing__(self, cls: type) -> Any:
-        found: Any
-        if issubclass(cls, str):
-            found = _quoted
-        elif issubclass(cls, bool):
-            found = _bool_text
-        elif issubclass(cls, (int, Decimal, uuid.UUID)):
-            found = str
-        elif issubclass(cls, dt.datetime):
-            found = iso_text  # an aware time keeps its offset
-        elif issubclass(cls, dt.date):
-            found = cls.isoformat
-        elif issubclass(cls, dict):
-            found = _quoted_json  # jsonb
-        elif issubclass(cls, (list, tuple)):
-            found = _quoted_array
-        elif issubclass(cls, Model):
-            found = _quoted_pk
-        else:
-            raise TypeError(f"{cls.__name__} has no text form here")
-        self[cls] = found
-        return found
-
-
-def _quoted_pk(value: Model) -> str:
-    return _quoted(str(value.pk))
-
-
-_element_forms = _ElementForms()
-
-
-def _record_elements(values: dict) -> list[str]:
-    """A call record's columns from its field values, in _CALL_COLUMNS' order, each as the text of
-    an element of its column's array literal (`NULL` for None)."""
-    row: list[str] = []
-    forms = _element_forms
-    for _column, attname, name, default in _RECORD_COLUMNS:
-        value = values.get(attname, _MISSING)
-        if value is _MISSING:
-            value = values.get(name, _MISSING) if name is not None else _MISSING
-            if value is _MISSING:
-                value = default()
-        row.append("NULL" if value is None else forms[value.__class__](value))
-    return row
-
-
-def _array_literal(elements: Sequence[str]) -> str:
-    return "{" + ",".join(elements) + "}"
+def _move(n: int, s: Settlement) -> dict:
+    return {
+        "n": n,
+        "reservation": str(s.admission.reservation_id),
+        "counter": s.admission.counter_id,
+        "tokens": s.tokens,
+        "cost": str(s.cost),
+        "held_tokens": s.admission.tokens,
+        "held_cost": str(s.admission.cost),
+    }
 
 
 def settle_batch_statement(settlements: list[Settlement]) -> tuple[str, list]:
-    """`settle_statement`'s statement for any number of calls: one text whatever their number (one
-    prepared statement, planned once), its parameters the moves and the records as one array
-    literal per column (each read by PostgreSQL's array input as its type, then `unnest`), then
-    the rollups'. A move's groups and held counters, for a batch counted toward groups, are an
-    array of the text of each move's array."""
-    moves = [_move_parameters(s) for s in settlements]
+    """`settle_statement`'s statement for any number of calls: the settlements as a JSON array of
+    objects, the records as a JSON array of arrays (each its columns' values, `_record_row`)."""
+    moves = [_move(n, s) for n, s in enumerate(settlements, 1)]
     grouped = _grouped(settlements)
-    params = [_array_literal(column) for column in zip(*moves, strict=True)]
     if grouped:
-        params.append(_array_literal([_quoted_array(s.admission.groups) for s in settlements]))
-        params.append(_array_literal([_quoted_array(s.admission.held) for s in settlements]))
-    records = [_record_elements(s.values) for s in settlements]
-    params.extend(_array_literal(column) for column in zip(*records, strict=True))
-    return _settle_sql(grouped), [*params, *upserts_params()]
+        for move, s in zip(moves, settlements, strict=True):
+            move["groups"], move["held"] = s.admission.groups, s.admission.held
+    records = [_record_row(s.values) for s in settlements]
+    # The number of calls is a parameter (the LIMIT), not a literal of the text: one text for every
+    # batch size, so each connection prepares it once and runs its generic plan after five
+    # executions. A text per size was planned anew at each of its first five executions on each
+    # connection, most of a wave's batches (a plan of this statement costs about as much as running
+    # it: docs/PERFORMANCE.md). The LIMIT is also the planner's row estimate: without one a JSON
+    # function counts as 100 rows and the reservations and counters would be scanned whole; with a
+    # parameter the generic plan counts 10 rows, probed by their keys at any batch size.
+    return _settle_sql(grouped), [
+        _encode(moves),
+        str(len(moves)),
+        _encode(records),
+        *upserts_params(),
+    ]
