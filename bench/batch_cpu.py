@@ -17,12 +17,13 @@ Targets:
   worktree of main: its quota/ledger/statements.py loaded beside this tree's other modules);
 - `<target>:<part>[:<part>…]`, FOR MEASURING ONLY (the rows written are no longer the same):
   `norollups` the settlement without its two rollup upserts, `nohourly` without the hourly one,
-  `noids` the records' ids returned without the row_number join (k's n only), `nofk` the records
+  `noids` the records' ids not returned (k's n only), `nofk` the records
   into a copy of the call records' table without foreign keys, `noindex` into a copy with its
   primary key only (the copies made on first use, as bench/statement_cpu.py makes them);
   `limitparam` (a `base` whose settlement has the number of calls as a LIMIT literal) that
-  LIMIT a parameter instead (one text for every batch size); `custom` the statements planned at each execution (`plan_cache_mode = force_custom_plan`), as a
-  prepared statement's first five executions are.
+  LIMIT a parameter instead (one text for every batch size); `custom` the statements planned at
+  each execution (`plan_cache_mode = force_custom_plan`), as a prepared statement's first five
+  executions are.
 Each call's record is a proxied JSON call's (its key, times, tokens, a price version's cost).
 
   DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw_scratch bench/batch_cpu.py \
@@ -34,8 +35,8 @@ CONSTRAINTS ALL IMMEDIATE`) so their triggers' times show. Use a migrated scratc
 """
 
 import argparse
-import datetime as dt
 import asyncio
+import datetime as dt
 import importlib.util
 import json
 import os
@@ -91,13 +92,13 @@ def settle_text(sql: str, parts: list[str]) -> str:
     out still reads its parameter, so the parameters stay the statement's."""
     for part in parts:
         if part == "norollups":
-            end = sql.rindex(" SELECT k.n")
+            end = sql.rindex(" SELECT ")
             sql = sql[: sql.index(" g AS (INSERT")] + " g AS (SELECT %s::text), h AS (SELECT %s::text)" + sql[end:]
         elif part == "nohourly":
-            end = sql.rindex(" SELECT k.n")
+            end = sql.rindex(" SELECT ")
             sql = sql[: sql.index(" h AS (INSERT")] + " h AS (SELECT %s::text)" + sql[end:]
         elif part == "noids":
-            sql = sql[: sql.rindex(" SELECT k.n")] + " SELECT k.n, 0::bigint FROM k, (SELECT count(*) FROM i) i"
+            sql = sql[: sql.rindex(" SELECT ")] + " SELECT k.n, 0::bigint FROM k, (SELECT count(*) FROM i) i"
         elif part in ("nofk", "noindex"):
             sql = sql.replace(f"INSERT INTO {st.CALL_TABLE} (", f"INSERT INTO {statement_cpu._copy(part)} (")
         else:
@@ -163,9 +164,7 @@ def records(world: tuple, size: int, tag: str) -> tuple[list[dict], list[dict]]:
                     "deployment_id": None, "attempts": 1}  # fmt: skip
         context = ledger.lost_context(record=identity, usage=ESTIMATE, price=price)
         identities.append(identity)
-        rows.append(
-            st.reservation_row(request_id=rid, tokens=4908, cost=Decimal("0.04299"), now=now, context=context)
-        )
+        rows.append(st.reservation_row(request_id=rid, tokens=4908, cost=Decimal("0.04299"), now=now, context=context))
     return identities, rows
 
 
@@ -227,9 +226,7 @@ async def explain(conn: loop.LoopConnection, world: tuple, targets: list[Target]
             for kind, sql, params in (("admission", sql_a, params_a), ("settlement", sql_s, params_s)):
                 await cursor.execute("BEGIN")
                 await cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                await cursor.execute(
-                    f"EXPLAIN (ANALYZE, BUFFERS, WAL, VERBOSE) {sql}", params, binary=False
-                )
+                await cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, WAL, VERBOSE) {sql}", params, binary=False)
                 plan = [r[0] for r in await cursor.fetchall()]
                 await cursor.execute("COMMIT")
                 print(f"=== {target.name} {kind} size {size}")

@@ -138,7 +138,9 @@ async def test_settlement_batches_of_every_size_are_one_prepared_statement_plann
     allocation, price, admissions = await sync_to_async(_admitted)(sum(sizes))
     pool = aio.Pool(1)
     made = await sync_to_async(
-        lambda: [settlement(allocation, a, f"s-{i}", Usage(input_tokens=i + 1), price) for i, a in enumerate(admissions)]
+        lambda: [
+            settlement(allocation, a, f"s-{i}", Usage(input_tokens=i + 1), price) for i, a in enumerate(admissions)
+        ]
     )()
     for size in sizes:
         batch, made = made[:size], made[size:]
