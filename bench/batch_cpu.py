@@ -282,7 +282,9 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "results" / "raw" / f"batch_cpu-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     for (target, size), (admit, settle) in samples.items():
-        row = {"target": target, "case": "postgres_cpu per call of a batch statement", "batch": size,
+        # `concurrency` is the batch's size (bench/summarize.py reads rows that have one).
+        row = {"target": target, "case": "postgres_cpu per call of a batch statement", "concurrency": size,
+               "batch": size,
                "batches": len(admit), "admission_us_median": round(statistics.median(admit), 1),
                "settlement_us_median": round(statistics.median(settle), 1),
                "settlement_us_min": round(min(settle), 1), "loadavg1": os.getloadavg()[0]}  # fmt: skip
