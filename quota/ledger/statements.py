@@ -585,13 +585,13 @@ def settle_batch_statement(settlements: list[Settlement]) -> tuple[str, list]:
     records = [_record_row(s.values) for s in settlements]
     # The number of calls is a parameter, not a literal of the text: one text for every batch size,
     # so each connection prepares it once and runs its generic plan from the sixth execution on (a
-    # text per size was planned anew at each of its first five executions on each connection, most
-    # of a wave's batches early in a worker's life; a plan costs about what the batch's run does:
-    # docs/PERFORMANCE.md). Given twice, as the LIMIT of the moves and of a LIMIT around them: a
-    # limit by a parameter counts a tenth of its input's rows in the planner's estimate, so the
-    # generic plan counts one move (a JSON function alone counts 100) and probes the reservations by
-    # their key, however small the table was when the plan was made (with 10, a small table is read
-    # whole, and the plan kept while dead rows grow it).
+    # text per size would be planned anew at each of its first five executions on each connection,
+    # and a plan costs about what the batch's run does: docs/PERFORMANCE.md). Given twice, as the
+    # LIMIT of the moves and of a LIMIT around them: a limit by a parameter counts a tenth of its
+    # input's rows in the planner's estimate, so the generic plan counts one move (a JSON function
+    # alone counts 100) and probes the reservations by their key, however small the table was when
+    # the plan was made (with 10, a small table is read whole, and the plan kept while dead rows grow
+    # it).
     return _settle_sql(grouped), [
         _encode(moves),
         str(len(moves)),
