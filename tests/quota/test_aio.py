@@ -151,6 +151,8 @@ async def test_settlements_that_meet_a_writer_not_yet_run_start_no_writer_of_the
     assert await asyncio.wait_for(pool.settlements.add(one), 5)
     assert (pool.settlements.at_work, pool.settlements.starting) == (0, 0)
     assert await CallRecord.objects.acount() == 4
+
+
 async def test_settlement_batches_of_every_size_are_one_prepared_statement_planned_once():
     """The number of calls of a batch is a parameter of its statement, not part of its text: a
     connection prepares the settlement batch once for every size, and after its first executions
