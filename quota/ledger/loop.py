@@ -246,11 +246,9 @@ def _resumed(state: "Wait", gen: "PQGen[RV]") -> "PQGen[RV]":
 
 @functools.lru_cache(maxsize=512)
 def native(sql: str) -> str:
-    """A ledger statement with PostgreSQL's own placeholders ($1, $2, …) for a raw cursor. psycopg
-    parses a `%s` query in Python on every execution once its text is over 4 KiB (its cache of
-    parsed queries skips longer ones), and the settlement of a call counted toward groups is
-    longer; the statements are a few fixed texts (ledger.statements keeps each as one object), so
-    each is converted once here. They hold no other `%`."""
+    """A ledger statement with PostgreSQL's own placeholders ($1, $2, …), as `run_statement` sends
+    it (libpq takes no `%s`): the statements are a few fixed texts (ledger.statements keeps each as
+    one object), so each is converted once here. They hold no other `%`."""
     parts = sql.split("%s")
     if any("%" in part for part in parts):
         raise ValueError("a ledger statement holds a % that is not a placeholder")
