@@ -53,6 +53,7 @@ from .statements import (
 
 if TYPE_CHECKING:
     from psycopg.abc import RV, PQGen
+    from psycopg.abc import Transformer as Adapters
     from psycopg.waiting import Wait
 
 
@@ -71,7 +72,7 @@ class LoopConnection(psycopg.AsyncConnection):
     _waiter: asyncio.Future | None = None
     _statements: "dict[str, _Statement] | None" = None  # run_statement's, by text
     _named: dict[tuple, bytes]  # (statement, parameter types) -> its prepared name on this connection
-    _transformer: Transformer
+    _transformer: "Adapters"
 
     STATEMENTS_MAX = 64  # texts kept (encoded); past it, let go and encoded again
     PREPARED_MAX = 256  # past it, a new (statement, types) is sent unprepared (names are never reused)
