@@ -309,11 +309,16 @@ class Reservation(models.Model):
     # No secondary index (docs/DECISIONS.md, "Reservations keep their primary key only"): every
     # call writes a row and deletes it by id; what reads by counter or by expiry (deleting an
     # allocation, the sweeper once a minute, the metrics) reads the calls in flight, a small table.
+    # No database constraint either: the counter's side guards it (quota 0021, a trigger refuses to
+    # delete a counter that a reservation names), since every admission writes the counter's row in
+    # the statement that inserts the reservation (docs/DECISIONS.md, "A reservation's counter is
+    # guarded where counters are deleted").
     counter = models.ForeignKey(
         UsageCounter,
         on_delete=models.CASCADE,
         related_name="reservations",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("counter"),
     )
     request_id = models.CharField(max_length=64, verbose_name=_("request ID"))

@@ -1,0 +1,152 @@
+"""Deleting an allocation, member, key, model or price version while one of its calls is in flight:
+each race staged between two connections at the point of Django's deletion where it matters
+(between the cascade's statements), and what each side ends with."""
+
+import threading
+
+import pytest
+from django.db import DatabaseError, IntegrityError, connection
+from django.db.models.query import QuerySet
+from django.db.models.sql.subqueries import DeleteQuery
+
+from allocations.models import Allocation
+from quota import ledger
+from quota.models import CallRecord, Reservation, UsageCounter
+from quota.pricing import Usage
+from tests.factories import AllocationFactory
+
+from .conftest import admit, record_of_call
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+USAGE = Usage(input_tokens=5, output_tokens=5)
+
+
+def on_another_connection(work):
+    """`work()` in a thread of its own (its own connection, its own transaction), to its end: its
+    result, or the exception it raised."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(work())
+        except Exception as error:  # handed to the test
+            outcome.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    return outcome[0]
+
+
+def started_on_another_connection(work):
+    """`work()` started in a thread of its own; returns (thread, outcome list) once its connection
+    waits for a lock (or it has finished)."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(work())
+        except Exception as error:  # handed to the test
+            outcome.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    for _ in range(500):
+        if outcome:
+            break
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                break
+        thread.join(0.01)
+    return thread, outcome
+
+
+def after_cascade_of(model, work, monkeypatch):
+    """Runs `work` once, on another connection, right after Django's deletion has deleted the rows
+    of `model` it cascades into (their fast delete, a statement of the deletion's transaction)."""
+    original = QuerySet._raw_delete
+    done: list = []
+
+    def raw_delete(self, using):
+        deleted = original(self, using)
+        if self.model is model and not done:
+            done.append(on_another_connection(work))
+        return deleted
+
+    monkeypatch.setattr(QuerySet, "_raw_delete", raw_delete)
+    return done
+
+
+def test_an_allocation_is_not_deleted_under_a_call_admitted_after_its_reservations_were_cascaded(monkeypatch):
+    """The call admitted between the cascade's DELETE of the reservations and the DELETE of their
+    counter: the deletion fails (the counter is held by a call in flight) and the call settles."""
+    allocation = AllocationFactory()
+    ledger.release(admission=admit(allocation))  # the period's counter, its id cached
+    admitted = after_cascade_of(Reservation, lambda: admit(allocation), monkeypatch)
+    with pytest.raises(IntegrityError):
+        Allocation.objects.get(pk=allocation.pk).delete()
+    monkeypatch.undo()
+    admission = admitted[0]
+    assert Allocation.objects.filter(pk=allocation.pk).exists()
+    assert Reservation.objects.filter(pk=admission.reservation_id, counter_id=admission.counter_id).exists()
+    record = ledger.settle(admission=admission, record=record_of_call(allocation), usage=USAGE, price=None)
+    assert record is not None
+    counter = UsageCounter.objects.get(pk=admission.counter_id)
+    assert (counter.tokens_used, counter.tokens_reserved, counter.calls) == (10, 0, 1)
+
+
+def test_a_call_admitted_once_the_counter_is_deleted_waits_and_is_refused(monkeypatch):
+    """The call whose admission meets the counter already deleted by the allocation's deletion
+    waits for that transaction; once it commits, the admission finds no counter, and the one it
+    makes is refused by the counter's own key to the deleted allocation: nothing is left behind."""
+    allocation = AllocationFactory()
+    ledger.release(admission=admit(allocation))
+    original = DeleteQuery.delete_batch
+    waiting: list = []
+
+    def delete_batch(self, pk_list, using):
+        deleted = original(self, pk_list, using)
+        if self.model is UsageCounter and not waiting:
+            waiting.append(started_on_another_connection(lambda: admit(allocation)))
+        return deleted
+
+    monkeypatch.setattr(DeleteQuery, "delete_batch", delete_batch)
+    Allocation.objects.get(pk=allocation.pk).delete()
+    monkeypatch.undo()
+    thread, outcome = waiting[0]
+    thread.join(30)
+    assert isinstance(outcome[0], IntegrityError)
+    assert not Reservation.objects.exists()
+    assert not UsageCounter.objects.exists()
+
+
+def test_an_allocation_deleted_while_a_call_is_in_flight_takes_its_reservation_and_the_call_goes_unrecorded():
+    """What an allocation's deletion does today to a call admitted before it: the cascade deletes
+    the reservation with the counter, so the call's settlement finds it gone and writes nothing (no
+    record can name an allocation that no longer exists). Allocations are deleted only once their
+    months of records are pruned (docs/DECISIONS.md); the admin cannot delete them."""
+    allocation = AllocationFactory()
+    admission = admit(allocation)
+    Allocation.objects.get(pk=allocation.pk).delete()
+    assert ledger.settle(admission=admission, record=record_of_call(allocation), usage=USAGE, price=None) is None
+    assert not CallRecord.objects.exists()
+    assert not Reservation.objects.exists()
+
+
+def test_a_counter_deleted_alone_while_a_call_holds_it_is_refused():
+    """Any DELETE of a counter that a reservation names fails, however it is sent."""
+    allocation = AllocationFactory()
+    admission = admit(allocation)
+    with pytest.raises(DatabaseError), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM quota_usagecounter WHERE id = %s", [admission.counter_id])
+    assert UsageCounter.objects.filter(pk=admission.counter_id).exists()
