@@ -155,7 +155,10 @@ class CallRecord(models.Model):
     request_id = models.CharField(max_length=64, verbose_name=_("request ID"))
     # Foreign keys without their single-column indexes (see Meta): the composites serve the
     # allocation, member and model lookups, and nothing deletes keys or price versions (they are
-    # revoked, or appended to), so no query needs an index on those two.
+    # revoked, or appended to), so no query needs an index on those two. The database refuses to
+    # delete either (quota 0022), so those two carry no constraint: a record cannot name one that
+    # is gone, and no settlement checks them at its commit (docs/DECISIONS.md, "A call record's key
+    # and price are kept by refusing their deletion").
     allocation = models.ForeignKey(
         Allocation,
         null=True,
@@ -172,6 +175,7 @@ class CallRecord(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("API key"),
     )
     member = models.ForeignKey(
@@ -214,6 +218,7 @@ class CallRecord(models.Model):
         on_delete=models.PROTECT,
         related_name="+",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("price version"),
     )
     estimated = models.BooleanField(default=False, verbose_name=_("estimated"))

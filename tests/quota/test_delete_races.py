@@ -3,17 +3,21 @@ each race staged between two connections at the point of Django's deletion where
 (between the cascade's statements), and what each side ends with."""
 
 import threading
+from decimal import Decimal
 
 import pytest
 from django.db import DatabaseError, IntegrityError, connection
 from django.db.models.query import QuerySet
+from django.db.models.signals import pre_delete
+from django.utils import timezone
 from django.db.models.sql.subqueries import DeleteQuery
 
-from allocations.models import Allocation
+from allocations.models import Allocation, ApiKey
 from quota import ledger
+from quota.ledger.spool import call_settle_durable, spool_depth
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.pricing import Usage
-from tests.factories import AllocationFactory
+from tests.factories import AllocationFactory, PriceVersionFactory, make_key
 
 from .conftest import admit, record_of_call
 
@@ -150,3 +154,71 @@ def test_a_counter_deleted_alone_while_a_call_holds_it_is_refused():
     with pytest.raises(DatabaseError), connection.cursor() as cursor:
         cursor.execute("DELETE FROM quota_usagecounter WHERE id = %s", [admission.counter_id])
     assert UsageCounter.objects.filter(pk=admission.counter_id).exists()
+
+
+@pytest.fixture
+def file_spool(settings, tmp_path):
+    """The spool as a local file of this test's own (no Redis)."""
+    settings.REDIS_URL = ""
+    settings.GATEWAY_SPOOL_FILE = tmp_path / "spool.jsonl"
+
+
+def test_a_key_or_a_price_is_never_deleted_so_a_call_in_flight_settles_with_both(file_spool):
+    """A call's record names its API key and price version without a database constraint: the
+    database refuses to delete either, whatever sends the DELETE, so the call admitted with them
+    settles, is recorded and billed with both. (With the record's foreign keys and deletable keys, a
+    key deleted while its call was in flight made the call's settlement fail on every attempt: the
+    call unrecorded, its spooled settlement stopping the replay of those behind it, its sweep
+    failing alike.)"""
+    allocation = AllocationFactory()
+    key = make_key(member=allocation.member, allocations=[allocation])[0]
+    price = PriceVersionFactory(model=allocation.model)
+    record = {**record_of_call(allocation), "api_key_id": str(key.pk), "member_id": str(allocation.member_id)}
+    record["allocation_id"] = str(record.pop("allocation").pk)
+    admission = ledger.admit(
+        allocation_id=allocation.pk,
+        token_cap=None,
+        cost_cap=None,
+        est_tokens=10,
+        est_cost=Decimal("0.01"),
+        request_id="req",
+        now=timezone.now(),
+        context=ledger.lost_context(record=record, usage=USAGE, price=price),
+    )
+    with pytest.raises(IntegrityError, match="revoked, never deleted"):
+        ApiKey.objects.filter(pk=key.pk).delete()
+    with pytest.raises(IntegrityError, match="append-only"), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM quota_priceversion WHERE id = %s", [price.pk])
+    assert call_settle_durable(admission=admission, record=record, usage=USAGE, price=price) is not None
+    assert spool_depth() == 0
+    settled = CallRecord.objects.get()
+    assert (settled.api_key_id, settled.price_version_id, settled.priced) == (key.pk, price.pk, True)
+    assert settled.cost_usd > 0
+
+
+def test_an_allocation_with_a_record_settled_during_its_deletion_stays():
+    """The call record's key to its allocation (PROTECT): a call settled after Django's check for
+    the allocation's records (at collection, before the deletion's transaction) and before the
+    deletion's first statement makes the deletion fail; the record stays, with its allocation."""
+    allocation = AllocationFactory()
+    admission = admit(allocation)
+    settled: list = []
+
+    def settle_now(sender, instance, **kwargs):
+        if not settled:
+            record = record_of_call(allocation)
+            settled.append(
+                on_another_connection(
+                    lambda: ledger.settle(admission=admission, record=record, usage=USAGE, price=None)
+                )
+            )
+
+    pre_delete.connect(settle_now, sender=Allocation)
+    try:
+        with pytest.raises(IntegrityError):
+            Allocation.objects.get(pk=allocation.pk).delete()
+    finally:
+        pre_delete.disconnect(settle_now, sender=Allocation)
+    assert isinstance(settled[0], CallRecord)
+    assert CallRecord.objects.get().allocation_id == allocation.pk
+    assert UsageCounter.objects.get(allocation=allocation).calls == 1
