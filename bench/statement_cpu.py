@@ -26,8 +26,9 @@ the machine's load falls on every target alike. Targets:
   keys (`fk_` none, `fk_all` the five, `fk_allocation+model` two: columns without `_id`, joined by
   `+`), each as the table's (checked at commit), so the copies differ by their keys alone;
   `keyed` the record with an API key and a price version (real rows), as a priced call through
-  a key writes it (without it both are NULL, and their keys check nothing); `recjson` the record sent as one JSON object read by
-  `jsonb_populate_record` (the statement's form before its columns were parameters of their own).
+  a key writes it (without it both are NULL, and their keys check nothing); `recjson` the record
+  sent as one JSON object read by `jsonb_populate_record` (the statement's form before its columns
+  were parameters of their own).
 - `<member>:gen`: the admission guarded on the auth generation, as the gateway's warm path sends it
   (`lib.cache.GENERATION_GUARD`); `<member>:ctx`: the reservation with the context a proxied call
   writes (`quota.ledger.lost_context` of its identity, estimate and price; without it the bench
@@ -170,7 +171,7 @@ def _keyed_copy(part: str) -> str:
         raise SystemExit(f"unknown keys: {sorted(unknown)}")
     name = "bench_callrecord_fk_" + ("_".join(keys) or "none")
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT to_regclass(%s)", [name])
+        cursor.execute("SELECT to_regclass(%s)", [name])
         if cursor.fetchone()[0] is None:
             cursor.execute(f"CREATE TABLE {name} (LIKE {st.CALL_TABLE} INCLUDING ALL)")
             for key in keys:
@@ -343,7 +344,10 @@ def keys_for(allocation) -> tuple:
             member_id=allocation.member_id, name="bench", prefix="sk-gw-bench", key_hash=uuid.uuid4().hex * 2
         )
         price = PriceVersion.objects.create(
-            model_id=allocation.model_id, effective_from=timezone.now(), input_per_1m=Decimal(1), output_per_1m=Decimal(2)
+            model_id=allocation.model_id,
+            effective_from=timezone.now(),
+            input_per_1m=Decimal(1),
+            output_per_1m=Decimal(2),
         )
         found = _keys[allocation.pk] = (key.pk, price)
     return found

@@ -158,7 +158,9 @@ class CallRecord(models.Model):
     # revoked, or appended to), so no query needs an index on those two. The database refuses to
     # delete either (quota 0022), so those two carry no constraint: a record cannot name one that
     # is gone, and no settlement checks them at its commit (docs/DECISIONS.md, "A call record's key
-    # and price are kept by refusing their deletion").
+    # and price are kept by refusing their deletion"). The allocation carries none either: the
+    # allocation's side refuses its deletion while a record names it (quota 0023, docs/DECISIONS.md,
+    # "A call record's allocation is guarded where allocations are deleted").
     allocation = models.ForeignKey(
         Allocation,
         null=True,
@@ -166,6 +168,7 @@ class CallRecord(models.Model):
         on_delete=models.PROTECT,
         related_name="call_records",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("allocation"),
     )
     api_key = models.ForeignKey(

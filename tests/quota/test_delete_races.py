@@ -9,8 +9,8 @@ import pytest
 from django.db import DatabaseError, IntegrityError, connection
 from django.db.models.query import QuerySet
 from django.db.models.signals import pre_delete
-from django.utils import timezone
 from django.db.models.sql.subqueries import DeleteQuery
+from django.utils import timezone
 
 from allocations.models import Allocation, ApiKey
 from quota import ledger
@@ -34,7 +34,7 @@ def on_another_connection(work):
     def run():
         try:
             outcome.append(work())
-        except Exception as error:  # handed to the test
+        except Exception as error:  # noqa: BLE001 - handed to the test
             outcome.append(error)
         finally:
             connection.close()
@@ -54,7 +54,7 @@ def started_on_another_connection(work):
     def run():
         try:
             outcome.append(work())
-        except Exception as error:  # handed to the test
+        except Exception as error:  # noqa: BLE001 - handed to the test
             outcome.append(error)
         finally:
             connection.close()
@@ -222,3 +222,59 @@ def test_an_allocation_with_a_record_settled_during_its_deletion_stays():
     assert isinstance(settled[0], CallRecord)
     assert CallRecord.objects.get().allocation_id == allocation.pk
     assert UsageCounter.objects.get(allocation=allocation).calls == 1
+
+
+def refusal_of(allocation, rid: str) -> dict:
+    """A refused call's record fields (no usage, no reservation), as quota.admission writes them."""
+    return {
+        **record_of_call(allocation, rid),
+        "outcome": "rejected_rate_limited",
+        "status_code": 429,
+        "error_code": "rate_limited",
+    }
+
+
+def test_an_allocation_with_a_refusal_recorded_during_its_deletion_stays():
+    """A refusal's record has no reservation: its statement holds the allocation's row itself, so a
+    refusal recorded after Django's check for records and before the deletion's DELETE makes the
+    deletion fail, and the record keeps its allocation."""
+    allocation = AllocationFactory()
+    recorded: list = []
+
+    def refuse_now(sender, instance, **kwargs):
+        if not recorded:
+            recorded.append(on_another_connection(lambda: ledger.record_reject(record=refusal_of(allocation, "no"))))
+
+    pre_delete.connect(refuse_now, sender=Allocation)
+    try:
+        with pytest.raises(IntegrityError):
+            Allocation.objects.get(pk=allocation.pk).delete()
+    finally:
+        pre_delete.disconnect(refuse_now, sender=Allocation)
+    assert isinstance(recorded[0], CallRecord)
+    assert CallRecord.objects.get().allocation_id == allocation.pk
+
+
+def test_a_refusal_waiting_for_an_allocations_deletion_is_not_recorded_against_it(monkeypatch):
+    """A refusal recorded while the deletion holds the allocation's row waits for it; once the
+    deletion commits, the refusal's statement finds no allocation and fails, as the key's check
+    did: no record names an allocation that does not exist."""
+    allocation = AllocationFactory()
+    original = DeleteQuery.delete_batch
+    waiting: list = []
+
+    def delete_batch(self, pk_list, using):
+        deleted = original(self, pk_list, using)
+        if self.model is Allocation and not waiting:
+            record = refusal_of(allocation, "late")
+            waiting.append(started_on_another_connection(lambda: ledger.record_reject(record=record)))
+        return deleted
+
+    monkeypatch.setattr(DeleteQuery, "delete_batch", delete_batch)
+    Allocation.objects.get(pk=allocation.pk).delete()
+    monkeypatch.undo()
+    thread, outcome = waiting[0]
+    thread.join(30)
+    assert isinstance(outcome[0], IntegrityError)
+    assert not CallRecord.objects.exists()
+    assert not Allocation.objects.filter(pk=allocation.pk).exists()
