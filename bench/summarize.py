@@ -8,23 +8,25 @@ bench/results/summary.csv: the runs themselves stay out of git, their figures st
 
 import csv
 import json
+import statistics
 import sys
 from pathlib import Path
 
 COLUMNS = ("run", "target", "case", "stream", "concurrency", "cpu_ms_per_call", "rps", "ratio", "added_p50_ms",
-           "added_p99_ms", "errors", "loadavg1")  # fmt: skip
+           "added_p99_ms", "errors", "loadavg1", "minstr_per_call")  # fmt: skip
 SOURCES = {  # column: the keys that hold it in the scripts' rows, first found wins
     "target": ("variant", "target"),
     "case": ("case",),
     "stream": ("stream",),
     "concurrency": ("concurrency",),
     "cpu_ms_per_call": ("gateway_cpu_ms_per_req", "cpu_ms_per_call_median"),
-    "rps": ("gateway_rps", "calls_per_s_median"),
+    "rps": ("gateway_rps", "calls_per_s_median", "rps_median"),
     "ratio": ("ratio",),
     "added_p50_ms": ("added_p50_ms",),
     "added_p99_ms": ("added_p99_ms",),
     "errors": ("gateway_errors",),
     "loadavg1": ("loadavg1",),
+    "minstr_per_call": ("minstr_per_call_median",),
 }
 
 
@@ -38,6 +40,8 @@ def rows(path: Path):
         row = {"run": path.stem}
         for column, keys in SOURCES.items():
             row[column] = next((raw[key] for key in keys if key in raw), "")
+        if isinstance(row["loadavg1"], list):  # wave_alternate.py: the load of each round
+            row["loadavg1"] = statistics.median(row["loadavg1"])
         if isinstance(row["loadavg1"], float):
             row["loadavg1"] = round(row["loadavg1"], 2)
         if "settlement_us_median" in raw:  # statement_cpu.py: a row per statement, PostgreSQL CPU (µs)
@@ -45,6 +49,11 @@ def rows(path: Path):
                 ms = round(raw[f"{statement}_us_median"] / 1000, 3)
                 yield {**row, "case": f"postgres_cpu {statement}", "cpu_ms_per_call": ms}
             continue
+        if "minstr_per_call_median" in raw:  # instructions_alternate.py: instructions, not time
+            row["case"] = f"instructions {raw.get('model', '')}".strip()
+        if "thin_p50_ms_rounds" in raw:  # wave_alternate.py: the client's p50 over the thin pass-through's
+            row["case"] = f"wave {raw['case']} over thin"
+            row["added_p50_ms"] = round(raw["p50_ms_median"] - statistics.median(raw["thin_p50_ms_rounds"]), 2)
         if row["cpu_ms_per_call"] == "" and "pg_cpu_us_per_call_median" in raw:  # group_hold.py: PostgreSQL's
             row["cpu_ms_per_call"] = round(raw["pg_cpu_us_per_call_median"] / 1000, 4)
         yield row
