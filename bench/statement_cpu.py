@@ -319,11 +319,8 @@ def object_batch_statement(settlements: list) -> tuple:
     )
     if rows not in sql:
         raise SystemExit("batchobj: the batch statement changed")
-    return sql.replace(rows, objects), [
-        params[0],
-        st._encode([_record_object(s.values) for s in settlements]),
-        *params[2:],
-    ]
+    records = st._encode([_record_object(s.values) for s in settlements])
+    return sql.replace(rows, objects), [*params[:3], records, *params[4:]]  # after the moves and their number
 
 
 _form: list = [""]

@@ -74,8 +74,8 @@ class LoopConnection(psycopg.AsyncConnection):
         """A raw cursor kept for one statement text on this connection. psycopg keeps a cursor's
         adapters (a dumper per parameter type, the result's loaders) while it runs the same query
         object again, and makes them anew for any other: one cursor per statement finds them once,
-        not per call. The texts are few (ledger.statements makes each once); past CURSORS_MAX
-        (many settlement batch sizes) the kept ones are let go and found again."""
+        not per call. The texts are few (ledger.statements makes each once: a few cap guards, one
+        settlement batch for any size); past CURSORS_MAX the kept ones are let go and found again."""
         cursors = self._cursors
         if cursors is None:
             cursors = self._cursors = {}

@@ -117,9 +117,11 @@ _ADMIT_GROUPS_SQL = group_sql.ADMIT_SQL.replace("{counters}", COUNTER_TABLE).rep
 _ADMIT_ONE_GROUP_SQL = group_sql.ADMIT_ONE_SQL.replace("{counters}", COUNTER_TABLE).replace(
     "{reservations}", RESERVATION_TABLE
 )
+# The moves, limited to their number twice over: the planner's row estimate (settle_batch_statement).
 _SETTLE_HEAD = (
-    "WITH s AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS s(n bigint, reservation uuid, counter bigint,"  # noqa: S608 (constant names)
-    " tokens bigint, cost numeric, held_tokens bigint, held_cost numeric{group_columns}) LIMIT {calls}),"
+    "WITH s AS (SELECT * FROM (SELECT * FROM jsonb_to_recordset(%s::jsonb)"  # noqa: S608 (constant names)
+    " AS s(n bigint, reservation uuid, counter bigint, tokens bigint, cost numeric, held_tokens bigint,"
+    " held_cost numeric{group_columns}) LIMIT %s::bigint) s LIMIT %s::bigint),"
     # The moves of the reservations deleted, returned by the DELETE itself: a reservation named twice
     # is deleted, and settled, once.
     f" k AS (DELETE FROM {RESERVATION_TABLE} USING s WHERE id = s.reservation RETURNING s.*),"
@@ -167,9 +169,9 @@ _SETTLE_RECORDS = (
     " WHERE e.n_ IN (SELECT n FROM k) ORDER BY e.n_ RETURNING id, {returning}),"
     # The records' daily and hourly rollups, in the same statement (quota.rollups).
     " {rollup}"
-    # The records' ids come from their sequence in the order the rows were inserted (by n).
-    " SELECT k.n, i.id FROM (SELECT n, row_number() OVER (ORDER BY n) AS o FROM k) k"
-    " JOIN (SELECT id, row_number() OVER (ORDER BY id) AS o FROM i) i USING (o)"
+    # The records' ids come from their sequence in the order the rows were inserted (by n): the
+    # calls' n in order beside the ids in order, two arrays read in step (no join to plan).
+    " SELECT unnest(ARRAY(SELECT n FROM k ORDER BY n)), unnest(ARRAY(SELECT id FROM i ORDER BY id))"
 )
 # Calls of members without groups: the statement as it was before groups existed (nothing added).
 _SETTLE_SQL = _SETTLE_HEAD.replace("{group_columns}", "") + _SETTLE_COUNTERS.replace("{after}", "") + _SETTLE_RECORDS
@@ -209,7 +211,7 @@ _SETTLE_ONE_SQL = (
 
 # The texts are made once per variant: the same str object each call (its hash kept), and no
 # formatting of a few kilobytes per call. Bounded by the variants: the cap guards and contexts
-# (a handful) and the batch sizes (loop._Settlements.MAX_BATCH).
+# (a handful) and the settlement's two forms of a batch (with groups or without).
 @functools.lru_cache(maxsize=128)
 def _admit_sql(template: str, guard: str, context: str, zero_guard: str = "", group_guard: str = "") -> str:
     return template.format(
@@ -222,10 +224,10 @@ def _admit_sql(template: str, guard: str, context: str, zero_guard: str = "", gr
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _settle_sql(grouped: bool, calls: int) -> str:
+@functools.cache
+def _settle_sql(grouped: bool) -> str:
     sql = _SETTLE_GROUPS_SQL if grouped else _SETTLE_SQL
-    return sql.format(calls=calls, returning=_RETURNING, rollup=_ROLLUP)
+    return sql.format(returning=_RETURNING, rollup=_ROLLUP)
 
 
 def admit_statement(
@@ -537,10 +539,11 @@ def settle_statement(settlements: list[Settlement]) -> tuple[str, list]:
     reservation out of them), INSERT the call records and add them to their rollups. A call
     whose reservation is already gone was settled before (the sweeper billed it as `worker_lost`,
     or this settlement already committed): it writes nothing. Returns rows (n, record id), n = the settlement's 1-based
-    position. A batch has four parameters whatever the number of calls or fields: the settlements
-    and the records as JSON, which PostgreSQL expands itself, and the billing timezone's name (once
-    per rollup). One call of a member without groups takes the statement of one call (_SETTLE_ONE_SQL,
-    its move and its record's columns as parameters of their own, all text), any other the batch's
+    position. A batch has one text and six parameters whatever the number of calls or fields: the
+    settlements as JSON, their number (twice: `settle_batch_statement`), the records as JSON
+    (PostgreSQL expands both itself), and the billing timezone's name (once per rollup). One call
+    of a member without groups takes the statement of one call (_SETTLE_ONE_SQL, its move and its
+    record's columns as parameters of their own, all text), any other the batch's
     (`settle_batch_statement`): the same rows written."""
     if len(settlements) == 1 and not _grouped(settlements):
         one = settlements[0]
@@ -580,10 +583,19 @@ def settle_batch_statement(settlements: list[Settlement]) -> tuple[str, list]:
         for move, s in zip(moves, settlements, strict=True):
             move["groups"], move["held"] = s.admission.groups, s.admission.held
     records = [_record_row(s.values) for s in settlements]
-    # The LIMIT (the number of calls, as a literal) is the planner's row estimate: without it a
-    # JSON function counts as 100 rows, and the reservations and counters would be scanned whole.
-    return _settle_sql(grouped, len(moves)), [
+    # The number of calls is a parameter, not a literal of the text: one text for every batch size,
+    # so each connection prepares it once and runs its generic plan from the sixth execution on (a
+    # text per size would be planned anew at each of its first five executions on each connection,
+    # and a plan costs about what the batch's run does: docs/PERFORMANCE.md). Given twice, as the
+    # LIMIT of the moves and of a LIMIT around them: a limit by a parameter counts a tenth of its
+    # input's rows in the planner's estimate, so the generic plan counts one move (a JSON function
+    # alone counts 100) and probes the reservations by their key, however small the table was when
+    # the plan was made (with 10, a small table is read whole, and the plan kept while dead rows grow
+    # it).
+    return _settle_sql(grouped), [
         _encode(moves),
+        str(len(moves)),
+        str(len(moves)),
         _encode(records),
         *upserts_params(),
     ]

@@ -130,6 +130,33 @@ async def test_settlements_that_meet_are_written_in_one_statement_each_with_its_
     await pool.close()
 
 
+async def test_settlement_batches_of_every_size_are_one_prepared_statement_planned_once():
+    """The number of calls of a batch is a parameter of its statement, not part of its text: a
+    connection prepares the settlement batch once for every size, and after its first executions
+    runs the generic plan, while each batch still settles exactly its own calls."""
+    sizes = (2, 3, 5, 2, 4, 3, 6, 2)
+    allocation, price, admissions = await sync_to_async(_admitted)(sum(sizes))
+    pool = aio.Pool(1)
+    made = await sync_to_async(
+        lambda: [
+            settlement(allocation, a, f"s-{i}", Usage(input_tokens=i + 1), price) for i, a in enumerate(admissions)
+        ]
+    )()
+    for size in sizes:
+        batch, made = made[:size], made[size:]
+        ids = await asyncio.gather(*(pool.settlements.add(s) for s in batch))
+        assert len(set(ids)) == size and None not in ids
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'WITH s AS %'"
+        )
+        assert await cursor.fetchall() == [(len(sizes) - 5, 5)]
+    assert await CallRecord.objects.filter(allocation=allocation).acount() == sum(sizes)
+    counter = await UsageCounter.objects.aget(pk=admissions[0].counter_id)
+    assert (counter.calls, counter.tokens_used, counter.tokens_reserved) == (sum(sizes), sum(range(1, 28)), 0)
+    await pool.close()
+
+
 async def test_a_failing_statement_fails_every_settlement_in_it_and_writes_none():
     allocation, price, admissions = await sync_to_async(_admitted)(2)
     pool = aio.Pool(1)

@@ -2,6 +2,7 @@
 (across a month boundary in the billing timezone and a price change), rebuilt exactly, and read by
 the reports with the answers the records give."""
 
+import dataclasses
 import datetime as dt
 import uuid
 from decimal import Decimal
@@ -287,6 +288,33 @@ def test_the_batch_writes_awkward_records_as_the_statement_of_one_call_does():
         [uuid.UUID(g) for g in groups],
     )
     assert (third.close_reason, third.tool_calls, first.group_ids) == ("\\", {'a"b\\ ü': 3}, [])
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_batchs_generic_plan_probes_the_reservations_by_key_even_planned_on_an_empty_table(grouped):
+    """A prepared statement's generic plan is made once, at its sixth execution, and kept for the
+    connection's life: the settlement batch's, planned while the reservations' table is small (a
+    fresh database, a vacuumed one), must still find each reservation by its key, not read the
+    table whole, which grows with the rows deleted until a vacuum."""
+    allocation = AllocationFactory()
+    made = _settlements(allocation, None, timezone.now())[:3]
+    if grouped:
+        group = (str(uuid.UUID(int=1)),)
+        made = [dataclasses.replace(s, admission=dataclasses.replace(s.admission, groups=group)) for s in made]
+    sql, params = statements.settle_statement(made)
+    assert "%" not in sql.replace("%s", "")
+    native = "".join(f"{part}${n}" for n, part in enumerate(sql.split("%s")[:-1], 1)) + sql.split("%s")[-1]
+    with connection.cursor() as cursor:
+        cursor.execute(f"PREPARE batch_plan AS {native}")
+        try:
+            cursor.execute("SET plan_cache_mode = force_generic_plan")
+            cursor.execute("EXPLAIN EXECUTE batch_plan(" + ", ".join(["%s"] * len(params)) + ")", params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            cursor.execute("RESET plan_cache_mode")
+            cursor.execute("DEALLOCATE batch_plan")
+    assert "Index Scan using quota_reservation_pkey" in plan
+    assert "Seq Scan on quota_reservation" not in plan and "Seq Scan on public.quota_reservation" not in plan
 
 
 def test_a_reservation_named_twice_in_one_batch_is_settled_once():
