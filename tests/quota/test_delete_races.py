@@ -1,6 +1,7 @@
-"""Deleting an allocation, member, key, model or price version while one of its calls is in flight:
-each race staged between two connections at the point of Django's deletion where it matters
-(between the cascade's statements), and what each side ends with."""
+"""Deleting an allocation (or a counter), an API key or a price version while one of its calls is in
+flight: each race staged between two connections at the point of Django's deletion where it matters
+(before its transaction, between the cascade's statements), and what each side ends with. The
+database guards these without the foreign keys the accounting rows had (quota 0021-0023)."""
 
 import threading
 from decimal import Decimal
