@@ -22,8 +22,13 @@ the machine's load falls on every target alike. Targets:
   allocation counter's upsert, `nofk` the record into a copy of the call records' table with its
   indexes but without foreign keys (so no check of them at commit), `noindex` into a copy with its
   primary key only (both copies, `bench_callrecord_nofk` and `…_noindex`, made in the scratch
-  database on first use); `recjson` the record sent as one JSON object read by
-  `jsonb_populate_record` (the statement's form before its columns were parameters of their own).
+  database on first use); `fk_<keys>` into a copy with its indexes and only these of its foreign
+  keys (`fk_` none, `fk_all` the five, `fk_allocation+model` two: columns without `_id`, joined by
+  `+`), each as the table's (checked at commit), so the copies differ by their keys alone;
+  `keyed` the record with an API key and a price version (real rows), as a priced call through
+  a key writes it (without it both are NULL, and their keys check nothing); `recjson` the record
+  sent as one JSON object read by `jsonb_populate_record` (the statement's form before its columns
+  were parameters of their own).
 - `<member>:gen`: the admission guarded on the auth generation, as the gateway's warm path sends it
   (`lib.cache.GENERATION_GUARD`); `<member>:ctx`: the reservation with the context a proxied call
   writes (`quota.ledger.lost_context` of its identity, estimate and price; without it the bench
@@ -145,6 +150,38 @@ def _copy(part: str) -> str:
     return name
 
 
+RECORD_KEYS = {
+    "allocation": "allocations_allocation",
+    "api_key": "allocations_apikey",
+    "member": "allocations_member",
+    "model": "allocations_catalogmodel",
+    "price_version": "quota_priceversion",
+}
+
+
+@functools.cache
+def _keyed_copy(part: str) -> str:
+    """A copy of the call records' table (not partitioned) with its indexes and only the foreign
+    keys named in `part` (`fk_allocation+model`, `fk_all`, `fk_` for none), deferred as the
+    table's."""
+    names = part.removeprefix("fk_")
+    keys = list(RECORD_KEYS) if names == "all" else [k for k in names.split("+") if k]
+    unknown = set(keys) - set(RECORD_KEYS)
+    if unknown:
+        raise SystemExit(f"unknown keys: {sorted(unknown)}")
+    name = "bench_callrecord_fk_" + ("_".join(keys) or "none")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s)", [name])
+        if cursor.fetchone()[0] is None:
+            cursor.execute(f"CREATE TABLE {name} (LIKE {st.CALL_TABLE} INCLUDING ALL)")
+            for key in keys:
+                cursor.execute(
+                    f"ALTER TABLE {name} ADD FOREIGN KEY ({key}_id) REFERENCES {RECORD_KEYS[key]} (id)"
+                    " DEFERRABLE INITIALLY DEFERRED"
+                )
+    return name
+
+
 def one_without(parts: list[str]) -> str:
     """The statement of one call (member without groups) with `parts` taken out (measuring only):
     each CTE taken out still reads its parameter, so the parameters stay those of the statement."""
@@ -166,6 +203,8 @@ def one_without(parts: list[str]) -> str:
             settle = _cut(settle, " h AS (", end, " h AS (SELECT %s::text)")
         elif part in ("nofk", "noindex"):
             settle = settle.replace(f"INSERT INTO {st.CALL_TABLE} (", f"INSERT INTO {_copy(part)} (")
+        elif part.startswith("fk_"):
+            settle = settle.replace(f"INSERT INTO {st.CALL_TABLE} (", f"INSERT INTO {_keyed_copy(part)} (")
         elif part in RESERVATION_COPIES:
             settle = settle.replace(f"DELETE FROM {st.RESERVATION_TABLE} ", f"DELETE FROM {_reservations(part)} ")
         elif part == "recjson":
@@ -173,9 +212,9 @@ def one_without(parts: list[str]) -> str:
                 f"SELECT {st._RECORD_PARAMETERS} WHERE",
                 f"SELECT {st._CALL_COLUMNS} FROM jsonb_populate_record(NULL::{st.CALL_TABLE}, %s::jsonb) AS p WHERE",
             )
-        elif part not in ("batch", "batchobj", "ctx"):
+        elif part not in ("batch", "batchobj", "ctx", "keyed"):
             raise SystemExit(f"unknown part: {part}")
-    if parts and set(parts) - {"batch", "batchobj", "ctx"} and settle == ONE:
+    if parts and set(parts) - {"batch", "batchobj", "ctx", "keyed"} and settle == ONE:
         raise SystemExit(f"nothing taken out by {parts}: the statement changed")
     return settle
 
@@ -287,6 +326,30 @@ def object_batch_statement(settlements: list) -> tuple:
 _form: list = [""]
 
 
+_keyed: list = []  # `keyed`: (API key id, price version) the records carry, else empty
+_keys: dict = {}  # allocation id -> (API key id, price version), made on first use
+
+
+def keys_for(allocation) -> tuple:
+    """An API key of the allocation's member and a price version of its model (real rows)."""
+    found = _keys.get(allocation.pk)
+    if found is None:
+        from allocations.models import ApiKey
+        from quota.models import PriceVersion
+
+        key = ApiKey.objects.create(
+            member_id=allocation.member_id, name="bench", prefix="sk-gw-bench", key_hash=uuid.uuid4().hex * 2
+        )
+        price = PriceVersion.objects.create(
+            model_id=allocation.model_id,
+            effective_from=timezone.now(),
+            input_per_1m=Decimal(1),
+            output_per_1m=Decimal(2),
+        )
+        found = _keys[allocation.pk] = (key.pk, price)
+    return found
+
+
 _guarded: list = []  # the auth generation the admission is guarded on (a `gen` part), or empty
 
 
@@ -294,7 +357,8 @@ def use(target: str) -> None:
     member, *parts = target.split(":")
     _guarded[:] = [_generation[0]] if "gen" in parts else []
     _context[:] = [True] if "ctx" in parts else []
-    parts = [p for p in parts if p not in ("gen", "ctx")]
+    _keyed[:] = [True] if "keyed" in parts else []
+    parts = [p for p in parts if p not in ("gen", "ctx", "keyed")]
     if member == "floor":
         return
     group_hold.use(member)
@@ -343,8 +407,11 @@ async def one_call(world: tuple, request_id: str, pid: int) -> tuple[float, floa
     record = {"request_id": request_id, "allocation_id": allocation.pk, "member_id": allocation.member_id,
               "model_id": allocation.model_id, "endpoint": "chat.completions", "started_at": now,
               "outcome": "success", "status_code": 200}  # fmt: skip
+    price = None
+    if _keyed:
+        record["api_key_id"], price = keys_for(allocation)
     await loop.settle(
-        admission=admission, record=record, usage=Usage(input_tokens=80, output_tokens=20), price=None, now=now
+        admission=admission, record=record, usage=Usage(input_tokens=80, output_tokens=20), price=price, now=now
     )
     return (admitted - before) / 1000, (cpu_ns(pid) - admitted) / 1000
 

@@ -155,7 +155,12 @@ class CallRecord(models.Model):
     request_id = models.CharField(max_length=64, verbose_name=_("request ID"))
     # Foreign keys without their single-column indexes (see Meta): the composites serve the
     # allocation, member and model lookups, and nothing deletes keys or price versions (they are
-    # revoked, or appended to), so no query needs an index on those two.
+    # revoked, or appended to), so no query needs an index on those two. The database refuses to
+    # delete either (quota 0022), so those two carry no constraint: a record cannot name one that
+    # is gone, and no settlement checks them at its commit (docs/DECISIONS.md, "A call record's key
+    # and price are kept by refusing their deletion"). The allocation carries none either: the
+    # allocation's side refuses its deletion while a record names it (quota 0023, docs/DECISIONS.md,
+    # "A call record's allocation is guarded where allocations are deleted").
     allocation = models.ForeignKey(
         Allocation,
         null=True,
@@ -163,6 +168,7 @@ class CallRecord(models.Model):
         on_delete=models.PROTECT,
         related_name="call_records",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("allocation"),
     )
     api_key = models.ForeignKey(
@@ -172,6 +178,7 @@ class CallRecord(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("API key"),
     )
     member = models.ForeignKey(
@@ -214,6 +221,7 @@ class CallRecord(models.Model):
         on_delete=models.PROTECT,
         related_name="+",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("price version"),
     )
     estimated = models.BooleanField(default=False, verbose_name=_("estimated"))
@@ -309,11 +317,16 @@ class Reservation(models.Model):
     # No secondary index (docs/DECISIONS.md, "Reservations keep their primary key only"): every
     # call writes a row and deletes it by id; what reads by counter or by expiry (deleting an
     # allocation, the sweeper once a minute, the metrics) reads the calls in flight, a small table.
+    # No database constraint either: the counter's side guards it (quota 0021, a trigger refuses to
+    # delete a counter that a reservation names), since every admission writes the counter's row in
+    # the statement that inserts the reservation (docs/DECISIONS.md, "A reservation's counter is
+    # guarded where counters are deleted").
     counter = models.ForeignKey(
         UsageCounter,
         on_delete=models.CASCADE,
         related_name="reservations",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("counter"),
     )
     request_id = models.CharField(max_length=64, verbose_name=_("request ID"))

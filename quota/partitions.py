@@ -287,8 +287,8 @@ def drop_detached(
 ) -> Dropped:
     """Drops a detached month's table, running `then(cursor)` (its audit event) in the same
     transaction. The drop also removes the table's foreign-key triggers on the tables it references
-    (allocations, members, models, keys, prices), so it takes their ACCESS EXCLUSIVE lock to its
-    commit: a transaction of its own with a short lock wait, like the detach. The files are
+    (members and models), so it takes their ACCESS EXCLUSIVE lock to its commit: a transaction of
+    its own with a short lock wait, like the detach. The files are
     unlinked after the commit, when the locks are already released.
 
     Gigabytes unlinked at once stall the file system's journal, and every call's commit waits for

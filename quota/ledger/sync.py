@@ -26,6 +26,7 @@ from django.db.backends.utils import CursorWrapper
 from django.db.models import F, Model
 from django.utils import timezone
 
+from allocations.models import Allocation
 from lib.bounded import BoundedCache
 
 from .. import rollups
@@ -343,18 +344,31 @@ def _insert_parts(obj: Model) -> tuple[tuple[str, ...], tuple[str, ...], list]:
     return columns, values, [f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields]
 
 
+# A record written without a reservation (a refusal, a call of no admission) locks its allocation's
+# row as a foreign key's check would, in its own statement: a deletion of the allocation waits for
+# it and then finds the record, or deleted the row first and the statement fails (quota 0023; a
+# record settled with a reservation is ordered by that reservation's row instead).
+_ALLOCATION_HELD = f"a AS (SELECT 1 FROM {Allocation._meta.db_table} WHERE id = %s FOR KEY SHARE)"  # noqa: S608
+_HELD_CHECK = " WHERE quota_record_allocation_held(%s, (SELECT count(*) FROM a))"
+
+
 def _insert(obj: Model, *, rollup: bool = False) -> None:
     """INSERT of one new row without the ORM's per-call query compilation. Same values as
     Model.save(force_insert=True); the auto primary key comes back with RETURNING. `rollup`
-    (call records): the record's rollups are upserted by the same statement."""
+    (call records): the record's rollups are upserted by the same statement, which holds the
+    record's allocation (`_ALLOCATION_HELD`)."""
     meta = obj._meta
     auto = meta.auto_field
     columns, values, params = _insert_parts(obj)
     sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(values)})"  # noqa: S608
     if rollup:
         returning = ", ".join(rollups.SOURCE_COLUMNS)
-        sql = f"WITH i AS ({sql} RETURNING id, {returning}), {rollups.upserts_sql('i')} SELECT id FROM i"  # noqa: S608
-        params += rollups.upserts_params()
+        allocation_id = obj.allocation_id  # type: ignore[attr-defined]  # a call record
+        upserts = rollups.upserts_sql("i")
+        sql = (
+            f"WITH {_ALLOCATION_HELD}, i AS ({sql} RETURNING id, {returning}), {upserts} SELECT id FROM i{_HELD_CHECK}"  # noqa: S608
+        )
+        params = [allocation_id, *params, *rollups.upserts_params(), allocation_id]
     elif auto is not None:
         sql += f" RETURNING {connection.ops.quote_name(auto.column)}"  # type: ignore[arg-type]  # concrete: a column
     with connection.cursor() as cursor:

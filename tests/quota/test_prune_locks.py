@@ -124,12 +124,12 @@ def test_a_query_holding_the_table_stops_the_run_with_nothing_detached(old_month
 
 
 def test_a_month_left_detached_by_a_stopped_run_is_dropped_and_audited_by_the_next(old_month):
-    """A long report on allocations lets the detach through (it only blocks writes to them) but
-    not the drop, which removes the month's foreign-key triggers from them."""
+    """A long report on members lets the detach through (it only blocks writes to them) but not the
+    drop, which removes the month's foreign-key triggers from them."""
     _, month = old_month
     name = partitions.partition_name(month)
     release, ready = threading.Event(), threading.Event()
-    thread = holding("LOCK TABLE allocations_allocation IN ACCESS SHARE MODE", until=release, ready=ready)
+    thread = holding("LOCK TABLE allocations_member IN ACCESS SHARE MODE", until=release, ready=ready)
     try:
         with pytest.raises(CommandError, match="run the command again later"):
             call_command("prune_call_records", "--before", f"{partitions.add_months(month, 1):%Y-%m}")
