@@ -27,6 +27,7 @@ bench/results/raw/alternate-<time>.jsonl.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -115,21 +116,34 @@ def pg_backends_cpu(database: str) -> dict[int, float]:
     return found
 
 
+def sleeps(pid: int) -> int:
+    """Voluntary context switches of a process's threads: how often it went to sleep (its event
+    loop found nothing to run, or a thread waited), each a wake-up later."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def one_round(
     port: int, key: str, model: str, concurrency: int, duration: float, pid: int, body: str = "", database: str = ""
-) -> tuple[float, float, float]:
-    """(gateway CPU ms per call, calls per second, PostgreSQL CPU ms per call) of one wrk run."""
+) -> tuple[float, float, float, float]:
+    """(gateway CPU ms per call, calls per second, PostgreSQL CPU ms per call, the gateway's sleeps
+    per call) of one wrk run."""
     env = {**os.environ, "BENCH_KEY": key, "BENCH_MODEL": model, "BENCH_BODY_FILE": body}
     script = str(BODY_SCRIPT) if body else "chat.lua"
     pg_before = pg_backends_cpu(database) if database else {}
-    before = cpu_s(pid)
+    before, slept = cpu_s(pid), sleeps(pid)
     out = wrk(port, env, concurrency=concurrency, seconds=duration, script=script)
-    spent = cpu_s(pid) - before
+    spent, slept = cpu_s(pid) - before, sleeps(pid) - slept
     pg_after = pg_backends_cpu(database) if database else {}
     pg_spent = sum(used - pg_before.get(backend, 0.0) for backend, used in pg_after.items())
     summary = json.loads(out.split("BENCHJSON", 1)[1].strip().splitlines()[0])
     calls = summary["requests"] - summary["err_status"]
-    return spent * 1000 / max(calls, 1), calls / duration, pg_spent * 1000 / max(calls, 1)
+    return spent * 1000 / max(calls, 1), calls / duration, pg_spent * 1000 / max(calls, 1), slept / max(calls, 1)
 
 
 def main() -> None:
@@ -177,9 +191,13 @@ def main() -> None:
             cpu: dict[str, list[float]] = {t[0]: [] for t in targets}
             rate: dict[str, list[float]] = {t[0]: [] for t in targets}
             pg: dict[str, list[float]] = {t[0]: [] for t in targets}
+            slept: dict[str, list[float]] = {t[0]: [] for t in targets}
             for n in range(args.rounds):
                 for name, port, key, model, pid, database in targets if n % 2 == 0 else targets[::-1]:
-                    ms, per_s, pg_ms = one_round(port, key, model, level, args.duration, pid, body, database)
+                    ms, per_s, pg_ms, sleeps_per_call = one_round(
+                        port, key, model, level, args.duration, pid, body, database
+                    )
+                    slept[name].append(sleeps_per_call)
                     cpu[name].append(ms)
                     rate[name].append(per_s)
                     pg[name].append(pg_ms)
@@ -194,6 +212,7 @@ def main() -> None:
                     "cpu_ms_per_call": [round(v, 3) for v in cpu[name]],
                     "pg_cpu_ms_per_call_median": round(statistics.median(pg[name]), 3),
                     "pg_cpu_ms_per_call": [round(v, 3) for v in pg[name]],
+                    "sleeps_per_call_median": round(statistics.median(slept[name]), 3),
                     "loadavg1": load,
                 }
                 print(json.dumps(row), flush=True)

@@ -65,7 +65,7 @@ _link = _Link()
 
 
 async def _run(conn: LoopConnection, sql: str, hold: uuid.UUID) -> None:
-    await conn.statement_cursor(sql).execute(sql, (hold,), prepare=True)
+    await conn.run_statement(sql, (hold,), prepare=True)
 
 
 async def app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:

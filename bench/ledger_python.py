@@ -22,6 +22,7 @@ from pathlib import Path
 # The tree whose code is counted: this checkout, or another one (--tree, e.g. a worktree of main).
 TREE = Path(sys.argv[sys.argv.index("--tree") + 1]) if "--tree" in sys.argv else Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TREE.resolve()))
+os.chdir(TREE)  # django.setup() puts the working directory first on sys.path: the tree's own
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
 import django  # noqa: E402

@@ -279,10 +279,10 @@ async def floor_call(pid: int) -> tuple[float, float]:
     hold = uuid.uuid4()
     async with loop.pool().connection() as conn:
         before = cpu_ns(pid)
-        await conn.statement_cursor(FLOOR_ADMIT).execute(FLOOR_ADMIT, (hold,), prepare=True)
+        await conn.run_statement(FLOOR_ADMIT, (hold,), prepare=True)
         admitted = cpu_ns(pid)
     async with loop.pool().connection() as conn:
-        await conn.statement_cursor(FLOOR_SETTLE).execute(FLOOR_SETTLE, (hold,), prepare=True)
+        await conn.run_statement(FLOOR_SETTLE, (hold,), prepare=True)
     return (admitted - before) / 1000, (cpu_ns(pid) - admitted) / 1000
 
 

@@ -159,15 +159,24 @@ def fast_password_hasher(settings):
 
 @pytest.fixture
 def loop_statements(monkeypatch):
-    """The SQL statements run on the event loop's connections."""
+    """The SQL statements run on the event loop's connections (by a cursor, or by the ledger's
+    `run_statement`)."""
+    from quota.ledger.loop import LoopConnection
+
     statements: list[str] = []
     original = psycopg.AsyncCursor.execute
+    run_statement = LoopConnection.run_statement
 
     async def counting(self, query, params=None, **kwargs):
         statements.append(str(query))
         return await original(self, query, params, **kwargs)
 
+    async def counting_run(self, sql, params, **kwargs):
+        statements.append(sql)
+        return await run_statement(self, sql, params, **kwargs)
+
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
+    monkeypatch.setattr(LoopConnection, "run_statement", counting_run)
     return statements
 
 

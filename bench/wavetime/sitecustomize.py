@@ -99,6 +99,24 @@ if os.environ.get("WAVETIME"):
 
         psycopg.AsyncRawCursor.execute = execute_timed
 
+        run_statement = getattr(loop.LoopConnection, "run_statement", None)
+        if run_statement is not None:  # the ledger's statements sent by libpq directly
+
+            async def run_timed(self, sql, params, **kwargs):
+                found = _pending.pop(id(params), None) if params is not None else None
+                if found is None or not _on:
+                    return await run_statement(self, sql, params, **kwargs)
+                sent = _clock()
+                failed = True
+                try:
+                    result = await run_statement(self, sql, params, **kwargs)
+                    failed = False
+                    return result
+                finally:
+                    _statements.append((found[0], sent, _clock(), found[1], failed))
+
+            loop.LoopConnection.run_statement = run_timed
+
     def _patch_handler(handler) -> None:
         call = handler.ProxyHandler.__call__
 

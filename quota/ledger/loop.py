@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 import psycopg
 from django.conf import settings
 from django.db import connections
+from psycopg import generators, pq
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.errors import error_from_result
 from psycopg.waiting import READY_R, WAIT_W
 
 from lib.cache import GENERATION_READ, SharedReads, generation_seen
@@ -50,6 +53,7 @@ from .statements import (
 
 if TYPE_CHECKING:
     from psycopg.abc import RV, PQGen
+    from psycopg.abc import Transformer as Adapters
     from psycopg.waiting import Wait
 
 
@@ -66,25 +70,104 @@ class LoopConnection(psycopg.AsyncConnection):
     _fd: int | None = None  # the socket watched, while it is
     _broken = False  # the connection failed: psycopg's own wait from now on (its statements fail)
     _waiter: asyncio.Future | None = None
-    _cursors: dict[str, psycopg.AsyncRawCursor] | None = None
+    _statements: "dict[str, _Statement] | None" = None  # run_statement's, by text
+    _named: dict[tuple, bytes]  # (statement, parameter types) -> its prepared name on this connection
+    _transformer: "Adapters"
 
-    CURSORS_MAX = 16
+    STATEMENTS_MAX = 64  # texts kept (encoded); past it, let go and encoded again
+    PREPARED_MAX = 256  # past it, a new (statement, types) is sent unprepared (names are never reused)
 
-    def statement_cursor(self, sql: str) -> psycopg.AsyncRawCursor:
-        """A raw cursor kept for one statement text on this connection. psycopg keeps a cursor's
-        adapters (a dumper per parameter type, the result's loaders) while it runs the same query
-        object again, and makes them anew for any other: one cursor per statement finds them once,
-        not per call. The texts are few (ledger.statements makes each once: a few cap guards, one
-        settlement batch for any size); past CURSORS_MAX the kept ones are let go and found again."""
-        cursors = self._cursors
-        if cursors is None:
-            cursors = self._cursors = {}
-        cursor = cursors.get(sql)
-        if cursor is None or cursor.closed:
-            if len(cursors) >= self.CURSORS_MAX:
-                cursors.clear()
-            cursor = cursors[sql] = psycopg.AsyncRawCursor(self)
-        return cursor
+    async def run_statement(self, sql: str, params: Sequence, *, prepare: bool) -> "pq.abc.PGresult":
+        """One ledger statement (PostgreSQL's placeholders, `native`) in autocommit: its result, or
+        its error raised as psycopg raises it (the connection still usable). What a raw cursor's
+        `execute` and `fetch` do for these few fixed texts, without their machinery (a cursor's
+        reset and lock, its query and prepare generators, psycopg's prepared-statement cache and
+        its maintenance, the result checks, the row maker): the parameters dumped by one
+        Transformer of the connection (its dumpers found once per type), the statement prepared
+        once per (text, parameter types) under a name of this connection (psycopg's own are
+        `_pg3_*`), then sent with its Sync in one write and its result read when the socket is
+        readable (the connection's one reader). Any failure but the statement's own error leaves
+        the connection unusable (the pool drops it): a statement sent is never read by another."""
+        if self._broken:
+            raise psycopg.OperationalError("the connection failed")
+        pgconn = self.pgconn
+        statements = self._statements
+        if statements is None:
+            statements = self._statements = {}
+            self._named = {}
+            self._transformer = Transformer(self)
+        found = statements.get(sql)
+        if found is None:
+            if len(statements) >= self.STATEMENTS_MAX:
+                statements.clear()
+            found = statements[sql] = _Statement(sql.encode(self._transformer.encoding))
+        tx = self._transformer
+        formats = found.formats
+        if len(formats) != len(params):
+            formats = found.formats = [PyFormat.AUTO] * len(params)
+        values = tx.dump_sequence(params, formats)
+        types, value_formats = tx.types or (), tx.formats
+        result = name = None
+        try:
+            if prepare:
+                named = self._named
+                name = named.get((found.query, types))
+                if name is None and len(named) < self.PREPARED_MAX:
+                    name = f"_gw_{len(named)}".encode()
+                    pgconn.send_prepare(name, found.query, param_types=types)
+                    result = await self._result()
+                    if result.status != pq.ExecStatus.COMMAND_OK:
+                        name = None  # its error is the statement's (raised below)
+                    else:
+                        named[(found.query, types)] = name
+                        result = None
+            if result is None:
+                if name is not None:
+                    pgconn.send_query_prepared(name, values, param_formats=value_formats)
+                else:
+                    pgconn.send_query_params(found.query, values, param_types=types, param_formats=value_formats)
+                result = await self._result()
+        except BaseException:
+            self._unwatch()
+            self._broken = True
+            raise
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise error_from_result(result, encoding=tx.encoding)
+        return result
+
+    def rows(self, result: "pq.abc.PGresult") -> list[tuple]:
+        """A result's rows as tuples of Python values (the connection's loaders)."""
+        tx = self._transformer
+        tx.set_pgresult(result)
+        return tx.load_rows(0, result.ntuples, tuple)
+
+    async def _result(self) -> "pq.abc.PGresult":
+        """The result of the statement just sent (its error's, if any), read up to the end of its
+        results. A send that did not go out whole is finished by psycopg's generator and wait (a
+        statement larger than the socket's buffer)."""
+        pgconn = self.pgconn
+        if pgconn.flush():
+            await self.wait(generators.send(pgconn))
+        found = None
+        while True:
+            if pgconn.is_busy():
+                if self._fd is None:
+                    self._fd = pgconn.socket
+                    asyncio.get_running_loop().add_reader(self._fd, self._readable)
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+                pgconn.consume_input()
+                continue
+            result = pgconn.get_result()
+            if result is None:
+                if found is None:
+                    raise psycopg.OperationalError("the statement returned no result")
+                return found
+            if found is None or result.status == pq.ExecStatus.FATAL_ERROR:
+                found = result
 
     async def wait(self, gen: "PQGen[RV]", interval: float = 0.1, timeout: float | None = None) -> "RV":  # noqa: ASYNC109 - psycopg's
         if timeout is not None or self._broken:
@@ -137,8 +220,18 @@ class LoopConnection(psycopg.AsyncConnection):
     async def close(self) -> None:
         self._unwatch()
         self._broken = True
-        self._cursors = None
+        self._statements = None
         await super().close()
+
+
+class _Statement:
+    """A statement text of `LoopConnection.run_statement`: its bytes, and a format per parameter."""
+
+    __slots__ = ("query", "formats")
+
+    def __init__(self, query: bytes) -> None:
+        self.query = query
+        self.formats: list[PyFormat] = []
 
 
 def _resumed(state: "Wait", gen: "PQGen[RV]") -> "PQGen[RV]":
@@ -154,11 +247,9 @@ def _resumed(state: "Wait", gen: "PQGen[RV]") -> "PQGen[RV]":
 
 @functools.lru_cache(maxsize=512)
 def native(sql: str) -> str:
-    """A ledger statement with PostgreSQL's own placeholders ($1, $2, …) for a raw cursor. psycopg
-    parses a `%s` query in Python on every execution once its text is over 4 KiB (its cache of
-    parsed queries skips longer ones), and the settlement of a call counted toward groups is
-    longer; the statements are a few fixed texts (ledger.statements keeps each as one object), so
-    each is converted once here. They hold no other `%`."""
+    """A ledger statement with PostgreSQL's own placeholders ($1, $2, …), as `run_statement` sends
+    it (libpq takes no `%s`): the statements are a few fixed texts (ledger.statements keeps each as
+    one object), so each is converted once here. They hold no other `%`."""
     parts = sql.split("%s")
     if any("%" in part for part in parts):
         raise ValueError("a ledger statement holds a % that is not a placeholder")
@@ -195,13 +286,11 @@ class Pool:
         self.generation_reads = SharedReads(self._generation_read)
 
     async def _generation_read(self) -> int | None:
-        query = native(GENERATION_READ)
         async with self.connection() as conn:
-            cursor = conn.statement_cursor(query)
-            await cursor.execute(query, (), prepare=_prepare())
-            row = await cursor.fetchone()
-        if row is None:
+            rows = conn.rows(await conn.run_statement(native(GENERATION_READ), (), prepare=_prepare()))
+        if not rows:
             return None
+        row = rows[0]
         generation_seen(row[0])
         return row[0]
 
@@ -387,23 +476,19 @@ async def _admit_on(
         period=period,
         generation=caps.generation,
     )
-    query = native(sql)
-    cursor = conn.statement_cursor(query)
     try:
-        await cursor.execute(query, params, prepare=_prepare())
+        result = await conn.run_statement(native(sql), params, prepare=_prepare())
     except psycopg.DatabaseError as error:
         # Undone whole (a group reserved without its allocation, a stale counter id): a miss
         # like any guard's, on a connection still sound (kept in the pool), and the thread path decides.
         if admission_missed(error):
             return None
         raise
-    if cursor.rowcount <= 0:
+    if result.command_tuples is None or result.command_tuples <= 0:
         return None
-    # A statement that returns the group counters held has columns (cheaper to ask than
-    # `description`, which builds an object per column); NULL there: not admitted.
-    result = cursor.pgresult
-    if result is not None and result.nfields:
-        found = (await cursor.fetchone())[0]  # type: ignore[index]
+    # A statement that returns the group counters held has columns; NULL there: not admitted.
+    if result.nfields:
+        found = conn.rows(result)[0][0]
         if found is None:
             return None
         held = tuple(found)
@@ -426,11 +511,9 @@ def generation_begin() -> asyncio.Future:
 async def counter_read(counter_id: int) -> tuple[int, int, Decimal, Decimal] | None:
     """(tokens used, tokens reserved, cost used, cost reserved) of a counter row, or None when it is
     gone: one prepared statement, as an admission is one."""
-    query = native(COUNTER_READ)
     async with pool().connection() as conn:
-        cursor = conn.statement_cursor(query)
-        await cursor.execute(query, (counter_id,), prepare=_prepare())
-        return await cursor.fetchone()
+        rows = conn.rows(await conn.run_statement(native(COUNTER_READ), (counter_id,), prepare=_prepare()))
+    return rows[0] if rows else None  # type: ignore[return-value]
 
 
 async def counters_read(
@@ -438,11 +521,9 @@ async def counters_read(
 ) -> tuple[tuple[int, int, Decimal, Decimal] | None, dict[str, tuple[int, tuple[int, int, Decimal, Decimal]]]]:
     """counter_read's row of an allocation counter (None when gone) and the counters of `group_ids`
     in `period`, by group id: (counter id, its row), a group without a row absent. One statement."""
-    query = native(COUNTERS_READ)
+    params = (counter_id, "{" + ",".join(group_ids) + "}", period)
     async with pool().connection() as conn:
-        cursor = conn.statement_cursor(query)
-        await cursor.execute(query, (counter_id, "{" + ",".join(group_ids) + "}", period), prepare=_prepare())
-        rows = await cursor.fetchall()
+        rows = conn.rows(await conn.run_statement(native(COUNTERS_READ), params, prepare=_prepare()))
     own = next((tuple(r[2:]) for r in rows if r[0] is None), None)
     return own, {str(r[0]): (r[1], tuple(r[2:])) for r in rows if r[0] is not None}  # type: ignore[misc]
 
@@ -494,17 +575,21 @@ class _Settlements:
         self.waiting: list[tuple[Settlement, asyncio.Future]] = []
         self.writers: set[asyncio.Task] = set()  # a reference to each until it ends
         self.at_work = 0  # writers that have not yet seen `waiting` empty
+        self.starting = 0  # writers started that have not yet taken what waits
 
     def add(self, settlement: Settlement) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()
         self.waiting.append((settlement, done))
-        if self.at_work < self.pool.size:
+        # A writer started and not yet run takes this one with the others: another would find
+        # nothing left (a task for nothing, once per settlement of a busy process).
+        if self.at_work < self.pool.size and not self.starting:
             self.at_work += 1
             self._start()
         return done
 
     def _start(self) -> None:
         """A writer task, already counted in `at_work` (named: a Task without a name formats one)."""
+        self.starting += 1
         writer = asyncio.Task(self._write(), name="settlement writer")
         self.writers.add(writer)
         writer.add_done_callback(self.writers.discard)
@@ -522,19 +607,17 @@ class _Settlements:
         self.at_work += 1
         try:
             sql, params = settle_statement([settlement])
-            query = native(sql)
             async with self.pool.connection() as conn:
-                cursor = conn.statement_cursor(query)
-                await cursor.execute(query, params, prepare=_prepare())
-                rows = await cursor.fetchall()
+                rows = conn.rows(await conn.run_statement(native(sql), params, prepare=_prepare()))
         finally:
-            if self.waiting:
+            if self.waiting and not self.starting:
                 self._start()  # this one's place in `at_work` goes to the writer of those waiting
             else:
                 self.at_work -= 1
         return next((record_id for n, record_id in rows if n == 1), None)
 
     async def _write(self) -> None:
+        self.starting -= 1
         try:
             await self._write_waiting()
         finally:
@@ -547,11 +630,9 @@ class _Settlements:
             batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
             try:
                 sql, params = settle_statement([s for s, _ in batch])
-                query = native(sql)
                 async with self.pool.connection() as conn:
-                    cursor = conn.statement_cursor(query)
-                    await cursor.execute(query, params, prepare=_prepare())
-                    ids: dict[int, int] = dict(await cursor.fetchall())  # n -> record id; absent: settled before
+                    result = await conn.run_statement(native(sql), params, prepare=_prepare())
+                    ids: dict[int, int] = dict(conn.rows(result))  # n -> record id; absent: settled before
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, done in batch:
                     if not done.done():
@@ -655,10 +736,8 @@ class _Admissions:
             reservations=[reservation for reservation, _ in batch],
             generation=caps.generation,
         )
-        query = native(sql)
-        cursor = conn.statement_cursor(query)
-        await cursor.execute(query, params, prepare=_prepare())
-        if cursor.rowcount != len(batch):  # 0: the guard did not match, nothing written
+        result = await conn.run_statement(native(sql), params, prepare=_prepare())
+        if result.command_tuples != len(batch):  # 0: the guard did not match, nothing written
             return False
         for reservation, done in batch:
             if not done.done():

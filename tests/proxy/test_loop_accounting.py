@@ -329,14 +329,15 @@ def test_streams_admitted_together_while_the_connections_are_busy_are_each_bille
 @pytest.fixture
 def wire(monkeypatch):
     """The order of what a call does around its two statements on the event loop's connections:
-    `admission` / `settlement` when the statement's text is taken, `sent` once psycopg has written
-    it and waits for its answer, `answered` when the answer is in; `built` when an upstream JSON
+    `admission` / `settlement` when the statement's text is taken, `sent` once it is written and
+    its answer is waited for, `answered` when the answer is in; `built` when an upstream JSON
     body is encoded (proxy.bodies), `call line` when the call's metrics and call line are made."""
     from ops import observe
     from proxy import bodies
 
     events: list[str] = []
-    native, wait = aio.native, aio.LoopConnection.wait
+    native, run_statement, result = aio.native, aio.LoopConnection.run_statement, aio.LoopConnection._result
+    statement_sent = [False]
 
     def named(sql):
         if "INSERT INTO quota_callrecord" in sql:
@@ -345,23 +346,17 @@ def wire(monkeypatch):
             events.append("admission")
         return native(sql)
 
-    def watched(gen):
-        try:
-            state = next(gen)  # the statement is written; its first wait follows
-        except StopIteration as done:
-            return done.value
-        events.append("sent")
-        while True:
-            ready = yield state
-            try:
-                state = gen.send(ready)
-            except StopIteration as done:
-                return done.value
+    async def reading(self):
+        if not statement_sent[0]:  # the statement is written; its first wait follows (a PREPARE's first)
+            statement_sent[0] = True
+            events.append("sent")
+        return await result(self)
 
-    async def waiting(self, gen, *args, **kwargs):
-        result = await wait(self, watched(gen), *args, **kwargs)
+    async def running(self, sql, params, **kwargs):
+        statement_sent[0] = False
+        found = await run_statement(self, sql, params, **kwargs)
         events.append("answered")
-        return result
+        return found
 
     def spy(name, original):
         def called(*args, **kwargs):
@@ -371,7 +366,8 @@ def wire(monkeypatch):
         return called
 
     monkeypatch.setattr(aio, "native", named)
-    monkeypatch.setattr(aio.LoopConnection, "wait", waiting)
+    monkeypatch.setattr(aio.LoopConnection, "run_statement", running)
+    monkeypatch.setattr(aio.LoopConnection, "_result", reading)
     monkeypatch.setattr(bodies, "upstream_bytes", spy("built", bodies.upstream_bytes))
     monkeypatch.setattr(observe, "call_finished", spy("call line", observe.call_finished))
     return events

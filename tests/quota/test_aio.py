@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from decimal import Decimal
 
@@ -11,7 +12,9 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from lib.cache import auth_generation
+from quota import ledger
 from quota.ledger import loop as aio
+from quota.ledger import threads
 from quota.ledger.statements import reservation_row
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.periods import period_start_date
@@ -128,6 +131,26 @@ async def test_settlements_that_meet_are_written_in_one_statement_each_with_its_
     counter = await UsageCounter.objects.aget(pk=admissions[0].counter_id)
     assert (counter.calls, counter.tokens_used, counter.tokens_reserved, counter.cost_reserved) == (4, 100, 0, 0)
     await pool.close()
+
+
+async def test_settlements_that_meet_a_writer_not_yet_run_start_no_writer_of_their_own(loop_statements):
+    """With connections to spare, the settlements added before the first writer runs are all its
+    batch: no other writer is started for them (it would find nothing left to write)."""
+    allocation, price, admissions = await sync_to_async(_admitted)(3)
+    pool = aio.Pool(4)
+    made = [
+        await sync_to_async(settlement)(allocation, a, f"s-{i}", Usage(input_tokens=1), price)
+        for i, a in enumerate(admissions)
+    ]
+    futures = [pool.settlements.add(s) for s in made]
+    assert len(pool.settlements.writers) == 1 and pool.settlements.at_work == 1
+    assert len(set(await asyncio.gather(*futures))) == 3
+    assert len(loop_statements) == 1
+    late = await sync_to_async(_admitted)(1)  # the writer gone: the next settlement starts one
+    one = await sync_to_async(settlement)(late[0], late[2][0], "late", Usage(input_tokens=1), late[1])
+    assert await asyncio.wait_for(pool.settlements.add(one), 5)
+    assert (pool.settlements.at_work, pool.settlements.starting) == (0, 0)
+    assert await CallRecord.objects.acount() == 4
 
 
 async def test_settlement_batches_of_every_size_are_one_prepared_statement_planned_once():
@@ -282,23 +305,179 @@ def test_a_ledger_statement_gets_postgresqls_own_placeholders_once():
         aio.native("SELECT '100%' WHERE a = %s")
 
 
-async def test_a_connection_keeps_one_cursor_per_statement_and_its_adapters():
-    """The same statement runs again on its own cursor with the adapters psycopg found the first
-    time; another statement gets a cursor of its own; past CURSORS_MAX the kept ones are let go."""
+async def _prepared(conn) -> list[str]:
+    rows = await (await conn.execute("SELECT name FROM pg_prepared_statements ORDER BY name")).fetchall()
+    return [r[0] for r in rows]
+
+
+async def test_a_statement_is_prepared_once_per_parameter_types_under_a_name_of_the_connection():
     pool = aio.Pool(1)
-    async with pool.connection() as conn:
-        query, other = aio.native("SELECT %s::int + 1"), aio.native("SELECT %s::text")
-        cursor = conn.statement_cursor(query)
-        await cursor.execute(query, (1,))
-        adapters = cursor._tx
-        again = conn.statement_cursor(query)
-        await again.execute(query, (41,))
-        assert again is cursor and again._tx is adapters and (await again.fetchone()) == (42,)
-        assert conn.statement_cursor(other) is not cursor
-        for n in range(aio.LoopConnection.CURSORS_MAX):
-            conn.statement_cursor(f"SELECT {n}")
-        assert conn.statement_cursor(query) is not cursor
-    await pool.close()
+    try:
+        async with pool.connection() as conn:
+            query = aio.native("SELECT %s::bigint + 1, %s::text")
+            assert conn.rows(await conn.run_statement(query, (1, "a"), prepare=True)) == [(2, "a")]
+            assert conn.rows(await conn.run_statement(query, (41, None), prepare=True)) == [(42, None)]
+            assert await _prepared(conn) == ["_gw_0"]  # the same text and parameter types: prepared once
+            result = await conn.run_statement(query, (2**40, "b"), prepare=True)  # an int8: other types
+            assert conn.rows(result) == [(2**40 + 1, "b")] and await _prepared(conn) == ["_gw_0", "_gw_1"]
+            assert len(conn._statements) == 1  # one text kept
+            result = await conn.run_statement(aio.native("SELECT %s::numeric * 2"), (Decimal("1.25"),), prepare=True)
+            assert conn.rows(result) == [(Decimal("2.50"),)]
+            result = await conn.run_statement(
+                "UPDATE quota_usagecounter SET calls = calls WHERE false", (), prepare=True
+            )
+            assert result.command_tuples == 0 and conn.rows(result) == []
+    finally:
+        await pool.close()
+
+
+async def test_a_statement_sent_unprepared_leaves_nothing_prepared():
+    """Behind PgBouncer in transaction mode (GATEWAY_PGBOUNCER) no statement is prepared."""
+    pool = aio.Pool(1)
+    try:
+        async with pool.connection() as conn:
+            query = aio.native("SELECT %s::int * 3")
+            for n in range(3):
+                assert conn.rows(await conn.run_statement(query, (n,), prepare=False)) == [(3 * n,)]
+            assert await _prepared(conn) == []
+    finally:
+        await pool.close()
+
+
+async def test_a_statements_own_error_is_psycopgs_and_leaves_its_connection_usable():
+    pool = aio.Pool(1)
+    try:
+        async with pool.connection() as conn:
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                await conn.run_statement(aio.native("SELECT 1 / %s::int"), (0,), prepare=True)
+            with pytest.raises(psycopg.errors.UndefinedTable):  # its PREPARE fails: nothing named
+                await conn.run_statement("SELECT * FROM no_such_table", (), prepare=True)
+            assert await _prepared(conn) == ["_gw_0"]
+            assert not conn._broken and conn._fd is not None
+            assert conn.rows(await conn.run_statement(aio.native("SELECT 1 / %s::int"), (1,), prepare=True)) == [(1,)]
+        assert pool.idle == [conn]  # given back: the errors were the statements', not the connection's
+    finally:
+        await pool.close()
+
+
+async def test_past_its_limit_a_connection_sends_new_statements_unprepared(monkeypatch):
+    monkeypatch.setattr(aio.LoopConnection, "PREPARED_MAX", 2)
+    monkeypatch.setattr(aio.LoopConnection, "STATEMENTS_MAX", 2)
+    pool = aio.Pool(1)
+    try:
+        async with pool.connection() as conn:
+            for n in range(4):
+                result = await conn.run_statement(aio.native(f"SELECT {n} + %s::int"), (1,), prepare=True)
+                assert conn.rows(result) == [(n + 1,)]
+            assert await _prepared(conn) == ["_gw_0", "_gw_1"] and len(conn._statements) <= 2
+            result = await conn.run_statement(aio.native("SELECT 0 + %s::int"), (5,), prepare=True)
+            assert conn.rows(result) == [(5,)]  # the first text again: still its prepared name
+    finally:
+        await pool.close()
+
+
+async def test_a_statement_larger_than_the_sockets_buffer_is_sent_whole():
+    pool = aio.Pool(1)
+    try:
+        async with pool.connection() as conn:
+            big = "x" * (8 * 1024 * 1024)
+            result = await conn.run_statement(aio.native("SELECT length(%s::text)"), (big,), prepare=True)
+            assert conn.rows(result) == [(len(big),)]
+            assert conn.rows(await conn.run_statement(aio.native("SELECT %s::int"), (7,), prepare=True)) == [(7,)]
+    finally:
+        await pool.close()
+
+
+def _terminate_when_waiting(dsn_params: dict, pid: int) -> None:
+    """Ends backend `pid` once it waits for a lock (its statement is in the database)."""
+    with psycopg.connect(**dsn_params, autocommit=True) as admin:
+        for _ in range(500):
+            row = admin.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            if row and row[0] == "Lock":
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the statement never waited for the lock")
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+async def test_a_connection_lost_mid_statement_fails_it_and_is_dropped_unwatched():
+    allocation, _, admissions = await sync_to_async(_admitted)(1)
+    params = aio.Pool._conninfo()
+    pool = aio.Pool(1)
+    holder = await psycopg.AsyncConnection.connect(**params)
+    try:
+        await holder.execute("SELECT 1 FROM quota_usagecounter WHERE id = %s FOR UPDATE", (admissions[0].counter_id,))
+        async with pool.connection() as conn:
+            pid = conn.info.backend_pid
+        update = aio.native("UPDATE quota_usagecounter SET calls = calls + 1 WHERE id = %s")
+        ending = asyncio.ensure_future(asyncio.to_thread(_terminate_when_waiting, params, pid))
+        with pytest.raises(psycopg.OperationalError):
+            async with pool.connection() as conn:
+                await conn.run_statement(update, (admissions[0].counter_id,), prepare=True)
+        await ending
+        assert conn._broken and conn._fd is None and conn.closed
+        assert (pool.opened, pool.idle) == (0, [])
+        await holder.rollback()
+        async with pool.connection() as fresh:
+            assert fresh is not conn
+            assert fresh.rows(await fresh.run_statement(aio.native("SELECT %s::int"), (3,), prepare=True)) == [(3,)]
+    finally:
+        await holder.close()
+        await pool.close()
+
+
+async def test_a_connection_lost_mid_batch_fails_every_settlement_in_it_and_the_thread_path_records_each_once():
+    """The settlements of a batch whose connection ends while the statement waits in the database
+    all fail (none written: one statement); ledger.settle_async then settles each on the thread
+    path, which looks for its record first: every call recorded once, its reservation gone."""
+    allocation, price, admissions = await sync_to_async(_admitted)(3)
+    params = aio.Pool._conninfo()
+    holder = await psycopg.AsyncConnection.connect(**params)
+    statements: list[int] = []
+    settle_statement = aio.settle_statement
+
+    def counted(settlements):
+        statements.append(len(settlements))
+        return settle_statement(settlements)
+
+    aio.settle_statement = counted
+    try:
+        await holder.execute("SELECT 1 FROM quota_usagecounter WHERE id = %s FOR UPDATE", (admissions[0].counter_id,))
+        found = aio.pool()
+        async with found.connection() as conn:  # the loop's connection, opened first: the batch takes it
+            pid = conn.info.backend_pid
+        ending = asyncio.ensure_future(asyncio.to_thread(_terminate_when_waiting, params, pid))
+
+        async def settled(n: int) -> None:
+            record = {
+                "request_id": f"lost-{n}",
+                "allocation_id": allocation.pk,
+                "member_id": allocation.member_id,
+                "model_id": allocation.model_id,
+                "endpoint": "chat.completions",
+                "started_at": timezone.now(),
+                "outcome": "success",
+                "status_code": 200,
+            }
+            await ledger.settle_async(admission=admissions[n], record=record, usage=Usage(input_tokens=10), price=price)
+
+        tasks = [asyncio.ensure_future(settled(n)) for n in range(3)]
+        await ending
+        await holder.rollback()  # the row free again: the thread path writes
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert statements == [3]  # one batch on the loop, lost with its connection
+        assert conn.closed and conn not in found.idle
+        records = await sync_to_async(lambda: sorted(CallRecord.objects.values_list("request_id", flat=True)))()
+        assert records == ["lost-0", "lost-1", "lost-2"]
+        counter = await UsageCounter.objects.aget(pk=admissions[0].counter_id)
+        assert (counter.calls, counter.tokens_used, counter.tokens_reserved) == (3, 30, 0)
+        assert not await Reservation.objects.aexists()
+    finally:
+        aio.settle_statement = settle_statement
+        await holder.close()
+        await aio.pool_close()
+        await asyncio.to_thread(threads.pool_close_connections)  # before the test database is dropped
 
 
 # --- admissions that meet: one statement ----------------------------------------------------------
