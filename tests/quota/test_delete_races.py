@@ -27,9 +27,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 USAGE = Usage(input_tokens=5, output_tokens=5)
 
 
-def on_another_connection(work):
-    """`work()` in a thread of its own (its own connection, its own transaction), to its end: its
-    result, or the exception it raised."""
+def _thread_of(work):
+    """`work()` started in a thread of its own (its own connection, its own transaction): the
+    thread, and the list that gets its result or the exception it raised."""
     outcome: list = []
 
     def run():
@@ -42,26 +42,21 @@ def on_another_connection(work):
 
     thread = threading.Thread(target=run)
     thread.start()
+    return thread, outcome
+
+
+def on_another_connection(work):
+    """`work()` on a connection of its own, to its end: its result, or the exception it raised."""
+    thread, outcome = _thread_of(work)
     thread.join(30)
     assert not thread.is_alive()
     return outcome[0]
 
 
 def started_on_another_connection(work):
-    """`work()` started in a thread of its own; returns (thread, outcome list) once its connection
-    waits for a lock (or it has finished)."""
-    outcome: list = []
-
-    def run():
-        try:
-            outcome.append(work())
-        except Exception as error:  # noqa: BLE001 - handed to the test
-            outcome.append(error)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    """`work()` started on a connection of its own; returns (thread, outcome list) once that
+    connection waits for a lock (or the work has finished)."""
+    thread, outcome = _thread_of(work)
     for _ in range(500):
         if outcome:
             break
@@ -74,6 +69,27 @@ def started_on_another_connection(work):
                 break
         thread.join(0.01)
     return thread, outcome
+
+
+def deleted_with(allocation, model, work, monkeypatch):
+    """Deletes `allocation` through Django, starting `work` on another connection right after the
+    deletion's DELETE of `model`'s rows (so `work` meets the rows that DELETE holds); returns what
+    `work` returned or raised, once the deletion is over."""
+    original = DeleteQuery.delete_batch
+    waiting: list = []
+
+    def delete_batch(self, pk_list, using):
+        deleted = original(self, pk_list, using)
+        if self.model is model and not waiting:
+            waiting.append(started_on_another_connection(work))
+        return deleted
+
+    monkeypatch.setattr(DeleteQuery, "delete_batch", delete_batch)
+    Allocation.objects.get(pk=allocation.pk).delete()
+    monkeypatch.undo()
+    thread, outcome = waiting[0]
+    thread.join(30)
+    return outcome[0]
 
 
 def after_cascade_of(model, work, monkeypatch):
@@ -116,21 +132,8 @@ def test_a_call_admitted_once_the_counter_is_deleted_waits_and_is_refused(monkey
     makes is refused by the counter's own key to the deleted allocation: nothing is left behind."""
     allocation = AllocationFactory()
     ledger.release(admission=admit(allocation))
-    original = DeleteQuery.delete_batch
-    waiting: list = []
-
-    def delete_batch(self, pk_list, using):
-        deleted = original(self, pk_list, using)
-        if self.model is UsageCounter and not waiting:
-            waiting.append(started_on_another_connection(lambda: admit(allocation)))
-        return deleted
-
-    monkeypatch.setattr(DeleteQuery, "delete_batch", delete_batch)
-    Allocation.objects.get(pk=allocation.pk).delete()
-    monkeypatch.undo()
-    thread, outcome = waiting[0]
-    thread.join(30)
-    assert isinstance(outcome[0], IntegrityError)
+    outcome = deleted_with(allocation, UsageCounter, lambda: admit(allocation), monkeypatch)
+    assert isinstance(outcome, IntegrityError)
     assert not Reservation.objects.exists()
     assert not UsageCounter.objects.exists()
 
@@ -261,21 +264,8 @@ def test_a_refusal_waiting_for_an_allocations_deletion_is_not_recorded_against_i
     deletion commits, the refusal's statement finds no allocation and fails, as the key's check
     did: no record names an allocation that does not exist."""
     allocation = AllocationFactory()
-    original = DeleteQuery.delete_batch
-    waiting: list = []
-
-    def delete_batch(self, pk_list, using):
-        deleted = original(self, pk_list, using)
-        if self.model is Allocation and not waiting:
-            record = refusal_of(allocation, "late")
-            waiting.append(started_on_another_connection(lambda: ledger.record_reject(record=record)))
-        return deleted
-
-    monkeypatch.setattr(DeleteQuery, "delete_batch", delete_batch)
-    Allocation.objects.get(pk=allocation.pk).delete()
-    monkeypatch.undo()
-    thread, outcome = waiting[0]
-    thread.join(30)
-    assert isinstance(outcome[0], IntegrityError)
+    record = refusal_of(allocation, "late")
+    outcome = deleted_with(allocation, Allocation, lambda: ledger.record_reject(record=record), monkeypatch)
+    assert isinstance(outcome, IntegrityError)
     assert not CallRecord.objects.exists()
     assert not Allocation.objects.filter(pk=allocation.pk).exists()
