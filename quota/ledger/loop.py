@@ -151,12 +151,8 @@ class LoopConnection(psycopg.AsyncConnection):
         found = None
         while True:
             if pgconn.is_busy():
-                if self._fd is None:
-                    self._fd = pgconn.socket
-                    asyncio.get_running_loop().add_reader(self._fd, self._readable)
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
                 try:
-                    await waiter
+                    await self._watched(asyncio.get_running_loop())
                 finally:
                     self._waiter = None
                 pgconn.consume_input()
@@ -183,12 +179,8 @@ class LoopConnection(psycopg.AsyncConnection):
                 if state & WAIT_W:  # the statement not sent in full: psycopg's own wait, for the rest
                     self._unwatch()  # its reader would replace this one, and remove it after
                     return await super().wait(_resumed(state, gen), interval)
-                if self._fd is None:
-                    self._fd = self.pgconn.socket
-                    loop.add_reader(self._fd, self._readable)
-                self._waiter = loop.create_future()
                 try:
-                    await self._waiter
+                    await self._watched(loop)
                 finally:
                     self._waiter = None
                 state = gen.send(READY_R)
@@ -198,6 +190,15 @@ class LoopConnection(psycopg.AsyncConnection):
             self._unwatch()
             self._broken = True
             raise
+
+    def _watched(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """The future the connection's reader sets when the socket is readable (the reader added
+        first if it is not watching): the caller awaits it, then clears `_waiter`."""
+        if self._fd is None:
+            self._fd = self.pgconn.socket
+            loop.add_reader(self._fd, self._readable)
+        waiter = self._waiter = loop.create_future()
+        return waiter
 
     def _readable(self) -> None:
         if self._waiter is not None:

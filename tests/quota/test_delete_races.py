@@ -71,6 +71,25 @@ def started_on_another_connection(work):
     return thread, outcome
 
 
+def refused_deletion_with(allocation, work):
+    """Deletes `allocation` through Django, running `work` to its end on another connection at the
+    deletion's pre_delete signal (after Django's collection, before its first DELETE); the deletion
+    must be refused (IntegrityError). Returns what `work` returned or raised."""
+    done: list = []
+
+    def run_now(sender, instance, **kwargs):
+        if not done:
+            done.append(on_another_connection(work))
+
+    pre_delete.connect(run_now, sender=Allocation)
+    try:
+        with pytest.raises(IntegrityError):
+            Allocation.objects.get(pk=allocation.pk).delete()
+    finally:
+        pre_delete.disconnect(run_now, sender=Allocation)
+    return done[0]
+
+
 def deleted_with(allocation, model, work, monkeypatch):
     """Deletes `allocation` through Django, starting `work` on another connection right after the
     deletion's DELETE of `model`'s rows (so `work` meets the rows that DELETE holds); returns what
@@ -206,24 +225,11 @@ def test_an_allocation_with_a_record_settled_during_its_deletion_stays():
     deletion's first statement makes the deletion fail; the record stays, with its allocation."""
     allocation = AllocationFactory()
     admission = admit(allocation)
-    settled: list = []
-
-    def settle_now(sender, instance, **kwargs):
-        if not settled:
-            record = record_of_call(allocation)
-            settled.append(
-                on_another_connection(
-                    lambda: ledger.settle(admission=admission, record=record, usage=USAGE, price=None)
-                )
-            )
-
-    pre_delete.connect(settle_now, sender=Allocation)
-    try:
-        with pytest.raises(IntegrityError):
-            Allocation.objects.get(pk=allocation.pk).delete()
-    finally:
-        pre_delete.disconnect(settle_now, sender=Allocation)
-    assert isinstance(settled[0], CallRecord)
+    record = record_of_call(allocation)
+    settled = refused_deletion_with(
+        allocation, lambda: ledger.settle(admission=admission, record=record, usage=USAGE, price=None)
+    )
+    assert isinstance(settled, CallRecord)
     assert CallRecord.objects.get().allocation_id == allocation.pk
     assert UsageCounter.objects.get(allocation=allocation).calls == 1
 
@@ -243,19 +249,9 @@ def test_an_allocation_with_a_refusal_recorded_during_its_deletion_stays():
     refusal recorded after Django's check for records and before the deletion's DELETE makes the
     deletion fail, and the record keeps its allocation."""
     allocation = AllocationFactory()
-    recorded: list = []
-
-    def refuse_now(sender, instance, **kwargs):
-        if not recorded:
-            recorded.append(on_another_connection(lambda: ledger.record_reject(record=refusal_of(allocation, "no"))))
-
-    pre_delete.connect(refuse_now, sender=Allocation)
-    try:
-        with pytest.raises(IntegrityError):
-            Allocation.objects.get(pk=allocation.pk).delete()
-    finally:
-        pre_delete.disconnect(refuse_now, sender=Allocation)
-    assert isinstance(recorded[0], CallRecord)
+    refusal = refusal_of(allocation, "no")
+    recorded = refused_deletion_with(allocation, lambda: ledger.record_reject(record=refusal))
+    assert isinstance(recorded, CallRecord)
     assert CallRecord.objects.get().allocation_id == allocation.pk
 
 
