@@ -27,7 +27,7 @@ from lib.frozen import quick_init
 from lib.isotime import iso_text
 from lib.jsontext import jsonb_text, text_encoder
 
-from ..billing.bill import bill
+from ..billing.bill import Bill, bill
 from ..billing.caps import guard_sql as guard
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..pricing import Usage
@@ -375,11 +375,21 @@ def admit_many_statement(
 
 
 def settle_values(
-    *, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime, groups: tuple[str, ...] = ()
+    *,
+    record: dict,
+    usage: Usage,
+    price: PriceVersion | None,
+    now: dt.datetime,
+    groups: tuple[str, ...] = (),
+    billed: Bill | None = None,
 ) -> tuple[dict, Decimal | None]:
     """The call record's field values (by field name) and its cost, with what a cost beyond tokens
-    was billed from (the service tier, the tool calls), and the groups it counted toward."""
-    billed = bill(price=price, usage=usage)
+    was billed from (the service tier, the tool calls), and the groups it counted toward.
+    `billed`: `bill(price=price, usage=usage)` when the caller made it already (a /v1 call's
+    settlement prices its call line with the same bill); a bill of another usage or price object
+    is not used, the call is priced here."""
+    if billed is None or billed.usage is not usage or billed.price is not price:
+        billed = bill(price=price, usage=usage)
     cost = billed.cost
     values = {
         **record,
