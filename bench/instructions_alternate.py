@@ -15,7 +15,11 @@ kernel). Medians and the round-paired difference; JSON lines to bench/results/ra
 daphne with the server patches of that tree, run.py's `thin_daphne` target, against the world's
 0 ms upstream): the floor's instructions per call, the same way.
 
+`--models A,B` counts this tree's one gateway with two bench models instead (`bench50/gpt-4o-mini`
+against `bench0/gpt-4o-mini`: what the same code does per call with a 50 ms upstream and a 0 ms one).
+
   bench/instructions_alternate.py world.json --tree OTHER [--rounds 6] [--calls 240] [--concurrency 16] [--thin]
+  bench/instructions_alternate.py world.json --models bench50/gpt-4o-mini,bench0/gpt-4o-mini --concurrency 64
 """
 
 import argparse
@@ -91,14 +95,17 @@ def instructions(pid: int, out: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("world", help="what bench/run.py --hold printed")
-    ap.add_argument("--tree", required=True, help="the other checkout (same migrations)")
+    ap.add_argument("--tree", help="the other checkout (same migrations)")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--calls", type=int, default=240)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--model", default="bench0/gpt-4o-mini")
+    ap.add_argument("--models", help="two models, comma-separated: this tree's one gateway, model against model")
     ap.add_argument("--seconds", type=int, default=40, help="wrk's duration: long enough for --calls under valgrind")
     ap.add_argument("--thin", action="store_true", help="count each tree's thin_daphne instead of its gateway")
     args = ap.parse_args()
+    if bool(args.tree) == bool(args.models) or (args.models and (args.thin or len(args.models.split(",")) != 2)):
+        ap.error("give --tree OTHER, or --models A,B (two models, not with --thin)")
     world = json.loads(Path(args.world).read_text())
     env = {**os.environ, "BENCH_KEY": world["key"], "BENCH_MODEL": args.model}
     thin = None
@@ -107,26 +114,33 @@ def main() -> None:
         thin["PYTHONPATH"] = f"{server_deps()}{os.pathsep}{HARNESS}"
         env |= {"BENCH_KEY": "sk-thin", "BENCH_MODEL": "gpt-4o-mini"}
     out = Path(tempfile.mkdtemp(prefix="callgrind-"))
-    trees = {ROOT.name: ROOT, Path(args.tree).resolve().name: Path(args.tree).resolve()}
-    procs, targets = [], {}
+    if args.models:  # one process, counted per model
+        trees = {ROOT.name: ROOT}
+        models = dict.fromkeys(args.models.split(","), ROOT.name)
+    else:
+        trees = {ROOT.name: ROOT, Path(args.tree).resolve().name: Path(args.tree).resolve()}
+        models = {name: name for name in trees}
+    envs = {name: env | {"BENCH_MODEL": name} if args.models else env for name in models}
+    procs, ports = [], {}
     try:
         for name, tree in trees.items():
             port = free_port()
             procs.append(start(tree, port, out, thin))
-            targets[name] = port
-        for port in targets.values():
+            ports[name] = port
+        for port in ports.values():
             wait_http(port, timeout=600)
         pids = {name: worker(proc.pid) for name, proc in zip(trees, procs, strict=True)}
-        for port in targets.values():  # the first calls import and fill caches: not counted
-            wrk(port, env, args.concurrency, 4 * args.concurrency, args.seconds)
-        counts: dict[str, list[float]] = {name: [] for name in trees}
+        for name, tree_name in models.items():  # the first calls import and fill caches: not counted
+            wrk(ports[tree_name], envs[name], args.concurrency, 4 * args.concurrency, args.seconds)
+        counts: dict[str, list[float]] = {name: [] for name in models}
         for index in range(args.rounds):
-            order = list(trees) if index % 2 == 0 else list(reversed(trees))
+            order = list(models) if index % 2 == 0 else list(reversed(models))
             for name in order:
-                wrk(targets[name], env, args.concurrency, 2 * args.concurrency, 5)
-                subprocess.run(["callgrind_control", "-z", str(pids[name])], capture_output=True, check=True)
-                calls = wrk(targets[name], env, args.concurrency, args.calls, args.seconds)
-                counts[name].append(instructions(pids[name], out) / max(calls, 1))
+                port, pid = ports[models[name]], pids[models[name]]
+                wrk(port, envs[name], args.concurrency, 2 * args.concurrency, 5)
+                subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+                calls = wrk(port, envs[name], args.concurrency, args.calls, args.seconds)
+                counts[name].append(instructions(pid, out) / max(calls, 1))
                 load = Path("/proc/loadavg").read_text().split()[0]
                 per_call = counts[name][-1] / 1e6
                 print(f"round {index} {name}: {per_call:.4f} M instructions/call ({calls} calls, load {load})")
@@ -136,9 +150,9 @@ def main() -> None:
     with (RESULTS / f"instructions-{time.strftime('%Y%m%d-%H%M%S')}.jsonl").open("w") as raw:
         for name, values in counts.items():
             row = {
-                "target": name,
+                "target": models[name] if args.models else name,
                 "app": "thin_daphne" if thin else "gateway",
-                "model": env["BENCH_MODEL"],
+                "model": envs[name]["BENCH_MODEL"],
                 "concurrency": args.concurrency,
                 "rounds": args.rounds,
             }
@@ -147,7 +161,7 @@ def main() -> None:
             raw.write(json.dumps(row) + "\n")
     this, other = list(counts.values())
     paired = [a / b - 1 for a, b in zip(this, other, strict=True)]
-    print(f"{ROOT.name} against {list(counts)[1]}: {statistics.median(paired) * 100:+.2f} % (median of rounds)")
+    print(f"{list(counts)[0]} against {list(counts)[1]}: {statistics.median(paired) * 100:+.2f} % (median of rounds)")
 
 
 if __name__ == "__main__":
