@@ -161,28 +161,33 @@ async def settle(
         return
     call.settled = True
     usage = billing.billed_usage(facts=options.facts(call.endpoint.name, call.outgoing), usage=usage)
+    # The call is priced once, at the admission's price: its record and counters (the ledger's
+    # settlement) and its call line carry this one bill's cost.
+    billed = billing.bill(price=admitted.price, usage=usage)
     # The call's metrics and call line are made in a later turn of the loop, after the settlement's
     # statement has left (it is sent in this step, or in its task's first one, before anything
     # waits), so they take none of the call's time while PostgreSQL writes it; they still come
     # before the settlement ends, and whatever it ends with.
     if detached:
-        observed.settled_soon(call, outcome=outcome, status=status, usage=usage, code=code)
+        observed.settled_soon(call, outcome=outcome, status=status, usage=usage, cost=billed.cost, code=code)
         try:
-            await _close(call, admitted, outcome, status, usage, code, message)
+            await _close(call, admitted, outcome, status, billed, code, message)
         finally:
             _held.discard(call.plan.reservation_id)
         return
-    task = asyncio.ensure_future(_close(call, admitted, outcome, status, usage, code, message))
+    task = asyncio.ensure_future(_close(call, admitted, outcome, status, billed, code, message))
     _closing.add(task)
     task.add_done_callback(_closing.discard)
     task.add_done_callback(lambda _: _held.discard(call.plan.reservation_id))
-    observed.settled_soon(call, outcome=outcome, status=status, usage=usage, code=code)  # after the task's first step
+    # after the task's first step
+    observed.settled_soon(call, outcome=outcome, status=status, usage=usage, cost=billed.cost, code=code)
     await asyncio.shield(task)
 
 
 async def _close(
-    call: Call, admitted: Admitted, outcome: str, status: int, usage: Usage, code: str, message: str
+    call: Call, admitted: Admitted, outcome: str, status: int, billed: billing.Bill, code: str, message: str
 ) -> None:
+    usage = billed.usage
     if call.deployment_ticket is not None:
         ticket, call.deployment_ticket = call.deployment_ticket, None
         await ratelimit.settle_async(ticket, tokens=usage.total_tokens)
@@ -191,6 +196,7 @@ async def _close(
         outcome=outcome,
         status_code=status,
         usage=usage,
+        billed=billed,
         error_code=code,
         error_message=message,
         entry=call.entry,

@@ -2,13 +2,14 @@
 
 import asyncio
 import time
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from allocations.exceptions import GatewayError
 from lib.conf import now
 from ops import observe
 from quota.admission import reject_outcome
-from quota.pricing import Usage, cost_for
+from quota.pricing import Usage
 
 if TYPE_CHECKING:
     from .accounting import Call
@@ -33,18 +34,25 @@ def refused(call: "Call", error: GatewayError) -> None:
     )
 
 
-def settled_soon(call: "Call", *, outcome: str, status: int, usage: Usage, code: str) -> None:
+def settled_soon(call: "Call", *, outcome: str, status: int, usage: Usage, cost: Decimal | None, code: str) -> None:
     """The settled call's metrics and call line (ops.observe.call_finished), made in the event
     loop's next turn (after what this step and the callbacks already scheduled do), with the
-    call's times as they are now."""
+    call's times as they are now. `cost`: the call's bill's (None: unpriced), as its record has it."""
     t0 = call.upstream_t0
     elapsed_s = (now() - call.plan.started_at).total_seconds()
     upstream_s = time.perf_counter() - t0 if t0 is not None else None
-    asyncio.get_running_loop().call_soon(_settled, call, outcome, status, usage, code, elapsed_s, upstream_s)
+    asyncio.get_running_loop().call_soon(_settled, call, outcome, status, usage, cost, code, elapsed_s, upstream_s)
 
 
 def _settled(
-    call: "Call", outcome: str, status: int, usage: Usage, code: str, elapsed_s: float, upstream_s: float | None
+    call: "Call",
+    outcome: str,
+    status: int,
+    usage: Usage,
+    cost: Decimal | None,
+    code: str,
+    elapsed_s: float,
+    upstream_s: float | None,
 ) -> None:
     entry = call.entry
     observe.call_finished(
@@ -56,7 +64,7 @@ def _settled(
         outcome=outcome,
         status=status,
         usage=usage,
-        cost=cost_for(call.price, usage),
+        cost=cost,
         elapsed_s=elapsed_s,
         upstream_s=upstream_s,
         code=code,

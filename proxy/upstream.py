@@ -16,13 +16,13 @@ URL rules:
 
 import asyncio
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from aiohttp.hdrs import METH_POST
+from aiohttp.hdrs import METH_POST, USER_AGENT
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -38,6 +38,23 @@ from .registry import Endpoint
 _state: dict = {}
 
 
+class _Request(aiohttp.ClientRequest):
+    """aiohttp's request without its automatic User-Agent: the upstream request's head is what a
+    session's `skip_auto_headers=("User-Agent",)` gives (aiohttp's other automatic headers, no
+    User-Agent unless the caller sends one), without the sorted multidict of the skipped names and
+    the copy of the headers aiohttp makes for that on every request (gateway_project.server_patches,
+    `aiohttp_request_no_user_agent`). A request given names to skip skips User-Agent with them."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        if skip_auto_headers is not None:
+            super().update_auto_headers({*skip_auto_headers, USER_AGENT})
+            return
+        headers = self.headers
+        for name, value in self.DEFAULT_HEADERS.items():
+            if name not in headers:
+                headers[name] = value
+
+
 def session() -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
     current = _state.get("session")
@@ -50,7 +67,7 @@ def session() -> aiohttp.ClientSession:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            request_class=_Request,  # no User-Agent of aiohttp's
         )
         _state.update(session=current, loop=loop)
     return current

@@ -35,6 +35,7 @@ from allocations.exceptions import GatewayError, GatewayUnavailable
 from lib import inflight
 
 from .. import ledger, ratelimit
+from ..billing.bill import Bill
 from ..ledger import Admission, threads
 from ..models import CallRecord, Outcome, Reservation
 from ..pricing import Usage
@@ -214,15 +215,18 @@ async def settle(
     close_reason: str | None = None,
     admission: Admission | None = None,
     alone: bool = False,
+    billed: Bill | None = None,
 ) -> None:
     """The call's one record, its counters and its reservation's release, and its rate-limit
     place given back with the tokens it used. `entry`: the deployment that served it (routed),
     `attempts`: the upstream attempts made; `ttft_ms`: a stream's time to its first event relayed;
     `admission`: the reservation as it stands now (a session's grows); `alone`: no other call of
     the caller's process is in flight (one call at a time: its statement is written at once,
-    quota.ledger.loop). A call settles on the event loop when it holds a reservation (grouped with
-    the settlements waiting), else on a thread, spooled if the database fails there too; a
-    session settles on a thread and writes nothing when the sweeper has billed it already."""
+    quota.ledger.loop); `billed`: `usage`'s bill at the admission's price when the caller made it
+    (quota.billing.bill; the call is not priced again). A call settles on the event loop when it
+    holds a reservation (grouped with the settlements waiting), else on a thread, spooled if the
+    database fails there too; a session settles on a thread and writes nothing when the sweeper
+    has billed it already."""
     if admitted.rate_ticket is not None:
         await ratelimit.settle_async(admitted.rate_ticket, tokens=usage.total_tokens)
     record = {
@@ -235,7 +239,9 @@ async def settle(
     }
     held = admission or admitted.admission
     if admitted.plan.lease_s is None:
-        await ledger.settle_async(admission=held, record=record, usage=usage, price=admitted.price, alone=alone)
+        await ledger.settle_async(
+            admission=held, record=record, usage=usage, price=admitted.price, alone=alone, billed=billed
+        )
         return
     await threads.run(
         session_settle,

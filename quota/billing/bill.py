@@ -47,6 +47,7 @@ class Bill(NamedTuple):  # a tuple: built on every call's admission and settleme
     usage: Usage  # what is recorded: the usage with the request's tier and tool calls
     cost: Decimal | None  # None: unpriced
     tier: str  # the service tier the cost was computed at ("" when none)
+    price: "PriceVersion | None" = None  # the price it was computed at (None: unpriced)
 
     @property
     def priced(self) -> bool:
@@ -80,4 +81,4 @@ def bill(*, price: "PriceVersion | None", usage: Usage, facts: RequestFacts = NO
     if facts is not NO_FACTS:
         usage = billed_usage(facts=facts, usage=usage, estimate=estimate)
     tier = billed_tier(price, usage) if usage.service_tier or usage.requested_tier else ""
-    return Bill(usage, cost_for(price, usage), tier)
+    return Bill(usage, cost_for(price, usage), tier, price)

@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from lib import conf
 
+from ..billing.bill import Bill
 from ..models import PriceVersion
 from ..periods import period_start_date
 from ..pricing import Usage
@@ -105,17 +106,26 @@ async def admit_async(
 
 
 async def settle_async(
-    *, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None, alone: bool = False
+    *,
+    admission: Admission | None,
+    record: dict,
+    usage: Usage,
+    price: PriceVersion | None,
+    alone: bool = False,
+    billed: Bill | None = None,
 ) -> None:
     """The settlement from the event loop: the statement on the loop when the call holds a
     reservation (grouped with the settlements waiting, one commit for all); otherwise, or if that
     fails, `settle` on a thread, spooled if the database fails there too. After a failure the
     thread first looks for the record (the statement may have committed before the error reached
     us), so a call is never recorded twice. `alone`: no other call of this process is in flight
-    (ledger.loop.settle writes the statement at once)."""
+    (ledger.loop.settle writes the statement at once). `billed`: `usage`'s bill at `price` when the
+    caller made it (statements.settle_values), on every path."""
     if admission is not None and record.get("allocation_id"):
         try:
-            await loop.settle(admission=admission, record=record, usage=usage, price=price, now=conf.now(), alone=alone)
+            await loop.settle(
+                admission=admission, record=record, usage=usage, price=price, now=conf.now(), alone=alone, billed=billed
+            )
             return
         except Exception:  # noqa: BLE001 - settled on a thread below, or spooled
             logger.warning(
@@ -123,6 +133,6 @@ async def settle_async(
                 record.get("request_id"),
                 exc_info=True,
             )
-        await threads.run(call_settle_once, admission=admission, record=record, usage=usage, price=price)
+        await threads.run(call_settle_once, admission=admission, record=record, usage=usage, price=price, billed=billed)
         return
-    await threads.run(call_settle_durable, admission=admission, record=record, usage=usage, price=price)
+    await threads.run(call_settle_durable, admission=admission, record=record, usage=usage, price=price, billed=billed)

@@ -36,6 +36,7 @@ from lib.cache import GENERATION_READ, SharedReads, generation_seen
 from lib.conf import setting
 from lib.frozen import quick_init
 
+from ..billing.bill import Bill
 from ..models import PriceVersion
 from ..pricing import Usage
 from .groups import Budget, admission_missed
@@ -537,13 +538,17 @@ async def settle(
     price: PriceVersion | None,
     now: dt.datetime,
     alone: bool = False,
+    billed: Bill | None = None,
 ) -> int | None:
     """ledger.settle's one-statement path; returns the call record's id, or None when the
     reservation was settled before (by the sweeper). Settlements that meet here while the
     connections are busy are written together (_Settlements). `alone`: the caller knows no other
     call of its process in flight (one call at a time): with the database idle too, its statement
-    is written at once, in the caller's step (_Settlements.write_alone)."""
-    values, cost = settle_values(record=record, usage=usage, price=price, now=now, groups=admission.groups)
+    is written at once, in the caller's step (_Settlements.write_alone). `billed`: the call's bill
+    when its caller made it (statements.settle_values)."""
+    values, cost = settle_values(
+        record=record, usage=usage, price=price, now=now, groups=admission.groups, billed=billed
+    )
     settlement = Settlement(values, admission, usage.total_tokens, cost or Decimal(0))
     settlements = pool().settlements
     if alone and settlements.alone():

@@ -24,6 +24,7 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+from ..billing.bill import Bill
 from ..models import CallRecord, PriceVersion
 from ..pricing import Usage
 from .statements import Admission
@@ -105,13 +106,28 @@ def spool_push(payload: dict) -> None:
 
 
 def call_settle_durable(
-    *, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None, now: datetime | None = None
+    *,
+    admission: Admission | None,
+    record: dict,
+    usage: Usage,
+    price: PriceVersion | None,
+    now: datetime | None = None,
+    billed: Bill | None = None,
 ) -> CallRecord | None:
     """settle; if the database fails, once more on a new connection (the one that failed may have
     been terminated, or the database restarted), then a spooled settlement. Returns the record or
     None. Repeating is safe: a settlement with a reservation writes only while it holds it, and one
-    without is looked for first. Inside the caller's transaction there is no second try."""
-    arguments: dict[str, Any] = {"admission": admission, "record": record, "usage": usage, "price": price, "now": now}
+    without is looked for first. Inside the caller's transaction there is no second try. `billed`:
+    the call's bill when its caller made it (a spooled settlement is priced again at its replay,
+    at the same price version)."""
+    arguments: dict[str, Any] = {
+        "admission": admission,
+        "record": record,
+        "usage": usage,
+        "price": price,
+        "now": now,
+        "billed": billed,
+    }
     try:
         return settle(**arguments)
     except DatabaseError:
@@ -131,7 +147,13 @@ def call_settle_durable(
 
 
 def _spooled(
-    *, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None, now: datetime | None
+    *,
+    admission: Admission | None,
+    record: dict,
+    usage: Usage,
+    price: PriceVersion | None,
+    now: datetime | None,
+    billed: Bill | None,
 ) -> None:
     logger.exception("settlement failed; spooling request %s for replay", record.get("request_id"))
     spool_push(settle_payload(admission=admission, record=record, usage=usage, price=price))
@@ -143,7 +165,13 @@ def _recorded(request_id: str, started_at: dt.datetime) -> bool:
 
 
 def call_settle_once(
-    *, admission: Admission | None, record: dict, usage: Usage, price: PriceVersion | None, now: datetime | None = None
+    *,
+    admission: Admission | None,
+    record: dict,
+    usage: Usage,
+    price: PriceVersion | None,
+    now: datetime | None = None,
+    billed: Bill | None = None,
 ) -> CallRecord | None:
     """call_settle_durable after a settlement attempt whose outcome is unknown (its connection
     failed, perhaps after the commit): nothing if that attempt's record exists. If the database
@@ -154,7 +182,7 @@ def call_settle_once(
             return None
     except DatabaseError:
         logger.warning("cannot check whether %s was recorded; settling durably", record["request_id"])
-    return call_settle_durable(admission=admission, record=record, usage=usage, price=price, now=now)
+    return call_settle_durable(admission=admission, record=record, usage=usage, price=price, now=now, billed=billed)
 
 
 def _replay_one(payload: dict) -> None:

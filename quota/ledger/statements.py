@@ -10,6 +10,7 @@ its target column, so no Model instance or field preparation is needed per call.
 
 import datetime as dt
 import functools
+import operator
 import re
 import uuid
 from collections.abc import Sequence
@@ -21,13 +22,14 @@ from django.db import connection
 from django.db.models import Model
 
 from allocations.models import Group
+from lib.bounded import BoundedCache
 from lib.cache import GENERATION_GUARD
 from lib.conf import setting
 from lib.frozen import quick_init
 from lib.isotime import iso_text
 from lib.jsontext import jsonb_text, text_encoder
 
-from ..billing.bill import bill
+from ..billing.bill import Bill, bill
 from ..billing.caps import guard_sql as guard
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..pricing import Usage
@@ -375,11 +377,21 @@ def admit_many_statement(
 
 
 def settle_values(
-    *, record: dict, usage: Usage, price: PriceVersion | None, now: dt.datetime, groups: tuple[str, ...] = ()
+    *,
+    record: dict,
+    usage: Usage,
+    price: PriceVersion | None,
+    now: dt.datetime,
+    groups: tuple[str, ...] = (),
+    billed: Bill | None = None,
 ) -> tuple[dict, Decimal | None]:
     """The call record's field values (by field name) and its cost, with what a cost beyond tokens
-    was billed from (the service tier, the tool calls), and the groups it counted toward."""
-    billed = bill(price=price, usage=usage)
+    was billed from (the service tier, the tool calls), and the groups it counted toward.
+    `billed`: `bill(price=price, usage=usage)` when the caller made it already (a /v1 call's
+    settlement prices its call line with the same bill); a bill of another usage or price object
+    is not used, the call is priced here."""
+    if billed is None or billed.usage is not usage or billed.price is not price:
+        billed = bill(price=price, usage=usage)
     cost = billed.cost
     values = {
         **record,
@@ -401,9 +413,6 @@ def settle_values(
         "price_version": price if cost is not None else None,
     }
     return values, cost
-
-
-_MISSING = object()
 
 
 def _json_value(value: object) -> Any:
@@ -433,15 +442,47 @@ class _RowForms(dict):
             found = str  # as _json_value gives them, without its checks
         elif issubclass(cls, dt.datetime):
             found = iso_text
+        elif issubclass(cls, Model):
+            found = _pk  # a key's object: its id (as _json_value gives it, without its checks)
         self[cls] = found
         return found
 
 
+_pk = operator.attrgetter("pk")
+
+
 _row_forms = _RowForms()
-# (column, attname, name when it differs, default) of each record column, in CALL_FIELDS' order.
-_RECORD_COLUMNS = tuple(
-    (str(f.column), f.attname, f.name if f.name != f.attname else None, f.get_default) for f in CALL_FIELDS
-)
+_row_plans = BoundedCache(1024)
+# Each record column's field (its attname: a key's id), in CALL_FIELDS' order, and what a record
+# without it holds: the field's default, made once (a callable default's new dict or list is only
+# read: a record's columns are written out and dropped).
+_RECORD_ATTNAMES = tuple(f.attname for f in CALL_FIELDS)
+_BY_OBJECT = object()  # the default of a column a record may give by its key's object (its name)
+_RECORD_DEFAULTS = tuple(_BY_OBJECT if f.name != f.attname else f.get_default() for f in CALL_FIELDS)
+_RECORD_OBJECTS = tuple((i, f.name, f.get_default()) for i, f in enumerate(CALL_FIELDS) if f.name != f.attname)
+
+
+def _record_values(values: dict) -> list:
+    """A call record's column values, in _CALL_COLUMNS' order, from its field values: each by its
+    attname, else by its name (a key's object: `price_version`), else the field's default."""
+    found = list(map(values.get, _RECORD_ATTNAMES, _RECORD_DEFAULTS))
+    for i, name, default in _RECORD_OBJECTS:
+        if found[i] is _BY_OBJECT:
+            found[i] = values.get(name, default)
+    return found
+
+
+def _in_forms(found: list, forms: dict, plans: BoundedCache) -> list:
+    """`found` with each value in its form by its class (`forms`; None: the value as it is).
+    `plans`, by the classes of the values: the positions whose value takes a form, and the form
+    (a few class tuples are in use: a column holds its value or None)."""
+    classes = tuple(map(type, found))
+    plan = plans.get(classes)
+    if plan is None:
+        plan = plans[classes] = tuple((i, form) for i, cls in enumerate(classes) if (form := forms[cls]) is not None)
+    for i, form in plan:
+        found[i] = form(found[i])
+    return found
 
 
 def _record_row(values: dict) -> list:
@@ -449,17 +490,7 @@ def _record_row(values: dict) -> list:
     JSON form: the encoder's fast path writes the whole record without a call back into Python per
     Decimal or time. A list (the group ids) is given as the text of a PostgreSQL array, which the
     statement reads as its column's array type (`->>` of a JSON array would be JSON text)."""
-    row = []
-    forms = _row_forms
-    for _column, attname, name, default in _RECORD_COLUMNS:
-        value = values.get(attname, _MISSING)
-        if value is _MISSING:
-            value = values.get(name, _MISSING) if name is not None else _MISSING
-            if value is _MISSING:
-                value = default()
-        form = forms[value.__class__]
-        row.append(value if form is None else form(value))
-    return row
+    return _in_forms(_record_values(values), _row_forms, _row_plans)
 
 
 def _array_text(value: Sequence) -> str:
@@ -471,7 +502,7 @@ _bool_text = {True: "true", False: "false"}.__getitem__
 
 class _TextForms(dict):
     """By a value's class: the function giving its text as PostgreSQL reads it for its column, or
-    None for a str (sent as it is). Filled on first sight of a class."""
+    None for a str (sent as it is) and for None (NULL). Filled on first sight of a class."""
 
     def __missing__(self, cls: type) -> Any:
         found: Any
@@ -502,26 +533,15 @@ def _pk_text(value: Model) -> str:
 
 
 _text_forms = _TextForms()
+_text_forms[type(None)] = None  # NULL: None as it is
+_text_plans = BoundedCache(1024)
 
 
 def _record_parameters(values: dict) -> list[str | None]:
     """A call record's columns from its field values, in _CALL_COLUMNS' order, each as text (None
     for NULL). Every parameter is then sent untyped and read by the statement as its column's type,
     so their types never vary with the values (an int's size, a None): one prepared statement."""
-    row: list[str | None] = []
-    forms = _text_forms
-    for _column, attname, name, default in _RECORD_COLUMNS:
-        value = values.get(attname, _MISSING)
-        if value is _MISSING:
-            value = values.get(name, _MISSING) if name is not None else _MISSING
-            if value is _MISSING:
-                value = default()
-        if value is None:
-            row.append(None)
-        else:
-            form = forms[value.__class__]
-            row.append(value if form is None else form(value))
-    return row
+    return _in_forms(_record_values(values), _text_forms, _text_plans)
 
 
 # A reservation's context for its jsonb column: orjson's text, else json.dumps(context,

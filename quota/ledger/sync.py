@@ -31,6 +31,7 @@ from lib.bounded import BoundedCache
 
 from .. import rollups
 from ..billing import caps
+from ..billing.bill import Bill
 from ..exceptions import CostQuotaExceeded, QuotaBusy, QuotaExceeded
 from ..models import CallRecord, PriceVersion, Reservation, UsageCounter
 from ..periods import period_start_date
@@ -258,13 +259,17 @@ def settle(
     usage: Usage,
     price: PriceVersion | None,
     now: dt.datetime | None = None,
+    billed: Bill | None = None,
 ) -> CallRecord | None:
     """Writes the call record, moves the usage into the counters and releases the reservation,
     all in one transaction. `record` holds the CallRecord's identifying fields. A call admitted
     with a reservation settles only while that reservation exists: None (nothing written) when it
-    was settled already, e.g. by the sweeper after its process was thought lost."""
+    was settled already, e.g. by the sweeper after its process was thought lost. `billed`: the
+    call's bill when its caller made it (statements.settle_values)."""
     groups = admission.groups if admission is not None else ()
-    values, cost = settle_values(record=record, usage=usage, price=price, now=now or timezone.now(), groups=groups)
+    values, cost = settle_values(
+        record=record, usage=usage, price=price, now=now or timezone.now(), groups=groups, billed=billed
+    )
     row = CallRecord(**values)
     if admission is not None and row.allocation_id:
         with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
