@@ -724,6 +724,43 @@ def _remembered_per_transport(cls: type, name: str) -> Callable[[Any], Any]:
     return remembered
 
 
+def _auto_headers_without_copies() -> None:
+    """aiohttp's ClientRequest.update_auto_headers, for a request whose skip set is a frozenset
+    (the session's own, the same object every request): the CIMultiDict of the skipped names,
+    sorted, made once per set and copied for each request (each still gets a mutable one of its
+    own), and a default header added when neither the request's headers nor the skip set name it,
+    without the copy of the request's headers extended by the skip set that aiohttp makes to ask
+    that. Any other skip set (a request's own names joined to the session's: a set) or none goes
+    through aiohttp's own."""
+    from aiohttp import client_reqrep, hdrs
+    from multidict import CIMultiDict
+
+    request_class = client_reqrep.ClientRequest
+    original = request_class.update_auto_headers
+    user_agent, software = hdrs.USER_AGENT, client_reqrep.SERVER_SOFTWARE
+    made: dict[frozenset, Any] = {}
+
+    @functools.wraps(original)
+    def update_auto_headers(self: Any, skip_auto_headers: Any) -> None:
+        if type(skip_auto_headers) is not frozenset:
+            return original(self, skip_auto_headers)
+        skipped = made.get(skip_auto_headers)
+        if skipped is None:
+            if len(made) >= 64:
+                made.clear()
+            skipped = made[skip_auto_headers] = CIMultiDict((hdr, None) for hdr in sorted(skip_auto_headers))
+        self._skip_auto_headers = skipped.copy()
+        headers = self.headers
+        for hdr, val in self.DEFAULT_HEADERS.items():
+            if hdr not in headers and hdr not in skipped:
+                headers[hdr] = val
+        if user_agent not in headers and user_agent not in skipped:
+            headers[user_agent] = software
+        return None
+
+    request_class.update_auto_headers = update_auto_headers
+
+
 def _identity_hash_in_c() -> None:
     from daphne.http_protocol import WebRequest
 
@@ -1135,6 +1172,24 @@ PATCHES = (
         "set __orig_class__ on the slotted wrapper and drops the AttributeError. proxy.upstream.send "
         "awaits `_request` itself (the coroutine post wraps, with the same arguments), and so the "
         "same response.",
+    ),
+    Patch(
+        name="aiohttp_auto_headers_without_copies",
+        verified={"aiohttp": AIOHTTP},
+        targets=(
+            "aiohttp.client_reqrep:ClientRequest.update_auto_headers>_skip_auto_headers",
+            "aiohttp.client_reqrep:ClientRequest.update_auto_headers>DEFAULT_HEADERS",
+            "aiohttp.client_reqrep:ClientRequest.__init__>update_auto_headers",
+            "aiohttp.client_reqrep:ClientRequest.skip_auto_headers",
+            "aiohttp.client_reqrep:SERVER_SOFTWARE",
+            "aiohttp.client:ClientSession._request>_skip_auto_headers",
+        ),
+        apply=_auto_headers_without_copies,
+        why="for every upstream request aiohttp sorted the session's skip_auto_headers into a new "
+        "CIMultiDict through a generator and copied the request's headers, extended by it, only to "
+        "ask whether a default header (Accept, Accept-Encoding, User-Agent) was named: the "
+        "session's skip set's multidict is made once and copied per request, and each default "
+        "is looked for in the headers and the skip set, the same headers set.",
     ),
     Patch(
         name="connection_facts_once",
