@@ -758,7 +758,7 @@ def _auto_headers_without_copies() -> None:
             headers[user_agent] = software
         return None
 
-    request_class.update_auto_headers = update_auto_headers
+    request_class.update_auto_headers = update_auto_headers  # type: ignore[method-assign]
 
 
 def _identity_hash_in_c() -> None:

@@ -28,6 +28,12 @@ HEADER_SETS = [
 ]
 
 
+def keep_aiohttps_own(monkeypatch):
+    """aiohttp's own method put back after the test."""
+    request_class = client_reqrep.ClientRequest
+    monkeypatch.setattr(request_class, "update_auto_headers", request_class.update_auto_headers)
+
+
 def made(skip, headers):
     async def make():
         request = client_reqrep.ClientRequest(
@@ -46,7 +52,7 @@ def made(skip, headers):
 @pytest.mark.parametrize("headers", HEADER_SETS)
 @pytest.mark.parametrize("skip", SKIP_SETS)
 def test_a_request_gets_the_headers_and_skip_set_aiohttp_gives_it(skip, headers, monkeypatch):
-    monkeypatch.setattr(client_reqrep.ClientRequest, "update_auto_headers", client_reqrep.ClientRequest.update_auto_headers)
+    keep_aiohttps_own(monkeypatch)
     own_headers, own_skip, _ = made(skip, headers)
     server_patches._auto_headers_without_copies()
     assert client_reqrep.ClientRequest.update_auto_headers.__wrapped__ is not None
@@ -57,7 +63,7 @@ def test_a_request_gets_the_headers_and_skip_set_aiohttp_gives_it(skip, headers,
 
 
 def test_each_request_gets_a_skip_multidict_of_its_own(monkeypatch):
-    monkeypatch.setattr(client_reqrep.ClientRequest, "update_auto_headers", client_reqrep.ClientRequest.update_auto_headers)
+    keep_aiohttps_own(monkeypatch)
     server_patches._auto_headers_without_copies()
     skip = frozenset({istr("User-Agent")})
     _, first_skip, first = made(skip, {})
