@@ -24,6 +24,23 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
     return uuid.UUID(int=_uuid7_int(now_ms))
 
 
+def uuid4() -> uuid.UUID:
+    """uuid.uuid4(): a random UUID, version 4, variant 10, from 16 bytes of os.urandom, made
+    without UUID.__init__'s Python checks of its several forms of argument (the same int and
+    is_safe, which is all a UUID holds)."""
+    value = int.from_bytes(os.urandom(16), "big") & _V4_CLEAR | _V4_SET
+    made = _new_uuid(uuid.UUID)
+    _set(made, "int", value)
+    _set(made, "is_safe", uuid.SafeUUID.unknown)
+    return made
+
+
+# The version and variant bits, as UUID(bytes=..., version=4) sets them.
+_V4_CLEAR = ~(0xC000 << 48 | 0xF000 << 64) & ((1 << 128) - 1)
+_V4_SET = 0x8000 << 48 | 4 << 76
+_new_uuid, _set = object.__new__, object.__setattr__
+
+
 def uuid7_text(now_ms: int | None = None) -> str:
     """str(uuid7()) without the UUID object: the canonical lower-case text (8-4-4-4-12 hex digits)."""
     digits = f"{_uuid7_int(now_ms):032x}"

@@ -14,6 +14,7 @@ from allocations.exceptions import (
     GatewayError,
 )
 from lib.frozen import quick_init
+from lib.ids import uuid4
 
 from .. import ratelimit
 from ..ledger import Admission
@@ -44,7 +45,7 @@ class Plan:
     lease_s: float | None = None
     # Chosen before the first attempt: an attempt that fails without telling whether its admission
     # committed is looked up by it, so the call is never admitted twice.
-    reservation_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    reservation_id: uuid.UUID = field(default_factory=uuid4)
 
     def identity(
         self, key_id: str | None, member_id: str | None, entry: ScopedAllocation | None, attempts: int = 0

@@ -77,3 +77,27 @@ def test_the_text_form_is_the_uuids_own_and_keeps_the_order(monkeypatch):
         assert str(parsed) == text and len(text) == 36 and parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert uuid7_time_ms(uuid.UUID(texts[0])) == 1_700_000_000_000
     assert [uuid.UUID(t) for t in texts] == sorted(uuid.UUID(t) for t in texts)  # made in order, ordered
+
+
+def test_uuid4_is_uuid_uuid4_of_the_same_random_bytes(monkeypatch):
+    for raw in (bytes(16), b"\xff" * 16, bytes(range(16)), bytes(range(200, 216))):
+        monkeypatch.setattr(ids.os, "urandom", lambda n, raw=raw: raw[:n])
+        made, expected = ids.uuid4(), uuid.UUID(bytes=raw, version=4)
+        assert type(made) is uuid.UUID
+        assert (made.int, made.is_safe, str(made), hash(made)) == (
+            expected.int,
+            expected.is_safe,
+            str(expected),
+            hash(expected),
+        )
+        assert made.version == 4 and made.variant == uuid.RFC_4122
+    monkeypatch.undo()
+    assert len({ids.uuid4() for _ in range(1000)}) == 1000
+
+
+def test_a_plans_reservation_id_is_a_version_4_uuid():
+    from quota.admission.plan import Plan
+
+    field = Plan.__dataclass_fields__["reservation_id"]
+    first, second = field.default_factory(), field.default_factory()
+    assert first != second and first.version == second.version == 4 and type(first) is uuid.UUID
