@@ -47,7 +47,7 @@ class Bill(NamedTuple):  # a tuple: built on every call's admission and settleme
     usage: Usage  # what is recorded: the usage with the request's tier and tool calls
     cost: Decimal | None  # None: unpriced
     tier: str  # the service tier the cost was computed at ("" when none)
-    price: "PriceVersion | None" = None  # the price it was computed at (None: unpriced)
+    price: "PriceVersion | None"  # the price it was computed at (None: unpriced)
 
     @property
     def priced(self) -> bool:
