@@ -249,12 +249,15 @@ async def settle(
         record={**record, "close_reason": close_reason},
         usage=usage,
         price=admitted.price,
+        billed=billed,
     )
 
 
-def session_settle(*, admission: Admission, record: dict, usage: Usage, price: Any) -> CallRecord | None:
+def session_settle(
+    *, admission: Admission, record: dict, usage: Usage, price: Any, billed: Bill | None = None
+) -> CallRecord | None:
     """A session's settlement; None when the sweeper already billed it (its reservation is gone
-    and its record written)."""
+    and its record written). `billed`: the session's bill when its caller made it."""
     with transaction.atomic():
         held = list(Reservation.objects.select_for_update().filter(pk=admission.reservation_id).values("pk"))
         if (
@@ -262,7 +265,9 @@ def session_settle(*, admission: Admission, record: dict, usage: Usage, price: A
             and CallRecord.objects.filter(request_id=record["request_id"], endpoint=record["endpoint"]).exists()
         ):
             return None
-        return ledger.settle(admission=admission, record=record, usage=usage, price=price, now=timezone.now())
+        return ledger.settle(
+            admission=admission, record=record, usage=usage, price=price, now=timezone.now(), billed=billed
+        )
 
 
 async def release(admitted: Admitted) -> None:
