@@ -393,8 +393,9 @@ def settle_values(
     if billed is None or billed.usage is not usage or billed.price is not price:
         billed = bill(price=price, usage=usage)
     cost = billed.cost
-    # The record's copy, its fields then set one by one: a dict display merging `record` with the
-    # settlement's fields merges into an empty dict (resized as it grows) and costs ~50 % more.
+    # The record's copy, the settlement's fields then set in it one by one (a dict display merging
+    # `record` builds the dict from empty, resized as it grows: ~6 k instructions more). The copy, not
+    # `record` itself: a settlement retried on another path is given the same record.
     values = record.copy()
     values["group_ids"] = [*groups]
     values["finished_at"] = record.get("finished_at") or now
