@@ -29,10 +29,13 @@ VARIANTS = {
     "answer_first": {"GATEWAY_TRY_ANSWER_FIRST": "1"},
     "async_commit": {"GATEWAY_TRY_ASYNC_COMMIT": "1"},
     "both": {"GATEWAY_TRY_ANSWER_FIRST": "1", "GATEWAY_TRY_ASYNC_COMMIT": "1"},
-    # bench/patches/lease_ceiling.patch: the per-call statements without the counter's row, and
-    # without the rollups too
+    # bench/patches/lease_ceiling.patch: the per-call statements without the counter's row (their
+    # admissions sent as soon as a connection is free, or `_serial`: one statement of the counter
+    # in the database at a time, as main holds them), and without the rollups too
     "nocounter": {"GATEWAY_TRY_NOCOUNTER": "1"},
+    "nocounter_serial": {"GATEWAY_TRY_NOCOUNTER": "1", "GATEWAY_TRY_SERIAL": "1"},
     "norows": {"GATEWAY_TRY_NOCOUNTER": "1", "GATEWAY_TRY_NOROWS": "1"},
+    "norows_serial": {"GATEWAY_TRY_NOCOUNTER": "1", "GATEWAY_TRY_NOROWS": "1", "GATEWAY_TRY_SERIAL": "1"},
 }
 SWITCHES = {name for switches in VARIANTS.values() for name in switches}
 
