@@ -160,7 +160,10 @@ class CallRecord(models.Model):
     # is gone, and no settlement checks them at its commit (docs/DECISIONS.md, "A call record's key
     # and price are kept by refusing their deletion"). The allocation carries none either: the
     # allocation's side refuses its deletion while a record names it (quota 0023, docs/DECISIONS.md,
-    # "A call record's allocation is guarded where allocations are deleted").
+    # "A call record's allocation is guarded where allocations are deleted"), and neither do the
+    # member and the model: a record's member is its key's, its model its allocation's, each kept by
+    # that row's own key, and their deletion is refused while a record names them (quota 0024,
+    # docs/DECISIONS.md, "A call record's member and model are kept by the keys above them").
     allocation = models.ForeignKey(
         Allocation,
         null=True,
@@ -185,18 +188,20 @@ class CallRecord(models.Model):
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         related_name="+",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("member"),
     )
     model = models.ForeignKey(
         CatalogModel,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         related_name="+",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("model"),
     )
     endpoint = models.CharField(max_length=64, verbose_name=_("endpoint"))

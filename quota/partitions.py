@@ -286,10 +286,9 @@ def drop_detached(
     then: Callable[[Any], None] | None = None,
 ) -> Dropped:
     """Drops a detached month's table, running `then(cursor)` (its audit event) in the same
-    transaction. The drop also removes the table's foreign-key triggers on the tables it references
-    (members and models), so it takes their ACCESS EXCLUSIVE lock to its commit: a transaction of
-    its own with a short lock wait, like the detach. The files are
-    unlinked after the commit, when the locks are already released.
+    transaction. The call records carry no foreign key, so the drop locks this table alone; still a
+    transaction of its own with a short lock wait, like the detach, for a query that reads the
+    detached month. The files are unlinked after the commit, when the lock is already released.
 
     Gigabytes unlinked at once stall the file system's journal, and every call's commit waits for
     it (an ext4 volume mounted with `discard` trims each freed extent in the journal's commit:

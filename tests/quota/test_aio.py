@@ -3,7 +3,6 @@
 import asyncio
 import dataclasses
 import time
-import uuid
 from decimal import Decimal
 
 import psycopg
@@ -185,9 +184,9 @@ async def test_a_failing_statement_fails_every_settlement_in_it_and_writes_none(
     pool = aio.Pool(1)
     good = await sync_to_async(settlement)(allocation, admissions[0], "ok", Usage(input_tokens=1), price)
     bad = await sync_to_async(settlement)(allocation, admissions[1], "bad", Usage(input_tokens=1), price)
-    bad.values["model"] = uuid.uuid4()  # no such model: the foreign key fails the whole statement
+    bad.values["request_id"] = "x" * 65  # longer than its column: fails the whole statement
     results = await asyncio.gather(pool.settlements.add(good), pool.settlements.add(bad), return_exceptions=True)
-    assert all(isinstance(r, psycopg.errors.ForeignKeyViolation) for r in results)
+    assert all(isinstance(r, psycopg.errors.StringDataRightTruncation) for r in results)
     assert not await CallRecord.objects.aexists()
     assert await Reservation.objects.acount() == 2  # still held: the callers settle on the thread path
     await pool.close()
@@ -239,8 +238,8 @@ async def test_a_settlement_alone_that_fails_raises_to_its_caller_and_writes_not
     async with pool.connection():
         pass
     bad = await sync_to_async(settlement)(allocation, admissions[0], "bad", Usage(input_tokens=1), price)
-    bad.values["model"] = uuid.uuid4()  # no such model: the foreign key fails the statement
-    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+    bad.values["request_id"] = "x" * 65  # longer than its column: fails the statement
+    with pytest.raises(psycopg.errors.StringDataRightTruncation):
         await pool.settlements.write_alone(bad)
     assert pool.settlements.at_work == 0
     assert not await CallRecord.objects.aexists()

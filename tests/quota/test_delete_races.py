@@ -1,13 +1,14 @@
 """Deleting an allocation (or a counter), an API key or a price version while one of its calls is in
 flight: each race staged between two connections at the point of Django's deletion where it matters
 (before its transaction, between the cascade's statements), and what each side ends with. The
-database guards these without the foreign keys the accounting rows had (quota 0021-0023)."""
+database guards these without the foreign keys the accounting rows had (quota 0021-0024)."""
 
 import threading
 from decimal import Decimal
 
 import pytest
 from django.db import DatabaseError, IntegrityError, connection
+from django.db.models import ProtectedError
 from django.db.models.query import QuerySet
 from django.db.models.signals import pre_delete
 from django.db.models.sql.subqueries import DeleteQuery
@@ -18,7 +19,7 @@ from quota import ledger
 from quota.ledger.spool import call_settle_durable, spool_depth
 from quota.models import CallRecord, Reservation, UsageCounter
 from quota.pricing import Usage
-from tests.factories import AllocationFactory, PriceVersionFactory, make_key
+from tests.factories import AllocationFactory, CatalogModelFactory, MemberFactory, PriceVersionFactory, make_key
 
 from .conftest import admit, record_of_call
 
@@ -265,3 +266,31 @@ def test_a_refusal_waiting_for_an_allocations_deletion_is_not_recorded_against_i
     assert isinstance(outcome, IntegrityError)
     assert not CallRecord.objects.exists()
     assert not Allocation.objects.filter(pk=allocation.pk).exists()
+
+
+@pytest.mark.parametrize("named", ["member", "model"])
+def test_a_member_or_model_a_record_names_is_not_deleted(named):
+    """A record's member and model carry no foreign key: a record's member is its key's and its model
+    its allocation's, each kept by that row's own key, and the deletion of a member or model that a
+    record names is refused where it is deleted, by Django (PROTECT) and by the database, whatever
+    sends the DELETE. Here the record names a member (or model) with no key and no allocation of
+    its own, so nothing but that refusal keeps it."""
+    member, model = MemberFactory(), CatalogModelFactory()
+    CallRecord.objects.create(
+        request_id="lone",
+        member=member,
+        model=model,
+        endpoint="chat.completions",
+        started_at=timezone.now(),
+        outcome="rejected_rate_limited",
+    )
+    row = {"member": member, "model": model}[named]
+    with pytest.raises(ProtectedError):
+        row.delete()
+    table = type(row)._meta.db_table
+    with pytest.raises(IntegrityError, match="has call records"), connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table} WHERE id = %s", [row.pk])  # noqa: S608 (a model's own table)
+    assert type(row).objects.filter(pk=row.pk).exists()
+    CallRecord.objects.all().delete()
+    row.delete()  # named by no record: deletable
+    assert not type(row).objects.filter(pk=row.pk).exists()

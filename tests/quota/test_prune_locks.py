@@ -123,19 +123,47 @@ def test_a_query_holding_the_table_stops_the_run_with_nothing_detached(old_month
     assert not AuditEvent.objects.filter(action="call_records_pruned").exists()
 
 
-def test_a_month_left_detached_by_a_stopped_run_is_dropped_and_audited_by_the_next(old_month):
-    """A long report on members lets the detach through (it only blocks writes to them) but not the
-    drop, which removes the month's foreign-key triggers from them."""
+def test_a_long_report_on_members_and_models_does_not_hold_up_the_drop(old_month):
+    """The call records carry no foreign key, so dropping a month takes no lock on the members and
+    models it names: a report holding both tables lets the whole prune through."""
+    _, month = old_month
+    release, ready = threading.Event(), threading.Event()
+    thread = holding(
+        "LOCK TABLE allocations_member, allocations_catalogmodel IN ACCESS SHARE MODE", until=release, ready=ready
+    )
+    try:
+        pruned = retention.prune(before=partitions.add_months(month, 1))
+    finally:
+        release.set()
+        thread.join(10)
+    assert [(p.month, p.rows) for p in pruned] == [(month, 2)]
+    assert partitions.detached() == []
+
+
+def test_a_month_left_detached_by_a_stopped_run_is_dropped_and_audited_by_the_next(old_month, monkeypatch):
+    """A query that reads the month's table once it is detached (a report on the old month) stops
+    the drop, which needs that table alone: the month stays detached, and the next run drops it."""
     _, month = old_month
     name = partitions.partition_name(month)
     release, ready = threading.Event(), threading.Event()
-    thread = holding("LOCK TABLE allocations_member IN ACCESS SHARE MODE", until=release, ready=ready)
+    threads = []
+    detach = partitions.detach_partition
+
+    def detach_then_read(partition, **kwargs):
+        step = detach(partition, **kwargs)
+        threads.append(holding(f'LOCK TABLE "{name}" IN ACCESS SHARE MODE', until=release, ready=ready))
+        return step
+
+    monkeypatch.setattr(partitions, "detach_partition", detach_then_read)
     try:
         with pytest.raises(CommandError, match="run the command again later"):
             call_command("prune_call_records", "--before", f"{partitions.add_months(month, 1):%Y-%m}")
     finally:
         release.set()
-        thread.join(10)
+        for thread in threads:
+            thread.join(10)
+    monkeypatch.setattr(partitions, "detach_partition", detach)
+    assert len(threads) == 1
     assert name not in {p.name for p in partitions.partitions()}
     assert [p.name for p in partitions.detached()] == [name]  # detached, its rows still there
     assert not AuditEvent.objects.filter(action="call_records_pruned").exists()
