@@ -19,7 +19,7 @@ SOURCES = {  # column: the keys that hold it in the scripts' rows, first found w
     "case": ("case",),
     "stream": ("stream",),
     "concurrency": ("concurrency",),
-    "cpu_ms_per_call": ("gateway_cpu_ms_per_req", "cpu_ms_per_call_median"),
+    "cpu_ms_per_call": ("gateway_cpu_ms_per_req", "cpu_ms_per_call_median", "cpu_ms_per_call"),
     "rps": ("gateway_rps", "calls_per_s_median", "rps_median"),
     "ratio": ("ratio",),
     "added_p50_ms": ("added_p50_ms",),
@@ -40,7 +40,11 @@ def rows(path: Path):
         row = {"run": path.stem}
         for column, keys in SOURCES.items():
             row[column] = next((raw[key] for key in keys if key in raw), "")
-        if isinstance(row["loadavg1"], list):  # wave_alternate.py: the load of each round
+        if raw.get("run", "").startswith("variants-"):  # variants_alternate.py: the 50 ms JSON call, rounds
+            row["case"] = row["case"] or "50ms"
+            row["rps"] = round(statistics.median(raw["rps_rounds"]), 2)
+            row["errors"] = raw["errors"]
+        if isinstance(row["loadavg1"], list):  # wave_alternate.py, variants_alternate.py: the load of each round
             row["loadavg1"] = statistics.median(row["loadavg1"])
         if isinstance(row["loadavg1"], float):
             row["loadavg1"] = round(row["loadavg1"], 2)

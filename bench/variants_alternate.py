@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Measuring only, in a tree with bench/patches/answer_first_async_commit.patch applied: the 50 ms
-ratio and added p50 of a held world's gateways and of this tree served with start-up switches,
-rounds alternated.
+"""Measuring only, in a tree with a patch of bench/patches/ applied: the 50 ms ratio and added p50
+of a held world's gateways and of this tree served with start-up switches, rounds alternated
+(`--variants`: answer_first, async_commit, both with answer_first_async_commit.patch; nocounter,
+norows with lease_ceiling.patch). A world held with `run.py --servers` adds `thin_daphne` (the
+thin pass-through under the gateway's server) as a target; `--skip` leaves out held gateways
+(`gateway_uvicorn` by default).
 
 The world: `bench/run.py --tree <main> --cases 50ms,0ms --hold 5000 > world.json` (targets
 `gateway`, this tree with no switch, and `base`, main). This starts, beside them, this tree's
@@ -26,7 +29,15 @@ VARIANTS = {
     "answer_first": {"GATEWAY_TRY_ANSWER_FIRST": "1"},
     "async_commit": {"GATEWAY_TRY_ASYNC_COMMIT": "1"},
     "both": {"GATEWAY_TRY_ANSWER_FIRST": "1", "GATEWAY_TRY_ASYNC_COMMIT": "1"},
+    # bench/patches/lease_ceiling.patch: the per-call statements without the counter's row (their
+    # admissions sent as soon as a connection is free, or `_serial`: one statement of the counter
+    # in the database at a time, as main holds them), and without the rollups too
+    "nocounter": {"GATEWAY_TRY_NOCOUNTER": "1"},
+    "nocounter_serial": {"GATEWAY_TRY_NOCOUNTER": "1", "GATEWAY_TRY_SERIAL": "1"},
+    "norows": {"GATEWAY_TRY_NOCOUNTER": "1", "GATEWAY_TRY_NOROWS": "1"},
+    "norows_serial": {"GATEWAY_TRY_NOCOUNTER": "1", "GATEWAY_TRY_NOROWS": "1", "GATEWAY_TRY_SERIAL": "1"},
 }
+SWITCHES = {name for switches in VARIANTS.values() for name in switches}
 
 
 def environ_of(pid: int) -> dict:
@@ -58,14 +69,18 @@ def main() -> None:
     ap.add_argument("--levels", default="64,16,1")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--duration", type=float, default=6)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="answer_first,async_commit,both")
+    ap.add_argument("--skip", default="gateway_uvicorn", help="the held world's gateways left out")
     args = ap.parse_args()
     world = json.loads(Path(args.world).read_text())
     env = environ_of(world["gateways"]["gateway"]["pid"])
-    for name in ("GATEWAY_TRY_ANSWER_FIRST", "GATEWAY_TRY_ASYNC_COMMIT"):
+    for name in SWITCHES:
         env.pop(name, None)
-    procs, targets = [], {name: f"http://127.0.0.1:{g['port']}" for name, g in world["gateways"].items()}
-    pids = {name: g["pid"] for name, g in world["gateways"].items()}
+    held = {name: g for name, g in world["gateways"].items() if name not in args.skip.split(",")}
+    procs, targets = [], {name: f"http://127.0.0.1:{g['port']}" for name, g in held.items()}
+    pids = {name: g["pid"] for name, g in held.items()}
+    keys = dict.fromkeys(targets, world["key"])
+    models = dict.fromkeys(targets, "bench50/gpt-4o-mini")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         for name in args.variants.split(","):
@@ -82,26 +97,27 @@ def main() -> None:
             )
             targets[name] = f"http://127.0.0.1:{port}"
             pids[name] = procs[-1].pid
+            keys[name], models[name] = world["key"], "bench50/gpt-4o-mini"
+        if "thin_daphne" in world:  # run.py --servers: the thin pass-through under the gateway's server
+            floor = world["thin_daphne"]["50"]
+            targets["thin_daphne"], pids["thin_daphne"] = f"http://127.0.0.1:{floor['port']}", floor["pid"]
+            keys["thin_daphne"], models["thin_daphne"] = "sk-thin", "gpt-4o-mini"
         for url in targets.values():
             wait_http(int(url.rsplit(":", 1)[1]))
         names = ["direct", *targets]
         urls = {"direct": world["upstream"]["50"], **targets}
-        model = "bench50/gpt-4o-mini"
+        keys["direct"], models["direct"] = "sk-direct", "gpt-4o-mini"
         RESULTS.mkdir(parents=True, exist_ok=True)
         for level in (int(x) for x in args.levels.split(",")):
             for name in names:  # warm-up: the loop's connections, prepared statements
-                load(urls[name], "sk-direct" if name == "direct" else world["key"], model, level, 2)
+                load(urls[name], keys[name], models[name], level, 2)
             rows: dict[str, list[dict]] = {n: [] for n in names}
             for r in range(args.rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 order = order if r % 2 == 0 else order[::-1]
                 for name in order:
                     time.sleep(0.5)
-                    key = "sk-direct" if name == "direct" else world["key"]
-                    direct = name == "direct"
-                    row = load(
-                        urls[name], key, "gpt-4o-mini" if direct else model, level, args.duration, pids.get(name)
-                    )
+                    row = load(urls[name], keys[name], models[name], level, args.duration, pids.get(name))
                     rows[name].append(row)
             for name in names:
                 d, g = rows["direct"], rows[name]
