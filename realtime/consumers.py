@@ -27,6 +27,7 @@ from lib.http import client_address
 from lib.ids import uuid7
 from quota import admission
 from quota.admission import Refused
+from quota.billing import bill as billing
 from quota.exceptions import RequestTooLarge, UpstreamError
 from quota.ledger import threads
 from quota.models import CloseReason, Outcome
@@ -409,6 +410,8 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
                 logger.debug("upstream close failed for %s", self.request_id)
         session = self.opened  # _finish returns early when no session was opened
         usage = self.meter.usage(session.price, cut=cut) if bill else Usage()
+        # The session's one bill: its record, its counters and its call line carry its cost.
+        billed = billing.bill(price=session.price, usage=usage)
         try:
             await admission.settle(
                 session.admitted,
@@ -420,12 +423,20 @@ class RealtimeConsumer(SessionWatch, SessionRates, AsyncWebsocketConsumer):
                 attempts=session.attempts,
                 close_reason=close_reason,
                 admission=session.admission,
+                billed=billed,
             )
         except Exception:
             # The reservation (with its context) stays; the sweeper bills the session later.
             logger.exception("realtime session %s: settlement failed; left to the sweeper", self.request_id)
         observed.finished(
-            session, usage=usage, outcome=outcome, reason=close_reason, code=code, error=error_code, live=live
+            session,
+            usage=usage,
+            cost=billed.cost,
+            outcome=outcome,
+            reason=close_reason,
+            code=code,
+            error=error_code,
+            live=live,
         )
         if not self.client_gone:
             await self.close(code=code, reason=reason or close_reason)

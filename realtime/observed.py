@@ -1,11 +1,13 @@
 """The realtime side of ops.observe: a session's open, its refusal and its settlement, reported."""
 
+from decimal import Decimal
+
 from django.utils import timezone
 
 from allocations.exceptions import GatewayError
 from ops import observe
 from quota.admission import reject_outcome
-from quota.pricing import Usage, cost_for
+from quota.pricing import Usage
 
 from . import services
 from .close import close_code_for
@@ -28,9 +30,18 @@ def refused(*, request_id: str, error: GatewayError) -> None:
 
 
 def finished(
-    session: services.Session, *, usage: Usage, outcome: str, reason: str, code: int, error: str, live: bool
+    session: services.Session,
+    *,
+    usage: Usage,
+    cost: Decimal | None,
+    outcome: str,
+    reason: str,
+    code: int,
+    error: str,
+    live: bool,
 ) -> None:
-    """`live`: the session had been relaying (counted open) when it finished."""
+    """`cost`: the session's bill's (None: unpriced), as its record carries it; `live`: the session
+    had been relaying (counted open) when it finished."""
     if live:
         observe.session_closed()
     observe.call_finished(
@@ -42,7 +53,7 @@ def finished(
         outcome=outcome,
         status=code,
         usage=usage,
-        cost=cost_for(session.price, usage),
+        cost=cost,
         elapsed_s=(timezone.now() - session.started_at).total_seconds(),
         upstream_s=None,
         code=error,

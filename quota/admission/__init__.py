@@ -229,14 +229,14 @@ async def settle(
     has billed it already."""
     if admitted.rate_ticket is not None:
         await ratelimit.settle_async(admitted.rate_ticket, tokens=usage.total_tokens)
-    record = {
-        **admitted.plan.identity(admitted.key_id, admitted.member_id, entry or admitted.entry, attempts),
-        "outcome": outcome,
-        "status_code": status_code,
-        "error_code": error_code,
-        "error_message": error_message[:1000],
-        "ttft_ms": ttft_ms,
-    }
+    # The identity's new dict, its outcome's fields then set in it (a dict display merging it would
+    # make a second dict: ~2 k instructions more).
+    record = admitted.plan.identity(admitted.key_id, admitted.member_id, entry or admitted.entry, attempts)
+    record["outcome"] = outcome
+    record["status_code"] = status_code
+    record["error_code"] = error_code
+    record["error_message"] = error_message[:1000]
+    record["ttft_ms"] = ttft_ms
     held = admission or admitted.admission
     if admitted.plan.lease_s is None:
         await ledger.settle_async(
@@ -249,12 +249,15 @@ async def settle(
         record={**record, "close_reason": close_reason},
         usage=usage,
         price=admitted.price,
+        billed=billed,
     )
 
 
-def session_settle(*, admission: Admission, record: dict, usage: Usage, price: Any) -> CallRecord | None:
+def session_settle(
+    *, admission: Admission, record: dict, usage: Usage, price: Any, billed: Bill | None = None
+) -> CallRecord | None:
     """A session's settlement; None when the sweeper already billed it (its reservation is gone
-    and its record written)."""
+    and its record written). `billed`: the session's bill when its caller made it."""
     with transaction.atomic():
         held = list(Reservation.objects.select_for_update().filter(pk=admission.reservation_id).values("pk"))
         if (
@@ -262,7 +265,9 @@ def session_settle(*, admission: Admission, record: dict, usage: Usage, price: A
             and CallRecord.objects.filter(request_id=record["request_id"], endpoint=record["endpoint"]).exists()
         ):
             return None
-        return ledger.settle(admission=admission, record=record, usage=usage, price=price, now=timezone.now())
+        return ledger.settle(
+            admission=admission, record=record, usage=usage, price=price, now=timezone.now(), billed=billed
+        )
 
 
 async def release(admitted: Admitted) -> None:

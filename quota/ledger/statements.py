@@ -393,25 +393,26 @@ def settle_values(
     if billed is None or billed.usage is not usage or billed.price is not price:
         billed = bill(price=price, usage=usage)
     cost = billed.cost
-    values = {
-        **record,
-        "group_ids": list(groups),
-        "finished_at": record.get("finished_at") or now,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "audio_input_tokens": usage.audio_input_tokens,
-        "audio_output_tokens": usage.audio_output_tokens,
-        "quantity": usage.quantity,
-        "unit": usage.unit,
-        "estimated": usage.estimated,
-        "service_tier": billed.tier[:16],
-        "tool_calls": dict(usage.tool_calls),
-        "cost_usd": cost,
-        "priced": cost is not None,
-        "price_version": price if cost is not None else None,
-    }
+    # The record's copy, the settlement's fields then set in it one by one (a dict display merging
+    # `record` builds the dict from empty, resized as it grows: ~6 k instructions more). The copy, not
+    # `record` itself: a settlement retried on another path is given the same record.
+    values = record.copy()
+    values["group_ids"] = [*groups]
+    values["finished_at"] = record.get("finished_at") or now
+    values["input_tokens"] = usage.input_tokens
+    values["output_tokens"] = usage.output_tokens
+    values["cached_tokens"] = usage.cached_tokens
+    values["reasoning_tokens"] = usage.reasoning_tokens
+    values["audio_input_tokens"] = usage.audio_input_tokens
+    values["audio_output_tokens"] = usage.audio_output_tokens
+    values["quantity"] = usage.quantity
+    values["unit"] = usage.unit
+    values["estimated"] = usage.estimated
+    values["service_tier"] = billed.tier[:16]
+    values["tool_calls"] = dict(usage.tool_calls) if usage.tool_calls else {}
+    values["cost_usd"] = cost
+    values["priced"] = cost is not None
+    values["price_version"] = price if cost is not None else None
     return values, cost
 
 

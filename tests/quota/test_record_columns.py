@@ -143,3 +143,20 @@ def test_the_same_classes_in_other_columns_take_each_columns_own_form():
     for values in (first, second, first):
         assert statements._record_row(values) == [_json_form(v) for v in _by_rule(values)]
         assert statements._record_parameters(values) == [_text_form(v) for v in _by_rule(values)]
+
+
+@pytest.mark.parametrize("changes", CASES, ids=range(len(CASES)))
+def test_a_records_columns_are_of_their_forms_classes_and_unformed_values_are_passed_as_they_are(changes):
+    """Equal is not enough (True == 1, an enum member == its text): each column's class is its
+    form's, and a value without a form (a str, an enum member, None) is the very object given."""
+    values = _values(changes)
+    columns = _by_rule(values)
+    for formed, form in (
+        (statements._record_row(values), _json_form),
+        (statements._record_parameters(values), _text_form),
+    ):
+        assert type(formed) is list
+        assert [type(v) for v in formed] == [type(form(v)) for v in columns]
+        for value, column in zip(formed, columns, strict=True):
+            if column is None or isinstance(column, str):
+                assert value is column
