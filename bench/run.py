@@ -336,12 +336,13 @@ def main() -> None:
                     targets.append(
                         ("thin_daphne", f"http://127.0.0.1:{floor_port}", "sk-thin", "gpt-4o-mini", floor.pid)
                     )
-                if latency in ledger_floors and not stream:
+                if latency in ledger_floors and not stream and "1" in args.levels.split(","):
                     ledger_port, ledger = ledger_floors[latency]
                     targets.append(
                         ("ledger_floor", f"http://127.0.0.1:{ledger_port}", "sk-thin", "gpt-4o-mini", ledger.pid)
                     )
             for name, url, gw_key, model, pid in targets:
+                levels = "1" if name == "ledger_floor" else args.levels  # one connection: c = 1 only
                 cmd = [
                     BENCH_PY,
                     str(HARNESS / "compare.py"),
@@ -356,7 +357,7 @@ def main() -> None:
                     "--direct-model",
                     "gpt-4o-mini",
                     "-c",
-                    args.levels,
+                    levels,
                     "-d",
                     str(args.duration),
                     "--rounds",
