@@ -3,17 +3,15 @@ its counters and its call line carry that one bill's cost, at the price its admi
 version in force at the call's start), on every path its settlement takes."""
 
 import asyncio
-import sys
 from decimal import Decimal
 
 import psycopg
 import pytest
 
-from ops import observe
 from proxy import accounting
 from quota.ledger import loop as aio
-from quota.pricing import cost_for
 from quota.services import price_version_add
+from tests.pricings import assert_priced_once, watch_pricings
 
 from .conftest import assert_settled_once, chat_call, counter_of, record_of
 from .test_cost_options import RESPONSES_TOKENS, optioned, respond
@@ -25,18 +23,7 @@ CHAT_COST = Decimal("0.0000235")  # the fake upstream's chat usage at $1 / $0.50
 def priced(monkeypatch):
     """(price, usage, cost) of each pricing (quota.pricing.cost_for through quota.billing's bill)
     made after a call's admission, and the cost of each call line (ops.observe.call_finished)."""
-    seen: dict[str, list] = {"pricings": [], "lines": []}
-    pricing = cost_for
-
-    def counting(price, usage):
-        cost = pricing(price, usage)
-        seen["pricings"].append((price, usage, cost))
-        return cost
-
-    for module in list(sys.modules.values()):  # wherever the function was imported
-        if module.__name__ != __name__ and getattr(module, "cost_for", None) is pricing:
-            monkeypatch.setattr(module, "cost_for", counting)
-
+    seen = watch_pricings(monkeypatch)
     opened = accounting.open_call
 
     async def admitted(call, **kwargs):
@@ -44,26 +31,8 @@ def priced(monkeypatch):
         seen["pricings"].clear()  # the admission's estimate is priced before
         return answer
 
-    line = observe.call_finished
-
-    def call_line(**fields):
-        seen["lines"].append(fields["cost"])
-        return line(**fields)
-
     monkeypatch.setattr(accounting, "open_call", admitted)
-    monkeypatch.setattr(observe, "call_finished", call_line)
     return seen
-
-
-def assert_priced_once(seen, record, cost):
-    """The settlement priced the call once; its record and its call line carry that cost."""
-    assert len(seen["pricings"]) == 1
-    price, usage, priced_at = seen["pricings"][0]
-    assert (usage.input_tokens, usage.output_tokens) == (record.input_tokens, record.output_tokens)
-    assert price == record.price_version
-    assert priced_at == cost_for(price, usage) == record.cost_usd == cost
-    assert record.priced is (cost is not None)
-    assert seen["lines"] == [cost]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])

@@ -2,7 +2,6 @@
 carry that one bill's cost, on every way a session ends (the watch prices the reservation's growth
 while the session relays; that is not its settlement)."""
 
-import sys
 from decimal import Decimal
 
 import pytest
@@ -10,10 +9,9 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from gateway_project.asgi import application
-from ops import observe
 from quota.models import UsageCounter
-from quota.pricing import cost_for
 from realtime.consumers import RealtimeConsumer
+from tests.pricings import assert_priced_once, watch_pricings
 
 from .conftest import TOKEN_PRICE, TURN_COST, realtime_world, session_records
 from .test_session import closed_with, next_event, open_session, send, turn
@@ -25,43 +23,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def priced(monkeypatch):
     """(price, usage, cost) of each pricing (quota.pricing.cost_for, wherever it was imported) made
     once a session has begun to finish, and the cost of each call line (ops.observe.call_finished)."""
-    seen: dict[str, list] = {"pricings": [], "lines": []}
-    pricing = cost_for
-
-    def counting(price, usage):
-        cost = pricing(price, usage)
-        seen["pricings"].append((price, usage, cost))
-        return cost
-
-    for module in list(sys.modules.values()):
-        if module.__name__ != __name__ and getattr(module, "cost_for", None) is pricing:
-            monkeypatch.setattr(module, "cost_for", counting)
-
+    seen = watch_pricings(monkeypatch)
     finish = RealtimeConsumer._do_finish
 
     async def finishing(self, *args, **kwargs):
         seen["pricings"].clear()  # the watch's pricings of the reservation's growth came before
         return await finish(self, *args, **kwargs)
 
-    line = observe.call_finished
-
-    def call_line(**fields):
-        seen["lines"].append(fields["cost"])
-        return line(**fields)
-
     monkeypatch.setattr(RealtimeConsumer, "_do_finish", finishing)
-    monkeypatch.setattr(observe, "call_finished", call_line)
     return seen
-
-
-def assert_priced_once(seen, record, cost):
-    assert len(seen["pricings"]) == 1
-    price, usage, priced_at = seen["pricings"][0]
-    assert (usage.input_tokens, usage.output_tokens) == (record.input_tokens, record.output_tokens)
-    assert (price.pk if price is not None else None) == record.price_version_id
-    assert priced_at == record.cost_usd == cost
-    assert record.priced is (cost is not None)
-    assert seen["lines"] == [cost]
 
 
 async def test_a_session_of_two_turns_is_priced_once_at_its_settlement(fake_upstream, priced):
